@@ -1,0 +1,80 @@
+//! The crate's one error type. Every failure a user, a file or a device can cause lands here
+//! with a message that says what happened and what to do about it.
+
+use thiserror::Error;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in hetensor.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Parameters that cannot work (wrong degree, no suitable primes, bad plaintext modulus...).
+    #[error("invalid parameters: {0}")]
+    InvalidParameters(String),
+
+    /// Parameters below 128-bit security without the explicit opt-in.
+    #[error(
+        "insecure parameters: log2(QP) = {log_qp} exceeds {max_log_qp} bits allowed for N = {n} at \
+         128-bit security (HomomorphicEncryption.org standard, ternary secret); use fewer/smaller \
+         primes or a larger N, or opt in with `allow_insecure` if you really want this"
+    )]
+    InsecureParameters { n: usize, log_qp: u32, max_log_qp: u32 },
+
+    /// Operands created under different parameter sets (or contexts).
+    #[error("parameter mismatch: {0}")]
+    ParameterMismatch(String),
+
+    /// CKKS operands at different levels where the operation cannot align them.
+    #[error("level mismatch: {op} got operands at levels {left} and {right}; bring them to the same level with `mod_switch_to` or `rescale` first")]
+    LevelMismatch { op: &'static str, left: usize, right: usize },
+
+    /// CKKS operands whose scales differ by more than rounding.
+    #[error("scale mismatch: {op} got scales 2^{left:.3} and 2^{right:.3}; rescale or re-encode so the scales agree")]
+    ScaleMismatch { op: &'static str, left: f64, right: f64 },
+
+    /// No modulus left to rescale or mod-switch.
+    #[error("out of levels: {op} needs level > 0 but the ciphertext is at level {level}; choose parameters with a longer modulus chain")]
+    OutOfLevels { op: &'static str, level: usize },
+
+    /// The encoded value would not fit under the ciphertext modulus.
+    #[error("scale overflow: {0}")]
+    ScaleOverflow(String),
+
+    /// Too many values for the number of slots.
+    #[error("too many values: got {got}, but only {slots} slots are available")]
+    TooManyValues { got: usize, slots: usize },
+
+    /// A rotation or conjugation was asked for without the key generated.
+    #[error("missing Galois key for element {galois_element} (rotation step {step:?}); generate it with `gen_galois_keys(&[..])`")]
+    MissingGaloisKey { galois_element: usize, step: Option<i64> },
+
+    /// A value that is out of its allowed domain (e.g. a plaintext value >= t).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// A ciphertext of unexpected size (e.g. degree 2 where a relinearized one is needed).
+    #[error("ciphertext size: {0}")]
+    CiphertextSize(String),
+
+    /// Tensor or layer shapes that do not fit together.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+
+    /// A model that cannot be loaded or run (missing/misshaped weights, NaN, unsupported layer).
+    #[error("model error: {0}")]
+    Model(String),
+
+    /// A data file that cannot be read or parsed.
+    #[error("data error: {0}")]
+    Data(String),
+
+    /// A backend (device) failure or an unavailable backend.
+    #[error("backend error: {0}")]
+    Backend(String),
+
+    /// Underlying I/O.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}

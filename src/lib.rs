@@ -1,0 +1,19 @@
+//! # hetensor
+//!
+//! A homomorphic tensor engine: RNS/NTT-based **BFV** and **CKKS** over 32-bit residue words,
+//! a backend trait over device-resident batches of RNS polynomials (CPU/rayon always built;
+//! CUDA and wgpu behind features), and a tensor / layer API for encrypted CNN inference.
+//!
+//! Layers, each depending only on those above it (see `ARCHITECTURE.md`):
+//! `math` → `backend` → `rlwe` → `bfv` / `ckks` → `tensor` → `nn` → CLI.
+#![forbid(unsafe_op_in_unsafe_fn)]
+
+pub mod backend;
+pub mod bfv;
+pub mod ckks;
+pub mod error;
+pub mod math;
+pub mod nn;
+pub mod rlwe;
+
+pub use error::{Error, Result};
