@@ -1,0 +1,198 @@
+//! Negacyclic number-theoretic transform over `Z_q[X]/(X^N + 1)` with Harvey's lazy butterflies.
+//!
+//! Forward: Cooley-Tukey, natural-order input, bit-reversed-order output (no bit-reversal pass).
+//! Inverse: Gentleman-Sande, bit-reversed input, natural output, scaled by `N^{-1}`.
+//! Pointwise products in the NTT domain are negacyclic convolutions, which is all the schemes
+//! need, so the bit-reversed order is never undone. GPU kernels use the same tables and order.
+
+use crate::error::{Error, Result};
+use crate::math::modular::Modulus;
+use crate::math::primes::primitive_root_of_unity;
+
+/// Precomputed tables for one prime and one ring degree.
+#[derive(Clone, Debug)]
+pub struct NttPlan {
+    n: usize,
+    log_n: u32,
+    modulus: Modulus,
+    /// psi^{bitrev(k)} for k in 0..n, psi a primitive 2N-th root of unity.
+    psi_rev: Vec<u32>,
+    psi_rev_shoup: Vec<u32>,
+    /// psi^{-bitrev(k)}.
+    ipsi_rev: Vec<u32>,
+    ipsi_rev_shoup: Vec<u32>,
+    n_inv: u32,
+    n_inv_shoup: u32,
+}
+
+/// Reverses the low `bits` bits of `x`.
+#[inline]
+pub fn bit_reverse(x: usize, bits: u32) -> usize {
+    if bits == 0 {
+        0
+    } else {
+        x.reverse_bits() >> (usize::BITS - bits)
+    }
+}
+
+impl NttPlan {
+    /// Smallest and largest supported ring degrees.
+    pub const MIN_LOG_N: u32 = 1;
+    pub const MAX_LOG_N: u32 = 17;
+
+    /// Builds the plan; `q` must be a prime ≡ 1 (mod 2n).
+    pub fn new(n: usize, modulus: Modulus) -> Result<Self> {
+        if !n.is_power_of_two() || n < 2 || n > (1 << Self::MAX_LOG_N) {
+            return Err(Error::InvalidParameters(format!(
+                "ring degree {n} must be a power of two in [2, 2^{}]",
+                Self::MAX_LOG_N
+            )));
+        }
+        let q = modulus.value();
+        let psi = primitive_root_of_unity(q as u64, 2 * n as u64)? as u32;
+        let psi_inv = modulus.inv(psi).expect("root is nonzero");
+        let log_n = n.trailing_zeros();
+        let mut pows = vec![0u32; n];
+        let mut ipows = vec![0u32; n];
+        let (mut p, mut ip) = (1u32, 1u32);
+        for i in 0..n {
+            pows[i] = p;
+            ipows[i] = ip;
+            p = modulus.mul(p, psi);
+            ip = modulus.mul(ip, psi_inv);
+        }
+        let mut psi_rev = vec![0u32; n];
+        let mut ipsi_rev = vec![0u32; n];
+        for k in 0..n {
+            psi_rev[k] = pows[bit_reverse(k, log_n)];
+            ipsi_rev[k] = ipows[bit_reverse(k, log_n)];
+        }
+        let psi_rev_shoup = psi_rev.iter().map(|&w| modulus.shoup(w)).collect();
+        let ipsi_rev_shoup = ipsi_rev.iter().map(|&w| modulus.shoup(w)).collect();
+        let n_inv = modulus.inv(n as u32 % q).expect("n invertible mod odd q");
+        Ok(Self {
+            n,
+            log_n,
+            modulus,
+            psi_rev,
+            psi_rev_shoup,
+            ipsi_rev,
+            ipsi_rev_shoup,
+            n_inv,
+            n_inv_shoup: modulus.shoup(n_inv),
+        })
+    }
+
+    /// Ring degree.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The prime.
+    pub fn modulus(&self) -> &Modulus {
+        &self.modulus
+    }
+
+    /// Twiddle tables (for device upload): (psi_rev, psi_rev_shoup, ipsi_rev, ipsi_rev_shoup).
+    pub fn tables(&self) -> (&[u32], &[u32], &[u32], &[u32]) {
+        (&self.psi_rev, &self.psi_rev_shoup, &self.ipsi_rev, &self.ipsi_rev_shoup)
+    }
+
+    /// `(N^{-1}, shoup(N^{-1}))`.
+    pub fn n_inv(&self) -> (u32, u32) {
+        (self.n_inv, self.n_inv_shoup)
+    }
+
+    /// In-place forward NTT; input in `[0, 4q)`, output fully reduced in `[0, q)`.
+    pub fn forward(&self, a: &mut [u32]) {
+        debug_assert_eq!(a.len(), self.n);
+        let q = self.modulus.value();
+        let two_q = 2 * q;
+        let mut t = self.n;
+        let mut m = 1;
+        while m < self.n {
+            t >>= 1;
+            for i in 0..m {
+                let w = self.psi_rev[m + i];
+                let ws = self.psi_rev_shoup[m + i];
+                let block = &mut a[2 * i * t..2 * i * t + 2 * t];
+                let (x, y) = block.split_at_mut(t);
+                for (xj, yj) in x.iter_mut().zip(y.iter_mut()) {
+                    let mut u = *xj;
+                    if u >= two_q {
+                        u -= two_q;
+                    }
+                    let v = self.modulus.mul_shoup_lazy(*yj, w, ws);
+                    *xj = u + v;
+                    *yj = u + two_q - v;
+                }
+            }
+            m <<= 1;
+        }
+        for x in a.iter_mut() {
+            let mut v = *x;
+            if v >= two_q {
+                v -= two_q;
+            }
+            if v >= q {
+                v -= q;
+            }
+            *x = v;
+        }
+    }
+
+    /// In-place inverse NTT; input in `[0, 2q)`, output fully reduced in `[0, q)`.
+    pub fn inverse(&self, a: &mut [u32]) {
+        debug_assert_eq!(a.len(), self.n);
+        let q = self.modulus.value();
+        let two_q = 2 * q;
+        let mut t = 1;
+        let mut m = self.n;
+        while m > 1 {
+            let h = m >> 1;
+            for i in 0..h {
+                let w = self.ipsi_rev[h + i];
+                let ws = self.ipsi_rev_shoup[h + i];
+                let block = &mut a[2 * i * t..2 * i * t + 2 * t];
+                let (x, y) = block.split_at_mut(t);
+                for (xj, yj) in x.iter_mut().zip(y.iter_mut()) {
+                    let (u, v) = (*xj, *yj);
+                    let mut s = u + v;
+                    if s >= two_q {
+                        s -= two_q;
+                    }
+                    *xj = s;
+                    *yj = self.modulus.mul_shoup_lazy(u + two_q - v, w, ws);
+                }
+            }
+            t <<= 1;
+            m = h;
+        }
+        for x in a.iter_mut() {
+            *x = self.modulus.mul_shoup(*x, self.n_inv, self.n_inv_shoup);
+        }
+    }
+
+    /// Log2 of the ring degree.
+    pub fn log_n(&self) -> u32 {
+        self.log_n
+    }
+}
+
+/// Schoolbook negacyclic product `a * b mod (X^N + 1, q)`: the independent reference for tests.
+pub fn negacyclic_schoolbook(a: &[u32], b: &[u32], m: &Modulus) -> Vec<u32> {
+    let n = a.len();
+    let mut out = vec![0u32; n];
+    for i in 0..n {
+        for j in 0..n {
+            let p = m.mul(a[i], b[j]);
+            let k = i + j;
+            if k < n {
+                out[k] = m.add(out[k], p);
+            } else {
+                out[k - n] = m.sub(out[k - n], p);
+            }
+        }
+    }
+    out
+}

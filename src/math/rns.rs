@@ -1,0 +1,283 @@
+//! Residue number system: CRT composition to big integers (host side) and fast base conversion
+//! between bases of 32-bit primes (the core of BFV multiplication and hybrid key switching).
+
+use num_bigint::{BigInt, BigUint};
+use num_traits::{One, ToPrimitive, Zero};
+
+use crate::math::modular::Modulus;
+
+/// A basis of distinct primes `q_0..q_{k-1}` with the CRT constants for composition.
+#[derive(Clone, Debug)]
+pub struct RnsBasis {
+    moduli: Vec<Modulus>,
+    product: BigUint,
+    /// Q / q_i.
+    q_hat: Vec<BigUint>,
+    /// [(Q/q_i)^{-1}]_{q_i}.
+    q_hat_inv: Vec<u32>,
+}
+
+impl RnsBasis {
+    /// Builds the basis (the moduli must be distinct primes).
+    pub fn new(moduli: &[Modulus]) -> Self {
+        let product = moduli
+            .iter()
+            .fold(BigUint::one(), |acc, m| acc * m.value());
+        let q_hat: Vec<BigUint> = moduli.iter().map(|m| &product / m.value()).collect();
+        let q_hat_inv = moduli
+            .iter()
+            .zip(&q_hat)
+            .map(|(m, h)| {
+                let r = (h % m.value()).to_u32().unwrap_or(0);
+                m.inv(r).unwrap_or(0)
+            })
+            .collect();
+        Self {
+            moduli: moduli.to_vec(),
+            product,
+            q_hat,
+            q_hat_inv,
+        }
+    }
+
+    /// The primes.
+    pub fn moduli(&self) -> &[Modulus] {
+        &self.moduli
+    }
+
+    /// Number of primes.
+    pub fn len(&self) -> usize {
+        self.moduli.len()
+    }
+
+    /// Whether the basis is empty.
+    pub fn is_empty(&self) -> bool {
+        self.moduli.is_empty()
+    }
+
+    /// The product Q of the primes.
+    pub fn product(&self) -> &BigUint {
+        &self.product
+    }
+
+    /// Residues of `x` in this basis.
+    pub fn decompose(&self, x: &BigUint) -> Vec<u32> {
+        self.moduli
+            .iter()
+            .map(|m| (x % m.value()).to_u32().unwrap_or(0))
+            .collect()
+    }
+
+    /// Residues of a signed `x`.
+    pub fn decompose_signed(&self, x: &BigInt) -> Vec<u32> {
+        let q = BigInt::from(self.product.clone());
+        let mut r = x % &q;
+        if r < BigInt::zero() {
+            r += &q;
+        }
+        self.decompose(&r.to_biguint().unwrap_or_default())
+    }
+
+    /// CRT composition of one residue per prime into `[0, Q)`.
+    pub fn compose(&self, residues: &[u32]) -> BigUint {
+        let mut acc = BigUint::zero();
+        for (i, m) in self.moduli.iter().enumerate() {
+            let y = m.mul(residues[i] % m.value(), self.q_hat_inv[i]);
+            acc += &self.q_hat[i] * y;
+        }
+        acc % &self.product
+    }
+
+    /// CRT composition into the centered range `(-Q/2, Q/2]`.
+    pub fn compose_centered(&self, residues: &[u32]) -> BigInt {
+        let x = self.compose(residues);
+        let half = &self.product >> 1usize;
+        if x > half {
+            BigInt::from(x) - BigInt::from(self.product.clone())
+        } else {
+            BigInt::from(x)
+        }
+    }
+}
+
+/// Fast base conversion from basis B to basis C, on limb-major coefficient arrays.
+///
+/// `x = Σ_i [x_i·(B/b_i)^{-1}]_{b_i} · (B/b_i) − v·B`; the approximate variant takes `v = 0`
+/// (result off by a small multiple of B, fine for key switching), the exact variant computes
+/// `v = round(Σ y_i / b_i)` in 32.32 fixed point, giving the centered representative of `x` —
+/// all in integers, so every backend gets the same words.
+#[derive(Clone, Debug)]
+pub struct BaseConverter {
+    from: Vec<Modulus>,
+    to: Vec<Modulus>,
+    /// ([(B/b_i)^{-1}]_{b_i}, shoup)
+    b_hat_inv: Vec<(u32, u32)>,
+    /// [B/b_i]_{c_j}, indexed [j * from.len() + i].
+    b_hat_mod_c: Vec<u32>,
+    /// [B]_{c_j}.
+    b_mod_c: Vec<u32>,
+    /// floor(2^62 / b_i).
+    frac: Vec<u64>,
+}
+
+impl BaseConverter {
+    /// Precomputes the conversion tables.
+    pub fn new(from: &[Modulus], to: &[Modulus]) -> Self {
+        let basis = RnsBasis::new(from);
+        let b_hat_inv = from
+            .iter()
+            .zip(&basis.q_hat_inv)
+            .map(|(m, &v)| (v, m.shoup(v)))
+            .collect();
+        let mut b_hat_mod_c = Vec::with_capacity(to.len() * from.len());
+        for c in to {
+            for h in &basis.q_hat {
+                b_hat_mod_c.push((h % c.value()).to_u32().unwrap_or(0));
+            }
+        }
+        let b_mod_c = to
+            .iter()
+            .map(|c| (&basis.product % c.value()).to_u32().unwrap_or(0))
+            .collect();
+        let frac = from.iter().map(|m| (1u64 << 62) / m.value() as u64).collect();
+        Self {
+            from: from.to_vec(),
+            to: to.to_vec(),
+            b_hat_inv,
+            b_hat_mod_c,
+            b_mod_c,
+            frac,
+        }
+    }
+
+    /// Source basis.
+    pub fn from(&self) -> &[Modulus] {
+        &self.from
+    }
+
+    /// Target basis.
+    pub fn to(&self) -> &[Modulus] {
+        &self.to
+    }
+
+    /// Converts `input` (`from.len()` limbs of `n` words) into `output` (`to.len()` limbs).
+    /// `scratch` must hold `from.len() * n` words; `exact` picks the centered exact variant.
+    pub fn convert(&self, input: &[u32], output: &mut [u32], n: usize, exact: bool, scratch: &mut Vec<u32>) {
+        let k = self.from.len();
+        debug_assert_eq!(input.len(), k * n);
+        debug_assert_eq!(output.len(), self.to.len() * n);
+        scratch.resize(k * n, 0);
+        for i in 0..k {
+            let m = &self.from[i];
+            let (w, ws) = self.b_hat_inv[i];
+            for (y, &x) in scratch[i * n..(i + 1) * n].iter_mut().zip(&input[i * n..(i + 1) * n]) {
+                *y = m.mul_shoup(x, w, ws);
+            }
+        }
+        let mut v = Vec::new();
+        if exact {
+            v = vec![0u64; n];
+            for i in 0..k {
+                let f = self.frac[i];
+                for (vk, &y) in v.iter_mut().zip(&scratch[i * n..(i + 1) * n]) {
+                    *vk += (y as u64 * f) >> 30;
+                }
+            }
+            for vk in v.iter_mut() {
+                *vk = (*vk + (1 << 31)) >> 32;
+            }
+        }
+        let mut acc = vec![0u64; n];
+        for (j, c) in self.to.iter().enumerate() {
+            acc.iter_mut().for_each(|a| *a = 0);
+            let row = &self.b_hat_mod_c[j * k..(j + 1) * k];
+            for (i, &h) in row.iter().enumerate() {
+                let y = &scratch[i * n..(i + 1) * n];
+                let h = h as u64;
+                // 15 products of < 2^60 each fit in a u64 before a reduction is needed.
+                let fold = i % 15 == 14;
+                for (a, &yk) in acc.iter_mut().zip(y) {
+                    *a += yk as u64 * h;
+                    if fold {
+                        *a = c.reduce_u64(*a) as u64;
+                    }
+                }
+            }
+            let out = &mut output[j * n..(j + 1) * n];
+            if exact {
+                let bm = self.b_mod_c[j];
+                for ((o, &a), &vk) in out.iter_mut().zip(&acc).zip(&v) {
+                    let s = c.reduce_u64(a);
+                    let corr = c.mul(c.reduce_u64(vk), bm);
+                    *o = c.sub(s, corr);
+                }
+            } else {
+                for (o, &a) in out.iter_mut().zip(&acc) {
+                    *o = c.reduce_u64(a);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::math::primes::ntt_primes;
+    use proptest::prelude::*;
+
+    fn moduli(count: usize, exclude: &[u32]) -> Vec<Modulus> {
+        ntt_primes(30, 1 << 11, count, exclude)
+            .unwrap()
+            .into_iter()
+            .map(|q| Modulus::new(q).unwrap())
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn crt_roundtrip(seed in any::<u64>(), k in 1usize..6) {
+            let ms = moduli(k, &[]);
+            let basis = RnsBasis::new(&ms);
+            let x = (BigUint::from(seed) * BigUint::from(seed ^ 0xdead_beef) * BigUint::from(seed | 1)) % basis.product();
+            prop_assert_eq!(basis.compose(&basis.decompose(&x)), x);
+        }
+
+        #[test]
+        fn exact_conversion_is_centered_crt(vals in proptest::collection::vec(any::<i64>(), 8), k in 1usize..5) {
+            let from = moduli(k, &[]);
+            let excl: Vec<u32> = from.iter().map(|m| m.value()).collect();
+            let to = moduli(k + 1, &excl);
+            let n = vals.len();
+            let bf = RnsBasis::new(&from);
+            let bt = RnsBasis::new(&to);
+            let half = BigInt::from(bf.product().clone() >> 2usize);
+            // Values within |x| < Q/4 (away from the rounding boundary).
+            let xs: Vec<BigInt> = vals.iter().map(|&v| (BigInt::from(v) * BigInt::from(v)) % &half * if v < 0 { -1 } else { 1 }).collect();
+            let mut input = vec![0u32; k * n];
+            for (c, x) in xs.iter().enumerate() {
+                for (i, r) in bf.decompose_signed(x).into_iter().enumerate() {
+                    input[i * n + c] = r;
+                }
+            }
+            let conv = BaseConverter::new(&from, &to);
+            let mut out = vec![0u32; (k + 1) * n];
+            conv.convert(&input, &mut out, n, true, &mut Vec::new());
+            for (c, x) in xs.iter().enumerate() {
+                let want = bt.decompose_signed(x);
+                let got: Vec<u32> = (0..k + 1).map(|j| out[j * n + c]).collect();
+                prop_assert_eq!(got, want);
+            }
+            // The approximate variant is off by u·Q with 0 <= u < k.
+            conv.convert(&input, &mut out, n, false, &mut Vec::new());
+            for (c, x) in xs.iter().enumerate() {
+                let got: Vec<u32> = (0..k + 1).map(|j| out[j * n + c]).collect();
+                let ok = (0..=k as i64).any(|u| {
+                    let cand = x + BigInt::from(u) * BigInt::from(bf.product().clone());
+                    bt.decompose_signed(&cand) == got
+                });
+                prop_assert!(ok);
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Randomness for keys and encryption, all from ChaCha20 (`rand_chacha`), seeded from the OS by
+//! default. Tests may fix the seed; production code never should.
+
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::math::modular::Modulus;
+
+/// Standard deviation of the centered binomial error distribution CBD(21): sqrt(21/2) ≈ 3.24,
+/// the HE-standard σ ≈ 3.2.
+pub const ERROR_STD_DEV: f64 = 3.24;
+const CBD_ETA: u32 = 21;
+
+/// A ChaCha20 stream with the samplers the schemes need.
+pub struct Sampler {
+    rng: ChaCha20Rng,
+}
+
+impl std::fmt::Debug for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sampler(ChaCha20, state hidden)")
+    }
+}
+
+impl Sampler {
+    /// A sampler seeded from the operating system's CSPRNG.
+    pub fn from_os() -> Self {
+        Self {
+            rng: ChaCha20Rng::from_os_rng(),
+        }
+    }
+
+    /// A deterministic sampler (tests, reproducible key generation: never in production).
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Self {
+            rng: ChaCha20Rng::from_seed(seed),
+        }
+    }
+
+    /// A fresh 32-byte seed (e.g. to expand a uniform polynomial later).
+    pub fn seed(&mut self) -> [u8; 32] {
+        let mut s = [0u8; 32];
+        self.rng.fill_bytes(&mut s);
+        s
+    }
+
+    /// Uniform ternary coefficients in {-1, 0, 1}.
+    pub fn ternary(&mut self, n: usize) -> Vec<i8> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let mut buf = [0u8; 64];
+            self.rng.fill_bytes(&mut buf);
+            for &b in &buf {
+                // 255 = 3 * 85: reject the last value so that b % 3 is uniform.
+                if b < 255 && out.len() < n {
+                    out.push((b % 3) as i8 - 1);
+                }
+            }
+        }
+        out
+    }
+
+    /// Centered binomial errors CBD(21), σ ≈ 3.24, |e| ≤ 21.
+    pub fn cbd(&mut self, n: usize) -> Vec<i8> {
+        let mask = (1u64 << CBD_ETA) - 1;
+        (0..n)
+            .map(|_| {
+                let r = self.rng.next_u64();
+                ((r & mask).count_ones() as i32 - ((r >> CBD_ETA) & mask).count_ones() as i32) as i8
+            })
+            .collect()
+    }
+
+    /// Uniform limb-major residues for each modulus (rejection sampling, no modulo bias).
+    pub fn uniform(&mut self, moduli: &[Modulus], n: usize) -> Vec<u32> {
+        let mut out = Vec::with_capacity(moduli.len() * n);
+        for m in moduli {
+            let q = m.value();
+            let mask = u32::MAX >> q.leading_zeros();
+            let mut filled = 0;
+            while filled < n {
+                let r = self.rng.next_u32() & mask;
+                if r < q {
+                    out.push(r);
+                    filled += 1;
+                }
+            }
+        }
+        out
+    }
+
+    /// The uniform polynomial a 32-byte seed expands to: what seeded ciphertexts and keys store.
+    pub fn uniform_from_seed(seed: [u8; 32], moduli: &[Modulus], n: usize) -> Vec<u32> {
+        Self::from_seed(seed).uniform(moduli, n)
+    }
+
+    /// Direct access for callers needing other distributions (e.g. test data).
+    pub fn rng(&mut self) -> &mut ChaCha20Rng {
+        &mut self.rng
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn distributions_have_expected_moments() {
+        let mut s = Sampler::from_seed([7; 32]);
+        let t = s.ternary(30000);
+        let counts = [-1i8, 0, 1].map(|v| t.iter().filter(|&&x| x == v).count());
+        for c in counts {
+            assert!((9000..11000).contains(&c), "{counts:?}");
+        }
+        let e = s.cbd(50000);
+        let var = e.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / e.len() as f64;
+        assert!((var.sqrt() - ERROR_STD_DEV).abs() < 0.1, "sigma {}", var.sqrt());
+        let m = [Modulus::new(1_073_479_681).unwrap()];
+        let u = s.uniform(&m, 20000);
+        let mean = u.iter().map(|&x| x as f64).sum::<f64>() / u.len() as f64;
+        assert!((mean / 1_073_479_681.0 - 0.5).abs() < 0.01);
+        assert_eq!(
+            Sampler::uniform_from_seed([1; 32], &m, 16),
+            Sampler::uniform_from_seed([1; 32], &m, 16)
+        );
+    }
+}
