@@ -1,0 +1,304 @@
+//! The CPU backend: the reference every other backend is compared with, word for word.
+//! Parallel with rayon across polynomials and limbs (one task per `N`-word limb).
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use super::{Backend, Buffer, PolyBatch, Repr};
+use crate::error::{Error, Result};
+use crate::math::{BaseConverter, RingContext};
+
+/// Rayon-parallel CPU backend.
+#[derive(Debug, Default, Clone)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    /// Creates the backend (uses rayon's global pool; set `RAYON_NUM_THREADS` to bound it).
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+fn host(p: &PolyBatch) -> Result<&Vec<u32>> {
+    match &p.buf {
+        Buffer::Host(v) => Ok(v),
+        #[allow(unreachable_patterns)]
+        _ => Err(Error::Backend("CPU backend got a buffer from another backend".into())),
+    }
+}
+
+fn host_mut(p: &mut PolyBatch) -> Result<&mut Vec<u32>> {
+    match &mut p.buf {
+        Buffer::Host(v) => Ok(v),
+        #[allow(unreachable_patterns)]
+        _ => Err(Error::Backend("CPU backend got a buffer from another backend".into())),
+    }
+}
+
+/// Applies `f(limb_prime_index, a_chunk, b_chunk)` over every (poly, limb) chunk, broadcasting b.
+fn zip_limbs<F>(a: &mut PolyBatch, b: &PolyBatch, op: &'static str, f: F) -> Result<()>
+where
+    F: Fn(usize, &mut [u32], &[u32]) + Sync,
+{
+    a.check_compatible(b, op)?;
+    let n = a.n;
+    let limbs = a.limbs.clone();
+    let per_poly = b.poly_words();
+    let bw = host(b)?;
+    let broadcast = b.count == 1;
+    let aw = host_mut(a)?;
+    aw.par_chunks_mut(n).enumerate().for_each(|(idx, chunk)| {
+        let l = idx % limbs.len();
+        let off = if broadcast { l * n } else { idx * n };
+        debug_assert!(off + n <= per_poly * if broadcast { 1 } else { idx / limbs.len() + 1 });
+        f(limbs[l], chunk, &bw[off..off + n]);
+    });
+    Ok(())
+}
+
+fn each_limb<F>(a: &mut PolyBatch, f: F) -> Result<()>
+where
+    F: Fn(usize, usize, &mut [u32]) + Sync,
+{
+    let n = a.n;
+    let limbs = a.limbs.clone();
+    host_mut(a)?.par_chunks_mut(n).enumerate().for_each(|(idx, chunk)| {
+        let l = idx % limbs.len();
+        f(l, limbs[l], chunk)
+    });
+    Ok(())
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload(&self, words: Vec<u32>, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch> {
+        if words.len() != count * limbs.len() * n {
+            return Err(Error::Shape(format!(
+                "upload: {} words for {count} polys x {} limbs x {n}",
+                words.len(),
+                limbs.len()
+            )));
+        }
+        Ok(PolyBatch::from_parts(Buffer::Host(words), limbs, count, n, repr))
+    }
+
+    fn download(&self, p: &PolyBatch) -> Result<Vec<u32>> {
+        Ok(host(p)?.clone())
+    }
+
+    fn zeros(&self, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch> {
+        let len = count * limbs.len() * n;
+        Ok(PolyBatch::from_parts(Buffer::Host(vec![0; len]), limbs, count, n, repr))
+    }
+
+    fn ntt_forward(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
+        if p.repr == Repr::Ntt {
+            return Err(Error::InvalidInput("ntt_forward: batch is already in the NTT domain".into()));
+        }
+        each_limb(p, |_, li, c| ring.plan(li).forward(c))?;
+        p.set_repr(Repr::Ntt);
+        Ok(())
+    }
+
+    fn ntt_inverse(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
+        if p.repr == Repr::Coeff {
+            return Err(Error::InvalidInput("ntt_inverse: batch is already in coefficient form".into()));
+        }
+        each_limb(p, |_, li, c| ring.plan(li).inverse(c))?;
+        p.set_repr(Repr::Coeff);
+        Ok(())
+    }
+
+    fn add_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
+        zip_limbs(a, b, "add", |li, x, y| {
+            let m = ring.modulus(li);
+            x.iter_mut().zip(y).for_each(|(x, &y)| *x = m.add(*x, y));
+        })
+    }
+
+    fn sub_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
+        zip_limbs(a, b, "sub", |li, x, y| {
+            let m = ring.modulus(li);
+            x.iter_mut().zip(y).for_each(|(x, &y)| *x = m.sub(*x, y));
+        })
+    }
+
+    fn neg_assign(&self, ring: &RingContext, a: &mut PolyBatch) -> Result<()> {
+        each_limb(a, |_, li, c| {
+            let m = ring.modulus(li);
+            c.iter_mut().for_each(|x| *x = m.neg(*x));
+        })
+    }
+
+    fn mul_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
+        zip_limbs(a, b, "mul", |li, x, y| {
+            let m = ring.modulus(li);
+            x.iter_mut().zip(y).for_each(|(x, &y)| *x = m.mul(*x, y));
+        })
+    }
+
+    fn mul_acc(&self, ring: &RingContext, acc: &mut PolyBatch, a: &PolyBatch, b: &PolyBatch) -> Result<()> {
+        acc.check_compatible(a, "mul_acc")?;
+        acc.check_compatible(b, "mul_acc")?;
+        let n = acc.n;
+        let nl = acc.limbs.len();
+        let limbs = acc.limbs.clone();
+        let (aw, bw) = (host(a)?, host(b)?);
+        let (ab, bb) = (a.count == 1, b.count == 1);
+        host_mut(acc)?.par_chunks_mut(n).enumerate().for_each(|(idx, c)| {
+            let l = idx % nl;
+            let oa = if ab { l * n } else { idx * n };
+            let ob = if bb { l * n } else { idx * n };
+            let m = ring.modulus(limbs[l]);
+            for ((z, &x), &y) in c.iter_mut().zip(&aw[oa..oa + n]).zip(&bw[ob..ob + n]) {
+                *z = m.reduce_u64(*z as u64 + x as u64 * y as u64);
+            }
+        });
+        Ok(())
+    }
+
+    fn mul_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
+        if s.len() != a.limbs.len() {
+            return Err(Error::Shape(format!("mul_scalar: {} constants for {} limbs", s.len(), a.limbs.len())));
+        }
+        each_limb(a, |l, li, c| {
+            let m = ring.modulus(li);
+            let w = s[l] % m.value();
+            let ws = m.shoup(w);
+            c.iter_mut().for_each(|x| *x = m.mul_shoup(*x, w, ws));
+        })
+    }
+
+    fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
+        if s.len() != a.limbs.len() {
+            return Err(Error::Shape(format!("add_scalar: {} constants for {} limbs", s.len(), a.limbs.len())));
+        }
+        each_limb(a, |l, li, c| {
+            let m = ring.modulus(li);
+            let w = s[l] % m.value();
+            c.iter_mut().for_each(|x| *x = m.add(*x, w));
+        })
+    }
+
+    fn base_convert(
+        &self,
+        _ring: &RingContext,
+        p: &PolyBatch,
+        to: Arc<[usize]>,
+        conv: &BaseConverter,
+        exact: bool,
+    ) -> Result<PolyBatch> {
+        if p.repr != Repr::Coeff {
+            return Err(Error::InvalidInput("base_convert needs coefficient form".into()));
+        }
+        if conv.from().len() != p.limbs.len() || conv.to().len() != to.len() {
+            return Err(Error::Shape("base_convert: converter does not match the bases".into()));
+        }
+        let n = p.n;
+        let input = host(p)?;
+        let in_words = p.poly_words();
+        let out_words = to.len() * n;
+        let mut out = vec![0u32; p.count * out_words];
+        out.par_chunks_mut(out_words)
+            .zip(input.par_chunks(in_words))
+            .for_each_init(Vec::new, |scratch, (o, i)| conv.convert(i, o, n, exact, scratch));
+        Ok(PolyBatch::from_parts(Buffer::Host(out), to, p.count, n, Repr::Coeff))
+    }
+
+    fn automorphism(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
+        if p.repr != Repr::Coeff {
+            return Err(Error::InvalidInput("automorphism needs coefficient form".into()));
+        }
+        let n = p.n;
+        if g % 2 == 0 {
+            return Err(Error::InvalidInput(format!("Galois element {g} must be odd")));
+        }
+        let two_n = 2 * n;
+        let limbs = p.limbs.clone();
+        let input = host(p)?;
+        let mut out = vec![0u32; input.len()];
+        out.par_chunks_mut(n)
+            .zip(input.par_chunks(n))
+            .enumerate()
+            .for_each(|(idx, (o, i))| {
+                let m = ring.modulus(limbs[idx % limbs.len()]);
+                let mut k = 0usize;
+                for &x in i.iter() {
+                    // X^j -> X^{j g mod 2N}; X^N = -1.
+                    if k < n {
+                        o[k] = x;
+                    } else {
+                        o[k - n] = m.neg(x);
+                    }
+                    k = (k + g) % two_n;
+                }
+            });
+        Ok(PolyBatch::from_parts(Buffer::Host(out), p.limbs.clone(), p.count, n, Repr::Coeff))
+    }
+
+    fn select_limbs(&self, p: &PolyBatch, limbs: Arc<[usize]>) -> Result<PolyBatch> {
+        let pos: Vec<usize> = limbs
+            .iter()
+            .map(|l| {
+                p.limbs
+                    .iter()
+                    .position(|x| x == l)
+                    .ok_or_else(|| Error::InvalidInput(format!("select_limbs: limb {l} not present")))
+            })
+            .collect::<Result<_>>()?;
+        let n = p.n;
+        let input = host(p)?;
+        let mut out = Vec::with_capacity(p.count * limbs.len() * n);
+        for c in 0..p.count {
+            for &j in &pos {
+                let off = (c * p.limbs.len() + j) * n;
+                out.extend_from_slice(&input[off..off + n]);
+            }
+        }
+        Ok(PolyBatch::from_parts(Buffer::Host(out), limbs, p.count, n, p.repr))
+    }
+
+    fn slice_polys(&self, p: &PolyBatch, start: usize, len: usize) -> Result<PolyBatch> {
+        if start + len > p.count {
+            return Err(Error::Shape(format!("slice_polys {start}+{len} of {}", p.count)));
+        }
+        let w = p.poly_words();
+        let v = host(p)?[start * w..(start + len) * w].to_vec();
+        Ok(PolyBatch::from_parts(Buffer::Host(v), p.limbs.clone(), len, p.n, p.repr))
+    }
+
+    fn concat(&self, parts: &[&PolyBatch]) -> Result<PolyBatch> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::Shape("concat of no batches".into()))?;
+        let mut out = Vec::new();
+        let mut count = 0;
+        for p in parts {
+            if p.limbs != first.limbs || p.repr != first.repr || p.n != first.n {
+                return Err(Error::ParameterMismatch("concat: batches differ in limbs/repr".into()));
+            }
+            out.extend_from_slice(host(p)?);
+            count += p.count;
+        }
+        Ok(PolyBatch::from_parts(Buffer::Host(out), first.limbs.clone(), count, first.n, first.repr))
+    }
+
+    fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
+        if a.count != b.count || a.repr != b.repr || a.n != b.n {
+            return Err(Error::Shape("concat_limbs: batches differ in count/repr".into()));
+        }
+        let (aw, bw) = (host(a)?, host(b)?);
+        let (wa, wb) = (a.poly_words(), b.poly_words());
+        let mut out = Vec::with_capacity(aw.len() + bw.len());
+        for c in 0..a.count {
+            out.extend_from_slice(&aw[c * wa..(c + 1) * wa]);
+            out.extend_from_slice(&bw[c * wb..(c + 1) * wb]);
+        }
+        let limbs: Arc<[usize]> = a.limbs.iter().chain(b.limbs.iter()).copied().collect();
+        Ok(PolyBatch::from_parts(Buffer::Host(out), limbs, a.count, a.n, a.repr))
+    }
+}

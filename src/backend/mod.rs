@@ -1,0 +1,194 @@
+//! Backends: where RNS polynomial batches live and how they are computed on.
+//!
+//! A [`PolyBatch`] is `count` polynomials over the same limbs, stored limb-major
+//! (`[poly][limb][coefficient]`) in a device buffer. The schemes only ever talk to the
+//! [`Backend`] trait, so the CPU (always built), CUDA and wgpu backends are interchangeable; all
+//! arithmetic is deterministic integer math, so every backend must return identical words.
+//! Operations work on whole batches (a ciphertext is one batch of 2 or 3 polynomials, a tensor
+//! can be one batch of many) so that a GPU pays its launch overhead once per batch.
+
+pub mod cpu;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::math::{BaseConverter, RingContext};
+
+pub use cpu::CpuBackend;
+
+/// Whether coefficients or NTT evaluations (bit-reversed order) are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Repr {
+    /// Coefficients of `X^0..X^{N-1}`.
+    Coeff,
+    /// Negacyclic NTT evaluations, bit-reversed order.
+    Ntt,
+}
+
+/// Device memory holding the words of a batch.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Buffer {
+    /// Host memory (CPU backend).
+    Host(Vec<u32>),
+}
+
+/// A batch of RNS polynomials resident on one backend.
+#[derive(Clone, Debug)]
+pub struct PolyBatch {
+    pub(crate) buf: Buffer,
+    limbs: Arc<[usize]>,
+    count: usize,
+    n: usize,
+    repr: Repr,
+}
+
+impl PolyBatch {
+    /// Wraps a buffer (backends only).
+    pub(crate) fn from_parts(buf: Buffer, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Self {
+        Self {
+            buf,
+            limbs,
+            count,
+            n,
+            repr,
+        }
+    }
+
+    /// Indices (into the ring's prime table) of the limbs.
+    pub fn limbs(&self) -> &[usize] {
+        &self.limbs
+    }
+
+    /// Shared handle on the limb indices.
+    pub fn limbs_arc(&self) -> Arc<[usize]> {
+        self.limbs.clone()
+    }
+
+    /// Number of polynomials.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Ring degree.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Representation.
+    pub fn repr(&self) -> Repr {
+        self.repr
+    }
+
+    pub(crate) fn set_repr(&mut self, r: Repr) {
+        self.repr = r;
+    }
+
+    /// Words per polynomial.
+    pub fn poly_words(&self) -> usize {
+        self.limbs.len() * self.n
+    }
+
+    /// Checks that `other` can be combined element-wise with `self` (same limbs and repr, and
+    /// same count or a broadcast single polynomial).
+    pub fn check_compatible(&self, other: &PolyBatch, op: &'static str) -> Result<()> {
+        if self.limbs != other.limbs || self.n != other.n {
+            return Err(Error::ParameterMismatch(format!(
+                "{op}: operands live on different limbs/levels ({} vs {} limbs)",
+                self.limbs.len(),
+                other.limbs.len()
+            )));
+        }
+        if self.repr != other.repr {
+            return Err(Error::InvalidInput(format!(
+                "{op}: operands in different representations ({:?} vs {:?})",
+                self.repr, other.repr
+            )));
+        }
+        if other.count != self.count && other.count != 1 {
+            return Err(Error::Shape(format!(
+                "{op}: batch of {} polynomials cannot combine with {}",
+                self.count, other.count
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Operations every backend provides. All of them are exact modular integer arithmetic.
+///
+/// Element-wise binary operations accept a right operand of the same count or of count 1
+/// (broadcast to every polynomial of the left operand).
+pub trait Backend: Send + Sync + Debug {
+    /// Short name (`cpu`, `cuda`, `wgpu`).
+    fn name(&self) -> &'static str;
+
+    /// Copies host words (limb-major) to the device.
+    fn upload(&self, words: Vec<u32>, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch>;
+
+    /// Copies a batch back to host words (limb-major).
+    fn download(&self, p: &PolyBatch) -> Result<Vec<u32>>;
+
+    /// A batch of zero polynomials.
+    fn zeros(&self, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch>;
+
+    /// Forward NTT of every polynomial (Coeff → Ntt).
+    fn ntt_forward(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()>;
+
+    /// Inverse NTT of every polynomial (Ntt → Coeff).
+    fn ntt_inverse(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()>;
+
+    /// `a += b`.
+    fn add_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()>;
+
+    /// `a -= b`.
+    fn sub_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()>;
+
+    /// `a = -a`.
+    fn neg_assign(&self, ring: &RingContext, a: &mut PolyBatch) -> Result<()>;
+
+    /// `a *= b` element-wise (a negacyclic product when both are in the NTT domain).
+    fn mul_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()>;
+
+    /// `acc += a * b` element-wise; `a` and `b` may each broadcast.
+    fn mul_acc(&self, ring: &RingContext, acc: &mut PolyBatch, a: &PolyBatch, b: &PolyBatch) -> Result<()>;
+
+    /// `a *= s[limb]`, one constant per limb (`s.len() == a.limbs().len()`).
+    fn mul_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()>;
+
+    /// `a += s[limb]` on every word (in the NTT domain: adds the constant polynomial `s`).
+    fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()>;
+
+    /// Fast base conversion of Coeff-domain polynomials from `p`'s limbs to `to` limbs with
+    /// `conv` (built for exactly those bases). `exact` gives the centered representative.
+    fn base_convert(
+        &self,
+        ring: &RingContext,
+        p: &PolyBatch,
+        to: Arc<[usize]>,
+        conv: &BaseConverter,
+        exact: bool,
+    ) -> Result<PolyBatch>;
+
+    /// The Galois automorphism `X → X^g` (g odd) of Coeff-domain polynomials.
+    fn automorphism(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch>;
+
+    /// Copies the given limbs (a subset of `p`'s, by index into the ring) into a new batch.
+    fn select_limbs(&self, p: &PolyBatch, limbs: Arc<[usize]>) -> Result<PolyBatch>;
+
+    /// Copies polynomials `start..start+len` into a new batch.
+    fn slice_polys(&self, p: &PolyBatch, start: usize, len: usize) -> Result<PolyBatch>;
+
+    /// Concatenates batches over the same limbs into one.
+    fn concat(&self, parts: &[&PolyBatch]) -> Result<PolyBatch>;
+
+    /// Concatenates batches of the same count and polynomials along the limb axis
+    /// (`[poly][limbs of a ++ limbs of b]`).
+    fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch>;
+}
+
+/// The backend chosen when none is named: the CPU, which always works.
+pub fn default_backend() -> Arc<dyn Backend> {
+    Arc::new(CpuBackend::new())
+}

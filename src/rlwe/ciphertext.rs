@@ -1,0 +1,251 @@
+//! RLWE ciphertexts and the scheme-independent operations on them: encryption, decryption,
+//! addition, relinearization, Galois automorphisms.
+
+use crate::backend::{PolyBatch, Repr};
+use crate::error::{Error, Result};
+use crate::math::sampler::Sampler;
+use crate::rlwe::context::RlweContext;
+use crate::rlwe::keys::{rlwe_sample, GaloisKeys, PublicKey, RelinKey, SecretKey};
+
+/// A ciphertext `(c_0, c_1[, c_2])` in the NTT domain over the primes of its level.
+#[derive(Clone, Debug)]
+pub struct Ciphertext {
+    pub(crate) polys: PolyBatch,
+    /// CKKS scale Δ (1.0 for BFV).
+    pub(crate) scale: f64,
+    pub(crate) fingerprint: u64,
+    /// Seed of `c_1` for fresh symmetric encryptions (lets serialization store 32 bytes
+    /// instead of a polynomial). Cleared by any operation that changes `c_1`.
+    pub(crate) seed: Option<[u8; 32]>,
+}
+
+impl Ciphertext {
+    /// Level (number of primes − 1).
+    pub fn level(&self) -> usize {
+        self.polys.limbs().len() - 1
+    }
+
+    /// Number of polynomials (2 after relinearization, 3 after a multiplication).
+    pub fn size(&self) -> usize {
+        self.polys.count()
+    }
+
+    /// CKKS scale (1.0 for BFV).
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// The polynomials (backend-resident).
+    pub fn polys(&self) -> &PolyBatch {
+        &self.polys
+    }
+
+    /// Whether `c_1` is still the expansion of a stored 32-byte seed.
+    pub fn is_seeded(&self) -> bool {
+        self.seed.is_some()
+    }
+
+    pub(crate) fn new(polys: PolyBatch, scale: f64, fingerprint: u64) -> Self {
+        Self {
+            polys,
+            scale,
+            fingerprint,
+            seed: None,
+        }
+    }
+}
+
+/// Symmetric encryption of an encoded message (NTT domain, limbs of the target level);
+/// `c_1` comes from a 32-byte seed that the ciphertext remembers.
+pub fn encrypt_symmetric(
+    ctx: &RlweContext,
+    sk: &SecretKey,
+    m: &PolyBatch,
+    scale: f64,
+    sampler: &mut Sampler,
+) -> Result<Ciphertext> {
+    ctx.check_fingerprint(sk.fingerprint, "secret key")?;
+    let s = sk.on_limbs(ctx, m.limbs_arc())?;
+    let (polys, seed) = rlwe_sample(ctx, &s, Some(m), sampler)?;
+    let mut ct = Ciphertext::new(polys, scale, ctx.fingerprint());
+    ct.seed = Some(seed);
+    Ok(ct)
+}
+
+/// Public-key encryption: `(pk_0·u + e_0 + m, pk_1·u + e_1)` with ternary `u`.
+pub fn encrypt_public(
+    ctx: &RlweContext,
+    pk: &PublicKey,
+    m: &PolyBatch,
+    scale: f64,
+    sampler: &mut Sampler,
+) -> Result<Ciphertext> {
+    ctx.check_fingerprint(pk.fingerprint, "public key")?;
+    let be = ctx.backend();
+    let ring = ctx.ring();
+    let limbs = m.limbs_arc();
+    let n = ctx.n();
+    let wide = |v: Vec<i8>| v.into_iter().map(|x| x as i64).collect::<Vec<i64>>();
+    let u = ctx.upload_signed_ntt(&wide(sampler.ternary(n)), limbs.clone())?;
+    let e0 = ctx.upload_signed_ntt(&wide(sampler.cbd(n)), limbs.clone())?;
+    let e1 = ctx.upload_signed_ntt(&wide(sampler.cbd(n)), limbs.clone())?;
+    let pk_here = be.select_limbs(&pk.polys, limbs)?;
+    let mut out = be.concat(&[&e0, &e1])?;
+    be.mul_acc(ring, &mut out, &pk_here, &u)?;
+    let zero_poly = be.zeros(m.limbs_arc(), 1, n, Repr::Ntt)?;
+    let m2 = be.concat(&[m, &zero_poly])?;
+    be.add_assign(ring, &mut out, &m2)?;
+    Ok(Ciphertext::new(out, scale, ctx.fingerprint()))
+}
+
+/// `c_0 + c_1·s (+ c_2·s²)` in coefficient form at the ciphertext's level.
+pub fn decrypt_to_poly(ctx: &RlweContext, sk: &SecretKey, ct: &Ciphertext) -> Result<PolyBatch> {
+    ctx.check_fingerprint(sk.fingerprint, "secret key")?;
+    ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
+    let be = ctx.backend();
+    let ring = ctx.ring();
+    let s = sk.on_limbs(ctx, ct.polys.limbs_arc())?;
+    let mut acc = be.slice_polys(&ct.polys, 0, 1)?;
+    let mut s_pow = s.clone();
+    for i in 1..ct.size() {
+        let c = be.slice_polys(&ct.polys, i, 1)?;
+        be.mul_acc(ring, &mut acc, &c, &s_pow)?;
+        if i + 1 < ct.size() {
+            be.mul_assign(ring, &mut s_pow, &s)?;
+        }
+    }
+    be.ntt_inverse(ring, &mut acc)?;
+    Ok(acc)
+}
+
+fn check_pair(ctx: &RlweContext, a: &Ciphertext, b: &Ciphertext, op: &'static str) -> Result<()> {
+    ctx.check_fingerprint(a.fingerprint, "left operand")?;
+    ctx.check_fingerprint(b.fingerprint, "right operand")?;
+    if a.level() != b.level() {
+        return Err(Error::LevelMismatch {
+            op,
+            left: a.level(),
+            right: b.level(),
+        });
+    }
+    Ok(())
+}
+
+/// `a + b` (or `a − b` when `subtract`); sizes may differ (the result has the larger size).
+pub fn add_ciphertexts(ctx: &RlweContext, a: &Ciphertext, b: &Ciphertext, subtract: bool) -> Result<Ciphertext> {
+    let op = if subtract { "sub" } else { "add" };
+    check_pair(ctx, a, b, op)?;
+    let be = ctx.backend();
+    let ring = ctx.ring();
+    let (big, small, swapped) = if a.size() >= b.size() { (a, b, false) } else { (b, a, true) };
+    let mut out = big.polys.clone();
+    let mut head = be.slice_polys(&out, 0, small.size())?;
+    if subtract && swapped {
+        // out = b - a: negate big part first.
+        be.neg_assign(ring, &mut out)?;
+        head = be.slice_polys(&out, 0, small.size())?;
+        be.add_assign(ring, &mut head, &small.polys)?;
+    } else if subtract {
+        be.sub_assign(ring, &mut head, &small.polys)?;
+    } else {
+        be.add_assign(ring, &mut head, &small.polys)?;
+    }
+    if big.size() > small.size() {
+        let tail = be.slice_polys(&out, small.size(), big.size() - small.size())?;
+        out = be.concat(&[&head, &tail])?;
+    } else {
+        out = head;
+    }
+    Ok(Ciphertext::new(out, a.scale, a.fingerprint))
+}
+
+/// Negation.
+pub fn negate(ctx: &RlweContext, a: &Ciphertext) -> Result<Ciphertext> {
+    let mut out = a.polys.clone();
+    ctx.backend().neg_assign(ctx.ring(), &mut out)?;
+    Ok(Ciphertext::new(out, a.scale, a.fingerprint))
+}
+
+/// The tensor product `(a0 b0, a0 b1 + a1 b0, a1 b1)` of two size-2 ciphertexts, NTT domain.
+pub fn tensor(ctx: &RlweContext, a: &Ciphertext, b: &Ciphertext) -> Result<PolyBatch> {
+    if a.size() != 2 || b.size() != 2 {
+        return Err(Error::CiphertextSize(format!(
+            "multiply needs relinearized (size-2) operands, got sizes {} and {}",
+            a.size(),
+            b.size()
+        )));
+    }
+    tensor_polys(ctx, &a.polys, &b.polys)
+}
+
+/// Tensor product of two batches of 2 polynomials each (same limbs, NTT domain).
+pub(crate) fn tensor_polys(ctx: &RlweContext, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
+    let be = ctx.backend();
+    let ring = ctx.ring();
+    let a0 = be.slice_polys(a, 0, 1)?;
+    let a1 = be.slice_polys(a, 1, 1)?;
+    let b0 = be.slice_polys(b, 0, 1)?;
+    let b1 = be.slice_polys(b, 1, 1)?;
+    // [a0 a0 a1] * [b0 b1 b1] + [0 a1 0] * [0 b0 0]
+    let mut d = be.concat(&[&a0, &a0, &a1])?;
+    let rhs = be.concat(&[&b0, &b1, &b1])?;
+    be.mul_assign(ring, &mut d, &rhs)?;
+    let mut mid = be.slice_polys(&d, 1, 1)?;
+    be.mul_acc(ring, &mut mid, &a1, &b0)?;
+    let d0 = be.slice_polys(&d, 0, 1)?;
+    let d2 = be.slice_polys(&d, 2, 1)?;
+    be.concat(&[&d0, &mid, &d2])
+}
+
+/// Relinearizes a size-3 ciphertext to size 2 with the relinearization key.
+pub fn relinearize(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<Ciphertext> {
+    if ct.size() == 2 {
+        return Ok(ct.clone());
+    }
+    if ct.size() != 3 {
+        return Err(Error::CiphertextSize(format!("cannot relinearize a size-{} ciphertext", ct.size())));
+    }
+    let be = ctx.backend();
+    let ring = ctx.ring();
+    let mut c2 = be.slice_polys(&ct.polys, 2, 1)?;
+    be.ntt_inverse(ring, &mut c2)?;
+    let u = rk.0.switch(ctx, &c2)?;
+    let mut out = be.slice_polys(&ct.polys, 0, 2)?;
+    be.add_assign(ring, &mut out, &u)?;
+    Ok(Ciphertext::new(out, ct.scale, ct.fingerprint))
+}
+
+/// Applies the automorphism `X → X^g` and switches back to `s` with the Galois key.
+pub fn apply_galois(ctx: &RlweContext, ct: &Ciphertext, g: usize, gk: &GaloisKeys, step: Option<i64>) -> Result<Ciphertext> {
+    ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
+    if ct.size() != 2 {
+        return Err(Error::CiphertextSize("rotate a relinearized (size-2) ciphertext".into()));
+    }
+    let key = gk.get(g).ok_or(Error::MissingGaloisKey { galois_element: g, step })?;
+    let be = ctx.backend();
+    let ring = ctx.ring();
+    let mut c = ct.polys.clone();
+    be.ntt_inverse(ring, &mut c)?;
+    let mut rotated = be.automorphism(ring, &c, g)?;
+    let c1 = be.slice_polys(&rotated, 1, 1)?;
+    let u = key.switch(ctx, &c1)?;
+    let mut c0 = be.slice_polys(&rotated, 0, 1)?;
+    be.ntt_forward(ring, &mut c0)?;
+    let zero = be.zeros(c0.limbs_arc(), 1, ctx.n(), Repr::Ntt)?;
+    rotated = be.concat(&[&c0, &zero])?;
+    be.add_assign(ring, &mut rotated, &u)?;
+    Ok(Ciphertext::new(rotated, ct.scale, ct.fingerprint))
+}
+
+/// Drops the ciphertext's top primes (no division): for BFV mod switching and for bringing
+/// CKKS operands to a common level when scales allow it.
+pub fn drop_to_level(ctx: &RlweContext, ct: &Ciphertext, level: usize) -> Result<Ciphertext> {
+    if level > ct.level() {
+        return Err(Error::InvalidInput(format!(
+            "cannot raise a ciphertext from level {} to {level}",
+            ct.level()
+        )));
+    }
+    let polys = ctx.backend().select_limbs(&ct.polys, ctx.q_limbs(level))?;
+    Ok(Ciphertext::new(polys, ct.scale, ct.fingerprint))
+}

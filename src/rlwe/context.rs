@@ -1,0 +1,197 @@
+//! The RLWE context: parameters, the ring tables, the backend, and cached conversion tables.
+//! Shared by every key and ciphertext through an `Arc`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::backend::{default_backend, Backend, PolyBatch, Repr};
+use crate::error::{Error, Result};
+use crate::math::{BaseConverter, RingContext};
+use crate::rlwe::params::RlweParams;
+
+/// Parameters plus everything precomputed from them.
+#[derive(Debug)]
+pub struct RlweContext {
+    params: RlweParams,
+    ring: RingContext,
+    backend: Arc<dyn Backend>,
+    /// `q_limbs[l]` = limb indices 0..=l.
+    q_limbs: Vec<Arc<[usize]>>,
+    /// `qp_limbs[l]` = 0..=l followed by the special primes.
+    qp_limbs: Vec<Arc<[usize]>>,
+    p_limbs: Arc<[usize]>,
+    aux_limbs: Arc<[usize]>,
+    converters: Mutex<HashMap<(Vec<usize>, Vec<usize>), Arc<BaseConverter>>>,
+    fingerprint: u64,
+}
+
+impl RlweContext {
+    /// Builds the context on the default (CPU) backend.
+    pub fn new(params: RlweParams) -> Result<Arc<Self>> {
+        Self::with_backend(params, default_backend())
+    }
+
+    /// Builds the context on a chosen backend.
+    pub fn with_backend(params: RlweParams, backend: Arc<dyn Backend>) -> Result<Arc<Self>> {
+        let primes: Vec<u32> = params
+            .q
+            .iter()
+            .chain(&params.p)
+            .chain(&params.aux)
+            .copied()
+            .collect();
+        let ring = RingContext::new(params.n, &primes)?;
+        let nq = params.q.len();
+        let np = params.p.len();
+        let p_limbs: Arc<[usize]> = (nq..nq + np).collect();
+        let aux_limbs: Arc<[usize]> = (nq + np..primes.len()).collect();
+        let q_limbs = (0..nq).map(|l| (0..=l).collect::<Arc<[usize]>>()).collect();
+        let qp_limbs = (0..nq)
+            .map(|l| (0..=l).chain(nq..nq + np).collect::<Arc<[usize]>>())
+            .collect();
+        let fingerprint = params.fingerprint();
+        Ok(Arc::new(Self {
+            params,
+            ring,
+            backend,
+            q_limbs,
+            qp_limbs,
+            p_limbs,
+            aux_limbs,
+            converters: Mutex::new(HashMap::new()),
+            fingerprint,
+        }))
+    }
+
+    /// Parameters.
+    pub fn params(&self) -> &RlweParams {
+        &self.params
+    }
+
+    /// Ring tables.
+    pub fn ring(&self) -> &RingContext {
+        &self.ring
+    }
+
+    /// The backend every polynomial of this context lives on.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// Ring degree.
+    pub fn n(&self) -> usize {
+        self.params.n
+    }
+
+    /// Highest level.
+    pub fn max_level(&self) -> usize {
+        self.params.max_level()
+    }
+
+    /// Parameter fingerprint.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
+    /// Limbs of level `l` (primes q_0..=q_l).
+    pub fn q_limbs(&self, level: usize) -> Arc<[usize]> {
+        self.q_limbs[level].clone()
+    }
+
+    /// Limbs of level `l` plus the special primes.
+    pub fn qp_limbs(&self, level: usize) -> Arc<[usize]> {
+        self.qp_limbs[level].clone()
+    }
+
+    /// The special primes' limbs.
+    pub fn p_limbs(&self) -> Arc<[usize]> {
+        self.p_limbs.clone()
+    }
+
+    /// The auxiliary primes' limbs.
+    pub fn aux_limbs(&self) -> Arc<[usize]> {
+        self.aux_limbs.clone()
+    }
+
+    /// Limb ranges of the key-switching digits at full level.
+    pub fn digits(&self) -> Vec<std::ops::Range<usize>> {
+        let nq = self.params.q.len();
+        let alpha = nq.div_ceil(self.params.dnum);
+        (0..self.params.dnum)
+            .map(|j| j * alpha..((j + 1) * alpha).min(nq))
+            .filter(|r| !r.is_empty())
+            .collect()
+    }
+
+    /// Cached base converter between two limb sets.
+    pub fn converter(&self, from: &[usize], to: &[usize]) -> Arc<BaseConverter> {
+        let key = (from.to_vec(), to.to_vec());
+        let mut cache = self.converters.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(key)
+            .or_insert_with(|| {
+                let m = |ls: &[usize]| ls.iter().map(|&i| *self.ring.modulus(i)).collect::<Vec<_>>();
+                Arc::new(BaseConverter::new(&m(from), &m(to)))
+            })
+            .clone()
+    }
+
+    /// Uploads small signed coefficients (secrets, errors, encoded integers) to the given
+    /// limbs, in coefficient form.
+    pub fn upload_signed(&self, coeffs: &[i64], limbs: Arc<[usize]>) -> Result<PolyBatch> {
+        let n = self.n();
+        if coeffs.len() != n {
+            return Err(Error::Shape(format!("{} coefficients for N = {n}", coeffs.len())));
+        }
+        let mut words = Vec::with_capacity(limbs.len() * n);
+        for &l in limbs.iter() {
+            let m = self.ring.modulus(l);
+            words.extend(coeffs.iter().map(|&c| m.reduce_i64(c)));
+        }
+        self.backend.upload(words, limbs, 1, n, Repr::Coeff)
+    }
+
+    /// Same as [`Self::upload_signed`], then NTT.
+    pub fn upload_signed_ntt(&self, coeffs: &[i64], limbs: Arc<[usize]>) -> Result<PolyBatch> {
+        let mut p = self.upload_signed(coeffs, limbs)?;
+        self.backend.ntt_forward(&self.ring, &mut p)?;
+        Ok(p)
+    }
+
+    /// Divides by the product of the `drop` limbs and rounds: the NTT-domain batch over
+    /// `keep ∪ drop` becomes one over `keep`. Key switching's ModDown (drop = special primes)
+    /// and CKKS rescaling (drop = the last prime) are both this.
+    pub fn mod_down(&self, x: &PolyBatch, keep: Arc<[usize]>, drop: Arc<[usize]>) -> Result<PolyBatch> {
+        let be = self.backend();
+        let mut tail = be.select_limbs(x, drop.clone())?;
+        be.ntt_inverse(&self.ring, &mut tail)?;
+        let conv = self.converter(&drop, &keep);
+        let mut lifted = be.base_convert(&self.ring, &tail, keep.clone(), &conv, true)?;
+        be.ntt_forward(&self.ring, &mut lifted)?;
+        let mut head = be.select_limbs(x, keep.clone())?;
+        be.sub_assign(&self.ring, &mut head, &lifted)?;
+        let inv: Vec<u32> = keep
+            .iter()
+            .map(|&k| {
+                let m = self.ring.modulus(k);
+                let prod = drop
+                    .iter()
+                    .fold(1u32, |acc, &d| m.mul(acc, self.ring.modulus(d).value() % m.value()));
+                m.inv(prod).unwrap_or(0)
+            })
+            .collect();
+        be.mul_scalar_assign(&self.ring, &mut head, &inv)?;
+        Ok(head)
+    }
+
+    /// Checks that an object made under `fingerprint` belongs to this context.
+    pub fn check_fingerprint(&self, fingerprint: u64, what: &str) -> Result<()> {
+        if fingerprint != self.fingerprint {
+            return Err(Error::ParameterMismatch(format!(
+                "{what} was created under other parameters (fingerprint {fingerprint:016x}, this context {:016x})",
+                self.fingerprint
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,250 @@
+//! Secret, public, relinearization and Galois keys; hybrid key switching.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use zeroize::Zeroize;
+
+use crate::backend::{Buffer, PolyBatch, Repr};
+use crate::error::{Error, Result};
+use crate::math::sampler::Sampler;
+use crate::rlwe::context::RlweContext;
+
+/// A ternary secret key. Zeroized on drop, never printed, never part of a public context.
+pub struct SecretKey {
+    pub(crate) coeffs: Vec<i8>,
+    /// s in the NTT domain over every ciphertext and special prime.
+    pub(crate) ntt: PolyBatch,
+    pub(crate) fingerprint: u64,
+}
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretKey(<redacted>, params {:016x})", self.fingerprint)
+    }
+}
+
+impl Drop for SecretKey {
+    fn drop(&mut self) {
+        self.coeffs.zeroize();
+        let Buffer::Host(v) = &mut self.ntt.buf;
+        v.zeroize();
+    }
+}
+
+impl SecretKey {
+    /// Samples a uniform ternary secret.
+    pub fn generate(ctx: &RlweContext, sampler: &mut Sampler) -> Result<Self> {
+        let coeffs = sampler.ternary(ctx.n());
+        let wide: Vec<i64> = coeffs.iter().map(|&c| c as i64).collect();
+        let ntt = ctx.upload_signed_ntt(&wide, ctx.qp_limbs(ctx.max_level()))?;
+        Ok(Self {
+            coeffs,
+            ntt,
+            fingerprint: ctx.fingerprint(),
+        })
+    }
+
+    /// s restricted to the given limbs (NTT domain).
+    pub(crate) fn on_limbs(&self, ctx: &RlweContext, limbs: Arc<[usize]>) -> Result<PolyBatch> {
+        ctx.backend().select_limbs(&self.ntt, limbs)
+    }
+
+    /// The secret's coefficients in the NTT domain on arbitrary limbs of the ring, e.g. the
+    /// auxiliary BFV primes.
+    pub(crate) fn ntt_on(&self, ctx: &RlweContext, limbs: Arc<[usize]>) -> Result<PolyBatch> {
+        let wide: Vec<i64> = self.coeffs.iter().map(|&c| c as i64).collect();
+        ctx.upload_signed_ntt(&wide, limbs)
+    }
+}
+
+/// An encryption of zero under the secret key, for public-key encryption.
+#[derive(Clone, Debug)]
+pub struct PublicKey {
+    /// (b, a) with b = -a·s + e, NTT domain over the full ciphertext modulus.
+    pub(crate) polys: PolyBatch,
+    pub(crate) fingerprint: u64,
+}
+
+/// `(-a·s + e + m, a)` over the given limbs (NTT domain); `a` uniform from a fresh seed.
+pub(crate) fn rlwe_sample(
+    ctx: &RlweContext,
+    s: &PolyBatch,
+    m: Option<&PolyBatch>,
+    sampler: &mut Sampler,
+) -> Result<(PolyBatch, [u8; 32])> {
+    let be = ctx.backend();
+    let ring = ctx.ring();
+    let limbs = s.limbs_arc();
+    let seed = sampler.seed();
+    let moduli: Vec<_> = limbs.iter().map(|&l| *ring.modulus(l)).collect();
+    let a_words = Sampler::uniform_from_seed(seed, &moduli, ctx.n());
+    let a = be.upload(a_words, limbs.clone(), 1, ctx.n(), Repr::Ntt)?;
+    let e: Vec<i64> = sampler.cbd(ctx.n()).into_iter().map(|x| x as i64).collect();
+    let mut b = ctx.upload_signed_ntt(&e, limbs)?;
+    if let Some(m) = m {
+        be.add_assign(ring, &mut b, m)?;
+    }
+    let mut as_ = a.clone();
+    be.mul_assign(ring, &mut as_, s)?;
+    be.sub_assign(ring, &mut b, &as_)?;
+    Ok((be.concat(&[&b, &a])?, seed))
+}
+
+impl PublicKey {
+    /// Generates the public key for `sk`.
+    pub fn generate(ctx: &RlweContext, sk: &SecretKey, sampler: &mut Sampler) -> Result<Self> {
+        ctx.check_fingerprint(sk.fingerprint, "secret key")?;
+        let s = sk.on_limbs(ctx, ctx.q_limbs(ctx.max_level()))?;
+        let (polys, _) = rlwe_sample(ctx, &s, None, sampler)?;
+        Ok(Self {
+            polys,
+            fingerprint: ctx.fingerprint(),
+        })
+    }
+}
+
+/// A hybrid key-switching key from some `s'` to `s`: one RLWE sample per digit, over all
+/// ciphertext and special primes, encrypting `P·[Q/Q_j]·[(Q/Q_j)^{-1}]_{Q_j}·s'`.
+#[derive(Clone, Debug)]
+pub struct KeySwitchKey {
+    /// One batch of 2 polynomials (b_j, a_j) per digit.
+    pub(crate) digits: Vec<PolyBatch>,
+    pub(crate) fingerprint: u64,
+}
+
+impl KeySwitchKey {
+    /// Generates a key switching `s_from` (NTT over QP at full level) to `sk`.
+    pub fn generate(ctx: &RlweContext, sk: &SecretKey, s_from: &PolyBatch, sampler: &mut Sampler) -> Result<Self> {
+        let be = ctx.backend();
+        let ring = ctx.ring();
+        let full = ctx.qp_limbs(ctx.max_level());
+        let mut digits = Vec::new();
+        for range in ctx.digits() {
+            // The gadget factor is [P]_{q_i} on the digit's primes and 0 elsewhere.
+            let factor: Vec<u32> = full
+                .iter()
+                .map(|&l| {
+                    if range.contains(&l) {
+                        let m = ring.modulus(l);
+                        ctx.p_limbs()
+                            .iter()
+                            .fold(1u32, |acc, &p| m.mul(acc, ring.modulus(p).value() % m.value()))
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let mut m = s_from.clone();
+            be.mul_scalar_assign(ring, &mut m, &factor)?;
+            let (sample, _) = rlwe_sample(ctx, &sk.ntt, Some(&m), sampler)?;
+            digits.push(sample);
+        }
+        Ok(Self {
+            digits,
+            fingerprint: ctx.fingerprint(),
+        })
+    }
+
+    /// Key switching: given `d` (one polynomial, coefficient form, at some level), returns
+    /// `(u0, u1)` in the NTT domain at the same level with `u0 + u1·s ≈ d·s'`.
+    pub fn switch(&self, ctx: &RlweContext, d: &PolyBatch) -> Result<PolyBatch> {
+        ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
+        let be = ctx.backend();
+        let ring = ctx.ring();
+        if d.repr() != Repr::Coeff || d.count() != 1 {
+            return Err(Error::InvalidInput("key switch input must be one polynomial in coefficient form".into()));
+        }
+        let level = d.limbs().len() - 1;
+        let qp = ctx.qp_limbs(level);
+        let full = ctx.max_level() == level;
+        let mut acc = be.zeros(qp.clone(), 2, ctx.n(), Repr::Ntt)?;
+        for (range, key) in ctx.digits().into_iter().zip(&self.digits) {
+            let digit: Arc<[usize]> = range.filter(|&l| l <= level).collect();
+            if digit.is_empty() {
+                continue;
+            }
+            let rest: Arc<[usize]> = qp.iter().copied().filter(|l| !digit.contains(l)).collect();
+            let part = be.select_limbs(d, digit.clone())?;
+            let conv = ctx.converter(&digit, &rest);
+            let ext = be.base_convert(ring, &part, rest, &conv, false)?;
+            let joined = be.concat_limbs(&part, &ext)?;
+            let mut up = be.select_limbs(&joined, qp.clone())?;
+            be.ntt_forward(ring, &mut up)?;
+            let key_here;
+            let key_ref = if full {
+                key
+            } else {
+                key_here = be.select_limbs(key, qp.clone())?;
+                &key_here
+            };
+            be.mul_acc(ring, &mut acc, key_ref, &up)?;
+        }
+        ctx.mod_down(&acc, ctx.q_limbs(level), ctx.p_limbs())
+    }
+}
+
+/// Relinearization key: switches `s²` to `s`.
+#[derive(Clone, Debug)]
+pub struct RelinKey(pub(crate) KeySwitchKey);
+
+impl RelinKey {
+    /// Generates the relinearization key.
+    pub fn generate(ctx: &RlweContext, sk: &SecretKey, sampler: &mut Sampler) -> Result<Self> {
+        let mut s2 = sk.ntt.clone();
+        ctx.backend().mul_assign(ctx.ring(), &mut s2, &sk.ntt)?;
+        Ok(Self(KeySwitchKey::generate(ctx, sk, &s2, sampler)?))
+    }
+}
+
+/// Galois keys, one key-switching key per Galois element `g` (switching `s(X^g)` to `s`).
+#[derive(Clone, Debug, Default)]
+pub struct GaloisKeys {
+    pub(crate) keys: HashMap<usize, KeySwitchKey>,
+}
+
+impl GaloisKeys {
+    /// Generates keys for the given Galois elements.
+    pub fn generate(ctx: &RlweContext, sk: &SecretKey, elements: &[usize], sampler: &mut Sampler) -> Result<Self> {
+        let mut keys = HashMap::new();
+        let be = ctx.backend();
+        let ring = ctx.ring();
+        for &g in elements {
+            if keys.contains_key(&g) {
+                continue;
+            }
+            let mut s = sk.ntt.clone();
+            be.ntt_inverse(ring, &mut s)?;
+            let mut sg = be.automorphism(ring, &s, g)?;
+            be.ntt_forward(ring, &mut sg)?;
+            keys.insert(g, KeySwitchKey::generate(ctx, sk, &sg, sampler)?);
+        }
+        Ok(Self { keys })
+    }
+
+    /// The key for element `g`, if generated.
+    pub fn get(&self, g: usize) -> Option<&KeySwitchKey> {
+        self.keys.get(&g)
+    }
+
+    /// Galois elements that have keys.
+    pub fn elements(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = self.keys.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Galois element of a rotation by `step` slots (generator 3, as in SEAL; negative steps
+/// rotate the other way).
+pub fn galois_element_for_step(n: usize, step: i64) -> usize {
+    let two_n = 2 * n as u64;
+    let half = (n / 2) as i64;
+    let s = step.rem_euclid(half) as u64;
+    crate::math::modular::pow_mod_u64(3, s, two_n) as usize
+}
+
+/// Galois element of complex conjugation (CKKS) / row swap (BFV): `2N − 1`.
+pub fn galois_element_conjugate(n: usize) -> usize {
+    2 * n - 1
+}

@@ -1,0 +1,13 @@
+//! Ring-LWE machinery shared by BFV and CKKS: parameters and the security check, keys,
+//! encryption, hybrid key switching (configurable dnum and special primes), relinearization
+//! and Galois automorphisms.
+
+pub mod ciphertext;
+pub mod context;
+pub mod keys;
+pub mod params;
+
+pub use ciphertext::Ciphertext;
+pub use context::RlweContext;
+pub use keys::{GaloisKeys, KeySwitchKey, PublicKey, RelinKey, SecretKey};
+pub use params::{RlweParams, Security};

@@ -1,0 +1,156 @@
+//! RLWE parameters shared by BFV and CKKS, with the 128-bit security check.
+
+use crate::error::{Error, Result};
+
+/// Maximum log2(QP) for 128-bit classical security with a ternary secret
+/// (HomomorphicEncryption.org standard, Table 1; 2^16 extrapolated as is common practice).
+pub fn max_log_qp_128(n: usize) -> Option<u32> {
+    match n {
+        1024 => Some(27),
+        2048 => Some(54),
+        4096 => Some(109),
+        8192 => Some(218),
+        16384 => Some(438),
+        32768 => Some(881),
+        65536 => Some(1770),
+        _ => None,
+    }
+}
+
+/// How the parameters are allowed to relate to the security standard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Security {
+    /// Must meet 128-bit security (the default).
+    Bits128,
+    /// Skips the check. For tests and experiments only: ciphertexts may be breakable.
+    InsecureForTestingOnly,
+}
+
+/// The ring degree and the three prime chains every RLWE context needs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RlweParams {
+    pub(crate) n: usize,
+    /// Ciphertext primes `q_0..q_L` (q_0 is the last one left after rescaling).
+    pub(crate) q: Vec<u32>,
+    /// Special primes for hybrid key switching.
+    pub(crate) p: Vec<u32>,
+    /// Auxiliary primes (BFV multiplication's extension basis; empty for CKKS). They never
+    /// carry key material, so they do not count toward the security bound.
+    pub(crate) aux: Vec<u32>,
+    /// Number of key-switching digits.
+    pub(crate) dnum: usize,
+    pub(crate) security: Security,
+}
+
+impl RlweParams {
+    /// Validates and builds parameters.
+    pub fn new(n: usize, q: Vec<u32>, p: Vec<u32>, aux: Vec<u32>, dnum: usize, security: Security) -> Result<Self> {
+        if !n.is_power_of_two() || !(1024..=65536).contains(&n) {
+            return Err(Error::InvalidParameters(format!(
+                "ring degree N = {n} must be a power of two in 2^10..=2^16"
+            )));
+        }
+        if q.is_empty() {
+            return Err(Error::InvalidParameters("need at least one ciphertext prime".into()));
+        }
+        if dnum == 0 || dnum > q.len() {
+            return Err(Error::InvalidParameters(format!(
+                "dnum = {dnum} must be in 1..={} (number of ciphertext primes)",
+                q.len()
+            )));
+        }
+        let alpha = q.len().div_ceil(dnum);
+        if p.len() < alpha {
+            return Err(Error::InvalidParameters(format!(
+                "hybrid key switching with dnum = {dnum} needs at least {alpha} special primes, got {}",
+                p.len()
+            )));
+        }
+        for &x in q.iter().chain(&p).chain(&aux) {
+            if (x as u64 - 1) % (2 * n as u64) != 0 {
+                return Err(Error::InvalidParameters(format!("prime {x} is not ≡ 1 mod 2N = {}", 2 * n)));
+            }
+        }
+        let me = Self {
+            n,
+            q,
+            p,
+            aux,
+            dnum,
+            security,
+        };
+        if security == Security::Bits128 {
+            let max = max_log_qp_128(n).unwrap_or(0);
+            let log_qp = me.log_qp().ceil() as u32;
+            if log_qp > max {
+                return Err(Error::InsecureParameters { n, log_qp, max_log_qp: max });
+            }
+        }
+        Ok(me)
+    }
+
+    /// Ring degree N.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Ciphertext primes.
+    pub fn q_primes(&self) -> &[u32] {
+        &self.q
+    }
+
+    /// Special primes.
+    pub fn p_primes(&self) -> &[u32] {
+        &self.p
+    }
+
+    /// Auxiliary primes.
+    pub fn aux_primes(&self) -> &[u32] {
+        &self.aux
+    }
+
+    /// Key-switching digits.
+    pub fn dnum(&self) -> usize {
+        self.dnum
+    }
+
+    /// Highest level L (= number of ciphertext primes − 1).
+    pub fn max_level(&self) -> usize {
+        self.q.len() - 1
+    }
+
+    /// log2 of the product of ciphertext and special primes (what the security bound limits).
+    pub fn log_qp(&self) -> f64 {
+        self.q.iter().chain(&self.p).map(|&x| (x as f64).log2()).sum()
+    }
+
+    /// log2 Q of the ciphertext primes.
+    pub fn log_q(&self) -> f64 {
+        self.q.iter().map(|&x| (x as f64).log2()).sum()
+    }
+
+    /// Security setting.
+    pub fn security(&self) -> Security {
+        self.security
+    }
+
+    /// A stable fingerprint of the parameters (FNV-1a over the primes and sizes), used to
+    /// reject mixing objects from different parameter sets.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |x: u64| {
+            for b in x.to_le_bytes() {
+                h ^= b as u64;
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        eat(self.n as u64);
+        eat(self.dnum as u64);
+        for (tag, list) in [(1u64, &self.q), (2, &self.p), (3, &self.aux)] {
+            eat(tag);
+            eat(list.len() as u64);
+            list.iter().for_each(|&x| eat(x as u64));
+        }
+        h
+    }
+}
