@@ -24,7 +24,9 @@ fn host(p: &PolyBatch) -> Result<&Vec<u32>> {
     match &p.buf {
         Buffer::Host(v) => Ok(v),
         #[allow(unreachable_patterns)]
-        _ => Err(Error::Backend("CPU backend got a buffer from another backend".into())),
+        _ => Err(Error::Backend(
+            "CPU backend got a buffer from another backend".into(),
+        )),
     }
 }
 
@@ -32,7 +34,9 @@ fn host_mut(p: &mut PolyBatch) -> Result<&mut Vec<u32>> {
     match &mut p.buf {
         Buffer::Host(v) => Ok(v),
         #[allow(unreachable_patterns)]
-        _ => Err(Error::Backend("CPU backend got a buffer from another backend".into())),
+        _ => Err(Error::Backend(
+            "CPU backend got a buffer from another backend".into(),
+        )),
     }
 }
 
@@ -63,10 +67,13 @@ where
 {
     let n = a.n;
     let limbs = a.limbs.clone();
-    host_mut(a)?.par_chunks_mut(n).enumerate().for_each(|(idx, chunk)| {
-        let l = idx % limbs.len();
-        f(l, limbs[l], chunk)
-    });
+    host_mut(a)?
+        .par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(idx, chunk)| {
+            let l = idx % limbs.len();
+            f(l, limbs[l], chunk)
+        });
     Ok(())
 }
 
@@ -75,7 +82,14 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn upload(&self, words: Vec<u32>, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch> {
+    fn upload(
+        &self,
+        words: Vec<u32>,
+        limbs: Arc<[usize]>,
+        count: usize,
+        n: usize,
+        repr: Repr,
+    ) -> Result<PolyBatch> {
         if words.len() != count * limbs.len() * n {
             return Err(Error::Shape(format!(
                 "upload: {} words for {count} polys x {} limbs x {n}",
@@ -83,7 +97,13 @@ impl Backend for CpuBackend {
                 limbs.len()
             )));
         }
-        Ok(PolyBatch::from_parts(Buffer::Host(words), limbs, count, n, repr))
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(words),
+            limbs,
+            count,
+            n,
+            repr,
+        ))
     }
 
     fn download(&self, p: &PolyBatch) -> Result<Vec<u32>> {
@@ -92,12 +112,20 @@ impl Backend for CpuBackend {
 
     fn zeros(&self, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch> {
         let len = count * limbs.len() * n;
-        Ok(PolyBatch::from_parts(Buffer::Host(vec![0; len]), limbs, count, n, repr))
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(vec![0; len]),
+            limbs,
+            count,
+            n,
+            repr,
+        ))
     }
 
     fn ntt_forward(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
         if p.repr == Repr::Ntt {
-            return Err(Error::InvalidInput("ntt_forward: batch is already in the NTT domain".into()));
+            return Err(Error::InvalidInput(
+                "ntt_forward: batch is already in the NTT domain".into(),
+            ));
         }
         each_limb(p, |_, li, c| ring.plan(li).forward(c))?;
         p.set_repr(Repr::Ntt);
@@ -106,7 +134,9 @@ impl Backend for CpuBackend {
 
     fn ntt_inverse(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
         if p.repr == Repr::Coeff {
-            return Err(Error::InvalidInput("ntt_inverse: batch is already in coefficient form".into()));
+            return Err(Error::InvalidInput(
+                "ntt_inverse: batch is already in coefficient form".into(),
+            ));
         }
         each_limb(p, |_, li, c| ring.plan(li).inverse(c))?;
         p.set_repr(Repr::Coeff);
@@ -141,7 +171,13 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn mul_acc(&self, ring: &RingContext, acc: &mut PolyBatch, a: &PolyBatch, b: &PolyBatch) -> Result<()> {
+    fn mul_acc(
+        &self,
+        ring: &RingContext,
+        acc: &mut PolyBatch,
+        a: &PolyBatch,
+        b: &PolyBatch,
+    ) -> Result<()> {
         acc.check_compatible(a, "mul_acc")?;
         acc.check_compatible(b, "mul_acc")?;
         let n = acc.n;
@@ -149,21 +185,28 @@ impl Backend for CpuBackend {
         let limbs = acc.limbs.clone();
         let (aw, bw) = (host(a)?, host(b)?);
         let (ab, bb) = (a.count == 1, b.count == 1);
-        host_mut(acc)?.par_chunks_mut(n).enumerate().for_each(|(idx, c)| {
-            let l = idx % nl;
-            let oa = if ab { l * n } else { idx * n };
-            let ob = if bb { l * n } else { idx * n };
-            let m = ring.modulus(limbs[l]);
-            for ((z, &x), &y) in c.iter_mut().zip(&aw[oa..oa + n]).zip(&bw[ob..ob + n]) {
-                *z = m.reduce_u64(*z as u64 + x as u64 * y as u64);
-            }
-        });
+        host_mut(acc)?
+            .par_chunks_mut(n)
+            .enumerate()
+            .for_each(|(idx, c)| {
+                let l = idx % nl;
+                let oa = if ab { l * n } else { idx * n };
+                let ob = if bb { l * n } else { idx * n };
+                let m = ring.modulus(limbs[l]);
+                for ((z, &x), &y) in c.iter_mut().zip(&aw[oa..oa + n]).zip(&bw[ob..ob + n]) {
+                    *z = m.reduce_u64(*z as u64 + x as u64 * y as u64);
+                }
+            });
         Ok(())
     }
 
     fn mul_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
         if s.len() != a.limbs.len() {
-            return Err(Error::Shape(format!("mul_scalar: {} constants for {} limbs", s.len(), a.limbs.len())));
+            return Err(Error::Shape(format!(
+                "mul_scalar: {} constants for {} limbs",
+                s.len(),
+                a.limbs.len()
+            )));
         }
         each_limb(a, |l, li, c| {
             let m = ring.modulus(li);
@@ -175,7 +218,11 @@ impl Backend for CpuBackend {
 
     fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
         if s.len() != a.limbs.len() {
-            return Err(Error::Shape(format!("add_scalar: {} constants for {} limbs", s.len(), a.limbs.len())));
+            return Err(Error::Shape(format!(
+                "add_scalar: {} constants for {} limbs",
+                s.len(),
+                a.limbs.len()
+            )));
         }
         each_limb(a, |l, li, c| {
             let m = ring.modulus(li);
@@ -193,10 +240,14 @@ impl Backend for CpuBackend {
         exact: bool,
     ) -> Result<PolyBatch> {
         if p.repr != Repr::Coeff {
-            return Err(Error::InvalidInput("base_convert needs coefficient form".into()));
+            return Err(Error::InvalidInput(
+                "base_convert needs coefficient form".into(),
+            ));
         }
         if conv.from().len() != p.limbs.len() || conv.to().len() != to.len() {
-            return Err(Error::Shape("base_convert: converter does not match the bases".into()));
+            return Err(Error::Shape(
+                "base_convert: converter does not match the bases".into(),
+            ));
         }
         let n = p.n;
         let input = host(p)?;
@@ -205,17 +256,29 @@ impl Backend for CpuBackend {
         let mut out = vec![0u32; p.count * out_words];
         out.par_chunks_mut(out_words)
             .zip(input.par_chunks(in_words))
-            .for_each_init(Vec::new, |scratch, (o, i)| conv.convert(i, o, n, exact, scratch));
-        Ok(PolyBatch::from_parts(Buffer::Host(out), to, p.count, n, Repr::Coeff))
+            .for_each_init(Vec::new, |scratch, (o, i)| {
+                conv.convert(i, o, n, exact, scratch)
+            });
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(out),
+            to,
+            p.count,
+            n,
+            Repr::Coeff,
+        ))
     }
 
     fn automorphism(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
         if p.repr != Repr::Coeff {
-            return Err(Error::InvalidInput("automorphism needs coefficient form".into()));
+            return Err(Error::InvalidInput(
+                "automorphism needs coefficient form".into(),
+            ));
         }
         let n = p.n;
         if g % 2 == 0 {
-            return Err(Error::InvalidInput(format!("Galois element {g} must be odd")));
+            return Err(Error::InvalidInput(format!(
+                "Galois element {g} must be odd"
+            )));
         }
         let two_n = 2 * n;
         let limbs = p.limbs.clone();
@@ -237,17 +300,22 @@ impl Backend for CpuBackend {
                     k = (k + g) % two_n;
                 }
             });
-        Ok(PolyBatch::from_parts(Buffer::Host(out), p.limbs.clone(), p.count, n, Repr::Coeff))
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(out),
+            p.limbs.clone(),
+            p.count,
+            n,
+            Repr::Coeff,
+        ))
     }
 
     fn select_limbs(&self, p: &PolyBatch, limbs: Arc<[usize]>) -> Result<PolyBatch> {
         let pos: Vec<usize> = limbs
             .iter()
             .map(|l| {
-                p.limbs
-                    .iter()
-                    .position(|x| x == l)
-                    .ok_or_else(|| Error::InvalidInput(format!("select_limbs: limb {l} not present")))
+                p.limbs.iter().position(|x| x == l).ok_or_else(|| {
+                    Error::InvalidInput(format!("select_limbs: limb {l} not present"))
+                })
             })
             .collect::<Result<_>>()?;
         let n = p.n;
@@ -259,16 +327,31 @@ impl Backend for CpuBackend {
                 out.extend_from_slice(&input[off..off + n]);
             }
         }
-        Ok(PolyBatch::from_parts(Buffer::Host(out), limbs, p.count, n, p.repr))
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(out),
+            limbs,
+            p.count,
+            n,
+            p.repr,
+        ))
     }
 
     fn slice_polys(&self, p: &PolyBatch, start: usize, len: usize) -> Result<PolyBatch> {
         if start + len > p.count {
-            return Err(Error::Shape(format!("slice_polys {start}+{len} of {}", p.count)));
+            return Err(Error::Shape(format!(
+                "slice_polys {start}+{len} of {}",
+                p.count
+            )));
         }
         let w = p.poly_words();
         let v = host(p)?[start * w..(start + len) * w].to_vec();
-        Ok(PolyBatch::from_parts(Buffer::Host(v), p.limbs.clone(), len, p.n, p.repr))
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(v),
+            p.limbs.clone(),
+            len,
+            p.n,
+            p.repr,
+        ))
     }
 
     fn concat(&self, parts: &[&PolyBatch]) -> Result<PolyBatch> {
@@ -279,17 +362,27 @@ impl Backend for CpuBackend {
         let mut count = 0;
         for p in parts {
             if p.limbs != first.limbs || p.repr != first.repr || p.n != first.n {
-                return Err(Error::ParameterMismatch("concat: batches differ in limbs/repr".into()));
+                return Err(Error::ParameterMismatch(
+                    "concat: batches differ in limbs/repr".into(),
+                ));
             }
             out.extend_from_slice(host(p)?);
             count += p.count;
         }
-        Ok(PolyBatch::from_parts(Buffer::Host(out), first.limbs.clone(), count, first.n, first.repr))
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(out),
+            first.limbs.clone(),
+            count,
+            first.n,
+            first.repr,
+        ))
     }
 
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
         if a.count != b.count || a.repr != b.repr || a.n != b.n {
-            return Err(Error::Shape("concat_limbs: batches differ in count/repr".into()));
+            return Err(Error::Shape(
+                "concat_limbs: batches differ in count/repr".into(),
+            ));
         }
         let (aw, bw) = (host(a)?, host(b)?);
         let (wa, wb) = (a.poly_words(), b.poly_words());
@@ -299,6 +392,12 @@ impl Backend for CpuBackend {
             out.extend_from_slice(&bw[c * wb..(c + 1) * wb]);
         }
         let limbs: Arc<[usize]> = a.limbs.iter().chain(b.limbs.iter()).copied().collect();
-        Ok(PolyBatch::from_parts(Buffer::Host(out), limbs, a.count, a.n, a.repr))
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(out),
+            limbs,
+            a.count,
+            a.n,
+            a.repr,
+        ))
     }
 }

@@ -46,7 +46,13 @@ pub struct PolyBatch {
 
 impl PolyBatch {
     /// Wraps a buffer (backends only).
-    pub(crate) fn from_parts(buf: Buffer, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Self {
+    pub(crate) fn from_parts(
+        buf: Buffer,
+        limbs: Arc<[usize]>,
+        count: usize,
+        n: usize,
+        repr: Repr,
+    ) -> Self {
         Self {
             buf,
             limbs,
@@ -125,7 +131,14 @@ pub trait Backend: Send + Sync + Debug {
     fn name(&self) -> &'static str;
 
     /// Copies host words (limb-major) to the device.
-    fn upload(&self, words: Vec<u32>, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch>;
+    fn upload(
+        &self,
+        words: Vec<u32>,
+        limbs: Arc<[usize]>,
+        count: usize,
+        n: usize,
+        repr: Repr,
+    ) -> Result<PolyBatch>;
 
     /// Copies a batch back to host words (limb-major).
     fn download(&self, p: &PolyBatch) -> Result<Vec<u32>>;
@@ -152,7 +165,13 @@ pub trait Backend: Send + Sync + Debug {
     fn mul_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()>;
 
     /// `acc += a * b` element-wise; `a` and `b` may each broadcast.
-    fn mul_acc(&self, ring: &RingContext, acc: &mut PolyBatch, a: &PolyBatch, b: &PolyBatch) -> Result<()>;
+    fn mul_acc(
+        &self,
+        ring: &RingContext,
+        acc: &mut PolyBatch,
+        a: &PolyBatch,
+        b: &PolyBatch,
+    ) -> Result<()>;
 
     /// `a *= s[limb]`, one constant per limb (`s.len() == a.limbs().len()`).
     fn mul_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()>;

@@ -95,7 +95,12 @@ impl NttPlan {
 
     /// Twiddle tables (for device upload): (psi_rev, psi_rev_shoup, ipsi_rev, ipsi_rev_shoup).
     pub fn tables(&self) -> (&[u32], &[u32], &[u32], &[u32]) {
-        (&self.psi_rev, &self.psi_rev_shoup, &self.ipsi_rev, &self.ipsi_rev_shoup)
+        (
+            &self.psi_rev,
+            &self.psi_rev_shoup,
+            &self.ipsi_rev,
+            &self.ipsi_rev_shoup,
+        )
     }
 
     /// `(N^{-1}, shoup(N^{-1}))`.

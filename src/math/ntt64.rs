@@ -133,21 +133,33 @@ mod tests {
         let n = 64;
         let t = batching_prime(60, n, &[]).unwrap();
         let plan = NttPlan64::new(n, t).unwrap();
-        let a: Vec<u64> = (0..n as u64).map(|i| (i * 0x1234_5678_9abc + 7) % t).collect();
-        let b: Vec<u64> = (0..n as u64).map(|i| (i * i * 0x0fed_cba9 + 3) % t).collect();
+        let a: Vec<u64> = (0..n as u64)
+            .map(|i| (i * 0x1234_5678_9abc + 7) % t)
+            .collect();
+        let b: Vec<u64> = (0..n as u64)
+            .map(|i| (i * i * 0x0fed_cba9 + 3) % t)
+            .collect();
         // schoolbook negacyclic reference
         let mut want = vec![0u64; n];
         for i in 0..n {
             for j in 0..n {
                 let p = mul_mod_u64(a[i], b[j], t);
                 let k = (i + j) % n;
-                want[k] = if i + j < n { (want[k] + p) % t } else { (want[k] + t - p) % t };
+                want[k] = if i + j < n {
+                    (want[k] + p) % t
+                } else {
+                    (want[k] + t - p) % t
+                };
             }
         }
         let (mut fa, mut fb) = (a.clone(), b.clone());
         plan.forward(&mut fa);
         plan.forward(&mut fb);
-        let mut prod: Vec<u64> = fa.iter().zip(&fb).map(|(x, y)| mul_mod_u64(*x, *y, t)).collect();
+        let mut prod: Vec<u64> = fa
+            .iter()
+            .zip(&fb)
+            .map(|(x, y)| mul_mod_u64(*x, *y, t))
+            .collect();
         plan.inverse(&mut prod);
         assert_eq!(prod, want);
         plan.inverse(&mut fa);

@@ -71,7 +71,12 @@ pub fn ntt_primes(bits: u32, modulus_step: u64, count: usize, exclude: &[u32]) -
 /// Up to `count` primes `≡ 1 (mod step)` as close as possible to `2^target_log`, alternately just
 /// above and just below it, so that a product of consecutive primes stays near a power of two
 /// (CKKS rescaling divides by these primes and wants the scale to stay put).
-pub fn ntt_primes_near(target_log: u32, step: u64, count: usize, exclude: &[u32]) -> Result<Vec<u32>> {
+pub fn ntt_primes_near(
+    target_log: u32,
+    step: u64,
+    count: usize,
+    exclude: &[u32],
+) -> Result<Vec<u32>> {
     if !(11..=29).contains(&target_log) {
         return Err(Error::InvalidParameters(format!(
             "scale primes near 2^{target_log} are outside the supported 2^11..2^29"
@@ -88,7 +93,9 @@ pub fn ntt_primes_near(target_log: u32, step: u64, count: usize, exclude: &[u32]
     let limit = 1u64 << 30;
     while out.len() < count {
         if take_up {
-            while up < limit && (!is_prime(up) || exclude.contains(&(up as u32)) || out.contains(&(up as u32))) {
+            while up < limit
+                && (!is_prime(up) || exclude.contains(&(up as u32)) || out.contains(&(up as u32)))
+            {
                 up += step;
             }
             if up >= limit {
@@ -97,7 +104,11 @@ pub fn ntt_primes_near(target_log: u32, step: u64, count: usize, exclude: &[u32]
             out.push(up as u32);
             up += step;
         } else {
-            while down > step && (!is_prime(down) || exclude.contains(&(down as u32)) || out.contains(&(down as u32))) {
+            while down > step
+                && (!is_prime(down)
+                    || exclude.contains(&(down as u32))
+                    || out.contains(&(down as u32)))
+            {
                 down -= step;
             }
             if down <= step {
@@ -125,7 +136,9 @@ pub fn primitive_root_of_unity(q: u64, order: u64) -> Result<u64> {
             return Ok(r);
         }
     }
-    Err(Error::InvalidParameters(format!("no root of unity found mod {q}")))
+    Err(Error::InvalidParameters(format!(
+        "no root of unity found mod {q}"
+    )))
 }
 
 /// A prime plaintext modulus `t ≡ 1 (mod 2N)` with `bits` bits (up to 60), for BFV batching.

@@ -22,7 +22,9 @@ impl RingContext {
         seen.sort_unstable();
         seen.dedup();
         if seen.len() != primes.len() {
-            return Err(Error::InvalidParameters("limb primes must be distinct".into()));
+            return Err(Error::InvalidParameters(
+                "limb primes must be distinct".into(),
+            ));
         }
         let moduli = primes
             .iter()

@@ -20,9 +20,7 @@ pub struct RnsBasis {
 impl RnsBasis {
     /// Builds the basis (the moduli must be distinct primes).
     pub fn new(moduli: &[Modulus]) -> Self {
-        let product = moduli
-            .iter()
-            .fold(BigUint::one(), |acc, m| acc * m.value());
+        let product = moduli.iter().fold(BigUint::one(), |acc, m| acc * m.value());
         let q_hat: Vec<BigUint> = moduli.iter().map(|m| &product / m.value()).collect();
         let q_hat_inv = moduli
             .iter()
@@ -139,7 +137,10 @@ impl BaseConverter {
             .iter()
             .map(|c| (&basis.product % c.value()).to_u32().unwrap_or(0))
             .collect();
-        let frac = from.iter().map(|m| (1u64 << 62) / m.value() as u64).collect();
+        let frac = from
+            .iter()
+            .map(|m| (1u64 << 62) / m.value() as u64)
+            .collect();
         Self {
             from: from.to_vec(),
             to: to.to_vec(),
@@ -162,7 +163,14 @@ impl BaseConverter {
 
     /// Converts `input` (`from.len()` limbs of `n` words) into `output` (`to.len()` limbs).
     /// `scratch` must hold `from.len() * n` words; `exact` picks the centered exact variant.
-    pub fn convert(&self, input: &[u32], output: &mut [u32], n: usize, exact: bool, scratch: &mut Vec<u32>) {
+    pub fn convert(
+        &self,
+        input: &[u32],
+        output: &mut [u32],
+        n: usize,
+        exact: bool,
+        scratch: &mut Vec<u32>,
+    ) {
         let k = self.from.len();
         debug_assert_eq!(input.len(), k * n);
         debug_assert_eq!(output.len(), self.to.len() * n);
@@ -170,7 +178,10 @@ impl BaseConverter {
         for i in 0..k {
             let m = &self.from[i];
             let (w, ws) = self.b_hat_inv[i];
-            for (y, &x) in scratch[i * n..(i + 1) * n].iter_mut().zip(&input[i * n..(i + 1) * n]) {
+            for (y, &x) in scratch[i * n..(i + 1) * n]
+                .iter_mut()
+                .zip(&input[i * n..(i + 1) * n])
+            {
                 *y = m.mul_shoup(x, w, ws);
             }
         }

@@ -114,7 +114,11 @@ mod tests {
         }
         let e = s.cbd(50000);
         let var = e.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / e.len() as f64;
-        assert!((var.sqrt() - ERROR_STD_DEV).abs() < 0.1, "sigma {}", var.sqrt());
+        assert!(
+            (var.sqrt() - ERROR_STD_DEV).abs() < 0.1,
+            "sigma {}",
+            var.sqrt()
+        );
         let m = [Modulus::new(1_073_479_681).unwrap()];
         let u = s.uniform(&m, 20000);
         let mean = u.iter().map(|&x| x as f64).sum::<f64>() / u.len() as f64;

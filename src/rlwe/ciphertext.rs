@@ -72,7 +72,9 @@ pub fn encrypt_symmetric(
     Ok(ct)
 }
 
-/// Public-key encryption: `(pk_0·u + e_0 + m, pk_1·u + e_1)` with ternary `u`.
+/// Public-key encryption: `(pk_0·u + e_0 + P·m, pk_1·u + e_1)` with ternary `u`, computed over
+/// the ciphertext and special primes and then divided by `P` (as SEAL does), which shrinks the
+/// fresh noise from `|e·u + e_1·s|` (~2^8 per coefficient) to a rounding error.
 pub fn encrypt_public(
     ctx: &RlweContext,
     pk: &PublicKey,
@@ -83,18 +85,35 @@ pub fn encrypt_public(
     ctx.check_fingerprint(pk.fingerprint, "public key")?;
     let be = ctx.backend();
     let ring = ctx.ring();
-    let limbs = m.limbs_arc();
+    let q_limbs = m.limbs_arc();
+    let level = q_limbs.len() - 1;
+    let limbs = ctx.qp_limbs(level);
     let n = ctx.n();
     let wide = |v: Vec<i8>| v.into_iter().map(|x| x as i64).collect::<Vec<i64>>();
     let u = ctx.upload_signed_ntt(&wide(sampler.ternary(n)), limbs.clone())?;
     let e0 = ctx.upload_signed_ntt(&wide(sampler.cbd(n)), limbs.clone())?;
     let e1 = ctx.upload_signed_ntt(&wide(sampler.cbd(n)), limbs.clone())?;
-    let pk_here = be.select_limbs(&pk.polys, limbs)?;
+    let pk_here = be.select_limbs(&pk.polys, limbs.clone())?;
     let mut out = be.concat(&[&e0, &e1])?;
     be.mul_acc(ring, &mut out, &pk_here, &u)?;
-    let zero_poly = be.zeros(m.limbs_arc(), 1, n, Repr::Ntt)?;
-    let m2 = be.concat(&[m, &zero_poly])?;
+    // P·m on the ciphertext primes, 0 on the special primes.
+    let mut pm = m.clone();
+    let p_mod_q: Vec<u32> = q_limbs
+        .iter()
+        .map(|&l| {
+            let md = ring.modulus(l);
+            ctx.p_limbs().iter().fold(1u32, |acc, &p| {
+                md.mul(acc, ring.modulus(p).value() % md.value())
+            })
+        })
+        .collect();
+    be.mul_scalar_assign(ring, &mut pm, &p_mod_q)?;
+    let zeros_p = be.zeros(ctx.p_limbs(), 1, n, Repr::Ntt)?;
+    let pm = be.concat_limbs(&pm, &zeros_p)?;
+    let zero_poly = be.zeros(limbs, 1, n, Repr::Ntt)?;
+    let m2 = be.concat(&[&pm, &zero_poly])?;
     be.add_assign(ring, &mut out, &m2)?;
+    let out = ctx.mod_down(&out, q_limbs, ctx.p_limbs())?;
     Ok(Ciphertext::new(out, scale, ctx.fingerprint()))
 }
 
@@ -132,12 +151,21 @@ fn check_pair(ctx: &RlweContext, a: &Ciphertext, b: &Ciphertext, op: &'static st
 }
 
 /// `a + b` (or `a − b` when `subtract`); sizes may differ (the result has the larger size).
-pub fn add_ciphertexts(ctx: &RlweContext, a: &Ciphertext, b: &Ciphertext, subtract: bool) -> Result<Ciphertext> {
+pub fn add_ciphertexts(
+    ctx: &RlweContext,
+    a: &Ciphertext,
+    b: &Ciphertext,
+    subtract: bool,
+) -> Result<Ciphertext> {
     let op = if subtract { "sub" } else { "add" };
     check_pair(ctx, a, b, op)?;
     let be = ctx.backend();
     let ring = ctx.ring();
-    let (big, small, swapped) = if a.size() >= b.size() { (a, b, false) } else { (b, a, true) };
+    let (big, small, swapped) = if a.size() >= b.size() {
+        (a, b, false)
+    } else {
+        (b, a, true)
+    };
     let mut out = big.polys.clone();
     let mut head = be.slice_polys(&out, 0, small.size())?;
     if subtract && swapped {
@@ -203,7 +231,10 @@ pub fn relinearize(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<
         return Ok(ct.clone());
     }
     if ct.size() != 3 {
-        return Err(Error::CiphertextSize(format!("cannot relinearize a size-{} ciphertext", ct.size())));
+        return Err(Error::CiphertextSize(format!(
+            "cannot relinearize a size-{} ciphertext",
+            ct.size()
+        )));
     }
     let be = ctx.backend();
     let ring = ctx.ring();
@@ -216,12 +247,23 @@ pub fn relinearize(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<
 }
 
 /// Applies the automorphism `X → X^g` and switches back to `s` with the Galois key.
-pub fn apply_galois(ctx: &RlweContext, ct: &Ciphertext, g: usize, gk: &GaloisKeys, step: Option<i64>) -> Result<Ciphertext> {
+pub fn apply_galois(
+    ctx: &RlweContext,
+    ct: &Ciphertext,
+    g: usize,
+    gk: &GaloisKeys,
+    step: Option<i64>,
+) -> Result<Ciphertext> {
     ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
     if ct.size() != 2 {
-        return Err(Error::CiphertextSize("rotate a relinearized (size-2) ciphertext".into()));
+        return Err(Error::CiphertextSize(
+            "rotate a relinearized (size-2) ciphertext".into(),
+        ));
     }
-    let key = gk.get(g).ok_or(Error::MissingGaloisKey { galois_element: g, step })?;
+    let key = gk.get(g).ok_or(Error::MissingGaloisKey {
+        galois_element: g,
+        step,
+    })?;
     let be = ctx.backend();
     let ring = ctx.ring();
     let mut c = ct.polys.clone();

@@ -130,7 +130,11 @@ impl RlweContext {
         cache
             .entry(key)
             .or_insert_with(|| {
-                let m = |ls: &[usize]| ls.iter().map(|&i| *self.ring.modulus(i)).collect::<Vec<_>>();
+                let m = |ls: &[usize]| {
+                    ls.iter()
+                        .map(|&i| *self.ring.modulus(i))
+                        .collect::<Vec<_>>()
+                };
                 Arc::new(BaseConverter::new(&m(from), &m(to)))
             })
             .clone()
@@ -141,7 +145,10 @@ impl RlweContext {
     pub fn upload_signed(&self, coeffs: &[i64], limbs: Arc<[usize]>) -> Result<PolyBatch> {
         let n = self.n();
         if coeffs.len() != n {
-            return Err(Error::Shape(format!("{} coefficients for N = {n}", coeffs.len())));
+            return Err(Error::Shape(format!(
+                "{} coefficients for N = {n}",
+                coeffs.len()
+            )));
         }
         let mut words = Vec::with_capacity(limbs.len() * n);
         for &l in limbs.iter() {
@@ -161,7 +168,12 @@ impl RlweContext {
     /// Divides by the product of the `drop` limbs and rounds: the NTT-domain batch over
     /// `keep ∪ drop` becomes one over `keep`. Key switching's ModDown (drop = special primes)
     /// and CKKS rescaling (drop = the last prime) are both this.
-    pub fn mod_down(&self, x: &PolyBatch, keep: Arc<[usize]>, drop: Arc<[usize]>) -> Result<PolyBatch> {
+    pub fn mod_down(
+        &self,
+        x: &PolyBatch,
+        keep: Arc<[usize]>,
+        drop: Arc<[usize]>,
+    ) -> Result<PolyBatch> {
         let be = self.backend();
         let mut tail = be.select_limbs(x, drop.clone())?;
         be.ntt_inverse(&self.ring, &mut tail)?;
@@ -174,9 +186,9 @@ impl RlweContext {
             .iter()
             .map(|&k| {
                 let m = self.ring.modulus(k);
-                let prod = drop
-                    .iter()
-                    .fold(1u32, |acc, &d| m.mul(acc, self.ring.modulus(d).value() % m.value()));
+                let prod = drop.iter().fold(1u32, |acc, &d| {
+                    m.mul(acc, self.ring.modulus(d).value() % m.value())
+                });
                 m.inv(prod).unwrap_or(0)
             })
             .collect();

@@ -61,7 +61,7 @@ impl SecretKey {
 /// An encryption of zero under the secret key, for public-key encryption.
 #[derive(Clone, Debug)]
 pub struct PublicKey {
-    /// (b, a) with b = -a·s + e, NTT domain over the full ciphertext modulus.
+    /// (b, a) with b = -a·s + e, NTT domain over the ciphertext and special primes.
     pub(crate) polys: PolyBatch,
     pub(crate) fingerprint: u64,
 }
@@ -95,8 +95,7 @@ impl PublicKey {
     /// Generates the public key for `sk`.
     pub fn generate(ctx: &RlweContext, sk: &SecretKey, sampler: &mut Sampler) -> Result<Self> {
         ctx.check_fingerprint(sk.fingerprint, "secret key")?;
-        let s = sk.on_limbs(ctx, ctx.q_limbs(ctx.max_level()))?;
-        let (polys, _) = rlwe_sample(ctx, &s, None, sampler)?;
+        let (polys, _) = rlwe_sample(ctx, &sk.ntt, None, sampler)?;
         Ok(Self {
             polys,
             fingerprint: ctx.fingerprint(),
@@ -115,7 +114,12 @@ pub struct KeySwitchKey {
 
 impl KeySwitchKey {
     /// Generates a key switching `s_from` (NTT over QP at full level) to `sk`.
-    pub fn generate(ctx: &RlweContext, sk: &SecretKey, s_from: &PolyBatch, sampler: &mut Sampler) -> Result<Self> {
+    pub fn generate(
+        ctx: &RlweContext,
+        sk: &SecretKey,
+        s_from: &PolyBatch,
+        sampler: &mut Sampler,
+    ) -> Result<Self> {
         let be = ctx.backend();
         let ring = ctx.ring();
         let full = ctx.qp_limbs(ctx.max_level());
@@ -127,9 +131,9 @@ impl KeySwitchKey {
                 .map(|&l| {
                     if range.contains(&l) {
                         let m = ring.modulus(l);
-                        ctx.p_limbs()
-                            .iter()
-                            .fold(1u32, |acc, &p| m.mul(acc, ring.modulus(p).value() % m.value()))
+                        ctx.p_limbs().iter().fold(1u32, |acc, &p| {
+                            m.mul(acc, ring.modulus(p).value() % m.value())
+                        })
                     } else {
                         0
                     }
@@ -153,7 +157,9 @@ impl KeySwitchKey {
         let be = ctx.backend();
         let ring = ctx.ring();
         if d.repr() != Repr::Coeff || d.count() != 1 {
-            return Err(Error::InvalidInput("key switch input must be one polynomial in coefficient form".into()));
+            return Err(Error::InvalidInput(
+                "key switch input must be one polynomial in coefficient form".into(),
+            ));
         }
         let level = d.limbs().len() - 1;
         let qp = ctx.qp_limbs(level);
@@ -205,7 +211,12 @@ pub struct GaloisKeys {
 
 impl GaloisKeys {
     /// Generates keys for the given Galois elements.
-    pub fn generate(ctx: &RlweContext, sk: &SecretKey, elements: &[usize], sampler: &mut Sampler) -> Result<Self> {
+    pub fn generate(
+        ctx: &RlweContext,
+        sk: &SecretKey,
+        elements: &[usize],
+        sampler: &mut Sampler,
+    ) -> Result<Self> {
         let mut keys = HashMap::new();
         let be = ctx.backend();
         let ring = ctx.ring();

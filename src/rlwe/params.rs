@@ -44,14 +44,23 @@ pub struct RlweParams {
 
 impl RlweParams {
     /// Validates and builds parameters.
-    pub fn new(n: usize, q: Vec<u32>, p: Vec<u32>, aux: Vec<u32>, dnum: usize, security: Security) -> Result<Self> {
+    pub fn new(
+        n: usize,
+        q: Vec<u32>,
+        p: Vec<u32>,
+        aux: Vec<u32>,
+        dnum: usize,
+        security: Security,
+    ) -> Result<Self> {
         if !n.is_power_of_two() || !(1024..=65536).contains(&n) {
             return Err(Error::InvalidParameters(format!(
                 "ring degree N = {n} must be a power of two in 2^10..=2^16"
             )));
         }
         if q.is_empty() {
-            return Err(Error::InvalidParameters("need at least one ciphertext prime".into()));
+            return Err(Error::InvalidParameters(
+                "need at least one ciphertext prime".into(),
+            ));
         }
         if dnum == 0 || dnum > q.len() {
             return Err(Error::InvalidParameters(format!(
@@ -68,7 +77,10 @@ impl RlweParams {
         }
         for &x in q.iter().chain(&p).chain(&aux) {
             if (x as u64 - 1) % (2 * n as u64) != 0 {
-                return Err(Error::InvalidParameters(format!("prime {x} is not ≡ 1 mod 2N = {}", 2 * n)));
+                return Err(Error::InvalidParameters(format!(
+                    "prime {x} is not ≡ 1 mod 2N = {}",
+                    2 * n
+                )));
             }
         }
         let me = Self {
@@ -83,7 +95,11 @@ impl RlweParams {
             let max = max_log_qp_128(n).unwrap_or(0);
             let log_qp = me.log_qp().ceil() as u32;
             if log_qp > max {
-                return Err(Error::InsecureParameters { n, log_qp, max_log_qp: max });
+                return Err(Error::InsecureParameters {
+                    n,
+                    log_qp,
+                    max_log_qp: max,
+                });
             }
         }
         Ok(me)
@@ -121,7 +137,11 @@ impl RlweParams {
 
     /// log2 of the product of ciphertext and special primes (what the security bound limits).
     pub fn log_qp(&self) -> f64 {
-        self.q.iter().chain(&self.p).map(|&x| (x as f64).log2()).sum()
+        self.q
+            .iter()
+            .chain(&self.p)
+            .map(|&x| (x as f64).log2())
+            .sum()
     }
 
     /// log2 Q of the ciphertext primes.

@@ -1,0 +1,513 @@
+//! CKKS: approximate arithmetic on vectors of real or complex numbers.
+//!
+//! Each level has one scale prime; [`CkksContext::rescale`] divides by it. Operands at different
+//! levels are brought to the lower one automatically (dropping primes keeps the value and the
+//! scale); operands at different scales are rejected with [`Error::ScaleMismatch`].
+//!
+//! ```
+//! use hetensor::ckks::{CkksContext, CkksParams};
+//! # fn main() -> hetensor::Result<()> {
+//! let ctx = CkksContext::new(CkksParams::preset(13, 25)?)?;
+//! let keys = ctx.keygen()?;
+//! let a = ctx.encrypt(&ctx.encode(&[1.5, -2.0, 3.25], ctx.default_scale(), ctx.max_level())?, &keys.public)?;
+//! let b = ctx.encrypt(&ctx.encode(&[2.0, 0.5, -1.0], ctx.default_scale(), ctx.max_level())?, &keys.public)?;
+//! let prod = ctx.rescale(&ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?)?;
+//! let out = ctx.decrypt_decode(&prod, &keys.secret)?;
+//! assert!((out[0] - 3.0).abs() < 1e-3 && (out[1] + 1.0).abs() < 1e-3 && (out[2] + 3.25).abs() < 1e-3);
+//! # Ok(()) }
+//! ```
+
+pub mod encoder;
+pub mod params;
+
+use std::sync::{Arc, Mutex};
+
+use num_bigint::BigInt;
+use num_complex::Complex64;
+use num_traits::ToPrimitive;
+
+use crate::backend::PolyBatch;
+use crate::error::{Error, Result};
+use crate::math::sampler::Sampler;
+use crate::math::RnsBasis;
+use crate::rlwe::ciphertext as ct_ops;
+use crate::rlwe::keys::{galois_element_conjugate, galois_element_for_step};
+use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, RlweContext, SecretKey};
+
+pub use encoder::CkksEncoder;
+pub use params::CkksParams;
+
+/// An encoded (unencrypted) CKKS message at some level and scale, NTT domain.
+#[derive(Clone, Debug)]
+pub struct Plaintext {
+    pub(crate) poly: PolyBatch,
+    pub(crate) scale: f64,
+}
+
+impl Plaintext {
+    /// Level of the plaintext.
+    pub fn level(&self) -> usize {
+        self.poly.limbs().len() - 1
+    }
+
+    /// Scale of the plaintext.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+}
+
+/// The keys a key owner generates in one go.
+#[derive(Debug)]
+pub struct KeySet {
+    /// Secret key (keep it).
+    pub secret: SecretKey,
+    /// Public encryption key.
+    pub public: PublicKey,
+    /// Relinearization key.
+    pub relin: RelinKey,
+}
+
+/// A CKKS context: parameters, ring, encoder and randomness.
+#[derive(Debug)]
+pub struct CkksContext {
+    rlwe: Arc<RlweContext>,
+    params: CkksParams,
+    encoder: CkksEncoder,
+    sampler: Mutex<Sampler>,
+}
+
+/// Relative tolerance under which two scales count as equal (float bookkeeping only).
+const SCALE_TOLERANCE: f64 = 1e-9;
+
+impl CkksContext {
+    /// Builds a context on the default (CPU) backend, with randomness from the OS.
+    pub fn new(params: CkksParams) -> Result<Self> {
+        Self::with_rlwe(
+            RlweContext::new(params.rlwe.clone())?,
+            params,
+            Sampler::from_os(),
+        )
+    }
+
+    /// Builds a context with a fixed seed: reproducible keys and ciphertexts, for tests only.
+    pub fn with_seed(params: CkksParams, seed: [u8; 32]) -> Result<Self> {
+        Self::with_rlwe(
+            RlweContext::new(params.rlwe.clone())?,
+            params,
+            Sampler::from_seed(seed),
+        )
+    }
+
+    /// Builds a context over an existing RLWE context (e.g. on another backend).
+    pub fn with_rlwe(rlwe: Arc<RlweContext>, params: CkksParams, sampler: Sampler) -> Result<Self> {
+        if rlwe.params() != &params.rlwe {
+            return Err(Error::ParameterMismatch(
+                "RLWE context and CKKS parameters differ".into(),
+            ));
+        }
+        let encoder = CkksEncoder::new(rlwe.n());
+        Ok(Self {
+            rlwe,
+            params,
+            encoder,
+            sampler: Mutex::new(sampler),
+        })
+    }
+
+    /// The RLWE context underneath.
+    pub fn rlwe(&self) -> &Arc<RlweContext> {
+        &self.rlwe
+    }
+
+    /// Parameters.
+    pub fn params(&self) -> &CkksParams {
+        &self.params
+    }
+
+    /// Number of slots (N/2).
+    pub fn slots(&self) -> usize {
+        self.encoder.slots()
+    }
+
+    /// Highest level (fresh ciphertexts).
+    pub fn max_level(&self) -> usize {
+        self.rlwe.max_level()
+    }
+
+    /// 2^scale_bits.
+    pub fn default_scale(&self) -> f64 {
+        (self.params.scale_bits as f64).exp2()
+    }
+
+    /// The prime that rescaling at `level` divides by.
+    pub fn scale_prime(&self, level: usize) -> u32 {
+        self.rlwe.ring().modulus(level).value()
+    }
+
+    fn with_sampler<T>(&self, f: impl FnOnce(&mut Sampler) -> Result<T>) -> Result<T> {
+        let mut s = self.sampler.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut s)
+    }
+
+    /// Generates secret, public and relinearization keys.
+    pub fn keygen(&self) -> Result<KeySet> {
+        self.with_sampler(|s| {
+            let secret = SecretKey::generate(&self.rlwe, s)?;
+            let public = PublicKey::generate(&self.rlwe, &secret, s)?;
+            let relin = RelinKey::generate(&self.rlwe, &secret, s)?;
+            Ok(KeySet {
+                secret,
+                public,
+                relin,
+            })
+        })
+    }
+
+    /// Galois keys for rotations by the given slot steps (and conjugation if asked).
+    pub fn gen_galois_keys(
+        &self,
+        sk: &SecretKey,
+        steps: &[i64],
+        conjugation: bool,
+    ) -> Result<GaloisKeys> {
+        let n = self.rlwe.n();
+        let mut els: Vec<usize> = steps
+            .iter()
+            .map(|&s| galois_element_for_step(n, s))
+            .collect();
+        if conjugation {
+            els.push(galois_element_conjugate(n));
+        }
+        self.with_sampler(|s| GaloisKeys::generate(&self.rlwe, sk, &els, s))
+    }
+
+    /// Encodes real values into slots at `scale` and `level`.
+    pub fn encode(&self, values: &[f64], scale: f64, level: usize) -> Result<Plaintext> {
+        let z: Vec<Complex64> = values.iter().map(|&v| Complex64::new(v, 0.0)).collect();
+        self.encode_complex(&z, scale, level)
+    }
+
+    /// Encodes complex values into slots at `scale` and `level`.
+    pub fn encode_complex(
+        &self,
+        values: &[Complex64],
+        scale: f64,
+        level: usize,
+    ) -> Result<Plaintext> {
+        if values.len() > self.slots() {
+            return Err(Error::TooManyValues {
+                got: values.len(),
+                slots: self.slots(),
+            });
+        }
+        if level > self.max_level() {
+            return Err(Error::InvalidInput(format!(
+                "level {level} above the chain's top {}",
+                self.max_level()
+            )));
+        }
+        if values
+            .iter()
+            .any(|v| !v.re.is_finite() || !v.im.is_finite())
+            || !(scale.is_finite() && scale >= 1.0)
+        {
+            return Err(Error::InvalidInput(
+                "values and scale must be finite (scale ≥ 1)".into(),
+            ));
+        }
+        let coeffs = self.encoder.embed_inverse(values);
+        let limit = self.coefficient_limit(level);
+        let mut ints = Vec::with_capacity(coeffs.len());
+        for c in coeffs {
+            let v = (c * scale).round();
+            if v.abs() >= limit {
+                return Err(Error::ScaleOverflow(format!(
+                    "encoding at scale 2^{:.1} gives a coefficient of 2^{:.1}, beyond the 2^{:.1} that level {level} holds; lower the scale or the values",
+                    scale.log2(),
+                    v.abs().log2(),
+                    limit.log2()
+                )));
+            }
+            ints.push(v as i64);
+        }
+        let poly = self
+            .rlwe
+            .upload_signed_ntt(&ints, self.rlwe.q_limbs(level))?;
+        Ok(Plaintext { poly, scale })
+    }
+
+    /// Largest coefficient magnitude an encoding may have at a level (min of Q_l/2 and 2^62).
+    fn coefficient_limit(&self, level: usize) -> f64 {
+        let log_q: f64 = (0..=level)
+            .map(|i| (self.rlwe.ring().modulus(i).value() as f64).log2())
+            .sum();
+        (log_q - 1.0).min(62.0).exp2()
+    }
+
+    /// Decodes a plaintext polynomial (coefficient form) into real slot values.
+    pub fn decode_poly(&self, poly: &PolyBatch, scale: f64) -> Result<Vec<Complex64>> {
+        let words = self.rlwe.backend().download(poly)?;
+        let n = self.rlwe.n();
+        let limbs = poly.limbs();
+        let moduli: Vec<_> = limbs
+            .iter()
+            .map(|&l| *self.rlwe.ring().modulus(l))
+            .collect();
+        let coeffs: Vec<f64> = if moduli.len() == 1 {
+            words
+                .iter()
+                .map(|&w| moduli[0].center(w) as f64 / scale)
+                .collect()
+        } else {
+            let basis = RnsBasis::new(&moduli);
+            let mut residues = vec![0u32; moduli.len()];
+            (0..n)
+                .map(|k| {
+                    for (i, r) in residues.iter_mut().enumerate() {
+                        *r = words[i * n + k];
+                    }
+                    let x: BigInt = basis.compose_centered(&residues);
+                    x.to_f64().unwrap_or(f64::NAN) / scale
+                })
+                .collect()
+        };
+        Ok(self.encoder.embed(&coeffs))
+    }
+
+    /// Encrypts with the public key.
+    pub fn encrypt(&self, pt: &Plaintext, pk: &PublicKey) -> Result<Ciphertext> {
+        self.with_sampler(|s| ct_ops::encrypt_public(&self.rlwe, pk, &pt.poly, pt.scale, s))
+    }
+
+    /// Encrypts with the secret key (seeded: `c_1` is stored as 32 bytes when serialized).
+    pub fn encrypt_symmetric(&self, pt: &Plaintext, sk: &SecretKey) -> Result<Ciphertext> {
+        self.with_sampler(|s| ct_ops::encrypt_symmetric(&self.rlwe, sk, &pt.poly, pt.scale, s))
+    }
+
+    /// Decrypts to complex slot values.
+    pub fn decrypt_complex(&self, ct: &Ciphertext, sk: &SecretKey) -> Result<Vec<Complex64>> {
+        let poly = ct_ops::decrypt_to_poly(&self.rlwe, sk, ct)?;
+        self.decode_poly(&poly, ct.scale)
+    }
+
+    /// Decrypts to the real parts of the slot values.
+    pub fn decrypt_decode(&self, ct: &Ciphertext, sk: &SecretKey) -> Result<Vec<f64>> {
+        Ok(self
+            .decrypt_complex(ct, sk)?
+            .into_iter()
+            .map(|c| c.re)
+            .collect())
+    }
+
+    fn check_scales(op: &'static str, a: f64, b: f64) -> Result<()> {
+        if ((a - b) / a).abs() > SCALE_TOLERANCE {
+            return Err(Error::ScaleMismatch {
+                op,
+                left: a.log2(),
+                right: b.log2(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Brings two ciphertexts to the lower of their levels.
+    fn align(&self, a: &Ciphertext, b: &Ciphertext) -> Result<(Ciphertext, Ciphertext)> {
+        let l = a.level().min(b.level());
+        Ok((self.mod_switch_to(a, l)?, self.mod_switch_to(b, l)?))
+    }
+
+    /// Drops primes down to `level` without dividing (value and scale unchanged).
+    pub fn mod_switch_to(&self, ct: &Ciphertext, level: usize) -> Result<Ciphertext> {
+        if level == ct.level() {
+            return Ok(ct.clone());
+        }
+        ct_ops::drop_to_level(&self.rlwe, ct, level)
+    }
+
+    /// `a + b`.
+    pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        Self::check_scales("add", a.scale, b.scale)?;
+        let (a, b) = self.align(a, b)?;
+        ct_ops::add_ciphertexts(&self.rlwe, &a, &b, false)
+    }
+
+    /// `a − b`.
+    pub fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        Self::check_scales("sub", a.scale, b.scale)?;
+        let (a, b) = self.align(a, b)?;
+        ct_ops::add_ciphertexts(&self.rlwe, &a, &b, true)
+    }
+
+    /// `−a`.
+    pub fn negate(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        ct_ops::negate(&self.rlwe, a)
+    }
+
+    /// `ct + pt` (the plaintext must have the ciphertext's scale; its level may be higher).
+    pub fn add_plain(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        Self::check_scales("add_plain", ct.scale, pt.scale)?;
+        let m = self.plain_at_level(pt, ct.level(), "add_plain")?;
+        let be = self.rlwe.backend();
+        let mut c0 = be.slice_polys(&ct.polys, 0, 1)?;
+        be.add_assign(self.rlwe.ring(), &mut c0, &m)?;
+        let rest = be.slice_polys(&ct.polys, 1, ct.size() - 1)?;
+        Ok(Ciphertext::new(
+            be.concat(&[&c0, &rest])?,
+            ct.scale,
+            ct.fingerprint,
+        ))
+    }
+
+    fn plain_at_level(&self, pt: &Plaintext, level: usize, op: &'static str) -> Result<PolyBatch> {
+        if pt.level() < level {
+            return Err(Error::LevelMismatch {
+                op,
+                left: level,
+                right: pt.level(),
+            });
+        }
+        self.rlwe
+            .backend()
+            .select_limbs(&pt.poly, self.rlwe.q_limbs(level))
+    }
+
+    /// `ct · pt` (scales multiply).
+    pub fn multiply_plain(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
+        let m = self.plain_at_level(pt, ct.level(), "multiply_plain")?;
+        let scale = ct.scale * pt.scale;
+        self.check_scale_fits(scale, ct.level(), "multiply_plain")?;
+        let mut out = ct.polys.clone();
+        self.rlwe
+            .backend()
+            .mul_assign(self.rlwe.ring(), &mut out, &m)?;
+        Ok(Ciphertext::new(out, scale, ct.fingerprint))
+    }
+
+    /// `ct · c` for a real constant encoded as `round(c · const_scale)`; the result's scale is
+    /// `ct.scale · const_scale`. Passing `const_scale = scale_prime(level)` makes the next
+    /// rescale restore the scale exactly.
+    pub fn multiply_scalar(&self, ct: &Ciphertext, c: f64, const_scale: f64) -> Result<Ciphertext> {
+        let v = (c * const_scale).round();
+        if !v.is_finite() || v.abs() >= 9.2e18 {
+            return Err(Error::ScaleOverflow(format!(
+                "constant {c} at scale 2^{:.1} does not fit 63 bits",
+                const_scale.log2()
+            )));
+        }
+        let scale = ct.scale * const_scale;
+        self.check_scale_fits(scale, ct.level(), "multiply_scalar")?;
+        let words = self.scalar_words(v as i64, ct.level());
+        let mut out = ct.polys.clone();
+        self.rlwe
+            .backend()
+            .mul_scalar_assign(self.rlwe.ring(), &mut out, &words)?;
+        Ok(Ciphertext::new(out, scale, ct.fingerprint))
+    }
+
+    /// `ct + c` for a real constant (encoded at the ciphertext's scale).
+    pub fn add_scalar(&self, ct: &Ciphertext, c: f64) -> Result<Ciphertext> {
+        let v = (c * ct.scale).round();
+        if !v.is_finite() || v.abs() >= 9.2e18 {
+            return Err(Error::ScaleOverflow(format!(
+                "constant {c} at scale 2^{:.1} does not fit 63 bits",
+                ct.scale.log2()
+            )));
+        }
+        let words = self.scalar_words(v as i64, ct.level());
+        let be = self.rlwe.backend();
+        let mut c0 = be.slice_polys(&ct.polys, 0, 1)?;
+        be.add_scalar_assign(self.rlwe.ring(), &mut c0, &words)?;
+        let rest = be.slice_polys(&ct.polys, 1, ct.size() - 1)?;
+        Ok(Ciphertext::new(
+            be.concat(&[&c0, &rest])?,
+            ct.scale,
+            ct.fingerprint,
+        ))
+    }
+
+    fn scalar_words(&self, v: i64, level: usize) -> Vec<u32> {
+        (0..=level)
+            .map(|i| self.rlwe.ring().modulus(i).reduce_i64(v))
+            .collect()
+    }
+
+    fn check_scale_fits(&self, scale: f64, level: usize, op: &'static str) -> Result<()> {
+        let limit = self.coefficient_limit(level);
+        if scale >= limit / 2.0 {
+            return Err(Error::ScaleOverflow(format!(
+                "{op}: result scale 2^{:.1} leaves no room under the level-{level} modulus (2^{:.1}); rescale first",
+                scale.log2(),
+                limit.log2() + 1.0
+            )));
+        }
+        Ok(())
+    }
+
+    /// `a · b` without relinearization (size 3); scales multiply.
+    pub fn multiply(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let (a, b) = self.align(a, b)?;
+        let scale = a.scale * b.scale;
+        self.check_scale_fits(scale, a.level(), "multiply")?;
+        let polys = ct_ops::tensor(&self.rlwe, &a, &b)?;
+        Ok(Ciphertext::new(polys, scale, a.fingerprint))
+    }
+
+    /// `a²` without relinearization (size 3).
+    pub fn square(&self, a: &Ciphertext) -> Result<Ciphertext> {
+        self.multiply(a, a)
+    }
+
+    /// Relinearizes a size-3 ciphertext.
+    pub fn relinearize(&self, ct: &Ciphertext, rk: &RelinKey) -> Result<Ciphertext> {
+        ct_ops::relinearize(&self.rlwe, ct, rk)
+    }
+
+    /// Divides by the top prime: level − 1, scale / q_level.
+    pub fn rescale(&self, ct: &Ciphertext) -> Result<Ciphertext> {
+        let l = ct.level();
+        if l == 0 {
+            return Err(Error::OutOfLevels {
+                op: "rescale",
+                level: 0,
+            });
+        }
+        let polys = self
+            .rlwe
+            .mod_down(&ct.polys, self.rlwe.q_limbs(l - 1), Arc::from(vec![l]))?;
+        Ok(Ciphertext::new(
+            polys,
+            ct.scale / self.scale_prime(l) as f64,
+            ct.fingerprint,
+        ))
+    }
+
+    /// Rotates slots left by `step` (negative: right).
+    pub fn rotate(&self, ct: &Ciphertext, step: i64, gk: &GaloisKeys) -> Result<Ciphertext> {
+        let g = galois_element_for_step(self.rlwe.n(), step);
+        if g == 1 {
+            return Ok(ct.clone());
+        }
+        ct_ops::apply_galois(&self.rlwe, ct, g, gk, Some(step))
+    }
+
+    /// Complex conjugation of every slot.
+    pub fn conjugate(&self, ct: &Ciphertext, gk: &GaloisKeys) -> Result<Ciphertext> {
+        ct_ops::apply_galois(
+            &self.rlwe,
+            ct,
+            galois_element_conjugate(self.rlwe.n()),
+            gk,
+            None,
+        )
+    }
+}
+
+/// Precision in bits of `got` against `want`: −log2(max |error|).
+pub fn precision_bits(want: &[f64], got: &[f64]) -> f64 {
+    let err = want
+        .iter()
+        .zip(got)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f64, f64::max);
+    -err.max(f64::MIN_POSITIVE).log2()
+}

@@ -1,0 +1,258 @@
+//! CKKS: every homomorphic operation against the plaintext computation, within a bound derived
+//! from the parameters; the full modulus chain; and every misuse returning a typed error.
+
+use hetensor::ckks::{precision_bits, CkksContext, CkksParams};
+use hetensor::rlwe::Security;
+use hetensor::Error;
+use proptest::prelude::*;
+use std::sync::OnceLock;
+
+/// N = 2^13 preset at scale 2^25: 5 levels, 128-bit secure.
+fn ctx() -> &'static (
+    CkksContext,
+    hetensor::ckks::KeySet,
+    hetensor::rlwe::GaloisKeys,
+) {
+    static C: OnceLock<(
+        CkksContext,
+        hetensor::ckks::KeySet,
+        hetensor::rlwe::GaloisKeys,
+    )> = OnceLock::new();
+    C.get_or_init(|| {
+        let ctx = CkksContext::with_seed(CkksParams::preset(13, 25).unwrap(), [3; 32]).unwrap();
+        let keys = ctx.keygen().unwrap();
+        let gk = ctx
+            .gen_galois_keys(&keys.secret, &[1, -1, 5, 100], true)
+            .unwrap();
+        (ctx, keys, gk)
+    })
+}
+
+// Error bounds derived from the parameters (N = 2^13, Δ = 2^25, inputs |x| ≤ AMP = 8).
+// Public-key encryption is done over QP and divided by P, so fresh noise is rounding:
+// per coefficient std ≈ sqrt((1 + 2N/3)/12) ≈ 21, per slot ≈ sqrt(N)·21 ≈ 2^11, and 6σ/Δ ≈ 2^-11.5.
+const FRESH: f64 = 1.0 / 1024.0;
+// A product of two fresh values adds |a|·e_b + |b|·e_a ≤ 2·AMP·FRESH = 2^-6, plus the
+// relinearization and rescale rounding (each ≈ fresh noise): 2^-5 bounds it.
+const MUL: f64 = 1.0 / 32.0;
+// Rescaling a size-3 ciphertext multiplies the rounding error by s² (coefficients ≈ 60): 2^-3.
+const SIZE3_RESCALE: f64 = 1.0 / 8.0;
+const AMP: f64 = 8.0;
+
+fn vals(seed: u64, len: usize, amp: f64) -> Vec<f64> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * amp
+        })
+        .collect()
+}
+
+fn close(want: &[f64], got: &[f64], bound: f64) {
+    for (i, (a, b)) in want.iter().zip(got).enumerate() {
+        assert!((a - b).abs() < bound, "slot {i}: want {a}, got {b}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(6))]
+    #[test]
+    fn ops_match_plaintext(seed in any::<u64>()) {
+        let (ctx, keys, gk) = ctx();
+        let slots = ctx.slots();
+        let a = vals(seed, slots, AMP);
+        let b = vals(seed ^ 0x55, slots, AMP);
+        let s = ctx.default_scale();
+        let top = ctx.max_level();
+        let ca = ctx.encrypt(&ctx.encode(&a, s, top).unwrap(), &keys.public).unwrap();
+        let cb = ctx.encrypt_symmetric(&ctx.encode(&b, s, top).unwrap(), &keys.secret).unwrap();
+        let dec = |c: &hetensor::rlwe::Ciphertext| ctx.decrypt_decode(c, &keys.secret).unwrap();
+
+        close(&a, &dec(&ca), FRESH);
+        close(&b, &dec(&cb), FRESH);
+        let sum: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+        close(&sum, &dec(&ctx.add(&ca, &cb).unwrap()), 2.0 * FRESH);
+        let diff: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x - y).collect();
+        close(&diff, &dec(&ctx.sub(&ca, &cb).unwrap()), 2.0 * FRESH);
+        let neg: Vec<f64> = a.iter().map(|x| -x).collect();
+        close(&neg, &dec(&ctx.negate(&ca).unwrap()), 2.0 * FRESH);
+
+        let prod: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
+        let m = ctx.rescale(&ctx.relinearize(&ctx.multiply(&ca, &cb).unwrap(), &keys.relin).unwrap()).unwrap();
+        prop_assert_eq!(m.level(), top - 1);
+        close(&prod, &dec(&m), MUL);
+        // Unrelinearized (size 3) decrypts too.
+        close(&prod, &dec(&ctx.rescale(&ctx.multiply(&ca, &cb).unwrap()).unwrap()), SIZE3_RESCALE);
+
+        let pm = ctx.rescale(&ctx.multiply_plain(&ca, &ctx.encode(&b, s, top).unwrap()).unwrap()).unwrap();
+        close(&prod, &dec(&pm), MUL);
+        let c = 0.7321;
+        let sm = ctx.rescale(&ctx.multiply_scalar(&ca, c, ctx.scale_prime(top) as f64).unwrap()).unwrap();
+        prop_assert!((sm.scale() - s).abs() / s < 1e-12);
+        close(&a.iter().map(|x| x * c).collect::<Vec<_>>(), &dec(&sm), 2.0 * FRESH);
+        close(&a.iter().map(|x| x + 1.25).collect::<Vec<_>>(), &dec(&ctx.add_scalar(&ca, 1.25).unwrap()), FRESH);
+        close(&sum, &dec(&ctx.add_plain(&ca, &ctx.encode(&b, s, top).unwrap()).unwrap()), FRESH);
+
+        for step in [1i64, -1, 5, 100] {
+            let r = ctx.rotate(&ca, step, gk).unwrap();
+            let want: Vec<f64> = (0..slots).map(|j| a[(j as i64 + step).rem_euclid(slots as i64) as usize]).collect();
+            close(&want, &dec(&r), 2.0 * FRESH);
+        }
+    }
+}
+
+#[test]
+fn complex_slots_and_conjugation() {
+    let (ctx, keys, gk) = ctx();
+    use num_complex::Complex64;
+    let z: Vec<Complex64> = (0..64)
+        .map(|i| Complex64::new(i as f64 / 10.0, 1.0 - i as f64 / 32.0))
+        .collect();
+    let ct = ctx
+        .encrypt(
+            &ctx.encode_complex(&z, ctx.default_scale(), ctx.max_level())
+                .unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let conj = ctx
+        .decrypt_complex(&ctx.conjugate(&ct, gk).unwrap(), &keys.secret)
+        .unwrap();
+    for (a, b) in z.iter().zip(&conj) {
+        assert!((a.conj() - b).norm() < 2.0 * FRESH, "{a} vs {b}");
+    }
+}
+
+#[test]
+fn full_chain_depth() {
+    // x -> x^2 through every level. Level 0 holds |m| < q_0 / (2Δ) = 2^4, so values start in
+    // [0.95, 1.05] and end in [0.19, 4.8].
+    let (ctx, keys, _) = ctx();
+    let slots = ctx.slots();
+    let x: Vec<f64> = vals(9, slots, 0.05).iter().map(|v| 1.0 + v).collect();
+    let mut ct = ctx
+        .encrypt(
+            &ctx.encode(&x, ctx.default_scale(), ctx.max_level())
+                .unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let mut want = x.clone();
+    let mut bits = Vec::new();
+    while ct.level() > 0 {
+        ct = ctx
+            .rescale(
+                &ctx.relinearize(&ctx.square(&ct).unwrap(), &keys.relin)
+                    .unwrap(),
+            )
+            .unwrap();
+        want.iter_mut().for_each(|v| *v *= *v);
+        let got = ctx.decrypt_decode(&ct, &keys.secret).unwrap();
+        bits.push(precision_bits(&want, &got));
+    }
+    // Each squaring doubles the relative error and adds ~MUL-size noise: after 5 levels the
+    // absolute error stays below 2^-4 for values ≤ 4.8.
+    assert_eq!(bits.len(), ctx.max_level());
+    assert!(
+        bits.iter().all(|&b| b > 4.0),
+        "precision bits per level {bits:?}"
+    );
+    assert_eq!(
+        ctx.rescale(&ct).unwrap_err().to_string(),
+        Error::OutOfLevels {
+            op: "rescale",
+            level: 0
+        }
+        .to_string()
+    );
+}
+
+#[test]
+fn misuse_returns_typed_errors() {
+    let (ctx, keys, gk) = ctx();
+    let s = ctx.default_scale();
+    let top = ctx.max_level();
+    // too many values
+    assert!(matches!(
+        ctx.encode(&vec![1.0; ctx.slots() + 1], s, top),
+        Err(Error::TooManyValues { .. })
+    ));
+    // scale overflow at encoding (level 0 holds 30 bits)
+    assert!(matches!(
+        ctx.encode(&[1e6], s, 0),
+        Err(Error::ScaleOverflow(_))
+    ));
+    let a = ctx
+        .encrypt(&ctx.encode(&[1.0, 2.0], s, top).unwrap(), &keys.public)
+        .unwrap();
+    // scale mismatch
+    let b = ctx
+        .encrypt(&ctx.encode(&[1.0], s * 2.0, top).unwrap(), &keys.public)
+        .unwrap();
+    assert!(matches!(ctx.add(&a, &b), Err(Error::ScaleMismatch { .. })));
+    // levels are aligned automatically for add; plaintext below the ciphertext's level is rejected
+    let low = ctx.mod_switch_to(&a, top - 2).unwrap();
+    let sum = ctx.add(&a, &low).unwrap();
+    assert_eq!(sum.level(), top - 2);
+    let got = ctx.decrypt_decode(&sum, &keys.secret).unwrap();
+    assert!((got[1] - 4.0).abs() < 2.0 * FRESH);
+    let pt_low = ctx.encode(&[1.0], s, 1).unwrap();
+    assert!(matches!(
+        ctx.multiply_plain(&a, &pt_low),
+        Err(Error::LevelMismatch { .. })
+    ));
+    // scale overflow on multiply without rescale at a low level
+    let a1 = ctx.mod_switch_to(&a, 1).unwrap();
+    let sq = ctx.multiply(&a1, &a1).unwrap();
+    assert!(matches!(
+        ctx.multiply(&sq, &a1),
+        Err(Error::ScaleOverflow(_)) | Err(Error::CiphertextSize(_))
+    ));
+    let sq2 = ctx
+        .rescale(&ctx.relinearize(&sq, &keys.relin).unwrap())
+        .unwrap();
+    assert!(matches!(
+        ctx.multiply(&sq2, &sq2),
+        Err(Error::ScaleOverflow(_))
+    ));
+    // missing rotation key
+    assert!(matches!(
+        ctx.rotate(&a, 3, gk),
+        Err(Error::MissingGaloisKey { step: Some(3), .. })
+    ));
+    // ciphertext from another parameter set
+    let other =
+        CkksContext::new(CkksParams::new(13, 3, 25, 30, 2, Security::Bits128).unwrap()).unwrap();
+    let okeys = other.keygen().unwrap();
+    let oc = other
+        .encrypt(&other.encode(&[1.0], s, 3).unwrap(), &okeys.public)
+        .unwrap();
+    assert!(matches!(
+        ctx.add(&a, &oc),
+        Err(Error::ParameterMismatch(_)) | Err(Error::LevelMismatch { .. })
+    ));
+    assert!(matches!(
+        ctx.decrypt_decode(&oc, &keys.secret),
+        Err(Error::ParameterMismatch(_))
+    ));
+    // insecure parameters need the opt-in
+    assert!(matches!(
+        CkksParams::new(13, 8, 28, 30, 1, Security::Bits128),
+        Err(Error::InsecureParameters { .. })
+    ));
+    assert!(CkksParams::new(13, 8, 28, 30, 1, Security::InsecureForTestingOnly).is_ok());
+}
+
+#[test]
+fn presets_fit_the_security_bound() {
+    for (log_n, max) in [(13u32, 218.0), (14, 438.0), (15, 881.0)] {
+        let p = CkksParams::preset(log_n, 25).unwrap();
+        assert!(p.rlwe.log_qp() <= max, "{log_n}: {}", p.rlwe.log_qp());
+        assert!(p.levels() >= 5);
+    }
+}
