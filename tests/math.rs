@@ -1,0 +1,124 @@
+//! Ring arithmetic against independent references: the NTT product against schoolbook
+//! negacyclic multiplication for every supported N, CRT and base-conversion round trips.
+
+use hetensor::math::ntt::negacyclic_schoolbook;
+use hetensor::math::primes::ntt_primes;
+use hetensor::math::sampler::Sampler;
+use hetensor::math::{BaseConverter, Modulus, NttPlan, RnsBasis};
+use num_bigint::{BigInt, BigUint};
+use proptest::prelude::*;
+
+fn ntt_product(plan: &NttPlan, a: &[u32], b: &[u32]) -> Vec<u32> {
+    let m = plan.modulus();
+    let (mut fa, mut fb) = (a.to_vec(), b.to_vec());
+    plan.forward(&mut fa);
+    plan.forward(&mut fb);
+    let mut c: Vec<u32> = fa.iter().zip(&fb).map(|(&x, &y)| m.mul(x, y)).collect();
+    plan.inverse(&mut c);
+    c
+}
+
+/// One coefficient of the negacyclic product, computed directly (O(N)).
+fn schoolbook_coeff(a: &[u32], b: &[u32], k: usize, m: &Modulus) -> u32 {
+    let n = a.len();
+    let mut acc = 0u32;
+    for i in 0..n {
+        if i <= k {
+            acc = m.add(acc, m.mul(a[i], b[k - i]));
+        } else {
+            acc = m.sub(acc, m.mul(a[i], b[n + k - i]));
+        }
+    }
+    acc
+}
+
+#[test]
+fn ntt_matches_schoolbook_for_every_n() {
+    let mut s = Sampler::from_seed([11; 32]);
+    for log_n in 10..=16u32 {
+        let n = 1usize << log_n;
+        for &q in &ntt_primes(30, 2 * n as u64, 2, &[]).unwrap() {
+            let m = Modulus::new(q).unwrap();
+            let plan = NttPlan::new(n, m).unwrap();
+            let a = s.uniform(&[m], n);
+            let b = s.uniform(&[m], n);
+            let c = ntt_product(&plan, &a, &b);
+            if log_n <= 12 {
+                assert_eq!(
+                    c,
+                    negacyclic_schoolbook(&a, &b, &m),
+                    "N = 2^{log_n}, q = {q}"
+                );
+            } else {
+                // Full schoolbook is O(N^2); check 48 coefficients spread over the output.
+                for t in 0..48 {
+                    let k = (t * 7919 + 13) % n;
+                    assert_eq!(
+                        c[k],
+                        schoolbook_coeff(&a, &b, k, &m),
+                        "N = 2^{log_n}, coeff {k}"
+                    );
+                }
+            }
+            let mut rt = a.clone();
+            plan.forward(&mut rt);
+            plan.inverse(&mut rt);
+            assert_eq!(rt, a);
+        }
+    }
+}
+
+#[test]
+fn ntt_accepts_lazy_inputs_up_to_4q() {
+    let n = 1024;
+    let q = ntt_primes(30, 2048, 1, &[]).unwrap()[0];
+    let m = Modulus::new(q).unwrap();
+    let plan = NttPlan::new(n, m).unwrap();
+    let a: Vec<u32> = (0..n as u32).map(|i| (i * 2654435761) % q).collect();
+    let lazy: Vec<u32> = a
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x + (i as u32 % 4) * q)
+        .collect();
+    let (mut x, mut y) = (a.clone(), lazy);
+    plan.forward(&mut x);
+    plan.forward(&mut y);
+    assert_eq!(x, y);
+    assert!(x.iter().all(|&v| v < q));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    #[test]
+    fn crt_and_base_conversion_roundtrip(vals in proptest::collection::vec(any::<i64>(), 16), k in 1usize..8) {
+        let n = vals.len();
+        let from: Vec<Modulus> = ntt_primes(30, 1 << 11, k, &[]).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
+        let excl: Vec<u32> = from.iter().map(|m| m.value()).collect();
+        let to: Vec<Modulus> = ntt_primes(29, 1 << 11, k + 2, &excl).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
+        let bf = RnsBasis::new(&from);
+        let bt = RnsBasis::new(&to);
+        // Random values of ~30k bits reduced into |x| < Q/4.
+        let quarter = BigInt::from(bf.product().clone() >> 2usize);
+        let xs: Vec<BigInt> = vals.iter().map(|&v| {
+            let mag = BigUint::from(v.unsigned_abs()).pow(k as u32 + 1);
+            let r = BigInt::from(mag) % &quarter;
+            if v < 0 { -r } else { r }
+        }).collect();
+        let mut input = vec![0u32; k * n];
+        for (c, x) in xs.iter().enumerate() {
+            let res = bf.decompose_signed(x);
+            prop_assert_eq!(&bf.compose_centered(&res), x);
+            for (i, r) in res.into_iter().enumerate() { input[i * n + c] = r; }
+        }
+        // B -> C exact, then C -> B exact: the same residues come back.
+        let mut mid = vec![0u32; (k + 2) * n];
+        BaseConverter::new(&from, &to).convert(&input, &mut mid, n, true, &mut Vec::new());
+        for (c, x) in xs.iter().enumerate() {
+            let got: Vec<u32> = (0..k + 2).map(|j| mid[j * n + c]).collect();
+            prop_assert_eq!(bt.compose_centered(&got), x.clone());
+        }
+        let mut back = vec![0u32; k * n];
+        BaseConverter::new(&to, &from).convert(&mid, &mut back, n, true, &mut Vec::new());
+        prop_assert_eq!(back, input);
+    }
+}
