@@ -1,0 +1,192 @@
+//! Weight import/export in the [safetensors](https://github.com/huggingface/safetensors)
+//! format.
+//!
+//! # Tensor names
+//! Each parameter is stored as `"{layer name}.{param}"` with `param` ∈ {`weight`, `bias`}, in
+//! PyTorch's layout, i.e. exactly the keys of a PyTorch `state_dict`. For
+//! [`Sequential::lenet1`]:
+//!
+//! | name          | shape             |
+//! |---------------|-------------------|
+//! | `conv1.weight`| `[4, 1, 5, 5]`    |
+//! | `conv1.bias`  | `[4]`             |
+//! | `conv2.weight`| `[12, 4, 5, 5]`   |
+//! | `conv2.bias`  | `[12]`            |
+//! | `fc.weight`   | `[10, 192]`       |
+//! | `fc.bias`     | `[10]`            |
+//!
+//! which is what `safetensors.torch.save_file(model.state_dict(), path)` writes for a PyTorch
+//! module with attributes `conv1`, `conv2`, `fc` (see `scripts/export_pytorch_lenet1.py`).
+//!
+//! # Rules when loading
+//! * dtype `F32` or `F64` (converted to `f64`); anything else is rejected;
+//! * every parameter of the model must be present with exactly its shape;
+//! * tensors the model does not have are rejected (they usually mean a different
+//!   architecture or a naming mismatch);
+//! * NaN or infinite values are rejected;
+//! * on any error the model is left unchanged.
+//!
+//! All failures are [`Error::Model`] with a message naming the tensor.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use super::Sequential;
+use crate::{Error, Result};
+
+/// Path of the trained LeNet-1 shipped with the repository (absolute, fixed at build time).
+pub const LENET1_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/lenet1.safetensors");
+
+/// The trained LeNet-1 weights, embedded in the library.
+pub const LENET1_BYTES: &[u8] = include_bytes!("../../data/lenet1.safetensors");
+
+/// Element type used when saving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DType {
+    /// 32-bit floats (what PyTorch produces by default; values are rounded).
+    F32,
+    /// 64-bit floats (exact round trip).
+    #[default]
+    F64,
+}
+
+/// Serializes every parameter of `model` (names as in the module docs) to safetensors bytes.
+pub fn to_bytes(model: &Sequential, dtype: DType) -> Result<Vec<u8>> {
+    let mut blobs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, p) in model.named_params() {
+        let shape = p.shape().to_vec();
+        let data: Vec<u8> = match dtype {
+            DType::F64 => p.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            DType::F32 => p.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect(),
+        };
+        blobs.push((name, shape, data));
+    }
+    let st_dtype = match dtype {
+        DType::F32 => Dtype::F32,
+        DType::F64 => Dtype::F64,
+    };
+    let views = blobs
+        .iter()
+        .map(|(n, s, d)| {
+            TensorView::new(st_dtype, s.clone(), d)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Model(format!("cannot serialize {n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "hetensor.nn".to_string());
+    meta.insert(
+        "layers".to_string(),
+        model
+            .iter()
+            .map(|(n, l)| format!("{n}:{}", l.kind()))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::Model(format!("cannot serialize weights: {e}")))
+}
+
+/// Writes every parameter of `model` to a safetensors file.
+pub fn save(model: &Sequential, path: impl AsRef<Path>, dtype: DType) -> Result<()> {
+    let bytes = to_bytes(model, dtype)?;
+    std::fs::write(path.as_ref(), bytes)?;
+    Ok(())
+}
+
+/// Loads parameters from safetensors bytes into `model` (rules in the module docs).
+pub fn load_from_bytes(model: &mut Sequential, bytes: &[u8]) -> Result<()> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::Model(format!("not a valid safetensors file: {e}")))?;
+    let mut updated = model.clone();
+    let mut used = Vec::new();
+    for i in 0..updated.len() {
+        let lname = updated.names()[i].clone();
+        let layer = &mut updated.layers_mut()[i];
+        let pnames = layer.param_names();
+        for (pname, mut dst) in pnames.iter().zip(layer.params_mut()) {
+            let key = format!("{lname}.{pname}");
+            let t = st.tensor(&key).map_err(|_| {
+                Error::Model(format!(
+                    "tensor {key:?} is missing from the weights file (it has: {})",
+                    sorted_names(&st)
+                ))
+            })?;
+            if t.shape() != dst.shape() {
+                return Err(Error::Model(format!(
+                    "tensor {key:?} has shape {:?}, the model expects {:?}",
+                    t.shape(),
+                    dst.shape()
+                )));
+            }
+            let values = decode(&key, &t)?;
+            if let Some((j, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(Error::Model(format!(
+                    "tensor {key:?} holds a non-finite value ({v}) at flat index {j}"
+                )));
+            }
+            for (d, v) in dst.iter_mut().zip(values) {
+                *d = v;
+            }
+            used.push(key);
+        }
+    }
+    let mut extra: Vec<&str> = st
+        .names()
+        .into_iter()
+        .filter(|n| !used.iter().any(|u| u == n))
+        .collect();
+    if !extra.is_empty() {
+        extra.sort_unstable();
+        return Err(Error::Model(format!(
+            "the weights file has tensors the model does not: {extra:?} (model parameters: {used:?})"
+        )));
+    }
+    *model = updated;
+    Ok(())
+}
+
+/// Loads parameters from a safetensors file into `model` (rules in the module docs).
+pub fn load(model: &mut Sequential, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path)
+        .map_err(|e| Error::Model(format!("cannot read weights file {}: {e}", path.display())))?;
+    load_from_bytes(model, &bytes).map_err(|e| match e {
+        Error::Model(m) => Error::Model(format!("{}: {m}", path.display())),
+        other => other,
+    })
+}
+
+/// [`Sequential::lenet1`] with the trained weights shipped in `data/lenet1.safetensors`
+/// (embedded in the library, see [`LENET1_BYTES`]).
+pub fn pretrained_lenet1() -> Result<Sequential> {
+    let mut m = Sequential::lenet1();
+    load_from_bytes(&mut m, LENET1_BYTES)?;
+    Ok(m)
+}
+
+fn sorted_names(st: &SafeTensors<'_>) -> String {
+    let mut n = st.names();
+    n.sort_unstable();
+    format!("{n:?}")
+}
+
+fn decode(key: &str, t: &TensorView<'_>) -> Result<Vec<f64>> {
+    let data = t.data();
+    match t.dtype() {
+        Dtype::F64 => Ok(data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect()),
+        Dtype::F32 => Ok(data
+            .chunks_exact(4)
+            .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect()),
+        other => Err(Error::Model(format!(
+            "tensor {key:?} has dtype {other:?}; only F32 and F64 are supported"
+        ))),
+    }
+}
