@@ -195,6 +195,11 @@ impl KeySwitchKey {
 pub struct RelinKey(pub(crate) KeySwitchKey);
 
 impl RelinKey {
+    /// The underlying key-switching key.
+    pub fn key_switch_key(&self) -> &KeySwitchKey {
+        &self.0
+    }
+
     /// Generates the relinearization key.
     pub fn generate(ctx: &RlweContext, sk: &SecretKey, sampler: &mut Sampler) -> Result<Self> {
         let mut s2 = sk.ntt.clone();

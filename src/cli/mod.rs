@@ -1,0 +1,4 @@
+//! The `hetensor` command line: subcommands and their shared helpers.
+
+pub mod bench;
+pub mod demo;
