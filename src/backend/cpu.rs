@@ -167,7 +167,9 @@ impl Backend for CpuBackend {
     fn mul_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
         zip_limbs(a, b, "mul", |li, x, y| {
             let m = ring.modulus(li);
-            x.iter_mut().zip(y).for_each(|(x, &y)| *x = m.mul(*x, y));
+            x.iter_mut()
+                .zip(y)
+                .for_each(|(x, &y)| *x = m.mul_reduced(*x, y));
         })
     }
 
@@ -194,7 +196,7 @@ impl Backend for CpuBackend {
                 let ob = if bb { l * n } else { idx * n };
                 let m = ring.modulus(limbs[l]);
                 for ((z, &x), &y) in c.iter_mut().zip(&aw[oa..oa + n]).zip(&bw[ob..ob + n]) {
-                    *z = m.reduce_u64(*z as u64 + x as u64 * y as u64);
+                    *z = m.mul_add_reduced(x, y, *z);
                 }
             });
         Ok(())

@@ -110,77 +110,123 @@ impl NttPlan {
 
     /// In-place forward NTT; input in `[0, 4q)`, output fully reduced in `[0, q)`.
     pub fn forward(&self, a: &mut [u32]) {
-        debug_assert_eq!(a.len(), self.n);
+        assert_eq!(a.len(), self.n, "NTT input length");
         let q = self.modulus.value();
         let two_q = 2 * q;
         let mut t = self.n;
         let mut m = 1;
         while m < self.n {
             t >>= 1;
-            for i in 0..m {
-                let w = self.psi_rev[m + i];
-                let ws = self.psi_rev_shoup[m + i];
-                let block = &mut a[2 * i * t..2 * i * t + 2 * t];
-                let (x, y) = block.split_at_mut(t);
-                for (xj, yj) in x.iter_mut().zip(y.iter_mut()) {
-                    let mut u = *xj;
-                    if u >= two_q {
-                        u -= two_q;
+            let w = &self.psi_rev[m..2 * m];
+            let ws = &self.psi_rev_shoup[m..2 * m];
+            // Long blocks: the inner loop over j vectorizes. The last stages have blocks of
+            // 1, 2 or 4 butterflies: a compile-time block size removes the per-block overhead.
+            match t {
+                1 => ct_stage::<1>(a, w, ws, q),
+                2 => ct_stage::<2>(a, w, ws, q),
+                4 => ct_stage::<4>(a, w, ws, q),
+                _ => {
+                    for ((block, &w), &ws) in a.chunks_exact_mut(2 * t).zip(w).zip(ws) {
+                        let (x, y) = block.split_at_mut(t);
+                        for (xj, yj) in x.iter_mut().zip(y.iter_mut()) {
+                            (*xj, *yj) = ct_butterfly(*xj, *yj, w, ws, q);
+                        }
                     }
-                    let v = self.modulus.mul_shoup_lazy(*yj, w, ws);
-                    *xj = u + v;
-                    *yj = u + two_q - v;
                 }
             }
             m <<= 1;
         }
         for x in a.iter_mut() {
-            let mut v = *x;
-            if v >= two_q {
-                v -= two_q;
-            }
-            if v >= q {
-                v -= q;
-            }
-            *x = v;
+            let v = (*x).min(x.wrapping_sub(two_q));
+            *x = v.min(v.wrapping_sub(q));
         }
     }
 
     /// In-place inverse NTT; input in `[0, 2q)`, output fully reduced in `[0, q)`.
     pub fn inverse(&self, a: &mut [u32]) {
-        debug_assert_eq!(a.len(), self.n);
+        assert_eq!(a.len(), self.n, "NTT input length");
         let q = self.modulus.value();
-        let two_q = 2 * q;
         let mut t = 1;
         let mut m = self.n;
         while m > 1 {
             let h = m >> 1;
-            for i in 0..h {
-                let w = self.ipsi_rev[h + i];
-                let ws = self.ipsi_rev_shoup[h + i];
-                let block = &mut a[2 * i * t..2 * i * t + 2 * t];
-                let (x, y) = block.split_at_mut(t);
-                for (xj, yj) in x.iter_mut().zip(y.iter_mut()) {
-                    let (u, v) = (*xj, *yj);
-                    let mut s = u + v;
-                    if s >= two_q {
-                        s -= two_q;
+            let w = &self.ipsi_rev[h..m];
+            let ws = &self.ipsi_rev_shoup[h..m];
+            match t {
+                1 => gs_stage::<1>(a, w, ws, q),
+                2 => gs_stage::<2>(a, w, ws, q),
+                4 => gs_stage::<4>(a, w, ws, q),
+                _ => {
+                    for ((block, &w), &ws) in a.chunks_exact_mut(2 * t).zip(w).zip(ws) {
+                        let (x, y) = block.split_at_mut(t);
+                        let y = &mut y[..x.len()];
+                        for j in 0..x.len() {
+                            let (u, v) = (x[j], y[j]);
+                            let s = u + v;
+                            x[j] = s.min(s.wrapping_sub(2 * q));
+                            y[j] = mul_shoup_lazy(u + 2 * q - v, w, ws, q);
+                        }
                     }
-                    *xj = s;
-                    *yj = self.modulus.mul_shoup_lazy(u + two_q - v, w, ws);
                 }
             }
             t <<= 1;
             m = h;
         }
+        let (ni, nis) = (self.n_inv, self.n_inv_shoup);
         for x in a.iter_mut() {
-            *x = self.modulus.mul_shoup(*x, self.n_inv, self.n_inv_shoup);
+            let v = mul_shoup_lazy(*x, ni, nis, q);
+            *x = v.min(v.wrapping_sub(q));
         }
     }
 
     /// Log2 of the ring degree.
     pub fn log_n(&self) -> u32 {
         self.log_n
+    }
+}
+
+/// Shoup product in `[0, 2q)`, written so that LLVM vectorizes it (vpmuludq on AVX2).
+#[inline(always)]
+fn mul_shoup_lazy(a: u32, w: u32, ws: u32, q: u32) -> u32 {
+    let qhat = ((a as u64 * ws as u64) >> 32) as u32;
+    a.wrapping_mul(w).wrapping_sub(qhat.wrapping_mul(q))
+}
+
+/// Cooley-Tukey butterfly on lazy values in `[0, 4q)`.
+#[inline(always)]
+fn ct_butterfly(x: u32, y: u32, w: u32, ws: u32, q: u32) -> (u32, u32) {
+    let two_q = 2 * q;
+    let u = x.min(x.wrapping_sub(two_q));
+    let v = mul_shoup_lazy(y, w, ws, q);
+    (u + v, u + two_q - v)
+}
+
+/// Gentleman-Sande butterfly on lazy values in `[0, 2q)`.
+#[inline(always)]
+fn gs_butterfly(x: u32, y: u32, w: u32, ws: u32, q: u32) -> (u32, u32) {
+    let two_q = 2 * q;
+    let s = x + y;
+    (
+        s.min(s.wrapping_sub(two_q)),
+        mul_shoup_lazy(x + two_q - y, w, ws, q),
+    )
+}
+
+#[inline(always)]
+fn ct_stage<const T: usize>(a: &mut [u32], w: &[u32], ws: &[u32], q: u32) {
+    for ((block, &w), &ws) in a.chunks_exact_mut(2 * T).zip(w).zip(ws) {
+        for j in 0..T {
+            (block[j], block[j + T]) = ct_butterfly(block[j], block[j + T], w, ws, q);
+        }
+    }
+}
+
+#[inline(always)]
+fn gs_stage<const T: usize>(a: &mut [u32], w: &[u32], ws: &[u32], q: u32) {
+    for ((block, &w), &ws) in a.chunks_exact_mut(2 * T).zip(w).zip(ws) {
+        for j in 0..T {
+            (block[j], block[j + T]) = gs_butterfly(block[j], block[j + T], w, ws, q);
+        }
     }
 }
 

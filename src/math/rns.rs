@@ -198,33 +198,33 @@ impl BaseConverter {
                 *vk = (*vk + (1 << 31)) >> 32;
             }
         }
-        let mut acc = vec![0u64; n];
         for (j, c) in self.to.iter().enumerate() {
-            acc.iter_mut().for_each(|a| *a = 0);
+            let out = &mut output[j * n..(j + 1) * n];
+            out.iter_mut().for_each(|o| *o = 0);
             let row = &self.b_hat_mod_c[j * k..(j + 1) * k];
             for (i, &h) in row.iter().enumerate() {
                 let y = &scratch[i * n..(i + 1) * n];
-                let h = h as u64;
-                // 15 products of < 2^60 each fit in a u64 before a reduction is needed.
-                let fold = i % 15 == 14;
-                for (a, &yk) in acc.iter_mut().zip(y) {
-                    *a += yk as u64 * h;
-                    if fold {
-                        *a = c.reduce_u64(*a) as u64;
+                // y_i < b_i may exceed c_j: reduce it first when the source prime is larger.
+                let (b, cv) = (self.from[i].value(), c.value());
+                if b <= cv {
+                    for (o, &yk) in out.iter_mut().zip(y) {
+                        *o = c.mul_add_reduced(yk, h, *o);
+                    }
+                } else if b < 2 * cv {
+                    for (o, &yk) in out.iter_mut().zip(y) {
+                        *o = c.mul_add_reduced(yk.min(yk.wrapping_sub(cv)), h, *o);
+                    }
+                } else {
+                    for (o, &yk) in out.iter_mut().zip(y) {
+                        *o = c.mul_add_reduced(c.reduce_u64(yk as u64), h, *o);
                     }
                 }
             }
-            let out = &mut output[j * n..(j + 1) * n];
             if exact {
                 let bm = self.b_mod_c[j];
-                for ((o, &a), &vk) in out.iter_mut().zip(&acc).zip(&v) {
-                    let s = c.reduce_u64(a);
-                    let corr = c.mul(c.reduce_u64(vk), bm);
-                    *o = c.sub(s, corr);
-                }
-            } else {
-                for (o, &a) in out.iter_mut().zip(&acc) {
-                    *o = c.reduce_u64(a);
+                for (o, &vk) in out.iter_mut().zip(&v) {
+                    // v ≤ number of source primes < c_j.
+                    *o = c.sub(*o, c.mul_reduced(vk as u32, bm));
                 }
             }
         }
