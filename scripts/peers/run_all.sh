@@ -12,6 +12,7 @@
 #   OUT_DIR    results directory (default bench-results; not committed)
 #   HETENSOR   our binary (default target/release/hetensor); run only if it exists
 #   HETENSOR_ARGS  extra args appended to `hetensor bench --json --out FILE`
+#                  (default: --log-n $LOG_N --threads 1, matching the peers)
 #   SKIP_SETUP=1   do not run setup.sh
 #   NICE=-10   run every engine under `nice -n $NICE` (opt-in; a negative value needs root and
 #              takes CPU from whatever else runs on the machine, e.g. concurrent cargo builds)
@@ -51,7 +52,8 @@ for pass in $(seq 1 "$PASSES"); do
     if [ -x "$HETENSOR" ]; then
         echo "[run_all] pass $pass: hetensor"
         # shellcheck disable=SC2086
-        if ! "${run[@]}" "$HETENSOR" bench --json --out "$RAW/hetensor-$pass.json" ${HETENSOR_ARGS:-}; then
+        if ! "${run[@]}" "$HETENSOR" bench --json --out "$RAW/hetensor-$pass.json" \
+                ${HETENSOR_ARGS---log-n $LOG_N --threads 1}; then
             echo "[run_all] WARNING: $HETENSOR bench failed (pass $pass); continuing without it" >&2
             rm -f "$RAW/hetensor-$pass.json"
         fi
