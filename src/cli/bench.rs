@@ -59,7 +59,12 @@ pub fn machine() -> String {
                 .map(|x| x.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cpu}, {} logical cores", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+    format!(
+        "{cpu}, {} logical cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    )
 }
 
 struct Recorder<'a> {
@@ -75,7 +80,10 @@ struct Recorder<'a> {
 impl Recorder<'_> {
     fn run<F: FnMut() -> Result<()>>(&mut self, op: &str, f: F) -> Result<()> {
         let (median_us, min_us, max_us) = time_op(self.reps, f)?;
-        eprintln!("  {:<5} 2^{} {:<18} {:>12.1} µs", self.scheme, self.log_n, op, median_us);
+        eprintln!(
+            "  {:<5} 2^{} {:<18} {:>12.1} µs",
+            self.scheme, self.log_n, op, median_us
+        );
         self.rows.push(BenchRow {
             config: self.config.clone(),
             scheme: self.scheme.into(),
@@ -92,9 +100,22 @@ impl Recorder<'_> {
     }
 }
 
-/// CKKS operations at one ring size (preset chain at scale 2^25).
+/// Multiplicative depth of the peer configurations (`scripts/peers/configs.json`), so that
+/// hetensor runs the same number of levels as SEAL and OpenFHE at each ring size.
+pub fn peer_depth(log_n: u32) -> usize {
+    match log_n {
+        13 => 2,
+        14 => 6,
+        15 => 16,
+        _ => 22,
+    }
+}
+
+/// CKKS operations at one ring size: `levels` scale primes of 25 bits over a 30-bit base, one
+/// 30-bit special prime per digit and dnum = levels + 1 (SEAL's key-switching layout).
 pub fn bench_ckks(log_n: u32, reps: usize, rows: &mut Vec<BenchRow>) -> Result<()> {
-    let params = CkksParams::preset(log_n, 25)?;
+    let levels = peer_depth(log_n);
+    let params = CkksParams::new(log_n, levels, 25, 30, levels + 1, hetensor::rlwe::Security::Bits128)?;
     let ctx = CkksContext::new(params.clone())?;
     let keys = ctx.keygen()?;
     let gk = ctx.gen_galois_keys(&keys.secret, &[1], false)?;
@@ -124,22 +145,29 @@ pub fn bench_ckks(log_n: u32, reps: usize, rows: &mut Vec<BenchRow>) -> Result<(
         plan.inverse(&mut limb);
         Ok(())
     })?;
-    r.run("encode", || ctx.encode(&vals, ctx.default_scale(), top).map(drop))?;
+    r.run("encode", || {
+        ctx.encode(&vals, ctx.default_scale(), top).map(drop)
+    })?;
     r.run("encrypt", || ctx.encrypt(&pt, &keys.public).map(drop))?;
-    r.run("encrypt_symmetric", || ctx.encrypt_symmetric(&pt, &keys.secret).map(drop))?;
+    r.run("encrypt_symmetric", || {
+        ctx.encrypt_symmetric(&pt, &keys.secret).map(drop)
+    })?;
     r.run("decrypt", || {
         hetensor::rlwe::ciphertext::decrypt_to_poly(&rlwe, &keys.secret, &a).map(drop)
     })?;
     r.run("add", || ctx.add(&a, &b).map(drop))?;
     r.run("mul_relin_rescale", || {
-        ctx.rescale(&ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?).map(drop)
+        ctx.rescale(&ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?)
+            .map(drop)
     })?;
     r.run("rescale", || ctx.rescale(&prod).map(drop))?;
     r.run("rotate", || ctx.rotate(&a, 1, &gk).map(drop))?;
     let be = rlwe.backend();
     let mut d = be.slice_polys(a.polys(), 1, 1)?;
     be.ntt_inverse(rlwe.ring(), &mut d)?;
-    r.run("key_switch", || keys.relin.key_switch_key().switch(&rlwe, &d).map(drop))?;
+    r.run("key_switch", || {
+        keys.relin.key_switch_key().switch(&rlwe, &d).map(drop)
+    })?;
     Ok(())
 }
 
@@ -158,8 +186,10 @@ pub fn run(
         .map_err(|e| hetensor::Error::Backend(format!("thread pool: {e}")))?;
     let mut rows = Vec::new();
     let mut notes = vec![
-        "hetensor uses 30-bit RNS primes; CKKS chains use a 30-bit base prime and scale 2^25 \
-         with the deepest 128-bit-secure chain for each N"
+        "hetensor uses 30-bit RNS primes; CKKS runs the peers' depth (2/6/16/22 levels at \
+         N = 2^13/14/15/16) with a 30-bit base prime, 25-bit scale primes, one 30-bit special \
+         prime and dnum = levels + 1; precision is ~2^-12 per fresh slot vs ~2^-25 for the \
+         peers' 40-bit scales"
             .to_string(),
     ];
     for &log_n in log_ns {
@@ -186,7 +216,8 @@ pub fn run(
         notes,
     };
     let text = if json {
-        serde_json::to_string_pretty(&report).map_err(|e| hetensor::Error::InvalidInput(e.to_string()))?
+        serde_json::to_string_pretty(&report)
+            .map_err(|e| hetensor::Error::InvalidInput(e.to_string()))?
     } else {
         markdown(&report)
     };
@@ -212,7 +243,12 @@ fn markdown(r: &BenchReport) -> String {
 }
 
 /// BFV operations (filled in once the BFV evaluator lands).
-pub fn bench_bfv(_log_n: u32, _reps: usize, _rows: &mut [BenchRow], notes: &mut Vec<String>) -> Result<()> {
+pub fn bench_bfv(
+    _log_n: u32,
+    _reps: usize,
+    _rows: &mut [BenchRow],
+    notes: &mut Vec<String>,
+) -> Result<()> {
     notes.push("BFV benchmarks not wired yet".into());
     Ok(())
 }
