@@ -20,7 +20,11 @@ pub enum Error {
          128-bit security (HomomorphicEncryption.org standard, ternary secret); use fewer/smaller \
          primes or a larger N, or opt in with `allow_insecure` if you really want this"
     )]
-    InsecureParameters { n: usize, log_qp: u32, max_log_qp: u32 },
+    InsecureParameters {
+        n: usize,
+        log_qp: u32,
+        max_log_qp: u32,
+    },
 
     /// Operands created under different parameter sets (or contexts).
     #[error("parameter mismatch: {0}")]
@@ -28,11 +32,19 @@ pub enum Error {
 
     /// CKKS operands at different levels where the operation cannot align them.
     #[error("level mismatch: {op} got operands at levels {left} and {right}; bring them to the same level with `mod_switch_to` or `rescale` first")]
-    LevelMismatch { op: &'static str, left: usize, right: usize },
+    LevelMismatch {
+        op: &'static str,
+        left: usize,
+        right: usize,
+    },
 
     /// CKKS operands whose scales differ by more than rounding.
     #[error("scale mismatch: {op} got scales 2^{left:.3} and 2^{right:.3}; rescale or re-encode so the scales agree")]
-    ScaleMismatch { op: &'static str, left: f64, right: f64 },
+    ScaleMismatch {
+        op: &'static str,
+        left: f64,
+        right: f64,
+    },
 
     /// No modulus left to rescale or mod-switch.
     #[error("out of levels: {op} needs level > 0 but the ciphertext is at level {level}; choose parameters with a longer modulus chain")]
@@ -48,7 +60,10 @@ pub enum Error {
 
     /// A rotation or conjugation was asked for without the key generated.
     #[error("missing Galois key for element {galois_element} (rotation step {step:?}); generate it with `gen_galois_keys(&[..])`")]
-    MissingGaloisKey { galois_element: usize, step: Option<i64> },
+    MissingGaloisKey {
+        galois_element: usize,
+        step: Option<i64>,
+    },
 
     /// A value that is out of its allowed domain (e.g. a plaintext value >= t).
     #[error("invalid input: {0}")]

@@ -15,5 +15,6 @@ pub mod error;
 pub mod math;
 pub mod nn;
 pub mod rlwe;
+pub mod tensor;
 
 pub use error::{Error, Result};

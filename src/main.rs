@@ -21,7 +21,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// A short encrypted computation with CKKS, checked against plaintext (the default).
+    /// Batched encrypted MNIST inference with LeNet-1 on the bundled test set (the default).
+    Mnist {
+        /// Only the first N test images.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Images per batch (default: all slots, 4096).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// ckks (bfv planned).
+        #[arg(long, default_value = "ckks")]
+        scheme: String,
+        /// cpu (cuda, wgpu planned).
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// batched (packed planned).
+        #[arg(long, default_value = "batched")]
+        layout: String,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// LeNet-1 weights in safetensors (default: the bundled data/lenet1.safetensors).
+        #[arg(long)]
+        weights: Option<std::path::PathBuf>,
+        /// Directory with the MNIST IDX files.
+        #[arg(long, default_value = hetensor::nn::mnist::DEFAULT_DIR)]
+        data_dir: std::path::PathBuf,
+    },
+    /// A short encrypted computation with CKKS, checked against plaintext.
     Demo,
     /// Per-operation benchmarks as Markdown, or JSON with --json.
     Bench {
@@ -48,7 +75,36 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Demo) {
+    let command = cli.command.unwrap_or(Command::Mnist {
+        limit: None,
+        batch: None,
+        scheme: "ckks".into(),
+        backend: "cpu".into(),
+        layout: "batched".into(),
+        json: false,
+        weights: None,
+        data_dir: hetensor::nn::mnist::DEFAULT_DIR.into(),
+    });
+    let result = match command {
+        Command::Mnist {
+            limit,
+            batch,
+            scheme,
+            backend,
+            layout,
+            json,
+            weights,
+            data_dir,
+        } => cli::mnist::run(cli::mnist::MnistOptions {
+            limit,
+            batch,
+            scheme,
+            backend,
+            layout,
+            json,
+            weights,
+            data_dir,
+        }),
         Command::Demo => cli::demo::run(),
         Command::Bench {
             log_n,

@@ -218,6 +218,66 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn linear_combination(
+        &self,
+        ring: &RingContext,
+        inputs: &[&PolyBatch],
+        weights: &[u32],
+    ) -> Result<PolyBatch> {
+        let first = *inputs
+            .first()
+            .ok_or_else(|| Error::Shape("linear_combination of no inputs".into()))?;
+        let nl = first.limbs.len();
+        if weights.len() != inputs.len() * nl {
+            return Err(Error::Shape(format!(
+                "linear_combination: {} weights for {} inputs x {nl} limbs",
+                weights.len(),
+                inputs.len()
+            )));
+        }
+        let mut words = Vec::with_capacity(inputs.len());
+        for x in inputs {
+            if x.limbs != first.limbs || x.count != first.count || x.repr != first.repr {
+                return Err(Error::Shape(
+                    "linear_combination: inputs differ in limbs, count or repr".into(),
+                ));
+            }
+            words.push(host(x)?);
+        }
+        let n = first.n;
+        let limbs = first.limbs.clone();
+        let mut out = vec![0u32; first.count * nl * n];
+        out.par_chunks_mut(n).enumerate().for_each_init(
+            || vec![0u64; n],
+            |acc, (idx, o)| {
+                let l = idx % nl;
+                let m = ring.modulus(limbs[l]);
+                acc.iter_mut().for_each(|a| *a = 0);
+                // Products are < 2^60: 15 of them (plus a reduced remainder) fit in a u64.
+                for (t, (x, chunk_w)) in words.iter().zip(weights.chunks_exact(nl)).enumerate() {
+                    let w = chunk_w[l] as u64;
+                    let xs = &x[idx * n..(idx + 1) * n];
+                    for (a, &v) in acc.iter_mut().zip(xs) {
+                        *a += v as u64 * w;
+                    }
+                    if t % 15 == 14 {
+                        acc.iter_mut().for_each(|a| *a = m.reduce_u64(*a) as u64);
+                    }
+                }
+                for (o, &a) in o.iter_mut().zip(acc.iter()) {
+                    *o = m.reduce_u64(a);
+                }
+            },
+        );
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(out),
+            limbs,
+            first.count,
+            n,
+            first.repr,
+        ))
+    }
+
     fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
         if s.len() != a.limbs.len() {
             return Err(Error::Shape(format!(

@@ -176,6 +176,16 @@ pub trait Backend: Send + Sync + Debug {
     /// `a *= s[limb]`, one constant per limb (`s.len() == a.limbs().len()`).
     fn mul_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()>;
 
+    /// `Σ_i w_i · x_i` over batches of the same shape, with integer weights given per input and
+    /// limb (`weights[i * limbs + l]`, each `< q_l`). The workhorse of encrypted linear layers:
+    /// one pass over the inputs, products accumulated without intermediate reductions.
+    fn linear_combination(
+        &self,
+        ring: &RingContext,
+        inputs: &[&PolyBatch],
+        weights: &[u32],
+    ) -> Result<PolyBatch>;
+
     /// `a += s[limb]` on every word (in the NTT domain: adds the constant polynomial `s`).
     fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()>;
 

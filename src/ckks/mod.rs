@@ -443,6 +443,72 @@ impl CkksContext {
         Ok(())
     }
 
+    /// `Σ_i w_i · ct_i` with each weight encoded as the integer `round(w_i · const_scale)`, in
+    /// one pass over the inputs (the backend's `linear_combination`). All inputs must share
+    /// level, scale and size; the result's scale is `scale · const_scale`, so passing
+    /// `const_scale = scale_prime(level)` makes the following rescale restore the scale.
+    pub fn linear_combination(
+        &self,
+        cts: &[&Ciphertext],
+        weights: &[f64],
+        const_scale: f64,
+    ) -> Result<Ciphertext> {
+        let first = *cts
+            .first()
+            .ok_or_else(|| Error::InvalidInput("linear combination of no ciphertexts".into()))?;
+        if cts.len() != weights.len() {
+            return Err(Error::Shape(format!(
+                "{} ciphertexts but {} weights",
+                cts.len(),
+                weights.len()
+            )));
+        }
+        for c in cts {
+            self.rlwe.check_fingerprint(c.fingerprint, "ciphertext")?;
+            if c.level() != first.level() {
+                return Err(Error::LevelMismatch {
+                    op: "linear_combination",
+                    left: first.level(),
+                    right: c.level(),
+                });
+            }
+            Self::check_scales("linear_combination", first.scale, c.scale)?;
+            if c.size() != first.size() {
+                return Err(Error::CiphertextSize(
+                    "linear_combination inputs differ in size".into(),
+                ));
+            }
+        }
+        let scale = first.scale * const_scale;
+        self.check_scale_fits(scale, first.level(), "linear_combination")?;
+        let level = first.level();
+        let mut words = Vec::with_capacity(cts.len() * (level + 1));
+        for &w in weights {
+            let v = (w * const_scale).round();
+            if !v.is_finite() || v.abs() >= 9.2e18 {
+                return Err(Error::ScaleOverflow(format!(
+                    "weight {w} at scale 2^{:.1} does not fit 63 bits",
+                    const_scale.log2()
+                )));
+            }
+            words.extend(self.scalar_words(v as i64, level));
+        }
+        let refs: Vec<&PolyBatch> = cts.iter().map(|c| &c.polys).collect();
+        let polys = self
+            .rlwe
+            .backend()
+            .linear_combination(self.rlwe.ring(), &refs, &words)?;
+        Ok(Ciphertext::new(polys, scale, first.fingerprint))
+    }
+
+    /// The plaintext magnitude a ciphertext at `level` and `scale` can hold: `Q_level / (2·scale)`.
+    pub fn capacity(&self, level: usize, scale: f64) -> f64 {
+        let log_q: f64 = (0..=level)
+            .map(|i| (self.rlwe.ring().modulus(i).value() as f64).log2())
+            .sum();
+        (log_q - 1.0 - scale.log2()).exp2()
+    }
+
     /// `a · b` without relinearization (size 3); scales multiply.
     pub fn multiply(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
         let (a, b) = self.align(a, b)?;

@@ -115,7 +115,14 @@ pub fn peer_depth(log_n: u32) -> usize {
 /// 30-bit special prime per digit and dnum = levels + 1 (SEAL's key-switching layout).
 pub fn bench_ckks(log_n: u32, reps: usize, rows: &mut Vec<BenchRow>) -> Result<()> {
     let levels = peer_depth(log_n);
-    let params = CkksParams::new(log_n, levels, 25, 30, levels + 1, hetensor::rlwe::Security::Bits128)?;
+    let params = CkksParams::new(
+        log_n,
+        levels,
+        25,
+        30,
+        levels + 1,
+        hetensor::rlwe::Security::Bits128,
+    )?;
     let ctx = CkksContext::new(params.clone())?;
     let keys = ctx.keygen()?;
     let gk = ctx.gen_galois_keys(&keys.secret, &[1], false)?;

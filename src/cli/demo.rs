@@ -36,16 +36,22 @@ pub fn run() -> Result<()> {
     let sum = ctx.add(&prod, &a_aligned)?;
     let rot = ctx.rotate(&sum, 1, &gk)?;
     let got = ctx.decrypt_decode(&rot, &keys.secret)?;
-    let want: Vec<f64> = (0..n).map(|i| {
-        let j = (i + 1) % n;
-        a[j] * b[j] + a[j]
-    }).collect();
+    let want: Vec<f64> = (0..n)
+        .map(|i| {
+            let j = (i + 1) % n;
+            a[j] * b[j] + a[j]
+        })
+        .collect();
     println!(
         "{} slots: rotate(a·b + a, 1) computed encrypted in {:.1} ms; max error 2^-{:.1}",
         n,
         t1.elapsed().as_secs_f64() * 1e3,
         precision_bits(&want, &got)
     );
-    println!("first slots: want {:?}\n             got  {:?}", &want[..3], &got[..3]);
+    println!(
+        "first slots: want {:?}\n             got  {:?}",
+        &want[..3],
+        &got[..3]
+    );
     Ok(())
 }

@@ -33,6 +33,7 @@
 //! ```
 
 pub mod activation;
+pub mod encrypted;
 pub mod layers;
 pub mod loss;
 pub mod mnist;
@@ -123,7 +124,7 @@ impl Dataset {
         self.slice(0..n)
     }
 
-    /// The samples at `indices`, in that order (panics never; out-of-range is an error).
+    /// The samples at `indices`, in that order; an index out of range is an error.
     pub fn select(&self, indices: &[usize]) -> Result<Self> {
         if let Some(&i) = indices.iter().find(|&&i| i >= self.len()) {
             return Err(Error::Shape(format!(

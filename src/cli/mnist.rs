@@ -1,0 +1,267 @@
+//! `hetensor mnist`: batched encrypted LeNet-1 inference on the bundled MNIST test set.
+
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{s, ArrayD, Axis};
+use serde::Serialize;
+
+use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::nn::{encrypted, mnist, weights, Sequential};
+use hetensor::tensor::{CipherTensor, EncryptionKey};
+use hetensor::{Error, Result};
+
+/// Options of the `mnist` subcommand.
+pub struct MnistOptions {
+    pub limit: Option<usize>,
+    pub batch: Option<usize>,
+    pub scheme: String,
+    pub backend: String,
+    pub layout: String,
+    pub json: bool,
+    pub weights: Option<std::path::PathBuf>,
+    pub data_dir: std::path::PathBuf,
+}
+
+/// What a run reports (also the `--json` object).
+#[derive(Serialize, Debug)]
+pub struct MnistReport {
+    pub images: usize,
+    pub batches: usize,
+    pub batch_size: usize,
+    pub scheme: String,
+    pub backend: String,
+    pub layout: String,
+    pub ring_degree: usize,
+    pub levels: usize,
+    pub log_qp: f64,
+    pub encrypted_accuracy: f64,
+    pub plaintext_accuracy: f64,
+    pub argmax_agreement: f64,
+    pub max_abs_logit_error: f64,
+    pub seconds_total: f64,
+    pub seconds_keygen: f64,
+    pub seconds_encrypt: f64,
+    pub seconds_infer: f64,
+    pub seconds_decrypt: f64,
+    pub images_per_second: f64,
+    pub batch_latency_seconds: Vec<f64>,
+    pub layer_seconds: Vec<(String, f64)>,
+    pub peak_memory_mb: f64,
+}
+
+fn argmax_rows(a: &ArrayD<f64>) -> Vec<usize> {
+    a.axis_iter(Axis(0))
+        .map(|r| {
+            r.iter()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |m, (i, &v)| if v > m.1 { (i, v) } else { m },
+                )
+                .0
+        })
+        .collect()
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MB.
+pub fn peak_memory_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Runs the job and prints the report.
+pub fn run(opts: MnistOptions) -> Result<()> {
+    if opts.scheme != "ckks" {
+        return Err(Error::InvalidInput(format!(
+            "--scheme {}: only ckks is implemented for MNIST so far (the BFV/CRT path is planned)",
+            opts.scheme
+        )));
+    }
+    if opts.backend != "cpu" {
+        return Err(Error::Backend(format!(
+            "--backend {}: only the cpu backend is built so far (cuda and wgpu are planned)",
+            opts.backend
+        )));
+    }
+    if opts.layout != "batched" {
+        return Err(Error::InvalidInput(format!(
+            "--layout {}: only the batched layout is implemented so far (packed is planned)",
+            opts.layout
+        )));
+    }
+    let t_all = Instant::now();
+    let model: Sequential = match &opts.weights {
+        Some(p) => {
+            let mut m = Sequential::lenet1();
+            weights::load(&mut m, p)?;
+            m
+        }
+        None => weights::pretrained_lenet1()?,
+    };
+    let test = mnist::load_test(&opts.data_dir)?;
+    let total = opts
+        .limit
+        .unwrap_or(test.labels.len())
+        .min(test.labels.len());
+    if total == 0 {
+        return Err(Error::InvalidInput("--limit must be at least 1".into()));
+    }
+    let params = CkksParams::preset(13, 25)?;
+    let log_qp = params.rlwe.log_qp();
+    let t_key = Instant::now();
+    let ctx = CkksContext::new(params)?;
+    let batch_size = opts.batch.unwrap_or(ctx.slots()).clamp(1, ctx.slots());
+    encrypted::check_fits(&ctx, &model, batch_size)?;
+    let keys = ctx.keygen()?;
+    let seconds_keygen = t_key.elapsed().as_secs_f64();
+
+    // Output bound: twice the largest plaintext logit on (a sample of) the training data.
+    let train = mnist::load_train(&opts.data_dir)?;
+    let calib = train
+        .inputs
+        .slice(s![0..2000.min(train.labels.len()), .., .., ..])
+        .to_owned()
+        .into_dyn();
+    let bound = 2.0
+        * model
+            .forward_par(&calib, 256)?
+            .iter()
+            .fold(0.0f64, |m, v| m.max(v.abs()));
+
+    let batches = total.div_ceil(batch_size);
+    let pb = if opts.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total as u64)
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (mut enc_s, mut inf_s, mut dec_s) = (0.0, 0.0, 0.0);
+    let (mut correct_enc, mut correct_plain, mut agree) = (0usize, 0usize, 0usize);
+    let mut max_err = 0.0f64;
+    let mut latencies = Vec::new();
+    let mut layer_seconds: Vec<(String, f64)> = Vec::new();
+    for b in 0..batches {
+        let (lo, hi) = (b * batch_size, ((b + 1) * batch_size).min(total));
+        let x = test
+            .inputs
+            .slice(s![lo..hi, .., .., ..])
+            .to_owned()
+            .into_dyn();
+        let t_batch = Instant::now();
+        pb.set_message(format!("batch {}/{batches}: encrypting", b + 1));
+        let t = Instant::now();
+        let ct = CipherTensor::encrypt_batched(&ctx, EncryptionKey::Secret(&keys.secret), &x)?;
+        enc_s += t.elapsed().as_secs_f64();
+        pb.set_message(format!("batch {}/{batches}: inference", b + 1));
+        let t = Instant::now();
+        let mut timing = encrypted::LayerTiming::default();
+        let out = encrypted::forward(&ctx, &model, ct, &keys.relin, bound, &mut timing)?;
+        inf_s += t.elapsed().as_secs_f64();
+        for (name, secs) in timing.layers {
+            match layer_seconds.iter_mut().find(|(n, _)| *n == name) {
+                Some(e) => e.1 += secs,
+                None => layer_seconds.push((name, secs)),
+            }
+        }
+        let t = Instant::now();
+        let logits = out.decrypt(&ctx, &keys.secret)?;
+        dec_s += t.elapsed().as_secs_f64();
+        latencies.push(t_batch.elapsed().as_secs_f64());
+        let plain = model.forward_par(&x, 256)?;
+        let (pe, pp) = (argmax_rows(&logits), argmax_rows(&plain));
+        for i in 0..(hi - lo) {
+            let label = test.labels[lo + i];
+            correct_enc += (pe[i] == label) as usize;
+            correct_plain += (pp[i] == label) as usize;
+            agree += (pe[i] == pp[i]) as usize;
+        }
+        max_err = max_err.max(
+            (&logits - &plain)
+                .iter()
+                .fold(0.0f64, |m, v| m.max(v.abs())),
+        );
+        pb.inc((hi - lo) as u64);
+    }
+    pb.finish_and_clear();
+    let total_s = t_all.elapsed().as_secs_f64();
+    let report = MnistReport {
+        images: total,
+        batches,
+        batch_size,
+        scheme: "ckks".into(),
+        backend: "cpu".into(),
+        layout: "batched".into(),
+        ring_degree: ctx.rlwe().n(),
+        levels: ctx.max_level(),
+        log_qp,
+        encrypted_accuracy: correct_enc as f64 / total as f64,
+        plaintext_accuracy: correct_plain as f64 / total as f64,
+        argmax_agreement: agree as f64 / total as f64,
+        max_abs_logit_error: max_err,
+        seconds_total: total_s,
+        seconds_keygen,
+        seconds_encrypt: enc_s,
+        seconds_infer: inf_s,
+        seconds_decrypt: dec_s,
+        images_per_second: total as f64 / (enc_s + inf_s + dec_s),
+        batch_latency_seconds: latencies,
+        layer_seconds,
+        peak_memory_mb: peak_memory_mb(),
+    };
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| Error::InvalidInput(e.to_string()))?
+        );
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(r: &MnistReport) {
+    println!(
+        "Encrypted MNIST (LeNet-1, CKKS N = {}, {} levels, log2 QP = {:.0}, 128-bit, {} backend, {} layout)",
+        r.ring_degree, r.levels, r.log_qp, r.backend, r.layout
+    );
+    println!(
+        "  images              {} in {} batch(es) of up to {}",
+        r.images, r.batches, r.batch_size
+    );
+    println!("  encrypted accuracy  {:.2}%", 100.0 * r.encrypted_accuracy);
+    println!("  plaintext accuracy  {:.2}%", 100.0 * r.plaintext_accuracy);
+    println!("  argmax agreement    {:.2}%", 100.0 * r.argmax_agreement);
+    println!("  max |logit error|   {:.4}", r.max_abs_logit_error);
+    println!(
+        "  time                {:.1} s total: keygen {:.1}, encrypt {:.1}, infer {:.1}, decrypt {:.1}",
+        r.seconds_total, r.seconds_keygen, r.seconds_encrypt, r.seconds_infer, r.seconds_decrypt
+    );
+    println!("  throughput          {:.0} images/s", r.images_per_second);
+    let lat: Vec<String> = r
+        .batch_latency_seconds
+        .iter()
+        .map(|s| format!("{s:.1}"))
+        .collect();
+    println!("  batch latency (s)   {}", lat.join(", "));
+    let layers: Vec<String> = r
+        .layer_seconds
+        .iter()
+        .map(|(n, s)| format!("{n} {s:.1}"))
+        .collect();
+    println!("  per layer (s)       {}", layers.join(", "));
+    println!("  peak memory         {:.0} MB", r.peak_memory_mb);
+}
