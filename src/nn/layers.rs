@@ -56,8 +56,12 @@ fn check_grad_shape(layer: &str, expected: &[usize], grad_out: &Tensor) -> Resul
     Ok(())
 }
 
-/// Fills `a` with independent draws from `U(-bound, bound)`.
-fn fill_uniform<R: Rng + ?Sized>(a: &mut [f64], rng: &mut R, bound: f64) {
+/// Fills `a` with independent draws from `U(-bound, bound)`, in logical (row-major) order.
+fn fill_uniform<'a, R: Rng + ?Sized>(
+    a: impl IntoIterator<Item = &'a mut f64>,
+    rng: &mut R,
+    bound: f64,
+) {
     for v in a {
         *v = (2.0 * rng.random::<f64>() - 1.0) * bound;
     }
@@ -143,8 +147,8 @@ impl Conv2d {
     /// Draws weights and biases from `U(-bound, bound)`. PyTorch's default is
     /// `bound = 1 / sqrt(fan_in)`.
     pub fn init_uniform<R: Rng + ?Sized>(&mut self, rng: &mut R, bound: f64) {
-        fill_uniform(self.weight.as_slice_mut().unwrap_or(&mut []), rng, bound);
-        fill_uniform(self.bias.as_slice_mut().unwrap_or(&mut []), rng, bound);
+        fill_uniform(self.weight.iter_mut(), rng, bound);
+        fill_uniform(self.bias.iter_mut(), rng, bound);
     }
 
     /// Checks that the hyper-parameters are usable and the parameter shapes agree with them.
@@ -504,8 +508,8 @@ impl Linear {
     /// Draws weights and biases from `U(-bound, bound)`; PyTorch's default is
     /// `bound = 1 / sqrt(in_features)`.
     pub fn init_uniform<R: Rng + ?Sized>(&mut self, rng: &mut R, bound: f64) {
-        fill_uniform(self.weight.as_slice_mut().unwrap_or(&mut []), rng, bound);
-        fill_uniform(self.bias.as_slice_mut().unwrap_or(&mut []), rng, bound);
+        fill_uniform(self.weight.iter_mut(), rng, bound);
+        fill_uniform(self.bias.iter_mut(), rng, bound);
     }
 
     /// Checks that the shapes agree and are non-empty.

@@ -9,7 +9,8 @@
 //!   mini-batch, optionally clipped to a global norm first.
 //! * **Learning rate** `η_t`: linear warm-up over [`TrainConfig::warmup_epochs`], then the
 //!   [`LrSchedule`].
-//! * A progress bar (indicatif) is drawn on stderr when [`TrainConfig::progress`] is set.
+//! * A progress bar (indicatif) is drawn on stderr when [`TrainConfig::progress`] is set
+//!   (one plain line per epoch instead when stderr is not a terminal).
 
 use std::time::Instant;
 
@@ -129,15 +130,22 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The recipe that produced `data/lenet1.safetensors` (see `examples/train_lenet1.rs`).
+    /// The recipe that produced `data/lenet1.safetensors` (see `examples/train_lenet1.rs`,
+    /// which afterwards calls [`Sequential::balance_squares`] on the training inputs).
+    ///
+    /// 40 epochs of momentum SGD (batch 64, peak lr 0.05, 1 warm-up epoch, cosine decay to
+    /// 1 %), gradients clipped to norm 2, weight decay 5e-4, random shifts (±2 px), rotations
+    /// (±10°) and scaling (±10 %). Label smoothing 0.03 keeps the logits moderate (|z| ≲ 25
+    /// on the test set instead of ≈ 70 with the plain cross-entropy) for a small cost in
+    /// accuracy (≈ 0.1-0.2 %).
     pub fn lenet1() -> Self {
         Self {
             epochs: 40,
             batch_size: 64,
             lr: 0.05,
             momentum: 0.9,
-            weight_decay: 5e-5,
-            loss: Loss::CrossEntropy,
+            weight_decay: 5e-4,
+            loss: Loss::SmoothedCrossEntropy(0.03),
             clip_grad_norm: Some(2.0),
             schedule: LrSchedule::Cosine { final_factor: 0.01 },
             warmup_epochs: 1.0,
@@ -373,7 +381,8 @@ fn bilinear(p: &[f64], h: usize, w: usize, y: f64, x: f64) -> f64 {
 /// [`TrainConfig::eval_every`] epochs and after the last (it is never used to pick weights).
 ///
 /// Fails with [`Error::Model`] if the loss becomes NaN/infinite (lower the learning rate or
-/// set [`TrainConfig::clip_grad_norm`]); the model then holds the last finite weights.
+/// set [`TrainConfig::clip_grad_norm`]); the model then holds the weights of the last update,
+/// the ones that produced the non-finite loss.
 pub fn train(
     model: &mut Sequential,
     data: &Dataset,
