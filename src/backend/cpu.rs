@@ -278,6 +278,39 @@ impl Backend for CpuBackend {
         ))
     }
 
+    fn tensor_product(&self, ring: &RingContext, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
+        a.check_compatible(b, "tensor_product")?;
+        if a.count != 2 || b.count != 2 || a.repr != Repr::Ntt {
+            return Err(Error::CiphertextSize(
+                "tensor_product needs two size-2 batches in the NTT domain".into(),
+            ));
+        }
+        let n = a.n;
+        let nl = a.limbs.len();
+        let w = nl * n;
+        let (aw, bw) = (host(a)?, host(b)?);
+        let limbs = a.limbs.clone();
+        let mut out = vec![0u32; 3 * w];
+        let (d0, rest) = out.split_at_mut(w);
+        let (d1, d2) = rest.split_at_mut(w);
+        d0.par_chunks_mut(n)
+            .zip(d1.par_chunks_mut(n))
+            .zip(d2.par_chunks_mut(n))
+            .enumerate()
+            .for_each(|(l, ((o0, o1), o2))| {
+                let m = ring.modulus(limbs[l]);
+                let r = l * n..(l + 1) * n;
+                let (a0, a1) = (&aw[r.clone()], &aw[w + r.start..w + r.end]);
+                let (b0, b1) = (&bw[r.clone()], &bw[w + r.start..w + r.end]);
+                for k in 0..n {
+                    o0[k] = m.mul_reduced(a0[k], b0[k]);
+                    o1[k] = m.mul_add_reduced(a0[k], b1[k], m.mul_reduced(a1[k], b0[k]));
+                    o2[k] = m.mul_reduced(a1[k], b1[k]);
+                }
+            });
+        Ok(PolyBatch::from_parts(Buffer::Host(out), limbs, 3, n, Repr::Ntt))
+    }
+
     fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
         if s.len() != a.limbs.len() {
             return Err(Error::Shape(format!(

@@ -208,21 +208,7 @@ pub fn tensor(ctx: &RlweContext, a: &Ciphertext, b: &Ciphertext) -> Result<PolyB
 
 /// Tensor product of two batches of 2 polynomials each (same limbs, NTT domain).
 pub(crate) fn tensor_polys(ctx: &RlweContext, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
-    let be = ctx.backend();
-    let ring = ctx.ring();
-    let a0 = be.slice_polys(a, 0, 1)?;
-    let a1 = be.slice_polys(a, 1, 1)?;
-    let b0 = be.slice_polys(b, 0, 1)?;
-    let b1 = be.slice_polys(b, 1, 1)?;
-    // [a0 a0 a1] * [b0 b1 b1] + [0 a1 0] * [0 b0 0]
-    let mut d = be.concat(&[&a0, &a0, &a1])?;
-    let rhs = be.concat(&[&b0, &b1, &b1])?;
-    be.mul_assign(ring, &mut d, &rhs)?;
-    let mut mid = be.slice_polys(&d, 1, 1)?;
-    be.mul_acc(ring, &mut mid, &a1, &b0)?;
-    let d0 = be.slice_polys(&d, 0, 1)?;
-    let d2 = be.slice_polys(&d, 2, 1)?;
-    be.concat(&[&d0, &mid, &d2])
+    ctx.backend().tensor_product(ctx.ring(), a, b)
 }
 
 /// Relinearizes a size-3 ciphertext to size 2 with the relinearization key.

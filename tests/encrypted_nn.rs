@@ -1,0 +1,197 @@
+//! Encrypted (CKKS, batched layout) layers and LeNet-1 against the plaintext model.
+
+use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::nn::{
+    encrypted, mnist, weights, AvgPool2d, Conv2d, Flatten, Linear, PolyActivation, Sequential,
+    Square,
+};
+use hetensor::tensor::{CipherTensor, EncryptionKey};
+use hetensor::Error;
+use ndarray::{s, Array1, Array2, Array4, ArrayD, Axis, IxDyn};
+use std::sync::OnceLock;
+
+fn ctx() -> &'static (CkksContext, hetensor::ckks::KeySet) {
+    static C: OnceLock<(CkksContext, hetensor::ckks::KeySet)> = OnceLock::new();
+    C.get_or_init(|| {
+        let ctx = CkksContext::with_seed(CkksParams::preset(13, 25).unwrap(), [5; 32]).unwrap();
+        let keys = ctx.keygen().unwrap();
+        (ctx, keys)
+    })
+}
+
+fn pseudo(seed: u64, len: usize, amp: f64) -> Vec<f64> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * amp
+        })
+        .collect()
+}
+
+fn run(model: &Sequential, x: &ArrayD<f64>) -> (ArrayD<f64>, ArrayD<f64>) {
+    let (ctx, keys) = ctx();
+    let plain = model.forward(x).unwrap();
+    let bound = 2.0 * plain.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let ct = CipherTensor::encrypt_batched(ctx, EncryptionKey::Secret(&keys.secret), x).unwrap();
+    let out =
+        encrypted::forward(ctx, model, ct, &keys.relin, bound, &mut Default::default()).unwrap();
+    (out.decrypt(ctx, &keys.secret).unwrap(), plain)
+}
+
+fn max_err(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    (a - b).iter().fold(0.0f64, |m, v| m.max(v.abs()))
+}
+
+fn small_conv(
+    in_ch: usize,
+    out_ch: usize,
+    k: usize,
+    stride: usize,
+    pad: usize,
+    seed: u64,
+) -> Conv2d {
+    let w = Array4::from_shape_vec(
+        (out_ch, in_ch, k, k),
+        pseudo(seed, out_ch * in_ch * k * k, 0.5),
+    )
+    .unwrap();
+    let b = Array1::from_vec(pseudo(seed + 1, out_ch, 0.3));
+    Conv2d::from_weights(w, b, stride, pad).unwrap()
+}
+
+#[test]
+fn each_layer_matches_plaintext() {
+    let x = ArrayD::from_shape_vec(IxDyn(&[16, 2, 8, 8]), pseudo(1, 16 * 128, 1.0)).unwrap();
+    // Fresh symmetric noise is ~2^-15 per slot at Δ = 2^25; a conv over 18 inputs with |w| ≤ 0.5
+    // and one rescale stays below 2^-10.
+    let conv = Sequential::new()
+        .with("c", small_conv(2, 3, 3, 1, 1, 7))
+        .unwrap();
+    let (e, p) = run(&conv, &x);
+    assert!(max_err(&e, &p) < 1e-3, "conv {}", max_err(&e, &p));
+    let strided = Sequential::new()
+        .with("c", small_conv(2, 2, 3, 2, 0, 9))
+        .unwrap();
+    let (e, p) = run(&strided, &x);
+    assert!(max_err(&e, &p) < 1e-3, "strided conv {}", max_err(&e, &p));
+    // Square, then pool (trailing pool costs one multiplication by 1/4).
+    let sq = Sequential::new()
+        .with("s", Square)
+        .unwrap()
+        .with("p", AvgPool2d::new(2).unwrap())
+        .unwrap();
+    let (e, p) = run(&sq, &x);
+    assert_eq!(e.shape(), &[16, 2, 4, 4]);
+    // Size-3 rescale noise is ~2^-6 (rounding times s²); pooling averages it.
+    assert!(
+        max_err(&e, &p) < 1.0 / 16.0,
+        "square+pool {}",
+        max_err(&e, &p)
+    );
+    let lin = Sequential::new()
+        .with("f", Flatten)
+        .unwrap()
+        .with(
+            "l",
+            Linear::from_weights(
+                Array2::from_shape_vec((5, 128), pseudo(3, 640, 0.2)).unwrap(),
+                Array1::from_vec(pseudo(4, 5, 1.0)),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let (e, p) = run(&lin, &x);
+    assert_eq!(e.shape(), &[16, 5]);
+    assert!(max_err(&e, &p) < 1e-2, "linear {}", max_err(&e, &p));
+}
+
+#[test]
+fn lenet1_agrees_with_plaintext_on_mnist() {
+    let model = weights::pretrained_lenet1().unwrap();
+    let test = mnist::load_test(mnist::DEFAULT_DIR).unwrap();
+    let n = 48;
+    let x = test
+        .inputs
+        .slice(s![0..n, .., .., ..])
+        .to_owned()
+        .into_dyn();
+    let (e, p) = run(&model, &x);
+    let argmax = |a: &ArrayD<f64>| -> Vec<usize> {
+        a.axis_iter(Axis(0))
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let (ae, ap) = (argmax(&e), argmax(&p));
+    let agree = ae.iter().zip(&ap).filter(|(a, b)| a == b).count();
+    let correct = ae
+        .iter()
+        .zip(&test.labels[..n])
+        .filter(|(a, b)| a == b)
+        .count();
+    let err = max_err(&e, &p);
+    assert_eq!(
+        agree, n,
+        "argmax agreement {agree}/{n}, max logit error {err}"
+    );
+    assert!(correct >= n - 2, "encrypted accuracy {correct}/{n}");
+    // Logits reach ~55; the error budget of 5 levels at Δ = 2^25 keeps them within ~1.
+    assert!(err < 1.5, "max logit error {err}");
+}
+
+#[test]
+fn models_that_do_not_fit_are_rejected() {
+    let (ctx, keys) = ctx();
+    // Too deep: 7 levels on a 5-level chain.
+    let mut deep = Sequential::new();
+    for i in 0..3 {
+        deep.push(format!("l{i}"), Linear::new(4, 4).unwrap())
+            .unwrap();
+        deep.push(format!("s{i}"), Square).unwrap();
+    }
+    deep.push("out", Linear::new(4, 2).unwrap()).unwrap();
+    assert_eq!(encrypted::levels_needed(&deep).unwrap(), 7);
+    assert!(matches!(
+        encrypted::check_fits(ctx, &deep, 10),
+        Err(Error::InvalidParameters(_))
+    ));
+    // Too many samples for the slots.
+    let small = Sequential::new()
+        .with("l", Linear::new(4, 2).unwrap())
+        .unwrap();
+    assert!(matches!(
+        encrypted::check_fits(ctx, &small, ctx.slots() + 1),
+        Err(Error::TooManyValues { .. })
+    ));
+    // Polynomial activations are refused with a clear message.
+    let poly = Sequential::new()
+        .with("p", PolyActivation::new(vec![0.5, 0.25]).unwrap())
+        .unwrap();
+    assert!(matches!(
+        encrypted::levels_needed(&poly),
+        Err(Error::Model(_))
+    ));
+    // Input shape that does not match the layer.
+    let x = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0.0; 6]).unwrap();
+    let ct = CipherTensor::encrypt_batched(ctx, EncryptionKey::Public(&keys.public), &x).unwrap();
+    assert!(matches!(
+        encrypted::forward(ctx, &small, ct, &keys.relin, 10.0, &mut Default::default()),
+        Err(Error::Shape(_))
+    ));
+    // A batch larger than the slots.
+    let big =
+        ArrayD::from_shape_vec(IxDyn(&[ctx.slots() + 1, 1]), vec![0.0; ctx.slots() + 1]).unwrap();
+    assert!(matches!(
+        CipherTensor::encrypt_batched(ctx, EncryptionKey::Secret(&keys.secret), &big),
+        Err(Error::TooManyValues { .. })
+    ));
+}
