@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{Backend, Buffer, PolyBatch, Repr};
+use super::{check_scale_and_round, Backend, Buffer, PolyBatch, Repr};
 use crate::error::{Error, Result};
-use crate::math::{BaseConverter, RingContext};
+use crate::math::{BaseConverter, RingContext, ScaleRounder};
 
 /// Rayon-parallel CPU backend.
 #[derive(Debug, Default, Clone)]
@@ -354,6 +354,38 @@ impl Backend for CpuBackend {
             .for_each_init(Vec::new, |scratch, (o, i)| {
                 conv.convert(i, o, n, exact, scratch)
             });
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(out),
+            to,
+            p.count,
+            n,
+            Repr::Coeff,
+        ))
+    }
+
+    fn scale_and_round(
+        &self,
+        _ring: &RingContext,
+        p: &PolyBatch,
+        to: Arc<[usize]>,
+        rounder: &ScaleRounder,
+    ) -> Result<PolyBatch> {
+        check_scale_and_round(p, &to, rounder)?;
+        let n = p.n;
+        let input = host(p)?;
+        let in_words = p.poly_words();
+        let kc = to.len();
+        // The rounding terms are per polynomial; the output limbs are independent tasks.
+        let rounds: Vec<Vec<u64>> = input
+            .par_chunks(in_words)
+            .map(|i| rounder.rounding_terms(i, n))
+            .collect();
+        let mut out = vec![0u32; p.count * kc * n];
+        out.par_chunks_mut(n).enumerate().for_each(|(idx, o)| {
+            let (c, j) = (idx / kc, idx % kc);
+            let poly = &input[c * in_words..(c + 1) * in_words];
+            rounder.output_limb(j, poly, &rounds[c], o, n);
+        });
         Ok(PolyBatch::from_parts(
             Buffer::Host(out),
             to,

@@ -13,7 +13,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::math::{BaseConverter, RingContext};
+use crate::math::{BaseConverter, RingContext, ScaleRounder};
 
 pub use cpu::CpuBackend;
 
@@ -204,6 +204,31 @@ pub trait Backend: Send + Sync + Debug {
         exact: bool,
     ) -> Result<PolyBatch>;
 
+    /// BFV's scale-and-round (Halevi-Polyakov-Shoup): Coeff-domain polynomials over
+    /// `Q ∪ C` (the limbs of `p`, `Q` first, `C` = `to` last) become `round(t·x/Q)` over `to`,
+    /// with the tables of `rounder` (built for exactly those bases). Exact integer arithmetic;
+    /// see [`ScaleRounder`] for the formula every backend must reproduce word for word.
+    ///
+    /// The default implementation computes on the host (download, compute, upload): correct
+    /// on any backend, but device backends should override it to stay resident.
+    fn scale_and_round(
+        &self,
+        _ring: &RingContext,
+        p: &PolyBatch,
+        to: Arc<[usize]>,
+        rounder: &ScaleRounder,
+    ) -> Result<PolyBatch> {
+        check_scale_and_round(p, &to, rounder)?;
+        let n = p.n();
+        let input = self.download(p)?;
+        let (in_words, out_words) = (p.poly_words(), to.len() * n);
+        let mut out = vec![0u32; p.count() * out_words];
+        for (o, i) in out.chunks_mut(out_words).zip(input.chunks(in_words)) {
+            rounder.apply(i, o, n);
+        }
+        self.upload(out, to, p.count(), n, Repr::Coeff)
+    }
+
     /// The Galois automorphism `X → X^g` (g odd) of Coeff-domain polynomials.
     fn automorphism(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch>;
 
@@ -219,6 +244,28 @@ pub trait Backend: Send + Sync + Debug {
     /// Concatenates batches of the same count and polynomials along the limb axis
     /// (`[poly][limbs of a ++ limbs of b]`).
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch>;
+}
+
+/// Validates the operands of [`Backend::scale_and_round`].
+pub(crate) fn check_scale_and_round(
+    p: &PolyBatch,
+    to: &[usize],
+    rounder: &ScaleRounder,
+) -> Result<()> {
+    if p.repr() != Repr::Coeff {
+        return Err(Error::InvalidInput(
+            "scale_and_round needs coefficient form".into(),
+        ));
+    }
+    let (kq, kc) = (rounder.from_q().len(), rounder.to().len());
+    if p.limbs().len() != kq + kc || to.len() != kc || p.limbs()[kq..] != *to {
+        return Err(Error::Shape(format!(
+            "scale_and_round: tables for {kq}+{kc} limbs do not match a batch over {} limbs into {}",
+            p.limbs().len(),
+            to.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The backend chosen when none is named: the CPU, which always works.

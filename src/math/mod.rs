@@ -11,8 +11,10 @@ pub mod primes;
 pub mod ring;
 pub mod rns;
 pub mod sampler;
+pub mod scale_round;
 
 pub use modular::Modulus;
 pub use ntt::NttPlan;
 pub use ring::RingContext;
 pub use rns::{BaseConverter, RnsBasis};
+pub use scale_round::ScaleRounder;

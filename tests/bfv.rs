@@ -1,0 +1,590 @@
+//! BFV end-to-end tests: every homomorphic operation is checked slot by slot against the same
+//! operation on plaintext integers mod t, exactly.
+//!
+//! Arithmetic tests run on small insecure parameters (N = 2^12) for speed; the 128-bit presets
+//! (N = 2^13 and 2^14) get their own tests, including a multiplicative-depth run that spends the
+//! whole noise budget.
+
+use std::sync::OnceLock;
+
+use hetensor::bfv::{BfvContext, BfvCrt, BfvParams, Ciphertext, PlainModulus};
+use hetensor::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey, Security};
+use hetensor::Error;
+use proptest::prelude::*;
+
+/// Steps with Galois keys in the shared fixture.
+const STEPS: [i64; 5] = [1, -1, 3, -17, 700];
+
+struct Fixture {
+    ctx: BfvContext,
+    sk: SecretKey,
+    pk: PublicKey,
+    rk: RelinKey,
+    gk: GaloisKeys,
+}
+
+/// N = 2^12, 20-bit t, 4 ciphertext primes (insecure on purpose: these tests are about
+/// arithmetic, and small N keeps them fast).
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let params = BfvParams::with_security(
+            12,
+            PlainModulus::Bits(20),
+            4,
+            2,
+            Security::InsecureForTestingOnly,
+        )
+        .unwrap();
+        let ctx = BfvContext::with_seed(params, [7; 32]).unwrap();
+        let sk = ctx.gen_secret_key().unwrap();
+        let pk = ctx.gen_public_key(&sk).unwrap();
+        let rk = ctx.gen_relin_key(&sk).unwrap();
+        let gk = ctx.gen_galois_keys(&sk, &STEPS).unwrap();
+        Fixture {
+            ctx,
+            sk,
+            pk,
+            rk,
+            gk,
+        }
+    })
+}
+
+/// `len` pseudo-random values below `t` from `seed` (xorshift; proptest only picks the seed so
+/// that shrinking stays cheap).
+fn values(seed: u64, len: usize, t: u64) -> Vec<u64> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s % t
+        })
+        .collect()
+}
+
+fn padded(v: &[u64], n: usize) -> Vec<u64> {
+    let mut out = v.to_vec();
+    out.resize(n, 0);
+    out
+}
+
+fn mulmod(a: u64, b: u64, t: u64) -> u64 {
+    ((a as u128 * b as u128) % t as u128) as u64
+}
+
+fn dec(f: &Fixture, ct: &Ciphertext) -> Vec<u64> {
+    f.ctx.decode(&f.ctx.decrypt(ct, &f.sk).unwrap()).unwrap()
+}
+
+/// Row-wise left rotation of the 2 × N/2 slot matrix.
+fn rotate_rows_plain(v: &[u64], step: i64) -> Vec<u64> {
+    let half = v.len() / 2;
+    (0..v.len())
+        .map(|i| {
+            let (r, c) = (i / half, i % half);
+            v[r * half + (c as i64 + step).rem_euclid(half as i64) as usize]
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn encode_decode_roundtrip(seed in any::<u64>(), len in 0usize..=4096) {
+        let f = fixture();
+        let t = f.ctx.plain_modulus();
+        let n = f.ctx.slot_count();
+        let v = values(seed, len, t);
+        let pt = f.ctx.encode(&v).unwrap();
+        prop_assert_eq!(f.ctx.decode(&pt).unwrap(), padded(&v, n));
+        let half = ((t - 1) / 2) as i64;
+        let signed: Vec<i64> = v.iter().map(|&x| x as i64 - half).collect();
+        let pt = f.ctx.encode_signed(&signed).unwrap();
+        let mut want = signed.clone();
+        want.resize(n, 0);
+        prop_assert_eq!(f.ctx.decode_signed(&pt).unwrap(), want);
+        // Encrypt/decrypt both ways.
+        let ct = f.ctx.encrypt_symmetric(&pt, &f.sk).unwrap();
+        prop_assert!(ct.inner().is_seeded());
+        prop_assert_eq!(f.ctx.decrypt(&ct, &f.sk).unwrap(), pt.clone());
+        let ct = f.ctx.encrypt(&pt, &f.pk).unwrap();
+        prop_assert_eq!(f.ctx.decrypt(&ct, &f.sk).unwrap(), pt);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arithmetic_matches_plaintext(sa in any::<u64>(), sb in any::<u64>(), k in any::<i64>()) {
+        let f = fixture();
+        let ctx = &f.ctx;
+        let t = ctx.plain_modulus();
+        let n = ctx.slot_count();
+        let (a, b) = (values(sa, n, t), values(sb, n, t));
+        let (pa, pb) = (ctx.encode(&a).unwrap(), ctx.encode(&b).unwrap());
+        let ca = ctx.encrypt(&pa, &f.pk).unwrap();
+        let cb = ctx.encrypt_symmetric(&pb, &f.sk).unwrap();
+        let zip = |g: &dyn Fn(u64, u64) -> u64| a.iter().zip(&b).map(|(&x, &y)| g(x, y)).collect::<Vec<u64>>();
+
+        let add = zip(&|x, y| (x + y) % t);
+        let sub = zip(&|x, y| (x + t - y) % t);
+        let mul = zip(&|x, y| mulmod(x, y, t));
+        prop_assert_eq!(dec(f, &ctx.add(&ca, &cb).unwrap()), add.clone());
+        prop_assert_eq!(dec(f, &ctx.sub(&ca, &cb).unwrap()), sub.clone());
+        prop_assert_eq!(dec(f, &ctx.neg(&ca).unwrap()), a.iter().map(|&x| (t - x) % t).collect::<Vec<_>>());
+        prop_assert_eq!(dec(f, &ctx.add_plain(&ca, &pb).unwrap()), add);
+        prop_assert_eq!(dec(f, &ctx.sub_plain(&ca, &pb).unwrap()), sub);
+        prop_assert_eq!(dec(f, &ctx.multiply_plain(&ca, &pb).unwrap()), mul.clone());
+        let km = k.rem_euclid(t as i64) as u64;
+        prop_assert_eq!(dec(f, &ctx.multiply_scalar(&ca, k).unwrap()), a.iter().map(|&x| mulmod(x, km, t)).collect::<Vec<_>>());
+
+        // Ciphertext product: size 3 decrypts with s², relinearized with s.
+        let prod = ctx.multiply(&ca, &cb).unwrap();
+        prop_assert_eq!(prod.size(), 3);
+        prop_assert_eq!(dec(f, &prod), mul.clone());
+        let relin = ctx.relinearize(&prod, &f.rk).unwrap();
+        prop_assert_eq!(relin.size(), 2);
+        prop_assert_eq!(dec(f, &relin), mul.clone());
+        prop_assert_eq!(dec(f, &ctx.square(&ca).unwrap()), a.iter().map(|&x| mulmod(x, x, t)).collect::<Vec<_>>());
+        // Degree-2 terms accumulate before one relinearization; plaintext ops work on them too.
+        let acc = ctx.add(&prod, &ctx.multiply(&cb, &cb).unwrap()).unwrap();
+        let acc = ctx.add_plain(&acc, &pa).unwrap();
+        let want = a.iter().zip(&b).map(|(&x, &y)| (mulmod(x, y, t) + mulmod(y, y, t) + x) % t).collect::<Vec<_>>();
+        prop_assert_eq!(dec(f, &ctx.relinearize(&acc, &f.rk).unwrap()), want);
+        // (a·b)·a after relinearization: depth 2.
+        prop_assert_eq!(
+            dec(f, &ctx.multiply_relin(&relin, &ca, &f.rk).unwrap()),
+            mul.iter().zip(&a).map(|(&x, &y)| mulmod(x, y, t)).collect::<Vec<_>>()
+        );
+        prop_assert!(ctx.invariant_noise_budget(&relin, &f.sk).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn rotations_match_plaintext(seed in any::<u64>(), which in 0usize..STEPS.len()) {
+        let f = fixture();
+        let ctx = &f.ctx;
+        let n = ctx.slot_count();
+        let a = values(seed, n, ctx.plain_modulus());
+        let ca = ctx.encrypt(&ctx.encode(&a).unwrap(), &f.pk).unwrap();
+        let step = STEPS[which];
+        prop_assert_eq!(dec(f, &ctx.rotate_rows(&ca, step, &f.gk).unwrap()), rotate_rows_plain(&a, step));
+        // Steps are taken mod N/2: step + N/2 uses the same key.
+        let wrapped = step + (n / 2) as i64;
+        prop_assert_eq!(dec(f, &ctx.rotate_rows(&ca, wrapped, &f.gk).unwrap()), rotate_rows_plain(&a, step));
+        prop_assert_eq!(dec(f, &ctx.rotate_rows(&ca, 0, &f.gk).unwrap()), a.clone());
+        let half = n / 2;
+        let swapped: Vec<u64> = (0..n).map(|i| a[(i + half) % n]).collect();
+        prop_assert_eq!(dec(f, &ctx.rotate_columns(&ca, &f.gk).unwrap()), swapped);
+        // Left then right by one is the identity.
+        let back = ctx.rotate_rows(&ctx.rotate_rows(&ca, 1, &f.gk).unwrap(), -1, &f.gk).unwrap();
+        prop_assert_eq!(dec(f, &back), a);
+    }
+
+    #[test]
+    fn mod_switch_preserves_plaintext(sa in any::<u64>(), sb in any::<u64>(), level in 0usize..4) {
+        let f = fixture();
+        let ctx = &f.ctx;
+        let t = ctx.plain_modulus();
+        let n = ctx.slot_count();
+        let (a, b) = (values(sa, n, t), values(sb, n, t));
+        let ca = ctx.encrypt(&ctx.encode(&a).unwrap(), &f.pk).unwrap();
+        let cb = ctx.encrypt(&ctx.encode(&b).unwrap(), &f.pk).unwrap();
+        let low = ctx.mod_switch_to(&ca, level).unwrap();
+        prop_assert_eq!(low.level(), level);
+        prop_assert_eq!(dec(f, &low), a.clone());
+        let budget_top = ctx.invariant_noise_budget(&ca, &f.sk).unwrap();
+        let budget_low = ctx.invariant_noise_budget(&low, &f.sk).unwrap();
+        prop_assert!(budget_low <= budget_top + 1.0);
+        // Mixed levels are aligned automatically.
+        let sum = ctx.add(&low, &cb).unwrap();
+        prop_assert_eq!(sum.level(), level);
+        prop_assert_eq!(dec(f, &sum), a.iter().zip(&b).map(|(&x, &y)| (x + y) % t).collect::<Vec<_>>());
+        if level >= 2 {
+            // Enough modulus left for a product.
+            let prod = ctx.multiply_relin(&low, &cb, &f.rk).unwrap();
+            prop_assert_eq!(prod.level(), level);
+            prop_assert_eq!(dec(f, &prod), a.iter().zip(&b).map(|(&x, &y)| mulmod(x, y, t)).collect::<Vec<_>>());
+            let next = ctx.mod_switch_to_next(&prod).unwrap();
+            prop_assert_eq!(dec(f, &next), a.iter().zip(&b).map(|(&x, &y)| mulmod(x, y, t)).collect::<Vec<_>>());
+        }
+    }
+}
+
+/// Repeated multiplication at the 128-bit N = 2^13 preset until the noise budget is spent: every
+/// step decrypts correctly while budget is left, and the budget falls every time.
+#[test]
+fn preset_2_13_depth_until_budget_exhausted() {
+    let params = BfvParams::preset(13, PlainModulus::Bits(20)).unwrap();
+    assert_eq!(params.rlwe.security(), Security::Bits128);
+    let ctx = BfvContext::with_seed(params, [13; 32]).unwrap();
+    let sk = ctx.gen_secret_key().unwrap();
+    let pk = ctx.gen_public_key(&sk).unwrap();
+    let rk = ctx.gen_relin_key(&sk).unwrap();
+    let t = ctx.plain_modulus();
+    let n = ctx.slot_count();
+    let x = values(99, n, t);
+    let y = values(1234, n, t);
+    let cx = ctx.encrypt(&ctx.encode(&x).unwrap(), &pk).unwrap();
+    let cy = ctx.encrypt(&ctx.encode(&y).unwrap(), &pk).unwrap();
+    let mut budget = ctx.invariant_noise_budget(&cx, &sk).unwrap();
+    println!("N=2^13 t={t}: fresh noise budget {budget:.1} bits");
+    assert!(budget > 100.0, "fresh budget {budget}");
+    let (mut c, mut v) = (cx, x);
+    let mut depth = 0;
+    loop {
+        c = ctx.multiply_relin(&c, &cy, &rk).unwrap();
+        v = v.iter().zip(&y).map(|(&a, &b)| mulmod(a, b, t)).collect();
+        let b = ctx.invariant_noise_budget(&c, &sk).unwrap();
+        println!("  after {} multiplications: {b:.1} bits", depth + 1);
+        // Once the noise wraps around, the measured budget is ~0 whatever the true noise: below
+        // one bit the result is no longer guaranteed, above it (‖ν‖ < 1/4) it must be exact.
+        if b < 1.0 {
+            break;
+        }
+        assert!(b < budget, "budget must decrease: {b} after {budget}");
+        assert_eq!(
+            ctx.decode(&ctx.decrypt(&c, &sk).unwrap()).unwrap(),
+            v,
+            "wrong at depth {}",
+            depth + 1
+        );
+        budget = b;
+        depth += 1;
+        assert!(depth < 20, "noise budget never ran out");
+    }
+    assert!(
+        depth >= 4,
+        "only {depth} multiplications fit at the N = 2^13 preset"
+    );
+}
+
+/// The N = 2^14 preset: product, relinearization, rotation, and their noise budgets.
+#[test]
+fn preset_2_14_multiply_and_rotate() {
+    let ctx = BfvContext::with_seed(
+        BfvParams::preset(14, PlainModulus::Bits(20)).unwrap(),
+        [14; 32],
+    )
+    .unwrap();
+    let sk = ctx.gen_secret_key().unwrap();
+    let pk = ctx.gen_public_key(&sk).unwrap();
+    let rk = ctx.gen_relin_key(&sk).unwrap();
+    let gk = ctx.gen_galois_keys(&sk, &[1]).unwrap();
+    let t = ctx.plain_modulus();
+    let n = ctx.slot_count();
+    let (a, b) = (values(5, n, t), values(6, n, t));
+    let ca = ctx.encrypt(&ctx.encode(&a).unwrap(), &pk).unwrap();
+    let cb = ctx.encrypt(&ctx.encode(&b).unwrap(), &pk).unwrap();
+    let fresh = ctx.invariant_noise_budget(&ca, &sk).unwrap();
+    let prod = ctx.multiply_relin(&ca, &cb, &rk).unwrap();
+    let after = ctx.invariant_noise_budget(&prod, &sk).unwrap();
+    println!("N=2^14 t={t}: fresh {fresh:.1} bits, after one multiplication {after:.1} bits");
+    assert!(fresh > 300.0 && after > 250.0 && after < fresh);
+    let want: Vec<u64> = a.iter().zip(&b).map(|(&x, &y)| mulmod(x, y, t)).collect();
+    assert_eq!(ctx.decode(&ctx.decrypt(&prod, &sk).unwrap()).unwrap(), want);
+    let rot = ctx.rotate_rows(&prod, 1, &gk).unwrap();
+    assert_eq!(
+        ctx.decode(&ctx.decrypt(&rot, &sk).unwrap()).unwrap(),
+        rotate_rows_plain(&want, 1)
+    );
+}
+
+/// A 60-bit plaintext modulus (the largest supported): the auxiliary basis grows with t and
+/// products stay exact for full-range values.
+#[test]
+fn sixty_bit_plain_modulus() {
+    let params = BfvParams::with_security(
+        12,
+        PlainModulus::Bits(60),
+        6,
+        6,
+        Security::InsecureForTestingOnly,
+    )
+    .unwrap();
+    let ctx = BfvContext::with_seed(params, [60; 32]).unwrap();
+    let t = ctx.plain_modulus();
+    assert!(t > 1 << 59);
+    let sk = ctx.gen_secret_key().unwrap();
+    let rk = ctx.gen_relin_key(&sk).unwrap();
+    let n = ctx.slot_count();
+    let (a, b) = (values(11, n, t), values(12, n, t));
+    let ca = ctx
+        .encrypt_symmetric(&ctx.encode(&a).unwrap(), &sk)
+        .unwrap();
+    let cb = ctx
+        .encrypt_symmetric(&ctx.encode(&b).unwrap(), &sk)
+        .unwrap();
+    let prod = ctx.multiply_relin(&ca, &cb, &rk).unwrap();
+    let want: Vec<u64> = a.iter().zip(&b).map(|(&x, &y)| mulmod(x, y, t)).collect();
+    assert_eq!(ctx.decode(&ctx.decrypt(&prod, &sk).unwrap()).unwrap(), want);
+    let budget = ctx.invariant_noise_budget(&prod, &sk).unwrap();
+    println!("N=2^12, 60-bit t, 6 primes: budget after one product {budget:.1} bits");
+    assert!(budget > 0.0);
+}
+
+/// CRT over three 30-bit plaintext primes: an encrypted integer dot product whose terms and
+/// result (~2^83) would wrap any single t, recovered exactly as i128.
+#[test]
+fn crt_integer_dot_product() {
+    let crt = BfvCrt::with_seed(
+        12,
+        &[30, 30, 30],
+        5,
+        5,
+        Security::InsecureForTestingOnly,
+        [3; 32],
+    )
+    .unwrap();
+    assert_eq!(crt.contexts().len(), 3);
+    let ts = crt.plain_moduli();
+    assert!(ts[0] != ts[1] && ts[1] != ts[2] && ts[0] != ts[2]);
+    let sk = crt.gen_secret_key().unwrap();
+    let pk = crt.gen_public_key(&sk).unwrap();
+    let rk = crt.gen_relin_key(&sk).unwrap();
+    let gk = crt.gen_galois_keys(&sk, &[1, 2, 4]).unwrap();
+    let x: Vec<i64> = (0..8).map(|i| (1i64 << 40) - 12345 * i * i - 7).collect();
+    let y: Vec<i64> = (0..8)
+        .map(|i| {
+            if i % 2 == 0 {
+                -(1i64 << 40) + 999 * i
+            } else {
+                (1 << 39) + i
+            }
+        })
+        .collect();
+    let cx = crt.encrypt_i64(&x, &pk).unwrap();
+    let cy = crt.encrypt_i64(&y, &pk).unwrap();
+    let prod = crt.multiply_relin(&cx, &cy, &rk).unwrap();
+    let products: Vec<i128> = x
+        .iter()
+        .zip(&y)
+        .map(|(&a, &b)| a as i128 * b as i128)
+        .collect();
+    let got = crt.decrypt(&prod, &sk).unwrap();
+    assert_eq!(&got[..8], &products[..]);
+    assert!(got[8..].iter().all(|&v| v == 0));
+    // Rotate-and-sum over 8 slots.
+    let mut acc = prod;
+    for step in [4, 2, 1] {
+        acc = crt
+            .add(&acc, &crt.rotate_rows(&acc, step, &gk).unwrap())
+            .unwrap();
+    }
+    let dot: i128 = products.iter().sum();
+    assert!(
+        dot.unsigned_abs() > (1u128 << 80) && ts.iter().all(|&t| dot.unsigned_abs() > t as u128)
+    );
+    let got = crt.decrypt(&acc, &sk).unwrap();
+    assert_eq!(got[0], dot);
+    // Scalar and plaintext products and subtraction on top.
+    let scaled = crt.multiply_scalar(&cx, -3_000_000).unwrap();
+    let scaled = crt.multiply_plain(&scaled, &[1i128 << 20; 8]).unwrap();
+    let diff = crt.sub(&scaled, &cx).unwrap();
+    let got = crt.decrypt(&diff, &sk).unwrap();
+    for i in 0..8 {
+        assert_eq!(
+            got[i],
+            x[i] as i128 * -3_000_000 * (1i128 << 20) - x[i] as i128
+        );
+    }
+    assert!(crt.invariant_noise_budget(&acc, &sk).unwrap() > 0.0);
+    // Values beyond ±T/2 are rejected.
+    let too_big = crt.plain_modulus_product() as i128;
+    assert!(matches!(
+        crt.encode(&[too_big]),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+/// Same seed, same parameters → identical ciphertext words, products included: the integer-only
+/// pipeline is deterministic, which is what lets other backends be checked word for word.
+#[test]
+fn seeded_contexts_are_bit_identical() {
+    let make = || {
+        let params = BfvParams::with_security(
+            12,
+            PlainModulus::Bits(20),
+            3,
+            3,
+            Security::InsecureForTestingOnly,
+        )
+        .unwrap();
+        let ctx = BfvContext::with_seed(params, [42; 32]).unwrap();
+        let sk = ctx.gen_secret_key().unwrap();
+        let pk = ctx.gen_public_key(&sk).unwrap();
+        let rk = ctx.gen_relin_key(&sk).unwrap();
+        let t = ctx.plain_modulus();
+        let a = ctx
+            .encrypt(&ctx.encode(&values(1, 4096, t)).unwrap(), &pk)
+            .unwrap();
+        let b = ctx
+            .encrypt(&ctx.encode(&values(2, 4096, t)).unwrap(), &pk)
+            .unwrap();
+        let p = ctx.multiply_relin(&a, &b, &rk).unwrap();
+        ctx.rlwe().backend().download(p.inner().polys()).unwrap()
+    };
+    assert_eq!(make(), make());
+}
+
+#[test]
+fn errors_are_reported() {
+    let f = fixture();
+    let ctx = &f.ctx;
+    let t = ctx.plain_modulus();
+    let n = ctx.slot_count();
+    // Plaintext domain.
+    assert!(matches!(ctx.encode(&[0, t]), Err(Error::InvalidInput(_))));
+    assert!(
+        matches!(ctx.encode(&vec![1; n + 1]), Err(Error::TooManyValues { got, slots }) if got == n + 1 && slots == n)
+    );
+    assert!(matches!(
+        ctx.encode_signed(&[(t / 2 + 1) as i64]),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        ctx.plaintext_from_coeffs(&[t]),
+        Err(Error::InvalidInput(_))
+    ));
+    // Missing Galois key: steps 2 has none.
+    let ct = ctx
+        .encrypt(&ctx.encode(&[1, 2, 3]).unwrap(), &f.pk)
+        .unwrap();
+    match ctx.rotate_rows(&ct, 2, &f.gk) {
+        Err(Error::MissingGaloisKey { step, .. }) => assert_eq!(step, Some(2)),
+        other => panic!("expected MissingGaloisKey, got {other:?}"),
+    }
+    assert!(matches!(
+        ctx.rotate_columns(&ct, &GaloisKeys::default()),
+        Err(Error::MissingGaloisKey { step: None, .. })
+    ));
+    // Size-3 ciphertexts must be relinearized before rotation or another product.
+    let sq = ctx.square(&ct).unwrap();
+    assert!(matches!(
+        ctx.rotate_rows(&sq, 1, &f.gk),
+        Err(Error::CiphertextSize(_))
+    ));
+    assert!(matches!(
+        ctx.multiply(&sq, &ct),
+        Err(Error::CiphertextSize(_))
+    ));
+    // Levels.
+    assert!(matches!(
+        ctx.mod_switch_to_next(&ctx.mod_switch_to(&ct, 0).unwrap()),
+        Err(Error::OutOfLevels { .. })
+    ));
+    assert!(matches!(
+        ctx.mod_switch_to(&ctx.mod_switch_to(&ct, 1).unwrap(), 2),
+        Err(Error::InvalidInput(_))
+    ));
+    // Parameters: 8 + 1 primes exceed 218 bits at N = 2^13 without the opt-in.
+    assert!(matches!(
+        BfvParams::new(13, PlainModulus::Bits(20), 8, 8),
+        Err(Error::InsecureParameters { .. })
+    ));
+    assert!(BfvParams::with_security(
+        13,
+        PlainModulus::Bits(20),
+        8,
+        8,
+        Security::InsecureForTestingOnly
+    )
+    .is_ok());
+    assert!(matches!(
+        BfvParams::new(13, PlainModulus::Prime(97), 6, 6),
+        Err(Error::InvalidParameters(_))
+    ));
+    // 65537 ≡ 1 mod 2^14 is a batching prime for N = 2^13 (OpenFHE's default t).
+    assert_eq!(
+        BfvParams::new(13, PlainModulus::Prime(65537), 6, 6)
+            .unwrap()
+            .plain_modulus,
+        65537
+    );
+    assert!(matches!(
+        BfvParams::new(13, PlainModulus::Bits(61), 6, 6),
+        Err(Error::InvalidParameters(_))
+    ));
+    assert!(matches!(
+        BfvParams::new(13, PlainModulus::Bits(20), 6, 0),
+        Err(Error::InvalidParameters(_))
+    ));
+    assert!(matches!(
+        BfvParams::preset(12, PlainModulus::Bits(20)),
+        Err(Error::InvalidParameters(_))
+    ));
+    // A plaintext modulus too large for the ciphertext modulus leaves no budget.
+    assert!(matches!(
+        BfvParams::with_security(
+            12,
+            PlainModulus::Bits(60),
+            2,
+            1,
+            Security::InsecureForTestingOnly
+        ),
+        Err(Error::InvalidParameters(_))
+    ));
+}
+
+#[test]
+fn mismatched_contexts_are_rejected() {
+    let f = fixture();
+    // Other primes (3 instead of 4): keys and ciphertexts do not mix.
+    let params = BfvParams::with_security(
+        12,
+        PlainModulus::Bits(20),
+        3,
+        3,
+        Security::InsecureForTestingOnly,
+    )
+    .unwrap();
+    let other = BfvContext::with_seed(params, [1; 32]).unwrap();
+    let other_sk = other.gen_secret_key().unwrap();
+    let ct = f.ctx.encrypt(&f.ctx.encode(&[5]).unwrap(), &f.pk).unwrap();
+    let ct_other = other
+        .encrypt_symmetric(&other.encode(&[5]).unwrap(), &other_sk)
+        .unwrap();
+    assert!(matches!(
+        f.ctx.add(&ct, &ct_other),
+        Err(Error::ParameterMismatch(_))
+    ));
+    assert!(matches!(
+        other.decrypt(&ct, &other_sk),
+        Err(Error::ParameterMismatch(_))
+    ));
+    assert!(matches!(
+        f.ctx.decrypt(&ct, &other_sk),
+        Err(Error::ParameterMismatch(_))
+    ));
+    assert!(matches!(
+        other.gen_public_key(&f.sk),
+        Err(Error::ParameterMismatch(_))
+    ));
+    // Same RLWE parameters, different t: the plaintext modulus tag catches it.
+    let crt = BfvCrt::with_seed(
+        12,
+        &[20, 20],
+        4,
+        2,
+        Security::InsecureForTestingOnly,
+        [2; 32],
+    )
+    .unwrap();
+    let (c0, c1) = (&crt.contexts()[0], &crt.contexts()[1]);
+    let sk = crt.gen_secret_key().unwrap();
+    let x0 = c0
+        .encrypt_symmetric(&c0.encode(&[1]).unwrap(), &sk)
+        .unwrap();
+    let x1 = c1
+        .encrypt_symmetric(&c1.encode(&[1]).unwrap(), &sk)
+        .unwrap();
+    assert!(matches!(c0.add(&x0, &x1), Err(Error::ParameterMismatch(_))));
+    assert!(matches!(
+        c1.multiply_plain(&x1, &c0.encode(&[1]).unwrap()),
+        Err(Error::ParameterMismatch(_))
+    ));
+}
