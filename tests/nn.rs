@@ -854,6 +854,11 @@ fn pretrained_lenet1_accuracy() {
     let mut from_file = Sequential::lenet1();
     weights::load(&mut from_file, weights::LENET1_PATH).unwrap();
     assert_eq!(model, from_file);
+    // Saving is byte-for-byte reproducible.
+    assert_eq!(
+        weights::to_bytes(&model, weights::DType::F64).unwrap(),
+        weights::LENET1_BYTES
+    );
     let test = mnist::load_test(mnist::DEFAULT_DIR).unwrap().take(1000);
     let acc = model.accuracy(&test).unwrap();
     assert!(

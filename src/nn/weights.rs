@@ -76,10 +76,11 @@ pub fn to_bytes(model: &Sequential, dtype: DType) -> Result<Vec<u8>> {
                 .map_err(|e| Error::Model(format!("cannot serialize {n}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
+    // A single metadata entry: safetensors takes a HashMap, whose order is random, and one
+    // entry keeps the file byte-for-byte reproducible.
     let mut meta = HashMap::new();
-    meta.insert("format".to_string(), "hetensor.nn".to_string());
     meta.insert(
-        "layers".to_string(),
+        "hetensor.nn.layers".to_string(),
         model
             .iter()
             .map(|(n, l)| format!("{n}:{}", l.kind()))
