@@ -49,13 +49,6 @@ impl SecretKey {
     pub(crate) fn on_limbs(&self, ctx: &RlweContext, limbs: Arc<[usize]>) -> Result<PolyBatch> {
         ctx.backend().select_limbs(&self.ntt, limbs)
     }
-
-    /// The secret's coefficients in the NTT domain on arbitrary limbs of the ring, e.g. the
-    /// auxiliary BFV primes.
-    pub(crate) fn ntt_on(&self, ctx: &RlweContext, limbs: Arc<[usize]>) -> Result<PolyBatch> {
-        let wide: Vec<i64> = self.coeffs.iter().map(|&c| c as i64).collect();
-        ctx.upload_signed_ntt(&wide, limbs)
-    }
 }
 
 /// An encryption of zero under the secret key, for public-key encryption.
