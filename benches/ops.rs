@@ -18,34 +18,58 @@ fn ntt(c: &mut Criterion) {
         let n = 1usize << log_n;
         let q = ntt_primes(30, 2 * n as u64, 1, &[]).expect("prime");
         let plan = NttPlan::new(n, Modulus::new(q[0]).expect("modulus")).expect("plan");
-        let mut v: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2654435761) % q[0]).collect();
-        g.bench_with_input(BenchmarkId::new("forward", log_n), &log_n, |b, _| b.iter(|| plan.forward(&mut v)));
-        g.bench_with_input(BenchmarkId::new("inverse", log_n), &log_n, |b, _| b.iter(|| plan.inverse(&mut v)));
+        let mut v: Vec<u32> = (0..n as u32)
+            .map(|i| i.wrapping_mul(2654435761) % q[0])
+            .collect();
+        g.bench_with_input(BenchmarkId::new("forward", log_n), &log_n, |b, _| {
+            b.iter(|| plan.forward(&mut v))
+        });
+        g.bench_with_input(BenchmarkId::new("inverse", log_n), &log_n, |b, _| {
+            b.iter(|| plan.inverse(&mut v))
+        });
     }
     g.finish();
 }
 
 fn ckks(c: &mut Criterion) {
     let mut g = c.benchmark_group("ckks");
-    g.sample_size(10).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_millis(500));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
     for log_n in 13..=16u32 {
-        let ctx = CkksContext::new(CkksParams::preset(log_n, 25).expect("preset")).expect("context");
+        let ctx =
+            CkksContext::new(CkksParams::preset(log_n, 25).expect("preset")).expect("context");
         let keys = ctx.keygen().expect("keys");
-        let gk = ctx.gen_galois_keys(&keys.secret, &[1], false).expect("galois");
+        let gk = ctx
+            .gen_galois_keys(&keys.secret, &[1], false)
+            .expect("galois");
         let top = ctx.max_level();
         let vals: Vec<f64> = (0..ctx.slots()).map(|i| (i % 7) as f64 / 7.0).collect();
         let pt = ctx.encode(&vals, ctx.default_scale(), top).expect("encode");
         let a = ctx.encrypt(&pt, &keys.public).expect("encrypt");
-        let prod = ctx.relinearize(&ctx.multiply(&a, &a).expect("mul"), &keys.relin).expect("relin");
+        let prod = ctx
+            .relinearize(&ctx.multiply(&a, &a).expect("mul"), &keys.relin)
+            .expect("relin");
         let id = |op: &str| BenchmarkId::new(op, log_n);
-        g.bench_function(id("encrypt"), |b| b.iter(|| ctx.encrypt(&pt, &keys.public).expect("encrypt")));
-        g.bench_function(id("decrypt"), |b| b.iter(|| ctx.decrypt_decode(&a, &keys.secret).expect("decrypt")));
+        g.bench_function(id("encrypt"), |b| {
+            b.iter(|| ctx.encrypt(&pt, &keys.public).expect("encrypt"))
+        });
+        g.bench_function(id("decrypt"), |b| {
+            b.iter(|| ctx.decrypt_decode(&a, &keys.secret).expect("decrypt"))
+        });
         g.bench_function(id("add"), |b| b.iter(|| ctx.add(&a, &a).expect("add")));
         g.bench_function(id("mul_relin"), |b| {
-            b.iter(|| ctx.relinearize(&ctx.multiply(&a, &a).expect("mul"), &keys.relin).expect("relin"))
+            b.iter(|| {
+                ctx.relinearize(&ctx.multiply(&a, &a).expect("mul"), &keys.relin)
+                    .expect("relin")
+            })
         });
-        g.bench_function(id("rescale"), |b| b.iter(|| ctx.rescale(&prod).expect("rescale")));
-        g.bench_function(id("rotate"), |b| b.iter(|| ctx.rotate(&a, 1, &gk).expect("rotate")));
+        g.bench_function(id("rescale"), |b| {
+            b.iter(|| ctx.rescale(&prod).expect("rescale"))
+        });
+        g.bench_function(id("rotate"), |b| {
+            b.iter(|| ctx.rotate(&a, 1, &gk).expect("rotate"))
+        });
     }
     g.finish();
 }

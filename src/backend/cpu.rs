@@ -278,7 +278,12 @@ impl Backend for CpuBackend {
         ))
     }
 
-    fn tensor_product(&self, ring: &RingContext, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
+    fn tensor_product(
+        &self,
+        ring: &RingContext,
+        a: &PolyBatch,
+        b: &PolyBatch,
+    ) -> Result<PolyBatch> {
         a.check_compatible(b, "tensor_product")?;
         if a.count != 2 || b.count != 2 || a.repr != Repr::Ntt {
             return Err(Error::CiphertextSize(
@@ -308,7 +313,13 @@ impl Backend for CpuBackend {
                     o2[k] = m.mul_reduced(a1[k], b1[k]);
                 }
             });
-        Ok(PolyBatch::from_parts(Buffer::Host(out), limbs, 3, n, Repr::Ntt))
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(out),
+            limbs,
+            3,
+            n,
+            Repr::Ntt,
+        ))
     }
 
     fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {

@@ -188,7 +188,8 @@ pub trait Backend: Send + Sync + Debug {
 
     /// The tensor product of two size-2 ciphertext batches (NTT domain, same limbs):
     /// `(a0·b0, a0·b1 + a1·b0, a1·b1)`, in one pass.
-    fn tensor_product(&self, ring: &RingContext, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch>;
+    fn tensor_product(&self, ring: &RingContext, a: &PolyBatch, b: &PolyBatch)
+        -> Result<PolyBatch>;
 
     /// `a += s[limb]` on every word (in the NTT domain: adds the constant polynomial `s`).
     fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()>;

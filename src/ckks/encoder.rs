@@ -118,6 +118,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn embedding_roundtrip_and_product() {
         let enc = CkksEncoder::new(64);
         let z: Vec<Complex64> = (0..32)

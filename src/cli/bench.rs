@@ -251,7 +251,12 @@ fn markdown(r: &BenchReport) -> String {
 
 /// BFV operations with each size's 128-bit preset (the longest chain, like SEAL's
 /// `BFVDefault`) and a 20-bit batching plaintext modulus.
-pub fn bench_bfv(log_n: u32, reps: usize, rows: &mut Vec<BenchRow>, notes: &mut Vec<String>) -> Result<()> {
+pub fn bench_bfv(
+    log_n: u32,
+    reps: usize,
+    rows: &mut Vec<BenchRow>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
     use hetensor::bfv::{BfvContext, BfvParams, PlainModulus};
     let params = BfvParams::preset(log_n, PlainModulus::Bits(20))?;
     let ctx = BfvContext::new(params.clone())?;
@@ -260,7 +265,9 @@ pub fn bench_bfv(log_n: u32, reps: usize, rows: &mut Vec<BenchRow>, notes: &mut 
     let rk = ctx.gen_relin_key(&sk)?;
     let gk = ctx.gen_galois_keys(&sk, &[1])?;
     let t = ctx.plain_modulus();
-    let vals: Vec<u64> = (0..ctx.slot_count() as u64).map(|i| (i * 7919) % t).collect();
+    let vals: Vec<u64> = (0..ctx.slot_count() as u64)
+        .map(|i| (i * 7919) % t)
+        .collect();
     let pt = ctx.encode(&vals)?;
     let a = ctx.encrypt(&pt, &pk)?;
     let b = ctx.encrypt(&pt, &pk)?;
@@ -274,10 +281,14 @@ pub fn bench_bfv(log_n: u32, reps: usize, rows: &mut Vec<BenchRow>, notes: &mut 
         reps,
     };
     r.run("encrypt", || ctx.encrypt(&pt, &pk).map(drop))?;
-    r.run("encrypt_symmetric", || ctx.encrypt_symmetric(&pt, &sk).map(drop))?;
+    r.run("encrypt_symmetric", || {
+        ctx.encrypt_symmetric(&pt, &sk).map(drop)
+    })?;
     r.run("decrypt", || ctx.decrypt(&a, &sk).map(drop))?;
     r.run("add", || ctx.add(&a, &b).map(drop))?;
-    r.run("mul_relin", || ctx.relinearize(&ctx.multiply(&a, &b)?, &rk).map(drop))?;
+    r.run("mul_relin", || {
+        ctx.relinearize(&ctx.multiply(&a, &b)?, &rk).map(drop)
+    })?;
     r.run("rotate", || ctx.rotate_rows(&a, 1, &gk).map(drop))?;
     notes.push(format!(
         "bfv-{log_n}: {} ciphertext primes, {} special, {} auxiliary (HPS), dnum {}, t = {t}",

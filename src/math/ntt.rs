@@ -42,7 +42,7 @@ impl NttPlan {
 
     /// Builds the plan; `q` must be a prime ≡ 1 (mod 2n).
     pub fn new(n: usize, modulus: Modulus) -> Result<Self> {
-        if !n.is_power_of_two() || n < 2 || n > (1 << Self::MAX_LOG_N) {
+        if !n.is_power_of_two() || !(2..=(1 << Self::MAX_LOG_N)).contains(&n) {
             return Err(Error::InvalidParameters(format!(
                 "ring degree {n} must be a power of two in [2, 2^{}]",
                 Self::MAX_LOG_N
@@ -231,6 +231,7 @@ fn gs_stage<const T: usize>(a: &mut [u32], w: &[u32], ws: &[u32], q: u32) {
 }
 
 /// Schoolbook negacyclic product `a * b mod (X^N + 1, q)`: the independent reference for tests.
+#[allow(clippy::needless_range_loop)] // index arithmetic is the point of a reference
 pub fn negacyclic_schoolbook(a: &[u32], b: &[u32], m: &Modulus) -> Vec<u32> {
     let n = a.len();
     let mut out = vec![0u32; n];

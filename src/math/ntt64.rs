@@ -129,6 +129,7 @@ mod tests {
     use crate::math::primes::batching_prime;
 
     #[test]
+    #[allow(clippy::needless_range_loop)]
     fn roundtrip_and_convolution_60_bit() {
         let n = 64;
         let t = batching_prime(60, n, &[]).unwrap();

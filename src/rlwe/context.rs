@@ -9,6 +9,9 @@ use crate::error::{Error, Result};
 use crate::math::{BaseConverter, RingContext};
 use crate::rlwe::params::RlweParams;
 
+/// Base converters cached by (source limbs, target limbs).
+type ConverterCache = Mutex<HashMap<(Vec<usize>, Vec<usize>), Arc<BaseConverter>>>;
+
 /// Parameters plus everything precomputed from them.
 #[derive(Debug)]
 pub struct RlweContext {
@@ -21,7 +24,7 @@ pub struct RlweContext {
     qp_limbs: Vec<Arc<[usize]>>,
     p_limbs: Arc<[usize]>,
     aux_limbs: Arc<[usize]>,
-    converters: Mutex<HashMap<(Vec<usize>, Vec<usize>), Arc<BaseConverter>>>,
+    converters: ConverterCache,
     fingerprint: u64,
 }
 
