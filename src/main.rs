@@ -64,6 +64,9 @@ enum Command {
         /// Worker threads (1 = single-threaded, comparable with SEAL).
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// CKKS on the deepest 128-bit chain instead of the peers' depth.
+        #[arg(long)]
+        max_chain: bool,
         /// Print JSON instead of Markdown.
         #[arg(long)]
         json: bool,
@@ -111,9 +114,18 @@ fn main() -> ExitCode {
             scheme,
             reps,
             threads,
+            max_chain,
             json,
             out,
-        } => cli::bench::run(&log_n, &scheme, reps, threads, json, out.as_deref()),
+        } => cli::bench::run(
+            &log_n,
+            &scheme,
+            reps,
+            threads,
+            max_chain,
+            json,
+            out.as_deref(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -113,16 +113,27 @@ pub fn peer_depth(log_n: u32) -> usize {
 
 /// CKKS operations at one ring size: `levels` scale primes of 25 bits over a 30-bit base, one
 /// 30-bit special prime per digit and dnum = levels + 1 (SEAL's key-switching layout).
-pub fn bench_ckks(log_n: u32, reps: usize, rows: &mut Vec<BenchRow>) -> Result<()> {
+/// With `max_chain`, uses instead the deepest 128-bit chain ([`CkksParams::preset`], dnum 3):
+/// the same total modulus as the peers' chains, so more (25-bit) levels.
+pub fn bench_ckks(
+    log_n: u32,
+    reps: usize,
+    max_chain: bool,
+    rows: &mut Vec<BenchRow>,
+) -> Result<()> {
     let levels = peer_depth(log_n);
-    let params = CkksParams::new(
-        log_n,
-        levels,
-        25,
-        30,
-        levels + 1,
-        hetensor::rlwe::Security::Bits128,
-    )?;
+    let params = if max_chain {
+        CkksParams::preset(log_n, 25)?
+    } else {
+        CkksParams::new(
+            log_n,
+            levels,
+            25,
+            30,
+            levels + 1,
+            hetensor::rlwe::Security::Bits128,
+        )?
+    };
     let ctx = CkksContext::new(params.clone())?;
     let keys = ctx.keygen()?;
     let gk = ctx.gen_galois_keys(&keys.secret, &[1], false)?;
@@ -134,7 +145,7 @@ pub fn bench_ckks(log_n: u32, reps: usize, rows: &mut Vec<BenchRow>) -> Result<(
     let prod = ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?;
     let mut r = Recorder {
         rows,
-        config: format!("ckks-{log_n}"),
+        config: format!("ckks-{log_n}{}", if max_chain { "-max" } else { "" }),
         scheme: "ckks",
         log_n,
         limbs: top + 1,
@@ -184,6 +195,7 @@ pub fn run(
     schemes: &[String],
     reps: usize,
     threads: usize,
+    max_chain: bool,
     json: bool,
     out: Option<&std::path::Path>,
 ) -> Result<()> {
@@ -203,7 +215,7 @@ pub fn run(
         for s in schemes {
             eprintln!("{s} N = 2^{log_n}");
             match s.as_str() {
-                "ckks" => bench_ckks(log_n, reps, &mut rows)?,
+                "ckks" => bench_ckks(log_n, reps, max_chain, &mut rows)?,
                 "bfv" => bench_bfv(log_n, reps, &mut rows, &mut notes)?,
                 other => {
                     return Err(hetensor::Error::InvalidInput(format!(
