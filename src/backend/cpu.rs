@@ -218,64 +218,87 @@ impl Backend for CpuBackend {
         })
     }
 
-    fn linear_combination(
+    fn linear_combinations(
         &self,
         ring: &RingContext,
         inputs: &[&PolyBatch],
         weights: &[u32],
-    ) -> Result<PolyBatch> {
+        outputs: usize,
+    ) -> Result<Vec<PolyBatch>> {
         let first = *inputs
             .first()
-            .ok_or_else(|| Error::Shape("linear_combination of no inputs".into()))?;
-        let nl = first.limbs.len();
-        if weights.len() != inputs.len() * nl {
+            .ok_or_else(|| Error::Shape("linear_combinations of no inputs".into()))?;
+        let (nl, ni) = (first.limbs.len(), inputs.len());
+        if outputs == 0 || weights.len() != outputs * ni * nl {
             return Err(Error::Shape(format!(
-                "linear_combination: {} weights for {} inputs x {nl} limbs",
-                weights.len(),
-                inputs.len()
+                "linear_combinations: {} weights for {outputs} outputs x {ni} inputs x {nl} limbs",
+                weights.len()
             )));
         }
-        let mut words = Vec::with_capacity(inputs.len());
+        let mut words = Vec::with_capacity(ni);
         for x in inputs {
             if x.limbs != first.limbs || x.count != first.count || x.repr != first.repr {
                 return Err(Error::Shape(
-                    "linear_combination: inputs differ in limbs, count or repr".into(),
+                    "linear_combinations: inputs differ in limbs, count or repr".into(),
                 ));
             }
             words.push(host(x)?);
         }
         let n = first.n;
         let limbs = first.limbs.clone();
-        let mut out = vec![0u32; first.count * nl * n];
-        out.par_chunks_mut(n).enumerate().for_each_init(
-            || vec![0u64; n],
-            |acc, (idx, o)| {
+        let chunks = first.count * nl;
+        // Blocks of BLOCK coefficients keep the K accumulators in L2 while each input block is
+        // read once for all of them.
+        const BLOCK: usize = 1024;
+        let block = BLOCK.min(n);
+        let per_chunk: Vec<Vec<u32>> = (0..chunks)
+            .into_par_iter()
+            .map(|idx| {
                 let l = idx % nl;
                 let m = ring.modulus(limbs[l]);
-                acc.iter_mut().for_each(|a| *a = 0);
-                // Products are < 2^60: 15 of them (plus a reduced remainder) fit in a u64.
-                for (t, (x, chunk_w)) in words.iter().zip(weights.chunks_exact(nl)).enumerate() {
-                    let w = chunk_w[l] as u64;
-                    let xs = &x[idx * n..(idx + 1) * n];
-                    for (a, &v) in acc.iter_mut().zip(xs) {
-                        *a += v as u64 * w;
+                let mut out = vec![0u32; outputs * n];
+                let mut acc = vec![0u64; outputs * block];
+                let w = |k: usize, i: usize| weights[(k * ni + i) * nl + l] as u64;
+                for start in (0..n).step_by(block) {
+                    acc.iter_mut().for_each(|a| *a = 0);
+                    for (i, x) in words.iter().enumerate() {
+                        let xs = &x[idx * n + start..idx * n + start + block];
+                        for (k, a) in acc.chunks_exact_mut(block).enumerate() {
+                            let wk = w(k, i);
+                            // Products are < 2^60: 15 of them (plus a reduced remainder) fit.
+                            for (a, &v) in a.iter_mut().zip(xs) {
+                                *a += v as u64 * wk;
+                            }
+                        }
+                        if i % 15 == 14 {
+                            acc.iter_mut().for_each(|a| *a = m.reduce_u64(*a) as u64);
+                        }
                     }
-                    if t % 15 == 14 {
-                        acc.iter_mut().for_each(|a| *a = m.reduce_u64(*a) as u64);
+                    for (k, a) in acc.chunks_exact(block).enumerate() {
+                        for (o, &v) in out[k * n + start..k * n + start + block].iter_mut().zip(a) {
+                            *o = m.reduce_u64(v);
+                        }
                     }
                 }
-                for (o, &a) in o.iter_mut().zip(acc.iter()) {
-                    *o = m.reduce_u64(a);
+                out
+            })
+            .collect();
+        // Scatter [chunk][output][coeff] into one batch per output.
+        (0..outputs)
+            .map(|k| {
+                let mut v = Vec::with_capacity(chunks * n);
+                for c in &per_chunk {
+                    v.extend_from_slice(&c[k * n..(k + 1) * n]);
                 }
-            },
-        );
-        Ok(PolyBatch::from_parts(
-            Buffer::Host(out),
-            limbs,
-            first.count,
-            n,
-            first.repr,
-        ))
+                Ok(PolyBatch::from_parts(
+                    Buffer::Host(v),
+                    limbs.clone(),
+                    first.count,
+                    n,
+                    first.repr,
+                ))
+            })
+            .collect()
     }
 
     fn tensor_product(

@@ -176,15 +176,30 @@ pub trait Backend: Send + Sync + Debug {
     /// `a *= s[limb]`, one constant per limb (`s.len() == a.limbs().len()`).
     fn mul_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()>;
 
-    /// `Σ_i w_i · x_i` over batches of the same shape, with integer weights given per input and
-    /// limb (`weights[i * limbs + l]`, each `< q_l`). The workhorse of encrypted linear layers:
-    /// one pass over the inputs, products accumulated without intermediate reductions.
+    /// `K` linear combinations `y_k = Σ_i w_{k,i} · x_i` of the same inputs (batches of one
+    /// shape), with integer weights per output, input and limb
+    /// (`weights[(k * inputs + i) * limbs + l]`, each `< q_l`). The workhorse of encrypted
+    /// linear layers: every input is read once for all `K` outputs (a convolution's output
+    /// channels share their inputs), and products accumulate without intermediate reductions.
+    fn linear_combinations(
+        &self,
+        ring: &RingContext,
+        inputs: &[&PolyBatch],
+        weights: &[u32],
+        outputs: usize,
+    ) -> Result<Vec<PolyBatch>>;
+
+    /// One linear combination (`weights[i * limbs + l]`); see [`Backend::linear_combinations`].
     fn linear_combination(
         &self,
         ring: &RingContext,
         inputs: &[&PolyBatch],
         weights: &[u32],
-    ) -> Result<PolyBatch>;
+    ) -> Result<PolyBatch> {
+        self.linear_combinations(ring, inputs, weights, 1)?
+            .pop()
+            .ok_or_else(|| Error::Backend("linear_combinations returned nothing".into()))
+    }
 
     /// The tensor product of two size-2 ciphertext batches (NTT domain, same limbs):
     /// `(a0·b0, a0·b1 + a1·b0, a1·b1)`, in one pass.

@@ -431,36 +431,50 @@ impl CkksContext {
             .collect()
     }
 
+    /// A result at `scale` must leave at least 2 bits for the value under `Q_level / 2`.
     fn check_scale_fits(&self, scale: f64, level: usize, op: &'static str) -> Result<()> {
-        let limit = self.coefficient_limit(level);
-        if scale >= limit / 2.0 {
+        if self.capacity(level, scale) < 4.0 {
             return Err(Error::ScaleOverflow(format!(
                 "{op}: result scale 2^{:.1} leaves no room under the level-{level} modulus (2^{:.1}); rescale first",
                 scale.log2(),
-                limit.log2() + 1.0
+                self.capacity(level, 1.0).log2() + 1.0
             )));
         }
         Ok(())
     }
 
     /// `Σ_i w_i · ct_i` with each weight encoded as the integer `round(w_i · const_scale)`, in
-    /// one pass over the inputs (the backend's `linear_combination`). All inputs must share
-    /// level, scale and size; the result's scale is `scale · const_scale`, so passing
-    /// `const_scale = scale_prime(level)` makes the following rescale restore the scale.
+    /// one pass over the inputs. All inputs must share level, scale and size; the result's
+    /// scale is `scale · const_scale`, so passing `const_scale = scale_prime(level)` makes the
+    /// following rescale restore the scale exactly.
     pub fn linear_combination(
         &self,
         cts: &[&Ciphertext],
         weights: &[f64],
         const_scale: f64,
     ) -> Result<Ciphertext> {
+        self.linear_combinations(cts, &[weights.to_vec()], const_scale)?
+            .pop()
+            .ok_or_else(|| Error::InvalidInput("no linear combination computed".into()))
+    }
+
+    /// Several linear combinations of the same ciphertexts (`weights[k]` has one weight per
+    /// input), reading every input once for all of them: a convolution's output channels
+    /// share their inputs. See [`Self::linear_combination`] for scales.
+    pub fn linear_combinations(
+        &self,
+        cts: &[&Ciphertext],
+        weights: &[Vec<f64>],
+        const_scale: f64,
+    ) -> Result<Vec<Ciphertext>> {
         let first = *cts
             .first()
             .ok_or_else(|| Error::InvalidInput("linear combination of no ciphertexts".into()))?;
-        if cts.len() != weights.len() {
+        if let Some(row) = weights.iter().find(|r| r.len() != cts.len()) {
             return Err(Error::Shape(format!(
                 "{} ciphertexts but {} weights",
                 cts.len(),
-                weights.len()
+                row.len()
             )));
         }
         for c in cts {
@@ -482,8 +496,8 @@ impl CkksContext {
         let scale = first.scale * const_scale;
         self.check_scale_fits(scale, first.level(), "linear_combination")?;
         let level = first.level();
-        let mut words = Vec::with_capacity(cts.len() * (level + 1));
-        for &w in weights {
+        let mut words = Vec::with_capacity(weights.len() * cts.len() * (level + 1));
+        for &w in weights.iter().flatten() {
             let v = (w * const_scale).round();
             if !v.is_finite() || v.abs() >= 9.2e18 {
                 return Err(Error::ScaleOverflow(format!(
@@ -494,11 +508,16 @@ impl CkksContext {
             words.extend(self.scalar_words(v as i64, level));
         }
         let refs: Vec<&PolyBatch> = cts.iter().map(|c| &c.polys).collect();
-        let polys = self
-            .rlwe
-            .backend()
-            .linear_combination(self.rlwe.ring(), &refs, &words)?;
-        Ok(Ciphertext::new(polys, scale, first.fingerprint))
+        let polys = self.rlwe.backend().linear_combinations(
+            self.rlwe.ring(),
+            &refs,
+            &words,
+            weights.len(),
+        )?;
+        Ok(polys
+            .into_iter()
+            .map(|p| Ciphertext::new(p, scale, first.fingerprint))
+            .collect())
     }
 
     /// The plaintext magnitude a ciphertext at `level` and `scale` can hold: `Q_level / (2·scale)`.

@@ -7,9 +7,10 @@
 //! * `Square` → ciphertext square **without relinearization** (3 polynomials) — 1 level;
 //! * `AvgPool2d` → sums of ciphertexts; the `1/k²` is folded into the next affine layer's
 //!   weights, so pooling costs no level and no multiplication;
-//! * the rescale after a square is postponed past the pooling sums (4x fewer rescales), and a
-//!   degree-2 result stays degree 2 through the next linear layer: only that layer's outputs are
-//!   relinearized, and only if another square follows (lazy relinearization).
+//! * a square's rescale waits past the pooling sums: 4x fewer rescales;
+//! * degree-2 results are relinearized where the tensor is smallest: before a layer that does
+//!   not shrink it (conv2: 576 inputs < 768 outputs), after one that does, and never before
+//!   decryption (the last layer's outputs are decrypted with `s²`).
 //!
 //! LeNet-1 therefore needs 5 levels: conv, square, conv, square, linear.
 
@@ -62,10 +63,18 @@ pub fn check_fits(ctx: &CkksContext, model: &Sequential, batch: usize) -> Result
     Ok(())
 }
 
-/// A sparse affine map: `out[j] = Σ w·in[i] + bias[j]`.
+/// Outputs of an affine layer that read the same inputs (a convolution's output channels at one
+/// position; all outputs of a dense layer): computed together, reading each input once.
+struct OutputGroup {
+    inputs: Vec<usize>,
+    /// (output index, one weight per input, bias).
+    outputs: Vec<(usize, Vec<f64>, f64)>,
+}
+
+/// An affine layer as groups of outputs with shared inputs.
 struct AffineMap {
-    rows: Vec<Vec<(usize, f64)>>,
-    bias: Vec<f64>,
+    groups: Vec<OutputGroup>,
+    outputs: usize,
     out_shape: Vec<usize>,
 }
 
@@ -83,40 +92,53 @@ fn affine_map(layer: &Layer, in_shape: &[usize], fold: f64) -> Result<AffineMap>
                     c.in_ch
                 )));
             }
+            if h + 2 * c.padding < c.kernel || w + 2 * c.padding < c.kernel {
+                return Err(Error::Shape(format!(
+                    "conv kernel {} is larger than the padded input {h}x{w}",
+                    c.kernel
+                )));
+            }
             let oh = (h + 2 * c.padding - c.kernel) / c.stride + 1;
             let ow = (w + 2 * c.padding - c.kernel) / c.stride + 1;
-            let mut rows = Vec::with_capacity(c.out_ch * oh * ow);
-            let mut bias = Vec::with_capacity(rows.capacity());
-            for o in 0..c.out_ch {
-                for y in 0..oh {
-                    for x in 0..ow {
-                        let mut row = Vec::new();
-                        for ci in 0..c.in_ch {
-                            for ky in 0..c.kernel {
-                                for kx in 0..c.kernel {
-                                    let iy = (y * c.stride + ky) as isize - c.padding as isize;
-                                    let ix = (x * c.stride + kx) as isize - c.padding as isize;
-                                    let wv = c.weight[[o, ci, ky, kx]] * fold;
-                                    if iy < 0
-                                        || ix < 0
-                                        || iy >= *h as isize
-                                        || ix >= *w as isize
-                                        || wv == 0.0
-                                    {
-                                        continue;
-                                    }
-                                    row.push((ci * h * w + iy as usize * w + ix as usize, wv));
+            let mut groups = Vec::with_capacity(oh * ow);
+            for y in 0..oh {
+                for x in 0..ow {
+                    // The taps inside the (zero-padded) image, shared by every output channel.
+                    let mut taps = Vec::new();
+                    for ci in 0..c.in_ch {
+                        for ky in 0..c.kernel {
+                            for kx in 0..c.kernel {
+                                let iy = (y * c.stride + ky) as isize - c.padding as isize;
+                                let ix = (x * c.stride + kx) as isize - c.padding as isize;
+                                if iy >= 0 && ix >= 0 && iy < *h as isize && ix < *w as isize {
+                                    taps.push((
+                                        ci,
+                                        ky,
+                                        kx,
+                                        ci * h * w + iy as usize * w + ix as usize,
+                                    ));
                                 }
                             }
                         }
-                        rows.push(row);
-                        bias.push(c.bias[o]);
                     }
+                    let outputs = (0..c.out_ch)
+                        .map(|o| {
+                            let ws = taps
+                                .iter()
+                                .map(|&(ci, ky, kx, _)| c.weight[[o, ci, ky, kx]] * fold)
+                                .collect();
+                            (o * oh * ow + y * ow + x, ws, c.bias[o])
+                        })
+                        .collect();
+                    groups.push(OutputGroup {
+                        inputs: taps.iter().map(|t| t.3).collect(),
+                        outputs,
+                    });
                 }
             }
             Ok(AffineMap {
-                rows,
-                bias,
+                groups,
+                outputs: c.out_ch * oh * ow,
                 out_shape: vec![c.out_ch, oh, ow],
             })
         }
@@ -128,17 +150,18 @@ fn affine_map(layer: &Layer, in_shape: &[usize], fold: f64) -> Result<AffineMap>
                     l.in_features()
                 )));
             }
-            let rows = (0..l.out_features())
+            let outputs = (0..l.out_features())
                 .map(|j| {
-                    (0..features)
-                        .map(|i| (i, l.weight[[j, i]] * fold))
-                        .filter(|&(_, w)| w != 0.0)
-                        .collect()
+                    let ws = (0..features).map(|i| l.weight[[j, i]] * fold).collect();
+                    (j, ws, l.bias[j])
                 })
                 .collect();
             Ok(AffineMap {
-                rows,
-                bias: l.bias.to_vec(),
+                groups: vec![OutputGroup {
+                    inputs: (0..features).collect(),
+                    outputs,
+                }],
+                outputs: l.out_features(),
                 out_shape: vec![l.out_features()],
             })
         }
@@ -172,24 +195,43 @@ pub fn forward(
     let mut shape = input.shape().to_vec();
     let mut cts: Vec<Ciphertext> = input.into_ciphertexts();
     let mut fold = 1.0;
-    let mut pending_rescale = false;
+    // Rescales owed by the ciphertexts: a square's rescale waits until after the pooling sums
+    // and is paid before the next affine layer, on 4x fewer ciphertexts. (Skipping an affine
+    // layer's rescale before a square would not pay: the square doubles the unrescaled factor,
+    // which then costs an extra level.)
+    let mut pending = 0usize;
     let layers: Vec<(&str, &Layer)> = model.iter().collect();
     let last_affine = layers
         .iter()
         .rposition(|(_, l)| matches!(l, Layer::Conv2d(_) | Layer::Linear(_)));
+    let pay = |cts: Vec<Ciphertext>, pending: &mut usize| -> Result<Vec<Ciphertext>> {
+        let mut cts = cts;
+        while *pending > 0 {
+            cts = par_map(&cts, |c| ctx.rescale(c))?;
+            *pending -= 1;
+        }
+        Ok(cts)
+    };
     for (idx, (name, layer)) in layers.iter().enumerate() {
         let t0 = std::time::Instant::now();
+        let next_is_square = matches!(layers.get(idx + 1), Some((_, Layer::Square(_))));
         match layer {
             Layer::Conv2d(_) | Layer::Linear(_) => {
-                if pending_rescale {
-                    cts = par_map(&cts, |c| ctx.rescale(c))?;
-                    pending_rescale = false;
-                }
+                cts = pay(cts, &mut pending)?;
                 let map = affine_map(layer, &shape, fold)?;
                 fold = 1.0;
+                // Relinearize where there are fewer ciphertexts: degree-2 inputs are cheaper
+                // to relinearize before a layer that does not shrink the tensor (and then the
+                // layer multiplies 2 polynomials instead of 3).
+                if cts.first().is_some_and(|c| c.size() == 3) && map.outputs >= cts.len() {
+                    cts = par_map(&cts, |c| ctx.relinearize(c, rk))?;
+                }
                 let level = cts.first().map(|c| c.level()).unwrap_or(0);
                 if level == 0 {
-                    return Err(Error::OutOfLevels { op: "affine layer", level });
+                    return Err(Error::OutOfLevels {
+                        op: "affine layer",
+                        level,
+                    });
                 }
                 let in_scale = cts[0].scale();
                 let q = ctx.scale_prime(level) as f64;
@@ -201,37 +243,45 @@ pub fn forward(
                     target = target.min(cap_scale);
                 }
                 let const_scale = q * target / in_scale;
-                let relin_after = matches!(layers.get(idx + 1), Some((_, Layer::Square(_))));
                 let inputs = &cts;
-                cts = map
-                    .rows
+                let computed = map
+                    .groups
                     .par_iter()
-                    .zip(&map.bias)
-                    .map(|(row, &b)| {
-                        let refs: Vec<&Ciphertext> = row.iter().map(|&(i, _)| &inputs[i]).collect();
-                        let ws: Vec<f64> = row.iter().map(|&(_, w)| w).collect();
-                        let acc = ctx.linear_combination(&refs, &ws, const_scale)?;
-                        let mut out = ctx.rescale(&acc)?;
-                        if b != 0.0 {
-                            out = ctx.add_scalar(&out, b)?;
-                        }
-                        if relin_after && out.size() == 3 {
-                            out = ctx.relinearize(&out, rk)?;
-                        }
-                        Ok(out)
+                    .map(|g| {
+                        let refs: Vec<&Ciphertext> = g.inputs.iter().map(|&i| &inputs[i]).collect();
+                        let ws: Vec<Vec<f64>> = g.outputs.iter().map(|o| o.1.clone()).collect();
+                        let accs = ctx.linear_combinations(&refs, &ws, const_scale)?;
+                        accs.into_iter()
+                            .zip(&g.outputs)
+                            .map(|(acc, &(j, _, b))| {
+                                let mut out = ctx.rescale(&acc)?;
+                                if b != 0.0 {
+                                    out = ctx.add_scalar(&out, b)?;
+                                }
+                                if next_is_square && out.size() == 3 {
+                                    out = ctx.relinearize(&out, rk)?;
+                                }
+                                Ok((j, out))
+                            })
+                            .collect::<Result<Vec<_>>>()
                     })
+                    .collect::<Result<Vec<_>>>()?;
+                let mut slots: Vec<Option<Ciphertext>> = vec![None; map.outputs];
+                for (j, ct) in computed.into_iter().flatten() {
+                    slots[j] = Some(ct);
+                }
+                cts = slots
+                    .into_iter()
+                    .map(|c| c.ok_or_else(|| Error::Model(format!("layer '{name}': an output was not computed"))))
                     .collect::<Result<Vec<_>>>()?;
                 shape = map.out_shape;
             }
             Layer::Square(_) => {
-                if pending_rescale {
-                    cts = par_map(&cts, |c| ctx.rescale(c))?;
-                }
                 cts = par_map(&cts, |c| {
                     let c = if c.size() == 3 { ctx.relinearize(c, rk)? } else { c.clone() };
                     ctx.square(&c)
                 })?;
-                pending_rescale = true;
+                pending += 1;
             }
             Layer::AvgPool2d(p) => {
                 let [ch, h, w] = shape[..] else {
@@ -272,9 +322,7 @@ pub fn forward(
             .layers
             .push((name.to_string(), t0.elapsed().as_secs_f64()));
     }
-    if pending_rescale {
-        cts = par_map(&cts, |c| ctx.rescale(c))?;
-    }
+    cts = pay(cts, &mut pending)?;
     if fold != 1.0 {
         cts = par_map(&cts, |c| {
             let l = c.level();
