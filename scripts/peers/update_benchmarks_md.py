@@ -15,7 +15,11 @@ def main() -> int:
         return 2
     section, table = sys.argv[1], pathlib.Path(sys.argv[2])
     target = pathlib.Path(sys.argv[3] if len(sys.argv) > 3 else "BENCHMARKS.md")
-    body = table.read_text().strip()
+    # Demote the table file's headings so they nest under the section's own heading.
+    body = "\n".join(
+        "###" + line if line.startswith("#") else line
+        for line in table.read_text().strip().splitlines()
+    )
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     text = target.read_text() if target.exists() else ""
     block = f"{begin}\n{body}\n{end}"
