@@ -1,6 +1,6 @@
-//! Criterion benchmarks: NTT per ring size and CKKS operations at N = 2^13..2^16 with each
-//! size's deepest 128-bit chain (scale 2^25). `cargo bench --bench ops -- ckks/13` filters.
-//! BFV operations are benchmarked by `hetensor bench --scheme bfv`.
+//! Criterion benchmarks: NTT per ring size; CKKS operations at N = 2^13..2^16 with each size's
+//! deepest 128-bit chain (scale 2^25); BFV operations at the 128-bit presets (20-bit t).
+//! `cargo bench --bench ops -- ckks/mul_relin/13` filters. Peer comparisons: BENCHMARKS.md.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::time::Duration;
@@ -70,9 +70,55 @@ fn ckks(c: &mut Criterion) {
         g.bench_function(id("rotate"), |b| {
             b.iter(|| ctx.rotate(&a, 1, &gk).expect("rotate"))
         });
+        let rlwe = ctx.rlwe().clone();
+        let be = rlwe.backend();
+        let mut d = be.slice_polys(a.polys(), 1, 1).expect("slice");
+        be.ntt_inverse(rlwe.ring(), &mut d).expect("intt");
+        let ksk = keys.relin.key_switch_key();
+        g.bench_function(id("key_switch"), |b| {
+            b.iter(|| ksk.switch(&rlwe, &d).expect("switch"))
+        });
     }
     g.finish();
 }
 
-criterion_group!(benches, ntt, ckks);
+fn bfv(c: &mut Criterion) {
+    use hetensor::bfv::{BfvContext, BfvParams, PlainModulus};
+    let mut g = c.benchmark_group("bfv");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    for log_n in 13..=16u32 {
+        let ctx =
+            BfvContext::new(BfvParams::preset(log_n, PlainModulus::Bits(20)).expect("preset"))
+                .expect("context");
+        let sk = ctx.gen_secret_key().expect("sk");
+        let pk = ctx.gen_public_key(&sk).expect("pk");
+        let rk = ctx.gen_relin_key(&sk).expect("rk");
+        let gk = ctx.gen_galois_keys(&sk, &[1]).expect("gk");
+        let vals: Vec<u64> = (0..ctx.slot_count() as u64).map(|i| i % 1000).collect();
+        let pt = ctx.encode(&vals).expect("encode");
+        let a = ctx.encrypt(&pt, &pk).expect("encrypt");
+        let id = |op: &str| BenchmarkId::new(op, log_n);
+        g.bench_function(id("encrypt"), |b| {
+            b.iter(|| ctx.encrypt(&pt, &pk).expect("encrypt"))
+        });
+        g.bench_function(id("decrypt"), |b| {
+            b.iter(|| ctx.decrypt(&a, &sk).expect("decrypt"))
+        });
+        g.bench_function(id("add"), |b| b.iter(|| ctx.add(&a, &a).expect("add")));
+        g.bench_function(id("mul_relin"), |b| {
+            b.iter(|| {
+                ctx.relinearize(&ctx.multiply(&a, &a).expect("mul"), &rk)
+                    .expect("relin")
+            })
+        });
+        g.bench_function(id("rotate"), |b| {
+            b.iter(|| ctx.rotate_rows(&a, 1, &gk).expect("rotate"))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, ntt, ckks, bfv);
 criterion_main!(benches);
