@@ -37,6 +37,7 @@ pub mod encrypted;
 pub mod layers;
 pub mod loss;
 pub mod mnist;
+pub mod packed;
 pub mod sequential;
 pub mod train;
 pub mod weights;
