@@ -3,8 +3,9 @@
 //! [`CipherTensor`] in the **batched** layout (CryptoNets style) holds one CKKS ciphertext per
 //! feature (pixel, activation); slot `b` of every ciphertext belongs to sample `b`. A whole
 //! batch of up to N/2 samples then costs the same as one sample, and every linear layer is a
-//! set of ciphertext × scalar multiply-adds with no rotations. A packed single-sample layout
-//! (one image's pixels in the slots of a few ciphertexts, rotations + diagonals) is planned.
+//! set of ciphertext × scalar multiply-adds with no rotations. The packed single-sample layout
+//! (one image's channels in the slots of a few ciphertexts, rotations) is in
+//! [`crate::nn::packed`].
 
 use ndarray::{ArrayD, Axis, IxDyn};
 use rayon::prelude::*;
@@ -18,7 +19,8 @@ use crate::rlwe::{Ciphertext, PublicKey, SecretKey};
 pub enum Layout {
     /// One ciphertext per feature, one slot per sample (throughput).
     Batched,
-    /// One sample's features packed into the slots of few ciphertexts (latency; planned).
+    /// One sample's channels packed into the slots of few ciphertexts (latency; see
+    /// [`crate::nn::packed`]).
     Packed,
 }
 
