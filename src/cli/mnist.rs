@@ -6,8 +6,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{s, ArrayD, Axis};
 use serde::Serialize;
 
+use hetensor::bfv::BfvCrt;
 use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::nn::quantized::{self, QuantizedModel};
 use hetensor::nn::{encrypted, mnist, weights, Sequential};
+use hetensor::rlwe::Security;
 use hetensor::tensor::{CipherTensor, EncryptionKey};
 use hetensor::{Error, Result};
 
@@ -80,9 +83,12 @@ pub fn peak_memory_mb() -> f64 {
 
 /// Runs the job and prints the report.
 pub fn run(opts: MnistOptions) -> Result<()> {
+    if opts.scheme == "bfv" {
+        return run_bfv(opts);
+    }
     if opts.scheme != "ckks" {
         return Err(Error::InvalidInput(format!(
-            "--scheme {}: only ckks is implemented for MNIST so far (the BFV/CRT path is planned)",
+            "--scheme {}: MNIST supports ckks and bfv",
             opts.scheme
         )));
     }
@@ -257,6 +263,292 @@ fn print_report(r: &MnistReport) {
         .map(|s| format!("{s:.1}"))
         .collect();
     println!("  batch latency (s)   {}", lat.join(", "));
+    let layers: Vec<String> = r
+        .layer_seconds
+        .iter()
+        .map(|(n, s)| format!("{n} {s:.1}"))
+        .collect();
+    println!("  per layer (s)       {}", layers.join(", "));
+    println!("  peak memory         {:.0} MB", r.peak_memory_mb);
+}
+
+/// BFV parameters of the MNIST path: N = 2^13 (8192 slots), 30-bit ciphertext primes, hybrid
+/// key switching (the 128-bit preset shape for 2^13).
+const BFV_LOG_N: u32 = 13;
+const BFV_Q_COUNT: usize = 6;
+const BFV_DNUM: usize = 6;
+
+/// What a `--scheme bfv` run reports (also the `--json` object).
+#[derive(Serialize, Debug)]
+pub struct BfvMnistReport {
+    pub images: usize,
+    pub batches: usize,
+    pub batch_size: usize,
+    pub default_limit_used: bool,
+    pub scheme: String,
+    pub backend: String,
+    pub layout: String,
+    pub ring_degree: usize,
+    pub log_qp: f64,
+    pub input_bits: u32,
+    pub weight_bits: u32,
+    pub plain_moduli: Vec<u64>,
+    pub plain_modulus_bits: f64,
+    pub bound_bits: f64,
+    pub layer_bound_bits: Vec<(String, f64)>,
+    pub encrypted_accuracy: f64,
+    pub quantized_accuracy: f64,
+    pub float_accuracy: f64,
+    pub quantized_accuracy_full_test: f64,
+    pub float_accuracy_full_test: f64,
+    pub full_test_images: usize,
+    pub exact_agreement: usize,
+    pub min_noise_budget_bits: f64,
+    pub seconds_total: f64,
+    pub seconds_keygen: f64,
+    pub seconds_encrypt: f64,
+    pub seconds_infer: f64,
+    pub seconds_decrypt: f64,
+    pub images_per_second: f64,
+    pub batch_latency_seconds: Vec<f64>,
+    pub layer_seconds: Vec<(String, f64)>,
+    pub peak_memory_mb: f64,
+}
+
+/// `--scheme bfv`: the model quantized to integers, run exactly in BFV over several plaintext
+/// primes combined by CRT (enough bits that no worst-case value wraps).
+fn run_bfv(opts: MnistOptions) -> Result<()> {
+    if opts.backend != "cpu" {
+        return Err(Error::Backend(format!(
+            "--backend {}: only the cpu backend is built so far (cuda and wgpu are planned)",
+            opts.backend
+        )));
+    }
+    if opts.layout != "batched" {
+        return Err(Error::InvalidInput(format!(
+            "--layout {}: only the batched layout is implemented so far (packed is planned)",
+            opts.layout
+        )));
+    }
+    let t_all = Instant::now();
+    let model: Sequential = match &opts.weights {
+        Some(p) => {
+            let mut m = Sequential::lenet1();
+            weights::load(&mut m, p)?;
+            m
+        }
+        None => weights::pretrained_lenet1()?,
+    };
+    let qm = QuantizedModel::from_sequential(
+        &model,
+        quantized::DEFAULT_INPUT_BITS,
+        quantized::DEFAULT_WEIGHT_BITS,
+    )?;
+    let t_bits = qm.plain_modulus_bits()?;
+    let test = mnist::load_test(&opts.data_dir)?;
+
+    // Plaintext accuracies of the float and the quantized model on the whole test set.
+    let n_test = test.labels.len();
+    let mut full_q = 0usize;
+    let mut full_f = 0usize;
+    for lo in (0..n_test).step_by(1000) {
+        let hi = (lo + 1000).min(n_test);
+        let x = test
+            .inputs
+            .slice(s![lo..hi, .., .., ..])
+            .to_owned()
+            .into_dyn();
+        let q = quantized::argmax_rows_i128(
+            &qm.forward_int(&qm.quantize_inputs(&x)?, hi - lo)?,
+            qm.output_features(),
+        );
+        let f = argmax_rows(&model.forward_par(&x, 256)?);
+        for i in 0..(hi - lo) {
+            full_q += (q[i] == test.labels[lo + i]) as usize;
+            full_f += (f[i] == test.labels[lo + i]) as usize;
+        }
+    }
+
+    let t_key = Instant::now();
+    let crt = BfvCrt::new(BFV_LOG_N, &t_bits, BFV_Q_COUNT, BFV_DNUM, Security::Bits128)?;
+    qm.check_modulus(crt.plain_modulus_product())?;
+    let sk = crt.gen_secret_key()?;
+    let pk = crt.gen_public_key(&sk)?;
+    let rk = crt.gen_relin_key(&sk)?;
+    let seconds_keygen = t_key.elapsed().as_secs_f64();
+    let slots = crt.slot_count();
+    let log_qp = crt.rlwe().params().log_qp();
+
+    // One batch costs the same whatever its size, so the default is one full batch.
+    let default_limit_used = opts.limit.is_none();
+    let total = opts.limit.unwrap_or(slots).min(n_test);
+    if total == 0 {
+        return Err(Error::InvalidInput("--limit must be at least 1".into()));
+    }
+    let batch_size = opts.batch.unwrap_or(slots).clamp(1, slots);
+    let batches = total.div_ceil(batch_size);
+    let pb = if opts.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total as u64)
+    };
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} images {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (mut enc_s, mut inf_s, mut dec_s) = (0.0, 0.0, 0.0);
+    let (mut correct_enc, mut correct_q, mut correct_f, mut exact) = (0usize, 0, 0, 0);
+    let mut min_budget = f64::INFINITY;
+    let mut latencies = Vec::new();
+    let mut layer_seconds: Vec<(String, f64)> = Vec::new();
+    let outs = qm.output_features();
+    for b in 0..batches {
+        let (lo, hi) = (b * batch_size, ((b + 1) * batch_size).min(total));
+        let n = hi - lo;
+        let x = test
+            .inputs
+            .slice(s![lo..hi, .., .., ..])
+            .to_owned()
+            .into_dyn();
+        let pixels = qm.quantize_inputs(&x)?;
+        let t_batch = Instant::now();
+        pb.set_message(format!("batch {}/{batches}: encrypting", b + 1));
+        let t = Instant::now();
+        let cts = quantized::encrypt_batch(&crt, &pk, &qm, &pixels, n)?;
+        enc_s += t.elapsed().as_secs_f64();
+        pb.set_message(format!("batch {}/{batches}: inference", b + 1));
+        let t = Instant::now();
+        let mut timing = Vec::new();
+        let out = quantized::forward_bfv(&crt, &pk, &rk, &qm, cts, &mut timing)?;
+        inf_s += t.elapsed().as_secs_f64();
+        for (name, secs) in timing {
+            match layer_seconds.iter_mut().find(|(m, _)| *m == name) {
+                Some(e) => e.1 += secs,
+                None => layer_seconds.push((name, secs)),
+            }
+        }
+        let t = Instant::now();
+        let logits = quantized::decrypt_batch(&crt, &sk, &out, n)?;
+        dec_s += t.elapsed().as_secs_f64();
+        latencies.push(t_batch.elapsed().as_secs_f64());
+        for c in &out {
+            min_budget = min_budget.min(crt.invariant_noise_budget(c, &sk)?);
+        }
+        let plain_int = qm.forward_int(&pixels, n)?;
+        let pe = quantized::argmax_rows_i128(&logits, outs);
+        let pq = quantized::argmax_rows_i128(&plain_int, outs);
+        let pf = argmax_rows(&model.forward_par(&x, 256)?);
+        for i in 0..n {
+            let label = test.labels[lo + i];
+            correct_enc += (pe[i] == label) as usize;
+            correct_q += (pq[i] == label) as usize;
+            correct_f += (pf[i] == label) as usize;
+            exact +=
+                (logits[i * outs..(i + 1) * outs] == plain_int[i * outs..(i + 1) * outs]) as usize;
+        }
+        pb.inc(n as u64);
+    }
+    pb.finish_and_clear();
+    let report = BfvMnistReport {
+        images: total,
+        batches,
+        batch_size,
+        default_limit_used,
+        scheme: "bfv".into(),
+        backend: "cpu".into(),
+        layout: "batched".into(),
+        ring_degree: slots,
+        log_qp,
+        input_bits: qm.input_bits(),
+        weight_bits: qm.weight_bits(),
+        plain_moduli: crt.plain_moduli(),
+        plain_modulus_bits: (crt.plain_modulus_product() as f64).log2(),
+        bound_bits: qm.bound_bits(),
+        layer_bound_bits: qm
+            .layers()
+            .iter()
+            .map(|l| (l.name.clone(), l.bound.log2()))
+            .collect(),
+        encrypted_accuracy: correct_enc as f64 / total as f64,
+        quantized_accuracy: correct_q as f64 / total as f64,
+        float_accuracy: correct_f as f64 / total as f64,
+        quantized_accuracy_full_test: full_q as f64 / n_test.max(1) as f64,
+        float_accuracy_full_test: full_f as f64 / n_test.max(1) as f64,
+        full_test_images: n_test,
+        exact_agreement: exact,
+        min_noise_budget_bits: min_budget,
+        seconds_total: t_all.elapsed().as_secs_f64(),
+        seconds_keygen,
+        seconds_encrypt: enc_s,
+        seconds_infer: inf_s,
+        seconds_decrypt: dec_s,
+        images_per_second: total as f64 / (enc_s + inf_s + dec_s),
+        batch_latency_seconds: latencies,
+        layer_seconds,
+        peak_memory_mb: peak_memory_mb(),
+    };
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| Error::InvalidInput(e.to_string()))?
+        );
+    } else {
+        print_bfv_report(&report);
+    }
+    Ok(())
+}
+
+fn print_bfv_report(r: &BfvMnistReport) {
+    let moduli: Vec<String> = r.plain_moduli.iter().map(|t| t.to_string()).collect();
+    println!(
+        "Encrypted MNIST (LeNet-1 quantized: {}-bit inputs, {}-bit weights; BFV N = {}, log2 QP = {:.0}, 128-bit, {} backend, {} layout)",
+        r.input_bits, r.weight_bits, r.ring_degree, r.log_qp, r.backend, r.layout
+    );
+    println!(
+        "  CRT plaintext       {} primes [{}], {:.1} bits; worst-case |value| 2^{:.1}",
+        r.plain_moduli.len(),
+        moduli.join(", "),
+        r.plain_modulus_bits,
+        r.bound_bits
+    );
+    println!(
+        "  images              {} in {} batch(es) of up to {}{}",
+        r.images,
+        r.batches,
+        r.batch_size,
+        if r.default_limit_used {
+            " (default --limit for bfv: one full batch; pass --limit for more)"
+        } else {
+            ""
+        }
+    );
+    println!("  encrypted accuracy  {:.2}%", 100.0 * r.encrypted_accuracy);
+    println!(
+        "  quantized accuracy  {:.2}% (full test set of {}: {:.2}%)",
+        100.0 * r.quantized_accuracy,
+        r.full_test_images,
+        100.0 * r.quantized_accuracy_full_test
+    );
+    println!(
+        "  float accuracy      {:.2}% (full test set: {:.2}%)",
+        100.0 * r.float_accuracy,
+        100.0 * r.float_accuracy_full_test
+    );
+    println!(
+        "  exact agreement     {}/{} images with every decrypted logit equal to the integer model's",
+        r.exact_agreement, r.images
+    );
+    println!(
+        "  min noise budget    {:.1} bits left",
+        r.min_noise_budget_bits
+    );
+    println!(
+        "  time                {:.1} s total: keygen {:.1}, encrypt {:.1}, infer {:.1}, decrypt {:.1}",
+        r.seconds_total, r.seconds_keygen, r.seconds_encrypt, r.seconds_infer, r.seconds_decrypt
+    );
+    println!("  throughput          {:.1} images/s", r.images_per_second);
     let layers: Vec<String> = r
         .layer_seconds
         .iter()

@@ -38,6 +38,7 @@ pub mod layers;
 pub mod loss;
 pub mod mnist;
 pub mod packed;
+pub mod quantized;
 pub mod sequential;
 pub mod train;
 pub mod weights;
