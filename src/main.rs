@@ -23,19 +23,20 @@ struct Cli {
 enum Command {
     /// Batched encrypted MNIST inference with LeNet-1 on the bundled test set (the default).
     Mnist {
-        /// Only the first N test images.
+        /// Only the first N test images (default: all 10,000 for ckks batched, 8,192 = one
+        /// batch for bfv, 20 for packed).
         #[arg(long)]
         limit: Option<usize>,
         /// Images per batch (default: all slots, 4096).
         #[arg(long)]
         batch: Option<usize>,
-        /// ckks (bfv planned).
+        /// ckks, or bfv (LeNet-1 quantized to integers, exact, CRT over 3 plaintext primes).
         #[arg(long, default_value = "ckks")]
         scheme: String,
         /// cpu (cuda, wgpu planned).
         #[arg(long, default_value = "cpu")]
         backend: String,
-        /// batched (packed planned).
+        /// batched (4096 images per ciphertext) or packed (one image, low latency; ckks only).
         #[arg(long, default_value = "batched")]
         layout: String,
         /// Print one JSON object instead of text.

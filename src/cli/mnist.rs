@@ -98,11 +98,14 @@ pub fn run(opts: MnistOptions) -> Result<()> {
             opts.backend
         )));
     }
-    if opts.layout != "batched" {
-        return Err(Error::InvalidInput(format!(
-            "--layout {}: only the batched layout is implemented so far (packed is planned)",
-            opts.layout
-        )));
+    match opts.layout.as_str() {
+        "batched" => {}
+        "packed" => return super::packed::run(&opts),
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "--layout {other}: use batched (throughput) or packed (one image, low latency)"
+            )))
+        }
     }
     let t_all = Instant::now();
     let model: Sequential = match &opts.weights {
@@ -326,7 +329,7 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
     }
     if opts.layout != "batched" {
         return Err(Error::InvalidInput(format!(
-            "--layout {}: only the batched layout is implemented so far (packed is planned)",
+            "--layout {}: the BFV path runs in the batched layout only (packed is CKKS)",
             opts.layout
         )));
     }
