@@ -110,6 +110,43 @@ fn each_layer_matches_plaintext() {
 }
 
 #[test]
+fn polynomial_activations_match_plaintext() {
+    // conv → pool → sigmoid (degree 3, least squares on [-4, 4]) → pool → dense: the pooling
+    // factor before the polynomial is folded into its coefficients.
+    let x = ArrayD::from_shape_vec(IxDyn(&[8, 1, 8, 8]), pseudo(21, 8 * 64, 1.0)).unwrap();
+    let model = Sequential::new()
+        .with("c", small_conv(1, 2, 3, 1, 0, 13))
+        .unwrap()
+        .with("p1", AvgPool2d::new(2).unwrap())
+        .unwrap()
+        .with("s", PolyActivation::sigmoid(3, (-4.0, 4.0)).unwrap())
+        .unwrap()
+        .with("f", Flatten)
+        .unwrap()
+        .with(
+            "l",
+            Linear::from_weights(
+                Array2::from_shape_vec((3, 18), pseudo(5, 54, 0.5)).unwrap(),
+                Array1::from_vec(pseudo(6, 3, 0.5)),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(encrypted::levels_needed(&model).unwrap(), 1 + 3 + 1);
+    let (e, p) = run(&model, &x);
+    assert!(max_err(&e, &p) < 1e-2, "poly model {}", max_err(&e, &p));
+    // Degree 5 and a plain polynomial straight on the input (no fold), two levels of headroom.
+    let model = Sequential::new()
+        .with(
+            "q",
+            PolyActivation::new(vec![0.1, -0.5, 0.25, 0.0, 0.0, 0.05]).unwrap(),
+        )
+        .unwrap();
+    let (e, p) = run(&model, &x);
+    assert!(max_err(&e, &p) < 1e-2, "degree 5 {}", max_err(&e, &p));
+}
+
+#[test]
 fn lenet1_agrees_with_plaintext_on_mnist() {
     let model = weights::pretrained_lenet1().unwrap();
     let test = mnist::load_test(mnist::DEFAULT_DIR).unwrap();
@@ -172,13 +209,18 @@ fn models_that_do_not_fit_are_rejected() {
         encrypted::check_fits(ctx, &small, ctx.slots() + 1),
         Err(Error::TooManyValues { .. })
     ));
-    // Polynomial activations are refused with a clear message.
+    // A degree-7 activation costs 4 levels: with two affine layers it needs 6 > 5.
     let poly = Sequential::new()
-        .with("p", PolyActivation::new(vec![0.5, 0.25]).unwrap())
+        .with("l1", Linear::new(4, 4).unwrap())
+        .unwrap()
+        .with("p", PolyActivation::sigmoid(7, (-8.0, 8.0)).unwrap())
+        .unwrap()
+        .with("l2", Linear::new(4, 2).unwrap())
         .unwrap();
+    assert_eq!(encrypted::levels_needed(&poly).unwrap(), 6);
     assert!(matches!(
-        encrypted::levels_needed(&poly),
-        Err(Error::Model(_))
+        encrypted::check_fits(ctx, &poly, 10),
+        Err(Error::InvalidParameters(_))
     ));
     // Input shape that does not match the layer.
     let x = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0.0; 6]).unwrap();

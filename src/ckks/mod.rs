@@ -537,6 +537,84 @@ impl CkksContext {
         Ok(Ciphertext::new(polys, scale, a.fingerprint))
     }
 
+    /// Evaluates the polynomial `Σ coeffs[k]·x^k` slot-wise. Powers are built by repeated
+    /// squaring (`x^k = x^{2^j}·x^{k−2^j}`, relinearized and rescaled), so degree `d` costs
+    /// `ceil(log2 d) + 1` levels ([`Self::polynomial_depth`]); each term is scaled by its
+    /// coefficient at exactly the scale of the others, so the terms add without error.
+    pub fn evaluate_polynomial(
+        &self,
+        x: &Ciphertext,
+        coeffs: &[f64],
+        rk: &RelinKey,
+    ) -> Result<Ciphertext> {
+        let degree = coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0);
+        if coeffs.iter().any(|c| !c.is_finite()) {
+            return Err(Error::InvalidInput(
+                "polynomial coefficients must be finite".into(),
+            ));
+        }
+        let x = if x.size() == 3 {
+            self.relinearize(x, rk)?
+        } else {
+            x.clone()
+        };
+        if degree == 0 {
+            // A constant: 0·x + c keeps the ciphertext's level and scale.
+            let zero = self.multiply_scalar(&x, 0.0, 1.0)?;
+            return self.add_scalar(&zero, coeffs.first().copied().unwrap_or(0.0));
+        }
+        let need = Self::polynomial_depth(degree);
+        if need > x.level() {
+            return Err(Error::OutOfLevels {
+                op: "evaluate_polynomial",
+                level: x.level(),
+            });
+        }
+        // powers[k] = x^k for k = 1..=degree.
+        let mut powers: Vec<Option<Ciphertext>> = vec![None; degree + 1];
+        powers[1] = Some(x.clone());
+        for k in 2..=degree {
+            let hi = 1usize << (usize::BITS - 1 - k.leading_zeros());
+            let (a, b) = if hi == k {
+                (k / 2, k / 2)
+            } else {
+                (hi, k - hi)
+            };
+            let (pa, pb) = match (&powers[a], &powers[b]) {
+                (Some(pa), Some(pb)) => (pa, pb),
+                _ => return Err(Error::InvalidInput("internal: missing power".into())),
+            };
+            let prod = self.relinearize(&self.multiply(pa, pb)?, rk)?;
+            powers[k] = Some(self.rescale(&prod)?);
+        }
+        let target = x.scale();
+        let mut terms = Vec::new();
+        for (k, &c) in coeffs.iter().enumerate().skip(1) {
+            if c == 0.0 {
+                continue;
+            }
+            let p = powers[k]
+                .as_ref()
+                .ok_or_else(|| Error::InvalidInput("internal: missing power".into()))?;
+            let q = self.scale_prime(p.level()) as f64;
+            terms.push(self.rescale(&self.multiply_scalar(p, c, q * target / p.scale())?)?);
+        }
+        let low = terms.iter().map(|t| t.level()).min().unwrap_or(0);
+        let mut acc = self.mod_switch_to(&terms[0], low)?;
+        for t in &terms[1..] {
+            acc = self.add(&acc, &self.mod_switch_to(t, low)?)?;
+        }
+        self.add_scalar(&acc, coeffs[0])
+    }
+
+    /// Levels [`Self::evaluate_polynomial`] consumes for a polynomial of this degree.
+    pub fn polynomial_depth(degree: usize) -> usize {
+        match degree {
+            0 => 0,
+            d => (usize::BITS - (d - 1).leading_zeros()) as usize + 1,
+        }
+    }
+
     /// `a²` without relinearization (size 3).
     pub fn square(&self, a: &Ciphertext) -> Result<Ciphertext> {
         self.multiply(a, a)

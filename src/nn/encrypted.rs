@@ -12,6 +12,8 @@
 //!   not shrink it (conv2: 576 inputs < 768 outputs), after one that does, and never before
 //!   decryption (the last layer's outputs are decrypted with `s²`).
 //!
+//! * `PolyActivation` → [`CkksContext::evaluate_polynomial`] — `ceil(log2 d) + 1` levels.
+//!
 //! LeNet-1 therefore needs 5 levels: conv, square, conv, square, linear.
 
 use rayon::prelude::*;
@@ -29,11 +31,13 @@ pub fn levels_needed(model: &Sequential) -> Result<usize> {
         match layer {
             Layer::Conv2d(_) | Layer::Linear(_) | Layer::Square(_) => n += 1,
             Layer::AvgPool2d(_) | Layer::Flatten(_) => {}
-            Layer::Poly(_) => {
-                return Err(Error::Model(format!(
-                    "layer '{name}': polynomial activations are not yet supported in encrypted \
-                     evaluation (use Square, or expand the polynomial into Linear/Square layers)"
-                )))
+            Layer::Poly(p) => {
+                if p.coeffs.iter().any(|c| !c.is_finite()) {
+                    return Err(Error::Model(format!(
+                        "layer '{name}': non-finite coefficient"
+                    )));
+                }
+                n += CkksContext::polynomial_depth(p.degree())
             }
         }
     }
@@ -272,20 +276,44 @@ pub fn forward(
                 }
                 cts = slots
                     .into_iter()
-                    .map(|c| c.ok_or_else(|| Error::Model(format!("layer '{name}': an output was not computed"))))
+                    .map(|c| {
+                        c.ok_or_else(|| {
+                            Error::Model(format!("layer '{name}': an output was not computed"))
+                        })
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 shape = map.out_shape;
             }
             Layer::Square(_) => {
                 cts = par_map(&cts, |c| {
-                    let c = if c.size() == 3 { ctx.relinearize(c, rk)? } else { c.clone() };
+                    let c = if c.size() == 3 {
+                        ctx.relinearize(c, rk)?
+                    } else {
+                        c.clone()
+                    };
                     ctx.square(&c)
                 })?;
                 pending += 1;
+                // (f·x)² = f²·x²: an unapplied pooling factor squares with the values.
+                fold *= fold;
+            }
+            Layer::Poly(p) => {
+                cts = pay(cts, &mut pending)?;
+                // p(f·x) = Σ c_k f^k x^k: fold an unapplied pooling factor into the coefficients.
+                let coeffs: Vec<f64> = p
+                    .coeffs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, c)| c * fold.powi(k as i32))
+                    .collect();
+                fold = 1.0;
+                cts = par_map(&cts, |c| ctx.evaluate_polynomial(c, &coeffs, rk))?;
             }
             Layer::AvgPool2d(p) => {
                 let [ch, h, w] = shape[..] else {
-                    return Err(Error::Shape(format!("pool input must be [C, H, W], got {shape:?}")));
+                    return Err(Error::Shape(format!(
+                        "pool input must be [C, H, W], got {shape:?}"
+                    )));
                 };
                 let k = p.kernel;
                 let (oh, ow) = (h / k, w / k);
@@ -312,11 +340,6 @@ pub fn forward(
                 shape = vec![ch, oh, ow];
             }
             Layer::Flatten(_) => shape = vec![shape.iter().product()],
-            Layer::Poly(_) => {
-                return Err(Error::Model(format!(
-                    "layer '{name}': polynomial activations are not yet supported in encrypted evaluation"
-                )))
-            }
         }
         timing
             .layers

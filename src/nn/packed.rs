@@ -84,12 +84,7 @@ fn plan(model: &Sequential, [_, h0, w0]: [usize; 3], mut need: impl FnMut(usize)
                 }
                 (h, w, rs, cs) = (1, 1, 1, 1);
             }
-            Layer::Square(_) | Layer::Flatten(_) => {}
-            Layer::Poly(_) => {
-                return Err(Error::Model(format!(
-                    "layer '{name}': polynomial activations are not yet supported encrypted"
-                )))
-            }
+            Layer::Square(_) | Layer::Flatten(_) | Layer::Poly(_) => {}
         }
     }
     Ok(())
@@ -210,6 +205,22 @@ pub fn forward(
                     .par_iter()
                     .map(|c| ctx.rescale(&ctx.relinearize(&ctx.square(c)?, rk)?))
                     .collect::<Result<Vec<_>>>()?;
+                // (f·x)² = f²·x²: an unapplied pooling factor squares with the values.
+                fold *= fold;
+            }
+            Layer::Poly(p) => {
+                // p(f·x) = Σ c_k f^k x^k.
+                let coeffs: Vec<f64> = p
+                    .coeffs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, c)| c * fold.powi(k as i32))
+                    .collect();
+                fold = 1.0;
+                channels = channels
+                    .par_iter()
+                    .map(|c| ctx.evaluate_polynomial(c, &coeffs, rk))
+                    .collect::<Result<Vec<_>>>()?;
             }
             Layer::AvgPool2d(p) => {
                 let k = p.kernel;
@@ -273,11 +284,6 @@ pub fn forward(
                     .collect::<Result<Vec<_>>>()?;
                 fold = 1.0;
                 (h, w, rs, cs) = (1, 1, 1, 1);
-            }
-            Layer::Poly(_) => {
-                return Err(Error::Model(format!(
-                    "layer '{name}': polynomial activations are not yet supported encrypted"
-                )))
             }
         }
     }
