@@ -256,3 +256,14 @@ fn presets_fit_the_security_bound() {
         assert!(p.levels() >= 5);
     }
 }
+
+#[test]
+fn secret_key_debug_is_redacted() {
+    let (_, keys, _) = ctx();
+    let shown = format!("{:?}", keys.secret);
+    assert!(shown.contains("redacted"), "{shown}");
+    // Nothing but the redaction note and the parameter fingerprint.
+    assert!(shown.len() < 80, "{shown}");
+    let all = format!("{keys:?}");
+    assert!(all.contains("SecretKey(<redacted>"));
+}
