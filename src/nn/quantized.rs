@@ -479,8 +479,34 @@ impl QuantizedModel {
             )));
         }
         let mut cur = input;
-        for l in &self.layers {
+        let mut skip_next = false;
+        for (idx, l) in self.layers.iter().enumerate() {
+            if std::mem::take(&mut skip_next) {
+                continue;
+            }
             let t0 = Instant::now();
+            // A square followed by sum pooling is fused: each window's squares are summed as
+            // they are made, so the k² times larger tensor of squares never exists at once
+            // (with BFV ciphertexts it dominated peak memory).
+            if let (QOp::Square, Some(QOp::SumPool { windows })) =
+                (&l.op, self.layers.get(idx + 1).map(|n| &n.op))
+            {
+                let inputs = &cur;
+                cur = windows
+                    .par_iter()
+                    .map(|ids| {
+                        let squares = ids
+                            .iter()
+                            .map(|&i| ops.square(&inputs[i]))
+                            .collect::<Result<Vec<_>>>()?;
+                        ops.sum(&squares.iter().collect::<Vec<_>>())
+                    })
+                    .collect::<Result<_>>()?;
+                let secs = t0.elapsed().as_secs_f64();
+                timing.push((format!("{}+{}", l.name, self.layers[idx + 1].name), secs));
+                skip_next = true;
+                continue;
+            }
             cur = match &l.op {
                 QOp::Affine { groups, outputs } => {
                     let inputs = &cur;
