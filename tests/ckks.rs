@@ -267,3 +267,55 @@ fn secret_key_debug_is_redacted() {
     let all = format!("{keys:?}");
     assert!(all.contains("SecretKey(<redacted>"));
 }
+
+#[test]
+fn hoisted_rotations_match_single_rotations() {
+    let (ctx, keys, gk) = ctx();
+    let slots = ctx.slots();
+    let a = vals(77, slots, AMP);
+    let ca = ctx
+        .encrypt(
+            &ctx.encode(&a, ctx.default_scale(), ctx.max_level())
+                .unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let steps = [1i64, 0, -1, 5, 100];
+    let many = ctx.rotate_many(&ca, &steps, gk).unwrap();
+    for (r, &step) in many.iter().zip(&steps) {
+        let want: Vec<f64> = (0..slots)
+            .map(|j| a[(j as i64 + step).rem_euclid(slots as i64) as usize])
+            .collect();
+        close(
+            &want,
+            &ctx.decrypt_decode(r, &keys.secret).unwrap(),
+            2.0 * FRESH,
+        );
+    }
+    assert!(matches!(
+        ctx.rotate_many(&ca, &[1, 3], gk),
+        Err(Error::MissingGaloisKey { step: Some(3), .. })
+    ));
+}
+
+#[test]
+fn ntt_domain_automorphism_is_the_coefficient_one_transformed() {
+    let (ctx, _, _) = ctx();
+    let rlwe = ctx.rlwe();
+    let (be, ring) = (rlwe.backend(), rlwe.ring());
+    let n = rlwe.n();
+    let coeffs: Vec<i64> = (0..n as i64).map(|i| (i * 7919) % 2003 - 1000).collect();
+    let a = rlwe.upload_signed(&coeffs, rlwe.q_limbs(2)).unwrap();
+    for g in [3usize, 5, 2 * n - 1, 3usize.pow(7) % (2 * n)] {
+        let mut via_coeff = be.automorphism(ring, &a, g).unwrap();
+        be.ntt_forward(ring, &mut via_coeff).unwrap();
+        let mut a_ntt = a.clone();
+        be.ntt_forward(ring, &mut a_ntt).unwrap();
+        let via_ntt = be.automorphism_ntt(ring, &a_ntt, g).unwrap();
+        assert_eq!(
+            be.download(&via_coeff).unwrap(),
+            be.download(&via_ntt).unwrap(),
+            "g = {g}"
+        );
+    }
+}

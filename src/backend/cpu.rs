@@ -470,6 +470,46 @@ impl Backend for CpuBackend {
         ))
     }
 
+    fn automorphism_ntt(&self, _ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
+        if p.repr != Repr::Ntt {
+            return Err(Error::InvalidInput(
+                "automorphism_ntt needs the NTT domain".into(),
+            ));
+        }
+        if g % 2 == 0 {
+            return Err(Error::InvalidInput(format!(
+                "Galois element {g} must be odd"
+            )));
+        }
+        let n = p.n;
+        let log_n = n.trailing_zeros();
+        let two_n = 2 * n;
+        // Position k holds the evaluation at psi^(2·br(k)+1).
+        let map: Vec<usize> = (0..n)
+            .map(|k| {
+                let e = 2 * crate::math::ntt::bit_reverse(k, log_n) + 1;
+                let ge = (e * (g % two_n)) % two_n;
+                crate::math::ntt::bit_reverse((ge - 1) / 2, log_n)
+            })
+            .collect();
+        let input = host(p)?;
+        let mut out = vec![0u32; input.len()];
+        out.par_chunks_mut(n)
+            .zip(input.par_chunks(n))
+            .for_each(|(o, i)| {
+                for (ok, &j) in o.iter_mut().zip(&map) {
+                    *ok = i[j];
+                }
+            });
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(out),
+            p.limbs.clone(),
+            p.count,
+            n,
+            Repr::Ntt,
+        ))
+    }
+
     fn select_limbs(&self, p: &PolyBatch, limbs: Arc<[usize]>) -> Result<PolyBatch> {
         let pos: Vec<usize> = limbs
             .iter()

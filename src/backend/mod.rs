@@ -248,6 +248,10 @@ pub trait Backend: Send + Sync + Debug {
     /// The Galois automorphism `X → X^g` (g odd) of Coeff-domain polynomials.
     fn automorphism(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch>;
 
+    /// The Galois automorphism `X → X^g` (g odd) of NTT-domain polynomials: a permutation of
+    /// the evaluations (`out[k] = in[j]` with `ψ^{e_j} = ψ^{g·e_k}`), no transform needed.
+    fn automorphism_ntt(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch>;
+
     /// Copies the given limbs (a subset of `p`'s, by index into the ring) into a new batch.
     fn select_limbs(&self, p: &PolyBatch, limbs: Arc<[usize]>) -> Result<PolyBatch>;
 

@@ -653,6 +653,35 @@ impl CkksContext {
         ct_ops::apply_galois(&self.rlwe, ct, g, gk, Some(step))
     }
 
+    /// Rotations of one ciphertext by several steps, sharing one key-switching decomposition
+    /// (hoisting): much cheaper than separate [`Self::rotate`] calls. Step 0 returns a copy.
+    pub fn rotate_many(
+        &self,
+        ct: &Ciphertext,
+        steps: &[i64],
+        gk: &GaloisKeys,
+    ) -> Result<Vec<Ciphertext>> {
+        let n = self.rlwe.n();
+        let els: Vec<(usize, Option<i64>)> = steps
+            .iter()
+            .map(|&s| (galois_element_for_step(n, s), Some(s)))
+            .filter(|&(g, _)| g != 1)
+            .collect();
+        let mut rotated = ct_ops::apply_galois_many(&self.rlwe, ct, &els, gk)?.into_iter();
+        steps
+            .iter()
+            .map(|&s| {
+                if galois_element_for_step(n, s) == 1 {
+                    Ok(ct.clone())
+                } else {
+                    rotated
+                        .next()
+                        .ok_or_else(|| Error::InvalidInput("internal: rotation count".into()))
+                }
+            })
+            .collect()
+    }
+
     /// Complex conjugation of every slot.
     pub fn conjugate(&self, ct: &Ciphertext, gk: &GaloisKeys) -> Result<Ciphertext> {
         ct_ops::apply_galois(

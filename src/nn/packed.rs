@@ -176,10 +176,17 @@ pub fn forward(
                         (0..c.kernel * c.kernel).map(move |d| (ci, d / c.kernel, d % c.kernel))
                     })
                     .collect();
-                let rotated = taps
+                // Hoisted: each input channel is decomposed once for all its kernel taps.
+                let per_channel: Vec<i64> = (0..c.kernel * c.kernel)
+                    .map(|d| ((d / c.kernel) * rs + (d % c.kernel) * cs) as i64)
+                    .collect();
+                let rotated: Vec<Ciphertext> = channels
                     .par_iter()
-                    .map(|&(ci, ky, kx)| ctx.rotate(&channels[ci], (ky * rs + kx * cs) as i64, gk))
-                    .collect::<Result<Vec<_>>>()?;
+                    .map(|ct| ctx.rotate_many(ct, &per_channel, gk))
+                    .collect::<Result<Vec<_>>>()?
+                    .into_iter()
+                    .flatten()
+                    .collect();
                 let weights: Vec<Vec<f64>> = (0..c.out_ch)
                     .map(|o| {
                         taps.iter()
@@ -227,10 +234,12 @@ pub fn forward(
                 channels = channels
                     .par_iter()
                     .map(|c| {
+                        let steps: Vec<i64> = (1..k * k)
+                            .map(|d| ((d / k) * rs + (d % k) * cs) as i64)
+                            .collect();
                         let mut acc = c.clone();
-                        for d in 1..k * k {
-                            let step = (d / k) * rs + (d % k) * cs;
-                            acc = ctx.add(&acc, &ctx.rotate(c, step as i64, gk)?)?;
+                        for r in ctx.rotate_many(c, &steps, gk)? {
+                            acc = ctx.add(&acc, &r)?;
                         }
                         Ok(acc)
                     })

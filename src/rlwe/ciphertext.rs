@@ -265,6 +265,51 @@ pub fn apply_galois(
     Ok(Ciphertext::new(rotated, ct.scale, ct.fingerprint))
 }
 
+/// Several automorphisms of one ciphertext that share a single decomposition of `c_1`
+/// (hoisting): the digits are extended and transformed once, then only permuted (in the NTT
+/// domain) per element. Each entry is `(Galois element, rotation step for error messages)`.
+pub fn apply_galois_many(
+    ctx: &RlweContext,
+    ct: &Ciphertext,
+    elements: &[(usize, Option<i64>)],
+    gk: &GaloisKeys,
+) -> Result<Vec<Ciphertext>> {
+    use rayon::prelude::*;
+    ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
+    if ct.size() != 2 {
+        return Err(Error::CiphertextSize(
+            "rotate a relinearized (size-2) ciphertext".into(),
+        ));
+    }
+    let keys = elements
+        .iter()
+        .map(|&(g, step)| {
+            gk.get(g).ok_or(Error::MissingGaloisKey {
+                galois_element: g,
+                step,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let be = ctx.backend();
+    let ring = ctx.ring();
+    let mut c1 = be.slice_polys(&ct.polys, 1, 1)?;
+    be.ntt_inverse(ring, &mut c1)?;
+    let digits = crate::rlwe::keys::decompose(ctx, &c1)?;
+    let c0 = be.slice_polys(&ct.polys, 0, 1)?;
+    elements
+        .par_iter()
+        .zip(keys)
+        .map(|(&(g, _), key)| {
+            let u = key.switch_decomposed(ctx, &digits, Some(g))?;
+            let c0g = be.automorphism_ntt(ring, &c0, g)?;
+            let zero = be.zeros(c0g.limbs_arc(), 1, ctx.n(), Repr::Ntt)?;
+            let mut out = be.concat(&[&c0g, &zero])?;
+            be.add_assign(ring, &mut out, &u)?;
+            Ok(Ciphertext::new(out, ct.scale, ct.fingerprint))
+        })
+        .collect()
+}
+
 /// Drops the ciphertext's top primes (no division): for BFV mod switching and for bringing
 /// CKKS operands to a common level when scales allow it.
 pub fn drop_to_level(ctx: &RlweContext, ct: &Ciphertext, level: usize) -> Result<Ciphertext> {

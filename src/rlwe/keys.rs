@@ -146,30 +146,42 @@ impl KeySwitchKey {
     /// Key switching: given `d` (one polynomial, coefficient form, at some level), returns
     /// `(u0, u1)` in the NTT domain at the same level with `u0 + u1·s ≈ d·s'`.
     pub fn switch(&self, ctx: &RlweContext, d: &PolyBatch) -> Result<PolyBatch> {
+        let digits = decompose(ctx, d)?;
+        self.switch_decomposed(ctx, &digits, None)
+    }
+
+    /// The second half of key switching, on digits from [`decompose`]: inner product with the
+    /// key and ModDown. With `galois = Some(g)` the digits are first permuted by `X → X^g` in
+    /// the NTT domain, which is how hoisted rotations reuse one decomposition for many steps.
+    pub fn switch_decomposed(
+        &self,
+        ctx: &RlweContext,
+        digits: &[(usize, PolyBatch)],
+        galois: Option<usize>,
+    ) -> Result<PolyBatch> {
         ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
         let be = ctx.backend();
         let ring = ctx.ring();
-        if d.repr() != Repr::Coeff || d.count() != 1 {
-            return Err(Error::InvalidInput(
-                "key switch input must be one polynomial in coefficient form".into(),
-            ));
-        }
-        let level = d.limbs().len() - 1;
-        let qp = ctx.qp_limbs(level);
+        let first = digits
+            .first()
+            .ok_or_else(|| Error::InvalidInput("key switch of no digits".into()))?;
+        let qp = first.1.limbs_arc();
+        let level = qp.len() - ctx.p_limbs().len() - 1;
         let full = ctx.max_level() == level;
         let mut acc = be.zeros(qp.clone(), 2, ctx.n(), Repr::Ntt)?;
-        for (range, key) in ctx.digits().into_iter().zip(&self.digits) {
-            let digit: Arc<[usize]> = range.filter(|&l| l <= level).collect();
-            if digit.is_empty() {
-                continue;
-            }
-            let rest: Arc<[usize]> = qp.iter().copied().filter(|l| !digit.contains(l)).collect();
-            let part = be.select_limbs(d, digit.clone())?;
-            let conv = ctx.converter(&digit, &rest);
-            let ext = be.base_convert(ring, &part, rest, &conv, false)?;
-            let joined = be.concat_limbs(&part, &ext)?;
-            let mut up = be.select_limbs(&joined, qp.clone())?;
-            be.ntt_forward(ring, &mut up)?;
+        for (j, up) in digits {
+            let key = self
+                .digits
+                .get(*j)
+                .ok_or_else(|| Error::InvalidInput(format!("key has no digit {j}")))?;
+            let permuted;
+            let up = match galois {
+                Some(g) => {
+                    permuted = be.automorphism_ntt(ring, up, g)?;
+                    &permuted
+                }
+                None => up,
+            };
             let key_here;
             let key_ref = if full {
                 key
@@ -177,10 +189,41 @@ impl KeySwitchKey {
                 key_here = be.select_limbs(key, qp.clone())?;
                 &key_here
             };
-            be.mul_acc(ring, &mut acc, key_ref, &up)?;
+            be.mul_acc(ring, &mut acc, key_ref, up)?;
         }
         ctx.mod_down(&acc, ctx.q_limbs(level), ctx.p_limbs())
     }
+}
+
+/// The first half of hybrid key switching: splits `d` (one polynomial, coefficient form) into
+/// its digits, extends each to the ciphertext and special primes (ModUp) and transforms it to
+/// the NTT domain. Returns `(digit index, extended digit)`.
+pub fn decompose(ctx: &RlweContext, d: &PolyBatch) -> Result<Vec<(usize, PolyBatch)>> {
+    let be = ctx.backend();
+    let ring = ctx.ring();
+    if d.repr() != Repr::Coeff || d.count() != 1 {
+        return Err(Error::InvalidInput(
+            "key switch input must be one polynomial in coefficient form".into(),
+        ));
+    }
+    let level = d.limbs().len() - 1;
+    let qp = ctx.qp_limbs(level);
+    let mut out = Vec::new();
+    for (j, range) in ctx.digits().into_iter().enumerate() {
+        let digit: Arc<[usize]> = range.filter(|&l| l <= level).collect();
+        if digit.is_empty() {
+            continue;
+        }
+        let rest: Arc<[usize]> = qp.iter().copied().filter(|l| !digit.contains(l)).collect();
+        let part = be.select_limbs(d, digit.clone())?;
+        let conv = ctx.converter(&digit, &rest);
+        let ext = be.base_convert(ring, &part, rest, &conv, false)?;
+        let joined = be.concat_limbs(&part, &ext)?;
+        let mut up = be.select_limbs(&joined, qp.clone())?;
+        be.ntt_forward(ring, &mut up)?;
+        out.push((j, up));
+    }
+    Ok(out)
 }
 
 /// Relinearization key: switches `s²` to `s`.
