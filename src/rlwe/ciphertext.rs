@@ -232,7 +232,8 @@ pub fn relinearize(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<
     Ok(Ciphertext::new(out, ct.scale, ct.fingerprint))
 }
 
-/// Applies the automorphism `X → X^g` and switches back to `s` with the Galois key.
+/// Applies the automorphism `X → X^g` and switches back to `s` with the Galois key. Works in
+/// the NTT domain: `c_0` and the decomposed digits of `c_1` are permuted, not transformed.
 pub fn apply_galois(
     ctx: &RlweContext,
     ct: &Ciphertext,
@@ -240,29 +241,9 @@ pub fn apply_galois(
     gk: &GaloisKeys,
     step: Option<i64>,
 ) -> Result<Ciphertext> {
-    ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
-    if ct.size() != 2 {
-        return Err(Error::CiphertextSize(
-            "rotate a relinearized (size-2) ciphertext".into(),
-        ));
-    }
-    let key = gk.get(g).ok_or(Error::MissingGaloisKey {
-        galois_element: g,
-        step,
-    })?;
-    let be = ctx.backend();
-    let ring = ctx.ring();
-    let mut c = ct.polys.clone();
-    be.ntt_inverse(ring, &mut c)?;
-    let mut rotated = be.automorphism(ring, &c, g)?;
-    let c1 = be.slice_polys(&rotated, 1, 1)?;
-    let u = key.switch(ctx, &c1)?;
-    let mut c0 = be.slice_polys(&rotated, 0, 1)?;
-    be.ntt_forward(ring, &mut c0)?;
-    let zero = be.zeros(c0.limbs_arc(), 1, ctx.n(), Repr::Ntt)?;
-    rotated = be.concat(&[&c0, &zero])?;
-    be.add_assign(ring, &mut rotated, &u)?;
-    Ok(Ciphertext::new(rotated, ct.scale, ct.fingerprint))
+    apply_galois_many(ctx, ct, &[(g, step)], gk)?
+        .pop()
+        .ok_or_else(|| Error::InvalidInput("internal: no rotation computed".into()))
 }
 
 /// Several automorphisms of one ciphertext that share a single decomposition of `c_1`
