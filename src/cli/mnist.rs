@@ -81,6 +81,34 @@ pub fn peak_memory_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The LeNet-1 to run: `--weights` if given, else the bundled one.
+pub fn load_model(opts: &MnistOptions) -> Result<Sequential> {
+    match &opts.weights {
+        Some(p) => {
+            let mut m = Sequential::lenet1();
+            weights::load(&mut m, p)?;
+            Ok(m)
+        }
+        None => weights::pretrained_lenet1(),
+    }
+}
+
+/// The largest output the encrypted model must hold: twice the largest plaintext logit on the
+/// first 2,000 training digits (the last layer's output scale is chosen from it).
+pub fn output_bound(model: &Sequential, data_dir: &std::path::Path) -> Result<f64> {
+    let train = mnist::load_train(data_dir)?;
+    let calib = train
+        .inputs
+        .slice(s![0..2000.min(train.labels.len()), .., .., ..])
+        .to_owned()
+        .into_dyn();
+    Ok(2.0
+        * model
+            .forward_par(&calib, 256)?
+            .iter()
+            .fold(0.0f64, |m, v| m.max(v.abs())))
+}
+
 /// Runs the job and prints the report.
 pub fn run(opts: MnistOptions) -> Result<()> {
     if opts.scheme == "bfv" {
@@ -108,14 +136,7 @@ pub fn run(opts: MnistOptions) -> Result<()> {
         }
     }
     let t_all = Instant::now();
-    let model: Sequential = match &opts.weights {
-        Some(p) => {
-            let mut m = Sequential::lenet1();
-            weights::load(&mut m, p)?;
-            m
-        }
-        None => weights::pretrained_lenet1()?,
-    };
+    let model = load_model(&opts)?;
     let test = mnist::load_test(&opts.data_dir)?;
     let total = opts
         .limit
@@ -134,17 +155,7 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     let seconds_keygen = t_key.elapsed().as_secs_f64();
 
     // Output bound: twice the largest plaintext logit on (a sample of) the training data.
-    let train = mnist::load_train(&opts.data_dir)?;
-    let calib = train
-        .inputs
-        .slice(s![0..2000.min(train.labels.len()), .., .., ..])
-        .to_owned()
-        .into_dyn();
-    let bound = 2.0
-        * model
-            .forward_par(&calib, 256)?
-            .iter()
-            .fold(0.0f64, |m, v| m.max(v.abs()));
+    let bound = output_bound(&model, &opts.data_dir)?;
 
     let batches = total.div_ceil(batch_size);
     let pb = if opts.json {
@@ -334,14 +345,7 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
         )));
     }
     let t_all = Instant::now();
-    let model: Sequential = match &opts.weights {
-        Some(p) => {
-            let mut m = Sequential::lenet1();
-            weights::load(&mut m, p)?;
-            m
-        }
-        None => weights::pretrained_lenet1()?,
-    };
+    let model = load_model(&opts)?;
     let qm = QuantizedModel::from_sequential(
         &model,
         quantized::DEFAULT_INPUT_BITS,

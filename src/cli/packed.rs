@@ -7,10 +7,10 @@ use ndarray::s;
 use serde::Serialize;
 
 use hetensor::ckks::{CkksContext, CkksParams};
-use hetensor::nn::{mnist, packed, weights, Sequential};
+use hetensor::nn::{mnist, packed};
 use hetensor::{Error, Result};
 
-use super::mnist::{peak_memory_mb, MnistOptions};
+use super::mnist::{load_model, output_bound, peak_memory_mb, MnistOptions};
 
 /// Report of a packed-layout run (also the `--json` object).
 #[derive(Serialize, Debug)]
@@ -46,14 +46,7 @@ fn argmax(v: &[f64]) -> usize {
 
 /// Runs LeNet-1 on `--limit` images (default 20), one at a time, and reports per-image latency.
 pub fn run(opts: &MnistOptions) -> Result<()> {
-    let model: Sequential = match &opts.weights {
-        Some(p) => {
-            let mut m = Sequential::lenet1();
-            weights::load(&mut m, p)?;
-            m
-        }
-        None => weights::pretrained_lenet1()?,
-    };
+    let model = load_model(opts)?;
     let test = mnist::load_test(&opts.data_dir)?;
     let total = opts.limit.unwrap_or(20).min(test.labels.len());
     if total == 0 {
@@ -65,17 +58,7 @@ pub fn run(opts: &MnistOptions) -> Result<()> {
     let steps = packed::rotation_steps(&model, [1, 28, 28])?;
     let gk = ctx.gen_galois_keys(&keys.secret, &steps, false)?;
     let seconds_keygen = t.elapsed().as_secs_f64();
-    let train = mnist::load_train(&opts.data_dir)?;
-    let calib = train
-        .inputs
-        .slice(s![0..2000.min(train.labels.len()), .., .., ..])
-        .to_owned()
-        .into_dyn();
-    let bound = 2.0
-        * model
-            .forward_par(&calib, 256)?
-            .iter()
-            .fold(0.0f64, |m, v| m.max(v.abs()));
+    let bound = output_bound(&model, &opts.data_dir)?;
     let pb = if opts.json {
         ProgressBar::hidden()
     } else {
