@@ -96,35 +96,11 @@ fn affine_map(layer: &Layer, in_shape: &[usize], fold: f64) -> Result<AffineMap>
                     c.in_ch
                 )));
             }
-            if h + 2 * c.padding < c.kernel || w + 2 * c.padding < c.kernel {
-                return Err(Error::Shape(format!(
-                    "conv kernel {} is larger than the padded input {h}x{w}",
-                    c.kernel
-                )));
-            }
-            let oh = (h + 2 * c.padding - c.kernel) / c.stride + 1;
-            let ow = (w + 2 * c.padding - c.kernel) / c.stride + 1;
+            let (oh, ow) = c.output_hw(*h, *w)?;
             let mut groups = Vec::with_capacity(oh * ow);
             for y in 0..oh {
                 for x in 0..ow {
-                    // The taps inside the (zero-padded) image, shared by every output channel.
-                    let mut taps = Vec::new();
-                    for ci in 0..c.in_ch {
-                        for ky in 0..c.kernel {
-                            for kx in 0..c.kernel {
-                                let iy = (y * c.stride + ky) as isize - c.padding as isize;
-                                let ix = (x * c.stride + kx) as isize - c.padding as isize;
-                                if iy >= 0 && ix >= 0 && iy < *h as isize && ix < *w as isize {
-                                    taps.push((
-                                        ci,
-                                        ky,
-                                        kx,
-                                        ci * h * w + iy as usize * w + ix as usize,
-                                    ));
-                                }
-                            }
-                        }
-                    }
+                    let taps = c.taps_at(*h, *w, y, x);
                     let outputs = (0..c.out_ch)
                         .map(|o| {
                             let ws = taps

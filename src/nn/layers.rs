@@ -139,6 +139,49 @@ impl Conv2d {
         Ok(c)
     }
 
+    /// Output height and width for an `h × w` input (an error if the kernel does not fit).
+    pub fn output_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        if h + 2 * self.padding < self.kernel
+            || w + 2 * self.padding < self.kernel
+            || self.stride == 0
+        {
+            return Err(Error::Shape(format!(
+                "conv kernel {} (stride {}) does not fit the padded input {h}x{w}",
+                self.kernel, self.stride
+            )));
+        }
+        Ok((
+            (h + 2 * self.padding - self.kernel) / self.stride + 1,
+            (w + 2 * self.padding - self.kernel) / self.stride + 1,
+        ))
+    }
+
+    /// The receptive field of output position `(y, x)` on an `h × w` input: every tap
+    /// `(channel, ky, kx, flat input index)` that falls inside the image (zero padding drops
+    /// the rest). Shared by every output channel, which is what lets encrypted evaluation read
+    /// each input once for all of them.
+    pub fn taps_at(
+        &self,
+        h: usize,
+        w: usize,
+        y: usize,
+        x: usize,
+    ) -> Vec<(usize, usize, usize, usize)> {
+        let mut taps = Vec::with_capacity(self.in_ch * self.kernel * self.kernel);
+        for ci in 0..self.in_ch {
+            for ky in 0..self.kernel {
+                for kx in 0..self.kernel {
+                    let iy = (y * self.stride + ky) as isize - self.padding as isize;
+                    let ix = (x * self.stride + kx) as isize - self.padding as isize;
+                    if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                        taps.push((ci, ky, kx, ci * h * w + iy as usize * w + ix as usize));
+                    }
+                }
+            }
+        }
+        taps
+    }
+
     /// Number of inputs feeding one output: `in_ch · kernel²`.
     pub fn fan_in(&self) -> usize {
         self.in_ch * self.kernel * self.kernel

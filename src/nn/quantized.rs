@@ -589,14 +589,9 @@ fn quantize_affine(
                     c.in_ch
                 )));
             }
-            if h + 2 * c.padding < c.kernel || w + 2 * c.padding < c.kernel || c.stride == 0 {
-                return Err(Error::Shape(format!(
-                    "layer '{name}': conv kernel {} does not fit the padded input {h}x{w}",
-                    c.kernel
-                )));
-            }
-            let oh = (h + 2 * c.padding - c.kernel) / c.stride + 1;
-            let ow = (w + 2 * c.padding - c.kernel) / c.stride + 1;
+            let (oh, ow) = c
+                .output_hw(*h, *w)
+                .map_err(|e| Error::Shape(format!("layer '{name}': {e}")))?;
             let bias: Vec<i128> = c
                 .bias
                 .iter()
@@ -605,23 +600,7 @@ fn quantize_affine(
             let mut groups = Vec::with_capacity(oh * ow);
             for y in 0..oh {
                 for x in 0..ow {
-                    let mut taps = Vec::new();
-                    for ci in 0..c.in_ch {
-                        for ky in 0..c.kernel {
-                            for kx in 0..c.kernel {
-                                let iy = (y * c.stride + ky) as isize - c.padding as isize;
-                                let ix = (x * c.stride + kx) as isize - c.padding as isize;
-                                if iy >= 0 && ix >= 0 && iy < *h as isize && ix < *w as isize {
-                                    taps.push((
-                                        ci,
-                                        ky,
-                                        kx,
-                                        ci * h * w + iy as usize * w + ix as usize,
-                                    ));
-                                }
-                            }
-                        }
-                    }
+                    let taps = c.taps_at(*h, *w, y, x);
                     let outputs = (0..c.out_ch)
                         .map(|o| {
                             let weights = taps
