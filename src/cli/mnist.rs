@@ -81,6 +81,17 @@ pub fn peak_memory_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Prints a report as one JSON object (`--json`) or as text.
+pub fn emit<T: Serialize>(json: bool, report: &T, text: impl Fn(&T)) -> Result<()> {
+    if json {
+        let s = serde_json::to_string(report).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        println!("{s}");
+    } else {
+        text(report);
+    }
+    Ok(())
+}
+
 /// The LeNet-1 to run: `--weights` if given, else the bundled one.
 pub fn load_model(opts: &MnistOptions) -> Result<Sequential> {
     match &opts.weights {
@@ -242,15 +253,7 @@ pub fn run(opts: MnistOptions) -> Result<()> {
         layer_seconds,
         peak_memory_mb: peak_memory_mb(),
     };
-    if opts.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| Error::InvalidInput(e.to_string()))?
-        );
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    emit(opts.json, &report, print_report)
 }
 
 fn print_report(r: &MnistReport) {
@@ -496,15 +499,7 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
         layer_seconds,
         peak_memory_mb: peak_memory_mb(),
     };
-    if opts.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| Error::InvalidInput(e.to_string()))?
-        );
-    } else {
-        print_bfv_report(&report);
-    }
-    Ok(())
+    emit(opts.json, &report, print_bfv_report)
 }
 
 fn print_bfv_report(r: &BfvMnistReport) {

@@ -10,7 +10,7 @@ use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::nn::{mnist, packed};
 use hetensor::{Error, Result};
 
-use super::mnist::{load_model, output_bound, peak_memory_mb, MnistOptions};
+use super::mnist::{emit, load_model, output_bound, peak_memory_mb, MnistOptions};
 
 /// Report of a packed-layout run (also the `--json` object).
 #[derive(Serialize, Debug)]
@@ -120,29 +120,22 @@ pub fn run(opts: &MnistOptions) -> Result<()> {
         images_per_second: n / lat.iter().sum::<f64>(),
         peak_memory_mb: peak_memory_mb(),
     };
-    if opts.json {
-        println!(
-            "{}",
-            serde_json::to_string(&r).map_err(|e| Error::InvalidInput(e.to_string()))?
-        );
-    } else {
-        println!(
-            "Encrypted MNIST (LeNet-1, CKKS N = {}, {} levels, 128-bit, packed layout: one image per run, {} Galois keys)",
-            r.ring_degree, r.levels, r.galois_keys
-        );
-        println!("  images              {}", r.images);
-        println!("  encrypted accuracy  {:.2}%", 100.0 * r.encrypted_accuracy);
-        println!("  plaintext accuracy  {:.2}%", 100.0 * r.plaintext_accuracy);
-        println!("  argmax agreement    {:.2}%", 100.0 * r.argmax_agreement);
-        println!("  max |logit error|   {:.4}", r.max_abs_logit_error);
-        println!(
-            "  latency per image   median {:.3} s (min {:.3}, max {:.3}); keygen {:.2} s",
-            r.latency_median_seconds,
-            r.latency_min_seconds,
-            r.latency_max_seconds,
-            r.seconds_keygen
-        );
-        println!("  peak memory         {:.0} MB", r.peak_memory_mb);
-    }
-    Ok(())
+    emit(opts.json, &r, print_packed)
+}
+
+fn print_packed(r: &PackedReport) {
+    println!(
+        "Encrypted MNIST (LeNet-1, CKKS N = {}, {} levels, 128-bit, packed layout: one image per run, {} Galois keys)",
+        r.ring_degree, r.levels, r.galois_keys
+    );
+    println!("  images              {}", r.images);
+    println!("  encrypted accuracy  {:.2}%", 100.0 * r.encrypted_accuracy);
+    println!("  plaintext accuracy  {:.2}%", 100.0 * r.plaintext_accuracy);
+    println!("  argmax agreement    {:.2}%", 100.0 * r.argmax_agreement);
+    println!("  max |logit error|   {:.4}", r.max_abs_logit_error);
+    println!(
+        "  latency per image   median {:.3} s (min {:.3}, max {:.3}); keygen {:.2} s",
+        r.latency_median_seconds, r.latency_min_seconds, r.latency_max_seconds, r.seconds_keygen
+    );
+    println!("  peak memory         {:.0} MB", r.peak_memory_mb);
 }
