@@ -85,9 +85,13 @@ pub enum Error {
     #[error("data error: {0}")]
     Data(String),
 
-    /// A backend (device) failure or an unavailable backend.
+    /// A backend (device) failure.
     #[error("backend error: {0}")]
     Backend(String),
+
+    /// A backend that is not compiled in, or whose driver or device is missing.
+    #[error("backend unavailable: {0}")]
+    BackendUnavailable(String),
 
     /// Underlying I/O.
     #[error("I/O error: {0}")]

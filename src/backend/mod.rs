@@ -8,6 +8,9 @@
 //! can be one batch of many) so that a GPU pays its launch overhead once per batch.
 
 pub mod cpu;
+// GPU modules (added with the GPU issue): `#[cfg(feature = "cuda")] pub mod cuda;` and
+// `#[cfg(feature = "wgpu")] pub mod wgpu;`, providing `CudaBackend::new()` and
+// `WgpuBackend::{new, is_software}` used by `create_backend` below.
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -27,11 +30,45 @@ pub enum Repr {
 }
 
 /// Device memory holding the words of a batch.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 #[non_exhaustive]
 pub enum Buffer {
     /// Host memory (CPU backend).
     Host(Vec<u32>),
+    /// Memory owned by a device backend (CUDA, wgpu); the backend downcasts it to its own type.
+    Device(Box<dyn DeviceBuffer>),
+}
+
+impl Clone for Buffer {
+    fn clone(&self) -> Self {
+        match self {
+            Buffer::Host(v) => Buffer::Host(v.clone()),
+            Buffer::Device(d) => Buffer::Device(d.clone_buffer()),
+        }
+    }
+}
+
+impl Buffer {
+    /// Overwrites the words with zeros (secret keys on drop).
+    pub(crate) fn wipe(&mut self) {
+        match self {
+            Buffer::Host(v) => zeroize::Zeroize::zeroize(v),
+            Buffer::Device(d) => d.wipe(),
+        }
+    }
+}
+
+/// A device allocation behind [`Buffer::Device`]. Each device backend implements it for its
+/// own buffer type, so the `Buffer` enum does not depend on which GPU features are built.
+pub trait DeviceBuffer: Send + Sync + Debug + std::any::Any {
+    /// A deep copy on the same device (`PolyBatch` has value semantics on every backend).
+    fn clone_buffer(&self) -> Box<dyn DeviceBuffer>;
+    /// Overwrites the allocation with zeros (used for secret keys before they are freed).
+    fn wipe(&mut self);
+    /// For downcasting to the backend's concrete type.
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// For downcasting to the backend's concrete type.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// A batch of RNS polynomials resident on one backend.
@@ -291,4 +328,99 @@ pub(crate) fn check_scale_and_round(
 /// The backend chosen when none is named: the CPU, which always works.
 pub fn default_backend() -> Arc<dyn Backend> {
     Arc::new(CpuBackend::new())
+}
+
+/// Which backend a context computes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum BackendKind {
+    /// The CPU (rayon); always available, and the reference every other backend matches.
+    #[default]
+    Cpu,
+    /// NVIDIA GPUs through CUDA (feature `cuda`).
+    Cuda,
+    /// Any GPU (or lavapipe on the CPU) through wgpu compute shaders (feature `wgpu`).
+    Wgpu,
+    /// The best available: CUDA, then a hardware wgpu adapter, then the CPU.
+    Auto,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda),
+            "wgpu" => Ok(Self::Wgpu),
+            "auto" => Ok(Self::Auto),
+            other => Err(Error::InvalidInput(format!(
+                "unknown backend `{other}` (expected cpu, cuda, wgpu or auto)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Wgpu => "wgpu",
+            Self::Auto => "auto",
+        })
+    }
+}
+
+/// Creates a backend of the given kind. A GPU kind that is not compiled in, or whose driver or
+/// device is missing, is a clear [`Error::BackendUnavailable`], never a panic.
+pub fn create_backend(kind: BackendKind) -> Result<Arc<dyn Backend>> {
+    match kind {
+        BackendKind::Cpu => Ok(default_backend()),
+        BackendKind::Cuda => create_cuda(),
+        BackendKind::Wgpu => create_wgpu(),
+        BackendKind::Auto => create_cuda()
+            .or_else(|_| create_wgpu_hardware())
+            .or_else(|_| Ok(default_backend())),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn create_cuda() -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(cuda::CudaBackend::new()?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn create_cuda() -> Result<Arc<dyn Backend>> {
+    Err(Error::BackendUnavailable(
+        "cuda: this build of hetensor has no CUDA support (rebuild with `--features cuda`)".into(),
+    ))
+}
+
+#[cfg(feature = "wgpu")]
+fn create_wgpu() -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(wgpu::WgpuBackend::new()?))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn create_wgpu() -> Result<Arc<dyn Backend>> {
+    Err(Error::BackendUnavailable(
+        "wgpu: this build of hetensor has no wgpu support (rebuild with `--features wgpu`)".into(),
+    ))
+}
+
+/// `auto` prefers a real GPU through wgpu, but not a software adapter (lavapipe is slower than
+/// the CPU backend).
+#[cfg(feature = "wgpu")]
+fn create_wgpu_hardware() -> Result<Arc<dyn Backend>> {
+    let be = wgpu::WgpuBackend::new()?;
+    if be.is_software() {
+        return Err(Error::BackendUnavailable(
+            "wgpu: only a software adapter is available".into(),
+        ));
+    }
+    Ok(Arc::new(be))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn create_wgpu_hardware() -> Result<Arc<dyn Backend>> {
+    create_wgpu()
 }

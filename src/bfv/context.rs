@@ -7,7 +7,7 @@ use num_bigint::{BigInt, BigUint};
 use num_traits::{One, Signed, ToPrimitive};
 use rayon::prelude::*;
 
-use crate::backend::{PolyBatch, Repr};
+use crate::backend::{Backend, PolyBatch, Repr};
 use crate::bfv::params::{aux_bits_needed, resolve_plain_modulus, BfvParams, PlainModulus};
 use crate::error::{Error, Result};
 use crate::math::modular::Modulus;
@@ -179,6 +179,17 @@ impl BfvContext {
     pub fn with_seed(params: BfvParams, seed: [u8; 32]) -> Result<Self> {
         let t = params.plain_modulus;
         Self::build(RlweContext::new(params.rlwe)?, t, Sampler::from_seed(seed))
+    }
+
+    /// Builds the context on a chosen backend (see [`crate::backend::create_backend`]), with
+    /// randomness from the OS.
+    pub fn with_backend(params: BfvParams, backend: Arc<dyn Backend>) -> Result<Self> {
+        let t = params.plain_modulus;
+        Self::build(
+            RlweContext::with_backend(params.rlwe, backend)?,
+            t,
+            Sampler::from_os(),
+        )
     }
 
     /// A context for plaintext modulus `t` over an existing RLWE context (e.g. on another

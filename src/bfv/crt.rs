@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use crate::backend::{default_backend, Backend};
 use crate::bfv::context::{BfvContext, Ciphertext, Plaintext};
 use crate::bfv::params::{resolve_plain_modulus, rlwe_for_bfv, PlainModulus};
 use crate::error::{Error, Result};
@@ -60,7 +61,15 @@ impl BfvCrt {
         dnum: usize,
         security: Security,
     ) -> Result<Self> {
-        Self::build(log_n, t_bits, q_count, dnum, security, None)
+        Self::build(
+            log_n,
+            t_bits,
+            q_count,
+            dnum,
+            security,
+            None,
+            default_backend(),
+        )
     }
 
     /// Same as [`Self::new`] with fixed sampler seeds (tests only).
@@ -72,7 +81,27 @@ impl BfvCrt {
         security: Security,
         seed: [u8; 32],
     ) -> Result<Self> {
-        Self::build(log_n, t_bits, q_count, dnum, security, Some(seed))
+        Self::build(
+            log_n,
+            t_bits,
+            q_count,
+            dnum,
+            security,
+            Some(seed),
+            default_backend(),
+        )
+    }
+
+    /// Same as [`Self::new`] on a chosen backend (see [`crate::backend::create_backend`]).
+    pub fn with_backend(
+        log_n: u32,
+        t_bits: &[u32],
+        q_count: usize,
+        dnum: usize,
+        security: Security,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Self> {
+        Self::build(log_n, t_bits, q_count, dnum, security, None, backend)
     }
 
     fn build(
@@ -82,6 +111,7 @@ impl BfvCrt {
         dnum: usize,
         security: Security,
         seed: Option<[u8; 32]>,
+        backend: Arc<dyn Backend>,
     ) -> Result<Self> {
         if !(10..=16).contains(&log_n) {
             return Err(Error::InvalidParameters(format!(
@@ -106,7 +136,7 @@ impl BfvCrt {
             )));
         }
         let rlwe_params: RlweParams = rlwe_for_bfv(n, &ts, q_count, dnum, security)?;
-        let rlwe = RlweContext::new(rlwe_params)?;
+        let rlwe = RlweContext::with_backend(rlwe_params, backend)?;
         let contexts = ts
             .iter()
             .enumerate()

@@ -26,7 +26,7 @@ use num_bigint::BigInt;
 use num_complex::Complex64;
 use num_traits::ToPrimitive;
 
-use crate::backend::PolyBatch;
+use crate::backend::{Backend, PolyBatch};
 use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
 use crate::math::RnsBasis;
@@ -84,6 +84,16 @@ impl CkksContext {
     pub fn new(params: CkksParams) -> Result<Self> {
         Self::with_rlwe(
             RlweContext::new(params.rlwe.clone())?,
+            params,
+            Sampler::from_os(),
+        )
+    }
+
+    /// Builds a context on a chosen backend (see [`crate::backend::create_backend`]), with
+    /// randomness from the OS.
+    pub fn with_backend(params: CkksParams, backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::with_rlwe(
+            RlweContext::with_backend(params.rlwe.clone(), backend)?,
             params,
             Sampler::from_os(),
         )

@@ -6,6 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{s, ArrayD, Axis};
 use serde::Serialize;
 
+use hetensor::backend::{create_backend, BackendKind};
 use hetensor::bfv::BfvCrt;
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::nn::quantized::{self, QuantizedModel};
@@ -131,15 +132,10 @@ pub fn run(opts: MnistOptions) -> Result<()> {
             opts.scheme
         )));
     }
-    if opts.backend != "cpu" {
-        return Err(Error::Backend(format!(
-            "--backend {}: only the cpu backend is built so far (cuda and wgpu are planned)",
-            opts.backend
-        )));
-    }
+    let backend = create_backend(opts.backend.parse::<BackendKind>()?)?;
     match opts.layout.as_str() {
         "batched" => {}
-        "packed" => return super::packed::run(&opts),
+        "packed" => return super::packed::run(&opts, backend),
         other => {
             return Err(Error::InvalidInput(format!(
                 "--layout {other}: use batched (throughput) or packed (one image, low latency)"
@@ -159,7 +155,7 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     let params = CkksParams::preset(13, 25)?;
     let log_qp = params.rlwe.log_qp();
     let t_key = Instant::now();
-    let ctx = CkksContext::new(params)?;
+    let ctx = CkksContext::with_backend(params, backend.clone())?;
     let batch_size = opts.batch.unwrap_or(ctx.slots()).clamp(1, ctx.slots());
     encrypted::check_fits(&ctx, &model, batch_size)?;
     let keys = ctx.keygen()?;
@@ -234,7 +230,7 @@ pub fn run(opts: MnistOptions) -> Result<()> {
         batches,
         batch_size,
         scheme: "ckks".into(),
-        backend: "cpu".into(),
+        backend: backend.name().into(),
         layout: "batched".into(),
         ring_degree: ctx.rlwe().n(),
         levels: ctx.max_level(),
@@ -335,12 +331,7 @@ pub struct BfvMnistReport {
 /// `--scheme bfv`: the model quantized to integers, run exactly in BFV over several plaintext
 /// primes combined by CRT (enough bits that no worst-case value wraps).
 fn run_bfv(opts: MnistOptions) -> Result<()> {
-    if opts.backend != "cpu" {
-        return Err(Error::Backend(format!(
-            "--backend {}: only the cpu backend is built so far (cuda and wgpu are planned)",
-            opts.backend
-        )));
-    }
+    let backend = create_backend(opts.backend.parse::<BackendKind>()?)?;
     if opts.layout != "batched" {
         return Err(Error::InvalidInput(format!(
             "--layout {}: the BFV path runs in the batched layout only (packed is CKKS)",
@@ -380,7 +371,14 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
     }
 
     let t_key = Instant::now();
-    let crt = BfvCrt::new(BFV_LOG_N, &t_bits, BFV_Q_COUNT, BFV_DNUM, Security::Bits128)?;
+    let crt = BfvCrt::with_backend(
+        BFV_LOG_N,
+        &t_bits,
+        BFV_Q_COUNT,
+        BFV_DNUM,
+        Security::Bits128,
+        backend.clone(),
+    )?;
     qm.check_modulus(crt.plain_modulus_product())?;
     let sk = crt.gen_secret_key()?;
     let pk = crt.gen_public_key(&sk)?;
@@ -467,7 +465,7 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
         batch_size,
         default_limit_used,
         scheme: "bfv".into(),
-        backend: "cpu".into(),
+        backend: backend.name().into(),
         layout: "batched".into(),
         ring_degree: slots,
         log_qp,

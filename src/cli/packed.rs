@@ -1,11 +1,13 @@
 //! `hetensor mnist --layout packed`: one image at a time (low latency) with rotations.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::s;
 use serde::Serialize;
 
+use hetensor::backend::Backend;
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::nn::{mnist, packed};
 use hetensor::{Error, Result};
@@ -45,7 +47,7 @@ fn argmax(v: &[f64]) -> usize {
 }
 
 /// Runs LeNet-1 on `--limit` images (default 20), one at a time, and reports per-image latency.
-pub fn run(opts: &MnistOptions) -> Result<()> {
+pub fn run(opts: &MnistOptions, backend: Arc<dyn Backend>) -> Result<()> {
     let model = load_model(opts)?;
     let test = mnist::load_test(&opts.data_dir)?;
     let total = opts.limit.unwrap_or(20).min(test.labels.len());
@@ -53,7 +55,7 @@ pub fn run(opts: &MnistOptions) -> Result<()> {
         return Err(Error::InvalidInput("--limit must be at least 1".into()));
     }
     let t = Instant::now();
-    let ctx = CkksContext::new(CkksParams::preset(13, 25)?)?;
+    let ctx = CkksContext::with_backend(CkksParams::preset(13, 25)?, backend.clone())?;
     let keys = ctx.keygen()?;
     let steps = packed::rotation_steps(&model, [1, 28, 28])?;
     let gk = ctx.gen_galois_keys(&keys.secret, &steps, false)?;
@@ -105,7 +107,7 @@ pub fn run(opts: &MnistOptions) -> Result<()> {
         images: total,
         layout: "packed".into(),
         scheme: "ckks".into(),
-        backend: "cpu".into(),
+        backend: backend.name().into(),
         ring_degree: ctx.rlwe().n(),
         levels: ctx.max_level(),
         galois_keys: steps.len(),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use zeroize::Zeroize;
 
-use crate::backend::{Buffer, PolyBatch, Repr};
+use crate::backend::{PolyBatch, Repr};
 use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
 use crate::rlwe::context::RlweContext;
@@ -27,8 +27,7 @@ impl std::fmt::Debug for SecretKey {
 impl Drop for SecretKey {
     fn drop(&mut self) {
         self.coeffs.zeroize();
-        let Buffer::Host(v) = &mut self.ntt.buf;
-        v.zeroize();
+        self.ntt.buf.wipe();
     }
 }
 
