@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite on every backend. Installs what the GPU tests need on a fresh machine:
+#   - Mesa's lavapipe Vulkan driver, so the wgpu parity tests run on the CPU (Debian packages);
+#   - the NVRTC library (pip wheel `nvidia-cuda-nvrtc`), so every CUDA kernel is compiled to PTX
+#     even without a GPU (a kernel that does not compile fails the suite).
+# Then: cargo test --release --features wgpu,cuda [extra cargo args].
+# CUDA device tests skip with a message when no GPU is present; wgpu and NVRTC are required here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then
+  echo "== installing Mesa lavapipe (mesa-vulkan-drivers) for the wgpu tests"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
+fi
+
+NVRTC_VENV="target/nvrtc-venv"
+nvrtc_lib() { ls "$NVRTC_VENV"/lib/python3*/site-packages/nvidia/cu13/lib/libnvrtc.so.13 2>/dev/null | head -1; }
+if [ -z "$(nvrtc_lib)" ]; then
+  echo "== installing NVRTC (pip nvidia-cuda-nvrtc) to compile the CUDA kernels"
+  python3 -m venv "$NVRTC_VENV"
+  "$NVRTC_VENV/bin/pip" install -q --disable-pip-version-check 'nvidia-cuda-nvrtc>=13,<14'
+fi
+LIB="$(nvrtc_lib)"
+if [ -z "$LIB" ]; then echo "NVRTC install failed: no libnvrtc.so.13 under $NVRTC_VENV" >&2; exit 1; fi
+export LD_LIBRARY_PATH="$(dirname "$LIB"):${LD_LIBRARY_PATH:-}"
+
+export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"          # fail loudly if lavapipe is missing
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+export HETENSOR_REQUIRE_WGPU=1 HETENSOR_REQUIRE_NVRTC=1
+exec cargo test --release --features wgpu,cuda "$@"
