@@ -51,6 +51,13 @@ impl Modulus {
         self.barrett
     }
 
+    /// The 32-bit-lane Barrett constants `(k, floor(2^(2k)/q))` of [`Self::mul_add_reduced`]
+    /// (exposed for device tables).
+    #[inline(always)]
+    pub fn barrett32(&self) -> (u32, u32) {
+        (self.bits, self.mu32)
+    }
+
     /// `a + b mod q` for `a, b < q`.
     #[inline(always)]
     pub fn add(&self, a: u32, b: u32) -> u32 {

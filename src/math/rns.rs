@@ -161,6 +161,26 @@ impl BaseConverter {
         &self.to
     }
 
+    /// `([(B/b_i)^{-1}]_{b_i}, shoup)` per source prime (for device upload).
+    pub fn b_hat_inv_table(&self) -> &[(u32, u32)] {
+        &self.b_hat_inv
+    }
+
+    /// `[B/b_i]_{c_j}`, indexed `[j * from().len() + i]` (for device upload).
+    pub fn b_hat_mod_c_table(&self) -> &[u32] {
+        &self.b_hat_mod_c
+    }
+
+    /// `[B]_{c_j}` per target prime (for device upload).
+    pub fn b_mod_c_table(&self) -> &[u32] {
+        &self.b_mod_c
+    }
+
+    /// `floor(2^62 / b_i)` per source prime (for device upload).
+    pub fn frac_table(&self) -> &[u64] {
+        &self.frac
+    }
+
     /// Converts `input` (`from.len()` limbs of `n` words) into `output` (`to.len()` limbs).
     /// `scratch` must hold `from.len() * n` words; `exact` picks the centered exact variant.
     pub fn convert(
