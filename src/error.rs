@@ -93,6 +93,11 @@ pub enum Error {
     #[error("backend unavailable: {0}")]
     BackendUnavailable(String),
 
+    /// Serialized bytes that are malformed, truncated, from another format version or for other
+    /// parameters. Nothing is loaded from such input.
+    #[error("cannot decode: {0}")]
+    Decode(String),
+
     /// Underlying I/O.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -15,6 +15,7 @@ pub mod error;
 pub mod math;
 pub mod nn;
 pub mod rlwe;
+pub mod serialize;
 pub mod tensor;
 
 pub use error::{Error, Result};

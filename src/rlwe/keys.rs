@@ -56,6 +56,8 @@ pub struct PublicKey {
     /// (b, a) with b = -a·s + e, NTT domain over the ciphertext and special primes.
     pub(crate) polys: PolyBatch,
     pub(crate) fingerprint: u64,
+    /// The seed `a` expands from (serialization stores it instead of `a`).
+    pub(crate) seed: Option<[u8; 32]>,
 }
 
 /// `(-a·s + e + m, a)` over the given limbs (NTT domain); `a` uniform from a fresh seed.
@@ -87,10 +89,11 @@ impl PublicKey {
     /// Generates the public key for `sk`.
     pub fn generate(ctx: &RlweContext, sk: &SecretKey, sampler: &mut Sampler) -> Result<Self> {
         ctx.check_fingerprint(sk.fingerprint, "secret key")?;
-        let (polys, _) = rlwe_sample(ctx, &sk.ntt, None, sampler)?;
+        let (polys, seed) = rlwe_sample(ctx, &sk.ntt, None, sampler)?;
         Ok(Self {
             polys,
             fingerprint: ctx.fingerprint(),
+            seed: Some(seed),
         })
     }
 }
@@ -102,6 +105,8 @@ pub struct KeySwitchKey {
     /// One batch of 2 polynomials (b_j, a_j) per digit.
     pub(crate) digits: Vec<PolyBatch>,
     pub(crate) fingerprint: u64,
+    /// Per digit, the seed `a_j` expands from (serialization stores it instead of `a_j`).
+    pub(crate) seeds: Vec<Option<[u8; 32]>>,
 }
 
 impl KeySwitchKey {
@@ -116,6 +121,7 @@ impl KeySwitchKey {
         let ring = ctx.ring();
         let full = ctx.qp_limbs(ctx.max_level());
         let mut digits = Vec::new();
+        let mut seeds = Vec::new();
         for range in ctx.digits() {
             // The gadget factor is [P]_{q_i} on the digit's primes and 0 elsewhere.
             let factor: Vec<u32> = full
@@ -133,12 +139,14 @@ impl KeySwitchKey {
                 .collect();
             let mut m = s_from.clone();
             be.mul_scalar_assign(ring, &mut m, &factor)?;
-            let (sample, _) = rlwe_sample(ctx, &sk.ntt, Some(&m), sampler)?;
+            let (sample, seed) = rlwe_sample(ctx, &sk.ntt, Some(&m), sampler)?;
             digits.push(sample);
+            seeds.push(Some(seed));
         }
         Ok(Self {
             digits,
             fingerprint: ctx.fingerprint(),
+            seeds,
         })
     }
 

@@ -76,6 +76,13 @@ impl RlweParams {
             )));
         }
         for &x in q.iter().chain(&p).chain(&aux) {
+            // Checked here (not only when tables are built) because parameters also arrive from
+            // untrusted serialized bytes.
+            if x >= 1 << 30 || !crate::math::primes::is_prime(x as u64) {
+                return Err(Error::InvalidParameters(format!(
+                    "limb modulus {x} must be a prime below 2^30"
+                )));
+            }
             if (x as u64 - 1) % (2 * n as u64) != 0 {
                 return Err(Error::InvalidParameters(format!(
                     "prime {x} is not ≡ 1 mod 2N = {}",

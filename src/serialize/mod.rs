@@ -1,0 +1,311 @@
+//! Compact, validated, versioned binary serialization.
+//!
+//! Every object starts with a 16-byte header: magic `HETN`, format version (u16), kind (u8),
+//! flags (u8; bit 0 = zstd body) and the 64-bit fingerprint of the RLWE parameters it belongs
+//! to. Residues are bit-packed at the width of their prime (≤ 30 bits, no padding to 32 or 64),
+//! and the uniform halves of fresh symmetric ciphertexts and of keys are stored as their 32-byte
+//! seeds, which halves them.
+//!
+//! Decoding is strict: wrong magic, version, kind or parameters, truncation, trailing bytes,
+//! counts that the parameters do not allow and residues `≥ q` are all [`Error::Decode`] (or
+//! [`Error::ParameterMismatch`] for another context's object), never a panic, and nothing is
+//! allocated on the strength of a length field alone: sizes come from the validated parameters.
+//!
+//! ```
+//! use hetensor::ckks::{CkksContext, CkksParams};
+//! use hetensor::rlwe::Ciphertext;
+//! use hetensor::serialize::{self, WriteOptions};
+//!
+//! # fn main() -> hetensor::Result<()> {
+//! let ctx = CkksContext::new(CkksParams::preset(13, 25)?)?;
+//! let keys = ctx.keygen()?;
+//! let pt = ctx.encode(&[1.0, 2.0, 3.0], ctx.default_scale(), ctx.max_level())?;
+//! let ct = ctx.encrypt_symmetric(&pt, &keys.secret)?;
+//! let bytes = serialize::to_bytes(ctx.rlwe(), &ct, WriteOptions::default())?;
+//! let back: Ciphertext = serialize::from_bytes(ctx.rlwe(), &bytes)?;
+//! assert!((ctx.decrypt_decode(&back, &keys.secret)?[2] - 3.0).abs() < 1e-2);
+//! # Ok(()) }
+//! ```
+
+mod context;
+mod objects;
+mod wire;
+
+use std::io::{Read, Write};
+use std::marker::PhantomData;
+
+pub use context::{
+    read_params_only, write_params_only, PublicContext, SchemeContext, SecretContext,
+};
+pub use objects::{Decode, Encode, SchemeParams};
+pub use wire::{Decoder, Encoder, Header, Kind, FORMAT_VERSION, HEADER_LEN, MAGIC};
+
+use crate::error::{Error, Result};
+use crate::rlwe::RlweContext;
+
+/// How objects are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// zstd level (1..=19) for the body, or `None` for raw packed words. Residues are close to
+    /// uniform, so compression gains little on ciphertexts; it helps on sparse plaintexts.
+    pub compression: Option<i32>,
+    /// Store seeds instead of uniform polynomials where the object has them (default `true`).
+    pub seeded: bool,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        Self {
+            compression: None,
+            seeded: true,
+        }
+    }
+}
+
+/// The zstd window the decoder accepts (2^23 = 8 MiB): what levels ≤ 19 produce, and a bound
+/// on what a hostile frame can make the decoder allocate.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// Writes a header and a body produced by `body`, compressed if asked.
+pub(crate) fn write_framed(
+    w: &mut dyn Write,
+    kind: Kind,
+    fingerprint: u64,
+    opts: &WriteOptions,
+    body: impl FnOnce(&mut Encoder) -> Result<()>,
+) -> Result<()> {
+    Header {
+        kind,
+        compressed: opts.compression.is_some(),
+        fingerprint,
+    }
+    .write(w)?;
+    match opts.compression {
+        Some(level) => {
+            if !(1..=19).contains(&level) {
+                return Err(Error::InvalidInput(format!(
+                    "zstd level {level} outside 1..=19"
+                )));
+            }
+            let mut z = zstd::stream::Encoder::new(Vec::new(), level)?;
+            body(&mut Encoder::new(&mut z))?;
+            let bytes = z.finish()?;
+            w.write_all(&(bytes.len() as u64).to_le_bytes())?;
+            w.write_all(&bytes)?;
+        }
+        None => body(&mut Encoder::new(w))?,
+    }
+    Ok(())
+}
+
+/// Maps stream errors of the zstd decoder (corrupt frames) to [`Error::Decode`].
+struct ZstdErrors<R>(R);
+
+impl<R: Read> Read for ZstdErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                e
+            } else {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+            }
+        })
+    }
+}
+
+/// Reads a header, checks its kind (and fingerprint, when `expect_fingerprint` is given), and
+/// decodes the body with `body`, which must consume all of it.
+pub(crate) fn read_framed<T>(
+    r: &mut dyn Read,
+    kind: Kind,
+    expect_fingerprint: Option<u64>,
+    body: impl FnOnce(&mut Decoder, &Header) -> Result<T>,
+) -> Result<T> {
+    let h = Header::read(r)?;
+    if h.kind != kind {
+        return Err(Error::Decode(format!(
+            "expected a {kind:?}, found a {:?}",
+            h.kind
+        )));
+    }
+    if let Some(fp) = expect_fingerprint {
+        if h.fingerprint != fp {
+            return Err(Error::ParameterMismatch(format!(
+                "{kind:?} was made for parameters {:016x}, this context has {fp:016x}",
+                h.fingerprint
+            )));
+        }
+    }
+    if !h.compressed {
+        return body(&mut Decoder::new(r), &h);
+    }
+    let mut len = [0u8; 8];
+    r.read_exact(&mut len)
+        .map_err(|_| Error::Decode("truncated input (compressed length)".into()))?;
+    let mut limited = r.take(u64::from_le_bytes(len));
+    let value = {
+        let mut z = zstd::stream::Decoder::new(&mut limited)
+            .map_err(|e| Error::Decode(format!("zstd: {e}")))?;
+        z.window_log_max(ZSTD_WINDOW_LOG_MAX)
+            .map_err(|e| Error::Decode(format!("zstd: {e}")))?;
+        let mut z = ZstdErrors(z.single_frame());
+        let mut d = Decoder::new(&mut z);
+        let v = body(&mut d, &h)?;
+        d.expect_end()?;
+        v
+    };
+    if limited.limit() != 0 {
+        return Err(Error::Decode(
+            "bytes left in the compressed body after the object".into(),
+        ));
+    }
+    Ok(value)
+}
+
+/// Writes `obj` (made under `ctx`) to a stream.
+pub fn write<T: Encode>(
+    ctx: &RlweContext,
+    obj: &T,
+    mut w: impl Write,
+    opts: WriteOptions,
+) -> Result<()> {
+    ctx.check_fingerprint(obj.fingerprint_or(ctx), "object to serialize")?;
+    write_framed(&mut w, T::KIND, ctx.fingerprint(), &opts, |e| {
+        obj.encode(ctx, e, &opts)
+    })
+}
+
+/// Reads one object for `ctx` from a stream (which may hold more objects after it).
+pub fn read<T: Decode>(ctx: &RlweContext, mut r: impl Read) -> Result<T> {
+    read_framed(&mut r, T::KIND, Some(ctx.fingerprint()), |d, _| {
+        T::decode(ctx, d)
+    })
+}
+
+/// `obj` as bytes.
+pub fn to_bytes<T: Encode>(ctx: &RlweContext, obj: &T, opts: WriteOptions) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    write(ctx, obj, &mut out, opts)?;
+    Ok(out)
+}
+
+/// Decodes exactly one object from `bytes` (trailing bytes are an error).
+pub fn from_bytes<T: Decode>(ctx: &RlweContext, bytes: &[u8]) -> Result<T> {
+    let mut r = bytes;
+    let v = read(ctx, &mut r)?;
+    if !r.is_empty() {
+        return Err(Error::Decode(format!(
+            "{} trailing bytes after the object",
+            r.len()
+        )));
+    }
+    Ok(v)
+}
+
+/// Objects without a fingerprint of their own (plaintexts) take the context's.
+trait FingerprintOr {
+    fn fingerprint_or(&self, ctx: &RlweContext) -> u64;
+}
+
+impl<T: Encode> FingerprintOr for T {
+    fn fingerprint_or(&self, ctx: &RlweContext) -> u64 {
+        match self.fingerprint() {
+            0 => ctx.fingerprint(),
+            f => f,
+        }
+    }
+}
+
+/// An encoded object that can sit inside user structures serialized with `serde` (as bytes), and
+/// be decoded under a context later:
+///
+/// ```
+/// # use hetensor::ckks::{CkksContext, CkksParams};
+/// # use hetensor::rlwe::Ciphertext;
+/// use hetensor::serialize::{Serialized, WriteOptions};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Message {
+///     round: u32,
+///     update: Serialized<Ciphertext>,
+/// }
+/// # fn main() -> hetensor::Result<()> {
+/// # let ctx = CkksContext::new(CkksParams::preset(13, 25)?)?;
+/// # let keys = ctx.keygen()?;
+/// # let ct = ctx.encrypt(&ctx.encode(&[0.5], ctx.default_scale(), 1)?, &keys.public)?;
+/// let msg = Message { round: 3, update: Serialized::encode(ctx.rlwe(), &ct, WriteOptions::default())? };
+/// let json = serde_json::to_string(&msg).unwrap();
+/// let back: Message = serde_json::from_str(&json).unwrap();
+/// let ct2: Ciphertext = back.update.decode(ctx.rlwe())?;
+/// # assert_eq!(ct2.level(), 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Serialized<T> {
+    bytes: Vec<u8>,
+    _kind: PhantomData<fn() -> T>,
+}
+
+impl<T> Serialized<T> {
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Wraps bytes (checked when decoded).
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes,
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<T: Encode> Serialized<T> {
+    /// Encodes `obj` made under `ctx`.
+    pub fn encode(ctx: &RlweContext, obj: &T, opts: WriteOptions) -> Result<Self> {
+        Ok(Self::from_vec(to_bytes(ctx, obj, opts)?))
+    }
+}
+
+impl<T: Decode> Serialized<T> {
+    /// Decodes under `ctx` (errors if made under other parameters).
+    pub fn decode(&self, ctx: &RlweContext) -> Result<T> {
+        from_bytes(ctx, &self.bytes)
+    }
+}
+
+impl<T> serde::Serialize for Serialized<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.bytes)
+    }
+}
+
+impl<'de, T> serde::Deserialize<'de> for Serialized<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("hetensor object bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> std::result::Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> std::result::Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Vec<u8>, A::Error> {
+                let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    v.push(b);
+                }
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V).map(Self::from_vec)
+    }
+}

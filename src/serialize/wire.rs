@@ -1,0 +1,264 @@
+//! The byte level of the format: header, little-endian scalars, bit-packed residues, and a
+//! reader that never allocates more than the parameters (not the input's length fields) allow.
+
+use std::io::{self, Read, Write};
+
+use crate::error::{Error, Result};
+use crate::math::Modulus;
+
+/// First bytes of every hetensor object.
+pub const MAGIC: [u8; 4] = *b"HETN";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// Header bytes: magic, version (u16), kind (u8), flags (u8), parameter fingerprint (u64).
+pub const HEADER_LEN: usize = 16;
+/// Header flag: the body is one zstd frame of the length that follows the header (u64).
+pub(crate) const FLAG_ZSTD: u8 = 1;
+
+/// What a serialized object is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Scheme parameters.
+    Params = 1,
+    /// A ciphertext.
+    Ciphertext = 2,
+    /// A CKKS plaintext (encoded, NTT form).
+    Plaintext = 3,
+    /// A public (encryption) key.
+    PublicKey = 4,
+    /// A relinearization key.
+    RelinKey = 5,
+    /// A set of Galois (rotation) keys.
+    GaloisKeys = 6,
+    /// A secret key.
+    SecretKey = 7,
+    /// Parameters plus public, relinearization and Galois keys.
+    PublicContext = 8,
+    /// Parameters plus the secret key.
+    SecretContext = 9,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Result<Self> {
+        Ok(match b {
+            1 => Self::Params,
+            2 => Self::Ciphertext,
+            3 => Self::Plaintext,
+            4 => Self::PublicKey,
+            5 => Self::RelinKey,
+            6 => Self::GaloisKeys,
+            7 => Self::SecretKey,
+            8 => Self::PublicContext,
+            9 => Self::SecretContext,
+            other => return Err(Error::Decode(format!("unknown object kind {other}"))),
+        })
+    }
+}
+
+/// The fixed-size prefix of every object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// What follows.
+    pub kind: Kind,
+    /// Whether the body is zstd-compressed.
+    pub compressed: bool,
+    /// [`crate::rlwe::RlweParams::fingerprint`] of the parameters the object belongs to.
+    pub fingerprint: u64,
+}
+
+impl Header {
+    pub(crate) fn write(&self, w: &mut dyn Write) -> Result<()> {
+        let mut b = [0u8; HEADER_LEN];
+        b[..4].copy_from_slice(&MAGIC);
+        b[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[6] = self.kind as u8;
+        b[7] = if self.compressed { FLAG_ZSTD } else { 0 };
+        b[8..].copy_from_slice(&self.fingerprint.to_le_bytes());
+        w.write_all(&b)?;
+        Ok(())
+    }
+
+    pub(crate) fn read(r: &mut dyn Read) -> Result<Self> {
+        let mut b = [0u8; HEADER_LEN];
+        read_exact(r, &mut b, "header")?;
+        if b[..4] != MAGIC {
+            return Err(Error::Decode(
+                "not a hetensor object (bad magic bytes)".into(),
+            ));
+        }
+        let version = u16::from_le_bytes([b[4], b[5]]);
+        if version != FORMAT_VERSION {
+            return Err(Error::Decode(format!(
+                "format version {version}; this build reads version {FORMAT_VERSION}"
+            )));
+        }
+        let kind = Kind::from_u8(b[6])?;
+        if b[7] & !FLAG_ZSTD != 0 {
+            return Err(Error::Decode(format!("unknown header flags {:#04x}", b[7])));
+        }
+        Ok(Self {
+            kind,
+            compressed: b[7] & FLAG_ZSTD != 0,
+            fingerprint: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+        })
+    }
+}
+
+fn read_exact(r: &mut dyn Read, buf: &mut [u8], what: &str) -> Result<()> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => Error::Decode(format!("truncated input (in {what})")),
+        _ => Error::Io(e),
+    })
+}
+
+/// Bits needed for residues of `q` (its bit length): how tightly a limb is packed.
+pub(crate) fn residue_bits(q: u32) -> u32 {
+    32 - q.leading_zeros()
+}
+
+/// Writes scalars and bit-packed residues to a stream.
+pub struct Encoder<'a> {
+    w: &'a mut dyn Write,
+    buf: Vec<u8>,
+}
+
+impl<'a> Encoder<'a> {
+    pub(crate) fn new(w: &'a mut dyn Write) -> Self {
+        Self { w, buf: Vec::new() }
+    }
+
+    pub(crate) fn bytes(&mut self, b: &[u8]) -> Result<()> {
+        self.w.write_all(b)?;
+        Ok(())
+    }
+
+    pub(crate) fn u8(&mut self, x: u8) -> Result<()> {
+        self.bytes(&[x])
+    }
+
+    pub(crate) fn u32(&mut self, x: u32) -> Result<()> {
+        self.bytes(&x.to_le_bytes())
+    }
+
+    pub(crate) fn u64(&mut self, x: u64) -> Result<()> {
+        self.bytes(&x.to_le_bytes())
+    }
+
+    pub(crate) fn f64(&mut self, x: f64) -> Result<()> {
+        self.bytes(&x.to_le_bytes())
+    }
+
+    /// Packs residues of `q` at `bits(q)` bits each, least significant bit first.
+    /// `words.len()` is a multiple of 8 (ring degrees are), so every limb ends on a byte.
+    pub(crate) fn residues(&mut self, words: &[u32], q: u32) -> Result<()> {
+        let bits = residue_bits(q);
+        self.buf.clear();
+        self.buf.reserve(words.len() * bits as usize / 8 + 8);
+        let (mut acc, mut have) = (0u64, 0u32);
+        for &w in words {
+            acc |= (w as u64) << have;
+            have += bits;
+            while have >= 8 {
+                self.buf.push(acc as u8);
+                acc >>= 8;
+                have -= 8;
+            }
+        }
+        if have > 0 {
+            self.buf.push(acc as u8);
+        }
+        self.w.write_all(&self.buf)?;
+        Ok(())
+    }
+}
+
+/// Reads scalars and residues; every count it is asked to read has been bounded by the caller
+/// against the parameters, so a lying length field cannot make it allocate.
+pub struct Decoder<'a> {
+    r: &'a mut dyn Read,
+    buf: Vec<u8>,
+}
+
+impl<'a> Decoder<'a> {
+    pub(crate) fn new(r: &'a mut dyn Read) -> Self {
+        Self { r, buf: Vec::new() }
+    }
+
+    pub(crate) fn bytes<const K: usize>(&mut self, what: &str) -> Result<[u8; K]> {
+        let mut b = [0u8; K];
+        read_exact(self.r, &mut b, what)?;
+        Ok(b)
+    }
+
+    pub(crate) fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.bytes::<1>(what)?[0])
+    }
+
+    pub(crate) fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.bytes(what)?))
+    }
+
+    pub(crate) fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.bytes(what)?))
+    }
+
+    pub(crate) fn f64(&mut self, what: &str) -> Result<f64> {
+        Ok(f64::from_le_bytes(self.bytes(what)?))
+    }
+
+    /// A flag byte that must be 0 or 1.
+    pub(crate) fn bool(&mut self, what: &str) -> Result<bool> {
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(Error::Decode(format!(
+                "{what}: flag byte {b} is not 0 or 1"
+            ))),
+        }
+    }
+
+    /// Reads `count` residues of `m` packed by [`Encoder::residues`] into `out`, rejecting any
+    /// residue `≥ q` (`count` is a ring degree from validated parameters).
+    pub(crate) fn residues_into(
+        &mut self,
+        out: &mut Vec<u32>,
+        count: usize,
+        m: &Modulus,
+    ) -> Result<()> {
+        let q = m.value();
+        let bits = residue_bits(q);
+        let len = (count * bits as usize).div_ceil(8);
+        self.buf.resize(len, 0);
+        read_exact(self.r, &mut self.buf, "residues")?;
+        let mask = (1u64 << bits) - 1;
+        let (mut acc, mut have) = (0u64, 0u32);
+        let mut bytes = self.buf.iter();
+        out.reserve(count);
+        for _ in 0..count {
+            while have < bits {
+                acc |= (*bytes.next().expect("length computed above") as u64) << have;
+                have += 8;
+            }
+            let w = (acc & mask) as u32;
+            acc >>= bits;
+            have -= bits;
+            if w >= q {
+                return Err(Error::Decode(format!(
+                    "residue {w} is not reduced modulo {q}"
+                )));
+            }
+            out.push(w);
+        }
+        Ok(())
+    }
+
+    /// Succeeds only at the end of the stream (no trailing bytes).
+    pub(crate) fn expect_end(&mut self) -> Result<()> {
+        let mut b = [0u8; 1];
+        match self.r.read(&mut b)? {
+            0 => Ok(()),
+            _ => Err(Error::Decode("trailing bytes after the object".into())),
+        }
+    }
+}
