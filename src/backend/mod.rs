@@ -8,9 +8,10 @@
 //! can be one batch of many) so that a GPU pays its launch overhead once per batch.
 
 pub mod cpu;
-// GPU modules (added with the GPU issue): `#[cfg(feature = "cuda")] pub mod cuda;` and
-// `#[cfg(feature = "wgpu")] pub mod wgpu;`, providing `CudaBackend::new()` and
-// `WgpuBackend::{new, is_software}` used by `create_backend` below.
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -301,6 +302,12 @@ pub trait Backend: Send + Sync + Debug {
     /// Concatenates batches of the same count and polynomials along the limb axis
     /// (`[poly][limbs of a ++ limbs of b]`).
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch>;
+
+    /// Waits until every queued operation has finished (for timing asynchronous device
+    /// backends; `download` already waits). The CPU backend computes eagerly: a no-op.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Validates the operands of [`Backend::scale_and_round`].

@@ -192,6 +192,22 @@ impl BfvContext {
         )
     }
 
+    /// Builds the context on a chosen backend with a fixed sampler seed: the same keys and
+    /// ciphertexts on every backend (cross-backend parity tests). Never use a fixed seed in
+    /// production.
+    pub fn with_backend_seed(
+        params: BfvParams,
+        backend: Arc<dyn Backend>,
+        seed: [u8; 32],
+    ) -> Result<Self> {
+        let t = params.plain_modulus;
+        Self::build(
+            RlweContext::with_backend(params.rlwe, backend)?,
+            t,
+            Sampler::from_seed(seed),
+        )
+    }
+
     /// A context for plaintext modulus `t` over an existing RLWE context (e.g. on another
     /// backend, or shared between several plaintext moduli). Keys of that RLWE context work
     /// here too. The RLWE context's auxiliary primes must be large enough for `t`.

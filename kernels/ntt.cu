@@ -1,0 +1,175 @@
+// Batched negacyclic NTTs: every (poly, limb) of a batch [poly][limb][N] in one launch, each
+// kernel running several butterfly stages in shared memory. The butterflies, twiddle indices
+// and lazy ranges are those of src/math/ntt.rs (Harvey): forward Cooley-Tukey, natural input,
+// bit-reversed output, twiddle psi_rev[m + j/(2t)] for the stage of half-size t = N/(2m);
+// inverse Gentleman-Sande with ipsi_rev[h + j/(2t)], h = N/(2t), then N^{-1}. Each butterfly
+// computes the same function of the same inputs as on the CPU, so the words are identical
+// whatever the grouping of stages.
+//
+// With N = N1 * N2 (N2 = min(N, NTT_TILE)), the stages with t >= N2 only combine words of the
+// same column j mod N2, and the stages with t < N2 only words of the same row (N2 contiguous
+// words). Forward: ntt_fwd_cols (the log2 N1 stages t >= N2; skipped when N1 = 1) then
+// ntt_fwd_rows (the log2 N2 stages t < N2, plus the final reduction to [0, q)).
+// Inverse: intt_rows (t < N2) then intt_cols (t >= N2, plus the N^{-1} scaling); when N1 = 1,
+// intt_rows scales. Each block holds NTT_TILE words (N1 rows x C = NTT_TILE/N1 columns, or
+// one row) in dynamic shared memory, 4 * tile bytes; grid = ntts * N / tile blocks (1-D).
+//
+// Tables (per ring, on the device): psi/psi_s/ipsi/ipsi_s = [prime][N] twiddles and Shoup
+// companions (NttPlan::tables), ninv = [prime][2] (NttPlan::n_inv).
+
+// CT butterfly on lazy values in [0, 4q) (ntt.rs ct_butterfly).
+__device__ __forceinline__ void ct_bfly(u32& x, u32& y, u32 w, u32 ws, u32 q) {
+    u32 two_q = 2 * q;
+    u32 u = min(x, x - two_q);
+    u32 v = mul_shoup_lazy(y, w, ws, q);
+    x = u + v;
+    y = u + two_q - v;
+}
+
+// GS butterfly on lazy values in [0, 2q) (ntt.rs gs_butterfly / inverse).
+__device__ __forceinline__ void gs_bfly(u32& x, u32& y, u32 w, u32 ws, u32 q) {
+    u32 two_q = 2 * q;
+    u32 u = x, v = y;
+    u32 s = u + v;
+    x = min(s, s - two_q);
+    y = mul_shoup_lazy(u + two_q - v, w, ws, q);
+}
+
+// Forward stages m = 1 .. N1/2 (t >= N2) on a tile of N1 rows x C columns.
+extern "C" __global__ void ntt_fwd_cols(u32* data, const Mod* mods, const u32* limbs,
+                                        const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
+                                        u32 log_n1, u32 log_c) {
+    extern __shared__ u32 sh[];
+    const u32 n = 1u << log_n, log_n2 = log_n - log_n1, tile = 1u << (log_n1 + log_c);
+    const u32 bpn = n >> (log_n1 + log_c);  // blocks per NTT
+    const u64 ntt = blockIdx.x / bpn;
+    const u32 c0 = (blockIdx.x % bpn) << log_c;
+    const u32 prime = limbs[(u32)(ntt % nl)];
+    const u32 q = mods[prime].q;
+    u32* a = data + (ntt << log_n);
+    const u32* w = psi + ((u64)prime << log_n);
+    const u32* ws = psi_s + ((u64)prime << log_n);
+    const u32 cmask = (1u << log_c) - 1;
+    for (u32 i = threadIdx.x; i < tile; i += blockDim.x)
+        sh[i] = a[((i >> log_c) << log_n2) + c0 + (i & cmask)];
+    for (u32 m = 1, log_tr = log_n1 - 1; m < (1u << log_n1); m <<= 1, log_tr--) {
+        __syncthreads();
+        for (u32 b = threadIdx.x; b < tile / 2; b += blockDim.x) {
+            u32 c = b & cmask, bb = b >> log_c;
+            u32 blk = bb >> log_tr, within = bb & ((1u << log_tr) - 1);
+            u32 r1 = (blk << (log_tr + 1)) + within, r2 = r1 + (1u << log_tr);
+            ct_bfly(sh[(r1 << log_c) + c], sh[(r2 << log_c) + c], w[m + blk], ws[m + blk], q);
+        }
+    }
+    __syncthreads();
+    for (u32 i = threadIdx.x; i < tile; i += blockDim.x)
+        a[((i >> log_c) << log_n2) + c0 + (i & cmask)] = sh[i];
+}
+
+// Forward stages m = N1 .. N/2 (t < N2) on one row of N2 contiguous words, then the final
+// reduction of ntt.rs forward ([0, 4q) -> [0, q)).
+extern "C" __global__ void ntt_fwd_rows(u32* data, const Mod* mods, const u32* limbs,
+                                        const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
+                                        u32 log_n2) {
+    extern __shared__ u32 sh[];
+    const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
+    const u64 ntt = blockIdx.x >> log_n1;
+    const u32 ch = blockIdx.x & ((1u << log_n1) - 1);
+    const u32 prime = limbs[(u32)(ntt % nl)];
+    const u32 q = mods[prime].q;
+    u32* a = data + (ntt << log_n) + ((u64)ch << log_n2);
+    const u32* w = psi + ((u64)prime << log_n);
+    const u32* ws = psi_s + ((u64)prime << log_n);
+    for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = a[i];
+    // Stage t = 2^log_t, m = N / (2t); the block of word j is ch * N2/(2t) + local block.
+    for (int log_t = (int)log_n2 - 1; log_t >= 0; log_t--) {
+        const u32 m = 1u << (log_n - 1 - log_t);
+        const u32 base = m + (ch << (log_n2 - 1 - log_t));
+        __syncthreads();
+        for (u32 b = threadIdx.x; b < n2 / 2; b += blockDim.x) {
+            u32 blk = b >> log_t, within = b & ((1u << log_t) - 1);
+            u32 j1 = (blk << (log_t + 1)) + within, j2 = j1 + (1u << log_t);
+            ct_bfly(sh[j1], sh[j2], w[base + blk], ws[base + blk], q);
+        }
+    }
+    __syncthreads();
+    const u32 two_q = 2 * q;
+    for (u32 i = threadIdx.x; i < n2; i += blockDim.x) {
+        u32 x = sh[i];
+        u32 v = min(x, x - two_q);
+        a[i] = min(v, v - q);
+    }
+}
+
+// Inverse stages t = 1 .. N2/2 on one row of N2 contiguous words; when scale != 0 (N1 = 1)
+// also the final N^{-1} scaling and reduction.
+extern "C" __global__ void intt_rows(u32* data, const Mod* mods, const u32* limbs,
+                                     const u32* ipsi, const u32* ipsi_s, const u32* ninv,
+                                     u32 nl, u32 log_n, u32 log_n2, u32 scale) {
+    extern __shared__ u32 sh[];
+    const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
+    const u64 ntt = blockIdx.x >> log_n1;
+    const u32 ch = blockIdx.x & ((1u << log_n1) - 1);
+    const u32 prime = limbs[(u32)(ntt % nl)];
+    const u32 q = mods[prime].q;
+    u32* a = data + (ntt << log_n) + ((u64)ch << log_n2);
+    const u32* w = ipsi + ((u64)prime << log_n);
+    const u32* ws = ipsi_s + ((u64)prime << log_n);
+    for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = a[i];
+    for (u32 log_t = 0; log_t < log_n2; log_t++) {
+        const u32 h = 1u << (log_n - 1 - log_t);
+        const u32 base = h + (ch << (log_n2 - 1 - log_t));
+        __syncthreads();
+        for (u32 b = threadIdx.x; b < n2 / 2; b += blockDim.x) {
+            u32 blk = b >> log_t, within = b & ((1u << log_t) - 1);
+            u32 j1 = (blk << (log_t + 1)) + within, j2 = j1 + (1u << log_t);
+            gs_bfly(sh[j1], sh[j2], w[base + blk], ws[base + blk], q);
+        }
+    }
+    __syncthreads();
+    if (scale) {
+        const u32 ni = ninv[2 * prime], nis = ninv[2 * prime + 1];
+        for (u32 i = threadIdx.x; i < n2; i += blockDim.x) {
+            u32 v = mul_shoup_lazy(sh[i], ni, nis, q);
+            a[i] = min(v, v - q);
+        }
+    } else {
+        for (u32 i = threadIdx.x; i < n2; i += blockDim.x) a[i] = sh[i];
+    }
+}
+
+// Inverse stages t = N2 .. N/2 on a tile of N1 rows x C columns, then N^{-1}.
+extern "C" __global__ void intt_cols(u32* data, const Mod* mods, const u32* limbs,
+                                     const u32* ipsi, const u32* ipsi_s, const u32* ninv,
+                                     u32 nl, u32 log_n, u32 log_n1, u32 log_c) {
+    extern __shared__ u32 sh[];
+    const u32 n = 1u << log_n, log_n2 = log_n - log_n1, tile = 1u << (log_n1 + log_c);
+    const u32 bpn = n >> (log_n1 + log_c);
+    const u64 ntt = blockIdx.x / bpn;
+    const u32 c0 = (blockIdx.x % bpn) << log_c;
+    const u32 prime = limbs[(u32)(ntt % nl)];
+    const u32 q = mods[prime].q;
+    u32* a = data + (ntt << log_n);
+    const u32* w = ipsi + ((u64)prime << log_n);
+    const u32* ws = ipsi_s + ((u64)prime << log_n);
+    const u32 cmask = (1u << log_c) - 1;
+    for (u32 i = threadIdx.x; i < tile; i += blockDim.x)
+        sh[i] = a[((i >> log_c) << log_n2) + c0 + (i & cmask)];
+    // Row half-size tr = 2^log_tr (t = tr * N2); h = N1 / (2 tr).
+    for (u32 log_tr = 0; log_tr < log_n1; log_tr++) {
+        const u32 h = 1u << (log_n1 - 1 - log_tr);
+        __syncthreads();
+        for (u32 b = threadIdx.x; b < tile / 2; b += blockDim.x) {
+            u32 c = b & cmask, bb = b >> log_c;
+            u32 blk = bb >> log_tr, within = bb & ((1u << log_tr) - 1);
+            u32 r1 = (blk << (log_tr + 1)) + within, r2 = r1 + (1u << log_tr);
+            gs_bfly(sh[(r1 << log_c) + c], sh[(r2 << log_c) + c], w[h + blk], ws[h + blk], q);
+        }
+    }
+    __syncthreads();
+    const u32 ni = ninv[2 * prime], nis = ninv[2 * prime + 1];
+    for (u32 i = threadIdx.x; i < tile; i += blockDim.x) {
+        u32 v = mul_shoup_lazy(sh[i], ni, nis, q);
+        a[((i >> log_c) << log_n2) + c0 + (i & cmask)] = min(v, v - q);
+    }
+}

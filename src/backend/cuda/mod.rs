@@ -1,0 +1,1147 @@
+//! CUDA backend: cudarc (driver API, dynamic loading) + NVRTC-compiled kernels (`kernels/*.cu`).
+//!
+//! Every [`Backend`] operation runs on the device with the same integer arithmetic as the CPU
+//! backend (word-for-word identical results). All work is queued on one stream; the host waits
+//! only in [`Backend::download`]. Per-ring tables (moduli and reduction constants, twiddles),
+//! base-conversion and scale-and-round tables, limb-index arrays and automorphism maps are
+//! uploaded once and cached, keyed by their content (the primes), never by address.
+//! Kernel launch layouts are in [`launch`] and `kernels/README.md`.
+
+pub mod compile;
+pub mod launch;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{
+    result as dres, sys as dsys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr,
+    DeviceRepr, DriverError, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::{check_scale_and_round, Backend, Buffer, DeviceBuffer, PolyBatch, Repr};
+use crate::error::{Error, Result};
+use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
+use compile::Output;
+use launch::{grid_1d, NttGeometry, BLOCK_1D};
+
+fn drv(e: DriverError) -> Error {
+    Error::Backend(format!("cuda: {e:?}"))
+}
+
+/// Device memory of one [`PolyBatch`] (`len` words; at least one word is allocated).
+#[derive(Debug)]
+pub struct CudaBuffer {
+    data: CudaSlice<u32>,
+    len: usize,
+}
+
+impl DeviceBuffer for CudaBuffer {
+    fn clone_buffer(&self) -> Box<dyn DeviceBuffer> {
+        let data = self
+            .data
+            .stream()
+            .clone_dtod(&self.data)
+            .expect("cuda: device-to-device copy of a batch failed");
+        Box::new(CudaBuffer {
+            data,
+            len: self.len,
+        })
+    }
+
+    fn wipe(&mut self) {
+        let stream = self.data.stream().clone();
+        if let Err(e) = stream.memset_zeros(&mut self.data) {
+            eprintln!("cuda: wiping a device buffer failed: {e:?}");
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// The words the kernels read for each prime (`struct Mod` in kernels/common.cuh): q, bits,
+/// mu32, 0, barrett lo, barrett hi.
+pub fn mod_words(ms: &[Modulus]) -> Vec<u32> {
+    let mut v = Vec::with_capacity(6 * ms.len());
+    for m in ms {
+        let (bits, mu) = m.barrett32();
+        let b = m.barrett_constant();
+        v.extend_from_slice(&[m.value(), bits, mu, 0, b as u32, (b >> 32) as u32]);
+    }
+    v
+}
+
+/// Per-ring tables: every prime of the ring, indexed by the ring's limb index.
+struct RingTables {
+    mods: CudaSlice<u32>,
+    psi: CudaSlice<u32>,
+    psi_s: CudaSlice<u32>,
+    ipsi: CudaSlice<u32>,
+    ipsi_s: CudaSlice<u32>,
+    ninv: CudaSlice<u32>,
+}
+
+struct ConvTables {
+    from: CudaSlice<u32>,
+    to: CudaSlice<u32>,
+    bhi: CudaSlice<u32>,
+    bhc: CudaSlice<u32>,
+    bmc: CudaSlice<u32>,
+    frac: CudaSlice<u64>,
+}
+
+struct RoundTables {
+    q: CudaSlice<u32>,
+    c: CudaSlice<u32>,
+    fint: CudaSlice<u32>,
+    theta: CudaSlice<u64>,
+    lam: CudaSlice<u32>,
+}
+
+type RingKey = (usize, Vec<u32>);
+
+#[derive(Default)]
+struct Caches {
+    rings: HashMap<RingKey, Arc<RingTables>>,
+    indices: HashMap<Vec<usize>, Arc<CudaSlice<u32>>>,
+    convs: HashMap<(Vec<u32>, Vec<u32>), Arc<ConvTables>>,
+    rounders: HashMap<(Vec<u32>, Vec<u32>, u64), Arc<RoundTables>>,
+    ntt_maps: HashMap<(usize, usize), Arc<CudaSlice<u32>>>,
+}
+
+/// A kernel argument (device pointers are 64-bit words, as in the driver API).
+#[derive(Clone, Copy)]
+enum A {
+    /// A 64-bit word: a device pointer or a `u64` count.
+    W(u64),
+    /// A `u32`.
+    U(u32),
+}
+
+/// The CUDA backend (one device, one stream).
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    cc: (i32, i32),
+    device_name: String,
+    funcs: HashMap<&'static str, CudaFunction>,
+    caches: Mutex<Caches>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CudaBackend({}, sm_{}{})",
+            self.device_name, self.cc.0, self.cc.1
+        )
+    }
+}
+
+fn unavailable(msg: impl Into<String>) -> Error {
+    Error::BackendUnavailable(format!("cuda: {}", msg.into()))
+}
+
+impl CudaBackend {
+    /// Opens device `HETENSOR_CUDA_DEVICE` (default 0) and compiles the kernels for it.
+    ///
+    /// [`Error::BackendUnavailable`] (never a panic) when the driver library, the NVRTC library
+    /// or a device is missing, or the driver fails.
+    pub fn new() -> Result<Self> {
+        // SAFETY: only tries to dlopen the library (cudarc panics on any call without it).
+        if !unsafe { dsys::is_culib_present() } {
+            return Err(unavailable(
+                "no CUDA driver library (libcuda.so.1) found: no NVIDIA driver on this machine",
+            ));
+        }
+        if !compile::nvrtc_available() {
+            return Err(unavailable(
+                "no NVRTC library (libnvrtc.so.13) found: add the CUDA toolkit's lib64 or pip \
+                 nvidia-cuda-nvrtc's nvidia/cu13/lib to LD_LIBRARY_PATH",
+            ));
+        }
+        let count = match CudaContext::device_count() {
+            Ok(c) => c,
+            Err(e) if e.0 == dsys::cudaError_enum::CUDA_ERROR_NO_DEVICE => 0,
+            Err(e) => return Err(unavailable(format!("driver error: {e:?}"))),
+        };
+        if count <= 0 {
+            return Err(unavailable("no CUDA device found"));
+        }
+        let ordinal: usize = std::env::var("HETENSOR_CUDA_DEVICE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if ordinal >= count as usize {
+            return Err(unavailable(format!(
+                "HETENSOR_CUDA_DEVICE={ordinal} but only {count} device(s)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| unavailable(format!("driver error creating a context: {e:?}")))?;
+        // One stream: stream order is the only synchronization needed.
+        // SAFETY: every buffer of this backend is used on its single stream.
+        unsafe { ctx.disable_event_tracking() };
+        let cc = ctx
+            .compute_capability()
+            .map_err(|e| unavailable(format!("driver error: {e:?}")))?;
+        let device_name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        keep_freed_memory_pooled(&ctx);
+        let stream = ctx.default_stream();
+        let module = load_kernels(&ctx, cc)?;
+        let mut funcs = HashMap::new();
+        for &name in compile::KERNEL_NAMES {
+            let f = module
+                .load_function(name)
+                .map_err(|e| unavailable(format!("kernel {name} missing: {e:?}")))?;
+            funcs.insert(name, f);
+        }
+        Ok(Self {
+            ctx,
+            stream,
+            cc,
+            device_name,
+            funcs,
+            caches: Mutex::new(Caches::default()),
+        })
+    }
+
+    /// The device's name and compute capability.
+    pub fn device_info(&self) -> (String, (i32, i32)) {
+        (self.device_name.clone(), self.cc)
+    }
+
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr(&self.stream);
+        p
+    }
+
+    fn buf<'a>(&self, p: &'a PolyBatch) -> Result<&'a CudaBuffer> {
+        match &p.buf {
+            Buffer::Device(d) => d.as_any().downcast_ref::<CudaBuffer>(),
+            _ => None,
+        }
+        .ok_or_else(|| Error::Backend("CUDA backend got a buffer from another backend".into()))
+    }
+
+    fn bptr(&self, p: &PolyBatch) -> Result<u64> {
+        Ok(self.ptr(&self.buf(p)?.data))
+    }
+
+    fn htod<T: DeviceRepr>(&self, words: &[T]) -> Result<CudaSlice<T>> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        // SAFETY: fully overwritten by the copy below (or never read when empty).
+        let dst = unsafe { self.stream.alloc::<T>(words.len().max(1)) }.map_err(drv)?;
+        if !words.is_empty() {
+            // Pageable source: the driver stages it before returning, without a stream sync.
+            // SAFETY: dst holds at least words.len() elements.
+            unsafe { dres::memcpy_htod_async(self.ptr(&dst), words, self.stream.cu_stream()) }
+                .map_err(drv)?;
+        }
+        Ok(dst)
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaSlice<u32>> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        // SAFETY: callers write every word before it is read.
+        unsafe { self.stream.alloc::<u32>(len.max(1)) }.map_err(drv)
+    }
+
+    fn wrap(
+        &self,
+        data: CudaSlice<u32>,
+        limbs: Arc<[usize]>,
+        count: usize,
+        n: usize,
+        repr: Repr,
+    ) -> PolyBatch {
+        let len = count * limbs.len() * n;
+        PolyBatch::from_parts(
+            Buffer::Device(Box::new(CudaBuffer { data, len })),
+            limbs,
+            count,
+            n,
+            repr,
+        )
+    }
+
+    fn launch(&self, name: &str, grid: u32, block: u32, smem: u32, args: &[A]) -> Result<()> {
+        let f = self
+            .funcs
+            .get(name)
+            .ok_or_else(|| Error::Backend(format!("cuda: kernel {name} not loaded")))?;
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                A::W(v) => b.arg(v),
+                A::U(v) => b.arg(v),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: argument lists match the kernel signatures in kernels/*.cu, and every
+        // pointer refers to a live allocation of the sizes the kernel indexes.
+        unsafe { b.launch(cfg) }.map_err(drv)?;
+        Ok(())
+    }
+
+    fn launch_1d(&self, name: &str, total: u64, args: &[A]) -> Result<()> {
+        if total == 0 {
+            return Ok(());
+        }
+        self.launch(name, grid_1d(total), BLOCK_1D, 0, args)
+    }
+
+    fn ring(&self, ring: &RingContext) -> Result<Arc<RingTables>> {
+        let key: RingKey = (ring.n(), ring.moduli().iter().map(|m| m.value()).collect());
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        if let Some(t) = c.rings.get(&key) {
+            return Ok(t.clone());
+        }
+        let n = ring.n();
+        let np = ring.len();
+        let (mut psi, mut psi_s, mut ipsi, mut ipsi_s) = (
+            Vec::with_capacity(np * n),
+            Vec::with_capacity(np * n),
+            Vec::with_capacity(np * n),
+            Vec::with_capacity(np * n),
+        );
+        let mut ninv = Vec::with_capacity(2 * np);
+        for i in 0..np {
+            let plan = ring.plan(i);
+            let (a, b, c2, d) = plan.tables();
+            psi.extend_from_slice(a);
+            psi_s.extend_from_slice(b);
+            ipsi.extend_from_slice(c2);
+            ipsi_s.extend_from_slice(d);
+            let (ni, nis) = plan.n_inv();
+            ninv.extend_from_slice(&[ni, nis]);
+        }
+        let t = Arc::new(RingTables {
+            mods: self.htod(&mod_words(ring.moduli()))?,
+            psi: self.htod(&psi)?,
+            psi_s: self.htod(&psi_s)?,
+            ipsi: self.htod(&ipsi)?,
+            ipsi_s: self.htod(&ipsi_s)?,
+            ninv: self.htod(&ninv)?,
+        });
+        c.rings.insert(key, t.clone());
+        Ok(t)
+    }
+
+    /// A cached device array of small indices (limb lists, limb positions).
+    fn indices(&self, idx: &[usize]) -> Result<Arc<CudaSlice<u32>>> {
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        if let Some(t) = c.indices.get(idx) {
+            return Ok(t.clone());
+        }
+        let words: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+        let t = Arc::new(self.htod(&words)?);
+        c.indices.insert(idx.to_vec(), t.clone());
+        Ok(t)
+    }
+
+    fn conv(&self, conv: &BaseConverter) -> Result<Arc<ConvTables>> {
+        let vals = |ms: &[Modulus]| ms.iter().map(|m| m.value()).collect::<Vec<u32>>();
+        let key = (vals(conv.from()), vals(conv.to()));
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        if let Some(t) = c.convs.get(&key) {
+            return Ok(t.clone());
+        }
+        let bhi: Vec<u32> = conv
+            .b_hat_inv_table()
+            .iter()
+            .flat_map(|&(w, ws)| [w, ws])
+            .collect();
+        let t = Arc::new(ConvTables {
+            from: self.htod(&mod_words(conv.from()))?,
+            to: self.htod(&mod_words(conv.to()))?,
+            bhi: self.htod(&bhi)?,
+            bhc: self.htod(conv.b_hat_mod_c_table())?,
+            bmc: self.htod(conv.b_mod_c_table())?,
+            frac: self.htod(conv.frac_table())?,
+        });
+        c.convs.insert(key, t.clone());
+        Ok(t)
+    }
+
+    fn rounder(&self, r: &ScaleRounder) -> Result<Arc<RoundTables>> {
+        let vals = |ms: &[Modulus]| ms.iter().map(|m| m.value()).collect::<Vec<u32>>();
+        let key = (vals(r.from_q()), vals(r.to()), r.multiplier());
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        if let Some(t) = c.rounders.get(&key) {
+            return Ok(t.clone());
+        }
+        let lam: Vec<u32> = r
+            .lambda_table()
+            .iter()
+            .zip(r.to())
+            .flat_map(|(&l, m)| [l, m.shoup(l)])
+            .collect();
+        let t = Arc::new(RoundTables {
+            q: self.htod(&mod_words(r.from_q()))?,
+            c: self.htod(&mod_words(r.to()))?,
+            fint: self.htod(r.int_part_table())?,
+            theta: self.htod(r.frac_table())?,
+            lam: self.htod(&lam)?,
+        });
+        c.rounders.insert(key, t.clone());
+        Ok(t)
+    }
+
+    fn ntt_map(&self, n: usize, g: usize) -> Result<Arc<CudaSlice<u32>>> {
+        let two_n = 2 * n;
+        let g = g % two_n;
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        if let Some(t) = c.ntt_maps.get(&(n, g)) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(self.htod(&launch::automorphism_ntt_map(n, g))?);
+        c.ntt_maps.insert((n, g), t.clone());
+        Ok(t)
+    }
+
+    /// Common arguments of the element-wise kernels: ring moduli, limb map, nl, log_n.
+    fn limb_args(&self, ring: &RingContext, p: &PolyBatch) -> Result<(Keep, [A; 4])> {
+        let t = self.ring(ring)?;
+        let l = self.indices(&p.limbs)?;
+        let args = [
+            A::W(self.ptr(&t.mods)),
+            A::W(self.ptr(&l)),
+            A::U(p.limbs.len() as u32),
+            A::U(p.n.trailing_zeros()),
+        ];
+        Ok((Keep(t, l), args))
+    }
+
+    fn binary(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch, op: u32) -> Result<()> {
+        let opname = ["add", "sub", "mul"][op as usize];
+        a.check_compatible(b, opname)?;
+        check_ring(ring, a)?;
+        let (_keep, la) = self.limb_args(ring, a)?;
+        let total = words(a) as u64;
+        let (pa, pb) = (self.bptr(a)?, self.bptr(b)?);
+        let bc = (b.count == 1 && a.count != 1) as u32;
+        self.launch_1d(
+            "ew_binary",
+            total,
+            &[
+                A::W(pa),
+                A::W(pb),
+                A::U(bc),
+                A::U(op),
+                la[0],
+                la[1],
+                la[2],
+                la[3],
+                A::W(total),
+            ],
+        )
+    }
+
+    fn scalar(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32], op: u32) -> Result<()> {
+        if s.len() != a.limbs.len() {
+            return Err(Error::Shape(format!(
+                "{}: {} constants for {} limbs",
+                ["mul_scalar", "add_scalar"][op as usize],
+                s.len(),
+                a.limbs.len()
+            )));
+        }
+        check_ring(ring, a)?;
+        let (w, ws): (Vec<u32>, Vec<u32>) = s
+            .iter()
+            .zip(a.limbs.iter())
+            .map(|(&v, &li)| {
+                let m = ring.modulus(li);
+                let w = v % m.value();
+                (w, m.shoup(w))
+            })
+            .unzip();
+        let (dw, dws) = (self.htod(&w)?, self.htod(&ws)?);
+        let (_keep, la) = self.limb_args(ring, a)?;
+        let total = words(a) as u64;
+        self.launch_1d(
+            "ew_scalar",
+            total,
+            &[
+                A::W(self.bptr(a)?),
+                A::W(self.ptr(&dw)),
+                A::W(self.ptr(&dws)),
+                A::U(op),
+                la[0],
+                la[1],
+                la[2],
+                la[3],
+                A::W(total),
+            ],
+        )
+    }
+}
+
+/// Keeps cached tables alive while their pointers are in use.
+struct Keep(
+    #[allow(dead_code)] Arc<RingTables>,
+    #[allow(dead_code)] Arc<CudaSlice<u32>>,
+);
+
+fn words(p: &PolyBatch) -> usize {
+    p.count * p.limbs.len() * p.n
+}
+
+fn check_ring(ring: &RingContext, p: &PolyBatch) -> Result<()> {
+    if p.n != ring.n() || p.limbs.iter().any(|&l| l >= ring.len()) {
+        return Err(Error::ParameterMismatch(format!(
+            "cuda: batch (N = {}, limbs {:?}) does not belong to this ring (N = {}, {} primes)",
+            p.n,
+            p.limbs,
+            ring.n(),
+            ring.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Keeps freed device memory in the stream-ordered pool (allocations per operation are then
+/// cheap) instead of returning it to the driver at every synchronization.
+fn keep_freed_memory_pooled(ctx: &Arc<CudaContext>) {
+    let mut pool: dsys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: out-parameter and a u64 attribute value, on a live device.
+    unsafe {
+        if dsys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            == dsys::cudaError_enum::CUDA_SUCCESS
+        {
+            let mut threshold = u64::MAX;
+            let _ = dsys::cuMemPoolSetAttribute(
+                pool,
+                dsys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            );
+        }
+    }
+}
+
+/// Compiles the kernels for the device (CUBIN for sm_XY; PTX for compute_XY if NVRTC cannot
+/// target the real architecture), through a disk cache keyed by source hash, NVRTC version
+/// and architecture (`HETENSOR_CUDA_CACHE` = a directory, or `off`; default
+/// `$XDG_CACHE_HOME/hetensor` or `~/.cache/hetensor`).
+fn load_kernels(
+    ctx: &Arc<CudaContext>,
+    (major, minor): (i32, i32),
+) -> Result<Arc<cudarc::driver::CudaModule>> {
+    let src = compile::full_source();
+    let ver = compile::nvrtc_version()?;
+    let key = format!(
+        "kernels-{:016x}-nvrtc{}.{}-sm{major}{minor}",
+        compile::source_hash(&src),
+        ver.0,
+        ver.1
+    );
+    let dir = cache_dir();
+    let load = |bytes: Vec<u8>, out: Output| {
+        let ptx = match out {
+            Output::Cubin => Ptx::from_binary(bytes),
+            Output::Ptx => Ptx::from_src(String::from_utf8_lossy(&bytes).into_owned()),
+        };
+        ctx.load_module(ptx)
+    };
+    for out in [Output::Cubin, Output::Ptx] {
+        let ext = if out == Output::Cubin { "cubin" } else { "ptx" };
+        if let Some(d) = &dir {
+            if let Ok(bytes) = std::fs::read(d.join(format!("{key}.{ext}"))) {
+                if let Ok(m) = load(bytes, out) {
+                    return Ok(m);
+                }
+            }
+        }
+    }
+    let mut errors = Vec::new();
+    for out in [Output::Cubin, Output::Ptx] {
+        match compile::compile(&src, major, minor, out) {
+            Ok(bytes) => match load(bytes.clone(), out) {
+                Ok(m) => {
+                    if let Some(d) = &dir {
+                        let ext = if out == Output::Cubin { "cubin" } else { "ptx" };
+                        let _ = std::fs::create_dir_all(d)
+                            .and_then(|_| std::fs::write(d.join(format!("{key}.{ext}")), &bytes));
+                    }
+                    return Ok(m);
+                }
+                Err(e) => errors.push(format!("loading {out:?}: {e:?}")),
+            },
+            Err(e) => errors.push(format!("{out:?}: {e}")),
+        }
+    }
+    Err(unavailable(format!(
+        "could not build the kernels for sm_{major}{minor} with NVRTC {}.{}: {}",
+        ver.0,
+        ver.1,
+        errors.join("; ")
+    )))
+}
+
+fn cache_dir() -> Option<std::path::PathBuf> {
+    match std::env::var("HETENSOR_CUDA_CACHE") {
+        Ok(v) if v == "off" => None,
+        Ok(v) if !v.is_empty() => Some(v.into()),
+        _ => std::env::var_os("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))
+            .map(|d| d.join("hetensor")),
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn upload(
+        &self,
+        words: Vec<u32>,
+        limbs: Arc<[usize]>,
+        count: usize,
+        n: usize,
+        repr: Repr,
+    ) -> Result<PolyBatch> {
+        if words.len() != count * limbs.len() * n {
+            return Err(Error::Shape(format!(
+                "upload: {} words for {count} polys x {} limbs x {n}",
+                words.len(),
+                limbs.len()
+            )));
+        }
+        let data = self.htod(&words)?;
+        Ok(self.wrap(data, limbs, count, n, repr))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        self.stream.synchronize().map_err(drv)
+    }
+
+    fn download(&self, p: &PolyBatch) -> Result<Vec<u32>> {
+        let b = self.buf(p)?;
+        if b.len == 0 {
+            return Ok(Vec::new());
+        }
+        self.ctx.bind_to_thread().map_err(drv)?;
+        // Waits for the stream: the one synchronization point of the backend.
+        self.stream.clone_dtoh(&b.data.slice(0..b.len)).map_err(drv)
+    }
+
+    fn zeros(&self, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch> {
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let len = count * limbs.len() * n;
+        let data = self.stream.alloc_zeros::<u32>(len.max(1)).map_err(drv)?;
+        Ok(self.wrap(data, limbs, count, n, repr))
+    }
+
+    fn ntt_forward(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
+        if p.repr == Repr::Ntt {
+            return Err(Error::InvalidInput(
+                "ntt_forward: batch is already in the NTT domain".into(),
+            ));
+        }
+        self.ntt(ring, p, true)?;
+        p.set_repr(Repr::Ntt);
+        Ok(())
+    }
+
+    fn ntt_inverse(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
+        if p.repr == Repr::Coeff {
+            return Err(Error::InvalidInput(
+                "ntt_inverse: batch is already in coefficient form".into(),
+            ));
+        }
+        self.ntt(ring, p, false)?;
+        p.set_repr(Repr::Coeff);
+        Ok(())
+    }
+
+    fn add_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
+        self.binary(ring, a, b, 0)
+    }
+
+    fn sub_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
+        self.binary(ring, a, b, 1)
+    }
+
+    fn neg_assign(&self, ring: &RingContext, a: &mut PolyBatch) -> Result<()> {
+        check_ring(ring, a)?;
+        let (_keep, la) = self.limb_args(ring, a)?;
+        let total = words(a) as u64;
+        self.launch_1d(
+            "ew_neg",
+            total,
+            &[A::W(self.bptr(a)?), la[0], la[1], la[2], la[3], A::W(total)],
+        )
+    }
+
+    fn mul_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
+        self.binary(ring, a, b, 2)
+    }
+
+    fn mul_acc(
+        &self,
+        ring: &RingContext,
+        acc: &mut PolyBatch,
+        a: &PolyBatch,
+        b: &PolyBatch,
+    ) -> Result<()> {
+        acc.check_compatible(a, "mul_acc")?;
+        acc.check_compatible(b, "mul_acc")?;
+        check_ring(ring, acc)?;
+        let (_keep, la) = self.limb_args(ring, acc)?;
+        let total = words(acc) as u64;
+        let abc = (a.count == 1 && acc.count != 1) as u32;
+        let bbc = (b.count == 1 && acc.count != 1) as u32;
+        self.launch_1d(
+            "ew_mul_acc",
+            total,
+            &[
+                A::W(self.bptr(acc)?),
+                A::W(self.bptr(a)?),
+                A::U(abc),
+                A::W(self.bptr(b)?),
+                A::U(bbc),
+                la[0],
+                la[1],
+                la[2],
+                la[3],
+                A::W(total),
+            ],
+        )
+    }
+
+    fn mul_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
+        self.scalar(ring, a, s, 0)
+    }
+
+    fn linear_combinations(
+        &self,
+        ring: &RingContext,
+        inputs: &[&PolyBatch],
+        weights: &[u32],
+        outputs: usize,
+    ) -> Result<Vec<PolyBatch>> {
+        let first = *inputs
+            .first()
+            .ok_or_else(|| Error::Shape("linear_combinations of no inputs".into()))?;
+        let (nl, ni) = (first.limbs.len(), inputs.len());
+        if outputs == 0 || weights.len() != outputs * ni * nl {
+            return Err(Error::Shape(format!(
+                "linear_combinations: {} weights for {outputs} outputs x {ni} inputs x {nl} limbs",
+                weights.len()
+            )));
+        }
+        let mut xs = Vec::with_capacity(ni);
+        for x in inputs {
+            if x.limbs != first.limbs || x.count != first.count || x.repr != first.repr {
+                return Err(Error::Shape(
+                    "linear_combinations: inputs differ in limbs, count or repr".into(),
+                ));
+            }
+            xs.push(self.bptr(x)?);
+        }
+        check_ring(ring, first)?;
+        let total = words(first);
+        let outs: Vec<CudaSlice<u32>> = (0..outputs)
+            .map(|_| self.alloc(total))
+            .collect::<Result<_>>()?;
+        let ys: Vec<u64> = outs.iter().map(|o| self.ptr(o)).collect();
+        let (dxs, dys, dw) = (self.htod(&xs)?, self.htod(&ys)?, self.htod(weights)?);
+        let (_keep, la) = self.limb_args(ring, first)?;
+        self.launch_1d(
+            "lincomb",
+            total as u64,
+            &[
+                A::W(self.ptr(&dys)),
+                A::W(self.ptr(&dxs)),
+                A::W(self.ptr(&dw)),
+                A::U(ni as u32),
+                A::U(outputs as u32),
+                la[0],
+                la[1],
+                la[2],
+                la[3],
+                A::W(total as u64),
+            ],
+        )?;
+        Ok(outs
+            .into_iter()
+            .map(|o| self.wrap(o, first.limbs.clone(), first.count, first.n, first.repr))
+            .collect())
+    }
+
+    fn tensor_product(
+        &self,
+        ring: &RingContext,
+        a: &PolyBatch,
+        b: &PolyBatch,
+    ) -> Result<PolyBatch> {
+        a.check_compatible(b, "tensor_product")?;
+        if a.count != 2 || b.count != 2 || a.repr != Repr::Ntt {
+            return Err(Error::CiphertextSize(
+                "tensor_product needs two size-2 batches in the NTT domain".into(),
+            ));
+        }
+        check_ring(ring, a)?;
+        let w = a.poly_words();
+        let out = self.alloc(3 * w)?;
+        let (_keep, la) = self.limb_args(ring, a)?;
+        self.launch_1d(
+            "tensor_product",
+            w as u64,
+            &[
+                A::W(self.ptr(&out)),
+                A::W(self.bptr(a)?),
+                A::W(self.bptr(b)?),
+                la[0],
+                la[1],
+                la[2],
+                la[3],
+                A::W(w as u64),
+            ],
+        )?;
+        Ok(self.wrap(out, a.limbs.clone(), 3, a.n, Repr::Ntt))
+    }
+
+    fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
+        self.scalar(ring, a, s, 1)
+    }
+
+    fn base_convert(
+        &self,
+        _ring: &RingContext,
+        p: &PolyBatch,
+        to: Arc<[usize]>,
+        conv: &BaseConverter,
+        exact: bool,
+    ) -> Result<PolyBatch> {
+        if p.repr != Repr::Coeff {
+            return Err(Error::InvalidInput(
+                "base_convert needs coefficient form".into(),
+            ));
+        }
+        if conv.from().len() != p.limbs.len() || conv.to().len() != to.len() {
+            return Err(Error::Shape(
+                "base_convert: converter does not match the bases".into(),
+            ));
+        }
+        let t = self.conv(conv)?;
+        let (k, kt, n) = (p.limbs.len(), to.len(), p.n);
+        let total = p.count * kt * n;
+        let mut out = self.alloc(total)?;
+        if k == 0 {
+            // An empty source basis converts to zero (as on the CPU).
+            self.stream.memset_zeros(&mut out).map_err(drv)?;
+        } else {
+            self.launch_1d(
+                "base_convert",
+                total as u64,
+                &[
+                    A::W(self.ptr(&out)),
+                    A::W(self.bptr(p)?),
+                    A::W(self.ptr(&t.from)),
+                    A::W(self.ptr(&t.to)),
+                    A::W(self.ptr(&t.bhi)),
+                    A::W(self.ptr(&t.bhc)),
+                    A::W(self.ptr(&t.bmc)),
+                    A::W(self.ptr(&t.frac)),
+                    A::U(k as u32),
+                    A::U(kt as u32),
+                    A::U(n.trailing_zeros()),
+                    A::U(exact as u32),
+                    A::W(total as u64),
+                ],
+            )?;
+        }
+        Ok(self.wrap(out, to, p.count, n, Repr::Coeff))
+    }
+
+    fn scale_and_round(
+        &self,
+        _ring: &RingContext,
+        p: &PolyBatch,
+        to: Arc<[usize]>,
+        rounder: &ScaleRounder,
+    ) -> Result<PolyBatch> {
+        check_scale_and_round(p, &to, rounder)?;
+        let t = self.rounder(rounder)?;
+        let (kq, kc, n) = (rounder.from_q().len(), to.len(), p.n);
+        let out = self.alloc(p.count * kc * n)?;
+        let total = (p.count * n) as u64;
+        if kc > 0 {
+            self.launch_1d(
+                "scale_round",
+                total,
+                &[
+                    A::W(self.ptr(&out)),
+                    A::W(self.bptr(p)?),
+                    A::W(self.ptr(&t.q)),
+                    A::W(self.ptr(&t.c)),
+                    A::W(self.ptr(&t.fint)),
+                    A::W(self.ptr(&t.theta)),
+                    A::W(self.ptr(&t.lam)),
+                    A::U(kq as u32),
+                    A::U(kc as u32),
+                    A::U(n.trailing_zeros()),
+                    A::W(total),
+                ],
+            )?;
+        }
+        Ok(self.wrap(out, to, p.count, n, Repr::Coeff))
+    }
+
+    fn automorphism(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
+        if p.repr != Repr::Coeff {
+            return Err(Error::InvalidInput(
+                "automorphism needs coefficient form".into(),
+            ));
+        }
+        if g % 2 == 0 {
+            return Err(Error::InvalidInput(format!(
+                "Galois element {g} must be odd"
+            )));
+        }
+        check_ring(ring, p)?;
+        let total = words(p);
+        let out = self.alloc(total)?;
+        let (_keep, la) = self.limb_args(ring, p)?;
+        self.launch_1d(
+            "automorphism",
+            total as u64,
+            &[
+                A::W(self.ptr(&out)),
+                A::W(self.bptr(p)?),
+                la[0],
+                la[1],
+                la[2],
+                la[3],
+                A::U((g % (2 * p.n)) as u32),
+                A::W(total as u64),
+            ],
+        )?;
+        Ok(self.wrap(out, p.limbs.clone(), p.count, p.n, Repr::Coeff))
+    }
+
+    fn automorphism_ntt(&self, _ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
+        if p.repr != Repr::Ntt {
+            return Err(Error::InvalidInput(
+                "automorphism_ntt needs the NTT domain".into(),
+            ));
+        }
+        if g % 2 == 0 {
+            return Err(Error::InvalidInput(format!(
+                "Galois element {g} must be odd"
+            )));
+        }
+        let map = self.ntt_map(p.n, g)?;
+        let total = words(p);
+        let out = self.alloc(total)?;
+        self.launch_1d(
+            "permute_limbs",
+            total as u64,
+            &[
+                A::W(self.ptr(&out)),
+                A::W(self.bptr(p)?),
+                A::W(self.ptr(&map)),
+                A::U(p.n.trailing_zeros()),
+                A::W(total as u64),
+            ],
+        )?;
+        Ok(self.wrap(out, p.limbs.clone(), p.count, p.n, Repr::Ntt))
+    }
+
+    fn select_limbs(&self, p: &PolyBatch, limbs: Arc<[usize]>) -> Result<PolyBatch> {
+        let pos: Vec<usize> = limbs
+            .iter()
+            .map(|l| {
+                p.limbs.iter().position(|x| x == l).ok_or_else(|| {
+                    Error::InvalidInput(format!("select_limbs: limb {l} not present"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let n = p.n;
+        let total = p.count * limbs.len() * n;
+        let mut out = self.alloc(total)?;
+        let src = &self.buf(p)?.data;
+        let contiguous = pos.windows(2).all(|w| w[1] == w[0] + 1);
+        if total == 0 {
+        } else if p.count == 1 && contiguous {
+            // One contiguous run of limbs: a plain copy.
+            let start = pos[0] * n;
+            self.ctx.bind_to_thread().map_err(drv)?;
+            self.stream
+                .memcpy_dtod(
+                    &src.slice(start..start + total),
+                    &mut out.slice_mut(0..total),
+                )
+                .map_err(drv)?;
+        } else {
+            let dpos = self.indices(&pos)?;
+            self.launch_1d(
+                "gather_limbs",
+                total as u64,
+                &[
+                    A::W(self.ptr(&out)),
+                    A::W(self.ptr(src)),
+                    A::W(self.ptr(&dpos)),
+                    A::U(p.limbs.len() as u32),
+                    A::U(limbs.len() as u32),
+                    A::U(n.trailing_zeros()),
+                    A::W(total as u64),
+                ],
+            )?;
+        }
+        Ok(self.wrap(out, limbs, p.count, n, p.repr))
+    }
+
+    fn slice_polys(&self, p: &PolyBatch, start: usize, len: usize) -> Result<PolyBatch> {
+        if start + len > p.count {
+            return Err(Error::Shape(format!(
+                "slice_polys {start}+{len} of {}",
+                p.count
+            )));
+        }
+        let w = p.poly_words();
+        let mut out = self.alloc(len * w)?;
+        if len * w > 0 {
+            let src = &self.buf(p)?.data;
+            self.ctx.bind_to_thread().map_err(drv)?;
+            self.stream
+                .memcpy_dtod(
+                    &src.slice(start * w..(start + len) * w),
+                    &mut out.slice_mut(0..len * w),
+                )
+                .map_err(drv)?;
+        }
+        Ok(self.wrap(out, p.limbs.clone(), len, p.n, p.repr))
+    }
+
+    fn concat(&self, parts: &[&PolyBatch]) -> Result<PolyBatch> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::Shape("concat of no batches".into()))?;
+        let mut count = 0;
+        for p in parts {
+            if p.limbs != first.limbs || p.repr != first.repr || p.n != first.n {
+                return Err(Error::ParameterMismatch(
+                    "concat: batches differ in limbs/repr".into(),
+                ));
+            }
+            count += p.count;
+        }
+        let w = first.poly_words();
+        let mut out = self.alloc(count * w)?;
+        self.ctx.bind_to_thread().map_err(drv)?;
+        let mut off = 0;
+        for p in parts {
+            let len = p.count * w;
+            if len > 0 {
+                let src = &self.buf(p)?.data;
+                self.stream
+                    .memcpy_dtod(&src.slice(0..len), &mut out.slice_mut(off..off + len))
+                    .map_err(drv)?;
+            }
+            off += len;
+        }
+        Ok(self.wrap(out, first.limbs.clone(), count, first.n, first.repr))
+    }
+
+    fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
+        if a.count != b.count || a.repr != b.repr || a.n != b.n {
+            return Err(Error::Shape(
+                "concat_limbs: batches differ in count/repr".into(),
+            ));
+        }
+        let limbs: Arc<[usize]> = a.limbs.iter().chain(b.limbs.iter()).copied().collect();
+        let total = a.count * limbs.len() * a.n;
+        let out = self.alloc(total)?;
+        self.launch_1d(
+            "concat_limbs",
+            total as u64,
+            &[
+                A::W(self.ptr(&out)),
+                A::W(self.bptr(a)?),
+                A::W(self.bptr(b)?),
+                A::U(a.limbs.len() as u32),
+                A::U(b.limbs.len() as u32),
+                A::U(a.n.trailing_zeros()),
+                A::W(total as u64),
+            ],
+        )?;
+        Ok(self.wrap(out, limbs, a.count, a.n, a.repr))
+    }
+}
+
+impl CudaBackend {
+    fn ntt(&self, ring: &RingContext, p: &mut PolyBatch, forward: bool) -> Result<()> {
+        check_ring(ring, p)?;
+        let ntts = (p.count * p.limbs.len()) as u64;
+        if ntts == 0 {
+            return Ok(());
+        }
+        let g = NttGeometry::new(p.n)?;
+        let t = self.ring(ring)?;
+        let l = self.indices(&p.limbs)?;
+        let data = self.bptr(p)?;
+        let (nl, log_n) = (p.limbs.len() as u32, p.n.trailing_zeros());
+        let (tw, tws) = if forward {
+            (&t.psi, &t.psi_s)
+        } else {
+            (&t.ipsi, &t.ipsi_s)
+        };
+        let common = [
+            A::W(data),
+            A::W(self.ptr(&t.mods)),
+            A::W(self.ptr(&l)),
+            A::W(self.ptr(tw)),
+            A::W(self.ptr(tws)),
+        ];
+        let cols = |name: &str| -> Result<()> {
+            let mut args = common.to_vec();
+            if !forward {
+                args.push(A::W(self.ptr(&t.ninv)));
+            }
+            args.extend([A::U(nl), A::U(log_n), A::U(g.log_n1), A::U(g.log_c)]);
+            let (grid, block, smem) = g.cols_launch(ntts)?;
+            self.launch(name, grid, block, smem, &args)
+        };
+        let rows = |name: &str, scale: bool| -> Result<()> {
+            let mut args = common.to_vec();
+            if !forward {
+                args.push(A::W(self.ptr(&t.ninv)));
+            }
+            args.extend([A::U(nl), A::U(log_n), A::U(g.log_n2)]);
+            if !forward {
+                args.push(A::U(scale as u32));
+            }
+            let (grid, block, smem) = g.rows_launch(ntts)?;
+            self.launch(name, grid, block, smem, &args)
+        };
+        if forward {
+            if g.log_n1 > 0 {
+                cols("ntt_fwd_cols")?;
+            }
+            rows("ntt_fwd_rows", false)
+        } else {
+            rows("intt_rows", g.log_n1 == 0)?;
+            if g.log_n1 > 0 {
+                cols("intt_cols")?;
+            }
+            Ok(())
+        }
+    }
+}
