@@ -11,6 +11,7 @@
 pub mod backend;
 pub mod bfv;
 pub mod ckks;
+pub mod data;
 pub mod error;
 pub mod math;
 pub mod nn;
