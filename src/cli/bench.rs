@@ -69,6 +69,9 @@ pub fn machine() -> String {
 
 struct Recorder<'a> {
     rows: &'a mut Vec<BenchRow>,
+    /// Waited on after every repetition, so that asynchronous device backends are timed to
+    /// completion (a no-op on the CPU).
+    backend: &'a dyn hetensor::backend::Backend,
     config: String,
     scheme: &'static str,
     log_n: u32,
@@ -78,8 +81,12 @@ struct Recorder<'a> {
 }
 
 impl Recorder<'_> {
-    fn run<F: FnMut() -> Result<()>>(&mut self, op: &str, f: F) -> Result<()> {
-        let (median_us, min_us, max_us) = time_op(self.reps, f)?;
+    fn run<F: FnMut() -> Result<()>>(&mut self, op: &str, mut f: F) -> Result<()> {
+        let be = self.backend;
+        let (median_us, min_us, max_us) = time_op(self.reps, || {
+            f()?;
+            be.synchronize()
+        })?;
         eprintln!(
             "  {:<5} 2^{} {:<18} {:>12.1} µs",
             self.scheme, self.log_n, op, median_us
@@ -145,6 +152,7 @@ pub fn bench_ckks(
     let prod = ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?;
     let mut r = Recorder {
         rows,
+        backend: ctx.rlwe().backend(),
         config: format!("ckks-{log_n}{}", if max_chain { "-max" } else { "" }),
         scheme: "ckks",
         log_n,
@@ -285,6 +293,7 @@ pub fn bench_bfv(
     let b = ctx.encrypt(&pt, &pk)?;
     let mut r = Recorder {
         rows,
+        backend: ctx.rlwe().backend(),
         config: format!("bfv-{log_n}"),
         scheme: "bfv",
         log_n,
