@@ -51,6 +51,38 @@ enum Command {
     },
     /// A short encrypted computation with CKKS, checked against plaintext.
     Demo,
+    /// Encrypted Titanic per-feature means and a logistic-regression gradient, computed by K
+    /// worker processes holding only the public context; checked against plaintext.
+    TitanicWorkers {
+        /// Worker processes (and shards).
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// Rayon threads per worker process (1 = one core each; 0 = all cores).
+        #[arg(long, default_value_t = 1)]
+        threads_per_worker: usize,
+        /// Titanic train.csv.
+        #[arg(long, default_value = hetensor::data::DEFAULT_TITANIC)]
+        data: std::path::PathBuf,
+        /// Degree of the least-squares sigmoid fit on [-8, 8].
+        #[arg(long, default_value_t = 3)]
+        degree: usize,
+        /// cpu, cuda, wgpu or auto.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+        /// Timed repetitions of each step (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve encrypted jobs on stdin/stdout (started by `titanic-workers` and the workers API).
+    #[command(hide = true)]
+    Worker {
+        /// cpu, cuda, wgpu or auto.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
+    },
     /// Per-operation benchmarks as Markdown, or JSON with --json.
     Bench {
         /// Ring sizes (log2 N).
@@ -110,6 +142,24 @@ fn main() -> ExitCode {
             data_dir,
         }),
         Command::Demo => cli::demo::run(),
+        Command::TitanicWorkers {
+            workers,
+            threads_per_worker,
+            data,
+            degree,
+            backend,
+            reps,
+            json,
+        } => cli::workers::run(cli::workers::TitanicOptions {
+            workers,
+            threads_per_worker,
+            data,
+            degree,
+            backend,
+            reps,
+            json,
+        }),
+        Command::Worker { backend } => cli::workers::serve(&backend),
         Command::Bench {
             log_n,
             scheme,

@@ -326,6 +326,44 @@ impl CkksContext {
         Ok((self.mod_switch_to(a, l)?, self.mod_switch_to(b, l)?))
     }
 
+    /// `acc ← acc + rotate(acc, s)` for each step in turn: with steps 1, 2, …, w/2
+    /// ([`Self::power_of_two_steps`]) slot `i` ends up holding the sum of slots `i..i+w`; with
+    /// negative steps a value in one slot is copied over the `w` slots after it.
+    pub fn rotate_and_add(
+        &self,
+        ct: &Ciphertext,
+        steps: &[i64],
+        gk: &GaloisKeys,
+    ) -> Result<Ciphertext> {
+        steps.iter().try_fold(ct.clone(), |acc, &s| {
+            let r = self.rotate(&acc, s, gk)?;
+            self.add(&acc, &r)
+        })
+    }
+
+    /// 1, 2, 4, … below `width` rounded up to a power of two.
+    pub fn power_of_two_steps(width: usize) -> Vec<i64> {
+        let w = width.max(1).next_power_of_two();
+        (0..w.trailing_zeros()).map(|k| 1i64 << k).collect()
+    }
+
+    /// `ct` brought to `level` and exactly `scale` (a plaintext multiplication by 1 encoded at
+    /// the scale that makes the following rescale land on `scale`): how a fresh operand joins
+    /// the result of a deeper computation, whose scale has drifted from Δ. Costs the one level
+    /// above `level`.
+    pub fn match_scale(&self, ct: &Ciphertext, level: usize, scale: f64) -> Result<Ciphertext> {
+        if level >= ct.level() {
+            return Err(Error::OutOfLevels {
+                op: "match_scale",
+                level: ct.level(),
+            });
+        }
+        let up = self.mod_switch_to(ct, level + 1)?;
+        let q = self.scale_prime(level + 1) as f64;
+        let lifted = self.linear_combination(&[&up], &[1.0], scale * q / up.scale)?;
+        self.rescale(&lifted)
+    }
+
     /// Drops primes down to `level` without dividing (value and scale unchanged).
     pub fn mod_switch_to(&self, ct: &Ciphertext, level: usize) -> Result<Ciphertext> {
         if level == ct.level() {

@@ -4,3 +4,4 @@ pub mod bench;
 pub mod demo;
 pub mod mnist;
 pub mod packed;
+pub mod workers;

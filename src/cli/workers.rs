@@ -1,0 +1,313 @@
+//! `hetensor titanic-workers`: encrypted per-feature sums/means and a logistic-regression
+//! gradient over the Titanic data, computed by K worker processes that only ever see the
+//! public context, checked against the plaintext computation; and `hetensor worker`, the
+//! worker process itself.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use hetensor::backend::{create_backend, Backend, BackendKind};
+use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::data::{self, Dataset};
+use hetensor::nn::activation::PolyActivation;
+use hetensor::rlwe::{Ciphertext, SecretKey, Security};
+use hetensor::serialize::{self, PublicContext, WriteOptions};
+use hetensor::workers::{self, RowLayout, ShardResult, Task, WorkerPool};
+use hetensor::{Error, Result};
+
+use super::mnist::{emit, peak_memory_mb};
+
+/// Options of `hetensor titanic-workers`.
+pub struct TitanicOptions {
+    pub workers: usize,
+    pub threads_per_worker: usize,
+    pub data: PathBuf,
+    pub degree: usize,
+    pub backend: String,
+    pub reps: usize,
+    pub json: bool,
+}
+
+/// One way of running the job (1 process, K processes, K rayon shards in-process).
+#[derive(Serialize, Debug)]
+pub struct ModeTiming {
+    pub mode: String,
+    pub shards: usize,
+    /// Median wall time of the gradient step: send shards, compute, receive, aggregate.
+    pub gradient_seconds: f64,
+    /// Median wall time of the column sums.
+    pub sums_seconds: f64,
+    /// Largest worker compute time in the gradient step.
+    pub max_worker_compute_seconds: f64,
+}
+
+/// Report (also the `--json` object).
+#[derive(Serialize, Debug)]
+pub struct TitanicReport {
+    pub rows: usize,
+    pub features: Vec<String>,
+    pub ring_degree: usize,
+    pub levels: usize,
+    pub log_qp: f64,
+    pub sigmoid_degree: usize,
+    pub sigmoid_interval: (f64, f64),
+    pub rows_per_ciphertext: usize,
+    pub public_context_bytes: usize,
+    pub seconds_encrypt: f64,
+    pub encrypted_bytes: usize,
+    pub means_encrypted: Vec<f64>,
+    pub means_plain: Vec<f64>,
+    pub gradient_encrypted: Vec<f64>,
+    pub gradient_plain: Vec<f64>,
+    pub max_abs_error_means: f64,
+    pub max_abs_error_gradient: f64,
+    pub modes: Vec<ModeTiming>,
+    pub speedup_processes: f64,
+    pub peak_memory_mb: f64,
+}
+
+/// Rows `[features..., 1 (bias)]` and labels of `ds`.
+fn rows(ds: &Dataset) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let rows = ds
+        .features
+        .rows()
+        .into_iter()
+        .map(|r| r.iter().copied().chain([1.0]).collect())
+        .collect();
+    (rows, ds.labels_f64())
+}
+
+/// The key owner's encryption of a shard: (features, labels) ciphertext pairs, seeded.
+fn encrypt_shard(
+    ctx: &CkksContext,
+    sk: &SecretKey,
+    layout: &RowLayout,
+    ds: &Dataset,
+) -> Result<Vec<Ciphertext>> {
+    let (x, y) = rows(ds);
+    let enc = |v: &Vec<f64>| {
+        ctx.encrypt_symmetric(&ctx.encode(v, ctx.default_scale(), ctx.max_level())?, sk)
+    };
+    layout
+        .pack(&x)
+        .iter()
+        .zip(layout.pack_replicated(&y).iter())
+        .flat_map(|(a, b)| [enc(a), enc(b)])
+        .collect()
+}
+
+/// Median of `reps` timings of `f`, and its last result.
+fn timed<T>(reps: usize, mut f: impl FnMut() -> Result<T>) -> Result<(f64, T)> {
+    let mut times = Vec::with_capacity(reps);
+    let mut last = None;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        last = Some(f()?);
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok((times[times.len() / 2], last.expect("ran at least once")))
+}
+
+/// Runs `hetensor titanic-workers`.
+pub fn run(opts: TitanicOptions) -> Result<()> {
+    let backend = create_backend(opts.backend.parse::<BackendKind>()?)?;
+    let ds = data::titanic::load(&opts.data)?;
+    let n_rows = ds.len();
+    let k = opts.workers.max(1);
+    let sigmoid = PolyActivation::sigmoid(opts.degree, (-8.0, 8.0))?;
+    let (x, y) = rows(&ds);
+    let d = x[0].len();
+
+    // Parameters: N = 2^14 (8,192 slots), enough levels for the gradient plus one of headroom.
+    let probe = Task::LogisticGradient {
+        layout: RowLayout::new(d, 8192)?,
+        weights: vec![0.0; d],
+        sigmoid: sigmoid.coeffs.clone(),
+    };
+    let levels = probe.depth() + 1;
+    let params = CkksParams::new(14, levels, 25, 30, 3, Security::Bits128)?;
+    let log_qp = params.rlwe.log_qp();
+    let ctx = CkksContext::with_backend(params, backend.clone())?;
+    let layout = RowLayout::new(d, ctx.slots())?;
+
+    // Plaintext reference weights: a few gradient steps with the same polynomial sigmoid, so
+    // the encrypted gradient is checked at a non-trivial point.
+    let gradient_task = |weights: Vec<f64>| Task::LogisticGradient {
+        layout,
+        weights,
+        sigmoid: sigmoid.coeffs.clone(),
+    };
+    let mut weights = vec![0.0; d];
+    for _ in 0..10 {
+        let g = workers::compute_plain(&gradient_task(weights.clone()), &x, &y);
+        for (w, g) in weights.iter_mut().zip(g) {
+            *w -= g / n_rows as f64;
+        }
+    }
+    let grad_task = gradient_task(weights);
+    let sums_task = Task::ColumnSums { layout };
+
+    let keys = ctx.keygen()?;
+    let mut steps = grad_task.rotation_steps();
+    steps.extend(sums_task.rotation_steps());
+    let gk = ctx.gen_galois_keys(&keys.secret, &steps, false)?;
+    let mut public_bytes = Vec::new();
+    PublicContext::write_parts(
+        &mut public_bytes,
+        &ctx,
+        &keys.public,
+        Some(&keys.relin),
+        Some(&gk),
+        WriteOptions::default(),
+    )?;
+
+    // The key owner encrypts both layouts it hands out (one shard, and K shards).
+    let t = Instant::now();
+    let one = vec![encrypt_shard(&ctx, &keys.secret, &layout, &ds)?];
+    let seconds_encrypt = t.elapsed().as_secs_f64();
+    let many = ds
+        .shards(k)?
+        .iter()
+        .map(|p| encrypt_shard(&ctx, &keys.secret, &layout, p))
+        .collect::<Result<Vec<_>>>()?;
+    let encrypted_bytes = one[0]
+        .iter()
+        .map(|c| serialize::to_bytes(ctx.rlwe(), c, WriteOptions::default()).map(|b| b.len()))
+        .sum::<Result<usize>>()?;
+
+    let exe = WorkerPool::default_exe()?;
+    // The in-process mode also works from the serialized public context, like a worker.
+    let in_process = PublicContext::<CkksContext>::from_bytes(&public_bytes, backend.clone())?;
+    let mut modes = Vec::new();
+    let mut last = None;
+    for (mode, shards) in [
+        ("1 process".to_string(), &one),
+        (format!("{k} processes"), &many),
+        (format!("in-process, {k} shards"), &many),
+    ] {
+        let mut pool = if mode.starts_with("in-process") {
+            None
+        } else {
+            let mut p = WorkerPool::spawn(&exe, shards.len(), opts.threads_per_worker)?;
+            p.send_context(&public_bytes)?;
+            Some(p)
+        };
+        // Column sums take the feature ciphertexts only (every other one of the pairs).
+        let features: Vec<Vec<Ciphertext>> = shards
+            .iter()
+            .map(|s| s.iter().step_by(2).cloned().collect())
+            .collect();
+        let mut run_task = |task: &Task| -> Result<(Vec<ShardResult>, Ciphertext)> {
+            let inputs = match task {
+                Task::ColumnSums { .. } => &features,
+                _ => shards,
+            };
+            let parts = match pool.as_mut() {
+                Some(pool) => pool.run(ctx.rlwe(), task, inputs)?,
+                None => workers::run_in_process(&in_process, task, inputs)?,
+            };
+            let total = workers::aggregate(&ctx, &parts)?.swap_remove(0);
+            Ok((parts, total))
+        };
+        let (sums_seconds, (_, sums)) = timed(opts.reps, || run_task(&sums_task))?;
+        let (gradient_seconds, (parts, grad)) = timed(opts.reps, || run_task(&grad_task))?;
+        modes.push(ModeTiming {
+            mode,
+            shards: shards.len(),
+            gradient_seconds,
+            sums_seconds,
+            max_worker_compute_seconds: parts.iter().map(|g| g.compute_seconds).fold(0.0, f64::max),
+        });
+        last = Some((sums, grad));
+    }
+    let (sums, grad) = last.expect("three modes ran");
+    let decrypt = |c: &Ciphertext| -> Result<Vec<f64>> {
+        Ok(ctx.decrypt_decode(c, &keys.secret)?[..d].to_vec())
+    };
+    let means_encrypted: Vec<f64> = decrypt(&sums)?.iter().map(|s| s / n_rows as f64).collect();
+    let means_plain: Vec<f64> = workers::compute_plain(&sums_task, &x, &y)[..d]
+        .iter()
+        .map(|s| s / n_rows as f64)
+        .collect();
+    let gradient_encrypted = decrypt(&grad)?;
+    let gradient_plain = workers::compute_plain(&grad_task, &x, &y)[..d].to_vec();
+    let max_err = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
+    };
+    let mut names = ds.feature_names.clone();
+    names.push("bias".into());
+    let speedup = modes[0].gradient_seconds / modes[1].gradient_seconds;
+    let report = TitanicReport {
+        rows: n_rows,
+        features: names,
+        ring_degree: ctx.rlwe().n(),
+        levels,
+        log_qp,
+        sigmoid_degree: opts.degree,
+        sigmoid_interval: (-8.0, 8.0),
+        rows_per_ciphertext: layout.rows_per_ciphertext(),
+        public_context_bytes: public_bytes.len(),
+        seconds_encrypt,
+        encrypted_bytes,
+        max_abs_error_means: max_err(&means_encrypted, &means_plain),
+        max_abs_error_gradient: max_err(&gradient_encrypted, &gradient_plain),
+        means_encrypted,
+        means_plain,
+        gradient_encrypted,
+        gradient_plain,
+        modes,
+        speedup_processes: speedup,
+        peak_memory_mb: peak_memory_mb(),
+    };
+    emit(opts.json, &report, print_text)
+}
+
+fn print_text(r: &TitanicReport) {
+    println!(
+        "Encrypted Titanic statistics across workers (CKKS N = {}, {} levels, log2 QP = {:.0}, 128-bit; sigmoid degree {} on [{}, {}])",
+        r.ring_degree, r.levels, r.log_qp, r.sigmoid_degree, r.sigmoid_interval.0, r.sigmoid_interval.1
+    );
+    println!(
+        "{} rows x {} columns + labels, packed {} rows per ciphertext, encrypted (seeded) in {:.3} s: {:.2} MiB; public context {:.1} MiB (no secret key)",
+        r.rows,
+        r.features.len(),
+        r.rows_per_ciphertext,
+        r.seconds_encrypt,
+        r.encrypted_bytes as f64 / 1048576.0,
+        r.public_context_bytes as f64 / 1048576.0
+    );
+    println!("\n| column | mean (encrypted) | mean (plain) | gradient (encrypted) | gradient (plain) |\n|---|---|---|---|---|");
+    for (i, name) in r.features.iter().enumerate() {
+        println!(
+            "| {name} | {:.5} | {:.5} | {:.4} | {:.4} |",
+            r.means_encrypted[i], r.means_plain[i], r.gradient_encrypted[i], r.gradient_plain[i]
+        );
+    }
+    println!(
+        "\nmax |error|: means {:.2e}, gradient {:.2e}\n\n| mode | shards | slot sums s | gradient step s | slowest worker compute s |\n|---|---|---|---|---|",
+        r.max_abs_error_means, r.max_abs_error_gradient
+    );
+    for m in &r.modes {
+        println!(
+            "| {} | {} | {:.3} | {:.3} | {:.3} |",
+            m.mode, m.shards, m.sums_seconds, m.gradient_seconds, m.max_worker_compute_seconds
+        );
+    }
+    println!(
+        "\nspeed-up of the gradient step, processes vs 1 process: {:.2}x; peak memory {:.0} MB",
+        r.speedup_processes, r.peak_memory_mb
+    );
+}
+
+/// `hetensor worker`: serve jobs on stdin/stdout (started by [`WorkerPool`]).
+pub fn serve(backend: &str) -> Result<()> {
+    let backend: Arc<dyn Backend> = create_backend(backend.parse::<BackendKind>()?)?;
+    workers::serve(std::io::stdin().lock(), std::io::stdout().lock(), backend)
+        .map_err(|e| Error::Backend(format!("worker: {e}")))
+}
