@@ -18,7 +18,6 @@ pub mod nn;
 pub mod rlwe;
 pub mod serialize;
 pub mod tensor;
-pub mod train;
 pub mod workers;
 
 pub use error::{Error, Result};
