@@ -1,0 +1,622 @@
+//! Device plumbing for the wgpu backend: adapter and device, error capture, pipelines, cached
+//! tables, the buffer pool and the [`DeviceBuffer`] type.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex};
+
+use wgpu::util::DeviceExt;
+
+use crate::backend::DeviceBuffer;
+use crate::error::{Error, Result};
+use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
+
+const COMMON: &str = include_str!("../../../shaders/common.wgsl");
+
+/// Shader sources and the entry points each defines.
+const SHADERS: &[(&str, &str, &[&str])] = &[
+    (
+        "elementwise",
+        include_str!("../../../shaders/elementwise.wgsl"),
+        &[
+            "add",
+            "sub",
+            "neg",
+            "mul",
+            "mul_acc",
+            "mul_scalar",
+            "add_scalar",
+            "tensor_product",
+        ],
+    ),
+    (
+        "ntt",
+        include_str!("../../../shaders/ntt.wgsl"),
+        &["fwd_stage", "inv_stage", "fwd_tail", "inv_head"],
+    ),
+    (
+        "lincomb",
+        include_str!("../../../shaders/lincomb.wgsl"),
+        &["lincomb"],
+    ),
+    (
+        "rns",
+        include_str!("../../../shaders/rns.wgsl"),
+        &["base_convert", "scale_round"],
+    ),
+    (
+        "perm",
+        include_str!("../../../shaders/perm.wgsl"),
+        &["automorphism", "automorphism_ntt"],
+    ),
+];
+
+/// Freed buffers kept for reuse, at most this many bytes in all.
+const POOL_BYTES: u64 = 512 << 20;
+
+/// Per-ring tables: `moduli` (8 words per prime) and the four twiddle tables of every prime.
+pub(super) struct RingTables {
+    pub moduli: wgpu::Buffer,
+    pub tw: wgpu::Buffer,
+}
+
+type RingKey = (usize, Vec<u32>);
+
+#[derive(Default)]
+struct Pool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    bytes: u64,
+}
+
+/// The device, its queue and every cache.
+pub(super) struct Gpu {
+    device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    max_binding: u64,
+    max_buffer: u64,
+    align: u64,
+    modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
+    pipelines: Mutex<HashMap<&'static str, wgpu::ComputePipeline>>,
+    rings: Mutex<HashMap<RingKey, Arc<RingTables>>>,
+    tables: Mutex<HashMap<Vec<u64>, Arc<wgpu::Buffer>>>,
+    pool: Mutex<Pool>,
+    /// Errors raised outside an error scope (other threads, drops) and device loss.
+    fault: Arc<Mutex<Option<String>>>,
+}
+
+/// One storage binding: a word range of a buffer.
+#[derive(Clone)]
+pub(super) struct Bind<'a> {
+    binding: u32,
+    buf: &'a wgpu::Buffer,
+    offset: u64,
+    size: u64,
+}
+
+impl<'a> Bind<'a> {
+    /// Words `offset..offset + len` of `buf`.
+    pub fn range(binding: u32, buf: &'a wgpu::Buffer, offset: usize, len: usize) -> Self {
+        Self {
+            binding,
+            buf,
+            offset: 4 * offset as u64,
+            size: 4 * len as u64,
+        }
+    }
+
+    /// The whole buffer.
+    pub fn whole(binding: u32, buf: &'a wgpu::Buffer) -> Self {
+        Self {
+            binding,
+            buf,
+            offset: 0,
+            size: buf.size(),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Gpu {
+    pub fn new() -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        }))
+        .map_err(|e| {
+            Error::BackendUnavailable(format!(
+                "wgpu: no adapter found ({e}); install a Vulkan driver (e.g. mesa-vulkan-drivers for \
+                 lavapipe) or set WGPU_BACKEND=gl"
+            ))
+        })?;
+        let info = adapter.get_info();
+        if !adapter
+            .get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+        {
+            return Err(Error::BackendUnavailable(format!(
+                "wgpu: adapter {} ({:?}) has no compute shaders",
+                info.name, info.backend
+            )));
+        }
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("hetensor"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::BackendUnavailable(format!("wgpu: cannot open {}: {e}", info.name)))?;
+        let lost = Arc::new(Mutex::new(None));
+        let sink = lost.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            lock(&sink).get_or_insert_with(|| format!("wgpu: {e}"));
+        }));
+        let sink = lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            lock(&sink).get_or_insert_with(|| format!("wgpu: device lost ({reason:?}): {msg}"));
+        });
+        Ok(Self {
+            max_binding: limits
+                .max_storage_buffer_binding_size
+                .min(limits.max_buffer_size),
+            max_buffer: limits.max_buffer_size,
+            align: limits.min_storage_buffer_offset_alignment as u64,
+            device,
+            queue,
+            info,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+            rings: Mutex::new(HashMap::new()),
+            tables: Mutex::new(HashMap::new()),
+            pool: Mutex::new(Pool::default()),
+            fault: lost,
+        })
+    }
+
+    /// Records with `f` into one encoder, submits it and waits; validation and out-of-memory
+    /// errors become [`Error::Backend`] instead of wgpu's default panic.
+    pub fn run<T>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<T>) -> Result<T> {
+        if let Some(e) = lock(&self.fault).clone() {
+            return Err(Error::Backend(e));
+        }
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        let out = f(&mut enc);
+        let submitted = out.is_ok().then(|| self.queue.submit([enc.finish()]));
+        let verr = pollster::block_on(val.pop());
+        let merr = pollster::block_on(oom.pop());
+        if let Some(e) = verr.or(merr) {
+            return Err(Error::Backend(format!("wgpu: {e}")));
+        }
+        let out = out?;
+        if let Some(idx) = submitted {
+            self.device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(idx),
+                    timeout: None,
+                })
+                .map_err(|e| Error::Backend(format!("wgpu: waiting for the device: {e}")))?;
+        }
+        if let Some(e) = lock(&self.fault).clone() {
+            return Err(Error::Backend(e));
+        }
+        Ok(out)
+    }
+
+    fn pipeline(&self, entry: &'static str) -> Result<wgpu::ComputePipeline> {
+        if let Some(p) = lock(&self.pipelines).get(entry) {
+            return Ok(p.clone());
+        }
+        let &(name, src, _) = SHADERS
+            .iter()
+            .find(|(_, _, entries)| entries.contains(&entry))
+            .ok_or_else(|| Error::Backend(format!("wgpu: no shader defines `{entry}`")))?;
+        let module = {
+            let mut modules = lock(&self.modules);
+            modules
+                .entry(name)
+                .or_insert_with(|| {
+                    self.device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(name),
+                            source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{src}").into()),
+                        })
+                })
+                .clone()
+        };
+        let p = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: None,
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        lock(&self.pipelines).insert(entry, p.clone());
+        Ok(p)
+    }
+
+    /// One compute pass running `entry` on `groups` workgroups (a 2-D grid past 65,535).
+    pub fn dispatch(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        entry: &'static str,
+        binds: &[Bind],
+        groups: u64,
+    ) -> Result<()> {
+        if groups == 0 {
+            return Ok(());
+        }
+        let pipeline = self.pipeline(entry)?;
+        let entries: Vec<wgpu::BindGroupEntry> = binds
+            .iter()
+            .map(|b| wgpu::BindGroupEntry {
+                binding: b.binding,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b.buf,
+                    offset: b.offset,
+                    size: NonZeroU64::new(b.size),
+                }),
+            })
+            .collect();
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        const MAX: u64 = 65_535;
+        let x = groups.min(MAX);
+        let y = groups.div_ceil(x);
+        if y > MAX {
+            return Err(Error::Backend(format!(
+                "wgpu: {groups} workgroups exceed a 2-D grid"
+            )));
+        }
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some(entry),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(x as u32, y as u32, 1);
+        Ok(())
+    }
+
+    /// A small read-only params buffer.
+    pub fn params(&self, words: &[u32]) -> wgpu::Buffer {
+        let mut v = words.to_vec();
+        v.resize(v.len().max(8), 0);
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::cast_slice(&v),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    /// A storage buffer of `words` words (from the pool when one of that size is free; its old
+    /// contents remain, so callers overwrite or clear it).
+    pub fn alloc(self: &Arc<Self>, words: usize) -> Result<WgpuBuffer> {
+        let size = (4 * words as u64).max(4);
+        if size > self.max_buffer {
+            return Err(Error::Backend(format!(
+                "wgpu: a buffer of {} MiB exceeds the adapter's limit of {} MiB",
+                size >> 20,
+                self.max_buffer >> 20
+            )));
+        }
+        let pooled = {
+            let mut pool = lock(&self.pool);
+            let b = pool.free.get_mut(&size).and_then(|v| v.pop());
+            if b.is_some() {
+                pool.bytes -= size;
+            }
+            b
+        };
+        let buf = pooled.unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("polys"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        Ok(WgpuBuffer {
+            buf: Some(buf),
+            gpu: self.clone(),
+        })
+    }
+
+    fn release(&self, buf: wgpu::Buffer) {
+        let size = buf.size();
+        let mut pool = lock(&self.pool);
+        if pool.bytes + size <= POOL_BYTES {
+            pool.bytes += size;
+            pool.free.entry(size).or_default().push(buf);
+        }
+    }
+
+    /// Copies `words` words back to the host.
+    pub fn read(&self, buf: &wgpu::Buffer, words: usize) -> Result<Vec<u32>> {
+        if words == 0 {
+            return Ok(Vec::new());
+        }
+        let size = 4 * words as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("download"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.run(|enc| {
+            enc.copy_buffer_to_buffer(buf, 0, &staging, 0, Some(size));
+            Ok(())
+        })?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Backend(format!("wgpu: waiting for a download: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Backend("wgpu: download callback dropped".into()))?
+            .map_err(|e| Error::Backend(format!("wgpu: mapping a download: {e}")))?;
+        let out = {
+            let view = staging
+                .get_mapped_range(..)
+                .map_err(|e| Error::Backend(format!("wgpu: mapping a download: {e:?}")))?;
+            view.chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Errors unless `words` words fit one storage binding.
+    pub fn check_binding(&self, words: usize) -> Result<()> {
+        if 4 * words as u64 > self.max_binding {
+            return Err(Error::Backend(format!(
+                "wgpu: {} MiB exceed the adapter's storage binding limit of {} MiB",
+                (4 * words as u64) >> 20,
+                self.max_binding >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    /// Splits `count` polynomials of `poly_words` words into `(start, len)` chunks that each fit
+    /// one storage binding at an aligned offset.
+    pub fn poly_chunks(&self, count: usize, poly_words: usize) -> Result<Vec<(usize, usize)>> {
+        if count == 0 || poly_words == 0 {
+            return Ok(Vec::new());
+        }
+        self.check_binding(poly_words)?;
+        let per = (self.max_binding / (4 * poly_words as u64)) as usize;
+        if per >= count {
+            return Ok(vec![(0, count)]);
+        }
+        if (4 * poly_words as u64) % self.align != 0 {
+            return Err(Error::Backend(format!(
+                "wgpu: batch of {count} polynomials exceeds one storage binding and cannot be split \
+                 at {}-byte offsets",
+                self.align
+            )));
+        }
+        Ok((0..count)
+            .step_by(per)
+            .map(|s| (s, per.min(count - s)))
+            .collect())
+    }
+
+    /// Rows (of `row_words` words) that fit one binding.
+    pub fn row_chunk(&self, row_words: usize) -> Result<usize> {
+        self.check_binding(row_words)?;
+        Ok((self.max_binding / (4 * row_words as u64)) as usize)
+    }
+
+    fn upload_table(&self, label: &str, words: &[u32]) -> Result<wgpu::Buffer> {
+        self.check_binding(words.len())?;
+        let mut v = words.to_vec();
+        v.resize(v.len().max(8), 0);
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(&v),
+                usage: wgpu::BufferUsages::STORAGE,
+            }))
+    }
+
+    /// Moduli and twiddle tables of a ring, uploaded once per (N, primes): the tables depend
+    /// on nothing else, so equal rings share them.
+    pub fn ring_tables(&self, ring: &RingContext) -> Result<Arc<RingTables>> {
+        let key: RingKey = (ring.n(), ring.moduli().iter().map(|m| m.value()).collect());
+        if let Some(t) = lock(&self.rings).get(&key) {
+            return Ok(t.clone());
+        }
+        let n = ring.n();
+        let mut moduli = Vec::with_capacity(8 * ring.len());
+        let mut tw = Vec::with_capacity(4 * n * ring.len());
+        for i in 0..ring.len() {
+            let m = ring.modulus(i);
+            let plan = ring.plan(i);
+            let (ni, nis) = plan.n_inv();
+            moduli.extend(modulus_words(m));
+            moduli.extend([ni, nis, 0, 0]);
+            let (a, b, c, d) = plan.tables();
+            for t in [a, b, c, d] {
+                tw.extend_from_slice(t);
+            }
+        }
+        let t = Arc::new(RingTables {
+            moduli: self.upload_table("moduli", &moduli)?,
+            tw: self.upload_table("twiddles", &tw)?,
+        });
+        lock(&self.rings).insert(key, t.clone());
+        Ok(t)
+    }
+
+    fn cached_table(
+        &self,
+        key: Vec<u64>,
+        label: &str,
+        build: impl FnOnce() -> Vec<u32>,
+    ) -> Result<Arc<wgpu::Buffer>> {
+        if let Some(t) = lock(&self.tables).get(&key) {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(self.upload_table(label, &build())?);
+        lock(&self.tables).insert(key, t.clone());
+        Ok(t)
+    }
+
+    /// Base-conversion table (layout in `shaders/rns.wgsl`), cached by the two prime lists.
+    pub fn converter_table(&self, conv: &BaseConverter) -> Result<Arc<wgpu::Buffer>> {
+        let (from, to) = (conv.from(), conv.to());
+        let mut key = vec![0, from.len() as u64];
+        key.extend(from.iter().chain(to).map(|m| m.value() as u64));
+        self.cached_table(key, "base conversion", || {
+            let (k, kt) = (from.len(), to.len());
+            let mut v = vec![0u32; 8];
+            v[0] = k as u32;
+            v[1] = kt as u32;
+            for (i, m) in from.iter().enumerate() {
+                let (w, ws) = conv.b_hat_inv_table()[i];
+                let f = conv.frac_table()[i];
+                v.extend([m.value(), w, ws, f as u32, (f >> 32) as u32]);
+            }
+            for (j, c) in to.iter().enumerate() {
+                let (bits, mu) = c.barrett32();
+                v.extend([c.value(), mu, bits, conv.b_mod_c_table()[j]]);
+            }
+            v.extend_from_slice(conv.b_hat_mod_c_table());
+            v
+        })
+    }
+
+    /// Scale-and-round table (layout in `shaders/rns.wgsl`), cached by primes and multiplier.
+    pub fn rounder_table(&self, r: &ScaleRounder) -> Result<Arc<wgpu::Buffer>> {
+        let (q, c) = (r.from_q(), r.to());
+        let mut key = vec![1, q.len() as u64, r.multiplier()];
+        key.extend(q.iter().chain(c).map(|m| m.value() as u64));
+        self.cached_table(key, "scale and round", || {
+            let mut v = vec![0u32; 8];
+            v[0] = q.len() as u32;
+            v[1] = c.len() as u32;
+            for (m, &th) in q.iter().zip(r.frac_table()) {
+                v.extend([m.value(), th as u32, (th >> 32) as u32]);
+            }
+            for (cj, l) in c.iter().zip(r.lambda_table()) {
+                v.extend(modulus_words(cj));
+                v.extend([l, cj.shoup(l), 0, 0]);
+            }
+            v.extend_from_slice(r.int_part_table());
+            v
+        })
+    }
+}
+
+/// `q, mu32, bits, 2^32 mod q` (the first words of a `moduli` entry, see `shaders/common.wgsl`).
+fn modulus_words(m: &Modulus) -> [u32; 4] {
+    let (bits, mu) = m.barrett32();
+    [
+        m.value(),
+        mu,
+        bits,
+        ((1u64 << 32) % m.value() as u64) as u32,
+    ]
+}
+
+/// Device memory of one [`crate::backend::PolyBatch`]; returned to the pool when dropped.
+pub struct WgpuBuffer {
+    pub(super) buf: Option<wgpu::Buffer>,
+    pub(super) gpu: Arc<Gpu>,
+}
+
+impl WgpuBuffer {
+    pub(super) fn get(&self) -> &wgpu::Buffer {
+        // Only `drop` takes the buffer out.
+        self.buf.as_ref().expect("wgpu buffer present until drop")
+    }
+}
+
+impl std::fmt::Debug for WgpuBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WgpuBuffer({} bytes)",
+            self.buf.as_ref().map_or(0, |b| b.size())
+        )
+    }
+}
+
+impl Drop for WgpuBuffer {
+    fn drop(&mut self) {
+        if let Some(b) = self.buf.take() {
+            self.gpu.release(b);
+        }
+    }
+}
+
+impl DeviceBuffer for WgpuBuffer {
+    fn clone_buffer(&self) -> Box<dyn DeviceBuffer> {
+        let src = self.get();
+        let size = src.size();
+        // Errors here surface through the uncaptured-error sink at the next operation.
+        let out = self
+            .gpu
+            .alloc((size / 4) as usize)
+            .unwrap_or_else(|_| WgpuBuffer {
+                buf: Some(self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("polys"),
+                    size,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })),
+                gpu: self.gpu.clone(),
+            });
+        let r = self.gpu.run(|enc| {
+            enc.copy_buffer_to_buffer(src, 0, out.get(), 0, Some(size));
+            Ok(())
+        });
+        if let Err(e) = r {
+            lock(&self.gpu.fault).get_or_insert_with(|| e.to_string());
+        }
+        Box::new(out)
+    }
+
+    fn wipe(&mut self) {
+        let b = self.get();
+        let r = self.gpu.run(|enc| {
+            enc.clear_buffer(b, 0, None);
+            Ok(())
+        });
+        if let Err(e) = r {
+            lock(&self.gpu.fault).get_or_insert_with(|| e.to_string());
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}

@@ -1,0 +1,744 @@
+//! The wgpu backend: every [`Backend`] operation as WGSL compute shaders (`shaders/*.wgsl`) on
+//! any Vulkan/Metal/DX12/GL adapter, lavapipe included. The shaders use only 32-bit integer
+//! arithmetic (the Gl backend has no 64-bit integers) and return the CPU backend's words.
+//!
+//! Each trait call records its dispatches and copies into one command encoder, submits once and
+//! waits for that submission (so device memory and timings stay bounded per operation). Ring,
+//! base-conversion and scale-and-round tables are uploaded once per prime set and cached;
+//! pipelines are built once; freed buffers go to a small pool keyed by size.
+
+mod device;
+
+use std::sync::Arc;
+
+use crate::backend::{check_scale_and_round, Backend, Buffer, PolyBatch, Repr};
+use crate::error::{Error, Result};
+use crate::math::{BaseConverter, RingContext, ScaleRounder};
+
+use device::{Bind, Gpu, WgpuBuffer};
+
+/// Invocations per workgroup of every shader (`WG` in `shaders/common.wgsl`).
+const WG: u64 = 256;
+/// Words per workgroup-memory NTT tile (`TILE` in `shaders/ntt.wgsl`).
+const LOG_TILE: u32 = 12;
+/// First limb-map entry in every params block (`prm[8 + l]`).
+const PRM_HEAD: usize = 8;
+
+/// A wgpu device with its cached tables and pipelines.
+#[derive(Clone)]
+pub struct WgpuBackend {
+    gpu: Arc<Gpu>,
+}
+
+impl std::fmt::Debug for WgpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuBackend")
+            .field("adapter", &self.gpu.info.name)
+            .field("api", &self.gpu.info.backend)
+            .field("type", &self.gpu.info.device_type)
+            .finish()
+    }
+}
+
+impl WgpuBackend {
+    /// Opens the best adapter (honouring `WGPU_BACKEND`, e.g. `vulkan` or `gl`); no adapter is
+    /// [`Error::BackendUnavailable`].
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            gpu: Arc::new(Gpu::new()?),
+        })
+    }
+
+    /// Whether the adapter is a software rasterizer (lavapipe, llvmpipe, WARP).
+    pub fn is_software(&self) -> bool {
+        self.gpu.info.device_type == ::wgpu::DeviceType::Cpu
+    }
+
+    /// Adapter name and graphics API, e.g. `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan)`.
+    pub fn adapter_name(&self) -> String {
+        format!("{} ({:?})", self.gpu.info.name, self.gpu.info.backend)
+    }
+
+    fn buf<'a>(&self, p: &'a PolyBatch) -> Result<&'a WgpuBuffer> {
+        let b = match &p.buf {
+            Buffer::Device(d) => d.as_any().downcast_ref::<WgpuBuffer>(),
+            _ => None,
+        }
+        .ok_or_else(|| Error::Backend("wgpu backend got a buffer from another backend".into()))?;
+        if !Arc::ptr_eq(&b.gpu, &self.gpu) {
+            return Err(Error::Backend(
+                "wgpu backend got a buffer from another wgpu device".into(),
+            ));
+        }
+        Ok(b)
+    }
+
+    fn wrap(
+        &self,
+        b: WgpuBuffer,
+        limbs: Arc<[usize]>,
+        count: usize,
+        n: usize,
+        repr: Repr,
+    ) -> PolyBatch {
+        PolyBatch::from_parts(Buffer::Device(Box::new(b)), limbs, count, n, repr)
+    }
+
+    /// Params block: `head` (up to 8 words) then the prime index of every limb, then `extra`.
+    fn prm(head: &[u32], limbs: &[usize], extra: &[u32]) -> Vec<u32> {
+        let mut v = vec![0u32; PRM_HEAD];
+        v[..head.len()].copy_from_slice(head);
+        v.extend(limbs.iter().map(|&l| l as u32));
+        v.extend_from_slice(extra);
+        v
+    }
+
+    /// Element-wise `a op= (b, c)` with optional broadcast operands, chunked over polynomials.
+    fn elementwise(
+        &self,
+        ring: &RingContext,
+        entry: &'static str,
+        a: &mut PolyBatch,
+        operands: &[&PolyBatch],
+        extra: &[u32],
+    ) -> Result<()> {
+        let rt = self.gpu.ring_tables(ring)?;
+        check_ring(ring, a)?;
+        let pw = a.poly_words();
+        let log_n = a.n().trailing_zeros();
+        let chunks = self.gpu.poly_chunks(a.count(), pw)?;
+        let ops: Vec<&WgpuBuffer> = operands
+            .iter()
+            .map(|o| self.buf(o))
+            .collect::<Result<_>>()?;
+        let mut flags = 0u32;
+        for (i, o) in operands.iter().enumerate() {
+            if o.count() == 1 && a.count() != 1 {
+                flags |= 1 << i;
+            }
+        }
+        let ab = self.buf(a)?;
+        let limbs = a.limbs_arc();
+        let nl = limbs.len() as u32;
+        self.gpu.run(|enc| {
+            for &(start, len) in &chunks {
+                let words = (len * pw) as u64;
+                let prm = Self::prm(&[log_n, nl, words as u32, flags], &limbs, extra);
+                let prm = self.gpu.params(&prm);
+                let mut binds = vec![Bind::range(0, ab.get(), start * pw, len * pw)];
+                for (i, (o, ob)) in operands.iter().zip(&ops).enumerate() {
+                    binds.push(if o.count() == 1 && a.count() != 1 {
+                        Bind::range(1 + i as u32, ob.get(), 0, pw)
+                    } else {
+                        Bind::range(1 + i as u32, ob.get(), start * pw, len * pw)
+                    });
+                }
+                binds.push(Bind::whole(3, &rt.moduli));
+                binds.push(Bind::whole(4, &prm));
+                self.gpu.dispatch(enc, entry, &binds, words.div_ceil(WG))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn per_limb_scalars(
+        ring: &RingContext,
+        p: &PolyBatch,
+        s: &[u32],
+        shoup: bool,
+    ) -> Result<Vec<u32>> {
+        if s.len() != p.limbs().len() {
+            return Err(Error::Shape(format!(
+                "scalar op: {} constants for {} limbs",
+                s.len(),
+                p.limbs().len()
+            )));
+        }
+        let mut v = Vec::with_capacity(2 * s.len());
+        for (&x, &li) in s.iter().zip(p.limbs()) {
+            let m = ring.modulus(li);
+            let w = x % m.value();
+            v.push(w);
+            v.push(if shoup { m.shoup(w) } else { 0 });
+        }
+        Ok(v)
+    }
+
+    fn ntt(&self, ring: &RingContext, p: &mut PolyBatch, forward: bool) -> Result<()> {
+        let rt = self.gpu.ring_tables(ring)?;
+        check_ring(ring, p)?;
+        let n = p.n();
+        let log_n = n.trailing_zeros();
+        let log_s = log_n.min(LOG_TILE);
+        let pw = p.poly_words();
+        let nl = p.limbs().len();
+        let chunks = self.gpu.poly_chunks(p.count(), pw)?;
+        let pb = self.buf(p)?;
+        let limbs = p.limbs_arc();
+        self.gpu.run(|enc| {
+            for &(start, len) in &chunks {
+                let rows = (len * nl) as u32;
+                let data = Bind::range(0, pb.get(), start * pw, len * pw);
+                let mut step = |entry: &'static str, tl: u32, last: bool| -> Result<()> {
+                    let prm = Self::prm(
+                        &[log_n, nl as u32, rows, tl, last as u32, log_s],
+                        &limbs,
+                        &[],
+                    );
+                    let prm = self.gpu.params(&prm);
+                    let groups = if entry.ends_with("_stage") {
+                        (rows as u64 * (n as u64 / 2)).div_ceil(WG)
+                    } else {
+                        rows as u64 * (n as u64 >> log_s)
+                    };
+                    let binds = [
+                        data.clone(),
+                        Bind::whole(1, &rt.tw),
+                        Bind::whole(2, &rt.moduli),
+                        Bind::whole(3, &prm),
+                    ];
+                    self.gpu.dispatch(enc, entry, &binds, groups)
+                };
+                if forward {
+                    for tl in (log_s..log_n).rev() {
+                        step("fwd_stage", tl, false)?;
+                    }
+                    step("fwd_tail", 0, false)?;
+                } else {
+                    step("inv_head", 0, log_n == log_s)?;
+                    for tl in log_s..log_n {
+                        step("inv_stage", tl, tl + 1 == log_n)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        p.set_repr(if forward { Repr::Ntt } else { Repr::Coeff });
+        Ok(())
+    }
+
+    /// Row-wise permutation kernels (`automorphism`, `automorphism_ntt`) into a new batch.
+    fn permute(
+        &self,
+        ring: &RingContext,
+        p: &PolyBatch,
+        g: usize,
+        entry: &'static str,
+    ) -> Result<PolyBatch> {
+        if g % 2 == 0 {
+            return Err(Error::InvalidInput(format!(
+                "Galois element {g} must be odd"
+            )));
+        }
+        let rt = self.gpu.ring_tables(ring)?;
+        check_ring(ring, p)?;
+        let n = p.n();
+        let log_n = n.trailing_zeros();
+        let pw = p.poly_words();
+        let nl = p.limbs().len();
+        let chunks = self.gpu.poly_chunks(p.count(), pw)?;
+        let pb = self.buf(p)?;
+        let out = self.gpu.alloc(p.count() * pw)?;
+        let g = (g % (2 * n)) as u32;
+        self.gpu.run(|enc| {
+            for &(start, len) in &chunks {
+                let rows = (len * nl) as u32;
+                let prm = self
+                    .gpu
+                    .params(&Self::prm(&[log_n, nl as u32, rows, g], p.limbs(), &[]));
+                let mut binds = vec![
+                    Bind::range(0, out.get(), start * pw, len * pw),
+                    Bind::range(1, pb.get(), start * pw, len * pw),
+                ];
+                if entry == "automorphism" {
+                    binds.push(Bind::whole(3, &rt.moduli));
+                }
+                binds.push(Bind::whole(4, &prm));
+                self.gpu
+                    .dispatch(enc, entry, &binds, ((len * pw) as u64).div_ceil(WG))?;
+            }
+            Ok(())
+        })?;
+        Ok(self.wrap(out, p.limbs_arc(), p.count(), n, p.repr()))
+    }
+
+    /// Shared driver of `base_convert` and `scale_and_round`: one table, chunks over polynomials.
+    fn rns_kernel(
+        &self,
+        entry: &'static str,
+        p: &PolyBatch,
+        table: &::wgpu::Buffer,
+        to: Arc<[usize]>,
+        exact: bool,
+    ) -> Result<PolyBatch> {
+        let n = p.n();
+        let log_n = n.trailing_zeros();
+        let (iw, ow) = (p.poly_words(), to.len() * n);
+        let chunks = self.gpu.poly_chunks(p.count(), iw.max(ow))?;
+        let pb = self.buf(p)?;
+        let out = self.gpu.alloc(p.count() * ow)?;
+        self.gpu.run(|enc| {
+            for &(start, len) in &chunks {
+                let prm = self
+                    .gpu
+                    .params(&[log_n, len as u32, exact as u32, 0, 0, 0, 0, 0]);
+                let binds = [
+                    Bind::range(0, out.get(), start * ow, len * ow),
+                    Bind::range(1, pb.get(), start * iw, len * iw),
+                    Bind::whole(2, table),
+                    Bind::whole(4, &prm),
+                ];
+                self.gpu
+                    .dispatch(enc, entry, &binds, ((len * ow) as u64).div_ceil(WG))?;
+            }
+            Ok(())
+        })?;
+        Ok(self.wrap(out, to, p.count(), n, Repr::Coeff))
+    }
+
+    /// Copies `(src offset, dst offset, words)` runs from one batch into a new buffer.
+    fn gather(
+        &self,
+        src: &WgpuBuffer,
+        words: usize,
+        runs: &[(usize, usize, usize)],
+    ) -> Result<WgpuBuffer> {
+        let out = self.gpu.alloc(words)?;
+        self.gpu.run(|enc| {
+            for &(s, d, len) in runs {
+                if len > 0 {
+                    enc.copy_buffer_to_buffer(
+                        src.get(),
+                        4 * s as u64,
+                        out.get(),
+                        4 * d as u64,
+                        Some(4 * len as u64),
+                    );
+                }
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// The batch's limbs must exist in the ring (a batch from another context would index past it).
+fn check_ring(ring: &RingContext, p: &PolyBatch) -> Result<()> {
+    if p.n() != ring.n() || p.limbs().iter().any(|&l| l >= ring.len()) {
+        return Err(Error::ParameterMismatch(format!(
+            "batch of degree {} over limbs {:?} does not belong to a ring of degree {} with {} primes",
+            p.n(),
+            p.limbs(),
+            ring.n(),
+            ring.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Backend for WgpuBackend {
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+
+    fn upload(
+        &self,
+        words: Vec<u32>,
+        limbs: Arc<[usize]>,
+        count: usize,
+        n: usize,
+        repr: Repr,
+    ) -> Result<PolyBatch> {
+        if words.len() != count * limbs.len() * n {
+            return Err(Error::Shape(format!(
+                "upload: {} words for {count} polys x {} limbs x {n}",
+                words.len(),
+                limbs.len()
+            )));
+        }
+        let b = self.gpu.alloc(words.len())?;
+        self.gpu.run(|_| {
+            if !words.is_empty() {
+                self.gpu
+                    .queue
+                    .write_buffer(b.get(), 0, bytemuck::cast_slice(&words));
+            }
+            Ok(())
+        })?;
+        Ok(self.wrap(b, limbs, count, n, repr))
+    }
+
+    fn download(&self, p: &PolyBatch) -> Result<Vec<u32>> {
+        let b = self.buf(p)?;
+        self.gpu.read(b.get(), p.count() * p.poly_words())
+    }
+
+    fn zeros(&self, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch> {
+        let b = self.gpu.alloc(count * limbs.len() * n)?;
+        self.gpu.run(|enc| {
+            enc.clear_buffer(b.get(), 0, None);
+            Ok(())
+        })?;
+        Ok(self.wrap(b, limbs, count, n, repr))
+    }
+
+    fn ntt_forward(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
+        if p.repr() == Repr::Ntt {
+            return Err(Error::InvalidInput(
+                "ntt_forward: batch is already in the NTT domain".into(),
+            ));
+        }
+        self.ntt(ring, p, true)
+    }
+
+    fn ntt_inverse(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
+        if p.repr() == Repr::Coeff {
+            return Err(Error::InvalidInput(
+                "ntt_inverse: batch is already in coefficient form".into(),
+            ));
+        }
+        self.ntt(ring, p, false)
+    }
+
+    fn add_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
+        a.check_compatible(b, "add")?;
+        self.elementwise(ring, "add", a, &[b], &[])
+    }
+
+    fn sub_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
+        a.check_compatible(b, "sub")?;
+        self.elementwise(ring, "sub", a, &[b], &[])
+    }
+
+    fn neg_assign(&self, ring: &RingContext, a: &mut PolyBatch) -> Result<()> {
+        self.elementwise(ring, "neg", a, &[], &[])
+    }
+
+    fn mul_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
+        a.check_compatible(b, "mul")?;
+        self.elementwise(ring, "mul", a, &[b], &[])
+    }
+
+    fn mul_acc(
+        &self,
+        ring: &RingContext,
+        acc: &mut PolyBatch,
+        a: &PolyBatch,
+        b: &PolyBatch,
+    ) -> Result<()> {
+        acc.check_compatible(a, "mul_acc")?;
+        acc.check_compatible(b, "mul_acc")?;
+        self.elementwise(ring, "mul_acc", acc, &[a, b], &[])
+    }
+
+    fn mul_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
+        let extra = Self::per_limb_scalars(ring, a, s, true)?;
+        self.elementwise(ring, "mul_scalar", a, &[], &extra)
+    }
+
+    fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
+        let extra = Self::per_limb_scalars(ring, a, s, false)?;
+        self.elementwise(ring, "add_scalar", a, &[], &extra)
+    }
+
+    fn linear_combinations(
+        &self,
+        ring: &RingContext,
+        inputs: &[&PolyBatch],
+        weights: &[u32],
+        outputs: usize,
+    ) -> Result<Vec<PolyBatch>> {
+        let first = *inputs
+            .first()
+            .ok_or_else(|| Error::Shape("linear_combinations of no inputs".into()))?;
+        let (nl, ni) = (first.limbs().len(), inputs.len());
+        if outputs == 0 || weights.len() != outputs * ni * nl {
+            return Err(Error::Shape(format!(
+                "linear_combinations: {} weights for {outputs} outputs x {ni} inputs x {nl} limbs",
+                weights.len()
+            )));
+        }
+        let mut bufs = Vec::with_capacity(ni);
+        for x in inputs {
+            if x.limbs() != first.limbs()
+                || x.count() != first.count()
+                || x.repr() != first.repr()
+                || x.n() != first.n()
+            {
+                return Err(Error::Shape(
+                    "linear_combinations: inputs differ in limbs, count or repr".into(),
+                ));
+            }
+            bufs.push(self.buf(x)?);
+        }
+        let rt = self.gpu.ring_tables(ring)?;
+        check_ring(ring, first)?;
+        let n = first.n();
+        let log_n = n.trailing_zeros();
+        let rows = first.count() * nl;
+        // Rows per chunk: the stacked inputs and the stacked outputs must each fit one binding.
+        let rc = self.gpu.row_chunk(n * ni.max(outputs))?.min(rows.max(1));
+        let stage = self.gpu.alloc(ni * rc * n)?;
+        let tmp = self.gpu.alloc(outputs * rc * n)?;
+        let outs: Vec<WgpuBuffer> = (0..outputs)
+            .map(|_| self.gpu.alloc(rows * n))
+            .collect::<Result<_>>()?;
+        self.gpu.run(|enc| {
+            for r0 in (0..rows).step_by(rc) {
+                let len = rc.min(rows - r0);
+                let words = len * n;
+                for (i, b) in bufs.iter().enumerate() {
+                    enc.copy_buffer_to_buffer(
+                        b.get(),
+                        4 * (r0 * n) as u64,
+                        stage.get(),
+                        4 * (i * words) as u64,
+                        Some(4 * words as u64),
+                    );
+                }
+                let prm = Self::prm(
+                    &[
+                        log_n,
+                        nl as u32,
+                        words as u32,
+                        ni as u32,
+                        outputs as u32,
+                        r0 as u32,
+                    ],
+                    first.limbs(),
+                    weights,
+                );
+                let prm = self.gpu.params(&prm);
+                let binds = [
+                    Bind::range(0, tmp.get(), 0, outputs * words),
+                    Bind::range(1, stage.get(), 0, ni * words),
+                    Bind::whole(3, &rt.moduli),
+                    Bind::whole(4, &prm),
+                ];
+                self.gpu.dispatch(
+                    enc,
+                    "lincomb",
+                    &binds,
+                    ((outputs * words) as u64).div_ceil(WG),
+                )?;
+                for (k, o) in outs.iter().enumerate() {
+                    enc.copy_buffer_to_buffer(
+                        tmp.get(),
+                        4 * (k * words) as u64,
+                        o.get(),
+                        4 * (r0 * n) as u64,
+                        Some(4 * words as u64),
+                    );
+                }
+            }
+            Ok(())
+        })?;
+        Ok(outs
+            .into_iter()
+            .map(|o| self.wrap(o, first.limbs_arc(), first.count(), n, first.repr()))
+            .collect())
+    }
+
+    fn tensor_product(
+        &self,
+        ring: &RingContext,
+        a: &PolyBatch,
+        b: &PolyBatch,
+    ) -> Result<PolyBatch> {
+        a.check_compatible(b, "tensor_product")?;
+        if a.count() != 2 || b.count() != 2 || a.repr() != Repr::Ntt {
+            return Err(Error::CiphertextSize(
+                "tensor_product needs two size-2 batches in the NTT domain".into(),
+            ));
+        }
+        let rt = self.gpu.ring_tables(ring)?;
+        check_ring(ring, a)?;
+        let w = a.poly_words();
+        self.gpu.check_binding(3 * w)?;
+        let (ab, bb) = (self.buf(a)?, self.buf(b)?);
+        let out = self.gpu.alloc(3 * w)?;
+        let log_n = a.n().trailing_zeros();
+        self.gpu.run(|enc| {
+            let prm = self.gpu.params(&Self::prm(
+                &[log_n, a.limbs().len() as u32, w as u32],
+                a.limbs(),
+                &[],
+            ));
+            let binds = [
+                Bind::whole(1, ab.get()),
+                Bind::whole(2, bb.get()),
+                Bind::whole(3, &rt.moduli),
+                Bind::whole(4, &prm),
+                Bind::whole(5, out.get()),
+            ];
+            self.gpu
+                .dispatch(enc, "tensor_product", &binds, (w as u64).div_ceil(WG))
+        })?;
+        Ok(self.wrap(out, a.limbs_arc(), 3, a.n(), Repr::Ntt))
+    }
+
+    fn base_convert(
+        &self,
+        _ring: &RingContext,
+        p: &PolyBatch,
+        to: Arc<[usize]>,
+        conv: &BaseConverter,
+        exact: bool,
+    ) -> Result<PolyBatch> {
+        if p.repr() != Repr::Coeff {
+            return Err(Error::InvalidInput(
+                "base_convert needs coefficient form".into(),
+            ));
+        }
+        if conv.from().len() != p.limbs().len() || conv.to().len() != to.len() {
+            return Err(Error::Shape(
+                "base_convert: converter does not match the bases".into(),
+            ));
+        }
+        let table = self.gpu.converter_table(conv)?;
+        self.rns_kernel("base_convert", p, &table, to, exact)
+    }
+
+    fn scale_and_round(
+        &self,
+        _ring: &RingContext,
+        p: &PolyBatch,
+        to: Arc<[usize]>,
+        rounder: &ScaleRounder,
+    ) -> Result<PolyBatch> {
+        check_scale_and_round(p, &to, rounder)?;
+        let table = self.gpu.rounder_table(rounder)?;
+        self.rns_kernel("scale_round", p, &table, to, false)
+    }
+
+    fn automorphism(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
+        if p.repr() != Repr::Coeff {
+            return Err(Error::InvalidInput(
+                "automorphism needs coefficient form".into(),
+            ));
+        }
+        self.permute(ring, p, g, "automorphism")
+    }
+
+    fn automorphism_ntt(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
+        if p.repr() != Repr::Ntt {
+            return Err(Error::InvalidInput(
+                "automorphism_ntt needs the NTT domain".into(),
+            ));
+        }
+        self.permute(ring, p, g, "automorphism_ntt")
+    }
+
+    fn select_limbs(&self, p: &PolyBatch, limbs: Arc<[usize]>) -> Result<PolyBatch> {
+        let pos: Vec<usize> = limbs
+            .iter()
+            .map(|l| {
+                p.limbs().iter().position(|x| x == l).ok_or_else(|| {
+                    Error::InvalidInput(format!("select_limbs: limb {l} not present"))
+                })
+            })
+            .collect::<Result<_>>()?;
+        let (n, nl) = (p.n(), p.limbs().len());
+        // Runs of consecutive source limbs become one copy each.
+        let mut runs = Vec::new();
+        for c in 0..p.count() {
+            let mut j = 0;
+            while j < pos.len() {
+                let mut len = 1;
+                while j + len < pos.len() && pos[j + len] == pos[j] + len {
+                    len += 1;
+                }
+                runs.push(((c * nl + pos[j]) * n, (c * pos.len() + j) * n, len * n));
+                j += len;
+            }
+        }
+        let out = self.gather(self.buf(p)?, p.count() * limbs.len() * n, &runs)?;
+        Ok(self.wrap(out, limbs, p.count(), n, p.repr()))
+    }
+
+    fn slice_polys(&self, p: &PolyBatch, start: usize, len: usize) -> Result<PolyBatch> {
+        if start + len > p.count() {
+            return Err(Error::Shape(format!(
+                "slice_polys {start}+{len} of {}",
+                p.count()
+            )));
+        }
+        let w = p.poly_words();
+        let out = self.gather(self.buf(p)?, len * w, &[(start * w, 0, len * w)])?;
+        Ok(self.wrap(out, p.limbs_arc(), len, p.n(), p.repr()))
+    }
+
+    fn concat(&self, parts: &[&PolyBatch]) -> Result<PolyBatch> {
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::Shape("concat of no batches".into()))?;
+        let mut count = 0;
+        let mut srcs = Vec::with_capacity(parts.len());
+        for p in parts {
+            if p.limbs() != first.limbs() || p.repr() != first.repr() || p.n() != first.n() {
+                return Err(Error::ParameterMismatch(
+                    "concat: batches differ in limbs/repr".into(),
+                ));
+            }
+            srcs.push((
+                self.buf(p)?,
+                count * first.poly_words(),
+                p.count() * p.poly_words(),
+            ));
+            count += p.count();
+        }
+        let out = self.gpu.alloc(count * first.poly_words())?;
+        self.gpu.run(|enc| {
+            for &(b, d, len) in &srcs {
+                if len > 0 {
+                    enc.copy_buffer_to_buffer(
+                        b.get(),
+                        0,
+                        out.get(),
+                        4 * d as u64,
+                        Some(4 * len as u64),
+                    );
+                }
+            }
+            Ok(())
+        })?;
+        Ok(self.wrap(out, first.limbs_arc(), count, first.n(), first.repr()))
+    }
+
+    fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
+        if a.count() != b.count() || a.repr() != b.repr() || a.n() != b.n() {
+            return Err(Error::Shape(
+                "concat_limbs: batches differ in count/repr".into(),
+            ));
+        }
+        let (ab, bb) = (self.buf(a)?, self.buf(b)?);
+        let (wa, wb) = (a.poly_words(), b.poly_words());
+        let out = self.gpu.alloc(a.count() * (wa + wb))?;
+        self.gpu.run(|enc| {
+            for c in 0..a.count() {
+                let d = c * (wa + wb);
+                if wa > 0 {
+                    enc.copy_buffer_to_buffer(
+                        ab.get(),
+                        4 * (c * wa) as u64,
+                        out.get(),
+                        4 * d as u64,
+                        Some(4 * wa as u64),
+                    );
+                }
+                if wb > 0 {
+                    enc.copy_buffer_to_buffer(
+                        bb.get(),
+                        4 * (c * wb) as u64,
+                        out.get(),
+                        4 * (d + wa) as u64,
+                        Some(4 * wb as u64),
+                    );
+                }
+            }
+            Ok(())
+        })?;
+        let limbs: Arc<[usize]> = a.limbs().iter().chain(b.limbs()).copied().collect();
+        Ok(self.wrap(out, limbs, a.count(), a.n(), a.repr()))
+    }
+}
