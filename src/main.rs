@@ -76,6 +76,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serialization benchmark: a seed-sized public context and 891 encrypted Titanic rows.
+    IoBench {
+        /// Titanic train.csv.
+        #[arg(long, default_value = hetensor::data::DEFAULT_TITANIC)]
+        data: std::path::PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve encrypted jobs on stdin/stdout (started by `titanic-workers` and the workers API).
     #[command(hide = true)]
     Worker {
@@ -160,6 +169,7 @@ fn main() -> ExitCode {
             json,
         }),
         Command::Worker { backend } => cli::workers::serve(&backend),
+        Command::IoBench { data, json } => cli::io_bench::run(&data, json),
         Command::Bench {
             log_n,
             scheme,

@@ -72,17 +72,30 @@ impl Sampler {
     }
 
     /// Uniform limb-major residues for each modulus (rejection sampling, no modulo bias).
+    /// Words come from the key stream in order, 256 at a time (the same values one `next_u32`
+    /// per word would give; only the stream position after the call differs).
     pub fn uniform(&mut self, moduli: &[Modulus], n: usize) -> Vec<u32> {
         let mut out = Vec::with_capacity(moduli.len() * n);
+        let mut bytes = [0u8; 1024];
+        let mut next = bytes.len();
         for m in moduli {
             let q = m.value();
             let mask = u32::MAX >> q.leading_zeros();
-            let mut filled = 0;
-            while filled < n {
-                let r = self.rng.next_u32() & mask;
-                if r < q {
-                    out.push(r);
-                    filled += 1;
+            let end = out.len() + n;
+            while out.len() < end {
+                if next == bytes.len() {
+                    self.rng.fill_bytes(&mut bytes);
+                    next = 0;
+                }
+                for w in bytes[next..].chunks_exact(4) {
+                    next += 4;
+                    let r = u32::from_le_bytes([w[0], w[1], w[2], w[3]]) & mask;
+                    if r < q {
+                        out.push(r);
+                        if out.len() == end {
+                            break;
+                        }
+                    }
                 }
             }
         }

@@ -153,22 +153,23 @@ impl<'a> Encoder<'a> {
     /// `words.len()` is a multiple of 8 (ring degrees are), so every limb ends on a byte.
     pub(crate) fn residues(&mut self, words: &[u32], q: u32) -> Result<()> {
         let bits = residue_bits(q);
+        let len = (words.len() * bits as usize).div_ceil(8);
         self.buf.clear();
-        self.buf.reserve(words.len() * bits as usize / 8 + 8);
-        let (mut acc, mut have) = (0u64, 0u32);
+        self.buf.resize(len.next_multiple_of(4) + 4, 0);
+        // 32 bits leave the accumulator at a time (bits ≤ 30, so it never holds more than 61).
+        let (mut acc, mut have, mut pos) = (0u64, 0u32, 0usize);
         for &w in words {
             acc |= (w as u64) << have;
             have += bits;
-            while have >= 8 {
-                self.buf.push(acc as u8);
-                acc >>= 8;
-                have -= 8;
+            if have >= 32 {
+                self.buf[pos..pos + 4].copy_from_slice(&(acc as u32).to_le_bytes());
+                pos += 4;
+                acc >>= 32;
+                have -= 32;
             }
         }
-        if have > 0 {
-            self.buf.push(acc as u8);
-        }
-        self.w.write_all(&self.buf)?;
+        self.buf[pos..pos + 4].copy_from_slice(&(acc as u32).to_le_bytes());
+        self.w.write_all(&self.buf[..len])?;
         Ok(())
     }
 }
@@ -232,23 +233,34 @@ impl<'a> Decoder<'a> {
         self.buf.resize(len, 0);
         read_exact(self.r, &mut self.buf, "residues")?;
         let mask = (1u64 << bits) - 1;
-        let (mut acc, mut have) = (0u64, 0u32);
-        let mut bytes = self.buf.iter();
+        self.buf.resize(len.next_multiple_of(4) + 4, 0);
+        let (mut acc, mut have, mut pos) = (0u64, 0u32, 0usize);
         out.reserve(count);
+        let mut bad = false;
         for _ in 0..count {
-            while have < bits {
-                acc |= (*bytes.next().expect("length computed above") as u64) << have;
-                have += 8;
+            if have < bits {
+                let next = u32::from_le_bytes(self.buf[pos..pos + 4].try_into().expect("4 bytes"));
+                acc |= (next as u64) << have;
+                have += 32;
+                pos += 4;
             }
             let w = (acc & mask) as u32;
             acc >>= bits;
             have -= bits;
-            if w >= q {
-                return Err(Error::Decode(format!(
-                    "residue {w} is not reduced modulo {q}"
-                )));
-            }
+            bad |= w >= q;
             out.push(w);
+        }
+        if bad {
+            let w = out
+                .iter()
+                .rev()
+                .take(count)
+                .find(|&&w| w >= q)
+                .copied()
+                .unwrap_or(q);
+            return Err(Error::Decode(format!(
+                "residue {w} is not reduced modulo {q}"
+            )));
         }
         Ok(())
     }

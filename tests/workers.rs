@@ -1,0 +1,164 @@
+//! Multi-worker encrypted work: K `hetensor worker` processes holding only the public context
+//! return exactly the ciphertexts the in-process (rayon) run computes, and the decrypted
+//! aggregate matches the plaintext column sums and logistic-regression gradient.
+
+use std::path::Path;
+
+use hetensor::backend::default_backend;
+use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::rlwe::{Ciphertext, Security};
+use hetensor::serialize::{PublicContext, WriteOptions};
+use hetensor::workers::{self, RowLayout, Task, WorkerPool};
+
+fn words(c: &Ciphertext) -> Vec<u32> {
+    default_backend().download(c.polys()).unwrap()
+}
+
+#[test]
+fn worker_processes_match_in_process_and_plaintext() {
+    // 40 rows of 5 features + bias, cut into 2 shards; N = 2^12 (insecure on purpose: small).
+    let n_rows = 40;
+    let rows: Vec<Vec<f64>> = (0..n_rows)
+        .map(|i| {
+            (0..5)
+                .map(|j| (((i * 7 + j * 13) % 17) as f64 - 8.0) / 6.0)
+                .chain([1.0])
+                .collect()
+        })
+        .collect();
+    let labels: Vec<f64> = (0..n_rows)
+        .map(|i| ((i * 5 + 1) % 3 == 0) as u8 as f64)
+        .collect();
+    let sigmoid = vec![0.5, 0.197, 0.0, -0.004]; // ~ degree-3 sigmoid fit on [-8, 8]
+    let weights = vec![0.3, -0.2, 0.1, 0.05, -0.4, 0.1];
+    let probe = Task::LogisticGradient {
+        layout: RowLayout::new(6, 2048).unwrap(),
+        weights: weights.clone(),
+        sigmoid: sigmoid.clone(),
+    };
+    let params = CkksParams::new(
+        12,
+        probe.depth() + 1,
+        25,
+        30,
+        2,
+        Security::InsecureForTestingOnly,
+    )
+    .unwrap();
+    let ctx = CkksContext::with_seed(params, [4; 32]).unwrap();
+    let layout = RowLayout::new(6, ctx.slots()).unwrap();
+    let grad = Task::LogisticGradient {
+        layout,
+        weights,
+        sigmoid,
+    };
+    let sums = Task::ColumnSums { layout };
+    let keys = ctx.keygen().unwrap();
+    let mut steps = grad.rotation_steps();
+    steps.extend(sums.rotation_steps());
+    let gk = ctx.gen_galois_keys(&keys.secret, &steps, false).unwrap();
+    let mut public = Vec::new();
+    PublicContext::write_parts(
+        &mut public,
+        &ctx,
+        &keys.public,
+        Some(&keys.relin),
+        Some(&gk),
+        WriteOptions::default(),
+    )
+    .unwrap();
+
+    let enc = |v: &Vec<f64>| {
+        ctx.encrypt_symmetric(
+            &ctx.encode(v, ctx.default_scale(), ctx.max_level()).unwrap(),
+            &keys.secret,
+        )
+        .unwrap()
+    };
+    let shards: Vec<Vec<Ciphertext>> = [&rows[..25], &rows[25..]]
+        .iter()
+        .zip([&labels[..25], &labels[25..]])
+        .map(|(r, y)| {
+            layout
+                .pack(r)
+                .iter()
+                .zip(layout.pack_replicated(y).iter())
+                .flat_map(|(a, b)| [enc(a), enc(b)])
+                .collect()
+        })
+        .collect();
+
+    let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
+    let mut pool = WorkerPool::spawn(exe, 2, 1).unwrap();
+    pool.send_context(&public).unwrap();
+    let by_process = pool.run(ctx.rlwe(), &grad, &shards).unwrap();
+    let pc = PublicContext::<CkksContext>::from_bytes(&public, default_backend()).unwrap();
+    let in_process = workers::run_in_process(&pc, &grad, &shards).unwrap();
+    for (a, b) in by_process.iter().zip(&in_process) {
+        assert_eq!(words(&a.outputs[0]), words(&b.outputs[0]));
+    }
+    let total = workers::aggregate(&ctx, &by_process).unwrap();
+    let got = ctx.decrypt_decode(&total[0], &keys.secret).unwrap();
+    let want = workers::compute_plain(&grad, &rows, &labels);
+    for j in 0..6 {
+        assert!(
+            (got[j] - want[j]).abs() < 0.05,
+            "gradient {j}: {} vs {}",
+            got[j],
+            want[j]
+        );
+    }
+
+    // Column sums over the feature ciphertexts only.
+    let features: Vec<Vec<Ciphertext>> = shards
+        .iter()
+        .map(|s| s.iter().step_by(2).cloned().collect())
+        .collect();
+    let total = workers::aggregate(&ctx, &pool.run(ctx.rlwe(), &sums, &features).unwrap()).unwrap();
+    let got = ctx.decrypt_decode(&total[0], &keys.secret).unwrap();
+    let want = workers::compute_plain(&sums, &rows, &labels);
+    for j in 0..6 {
+        assert!(
+            (got[j] - want[j]).abs() < 1e-2,
+            "sum {j}: {} vs {}",
+            got[j],
+            want[j]
+        );
+    }
+}
+
+#[test]
+fn worker_errors_come_back_as_errors() {
+    let params = CkksParams::new(12, 2, 25, 30, 1, Security::InsecureForTestingOnly).unwrap();
+    let ctx = CkksContext::with_seed(params, [2; 32]).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let mut public = Vec::new();
+    // No Galois keys: the task cannot run, and the worker says why.
+    PublicContext::write_parts(
+        &mut public,
+        &ctx,
+        &keys.public,
+        Some(&keys.relin),
+        None,
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
+    let mut pool = WorkerPool::spawn(exe, 1, 1).unwrap();
+    pool.send_context(&public).unwrap();
+    let ct = ctx
+        .encrypt_symmetric(
+            &ctx.encode(&[1.0], ctx.default_scale(), 1).unwrap(),
+            &keys.secret,
+        )
+        .unwrap();
+    let layout = RowLayout::new(1, ctx.slots()).unwrap();
+    let err = pool
+        .run(ctx.rlwe(), &Task::ColumnSums { layout }, &[vec![ct]])
+        .unwrap_err();
+    assert!(err.to_string().contains("Galois"), "{err}");
+    // The worker is still alive after a failed job.
+    assert!(pool
+        .run(ctx.rlwe(), &Task::ColumnSums { layout }, &[vec![]])
+        .is_err());
+}
