@@ -109,6 +109,9 @@ enum Command {
         /// CKKS on the deepest 128-bit chain instead of the peers' depth.
         #[arg(long)]
         max_chain: bool,
+        /// cpu, cuda, wgpu or auto.
+        #[arg(long, default_value = "cpu")]
+        backend: String,
         /// Print JSON instead of Markdown.
         #[arg(long)]
         json: bool,
@@ -176,6 +179,7 @@ fn main() -> ExitCode {
             reps,
             threads,
             max_chain,
+            backend,
             json,
             out,
         } => cli::bench::run(
@@ -184,6 +188,7 @@ fn main() -> ExitCode {
             reps,
             threads,
             max_chain,
+            &backend,
             json,
             out.as_deref(),
         ),

@@ -5,6 +5,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
+use hetensor::backend::{create_backend, Backend, BackendKind};
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::Result;
 
@@ -126,6 +129,7 @@ pub fn bench_ckks(
     log_n: u32,
     reps: usize,
     max_chain: bool,
+    backend: &Arc<dyn Backend>,
     rows: &mut Vec<BenchRow>,
 ) -> Result<()> {
     let levels = peer_depth(log_n);
@@ -141,7 +145,7 @@ pub fn bench_ckks(
             hetensor::rlwe::Security::Bits128,
         )?
     };
-    let ctx = CkksContext::new(params.clone())?;
+    let ctx = CkksContext::with_backend(params.clone(), backend.clone())?;
     let keys = ctx.keygen()?;
     let gk = ctx.gen_galois_keys(&keys.secret, &[1], false)?;
     let top = ctx.max_level();
@@ -194,6 +198,20 @@ pub fn bench_ckks(
     r.run("key_switch", || {
         keys.relin.key_switch_key().switch(&rlwe, &d).map(drop)
     })?;
+    // Backend throughput on one polynomial over the top level's limbs and on a batch of 16
+    // (one trait call each, so a GPU pays its dispatch overhead once per batch).
+    let one = be.slice_polys(a.polys(), 0, 1)?;
+    for batch in [1usize, 16] {
+        let mut x = be.concat(&vec![&one; batch])?;
+        let y = x.clone();
+        r.run(&format!("intt+ntt x{batch}"), || {
+            be.ntt_inverse(rlwe.ring(), &mut x)?;
+            be.ntt_forward(rlwe.ring(), &mut x)
+        })?;
+        r.run(&format!("mul x{batch}"), || {
+            be.mul_assign(rlwe.ring(), &mut x, &y)
+        })?;
+    }
     Ok(())
 }
 
@@ -204,6 +222,7 @@ pub fn run(
     reps: usize,
     threads: usize,
     max_chain: bool,
+    backend: &str,
     json: bool,
     out: Option<&std::path::Path>,
 ) -> Result<()> {
@@ -211,8 +230,10 @@ pub fn run(
         .num_threads(threads.max(1))
         .build_global()
         .map_err(|e| hetensor::Error::Backend(format!("thread pool: {e}")))?;
+    let be = create_backend(backend.parse::<BackendKind>()?)?;
     let mut rows = Vec::new();
     let mut notes = vec![
+        format!("backend: {be:?}"),
         "hetensor uses 30-bit RNS primes; CKKS runs the peers' depth (2/6/16/22 levels at \
          N = 2^13/14/15/16) with a 30-bit base prime, 25-bit scale primes, one 30-bit special \
          prime and dnum = levels + 1; precision is ~2^-12 per fresh slot vs ~2^-25 for the \
@@ -223,8 +244,8 @@ pub fn run(
         for s in schemes {
             eprintln!("{s} N = 2^{log_n}");
             match s.as_str() {
-                "ckks" => bench_ckks(log_n, reps, max_chain, &mut rows)?,
-                "bfv" => bench_bfv(log_n, reps, &mut rows, &mut notes)?,
+                "ckks" => bench_ckks(log_n, reps, max_chain, &be, &mut rows)?,
+                "bfv" => bench_bfv(log_n, reps, &be, &mut rows, &mut notes)?,
                 other => {
                     return Err(hetensor::Error::InvalidInput(format!(
                         "unknown scheme '{other}' (use ckks, bfv)"
@@ -238,7 +259,7 @@ pub fn run(
         version: env!("CARGO_PKG_VERSION").into(),
         machine: machine(),
         threads,
-        backend: "cpu".into(),
+        backend: be.name().into(),
         results: rows,
         notes,
     };
@@ -274,12 +295,13 @@ fn markdown(r: &BenchReport) -> String {
 pub fn bench_bfv(
     log_n: u32,
     reps: usize,
+    backend: &Arc<dyn Backend>,
     rows: &mut Vec<BenchRow>,
     notes: &mut Vec<String>,
 ) -> Result<()> {
     use hetensor::bfv::{BfvContext, BfvParams, PlainModulus};
     let params = BfvParams::preset(log_n, PlainModulus::Bits(20))?;
-    let ctx = BfvContext::new(params.clone())?;
+    let ctx = BfvContext::with_backend(params.clone(), backend.clone())?;
     let sk = ctx.gen_secret_key()?;
     let pk = ctx.gen_public_key(&sk)?;
     let rk = ctx.gen_relin_key(&sk)?;
