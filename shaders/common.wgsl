@@ -70,6 +70,16 @@ fn neg_mod(a: u32, q: u32) -> u32 {
     return select(q - a, 0u, a == 0u);
 }
 
+// Set (pipeline constant) when every workgroup's 256 items lie in one row (N >= 256): then row,
+// limb and table indices derived from `group_base` are workgroup-uniform, which SIMD CPU
+// drivers such as lavapipe turn into scalar loads instead of per-lane gathers.
+override ALIGNED: bool = false;
+
+// The first linear id of the workgroup when ALIGNED, else the invocation's own id.
+fn group_base(wid: vec3<u32>, nwg: vec3<u32>, id: u32) -> u32 {
+    return select(id, (wid.y * nwg.x + wid.x) * WG, ALIGNED);
+}
+
 // Linear invocation id over a 2-D grid of 1-D workgroups (65,535 groups per dimension).
 fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;

@@ -9,8 +9,8 @@
 @group(0) @binding(3) var<storage, read> moduli: array<u32>;
 @group(0) @binding(4) var<storage, read> prm: array<u32>;
 
-fn limb_of(i: u32) -> u32 {
-    return (i >> prm[0]) % prm[1];
+fn limb_of(base: u32) -> u32 {
+    return (base >> prm[0]) % prm[1];
 }
 
 fn prime_base(l: u32) -> u32 {
@@ -18,56 +18,62 @@ fn prime_base(l: u32) -> u32 {
 }
 
 // Index into an operand that may be one broadcast polynomial.
-fn bidx(i: u32, bit: u32) -> u32 {
+fn bidx(i: u32, base: u32, bit: u32) -> u32 {
     let per_poly = prm[1] << prm[0];
-    return select(i, i % per_poly, (prm[3] & bit) != 0u);
+    return select(i, i - (base / per_poly) * per_poly, (prm[3] & bit) != 0u);
 }
 
 @compute @workgroup_size(256)
 fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
+    let base = group_base(wid, nwg, i);
     if (i >= prm[2]) { return; }
-    let q = moduli[prime_base(limb_of(i))];
-    a[i] = add_mod(a[i], b[bidx(i, 1u)], q);
+    let q = moduli[prime_base(limb_of(base))];
+    a[i] = add_mod(a[i], b[bidx(i, base, 1u)], q);
 }
 
 @compute @workgroup_size(256)
 fn sub(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
+    let base = group_base(wid, nwg, i);
     if (i >= prm[2]) { return; }
-    let q = moduli[prime_base(limb_of(i))];
-    a[i] = sub_mod(a[i], b[bidx(i, 1u)], q);
+    let q = moduli[prime_base(limb_of(base))];
+    a[i] = sub_mod(a[i], b[bidx(i, base, 1u)], q);
 }
 
 @compute @workgroup_size(256)
 fn neg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
+    let base = group_base(wid, nwg, i);
     if (i >= prm[2]) { return; }
-    let q = moduli[prime_base(limb_of(i))];
+    let q = moduli[prime_base(limb_of(base))];
     a[i] = neg_mod(a[i], q);
 }
 
 @compute @workgroup_size(256)
 fn mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
+    let base = group_base(wid, nwg, i);
     if (i >= prm[2]) { return; }
-    let m = prime_base(limb_of(i));
-    a[i] = mul_add_red(a[i], b[bidx(i, 1u)], 0u, moduli[m], moduli[m + 1u], moduli[m + 2u]);
+    let m = prime_base(limb_of(base));
+    a[i] = mul_add_red(a[i], b[bidx(i, base, 1u)], 0u, moduli[m], moduli[m + 1u], moduli[m + 2u]);
 }
 
 @compute @workgroup_size(256)
 fn mul_acc(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
+    let base = group_base(wid, nwg, i);
     if (i >= prm[2]) { return; }
-    let m = prime_base(limb_of(i));
-    a[i] = mul_add_red(b[bidx(i, 1u)], c[bidx(i, 2u)], a[i], moduli[m], moduli[m + 1u], moduli[m + 2u]);
+    let m = prime_base(limb_of(base));
+    a[i] = mul_add_red(b[bidx(i, base, 1u)], c[bidx(i, base, 2u)], a[i], moduli[m], moduli[m + 1u], moduli[m + 2u]);
 }
 
 @compute @workgroup_size(256)
 fn mul_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
+    let base = group_base(wid, nwg, i);
     if (i >= prm[2]) { return; }
-    let l = limb_of(i);
+    let l = limb_of(base);
     let s = 8u + prm[1] + 2u * l;
     a[i] = mul_shoup(a[i], prm[s], prm[s + 1u], moduli[prime_base(l)]);
 }
@@ -75,8 +81,9 @@ fn mul_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(256)
 fn add_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
+    let base = group_base(wid, nwg, i);
     if (i >= prm[2]) { return; }
-    let l = limb_of(i);
+    let l = limb_of(base);
     a[i] = add_mod(a[i], prm[8u + prm[1] + 2u * l], moduli[prime_base(l)]);
 }
 
@@ -86,9 +93,10 @@ fn add_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 @compute @workgroup_size(256)
 fn tensor_product(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
+    let base = group_base(wid, nwg, i);
     let w = prm[2];
     if (i >= w) { return; }
-    let m = prime_base(limb_of(i));
+    let m = prime_base(limb_of(base));
     let q = moduli[m];
     let mu = moduli[m + 1u];
     let bits = moduli[m + 2u];

@@ -17,9 +17,10 @@ fn lincomb(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let ni = prm[3];
     let nl = prm[1];
     if (id >= words * prm[4]) { return; }
-    let k = id / words;
+    let base = group_base(wid, nwg, id);
+    let k = base / words;
     let w = id - k * words;
-    let l = (prm[5] + (w >> prm[0])) % nl;
+    let l = (prm[5] + ((base - k * words) >> prm[0])) % nl;
     let m = prm[8u + l] * MOD_STRIDE;
     let q = moduli[m];
     let mu = moduli[m + 1u];

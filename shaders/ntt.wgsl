@@ -49,7 +49,7 @@ fn fwd_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let log_n = prm[0];
     let half = 1u << (log_n - 1u);
     if (j >= prm[2] * half) { return; }
-    let row = j >> (log_n - 1u);
+    let row = group_base(wid, nwg, j) >> (log_n - 1u);
     let b = j & (half - 1u);
     let tl = prm[3];
     let blk = b >> tl;
@@ -71,7 +71,7 @@ fn inv_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let log_n = prm[0];
     let half = 1u << (log_n - 1u);
     if (j >= prm[2] * half) { return; }
-    let row = j >> (log_n - 1u);
+    let row = group_base(wid, nwg, j) >> (log_n - 1u);
     let b = j & (half - 1u);
     let tl = prm[3];
     let blk = b >> tl;

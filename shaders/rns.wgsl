@@ -21,7 +21,7 @@ fn base_convert(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let n = 1u << log_n;
     if (id >= prm[1] * kt * n) { return; }
     let c = id & (n - 1u);
-    let row = id >> log_n;
+    let row = group_base(wid, nwg, id) >> log_n;
     let j = row % kt;
     let poly = row / kt;
     let tj = 8u + 5u * k + 4u * j;
@@ -62,7 +62,7 @@ fn scale_round(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let n = 1u << log_n;
     if (id >= prm[1] * kc * n) { return; }
     let c = id & (n - 1u);
-    let row = id >> log_n;
+    let row = group_base(wid, nwg, id) >> log_n;
     let j = row % kc;
     let poly = row / kc;
     let inb = poly * (kq + kc);

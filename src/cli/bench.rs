@@ -216,6 +216,7 @@ pub fn bench_ckks(
 }
 
 /// Runs the benchmark suite and prints or writes the report.
+#[allow(clippy::too_many_arguments)] // one per CLI flag
 pub fn run(
     log_ns: &[u32],
     schemes: &[String],

@@ -77,7 +77,7 @@ pub(super) struct Gpu {
     max_buffer: u64,
     align: u64,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<&'static str, wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<(&'static str, bool), wgpu::ComputePipeline>>,
     rings: Mutex<HashMap<RingKey, Arc<RingTables>>>,
     tables: Mutex<HashMap<Vec<u64>, Arc<wgpu::Buffer>>>,
     pool: Mutex<Pool>,
@@ -211,8 +211,9 @@ impl Gpu {
         Ok(out)
     }
 
-    fn pipeline(&self, entry: &'static str) -> Result<wgpu::ComputePipeline> {
-        if let Some(p) = lock(&self.pipelines).get(entry) {
+    /// The pipeline of `entry` with the `ALIGNED` override (see `shaders/common.wgsl`).
+    fn pipeline(&self, entry: &'static str, aligned: bool) -> Result<wgpu::ComputePipeline> {
+        if let Some(p) = lock(&self.pipelines).get(&(entry, aligned)) {
             return Ok(p.clone());
         }
         let &(name, src, _) = SHADERS
@@ -239,25 +240,30 @@ impl Gpu {
                 layout: None,
                 module: &module,
                 entry_point: Some(entry),
-                compilation_options: Default::default(),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[("ALIGNED", if aligned { 1.0 } else { 0.0 })],
+                    ..Default::default()
+                },
                 cache: None,
             });
-        lock(&self.pipelines).insert(entry, p.clone());
+        lock(&self.pipelines).insert((entry, aligned), p.clone());
         Ok(p)
     }
 
     /// One compute pass running `entry` on `groups` workgroups (a 2-D grid past 65,535).
+    /// `aligned`: every workgroup's items lie in one row (`ALIGNED` in the shaders).
     pub fn dispatch(
         &self,
         enc: &mut wgpu::CommandEncoder,
         entry: &'static str,
+        aligned: bool,
         binds: &[Bind],
         groups: u64,
     ) -> Result<()> {
         if groups == 0 {
             return Ok(());
         }
-        let pipeline = self.pipeline(entry)?;
+        let pipeline = self.pipeline(entry, aligned)?;
         let entries: Vec<wgpu::BindGroupEntry> = binds
             .iter()
             .map(|b| wgpu::BindGroupEntry {

@@ -135,7 +135,8 @@ impl WgpuBackend {
                 }
                 binds.push(Bind::whole(3, &rt.moduli));
                 binds.push(Bind::whole(4, &prm));
-                self.gpu.dispatch(enc, entry, &binds, words.div_ceil(WG))?;
+                self.gpu
+                    .dispatch(enc, entry, a.n() >= 256, &binds, words.div_ceil(WG))?;
             }
             Ok(())
         })
@@ -197,7 +198,8 @@ impl WgpuBackend {
                         Bind::whole(2, &rt.moduli),
                         Bind::whole(3, &prm),
                     ];
-                    self.gpu.dispatch(enc, entry, &binds, groups)
+                    let aligned = entry.ends_with("_stage") && n >= 512;
+                    self.gpu.dispatch(enc, entry, aligned, &binds, groups)
                 };
                 if forward {
                     for tl in (log_s..log_n).rev() {
@@ -255,7 +257,7 @@ impl WgpuBackend {
                 }
                 binds.push(Bind::whole(4, &prm));
                 self.gpu
-                    .dispatch(enc, entry, &binds, ((len * pw) as u64).div_ceil(WG))?;
+                    .dispatch(enc, entry, false, &binds, ((len * pw) as u64).div_ceil(WG))?;
             }
             Ok(())
         })?;
@@ -288,8 +290,13 @@ impl WgpuBackend {
                     Bind::whole(2, table),
                     Bind::whole(4, &prm),
                 ];
-                self.gpu
-                    .dispatch(enc, entry, &binds, ((len * ow) as u64).div_ceil(WG))?;
+                self.gpu.dispatch(
+                    enc,
+                    entry,
+                    n >= 256,
+                    &binds,
+                    ((len * ow) as u64).div_ceil(WG),
+                )?;
             }
             Ok(())
         })?;
@@ -518,6 +525,7 @@ impl Backend for WgpuBackend {
                 self.gpu.dispatch(
                     enc,
                     "lincomb",
+                    n >= 256,
                     &binds,
                     ((outputs * words) as u64).div_ceil(WG),
                 )?;
@@ -571,8 +579,13 @@ impl Backend for WgpuBackend {
                 Bind::whole(4, &prm),
                 Bind::whole(5, out.get()),
             ];
-            self.gpu
-                .dispatch(enc, "tensor_product", &binds, (w as u64).div_ceil(WG))
+            self.gpu.dispatch(
+                enc,
+                "tensor_product",
+                a.n() >= 256,
+                &binds,
+                (w as u64).div_ceil(WG),
+            )
         })?;
         Ok(self.wrap(out, a.limbs_arc(), 3, a.n(), Repr::Ntt))
     }
