@@ -18,6 +18,7 @@ pub mod nn;
 pub mod rlwe;
 pub mod serialize;
 pub mod tensor;
+pub mod train;
 pub mod workers;
 
 pub use error::{Error, Result};

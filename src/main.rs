@@ -85,6 +85,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Encrypted training: logistic regression on Titanic or UCI credit approval (CKKS,
+    /// encrypted features, labels and weights), or federated averaging on credit approval.
+    Train {
+        /// titanic, credit or credit-federated (mnist-transfer: not implemented yet).
+        workload: String,
+        /// Data file (default: the bundled copy).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// Data-parallel shards per step (in-process, rayon); data owners for credit-federated.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Degree of the least-squares sigmoid fit: 3, 5 or 7.
+        #[arg(long, default_value_t = 3)]
+        degree: usize,
+        /// The fit interval is [-A, A].
+        #[arg(long, default_value_t = 8.0)]
+        interval: f64,
+        /// Epochs (local epochs per round for credit-federated).
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        /// Learning rate.
+        #[arg(long, default_value_t = 0.5)]
+        lr: f64,
+        /// Momentum.
+        #[arg(long, default_value_t = 0.9)]
+        momentum: f64,
+        /// Mini-batch size.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Federated rounds (credit-federated).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// log2 of the ring degree (14: 13 levels, two steps per refresh).
+        #[arg(long, default_value_t = 14)]
+        log_n: u32,
+        /// Seed of the split and the batches.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve encrypted jobs on stdin/stdout (started by `titanic-workers` and the workers API).
     #[command(hide = true)]
     Worker {
@@ -172,6 +214,35 @@ fn main() -> ExitCode {
             json,
         }),
         Command::Worker { backend } => cli::workers::serve(&backend),
+        Command::Train {
+            workload,
+            data,
+            workers,
+            degree,
+            interval,
+            epochs,
+            lr,
+            momentum,
+            batch,
+            rounds,
+            log_n,
+            seed,
+            json,
+        } => cli::train::run(cli::train::TrainOptions {
+            workload,
+            data,
+            workers,
+            degree,
+            interval,
+            epochs,
+            lr,
+            momentum,
+            batch,
+            rounds,
+            log_n,
+            seed,
+            json,
+        }),
         Command::IoBench { data, json } => cli::io_bench::run(&data, json),
         Command::Bench {
             log_n,

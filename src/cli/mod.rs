@@ -5,4 +5,5 @@ pub mod demo;
 pub mod io_bench;
 pub mod mnist;
 pub mod packed;
+pub mod train;
 pub mod workers;

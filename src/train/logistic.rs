@@ -1,0 +1,624 @@
+//! Logistic regression, trained in plaintext or on encrypted data with the same model
+//! ([`Sequential`] with one `Linear(d → 1)` layer, see [`model`]) and the same optimizer
+//! settings ([`TrainConfig`]: epochs, batch size, learning rate, momentum, seed).
+//!
+//! * [`train_plain`]: mini-batch gradient descent with momentum on plaintext, with the true
+//!   sigmoid or a polynomial one — the reference the encrypted run is checked against.
+//! * [`train_encrypted`]: the same steps on CKKS ciphertexts — encrypted features and
+//!   labels, encrypted weights and velocity, polynomial sigmoid, block layout (see
+//!   [`super`]), data-parallel shards, explicit key-holder refresh when the weights run out
+//!   of levels.
+//!
+//! The gradient of both is the one of encrypted logistic regression (Kim et al. 2018):
+//! `g = Xᵀ(p(Xw + b) − y)/n` with `p` the sigmoid (or its polynomial fit) — the gradient of
+//! the cross-entropy with `p` in place of `σ`. Momentum follows PyTorch's SGD with a constant
+//! learning rate: `v ← μv + g, w ← w − ηv`; the encrypted run keeps `v' = ηv`
+//! (`v' ← μv' + ηg, w ← w − v'`), the same iterates.
+//!
+//! Batches are fixed once from `cfg.seed` (the data owner packs and encrypts each batch
+//! once); each epoch visits them in a fresh order drawn from the same generator, in both runs.
+
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{Array1, Array2};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
+
+use super::{
+    bce_logit, encrypt_public, eval_poly, poly_depth, BlockLayout, KeyHolder, PublicEval, Refresh,
+    StepStats,
+};
+use crate::ckks::CkksContext;
+use crate::data::Dataset;
+use crate::nn::{Gradients, Layer, Linear, PolyActivation, Sequential, TrainConfig};
+use crate::rlwe::Ciphertext;
+use crate::{Error, Result};
+
+/// Lowest level the weights may reach (level 0 holds only `q_0/(2Δ)` = 8).
+pub const MIN_WEIGHT_LEVEL: usize = 1;
+
+/// A logistic-regression model: one `Linear(d → 1)` layer named `fc`, zero-initialised.
+pub fn model(num_features: usize) -> Result<Sequential> {
+    let mut m = Sequential::new();
+    m.push(
+        "fc",
+        Linear::from_weights(Array2::zeros((1, num_features)), Array1::zeros(1))?,
+    )?;
+    Ok(m)
+}
+
+/// `(weights, bias)` of a logistic-regression model.
+pub fn weights(model: &Sequential) -> Result<(Vec<f64>, f64)> {
+    match model.layers() {
+        [Layer::Linear(l)] if l.out_features() == 1 => Ok((l.weight.row(0).to_vec(), l.bias[0])),
+        _ => Err(Error::Model(
+            "logistic regression needs a model with exactly one Linear(d → 1) layer".into(),
+        )),
+    }
+}
+
+fn set_weights(model: &mut Sequential, w: &[f64], b: f64) -> Result<()> {
+    match model.layers_mut() {
+        [Layer::Linear(l)] if l.out_features() == 1 && l.in_features() == w.len() => {
+            l.weight.row_mut(0).assign(&ndarray::ArrayView1::from(w));
+            l.bias[0] = b;
+            Ok(())
+        }
+        _ => Err(Error::Model(
+            "logistic regression needs a model with exactly one Linear(d → 1) layer".into(),
+        )),
+    }
+}
+
+/// Logits `Xw + b` of a logistic-regression model.
+pub fn logits(model: &Sequential, x: &Array2<f64>) -> Result<Vec<f64>> {
+    let (w, b) = weights(model)?;
+    if x.ncols() != w.len() {
+        return Err(Error::Shape(format!(
+            "{} features but the model has {} inputs",
+            x.ncols(),
+            w.len()
+        )));
+    }
+    Ok(x.rows()
+        .into_iter()
+        .map(|r| r.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>() + b)
+        .collect())
+}
+
+/// Accuracy (`z > 0` ⇔ class 1) and mean cross-entropy (true sigmoid) on a data set.
+pub fn evaluate(model: &Sequential, data: &Dataset) -> Result<(f64, f64)> {
+    let z = logits(model, &data.features)?;
+    let n = data.len().max(1) as f64;
+    let acc = z
+        .iter()
+        .zip(&data.labels)
+        .filter(|(z, &y)| (**z > 0.0) == (y == 1))
+        .count() as f64
+        / n;
+    let loss = z
+        .iter()
+        .zip(&data.labels)
+        .map(|(&z, &y)| bce_logit(z, y as f64))
+        .sum::<f64>()
+        / n;
+    Ok((acc, loss))
+}
+
+/// The fixed mini-batches (index lists) and, per epoch, their visiting order.
+pub fn batch_plan(n: usize, cfg: &TrainConfig) -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
+    let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.shuffle(&mut rng);
+    let batches: Vec<Vec<usize>> = idx
+        .chunks(cfg.batch_size.max(1))
+        .map(|c| c.to_vec())
+        .collect();
+    let orders = (0..cfg.epochs)
+        .map(|_| {
+            let mut o: Vec<usize> = (0..batches.len()).collect();
+            o.shuffle(&mut rng);
+            o
+        })
+        .collect();
+    (batches, orders)
+}
+
+fn validate(cfg: &TrainConfig, data: &Dataset) -> Result<()> {
+    if data.is_empty() {
+        return Err(Error::Data("cannot train on an empty data set".into()));
+    }
+    if cfg.batch_size == 0 || cfg.epochs == 0 {
+        return Err(Error::Model("batch size and epochs must be ≥ 1".into()));
+    }
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0 && (0.0..1.0).contains(&cfg.momentum)) {
+        return Err(Error::Model(format!(
+            "learning rate must be > 0 and momentum in [0, 1); got {} and {}",
+            cfg.lr, cfg.momentum
+        )));
+    }
+    Ok(())
+}
+
+/// One plaintext step on the samples `idx`: returns the batch logits.
+fn plain_step(
+    model: &mut Sequential,
+    velocity: &mut Gradients,
+    data: &Dataset,
+    idx: &[usize],
+    sigmoid: Option<&PolyActivation>,
+    cfg: &TrainConfig,
+) -> Result<Vec<f64>> {
+    let x = data.features.select(ndarray::Axis(0), idx);
+    let z = logits(model, &x)?;
+    let d = data.num_features();
+    let mut gw = Array2::<f64>::zeros((1, d));
+    let mut gb = 0.0;
+    for (t, (&zt, &i)) in z.iter().zip(idx).enumerate() {
+        let p = match sigmoid {
+            Some(poly) => poly.eval(zt),
+            None => 1.0 / (1.0 + (-zt).exp()),
+        };
+        let e = p - data.labels[i] as f64;
+        for j in 0..d {
+            gw[[0, j]] += e * x[[t, j]];
+        }
+        gb += e;
+    }
+    let n = idx.len() as f64;
+    let grads = Gradients {
+        per_layer: vec![vec![
+            (gw / n).into_dyn(),
+            Array1::from_elem(1, gb / n).into_dyn(),
+        ]],
+    };
+    crate::nn::train::sgd_step(model, velocity, &grads, cfg.lr, cfg.momentum, 0.0);
+    Ok(z)
+}
+
+/// Per-epoch statistics.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct EpochStats {
+    /// Epoch (1-based).
+    pub epoch: usize,
+    /// Mean cross-entropy of the training batches (for encrypted runs: from the logits the
+    /// key holder decrypted; NaN if not monitored).
+    pub train_loss: f64,
+    /// Accuracy on the training batches, as for the loss.
+    pub train_accuracy: f64,
+    /// Accuracy of the (decrypted) weights on the evaluation set, if one was given.
+    pub eval_accuracy: Option<f64>,
+    /// Seconds since the start of training.
+    pub elapsed_s: f64,
+}
+
+/// Report of [`train_plain`] / [`train_encrypted`].
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Report {
+    /// Per step (encrypted runs only).
+    pub steps: Vec<StepStats>,
+    /// Per epoch.
+    pub epochs: Vec<EpochStats>,
+    /// Key-holder refreshes performed.
+    pub refreshes: usize,
+    /// Levels one step consumes (encrypted runs).
+    pub levels_per_step: usize,
+    /// Rotations one step performs (encrypted runs).
+    pub rotations_per_step: usize,
+    /// Seconds to encrypt the training set (encrypted runs).
+    pub encrypt_seconds: f64,
+    /// Seconds of key generation (encrypted runs).
+    pub keygen_seconds: f64,
+    /// Seconds of training (steps + refreshes + monitor).
+    pub train_seconds: f64,
+    /// Ciphertexts holding the training set.
+    pub data_ciphertexts: usize,
+}
+
+fn progress(cfg: &TrainConfig, total: usize) -> ProgressBar {
+    let pb = if cfg.progress {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} steps ({eta}) {msg}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb
+}
+
+fn epoch_line(pb: &ProgressBar, cfg: &TrainConfig, s: &EpochStats) {
+    let msg = format!(
+        "epoch {}/{}: loss {:.4}, train acc {:.2}%{}",
+        s.epoch,
+        cfg.epochs,
+        s.train_loss,
+        100.0 * s.train_accuracy,
+        s.eval_accuracy
+            .map(|a| format!(", eval acc {:.2}%", 100.0 * a))
+            .unwrap_or_default()
+    );
+    pb.set_message(msg.clone());
+    if cfg.progress {
+        if pb.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            pb.println(msg);
+        }
+    }
+}
+
+/// Trains `model` in plaintext with the true sigmoid (`sigmoid = None`) or a polynomial one,
+/// with the batches and order of [`batch_plan`].
+pub fn train_plain(
+    model: &mut Sequential,
+    data: &Dataset,
+    eval: Option<&Dataset>,
+    cfg: &TrainConfig,
+    sigmoid: Option<&PolyActivation>,
+) -> Result<Report> {
+    validate(cfg, data)?;
+    weights(model)?;
+    let (batches, orders) = batch_plan(data.len(), cfg);
+    let mut velocity = Gradients::zeros_like(model);
+    let start = Instant::now();
+    let mut report = Report::default();
+    let pb = progress(cfg, batches.len() * cfg.epochs);
+    for (e, order) in orders.iter().enumerate() {
+        let (mut loss, mut correct) = (0.0, 0usize);
+        for &b in order {
+            let idx = &batches[b];
+            let z = plain_step(model, &mut velocity, data, idx, sigmoid, cfg)?;
+            for (&zt, &i) in z.iter().zip(idx) {
+                let y = data.labels[i] as f64;
+                loss += bce_logit(zt, y);
+                correct += usize::from((zt > 0.0) == (y == 1.0));
+            }
+            pb.inc(1);
+        }
+        let stats = EpochStats {
+            epoch: e + 1,
+            train_loss: loss / data.len() as f64,
+            train_accuracy: correct as f64 / data.len() as f64,
+            eval_accuracy: eval.map(|d| evaluate(model, d).map(|r| r.0)).transpose()?,
+            elapsed_s: start.elapsed().as_secs_f64(),
+        };
+        epoch_line(&pb, cfg, &stats);
+        report.epochs.push(stats);
+    }
+    pb.finish_and_clear();
+    report.train_seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Settings of the encrypted run besides the optimizer's.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncryptedOptions {
+    /// The polynomial sigmoid (e.g. `PolyActivation::sigmoid(3, (-8.0, 8.0))`).
+    pub sigmoid: PolyActivation,
+    /// Data-parallel shards per mini-batch (each computes an encrypted partial gradient).
+    pub workers: usize,
+    /// The key holder decrypts each batch's encrypted logits to report loss and accuracy.
+    pub monitor: bool,
+}
+
+/// One encrypted ciphertext of a batch: features, features times `η/n`, replicated labels.
+#[derive(Clone)]
+pub struct BatchCt {
+    /// Features, `x[t][j]` in slot `j·B + t` (bias column 1 at block `d`).
+    pub x: Ciphertext,
+    /// `(η/n)·x`, made once by the server (1 level lower).
+    pub x_lr: Ciphertext,
+    /// Labels `y[t]` in slot `t` of every block (`p(0)` in the slots without a sample).
+    pub y: Ciphertext,
+    /// Samples held.
+    pub count: usize,
+}
+
+/// What one shard (worker) returns for a step: its encrypted partial gradient
+/// `Σ_t (p(z_t) − y_t)·(η/n)·x_t` (not yet summed over slots, not yet rescaled) and its
+/// encrypted logits.
+pub struct ShardOutput {
+    /// Partial gradient, one ciphertext in the block layout.
+    pub partial: Ciphertext,
+    /// Encrypted logits of each batch ciphertext (for the key-holder monitor).
+    pub logits: Vec<Ciphertext>,
+}
+
+/// The per-shard computation of a data-parallel step: a plain function of public material,
+/// encrypted weights and the shard's encrypted batch (what a worker process runs).
+///
+/// `bound` is the half-width of the sigmoid's fit interval (see [`super::eval_poly`]).
+pub fn shard_gradient(
+    ev: &PublicEval,
+    layout: &BlockLayout,
+    sigmoid: &[f64],
+    bound: f64,
+    w: &Ciphertext,
+    shard: &[BatchCt],
+) -> Result<ShardOutput> {
+    let ctx = &ev.ctx;
+    let target = ctx.default_scale();
+    let per_ct = shard
+        .par_iter()
+        .map(|b| {
+            let prod = ctx.rescale(&ctx.relinearize(&ctx.multiply(w, &b.x)?, &ev.relin)?)?;
+            let z = layout.sum_blocks(ev, &prod)?;
+            let p = eval_poly(ctx, &z, sigmoid, &ev.relin, target, bound)?;
+            let e = ctx.sub(&p, &b.y)?;
+            Ok((ctx.multiply(&e, &b.x_lr)?, z))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut it = per_ct.into_iter();
+    let (mut acc, z0) = it
+        .next()
+        .ok_or_else(|| Error::InvalidInput("empty shard".into()))?;
+    let mut logits = vec![z0];
+    for (q, z) in it {
+        acc = ctx.add(&acc, &q)?;
+        logits.push(z);
+    }
+    // Not rescaled: the slot sums run at scale Δ² (see BlockLayout::reduce_blocks).
+    let partial = ctx.relinearize(&acc, &ev.relin)?;
+    Ok(ShardOutput { partial, logits })
+}
+
+/// The server's update from the summed partial gradients: reduce over slots, then momentum.
+/// Returns the new `(w, v)`.
+pub fn apply_update(
+    ev: &PublicEval,
+    layout: &BlockLayout,
+    partials: &[Ciphertext],
+    w: &Ciphertext,
+    v: Option<&Ciphertext>,
+    momentum: f64,
+) -> Result<(Ciphertext, Ciphertext)> {
+    let ctx = &ev.ctx;
+    let mut p = partials
+        .first()
+        .ok_or_else(|| Error::InvalidInput("no partial gradients".into()))?
+        .clone();
+    for q in &partials[1..] {
+        p = ctx.add(&p, q)?;
+    }
+    let g = layout.reduce_blocks(ev, &p, ctx.default_scale())?;
+    let v = match v {
+        Some(v) if momentum != 0.0 => {
+            let l = v.level();
+            let mv =
+                ctx.rescale(&ctx.multiply_scalar(v, momentum, ctx.scale_prime(l) as f64)?)?;
+            ctx.add(&mv, &g)?
+        }
+        _ => g,
+    };
+    let w = ctx.sub(w, &v)?;
+    Ok((w, v))
+}
+
+/// Levels an encrypted step consumes with a sigmoid of this degree.
+pub fn levels_per_step(degree: usize) -> usize {
+    3 + poly_depth(degree)
+}
+
+/// Trains `model` on encrypted data. The key holder encrypts the initial weights, performs
+/// the refreshes and (if `opts.monitor`) decrypts each batch's logits to report loss and
+/// accuracy; the data are packed in the block layout and encrypted under the public key;
+/// every step runs on ciphertexts only. At the end the key holder decrypts the weights into
+/// `model`.
+pub fn train_encrypted(
+    model: &mut Sequential,
+    data: &Dataset,
+    eval: Option<&Dataset>,
+    cfg: &TrainConfig,
+    opts: &EncryptedOptions,
+    holder: &KeyHolder,
+) -> Result<Report> {
+    validate(cfg, data)?;
+    let (w0, b0) = weights(model)?;
+    let d = data.num_features();
+    if w0.len() != d {
+        return Err(Error::Shape(format!(
+            "{d} features but the model has {} inputs",
+            w0.len()
+        )));
+    }
+    opts.sigmoid.validate()?;
+    let ctx: &CkksContext = holder.ctx();
+    let workers = opts.workers.max(1);
+    let per_shard = cfg.batch_size.div_ceil(workers);
+    let layout = BlockLayout::new(ctx.slots(), d + 1, 1)?;
+    let need = levels_per_step(opts.sigmoid.degree());
+    if ctx.max_level() < need + MIN_WEIGHT_LEVEL {
+        return Err(Error::InvalidParameters(format!(
+            "an encrypted step with a degree-{} sigmoid needs {need} levels above level \
+             {MIN_WEIGHT_LEVEL}, the chain has {}; use log2 N ≥ 14 or a lower degree",
+            opts.sigmoid.degree(),
+            ctx.max_level()
+        )));
+    }
+    let mut report = Report {
+        levels_per_step: need,
+        ..Report::default()
+    };
+    let t = Instant::now();
+    let ev = holder.public_eval(&layout)?;
+    report.keygen_seconds = t.elapsed().as_secs_f64();
+
+    // The data owner packs and encrypts every batch once: shards of ≤ per_shard samples, each
+    // in ⌈·/B⌉ ciphertexts.
+    let t = Instant::now();
+    let (batches, orders) = batch_plan(data.len(), cfg);
+    let q_top = ctx.scale_prime(ctx.max_level()) as f64;
+    let mut enc_batches: Vec<Vec<Vec<BatchCt>>> = Vec::with_capacity(batches.len());
+    for idx in &batches {
+        let alpha = cfg.lr / idx.len() as f64;
+        let shards = idx
+            .chunks(per_shard)
+            .map(|part| {
+                part.par_chunks(layout.block)
+                    .map(|chunk| {
+                        let rows: Vec<Vec<f64>> = chunk
+                            .iter()
+                            .map(|&i| {
+                                let mut r = data.features.row(i).to_vec();
+                                r.push(1.0);
+                                r
+                            })
+                            .collect();
+                        let ys: Vec<f64> = chunk.iter().map(|&i| data.labels[i] as f64).collect();
+                        let x = encrypt_public(&ev, &layout.pack_rows(&rows)?)?;
+                        // Padding slots (no sample: z = 0) get the label p(0), so their error
+                        // p(0) − y is 0 and the rounding noise of (η/n)·x there adds nothing.
+                        let y = encrypt_public(
+                            &ev,
+                            &layout.replicate_samples(&ys, opts.sigmoid.coeffs[0])?,
+                        )?;
+                        let x_lr = ctx.rescale(&ctx.multiply_scalar(&x, alpha, q_top)?)?;
+                        Ok(BatchCt {
+                            x,
+                            x_lr,
+                            y,
+                            count: chunk.len(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        enc_batches.push(shards);
+    }
+    report.data_ciphertexts = 2 * enc_batches.iter().flatten().flatten().count();
+    report.encrypt_seconds = t.elapsed().as_secs_f64();
+
+    let mut wb = w0.clone();
+    wb.push(b0);
+    let mut w = holder.encrypt(&layout.replicate_blocks(&wb)?)?;
+    let mut v: Option<Ciphertext> = None;
+    let coeffs = opts.sigmoid.coeffs.clone();
+    let bound = opts
+        .sigmoid
+        .interval
+        .map(|(lo, hi)| lo.abs().max(hi.abs()))
+        .unwrap_or(8.0);
+    let log_b = layout.block.trailing_zeros() as usize;
+    let log_k = layout.blocks.trailing_zeros() as usize;
+    let start = Instant::now();
+    let pb = progress(cfg, batches.len() * cfg.epochs);
+    let mut step = 0usize;
+    for (e, order) in orders.iter().enumerate() {
+        let (mut loss, mut correct, mut seen) = (0.0, 0usize, 0usize);
+        for &bi in order {
+            step += 1;
+            let shards = &enc_batches[bi];
+            let mut refreshed = false;
+            if w.level() < need + MIN_WEIGHT_LEVEL {
+                let mut cts = vec![w.clone()];
+                cts.extend(v.iter().cloned());
+                let fresh = holder.refresh(&cts)?;
+                w = fresh[0].clone();
+                v = fresh.get(1).cloned();
+                refreshed = true;
+                report.refreshes += 1;
+            }
+            let level_before = w.level();
+            let ts = Instant::now();
+            let outs = shards
+                .par_iter()
+                .map(|s| shard_gradient(&ev, &layout, &coeffs, bound, &w, s))
+                .collect::<Result<Vec<_>>>()?;
+            let partials: Vec<Ciphertext> = outs.iter().map(|o| o.partial.clone()).collect();
+            let (nw, nv) = apply_update(&ev, &layout, &partials, &w, v.as_ref(), cfg.momentum)?;
+            w = nw;
+            v = Some(nv);
+            let seconds = ts.elapsed().as_secs_f64();
+            let n_cts: usize = shards.iter().map(|s| s.len()).sum();
+            report.rotations_per_step = n_cts * log_k + 2 * log_b;
+            let (mut bl, mut bc) = (f64::NAN, f64::NAN);
+            if opts.monitor {
+                let idx = &batches[bi];
+                let mut zs = Vec::with_capacity(idx.len());
+                for (o, s) in outs.iter().zip(shards) {
+                    for (zc, b) in o.logits.iter().zip(s) {
+                        let dec = holder.decrypt(zc)?;
+                        zs.extend_from_slice(&dec[..b.count]);
+                    }
+                }
+                let (mut l, mut c) = (0.0, 0usize);
+                for (&z, &i) in zs.iter().zip(idx) {
+                    let y = data.labels[i] as f64;
+                    l += bce_logit(z, y);
+                    c += usize::from((z > 0.0) == (y == 1.0));
+                }
+                loss += l;
+                correct += c;
+                seen += idx.len();
+                bl = l / idx.len() as f64;
+                bc = c as f64 / idx.len() as f64;
+            }
+            report.steps.push(StepStats {
+                step,
+                epoch: e + 1,
+                samples: batches[bi].len(),
+                loss: bl,
+                accuracy: bc,
+                level_before,
+                level_after: w.level(),
+                refreshed,
+                seconds,
+            });
+            pb.inc(1);
+        }
+        let eval_accuracy = match eval {
+            Some(d) => {
+                let (wd, bd) = decrypt_weights(holder, &layout, &w, data.num_features())?;
+                let mut m = model.clone();
+                set_weights(&mut m, &wd, bd)?;
+                Some(evaluate(&m, d)?.0)
+            }
+            None => None,
+        };
+        let stats = EpochStats {
+            epoch: e + 1,
+            train_loss: if seen > 0 {
+                loss / seen as f64
+            } else {
+                f64::NAN
+            },
+            train_accuracy: if seen > 0 {
+                correct as f64 / seen as f64
+            } else {
+                f64::NAN
+            },
+            eval_accuracy,
+            elapsed_s: start.elapsed().as_secs_f64(),
+        };
+        epoch_line(&pb, cfg, &stats);
+        report.epochs.push(stats);
+    }
+    pb.finish_and_clear();
+    let (wd, bd) = decrypt_weights(holder, &layout, &w, d)?;
+    set_weights(model, &wd, bd)?;
+    report.train_seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The key holder reads the weights: the mean of each block (all its slots hold `w_j`).
+pub fn decrypt_weights(
+    holder: &KeyHolder,
+    layout: &BlockLayout,
+    w: &Ciphertext,
+    d: usize,
+) -> Result<(Vec<f64>, f64)> {
+    let v = holder.decrypt(w)?;
+    let mean = |j: usize| {
+        v[j * layout.block..(j + 1) * layout.block]
+            .iter()
+            .sum::<f64>()
+            / layout.block as f64
+    };
+    Ok(((0..d).map(mean).collect(), mean(d)))
+}

@@ -1,0 +1,479 @@
+//! Encrypted training with CKKS: logistic regression ([`logistic`]), federated averaging
+//! ([`federated`]) and transfer learning of a linear head on encrypted CNN features
+//! ([`transfer`]).
+//!
+//! # Parties
+//! * The **key holder** ([`KeyHolder`]) owns the secret key. It encrypts (or lets data owners
+//!   encrypt under its public key), and it is the only party that can decrypt. When a
+//!   ciphertext runs out of levels it performs the **refresh** ([`Refresh`]): decrypt and
+//!   re-encrypt at the top of the chain. The refresh is explicit in the API and counted in
+//!   every report; bootstrapping would implement the same [`Refresh`] trait.
+//! * The **server** (or the workers of a data-parallel step) holds only the public material
+//!   ([`PublicEval`]: context, relinearization and Galois keys) and computes on ciphertexts.
+//!
+//! # Packing: the block layout ([`BlockLayout`])
+//! The slot vector (`S = N/2` slots) is cut into `k` blocks of `B` slots (`k·B = S`, both
+//! powers of two). A mini-batch ciphertext holds **feature `j` of sample `t` in slot
+//! `j·B + t`** (block `k−1`... are zero padding, the last used block is the constant 1 of the
+//! bias); the weights ciphertext holds `w_j` replicated over block `j`. Then
+//! * logits: `Z = Σ_blocks rot(W ⊙ X)` — `log2 k` rotations by `B, 2B, …, S/2` leave `z_t` in
+//!   slot `t` of **every** block (the sum over blocks is cyclic over the whole vector, so no
+//!   mask is needed);
+//! * the sigmoid and the error `E = p(Z) − Y` are slot-wise (labels replicated in every block);
+//! * gradient: `P = E ⊙ X`, then `log2 B` rotations by `1, 2, …, B/2` put `Σ_t P[j·B+t]` in
+//!   the first slot of block `j`, a 0/1 mask (1 level) keeps those heads, and `log2 B`
+//!   rotations by `−1, …, −B/2` replicate each head over its block: the gradient comes out in
+//!   the layout of the weights.
+//!
+//! Rotations per step: `log2 k` per batch ciphertext plus `2·log2 B` once (the partial
+//! products of all ciphertexts and data-parallel shards are added first), i.e. about
+//! `log2 S + log2 B` — against `d·log2 S` for one ciphertext per feature with replicated
+//! scalar weights, which needs no mask but costs 10-40x more rotations here. Levels per step:
+//! 1 (`W⊙X`) + depth of the sigmoid + 1 (`E⊙X`) + 1 (mask) — the learning rate is folded into
+//! a copy of `X` made once per batch, and the momentum multiplication runs off the critical
+//! path. With [`eval_poly`] the sigmoid costs `floor(log2 d) + 1` levels: 2 for degree 3, 3
+//! for degrees 5 and 7, so a step costs 5 or 6 levels.
+
+pub mod federated;
+pub mod logistic;
+pub mod transfer;
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::ckks::{CkksContext, CkksParams, KeySet};
+use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, Security};
+use crate::{Error, Result};
+
+/// CKKS parameters for training: ring degree `2^log_n`, scale `2^26`, a 30-bit base prime,
+/// and the longest chain that fits 128-bit security with two special primes (N = 2^14: 13
+/// levels; N = 2^13: 5 levels with one special prime).
+pub fn training_params(log_n: u32) -> Result<CkksParams> {
+    let scale_bits = 26;
+    let max = crate::rlwe::params::max_log_qp_128(1usize << log_n)
+        .ok_or_else(|| Error::InvalidParameters(format!("no parameters for log2 N = {log_n}")))?
+        as usize;
+    // Prefer two special primes (cheaper key switching), fall back to one.
+    for alpha in [2usize, 1] {
+        let levels = (max.saturating_sub(30 + 30 * alpha)) / scale_bits as usize;
+        if levels < 2 {
+            continue;
+        }
+        let dnum = (levels + 1).div_ceil(alpha);
+        match CkksParams::new(log_n, levels, scale_bits, 30, dnum, Security::Bits128) {
+            Ok(p) => return Ok(p),
+            Err(Error::InsecureParameters { .. }) => {
+                if let Ok(p) =
+                    CkksParams::new(log_n, levels - 1, scale_bits, 30, dnum, Security::Bits128)
+                {
+                    return Ok(p);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(Error::InvalidParameters(format!(
+        "no training chain fits N = 2^{log_n} at 128-bit security"
+    )))
+}
+
+/// The slot layout of [`logistic`] and [`transfer`]: `blocks` blocks of `block` slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockLayout {
+    /// Number of blocks `k` (a power of two).
+    pub blocks: usize,
+    /// Slots per block `B` (a power of two): the samples one ciphertext holds.
+    pub block: usize,
+}
+
+impl BlockLayout {
+    /// A layout with at least `min_blocks` blocks of at least `min_block` slots each (the
+    /// rest of the slots go to larger blocks, so the slots are all used).
+    pub fn new(slots: usize, min_blocks: usize, min_block: usize) -> Result<Self> {
+        let blocks = min_blocks.max(1).next_power_of_two();
+        let block = slots / blocks;
+        if blocks > slots || block < min_block.max(1) {
+            return Err(Error::InvalidParameters(format!(
+                "{min_blocks} blocks of {min_block} samples do not fit {slots} slots; use a \
+                 larger ring (log2 N) or fewer samples per ciphertext"
+            )));
+        }
+        Ok(Self { blocks, block })
+    }
+
+    /// Total slots `k·B`.
+    pub fn slots(&self) -> usize {
+        self.blocks * self.block
+    }
+
+    /// Rotation steps the layout needs: `1, 2, …, B/2`, their negatives, and `B, 2B, …, S/2`.
+    pub fn rotation_steps(&self) -> Vec<i64> {
+        let mut steps = Vec::new();
+        let mut s = 1;
+        while s < self.block {
+            steps.push(s as i64);
+            steps.push(-(s as i64));
+            s *= 2;
+        }
+        let mut s = self.block;
+        while s < self.slots() {
+            steps.push(s as i64);
+            s *= 2;
+        }
+        steps
+    }
+
+    /// Sum over blocks (cyclic): slot `j·B + t` gets `Σ_j' ct[j'·B + t]`. `log2 k` rotations.
+    pub fn sum_blocks(&self, ev: &PublicEval, ct: &Ciphertext) -> Result<Ciphertext> {
+        let mut acc = ct.clone();
+        let mut s = self.block;
+        while s < self.slots() {
+            acc = ev
+                .ctx
+                .add(&acc, &ev.ctx.rotate(&acc, s as i64, &ev.galois)?)?;
+            s *= 2;
+        }
+        Ok(acc)
+    }
+
+    /// Slot `j·B` gets `Σ_{t<B} ct[j·B + t]` (other slots: partial sums). `log2 B` rotations.
+    pub fn sum_within_blocks(&self, ev: &PublicEval, ct: &Ciphertext) -> Result<Ciphertext> {
+        let mut acc = ct.clone();
+        let mut s = 1;
+        while s < self.block {
+            acc = ev
+                .ctx
+                .add(&acc, &ev.ctx.rotate(&acc, s as i64, &ev.galois)?)?;
+            s *= 2;
+        }
+        Ok(acc)
+    }
+
+    /// From a ciphertext that is zero except at block heads `j·B`, copies each head over its
+    /// block. `log2 B` rotations.
+    pub fn replicate_heads(&self, ev: &PublicEval, ct: &Ciphertext) -> Result<Ciphertext> {
+        let mut acc = ct.clone();
+        let mut s = 1;
+        while s < self.block {
+            acc = ev
+                .ctx
+                .add(&acc, &ev.ctx.rotate(&acc, -(s as i64), &ev.galois)?)?;
+            s *= 2;
+        }
+        Ok(acc)
+    }
+
+    /// The gradient reduction: sums every block of `p` (size 2, a product not yet rescaled),
+    /// rescales, keeps the block heads with a 0/1 mask encoded so that the result has scale
+    /// `target`, replicates them and rescales: the output holds `Σ_t p[j·B+t]` in every slot
+    /// of block `j`. 2 levels (the product's rescale and the mask's), `2·log2 B` rotations.
+    ///
+    /// Both rotation sums run **before** their rescale, at scale ≈ Δ², where the rotations'
+    /// noise is negligible: summing `B` slots after a rescale would add up `B` independent
+    /// rounding errors (≈ `√B` times the precision of one slot).
+    pub fn reduce_blocks(
+        &self,
+        ev: &PublicEval,
+        p: &Ciphertext,
+        target: f64,
+    ) -> Result<Ciphertext> {
+        let r = ev.ctx.rescale(&self.sum_within_blocks(ev, p)?)?;
+        let l = r.level();
+        if l == 0 {
+            return Err(Error::OutOfLevels {
+                op: "gradient mask",
+                level: 0,
+            });
+        }
+        let mut mask = vec![0.0; self.slots()];
+        for j in 0..self.blocks {
+            mask[j * self.block] = 1.0;
+        }
+        let c = ev.ctx.scale_prime(l) as f64 * target / r.scale();
+        let pt = ev.ctx.encode(&mask, c, l)?;
+        let m = ev.ctx.multiply_plain(&r, &pt)?;
+        ev.ctx.rescale(&self.replicate_heads(ev, &m)?)
+    }
+
+    /// Packs rows `x[t]` (t < B, each with ≤ k features) as slot `j·B + t`.
+    pub fn pack_rows(&self, rows: &[Vec<f64>]) -> Result<Vec<f64>> {
+        if rows.len() > self.block {
+            return Err(Error::TooManyValues {
+                got: rows.len(),
+                slots: self.block,
+            });
+        }
+        let mut v = vec![0.0; self.slots()];
+        for (t, row) in rows.iter().enumerate() {
+            if row.len() > self.blocks {
+                return Err(Error::Shape(format!(
+                    "{} features for {} blocks",
+                    row.len(),
+                    self.blocks
+                )));
+            }
+            for (j, &x) in row.iter().enumerate() {
+                v[j * self.block + t] = x;
+            }
+        }
+        Ok(v)
+    }
+
+    /// Replicates `values[t]` (t < B) into slot `t` of every block; the unused slots
+    /// `t ≥ values.len()` get `pad`.
+    pub fn replicate_samples(&self, values: &[f64], pad: f64) -> Result<Vec<f64>> {
+        if values.len() > self.block {
+            return Err(Error::TooManyValues {
+                got: values.len(),
+                slots: self.block,
+            });
+        }
+        let mut v = vec![pad; self.slots()];
+        for j in 0..self.blocks {
+            v[j * self.block..j * self.block + values.len()].copy_from_slice(values);
+        }
+        Ok(v)
+    }
+
+    /// Replicates `w[j]` over block `j`.
+    pub fn replicate_blocks(&self, w: &[f64]) -> Result<Vec<f64>> {
+        if w.len() > self.blocks {
+            return Err(Error::Shape(format!(
+                "{} values for {} blocks",
+                w.len(),
+                self.blocks
+            )));
+        }
+        let mut v = vec![0.0; self.slots()];
+        for (j, &x) in w.iter().enumerate() {
+            v[j * self.block..(j + 1) * self.block].fill(x);
+        }
+        Ok(v)
+    }
+}
+
+/// What the server side holds: the context and the evaluation keys, no secret.
+pub struct PublicEval {
+    /// The CKKS context.
+    pub ctx: Arc<CkksContext>,
+    /// Relinearization key.
+    pub relin: RelinKey,
+    /// Galois keys for the layout's rotations.
+    pub galois: GaloisKeys,
+    /// Public encryption key (data owners encrypt with it).
+    pub public: PublicKey,
+}
+
+/// A way to bring ciphertexts back to the top of the modulus chain.
+pub trait Refresh: Sync {
+    /// Returns fresh encryptions (top level, default scale) of the same values.
+    fn refresh(&self, cts: &[Ciphertext]) -> Result<Vec<Ciphertext>>;
+    /// A short description for reports (`"key holder: decrypt + re-encrypt"`).
+    fn describe(&self) -> &'static str;
+}
+
+/// The party that owns the secret key.
+pub struct KeyHolder {
+    ctx: Arc<CkksContext>,
+    keys: KeySet,
+}
+
+impl KeyHolder {
+    /// Generates keys for `ctx`.
+    pub fn new(ctx: Arc<CkksContext>) -> Result<Self> {
+        let keys = ctx.keygen()?;
+        Ok(Self { ctx, keys })
+    }
+
+    /// The public evaluation material for a layout (Galois keys for its rotations).
+    pub fn public_eval(&self, layout: &BlockLayout) -> Result<PublicEval> {
+        self.public_eval_steps(&layout.rotation_steps())
+    }
+
+    /// The public evaluation material with Galois keys for the given rotation steps.
+    pub fn public_eval_steps(&self, steps: &[i64]) -> Result<PublicEval> {
+        let galois = self.ctx.gen_galois_keys(&self.keys.secret, steps, false)?;
+        Ok(PublicEval {
+            ctx: self.ctx.clone(),
+            relin: self.keys.relin.clone(),
+            galois,
+            public: self.keys.public.clone(),
+        })
+    }
+
+    /// The context.
+    pub fn ctx(&self) -> &Arc<CkksContext> {
+        &self.ctx
+    }
+
+    /// Encrypts slot values at the top level and default scale (seeded symmetric encryption).
+    pub fn encrypt(&self, values: &[f64]) -> Result<Ciphertext> {
+        let pt = self
+            .ctx
+            .encode(values, self.ctx.default_scale(), self.ctx.max_level())?;
+        self.ctx.encrypt_symmetric(&pt, &self.keys.secret)
+    }
+
+    /// Decrypts to real slot values.
+    pub fn decrypt(&self, ct: &Ciphertext) -> Result<Vec<f64>> {
+        self.ctx.decrypt_decode(ct, &self.keys.secret)
+    }
+}
+
+impl Refresh for KeyHolder {
+    fn refresh(&self, cts: &[Ciphertext]) -> Result<Vec<Ciphertext>> {
+        cts.par_iter()
+            .map(|c| self.encrypt(&self.decrypt(c)?))
+            .collect()
+    }
+
+    fn describe(&self) -> &'static str {
+        "key holder: decrypt + re-encrypt"
+    }
+}
+
+/// Encrypts slot values under the public key (what a data owner without the secret does).
+pub fn encrypt_public(ev: &PublicEval, values: &[f64]) -> Result<Ciphertext> {
+    let pt = ev
+        .ctx
+        .encode(values, ev.ctx.default_scale(), ev.ctx.max_level())?;
+    ev.ctx.encrypt(&pt, &ev.public)
+}
+
+/// Levels [`eval_poly`] consumes for a degree: `floor(log2 d) + 1` (0 for a constant).
+pub fn poly_depth(degree: usize) -> usize {
+    if degree == 0 {
+        0
+    } else {
+        (usize::BITS - degree.leading_zeros()) as usize
+    }
+}
+
+/// Evaluates `Σ coeffs[k]·x^k` slot-wise with the minimal depth `floor(log2 d) + 1`
+/// ([`poly_depth`]): powers `x^(2^i)` by squaring, and each term `c_k·x^k` as the product of
+/// the powers of `k`'s binary digits, the coefficient multiplied into the lowest one. The
+/// constant each coefficient is encoded at is solved for so that **every term lands on the
+/// scale `target`** exactly, whatever the primes it was rescaled by; the terms are then added
+/// at the lowest level. Coefficients below `1e-12` of the largest are skipped (a sigmoid fit
+/// on a symmetric interval has zero even terms up to rounding).
+///
+/// `bound` (> 0) is the magnitude the inputs are expected to stay under (e.g. the fit
+/// interval's half-width): the polynomial is evaluated in `u = x/bound` — free, by reading
+/// the ciphertext at scale `scale·bound` — with coefficients `c_k·bound^k`, so the powers stay
+/// ≤ 1 and the absolute noise of a term is not multiplied by `|x|^k`.
+pub fn eval_poly(
+    ctx: &CkksContext,
+    x: &Ciphertext,
+    coeffs: &[f64],
+    rk: &RelinKey,
+    target: f64,
+    bound: f64,
+) -> Result<Ciphertext> {
+    if coeffs.iter().any(|c| !c.is_finite()) || coeffs.is_empty() {
+        return Err(Error::InvalidInput(
+            "polynomial coefficients must be finite and non-empty".into(),
+        ));
+    }
+    if !(bound.is_finite() && bound > 0.0) {
+        return Err(Error::InvalidInput(format!(
+            "eval_poly bound must be finite and > 0, got {bound}"
+        )));
+    }
+    let coeffs: Vec<f64> = coeffs
+        .iter()
+        .enumerate()
+        .map(|(k, c)| c * bound.powi(k as i32))
+        .collect();
+    let coeffs = &coeffs[..];
+    let x = &Ciphertext::new(x.polys.clone(), x.scale * bound, x.fingerprint);
+    let cmax = coeffs.iter().skip(1).fold(0.0f64, |m, c| m.max(c.abs()));
+    let used: Vec<usize> = (1..coeffs.len())
+        .filter(|&k| coeffs[k].abs() > 1e-12 * cmax && coeffs[k] != 0.0)
+        .collect();
+    let Some(&degree) = used.last() else {
+        return Err(Error::InvalidInput(
+            "eval_poly needs a non-constant polynomial".into(),
+        ));
+    };
+    let x = if x.size() == 3 {
+        ctx.relinearize(x, rk)?
+    } else {
+        x.clone()
+    };
+    if poly_depth(degree) > x.level() {
+        return Err(Error::OutOfLevels {
+            op: "eval_poly",
+            level: x.level(),
+        });
+    }
+    let m = (usize::BITS - 1 - degree.leading_zeros()) as usize; // highest power 2^m
+    let mut pows = vec![x.clone()];
+    for i in 1..=m {
+        let sq = ctx.relinearize(&ctx.square(&pows[i - 1])?, rk)?;
+        pows.push(ctx.rescale(&sq)?);
+    }
+    let terms = used
+        .par_iter()
+        .map(|&k| {
+            let bits: Vec<usize> = (0..=m).filter(|b| k >> b & 1 == 1).collect();
+            // Scale bookkeeping with a unit constant, to solve for the constant's scale.
+            let lo = &pows[bits[0]];
+            let mut lvl = lo.level();
+            let mut sc = lo.scale() / ctx.scale_prime(lvl) as f64;
+            lvl -= 1;
+            for &b in &bits[1..] {
+                let p = &pows[b];
+                let l = lvl.min(p.level());
+                sc = sc * p.scale() / ctx.scale_prime(l) as f64;
+                lvl = l - 1;
+            }
+            let c = target / sc;
+            let mut t = ctx.rescale(&ctx.multiply_scalar(lo, coeffs[k], c)?)?;
+            for &b in &bits[1..] {
+                t = ctx.rescale(&ctx.relinearize(&ctx.multiply(&t, &pows[b])?, rk)?)?;
+            }
+            Ok(t)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let low = terms.iter().map(|t| t.level()).min().unwrap_or(0);
+    let mut acc = ctx.mod_switch_to(&terms[0], low)?;
+    for t in &terms[1..] {
+        acc = ctx.add(&acc, &ctx.mod_switch_to(t, low)?)?;
+    }
+    ctx.add_scalar(&acc, coeffs[0])
+}
+
+/// Counts of a run, for reports.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StepStats {
+    /// Global step (1-based).
+    pub step: usize,
+    /// Epoch (1-based).
+    pub epoch: usize,
+    /// Samples in the step.
+    pub samples: usize,
+    /// Mean loss of the batch (key-holder monitor; NaN if not monitored).
+    pub loss: f64,
+    /// Accuracy on the batch (key-holder monitor; NaN if not monitored).
+    pub accuracy: f64,
+    /// Level of the weights before the step.
+    pub level_before: usize,
+    /// Level of the weights after the step.
+    pub level_after: usize,
+    /// True when the key holder refreshed the weights before this step.
+    pub refreshed: bool,
+    /// Seconds of encrypted computation in the step (without the monitor).
+    pub seconds: f64,
+}
+
+/// Logistic loss `−y log σ(z) − (1−y) log(1−σ(z))`, computed stably.
+pub fn bce_logit(z: f64, y: f64) -> f64 {
+    // log(1 + e^z) − y z
+    let softplus = if z > 0.0 {
+        z + (-z).exp().ln_1p()
+    } else {
+        z.exp().ln_1p()
+    };
+    softplus - y * z
+}

@@ -1,0 +1,1 @@
+//! Transfer learning on encrypted CNN features (see the module docs of [`super`]).
