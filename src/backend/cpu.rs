@@ -90,13 +90,7 @@ impl Backend for CpuBackend {
         n: usize,
         repr: Repr,
     ) -> Result<PolyBatch> {
-        if words.len() != count * limbs.len() * n {
-            return Err(Error::Shape(format!(
-                "upload: {} words for {count} polys x {} limbs x {n}",
-                words.len(),
-                limbs.len()
-            )));
-        }
+        super::check_upload(words.len(), &limbs, count, n)?;
         Ok(PolyBatch::from_parts(
             Buffer::Host(words),
             limbs,
@@ -225,25 +219,8 @@ impl Backend for CpuBackend {
         weights: &[u32],
         outputs: usize,
     ) -> Result<Vec<PolyBatch>> {
-        let first = *inputs
-            .first()
-            .ok_or_else(|| Error::Shape("linear_combinations of no inputs".into()))?;
-        let (nl, ni) = (first.limbs.len(), inputs.len());
-        if outputs == 0 || weights.len() != outputs * ni * nl {
-            return Err(Error::Shape(format!(
-                "linear_combinations: {} weights for {outputs} outputs x {ni} inputs x {nl} limbs",
-                weights.len()
-            )));
-        }
-        let mut words = Vec::with_capacity(ni);
-        for x in inputs {
-            if x.limbs != first.limbs || x.count != first.count || x.repr != first.repr {
-                return Err(Error::Shape(
-                    "linear_combinations: inputs differ in limbs, count or repr".into(),
-                ));
-            }
-            words.push(host(x)?);
-        }
+        let (first, nl, ni) = super::check_linear_combinations(inputs, weights, outputs)?;
+        let words = inputs.iter().map(|x| host(x)).collect::<Result<Vec<_>>>()?;
         let n = first.n;
         let limbs = first.limbs.clone();
         let chunks = first.count * nl;

@@ -310,6 +310,44 @@ pub trait Backend: Send + Sync + Debug {
     }
 }
 
+/// Validates the shape of [`Backend::upload`]'s words.
+pub(crate) fn check_upload(words: usize, limbs: &[usize], count: usize, n: usize) -> Result<()> {
+    if words != count * limbs.len() * n {
+        return Err(Error::Shape(format!(
+            "upload: {words} words for {count} polys x {} limbs x {n}",
+            limbs.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Validates the operands of [`Backend::linear_combinations`]; returns the first input (whose
+/// shape every input shares) and `(limbs, inputs)`.
+pub(crate) fn check_linear_combinations<'a>(
+    inputs: &[&'a PolyBatch],
+    weights: &[u32],
+    outputs: usize,
+) -> Result<(&'a PolyBatch, usize, usize)> {
+    let first = *inputs
+        .first()
+        .ok_or_else(|| Error::Shape("linear_combinations of no inputs".into()))?;
+    let (nl, ni) = (first.limbs.len(), inputs.len());
+    if outputs == 0 || weights.len() != outputs * ni * nl {
+        return Err(Error::Shape(format!(
+            "linear_combinations: {} weights for {outputs} outputs x {ni} inputs x {nl} limbs",
+            weights.len()
+        )));
+    }
+    if inputs.iter().any(|x| {
+        x.limbs != first.limbs || x.count != first.count || x.repr != first.repr || x.n != first.n
+    }) {
+        return Err(Error::Shape(
+            "linear_combinations: inputs differ in limbs, count, degree or repr".into(),
+        ));
+    }
+    Ok((first, nl, ni))
+}
+
 /// Validates the operands of [`Backend::scale_and_round`].
 pub(crate) fn check_scale_and_round(
     p: &PolyBatch,

@@ -614,13 +614,7 @@ impl Backend for CudaBackend {
         n: usize,
         repr: Repr,
     ) -> Result<PolyBatch> {
-        if words.len() != count * limbs.len() * n {
-            return Err(Error::Shape(format!(
-                "upload: {} words for {count} polys x {} limbs x {n}",
-                words.len(),
-                limbs.len()
-            )));
-        }
+        super::check_upload(words.len(), &limbs, count, n)?;
         let data = self.htod(&words)?;
         Ok(self.wrap(data, limbs, count, n, repr))
     }
@@ -735,25 +729,11 @@ impl Backend for CudaBackend {
         weights: &[u32],
         outputs: usize,
     ) -> Result<Vec<PolyBatch>> {
-        let first = *inputs
-            .first()
-            .ok_or_else(|| Error::Shape("linear_combinations of no inputs".into()))?;
-        let (nl, ni) = (first.limbs.len(), inputs.len());
-        if outputs == 0 || weights.len() != outputs * ni * nl {
-            return Err(Error::Shape(format!(
-                "linear_combinations: {} weights for {outputs} outputs x {ni} inputs x {nl} limbs",
-                weights.len()
-            )));
-        }
-        let mut xs = Vec::with_capacity(ni);
-        for x in inputs {
-            if x.limbs != first.limbs || x.count != first.count || x.repr != first.repr {
-                return Err(Error::Shape(
-                    "linear_combinations: inputs differ in limbs, count or repr".into(),
-                ));
-            }
-            xs.push(self.bptr(x)?);
-        }
+        let (first, _, ni) = super::check_linear_combinations(inputs, weights, outputs)?;
+        let xs = inputs
+            .iter()
+            .map(|x| self.bptr(x))
+            .collect::<Result<Vec<_>>>()?;
         check_ring(ring, first)?;
         let total = words(first);
         let outs: Vec<CudaSlice<u32>> = (0..outputs)

@@ -356,13 +356,7 @@ impl Backend for WgpuBackend {
         n: usize,
         repr: Repr,
     ) -> Result<PolyBatch> {
-        if words.len() != count * limbs.len() * n {
-            return Err(Error::Shape(format!(
-                "upload: {} words for {count} polys x {} limbs x {n}",
-                words.len(),
-                limbs.len()
-            )));
-        }
+        super::check_upload(words.len(), &limbs, count, n)?;
         let b = self.gpu.alloc(words.len())?;
         self.gpu.run(|_| {
             if !words.is_empty() {
@@ -455,29 +449,11 @@ impl Backend for WgpuBackend {
         weights: &[u32],
         outputs: usize,
     ) -> Result<Vec<PolyBatch>> {
-        let first = *inputs
-            .first()
-            .ok_or_else(|| Error::Shape("linear_combinations of no inputs".into()))?;
-        let (nl, ni) = (first.limbs().len(), inputs.len());
-        if outputs == 0 || weights.len() != outputs * ni * nl {
-            return Err(Error::Shape(format!(
-                "linear_combinations: {} weights for {outputs} outputs x {ni} inputs x {nl} limbs",
-                weights.len()
-            )));
-        }
-        let mut bufs = Vec::with_capacity(ni);
-        for x in inputs {
-            if x.limbs() != first.limbs()
-                || x.count() != first.count()
-                || x.repr() != first.repr()
-                || x.n() != first.n()
-            {
-                return Err(Error::Shape(
-                    "linear_combinations: inputs differ in limbs, count or repr".into(),
-                ));
-            }
-            bufs.push(self.buf(x)?);
-        }
+        let (first, nl, ni) = super::check_linear_combinations(inputs, weights, outputs)?;
+        let bufs = inputs
+            .iter()
+            .map(|x| self.buf(x))
+            .collect::<Result<Vec<_>>>()?;
         let rt = self.gpu.ring_tables(ring)?;
         check_ring(ring, first)?;
         let n = first.n();
