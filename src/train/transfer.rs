@@ -1,1 +1,0 @@
-//! Transfer learning on encrypted CNN features (see the module docs of [`super`]).
