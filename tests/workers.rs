@@ -56,6 +56,7 @@ fn worker_processes_match_in_process_and_plaintext() {
     let keys = ctx.keygen().unwrap();
     let mut steps = grad.rotation_steps();
     steps.extend(sums.rotation_steps());
+    steps.extend(grad.finish_steps());
     let gk = ctx.gen_galois_keys(&keys.secret, &steps, false).unwrap();
     let mut public = Vec::new();
     PublicContext::write_parts(
@@ -97,7 +98,7 @@ fn worker_processes_match_in_process_and_plaintext() {
     for (a, b) in by_process.iter().zip(&in_process) {
         assert_eq!(words(&a.outputs[0]), words(&b.outputs[0]));
     }
-    let total = workers::aggregate(&ctx, &by_process).unwrap();
+    let total = workers::reduce(&ctx, &grad, &gk, &by_process).unwrap();
     let got = ctx.decrypt_decode(&total[0], &keys.secret).unwrap();
     let want = workers::compute_plain(&grad, &rows, &labels);
     for j in 0..6 {
@@ -114,7 +115,8 @@ fn worker_processes_match_in_process_and_plaintext() {
         .iter()
         .map(|s| s.iter().step_by(2).cloned().collect())
         .collect();
-    let total = workers::aggregate(&ctx, &pool.run(ctx.rlwe(), &sums, &features).unwrap()).unwrap();
+    let parts = pool.run(ctx.rlwe(), &sums, &features).unwrap();
+    let total = workers::reduce(&ctx, &sums, &gk, &parts).unwrap();
     let got = ctx.decrypt_decode(&total[0], &keys.secret).unwrap();
     let want = workers::compute_plain(&sums, &rows, &labels);
     for j in 0..6 {
@@ -153,8 +155,13 @@ fn worker_errors_come_back_as_errors() {
         )
         .unwrap();
     let layout = RowLayout::new(1, ctx.slots()).unwrap();
+    let gradient = Task::LogisticGradient {
+        layout,
+        weights: vec![1.0],
+        sigmoid: vec![0.5, 0.25],
+    };
     let err = pool
-        .run(ctx.rlwe(), &Task::ColumnSums { layout }, &[vec![ct]])
+        .run(ctx.rlwe(), &gradient, &[vec![ct.clone(), ct]])
         .unwrap_err();
     assert!(err.to_string().contains("Galois"), "{err}");
     // The worker is still alive after a failed job.

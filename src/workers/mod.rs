@@ -2,8 +2,9 @@
 //!
 //! The key owner serializes a [`PublicContext`] (never the secret key) once per worker, then
 //! sends each worker a [`Task`] and its shard of ciphertexts; the worker computes
-//! ([`compute`]) and sends encrypted partial results back, which the parent adds up
-//! ([`aggregate`]). Only the key owner can decrypt the total.
+//! ([`compute`]) and sends encrypted partial results back, which the parent adds up and
+//! completes ([`reduce`]: [`aggregate`], then [`Task::finish`]). Only the key owner can decrypt
+//! the total.
 //!
 //! Workers are `hetensor worker` processes talking over their stdin/stdout pipes with
 //! length-prefixed frames (`tag: u8, len: u64, payload`):
@@ -31,7 +32,7 @@ pub use tasks::{compute, compute_plain, RowLayout, Task};
 use crate::backend::Backend;
 use crate::ckks::CkksContext;
 use crate::error::{Error, Result};
-use crate::rlwe::{Ciphertext, RlweContext};
+use crate::rlwe::{Ciphertext, GaloisKeys, RlweContext};
 use crate::serialize::{self, PublicContext, WriteOptions};
 
 const CONTEXT: u8 = 1;
@@ -340,4 +341,19 @@ pub fn aggregate(ctx: &CkksContext, results: &[ShardResult]) -> Result<Vec<Ciphe
         }
     }
     Ok(acc)
+}
+
+/// The aggregator's whole job: [`aggregate`] the shards' partial results, then
+/// [`Task::finish`] the total, on this process's rayon threads (the workers are idle by then).
+/// Needs the public Galois keys for [`Task::finish_steps`], no secret.
+pub fn reduce(
+    ctx: &CkksContext,
+    task: &Task,
+    gk: &GaloisKeys,
+    results: &[ShardResult],
+) -> Result<Vec<Ciphertext>> {
+    aggregate(ctx, results)?
+        .iter()
+        .map(|total| task.finish(ctx, gk, total))
+        .collect()
 }

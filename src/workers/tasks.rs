@@ -85,7 +85,7 @@ impl RowLayout {
 /// Work on one shard of row-packed ciphertexts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Task {
-    /// Inputs: row-packed feature ciphertexts. Output: one ciphertext whose slots
+    /// Inputs: row-packed feature ciphertexts. Output (after [`Task::finish`]): one ciphertext whose slots
     /// `0..block` hold the column sums over every row of every input.
     ColumnSums {
         /// The inputs' layout.
@@ -93,8 +93,8 @@ pub enum Task {
     },
     /// The logistic-regression gradient with a polynomial sigmoid `σ̃`. Inputs: pairs
     /// (row-packed features — include a column of ones for the bias —, labels packed with
-    /// [`RowLayout::pack_replicated`]). Output: one ciphertext whose slot `j < block` holds
-    /// `Σ_i x_ij·(σ̃(w·x_i) − y_i)` over the shard (divide by the total row count for the mean).
+    /// [`RowLayout::pack_replicated`]). Output (after [`Task::finish`]): one ciphertext whose slot `j < block` holds
+    /// `Σ_i x_ij·(σ̃(w·x_i) − y_i)` over every row of every shard (divide by the row count for the mean).
     LogisticGradient {
         /// The inputs' layout.
         layout: RowLayout,
@@ -107,14 +107,14 @@ pub enum Task {
 
 impl Task {
     /// Rotation steps the task needs Galois keys for.
+    /// (The workers' steps; [`Self::finish_steps`] are the aggregator's.)
     pub fn rotation_steps(&self) -> Vec<i64> {
         match self {
-            Task::ColumnSums { layout } => layout.across_blocks(),
+            Task::ColumnSums { .. } => Vec::new(),
             Task::LogisticGradient { layout, .. } => {
                 let within = layout.within_block();
                 let mut steps = within.clone();
                 steps.extend(within.iter().map(|s| -s));
-                steps.extend(layout.across_blocks());
                 steps
             }
         }
@@ -131,11 +131,38 @@ impl Task {
             }
         }
     }
+
+    /// Rotation steps [`Self::finish`] needs (the aggregator's Galois keys).
+    pub fn finish_steps(&self) -> Vec<i64> {
+        match self {
+            Task::ColumnSums { layout } | Task::LogisticGradient { layout, .. } => {
+                layout.across_blocks()
+            }
+        }
+    }
+
+    /// Completes the sum of shard results (see [`compute`]): adds the row blocks together, so
+    /// slots `0..block` hold the result over every row. Needs only public Galois keys.
+    pub fn finish(
+        &self,
+        ctx: &CkksContext,
+        gk: &GaloisKeys,
+        total: &Ciphertext,
+    ) -> Result<Ciphertext> {
+        match self {
+            Task::ColumnSums { layout } | Task::LogisticGradient { layout, .. } => {
+                check_layout(ctx, layout)?;
+                ctx.rotate_and_add(total, &layout.across_blocks(), gk)
+            }
+        }
+    }
 }
 
 fn keys(pc: &PublicContext<CkksContext>) -> Result<(&RelinKey, &GaloisKeys)> {
     let gk = pc.galois_keys.as_ref().ok_or_else(|| {
-        Error::InvalidInput("the public context has no Galois keys; slot sums need them".into())
+        Error::InvalidInput(
+            "the public context has no Galois keys; the gradient's rotations need them".into(),
+        )
     })?;
     let rk = pc.relin_key.as_ref().ok_or_else(|| {
         Error::InvalidInput("the public context has no relinearization key".into())
@@ -151,23 +178,20 @@ fn sum_all(ctx: &CkksContext, cts: Vec<Ciphertext>) -> Result<Ciphertext> {
     it.try_fold(first, |acc, c| ctx.add(&acc, &c))
 }
 
-/// Runs `task` on one shard.
+/// Runs `task` on one shard and returns its partial result *before* the sum over row blocks
+/// ([`Task::finish`]): that sum is a chain of rotations, and rotations commute with addition,
+/// so the aggregator pays it once per step on the total instead of every shard paying it on
+/// its part (it was the serial tail that capped the speed-up with K workers).
 pub fn compute(
     pc: &PublicContext<CkksContext>,
     task: &Task,
     inputs: &[Ciphertext],
 ) -> Result<Vec<Ciphertext>> {
     let ctx = &pc.context;
-    let (rk, gk) = keys(pc)?;
     match task {
         Task::ColumnSums { layout } => {
             check_layout(ctx, layout)?;
-            let total = sum_all(ctx, inputs.to_vec())?;
-            Ok(vec![ctx.rotate_and_add(
-                &total,
-                &layout.across_blocks(),
-                gk,
-            )?])
+            Ok(vec![sum_all(ctx, inputs.to_vec())?])
         }
         Task::LogisticGradient {
             layout,
@@ -175,6 +199,7 @@ pub fn compute(
             sigmoid,
         } => {
             check_layout(ctx, layout)?;
+            let (rk, gk) = keys(pc)?;
             if inputs.len() % 2 != 0 || weights.len() > layout.block {
                 return Err(Error::Shape(format!(
                     "logistic gradient: {} inputs (need feature/label pairs) and {} weights for blocks of {}",
@@ -214,13 +239,7 @@ pub fn compute(
                     ctx.rescale(&ctx.relinearize(&ctx.multiply(x, &err)?, rk)?)
                 })
                 .collect::<Result<Vec<_>>>()?;
-            // Summing the rows' blocks is linear: once per shard, not per ciphertext.
-            let total = sum_all(ctx, grads)?;
-            Ok(vec![ctx.rotate_and_add(
-                &total,
-                &layout.across_blocks(),
-                gk,
-            )?])
+            Ok(vec![sum_all(ctx, grads)?])
         }
     }
 }
