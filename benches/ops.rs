@@ -72,8 +72,7 @@ fn ckks(c: &mut Criterion) {
         });
         let rlwe = ctx.rlwe().clone();
         let be = rlwe.backend();
-        let mut d = be.slice_polys(a.polys(), 1, 1).expect("slice");
-        be.ntt_inverse(rlwe.ring(), &mut d).expect("intt");
+        let d = be.slice_polys(a.polys(), 1, 1).expect("slice");
         let ksk = keys.relin.key_switch_key();
         g.bench_function(id("key_switch"), |b| {
             b.iter(|| ksk.switch(&rlwe, &d).expect("switch"))

@@ -224,8 +224,7 @@ pub fn relinearize(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<
     }
     let be = ctx.backend();
     let ring = ctx.ring();
-    let mut c2 = be.slice_polys(&ct.polys, 2, 1)?;
-    be.ntt_inverse(ring, &mut c2)?;
+    let c2 = be.slice_polys(&ct.polys, 2, 1)?;
     let u = rk.0.switch(ctx, &c2)?;
     let mut out = be.slice_polys(&ct.polys, 0, 2)?;
     be.add_assign(ring, &mut out, &u)?;
@@ -273,8 +272,7 @@ pub fn apply_galois_many(
         .collect::<Result<Vec<_>>>()?;
     let be = ctx.backend();
     let ring = ctx.ring();
-    let mut c1 = be.slice_polys(&ct.polys, 1, 1)?;
-    be.ntt_inverse(ring, &mut c1)?;
+    let c1 = be.slice_polys(&ct.polys, 1, 1)?;
     let digits = crate::rlwe::keys::decompose(ctx, &c1)?;
     let c0 = be.slice_polys(&ct.polys, 0, 1)?;
     elements

@@ -150,7 +150,7 @@ impl KeySwitchKey {
         })
     }
 
-    /// Key switching: given `d` (one polynomial, coefficient form, at some level), returns
+    /// Key switching: given `d` (one polynomial, NTT form, at some level), returns
     /// `(u0, u1)` in the NTT domain at the same level with `u0 + u1·s ≈ d·s'`.
     pub fn switch(&self, ctx: &RlweContext, d: &PolyBatch) -> Result<PolyBatch> {
         let digits = decompose(ctx, d)?;
@@ -202,19 +202,22 @@ impl KeySwitchKey {
     }
 }
 
-/// The first half of hybrid key switching: splits `d` (one polynomial, coefficient form) into
-/// its digits, extends each to the ciphertext and special primes (ModUp) and transforms it to
-/// the NTT domain. Returns `(digit index, extended digit)`.
+/// The first half of hybrid key switching: splits `d` (one polynomial, NTT form) into its
+/// digits, extends each to the ciphertext and special primes (ModUp) and returns it in the
+/// NTT domain as `(digit index, extended digit)`. Only the new limbs are transformed: a
+/// digit's own limbs are already in `d`.
 pub fn decompose(ctx: &RlweContext, d: &PolyBatch) -> Result<Vec<(usize, PolyBatch)>> {
     let be = ctx.backend();
     let ring = ctx.ring();
-    if d.repr() != Repr::Coeff || d.count() != 1 {
+    if d.repr() != Repr::Ntt || d.count() != 1 {
         return Err(Error::InvalidInput(
-            "key switch input must be one polynomial in coefficient form".into(),
+            "key switch input must be one polynomial in NTT form".into(),
         ));
     }
     let level = d.limbs().len() - 1;
     let qp = ctx.qp_limbs(level);
+    let mut coeff = d.clone();
+    be.ntt_inverse(ring, &mut coeff)?;
     let mut out = Vec::new();
     for (j, range) in ctx.digits().into_iter().enumerate() {
         let digit: Arc<[usize]> = range.filter(|&l| l <= level).collect();
@@ -222,13 +225,12 @@ pub fn decompose(ctx: &RlweContext, d: &PolyBatch) -> Result<Vec<(usize, PolyBat
             continue;
         }
         let rest: Arc<[usize]> = qp.iter().copied().filter(|l| !digit.contains(l)).collect();
-        let part = be.select_limbs(d, digit.clone())?;
+        let part = be.select_limbs(&coeff, digit.clone())?;
         let conv = ctx.converter(&digit, &rest);
-        let ext = be.base_convert(ring, &part, rest, &conv, false)?;
-        let joined = be.concat_limbs(&part, &ext)?;
-        let mut up = be.select_limbs(&joined, qp.clone())?;
-        be.ntt_forward(ring, &mut up)?;
-        out.push((j, up));
+        let mut ext = be.base_convert(ring, &part, rest, &conv, false)?;
+        be.ntt_forward(ring, &mut ext)?;
+        let joined = be.concat_limbs(&be.select_limbs(d, digit)?, &ext)?;
+        out.push((j, be.select_limbs(&joined, qp.clone())?));
     }
     Ok(out)
 }
