@@ -152,7 +152,11 @@ impl Task {
         match self {
             Task::ColumnSums { layout } | Task::LogisticGradient { layout, .. } => {
                 check_layout(ctx, layout)?;
-                ctx.rotate_and_add(total, &layout.across_blocks(), gk)
+                // A rotation's cost grows with the limbs it carries, and at a scale near q_1
+                // level 1 still leaves about q_0 / 2 (≥ 2^28) of room for the sums: drop the
+                // rest first.
+                let total = ctx.mod_switch_to(total, total.level().min(1))?;
+                ctx.rotate_and_add(&total, &layout.across_blocks(), gk)
             }
         }
     }
