@@ -319,3 +319,36 @@ fn ntt_domain_automorphism_is_the_coefficient_one_transformed() {
         );
     }
 }
+
+#[test]
+fn upload_signed_reduces_small_and_large_coefficients_alike() {
+    // Small coefficients take a branch-free path; any one beyond a modulus forces the general
+    // Barrett path. Both must give each limb's true residue.
+    let (ctx, _, _) = ctx();
+    let rlwe = ctx.rlwe();
+    let n = rlwe.n();
+    let limbs = rlwe.q_limbs(2);
+    for big in [false, true] {
+        let coeffs: Vec<i64> = (0..n as i64)
+            .map(|i| match (big, i) {
+                (true, 0) => -(1 << 40) - 3,
+                (true, 1) => i64::MIN + 1,
+                _ => (i * 7919) % 2003 - 1000,
+            })
+            .collect();
+        let words = rlwe
+            .backend()
+            .download(&rlwe.upload_signed(&coeffs, limbs.clone()).unwrap())
+            .unwrap();
+        for (j, &l) in limbs.iter().enumerate() {
+            let q = rlwe.ring().modulus(l).value() as i128;
+            for (i, &c) in coeffs.iter().enumerate() {
+                assert_eq!(
+                    words[j * n + i] as i128,
+                    (c as i128).rem_euclid(q),
+                    "big {big}, limb {l}, coeff {i}"
+                );
+            }
+        }
+    }
+}
