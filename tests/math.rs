@@ -90,11 +90,14 @@ fn ntt_accepts_lazy_inputs_up_to_4q() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
     #[test]
-    fn crt_and_base_conversion_roundtrip(vals in proptest::collection::vec(any::<i64>(), 16), k in 1usize..8) {
+    fn crt_and_base_conversion_roundtrip(vals in proptest::collection::vec(any::<i64>(), 16), k in 1usize..8, to_bits in prop::sample::select(vec![29u32, 25, 20])) {
         let n = vals.len();
         let from: Vec<Modulus> = ntt_primes(30, 1 << 11, k, &[]).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
         let excl: Vec<u32> = from.iter().map(|m| m.value()).collect();
-        let to: Vec<Modulus> = ntt_primes(29, 1 << 11, k + 2, &excl).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
+        // 25- and 20-bit targets take the path for source primes far above the target.
+        // Enough target primes to hold every value of the source range.
+        let kt = (30 * k as u32).div_ceil(to_bits - 1) as usize + 1;
+        let to: Vec<Modulus> = ntt_primes(to_bits, 1 << 11, kt, &excl).unwrap().into_iter().map(|q| Modulus::new(q).unwrap()).collect();
         let bf = RnsBasis::new(&from);
         let bt = RnsBasis::new(&to);
         // Random values of ~30k bits reduced into |x| < Q/4.
@@ -111,10 +114,10 @@ proptest! {
             for (i, r) in res.into_iter().enumerate() { input[i * n + c] = r; }
         }
         // B -> C exact, then C -> B exact: the same residues come back.
-        let mut mid = vec![0u32; (k + 2) * n];
+        let mut mid = vec![0u32; kt * n];
         BaseConverter::new(&from, &to).convert(&input, &mut mid, n, true, &mut Vec::new());
         for (c, x) in xs.iter().enumerate() {
-            let got: Vec<u32> = (0..k + 2).map(|j| mid[j * n + c]).collect();
+            let got: Vec<u32> = (0..kt).map(|j| mid[j * n + c]).collect();
             prop_assert_eq!(bt.compose_centered(&got), x.clone());
         }
         let mut back = vec![0u32; k * n];

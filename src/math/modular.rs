@@ -103,6 +103,8 @@ impl Modulus {
 
     /// `a·b + c mod q` for `a, b, c < q`, with 32-bit-lane Barrett reduction (HAC 14.42):
     /// the estimate is at most 2 below the true quotient, so two conditional subtractions.
+    /// Correct whenever `a·b + c < 2^(2k)` (k = bit length of q), e.g. `(x, 1, 0)` reduces any
+    /// `x < 2^(2k)`.
     #[inline(always)]
     pub fn mul_add_reduced(&self, a: u32, b: u32, c: u32) -> u32 {
         let x = a as u64 * b as u64 + c as u64;

@@ -234,6 +234,13 @@ impl BaseConverter {
                     for (o, &yk) in out.iter_mut().zip(y) {
                         *o = c.mul_add_reduced(yk.min(yk.wrapping_sub(cv)), h, *o);
                     }
+                } else if (b as u64) <= 1u64 << (2 * c.barrett32().0) {
+                    // A source prime far above c_j (30-bit special primes into 25-bit scale
+                    // primes): reduce y_i first with the same 32-bit-lane Barrett, valid for
+                    // inputs below 2^(2k) — two vectorizable steps instead of a 128-bit one.
+                    for (o, &yk) in out.iter_mut().zip(y) {
+                        *o = c.mul_add_reduced(c.mul_add_reduced(yk, 1, 0), h, *o);
+                    }
                 } else {
                     for (o, &yk) in out.iter_mut().zip(y) {
                         *o = c.mul_add_reduced(c.reduce_u64(yk as u64), h, *o);
@@ -263,6 +270,66 @@ mod tests {
             .into_iter()
             .map(|q| Modulus::new(q).unwrap())
             .collect()
+    }
+
+    /// `Σ_i [x_i·(B/b_i)^-1]_{b_i} · (B/b_i) mod c`, word by word in u128: the approximate
+    /// conversion's definition.
+    fn convert_reference(from: &[Modulus], c: &Modulus, x: &[u64]) -> u64 {
+        let pow = |a: u128, mut e: u128, m: u128| {
+            let (mut r, mut a) = (1u128, a % m);
+            while e > 0 {
+                if e & 1 == 1 {
+                    r = r * a % m;
+                }
+                a = a * a % m;
+                e >>= 1;
+            }
+            r
+        };
+        let hat = |i: usize, m: u128| {
+            from.iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .fold(1u128, |p, (_, b)| p * b.value() as u128 % m)
+        };
+        let cv = c.value() as u128;
+        let mut acc = 0u128;
+        for (i, &xi) in x.iter().enumerate() {
+            let bi = from[i].value() as u128;
+            let y = xi as u128 * pow(hat(i, bi), bi - 2, bi) % bi;
+            acc = (acc + y * hat(i, cv)) % cv;
+        }
+        acc as u64
+    }
+
+    #[test]
+    fn conversion_into_much_smaller_primes_matches_the_definition() {
+        // 30-bit sources into 25- and 20-bit targets: the path that reduces y_i before use.
+        let from = moduli(3, &[]);
+        let excl: Vec<u32> = from.iter().map(|m| m.value()).collect();
+        for bits in [25, 20] {
+            let to: Vec<Modulus> = ntt_primes(bits, 1 << 11, 2, &excl)
+                .unwrap()
+                .into_iter()
+                .map(|q| Modulus::new(q).unwrap())
+                .collect();
+            let n = 512;
+            let input: Vec<u32> = (0..3 * n)
+                .map(|i| ((i as u64 * 2_654_435_761) % from[i / n].value() as u64) as u32)
+                .collect();
+            let mut out = vec![0u32; 2 * n];
+            BaseConverter::new(&from, &to).convert(&input, &mut out, n, false, &mut Vec::new());
+            for (j, c) in to.iter().enumerate() {
+                for k in 0..n {
+                    let x: Vec<u64> = (0..3).map(|i| input[i * n + k] as u64).collect();
+                    assert_eq!(
+                        out[j * n + k] as u64,
+                        convert_reference(&from, c, &x),
+                        "{bits} bits, word {k}"
+                    );
+                }
+            }
+        }
     }
 
     proptest! {
