@@ -33,7 +33,7 @@ enum Command {
         /// ckks, or bfv (LeNet-1 quantized to integers, exact, CRT over 3 plaintext primes).
         #[arg(long, default_value = "ckks")]
         scheme: String,
-        /// cpu (cuda, wgpu planned).
+        /// cpu, cuda, wgpu or auto.
         #[arg(long, default_value = "cpu")]
         backend: String,
         /// batched (4096 images per ciphertext) or packed (one image, low latency; ckks only).

@@ -2,8 +2,9 @@
 //! any Vulkan/Metal/DX12/GL adapter, lavapipe included. The shaders use only 32-bit integer
 //! arithmetic (the Gl backend has no 64-bit integers) and return the CPU backend's words.
 //!
-//! Each trait call records its dispatches and copies into one command encoder, submits once and
-//! waits for that submission (so device memory and timings stay bounded per operation). Ring,
+//! Each trait call records its dispatches and copies into one command buffer and queues it;
+//! queued calls are submitted together (at a download, `synchronize`, or every 256 calls), so a
+//! key switch or a tensor layer costs one submission and one wait, not one per call. Ring,
 //! base-conversion and scale-and-round tables are uploaded once per prime set and cached;
 //! pipelines are built once; freed buffers go to a small pool keyed by size.
 
@@ -335,21 +336,17 @@ impl Backend for WgpuBackend {
         repr: Repr,
     ) -> Result<PolyBatch> {
         super::check_upload(words.len(), &limbs, count, n)?;
-        let b = self.gpu.alloc(words.len())?;
-        self.gpu.run(|_| {
-            if !words.is_empty() {
-                self.gpu
-                    .queue
-                    .write_buffer(b.get(), 0, bytemuck::cast_slice(&words));
-            }
-            Ok(())
-        })?;
+        let b = self.gpu.upload(&words)?;
         Ok(self.wrap(b, limbs, count, n, repr))
     }
 
     fn download(&self, p: &PolyBatch) -> Result<Vec<u32>> {
         let b = self.buf(p)?;
         self.gpu.read(b.get(), p.count() * p.poly_words())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.gpu.flush(true)
     }
 
     fn zeros(&self, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch> {
