@@ -503,18 +503,18 @@ fn invalid_operands_are_the_same_errors() {
         Repr::Ntt,
     );
     let conv = BaseConverter::new(&[*r.modulus(0)], &[*r.modulus(1)]);
-    let same =
-        |what: &str,
-         f: &dyn Fn(&dyn Backend, &PolyBatch, &PolyBatch, &PolyBatch) -> Option<Error>| {
-            let ce = f(&cpu, &c, &cc, &c1).unwrap_or_else(|| panic!("{what}: cpu accepted it"));
-            let we = f(g, &w, &wc, &w1).unwrap_or_else(|| panic!("{what}: wgpu accepted it"));
-            assert_eq!(ce.to_string(), we.to_string(), "{what}");
-            assert_eq!(
-                std::mem::discriminant(&ce),
-                std::mem::discriminant(&we),
-                "{what}"
-            );
-        };
+    // f(backend, ntt batch, the same words in coefficient form, a batch over other limbs)
+    type Op<'a> = &'a dyn Fn(&dyn Backend, &PolyBatch, &PolyBatch, &PolyBatch) -> Option<Error>;
+    let same = |what: &str, f: Op| {
+        let ce = f(&cpu, &c, &cc, &c1).unwrap_or_else(|| panic!("{what}: cpu accepted it"));
+        let we = f(g, &w, &wc, &w1).unwrap_or_else(|| panic!("{what}: wgpu accepted it"));
+        assert_eq!(ce.to_string(), we.to_string(), "{what}");
+        assert_eq!(
+            std::mem::discriminant(&ce),
+            std::mem::discriminant(&we),
+            "{what}"
+        );
+    };
     same("ntt_forward twice", &|b, x, _, _| {
         b.ntt_forward(&r, &mut x.clone()).err()
     });
