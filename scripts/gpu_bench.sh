@@ -73,9 +73,16 @@ step() { # name, log file, command...
 step "kernel compile (NVRTC)" kernels.log "$BIN/cuda_kernels" --nocapture
 step "parity cuda vs cpu" parity.log "$BIN/cuda_parity" --nocapture --test-threads=1
 grep -E '^test |skipping|LeNet|test result' "$OUT/parity.log" | tee -a "$SUMMARY"
-step "bench cuda" bench-cuda.log "$BIN/hetensor" bench --backend cuda --log-n 13,14 --reps 20 \
-  --out "$OUT/bench-cuda.md"
-step "bench cpu" bench-cpu.log "$BIN/hetensor" bench --backend cpu --log-n 13,14 --reps 5 \
-  --threads 16 --out "$OUT/bench-cpu.md"
+# CKKS at N = 2^13..2^16 (peer-depth chains, dnum = levels + 1, and the dnum-3 max chain),
+# batch 1 and 64; BFV presets at 2^13, 2^14. JSON for merging, Markdown for reading.
+for be in cuda cpu; do
+  if [ $be = cuda ]; then extra="--reps 10"; else extra="--reps 3 --threads 16"; fi
+  step "bench $be ckks" bench-$be-ckks.log "$BIN/hetensor" bench --backend $be --scheme ckks \
+    --log-n 13,14,15,16 --batch 64 $extra --json --out "$OUT/bench-$be-ckks.json"
+  step "bench $be ckks max chain" bench-$be-max.log "$BIN/hetensor" bench --backend $be \
+    --scheme ckks --max-chain --log-n 14,15 --batch 64 $extra --out "$OUT/bench-$be-max.md"
+  step "bench $be bfv" bench-$be-bfv.log "$BIN/hetensor" bench --backend $be --scheme bfv \
+    --log-n 13,14 $extra --out "$OUT/bench-$be-bfv.md"
+done
 step "mnist cuda (4096 images)" mnist-cuda.log "$BIN/hetensor" mnist --backend cuda --limit 4096
 exit $status

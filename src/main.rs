@@ -33,7 +33,7 @@ enum Command {
         /// ckks, or bfv (LeNet-1 quantized to integers, exact, CRT over 3 plaintext primes).
         #[arg(long, default_value = "ckks")]
         scheme: String,
-        /// cpu (cuda, wgpu planned).
+        /// cpu, cuda, wgpu or auto.
         #[arg(long, default_value = "cpu")]
         backend: String,
         /// batched (4096 images per ciphertext) or packed (one image, low latency; ckks only).
@@ -154,6 +154,9 @@ enum Command {
         /// cpu, cuda, wgpu or auto.
         #[arg(long, default_value = "cpu")]
         backend: String,
+        /// Polynomials / ciphertexts per call in the batched (`xB`) rows.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
         /// Print JSON instead of Markdown.
         #[arg(long)]
         json: bool,
@@ -251,6 +254,7 @@ fn main() -> ExitCode {
             threads,
             max_chain,
             backend,
+            batch,
             json,
             out,
         } => cli::bench::run(
@@ -259,6 +263,7 @@ fn main() -> ExitCode {
             reps,
             threads,
             max_chain,
+            batch,
             &backend,
             json,
             out.as_deref(),

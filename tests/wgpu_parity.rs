@@ -481,6 +481,89 @@ fn buffers_of_other_backends_are_errors() {
     ));
 }
 
+/// Invalid operands are the same typed error, with the same message, on both backends (the
+/// checks are shared), and a batch whose limbs are not in the ring is an error, not a panic.
+#[test]
+fn invalid_operands_are_the_same_errors() {
+    let Some(g) = gpu() else { return };
+    let cpu = CpuBackend::new();
+    let r = ring(10, 2);
+    let small = ring(10, 1);
+    let n = r.n();
+    let mut rng = Rng(700);
+    let words = random_words(&mut rng, &r, &[0, 1], 2);
+    let (c, w) = pair(g, words.clone(), &[0, 1], 2, n, Repr::Ntt);
+    let (cc, wc) = pair(g, words, &[0, 1], 2, n, Repr::Coeff);
+    let (c1, w1) = pair(
+        g,
+        random_words(&mut rng, &r, &[1], 2),
+        &[1],
+        2,
+        n,
+        Repr::Ntt,
+    );
+    let conv = BaseConverter::new(&[*r.modulus(0)], &[*r.modulus(1)]);
+    // f(backend, ntt batch, the same words in coefficient form, a batch over other limbs)
+    type Op<'a> = &'a dyn Fn(&dyn Backend, &PolyBatch, &PolyBatch, &PolyBatch) -> Option<Error>;
+    let same = |what: &str, f: Op| {
+        let ce = f(&cpu, &c, &cc, &c1).unwrap_or_else(|| panic!("{what}: cpu accepted it"));
+        let we = f(g, &w, &wc, &w1).unwrap_or_else(|| panic!("{what}: wgpu accepted it"));
+        assert_eq!(ce.to_string(), we.to_string(), "{what}");
+        assert_eq!(
+            std::mem::discriminant(&ce),
+            std::mem::discriminant(&we),
+            "{what}"
+        );
+    };
+    same("ntt_forward twice", &|b, x, _, _| {
+        b.ntt_forward(&r, &mut x.clone()).err()
+    });
+    same("ntt_inverse of coeff", &|b, _, xc, _| {
+        b.ntt_inverse(&r, &mut xc.clone()).err()
+    });
+    same("limbs outside the ring", &|b, x, _, _| {
+        b.neg_assign(&small, &mut x.clone()).err()
+    });
+    same("scalar count", &|b, x, _, _| {
+        b.mul_scalar_assign(&r, &mut x.clone(), &[1]).err()
+    });
+    same("scalar outside the ring", &|b, x, _, _| {
+        b.add_scalar_assign(&small, &mut x.clone(), &[1, 2]).err()
+    });
+    same("mul_acc limbs", &|b, x, _, y| {
+        b.mul_acc(&r, &mut x.clone(), x, y).err()
+    });
+    same("tensor_product of coeff", &|b, _, xc, _| {
+        b.tensor_product(&r, xc, xc).err()
+    });
+    same("base_convert of ntt", &|b, x, _, _| {
+        b.base_convert(&r, x, vec![1].into(), &conv, false).err()
+    });
+    same("base_convert bases", &|b, _, xc, _| {
+        b.base_convert(&r, xc, vec![1].into(), &conv, true).err()
+    });
+    same("automorphism of ntt", &|b, x, _, _| {
+        b.automorphism(&r, x, 3).err()
+    });
+    same("automorphism even g", &|b, _, xc, _| {
+        b.automorphism(&r, xc, 4).err()
+    });
+    same("automorphism_ntt of coeff", &|b, _, xc, _| {
+        b.automorphism_ntt(&r, xc, 3).err()
+    });
+    same("select_limbs absent", &|b, _, _, y| {
+        b.select_limbs(y, vec![0].into()).err()
+    });
+    same("slice_polys overflow", &|b, x, _, _| {
+        b.slice_polys(x, usize::MAX, 2).err()
+    });
+    same("concat of nothing", &|b, _, _, _| b.concat(&[]).err());
+    same("concat limbs", &|b, x, _, y| b.concat(&[x, y]).err());
+    same("concat_limbs repr", &|b, x, xc, _| {
+        b.concat_limbs(x, xc).err()
+    });
+}
+
 /// 8,200 polynomials of 2^12 words are 134 MB: more than lavapipe's 128 MiB storage binding,
 /// so the batch is split over several dispatches.
 #[test]
@@ -647,11 +730,24 @@ fn bfv_operations_match_cpu() {
 
 #[test]
 fn encrypted_lenet1_matches_cpu() {
-    use hetensor::nn::{encrypted, mnist, weights};
-    use hetensor::tensor::{CipherTensor, EncryptionKey};
     // LeNet-1 needs 5 levels; N = 2^10 (insecure, fine for parity) keeps lavapipe's share of
     // CI time small: the work per ciphertext is 8x below the 2^13 preset.
     let params = CkksParams::new(10, 5, 25, 30, 3, Security::InsecureForTestingOnly).unwrap();
+    lenet1_matches_cpu(params, 4);
+}
+
+/// `hetensor mnist`'s parameters (128-bit N = 2^13 preset) and a full batch of 4096 images.
+#[test]
+#[ignore = "about 15 min on lavapipe; run with --ignored on a GPU or before a release"]
+fn encrypted_lenet1_full_batch_matches_cpu() {
+    lenet1_matches_cpu(CkksParams::preset(13, 25).unwrap(), 4096);
+}
+
+/// Encrypted LeNet-1 on the first `images` test digits, on both backends from one seed: every
+/// output ciphertext word-identical, and the decryptions equal.
+fn lenet1_matches_cpu(params: CkksParams, images: usize) {
+    use hetensor::nn::{encrypted, mnist, weights};
+    use hetensor::tensor::{CipherTensor, EncryptionKey};
     let Some((c, w)) = ckks_contexts(params, &[]) else {
         return;
     };
@@ -660,7 +756,7 @@ fn encrypted_lenet1_matches_cpu() {
     let test = mnist::load_test(mnist::DEFAULT_DIR).unwrap();
     let x = test
         .inputs
-        .slice(ndarray::s![0..4, .., .., ..])
+        .slice(ndarray::s![0..images, .., .., ..])
         .to_owned()
         .into_dyn();
     let run = |s: &Ckks| {

@@ -5,7 +5,11 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::{check_scale_and_round, Backend, Buffer, PolyBatch, Repr};
+use super::{
+    check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_mul_acc,
+    check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
+    limb_positions, limb_scalars, Backend, Buffer, PolyBatch, Repr,
+};
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, RingContext, ScaleRounder};
 
@@ -41,11 +45,18 @@ fn host_mut(p: &mut PolyBatch) -> Result<&mut Vec<u32>> {
 }
 
 /// Applies `f(limb_prime_index, a_chunk, b_chunk)` over every (poly, limb) chunk, broadcasting b.
-fn zip_limbs<F>(a: &mut PolyBatch, b: &PolyBatch, op: &'static str, f: F) -> Result<()>
+fn zip_limbs<F>(
+    ring: &RingContext,
+    a: &mut PolyBatch,
+    b: &PolyBatch,
+    op: &'static str,
+    f: F,
+) -> Result<()>
 where
     F: Fn(usize, &mut [u32], &[u32]) + Sync,
 {
     a.check_compatible(b, op)?;
+    check_ring(ring, a)?;
     let n = a.n;
     let limbs = a.limbs.clone();
     let per_poly = b.poly_words();
@@ -116,42 +127,37 @@ impl Backend for CpuBackend {
     }
 
     fn ntt_forward(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
-        if p.repr == Repr::Ntt {
-            return Err(Error::InvalidInput(
-                "ntt_forward: batch is already in the NTT domain".into(),
-            ));
-        }
+        check_ntt(p, true)?;
+        check_ring(ring, p)?;
         each_limb(p, |_, li, c| ring.plan(li).forward(c))?;
         p.set_repr(Repr::Ntt);
         Ok(())
     }
 
     fn ntt_inverse(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
-        if p.repr == Repr::Coeff {
-            return Err(Error::InvalidInput(
-                "ntt_inverse: batch is already in coefficient form".into(),
-            ));
-        }
+        check_ntt(p, false)?;
+        check_ring(ring, p)?;
         each_limb(p, |_, li, c| ring.plan(li).inverse(c))?;
         p.set_repr(Repr::Coeff);
         Ok(())
     }
 
     fn add_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
-        zip_limbs(a, b, "add", |li, x, y| {
+        zip_limbs(ring, a, b, "add", |li, x, y| {
             let m = ring.modulus(li);
             x.iter_mut().zip(y).for_each(|(x, &y)| *x = m.add(*x, y));
         })
     }
 
     fn sub_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
-        zip_limbs(a, b, "sub", |li, x, y| {
+        zip_limbs(ring, a, b, "sub", |li, x, y| {
             let m = ring.modulus(li);
             x.iter_mut().zip(y).for_each(|(x, &y)| *x = m.sub(*x, y));
         })
     }
 
     fn neg_assign(&self, ring: &RingContext, a: &mut PolyBatch) -> Result<()> {
+        check_ring(ring, a)?;
         each_limb(a, |_, li, c| {
             let m = ring.modulus(li);
             c.iter_mut().for_each(|x| *x = m.neg(*x));
@@ -159,7 +165,7 @@ impl Backend for CpuBackend {
     }
 
     fn mul_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
-        zip_limbs(a, b, "mul", |li, x, y| {
+        zip_limbs(ring, a, b, "mul", |li, x, y| {
             let m = ring.modulus(li);
             x.iter_mut()
                 .zip(y)
@@ -174,8 +180,8 @@ impl Backend for CpuBackend {
         a: &PolyBatch,
         b: &PolyBatch,
     ) -> Result<()> {
-        acc.check_compatible(a, "mul_acc")?;
-        acc.check_compatible(b, "mul_acc")?;
+        check_mul_acc(acc, a, b)?;
+        check_ring(ring, acc)?;
         let n = acc.n;
         let nl = acc.limbs.len();
         let limbs = acc.limbs.clone();
@@ -197,17 +203,10 @@ impl Backend for CpuBackend {
     }
 
     fn mul_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
-        if s.len() != a.limbs.len() {
-            return Err(Error::Shape(format!(
-                "mul_scalar: {} constants for {} limbs",
-                s.len(),
-                a.limbs.len()
-            )));
-        }
+        let s = limb_scalars("mul_scalar", ring, a, s)?;
         each_limb(a, |l, li, c| {
             let m = ring.modulus(li);
-            let w = s[l] % m.value();
-            let ws = m.shoup(w);
+            let (w, ws) = s[l];
             c.iter_mut().for_each(|x| *x = m.mul_shoup(*x, w, ws));
         })
     }
@@ -220,6 +219,7 @@ impl Backend for CpuBackend {
         outputs: usize,
     ) -> Result<Vec<PolyBatch>> {
         let (first, nl, ni) = super::check_linear_combinations(inputs, weights, outputs)?;
+        check_ring(ring, first)?;
         let words = inputs.iter().map(|x| host(x)).collect::<Result<Vec<_>>>()?;
         let n = first.n;
         let limbs = first.limbs.clone();
@@ -284,12 +284,8 @@ impl Backend for CpuBackend {
         a: &PolyBatch,
         b: &PolyBatch,
     ) -> Result<PolyBatch> {
-        a.check_compatible(b, "tensor_product")?;
-        if a.count != 2 || b.count != 2 || a.repr != Repr::Ntt {
-            return Err(Error::CiphertextSize(
-                "tensor_product needs two size-2 batches in the NTT domain".into(),
-            ));
-        }
+        check_tensor_product(a, b)?;
+        check_ring(ring, a)?;
         let n = a.n;
         let nl = a.limbs.len();
         let w = nl * n;
@@ -323,16 +319,10 @@ impl Backend for CpuBackend {
     }
 
     fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
-        if s.len() != a.limbs.len() {
-            return Err(Error::Shape(format!(
-                "add_scalar: {} constants for {} limbs",
-                s.len(),
-                a.limbs.len()
-            )));
-        }
+        let s = limb_scalars("add_scalar", ring, a, s)?;
         each_limb(a, |l, li, c| {
             let m = ring.modulus(li);
-            let w = s[l] % m.value();
+            let w = s[l].0;
             c.iter_mut().for_each(|x| *x = m.add(*x, w));
         })
     }
@@ -345,16 +335,7 @@ impl Backend for CpuBackend {
         conv: &BaseConverter,
         exact: bool,
     ) -> Result<PolyBatch> {
-        if p.repr != Repr::Coeff {
-            return Err(Error::InvalidInput(
-                "base_convert needs coefficient form".into(),
-            ));
-        }
-        if conv.from().len() != p.limbs.len() || conv.to().len() != to.len() {
-            return Err(Error::Shape(
-                "base_convert: converter does not match the bases".into(),
-            ));
-        }
+        check_base_convert(p, &to, conv)?;
         let n = p.n;
         let input = host(p)?;
         let in_words = p.poly_words();
@@ -407,17 +388,9 @@ impl Backend for CpuBackend {
     }
 
     fn automorphism(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
-        if p.repr != Repr::Coeff {
-            return Err(Error::InvalidInput(
-                "automorphism needs coefficient form".into(),
-            ));
-        }
+        check_automorphism(p, g, Repr::Coeff)?;
+        check_ring(ring, p)?;
         let n = p.n;
-        if g % 2 == 0 {
-            return Err(Error::InvalidInput(format!(
-                "Galois element {g} must be odd"
-            )));
-        }
         let two_n = 2 * n;
         let limbs = p.limbs.clone();
         let input = host(p)?;
@@ -448,16 +421,7 @@ impl Backend for CpuBackend {
     }
 
     fn automorphism_ntt(&self, _ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
-        if p.repr != Repr::Ntt {
-            return Err(Error::InvalidInput(
-                "automorphism_ntt needs the NTT domain".into(),
-            ));
-        }
-        if g % 2 == 0 {
-            return Err(Error::InvalidInput(format!(
-                "Galois element {g} must be odd"
-            )));
-        }
+        check_automorphism(p, g, Repr::Ntt)?;
         let n = p.n;
         let log_n = n.trailing_zeros();
         let two_n = 2 * n;
@@ -488,14 +452,7 @@ impl Backend for CpuBackend {
     }
 
     fn select_limbs(&self, p: &PolyBatch, limbs: Arc<[usize]>) -> Result<PolyBatch> {
-        let pos: Vec<usize> = limbs
-            .iter()
-            .map(|l| {
-                p.limbs.iter().position(|x| x == l).ok_or_else(|| {
-                    Error::InvalidInput(format!("select_limbs: limb {l} not present"))
-                })
-            })
-            .collect::<Result<_>>()?;
+        let pos = limb_positions(p, &limbs)?;
         let n = p.n;
         let input = host(p)?;
         let mut out = Vec::with_capacity(p.count * limbs.len() * n);
@@ -515,12 +472,7 @@ impl Backend for CpuBackend {
     }
 
     fn slice_polys(&self, p: &PolyBatch, start: usize, len: usize) -> Result<PolyBatch> {
-        if start + len > p.count {
-            return Err(Error::Shape(format!(
-                "slice_polys {start}+{len} of {}",
-                p.count
-            )));
-        }
+        check_slice(p, start, len)?;
         let w = p.poly_words();
         let v = host(p)?[start * w..(start + len) * w].to_vec();
         Ok(PolyBatch::from_parts(
@@ -533,19 +485,10 @@ impl Backend for CpuBackend {
     }
 
     fn concat(&self, parts: &[&PolyBatch]) -> Result<PolyBatch> {
-        let first = parts
-            .first()
-            .ok_or_else(|| Error::Shape("concat of no batches".into()))?;
-        let mut out = Vec::new();
-        let mut count = 0;
+        let (first, count) = check_concat(parts)?;
+        let mut out = Vec::with_capacity(count * first.poly_words());
         for p in parts {
-            if p.limbs != first.limbs || p.repr != first.repr || p.n != first.n {
-                return Err(Error::ParameterMismatch(
-                    "concat: batches differ in limbs/repr".into(),
-                ));
-            }
             out.extend_from_slice(host(p)?);
-            count += p.count;
         }
         Ok(PolyBatch::from_parts(
             Buffer::Host(out),
@@ -557,11 +500,7 @@ impl Backend for CpuBackend {
     }
 
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
-        if a.count != b.count || a.repr != b.repr || a.n != b.n {
-            return Err(Error::Shape(
-                "concat_limbs: batches differ in count/repr".into(),
-            ));
-        }
+        let limbs = check_concat_limbs(a, b)?;
         let (aw, bw) = (host(a)?, host(b)?);
         let (wa, wb) = (a.poly_words(), b.poly_words());
         let mut out = Vec::with_capacity(aw.len() + bw.len());
@@ -569,7 +508,6 @@ impl Backend for CpuBackend {
             out.extend_from_slice(&aw[c * wa..(c + 1) * wa]);
             out.extend_from_slice(&bw[c * wb..(c + 1) * wb]);
         }
-        let limbs: Arc<[usize]> = a.limbs.iter().chain(b.limbs.iter()).copied().collect();
         Ok(PolyBatch::from_parts(
             Buffer::Host(out),
             limbs,

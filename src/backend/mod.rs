@@ -262,26 +262,13 @@ pub trait Backend: Send + Sync + Debug {
     /// `Q ∪ C` (the limbs of `p`, `Q` first, `C` = `to` last) become `round(t·x/Q)` over `to`,
     /// with the tables of `rounder` (built for exactly those bases). Exact integer arithmetic;
     /// see [`ScaleRounder`] for the formula every backend must reproduce word for word.
-    ///
-    /// The default implementation computes on the host (download, compute, upload): correct
-    /// on any backend, but device backends should override it to stay resident.
     fn scale_and_round(
         &self,
-        _ring: &RingContext,
+        ring: &RingContext,
         p: &PolyBatch,
         to: Arc<[usize]>,
         rounder: &ScaleRounder,
-    ) -> Result<PolyBatch> {
-        check_scale_and_round(p, &to, rounder)?;
-        let n = p.n();
-        let input = self.download(p)?;
-        let (in_words, out_words) = (p.poly_words(), to.len() * n);
-        let mut out = vec![0u32; p.count() * out_words];
-        for (o, i) in out.chunks_mut(out_words).zip(input.chunks(in_words)) {
-            rounder.apply(i, o, n);
-        }
-        self.upload(out, to, p.count(), n, Repr::Coeff)
-    }
+    ) -> Result<PolyBatch>;
 
     /// The Galois automorphism `X → X^g` (g odd) of Coeff-domain polynomials.
     fn automorphism(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch>;
@@ -346,6 +333,160 @@ pub(crate) fn check_linear_combinations<'a>(
         ));
     }
     Ok((first, nl, ni))
+}
+
+/// The batch's limbs must exist in the ring and share its degree (a batch from another context
+/// would index past the ring's tables).
+pub(crate) fn check_ring(ring: &RingContext, p: &PolyBatch) -> Result<()> {
+    if p.n != ring.n() || p.limbs.iter().any(|&l| l >= ring.len()) {
+        return Err(Error::ParameterMismatch(format!(
+            "batch of degree {} over limbs {:?} does not belong to a ring of degree {} with {} primes",
+            p.n,
+            p.limbs,
+            ring.n(),
+            ring.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Validates an NTT's direction against the batch's representation.
+pub(crate) fn check_ntt(p: &PolyBatch, forward: bool) -> Result<()> {
+    match (forward, p.repr) {
+        (true, Repr::Ntt) => Err(Error::InvalidInput(
+            "ntt_forward: batch is already in the NTT domain".into(),
+        )),
+        (false, Repr::Coeff) => Err(Error::InvalidInput(
+            "ntt_inverse: batch is already in coefficient form".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Validates [`Backend::mul_acc`]'s operands (each may broadcast).
+pub(crate) fn check_mul_acc(acc: &PolyBatch, a: &PolyBatch, b: &PolyBatch) -> Result<()> {
+    acc.check_compatible(a, "mul_acc")?;
+    acc.check_compatible(b, "mul_acc")
+}
+
+/// Validates one constant per limb for `op` (`mul_scalar`, `add_scalar`) and returns each
+/// reduced mod its limb's prime with its Shoup companion, as every backend multiplies.
+pub(crate) fn limb_scalars(
+    op: &'static str,
+    ring: &RingContext,
+    p: &PolyBatch,
+    s: &[u32],
+) -> Result<Vec<(u32, u32)>> {
+    if s.len() != p.limbs.len() {
+        return Err(Error::Shape(format!(
+            "{op}: {} constants for {} limbs",
+            s.len(),
+            p.limbs.len()
+        )));
+    }
+    check_ring(ring, p)?;
+    Ok(s.iter()
+        .zip(p.limbs.iter())
+        .map(|(&x, &li)| {
+            let m = ring.modulus(li);
+            let w = x % m.value();
+            (w, m.shoup(w))
+        })
+        .collect())
+}
+
+/// Validates [`Backend::tensor_product`]'s operands: two size-2 batches in the NTT domain.
+pub(crate) fn check_tensor_product(a: &PolyBatch, b: &PolyBatch) -> Result<()> {
+    a.check_compatible(b, "tensor_product")?;
+    if a.count != 2 || b.count != 2 || a.repr != Repr::Ntt {
+        return Err(Error::CiphertextSize(
+            "tensor_product needs two size-2 batches in the NTT domain".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates [`Backend::base_convert`]'s operands against the converter's bases.
+pub(crate) fn check_base_convert(p: &PolyBatch, to: &[usize], conv: &BaseConverter) -> Result<()> {
+    if p.repr != Repr::Coeff {
+        return Err(Error::InvalidInput(
+            "base_convert needs coefficient form".into(),
+        ));
+    }
+    if conv.from().len() != p.limbs.len() || conv.to().len() != to.len() {
+        return Err(Error::Shape(
+            "base_convert: converter does not match the bases".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Validates an automorphism's operand: `repr` is the domain the op works in (`Coeff` for
+/// [`Backend::automorphism`], `Ntt` for [`Backend::automorphism_ntt`]) and `g` must be odd.
+pub(crate) fn check_automorphism(p: &PolyBatch, g: usize, repr: Repr) -> Result<()> {
+    if p.repr != repr {
+        return Err(Error::InvalidInput(match repr {
+            Repr::Coeff => "automorphism needs coefficient form".into(),
+            Repr::Ntt => "automorphism_ntt needs the NTT domain".into(),
+        }));
+    }
+    if g % 2 == 0 {
+        return Err(Error::InvalidInput(format!(
+            "Galois element {g} must be odd"
+        )));
+    }
+    Ok(())
+}
+
+/// Positions in `p`'s limbs of each limb [`Backend::select_limbs`] asks for.
+pub(crate) fn limb_positions(p: &PolyBatch, limbs: &[usize]) -> Result<Vec<usize>> {
+    limbs
+        .iter()
+        .map(|l| {
+            p.limbs
+                .iter()
+                .position(|x| x == l)
+                .ok_or_else(|| Error::InvalidInput(format!("select_limbs: limb {l} not present")))
+        })
+        .collect()
+}
+
+/// Validates [`Backend::slice_polys`]'s range.
+pub(crate) fn check_slice(p: &PolyBatch, start: usize, len: usize) -> Result<()> {
+    if start.checked_add(len).is_none_or(|end| end > p.count) {
+        return Err(Error::Shape(format!(
+            "slice_polys {start}+{len} of {}",
+            p.count
+        )));
+    }
+    Ok(())
+}
+
+/// Validates [`Backend::concat`]'s parts; returns the first (whose limbs, repr and degree all
+/// share) and the total count.
+pub(crate) fn check_concat<'a>(parts: &[&'a PolyBatch]) -> Result<(&'a PolyBatch, usize)> {
+    let first = *parts
+        .first()
+        .ok_or_else(|| Error::Shape("concat of no batches".into()))?;
+    if parts
+        .iter()
+        .any(|p| p.limbs != first.limbs || p.repr != first.repr || p.n != first.n)
+    {
+        return Err(Error::ParameterMismatch(
+            "concat: batches differ in limbs/repr".into(),
+        ));
+    }
+    Ok((first, parts.iter().map(|p| p.count).sum()))
+}
+
+/// Validates [`Backend::concat_limbs`]'s operands; returns the joined limbs.
+pub(crate) fn check_concat_limbs(a: &PolyBatch, b: &PolyBatch) -> Result<Arc<[usize]>> {
+    if a.count != b.count || a.repr != b.repr || a.n != b.n {
+        return Err(Error::Shape(
+            "concat_limbs: batches differ in count/repr".into(),
+        ));
+    }
+    Ok(a.limbs.iter().chain(b.limbs.iter()).copied().collect())
 }
 
 /// Validates the operands of [`Backend::scale_and_round`].

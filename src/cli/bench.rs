@@ -19,6 +19,10 @@ pub struct BenchRow {
     pub log_n: u32,
     pub limbs: usize,
     pub log_qp: f64,
+    /// Key-switching digits of the parameters.
+    pub dnum: usize,
+    /// Ciphertexts (or, for the backend primitives, polynomials) per timed call.
+    pub batch: usize,
     pub op: String,
     pub median_us: f64,
     pub min_us: f64,
@@ -38,13 +42,20 @@ pub struct BenchReport {
     pub notes: Vec<String>,
 }
 
-/// Times `f` `reps` times after one warm-up; returns (median, min, max) in µs.
-pub fn time_op<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<(f64, f64, f64)> {
-    f()?;
+/// Times `f` `reps` times after one warm-up; returns (median, min, max) in µs. Each repetition
+/// first builds its input with `setup`, untimed (an in-place operation such as an NTT needs a
+/// fresh operand every time).
+pub fn time_with_setup<T, S, F>(reps: usize, mut setup: S, mut f: F) -> Result<(f64, f64, f64)>
+where
+    S: FnMut() -> Result<T>,
+    F: FnMut(T) -> Result<()>,
+{
+    f(setup()?)?;
     let mut v = Vec::with_capacity(reps);
-    for _ in 0..reps {
+    for _ in 0..reps.max(1) {
+        let x = setup()?;
         let t = Instant::now();
-        f()?;
+        f(x)?;
         v.push(t.elapsed().as_secs_f64() * 1e6);
     }
     v.sort_by(|a, b| a.total_cmp(b));
@@ -80,16 +91,37 @@ struct Recorder<'a> {
     log_n: u32,
     limbs: usize,
     log_qp: f64,
+    dnum: usize,
     reps: usize,
 }
 
 impl Recorder<'_> {
+    /// Times one call of `f` (batch 1).
     fn run<F: FnMut() -> Result<()>>(&mut self, op: &str, mut f: F) -> Result<()> {
+        self.run_batch(op, 1, || Ok(()), |()| f())
+    }
+
+    /// Times `f` on a fresh input from `setup` (untimed) per repetition; `batch` is how many
+    /// ciphertexts or polynomials one call processes. The backend is synchronized after both,
+    /// so queued setup work is not timed and asynchronous device work is timed to completion.
+    fn run_batch<T, S, F>(&mut self, op: &str, batch: usize, mut setup: S, mut f: F) -> Result<()>
+    where
+        S: FnMut() -> Result<T>,
+        F: FnMut(T) -> Result<()>,
+    {
         let be = self.backend;
-        let (median_us, min_us, max_us) = time_op(self.reps, || {
-            f()?;
-            be.synchronize()
-        })?;
+        let (median_us, min_us, max_us) = time_with_setup(
+            self.reps,
+            || {
+                let x = setup()?;
+                be.synchronize()?;
+                Ok(x)
+            },
+            |x| {
+                f(x)?;
+                be.synchronize()
+            },
+        )?;
         eprintln!(
             "  {:<5} 2^{} {:<18} {:>12.1} µs",
             self.scheme, self.log_n, op, median_us
@@ -100,6 +132,8 @@ impl Recorder<'_> {
             log_n: self.log_n,
             limbs: self.limbs,
             log_qp: (self.log_qp * 10.0).round() / 10.0,
+            dnum: self.dnum,
+            batch,
             op: op.into(),
             median_us,
             min_us,
@@ -124,11 +158,13 @@ pub fn peer_depth(log_n: u32) -> usize {
 /// CKKS operations at one ring size: `levels` scale primes of 25 bits over a 30-bit base, one
 /// 30-bit special prime per digit and dnum = levels + 1 (SEAL's key-switching layout).
 /// With `max_chain`, uses instead the deepest 128-bit chain ([`CkksParams::preset`], dnum 3):
-/// the same total modulus as the peers' chains, so more (25-bit) levels.
+/// the same total modulus as the peers' chains, so more (25-bit) levels. Every operation runs
+/// on `backend`; the `xB` rows process `batch` polynomials or ciphertexts in one call.
 pub fn bench_ckks(
     log_n: u32,
     reps: usize,
     max_chain: bool,
+    batch: usize,
     backend: &Arc<dyn Backend>,
     rows: &mut Vec<BenchRow>,
 ) -> Result<()> {
@@ -162,19 +198,27 @@ pub fn bench_ckks(
         log_n,
         limbs: top + 1,
         log_qp: params.rlwe.log_qp(),
+        dnum: params.rlwe.dnum(),
         reps,
     };
     let rlwe = ctx.rlwe().clone();
-    let plan = rlwe.ring().plan(0).clone();
-    let mut limb: Vec<u32> = (0..rlwe.n() as u32).collect();
-    r.run("ntt_limb", || {
-        plan.forward(&mut limb);
-        Ok(())
-    })?;
-    r.run("intt_limb", || {
-        plan.inverse(&mut limb);
-        Ok(())
-    })?;
+    let (be, ring) = (rlwe.backend(), rlwe.ring());
+    // One polynomial over one limb (the peers' `ntt_limb`), on the backend.
+    let limb_ntt = be.select_limbs(&be.slice_polys(a.polys(), 0, 1)?, vec![0].into())?;
+    let mut limb_coeff = limb_ntt.clone();
+    be.ntt_inverse(ring, &mut limb_coeff)?;
+    r.run_batch(
+        "ntt_limb",
+        1,
+        || Ok(limb_coeff.clone()),
+        |mut x| be.ntt_forward(ring, &mut x),
+    )?;
+    r.run_batch(
+        "intt_limb",
+        1,
+        || Ok(limb_ntt.clone()),
+        |mut x| be.ntt_inverse(ring, &mut x),
+    )?;
     r.run("encode", || {
         ctx.encode(&vals, ctx.default_scale(), top).map(drop)
     })?;
@@ -192,24 +236,50 @@ pub fn bench_ckks(
     })?;
     r.run("rescale", || ctx.rescale(&prod).map(drop))?;
     r.run("rotate", || ctx.rotate(&a, 1, &gk).map(drop))?;
-    let be = rlwe.backend();
     let d = be.slice_polys(a.polys(), 1, 1)?;
     r.run("key_switch", || {
         keys.relin.key_switch_key().switch(&rlwe, &d).map(drop)
     })?;
-    // Backend throughput on one polynomial over the top level's limbs and on a batch of 16
-    // (one trait call each, so a GPU pays its dispatch overhead once per batch).
+    // Backend primitives over the top level's limbs, on one polynomial and on `batch` of them
+    // in one trait call (a GPU pays its dispatch overhead once per call), and the rescale of
+    // `batch` ciphertexts as one ModDown of all their polynomials.
     let one = be.slice_polys(a.polys(), 0, 1)?;
-    for batch in [1usize, 16] {
-        let mut x = be.concat(&vec![&one; batch])?;
-        let y = x.clone();
-        r.run(&format!("intt+ntt x{batch}"), || {
-            be.ntt_inverse(rlwe.ring(), &mut x)?;
-            be.ntt_forward(rlwe.ring(), &mut x)
-        })?;
-        r.run(&format!("mul x{batch}"), || {
-            be.mul_assign(rlwe.ring(), &mut x, &y)
-        })?;
+    let mut sizes = vec![1];
+    if batch > 1 {
+        sizes.push(batch);
+    }
+    for b in sizes {
+        let x = be.concat(&vec![&one; b])?;
+        let mut xc = x.clone();
+        be.ntt_inverse(ring, &mut xc)?;
+        r.run_batch(
+            &format!("ntt x{b}"),
+            b,
+            || Ok(xc.clone()),
+            |mut y| be.ntt_forward(ring, &mut y),
+        )?;
+        r.run_batch(
+            &format!("intt x{b}"),
+            b,
+            || Ok(x.clone()),
+            |mut y| be.ntt_inverse(ring, &mut y),
+        )?;
+        r.run_batch(
+            &format!("mul x{b}"),
+            b,
+            || Ok(x.clone()),
+            |mut y| be.mul_assign(ring, &mut y, &x),
+        )?;
+    }
+    if batch > 1 {
+        let cts = be.concat(&vec![prod.polys(); batch])?;
+        let (keep, drop) = (rlwe.q_limbs(top - 1), Arc::<[usize]>::from(vec![top]));
+        r.run_batch(
+            &format!("rescale x{batch}"),
+            batch,
+            || Ok(()),
+            |()| rlwe.mod_down(&cts, keep.clone(), drop.clone()).map(|_| ()),
+        )?;
     }
     Ok(())
 }
@@ -222,6 +292,7 @@ pub fn run(
     reps: usize,
     threads: usize,
     max_chain: bool,
+    batch: usize,
     backend: &str,
     json: bool,
     out: Option<&std::path::Path>,
@@ -244,7 +315,7 @@ pub fn run(
         for s in schemes {
             eprintln!("{s} N = 2^{log_n}");
             match s.as_str() {
-                "ckks" => bench_ckks(log_n, reps, max_chain, &be, &mut rows)?,
+                "ckks" => bench_ckks(log_n, reps, max_chain, batch, &be, &mut rows)?,
                 "bfv" => bench_bfv(log_n, reps, &be, &mut rows, &mut notes)?,
                 other => {
                     return Err(hetensor::Error::InvalidInput(format!(
@@ -278,13 +349,22 @@ pub fn run(
 
 fn markdown(r: &BenchReport) -> String {
     let mut s = format!(
-        "hetensor {} on {} ({} thread(s), backend {})\n\n| scheme | N | limbs | log2 QP | op | median µs | min–max µs |\n|---|---|---|---|---|---|---|\n",
+        "hetensor {} on {} ({} thread(s), backend {})\n\n| scheme | N | limbs | log2 QP | dnum | batch | op | median µs | min–max µs |\n|---|---|---|---|---|---|---|---|---|\n",
         r.version, r.machine, r.threads, r.backend
     );
     for x in &r.results {
         s += &format!(
-            "| {} | 2^{} | {} | {:.0} | {} | {:.1} | {:.1}–{:.1} |\n",
-            x.scheme, x.log_n, x.limbs, x.log_qp, x.op, x.median_us, x.min_us, x.max_us
+            "| {} | 2^{} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1}–{:.1} |\n",
+            x.scheme,
+            x.log_n,
+            x.limbs,
+            x.log_qp,
+            x.dnum,
+            x.batch,
+            x.op,
+            x.median_us,
+            x.min_us,
+            x.max_us
         );
     }
     s
@@ -321,6 +401,7 @@ pub fn bench_bfv(
         log_n,
         limbs: ctx.max_level() + 1,
         log_qp: params.rlwe.log_qp(),
+        dnum: params.rlwe.dnum(),
         reps,
     };
     r.run("encrypt", || ctx.encrypt(&pt, &pk).map(drop))?;

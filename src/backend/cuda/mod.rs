@@ -19,7 +19,11 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use super::{check_scale_and_round, Backend, Buffer, DeviceBuffer, PolyBatch, Repr};
+use super::{
+    check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_mul_acc,
+    check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
+    limb_positions, limb_scalars, Backend, Buffer, DeviceBuffer, PolyBatch, Repr,
+};
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
 use compile::Output;
@@ -450,24 +454,8 @@ impl CudaBackend {
     }
 
     fn scalar(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32], op: u32) -> Result<()> {
-        if s.len() != a.limbs.len() {
-            return Err(Error::Shape(format!(
-                "{}: {} constants for {} limbs",
-                ["mul_scalar", "add_scalar"][op as usize],
-                s.len(),
-                a.limbs.len()
-            )));
-        }
-        check_ring(ring, a)?;
-        let (w, ws): (Vec<u32>, Vec<u32>) = s
-            .iter()
-            .zip(a.limbs.iter())
-            .map(|(&v, &li)| {
-                let m = ring.modulus(li);
-                let w = v % m.value();
-                (w, m.shoup(w))
-            })
-            .unzip();
+        let opname = ["mul_scalar", "add_scalar"][op as usize];
+        let (w, ws): (Vec<u32>, Vec<u32>) = limb_scalars(opname, ring, a, s)?.into_iter().unzip();
         let (dw, dws) = (self.htod(&w)?, self.htod(&ws)?);
         let (_keep, la) = self.limb_args(ring, a)?;
         let total = words(a) as u64;
@@ -497,19 +485,6 @@ struct Keep(
 
 fn words(p: &PolyBatch) -> usize {
     p.count * p.limbs.len() * p.n
-}
-
-fn check_ring(ring: &RingContext, p: &PolyBatch) -> Result<()> {
-    if p.n != ring.n() || p.limbs.iter().any(|&l| l >= ring.len()) {
-        return Err(Error::ParameterMismatch(format!(
-            "cuda: batch (N = {}, limbs {:?}) does not belong to this ring (N = {}, {} primes)",
-            p.n,
-            p.limbs,
-            ring.n(),
-            ring.len()
-        )));
-    }
-    Ok(())
 }
 
 /// Keeps freed device memory in the stream-ordered pool (allocations per operation are then
@@ -642,22 +617,14 @@ impl Backend for CudaBackend {
     }
 
     fn ntt_forward(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
-        if p.repr == Repr::Ntt {
-            return Err(Error::InvalidInput(
-                "ntt_forward: batch is already in the NTT domain".into(),
-            ));
-        }
+        check_ntt(p, true)?;
         self.ntt(ring, p, true)?;
         p.set_repr(Repr::Ntt);
         Ok(())
     }
 
     fn ntt_inverse(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
-        if p.repr == Repr::Coeff {
-            return Err(Error::InvalidInput(
-                "ntt_inverse: batch is already in coefficient form".into(),
-            ));
-        }
+        check_ntt(p, false)?;
         self.ntt(ring, p, false)?;
         p.set_repr(Repr::Coeff);
         Ok(())
@@ -693,8 +660,7 @@ impl Backend for CudaBackend {
         a: &PolyBatch,
         b: &PolyBatch,
     ) -> Result<()> {
-        acc.check_compatible(a, "mul_acc")?;
-        acc.check_compatible(b, "mul_acc")?;
+        check_mul_acc(acc, a, b)?;
         check_ring(ring, acc)?;
         let (_keep, la) = self.limb_args(ring, acc)?;
         let total = words(acc) as u64;
@@ -770,12 +736,7 @@ impl Backend for CudaBackend {
         a: &PolyBatch,
         b: &PolyBatch,
     ) -> Result<PolyBatch> {
-        a.check_compatible(b, "tensor_product")?;
-        if a.count != 2 || b.count != 2 || a.repr != Repr::Ntt {
-            return Err(Error::CiphertextSize(
-                "tensor_product needs two size-2 batches in the NTT domain".into(),
-            ));
-        }
+        check_tensor_product(a, b)?;
         check_ring(ring, a)?;
         let w = a.poly_words();
         let out = self.alloc(3 * w)?;
@@ -809,16 +770,7 @@ impl Backend for CudaBackend {
         conv: &BaseConverter,
         exact: bool,
     ) -> Result<PolyBatch> {
-        if p.repr != Repr::Coeff {
-            return Err(Error::InvalidInput(
-                "base_convert needs coefficient form".into(),
-            ));
-        }
-        if conv.from().len() != p.limbs.len() || conv.to().len() != to.len() {
-            return Err(Error::Shape(
-                "base_convert: converter does not match the bases".into(),
-            ));
-        }
+        check_base_convert(p, &to, conv)?;
         let t = self.conv(conv)?;
         let (k, kt, n) = (p.limbs.len(), to.len(), p.n);
         let total = p.count * kt * n;
@@ -885,16 +837,7 @@ impl Backend for CudaBackend {
     }
 
     fn automorphism(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
-        if p.repr != Repr::Coeff {
-            return Err(Error::InvalidInput(
-                "automorphism needs coefficient form".into(),
-            ));
-        }
-        if g % 2 == 0 {
-            return Err(Error::InvalidInput(format!(
-                "Galois element {g} must be odd"
-            )));
-        }
+        check_automorphism(p, g, Repr::Coeff)?;
         check_ring(ring, p)?;
         let total = words(p);
         let out = self.alloc(total)?;
@@ -917,16 +860,7 @@ impl Backend for CudaBackend {
     }
 
     fn automorphism_ntt(&self, _ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
-        if p.repr != Repr::Ntt {
-            return Err(Error::InvalidInput(
-                "automorphism_ntt needs the NTT domain".into(),
-            ));
-        }
-        if g % 2 == 0 {
-            return Err(Error::InvalidInput(format!(
-                "Galois element {g} must be odd"
-            )));
-        }
+        check_automorphism(p, g, Repr::Ntt)?;
         let map = self.ntt_map(p.n, g)?;
         let total = words(p);
         let out = self.alloc(total)?;
@@ -945,14 +879,7 @@ impl Backend for CudaBackend {
     }
 
     fn select_limbs(&self, p: &PolyBatch, limbs: Arc<[usize]>) -> Result<PolyBatch> {
-        let pos: Vec<usize> = limbs
-            .iter()
-            .map(|l| {
-                p.limbs.iter().position(|x| x == l).ok_or_else(|| {
-                    Error::InvalidInput(format!("select_limbs: limb {l} not present"))
-                })
-            })
-            .collect::<Result<_>>()?;
+        let pos = limb_positions(p, &limbs)?;
         let n = p.n;
         let total = p.count * limbs.len() * n;
         let mut out = self.alloc(total)?;
@@ -989,12 +916,7 @@ impl Backend for CudaBackend {
     }
 
     fn slice_polys(&self, p: &PolyBatch, start: usize, len: usize) -> Result<PolyBatch> {
-        if start + len > p.count {
-            return Err(Error::Shape(format!(
-                "slice_polys {start}+{len} of {}",
-                p.count
-            )));
-        }
+        check_slice(p, start, len)?;
         let w = p.poly_words();
         let mut out = self.alloc(len * w)?;
         if len * w > 0 {
@@ -1011,18 +933,7 @@ impl Backend for CudaBackend {
     }
 
     fn concat(&self, parts: &[&PolyBatch]) -> Result<PolyBatch> {
-        let first = parts
-            .first()
-            .ok_or_else(|| Error::Shape("concat of no batches".into()))?;
-        let mut count = 0;
-        for p in parts {
-            if p.limbs != first.limbs || p.repr != first.repr || p.n != first.n {
-                return Err(Error::ParameterMismatch(
-                    "concat: batches differ in limbs/repr".into(),
-                ));
-            }
-            count += p.count;
-        }
+        let (first, count) = check_concat(parts)?;
         let w = first.poly_words();
         let mut out = self.alloc(count * w)?;
         self.ctx.bind_to_thread().map_err(drv)?;
@@ -1041,12 +952,7 @@ impl Backend for CudaBackend {
     }
 
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
-        if a.count != b.count || a.repr != b.repr || a.n != b.n {
-            return Err(Error::Shape(
-                "concat_limbs: batches differ in count/repr".into(),
-            ));
-        }
-        let limbs: Arc<[usize]> = a.limbs.iter().chain(b.limbs.iter()).copied().collect();
+        let limbs = check_concat_limbs(a, b)?;
         let total = a.count * limbs.len() * a.n;
         let out = self.alloc(total)?;
         self.launch_1d(

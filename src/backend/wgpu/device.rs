@@ -54,6 +54,10 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
 /// Freed buffers kept for reuse, at most this many bytes in all.
 const POOL_BYTES: u64 = 512 << 20;
 
+/// Operations queued per submission at most: bounds the memory (parameter buffers, bind
+/// groups) that recorded but unsubmitted work holds.
+const MAX_QUEUED: usize = 256;
+
 /// Per-ring tables: `moduli` (8 words per prime) and the four twiddle tables of every prime.
 pub(super) struct RingTables {
     pub moduli: wgpu::Buffer,
@@ -68,10 +72,17 @@ struct Pool {
     bytes: u64,
 }
 
+/// Recorded operations waiting for one submission, in recording order, and the last submission.
+#[derive(Default)]
+struct Queued {
+    ops: Vec<wgpu::CommandBuffer>,
+    last: Option<wgpu::SubmissionIndex>,
+}
+
 /// The device, its queue and every cache.
 pub(super) struct Gpu {
     device: wgpu::Device,
-    pub queue: wgpu::Queue,
+    queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     max_binding: u64,
     max_buffer: u64,
@@ -81,6 +92,7 @@ pub(super) struct Gpu {
     rings: Mutex<HashMap<RingKey, Arc<RingTables>>>,
     tables: Mutex<HashMap<Vec<u64>, Arc<wgpu::Buffer>>>,
     pool: Mutex<Pool>,
+    queued: Mutex<Queued>,
     /// Errors raised outside an error scope (other threads, drops) and device loss.
     fault: Arc<Mutex<Option<String>>>,
 }
@@ -176,28 +188,76 @@ impl Gpu {
             rings: Mutex::new(HashMap::new()),
             tables: Mutex::new(HashMap::new()),
             pool: Mutex::new(Pool::default()),
+            queued: Mutex::new(Queued::default()),
             fault: lost,
         })
     }
 
-    /// Records with `f` into one encoder, submits it and waits; validation and out-of-memory
-    /// errors become [`Error::Backend`] instead of wgpu's default panic.
-    pub fn run<T>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<T>) -> Result<T> {
-        if let Some(e) = lock(&self.fault).clone() {
-            return Err(Error::Backend(e));
+    fn check_fault(&self) -> Result<()> {
+        match lock(&self.fault).clone() {
+            Some(e) => Err(Error::Backend(e)),
+            None => Ok(()),
         }
+    }
+
+    /// Records one operation with `f` into its own command buffer and queues it; validation and
+    /// out-of-memory errors become [`Error::Backend`] instead of wgpu's default panic, and a
+    /// failed operation is never submitted. Queued operations go to the device together, in
+    /// recording order, as one submission (see [`Gpu::flush`]): the per-submission cost and
+    /// the wait are paid once per batch of operations (a whole key switch, a tensor layer),
+    /// not once per backend call. Queue order makes reusing pooled buffers safe.
+    pub fn run<T>(&self, f: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<T>) -> Result<T> {
+        self.check_fault()?;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = self.device.create_command_encoder(&Default::default());
         let out = f(&mut enc);
-        let submitted = out.is_ok().then(|| self.queue.submit([enc.finish()]));
+        let cmd = out.is_ok().then(|| enc.finish());
         let verr = pollster::block_on(val.pop());
         let merr = pollster::block_on(oom.pop());
         if let Some(e) = verr.or(merr) {
             return Err(Error::Backend(format!("wgpu: {e}")));
         }
         let out = out?;
-        if let Some(idx) = submitted {
+        let full = {
+            let mut q = lock(&self.queued);
+            q.ops.extend(cmd);
+            q.ops.len() >= MAX_QUEUED
+        };
+        if full {
+            self.flush(false)?;
+        }
+        Ok(out)
+    }
+
+    /// Submits every queued operation as one submission. With `wait`, blocks until all
+    /// submitted work has finished; without, waits only for the previous submission, so at
+    /// most two batches are in flight.
+    pub fn flush(&self, wait: bool) -> Result<()> {
+        self.check_fault()?;
+        let (prev, last) = {
+            // Held while submitting, so that submissions keep the recording order.
+            let mut q = lock(&self.queued);
+            let ops = std::mem::take(&mut q.ops);
+            let n = ops.len();
+            let prev = q.last.clone();
+            if n > 0 {
+                let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+                let idx = self.queue.submit(ops);
+                if let Some(e) = pollster::block_on(val.pop()) {
+                    let msg = format!(
+                        "wgpu: a submission of {n} queued operations failed ({e}); results on \
+                         this device are undefined, create a new backend"
+                    );
+                    lock(&self.fault).get_or_insert_with(|| msg.clone());
+                    return Err(Error::Backend(msg));
+                }
+                q.last = Some(idx);
+            }
+            (prev, q.last.clone())
+        };
+        let target = if wait { last } else { prev };
+        if let Some(idx) = target {
             self.device
                 .poll(wgpu::PollType::Wait {
                     submission_index: Some(idx),
@@ -205,10 +265,7 @@ impl Gpu {
                 })
                 .map_err(|e| Error::Backend(format!("wgpu: waiting for the device: {e}")))?;
         }
-        if let Some(e) = lock(&self.fault).clone() {
-            return Err(Error::Backend(e));
-        }
-        Ok(out)
+        self.check_fault()
     }
 
     /// The pipeline of `entry` with the `ALIGNED` override (see `shaders/common.wgsl`).
@@ -310,6 +367,39 @@ impl Gpu {
             })
     }
 
+    /// A new storage buffer holding `words`. Created initialized (never from the pool), so the
+    /// copy cannot overtake queued operations that still use a pooled buffer.
+    pub fn upload(self: &Arc<Self>, words: &[u32]) -> Result<WgpuBuffer> {
+        if words.is_empty() {
+            return self.alloc(0);
+        }
+        let size = 4 * words.len() as u64;
+        if size > self.max_buffer {
+            return Err(Error::Backend(format!(
+                "wgpu: a buffer of {} MiB exceeds the adapter's limit of {} MiB",
+                size >> 20,
+                self.max_buffer >> 20
+            )));
+        }
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let buf = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("polys"),
+                contents: bytemuck::cast_slice(words),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            });
+        if let Some(e) = pollster::block_on(oom.pop()) {
+            return Err(Error::Backend(format!("wgpu: {e}")));
+        }
+        Ok(WgpuBuffer {
+            buf: Some(buf),
+            gpu: self.clone(),
+        })
+    }
+
     /// A storage buffer of `words` words (from the pool when one of that size is free; its old
     /// contents remain, so callers overwrite or clear it).
     pub fn alloc(self: &Arc<Self>, words: usize) -> Result<WgpuBuffer> {
@@ -370,6 +460,7 @@ impl Gpu {
             enc.copy_buffer_to_buffer(buf, 0, &staging, 0, Some(size));
             Ok(())
         })?;
+        self.flush(true)?;
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
             let _ = tx.send(r);
@@ -609,10 +700,14 @@ impl DeviceBuffer for WgpuBuffer {
 
     fn wipe(&mut self) {
         let b = self.get();
-        let r = self.gpu.run(|enc| {
-            enc.clear_buffer(b, 0, None);
-            Ok(())
-        });
+        // Submitted now: secret words must not wait for a later flush to be overwritten.
+        let r = self
+            .gpu
+            .run(|enc| {
+                enc.clear_buffer(b, 0, None);
+                Ok(())
+            })
+            .and_then(|()| self.gpu.flush(false));
         if let Err(e) = r {
             lock(&self.gpu.fault).get_or_insert_with(|| e.to_string());
         }

@@ -2,8 +2,9 @@
 //! any Vulkan/Metal/DX12/GL adapter, lavapipe included. The shaders use only 32-bit integer
 //! arithmetic (the Gl backend has no 64-bit integers) and return the CPU backend's words.
 //!
-//! Each trait call records its dispatches and copies into one command encoder, submits once and
-//! waits for that submission (so device memory and timings stay bounded per operation). Ring,
+//! Each trait call records its dispatches and copies into one command buffer and queues it;
+//! queued calls are submitted together (at a download, `synchronize`, or every 256 calls), so a
+//! key switch or a tensor layer costs one submission and one wait, not one per call. Ring,
 //! base-conversion and scale-and-round tables are uploaded once per prime set and cached;
 //! pipelines are built once; freed buffers go to a small pool keyed by size.
 
@@ -11,7 +12,11 @@ mod device;
 
 use std::sync::Arc;
 
-use crate::backend::{check_scale_and_round, Backend, Buffer, PolyBatch, Repr};
+use crate::backend::{
+    check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_mul_acc,
+    check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
+    limb_positions, limb_scalars, Backend, Buffer, PolyBatch, Repr,
+};
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, RingContext, ScaleRounder};
 
@@ -142,27 +147,20 @@ impl WgpuBackend {
         })
     }
 
-    fn per_limb_scalars(
+    /// `a op= s[limb]` (`mul_scalar`, `add_scalar`): the reduced constants and their Shoup
+    /// companions travel in the params block.
+    fn scalar(
+        &self,
         ring: &RingContext,
-        p: &PolyBatch,
+        entry: &'static str,
+        a: &mut PolyBatch,
         s: &[u32],
-        shoup: bool,
-    ) -> Result<Vec<u32>> {
-        if s.len() != p.limbs().len() {
-            return Err(Error::Shape(format!(
-                "scalar op: {} constants for {} limbs",
-                s.len(),
-                p.limbs().len()
-            )));
-        }
-        let mut v = Vec::with_capacity(2 * s.len());
-        for (&x, &li) in s.iter().zip(p.limbs()) {
-            let m = ring.modulus(li);
-            let w = x % m.value();
-            v.push(w);
-            v.push(if shoup { m.shoup(w) } else { 0 });
-        }
-        Ok(v)
+    ) -> Result<()> {
+        let extra: Vec<u32> = limb_scalars(entry, ring, a, s)?
+            .into_iter()
+            .flat_map(|(w, ws)| [w, ws])
+            .collect();
+        self.elementwise(ring, entry, a, &[], &extra)
     }
 
     fn ntt(&self, ring: &RingContext, p: &mut PolyBatch, forward: bool) -> Result<()> {
@@ -227,11 +225,6 @@ impl WgpuBackend {
         g: usize,
         entry: &'static str,
     ) -> Result<PolyBatch> {
-        if g % 2 == 0 {
-            return Err(Error::InvalidInput(format!(
-                "Galois element {g} must be odd"
-            )));
-        }
         let rt = self.gpu.ring_tables(ring)?;
         check_ring(ring, p)?;
         let n = p.n();
@@ -329,20 +322,6 @@ impl WgpuBackend {
     }
 }
 
-/// The batch's limbs must exist in the ring (a batch from another context would index past it).
-fn check_ring(ring: &RingContext, p: &PolyBatch) -> Result<()> {
-    if p.n() != ring.n() || p.limbs().iter().any(|&l| l >= ring.len()) {
-        return Err(Error::ParameterMismatch(format!(
-            "batch of degree {} over limbs {:?} does not belong to a ring of degree {} with {} primes",
-            p.n(),
-            p.limbs(),
-            ring.n(),
-            ring.len()
-        )));
-    }
-    Ok(())
-}
-
 impl Backend for WgpuBackend {
     fn name(&self) -> &'static str {
         "wgpu"
@@ -357,21 +336,17 @@ impl Backend for WgpuBackend {
         repr: Repr,
     ) -> Result<PolyBatch> {
         super::check_upload(words.len(), &limbs, count, n)?;
-        let b = self.gpu.alloc(words.len())?;
-        self.gpu.run(|_| {
-            if !words.is_empty() {
-                self.gpu
-                    .queue
-                    .write_buffer(b.get(), 0, bytemuck::cast_slice(&words));
-            }
-            Ok(())
-        })?;
+        let b = self.gpu.upload(&words)?;
         Ok(self.wrap(b, limbs, count, n, repr))
     }
 
     fn download(&self, p: &PolyBatch) -> Result<Vec<u32>> {
         let b = self.buf(p)?;
         self.gpu.read(b.get(), p.count() * p.poly_words())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.gpu.flush(true)
     }
 
     fn zeros(&self, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch> {
@@ -384,20 +359,12 @@ impl Backend for WgpuBackend {
     }
 
     fn ntt_forward(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
-        if p.repr() == Repr::Ntt {
-            return Err(Error::InvalidInput(
-                "ntt_forward: batch is already in the NTT domain".into(),
-            ));
-        }
+        check_ntt(p, true)?;
         self.ntt(ring, p, true)
     }
 
     fn ntt_inverse(&self, ring: &RingContext, p: &mut PolyBatch) -> Result<()> {
-        if p.repr() == Repr::Coeff {
-            return Err(Error::InvalidInput(
-                "ntt_inverse: batch is already in coefficient form".into(),
-            ));
-        }
+        check_ntt(p, false)?;
         self.ntt(ring, p, false)
     }
 
@@ -427,19 +394,16 @@ impl Backend for WgpuBackend {
         a: &PolyBatch,
         b: &PolyBatch,
     ) -> Result<()> {
-        acc.check_compatible(a, "mul_acc")?;
-        acc.check_compatible(b, "mul_acc")?;
+        check_mul_acc(acc, a, b)?;
         self.elementwise(ring, "mul_acc", acc, &[a, b], &[])
     }
 
     fn mul_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
-        let extra = Self::per_limb_scalars(ring, a, s, true)?;
-        self.elementwise(ring, "mul_scalar", a, &[], &extra)
+        self.scalar(ring, "mul_scalar", a, s)
     }
 
     fn add_scalar_assign(&self, ring: &RingContext, a: &mut PolyBatch, s: &[u32]) -> Result<()> {
-        let extra = Self::per_limb_scalars(ring, a, s, false)?;
-        self.elementwise(ring, "add_scalar", a, &[], &extra)
+        self.scalar(ring, "add_scalar", a, s)
     }
 
     fn linear_combinations(
@@ -529,12 +493,7 @@ impl Backend for WgpuBackend {
         a: &PolyBatch,
         b: &PolyBatch,
     ) -> Result<PolyBatch> {
-        a.check_compatible(b, "tensor_product")?;
-        if a.count() != 2 || b.count() != 2 || a.repr() != Repr::Ntt {
-            return Err(Error::CiphertextSize(
-                "tensor_product needs two size-2 batches in the NTT domain".into(),
-            ));
-        }
+        check_tensor_product(a, b)?;
         let rt = self.gpu.ring_tables(ring)?;
         check_ring(ring, a)?;
         let w = a.poly_words();
@@ -574,16 +533,7 @@ impl Backend for WgpuBackend {
         conv: &BaseConverter,
         exact: bool,
     ) -> Result<PolyBatch> {
-        if p.repr() != Repr::Coeff {
-            return Err(Error::InvalidInput(
-                "base_convert needs coefficient form".into(),
-            ));
-        }
-        if conv.from().len() != p.limbs().len() || conv.to().len() != to.len() {
-            return Err(Error::Shape(
-                "base_convert: converter does not match the bases".into(),
-            ));
-        }
+        check_base_convert(p, &to, conv)?;
         let table = self.gpu.converter_table(conv)?;
         self.rns_kernel("base_convert", p, &table, to, exact)
     }
@@ -601,32 +551,17 @@ impl Backend for WgpuBackend {
     }
 
     fn automorphism(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
-        if p.repr() != Repr::Coeff {
-            return Err(Error::InvalidInput(
-                "automorphism needs coefficient form".into(),
-            ));
-        }
+        check_automorphism(p, g, Repr::Coeff)?;
         self.permute(ring, p, g, "automorphism")
     }
 
     fn automorphism_ntt(&self, ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
-        if p.repr() != Repr::Ntt {
-            return Err(Error::InvalidInput(
-                "automorphism_ntt needs the NTT domain".into(),
-            ));
-        }
+        check_automorphism(p, g, Repr::Ntt)?;
         self.permute(ring, p, g, "automorphism_ntt")
     }
 
     fn select_limbs(&self, p: &PolyBatch, limbs: Arc<[usize]>) -> Result<PolyBatch> {
-        let pos: Vec<usize> = limbs
-            .iter()
-            .map(|l| {
-                p.limbs().iter().position(|x| x == l).ok_or_else(|| {
-                    Error::InvalidInput(format!("select_limbs: limb {l} not present"))
-                })
-            })
-            .collect::<Result<_>>()?;
+        let pos = limb_positions(p, &limbs)?;
         let (n, nl) = (p.n(), p.limbs().len());
         // Runs of consecutive source limbs become one copy each.
         let mut runs = Vec::new();
@@ -646,35 +581,19 @@ impl Backend for WgpuBackend {
     }
 
     fn slice_polys(&self, p: &PolyBatch, start: usize, len: usize) -> Result<PolyBatch> {
-        if start + len > p.count() {
-            return Err(Error::Shape(format!(
-                "slice_polys {start}+{len} of {}",
-                p.count()
-            )));
-        }
+        check_slice(p, start, len)?;
         let w = p.poly_words();
         let out = self.gather(self.buf(p)?, len * w, &[(start * w, 0, len * w)])?;
         Ok(self.wrap(out, p.limbs_arc(), len, p.n(), p.repr()))
     }
 
     fn concat(&self, parts: &[&PolyBatch]) -> Result<PolyBatch> {
-        let first = parts
-            .first()
-            .ok_or_else(|| Error::Shape("concat of no batches".into()))?;
-        let mut count = 0;
+        let (first, count) = check_concat(parts)?;
         let mut srcs = Vec::with_capacity(parts.len());
+        let mut at = 0;
         for p in parts {
-            if p.limbs() != first.limbs() || p.repr() != first.repr() || p.n() != first.n() {
-                return Err(Error::ParameterMismatch(
-                    "concat: batches differ in limbs/repr".into(),
-                ));
-            }
-            srcs.push((
-                self.buf(p)?,
-                count * first.poly_words(),
-                p.count() * p.poly_words(),
-            ));
-            count += p.count();
+            srcs.push((self.buf(p)?, at, p.count() * p.poly_words()));
+            at += p.count() * p.poly_words();
         }
         let out = self.gpu.alloc(count * first.poly_words())?;
         self.gpu.run(|enc| {
@@ -695,11 +614,7 @@ impl Backend for WgpuBackend {
     }
 
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
-        if a.count() != b.count() || a.repr() != b.repr() || a.n() != b.n() {
-            return Err(Error::Shape(
-                "concat_limbs: batches differ in count/repr".into(),
-            ));
-        }
+        let limbs = check_concat_limbs(a, b)?;
         let (ab, bb) = (self.buf(a)?, self.buf(b)?);
         let (wa, wb) = (a.poly_words(), b.poly_words());
         let out = self.gpu.alloc(a.count() * (wa + wb))?;
@@ -727,7 +642,6 @@ impl Backend for WgpuBackend {
             }
             Ok(())
         })?;
-        let limbs: Arc<[usize]> = a.limbs().iter().chain(b.limbs()).copied().collect();
         Ok(self.wrap(out, limbs, a.count(), a.n(), a.repr()))
     }
 }
