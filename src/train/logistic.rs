@@ -310,9 +310,11 @@ pub struct EncryptedOptions {
 /// One encrypted ciphertext of a batch: features, features times `η/n`, replicated labels.
 #[derive(Clone)]
 pub struct BatchCt {
-    /// Features, `x[t][j]` in slot `j·B + t` (bias column 1 at block `d`).
+    /// Features divided by the sigmoid's bound `A`: `x[t][j]/A` in slot `j·B + t` (bias
+    /// column `1/A` at block `d`), so that the logits come out as `z/A`, the input
+    /// [`super::eval_poly`] needs.
     pub x: Ciphertext,
-    /// `(η/n)·x`, made once by the server (1 level lower).
+    /// `(η/n)·x` (the bound multiplied back), made once by the server (1 level lower).
     pub x_lr: Ciphertext,
     /// Labels `y[t]` in slot `t` of every block (`p(0)` in the slots without a sample).
     pub y: Ciphertext,
@@ -326,14 +328,16 @@ pub struct BatchCt {
 pub struct ShardOutput {
     /// Partial gradient, one ciphertext in the block layout.
     pub partial: Ciphertext,
-    /// Encrypted logits of each batch ciphertext (for the key-holder monitor).
+    /// Encrypted logits divided by the sigmoid's bound, one per batch ciphertext (for the
+    /// key-holder monitor).
     pub logits: Vec<Ciphertext>,
 }
 
 /// The per-shard computation of a data-parallel step: a plain function of public material,
 /// encrypted weights and the shard's encrypted batch (what a worker process runs).
 ///
-/// `bound` is the half-width of the sigmoid's fit interval (see [`super::eval_poly`]).
+/// `bound` is the half-width `A` of the sigmoid's fit interval, which the features in `shard`
+/// are divided by (see [`BatchCt`]); the returned logits hold `z/A`.
 pub fn shard_gradient(
     ev: &PublicEval,
     layout: &BlockLayout,
@@ -400,6 +404,15 @@ pub fn apply_update(
     Ok((w, v))
 }
 
+/// The half-width `A` of the sigmoid's fit interval (8 without one): the logits are
+/// evaluated as `z/A` (see [`super::eval_poly`]).
+pub fn sigmoid_bound(sigmoid: &PolyActivation) -> f64 {
+    sigmoid
+        .interval
+        .map(|(lo, hi)| lo.abs().max(hi.abs()))
+        .unwrap_or(8.0)
+}
+
 /// Levels an encrypted step consumes with a sigmoid of this degree.
 pub fn levels_per_step(degree: usize) -> usize {
     3 + poly_depth(degree)
@@ -449,8 +462,9 @@ pub fn train_encrypted(
     let ev = holder.public_eval(&layout)?;
     report.keygen_seconds = t.elapsed().as_secs_f64();
 
+    let bound = sigmoid_bound(&opts.sigmoid);
     // The data owner packs and encrypts every batch once: shards of ≤ per_shard samples, each
-    // in ⌈·/B⌉ ciphertexts.
+    // in ⌈·/B⌉ ciphertexts, features divided by the sigmoid's bound (see `BatchCt`).
     let t = Instant::now();
     let (batches, orders) = batch_plan(data.len(), cfg);
     let q_top = ctx.scale_prime(ctx.max_level()) as f64;
@@ -465,8 +479,9 @@ pub fn train_encrypted(
                         let rows: Vec<Vec<f64>> = chunk
                             .iter()
                             .map(|&i| {
-                                let mut r = data.features.row(i).to_vec();
-                                r.push(1.0);
+                                let mut r: Vec<f64> =
+                                    data.features.row(i).iter().map(|v| v / bound).collect();
+                                r.push(1.0 / bound);
                                 r
                             })
                             .collect();
@@ -478,7 +493,8 @@ pub fn train_encrypted(
                             &ev,
                             &layout.replicate_samples(&ys, opts.sigmoid.coeffs[0])?,
                         )?;
-                        let x_lr = ctx.rescale(&ctx.multiply_scalar(&x, alpha, q_top)?)?;
+                        let x_lr =
+                            ctx.rescale(&ctx.multiply_scalar(&x, alpha * bound, q_top)?)?;
                         Ok(BatchCt {
                             x,
                             x_lr,
@@ -499,11 +515,6 @@ pub fn train_encrypted(
     let mut w = holder.encrypt(&layout.replicate_blocks(&wb)?)?;
     let mut v: Option<Ciphertext> = None;
     let coeffs = opts.sigmoid.coeffs.clone();
-    let bound = opts
-        .sigmoid
-        .interval
-        .map(|(lo, hi)| lo.abs().max(hi.abs()))
-        .unwrap_or(8.0);
     let log_b = layout.block.trailing_zeros() as usize;
     let log_k = layout.blocks.trailing_zeros() as usize;
     let start = Instant::now();
@@ -544,7 +555,7 @@ pub fn train_encrypted(
                 for (o, s) in outs.iter().zip(shards) {
                     for (zc, b) in o.logits.iter().zip(s) {
                         let dec = holder.decrypt(zc)?;
-                        zs.extend_from_slice(&dec[..b.count]);
+                        zs.extend(dec[..b.count].iter().map(|z| z * bound));
                     }
                 }
                 let (mut l, mut c) = (0.0, 0usize);
