@@ -30,8 +30,7 @@
 //! `log2 S + log2 B` — against `d·log2 S` for one ciphertext per feature with replicated
 //! scalar weights, which needs no mask but costs 10-40x more rotations here. Levels per step:
 //! 1 (`W⊙X`) + depth of the sigmoid + 1 (`E⊙X`) + 1 (mask) — the learning rate is folded into
-//! a copy of `X` made once per batch, and the momentum multiplication runs off the critical
-//! path. With [`eval_poly`] the sigmoid costs `floor(log2 d) + 1` levels: 2 for degree 3, 3
+//! the mask, and the momentum multiplication runs off the critical path. With [`eval_poly`] the sigmoid costs `floor(log2 d) + 1` levels: 2 for degree 3, 3
 //! for degrees 5 and 7, so a step costs 5 or 6 levels.
 
 pub mod federated;
@@ -43,6 +42,7 @@ use rayon::prelude::*;
 
 use crate::ckks::{CkksContext, CkksParams, KeySet};
 use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, Security};
+use crate::serialize::PublicContext;
 use crate::{Error, Result};
 
 /// CKKS parameters for training: ring degree `2^log_n`, scale `2^26`, a 30-bit base prime,
@@ -78,7 +78,7 @@ pub fn training_params(log_n: u32) -> Result<CkksParams> {
 }
 
 /// The slot layout of [`logistic`]: `blocks` blocks of `block` slots.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlockLayout {
     /// Number of blocks `k` (a power of two).
     pub blocks: usize,
@@ -124,26 +124,26 @@ impl BlockLayout {
     }
 
     /// Sum over blocks (cyclic): slot `j·B + t` gets `Σ_j' ct[j'·B + t]`. `log2 k` rotations.
-    pub fn sum_blocks(&self, ev: &PublicEval, ct: &Ciphertext) -> Result<Ciphertext> {
+    pub fn sum_blocks(&self, ev: Eval<'_>, ct: &Ciphertext) -> Result<Ciphertext> {
         let mut acc = ct.clone();
         let mut s = self.block;
         while s < self.slots() {
             acc = ev
                 .ctx
-                .add(&acc, &ev.ctx.rotate(&acc, s as i64, &ev.galois)?)?;
+                .add(&acc, &ev.ctx.rotate(&acc, s as i64, ev.galois)?)?;
             s *= 2;
         }
         Ok(acc)
     }
 
     /// Slot `j·B` gets `Σ_{t<B} ct[j·B + t]` (other slots: partial sums). `log2 B` rotations.
-    pub fn sum_within_blocks(&self, ev: &PublicEval, ct: &Ciphertext) -> Result<Ciphertext> {
+    pub fn sum_within_blocks(&self, ev: Eval<'_>, ct: &Ciphertext) -> Result<Ciphertext> {
         let mut acc = ct.clone();
         let mut s = 1;
         while s < self.block {
             acc = ev
                 .ctx
-                .add(&acc, &ev.ctx.rotate(&acc, s as i64, &ev.galois)?)?;
+                .add(&acc, &ev.ctx.rotate(&acc, s as i64, ev.galois)?)?;
             s *= 2;
         }
         Ok(acc)
@@ -151,31 +151,35 @@ impl BlockLayout {
 
     /// From a ciphertext that is zero except at block heads `j·B`, copies each head over its
     /// block. `log2 B` rotations.
-    pub fn replicate_heads(&self, ev: &PublicEval, ct: &Ciphertext) -> Result<Ciphertext> {
+    pub fn replicate_heads(&self, ev: Eval<'_>, ct: &Ciphertext) -> Result<Ciphertext> {
         let mut acc = ct.clone();
         let mut s = 1;
         while s < self.block {
             acc = ev
                 .ctx
-                .add(&acc, &ev.ctx.rotate(&acc, -(s as i64), &ev.galois)?)?;
+                .add(&acc, &ev.ctx.rotate(&acc, -(s as i64), ev.galois)?)?;
             s *= 2;
         }
         Ok(acc)
     }
 
     /// The gradient reduction: sums every block of `p` (size 2, a product not yet rescaled),
-    /// rescales, keeps the block heads with a 0/1 mask encoded so that the result has scale
-    /// `target`, replicates them and rescales: the output holds `Σ_t p[j·B+t]` in every slot
-    /// of block `j`. 2 levels (the product's rescale and the mask's), `2·log2 B` rotations.
+    /// rescales, keeps the block heads with a `0/factor` mask encoded so that the result has
+    /// scale `target`, replicates them and rescales: the output holds `factor·Σ_t p[j·B+t]` in
+    /// every slot of block `j`. 2 levels (the product's rescale and the mask's), `2·log2 B`
+    /// rotations. The step size rides on the mask because every rescale adds an absolute
+    /// error (~5e-5 at Δ = 2^26): applied to the sum, not to the small `(η/n)·x` of every
+    /// sample, it stays that small.
     ///
     /// Both rotation sums run **before** their rescale, at scale ≈ Δ², where the rotations'
     /// noise is negligible: summing `B` slots after a rescale would add up `B` independent
     /// rounding errors (≈ `√B` times the precision of one slot).
     pub fn reduce_blocks(
         &self,
-        ev: &PublicEval,
+        ev: Eval<'_>,
         p: &Ciphertext,
         target: f64,
+        factor: f64,
     ) -> Result<Ciphertext> {
         let r = ev.ctx.rescale(&self.sum_within_blocks(ev, p)?)?;
         let l = r.level();
@@ -187,7 +191,7 @@ impl BlockLayout {
         }
         let mut mask = vec![0.0; self.slots()];
         for j in 0..self.blocks {
-            mask[j * self.block] = 1.0;
+            mask[j * self.block] = factor;
         }
         let c = ev.ctx.scale_prime(l) as f64 * target / r.scale();
         let pt = ev.ctx.encode(&mask, c, l)?;
@@ -262,6 +266,52 @@ pub struct PublicEval {
     pub galois: GaloisKeys,
     /// Public encryption key (data owners encrypt with it).
     pub public: PublicKey,
+}
+
+impl PublicEval {
+    /// The borrowed view the computations take.
+    pub fn eval(&self) -> Eval<'_> {
+        Eval {
+            ctx: &self.ctx,
+            relin: &self.relin,
+            galois: &self.galois,
+        }
+    }
+}
+
+/// Borrowed evaluation material: the context, relinearization and Galois keys. Built from the
+/// key holder's [`PublicEval`] or from a worker's deserialized [`PublicContext`], so both run
+/// the same step code without copying keys.
+#[derive(Clone, Copy)]
+pub struct Eval<'a> {
+    /// The CKKS context.
+    pub ctx: &'a CkksContext,
+    /// Relinearization key.
+    pub relin: &'a RelinKey,
+    /// Galois keys for the layout's rotations.
+    pub galois: &'a GaloisKeys,
+}
+
+impl<'a> Eval<'a> {
+    /// The view of a public context; an error if it lacks the relinearization or Galois keys.
+    pub fn from_public_context(pc: &'a PublicContext<CkksContext>) -> Result<Self> {
+        let missing = |what: &str| {
+            Error::InvalidInput(format!(
+                "the public context has no {what}; encrypted training needs it"
+            ))
+        };
+        Ok(Self {
+            ctx: &pc.context,
+            relin: pc
+                .relin_key
+                .as_ref()
+                .ok_or_else(|| missing("relinearization key"))?,
+            galois: pc
+                .galois_keys
+                .as_ref()
+                .ok_or_else(|| missing("Galois keys"))?,
+        })
+    }
 }
 
 /// A way to bring ciphertexts back to the top of the modulus chain.
