@@ -159,13 +159,23 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
         return Ok(());
     }
 
-    let shards = o.workers.unwrap_or(1);
+    // Up to --workers shards, one per ciphertext of the batch at most.
+    let layout = logistic::layout_for(&ctx, train.num_features())?;
+    let shards = logistic::shards_per_step(&layout, o.batch, o.workers.unwrap_or(1));
     let opts = EncryptedOptions {
         sigmoid: sigmoid.clone(),
         workers: shards,
         monitor: true,
     };
     let processes = o.workers.is_some() && !o.in_process;
+    if let Some(k) = o.workers.filter(|&k| k > shards) {
+        if !o.json {
+            eprintln!(
+                "note: a batch of {} samples fills {shards} ciphertext(s) of {}; using {shards} of the {k} requested workers",
+                o.batch, layout.block
+            );
+        }
+    }
     let mut enc = logistic::model(train.num_features())?;
     let t = Instant::now();
     let mut runner: Box<dyn ShardRunner> = if processes {
@@ -204,6 +214,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
             "features": train.feature_names, "log_n": o.log_n, "levels": ctx.max_level(),
             "degree": degree, "interval": interval, "epochs": epochs, "batch": o.batch,
             "lr": lr, "momentum": o.momentum, "workers": shards,
+            "workers_requested": o.workers,
             "worker_processes": processes,
             "encrypted_test_accuracy": enc_acc, "encrypted_test_loss": enc_loss,
             "plaintext_test_accuracy": plain_acc, "plaintext_test_loss": plain_loss,

@@ -206,6 +206,8 @@ pub struct Report {
     pub refreshes: usize,
     /// Levels one step consumes (encrypted runs).
     pub levels_per_step: usize,
+    /// Shards each step was cut into, at most (encrypted runs).
+    pub shards: usize,
     /// Rotations one step performs (encrypted runs).
     pub rotations_per_step: usize,
     /// Seconds to encrypt the training set (encrypted runs).
@@ -301,7 +303,10 @@ pub fn train_plain(
 pub struct EncryptedOptions {
     /// The polynomial sigmoid (e.g. `PolyActivation::sigmoid(3, (-8.0, 8.0))`).
     pub sigmoid: PolyActivation,
-    /// Data-parallel shards per mini-batch (each computes an encrypted partial gradient).
+    /// Data-parallel shards per mini-batch, at most (each computes an encrypted partial
+    /// gradient). Shards are whole ciphertexts of `B` samples: a batch in fewer ciphertexts
+    /// than `workers` uses fewer shards, since splitting one ciphertext's samples over two
+    /// would double the work instead of sharing it.
     pub workers: usize,
     /// The key holder decrypts each batch's encrypted logits to report loss and accuracy.
     pub monitor: bool,
@@ -450,6 +455,17 @@ impl ShardRunner for InProcess {
     }
 }
 
+/// The block layout an encrypted run on `d` features uses in `ctx`.
+pub fn layout_for(ctx: &CkksContext, d: usize) -> Result<BlockLayout> {
+    BlockLayout::new(ctx.slots(), d + 1, 1)
+}
+
+/// Shards a step of `batch` samples is cut into with up to `workers` workers: one per
+/// ciphertext of `B` samples at most (see [`EncryptedOptions::workers`]).
+pub fn shards_per_step(layout: &BlockLayout, batch: usize, workers: usize) -> usize {
+    workers.clamp(1, batch.div_ceil(layout.block).max(1))
+}
+
 /// The half-width `A` of the sigmoid's fit interval (8 without one): the logits are
 /// evaluated as `z/A` (see [`super::eval_poly`]).
 pub fn sigmoid_bound(sigmoid: &PolyActivation) -> f64 {
@@ -502,9 +518,9 @@ pub fn train_encrypted_with(
     }
     opts.sigmoid.validate()?;
     let ctx: &CkksContext = holder.ctx();
-    let workers = opts.workers.max(1);
-    let per_shard = cfg.batch_size.div_ceil(workers);
-    let layout = BlockLayout::new(ctx.slots(), d + 1, 1)?;
+    let layout = layout_for(ctx, d)?;
+    let shards = shards_per_step(&layout, cfg.batch_size, opts.workers);
+    let per_shard = layout.block * cfg.batch_size.div_ceil(layout.block).div_ceil(shards);
     let need = levels_per_step(opts.sigmoid.degree());
     if ctx.max_level() < need + MIN_WEIGHT_LEVEL {
         return Err(Error::InvalidParameters(format!(
@@ -516,6 +532,7 @@ pub fn train_encrypted_with(
     }
     let mut report = Report {
         levels_per_step: need,
+        shards,
         ..Report::default()
     };
     let t = Instant::now();
