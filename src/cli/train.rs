@@ -246,13 +246,14 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
             100.0 * poly_acc
         );
         println!(
-            "time: keys+context {:.2} s, Galois keys {:.2} s, encrypt {} ciphertexts {:.2} s, train {:.2} s ({:.3} s/step), total {:.2} s",
+            "time: keys+context {:.2} s, Galois keys {:.2} s, encrypt {} ciphertexts {:.2} s, train {:.2} s ({:.3} s/step, of which the slowest shard's compute {:.3} s), total {:.2} s",
             setup_s,
             rep.keygen_seconds,
             rep.data_ciphertexts,
             rep.encrypt_seconds,
             rep.train_seconds,
             rep.steps.iter().map(|s| s.seconds).sum::<f64>() / rep.steps.len().max(1) as f64,
+            rep.steps.iter().map(|s| s.shard_seconds).sum::<f64>() / rep.steps.len().max(1) as f64,
             total_s
         );
     }

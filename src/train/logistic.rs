@@ -334,6 +334,8 @@ pub struct ShardOutput {
     /// Encrypted logits divided by the sigmoid's bound, one per batch ciphertext (for the
     /// key-holder monitor).
     pub logits: Vec<Ciphertext>,
+    /// Seconds the shard's computation took where it ran (without any transfer).
+    pub compute_seconds: f64,
 }
 
 /// The per-shard computation of a data-parallel step: a plain function of public material,
@@ -349,6 +351,7 @@ pub fn shard_gradient(
     w: &Ciphertext,
     shard: &[BatchCt],
 ) -> Result<ShardOutput> {
+    let start = Instant::now();
     let ctx = ev.ctx;
     let target = ctx.default_scale();
     let per_ct = shard
@@ -374,7 +377,11 @@ pub fn shard_gradient(
     }
     // Not rescaled: the slot sums run at scale Δ² (see BlockLayout::reduce_blocks).
     let partial = ctx.relinearize(&acc, ev.relin)?;
-    Ok(ShardOutput { partial, logits })
+    Ok(ShardOutput {
+        partial,
+        logits,
+        compute_seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
 /// The server's update from the summed partial gradients: reduce over slots times
@@ -659,6 +666,7 @@ pub fn train_encrypted_with(
                 level_after: w.level(),
                 refreshed,
                 seconds,
+                shard_seconds: outs.iter().map(|o| o.compute_seconds).fold(0.0, f64::max),
             });
             pb.inc(1);
         }

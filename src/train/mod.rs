@@ -525,6 +525,10 @@ pub struct StepStats {
     pub refreshed: bool,
     /// Seconds of encrypted computation in the step (without the monitor).
     pub seconds: f64,
+    /// Seconds of the slowest shard's computation where it ran (a worker process or a rayon
+    /// task), without transfers: `seconds` minus this is the aggregation and update, plus
+    /// the transport for worker processes.
+    pub shard_seconds: f64,
 }
 
 /// Logistic loss `−y log σ(z) − (1−y) log(1−σ(z))`, computed stably.

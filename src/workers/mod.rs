@@ -376,6 +376,7 @@ impl ShardRunner for WorkerPool {
                 outs.push(ShardOutput {
                     partial,
                     logits: it.collect(),
+                    compute_seconds: r.compute_seconds,
                 });
             }
         }
