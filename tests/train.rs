@@ -122,6 +122,33 @@ fn titanic_end_to_end_matches_plaintext_accuracy() {
     assert_eq!(rep.levels_per_step, 5);
 }
 
+/// Credit approval with the CLI's sigmoid (degree 7 on [-12, 12], 6 levels per step), 2 epochs.
+#[test]
+fn credit_end_to_end_matches_plaintext_accuracy() {
+    let all = credit::load(DEFAULT_CREDIT).expect("credit");
+    let (train, test) = all.split(0.2, 1).expect("split");
+    let sig = PolyActivation::sigmoid(7, (-12.0, 12.0)).expect("fit");
+    let c = cfg(2, 128, 0.2, 0.9);
+    let mut plain = logistic::model(train.num_features()).expect("model");
+    logistic::train_plain(&mut plain, &train, None, &c, Some(&sig)).expect("plain");
+    let mut enc = logistic::model(train.num_features()).expect("model");
+    let opts = EncryptedOptions {
+        sigmoid: sig,
+        workers: 1,
+        monitor: false,
+    };
+    let rep =
+        logistic::train_encrypted(&mut enc, &train, None, &c, &opts, &holder(14)).expect("enc");
+    let (pa, _) = logistic::evaluate(&plain, &test).expect("eval");
+    let (ea, _) = logistic::evaluate(&enc, &test).expect("eval");
+    eprintln!(
+        "credit: encrypted {ea:.4}, plaintext (same polynomial) {pa:.4}, {} refreshes",
+        rep.refreshes
+    );
+    assert!(ea > 0.75 && (ea - pa).abs() <= 0.02);
+    assert_eq!(rep.levels_per_step, 6);
+}
+
 #[test]
 fn credit_federated_end_to_end() {
     let all = credit::load(DEFAULT_CREDIT).expect("credit");
