@@ -93,21 +93,27 @@ enum Command {
         /// Data file (default: the bundled copy).
         #[arg(long)]
         data: Option<std::path::PathBuf>,
-        /// Data-parallel shards per step (in-process, rayon); data owners for credit-federated.
-        #[arg(long, default_value_t = 1)]
-        workers: usize,
-        /// Degree of the least-squares sigmoid fit: 3, 5 or 7.
-        #[arg(long, default_value_t = 3)]
-        degree: usize,
-        /// The fit interval is [-A, A].
-        #[arg(long, default_value_t = 8.0)]
-        interval: f64,
-        /// Epochs (local epochs per round for credit-federated).
-        #[arg(long, default_value_t = 3)]
-        epochs: usize,
-        /// Learning rate.
-        #[arg(long, default_value_t = 0.5)]
-        lr: f64,
+        /// Data-parallel shards per step, each on its own `hetensor worker` process (holding
+        /// only the public context); data owners for credit-federated. Default: one shard, in
+        /// this process.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Run the --workers shards on rayon threads of this process instead of processes.
+        #[arg(long)]
+        in_process: bool,
+        /// Degree of the least-squares sigmoid fit: 3, 5 or 7 [default: 7; credit-federated 3].
+        #[arg(long)]
+        degree: Option<usize>,
+        /// The fit interval is [-A, A] [default: 12; credit-federated 8].
+        #[arg(long)]
+        interval: Option<f64>,
+        /// Epochs (local epochs per round for credit-federated) [default: titanic 8, credit
+        /// 10, credit-federated 3].
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Learning rate [default: titanic 0.5, credit 0.2, credit-federated 0.5].
+        #[arg(long)]
+        lr: Option<f64>,
         /// Momentum.
         #[arg(long, default_value_t = 0.9)]
         momentum: f64,
@@ -221,6 +227,7 @@ fn main() -> ExitCode {
             workload,
             data,
             workers,
+            in_process,
             degree,
             interval,
             epochs,
@@ -235,6 +242,7 @@ fn main() -> ExitCode {
             workload,
             data,
             workers,
+            in_process,
             degree,
             interval,
             epochs,

@@ -22,6 +22,15 @@ fn titanic_loads_with_documented_features() {
     // Indicators: 314 women, 216 first class.
     assert_eq!(d.features.column(0).sum(), 314.0);
     assert_eq!(d.features.column(1).sum(), 216.0);
+    // Titles (Mr = none of them: 517): Master, Miss/Mlle/Ms, Mrs/Mme, the rest; each row has
+    // at most one.
+    let titles: Vec<f64> = (9..13).map(|j| d.features.column(j).sum()).collect();
+    assert_eq!(titles, [40.0, 185.0, 126.0, 23.0]);
+    assert!(d
+        .features
+        .rows()
+        .into_iter()
+        .all(|r| r.iter().skip(9).sum::<f64>() <= 1.0));
 }
 
 #[test]

@@ -27,20 +27,22 @@ fn holder(log_n: u32) -> KeyHolder {
     KeyHolder::new(Arc::new(ctx)).expect("keys")
 }
 
+/// `eval_poly` on `u = x/A` matches `p(x)` over the whole fit interval `[-A, A]`. The bound
+/// is the measured CKKS noise at Δ = 2^26 (N = 2^13, 4096 points: max 2.4e-4 / 3.0e-4 /
+/// 4.2e-4 for degrees 3 / 5 / 7, rms 3e-5 to 7e-5 — rescale errors of ~2e-5 each, times
+/// coefficients `c_k·A^k` up to ~5), with 2.4x margin.
 #[test]
-#[ignore = "open issue: encrypted eval_poly deviates from p(x) by 1e-3..1e-2 for |x| > 3 (degree 3-5); not diagnosed"]
 fn eval_poly_matches_plaintext_at_minimal_depth() {
     let h = holder(13);
     let ev = h.public_eval_steps(&[]).expect("eval");
     let ctx = h.ctx();
-    // Open issue: at |x| > 4 the encrypted value deviates from p(x) by up to ~1e-2 (degree 5,
-    // x = -7), deterministically; not diagnosed yet. Checked here on [-4, 4].
-    let xs: Vec<f64> = (0..64).map(|i| -4.0 + 8.0 * i as f64 / 63.0).collect();
+    let a = 8.0;
+    let xs: Vec<f64> = (0..128).map(|i| -a + 2.0 * a * i as f64 / 127.0).collect();
+    let us: Vec<f64> = xs.iter().map(|x| x / a).collect();
     for degree in [3usize, 5, 7] {
-        let p = PolyActivation::sigmoid(degree, (-8.0, 8.0)).expect("fit");
-        let ct = h.encrypt(&xs).expect("enc");
-        let out =
-            eval_poly(ctx, &ct, &p.coeffs, &ev.relin, ctx.default_scale(), 8.0).expect("poly");
+        let p = PolyActivation::sigmoid(degree, (-a, a)).expect("fit");
+        let ct = h.encrypt(&us).expect("enc");
+        let out = eval_poly(ctx, &ct, &p.coeffs, &ev.relin, ctx.default_scale(), a).expect("poly");
         assert_eq!(
             ctx.max_level() - out.level(),
             hetensor::train::poly_depth(degree)
@@ -48,7 +50,7 @@ fn eval_poly_matches_plaintext_at_minimal_depth() {
         let dec = h.decrypt(&out).expect("dec");
         for (x, y) in xs.iter().zip(&dec) {
             assert!(
-                (p.eval(*x) - y).abs() < 2e-3,
+                (p.eval(*x) - y).abs() < 1e-3,
                 "degree {degree}: p({x}) = {} vs {y}",
                 p.eval(*x)
             );
@@ -91,7 +93,7 @@ fn encrypted_steps_equal_plaintext_steps() {
         "max |w_enc - w_plain| = {err:.2e} (max |w| = {scale:.3}); report {:?}",
         rep.steps
     );
-    assert!(err < 2e-3, "weights differ by {err}");
+    assert!(err < 5e-4, "weights differ by {err}");
 }
 
 #[test]
@@ -118,6 +120,33 @@ fn titanic_end_to_end_matches_plaintext_accuracy() {
     );
     assert!(ea > 0.7 && (ea - pa).abs() <= 0.02);
     assert_eq!(rep.levels_per_step, 5);
+}
+
+/// Credit approval with the CLI's sigmoid (degree 7 on [-12, 12], 6 levels per step), 2 epochs.
+#[test]
+fn credit_end_to_end_matches_plaintext_accuracy() {
+    let all = credit::load(DEFAULT_CREDIT).expect("credit");
+    let (train, test) = all.split(0.2, 1).expect("split");
+    let sig = PolyActivation::sigmoid(7, (-12.0, 12.0)).expect("fit");
+    let c = cfg(2, 128, 0.2, 0.9);
+    let mut plain = logistic::model(train.num_features()).expect("model");
+    logistic::train_plain(&mut plain, &train, None, &c, Some(&sig)).expect("plain");
+    let mut enc = logistic::model(train.num_features()).expect("model");
+    let opts = EncryptedOptions {
+        sigmoid: sig,
+        workers: 1,
+        monitor: false,
+    };
+    let rep =
+        logistic::train_encrypted(&mut enc, &train, None, &c, &opts, &holder(14)).expect("enc");
+    let (pa, _) = logistic::evaluate(&plain, &test).expect("eval");
+    let (ea, _) = logistic::evaluate(&enc, &test).expect("eval");
+    eprintln!(
+        "credit: encrypted {ea:.4}, plaintext (same polynomial) {pa:.4}, {} refreshes",
+        rep.refreshes
+    );
+    assert!(ea > 0.75 && (ea - pa).abs() <= 0.02);
+    assert_eq!(rep.levels_per_step, 6);
 }
 
 #[test]
@@ -167,4 +196,17 @@ fn bad_settings_are_errors() {
     let mut wrong = logistic::model(3).expect("model");
     assert!(logistic::train_plain(&mut wrong, &data, None, &cfg(1, 64, 0.5, 0.9), None).is_err());
     assert!(logistic::train_plain(&mut m, &data, None, &cfg(1, 0, 0.5, 0.9), None).is_err());
+}
+
+#[test]
+fn shards_are_whole_ciphertexts() {
+    let layout = hetensor::train::BlockLayout::new(8192, 14, 1).expect("layout");
+    assert_eq!(layout.block, 512);
+    // A batch in one ciphertext is not split (that would double the work); larger batches
+    // give one shard per ciphertext at most.
+    assert_eq!(logistic::shards_per_step(&layout, 128, 2), 1);
+    assert_eq!(logistic::shards_per_step(&layout, 1024, 2), 2);
+    assert_eq!(logistic::shards_per_step(&layout, 1024, 8), 2);
+    assert_eq!(logistic::shards_per_step(&layout, 1500, 2), 2);
+    assert_eq!(logistic::shards_per_step(&layout, 100, 0), 1);
 }

@@ -169,3 +169,84 @@ fn worker_errors_come_back_as_errors() {
         .run(ctx.rlwe(), &Task::ColumnSums { layout }, &[vec![]])
         .is_err());
 }
+
+/// One encrypted training step (encrypted weights, block layout) with its two shards on
+/// `hetensor worker` processes gives word-identical weights and velocity to the same step with
+/// the shards on rayon threads, and both match the plaintext step with the same polynomial.
+#[test]
+fn training_step_on_worker_processes_is_word_identical() {
+    use hetensor::nn::PolyActivation;
+    use hetensor::train::logistic::{self, BatchCt, InProcess, ShardRunner};
+    use hetensor::train::{encrypt_public, BlockLayout, KeyHolder};
+    use std::sync::Arc;
+
+    // N = 2^12 (insecure on purpose: small); 5 features + bias, 2 shards of 20 samples.
+    let params = CkksParams::new(12, 6, 26, 30, 2, Security::InsecureForTestingOnly).unwrap();
+    let holder =
+        KeyHolder::new(Arc::new(CkksContext::with_seed(params, [9; 32]).unwrap())).unwrap();
+    let ctx = holder.ctx().clone();
+    let (d, n, a) = (5usize, 40usize, 8.0);
+    let layout = BlockLayout::new(ctx.slots(), d + 1, 1).unwrap();
+    let ev = holder.public_eval(&layout).unwrap();
+    let sig = PolyActivation::sigmoid(3, (-a, a)).unwrap();
+    let rows: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            (0..d)
+                .map(|j| (((i * 7 + j * 13) % 17) as f64 - 8.0) / 6.0)
+                .collect()
+        })
+        .collect();
+    let ys: Vec<f64> = (0..n)
+        .map(|i| ((i * 5 + 1) % 3 == 0) as u8 as f64)
+        .collect();
+    let w0: Vec<f64> = vec![0.3, -0.2, 0.1, 0.05, -0.4, 0.1];
+    let shards: Vec<Vec<BatchCt>> = [0..20, 20..40]
+        .into_iter()
+        .map(|r| {
+            let packed: Vec<Vec<f64>> = rows[r.clone()]
+                .iter()
+                .map(|x| x.iter().map(|v| v / a).chain([1.0 / a]).collect())
+                .collect();
+            let x = encrypt_public(&ev, &layout.pack_rows(&packed).unwrap()).unwrap();
+            let y = encrypt_public(
+                &ev,
+                &layout.replicate_samples(&ys[r], sig.coeffs[0]).unwrap(),
+            )
+            .unwrap();
+            vec![BatchCt { x, y, count: 20 }]
+        })
+        .collect();
+    let w = holder
+        .encrypt(&layout.replicate_blocks(&w0).unwrap())
+        .unwrap();
+    let (lr, step_size) = (0.5, 0.5 / n as f64 * a);
+
+    let step = |runner: &mut dyn ShardRunner| {
+        runner.setup(&ev).unwrap();
+        let outs = runner
+            .run_step(ev.eval(), &layout, &sig.coeffs, a, &w, &shards)
+            .unwrap();
+        let partials: Vec<Ciphertext> = outs.iter().map(|o| o.partial.clone()).collect();
+        logistic::apply_update(ev.eval(), &layout, &partials, &w, None, 0.9, step_size).unwrap()
+    };
+    let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
+    let mut pool = WorkerPool::spawn(exe, 2, 1).unwrap();
+    let (w_proc, v_proc) = step(&mut pool);
+    let (w_in, v_in) = step(&mut InProcess);
+    assert_eq!(words(&w_proc), words(&w_in));
+    assert_eq!(words(&v_proc), words(&v_in));
+
+    // Against the plaintext step: w − η/n · Σ (p(z) − y)·x.
+    let (wd, bd) = logistic::decrypt_weights(&holder, &layout, &w_proc, d).unwrap();
+    let mut want = w0.clone();
+    for (x, y) in rows.iter().zip(&ys) {
+        let z: f64 = x.iter().zip(&w0).map(|(a, b)| a * b).sum::<f64>() + w0[d];
+        let e = sig.eval(z) - y;
+        for (j, wj) in want.iter_mut().enumerate() {
+            *wj -= lr / n as f64 * e * x.get(j).copied().unwrap_or(1.0);
+        }
+    }
+    for (j, got) in wd.iter().chain([&bd]).enumerate() {
+        assert!((got - want[j]).abs() < 1e-3, "w{j}: {got} vs {}", want[j]);
+    }
+}

@@ -1,5 +1,6 @@
 //! `hetensor train titanic|credit|credit-federated`: encrypted logistic regression next to
-//! the same model trained in plaintext (true sigmoid and the same polynomial sigmoid).
+//! the same model trained in plaintext (true sigmoid and the same polynomial sigmoid), with
+//! the shards of each step in this process or on `hetensor worker` processes.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,19 +9,21 @@ use hetensor::ckks::CkksContext;
 use hetensor::data::{self, Dataset};
 use hetensor::nn::{PolyActivation, TrainConfig};
 use hetensor::train::federated::train_federated;
-use hetensor::train::logistic::{self, EncryptedOptions};
+use hetensor::train::logistic::{self, EncryptedOptions, InProcess, ShardRunner};
 use hetensor::train::{training_params, KeyHolder};
+use hetensor::workers::WorkerPool;
 use hetensor::{Error, Result};
 
 /// Options of `hetensor train`.
 pub struct TrainOptions {
     pub workload: String,
     pub data: Option<std::path::PathBuf>,
-    pub workers: usize,
-    pub degree: usize,
-    pub interval: f64,
-    pub epochs: usize,
-    pub lr: f64,
+    pub workers: Option<usize>,
+    pub in_process: bool,
+    pub degree: Option<usize>,
+    pub interval: Option<f64>,
+    pub epochs: Option<usize>,
+    pub lr: Option<f64>,
     pub momentum: f64,
     pub batch: usize,
     pub rounds: usize,
@@ -46,27 +49,45 @@ fn load(o: &TrainOptions) -> Result<Dataset> {
     }
 }
 
+/// Per-workload defaults `(degree, interval, epochs, lr)`. Chosen on the plaintext run with
+/// the polynomial sigmoid, averaged over the split seeds 1-10 (BENCHMARKS.md): degree 7 on
+/// [-12, 12] tracks the true sigmoid within a point on average with the largest learning
+/// rates that do not push logits out of the interval; degree 3 diverges at these rates.
+fn defaults(workload: &str) -> (usize, f64, usize, f64) {
+    match workload {
+        "titanic" => (7, 12.0, 8, 0.5),
+        "credit" => (7, 12.0, 10, 0.2),
+        _ => (3, 8.0, 3, 0.5),
+    }
+}
+
 /// Runs a workload and prints a text or JSON report.
-pub fn run(o: TrainOptions) -> Result<()> {
-    if ![3, 5, 7].contains(&o.degree) {
+pub fn run(mut o: TrainOptions) -> Result<()> {
+    let (d_degree, d_interval, d_epochs, d_lr) = defaults(&o.workload);
+    let degree = *o.degree.get_or_insert(d_degree);
+    let interval = *o.interval.get_or_insert(d_interval);
+    let epochs = *o.epochs.get_or_insert(d_epochs);
+    let lr = *o.lr.get_or_insert(d_lr);
+    if ![3, 5, 7].contains(&degree) {
         return Err(Error::InvalidInput(format!(
-            "--degree must be 3, 5 or 7, got {}",
-            o.degree
+            "--degree must be 3, 5 or 7, got {degree}"
         )));
     }
-    if !(o.interval.is_finite() && o.interval > 0.0) {
+    if !(interval.is_finite() && interval > 0.0) {
         return Err(Error::InvalidInput(format!(
-            "--interval must be > 0, got {}",
-            o.interval
+            "--interval must be > 0, got {interval}"
         )));
+    }
+    if o.workers == Some(0) {
+        return Err(Error::InvalidInput("--workers must be ≥ 1".into()));
     }
     let all = load(&o)?;
     let (train, test) = all.split(0.2, o.seed)?;
-    let sigmoid = PolyActivation::sigmoid(o.degree, (-o.interval, o.interval))?;
+    let sigmoid = PolyActivation::sigmoid(degree, (-interval, interval))?;
     let cfg = TrainConfig {
-        epochs: o.epochs,
+        epochs,
         batch_size: o.batch,
-        lr: o.lr,
+        lr,
         momentum: o.momentum,
         weight_decay: 0.0,
         seed: o.seed,
@@ -87,9 +108,9 @@ pub fn run(o: TrainOptions) -> Result<()> {
             o.log_n,
             ctx.max_level(),
             ctx.params().scale_bits,
-            o.degree,
-            o.interval,
-            o.interval
+            degree,
+            interval,
+            interval
         );
     }
     // Plaintext references: true sigmoid, and the same polynomial sigmoid.
@@ -103,7 +124,7 @@ pub fn run(o: TrainOptions) -> Result<()> {
     let (poly_acc, _) = logistic::evaluate(&plain_poly, &test)?;
 
     if o.workload == "credit-federated" {
-        let owners = o.workers.max(2);
+        let owners = o.workers.unwrap_or(2).max(2);
         let shards = train.shards(owners)?;
         let mut fed = logistic::model(train.num_features())?;
         let rep = train_federated(
@@ -119,7 +140,7 @@ pub fn run(o: TrainOptions) -> Result<()> {
         if o.json {
             let v = serde_json::json!({
                 "workload": o.workload, "owners": owners, "rounds": o.rounds,
-                "local_epochs": o.epochs, "test_accuracy": acc, "test_loss": loss,
+                "local_epochs": epochs, "test_accuracy": acc, "test_loss": loss,
                 "plaintext_test_accuracy": plain_acc, "plaintext_poly_test_accuracy": poly_acc,
                 "report": rep, "setup_seconds": setup_s,
             });
@@ -128,7 +149,7 @@ pub fn run(o: TrainOptions) -> Result<()> {
             println!(
                 "federated ({owners} owners, {} rounds × {} local epochs, encrypted aggregation): test accuracy {:.2}% (loss {loss:.4}); centralized plaintext: {:.2}% (true sigmoid), {:.2}% (polynomial) — {:.2} s",
                 o.rounds,
-                o.epochs,
+                epochs,
                 100.0 * acc,
                 100.0 * plain_acc,
                 100.0 * poly_acc,
@@ -138,14 +159,46 @@ pub fn run(o: TrainOptions) -> Result<()> {
         return Ok(());
     }
 
+    // Up to --workers shards, one per ciphertext of the batch at most.
+    let layout = logistic::layout_for(&ctx, train.num_features())?;
+    let shards = logistic::shards_per_step(&layout, o.batch, o.workers.unwrap_or(1));
     let opts = EncryptedOptions {
         sigmoid: sigmoid.clone(),
-        workers: o.workers.max(1),
+        workers: shards,
         monitor: true,
     };
+    let processes = o.workers.is_some() && !o.in_process;
+    if let Some(k) = o.workers.filter(|&k| k > shards) {
+        if !o.json {
+            eprintln!(
+                "note: a batch of {} samples fills {shards} ciphertext(s) of {}; using {shards} of the {k} requested workers",
+                o.batch, layout.block
+            );
+        }
+    }
     let mut enc = logistic::model(train.num_features())?;
     let t = Instant::now();
-    let rep = logistic::train_encrypted(&mut enc, &train, Some(&test), &cfg, &opts, &holder)?;
+    let mut runner: Box<dyn ShardRunner> = if processes {
+        // The cores are shared out between the workers (the parent only aggregates).
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Box::new(WorkerPool::spawn(
+            &WorkerPool::default_exe()?,
+            shards,
+            (cores / shards).max(1),
+        )?)
+    } else {
+        Box::new(InProcess)
+    };
+    let rep = logistic::train_encrypted_with(
+        &mut enc,
+        &train,
+        Some(&test),
+        &cfg,
+        &opts,
+        &holder,
+        runner.as_mut(),
+    )?;
+    drop(runner);
     let total_s = t.elapsed().as_secs_f64() + setup_s;
     let (enc_acc, enc_loss) = logistic::evaluate(&enc, &test)?;
     let (wp, bp) = logistic::weights(&plain_poly)?;
@@ -159,8 +212,10 @@ pub fn run(o: TrainOptions) -> Result<()> {
         let v = serde_json::json!({
             "workload": o.workload, "rows_train": train.len(), "rows_test": test.len(),
             "features": train.feature_names, "log_n": o.log_n, "levels": ctx.max_level(),
-            "degree": o.degree, "interval": o.interval, "epochs": o.epochs, "batch": o.batch,
-            "lr": o.lr, "momentum": o.momentum, "workers": o.workers,
+            "degree": degree, "interval": interval, "epochs": epochs, "batch": o.batch,
+            "lr": lr, "momentum": o.momentum, "workers": shards,
+            "workers_requested": o.workers,
+            "worker_processes": processes,
             "encrypted_test_accuracy": enc_acc, "encrypted_test_loss": enc_loss,
             "plaintext_test_accuracy": plain_acc, "plaintext_test_loss": plain_loss,
             "plaintext_poly_test_accuracy": poly_acc,
@@ -176,7 +231,9 @@ pub fn run(o: TrainOptions) -> Result<()> {
             );
         }
         println!(
-            "encrypted: test accuracy {:.2}% (loss {enc_loss:.4}) after {} steps; {} levels per step, {} rotations per step, {} key-holder refreshes",
+            "encrypted ({shards} shard{} per step, {}): test accuracy {:.2}% (loss {enc_loss:.4}) after {} steps; {} levels per step, {} rotations per step, {} key-holder refreshes",
+            if shards == 1 { "" } else { "s" },
+            if processes { "worker processes" } else { "in this process" },
             100.0 * enc_acc,
             rep.steps.len(),
             rep.levels_per_step,
@@ -189,13 +246,14 @@ pub fn run(o: TrainOptions) -> Result<()> {
             100.0 * poly_acc
         );
         println!(
-            "time: keys+context {:.2} s, Galois keys {:.2} s, encrypt {} ciphertexts {:.2} s, train {:.2} s ({:.3} s/step), total {:.2} s",
+            "time: keys+context {:.2} s, Galois keys {:.2} s, encrypt {} ciphertexts {:.2} s, train {:.2} s ({:.3} s/step, of which the slowest shard's compute {:.3} s), total {:.2} s",
             setup_s,
             rep.keygen_seconds,
             rep.data_ciphertexts,
             rep.encrypt_seconds,
             rep.train_seconds,
             rep.steps.iter().map(|s| s.seconds).sum::<f64>() / rep.steps.len().max(1) as f64,
+            rep.steps.iter().map(|s| s.shard_seconds).sum::<f64>() / rep.steps.len().max(1) as f64,
             total_s
         );
     }

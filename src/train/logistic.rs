@@ -28,8 +28,8 @@ use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 
 use super::{
-    bce_logit, encrypt_public, eval_poly, poly_depth, BlockLayout, KeyHolder, PublicEval, Refresh,
-    StepStats,
+    bce_logit, encrypt_public, eval_poly, poly_depth, BlockLayout, Eval, KeyHolder, PublicEval,
+    Refresh, StepStats,
 };
 use crate::ckks::CkksContext;
 use crate::data::Dataset;
@@ -206,6 +206,8 @@ pub struct Report {
     pub refreshes: usize,
     /// Levels one step consumes (encrypted runs).
     pub levels_per_step: usize,
+    /// Shards each step was cut into, at most (encrypted runs).
+    pub shards: usize,
     /// Rotations one step performs (encrypted runs).
     pub rotations_per_step: usize,
     /// Seconds to encrypt the training set (encrypted runs).
@@ -301,19 +303,22 @@ pub fn train_plain(
 pub struct EncryptedOptions {
     /// The polynomial sigmoid (e.g. `PolyActivation::sigmoid(3, (-8.0, 8.0))`).
     pub sigmoid: PolyActivation,
-    /// Data-parallel shards per mini-batch (each computes an encrypted partial gradient).
+    /// Data-parallel shards per mini-batch, at most (each computes an encrypted partial
+    /// gradient). Shards are whole ciphertexts of `B` samples: a batch in fewer ciphertexts
+    /// than `workers` uses fewer shards, since splitting one ciphertext's samples over two
+    /// would double the work instead of sharing it.
     pub workers: usize,
     /// The key holder decrypts each batch's encrypted logits to report loss and accuracy.
     pub monitor: bool,
 }
 
-/// One encrypted ciphertext of a batch: features, features times `η/n`, replicated labels.
+/// One encrypted ciphertext of a batch: features and replicated labels.
 #[derive(Clone)]
 pub struct BatchCt {
-    /// Features, `x[t][j]` in slot `j·B + t` (bias column 1 at block `d`).
+    /// Features divided by the sigmoid's bound `A`: `x[t][j]/A` in slot `j·B + t` (bias
+    /// column `1/A` at block `d`), so that the logits come out as `z/A`, the input
+    /// [`super::eval_poly`] needs.
     pub x: Ciphertext,
-    /// `(η/n)·x`, made once by the server (1 level lower).
-    pub x_lr: Ciphertext,
     /// Labels `y[t]` in slot `t` of every block (`p(0)` in the slots without a sample).
     pub y: Ciphertext,
     /// Samples held.
@@ -321,37 +326,44 @@ pub struct BatchCt {
 }
 
 /// What one shard (worker) returns for a step: its encrypted partial gradient
-/// `Σ_t (p(z_t) − y_t)·(η/n)·x_t` (not yet summed over slots, not yet rescaled) and its
+/// `(p(z_t) − y_t)·x_t/A` per slot (not yet summed over slots, not yet rescaled) and its
 /// encrypted logits.
 pub struct ShardOutput {
     /// Partial gradient, one ciphertext in the block layout.
     pub partial: Ciphertext,
-    /// Encrypted logits of each batch ciphertext (for the key-holder monitor).
+    /// Encrypted logits divided by the sigmoid's bound, one per batch ciphertext (for the
+    /// key-holder monitor).
     pub logits: Vec<Ciphertext>,
+    /// Seconds the shard's computation took where it ran (without any transfer).
+    pub compute_seconds: f64,
 }
 
 /// The per-shard computation of a data-parallel step: a plain function of public material,
 /// encrypted weights and the shard's encrypted batch (what a worker process runs).
 ///
-/// `bound` is the half-width of the sigmoid's fit interval (see [`super::eval_poly`]).
+/// `bound` is the half-width `A` of the sigmoid's fit interval, which the features in `shard`
+/// are divided by (see [`BatchCt`]); the returned logits hold `z/A`.
 pub fn shard_gradient(
-    ev: &PublicEval,
+    ev: Eval<'_>,
     layout: &BlockLayout,
     sigmoid: &[f64],
     bound: f64,
     w: &Ciphertext,
     shard: &[BatchCt],
 ) -> Result<ShardOutput> {
-    let ctx = &ev.ctx;
+    let start = Instant::now();
+    let ctx = ev.ctx;
     let target = ctx.default_scale();
     let per_ct = shard
         .par_iter()
         .map(|b| {
-            let prod = ctx.rescale(&ctx.relinearize(&ctx.multiply(w, &b.x)?, &ev.relin)?)?;
-            let z = layout.sum_blocks(ev, &prod)?;
-            let p = eval_poly(ctx, &z, sigmoid, &ev.relin, target, bound)?;
+            // Summed over blocks before the rescale (at scale ≈ Δ², where the rotations' noise
+            // is negligible): after it, the sum would add `k` rescale errors.
+            let prod = ctx.relinearize(&ctx.multiply(w, &b.x)?, ev.relin)?;
+            let z = ctx.rescale(&layout.sum_blocks(ev, &prod)?)?;
+            let p = eval_poly(ctx, &z, sigmoid, ev.relin, target, bound)?;
             let e = ctx.sub(&p, &b.y)?;
-            Ok((ctx.multiply(&e, &b.x_lr)?, z))
+            Ok((ctx.multiply(&e, &b.x)?, z))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut it = per_ct.into_iter();
@@ -364,21 +376,27 @@ pub fn shard_gradient(
         logits.push(z);
     }
     // Not rescaled: the slot sums run at scale Δ² (see BlockLayout::reduce_blocks).
-    let partial = ctx.relinearize(&acc, &ev.relin)?;
-    Ok(ShardOutput { partial, logits })
+    let partial = ctx.relinearize(&acc, ev.relin)?;
+    Ok(ShardOutput {
+        partial,
+        logits,
+        compute_seconds: start.elapsed().as_secs_f64(),
+    })
 }
 
-/// The server's update from the summed partial gradients: reduce over slots, then momentum.
-/// Returns the new `(w, v)`.
+/// The server's update from the summed partial gradients: reduce over slots times
+/// `step = (η/n)·A` (learning rate over batch size, times the bound the features were divided
+/// by), then momentum. Returns the new `(w, v)`.
 pub fn apply_update(
-    ev: &PublicEval,
+    ev: Eval<'_>,
     layout: &BlockLayout,
     partials: &[Ciphertext],
     w: &Ciphertext,
     v: Option<&Ciphertext>,
     momentum: f64,
+    step: f64,
 ) -> Result<(Ciphertext, Ciphertext)> {
-    let ctx = &ev.ctx;
+    let ctx = ev.ctx;
     let mut p = partials
         .first()
         .ok_or_else(|| Error::InvalidInput("no partial gradients".into()))?
@@ -386,7 +404,7 @@ pub fn apply_update(
     for q in &partials[1..] {
         p = ctx.add(&p, q)?;
     }
-    let g = layout.reduce_blocks(ev, &p, ctx.default_scale())?;
+    let g = layout.reduce_blocks(ev, &p, ctx.default_scale(), step)?;
     let v = match v {
         Some(v) if momentum != 0.0 => {
             let l = v.level();
@@ -400,6 +418,70 @@ pub fn apply_update(
     Ok((w, v))
 }
 
+/// Where the shards of a data-parallel step run: [`InProcess`] (rayon threads of this
+/// process) or worker processes (`crate::workers::WorkerPool`, one shard per worker). Every
+/// runner computes [`shard_gradient`]; only the transport differs.
+pub trait ShardRunner {
+    /// Called once with the public material before the first step (a pool sends it to its
+    /// workers).
+    fn setup(&mut self, ev: &PublicEval) -> Result<()>;
+    /// The [`shard_gradient`] output of every shard, in shard order.
+    #[allow(clippy::too_many_arguments)]
+    fn run_step(
+        &mut self,
+        ev: Eval<'_>,
+        layout: &BlockLayout,
+        sigmoid: &[f64],
+        bound: f64,
+        w: &Ciphertext,
+        shards: &[Vec<BatchCt>],
+    ) -> Result<Vec<ShardOutput>>;
+}
+
+/// Shards on rayon threads in this process.
+pub struct InProcess;
+
+impl ShardRunner for InProcess {
+    fn setup(&mut self, _: &PublicEval) -> Result<()> {
+        Ok(())
+    }
+
+    fn run_step(
+        &mut self,
+        ev: Eval<'_>,
+        layout: &BlockLayout,
+        sigmoid: &[f64],
+        bound: f64,
+        w: &Ciphertext,
+        shards: &[Vec<BatchCt>],
+    ) -> Result<Vec<ShardOutput>> {
+        shards
+            .par_iter()
+            .map(|s| shard_gradient(ev, layout, sigmoid, bound, w, s))
+            .collect()
+    }
+}
+
+/// The block layout an encrypted run on `d` features uses in `ctx`.
+pub fn layout_for(ctx: &CkksContext, d: usize) -> Result<BlockLayout> {
+    BlockLayout::new(ctx.slots(), d + 1, 1)
+}
+
+/// Shards a step of `batch` samples is cut into with up to `workers` workers: one per
+/// ciphertext of `B` samples at most (see [`EncryptedOptions::workers`]).
+pub fn shards_per_step(layout: &BlockLayout, batch: usize, workers: usize) -> usize {
+    workers.clamp(1, batch.div_ceil(layout.block).max(1))
+}
+
+/// The half-width `A` of the sigmoid's fit interval (8 without one): the logits are
+/// evaluated as `z/A` (see [`super::eval_poly`]).
+pub fn sigmoid_bound(sigmoid: &PolyActivation) -> f64 {
+    sigmoid
+        .interval
+        .map(|(lo, hi)| lo.abs().max(hi.abs()))
+        .unwrap_or(8.0)
+}
+
 /// Levels an encrypted step consumes with a sigmoid of this degree.
 pub fn levels_per_step(degree: usize) -> usize {
     3 + poly_depth(degree)
@@ -409,7 +491,7 @@ pub fn levels_per_step(degree: usize) -> usize {
 /// the refreshes and (if `opts.monitor`) decrypts each batch's logits to report loss and
 /// accuracy; the data are packed in the block layout and encrypted under the public key;
 /// every step runs on ciphertexts only. At the end the key holder decrypts the weights into
-/// `model`.
+/// `model`. The shards run in this process; see [`train_encrypted_with`] for workers.
 pub fn train_encrypted(
     model: &mut Sequential,
     data: &Dataset,
@@ -417,6 +499,20 @@ pub fn train_encrypted(
     cfg: &TrainConfig,
     opts: &EncryptedOptions,
     holder: &KeyHolder,
+) -> Result<Report> {
+    train_encrypted_with(model, data, eval, cfg, opts, holder, &mut InProcess)
+}
+
+/// [`train_encrypted`] with the shards of each step run by `runner` (e.g. a
+/// `crate::workers::WorkerPool`): same steps, same ciphertexts.
+pub fn train_encrypted_with(
+    model: &mut Sequential,
+    data: &Dataset,
+    eval: Option<&Dataset>,
+    cfg: &TrainConfig,
+    opts: &EncryptedOptions,
+    holder: &KeyHolder,
+    runner: &mut dyn ShardRunner,
 ) -> Result<Report> {
     validate(cfg, data)?;
     let (w0, b0) = weights(model)?;
@@ -429,9 +525,9 @@ pub fn train_encrypted(
     }
     opts.sigmoid.validate()?;
     let ctx: &CkksContext = holder.ctx();
-    let workers = opts.workers.max(1);
-    let per_shard = cfg.batch_size.div_ceil(workers);
-    let layout = BlockLayout::new(ctx.slots(), d + 1, 1)?;
+    let layout = layout_for(ctx, d)?;
+    let shards = shards_per_step(&layout, cfg.batch_size, opts.workers);
+    let per_shard = layout.block * cfg.batch_size.div_ceil(layout.block).div_ceil(shards);
     let need = levels_per_step(opts.sigmoid.degree());
     if ctx.max_level() < need + MIN_WEIGHT_LEVEL {
         return Err(Error::InvalidParameters(format!(
@@ -443,20 +539,21 @@ pub fn train_encrypted(
     }
     let mut report = Report {
         levels_per_step: need,
+        shards,
         ..Report::default()
     };
     let t = Instant::now();
     let ev = holder.public_eval(&layout)?;
     report.keygen_seconds = t.elapsed().as_secs_f64();
+    runner.setup(&ev)?;
 
+    let bound = sigmoid_bound(&opts.sigmoid);
     // The data owner packs and encrypts every batch once: shards of ≤ per_shard samples, each
-    // in ⌈·/B⌉ ciphertexts.
+    // in ⌈·/B⌉ ciphertexts, features divided by the sigmoid's bound (see `BatchCt`).
     let t = Instant::now();
     let (batches, orders) = batch_plan(data.len(), cfg);
-    let q_top = ctx.scale_prime(ctx.max_level()) as f64;
     let mut enc_batches: Vec<Vec<Vec<BatchCt>>> = Vec::with_capacity(batches.len());
     for idx in &batches {
-        let alpha = cfg.lr / idx.len() as f64;
         let shards = idx
             .chunks(per_shard)
             .map(|part| {
@@ -465,23 +562,22 @@ pub fn train_encrypted(
                         let rows: Vec<Vec<f64>> = chunk
                             .iter()
                             .map(|&i| {
-                                let mut r = data.features.row(i).to_vec();
-                                r.push(1.0);
+                                let mut r: Vec<f64> =
+                                    data.features.row(i).iter().map(|v| v / bound).collect();
+                                r.push(1.0 / bound);
                                 r
                             })
                             .collect();
                         let ys: Vec<f64> = chunk.iter().map(|&i| data.labels[i] as f64).collect();
                         let x = encrypt_public(&ev, &layout.pack_rows(&rows)?)?;
                         // Padding slots (no sample: z = 0) get the label p(0), so their error
-                        // p(0) − y is 0 and the rounding noise of (η/n)·x there adds nothing.
+                        // p(0) − y is 0 and the noise of x there adds nothing.
                         let y = encrypt_public(
                             &ev,
                             &layout.replicate_samples(&ys, opts.sigmoid.coeffs[0])?,
                         )?;
-                        let x_lr = ctx.rescale(&ctx.multiply_scalar(&x, alpha, q_top)?)?;
                         Ok(BatchCt {
                             x,
-                            x_lr,
                             y,
                             count: chunk.len(),
                         })
@@ -499,11 +595,6 @@ pub fn train_encrypted(
     let mut w = holder.encrypt(&layout.replicate_blocks(&wb)?)?;
     let mut v: Option<Ciphertext> = None;
     let coeffs = opts.sigmoid.coeffs.clone();
-    let bound = opts
-        .sigmoid
-        .interval
-        .map(|(lo, hi)| lo.abs().max(hi.abs()))
-        .unwrap_or(8.0);
     let log_b = layout.block.trailing_zeros() as usize;
     let log_k = layout.blocks.trailing_zeros() as usize;
     let start = Instant::now();
@@ -526,12 +617,18 @@ pub fn train_encrypted(
             }
             let level_before = w.level();
             let ts = Instant::now();
-            let outs = shards
-                .par_iter()
-                .map(|s| shard_gradient(&ev, &layout, &coeffs, bound, &w, s))
-                .collect::<Result<Vec<_>>>()?;
+            let outs = runner.run_step(ev.eval(), &layout, &coeffs, bound, &w, shards)?;
             let partials: Vec<Ciphertext> = outs.iter().map(|o| o.partial.clone()).collect();
-            let (nw, nv) = apply_update(&ev, &layout, &partials, &w, v.as_ref(), cfg.momentum)?;
+            let step_size = cfg.lr / batches[bi].len() as f64 * bound;
+            let (nw, nv) = apply_update(
+                ev.eval(),
+                &layout,
+                &partials,
+                &w,
+                v.as_ref(),
+                cfg.momentum,
+                step_size,
+            )?;
             w = nw;
             v = Some(nv);
             let seconds = ts.elapsed().as_secs_f64();
@@ -544,7 +641,7 @@ pub fn train_encrypted(
                 for (o, s) in outs.iter().zip(shards) {
                     for (zc, b) in o.logits.iter().zip(s) {
                         let dec = holder.decrypt(zc)?;
-                        zs.extend_from_slice(&dec[..b.count]);
+                        zs.extend(dec[..b.count].iter().map(|z| z * bound));
                     }
                 }
                 let (mut l, mut c) = (0.0, 0usize);
@@ -569,6 +666,7 @@ pub fn train_encrypted(
                 level_after: w.level(),
                 refreshed,
                 seconds,
+                shard_seconds: outs.iter().map(|o| o.compute_seconds).fold(0.0, f64::max),
             });
             pb.inc(1);
         }

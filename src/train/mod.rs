@@ -10,15 +10,21 @@
 //!   every report; bootstrapping would implement the same [`Refresh`] trait.
 //! * The **server** (or the workers of a data-parallel step) holds only the public material
 //!   ([`PublicEval`]: context, relinearization and Galois keys) and computes on ciphertexts.
+//!   The shards of a step run on rayon threads or on `hetensor worker` processes
+//!   ([`logistic::ShardRunner`]), with the same code ([`logistic::shard_gradient`]) and
+//!   word-identical results.
 //!
 //! # Packing: the block layout ([`BlockLayout`])
 //! The slot vector (`S = N/2` slots) is cut into `k` blocks of `B` slots (`k·B = S`, both
 //! powers of two). A mini-batch ciphertext holds **feature `j` of sample `t` in slot
 //! `j·B + t`** (block `k−1`... are zero padding, the last used block is the constant 1 of the
-//! bias); the weights ciphertext holds `w_j` replicated over block `j`. Then
+//! bias); the weights ciphertext holds `w_j` replicated over block `j`. The features (and the
+//! bias column) are divided by the sigmoid's bound `A` before encryption, so the logits come
+//! out as `z/A` in the ciphertext's content, which [`eval_poly`] needs to stay precise. Then
 //! * logits: `Z = Σ_blocks rot(W ⊙ X)` — `log2 k` rotations by `B, 2B, …, S/2` leave `z_t` in
 //!   slot `t` of **every** block (the sum over blocks is cyclic over the whole vector, so no
-//!   mask is needed);
+//!   mask is needed); the sum runs before the product's rescale, so it adds one rounding
+//!   error, not `k`;
 //! * the sigmoid and the error `E = p(Z) − Y` are slot-wise (labels replicated in every block);
 //! * gradient: `P = E ⊙ X`, then `log2 B` rotations by `1, 2, …, B/2` put `Σ_t P[j·B+t]` in
 //!   the first slot of block `j`, a 0/1 mask (1 level) keeps those heads, and `log2 B`
@@ -30,8 +36,7 @@
 //! `log2 S + log2 B` — against `d·log2 S` for one ciphertext per feature with replicated
 //! scalar weights, which needs no mask but costs 10-40x more rotations here. Levels per step:
 //! 1 (`W⊙X`) + depth of the sigmoid + 1 (`E⊙X`) + 1 (mask) — the learning rate is folded into
-//! a copy of `X` made once per batch, and the momentum multiplication runs off the critical
-//! path. With [`eval_poly`] the sigmoid costs `floor(log2 d) + 1` levels: 2 for degree 3, 3
+//! the mask, and the momentum multiplication runs off the critical path. With [`eval_poly`] the sigmoid costs `floor(log2 d) + 1` levels: 2 for degree 3, 3
 //! for degrees 5 and 7, so a step costs 5 or 6 levels.
 
 pub mod federated;
@@ -43,6 +48,7 @@ use rayon::prelude::*;
 
 use crate::ckks::{CkksContext, CkksParams, KeySet};
 use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, Security};
+use crate::serialize::PublicContext;
 use crate::{Error, Result};
 
 /// CKKS parameters for training: ring degree `2^log_n`, scale `2^26`, a 30-bit base prime,
@@ -78,7 +84,7 @@ pub fn training_params(log_n: u32) -> Result<CkksParams> {
 }
 
 /// The slot layout of [`logistic`]: `blocks` blocks of `block` slots.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlockLayout {
     /// Number of blocks `k` (a power of two).
     pub blocks: usize,
@@ -124,26 +130,26 @@ impl BlockLayout {
     }
 
     /// Sum over blocks (cyclic): slot `j·B + t` gets `Σ_j' ct[j'·B + t]`. `log2 k` rotations.
-    pub fn sum_blocks(&self, ev: &PublicEval, ct: &Ciphertext) -> Result<Ciphertext> {
+    pub fn sum_blocks(&self, ev: Eval<'_>, ct: &Ciphertext) -> Result<Ciphertext> {
         let mut acc = ct.clone();
         let mut s = self.block;
         while s < self.slots() {
             acc = ev
                 .ctx
-                .add(&acc, &ev.ctx.rotate(&acc, s as i64, &ev.galois)?)?;
+                .add(&acc, &ev.ctx.rotate(&acc, s as i64, ev.galois)?)?;
             s *= 2;
         }
         Ok(acc)
     }
 
     /// Slot `j·B` gets `Σ_{t<B} ct[j·B + t]` (other slots: partial sums). `log2 B` rotations.
-    pub fn sum_within_blocks(&self, ev: &PublicEval, ct: &Ciphertext) -> Result<Ciphertext> {
+    pub fn sum_within_blocks(&self, ev: Eval<'_>, ct: &Ciphertext) -> Result<Ciphertext> {
         let mut acc = ct.clone();
         let mut s = 1;
         while s < self.block {
             acc = ev
                 .ctx
-                .add(&acc, &ev.ctx.rotate(&acc, s as i64, &ev.galois)?)?;
+                .add(&acc, &ev.ctx.rotate(&acc, s as i64, ev.galois)?)?;
             s *= 2;
         }
         Ok(acc)
@@ -151,31 +157,35 @@ impl BlockLayout {
 
     /// From a ciphertext that is zero except at block heads `j·B`, copies each head over its
     /// block. `log2 B` rotations.
-    pub fn replicate_heads(&self, ev: &PublicEval, ct: &Ciphertext) -> Result<Ciphertext> {
+    pub fn replicate_heads(&self, ev: Eval<'_>, ct: &Ciphertext) -> Result<Ciphertext> {
         let mut acc = ct.clone();
         let mut s = 1;
         while s < self.block {
             acc = ev
                 .ctx
-                .add(&acc, &ev.ctx.rotate(&acc, -(s as i64), &ev.galois)?)?;
+                .add(&acc, &ev.ctx.rotate(&acc, -(s as i64), ev.galois)?)?;
             s *= 2;
         }
         Ok(acc)
     }
 
     /// The gradient reduction: sums every block of `p` (size 2, a product not yet rescaled),
-    /// rescales, keeps the block heads with a 0/1 mask encoded so that the result has scale
-    /// `target`, replicates them and rescales: the output holds `Σ_t p[j·B+t]` in every slot
-    /// of block `j`. 2 levels (the product's rescale and the mask's), `2·log2 B` rotations.
+    /// rescales, keeps the block heads with a `0/factor` mask encoded so that the result has
+    /// scale `target`, replicates them and rescales: the output holds `factor·Σ_t p[j·B+t]` in
+    /// every slot of block `j`. 2 levels (the product's rescale and the mask's), `2·log2 B`
+    /// rotations. The step size rides on the mask because every rescale adds an absolute
+    /// error (~5e-5 at Δ = 2^26): applied to the sum, not to the small `(η/n)·x` of every
+    /// sample, it stays that small.
     ///
     /// Both rotation sums run **before** their rescale, at scale ≈ Δ², where the rotations'
     /// noise is negligible: summing `B` slots after a rescale would add up `B` independent
     /// rounding errors (≈ `√B` times the precision of one slot).
     pub fn reduce_blocks(
         &self,
-        ev: &PublicEval,
+        ev: Eval<'_>,
         p: &Ciphertext,
         target: f64,
+        factor: f64,
     ) -> Result<Ciphertext> {
         let r = ev.ctx.rescale(&self.sum_within_blocks(ev, p)?)?;
         let l = r.level();
@@ -187,7 +197,7 @@ impl BlockLayout {
         }
         let mut mask = vec![0.0; self.slots()];
         for j in 0..self.blocks {
-            mask[j * self.block] = 1.0;
+            mask[j * self.block] = factor;
         }
         let c = ev.ctx.scale_prime(l) as f64 * target / r.scale();
         let pt = ev.ctx.encode(&mask, c, l)?;
@@ -262,6 +272,52 @@ pub struct PublicEval {
     pub galois: GaloisKeys,
     /// Public encryption key (data owners encrypt with it).
     pub public: PublicKey,
+}
+
+impl PublicEval {
+    /// The borrowed view the computations take.
+    pub fn eval(&self) -> Eval<'_> {
+        Eval {
+            ctx: &self.ctx,
+            relin: &self.relin,
+            galois: &self.galois,
+        }
+    }
+}
+
+/// Borrowed evaluation material: the context, relinearization and Galois keys. Built from the
+/// key holder's [`PublicEval`] or from a worker's deserialized [`PublicContext`], so both run
+/// the same step code without copying keys.
+#[derive(Clone, Copy)]
+pub struct Eval<'a> {
+    /// The CKKS context.
+    pub ctx: &'a CkksContext,
+    /// Relinearization key.
+    pub relin: &'a RelinKey,
+    /// Galois keys for the layout's rotations.
+    pub galois: &'a GaloisKeys,
+}
+
+impl<'a> Eval<'a> {
+    /// The view of a public context; an error if it lacks the relinearization or Galois keys.
+    pub fn from_public_context(pc: &'a PublicContext<CkksContext>) -> Result<Self> {
+        let missing = |what: &str| {
+            Error::InvalidInput(format!(
+                "the public context has no {what}; encrypted training needs it"
+            ))
+        };
+        Ok(Self {
+            ctx: &pc.context,
+            relin: pc
+                .relin_key
+                .as_ref()
+                .ok_or_else(|| missing("relinearization key"))?,
+            galois: pc
+                .galois_keys
+                .as_ref()
+                .ok_or_else(|| missing("Galois keys"))?,
+        })
+    }
 }
 
 /// A way to bring ciphertexts back to the top of the modulus chain.
@@ -349,21 +405,27 @@ pub fn poly_depth(degree: usize) -> usize {
     }
 }
 
-/// Evaluates `Σ coeffs[k]·x^k` slot-wise with the minimal depth `floor(log2 d) + 1`
-/// ([`poly_depth`]): powers `x^(2^i)` by squaring, and each term `c_k·x^k` as the product of
-/// the powers of `k`'s binary digits, the coefficient multiplied into the lowest one. The
-/// constant each coefficient is encoded at is solved for so that **every term lands on the
-/// scale `target`** exactly, whatever the primes it was rescaled by; the terms are then added
-/// at the lowest level. Coefficients below `1e-12` of the largest are skipped (a sigmoid fit
-/// on a symmetric interval has zero even terms up to rounding).
+/// Evaluates `p(x) = Σ coeffs[k]·x^k` slot-wise on a ciphertext `u` that holds `x / bound`
+/// (`bound` > 0: the magnitude `x` stays under, e.g. the fit interval's half-width), with the
+/// minimal depth `floor(log2 d) + 1` ([`poly_depth`]): powers `u^(2^i)` by squaring, and each
+/// term `(c_k·bound^k)·u^k` as the product of the powers of `k`'s binary digits, the
+/// coefficient multiplied into the lowest one. The constant each coefficient is encoded at is
+/// solved for so that **every term lands on the scale `target`** exactly, whatever the primes
+/// it was rescaled by; the terms are then added at the lowest level. Coefficients below
+/// `1e-12` of the largest are skipped (a sigmoid fit on a symmetric interval has zero even
+/// terms up to rounding).
 ///
-/// `bound` (> 0) is the magnitude the inputs are expected to stay under (e.g. the fit
-/// interval's half-width): the polynomial is evaluated in `u = x/bound` — free, by reading
-/// the ciphertext at scale `scale·bound` — with coefficients `c_k·bound^k`, so the powers stay
-/// ≤ 1 and the absolute noise of a term is not multiplied by `|x|^k`.
+/// Why `x / bound` in the ciphertext's *content* (the caller divides before encrypting, or
+/// folds `1/bound` into a previous product) rather than `x`: the rescale after `c_k·x` adds
+/// an absolute error of a few units of the scale's last bit, and the following products
+/// multiply it by the content of `x^(k−1)`. With `|u| ≤ 1` that factor is ≤ 1; with `x`
+/// itself it is `|x|^(k−1)`, measured (N = 2^13, Δ = 2^26, `|x|` up to 8) as a maximum error of
+/// 3e-3 for degree 3 and 6.3 for degree 7, against ≤ 4.2e-4 here (N = 2^14: ≤ 8.4e-4; degree
+/// 7 on [-16, 16]: 1.7e-3). Reading a ciphertext of `x` at the scale `Δ·bound` changes only
+/// metadata, not that noise.
 pub fn eval_poly(
     ctx: &CkksContext,
-    x: &Ciphertext,
+    u: &Ciphertext,
     coeffs: &[f64],
     rk: &RelinKey,
     target: f64,
@@ -385,7 +447,6 @@ pub fn eval_poly(
         .map(|(k, c)| c * bound.powi(k as i32))
         .collect();
     let coeffs = &coeffs[..];
-    let x = &Ciphertext::new(x.polys.clone(), x.scale * bound, x.fingerprint);
     let cmax = coeffs.iter().skip(1).fold(0.0f64, |m, c| m.max(c.abs()));
     let used: Vec<usize> = (1..coeffs.len())
         .filter(|&k| coeffs[k].abs() > 1e-12 * cmax && coeffs[k] != 0.0)
@@ -395,19 +456,19 @@ pub fn eval_poly(
             "eval_poly needs a non-constant polynomial".into(),
         ));
     };
-    let x = if x.size() == 3 {
-        ctx.relinearize(x, rk)?
+    let u = if u.size() == 3 {
+        ctx.relinearize(u, rk)?
     } else {
-        x.clone()
+        u.clone()
     };
-    if poly_depth(degree) > x.level() {
+    if poly_depth(degree) > u.level() {
         return Err(Error::OutOfLevels {
             op: "eval_poly",
-            level: x.level(),
+            level: u.level(),
         });
     }
     let m = (usize::BITS - 1 - degree.leading_zeros()) as usize; // highest power 2^m
-    let mut pows = vec![x.clone()];
+    let mut pows = vec![u];
     for i in 1..=m {
         let sq = ctx.relinearize(&ctx.square(&pows[i - 1])?, rk)?;
         pows.push(ctx.rescale(&sq)?);
@@ -464,6 +525,10 @@ pub struct StepStats {
     pub refreshed: bool,
     /// Seconds of encrypted computation in the step (without the monitor).
     pub seconds: f64,
+    /// Seconds of the slowest shard's computation where it ran (a worker process or a rayon
+    /// task), without transfers: `seconds` minus this is the aggregation and update, plus
+    /// the transport for worker processes.
+    pub shard_seconds: f64,
 }
 
 /// Logistic loss `−y log σ(z) − (1−y) log(1−σ(z))`, computed stably.

@@ -34,6 +34,8 @@ use crate::ckks::CkksContext;
 use crate::error::{Error, Result};
 use crate::rlwe::{Ciphertext, GaloisKeys, RlweContext};
 use crate::serialize::{self, PublicContext, WriteOptions};
+use crate::train::logistic::{BatchCt, ShardOutput, ShardRunner};
+use crate::train::{BlockLayout, Eval, PublicEval};
 
 const CONTEXT: u8 = 1;
 const JOB: u8 = 2;
@@ -321,6 +323,66 @@ pub fn run_in_process(
             })
         })
         .collect()
+}
+
+/// Training steps on worker processes: each shard of a step is one [`Task::LogisticStep`] job
+/// (the weights and the shard's batch ciphertexts go out, the partial gradient and logits come
+/// back); more shards than workers run in rounds. The workers are stateless, so the data
+/// ciphertexts travel with every step.
+impl ShardRunner for WorkerPool {
+    fn setup(&mut self, ev: &PublicEval) -> Result<()> {
+        let mut bytes = Vec::new();
+        PublicContext::write_parts(
+            &mut bytes,
+            &*ev.ctx,
+            &ev.public,
+            Some(&ev.relin),
+            Some(&ev.galois),
+            WriteOptions::default(),
+        )?;
+        self.send_context(&bytes)
+    }
+
+    fn run_step(
+        &mut self,
+        ev: Eval<'_>,
+        layout: &BlockLayout,
+        sigmoid: &[f64],
+        bound: f64,
+        w: &Ciphertext,
+        shards: &[Vec<BatchCt>],
+    ) -> Result<Vec<ShardOutput>> {
+        let task = Task::LogisticStep {
+            layout: *layout,
+            sigmoid: sigmoid.to_vec(),
+            bound,
+        };
+        let jobs: Vec<Vec<Ciphertext>> = shards
+            .iter()
+            .map(|s| {
+                let mut v = vec![w.clone()];
+                for b in s {
+                    v.extend([b.x.clone(), b.y.clone()]);
+                }
+                v
+            })
+            .collect();
+        let mut outs = Vec::with_capacity(shards.len());
+        for round in jobs.chunks(self.len()) {
+            for r in self.run(ev.ctx.rlwe(), &task, round)? {
+                let mut it = r.outputs.into_iter();
+                let partial = it
+                    .next()
+                    .ok_or_else(|| Error::Decode("a worker returned no gradient".into()))?;
+                outs.push(ShardOutput {
+                    partial,
+                    logits: it.collect(),
+                    compute_seconds: r.compute_seconds,
+                });
+            }
+        }
+        Ok(outs)
+    }
 }
 
 /// Adds the shards' partial results output by output (what an aggregator can do without any

@@ -13,6 +13,8 @@ use crate::ckks::CkksContext;
 use crate::error::{Error, Result};
 use crate::rlwe::{Ciphertext, GaloisKeys, RelinKey};
 use crate::serialize::PublicContext;
+use crate::train::logistic::{self, BatchCt};
+use crate::train::{BlockLayout, Eval};
 
 /// Rows packed into slots, `block` slots per row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +105,19 @@ pub enum Task {
         /// Coefficients of `σ̃`, constant term first.
         sigmoid: Vec<f64>,
     },
+    /// One shard of an encrypted logistic-regression training step with **encrypted** weights
+    /// ([`logistic::shard_gradient`], block layout of [`crate::train`]). Inputs: the weights,
+    /// then `(x, y)` for each batch ciphertext of the shard ([`BatchCt`]). Outputs: the
+    /// shard's partial gradient (size 2, not rescaled), then the encrypted logits (`z/bound`)
+    /// of each batch ciphertext.
+    LogisticStep {
+        /// The block layout of the inputs.
+        layout: BlockLayout,
+        /// Coefficients of `σ̃`, constant term first.
+        sigmoid: Vec<f64>,
+        /// Half-width of the sigmoid's fit interval (the features are divided by it).
+        bound: f64,
+    },
 }
 
 impl Task {
@@ -117,6 +132,7 @@ impl Task {
                 steps.extend(within.iter().map(|s| -s));
                 steps
             }
+            Task::LogisticStep { layout, .. } => layout.rotation_steps(),
         }
     }
 
@@ -128,6 +144,10 @@ impl Task {
             // w ⊙ x, the block mask, σ̃, and x ⊙ (σ̃ − y).
             Task::LogisticGradient { sigmoid, .. } => {
                 3 + CkksContext::polynomial_depth(sigmoid.len().saturating_sub(1))
+            }
+            // The whole step: the shard's part and the reduction after aggregation.
+            Task::LogisticStep { sigmoid, .. } => {
+                logistic::levels_per_step(sigmoid.len().saturating_sub(1))
             }
         }
     }
@@ -245,7 +265,56 @@ pub fn compute(
                 .collect::<Result<Vec<_>>>()?;
             Ok(vec![sum_all(ctx, grads)?])
         }
+        Task::LogisticStep {
+            layout,
+            sigmoid,
+            bound,
+        } => logistic_step(pc, layout, sigmoid, *bound, inputs),
     }
+}
+
+fn logistic_step(
+    pc: &PublicContext<CkksContext>,
+    layout: &BlockLayout,
+    sigmoid: &[f64],
+    bound: f64,
+    inputs: &[Ciphertext],
+) -> Result<Vec<Ciphertext>> {
+    if layout.slots() != pc.context.slots() {
+        return Err(Error::Shape(format!(
+            "block layout of {} slots for a context of {}",
+            layout.slots(),
+            pc.context.slots()
+        )));
+    }
+    let (w, data) = inputs
+        .split_first()
+        .filter(|(_, d)| !d.is_empty() && d.len() % 2 == 0)
+        .ok_or_else(|| {
+            Error::Shape(format!(
+                "logistic step: {} inputs; need the weights and (x, y) pairs",
+                inputs.len()
+            ))
+        })?;
+    let shard: Vec<BatchCt> = data
+        .chunks(2)
+        .map(|c| BatchCt {
+            x: c[0].clone(),
+            y: c[1].clone(),
+            count: 0,
+        })
+        .collect();
+    let out = logistic::shard_gradient(
+        Eval::from_public_context(pc)?,
+        layout,
+        sigmoid,
+        bound,
+        w,
+        &shard,
+    )?;
+    let mut v = vec![out.partial];
+    v.extend(out.logits);
+    Ok(v)
 }
 
 fn check_layout(ctx: &CkksContext, layout: &RowLayout) -> Result<()> {
@@ -262,7 +331,9 @@ fn check_layout(ctx: &CkksContext, layout: &RowLayout) -> Result<()> {
 }
 
 /// The same task on plaintext rows (`rows[i]` = features of row `i`, `labels[i]`), the
-/// reference the decrypted result must match: column sums, or the gradient.
+/// reference the decrypted result must match: column sums, or the gradient. Empty for
+/// [`Task::LogisticStep`], whose weights exist only encrypted: its reference is the whole
+/// plaintext training run, [`logistic::train_plain`].
 pub fn compute_plain(task: &Task, rows: &[Vec<f64>], labels: &[f64]) -> Vec<f64> {
     match task {
         Task::ColumnSums { layout } => {
@@ -290,5 +361,6 @@ pub fn compute_plain(task: &Task, rows: &[Vec<f64>], labels: &[f64]) -> Vec<f64>
             }
             g
         }
+        Task::LogisticStep { .. } => Vec::new(),
     }
 }
