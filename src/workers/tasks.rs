@@ -87,8 +87,8 @@ impl RowLayout {
 /// Work on one shard of row-packed ciphertexts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Task {
-    /// Inputs: row-packed feature ciphertexts. Output (after [`Task::finish`]): one ciphertext whose slots
-    /// `0..block` hold the column sums over every row of every input.
+    /// Inputs: row-packed feature ciphertexts. Output (after [`Task::finish`]): one ciphertext
+    /// whose slots `0..block` hold the column sums over every row of every input.
     ColumnSums {
         /// The inputs' layout.
         layout: RowLayout,
@@ -158,6 +158,7 @@ impl Task {
             Task::ColumnSums { layout } | Task::LogisticGradient { layout, .. } => {
                 layout.across_blocks()
             }
+            Task::LogisticStep { .. } => Vec::new(),
         }
     }
 
@@ -178,6 +179,8 @@ impl Task {
                 let total = ctx.mod_switch_to(total, total.level().min(1))?;
                 ctx.rotate_and_add(&total, &layout.across_blocks(), gk)
             }
+            // The training step reduces and updates itself (`logistic::train_encrypted_with`).
+            Task::LogisticStep { .. } => Ok(total.clone()),
         }
     }
 }
