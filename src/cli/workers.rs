@@ -40,7 +40,7 @@ pub struct ModeTiming {
     pub gradient_seconds: f64,
     /// Median wall time of the column sums.
     pub sums_seconds: f64,
-    /// Largest worker compute time in the gradient step.
+    /// Median over reps of the largest worker compute time in the gradient step.
     pub max_worker_compute_seconds: f64,
 }
 
@@ -121,7 +121,7 @@ struct Mode {
     runner: Runner,
     sums_times: Vec<f64>,
     gradient_times: Vec<f64>,
-    max_compute: f64,
+    max_compute_times: Vec<f64>,
 }
 
 impl Mode {
@@ -136,7 +136,7 @@ impl Mode {
             runner,
             sums_times: Vec::new(),
             gradient_times: Vec::new(),
-            max_compute: 0.0,
+            max_compute_times: Vec::new(),
         }
     }
 
@@ -150,7 +150,7 @@ impl Mode {
             shards: self.shards.len(),
             gradient_seconds: median(self.gradient_times),
             sums_seconds: median(self.sums_times),
-            max_worker_compute_seconds: self.max_compute,
+            max_worker_compute_seconds: median(self.max_compute_times),
         }
     }
 }
@@ -279,7 +279,8 @@ pub fn run(opts: TitanicOptions) -> Result<()> {
             let t = Instant::now();
             let (parts, grad) = step(m, &grad_task)?;
             m.gradient_times.push(t.elapsed().as_secs_f64());
-            m.max_compute = parts.iter().map(|g| g.compute_seconds).fold(0.0, f64::max);
+            m.max_compute_times
+                .push(parts.iter().map(|g| g.compute_seconds).fold(0.0, f64::max));
             last = Some((sums, grad));
         }
     }
