@@ -86,9 +86,10 @@ enum Command {
         json: bool,
     },
     /// Encrypted training: logistic regression on Titanic or UCI credit approval (CKKS,
-    /// encrypted features, labels and weights), or federated averaging on credit approval.
+    /// encrypted features, labels and weights), federated averaging on credit approval, or
+    /// MNIST transfer learning (a new LeNet-1 head for digits 5-9 on encrypted features).
     Train {
-        /// titanic, credit or credit-federated (mnist-transfer: not implemented yet).
+        /// titanic, credit, credit-federated or mnist-transfer.
         workload: String,
         /// Data file (default: the bundled copy).
         #[arg(long)]
@@ -105,15 +106,19 @@ enum Command {
         /// Epochs (local epochs per round for credit-federated).
         #[arg(long, default_value_t = 3)]
         epochs: usize,
-        /// Learning rate.
-        #[arg(long, default_value_t = 0.5)]
-        lr: f64,
+        /// Learning rate [default: 0.5; mnist-transfer: 0.04].
+        #[arg(long)]
+        lr: Option<f64>,
         /// Momentum.
         #[arg(long, default_value_t = 0.9)]
         momentum: f64,
-        /// Mini-batch size.
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
+        /// Mini-batch size [default: 128; mnist-transfer: 1250].
+        #[arg(long)]
+        batch: Option<usize>,
+        /// mnist-transfer: private training images (digits 5-9 of data/mnist/train-10k) to
+        /// use [default: all 4,869].
+        #[arg(long)]
+        images: Option<usize>,
         /// Federated rounds (credit-federated).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
@@ -216,6 +221,25 @@ fn main() -> ExitCode {
         Command::Worker { backend } => cli::workers::serve(&backend),
         Command::Train {
             workload,
+            epochs,
+            lr,
+            momentum,
+            batch,
+            seed,
+            json,
+            images,
+            ..
+        } if workload == "mnist-transfer" => cli::transfer::run(cli::transfer::TransferOptions {
+            images,
+            epochs,
+            lr: lr.unwrap_or(0.04),
+            momentum,
+            batch: batch.unwrap_or(1250),
+            seed,
+            json,
+        }),
+        Command::Train {
+            workload,
             data,
             workers,
             degree,
@@ -228,6 +252,7 @@ fn main() -> ExitCode {
             log_n,
             seed,
             json,
+            images: _,
         } => cli::train::run(cli::train::TrainOptions {
             workload,
             data,
@@ -235,9 +260,9 @@ fn main() -> ExitCode {
             degree,
             interval,
             epochs,
-            lr,
+            lr: lr.unwrap_or(0.5),
             momentum,
-            batch,
+            batch: batch.unwrap_or(128),
             rounds,
             log_n,
             seed,
