@@ -153,13 +153,13 @@ impl FeatureExtractor {
         }
         let mut shift = vec![0.0; raw.ncols()];
         let mut scales = vec![1.0; channels];
-        for c in 0..channels {
+        for (c, scale) in scales.iter_mut().enumerate() {
             let v = var
                 .slice(ndarray::s![c * per..(c + 1) * per])
                 .mean()
                 .unwrap_or(1.0);
             let a = if v > 1e-18 { 1.0 / v.sqrt() } else { 1.0 };
-            scales[c] = a.sqrt() / k as f64;
+            *scale = a.sqrt() / k as f64;
             for j in c * per..(c + 1) * per {
                 shift[j] = a * mean[j];
             }
@@ -309,7 +309,7 @@ fn check_cfg(cfg: &TrainConfig, n: usize) -> Result<()> {
             "head training needs samples, a batch size ≥ 1 and epochs ≥ 1".into(),
         ));
     }
-    if !(cfg.lr.is_finite() && cfg.lr > 0.0) || !(0.0..1.0).contains(&cfg.momentum) {
+    if !(cfg.lr.is_finite() && cfg.lr > 0.0 && (0.0..1.0).contains(&cfg.momentum)) {
         return Err(Error::InvalidInput(format!(
             "learning rate must be > 0 and momentum in [0, 1), got {} and {}",
             cfg.lr, cfg.momentum
@@ -511,9 +511,10 @@ fn encrypted_step(
         .par_iter()
         .map(|&(k, c)| {
             let x = &set.features[k];
-            let mut acc = ctx.multiply(&st.w[c * d1], &x[0])?;
-            for j in 1..d1 {
-                acc = ctx.add(&acc, &ctx.multiply(&st.w[c * d1 + j], &x[j])?)?;
+            let ws = &st.w[c * d1..(c + 1) * d1];
+            let mut acc = ctx.multiply(&ws[0], &x[0])?;
+            for (w, xj) in ws.iter().zip(x).skip(1) {
+                acc = ctx.add(&acc, &ctx.multiply(w, xj)?)?;
             }
             let z = ctx.rescale(&ctx.relinearize(&acc, &ev.relin)?)?;
             let e = ctx.sub(&z, &y_matched[k][c])?;
