@@ -93,21 +93,36 @@ pub fn run(o: TransferOptions) -> Result<()> {
     let encrypt_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut timing = LayerTiming::default();
-    let set = tr::extract_set(&fx, &ev, upload, &mut timing)?;
+    let mut set = tr::extract_set(&fx, &ev, upload, &mut timing)?;
     let extract_s = t.elapsed().as_secs_f64();
-    // Key-holder check of the encrypted features against the plaintext ones (block 0).
-    let mut feat_err = 0.0f64;
-    let n0 = private.len().min(ctx.slots());
-    for (j, ct) in set.features[0].iter().take(fx.features()).enumerate() {
-        let v = holder.decrypt(ct)?;
-        for t in 0..n0 {
-            feat_err = feat_err.max((v[t] - x_train[[t, j]]).abs());
-        }
-    }
+    let extract_level = set.features[0][0].level();
+    let t = Instant::now();
+    let feature_refreshes = tr::refresh_features(&holder, &mut set)?;
+    let feature_refresh_s = t.elapsed().as_secs_f64();
+    // Diagnostic (key holder = data owner): the decrypted features, to compare them with the
+    // plaintext ones and to train a plaintext head on exactly what the server trained on.
+    let s = ctx.slots();
+    let cols = set
+        .features
+        .iter()
+        .map(|blk| {
+            blk[..fx.features()]
+                .iter()
+                .map(|c| holder.decrypt(c))
+                .collect::<Result<Vec<_>>>()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let x_dec = ndarray::Array2::from_shape_fn((private.len(), fx.features()), |(i, j)| {
+        cols[i / s][j][i % s]
+    });
+    let feat_err = (&x_dec - &x_train)
+        .iter()
+        .fold(0.0f64, |m, v| m.max(v.abs()));
+    let feat_rms = ((&x_dec - &x_train).mapv(|v| v * v).mean().unwrap_or(0.0)).sqrt();
     say(format!(
-        "encrypted {} images in {encrypt_s:.1} s; extracted the features encrypted in {extract_s:.1} s (level {}, max |error| {feat_err:.1e} vs plaintext)",
+        "encrypted {} images in {encrypt_s:.1} s; extracted the features encrypted in {extract_s:.1} s (down to level {extract_level}; error vs plaintext: max {feat_err:.1e}, rms {feat_rms:.1e}); key-holder refresh of the {feature_refreshes} feature ciphertexts to level {}: {feature_refresh_s:.1} s",
         private.len(),
-        set.features[0][0].level()
+        tr::FEATURE_LEVEL
     ));
 
     // 4. Encrypted head training.
@@ -127,9 +142,20 @@ pub fn run(o: TransferOptions) -> Result<()> {
     let enc_acc = tr::head_accuracy(&enc, &x_test, &test.labels)?;
     let (we, be) = tr::head_weights(&enc)?;
     let (wp, bp) = tr::head_weights(&plain)?;
-    let max_diff = (&we - &wp)
+    let diff = |w: &ndarray::Array2<f64>, b: &ndarray::Array1<f64>| {
+        (&we - w)
+            .iter()
+            .chain((&be - b).iter())
+            .fold(0.0f64, |m, v| m.max(v.abs()))
+    };
+    let max_diff = diff(&wp, &bp);
+    let mut plain_dec = tr::head(fx.features(), 5)?;
+    tr::train_head_plain(&mut plain_dec, &x_dec, &private.labels, &cfg)?;
+    let (wd, bd) = tr::head_weights(&plain_dec)?;
+    let max_diff_dec = diff(&wd, &bd);
+    let wmax = wp
         .iter()
-        .chain((&be - &bp).iter())
+        .chain(bp.iter())
         .fold(0.0f64, |m, v| m.max(v.abs()));
     if o.json {
         let v = serde_json::json!({
@@ -141,9 +167,13 @@ pub fn run(o: TransferOptions) -> Result<()> {
             "seed": o.seed, "loss": "mse",
             "encrypted_test_accuracy": enc_acc, "plaintext_test_accuracy": plain_acc,
             "max_weight_diff_vs_plaintext": max_diff,
+            "max_weight_diff_vs_plaintext_on_decrypted_features": max_diff_dec,
+            "max_plaintext_weight": wmax, "feature_rms_error": feat_rms,
             "keygen_seconds": keygen_s, "encrypt_seconds": encrypt_s,
             "extract_seconds": extract_s, "extract_layers": timing.layers,
             "feature_max_error": feat_err, "train_seconds": train_s,
+            "feature_refresh_ciphertexts": feature_refreshes,
+            "feature_refresh_seconds": feature_refresh_s,
             "report": rep,
         });
         println!("{v}");
@@ -176,13 +206,16 @@ pub fn run(o: TransferOptions) -> Result<()> {
             );
         }
         println!(
-            "encrypted head: {:.2}% on the {} held-out test digits 5-9 (plaintext head, same batches: {:.2}%; max |w_enc − w_plain| = {max_diff:.2e})",
+            "encrypted head: {:.2}% on the {} held-out test digits 5-9 (plaintext head, same batches: {:.2}%)",
             100.0 * enc_acc,
             test.len(),
             100.0 * plain_acc
         );
         println!(
-            "{} steps, {} levels and {} rotations per step, {} key-holder refreshes of {} ciphertexts (decrypt + re-encrypt); pretrain {pretrain_s:.1} s, keys {keygen_s:.1} s, encrypt {encrypt_s:.1} s, encrypted features {extract_s:.1} s, encrypted training {train_s:.1} s",
+            "max |w_enc − w_plain| = {max_diff:.2e} (weights up to {wmax:.2}); against a plaintext head trained on the decrypted encrypted features: {max_diff_dec:.2e}"
+        );
+        println!(
+            "{} steps, {} levels and {} rotations per step, {} key-holder refreshes of {} weight/velocity ciphertexts (decrypt + re-encrypt) + 1 of the features; pretrain {pretrain_s:.1} s, keys {keygen_s:.1} s, encrypt {encrypt_s:.1} s, encrypted features {extract_s:.1} s, encrypted training {train_s:.1} s",
             rep.steps.len(),
             rep.levels_per_step,
             rep.rotations_per_step,

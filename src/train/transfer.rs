@@ -22,15 +22,16 @@
 //!      **in every slot** — exactly the layout of the weights, no mask or replication needed;
 //!    * `v ← μv + G`, `w ← w − v` (PyTorch momentum with `v` pre-multiplied by η).
 //!
-//! # Levels and the refresh
+//! # Levels, the refresh and precision
 //! CKKS N = 2^13, 6 levels of 2^26, one 30-bit special prime ([`transfer_params`], 128-bit).
-//! The features leave the extraction at level 2; a step spends exactly those 2 levels (the
-//! logits and the gradient product), so the weights and velocities end every step at level 0
-//! and the **key holder refreshes them** (decrypt + re-encrypt, [`KeyHolder::refresh_at`])
-//! before the next: one refresh of `2·classes·(d+1)` ciphertexts per step, counted and
-//! reported. Refreshing straight to level 2 rather than carrying the weights over several
-//! steps keeps every rotation at 2 limbs, ~6x cheaper than at the top of the chain.
-//! Bootstrapping would replace the refresh.
+//! The features leave the extraction at level 2 and are never refreshed; a step spends exactly
+//! those 2 levels (the logits and the gradient product), so the weights and velocities end
+//! every step at level 0 and the **key holder refreshes them** (decrypt + re-encrypt straight
+//! to levels 2 and 1, [`KeyHolder::refresh_at`]) before the next: one refresh of
+//! `2·classes·(d+1)` ciphertexts per step, counted and reported. Bootstrapping would replace
+//! it. A side effect: every rotation runs at 2 limbs (~2 ms, against ~14 ms at the top level).
+//! Each rescale to 2^26 adds ~1e-4 per slot (measured), so each step moves a weight ~1e-4
+//! away from the plaintext step; the updates themselves are ~1e-2.
 //!
 //! The plaintext reference ([`train_head_plain`]) runs the same [`Sequential`] head with the
 //! same [`TrainConfig`] on the same mini-batches (drawn from `cfg.seed`).
@@ -437,6 +438,22 @@ pub fn extract_set(
     })
 }
 
+/// Level the features are refreshed to before training: a step needs 3 (logits, gradient
+/// product, learning rate).
+pub const FEATURE_LEVEL: usize = 3;
+
+/// The key holder's one-time refresh of the extracted features (decrypt + re-encrypt at
+/// [`FEATURE_LEVEL`]): the extraction ends at level 2, one short of a training step. Returns
+/// the number of ciphertexts refreshed.
+pub fn refresh_features(holder: &KeyHolder, set: &mut EncryptedSet) -> Result<usize> {
+    let mut count = 0;
+    for blk in &mut set.features {
+        *blk = holder.refresh_at(blk, FEATURE_LEVEL)?;
+        count += blk.len();
+    }
+    Ok(count)
+}
+
 /// Options of [`train_head_encrypted`] beyond the [`TrainConfig`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeadOptions<'a> {
@@ -474,9 +491,14 @@ struct HeadState {
     v: Vec<Ciphertext>,
 }
 
-/// One encrypted SGD step on the samples `batch`. `w` is at the features' level `lx`, `v` at
-/// `lx − 1`, both at the default scale; returns the new state at level `lx − 2` and the
-/// logits per block (at `lx − 1`, for the monitor).
+/// The gradient's rotation sums sit at scale `q_1·Δ/C_G` on level 1: `|G|` and its partial
+/// sums (at most `η·max|E·x|`) must stay under `C_G·q_0/(2Δ) ≈ 128`; an exact integer, so the
+/// last rescale lands exactly on the weights' scale.
+const C_G: f64 = 16.0;
+
+/// One encrypted SGD step on the samples `batch`. `w` is at the features' level `lx ≥ 3`,
+/// `v` at level 1, both at the default scale; returns the new state at level 0 and the logits
+/// per block (at `lx − 1`, for the monitor).
 #[allow(clippy::too_many_arguments)]
 fn encrypted_step(
     ev: &PublicEval,
@@ -495,7 +517,7 @@ fn encrypted_step(
     let lx = set.features[0][0].level();
     let sx = set.features[0][0].scale();
     let sw = st.w[0].scale();
-    // Mini-batch masks per block, with η/|B| folded in.
+    // Mini-batch masks per block.
     let mut masks: Vec<Option<Vec<f64>>> = vec![None; set.features.len()];
     let f = lr / batch.len() as f64;
     for &i in batch {
@@ -521,16 +543,19 @@ fn encrypted_step(
             Ok((z, e))
         })
         .collect::<Result<Vec<_>>>()?;
-    // Xs_j = X_j ⊙ mask·η/|B|, encoded so that the gradient lands exactly on the weights'
-    // scale: s(G) = s(E)·s(Xs)/q_{lx−1} with s(E) = sw·sx/q_lx and s(Xs) = sx·c/q_lx.
-    let (q_hi, q_lo) = (ctx.scale_prime(lx) as f64, ctx.scale_prime(lx - 1) as f64);
-    let se = sw * sx / q_hi;
-    let c_enc = sw * q_lo * q_hi / (se * sx);
+    // Xm_j = X_j ⊙ (η/|B|)·batch mask: one plaintext per block, encoded at a large scale so
+    // that the small factor keeps its precision (rescaled: level lx − 1, scale t_x).
+    // Scales are chained so that the rotation sums land on σ_S = q_1·s_w/C_G at level 1
+    // (room for |S| < 128 there) and G = S·C_G/q_1 exactly on the weights' scale s_w.
+    let q = |l: usize| ctx.scale_prime(l) as f64;
+    let se = sw * sx / q(lx);
+    let sigma_s = q(1) * sw / C_G;
+    let t_x = sigma_s * q(2) / se;
     let pts = active
         .iter()
-        .map(|&k| ctx.encode(masks[k].as_deref().unwrap_or(&[]), c_enc, lx))
+        .map(|&k| ctx.encode(masks[k].as_deref().unwrap_or(&[]), q(lx) * t_x / sx, lx))
         .collect::<Result<Vec<_>>>()?;
-    let xs: Vec<Vec<Ciphertext>> = active
+    let xm: Vec<Vec<Ciphertext>> = active
         .iter()
         .zip(&pts)
         .map(|(&k, pt)| {
@@ -548,15 +573,19 @@ fn encrypted_step(
             let mut p: Option<Ciphertext> = None;
             for (a, _) in active.iter().enumerate() {
                 let e = &ze[a * classes + c].1;
-                let t = ctx.multiply(e, &xs[a][j])?;
+                let t = ctx.multiply(e, &xm[a][j])?;
                 p = Some(match p {
                     None => t,
                     Some(acc) => ctx.add(&acc, &t)?,
                 });
             }
             let p = p.ok_or_else(|| Error::InvalidInput("empty mini-batch".into()))?;
-            let p = ctx.relinearize(&p, &ev.relin)?;
-            let g = ctx.rescale(&ctx.rotate_and_add(&p, steps, &ev.galois)?)?;
+            // Down to level 2 (cheaper relinearization), rescale to level 1, where the
+            // rotations cost 2 limbs and run at scale σ_S ≈ 2^48, far above their key-switching
+            // noise (~2^16): G = Σ_t (η/|B|)·E_c[t]·X_j[t]·[t ∈ B] in every slot.
+            let p = ctx.relinearize(&ctx.mod_switch_to(&p, 2)?, &ev.relin)?;
+            let sum = ctx.rotate_and_add(&ctx.rescale(&p)?, steps, &ev.galois)?;
+            let g = ctx.rescale(&ctx.multiply_scalar(&sum, 1.0, C_G)?)?;
             let v = if momentum > 0.0 {
                 let vl = &st.v[idx];
                 let q = ctx.scale_prime(vl.level()) as f64;
@@ -612,9 +641,9 @@ pub fn train_head_encrypted(
         )));
     }
     let lx = f0[0].level();
-    if lx < 2 {
+    if lx < 3 {
         return Err(Error::OutOfLevels {
-            op: "encrypted head step (needs features at level ≥ 2)",
+            op: "encrypted head step (needs features at level ≥ 3; see refresh_features)",
             level: lx,
         });
     }
@@ -643,7 +672,7 @@ pub fn train_head_encrypted(
             .collect::<Result<_>>()?,
         v: (0..init_w.len())
             .into_par_iter()
-            .map(|_| holder.encrypt_at(&replicate(0.0), lx - 1))
+            .map(|_| holder.encrypt_at(&replicate(0.0), 1))
             .collect::<Result<_>>()?,
     };
     let n = set.samples;
@@ -661,7 +690,7 @@ pub fn train_head_encrypted(
     let mut report = HeadReport {
         ciphertexts_per_refresh: 2 * init_w.len(),
         rotations_per_step: init_w.len() * steps.len(),
-        levels_per_step: 2,
+        levels_per_step: 3,
         feature_level: lx,
         ..HeadReport::default()
     };
@@ -676,7 +705,7 @@ pub fn train_head_encrypted(
                 let t = Instant::now();
                 st = HeadState {
                     w: holder.refresh_at(&st.w, lx)?,
-                    v: holder.refresh_at(&st.v, lx - 1)?,
+                    v: holder.refresh_at(&st.v, 1)?,
                 };
                 report.refreshes += 1;
                 refresh_s += t.elapsed().as_secs_f64();
