@@ -89,7 +89,8 @@ enum Command {
     /// encrypted features, labels and weights), federated averaging on credit approval, or
     /// MNIST transfer learning (a new LeNet-1 head for digits 5-9 on encrypted features).
     Train {
-        /// titanic, credit, credit-federated or mnist-transfer.
+        /// titanic, credit, credit-federated or mnist-transfer (which reads only --images,
+        /// --epochs, --batch, --lr, --momentum, --seed and --json; it runs on all cores).
         workload: String,
         /// Data file (default: the bundled copy).
         #[arg(long)]

@@ -11,7 +11,9 @@
 //! 3. The data owner encrypts its images (batched: one image per slot) and one-hot labels;
 //!    the server extracts the 192 features encrypted ([`FeatureExtractor::extract_encrypted`]):
 //!    one ciphertext per feature, samples in slots — **feature-major**.
-//! 4. [`train_head_encrypted`]: mini-batch SGD with momentum on the encrypted head. Each weight
+//! 4. The key holder refreshes the features once (decrypt + re-encrypt at level 3,
+//!    [`refresh_features`]): the extraction ends at level 2, one short of a training step.
+//! 5. [`train_head_encrypted`]: mini-batch SGD with momentum on the encrypted head. Each weight
 //!    `w_cj` (and its velocity) is one ciphertext holding the value in every slot, so
 //!    * logits `Z_c = Σ_j w_cj ⊙ X_j + b_c`: ciphertext products summed **before** one
 //!      relinearization and one rescale per class — no rotation;
@@ -24,14 +26,17 @@
 //!
 //! # Levels, the refresh and precision
 //! CKKS N = 2^13, 6 levels of 2^26, one 30-bit special prime ([`transfer_params`], 128-bit).
-//! The features leave the extraction at level 2 and are never refreshed; a step spends exactly
-//! those 2 levels (the logits and the gradient product), so the weights and velocities end
-//! every step at level 0 and the **key holder refreshes them** (decrypt + re-encrypt straight
-//! to levels 2 and 1, [`KeyHolder::refresh_at`]) before the next: one refresh of
-//! `2·classes·(d+1)` ciphertexts per step, counted and reported. Bootstrapping would replace
-//! it. A side effect: every rotation runs at 2 limbs (~2 ms, against ~14 ms at the top level).
-//! Each rescale to 2^26 adds ~1e-4 per slot (measured), so each step moves a weight ~1e-4
-//! away from the plaintext step; the updates themselves are ~1e-2.
+//! A step takes the weights from level 3 to 0: logits (3 → 2), gradient product (2 → 1,
+//! rotations at level 1: 2 limbs, ~2 ms each against ~14 ms at the top), and a last exact
+//! rescale onto the weights' scale (1 → 0). The **key holder refreshes** weights and
+//! velocities before every step (decrypt + re-encrypt straight to levels 3 and 1,
+//! [`KeyHolder::refresh_at`]): `2·classes·(d+1)` ciphertexts per step, counted and reported.
+//! Bootstrapping would replace it.
+//!
+//! Precision, measured: a rescale to 2^26 adds ~1e-4 per slot and a rotation ~1e-3 at
+//! scale 2^26, so every small quantity is kept at a large scale until the last rescale —
+//! `η/|B|` (~3e-5) is encoded in the mask at scale ~2^48, the rotation sums run at ~2^48 —
+//! and the remaining error is the last rescale's ~1e-4 per weight and step (updates ~1e-2).
 //!
 //! The plaintext reference ([`train_head_plain`]) runs the same [`Sequential`] head with the
 //! same [`TrainConfig`] on the same mini-batches (drawn from `cfg.seed`).
