@@ -30,6 +30,18 @@ pub fn run(o: TransferOptions) -> Result<()> {
             eprintln!("{m}");
         }
     };
+    // Fail before the minutes of pretraining and extraction.
+    if o.batch == 0 || o.epochs == 0 {
+        return Err(Error::InvalidInput(
+            "--batch and --epochs must be at least 1".into(),
+        ));
+    }
+    if !(o.lr.is_finite() && o.lr > 0.0 && (0.0..1.0).contains(&o.momentum)) {
+        return Err(Error::InvalidInput(format!(
+            "--lr must be > 0 and --momentum in [0, 1), got {} and {}",
+            o.lr, o.momentum
+        )));
+    }
     let train_all = mnist::load_train(mnist::DEFAULT_DIR)?;
     let test_all = mnist::load_test(mnist::DEFAULT_DIR)?;
     let public = tr::digits_subset(&train_all, tr::PUBLIC_DIGITS)?;
