@@ -86,9 +86,11 @@ enum Command {
         json: bool,
     },
     /// Encrypted training: logistic regression on Titanic or UCI credit approval (CKKS,
-    /// encrypted features, labels and weights), or federated averaging on credit approval.
+    /// encrypted features, labels and weights), federated averaging on credit approval, or
+    /// MNIST transfer learning (a new LeNet-1 head for digits 5-9 on encrypted features).
     Train {
-        /// titanic, credit or credit-federated (mnist-transfer: not implemented yet).
+        /// titanic, credit, credit-federated or mnist-transfer (which reads only --images,
+        /// --epochs, --batch, --lr, --momentum, --seed and --json; it runs on all cores).
         workload: String,
         /// Data file (default: the bundled copy).
         #[arg(long)]
@@ -108,18 +110,23 @@ enum Command {
         #[arg(long)]
         interval: Option<f64>,
         /// Epochs (local epochs per round for credit-federated) [default: titanic 8, credit
-        /// 10, credit-federated 3].
+        /// 10, credit-federated 3, mnist-transfer 3].
         #[arg(long)]
         epochs: Option<usize>,
-        /// Learning rate [default: titanic 0.5, credit 0.2, credit-federated 0.5].
+        /// Learning rate [default: titanic 0.5, credit 0.2, credit-federated 0.5, mnist-transfer
+        /// 0.04].
         #[arg(long)]
         lr: Option<f64>,
         /// Momentum.
         #[arg(long, default_value_t = 0.9)]
         momentum: f64,
-        /// Mini-batch size.
-        #[arg(long, default_value_t = 128)]
-        batch: usize,
+        /// Mini-batch size [default: 128; mnist-transfer: 1250].
+        #[arg(long)]
+        batch: Option<usize>,
+        /// mnist-transfer: private training images (digits 5-9 of data/mnist/train-10k) to
+        /// use [default: all 4,869].
+        #[arg(long)]
+        images: Option<usize>,
         /// Federated rounds (credit-federated).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
@@ -225,6 +232,35 @@ fn main() -> ExitCode {
         Command::Worker { backend } => cli::workers::serve(&backend),
         Command::Train {
             workload,
+            epochs,
+            lr,
+            momentum,
+            batch,
+            seed,
+            json,
+            images,
+            workers,
+            in_process,
+            degree,
+            interval,
+            ..
+        } if workload == "mnist-transfer" => {
+            if workers.is_some() || in_process || degree.is_some() || interval.is_some() {
+                eprintln!("error: mnist-transfer takes no --workers, --in-process, --degree or --interval (it runs in one process with an MSE head)");
+                return ExitCode::FAILURE;
+            }
+            cli::transfer::run(cli::transfer::TransferOptions {
+                images,
+                epochs: epochs.unwrap_or(3),
+                lr: lr.unwrap_or(0.04),
+                momentum,
+                batch: batch.unwrap_or(1250),
+                seed,
+                json,
+            })
+        }
+        Command::Train {
+            workload,
             data,
             workers,
             in_process,
@@ -238,6 +274,7 @@ fn main() -> ExitCode {
             log_n,
             seed,
             json,
+            images: _,
         } => cli::train::run(cli::train::TrainOptions {
             workload,
             data,
@@ -248,7 +285,7 @@ fn main() -> ExitCode {
             epochs,
             lr,
             momentum,
-            batch,
+            batch: batch.unwrap_or(128),
             rounds,
             log_n,
             seed,

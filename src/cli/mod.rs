@@ -6,4 +6,5 @@ pub mod io_bench;
 pub mod mnist;
 pub mod packed;
 pub mod train;
+pub mod transfer;
 pub mod workers;

@@ -40,11 +40,8 @@ fn load(o: &TrainOptions) -> Result<Dataset> {
         "credit" | "credit-federated" => {
             data::credit::load(o.data.as_deref().unwrap_or(data::DEFAULT_CREDIT.as_ref()))
         }
-        "mnist-transfer" => Err(Error::InvalidInput(
-            "mnist-transfer (encrypted CNN fine-tuning) is not implemented yet".into(),
-        )),
         w => Err(Error::InvalidInput(format!(
-            "unknown workload {w:?}: use titanic, credit or credit-federated"
+            "unknown workload {w:?}: use titanic, credit, credit-federated or mnist-transfer"
         ))),
     }
 }

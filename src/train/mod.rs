@@ -1,6 +1,6 @@
 //! Encrypted training with CKKS: logistic regression ([`logistic`]) and federated averaging
-//! ([`federated`]). Transfer learning of a linear head on encrypted CNN features (issue #7,
-//! part 3) is not built yet.
+//! ([`federated`]), and transfer learning of a linear head on encrypted CNN features
+//! ([`transfer`]).
 //!
 //! # Parties
 //! * The **key holder** ([`KeyHolder`]) owns the secret key. It encrypts (or lets data owners
@@ -41,6 +41,7 @@
 
 pub mod federated;
 pub mod logistic;
+pub mod transfer;
 
 use std::sync::Arc;
 
@@ -368,6 +369,24 @@ impl KeyHolder {
             .ctx
             .encode(values, self.ctx.default_scale(), self.ctx.max_level())?;
         self.ctx.encrypt_symmetric(&pt, &self.keys.secret)
+    }
+
+    /// Encrypts slot values at `level` (≤ the top) and the default scale: a refresh whose
+    /// result is only used that low costs fewer limbs to encrypt, store and compute on.
+    pub fn encrypt_at(&self, values: &[f64], level: usize) -> Result<Ciphertext> {
+        let pt = self.ctx.encode(
+            values,
+            self.ctx.default_scale(),
+            level.min(self.ctx.max_level()),
+        )?;
+        self.ctx.encrypt_symmetric(&pt, &self.keys.secret)
+    }
+
+    /// [`Refresh::refresh`] straight to `level`: decrypt + re-encrypt at that level.
+    pub fn refresh_at(&self, cts: &[Ciphertext], level: usize) -> Result<Vec<Ciphertext>> {
+        cts.par_iter()
+            .map(|c| self.encrypt_at(&self.decrypt(c)?, level))
+            .collect()
     }
 
     /// Decrypts to real slot values.
