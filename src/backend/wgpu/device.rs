@@ -54,6 +54,11 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
 /// Freed buffers kept for reuse, at most this many bytes in all.
 const POOL_BYTES: u64 = 512 << 20;
 
+/// Usage of every polynomial buffer: bound as storage, copied from and to.
+const POLY_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
+
 /// Operations queued per submission at most: bounds the memory (parameter buffers, bind
 /// groups) that recorded but unsubmitted work holds.
 const MAX_QUEUED: usize = 256;
@@ -387,9 +392,7 @@ impl Gpu {
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("polys"),
                 contents: bytemuck::cast_slice(words),
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
+                usage: POLY_USAGE,
             });
         if let Some(e) = pollster::block_on(oom.pop()) {
             return Err(Error::Backend(format!("wgpu: {e}")));
@@ -419,19 +422,20 @@ impl Gpu {
             }
             b
         };
-        let buf = pooled.unwrap_or_else(|| {
-            self.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("polys"),
-                size,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        });
+        let buf = pooled.unwrap_or_else(|| self.create_poly_buffer(size));
         Ok(WgpuBuffer {
             buf: Some(buf),
             gpu: self.clone(),
+        })
+    }
+
+    /// A new (uninitialized) polynomial buffer of `size` bytes.
+    fn create_poly_buffer(&self, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("polys"),
+            size,
+            usage: POLY_USAGE,
+            mapped_at_creation: false,
         })
     }
 
@@ -678,14 +682,7 @@ impl DeviceBuffer for WgpuBuffer {
             .gpu
             .alloc((size / 4) as usize)
             .unwrap_or_else(|_| WgpuBuffer {
-                buf: Some(self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("polys"),
-                    size,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })),
+                buf: Some(self.gpu.create_poly_buffer(size)),
                 gpu: self.gpu.clone(),
             });
         let r = self.gpu.run(|enc| {
