@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use hetensor::ckks::CkksContext;
-use hetensor::data::{credit, titanic, DEFAULT_CREDIT, DEFAULT_TITANIC};
+use hetensor::data::{credit, titanic, Dataset, DEFAULT_CREDIT, DEFAULT_TITANIC};
 use hetensor::nn::{PolyActivation, TrainConfig};
 use hetensor::train::logistic::{self, EncryptedOptions};
 use hetensor::train::{eval_poly, training_params, KeyHolder};
@@ -96,12 +96,19 @@ fn encrypted_steps_equal_plaintext_steps() {
     assert!(err < 5e-4, "weights differ by {err}");
 }
 
-#[test]
-fn titanic_end_to_end_matches_plaintext_accuracy() {
-    let all = titanic::load(DEFAULT_TITANIC).expect("titanic");
+/// Trains `all` (80/20 split, seed 1) for 2 epochs in plaintext and encrypted with the same
+/// polynomial sigmoid; the test accuracies must agree within 2 points.
+fn end_to_end(
+    name: &str,
+    all: Dataset,
+    sigmoid: (usize, f64),
+    lr: f64,
+    min_acc: f64,
+    levels: usize,
+) {
     let (train, test) = all.split(0.2, 1).expect("split");
-    let sig = PolyActivation::sigmoid(3, (-8.0, 8.0)).expect("fit");
-    let c = cfg(2, 128, 0.5, 0.9);
+    let sig = PolyActivation::sigmoid(sigmoid.0, (-sigmoid.1, sigmoid.1)).expect("fit");
+    let c = cfg(2, 128, lr, 0.9);
     let mut plain = logistic::model(train.num_features()).expect("model");
     logistic::train_plain(&mut plain, &train, None, &c, Some(&sig)).expect("plain");
     let mut enc = logistic::model(train.num_features()).expect("model");
@@ -115,38 +122,27 @@ fn titanic_end_to_end_matches_plaintext_accuracy() {
     let (pa, _) = logistic::evaluate(&plain, &test).expect("eval");
     let (ea, _) = logistic::evaluate(&enc, &test).expect("eval");
     eprintln!(
-        "titanic: encrypted {ea:.4}, plaintext (same polynomial) {pa:.4}, {} refreshes",
+        "{name}: encrypted {ea:.4}, plaintext (same polynomial) {pa:.4}, {} refreshes",
         rep.refreshes
     );
-    assert!(ea > 0.7 && (ea - pa).abs() <= 0.02);
-    assert_eq!(rep.levels_per_step, 5);
+    assert!(
+        ea > min_acc && (ea - pa).abs() <= 0.02,
+        "{name}: {ea} vs {pa}"
+    );
+    assert_eq!(rep.levels_per_step, levels);
 }
 
-/// Credit approval with the CLI's sigmoid (degree 7 on [-12, 12], 6 levels per step), 2 epochs.
+#[test]
+fn titanic_end_to_end_matches_plaintext_accuracy() {
+    let all = titanic::load(DEFAULT_TITANIC).expect("titanic");
+    end_to_end("titanic", all, (3, 8.0), 0.5, 0.7, 5);
+}
+
+/// Credit approval with the CLI's sigmoid (degree 7 on [-12, 12], 6 levels per step).
 #[test]
 fn credit_end_to_end_matches_plaintext_accuracy() {
     let all = credit::load(DEFAULT_CREDIT).expect("credit");
-    let (train, test) = all.split(0.2, 1).expect("split");
-    let sig = PolyActivation::sigmoid(7, (-12.0, 12.0)).expect("fit");
-    let c = cfg(2, 128, 0.2, 0.9);
-    let mut plain = logistic::model(train.num_features()).expect("model");
-    logistic::train_plain(&mut plain, &train, None, &c, Some(&sig)).expect("plain");
-    let mut enc = logistic::model(train.num_features()).expect("model");
-    let opts = EncryptedOptions {
-        sigmoid: sig,
-        workers: 1,
-        monitor: false,
-    };
-    let rep =
-        logistic::train_encrypted(&mut enc, &train, None, &c, &opts, &holder(14)).expect("enc");
-    let (pa, _) = logistic::evaluate(&plain, &test).expect("eval");
-    let (ea, _) = logistic::evaluate(&enc, &test).expect("eval");
-    eprintln!(
-        "credit: encrypted {ea:.4}, plaintext (same polynomial) {pa:.4}, {} refreshes",
-        rep.refreshes
-    );
-    assert!(ea > 0.75 && (ea - pa).abs() <= 0.02);
-    assert_eq!(rep.levels_per_step, 6);
+    end_to_end("credit", all, (7, 12.0), 0.2, 0.75, 6);
 }
 
 #[test]
