@@ -191,7 +191,10 @@ fn main() -> ExitCode {
         weights: None,
         data_dir: hetensor::nn::mnist::DEFAULT_DIR.into(),
     });
-    let result = match command {
+    // The whole command runs on a thread of rayon's pool: a parallel loop started from a
+    // thread outside it hands its work over and sleeps until it is done (two context switches),
+    // and an encrypted operation starts dozens of them.
+    let result = rayon::scope(move |_| match command {
         Command::Mnist {
             limit,
             batch,
@@ -246,8 +249,7 @@ fn main() -> ExitCode {
             ..
         } if workload == "mnist-transfer" => {
             if workers.is_some() || in_process || degree.is_some() || interval.is_some() {
-                eprintln!("error: mnist-transfer takes no --workers, --in-process, --degree or --interval (it runs in one process with an MSE head)");
-                return ExitCode::FAILURE;
+                return Err(hetensor::Error::InvalidInput("mnist-transfer takes no --workers, --in-process, --degree or --interval (it runs in one process with an MSE head)".into()));
             }
             cli::transfer::run(cli::transfer::TransferOptions {
                 images,
@@ -313,7 +315,7 @@ fn main() -> ExitCode {
             json,
             out.as_deref(),
         ),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -98,6 +98,12 @@ fn worker_processes_match_in_process_and_plaintext() {
     for (a, b) in by_process.iter().zip(&in_process) {
         assert_eq!(words(&a.outputs[0]), words(&b.outputs[0]));
     }
+    // The same job on shards the workers keep: the step sends only the task.
+    pool.store(ctx.rlwe(), 7, &shards).unwrap();
+    let from_store = pool.run_stored(ctx.rlwe(), &grad, &[], 7, 2).unwrap();
+    for (a, b) in from_store.iter().zip(&in_process) {
+        assert_eq!(words(&a.outputs[0]), words(&b.outputs[0]));
+    }
     let total = workers::reduce(&ctx, &grad, &gk, &by_process).unwrap();
     let got = ctx.decrypt_decode(&total[0], &keys.secret).unwrap();
     let want = workers::compute_plain(&grad, &rows, &labels);
@@ -161,13 +167,22 @@ fn worker_errors_come_back_as_errors() {
         sigmoid: vec![0.5, 0.25],
     };
     let err = pool
-        .run(ctx.rlwe(), &gradient, &[vec![ct.clone(), ct]])
+        .run(ctx.rlwe(), &gradient, &[vec![ct.clone(), ct.clone()]])
         .unwrap_err();
     assert!(err.to_string().contains("Galois"), "{err}");
     // The worker is still alive after a failed job.
     assert!(pool
         .run(ctx.rlwe(), &Task::ColumnSums { layout }, &[vec![]])
         .is_err());
+    // A slot nothing was stored under is an error, not an empty shard.
+    let sums = Task::ColumnSums { layout };
+    let err = pool.run_stored(ctx.rlwe(), &sums, &[], 3, 1).unwrap_err();
+    assert!(err.to_string().contains("slot 3"), "{err}");
+    pool.store(ctx.rlwe(), 3, &[vec![ct.clone()]]).unwrap();
+    let out = pool.run_stored(ctx.rlwe(), &sums, &[], 3, 1).unwrap();
+    assert_eq!(words(&out[0].outputs[0]), words(&ct));
+    // More shards than workers.
+    assert!(pool.run_stored(ctx.rlwe(), &sums, &[], 3, 2).is_err());
 }
 
 /// One encrypted training step (encrypted weights, block layout) with its two shards on
@@ -221,20 +236,25 @@ fn training_step_on_worker_processes_is_word_identical() {
         .unwrap();
     let (lr, step_size) = (0.5, 0.5 / n as f64 * a);
 
-    let step = |runner: &mut dyn ShardRunner| {
-        runner.setup(&ev).unwrap();
+    let step = |runner: &mut dyn ShardRunner, setup: bool| {
+        if setup {
+            runner.setup(&ev).unwrap();
+        }
         let outs = runner
-            .run_step(ev.eval(), &layout, &sig.coeffs, a, &w, &shards)
+            .run_step(ev.eval(), &layout, &sig.coeffs, a, &w, 0, &shards)
             .unwrap();
         let partials: Vec<Ciphertext> = outs.iter().map(|o| o.partial.clone()).collect();
         logistic::apply_update(ev.eval(), &layout, &partials, &w, None, 0.9, step_size).unwrap()
     };
     let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
     let mut pool = WorkerPool::spawn(exe, 2, 1).unwrap();
-    let (w_proc, v_proc) = step(&mut pool);
-    let (w_in, v_in) = step(&mut InProcess);
+    let (w_proc, v_proc) = step(&mut pool, true);
+    let (w_in, v_in) = step(&mut InProcess, true);
     assert_eq!(words(&w_proc), words(&w_in));
     assert_eq!(words(&v_proc), words(&v_in));
+    // The same batch again: the workers compute on the shards they kept from the first step.
+    let (w_kept, _) = step(&mut pool, false);
+    assert_eq!(words(&w_kept), words(&w_in));
 
     // Against the plaintext step: w − η/n · Σ (p(z) − y)·x.
     let (wd, bd) = logistic::decrypt_weights(&holder, &layout, &w_proc, d).unwrap();

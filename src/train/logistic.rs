@@ -425,7 +425,9 @@ pub trait ShardRunner {
     /// Called once with the public material before the first step (a pool sends it to its
     /// workers).
     fn setup(&mut self, ev: &PublicEval) -> Result<()>;
-    /// The [`shard_gradient`] output of every shard, in shard order.
+    /// The [`shard_gradient`] output of every shard, in shard order. `batch` names the data:
+    /// the same key always comes with the same shards, so a runner may keep them (a worker
+    /// pool stores them on its workers the first time and sends only `w` after that).
     #[allow(clippy::too_many_arguments)]
     fn run_step(
         &mut self,
@@ -434,6 +436,7 @@ pub trait ShardRunner {
         sigmoid: &[f64],
         bound: f64,
         w: &Ciphertext,
+        batch: usize,
         shards: &[Vec<BatchCt>],
     ) -> Result<Vec<ShardOutput>>;
 }
@@ -453,6 +456,7 @@ impl ShardRunner for InProcess {
         sigmoid: &[f64],
         bound: f64,
         w: &Ciphertext,
+        _batch: usize,
         shards: &[Vec<BatchCt>],
     ) -> Result<Vec<ShardOutput>> {
         shards
@@ -617,7 +621,7 @@ pub fn train_encrypted_with(
             }
             let level_before = w.level();
             let ts = Instant::now();
-            let outs = runner.run_step(ev.eval(), &layout, &coeffs, bound, &w, shards)?;
+            let outs = runner.run_step(ev.eval(), &layout, &coeffs, bound, &w, bi, shards)?;
             let partials: Vec<Ciphertext> = outs.iter().map(|o| o.partial.clone()).collect();
             let step_size = cfg.lr / batches[bi].len() as f64 * bound;
             let (nw, nv) = apply_update(

@@ -12,13 +12,21 @@
 //! | tag | direction | payload |
 //! |---|---|---|
 //! | 1 `CONTEXT` | parent → worker | a serialized public context |
-//! | 2 `JOB` | parent → worker | `u32` JSON length, the [`Task`] as JSON, `u32` count, ciphertexts |
+//! | 2 `JOB` | parent → worker | `u32` JSON length, the [`Task`] as JSON, `u32` count, ciphertexts, `u32` count, slots |
 //! | 3 `RESULT` | worker → parent | `f64` compute seconds, `u32` count, ciphertexts |
 //! | 4 `ERROR` | worker → parent | UTF-8 message |
 //! | 5 `QUIT` | parent → worker | empty |
+//! | 6 `STORE` | parent → worker | `u32` slot, `u32` count, ciphertexts |
+//! | 7 `STORED` | worker → parent | empty |
+//!
+//! A job's inputs are its own ciphertexts followed by those stored under each of its slots:
+//! data that every step of a job reuses (a training set's shard) crosses the pipe once
+//! ([`WorkerPool::store`]), and a step sends only what changes (the weights, or nothing).
+//! Every frame gets exactly one answer.
 
 mod tasks;
 
+use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -42,6 +50,8 @@ const JOB: u8 = 2;
 const RESULT: u8 = 3;
 const ERROR: u8 = 4;
 const QUIT: u8 = 5;
+const STORE: u8 = 6;
+const STORED: u8 = 7;
 
 /// Largest frame either side accepts (a bound on what a corrupt length can make it read).
 const MAX_FRAME: u64 = 8 << 30;
@@ -104,46 +114,93 @@ pub fn serve(input: impl Read, output: impl Write, backend: Arc<dyn Backend>) ->
     let mut input = BufReader::new(input);
     let mut output = BufWriter::new(output);
     let mut pc: Option<PublicContext<CkksContext>> = None;
+    let mut stored: HashMap<u32, Vec<Ciphertext>> = HashMap::new();
     while let Some((tag, payload)) = read_frame(&mut input)? {
-        match tag {
+        let reply = match tag {
             CONTEXT => {
                 pc = Some(PublicContext::from_bytes(&payload, backend.clone())?);
+                // Stored ciphertexts belong to the old context's parameters.
+                stored.clear();
+                continue;
             }
-            JOB => {
-                let reply = run_job(pc.as_ref(), &payload);
-                match reply {
-                    Ok(bytes) => write_frame(&mut output, RESULT, &bytes)?,
-                    Err(e) => write_frame(&mut output, ERROR, e.to_string().as_bytes())?,
-                }
+            JOB => on_pool(|| run_job(pc.as_ref(), &stored, &payload)).map(|b| (RESULT, b)),
+            STORE => {
+                on_pool(|| store(pc.as_ref(), &mut stored, &payload)).map(|_| (STORED, vec![]))
             }
             QUIT => break,
             other => return Err(Error::Decode(format!("unknown frame tag {other}"))),
+        };
+        match reply {
+            Ok((tag, bytes)) => write_frame(&mut output, tag, &bytes)?,
+            Err(e) => write_frame(&mut output, ERROR, e.to_string().as_bytes())?,
         }
     }
     Ok(())
 }
 
-fn run_job(pc: Option<&PublicContext<CkksContext>>, payload: &[u8]) -> Result<Vec<u8>> {
-    let pc = pc.ok_or_else(|| Error::InvalidInput("job before any context".into()))?;
+fn context(pc: Option<&PublicContext<CkksContext>>) -> Result<&PublicContext<CkksContext>> {
+    pc.ok_or_else(|| Error::InvalidInput("data before any context".into()))
+}
+
+fn read_u32(r: &mut &[u8], what: &str) -> Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)
+        .map_err(|_| Error::Decode(format!("truncated {what}")))?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn store(
+    pc: Option<&PublicContext<CkksContext>>,
+    stored: &mut HashMap<u32, Vec<Ciphertext>>,
+    payload: &[u8],
+) -> Result<()> {
+    let ctx = context(pc)?.context.rlwe();
+    let mut r = payload;
+    let slot = read_u32(&mut r, "slot")?;
+    let cts = decode_cts(ctx, &mut r)?;
+    stored.insert(slot, cts);
+    Ok(())
+}
+
+fn run_job(
+    pc: Option<&PublicContext<CkksContext>>,
+    stored: &HashMap<u32, Vec<Ciphertext>>,
+    payload: &[u8],
+) -> Result<Vec<u8>> {
+    let pc = context(pc)?;
     let ctx = pc.context.rlwe();
     let mut r = payload;
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)
-        .map_err(|_| Error::Decode("truncated job".into()))?;
-    let len = u32::from_le_bytes(len) as usize;
+    let len = read_u32(&mut r, "job")? as usize;
     if len > r.len() {
         return Err(Error::Decode("truncated task".into()));
     }
     let task: Task =
         serde_json::from_slice(&r[..len]).map_err(|e| Error::Decode(format!("task: {e}")))?;
     r = &r[len..];
-    let inputs = decode_cts(ctx, &mut r)?;
+    let mut inputs = decode_cts(ctx, &mut r)?;
+    let slots = read_u32(&mut r, "slot count")?;
+    for _ in 0..slots {
+        let slot = read_u32(&mut r, "slot")?;
+        let cts = stored.get(&slot).ok_or_else(|| {
+            Error::InvalidInput(format!("no ciphertexts stored under slot {slot}"))
+        })?;
+        inputs.extend(cts.iter().cloned());
+    }
     let t = Instant::now();
     let outputs = compute(pc, &task, &inputs)?;
     let seconds = t.elapsed().as_secs_f64();
     let mut out = seconds.to_le_bytes().to_vec();
     encode_cts(ctx, &outputs, &mut out)?;
     Ok(out)
+}
+
+/// Runs `f` on a thread of rayon's global pool. A shard of one ciphertext gives `compute`
+/// nothing to split at the top, so it would run on the calling thread, and every parallel
+/// loop inside it (hundreds per ciphertext) would hand its work to the pool and sleep until
+/// it is done: two context switches each. On a one-thread worker that made a one-ciphertext
+/// job ~25 % slower than its share of a two-ciphertext job.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::scope(|_| f())
 }
 
 /// What one shard's job returned.
@@ -164,6 +221,8 @@ struct Worker {
 /// K `hetensor worker` processes, each holding the public context.
 pub struct WorkerPool {
     workers: Vec<Worker>,
+    /// Training ([`ShardRunner`]): the slot each (batch, round of shards) is stored under.
+    batch_slots: HashMap<(usize, usize), u32>,
 }
 
 impl WorkerPool {
@@ -183,6 +242,13 @@ impl WorkerPool {
             if threads_per_worker > 0 {
                 cmd.env("RAYON_NUM_THREADS", threads_per_worker.to_string());
             }
+            // A worker sits idle between jobs, long enough for mimalloc to hand its freed
+            // buffers back to the OS, and the next job page-faults them all in again (700
+            // faults and ~10 % of a Titanic gradient job). A worker's peak is its steady state,
+            // so it keeps them. A value the user set wins.
+            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+                cmd.env("MIMALLOC_PURGE_DELAY", "-1");
+            }
             let mut child = cmd.spawn().map_err(|e| {
                 Error::InvalidInput(format!("cannot start worker `{}`: {e}", exe.display()))
             })?;
@@ -194,7 +260,10 @@ impl WorkerPool {
                 stdout,
             });
         }
-        Ok(Self { workers })
+        Ok(Self {
+            workers,
+            batch_slots: HashMap::new(),
+        })
     }
 
     /// The `hetensor` binary to use for workers: `$HETENSOR_BIN`, else the running executable
@@ -238,44 +307,79 @@ impl WorkerPool {
         task: &Task,
         shards: &[Vec<Ciphertext>],
     ) -> Result<Vec<ShardResult>> {
-        if shards.len() > self.workers.len() {
+        let task_json = task_json(task)?;
+        let replies = self.exchange(JOB, RESULT, shards.len(), &|i| {
+            job_bytes(ctx, &task_json, &shards[i], &[])
+        })?;
+        replies.iter().map(|b| shard_result(ctx, b)).collect()
+    }
+
+    /// Keeps shard `i` on worker `i` under `slot` (replacing what was there), for later
+    /// [`Self::run_stored`] jobs: a step that reuses its data then sends none of it.
+    pub fn store(
+        &mut self,
+        ctx: &RlweContext,
+        slot: u32,
+        shards: &[Vec<Ciphertext>],
+    ) -> Result<()> {
+        self.exchange(STORE, STORED, shards.len(), &|i| {
+            let mut bytes = slot.to_le_bytes().to_vec();
+            encode_cts(ctx, &shards[i], &mut bytes)?;
+            Ok(bytes)
+        })?;
+        Ok(())
+    }
+
+    /// Runs `task` on the first `n` workers, each on `extra` followed by the ciphertexts it
+    /// stored under `slot`, and returns their results in worker order.
+    pub fn run_stored(
+        &mut self,
+        ctx: &RlweContext,
+        task: &Task,
+        extra: &[Ciphertext],
+        slot: u32,
+        n: usize,
+    ) -> Result<Vec<ShardResult>> {
+        let task_json = task_json(task)?;
+        let replies = self.exchange(JOB, RESULT, n, &|_| {
+            job_bytes(ctx, &task_json, extra, &[slot])
+        })?;
+        replies.iter().map(|b| shard_result(ctx, b)).collect()
+    }
+
+    /// Sends a `tag` frame with payload `payload(i)` to worker `i` for `i < n`, all at once
+    /// (each built on its worker's own thread), and returns the payloads of their `expect`
+    /// answers in worker order. An `ERROR` answer becomes an error.
+    fn exchange(
+        &mut self,
+        tag: u8,
+        expect: u8,
+        n: usize,
+        payload: &(dyn Fn(usize) -> Result<Vec<u8>> + Sync),
+    ) -> Result<Vec<Vec<u8>>> {
+        if n > self.workers.len() {
             return Err(Error::InvalidInput(format!(
-                "{} shards for {} workers",
-                shards.len(),
+                "{n} shards for {} workers",
                 self.workers.len()
             )));
         }
-        let task_json = serde_json::to_vec(task).map_err(|e| Error::InvalidInput(e.to_string()))?;
         std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .workers
+            let handles: Vec<_> = self.workers[..n]
                 .iter_mut()
-                .zip(shards)
-                .map(|(w, shard)| {
-                    let task_json = &task_json;
-                    s.spawn(move || -> Result<ShardResult> {
-                        let mut job = (task_json.len() as u32).to_le_bytes().to_vec();
-                        job.extend_from_slice(task_json);
-                        encode_cts(ctx, shard, &mut job)?;
-                        write_frame(&mut w.stdin, JOB, &job)?;
-                        drop(job);
+                .enumerate()
+                .map(|(i, w)| {
+                    s.spawn(move || -> Result<Vec<u8>> {
+                        let bytes = payload(i)?;
+                        write_frame(&mut w.stdin, tag, &bytes)?;
+                        drop(bytes);
                         match read_frame(&mut w.stdout)? {
-                            Some((RESULT, bytes)) => {
-                                let mut r = bytes.as_slice();
-                                let mut secs = [0u8; 8];
-                                r.read_exact(&mut secs)
-                                    .map_err(|_| Error::Decode("truncated result".into()))?;
-                                Ok(ShardResult {
-                                    outputs: decode_cts(ctx, &mut r)?,
-                                    compute_seconds: f64::from_le_bytes(secs),
-                                })
-                            }
+                            Some((t, bytes)) if t == expect => Ok(bytes),
                             Some((ERROR, msg)) => Err(Error::Backend(format!(
                                 "worker failed: {}",
                                 String::from_utf8_lossy(&msg)
                             ))),
-                            Some((tag, _)) => {
-                                Err(Error::Decode(format!("unexpected frame {tag} from worker")))
+                            Some((t, _)) => {
+                                Err(Error::Decode(format!("unexpected frame {t} from worker")))
                             }
                             None => Err(Error::Backend(
                                 "worker exited without an answer (see its stderr)".into(),
@@ -295,6 +399,39 @@ impl WorkerPool {
     }
 }
 
+fn task_json(task: &Task) -> Result<Vec<u8>> {
+    serde_json::to_vec(task).map_err(|e| Error::InvalidInput(e.to_string()))
+}
+
+/// A `JOB` payload: the task, its own ciphertexts, and the slots of stored ones.
+fn job_bytes(
+    ctx: &RlweContext,
+    task_json: &[u8],
+    cts: &[Ciphertext],
+    slots: &[u32],
+) -> Result<Vec<u8>> {
+    let mut job = (task_json.len() as u32).to_le_bytes().to_vec();
+    job.extend_from_slice(task_json);
+    encode_cts(ctx, cts, &mut job)?;
+    job.extend_from_slice(&(slots.len() as u32).to_le_bytes());
+    for s in slots {
+        job.extend_from_slice(&s.to_le_bytes());
+    }
+    Ok(job)
+}
+
+/// Parses a `RESULT` payload.
+fn shard_result(ctx: &RlweContext, bytes: &[u8]) -> Result<ShardResult> {
+    let mut r = bytes;
+    let mut secs = [0u8; 8];
+    r.read_exact(&mut secs)
+        .map_err(|_| Error::Decode("truncated result".into()))?;
+    Ok(ShardResult {
+        outputs: decode_cts(ctx, &mut r)?,
+        compute_seconds: f64::from_le_bytes(secs),
+    })
+}
+
 impl Drop for WorkerPool {
     fn drop(&mut self) {
         for w in &mut self.workers {
@@ -312,23 +449,25 @@ pub fn run_in_process(
     task: &Task,
     shards: &[Vec<Ciphertext>],
 ) -> Result<Vec<ShardResult>> {
-    shards
-        .par_iter()
-        .map(|shard| {
-            let t = Instant::now();
-            let outputs = compute(pc, task, shard)?;
-            Ok(ShardResult {
-                outputs,
-                compute_seconds: t.elapsed().as_secs_f64(),
+    on_pool(|| {
+        shards
+            .par_iter()
+            .map(|shard| {
+                let t = Instant::now();
+                let outputs = compute(pc, task, shard)?;
+                Ok(ShardResult {
+                    outputs,
+                    compute_seconds: t.elapsed().as_secs_f64(),
+                })
             })
-        })
-        .collect()
+            .collect()
+    })
 }
 
-/// Training steps on worker processes: each shard of a step is one [`Task::LogisticStep`] job
-/// (the weights and the shard's batch ciphertexts go out, the partial gradient and logits come
-/// back); more shards than workers run in rounds. The workers are stateless, so the data
-/// ciphertexts travel with every step.
+/// Training steps on worker processes: each shard of a step is one [`Task::LogisticStep`] job;
+/// more shards than workers run in rounds. The first time a batch comes, its shards are
+/// stored on the workers; from then on a step sends the weights only (one ciphertext per
+/// worker) and gets back the partial gradient and logits.
 impl ShardRunner for WorkerPool {
     fn setup(&mut self, ev: &PublicEval) -> Result<()> {
         let mut bytes = Vec::new();
@@ -340,6 +479,8 @@ impl ShardRunner for WorkerPool {
             Some(&ev.galois),
             WriteOptions::default(),
         )?;
+        // A new context empties the workers' stores.
+        self.batch_slots.clear();
         self.send_context(&bytes)
     }
 
@@ -350,6 +491,7 @@ impl ShardRunner for WorkerPool {
         sigmoid: &[f64],
         bound: f64,
         w: &Ciphertext,
+        batch: usize,
         shards: &[Vec<BatchCt>],
     ) -> Result<Vec<ShardOutput>> {
         let task = Task::LogisticStep {
@@ -357,19 +499,25 @@ impl ShardRunner for WorkerPool {
             sigmoid: sigmoid.to_vec(),
             bound,
         };
-        let jobs: Vec<Vec<Ciphertext>> = shards
-            .iter()
-            .map(|s| {
-                let mut v = vec![w.clone()];
-                for b in s {
-                    v.extend([b.x.clone(), b.y.clone()]);
-                }
-                v
-            })
-            .collect();
+        let ctx = ev.ctx.rlwe();
         let mut outs = Vec::with_capacity(shards.len());
-        for round in jobs.chunks(self.len()) {
-            for r in self.run(ev.ctx.rlwe(), &task, round)? {
+        for (round, group) in shards.chunks(self.len()).enumerate() {
+            let slot = match self.batch_slots.get(&(batch, round)) {
+                Some(&slot) => slot,
+                None => {
+                    let slot = self.batch_slots.len() as u32;
+                    let data: Vec<Vec<Ciphertext>> = group
+                        .iter()
+                        .map(|s| s.iter().flat_map(|b| [b.x.clone(), b.y.clone()]).collect())
+                        .collect();
+                    self.store(ctx, slot, &data)?;
+                    self.batch_slots.insert((batch, round), slot);
+                    slot
+                }
+            };
+            let results =
+                self.run_stored(ctx, &task, std::slice::from_ref(w), slot, group.len())?;
+            for r in results {
                 let mut it = r.outputs.into_iter();
                 let partial = it
                     .next()
@@ -414,8 +562,10 @@ pub fn reduce(
     gk: &GaloisKeys,
     results: &[ShardResult],
 ) -> Result<Vec<Ciphertext>> {
-    aggregate(ctx, results)?
-        .iter()
-        .map(|total| task.finish(ctx, gk, total))
-        .collect()
+    on_pool(|| {
+        aggregate(ctx, results)?
+            .iter()
+            .map(|total| task.finish(ctx, gk, total))
+            .collect()
+    })
 }
