@@ -45,6 +45,8 @@ pub struct ModeTiming {
     /// Once, before the steps: sending the shards to the workers, which keep them (0 for
     /// the in-process modes).
     pub store_seconds: f64,
+    /// Every rep's gradient step, in order (the spread shows how noisy the machine was).
+    pub gradient_seconds_per_rep: Vec<f64>,
 }
 
 /// Report (also the `--json` object).
@@ -153,6 +155,7 @@ impl Mode {
         ModeTiming {
             mode: self.name,
             shards: self.shards.len(),
+            gradient_seconds_per_rep: self.gradient_times.clone(),
             gradient_seconds: median(self.gradient_times),
             sums_seconds: median(self.sums_times),
             max_worker_compute_seconds: median(self.max_compute_times),

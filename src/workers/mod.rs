@@ -77,7 +77,9 @@ fn read_frame(r: &mut dyn Read) -> Result<Option<(u8, Vec<u8>)>> {
     if len > MAX_FRAME {
         return Err(Error::Decode(format!("frame of {len} bytes")));
     }
-    let mut payload = Vec::new();
+    // Room for the whole frame up front (no copies as it grows), up to 64 MiB: beyond that a
+    // wrong length must not reserve memory the bytes never fill.
+    let mut payload = Vec::with_capacity(len.min(64 << 20) as usize);
     r.take(len).read_to_end(&mut payload)?;
     if payload.len() as u64 != len {
         return Err(Error::Decode("truncated frame".into()));
@@ -241,13 +243,6 @@ impl WorkerPool {
                 .stderr(Stdio::inherit());
             if threads_per_worker > 0 {
                 cmd.env("RAYON_NUM_THREADS", threads_per_worker.to_string());
-            }
-            // A worker sits idle between jobs, long enough for mimalloc to hand its freed
-            // buffers back to the OS, and the next job page-faults them all in again (700
-            // faults and ~10 % of a Titanic gradient job). A worker's peak is its steady state,
-            // so it keeps them. A value the user set wins.
-            if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-                cmd.env("MIMALLOC_PURGE_DELAY", "-1");
             }
             let mut child = cmd.spawn().map_err(|e| {
                 Error::InvalidInput(format!("cannot start worker `{}`: {e}", exe.display()))
