@@ -270,3 +270,37 @@ fn training_step_on_worker_processes_is_word_identical() {
         assert!((got - want[j]).abs() < 1e-3, "w{j}: {got} vs {}", want[j]);
     }
 }
+
+/// `hetensor titanic-workers` end to end (128-bit parameters, the real Titanic rows): every mode
+/// runs, the decrypted means and gradient match the plaintext computation, and the JSON report
+/// carries the per-rep timings the speed-ups are computed from.
+#[test]
+fn titanic_workers_command_matches_plaintext() {
+    let exe = env!("CARGO_BIN_EXE_hetensor");
+    let out = std::process::Command::new(exe)
+        .args(["titanic-workers", "--workers", "2", "--reps", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["rows"], 891);
+    assert!(r["max_abs_error_means"].as_f64().unwrap() < 1e-3, "{r}");
+    // Gradient entries are sums over 891 rows (up to ~60).
+    assert!(r["max_abs_error_gradient"].as_f64().unwrap() < 0.1, "{r}");
+    let modes = r["modes"].as_array().unwrap();
+    assert_eq!(modes.len(), 4);
+    for m in modes {
+        assert_eq!(m["gradient_seconds_per_rep"].as_array().unwrap().len(), 2);
+    }
+    for k in [
+        "speedup_processes",
+        "speedup_processes_paired",
+        "speedup_vs_one_worker",
+    ] {
+        assert!(r[k].as_f64().unwrap().is_finite(), "{k}");
+    }
+}
