@@ -304,3 +304,135 @@ fn titanic_workers_command_matches_plaintext() {
         assert!(r[k].as_f64().unwrap().is_finite(), "{k}");
     }
 }
+
+mod frames {
+    //! The worker's side of the pipe parses bytes it did not produce: whatever arrives, it
+    //! answers every JOB and STORE frame (an ERROR for bad ones) or stops with an error, and
+    //! never panics.
+
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    const CONTEXT: u8 = 1;
+    const JOB: u8 = 2;
+    const STORE: u8 = 6;
+    const QUIT: u8 = 5;
+
+    fn frame(tag: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A small public context, its parameters, and a valid STORE payload (one ciphertext).
+    fn fixture() -> &'static (Vec<u8>, Vec<u8>) {
+        static F: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+        F.get_or_init(|| {
+            let params =
+                CkksParams::new(10, 2, 25, 30, 1, Security::InsecureForTestingOnly).unwrap();
+            let ctx = CkksContext::with_seed(params, [3; 32]).unwrap();
+            let keys = ctx.keygen().unwrap();
+            let mut public = Vec::new();
+            PublicContext::write_parts(
+                &mut public,
+                &ctx,
+                &keys.public,
+                Some(&keys.relin),
+                None,
+                WriteOptions::default(),
+            )
+            .unwrap();
+            let ct = ctx
+                .encrypt_symmetric(
+                    &ctx.encode(&[1.0, 2.0], ctx.default_scale(), 1).unwrap(),
+                    &keys.secret,
+                )
+                .unwrap();
+            let mut store = 5u32.to_le_bytes().to_vec();
+            store.extend_from_slice(&1u32.to_le_bytes());
+            hetensor::serialize::write(ctx.rlwe(), &ct, &mut store, WriteOptions::default())
+                .unwrap();
+            (public, store)
+        })
+    }
+
+    /// A valid JOB payload: column sums over what slot 5 holds.
+    fn job() -> Vec<u8> {
+        let task = serde_json::to_vec(&Task::ColumnSums {
+            layout: RowLayout::new(2, 512).unwrap(),
+        })
+        .unwrap();
+        let mut j = (task.len() as u32).to_le_bytes().to_vec();
+        j.extend_from_slice(&task);
+        j.extend_from_slice(&0u32.to_le_bytes());
+        j.extend_from_slice(&1u32.to_le_bytes());
+        j.extend_from_slice(&5u32.to_le_bytes());
+        j
+    }
+
+    /// Runs a worker on `input`; returns its result and the tags of the frames it wrote.
+    fn serve(input: &[u8]) -> (hetensor::Result<()>, Vec<u8>) {
+        let mut out = Vec::new();
+        let r = workers::serve(input, &mut out, default_backend());
+        let mut tags = Vec::new();
+        let mut o = out.as_slice();
+        while o.len() >= 9 {
+            let len = u64::from_le_bytes(o[1..9].try_into().unwrap()) as usize;
+            tags.push(o[0]);
+            o = &o[9 + len..];
+        }
+        assert!(o.is_empty(), "a partial frame in the output");
+        (r, tags)
+    }
+
+    #[test]
+    fn valid_store_then_job_answers_both() {
+        let (public, store) = fixture();
+        let mut input = frame(CONTEXT, public);
+        input.extend(frame(STORE, store));
+        input.extend(frame(JOB, &job()));
+        input.extend(frame(QUIT, &[]));
+        let (r, tags) = serve(&input);
+        r.unwrap();
+        assert_eq!(tags, vec![7, 3], "STORED then RESULT");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_streams_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = serve(&bytes);
+        }
+
+        /// After a valid context, a mutated STORE or JOB (bytes flipped, cut short or
+        /// extended) gets exactly one answer, and the worker goes on to answer the next one.
+        #[test]
+        fn mutated_frames_get_one_answer_each(
+            store_job in any::<bool>(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in any::<usize>(),
+            extra in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let (public, store) = fixture();
+            let mut payload = if store_job { store.clone() } else { job() };
+            for (i, b) in flips {
+                let n = payload.len();
+                payload[i % n] ^= b;
+            }
+            payload.truncate(cut % (payload.len() + 1));
+            payload.extend(extra);
+            let mut input = frame(CONTEXT, public);
+            input.extend(frame(if store_job { STORE } else { JOB }, &payload));
+            input.extend(frame(STORE, store));
+            input.extend(frame(QUIT, &[]));
+            let (r, tags) = serve(&input);
+            prop_assert!(r.is_ok(), "{:?}", r);
+            prop_assert_eq!(tags.len(), 2);
+            prop_assert!([3u8, 4, 7].contains(&tags[0]));
+            prop_assert_eq!(tags[1], 7);
+        }
+    }
+}
