@@ -22,7 +22,7 @@
 //! A job's inputs are its own ciphertexts followed by those stored under each of its slots:
 //! data that every step of a job reuses (a training set's shard) crosses the pipe once
 //! ([`WorkerPool::store`]), and a step sends only what changes (the weights, or nothing).
-//! Every frame gets exactly one answer.
+//! Every `JOB` and `STORE` gets exactly one answer; `CONTEXT` and `QUIT` get none.
 
 mod tasks;
 
