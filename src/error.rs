@@ -101,4 +101,10 @@ pub enum Error {
     /// Underlying I/O.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+
+    /// Objects of different key sets combined (a ciphertext decrypted with another key set's
+    /// secret key, two key sets' ciphertexts added, a ciphertext relinearized with another
+    /// key set's key): the result would be garbage with no error.
+    #[error("key-set mismatch: {0}")]
+    KeyMismatch(String),
 }

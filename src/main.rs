@@ -162,6 +162,10 @@ enum Command {
         /// cpu, cuda, wgpu or auto.
         #[arg(long, default_value = "cpu")]
         backend: String,
+        /// Accept a public context whose parameters are below 128-bit security (marked
+        /// insecure-for-testing by their writer). Tests and experiments only.
+        #[arg(long)]
+        allow_insecure: bool,
     },
     /// Per-operation benchmarks as Markdown, or JSON with --json.
     Bench {
@@ -249,7 +253,10 @@ fn main() -> ExitCode {
             reps,
             json,
         }),
-        Command::Worker { backend } => cli::workers::serve(&backend),
+        Command::Worker {
+            backend,
+            allow_insecure,
+        } => cli::workers::serve(&backend, allow_insecure),
         Command::Train {
             workload,
             epochs,

@@ -352,3 +352,56 @@ fn upload_signed_reduces_small_and_large_coefficients_alike() {
         }
     }
 }
+
+/// Two key sets under the same parameters: every operation that combines a ciphertext with
+/// another key set's ciphertext or key is a typed error, not a silently wrong result (decrypting
+/// under the wrong key used to give values of ~1e16 with no error).
+#[test]
+fn key_sets_cannot_be_mixed() {
+    let params = CkksParams::new(12, 3, 25, 30, 2, Security::InsecureForTestingOnly).unwrap();
+    let ctx = CkksContext::with_seed(params, [21; 32]).unwrap();
+    let a = ctx.keygen().unwrap();
+    let b = ctx.keygen().unwrap();
+    assert_ne!(a.secret.key_id(), b.secret.key_id());
+    assert_eq!(a.public.key_id(), a.secret.key_id());
+    assert_eq!(a.relin.key_switch_key().key_id(), a.secret.key_id());
+    let x = [1.5, -2.0, 0.25];
+    let pt = ctx
+        .encode(&x, ctx.default_scale(), ctx.max_level())
+        .unwrap();
+    let ca = ctx.encrypt(&pt, &a.public).unwrap();
+    let cb = ctx.encrypt(&pt, &b.public).unwrap();
+    let sa = ctx.encrypt_symmetric(&pt, &a.secret).unwrap();
+    assert_eq!(ca.key_id(), a.secret.key_id());
+    assert_eq!(sa.key_id(), a.secret.key_id());
+    fn mismatch<T>(r: hetensor::Result<T>) -> bool {
+        matches!(r, Err(Error::KeyMismatch(_)))
+    }
+    assert!(mismatch(ctx.decrypt_decode(&ca, &b.secret)));
+    assert!(mismatch(ctx.add(&ca, &cb)));
+    assert!(mismatch(ctx.sub(&cb, &sa)));
+    assert!(mismatch(ctx.multiply(&ca, &cb)));
+    assert!(mismatch(ctx.linear_combination(
+        &[&ca, &cb],
+        &[1.0, 1.0],
+        1.0
+    )));
+    let sq = ctx.square(&ca).unwrap();
+    assert!(mismatch(ctx.relinearize(&sq, &b.relin)));
+    let gb = ctx.gen_galois_keys(&b.secret, &[1], false).unwrap();
+    assert!(mismatch(ctx.rotate(&ca, 1, &gb)));
+    assert!(mismatch(ctx.rotate_many(&ca, &[1], &gb)));
+    // The same operations within one key set work, and their results keep the key set.
+    let ga = ctx.gen_galois_keys(&a.secret, &[1], false).unwrap();
+    let r = ctx
+        .rescale(
+            &ctx.relinearize(&ctx.multiply(&ca, &sa).unwrap(), &a.relin)
+                .unwrap(),
+        )
+        .unwrap();
+    let r = ctx.rotate(&r, 1, &ga).unwrap();
+    assert_eq!(r.key_id(), a.secret.key_id());
+    let got = ctx.decrypt_decode(&r, &a.secret).unwrap();
+    assert!((got[0] - x[1] * x[1]).abs() < 1e-2, "{}", got[0]);
+    assert!((got[1] - x[2] * x[2]).abs() < 1e-2, "{}", got[1]);
+}

@@ -8,9 +8,16 @@ use hetensor::backend::{default_backend, Backend};
 use hetensor::bfv::{self, BfvContext, BfvParams, PlainModulus};
 use hetensor::ckks::{CkksContext, CkksParams, KeySet};
 use hetensor::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, Security};
-use hetensor::serialize::{self, PublicContext, SecretContext, WriteOptions, HEADER_LEN};
+use hetensor::serialize::{
+    self, DecodeOptions, PublicContext, SecretContext, WriteOptions, FORMAT_VERSION, HEADER_LEN,
+};
 use hetensor::Error;
 use proptest::prelude::*;
+
+/// The fixture's parameters are insecure on purpose, so its contexts are read with the opt-in.
+const INSECURE_OK: DecodeOptions = DecodeOptions {
+    allow_insecure: true,
+};
 
 struct Fixture {
     ctx: CkksContext,
@@ -200,7 +207,9 @@ fn public_context_lets_a_worker_compute_and_only_the_owner_decrypt() {
         WriteOptions::default(),
     )
     .unwrap();
-    let worker = PublicContext::<CkksContext>::from_bytes(&bytes, default_backend()).unwrap();
+    let worker =
+        PublicContext::<CkksContext>::from_bytes_with(&bytes, default_backend(), INSECURE_OK)
+            .unwrap();
     assert_eq!(
         worker.context.rlwe().fingerprint(),
         f.ctx.rlwe().fingerprint()
@@ -241,7 +250,8 @@ fn public_context_lets_a_worker_compute_and_only_the_owner_decrypt() {
             seeded: true,
         })
         .unwrap();
-    let again = PublicContext::<CkksContext>::from_bytes(&z, default_backend()).unwrap();
+    let again =
+        PublicContext::<CkksContext>::from_bytes_with(&z, default_backend(), INSECURE_OK).unwrap();
     let unseeded = WriteOptions {
         compression: None,
         seeded: false,
@@ -252,7 +262,7 @@ fn public_context_lets_a_worker_compute_and_only_the_owner_decrypt() {
     );
     // A CKKS context is not a BFV one.
     assert!(matches!(
-        PublicContext::<BfvContext>::from_bytes(&bytes, default_backend()),
+        PublicContext::<BfvContext>::from_bytes_with(&bytes, default_backend(), INSECURE_OK),
         Err(Error::Decode(_))
     ));
 }
@@ -268,7 +278,9 @@ fn secret_context_round_trips_and_decrypts() {
         "{} bytes",
         bytes.len()
     );
-    let owner = SecretContext::<CkksContext>::from_bytes(&bytes, default_backend()).unwrap();
+    let owner =
+        SecretContext::<CkksContext>::from_bytes_with(&bytes, default_backend(), INSECURE_OK)
+            .unwrap();
     let got = owner
         .context
         .decrypt_decode(&fresh_symmetric(), &owner.secret_key)
@@ -277,7 +289,7 @@ fn secret_context_round_trips_and_decrypts() {
     assert!(!format!("{owner:?}").contains("coeffs"));
     // A public-context reader refuses a secret context, and vice versa.
     assert!(matches!(
-        PublicContext::<CkksContext>::from_bytes(&bytes, default_backend()),
+        PublicContext::<CkksContext>::from_bytes_with(&bytes, default_backend(), INSECURE_OK),
         Err(Error::Decode(_))
     ));
 }
@@ -307,10 +319,25 @@ fn bfv_ciphertexts_round_trip_and_do_not_pass_for_ckks() {
         serialize::from_bytes::<Ciphertext>(ctx.rlwe(), &bytes),
         Err(Error::Decode(_))
     ));
+    // Another key set's secret key is refused, and so is a BFV scale other than 1.
+    let other = ctx.gen_secret_key().unwrap();
+    assert!(matches!(
+        ctx.decrypt(&back, &other),
+        Err(Error::KeyMismatch(_))
+    ));
+    let mut edited = bytes.clone();
+    edited[HEADER_LEN + 10..HEADER_LEN + 18].copy_from_slice(&2.0f64.to_le_bytes());
+    reseal(&mut edited);
+    assert!(matches!(
+        serialize::from_bytes::<bfv::Ciphertext>(ctx.rlwe(), &edited),
+        Err(Error::Decode(m)) if m.contains("scale")
+    ));
     // Secret contexts work for BFV too.
     let mut sbytes = Vec::new();
     SecretContext::write_parts(&mut sbytes, &ctx, &sk).unwrap();
-    let owner = SecretContext::<BfvContext>::from_bytes(&sbytes, default_backend()).unwrap();
+    let owner =
+        SecretContext::<BfvContext>::from_bytes_with(&sbytes, default_backend(), INSECURE_OK)
+            .unwrap();
     assert_eq!(
         owner.context.params().plain_modulus,
         ctx.params().plain_modulus
@@ -377,7 +404,8 @@ fn every_truncation_and_bad_header_is_a_decode_error() {
         serialize::from_bytes::<Ciphertext>(ctx, &b)
     };
     assert!(matches!(with(0, b'X'), Err(Error::Decode(m)) if m.contains("magic")));
-    assert!(matches!(with(4, 2), Err(Error::Decode(m)) if m.contains("version")));
+    assert!(matches!(with(4, 3), Err(Error::Decode(m)) if m.contains("version")));
+    assert!(matches!(with(4, 1), Err(Error::Decode(m)) if m.contains("version 1")));
     assert!(matches!(with(6, 4), Err(Error::Decode(m)) if m.contains("expected")));
     assert!(matches!(with(7, 0x80), Err(Error::Decode(m)) if m.contains("flags")));
     assert!(matches!(
@@ -466,19 +494,23 @@ fn parameters_from_bytes_are_validated() {
     let mut bad = bytes.clone();
     bad[q0..q0 + 4].copy_from_slice(&(1u32 << 29).to_le_bytes());
     assert!(matches!(
-        PublicContext::<CkksContext>::from_bytes(&bad, default_backend()),
+        PublicContext::<CkksContext>::from_bytes_with(&bad, default_backend(), INSECURE_OK),
         Err(Error::Decode(m)) if m.contains("prime")
     ));
-    // Claiming 128-bit security for insecure parameters fails the security check.
+    // Claiming 128-bit security for insecure parameters fails the security check, opt-in or
+    // not (the opt-in accepts only what its writer declared insecure).
     let mut bad = bytes.clone();
     bad[HEADER_LEN + 3] = 0;
     assert!(matches!(
-        PublicContext::<CkksContext>::from_bytes(&bad, default_backend()),
-        Err(Error::Decode(m)) if m.contains("insecure")
+        PublicContext::<CkksContext>::from_bytes_with(&bad, default_backend(), INSECURE_OK),
+        Err(Error::InsecureParameters { .. })
     ));
     let mut bad = bytes.clone();
     bad[HEADER_LEN + 1] = 30; // log2 N
-    assert!(PublicContext::<CkksContext>::from_bytes(&bad, default_backend()).is_err());
+    assert!(
+        PublicContext::<CkksContext>::from_bytes_with(&bad, default_backend(), INSECURE_OK)
+            .is_err()
+    );
 }
 
 fn arc_backend() -> Arc<dyn Backend> {
@@ -497,7 +529,7 @@ proptest! {
         if b.len() >= HEADER_LEN && kind % 2 == 0 {
             // Give half the cases a valid header so that the bodies are exercised.
             b[..4].copy_from_slice(b"HETN");
-            b[4..6].copy_from_slice(&1u16.to_le_bytes());
+            b[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
             b[6] = kind;
             b[7] &= 1;
             b[8..16].copy_from_slice(&ctx.fingerprint().to_le_bytes());
@@ -506,8 +538,8 @@ proptest! {
         let _ = serialize::from_bytes::<PublicKey>(ctx, &b);
         let _ = serialize::from_bytes::<GaloisKeys>(ctx, &b);
         let _ = serialize::from_bytes::<hetensor::ckks::Plaintext>(ctx, &b);
-        let _ = PublicContext::<CkksContext>::from_bytes(&b, arc_backend());
-        let _ = SecretContext::<CkksContext>::from_bytes(&b, arc_backend());
+        let _ = PublicContext::<CkksContext>::from_bytes_with(&b, arc_backend(), INSECURE_OK);
+        let _ = SecretContext::<CkksContext>::from_bytes_with(&b, arc_backend(), INSECURE_OK);
     }
 
     /// Valid objects with a few bytes changed decode to an error or to a well-formed object,
@@ -537,8 +569,605 @@ proptest! {
         }
         match which {
             0 | 1 => { let _ = serialize::from_bytes::<Ciphertext>(ctx, &b); }
-            2 => { let _ = PublicContext::<CkksContext>::from_bytes(&b, arc_backend()); }
-            _ => { let _ = SecretContext::<CkksContext>::from_bytes(&b, arc_backend()); }
+            2 => { let _ = PublicContext::<CkksContext>::from_bytes_with(&b, arc_backend(), INSECURE_OK); }
+            _ => { let _ = SecretContext::<CkksContext>::from_bytes_with(&b, arc_backend(), INSECURE_OK); }
         }
     }
+}
+
+// ----- integrity (issue #13): bounded decompression, error kinds, checksums, key sets,
+// ----- scales, insecure parameters
+
+/// Packed bytes of one polynomial over `primes` (each residue at its prime's bit length).
+fn poly_bytes(primes: &[u32], n: usize) -> usize {
+    primes
+        .iter()
+        .map(|&q| n * (32 - q.leading_zeros()) as usize / 8)
+        .sum()
+}
+
+/// The ciphertext and special primes of the fixture (what keys live on).
+fn qp_primes() -> Vec<u32> {
+    let p = &fixture().ctx.params().rlwe;
+    p.q_primes().iter().chain(p.p_primes()).copied().collect()
+}
+
+/// Frames a body the way the format does (header, optional zstd with its length, CRC-32C),
+/// so that tests can build objects the writer never would.
+fn framed(
+    kind: u8,
+    fingerprint: u64,
+    key_id: u64,
+    compress: bool,
+    body: impl FnOnce(&mut dyn std::io::Write),
+) -> Vec<u8> {
+    let mut out = b"HETN".to_vec();
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.push(kind);
+    out.push(compress as u8);
+    out.extend_from_slice(&fingerprint.to_le_bytes());
+    out.extend_from_slice(&key_id.to_le_bytes());
+    if compress {
+        let mut z = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+        body(&mut z);
+        let frame = z.finish().unwrap();
+        out.extend_from_slice(&(frame.len() as u64).to_le_bytes());
+        out.extend_from_slice(&frame);
+    } else {
+        body(&mut out);
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Recomputes the CRC-32C trailer after an edit (what a deliberate editor would do).
+fn reseal(b: &mut [u8]) {
+    let n = b.len() - serialize::CHECKSUM_LEN;
+    let crc = crc32c::crc32c(&b[..n]);
+    b[n..].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A Galois key set body of `count` keys whose key material is all zero (seeded digits).
+fn zero_galois_body(w: &mut dyn std::io::Write, count: u32, digits: u8, poly: usize) {
+    let zeros = vec![0u8; poly];
+    w.write_all(&count.to_le_bytes()).unwrap();
+    for k in 0..count {
+        w.write_all(&(2 * k + 3).to_le_bytes()).unwrap();
+        w.write_all(&[digits]).unwrap();
+        for _ in 0..digits {
+            w.write_all(&[1]).unwrap();
+            w.write_all(&[0; 32]).unwrap();
+            w.write_all(&zeros).unwrap();
+        }
+    }
+}
+
+#[test]
+fn zstd_bombs_are_refused_before_they_inflate() {
+    let f = fixture();
+    let ctx = f.ctx.rlwe();
+    let n = ctx.n();
+    let poly = poly_bytes(&qp_primes(), n);
+    let digits = ctx.digits().len() as u8;
+    // 512 all-zero Galois keys: ~95 MB of key material in a frame of a few hundred KB.
+    let bomb = framed(6, ctx.fingerprint(), 7, true, |w| {
+        zero_galois_body(w, 512, digits, poly)
+    });
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+    match serialize::from_bytes::<GaloisKeys>(ctx, &bomb) {
+        Err(Error::Decode(m)) => assert!(m.contains("Galois"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Even one zero key is more than its compressed frame can legitimately expand to.
+    let one = framed(6, ctx.fingerprint(), 7, true, |w| {
+        zero_galois_body(w, 1, digits, poly)
+    });
+    assert!(matches!(
+        serialize::from_bytes::<GaloisKeys>(ctx, &one),
+        Err(Error::Decode(_))
+    ));
+    // A zero ciphertext has no count to check: decompression stops at the expansion limit.
+    let q = f.ctx.params().rlwe.q_primes().to_vec();
+    let zero_ct = framed(2, ctx.fingerprint(), 7, true, |w| {
+        w.write_all(&0u64.to_le_bytes()).unwrap();
+        w.write_all(&[(q.len() - 1) as u8, 2]).unwrap();
+        w.write_all(&f.ctx.default_scale().to_le_bytes()).unwrap();
+        w.write_all(&[0]).unwrap();
+        w.write_all(&vec![0u8; 2 * poly_bytes(&q, n)]).unwrap();
+    });
+    match serialize::from_bytes::<Ciphertext>(ctx, &zero_ct) {
+        Err(Error::Decode(m)) => assert!(m.contains("larger than"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // The same key uncompressed is well-formed: what is refused is the expansion.
+    let raw = framed(6, ctx.fingerprint(), 7, false, |w| {
+        zero_galois_body(w, 1, digits, poly)
+    });
+    assert_eq!(
+        serialize::from_bytes::<GaloisKeys>(ctx, &raw)
+            .unwrap()
+            .elements(),
+        vec![3]
+    );
+    // A public context of zero keys: parameters, a zero public key, 512 zero Galois keys.
+    let mut params = Vec::new();
+    serialize::write_params_only(
+        &mut params,
+        &hetensor::serialize::SchemeParams::Ckks(f.ctx.params().clone()),
+    )
+    .unwrap();
+    let params = params[HEADER_LEN..params.len() - serialize::CHECKSUM_LEN].to_vec();
+    let pc = framed(8, ctx.fingerprint(), 7, true, |w| {
+        w.write_all(&params).unwrap();
+        w.write_all(&[2, 1]).unwrap(); // Galois keys only; seeded public key
+        w.write_all(&[0; 32]).unwrap();
+        w.write_all(&vec![0u8; poly]).unwrap();
+        zero_galois_body(w, 512, digits, poly);
+    });
+    assert!(matches!(
+        PublicContext::<CkksContext>::from_bytes_with(&pc, default_backend(), INSECURE_OK),
+        Err(Error::Decode(_))
+    ));
+    // A worker's STORE frame of such ciphertexts, each a few dozen compressed bytes.
+    let count = 200u32;
+    let mut store = 0u32.to_le_bytes().to_vec();
+    store.extend_from_slice(&count.to_le_bytes());
+    for _ in 0..count {
+        store.extend_from_slice(&zero_ct);
+    }
+    let mut public = Vec::new();
+    PublicContext::write_parts(
+        &mut public,
+        &f.ctx,
+        &f.keys.public,
+        None,
+        None,
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let mut input = worker_frame(1, &public);
+    input.extend(worker_frame(6, &store));
+    input.extend(worker_frame(5, &[]));
+    let mut out = Vec::new();
+    hetensor::workers::serve_with(input.as_slice(), &mut out, default_backend(), INSECURE_OK)
+        .unwrap();
+    assert_eq!(out[0], 4, "the STORE is answered with ERROR");
+    let msg = String::from_utf8_lossy(&out[9..]);
+    assert!(msg.contains("larger than"), "{msg}");
+}
+
+/// A worker frame: tag, u64 length, payload.
+fn worker_frame(tag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![tag];
+    f.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn corrupt_compressed_frames_are_decode_errors_and_source_failures_io_errors() {
+    let f = fixture();
+    let ctx = f.ctx.rlwe();
+    let low = f.ctx.mod_switch_to(&fresh_symmetric(), 0).unwrap();
+    let opts = WriteOptions {
+        compression: Some(1),
+        seeded: false,
+    };
+    let good = serialize::to_bytes(ctx, &low, opts).unwrap();
+    assert_eq!(good[7], 1, "compressed");
+    let frame = HEADER_LEN + 8..good.len() - serialize::CHECKSUM_LEN;
+    for i in frame.clone() {
+        for v in [0xff, 0x01, 0x80] {
+            let mut b = good.clone();
+            b[i] ^= v;
+            match serialize::from_bytes::<Ciphertext>(ctx, &b) {
+                Err(Error::Decode(_)) => {}
+                other => panic!("byte {i} ^ {v:#x}: {other:?}"),
+            }
+            // The same corruption with a valid checksum still fails in the decompressor or
+            // decoder, as a decode error.
+            reseal(&mut b);
+            match serialize::from_bytes::<Ciphertext>(ctx, &b) {
+                Err(Error::Decode(_)) => {}
+                Ok(ct) => assert_eq!(words(ct.polys()).len(), words(low.polys()).len()),
+                other => panic!("resealed byte {i} ^ {v:#x}: {other:?}"),
+            }
+        }
+    }
+    // A compressed length that runs past the end, and a frame cut short.
+    let mut long = good.clone();
+    long[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&(frame.len() as u64 + 100).to_le_bytes());
+    assert!(matches!(
+        serialize::from_bytes::<Ciphertext>(ctx, &long),
+        Err(Error::Decode(_))
+    ));
+    let mut cut = good[..frame.end - 5].to_vec();
+    cut[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&(frame.len() as u64 - 5).to_le_bytes());
+    reseal_append(&mut cut);
+    assert!(matches!(
+        serialize::from_bytes::<Ciphertext>(ctx, &cut),
+        Err(Error::Decode(_))
+    ));
+    // A source that fails is an I/O error, not a decode error.
+    struct Failing<'a>(&'a [u8]);
+    impl std::io::Read for Failing<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(std::io::Error::other("device gone"));
+            }
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+    for upto in [HEADER_LEN, HEADER_LEN + 20, good.len() - 2] {
+        match serialize::read::<Ciphertext>(ctx, Failing(&good[..upto])) {
+            Err(Error::Io(_)) => {}
+            other => panic!("source failing after {upto} bytes: {other:?}"),
+        }
+    }
+}
+
+/// Appends a CRC-32C trailer to bytes that lack one.
+fn reseal_append(b: &mut Vec<u8>) {
+    let crc = crc32c::crc32c(b);
+    b.extend_from_slice(&crc.to_le_bytes());
+}
+
+#[test]
+fn random_bit_flips_are_all_detected() {
+    let f = fixture();
+    let ctx = f.ctx.rlwe();
+    let raw = WriteOptions::default();
+    let zstd = WriteOptions {
+        compression: Some(3),
+        seeded: false,
+    };
+    let ct = fresh_symmetric();
+    let sq = f.ctx.multiply(&ct, &ct).unwrap();
+    let pt = f.ctx.encode(&values(8), f.ctx.default_scale(), 1).unwrap();
+    let mut pc = Vec::new();
+    PublicContext::write_parts(
+        &mut pc,
+        &f.ctx,
+        &f.keys.public,
+        Some(&f.keys.relin),
+        None,
+        raw,
+    )
+    .unwrap();
+    let mut sc = Vec::new();
+    SecretContext::write_parts(&mut sc, &f.ctx, &f.keys.secret).unwrap();
+    type Redo = Box<dyn Fn(&[u8]) -> hetensor::Result<Vec<u8>>>;
+    let samples: Vec<(&str, Vec<u8>, Redo)> = vec![
+        (
+            "seeded ciphertext",
+            serialize::to_bytes(ctx, &ct, raw).unwrap(),
+            Box::new(move |b| {
+                serialize::to_bytes(ctx, &serialize::from_bytes::<Ciphertext>(ctx, b)?, raw)
+            }),
+        ),
+        (
+            "compressed ciphertext",
+            serialize::to_bytes(ctx, &ct, zstd).unwrap(),
+            Box::new(move |b| {
+                serialize::to_bytes(ctx, &serialize::from_bytes::<Ciphertext>(ctx, b)?, zstd)
+            }),
+        ),
+        (
+            "size-3 ciphertext",
+            serialize::to_bytes(ctx, &sq, raw).unwrap(),
+            Box::new(move |b| {
+                serialize::to_bytes(ctx, &serialize::from_bytes::<Ciphertext>(ctx, b)?, raw)
+            }),
+        ),
+        (
+            "plaintext",
+            serialize::to_bytes(ctx, &pt, zstd).unwrap(),
+            Box::new(move |b| {
+                serialize::to_bytes(
+                    ctx,
+                    &serialize::from_bytes::<hetensor::ckks::Plaintext>(ctx, b)?,
+                    zstd,
+                )
+            }),
+        ),
+        (
+            "public key",
+            serialize::to_bytes(ctx, &f.keys.public, raw).unwrap(),
+            Box::new(move |b| {
+                serialize::to_bytes(ctx, &serialize::from_bytes::<PublicKey>(ctx, b)?, raw)
+            }),
+        ),
+        (
+            "relinearization key",
+            serialize::to_bytes(ctx, &f.keys.relin, raw).unwrap(),
+            Box::new(move |b| {
+                serialize::to_bytes(ctx, &serialize::from_bytes::<RelinKey>(ctx, b)?, raw)
+            }),
+        ),
+        (
+            "Galois keys",
+            serialize::to_bytes(ctx, &f.galois, raw).unwrap(),
+            Box::new(move |b| {
+                serialize::to_bytes(ctx, &serialize::from_bytes::<GaloisKeys>(ctx, b)?, raw)
+            }),
+        ),
+        (
+            "public context",
+            pc,
+            Box::new(move |b| {
+                PublicContext::<CkksContext>::from_bytes_with(b, default_backend(), INSECURE_OK)?
+                    .to_bytes(raw)
+            }),
+        ),
+        (
+            "secret context",
+            sc,
+            Box::new(move |b| {
+                let s = SecretContext::<CkksContext>::from_bytes_with(
+                    b,
+                    default_backend(),
+                    INSECURE_OK,
+                )?;
+                let mut out = Vec::new();
+                s.write_to(&mut out)?;
+                Ok(out)
+            }),
+        ),
+    ];
+    for (name, bytes, redo) in &samples {
+        assert_eq!(&redo(bytes).unwrap(), bytes, "{name} round trip");
+    }
+    // xorshift64*: a fixed, reproducible sequence of positions.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let (mut rejected, mut identical) = (0, 0);
+    for i in 0..3000 {
+        let (name, bytes, redo) = &samples[i % samples.len()];
+        let bit = (next() % (bytes.len() as u64 * 8)) as usize;
+        let mut b = bytes.clone();
+        b[bit / 8] ^= 1 << (bit % 8);
+        match redo(&b) {
+            Err(Error::Io(e)) => panic!("{name}, bit {bit}: I/O error {e}"),
+            Err(_) => rejected += 1,
+            Ok(again) => {
+                assert_eq!(&again, bytes, "{name}, bit {bit}: accepted and changed");
+                identical += 1;
+            }
+        }
+    }
+    assert_eq!(rejected + identical, 3000);
+    // CRC-32C detects every single-bit error, so no flip is even accepted unchanged.
+    assert_eq!(rejected, 3000);
+}
+
+#[test]
+fn scales_the_chain_cannot_produce_are_refused() {
+    let f = fixture();
+    let ctx = f.ctx.rlwe();
+    let low = f.ctx.mod_switch_to(&fresh_symmetric(), 0).unwrap();
+    let good = serialize::to_bytes(ctx, &low, WriteOptions::default()).unwrap();
+    // Body: plaintext modulus (8 bytes), level, size, then the scale.
+    let at = HEADER_LEN + 10;
+    let with_scale = |s: f64, seal: bool| {
+        let mut b = good.clone();
+        b[at..at + 8].copy_from_slice(&s.to_le_bytes());
+        if seal {
+            reseal(&mut b);
+        }
+        serialize::from_bytes::<Ciphertext>(ctx, &b)
+    };
+    let log_q0 = (f.ctx.scale_prime(0) as f64).log2();
+    let doubled = 2.0 * low.scale();
+    // An accidental change is caught by the checksum.
+    assert!(matches!(with_scale(doubled, false), Err(Error::Decode(m)) if m.contains("checksum")));
+    // Deliberate edits (checksum recomputed) to scales no computation reaches at this level.
+    for bad in [
+        0.5,
+        0.0,
+        -1.0,
+        f64::NAN,
+        f64::INFINITY,
+        (log_q0 - 1.0).exp2(),
+    ] {
+        assert!(
+            matches!(with_scale(bad, true), Err(Error::Decode(m)) if m.contains("scale")),
+            "scale {bad}"
+        );
+    }
+    // Inside the chain's range a deliberate edit is not detectable (documented: ciphertexts
+    // are malleable; whoever can edit the bytes can also multiply the value by ½).
+    assert_eq!(with_scale(doubled, true).unwrap().scale(), doubled);
+    // Legitimate scales at every level of a real pipeline decode.
+    let x = fresh_symmetric();
+    let mut c = x.clone();
+    while c.level() > 0 {
+        let b = serialize::to_bytes(ctx, &c, WriteOptions::default()).unwrap();
+        assert_eq!(
+            serialize::from_bytes::<Ciphertext>(ctx, &b)
+                .unwrap()
+                .scale(),
+            c.scale()
+        );
+        let p = f
+            .ctx
+            .relinearize(
+                &f.ctx
+                    .multiply(&c, &f.ctx.mod_switch_to(&x, c.level()).unwrap())
+                    .unwrap(),
+                &f.keys.relin,
+            )
+            .unwrap();
+        let b = serialize::to_bytes(ctx, &p, WriteOptions::default()).unwrap();
+        assert_eq!(
+            serialize::from_bytes::<Ciphertext>(ctx, &b)
+                .unwrap()
+                .scale(),
+            p.scale()
+        );
+        c = f.ctx.rescale(&p).unwrap();
+    }
+}
+
+#[test]
+fn key_sets_travel_with_objects_and_are_checked() {
+    let f = fixture();
+    let ctx = f.ctx.rlwe();
+    let other = f.ctx.keygen().unwrap();
+    assert_ne!(other.secret.key_id(), f.keys.secret.key_id());
+    let ct = fresh_symmetric();
+    assert_eq!(ct.key_id(), f.keys.secret.key_id());
+    let bytes = serialize::to_bytes(ctx, &ct, WriteOptions::default()).unwrap();
+    let back: Ciphertext = serialize::from_bytes(ctx, &bytes).unwrap();
+    assert_eq!(back.key_id(), ct.key_id());
+    assert!(matches!(
+        f.ctx.decrypt_decode(&back, &other.secret),
+        Err(Error::KeyMismatch(_))
+    ));
+    // Keys keep theirs too.
+    let pk: PublicKey = serialize::from_bytes(
+        ctx,
+        &serialize::to_bytes(ctx, &other.public, WriteOptions::default()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pk.key_id(), other.secret.key_id());
+    let mut sc = Vec::new();
+    SecretContext::write_parts(&mut sc, &f.ctx, &other.secret).unwrap();
+    let owner =
+        SecretContext::<CkksContext>::from_bytes_with(&sc, default_backend(), INSECURE_OK).unwrap();
+    assert_eq!(owner.secret_key.key_id(), other.secret.key_id());
+    // A header whose key-set identifier was rewritten (checksum recomputed) still cannot be
+    // decrypted by the original key; 0 (no key set) is refused outright.
+    let mut b = bytes.clone();
+    b[16..24].copy_from_slice(&other.secret.key_id().to_le_bytes());
+    reseal(&mut b);
+    let moved: Ciphertext = serialize::from_bytes(ctx, &b).unwrap();
+    assert!(matches!(
+        f.ctx.decrypt_decode(&moved, &f.keys.secret),
+        Err(Error::KeyMismatch(_))
+    ));
+    b[16..24].copy_from_slice(&0u64.to_le_bytes());
+    reseal(&mut b);
+    assert!(
+        matches!(serialize::from_bytes::<Ciphertext>(ctx, &b), Err(Error::Decode(m)) if m.contains("key-set"))
+    );
+    // A public context mixing key sets cannot be written.
+    let mut out = Vec::new();
+    assert!(matches!(
+        PublicContext::write_parts(
+            &mut out,
+            &f.ctx,
+            &f.keys.public,
+            Some(&other.relin),
+            None,
+            WriteOptions::default()
+        ),
+        Err(Error::KeyMismatch(_))
+    ));
+}
+
+#[test]
+fn insecure_parameters_need_an_explicit_opt_in() {
+    // N = 2^10 with log2 QP ≈ 216: far beyond the 27 bits 128-bit security allows.
+    let params = CkksParams::new(10, 6, 26, 30, 7, Security::InsecureForTestingOnly).unwrap();
+    assert!(params.rlwe.log_qp() > 200.0);
+    let ctx = CkksContext::with_seed(params.clone(), [4; 32]).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let mut public = Vec::new();
+    PublicContext::write_parts(
+        &mut public,
+        &ctx,
+        &keys.public,
+        Some(&keys.relin),
+        None,
+        WriteOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        PublicContext::<CkksContext>::from_bytes(&public, default_backend()),
+        Err(Error::InsecureParameters {
+            n: 1024,
+            max_log_qp: 27,
+            ..
+        })
+    ));
+    let pc = PublicContext::<CkksContext>::from_bytes_with(
+        &public,
+        default_backend(),
+        DecodeOptions::allow_insecure(),
+    )
+    .unwrap();
+    assert_eq!(pc.context.rlwe().fingerprint(), ctx.rlwe().fingerprint());
+    let mut secret = Vec::new();
+    SecretContext::write_parts(&mut secret, &ctx, &keys.secret).unwrap();
+    assert!(matches!(
+        SecretContext::<CkksContext>::from_bytes(&secret, default_backend()),
+        Err(Error::InsecureParameters { .. })
+    ));
+    assert!(SecretContext::<CkksContext>::from_bytes_with(
+        &secret,
+        default_backend(),
+        DecodeOptions::allow_insecure()
+    )
+    .is_ok());
+    let mut p = Vec::new();
+    serialize::write_params_only(&mut p, &hetensor::serialize::SchemeParams::Ckks(params)).unwrap();
+    assert!(matches!(
+        serialize::read_params_only(&mut p.as_slice()),
+        Err(Error::InsecureParameters { .. })
+    ));
+    assert!(
+        serialize::read_params_only_with(&mut p.as_slice(), DecodeOptions::allow_insecure())
+            .is_ok()
+    );
+    // A worker refuses the context unless it was started with the opt-in.
+    let mut input = worker_frame(1, &public);
+    input.extend(worker_frame(5, &[]));
+    let mut out = Vec::new();
+    assert!(matches!(
+        hetensor::workers::serve(input.as_slice(), &mut out, default_backend()),
+        Err(Error::InsecureParameters { .. })
+    ));
+    assert!(hetensor::workers::serve_with(
+        input.as_slice(),
+        &mut out,
+        default_backend(),
+        DecodeOptions::allow_insecure()
+    )
+    .is_ok());
+}
+
+#[test]
+fn compressible_ciphertexts_are_stored_raw_and_plaintexts_compressed() {
+    let f = fixture();
+    let ctx = f.ctx.rlwe();
+    let z = WriteOptions {
+        compression: Some(3),
+        seeded: true,
+    };
+    // A ciphertext of zeros (a product by 0) would exceed the expansion limit compressed: the
+    // writer stores it uncompressed, so everything written can be read.
+    let zero = f.ctx.multiply_scalar(&fresh_symmetric(), 0.0, 1.0).unwrap();
+    let b = serialize::to_bytes(ctx, &zero, z).unwrap();
+    assert_eq!(b[7], 0, "stored uncompressed");
+    let back: Ciphertext = serialize::from_bytes(ctx, &b).unwrap();
+    assert_eq!(words(back.polys()), words(zero.polys()));
+    // Plaintexts are bounded by their parameters only, and may compress freely.
+    let pt = f
+        .ctx
+        .encode(&[], f.ctx.default_scale(), f.ctx.max_level())
+        .unwrap();
+    let b = serialize::to_bytes(ctx, &pt, z).unwrap();
+    assert_eq!(b[7], 1, "compressed");
+    assert!(b.len() < 1000, "{}", b.len());
+    let back: hetensor::ckks::Plaintext = serialize::from_bytes(ctx, &b).unwrap();
+    assert_eq!(back.scale(), pt.scale());
 }

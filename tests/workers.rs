@@ -7,7 +7,7 @@ use std::path::Path;
 use hetensor::backend::default_backend;
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::rlwe::{Ciphertext, Security};
-use hetensor::serialize::{PublicContext, WriteOptions};
+use hetensor::serialize::{DecodeOptions, PublicContext, WriteOptions};
 use hetensor::workers::{self, RowLayout, Task, WorkerPool};
 
 fn words(c: &Ciphertext) -> Vec<u32> {
@@ -90,10 +90,15 @@ fn worker_processes_match_in_process_and_plaintext() {
         .collect();
 
     let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
-    let mut pool = WorkerPool::spawn(exe, 2, 1).unwrap();
+    let mut pool = WorkerPool::spawn_with(exe, 2, 1, DecodeOptions::allow_insecure()).unwrap();
     pool.send_context(&public).unwrap();
     let by_process = pool.run(ctx.rlwe(), &grad, &shards).unwrap();
-    let pc = PublicContext::<CkksContext>::from_bytes(&public, default_backend()).unwrap();
+    let pc = PublicContext::<CkksContext>::from_bytes_with(
+        &public,
+        default_backend(),
+        DecodeOptions::allow_insecure(),
+    )
+    .unwrap();
     let in_process = workers::run_in_process(&pc, &grad, &shards).unwrap();
     for (a, b) in by_process.iter().zip(&in_process) {
         assert_eq!(words(&a.outputs[0]), words(&b.outputs[0]));
@@ -152,7 +157,7 @@ fn worker_errors_come_back_as_errors() {
     )
     .unwrap();
     let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
-    let mut pool = WorkerPool::spawn(exe, 1, 1).unwrap();
+    let mut pool = WorkerPool::spawn_with(exe, 1, 1, DecodeOptions::allow_insecure()).unwrap();
     pool.send_context(&public).unwrap();
     let ct = ctx
         .encrypt_symmetric(
@@ -247,7 +252,7 @@ fn training_step_on_worker_processes_is_word_identical() {
         logistic::apply_update(ev.eval(), &layout, &partials, &w, None, 0.9, step_size).unwrap()
     };
     let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
-    let mut pool = WorkerPool::spawn(exe, 2, 1).unwrap();
+    let mut pool = WorkerPool::spawn_with(exe, 2, 1, DecodeOptions::allow_insecure()).unwrap();
     let (w_proc, v_proc) = step(&mut pool, true);
     let (w_in, v_in) = step(&mut InProcess, true);
     assert_eq!(words(&w_proc), words(&w_in));
@@ -375,7 +380,12 @@ mod frames {
     /// Runs a worker on `input`; returns its result and the tags of the frames it wrote.
     fn serve(input: &[u8]) -> (hetensor::Result<()>, Vec<u8>) {
         let mut out = Vec::new();
-        let r = workers::serve(input, &mut out, default_backend());
+        let r = workers::serve_with(
+            input,
+            &mut out,
+            default_backend(),
+            DecodeOptions::allow_insecure(),
+        );
         let mut tags = Vec::new();
         let mut o = out.as_slice();
         while o.len() >= 9 {

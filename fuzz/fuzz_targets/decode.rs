@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use hetensor::backend::default_backend;
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, SecretKey, Security};
-use hetensor::serialize::{self, PublicContext, SecretContext};
+use hetensor::serialize::{self, DecodeOptions, PublicContext, SecretContext};
 use libfuzzer_sys::fuzz_target;
 
 fn ctx() -> &'static CkksContext {
@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = serialize::from_bytes::<RelinKey>(r, data);
     let _ = serialize::from_bytes::<GaloisKeys>(r, data);
     let _ = serialize::from_bytes::<SecretKey>(r, data);
+    // Both with and without the insecure opt-in (the fuzzer's own parameters are insecure).
+    let opts = DecodeOptions::allow_insecure();
     let _ = PublicContext::<CkksContext>::from_bytes(data, default_backend());
-    let _ = SecretContext::<CkksContext>::from_bytes(data, default_backend());
+    let _ = PublicContext::<CkksContext>::from_bytes_with(data, default_backend(), opts);
+    let _ = SecretContext::<CkksContext>::from_bytes_with(data, default_backend(), opts);
     let _ = serialize::read_params_only(&mut &data[..]);
+    let _ = serialize::read_params_only_with(&mut &data[..], opts);
 });

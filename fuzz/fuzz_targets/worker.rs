@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use hetensor::backend::default_backend;
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::rlwe::Security;
-use hetensor::serialize::{PublicContext, WriteOptions};
+use hetensor::serialize::{DecodeOptions, PublicContext, WriteOptions};
 use libfuzzer_sys::fuzz_target;
 
 /// A CONTEXT frame (tag 1, u64 length, public context with relin key, no Galois keys).
@@ -39,5 +39,10 @@ fuzz_target!(|data: &[u8]| {
     let mut input = context_frame().to_vec();
     input.extend_from_slice(data);
     let mut out = Vec::new();
-    let _ = hetensor::workers::serve(input.as_slice(), &mut out, default_backend());
+    let _ = hetensor::workers::serve_with(
+        input.as_slice(),
+        &mut out,
+        default_backend(),
+        DecodeOptions::allow_insecure(),
+    );
 });

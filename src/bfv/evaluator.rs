@@ -27,6 +27,7 @@ impl BfvContext {
         use std::borrow::Cow;
         self.check_ct(a, "left operand")?;
         self.check_ct(b, "right operand")?;
+        crate::rlwe::ciphertext::check_key_id(a.inner.key_id, b.inner.key_id, "right operand")?;
         Ok(match a.level().cmp(&b.level()) {
             std::cmp::Ordering::Equal => (Cow::Borrowed(a), Cow::Borrowed(b)),
             std::cmp::Ordering::Greater => (
@@ -71,7 +72,12 @@ impl BfvContext {
         }
         let rest = be.slice_polys(polys, 1, ct.size() - 1)?;
         let out = be.concat(&[&c0, &rest])?;
-        Ok(self.wrap(rct::Ciphertext::new(out, 1.0, ct.inner.fingerprint)))
+        Ok(self.wrap(rct::Ciphertext::new(
+            out,
+            1.0,
+            ct.inner.fingerprint,
+            ct.inner.key_id,
+        )))
     }
 
     /// `ct + pt` (adds no noise beyond rounding).
@@ -97,7 +103,12 @@ impl BfvContext {
         self.rlwe
             .backend()
             .mul_assign(self.rlwe.ring(), &mut out, &p)?;
-        Ok(self.wrap(rct::Ciphertext::new(out, 1.0, ct.inner.fingerprint)))
+        Ok(self.wrap(rct::Ciphertext::new(
+            out,
+            1.0,
+            ct.inner.fingerprint,
+            ct.inner.key_id,
+        )))
     }
 
     /// `ct · k` in every slot, `k` taken mod t (centered, so small negative scalars add little
@@ -119,7 +130,12 @@ impl BfvContext {
             .collect();
         let mut out = ct.inner.polys.clone();
         self.rlwe.backend().mul_scalar_assign(ring, &mut out, &s)?;
-        Ok(self.wrap(rct::Ciphertext::new(out, 1.0, ct.inner.fingerprint)))
+        Ok(self.wrap(rct::Ciphertext::new(
+            out,
+            1.0,
+            ct.inner.fingerprint,
+            ct.inner.key_id,
+        )))
     }
 
     /// The HPS scale-and-round tables of `level` (built once).
@@ -188,7 +204,12 @@ impl BfvContext {
         let conv = self.rlwe.converter(&aux, &q);
         let mut out = be.base_convert(ring, &z, q, &conv, true)?;
         be.ntt_forward(ring, &mut out)?;
-        Ok(self.wrap(rct::Ciphertext::new(out, 1.0, a.inner.fingerprint)))
+        Ok(self.wrap(rct::Ciphertext::new(
+            out,
+            1.0,
+            a.inner.fingerprint,
+            a.inner.key_id,
+        )))
     }
 
     /// `a²` (size 3).
@@ -252,7 +273,12 @@ impl BfvContext {
             .rlwe
             .mod_down(&ct.inner.polys, self.rlwe.q_limbs(level), drop)?;
         debug_assert_eq!(polys.repr(), Repr::Ntt);
-        Ok(self.wrap(rct::Ciphertext::new(polys, 1.0, ct.inner.fingerprint)))
+        Ok(self.wrap(rct::Ciphertext::new(
+            polys,
+            1.0,
+            ct.inner.fingerprint,
+            ct.inner.key_id,
+        )))
     }
 
     /// Modulus switching down by one prime; `Error::OutOfLevels` at level 0.

@@ -403,6 +403,7 @@ impl CkksContext {
             be.concat(&[&c0, &rest])?,
             ct.scale,
             ct.fingerprint,
+            ct.key_id,
         ))
     }
 
@@ -428,7 +429,7 @@ impl CkksContext {
         self.rlwe
             .backend()
             .mul_assign(self.rlwe.ring(), &mut out, &m)?;
-        Ok(Ciphertext::new(out, scale, ct.fingerprint))
+        Ok(Ciphertext::new(out, scale, ct.fingerprint, ct.key_id))
     }
 
     /// `ct · c` for a real constant encoded as `round(c · const_scale)`; the result's scale is
@@ -449,7 +450,7 @@ impl CkksContext {
         self.rlwe
             .backend()
             .mul_scalar_assign(self.rlwe.ring(), &mut out, &words)?;
-        Ok(Ciphertext::new(out, scale, ct.fingerprint))
+        Ok(Ciphertext::new(out, scale, ct.fingerprint, ct.key_id))
     }
 
     /// `ct + c` for a real constant (encoded at the ciphertext's scale).
@@ -470,6 +471,7 @@ impl CkksContext {
             be.concat(&[&c0, &rest])?,
             ct.scale,
             ct.fingerprint,
+            ct.key_id,
         ))
     }
 
@@ -527,6 +529,7 @@ impl CkksContext {
         }
         for c in cts {
             self.rlwe.check_fingerprint(c.fingerprint, "ciphertext")?;
+            ct_ops::check_key_id(first.key_id, c.key_id, "ciphertext")?;
             if c.level() != first.level() {
                 return Err(Error::LevelMismatch {
                     op: "linear_combination",
@@ -564,7 +567,7 @@ impl CkksContext {
         )?;
         Ok(polys
             .into_iter()
-            .map(|p| Ciphertext::new(p, scale, first.fingerprint))
+            .map(|p| Ciphertext::new(p, scale, first.fingerprint, first.key_id))
             .collect())
     }
 
@@ -582,7 +585,7 @@ impl CkksContext {
         let scale = a.scale * b.scale;
         self.check_scale_fits(scale, a.level(), "multiply")?;
         let polys = ct_ops::tensor(&self.rlwe, &a, &b)?;
-        Ok(Ciphertext::new(polys, scale, a.fingerprint))
+        Ok(Ciphertext::new(polys, scale, a.fingerprint, a.key_id))
     }
 
     /// Evaluates the polynomial `Σ coeffs[k]·x^k` slot-wise. Powers are built by repeated
@@ -689,6 +692,7 @@ impl CkksContext {
             polys,
             ct.scale / self.scale_prime(l) as f64,
             ct.fingerprint,
+            ct.key_id,
         ))
     }
 

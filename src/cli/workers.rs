@@ -412,8 +412,14 @@ fn print_text(r: &TitanicReport) {
 }
 
 /// `hetensor worker`: serve jobs on stdin/stdout (started by [`WorkerPool`]).
-pub fn serve(backend: &str) -> Result<()> {
+pub fn serve(backend: &str, allow_insecure: bool) -> Result<()> {
     let backend: Arc<dyn Backend> = create_backend(backend.parse::<BackendKind>()?)?;
-    workers::serve(std::io::stdin().lock(), std::io::stdout().lock(), backend)
-        .map_err(|e| Error::Backend(format!("worker: {e}")))
+    let opts = serialize::DecodeOptions { allow_insecure };
+    workers::serve_with(
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+        backend,
+        opts,
+    )
+    .map_err(|e| Error::Backend(format!("worker: {e}")))
 }

@@ -14,6 +14,10 @@ pub struct Ciphertext {
     /// CKKS scale Δ (1.0 for BFV).
     pub(crate) scale: f64,
     pub(crate) fingerprint: u64,
+    /// Identifier of the key set the ciphertext was encrypted under (see
+    /// [`SecretKey::key_id`]); every operation that combines it with another ciphertext or a
+    /// key checks it, so key sets cannot be mixed silently.
+    pub(crate) key_id: u64,
     /// Seed of `c_1` for fresh symmetric encryptions (lets serialization store 32 bytes
     /// instead of a polynomial). Cleared by any operation that changes `c_1`.
     pub(crate) seed: Option<[u8; 32]>,
@@ -40,19 +44,37 @@ impl Ciphertext {
         &self.polys
     }
 
+    /// Identifier of the key set it was encrypted under.
+    pub fn key_id(&self) -> u64 {
+        self.key_id
+    }
+
     /// Whether `c_1` is still the expansion of a stored 32-byte seed.
     pub fn is_seeded(&self) -> bool {
         self.seed.is_some()
     }
 
-    pub(crate) fn new(polys: PolyBatch, scale: f64, fingerprint: u64) -> Self {
+    pub(crate) fn new(polys: PolyBatch, scale: f64, fingerprint: u64, key_id: u64) -> Self {
         Self {
             polys,
             scale,
             fingerprint,
+            key_id,
             seed: None,
         }
     }
+}
+
+/// Checks that an object of key set `other` (`what`) may be combined with one of key set
+/// `expected`.
+pub(crate) fn check_key_id(expected: u64, other: u64, what: &str) -> Result<()> {
+    if expected != other {
+        return Err(Error::KeyMismatch(format!(
+            "{what} belongs to key set {other:016x}, the other operand to {expected:016x}; \
+             objects of different key sets cannot be combined"
+        )));
+    }
+    Ok(())
 }
 
 /// Symmetric encryption of an encoded message (NTT domain, limbs of the target level);
@@ -67,7 +89,7 @@ pub fn encrypt_symmetric(
     ctx.check_fingerprint(sk.fingerprint, "secret key")?;
     let s = sk.on_limbs(ctx, m.limbs_arc())?;
     let (polys, seed) = rlwe_sample(ctx, &s, Some(m), sampler)?;
-    let mut ct = Ciphertext::new(polys, scale, ctx.fingerprint());
+    let mut ct = Ciphertext::new(polys, scale, ctx.fingerprint(), sk.key_id);
     ct.seed = Some(seed);
     Ok(ct)
 }
@@ -114,13 +136,14 @@ pub fn encrypt_public(
     let m2 = be.concat(&[&pm, &zero_poly])?;
     be.add_assign(ring, &mut out, &m2)?;
     let out = ctx.mod_down(&out, q_limbs, ctx.p_limbs())?;
-    Ok(Ciphertext::new(out, scale, ctx.fingerprint()))
+    Ok(Ciphertext::new(out, scale, ctx.fingerprint(), pk.key_id))
 }
 
 /// `c_0 + c_1·s (+ c_2·s²)` in coefficient form at the ciphertext's level.
 pub fn decrypt_to_poly(ctx: &RlweContext, sk: &SecretKey, ct: &Ciphertext) -> Result<PolyBatch> {
     ctx.check_fingerprint(sk.fingerprint, "secret key")?;
     ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
+    check_key_id(ct.key_id, sk.key_id, "secret key used to decrypt")?;
     let be = ctx.backend();
     let ring = ctx.ring();
     let s = sk.on_limbs(ctx, ct.polys.limbs_arc())?;
@@ -140,6 +163,7 @@ pub fn decrypt_to_poly(ctx: &RlweContext, sk: &SecretKey, ct: &Ciphertext) -> Re
 fn check_pair(ctx: &RlweContext, a: &Ciphertext, b: &Ciphertext, op: &'static str) -> Result<()> {
     ctx.check_fingerprint(a.fingerprint, "left operand")?;
     ctx.check_fingerprint(b.fingerprint, "right operand")?;
+    check_key_id(a.key_id, b.key_id, "right operand")?;
     if a.level() != b.level() {
         return Err(Error::LevelMismatch {
             op,
@@ -184,14 +208,14 @@ pub fn add_ciphertexts(
     } else {
         out = head;
     }
-    Ok(Ciphertext::new(out, a.scale, a.fingerprint))
+    Ok(Ciphertext::new(out, a.scale, a.fingerprint, a.key_id))
 }
 
 /// Negation.
 pub fn negate(ctx: &RlweContext, a: &Ciphertext) -> Result<Ciphertext> {
     let mut out = a.polys.clone();
     ctx.backend().neg_assign(ctx.ring(), &mut out)?;
-    Ok(Ciphertext::new(out, a.scale, a.fingerprint))
+    Ok(Ciphertext::new(out, a.scale, a.fingerprint, a.key_id))
 }
 
 /// The tensor product `(a0 b0, a0 b1 + a1 b0, a1 b1)` of two size-2 ciphertexts, NTT domain.
@@ -203,6 +227,7 @@ pub fn tensor(ctx: &RlweContext, a: &Ciphertext, b: &Ciphertext) -> Result<PolyB
             b.size()
         )));
     }
+    check_key_id(a.key_id, b.key_id, "right operand")?;
     tensor_polys(ctx, &a.polys, &b.polys)
 }
 
@@ -222,13 +247,14 @@ pub fn relinearize(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<
             ct.size()
         )));
     }
+    check_key_id(ct.key_id, rk.0.key_id, "relinearization key")?;
     let be = ctx.backend();
     let ring = ctx.ring();
     let c2 = be.slice_polys(&ct.polys, 2, 1)?;
     let u = rk.0.switch(ctx, &c2)?;
     let mut out = be.slice_polys(&ct.polys, 0, 2)?;
     be.add_assign(ring, &mut out, &u)?;
-    Ok(Ciphertext::new(out, ct.scale, ct.fingerprint))
+    Ok(Ciphertext::new(out, ct.scale, ct.fingerprint, ct.key_id))
 }
 
 /// Applies the automorphism `X → X^g` and switches back to `s` with the Galois key. Works in
@@ -270,6 +296,9 @@ pub fn apply_galois_many(
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    for key in &keys {
+        check_key_id(ct.key_id, key.key_id, "Galois key")?;
+    }
     let be = ctx.backend();
     let ring = ctx.ring();
     let c1 = be.slice_polys(&ct.polys, 1, 1)?;
@@ -284,7 +313,7 @@ pub fn apply_galois_many(
             let zero = be.zeros(c0g.limbs_arc(), 1, ctx.n(), Repr::Ntt)?;
             let mut out = be.concat(&[&c0g, &zero])?;
             be.add_assign(ring, &mut out, &u)?;
-            Ok(Ciphertext::new(out, ct.scale, ct.fingerprint))
+            Ok(Ciphertext::new(out, ct.scale, ct.fingerprint, ct.key_id))
         })
         .collect()
 }
@@ -299,5 +328,5 @@ pub fn drop_to_level(ctx: &RlweContext, ct: &Ciphertext, level: usize) -> Result
         )));
     }
     let polys = ctx.backend().select_limbs(&ct.polys, ctx.q_limbs(level))?;
-    Ok(Ciphertext::new(polys, ct.scale, ct.fingerprint))
+    Ok(Ciphertext::new(polys, ct.scale, ct.fingerprint, ct.key_id))
 }

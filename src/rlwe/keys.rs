@@ -16,6 +16,9 @@ pub struct SecretKey {
     /// s in the NTT domain over every ciphertext and special prime.
     pub(crate) ntt: PolyBatch,
     pub(crate) fingerprint: u64,
+    /// Key-set identifier, drawn at generation and inherited by every key and ciphertext made
+    /// from this key.
+    pub(crate) key_id: u64,
 }
 
 impl std::fmt::Debug for SecretKey {
@@ -41,7 +44,18 @@ impl SecretKey {
             coeffs,
             ntt,
             fingerprint: ctx.fingerprint(),
+            key_id: new_key_id(sampler),
         })
+    }
+
+    /// Identifier of this key set: 64 random bits drawn when the secret key was generated,
+    /// carried by its public, relinearization and Galois keys and by every ciphertext
+    /// encrypted under them (and serialized with them). It is random rather than a hash of key
+    /// material because a secret key exists before its public key (symmetric encryption, BFV's
+    /// separate key generation) and a hash of the secret would be published with every
+    /// ciphertext.
+    pub fn key_id(&self) -> u64 {
+        self.key_id
     }
 
     /// s restricted to the given limbs (NTT domain).
@@ -58,6 +72,14 @@ pub struct PublicKey {
     pub(crate) fingerprint: u64,
     /// The seed `a` expands from (serialization stores it instead of `a`).
     pub(crate) seed: Option<[u8; 32]>,
+    /// Key set (the secret key's [`SecretKey::key_id`]).
+    pub(crate) key_id: u64,
+}
+
+/// A fresh key-set identifier (never 0, which marks objects of no key set).
+fn new_key_id(sampler: &mut Sampler) -> u64 {
+    let s = sampler.seed();
+    u64::from_le_bytes(s[..8].try_into().expect("8 bytes")).max(1)
 }
 
 /// `(-a·s + e + m, a)` over the given limbs (NTT domain); `a` uniform from a fresh seed.
@@ -86,6 +108,11 @@ pub(crate) fn rlwe_sample(
 }
 
 impl PublicKey {
+    /// Identifier of the key set (see [`SecretKey::key_id`]).
+    pub fn key_id(&self) -> u64 {
+        self.key_id
+    }
+
     /// Generates the public key for `sk`.
     pub fn generate(ctx: &RlweContext, sk: &SecretKey, sampler: &mut Sampler) -> Result<Self> {
         ctx.check_fingerprint(sk.fingerprint, "secret key")?;
@@ -94,6 +121,7 @@ impl PublicKey {
             polys,
             fingerprint: ctx.fingerprint(),
             seed: Some(seed),
+            key_id: sk.key_id,
         })
     }
 }
@@ -107,9 +135,16 @@ pub struct KeySwitchKey {
     pub(crate) fingerprint: u64,
     /// Per digit, the seed `a_j` expands from (serialization stores it instead of `a_j`).
     pub(crate) seeds: Vec<Option<[u8; 32]>>,
+    /// Key set (the secret key's [`SecretKey::key_id`]).
+    pub(crate) key_id: u64,
 }
 
 impl KeySwitchKey {
+    /// Identifier of the key set (see [`SecretKey::key_id`]).
+    pub fn key_id(&self) -> u64 {
+        self.key_id
+    }
+
     /// Generates a key switching `s_from` (NTT over QP at full level) to `sk`.
     pub fn generate(
         ctx: &RlweContext,
@@ -147,6 +182,7 @@ impl KeySwitchKey {
             digits,
             fingerprint: ctx.fingerprint(),
             seeds,
+            key_id: sk.key_id,
         })
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::objects::{read_params, write_params, Decode, Encode, SchemeParams};
 use super::wire::Kind;
-use super::{read_framed, write_framed, WriteOptions};
+use super::{read_framed, write_framed, DecodeOptions, WriteOptions};
 use crate::backend::Backend;
 use crate::bfv::BfvContext;
 use crate::ckks::CkksContext;
@@ -62,8 +62,9 @@ fn rebuild<C: SchemeContext>(
     d: &mut super::Decoder,
     fingerprint: u64,
     backend: Arc<dyn Backend>,
+    opts: &DecodeOptions,
 ) -> Result<C> {
-    let params = read_params(d)?;
+    let params = read_params(d, opts)?;
     if params.rlwe().fingerprint() != fingerprint {
         return Err(Error::Decode(
             "parameters do not match the header's fingerprint".into(),
@@ -78,15 +79,27 @@ pub fn write_params_only(w: &mut dyn Write, params: &SchemeParams) -> Result<()>
         w,
         Kind::Params,
         params.rlwe().fingerprint(),
+        0,
         &WriteOptions::default(),
         |e| write_params(e, params),
     )
 }
 
-/// Reads a parameter object written by [`write_params_only`].
+/// Reads a parameter object written by [`write_params_only`] (parameters below 128-bit
+/// security are [`Error::InsecureParameters`]; see [`read_params_only_with`]).
 pub fn read_params_only(r: &mut dyn Read) -> Result<SchemeParams> {
+    read_params_only_with(r, DecodeOptions::default())
+}
+
+/// [`read_params_only`] with explicit [`DecodeOptions`].
+pub fn read_params_only_with(r: &mut dyn Read, opts: DecodeOptions) -> Result<SchemeParams> {
     read_framed(r, Kind::Params, None, |d, h| {
-        let p = read_params(d)?;
+        if h.key_id != 0 {
+            return Err(Error::Decode(
+                "parameters belong to no key set (key-set identifier must be 0)".into(),
+            ));
+        }
+        let p = read_params(d, &opts)?;
         if p.rlwe().fingerprint() != h.fingerprint {
             return Err(Error::Decode(
                 "parameters do not match the header's fingerprint".into(),
@@ -122,15 +135,18 @@ impl<C: SchemeContext> PublicContext<C> {
     ) -> Result<()> {
         let ctx = context.rlwe_context();
         ctx.check_fingerprint(public_key.fingerprint, "public key")?;
+        let id = public_key.key_id;
         if let Some(r) = relin_key {
             ctx.check_fingerprint(r.0.fingerprint, "relinearization key")?;
+            crate::rlwe::ciphertext::check_key_id(id, r.0.key_id, "relinearization key")?;
         }
         if let Some(g) = galois_keys {
             for k in g.keys.values() {
                 ctx.check_fingerprint(k.fingerprint, "Galois key")?;
+                crate::rlwe::ciphertext::check_key_id(id, k.key_id, "Galois key")?;
             }
         }
-        write_framed(w, Kind::PublicContext, ctx.fingerprint(), &opts, |e| {
+        write_framed(w, Kind::PublicContext, ctx.fingerprint(), id, &opts, |e| {
             write_params(e, &context.scheme_params())?;
             e.u8(relin_key.is_some() as u8 | (galois_keys.is_some() as u8) << 1)?;
             public_key.encode(ctx, e, &opts)?;
@@ -156,21 +172,32 @@ impl<C: SchemeContext> PublicContext<C> {
         )
     }
 
-    /// Reads a public context and rebuilds it on `backend`.
-    pub fn read_from(mut r: impl Read, backend: Arc<dyn Backend>) -> Result<Self> {
+    /// Reads a public context and rebuilds it on `backend` (parameters below 128-bit security
+    /// are [`Error::InsecureParameters`]; see [`Self::read_from_with`]).
+    pub fn read_from(r: impl Read, backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::read_from_with(r, backend, DecodeOptions::default())
+    }
+
+    /// [`Self::read_from`] with explicit [`DecodeOptions`].
+    pub fn read_from_with(
+        mut r: impl Read,
+        backend: Arc<dyn Backend>,
+        opts: DecodeOptions,
+    ) -> Result<Self> {
         read_framed(&mut r, Kind::PublicContext, None, |d, h| {
-            let context: C = rebuild(d, h.fingerprint, backend)?;
+            let context: C = rebuild(d, h.fingerprint, backend, &opts)?;
             let ctx = context.rlwe_context().clone();
+            d.allow(1);
             let flags = d.u8("key flags")?;
             if flags & !3 != 0 {
                 return Err(Error::Decode(format!("unknown key flags {flags:#04x}")));
             }
-            let public_key = PublicKey::decode(&ctx, d)?;
+            let public_key = PublicKey::decode(&ctx, d, h.key_id)?;
             let relin_key = (flags & 1 != 0)
-                .then(|| RelinKey::decode(&ctx, d))
+                .then(|| RelinKey::decode(&ctx, d, h.key_id))
                 .transpose()?;
             let galois_keys = (flags & 2 != 0)
-                .then(|| GaloisKeys::decode(&ctx, d))
+                .then(|| GaloisKeys::decode(&ctx, d, h.key_id))
                 .transpose()?;
             Ok(Self {
                 context,
@@ -188,10 +215,20 @@ impl<C: SchemeContext> PublicContext<C> {
         Ok(v)
     }
 
-    /// Decodes exactly one public context from `bytes`.
+    /// Decodes exactly one public context from `bytes` (parameters below 128-bit security are
+    /// [`Error::InsecureParameters`]; see [`Self::from_bytes_with`]).
     pub fn from_bytes(bytes: &[u8], backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::from_bytes_with(bytes, backend, DecodeOptions::default())
+    }
+
+    /// [`Self::from_bytes`] with explicit [`DecodeOptions`].
+    pub fn from_bytes_with(
+        bytes: &[u8],
+        backend: Arc<dyn Backend>,
+        opts: DecodeOptions,
+    ) -> Result<Self> {
         let mut r = bytes;
-        let v = Self::read_from(&mut r, backend)?;
+        let v = Self::read_from_with(&mut r, backend, opts)?;
         no_trailing(r)?;
         Ok(v)
     }
@@ -229,7 +266,8 @@ impl<C: SchemeContext> SecretContext<C> {
         let ctx = context.rlwe_context();
         ctx.check_fingerprint(secret_key.fingerprint, "secret key")?;
         let opts = WriteOptions::default();
-        write_framed(w, Kind::SecretContext, ctx.fingerprint(), &opts, |e| {
+        let id = secret_key.key_id;
+        write_framed(w, Kind::SecretContext, ctx.fingerprint(), id, &opts, |e| {
             write_params(e, &context.scheme_params())?;
             secret_key.encode(ctx, e, &opts)
         })
@@ -240,11 +278,21 @@ impl<C: SchemeContext> SecretContext<C> {
         Self::write_parts(&mut w, &self.context, &self.secret_key)
     }
 
-    /// Reads a secret context and rebuilds it on `backend`.
-    pub fn read_from(mut r: impl Read, backend: Arc<dyn Backend>) -> Result<Self> {
+    /// Reads a secret context and rebuilds it on `backend` (parameters below 128-bit security
+    /// are [`Error::InsecureParameters`]; see [`Self::read_from_with`]).
+    pub fn read_from(r: impl Read, backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::read_from_with(r, backend, DecodeOptions::default())
+    }
+
+    /// [`Self::read_from`] with explicit [`DecodeOptions`].
+    pub fn read_from_with(
+        mut r: impl Read,
+        backend: Arc<dyn Backend>,
+        opts: DecodeOptions,
+    ) -> Result<Self> {
         read_framed(&mut r, Kind::SecretContext, None, |d, h| {
-            let context: C = rebuild(d, h.fingerprint, backend)?;
-            let secret_key = SecretKey::decode(context.rlwe_context(), d)?;
+            let context: C = rebuild(d, h.fingerprint, backend, &opts)?;
+            let secret_key = SecretKey::decode(context.rlwe_context(), d, h.key_id)?;
             Ok(Self {
                 context,
                 secret_key,
@@ -252,10 +300,20 @@ impl<C: SchemeContext> SecretContext<C> {
         })
     }
 
-    /// Decodes exactly one secret context from `bytes`.
+    /// Decodes exactly one secret context from `bytes` (parameters below 128-bit security are
+    /// [`Error::InsecureParameters`]; see [`Self::from_bytes_with`]).
     pub fn from_bytes(bytes: &[u8], backend: Arc<dyn Backend>) -> Result<Self> {
+        Self::from_bytes_with(bytes, backend, DecodeOptions::default())
+    }
+
+    /// [`Self::from_bytes`] with explicit [`DecodeOptions`].
+    pub fn from_bytes_with(
+        bytes: &[u8],
+        backend: Arc<dyn Backend>,
+        opts: DecodeOptions,
+    ) -> Result<Self> {
         let mut r = bytes;
-        let v = Self::read_from(&mut r, backend)?;
+        let v = Self::read_from_with(&mut r, backend, opts)?;
         no_trailing(r)?;
         Ok(v)
     }

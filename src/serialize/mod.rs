@@ -1,15 +1,21 @@
 //! Compact, validated, versioned binary serialization.
 //!
-//! Every object starts with a 16-byte header: magic `HETN`, format version (u16), kind (u8),
-//! flags (u8; bit 0 = zstd body) and the 64-bit fingerprint of the RLWE parameters it belongs
-//! to. Residues are bit-packed at the width of their prime (≤ 30 bits, no padding to 32 or 64),
+//! Every object starts with a 24-byte header: magic `HETN`, format version (u16), kind (u8),
+//! flags (u8; bit 0 = zstd body), the 64-bit fingerprint of the RLWE parameters it belongs
+//! to and the 64-bit identifier of its key set, and ends with a CRC-32C of all its bytes. Residues are bit-packed at the width of their prime (≤ 30 bits, no padding to 32 or 64),
 //! and the uniform halves of fresh symmetric ciphertexts and of keys are stored as their 32-byte
 //! seeds, which halves them.
 //!
 //! Decoding is strict: wrong magic, version, kind or parameters, truncation, trailing bytes,
-//! counts that the parameters do not allow and residues `≥ q` are all [`Error::Decode`] (or
-//! [`Error::ParameterMismatch`] for another context's object), never a panic, and nothing is
-//! allocated on the strength of a length field alone: sizes come from the validated parameters.
+//! a wrong checksum, counts that the parameters do not allow and residues `≥ q` are all
+//! [`Error::Decode`] (or [`Error::ParameterMismatch`] for another context's object), never a
+//! panic, and nothing is allocated on the strength of a length field alone: sizes come from
+//! the validated parameters, and a compressed body may inflate at most [`MAX_EXPANSION`]-fold.
+//!
+//! What this protects against: accidental corruption (the checksum), objects of other
+//! parameters or key sets, insecure parameters without the opt-in ([`DecodeOptions`]) and
+//! oversized inputs. What it does not: a checksum is not a MAC, and HE ciphertexts are
+//! malleable, so anyone can craft or modify an object that decodes (see the README).
 //!
 //! ```
 //! use hetensor::ckks::{CkksContext, CkksParams};
@@ -35,10 +41,11 @@ use std::io::{Read, Write};
 use std::marker::PhantomData;
 
 pub use context::{
-    read_params_only, write_params_only, PublicContext, SchemeContext, SecretContext,
+    read_params_only, read_params_only_with, write_params_only, PublicContext, SchemeContext,
+    SecretContext,
 };
 pub use objects::{Decode, Encode, SchemeParams};
-pub use wire::{Decoder, Encoder, Header, Kind, FORMAT_VERSION, HEADER_LEN, MAGIC};
+pub use wire::{Decoder, Encoder, Header, Kind, CHECKSUM_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC};
 
 use crate::error::{Error, Result};
 use crate::rlwe::RlweContext;
@@ -66,62 +73,157 @@ impl Default for WriteOptions {
 /// on what a hostile frame can make the decoder allocate.
 const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 
-/// Writes a header and a body produced by `body`, compressed if asked.
+/// How much a compressed body may expand. Ciphertexts and keys are uniform residues (plus
+/// 32-byte seeds), which zstd cannot shrink by more than a few percent, so a body that inflates
+/// by more than this is not a legitimate object of those kinds: the reader stops decompressing
+/// there, and the writer stores such bodies (a ciphertext of zeros, say) uncompressed instead.
+/// Without this bound a 2 MB frame of zeros could claim gigabytes of Galois keys.
+pub const MAX_EXPANSION: u64 = 2;
+/// Bytes a compressed body may have beyond `MAX_EXPANSION ×` its compressed length (the small
+/// fixed fields: counts, flags, scale, parameters).
+pub const EXPANSION_SLACK: u64 = 1024;
+
+/// The most bytes a compressed body of `kind` and `compressed_len` bytes may inflate to.
+/// Plaintexts, parameters and secret keys are legitimately compressible (a sparse plaintext
+/// shrinks a lot) and are bounded by their parameters alone, which keep them small (one
+/// polynomial at most).
+pub(crate) fn expansion_cap(kind: Kind, compressed_len: u64) -> u64 {
+    match kind {
+        Kind::Plaintext | Kind::Params | Kind::SecretKey | Kind::SecretContext => u64::MAX,
+        _ => compressed_len
+            .saturating_mul(MAX_EXPANSION)
+            .saturating_add(EXPANSION_SLACK),
+    }
+}
+
+/// How serialized input is trusted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecodeOptions {
+    /// Accept parameters marked [`crate::rlwe::Security::InsecureForTestingOnly`] that do not
+    /// meet 128-bit security (the same opt-in the constructors need). Without it, such
+    /// parameters are [`Error::InsecureParameters`], exactly as when they are constructed.
+    pub allow_insecure: bool,
+}
+
+impl DecodeOptions {
+    /// Options that accept insecure test parameters (tests and experiments only).
+    pub fn allow_insecure() -> Self {
+        Self {
+            allow_insecure: true,
+        }
+    }
+}
+
+/// The writer's end of an object: passes bytes through and keeps their CRC-32C.
+struct Sink<'a> {
+    w: &'a mut dyn Write,
+    crc: u32,
+}
+
+impl Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.w.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// Counts the bytes written through it (the uncompressed body's length).
+struct Counting<W>(W, u64);
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.1 += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Writes a header, a body produced by `body` (compressed if asked and if the result stays
+/// within [`MAX_EXPANSION`]; `body` then runs a second time, uncompressed) and the CRC-32C of
+/// all of it.
 pub(crate) fn write_framed(
     w: &mut dyn Write,
     kind: Kind,
     fingerprint: u64,
+    key_id: u64,
     opts: &WriteOptions,
-    body: impl FnOnce(&mut Encoder) -> Result<()>,
+    body: impl Fn(&mut Encoder) -> Result<()>,
 ) -> Result<()> {
-    Header {
+    let mut sink = Sink { w, crc: 0 };
+    let header = |compressed| Header {
         kind,
-        compressed: opts.compression.is_some(),
+        compressed,
         fingerprint,
-    }
-    .write(w)?;
-    match opts.compression {
-        Some(level) => {
-            if !(1..=19).contains(&level) {
-                return Err(Error::InvalidInput(format!(
-                    "zstd level {level} outside 1..=19"
-                )));
-            }
-            let mut z = zstd::stream::Encoder::new(Vec::new(), level)?;
-            body(&mut Encoder::new(&mut z))?;
-            let bytes = z.finish()?;
-            w.write_all(&(bytes.len() as u64).to_le_bytes())?;
-            w.write_all(&bytes)?;
+        key_id,
+    };
+    let mut compressed = None;
+    if let Some(level) = opts.compression {
+        if !(1..=19).contains(&level) {
+            return Err(Error::InvalidInput(format!(
+                "zstd level {level} outside 1..=19"
+            )));
         }
-        None => body(&mut Encoder::new(w))?,
+        let mut z = Counting(zstd::stream::Encoder::new(Vec::new(), level)?, 0);
+        body(&mut Encoder::new(&mut z))?;
+        let raw = z.1;
+        let bytes = z.0.finish()?;
+        if raw <= expansion_cap(kind, bytes.len() as u64) {
+            compressed = Some(bytes);
+        }
     }
+    match compressed {
+        Some(bytes) => {
+            header(true).write(&mut sink)?;
+            sink.write_all(&(bytes.len() as u64).to_le_bytes())?;
+            sink.write_all(&bytes)?;
+        }
+        None => {
+            header(false).write(&mut sink)?;
+            body(&mut Encoder::new(&mut sink))?;
+        }
+    }
+    let crc = sink.crc;
+    sink.w.write_all(&crc.to_le_bytes())?;
     Ok(())
 }
 
-/// Maps stream errors of the zstd decoder (corrupt frames) to [`Error::Decode`].
-struct ZstdErrors<R>(R);
+/// The reader's source: keeps the CRC-32C of the bytes read, and marks its own errors as
+/// [`wire::SourceError`] so that only they become [`Error::Io`] (a corrupt zstd frame is also
+/// reported as an I/O error by the decompressor, but is [`Error::Decode`]).
+struct Source<'a> {
+    r: &'a mut dyn Read,
+    crc: u32,
+}
 
-impl<R: Read> Read for ZstdErrors<R> {
+impl Read for Source<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                e
-            } else {
-                std::io::Error::new(std::io::ErrorKind::InvalidData, e)
-            }
-        })
+        let n = self
+            .r
+            .read(buf)
+            .map_err(|e| std::io::Error::new(e.kind(), wire::SourceError(e)))?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        Ok(n)
     }
 }
 
-/// Reads a header, checks its kind (and fingerprint, when `expect_fingerprint` is given), and
-/// decodes the body with `body`, which must consume all of it.
+/// Reads a header, checks its kind (and fingerprint, when `expect_fingerprint` is given),
+/// decodes the body with `body` (which must consume all of it, and which may read no more than
+/// its decoders allow), and checks the CRC-32C trailer.
 pub(crate) fn read_framed<T>(
     r: &mut dyn Read,
     kind: Kind,
     expect_fingerprint: Option<u64>,
     body: impl FnOnce(&mut Decoder, &Header) -> Result<T>,
 ) -> Result<T> {
-    let h = Header::read(r)?;
+    let mut src = Source { r, crc: 0 };
+    let h = Header::read(&mut src)?;
     if h.kind != kind {
         return Err(Error::Decode(format!(
             "expected a {kind:?}, found a {:?}",
@@ -136,28 +238,44 @@ pub(crate) fn read_framed<T>(
             )));
         }
     }
-    if !h.compressed {
-        return body(&mut Decoder::new(r), &h);
-    }
-    let mut len = [0u8; 8];
-    r.read_exact(&mut len)
-        .map_err(|_| Error::Decode("truncated input (compressed length)".into()))?;
-    let mut limited = r.take(u64::from_le_bytes(len));
-    let value = {
-        let mut z = zstd::stream::Decoder::new(&mut limited)
-            .map_err(|e| Error::Decode(format!("zstd: {e}")))?;
-        z.window_log_max(ZSTD_WINDOW_LOG_MAX)
-            .map_err(|e| Error::Decode(format!("zstd: {e}")))?;
-        let mut z = ZstdErrors(z.single_frame());
-        let mut d = Decoder::new(&mut z);
-        let v = body(&mut d, &h)?;
-        d.expect_end()?;
-        v
+    let value = if h.compressed {
+        let mut len = [0u8; 8];
+        src.read_exact(&mut len)
+            .map_err(|e| wire::map_read_error(e, "compressed length"))?;
+        let len = u64::from_le_bytes(len);
+        let mut limited = (&mut src).take(len);
+        let value = {
+            let z = zstd::stream::Decoder::new(&mut limited)
+                .map_err(|e| Error::Decode(format!("zstd: {e}")))?;
+            let mut z = z.single_frame();
+            z.window_log_max(ZSTD_WINDOW_LOG_MAX)
+                .map_err(|e| Error::Decode(format!("zstd: {e}")))?;
+            let mut d = Decoder::new(&mut z, expansion_cap(kind, len));
+            let v = body(&mut d, &h)?;
+            d.expect_end()?;
+            v
+        };
+        if limited.limit() != 0 {
+            return Err(Error::Decode(
+                "bytes left in the compressed body after the object".into(),
+            ));
+        }
+        value
+    } else {
+        body(&mut Decoder::new(&mut src, u64::MAX), &h)?
     };
-    if limited.limit() != 0 {
-        return Err(Error::Decode(
-            "bytes left in the compressed body after the object".into(),
-        ));
+    let computed = src.crc;
+    let mut stored = [0u8; CHECKSUM_LEN];
+    // Read through `src` so that a failing source stays an I/O error (the CRC it then keeps
+    // is not used).
+    src.read_exact(&mut stored)
+        .map_err(|e| wire::map_read_error(e, "checksum"))?;
+    if u32::from_le_bytes(stored) != computed {
+        return Err(Error::Decode(format!(
+            "checksum mismatch ({:08x} stored, {computed:08x} computed): the {kind:?} was \
+             corrupted in storage or transit",
+            u32::from_le_bytes(stored)
+        )));
     }
     Ok(value)
 }
@@ -170,15 +288,20 @@ pub fn write<T: Encode>(
     opts: WriteOptions,
 ) -> Result<()> {
     ctx.check_fingerprint(obj.fingerprint_or(ctx), "object to serialize")?;
-    write_framed(&mut w, T::KIND, ctx.fingerprint(), &opts, |e| {
-        obj.encode(ctx, e, &opts)
-    })
+    write_framed(
+        &mut w,
+        T::KIND,
+        ctx.fingerprint(),
+        obj.key_id(),
+        &opts,
+        |e| obj.encode(ctx, e, &opts),
+    )
 }
 
 /// Reads one object for `ctx` from a stream (which may hold more objects after it).
 pub fn read<T: Decode>(ctx: &RlweContext, mut r: impl Read) -> Result<T> {
-    read_framed(&mut r, T::KIND, Some(ctx.fingerprint()), |d, _| {
-        T::decode(ctx, d)
+    read_framed(&mut r, T::KIND, Some(ctx.fingerprint()), |d, h| {
+        T::decode(ctx, d, h.key_id)
     })
 }
 

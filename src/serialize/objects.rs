@@ -6,7 +6,7 @@ use std::sync::Arc;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::wire::{Decoder, Encoder, Kind};
-use super::WriteOptions;
+use super::{DecodeOptions, WriteOptions};
 use crate::backend::{PolyBatch, Repr};
 use crate::bfv::{self, BfvParams};
 use crate::ckks::{self, CkksParams};
@@ -23,6 +23,8 @@ pub trait Encode {
     const KIND: Kind;
     /// Parameter fingerprint the object carries.
     fn fingerprint(&self) -> u64;
+    /// Key-set identifier the object carries (0 for objects of no key set: plaintexts).
+    fn key_id(&self) -> u64;
     /// Writes the body.
     fn encode(&self, ctx: &RlweContext, e: &mut Encoder, opts: &WriteOptions) -> Result<()>;
 }
@@ -31,8 +33,29 @@ pub trait Encode {
 pub trait Decode: Sized {
     /// Header kind.
     const KIND: Kind;
-    /// Reads and validates the body.
-    fn decode(ctx: &RlweContext, d: &mut Decoder) -> Result<Self>;
+    /// Reads and validates the body; `key_id` is the header's key-set identifier.
+    fn decode(ctx: &RlweContext, d: &mut Decoder, key_id: u64) -> Result<Self>;
+}
+
+/// Packed bytes of one polynomial over `limbs` (each limb at its prime's bit width).
+fn poly_bytes(ctx: &RlweContext, limbs: &[usize]) -> u64 {
+    limbs
+        .iter()
+        .map(|&l| {
+            (ctx.n() as u64 * super::wire::residue_bits(ctx.ring().modulus(l).value()) as u64)
+                .div_ceil(8)
+        })
+        .sum()
+}
+
+/// Objects of a key set (ciphertexts, keys) must name one: 0 is reserved for plaintexts.
+fn key_set(key_id: u64, what: &str) -> Result<u64> {
+    if key_id == 0 {
+        return Err(Error::Decode(format!(
+            "{what} without a key-set identifier"
+        )));
+    }
+    Ok(key_id)
 }
 
 /// Writes polynomials `polys` of `p` (all limbs of each), each limb at its modulus' width.
@@ -62,6 +85,7 @@ fn read_polys(
     count: usize,
     out: &mut Vec<u32>,
 ) -> Result<()> {
+    d.allow(count as u64 * poly_bytes(ctx, limbs));
     for _ in 0..count {
         for &l in limbs {
             d.residues_into(out, ctx.n(), ctx.ring().modulus(l))?;
@@ -103,9 +127,11 @@ fn read_pair(
     d: &mut Decoder,
     limbs: Arc<[usize]>,
 ) -> Result<(PolyBatch, Option<[u8; 32]>)> {
+    d.allow(1);
     let seeded = d.bool("seed flag")?;
     let mut words = Vec::new();
     let seed = if seeded {
+        d.allow(32);
         let s: [u8; 32] = d.bytes("seed")?;
         read_polys(ctx, d, &limbs, 1, &mut words)?;
         words.extend(expand_seed(ctx, s, &limbs));
@@ -161,7 +187,28 @@ fn write_ciphertext(
     }
 }
 
+/// What scales a CKKS ciphertext at `level` can legitimately have: at least 1 (Δ ≥ 1 at
+/// encoding, and rescaling divides by the prime that the level's extra factor paid for), and
+/// at most `Q_level / 4`, one bit looser than what every operation that raises a scale
+/// enforces (`capacity ≥ 4`: room for values of magnitude 2 under `Q_level / 2`), which
+/// rescaling preserves. A scale outside this range cannot come from this library; one inside
+/// it is accepted (a deliberate edit there, with the checksum recomputed, goes unnoticed, as
+/// any other deliberate edit of a malleable ciphertext does).
+pub(crate) fn check_ckks_scale(ctx: &RlweContext, level: usize, scale: f64) -> Result<()> {
+    let log_q: f64 = (0..=level)
+        .map(|i| (ctx.ring().modulus(i).value() as f64).log2())
+        .sum();
+    if !scale.is_finite() || scale < 1.0 || scale.log2() > log_q - 2.0 {
+        return Err(Error::Decode(format!(
+            "scale {scale:e} is impossible at level {level}: it must lie in [1, Q/4] = [1, 2^{:.1}]",
+            log_q - 2.0
+        )));
+    }
+    Ok(())
+}
+
 fn read_ciphertext(ctx: &RlweContext, d: &mut Decoder) -> Result<(Ciphertext, u64)> {
+    d.allow(8 + 1 + 1 + 8 + 1);
     let t = d.u64("plaintext modulus")?;
     let limbs = level_limbs(ctx, d.u8("level")?)?;
     let size = d.u8("size")? as usize;
@@ -171,9 +218,11 @@ fn read_ciphertext(ctx: &RlweContext, d: &mut Decoder) -> Result<(Ciphertext, u6
         )));
     }
     let scale = d.f64("scale")?;
-    if !scale.is_finite() || scale <= 0.0 {
+    if t == 0 {
+        check_ckks_scale(ctx, limbs.len() - 1, scale)?;
+    } else if scale != 1.0 {
         return Err(Error::Decode(format!(
-            "scale {scale} is not a positive number"
+            "BFV ciphertext with scale {scale} (always 1)"
         )));
     }
     let seeded = d.bool("seed flag")?;
@@ -184,6 +233,7 @@ fn read_ciphertext(ctx: &RlweContext, d: &mut Decoder) -> Result<(Ciphertext, u6
                 "only size-2 ciphertexts can be seeded".into(),
             ));
         }
+        d.allow(32);
         let s: [u8; 32] = d.bytes("seed")?;
         read_polys(ctx, d, &limbs, 1, &mut words)?;
         words.extend(expand_seed(ctx, s, &limbs));
@@ -195,7 +245,7 @@ fn read_ciphertext(ctx: &RlweContext, d: &mut Decoder) -> Result<(Ciphertext, u6
     let polys = ctx
         .backend()
         .upload(words, limbs, size, ctx.n(), Repr::Ntt)?;
-    let mut ct = Ciphertext::new(polys, scale, ctx.fingerprint());
+    let mut ct = Ciphertext::new(polys, scale, ctx.fingerprint(), 0);
     ct.seed = seed;
     Ok((ct, t))
 }
@@ -205,6 +255,9 @@ impl Encode for Ciphertext {
     fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
+    fn key_id(&self) -> u64 {
+        self.key_id
+    }
     fn encode(&self, ctx: &RlweContext, e: &mut Encoder, opts: &WriteOptions) -> Result<()> {
         write_ciphertext(ctx, e, self, 0, opts)
     }
@@ -212,8 +265,10 @@ impl Encode for Ciphertext {
 
 impl Decode for Ciphertext {
     const KIND: Kind = Kind::Ciphertext;
-    fn decode(ctx: &RlweContext, d: &mut Decoder) -> Result<Self> {
-        let (ct, t) = read_ciphertext(ctx, d)?;
+    fn decode(ctx: &RlweContext, d: &mut Decoder, key_id: u64) -> Result<Self> {
+        let key_id = key_set(key_id, "ciphertext")?;
+        let (mut ct, t) = read_ciphertext(ctx, d)?;
+        ct.key_id = key_id;
         if t != 0 {
             return Err(Error::Decode(
                 "this is a BFV ciphertext; load it as bfv::Ciphertext".into(),
@@ -228,6 +283,9 @@ impl Encode for bfv::Ciphertext {
     fn fingerprint(&self) -> u64 {
         self.inner.fingerprint
     }
+    fn key_id(&self) -> u64 {
+        self.inner.key_id
+    }
     fn encode(&self, ctx: &RlweContext, e: &mut Encoder, opts: &WriteOptions) -> Result<()> {
         write_ciphertext(ctx, e, &self.inner, self.plain_modulus, opts)
     }
@@ -235,8 +293,10 @@ impl Encode for bfv::Ciphertext {
 
 impl Decode for bfv::Ciphertext {
     const KIND: Kind = Kind::Ciphertext;
-    fn decode(ctx: &RlweContext, d: &mut Decoder) -> Result<Self> {
-        let (inner, t) = read_ciphertext(ctx, d)?;
+    fn decode(ctx: &RlweContext, d: &mut Decoder, key_id: u64) -> Result<Self> {
+        let key_id = key_set(key_id, "ciphertext")?;
+        let (mut inner, t) = read_ciphertext(ctx, d)?;
+        inner.key_id = key_id;
         if t == 0 {
             return Err(Error::Decode(
                 "this is a CKKS ciphertext, not a BFV one".into(),
@@ -252,6 +312,9 @@ impl Decode for bfv::Ciphertext {
 impl Encode for ckks::Plaintext {
     const KIND: Kind = Kind::Plaintext;
     fn fingerprint(&self) -> u64 {
+        0
+    }
+    fn key_id(&self) -> u64 {
         0
     }
     fn encode(&self, ctx: &RlweContext, e: &mut Encoder, _opts: &WriteOptions) -> Result<()> {
@@ -270,7 +333,13 @@ impl Encode for ckks::Plaintext {
 
 impl Decode for ckks::Plaintext {
     const KIND: Kind = Kind::Plaintext;
-    fn decode(ctx: &RlweContext, d: &mut Decoder) -> Result<Self> {
+    fn decode(ctx: &RlweContext, d: &mut Decoder, key_id: u64) -> Result<Self> {
+        if key_id != 0 {
+            return Err(Error::Decode(
+                "a plaintext belongs to no key set (its key-set identifier must be 0)".into(),
+            ));
+        }
+        d.allow(1 + 1 + 8);
         let limbs = level_limbs(ctx, d.u8("level")?)?;
         let repr = if d.bool("representation")? {
             Repr::Ntt
@@ -278,9 +347,16 @@ impl Decode for ckks::Plaintext {
             Repr::Coeff
         };
         let scale = d.f64("scale")?;
-        if !scale.is_finite() || scale <= 0.0 {
+        // Encoding needs scale ≥ 1; a plaintext at a scale of Q_level / 2 or more could hold
+        // no value of magnitude ≥ 1.
+        let log_q: f64 = limbs
+            .iter()
+            .map(|&l| (ctx.ring().modulus(l).value() as f64).log2())
+            .sum();
+        if !scale.is_finite() || scale < 1.0 || scale.log2() > log_q - 1.0 {
             return Err(Error::Decode(format!(
-                "scale {scale} is not a positive number"
+                "plaintext scale {scale:e} outside [1, Q/2] at level {}",
+                limbs.len() - 1
             )));
         }
         let mut words = Vec::new();
@@ -295,6 +371,9 @@ impl Encode for PublicKey {
     fn fingerprint(&self) -> u64 {
         self.fingerprint
     }
+    fn key_id(&self) -> u64 {
+        self.key_id
+    }
     fn encode(&self, ctx: &RlweContext, e: &mut Encoder, opts: &WriteOptions) -> Result<()> {
         write_pair(ctx, e, &self.polys, self.seed, opts)
     }
@@ -302,12 +381,14 @@ impl Encode for PublicKey {
 
 impl Decode for PublicKey {
     const KIND: Kind = Kind::PublicKey;
-    fn decode(ctx: &RlweContext, d: &mut Decoder) -> Result<Self> {
+    fn decode(ctx: &RlweContext, d: &mut Decoder, key_id: u64) -> Result<Self> {
+        let key_id = key_set(key_id, "public key")?;
         let (polys, seed) = read_pair(ctx, d, ctx.qp_limbs(ctx.max_level()))?;
         Ok(PublicKey {
             polys,
             fingerprint: ctx.fingerprint(),
             seed,
+            key_id,
         })
     }
 }
@@ -325,7 +406,13 @@ fn write_ksk(
     Ok(())
 }
 
-fn read_ksk(ctx: &RlweContext, d: &mut Decoder) -> Result<KeySwitchKey> {
+/// The fewest bytes a key-switching key can take (every digit seeded).
+fn min_ksk_bytes(ctx: &RlweContext) -> u64 {
+    1 + ctx.digits().len() as u64 * (1 + 32 + poly_bytes(ctx, &ctx.qp_limbs(ctx.max_level())))
+}
+
+fn read_ksk(ctx: &RlweContext, d: &mut Decoder, key_id: u64) -> Result<KeySwitchKey> {
+    d.allow(1);
     let count = d.u8("digit count")? as usize;
     let expected = ctx.digits().len();
     if count != expected {
@@ -345,6 +432,7 @@ fn read_ksk(ctx: &RlweContext, d: &mut Decoder) -> Result<KeySwitchKey> {
         digits,
         fingerprint: ctx.fingerprint(),
         seeds,
+        key_id,
     })
 }
 
@@ -353,6 +441,9 @@ impl Encode for RelinKey {
     fn fingerprint(&self) -> u64 {
         self.0.fingerprint
     }
+    fn key_id(&self) -> u64 {
+        self.0.key_id
+    }
     fn encode(&self, ctx: &RlweContext, e: &mut Encoder, opts: &WriteOptions) -> Result<()> {
         write_ksk(ctx, e, &self.0, opts)
     }
@@ -360,8 +451,9 @@ impl Encode for RelinKey {
 
 impl Decode for RelinKey {
     const KIND: Kind = Kind::RelinKey;
-    fn decode(ctx: &RlweContext, d: &mut Decoder) -> Result<Self> {
-        Ok(RelinKey(read_ksk(ctx, d)?))
+    fn decode(ctx: &RlweContext, d: &mut Decoder, key_id: u64) -> Result<Self> {
+        let key_id = key_set(key_id, "relinearization key")?;
+        Ok(RelinKey(read_ksk(ctx, d, key_id)?))
     }
 }
 
@@ -370,7 +462,17 @@ impl Encode for GaloisKeys {
     fn fingerprint(&self) -> u64 {
         self.keys.values().next().map_or(0, |k| k.fingerprint)
     }
+    /// The key set of the keys (a set mixing key sets cannot be written, see `encode`).
+    fn key_id(&self) -> u64 {
+        self.keys.values().next().map_or(0, |k| k.key_id)
+    }
     fn encode(&self, ctx: &RlweContext, e: &mut Encoder, opts: &WriteOptions) -> Result<()> {
+        let id = self.key_id();
+        if self.keys.values().any(|k| k.key_id != id) {
+            return Err(Error::KeyMismatch(
+                "a Galois key set mixing keys of different key sets cannot be serialized".into(),
+            ));
+        }
         let elements = self.elements();
         e.u32(elements.len() as u32)?;
         for g in elements {
@@ -383,7 +485,8 @@ impl Encode for GaloisKeys {
 
 impl Decode for GaloisKeys {
     const KIND: Kind = Kind::GaloisKeys;
-    fn decode(ctx: &RlweContext, d: &mut Decoder) -> Result<Self> {
+    fn decode(ctx: &RlweContext, d: &mut Decoder, key_id: u64) -> Result<Self> {
+        d.allow(4);
         let count = d.u32("Galois key count")? as usize;
         let two_n = 2 * ctx.n();
         // Distinct odd elements below 2N: at most N keys.
@@ -393,9 +496,21 @@ impl Decode for GaloisKeys {
                 ctx.n()
             )));
         }
+        // Refuse before allocating if the body cannot hold that many keys (a small compressed
+        // frame claiming thousands of all-zero keys).
+        d.require(
+            count as u64 * (4 + min_ksk_bytes(ctx)),
+            &format!("a set of {count} Galois keys"),
+        )?;
+        let key_id = if count == 0 {
+            key_id
+        } else {
+            key_set(key_id, "Galois keys")?
+        };
         let mut keys = std::collections::HashMap::new();
         let mut last = 0usize;
         for _ in 0..count {
+            d.allow(4);
             let g = d.u32("Galois element")? as usize;
             if g % 2 == 0 || g >= two_n || g <= last {
                 return Err(Error::Decode(format!(
@@ -403,7 +518,7 @@ impl Decode for GaloisKeys {
                 )));
             }
             last = g;
-            keys.insert(g, read_ksk(ctx, d)?);
+            keys.insert(g, read_ksk(ctx, d, key_id)?);
         }
         Ok(GaloisKeys { keys })
     }
@@ -413,6 +528,9 @@ impl Encode for SecretKey {
     const KIND: Kind = Kind::SecretKey;
     fn fingerprint(&self) -> u64 {
         self.fingerprint
+    }
+    fn key_id(&self) -> u64 {
+        self.key_id
     }
     /// Two bits per ternary coefficient (0, 1, −1 ↦ 0, 1, 2); the staging buffer is wiped.
     fn encode(&self, _ctx: &RlweContext, e: &mut Encoder, _opts: &WriteOptions) -> Result<()> {
@@ -431,8 +549,10 @@ impl Encode for SecretKey {
 
 impl Decode for SecretKey {
     const KIND: Kind = Kind::SecretKey;
-    fn decode(ctx: &RlweContext, d: &mut Decoder) -> Result<Self> {
+    fn decode(ctx: &RlweContext, d: &mut Decoder, key_id: u64) -> Result<Self> {
+        let key_id = key_set(key_id, "secret key")?;
         let n = ctx.n();
+        d.allow(n as u64 / 4);
         let mut coeffs = Zeroizing::new(vec![0i8; n]);
         let mut wide = Zeroizing::new(vec![0i64; n]);
         for chunk in 0..n / 4 {
@@ -458,6 +578,7 @@ impl Decode for SecretKey {
             coeffs: std::mem::take(&mut *coeffs),
             ntt,
             fingerprint: ctx.fingerprint(),
+            key_id,
         })
     }
 }
@@ -508,7 +629,11 @@ pub(crate) fn write_params(e: &mut Encoder, p: &SchemeParams) -> Result<()> {
     }
 }
 
-pub(crate) fn read_params(d: &mut Decoder) -> Result<SchemeParams> {
+/// Reads parameters and validates them as the constructors do, 128-bit check included: a
+/// parameter set marked insecure is accepted only with [`DecodeOptions::allow_insecure`]
+/// (or if it meets 128-bit security anyway).
+pub(crate) fn read_params(d: &mut Decoder, opts: &DecodeOptions) -> Result<SchemeParams> {
+    d.allow(4);
     let scheme = d.u8("scheme")?;
     let log_n = d.u8("ring degree")?;
     if !(10..=16).contains(&log_n) {
@@ -522,19 +647,31 @@ pub(crate) fn read_params(d: &mut Decoder) -> Result<SchemeParams> {
     };
     let mut lists: [Vec<u32>; 3] = Default::default();
     for list in lists.iter_mut() {
+        d.allow(1);
         let len = d.u8("prime count")? as usize;
         if len > MAX_PRIMES {
             return Err(Error::Decode(format!(
                 "{len} primes (at most {MAX_PRIMES})"
             )));
         }
+        d.allow(4 * len as u64);
         for _ in 0..len {
             list.push(d.u32("prime")?);
         }
     }
     let [q, p, aux] = lists;
-    let rlwe = RlweParams::new(1 << log_n, q, p, aux, dnum, security)
-        .map_err(|e| Error::Decode(format!("invalid parameters: {e}")))?;
+    let checked = if opts.allow_insecure {
+        security
+    } else {
+        Security::Bits128
+    };
+    let rlwe = RlweParams::new(1 << log_n, q, p, aux, dnum, checked).map_err(|e| match e {
+        e @ Error::InsecureParameters { .. } => e,
+        e => Error::Decode(format!("invalid parameters: {e}")),
+    })?;
+    // Keep the setting the writer declared (it is part of what gets written back).
+    let rlwe = RlweParams { security, ..rlwe };
+    d.allow(8);
     match scheme {
         1 => {
             let scale_bits = d.u8("scale bits")? as u32;

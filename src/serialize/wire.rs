@@ -8,10 +8,14 @@ use crate::math::Modulus;
 
 /// First bytes of every hetensor object.
 pub const MAGIC: [u8; 4] = *b"HETN";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
-/// Header bytes: magic, version (u16), kind (u8), flags (u8), parameter fingerprint (u64).
-pub const HEADER_LEN: usize = 16;
+/// The format version this build writes and reads. Version 2 added the key-set identifier to
+/// the header and the CRC-32C trailer; version-1 objects are refused with a message saying so.
+pub const FORMAT_VERSION: u16 = 2;
+/// Header bytes: magic, version (u16), kind (u8), flags (u8), parameter fingerprint (u64),
+/// key-set identifier (u64).
+pub const HEADER_LEN: usize = 24;
+/// Trailer bytes: CRC-32C (Castagnoli) of everything before it, header included.
+pub const CHECKSUM_LEN: usize = 4;
 /// Header flag: the body is one zstd frame of the length that follows the header (u64).
 pub(crate) const FLAG_ZSTD: u8 = 1;
 
@@ -65,6 +69,9 @@ pub struct Header {
     pub compressed: bool,
     /// [`crate::rlwe::RlweParams::fingerprint`] of the parameters the object belongs to.
     pub fingerprint: u64,
+    /// Identifier of the key set the object belongs to (fixed when its secret key was
+    /// generated); 0 for objects that belong to no key set (parameters, plaintexts).
+    pub key_id: u64,
 }
 
 impl Header {
@@ -74,7 +81,8 @@ impl Header {
         b[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         b[6] = self.kind as u8;
         b[7] = if self.compressed { FLAG_ZSTD } else { 0 };
-        b[8..].copy_from_slice(&self.fingerprint.to_le_bytes());
+        b[8..16].copy_from_slice(&self.fingerprint.to_le_bytes());
+        b[16..24].copy_from_slice(&self.key_id.to_le_bytes());
         w.write_all(&b)?;
         Ok(())
     }
@@ -88,6 +96,13 @@ impl Header {
             ));
         }
         let version = u16::from_le_bytes([b[4], b[5]]);
+        if version == 1 {
+            return Err(Error::Decode(
+                "format version 1 (written by an older hetensor, without checksums or key-set \
+                 identifiers) is no longer read; re-serialize the object with this version"
+                    .into(),
+            ));
+        }
         if version != FORMAT_VERSION {
             return Err(Error::Decode(format!(
                 "format version {version}; this build reads version {FORMAT_VERSION}"
@@ -101,15 +116,46 @@ impl Header {
             kind,
             compressed: b[7] & FLAG_ZSTD != 0,
             fingerprint: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+            key_id: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
         })
     }
 }
 
 fn read_exact(r: &mut dyn Read, buf: &mut [u8], what: &str) -> Result<()> {
-    r.read_exact(buf).map_err(|e| match e.kind() {
+    r.read_exact(buf).map_err(|e| map_read_error(e, what))
+}
+
+/// An error of the stream the object is read from (a file, a pipe), as opposed to an error in
+/// the object's bytes: only these stay [`Error::Io`].
+#[derive(Debug)]
+pub(crate) struct SourceError(pub(crate) io::Error);
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+/// Truncation and malformed data (a corrupt zstd frame, reported by the decompressor as an I/O
+/// error) are [`Error::Decode`]; a failing source stays [`Error::Io`].
+pub(crate) fn map_read_error(e: io::Error, what: &str) -> Error {
+    if e.get_ref().is_some_and(|inner| inner.is::<SourceError>()) {
+        let inner = e
+            .into_inner()
+            .and_then(|b| b.downcast::<SourceError>().ok())
+            .map(|b| b.0)
+            .unwrap_or_else(|| io::Error::other("source error"));
+        return Error::Io(inner);
+    }
+    match e.kind() {
         io::ErrorKind::UnexpectedEof => Error::Decode(format!("truncated input (in {what})")),
+        io::ErrorKind::InvalidData | io::ErrorKind::Other => {
+            Error::Decode(format!("corrupt input (in {what}): {e}"))
+        }
         _ => Error::Io(e),
-    })
+    }
 }
 
 /// Bits needed for residues of `q` (its bit length): how tightly a limb is packed.
@@ -176,19 +222,77 @@ impl<'a> Encoder<'a> {
 
 /// Reads scalars and residues; every count it is asked to read has been bounded by the caller
 /// against the parameters, so a lying length field cannot make it allocate.
+///
+/// It also keeps a byte budget: each object's decoder first [`Self::allow`]s the most bytes its
+/// header and counts can legitimately need (computed from the parameters), and no read goes
+/// past the budget, nor past `cap` (for compressed bodies, a bound from the compressed length).
+/// Because the zstd decoder only inflates what is read, decompression stops there too.
 pub struct Decoder<'a> {
     r: &'a mut dyn Read,
     buf: Vec<u8>,
+    /// Bytes read so far.
+    used: u64,
+    /// Bytes the decoders have allowed so far.
+    budget: u64,
+    /// Absolute bound (the compressed body's expansion limit; `u64::MAX` when uncompressed).
+    cap: u64,
 }
 
 impl<'a> Decoder<'a> {
-    pub(crate) fn new(r: &'a mut dyn Read) -> Self {
-        Self { r, buf: Vec::new() }
+    pub(crate) fn new(r: &'a mut dyn Read, cap: u64) -> Self {
+        Self {
+            r,
+            buf: Vec::new(),
+            used: 0,
+            budget: 0,
+            cap,
+        }
+    }
+
+    /// Allows `n` more bytes: what the part about to be read can legitimately need.
+    pub(crate) fn allow(&mut self, n: u64) {
+        self.budget = self.budget.saturating_add(n);
+    }
+
+    /// Refuses now (before anything is allocated for it) if a part that needs at least `n`
+    /// more bytes cannot fit under the cap (a compressed body's expansion limit).
+    pub(crate) fn require(&mut self, n: u64, what: &str) -> Result<()> {
+        let room = self.cap.saturating_sub(self.used);
+        if n > room {
+            return Err(Error::Decode(format!(
+                "{what} needs at least {n} more bytes, beyond the {room} this compressed body \
+                 may expand to (key material and ciphertexts do not compress)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn cap_note(&self) -> &'static str {
+        if self.cap < u64::MAX && self.cap <= self.budget {
+            " (a compressed body may expand at most by the format's limit: key material and \
+             ciphertexts do not compress)"
+        } else {
+            ""
+        }
+    }
+
+    fn take(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        let n = buf.len() as u64;
+        if self.used + n > self.budget.min(self.cap) {
+            return Err(Error::Decode(format!(
+                "{what}: the object is larger than its parameters allow ({} bytes){}",
+                self.budget.min(self.cap),
+                self.cap_note()
+            )));
+        }
+        read_exact(self.r, buf, what)?;
+        self.used += n;
+        Ok(())
     }
 
     pub(crate) fn bytes<const K: usize>(&mut self, what: &str) -> Result<[u8; K]> {
         let mut b = [0u8; K];
-        read_exact(self.r, &mut b, what)?;
+        self.take(&mut b, what)?;
         Ok(b)
     }
 
@@ -230,8 +334,11 @@ impl<'a> Decoder<'a> {
         let q = m.value();
         let bits = residue_bits(q);
         let len = (count * bits as usize).div_ceil(8);
-        self.buf.resize(len, 0);
-        read_exact(self.r, &mut self.buf, "residues")?;
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(len, 0);
+        let read = self.take(&mut buf, "residues");
+        self.buf = buf;
+        read?;
         let mask = (1u64 << bits) - 1;
         self.buf.resize(len.next_multiple_of(4) + 4, 0);
         let (mut acc, mut have, mut pos) = (0u64, 0u32, 0usize);
@@ -268,7 +375,11 @@ impl<'a> Decoder<'a> {
     /// Succeeds only at the end of the stream (no trailing bytes).
     pub(crate) fn expect_end(&mut self) -> Result<()> {
         let mut b = [0u8; 1];
-        match self.r.read(&mut b)? {
+        match self
+            .r
+            .read(&mut b)
+            .map_err(|e| map_read_error(e, "end of body"))?
+        {
             0 => Ok(()),
             _ => Err(Error::Decode("trailing bytes after the object".into())),
         }

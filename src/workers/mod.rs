@@ -41,7 +41,7 @@ use crate::backend::Backend;
 use crate::ckks::CkksContext;
 use crate::error::{Error, Result};
 use crate::rlwe::{Ciphertext, GaloisKeys, RlweContext};
-use crate::serialize::{self, PublicContext, WriteOptions};
+use crate::serialize::{self, DecodeOptions, PublicContext, WriteOptions};
 use crate::train::logistic::{BatchCt, ShardOutput, ShardRunner};
 use crate::train::{BlockLayout, Eval, PublicEval};
 
@@ -113,6 +113,18 @@ fn decode_cts(ctx: &RlweContext, r: &mut &[u8]) -> Result<Vec<Ciphertext>> {
 /// The worker side: serves frames from `input` until `QUIT` or end of input. Computes on
 /// `backend`. Errors in a job are reported to the parent, which decides what to do.
 pub fn serve(input: impl Read, output: impl Write, backend: Arc<dyn Backend>) -> Result<()> {
+    serve_with(input, output, backend, DecodeOptions::default())
+}
+
+/// [`serve`], decoding the public context with `opts` (`hetensor worker --allow-insecure`
+/// accepts insecure test parameters; by default they are refused as the constructors refuse
+/// them).
+pub fn serve_with(
+    input: impl Read,
+    output: impl Write,
+    backend: Arc<dyn Backend>,
+    opts: DecodeOptions,
+) -> Result<()> {
     let mut input = BufReader::new(input);
     let mut output = BufWriter::new(output);
     let mut pc: Option<PublicContext<CkksContext>> = None;
@@ -120,7 +132,11 @@ pub fn serve(input: impl Read, output: impl Write, backend: Arc<dyn Backend>) ->
     while let Some((tag, payload)) = read_frame(&mut input)? {
         let reply = match tag {
             CONTEXT => {
-                pc = Some(PublicContext::from_bytes(&payload, backend.clone())?);
+                pc = Some(PublicContext::from_bytes_with(
+                    &payload,
+                    backend.clone(),
+                    opts,
+                )?);
                 // Stored ciphertexts belong to the old context's parameters.
                 stored.clear();
                 continue;
@@ -231,14 +247,28 @@ impl WorkerPool {
     /// Starts `k` workers running `exe worker` (the `hetensor` binary), each limited to
     /// `threads_per_worker` rayon threads (0 = rayon's default).
     pub fn spawn(exe: &Path, k: usize, threads_per_worker: usize) -> Result<Self> {
+        Self::spawn_with(exe, k, threads_per_worker, DecodeOptions::default())
+    }
+
+    /// [`Self::spawn`] with the workers decoding the public context with `opts` (for insecure
+    /// test parameters: `DecodeOptions::allow_insecure()`).
+    pub fn spawn_with(
+        exe: &Path,
+        k: usize,
+        threads_per_worker: usize,
+        opts: DecodeOptions,
+    ) -> Result<Self> {
         if k == 0 {
             return Err(Error::InvalidInput("need at least one worker".into()));
         }
         let mut workers = Vec::with_capacity(k);
         for _ in 0..k {
             let mut cmd = Command::new(exe);
-            cmd.arg("worker")
-                .stdin(Stdio::piped())
+            cmd.arg("worker");
+            if opts.allow_insecure {
+                cmd.arg("--allow-insecure");
+            }
+            cmd.stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit());
             if threads_per_worker > 0 {
