@@ -573,6 +573,53 @@ proptest! {
             _ => { let _ = SecretContext::<CkksContext>::from_bytes_with(&b, arc_backend(), INSECURE_OK); }
         }
     }
+
+    /// The same mutations with the checksum recomputed (a deliberate edit), so that they reach
+    /// the body decoders: still an error or a well-formed object, never a panic; and a
+    /// compressed body never decodes to more than the expansion limit allows.
+    #[test]
+    fn resealed_mutations_reach_the_decoders_and_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6), which in 0usize..5) {
+        static SAMPLES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+        let f = fixture();
+        let ctx = f.ctx.rlwe();
+        let samples = SAMPLES.get_or_init(|| {
+            let low = f.ctx.mod_switch_to(&fresh_symmetric(), 0).unwrap();
+            let mut pc = Vec::new();
+            PublicContext::write_parts(&mut pc, &f.ctx, &f.keys.public, None, Some(&f.galois), WriteOptions::default()).unwrap();
+            let mut sc = Vec::new();
+            SecretContext::write_parts(&mut sc, &f.ctx, &f.keys.secret).unwrap();
+            vec![
+                serialize::to_bytes(ctx, &low, WriteOptions::default()).unwrap(),
+                serialize::to_bytes(ctx, &low, WriteOptions { compression: Some(1), seeded: false }).unwrap(),
+                pc,
+                sc,
+                serialize::to_bytes(ctx, &f.galois, WriteOptions { compression: Some(1), seeded: true }).unwrap(),
+            ]
+        });
+        let mut b = samples[which].clone();
+        let body = b.len() - serialize::CHECKSUM_LEN;
+        for (i, v) in flips {
+            let i = i % body;
+            b[i] ^= v | 1;
+        }
+        reseal(&mut b);
+        match which {
+            0 | 1 => {
+                if let Ok(ct) = serialize::from_bytes::<Ciphertext>(ctx, &b) {
+                    let round = serialize::to_bytes(ctx, &ct, WriteOptions::default()).unwrap();
+                    prop_assert!(serialize::from_bytes::<Ciphertext>(ctx, &round).is_ok());
+                }
+            }
+            2 => { let _ = PublicContext::<CkksContext>::from_bytes_with(&b, arc_backend(), INSECURE_OK); }
+            3 => { let _ = SecretContext::<CkksContext>::from_bytes_with(&b, arc_backend(), INSECURE_OK); }
+            _ => {
+                if let Ok(g) = serialize::from_bytes::<GaloisKeys>(ctx, &b) {
+                    let raw = serialize::to_bytes(ctx, &g, WriteOptions { compression: None, seeded: true }).unwrap();
+                    prop_assert!(raw.len() as u64 <= 2 * b.len() as u64 + 1024 + 64);
+                }
+            }
+        }
+    }
 }
 
 // ----- integrity (issue #13): bounded decompression, error kinds, checksums, key sets,
