@@ -245,6 +245,8 @@ impl Decode for bfv::Ciphertext {
         Ok(bfv::Ciphertext {
             inner,
             plain_modulus: t,
+            // Not serialized yet: no estimate (decryption still measures the real noise).
+            noise_log2: crate::bfv::noise::NOISE_LOG2_MIN,
         })
     }
 }
