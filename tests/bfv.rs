@@ -787,3 +787,45 @@ fn noise_estimate_tracks_every_operation() {
     let sq = ctx.multiply_relin(&acc, &acc, &f.rk).unwrap();
     chk(&sq, "square of that sum");
 }
+
+/// The noise estimate travels with a serialized BFV ciphertext (a loaded product is refused
+/// exactly when the original would be), and a decoded estimate that is not a finite value in
+/// range is a decode error.
+#[test]
+fn noise_estimate_is_serialized_and_validated() {
+    use hetensor::serialize::{self, WriteOptions};
+    let f = fixture();
+    let ctx = &f.ctx;
+    let ct = ctx
+        .encrypt(&ctx.encode(&[1, 2, 3]).unwrap(), &f.pk)
+        .unwrap();
+    let prod = ctx.multiply_relin(&ct, &ct, &f.rk).unwrap();
+    let opts = WriteOptions {
+        compression: None,
+        seeded: false,
+    };
+    let bytes = serialize::to_bytes(ctx.rlwe(), &prod, opts).unwrap();
+    let back: Ciphertext = serialize::from_bytes(ctx.rlwe(), &bytes).unwrap();
+    assert_eq!(back.noise_log2(), prod.noise_log2());
+    assert_eq!(
+        ctx.noise_budget_estimate(&back),
+        ctx.noise_budget_estimate(&prod)
+    );
+    // The estimate is stored as a little-endian f64: replace it with invalid values.
+    let pat = prod.noise_log2().to_le_bytes();
+    let at = bytes
+        .windows(8)
+        .rposition(|w| w == pat)
+        .expect("the estimate is in the bytes");
+    for bad in [f64::NAN, f64::INFINITY, 1e9, -1e9] {
+        let mut b = bytes.clone();
+        b[at..at + 8].copy_from_slice(&bad.to_le_bytes());
+        assert!(
+            matches!(
+                serialize::from_bytes::<Ciphertext>(ctx.rlwe(), &b),
+                Err(Error::Decode(_))
+            ),
+            "{bad} accepted"
+        );
+    }
+}
