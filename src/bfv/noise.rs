@@ -254,7 +254,12 @@ mod tests {
 
     #[test]
     fn log_add_matches_direct_sum() {
-        for (a, b) in [(0.0, 0.0), (3.0, -2.0), (-1500.0, -1501.0), (10.0, -1e9)] {
+        for (a, b) in [
+            (0.0f64, 0.0f64),
+            (3.0, -2.0),
+            (-1500.0, -1501.0),
+            (10.0, -1e9),
+        ] {
             let want = if a > -1000.0 {
                 (a.exp2() + b.exp2()).log2()
             } else {
