@@ -107,4 +107,19 @@ pub enum Error {
     /// key set's key): the result would be garbage with no error.
     #[error("key-set mismatch: {0}")]
     KeyMismatch(String),
+
+    /// A BFV result with no noise budget left: its decryption would be wrong. `budget_bits` is
+    /// the evaluator's conservative estimate (`basis = "estimated"`, no secret key needed) or the
+    /// noise decryption measured (`basis = "measured"`).
+    #[error(
+        "noise budget exhausted: {op} leaves {budget_bits:.1} bits of noise budget ({basis}), so \
+         decryption would be wrong; use more ciphertext primes (larger Q), fewer sequential \
+         multiplications (mod-switch or decrypt and re-encrypt between stages), a smaller \
+         plaintext modulus t (several small ones with `BfvCrt` for large integers) or a larger N"
+    )]
+    NoiseBudgetExhausted {
+        op: &'static str,
+        budget_bits: f64,
+        basis: &'static str,
+    },
 }

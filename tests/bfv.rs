@@ -216,7 +216,8 @@ proptest! {
 }
 
 /// Repeated multiplication at the 128-bit N = 2^13 preset until the noise budget is spent: every
-/// step decrypts correctly while budget is left, and the budget falls every time.
+/// product the evaluator accepts decrypts correctly, the budget falls every time, and the
+/// product it refuses really had (almost) no budget left.
 #[test]
 fn preset_2_13_depth_until_budget_exhausted() {
     let params = BfvParams::preset(13, PlainModulus::Bits(20)).unwrap();
@@ -237,15 +238,26 @@ fn preset_2_13_depth_until_budget_exhausted() {
     let (mut c, mut v) = (cx, x);
     let mut depth = 0;
     loop {
-        c = ctx.multiply_relin(&c, &cy, &rk).unwrap();
+        let next = match ctx.multiply_relin(&c, &cy, &rk) {
+            Ok(next) => next,
+            Err(Error::NoiseBudgetExhausted { budget_bits, .. }) => {
+                // Refused: the real budget of that product is (nearly) gone.
+                let over = ctx.multiply_relin_unchecked(&c, &cy, &rk).unwrap();
+                let b = ctx.invariant_noise_budget(&over, &sk).unwrap();
+                println!(
+                    "  multiplication {} refused: estimate {budget_bits:.1} bits, measured {b:.1}",
+                    depth + 1
+                );
+                assert!(b < 8.0, "refused with {b:.1} bits left");
+                break;
+            }
+            Err(e) => panic!("multiplication {}: {e:?}", depth + 1),
+        };
+        c = next;
         v = v.iter().zip(&y).map(|(&a, &b)| mulmod(a, b, t)).collect();
         let b = ctx.invariant_noise_budget(&c, &sk).unwrap();
         println!("  after {} multiplications: {b:.1} bits", depth + 1);
-        // Once the noise wraps around, the measured budget is ~0 whatever the true noise: below
-        // one bit the result is no longer guaranteed, above it (‖ν‖ < 1/4) it must be exact.
-        if b < 1.0 {
-            break;
-        }
+        assert!(b >= 1.0, "accepted a product with {b:.2} bits");
         assert!(b < budget, "budget must decrease: {b} after {budget}");
         assert_eq!(
             ctx.decode(&ctx.decrypt(&c, &sk).unwrap()).unwrap(),
@@ -587,4 +599,233 @@ fn mismatched_contexts_are_rejected() {
         c1.multiply_plain(&x1, &c0.encode(&[1]).unwrap()),
         Err(Error::ParameterMismatch(_))
     ));
+}
+
+/// Asserts that the evaluator's noise estimate never claims more budget than the secret-key
+/// measurement (`invariant_noise_budget`, big-integer CRT: an independent computation) and,
+/// while budget is really left, is at most `slack` bits more pessimistic. Returns
+/// `(estimated, measured)`.
+fn check_estimate(
+    ctx: &BfvContext,
+    ct: &Ciphertext,
+    sk: &SecretKey,
+    what: &str,
+    slack: f64,
+) -> (f64, f64) {
+    let est = ctx.noise_budget_estimate(ct);
+    let measured = ctx.invariant_noise_budget(ct, sk).unwrap();
+    println!("  {what:<34} estimated {est:7.1} bits, measured {measured:7.1} bits");
+    assert!(
+        est <= measured,
+        "{what}: the estimate claims {est:.2} bits but only {measured:.2} are left"
+    );
+    if measured >= 1.0 {
+        assert!(
+            est >= measured - slack,
+            "{what}: estimate {est:.2} bits is more than {slack} bits below the measured {measured:.2}"
+        );
+    }
+    (est, measured)
+}
+
+/// Issue #13: repeated squaring at the 128-bit N = 2^13 preset (t of 20 bits, public-key
+/// encryption). The 5th squaring leaves no budget: it must be an error, not a ciphertext that
+/// decrypts to wrong values, and so must every operation after it and its decryption.
+///
+/// Each row compares the estimate with the measured budget of the same ciphertext, made with
+/// `multiply_relin_unchecked` so that the chain can go past the point where the checked
+/// operation refuses.
+#[test]
+fn squaring_until_the_budget_is_gone_is_an_error() {
+    let ctx = BfvContext::with_seed(
+        BfvParams::preset(13, PlainModulus::Bits(20)).unwrap(),
+        [13; 32],
+    )
+    .unwrap();
+    let sk = ctx.gen_secret_key().unwrap();
+    let pk = ctx.gen_public_key(&sk).unwrap();
+    let rk = ctx.gen_relin_key(&sk).unwrap();
+    let t = ctx.plain_modulus();
+    let n = ctx.slot_count();
+    let mut v = values(2024, n, t);
+    let mut c = ctx.encrypt(&ctx.encode(&v).unwrap(), &pk).unwrap();
+    println!("N=2^13 preset, t={t}: squarings, estimated vs measured budget");
+    check_estimate(&ctx, &c, &sk, "fresh (public key)", 12.0);
+    let mut refused_at = None;
+    for i in 1..=6 {
+        let checked = ctx.multiply_relin(&c, &c, &rk);
+        let next = ctx.multiply_relin_unchecked(&c, &c, &rk).unwrap();
+        v = v.iter().map(|&a| mulmod(a, a, t)).collect();
+        let (est, measured) =
+            check_estimate(&ctx, &next, &sk, &format!("after squaring {i}"), 12.0);
+        match checked {
+            Ok(ct) => {
+                assert!(est >= 0.0, "squaring {i} accepted with estimate {est}");
+                assert_eq!(ctx.decode(&ctx.decrypt(&ct, &sk).unwrap()).unwrap(), v);
+            }
+            Err(Error::NoiseBudgetExhausted {
+                op, budget_bits, ..
+            }) => {
+                assert!(est < 0.0 && budget_bits < 0.0, "squaring {i}: {est}");
+                assert!(op == "multiply" || op == "relinearize", "{op}");
+                refused_at.get_or_insert(i);
+            }
+            Err(other) => panic!("squaring {i}: {other:?}"),
+        }
+        // Decryption measures the noise itself: right values, or an error, never garbage.
+        match ctx.decrypt(&next, &sk) {
+            Ok(pt) => {
+                assert!(
+                    measured >= 1.0,
+                    "squaring {i} decrypted at {measured:.2} bits"
+                );
+                assert_eq!(ctx.decode(&pt).unwrap(), v, "squaring {i}");
+            }
+            Err(Error::NoiseBudgetExhausted { op, .. }) => {
+                assert_eq!(op, "decrypt");
+                assert!(measured < 1.0, "squaring {i} refused at {measured:.2} bits");
+            }
+            Err(other) => panic!("decrypting squaring {i}: {other:?}"),
+        }
+        c = next;
+        if i == 5 {
+            // The issue's point: the 5th squaring has no budget left.
+            assert!(measured < 1.0, "5th squaring still has {measured:.2} bits");
+            // Nothing continues from it.
+            assert!(matches!(
+                ctx.multiply_relin(&c, &c, &rk),
+                Err(Error::NoiseBudgetExhausted { .. })
+            ));
+            assert!(matches!(
+                ctx.add(&c, &c),
+                Err(Error::NoiseBudgetExhausted { op: "add", .. })
+            ));
+            assert!(matches!(
+                ctx.multiply_scalar(&c, 3),
+                Err(Error::NoiseBudgetExhausted { .. })
+            ));
+        }
+    }
+    // The estimate refuses no later than the real budget runs out (5), and not before the
+    // last squaring that really has a few bits left.
+    assert!(
+        matches!(refused_at, Some(4..=5)),
+        "refused at {refused_at:?}"
+    );
+}
+
+/// The estimate after every kind of operation (N = 2^12 fixture, both encryptions, at the top
+/// level and after modulus switching) against the measured budget, and the results against
+/// plaintext arithmetic mod t.
+#[test]
+fn noise_estimate_tracks_every_operation() {
+    let f = fixture();
+    let ctx = &f.ctx;
+    let t = ctx.plain_modulus();
+    let n = ctx.slot_count();
+    let (x, y, p) = (values(1, n, t), values(2, n, t), values(3, n, t));
+    let slack = 12.0;
+    let chk = |ct: &Ciphertext, what: &str| check_estimate(ctx, ct, &f.sk, what, slack);
+    let a = ctx.encrypt(&ctx.encode(&x).unwrap(), &f.pk).unwrap();
+    let b = ctx
+        .encrypt_symmetric(&ctx.encode(&y).unwrap(), &f.sk)
+        .unwrap();
+    println!("N=2^12, 4 primes, t={t}:");
+    chk(&a, "fresh public key");
+    chk(&b, "fresh symmetric");
+    let sum = ctx.add(&a, &b).unwrap();
+    chk(&sum, "a + b");
+    assert_eq!(
+        dec(f, &sum),
+        x.iter()
+            .zip(&y)
+            .map(|(&u, &w)| (u + w) % t)
+            .collect::<Vec<_>>()
+    );
+    let pt = ctx.encode(&p).unwrap();
+    let ap = ctx.multiply_plain(&a, &pt).unwrap();
+    chk(&ap, "a · plaintext");
+    let xp: Vec<u64> = x.iter().zip(&p).map(|(&u, &w)| mulmod(u, w, t)).collect();
+    assert_eq!(dec(f, &ap), xp);
+    let ak = ctx.multiply_scalar(&a, -4321).unwrap();
+    chk(&ak, "a · (−4321)");
+    let plus = ctx.add_plain(&ak, &pt).unwrap();
+    chk(&plus, "a · (−4321) + plaintext");
+    let rot = ctx.rotate_rows(&ap, 3, &f.gk).unwrap();
+    chk(&rot, "rotate_rows(a · plaintext, 3)");
+    assert_eq!(dec(f, &rot), rotate_rows_plain(&xp, 3));
+    let col = ctx.rotate_columns(&rot, &f.gk).unwrap();
+    chk(&col, "rotate_columns");
+    let ab = ctx.multiply(&a, &b).unwrap();
+    chk(&ab, "a · b (size 3)");
+    let abr = ctx.relinearize(&ab, &f.rk).unwrap();
+    chk(&abr, "relinearize(a · b)");
+    let xy: Vec<u64> = x.iter().zip(&y).map(|(&u, &w)| mulmod(u, w, t)).collect();
+    assert_eq!(dec(f, &abr), xy);
+    let low = ctx.mod_switch_to(&abr, 2).unwrap();
+    chk(&low, "mod_switch_to(a · b, level 2)");
+    let prod = ctx.multiply_relin(&low, &ap, &f.rk).unwrap();
+    chk(&prod, "(a · b) · (a · p) at level 2");
+    assert_eq!(
+        dec(f, &prod),
+        xy.iter()
+            .zip(&xp)
+            .map(|(&u, &w)| mulmod(u, w, t))
+            .collect::<Vec<_>>()
+    );
+    let bottom = ctx.mod_switch_to(&prod, 0).unwrap();
+    chk(&bottom, "mod_switch_to(…, level 0)");
+    let fresh_low = ctx.mod_switch_to(&b, 0).unwrap();
+    chk(&fresh_low, "fresh symmetric at level 0");
+    // A sum of many scaled terms (the quantized network's affine layers).
+    let mut acc = ctx.multiply_scalar(&a, 97).unwrap();
+    for k in 0..24 {
+        let term = ctx.multiply_scalar(&b, 31 - 7 * k).unwrap();
+        acc = ctx.add(&acc, &term).unwrap();
+    }
+    chk(&acc, "97·a + Σ (31 − 7k)·b, 25 terms");
+    let sq = ctx.multiply_relin(&acc, &acc, &f.rk).unwrap();
+    chk(&sq, "square of that sum");
+}
+
+/// The noise estimate travels with a serialized BFV ciphertext (a loaded product is refused
+/// exactly when the original would be), and a decoded estimate that is not a finite value in
+/// range is a decode error.
+#[test]
+fn noise_estimate_is_serialized_and_validated() {
+    use hetensor::serialize::{self, WriteOptions};
+    let f = fixture();
+    let ctx = &f.ctx;
+    let ct = ctx
+        .encrypt(&ctx.encode(&[1, 2, 3]).unwrap(), &f.pk)
+        .unwrap();
+    let prod = ctx.multiply_relin(&ct, &ct, &f.rk).unwrap();
+    let opts = WriteOptions {
+        compression: None,
+        seeded: false,
+    };
+    let bytes = serialize::to_bytes(ctx.rlwe(), &prod, opts).unwrap();
+    let back: Ciphertext = serialize::from_bytes(ctx.rlwe(), &bytes).unwrap();
+    assert_eq!(back.noise_log2(), prod.noise_log2());
+    assert_eq!(
+        ctx.noise_budget_estimate(&back),
+        ctx.noise_budget_estimate(&prod)
+    );
+    // The estimate is stored as a little-endian f64: replace it with invalid values.
+    let pat = prod.noise_log2().to_le_bytes();
+    let at = bytes
+        .windows(8)
+        .rposition(|w| w == pat)
+        .expect("the estimate is in the bytes");
+    for bad in [f64::NAN, f64::INFINITY, 1e9, -1e9] {
+        let mut b = bytes.clone();
+        b[at..at + 8].copy_from_slice(&bad.to_le_bytes());
+        assert!(
+            matches!(
+                serialize::from_bytes::<Ciphertext>(ctx.rlwe(), &b),
+                Err(Error::Decode(_))
+            ),
+            "{bad} accepted"
+        );
+    }
 }

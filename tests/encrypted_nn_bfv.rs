@@ -74,6 +74,14 @@ fn encrypted_matches_plain(qm: &QuantizedModel, x: &ArrayD<f64>) {
     for c in &out {
         let budget = crt.invariant_noise_budget(c, &sk).unwrap();
         assert!(budget > 0.0, "noise budget exhausted: {budget}");
+        // The evaluator's estimate (no secret key) stays below the measured budget and still
+        // leaves room: the pipeline was never refused.
+        for (ctx, part) in crt.contexts().iter().zip(c.parts()) {
+            let est = ctx.noise_budget_estimate(part);
+            let measured = ctx.invariant_noise_budget(part, &sk).unwrap();
+            println!("output: estimated {est:.1} bits, measured {measured:.1} bits");
+            assert!(0.0 <= est && est <= measured, "{est} vs {measured}");
+        }
     }
     let dec = quantized::decrypt_batch(&crt, &sk, &out, batch).unwrap();
     assert_eq!(dec.len(), batch * qm.output_features());

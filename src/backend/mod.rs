@@ -50,10 +50,16 @@ impl Clone for Buffer {
 }
 
 impl Buffer {
-    /// Overwrites the words with zeros (secret keys on drop).
+    /// Overwrites the words with zeros (secret keys on drop). The length is kept (the batch
+    /// stays a valid all-zero one, as after a device clear); `Vec::zeroize` also wipes the spare
+    /// capacity, and the refill stays within it, so nothing is reallocated.
     pub(crate) fn wipe(&mut self) {
         match self {
-            Buffer::Host(v) => zeroize::Zeroize::zeroize(v),
+            Buffer::Host(v) => {
+                let len = v.len();
+                zeroize::Zeroize::zeroize(v);
+                v.resize(len, 0);
+            }
             Buffer::Device(d) => d.wipe(),
         }
     }
@@ -70,6 +76,15 @@ pub trait DeviceBuffer: Send + Sync + Debug + std::any::Any {
     fn as_any(&self) -> &dyn std::any::Any;
     /// For downcasting to the backend's concrete type.
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+/// Overwrites the batch's words with zeros where they live (host memory on the CPU backend, a
+/// device clear on CUDA and wgpu), so that `Zeroizing<PolyBatch>` wipes a temporary copy of a
+/// secret before its memory goes back to the allocator (or a GPU buffer pool).
+impl zeroize::Zeroize for PolyBatch {
+    fn zeroize(&mut self) {
+        self.buf.wipe();
+    }
 }
 
 /// A batch of RNS polynomials resident on one backend.

@@ -8,6 +8,7 @@ use num_traits::{One, Signed, ToPrimitive};
 use rayon::prelude::*;
 
 use crate::backend::{Backend, PolyBatch, Repr};
+use crate::bfv::noise::NoiseModel;
 use crate::bfv::params::{aux_bits_needed, resolve_plain_modulus, BfvParams, PlainModulus};
 use crate::error::{Error, Result};
 use crate::math::modular::Modulus;
@@ -17,6 +18,10 @@ use crate::math::{RnsBasis, ScaleRounder};
 use crate::rlwe::ciphertext as rct;
 use crate::rlwe::keys::{galois_element_conjugate, galois_element_for_step};
 use crate::rlwe::{GaloisKeys, PublicKey, RelinKey, RlweContext, SecretKey};
+
+/// Decryption refuses (`Error::NoiseBudgetExhausted`) a ciphertext whose measured noise leaves
+/// less than this many bits of budget, where a wrapped-around noise cannot be told apart.
+pub const MIN_DECRYPT_BUDGET_BITS: f64 = 1.0;
 
 /// A BFV plaintext: a polynomial with coefficients in `[0, t)` (what the batch encoder produces
 /// from N slot values, or raw coefficients).
@@ -40,11 +45,16 @@ impl Plaintext {
 
 /// A BFV ciphertext: an RLWE ciphertext (NTT domain over the primes of its level) tagged with
 /// the plaintext modulus, so that ciphertexts of contexts sharing one RLWE context but using
-/// different `t` (as in [`crate::bfv::BfvCrt`]) cannot be mixed by accident.
+/// different `t` (as in [`crate::bfv::BfvCrt`]) cannot be mixed by accident, and with an
+/// estimate of its noise that every operation updates (see [`crate::bfv::noise`]).
 #[derive(Clone, Debug)]
 pub struct Ciphertext {
     pub(crate) inner: rct::Ciphertext,
     pub(crate) plain_modulus: u64,
+    /// log2 of a (conservative, CLT-heuristic) bound on the standard deviation of the
+    /// coefficients of the invariant noise `v` (`t·x/Q = m + v + t·k`); BFV-only, so it lives
+    /// here rather than on the scheme-independent RLWE ciphertext.
+    pub(crate) noise_log2: f64,
 }
 
 impl Ciphertext {
@@ -66,6 +76,12 @@ impl Ciphertext {
     /// The plaintext modulus t.
     pub fn plain_modulus(&self) -> u64 {
         self.plain_modulus
+    }
+
+    /// log2 of the evaluator's bound on the standard deviation of the invariant noise's
+    /// coefficients; [`BfvContext::noise_budget_estimate`] turns it into bits of budget.
+    pub fn noise_log2(&self) -> f64 {
+        self.noise_log2
     }
 }
 
@@ -151,6 +167,8 @@ pub struct BfvContext {
     pub(crate) levels: Vec<LevelTables>,
     /// HPS scale-and-round tables per level, built on first use.
     pub(crate) mul_tables: Vec<OnceLock<Arc<ScaleRounder>>>,
+    /// Constants of the noise estimate.
+    pub(crate) noise: NoiseModel,
     sampler: Mutex<Sampler>,
 }
 
@@ -240,10 +258,11 @@ impl BfvContext {
         let slot_index = slot_index_map(n);
         let moduli = rlwe.ring().moduli();
         let nq = params.rlwe.q_primes().len();
-        let levels = (0..nq)
+        let levels: Vec<LevelTables> = (0..nq)
             .map(|l| LevelTables::new(&moduli[..=l], t))
             .collect();
         let mul_tables = (0..nq).map(|_| OnceLock::new()).collect();
+        let noise = noise_model(&rlwe, t, &levels);
         Ok(Self {
             params,
             rlwe,
@@ -252,6 +271,7 @@ impl BfvContext {
             slot_index,
             levels,
             mul_tables,
+            noise,
             sampler: Mutex::new(sampler),
         })
     }
@@ -317,11 +337,41 @@ impl BfvContext {
         Ok(())
     }
 
-    pub(crate) fn wrap(&self, inner: rct::Ciphertext) -> Ciphertext {
+    pub(crate) fn wrap(&self, inner: rct::Ciphertext, noise_log2: f64) -> Ciphertext {
         Ciphertext {
             inner,
             plain_modulus: self.t,
+            noise_log2,
         }
+    }
+
+    /// [`Self::wrap`], refusing a result whose estimated noise budget is below 0 bits
+    /// (`Error::NoiseBudgetExhausted`): past that point decryption is no longer expected to be
+    /// right, and every later result would be wrong too.
+    pub(crate) fn wrap_checked(
+        &self,
+        inner: rct::Ciphertext,
+        noise_log2: f64,
+        op: &'static str,
+    ) -> Result<Ciphertext> {
+        let budget = self.noise.budget(noise_log2);
+        if budget < 0.0 {
+            return Err(Error::NoiseBudgetExhausted {
+                op,
+                budget_bits: budget,
+                basis: "estimated",
+            });
+        }
+        Ok(self.wrap(inner, noise_log2))
+    }
+
+    /// The noise budget in bits that the evaluator's estimate leaves `ct` (no secret key
+    /// needed): `−log2(2·τ·σ)`, see [`crate::bfv::noise`]. Conservative: never more than
+    /// [`Self::invariant_noise_budget`] measures (checked in `tests/bfv.rs`), typically a few bits
+    /// less. Operations refuse results for which it is negative; it can only be negative for
+    /// results of [`Self::multiply_relin_unchecked`].
+    pub fn noise_budget_estimate(&self, ct: &Ciphertext) -> f64 {
+        self.noise.budget(ct.noise_log2)
     }
 
     // ----- keys -----------------------------------------------------------------------------
@@ -391,8 +441,9 @@ impl BfvContext {
     }
 
     /// The plaintext lifted to centered integers `(-t/2, t/2]` over the primes of `level`, NTT
-    /// domain: the multiplicand of plaintext multiplication (centering halves its noise growth).
-    pub(crate) fn lifted_plain(&self, pt: &Plaintext, level: usize) -> Result<PolyBatch> {
+    /// domain: the multiplicand of plaintext multiplication (centering halves its noise growth),
+    /// with `Σ p_j²` of the centered coefficients (the noise estimate's factor `‖p‖₂²`).
+    pub(crate) fn lifted_plain(&self, pt: &Plaintext, level: usize) -> Result<(PolyBatch, f64)> {
         self.check_pt(pt)?;
         let t = self.t;
         let centered: Vec<i64> = pt
@@ -406,28 +457,46 @@ impl BfvContext {
                 }
             })
             .collect();
-        self.rlwe
-            .upload_signed_ntt(&centered, self.rlwe.q_limbs(level))
+        let norm2_sq = centered.iter().map(|&c| (c as f64) * (c as f64)).sum();
+        let p = self
+            .rlwe
+            .upload_signed_ntt(&centered, self.rlwe.q_limbs(level))?;
+        Ok((p, norm2_sq))
     }
 
     /// Public-key encryption at the top level.
     pub fn encrypt(&self, pt: &Plaintext, pk: &PublicKey) -> Result<Ciphertext> {
-        let m = self.scaled_message(pt, self.max_level())?;
+        let level = self.max_level();
+        let m = self.scaled_message(pt, level)?;
         let inner = self.with_sampler(|s| rct::encrypt_public(&self.rlwe, pk, &m, 1.0, s))?;
-        Ok(self.wrap(inner))
+        self.wrap_checked(inner, self.noise.fresh_public(level), "encrypt")
     }
 
     /// Symmetric (secret-key) encryption at the top level: less noise than public-key
     /// encryption, and `c_1` is the expansion of a 32-byte seed (compact serialization).
     pub fn encrypt_symmetric(&self, pt: &Plaintext, sk: &SecretKey) -> Result<Ciphertext> {
-        let m = self.scaled_message(pt, self.max_level())?;
+        let level = self.max_level();
+        let m = self.scaled_message(pt, level)?;
         let inner = self.with_sampler(|s| rct::encrypt_symmetric(&self.rlwe, sk, &m, 1.0, s))?;
-        Ok(self.wrap(inner))
+        self.wrap_checked(
+            inner,
+            self.noise.fresh_symmetric(level),
+            "encrypt_symmetric",
+        )
     }
 
     /// Decrypts to the plaintext polynomial: `m = round(t·x/Q_l) mod t` with
     /// `x = c_0 + c_1·s (+ c_2·s²)`, computed exactly in integers (CRT with 64-bit fixed-point
-    /// fractions). Garbage (not an error) if the noise budget is exhausted.
+    /// fractions).
+    ///
+    /// The fractional parts of `t·x/Q_l` that the rounding discards are the invariant noise `v`
+    /// (mod 1), so decryption measures the noise for free: when the largest `|v|` leaves less
+    /// than [`MIN_DECRYPT_BUDGET_BITS`] of budget (`|v| ≥ 1/4`), the result is
+    /// `Error::NoiseBudgetExhausted` instead of values that are probably wrong. (A noise that has
+    /// wrapped past 1/2 looks like a smaller one of the other sign, so the measurement cannot
+    /// tell a right result at `1/4 ≤ ‖v‖ < 1/2` from a wrong one; over N coefficients a wrapped
+    /// noise shows a largest `|v mod 1|` close to 1/2, i.e. ~0 bits. This is the same quantity
+    /// [`Self::invariant_noise_budget`] computes with big integers.)
     pub fn decrypt(&self, ct: &Ciphertext, sk: &SecretKey) -> Result<Plaintext> {
         self.check_ct(ct, "ciphertext")?;
         let x = rct::decrypt_to_poly(&self.rlwe, sk, &ct.inner)?;
@@ -437,10 +506,11 @@ impl BfvContext {
         let t = self.t as u128;
         const CHUNK: usize = 1024;
         let mut coeffs = vec![0u64; n];
-        coeffs
+        // Largest distance of t·x/Q to the nearest integer, in units of 2^-64.
+        let max_frac = coeffs
             .par_chunks_mut(CHUNK)
             .enumerate()
-            .for_each(|(c, out)| {
+            .map(|(c, out)| {
                 let base = c * CHUNK;
                 let len = out.len();
                 let mut int = vec![0u128; len];
@@ -452,10 +522,26 @@ impl BfvContext {
                         *b += x as u128 * th as u128;
                     }
                 }
+                let mut worst = 0u64;
                 for ((o, a), b) in out.iter_mut().zip(int).zip(frac) {
                     *o = ((a + ((b + (1 << 63)) >> 64)) % t) as u64;
+                    let f = b as u64;
+                    worst = worst.max(if f >= 1 << 63 { f.wrapping_neg() } else { f });
                 }
+                worst
+            })
+            .max()
+            .unwrap_or(0);
+        // |v| = max_frac / 2^64, budget = −log2(2|v|). The fixed-point tables are exact to
+        // ~2^-34 per limb, far finer than the 1-bit threshold.
+        let measured = 63.0 - (max_frac.max(1) as f64).log2();
+        if measured < MIN_DECRYPT_BUDGET_BITS {
+            return Err(Error::NoiseBudgetExhausted {
+                op: "decrypt",
+                budget_bits: measured.max(0.0),
+                basis: "measured",
             });
+        }
         Ok(Plaintext {
             coeffs,
             plain_modulus: self.t,
@@ -495,6 +581,31 @@ impl BfvContext {
         let log_q = self.levels[ct.level()].log_q;
         Ok((log_q - log2_big(&max) - 1.0).max(0.0))
     }
+}
+
+/// The noise model's constants for `rlwe` and `t`: log2 Q_l per level, the key-switching
+/// digits present at each level (number of primes, log2 of their product) and log2 P.
+fn noise_model(rlwe: &RlweContext, t: u64, levels: &[LevelTables]) -> NoiseModel {
+    let ring = rlwe.ring();
+    let log2 = |l: usize| (ring.modulus(l).value() as f64).log2();
+    let log_p: f64 = rlwe.p_limbs().iter().map(|&l| log2(l)).sum();
+    let digits: Vec<Vec<(usize, f64)>> = (0..levels.len())
+        .map(|level| {
+            rlwe.digits()
+                .into_iter()
+                .map(|r| r.filter(|&l| l <= level).collect::<Vec<_>>())
+                .filter(|d| !d.is_empty())
+                .map(|d| (d.len(), d.iter().map(|&l| log2(l)).sum()))
+                .collect()
+        })
+        .collect();
+    NoiseModel::new(
+        rlwe.n(),
+        t,
+        levels.iter().map(|l| l.log_q).collect(),
+        &digits,
+        log_p,
+    )
 }
 
 /// log2 of a non-negative big integer (0 for 0), accurate to f64 precision.

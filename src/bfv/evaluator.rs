@@ -3,6 +3,10 @@
 //! Operands at different levels are brought to the lower one by modulus switching (which is
 //! exact for BFV: it scales the ciphertext by `Q'/Q` with rounding and keeps the plaintext), so
 //! callers never have to align levels by hand.
+//!
+//! Every operation updates the ciphertext's noise estimate ([`crate::bfv::noise`]) and returns
+//! `Error::NoiseBudgetExhausted` rather than a ciphertext that would no longer decrypt; only
+//! [`BfvContext::multiply_relin_unchecked`] skips the check.
 
 use std::sync::Arc;
 
@@ -44,23 +48,28 @@ impl BfvContext {
     /// `a + b` (sizes may differ; the result has the larger one).
     pub fn add(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
         let (a, b) = self.align(a, b)?;
-        Ok(self.wrap(rct::add_ciphertexts(&self.rlwe, &a.inner, &b.inner, false)?))
+        let noise = self.noise.add(a.noise_log2, b.noise_log2);
+        let out = rct::add_ciphertexts(&self.rlwe, &a.inner, &b.inner, false)?;
+        self.wrap_checked(out, noise, "add")
     }
 
     /// `a − b`.
     pub fn sub(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
         let (a, b) = self.align(a, b)?;
-        Ok(self.wrap(rct::add_ciphertexts(&self.rlwe, &a.inner, &b.inner, true)?))
+        let noise = self.noise.add(a.noise_log2, b.noise_log2);
+        let out = rct::add_ciphertexts(&self.rlwe, &a.inner, &b.inner, true)?;
+        self.wrap_checked(out, noise, "sub")
     }
 
     /// `−a`.
     pub fn neg(&self, a: &Ciphertext) -> Result<Ciphertext> {
         self.check_ct(a, "ciphertext")?;
-        Ok(self.wrap(rct::negate(&self.rlwe, &a.inner)?))
+        Ok(self.wrap(rct::negate(&self.rlwe, &a.inner)?, a.noise_log2))
     }
 
     /// Adds `p` (NTT domain, one polynomial at the ciphertext's level) to `c_0`.
     fn add_to_c0(&self, ct: &Ciphertext, p: &PolyBatch, subtract: bool) -> Result<Ciphertext> {
+        let noise = self.noise.add_plain(ct.noise_log2, ct.level());
         let be = self.rlwe.backend();
         let ring = self.rlwe.ring();
         let polys = &ct.inner.polys;
@@ -72,12 +81,12 @@ impl BfvContext {
         }
         let rest = be.slice_polys(polys, 1, ct.size() - 1)?;
         let out = be.concat(&[&c0, &rest])?;
-        Ok(self.wrap(rct::Ciphertext::new(
-            out,
-            1.0,
-            ct.inner.fingerprint,
-            ct.inner.key_id,
-        )))
+        let op = if subtract { "sub_plain" } else { "add_plain" };
+        self.wrap_checked(
+            rct::Ciphertext::new(out, 1.0, ct.inner.fingerprint, ct.inner.key_id),
+            noise,
+            op,
+        )
     }
 
     /// `ct + pt` (adds no noise beyond rounding).
@@ -94,21 +103,21 @@ impl BfvContext {
         self.add_to_c0(ct, &m, true)
     }
 
-    /// `ct · pt` slot-wise. Noise grows by about `N·t/2`: much less than a ciphertext product
-    /// and no relinearization needed.
+    /// `ct · pt` slot-wise. The noise is multiplied by `‖p‖₂` (about `√N·t/√12` for random
+    /// slots, much less than a ciphertext product) and no relinearization is needed.
     pub fn multiply_plain(&self, ct: &Ciphertext, pt: &Plaintext) -> Result<Ciphertext> {
         self.check_ct(ct, "ciphertext")?;
-        let p = self.lifted_plain(pt, ct.level())?;
+        let (p, norm2_sq) = self.lifted_plain(pt, ct.level())?;
         let mut out = ct.inner.polys.clone();
         self.rlwe
             .backend()
             .mul_assign(self.rlwe.ring(), &mut out, &p)?;
-        Ok(self.wrap(rct::Ciphertext::new(
-            out,
-            1.0,
-            ct.inner.fingerprint,
-            ct.inner.key_id,
-        )))
+        let noise = self.noise.mul_plain(ct.noise_log2, norm2_sq);
+        self.wrap_checked(
+            rct::Ciphertext::new(out, 1.0, ct.inner.fingerprint, ct.inner.key_id),
+            noise,
+            "multiply_plain",
+        )
     }
 
     /// `ct · k` in every slot, `k` taken mod t (centered, so small negative scalars add little
@@ -130,12 +139,12 @@ impl BfvContext {
             .collect();
         let mut out = ct.inner.polys.clone();
         self.rlwe.backend().mul_scalar_assign(ring, &mut out, &s)?;
-        Ok(self.wrap(rct::Ciphertext::new(
-            out,
-            1.0,
-            ct.inner.fingerprint,
-            ct.inner.key_id,
-        )))
+        let noise = self.noise.mul_scalar(ct.noise_log2, r);
+        self.wrap_checked(
+            rct::Ciphertext::new(out, 1.0, ct.inner.fingerprint, ct.inner.key_id),
+            noise,
+            "multiply_scalar",
+        )
     }
 
     /// The HPS scale-and-round tables of `level` (built once).
@@ -179,6 +188,12 @@ impl BfvContext {
     /// `Q ∪ B`, multiplied there (NTT), and `round(t·d/Q)` is computed in `B` by the backend's
     /// [`crate::backend::Backend::scale_and_round`], then converted exactly back to `Q`.
     pub fn multiply(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        let (inner, noise) = self.multiply_impl(a, b)?;
+        self.wrap_checked(inner, noise, "multiply")
+    }
+
+    /// The product and its noise estimate, unchecked.
+    fn multiply_impl(&self, a: &Ciphertext, b: &Ciphertext) -> Result<(rct::Ciphertext, f64)> {
         let (a, b) = self.align(a, b)?;
         if a.size() != 2 || b.size() != 2 {
             return Err(Error::CiphertextSize(format!(
@@ -204,12 +219,8 @@ impl BfvContext {
         let conv = self.rlwe.converter(&aux, &q);
         let mut out = be.base_convert(ring, &z, q, &conv, true)?;
         be.ntt_forward(ring, &mut out)?;
-        Ok(self.wrap(rct::Ciphertext::new(
-            out,
-            1.0,
-            a.inner.fingerprint,
-            a.inner.key_id,
-        )))
+        let noise = self.noise.multiply(a.noise_log2, b.noise_log2, level);
+        Ok((rct::Ciphertext::new(out, 1.0, a.inner.fingerprint, a.inner.key_id), noise))
     }
 
     /// `a²` (size 3).
@@ -219,10 +230,19 @@ impl BfvContext {
 
     /// Relinearizes a size-3 ciphertext back to size 2 (a size-2 one is returned unchanged).
     pub fn relinearize(&self, ct: &Ciphertext, rk: &RelinKey) -> Result<Ciphertext> {
+        let (inner, noise) = self.relinearize_impl(ct, rk)?;
+        self.wrap_checked(inner, noise, "relinearize")
+    }
+
+    fn relinearize_impl(&self, ct: &Ciphertext, rk: &RelinKey) -> Result<(rct::Ciphertext, f64)> {
         self.check_ct(ct, "ciphertext")?;
         self.rlwe
             .check_fingerprint(rk.0.fingerprint, "relinearization key")?;
-        Ok(self.wrap(rct::relinearize(&self.rlwe, &ct.inner, rk)?))
+        if ct.size() == 2 {
+            return Ok((ct.inner.clone(), ct.noise_log2));
+        }
+        let noise = self.noise.key_switch(ct.noise_log2, ct.level());
+        Ok((rct::relinearize(&self.rlwe, &ct.inner, rk)?, noise))
     }
 
     /// `relinearize(multiply(a, b))`.
@@ -235,6 +255,23 @@ impl BfvContext {
         self.relinearize(&self.multiply(a, b)?, rk)
     }
 
+    /// [`Self::multiply_relin`] that records the noise estimate but never refuses the result
+    /// for it, even when the estimate says it will not decrypt. For experiments that measure
+    /// the real budget with the secret key ([`Self::invariant_noise_budget`]) past the point the
+    /// conservative estimate gives up; [`Self::decrypt`] still refuses a result whose measured
+    /// noise is too large, and every checked operation refuses to continue from it.
+    pub fn multiply_relin_unchecked(
+        &self,
+        a: &Ciphertext,
+        b: &Ciphertext,
+        rk: &RelinKey,
+    ) -> Result<Ciphertext> {
+        let (inner, noise) = self.multiply_impl(a, b)?;
+        let prod = self.wrap(inner, noise);
+        let (inner, noise) = self.relinearize_impl(&prod, rk)?;
+        Ok(self.wrap(inner, noise))
+    }
+
     /// Rotates both rows of the slot matrix cyclically by `step` (positive = left: slot `i`
     /// receives slot `i + step`). Needs the Galois key for that step
     /// ([`Self::gen_galois_keys`]); `Error::MissingGaloisKey` otherwise.
@@ -244,14 +281,18 @@ impl BfvContext {
         if g == 1 {
             return Ok(ct.clone());
         }
-        Ok(self.wrap(rct::apply_galois(&self.rlwe, &ct.inner, g, gk, Some(step))?))
+        let noise = self.noise.key_switch(ct.noise_log2, ct.level());
+        let out = rct::apply_galois(&self.rlwe, &ct.inner, g, gk, Some(step))?;
+        self.wrap_checked(out, noise, "rotate_rows")
     }
 
     /// Swaps the two rows of the slot matrix (Galois element 2N − 1).
     pub fn rotate_columns(&self, ct: &Ciphertext, gk: &GaloisKeys) -> Result<Ciphertext> {
         self.check_ct(ct, "ciphertext")?;
         let g = galois_element_conjugate(self.n());
-        Ok(self.wrap(rct::apply_galois(&self.rlwe, &ct.inner, g, gk, None)?))
+        let noise = self.noise.key_switch(ct.noise_log2, ct.level());
+        let out = rct::apply_galois(&self.rlwe, &ct.inner, g, gk, None)?;
+        self.wrap_checked(out, noise, "rotate_columns")
     }
 
     /// Modulus switching to a lower `level`: `c ↦ round(c·Q'/Q)`, dropping the top primes.
@@ -273,12 +314,12 @@ impl BfvContext {
             .rlwe
             .mod_down(&ct.inner.polys, self.rlwe.q_limbs(level), drop)?;
         debug_assert_eq!(polys.repr(), Repr::Ntt);
-        Ok(self.wrap(rct::Ciphertext::new(
-            polys,
-            1.0,
-            ct.inner.fingerprint,
-            ct.inner.key_id,
-        )))
+        let noise = self.noise.mod_switch(ct.noise_log2, level, ct.size());
+        self.wrap_checked(
+            rct::Ciphertext::new(polys, 1.0, ct.inner.fingerprint, ct.inner.key_id),
+            noise,
+            "mod_switch_to",
+        )
     }
 
     /// Modulus switching down by one prime; `Error::OutOfLevels` at level 0.

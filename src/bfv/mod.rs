@@ -19,8 +19,9 @@ pub mod context;
 pub mod crt;
 pub mod encoder;
 pub mod evaluator;
+pub mod noise;
 pub mod params;
 
-pub use context::{BfvContext, Ciphertext, Plaintext};
+pub use context::{BfvContext, Ciphertext, Plaintext, MIN_DECRYPT_BUDGET_BITS};
 pub use crt::{BfvCrt, CrtCiphertext};
 pub use params::{BfvParams, PlainModulus, MAX_PLAIN_BITS};

@@ -56,6 +56,8 @@ impl Sampler {
                     out.push((b % 3) as i8 - 1);
                 }
             }
+            // The bytes determine the secret's coefficients.
+            zeroize::Zeroize::zeroize(&mut buf);
         }
         out
     }

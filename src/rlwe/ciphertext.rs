@@ -5,7 +5,7 @@ use crate::backend::{PolyBatch, Repr};
 use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
 use crate::rlwe::context::RlweContext;
-use crate::rlwe::keys::{rlwe_sample, GaloisKeys, PublicKey, RelinKey, SecretKey};
+use crate::rlwe::keys::{rlwe_sample, GaloisKeys, PublicKey, RelinKey, SecretKey, SecretPoly};
 
 /// A ciphertext `(c_0, c_1[, c_2])` in the NTT domain over the primes of its level.
 #[derive(Clone, Debug)]
@@ -87,7 +87,7 @@ pub fn encrypt_symmetric(
     sampler: &mut Sampler,
 ) -> Result<Ciphertext> {
     ctx.check_fingerprint(sk.fingerprint, "secret key")?;
-    let s = sk.on_limbs(ctx, m.limbs_arc())?;
+    let s: SecretPoly = sk.on_limbs(ctx, m.limbs_arc())?;
     let (polys, seed) = rlwe_sample(ctx, &s, Some(m), sampler)?;
     let mut ct = Ciphertext::new(polys, scale, ctx.fingerprint(), sk.key_id);
     ct.seed = Some(seed);
@@ -112,7 +112,10 @@ pub fn encrypt_public(
     let limbs = ctx.qp_limbs(level);
     let n = ctx.n();
     let wide = |v: Vec<i8>| v.into_iter().map(|x| x as i64).collect::<Vec<i64>>();
-    let u = ctx.upload_signed_ntt(&wide(sampler.ternary(n)), limbs.clone())?;
+    // u (with pk and the ciphertext) reveals the message: its copies are wiped on drop.
+    let u_small = zeroize::Zeroizing::new(sampler.ternary(n));
+    let u_wide = zeroize::Zeroizing::new(u_small.iter().map(|&x| x as i64).collect::<Vec<_>>());
+    let u: SecretPoly = zeroize::Zeroizing::new(ctx.upload_signed_ntt(&u_wide, limbs.clone())?);
     let e0 = ctx.upload_signed_ntt(&wide(sampler.cbd(n)), limbs.clone())?;
     let e1 = ctx.upload_signed_ntt(&wide(sampler.cbd(n)), limbs.clone())?;
     let pk_here = be.select_limbs(&pk.polys, limbs.clone())?;
@@ -146,9 +149,10 @@ pub fn decrypt_to_poly(ctx: &RlweContext, sk: &SecretKey, ct: &Ciphertext) -> Re
     check_key_id(ct.key_id, sk.key_id, "secret key used to decrypt")?;
     let be = ctx.backend();
     let ring = ctx.ring();
-    let s = sk.on_limbs(ctx, ct.polys.limbs_arc())?;
+    // s and its powers are wiped on drop (SecretPoly); acc is the phase, not the key.
+    let s: SecretPoly = sk.on_limbs(ctx, ct.polys.limbs_arc())?;
     let mut acc = be.slice_polys(&ct.polys, 0, 1)?;
-    let mut s_pow = s.clone();
+    let mut s_pow: SecretPoly = s.clone();
     for i in 1..ct.size() {
         let c = be.slice_polys(&ct.polys, i, 1)?;
         be.mul_acc(ring, &mut acc, &c, &s_pow)?;

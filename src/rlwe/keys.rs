@@ -3,12 +3,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::backend::{PolyBatch, Repr};
 use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
 use crate::rlwe::context::RlweContext;
+
+/// A backend-resident copy of the secret, of one of its powers or automorphisms, or of a value
+/// that reveals it (`a·s`, a key's error): its words are overwritten with zeros
+/// ([`crate::backend::Buffer`]'s wipe) when it is dropped, before the allocator (mimalloc keeps
+/// freed pages for reuse) or a GPU buffer pool hands the memory out again. Every temporary that
+/// holds such a value has this type.
+pub(crate) type SecretPoly = Zeroizing<PolyBatch>;
 
 /// A ternary secret key. Zeroized on drop, never printed, never part of a public context.
 pub struct SecretKey {
@@ -36,10 +43,21 @@ impl Drop for SecretKey {
 
 impl SecretKey {
     /// Samples a uniform ternary secret.
+    ///
+    /// The widened copy of the coefficients is wiped. The residues `upload_signed_ntt` builds
+    /// become the key's own buffer on the CPU backend (wiped with the key); a GPU backend
+    /// copies them to the device and frees the host staging vector unwiped (as it does for the
+    /// serialized-key path), which this crate cannot reach.
     pub fn generate(ctx: &RlweContext, sampler: &mut Sampler) -> Result<Self> {
-        let coeffs = sampler.ternary(ctx.n());
-        let wide: Vec<i64> = coeffs.iter().map(|&c| c as i64).collect();
-        let ntt = ctx.upload_signed_ntt(&wide, ctx.qp_limbs(ctx.max_level()))?;
+        let mut coeffs = sampler.ternary(ctx.n());
+        let wide: Zeroizing<Vec<i64>> = Zeroizing::new(coeffs.iter().map(|&c| c as i64).collect());
+        let ntt = match ctx.upload_signed_ntt(&wide, ctx.qp_limbs(ctx.max_level())) {
+            Ok(ntt) => ntt,
+            Err(e) => {
+                coeffs.zeroize();
+                return Err(e);
+            }
+        };
         Ok(Self {
             coeffs,
             ntt,
@@ -58,9 +76,30 @@ impl SecretKey {
         self.key_id
     }
 
-    /// s restricted to the given limbs (NTT domain).
-    pub(crate) fn on_limbs(&self, ctx: &RlweContext, limbs: Arc<[usize]>) -> Result<PolyBatch> {
-        ctx.backend().select_limbs(&self.ntt, limbs)
+    /// s restricted to the given limbs (NTT domain), wiped on drop.
+    pub(crate) fn on_limbs(&self, ctx: &RlweContext, limbs: Arc<[usize]>) -> Result<SecretPoly> {
+        Ok(Zeroizing::new(
+            ctx.backend().select_limbs(&self.ntt, limbs)?,
+        ))
+    }
+
+    /// `s²` over every ciphertext and special prime (NTT domain), wiped on drop.
+    pub(crate) fn square(&self, ctx: &RlweContext) -> Result<SecretPoly> {
+        let mut s2 = Zeroizing::new(self.ntt.clone());
+        ctx.backend().mul_assign(ctx.ring(), &mut s2, &self.ntt)?;
+        Ok(s2)
+    }
+
+    /// `s(X^g)` over every ciphertext and special prime (NTT domain), wiped on drop, as is the
+    /// coefficient-domain copy it is made from.
+    pub(crate) fn automorphism(&self, ctx: &RlweContext, g: usize) -> Result<SecretPoly> {
+        let be = ctx.backend();
+        let ring = ctx.ring();
+        let mut s = Zeroizing::new(self.ntt.clone());
+        be.ntt_inverse(ring, &mut s)?;
+        let mut sg = Zeroizing::new(be.automorphism(ring, &s, g)?);
+        be.ntt_forward(ring, &mut sg)?;
+        Ok(sg)
     }
 }
 
@@ -96,12 +135,15 @@ pub(crate) fn rlwe_sample(
     let moduli: Vec<_> = limbs.iter().map(|&l| *ring.modulus(l)).collect();
     let a_words = Sampler::uniform_from_seed(seed, &moduli, ctx.n());
     let a = be.upload(a_words, limbs.clone(), 1, ctx.n(), Repr::Ntt)?;
-    let e: Vec<i64> = sampler.cbd(ctx.n()).into_iter().map(|x| x as i64).collect();
+    // The error reveals s given the sample (s = (e + m − b)/a), so its copies are wiped; the
+    // buffer it is uploaded to becomes b itself, which is public once a·s is subtracted.
+    let e_small = Zeroizing::new(sampler.cbd(ctx.n()));
+    let e: Zeroizing<Vec<i64>> = Zeroizing::new(e_small.iter().map(|&x| x as i64).collect());
     let mut b = ctx.upload_signed_ntt(&e, limbs)?;
     if let Some(m) = m {
         be.add_assign(ring, &mut b, m)?;
     }
-    let mut as_ = a.clone();
+    let mut as_: SecretPoly = Zeroizing::new(a.clone());
     be.mul_assign(ring, &mut as_, s)?;
     be.sub_assign(ring, &mut b, &as_)?;
     Ok((be.concat(&[&b, &a])?, seed))
@@ -172,7 +214,7 @@ impl KeySwitchKey {
                     }
                 })
                 .collect();
-            let mut m = s_from.clone();
+            let mut m: SecretPoly = Zeroizing::new(s_from.clone());
             be.mul_scalar_assign(ring, &mut m, &factor)?;
             let (sample, seed) = rlwe_sample(ctx, &sk.ntt, Some(&m), sampler)?;
             digits.push(sample);
@@ -283,8 +325,7 @@ impl RelinKey {
 
     /// Generates the relinearization key.
     pub fn generate(ctx: &RlweContext, sk: &SecretKey, sampler: &mut Sampler) -> Result<Self> {
-        let mut s2 = sk.ntt.clone();
-        ctx.backend().mul_assign(ctx.ring(), &mut s2, &sk.ntt)?;
+        let s2 = sk.square(ctx)?;
         Ok(Self(KeySwitchKey::generate(ctx, sk, &s2, sampler)?))
     }
 }
@@ -304,16 +345,11 @@ impl GaloisKeys {
         sampler: &mut Sampler,
     ) -> Result<Self> {
         let mut keys = HashMap::new();
-        let be = ctx.backend();
-        let ring = ctx.ring();
         for &g in elements {
             if keys.contains_key(&g) {
                 continue;
             }
-            let mut s = sk.ntt.clone();
-            be.ntt_inverse(ring, &mut s)?;
-            let mut sg = be.automorphism(ring, &s, g)?;
-            be.ntt_forward(ring, &mut sg)?;
+            let sg = sk.automorphism(ctx, g)?;
             keys.insert(g, KeySwitchKey::generate(ctx, sk, &sg, sampler)?);
         }
         Ok(Self { keys })
@@ -344,4 +380,93 @@ pub fn galois_element_for_step(n: usize, step: i64) -> usize {
 /// Galois element of complex conjugation (CKKS) / row swap (BFV): `2N − 1`.
 pub fn galois_element_conjugate(n: usize) -> usize {
     2 * n - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bfv::{BfvParams, PlainModulus};
+    use crate::rlwe::Security;
+    use zeroize::ZeroizeOnDrop;
+
+    /// Compiles only for types that wipe themselves on drop.
+    fn wipes_on_drop<T: ZeroizeOnDrop>(_: &T) {}
+
+    fn context() -> Arc<RlweContext> {
+        let p = BfvParams::with_security(
+            12,
+            PlainModulus::Bits(20),
+            2,
+            1,
+            Security::InsecureForTestingOnly,
+        )
+        .unwrap();
+        RlweContext::new(p.rlwe).unwrap()
+    }
+
+    /// Negacyclic product of integer polynomials (reference for s²).
+    fn negacyclic(a: &[i64], b: &[i64]) -> Vec<i64> {
+        let n = a.len();
+        let mut out = vec![0i64; n];
+        for (i, &x) in a.iter().enumerate() {
+            for (j, &y) in b.iter().enumerate() {
+                let k = i + j;
+                if k < n {
+                    out[k] += x * y;
+                } else {
+                    out[k - n] -= x * y;
+                }
+            }
+        }
+        out
+    }
+
+    /// The temporaries that key generation, encryption and decryption make of the secret
+    /// (`s` on a level's limbs, `s²`, `s(X^g)`) are `SecretPoly`s (checked at compile time),
+    /// hold the right values (against the ternary coefficients, computed independently) and
+    /// are all zeros after `zeroize`, which is what their drop runs.
+    #[test]
+    fn secret_temporaries_hold_the_secret_and_wipe_it() {
+        let ctx = context();
+        let be = ctx.backend();
+        let ring = ctx.ring();
+        let n = ctx.n();
+        let sk = SecretKey::generate(&ctx, &mut Sampler::from_seed([3; 32])).unwrap();
+        let s: Vec<i64> = sk.coeffs.iter().map(|&c| c as i64).collect();
+        let g = 5;
+        let mut sg_want = vec![0i64; n];
+        for (j, &c) in s.iter().enumerate() {
+            let e = j * g % (2 * n);
+            if e < n {
+                sg_want[e] += c;
+            } else {
+                sg_want[e - n] -= c;
+            }
+        }
+        let cases: Vec<(&str, SecretPoly, Vec<i64>)> = vec![
+            ("s", sk.on_limbs(&ctx, ctx.q_limbs(1)).unwrap(), s.clone()),
+            ("s²", sk.square(&ctx).unwrap(), negacyclic(&s, &s)),
+            ("s(X^5)", sk.automorphism(&ctx, g).unwrap(), sg_want),
+        ];
+        for (what, mut p, want) in cases {
+            wipes_on_drop(&p);
+            let mut coeff: SecretPoly = p.clone();
+            be.ntt_inverse(ring, &mut coeff).unwrap();
+            let words = be.download(&coeff).unwrap();
+            for (i, &l) in coeff.limbs().iter().enumerate() {
+                let q = ring.modulus(l).value() as i64;
+                let got = &words[i * n..(i + 1) * n];
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(&w, &c)| w as i64 == c.rem_euclid(q)),
+                    "{what} on limb {l}"
+                );
+            }
+            p.zeroize();
+            let after = be.download(&p).unwrap();
+            assert_eq!(after.len(), p.limbs().len() * n);
+            assert!(after.iter().all(|&w| w == 0), "{what} not wiped");
+        }
+    }
 }

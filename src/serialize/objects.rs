@@ -287,7 +287,10 @@ impl Encode for bfv::Ciphertext {
         self.inner.key_id
     }
     fn encode(&self, ctx: &RlweContext, e: &mut Encoder, opts: &WriteOptions) -> Result<()> {
-        write_ciphertext(ctx, e, &self.inner, self.plain_modulus, opts)
+        write_ciphertext(ctx, e, &self.inner, self.plain_modulus, opts)?;
+        // The evaluator's noise estimate, so a loaded ciphertext is refused as soon as it would
+        // be (see bfv::noise).
+        e.f64(self.noise_log2)
     }
 }
 
@@ -302,9 +305,11 @@ impl Decode for bfv::Ciphertext {
                 "this is a CKKS ciphertext, not a BFV one".into(),
             ));
         }
+        let noise_log2 = crate::bfv::noise::validate_noise_log2(d.f64("noise estimate")?)?;
         Ok(bfv::Ciphertext {
             inner,
             plain_modulus: t,
+            noise_log2,
         })
     }
 }
