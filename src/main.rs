@@ -162,6 +162,18 @@ enum Command {
         /// cpu, cuda, wgpu or auto.
         #[arg(long, default_value = "cpu")]
         backend: String,
+        /// Most slots of stored ciphertexts; a STORE into one more is answered ERROR.
+        #[arg(long, default_value_t = hetensor::workers::WorkerLimits::default().max_slots)]
+        max_slots: usize,
+        /// Most MiB of stored ciphertexts (in memory); a STORE beyond is answered ERROR.
+        #[arg(long, default_value_t = hetensor::workers::WorkerLimits::default().max_stored_bytes >> 20)]
+        max_stored_mb: u64,
+        /// Largest CONTEXT or JOB frame, in MiB.
+        #[arg(long, default_value_t = hetensor::workers::WorkerLimits::default().max_frame_bytes >> 20)]
+        max_frame_mb: u64,
+        /// Seconds within which the rest of a started frame must arrive (0: no limit).
+        #[arg(long, default_value_t = 30.0)]
+        frame_timeout_secs: f64,
     },
     /// Per-operation benchmarks as Markdown, or JSON with --json.
     Bench {
@@ -249,7 +261,21 @@ fn main() -> ExitCode {
             reps,
             json,
         }),
-        Command::Worker { backend } => cli::workers::serve(&backend),
+        Command::Worker {
+            backend,
+            max_slots,
+            max_stored_mb,
+            max_frame_mb,
+            frame_timeout_secs,
+        } => cli::workers::serve(
+            &backend,
+            hetensor::workers::WorkerLimits {
+                max_slots,
+                max_stored_bytes: max_stored_mb.saturating_mul(1 << 20),
+                max_frame_bytes: max_frame_mb.saturating_mul(1 << 20),
+                frame_timeout: cli::workers::frame_timeout(frame_timeout_secs)?,
+            },
+        ),
         Command::Train {
             workload,
             epochs,
