@@ -406,6 +406,7 @@ mod frames {
 
     const CONTEXT: u8 = 1;
     const JOB: u8 = 2;
+    const RESULT: u8 = 3;
     const ERROR: u8 = 4;
     const QUIT: u8 = 5;
     const STORE: u8 = 6;
@@ -565,6 +566,27 @@ mod frames {
         assert!(String::from_utf8_lossy(&frames[6].1).contains("slot 1"));
         // The job reads slot 5, which was never stored.
         assert!(String::from_utf8_lossy(&frames[7].1).contains("slot 5"));
+
+        // A job that lists a slot twice (which would copy its ciphertexts twice: a 4 MB JOB
+        // could list one slot a million times) is refused.
+        let mut twice = job();
+        let n = twice.len();
+        twice[n - 8..n - 4].copy_from_slice(&2u32.to_le_bytes());
+        twice.extend_from_slice(&5u32.to_le_bytes());
+        let input = [
+            frame(CONTEXT, public),
+            store_under(5),
+            frame(JOB, &twice),
+            frame(JOB, &job()),
+            frame(QUIT, &[]),
+        ]
+        .concat();
+        let (r, frames) = serve_frames(&input, WorkerLimits::default());
+        r.unwrap();
+        let tags: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        assert_eq!(tags, [STORED, ERROR, RESULT]);
+        let msg = String::from_utf8_lossy(&frames[1].1);
+        assert!(msg.contains("slot 5 is listed twice"), "{msg}");
 
         // Bytes: room for between one and two ciphertexts.
         let by_bytes = WorkerLimits {

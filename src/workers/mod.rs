@@ -503,8 +503,16 @@ fn run_job(
     r = &r[len..];
     let mut inputs = decode_cts(ctx, &mut r)?;
     let slots = read_u32(&mut r, "slot count")?;
+    // Each slot at most once: the copies then take at most what the store holds, where a
+    // slot listed a million times (4 MB of JOB) would copy its ciphertexts a million times.
+    let mut seen = std::collections::HashSet::new();
     for _ in 0..slots {
         let slot = read_u32(&mut r, "slot")?;
+        if !seen.insert(slot) {
+            return Err(Error::InvalidInput(format!(
+                "slot {slot} is listed twice in one job"
+            )));
+        }
         let (cts, _) = stored.slots.get(&slot).ok_or_else(|| {
             Error::InvalidInput(format!("no ciphertexts stored under slot {slot}"))
         })?;
