@@ -242,6 +242,31 @@ pub fn parse_labels(bytes: &[u8]) -> Result<Vec<u8>> {
     labels_from(&mut &bytes[..], Source::Raw(bytes.len() as u64))
 }
 
+/// The bytes of an IDX source that may be gzip-compressed, as a stream.
+fn maybe_gz(bytes: &[u8]) -> (Box<dyn Read + '_>, Source) {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        (
+            Box::new(flate2::read::GzDecoder::new(bytes)),
+            Source::Gzip(bytes.len() as u64),
+        )
+    } else {
+        (Box::new(bytes), Source::Raw(bytes.len() as u64))
+    }
+}
+
+/// Decodes the bytes of an IDX image file, gzip or not (what [`load_images`] does with a
+/// file's bytes): decompression stops at the size the header announces.
+pub fn decode_images(bytes: &[u8]) -> Result<Array3<u8>> {
+    let (mut r, src) = maybe_gz(bytes);
+    images_from(&mut r, src)
+}
+
+/// Decodes the bytes of an IDX label file, gzip or not (see [`decode_images`]).
+pub fn decode_labels(bytes: &[u8]) -> Result<Vec<u8>> {
+    let (mut r, src) = maybe_gz(bytes);
+    labels_from(&mut r, src)
+}
+
 /// Loads an IDX image file (gzip or not) as `[count, rows, cols]` raw pixels, streaming: it
 /// holds the announced pixels (at most [`MAX_IDX_BYTES`]) and a read buffer, never the whole
 /// decompressed file.
