@@ -266,7 +266,8 @@ enum Incoming {
 /// Reads frames from `input` on its own thread (a pipe has no read timeout, so the serving
 /// thread waits on a channel with one instead). The channel holds nothing: the reader reads
 /// the next frame's first byte, then waits until the serving thread is ready for it, so the
-/// timeout counts from then, and one frame at most is in memory besides the one being served.
+/// timeout counts from then, and nothing of the next frame but that byte (and what the
+/// `BufReader` holds) is read while a frame is being served.
 fn spawn_reader(
     mut input: impl Read + Send + 'static,
     limits: WorkerLimits,
@@ -378,8 +379,8 @@ pub fn serve_with(
         };
         let reply = match tag {
             CONTEXT => {
-                // Stored ciphertexts belong to the old context's parameters.
-                // The old context goes before the new one is decoded (both can be large).
+                // Stored ciphertexts belong to the old context's parameters, and the old
+                // context goes before the new one is decoded (both can be large).
                 stored = Store::default();
                 drop(pc.take());
                 match PublicContext::from_bytes(&payload, backend.clone()) {
