@@ -139,7 +139,8 @@ fn main() -> hetensor::Result<()> {
             input.extend(frame(5, &[]));
             let built = vm_hwm_mib();
             let mut out = Vec::new();
-            let r = hetensor::workers::serve(input.as_slice(), &mut out, default_backend());
+            let r =
+                hetensor::workers::serve(std::io::Cursor::new(input), &mut out, default_backend());
             let answer = match out.first() {
                 Some(7) => "STORED".to_string(),
                 Some(4) => format!("ERROR {}", String::from_utf8_lossy(&out[9..])),

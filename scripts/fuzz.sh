@@ -1,18 +1,62 @@
 #!/usr/bin/env bash
-# Fuzzes the decoders and the worker's frame parser with libFuzzer for SECONDS each (default 300).
-#   scripts/fuzz.sh [SECONDS] [TARGET...]      targets: decode worker (default: both)
+# Fuzzes the decoders, the worker's frame parser, the IDX loader and the safetensors loader with
+# libFuzzer, under a memory cap.
+#   scripts/fuzz.sh [SECONDS | -runs=N] [TARGET...]
+#     SECONDS    run each target for this long (default 300)
+#     -runs=N    run each target on N inputs instead (e.g. -runs=1000000)
+#     TARGET     decode worker idx safetensors (default: all four)
+# Every run passes -rss_limit_mb=2048 -malloc_limit_mb=1024: a process above 2 GiB resident,
+# or a single allocation above 1 GiB, is a finding (the decoders bound what they allocate).
+# Extra libFuzzer flags: FUZZ_FLAGS="-jobs=2 -workers=2" scripts/fuzz.sh ...
 # Uses `cargo fuzz` when it is installed; otherwise builds the same targets with a nightly
 # toolchain and the flags cargo-fuzz passes (sanitizer coverage + AddressSanitizer).
-# Findings go to fuzz/artifacts/, the growing corpus to fuzz/corpus/<target>/ (both ignored by git).
+# Findings go to fuzz/artifacts/<target>/, the growing corpus to fuzz/corpus/<target>/ (both
+# ignored by git); empty corpora are seeded (the bundled weights, an IDX label file, a
+# STORE / JOB / DROP / QUIT sequence for the worker).
 set -euo pipefail
-cd "$(dirname "$0")/../fuzz"
-secs="${1:-300}"
-[ $# -gt 0 ] && shift
-if [ $# -gt 0 ]; then targets=("$@"); else targets=(decode worker); fi
-mkdir -p artifacts
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root/fuzz"
+limit=(-max_total_time=300)
+if [ $# -gt 0 ]; then
+  case "$1" in
+    -runs=*) limit=("$1") ;;
+    *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS | -runs=N] [TARGET...]" >&2; exit 2 ;;
+    *) limit=(-max_total_time="$1") ;;
+  esac
+  shift
+fi
+if [ $# -gt 0 ]; then targets=("$@"); else targets=(decode worker idx safetensors); fi
+caps=(-rss_limit_mb=2048 -malloc_limit_mb=1024)
+# shellcheck disable=SC2206
+extra=(${FUZZ_FLAGS:-})
+
+seed() {
+  local t="$1"
+  mkdir -p "corpus/$t" "artifacts/$t"
+  [ -n "$(ls -A "corpus/$t")" ] && return 0
+  case "$t" in
+    safetensors) cp "$root/data/lenet1.safetensors" "corpus/$t/lenet1" ;;
+    idx) { printf '\0'; cat "$root/data/mnist/t10k-labels-idx1-ubyte.gz"; } >"corpus/$t/labels-gz"
+         { printf '\1'; gzip -dc "$root/data/mnist/t10k-labels-idx1-ubyte.gz" | head -c 64; } >"corpus/$t/labels-head" ;;
+    worker) command -v python3 >/dev/null && python3 - "corpus/$t/store-job-drop" <<'PY'
+import struct, sys
+def frame(tag, payload):
+    return bytes([tag]) + struct.pack('<Q', len(payload)) + payload
+task = b'{"ColumnSums":{"layout":{"block":2,"slots":512}}}'
+job = struct.pack('<I', len(task)) + task + struct.pack('<III', 0, 1, 1)
+open(sys.argv[1], 'wb').write(
+    frame(6, struct.pack('<II', 1, 0)) + frame(2, job) + frame(8, struct.pack('<I', 1))
+    + frame(5, b''))
+PY
+    ;;
+  esac
+}
+
 if cargo fuzz --version >/dev/null 2>&1; then
   for t in "${targets[@]}"; do
-    cargo fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=2048
+    seed "$t"
+    cargo fuzz run "$t" "corpus/$t" -- "${limit[@]}" "${caps[@]}" \
+      -artifact_prefix="artifacts/$t/" "${extra[@]}"
   done
   exit 0
 fi
@@ -23,7 +67,7 @@ RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 -Cdebug-assertions -Coverflow-checks" \
   cargo +nightly build --release --target "$triple" --bins
 for t in "${targets[@]}"; do
-  mkdir -p "corpus/$t"
-  "target/$triple/release/$t" -max_total_time="$secs" -rss_limit_mb=2048 \
-    -artifact_prefix=artifacts/ "corpus/$t"
+  seed "$t"
+  "target/$triple/release/$t" "${limit[@]}" "${caps[@]}" \
+    -artifact_prefix="artifacts/$t/" "${extra[@]}" "corpus/$t"
 done

@@ -122,4 +122,14 @@ pub enum Error {
         budget_bits: f64,
         basis: &'static str,
     },
+
+    /// A peer broke the worker pipe protocol (unknown tag, oversized or truncated frame, a
+    /// frame that stopped arriving); the worker answers this, then exits.
+    #[error("worker protocol error: {0}")]
+    Protocol(String),
+
+    /// A request that would take a worker past one of its configured limits (stored slots or
+    /// bytes); nothing was changed.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
 }

@@ -166,6 +166,18 @@ enum Command {
         /// insecure-for-testing by their writer). Tests and experiments only.
         #[arg(long)]
         allow_insecure: bool,
+        /// Most slots of stored ciphertexts; a STORE into one more is answered ERROR.
+        #[arg(long, default_value_t = hetensor::workers::WorkerLimits::default().max_slots)]
+        max_slots: usize,
+        /// Most MiB of stored ciphertexts (in memory); a STORE beyond is answered ERROR.
+        #[arg(long, default_value_t = hetensor::workers::WorkerLimits::default().max_stored_bytes >> 20)]
+        max_stored_mb: u64,
+        /// Largest CONTEXT or JOB frame, in MiB.
+        #[arg(long, default_value_t = hetensor::workers::WorkerLimits::default().max_frame_bytes >> 20)]
+        max_frame_mb: u64,
+        /// Seconds within which the rest of a started frame must arrive (0: no limit).
+        #[arg(long, default_value_t = 30.0)]
+        frame_timeout_secs: f64,
     },
     /// Per-operation benchmarks as Markdown, or JSON with --json.
     Bench {
@@ -256,7 +268,20 @@ fn main() -> ExitCode {
         Command::Worker {
             backend,
             allow_insecure,
-        } => cli::workers::serve(&backend, allow_insecure),
+            max_slots,
+            max_stored_mb,
+            max_frame_mb,
+            frame_timeout_secs,
+        } => cli::workers::serve(
+            &backend,
+            hetensor::workers::WorkerLimits {
+                max_slots,
+                max_stored_bytes: max_stored_mb.saturating_mul(1 << 20),
+                max_frame_bytes: max_frame_mb.saturating_mul(1 << 20),
+                frame_timeout: cli::workers::frame_timeout(frame_timeout_secs)?,
+                decode: hetensor::serialize::DecodeOptions { allow_insecure },
+            },
+        ),
         Command::Train {
             workload,
             epochs,

@@ -142,3 +142,47 @@ proptest! {
         }
     }
 }
+
+/// The CSV loaders bound what a file can make them hold: a file over 64 MiB is refused before
+/// it is read (a sparse file: no disk is used), a record of more than 256 fields or a file of
+/// more than 4 M fields in all is an error while parsing, not gigabytes of `String`s.
+#[test]
+fn oversized_csv_input_is_refused() {
+    use hetensor::data::{MAX_CSV_BYTES, MAX_CSV_CELLS, MAX_CSV_FIELDS};
+    let dir = std::env::temp_dir().join(format!("hetensor-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("big.csv");
+    std::fs::File::create(&path)
+        .expect("create")
+        .set_len(MAX_CSV_BYTES + 1)
+        .expect("sparse file");
+    for r in [titanic::load(&path), credit::load(&path)] {
+        match r {
+            Err(Error::Data(m)) => assert!(m.contains("larger than"), "{m}"),
+            other => panic!("expected Error::Data, got {other:?}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let wide = ",".repeat(MAX_CSV_FIELDS);
+    for r in [
+        titanic::parse(wide.as_bytes()),
+        credit::parse(wide.as_bytes()),
+    ] {
+        match r {
+            Err(Error::Data(m)) => assert!(m.contains("fields in one record"), "{m}"),
+            other => panic!("expected Error::Data, got {other:?}"),
+        }
+    }
+    // 4 M + 2 one-byte fields, two per line (8 MB).
+    let many = "a,b\n".repeat(MAX_CSV_CELLS / 2 + 1);
+    for r in [
+        titanic::parse(many.as_bytes()),
+        credit::parse(many.as_bytes()),
+    ] {
+        match r {
+            Err(Error::Data(m)) => assert!(m.contains("fields in the file"), "{m}"),
+            other => panic!("expected Error::Data, got {other:?}"),
+        }
+    }
+}

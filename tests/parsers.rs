@@ -67,3 +67,115 @@ fn gzip_bombs_and_truncations_are_errors() {
         Err(Error::Data(_))
     ));
 }
+
+/// A gzip file holding `head` followed by `zeros` zero bytes, in a fresh temporary directory.
+fn gz_file(name: &str, head: &[u8], zeros: u64) -> std::path::PathBuf {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("hetensor-parsers-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{name}.gz"));
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&path).expect("create"),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(head).expect("gzip");
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = zeros;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        enc.write_all(&chunk[..n]).expect("gzip");
+        left -= n as u64;
+    }
+    enc.finish().expect("gzip");
+    path
+}
+
+fn idx_header(count: u32, rows: u32, cols: u32) -> Vec<u8> {
+    let mut v = Vec::new();
+    for x in [0x0000_0803u32, count, rows, cols] {
+        v.extend_from_slice(&x.to_be_bytes());
+    }
+    v
+}
+
+fn data_error(r: Result<impl std::fmt::Debug, Error>) -> String {
+    match r {
+        Err(Error::Data(m)) => m,
+        other => panic!("expected Error::Data, got {other:?}"),
+    }
+}
+
+/// A gzip bomb behind a valid header (10 images, then 1.1 GiB of zeros, 1 MB compressed):
+/// decompression stops one byte past the 7,840 announced pixels, instead of inflating up to
+/// the 1 GiB limit (which took 3.2 GB and 14 s before).
+#[test]
+fn gzip_bomb_behind_a_valid_header_stops_at_the_announced_size() {
+    let path = gz_file("bomb", &idx_header(10, 28, 28), 1100 << 20);
+    let m = data_error(mnist::load_images(&path));
+    assert!(m.contains("trailing bytes after the 7840 announced"), "{m}");
+    assert!(m.contains(&path.display().to_string()), "{m}");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// A header announcing more than the 1 GiB limit (10^9 images), or more than the file can
+/// hold (a gzip stream of a few hundred bytes cannot inflate to 784 MB), is refused from the
+/// header alone, naming the file.
+#[test]
+fn idx_headers_announcing_too_much_are_refused_before_reading() {
+    let path = gz_file("huge", &idx_header(1_000_000_000, 28, 28), 1 << 20);
+    let m = data_error(mnist::load_images(&path));
+    assert!(m.contains("more than the 1073741824 bytes"), "{m}");
+    assert!(m.contains(&path.display().to_string()), "{m}");
+    let path = gz_file("short", &idx_header(1_000_000, 28, 28), 1000);
+    let m = data_error(mnist::load_images(&path));
+    assert!(m.contains("more than a gzip stream of"), "{m}");
+    // The same header uncompressed: the file's length says it is truncated.
+    let raw = path.with_extension("raw");
+    std::fs::write(&raw, idx_header(1_000_000, 28, 28)).expect("write");
+    let m = data_error(mnist::load_images(&raw));
+    assert!(m.contains("need 784000000 bytes of data, found 0"), "{m}");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// An IDX file with no images (or no labels) is an error naming the file.
+#[test]
+fn idx_files_without_data_are_errors_naming_the_file() {
+    let path = gz_file("empty", &idx_header(0, 28, 28), 0);
+    let m = data_error(mnist::load_images(&path));
+    assert!(m.contains("holds no images"), "{m}");
+    assert!(m.contains(&path.display().to_string()), "{m}");
+    let labels = path.with_extension("labels");
+    std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 0]).expect("write");
+    let m = data_error(mnist::load_labels(&labels));
+    assert!(m.contains("holds no labels"), "{m}");
+    assert!(m.contains(&labels.display().to_string()), "{m}");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// A weights file larger than any file the model's parameters can take is refused before it
+/// is read (a sparse file: no disk is used), and so are such bytes.
+#[test]
+fn oversized_weights_files_are_refused_unread() {
+    let mut m = Sequential::lenet1();
+    let max = weights::max_file_bytes(&m);
+    // LeNet-1's 3,246 parameters as F64 plus the header allowance.
+    assert_eq!(max, 3_246 * 8 + (1 << 20));
+    let dir = std::env::temp_dir().join(format!("hetensor-parsers-{}-st", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("big.safetensors");
+    let f = std::fs::File::create(&path).expect("create");
+    f.set_len(64 << 30).expect("sparse file");
+    match weights::load(&mut m, &path) {
+        Err(Error::Model(msg)) => assert!(msg.contains("more than the"), "{msg}"),
+        other => panic!("expected Error::Model, got {other:?}"),
+    }
+    let mut big = lenet_bytes();
+    big.resize(max as usize + 1, b' ');
+    match weights::load_from_bytes(&mut m, &big) {
+        Err(Error::Model(msg)) => assert!(msg.contains("more than the"), "{msg}"),
+        other => panic!("expected Error::Model, got {other:?}"),
+    }
+    // The real file still loads.
+    weights::load_from_bytes(&mut m, &lenet_bytes()).expect("bundled weights");
+    let _ = std::fs::remove_dir_all(&dir);
+}

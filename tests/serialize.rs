@@ -777,8 +777,16 @@ fn zstd_bombs_are_refused_before_they_inflate() {
     input.extend(worker_frame(6, &store));
     input.extend(worker_frame(5, &[]));
     let mut out = Vec::new();
-    hetensor::workers::serve_with(input.as_slice(), &mut out, default_backend(), INSECURE_OK)
-        .unwrap();
+    hetensor::workers::serve_with(
+        std::io::Cursor::new(input.clone()),
+        &mut out,
+        default_backend(),
+        hetensor::workers::WorkerLimits {
+            decode: INSECURE_OK,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(out[0], 4, "the STORE is answered with ERROR");
     let msg = String::from_utf8_lossy(&out[9..]);
     assert!(msg.contains("larger than"), "{msg}");
@@ -1179,15 +1187,25 @@ fn insecure_parameters_need_an_explicit_opt_in() {
     let mut input = worker_frame(1, &public);
     input.extend(worker_frame(5, &[]));
     let mut out = Vec::new();
-    assert!(matches!(
-        hetensor::workers::serve(input.as_slice(), &mut out, default_backend()),
-        Err(Error::InsecureParameters { .. })
-    ));
-    assert!(hetensor::workers::serve_with(
-        input.as_slice(),
+    let refused = hetensor::workers::serve(
+        std::io::Cursor::new(input.clone()),
         &mut out,
         default_backend(),
-        DecodeOptions::allow_insecure()
+    );
+    assert!(
+        matches!(&refused, Err(Error::Protocol(m)) if m.contains("insecure parameters")),
+        "{refused:?}"
+    );
+    assert_eq!(out[0], 4, "the refusal is answered with an ERROR frame");
+    let mut out = Vec::new();
+    assert!(hetensor::workers::serve_with(
+        std::io::Cursor::new(input),
+        &mut out,
+        default_backend(),
+        hetensor::workers::WorkerLimits {
+            decode: DecodeOptions::allow_insecure(),
+            ..Default::default()
+        },
     )
     .is_ok());
 }

@@ -8,7 +8,15 @@ use hetensor::backend::default_backend;
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::rlwe::{Ciphertext, Security};
 use hetensor::serialize::{DecodeOptions, PublicContext, WriteOptions};
-use hetensor::workers::{self, RowLayout, Task, WorkerPool};
+use hetensor::workers::{self, RowLayout, Task, WorkerLimits, WorkerPool};
+
+/// The default limits, accepting the insecure test parameters these tests use.
+fn test_limits() -> WorkerLimits {
+    WorkerLimits {
+        decode: DecodeOptions::allow_insecure(),
+        ..WorkerLimits::default()
+    }
+}
 
 fn words(c: &Ciphertext) -> Vec<u32> {
     default_backend().download(c.polys()).unwrap()
@@ -90,7 +98,7 @@ fn worker_processes_match_in_process_and_plaintext() {
         .collect();
 
     let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
-    let mut pool = WorkerPool::spawn_with(exe, 2, 1, DecodeOptions::allow_insecure()).unwrap();
+    let mut pool = WorkerPool::spawn_with(exe, 2, 1, &test_limits()).unwrap();
     pool.send_context(&public).unwrap();
     let by_process = pool.run(ctx.rlwe(), &grad, &shards).unwrap();
     let pc = PublicContext::<CkksContext>::from_bytes_with(
@@ -157,7 +165,7 @@ fn worker_errors_come_back_as_errors() {
     )
     .unwrap();
     let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
-    let mut pool = WorkerPool::spawn_with(exe, 1, 1, DecodeOptions::allow_insecure()).unwrap();
+    let mut pool = WorkerPool::spawn_with(exe, 1, 1, &test_limits()).unwrap();
     pool.send_context(&public).unwrap();
     let ct = ctx
         .encrypt_symmetric(
@@ -188,6 +196,96 @@ fn worker_errors_come_back_as_errors() {
     assert_eq!(words(&out[0].outputs[0]), words(&ct));
     // More shards than workers.
     assert!(pool.run_stored(ctx.rlwe(), &sums, &[], 3, 2).is_err());
+}
+
+/// `hetensor worker` processes keep to the limits given as flags (`WorkerPool::spawn_with`), and
+/// `WorkerPool::drop_slot` frees a slot for the next STORE.
+#[test]
+fn worker_processes_keep_to_their_limits_and_drop_slots() {
+    let params = CkksParams::new(12, 2, 25, 30, 1, Security::InsecureForTestingOnly).unwrap();
+    let ctx = CkksContext::with_seed(params, [5; 32]).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let mut public = Vec::new();
+    PublicContext::write_parts(
+        &mut public,
+        &ctx,
+        &keys.public,
+        Some(&keys.relin),
+        None,
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let ct = ctx
+        .encrypt_symmetric(
+            &ctx.encode(&[3.0], ctx.default_scale(), 1).unwrap(),
+            &keys.secret,
+        )
+        .unwrap();
+    let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
+    let limits = WorkerLimits {
+        max_slots: 1,
+        ..test_limits()
+    };
+    let mut pool = WorkerPool::spawn_with(exe, 1, 1, &limits).unwrap();
+    pool.send_context(&public).unwrap();
+    let shard = [vec![ct.clone()]];
+    pool.store(ctx.rlwe(), 1, &shard).unwrap();
+    let err = pool.store(ctx.rlwe(), 2, &shard).unwrap_err();
+    assert!(err.to_string().contains("--max-slots"), "{err}");
+    pool.drop_slot(1, 1).unwrap();
+    assert!(pool.drop_slot(1, 1).is_err(), "slot 1 is empty now");
+    pool.store(ctx.rlwe(), 2, &shard).unwrap();
+    let sums = Task::ColumnSums {
+        layout: RowLayout::new(1, ctx.slots()).unwrap(),
+    };
+    let out = pool.run_stored(ctx.rlwe(), &sums, &[], 2, 1).unwrap();
+    assert_eq!(words(&out[0].outputs[0]), words(&ct));
+    let err = pool.run_stored(ctx.rlwe(), &sums, &[], 1, 1).unwrap_err();
+    assert!(err.to_string().contains("slot 1"), "{err}");
+}
+
+/// A `hetensor worker` whose parent starts a frame and then sends nothing more (its pipe still
+/// open) answers ERROR after `--frame-timeout-secs` and exits with a failure.
+#[test]
+fn worker_process_answers_a_stalled_frame_with_an_error_and_exits() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hetensor"))
+        .args(["worker", "--frame-timeout-secs", "0.2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // A STORE frame's tag and half of its length.
+    stdin.write_all(&[6, 100, 0, 0, 0]).unwrap();
+    stdin.flush().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        let _ = tx.send(out);
+    });
+    // Only turns a worker that would wait forever into a failure.
+    let out = match rx.recv_timeout(std::time::Duration::from_secs(300)) {
+        Ok(out) => out,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the worker is still waiting for the rest of the frame");
+        }
+    };
+    assert!(!child.wait().unwrap().success());
+    assert_eq!(out[0], 4, "an ERROR frame");
+    let len = u64::from_le_bytes(out[1..9].try_into().unwrap()) as usize;
+    assert_eq!(out.len(), 9 + len);
+    let msg = String::from_utf8_lossy(&out[9..]);
+    assert!(
+        msg.contains("protocol error") && msg.contains("did not arrive"),
+        "{msg}"
+    );
+    drop(stdin);
 }
 
 /// One encrypted training step (encrypted weights, block layout) with its two shards on
@@ -252,7 +350,7 @@ fn training_step_on_worker_processes_is_word_identical() {
         logistic::apply_update(ev.eval(), &layout, &partials, &w, None, 0.9, step_size).unwrap()
     };
     let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
-    let mut pool = WorkerPool::spawn_with(exe, 2, 1, DecodeOptions::allow_insecure()).unwrap();
+    let mut pool = WorkerPool::spawn_with(exe, 2, 1, &test_limits()).unwrap();
     let (w_proc, v_proc) = step(&mut pool, true);
     let (w_in, v_in) = step(&mut InProcess, true);
     assert_eq!(words(&w_proc), words(&w_in));
@@ -321,8 +419,13 @@ mod frames {
 
     const CONTEXT: u8 = 1;
     const JOB: u8 = 2;
-    const STORE: u8 = 6;
+    const RESULT: u8 = 3;
+    const ERROR: u8 = 4;
     const QUIT: u8 = 5;
+    const STORE: u8 = 6;
+    const STORED: u8 = 7;
+    const DROP: u8 = 8;
+    const DROPPED: u8 = 9;
 
     fn frame(tag: u8, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![tag];
@@ -332,8 +435,9 @@ mod frames {
     }
 
     /// A small public context, its parameters, and a valid STORE payload (one ciphertext).
-    fn fixture() -> &'static (Vec<u8>, Vec<u8>) {
-        static F: OnceLock<(Vec<u8>, Vec<u8>)> = OnceLock::new();
+    /// Also the bytes the ciphertext takes in a worker's memory.
+    fn fixture() -> &'static (Vec<u8>, Vec<u8>, u64) {
+        static F: OnceLock<(Vec<u8>, Vec<u8>, u64)> = OnceLock::new();
         F.get_or_init(|| {
             let params =
                 CkksParams::new(10, 2, 25, 30, 1, Security::InsecureForTestingOnly).unwrap();
@@ -359,7 +463,9 @@ mod frames {
             store.extend_from_slice(&1u32.to_le_bytes());
             hetensor::serialize::write(ctx.rlwe(), &ct, &mut store, WriteOptions::default())
                 .unwrap();
-            (public, store)
+            let p = ct.polys();
+            let bytes = (p.count() * p.limbs().len() * p.n() * 4) as u64;
+            (public, store, bytes)
         })
     }
 
@@ -377,29 +483,233 @@ mod frames {
         j
     }
 
-    /// Runs a worker on `input`; returns its result and the tags of the frames it wrote.
-    fn serve(input: &[u8]) -> (hetensor::Result<()>, Vec<u8>) {
+    /// Runs a worker on `input` within `limits`; returns its result and the frames it wrote.
+    fn serve_frames(
+        input: &[u8],
+        limits: WorkerLimits,
+    ) -> (hetensor::Result<()>, Vec<(u8, Vec<u8>)>) {
         let mut out = Vec::new();
         let r = workers::serve_with(
-            input,
+            std::io::Cursor::new(input.to_vec()),
             &mut out,
             default_backend(),
-            DecodeOptions::allow_insecure(),
+            limits,
         );
-        let mut tags = Vec::new();
-        let mut o = out.as_slice();
+        (r, split_frames(&out))
+    }
+
+    fn split_frames(out: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        let mut o = out;
         while o.len() >= 9 {
             let len = u64::from_le_bytes(o[1..9].try_into().unwrap()) as usize;
-            tags.push(o[0]);
+            frames.push((o[0], o[9..9 + len].to_vec()));
             o = &o[9 + len..];
         }
         assert!(o.is_empty(), "a partial frame in the output");
-        (r, tags)
+        frames
     }
 
+    /// Runs a worker on `input` with the default limits; returns its result and the tags of
+    /// the frames it wrote. A worker that stops with an error has said why in an ERROR frame.
+    fn serve(input: &[u8]) -> (hetensor::Result<()>, Vec<u8>) {
+        let (r, frames) = serve_frames(input, test_limits());
+        if let Err(e) = &r {
+            let (tag, msg) = frames
+                .last()
+                .expect("an ERROR frame before the worker stops");
+            assert_eq!(*tag, ERROR, "last frame before {e}");
+            assert_eq!(String::from_utf8_lossy(msg), e.to_string());
+        }
+        (r, frames.into_iter().map(|(t, _)| t).collect())
+    }
+
+    /// The message of the last frame, which must be an ERROR.
+    fn last_error(frames: &[(u8, Vec<u8>)]) -> String {
+        let (tag, msg) = frames.last().expect("a frame");
+        assert_eq!(*tag, ERROR);
+        String::from_utf8(msg.clone()).unwrap()
+    }
+
+    fn drop_frame(slot: u32) -> Vec<u8> {
+        frame(DROP, &slot.to_le_bytes())
+    }
+
+    /// `store` (one ciphertext under slot 5) re-addressed to `slot`.
+    fn store_under(slot: u32) -> Vec<u8> {
+        let mut p = fixture().1.clone();
+        p[..4].copy_from_slice(&slot.to_le_bytes());
+        frame(STORE, &p)
+    }
+
+    /// Slots and stored bytes are limited, a STORE beyond a limit is an ERROR that changes
+    /// nothing, and DROP frees a slot (its bytes too).
+    #[test]
+    fn store_limits_and_drop() {
+        let (public, _, ct_bytes) = fixture();
+        let by_slots = WorkerLimits {
+            max_slots: 2,
+            ..test_limits()
+        };
+        let input = [
+            frame(CONTEXT, public),
+            store_under(1),
+            store_under(2),
+            store_under(3), // a third slot: refused
+            store_under(2), // replacing a slot takes no new one
+            drop_frame(1),
+            store_under(3), // room again
+            drop_frame(1),  // nothing there any more
+            frame(JOB, &job()),
+            frame(QUIT, &[]),
+        ]
+        .concat();
+        let (r, frames) = serve_frames(&input, by_slots);
+        r.unwrap();
+        let tags: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        assert_eq!(
+            tags,
+            [STORED, STORED, ERROR, STORED, DROPPED, STORED, ERROR, ERROR]
+        );
+        let msg = String::from_utf8_lossy(&frames[2].1);
+        assert!(
+            msg.contains("limit exceeded") && msg.contains("--max-slots"),
+            "{msg}"
+        );
+        assert!(String::from_utf8_lossy(&frames[6].1).contains("slot 1"));
+        // The job reads slot 5, which was never stored.
+        assert!(String::from_utf8_lossy(&frames[7].1).contains("slot 5"));
+
+        // A job that lists a slot twice (which would copy its ciphertexts twice: a 4 MB JOB
+        // could list one slot a million times) is refused.
+        let mut twice = job();
+        let n = twice.len();
+        twice[n - 8..n - 4].copy_from_slice(&2u32.to_le_bytes());
+        twice.extend_from_slice(&5u32.to_le_bytes());
+        let input = [
+            frame(CONTEXT, public),
+            store_under(5),
+            frame(JOB, &twice),
+            frame(JOB, &job()),
+            frame(QUIT, &[]),
+        ]
+        .concat();
+        let (r, frames) = serve_frames(&input, test_limits());
+        r.unwrap();
+        let tags: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        assert_eq!(tags, [STORED, ERROR, RESULT]);
+        let msg = String::from_utf8_lossy(&frames[1].1);
+        assert!(msg.contains("slot 5 is listed twice"), "{msg}");
+
+        // Bytes: room for between one and two ciphertexts.
+        let by_bytes = WorkerLimits {
+            max_stored_bytes: ct_bytes * 3 / 2,
+            ..test_limits()
+        };
+        let input = [
+            frame(CONTEXT, public),
+            store_under(1),
+            store_under(2), // over the byte limit: refused
+            store_under(1), // replacing: still one ciphertext
+            drop_frame(1),
+            store_under(2),
+            frame(QUIT, &[]),
+        ]
+        .concat();
+        let (r, frames) = serve_frames(&input, by_bytes);
+        r.unwrap();
+        let tags: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        assert_eq!(tags, [STORED, ERROR, STORED, DROPPED, STORED]);
+        let msg = String::from_utf8_lossy(&frames[1].1);
+        assert!(msg.contains("--max-stored-mb"), "{msg}");
+    }
+
+    /// Every way the protocol can break ends the worker with an ERROR frame that says what
+    /// happened, and a declared length above its tag's bound is refused before it is read.
+    #[test]
+    fn protocol_errors_are_answered_before_the_worker_stops() {
+        let (public, store, _) = fixture();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                [frame(CONTEXT, public), vec![42, 0, 0]].concat(),
+                "unknown frame tag 42",
+            ),
+            // A STORE frame that says it has 2^60 bytes: refused from its length alone.
+            (
+                [
+                    frame(CONTEXT, public),
+                    vec![STORE],
+                    (1u64 << 60).to_le_bytes().to_vec(),
+                ]
+                .concat(),
+                "at most",
+            ),
+            // QUIT carries nothing; a DROP carries a slot.
+            (
+                [vec![QUIT], 1u64.to_le_bytes().to_vec(), vec![0]].concat(),
+                "QUIT frame of 1 bytes",
+            ),
+            (
+                [vec![DROP], 5u64.to_le_bytes().to_vec(), vec![0; 5]].concat(),
+                "DROP frame of 5 bytes",
+            ),
+            // The stream ends inside a frame.
+            (
+                [frame(CONTEXT, public), frame(STORE, store)[..40].to_vec()].concat(),
+                "truncated STORE frame",
+            ),
+            (
+                [frame(CONTEXT, public), vec![JOB, 3]].concat(),
+                "inside the length",
+            ),
+            (
+                frame(CONTEXT, &public[..public.len() / 2]),
+                "CONTEXT frame does not decode",
+            ),
+        ];
+        for (input, want) in cases {
+            let (r, frames) = serve_frames(&input, test_limits());
+            let e = r.expect_err(want);
+            assert!(matches!(e, hetensor::Error::Protocol(_)), "{e}");
+            let msg = last_error(&frames);
+            assert!(msg.contains(want), "{msg:?} lacks {want:?}");
+            assert_eq!(msg, e.to_string());
+        }
+    }
+
+    /// A frame that starts and then stops arriving on an open pipe is answered with an ERROR
+    /// once the configured timeout has passed, instead of blocking the worker forever.
+    #[test]
+    fn partial_frame_on_an_open_pipe_times_out_with_an_error() {
+        use std::io::Write;
+        let (public, store, _) = fixture();
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        writer.write_all(&frame(CONTEXT, public)).unwrap();
+        writer.write_all(&frame(STORE, store)[..20]).unwrap();
+        let limits = WorkerLimits {
+            frame_timeout: Some(std::time::Duration::from_millis(300)),
+            ..test_limits()
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let r = workers::serve_with(reader, &mut out, default_backend(), limits);
+            let _ = tx.send((r, out));
+        });
+        // The writer stays open: without a timeout the worker would wait forever (the bound
+        // here only turns such a hang into a failure).
+        let (r, out) = rx
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .expect("the worker answered");
+        let e = r.unwrap_err();
+        assert!(matches!(e, hetensor::Error::Protocol(_)), "{e}");
+        let msg = last_error(&split_frames(&out));
+        assert!(msg.contains("did not arrive within 0.3 s"), "{msg}");
+        drop(writer);
+    }
     #[test]
     fn valid_store_then_job_answers_both() {
-        let (public, store) = fixture();
+        let (public, store, _) = fixture();
         let mut input = frame(CONTEXT, public);
         input.extend(frame(STORE, store));
         input.extend(frame(JOB, &job()));
@@ -426,7 +736,7 @@ mod frames {
             cut in any::<usize>(),
             extra in proptest::collection::vec(any::<u8>(), 0..8),
         ) {
-            let (public, store) = fixture();
+            let (public, store, _) = fixture();
             let mut payload = if store_job { store.clone() } else { job() };
             for (i, b) in flips {
                 let n = payload.len();

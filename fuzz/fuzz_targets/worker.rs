@@ -1,14 +1,17 @@
 //! The worker's side of the pipe on arbitrary frames: after a valid public context, whatever
-//! STORE / JOB / other frames arrive, `workers::serve` answers or stops with an error, never
-//! panics. Run with `cargo fuzz run worker` in `fuzz/`.
+//! STORE / JOB / DROP / other frames arrive, `workers::serve_with` answers or stops with an
+//! error after an ERROR frame, never panics, and never allocates past its frame bounds. Run
+//! with `scripts/fuzz.sh SECONDS worker`.
 #![no_main]
 
+use std::io::Cursor;
 use std::sync::OnceLock;
 
 use hetensor::backend::default_backend;
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::rlwe::Security;
 use hetensor::serialize::{DecodeOptions, PublicContext, WriteOptions};
+use hetensor::workers::{serve_with, WorkerLimits};
 use libfuzzer_sys::fuzz_target;
 
 /// A CONTEXT frame (tag 1, u64 length, public context with relin key, no Galois keys).
@@ -35,14 +38,31 @@ fn context_frame() -> &'static [u8] {
     })
 }
 
+/// Small limits, so that inputs reach the slot and byte limits and the frame bounds.
+const LIMITS: WorkerLimits = WorkerLimits {
+    max_slots: 4,
+    max_stored_bytes: 256 << 10,
+    max_frame_bytes: 16 << 20,
+    frame_timeout: None,
+    decode: DecodeOptions {
+        allow_insecure: true,
+    },
+};
+
 fuzz_target!(|data: &[u8]| {
     let mut input = context_frame().to_vec();
     input.extend_from_slice(data);
     let mut out = Vec::new();
-    let _ = hetensor::workers::serve_with(
-        input.as_slice(),
-        &mut out,
-        default_backend(),
-        DecodeOptions::allow_insecure(),
-    );
+    let r = serve_with(Cursor::new(input), &mut out, default_backend(), LIMITS);
+    // A worker that stops with an error has said so in an ERROR frame (tag 4) first.
+    if r.is_err() {
+        let mut o = out.as_slice();
+        let mut last = None;
+        while o.len() >= 9 {
+            let len = u64::from_le_bytes(o[1..9].try_into().unwrap()) as usize;
+            last = Some(o[0]);
+            o = &o[9 + len..];
+        }
+        assert_eq!(last, Some(4), "stopped without an ERROR frame: {r:?}");
+    }
 });

@@ -220,7 +220,10 @@ impl BfvContext {
         let mut out = be.base_convert(ring, &z, q, &conv, true)?;
         be.ntt_forward(ring, &mut out)?;
         let noise = self.noise.multiply(a.noise_log2, b.noise_log2, level);
-        Ok((rct::Ciphertext::new(out, 1.0, a.inner.fingerprint, a.inner.key_id), noise))
+        Ok((
+            rct::Ciphertext::new(out, 1.0, a.inner.fingerprint, a.inner.key_id),
+            noise,
+        ))
     }
 
     /// `a²` (size 3).

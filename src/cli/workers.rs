@@ -411,15 +411,23 @@ fn print_text(r: &TitanicReport) {
     println!("(times are medians over --reps, modes taking turns; workers keep their shards and compute on them, the parent adds the shards and sums the row blocks on all its threads)");
 }
 
-/// `hetensor worker`: serve jobs on stdin/stdout (started by [`WorkerPool`]).
-pub fn serve(backend: &str, allow_insecure: bool) -> Result<()> {
+/// `hetensor worker`: serve jobs on stdin/stdout (started by [`WorkerPool`]) within `limits`.
+pub fn serve(backend: &str, limits: workers::WorkerLimits) -> Result<()> {
     let backend: Arc<dyn Backend> = create_backend(backend.parse::<BackendKind>()?)?;
-    let opts = serialize::DecodeOptions { allow_insecure };
-    workers::serve_with(
-        std::io::stdin().lock(),
-        std::io::stdout().lock(),
-        backend,
-        opts,
-    )
-    .map_err(|e| Error::Backend(format!("worker: {e}")))
+    workers::serve_with(std::io::stdin(), std::io::stdout().lock(), backend, limits)
+        .map_err(|e| Error::Backend(format!("worker: {e}")))
+}
+
+/// `--frame-timeout-secs`: 0 is no timeout; negative or not finite is an error.
+pub fn frame_timeout(secs: f64) -> Result<Option<std::time::Duration>> {
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    std::time::Duration::try_from_secs_f64(secs)
+        .map(Some)
+        .map_err(|_| {
+            Error::InvalidInput(format!(
+                "--frame-timeout-secs must be a non-negative number of seconds, got {secs}"
+            ))
+        })
 }

@@ -171,22 +171,101 @@ pub(crate) fn standardize_columns(x: &mut Array2<f64>, cols: &[usize]) {
     }
 }
 
-/// Reads a whole file, mapping I/O failures to errors that name the path.
+/// Largest CSV file the loaders read (64 MiB; the bundled files are 61 KB and 32 KB).
+pub const MAX_CSV_BYTES: u64 = 64 << 20;
+/// Most fields a CSV record may hold (the formats read here have 12 and 16).
+pub const MAX_CSV_FIELDS: usize = 256;
+/// Most fields a CSV file may hold in all (4 M: 330,000 Titanic rows; the bundled files have
+/// 11,000 each). Each field costs a `String` whatever its length, so this, not the byte count,
+/// bounds what the parsed records take (~100 MB).
+pub const MAX_CSV_CELLS: usize = 4 << 20;
+
+/// Reads at most `limit` bytes from `r` (fewer at the end of the stream), with `reserve` bytes
+/// (at most `limit`) reserved up front, for a size the caller knows can arrive. Beyond that
+/// the buffer grows with the bytes that actually arrive, at most doubling and never past
+/// `limit`, so a length that the bytes never fill costs nothing, and the capacity never
+/// exceeds `limit` (`read_to_end`'s doubling can reserve twice what arrives). Memory is
+/// touched only as bytes arrive, reserved or not.
+pub(crate) fn read_growing(
+    r: &mut dyn std::io::Read,
+    limit: u64,
+    reserve: u64,
+) -> std::io::Result<Vec<u8>> {
+    const FIRST: usize = 64 << 10;
+    let oom = |e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut buf: Vec<u8> = Vec::new();
+    buf.try_reserve_exact(usize::try_from(reserve).map_or(limit, |r| r.min(limit)))
+        .map_err(oom)?;
+    let mut filled = 0usize;
+    while filled < limit {
+        if filled == buf.len() {
+            let grow = (limit - filled).min(filled.max(FIRST));
+            if buf.capacity() < filled + grow {
+                buf.try_reserve_exact(grow).map_err(oom)?;
+            }
+            buf.resize(filled + grow, 0);
+        }
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Reads a whole CSV file of at most [`MAX_CSV_BYTES`], mapping I/O failures to errors that
+/// name the path. A larger file is refused before it is read.
 pub(crate) fn read_file(path: impl AsRef<std::path::Path>) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    std::fs::read(path).map_err(|e| {
+    let cannot = |e: std::io::Error| {
         Error::Data(format!(
             "cannot read {}: {e} (the bundled copies are in data/titanic and data/credit)",
             path.display()
         ))
-    })
+    };
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let too_big = || {
+        Error::Data(format!(
+            "{} is larger than the {MAX_CSV_BYTES} bytes a CSV data file may have",
+            path.display()
+        ))
+    };
+    let len = file.metadata().map_err(cannot)?.len();
+    if len > MAX_CSV_BYTES {
+        return Err(too_big());
+    }
+    // The file may grow between the check and the read: read one byte past the limit at most.
+    let bytes = read_growing(
+        &mut std::io::Read::take(file, MAX_CSV_BYTES + 1),
+        MAX_CSV_BYTES + 1,
+        len + 1,
+    )
+    .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_CSV_BYTES {
+        return Err(too_big());
+    }
+    Ok(bytes)
 }
 
 /// Splits CSV bytes into records of fields (RFC 4180: `,` separators, `"` quoting with `""`
 /// escapes, `\n` or `\r\n` line ends). Fields are decoded as UTF-8 with invalid bytes
 /// replaced (the Titanic file has a few Latin-1 names). Blank lines are skipped. Returns the
 /// 1-based line number of each record with it.
+///
+/// Input of more than [`MAX_CSV_BYTES`], more than [`MAX_CSV_CELLS`] fields in all or a record
+/// of more than [`MAX_CSV_FIELDS`] fields is an error: together they bound what the records
+/// take in memory, whatever the bytes.
 pub(crate) fn parse_csv(bytes: &[u8]) -> Result<Vec<(usize, Vec<String>)>> {
+    if bytes.len() as u64 > MAX_CSV_BYTES {
+        return Err(Error::Data(format!(
+            "{} bytes of CSV, more than the {MAX_CSV_BYTES} a data file may have",
+            bytes.len()
+        )));
+    }
     let mut records = Vec::new();
     let mut fields: Vec<String> = Vec::new();
     let mut field: Vec<u8> = Vec::new();
@@ -194,9 +273,22 @@ pub(crate) fn parse_csv(bytes: &[u8]) -> Result<Vec<(usize, Vec<String>)>> {
     let mut line = 1usize;
     let mut record_line = 1usize;
     let mut i = 0;
-    let finish_field = |field: &mut Vec<u8>, fields: &mut Vec<String>| {
+    let mut cells = 0usize;
+    let mut finish_field = |field: &mut Vec<u8>, fields: &mut Vec<String>, line: usize| {
+        if fields.len() == MAX_CSV_FIELDS {
+            return Err(Error::Data(format!(
+                "line {line}: more than {MAX_CSV_FIELDS} fields in one record"
+            )));
+        }
+        if cells == MAX_CSV_CELLS {
+            return Err(Error::Data(format!(
+                "line {line}: more than {MAX_CSV_CELLS} fields in the file"
+            )));
+        }
+        cells += 1;
         fields.push(String::from_utf8_lossy(field).into_owned());
         field.clear();
+        Ok(())
     };
     while i < bytes.len() {
         let b = bytes[i];
@@ -216,10 +308,10 @@ pub(crate) fn parse_csv(bytes: &[u8]) -> Result<Vec<(usize, Vec<String>)>> {
         } else {
             match b {
                 b'"' if field.is_empty() => in_quotes = true,
-                b',' => finish_field(&mut field, &mut fields),
+                b',' => finish_field(&mut field, &mut fields, record_line)?,
                 b'\r' if bytes.get(i + 1) == Some(&b'\n') => {}
                 b'\n' => {
-                    finish_field(&mut field, &mut fields);
+                    finish_field(&mut field, &mut fields, record_line)?;
                     if !(fields.len() == 1 && fields[0].trim().is_empty()) {
                         records.push((record_line, std::mem::take(&mut fields)));
                     }
@@ -238,7 +330,7 @@ pub(crate) fn parse_csv(bytes: &[u8]) -> Result<Vec<(usize, Vec<String>)>> {
         )));
     }
     if !field.is_empty() || !fields.is_empty() {
-        finish_field(&mut field, &mut fields);
+        finish_field(&mut field, &mut fields, record_line)?;
         if !(fields.len() == 1 && fields[0].trim().is_empty()) {
             records.push((record_line, fields));
         }

@@ -13,7 +13,8 @@
 //! `train-10k-*` (10,000 digits of the MNIST training set, roughly but not exactly 1,000 per
 //! class) and `t10k-*` (the official 10,000-digit test set).
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use ndarray::Array3;
@@ -30,56 +31,135 @@ pub const IMAGES_MAGIC: u32 = 0x0000_0803;
 /// IDX magic of an unsigned-byte, 1-dimensional file (labels).
 pub const LABELS_MAGIC: u32 = 0x0000_0801;
 
-/// Upper bound on a decompressed file (1 GiB): protects against corrupt headers and gzip bombs.
-const MAX_DECOMPRESSED: u64 = 1 << 30;
+/// Largest payload (pixels or labels) an IDX file may announce: 1 GiB, 20x the full MNIST
+/// training set. The loader computes the payload's size from the header and refuses a header
+/// that announces more before reading any of it.
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
 
-/// Reads a file, transparently gunzipping it if it starts with the gzip magic.
-pub fn read_maybe_gz(path: impl AsRef<Path>) -> Result<Vec<u8>> {
-    let path = path.as_ref();
-    let raw = std::fs::read(path)
-        .map_err(|e| Error::Data(format!("cannot read {}: {e}", path.display())))?;
-    gunzip_if_needed(raw).map_err(|e| match e {
-        Error::Data(m) => Error::Data(format!("{}: {m}", path.display())),
-        other => other,
+/// Upper bound on what [`gunzip_if_needed`] decompresses (it does not know the IDX header).
+const MAX_DECOMPRESSED: u64 = MAX_IDX_BYTES + 4 + 4 * 255;
+
+/// Deflate's largest compression ratio (1032:1: a 258-byte match coded in 2 bits): what a
+/// gzip stream of `n` bytes decompresses to is at most about `n` times this.
+const DEFLATE_MAX_RATIO: u64 = 1032;
+
+/// Where IDX bytes come from, and so the most bytes the stream can hold.
+#[derive(Clone, Copy)]
+enum Source {
+    /// Uncompressed, exactly this many bytes.
+    Raw(u64),
+    /// A gzip stream of this many compressed bytes.
+    Gzip(u64),
+}
+
+impl Source {
+    fn gz(self) -> bool {
+        matches!(self, Source::Gzip(_))
+    }
+
+    /// The most bytes the (decompressed) stream can hold.
+    fn max_len(self) -> u64 {
+        match self {
+            Source::Raw(n) => n,
+            Source::Gzip(n) => n.saturating_mul(DEFLATE_MAX_RATIO).saturating_add(1 << 10),
+        }
+    }
+}
+
+/// Opens `path` as a stream, gunzipping it on the fly if it starts with the gzip magic.
+fn open_maybe_gz(path: &Path) -> Result<(Box<dyn Read>, Source)> {
+    let cannot = |e: std::io::Error| Error::Data(format!("cannot read {}: {e}", path.display()));
+    let file = File::open(path).map_err(cannot)?;
+    let len = file.metadata().map_err(cannot)?.len();
+    let mut file = BufReader::new(file);
+    let gz = file.fill_buf().map_err(cannot)?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gz {
+        (
+            Box::new(flate2::bufread::GzDecoder::new(file)),
+            Source::Gzip(len),
+        )
+    } else {
+        (Box::new(file), Source::Raw(len))
     })
 }
 
+/// Reads a file, transparently gunzipping it if it starts with the gzip magic. Refuses a file
+/// that decompresses to more than [`MAX_IDX_BYTES`] plus a header, without holding more.
+pub fn read_maybe_gz(path: impl AsRef<Path>) -> Result<Vec<u8>> {
+    let path = path.as_ref();
+    let (mut r, src) = open_maybe_gz(path)?;
+    read_at_most(&mut r, MAX_DECOMPRESSED, src.gz()).map_err(|e| prefix_path(path, e))
+}
+
 /// Decompresses `bytes` if they start with the gzip magic `1f 8b`, else returns them as is.
+/// Decompression stops past [`MAX_IDX_BYTES`] plus a header (an error).
 pub fn gunzip_if_needed(bytes: Vec<u8>) -> Result<Vec<u8>> {
     if bytes.len() < 2 || bytes[0] != 0x1f || bytes[1] != 0x8b {
         return Ok(bytes);
     }
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes.as_slice())
-        .take(MAX_DECOMPRESSED + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::Data(format!("corrupt or truncated gzip stream: {e}")))?;
-    if out.len() as u64 > MAX_DECOMPRESSED {
+    read_at_most(
+        &mut flate2::read::GzDecoder::new(bytes.as_slice()),
+        MAX_DECOMPRESSED,
+        true,
+    )
+}
+
+fn stream_error(e: std::io::Error, gz: bool) -> Error {
+    if gz {
+        Error::Data(format!("corrupt or truncated gzip stream: {e}"))
+    } else {
+        Error::Data(format!("read error: {e}"))
+    }
+}
+
+/// All of `r`, which must not hold more than `limit` bytes.
+fn read_at_most(r: &mut dyn Read, limit: u64, gz: bool) -> Result<Vec<u8>> {
+    let out = crate::data::read_growing(&mut r.take(limit + 1), limit + 1, 0)
+        .map_err(|e| stream_error(e, gz))?;
+    if out.len() as u64 > limit {
         return Err(Error::Data(format!(
-            "decompressed data exceeds {MAX_DECOMPRESSED} bytes; not an MNIST file"
+            "decompressed data exceeds {limit} bytes; not an MNIST file"
         )));
     }
     Ok(out)
 }
 
-fn be_u32(bytes: &[u8], at: usize, what: &str) -> Result<u32> {
-    bytes
-        .get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes)
-        .ok_or_else(|| {
-            Error::Data(format!(
-                "truncated IDX header: {what} needs bytes {at}..{}, file has {}",
-                at + 4,
-                bytes.len()
-            ))
-        })
+/// Reads a big-endian `u32` of the header; `at` is its offset, for the message.
+fn be_u32(r: &mut dyn Read, at: usize, what: &str, gz: bool) -> Result<u32> {
+    let mut b = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut b[got..]) {
+            Ok(0) => {
+                return Err(Error::Data(format!(
+                    "truncated IDX header: {what} needs bytes {at}..{}, file has {}",
+                    at + 4,
+                    at + got
+                )))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(stream_error(e, gz)),
+        }
+    }
+    Ok(u32::from_be_bytes(b))
 }
 
-/// Parses an (uncompressed) IDX header with magic `magic` and `ndim` dimensions; returns the
-/// dimensions and the payload, checking that the payload has exactly the announced size.
-fn parse_idx<'a>(bytes: &'a [u8], magic: u32, what: &str) -> Result<(Vec<usize>, &'a [u8])> {
-    let got = be_u32(bytes, 0, "the magic number")?;
+/// Reads an IDX stream from `src` with magic `magic` and `ndim` dimensions; returns the
+/// dimensions and the payload. The payload's size is computed from the header first: a header
+/// that announces nothing, more than [`MAX_IDX_BYTES`], or more than `src` can hold (its
+/// length; for gzip, its length times deflate's largest ratio) is refused before any of it is
+/// read. Then exactly that many bytes are read into one buffer reserved up front (memory is
+/// touched only as they arrive), and a stream that ends early or goes on is an error. So a
+/// gzip bomb decompresses at most the announced size plus one byte.
+fn read_idx(
+    r: &mut dyn Read,
+    src: Source,
+    magic: u32,
+    what: &str,
+) -> Result<(Vec<usize>, Vec<u8>)> {
+    let gz = src.gz();
+    let got = be_u32(r, 0, "the magic number", gz)?;
     if got != magic {
         return Err(Error::Data(format!(
             "bad IDX magic 0x{got:08x} for an {what} file, expected 0x{magic:08x}{}",
@@ -93,54 +173,114 @@ fn parse_idx<'a>(bytes: &'a [u8], magic: u32, what: &str) -> Result<(Vec<usize>,
     let ndim = (magic & 0xff) as usize;
     let mut dims = Vec::with_capacity(ndim);
     for d in 0..ndim {
-        dims.push(be_u32(bytes, 4 + 4 * d, "a dimension")? as usize);
+        dims.push(be_u32(r, 4 + 4 * d, "a dimension", gz)? as usize);
     }
-    let header = 4 + 4 * ndim;
     let expected = dims
         .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| Error::Data(format!("IDX dimensions {dims:?} overflow")))?;
-    let payload = &bytes[header..];
-    if payload.len() < expected {
+        .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+        .filter(|&n| n <= MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            Error::Data(format!(
+                "IDX {what} header announces dimensions {dims:?}, more than the \
+                 {MAX_IDX_BYTES} bytes of data an IDX file may hold"
+            ))
+        })?;
+    if expected == 0 {
+        return Err(Error::Data(format!(
+            "the IDX {what} file holds no {what}: its header announces dimensions {dims:?}"
+        )));
+    }
+    let available = src.max_len().saturating_sub(4 + 4 * ndim as u64);
+    if expected > available {
+        return Err(Error::Data(match src {
+            Source::Raw(_) => format!(
+                "truncated IDX {what} file: dimensions {dims:?} need {expected} bytes of \
+                 data, found {available}"
+            ),
+            Source::Gzip(n) => format!(
+                "truncated IDX {what} file: dimensions {dims:?} need {expected} bytes of \
+                 data, more than a gzip stream of {n} bytes can hold"
+            ),
+        }));
+    }
+    let payload = crate::data::read_growing(&mut *r, expected + 1, expected + 1)
+        .map_err(|e| stream_error(e, gz))?;
+    if (payload.len() as u64) < expected {
         return Err(Error::Data(format!(
             "truncated IDX {what} file: dimensions {dims:?} need {expected} bytes of data, \
              found {}",
             payload.len()
         )));
     }
-    if payload.len() > expected {
+    if payload.len() as u64 > expected {
         return Err(Error::Data(format!(
-            "IDX {what} file has {} trailing bytes after the {expected} announced by its \
-             dimensions {dims:?}",
-            payload.len() - expected
+            "IDX {what} file has trailing bytes after the {expected} announced by its \
+             dimensions {dims:?}"
         )));
     }
     Ok((dims, payload))
 }
 
-/// Parses uncompressed IDX image bytes into `[count, rows, cols]` raw pixels.
-pub fn parse_images(bytes: &[u8]) -> Result<Array3<u8>> {
-    let (dims, payload) = parse_idx(bytes, IMAGES_MAGIC, "images")?;
-    Array3::from_shape_vec((dims[0], dims[1], dims[2]), payload.to_vec())
+fn images_from(r: &mut dyn Read, src: Source) -> Result<Array3<u8>> {
+    let (dims, payload) = read_idx(r, src, IMAGES_MAGIC, "images")?;
+    Array3::from_shape_vec((dims[0], dims[1], dims[2]), payload)
         .map_err(|e| Error::Data(format!("IDX images: {e}")))
 }
 
-/// Parses uncompressed IDX label bytes.
-pub fn parse_labels(bytes: &[u8]) -> Result<Vec<u8>> {
-    let (_, payload) = parse_idx(bytes, LABELS_MAGIC, "labels")?;
-    Ok(payload.to_vec())
+fn labels_from(r: &mut dyn Read, src: Source) -> Result<Vec<u8>> {
+    Ok(read_idx(r, src, LABELS_MAGIC, "labels")?.1)
 }
 
-/// Loads an IDX image file (gzip or not) as `[count, rows, cols]` raw pixels.
+/// Parses uncompressed IDX image bytes into `[count, rows, cols]` raw pixels (at least one
+/// image of at least one pixel).
+pub fn parse_images(bytes: &[u8]) -> Result<Array3<u8>> {
+    images_from(&mut &bytes[..], Source::Raw(bytes.len() as u64))
+}
+
+/// Parses uncompressed IDX label bytes (at least one label).
+pub fn parse_labels(bytes: &[u8]) -> Result<Vec<u8>> {
+    labels_from(&mut &bytes[..], Source::Raw(bytes.len() as u64))
+}
+
+/// The bytes of an IDX source that may be gzip-compressed, as a stream.
+fn maybe_gz(bytes: &[u8]) -> (Box<dyn Read + '_>, Source) {
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        (
+            Box::new(flate2::read::GzDecoder::new(bytes)),
+            Source::Gzip(bytes.len() as u64),
+        )
+    } else {
+        (Box::new(bytes), Source::Raw(bytes.len() as u64))
+    }
+}
+
+/// Decodes the bytes of an IDX image file, gzip or not (what [`load_images`] does with a
+/// file's bytes): decompression stops at the size the header announces.
+pub fn decode_images(bytes: &[u8]) -> Result<Array3<u8>> {
+    let (mut r, src) = maybe_gz(bytes);
+    images_from(&mut r, src)
+}
+
+/// Decodes the bytes of an IDX label file, gzip or not (see [`decode_images`]).
+pub fn decode_labels(bytes: &[u8]) -> Result<Vec<u8>> {
+    let (mut r, src) = maybe_gz(bytes);
+    labels_from(&mut r, src)
+}
+
+/// Loads an IDX image file (gzip or not) as `[count, rows, cols]` raw pixels, streaming: it
+/// holds the announced pixels (at most [`MAX_IDX_BYTES`]) and a read buffer, never the whole
+/// decompressed file.
 pub fn load_images(path: impl AsRef<Path>) -> Result<Array3<u8>> {
     let path = path.as_ref();
-    parse_images(&read_maybe_gz(path)?).map_err(|e| prefix_path(path, e))
+    let (mut r, src) = open_maybe_gz(path)?;
+    images_from(&mut r, src).map_err(|e| prefix_path(path, e))
 }
 
-/// Loads an IDX label file (gzip or not).
+/// Loads an IDX label file (gzip or not), streaming as [`load_images`] does.
 pub fn load_labels(path: impl AsRef<Path>) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    parse_labels(&read_maybe_gz(path)?).map_err(|e| prefix_path(path, e))
+    let (mut r, src) = open_maybe_gz(path)?;
+    labels_from(&mut r, src).map_err(|e| prefix_path(path, e))
 }
 
 fn prefix_path(path: &Path, e: Error) -> Error {

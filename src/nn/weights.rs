@@ -98,8 +98,31 @@ pub fn save(model: &Sequential, path: impl AsRef<Path>, dtype: DType) -> Result<
     Ok(())
 }
 
-/// Loads parameters from safetensors bytes into `model` (rules in the module docs).
+/// Room for a safetensors header (JSON names, shapes, offsets, metadata) beyond the data.
+const HEADER_ALLOWANCE: u64 = 1 << 20;
+
+/// The largest weights file that can hold `model`'s parameters: every value as `F64` plus
+/// [`HEADER_ALLOWANCE`] for the header. A larger file cannot be valid (tensors the model does
+/// not have are refused), so it is refused before it is read.
+pub fn max_file_bytes(model: &Sequential) -> u64 {
+    let values: u64 = model
+        .named_params()
+        .iter()
+        .map(|(_, p)| p.len() as u64)
+        .sum();
+    values.saturating_mul(8).saturating_add(HEADER_ALLOWANCE)
+}
+
+/// Loads parameters from safetensors bytes into `model` (rules in the module docs). More
+/// bytes than [`max_file_bytes`] are refused unread.
 pub fn load_from_bytes(model: &mut Sequential, bytes: &[u8]) -> Result<()> {
+    let max = max_file_bytes(model);
+    if bytes.len() as u64 > max {
+        return Err(Error::Model(format!(
+            "{} bytes of weights, more than the {max} that this model's parameters can take",
+            bytes.len()
+        )));
+    }
     let st = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::Model(format!("not a valid safetensors file: {e}")))?;
     let mut updated = model.clone();
@@ -153,8 +176,21 @@ pub fn load_from_bytes(model: &mut Sequential, bytes: &[u8]) -> Result<()> {
 /// Loads parameters from a safetensors file into `model` (rules in the module docs).
 pub fn load(model: &mut Sequential, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path)
-        .map_err(|e| Error::Model(format!("cannot read weights file {}: {e}", path.display())))?;
+    let cannot = |e: std::io::Error| {
+        Error::Model(format!("cannot read weights file {}: {e}", path.display()))
+    };
+    let max = max_file_bytes(model);
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let len = file.metadata().map_err(cannot)?.len();
+    if len > max {
+        return Err(Error::Model(format!(
+            "{}: {len} bytes, more than the {max} that this model's parameters can take",
+            path.display()
+        )));
+    }
+    // At most one byte past the limit, should the file grow after the check.
+    let bytes = crate::data::read_growing(&mut std::io::Read::take(file, max + 1), max + 1, len)
+        .map_err(cannot)?;
     load_from_bytes(model, &bytes).map_err(|e| match e {
         Error::Model(m) => Error::Model(format!("{}: {m}", path.display())),
         other => other,

@@ -305,6 +305,7 @@ impl Decode for bfv::Ciphertext {
                 "this is a CKKS ciphertext, not a BFV one".into(),
             ));
         }
+        d.allow(8);
         let noise_log2 = crate::bfv::noise::validate_noise_log2(d.f64("noise estimate")?)?;
         Ok(bfv::Ciphertext {
             inner,
