@@ -7,6 +7,10 @@
 //!   slot matrix), the evaluator (add, plaintext and scalar products, ciphertext products with
 //!   relinearization, row rotations, column swap, modulus switching) and the invariant noise
 //!   budget.
+//! - [`noise`]: the noise estimate every ciphertext carries (no secret key needed). An operation
+//!   whose result would have no budget left returns `Error::NoiseBudgetExhausted` instead of a
+//!   ciphertext that decrypts to wrong values, and decryption checks the real noise it measures
+//!   ([`MIN_DECRYPT_BUDGET_BITS`]).
 //! - [`BfvCrt`]: several plaintext moduli combined by CRT, for integers beyond 60 bits.
 //!
 //! Everything between encryption and decryption is integer-exact RNS arithmetic on the
