@@ -187,13 +187,16 @@ fn write_ciphertext(
     }
 }
 
-/// What scales a CKKS ciphertext at `level` can legitimately have: at least 1 (Δ ≥ 1 at
-/// encoding, and rescaling divides by the prime that the level's extra factor paid for), and
-/// at most `Q_level / 4`, one bit looser than what every operation that raises a scale
-/// enforces (`capacity ≥ 4`: room for values of magnitude 2 under `Q_level / 2`), which
-/// rescaling preserves. A scale outside this range cannot come from this library; one inside
-/// it is accepted (a deliberate edit there, with the checksum recomputed, goes unnoticed, as
-/// any other deliberate edit of a malleable ciphertext does).
+/// What scales a CKKS ciphertext at `level` can legitimately have, from how `ckks` tracks
+/// them: at most `Q_level / 4` — every operation that raises a scale (multiply,
+/// multiply_plain/scalar, linear_combination) refuses results with `capacity < 4`, i.e.
+/// scale > `Q_level / 8`, and rescaling by `q_level` keeps that bound one level down; one bit of
+/// slack is left here. At least 1 — encoding refuses Δ < 1, and the pipelines rescale only
+/// what a multiplication first scaled up (checked on tests/ckks, train, transfer, encrypted_nn,
+/// packed and workers with this check on every add, relinearize, rescale and decrypt).
+/// A scale outside this range cannot come from this library and would decrypt wrongly. One
+/// inside it is accepted: a deliberate edit there (checksum recomputed) goes unnoticed, as
+/// any deliberate edit of a malleable ciphertext does.
 pub(crate) fn check_ckks_scale(ctx: &RlweContext, level: usize, scale: f64) -> Result<()> {
     let log_q: f64 = (0..=level)
         .map(|i| (ctx.ring().modulus(i).value() as f64).log2())
