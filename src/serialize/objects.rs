@@ -534,7 +534,7 @@ pub(crate) fn read_params(d: &mut Decoder) -> Result<SchemeParams> {
     }
     let [q, p, aux] = lists;
     let rlwe = RlweParams::new(1 << log_n, q, p, aux, dnum, security)
-        .map_err(|e| Error::Decode(format!("invalid parameters: {e}")))?;
+        .map_err(|e| Error::Decode(format!("the stored parameters are rejected: {e}")))?;
     match scheme {
         1 => {
             let scale_bits = d.u8("scale bits")? as u32;
