@@ -55,7 +55,7 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
     echo "NVRTC: not found (the CUDA backend will report it unavailable)" | tee -a "$SUMMARY"
   fi
 fi
-export HETENSOR_REQUIRE_NVRTC=1 HETENSOR_CUDA_CACHE="$OUT/kernel-cache"
+export HETENSOR_CUDA_CACHE="$OUT/kernel-cache"
 
 { nvidia-smi || echo "nvidia-smi failed"; } > "$OUT/nvidia-smi.txt" 2>&1
 grep -m1 -E 'H100|H200|A100|NVIDIA' "$OUT/nvidia-smi.txt" | tee -a "$SUMMARY" || true
@@ -71,8 +71,8 @@ step() { # name, log file, command...
 }
 
 step "kernel compile (NVRTC)" kernels.log "$BIN/cuda_kernels" --nocapture
-step "parity cuda vs cpu" parity.log "$BIN/cuda_parity" --nocapture --test-threads=1
-grep -E '^test |skipping|LeNet|test result' "$OUT/parity.log" | tee -a "$SUMMARY"
+step "parity cuda vs cpu" parity.log "$BIN/cuda_parity" --ignored --nocapture --test-threads=1
+grep -E '^test |no CUDA device|LeNet|test result' "$OUT/parity.log" | tee -a "$SUMMARY"
 # CKKS at N = 2^13..2^16 (peer-depth chains, dnum = levels + 1, and the dnum-3 max chain),
 # batch 1 and 64; BFV presets at 2^13, 2^14. JSON for merging, Markdown for reading.
 for be in cuda cpu; do

@@ -18,7 +18,8 @@ pub enum Error {
     #[error(
         "insecure parameters: log2(QP) = {log_qp} exceeds {max_log_qp} bits allowed for N = {n} at \
          128-bit security (HomomorphicEncryption.org standard, ternary secret); use fewer/smaller \
-         primes or a larger N, or opt in with `allow_insecure` if you really want this"
+         primes or a larger N; for tests only, `hetensor::rlwe::Security::InsecureForTestingOnly` \
+         skips this check (never use it for real data)"
     )]
     InsecureParameters {
         n: usize,

@@ -27,6 +27,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use cli::args::{at_least, momentum, one_of, positive};
+
 /// GPU-accelerated homomorphic tensor engine.
 #[derive(Parser)]
 #[command(name = "hetensor", version, about)]
@@ -39,21 +41,22 @@ struct Cli {
 enum Command {
     /// Batched encrypted MNIST inference with LeNet-1 on the bundled test set (the default).
     Mnist {
-        /// Only the first N test images (default: all 10,000 for ckks batched, 8,192 = one
-        /// batch for bfv, 20 for packed).
-        #[arg(long)]
+        /// Only the first N test images, at most the file's count (default: all 10,000 for
+        /// ckks batched, 8,192 = one batch for bfv, 20 for packed).
+        #[arg(long, value_parser = at_least(1))]
         limit: Option<usize>,
-        /// Images per batch (default: all slots, 4096).
-        #[arg(long)]
+        /// Images per batch, at most the slots: 4096 for ckks, 8192 for bfv (default: all
+        /// slots). Batched layout only.
+        #[arg(long, value_parser = at_least(1))]
         batch: Option<usize>,
         /// ckks, or bfv (LeNet-1 quantized to integers, exact, CRT over 3 plaintext primes).
-        #[arg(long, default_value = "ckks")]
+        #[arg(long, default_value = "ckks", value_parser = ["ckks", "bfv"])]
         scheme: String,
         /// cpu, cuda, wgpu or auto.
         #[arg(long, default_value = "cpu")]
         backend: String,
         /// batched (4096 images per ciphertext) or packed (one image, low latency; ckks only).
-        #[arg(long, default_value = "batched")]
+        #[arg(long, default_value = "batched", value_parser = ["batched", "packed"])]
         layout: String,
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -71,22 +74,22 @@ enum Command {
     /// worker processes holding only the public context; checked against plaintext.
     TitanicWorkers {
         /// Worker processes (and shards).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, value_parser = at_least(1))]
         workers: usize,
         /// Rayon threads per worker process (1 = one core each; 0 = all cores).
         #[arg(long, default_value_t = 1)]
         threads_per_worker: usize,
-        /// Titanic train.csv.
-        #[arg(long, default_value = hetensor::data::DEFAULT_TITANIC)]
-        data: std::path::PathBuf,
-        /// Degree of the least-squares sigmoid fit on [-8, 8].
-        #[arg(long, default_value_t = 3)]
+        /// Titanic train.csv (default: the bundled copy).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// Degree of the least-squares sigmoid fit on [-8, 8]: 3, 5 or 7.
+        #[arg(long, default_value_t = 3, value_parser = one_of(&[3, 5, 7]))]
         degree: usize,
         /// cpu, cuda, wgpu or auto.
         #[arg(long, default_value = "cpu")]
         backend: String,
         /// Timed repetitions of each step (the median is reported).
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 3, value_parser = at_least(1))]
         reps: usize,
         /// Print one JSON object instead of text.
         #[arg(long)]
@@ -94,9 +97,12 @@ enum Command {
     },
     /// Serialization benchmark: a seed-sized public context and 891 encrypted Titanic rows.
     IoBench {
-        /// Titanic train.csv.
-        #[arg(long, default_value = hetensor::data::DEFAULT_TITANIC)]
-        data: std::path::PathBuf,
+        /// Titanic train.csv (default: the bundled copy).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// Only the first N rows (default: all 891).
+        #[arg(long, value_parser = at_least(1))]
+        rows: Option<usize>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -107,51 +113,53 @@ enum Command {
     Train {
         /// titanic, credit, credit-federated or mnist-transfer (which reads only --images,
         /// --epochs, --batch, --lr, --momentum, --seed and --json; it runs on all cores).
+        #[arg(value_parser = ["titanic", "credit", "credit-federated", "mnist-transfer"])]
         workload: String,
         /// Data file (default: the bundled copy).
         #[arg(long)]
         data: Option<std::path::PathBuf>,
         /// Data-parallel shards per step, each on its own `hetensor worker` process (holding
-        /// only the public context); data owners for credit-federated. Default: one shard, in
-        /// this process.
-        #[arg(long)]
+        /// only the public context); data owners for credit-federated (at least 2). Default:
+        /// one shard, in this process; 2 owners for credit-federated.
+        #[arg(long, value_parser = at_least(1))]
         workers: Option<usize>,
         /// Run the --workers shards on rayon threads of this process instead of processes.
         #[arg(long)]
         in_process: bool,
-        /// Degree of the least-squares sigmoid fit: 3, 5 or 7 [default: 7; credit-federated 3].
-        #[arg(long)]
+        /// Degree of the least-squares sigmoid fit: 3, 5 or 7 [default: 7].
+        #[arg(long, value_parser = one_of(&[3, 5, 7]))]
         degree: Option<usize>,
-        /// The fit interval is [-A, A] [default: 12; credit-federated 8].
-        #[arg(long)]
+        /// The fit interval is [-A, A] [default: 12].
+        #[arg(long, value_parser = positive)]
         interval: Option<f64>,
         /// Epochs (local epochs per round for credit-federated) [default: titanic 8, credit
         /// 10, credit-federated 3, mnist-transfer 3].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least(1))]
         epochs: Option<usize>,
-        /// Learning rate [default: titanic 0.5, credit 0.2, credit-federated 0.5, mnist-transfer
+        /// Learning rate [default: titanic 0.5, credit 0.2, credit-federated 0.2, mnist-transfer
         /// 0.04].
-        #[arg(long)]
+        #[arg(long, value_parser = positive)]
         lr: Option<f64>,
-        /// Momentum.
-        #[arg(long, default_value_t = 0.9)]
-        momentum: f64,
+        /// Momentum, in [0, 1) [default: 0.9].
+        #[arg(long, value_parser = momentum)]
+        momentum: Option<f64>,
         /// Mini-batch size [default: 128; mnist-transfer: 1250].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least(1))]
         batch: Option<usize>,
         /// mnist-transfer: private training images (digits 5-9 of data/mnist/train-10k) to
         /// use [default: all 4,869].
-        #[arg(long)]
+        #[arg(long, value_parser = at_least(1))]
         images: Option<usize>,
-        /// Federated rounds (credit-federated).
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// log2 of the ring degree (14: 13 levels, two steps per refresh).
-        #[arg(long, default_value_t = 14)]
-        log_n: u32,
-        /// Seed of the split and the batches.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+        /// Federated rounds (credit-federated only) [default: 5].
+        #[arg(long, value_parser = at_least(1))]
+        rounds: Option<usize>,
+        /// log2 of the ring degree, 13 to 16 (14: 13 levels, two steps per refresh)
+        /// [default: 14; not for mnist-transfer].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
+        log_n: Option<u32>,
+        /// Seed of the split and the batches [default: 1].
+        #[arg(long)]
+        seed: Option<u64>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -181,17 +189,19 @@ enum Command {
     },
     /// Per-operation benchmarks as Markdown, or JSON with --json.
     Bench {
-        /// Ring sizes (log2 N).
-        #[arg(long, value_delimiter = ',', default_values_t = vec![13u32, 14])]
+        /// Ring sizes (log2 N, each 13 to 16).
+        #[arg(long, value_delimiter = ',', default_values_t = vec![13u32, 14],
+              value_parser = clap::value_parser!(u32).range(13..=16))]
         log_n: Vec<u32>,
         /// Schemes to run.
-        #[arg(long, value_delimiter = ',', default_values_t = vec!["ckks".to_string(), "bfv".to_string()])]
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["ckks".to_string(), "bfv".to_string()],
+              value_parser = ["ckks", "bfv"])]
         scheme: Vec<String>,
         /// Repetitions per operation (after one warm-up).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 10, value_parser = at_least(1))]
         reps: usize,
         /// Worker threads (1 = single-threaded, comparable with SEAL).
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = at_least(1))]
         threads: usize,
         /// CKKS on the deepest 128-bit chain instead of the peers' depth.
         #[arg(long)]
@@ -200,7 +210,7 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         backend: String,
         /// Polynomials / ciphertexts per call in the batched (`xB`) rows.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = at_least(1))]
         batch: usize,
         /// Print JSON instead of Markdown.
         #[arg(long)]
@@ -259,7 +269,7 @@ fn main() -> ExitCode {
         } => cli::workers::run(cli::workers::TitanicOptions {
             workers,
             threads_per_worker,
-            data,
+            data: cli::data_path(data.as_deref(), hetensor::data::DEFAULT_TITANIC, "--data")?,
             degree,
             backend,
             reps,
@@ -284,6 +294,7 @@ fn main() -> ExitCode {
         ),
         Command::Train {
             workload,
+            data,
             epochs,
             lr,
             momentum,
@@ -295,18 +306,26 @@ fn main() -> ExitCode {
             in_process,
             degree,
             interval,
-            ..
+            rounds,
+            log_n,
         } if workload == "mnist-transfer" => {
-            if workers.is_some() || in_process || degree.is_some() || interval.is_some() {
-                return Err(hetensor::Error::InvalidInput("mnist-transfer takes no --workers, --in-process, --degree or --interval (it runs in one process with an MSE head)".into()));
+            if data.is_some()
+                || workers.is_some()
+                || in_process
+                || degree.is_some()
+                || interval.is_some()
+                || rounds.is_some()
+                || log_n.is_some()
+            {
+                return Err(hetensor::Error::InvalidInput("mnist-transfer takes no --data, --workers, --in-process, --degree, --interval, --rounds or --log-n (it runs in one process with an MSE head on the bundled MNIST digits)".into()));
             }
             cli::transfer::run(cli::transfer::TransferOptions {
                 images,
                 epochs: epochs.unwrap_or(3),
                 lr: lr.unwrap_or(0.04),
-                momentum,
+                momentum: momentum.unwrap_or(0.9),
                 batch: batch.unwrap_or(1250),
-                seed,
+                seed: seed.unwrap_or(1),
                 json,
             })
         }
@@ -325,24 +344,35 @@ fn main() -> ExitCode {
             log_n,
             seed,
             json,
-            images: _,
-        } => cli::train::run(cli::train::TrainOptions {
-            workload,
-            data,
-            workers,
-            in_process,
-            degree,
-            interval,
-            epochs,
-            lr,
-            momentum,
-            batch: batch.unwrap_or(128),
-            rounds,
-            log_n,
-            seed,
+            images,
+        } => {
+            if images.is_some() {
+                return Err(hetensor::Error::InvalidInput(format!(
+                    "--images is for mnist-transfer; {workload} trains on all rows of its data file"
+                )));
+            }
+            cli::train::run(cli::train::TrainOptions {
+                workload,
+                data,
+                workers,
+                in_process,
+                degree,
+                interval,
+                epochs,
+                lr,
+                momentum,
+                batch,
+                rounds,
+                log_n,
+                seed,
+                json,
+            })
+        }
+        Command::IoBench { data, rows, json } => cli::io_bench::run(
+            &cli::data_path(data.as_deref(), hetensor::data::DEFAULT_TITANIC, "--data")?,
+            rows,
             json,
-        }),
-        Command::IoBench { data, json } => cli::io_bench::run(&data, json),
+        ),
         Command::Bench {
             log_n,
             scheme,

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use hetensor::ckks::CkksContext;
 use hetensor::data::{credit, titanic, Dataset, DEFAULT_CREDIT, DEFAULT_TITANIC};
 use hetensor::nn::{PolyActivation, TrainConfig};
+use hetensor::train::federated::train_federated;
 use hetensor::train::logistic::{self, EncryptedOptions};
-use hetensor::train::{eval_poly, training_params, KeyHolder};
+use hetensor::train::{eval_poly, training_params, KeyHolder, TrainDefaults};
 
 fn cfg(epochs: usize, batch: usize, lr: f64, momentum: f64) -> TrainConfig {
     TrainConfig {
@@ -145,28 +146,101 @@ fn credit_end_to_end_matches_plaintext_accuracy() {
     end_to_end("credit", all, (7, 12.0), 0.2, 0.75, 6);
 }
 
+/// Federated averaging with exactly the settings `hetensor train credit-federated` ships
+/// ([`TrainDefaults`], which the CLI reads): every round's encrypted aggregate equals the
+/// plaintext federated average (same local training, averaged in the clear) within CKKS
+/// precision, and the model ends within 3 points of the centralized plaintext model.
 #[test]
-fn credit_federated_end_to_end() {
+fn credit_federated_with_the_cli_defaults() {
+    let d = TrainDefaults::for_workload("credit-federated").expect("defaults");
     let all = credit::load(DEFAULT_CREDIT).expect("credit");
-    let (train, test) = all.split(0.2, 1).expect("split");
-    let sig = PolyActivation::sigmoid(3, (-16.0, 16.0)).expect("fit");
-    let c = cfg(2, 32, 0.1, 0.9);
-    let shards = train.shards(3).expect("shards");
+    let (train, test) = all.split(0.2, d.seed).expect("split");
+    let sig = PolyActivation::sigmoid(d.degree, (-d.interval, d.interval)).expect("fit");
+    let c = d.train_config();
+    let shards = train.shards(d.owners).expect("shards");
     let mut fed = logistic::model(train.num_features()).expect("model");
-    let rep = hetensor::train::federated::train_federated(
+    let rep = train_federated(
         &mut fed,
         &shards,
         Some(&test),
         &c,
-        3,
+        d.rounds,
         Some(&sig),
-        &holder(13),
+        &holder(d.log_n),
     )
-    .expect("fed");
-    assert_eq!(rep.rounds.len(), 3);
+    .expect("federated training with the CLI's defaults");
+    assert_eq!(rep.rounds.len(), d.rounds);
+
+    // Reference: the same rounds with the average computed in plaintext.
+    let mut plain = logistic::model(train.num_features()).expect("model");
+    let total: usize = shards.iter().map(Dataset::len).sum();
+    for round in 1..=d.rounds {
+        let (gw, gb) = logistic::weights(&plain).expect("weights");
+        let mut avg = vec![0.0; gw.len() + 1];
+        for (k, shard) in shards.iter().enumerate() {
+            let mut m = plain.clone();
+            let mut ck = c.clone();
+            ck.seed = c.seed ^ ((round as u64) << 32) ^ k as u64;
+            logistic::train_plain(&mut m, shard, None, &ck, Some(&sig)).expect("local");
+            let (w, b) = logistic::weights(&m).expect("weights");
+            let share = shard.len() as f64 / total as f64;
+            for (a, (wj, gj)) in avg.iter_mut().zip(w.iter().zip(&gw)) {
+                *a += share * (wj - gj);
+            }
+            avg[gw.len()] += share * (b - gb);
+        }
+        if let [hetensor::nn::Layer::Linear(lin)] = plain.layers_mut() {
+            for (j, a) in avg.iter().take(gw.len()).enumerate() {
+                lin.weight[[0, j]] += a;
+            }
+            lin.bias[0] += avg[gw.len()];
+        }
+    }
+    let (wf, bf) = logistic::weights(&fed).expect("weights");
+    let (wp, bp) = logistic::weights(&plain).expect("weights");
+    let diff = wf
+        .iter()
+        .zip(&wp)
+        .map(|(a, b)| (a - b).abs())
+        .fold((bf - bp).abs(), f64::max);
     let (acc, _) = logistic::evaluate(&fed, &test).expect("eval");
-    eprintln!("credit federated: {acc:.4}");
-    assert!(acc > 0.8, "federated accuracy {acc}");
+    let (acc_plain_fed, _) = logistic::evaluate(&plain, &test).expect("eval");
+    let mut central = logistic::model(train.num_features()).expect("model");
+    let mut cc = c.clone();
+    cc.epochs = d.epochs * d.rounds;
+    logistic::train_plain(&mut central, &train, None, &cc, None).expect("central");
+    let (acc_central, _) = logistic::evaluate(&central, &test).expect("eval");
+    eprintln!(
+        "credit federated (defaults {d:?}): encrypted {acc:.4}, plaintext federated {acc_plain_fed:.4}, centralized {acc_central:.4}; max |w_enc - w_plain| {diff:.2e}"
+    );
+    assert!(
+        diff < 1e-2,
+        "encrypted vs plaintext federated weights differ by {diff}"
+    );
+    assert!(
+        acc > acc_central - 0.03,
+        "federated {acc} vs centralized {acc_central}"
+    );
+}
+
+/// The former `credit-federated` defaults (degree 3 on [-8, 8], rate 0.5) diverge in round 2
+/// on this split: a typed error that says so, not a NaN handed to the encoder.
+#[test]
+fn diverging_federated_training_is_a_clear_error() {
+    let all = credit::load(DEFAULT_CREDIT).expect("credit");
+    let (train, _) = all.split(0.2, 1).expect("split");
+    let sig = PolyActivation::sigmoid(3, (-8.0, 8.0)).expect("fit");
+    let mut c = cfg(3, 128, 0.5, 0.9);
+    c.seed = 1;
+    let shards = train.shards(2).expect("shards");
+    let mut fed = logistic::model(train.num_features()).expect("model");
+    let err = train_federated(&mut fed, &shards, None, &c, 5, Some(&sig), &holder(13))
+        .expect_err("lr 0.5 with a cubic on [-8, 8] diverges");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("round 2, data owner") && msg.contains("diverged") && msg.contains("[-8, 8]"),
+        "{msg}"
+    );
 }
 
 #[test]

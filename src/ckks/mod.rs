@@ -216,14 +216,19 @@ impl CkksContext {
                 self.max_level()
             )));
         }
-        if values
+        if let Some(i) = values
             .iter()
-            .any(|v| !v.re.is_finite() || !v.im.is_finite())
-            || !(scale.is_finite() && scale >= 1.0)
+            .position(|v| !v.re.is_finite() || !v.im.is_finite())
         {
-            return Err(Error::InvalidInput(
-                "values and scale must be finite (scale ≥ 1)".into(),
-            ));
+            return Err(Error::InvalidInput(format!(
+                "cannot encode the value {} in slot {i}: values must be finite",
+                values[i]
+            )));
+        }
+        if !(scale.is_finite() && scale >= 1.0) {
+            return Err(Error::InvalidInput(format!(
+                "cannot encode at scale {scale:e}: the scale must be finite and ≥ 1"
+            )));
         }
         let coeffs = self.encoder.embed_inverse(values);
         let limit = self.coefficient_limit(level);
@@ -439,8 +444,9 @@ impl CkksContext {
         let v = (c * const_scale).round();
         if !v.is_finite() || v.abs() >= 9.2e18 {
             return Err(Error::ScaleOverflow(format!(
-                "constant {c} at scale 2^{:.1} does not fit 63 bits",
-                const_scale.log2()
+                "constant {c:e} at scale 2^{:.1} is 2^{:.1}, beyond 63 bits",
+                const_scale.log2(),
+                v.abs().log2()
             )));
         }
         let scale = ct.scale * const_scale;
@@ -458,8 +464,9 @@ impl CkksContext {
         let v = (c * ct.scale).round();
         if !v.is_finite() || v.abs() >= 9.2e18 {
             return Err(Error::ScaleOverflow(format!(
-                "constant {c} at scale 2^{:.1} does not fit 63 bits",
-                ct.scale.log2()
+                "constant {c:e} at scale 2^{:.1} is 2^{:.1}, beyond 63 bits",
+                ct.scale.log2(),
+                v.abs().log2()
             )));
         }
         let words = self.scalar_words(v as i64, ct.level());
@@ -484,8 +491,14 @@ impl CkksContext {
     /// A result at `scale` must leave at least 2 bits for the value under `Q_level / 2`.
     fn check_scale_fits(&self, scale: f64, level: usize, op: &'static str) -> Result<()> {
         if self.capacity(level, scale) < 4.0 {
+            // At level 0 there is no prime left to rescale by.
+            let advice = if level == 0 {
+                "no level is left to rescale to (out of levels): choose parameters with a longer modulus chain, or multiply by a smaller constant scale"
+            } else {
+                "rescale first"
+            };
             return Err(Error::ScaleOverflow(format!(
-                "{op}: result scale 2^{:.1} leaves no room under the level-{level} modulus (2^{:.1}); rescale first",
+                "{op}: result scale 2^{:.1} leaves no room under the level-{level} modulus (2^{:.1}); {advice}",
                 scale.log2(),
                 self.capacity(level, 1.0).log2() + 1.0
             )));
@@ -552,8 +565,9 @@ impl CkksContext {
             let v = (w * const_scale).round();
             if !v.is_finite() || v.abs() >= 9.2e18 {
                 return Err(Error::ScaleOverflow(format!(
-                    "weight {w} at scale 2^{:.1} does not fit 63 bits",
-                    const_scale.log2()
+                    "weight {w:e} at scale 2^{:.1} is 2^{:.1}, beyond 63 bits",
+                    const_scale.log2(),
+                    v.abs().log2()
                 )));
             }
             words.extend(self.scalar_words(v as i64, level));

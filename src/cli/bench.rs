@@ -297,10 +297,42 @@ pub fn run(
     json: bool,
     out: Option<&std::path::Path>,
 ) -> Result<()> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads.max(1))
-        .build_global()
-        .map_err(|e| hetensor::Error::Backend(format!("thread pool: {e}")))?;
+    if threads == 0 || reps == 0 || batch == 0 {
+        return Err(hetensor::Error::InvalidInput(format!(
+            "--threads, --reps and --batch must be at least 1, got {threads}, {reps} and {batch}"
+        )));
+    }
+    // `main` already runs every command on rayon's global pool, so the global pool cannot
+    // be resized here: the benchmark runs on a pool of its own with `threads` threads, and
+    // every parallel loop it starts stays on that pool.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| hetensor::Error::Backend(format!("thread pool of {threads} threads: {e}")))?;
+    // `threads` in the report is the pool's own count, i.e. what the timings ran on.
+    let report = pool.install(|| report(log_ns, schemes, reps, max_chain, batch, backend))?;
+    let text = if json {
+        serde_json::to_string_pretty(&report)
+            .map_err(|e| hetensor::Error::InvalidInput(e.to_string()))?
+    } else {
+        markdown(&report)
+    };
+    match out {
+        Some(p) => super::write_file(p, "--out", text.as_bytes())?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+/// Runs every benchmark on the current rayon pool.
+fn report(
+    log_ns: &[u32],
+    schemes: &[String],
+    reps: usize,
+    max_chain: bool,
+    batch: usize,
+    backend: &str,
+) -> Result<BenchReport> {
     let be = create_backend(backend.parse::<BackendKind>()?)?;
     let mut rows = Vec::new();
     let mut notes = vec![
@@ -325,26 +357,15 @@ pub fn run(
             }
         }
     }
-    let report = BenchReport {
+    Ok(BenchReport {
         engine: "hetensor".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         machine: machine(),
-        threads,
+        threads: rayon::current_num_threads(),
         backend: be.name().into(),
         results: rows,
         notes,
-    };
-    let text = if json {
-        serde_json::to_string_pretty(&report)
-            .map_err(|e| hetensor::Error::InvalidInput(e.to_string()))?
-    } else {
-        markdown(&report)
-    };
-    match out {
-        Some(p) => std::fs::write(p, text)?,
-        None => println!("{text}"),
-    }
-    Ok(())
+    })
 }
 
 fn markdown(r: &BenchReport) -> String {

@@ -50,7 +50,20 @@ fn secs<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
 }
 
 /// Runs `hetensor io-bench`.
-pub fn run(titanic: &std::path::Path, json: bool) -> Result<()> {
+pub fn run(titanic: &std::path::Path, limit: Option<usize>, json: bool) -> Result<()> {
+    let ds = data::titanic::load(titanic)?;
+    let take = match limit {
+        None => ds.len(),
+        Some(n) if (1..=ds.len()).contains(&n) => n,
+        Some(n) => {
+            return Err(hetensor::Error::InvalidInput(format!(
+                "--rows {n} is out of range 1..={}: {} holds {} rows",
+                ds.len(),
+                titanic.display(),
+                ds.len()
+            )))
+        }
+    };
     let params = CkksParams::preset(14, 25)?;
     let log_qp = params.rlwe.log_qp();
     let ctx = CkksContext::new(params)?;
@@ -88,12 +101,12 @@ pub fn run(titanic: &std::path::Path, json: bool) -> Result<()> {
         seeded: true,
     })?;
 
-    // 891 rows, one ciphertext each (features and a bias 1 in the first slots).
-    let ds = data::titanic::load(titanic)?;
+    // 891 rows (or --rows), one ciphertext each (features and a bias 1 in the first slots).
     let rows: Vec<Vec<f64>> = ds
         .features
         .rows()
         .into_iter()
+        .take(take)
         .map(|r| r.iter().copied().chain([1.0]).collect())
         .collect();
     let level = ctx.max_level();

@@ -121,6 +121,38 @@ pub fn output_bound(model: &Sequential, data_dir: &std::path::Path) -> Result<f6
             .fold(0.0f64, |m, v| m.max(v.abs())))
 }
 
+/// How many test images to run: `--limit` (at least 1, at most the file's count), else
+/// `default` (capped at the file's count). A file with no images is an error naming it.
+pub fn images_to_run(opts: &MnistOptions, available: usize, default: usize) -> Result<usize> {
+    if available == 0 {
+        return Err(Error::Data(format!(
+            "{}: the MNIST test files (t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte) hold no images",
+            opts.data_dir.display()
+        )));
+    }
+    match opts.limit {
+        Some(0) => Err(Error::InvalidInput("--limit must be at least 1".into())),
+        Some(n) if n > available => Err(Error::InvalidInput(format!(
+            "--limit {n} is more than the {available} test images in {}",
+            opts.data_dir.display()
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(default.min(available)),
+    }
+}
+
+/// Images per batch: `--batch` (1 to `slots`), else `slots`.
+pub fn batch_size(opts: &MnistOptions, slots: usize) -> Result<usize> {
+    match opts.batch {
+        None => Ok(slots),
+        Some(b) if (1..=slots).contains(&b) => Ok(b),
+        Some(b) => Err(Error::InvalidInput(format!(
+            "--batch {b} is out of range 1..={slots}: a {} ciphertext holds {slots} images",
+            opts.scheme
+        ))),
+    }
+}
+
 /// Runs the job and prints the report.
 pub fn run(opts: MnistOptions) -> Result<()> {
     if opts.scheme == "bfv" {
@@ -145,18 +177,12 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     let t_all = Instant::now();
     let model = load_model(&opts)?;
     let test = mnist::load_test(&opts.data_dir)?;
-    let total = opts
-        .limit
-        .unwrap_or(test.labels.len())
-        .min(test.labels.len());
-    if total == 0 {
-        return Err(Error::InvalidInput("--limit must be at least 1".into()));
-    }
+    let total = images_to_run(&opts, test.labels.len(), test.labels.len())?;
     let params = CkksParams::preset(13, 25)?;
     let log_qp = params.rlwe.log_qp();
     let t_key = Instant::now();
     let ctx = CkksContext::with_backend(params, backend.clone())?;
-    let batch_size = opts.batch.unwrap_or(ctx.slots()).clamp(1, ctx.slots());
+    let batch_size = batch_size(&opts, ctx.slots())?;
     encrypted::check_fits(&ctx, &model, batch_size)?;
     let keys = ctx.keygen()?;
     let seconds_keygen = t_key.elapsed().as_secs_f64();
@@ -347,6 +373,11 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
     )?;
     let t_bits = qm.plain_modulus_bits()?;
     let test = mnist::load_test(&opts.data_dir)?;
+    // Checked before the minutes of plaintext evaluation and key generation. One batch costs
+    // the same whatever its size, so the default is one full batch (BFV batching: N slots).
+    let default_limit_used = opts.limit.is_none();
+    let total = images_to_run(&opts, test.labels.len(), 1 << BFV_LOG_N)?;
+    let batch_size = batch_size(&opts, 1 << BFV_LOG_N)?;
 
     // Plaintext accuracies of the float and the quantized model on the whole test set.
     let n_test = test.labels.len();
@@ -387,13 +418,7 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
     let slots = crt.slot_count();
     let log_qp = crt.rlwe().params().log_qp();
 
-    // One batch costs the same whatever its size, so the default is one full batch.
-    let default_limit_used = opts.limit.is_none();
-    let total = opts.limit.unwrap_or(slots).min(n_test);
-    if total == 0 {
-        return Err(Error::InvalidInput("--limit must be at least 1".into()));
-    }
-    let batch_size = opts.batch.unwrap_or(slots).clamp(1, slots);
+    debug_assert_eq!(slots, 1 << BFV_LOG_N);
     let batches = total.div_ceil(batch_size);
     let pb = if opts.json {
         ProgressBar::hidden()

@@ -48,12 +48,14 @@ fn argmax(v: &[f64]) -> usize {
 
 /// Runs LeNet-1 on `--limit` images (default 20), one at a time, and reports per-image latency.
 pub fn run(opts: &MnistOptions, backend: Arc<dyn Backend>) -> Result<()> {
+    if let Some(b) = opts.batch {
+        return Err(Error::InvalidInput(format!(
+            "--batch {b}: the packed layout runs one image at a time (--batch is for --layout batched)"
+        )));
+    }
     let model = load_model(opts)?;
     let test = mnist::load_test(&opts.data_dir)?;
-    let total = opts.limit.unwrap_or(20).min(test.labels.len());
-    if total == 0 {
-        return Err(Error::InvalidInput("--limit must be at least 1".into()));
-    }
+    let total = super::mnist::images_to_run(opts, test.labels.len(), 20)?;
     let t = Instant::now();
     let ctx = CkksContext::with_backend(CkksParams::preset(13, 25)?, backend.clone())?;
     let keys = ctx.keygen()?;

@@ -10,7 +10,7 @@ use hetensor::data::{self, Dataset};
 use hetensor::nn::{PolyActivation, TrainConfig};
 use hetensor::train::federated::train_federated;
 use hetensor::train::logistic::{self, EncryptedOptions, InProcess, ShardRunner};
-use hetensor::train::{training_params, KeyHolder};
+use hetensor::train::{training_params, KeyHolder, TrainDefaults};
 use hetensor::workers::WorkerPool;
 use hetensor::{Error, Result};
 
@@ -24,47 +24,53 @@ pub struct TrainOptions {
     pub interval: Option<f64>,
     pub epochs: Option<usize>,
     pub lr: Option<f64>,
-    pub momentum: f64,
-    pub batch: usize,
-    pub rounds: usize,
-    pub log_n: u32,
-    pub seed: u64,
+    pub momentum: Option<f64>,
+    pub batch: Option<usize>,
+    pub rounds: Option<usize>,
+    pub log_n: Option<u32>,
+    pub seed: Option<u64>,
     pub json: bool,
 }
 
 fn load(o: &TrainOptions) -> Result<Dataset> {
+    let flag = "--data";
     match o.workload.as_str() {
-        "titanic" => {
-            data::titanic::load(o.data.as_deref().unwrap_or(data::DEFAULT_TITANIC.as_ref()))
-        }
-        "credit" | "credit-federated" => {
-            data::credit::load(o.data.as_deref().unwrap_or(data::DEFAULT_CREDIT.as_ref()))
-        }
+        "titanic" => data::titanic::load(super::data_path(
+            o.data.as_deref(),
+            data::DEFAULT_TITANIC,
+            flag,
+        )?),
+        "credit" | "credit-federated" => data::credit::load(super::data_path(
+            o.data.as_deref(),
+            data::DEFAULT_CREDIT,
+            flag,
+        )?),
         w => Err(Error::InvalidInput(format!(
             "unknown workload {w:?}: use titanic, credit, credit-federated or mnist-transfer"
         ))),
     }
 }
 
-/// Per-workload defaults `(degree, interval, epochs, lr)`. Chosen on the plaintext run with
-/// the polynomial sigmoid, averaged over the split seeds 1-10 (BENCHMARKS.md): degree 7 on
-/// [-12, 12] tracks the true sigmoid within a point on average with the largest learning
-/// rates that do not push logits out of the interval; degree 3 diverges at these rates.
-fn defaults(workload: &str) -> (usize, f64, usize, f64) {
-    match workload {
-        "titanic" => (7, 12.0, 8, 0.5),
-        "credit" => (7, 12.0, 10, 0.2),
-        _ => (3, 8.0, 3, 0.5),
-    }
-}
-
-/// Runs a workload and prints a text or JSON report.
+/// Runs a workload and prints a text or JSON report. Unset options take the workload's
+/// [`TrainDefaults`].
 pub fn run(mut o: TrainOptions) -> Result<()> {
-    let (d_degree, d_interval, d_epochs, d_lr) = defaults(&o.workload);
-    let degree = *o.degree.get_or_insert(d_degree);
-    let interval = *o.interval.get_or_insert(d_interval);
-    let epochs = *o.epochs.get_or_insert(d_epochs);
-    let lr = *o.lr.get_or_insert(d_lr);
+    let d = TrainDefaults::for_workload(&o.workload)?;
+    let degree = *o.degree.get_or_insert(d.degree);
+    let interval = *o.interval.get_or_insert(d.interval);
+    let epochs = *o.epochs.get_or_insert(d.epochs);
+    let lr = *o.lr.get_or_insert(d.lr);
+    let batch = *o.batch.get_or_insert(d.batch);
+    let momentum = *o.momentum.get_or_insert(d.momentum);
+    let log_n = *o.log_n.get_or_insert(d.log_n);
+    let seed = *o.seed.get_or_insert(d.seed);
+    let federated = o.workload == "credit-federated";
+    if o.rounds.is_some() && !federated {
+        return Err(Error::InvalidInput(format!(
+            "--rounds is for credit-federated; {} trains for --epochs",
+            o.workload
+        )));
+    }
+    let rounds = *o.rounds.get_or_insert(d.rounds);
     if ![3, 5, 7].contains(&degree) {
         return Err(Error::InvalidInput(format!(
             "--degree must be 3, 5 or 7, got {degree}"
@@ -78,21 +84,33 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     if o.workers == Some(0) {
         return Err(Error::InvalidInput("--workers must be ≥ 1".into()));
     }
+    if federated && (o.workers.is_some_and(|k| k < 2) || o.in_process) {
+        return Err(Error::InvalidInput(
+            "credit-federated needs --workers ≥ 2 data owners (they train in this process; no --in-process)".into(),
+        ));
+    }
     let all = load(&o)?;
-    let (train, test) = all.split(0.2, o.seed)?;
+    let (train, test) = all.split(0.2, seed)?;
     let sigmoid = PolyActivation::sigmoid(degree, (-interval, interval))?;
+    // The workload's defaults with the flags applied: what the tests train with, overridden.
     let cfg = TrainConfig {
-        epochs,
-        batch_size: o.batch,
-        lr,
-        momentum: o.momentum,
-        weight_decay: 0.0,
-        seed: o.seed,
         progress: !o.json,
-        ..TrainConfig::default()
+        ..TrainDefaults {
+            degree,
+            interval,
+            epochs,
+            lr,
+            momentum,
+            batch,
+            rounds,
+            owners: d.owners,
+            log_n,
+            seed,
+        }
+        .train_config()
     };
     let t = Instant::now();
-    let ctx = Arc::new(CkksContext::new(training_params(o.log_n)?)?);
+    let ctx = Arc::new(CkksContext::new(training_params(log_n)?)?);
     let holder = KeyHolder::new(ctx.clone())?;
     let setup_s = t.elapsed().as_secs_f64();
     if !o.json {
@@ -102,7 +120,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
             train.len(),
             test.len(),
             train.num_features(),
-            o.log_n,
+            log_n,
             ctx.max_level(),
             ctx.params().scale_bits,
             degree,
@@ -121,7 +139,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     let (poly_acc, _) = logistic::evaluate(&plain_poly, &test)?;
 
     if o.workload == "credit-federated" {
-        let owners = o.workers.unwrap_or(2).max(2);
+        let owners = o.workers.unwrap_or(d.owners);
         let shards = train.shards(owners)?;
         let mut fed = logistic::model(train.num_features())?;
         let rep = train_federated(
@@ -129,15 +147,16 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
             &shards,
             Some(&test),
             &cfg,
-            o.rounds,
+            rounds,
             Some(&sigmoid),
             &holder,
         )?;
         let (acc, loss) = logistic::evaluate(&fed, &test)?;
         if o.json {
             let v = serde_json::json!({
-                "workload": o.workload, "owners": owners, "rounds": o.rounds,
-                "local_epochs": epochs, "test_accuracy": acc, "test_loss": loss,
+                "workload": o.workload, "owners": owners, "rounds": rounds,
+                "local_epochs": epochs, "degree": degree, "interval": interval, "lr": lr,
+                "momentum": momentum, "batch": batch, "log_n": log_n, "seed": seed, "test_accuracy": acc, "test_loss": loss,
                 "plaintext_test_accuracy": plain_acc, "plaintext_poly_test_accuracy": poly_acc,
                 "report": rep, "setup_seconds": setup_s,
             });
@@ -145,7 +164,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
         } else {
             println!(
                 "federated ({owners} owners, {} rounds × {} local epochs, encrypted aggregation): test accuracy {:.2}% (loss {loss:.4}); centralized plaintext: {:.2}% (true sigmoid), {:.2}% (polynomial) — {:.2} s",
-                o.rounds,
+                rounds,
                 epochs,
                 100.0 * acc,
                 100.0 * plain_acc,
@@ -158,7 +177,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
 
     // Up to --workers shards, one per ciphertext of the batch at most.
     let layout = logistic::layout_for(&ctx, train.num_features())?;
-    let shards = logistic::shards_per_step(&layout, o.batch, o.workers.unwrap_or(1));
+    let shards = logistic::shards_per_step(&layout, batch, o.workers.unwrap_or(1));
     let opts = EncryptedOptions {
         sigmoid: sigmoid.clone(),
         workers: shards,
@@ -169,7 +188,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
         if !o.json {
             eprintln!(
                 "note: a batch of {} samples fills {shards} ciphertext(s) of {}; using {shards} of the {k} requested workers",
-                o.batch, layout.block
+                batch, layout.block
             );
         }
     }
@@ -208,9 +227,9 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     if o.json {
         let v = serde_json::json!({
             "workload": o.workload, "rows_train": train.len(), "rows_test": test.len(),
-            "features": train.feature_names, "log_n": o.log_n, "levels": ctx.max_level(),
-            "degree": degree, "interval": interval, "epochs": epochs, "batch": o.batch,
-            "lr": lr, "momentum": o.momentum, "workers": shards,
+            "features": train.feature_names, "log_n": log_n, "levels": ctx.max_level(),
+            "degree": degree, "interval": interval, "epochs": epochs, "batch": batch,
+            "lr": lr, "momentum": momentum, "workers": shards,
             "workers_requested": o.workers,
             "worker_processes": processes,
             "encrypted_test_accuracy": enc_acc, "encrypted_test_loss": enc_loss,

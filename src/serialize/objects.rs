@@ -676,7 +676,7 @@ pub(crate) fn read_params(d: &mut Decoder, opts: &DecodeOptions) -> Result<Schem
     };
     let rlwe = RlweParams::new(1 << log_n, q, p, aux, dnum, checked).map_err(|e| match e {
         e @ Error::InsecureParameters { .. } => e,
-        e => Error::Decode(format!("invalid parameters: {e}")),
+        e => Error::Decode(format!("the stored parameters are rejected: {e}")),
     })?;
     // Keep the setting the writer declared (it is part of what gets written back).
     let rlwe = RlweParams { security, ..rlwe };

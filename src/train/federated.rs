@@ -98,11 +98,19 @@ pub fn train_federated(
                 let mut c = cfg.clone();
                 c.progress = false;
                 c.seed = cfg.seed ^ ((round as u64) << 32) ^ k as u64;
-                train_plain(&mut m, shard, None, &c, sigmoid)?;
+                let owner = |m: String| Error::Model(format!("round {round}, data owner {k}: {m}"));
+                train_plain(&mut m, shard, None, &c, sigmoid).map_err(|e| match e {
+                    Error::Model(m) => owner(m),
+                    other => other,
+                })?;
                 let (w, b) = weights(&m)?;
                 let nk = shard.len() as f64;
                 let mut upd: Vec<f64> = w.iter().zip(&gw).map(|(a, g)| nk * (a - g)).collect();
                 upd.push(nk * (b - gb));
+                // A non-finite update cannot be encoded; say whose it is, not "NaN in encode".
+                if upd.iter().any(|v| !v.is_finite()) {
+                    return Err(owner("the local update is not finite".into()));
+                }
                 Ok(upd)
             })
             .collect::<Result<Vec<_>>>()?;

@@ -273,9 +273,10 @@ pub fn train_plain(
     let pb = progress(cfg, batches.len() * cfg.epochs);
     for (e, order) in orders.iter().enumerate() {
         let (mut loss, mut correct) = (0.0, 0usize);
-        for &b in order {
+        for (s, &b) in order.iter().enumerate() {
             let idx = &batches[b];
             let z = plain_step(model, &mut velocity, data, idx, sigmoid, cfg)?;
+            check_finite(model, &z, e + 1, s + 1, sigmoid, cfg)?;
             for (&zt, &i) in z.iter().zip(idx) {
                 let y = data.labels[i] as f64;
                 loss += bce_logit(zt, y);
@@ -296,6 +297,37 @@ pub fn train_plain(
     pb.finish_and_clear();
     report.train_seconds = start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Fails once a step has left the weights non-finite. With a polynomial sigmoid that is how
+/// too large a learning rate shows: logits leave the fit interval, where an odd fit turns
+/// away from the sigmoid (degree 3 on [-8, 8] is negative beyond z ≈ 11), the error
+/// `p(z) − y` grows with `|z|` and each step pushes the logits further out, until they
+/// overflow. The error names the step and the largest logit of the batch before it.
+fn check_finite(
+    model: &Sequential,
+    z: &[f64],
+    epoch: usize,
+    step: usize,
+    sigmoid: Option<&PolyActivation>,
+    cfg: &TrainConfig,
+) -> Result<()> {
+    let (w, b) = weights(model)?;
+    if w.iter().all(|v| v.is_finite()) && b.is_finite() {
+        return Ok(());
+    }
+    let zmax = z.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let fit = match sigmoid.and_then(|p| p.interval) {
+        Some((lo, hi)) => format!(
+            "; the polynomial sigmoid is fitted on [{lo}, {hi}] only: lower the learning rate or widen the interval"
+        ),
+        None => "; lower the learning rate".into(),
+    };
+    Err(Error::Model(format!(
+        "plaintext training diverged: the weights are not finite after step {step} of epoch {epoch} \
+         (learning rate {}, momentum {}, largest |logit| of that batch {zmax:.3e}){fit}",
+        cfg.lr, cfg.momentum
+    )))
 }
 
 /// Settings of the encrypted run besides the optimizer's.
