@@ -174,9 +174,10 @@ fn quantized_lenet1_defaults_fit_and_stay_accurate() {
 }
 
 // The full LeNet-1 in BFV takes minutes on a small machine (2304 + 768 relinearized squares
-// per CRT prime), beyond the test-suite budget; `hetensor mnist --scheme bfv` runs it.
+// per CRT prime), beyond the test-suite budget; `tests/cli.rs` (`mnist_bfv`) runs the same
+// network through `hetensor mnist --scheme bfv` and checks that every logit is exact.
 #[test]
-#[ignore]
+#[ignore = "minutes on 2 cores; tests/cli.rs mnist_bfv covers the same network end to end"]
 fn lenet1_bfv_is_exact() {
     let model = weights::pretrained_lenet1().unwrap();
     let qm = QuantizedModel::from_sequential(
