@@ -3,7 +3,9 @@
 #   - Mesa's lavapipe Vulkan driver, so the wgpu parity tests run on the CPU (Debian packages);
 #   - the NVRTC library (pip wheel `nvidia-cuda-nvrtc`), so every CUDA kernel is compiled to PTX
 #     even without a GPU (a kernel that does not compile fails the suite).
-# Then: cargo test --release --features wgpu,cuda [extra cargo args].
+#   - (a C++17 compiler, for the `cuda-emu` feature: every CUDA kernel compiled as host C++ and
+#     run against the CPU backend, tests/cuda_emulated.rs)
+# Then: cargo test --release --features wgpu,cuda,cuda-emu [extra cargo args].
 # Nothing is counted as passed without running: the wgpu and NVRTC tests fail without lavapipe
 # or NVRTC, and the CUDA device tests (tests/cuda_parity.rs) are #[ignore]d, reported as
 # ignored, and run here too when `nvidia-smi -L` lists a GPU or HETENSOR_REQUIRE_CUDA=1 (then a
@@ -32,10 +34,11 @@ export LD_LIBRARY_PATH="$(dirname "$LIB"):${LD_LIBRARY_PATH:-}"
 
 export WGPU_BACKEND="${WGPU_BACKEND:-vulkan}"          # fail loudly if lavapipe is missing
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-cargo test --release --features wgpu,cuda "$@"
+FEATURES=wgpu,cuda,cuda-emu
+cargo test --release --features "$FEATURES" "$@"
 if [ "${HETENSOR_REQUIRE_CUDA:-0}" = 1 ] || nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
   echo "== CUDA device tests (tests/cuda_parity.rs, ignored by default)"
-  cargo test --release --features wgpu,cuda --test cuda_parity -- --ignored
+  cargo test --release --features "$FEATURES" --test cuda_parity -- --ignored
 else
   echo "== no CUDA device (nvidia-smi -L lists none): tests/cuda_parity.rs stays ignored"
 fi

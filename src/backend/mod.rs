@@ -386,7 +386,8 @@ pub(crate) fn check_mul_acc(acc: &PolyBatch, a: &PolyBatch, b: &PolyBatch) -> Re
 
 /// Validates one constant per limb for `op` (`mul_scalar`, `add_scalar`) and returns each
 /// reduced mod its limb's prime with its Shoup companion, as every backend multiplies.
-pub(crate) fn limb_scalars(
+#[doc(hidden)]
+pub fn limb_scalars(
     op: &'static str,
     ring: &RingContext,
     p: &PolyBatch,

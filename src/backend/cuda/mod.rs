@@ -8,6 +8,9 @@
 //! Kernel launch layouts are in [`launch`] and `kernels/README.md`.
 
 pub mod compile;
+#[cfg(feature = "cuda-emu")]
+#[doc(hidden)]
+pub mod emu;
 pub mod launch;
 
 use std::collections::HashMap;
@@ -108,7 +111,190 @@ struct RoundTables {
     lam: CudaSlice<u32>,
 }
 
+use self::KernelArg as A;
+
 type RingKey = (usize, Vec<u32>);
+
+/// The host words of a ring's tables (what [`CudaBackend`] uploads per `(N, primes)`).
+#[doc(hidden)]
+pub struct RingTableWords {
+    pub mods: Vec<u32>,
+    pub psi: Vec<u32>,
+    pub psi_s: Vec<u32>,
+    pub ipsi: Vec<u32>,
+    pub ipsi_s: Vec<u32>,
+    pub ninv: Vec<u32>,
+}
+
+/// Every prime's `struct Mod`, `[prime][N]` twiddles and Shoup companions, `[prime][2]` N^{-1}.
+#[doc(hidden)]
+pub fn ring_table_words(ring: &RingContext) -> RingTableWords {
+    let n = ring.n();
+    let np = ring.len();
+    let mut t = RingTableWords {
+        mods: mod_words(ring.moduli()),
+        psi: Vec::with_capacity(np * n),
+        psi_s: Vec::with_capacity(np * n),
+        ipsi: Vec::with_capacity(np * n),
+        ipsi_s: Vec::with_capacity(np * n),
+        ninv: Vec::with_capacity(2 * np),
+    };
+    for i in 0..np {
+        let plan = ring.plan(i);
+        let (a, b, c, d) = plan.tables();
+        t.psi.extend_from_slice(a);
+        t.psi_s.extend_from_slice(b);
+        t.ipsi.extend_from_slice(c);
+        t.ipsi_s.extend_from_slice(d);
+        let (ni, nis) = plan.n_inv();
+        t.ninv.extend_from_slice(&[ni, nis]);
+    }
+    t
+}
+
+/// The host words of a base converter's tables (`base_convert`'s fm, tm, bhi, bhc, bmc, frac).
+#[doc(hidden)]
+pub struct ConvTableWords {
+    pub from: Vec<u32>,
+    pub to: Vec<u32>,
+    pub bhi: Vec<u32>,
+    pub bhc: Vec<u32>,
+    pub bmc: Vec<u32>,
+    pub frac: Vec<u64>,
+}
+
+#[doc(hidden)]
+pub fn conv_table_words(conv: &BaseConverter) -> ConvTableWords {
+    ConvTableWords {
+        from: mod_words(conv.from()),
+        to: mod_words(conv.to()),
+        bhi: conv
+            .b_hat_inv_table()
+            .iter()
+            .flat_map(|&(w, ws)| [w, ws])
+            .collect(),
+        bhc: conv.b_hat_mod_c_table().to_vec(),
+        bmc: conv.b_mod_c_table().to_vec(),
+        frac: conv.frac_table().to_vec(),
+    }
+}
+
+/// The host words of a scale-rounder's tables (`scale_round`'s qm, cm, fint, theta, lam).
+#[doc(hidden)]
+pub struct RoundTableWords {
+    pub q: Vec<u32>,
+    pub c: Vec<u32>,
+    pub fint: Vec<u32>,
+    pub theta: Vec<u64>,
+    pub lam: Vec<u32>,
+}
+
+#[doc(hidden)]
+pub fn round_table_words(r: &ScaleRounder) -> RoundTableWords {
+    RoundTableWords {
+        q: mod_words(r.from_q()),
+        c: mod_words(r.to()),
+        fint: r.int_part_table().to_vec(),
+        theta: r.frac_table().to_vec(),
+        lam: r
+            .lambda_table()
+            .iter()
+            .zip(r.to())
+            .flat_map(|(&l, m)| [l, m.shoup(l)])
+            .collect(),
+    }
+}
+
+/// One kernel launch: name, 1-D grid and block, dynamic shared bytes, arguments.
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub name: &'static str,
+    pub grid: u32,
+    pub block: u32,
+    pub smem: u32,
+    pub args: Vec<KernelArg>,
+}
+
+/// Device addresses an NTT reads: the batch, the ring's `mods`, the limb list, the twiddles
+/// and companions of the direction (psi or ipsi), and `ninv` (inverse only).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct NttPtrs {
+    pub data: u64,
+    pub mods: u64,
+    pub limbs: u64,
+    pub tw: u64,
+    pub tws: u64,
+    pub ninv: u64,
+}
+
+/// The launches of a batched NTT of `ntts` transforms of degree `n` over `nl` limb positions
+/// (forward: columns kernel when N > 2048, then rows; inverse: rows, then columns).
+#[doc(hidden)]
+pub fn ntt_launches(
+    n: usize,
+    ntts: u64,
+    nl: u32,
+    forward: bool,
+    p: NttPtrs,
+) -> Result<Vec<Launch>> {
+    let g = NttGeometry::new(n)?;
+    let log_n = g.log_n;
+    let common = [
+        A::W(p.data),
+        A::W(p.mods),
+        A::W(p.limbs),
+        A::W(p.tw),
+        A::W(p.tws),
+    ];
+    let cols = |name: &'static str| -> Result<Launch> {
+        let mut args = common.to_vec();
+        if !forward {
+            args.push(A::W(p.ninv));
+        }
+        args.extend([A::U(nl), A::U(log_n), A::U(g.log_n1), A::U(g.log_c)]);
+        let (grid, block, smem) = g.cols_launch(ntts)?;
+        Ok(Launch {
+            name,
+            grid,
+            block,
+            smem,
+            args,
+        })
+    };
+    let rows = |name: &'static str, scale: bool| -> Result<Launch> {
+        let mut args = common.to_vec();
+        if !forward {
+            args.push(A::W(p.ninv));
+        }
+        args.extend([A::U(nl), A::U(log_n), A::U(g.log_n2)]);
+        if !forward {
+            args.push(A::U(scale as u32));
+        }
+        let (grid, block, smem) = g.rows_launch(ntts)?;
+        Ok(Launch {
+            name,
+            grid,
+            block,
+            smem,
+            args,
+        })
+    };
+    let mut v = Vec::with_capacity(2);
+    if forward {
+        if g.log_n1 > 0 {
+            v.push(cols("ntt_fwd_cols")?);
+        }
+        v.push(rows("ntt_fwd_rows", false)?);
+    } else {
+        v.push(rows("intt_rows", g.log_n1 == 0)?);
+        if g.log_n1 > 0 {
+            v.push(cols("intt_cols")?);
+        }
+    }
+    Ok(v)
+}
 
 #[derive(Default)]
 struct Caches {
@@ -120,8 +306,9 @@ struct Caches {
 }
 
 /// A kernel argument (device pointers are 64-bit words, as in the driver API).
-#[derive(Clone, Copy)]
-enum A {
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelArg {
     /// A 64-bit word: a device pointer or a `u64` count.
     W(u64),
     /// A `u32`.
@@ -312,32 +499,14 @@ impl CudaBackend {
         if let Some(t) = c.rings.get(&key) {
             return Ok(t.clone());
         }
-        let n = ring.n();
-        let np = ring.len();
-        let (mut psi, mut psi_s, mut ipsi, mut ipsi_s) = (
-            Vec::with_capacity(np * n),
-            Vec::with_capacity(np * n),
-            Vec::with_capacity(np * n),
-            Vec::with_capacity(np * n),
-        );
-        let mut ninv = Vec::with_capacity(2 * np);
-        for i in 0..np {
-            let plan = ring.plan(i);
-            let (a, b, c2, d) = plan.tables();
-            psi.extend_from_slice(a);
-            psi_s.extend_from_slice(b);
-            ipsi.extend_from_slice(c2);
-            ipsi_s.extend_from_slice(d);
-            let (ni, nis) = plan.n_inv();
-            ninv.extend_from_slice(&[ni, nis]);
-        }
+        let w = ring_table_words(ring);
         let t = Arc::new(RingTables {
-            mods: self.htod(&mod_words(ring.moduli()))?,
-            psi: self.htod(&psi)?,
-            psi_s: self.htod(&psi_s)?,
-            ipsi: self.htod(&ipsi)?,
-            ipsi_s: self.htod(&ipsi_s)?,
-            ninv: self.htod(&ninv)?,
+            mods: self.htod(&w.mods)?,
+            psi: self.htod(&w.psi)?,
+            psi_s: self.htod(&w.psi_s)?,
+            ipsi: self.htod(&w.ipsi)?,
+            ipsi_s: self.htod(&w.ipsi_s)?,
+            ninv: self.htod(&w.ninv)?,
         });
         c.rings.insert(key, t.clone());
         Ok(t)
@@ -362,18 +531,14 @@ impl CudaBackend {
         if let Some(t) = c.convs.get(&key) {
             return Ok(t.clone());
         }
-        let bhi: Vec<u32> = conv
-            .b_hat_inv_table()
-            .iter()
-            .flat_map(|&(w, ws)| [w, ws])
-            .collect();
+        let w = conv_table_words(conv);
         let t = Arc::new(ConvTables {
-            from: self.htod(&mod_words(conv.from()))?,
-            to: self.htod(&mod_words(conv.to()))?,
-            bhi: self.htod(&bhi)?,
-            bhc: self.htod(conv.b_hat_mod_c_table())?,
-            bmc: self.htod(conv.b_mod_c_table())?,
-            frac: self.htod(conv.frac_table())?,
+            from: self.htod(&w.from)?,
+            to: self.htod(&w.to)?,
+            bhi: self.htod(&w.bhi)?,
+            bhc: self.htod(&w.bhc)?,
+            bmc: self.htod(&w.bmc)?,
+            frac: self.htod(&w.frac)?,
         });
         c.convs.insert(key, t.clone());
         Ok(t)
@@ -386,18 +551,13 @@ impl CudaBackend {
         if let Some(t) = c.rounders.get(&key) {
             return Ok(t.clone());
         }
-        let lam: Vec<u32> = r
-            .lambda_table()
-            .iter()
-            .zip(r.to())
-            .flat_map(|(&l, m)| [l, m.shoup(l)])
-            .collect();
+        let w = round_table_words(r);
         let t = Arc::new(RoundTables {
-            q: self.htod(&mod_words(r.from_q()))?,
-            c: self.htod(&mod_words(r.to()))?,
-            fint: self.htod(r.int_part_table())?,
-            theta: self.htod(r.frac_table())?,
-            lam: self.htod(&lam)?,
+            q: self.htod(&w.q)?,
+            c: self.htod(&w.c)?,
+            fint: self.htod(&w.fint)?,
+            theta: self.htod(&w.theta)?,
+            lam: self.htod(&w.lam)?,
         });
         c.rounders.insert(key, t.clone());
         Ok(t)
@@ -979,55 +1139,24 @@ impl CudaBackend {
         if ntts == 0 {
             return Ok(());
         }
-        let g = NttGeometry::new(p.n)?;
         let t = self.ring(ring)?;
         let l = self.indices(&p.limbs)?;
-        let data = self.bptr(p)?;
-        let (nl, log_n) = (p.limbs.len() as u32, p.n.trailing_zeros());
         let (tw, tws) = if forward {
             (&t.psi, &t.psi_s)
         } else {
             (&t.ipsi, &t.ipsi_s)
         };
-        let common = [
-            A::W(data),
-            A::W(self.ptr(&t.mods)),
-            A::W(self.ptr(&l)),
-            A::W(self.ptr(tw)),
-            A::W(self.ptr(tws)),
-        ];
-        let cols = |name: &str| -> Result<()> {
-            let mut args = common.to_vec();
-            if !forward {
-                args.push(A::W(self.ptr(&t.ninv)));
-            }
-            args.extend([A::U(nl), A::U(log_n), A::U(g.log_n1), A::U(g.log_c)]);
-            let (grid, block, smem) = g.cols_launch(ntts)?;
-            self.launch(name, grid, block, smem, &args)
+        let ptrs = NttPtrs {
+            data: self.bptr(p)?,
+            mods: self.ptr(&t.mods),
+            limbs: self.ptr(&l),
+            tw: self.ptr(tw),
+            tws: self.ptr(tws),
+            ninv: self.ptr(&t.ninv),
         };
-        let rows = |name: &str, scale: bool| -> Result<()> {
-            let mut args = common.to_vec();
-            if !forward {
-                args.push(A::W(self.ptr(&t.ninv)));
-            }
-            args.extend([A::U(nl), A::U(log_n), A::U(g.log_n2)]);
-            if !forward {
-                args.push(A::U(scale as u32));
-            }
-            let (grid, block, smem) = g.rows_launch(ntts)?;
-            self.launch(name, grid, block, smem, &args)
-        };
-        if forward {
-            if g.log_n1 > 0 {
-                cols("ntt_fwd_cols")?;
-            }
-            rows("ntt_fwd_rows", false)
-        } else {
-            rows("intt_rows", g.log_n1 == 0)?;
-            if g.log_n1 > 0 {
-                cols("intt_cols")?;
-            }
-            Ok(())
+        for l in ntt_launches(p.n, ntts, p.limbs.len() as u32, forward, ptrs)? {
+            self.launch(l.name, l.grid, l.block, l.smem, &l.args)?;
         }
+        Ok(())
     }
 }
