@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use hetensor::backend::default_backend;
-use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::ckks::{CkksContext, CkksParams, KeySet};
 use hetensor::rlwe::{Ciphertext, Security};
 use hetensor::serialize::{DecodeOptions, PublicContext, WriteOptions};
 use hetensor::workers::{self, RowLayout, Task, WorkerLimits, WorkerPool};
@@ -16,6 +16,25 @@ fn test_limits() -> WorkerLimits {
         decode: DecodeOptions::allow_insecure(),
         ..WorkerLimits::default()
     }
+}
+
+/// A context with insecure test parameters (N = 2^`log_n`), its keys, and its public context
+/// (public and relinearization keys, no Galois keys) as bytes.
+fn small_context(log_n: u32, seed: u8) -> (CkksContext, KeySet, Vec<u8>) {
+    let params = CkksParams::new(log_n, 2, 25, 30, 1, Security::InsecureForTestingOnly).unwrap();
+    let ctx = CkksContext::with_seed(params, [seed; 32]).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let mut public = Vec::new();
+    PublicContext::write_parts(
+        &mut public,
+        &ctx,
+        &keys.public,
+        Some(&keys.relin),
+        None,
+        WriteOptions::default(),
+    )
+    .unwrap();
+    (ctx, keys, public)
 }
 
 fn words(c: &Ciphertext) -> Vec<u32> {
@@ -150,20 +169,8 @@ fn worker_processes_match_in_process_and_plaintext() {
 
 #[test]
 fn worker_errors_come_back_as_errors() {
-    let params = CkksParams::new(12, 2, 25, 30, 1, Security::InsecureForTestingOnly).unwrap();
-    let ctx = CkksContext::with_seed(params, [2; 32]).unwrap();
-    let keys = ctx.keygen().unwrap();
-    let mut public = Vec::new();
     // No Galois keys: the task cannot run, and the worker says why.
-    PublicContext::write_parts(
-        &mut public,
-        &ctx,
-        &keys.public,
-        Some(&keys.relin),
-        None,
-        WriteOptions::default(),
-    )
-    .unwrap();
+    let (ctx, keys, public) = small_context(12, 2);
     let exe = Path::new(env!("CARGO_BIN_EXE_hetensor"));
     let mut pool = WorkerPool::spawn_with(exe, 1, 1, &test_limits()).unwrap();
     pool.send_context(&public).unwrap();
@@ -202,19 +209,7 @@ fn worker_errors_come_back_as_errors() {
 /// `WorkerPool::drop_slot` frees a slot for the next STORE.
 #[test]
 fn worker_processes_keep_to_their_limits_and_drop_slots() {
-    let params = CkksParams::new(12, 2, 25, 30, 1, Security::InsecureForTestingOnly).unwrap();
-    let ctx = CkksContext::with_seed(params, [5; 32]).unwrap();
-    let keys = ctx.keygen().unwrap();
-    let mut public = Vec::new();
-    PublicContext::write_parts(
-        &mut public,
-        &ctx,
-        &keys.public,
-        Some(&keys.relin),
-        None,
-        WriteOptions::default(),
-    )
-    .unwrap();
+    let (ctx, keys, public) = small_context(12, 5);
     let ct = ctx
         .encrypt_symmetric(
             &ctx.encode(&[3.0], ctx.default_scale(), 1).unwrap(),
@@ -439,20 +434,7 @@ mod frames {
     fn fixture() -> &'static (Vec<u8>, Vec<u8>, u64) {
         static F: OnceLock<(Vec<u8>, Vec<u8>, u64)> = OnceLock::new();
         F.get_or_init(|| {
-            let params =
-                CkksParams::new(10, 2, 25, 30, 1, Security::InsecureForTestingOnly).unwrap();
-            let ctx = CkksContext::with_seed(params, [3; 32]).unwrap();
-            let keys = ctx.keygen().unwrap();
-            let mut public = Vec::new();
-            PublicContext::write_parts(
-                &mut public,
-                &ctx,
-                &keys.public,
-                Some(&keys.relin),
-                None,
-                WriteOptions::default(),
-            )
-            .unwrap();
+            let (ctx, keys, public) = small_context(10, 3);
             let ct = ctx
                 .encrypt_symmetric(
                     &ctx.encode(&[1.0, 2.0], ctx.default_scale(), 1).unwrap(),
