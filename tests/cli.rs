@@ -362,6 +362,13 @@ fn worker_ends_cleanly() {
         !out.status.success() || !out.stdout.is_empty(),
         "garbage was accepted silently"
     );
+    // It is a protocol error, said as such on stderr and in an ERROR frame (tag 4) first.
+    assert!(err.contains("error: worker protocol error"), "{err}");
+    assert_eq!(
+        out.stdout.first(),
+        Some(&4),
+        "no ERROR frame before the exit"
+    );
 }
 
 #[test]

@@ -414,8 +414,9 @@ fn print_text(r: &TitanicReport) {
 /// `hetensor worker`: serve jobs on stdin/stdout (started by [`WorkerPool`]) within `limits`.
 pub fn serve(backend: &str, limits: workers::WorkerLimits) -> Result<()> {
     let backend: Arc<dyn Backend> = create_backend(backend.parse::<BackendKind>()?)?;
+    // The error is already typed (`Error::Protocol`, `Error::Decode`, ...): wrapping it as a
+    // backend error would misname it.
     workers::serve_with(std::io::stdin(), std::io::stdout().lock(), backend, limits)
-        .map_err(|e| Error::Backend(format!("worker: {e}")))
 }
 
 /// `--frame-timeout-secs`: 0 is no timeout; negative or not finite is an error.
