@@ -92,7 +92,7 @@ proptest! {
         let pm = ctx.rescale(&ctx.multiply_plain(&ca, &ctx.encode(&b, s, top).unwrap()).unwrap()).unwrap();
         close(&prod, &dec(&pm), MUL);
         let c = 0.7321;
-        let sm = ctx.rescale(&ctx.multiply_scalar(&ca, c, ctx.scale_prime(top) as f64).unwrap()).unwrap();
+        let sm = ctx.rescale(&ctx.multiply_scalar(&ca, c, ctx.level_modulus(top)).unwrap()).unwrap();
         prop_assert!((sm.scale() - s).abs() / s < 1e-12);
         close(&a.iter().map(|x| x * c).collect::<Vec<_>>(), &dec(&sm), 2.0 * FRESH);
         close(&a.iter().map(|x| x + 1.25).collect::<Vec<_>>(), &dec(&ctx.add_scalar(&ca, 1.25).unwrap()), FRESH);

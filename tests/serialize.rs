@@ -1020,7 +1020,7 @@ fn scales_the_chain_cannot_produce_are_refused() {
         }
         serialize::from_bytes::<Ciphertext>(ctx, &b)
     };
-    let log_q0 = (f.ctx.scale_prime(0) as f64).log2();
+    let log_q0 = (f.ctx.level_modulus(0)).log2();
     let doubled = 2.0 * low.scale();
     // An accidental change is caught by the checksum.
     assert!(matches!(with_scale(doubled, false), Err(Error::Decode(m)) if m.contains("checksum")));

@@ -82,11 +82,7 @@ impl BfvContext {
         let rest = be.slice_polys(polys, 1, ct.size() - 1)?;
         let out = be.concat(&[&c0, &rest])?;
         let op = if subtract { "sub_plain" } else { "add_plain" };
-        self.wrap_checked(
-            rct::Ciphertext::new(out, 1.0, ct.inner.fingerprint, ct.inner.key_id),
-            noise,
-            op,
-        )
+        self.wrap_checked(ct.inner.derive(out, 1.0), noise, op)
     }
 
     /// `ct + pt` (adds no noise beyond rounding).
@@ -113,11 +109,7 @@ impl BfvContext {
             .backend()
             .mul_assign(self.rlwe.ring(), &mut out, &p)?;
         let noise = self.noise.mul_plain(ct.noise_log2, norm2_sq);
-        self.wrap_checked(
-            rct::Ciphertext::new(out, 1.0, ct.inner.fingerprint, ct.inner.key_id),
-            noise,
-            "multiply_plain",
-        )
+        self.wrap_checked(ct.inner.derive(out, 1.0), noise, "multiply_plain")
     }
 
     /// `ct · k` in every slot, `k` taken mod t (centered, so small negative scalars add little
@@ -140,11 +132,7 @@ impl BfvContext {
         let mut out = ct.inner.polys.clone();
         self.rlwe.backend().mul_scalar_assign(ring, &mut out, &s)?;
         let noise = self.noise.mul_scalar(ct.noise_log2, r);
-        self.wrap_checked(
-            rct::Ciphertext::new(out, 1.0, ct.inner.fingerprint, ct.inner.key_id),
-            noise,
-            "multiply_scalar",
-        )
+        self.wrap_checked(ct.inner.derive(out, 1.0), noise, "multiply_scalar")
     }
 
     /// The HPS scale-and-round tables of `level` (built once).
@@ -220,10 +208,7 @@ impl BfvContext {
         let mut out = be.base_convert(ring, &z, q, &conv, true)?;
         be.ntt_forward(ring, &mut out)?;
         let noise = self.noise.multiply(a.noise_log2, b.noise_log2, level);
-        Ok((
-            rct::Ciphertext::new(out, 1.0, a.inner.fingerprint, a.inner.key_id),
-            noise,
-        ))
+        Ok((a.inner.derive(out, 1.0), noise))
     }
 
     /// `a²` (size 3).
@@ -318,11 +303,7 @@ impl BfvContext {
             .mod_down(&ct.inner.polys, self.rlwe.q_limbs(level), drop)?;
         debug_assert_eq!(polys.repr(), Repr::Ntt);
         let noise = self.noise.mod_switch(ct.noise_log2, level, ct.size());
-        self.wrap_checked(
-            rct::Ciphertext::new(polys, 1.0, ct.inner.fingerprint, ct.inner.key_id),
-            noise,
-            "mod_switch_to",
-        )
+        self.wrap_checked(ct.inner.derive(polys, 1.0), noise, "mod_switch_to")
     }
 
     /// Modulus switching down by one prime; `Error::OutOfLevels` at level 0.

@@ -1,6 +1,9 @@
 //! CKKS: approximate arithmetic on vectors of real or complex numbers.
 //!
-//! Each level has one scale prime; [`CkksContext::rescale`] divides by it. Operands at different
+//! Each level has one scale prime, or `t` of them with composite scaling (a scale above the
+//! 30-bit word, e.g. 2^40 from two ~2^20 primes); [`CkksContext::rescale`] divides by the
+//! level's modulus in one pass. Parameters come from [`CkksParams::builder`] (by depth and
+//! scale) or [`CkksParams::preset`]. Operands at different
 //! levels are brought to the lower one automatically (dropping primes keeps the value and the
 //! scale); operands at different scales are rejected with [`Error::ScaleMismatch`].
 //!
@@ -42,12 +45,13 @@ pub use params::CkksParams;
 pub struct Plaintext {
     pub(crate) poly: PolyBatch,
     pub(crate) scale: f64,
+    pub(crate) level: usize,
 }
 
 impl Plaintext {
     /// Level of the plaintext.
     pub fn level(&self) -> usize {
-        self.poly.limbs().len() - 1
+        self.level
     }
 
     /// Scale of the plaintext.
@@ -149,9 +153,30 @@ impl CkksContext {
         (self.params.scale_bits as f64).exp2()
     }
 
-    /// The prime that rescaling at `level` divides by.
-    pub fn scale_prime(&self, level: usize) -> u32 {
-        self.rlwe.ring().modulus(level).value()
+    /// The natural scale of `level`: Δ at the top, and below it what squaring a ciphertext at
+    /// the natural scale one level up and rescaling gives (Δ_{ℓ−1} = Δ_ℓ² / q_ℓ). The chain's
+    /// primes keep every natural scale within half a bit of Δ; encoding a fresh operand for
+    /// level ℓ at this scale lets it meet results computed down to ℓ without a scale fix-up.
+    pub fn natural_scale(&self, level: usize) -> f64 {
+        (level + 1..=self.max_level())
+            .rev()
+            .fold(self.default_scale(), |s, l| s * s / self.level_modulus(l))
+    }
+
+    /// What rescaling at `level` divides by: the product of that level's primes (one prime,
+    /// or `t` with composite scaling). Passing it as a constant's scale makes the next
+    /// rescale restore the current scale exactly.
+    pub fn level_modulus(&self, level: usize) -> f64 {
+        self.level_primes(level)
+            .iter()
+            .map(|&l| self.rlwe.ring().modulus(l).value() as f64)
+            .product()
+    }
+
+    /// The limbs a rescale at `level` (≥ 1) drops.
+    fn level_primes(&self, level: usize) -> Vec<usize> {
+        let below = self.rlwe.q_limbs(level.saturating_sub(1)).len();
+        self.rlwe.q_limbs(level)[below..].to_vec()
     }
 
     fn with_sampler<T>(&self, f: impl FnOnce(&mut Sampler) -> Result<T>) -> Result<T> {
@@ -248,15 +273,21 @@ impl CkksContext {
         let poly = self
             .rlwe
             .upload_signed_ntt(&ints, self.rlwe.q_limbs(level))?;
-        Ok(Plaintext { poly, scale })
+        Ok(Plaintext { poly, scale, level })
+    }
+
+    /// log2 Q_level.
+    fn log_q(&self, level: usize) -> f64 {
+        self.rlwe
+            .q_limbs(level)
+            .iter()
+            .map(|&i| (self.rlwe.ring().modulus(i).value() as f64).log2())
+            .sum()
     }
 
     /// Largest coefficient magnitude an encoding may have at a level (min of Q_l/2 and 2^62).
     fn coefficient_limit(&self, level: usize) -> f64 {
-        let log_q: f64 = (0..=level)
-            .map(|i| (self.rlwe.ring().modulus(i).value() as f64).log2())
-            .sum();
-        (log_q - 1.0).min(62.0).exp2()
+        (self.log_q(level) - 1.0).min(62.0).exp2()
     }
 
     /// Decodes a plaintext polynomial (coefficient form) into real slot values.
@@ -364,7 +395,7 @@ impl CkksContext {
             });
         }
         let up = self.mod_switch_to(ct, level + 1)?;
-        let q = self.scale_prime(level + 1) as f64;
+        let q = self.level_modulus(level + 1);
         let lifted = self.linear_combination(&[&up], &[1.0], scale * q / up.scale)?;
         self.rescale(&lifted)
     }
@@ -404,12 +435,7 @@ impl CkksContext {
         let mut c0 = be.slice_polys(&ct.polys, 0, 1)?;
         be.add_assign(self.rlwe.ring(), &mut c0, &m)?;
         let rest = be.slice_polys(&ct.polys, 1, ct.size() - 1)?;
-        Ok(Ciphertext::new(
-            be.concat(&[&c0, &rest])?,
-            ct.scale,
-            ct.fingerprint,
-            ct.key_id,
-        ))
+        Ok(ct.derive(be.concat(&[&c0, &rest])?, ct.scale))
     }
 
     fn plain_at_level(&self, pt: &Plaintext, level: usize, op: &'static str) -> Result<PolyBatch> {
@@ -434,11 +460,11 @@ impl CkksContext {
         self.rlwe
             .backend()
             .mul_assign(self.rlwe.ring(), &mut out, &m)?;
-        Ok(Ciphertext::new(out, scale, ct.fingerprint, ct.key_id))
+        Ok(ct.derive(out, scale))
     }
 
     /// `ct · c` for a real constant encoded as `round(c · const_scale)`; the result's scale is
-    /// `ct.scale · const_scale`. Passing `const_scale = scale_prime(level)` makes the next
+    /// `ct.scale · const_scale`. Passing `const_scale = level_modulus(level)` makes the next
     /// rescale restore the scale exactly.
     pub fn multiply_scalar(&self, ct: &Ciphertext, c: f64, const_scale: f64) -> Result<Ciphertext> {
         let v = (c * const_scale).round();
@@ -456,7 +482,7 @@ impl CkksContext {
         self.rlwe
             .backend()
             .mul_scalar_assign(self.rlwe.ring(), &mut out, &words)?;
-        Ok(Ciphertext::new(out, scale, ct.fingerprint, ct.key_id))
+        Ok(ct.derive(out, scale))
     }
 
     /// `ct + c` for a real constant (encoded at the ciphertext's scale).
@@ -474,17 +500,14 @@ impl CkksContext {
         let mut c0 = be.slice_polys(&ct.polys, 0, 1)?;
         be.add_scalar_assign(self.rlwe.ring(), &mut c0, &words)?;
         let rest = be.slice_polys(&ct.polys, 1, ct.size() - 1)?;
-        Ok(Ciphertext::new(
-            be.concat(&[&c0, &rest])?,
-            ct.scale,
-            ct.fingerprint,
-            ct.key_id,
-        ))
+        Ok(ct.derive(be.concat(&[&c0, &rest])?, ct.scale))
     }
 
     fn scalar_words(&self, v: i64, level: usize) -> Vec<u32> {
-        (0..=level)
-            .map(|i| self.rlwe.ring().modulus(i).reduce_i64(v))
+        self.rlwe
+            .q_limbs(level)
+            .iter()
+            .map(|&i| self.rlwe.ring().modulus(i).reduce_i64(v))
             .collect()
     }
 
@@ -508,7 +531,7 @@ impl CkksContext {
 
     /// `Σ_i w_i · ct_i` with each weight encoded as the integer `round(w_i · const_scale)`, in
     /// one pass over the inputs. All inputs must share level, scale and size; the result's
-    /// scale is `scale · const_scale`, so passing `const_scale = scale_prime(level)` makes the
+    /// scale is `scale · const_scale`, so passing `const_scale = level_modulus(level)` makes the
     /// following rescale restore the scale exactly.
     pub fn linear_combination(
         &self,
@@ -579,18 +602,12 @@ impl CkksContext {
             &words,
             weights.len(),
         )?;
-        Ok(polys
-            .into_iter()
-            .map(|p| Ciphertext::new(p, scale, first.fingerprint, first.key_id))
-            .collect())
+        Ok(polys.into_iter().map(|p| first.derive(p, scale)).collect())
     }
 
     /// The plaintext magnitude a ciphertext at `level` and `scale` can hold: `Q_level / (2·scale)`.
     pub fn capacity(&self, level: usize, scale: f64) -> f64 {
-        let log_q: f64 = (0..=level)
-            .map(|i| (self.rlwe.ring().modulus(i).value() as f64).log2())
-            .sum();
-        (log_q - 1.0 - scale.log2()).exp2()
+        (self.log_q(level) - 1.0 - scale.log2()).exp2()
     }
 
     /// `a · b` without relinearization (size 3); scales multiply.
@@ -599,7 +616,7 @@ impl CkksContext {
         let scale = a.scale * b.scale;
         self.check_scale_fits(scale, a.level(), "multiply")?;
         let polys = ct_ops::tensor(&self.rlwe, &a, &b)?;
-        Ok(Ciphertext::new(polys, scale, a.fingerprint, a.key_id))
+        Ok(a.derive(polys, scale))
     }
 
     /// Evaluates the polynomial `Σ coeffs[k]·x^k` slot-wise. Powers are built by repeated
@@ -661,7 +678,7 @@ impl CkksContext {
             let p = powers[k]
                 .as_ref()
                 .ok_or_else(|| Error::InvalidInput("internal: missing power".into()))?;
-            let q = self.scale_prime(p.level()) as f64;
+            let q = self.level_modulus(p.level());
             terms.push(self.rescale(&self.multiply_scalar(p, c, q * target / p.scale())?)?);
         }
         let low = terms.iter().map(|t| t.level()).min().unwrap_or(0);
@@ -690,7 +707,8 @@ impl CkksContext {
         ct_ops::relinearize(&self.rlwe, ct, rk)
     }
 
-    /// Divides by the top prime: level − 1, scale / q_level.
+    /// Divides by the level's modulus (its one prime, or all `t` primes of a composite level in
+    /// one ModDown): level − 1, scale / [`Self::level_modulus`].
     pub fn rescale(&self, ct: &Ciphertext) -> Result<Ciphertext> {
         let l = ct.level();
         if l == 0 {
@@ -699,15 +717,12 @@ impl CkksContext {
                 level: 0,
             });
         }
-        let polys = self
-            .rlwe
-            .mod_down(&ct.polys, self.rlwe.q_limbs(l - 1), Arc::from(vec![l]))?;
-        Ok(Ciphertext::new(
-            polys,
-            ct.scale / self.scale_prime(l) as f64,
-            ct.fingerprint,
-            ct.key_id,
-        ))
+        let polys = self.rlwe.mod_down(
+            &ct.polys,
+            self.rlwe.q_limbs(l - 1),
+            Arc::from(self.level_primes(l)),
+        )?;
+        Ok(ct.derive(polys, ct.scale / self.level_modulus(l)))
     }
 
     /// Rotates slots left by `step` (negative: right).

@@ -1,22 +1,36 @@
-//! CKKS parameter sets: a base prime, one scale prime per level, and special primes.
+//! CKKS parameter sets: base prime(s), one group of `t` scale primes per level (composite
+//! scaling when `t > 1`), and special primes; and a builder that picks them from what the
+//! computation needs (depth, scale, slots, security).
+
+use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::math::primes::{ntt_primes, ntt_primes_near};
-use crate::rlwe::{RlweParams, Security};
+use crate::math::primes::{is_prime, ntt_primes, ntt_primes_near};
+use crate::rlwe::params::max_log_qp_128;
+use crate::rlwe::{LevelShape, RlweParams, Security};
+
+/// Largest prime size the 32-bit kernels take (Barrett/Shoup leave two spare bits).
+const MAX_PRIME_BITS: u32 = 30;
+/// Size of the special primes (the largest word keeps their count, and so QP, small).
+const SPECIAL_BITS: u32 = 30;
+/// Default precision headroom of the base modulus over the scale: level-0 values up to about
+/// 2^(headroom − 1) in magnitude decrypt without wrapping around.
+const DEFAULT_HEADROOM_BITS: u32 = 20;
 
 /// What a CKKS context is built from.
 #[derive(Clone, Debug)]
 pub struct CkksParams {
-    /// The underlying RLWE parameters.
+    /// The underlying RLWE parameters (their [`LevelShape`] groups the scale primes).
     pub rlwe: RlweParams,
-    /// log2 of the default scale Δ (each scale prime is close to 2^scale_bits).
+    /// log2 of the default scale Δ (each level's primes multiply to about 2^scale_bits).
     pub scale_bits: u32,
 }
 
 impl CkksParams {
-    /// Builds a chain for `levels` rescalings: a `base_bits`-bit prime `q_0` (the precision
-    /// headroom left at level 0 is `base_bits − scale_bits` bits), `levels` primes near
-    /// `2^scale_bits`, and `ceil((levels+1)/dnum)` special 30-bit primes.
+    /// Builds a single-prime chain for `levels` rescalings: a `base_bits`-bit prime `q_0` (the
+    /// precision headroom left at level 0 is `base_bits − scale_bits` bits), `levels` primes
+    /// near `2^scale_bits`, and `ceil((levels+1)/dnum)` special 30-bit primes. For scales of
+    /// 30 bits and more (composite levels) use [`CkksParams::builder`].
     pub fn new(
         log_n: u32,
         levels: usize,
@@ -50,16 +64,73 @@ impl CkksParams {
         Ok(Self { rlwe, scale_bits })
     }
 
-    /// 128-bit preset for N = 2^`log_n`: the deepest chain (30-bit base prime, dnum = 3) that
-    /// fits the HE-standard bound at the given scale.
+    /// Parameters from explicit primes: `q` = `shape.base` base primes followed by groups of
+    /// `shape.width` primes per level; `p` the special primes.
+    pub fn from_primes(
+        n: usize,
+        q: Vec<u32>,
+        p: Vec<u32>,
+        shape: LevelShape,
+        scale_bits: u32,
+        dnum: usize,
+        security: Security,
+    ) -> Result<Self> {
+        if !(1..=62).contains(&scale_bits) {
+            return Err(Error::InvalidParameters(format!(
+                "scale 2^{scale_bits} outside 2^1..=2^62"
+            )));
+        }
+        let rlwe = RlweParams::new(n, q, p, vec![], dnum, security)?.with_level_shape(shape)?;
+        Ok(Self { rlwe, scale_bits })
+    }
+
+    /// Chooses parameters from what the computation needs; see [`CkksParamsBuilder`].
+    ///
+    /// ```
+    /// use hetensor::ckks::CkksParams;
+    /// # fn main() -> hetensor::Result<()> {
+    /// let p = CkksParams::builder().depth(6).scale_bits(40).build()?;
+    /// assert_eq!(p.levels(), 6);
+    /// assert_eq!(p.composition(), 2); // 2^40 = two ~2^20 primes per level
+    /// println!("{p}"); // what was chosen, and the 128-bit bound it meets
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> CkksParamsBuilder {
+        CkksParamsBuilder::default()
+    }
+
+    /// 128-bit preset for N = 2^`log_n`: the deepest chain (dnum = 3) that fits the HE-standard
+    /// bound at the given scale. Scales below 2^30 use one prime per level and a 30-bit base
+    /// prime; larger scales use composite levels and the builder's defaults.
     pub fn preset(log_n: u32, scale_bits: u32) -> Result<Self> {
-        let max =
-            crate::rlwe::params::max_log_qp_128(1usize << log_n.min(20)).ok_or_else(|| {
-                Error::InvalidParameters(format!(
-                    "no CKKS preset for log2 N = {log_n} (supported: 10..=16)"
-                ))
-            })?;
+        let max = max_log_qp_128(1usize << log_n.min(20)).ok_or_else(|| {
+            Error::InvalidParameters(format!(
+                "no CKKS preset for log2 N = {log_n} (supported: 10..=16)"
+            ))
+        })?;
         let dnum = 3;
+        if scale_bits >= MAX_PRIME_BITS {
+            let mut depth = max as usize / scale_bits as usize;
+            loop {
+                if depth == 0 {
+                    return Err(Error::InvalidParameters(format!(
+                        "no level fits N = 2^{log_n} at scale 2^{scale_bits} with 128-bit security"
+                    )));
+                }
+                let built = Self::builder()
+                    .log_n(log_n)
+                    .depth(depth)
+                    .scale_bits(scale_bits)
+                    .dnum(dnum)
+                    .build();
+                match built {
+                    Err(Error::InsecureParameters { .. } | Error::InvalidParameters(_)) => {
+                        depth -= 1
+                    }
+                    other => return other,
+                }
+            }
+        }
         let estimate = |l: usize| 30 + l * scale_bits as usize + (l + 1).div_ceil(dnum) * 30;
         let mut levels = (1..200)
             .take_while(|&l| estimate(l) <= max as usize)
@@ -87,4 +158,442 @@ impl CkksParams {
     pub fn levels(&self) -> usize {
         self.rlwe.max_level()
     }
+
+    /// Primes per level (the composition degree t; 1 for single-prime chains).
+    pub fn composition(&self) -> usize {
+        self.rlwe.level_shape().width
+    }
+
+    /// log2 of the primes that rescaling at each level 1..=L divides by (their product).
+    pub fn level_bits(&self) -> Vec<f64> {
+        let shape = self.rlwe.level_shape();
+        let q = self.rlwe.q_primes();
+        (1..=self.levels())
+            .map(|l| {
+                q[shape.limbs(l - 1)..shape.limbs(l)]
+                    .iter()
+                    .map(|&x| (x as f64).log2())
+                    .sum()
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for CkksParams {
+    /// One paragraph: ring, chain, key switching and the security bound it meets.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.rlwe;
+        let shape = r.level_shape();
+        let q = r.q_primes();
+        let bits = |xs: &[u32]| xs.iter().map(|&x| (x as f64).log2()).sum::<f64>();
+        let level_bits = self.level_bits();
+        let (lo, hi) = level_bits
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        write!(
+            f,
+            "CKKS N = 2^{} ({} slots), depth {}, scale 2^{}: ",
+            r.n().trailing_zeros(),
+            r.n() / 2,
+            self.levels(),
+            self.scale_bits
+        )?;
+        if !level_bits.is_empty() {
+            write!(
+                f,
+                "{} prime(s) per level (levels of 2^{lo:.2}..2^{hi:.2}), ",
+                shape.width
+            )?;
+        }
+        write!(
+            f,
+            "base {} prime(s) = 2^{:.1}, {} limbs in all; dnum {} with {} special prime(s); log2 QP = {:.1}",
+            shape.base,
+            bits(&q[..shape.base]),
+            q.len(),
+            r.dnum(),
+            r.p_primes().len(),
+            r.log_qp()
+        )?;
+        match (r.security(), max_log_qp_128(r.n())) {
+            (Security::Bits128, Some(max)) => write!(f, " ≤ {max} (128-bit, HE standard)"),
+            _ => write!(f, " (security check disabled)"),
+        }
+    }
+}
+
+/// Picks CKKS parameters from what a computation needs: the multiplicative depth, the scale,
+/// optionally the slot count and ring degree, the composition degree, the base size and the
+/// key-switching digits. [`Self::build`] returns the smallest ring that meets the security
+/// bound, or an error that names the bound and what would fit.
+#[derive(Clone, Debug)]
+pub struct CkksParamsBuilder {
+    depth: usize,
+    scale_bits: u32,
+    slots: Option<usize>,
+    log_n: Option<u32>,
+    composition: Option<usize>,
+    base_bits: Option<u32>,
+    dnum: Option<usize>,
+    security: Security,
+}
+
+impl Default for CkksParamsBuilder {
+    fn default() -> Self {
+        Self {
+            depth: 1,
+            scale_bits: 40,
+            slots: None,
+            log_n: None,
+            composition: None,
+            base_bits: None,
+            dnum: None,
+            security: Security::Bits128,
+        }
+    }
+}
+
+impl CkksParamsBuilder {
+    /// Rescalings the computation needs (default 1).
+    pub fn depth(mut self, depth: usize) -> Self {
+        self.depth = depth;
+        self
+    }
+
+    /// log2 of the scale Δ (default 40); precision is about `scale_bits − 20` bits.
+    pub fn scale_bits(mut self, bits: u32) -> Self {
+        self.scale_bits = bits;
+        self
+    }
+
+    /// At least this many slots (N ≥ 2·slots).
+    pub fn slots(mut self, slots: usize) -> Self {
+        self.slots = Some(slots);
+        self
+    }
+
+    /// Fixes N = 2^log_n instead of choosing the smallest that fits.
+    pub fn log_n(mut self, log_n: u32) -> Self {
+        self.log_n = Some(log_n);
+        self
+    }
+
+    /// Fixes the number of primes per level (default: the fewest that keep each under 2^30).
+    pub fn composition(mut self, t: usize) -> Self {
+        self.composition = Some(t);
+        self
+    }
+
+    /// Size of the base modulus in bits (default scale + 20): level-0 values must stay below
+    /// about 2^(base_bits − scale_bits − 1).
+    pub fn base_bits(mut self, bits: u32) -> Self {
+        self.base_bits = Some(bits);
+        self
+    }
+
+    /// Fixes the number of key-switching digits (default: the fewest that fit the bound, which
+    /// makes key switching fastest).
+    pub fn dnum(mut self, dnum: usize) -> Self {
+        self.dnum = Some(dnum);
+        self
+    }
+
+    /// Security requirement (default 128-bit).
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
+    fn composition_degree(&self) -> usize {
+        self.composition
+            .unwrap_or_else(|| (self.scale_bits as usize).div_ceil(MAX_PRIME_BITS as usize - 1))
+            .max(1)
+    }
+
+    /// The parameters, or why none fit.
+    pub fn build(&self) -> Result<CkksParams> {
+        if self.depth == 0 || self.depth > 120 {
+            return Err(Error::InvalidParameters(format!(
+                "depth {} outside 1..=120",
+                self.depth
+            )));
+        }
+        if !(10..=62).contains(&self.scale_bits) {
+            return Err(Error::InvalidParameters(format!(
+                "scale 2^{} outside 2^10..=2^62",
+                self.scale_bits
+            )));
+        }
+        let min_log_n = self
+            .slots
+            .map(|s| (2 * s.max(1)).next_power_of_two().trailing_zeros())
+            .unwrap_or(10)
+            .max(10);
+        if min_log_n > 16 {
+            return Err(Error::InvalidParameters(format!(
+                "{} slots need N = 2^{min_log_n}; at most 2^16 is supported",
+                self.slots.unwrap_or(0)
+            )));
+        }
+        let candidates: Vec<u32> = match self.log_n {
+            Some(l) if !(10..=16).contains(&l) => {
+                return Err(Error::InvalidParameters(format!(
+                    "log2 N = {l} outside 10..=16"
+                )))
+            }
+            Some(l) if l < min_log_n => {
+                return Err(Error::InvalidParameters(format!(
+                    "{} slots do not fit N = 2^{l} (need 2^{min_log_n})",
+                    self.slots.unwrap_or(0)
+                )))
+            }
+            Some(l) => vec![l],
+            None => (min_log_n..=16).collect(),
+        };
+        let mut last_err = None;
+        for &log_n in &candidates {
+            match self.build_at(log_n) {
+                Ok(p) => return Ok(p),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let err = last_err.unwrap_or_else(|| Error::InvalidParameters("no ring degree".into()));
+        // Say what would fit: a larger ring for this depth, or the depth this ring allows.
+        let hint = match self.log_n {
+            Some(l) => {
+                let larger = (l + 1..=16).find(|&m| self.build_at(m).is_ok());
+                let deepest = (1..self.depth).rev().find(|&d| {
+                    let mut b = self.clone();
+                    b.depth = d;
+                    b.build_at(l).is_ok()
+                });
+                let mut h = String::new();
+                if let Some(m) = larger {
+                    h += &format!(
+                        "depth {} at 2^{} needs N ≥ 2^{m}",
+                        self.depth, self.scale_bits
+                    );
+                }
+                if let Some(d) = deepest {
+                    if !h.is_empty() {
+                        h += "; ";
+                    }
+                    h += &format!("N = 2^{l} allows depth {d} at 2^{}", self.scale_bits);
+                }
+                h
+            }
+            None => String::new(),
+        };
+        Err(match (err, hint.is_empty()) {
+            (Error::InsecureParameters { n, log_qp, .. }, _) => {
+                let max = max_log_qp_128(n).unwrap_or(0);
+                Error::InvalidParameters(format!(
+                    "depth {} at scale 2^{} needs log2 QP = {log_qp} at N = {n}, beyond the {max} that 128-bit security allows{}",
+                    self.depth,
+                    self.scale_bits,
+                    if hint.is_empty() { String::new() } else { format!(": {hint}") }
+                ))
+            }
+            (Error::InvalidParameters(m), _) if !hint.is_empty() => {
+                Error::InvalidParameters(format!("{m}: {hint}"))
+            }
+            (e, _) => e,
+        })
+    }
+
+    /// Parameters at N = 2^log_n, trying digit counts from the fastest (fewest) up.
+    fn build_at(&self, log_n: u32) -> Result<CkksParams> {
+        let n = 1usize << log_n;
+        let t = self.composition_degree();
+        let per_prime = self.scale_bits as f64 / t as f64;
+        if per_prime >= MAX_PRIME_BITS as f64 || per_prime <= (2.0 * n as f64).log2() {
+            return Err(Error::InvalidParameters(format!(
+                "scale 2^{} in {t} prime(s) per level needs primes of 2^{per_prime:.1}, outside (2N = 2^{}, 2^{MAX_PRIME_BITS})",
+                self.scale_bits,
+                log_n + 1
+            )));
+        }
+        let base_bits = self
+            .base_bits
+            .unwrap_or(self.scale_bits + DEFAULT_HEADROOM_BITS);
+        if base_bits <= self.scale_bits {
+            return Err(Error::InvalidParameters(format!(
+                "base modulus of {base_bits} bits must exceed the scale 2^{}",
+                self.scale_bits
+            )));
+        }
+        let base_count = base_bits.div_ceil(MAX_PRIME_BITS) as usize;
+        let base_each = base_bits.div_ceil(base_count as u32).max(log_n + 2);
+        let limbs = base_count + t * self.depth;
+        let bound = max_log_qp_128(n).unwrap_or(0) as f64;
+        let step = 2 * n as u64;
+        let dnums: Vec<usize> = match self.dnum {
+            Some(d) => vec![d.clamp(1, limbs)],
+            None => (1..=limbs).collect(),
+        };
+        // Q alone is fixed by depth and scale; fail fast when it exceeds the bound.
+        let log_q_estimate = base_bits as f64 + self.depth as f64 * self.scale_bits as f64;
+        let mut last = None;
+        for dnum in dnums {
+            let alpha = limbs.div_ceil(dnum);
+            let estimate = log_q_estimate + alpha as f64 * SPECIAL_BITS as f64;
+            if self.security == Security::Bits128 && estimate > bound + 1.0 && self.dnum.is_none() {
+                last = Some(Error::InsecureParameters {
+                    n,
+                    log_qp: estimate.ceil() as u32,
+                    max_log_qp: bound as u32,
+                });
+                continue;
+            }
+            let special = ntt_primes(SPECIAL_BITS, step, alpha, &[])?;
+            // Too few primes of that size exist for a large N: take the next sizes up.
+            let base = (base_each..=MAX_PRIME_BITS)
+                .find_map(|bits| ntt_primes(bits, step, base_count, &special).ok())
+                .ok_or_else(|| {
+                    Error::InvalidParameters(format!(
+                        "no {base_count} base primes of {base_each}..={MAX_PRIME_BITS} bits are ≡ 1 mod {step}"
+                    ))
+                })?;
+            let mut used = special.clone();
+            used.extend(&base);
+            let scale_primes =
+                composite_scale_primes(self.scale_bits as f64, t, self.depth, step, &used)?;
+            let mut q = base;
+            q.extend(scale_primes);
+            let shape = LevelShape {
+                base: base_count,
+                width: t,
+            };
+            match CkksParams::from_primes(
+                n,
+                q,
+                special,
+                shape,
+                self.scale_bits,
+                dnum,
+                self.security,
+            ) {
+                Err(e @ Error::InsecureParameters { .. }) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::InvalidParameters("no digit count fits".into())))
+    }
+}
+
+/// How far a level's natural scale may be from Δ (see [`composite_scale_primes`]).
+const LEVEL_TOLERANCE_BITS: f64 = 0.5;
+/// Scale primes lie within this many bits of 2^(scale_bits / t).
+const WINDOW_BITS: f64 = 6.0;
+
+/// `depth` groups of `t` distinct primes ≡ 1 mod `step`, in chain order (level 1's group
+/// first). The groups are chosen from the top level down so that squaring a ciphertext at a
+/// level's natural scale and rescaling lands on the next level's natural scale, and every
+/// natural scale stays within [`LEVEL_TOLERANCE_BITS`] of Δ = 2^scale_bits: with Δ_L = Δ,
+/// level ℓ's group targets Δ_ℓ² / Δ, and Δ_{ℓ−1} = Δ_ℓ² / q_ℓ (as OpenFHE's FLEXIBLEAUTO
+/// chains do). Errors therefore never compound down the chain, which matters because
+/// products of NTT primes near 2^20 cannot hit 2^40 exactly: `q ≡ 1 mod 2N` makes them
+/// multiples of a coarse grid.
+///
+/// Primes come from a window of ±[`WINDOW_BITS`] around 2^(scale_bits/t): the first `t − 2`
+/// closest to the bits still needed divided by the primes left, the last two as the pair
+/// that completes the product best (among near-equal products, the more balanced pair).
+fn composite_scale_primes(
+    scale_bits: f64,
+    t: usize,
+    depth: usize,
+    step: u64,
+    exclude: &[u32],
+) -> Result<Vec<u32>> {
+    let per = scale_bits / t as f64;
+    let lo = (per - WINDOW_BITS).exp2().max(step as f64 + 1.0) as u64;
+    let hi = ((per + WINDOW_BITS).exp2() as u64).min(1 << MAX_PRIME_BITS);
+    // Ascending, so the free list below stays sorted by size.
+    let pool: Vec<(u32, f64)> = (lo.div_ceil(step)..=hi / step)
+        .map(|k| k * step + 1)
+        .filter(|&c| c < hi && is_prime(c) && !exclude.contains(&(c as u32)))
+        .map(|c| (c as u32, (c as f64).log2()))
+        .collect();
+    let short = |what: String| {
+        Error::InvalidParameters(format!(
+            "{what}: the NTT primes (≡ 1 mod {step}) near 2^{per:.1} are too few for depth {depth} at scale 2^{scale_bits} with {t} prime(s) per level; choose a larger scale (primes near 2^25 are plentiful) or a smaller depth or ring"
+        ))
+    };
+    let mut used = vec![false; pool.len()];
+    let mut groups = Vec::with_capacity(depth);
+    let mut natural = scale_bits; // log2 Δ_ℓ, from the top level down
+    for level in (1..=depth).rev() {
+        let target = 2.0 * natural - scale_bits;
+        let mut remaining = target;
+        let mut group = Vec::with_capacity(t);
+        for i in 0..t.saturating_sub(2) {
+            let want = remaining / (t - i) as f64;
+            let best = (0..pool.len())
+                .filter(|&j| !used[j])
+                .min_by(|&a, &b| {
+                    (pool[a].1 - want)
+                        .abs()
+                        .total_cmp(&(pool[b].1 - want).abs())
+                })
+                .ok_or_else(|| short(format!("level {level}")))?;
+            used[best] = true;
+            group.push(best);
+            remaining -= pool[best].1;
+        }
+        let free: Vec<usize> = (0..pool.len()).filter(|&j| !used[j]).collect();
+        // (distance of the product from the target, imbalance, picks)
+        let mut best: Option<(f64, f64, Vec<usize>)> = None;
+        let mut consider = |picks: Vec<usize>| {
+            let sum: f64 = picks.iter().map(|&j| pool[j].1).sum();
+            let dist = (sum - remaining).abs();
+            let imbalance = picks
+                .iter()
+                .map(|&j| (pool[j].1 - remaining / picks.len() as f64).abs())
+                .fold(0.0, f64::max);
+            // Products within a thousandth of a bit count as equal; then balance decides.
+            let wins = best.as_ref().is_none_or(|(d, i, _)| {
+                if (dist - d).abs() > 1e-3 {
+                    dist < *d
+                } else {
+                    imbalance < *i
+                }
+            });
+            if wins {
+                best = Some((dist, imbalance, picks));
+            }
+        };
+        if t == 1 {
+            free.iter().for_each(|&a| consider(vec![a]));
+        } else {
+            for (x, &a) in free.iter().enumerate() {
+                // The partners whose size completes the product best sit around `need`.
+                let need = remaining - pool[a].1;
+                let at = free.partition_point(|&j| pool[j].1 < need);
+                for y in [at.wrapping_sub(1), at, at + 1] {
+                    if let Some(&b) = free.get(y) {
+                        if y > x {
+                            consider(vec![a, b]);
+                        }
+                    }
+                }
+            }
+        }
+        let (dist, _, picks) = best.ok_or_else(|| short(format!("level {level}")))?;
+        let got: f64 = picks.iter().map(|&j| pool[j].1).sum::<f64>() + target - remaining;
+        let next = 2.0 * natural - got;
+        if dist > LEVEL_TOLERANCE_BITS || (next - scale_bits).abs() > LEVEL_TOLERANCE_BITS {
+            return Err(short(format!(
+                "level {level}'s primes can only come within {dist:.3} bits of their target"
+            )));
+        }
+        picks.iter().for_each(|&j| used[j] = true);
+        group.extend(picks);
+        groups.push(group);
+        natural = next;
+    }
+    Ok(groups
+        .into_iter()
+        .rev()
+        .flat_map(|g| g.into_iter().map(|j| pool[j].0))
+        .collect())
 }

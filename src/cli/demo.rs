@@ -31,7 +31,7 @@ pub fn run() -> Result<()> {
     let prod = ctx.rescale(&ctx.relinearize(&ctx.multiply(&ca, &cb)?, &keys.relin)?)?;
     // a·b now has scale Δ²/q_top, not Δ. Bring `a` to the same level and scale exactly:
     // multiply by 1 encoded at scale c = prod.scale·q_top/Δ, then rescale by q_top.
-    let c = prod.scale() * ctx.scale_prime(top) as f64 / ca.scale();
+    let c = prod.scale() * ctx.level_modulus(top) / ca.scale();
     let a_aligned = ctx.rescale(&ctx.multiply_scalar(&ca, 1.0, c)?)?;
     let sum = ctx.add(&prod, &a_aligned)?;
     let rot = ctx.rotate(&sum, 1, &gk)?;

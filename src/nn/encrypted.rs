@@ -214,7 +214,7 @@ pub fn forward(
                     });
                 }
                 let in_scale = cts[0].scale();
-                let q = ctx.scale_prime(level) as f64;
+                let q = ctx.level_modulus(level);
                 // Keep the scale, unless this is the last affine layer and its output would not
                 // fit at the next level: then lower the output scale.
                 let mut target = in_scale;
@@ -331,7 +331,7 @@ pub fn forward(
                     level: 0,
                 });
             }
-            ctx.rescale(&ctx.multiply_scalar(c, fold, ctx.scale_prime(l) as f64)?)
+            ctx.rescale(&ctx.multiply_scalar(c, fold, ctx.level_modulus(l))?)
         })?;
     }
     CipherTensor::from_ciphertexts(shape, batch, cts)

@@ -299,9 +299,7 @@ pub fn forward(
     if fold != 1.0 {
         channels = channels
             .par_iter()
-            .map(|c| {
-                ctx.rescale(&ctx.multiply_scalar(c, fold, ctx.scale_prime(c.level()) as f64)?)
-            })
+            .map(|c| ctx.rescale(&ctx.multiply_scalar(c, fold, ctx.level_modulus(c.level()))?))
             .collect::<Result<Vec<_>>>()?;
     }
     Ok(channels)
@@ -327,8 +325,5 @@ fn affine_scale(
     if Some(idx) == last_affine {
         target = target.min(ctx.capacity(level - 1, 1.0) / (2.0 * output_bound.max(1.0)));
     }
-    Ok((
-        ctx.scale_prime(level) as f64 * target / input.scale(),
-        level,
-    ))
+    Ok((ctx.level_modulus(level) * target / input.scale(), level))
 }

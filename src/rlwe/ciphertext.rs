@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
 use crate::rlwe::context::RlweContext;
 use crate::rlwe::keys::{rlwe_sample, GaloisKeys, PublicKey, RelinKey, SecretKey, SecretPoly};
+use crate::rlwe::params::LevelShape;
 
 /// A ciphertext `(c_0, c_1[, c_2])` in the NTT domain over the primes of its level.
 #[derive(Clone, Debug)]
@@ -21,12 +22,21 @@ pub struct Ciphertext {
     /// Seed of `c_1` for fresh symmetric encryptions (lets serialization store 32 bytes
     /// instead of a polynomial). Cleared by any operation that changes `c_1`.
     pub(crate) seed: Option<[u8; 32]>,
+    /// How its parameters group primes into levels (so that [`Ciphertext::level`] counts
+    /// rescalings, not primes).
+    pub(crate) shape: LevelShape,
 }
 
 impl Ciphertext {
-    /// Level (number of primes − 1).
+    /// Level: how many rescalings (CKKS) or modulus switches (BFV) are left. With a composite
+    /// CKKS chain a level holds several primes ([`LevelShape`]).
     pub fn level(&self) -> usize {
-        self.polys.limbs().len() - 1
+        let limbs = self.polys.limbs().len();
+        debug_assert!(
+            self.shape.level_of(limbs).is_some(),
+            "{limbs} limbs off the chain"
+        );
+        limbs.saturating_sub(self.shape.base) / self.shape.width
     }
 
     /// Number of polynomials (2 after relinearization, 3 after a multiplication).
@@ -54,13 +64,27 @@ impl Ciphertext {
         self.seed.is_some()
     }
 
-    pub(crate) fn new(polys: PolyBatch, scale: f64, fingerprint: u64, key_id: u64) -> Self {
+    /// A fresh ciphertext of `ctx` (fingerprint and level shape from the context).
+    pub(crate) fn fresh(ctx: &RlweContext, polys: PolyBatch, scale: f64, key_id: u64) -> Self {
         Self {
             polys,
             scale,
-            fingerprint,
+            fingerprint: ctx.fingerprint(),
             key_id,
             seed: None,
+            shape: ctx.params().level_shape(),
+        }
+    }
+
+    /// A ciphertext computed from this one: same parameters and key set, new polynomials.
+    pub(crate) fn derive(&self, polys: PolyBatch, scale: f64) -> Self {
+        Self {
+            polys,
+            scale,
+            fingerprint: self.fingerprint,
+            key_id: self.key_id,
+            seed: None,
+            shape: self.shape,
         }
     }
 }
@@ -89,7 +113,7 @@ pub fn encrypt_symmetric(
     ctx.check_fingerprint(sk.fingerprint, "secret key")?;
     let s: SecretPoly = sk.on_limbs(ctx, m.limbs_arc())?;
     let (polys, seed) = rlwe_sample(ctx, &s, Some(m), sampler)?;
-    let mut ct = Ciphertext::new(polys, scale, ctx.fingerprint(), sk.key_id);
+    let mut ct = Ciphertext::fresh(ctx, polys, scale, sk.key_id);
     ct.seed = Some(seed);
     Ok(ct)
 }
@@ -108,8 +132,7 @@ pub fn encrypt_public(
     let be = ctx.backend();
     let ring = ctx.ring();
     let q_limbs = m.limbs_arc();
-    let level = q_limbs.len() - 1;
-    let limbs = ctx.qp_limbs(level);
+    let limbs = ctx.qp_first(q_limbs.len());
     let n = ctx.n();
     let wide = |v: Vec<i8>| v.into_iter().map(|x| x as i64).collect::<Vec<i64>>();
     // u (with pk and the ciphertext) reveals the message: its copies are wiped on drop.
@@ -139,7 +162,7 @@ pub fn encrypt_public(
     let m2 = be.concat(&[&pm, &zero_poly])?;
     be.add_assign(ring, &mut out, &m2)?;
     let out = ctx.mod_down(&out, q_limbs, ctx.p_limbs())?;
-    Ok(Ciphertext::new(out, scale, ctx.fingerprint(), pk.key_id))
+    Ok(Ciphertext::fresh(ctx, out, scale, pk.key_id))
 }
 
 /// `c_0 + c_1·s (+ c_2·s²)` in coefficient form at the ciphertext's level.
@@ -212,14 +235,14 @@ pub fn add_ciphertexts(
     } else {
         out = head;
     }
-    Ok(Ciphertext::new(out, a.scale, a.fingerprint, a.key_id))
+    Ok(a.derive(out, a.scale))
 }
 
 /// Negation.
 pub fn negate(ctx: &RlweContext, a: &Ciphertext) -> Result<Ciphertext> {
     let mut out = a.polys.clone();
     ctx.backend().neg_assign(ctx.ring(), &mut out)?;
-    Ok(Ciphertext::new(out, a.scale, a.fingerprint, a.key_id))
+    Ok(a.derive(out, a.scale))
 }
 
 /// The tensor product `(a0 b0, a0 b1 + a1 b0, a1 b1)` of two size-2 ciphertexts, NTT domain.
@@ -258,7 +281,7 @@ pub fn relinearize(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<
     let u = rk.0.switch(ctx, &c2)?;
     let mut out = be.slice_polys(&ct.polys, 0, 2)?;
     be.add_assign(ring, &mut out, &u)?;
-    Ok(Ciphertext::new(out, ct.scale, ct.fingerprint, ct.key_id))
+    Ok(ct.derive(out, ct.scale))
 }
 
 /// Applies the automorphism `X → X^g` and switches back to `s` with the Galois key. Works in
@@ -317,7 +340,7 @@ pub fn apply_galois_many(
             let zero = be.zeros(c0g.limbs_arc(), 1, ctx.n(), Repr::Ntt)?;
             let mut out = be.concat(&[&c0g, &zero])?;
             be.add_assign(ring, &mut out, &u)?;
-            Ok(Ciphertext::new(out, ct.scale, ct.fingerprint, ct.key_id))
+            Ok(ct.derive(out, ct.scale))
         })
         .collect()
 }
@@ -332,5 +355,5 @@ pub fn drop_to_level(ctx: &RlweContext, ct: &Ciphertext, level: usize) -> Result
         )));
     }
     let polys = ctx.backend().select_limbs(&ct.polys, ctx.q_limbs(level))?;
-    Ok(Ciphertext::new(polys, ct.scale, ct.fingerprint, ct.key_id))
+    Ok(ct.derive(polys, ct.scale))
 }

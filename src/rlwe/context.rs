@@ -18,10 +18,11 @@ pub struct RlweContext {
     params: RlweParams,
     ring: RingContext,
     backend: Arc<dyn Backend>,
-    /// `q_limbs[l]` = limb indices 0..=l.
-    q_limbs: Vec<Arc<[usize]>>,
-    /// `qp_limbs[l]` = 0..=l followed by the special primes.
-    qp_limbs: Vec<Arc<[usize]>>,
+    /// `q_prefix[k]` = limb indices 0..=k (indexed by top limb, not by level: levels of a
+    /// composite chain hold several limbs, see [`crate::rlwe::LevelShape`]).
+    q_prefix: Vec<Arc<[usize]>>,
+    /// `qp_prefix[k]` = 0..=k followed by the special primes.
+    qp_prefix: Vec<Arc<[usize]>>,
     p_limbs: Arc<[usize]>,
     aux_limbs: Arc<[usize]>,
     converters: ConverterCache,
@@ -48,8 +49,8 @@ impl RlweContext {
         let np = params.p.len();
         let p_limbs: Arc<[usize]> = (nq..nq + np).collect();
         let aux_limbs: Arc<[usize]> = (nq + np..primes.len()).collect();
-        let q_limbs = (0..nq).map(|l| (0..=l).collect::<Arc<[usize]>>()).collect();
-        let qp_limbs = (0..nq)
+        let q_prefix = (0..nq).map(|l| (0..=l).collect::<Arc<[usize]>>()).collect();
+        let qp_prefix = (0..nq)
             .map(|l| (0..=l).chain(nq..nq + np).collect::<Arc<[usize]>>())
             .collect();
         let fingerprint = params.fingerprint();
@@ -57,8 +58,8 @@ impl RlweContext {
             params,
             ring,
             backend,
-            q_limbs,
-            qp_limbs,
+            q_prefix,
+            qp_prefix,
             p_limbs,
             aux_limbs,
             converters: Mutex::new(HashMap::new()),
@@ -96,14 +97,35 @@ impl RlweContext {
         self.fingerprint
     }
 
-    /// Limbs of level `l` (primes q_0..=q_l).
+    /// Limbs of level `l` (the first `shape.limbs(l)` ciphertext primes).
     pub fn q_limbs(&self, level: usize) -> Arc<[usize]> {
-        self.q_limbs[level].clone()
+        self.q_prefix[self.params.shape.limbs(level) - 1].clone()
     }
 
     /// Limbs of level `l` plus the special primes.
     pub fn qp_limbs(&self, level: usize) -> Arc<[usize]> {
-        self.qp_limbs[level].clone()
+        self.qp_prefix[self.params.shape.limbs(level) - 1].clone()
+    }
+
+    /// The first `count` ciphertext limbs. Key switching and encryption work on limb counts,
+    /// whatever level (if any) they form.
+    pub(crate) fn q_first(&self, count: usize) -> Arc<[usize]> {
+        self.q_prefix[count - 1].clone()
+    }
+
+    /// The first `count` ciphertext limbs followed by the special primes.
+    pub(crate) fn qp_first(&self, count: usize) -> Arc<[usize]> {
+        self.qp_prefix[count - 1].clone()
+    }
+
+    /// The level of a ciphertext that has `limbs` ciphertext primes.
+    pub fn level_of_limbs(&self, limbs: usize) -> Result<usize> {
+        self.params.shape.level_of(limbs).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "{limbs} ciphertext primes do not form a level of this chain ({} base prime(s), {} per level)",
+                self.params.shape.base, self.params.shape.width
+            ))
+        })
     }
 
     /// The special primes' limbs.

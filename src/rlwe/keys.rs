@@ -251,8 +251,8 @@ impl KeySwitchKey {
             .first()
             .ok_or_else(|| Error::InvalidInput("key switch of no digits".into()))?;
         let qp = first.1.limbs_arc();
-        let level = qp.len() - ctx.p_limbs().len() - 1;
-        let full = ctx.max_level() == level;
+        let nq = qp.len() - ctx.p_limbs().len();
+        let full = ctx.params().q_primes().len() == nq;
         let mut acc = be.zeros(qp.clone(), 2, ctx.n(), Repr::Ntt)?;
         for (j, up) in digits {
             let key = self
@@ -276,7 +276,7 @@ impl KeySwitchKey {
             };
             be.mul_acc(ring, &mut acc, key_ref, up)?;
         }
-        ctx.mod_down(&acc, ctx.q_limbs(level), ctx.p_limbs())
+        ctx.mod_down(&acc, ctx.q_first(nq), ctx.p_limbs())
     }
 }
 
@@ -293,7 +293,7 @@ pub fn decompose(ctx: &RlweContext, d: &PolyBatch) -> Result<Vec<(usize, PolyBat
         ));
     }
     let level = d.limbs().len() - 1;
-    let qp = ctx.qp_limbs(level);
+    let qp = ctx.qp_first(level + 1);
     let mut coeff = d.clone();
     be.ntt_inverse(ring, &mut coeff)?;
     let mut out = Vec::new();

@@ -10,4 +10,4 @@ pub mod params;
 pub use ciphertext::Ciphertext;
 pub use context::RlweContext;
 pub use keys::{GaloisKeys, KeySwitchKey, PublicKey, RelinKey, SecretKey};
-pub use params::{RlweParams, Security};
+pub use params::{LevelShape, RlweParams, Security};

@@ -26,6 +26,34 @@ pub enum Security {
     InsecureForTestingOnly,
 }
 
+/// How the ciphertext primes group into levels: `base` primes remain at level 0, and each
+/// level above adds `width` primes. CKKS composite scaling uses `width > 1` so that a scale
+/// larger than one word (e.g. 2^40 from two ~2^20 primes) is divided out by one rescale;
+/// BFV and single-prime CKKS chains use [`LevelShape::SINGLE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LevelShape {
+    /// Primes at level 0.
+    pub base: usize,
+    /// Primes each rescale drops (the composition degree t).
+    pub width: usize,
+}
+
+impl LevelShape {
+    /// One prime per level, one base prime.
+    pub const SINGLE: Self = Self { base: 1, width: 1 };
+
+    /// Number of ciphertext primes at `level`.
+    pub fn limbs(&self, level: usize) -> usize {
+        self.base + level * self.width
+    }
+
+    /// The level that holds exactly `limbs` primes, if one does.
+    pub fn level_of(&self, limbs: usize) -> Option<usize> {
+        (limbs >= self.base && (limbs - self.base) % self.width == 0)
+            .then(|| (limbs - self.base) / self.width)
+    }
+}
+
 /// The ring degree and the three prime chains every RLWE context needs.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RlweParams {
@@ -40,6 +68,8 @@ pub struct RlweParams {
     /// Number of key-switching digits.
     pub(crate) dnum: usize,
     pub(crate) security: Security,
+    /// How `q` groups into levels.
+    pub(crate) shape: LevelShape,
 }
 
 impl RlweParams {
@@ -97,6 +127,7 @@ impl RlweParams {
             aux,
             dnum,
             security,
+            shape: LevelShape::SINGLE,
         };
         if security == Security::Bits128 {
             let max = max_log_qp_128(n).unwrap_or(0);
@@ -110,6 +141,26 @@ impl RlweParams {
             }
         }
         Ok(me)
+    }
+
+    /// Groups the ciphertext primes into levels of `shape.width` primes above `shape.base`
+    /// base primes (they must add up to the number of ciphertext primes).
+    pub fn with_level_shape(mut self, shape: LevelShape) -> Result<Self> {
+        if shape.base == 0 || shape.width == 0 || shape.level_of(self.q.len()).is_none() {
+            return Err(Error::InvalidParameters(format!(
+                "{} ciphertext primes cannot form {} base prime(s) plus levels of {}",
+                self.q.len(),
+                shape.base,
+                shape.width
+            )));
+        }
+        self.shape = shape;
+        Ok(self)
+    }
+
+    /// How the ciphertext primes group into levels.
+    pub fn level_shape(&self) -> LevelShape {
+        self.shape
     }
 
     /// Ring degree N.
@@ -137,9 +188,9 @@ impl RlweParams {
         self.dnum
     }
 
-    /// Highest level L (= number of ciphertext primes − 1).
+    /// Highest level L (number of rescalings a fresh ciphertext allows).
     pub fn max_level(&self) -> usize {
-        self.q.len() - 1
+        (self.q.len() - self.shape.base) / self.shape.width
     }
 
     /// log2 of the product of ciphertext and special primes (what the security bound limits).
@@ -177,6 +228,12 @@ impl RlweParams {
             eat(tag);
             eat(list.len() as u64);
             list.iter().for_each(|&x| eat(x as u64));
+        }
+        // Only non-default shapes count, so single-prime fingerprints stay what they were.
+        if self.shape != LevelShape::SINGLE {
+            eat(4);
+            eat(self.shape.base as u64);
+            eat(self.shape.width as u64);
         }
         h
     }

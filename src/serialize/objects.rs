@@ -13,8 +13,8 @@ use crate::ckks::{self, CkksParams};
 use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
 use crate::rlwe::{
-    Ciphertext, GaloisKeys, KeySwitchKey, PublicKey, RelinKey, RlweContext, RlweParams, SecretKey,
-    Security,
+    Ciphertext, GaloisKeys, KeySwitchKey, LevelShape, PublicKey, RelinKey, RlweContext, RlweParams,
+    SecretKey, Security,
 };
 
 /// An object that can be written in the hetensor format under an RLWE context.
@@ -198,8 +198,10 @@ fn write_ciphertext(
 /// inside it is accepted: a deliberate edit there (checksum recomputed) goes unnoticed, as
 /// any deliberate edit of a malleable ciphertext does.
 pub(crate) fn check_ckks_scale(ctx: &RlweContext, level: usize, scale: f64) -> Result<()> {
-    let log_q: f64 = (0..=level)
-        .map(|i| (ctx.ring().modulus(i).value() as f64).log2())
+    let log_q: f64 = ctx
+        .q_limbs(level)
+        .iter()
+        .map(|&i| (ctx.ring().modulus(i).value() as f64).log2())
         .sum();
     if !scale.is_finite() || scale < 1.0 || scale.log2() > log_q - 2.0 {
         return Err(Error::Decode(format!(
@@ -222,7 +224,7 @@ fn read_ciphertext(ctx: &RlweContext, d: &mut Decoder) -> Result<(Ciphertext, u6
     }
     let scale = d.f64("scale")?;
     if t == 0 {
-        check_ckks_scale(ctx, limbs.len() - 1, scale)?;
+        check_ckks_scale(ctx, ctx.level_of_limbs(limbs.len())?, scale)?;
     } else if scale != 1.0 {
         return Err(Error::Decode(format!(
             "BFV ciphertext with scale {scale} (always 1)"
@@ -248,7 +250,7 @@ fn read_ciphertext(ctx: &RlweContext, d: &mut Decoder) -> Result<(Ciphertext, u6
     let polys = ctx
         .backend()
         .upload(words, limbs, size, ctx.n(), Repr::Ntt)?;
-    let mut ct = Ciphertext::new(polys, scale, ctx.fingerprint(), 0);
+    let mut ct = Ciphertext::fresh(ctx, polys, scale, 0);
     ct.seed = seed;
     Ok((ct, t))
 }
@@ -349,7 +351,8 @@ impl Decode for ckks::Plaintext {
             ));
         }
         d.allow(1 + 1 + 8);
-        let limbs = level_limbs(ctx, d.u8("level")?)?;
+        let level = d.u8("level")?;
+        let limbs = level_limbs(ctx, level)?;
         let repr = if d.bool("representation")? {
             Repr::Ntt
         } else {
@@ -364,14 +367,17 @@ impl Decode for ckks::Plaintext {
             .sum();
         if !scale.is_finite() || scale < 1.0 || scale.log2() > log_q - 1.0 {
             return Err(Error::Decode(format!(
-                "plaintext scale {scale:e} outside [1, Q/2] at level {}",
-                limbs.len() - 1
+                "plaintext scale {scale:e} outside [1, Q/2] at level {level}"
             )));
         }
         let mut words = Vec::new();
         read_polys(ctx, d, &limbs, 1, &mut words)?;
         let poly = ctx.backend().upload(words, limbs, 1, ctx.n(), repr)?;
-        Ok(ckks::Plaintext { poly, scale })
+        Ok(ckks::Plaintext {
+            poly,
+            scale,
+            level: level as usize,
+        })
     }
 }
 
@@ -611,6 +617,9 @@ impl SchemeParams {
     }
 }
 
+/// Top bit of the CKKS scale byte: a level shape (base primes, primes per level) follows.
+const COMPOSITE_FLAG: u8 = 0x80;
+
 /// Largest prime lists a parameter object may declare (2^16 at 128 bits needs ~60 primes).
 const MAX_PRIMES: usize = 128;
 
@@ -633,7 +642,14 @@ pub(crate) fn write_params(e: &mut Encoder, p: &SchemeParams) -> Result<()> {
         }
     }
     match p {
-        SchemeParams::Ckks(c) => e.u8(c.scale_bits as u8),
+        // A composite chain sets the top bit of the scale byte and appends its level shape,
+        // so single-prime parameter objects keep their bytes.
+        SchemeParams::Ckks(c) if r.shape == LevelShape::SINGLE => e.u8(c.scale_bits as u8),
+        SchemeParams::Ckks(c) => {
+            e.u8(c.scale_bits as u8 | COMPOSITE_FLAG)?;
+            e.u8(r.shape.base as u8)?;
+            e.u8(r.shape.width as u8)
+        }
         SchemeParams::Bfv(b) => e.u64(b.plain_modulus),
     }
 }
@@ -683,8 +699,20 @@ pub(crate) fn read_params(d: &mut Decoder, opts: &DecodeOptions) -> Result<Schem
     d.allow(8);
     match scheme {
         1 => {
-            let scale_bits = d.u8("scale bits")? as u32;
-            if !(1..30).contains(&scale_bits) {
+            let byte = d.u8("scale bits")?;
+            let scale_bits = (byte & !COMPOSITE_FLAG) as u32;
+            let rlwe = if byte & COMPOSITE_FLAG != 0 {
+                d.allow(2);
+                let base = d.u8("base primes")? as usize;
+                let width = d.u8("primes per level")? as usize;
+                rlwe.with_level_shape(LevelShape { base, width })
+                    .map_err(|e| {
+                        Error::Decode(format!("the stored level shape is rejected: {e}"))
+                    })?
+            } else {
+                rlwe
+            };
+            if !(1..=62).contains(&scale_bits) {
                 return Err(Error::Decode(format!("scale of 2^{scale_bits}")));
             }
             Ok(SchemeParams::Ckks(CkksParams { rlwe, scale_bits }))

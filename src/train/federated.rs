@@ -127,11 +127,8 @@ pub fn train_federated(
             sum = ctx.add(&sum, c)?;
         }
         let l = sum.level();
-        let avg = ctx.rescale(&ctx.multiply_scalar(
-            &sum,
-            1.0 / total as f64,
-            ctx.scale_prime(l) as f64,
-        )?)?;
+        let avg =
+            ctx.rescale(&ctx.multiply_scalar(&sum, 1.0 / total as f64, ctx.level_modulus(l))?)?;
         // 3. The key holder decrypts only the average.
         let dec = holder.decrypt(&avg)?;
         if let [Layer::Linear(lin)] = model.layers_mut() {

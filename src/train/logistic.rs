@@ -440,8 +440,7 @@ pub fn apply_update(
     let v = match v {
         Some(v) if momentum != 0.0 => {
             let l = v.level();
-            let mv =
-                ctx.rescale(&ctx.multiply_scalar(v, momentum, ctx.scale_prime(l) as f64)?)?;
+            let mv = ctx.rescale(&ctx.multiply_scalar(v, momentum, ctx.level_modulus(l))?)?;
             ctx.add(&mv, &g)?
         }
         _ => g,

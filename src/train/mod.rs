@@ -283,7 +283,7 @@ impl BlockLayout {
         for j in 0..self.blocks {
             mask[j * self.block] = factor;
         }
-        let c = ev.ctx.scale_prime(l) as f64 * target / r.scale();
+        let c = ev.ctx.level_modulus(l) * target / r.scale();
         let pt = ev.ctx.encode(&mask, c, l)?;
         let m = ev.ctx.multiply_plain(&r, &pt)?;
         ev.ctx.rescale(&self.replicate_heads(ev, &m)?)
@@ -582,12 +582,12 @@ pub fn eval_poly(
             // Scale bookkeeping with a unit constant, to solve for the constant's scale.
             let lo = &pows[bits[0]];
             let mut lvl = lo.level();
-            let mut sc = lo.scale() / ctx.scale_prime(lvl) as f64;
+            let mut sc = lo.scale() / ctx.level_modulus(lvl);
             lvl -= 1;
             for &b in &bits[1..] {
                 let p = &pows[b];
                 let l = lvl.min(p.level());
-                sc = sc * p.scale() / ctx.scale_prime(l) as f64;
+                sc = sc * p.scale() / ctx.level_modulus(l);
                 lvl = l - 1;
             }
             let c = target / sc;

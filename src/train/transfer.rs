@@ -552,7 +552,7 @@ fn encrypted_step(
     // that the small factor keeps its precision (rescaled: level lx − 1, scale t_x).
     // Scales are chained so that the rotation sums land on σ_S = q_1·s_w/C_G at level 1
     // (room for |S| < 128 there) and G = S·C_G/q_1 exactly on the weights' scale s_w.
-    let q = |l: usize| ctx.scale_prime(l) as f64;
+    let q = |l: usize| ctx.level_modulus(l);
     let se = sw * sx / q(lx);
     let sigma_s = q(1) * sw / C_G;
     let t_x = sigma_s * q(2) / se;
@@ -593,7 +593,7 @@ fn encrypted_step(
             let g = ctx.rescale(&ctx.multiply_scalar(&sum, 1.0, C_G)?)?;
             let v = if momentum > 0.0 {
                 let vl = &st.v[idx];
-                let q = ctx.scale_prime(vl.level()) as f64;
+                let q = ctx.level_modulus(vl.level());
                 let mv =
                     ctx.rescale(&ctx.multiply_scalar(vl, momentum, q * g.scale() / vl.scale())?)?;
                 ctx.add(&mv, &g)?
@@ -655,7 +655,7 @@ pub fn train_head_encrypted(
     let steps = CkksContext::power_of_two_steps(s);
     // Labels brought to the logits' level and scale once (the weights are refreshed to the
     // default scale every step, so that scale never changes).
-    let sz = ctx.default_scale() * f0[0].scale() / ctx.scale_prime(lx) as f64;
+    let sz = ctx.default_scale() * f0[0].scale() / ctx.level_modulus(lx);
     let y_matched = set
         .labels
         .iter()

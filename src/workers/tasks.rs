@@ -251,13 +251,13 @@ pub fn compute(
                 .map(|pair| {
                     let (x, y) = (&pair[0], &pair[1]);
                     let l = x.level();
-                    let w = ctx.encode(&w_slots, ctx.scale_prime(l) as f64, l)?;
+                    let w = ctx.encode(&w_slots, ctx.level_modulus(l), l)?;
                     let wx = ctx.rescale(&ctx.multiply_plain(x, &w)?)?;
                     // z in the first slot of each row's block, masked, then copied back over
                     // the block.
                     let z = ctx.rotate_and_add(&wx, &within, gk)?;
                     let lz = z.level();
-                    let m = ctx.encode(&mask_slots, ctx.scale_prime(lz) as f64, lz)?;
+                    let m = ctx.encode(&mask_slots, ctx.level_modulus(lz), lz)?;
                     let z = ctx.rescale(&ctx.multiply_plain(&z, &m)?)?;
                     let z = ctx.rotate_and_add(&z, &back, gk)?;
                     let s = ctx.evaluate_polynomial(&z, sigmoid, rk)?;

@@ -1,0 +1,319 @@
+//! CKKS with composite levels (several primes per level, scale above the 30-bit word): the
+//! parameter builder, the chain's shape and natural scales, and every operation against the
+//! plaintext computation at a precision single-prime chains cannot reach.
+
+use hetensor::backend::default_backend;
+use hetensor::ckks::{precision_bits, CkksContext, CkksParams};
+use hetensor::rlwe::{Ciphertext, RlweParams, Security};
+use hetensor::serialize::{self, PublicContext, WriteOptions};
+use std::sync::OnceLock;
+
+/// N = 2^14, Δ = 2^40 in two ~2^20 primes per level, depth 4, 128-bit.
+fn ctx() -> &'static (
+    CkksContext,
+    hetensor::ckks::KeySet,
+    hetensor::rlwe::GaloisKeys,
+) {
+    static C: OnceLock<(
+        CkksContext,
+        hetensor::ckks::KeySet,
+        hetensor::rlwe::GaloisKeys,
+    )> = OnceLock::new();
+    C.get_or_init(|| {
+        let params = CkksParams::builder()
+            .depth(4)
+            .scale_bits(40)
+            .log_n(14)
+            .build()
+            .unwrap();
+        let ctx = CkksContext::with_seed(params, [7; 32]).unwrap();
+        let keys = ctx.keygen().unwrap();
+        let gk = ctx.gen_galois_keys(&keys.secret, &[1, -3], true).unwrap();
+        (ctx, keys, gk)
+    })
+}
+
+fn vals(seed: u64, len: usize) -> Vec<f64> {
+    (0..len)
+        .map(|i| ((i as f64 + 1.0) * 0.618 * (seed as f64 + 1.0)).sin())
+        .collect()
+}
+
+// Error bounds at Δ = 2^40, N = 2^14, |x| ≤ 1. Fresh public-key noise is rounding after the
+// division by P: per slot ≈ sqrt(N)·sqrt((1 + 2N/3)/12) ≈ 2^13, i.e. 2^-27 relative to Δ; 2^-24
+// leaves a factor 8 (> 6σ). A product adds |a|·e_b + |b|·e_a plus relinearization and rescale
+// rounding of the same order: 2^-22 bounds it, far below the 2^-12 of today's 2^25 chains.
+const FRESH_BITS: f64 = 24.0;
+const MUL_BITS: f64 = 22.0;
+
+#[test]
+fn builder_picks_the_smallest_ring_and_says_what_it_chose() {
+    let p = CkksParams::builder()
+        .depth(5)
+        .scale_bits(40)
+        .build()
+        .unwrap();
+    // Q ≈ 60 + 5·40 = 260 bits is beyond N = 2^13's 218.
+    assert_eq!(p.n(), 1 << 14);
+    assert_eq!(p.levels(), 5);
+    assert_eq!(p.composition(), 2);
+    let q = p.rlwe.q_primes();
+    assert!(q.iter().all(|&x| x < 1 << 30));
+    assert!(q
+        .iter()
+        .chain(p.rlwe.p_primes())
+        .all(|&x| (x as u64 - 1) % (2 * p.n() as u64) == 0));
+    let mut distinct = q.to_vec();
+    distinct.extend(p.rlwe.p_primes());
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), q.len() + p.rlwe.p_primes().len());
+    for bits in p.level_bits() {
+        assert!((bits - 40.0).abs() < 1.0, "level modulus 2^{bits}");
+    }
+    assert!(p.rlwe.log_qp() <= 438.0);
+    let shown = p.to_string();
+    assert!(
+        shown.contains("N = 2^14") && shown.contains("128-bit"),
+        "{shown}"
+    );
+    // Scales that fit one word keep one prime per level.
+    let single = CkksParams::builder()
+        .depth(3)
+        .scale_bits(25)
+        .build()
+        .unwrap();
+    assert_eq!(single.composition(), 1);
+    // An expert can fix the composition degree.
+    let t3 = CkksParams::builder()
+        .depth(2)
+        .scale_bits(60)
+        .composition(3)
+        .log_n(13)
+        .security(Security::InsecureForTestingOnly)
+        .build()
+        .unwrap();
+    assert_eq!(t3.composition(), 3);
+}
+
+#[test]
+fn builder_errors_name_the_bound_and_what_fits() {
+    // Depth 10 at 2^50 needs ≈ 570 bits of Q: too much for N = 2^14 (438).
+    let err = CkksParams::builder()
+        .depth(10)
+        .scale_bits(50)
+        .log_n(14)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs N ≥ 2^15"), "{err}");
+    assert!(err.contains("N = 2^14 allows depth"), "{err}");
+    // Too many slots for the supported rings.
+    let err = CkksParams::builder()
+        .slots(1 << 16)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("2^17"), "{err}");
+    // 2^40 needs one prime ≤ 2^20 per level: at N = 2^16 there are almost none.
+    let err = CkksParams::builder()
+        .depth(8)
+        .scale_bits(40)
+        .log_n(16)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("too few"), "{err}");
+}
+
+#[test]
+fn rescale_drops_a_whole_level_in_one_step() {
+    let (ctx, keys, _) = ctx();
+    let top = ctx.max_level();
+    assert_eq!(top, 4);
+    let x = vals(1, ctx.slots());
+    let ct = ctx
+        .encrypt(
+            &ctx.encode(&x, ctx.default_scale(), top).unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let limbs = ct.polys().limbs().len();
+    assert_eq!(limbs, 2 + 2 * top);
+    let sq = ctx
+        .rescale(
+            &ctx.relinearize(&ctx.square(&ct).unwrap(), &keys.relin)
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(sq.level(), top - 1);
+    assert_eq!(sq.polys().limbs().len(), limbs - 2);
+    // Squaring at the natural scale lands exactly on the next natural scale.
+    assert_eq!(sq.scale(), ctx.natural_scale(top - 1));
+    for l in 0..=top {
+        assert!((ctx.natural_scale(l).log2() - 40.0).abs() < 0.5);
+    }
+}
+
+#[test]
+fn fresh_and_multiplied_precision_beats_twenty_bits() {
+    let (ctx, keys, _) = ctx();
+    let top = ctx.max_level();
+    let (a, b) = (vals(2, ctx.slots()), vals(3, ctx.slots()));
+    let pa = ctx.encode(&a, ctx.default_scale(), top).unwrap();
+    let ca = ctx.encrypt(&pa, &keys.public).unwrap();
+    let cb = ctx
+        .encrypt_symmetric(
+            &ctx.encode(&b, ctx.default_scale(), top).unwrap(),
+            &keys.secret,
+        )
+        .unwrap();
+    let bits = precision_bits(&a, &ctx.decrypt_decode(&ca, &keys.secret).unwrap());
+    assert!(
+        bits > FRESH_BITS,
+        "fresh public-key precision {bits:.1} bits"
+    );
+    let bits = precision_bits(&b, &ctx.decrypt_decode(&cb, &keys.secret).unwrap());
+    assert!(
+        bits > FRESH_BITS,
+        "fresh secret-key precision {bits:.1} bits"
+    );
+    // A chain of products down to level 0: a·b, then ·a at every level.
+    let mut c = ctx
+        .rescale(
+            &ctx.relinearize(&ctx.multiply(&ca, &cb).unwrap(), &keys.relin)
+                .unwrap(),
+        )
+        .unwrap();
+    let mut want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
+    let bits = precision_bits(&want, &ctx.decrypt_decode(&c, &keys.secret).unwrap());
+    assert!(bits > MUL_BITS, "after one product: {bits:.1} bits");
+    while c.level() > 0 {
+        let lifted = ctx.match_scale(&ca, c.level(), c.scale()).unwrap();
+        c = ctx
+            .rescale(
+                &ctx.relinearize(&ctx.multiply(&c, &lifted).unwrap(), &keys.relin)
+                    .unwrap(),
+            )
+            .unwrap();
+        want.iter_mut().zip(&a).for_each(|(w, x)| *w *= x);
+        let bits = precision_bits(&want, &ctx.decrypt_decode(&c, &keys.secret).unwrap());
+        assert!(bits > MUL_BITS - 2.0, "level {}: {bits:.1} bits", c.level());
+    }
+    // Plaintext ops and constants at the composite level's modulus.
+    let pt = ctx.encode(&b, ctx.level_modulus(top), top).unwrap();
+    let prod = ctx.rescale(&ctx.multiply_plain(&ca, &pt).unwrap()).unwrap();
+    assert!((prod.scale() - ctx.default_scale()).abs() < 1e-6 * ctx.default_scale());
+    let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x * y).collect();
+    let bits = precision_bits(&want, &ctx.decrypt_decode(&prod, &keys.secret).unwrap());
+    assert!(bits > MUL_BITS, "plaintext product: {bits:.1} bits");
+}
+
+#[test]
+fn rotations_polynomials_and_level_alignment() {
+    let (ctx, keys, gk) = ctx();
+    let top = ctx.max_level();
+    let x = vals(4, ctx.slots());
+    let ct = ctx
+        .encrypt(
+            &ctx.encode(&x, ctx.default_scale(), top).unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let n = ctx.slots();
+    for step in [1i64, -3] {
+        let r = ctx
+            .decrypt_decode(&ctx.rotate(&ct, step, gk).unwrap(), &keys.secret)
+            .unwrap();
+        let want: Vec<f64> = (0..n)
+            .map(|i| x[(i as i64 + step).rem_euclid(n as i64) as usize])
+            .collect();
+        let bits = precision_bits(&want, &r);
+        assert!(bits > FRESH_BITS - 1.0, "rotate {step}: {bits:.1} bits");
+    }
+    // x³ − 0.5·x + 0.25 costs polynomial_depth(3) = 3 levels.
+    let y = ctx
+        .evaluate_polynomial(&ct, &[0.25, -0.5, 0.0, 1.0], &keys.relin)
+        .unwrap();
+    assert_eq!(y.level(), top - CkksContext::polynomial_depth(3));
+    let want: Vec<f64> = x.iter().map(|v| v * v * v - 0.5 * v + 0.25).collect();
+    let bits = precision_bits(&want, &ctx.decrypt_decode(&y, &keys.secret).unwrap());
+    assert!(bits > MUL_BITS - 2.0, "polynomial: {bits:.1} bits");
+    // Adding operands of different levels brings both to the lower one.
+    let low = ctx.mod_switch_to(&ct, 1).unwrap();
+    assert_eq!(low.polys().limbs().len(), 4);
+    let sum = ctx.add(&ct, &low).unwrap();
+    assert_eq!(sum.level(), 1);
+    let want: Vec<f64> = x.iter().map(|v| 2.0 * v).collect();
+    let bits = precision_bits(&want, &ctx.decrypt_decode(&sum, &keys.secret).unwrap());
+    assert!(bits > FRESH_BITS - 1.0, "sum: {bits:.1} bits");
+}
+
+#[test]
+fn composite_objects_round_trip_and_keep_their_shape() {
+    let (ctx, keys, _) = ctx();
+    let mut bytes = Vec::new();
+    PublicContext::write_parts(
+        &mut bytes,
+        ctx,
+        &keys.public,
+        Some(&keys.relin),
+        None,
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let back = PublicContext::<CkksContext>::from_bytes(&bytes, default_backend()).unwrap();
+    let remote = &back.context;
+    assert_eq!(remote.max_level(), ctx.max_level());
+    assert_eq!(remote.params().composition(), 2);
+    assert_eq!(remote.rlwe().fingerprint(), ctx.rlwe().fingerprint());
+    let x = vals(5, 100);
+    let ct = ctx
+        .encrypt(
+            &ctx.encode(&x, ctx.default_scale(), 2).unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let wire = serialize::to_bytes(ctx.rlwe(), &ct, WriteOptions::default()).unwrap();
+    let got: Ciphertext = serialize::from_bytes(remote.rlwe(), &wire).unwrap();
+    assert_eq!(got.level(), 2);
+    assert_eq!(got.polys().limbs().len(), 6);
+    // The remote side computes on it with the shipped relinearization key.
+    let relin = back.relin_key.as_ref().unwrap();
+    let sq = remote
+        .rescale(
+            &remote
+                .relinearize(&remote.square(&got).unwrap(), relin)
+                .unwrap(),
+        )
+        .unwrap();
+    let wire = serialize::to_bytes(remote.rlwe(), &sq, WriteOptions::default()).unwrap();
+    let home: Ciphertext = serialize::from_bytes(ctx.rlwe(), &wire).unwrap();
+    let want: Vec<f64> = x.iter().map(|v| v * v).collect();
+    let bits = precision_bits(
+        &want,
+        &ctx.decrypt_decode(&home, &keys.secret).unwrap()[..100],
+    );
+    assert!(bits > MUL_BITS, "{bits:.1} bits");
+    // The shape is part of the fingerprint (a single-prime set with the same primes differs).
+    let composite = CkksParams::builder()
+        .depth(1)
+        .scale_bits(40)
+        .log_n(12)
+        .security(Security::InsecureForTestingOnly)
+        .build()
+        .unwrap();
+    let r = &composite.rlwe;
+    let flat = RlweParams::new(
+        r.n(),
+        r.q_primes().to_vec(),
+        r.p_primes().to_vec(),
+        vec![],
+        r.dnum(),
+        Security::InsecureForTestingOnly,
+    )
+    .unwrap();
+    assert_eq!(flat.max_level(), 3);
+    assert_eq!(composite.levels(), 1);
+    assert_ne!(flat.fingerprint(), r.fingerprint());
+}
