@@ -25,6 +25,8 @@ pub struct MnistOptions {
     pub json: bool,
     pub weights: Option<std::path::PathBuf>,
     pub data_dir: std::path::PathBuf,
+    /// `fast` or `high` (the CKKS chain of the batched layout).
+    pub precision: String,
 }
 
 /// What a run reports (also the `--json` object).
@@ -43,6 +45,15 @@ pub struct MnistReport {
     pub plaintext_accuracy: f64,
     pub argmax_agreement: f64,
     pub max_abs_logit_error: f64,
+    /// Smallest and largest plaintext logit: what the logit error compares with.
+    pub plaintext_logit_range: (f64, f64),
+    /// Images whose plaintext top-2 logit gap exceeds twice the max logit error (no error
+    /// that small can flip them), and how many of those the encrypted argmax agrees on.
+    pub decided_images: usize,
+    pub decided_agreement: usize,
+    pub precision: String,
+    pub scale_bits: u32,
+    pub primes_per_level: usize,
     pub seconds_total: f64,
     pub seconds_keygen: f64,
     pub seconds_encrypt: f64,
@@ -178,7 +189,19 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     let model = load_model(&opts)?;
     let test = mnist::load_test(&opts.data_dir)?;
     let total = images_to_run(&opts, test.labels.len(), test.labels.len())?;
-    let params = CkksParams::preset(13, 25)?;
+    let params = match opts.precision.as_str() {
+        "fast" => CkksParams::preset(13, 25)?,
+        "high" => CkksParams::builder()
+            .depth(encrypted::levels_needed(&model)?)
+            .scale_bits(40)
+            .build()?,
+        other => {
+            return Err(Error::InvalidInput(format!(
+                "--precision {other}: use fast or high"
+            )))
+        }
+    };
+    let (scale_bits, primes_per_level) = (params.scale_bits, params.composition());
     let log_qp = params.rlwe.log_qp();
     let t_key = Instant::now();
     let ctx = CkksContext::with_backend(params, backend.clone())?;
@@ -205,6 +228,9 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     let (mut enc_s, mut inf_s, mut dec_s) = (0.0, 0.0, 0.0);
     let (mut correct_enc, mut correct_plain, mut agree) = (0usize, 0usize, 0usize);
     let mut max_err = 0.0f64;
+    let mut logit_range = (f64::INFINITY, f64::NEG_INFINITY);
+    // (plaintext top-2 gap, whether the encrypted argmax agrees) per image.
+    let mut gaps: Vec<(f64, bool)> = Vec::with_capacity(total);
     let mut latencies = Vec::new();
     let mut layer_seconds: Vec<(String, f64)> = Vec::new();
     for b in 0..batches {
@@ -241,6 +267,10 @@ pub fn run(opts: MnistOptions) -> Result<()> {
             correct_enc += (pe[i] == label) as usize;
             correct_plain += (pp[i] == label) as usize;
             agree += (pe[i] == pp[i]) as usize;
+            gaps.push((top2_gap(plain.index_axis(Axis(0), i)), pe[i] == pp[i]));
+        }
+        for &v in plain.iter() {
+            logit_range = (logit_range.0.min(v), logit_range.1.max(v));
         }
         max_err = max_err.max(
             (&logits - &plain)
@@ -265,6 +295,12 @@ pub fn run(opts: MnistOptions) -> Result<()> {
         plaintext_accuracy: correct_plain as f64 / total as f64,
         argmax_agreement: agree as f64 / total as f64,
         max_abs_logit_error: max_err,
+        plaintext_logit_range: logit_range,
+        decided_images: gaps.iter().filter(|g| g.0 > 2.0 * max_err).count(),
+        decided_agreement: gaps.iter().filter(|g| g.0 > 2.0 * max_err && g.1).count(),
+        precision: opts.precision.clone(),
+        scale_bits,
+        primes_per_level,
         seconds_total: total_s,
         seconds_keygen,
         seconds_encrypt: enc_s,
@@ -278,10 +314,23 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     emit(opts.json, &report, print_report)
 }
 
+/// Gap between the largest and second-largest logit of one image.
+fn top2_gap(row: ndarray::ArrayViewD<f64>) -> f64 {
+    let (mut a, mut b) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+    for &v in row.iter() {
+        if v > a {
+            (a, b) = (v, a);
+        } else if v > b {
+            b = v;
+        }
+    }
+    a - b
+}
+
 fn print_report(r: &MnistReport) {
     println!(
-        "Encrypted MNIST (LeNet-1, CKKS N = {}, {} levels, log2 QP = {:.0}, 128-bit, {} backend, {} layout)",
-        r.ring_degree, r.levels, r.log_qp, r.backend, r.layout
+        "Encrypted MNIST (LeNet-1, CKKS N = {}, {} levels of 2^{} in {} prime(s), log2 QP = {:.0}, 128-bit, {} backend, {} layout)",
+        r.ring_degree, r.levels, r.scale_bits, r.primes_per_level, r.log_qp, r.backend, r.layout
     );
     println!(
         "  images              {} in {} batch(es) of up to {}",
@@ -290,7 +339,17 @@ fn print_report(r: &MnistReport) {
     println!("  encrypted accuracy  {:.2}%", 100.0 * r.encrypted_accuracy);
     println!("  plaintext accuracy  {:.2}%", 100.0 * r.plaintext_accuracy);
     println!("  argmax agreement    {:.2}%", 100.0 * r.argmax_agreement);
-    println!("  max |logit error|   {:.4}", r.max_abs_logit_error);
+    println!(
+        "  max |logit error|   {:.2e} (2^{:.1}); plaintext logits span {:.1} .. {:.1}",
+        r.max_abs_logit_error,
+        r.max_abs_logit_error.log2(),
+        r.plaintext_logit_range.0,
+        r.plaintext_logit_range.1
+    );
+    println!(
+        "  decided images      {}/{} agree where the plaintext top-2 gap exceeds twice that error",
+        r.decided_agreement, r.decided_images
+    );
     println!(
         "  time                {:.1} s total: keygen {:.1}, encrypt {:.1}, infer {:.1}, decrypt {:.1}",
         r.seconds_total, r.seconds_keygen, r.seconds_encrypt, r.seconds_infer, r.seconds_decrypt
