@@ -302,7 +302,7 @@ pub fn bench_ckks(
     let prod = ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?;
     let rlwe = ctx.rlwe().clone();
     let expect = |want: Vec<f64>| {
-        chain.precision.then(|| Expect {
+        chain.precision.then_some(Expect {
             ctx: &ctx,
             sk: &keys.secret,
             want,
