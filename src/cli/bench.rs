@@ -31,6 +31,15 @@ pub struct BenchRow {
     pub min_us: f64,
     pub max_us: f64,
     pub reps: usize,
+    /// Thread CPU time (µs) of the same repetitions, recorded with one thread on the CPU
+    /// backend only (where it is the op's whole cost): on a loaded machine it leaves out the
+    /// time spent waiting for a core, like the peers' `cpu_*` fields (`merge.py --metric cpu`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_median_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_min_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_max_us: Option<f64>,
     /// CKKS: log2 of the scale Δ the chain was built for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scale_bits: Option<u32>,
@@ -58,24 +67,64 @@ pub struct BenchReport {
     pub notes: Vec<String>,
 }
 
-/// Times `f` `reps` times after one warm-up; returns (median, min, max) in µs. Each repetition
-/// first builds its input with `setup`, untimed (an in-place operation such as an NTT needs a
-/// fresh operand every time).
-pub fn time_with_setup<T, S, F>(reps: usize, mut setup: S, mut f: F) -> Result<(f64, f64, f64)>
+/// Median, min and max of some samples.
+#[derive(Clone, Copy, Debug)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Self {
+        v.sort_by(|a, b| a.total_cmp(b));
+        Self {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// CPU time the calling thread has used, in µs (`None` where the clock is unavailable).
+fn thread_cpu_us() -> Option<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec that the call only writes to.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3)
+}
+
+/// Times `f` `reps` times after one warm-up; returns the wall-clock spread in µs and the
+/// calling thread's CPU time spread (if its clock works). Each repetition first builds its
+/// input with `setup`, untimed (an in-place operation such as an NTT needs a fresh operand
+/// every time).
+pub fn time_with_setup<T, S, F>(
+    reps: usize,
+    mut setup: S,
+    mut f: F,
+) -> Result<(Spread, Option<Spread>)>
 where
     S: FnMut() -> Result<T>,
     F: FnMut(T) -> Result<()>,
 {
     f(setup()?)?;
-    let mut v = Vec::with_capacity(reps);
+    let mut wall = Vec::with_capacity(reps);
+    let mut cpu = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
         let x = setup()?;
+        let c = thread_cpu_us();
         let t = Instant::now();
         f(x)?;
-        v.push(t.elapsed().as_secs_f64() * 1e6);
+        wall.push(t.elapsed().as_secs_f64() * 1e6);
+        if let (Some(c0), Some(c1)) = (c, thread_cpu_us()) {
+            cpu.push(c1 - c0);
+        }
     }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Ok((v[v.len() / 2], v[0], v[v.len() - 1]))
+    let cpu = (cpu.len() == wall.len()).then(|| Spread::of(cpu));
+    Ok((Spread::of(wall), cpu))
 }
 
 /// Machine description for reports.
@@ -153,7 +202,7 @@ impl Recorder<'_> {
         F: FnMut(T) -> Result<()>,
     {
         let be = self.backend;
-        let (median_us, min_us, max_us) = time_with_setup(
+        let (wall, cpu) = time_with_setup(
             self.reps,
             || {
                 let x = setup()?;
@@ -167,8 +216,10 @@ impl Recorder<'_> {
         )?;
         eprintln!(
             "  {:<5} 2^{} {:<18} {:>12.1} µs",
-            self.scheme, self.log_n, op, median_us
+            self.scheme, self.log_n, op, wall.median
         );
+        // Thread CPU time is the op's cost only when the op runs on this one thread.
+        let cpu = cpu.filter(|_| rayon::current_num_threads() == 1 && be.name() == "cpu");
         self.rows.push(BenchRow {
             config: self.config.clone(),
             scheme: self.scheme.into(),
@@ -178,10 +229,13 @@ impl Recorder<'_> {
             dnum: self.dnum,
             batch,
             op: op.into(),
-            median_us,
-            min_us,
-            max_us,
+            median_us: wall.median,
+            min_us: wall.min,
+            max_us: wall.max,
             reps: self.reps,
+            cpu_median_us: cpu.map(|c| c.median),
+            cpu_min_us: cpu.map(|c| c.min),
+            cpu_max_us: cpu.map(|c| c.max),
             scale_bits: self.scale_bits,
             composition: self.composition,
             max_err_log2: None,
