@@ -209,8 +209,19 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = at_least(1))]
         threads: usize,
         /// CKKS on the deepest 128-bit chain instead of the peers' depth.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "depth")]
         max_chain: bool,
+        /// CKKS scale 2^B, from the parameter builder: composite levels (several primes per
+        /// level) from 2^30 on [default: single 25-bit scale primes].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(10..=62))]
+        scale_bits: Option<u32>,
+        /// CKKS rescalings [default: the peers' depth, 2/6/16/22 at N = 2^13/14/15/16].
+        #[arg(long, value_parser = at_least(1))]
+        depth: Option<usize>,
+        /// Also report each CKKS op's slot error against the plaintext result (log2 of the
+        /// max and mean over all slots) and time a chain of mul+relin+rescale to level 0.
+        #[arg(long)]
+        precision: bool,
         /// cpu, cuda, wgpu or auto.
         #[arg(long, default_value = "cpu")]
         backend: String,
@@ -387,6 +398,9 @@ fn main() -> ExitCode {
             reps,
             threads,
             max_chain,
+            scale_bits,
+            depth,
+            precision,
             backend,
             batch,
             json,
@@ -396,7 +410,12 @@ fn main() -> ExitCode {
             &scheme,
             reps,
             threads,
-            max_chain,
+            cli::bench::CkksChain {
+                max_chain,
+                scale_bits,
+                depth,
+                precision,
+            },
             batch,
             &backend,
             json,

@@ -334,6 +334,79 @@ fn bench_runs_with_threads_and_writes_out() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// `bench --precision` on a composite chain (2^40 in two ~2^20 primes per level, depth 3 at
+/// N = 2^13): every op that produces a ciphertext reports its slot error, which the bench
+/// computes by decrypting and comparing with the plaintext result. Measured: fresh 2^-27,
+/// mul+relin+rescale 2^-26.5, depth chain 2^-26; the single-prime 2^25 chain gives ~2^-12.
+#[test]
+fn bench_precision_on_a_composite_chain() {
+    let _g = heavy();
+    let r = json(&[
+        "bench",
+        "--log-n",
+        "13",
+        "--scheme",
+        "ckks",
+        "--precision",
+        "--scale-bits",
+        "40",
+        "--depth",
+        "3",
+        "--reps",
+        "1",
+        "--batch",
+        "2",
+        "--json",
+    ]);
+    let rows = r["results"].as_array().unwrap();
+    let row = |op: &str| {
+        rows.iter()
+            .find(|x| x["op"] == op)
+            .unwrap_or_else(|| panic!("no {op} row in {r}"))
+    };
+    for op in [
+        "encrypt",
+        "encrypt_symmetric",
+        "mul_relin_rescale",
+        "rotate",
+        "depth_chain",
+    ] {
+        let x = row(op);
+        assert_eq!((u(x, "scale_bits"), u(x, "composition")), (40, 2), "{x}");
+        let (max, mean) = (f(x, "max_err_log2"), f(x, "mean_err_log2"));
+        // An error below 2^-50 would mean the output was not really decrypted noisy data.
+        assert!((-50.0..-15.0).contains(&max) && mean <= max, "{op}: {x}");
+    }
+    assert!(f(row("mul_relin_rescale"), "max_err_log2") < -20.0, "{r}");
+    assert!(f(row("encrypt"), "max_err_log2") < -20.0, "{r}");
+    // Ops that produce no ciphertext carry no error; every limb of the level is dropped.
+    assert!(row("add").get("max_err_log2").is_none());
+    assert_eq!(u(row("mul_relin_rescale"), "limbs"), 2 + 2 * 3);
+    assert!(f(row("rescale x2"), "median_us") > 0.0);
+    // Without --precision the rows stay as they were.
+    let plain = json(&[
+        "bench", "--log-n", "13", "--scheme", "ckks", "--reps", "1", "--batch", "1", "--json",
+    ]);
+    let rows = plain["results"].as_array().unwrap();
+    assert!(rows.iter().all(|x| x.get("max_err_log2").is_none()));
+    assert!(rows.iter().all(|x| x["op"] != "depth_chain"));
+    // A chain the 128-bit bound cannot hold is an error that says what fits.
+    fails(
+        &[
+            "bench",
+            "--log-n",
+            "13",
+            "--scheme",
+            "ckks",
+            "--scale-bits",
+            "40",
+            "--depth",
+            "6",
+        ],
+        &["depth 6", "N = 2^13 allows depth"],
+    );
+}
+
 #[test]
 fn bench_out_errors_name_the_path() {
     fails(
@@ -397,6 +470,12 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
         (&["bench", "--threads", "0"], &["--threads", "at least 1"]),
         (&["bench", "--log-n", "12"], &["--log-n", "13..=16"]),
         (&["bench", "--scheme", "tfhe"], &["--scheme"]),
+        (&["bench", "--depth", "0"], &["--depth", "at least 1"]),
+        (&["bench", "--scale-bits", "80"], &["--scale-bits"]),
+        (
+            &["bench", "--max-chain", "--depth", "3"],
+            &["--max-chain", "--depth"],
+        ),
         (&["train", "titanic", "--workers", "0"], &["--workers"]),
         (&["train", "titanic", "--epochs", "0"], &["--epochs"]),
         (&["train", "titanic", "--lr", "0"], &["--lr", "> 0"]),

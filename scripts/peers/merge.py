@@ -74,6 +74,13 @@ def cell(r):
     return f"{fmt_us(r[MED])} ({fmt_us(r.get(LO))}–{fmt_us(r.get(HI))})"
 
 
+def bits(r):
+    """Precision of a row as "max / mean" bits (−log2 of the max / mean slot error), if measured."""
+    if r is None or r.get("max_err_log2") is None:
+        return "—"
+    return f"{-r['max_err_log2']:.1f} / {-r['mean_err_log2']:.1f}"
+
+
 def sort_key(k):
     scheme, log_n, op = k
     return (SCHEMES.index(scheme) if scheme in SCHEMES else 99, scheme, log_n,
@@ -122,13 +129,21 @@ def render(runs, baseline):
         w("> **Warning: the machine was oversubscribed during some runs** (" + "; ".join(loaded) + "). "
           "Wall-clock numbers then include time spent waiting for a core; compare with the thread-CPU-time "
           "table (`merge.py --metric cpu`) and prefer interleaved runs.")
+    # Precision columns only when some engine measured it (configs-precision.json, bench --precision).
+    precise = [e for e in engines if any(r.get("max_err_log2") is not None for r in best[e].values())]
+    if precise:
+        w("Precision columns: **bits = −log2 of the max / mean slot error** of one output of the op, "
+          "decrypted and compared with the plaintext result over all slots (inputs uniform in [-1, 1]); "
+          "higher is better.")
     w("")
-    hdr = ["scheme", "log_n", "op"] + [f"{e} µs" for e in engines] + [f"{p}/{baseline}" for p in peers]
+    hdr = (["scheme", "log_n", "op"] + [f"{e} µs" for e in engines] + [f"{e} bits" for e in precise]
+           + [f"{p}/{baseline}" for p in peers])
     w("| " + " | ".join(hdr) + " |")
     w("|" + "|".join(["---"] * 3 + ["---:"] * (len(hdr) - 3)) + "|")
     for k in keys:
         scheme, log_n, op = k
-        row = [scheme, str(log_n), op] + [cell(best[e].get(k)) for e in engines]
+        row = ([scheme, str(log_n), op] + [cell(best[e].get(k)) for e in engines]
+               + [bits(best[e].get(k)) for e in precise])
         for p in peers:
             rb, rp = best[baseline].get(k), best[p].get(k)
             if rb and rp and rb[MED] > 0:
@@ -157,6 +172,9 @@ def render(runs, baseline):
             parts = [f"`{r.get('config', '?')}`", f"limbs {r.get('limbs', '?')}", f"log2 QP {r.get('log_qp', '?')}"]
             if r.get("special_primes") is not None:
                 parts.append(f"P primes {r['special_primes']}")
+            if r.get("scale_bits") is not None:
+                t = r.get("composition")
+                parts.append(f"Δ 2^{r['scale_bits']}" + (f" ({t} primes/level)" if t and t > 1 else ""))
             if r.get("dnum") is not None:
                 parts.append(f"dnum {r['dnum']}")
             if r.get("key_switching"):

@@ -21,6 +21,7 @@ rotate, key_switch, ntt_limb.
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -117,6 +118,14 @@ def time_op(fn, reps, warmup=DEFAULT_WARMUP):
     return {"median_us": statistics.median(samples), "min_us": min(samples),
             "max_us": max(samples), "reps": reps,
             "cpu_median_us": statistics.median(cpu), "cpu_min_us": min(cpu), "cpu_max_us": max(cpu)}
+
+
+def slot_error(want, got):
+    """Precision of a decrypted CKKS result: {"max_err_log2", "mean_err_log2"} = log2 of the
+    max and of the mean |got - want| over all slots (hetensor's `bench --precision` fields)."""
+    errs = [abs(g - w) for w, g in zip(want, got)]
+    log2 = lambda e: round(math.log2(max(e, sys.float_info.min)), 2)  # noqa: E731
+    return {"max_err_log2": log2(max(errs)), "mean_err_log2": log2(sum(errs) / len(errs))}
 
 
 def scale_timing(t, factor):

@@ -6,13 +6,16 @@
 #   REPS=10 PASSES=3 scripts/peers/run_all.sh
 #
 # Env knobs:
+#   CONFIG     peer config file (default scripts/peers/configs.json; configs-precision.json runs
+#              the issue-#14 precision side by side: per-config hetensor args, errors per op)
 #   LOG_N      comma list of ring sizes to run (default 13,14; 15/16 take minutes per pass)
 #   REPS       timed repetitions per op (default: per-config "reps" in configs.json)
 #   PASSES     interleaved passes (default 2); the best median per (scheme, log_n, op) is kept
 #   OUT_DIR    results directory (default bench-results; not committed)
 #   HETENSOR   our binary (default target/release/hetensor); run only if it exists
 #   HETENSOR_ARGS  extra args appended to `hetensor bench --json --out FILE`
-#                  (default: --log-n $LOG_N --threads 1, matching the peers)
+#                  (default: --log-n $LOG_N --threads 1, matching the peers); configs with a
+#                  "hetensor" entry instead run one bench each with those args and --threads 1
 #   SKIP_SETUP=1   do not run setup.sh
 #   NICE=-10   run every engine under `nice -n $NICE` (opt-in; a negative value needs root and
 #              takes CPU from whatever else runs on the machine, e.g. concurrent cargo builds)
@@ -29,6 +32,7 @@ LOG_N="${LOG_N:-13,14}"
 PASSES="${PASSES:-2}"
 OUT_DIR="${OUT_DIR:-bench-results}"
 HETENSOR="${HETENSOR:-target/release/hetensor}"
+CONFIG="${CONFIG:-$HERE/configs.json}"
 STAMP="$(date +%Y%m%d-%H%M%S)"
 RAW="$OUT_DIR/raw/$STAMP"
 mkdir -p "$RAW"
@@ -39,7 +43,14 @@ fi
 
 run=()
 if [ -n "${NICE:-}" ]; then run=(nice -n "$NICE"); fi
-common=(--config "$HERE/configs.json" --log-n "$LOG_N")
+common=(--config "$CONFIG" --log-n "$LOG_N")
+# "<id> <args>" per config that says how hetensor runs it; none: one run with HETENSOR_ARGS.
+mapfile -t het_runs < <(python3 "$HERE/hetensor_runs.py" "$CONFIG" "$LOG_N")
+het_threads=(--threads 1)
+if [ "${#het_runs[@]}" = 0 ]; then
+    het_runs=("all ${HETENSOR_ARGS---log-n $LOG_N --threads 1}")
+    het_threads=()
+fi
 if [ -n "${REPS:-}" ]; then common+=(--reps "$REPS"); fi
 
 echo "[run_all] log_n=$LOG_N passes=$PASSES raw=$RAW  (load: $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -51,12 +62,15 @@ for pass in $(seq 1 "$PASSES"); do
     OMP_NUM_THREADS=1 "${run[@]}" venv-openfhe/bin/python "$HERE/bench_openfhe.py" "${common[@]}" --out "$RAW/openfhe-$pass.json"
     if [ -x "$HETENSOR" ]; then
         echo "[run_all] pass $pass: hetensor"
-        # shellcheck disable=SC2086
-        if ! "${run[@]}" "$HETENSOR" bench --json --out "$RAW/hetensor-$pass.json" \
-                ${HETENSOR_ARGS---log-n $LOG_N --threads 1}; then
-            echo "[run_all] WARNING: $HETENSOR bench failed (pass $pass); continuing without it" >&2
-            rm -f "$RAW/hetensor-$pass.json"
-        fi
+        for line in "${het_runs[@]}"; do
+            id="${line%% *}"
+            out="$RAW/hetensor-$pass-$id.json"
+            # shellcheck disable=SC2086
+            if ! "${run[@]}" "$HETENSOR" bench --json --out "$out" ${line#* } "${het_threads[@]}"; then
+                echo "[run_all] WARNING: $HETENSOR bench ($id) failed (pass $pass); continuing without it" >&2
+                rm -f "$out"
+            fi
+        done
     elif [ "$pass" = 1 ]; then
         echo "[run_all] $HETENSOR not found; peers only"
     fi

@@ -7,8 +7,11 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
+use rand::{Rng, SeedableRng};
+
 use hetensor::backend::{create_backend, Backend, BackendKind};
 use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::rlwe::{Ciphertext, SecretKey};
 use hetensor::Result;
 
 /// One timed operation.
@@ -28,6 +31,28 @@ pub struct BenchRow {
     pub min_us: f64,
     pub max_us: f64,
     pub reps: usize,
+    /// Thread CPU time (µs) of the same repetitions, recorded with one thread on the CPU
+    /// backend only (where it is the op's whole cost): on a loaded machine it leaves out the
+    /// time spent waiting for a core, like the peers' `cpu_*` fields (`merge.py --metric cpu`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_median_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_min_us: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_max_us: Option<f64>,
+    /// CKKS: log2 of the scale Δ the chain was built for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale_bits: Option<u32>,
+    /// CKKS: primes per level (composite scaling when > 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub composition: Option<usize>,
+    /// With `--precision`: log2 of the largest slot error of one output of the operation,
+    /// decrypted and compared with the plaintext computation over all slots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_err_log2: Option<f64>,
+    /// With `--precision`: log2 of the mean absolute slot error of the same output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_err_log2: Option<f64>,
 }
 
 /// A whole report.
@@ -42,24 +67,64 @@ pub struct BenchReport {
     pub notes: Vec<String>,
 }
 
-/// Times `f` `reps` times after one warm-up; returns (median, min, max) in µs. Each repetition
-/// first builds its input with `setup`, untimed (an in-place operation such as an NTT needs a
-/// fresh operand every time).
-pub fn time_with_setup<T, S, F>(reps: usize, mut setup: S, mut f: F) -> Result<(f64, f64, f64)>
+/// Median, min and max of some samples.
+#[derive(Clone, Copy, Debug)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Self {
+        v.sort_by(|a, b| a.total_cmp(b));
+        Self {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// CPU time the calling thread has used, in µs (`None` where the clock is unavailable).
+fn thread_cpu_us() -> Option<f64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec that the call only writes to.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as f64 * 1e6 + ts.tv_nsec as f64 / 1e3)
+}
+
+/// Times `f` `reps` times after one warm-up; returns the wall-clock spread in µs and the
+/// calling thread's CPU time spread (if its clock works). Each repetition first builds its
+/// input with `setup`, untimed (an in-place operation such as an NTT needs a fresh operand
+/// every time).
+pub fn time_with_setup<T, S, F>(
+    reps: usize,
+    mut setup: S,
+    mut f: F,
+) -> Result<(Spread, Option<Spread>)>
 where
     S: FnMut() -> Result<T>,
     F: FnMut(T) -> Result<()>,
 {
     f(setup()?)?;
-    let mut v = Vec::with_capacity(reps);
+    let mut wall = Vec::with_capacity(reps);
+    let mut cpu = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
         let x = setup()?;
+        let c = thread_cpu_us();
         let t = Instant::now();
         f(x)?;
-        v.push(t.elapsed().as_secs_f64() * 1e6);
+        wall.push(t.elapsed().as_secs_f64() * 1e6);
+        if let (Some(c0), Some(c1)) = (c, thread_cpu_us()) {
+            cpu.push(c1 - c0);
+        }
     }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Ok((v[v.len() / 2], v[0], v[v.len() - 1]))
+    let cpu = (cpu.len() == wall.len()).then(|| Spread::of(cpu));
+    Ok((Spread::of(wall), cpu))
 }
 
 /// Machine description for reports.
@@ -93,6 +158,33 @@ struct Recorder<'a> {
     log_qp: f64,
     dnum: usize,
     reps: usize,
+    /// CKKS chain, copied into every row (`None` for BFV).
+    scale_bits: Option<u32>,
+    composition: Option<usize>,
+}
+
+/// What `--precision` compares a CKKS output with: the context and secret key that decrypt
+/// it, and the plaintext result.
+struct Expect<'a> {
+    ctx: &'a CkksContext,
+    sk: &'a SecretKey,
+    want: Vec<f64>,
+}
+
+/// log2 of the max and of the mean absolute slot error of `ct` against `want`, over all slots
+/// (an exact result reads as 2^-1022 rather than −∞, which JSON cannot carry).
+fn slot_error(
+    ctx: &CkksContext,
+    sk: &SecretKey,
+    ct: &Ciphertext,
+    want: &[f64],
+) -> Result<(f64, f64)> {
+    let got = ctx.decrypt_decode(ct, sk)?;
+    let errs: Vec<f64> = want.iter().zip(&got).map(|(w, g)| (w - g).abs()).collect();
+    let max = errs.iter().copied().fold(0.0f64, f64::max);
+    let mean = errs.iter().sum::<f64>() / errs.len().max(1) as f64;
+    let log2 = |e: f64| e.max(f64::MIN_POSITIVE).log2();
+    Ok((log2(max), log2(mean)))
 }
 
 impl Recorder<'_> {
@@ -110,7 +202,7 @@ impl Recorder<'_> {
         F: FnMut(T) -> Result<()>,
     {
         let be = self.backend;
-        let (median_us, min_us, max_us) = time_with_setup(
+        let (wall, cpu) = time_with_setup(
             self.reps,
             || {
                 let x = setup()?;
@@ -124,8 +216,10 @@ impl Recorder<'_> {
         )?;
         eprintln!(
             "  {:<5} 2^{} {:<18} {:>12.1} µs",
-            self.scheme, self.log_n, op, median_us
+            self.scheme, self.log_n, op, wall.median
         );
+        // Thread CPU time is the op's cost only when the op runs on this one thread.
+        let cpu = cpu.filter(|_| rayon::current_num_threads() == 1 && be.name() == "cpu");
         self.rows.push(BenchRow {
             config: self.config.clone(),
             scheme: self.scheme.into(),
@@ -135,11 +229,36 @@ impl Recorder<'_> {
             dnum: self.dnum,
             batch,
             op: op.into(),
-            median_us,
-            min_us,
-            max_us,
+            median_us: wall.median,
+            min_us: wall.min,
+            max_us: wall.max,
             reps: self.reps,
+            cpu_median_us: cpu.map(|c| c.median),
+            cpu_min_us: cpu.map(|c| c.min),
+            cpu_max_us: cpu.map(|c| c.max),
+            scale_bits: self.scale_bits,
+            composition: self.composition,
+            max_err_log2: None,
+            mean_err_log2: None,
         });
+        Ok(())
+    }
+
+    /// Times a CKKS operation like [`Self::run`]; with `expect` (`--precision`), runs it once
+    /// more, decrypts that output and records its slot error against the plaintext result.
+    fn run_ckks<F>(&mut self, op: &str, expect: Option<&Expect>, mut f: F) -> Result<()>
+    where
+        F: FnMut() -> Result<Ciphertext>,
+    {
+        self.run(op, || f().map(drop))?;
+        if let Some(e) = expect {
+            let (max, mean) = slot_error(e.ctx, e.sk, &f()?, &e.want)?;
+            eprintln!("        error: max 2^{max:.1}, mean 2^{mean:.1}");
+            if let Some(row) = self.rows.last_mut() {
+                row.max_err_log2 = Some((max * 100.0).round() / 100.0);
+                row.mean_err_log2 = Some((mean * 100.0).round() / 100.0);
+            }
+        }
         Ok(())
     }
 }
@@ -155,53 +274,107 @@ pub fn peer_depth(log_n: u32) -> usize {
     }
 }
 
-/// CKKS operations at one ring size: `levels` scale primes of 25 bits over a 30-bit base, one
-/// 30-bit special prime per digit and dnum = levels + 1 (SEAL's key-switching layout).
-/// With `max_chain`, uses instead the deepest 128-bit chain ([`CkksParams::preset`], dnum 3):
-/// the same total modulus as the peers' chains, so more (25-bit) levels. Every operation runs
-/// on `backend`; the `xB` rows process `batch` polynomials or ciphertexts in one call.
+/// Which CKKS chain `bench` runs, and whether it measures precision.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CkksChain {
+    /// The deepest 128-bit chain ([`CkksParams::preset`], dnum 3) at the scale (default 2^25).
+    pub max_chain: bool,
+    /// A chain from [`CkksParams::builder`] at scale 2^bits (composite levels from 2^30 on);
+    /// `None` keeps single 25-bit scale primes over a 30-bit base.
+    pub scale_bits: Option<u32>,
+    /// Rescalings (default: the peers' depth, [`peer_depth`]).
+    pub depth: Option<usize>,
+    /// Decrypt one output of the ops that produce a ciphertext and report its slot error.
+    pub precision: bool,
+}
+
+impl CkksChain {
+    /// The parameters at N = 2^`log_n`. Without a scale: 25-bit scale primes over a 30-bit
+    /// base, one 30-bit special prime per digit and dnum = levels + 1 (SEAL's key-switching
+    /// layout), as before composite levels existed, so earlier rows stay comparable.
+    pub fn params(&self, log_n: u32) -> Result<CkksParams> {
+        let depth = self.depth.unwrap_or_else(|| peer_depth(log_n));
+        match (self.max_chain, self.scale_bits) {
+            (true, bits) => CkksParams::preset(log_n, bits.unwrap_or(25)),
+            (false, Some(bits)) => CkksParams::builder()
+                .log_n(log_n)
+                .depth(depth)
+                .scale_bits(bits)
+                .security(hetensor::rlwe::Security::Bits128)
+                .build(),
+            (false, None) => CkksParams::new(
+                log_n,
+                depth,
+                25,
+                30,
+                depth + 1,
+                hetensor::rlwe::Security::Bits128,
+            ),
+        }
+    }
+
+    /// Config id of the rows, e.g. `ckks-14`, `ckks-14-max`, `ckks-14-s40`.
+    fn id(&self, log_n: u32) -> String {
+        let max = if self.max_chain { "-max" } else { "" };
+        let scale = self
+            .scale_bits
+            .map(|b| format!("-s{b}"))
+            .unwrap_or_default();
+        format!("ckks-{log_n}{max}{scale}")
+    }
+}
+
+/// CKKS operations at one ring size on the chain `chain` picks. Inputs are uniform in
+/// [-1, 1] in every slot. Every operation runs on `backend`; the `xB` rows process `batch`
+/// polynomials or ciphertexts in one call. With `chain.precision`, the ops that produce a
+/// ciphertext also report their slot error, and `depth_chain` times (and measures) the whole
+/// chain: one mul+relin+rescale per level, by a fresh ciphertext at that level's natural
+/// scale, from the top down to level 0.
 pub fn bench_ckks(
     log_n: u32,
     reps: usize,
-    max_chain: bool,
+    chain: CkksChain,
     batch: usize,
     backend: &Arc<dyn Backend>,
     rows: &mut Vec<BenchRow>,
+    notes: &mut Vec<String>,
 ) -> Result<()> {
-    let levels = peer_depth(log_n);
-    let params = if max_chain {
-        CkksParams::preset(log_n, 25)?
-    } else {
-        CkksParams::new(
-            log_n,
-            levels,
-            25,
-            30,
-            levels + 1,
-            hetensor::rlwe::Security::Bits128,
-        )?
-    };
+    let params = chain.params(log_n)?;
+    notes.push(format!("{}: {params}", chain.id(log_n)));
     let ctx = CkksContext::with_backend(params.clone(), backend.clone())?;
     let keys = ctx.keygen()?;
     let gk = ctx.gen_galois_keys(&keys.secret, &[1], false)?;
     let top = ctx.max_level();
-    let vals: Vec<f64> = (0..ctx.slots()).map(|i| (i % 17) as f64 / 17.0).collect();
-    let pt = ctx.encode(&vals, ctx.default_scale(), top)?;
+    let slots = ctx.slots();
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1234 + log_n as u64);
+    let mut uniform = || -> Vec<f64> { (0..slots).map(|_| rng.random_range(-1.0..=1.0)).collect() };
+    let (x, y) = (uniform(), uniform());
+    let pt = ctx.encode(&x, ctx.default_scale(), top)?;
+    let pt_y = ctx.encode(&y, ctx.default_scale(), top)?;
     let a = ctx.encrypt(&pt, &keys.public)?;
-    let b = ctx.encrypt(&pt, &keys.public)?;
+    let b = ctx.encrypt(&pt_y, &keys.public)?;
     let prod = ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?;
+    let rlwe = ctx.rlwe().clone();
+    let expect = |want: Vec<f64>| {
+        chain.precision.then_some(Expect {
+            ctx: &ctx,
+            sk: &keys.secret,
+            want,
+        })
+    };
     let mut r = Recorder {
         rows,
-        backend: ctx.rlwe().backend(),
-        config: format!("ckks-{log_n}{}", if max_chain { "-max" } else { "" }),
+        backend: rlwe.backend(),
+        config: chain.id(log_n),
         scheme: "ckks",
         log_n,
-        limbs: top + 1,
+        limbs: rlwe.q_limbs(top).len(),
         log_qp: params.rlwe.log_qp(),
         dnum: params.rlwe.dnum(),
         reps,
+        scale_bits: Some(params.scale_bits),
+        composition: Some(params.composition()),
     };
-    let rlwe = ctx.rlwe().clone();
     let (be, ring) = (rlwe.backend(), rlwe.ring());
     // One polynomial over one limb (the peers' `ntt_limb`), on the backend.
     let limb_ntt = be.select_limbs(&be.slice_polys(a.polys(), 0, 1)?, vec![0].into())?;
@@ -220,22 +393,45 @@ pub fn bench_ckks(
         |mut x| be.ntt_inverse(ring, &mut x),
     )?;
     r.run("encode", || {
-        ctx.encode(&vals, ctx.default_scale(), top).map(drop)
+        ctx.encode(&x, ctx.default_scale(), top).map(drop)
     })?;
-    r.run("encrypt", || ctx.encrypt(&pt, &keys.public).map(drop))?;
-    r.run("encrypt_symmetric", || {
-        ctx.encrypt_symmetric(&pt, &keys.secret).map(drop)
+    r.run_ckks("encrypt", expect(x.clone()).as_ref(), || {
+        ctx.encrypt(&pt, &keys.public)
+    })?;
+    r.run_ckks("encrypt_symmetric", expect(x.clone()).as_ref(), || {
+        ctx.encrypt_symmetric(&pt, &keys.secret)
     })?;
     r.run("decrypt", || {
         hetensor::rlwe::ciphertext::decrypt_to_poly(&rlwe, &keys.secret, &a).map(drop)
     })?;
     r.run("add", || ctx.add(&a, &b).map(drop))?;
-    r.run("mul_relin_rescale", || {
+    let xy: Vec<f64> = x.iter().zip(&y).map(|(p, q)| p * q).collect();
+    r.run_ckks("mul_relin_rescale", expect(xy).as_ref(), || {
         ctx.rescale(&ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?)
-            .map(drop)
     })?;
     r.run("rescale", || ctx.rescale(&prod).map(drop))?;
-    r.run("rotate", || ctx.rotate(&a, 1, &gk).map(drop))?;
+    let rotated: Vec<f64> = (0..slots).map(|i| x[(i + 1) % slots]).collect();
+    r.run_ckks("rotate", expect(rotated).as_ref(), || {
+        ctx.rotate(&a, 1, &gk)
+    })?;
+    if chain.precision {
+        // x·y^top: one factor y per level, each encrypted at its level's natural scale so
+        // that every rescale lands on the next level's natural scale (no scale fix-ups).
+        let factors = (1..=top)
+            .rev()
+            .map(|l| ctx.encrypt(&ctx.encode(&y, ctx.natural_scale(l), l)?, &keys.public))
+            .collect::<Result<Vec<_>>>()?;
+        let want = x
+            .iter()
+            .zip(&y)
+            .map(|(p, q)| p * q.powi(top as i32))
+            .collect();
+        r.run_ckks("depth_chain", expect(want).as_ref(), || {
+            factors.iter().try_fold(a.clone(), |c, f| {
+                ctx.rescale(&ctx.relinearize(&ctx.multiply(&c, f)?, &keys.relin)?)
+            })
+        })?;
+    }
     let d = be.slice_polys(a.polys(), 1, 1)?;
     r.run("key_switch", || {
         keys.relin.key_switch_key().switch(&rlwe, &d).map(drop)
@@ -271,9 +467,12 @@ pub fn bench_ckks(
             |mut y| be.mul_assign(ring, &mut y, &x),
         )?;
     }
-    if batch > 1 {
+    if batch > 1 && top > 0 {
         let cts = be.concat(&vec![prod.polys(); batch])?;
-        let (keep, drop) = (rlwe.q_limbs(top - 1), Arc::<[usize]>::from(vec![top]));
+        // A rescale keeps the level below and drops the top level's primes (all `t` of a
+        // composite level), as `CkksContext::rescale` does.
+        let keep = rlwe.q_limbs(top - 1);
+        let drop = Arc::<[usize]>::from(&rlwe.q_limbs(top)[keep.len()..]);
         r.run_batch(
             &format!("rescale x{batch}"),
             batch,
@@ -291,7 +490,7 @@ pub fn run(
     schemes: &[String],
     reps: usize,
     threads: usize,
-    max_chain: bool,
+    chain: CkksChain,
     batch: usize,
     backend: &str,
     json: bool,
@@ -310,7 +509,7 @@ pub fn run(
         .build()
         .map_err(|e| hetensor::Error::Backend(format!("thread pool of {threads} threads: {e}")))?;
     // `threads` in the report is the pool's own count, i.e. what the timings ran on.
-    let report = pool.install(|| report(log_ns, schemes, reps, max_chain, batch, backend))?;
+    let report = pool.install(|| report(log_ns, schemes, reps, chain, batch, backend))?;
     let text = if json {
         serde_json::to_string_pretty(&report)
             .map_err(|e| hetensor::Error::InvalidInput(e.to_string()))?
@@ -329,25 +528,36 @@ fn report(
     log_ns: &[u32],
     schemes: &[String],
     reps: usize,
-    max_chain: bool,
+    chain: CkksChain,
     batch: usize,
     backend: &str,
 ) -> Result<BenchReport> {
     let be = create_backend(backend.parse::<BackendKind>()?)?;
     let mut rows = Vec::new();
-    let mut notes = vec![
-        format!("backend: {be:?}"),
-        "hetensor uses 30-bit RNS primes; CKKS runs the peers' depth (2/6/16/22 levels at \
-         N = 2^13/14/15/16) with a 30-bit base prime, 25-bit scale primes, one 30-bit special \
-         prime and dnum = levels + 1; precision is ~2^-12 per fresh slot vs ~2^-25 for the \
-         peers' 40-bit scales"
-            .to_string(),
-    ];
+    let mut notes = vec![format!("backend: {be:?}")];
+    if chain.scale_bits.is_none() && !chain.max_chain {
+        notes.push(
+            "hetensor uses 30-bit RNS primes; CKKS runs the peers' depth (2/6/16/22 levels at \
+             N = 2^13/14/15/16, unless --depth) with a 30-bit base prime, 25-bit scale primes, \
+             one 30-bit special prime and dnum = levels + 1; precision is ~2^-12 per fresh slot \
+             vs ~2^-25 for the peers' 40-bit scales (--scale-bits 40 for composite levels)"
+                .to_string(),
+        );
+    }
+    if chain.precision {
+        notes.push(
+            "precision: inputs uniform in [-1, 1] in all slots; max_err_log2 / mean_err_log2 \
+             are log2 of the max / mean |decrypted − plaintext result| over all slots of one \
+             output of the op; depth_chain = one mul+relin+rescale per level by a fresh \
+             ciphertext at that level's natural scale, from the top down to level 0 (x·y^depth)"
+                .to_string(),
+        );
+    }
     for &log_n in log_ns {
         for s in schemes {
             eprintln!("{s} N = 2^{log_n}");
             match s.as_str() {
-                "ckks" => bench_ckks(log_n, reps, max_chain, batch, &be, &mut rows)?,
+                "ckks" => bench_ckks(log_n, reps, chain, batch, &be, &mut rows, &mut notes)?,
                 "bfv" => bench_bfv(log_n, reps, &be, &mut rows, &mut notes)?,
                 other => {
                     return Err(hetensor::Error::InvalidInput(format!(
@@ -370,12 +580,17 @@ fn report(
 
 fn markdown(r: &BenchReport) -> String {
     let mut s = format!(
-        "hetensor {} on {} ({} thread(s), backend {})\n\n| scheme | N | limbs | log2 QP | dnum | batch | op | median µs | min–max µs |\n|---|---|---|---|---|---|---|---|---|\n",
+        "hetensor {} on {} ({} thread(s), backend {})\n\n| scheme | N | limbs | log2 QP | dnum | Δ (primes/level) | batch | op | median µs | min–max µs | log2 max err | log2 mean err |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         r.version, r.machine, r.threads, r.backend
     );
+    let opt = |v: Option<f64>| v.map_or("—".to_string(), |e| format!("{e:.1}"));
     for x in &r.results {
+        let scale = match (x.scale_bits, x.composition) {
+            (Some(b), Some(t)) => format!("2^{b} ({t})"),
+            _ => "—".into(),
+        };
         s += &format!(
-            "| {} | 2^{} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1}–{:.1} |\n",
+            "| {} | 2^{} | {} | {:.0} | {} | {scale} | {} | {} | {:.1} | {:.1}–{:.1} | {} | {} |\n",
             x.scheme,
             x.log_n,
             x.limbs,
@@ -385,7 +600,9 @@ fn markdown(r: &BenchReport) -> String {
             x.op,
             x.median_us,
             x.min_us,
-            x.max_us
+            x.max_us,
+            opt(x.max_err_log2),
+            opt(x.mean_err_log2),
         );
     }
     s
@@ -424,6 +641,8 @@ pub fn bench_bfv(
         log_qp: params.rlwe.log_qp(),
         dnum: params.rlwe.dnum(),
         reps,
+        scale_bits: None,
+        composition: None,
     };
     r.run("encrypt", || ctx.encrypt(&pt, &pk).map(drop))?;
     r.run("encrypt_symmetric", || {
