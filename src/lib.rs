@@ -15,6 +15,7 @@ pub mod data;
 pub mod error;
 pub mod math;
 pub mod nn;
+pub mod progress;
 pub mod rlwe;
 pub mod serialize;
 pub mod tensor;
