@@ -129,9 +129,10 @@ fn poly_mul(a: &[f64], b: &[f64]) -> Vec<f64> {
 
 /// `outer(inner(x))`, by Horner's rule on polynomials.
 fn poly_compose(outer: &[f64], inner: &[f64]) -> Vec<f64> {
-    outer.iter().rev().fold(vec![0.0], |acc, &c| {
+    let c = outer.iter().rev().fold(vec![0.0], |acc, &c| {
         poly_add(&poly_mul(&acc, inner), &[c], 1.0)
-    })
+    });
+    trim(c)
 }
 
 fn trim(mut c: Vec<f64>) -> Vec<f64> {
