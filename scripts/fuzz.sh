@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Fuzzes the decoders, the worker's frame parser, the IDX loader and the safetensors loader with
+# Fuzzes the decoders, the worker's frame parser, the IDX, safetensors and ONNX loaders with
 # libFuzzer, under a memory cap.
 #   scripts/fuzz.sh [SECONDS | -runs=N] [TARGET...]
 #     SECONDS    run each target for this long (default 300)
 #     -runs=N    run each target on N inputs instead (e.g. -runs=1000000)
-#     TARGET     decode worker idx safetensors (default: all four)
+#     TARGET     decode worker idx safetensors onnx (default: all five)
 # Every run passes -rss_limit_mb=2048 -malloc_limit_mb=1024: a process above 2 GiB resident,
 # or a single allocation above 1 GiB, is a finding (the decoders bound what they allocate).
 # Extra libFuzzer flags: FUZZ_FLAGS="-jobs=2 -workers=2" scripts/fuzz.sh ...
@@ -25,7 +25,7 @@ if [ $# -gt 0 ]; then
   esac
   shift
 fi
-if [ $# -gt 0 ]; then targets=("$@"); else targets=(decode worker idx safetensors); fi
+if [ $# -gt 0 ]; then targets=("$@"); else targets=(decode worker idx safetensors onnx); fi
 caps=(-rss_limit_mb=2048 -malloc_limit_mb=1024)
 # shellcheck disable=SC2206
 extra=(${FUZZ_FLAGS:-})
@@ -41,6 +41,7 @@ seed() {
   [ -n "$(ls -A "corpus/$t")" ] && return 0
   case "$t" in
     safetensors) cp "$root/data/lenet1.safetensors" "corpus/$t/lenet1" ;;
+    onnx) cp "$root"/tests/data/onnx/*.onnx "corpus/$t/" ;;
     idx) { printf '\0'; cat "$root/data/mnist/t10k-labels-idx1-ubyte.gz"; } >"corpus/$t/labels-gz"
          { printf '\1'; gzip -dc "$root/data/mnist/t10k-labels-idx1-ubyte.gz" | head -c 64; } >"corpus/$t/labels-head" ;;
     worker) command -v python3 >/dev/null && python3 - "corpus/$t/store-job-drop" <<'PY'

@@ -82,6 +82,18 @@ pub enum Error {
     #[error("model error: {0}")]
     Model(String),
 
+    /// A model operation that homomorphic evaluation cannot run (ReLU, max pooling, softmax...)
+    /// or that hetensor does not implement; `hint` names the HE-friendly replacement.
+    #[error("unsupported op: node {node:?} is {op}, which {hint}")]
+    UnsupportedOp {
+        /// The node's name in the model file.
+        node: String,
+        /// Its operator type.
+        op: String,
+        /// What to use instead.
+        hint: String,
+    },
+
     /// A data file that cannot be read or parsed.
     #[error("data error: {0}")]
     Data(String),

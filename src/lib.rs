@@ -5,7 +5,7 @@
 //! CUDA and wgpu behind features), and a tensor / layer API for encrypted CNN inference.
 //!
 //! Layers, each depending only on those above it (see `ARCHITECTURE.md`):
-//! `math` → `backend` → `rlwe` → `bfv` / `ckks` → `tensor` → `nn` → CLI.
+//! `math` → `backend` → `rlwe` → `bfv` / `ckks` → `tensor` → `nn` → `graph` → `onnx` → CLI.
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
@@ -13,8 +13,11 @@ pub mod bfv;
 pub mod ckks;
 pub mod data;
 pub mod error;
+pub mod graph;
 pub mod math;
 pub mod nn;
+pub mod onnx;
+pub mod progress;
 pub mod rlwe;
 pub mod serialize;
 pub mod tensor;

@@ -17,7 +17,7 @@ fn cfg(epochs: usize, batch: usize, lr: f64, momentum: f64) -> TrainConfig {
         lr,
         momentum,
         seed: 3,
-        progress: false,
+        progress: hetensor::progress::Progress::none(),
         ..TrainConfig::default()
     }
 }

@@ -23,7 +23,7 @@ fn cfg(epochs: usize, batch: usize, lr: f64, momentum: f64) -> TrainConfig {
         lr,
         momentum,
         seed: 5,
-        progress: false,
+        progress: hetensor::progress::Progress::none(),
         ..TrainConfig::default()
     }
 }
@@ -212,7 +212,7 @@ fn digits(n_public: usize, n_private: usize) -> (hetensor::nn::Dataset, hetensor
 fn short_pretrain(public: &hetensor::nn::Dataset) -> Sequential {
     let pcfg = TrainConfig {
         epochs: 1,
-        progress: false,
+        progress: hetensor::progress::Progress::none(),
         augment: None,
         ..tr::pretrain_config()
     };

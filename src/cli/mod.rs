@@ -96,3 +96,52 @@ pub mod args {
         }
     }
 }
+
+/// The terminal side of [`hetensor::progress`]: a sink that draws the library's events as an
+/// indicatif bar on stderr, or, when stderr is not a terminal (a log file, CI), prints only the
+/// lines worth keeping. `enabled = false` (e.g. `--json`) reports nothing.
+pub fn progress_bar(enabled: bool) -> hetensor::progress::Progress {
+    use hetensor::progress::{Progress, ProgressEvent};
+    use indicatif::{ProgressBar, ProgressStyle};
+    use std::sync::Mutex;
+    if !enabled {
+        return Progress::none();
+    }
+    let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    Progress::new(move |event| {
+        let mut bar = bar.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            ProgressEvent::Start { total, unit } => {
+                let pb = ProgressBar::new(total);
+                let template =
+                    format!("{{elapsed_precise}} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} {unit} ({{eta}}) {{msg}}");
+                if let Ok(style) = ProgressStyle::with_template(&template) {
+                    pb.set_style(style.progress_chars("=> "));
+                }
+                *bar = Some(pb);
+            }
+            ProgressEvent::Advance => {
+                if let Some(pb) = bar.as_ref() {
+                    pb.inc(1);
+                }
+            }
+            ProgressEvent::Status(s) => {
+                if let Some(pb) = bar.as_ref() {
+                    pb.set_message(s.to_string());
+                }
+            }
+            ProgressEvent::Line(l) => match bar.as_ref() {
+                Some(pb) if !pb.is_hidden() => {
+                    pb.set_message(l.to_string());
+                    pb.println(l);
+                }
+                _ => eprintln!("{l}"),
+            },
+            ProgressEvent::Finish => {
+                if let Some(pb) = bar.take() {
+                    pb.finish_and_clear();
+                }
+            }
+        }
+    })
+}

@@ -94,7 +94,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     let sigmoid = PolyActivation::sigmoid(degree, (-interval, interval))?;
     // The workload's defaults with the flags applied: what the tests train with, overridden.
     let cfg = TrainConfig {
-        progress: !o.json,
+        progress: super::progress_bar(!o.json),
         ..TrainDefaults {
             degree,
             interval,
@@ -130,7 +130,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     }
     // Plaintext references: true sigmoid, and the same polynomial sigmoid.
     let mut quiet = cfg.clone();
-    quiet.progress = false;
+    quiet.progress = hetensor::progress::Progress::none();
     let mut plain = logistic::model(train.num_features())?;
     logistic::train_plain(&mut plain, &train, None, &quiet, None)?;
     let (plain_acc, plain_loss) = logistic::evaluate(&plain, &test)?;

@@ -58,7 +58,7 @@ pub fn run(o: TransferOptions) -> Result<()> {
     // 1. Plaintext pretraining on the public digits.
     let t = Instant::now();
     let mut pcfg = tr::pretrain_config();
-    pcfg.progress = !o.json;
+    pcfg.progress = super::progress_bar(!o.json);
     let model = tr::pretrain(&public, &pcfg)?;
     let pretrain_s = t.elapsed().as_secs_f64();
     let public_acc = model.accuracy(&public_test)?;
@@ -77,7 +77,7 @@ pub fn run(o: TransferOptions) -> Result<()> {
         lr: o.lr,
         momentum: o.momentum,
         seed: o.seed,
-        progress: !o.json,
+        progress: super::progress_bar(!o.json),
         ..TrainConfig::default()
     };
     let x_train = fx.extract(&private.inputs)?;

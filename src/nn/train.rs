@@ -9,12 +9,11 @@
 //!   mini-batch, optionally clipped to a global norm first.
 //! * **Learning rate** `η_t`: linear warm-up over [`TrainConfig::warmup_epochs`], then the
 //!   [`LrSchedule`].
-//! * A progress bar (indicatif) is drawn on stderr when [`TrainConfig::progress`] is set
-//!   (one plain line per epoch instead when stderr is not a terminal).
+//! * Progress (one step per mini-batch, one line per epoch) goes to [`TrainConfig::progress`];
+//!   the library draws nothing itself.
 
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{ArrayViewD, Axis, Ix2};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -23,6 +22,7 @@ use rayon::prelude::*;
 
 use super::loss::{argmax_rows, Loss};
 use super::{Dataset, Gradients, Sequential, Tensor};
+use crate::progress::{Progress, ProgressEvent};
 use crate::{Error, Result};
 
 /// Random affine augmentation of `NCHW` images, drawn independently per image: rotation by
@@ -102,8 +102,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Samples per parallel work item.
     pub chunk: usize,
-    /// Draw a progress bar on stderr.
-    pub progress: bool,
+    /// Where progress goes (default: nowhere).
+    pub progress: Progress,
     /// Evaluate on the evaluation set (if given) every this many epochs, and after the last.
     pub eval_every: usize,
 }
@@ -123,7 +123,7 @@ impl Default for TrainConfig {
             augment: None,
             seed: 0,
             chunk: 16,
-            progress: false,
+            progress: Progress::none(),
             eval_every: 1,
         }
     }
@@ -157,7 +157,7 @@ impl TrainConfig {
             }),
             seed: 2024,
             chunk: 16,
-            progress: true,
+            progress: Progress::stderr_lines(),
             eval_every: 5,
         }
     }
@@ -406,16 +406,10 @@ pub fn train(
     let total = spe * cfg.epochs;
     let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
     let mut velocity = Gradients::zeros_like(model);
-    let pb = if cfg.progress {
-        ProgressBar::new(total as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) = ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} steps ({eta}) {msg}",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
+    cfg.progress.emit(ProgressEvent::Start {
+        total: total as u64,
+        unit: "steps",
+    });
     let start = Instant::now();
     let mut report = TrainReport::default();
     let mut step = 0usize;
@@ -432,7 +426,7 @@ pub fn train(
             let labels: Vec<usize> = idx.iter().map(|&i| data.labels[i]).collect();
             let (l, c, mut g) = batch_gradients(model, &x, &labels, cfg.loss, cfg.chunk)?;
             if !l.is_finite() {
-                pb.abandon();
+                cfg.progress.emit(ProgressEvent::Finish);
                 return Err(Error::Model(format!(
                     "training diverged at epoch {epoch}, step {step}: the loss is {l}; lower the \
                      learning rate, clip gradients (clip_grad_norm) or scale the inputs down"
@@ -450,7 +444,7 @@ pub fn train(
             lr = cfg.lr_at(step, spe);
             sgd_step(model, &mut velocity, &g, lr, cfg.momentum, cfg.weight_decay);
             step += 1;
-            pb.inc(1);
+            cfg.progress.emit(ProgressEvent::Advance);
         }
         let eval_accuracy = match eval {
             Some(e) if epoch % cfg.eval_every.max(1) == 0 || epoch == cfg.epochs => {
@@ -476,18 +470,10 @@ pub fn train(
                 .map(|a| format!(", eval acc {:.2}%", 100.0 * a))
                 .unwrap_or_default()
         );
-        pb.set_message(msg.clone());
-        if cfg.progress {
-            if pb.is_hidden() {
-                // stderr is not a terminal (log file, CI): plain lines instead of a bar.
-                eprintln!("{msg}");
-            } else {
-                pb.println(msg);
-            }
-        }
+        cfg.progress.emit(ProgressEvent::Line(&msg));
         report.epochs.push(stats);
     }
-    pb.finish();
+    cfg.progress.emit(ProgressEvent::Finish);
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

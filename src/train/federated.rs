@@ -24,6 +24,7 @@ use super::logistic::{evaluate, train_plain, weights};
 use super::{encrypt_public, KeyHolder};
 use crate::data::Dataset;
 use crate::nn::{Layer, PolyActivation, Sequential, TrainConfig};
+use crate::progress::{Progress, ProgressEvent};
 use crate::rlwe::Ciphertext;
 use crate::{Error, Result};
 
@@ -96,7 +97,7 @@ pub fn train_federated(
             .map(|(k, shard)| {
                 let mut m = model.clone();
                 let mut c = cfg.clone();
-                c.progress = false;
+                c.progress = Progress::none();
                 c.seed = cfg.seed ^ ((round as u64) << 32) ^ k as u64;
                 let owner = |m: String| Error::Model(format!("round {round}, data owner {k}: {m}"));
                 train_plain(&mut m, shard, None, &c, sigmoid).map_err(|e| match e {
@@ -146,15 +147,15 @@ pub fn train_federated(
             local_seconds,
             crypto_seconds,
         });
-        if cfg.progress {
-            eprintln!(
+        if cfg.progress.is_active() {
+            cfg.progress.emit(ProgressEvent::Line(&format!(
                 "round {round}/{rounds}: {} owners, encrypted aggregation {:.3} s{}",
                 shards.len(),
                 crypto_seconds,
                 ev_stats
                     .map(|s| format!(", eval acc {:.2}%", 100.0 * s.0))
                     .unwrap_or_default()
-            );
+            )));
         }
     }
     report.seconds = start.elapsed().as_secs_f64();

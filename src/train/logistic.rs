@@ -20,7 +20,6 @@
 
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array1, Array2};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -34,6 +33,7 @@ use super::{
 use crate::ckks::CkksContext;
 use crate::data::Dataset;
 use crate::nn::{Gradients, Layer, Linear, PolyActivation, Sequential, TrainConfig};
+use crate::progress::ProgressEvent;
 use crate::rlwe::Ciphertext;
 use crate::{Error, Result};
 
@@ -220,21 +220,17 @@ pub struct Report {
     pub data_ciphertexts: usize,
 }
 
-fn progress(cfg: &TrainConfig, total: usize) -> ProgressBar {
-    let pb = if cfg.progress {
-        ProgressBar::new(total as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) = ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} steps ({eta}) {msg}",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb
+fn start_progress(cfg: &TrainConfig, total: usize) {
+    cfg.progress.emit(ProgressEvent::Start {
+        total: total as u64,
+        unit: "steps",
+    });
 }
 
-fn epoch_line(pb: &ProgressBar, cfg: &TrainConfig, s: &EpochStats) {
+fn epoch_line(cfg: &TrainConfig, s: &EpochStats) {
+    if !cfg.progress.is_active() {
+        return;
+    }
     let msg = format!(
         "epoch {}/{}: loss {:.4}, train acc {:.2}%{}",
         s.epoch,
@@ -245,14 +241,7 @@ fn epoch_line(pb: &ProgressBar, cfg: &TrainConfig, s: &EpochStats) {
             .map(|a| format!(", eval acc {:.2}%", 100.0 * a))
             .unwrap_or_default()
     );
-    pb.set_message(msg.clone());
-    if cfg.progress {
-        if pb.is_hidden() {
-            eprintln!("{msg}");
-        } else {
-            pb.println(msg);
-        }
-    }
+    cfg.progress.emit(ProgressEvent::Line(&msg));
 }
 
 /// Trains `model` in plaintext with the true sigmoid (`sigmoid = None`) or a polynomial one,
@@ -270,7 +259,7 @@ pub fn train_plain(
     let mut velocity = Gradients::zeros_like(model);
     let start = Instant::now();
     let mut report = Report::default();
-    let pb = progress(cfg, batches.len() * cfg.epochs);
+    start_progress(cfg, batches.len() * cfg.epochs);
     for (e, order) in orders.iter().enumerate() {
         let (mut loss, mut correct) = (0.0, 0usize);
         for (s, &b) in order.iter().enumerate() {
@@ -282,7 +271,7 @@ pub fn train_plain(
                 loss += bce_logit(zt, y);
                 correct += usize::from((zt > 0.0) == (y == 1.0));
             }
-            pb.inc(1);
+            cfg.progress.emit(ProgressEvent::Advance);
         }
         let stats = EpochStats {
             epoch: e + 1,
@@ -291,10 +280,10 @@ pub fn train_plain(
             eval_accuracy: eval.map(|d| evaluate(model, d).map(|r| r.0)).transpose()?,
             elapsed_s: start.elapsed().as_secs_f64(),
         };
-        epoch_line(&pb, cfg, &stats);
+        epoch_line(cfg, &stats);
         report.epochs.push(stats);
     }
-    pb.finish_and_clear();
+    cfg.progress.emit(ProgressEvent::Finish);
     report.train_seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -633,7 +622,7 @@ pub fn train_encrypted_with(
     let log_b = layout.block.trailing_zeros() as usize;
     let log_k = layout.blocks.trailing_zeros() as usize;
     let start = Instant::now();
-    let pb = progress(cfg, batches.len() * cfg.epochs);
+    start_progress(cfg, batches.len() * cfg.epochs);
     let mut step = 0usize;
     for (e, order) in orders.iter().enumerate() {
         let (mut loss, mut correct, mut seen) = (0.0, 0usize, 0usize);
@@ -703,7 +692,7 @@ pub fn train_encrypted_with(
                 seconds,
                 shard_seconds: outs.iter().map(|o| o.compute_seconds).fold(0.0, f64::max),
             });
-            pb.inc(1);
+            cfg.progress.emit(ProgressEvent::Advance);
         }
         let eval_accuracy = match eval {
             Some(d) => {
@@ -729,10 +718,10 @@ pub fn train_encrypted_with(
             eval_accuracy,
             elapsed_s: start.elapsed().as_secs_f64(),
         };
-        epoch_line(&pb, cfg, &stats);
+        epoch_line(cfg, &stats);
         report.epochs.push(stats);
     }
-    pb.finish_and_clear();
+    cfg.progress.emit(ProgressEvent::Finish);
     let (wd, bd) = decrypt_weights(holder, &layout, &w, d)?;
     set_weights(model, &wd, bd)?;
     report.train_seconds = start.elapsed().as_secs_f64();

@@ -161,7 +161,6 @@ impl TrainDefaults {
             momentum: self.momentum,
             weight_decay: 0.0,
             seed: self.seed,
-            progress: false,
             ..crate::nn::TrainConfig::default()
         }
     }

@@ -43,7 +43,6 @@
 
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array1, Array2, Axis, Ix2, Ix4};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -57,6 +56,7 @@ use crate::nn::train::{batch_gradients, sgd_step};
 use crate::nn::{
     Dataset as ImageSet, Gradients, Layer, Linear, Loss, Sequential, Tensor, TrainConfig,
 };
+use crate::progress::ProgressEvent;
 use crate::rlwe::{Ciphertext, Security};
 use crate::tensor::{CipherTensor, EncryptionKey};
 use crate::{Error, Result};
@@ -682,16 +682,10 @@ pub fn train_head_encrypted(
     };
     let n = set.samples;
     let spe = n.div_ceil(cfg.batch_size);
-    let pb = if cfg.progress {
-        ProgressBar::new((spe * cfg.epochs) as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) = ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} encrypted steps ({eta}) {msg}",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
+    cfg.progress.emit(ProgressEvent::Start {
+        total: (spe * cfg.epochs) as u64,
+        unit: "encrypted steps",
+    });
     let mut report = HeadReport {
         ciphertexts_per_refresh: 2 * init_w.len(),
         rotations_per_step: init_w.len() * steps.len(),
@@ -748,23 +742,25 @@ pub fn train_head_encrypted(
                 // One process computes the whole step.
                 shard_seconds: seconds,
             };
-            pb.set_message(format!(
-                "epoch {epoch}: batch loss {loss:.4}, acc {:.1}%",
-                100.0 * accuracy
-            ));
-            pb.inc(1);
+            if cfg.progress.is_active() {
+                cfg.progress.emit(ProgressEvent::Status(&format!(
+                    "epoch {epoch}: batch loss {loss:.4}, acc {:.1}%",
+                    100.0 * accuracy
+                )));
+            }
+            cfg.progress.emit(ProgressEvent::Advance);
             report.steps.push(stats);
         }
         report.epoch_seconds.push(epoch_s);
         report.epoch_refresh_seconds.push(refresh_s);
-        if cfg.progress && pb.is_hidden() {
-            eprintln!(
+        if cfg.progress.is_active() {
+            cfg.progress.emit(ProgressEvent::Line(&format!(
                 "epoch {epoch}/{}: {epoch_s:.1} s encrypted + {refresh_s:.1} s refresh",
                 cfg.epochs
-            );
+            )));
         }
     }
-    pb.finish_and_clear();
+    cfg.progress.emit(ProgressEvent::Finish);
     // The key holder decrypts the trained head (slot 0 of every weight).
     let vals =
         st.w.par_iter()
