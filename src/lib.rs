@@ -14,6 +14,7 @@ pub mod ckks;
 pub mod data;
 pub mod error;
 pub mod math;
+pub mod mhe;
 pub mod nn;
 pub mod rlwe;
 pub mod serialize;

@@ -105,6 +105,34 @@ impl Sampler {
         out
     }
 
+    /// A 32-byte seed derived from `seed` for one purpose: the first 32 bytes of ChaCha20 keyed
+    /// by `seed` on stream `stream` (the cipher's 64-bit nonce). Different streams are
+    /// independent pseudorandom outputs, so one shared 32-byte seed (a multiparty common
+    /// reference string) yields a distinct common random polynomial per protocol and digit.
+    pub fn derive_seed(seed: [u8; 32], stream: u64) -> [u8; 32] {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        rng.set_stream(stream);
+        let mut out = [0u8; 32];
+        rng.fill_bytes(&mut out);
+        out
+    }
+
+    /// Uniform integers in `[−2^bits, 2^bits)` (`bits ≤ 126`): the smudging noise and masks of
+    /// the multiparty protocols, too wide for `i64`.
+    pub fn uniform_signed_bits(&mut self, n: usize, bits: u32) -> Vec<i128> {
+        assert!(bits <= 126, "uniform_signed_bits: {bits} bits > 126");
+        let mask = (1u128 << (bits + 1)) - 1;
+        (0..n)
+            .map(|_| {
+                let mut b = [0u8; 16];
+                self.rng.fill_bytes(&mut b);
+                let r = (u128::from_le_bytes(b) & mask) as i128 - (1i128 << bits);
+                zeroize::Zeroize::zeroize(&mut b);
+                r
+            })
+            .collect()
+    }
+
     /// The uniform polynomial a 32-byte seed expands to: what seeded ciphertexts and keys store.
     pub fn uniform_from_seed(seed: [u8; 32], moduli: &[Modulus], n: usize) -> Vec<u32> {
         Self::from_seed(seed).uniform(moduli, n)
