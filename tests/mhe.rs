@@ -22,7 +22,13 @@ use hetensor::Error;
 fn parties(ctx: &Arc<RlweContext>, k: usize, seed: u8) -> (Crs, Vec<Party>) {
     let crs = Crs::new([seed; 32]);
     let ps = (0..k)
-        .map(|i| Party::new(ctx.clone(), crs, Sampler::from_seed([seed ^ (i as u8 + 1); 32])))
+        .map(|i| {
+            Party::new(
+                ctx.clone(),
+                crs,
+                Sampler::from_seed([seed ^ (i as u8 + 1); 32]),
+            )
+        })
         .collect::<hetensor::Result<Vec<_>>>()
         .unwrap();
     (crs, ps)
@@ -41,7 +47,10 @@ fn collective_keys(
 ) -> (PublicKey, RelinKey, GaloisKeys) {
     let ckg = agg(ctx, ps.iter_mut().map(|p| p.ckg_share().unwrap()).collect());
     let pk = mhe::ckg_finalize(ctx, crs, &ckg).unwrap();
-    let r1 = agg(ctx, ps.iter_mut().map(|p| p.rkg_round1().unwrap()).collect());
+    let r1 = agg(
+        ctx,
+        ps.iter_mut().map(|p| p.rkg_round1().unwrap()).collect(),
+    );
     let r2 = agg(
         ctx,
         ps.iter_mut().map(|p| p.rkg_round2(&r1).unwrap()).collect(),
@@ -49,7 +58,12 @@ fn collective_keys(
     let rk = mhe::rkg_finalize(ctx, &r1, &r2).unwrap();
     let rtg: Vec<Share> = galois
         .iter()
-        .map(|&g| agg(ctx, ps.iter_mut().map(|p| p.rtg_share(g).unwrap()).collect()))
+        .map(|&g| {
+            agg(
+                ctx,
+                ps.iter_mut().map(|p| p.rtg_share(g).unwrap()).collect(),
+            )
+        })
         .collect();
     let gk = mhe::rtg_finalize(ctx, crs, &rtg).unwrap();
     (pk, rk, gk)
@@ -139,7 +153,10 @@ fn bfv_collective_keys_compute_and_decrypt_exactly() {
                 .map(|p| p.cks_share(ct.inner(), None, &smudging, run + 1).unwrap())
                 .collect();
             let phase = ps[0].decrypt_with(ct.inner(), &agg(&ctx, others)).unwrap();
-            assert_eq!(&bfv.decode(&bfv.decode_phase(&phase).unwrap()).unwrap(), want);
+            assert_eq!(
+                &bfv.decode(&bfv.decode_phase(&phase).unwrap()).unwrap(),
+                want
+            );
             // Re-encryption to a receiver outside the group (its own key set).
             let rsk = bfv.gen_secret_key().unwrap();
             let rpk = bfv.gen_public_key(&rsk).unwrap();
@@ -172,16 +189,29 @@ fn ckks_collective_keys_compute_and_decrypt() {
     let g = galois_element_for_step(ctx.n(), 1);
     let (pk, rk, gk) = collective_keys(&ctx, &crs, &mut ps, &[g]);
     let slots = ckks.slots();
-    let x: Vec<f64> = (0..slots).map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0).collect();
-    let y: Vec<f64> = (0..slots).map(|i| ((i * 53 % 89) as f64 / 44.0) - 1.0).collect();
+    let x: Vec<f64> = (0..slots)
+        .map(|i| ((i * 37 % 101) as f64 / 50.0) - 1.0)
+        .collect();
+    let y: Vec<f64> = (0..slots)
+        .map(|i| ((i * 53 % 89) as f64 / 44.0) - 1.0)
+        .collect();
     let enc = |v: &[f64]| {
-        ckks.encrypt(&ckks.encode(v, ckks.default_scale(), ckks.max_level()).unwrap(), &pk)
-            .unwrap()
+        ckks.encrypt(
+            &ckks
+                .encode(v, ckks.default_scale(), ckks.max_level())
+                .unwrap(),
+            &pk,
+        )
+        .unwrap()
     };
     let (cx, cy) = (enc(&x), enc(&y));
     let sum = ckks.add(&cx, &cy).unwrap();
     let prod = ckks
-        .rescale(&ckks.relinearize(&ckks.multiply(&cx, &cy).unwrap(), &rk).unwrap())
+        .rescale(
+            &ckks
+                .relinearize(&ckks.multiply(&cx, &cy).unwrap(), &rk)
+                .unwrap(),
+        )
         .unwrap();
     let rot = ckks.rotate(&prod, 1, &gk).unwrap();
     let want_sum: Vec<f64> = x.iter().zip(&y).map(|(a, b)| a + b).collect();
@@ -193,12 +223,21 @@ fn ckks_collective_keys_compute_and_decrypt() {
     let single = ckks.keygen().unwrap();
     let sgk = ckks.gen_galois_keys(&single.secret, &[1], false).unwrap();
     let enc1 = |v: &[f64]| {
-        ckks.encrypt(&ckks.encode(v, ckks.default_scale(), ckks.max_level()).unwrap(), &single.public)
-            .unwrap()
+        ckks.encrypt(
+            &ckks
+                .encode(v, ckks.default_scale(), ckks.max_level())
+                .unwrap(),
+            &single.public,
+        )
+        .unwrap()
     };
     let (sx, sy) = (enc1(&x), enc1(&y));
     let sprod = ckks
-        .rescale(&ckks.relinearize(&ckks.multiply(&sx, &sy).unwrap(), &single.relin).unwrap())
+        .rescale(
+            &ckks
+                .relinearize(&ckks.multiply(&sx, &sy).unwrap(), &single.relin)
+                .unwrap(),
+        )
         .unwrap();
     let single_cts = [
         ckks.add(&sx, &sy).unwrap(),
@@ -210,18 +249,30 @@ fn ckks_collective_keys_compute_and_decrypt() {
         .into_iter()
         .enumerate()
     {
-        let max_err = |got: Vec<f64>| got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let max_err = |got: Vec<f64>| {
+            got.iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max)
+        };
         let err = max_err(ckks.decrypt_decode(ct, &sk).unwrap());
         let single_err = max_err(ckks.decrypt_decode(&single_cts[i], &single.secret).unwrap());
         eprintln!("CKKS op {i}: ideal-key error {err:.2e}, single-key run {single_err:.2e}");
-        assert!(err < 4.0 * single_err + 1e-4, "op {i}: ideal-key error {err} vs single key {single_err}");
+        assert!(
+            err < 4.0 * single_err + 1e-4,
+            "op {i}: ideal-key error {err} vs single key {single_err}"
+        );
         let shares = ps
             .iter_mut()
             .map(|p| p.cks_share(ct, None, &smudging, i as u64).unwrap())
             .collect();
         let phase = mhe::decrypt_finalize(&ctx, ct, &agg(&ctx, shares)).unwrap();
         let got = ckks.decode_poly(&phase, ct.scale()).unwrap();
-        let err = got.iter().zip(want).map(|(a, b)| (a.re - b).abs()).fold(0.0, f64::max);
+        let err = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a.re - b).abs())
+            .fold(0.0, f64::max);
         eprintln!("CKKS op {i}: collective decryption max error {err:.2e} (smudging 2^10)");
         assert!(err < 5e-2, "op {i}: collective-decryption error {err}");
     }
@@ -265,10 +316,15 @@ fn strict_subsets_of_shares_decrypt_to_noise() {
     let ctx = ckks.rlwe().clone();
     for k in [2usize, 3] {
         let (crs, mut ps) = parties(&ctx, k, 30 + k as u8);
-        let ckg = agg(&ctx, ps.iter_mut().map(|p| p.ckg_share().unwrap()).collect());
+        let ckg = agg(
+            &ctx,
+            ps.iter_mut().map(|p| p.ckg_share().unwrap()).collect(),
+        );
         let pk = mhe::ckg_finalize(&ctx, &crs, &ckg).unwrap();
         let slots = ckks.slots();
-        let x: Vec<f64> = (0..slots).map(|i| ((i * 29 % 97) as f64 / 48.0) - 1.0).collect();
+        let x: Vec<f64> = (0..slots)
+            .map(|i| ((i * 29 % 97) as f64 / 48.0) - 1.0)
+            .collect();
         let ct = ckks
             .encrypt(&ckks.encode(&x, ckks.default_scale(), 2).unwrap(), &pk)
             .unwrap();
@@ -291,21 +347,33 @@ fn strict_subsets_of_shares_decrypt_to_noise() {
                 .collect();
             let r = correlation(&decoded, &x);
             if subset.len() == k {
-                assert!(mean_abs < 1e-3, "the full key must decrypt (mean |x|/q = {mean_abs})");
+                assert!(
+                    mean_abs < 1e-3,
+                    "the full key must decrypt (mean |x|/q = {mean_abs})"
+                );
                 assert!(r > 0.999, "full key: correlation {r}");
                 continue;
             }
             // Uniform on (−1/2, 1/2]: mean 0 (sd 0.29/√N ≈ 0.003), mean |x| 1/4 (sd 0.0016).
             assert!(mean.abs() < 0.02, "K = {k}, subset {mask:b}: mean {mean}");
-            assert!((mean_abs - 0.25).abs() < 0.01, "K = {k}, subset {mask:b}: mean |x| {mean_abs}");
+            assert!(
+                (mean_abs - 0.25).abs() < 0.01,
+                "K = {k}, subset {mask:b}: mean |x| {mean_abs}"
+            );
             let mut hist = [0usize; 16];
             for f in &fr {
                 hist[(((f + 0.5) * 16.0) as usize).min(15)] += 1;
             }
             let expect = n / 16.0;
-            let chi2: f64 = hist.iter().map(|&h| (h as f64 - expect).powi(2) / expect).sum();
+            let chi2: f64 = hist
+                .iter()
+                .map(|&h| (h as f64 - expect).powi(2) / expect)
+                .sum();
             // 15 degrees of freedom: P(χ² > 50) ≈ 1e-5.
-            assert!(chi2 < 50.0, "K = {k}, subset {mask:b}: χ² = {chi2}, {hist:?}");
+            assert!(
+                chi2 < 50.0,
+                "K = {k}, subset {mask:b}: χ² = {chi2}, {hist:?}"
+            );
             // 4096 samples: |r| of independent data has sd 1/64.
             assert!(r.abs() < 0.1, "K = {k}, subset {mask:b}: correlation {r}");
         }
@@ -339,11 +407,13 @@ fn secret_windows(ctx: &RlweContext, sk: &SecretKey) -> HashSet<[u8; WINDOW]> {
     let body = &bytes[serialize::HEADER_LEN..bytes.len() - serialize::CHECKSUM_LEN];
     let coeffs: Vec<i64> = body
         .iter()
-        .flat_map(|b| (0..4).map(move |k| match b >> (2 * k) & 3 {
-            1 => 1i64,
-            2 => -1,
-            _ => 0,
-        }))
+        .flat_map(|b| {
+            (0..4).map(move |k| match b >> (2 * k) & 3 {
+                1 => 1i64,
+                2 => -1,
+                _ => 0,
+            })
+        })
         .collect();
     let limbs = ctx.qp_limbs(ctx.max_level());
     let mut encodings = vec![body.to_vec()];
@@ -400,14 +470,26 @@ fn transcripts_contain_no_secret_share() {
     rtg.iter().for_each(|s| send(s, &mut transcript));
     let gk = mhe::rtg_finalize(&ctx, &crs, &[mhe::aggregate(&ctx, &rtg).unwrap()]).unwrap();
     let ct = ckks
-        .encrypt(&ckks.encode(&[0.25, 0.5], ckks.default_scale(), 3).unwrap(), &pk)
+        .encrypt(
+            &ckks.encode(&[0.25, 0.5], ckks.default_scale(), 3).unwrap(),
+            &pk,
+        )
         .unwrap();
     let sm = Smudging::bits(20).unwrap();
     for p in ps.iter_mut() {
         send(&p.cks_share(&ct, None, &sm, 1).unwrap(), &mut transcript);
-        let rpk = PublicKey::generate(&ctx, &SecretKey::generate(&ctx, &mut Sampler::from_seed([1; 32])).unwrap(), &mut Sampler::from_seed([2; 32])).unwrap();
+        let rpk = PublicKey::generate(
+            &ctx,
+            &SecretKey::generate(&ctx, &mut Sampler::from_seed([1; 32])).unwrap(),
+            &mut Sampler::from_seed([2; 32]),
+        )
+        .unwrap();
         send(&p.pcks_share(&ct, &rpk, &sm, 2).unwrap(), &mut transcript);
-        send(&p.refresh_share(&ct, 3, &RefreshParams::new(k, 27.0)).unwrap(), &mut transcript);
+        send(
+            &p.refresh_share(&ct, 3, &RefreshParams::new(k, 27.0))
+                .unwrap(),
+            &mut transcript,
+        );
     }
     transcript.extend(serialize::to_bytes(&ctx, &pk, opts).unwrap());
     transcript.extend(serialize::to_bytes(&ctx, &rk, opts).unwrap());
@@ -416,7 +498,10 @@ fn transcripts_contain_no_secret_share() {
     eprintln!("transcript: {} bytes", transcript.len());
     for (i, p) in ps.iter().enumerate() {
         let w = secret_windows(&ctx, p.secret_share());
-        assert!(!leaks(&transcript, &w), "party {i}'s share appears in the transcript");
+        assert!(
+            !leaks(&transcript, &w),
+            "party {i}'s share appears in the transcript"
+        );
         // Positive control: the share itself, in the transcript, is found.
         let mut bad = transcript[..1000].to_vec();
         bad.extend(serialize::to_bytes(&ctx, p.secret_share(), opts).unwrap());
@@ -436,9 +521,16 @@ fn refresh_restores_the_top_level() {
     let (pk, rk, _) = collective_keys(&ctx, &crs, &mut ps, &[]);
     let sk = ideal(&ctx, &ps);
     let slots = ckks.slots();
-    let x: Vec<f64> = (0..slots).map(|i| ((i * 31 % 103) as f64 / 52.0) - 1.0).collect();
+    let x: Vec<f64> = (0..slots)
+        .map(|i| ((i * 31 % 103) as f64 / 52.0) - 1.0)
+        .collect();
     let mut ct = ckks
-        .encrypt(&ckks.encode(&x, ckks.default_scale(), ckks.max_level()).unwrap(), &pk)
+        .encrypt(
+            &ckks
+                .encode(&x, ckks.default_scale(), ckks.max_level())
+                .unwrap(),
+            &pk,
+        )
         .unwrap();
     // |values| ≤ 1 at scale ≈ 2^25: coefficients below 2^26, one bit of slack.
     let params = RefreshParams::new(k, 27.0);
@@ -480,19 +572,34 @@ fn refresh_restores_the_top_level() {
     let before = err(&ct, &want);
     let after = err(&fresh, &want);
     eprintln!("refresh: error before {before:.2e}, after {after:.2e}");
-    assert!(after < before + 1e-4, "refresh added error: {before} → {after}");
+    assert!(
+        after < before + 1e-4,
+        "refresh added error: {before} → {after}"
+    );
     // And it multiplies again.
     let sq = ckks
-        .rescale(&ckks.relinearize(&ckks.square(&fresh).unwrap(), &rk).unwrap())
+        .rescale(
+            &ckks
+                .relinearize(&ckks.square(&fresh).unwrap(), &rk)
+                .unwrap(),
+        )
         .unwrap();
     let want_sq: Vec<f64> = want.iter().map(|v| v * v).collect();
     // Squaring doubles the relative error the value already carries.
     let after_sq = err(&sq, &want_sq);
-    assert!(after_sq < 2.5 * after + 1e-3, "after refresh + square: {after_sq}");
+    assert!(
+        after_sq < 2.5 * after + 1e-3,
+        "after refresh + square: {after_sq}"
+    );
 
     // Lattigo #187: refresh right after multiply + relinearize, before rescaling.
     let top = ckks
-        .encrypt(&ckks.encode(&x, ckks.default_scale(), ckks.max_level()).unwrap(), &pk)
+        .encrypt(
+            &ckks
+                .encode(&x, ckks.default_scale(), ckks.max_level())
+                .unwrap(),
+            &pk,
+        )
         .unwrap();
     let unscaled = ckks.relinearize(&ckks.square(&top).unwrap(), &rk).unwrap();
     let params2 = RefreshParams::new(k, unscaled.scale().log2() + 2.0);
@@ -502,7 +609,11 @@ fn refresh_restores_the_top_level() {
         .collect();
     let fresh2 = mhe::refresh_finalize(&ctx, &crs, &unscaled, &agg(&ctx, shares), 3).unwrap();
     let want2: Vec<f64> = x.iter().map(|v| v * v).collect();
-    assert!(err(&fresh2, &want2) < 1e-3, "refresh after relinearize: {}", err(&fresh2, &want2));
+    assert!(
+        err(&fresh2, &want2) < 1e-3,
+        "refresh after relinearize: {}",
+        err(&fresh2, &want2)
+    );
 }
 
 /// Misuse is a typed error: a retried share, shares of different runs or key sets, round 2
@@ -524,15 +635,30 @@ fn misuse_is_refused() {
     let sm = Smudging::bits(10).unwrap();
     let a = ps[0].cks_share(&ct, None, &sm, 1).unwrap();
     let b = ps[1].cks_share(&ct, None, &sm, 2).unwrap();
-    assert!(matches!(mhe::aggregate(&ctx, &[a.clone(), b]), Err(Error::Multiparty(_))));
-    assert!(matches!(ps[0].cks_share(&ct, None, &sm, 1), Err(Error::Multiparty(_))));
+    assert!(matches!(
+        mhe::aggregate(&ctx, &[a.clone(), b]),
+        Err(Error::Multiparty(_))
+    ));
+    assert!(matches!(
+        ps[0].cks_share(&ct, None, &sm, 1),
+        Err(Error::Multiparty(_))
+    ));
     // A party of another CRS (another key set) cannot join.
     let (_, mut other) = parties(&ctx, 1, 99);
-    assert!(matches!(other[0].cks_share(&ct, None, &sm, 1), Err(Error::KeyMismatch(_))));
+    assert!(matches!(
+        other[0].cks_share(&ct, None, &sm, 1),
+        Err(Error::KeyMismatch(_))
+    ));
     let foreign = other[0].ckg_share().unwrap();
-    assert!(matches!(mhe::ckg_finalize(&ctx, &crs, &foreign), Err(Error::KeyMismatch(_))));
+    assert!(matches!(
+        mhe::ckg_finalize(&ctx, &crs, &foreign),
+        Err(Error::KeyMismatch(_))
+    ));
     // A share is the wrong protocol for another finalizer.
-    assert!(matches!(mhe::ckg_finalize(&ctx, &crs, &a), Err(Error::Multiparty(_))));
+    assert!(matches!(
+        mhe::ckg_finalize(&ctx, &crs, &a),
+        Err(Error::Multiparty(_))
+    ));
     // Serialized shares round-trip and are refused under other parameters.
     let bytes = serialize::to_bytes(&ctx, &a, WriteOptions::default()).unwrap();
     let back: Share = serialize::from_bytes(&ctx, &bytes).unwrap();
@@ -557,7 +683,8 @@ fn share_sizes_and_round_trips() {
     let opts = WriteOptions::default();
     let size = |s: &Share| serialize::to_bytes(&ctx, s, opts).unwrap().len();
     let check = |s: &Share| {
-        let back: Share = serialize::from_bytes(&ctx, &serialize::to_bytes(&ctx, s, opts).unwrap()).unwrap();
+        let back: Share =
+            serialize::from_bytes(&ctx, &serialize::to_bytes(&ctx, s, opts).unwrap()).unwrap();
         assert_eq!(back.protocol(), s.protocol());
         assert_eq!(back.level(), s.level());
         assert_eq!(
@@ -576,9 +703,15 @@ fn share_sizes_and_round_trips() {
     let ct = ckks
         .encrypt(&ckks.encode(&[1.0], ckks.default_scale(), 3).unwrap(), &pk)
         .unwrap();
-    let cks = ps[0].cks_share(&ct, None, &Smudging::bits(20).unwrap(), 1).unwrap();
-    let pcks = ps[0].pcks_share(&ct, &pk, &Smudging::bits(20).unwrap(), 2).unwrap();
-    let refresh = ps[0].refresh_share(&ct, 3, &RefreshParams::new(2, 27.0)).unwrap();
+    let cks = ps[0]
+        .cks_share(&ct, None, &Smudging::bits(20).unwrap(), 1)
+        .unwrap();
+    let pcks = ps[0]
+        .pcks_share(&ct, &pk, &Smudging::bits(20).unwrap(), 2)
+        .unwrap();
+    let refresh = ps[0]
+        .refresh_share(&ct, 3, &RefreshParams::new(2, 27.0))
+        .unwrap();
     for s in [&ckg[0], &r1[0], &r2[0], &rtg, &cks, &pcks, &refresh] {
         check(s);
     }
@@ -604,9 +737,14 @@ fn share_sizes_and_round_trips() {
     let poly: usize = ctx
         .qp_limbs(ctx.max_level())
         .iter()
-        .map(|&l| (ctx.n() * (32 - ctx.ring().modulus(l).value().leading_zeros()) as usize).div_ceil(8))
+        .map(|&l| {
+            (ctx.n() * (32 - ctx.ring().modulus(l).value().leading_zeros()) as usize).div_ceil(8)
+        })
         .sum();
     let overhead = serialize::HEADER_LEN + serialize::CHECKSUM_LEN + 10;
     assert_eq!(size(&ckg[0]), poly + overhead);
-    assert_eq!(size(&r1[0]) + size(&r2[0]), 3 * digits * poly + 2 * overhead);
+    assert_eq!(
+        size(&r1[0]) + size(&r2[0]),
+        3 * digits * poly + 2 * overhead
+    );
 }

@@ -859,9 +859,18 @@ fn mhe_share_bombs_and_bad_headers_are_refused() {
         (5, 1, top + 1, "level above the top"),
         (7, u64::MAX, 0, "run id out of range"),
     ] {
-        let b = framed(10, ctx.fingerprint(), 7, false, body(tag, index, level, 2 * digits));
+        let b = framed(
+            10,
+            ctx.fingerprint(),
+            7,
+            false,
+            body(tag, index, level, 2 * digits),
+        );
         assert!(
-            matches!(serialize::from_bytes::<hetensor::mhe::Share>(ctx, &b), Err(Error::Decode(_))),
+            matches!(
+                serialize::from_bytes::<hetensor::mhe::Share>(ctx, &b),
+                Err(Error::Decode(_))
+            ),
             "{what}"
         );
     }

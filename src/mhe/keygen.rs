@@ -73,10 +73,7 @@ impl Party {
         for (j, (pair, _)) in h0.into_iter().enumerate() {
             // h1_j = −a_j·(−s_i) + e = s_i·a_j + e.
             let h1 = rlwe_sample(&ctx, &neg_s, None, crs.rkg_seed(j), &mut self.sampler)?;
-            parts.push(be.concat(&[
-                &be.slice_polys(&pair, 0, 1)?,
-                &be.slice_polys(&h1, 0, 1)?,
-            ])?);
+            parts.push(be.concat(&[&be.slice_polys(&pair, 0, 1)?, &be.slice_polys(&h1, 0, 1)?])?);
         }
         self.rkg_u = Some(u);
         Ok(self.share(Protocol::RkgRound1, parts))
@@ -111,7 +108,12 @@ impl Party {
             let e: Zeroizing<Vec<i64>> =
                 Zeroizing::new(e_small.iter().map(|&x| x as i64).collect());
             let mut out = ctx.upload_signed_ntt(&e, limbs.clone())?;
-            be.mul_acc(ring, &mut out, &be.slice_polys(pair, 0, 1)?, &self.secret.ntt)?;
+            be.mul_acc(
+                ring,
+                &mut out,
+                &be.slice_polys(pair, 0, 1)?,
+                &self.secret.ntt,
+            )?;
             be.mul_acc(ring, &mut out, &be.slice_polys(pair, 1, 1)?, &u_minus_s)?;
             parts.push(out);
         }

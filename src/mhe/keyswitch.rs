@@ -134,7 +134,12 @@ impl Party {
         let e1: Zeroizing<Vec<i64>> = Zeroizing::new(e1_small.iter().map(|&x| x as i64).collect());
         let e1 = Zeroizing::new(ctx.upload_signed_ntt(&e1, limbs.clone())?);
         let mut out = be.concat(&[&e0, &e1])?;
-        be.mul_acc(ring, &mut out, &be.select_limbs(&pk.polys, limbs.clone())?, &u)?;
+        be.mul_acc(
+            ring,
+            &mut out,
+            &be.select_limbs(&pk.polys, limbs.clone())?,
+            &u,
+        )?;
         let mut h0 = be.slice_polys(&out, 0, 1)?;
         let s: SecretPoly = self.share_on(limbs)?;
         be.mul_acc(ring, &mut h0, &be.slice_polys(&ct.polys, 1, 1)?, &s)?;
@@ -169,7 +174,12 @@ pub fn cks_finalize(
     let mut c0 = be.slice_polys(&ct.polys, 0, 1)?;
     be.add_assign(ctx.ring(), &mut c0, &agg.parts[0])?;
     let polys = be.concat(&[&c0, &be.slice_polys(&ct.polys, 1, 1)?])?;
-    Ok(Ciphertext::new(polys, ct.scale, ct.fingerprint, target_key_id))
+    Ok(Ciphertext::new(
+        polys,
+        ct.scale,
+        ct.fingerprint,
+        target_key_id,
+    ))
 }
 
 /// Collective decryption: the phase `c_0 + Σ h_i = m + e + Σ e_smudge` (coefficient form, as

@@ -96,8 +96,8 @@ use crate::rlwe::{RlweContext, SecretKey};
 pub use keygen::{ckg_finalize, rkg_finalize, rtg_finalize};
 pub use keyswitch::{bfv_smudging, cks_finalize, decrypt_finalize, pcks_finalize};
 pub use refresh::{min_refresh_level, refresh_finalize, RefreshParams};
-pub use share::{aggregate, Protocol, Share};
 pub(crate) use share::shape as share_shape;
+pub use share::{aggregate, Protocol, Share};
 
 /// The common reference string: a public 32-byte seed all parties agree on before key
 /// generation. Every common random polynomial and the collective key-set identifier derive

@@ -109,7 +109,10 @@ impl Party {
         let ring = ctx.ring();
         let top = ctx.q_limbs(ctx.max_level());
         let limbs = ct.polys.limbs_arc();
-        let mask = Zeroizing::new(self.sampler.uniform_signed_bits(ctx.n(), params.mask_bits(ctx.n())?));
+        let mask = Zeroizing::new(
+            self.sampler
+                .uniform_signed_bits(ctx.n(), params.mask_bits(ctx.n())?),
+        );
         let m_top: SecretPoly = Zeroizing::new(ctx.upload_wide_ntt(&mask, top.clone())?);
         // h1 = −a·s_i + e' + M_i over Q_L (the single-key sampling path with the run's CRP).
         let s_top: SecretPoly = self.share_on(top)?;

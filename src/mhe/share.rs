@@ -82,7 +82,10 @@ impl Protocol {
             Self::Cks { run } | Self::Pcks { run } | Self::Refresh { run }
                 if run > super::MAX_RUN =>
             {
-                Err(Error::Multiparty(format!("run id {run} above {}", super::MAX_RUN)))
+                Err(Error::Multiparty(format!(
+                    "run id {run} above {}",
+                    super::MAX_RUN
+                )))
             }
             _ => Ok(()),
         }
@@ -90,7 +93,10 @@ impl Protocol {
 
     /// Whether the share lives at a ciphertext's level (the key generations are at the top).
     pub(crate) fn has_level(self) -> bool {
-        matches!(self, Self::Cks { .. } | Self::Pcks { .. } | Self::Refresh { .. })
+        matches!(
+            self,
+            Self::Cks { .. } | Self::Pcks { .. } | Self::Refresh { .. }
+        )
     }
 }
 

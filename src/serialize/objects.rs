@@ -645,7 +645,10 @@ impl Decode for crate::mhe::Share {
         for (limbs, count) in shape {
             let mut words = Vec::new();
             read_polys(ctx, d, &limbs, count, &mut words)?;
-            parts.push(ctx.backend().upload(words, limbs, count, ctx.n(), Repr::Ntt)?);
+            parts.push(
+                ctx.backend()
+                    .upload(words, limbs, count, ctx.n(), Repr::Ntt)?,
+            );
         }
         Ok(crate::mhe::Share {
             protocol,
