@@ -12,7 +12,7 @@ use std::sync::Arc;
 use hetensor::bfv::{BfvContext, BfvParams, PlainModulus};
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::math::sampler::Sampler;
-use hetensor::mhe::{self, Crs, Party, RefreshParams, Share, Smudging};
+use hetensor::mhe::{self, Crs, Party, RefreshParams, ShamirShare, Share, Smudging};
 use hetensor::rlwe::ciphertext::decrypt_to_poly;
 use hetensor::rlwe::keys::galois_element_for_step;
 use hetensor::rlwe::{GaloisKeys, PublicKey, RelinKey, RlweContext, SecretKey};
@@ -276,6 +276,29 @@ fn ckks_collective_keys_compute_and_decrypt() {
         eprintln!("CKKS op {i}: collective decryption max error {err:.2e} (smudging 2^10)");
         assert!(err < 5e-2, "op {i}: collective-decryption error {err}");
     }
+    // Collective key switching to another collective key set (each party holds a share of
+    // both): the result decrypts under the new ideal key, not the old one.
+    let (crs2, ps2) = parties(&ctx, k, 78);
+    let shares = ps
+        .iter_mut()
+        .zip(&ps2)
+        .map(|(p, q)| {
+            p.cks_share(&rot, Some(q.secret_share()), &smudging, 9)
+                .unwrap()
+        })
+        .collect();
+    let moved = mhe::cks_finalize(&ctx, &rot, &agg(&ctx, shares), crs2.key_id()).unwrap();
+    let got = ckks.decrypt_decode(&moved, &ideal(&ctx, &ps2)).unwrap();
+    let err = got
+        .iter()
+        .zip(&want_rot)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 5e-2, "key-switched to group 2: error {err}");
+    assert!(matches!(
+        ckks.decrypt_decode(&moved, &sk),
+        Err(Error::KeyMismatch(_))
+    ));
     // Encryption under the collective key, decryption with the ideal key (the shares' sum).
     assert_eq!(pk.key_id(), crs.key_id());
     assert_eq!(sk.key_id(), crs.key_id());
@@ -747,4 +770,79 @@ fn share_sizes_and_round_trips() {
         size(&r1[0]) + size(&r2[0]),
         3 * digits * poly + 2 * overhead
     );
+}
+
+/// t-out-of-N: N = 4 parties generate the keys together and Shamir-share their shares with
+/// t = 3; every set of 3 decrypts collectively (exactly, BFV, 40-bit smudging), a set of 2 gets
+/// noise, and a threshold share cannot be serialized.
+#[test]
+fn threshold_any_t_of_n_decrypt() {
+    let params = BfvParams::preset(13, PlainModulus::Bits(20)).unwrap();
+    let bfv = BfvContext::with_seed(params, [70; 32]).unwrap();
+    let ctx = bfv.rlwe().clone();
+    let (n, t) = (4usize, 3usize);
+    let (crs, mut ps) = parties(&ctx, n, 71);
+    let ckg = agg(
+        &ctx,
+        ps.iter_mut().map(|p| p.ckg_share().unwrap()).collect(),
+    );
+    let pk = mhe::ckg_finalize(&ctx, &crs, &ckg).unwrap();
+    let sk = ideal(&ctx, &ps);
+    let points = mhe::shamir_points(n);
+    let mut inbox: Vec<Vec<ShamirShare>> = (0..n).map(|_| Vec::new()).collect();
+    for p in ps.iter_mut() {
+        for (j, s) in p.shamir_shares(t, &points).unwrap().into_iter().enumerate() {
+            inbox[j].push(s);
+        }
+    }
+    assert!(matches!(
+        ps[0].shamir_shares(t, &points),
+        Err(Error::Multiparty(_))
+    ));
+    let tsks: Vec<_> = (0..n)
+        .map(|j| ps[j].threshold_secret(points[j], &inbox[j]).unwrap())
+        .collect();
+    let vals = values(5, bfv.slot_count(), bfv.plain_modulus());
+    let ct = bfv.encrypt(&bfv.encode(&vals).unwrap(), &pk).unwrap();
+    assert_eq!(bfv.decode(&bfv.decrypt(&ct, &sk).unwrap()).unwrap(), vals);
+    let smudging = mhe::bfv_smudging(&bfv, &ct, 40, t).unwrap();
+    let mut run = 0;
+    for absent in 0..n {
+        let active: Vec<usize> = (0..n).filter(|&j| j != absent).collect();
+        let active_points: Vec<u64> = active.iter().map(|&j| points[j]).collect();
+        let shares = active
+            .iter()
+            .map(|&j| {
+                ps[j].activate_threshold(&tsks[j], &active_points).unwrap();
+                ps[j].cks_share(ct.inner(), None, &smudging, run).unwrap()
+            })
+            .collect();
+        run += 1;
+        let phase = mhe::decrypt_finalize(&ctx, ct.inner(), &agg(&ctx, shares)).unwrap();
+        let got = bfv.decode(&bfv.decode_phase(&phase).unwrap()).unwrap();
+        assert_eq!(got, vals, "active set without party {absent}");
+    }
+    // Two of four (below the threshold), with their Lagrange weights: noise.
+    let two = [0usize, 1];
+    let two_points: Vec<u64> = two.iter().map(|&j| points[j]).collect();
+    let shares = two
+        .iter()
+        .map(|&j| {
+            ps[j].activate_threshold(&tsks[j], &two_points).unwrap();
+            ps[j].cks_share(ct.inner(), None, &smudging, run).unwrap()
+        })
+        .collect();
+    let phase = mhe::decrypt_finalize(&ctx, ct.inner(), &agg(&ctx, shares)).unwrap();
+    match bfv.decode_phase(&phase) {
+        Err(Error::NoiseBudgetExhausted { .. }) => {}
+        Ok(pt) => assert_ne!(bfv.decode(&pt).unwrap(), vals),
+        Err(e) => panic!("{e}"),
+    }
+    // The weighted share is uniform mod QP: no ternary coefficients to serialize.
+    assert!(serialize::to_bytes(&ctx, ps[0].secret_share(), WriteOptions::default()).is_err());
+    // An active set that leaves the party out is refused.
+    assert!(matches!(
+        ps[3].activate_threshold(&tsks[3], &two_points),
+        Err(Error::Multiparty(_))
+    ));
 }

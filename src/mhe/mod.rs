@@ -48,6 +48,12 @@
 //! re-encryption or decrypted with an explicitly weaker bound ([`Smudging::bits`]), whose
 //! statistical guarantee [`Smudging::lambda_for`] states.
 //!
+//! **t-out-of-N** ([`Party::shamir_shares`], [`Party::threshold_secret`],
+//! [`Party::activate_threshold`]): after the N-out-of-N key generation each party Shamir-shares
+//! its `s_i` (degree `t − 1` over `R_QP`, public points `1..=N`); any `t` parties turn their
+//! threshold secrets into Lagrange-weighted additive shares of the same ideal key and run the
+//! protocols above among themselves, so a computation survives up to `N − t` absent parties.
+//!
 //! **Refresh** masks the message with `M_i` uniform in `[−2^b_M, 2^b_M)`,
 //! `b_M = ⌈λ + log2 N + log2 B_m⌉` (`B_m` bounds the coefficients of `m + e`), which hides it
 //! within `2^−λ` by the same lemma, and needs `log2 Q_ℓ ≥ b_M + log2 K + 2` at the input
@@ -82,6 +88,7 @@ mod keygen;
 mod keyswitch;
 mod refresh;
 mod share;
+mod threshold;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -98,6 +105,7 @@ pub use keyswitch::{bfv_smudging, cks_finalize, decrypt_finalize, pcks_finalize}
 pub use refresh::{min_refresh_level, refresh_finalize, RefreshParams};
 pub(crate) use share::shape as share_shape;
 pub use share::{aggregate, Protocol, Share};
+pub use threshold::{shamir_points, ShamirShare, ThresholdSecret};
 
 /// The common reference string: a public 32-byte seed all parties agree on before key
 /// generation. Every common random polynomial and the collective key-set identifier derive
@@ -226,6 +234,8 @@ pub struct Party {
     used: HashSet<Protocol>,
     /// RKG's ephemeral secret `u_i` between the two rounds (NTT over `QP`), wiped on drop.
     pub(crate) rkg_u: Option<SecretPoly>,
+    /// Whether this party has Shamir-shared its secret (allowed once).
+    pub(crate) shamir_done: bool,
 }
 
 impl std::fmt::Debug for Party {
@@ -266,10 +276,13 @@ impl Party {
             sampler,
             used: HashSet::new(),
             rkg_u: None,
+            shamir_done: false,
         })
     }
 
     /// This party's secret share: keep it (it serializes as a [`SecretKey`]), never send it.
+    /// After [`Self::activate_threshold`] it is the Lagrange-weighted threshold share, which
+    /// is uniform modulo `QP` and cannot be serialized.
     pub fn secret_share(&self) -> &SecretKey {
         &self.secret
     }
@@ -306,6 +319,11 @@ pub fn ideal_secret_key(ctx: &RlweContext, shares: &[&SecretKey]) -> Result<Secr
     let mut coeffs = Zeroizing::new(vec![0i64; ctx.n()]);
     for s in shares {
         ctx.check_fingerprint(s.fingerprint, "secret share")?;
+        if s.coeffs.len() != ctx.n() {
+            return Err(Error::InvalidInput(
+                "a threshold party's additive share has no small coefficients to add".into(),
+            ));
+        }
         crate::rlwe::ciphertext::check_key_id(first.key_id, s.key_id, "secret share")?;
         for (c, &x) in coeffs.iter_mut().zip(&s.coeffs) {
             *c += x as i64;

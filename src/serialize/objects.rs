@@ -543,7 +543,14 @@ impl Encode for SecretKey {
     }
     /// Two bits per ternary coefficient (0, 1, −1 ↦ 0, 1, 2); the staging buffer is wiped.
     /// A key that is not ternary (the sum of multiparty shares) is refused.
-    fn encode(&self, _ctx: &RlweContext, e: &mut Encoder, _opts: &WriteOptions) -> Result<()> {
+    fn encode(&self, ctx: &RlweContext, e: &mut Encoder, _opts: &WriteOptions) -> Result<()> {
+        if self.coeffs.len() != ctx.n() {
+            return Err(Error::InvalidInput(
+                "this secret key has no ternary coefficients (a multiparty threshold share) and \
+                 cannot be serialized"
+                    .into(),
+            ));
+        }
         let mut packed = Zeroizing::new(vec![0u8; self.coeffs.len().div_ceil(4)]);
         for (i, &c) in self.coeffs.iter().enumerate() {
             let code = match c {
