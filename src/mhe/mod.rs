@@ -44,9 +44,10 @@
 //! `b + log2 K` bits of noise in the result: BFV at the presets has that room (its
 //! ciphertexts carry a noise bound, [`bfv_smudging`]); CKKS at this crate's scales (≤ 2^29,
 //! ~20 bits of precision) does not, since hiding the noise costs `λ + log2 N ≈ 53` bits of
-//! precision. CKKS results are therefore best brought out by a [`Party::pcks_share`]
-//! re-encryption or decrypted with an explicitly weaker bound ([`Smudging::bits`]), whose
-//! statistical guarantee [`Smudging::lambda_for`] states.
+//! precision. For CKKS, any output to a party (CKS or PCKS: the receiver sees `m + e` plus the
+//! smudging) therefore takes an explicitly weaker bound ([`Smudging::bits`]), whose statistical
+//! guarantee [`Smudging::lambda_for`] states (even composite scaling's Δ ≈ 2^50 would leave no
+//! room for λ = 40); refresh, which outputs nothing, keeps the full `λ` (below).
 //!
 //! **t-out-of-N** ([`Party::shamir_shares`], [`Party::threshold_secret`],
 //! [`Party::activate_threshold`]): after the N-out-of-N key generation each party Shamir-shares
