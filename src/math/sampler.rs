@@ -117,9 +117,9 @@ impl Sampler {
         out
     }
 
-    /// Uniform integers in `[−2^bits, 2^bits)` (`bits ≤ 126`): the smudging noise and masks of
-    /// the multiparty protocols, too wide for `i64`.
-    pub fn uniform_signed_bits(&mut self, n: usize, bits: u32) -> Vec<i128> {
+    /// Uniform integers in `[−2^bits, 2^bits)` (`bits ≤ 126`, which its callers guarantee): the
+    /// smudging noise and masks of the multiparty protocols, too wide for `i64`.
+    pub(crate) fn uniform_signed_bits(&mut self, n: usize, bits: u32) -> Vec<i128> {
         assert!(bits <= 126, "uniform_signed_bits: {bits} bits > 126");
         let mask = (1u128 << (bits + 1)) - 1;
         (0..n)
@@ -188,6 +188,26 @@ mod tests {
                 );
                 assert_eq!(a.uniform(&moduli, n), uniform_reference(&mut b, &moduli, n));
             }
+        }
+    }
+
+    /// Derived seeds are deterministic per (seed, stream) and differ across streams and seeds;
+    /// wide uniform integers stay in `[−2^b, 2^b)` and reach both ends of it.
+    #[test]
+    fn derived_seeds_and_wide_uniforms() {
+        let a = Sampler::derive_seed([1; 32], 7);
+        assert_eq!(a, Sampler::derive_seed([1; 32], 7));
+        assert_ne!(a, Sampler::derive_seed([1; 32], 8));
+        assert_ne!(a, Sampler::derive_seed([2; 32], 7));
+        assert_ne!(a, [1; 32]);
+        let mut s = Sampler::from_seed([3; 32]);
+        for bits in [5u32, 63, 100, 126] {
+            let v = s.uniform_signed_bits(4000, bits);
+            let b = 1i128 << bits;
+            assert!(v.iter().all(|&x| (-b..b).contains(&x)), "{bits} bits");
+            assert!(v.iter().any(|&x| x < -b / 2) && v.iter().any(|&x| x >= b / 2 - 1));
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64 / b as f64;
+            assert!(mean.abs() < 0.05, "{bits} bits: mean {mean}");
         }
     }
 
