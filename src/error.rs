@@ -135,6 +135,11 @@ pub enum Error {
     #[error("multiparty protocol: {0}")]
     Multiparty(String),
 
+    /// A party of a multiparty run that did not connect, answer or stay connected within the
+    /// timeout. With a t-out-of-N threshold the others can go on without it.
+    #[error("missing party: {0}")]
+    MissingParty(String),
+
     /// A request that would take a worker past one of its configured limits (stored slots or
     /// bytes); nothing was changed.
     #[error("limit exceeded: {0}")]
