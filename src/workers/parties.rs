@@ -116,6 +116,10 @@ impl std::fmt::Debug for CombinerHub {
 impl CombinerHub {
     /// Waits for `parties` parties of the key set of `crs` to connect and introduce themselves
     /// (each index in `0..parties` once), at most `cfg.timeout` in all.
+    ///
+    /// Any connection that introduces itself wrongly fails the whole setup (a typed error):
+    /// the run is among known parties, so a stranger on the port is an error, not noise to
+    /// skip. The listener is polled (non-blocking) meanwhile and left blocking again.
     pub fn accept(
         listener: &TcpListener,
         ctx: Arc<RlweContext>,
@@ -123,8 +127,20 @@ impl CombinerHub {
         parties: usize,
         cfg: NetConfig,
     ) -> Result<Self> {
-        let deadline = Instant::now() + cfg.timeout;
         listener.set_nonblocking(true)?;
+        let hub = Self::accept_polling(listener, ctx, crs, parties, cfg);
+        listener.set_nonblocking(false)?;
+        hub
+    }
+
+    fn accept_polling(
+        listener: &TcpListener,
+        ctx: Arc<RlweContext>,
+        crs: &Crs,
+        parties: usize,
+        cfg: NetConfig,
+    ) -> Result<Self> {
+        let deadline = Instant::now() + cfg.timeout;
         let mut slots: Vec<Option<TcpStream>> = (0..parties).map(|_| None).collect();
         let mut connected = 0;
         while connected < parties {
@@ -193,7 +209,8 @@ impl CombinerHub {
     }
 
     /// One round: a share for `protocol` at `level` from every party, checked, aggregated and
-    /// sent back to all of them. Returns the aggregate.
+    /// sent back to all of them. Returns the aggregate. Parties are read in index order, each
+    /// within `cfg.timeout`.
     pub fn round(&mut self, protocol: Protocol, level: usize) -> Result<Share> {
         if !self.done.insert(protocol) {
             return Err(Error::Multiparty(format!(
