@@ -154,7 +154,7 @@ pub(crate) fn rlwe_sample(
 /// The gadget factor of digit `range`: `[P]_{q_i}` on the digit's primes and 0 elsewhere over
 /// the full `QP` limbs, so that `factor ⊙ s'` is the message `P·[Q/Q_j]·[(Q/Q_j)^{-1}]_{Q_j}·s'`
 /// a key-switching key's digit encrypts.
-pub(crate) fn gadget_factor(ctx: &RlweContext, range: &std::ops::Range<usize>) -> Vec<u32> {
+fn gadget_factor(ctx: &RlweContext, range: &std::ops::Range<usize>) -> Vec<u32> {
     let ring = ctx.ring();
     ctx.qp_limbs(ctx.max_level())
         .iter()
