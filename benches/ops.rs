@@ -1,6 +1,6 @@
 //! Criterion benchmarks: NTT per ring size; CKKS operations at N = 2^13..2^16 with each size's
 //! deepest 128-bit chain (scale 2^25); BFV operations at the 128-bit presets (20-bit t).
-//! `cargo bench --bench ops -- ckks/mul_relin/13` filters. Peer comparisons: BENCHMARKS.md.
+//! Multiparty shares at N = 2^13 (`mhe/...`). `cargo bench --bench ops -- ckks/mul_relin/13` filters. Peer comparisons: BENCHMARKS.md.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::time::Duration;
@@ -119,5 +119,81 @@ fn bfv(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, ntt, ckks, bfv);
+/// Multiparty protocols (`hetensor::mhe`) at the N = 2^13 CKKS preset: one party's share of
+/// each protocol (a fresh party per iteration, since a party answers a run once; its setup is
+/// not timed) and the combiner's work for 3 parties.
+fn mhe(c: &mut Criterion) {
+    use criterion::BatchSize;
+    use hetensor::math::sampler::Sampler;
+    use hetensor::mhe::{self, Crs, Party, RefreshParams, Smudging};
+    let mut g = c.benchmark_group("mhe");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    let ckks = CkksContext::new(CkksParams::preset(13, 25).expect("preset")).expect("context");
+    let ctx = ckks.rlwe().clone();
+    let crs = Crs::new([1; 32]);
+    let party = || Party::new(ctx.clone(), crs, Sampler::from_os()).expect("party");
+    let mut ps: Vec<Party> = (0..3).map(|_| party()).collect();
+    let ckg: Vec<_> = ps.iter_mut().map(|p| p.ckg_share().expect("ckg")).collect();
+    let pk = mhe::ckg_finalize(&ctx, &crs, &mhe::aggregate(&ctx, &ckg).expect("agg")).expect("pk");
+    let r1: Vec<_> = ps.iter_mut().map(|p| p.rkg_round1().expect("r1")).collect();
+    let r1 = mhe::aggregate(&ctx, &r1).expect("agg");
+    let r2: Vec<_> = ps
+        .iter_mut()
+        .map(|p| p.rkg_round2(&r1).expect("r2"))
+        .collect();
+    let r2 = mhe::aggregate(&ctx, &r2).expect("agg");
+    let ct = ckks
+        .encrypt(
+            &ckks
+                .encode(&[0.5], ckks.default_scale(), 3)
+                .expect("encode"),
+            &pk,
+        )
+        .expect("encrypt");
+    let rp = RefreshParams::new(3, 27.0);
+    let refresh: Vec<_> = ps
+        .iter_mut()
+        .map(|p| p.refresh_share(&ct, 1, &rp).expect("refresh"))
+        .collect();
+    let sm = Smudging::bits(20).expect("smudging");
+    let el = hetensor::rlwe::keys::galois_element_for_step(ctx.n(), 1);
+    let batched = |b: &mut criterion::Bencher, f: &dyn Fn(&mut Party)| {
+        b.iter_batched(party, |mut p| f(&mut p), BatchSize::SmallInput)
+    };
+    g.bench_function("ckg_share/13", |b| {
+        batched(b, &|p| drop(p.ckg_share().expect("ckg")))
+    });
+    g.bench_function("rkg_round1/13", |b| {
+        batched(b, &|p| drop(p.rkg_round1().expect("r1")))
+    });
+    g.bench_function("rkg_round2/13", |b| {
+        batched(b, &|p| {
+            p.rkg_round1().expect("r1");
+            drop(p.rkg_round2(&r1).expect("r2"))
+        })
+    });
+    g.bench_function("rtg_share/13", |b| {
+        batched(b, &|p| drop(p.rtg_share(el).expect("rtg")))
+    });
+    g.bench_function("cks_share_level3/13", |b| {
+        batched(b, &|p| drop(p.cks_share(&ct, None, &sm, 1).expect("cks")))
+    });
+    g.bench_function("refresh_share_level3/13", |b| {
+        batched(b, &|p| drop(p.refresh_share(&ct, 1, &rp).expect("refresh")))
+    });
+    g.bench_function("rkg_finalize/13", |b| {
+        b.iter(|| mhe::rkg_finalize(&ctx, &r1, &r2).expect("rk"))
+    });
+    g.bench_function("refresh_combine_3_parties/13", |b| {
+        b.iter(|| {
+            let agg = mhe::aggregate(&ctx, &refresh).expect("agg");
+            mhe::refresh_finalize(&ctx, &crs, &ct, &agg, 1).expect("refresh")
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, ntt, ckks, bfv, mhe);
 criterion_main!(benches);

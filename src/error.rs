@@ -141,6 +141,17 @@ pub enum Error {
     #[error("worker protocol error: {0}")]
     Protocol(String),
 
+    /// A multiparty protocol misused or fed the wrong message: a share for another protocol,
+    /// round, run, level or key set, a second share for the same run (a retry can leak the
+    /// secret share), a round out of order, or no shares at all. Nothing was computed.
+    #[error("multiparty protocol: {0}")]
+    Multiparty(String),
+
+    /// A party of a multiparty run that did not connect, answer or stay connected within the
+    /// timeout. With a t-out-of-N threshold the others can go on without it.
+    #[error("missing party: {0}")]
+    MissingParty(String),
+
     /// A request that would take a worker past one of its configured limits (stored slots or
     /// bytes); nothing was changed.
     #[error("limit exceeded: {0}")]

@@ -15,6 +15,7 @@ pub mod data;
 pub mod error;
 pub mod graph;
 pub mod math;
+pub mod mhe;
 pub mod nn;
 pub mod onnx;
 pub mod progress;

@@ -522,7 +522,7 @@ proptest! {
 
     /// Arbitrary bytes never panic any decoder.
     #[test]
-    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048), kind in 1u8..=9) {
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048), kind in 1u8..=10) {
         let f = fixture();
         let ctx = f.ctx.rlwe();
         let mut b = bytes;
@@ -538,6 +538,7 @@ proptest! {
         let _ = serialize::from_bytes::<PublicKey>(ctx, &b);
         let _ = serialize::from_bytes::<GaloisKeys>(ctx, &b);
         let _ = serialize::from_bytes::<hetensor::ckks::Plaintext>(ctx, &b);
+        let _ = serialize::from_bytes::<hetensor::mhe::Share>(ctx, &b);
         let _ = PublicContext::<CkksContext>::from_bytes_with(&b, arc_backend(), INSECURE_OK);
         let _ = SecretContext::<CkksContext>::from_bytes_with(&b, arc_backend(), INSECURE_OK);
     }
@@ -578,7 +579,7 @@ proptest! {
     /// the body decoders: still an error or a well-formed object, never a panic; and a
     /// compressed body never decodes to more than the expansion limit allows.
     #[test]
-    fn resealed_mutations_reach_the_decoders_and_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6), which in 0usize..5) {
+    fn resealed_mutations_reach_the_decoders_and_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6), which in 0usize..7) {
         static SAMPLES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
         let f = fixture();
         let ctx = f.ctx.rlwe();
@@ -594,6 +595,8 @@ proptest! {
                 pc,
                 sc,
                 serialize::to_bytes(ctx, &f.galois, WriteOptions { compression: Some(1), seeded: true }).unwrap(),
+                serialize::to_bytes(ctx, &mhe_samples()[0], WriteOptions::default()).unwrap(),
+                serialize::to_bytes(ctx, &mhe_samples()[1], WriteOptions { compression: Some(1), seeded: true }).unwrap(),
             ]
         });
         let mut b = samples[which].clone();
@@ -612,6 +615,12 @@ proptest! {
             }
             2 => { let _ = PublicContext::<CkksContext>::from_bytes_with(&b, arc_backend(), INSECURE_OK); }
             3 => { let _ = SecretContext::<CkksContext>::from_bytes_with(&b, arc_backend(), INSECURE_OK); }
+            5 | 6 => {
+                // A decoded share always has its protocol's shape: it aggregates with itself.
+                if let Ok(sh) = serialize::from_bytes::<hetensor::mhe::Share>(ctx, &b) {
+                    prop_assert!(hetensor::mhe::aggregate(ctx, &[sh.clone(), sh]).is_ok());
+                }
+            }
             _ => {
                 if let Ok(g) = serialize::from_bytes::<GaloisKeys>(ctx, &b) {
                     let raw = serialize::to_bytes(ctx, &g, WriteOptions { compression: None, seeded: true }).unwrap();
@@ -790,6 +799,87 @@ fn zstd_bombs_are_refused_before_they_inflate() {
     assert_eq!(out[0], 4, "the STORE is answered with ERROR");
     let msg = String::from_utf8_lossy(&out[9..]);
     assert!(msg.contains("larger than"), "{msg}");
+}
+
+/// Multiparty shares of the fixture's parameters: a refresh share at level 1 and an RKG
+/// round-1 share (the largest kind: 2·dnum polynomials over QP).
+fn mhe_samples() -> &'static [hetensor::mhe::Share] {
+    static S: OnceLock<Vec<hetensor::mhe::Share>> = OnceLock::new();
+    S.get_or_init(|| {
+        use hetensor::math::sampler::Sampler;
+        use hetensor::mhe::{Crs, Party, RefreshParams};
+        let f = fixture();
+        let ctx = f.ctx.rlwe().clone();
+        let crs = Crs::new([3; 32]);
+        let mut p = Party::new(ctx.clone(), crs, Sampler::from_seed([4; 32])).unwrap();
+        let pk = hetensor::mhe::ckg_finalize(&ctx, &crs, &p.ckg_share().unwrap()).unwrap();
+        let pt = f.ctx.encode(&values(16), f.ctx.default_scale(), 1).unwrap();
+        let ct = f.ctx.encrypt(&pt, &pk).unwrap();
+        let mut params = RefreshParams::new(1, 26.0);
+        params.lambda = 0; // the fixture's 55-bit level 1 cannot hold 40-bit masks
+        vec![
+            p.refresh_share(&ct, 1, &params).unwrap(),
+            p.rkg_round1().unwrap(),
+        ]
+    })
+}
+
+/// A compressed share body of zeros claiming the largest share kind is refused before it
+/// inflates, and shares whose header names an impossible protocol, index or level are
+/// decode errors.
+#[test]
+fn mhe_share_bombs_and_bad_headers_are_refused() {
+    let f = fixture();
+    let ctx = f.ctx.rlwe();
+    let poly = poly_bytes(&qp_primes(), ctx.n());
+    let digits = ctx.digits().len();
+    let top = ctx.max_level() as u8;
+    let body = |tag: u8, index: u64, level: u8, polys: usize| {
+        move |w: &mut dyn std::io::Write| {
+            w.write_all(&[tag]).unwrap();
+            w.write_all(&index.to_le_bytes()).unwrap();
+            w.write_all(&[level]).unwrap();
+            w.write_all(&vec![0u8; polys * poly]).unwrap();
+        }
+    };
+    let bomb = framed(10, ctx.fingerprint(), 7, true, body(2, 0, top, 2 * digits));
+    assert!(bomb.len() < 4096, "{} bytes", bomb.len());
+    match serialize::from_bytes::<hetensor::mhe::Share>(ctx, &bomb) {
+        Err(Error::Decode(m)) => assert!(m.contains("RkgRound1"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // The same, uncompressed, is a well-formed (all-zero) share.
+    let raw = framed(10, ctx.fingerprint(), 7, false, body(2, 0, top, 2 * digits));
+    assert!(serialize::from_bytes::<hetensor::mhe::Share>(ctx, &raw).is_ok());
+    for (tag, index, level, what) in [
+        (9u8, 0u64, top, "unknown protocol"),
+        (1, 5, top, "index on a key generation"),
+        (1, 0, 0, "key generation below the top"),
+        (4, 4, top, "even Galois element"),
+        (5, 1, top + 1, "level above the top"),
+        (7, u64::MAX, 0, "run id out of range"),
+    ] {
+        let b = framed(
+            10,
+            ctx.fingerprint(),
+            7,
+            false,
+            body(tag, index, level, 2 * digits),
+        );
+        assert!(
+            matches!(
+                serialize::from_bytes::<hetensor::mhe::Share>(ctx, &b),
+                Err(Error::Decode(_))
+            ),
+            "{what}"
+        );
+    }
+    // Key-set identifier 0 is reserved for plaintexts.
+    let zero_id = framed(10, ctx.fingerprint(), 0, false, body(2, 0, top, 2 * digits));
+    assert!(matches!(
+        serialize::from_bytes::<hetensor::mhe::Share>(ctx, &zero_id),
+        Err(Error::Decode(_))
+    ));
 }
 
 /// A worker frame: tag, u64 length, payload.

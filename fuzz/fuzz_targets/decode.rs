@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = serialize::from_bytes::<RelinKey>(r, data);
     let _ = serialize::from_bytes::<GaloisKeys>(r, data);
     let _ = serialize::from_bytes::<SecretKey>(r, data);
+    let _ = serialize::from_bytes::<hetensor::mhe::Share>(r, data);
     // Both with and without the insecure opt-in (the fuzzer's own parameters are insecure).
     let opts = DecodeOptions::allow_insecure();
     let _ = PublicContext::<CkksContext>::from_bytes(data, default_backend());

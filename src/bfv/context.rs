@@ -500,8 +500,26 @@ impl BfvContext {
     pub fn decrypt(&self, ct: &Ciphertext, sk: &SecretKey) -> Result<Plaintext> {
         self.check_ct(ct, "ciphertext")?;
         let x = rct::decrypt_to_poly(&self.rlwe, sk, &ct.inner)?;
-        let words = self.rlwe.backend().download(&x)?;
-        let tabs = &self.levels[ct.level()];
+        self.decode_phase(&x)
+    }
+
+    /// The rounding half of [`Self::decrypt`]: `round(t·x/Q_l) mod t` of a phase
+    /// `x = c_0 + c_1·s` (one coefficient-form polynomial over the primes of a level), with the
+    /// same measured-noise check. Collective decryption ([`crate::mhe`]) produces the phase
+    /// without any party holding `s`.
+    pub fn decode_phase(&self, x: &PolyBatch) -> Result<Plaintext> {
+        let level = x.limbs().len().checked_sub(1).unwrap_or(usize::MAX);
+        if x.count() != 1
+            || x.repr() != crate::backend::Repr::Coeff
+            || level > self.max_level()
+            || *x.limbs() != *self.rlwe.q_limbs(level)
+        {
+            return Err(Error::InvalidInput(
+                "a BFV phase is one coefficient-form polynomial over a level's primes".into(),
+            ));
+        }
+        let words = self.rlwe.backend().download(x)?;
+        let tabs = &self.levels[level];
         let n = self.n();
         let t = self.t as u128;
         const CHUNK: usize = 1024;

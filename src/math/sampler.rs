@@ -105,6 +105,34 @@ impl Sampler {
         out
     }
 
+    /// A 32-byte seed derived from `seed` for one purpose: the first 32 bytes of ChaCha20 keyed
+    /// by `seed` on stream `stream` (the cipher's 64-bit nonce). Different streams are
+    /// independent pseudorandom outputs, so one shared 32-byte seed (a multiparty common
+    /// reference string) yields a distinct common random polynomial per protocol and digit.
+    pub fn derive_seed(seed: [u8; 32], stream: u64) -> [u8; 32] {
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        rng.set_stream(stream);
+        let mut out = [0u8; 32];
+        rng.fill_bytes(&mut out);
+        out
+    }
+
+    /// Uniform integers in `[−2^bits, 2^bits)` (`bits ≤ 126`, which its callers guarantee): the
+    /// smudging noise and masks of the multiparty protocols, too wide for `i64`.
+    pub(crate) fn uniform_signed_bits(&mut self, n: usize, bits: u32) -> Vec<i128> {
+        assert!(bits <= 126, "uniform_signed_bits: {bits} bits > 126");
+        let mask = (1u128 << (bits + 1)) - 1;
+        (0..n)
+            .map(|_| {
+                let mut b = [0u8; 16];
+                self.rng.fill_bytes(&mut b);
+                let r = (u128::from_le_bytes(b) & mask) as i128 - (1i128 << bits);
+                zeroize::Zeroize::zeroize(&mut b);
+                r
+            })
+            .collect()
+    }
+
     /// The uniform polynomial a 32-byte seed expands to: what seeded ciphertexts and keys store.
     pub fn uniform_from_seed(seed: [u8; 32], moduli: &[Modulus], n: usize) -> Vec<u32> {
         Self::from_seed(seed).uniform(moduli, n)
@@ -160,6 +188,26 @@ mod tests {
                 );
                 assert_eq!(a.uniform(&moduli, n), uniform_reference(&mut b, &moduli, n));
             }
+        }
+    }
+
+    /// Derived seeds are deterministic per (seed, stream) and differ across streams and seeds;
+    /// wide uniform integers stay in `[−2^b, 2^b)` and reach both ends of it.
+    #[test]
+    fn derived_seeds_and_wide_uniforms() {
+        let a = Sampler::derive_seed([1; 32], 7);
+        assert_eq!(a, Sampler::derive_seed([1; 32], 7));
+        assert_ne!(a, Sampler::derive_seed([1; 32], 8));
+        assert_ne!(a, Sampler::derive_seed([2; 32], 7));
+        assert_ne!(a, [1; 32]);
+        let mut s = Sampler::from_seed([3; 32]);
+        for bits in [5u32, 63, 100, 126] {
+            let v = s.uniform_signed_bits(4000, bits);
+            let b = 1i128 << bits;
+            assert!(v.iter().all(|&x| (-b..b).contains(&x)), "{bits} bits");
+            assert!(v.iter().any(|&x| x < -b / 2) && v.iter().any(|&x| x >= b / 2 - 1));
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64 / b as f64;
+            assert!(mean.abs() < 0.05, "{bits} bits: mean {mean}");
         }
     }
 

@@ -112,7 +112,8 @@ pub fn encrypt_symmetric(
 ) -> Result<Ciphertext> {
     ctx.check_fingerprint(sk.fingerprint, "secret key")?;
     let s: SecretPoly = sk.on_limbs(ctx, m.limbs_arc())?;
-    let (polys, seed) = rlwe_sample(ctx, &s, Some(m), sampler)?;
+    let seed = sampler.seed();
+    let polys = rlwe_sample(ctx, &s, Some(m), seed, sampler)?;
     let mut ct = Ciphertext::fresh(ctx, polys, scale, sk.key_id);
     ct.seed = Some(seed);
     Ok(ct)

@@ -196,6 +196,29 @@ impl RlweContext {
         self.backend.upload(words, limbs, 1, n, Repr::Coeff)
     }
 
+    /// Uploads wide signed coefficients (multiparty smudging noise and masks, up to 2^126) to
+    /// the given limbs, NTT domain. The residues are computed on the host in a wiped buffer:
+    /// these values hide secrets or messages.
+    pub fn upload_wide_ntt(&self, coeffs: &[i128], limbs: Arc<[usize]>) -> Result<PolyBatch> {
+        let n = self.n();
+        if coeffs.len() != n {
+            return Err(Error::Shape(format!(
+                "{} coefficients for N = {n}",
+                coeffs.len()
+            )));
+        }
+        let mut words = zeroize::Zeroizing::new(Vec::with_capacity(limbs.len() * n));
+        for &l in limbs.iter() {
+            let q = self.ring.modulus(l).value() as i128;
+            words.extend(coeffs.iter().map(|&c| c.rem_euclid(q) as u32));
+        }
+        let mut p = self
+            .backend
+            .upload(std::mem::take(&mut *words), limbs, 1, n, Repr::Coeff)?;
+        self.backend.ntt_forward(&self.ring, &mut p)?;
+        Ok(p)
+    }
+
     /// Same as [`Self::upload_signed`], then NTT.
     pub fn upload_signed_ntt(&self, coeffs: &[i64], limbs: Arc<[usize]>) -> Result<PolyBatch> {
         let mut p = self.upload_signed(coeffs, limbs)?;

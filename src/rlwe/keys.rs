@@ -121,17 +121,19 @@ fn new_key_id(sampler: &mut Sampler) -> u64 {
     u64::from_le_bytes(s[..8].try_into().expect("8 bytes")).max(1)
 }
 
-/// `(-a·s + e + m, a)` over the given limbs (NTT domain); `a` uniform from a fresh seed.
+/// `(-a·s + e + m, a)` over the given limbs (NTT domain); `a` is the expansion of `seed`
+/// (a fresh one from the sampler for keys and symmetric encryption, a common reference
+/// string's for the multiparty shares in [`crate::mhe`]).
 pub(crate) fn rlwe_sample(
     ctx: &RlweContext,
     s: &PolyBatch,
     m: Option<&PolyBatch>,
+    seed: [u8; 32],
     sampler: &mut Sampler,
-) -> Result<(PolyBatch, [u8; 32])> {
+) -> Result<PolyBatch> {
     let be = ctx.backend();
     let ring = ctx.ring();
     let limbs = s.limbs_arc();
-    let seed = sampler.seed();
     let moduli: Vec<_> = limbs.iter().map(|&l| *ring.modulus(l)).collect();
     let a_words = Sampler::uniform_from_seed(seed, &moduli, ctx.n());
     let a = be.upload(a_words, limbs.clone(), 1, ctx.n(), Repr::Ntt)?;
@@ -146,7 +148,49 @@ pub(crate) fn rlwe_sample(
     let mut as_: SecretPoly = Zeroizing::new(a.clone());
     be.mul_assign(ring, &mut as_, s)?;
     be.sub_assign(ring, &mut b, &as_)?;
-    Ok((be.concat(&[&b, &a])?, seed))
+    be.concat(&[&b, &a])
+}
+
+/// The gadget factor of digit `range`: `[P]_{q_i}` on the digit's primes and 0 elsewhere over
+/// the full `QP` limbs, so that `factor ⊙ s'` is the message `P·[Q/Q_j]·[(Q/Q_j)^{-1}]_{Q_j}·s'`
+/// a key-switching key's digit encrypts.
+fn gadget_factor(ctx: &RlweContext, range: &std::ops::Range<usize>) -> Vec<u32> {
+    let ring = ctx.ring();
+    ctx.qp_limbs(ctx.max_level())
+        .iter()
+        .map(|&l| {
+            if range.contains(&l) {
+                let m = ring.modulus(l);
+                ctx.p_limbs().iter().fold(1u32, |acc, &p| {
+                    m.mul(acc, ring.modulus(p).value() % m.value())
+                })
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// One RLWE sample per key-switching digit under `s` (NTT over the full `QP`), digit `j`
+/// encrypting the gadget message of `s_from` with `a_j` expanded from `seed(j)`: a
+/// key-switching key's digits ([`KeySwitchKey::generate`], fresh seeds) and a party's share of
+/// a collective one ([`crate::mhe`], seeds from the common reference string), by one code path.
+pub(crate) fn gadget_samples(
+    ctx: &RlweContext,
+    s: &PolyBatch,
+    s_from: &PolyBatch,
+    mut seed: impl FnMut(usize, &mut Sampler) -> [u8; 32],
+    sampler: &mut Sampler,
+) -> Result<Vec<(PolyBatch, [u8; 32])>> {
+    let be = ctx.backend();
+    let mut out = Vec::new();
+    for (j, range) in ctx.digits().iter().enumerate() {
+        let mut m: SecretPoly = Zeroizing::new(s_from.clone());
+        be.mul_scalar_assign(ctx.ring(), &mut m, &gadget_factor(ctx, range))?;
+        let seed = seed(j, sampler);
+        out.push((rlwe_sample(ctx, s, Some(&m), seed, sampler)?, seed));
+    }
+    Ok(out)
 }
 
 impl PublicKey {
@@ -158,7 +202,8 @@ impl PublicKey {
     /// Generates the public key for `sk`.
     pub fn generate(ctx: &RlweContext, sk: &SecretKey, sampler: &mut Sampler) -> Result<Self> {
         ctx.check_fingerprint(sk.fingerprint, "secret key")?;
-        let (polys, seed) = rlwe_sample(ctx, &sk.ntt, None, sampler)?;
+        let seed = sampler.seed();
+        let polys = rlwe_sample(ctx, &sk.ntt, None, seed, sampler)?;
         Ok(Self {
             polys,
             fingerprint: ctx.fingerprint(),
@@ -194,32 +239,10 @@ impl KeySwitchKey {
         s_from: &PolyBatch,
         sampler: &mut Sampler,
     ) -> Result<Self> {
-        let be = ctx.backend();
-        let ring = ctx.ring();
-        let full = ctx.qp_limbs(ctx.max_level());
-        let mut digits = Vec::new();
-        let mut seeds = Vec::new();
-        for range in ctx.digits() {
-            // The gadget factor is [P]_{q_i} on the digit's primes and 0 elsewhere.
-            let factor: Vec<u32> = full
-                .iter()
-                .map(|&l| {
-                    if range.contains(&l) {
-                        let m = ring.modulus(l);
-                        ctx.p_limbs().iter().fold(1u32, |acc, &p| {
-                            m.mul(acc, ring.modulus(p).value() % m.value())
-                        })
-                    } else {
-                        0
-                    }
-                })
-                .collect();
-            let mut m: SecretPoly = Zeroizing::new(s_from.clone());
-            be.mul_scalar_assign(ring, &mut m, &factor)?;
-            let (sample, seed) = rlwe_sample(ctx, &sk.ntt, Some(&m), sampler)?;
-            digits.push(sample);
-            seeds.push(Some(seed));
-        }
+        let (digits, seeds) = gadget_samples(ctx, &sk.ntt, s_from, |_, s| s.seed(), sampler)?
+            .into_iter()
+            .map(|(d, seed)| (d, Some(seed)))
+            .unzip();
         Ok(Self {
             digits,
             fingerprint: ctx.fingerprint(),

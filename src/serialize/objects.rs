@@ -548,13 +548,28 @@ impl Encode for SecretKey {
         self.key_id
     }
     /// Two bits per ternary coefficient (0, 1, −1 ↦ 0, 1, 2); the staging buffer is wiped.
-    fn encode(&self, _ctx: &RlweContext, e: &mut Encoder, _opts: &WriteOptions) -> Result<()> {
+    /// A key that is not ternary (the sum of multiparty shares) is refused.
+    fn encode(&self, ctx: &RlweContext, e: &mut Encoder, _opts: &WriteOptions) -> Result<()> {
+        if self.coeffs.len() != ctx.n() {
+            return Err(Error::InvalidInput(
+                "this secret key has no ternary coefficients (a multiparty threshold share) and \
+                 cannot be serialized"
+                    .into(),
+            ));
+        }
         let mut packed = Zeroizing::new(vec![0u8; self.coeffs.len().div_ceil(4)]);
         for (i, &c) in self.coeffs.iter().enumerate() {
             let code = match c {
                 0 => 0u8,
                 1 => 1,
-                _ => 2,
+                -1 => 2,
+                _ => {
+                    return Err(Error::InvalidInput(
+                        "only ternary secret keys can be serialized (this one is a sum of \
+                         multiparty shares)"
+                            .into(),
+                    ))
+                }
             };
             packed[i / 4] |= code << (2 * (i % 4));
         }
@@ -592,6 +607,66 @@ impl Decode for SecretKey {
         Ok(SecretKey {
             coeffs: std::mem::take(&mut *coeffs),
             ntt,
+            fingerprint: ctx.fingerprint(),
+            key_id,
+        })
+    }
+}
+
+impl Encode for crate::mhe::Share {
+    const KIND: Kind = Kind::MheShare;
+    fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+    fn key_id(&self) -> u64 {
+        self.key_id
+    }
+    /// Protocol tag (u8), index (u64: Galois element or run), level (u8), then the parts'
+    /// polynomials, whose number and primes the protocol and level fix.
+    fn encode(&self, ctx: &RlweContext, e: &mut Encoder, _opts: &WriteOptions) -> Result<()> {
+        self.expect(ctx, self.protocol, self.level, self.key_id)?;
+        let (tag, index) = self.protocol.to_wire();
+        e.u8(tag)?;
+        e.u64(index)?;
+        e.u8(self.level as u8)?;
+        for p in &self.parts {
+            write_polys(ctx, e, p, 0..p.count())?;
+        }
+        Ok(())
+    }
+}
+
+impl Decode for crate::mhe::Share {
+    const KIND: Kind = Kind::MheShare;
+    /// Allocates only what the protocol's shape at the stated level needs (at most
+    /// `2·dnum` polynomials over `QP`, for RKG round 1).
+    fn decode(ctx: &RlweContext, d: &mut Decoder, key_id: u64) -> Result<Self> {
+        let key_id = key_set(key_id, "multiparty share")?;
+        d.allow(1 + 8 + 1);
+        let tag = d.u8("protocol")?;
+        let index = d.u64("protocol index")?;
+        let protocol = crate::mhe::Protocol::from_wire(tag, index, ctx.n())?;
+        let level = d.u8("level")? as usize;
+        let shape = crate::mhe::share_shape(ctx, protocol, level)
+            .map_err(|e| Error::Decode(e.to_string()))?;
+        let total: u64 = shape
+            .iter()
+            .map(|(limbs, count)| *count as u64 * poly_bytes(ctx, limbs))
+            .sum();
+        d.require(total, &format!("a {protocol:?} share"))?;
+        let mut parts = Vec::with_capacity(shape.len());
+        for (limbs, count) in shape {
+            let mut words = Vec::new();
+            read_polys(ctx, d, &limbs, count, &mut words)?;
+            parts.push(
+                ctx.backend()
+                    .upload(words, limbs, count, ctx.n(), Repr::Ntt)?,
+            );
+        }
+        Ok(crate::mhe::Share {
+            protocol,
+            level,
+            parts,
             fingerprint: ctx.fingerprint(),
             key_id,
         })

@@ -41,6 +41,8 @@ pub enum Kind {
     PublicContext = 8,
     /// Parameters plus the secret key.
     SecretContext = 9,
+    /// A multiparty protocol message ([`crate::mhe::Share`]).
+    MheShare = 10,
 }
 
 impl Kind {
@@ -55,6 +57,7 @@ impl Kind {
             7 => Self::SecretKey,
             8 => Self::PublicContext,
             9 => Self::SecretContext,
+            10 => Self::MheShare,
             other => return Err(Error::Decode(format!("unknown object kind {other}"))),
         })
     }

@@ -40,6 +40,7 @@
 //! and a `CONTEXT` that does not decode (its error is then the answer the parent reads to its
 //! next request).
 
+pub mod parties;
 mod tasks;
 
 use std::collections::HashMap;
@@ -177,7 +178,7 @@ fn tag_name(tag: u8) -> &'static str {
     }
 }
 
-fn write_frame(w: &mut dyn Write, tag: u8, payload: &[u8]) -> Result<()> {
+pub(crate) fn write_frame(w: &mut dyn Write, tag: u8, payload: &[u8]) -> Result<()> {
     w.write_all(&[tag])?;
     w.write_all(&(payload.len() as u64).to_le_bytes())?;
     w.write_all(payload)?;
@@ -186,7 +187,7 @@ fn write_frame(w: &mut dyn Write, tag: u8, payload: &[u8]) -> Result<()> {
 }
 
 /// Reads the first byte of a frame, its tag; `None` at a clean end of stream.
-fn read_tag(r: &mut dyn Read) -> Result<Option<u8>> {
+pub(crate) fn read_tag(r: &mut dyn Read) -> Result<Option<u8>> {
     let mut tag = [0u8; 1];
     loop {
         match r.read(&mut tag) {
@@ -201,7 +202,7 @@ fn read_tag(r: &mut dyn Read) -> Result<Option<u8>> {
 /// Reads the rest of a frame whose tag has been read: the length, checked against `bound`
 /// (`None`: the tag is unknown) before anything is reserved, then the payload, which grows
 /// with the bytes that actually arrive.
-fn read_frame_rest(r: &mut dyn Read, tag: u8, bound: Option<u64>) -> Result<Vec<u8>> {
+pub(crate) fn read_frame_rest(r: &mut dyn Read, tag: u8, bound: Option<u64>) -> Result<Vec<u8>> {
     let bound = bound.ok_or_else(|| Error::Protocol(format!("unknown frame tag {tag}")))?;
     let mut len = [0u8; 8];
     r.read_exact(&mut len).map_err(|e| {
