@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
-use hetensor::backend::{create_backend, Backend, BackendKind};
+use hetensor::backend::{create_backend, Backend, BackendKind, TraceCounts};
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::Result;
 
@@ -28,6 +28,9 @@ pub struct BenchRow {
     pub min_us: f64,
     pub max_us: f64,
     pub reps: usize,
+    /// With `--trace`: the device work of one call (one more, untimed call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceCounts>,
 }
 
 /// A whole report.
@@ -93,6 +96,7 @@ struct Recorder<'a> {
     log_qp: f64,
     dnum: usize,
     reps: usize,
+    trace: bool,
 }
 
 impl Recorder<'_> {
@@ -126,6 +130,24 @@ impl Recorder<'_> {
             "  {:<5} 2^{} {:<18} {:>12.1} µs",
             self.scheme, self.log_n, op, median_us
         );
+        let trace = if self.trace {
+            let x = setup()?;
+            be.synchronize()?;
+            let before = be.trace_counts();
+            f(x)?;
+            be.synchronize()?;
+            match (before, be.trace_counts()) {
+                (Some(b), Some(a)) => Some(a.since(&b)),
+                _ => {
+                    return Err(hetensor::Error::InvalidInput(format!(
+                        "--trace: the {} backend does not count its work (use --backend cuda)",
+                        be.name()
+                    )))
+                }
+            }
+        } else {
+            None
+        };
         self.rows.push(BenchRow {
             config: self.config.clone(),
             scheme: self.scheme.into(),
@@ -139,6 +161,7 @@ impl Recorder<'_> {
             min_us,
             max_us,
             reps: self.reps,
+            trace,
         });
         Ok(())
     }
@@ -165,6 +188,7 @@ pub fn bench_ckks(
     reps: usize,
     max_chain: bool,
     batch: usize,
+    trace: bool,
     backend: &Arc<dyn Backend>,
     rows: &mut Vec<BenchRow>,
 ) -> Result<()> {
@@ -200,6 +224,7 @@ pub fn bench_ckks(
         log_qp: params.rlwe.log_qp(),
         dnum: params.rlwe.dnum(),
         reps,
+        trace,
     };
     let rlwe = ctx.rlwe().clone();
     let (be, ring) = (rlwe.backend(), rlwe.ring());
@@ -295,6 +320,7 @@ pub fn run(
     batch: usize,
     backend: &str,
     json: bool,
+    trace: bool,
     out: Option<&std::path::Path>,
 ) -> Result<()> {
     if threads == 0 || reps == 0 || batch == 0 {
@@ -310,7 +336,8 @@ pub fn run(
         .build()
         .map_err(|e| hetensor::Error::Backend(format!("thread pool of {threads} threads: {e}")))?;
     // `threads` in the report is the pool's own count, i.e. what the timings ran on.
-    let report = pool.install(|| report(log_ns, schemes, reps, max_chain, batch, backend))?;
+    let report =
+        pool.install(|| report(log_ns, schemes, reps, max_chain, batch, backend, trace))?;
     let text = if json {
         serde_json::to_string_pretty(&report)
             .map_err(|e| hetensor::Error::InvalidInput(e.to_string()))?
@@ -332,6 +359,7 @@ fn report(
     max_chain: bool,
     batch: usize,
     backend: &str,
+    trace: bool,
 ) -> Result<BenchReport> {
     let be = create_backend(backend.parse::<BackendKind>()?)?;
     let mut rows = Vec::new();
@@ -347,8 +375,8 @@ fn report(
         for s in schemes {
             eprintln!("{s} N = 2^{log_n}");
             match s.as_str() {
-                "ckks" => bench_ckks(log_n, reps, max_chain, batch, &be, &mut rows)?,
-                "bfv" => bench_bfv(log_n, reps, &be, &mut rows, &mut notes)?,
+                "ckks" => bench_ckks(log_n, reps, max_chain, batch, trace, &be, &mut rows)?,
+                "bfv" => bench_bfv(log_n, reps, trace, &be, &mut rows, &mut notes)?,
                 other => {
                     return Err(hetensor::Error::InvalidInput(format!(
                         "unknown scheme '{other}' (use ckks, bfv)"
@@ -388,6 +416,30 @@ fn markdown(r: &BenchReport) -> String {
             x.max_us
         );
     }
+    if r.results.iter().any(|x| x.trace.is_some()) {
+        s += "\nDevice work per call (`--trace`; kernels' own memory traffic not counted):\n\n\
+              | scheme | N | batch | op | launches | uploads (KB) | download KB | copies + memsets (MB) | allocations (MB) |\n\
+              |---|---|---|---|---|---|---|---|---|\n";
+        for x in &r.results {
+            if let Some(t) = &x.trace {
+                s += &format!(
+                    "| {} | 2^{} | {} | {} | {} | {} ({:.1}) | {:.1} | {} ({:.1}) | {} ({:.1}) |\n",
+                    x.scheme,
+                    x.log_n,
+                    x.batch,
+                    x.op,
+                    t.launches,
+                    t.uploads,
+                    t.upload_bytes as f64 / 1e3,
+                    t.download_bytes as f64 / 1e3,
+                    t.device_copies,
+                    t.device_copy_bytes as f64 / 1e6,
+                    t.allocations,
+                    t.alloc_bytes as f64 / 1e6
+                );
+            }
+        }
+    }
     s
 }
 
@@ -396,6 +448,7 @@ fn markdown(r: &BenchReport) -> String {
 pub fn bench_bfv(
     log_n: u32,
     reps: usize,
+    trace: bool,
     backend: &Arc<dyn Backend>,
     rows: &mut Vec<BenchRow>,
     notes: &mut Vec<String>,
@@ -424,6 +477,7 @@ pub fn bench_bfv(
         log_qp: params.rlwe.log_qp(),
         dnum: params.rlwe.dnum(),
         reps,
+        trace,
     };
     r.run("encrypt", || ctx.encrypt(&pt, &pk).map(drop))?;
     r.run("encrypt_symmetric", || {
