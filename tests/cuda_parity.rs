@@ -586,7 +586,9 @@ fn encrypted_lenet1_batch() {
     use ndarray::s;
     let g = gpu();
     let model = weights::pretrained_lenet1().unwrap();
-    let test = mnist::load_test(mnist::DEFAULT_DIR).unwrap();
+    // HETENSOR_MNIST_DIR: scripts/gpu_check.sh runs this binary where the build path is absent.
+    let dir = std::env::var("HETENSOR_MNIST_DIR").unwrap_or(mnist::DEFAULT_DIR.into());
+    let test = mnist::load_test(&dir).unwrap();
     let x = test
         .inputs
         .slice(s![0..8, .., .., ..])
