@@ -128,6 +128,65 @@ fn upload_download_zeros_clone() {
 
 #[test]
 #[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
+fn trace_counts_launches_copies_and_allocations() {
+    use hetensor::backend::TraceCounts;
+    // A backend of its own, so that no other test adds to its counters; each call is checked
+    // against what it must do, exactly.
+    gpu();
+    let g = CudaBackend::new().unwrap();
+    let n = 4096;
+    let r = ring(n);
+    let limbs = [0usize, 1];
+    let words = random_words(&mut Rng(11), &r, &limbs, 1);
+    let bytes = 4 * words.len() as u64;
+    let upload = |g: &CudaBackend| {
+        g.upload(words.clone(), limbs.as_slice().into(), 1, n, Repr::Coeff)
+            .unwrap()
+    };
+    // Warm-up: the ring tables and the limb list are uploaded once, then cached.
+    g.ntt_forward(&r, &mut upload(&g)).unwrap();
+    let mut last = g.trace_counts().expect("the CUDA backend counts its work");
+    let mut delta = |g: &CudaBackend| {
+        let now = g.trace_counts().unwrap();
+        let d = now.since(&last);
+        last = now;
+        d
+    };
+    let mut p = upload(&g);
+    let want = TraceCounts {
+        uploads: 1,
+        upload_bytes: bytes,
+        allocations: 1,
+        alloc_bytes: bytes,
+        ..Default::default()
+    };
+    assert_eq!(delta(&g), want, "upload");
+    g.ntt_forward(&r, &mut p).unwrap();
+    let want = TraceCounts {
+        launches: 2, // N = 4096 > 2048: columns + rows
+        ..Default::default()
+    };
+    assert_eq!(delta(&g), want, "NTT");
+    let c = p.clone();
+    let want = TraceCounts {
+        device_copies: 1,
+        device_copy_bytes: bytes,
+        allocations: 1,
+        alloc_bytes: bytes,
+        ..Default::default()
+    };
+    assert_eq!(delta(&g), want, "clone");
+    g.download(&c).unwrap();
+    let want = TraceCounts {
+        download_bytes: bytes,
+        ..Default::default()
+    };
+    assert_eq!(delta(&g), want, "download");
+    assert!(CpuBackend::new().trace_counts().is_none());
+}
+
+#[test]
+#[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
 fn ntt_forward_and_inverse() {
     let g = gpu();
     let cpu = CpuBackend::new();
