@@ -163,7 +163,8 @@ fn trace_counts_launches_copies_and_allocations() {
     assert_eq!(delta(&g), want, "upload");
     g.ntt_forward(&r, &mut p).unwrap();
     let want = TraceCounts {
-        launches: 2, // N = 4096 > 2048: columns + rows
+        launches: 2,                 // N = 4096 > 2048: columns + rows
+        kernel_bytes: 2 * 2 * bytes, // each kernel reads and writes the batch once
         ..Default::default()
     };
     assert_eq!(delta(&g), want, "NTT");

@@ -319,12 +319,16 @@ pub trait Backend: Send + Sync + Debug {
     }
 }
 
-/// Device work counted by a backend ([`Backend::trace_counts`]). Kernels' own global-memory
-/// traffic is not counted: only what the host asks for (launches, copies, allocations).
+/// Device work counted by a backend ([`Backend::trace_counts`]): what the host asks for
+/// (launches, copies, allocations) and an estimate of the kernels' memory traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TraceCounts {
     /// Kernel launches.
     pub launches: u64,
+    /// Global-memory bytes the kernels read and write, estimated per launch from its
+    /// arguments: each streamed operand word once (broadcast operands as if full size; table
+    /// reads and caches ignored). A model, not a hardware counter.
+    pub kernel_bytes: u64,
     /// Bytes copied host → device (batches, tables, per-call scalars and pointer arrays).
     pub upload_bytes: u64,
     /// Host → device copies.
@@ -346,6 +350,7 @@ impl TraceCounts {
     pub fn since(&self, earlier: &TraceCounts) -> TraceCounts {
         TraceCounts {
             launches: self.launches - earlier.launches,
+            kernel_bytes: self.kernel_bytes - earlier.kernel_bytes,
             upload_bytes: self.upload_bytes - earlier.upload_bytes,
             uploads: self.uploads - earlier.uploads,
             download_bytes: self.download_bytes - earlier.download_bytes,

@@ -417,18 +417,19 @@ fn markdown(r: &BenchReport) -> String {
         );
     }
     if r.results.iter().any(|x| x.trace.is_some()) {
-        s += "\nDevice work per call (`--trace`; kernels' own memory traffic not counted):\n\n\
-              | scheme | N | batch | op | launches | uploads (KB) | download KB | copies + memsets (MB) | allocations (MB) |\n\
-              |---|---|---|---|---|---|---|---|---|\n";
+        s += "\nDevice work per call (`--trace`; kernel traffic is a model, see kernels/README.md):\n\n\
+              | scheme | N | batch | op | launches | kernel MB (est.) | uploads (KB) | download KB | copies + memsets (MB) | allocations (MB) |\n\
+              |---|---|---|---|---|---|---|---|---|---|\n";
         for x in &r.results {
             if let Some(t) = &x.trace {
                 s += &format!(
-                    "| {} | 2^{} | {} | {} | {} | {} ({:.1}) | {:.1} | {} ({:.1}) | {} ({:.1}) |\n",
+                    "| {} | 2^{} | {} | {} | {} | {:.1} | {} ({:.1}) | {:.1} | {} ({:.1}) | {} ({:.1}) |\n",
                     x.scheme,
                     x.log_n,
                     x.batch,
                     x.op,
                     t.launches,
+                    t.kernel_bytes as f64 / 1e6,
                     t.uploads,
                     t.upload_bytes as f64 / 1e3,
                     t.download_bytes as f64 / 1e3,

@@ -42,6 +42,7 @@ fn drv(e: DriverError) -> Error {
 #[derive(Debug, Default)]
 struct Trace {
     launches: AtomicU64,
+    kernel_bytes: AtomicU64,
     upload_bytes: AtomicU64,
     uploads: AtomicU64,
     download_bytes: AtomicU64,
@@ -67,6 +68,7 @@ impl Trace {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         TraceCounts {
             launches: get(&self.launches),
+            kernel_bytes: get(&self.kernel_bytes),
             upload_bytes: get(&self.upload_bytes),
             uploads: get(&self.uploads),
             download_bytes: get(&self.download_bytes),
@@ -344,6 +346,41 @@ pub fn ntt_launches(
     Ok(v)
 }
 
+/// The global-memory words a launch reads and writes, modelled from its arguments (the
+/// counters of `hetensor bench --trace`): an NTT kernel reads and writes its blocks' tiles
+/// (`smem / 4` words each); a grid-stride kernel streams its operands over `total` (its last
+/// argument) words: e.g. `ew_binary` reads a and b and writes a (3 words per element).
+/// Broadcast operands count as full size; tables and caches are ignored.
+#[doc(hidden)]
+pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64 {
+    let total = match args.last() {
+        Some(A::W(t)) => *t,
+        _ => 0,
+    };
+    let u = |i: usize| match args.get(i) {
+        Some(A::U(v)) => *v as u64,
+        _ => 0,
+    };
+    match name {
+        "ntt_fwd_cols" | "ntt_fwd_rows" | "intt_rows" | "intt_cols" => {
+            2 * grid as u64 * (smem as u64 / 4)
+        }
+        "ew_neg" | "ew_scalar" | "automorphism" | "permute_limbs" | "gather_limbs"
+        | "concat_limbs" => 2 * total,
+        "ew_binary" => 3 * total,
+        "ew_mul_acc" => 4 * total,
+        // a and b (2 polynomials each) read, 3 written, per word of one polynomial.
+        "tensor_product" => 7 * total,
+        // ni inputs read, `outputs` written.
+        "lincomb" => (u(3) + u(4)) * total,
+        // the outputs, and the k source limbs per kt target limbs.
+        "base_convert" => total + total * u(8) / u(9).max(1),
+        // per coefficient: kq + kc limbs read, kc written.
+        "scale_round" => total * (u(7) + 2 * u(8)),
+        _ => 0,
+    }
+}
+
 #[derive(Default)]
 struct Caches {
     rings: HashMap<RingKey, Arc<RingTables>>,
@@ -539,6 +576,10 @@ impl CudaBackend {
             shared_mem_bytes: smem,
         };
         Trace::add(&self.trace.launches, 1);
+        Trace::add(
+            &self.trace.kernel_bytes,
+            4 * kernel_words(name, grid, smem, args) as usize,
+        );
         // SAFETY: argument lists match the kernel signatures in kernels/*.cu, and every
         // pointer refers to a live allocation of the sizes the kernel indexes.
         unsafe { b.launch(cfg) }.map_err(drv)?;
