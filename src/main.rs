@@ -231,6 +231,10 @@ enum Command {
         /// Print JSON instead of Markdown.
         #[arg(long)]
         json: bool,
+        /// Also count each operation's device work (kernel launches, copies, allocations) on
+        /// one more untimed call; needs a backend that counts it (cuda).
+        #[arg(long)]
+        trace: bool,
         /// Write the report to this file instead of stdout.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
@@ -404,6 +408,7 @@ fn main() -> ExitCode {
             backend,
             batch,
             json,
+            trace,
             out,
         } => cli::bench::run(
             &log_n,
@@ -419,6 +424,7 @@ fn main() -> ExitCode {
             batch,
             &backend,
             json,
+            trace,
             out.as_deref(),
         ),
     });

@@ -32,11 +32,12 @@ impl Rng {
     }
 }
 
-/// A ring of degree n with 30-bit primes followed by 20-bit ones (so that base conversion and
-/// scale-and-round take every reduction branch).
+/// A ring of degree n with 30-bit primes followed by 24-bit and 29-bit ones (so that base
+/// conversion and scale-and-round take every reduction branch). 24 bits, not 20: there are not
+/// two 20-bit primes ≡ 1 mod 2N for N ≥ 2^15.
 fn ring(n: usize) -> RingContext {
     let mut ps = ntt_primes(30, 2 * n as u64, 5, &[]).unwrap();
-    ps.extend(ntt_primes(20, 2 * n as u64, 2, &ps).unwrap());
+    ps.extend(ntt_primes(24, 2 * n as u64, 2, &ps).unwrap());
     ps.extend(ntt_primes(29, 2 * n as u64, 2, &ps).unwrap());
     RingContext::new(n, &ps).unwrap()
 }
@@ -123,6 +124,66 @@ fn upload_download_zeros_clone() {
             .upload(vec![0; 5], limbs.as_slice().into(), 1, n, Repr::Coeff)
             .is_err());
     }
+}
+
+#[test]
+#[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
+fn trace_counts_launches_copies_and_allocations() {
+    use hetensor::backend::TraceCounts;
+    // A backend of its own, so that no other test adds to its counters; each call is checked
+    // against what it must do, exactly.
+    gpu();
+    let g = CudaBackend::new().unwrap();
+    let n = 4096;
+    let r = ring(n);
+    let limbs = [0usize, 1];
+    let words = random_words(&mut Rng(11), &r, &limbs, 1);
+    let bytes = 4 * words.len() as u64;
+    let upload = |g: &CudaBackend| {
+        g.upload(words.clone(), limbs.as_slice().into(), 1, n, Repr::Coeff)
+            .unwrap()
+    };
+    // Warm-up: the ring tables and the limb list are uploaded once, then cached.
+    g.ntt_forward(&r, &mut upload(&g)).unwrap();
+    let mut last = g.trace_counts().expect("the CUDA backend counts its work");
+    let mut delta = |g: &CudaBackend| {
+        let now = g.trace_counts().unwrap();
+        let d = now.since(&last);
+        last = now;
+        d
+    };
+    let mut p = upload(&g);
+    let want = TraceCounts {
+        uploads: 1,
+        upload_bytes: bytes,
+        allocations: 1,
+        alloc_bytes: bytes,
+        ..Default::default()
+    };
+    assert_eq!(delta(&g), want, "upload");
+    g.ntt_forward(&r, &mut p).unwrap();
+    let want = TraceCounts {
+        launches: 2,                 // N = 4096 > 2048: columns + rows
+        kernel_bytes: 2 * 2 * bytes, // each kernel reads and writes the batch once
+        ..Default::default()
+    };
+    assert_eq!(delta(&g), want, "NTT");
+    let c = p.clone();
+    let want = TraceCounts {
+        device_copies: 1,
+        device_copy_bytes: bytes,
+        allocations: 1,
+        alloc_bytes: bytes,
+        ..Default::default()
+    };
+    assert_eq!(delta(&g), want, "clone");
+    g.download(&c).unwrap();
+    let want = TraceCounts {
+        download_bytes: bytes,
+        ..Default::default()
+    };
+    assert_eq!(delta(&g), want, "download");
+    assert!(CpuBackend::new().trace_counts().is_none());
 }
 
 #[test]
@@ -303,7 +364,7 @@ fn base_conversion_and_scale_and_round() {
     for &n in &[16usize, 4096, 8192] {
         let r = ring(n);
         let ms = |ls: &[usize]| ls.iter().map(|&l| *r.modulus(l)).collect::<Vec<Modulus>>();
-        // 30-bit -> mixed, mixed -> 30-bit, 20-bit-heavy sources: every reduction branch.
+        // 30-bit -> mixed, mixed -> 30-bit, 24-bit-heavy sources: every reduction branch.
         for (from, to, count) in [
             (vec![0usize, 1, 2], vec![3usize, 4, 5, 6], 3usize),
             (vec![5, 6, 7], vec![0, 1], 2),
@@ -585,7 +646,9 @@ fn encrypted_lenet1_batch() {
     use ndarray::s;
     let g = gpu();
     let model = weights::pretrained_lenet1().unwrap();
-    let test = mnist::load_test(mnist::DEFAULT_DIR).unwrap();
+    // HETENSOR_MNIST_DIR: scripts/gpu_check.sh runs this binary where the build path is absent.
+    let dir = std::env::var("HETENSOR_MNIST_DIR").unwrap_or(mnist::DEFAULT_DIR.into());
+    let test = mnist::load_test(&dir).unwrap();
     let x = test
         .inputs
         .slice(s![0..8, .., .., ..])
@@ -597,9 +660,18 @@ fn encrypted_lenet1_batch() {
             .unwrap()
             .iter()
             .fold(1.0f64, |m, v| m.max(v.abs()));
+    // One encryption thread: encrypt_batched encrypts columns in parallel from one shared
+    // sampler, so with several threads the noise each column gets depends on the schedule and
+    // two runs (even both on the CPU) differ in their last bits.
+    let serial = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     let run = |c: &CkksContext| {
         let keys = c.keygen().unwrap();
-        let ct = CipherTensor::encrypt_batched(c, EncryptionKey::Secret(&keys.secret), &x).unwrap();
+        let ct = serial
+            .install(|| CipherTensor::encrypt_batched(c, EncryptionKey::Secret(&keys.secret), &x))
+            .unwrap();
         let out =
             encrypted::forward(c, &model, ct, &keys.relin, bound, &mut Default::default()).unwrap();
         out.decrypt(c, &keys.secret).unwrap()

@@ -751,7 +751,9 @@ fn lenet1_matches_cpu(params: CkksParams, images: usize) {
     let (c, w) = ckks_contexts(params, &[]);
     let (c, w) = (&c, &w);
     let model = weights::pretrained_lenet1().unwrap();
-    let test = mnist::load_test(mnist::DEFAULT_DIR).unwrap();
+    // HETENSOR_MNIST_DIR: scripts/gpu_check.sh runs this binary where the build path is absent.
+    let dir = std::env::var("HETENSOR_MNIST_DIR").unwrap_or(mnist::DEFAULT_DIR.into());
+    let test = mnist::load_test(&dir).unwrap();
     let x = test
         .inputs
         .slice(ndarray::s![0..images, .., .., ..])

@@ -310,6 +310,56 @@ pub trait Backend: Send + Sync + Debug {
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Totals of the device work this backend issued since it was created, for backends that
+    /// count it at their launch and copy helpers (CUDA); `None` elsewhere. Differences of two
+    /// snapshots give one operation's cost (`hetensor bench --trace`).
+    fn trace_counts(&self) -> Option<TraceCounts> {
+        None
+    }
+}
+
+/// Device work counted by a backend ([`Backend::trace_counts`]): what the host asks for
+/// (launches, copies, allocations) and an estimate of the kernels' memory traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TraceCounts {
+    /// Kernel launches.
+    pub launches: u64,
+    /// Global-memory bytes the kernels read and write, estimated per launch from its
+    /// arguments: each streamed operand word once (broadcast operands as if full size; table
+    /// reads and caches ignored). A model, not a hardware counter.
+    pub kernel_bytes: u64,
+    /// Bytes copied host → device (batches, tables, per-call scalars and pointer arrays).
+    pub upload_bytes: u64,
+    /// Host → device copies.
+    pub uploads: u64,
+    /// Bytes copied device → host.
+    pub download_bytes: u64,
+    /// Bytes copied device → device or written by memsets.
+    pub device_copy_bytes: u64,
+    /// Device → device copies and memsets.
+    pub device_copies: u64,
+    /// Device allocations (pool allocations on CUDA).
+    pub allocations: u64,
+    /// Bytes of those allocations.
+    pub alloc_bytes: u64,
+}
+
+impl TraceCounts {
+    /// The work done between `earlier` and `self`.
+    pub fn since(&self, earlier: &TraceCounts) -> TraceCounts {
+        TraceCounts {
+            launches: self.launches - earlier.launches,
+            kernel_bytes: self.kernel_bytes - earlier.kernel_bytes,
+            upload_bytes: self.upload_bytes - earlier.upload_bytes,
+            uploads: self.uploads - earlier.uploads,
+            download_bytes: self.download_bytes - earlier.download_bytes,
+            device_copy_bytes: self.device_copy_bytes - earlier.device_copy_bytes,
+            device_copies: self.device_copies - earlier.device_copies,
+            allocations: self.allocations - earlier.allocations,
+            alloc_bytes: self.alloc_bytes - earlier.alloc_bytes,
+        }
+    }
 }
 
 /// Validates the shape of [`Backend::upload`]'s words.

@@ -95,8 +95,8 @@ impl CkksParams {
     /// ```
     /// use hetensor::ckks::CkksParams;
     /// # fn main() -> hetensor::Result<()> {
-    /// let p = CkksParams::builder().depth(6).scale_bits(40).build()?;
-    /// assert_eq!(p.levels(), 6);
+    /// let p = CkksParams::builder().depth(4).scale_bits(40).build()?;
+    /// assert_eq!(p.levels(), 4);
     /// assert_eq!(p.composition(), 2); // 2^40 = two ~2^20 primes per level
     /// println!("{p}"); // what was chosen, and the 128-bit bound it meets
     /// # Ok(()) }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 
-use hetensor::backend::{create_backend, Backend, BackendKind};
+use hetensor::backend::{create_backend, Backend, BackendKind, TraceCounts};
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::rlwe::{Ciphertext, SecretKey};
 use hetensor::Result;
@@ -53,6 +53,9 @@ pub struct BenchRow {
     /// With `--precision`: log2 of the mean absolute slot error of the same output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_err_log2: Option<f64>,
+    /// With `--trace`: the device work of one call (one more, untimed call).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceCounts>,
 }
 
 /// A whole report.
@@ -161,6 +164,7 @@ struct Recorder<'a> {
     /// CKKS chain, copied into every row (`None` for BFV).
     scale_bits: Option<u32>,
     composition: Option<usize>,
+    trace: bool,
 }
 
 /// What `--precision` compares a CKKS output with: the context and secret key that decrypt
@@ -220,6 +224,24 @@ impl Recorder<'_> {
         );
         // Thread CPU time is the op's cost only when the op runs on this one thread.
         let cpu = cpu.filter(|_| rayon::current_num_threads() == 1 && be.name() == "cpu");
+        let trace = if self.trace {
+            let x = setup()?;
+            be.synchronize()?;
+            let before = be.trace_counts();
+            f(x)?;
+            be.synchronize()?;
+            match (before, be.trace_counts()) {
+                (Some(b), Some(a)) => Some(a.since(&b)),
+                _ => {
+                    return Err(hetensor::Error::InvalidInput(format!(
+                        "--trace: the {} backend does not count its work (use --backend cuda)",
+                        be.name()
+                    )))
+                }
+            }
+        } else {
+            None
+        };
         self.rows.push(BenchRow {
             config: self.config.clone(),
             scheme: self.scheme.into(),
@@ -240,6 +262,7 @@ impl Recorder<'_> {
             composition: self.composition,
             max_err_log2: None,
             mean_err_log2: None,
+            trace,
         });
         Ok(())
     }
@@ -335,6 +358,7 @@ pub fn bench_ckks(
     reps: usize,
     chain: CkksChain,
     batch: usize,
+    trace: bool,
     backend: &Arc<dyn Backend>,
     rows: &mut Vec<BenchRow>,
     notes: &mut Vec<String>,
@@ -374,6 +398,7 @@ pub fn bench_ckks(
         reps,
         scale_bits: Some(params.scale_bits),
         composition: Some(params.composition()),
+        trace,
     };
     let (be, ring) = (rlwe.backend(), rlwe.ring());
     // One polynomial over one limb (the peers' `ntt_limb`), on the backend.
@@ -494,6 +519,7 @@ pub fn run(
     batch: usize,
     backend: &str,
     json: bool,
+    trace: bool,
     out: Option<&std::path::Path>,
 ) -> Result<()> {
     if threads == 0 || reps == 0 || batch == 0 {
@@ -509,7 +535,7 @@ pub fn run(
         .build()
         .map_err(|e| hetensor::Error::Backend(format!("thread pool of {threads} threads: {e}")))?;
     // `threads` in the report is the pool's own count, i.e. what the timings ran on.
-    let report = pool.install(|| report(log_ns, schemes, reps, chain, batch, backend))?;
+    let report = pool.install(|| report(log_ns, schemes, reps, chain, batch, backend, trace))?;
     let text = if json {
         serde_json::to_string_pretty(&report)
             .map_err(|e| hetensor::Error::InvalidInput(e.to_string()))?
@@ -531,6 +557,7 @@ fn report(
     chain: CkksChain,
     batch: usize,
     backend: &str,
+    trace: bool,
 ) -> Result<BenchReport> {
     let be = create_backend(backend.parse::<BackendKind>()?)?;
     let mut rows = Vec::new();
@@ -557,8 +584,8 @@ fn report(
         for s in schemes {
             eprintln!("{s} N = 2^{log_n}");
             match s.as_str() {
-                "ckks" => bench_ckks(log_n, reps, chain, batch, &be, &mut rows, &mut notes)?,
-                "bfv" => bench_bfv(log_n, reps, &be, &mut rows, &mut notes)?,
+                "ckks" => bench_ckks(log_n, reps, chain, batch, trace, &be, &mut rows, &mut notes)?,
+                "bfv" => bench_bfv(log_n, reps, trace, &be, &mut rows, &mut notes)?,
                 other => {
                     return Err(hetensor::Error::InvalidInput(format!(
                         "unknown scheme '{other}' (use ckks, bfv)"
@@ -605,6 +632,31 @@ fn markdown(r: &BenchReport) -> String {
             opt(x.mean_err_log2),
         );
     }
+    if r.results.iter().any(|x| x.trace.is_some()) {
+        s += "\nDevice work per call (`--trace`; kernel traffic is a model, see kernels/README.md):\n\n\
+              | scheme | N | batch | op | launches | kernel MB (est.) | uploads (KB) | download KB | copies + memsets (MB) | allocations (MB) |\n\
+              |---|---|---|---|---|---|---|---|---|---|\n";
+        for x in &r.results {
+            if let Some(t) = &x.trace {
+                s += &format!(
+                    "| {} | 2^{} | {} | {} | {} | {:.1} | {} ({:.1}) | {:.1} | {} ({:.1}) | {} ({:.1}) |\n",
+                    x.scheme,
+                    x.log_n,
+                    x.batch,
+                    x.op,
+                    t.launches,
+                    t.kernel_bytes as f64 / 1e6,
+                    t.uploads,
+                    t.upload_bytes as f64 / 1e3,
+                    t.download_bytes as f64 / 1e3,
+                    t.device_copies,
+                    t.device_copy_bytes as f64 / 1e6,
+                    t.allocations,
+                    t.alloc_bytes as f64 / 1e6
+                );
+            }
+        }
+    }
     s
 }
 
@@ -613,6 +665,7 @@ fn markdown(r: &BenchReport) -> String {
 pub fn bench_bfv(
     log_n: u32,
     reps: usize,
+    trace: bool,
     backend: &Arc<dyn Backend>,
     rows: &mut Vec<BenchRow>,
     notes: &mut Vec<String>,
@@ -643,6 +696,7 @@ pub fn bench_bfv(
         reps,
         scale_bits: None,
         composition: None,
+        trace,
     };
     r.run("encrypt", || ctx.encrypt(&pt, &pk).map(drop))?;
     r.run("encrypt_symmetric", || {

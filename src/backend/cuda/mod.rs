@@ -14,6 +14,7 @@ pub mod emu;
 pub mod launch;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -25,7 +26,7 @@ use cudarc::nvrtc::Ptx;
 use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_mul_acc,
     check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
-    limb_positions, limb_scalars, Backend, Buffer, DeviceBuffer, PolyBatch, Repr,
+    limb_positions, limb_scalars, Backend, Buffer, DeviceBuffer, PolyBatch, Repr, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -36,11 +37,55 @@ fn drv(e: DriverError) -> Error {
     Error::Backend(format!("cuda: {e:?}"))
 }
 
+/// The backend's work counters ([`Backend::trace_counts`]), shared with its buffers (whose
+/// clones and wipes are device work too). Relaxed atomics: totals, not an ordering.
+#[derive(Debug, Default)]
+struct Trace {
+    launches: AtomicU64,
+    kernel_bytes: AtomicU64,
+    upload_bytes: AtomicU64,
+    uploads: AtomicU64,
+    download_bytes: AtomicU64,
+    device_copy_bytes: AtomicU64,
+    device_copies: AtomicU64,
+    allocations: AtomicU64,
+    alloc_bytes: AtomicU64,
+}
+
+impl Trace {
+    fn add(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    fn alloc(&self, bytes: usize) {
+        Self::add(&self.allocations, 1);
+        Self::add(&self.alloc_bytes, bytes);
+    }
+    fn device_copy(&self, bytes: usize) {
+        Self::add(&self.device_copies, 1);
+        Self::add(&self.device_copy_bytes, bytes);
+    }
+    fn snapshot(&self) -> TraceCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TraceCounts {
+            launches: get(&self.launches),
+            kernel_bytes: get(&self.kernel_bytes),
+            upload_bytes: get(&self.upload_bytes),
+            uploads: get(&self.uploads),
+            download_bytes: get(&self.download_bytes),
+            device_copy_bytes: get(&self.device_copy_bytes),
+            device_copies: get(&self.device_copies),
+            allocations: get(&self.allocations),
+            alloc_bytes: get(&self.alloc_bytes),
+        }
+    }
+}
+
 /// Device memory of one [`PolyBatch`] (`len` words; at least one word is allocated).
 #[derive(Debug)]
 pub struct CudaBuffer {
     data: CudaSlice<u32>,
     len: usize,
+    trace: Arc<Trace>,
 }
 
 impl DeviceBuffer for CudaBuffer {
@@ -50,14 +95,19 @@ impl DeviceBuffer for CudaBuffer {
             .stream()
             .clone_dtod(&self.data)
             .expect("cuda: device-to-device copy of a batch failed");
+        let bytes = 4 * self.data.len();
+        self.trace.alloc(bytes);
+        self.trace.device_copy(bytes);
         Box::new(CudaBuffer {
             data,
             len: self.len,
+            trace: self.trace.clone(),
         })
     }
 
     fn wipe(&mut self) {
         let stream = self.data.stream().clone();
+        self.trace.device_copy(4 * self.data.len());
         if let Err(e) = stream.memset_zeros(&mut self.data) {
             eprintln!("cuda: wiping a device buffer failed: {e:?}");
         }
@@ -296,6 +346,41 @@ pub fn ntt_launches(
     Ok(v)
 }
 
+/// The global-memory words a launch reads and writes, modelled from its arguments (the
+/// counters of `hetensor bench --trace`): an NTT kernel reads and writes its blocks' tiles
+/// (`smem / 4` words each); a grid-stride kernel streams its operands over `total` (its last
+/// argument) words: e.g. `ew_binary` reads a and b and writes a (3 words per element).
+/// Broadcast operands count as full size; tables and caches are ignored.
+#[doc(hidden)]
+pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64 {
+    let total = match args.last() {
+        Some(A::W(t)) => *t,
+        _ => 0,
+    };
+    let u = |i: usize| match args.get(i) {
+        Some(A::U(v)) => *v as u64,
+        _ => 0,
+    };
+    match name {
+        "ntt_fwd_cols" | "ntt_fwd_rows" | "intt_rows" | "intt_cols" => {
+            2 * grid as u64 * (smem as u64 / 4)
+        }
+        "ew_neg" | "ew_scalar" | "automorphism" | "permute_limbs" | "gather_limbs"
+        | "concat_limbs" => 2 * total,
+        "ew_binary" => 3 * total,
+        "ew_mul_acc" => 4 * total,
+        // a and b (2 polynomials each) read, 3 written, per word of one polynomial.
+        "tensor_product" => 7 * total,
+        // ni inputs read, `outputs` written.
+        "lincomb" => (u(3) + u(4)) * total,
+        // the outputs, and the k source limbs per kt target limbs.
+        "base_convert" => total + total * u(8) / u(9).max(1),
+        // per coefficient: kq + kc limbs read, kc written.
+        "scale_round" => total * (u(7) + 2 * u(8)),
+        _ => 0,
+    }
+}
+
 #[derive(Default)]
 struct Caches {
     rings: HashMap<RingKey, Arc<RingTables>>,
@@ -323,6 +408,7 @@ pub struct CudaBackend {
     device_name: String,
     funcs: HashMap<&'static str, CudaFunction>,
     caches: Mutex<Caches>,
+    trace: Arc<Trace>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -400,6 +486,7 @@ impl CudaBackend {
             device_name,
             funcs,
             caches: Mutex::new(Caches::default()),
+            trace: Arc::default(),
         })
     }
 
@@ -429,7 +516,10 @@ impl CudaBackend {
         self.ctx.bind_to_thread().map_err(drv)?;
         // SAFETY: fully overwritten by the copy below (or never read when empty).
         let dst = unsafe { self.stream.alloc::<T>(words.len().max(1)) }.map_err(drv)?;
+        self.trace.alloc(dst.num_bytes());
         if !words.is_empty() {
+            Trace::add(&self.trace.uploads, 1);
+            Trace::add(&self.trace.upload_bytes, std::mem::size_of_val(words));
             // Pageable source: the driver stages it before returning, without a stream sync.
             // SAFETY: dst holds at least words.len() elements.
             unsafe { dres::memcpy_htod_async(self.ptr(&dst), words, self.stream.cu_stream()) }
@@ -440,6 +530,7 @@ impl CudaBackend {
 
     fn alloc(&self, len: usize) -> Result<CudaSlice<u32>> {
         self.ctx.bind_to_thread().map_err(drv)?;
+        self.trace.alloc(4 * len.max(1));
         // SAFETY: callers write every word before it is read.
         unsafe { self.stream.alloc::<u32>(len.max(1)) }.map_err(drv)
     }
@@ -454,7 +545,11 @@ impl CudaBackend {
     ) -> PolyBatch {
         let len = count * limbs.len() * n;
         PolyBatch::from_parts(
-            Buffer::Device(Box::new(CudaBuffer { data, len })),
+            Buffer::Device(Box::new(CudaBuffer {
+                data,
+                len,
+                trace: self.trace.clone(),
+            })),
             limbs,
             count,
             n,
@@ -480,6 +575,11 @@ impl CudaBackend {
             block_dim: (block, 1, 1),
             shared_mem_bytes: smem,
         };
+        Trace::add(&self.trace.launches, 1);
+        Trace::add(
+            &self.trace.kernel_bytes,
+            4 * kernel_words(name, grid, smem, args) as usize,
+        );
         // SAFETY: argument lists match the kernel signatures in kernels/*.cu, and every
         // pointer refers to a live allocation of the sizes the kernel indexes.
         unsafe { b.launch(cfg) }.map_err(drv)?;
@@ -759,12 +859,17 @@ impl Backend for CudaBackend {
         self.stream.synchronize().map_err(drv)
     }
 
+    fn trace_counts(&self) -> Option<TraceCounts> {
+        Some(self.trace.snapshot())
+    }
+
     fn download(&self, p: &PolyBatch) -> Result<Vec<u32>> {
         let b = self.buf(p)?;
         if b.len == 0 {
             return Ok(Vec::new());
         }
         self.ctx.bind_to_thread().map_err(drv)?;
+        Trace::add(&self.trace.download_bytes, 4 * b.len);
         // Waits for the stream: the one synchronization point of the backend.
         self.stream.clone_dtoh(&b.data.slice(0..b.len)).map_err(drv)
     }
@@ -773,6 +878,8 @@ impl Backend for CudaBackend {
         self.ctx.bind_to_thread().map_err(drv)?;
         let len = count * limbs.len() * n;
         let data = self.stream.alloc_zeros::<u32>(len.max(1)).map_err(drv)?;
+        self.trace.alloc(4 * len.max(1));
+        self.trace.device_copy(4 * len.max(1));
         Ok(self.wrap(data, limbs, count, n, repr))
     }
 
@@ -937,6 +1044,7 @@ impl Backend for CudaBackend {
         let mut out = self.alloc(total)?;
         if k == 0 {
             // An empty source basis converts to zero (as on the CPU).
+            self.trace.device_copy(4 * out.len());
             self.stream.memset_zeros(&mut out).map_err(drv)?;
         } else {
             self.launch_1d(
@@ -1050,6 +1158,7 @@ impl Backend for CudaBackend {
             // One contiguous run of limbs: a plain copy.
             let start = pos[0] * n;
             self.ctx.bind_to_thread().map_err(drv)?;
+            self.trace.device_copy(4 * total);
             self.stream
                 .memcpy_dtod(
                     &src.slice(start..start + total),
@@ -1082,6 +1191,7 @@ impl Backend for CudaBackend {
         if len * w > 0 {
             let src = &self.buf(p)?.data;
             self.ctx.bind_to_thread().map_err(drv)?;
+            self.trace.device_copy(4 * len * w);
             self.stream
                 .memcpy_dtod(
                     &src.slice(start * w..(start + len) * w),
@@ -1102,6 +1212,7 @@ impl Backend for CudaBackend {
             let len = p.count * w;
             if len > 0 {
                 let src = &self.buf(p)?.data;
+                self.trace.device_copy(4 * len);
                 self.stream
                     .memcpy_dtod(&src.slice(0..len), &mut out.slice_mut(off..off + len))
                     .map_err(drv)?;
