@@ -355,10 +355,9 @@ impl CkksChain {
 /// scale, from the top down to level 0.
 pub fn bench_ckks(
     log_n: u32,
-    reps: usize,
+    (reps, trace): (usize, bool),
     chain: CkksChain,
     batch: usize,
-    trace: bool,
     backend: &Arc<dyn Backend>,
     rows: &mut Vec<BenchRow>,
     notes: &mut Vec<String>,
@@ -584,7 +583,15 @@ fn report(
         for s in schemes {
             eprintln!("{s} N = 2^{log_n}");
             match s.as_str() {
-                "ckks" => bench_ckks(log_n, reps, chain, batch, trace, &be, &mut rows, &mut notes)?,
+                "ckks" => bench_ckks(
+                    log_n,
+                    (reps, trace),
+                    chain,
+                    batch,
+                    &be,
+                    &mut rows,
+                    &mut notes,
+                )?,
                 "bfv" => bench_bfv(log_n, reps, trace, &be, &mut rows, &mut notes)?,
                 other => {
                     return Err(hetensor::Error::InvalidInput(format!(
