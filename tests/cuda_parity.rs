@@ -514,8 +514,7 @@ use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::math::sampler::Sampler;
 use hetensor::rlwe::RlweContext;
 
-fn ckks_on(backend: Arc<dyn Backend>, log_n: u32) -> CkksContext {
-    let params = CkksParams::preset(log_n, 25).unwrap();
+fn ckks_on(backend: Arc<dyn Backend>, params: CkksParams) -> CkksContext {
     let rlwe = RlweContext::with_backend(params.rlwe.clone(), backend).unwrap();
     CkksContext::with_rlwe(rlwe, params, Sampler::from_seed([9; 32])).unwrap()
 }
@@ -527,17 +526,35 @@ fn ct_words(ctx: &CkksContext, ct: &hetensor::rlwe::Ciphertext) -> Vec<u32> {
 #[test]
 #[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
 fn ckks_multiply_relinearize_rescale_rotate() {
+    ckks_ops_match_cpu(CkksParams::preset(13, 25).unwrap());
+}
+
+/// Composite levels: scale 2^40 in two primes per level, one rescale drops both.
+#[test]
+#[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
+fn ckks_composite_multiply_relinearize_rescale_rotate() {
+    let params = CkksParams::builder()
+        .depth(2)
+        .scale_bits(40)
+        .log_n(13)
+        .build()
+        .unwrap();
+    assert_eq!(params.composition(), 2);
+    ckks_ops_match_cpu(params);
+}
+
+fn ckks_ops_match_cpu(params: CkksParams) {
     let g = gpu();
-    let cc = ckks_on(Arc::new(CpuBackend::new()), 13);
-    let cg = ckks_on(g.clone(), 13);
+    let cc = ckks_on(Arc::new(CpuBackend::new()), params.clone());
+    let cg = ckks_on(g.clone(), params);
     let (kc, kg) = (cc.keygen().unwrap(), cg.keygen().unwrap());
     let galc = cc.gen_galois_keys(&kc.secret, &[1, -3, 17], true).unwrap();
     let galg = cg.gen_galois_keys(&kg.secret, &[1, -3, 17], true).unwrap();
     let vals: Vec<f64> = (0..cc.rlwe().n() / 2)
         .map(|i| ((i * 37 % 101) as f64) / 50.0 - 1.0)
         .collect();
-    let scale = (1u64 << 25) as f64;
-    let level = cc.rlwe().params().max_level();
+    let scale = cc.default_scale();
+    let level = cc.max_level();
     let enc = |c: &CkksContext, k: &hetensor::ckks::KeySet| {
         let pt = c.encode(&vals, scale, level).unwrap();
         (
@@ -677,9 +694,12 @@ fn encrypted_lenet1_batch() {
         out.decrypt(c, &keys.secret).unwrap()
     };
     let t0 = std::time::Instant::now();
-    let lc = run(&ckks_on(Arc::new(CpuBackend::new()), 13));
+    let lc = run(&ckks_on(
+        Arc::new(CpuBackend::new()),
+        CkksParams::preset(13, 25).unwrap(),
+    ));
     let t1 = std::time::Instant::now();
-    let lg = run(&ckks_on(g.clone(), 13));
+    let lg = run(&ckks_on(g.clone(), CkksParams::preset(13, 25).unwrap()));
     let t2 = std::time::Instant::now();
     eprintln!(
         "LeNet-1, 8 images: cpu {:.2} s, cuda {:.2} s (includes keygen and table uploads)",

@@ -636,7 +636,24 @@ fn ct_words(ctx: &CkksContext, ct: &hetensor::rlwe::Ciphertext) -> Vec<u32> {
 
 #[test]
 fn ckks_operations_match_cpu() {
-    let (c, w) = ckks_contexts(CkksParams::preset(13, 25).unwrap(), &[1, -3]);
+    ckks_operations_match_cpu_on(CkksParams::preset(13, 25).unwrap());
+}
+
+/// Composite levels (scale 2^40 in two primes per level): one rescale drops two limbs.
+#[test]
+fn ckks_composite_operations_match_cpu() {
+    let params = CkksParams::builder()
+        .depth(2)
+        .scale_bits(40)
+        .log_n(13)
+        .build()
+        .unwrap();
+    assert_eq!(params.composition(), 2);
+    ckks_operations_match_cpu_on(params);
+}
+
+fn ckks_operations_match_cpu_on(params: CkksParams) {
+    let (c, w) = ckks_contexts(params, &[1, -3]);
     let (c, w) = (&c, &w);
     let vals: Vec<f64> = (0..c.ctx.slots())
         .map(|i| ((i * 37) % 101) as f64 / 50.0 - 1.0)
