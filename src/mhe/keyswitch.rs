@@ -162,20 +162,43 @@ pub fn cks_finalize(
     agg: &Share,
     target_key_id: u64,
 ) -> Result<Ciphertext> {
+    let is_cks = matches!(agg.protocol, Protocol::Cks { .. });
+    check_aggregate(ctx, ct, agg, is_cks, "key-switching")?;
+    let c1 = ctx.backend().slice_polys(&ct.polys, 1, 1)?;
+    switched(ctx, ct, &agg.parts[0], c1, target_key_id)
+}
+
+/// Checks that `agg` aggregates shares of the expected kind for `ct`.
+fn check_aggregate(
+    ctx: &RlweContext,
+    ct: &Ciphertext,
+    agg: &Share,
+    right_kind: bool,
+    kind: &str,
+) -> Result<()> {
     check_input(ctx, agg.key_id, ct)?;
-    if !matches!(agg.protocol, Protocol::Cks { .. }) {
+    if !right_kind {
         return Err(Error::Multiparty(format!(
-            "expected key-switching shares, got {:?}",
+            "expected {kind} shares, got {:?}",
             agg.protocol
         )));
     }
-    agg.expect(ctx, agg.protocol, ct.level(), ct.key_id)?;
+    agg.expect(ctx, agg.protocol, ct.level(), ct.key_id)
+}
+
+/// `(c_0 + h0, c1)` under key set `key_id`: how both key-switching protocols finish.
+fn switched(
+    ctx: &RlweContext,
+    ct: &Ciphertext,
+    h0: &PolyBatch,
+    c1: PolyBatch,
+    key_id: u64,
+) -> Result<Ciphertext> {
     let be = ctx.backend();
     let mut c0 = be.slice_polys(&ct.polys, 0, 1)?;
-    be.add_assign(ctx.ring(), &mut c0, &agg.parts[0])?;
-    let polys = be.concat(&[&c0, &be.slice_polys(&ct.polys, 1, 1)?])?;
-    let mut out = ct.derive(polys, ct.scale);
-    out.key_id = target_key_id;
+    be.add_assign(ctx.ring(), &mut c0, h0)?;
+    let mut out = ct.derive(be.concat(&[&c0, &c1])?, ct.scale);
+    out.key_id = key_id;
     Ok(out)
 }
 
@@ -198,21 +221,12 @@ pub fn pcks_finalize(
     agg: &Share,
     pk: &PublicKey,
 ) -> Result<Ciphertext> {
-    check_input(ctx, agg.key_id, ct)?;
-    if !matches!(agg.protocol, Protocol::Pcks { .. }) {
-        return Err(Error::Multiparty(format!(
-            "expected re-encryption shares, got {:?}",
-            agg.protocol
-        )));
-    }
-    agg.expect(ctx, agg.protocol, ct.level(), ct.key_id)?;
+    let is_pcks = matches!(agg.protocol, Protocol::Pcks { .. });
+    check_aggregate(ctx, ct, agg, is_pcks, "re-encryption")?;
     let be = ctx.backend();
-    let mut c0 = be.slice_polys(&ct.polys, 0, 1)?;
-    be.add_assign(ctx.ring(), &mut c0, &be.slice_polys(&agg.parts[0], 0, 1)?)?;
-    let polys = be.concat(&[&c0, &be.slice_polys(&agg.parts[0], 1, 1)?])?;
-    let mut out = ct.derive(polys, ct.scale);
-    out.key_id = pk.key_id;
-    Ok(out)
+    let h0 = be.slice_polys(&agg.parts[0], 0, 1)?;
+    let c1 = be.slice_polys(&agg.parts[0], 1, 1)?;
+    switched(ctx, ct, &h0, c1, pk.key_id)
 }
 
 /// Smudging for a BFV ciphertext at `λ` bits from the noise bound its evaluator carries: the
