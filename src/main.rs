@@ -74,7 +74,17 @@ enum Command {
         precision: String,
     },
     /// A short encrypted computation with CKKS, checked against plaintext.
-    Demo,
+    Demo {
+        /// A deep chain instead: sequential multiplications that bootstrap along the way.
+        #[arg(long)]
+        deep: bool,
+        /// With --deep: how many sequential multiplications.
+        #[arg(long, default_value_t = 50, value_parser = at_least(1), requires = "deep")]
+        multiplications: usize,
+        /// With --deep: ring size (16 = the 128-bit preset; 10..=13 = an insecure test ring).
+        #[arg(long, default_value_t = 11, value_parser = clap::value_parser!(u32).range(10..=16), requires = "deep")]
+        log_n: u32,
+    },
     /// Encrypted Titanic per-feature means and a logistic-regression gradient, computed by K
     /// worker processes holding only the public context; checked against plaintext.
     TitanicWorkers {
@@ -198,9 +208,10 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_values_t = vec![13u32, 14],
               value_parser = clap::value_parser!(u32).range(13..=16))]
         log_n: Vec<u32>,
-        /// Schemes to run.
+        /// Schemes to run. `bootstrap` times CKKS bootstrapping (128-bit at 2^16; at 2^13 an
+        /// insecure test ring) with its output precision and the levels it leaves.
         #[arg(long, value_delimiter = ',', default_values_t = vec!["ckks".to_string(), "bfv".to_string()],
-              value_parser = ["ckks", "bfv"])]
+              value_parser = ["ckks", "bfv", "bootstrap"])]
         scheme: Vec<String>,
         /// Repetitions per operation (after one warm-up).
         #[arg(long, default_value_t = 10, value_parser = at_least(1))]
@@ -280,7 +291,12 @@ fn main() -> ExitCode {
             data_dir,
             precision,
         }),
-        Command::Demo => cli::demo::run(),
+        Command::Demo { deep: false, .. } => cli::demo::run(),
+        Command::Demo {
+            deep: true,
+            multiplications,
+            log_n,
+        } => cli::demo::run_deep(multiplications, log_n),
         Command::TitanicWorkers {
             workers,
             threads_per_worker,

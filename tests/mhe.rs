@@ -14,7 +14,7 @@ use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::math::sampler::Sampler;
 use hetensor::mhe::{self, Crs, Party, RefreshParams, ShamirShare, Share, Smudging};
 use hetensor::rlwe::ciphertext::decrypt_to_poly;
-use hetensor::rlwe::keys::galois_element_for_step;
+use hetensor::rlwe::keys::{ckks_galois_element, galois_element_for_step};
 use hetensor::rlwe::{GaloisKeys, PublicKey, RelinKey, RlweContext, SecretKey};
 use hetensor::serialize::{self, WriteOptions};
 use hetensor::Error;
@@ -186,7 +186,7 @@ fn ckks_collective_keys_compute_and_decrypt() {
     let ctx = ckks.rlwe().clone();
     let k = 3;
     let (crs, mut ps) = parties(&ctx, k, 77);
-    let g = galois_element_for_step(ctx.n(), 1);
+    let g = ckks_galois_element(ctx.n(), 1);
     let (pk, rk, gk) = collective_keys(&ctx, &crs, &mut ps, &[g]);
     let slots = ckks.slots();
     let x: Vec<f64> = (0..slots)

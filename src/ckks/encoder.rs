@@ -1,14 +1,20 @@
 //! The CKKS canonical-embedding encoder.
 //!
-//! Slot `j` is the evaluation at `ζ^{3^j}` (ζ = e^{iπ/N}); its conjugate sits at `ζ^{-3^j}`.
+//! Slot `j` is the evaluation at `ζ^{5^j}` (ζ = e^{iπ/N}); its conjugate sits at `ζ^{-5^j}`.
+//! The generator is 5, as in HEAAN and Lattigo, not 3: every `5^j ≡ 1 (mod 4)`, so
+//! `ζ_j^{N/2} = i` in every slot, which makes decoding a plain complex FFT of half length
+//! (`t_k + i·t_{k+N/2}`) that bootstrapping can factor into sparse stages ([`super::bootstrap`]).
 //! Those evaluations are exactly what a negacyclic transform over the complex numbers
 //! computes, in the same bit-reversed order as the integer NTT, so encoding is a complex
 //! inverse negacyclic FFT and decoding a forward one (O(N log N)). Rotating by `k` slots is
-//! the automorphism `X → X^{3^k}`, conjugation is `X → X^{-1}`.
+//! the automorphism `X → X^{5^k}`, conjugation is `X → X^{-1}`.
 
 use num_complex::Complex64;
 
 use crate::math::ntt::bit_reverse;
+
+/// The generator of the slot group: slot `j` sits at `ζ^{5^j}`.
+pub const SLOT_GENERATOR: usize = 5;
 
 /// Complex negacyclic FFT tables and the slot ↔ evaluation index map.
 #[derive(Clone, Debug)]
@@ -39,7 +45,7 @@ impl CkksEncoder {
         for _ in 0..n / 2 {
             slot_pos.push(bit_reverse((g - 1) / 2, log_n));
             conj_pos.push(bit_reverse((two_n - g - 1) / 2, log_n));
-            g = g * 3 % two_n;
+            g = g * SLOT_GENERATOR % two_n;
         }
         Self {
             n,
@@ -149,7 +155,7 @@ mod tests {
         for k in 0..32 {
             assert!((slots[k] - z[k] * w[k]).norm() < 1e-9);
         }
-        // Direct evaluation at zeta^{3^j} matches.
+        // Direct evaluation at zeta^{5^j} matches.
         let zeta = |e: f64| Complex64::from_polar(1.0, std::f64::consts::PI * e / 64.0);
         let mut g = 1usize;
         for j in 0..32 {
@@ -159,7 +165,7 @@ mod tests {
                 .map(|(k, &ck)| ck * zeta((g * k) as f64))
                 .sum();
             assert!((val - z[j]).norm() < 1e-9, "slot {j}");
-            g = g * 3 % 128;
+            g = g * 5 % 128;
         }
     }
 }

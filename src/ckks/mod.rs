@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod bootstrap;
 pub mod encoder;
 pub mod params;
 
@@ -34,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
 use crate::math::RnsBasis;
 use crate::rlwe::ciphertext as ct_ops;
-use crate::rlwe::keys::{galois_element_conjugate, galois_element_for_step};
+use crate::rlwe::keys::{ckks_galois_element, galois_element_conjugate};
 use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, RlweContext, SecretKey};
 
 pub use encoder::CkksEncoder;
@@ -206,10 +207,7 @@ impl CkksContext {
         conjugation: bool,
     ) -> Result<GaloisKeys> {
         let n = self.rlwe.n();
-        let mut els: Vec<usize> = steps
-            .iter()
-            .map(|&s| galois_element_for_step(n, s))
-            .collect();
+        let mut els: Vec<usize> = steps.iter().map(|&s| ckks_galois_element(n, s)).collect();
         if conjugation {
             els.push(galois_element_conjugate(n));
         }
@@ -727,7 +725,7 @@ impl CkksContext {
 
     /// Rotates slots left by `step` (negative: right).
     pub fn rotate(&self, ct: &Ciphertext, step: i64, gk: &GaloisKeys) -> Result<Ciphertext> {
-        let g = galois_element_for_step(self.rlwe.n(), step);
+        let g = ckks_galois_element(self.rlwe.n(), step);
         if g == 1 {
             return Ok(ct.clone());
         }
@@ -745,14 +743,14 @@ impl CkksContext {
         let n = self.rlwe.n();
         let els: Vec<(usize, Option<i64>)> = steps
             .iter()
-            .map(|&s| (galois_element_for_step(n, s), Some(s)))
+            .map(|&s| (ckks_galois_element(n, s), Some(s)))
             .filter(|&(g, _)| g != 1)
             .collect();
         let mut rotated = ct_ops::apply_galois_many(&self.rlwe, ct, &els, gk)?.into_iter();
         steps
             .iter()
             .map(|&s| {
-                if galois_element_for_step(n, s) == 1 {
+                if ckks_galois_element(n, s) == 1 {
                     Ok(ct.clone())
                 } else {
                     rotated

@@ -53,6 +53,9 @@ pub struct BenchRow {
     /// With `--precision`: log2 of the mean absolute slot error of the same output.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mean_err_log2: Option<f64>,
+    /// Bootstrapping: levels left for computation after the operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub levels_left: Option<usize>,
     /// With `--trace`: the device work of one call (one more, untimed call).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceCounts>,
@@ -262,6 +265,7 @@ impl Recorder<'_> {
             composition: self.composition,
             max_err_log2: None,
             mean_err_log2: None,
+            levels_left: None,
             trace,
         });
         Ok(())
@@ -593,9 +597,10 @@ fn report(
                     &mut notes,
                 )?,
                 "bfv" => bench_bfv(log_n, reps, trace, &be, &mut rows, &mut notes)?,
+                "bootstrap" => bench_bootstrap(log_n, reps, &be, &mut rows, &mut notes)?,
                 other => {
                     return Err(hetensor::Error::InvalidInput(format!(
-                        "unknown scheme '{other}' (use ckks, bfv)"
+                        "unknown scheme '{other}' (use ckks, bfv, bootstrap)"
                     )))
                 }
             }
@@ -639,6 +644,17 @@ fn markdown(r: &BenchReport) -> String {
             opt(x.mean_err_log2),
         );
     }
+    for x in r.results.iter().filter(|x| x.levels_left.is_some()) {
+        s += &format!(
+            "\n{} at 2^{}: {} levels left for computation after it.\n",
+            x.op,
+            x.log_n,
+            x.levels_left.unwrap_or(0)
+        );
+    }
+    for n in r.notes.iter().filter(|n| n.starts_with("bootstrap")) {
+        s += &format!("\n{n}\n");
+    }
     if r.results.iter().any(|x| x.trace.is_some()) {
         s += "\nDevice work per call (`--trace`; kernel traffic is a model, see kernels/README.md):\n\n\
               | scheme | N | batch | op | launches | kernel MB (est.) | uploads (KB) | download KB | copies + memsets (MB) | allocations (MB) |\n\
@@ -665,6 +681,82 @@ fn markdown(r: &BenchReport) -> String {
         }
     }
     s
+}
+
+/// CKKS bootstrapping: key generation (once) and one bootstrap per repetition, with the
+/// output's precision over all slots and the levels it leaves. N = 2^16 runs the 128-bit
+/// preset ([`BootstrapParams::n16`]); smaller rings run the insecure test ring (same code,
+/// labelled `bootstrap-insecure-test-ring`).
+pub fn bench_bootstrap(
+    log_n: u32,
+    reps: usize,
+    be: &std::sync::Arc<dyn hetensor::backend::Backend>,
+    rows: &mut Vec<BenchRow>,
+    notes: &mut Vec<String>,
+) -> Result<()> {
+    use hetensor::ckks::bootstrap::{BootstrapKeys, BootstrapParams};
+    let (bp, config) = match log_n {
+        16 => (BootstrapParams::n16()?, "bootstrap-128"),
+        10..=13 => (
+            BootstrapParams::insecure_test_ring(log_n, 2)?,
+            "bootstrap-insecure-test-ring",
+        ),
+        _ => {
+            return Err(hetensor::Error::InvalidParameters(format!(
+                "bootstrap runs at N = 2^16 (128-bit) or at a test ring 2^10..2^13, not 2^{log_n}: N = 2^15 holds no 128-bit bootstrapping chain"
+            )))
+        }
+    };
+    let ctx = CkksContext::with_backend(bp.ckks.clone(), be.clone())?;
+    let p = &bp.ckks;
+    let mut rec = Recorder {
+        rows,
+        backend: be.as_ref(),
+        config: config.into(),
+        scheme: "ckks",
+        log_n,
+        limbs: p.rlwe.q_primes().len(),
+        log_qp: p.rlwe.log_qp(),
+        dnum: p.rlwe.dnum(),
+        reps,
+        scale_bits: Some(p.scale_bits),
+        composition: Some(p.composition()),
+        trace: false,
+    };
+    let keys = ctx.keygen()?;
+    let t0 = std::time::Instant::now();
+    let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin)?;
+    let keygen_s = t0.elapsed().as_secs_f64();
+    let want: Vec<f64> = {
+        let mut rng = rand::rng();
+        (0..ctx.slots())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect()
+    };
+    let ct = ctx.encrypt(&ctx.encode(&want, ctx.natural_scale(0), 0)?, &keys.public)?;
+    // The first call also encodes and caches the transforms' diagonals: time it apart.
+    let t0 = std::time::Instant::now();
+    let first = ctx.bootstrap(&ct, &bk)?;
+    let first_s = t0.elapsed().as_secs_f64();
+    let expect = Expect {
+        ctx: &ctx,
+        sk: &keys.secret,
+        want,
+    };
+    rec.run_ckks("bootstrap", Some(&expect), || ctx.bootstrap(&ct, &bk))?;
+    if let Some(row) = rec.rows.last_mut() {
+        row.levels_left = Some(first.level());
+    }
+    notes.push(format!(
+        "bootstrap 2^{log_n} ({config}): {} CoeffsToSlots + {} EvalMod + {} SlotsToCoeffs levels, {} rotation keys, Hamming weight {} ephemeral secret; key generation {keygen_s:.1} s; first bootstrap (encodes and caches the diagonals) {first_s:.1} s; {} levels left",
+        bp.cts_levels,
+        bp.eval_mod_levels(),
+        bp.stc_levels,
+        bk.galois().elements().len(),
+        bp.ephemeral_hamming,
+        first.level()
+    ));
+    Ok(())
 }
 
 /// BFV operations with each size's 128-bit preset (the longest chain, like SEAL's

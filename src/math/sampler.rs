@@ -62,6 +62,19 @@ impl Sampler {
         out
     }
 
+    /// A sparse ternary vector: exactly `hamming` nonzero coefficients, each ±1, at uniformly
+    /// chosen positions (`rand`'s index sampling over the CSPRNG). Bootstrapping's ephemeral
+    /// key uses it: the modular reduction it needs grows with the secret's weight.
+    pub fn sparse_ternary(&mut self, n: usize, hamming: usize) -> Vec<i8> {
+        let mut out = vec![0i8; n];
+        let h = hamming.min(n);
+        let positions = rand::seq::index::sample(&mut self.rng, n, h);
+        for i in positions.iter() {
+            out[i] = if self.rng.next_u32() & 1 == 0 { 1 } else { -1 };
+        }
+        out
+    }
+
     /// Centered binomial errors CBD(21), σ ≈ 3.24, |e| ≤ 21.
     pub fn cbd(&mut self, n: usize) -> Vec<i8> {
         let mask = (1u64 << CBD_ETA) - 1;

@@ -49,7 +49,23 @@ impl SecretKey {
     /// copies them to the device and frees the host staging vector unwiped (as it does for the
     /// serialized-key path), which this crate cannot reach.
     pub fn generate(ctx: &RlweContext, sampler: &mut Sampler) -> Result<Self> {
-        let mut coeffs = sampler.ternary(ctx.n());
+        let coeffs = sampler.ternary(ctx.n());
+        Self::from_coeffs(ctx, coeffs, new_key_id(sampler))
+    }
+
+    /// Samples a sparse ternary secret with exactly `hamming` nonzero coefficients, in the key
+    /// set `key_id` (bootstrapping's ephemeral key, which never encrypts user data).
+    pub(crate) fn generate_sparse(
+        ctx: &RlweContext,
+        hamming: usize,
+        key_id: u64,
+        sampler: &mut Sampler,
+    ) -> Result<Self> {
+        let coeffs = sampler.sparse_ternary(ctx.n(), hamming);
+        Self::from_coeffs(ctx, coeffs, key_id)
+    }
+
+    fn from_coeffs(ctx: &RlweContext, mut coeffs: Vec<i8>, key_id: u64) -> Result<Self> {
         let wide: Zeroizing<Vec<i64>> = Zeroizing::new(coeffs.iter().map(|&c| c as i64).collect());
         let ntt = match ctx.upload_signed_ntt(&wide, ctx.qp_limbs(ctx.max_level())) {
             Ok(ntt) => ntt,
@@ -62,7 +78,7 @@ impl SecretKey {
             coeffs,
             ntt,
             fingerprint: ctx.fingerprint(),
-            key_id: new_key_id(sampler),
+            key_id,
         })
     }
 
@@ -251,6 +267,44 @@ impl KeySwitchKey {
         })
     }
 
+    /// A key switching `s_from` to `s_to` (both NTT over the full `QP`) that exists only over
+    /// the first `q_count` ciphertext primes and the special primes: it can switch ciphertexts
+    /// at those primes and no higher. Bootstrapping's switch to its sparse ephemeral key is one:
+    /// an RLWE sample under a sparse secret is only safe at such a small modulus.
+    pub(crate) fn generate_low(
+        ctx: &RlweContext,
+        s_to: &SecretKey,
+        s_from: &PolyBatch,
+        q_count: usize,
+        sampler: &mut Sampler,
+    ) -> Result<Self> {
+        let be = ctx.backend();
+        let limbs = ctx.qp_first(q_count);
+        let s = Zeroizing::new(be.select_limbs(&s_to.ntt, limbs.clone())?);
+        let from = Zeroizing::new(be.select_limbs(s_from, limbs.clone())?);
+        let mut digits = Vec::new();
+        let mut seeds = Vec::new();
+        for range in ctx.digits().iter().filter(|r| r.start < q_count) {
+            let factor: Vec<u32> = gadget_factor(ctx, range)
+                .into_iter()
+                .zip(ctx.qp_limbs(ctx.max_level()).iter())
+                .filter(|(_, l)| limbs.contains(l))
+                .map(|(f, _)| f)
+                .collect();
+            let mut m: SecretPoly = Zeroizing::new((*from).clone());
+            be.mul_scalar_assign(ctx.ring(), &mut m, &factor)?;
+            let seed = sampler.seed();
+            digits.push(rlwe_sample(ctx, &s, Some(&m), seed, sampler)?);
+            seeds.push(Some(seed));
+        }
+        Ok(Self {
+            digits,
+            fingerprint: ctx.fingerprint(),
+            seeds,
+            key_id: s_to.key_id,
+        })
+    }
+
     /// Key switching: given `d` (one polynomial, NTT form, at some level), returns
     /// `(u0, u1)` in the NTT domain at the same level with `u0 + u1·s ≈ d·s'`.
     pub fn switch(&self, ctx: &RlweContext, d: &PolyBatch) -> Result<PolyBatch> {
@@ -391,13 +445,23 @@ impl GaloisKeys {
     }
 }
 
-/// Galois element of a rotation by `step` slots (generator 3, as in SEAL; negative steps
-/// rotate the other way).
+/// Galois element of a BFV row rotation by `step` slots (generator 3, as in SEAL; negative
+/// steps rotate the other way). CKKS slots use generator 5: [`ckks_galois_element`].
 pub fn galois_element_for_step(n: usize, step: i64) -> usize {
+    galois_element_with_generator(n, step, 3)
+}
+
+/// Galois element of a CKKS slot rotation by `step` (generator 5, see
+/// [`crate::ckks::encoder`]; negative steps rotate right).
+pub fn ckks_galois_element(n: usize, step: i64) -> usize {
+    galois_element_with_generator(n, step, crate::ckks::encoder::SLOT_GENERATOR as u64)
+}
+
+fn galois_element_with_generator(n: usize, step: i64, generator: u64) -> usize {
     let two_n = 2 * n as u64;
     let half = (n / 2) as i64;
     let s = step.rem_euclid(half) as u64;
-    crate::math::modular::pow_mod_u64(3, s, two_n) as usize
+    crate::math::modular::pow_mod_u64(generator, s, two_n) as usize
 }
 
 /// Galois element of complex conjugation (CKKS) / row swap (BFV): `2N − 1`.

@@ -1,0 +1,1026 @@
+//! CKKS bootstrapping: a ciphertext at level 0 comes back at a high level with the same
+//! message, so computations of any depth can continue without the key holder.
+//!
+//! The pipeline (Cheon–Han–Kim–Kim–Song 2018, with the refinements of Chen–Chillotti–Song
+//! 2019 and Bossuat et al. 2021/2022):
+//!
+//! 1. **Sparse-secret encapsulation** — key switch at level 0 from the (dense) secret `s` to an
+//!    ephemeral sparse secret `s'` of Hamming weight `h` (default 32). The key for it exists
+//!    only over `q_0` and the special primes, where a sparse secret is safe.
+//! 2. **ModRaise** — the level-0 residues are lifted exactly (centered) to every prime. The
+//!    ciphertext now decrypts to `t = Δ·m + q_0·I` with `|I| ≤ (h+1)/2` coefficient-wise, a
+//!    bound that holds for every ciphertext, not with some probability. A second key switch,
+//!    at the top, returns to `s`.
+//! 3. **CoeffsToSlots** — the inverse of the decoding FFT, factored into its `log2(N/2)`
+//!    butterfly stages and merged into [`BootstrapParams::cts_levels`] groups; each group is a
+//!    matrix with few diagonals, applied with baby-step giant-step and hoisted rotations, one
+//!    level each. The bit reversal is skipped: the slots then hold the coefficients in
+//!    bit-reversed order, which EvalMod (slot-wise) does not mind and SlotsToCoeffs undoes.
+//!    Real and imaginary halves are split with one conjugation.
+//! 4. **EvalMod** — `sin(2πx)/(2π) ≈ x mod 1` for `x = t/q_0`: a Chebyshev interpolant of
+//!    `cos(2π(x − 1/4)/2^r)` on `[−K, K]`, then `r` double-angle steps `c ← 2c² − 1`.
+//! 5. **SlotsToCoeffs** — the decoding FFT's stages, grouped the same way.
+//!
+//! The linear transforms' diagonals are computed once in `f64` and cached as plaintexts at
+//! the level where they are used. Everything runs through the [`crate::backend::Backend`]
+//! trait, so it runs on CPU, wgpu and CUDA alike.
+//!
+//! ```no_run
+//! use hetensor::ckks::bootstrap::{BootstrapKeys, BootstrapParams};
+//! use hetensor::ckks::CkksContext;
+//! # fn main() -> hetensor::Result<()> {
+//! let bp = BootstrapParams::n16()?;
+//! let ctx = CkksContext::new(bp.ckks.clone())?;
+//! let keys = ctx.keygen()?;
+//! let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin)?;
+//! let level = bk.output_level();
+//! let ct = ctx.encrypt(&ctx.encode(&[0.5, -0.25], ctx.natural_scale(0), 0)?, &keys.public)?;
+//! let fresh = ctx.bootstrap(&ct, &bk)?;
+//! assert_eq!(fresh.level(), level);
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+use std::f64::consts::PI;
+use std::sync::{Arc, OnceLock};
+
+use num_complex::Complex64;
+
+use crate::backend::PolyBatch;
+use crate::ckks::{CkksContext, CkksParams, Plaintext};
+use crate::error::{Error, Result};
+use crate::rlwe::keys::KeySwitchKey;
+use crate::rlwe::{Ciphertext, GaloisKeys, RelinKey, SecretKey, Security};
+
+/// How a bootstrap spends its levels, and the chain it runs on.
+#[derive(Clone, Debug)]
+pub struct BootstrapParams {
+    /// The CKKS chain: computation levels at the bottom, bootstrapping's on top.
+    pub ckks: CkksParams,
+    /// Levels (merged FFT groups) CoeffsToSlots uses: fewer levels, more rotations each.
+    pub cts_levels: usize,
+    /// Levels SlotsToCoeffs uses.
+    pub stc_levels: usize,
+    /// Degree of the Chebyshev interpolant of the scaled cosine.
+    pub cheb_degree: usize,
+    /// Double-angle steps after it (each halves the interpolation interval).
+    pub double_angles: usize,
+    /// Hamming weight of the ephemeral sparse secret; `|I| ≤ (h+1)/2` sets EvalMod's interval.
+    pub ephemeral_hamming: usize,
+}
+
+impl BootstrapParams {
+    /// Levels EvalMod consumes: the step to the natural scale (1), the Chebyshev basis
+    /// (`ceil(log2 d)`), the coefficients (1), and the double angles.
+    pub fn eval_mod_levels(&self) -> usize {
+        eval_mod_depth(self.cheb_degree, self.double_angles)
+    }
+
+    /// Levels one bootstrap consumes.
+    pub fn depth(&self) -> usize {
+        self.cts_levels + self.eval_mod_levels() + self.stc_levels
+    }
+
+    /// Levels left for computation after a bootstrap (its output level).
+    pub fn output_level(&self) -> usize {
+        self.ckks.levels().saturating_sub(self.depth())
+    }
+
+    /// EvalMod's interval half-width: the bound `(h+1)/2` on `I` plus room for the message.
+    pub fn k_bound(&self) -> f64 {
+        (self.ephemeral_hamming as f64 + 1.0) / 2.0 + 0.5
+    }
+
+    /// Bootstrapping at N = 2^16, 128-bit (HE-standard bound on log2 QP), 2^15 complex slots,
+    /// scale 2^58 from two ~29-bit primes per level, a ~2^68 base (three primes),
+    /// 3 key-switching digits (log2 QP = 1766 of the 1770 allowed): CoeffsToSlots 3 levels, EvalMod 11 (degree 27, 4 double
+    /// angles), SlotsToCoeffs 3, and 4 levels left for computation. (N = 2^15 holds no such
+    /// chain at 128 bits: 17 levels of 2^58 exceed its 881-bit bound.)
+    pub fn n16() -> Result<Self> {
+        Self::with_chain(
+            16,
+            58,
+            N16_COMPUTATION_LEVELS,
+            (3, 3),
+            Some(3),
+            Security::Bits128,
+        )
+    }
+
+    /// A bootstrap at a small ring for tests (`log_n` 10..=13): the same pipeline and code
+    /// paths, **not secure** (the chain is far beyond what such an N allows).
+    pub fn insecure_test_ring(log_n: u32, computation_levels: usize) -> Result<Self> {
+        Self::with_chain(
+            log_n,
+            58,
+            computation_levels,
+            (3, 2),
+            Some(4),
+            Security::InsecureForTestingOnly,
+        )
+    }
+
+    /// The default EvalMod (degree 27, 4 double angles, h = 32) and the given transform
+    /// budgets, on a chain of `computation` levels plus what the bootstrap consumes, with a
+    /// base 10 bits above the scale.
+    fn with_chain(
+        log_n: u32,
+        scale_bits: u32,
+        computation: usize,
+        (cts_levels, stc_levels): (usize, usize),
+        dnum: Option<usize>,
+        security: Security,
+    ) -> Result<Self> {
+        let (cheb_degree, double_angles) = (27, 4);
+        let depth = cts_levels + eval_mod_depth(cheb_degree, double_angles) + stc_levels;
+        let mut builder = CkksParams::builder()
+            .log_n(log_n)
+            .scale_bits(scale_bits)
+            .base_bits(scale_bits + MESSAGE_RATIO_BITS)
+            .depth(depth + computation)
+            .security(security);
+        if let Some(d) = dnum {
+            builder = builder.dnum(d);
+        }
+        let ckks = builder.build()?;
+        Ok(Self {
+            ckks,
+            cts_levels,
+            stc_levels,
+            cheb_degree,
+            double_angles,
+            ephemeral_hamming: 32,
+        })
+    }
+
+    fn check(&self) -> Result<()> {
+        let slots = self.ckks.n() / 2;
+        let stages = slots.trailing_zeros() as usize;
+        if self.cts_levels == 0 || self.stc_levels == 0 {
+            return Err(Error::InvalidParameters(
+                "CoeffsToSlots and SlotsToCoeffs need at least one level each".into(),
+            ));
+        }
+        if self.cts_levels > stages || self.stc_levels > stages {
+            return Err(Error::InvalidParameters(format!(
+                "at most {stages} levels per linear transform at {slots} slots (one per FFT stage)"
+            )));
+        }
+        if self.depth() > self.ckks.levels() {
+            return Err(Error::InvalidParameters(format!(
+                "bootstrapping needs {} levels ({} CoeffsToSlots + {} EvalMod + {} SlotsToCoeffs) but the chain has {}",
+                self.depth(),
+                self.cts_levels,
+                self.eval_mod_levels(),
+                self.stc_levels,
+                self.ckks.levels()
+            )));
+        }
+        if self.cheb_degree < 2 || self.ephemeral_hamming == 0 {
+            return Err(Error::InvalidParameters(
+                "bootstrapping needs a Chebyshev degree ≥ 2 and a nonzero Hamming weight".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// log2 of `q_0/Δ`: the headroom a level-0 message has. Every bit of it costs a bit of
+/// output precision (SlotsToCoeffs multiplies EvalMod's error by `q_0/(2πΔ)`); too little
+/// makes `sin(2πx)/(2π)` a poor `x` for large coefficients (error `(2π)²x³/6`).
+const MESSAGE_RATIO_BITS: u32 = 8;
+
+/// Levels the N = 2^16 preset leaves for computation: the most that fit the 128-bit bound
+/// with 3 key-switching digits (more digits would multiply the ~40 rotation keys' size).
+const N16_COMPUTATION_LEVELS: usize = 4;
+
+fn eval_mod_depth(cheb_degree: usize, double_angles: usize) -> usize {
+    1 + ceil_log2(cheb_degree) + 1 + double_angles
+}
+
+fn ceil_log2(x: usize) -> usize {
+    (usize::BITS - x.saturating_sub(1).leading_zeros()) as usize
+}
+
+/// A slot-vector linear map as its cyclic diagonals: `out[r] = Σ_d diag_d[r] · in[r + d]`.
+type Diagonals = BTreeMap<usize, Vec<Complex64>>;
+
+/// `a ∘ b` (apply `b` first).
+fn compose(a: &Diagonals, b: &Diagonals, n: usize) -> Diagonals {
+    let mut out = Diagonals::new();
+    for (&da, va) in a {
+        for (&db, vb) in b {
+            let d = (da + db) % n;
+            let acc = out
+                .entry(d)
+                .or_insert_with(|| vec![Complex64::new(0.0, 0.0); n]);
+            for r in 0..n {
+                acc[r] += va[r] * vb[(r + da) % n];
+            }
+        }
+    }
+    out.retain(|_, v| v.iter().any(|c| c.norm() > 1e-300));
+    out
+}
+
+/// The root the special FFT multiplies by at position `j` of a stage with half-length `h`:
+/// `exp(2πi · (5^j mod 8h) / 8h)` (HEAAN's `ksiPows[(rotGroup[j] % lenq) · M / lenq]`).
+fn stage_root(j: usize, h: usize) -> Complex64 {
+    let lenq = 8 * h;
+    let mut g = 1usize;
+    for _ in 0..j {
+        g = g * 5 % lenq;
+    }
+    Complex64::from_polar(1.0, 2.0 * PI * g as f64 / lenq as f64)
+}
+
+/// One butterfly stage of the decoding FFT (`inverse = false`) or of its inverse, with
+/// half-length `h`, times `factor`.
+fn fft_stage(n: usize, h: usize, inverse: bool, factor: f64) -> Diagonals {
+    let zero = Complex64::new(0.0, 0.0);
+    let mut d0 = vec![zero; n];
+    let mut up = vec![zero; n];
+    let mut down = vec![zero; n];
+    for r in 0..n {
+        let pos = r % (2 * h);
+        let j = pos % h;
+        let w = stage_root(j, h);
+        let f = Complex64::new(factor, 0.0);
+        match (pos < h, inverse) {
+            // out[r] = in[r] + w·in[r+h]
+            (true, false) => {
+                d0[r] = f;
+                up[r] = w * f;
+            }
+            // out[r] = in[r−h] − w·in[r]
+            (false, false) => {
+                down[r] = f;
+                d0[r] = -w * f;
+            }
+            // out[r] = in[r] + in[r+h]
+            (true, true) => {
+                d0[r] = f;
+                up[r] = f;
+            }
+            // out[r] = (in[r−h] − in[r])·conj(w)
+            (false, true) => {
+                down[r] = w.conj() * f;
+                d0[r] = -w.conj() * f;
+            }
+        }
+    }
+    let mut m = Diagonals::new();
+    m.insert(0, d0);
+    let add = |m: &mut Diagonals, d: usize, v: Vec<Complex64>| {
+        let e = m.entry(d).or_insert_with(|| vec![zero; n]);
+        e.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+    };
+    add(&mut m, h % n, up);
+    add(&mut m, (n - h) % n, down);
+    m
+}
+
+/// The decoding FFT's stages in the order they apply (`h = 1, 2, …, n/2`) or the inverse's
+/// (`h = n/2, …, 1`), merged into `groups` consecutive groups, the product of all scaled by
+/// `total` (spread evenly so each group's constants keep the same precision).
+fn grouped_transform(n: usize, inverse: bool, groups: usize, total: f64) -> Vec<Diagonals> {
+    let stages = n.trailing_zeros() as usize;
+    let mut hs: Vec<usize> = (0..stages).map(|k| 1usize << k).collect();
+    if inverse {
+        hs.reverse();
+    }
+    let per_stage = total.abs().powf(1.0 / stages as f64) * if inverse { 0.5 } else { 1.0 };
+    let sign_fix = total.signum();
+    let base = stages / groups;
+    let extra = stages % groups;
+    let mut out = Vec::with_capacity(groups);
+    let mut it = hs.into_iter();
+    for g in 0..groups {
+        let count = base + usize::from(g < extra);
+        let mut m: Option<Diagonals> = None;
+        for _ in 0..count {
+            let h = it.next().expect("stage count");
+            let s = fft_stage(n, h, inverse, per_stage);
+            m = Some(match m {
+                None => s,
+                Some(prev) => compose(&s, &prev, n),
+            });
+        }
+        let mut m = m.expect("non-empty group");
+        if g == 0 && sign_fix < 0.0 {
+            m.values_mut().flatten().for_each(|c| *c = -*c);
+        }
+        out.push(m);
+    }
+    out
+}
+
+/// A diagonal under one giant step: the index of its baby rotation, and its values.
+type BabyDiagonal = (usize, Vec<Complex64>);
+
+/// One linear-transform group, planned for baby-step giant-step evaluation.
+#[derive(Debug)]
+struct LinearStep {
+    /// Baby rotations (slot steps, shared by every giant step).
+    babies: Vec<i64>,
+    /// Per giant step: its rotation and, per baby, the diagonal pre-rotated by `−giant`.
+    giants: Vec<(i64, Vec<BabyDiagonal>)>,
+    /// The level it runs at, and plaintexts cached at first use.
+    level: usize,
+    encoded: OnceLock<Vec<Vec<Plaintext>>>,
+    /// The scale the plaintexts were encoded for (input ct scale → output scale).
+    in_scale: f64,
+    out_scale: f64,
+}
+
+fn plan_step(m: Diagonals, n: usize, level: usize, in_scale: f64, out_scale: f64) -> LinearStep {
+    let signed = |d: usize| -> i64 {
+        if d > n / 2 {
+            d as i64 - n as i64
+        } else {
+            d as i64
+        }
+    };
+    let shifts: Vec<i64> = m.keys().map(|&d| signed(d)).collect();
+    let stride = shifts
+        .iter()
+        .filter(|&&s| s != 0)
+        .map(|s| s.unsigned_abs())
+        .min()
+        .unwrap_or(1) as i64;
+    let span = shifts.iter().map(|s| s.abs() / stride).max().unwrap_or(0) as usize;
+    // Baby steps: about the square root of the diagonal count, a power of two.
+    let count = 2 * span + 1;
+    let n1 = ((count as f64).sqrt().ceil() as usize)
+        .next_power_of_two()
+        .max(1) as i64;
+    let mut babies: Vec<i64> = Vec::new();
+    let mut giants: BTreeMap<i64, Vec<BabyDiagonal>> = BTreeMap::new();
+    for (d, diag) in m {
+        let k = signed(d) / stride;
+        let b = k.rem_euclid(n1);
+        let giant = (k - b) * stride;
+        let baby = b * stride;
+        let bi = match babies.iter().position(|&x| x == baby) {
+            Some(i) => i,
+            None => {
+                babies.push(baby);
+                babies.len() - 1
+            }
+        };
+        // diag'[r] = diag[r − giant]: rotating the sum by `giant` afterwards restores it.
+        let g = giant.rem_euclid(n as i64) as usize;
+        let rotated: Vec<Complex64> = (0..n).map(|r| diag[(r + n - g) % n]).collect();
+        giants.entry(giant).or_default().push((bi, rotated));
+    }
+    LinearStep {
+        babies,
+        giants: giants.into_iter().collect(),
+        level,
+        encoded: OnceLock::new(),
+        in_scale,
+        out_scale,
+    }
+}
+
+/// Everything a bootstrap precomputes from the parameters: the transform plans and EvalMod's
+/// polynomial. Shared by [`BootstrapKeys`] through an `Arc`.
+#[derive(Debug)]
+pub struct BootstrapPlan {
+    params: BootstrapParams,
+    cts: Vec<LinearStep>,
+    stc: Vec<LinearStep>,
+    /// Chebyshev coefficients of `cos(2π(K·u − 1/4)/2^r)` on `u ∈ [−1, 1]`.
+    cheb: Vec<f64>,
+    /// The message scale StC's constants assume (the natural scale of level 0).
+    message_scale: f64,
+    /// `i` as the monomial `X^{N/2}` at EvalMod's input and output levels (NTT form).
+    i_at_eval_in: PolyBatch,
+    i_at_eval_out: PolyBatch,
+}
+
+impl BootstrapPlan {
+    /// Plans a bootstrap for a context built from `params.ckks`.
+    pub fn new(ctx: &CkksContext, params: &BootstrapParams) -> Result<Self> {
+        params.check()?;
+        if ctx.params().rlwe != params.ckks.rlwe {
+            return Err(Error::ParameterMismatch(
+                "the context was not built from these bootstrapping parameters".into(),
+            ));
+        }
+        let n = ctx.slots();
+        let top = ctx.max_level();
+        let q0 = ctx.base_modulus();
+        let k = params.k_bound();
+        // CoeffsToSlots: the raised ciphertext has scale q0 (slots = embed(t)/q0); the output
+        // slots are bit-reversed (t_k + i·t_{k+n}) / (2·K·q0), halves then split by conjugation.
+        let cts_groups = grouped_transform(n, true, params.cts_levels, 1.0 / (2.0 * k));
+        // The raised slots are large (embed(I), hundreds) next to the result (|u| ≤ 1), so
+        // the constants need all the precision a level gives: every group keeps the scale q0
+        // (its plaintexts are encoded at the level's full modulus), and EvalMod's first level
+        // brings the result down to the natural scale.
+        let cts = cts_groups
+            .into_iter()
+            .enumerate()
+            .map(|(g, m)| plan_step(m, n, top - g, q0, q0))
+            .collect();
+        let eval_level = top - params.cts_levels;
+        let stc_level = eval_level - params.eval_mod_levels();
+        // SlotsToCoeffs: EvalMod leaves sin(2π t/q0) ≈ 2π·Δ·m_k/q0 in the slots; the decoding
+        // FFT times q0/(2π·Δ) gives the message's slots back.
+        let message_scale = ctx.natural_scale(0);
+        let stc_groups =
+            grouped_transform(n, false, params.stc_levels, q0 / (2.0 * PI * message_scale));
+        let mut stc = Vec::new();
+        let mut scale = eval_mod_output_scale(ctx, params, eval_level);
+        for (g, m) in stc_groups.into_iter().enumerate() {
+            let level = stc_level - g;
+            let out = ctx.natural_scale(level - 1);
+            stc.push(plan_step(m, n, level, scale, out));
+            scale = out;
+        }
+        let r = params.double_angles as i32;
+        let cheb = chebyshev_interpolant(params.cheb_degree, |u| {
+            (2.0 * PI * (k * u - 0.25) / 2f64.powi(r)).cos()
+        });
+        let monomial = |level: usize| -> Result<PolyBatch> {
+            let mut c = vec![0i64; 2 * n];
+            c[n] = 1;
+            ctx.rlwe().upload_signed_ntt(&c, ctx.rlwe().q_limbs(level))
+        };
+        Ok(Self {
+            params: params.clone(),
+            cts,
+            stc,
+            cheb,
+            message_scale,
+            i_at_eval_in: monomial(eval_level)?,
+            i_at_eval_out: monomial(stc_level)?,
+        })
+    }
+
+    /// Slot steps the transforms rotate by (conjugation comes on top).
+    pub fn rotation_steps(&self) -> Vec<i64> {
+        let mut steps: Vec<i64> = self
+            .cts
+            .iter()
+            .chain(&self.stc)
+            .flat_map(|s| {
+                s.babies
+                    .iter()
+                    .copied()
+                    .chain(s.giants.iter().map(|(g, _)| *g))
+            })
+            .filter(|&s| s != 0)
+            .collect();
+        steps.sort_unstable();
+        steps.dedup();
+        steps
+    }
+
+    /// The parameters planned for.
+    pub fn params(&self) -> &BootstrapParams {
+        &self.params
+    }
+}
+
+/// The scale EvalMod's output lands on, starting from the natural scale at `level`: the
+/// Chebyshev sum lands on the natural scale of its output level, and each double angle
+/// squares and rescales.
+fn eval_mod_output_scale(ctx: &CkksContext, params: &BootstrapParams, level: usize) -> f64 {
+    let after_cheb = level - 1 - ceil_log2(params.cheb_degree) - 1;
+    let mut s = ctx.natural_scale(after_cheb);
+    for l in 0..params.double_angles {
+        s = s * s / ctx.level_modulus(after_cheb - l);
+    }
+    s
+}
+
+/// Chebyshev coefficients `c_0..c_d` of `f` on `[−1, 1]` (interpolation at the Chebyshev
+/// nodes), for `f(u) ≈ Σ c_k T_k(u)`.
+fn chebyshev_interpolant(degree: usize, f: impl Fn(f64) -> f64) -> Vec<f64> {
+    let m = degree + 1;
+    let nodes: Vec<f64> = (0..m)
+        .map(|j| (PI * (j as f64 + 0.5) / m as f64).cos())
+        .collect();
+    let values: Vec<f64> = nodes.iter().map(|&u| f(u)).collect();
+    (0..m)
+        .map(|k| {
+            let s: f64 = (0..m)
+                .map(|j| values[j] * (PI * k as f64 * (j as f64 + 0.5) / m as f64).cos())
+                .sum();
+            s * if k == 0 { 1.0 } else { 2.0 } / m as f64
+        })
+        .collect()
+}
+
+/// Keys for bootstrapping: rotations the transforms need, conjugation, relinearization and
+/// the two encapsulation switches, with the plan they were made for.
+#[derive(Debug)]
+pub struct BootstrapKeys {
+    plan: Arc<BootstrapPlan>,
+    galois: GaloisKeys,
+    relin: RelinKey,
+    /// `s → s'` over `q_0·P` only, and `s' → s` over the whole chain.
+    to_sparse: KeySwitchKey,
+    from_sparse: KeySwitchKey,
+}
+
+impl BootstrapKeys {
+    /// Plans the bootstrap and generates exactly the keys it needs. The ephemeral sparse
+    /// secret lives only inside this call and is wiped when it returns.
+    pub fn generate(
+        ctx: &CkksContext,
+        params: &BootstrapParams,
+        sk: &SecretKey,
+        relin: &RelinKey,
+    ) -> Result<Self> {
+        let plan = Arc::new(BootstrapPlan::new(ctx, params)?);
+        Self::for_plan(ctx, plan, sk, relin)
+    }
+
+    /// Keys for an existing plan.
+    pub fn for_plan(
+        ctx: &CkksContext,
+        plan: Arc<BootstrapPlan>,
+        sk: &SecretKey,
+        relin: &RelinKey,
+    ) -> Result<Self> {
+        let rlwe = ctx.rlwe().clone();
+        rlwe.check_fingerprint(sk.fingerprint, "secret key")?;
+        let galois = ctx.gen_galois_keys(sk, &plan.rotation_steps(), true)?;
+        let base = rlwe.q_limbs(0).len();
+        let (to_sparse, from_sparse) = ctx.with_sampler(|s| {
+            let sparse =
+                SecretKey::generate_sparse(&rlwe, plan.params.ephemeral_hamming, sk.key_id, s)?;
+            let to = KeySwitchKey::generate_low(&rlwe, &sparse, &sk.ntt, base, s)?;
+            let from = KeySwitchKey::generate(&rlwe, sk, &sparse.ntt, s)?;
+            Ok((to, from))
+        })?;
+        Ok(Self {
+            plan,
+            galois,
+            relin: relin.clone(),
+            to_sparse,
+            from_sparse,
+        })
+    }
+
+    /// The level a bootstrapped ciphertext comes back at (levels left for computation).
+    pub fn output_level(&self) -> usize {
+        self.plan.stc.last().map(|s| s.level - 1).unwrap_or(0)
+    }
+
+    /// The plan these keys serve.
+    pub fn plan(&self) -> &Arc<BootstrapPlan> {
+        &self.plan
+    }
+
+    /// The Galois keys (rotations and conjugation).
+    pub fn galois(&self) -> &GaloisKeys {
+        &self.galois
+    }
+}
+
+impl CkksContext {
+    /// Bootstraps `ct` (any level, size 2 or 3): returns an encryption of the same slots at
+    /// [`BootstrapKeys::output_level`]. Slot values must stay within about ±2^9 (the base
+    /// modulus's headroom over the scale). `ct` is not modified.
+    pub fn bootstrap(&self, ct: &Ciphertext, keys: &BootstrapKeys) -> Result<Ciphertext> {
+        let plan = &keys.plan;
+        let ct = if ct.size() == 3 {
+            self.relinearize(ct, &keys.relin)?
+        } else {
+            ct.clone()
+        };
+        // Bring the input to level 0 (at any scale: the output's scale field absorbs it).
+        let ct = if ct.level() > 0 {
+            self.match_scale(&ct, 0, plan.message_scale)?
+        } else {
+            ct
+        };
+        let input_scale = ct.scale();
+        let raised = self.mod_raise(&ct, keys)?;
+        let w = self.linear_steps(&raised, &plan.cts, &keys.galois)?;
+        // Real and imaginary halves: (w + w̄) and −i·(w − w̄).
+        let wc = self.conjugate(&w, &keys.galois)?;
+        let re = self.add(&w, &wc)?;
+        let im = self.negate(&self.times_i(&self.sub(&w, &wc)?, &plan.i_at_eval_in)?)?;
+        let re = self.eval_mod(&re, plan, &keys.relin)?;
+        let im = self.eval_mod(&im, plan, &keys.relin)?;
+        let joined = self.add(&re, &self.times_i(&im, &plan.i_at_eval_out)?)?;
+        let out = self.linear_steps(&joined, &plan.stc, &keys.galois)?;
+        let scale = out.scale() * input_scale / plan.message_scale;
+        Ok(out.derive(out.polys.clone(), scale))
+    }
+
+    /// Encapsulation and ModRaise: level 0 under `s` → top level under `s`, decrypting to
+    /// `t = Δ·m + q_0·I`; the result's scale is `q_0`, so its slots read `embed(t)/q_0`.
+    fn mod_raise(&self, ct: &Ciphertext, keys: &BootstrapKeys) -> Result<Ciphertext> {
+        let rlwe = self.rlwe();
+        let be = rlwe.backend();
+        let ring = rlwe.ring();
+        let low = self.switch_key(ct, &keys.to_sparse)?;
+        let top = self.max_level();
+        let from = rlwe.q_limbs(0);
+        let rest: Arc<[usize]> = rlwe.q_limbs(top)[from.len()..].into();
+        let mut coeff = low.polys.clone();
+        be.ntt_inverse(ring, &mut coeff)?;
+        let conv = rlwe.converter(&from, &rest);
+        let mut lifted = be.base_convert(ring, &coeff, rest, &conv, true)?;
+        be.ntt_forward(ring, &mut lifted)?;
+        let raised = be.concat_limbs(&low.polys, &lifted)?;
+        let raised = Ciphertext::fresh(rlwe, raised, self.base_modulus(), ct.key_id);
+        self.switch_key(&raised, &keys.from_sparse)
+    }
+
+    /// `(c0, c1) → (c0, 0) + KS(c1)`: re-encrypts under the key's target secret.
+    fn switch_key(&self, ct: &Ciphertext, key: &KeySwitchKey) -> Result<Ciphertext> {
+        let rlwe = self.rlwe();
+        let be = rlwe.backend();
+        let c1 = be.slice_polys(&ct.polys, 1, 1)?;
+        let u = key.switch(rlwe, &c1)?;
+        let c0 = be.slice_polys(&ct.polys, 0, 1)?;
+        let zero = be.zeros(c0.limbs_arc(), 1, rlwe.n(), crate::backend::Repr::Ntt)?;
+        let mut out = be.concat(&[&c0, &zero])?;
+        be.add_assign(rlwe.ring(), &mut out, &u)?;
+        Ok(ct.derive(out, ct.scale))
+    }
+
+    /// `q_0`: the product of the base primes, what ModRaise lifts from.
+    fn base_modulus(&self) -> f64 {
+        self.rlwe()
+            .q_limbs(0)
+            .iter()
+            .map(|&l| self.rlwe().ring().modulus(l).value() as f64)
+            .product()
+    }
+
+    /// Multiplies every slot by `i` (the monomial `X^{N/2}`, exact, no level).
+    fn times_i(&self, ct: &Ciphertext, monomial: &PolyBatch) -> Result<Ciphertext> {
+        let be = self.rlwe().backend();
+        let m = be.select_limbs(monomial, ct.polys.limbs_arc())?;
+        let m = be.concat(&vec![&m; ct.size()])?;
+        let mut out = ct.polys.clone();
+        be.mul_assign(self.rlwe().ring(), &mut out, &m)?;
+        Ok(ct.derive(out, ct.scale))
+    }
+
+    /// Applies planned linear-transform groups in turn, one level each.
+    fn linear_steps(
+        &self,
+        ct: &Ciphertext,
+        steps: &[LinearStep],
+        gk: &GaloisKeys,
+    ) -> Result<Ciphertext> {
+        steps
+            .iter()
+            .try_fold(ct.clone(), |x, step| self.linear_step(&x, step, gk))
+    }
+
+    /// Baby-step giant-step: `Σ_g rot_g( Σ_b diag'_{g,b} ⊙ rot_b(x) )`, babies hoisted,
+    /// one rescale at the end.
+    fn linear_step(
+        &self,
+        x: &Ciphertext,
+        step: &LinearStep,
+        gk: &GaloisKeys,
+    ) -> Result<Ciphertext> {
+        if x.level() != step.level {
+            return Err(Error::LevelMismatch {
+                op: "bootstrap linear transform",
+                left: step.level,
+                right: x.level(),
+            });
+        }
+        let pt_scale = step.out_scale * self.level_modulus(step.level) / step.in_scale;
+        let encoded = match step.encoded.get() {
+            Some(e) => e,
+            None => {
+                let e = step
+                    .giants
+                    .iter()
+                    .map(|(_, diags)| {
+                        diags
+                            .iter()
+                            .map(|(_, d)| self.encode_complex(d, pt_scale, step.level))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let _ = step.encoded.set(e);
+                step.encoded.get().expect("just set")
+            }
+        };
+        // The input's scale may differ from the planned one by float bookkeeping only.
+        let x = x.derive(x.polys.clone(), step.in_scale);
+        let babies = self.rotate_many(&x, &step.babies, gk)?;
+        let mut acc: Option<Ciphertext> = None;
+        for ((giant, diags), pts) in step.giants.iter().zip(encoded) {
+            let mut inner: Option<Ciphertext> = None;
+            for ((bi, _), pt) in diags.iter().zip(pts) {
+                let term = self.multiply_plain(&babies[*bi], pt)?;
+                inner = Some(match inner {
+                    None => term,
+                    Some(s) => self.add(&s, &term)?,
+                });
+            }
+            let inner = inner.ok_or_else(|| Error::InvalidInput("empty giant step".into()))?;
+            let rotated = self.rotate(&inner, *giant, gk)?;
+            acc = Some(match acc {
+                None => rotated,
+                Some(a) => self.add(&a, &rotated)?,
+            });
+        }
+        let acc = acc.ok_or_else(|| Error::InvalidInput("empty linear transform".into()))?;
+        let out = self.rescale(&acc)?;
+        Ok(out.derive(out.polys.clone(), step.out_scale))
+    }
+
+    /// `x mod 1` approximated by `sin(2πx)/(2π)`, scaled by 2π: the slot values `u = x/K`
+    /// go through the Chebyshev interpolant of `cos(2π(K·u − 1/4)/2^r)` and `r` double angles.
+    fn eval_mod(&self, u: &Ciphertext, plan: &BootstrapPlan, rk: &RelinKey) -> Result<Ciphertext> {
+        let l = u.level();
+        let to_natural = self.level_modulus(l) * self.natural_scale(l - 1) / u.scale();
+        let u = self.rescale(&self.multiply_scalar(u, 1.0, to_natural)?)?;
+        let target = self.natural_scale(u.level() - ceil_log2(plan.params.cheb_degree) - 1);
+        let mut c = self.evaluate_chebyshev(&u, &plan.cheb, target, rk)?;
+        for _ in 0..plan.params.double_angles {
+            let sq = self.rescale(&self.relinearize(&self.square(&c)?, rk)?)?;
+            c = self.add_scalar(&self.add(&sq, &sq)?, -1.0)?;
+        }
+        Ok(c)
+    }
+
+    /// `Σ_k coeffs[k]·T_k(u)` slot-wise for `u ∈ [−1, 1]`, in the Chebyshev basis (stable
+    /// where the power basis of the same polynomial cancels catastrophically). `T_k` costs
+    /// `ceil(log2 k)` levels (`T_{2k} = 2T_k² − 1`, `T_{2k+1} = 2T_{k+1}T_k − T_1`); the
+    /// coefficients one more; every term lands on exactly `target`.
+    pub fn evaluate_chebyshev(
+        &self,
+        u: &Ciphertext,
+        coeffs: &[f64],
+        target: f64,
+        rk: &RelinKey,
+    ) -> Result<Ciphertext> {
+        let degree = coeffs.len().saturating_sub(1);
+        if degree == 0 || coeffs.iter().any(|c| !c.is_finite()) {
+            return Err(Error::InvalidInput(
+                "a Chebyshev series needs degree ≥ 1 and finite coefficients".into(),
+            ));
+        }
+        if ceil_log2(degree) + 1 > u.level() {
+            return Err(Error::OutOfLevels {
+                op: "evaluate_chebyshev",
+                level: u.level(),
+            });
+        }
+        let mut t: Vec<Option<Ciphertext>> = vec![None; degree + 1];
+        t[1] = Some(u.clone());
+        let get = |t: &[Option<Ciphertext>], k: usize| -> Result<Ciphertext> {
+            t[k].clone()
+                .ok_or_else(|| Error::InvalidInput("internal: missing Chebyshev term".into()))
+        };
+        for k in 2..=degree {
+            let (a, b) = (k.div_ceil(2), k / 2);
+            let prod =
+                self.rescale(&self.relinearize(&self.multiply(&get(&t, a)?, &get(&t, b)?)?, rk)?)?;
+            let twice = self.add(&prod, &prod)?;
+            t[k] = Some(if a == b {
+                self.add_scalar(&twice, -1.0)?
+            } else {
+                let lower = self.match_scale(&get(&t, a - b)?, twice.level(), twice.scale())?;
+                self.sub(&twice, &lower)?
+            });
+        }
+        let mut terms = Vec::new();
+        for (k, &c) in coeffs.iter().enumerate().skip(1) {
+            let tk = get(&t, k)?;
+            let q = self.level_modulus(tk.level());
+            terms.push(self.rescale(&self.multiply_scalar(&tk, c, q * target / tk.scale())?)?);
+        }
+        let low = terms.iter().map(|x| x.level()).min().unwrap_or(0);
+        let mut acc = self.mod_switch_to(&terms[0], low)?;
+        for x in &terms[1..] {
+            acc = self.add(&acc, &self.mod_switch_to(x, low)?)?;
+        }
+        let acc = acc.derive(acc.polys.clone(), target);
+        self.add_scalar(&acc, coeffs[0])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ckks::CkksEncoder;
+
+    /// The grouped stages of the decoding FFT reproduce the encoder (with the bit reversal the
+    /// homomorphic version skips done by hand), and the inverse stages undo it.
+    #[test]
+    fn grouped_fft_stages_match_the_encoder() {
+        let big_n = 64;
+        let n = big_n / 2;
+        let enc = CkksEncoder::new(big_n);
+        let t: Vec<f64> = (0..big_n)
+            .map(|k| ((k * 37 % 23) as f64 - 11.0) / 7.0)
+            .collect();
+        let z = enc.embed(&t);
+        let log_n = n.trailing_zeros();
+        let rev = |k: usize| crate::math::ntt::bit_reverse(k, log_n);
+        let v_rev: Vec<Complex64> = (0..n)
+            .map(|k| Complex64::new(t[rev(k)], t[rev(k) + n]))
+            .collect();
+        let apply = |ms: &[Diagonals], x: &[Complex64]| -> Vec<Complex64> {
+            ms.iter().fold(x.to_vec(), |x, m| {
+                (0..n)
+                    .map(|r| m.iter().map(|(&d, v)| v[r] * x[(r + d) % n]).sum())
+                    .collect()
+            })
+        };
+        for groups in [1, 2, 3, 5] {
+            let dec = grouped_transform(n, false, groups, 1.0);
+            let got = apply(&dec, &v_rev);
+            for (a, b) in got.iter().zip(&z) {
+                assert!((a - b).norm() < 1e-9, "decode with {groups} groups");
+            }
+            let inv = grouped_transform(n, true, groups, 1.0);
+            let back = apply(&inv, &z);
+            for (a, b) in back.iter().zip(&v_rev) {
+                assert!((a - b).norm() < 1e-9, "inverse with {groups} groups");
+            }
+        }
+    }
+
+    #[test]
+    fn chebyshev_interpolant_is_accurate() {
+        let f = |u: f64| (2.0 * PI * (17.0 * u - 0.25) / 16.0).cos();
+        let c = chebyshev_interpolant(27, f);
+        for i in 0..200 {
+            let u = -1.0 + 2.0 * i as f64 / 199.0;
+            let (mut t0, mut t1) = (1.0, u);
+            let mut s = c[0] + c[1] * u;
+            for ck in &c[2..] {
+                let t2 = 2.0 * u * t1 - t0;
+                s += ck * t2;
+                t0 = t1;
+                t1 = t2;
+            }
+            assert!((s - f(u)).abs() < 1e-12, "u = {u}: {s} vs {}", f(u));
+        }
+    }
+
+    /// Diagnostic: the error each stage adds, against the exact values the secret key shows.
+    #[test]
+    #[ignore = "diagnostic: prints per-stage errors"]
+    fn stage_errors() {
+        use crate::math::RnsBasis;
+        use num_traits::ToPrimitive;
+        let bp = BootstrapParams::insecure_test_ring(10, 2).unwrap();
+        let ctx = CkksContext::with_seed(bp.ckks.clone(), [3; 32]).unwrap();
+        let keys = ctx.keygen().unwrap();
+        let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin).unwrap();
+        let n = ctx.slots();
+        let m: Vec<f64> = (0..n)
+            .map(|i| ((i * 37 % 101) as f64) / 50.0 - 1.0)
+            .collect();
+        let ct = ctx
+            .encrypt(
+                &ctx.encode(&m, ctx.natural_scale(0), 0).unwrap(),
+                &keys.public,
+            )
+            .unwrap();
+        let rlwe = ctx.rlwe();
+        let coeffs = |c: &Ciphertext| -> Vec<f64> {
+            let p = crate::rlwe::ciphertext::decrypt_to_poly(rlwe, &keys.secret, c).unwrap();
+            let words = rlwe.backend().download(&p).unwrap();
+            let moduli: Vec<_> = p.limbs().iter().map(|&l| *rlwe.ring().modulus(l)).collect();
+            let basis = RnsBasis::new(&moduli);
+            let nn = rlwe.n();
+            (0..nn)
+                .map(|k| {
+                    let r: Vec<u32> = (0..moduli.len()).map(|i| words[i * nn + k]).collect();
+                    basis.compose_centered(&r).to_f64().unwrap()
+                })
+                .collect()
+        };
+        let q0 = ctx.base_modulus();
+        let k = bp.k_bound();
+        let raised = ctx.mod_raise(&ct, &bk).unwrap();
+        let x: Vec<f64> = coeffs(&raised).iter().map(|t| t / q0).collect();
+        let xmax = x.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        eprintln!("max |x| = {xmax:.3}");
+        let plan = &bk.plan;
+        let mut exact = CkksEncoder::new(2 * n).embed(&x);
+        let mut cur = raised.clone();
+        for (g, step) in plan.cts.iter().enumerate() {
+            let groups = grouped_transform(n, true, bp.cts_levels, 1.0 / (2.0 * k));
+            let m = &groups[g];
+            exact = (0..n)
+                .map(|r| m.iter().map(|(&d, v)| v[r] * exact[(r + d) % n]).sum())
+                .collect();
+            cur = ctx.linear_step(&cur, step, &bk.galois).unwrap();
+            let got = ctx.decrypt_complex(&cur, &keys.secret).unwrap();
+            let err = (0..n)
+                .map(|r| (got[r] - exact[r]).norm())
+                .fold(0.0f64, f64::max);
+            let mag = exact.iter().map(|c| c.norm()).fold(0.0f64, f64::max);
+            eprintln!(
+                "CtS group {g}: error 2^{:.1}, max magnitude {mag:.3}, diags {}",
+                err.log2(),
+                m.len()
+            );
+        }
+        let w = ctx.linear_steps(&raised, &plan.cts, &bk.galois).unwrap();
+        let wc = ctx.conjugate(&w, &bk.galois).unwrap();
+        let re = ctx.add(&w, &wc).unwrap();
+        let log_n = n.trailing_zeros();
+        let rev = |r: usize| crate::math::ntt::bit_reverse(r, log_n);
+        let got = ctx.decrypt_complex(&re, &keys.secret).unwrap();
+        let err = (0..n)
+            .map(|r| (got[r] - Complex64::new(x[rev(r)] / k, 0.0)).norm())
+            .fold(0.0f64, f64::max);
+        eprintln!(
+            "CtS: max error in u = x/K: 2^{:.1} (scale 2^{:.1})",
+            err.log2(),
+            re.scale().log2()
+        );
+        let y = ctx.eval_mod(&re, plan, &bk.relin).unwrap();
+        let got = ctx.decrypt_complex(&y, &keys.secret).unwrap();
+        let err = (0..n)
+            .map(|r| (got[r].re - (2.0 * PI * x[rev(r)]).sin()).abs())
+            .fold(0.0f64, f64::max);
+        eprintln!(
+            "EvalMod: max error in sin(2πx): 2^{:.1} (level {}, scale 2^{:.1})",
+            err.log2(),
+            y.level(),
+            y.scale().log2()
+        );
+        let im = ctx
+            .negate(
+                &ctx.times_i(&ctx.sub(&w, &wc).unwrap(), &plan.i_at_eval_in)
+                    .unwrap(),
+            )
+            .unwrap();
+        let yi = ctx.eval_mod(&im, plan, &bk.relin).unwrap();
+        let joined = ctx
+            .add(&y, &ctx.times_i(&yi, &plan.i_at_eval_out).unwrap())
+            .unwrap();
+        let got = ctx.decrypt_complex(&joined, &keys.secret).unwrap();
+        let err = (0..n)
+            .map(|r| {
+                let want = Complex64::new(
+                    (2.0 * PI * x[rev(r)]).sin(),
+                    (2.0 * PI * x[rev(r) + n]).sin(),
+                );
+                (got[r] - want).norm()
+            })
+            .fold(0.0f64, f64::max);
+        eprintln!("joined: max error 2^{:.1}", err.log2());
+        let out = ctx.linear_steps(&joined, &plan.stc, &bk.galois).unwrap();
+        let got = ctx.decrypt_complex(&out, &keys.secret).unwrap();
+        let err = (0..n)
+            .map(|r| (got[r].re - m[r]).abs())
+            .fold(0.0f64, f64::max);
+        eprintln!(
+            "StC: max error vs m 2^{:.1}, scale 2^{:.2} vs in {:.2}",
+            err.log2(),
+            out.scale().log2(),
+            ct.scale().log2()
+        );
+        let re = ctx
+            .rescale(
+                &ctx.multiply_scalar(
+                    &re,
+                    1.0,
+                    ctx.level_modulus(re.level()) * ctx.natural_scale(re.level() - 1) / re.scale(),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let target = ctx.natural_scale(re.level() - ceil_log2(bp.cheb_degree) - 1);
+        let c = ctx
+            .evaluate_chebyshev(&re, &plan.cheb, target, &bk.relin)
+            .unwrap();
+        let got = ctx.decrypt_complex(&c, &keys.secret).unwrap();
+        let r4 = 2f64.powi(bp.double_angles as i32);
+        let err = (0..n)
+            .map(|r| (got[r].re - (2.0 * PI * (x[rev(r)] - 0.25) / r4).cos()).abs())
+            .fold(0.0f64, f64::max);
+        eprintln!("Chebyshev: max error 2^{:.1}", err.log2());
+    }
+
+    #[test]
+    #[ignore = "diagnostic: prints the presets"]
+    fn print_presets() {
+        for (name, p) in [("n16", BootstrapParams::n16())] {
+            match p {
+                Ok(p) => eprintln!(
+                    "{name}: depth {} out {}\n{}",
+                    p.depth(),
+                    p.output_level(),
+                    p.ckks
+                ),
+                Err(e) => eprintln!("{name}: {e}"),
+            }
+        }
+    }
+}
