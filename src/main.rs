@@ -158,6 +158,14 @@ enum Command {
         /// Federated rounds (credit-federated only) [default: 5].
         #[arg(long, value_parser = at_least(1))]
         rounds: Option<usize>,
+        /// credit-federated with no key holder: K party processes, each with its slice of the
+        /// data and a key share, train by federated SGD with collective keys and refreshes;
+        /// only the final model is decrypted, collectively, to party 0. Also runs the same
+        /// steps with one key holder for comparison. Takes --epochs [default: 10], --lr
+        /// [default: 0.2], --batch, --degree, --interval, --log-n, --seed, --data; no
+        /// --workers, --in-process or --rounds.
+        #[arg(long, value_parser = at_least(2))]
+        parties: Option<usize>,
         /// log2 of the ring degree, 13 to 16 (14: 13 levels, two steps per refresh)
         /// [default: 14; not for mnist-transfer].
         #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
@@ -191,6 +199,36 @@ enum Command {
         /// Seconds within which the rest of a started frame must arrive (0: no limit).
         #[arg(long, default_value_t = 30.0)]
         frame_timeout_secs: f64,
+    },
+    /// One party of `train credit-federated --parties K` (started by it): holds its own key
+    /// share and data slice, answers the coordinator's requests over TCP.
+    #[command(hide = true)]
+    Party {
+        /// The coordinator's address.
+        #[arg(long)]
+        connect: std::net::SocketAddr,
+        /// This party's index, 0 to K−1.
+        #[arg(long)]
+        index: usize,
+        /// Number of parties K.
+        #[arg(long, value_parser = at_least(2))]
+        parties: usize,
+        /// The session's public common reference string (64 hex digits).
+        #[arg(long)]
+        crs: String,
+        /// log2 of the ring degree of the training parameters.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
+        log_n: u32,
+        /// UCI credit data file (default: the bundled copy); the party keeps its slice.
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// This party's secret share (a serialized secret key of the session's key set), from
+        /// its owner's disk; default: a fresh one that never leaves this process.
+        #[arg(long)]
+        share: Option<std::path::PathBuf>,
+        /// Longest wait for the coordinator's next message, in seconds.
+        #[arg(long, default_value_t = 600.0, value_parser = positive)]
+        timeout_secs: f64,
     },
     /// Per-operation benchmarks as Markdown, or JSON with --json.
     Bench {
@@ -331,7 +369,13 @@ fn main() -> ExitCode {
             interval,
             rounds,
             log_n,
+            parties,
         } if workload == "mnist-transfer" => {
+            if parties.is_some() {
+                return Err(hetensor::Error::InvalidInput(
+                    "--parties is implemented for credit-federated only".into(),
+                ));
+            }
             if data.is_some()
                 || workers.is_some()
                 || in_process
@@ -368,6 +412,7 @@ fn main() -> ExitCode {
             seed,
             json,
             images,
+            parties,
         } => {
             if images.is_some() {
                 return Err(hetensor::Error::InvalidInput(format!(
@@ -389,8 +434,28 @@ fn main() -> ExitCode {
                 log_n,
                 seed,
                 json,
+                parties,
             })
         }
+        Command::Party {
+            connect,
+            index,
+            parties,
+            crs,
+            log_n,
+            data,
+            share,
+            timeout_secs,
+        } => cli::parties::serve(cli::parties::PartyOptions {
+            connect,
+            index,
+            parties,
+            crs,
+            log_n,
+            data,
+            share,
+            timeout_secs,
+        }),
         Command::IoBench { data, rows, json } => cli::io_bench::run(
             &cli::data_path(data.as_deref(), hetensor::data::DEFAULT_TITANIC, "--data")?,
             rows,

@@ -60,7 +60,8 @@ pub fn weights(model: &Sequential) -> Result<(Vec<f64>, f64)> {
     }
 }
 
-fn set_weights(model: &mut Sequential, w: &[f64], b: f64) -> Result<()> {
+/// Sets the weights and bias of a logistic-regression model.
+pub fn set_weights(model: &mut Sequential, w: &[f64], b: f64) -> Result<()> {
     match model.layers_mut() {
         [Layer::Linear(l)] if l.out_features() == 1 && l.in_features() == w.len() => {
             l.weight.row_mut(0).assign(&ndarray::ArrayView1::from(w));
@@ -735,12 +736,17 @@ pub fn decrypt_weights(
     w: &Ciphertext,
     d: usize,
 ) -> Result<(Vec<f64>, f64)> {
-    let v = holder.decrypt(w)?;
+    Ok(block_means(layout, &holder.decrypt(w)?, d))
+}
+
+/// The weights in decrypted slots `v` of the weights' layout: the mean of each block (all
+/// its slots hold `w_j`), `d` weights and the bias.
+pub fn block_means(layout: &BlockLayout, v: &[f64], d: usize) -> (Vec<f64>, f64) {
     let mean = |j: usize| {
         v[j * layout.block..(j + 1) * layout.block]
             .iter()
             .sum::<f64>()
             / layout.block as f64
     };
-    Ok(((0..d).map(mean).collect(), mean(d)))
+    ((0..d).map(mean).collect(), mean(d))
 }
