@@ -63,7 +63,8 @@ impl FedPlan {
 }
 
 /// The plan for owners with `shard_sizes` samples: each owner cuts its shard into batches of
-/// its share of `cfg.batch_size` (proportional to its size), shuffled from its own seed; step
+/// its share of `cfg.batch_size` (proportional to its size, rounded down, so that a step holds
+/// at most `cfg.batch_size` samples), shuffled from its own seed; step
 /// group `g` takes every owner's batch `g`, and each epoch visits the groups in a fresh order.
 pub fn fed_plan(shard_sizes: &[usize], cfg: &TrainConfig) -> Result<FedPlan> {
     let total: usize = shard_sizes.iter().sum();
@@ -77,7 +78,7 @@ pub fn fed_plan(shard_sizes: &[usize], cfg: &TrainConfig) -> Result<FedPlan> {
         .enumerate()
         .map(|(k, &n)| {
             let c = TrainConfig {
-                batch_size: (cfg.batch_size * n).div_ceil(total).max(1),
+                batch_size: (cfg.batch_size * n / total).max(1),
                 epochs: 1,
                 seed: cfg.seed ^ ((k as u64 + 1) << 40),
                 ..TrainConfig::default()
