@@ -299,21 +299,27 @@ pub fn train_fedsgd(
     Ok((w, report))
 }
 
-/// The refresh of a multiparty session: each ciphertext in its own collective run, masked
-/// for `params` (λ bits over the message bound); never below `min_level`.
+/// The refresh of a multiparty session: each ciphertext in its own collective run (all in one
+/// exchange), masked for `params` (λ bits over the message bound); never below `min_level`,
+/// and the result brought down to `level` (a step costs less on fewer primes, and a refresh
+/// every step, as the masks' room demands, leaves the levels above unused).
 pub struct CollectiveRefresh<'a> {
     coordinator: Mutex<&'a mut Coordinator>,
+    ckks: &'a CkksContext,
     params: RefreshParams,
     min_level: usize,
+    level: usize,
 }
 
 impl<'a> CollectiveRefresh<'a> {
-    /// The refresh for ciphertexts of `ckks` in `coordinator`'s session; an error if even the
-    /// top level cannot hold the masks.
+    /// The refresh for ciphertexts of `ckks` in `coordinator`'s session, to the level `steps`
+    /// steps of `levels_per_step` levels need above the lowest refreshable level (capped at the
+    /// top); an error if even the top level cannot hold the masks.
     pub fn new(
         coordinator: &'a mut Coordinator,
-        ckks: &CkksContext,
+        ckks: &'a CkksContext,
         params: RefreshParams,
+        levels_per_step: usize,
     ) -> Result<Self> {
         let min_level = crate::mhe::min_refresh_level(ckks.rlwe(), &params)?.ok_or_else(|| {
             Error::InvalidParameters(format!(
@@ -322,11 +328,20 @@ impl<'a> CollectiveRefresh<'a> {
                 params.parties
             ))
         })?;
+        let floor = min_level.max(MIN_WEIGHT_LEVEL);
+        let steps = (ckks.max_level().saturating_sub(floor) / levels_per_step.max(1)).max(1);
         Ok(Self {
             coordinator: Mutex::new(coordinator),
+            ckks,
             params,
             min_level,
+            level: (floor + steps * levels_per_step).min(ckks.max_level()),
         })
+    }
+
+    /// The level refreshed ciphertexts come back at.
+    pub fn level(&self) -> usize {
+        self.level
     }
 }
 
@@ -336,7 +351,10 @@ impl Refresh for CollectiveRefresh<'_> {
             .coordinator
             .lock()
             .map_err(|_| Error::Multiparty("the session's lock is poisoned".into()))?;
-        cts.iter().map(|ct| c.refresh(ct, &self.params)).collect()
+        c.refresh_all(cts, &self.params)?
+            .iter()
+            .map(|ct| self.ckks.mod_switch_to(ct, self.level))
+            .collect()
     }
 
     fn describe(&self) -> &'static str {

@@ -150,28 +150,59 @@ impl Coordinator {
     /// Collective refresh of `ct` in a fresh run: the ciphertext back at the top level.
     pub fn refresh(&mut self, ct: &Ciphertext, params: &RefreshParams) -> Result<Ciphertext> {
         let run = self.take_run();
-        self.refresh_run(ct, run, params)
+        Ok(self.refresh_runs(&[(ct, run)], params)?.remove(0))
     }
 
-    /// Collective refresh in run `run`; a run already used in this session is refused before
-    /// anything is sent (a second answer for one common random polynomial can reveal shares).
+    /// Collective refresh of several ciphertexts, each in a fresh run, in one request (one
+    /// exchange of messages for all of them).
+    pub fn refresh_all(
+        &mut self,
+        cts: &[Ciphertext],
+        params: &RefreshParams,
+    ) -> Result<Vec<Ciphertext>> {
+        let runs: Vec<(&Ciphertext, u64)> = cts.iter().map(|c| (c, self.take_run())).collect();
+        self.refresh_runs(&runs, params)
+    }
+
+    /// Collective refresh of `ct` in run `run`; a run already used in this session is refused
+    /// before anything is sent (a second answer for one common random polynomial can reveal
+    /// shares).
     pub fn refresh_run(
         &mut self,
         ct: &Ciphertext,
         run: u64,
         params: &RefreshParams,
     ) -> Result<Ciphertext> {
-        let protocol = Protocol::Refresh { run };
-        self.fresh(protocol)?;
+        Ok(self.refresh_runs(&[(ct, run)], params)?.remove(0))
+    }
+
+    fn refresh_runs(
+        &mut self,
+        runs: &[(&Ciphertext, u64)],
+        params: &RefreshParams,
+    ) -> Result<Vec<Ciphertext>> {
         let mut req = vec![OP_REFRESH];
-        req.extend_from_slice(&run.to_le_bytes());
         req.extend_from_slice(&params.lambda.to_le_bytes());
         req.extend_from_slice(&params.message_log2.to_le_bytes());
         req.extend_from_slice(&(params.parties as u32).to_le_bytes());
-        req.extend_from_slice(&serialize::to_bytes(&self.ctx, ct, WriteOptions::default())?);
+        req.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+        for (i, &(ct, run)) in runs.iter().enumerate() {
+            self.fresh(Protocol::Refresh { run })?;
+            if runs[..i].iter().any(|&(_, r)| r == run) {
+                return Err(Error::Multiparty(format!("run {run} twice in one refresh")));
+            }
+            let bytes = serialize::to_bytes(&self.ctx, ct, WriteOptions::default())?;
+            req.extend_from_slice(&run.to_le_bytes());
+            req.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            req.extend_from_slice(&bytes);
+        }
         self.request_all(&req)?;
-        let agg = self.gather_all(protocol, ct.level())?;
-        mhe::refresh_finalize(&self.ctx, &self.crs, ct, &agg, run)
+        runs.iter()
+            .map(|&(ct, run)| {
+                let agg = self.gather_all(Protocol::Refresh { run }, ct.level())?;
+                mhe::refresh_finalize(&self.ctx, &self.crs, ct, &agg, run)
+            })
+            .collect()
     }
 
     fn fresh(&self, protocol: Protocol) -> Result<()> {
@@ -233,9 +264,12 @@ impl Coordinator {
             req.extend_from_slice(p);
             self.hub.request(i, &req)?;
         }
-        (0..payloads.len())
+        // Every reply is read, refusals too, so that one party's refusal leaves the session in
+        // step; the first error is returned.
+        let replies: Vec<Result<Vec<u8>>> = (0..payloads.len())
             .map(|i| self.hub.reply(i, "job result"))
-            .collect()
+            .collect();
+        replies.into_iter().collect()
     }
 
     /// Ends the session: every party leaves its [`serve_party`] loop.
@@ -271,6 +305,14 @@ impl<'a> Fields<'a> {
     }
     fn u64(&mut self) -> Result<u64> {
         Ok(u64::from_le_bytes(self.take()?))
+    }
+    fn bytes(&mut self, len: usize) -> Result<&'a [u8]> {
+        let (a, b) = self
+            .0
+            .split_at_checked(len)
+            .ok_or_else(|| Error::Decode("request shorter than its fields".into()))?;
+        self.0 = b;
+        Ok(a)
     }
     fn rest(self) -> &'a [u8] {
         self.0
@@ -328,17 +370,18 @@ fn handle(
             }
         }
         OP_REFRESH => {
-            let run = f.u64()?;
-            let lambda = f.u32()?;
-            let message_log2 = f64::from_le_bytes(f.take()?);
-            let parties = f.u32()? as usize;
-            let ct: Ciphertext = serialize::from_bytes(&ctx, f.rest())?;
             let params = RefreshParams {
-                lambda,
-                message_log2,
-                parties,
+                lambda: f.u32()?,
+                message_log2: f64::from_le_bytes(f.take()?),
+                parties: f.u32()? as usize,
             };
-            link.send(&party.refresh_share(&ct, run, &params)?)?;
+            for _ in 0..f.u32()? {
+                let run = f.u64()?;
+                let len = usize::try_from(f.u64()?)
+                    .map_err(|_| Error::Decode("ciphertext length".into()))?;
+                let ct: Ciphertext = serialize::from_bytes(&ctx, f.bytes(len)?)?;
+                link.send(&party.refresh_share(&ct, run, &params)?)?;
+            }
         }
         OP_DECRYPT => {
             let run = f.u64()?;
