@@ -112,14 +112,11 @@ fn party_processes_compute_refresh_and_decrypt_and_no_message_carries_a_share() 
     let ctx = ckks.rlwe().clone();
     let crs = Crs::new(Sampler::from_os().seed());
     let dir = scratch("shares");
-    let shares: Vec<SecretKey> = (0..3)
-        .map(|_| {
-            Party::new(ctx.clone(), crs, Sampler::from_os())
-                .unwrap()
-                .secret_share()
-                .clone()
-        })
+    // The shares, made here only so that the test can look for them in the transcript.
+    let holders: Vec<Party> = (0..3)
+        .map(|_| Party::new(ctx.clone(), crs, Sampler::from_os()).unwrap())
         .collect();
+    let shares: Vec<&SecretKey> = holders.iter().map(|p| p.secret_share()).collect();
     let (l, addr) = listener();
     let mut procs = Procs(
         shares
@@ -127,7 +124,7 @@ fn party_processes_compute_refresh_and_decrypt_and_no_message_carries_a_share() 
             .enumerate()
             .map(|(i, s)| {
                 let p = dir.join(format!("share{i}"));
-                let bytes = serialize::to_bytes(&ctx, s, WriteOptions::default()).unwrap();
+                let bytes = serialize::to_bytes(&ctx, *s, WriteOptions::default()).unwrap();
                 std::fs::write(&p, bytes).unwrap();
                 party(addr, i, 3, &crs, 13, Some(&p))
             })
@@ -187,7 +184,7 @@ fn party_processes_compute_refresh_and_decrypt_and_no_message_carries_a_share() 
         assert!(!leaks(&transcript, &w), "party {i}'s share is in the transcript");
         // The scan sees a share where there is one.
         let mut planted = transcript[..4096].to_vec();
-        planted.extend(serialize::to_bytes(&ctx, s, WriteOptions::default()).unwrap());
+        planted.extend(serialize::to_bytes(&ctx, *s, WriteOptions::default()).unwrap());
         assert!(leaks(&planted, &w));
     }
     coord.finish().unwrap();
