@@ -271,13 +271,26 @@ fn train_credit_federated_parties() {
     assert!((acc - single).abs() <= 0.01 && acc > 0.7, "{r}");
     assert!(f(&r, "max_weight_diff_vs_single_key") < 0.02, "{r}");
     assert_eq!(u(&r, "single_party_decryptions"), 0);
-    assert_eq!(r["collective_decryptions_per_party"], serde_json::json!([1, 0, 0]));
+    assert_eq!(
+        r["collective_decryptions_per_party"],
+        serde_json::json!([1, 0, 0])
+    );
     assert!(u(&r, "collective_refreshes") >= 1, "{r}");
-    assert!(u(&r, "protocol_rounds") > u(&r, "collective_refreshes"), "{r}");
-    for key in ["bytes_sent_per_party", "bytes_received_per_party", "peak_memory_per_party_bytes"] {
+    assert!(
+        u(&r, "protocol_rounds") > u(&r, "collective_refreshes"),
+        "{r}"
+    );
+    for key in [
+        "bytes_sent_per_party",
+        "bytes_received_per_party",
+        "peak_memory_per_party_bytes",
+    ] {
         let v = r[key].as_array().unwrap_or_else(|| panic!("{key} in {r}"));
         assert_eq!(v.len(), 3);
-        assert!(v.iter().all(|b| b.as_u64().unwrap() > 1_000_000), "{key}: {r}");
+        assert!(
+            v.iter().all(|b| b.as_u64().unwrap() > 1_000_000),
+            "{key}: {r}"
+        );
     }
 }
 
@@ -285,13 +298,24 @@ fn train_credit_federated_parties() {
 #[test]
 fn party_errors() {
     let crs = "00".repeat(32);
-    let base = ["party", "--connect", "127.0.0.1:9", "--parties", "2", "--log-n", "13"];
+    let base = [
+        "party",
+        "--connect",
+        "127.0.0.1:9",
+        "--parties",
+        "2",
+        "--log-n",
+        "13",
+    ];
     let run = |extra: &[&str], needles: &[&str]| {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
         fails(&args, needles);
     };
     // Nothing listens on port 9 (discard): the connection fails.
-    run(&["--index", "0", "--crs", &crs, "--timeout-secs", "2"], &["error"]);
+    run(
+        &["--index", "0", "--crs", &crs, "--timeout-secs", "2"],
+        &["error"],
+    );
     run(&["--index", "0", "--crs", "abc"], &["--crs"]);
     run(&["--index", "2", "--crs", &crs], &["--index 2"]);
 }
@@ -575,17 +599,40 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
             &["--workers"],
         ),
         (&["train", "mnist-transfer", "--log-n", "14"], &["--log-n"]),
-        (&["train", "credit", "--parties", "2"], &["--parties", "credit-federated"]),
         (
-            &["train", "credit-federated", "--parties", "2", "--workers", "2"],
+            &["train", "credit", "--parties", "2"],
+            &["--parties", "credit-federated"],
+        ),
+        (
+            &[
+                "train",
+                "credit-federated",
+                "--parties",
+                "2",
+                "--workers",
+                "2",
+            ],
             &["--parties", "--workers"],
         ),
         (
-            &["train", "credit-federated", "--parties", "2", "--rounds", "2"],
+            &[
+                "train",
+                "credit-federated",
+                "--parties",
+                "2",
+                "--rounds",
+                "2",
+            ],
             &["--rounds"],
         ),
-        (&["train", "credit-federated", "--parties", "1"], &["--parties", "at least 2"]),
-        (&["train", "mnist-transfer", "--parties", "2"], &["--parties"]),
+        (
+            &["train", "credit-federated", "--parties", "1"],
+            &["--parties", "at least 2"],
+        ),
+        (
+            &["train", "mnist-transfer", "--parties", "2"],
+            &["--parties"],
+        ),
         (&["train", "mnist-transfer", "--images", "0"], &["--images"]),
         (&["train", "iris"], &["iris", "titanic"]),
         (&["titanic-workers", "--workers", "0"], &["--workers"]),

@@ -61,7 +61,14 @@ fn hex(seed: [u8; 32]) -> String {
 
 /// `hetensor party` number `i` of `k` (stderr discarded: failures are the coordinator's to
 /// report).
-fn party(addr: SocketAddr, i: usize, k: usize, crs: &Crs, log_n: u32, share: Option<&Path>) -> Child {
+fn party(
+    addr: SocketAddr,
+    i: usize,
+    k: usize,
+    crs: &Crs,
+    log_n: u32,
+    share: Option<&Path>,
+) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hetensor"));
     cmd.args(["party", "--connect", &addr.to_string()])
         .args(["--index", &i.to_string(), "--parties", &k.to_string()])
@@ -137,8 +144,12 @@ fn party_processes_compute_refresh_and_decrypt_and_no_message_carries_a_share() 
     let keys = coord.keygen(&[g]).unwrap();
 
     let slots = ckks.slots();
-    let x: Vec<f64> = (0..slots).map(|i| ((i * 7 % 31) as f64 - 15.0) / 16.0).collect();
-    let y: Vec<f64> = (0..slots).map(|i| ((i * 11 % 23) as f64 - 11.0) / 12.0).collect();
+    let x: Vec<f64> = (0..slots)
+        .map(|i| ((i * 7 % 31) as f64 - 15.0) / 16.0)
+        .collect();
+    let y: Vec<f64> = (0..slots)
+        .map(|i| ((i * 11 % 23) as f64 - 11.0) / 12.0)
+        .collect();
     let enc = |v: &[f64]| {
         ckks.encrypt(
             &ckks
@@ -164,7 +175,10 @@ fn party_processes_compute_refresh_and_decrypt_and_no_message_carries_a_share() 
     assert_eq!(fresh.level(), ckks.max_level());
     // Smudging small enough for CKKS precision at Δ = 2^26 (see hetensor::mhe).
     let smudging = Smudging::bits(10).unwrap();
-    for (ct, to, want) in [(&fresh, 0, &want), (&prod, 2, &(0..slots).map(|i| x[i] * y[i]).collect())] {
+    for (ct, to, want) in [
+        (&fresh, 0, &want),
+        (&prod, 2, &(0..slots).map(|i| x[i] * y[i]).collect()),
+    ] {
         let got = published_values(&coord.decrypt_to(ct, to, &smudging).unwrap()).unwrap();
         let err = got
             .iter()
@@ -175,13 +189,19 @@ fn party_processes_compute_refresh_and_decrypt_and_no_message_carries_a_share() 
     }
     assert_eq!(coord.decryptions(), &[1, 0, 1]);
     for i in 0..3 {
-        assert!(coord.hub().bytes_from(i) > 1_000_000, "party {i} sent shares");
+        assert!(
+            coord.hub().bytes_from(i) > 1_000_000,
+            "party {i} sent shares"
+        );
     }
     let transcript = coord.hub().transcript().to_vec();
     assert!(transcript.len() > 10_000_000, "{}", transcript.len());
     for (i, s) in shares.iter().enumerate() {
         let w = secret_windows(&ctx, s);
-        assert!(!leaks(&transcript, &w), "party {i}'s share is in the transcript");
+        assert!(
+            !leaks(&transcript, &w),
+            "party {i}'s share is in the transcript"
+        );
         // The scan sees a share where there is one.
         let mut planted = transcript[..4096].to_vec();
         planted.extend(serialize::to_bytes(&ctx, *s, WriteOptions::default()).unwrap());

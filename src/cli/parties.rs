@@ -19,8 +19,7 @@ use hetensor::rlwe::SecretKey;
 use hetensor::train::logistic::{self, sigmoid_bound};
 use hetensor::train::multiparty::{
     combine_groups, encrypt_groups, fed_plan, peak_memory, published_values, train_fedsgd,
-    unpack_ciphertexts, weights_refresh_params, CollectiveRefresh, CreditJob, CreditParty,
-    FedPlan,
+    unpack_ciphertexts, weights_refresh_params, CollectiveRefresh, CreditJob, CreditParty, FedPlan,
 };
 use hetensor::train::{training_params, BlockLayout, KeyHolder, PublicEval};
 use hetensor::workers::parties::{CombinerHub, NetConfig, PartyLink};
@@ -232,14 +231,7 @@ fn multiparty(
     let crs = Crs::new(Sampler::from_os().seed());
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let children = Parties::spawn(
-        &WorkerPool::default_exe()?,
-        addr,
-        &crs,
-        k,
-        r.log_n,
-        r.data,
-    )?;
+    let children = Parties::spawn(&WorkerPool::default_exe()?, addr, &crs, k, r.log_n, r.data)?;
     let hub = CombinerHub::accept(&listener, ctx.rlwe().clone(), &crs, k, NetConfig::default())?;
     let mut coord = Coordinator::new(hub, ctx.rlwe().clone(), crs);
     let t = Instant::now();

@@ -368,7 +368,11 @@ impl Refresh for CollectiveRefresh<'_> {
 
 /// The refresh masks' message bound for weights of magnitude below `2^value_log2` at
 /// `ckks`'s scale, plus two bits for the noise and rounding.
-pub fn weights_refresh_params(ckks: &CkksContext, parties: usize, value_log2: f64) -> RefreshParams {
+pub fn weights_refresh_params(
+    ckks: &CkksContext,
+    parties: usize,
+    value_log2: f64,
+) -> RefreshParams {
     RefreshParams::new(parties, ckks.default_scale().log2() + value_log2 + 2.0)
 }
 
@@ -451,7 +455,9 @@ impl PartyApp for CreditParty {
                     self.index,
                     self.parties,
                 )?;
-                if shard_sizes.get(self.index) != Some(&shard.len()) || shard_sizes.len() != self.parties {
+                if shard_sizes.get(self.index) != Some(&shard.len())
+                    || shard_sizes.len() != self.parties
+                {
                     return Err(Error::Data(format!(
                         "the plan's shard sizes {shard_sizes:?} do not match owner {}'s {} samples",
                         self.index,
@@ -467,13 +473,7 @@ impl PartyApp for CreditParty {
                 let plan = fed_plan(&shard_sizes, &cfg)?;
                 let layout = super::logistic::layout_for(&self.ckks, shard.num_features())?;
                 let cts = encrypt_groups(
-                    &self.ckks,
-                    public,
-                    &layout,
-                    &plan,
-                    self.index,
-                    &shard,
-                    bound,
+                    &self.ckks, public, &layout, &plan, self.index, &shard, bound,
                 )?;
                 let flat: Vec<&Ciphertext> = cts.iter().flat_map(|(x, y)| [x, y]).collect();
                 pack_ciphertexts(&self.ckks, &flat)

@@ -89,7 +89,8 @@ fn read_expected(s: &mut TcpStream, tag: u8, bound: u64, who: &str, what: &str) 
         .map_err(|e| missing(e, who, what))?
         .ok_or_else(|| Error::MissingParty(format!("{who} disconnected before its {what}")))?;
     if got == REFUSED && tag != REFUSED {
-        let why = read_frame_rest(s, got, Some(REFUSED_BYTES)).map_err(|e| missing(e, who, what))?;
+        let why =
+            read_frame_rest(s, got, Some(REFUSED_BYTES)).map_err(|e| missing(e, who, what))?;
         return Err(Error::Multiparty(format!(
             "{who} refused its {what}: {}",
             String::from_utf8_lossy(&why)

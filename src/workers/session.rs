@@ -237,7 +237,11 @@ impl Coordinator {
         req.extend_from_slice(&run.to_le_bytes());
         req.extend_from_slice(&(to as u32).to_le_bytes());
         req.extend_from_slice(&smudging.bound_bits().to_le_bytes());
-        req.extend_from_slice(&serialize::to_bytes(&self.ctx, ct, WriteOptions::default())?);
+        req.extend_from_slice(&serialize::to_bytes(
+            &self.ctx,
+            ct,
+            WriteOptions::default(),
+        )?);
         self.request_all(&req)?;
         let others: Vec<usize> = (0..k).filter(|&i| i != to).collect();
         self.rounds += 1;
