@@ -203,33 +203,7 @@ enum Command {
     /// One party of `train credit-federated --parties K` (started by it): holds its own key
     /// share and data slice, answers the coordinator's requests over TCP.
     #[command(hide = true)]
-    Party {
-        /// The coordinator's address.
-        #[arg(long)]
-        connect: std::net::SocketAddr,
-        /// This party's index, 0 to K−1.
-        #[arg(long)]
-        index: usize,
-        /// Number of parties K.
-        #[arg(long, value_parser = at_least(2))]
-        parties: usize,
-        /// The session's public common reference string (64 hex digits).
-        #[arg(long)]
-        crs: String,
-        /// log2 of the ring degree of the training parameters.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
-        log_n: u32,
-        /// UCI credit data file (default: the bundled copy); the party keeps its slice.
-        #[arg(long)]
-        data: Option<std::path::PathBuf>,
-        /// This party's secret share (a serialized secret key of the session's key set), from
-        /// its owner's disk; default: a fresh one that never leaves this process.
-        #[arg(long)]
-        share: Option<std::path::PathBuf>,
-        /// Longest wait for the coordinator's next message, in seconds.
-        #[arg(long, default_value_t = 600.0, value_parser = positive)]
-        timeout_secs: f64,
-    },
+    Party(cli::parties::PartyOptions),
     /// Per-operation benchmarks as Markdown, or JSON with --json.
     Bench {
         /// Ring sizes (log2 N, each 13 to 16).
@@ -437,25 +411,7 @@ fn main() -> ExitCode {
                 parties,
             })
         }
-        Command::Party {
-            connect,
-            index,
-            parties,
-            crs,
-            log_n,
-            data,
-            share,
-            timeout_secs,
-        } => cli::parties::serve(cli::parties::PartyOptions {
-            connect,
-            index,
-            parties,
-            crs,
-            log_n,
-            data,
-            share,
-            timeout_secs,
-        }),
+        Command::Party(o) => cli::parties::serve(o),
         Command::IoBench { data, rows, json } => cli::io_bench::run(
             &cli::data_path(data.as_deref(), hetensor::data::DEFAULT_TITANIC, "--data")?,
             rows,

@@ -36,14 +36,32 @@ pub const FINAL_SMUDGING_BITS: u32 = 14;
 const WEIGHT_LOG2: f64 = 8.0;
 
 /// Options of the hidden `hetensor party`.
+#[derive(clap::Args)]
 pub struct PartyOptions {
+    /// The coordinator's address.
+    #[arg(long)]
     pub connect: SocketAddr,
+    /// This party's index, 0 to K−1.
+    #[arg(long)]
     pub index: usize,
+    /// Number of parties K.
+    #[arg(long, value_parser = super::args::at_least(2))]
     pub parties: usize,
+    /// The session's public common reference string (64 hex digits).
+    #[arg(long)]
     pub crs: String,
+    /// log2 of the ring degree of the training parameters.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
     pub log_n: u32,
+    /// UCI credit data file (default: the bundled copy); the party keeps its slice.
+    #[arg(long)]
     pub data: Option<PathBuf>,
+    /// This party's secret share (a serialized secret key of the session's key set), from
+    /// its owner's disk; default: a fresh one that never leaves this process.
+    #[arg(long)]
     pub share: Option<PathBuf>,
+    /// Longest wait for the coordinator's next message, in seconds.
+    #[arg(long, default_value_t = 600.0, value_parser = super::args::positive)]
     pub timeout_secs: f64,
 }
 

@@ -24,7 +24,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
 use super::logistic::{
-    apply_update, batch_plan, levels_per_step, shard_gradient, sigmoid_bound, BatchCt, Report,
+    batch_plan, levels_per_step, sgd_update, shard_gradient, sigmoid_bound, BatchCt, Report,
     MIN_WEIGHT_LEVEL,
 };
 use super::{BlockLayout, PublicEval, Refresh, StepStats};
@@ -267,15 +267,14 @@ pub fn train_fedsgd(
                 &w,
                 std::slice::from_ref(&batches[g]),
             )?;
-            let step_size = cfg.lr / batches[g].count as f64 * bound;
-            let (nw, nv) = apply_update(
+            let (nw, nv) = sgd_update(
                 ev.eval(),
                 layout,
                 &[out.partial],
-                &w,
-                v.as_ref(),
-                cfg.momentum,
-                step_size,
+                (&w, v.as_ref()),
+                cfg,
+                batches[g].count,
+                bound,
             )?;
             w = nw;
             v = Some(nv);
