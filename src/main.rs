@@ -168,6 +168,14 @@ enum Command {
         /// Federated rounds (credit-federated only) [default: 5].
         #[arg(long, value_parser = at_least(1))]
         rounds: Option<usize>,
+        /// credit-federated with no key holder: K party processes, each with its slice of the
+        /// data and a key share, train by federated SGD with collective keys and refreshes;
+        /// only the final model is decrypted, collectively, to party 0. Also runs the same
+        /// steps with one key holder for comparison. Takes --epochs [default: 10], --lr
+        /// [default: 0.2], --batch, --degree, --interval, --log-n, --seed, --data; no
+        /// --workers, --in-process or --rounds.
+        #[arg(long, value_parser = at_least(2))]
+        parties: Option<usize>,
         /// log2 of the ring degree, 13 to 16 (14: 13 levels, two steps per refresh)
         /// [default: 14; not for mnist-transfer].
         #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
@@ -202,6 +210,10 @@ enum Command {
         #[arg(long, default_value_t = 30.0)]
         frame_timeout_secs: f64,
     },
+    /// One party of `train credit-federated --parties K` (started by it): holds its own key
+    /// share and data slice, answers the coordinator's requests over TCP.
+    #[command(hide = true)]
+    Party(cli::parties::PartyOptions),
     /// Per-operation benchmarks as Markdown, or JSON with --json.
     Bench {
         /// Ring sizes (log2 N, each 13 to 16).
@@ -347,7 +359,13 @@ fn main() -> ExitCode {
             interval,
             rounds,
             log_n,
+            parties,
         } if workload == "mnist-transfer" => {
+            if parties.is_some() {
+                return Err(hetensor::Error::InvalidInput(
+                    "--parties is implemented for credit-federated only".into(),
+                ));
+            }
             if data.is_some()
                 || workers.is_some()
                 || in_process
@@ -384,6 +402,7 @@ fn main() -> ExitCode {
             seed,
             json,
             images,
+            parties,
         } => {
             if images.is_some() {
                 return Err(hetensor::Error::InvalidInput(format!(
@@ -405,8 +424,10 @@ fn main() -> ExitCode {
                 log_n,
                 seed,
                 json,
+                parties,
             })
         }
+        Command::Party(o) => cli::parties::serve(o),
         Command::IoBench { data, rows, json } => cli::io_bench::run(
             &cli::data_path(data.as_deref(), hetensor::data::DEFAULT_TITANIC, "--data")?,
             rows,

@@ -251,6 +251,75 @@ fn train_credit_federated_with_its_defaults() {
     );
 }
 
+/// No key holder: three `hetensor party` processes train with collective keys and refreshes;
+/// the same steps with one key holder give the same accuracy; the final model is the only
+/// decryption, to party 0.
+#[test]
+fn train_credit_federated_parties() {
+    let _g = heavy();
+    let r = json(&[
+        "train",
+        "credit-federated",
+        "--parties",
+        "3",
+        "--epochs",
+        "1",
+        "--json",
+    ]);
+    assert_eq!((u(&r, "parties"), u(&r, "epochs")), (3, 1), "{r}");
+    let (acc, single) = (f(&r, "test_accuracy"), f(&r, "single_key_test_accuracy"));
+    assert!((acc - single).abs() <= 0.01 && acc > 0.7, "{r}");
+    assert!(f(&r, "max_weight_diff_vs_single_key") < 0.02, "{r}");
+    assert_eq!(u(&r, "single_party_decryptions"), 0);
+    assert_eq!(
+        r["collective_decryptions_per_party"],
+        serde_json::json!([1, 0, 0])
+    );
+    assert!(u(&r, "collective_refreshes") >= 1, "{r}");
+    assert!(
+        u(&r, "protocol_rounds") > u(&r, "collective_refreshes"),
+        "{r}"
+    );
+    for key in [
+        "bytes_sent_per_party",
+        "bytes_received_per_party",
+        "peak_memory_per_party_bytes",
+    ] {
+        let v = r[key].as_array().unwrap_or_else(|| panic!("{key} in {r}"));
+        assert_eq!(v.len(), 3);
+        assert!(
+            v.iter().all(|b| b.as_u64().unwrap() > 1_000_000),
+            "{key}: {r}"
+        );
+    }
+}
+
+/// `hetensor party` without a coordinator, or with a bad CRS or index, fails with a message.
+#[test]
+fn party_errors() {
+    let crs = "00".repeat(32);
+    let base = [
+        "party",
+        "--connect",
+        "127.0.0.1:9",
+        "--parties",
+        "2",
+        "--log-n",
+        "13",
+    ];
+    let run = |extra: &[&str], needles: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        fails(&args, needles);
+    };
+    // Nothing listens on port 9 (discard): the connection fails.
+    run(
+        &["--index", "0", "--crs", &crs, "--timeout-secs", "2"],
+        &["error"],
+    );
+    run(&["--index", "0", "--crs", "abc"], &["--crs"]);
+    run(&["--index", "2", "--crs", &crs], &["--index 2"]);
+}
+
 #[test]
 fn train_mnist_transfer() {
     let _g = heavy();
@@ -530,6 +599,40 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
             &["--workers"],
         ),
         (&["train", "mnist-transfer", "--log-n", "14"], &["--log-n"]),
+        (
+            &["train", "credit", "--parties", "2"],
+            &["--parties", "credit-federated"],
+        ),
+        (
+            &[
+                "train",
+                "credit-federated",
+                "--parties",
+                "2",
+                "--workers",
+                "2",
+            ],
+            &["--parties", "--workers"],
+        ),
+        (
+            &[
+                "train",
+                "credit-federated",
+                "--parties",
+                "2",
+                "--rounds",
+                "2",
+            ],
+            &["--rounds"],
+        ),
+        (
+            &["train", "credit-federated", "--parties", "1"],
+            &["--parties", "at least 2"],
+        ),
+        (
+            &["train", "mnist-transfer", "--parties", "2"],
+            &["--parties"],
+        ),
         (&["train", "mnist-transfer", "--images", "0"], &["--images"]),
         (&["train", "iris"], &["iris", "titanic"]),
         (&["titanic-workers", "--workers", "0"], &["--workers"]),

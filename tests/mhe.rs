@@ -6,7 +6,6 @@
 //!
 //! Runs at the 128-bit presets (N = 2^13). Run with `cargo test --release --test mhe`.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use hetensor::bfv::{BfvContext, BfvParams, PlainModulus};
@@ -18,6 +17,10 @@ use hetensor::rlwe::keys::{ckks_galois_element, galois_element_for_step};
 use hetensor::rlwe::{GaloisKeys, PublicKey, RelinKey, RlweContext, SecretKey};
 use hetensor::serialize::{self, WriteOptions};
 use hetensor::Error;
+
+#[path = "support/secrets.rs"]
+mod secrets;
+use secrets::{leaks, secret_windows};
 
 fn parties(ctx: &Arc<RlweContext>, k: usize, seed: u8) -> (Crs, Vec<Party>) {
     let crs = Crs::new([seed; 32]);
@@ -401,70 +404,6 @@ fn strict_subsets_of_shares_decrypt_to_noise() {
             assert!(r.abs() < 0.1, "K = {k}, subset {mask:b}: correlation {r}");
         }
     }
-}
-
-/// Bit-packs residues at the prime's width, least significant bit first (the format's
-/// packing, re-implemented here as an independent reference).
-fn pack(words: &[u32], q: u32) -> Vec<u8> {
-    let bits = 32 - q.leading_zeros();
-    let mut out = vec![0u8; (words.len() * bits as usize).div_ceil(8)];
-    let mut pos = 0usize;
-    for &w in words {
-        for b in 0..bits {
-            if w >> b & 1 == 1 {
-                out[pos / 8] |= 1 << (pos % 8);
-            }
-            pos += 1;
-        }
-    }
-    out
-}
-
-const WINDOW: usize = 16;
-
-/// 16-byte windows of every encoding of the share a message could leak: the secret-key
-/// format (2 bits per coefficient), and the residues of `s_i` in coefficient and NTT form on
-/// every prime, packed as the format packs polynomials.
-fn secret_windows(ctx: &RlweContext, sk: &SecretKey) -> HashSet<[u8; WINDOW]> {
-    let bytes = serialize::to_bytes(ctx, sk, WriteOptions::default()).unwrap();
-    let body = &bytes[serialize::HEADER_LEN..bytes.len() - serialize::CHECKSUM_LEN];
-    let coeffs: Vec<i64> = body
-        .iter()
-        .flat_map(|b| {
-            (0..4).map(move |k| match b >> (2 * k) & 3 {
-                1 => 1i64,
-                2 => -1,
-                _ => 0,
-            })
-        })
-        .collect();
-    let limbs = ctx.qp_limbs(ctx.max_level());
-    let mut encodings = vec![body.to_vec()];
-    for ntt in [false, true] {
-        let p = if ntt {
-            ctx.upload_signed_ntt(&coeffs, limbs.clone()).unwrap()
-        } else {
-            ctx.upload_signed(&coeffs, limbs.clone()).unwrap()
-        };
-        let words = ctx.backend().download(&p).unwrap();
-        for (i, &l) in limbs.iter().enumerate() {
-            let q = ctx.ring().modulus(l).value();
-            encodings.push(pack(&words[i * ctx.n()..(i + 1) * ctx.n()], q));
-        }
-    }
-    let mut set = HashSet::new();
-    for e in encodings {
-        for start in (0..e.len().saturating_sub(WINDOW)).step_by(WINDOW) {
-            set.insert(e[start..start + WINDOW].try_into().unwrap());
-        }
-    }
-    set
-}
-
-fn leaks(transcript: &[u8], windows: &HashSet<[u8; WINDOW]>) -> bool {
-    transcript
-        .windows(WINDOW)
-        .any(|w| windows.contains(<&[u8; WINDOW]>::try_from(w).unwrap()))
 }
 
 /// Every message of every protocol (serialized as it would travel) and every collective

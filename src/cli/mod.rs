@@ -5,6 +5,7 @@ pub mod demo;
 pub mod io_bench;
 pub mod mnist;
 pub mod packed;
+pub mod parties;
 pub mod train;
 pub mod transfer;
 pub mod workers;

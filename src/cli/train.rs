@@ -30,6 +30,8 @@ pub struct TrainOptions {
     pub log_n: Option<u32>,
     pub seed: Option<u64>,
     pub json: bool,
+    /// credit-federated with no key holder: the number of party processes.
+    pub parties: Option<usize>,
 }
 
 fn load(o: &TrainOptions) -> Result<Dataset> {
@@ -54,7 +56,25 @@ fn load(o: &TrainOptions) -> Result<Dataset> {
 /// Runs a workload and prints a text or JSON report. Unset options take the workload's
 /// [`TrainDefaults`].
 pub fn run(mut o: TrainOptions) -> Result<()> {
-    let d = TrainDefaults::for_workload(&o.workload)?;
+    if let Some(k) = o.parties {
+        if o.workload != "credit-federated" {
+            return Err(Error::InvalidInput(format!(
+                "--parties is for credit-federated, not {}",
+                o.workload
+            )));
+        }
+        if o.workers.is_some() || o.in_process || o.rounds.is_some() {
+            return Err(Error::InvalidInput(format!(
+                "--parties {k}: the parties are the data owners and train by federated SGD for --epochs; no --workers, --in-process or --rounds"
+            )));
+        }
+    }
+    // With --parties the model trains encrypted step by step, as `credit` does: its defaults.
+    let d = TrainDefaults::for_workload(if o.parties.is_some() {
+        "credit"
+    } else {
+        &o.workload
+    })?;
     let degree = *o.degree.get_or_insert(d.degree);
     let interval = *o.interval.get_or_insert(d.interval);
     let epochs = *o.epochs.get_or_insert(d.epochs);
@@ -111,7 +131,6 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     };
     let t = Instant::now();
     let ctx = Arc::new(CkksContext::new(training_params(log_n)?)?);
-    let holder = KeyHolder::new(ctx.clone())?;
     let setup_s = t.elapsed().as_secs_f64();
     if !o.json {
         eprintln!(
@@ -137,6 +156,24 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     let mut plain_poly = logistic::model(train.num_features())?;
     logistic::train_plain(&mut plain_poly, &train, None, &quiet, Some(&sigmoid))?;
     let (poly_acc, _) = logistic::evaluate(&plain_poly, &test)?;
+
+    if let Some(parties) = o.parties {
+        return super::parties::run_credit(&super::parties::CreditRun {
+            parties,
+            data: o.data.as_deref(),
+            train: &train,
+            test: &test,
+            cfg: &cfg,
+            sigmoid: &sigmoid,
+            ctx,
+            log_n,
+            json: o.json,
+            plain_acc: (plain_acc, poly_acc),
+        });
+    }
+    let t = Instant::now();
+    let holder = KeyHolder::new(ctx.clone())?;
+    let setup_s = setup_s + t.elapsed().as_secs_f64();
 
     if o.workload == "credit-federated" {
         let owners = o.workers.unwrap_or(d.owners);

@@ -60,7 +60,8 @@ pub fn weights(model: &Sequential) -> Result<(Vec<f64>, f64)> {
     }
 }
 
-fn set_weights(model: &mut Sequential, w: &[f64], b: f64) -> Result<()> {
+/// Sets the weights and bias of a logistic-regression model.
+pub fn set_weights(model: &mut Sequential, w: &[f64], b: f64) -> Result<()> {
     match model.layers_mut() {
         [Layer::Linear(l)] if l.out_features() == 1 && l.in_features() == w.len() => {
             l.weight.row_mut(0).assign(&ndarray::ArrayView1::from(w));
@@ -438,6 +439,22 @@ pub fn apply_update(
     Ok((w, v))
 }
 
+/// [`apply_update`] for a step of `samples` samples with `cfg`'s learning rate and momentum
+/// (step size `(η/n)·A`, `A` the bound the features were divided by); `wv`: weights and
+/// velocity.
+pub fn sgd_update(
+    ev: Eval<'_>,
+    layout: &BlockLayout,
+    partials: &[Ciphertext],
+    wv: (&Ciphertext, Option<&Ciphertext>),
+    cfg: &TrainConfig,
+    samples: usize,
+    bound: f64,
+) -> Result<(Ciphertext, Ciphertext)> {
+    let step = cfg.lr / samples.max(1) as f64 * bound;
+    apply_update(ev, layout, partials, wv.0, wv.1, cfg.momentum, step)
+}
+
 /// Where the shards of a data-parallel step run: [`InProcess`] (rayon threads of this
 /// process) or worker processes (`crate::workers::WorkerPool`, one shard per worker). Every
 /// runner computes [`shard_gradient`]; only the transport differs.
@@ -643,15 +660,14 @@ pub fn train_encrypted_with(
             let ts = Instant::now();
             let outs = runner.run_step(ev.eval(), &layout, &coeffs, bound, &w, bi, shards)?;
             let partials: Vec<Ciphertext> = outs.iter().map(|o| o.partial.clone()).collect();
-            let step_size = cfg.lr / batches[bi].len() as f64 * bound;
-            let (nw, nv) = apply_update(
+            let (nw, nv) = sgd_update(
                 ev.eval(),
                 &layout,
                 &partials,
-                &w,
-                v.as_ref(),
-                cfg.momentum,
-                step_size,
+                (&w, v.as_ref()),
+                cfg,
+                batches[bi].len(),
+                bound,
             )?;
             w = nw;
             v = Some(nv);
@@ -735,12 +751,17 @@ pub fn decrypt_weights(
     w: &Ciphertext,
     d: usize,
 ) -> Result<(Vec<f64>, f64)> {
-    let v = holder.decrypt(w)?;
+    Ok(block_means(layout, &holder.decrypt(w)?, d))
+}
+
+/// The weights in decrypted slots `v` of the weights' layout: the mean of each block (all
+/// its slots hold `w_j`), `d` weights and the bias.
+pub fn block_means(layout: &BlockLayout, v: &[f64], d: usize) -> (Vec<f64>, f64) {
     let mean = |j: usize| {
         v[j * layout.block..(j + 1) * layout.block]
             .iter()
             .sum::<f64>()
             / layout.block as f64
     };
-    Ok(((0..d).map(mean).collect(), mean(d)))
+    ((0..d).map(mean).collect(), mean(d))
 }

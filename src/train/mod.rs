@@ -41,6 +41,7 @@
 
 pub mod federated;
 pub mod logistic;
+pub mod multiparty;
 pub mod transfer;
 
 use std::sync::Arc;
@@ -409,6 +410,11 @@ pub trait Refresh: Sync {
     fn refresh(&self, cts: &[Ciphertext]) -> Result<Vec<Ciphertext>>;
     /// A short description for reports (`"key holder: decrypt + re-encrypt"`).
     fn describe(&self) -> &'static str;
+    /// The lowest level a ciphertext may be refreshed from (a collective refresh needs room
+    /// for its masks, [`crate::mhe::min_refresh_level`]); 0 by default.
+    fn min_level(&self) -> usize {
+        0
+    }
 }
 
 /// The party that owns the secret key.

@@ -41,6 +41,7 @@
 //! next request).
 
 pub mod parties;
+pub mod session;
 mod tasks;
 
 use std::collections::HashMap;

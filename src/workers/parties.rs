@@ -33,6 +33,14 @@ use crate::serialize::{self, WriteOptions};
 const HELLO: u8 = 0x21;
 const SHARE: u8 = 0x22;
 const AGGREGATE: u8 = 0x23;
+/// Coordinator → party: what to do next ([`super::session`]).
+pub(crate) const REQUEST: u8 = 0x24;
+/// Party → coordinator: an answer that is not a share (a job's result, a published plaintext).
+pub(crate) const REPLY: u8 = 0x25;
+/// Party → coordinator: the party refuses the request (UTF-8 reason).
+pub(crate) const REFUSED: u8 = 0x26;
+/// Longest refusal reason read.
+const REFUSED_BYTES: u64 = 1 << 16;
 /// HELLO payload: party index (u32), parameter fingerprint (u64), key set (u64).
 const HELLO_BYTES: u64 = 20;
 
@@ -74,11 +82,20 @@ fn missing(e: Error, who: &str, what: &str) -> Error {
     }
 }
 
-/// Reads one frame of `tag` (at most `bound` bytes).
+/// Reads one frame of `tag` (at most `bound` bytes); a refusal in its place is
+/// [`Error::Multiparty`] with the peer's reason.
 fn read_expected(s: &mut TcpStream, tag: u8, bound: u64, who: &str, what: &str) -> Result<Vec<u8>> {
     let got = read_tag(s)
         .map_err(|e| missing(e, who, what))?
         .ok_or_else(|| Error::MissingParty(format!("{who} disconnected before its {what}")))?;
+    if got == REFUSED && tag != REFUSED {
+        let why =
+            read_frame_rest(s, got, Some(REFUSED_BYTES)).map_err(|e| missing(e, who, what))?;
+        return Err(Error::Multiparty(format!(
+            "{who} refused its {what}: {}",
+            String::from_utf8_lossy(&why)
+        )));
+    }
     if got != tag {
         return Err(Error::Protocol(format!(
             "{who} sent frame tag {got:#04x} where its {what} ({tag:#04x}) was due"
@@ -105,6 +122,11 @@ pub struct CombinerHub {
     /// Keyed digests of every share received, to refuse a copy of one.
     seen: HashSet<u64>,
     hasher: std::collections::hash_map::RandomState,
+    /// Frame bytes received from / sent to each party.
+    from_party: Vec<u64>,
+    to_party: Vec<u64>,
+    /// Every frame after [`Self::record_transcript`], both directions, as on the wire.
+    transcript: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for CombinerHub {
@@ -205,28 +227,127 @@ impl CombinerHub {
             done: HashSet::new(),
             seen: HashSet::new(),
             hasher: Default::default(),
+            from_party: vec![9 + HELLO_BYTES; parties],
+            to_party: vec![0; parties],
+            transcript: None,
         })
+    }
+
+    /// Number of parties.
+    pub fn parties(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Frame bytes party `i` has sent to the hub (its introduction included).
+    pub fn bytes_from(&self, i: usize) -> u64 {
+        self.from_party.get(i).copied().unwrap_or(0)
+    }
+
+    /// Frame bytes the hub has sent to party `i`.
+    pub fn bytes_to(&self, i: usize) -> u64 {
+        self.to_party.get(i).copied().unwrap_or(0)
+    }
+
+    /// Keeps a copy of every later frame, in both directions (for tests that scan it).
+    pub fn record_transcript(&mut self) {
+        self.transcript.get_or_insert_with(Vec::new);
+    }
+
+    /// The frames recorded since [`Self::record_transcript`].
+    pub fn transcript(&self) -> &[u8] {
+        self.transcript.as_deref().unwrap_or(&[])
+    }
+
+    fn log(&mut self, tag: u8, payload: &[u8]) {
+        if let Some(t) = self.transcript.as_mut() {
+            t.push(tag);
+            t.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            t.extend_from_slice(payload);
+        }
+    }
+
+    fn party(&self, i: usize) -> Result<()> {
+        if i >= self.peers.len() {
+            return Err(Error::Multiparty(format!(
+                "no party {i}; this run has {}",
+                self.peers.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends one frame to party `i`.
+    pub(crate) fn write_to(&mut self, i: usize, tag: u8, payload: &[u8]) -> Result<()> {
+        self.party(i)?;
+        write_frame(&mut self.peers[i], tag, payload)
+            .map_err(|e| missing(e, &format!("party {i}"), "request"))?;
+        self.to_party[i] += 9 + payload.len() as u64;
+        self.log(tag, payload);
+        Ok(())
+    }
+
+    /// Reads one frame of `tag` from party `i` (a refusal is [`Error::Multiparty`]).
+    pub(crate) fn read_from(&mut self, i: usize, tag: u8, what: &str) -> Result<Vec<u8>> {
+        self.party(i)?;
+        let bytes = read_expected(
+            &mut self.peers[i],
+            tag,
+            self.cfg.max_frame_bytes,
+            &format!("party {i}"),
+            what,
+        )?;
+        self.from_party[i] += 9 + bytes.len() as u64;
+        self.log(tag, &bytes);
+        Ok(bytes)
+    }
+
+    /// Sends party `i` a request frame.
+    pub(crate) fn request(&mut self, i: usize, payload: &[u8]) -> Result<()> {
+        self.write_to(i, REQUEST, payload)
+    }
+
+    /// Party `i`'s reply to a request.
+    pub(crate) fn reply(&mut self, i: usize, what: &str) -> Result<Vec<u8>> {
+        self.read_from(i, REPLY, what)
+    }
+
+    /// Sends an aggregate to party `i` alone (e.g. the decryption shares of the others to the
+    /// party that receives the plaintext).
+    pub fn send_aggregate(&mut self, i: usize, agg: &Share) -> Result<()> {
+        let bytes = serialize::to_bytes(&self.ctx, agg, WriteOptions::default())?;
+        self.write_to(i, AGGREGATE, &bytes)
+    }
+
+    /// Whether `protocol` was already aggregated in this session.
+    pub fn has_run(&self, protocol: Protocol) -> bool {
+        self.done.contains(&protocol)
     }
 
     /// One round: a share for `protocol` at `level` from every party, checked, aggregated and
     /// sent back to all of them. Returns the aggregate. Parties are read in index order, each
     /// within `cfg.timeout`.
     pub fn round(&mut self, protocol: Protocol, level: usize) -> Result<Share> {
+        let all: Vec<usize> = (0..self.peers.len()).collect();
+        let agg = self.gather(protocol, level, &all)?;
+        for i in all {
+            self.send_aggregate(i, &agg)?;
+        }
+        Ok(agg)
+    }
+
+    /// A share for `protocol` at `level` from each party in `from`, checked and aggregated; no
+    /// one is sent the aggregate (see [`Self::send_aggregate`]). A protocol run is gathered
+    /// once per session.
+    pub fn gather(&mut self, protocol: Protocol, level: usize, from: &[usize]) -> Result<Share> {
         if !self.done.insert(protocol) {
             return Err(Error::Multiparty(format!(
                 "{protocol:?} was already run with these parties; a second round would be a replay"
             )));
         }
-        let mut shares = Vec::with_capacity(self.peers.len());
-        for (i, s) in self.peers.iter_mut().enumerate() {
+        let mut shares = Vec::with_capacity(from.len());
+        for &i in from {
             let who = format!("party {i}");
-            let bytes = read_expected(
-                s,
-                SHARE,
-                self.cfg.max_frame_bytes,
-                &who,
-                &format!("{protocol:?} share"),
-            )?;
+            let bytes = self.read_from(i, SHARE, &format!("{protocol:?} share"))?;
             let mut h = self.hasher.build_hasher();
             h.write(&bytes);
             if !self.seen.insert(h.finish()) {
@@ -245,13 +366,7 @@ impl CombinerHub {
             crate::rlwe::ciphertext::check_key_id(self.key_id, share.key_id(), &who)?;
             shares.push(share);
         }
-        let agg = crate::mhe::aggregate(&self.ctx, &shares)?;
-        let bytes = serialize::to_bytes(&self.ctx, &agg, WriteOptions::default())?;
-        for (i, s) in self.peers.iter_mut().enumerate() {
-            write_frame(s, AGGREGATE, &bytes)
-                .map_err(|e| missing(e, &format!("party {i}"), "aggregate"))?;
-        }
-        Ok(agg)
+        crate::mhe::aggregate(&self.ctx, &shares)
     }
 }
 
@@ -260,6 +375,7 @@ pub struct PartyLink {
     ctx: Arc<RlweContext>,
     stream: TcpStream,
     cfg: NetConfig,
+    index: u32,
 }
 
 impl std::fmt::Debug for PartyLink {
@@ -285,7 +401,17 @@ impl PartyLink {
         hello.extend_from_slice(&ctx.fingerprint().to_le_bytes());
         hello.extend_from_slice(&crs.key_id().to_le_bytes());
         write_frame(&mut stream, HELLO, &hello)?;
-        Ok(Self { ctx, stream, cfg })
+        Ok(Self {
+            ctx,
+            stream,
+            cfg,
+            index,
+        })
+    }
+
+    /// This party's index in the session.
+    pub fn index(&self) -> u32 {
+        self.index
     }
 
     /// Sends this party's share of the current round.
@@ -313,6 +439,29 @@ impl PartyLink {
             )));
         }
         Ok(agg)
+    }
+
+    /// The next request from the coordinator (waits up to the timeout).
+    pub(crate) fn next_request(&mut self) -> Result<Vec<u8>> {
+        read_expected(
+            &mut self.stream,
+            REQUEST,
+            self.cfg.max_frame_bytes,
+            "the coordinator",
+            "next request",
+        )
+    }
+
+    /// Answers a request with bytes that are not a share.
+    pub(crate) fn reply(&mut self, bytes: &[u8]) -> Result<()> {
+        write_frame(&mut self.stream, REPLY, bytes)
+    }
+
+    /// Refuses the current request, with the reason.
+    pub(crate) fn refuse(&mut self, why: &str) -> Result<()> {
+        let mut why = why.as_bytes();
+        why = &why[..why.len().min(REFUSED_BYTES as usize)];
+        write_frame(&mut self.stream, REFUSED, why)
     }
 
     /// Sends a share and returns the round's aggregate.
