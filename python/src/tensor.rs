@@ -753,7 +753,10 @@ macro_rules! tensor_class {
                 &self,
                 py: Python<'py>,
             ) -> PyResult<(PyObject, (Bound<'py, PyBytes>,))> {
-                let f = wrap_pyfunction!(_tensor_from_bytes, py)?.into_any().unbind();
+                let f = py
+                    .import("hetensor._hetensor")?
+                    .getattr("_tensor_from_bytes")?
+                    .unbind();
                 Ok((f, (self.to_bytes(py)?,)))
             }
             /// `(batch, *shape)`, or the per-sample shape of a broadcast tensor.
