@@ -183,8 +183,11 @@ impl Context {
     /// (precision about `scale_bits - 20` bits). `log_n` fixes N = 2^log_n; `slots` asks for at
     /// least that many samples per ciphertext. `rotations`: the slot rotations to make keys for
     /// (default: the powers of two, enough for `sum(axis=0)` and any `rotate`); `[]` for none.
+    /// `preset=True` takes the fixed 128-bit chain of single primes near 2^scale_bits for
+    /// N = 2^log_n instead (what `hetensor mnist` runs LeNet-1 on: log_n=13, scale_bits=25,
+    /// 5 levels); `depth` and `slots` are then ignored.
     #[staticmethod]
-    #[pyo3(signature = (depth=3, scale_bits=40, log_n=None, slots=None, rotations=None))]
+    #[pyo3(signature = (depth=3, scale_bits=40, log_n=None, slots=None, rotations=None, preset=false))]
     fn ckks(
         py: Python<'_>,
         depth: usize,
@@ -192,16 +195,22 @@ impl Context {
         log_n: Option<u32>,
         slots: Option<usize>,
         rotations: Option<Vec<i64>>,
+        preset: bool,
     ) -> PyResult<Self> {
         let inner = heavy(py, || {
-            let mut b = CkksParams::builder().depth(depth).scale_bits(scale_bits);
-            if let Some(l) = log_n {
-                b = b.log_n(l);
-            }
-            if let Some(s) = slots {
-                b = b.slots(s);
-            }
-            let ctx = CkksContext::new(b.build()?)?;
+            let params = if preset {
+                CkksParams::preset(log_n.unwrap_or(13), scale_bits)?
+            } else {
+                let mut b = CkksParams::builder().depth(depth).scale_bits(scale_bits);
+                if let Some(l) = log_n {
+                    b = b.log_n(l);
+                }
+                if let Some(s) = slots {
+                    b = b.slots(s);
+                }
+                b.build()?
+            };
+            let ctx = CkksContext::new(params)?;
             let keys = ctx.keygen()?;
             let steps = rotations.unwrap_or_else(|| power_steps(ctx.slots()));
             let galois = if steps.is_empty() {

@@ -19,7 +19,7 @@ pub struct Model {
 impl Model {
     /// LeNet-1 with square activations and its trained weights (bundled): input
     /// `[batch, 1, 28, 28]` in [0, 1], output 10 logits. Needs `model.levels` levels, e.g.
-    /// `Context.ckks(depth=model.levels, scale_bits=25, log_n=13)`.
+    /// `Context.ckks(log_n=13, scale_bits=25, preset=True, rotations=[])`.
     #[staticmethod]
     fn lenet1() -> PyResult<Self> {
         Ok(Self {
