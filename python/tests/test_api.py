@@ -134,3 +134,41 @@ def test_threads():
     assert he.get_num_threads() >= 1
     with pytest.raises(ValueError):
         he.set_num_threads(0)
+
+
+def test_stub_names_match_the_module():
+    import ast
+    import os
+
+    import hetensor._hetensor as mod
+
+    stub = os.path.join(os.path.dirname(he.__file__), "_hetensor.pyi")
+    tree = ast.parse(open(stub).read())
+    names = {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+    public = {n for n in dir(mod) if not n.startswith("__")}
+    assert public == names - {"_Tensor"}
+
+
+def test_heavy_calls_release_the_gil(ckks):
+    """Python keeps running in another thread while a tensor operation runs."""
+    import threading
+    import time
+
+    x = np.random.default_rng(0).normal(size=(ckks.slots, 64))
+    span = {}
+
+    def work():
+        span["start"] = time.perf_counter()
+        ckks.encrypt(x).square()
+        span["end"] = time.perf_counter()
+
+    ticks = []
+    t = threading.Thread(target=work)
+    t.start()
+    while t.is_alive():
+        ticks.append(time.perf_counter())
+    t.join()
+    inside = [s for s in ticks if span["start"] <= s <= span["end"]]
+    gaps = np.diff([span["start"]] + inside + [span["end"]])
+    # Holding the GIL would stop this loop for the whole operation (one gap = the span).
+    assert gaps.max() < 0.5 * (span["end"] - span["start"])
