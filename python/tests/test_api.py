@@ -172,3 +172,14 @@ def test_heavy_calls_release_the_gil(ckks):
     gaps = np.diff([span["start"]] + inside + [span["end"]])
     # Holding the GIL would stop this loop for the whole operation (one gap = the span).
     assert gaps.max() < 0.5 * (span["end"] - span["start"])
+
+
+def test_readme_example_runs():
+    import os
+    import re
+
+    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+    text = open(readme).read()
+    section = text[text.index("## Use it from Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
