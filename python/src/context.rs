@@ -133,15 +133,12 @@ impl Context {
         Ok(out)
     }
 
-    fn read<C: SchemeContext>(
-        bytes: &[u8],
-        scheme: impl FnOnce(C) -> Scheme,
-    ) -> Result<Inner> {
+    fn read<C: SchemeContext>(bytes: &[u8], scheme: impl FnOnce(C) -> Scheme) -> Result<Inner> {
         let mut r = bytes;
         let p = PublicContext::<C>::read_from(&mut r, default_backend())?;
-        let relin = p.relin_key.ok_or_else(|| {
-            Error::Decode("the context has no relinearization key".into())
-        })?;
+        let relin = p
+            .relin_key
+            .ok_or_else(|| Error::Decode("the context has no relinearization key".into()))?;
         let secret = if r.is_empty() {
             None
         } else {
@@ -324,7 +321,12 @@ impl Context {
     /// axis) into every slot, e.g. model weights that meet every sample. Returns a
     /// `CKKSTensor` or a `BFVTensor`.
     #[pyo3(signature = (data, broadcast=false))]
-    fn encrypt(&self, py: Python<'_>, data: &Bound<'_, PyAny>, broadcast: bool) -> PyResult<PyObject> {
+    fn encrypt(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        broadcast: bool,
+    ) -> PyResult<PyObject> {
         tensor::encrypt_any(py, &self.inner, data, broadcast)
     }
 

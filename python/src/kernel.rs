@@ -14,7 +14,13 @@ use crate::context::{Inner, Scheme};
 
 pub(crate) trait Kernel: Clone + Send + Sync + Sized + 'static {
     type Ct: Clone + Send + Sync + Encode + Decode;
-    type Value: Copy + Send + Sync + Default + PartialEq + numpy::Element + std::ops::Neg<Output = Self::Value>;
+    type Value: Copy
+        + Send
+        + Sync
+        + Default
+        + PartialEq
+        + numpy::Element
+        + std::ops::Neg<Output = Self::Value>;
     /// Tag in the tensor byte format.
     const TAG: u8;
     const NAME: &'static str;
@@ -197,7 +203,8 @@ impl Kernel for Ckks {
         self.ctx.linear_combination(cts, &vec![1.0; cts.len()], 1.0)
     }
     fn polyval(&self, a: &Ciphertext, coeffs: &[f64]) -> Result<Ciphertext> {
-        self.ctx.evaluate_polynomial(a, coeffs, &self.inner.keys.relin)
+        self.ctx
+            .evaluate_polynomial(a, coeffs, &self.inner.keys.relin)
     }
     fn level(&self, a: &Ciphertext) -> usize {
         a.level()

@@ -13,14 +13,49 @@ mod kernel;
 mod model;
 mod tensor;
 
-create_exception!(hetensor, HetensorError, PyException, "Base class of every hetensor error.");
-create_exception!(hetensor, ParameterError, HetensorError, "Parameters that cannot work, are insecure, or differ between operands.");
+create_exception!(
+    hetensor,
+    HetensorError,
+    PyException,
+    "Base class of every hetensor error."
+);
+create_exception!(
+    hetensor,
+    ParameterError,
+    HetensorError,
+    "Parameters that cannot work, are insecure, or differ between operands."
+);
 create_exception!(hetensor, LevelError, HetensorError, "CKKS levels or scales that do not fit: out of levels, scale overflow, level or scale mismatch.");
-create_exception!(hetensor, DecodeError, HetensorError, "Serialized bytes that are malformed, truncated or for other parameters.");
-create_exception!(hetensor, KeyMismatchError, HetensorError, "Objects of different key sets combined, or a key that this context does not hold.");
-create_exception!(hetensor, ShapeError, HetensorError, "Shapes or batch sizes that do not fit together, or more values than slots.");
-create_exception!(hetensor, NoiseBudgetError, HetensorError, "A BFV result with no noise budget left: its decryption would be wrong.");
-create_exception!(hetensor, ModelError, HetensorError, "A model that cannot be loaded or run encrypted.");
+create_exception!(
+    hetensor,
+    DecodeError,
+    HetensorError,
+    "Serialized bytes that are malformed, truncated or for other parameters."
+);
+create_exception!(
+    hetensor,
+    KeyMismatchError,
+    HetensorError,
+    "Objects of different key sets combined, or a key that this context does not hold."
+);
+create_exception!(
+    hetensor,
+    ShapeError,
+    HetensorError,
+    "Shapes or batch sizes that do not fit together, or more values than slots."
+);
+create_exception!(
+    hetensor,
+    NoiseBudgetError,
+    HetensorError,
+    "A BFV result with no noise budget left: its decryption would be wrong."
+);
+create_exception!(
+    hetensor,
+    ModelError,
+    HetensorError,
+    "A model that cannot be loaded or run encrypted."
+);
 
 /// Maps the crate's typed error to the exception hierarchy, keeping the message.
 pub(crate) fn to_py(e: hetensor::Error) -> PyErr {

@@ -47,7 +47,8 @@ impl Model {
                 crate::context::Scheme::Ckks(c) => c.clone(),
                 crate::context::Scheme::Bfv(_) => unreachable!("a CKKSTensor has a CKKS context"),
             };
-            let input = CipherTensor::from_ciphertexts(core.shape.clone(), batch, core.cts.to_vec())?;
+            let input =
+                CipherTensor::from_ciphertexts(core.shape.clone(), batch, core.cts.to_vec())?;
             let y = encrypted::forward(
                 &ctx,
                 &self.net,
@@ -79,6 +80,10 @@ impl Model {
     }
 
     fn __repr__(&self) -> String {
-        format!("Model({} layers, {} parameters)", self.net.len(), self.net.num_params())
+        format!(
+            "Model({} layers, {} parameters)",
+            self.net.len(),
+            self.net.num_params()
+        )
     }
 }

@@ -316,7 +316,11 @@ impl<K: Kernel> Core<K> {
         let (rows, cols, vector) = match w.shape() {
             [r] => (*r, 1, true),
             [r, c] => (*r, *c, false),
-            s => return Err(shape_err(format!("matmul takes a 1-D or 2-D matrix, got {s:?}"))),
+            s => {
+                return Err(shape_err(format!(
+                    "matmul takes a 1-D or 2-D matrix, got {s:?}"
+                )))
+            }
         };
         if rows != d {
             return Err(shape_err(format!(
@@ -336,7 +340,12 @@ impl<K: Kernel> Core<K> {
         if !vector {
             shape.push(cols);
         }
-        Ok(self.with(shape, self.batch, self.clean, out.into_iter().flatten().collect()))
+        Ok(self.with(
+            shape,
+            self.batch,
+            self.clean,
+            out.into_iter().flatten().collect(),
+        ))
     }
 
     /// Sums over `axes` of the full shape (axis 0 = samples when there is a batch axis; the
@@ -391,7 +400,11 @@ impl<K: Kernel> Core<K> {
             cts = cts
                 .par_iter()
                 .map(|c| {
-                    let c = if clean { c.clone() } else { self.k.mul_col(c, &ones)? };
+                    let c = if clean {
+                        c.clone()
+                    } else {
+                        self.k.mul_col(c, &ones)?
+                    };
                     self.k.sum_slots(&c, b)
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -438,7 +451,11 @@ impl<K: Kernel> Core<K> {
     }
 
     pub fn from_bytes(k: K, h: Header, body: &[u8]) -> Result<Self> {
-        let count: usize = h.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX);
+        let count: usize = h
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX);
         // Every ciphertext frame takes more than its 8-byte length: bound the count first.
         if count > body.len() / 9 + 1 {
             return Err(Error::Decode(format!(
@@ -449,7 +466,10 @@ impl<K: Kernel> Core<K> {
         }
         if let Some(b) = h.batch {
             if b == 0 || b > k.slots() {
-                return Err(Error::Decode(format!("batch {b} outside 1..={}", k.slots())));
+                return Err(Error::Decode(format!(
+                    "batch {b} outside 1..={}",
+                    k.slots()
+                )));
             }
         }
         let mut r = Reader(body);
@@ -459,14 +479,19 @@ impl<K: Kernel> Core<K> {
             frames.push(r.take(len)?);
         }
         if !r.0.is_empty() {
-            return Err(Error::Decode(format!("{} trailing bytes after the tensor", r.0.len())));
+            return Err(Error::Decode(format!(
+                "{} trailing bytes after the tensor",
+                r.0.len()
+            )));
         }
         let cts = frames
             .par_iter()
             .map(|f| k.from_bytes(f))
             .collect::<Result<Vec<_>>>()?;
         if cts.iter().any(|c| K::key_id(c) != h.key_id) {
-            return Err(Error::Decode("a ciphertext of another key set in the tensor".into()));
+            return Err(Error::Decode(
+                "a ciphertext of another key set in the tensor".into(),
+            ));
         }
         Ok(Self {
             k,
@@ -515,7 +540,10 @@ fn read_header(bytes: &[u8]) -> Result<(Header, &[u8])> {
     }
     let v = r.take(3)?;
     if v[0] != FORMAT {
-        return Err(Error::Decode(format!("tensor format version {} (this reads {FORMAT})", v[0])));
+        return Err(Error::Decode(format!(
+            "tensor format version {} (this reads {FORMAT})",
+            v[0]
+        )));
     }
     if v[2] & !3 != 0 {
         return Err(Error::Decode(format!("unknown tensor flags {:#04x}", v[2])));
@@ -525,7 +553,9 @@ fn read_header(bytes: &[u8]) -> Result<(Header, &[u8])> {
     if nd > 32 {
         return Err(Error::Decode(format!("{nd} axes")));
     }
-    let shape = (0..nd).map(|_| r.u64().map(|d| d as usize)).collect::<Result<Vec<_>>>()?;
+    let shape = (0..nd)
+        .map(|_| r.u64().map(|d| d as usize))
+        .collect::<Result<Vec<_>>>()?;
     let has_batch = v[2] & 2 != 0;
     let h = Header {
         tag: v[1],
@@ -603,7 +633,11 @@ pub(crate) fn _tensor_from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<PyObje
         Bfv::TAG => Bound::new(py, BFVTensor::from_core(heavy(py, || decode(None, data))?))?
             .into_any()
             .unbind(),
-        t => return Err(to_py(Error::Decode(format!("unknown tensor scheme tag {t}")))),
+        t => {
+            return Err(to_py(Error::Decode(format!(
+                "unknown tensor scheme tag {t}"
+            ))))
+        }
     })
 }
 
@@ -628,7 +662,9 @@ macro_rules! tensor_class {
             ) -> PyResult<Self> {
                 let k = <$kernel>::new(inner).map_err(to_py)?;
                 let x = to_array::<$kernel>(py, data)?;
-                Ok(Self::from_core(heavy(py, || Core::encrypt(k, x, broadcast))?))
+                Ok(Self::from_core(heavy(py, || {
+                    Core::encrypt(k, x, broadcast)
+                })?))
             }
 
             fn op(&self, py: Python<'_>, other: &Bound<'_, PyAny>, op: Op) -> PyResult<Self> {
