@@ -33,12 +33,23 @@ pub(crate) struct Inner {
     pub secret: Option<Arc<SecretKey>>,
 }
 
+impl Scheme {
+    /// `ckks(ctx)` or `bfv(ctx)`, whichever this is.
+    pub fn pick<'a, T>(
+        &'a self,
+        ckks: impl FnOnce(&'a CkksContext) -> T,
+        bfv: impl FnOnce(&'a BfvContext) -> T,
+    ) -> T {
+        match self {
+            Scheme::Ckks(c) => ckks(c),
+            Scheme::Bfv(c) => bfv(c),
+        }
+    }
+}
+
 impl Inner {
     pub fn rlwe(&self) -> &Arc<RlweContext> {
-        match &self.scheme {
-            Scheme::Ckks(c) => c.rlwe(),
-            Scheme::Bfv(c) => c.rlwe(),
-        }
+        self.scheme.pick(|c| c.rlwe(), |c| c.rlwe())
     }
 
     pub fn key_id(&self) -> u64 {
@@ -100,6 +111,23 @@ pub(crate) fn lookup(fingerprint: u64, key_id: u64) -> Result<Arc<Inner>> {
 /// Galois steps for rotations by any amount below `width`: the powers of two.
 fn power_steps(width: usize) -> Vec<i64> {
     CkksContext::power_of_two_steps(width)
+}
+
+/// Galois keys for `steps`, or none for no steps.
+fn rotation_keys(
+    steps: &[i64],
+    generate: impl FnOnce(&[i64]) -> Result<GaloisKeys>,
+) -> Result<Option<GaloisKeys>> {
+    (!steps.is_empty()).then(|| generate(steps)).transpose()
+}
+
+/// The key holder's view of a fresh key set.
+fn owner(scheme: Scheme, secret: SecretKey, keys: PublicKeys) -> Inner {
+    Inner {
+        scheme,
+        keys: Arc::new(keys),
+        secret: Some(Arc::new(secret)),
+    }
 }
 
 /// Parameters and keys of one key set. A context made by `Context.ckks` or `Context.bfv` holds
@@ -210,20 +238,16 @@ impl Context {
             let ctx = CkksContext::new(params)?;
             let keys = ctx.keygen()?;
             let steps = rotations.unwrap_or_else(|| power_steps(ctx.slots()));
-            let galois = if steps.is_empty() {
-                None
-            } else {
-                Some(ctx.gen_galois_keys(&keys.secret, &steps, false)?)
-            };
-            Ok(Inner {
-                scheme: Scheme::Ckks(Arc::new(ctx)),
-                keys: Arc::new(PublicKeys {
+            let galois = rotation_keys(&steps, |s| ctx.gen_galois_keys(&keys.secret, s, false))?;
+            Ok(owner(
+                Scheme::Ckks(Arc::new(ctx)),
+                keys.secret,
+                PublicKeys {
                     public: keys.public,
                     relin: keys.relin,
                     galois,
-                }),
-                secret: Some(Arc::new(keys.secret)),
-            })
+                },
+            ))
         })?;
         Ok(Self::wrap(inner))
     }
@@ -250,23 +274,13 @@ impl Context {
             };
             let ctx = BfvContext::new(params)?;
             let secret = ctx.gen_secret_key()?;
-            let public = ctx.gen_public_key(&secret)?;
-            let relin = ctx.gen_relin_key(&secret)?;
             let steps = rotations.unwrap_or_else(|| power_steps(ctx.n() / 2));
-            let galois = if steps.is_empty() {
-                None
-            } else {
-                Some(ctx.gen_galois_keys(&secret, &steps)?)
+            let keys = PublicKeys {
+                public: ctx.gen_public_key(&secret)?,
+                relin: ctx.gen_relin_key(&secret)?,
+                galois: rotation_keys(&steps, |s| ctx.gen_galois_keys(&secret, s))?,
             };
-            Ok(Inner {
-                scheme: Scheme::Bfv(Arc::new(ctx)),
-                keys: Arc::new(PublicKeys {
-                    public,
-                    relin,
-                    galois,
-                }),
-                secret: Some(Arc::new(secret)),
-            })
+            Ok(owner(Scheme::Bfv(Arc::new(ctx)), secret, keys))
         })?;
         Ok(Self::wrap(inner))
     }
@@ -348,10 +362,7 @@ impl Context {
     /// Samples per ciphertext: N/2 for CKKS, N for BFV.
     #[getter]
     fn slots(&self) -> usize {
-        match &self.inner.scheme {
-            Scheme::Ckks(c) => c.slots(),
-            Scheme::Bfv(c) => c.slot_count(),
-        }
+        self.inner.scheme.pick(|c| c.slots(), |c| c.slot_count())
     }
 
     /// The ring degree N.
@@ -363,19 +374,15 @@ impl Context {
     /// The level of fresh ciphertexts (CKKS: rescalings available).
     #[getter]
     fn max_level(&self) -> usize {
-        match &self.inner.scheme {
-            Scheme::Ckks(c) => c.max_level(),
-            Scheme::Bfv(c) => c.max_level(),
-        }
+        self.inner.scheme.pick(|c| c.max_level(), |c| c.max_level())
     }
 
     /// BFV plaintext modulus t (None for CKKS).
     #[getter]
     fn plain_modulus(&self) -> Option<u64> {
-        match &self.inner.scheme {
-            Scheme::Ckks(_) => None,
-            Scheme::Bfv(c) => Some(c.plain_modulus()),
-        }
+        self.inner
+            .scheme
+            .pick(|_| None, |c| Some(c.plain_modulus()))
     }
 
     /// The key set's 64-bit identifier (shared by `ctx` and `ctx.public()`).

@@ -67,6 +67,31 @@ pub(crate) trait Kernel: Clone + Send + Sync + Sized + 'static {
     }
 }
 
+/// `rotate(a, step)` with the key for `step`, or, when there is none, composed from the
+/// power-of-two keys (left rotations modulo the rotation's `period`).
+fn compose_rotation<C: Clone>(
+    a: &C,
+    step: i64,
+    period: usize,
+    rotate: impl Fn(&C, i64) -> Result<C>,
+) -> Result<C> {
+    match rotate(a, step) {
+        Err(Error::MissingGaloisKey { .. }) => {
+            let mut s = step.rem_euclid(period as i64);
+            let (mut acc, mut bit) = (a.clone(), 1i64);
+            while s > 0 {
+                if s & 1 == 1 {
+                    acc = rotate(&acc, bit)?;
+                }
+                s >>= 1;
+                bit <<= 1;
+            }
+            Ok(acc)
+        }
+        other => other,
+    }
+}
+
 fn wrong_scheme(want: &str) -> Error {
     Error::InvalidInput(format!("this operation needs a {want} context"))
 }
@@ -168,24 +193,7 @@ impl Kernel for Ckks {
     }
     fn rotate(&self, a: &Ciphertext, step: i64) -> Result<Ciphertext> {
         let gk = self.inner.galois()?;
-        let slots = self.slots() as i64;
-        match self.ctx.rotate(a, step, gk) {
-            Err(Error::MissingGaloisKey { .. }) => {
-                // Compose the rotation from the power-of-two keys (left rotations mod slots).
-                let mut s = step.rem_euclid(slots);
-                let mut acc = a.clone();
-                let mut bit = 1i64;
-                while s > 0 {
-                    if s & 1 == 1 {
-                        acc = self.ctx.rotate(&acc, bit, gk)?;
-                    }
-                    s >>= 1;
-                    bit <<= 1;
-                }
-                Ok(acc)
-            }
-            other => other,
-        }
+        compose_rotation(a, step, self.slots(), |c, s| self.ctx.rotate(c, s, gk))
     }
     fn sum_slots(&self, a: &Ciphertext, width: usize) -> Result<Ciphertext> {
         let steps = CkksContext::power_of_two_steps(width.min(self.slots()));
@@ -286,23 +294,9 @@ impl Kernel for Bfv {
     }
     fn rotate(&self, a: &bfv::Ciphertext, step: i64) -> Result<bfv::Ciphertext> {
         let gk = self.inner.galois()?;
-        let row = (self.slots() / 2) as i64;
-        match self.ctx.rotate_rows(a, step, gk) {
-            Err(Error::MissingGaloisKey { .. }) => {
-                let mut s = step.rem_euclid(row);
-                let mut acc = a.clone();
-                let mut bit = 1i64;
-                while s > 0 {
-                    if s & 1 == 1 {
-                        acc = self.ctx.rotate_rows(&acc, bit, gk)?;
-                    }
-                    s >>= 1;
-                    bit <<= 1;
-                }
-                Ok(acc)
-            }
-            other => other,
-        }
+        compose_rotation(a, step, self.slots() / 2, |c, s| {
+            self.ctx.rotate_rows(c, s, gk)
+        })
     }
     fn sum_slots(&self, a: &bfv::Ciphertext, width: usize) -> Result<bfv::Ciphertext> {
         let gk = self.inner.galois()?;
