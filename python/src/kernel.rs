@@ -59,10 +59,10 @@ pub(crate) trait Kernel: Clone + Send + Sync + Sized + 'static {
     fn scale(&self, a: &Self::Ct) -> f64;
     fn key_id(a: &Self::Ct) -> u64;
 
-    fn to_bytes(&self, ct: &Self::Ct) -> Result<Vec<u8>> {
+    fn encode_ct(&self, ct: &Self::Ct) -> Result<Vec<u8>> {
         serialize::to_bytes(self.inner().rlwe(), ct, WriteOptions::default())
     }
-    fn from_bytes(&self, bytes: &[u8]) -> Result<Self::Ct> {
+    fn decode_ct(&self, bytes: &[u8]) -> Result<Self::Ct> {
         serialize::from_bytes(self.inner().rlwe(), bytes)
     }
 }

@@ -429,7 +429,7 @@ impl<K: Kernel> Core<K> {
         let frames = self
             .cts
             .par_iter()
-            .map(|c| self.k.to_bytes(c))
+            .map(|c| self.k.encode_ct(c))
             .collect::<Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(frames.iter().map(|f| f.len() + 8).sum::<usize>() + 64);
         out.extend_from_slice(MAGIC);
@@ -486,7 +486,7 @@ impl<K: Kernel> Core<K> {
         }
         let cts = frames
             .par_iter()
-            .map(|f| k.from_bytes(f))
+            .map(|f| k.decode_ct(f))
             .collect::<Result<Vec<_>>>()?;
         if cts.iter().any(|c| K::key_id(c) != h.key_id) {
             return Err(Error::Decode(
