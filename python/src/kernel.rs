@@ -53,6 +53,8 @@ pub(crate) trait Kernel: Clone + Send + Sync + Sized + 'static {
     /// `out[k] = Σ_i w[k][i]·cts[i]` (CKKS: rescaled back to the inputs' scale).
     fn dot(&self, cts: &[&Self::Ct], w: &[Vec<Self::Value>]) -> Result<Vec<Self::Ct>>;
     fn add_all(&self, cts: &[&Self::Ct]) -> Result<Self::Ct>;
+    /// `Σ a_i·b_i` with one relinearization (and one rescale) for the whole sum.
+    fn mul_sum(&self, pairs: &[(&Self::Ct, &Self::Ct)]) -> Result<Self::Ct>;
     /// `Σ coeffs[k]·a^k`, lowest degree first.
     fn polyval(&self, a: &Self::Ct, coeffs: &[Self::Value]) -> Result<Self::Ct>;
     fn level(&self, a: &Self::Ct) -> usize;
@@ -90,6 +92,19 @@ fn compose_rotation<C: Clone>(
         }
         other => other,
     }
+}
+
+/// `Σ mul(a_i, b_i)` over unrelinearized products (relinearization is linear: one at the end).
+fn sum_products<C>(
+    pairs: &[(&C, &C)],
+    mul: impl Fn(&C, &C) -> Result<C>,
+    add: impl Fn(&C, &C) -> Result<C>,
+) -> Result<C> {
+    let ((a, b), rest) = pairs
+        .split_first()
+        .ok_or_else(|| Error::InvalidInput("dot product over an empty axis".into()))?;
+    rest.iter()
+        .try_fold(mul(a, b)?, |acc, (x, y)| add(&acc, &mul(x, y)?))
 }
 
 fn wrong_scheme(want: &str) -> Error {
@@ -210,6 +225,14 @@ impl Kernel for Ckks {
     fn add_all(&self, cts: &[&Ciphertext]) -> Result<Ciphertext> {
         self.ctx.linear_combination(cts, &vec![1.0; cts.len()], 1.0)
     }
+    fn mul_sum(&self, pairs: &[(&Ciphertext, &Ciphertext)]) -> Result<Ciphertext> {
+        let sum = sum_products(
+            pairs,
+            |a, b| self.ctx.multiply(a, b),
+            |a, b| self.ctx.add(a, b),
+        )?;
+        self.rescaled(self.ctx.relinearize(&sum, &self.inner.keys.relin)?)
+    }
     fn polyval(&self, a: &Ciphertext, coeffs: &[f64]) -> Result<Ciphertext> {
         self.ctx
             .evaluate_polynomial(a, coeffs, &self.inner.keys.relin)
@@ -321,6 +344,14 @@ impl Kernel for Bfv {
                 self.add_all(&terms.iter().collect::<Vec<_>>())
             })
             .collect()
+    }
+    fn mul_sum(&self, pairs: &[(&bfv::Ciphertext, &bfv::Ciphertext)]) -> Result<bfv::Ciphertext> {
+        let sum = sum_products(
+            pairs,
+            |a, b| self.ctx.multiply(a, b),
+            |a, b| self.ctx.add(a, b),
+        )?;
+        self.ctx.relinearize(&sum, &self.inner.keys.relin)
     }
     fn add_all(&self, cts: &[&bfv::Ciphertext]) -> Result<bfv::Ciphertext> {
         let (first, rest) = cts

@@ -193,14 +193,7 @@ impl<K: Kernel> Core<K> {
     }
 
     pub fn binary(&self, other: &Self, op: Op) -> Result<Self> {
-        let (a, b) = (self.k.inner(), other.k.inner());
-        if a.key_id() != b.key_id() || a.fingerprint() != b.fingerprint() {
-            return Err(Error::KeyMismatch(
-                "the tensors were encrypted under different key sets".into(),
-            ));
-        }
-        let batch = merge_batch(self.batch, other.batch)?;
-        let (shape, ia, ib) = broadcast(&self.shape, &other.shape)?;
+        let (batch, shape, ia, ib) = self.pair(other)?;
         let cts = ia
             .par_iter()
             .zip(&ib)
@@ -289,6 +282,39 @@ impl<K: Kernel> Core<K> {
             _ => self.clean && per_sample && self.batch.is_some(),
         };
         Ok(self.with(shape, batch, clean, cts))
+    }
+
+    /// Σ over the last axis of `self * other` (broadcast), relinearized once per output.
+    pub fn dot(&self, other: &Self) -> Result<Self> {
+        let (batch, shape, ia, ib) = self.pair(other)?;
+        let d = *shape.last().ok_or_else(|| {
+            shape_err("dot contracts the last feature axis: these tensors have none".into())
+        })?;
+        let pairs: Vec<(&K::Ct, &K::Ct)> = ia
+            .iter()
+            .zip(&ib)
+            .map(|(&i, &j)| (&self.cts[i], &other.cts[j]))
+            .collect();
+        let cts = pairs
+            .par_chunks(d.max(1))
+            .map(|chunk| self.k.mul_sum(chunk))
+            .collect::<Result<Vec<_>>>()?;
+        let clean = self.clean || other.clean;
+        Ok(self.with(shape[..shape.len() - 1].to_vec(), batch, clean, cts))
+    }
+
+    /// Checks that two tensors can meet and broadcasts them: batch, shape, operand indices.
+    #[allow(clippy::type_complexity)]
+    fn pair(&self, other: &Self) -> Result<(Option<usize>, Vec<usize>, Vec<usize>, Vec<usize>)> {
+        let (a, b) = (self.k.inner(), other.k.inner());
+        if a.key_id() != b.key_id() || a.fingerprint() != b.fingerprint() {
+            return Err(Error::KeyMismatch(
+                "the tensors were encrypted under different key sets".into(),
+            ));
+        }
+        let batch = merge_batch(self.batch, other.batch)?;
+        let (shape, ia, ib) = broadcast(&self.shape, &other.shape)?;
+        Ok((batch, shape, ia, ib))
     }
 
     pub fn neg(&self) -> Result<Self> {
@@ -742,6 +768,12 @@ macro_rules! tensor_class {
             fn __matmul__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
                 let w = to_array::<$kernel>(py, other)?;
                 Ok(Self::from_core(heavy(py, || self.core.matmul(&w))?))
+            }
+            /// `Σ self * other` over the last feature axis (numpy broadcasting before it): one
+            /// relinearization and one rescale per output instead of one per product.
+            fn dot(&self, py: Python<'_>, other: &Self) -> PyResult<Self> {
+                let o = other.core.clone();
+                Ok(Self::from_core(heavy(py, || self.core.dot(&o))?))
             }
             /// `self * self`.
             fn square(&self, py: Python<'_>) -> PyResult<Self> {

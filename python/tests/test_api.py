@@ -60,6 +60,9 @@ def test_ckks_matmul_sum_rotate(ckks, data):
     close(A @ w, a @ w)
     close(A @ w[:, 0], a @ w[:, 0])
     close(A.sum(axis=1), a.sum(axis=1))
+    B = ckks.encrypt(a[:, ::-1].copy())
+    close(A.dot(B), (a * a[:, ::-1]).sum(axis=1))
+    assert A.dot(B).level == A.level - 1
     close(A.sum(axis=0), a.sum(axis=0, keepdims=True))
     close((A + 1.0).sum(axis=0), (a + 1.0).sum(axis=0, keepdims=True))  # padding masked
     padded = np.vstack([a, np.zeros((ckks.slots - len(a), 3))])
@@ -82,6 +85,7 @@ def test_bfv_exact(bfv):
     np.testing.assert_array_equal((X * X + X * 2 - 1).decrypt(), x * x + 2 * x - 1)
     np.testing.assert_array_equal((X @ np.array([[1], [2], [3]])).decrypt(), x @ [[1], [2], [3]])
     np.testing.assert_array_equal(X.sum(axis=0).decrypt(), x.sum(axis=0, keepdims=True))
+    np.testing.assert_array_equal(X.dot(X).decrypt(), (x * x).sum(axis=1))
     np.testing.assert_array_equal(X.polyval([1, 2, 3]).decrypt(), 1 + 2 * x + 3 * x * x)
     np.testing.assert_array_equal((X - x).decrypt(), np.zeros_like(x))
     with pytest.raises(TypeError):
