@@ -29,7 +29,7 @@ def timed(f, reps):
     return out, statistics.median(times)
 
 
-def run(reps, n_in=64, n_out=8):
+def run(reps, scale_bits=40, n_in=64, n_out=8):
     rng = np.random.default_rng(0)
     slots = 4096
     a, b = rng.uniform(-1, 1, slots), rng.uniform(-1, 1, slots)
@@ -37,7 +37,7 @@ def run(reps, n_in=64, n_out=8):
     xs = rng.uniform(-1, 1, (slots, n_in))
     rows = []
 
-    ctx = he.Context.ckks(depth=2, scale_bits=40)
+    ctx = he.Context.ckks(depth=2, scale_bits=scale_bits)
     assert ctx.slots == slots
     ea, eb = ctx.encrypt(a), ctx.encrypt(b)
     ex = ctx.encrypt(xs)
@@ -82,9 +82,10 @@ def run(reps, n_in=64, n_out=8):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--scale-bits", type=int, default=40, help="hetensor's scale (TenSEAL: 2^40)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    rows = run(a.reps)
+    rows = run(a.reps, a.scale_bits)
     if a.json:
         print(json.dumps(rows))
         return
