@@ -187,3 +187,24 @@ def test_readme_example_runs():
     section = text[text.index("## Use it from Python"):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     exec(compile(code, "README.md", "exec"), {})
+
+
+def _square_in_child(data):
+    ctx = he.Context.from_bytes(data[0])  # noqa: F841 (the tensor unpickles under it)
+    return pickle.dumps(pickle.loads(data[1]).square())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_forked_worker_gets_its_own_thread_pool(ckks, data):
+    """A child forked after the parent used hetensor computes (the parent's pool has no
+    threads there); concurrent.futures works with pickled tensors."""
+    import concurrent.futures
+    import multiprocessing as mp
+
+    a, _ = data
+    A = ckks.encrypt(a)
+    A.square()  # the parent's pool is running
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as ex:
+        out = ex.submit(_square_in_child, (ckks.public().to_bytes(), pickle.dumps(A)))
+        got = pickle.loads(out.result(timeout=120))
+    np.testing.assert_allclose(got.decrypt(), a * a, atol=1e-6)
