@@ -57,7 +57,7 @@ def plain_gradient(x, y, w):
     return x.T @ (np.polynomial.polynomial.polyval(x @ w, SIGMOID3) - y)
 
 
-def train(workers=2, epochs=5, rows=None, lr=4.0, log=print):
+def train(workers=2, epochs=5, rows=None, lr=4.0, threads=None, log=print):
     x, y = _data.titanic()
     if rows:
         x, y = x[:rows], y[:rows]
@@ -81,7 +81,8 @@ def train(workers=2, epochs=5, rows=None, lr=4.0, log=print):
 
     w_enc_model = np.zeros(d)
     w_plain = np.zeros(d)
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    stats["threads_per_worker"] = threads
     data = pickle.dumps((parts, y_enc))
     stats["data_bytes"] = len(data)
     pool = mp.get_context("spawn").Pool(
@@ -116,9 +117,11 @@ def main():
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--rows", type=int, default=None, help="first N passengers (default: all 891)")
+    p.add_argument("--threads", type=int, default=None, help="per worker (default: cores / workers)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    _, _, stats = train(a.workers, a.epochs, a.rows, log=(lambda *_: None) if a.json else print)
+    quiet = (lambda *_: None) if a.json else print
+    _, _, stats = train(a.workers, a.epochs, a.rows, threads=a.threads, log=quiet)
     print(json.dumps(stats) if a.json else
           f"context {stats['context_bytes'] / 1e6:.1f} MB, serialize+deserialize "
           f"{stats['context_roundtrip_s']:.2f} s; {stats['rows']} rows encrypted in "
