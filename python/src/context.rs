@@ -10,6 +10,7 @@ use hetensor::serialize::{PublicContext, SchemeContext, SecretContext, WriteOpti
 use hetensor::{Error, Result};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use zeroize::Zeroize;
 
 use crate::{heavy, tensor, HetensorError};
 
@@ -301,11 +302,14 @@ impl Context {
     /// (seeded), and the secret key only if `secret_key=True`.
     #[pyo3(signature = (secret_key=false))]
     fn to_bytes<'py>(&self, py: Python<'py>, secret_key: bool) -> PyResult<Bound<'py, PyBytes>> {
-        let bytes = heavy(py, || match &self.inner.scheme {
+        let mut bytes = heavy(py, || match &self.inner.scheme {
             Scheme::Ckks(c) => self.write(c.as_ref(), secret_key),
             Scheme::Bfv(c) => self.write(c.as_ref(), secret_key),
         })?;
-        Ok(PyBytes::new(py, &bytes))
+        let out = PyBytes::new(py, &bytes);
+        // The secret key's copy in Rust memory is wiped; Python's copy is the caller's.
+        bytes.zeroize();
+        Ok(out)
     }
 
     /// Loads a context written by `to_bytes` (validated; a corrupt or foreign input is a

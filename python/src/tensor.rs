@@ -440,6 +440,20 @@ impl<K: Kernel> Core<K> {
         Ok(self.with(out_shape, batch, clean, cts))
     }
 
+    /// The same ciphertexts under another context of the same key set (e.g. the key holder's).
+    pub fn under(&self, inner: &Arc<Inner>) -> Result<Self> {
+        let mine = self.k.inner();
+        if inner.key_id() != mine.key_id() || inner.fingerprint() != mine.fingerprint() {
+            return Err(Error::KeyMismatch(
+                "the tensor belongs to another key set than this context".into(),
+            ));
+        }
+        Ok(Self {
+            k: K::new(inner)?,
+            ..self.clone()
+        })
+    }
+
     pub fn level(&self) -> usize {
         self.cts.first().map(|c| self.k.level(c)).unwrap_or(0)
     }
@@ -600,14 +614,12 @@ fn decode<K: Kernel>(inner: Option<&Arc<Inner>>, bytes: &[u8]) -> Result<Core<K>
         return Err(Error::Decode(format!("these bytes are not a {}", K::NAME)));
     }
     let inner = match inner {
-        Some(i) => {
-            if i.key_id() != h.key_id || i.fingerprint() != h.fingerprint {
-                return Err(Error::KeyMismatch(
-                    "the tensor belongs to another key set than this context".into(),
-                ));
-            }
-            i.clone()
+        Some(i) if i.key_id() != h.key_id || i.fingerprint() != h.fingerprint => {
+            return Err(Error::KeyMismatch(
+                "the tensor belongs to another key set than this context".into(),
+            ))
         }
+        Some(i) => i.clone(),
         None => lookup(h.fingerprint, h.key_id)?,
     };
     Core::from_bytes(K::new(&inner)?, h, body)
@@ -732,10 +744,7 @@ macro_rules! tensor_class {
             ) -> PyResult<Bound<'py, PyAny>> {
                 let core = match ctx {
                     None => self.core.clone(),
-                    Some(c) => {
-                        let bytes = heavy(py, || self.core.to_bytes())?;
-                        heavy(py, || decode::<$kernel>(Some(&c.inner), &bytes))?
-                    }
+                    Some(c) => self.core.under(&c.inner).map_err(to_py)?,
                 };
                 let arr = heavy(py, || core.decrypt())?;
                 Ok(arr.into_pyarray(py).into_any())
