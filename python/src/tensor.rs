@@ -252,16 +252,8 @@ impl<K: Kernel> Core<K> {
                 let ct = &self.cts[i];
                 if per_sample {
                     let mut col: Vec<K::Value> = flat.column(j).to_vec();
-                    match op {
-                        Op::Sub => col.iter_mut().for_each(|v| *v = -*v),
-                        Op::Mul if self.batch.is_none() => {
-                            return Err(shape_err(
-                                "multiply a broadcast tensor by per-sample values: encrypt \
-                                 the samples instead"
-                                    .into(),
-                            ))
-                        }
-                        _ => {}
+                    if let Op::Sub = op {
+                        col.iter_mut().for_each(|v| *v = -*v);
                     }
                     match op {
                         Op::Mul => self.k.mul_col(ct, &col),

@@ -76,6 +76,9 @@ def test_broadcast_tensor(ckks, data):
     assert w.shape == [3] and w.batch is None
     close(w, [1.0, -2.0, 0.5])
     close(ckks.encrypt(a) * w, a * [1.0, -2.0, 0.5])
+    close(w * a, a * [1.0, -2.0, 0.5])  # per-sample plaintext: the result gets a batch
+    assert (w * a).batch == len(a) and (w - a).shape == [len(a), 3]
+    close((w - a).sum(axis=0), ([1.0, -2.0, 0.5] - a).sum(axis=0, keepdims=True))
 
 
 def test_bfv_exact(bfv):
