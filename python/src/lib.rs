@@ -1,0 +1,160 @@
+//! Python bindings of hetensor: contexts, batched encrypted tensors over numpy arrays, pickling
+//! through the compact format, and the bundled LeNet-1. Every heavy call releases the GIL and
+//! runs on this module's rayon pool.
+
+use std::sync::{Arc, Mutex};
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+
+mod context;
+mod kernel;
+mod model;
+mod tensor;
+
+create_exception!(
+    hetensor,
+    HetensorError,
+    PyException,
+    "Base class of every hetensor error."
+);
+create_exception!(
+    hetensor,
+    ParameterError,
+    HetensorError,
+    "Parameters that cannot work, are insecure, or differ between operands."
+);
+create_exception!(hetensor, LevelError, HetensorError, "CKKS levels or scales that do not fit: out of levels, scale overflow, level or scale mismatch.");
+create_exception!(
+    hetensor,
+    DecodeError,
+    HetensorError,
+    "Serialized bytes that are malformed, truncated or for other parameters."
+);
+create_exception!(
+    hetensor,
+    KeyMismatchError,
+    HetensorError,
+    "Objects of different key sets combined, or a key that this context does not hold."
+);
+create_exception!(
+    hetensor,
+    ShapeError,
+    HetensorError,
+    "Shapes or batch sizes that do not fit together, or more values than slots."
+);
+create_exception!(
+    hetensor,
+    NoiseBudgetError,
+    HetensorError,
+    "A BFV result with no noise budget left: its decryption would be wrong."
+);
+create_exception!(
+    hetensor,
+    ModelError,
+    HetensorError,
+    "A model that cannot be loaded or run encrypted."
+);
+
+/// Maps the crate's typed error to the exception hierarchy, keeping the message.
+pub(crate) fn to_py(e: hetensor::Error) -> PyErr {
+    use hetensor::Error as E;
+    let msg = e.to_string();
+    match e {
+        E::InvalidParameters(_) | E::InsecureParameters { .. } | E::ParameterMismatch(_) => {
+            ParameterError::new_err(msg)
+        }
+        E::LevelMismatch { .. }
+        | E::ScaleMismatch { .. }
+        | E::OutOfLevels { .. }
+        | E::ScaleOverflow(_) => LevelError::new_err(msg),
+        E::Decode(_) => DecodeError::new_err(msg),
+        E::KeyMismatch(_) | E::MissingGaloisKey { .. } => KeyMismatchError::new_err(msg),
+        E::Shape(_) | E::TooManyValues { .. } | E::CiphertextSize(_) => ShapeError::new_err(msg),
+        E::NoiseBudgetExhausted { .. } => NoiseBudgetError::new_err(msg),
+        E::Model(_) | E::UnsupportedOp { .. } => ModelError::new_err(msg),
+        _ => HetensorError::new_err(msg),
+    }
+}
+
+/// The pool every heavy call runs on, with the process id that built it: a child made by
+/// `fork` inherits the parent's pool without its threads, so it builds its own.
+static POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
+
+fn build_pool(threads: usize) -> PyResult<Arc<rayon::ThreadPool>> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("hetensor-{i}"))
+        .build()
+        .map(Arc::new)
+        .map_err(|e| HetensorError::new_err(format!("cannot start the thread pool: {e}")))
+}
+
+fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
+    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = std::process::id();
+    if let Some((p, pool)) = guard.as_ref() {
+        if *p == pid {
+            return Ok(pool.clone());
+        }
+    }
+    // 0 = rayon's default: RAYON_NUM_THREADS, else one thread per core.
+    let threads = std::env::var("HETENSOR_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let fresh = build_pool(threads)?;
+    *guard = Some((pid, fresh.clone()));
+    Ok(fresh)
+}
+
+/// Runs `f` without the GIL on the module's pool and maps its error.
+pub(crate) fn heavy<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> hetensor::Result<T> + Send,
+) -> PyResult<T> {
+    let pool = pool()?;
+    py.allow_threads(|| pool.install(f)).map_err(to_py)
+}
+
+/// Sets the number of threads hetensor computes with in this process (default: one per core,
+/// or `HETENSOR_NUM_THREADS`). Worker processes sharing a machine should split the cores.
+#[pyfunction]
+fn set_num_threads(threads: usize) -> PyResult<()> {
+    if threads == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "threads must be at least 1",
+        ));
+    }
+    let fresh = build_pool(threads)?;
+    *POOL.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::process::id(), fresh));
+    Ok(())
+}
+
+/// The number of threads hetensor computes with in this process.
+#[pyfunction]
+fn get_num_threads() -> PyResult<usize> {
+    Ok(pool()?.current_num_threads())
+}
+
+#[pymodule]
+fn _hetensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("HetensorError", py.get_type::<HetensorError>())?;
+    m.add("ParameterError", py.get_type::<ParameterError>())?;
+    m.add("LevelError", py.get_type::<LevelError>())?;
+    m.add("DecodeError", py.get_type::<DecodeError>())?;
+    m.add("KeyMismatchError", py.get_type::<KeyMismatchError>())?;
+    m.add("ShapeError", py.get_type::<ShapeError>())?;
+    m.add("NoiseBudgetError", py.get_type::<NoiseBudgetError>())?;
+    m.add("ModelError", py.get_type::<ModelError>())?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_class::<context::Context>()?;
+    m.add_class::<tensor::CKKSTensor>()?;
+    m.add_class::<tensor::BFVTensor>()?;
+    m.add_class::<model::Model>()?;
+    m.add_function(wrap_pyfunction!(tensor::_tensor_from_bytes, m)?)?;
+    Ok(())
+}

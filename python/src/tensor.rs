@@ -1,0 +1,895 @@
+//! `CKKSTensor` and `BFVTensor`: numpy arrays in the batched layout. Axis 0 is the samples,
+//! one per slot; every other element (feature) is one ciphertext. A broadcast tensor holds one
+//! sample in every slot and has no batch axis.
+
+use std::sync::Arc;
+
+use hetensor::{Error, Result};
+use ndarray::{ArrayD, Axis, IxDyn};
+use numpy::{IntoPyArray, PyReadonlyArrayDyn};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use rayon::prelude::*;
+
+use crate::context::{lookup, Context, Inner, Scheme};
+use crate::kernel::{Bfv, Ckks, Kernel};
+use crate::{heavy, to_py};
+
+/// The scheme-independent part of a tensor.
+pub(crate) struct Core<K: Kernel> {
+    pub k: K,
+    /// Per-sample shape.
+    pub shape: Vec<usize>,
+    /// Samples in slots `0..batch`; `None`: one sample replicated in every slot.
+    pub batch: Option<usize>,
+    /// Slots past `batch` hold (approximately) zero, so a sum over the samples needs no mask.
+    pub clean: bool,
+    pub cts: Arc<Vec<K::Ct>>,
+}
+
+impl<K: Kernel> Clone for Core<K> {
+    fn clone(&self) -> Self {
+        Self {
+            k: self.k.clone(),
+            shape: self.shape.clone(),
+            batch: self.batch,
+            clean: self.clean,
+            cts: self.cts.clone(),
+        }
+    }
+}
+
+fn shape_err(msg: String) -> Error {
+    Error::Shape(msg)
+}
+
+/// numpy broadcasting of two per-sample shapes: the result shape and, per result element,
+/// the flat index into each operand.
+fn broadcast(a: &[usize], b: &[usize]) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+    let nd = a.len().max(b.len());
+    let pad = |s: &[usize]| -> Vec<usize> {
+        let mut v = vec![1; nd - s.len()];
+        v.extend_from_slice(s);
+        v
+    };
+    let (pa, pb) = (pad(a), pad(b));
+    let mut out = Vec::with_capacity(nd);
+    for (&x, &y) in pa.iter().zip(&pb) {
+        out.push(match (x, y) {
+            _ if x == y => x,
+            (1, _) => y,
+            (_, 1) => x,
+            _ => {
+                return Err(shape_err(format!(
+                    "per-sample shapes {a:?} and {b:?} do not broadcast"
+                )))
+            }
+        });
+    }
+    let total: usize = out.iter().product();
+    let strides = |p: &[usize]| -> Vec<usize> {
+        let mut s = vec![0; nd];
+        let mut acc = 1;
+        for d in (0..nd).rev() {
+            s[d] = if p[d] == 1 { 0 } else { acc };
+            acc *= p[d];
+        }
+        s
+    };
+    let (sa, sb) = (strides(&pa), strides(&pb));
+    let (mut ia, mut ib) = (Vec::with_capacity(total), Vec::with_capacity(total));
+    for flat in 0..total {
+        let (mut rem, mut xa, mut xb) = (flat, 0, 0);
+        for d in (0..nd).rev() {
+            let i = rem % out[d];
+            rem /= out[d];
+            xa += i * sa[d];
+            xb += i * sb[d];
+        }
+        ia.push(xa);
+        ib.push(xb);
+    }
+    Ok((out, ia, ib))
+}
+
+fn merge_batch(a: Option<usize>, b: Option<usize>) -> Result<Option<usize>> {
+    match (a, b) {
+        (Some(x), Some(y)) if x != y => Err(shape_err(format!(
+            "batch sizes {x} and {y} differ (axis 0 is the samples)"
+        ))),
+        (Some(x), _) | (_, Some(x)) => Ok(Some(x)),
+        _ => Ok(None),
+    }
+}
+
+/// How an operation treats the slots past the batch.
+#[derive(Clone, Copy)]
+pub(crate) enum Op {
+    Add,
+    Sub,
+    Mul,
+}
+
+impl<K: Kernel> Core<K> {
+    pub fn encrypt(k: K, x: ArrayD<K::Value>, broadcast: bool) -> Result<Self> {
+        let slots = k.slots();
+        let (batch, shape) = if broadcast {
+            (None, x.shape().to_vec())
+        } else {
+            if x.ndim() == 0 {
+                return Err(shape_err(
+                    "expected [batch, ...features] (axis 0 = samples); use broadcast=True for one \
+                     sample in every slot"
+                        .into(),
+                ));
+            }
+            let b = x.shape()[0];
+            if b == 0 || b > slots {
+                return Err(Error::TooManyValues { got: b, slots });
+            }
+            (Some(b), x.shape()[1..].to_vec())
+        };
+        let rows = batch.unwrap_or(1);
+        let features: usize = shape.iter().product();
+        let flat = x
+            .to_shape((rows, features))
+            .map_err(|e| shape_err(e.to_string()))?;
+        let cols: Vec<Vec<K::Value>> = flat
+            .axis_iter(Axis(1))
+            .map(|c| match batch {
+                Some(_) => c.to_vec(),
+                None => vec![c[0]; slots],
+            })
+            .collect();
+        let cts = cols
+            .par_iter()
+            .map(|c| k.encrypt(c))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            k,
+            shape,
+            batch,
+            clean: batch.is_some(),
+            cts: Arc::new(cts),
+        })
+    }
+
+    fn with(&self, shape: Vec<usize>, batch: Option<usize>, clean: bool, cts: Vec<K::Ct>) -> Self {
+        Self {
+            k: self.k.clone(),
+            shape,
+            clean: clean && batch.is_some(),
+            batch,
+            cts: Arc::new(cts),
+        }
+    }
+
+    fn map(&self, clean: bool, f: impl Fn(&K::Ct) -> Result<K::Ct> + Sync + Send) -> Result<Self> {
+        let cts = self.cts.par_iter().map(f).collect::<Result<Vec<_>>>()?;
+        Ok(self.with(self.shape.clone(), self.batch, clean, cts))
+    }
+
+    pub fn decrypt(&self) -> Result<ArrayD<K::Value>> {
+        let cols = self
+            .cts
+            .par_iter()
+            .map(|c| self.k.decrypt(c))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = self.batch.unwrap_or(1);
+        let mut out = ArrayD::<K::Value>::default(IxDyn(&[rows, cols.len()]));
+        for (f, col) in cols.iter().enumerate() {
+            for b in 0..rows {
+                out[[b, f]] = col[b];
+            }
+        }
+        let mut full = Vec::new();
+        if self.batch.is_some() {
+            full.push(rows);
+        }
+        full.extend(&self.shape);
+        out.into_shape_with_order(IxDyn(&full))
+            .map_err(|e| shape_err(e.to_string()))
+    }
+
+    pub fn binary(&self, other: &Self, op: Op) -> Result<Self> {
+        let (batch, shape, ia, ib) = self.pair(other)?;
+        let cts = ia
+            .par_iter()
+            .zip(&ib)
+            .map(|(&i, &j)| {
+                let (x, y) = (&self.cts[i], &other.cts[j]);
+                match op {
+                    Op::Add => self.k.add(x, y),
+                    Op::Sub => self.k.sub(x, y),
+                    Op::Mul => self.k.mul(x, y),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let clean = match op {
+            Op::Mul => self.clean || other.clean,
+            _ => self.clean && other.clean,
+        };
+        Ok(self.with(shape, batch, clean, cts))
+    }
+
+    /// `self (op) x` for a plaintext array under numpy broadcasting over `[batch, ...shape]`:
+    /// an axis 0 of length 1 (or absent) is the same value for every sample, otherwise one
+    /// value per sample.
+    pub fn plain(&self, x: &ArrayD<K::Value>, op: Op) -> Result<Self> {
+        let nd = 1 + self.shape.len();
+        if x.ndim() > nd {
+            return Err(shape_err(format!(
+                "a plaintext of shape {:?} has more axes than the tensor's [batch, {:?}]",
+                x.shape(),
+                self.shape
+            )));
+        }
+        let mut padded = vec![1; nd - x.ndim()];
+        padded.extend_from_slice(x.shape());
+        let rows = padded[0];
+        let (shape, ia, ib) = broadcast(&self.shape, &padded[1..])?;
+        let per_sample = rows != 1;
+        let batch = if per_sample {
+            merge_batch(self.batch, Some(rows))?
+        } else {
+            self.batch
+        };
+        if rows > self.k.slots() {
+            return Err(Error::TooManyValues {
+                got: rows,
+                slots: self.k.slots(),
+            });
+        }
+        let feats: usize = padded[1..].iter().product();
+        let flat = x
+            .to_shape((rows, feats))
+            .map_err(|e| shape_err(e.to_string()))?;
+        let cts = ia
+            .par_iter()
+            .zip(&ib)
+            .map(|(&i, &j)| {
+                let ct = &self.cts[i];
+                if per_sample {
+                    let mut col: Vec<K::Value> = flat.column(j).to_vec();
+                    if let Op::Sub = op {
+                        col.iter_mut().for_each(|v| *v = -*v);
+                    }
+                    match op {
+                        Op::Mul => self.k.mul_col(ct, &col),
+                        _ => self.k.add_col(ct, &col),
+                    }
+                } else {
+                    let v = flat[[0, j]];
+                    match op {
+                        Op::Add => self.k.add_const(ct, v),
+                        Op::Sub => self.k.add_const(ct, -v),
+                        Op::Mul => self.k.mul_const(ct, v),
+                    }
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let clean = match op {
+            Op::Mul => self.clean || per_sample,
+            _ => self.clean && per_sample && self.batch.is_some(),
+        };
+        Ok(self.with(shape, batch, clean, cts))
+    }
+
+    /// Σ over the last axis of `self * other` (broadcast), relinearized once per output.
+    pub fn dot(&self, other: &Self) -> Result<Self> {
+        let (batch, shape, ia, ib) = self.pair(other)?;
+        let d = *shape.last().ok_or_else(|| {
+            shape_err("dot contracts the last feature axis: these tensors have none".into())
+        })?;
+        let pairs: Vec<(&K::Ct, &K::Ct)> = ia
+            .iter()
+            .zip(&ib)
+            .map(|(&i, &j)| (&self.cts[i], &other.cts[j]))
+            .collect();
+        let cts = pairs
+            .par_chunks(d.max(1))
+            .map(|chunk| self.k.mul_sum(chunk))
+            .collect::<Result<Vec<_>>>()?;
+        let clean = self.clean || other.clean;
+        Ok(self.with(shape[..shape.len() - 1].to_vec(), batch, clean, cts))
+    }
+
+    /// Checks that two tensors can meet and broadcasts them: batch, shape, operand indices.
+    #[allow(clippy::type_complexity)]
+    fn pair(&self, other: &Self) -> Result<(Option<usize>, Vec<usize>, Vec<usize>, Vec<usize>)> {
+        let (a, b) = (self.k.inner(), other.k.inner());
+        if a.key_id() != b.key_id() || a.fingerprint() != b.fingerprint() {
+            return Err(Error::KeyMismatch(
+                "the tensors were encrypted under different key sets".into(),
+            ));
+        }
+        let batch = merge_batch(self.batch, other.batch)?;
+        let (shape, ia, ib) = broadcast(&self.shape, &other.shape)?;
+        Ok((batch, shape, ia, ib))
+    }
+
+    pub fn neg(&self) -> Result<Self> {
+        self.map(self.clean, |c| self.k.neg(c))
+    }
+
+    pub fn square(&self) -> Result<Self> {
+        self.map(self.clean, |c| self.k.mul(c, c))
+    }
+
+    pub fn rotate(&self, step: i64) -> Result<Self> {
+        self.map(false, |c| self.k.rotate(c, step))
+    }
+
+    pub fn polyval(&self, coeffs: &[K::Value]) -> Result<Self> {
+        let keeps_zero = coeffs.first().is_none_or(|c| *c == K::Value::default());
+        self.map(self.clean && keeps_zero, |c| self.k.polyval(c, coeffs))
+    }
+
+    /// `self @ w` for a plaintext matrix `[d, k]` (or vector `[d]`) on the last feature axis.
+    pub fn matmul(&self, w: &ArrayD<K::Value>) -> Result<Self> {
+        let d = *self.shape.last().ok_or_else(|| {
+            shape_err("matmul needs a feature axis: the tensor is one value per sample".into())
+        })?;
+        let (rows, cols, vector) = match w.shape() {
+            [r] => (*r, 1, true),
+            [r, c] => (*r, *c, false),
+            s => {
+                return Err(shape_err(format!(
+                    "matmul takes a 1-D or 2-D matrix, got {s:?}"
+                )))
+            }
+        };
+        if rows != d {
+            return Err(shape_err(format!(
+                "matmul: the tensor's last axis has {d} features but the matrix has {rows} rows"
+            )));
+        }
+        let w2 = w
+            .to_shape((rows, cols))
+            .map_err(|e| shape_err(e.to_string()))?;
+        let wt: Vec<Vec<K::Value>> = w2.columns().into_iter().map(|c| c.to_vec()).collect();
+        let groups: Vec<Vec<&K::Ct>> = self.cts.chunks(d).map(|g| g.iter().collect()).collect();
+        let out = groups
+            .par_iter()
+            .map(|g| self.k.dot(g, &wt))
+            .collect::<Result<Vec<_>>>()?;
+        let mut shape = self.shape[..self.shape.len() - 1].to_vec();
+        if !vector {
+            shape.push(cols);
+        }
+        Ok(self.with(
+            shape,
+            self.batch,
+            self.clean,
+            out.into_iter().flatten().collect(),
+        ))
+    }
+
+    /// Sums over `axes` of the full shape (axis 0 = samples when there is a batch axis; the
+    /// sum over samples lands in slot 0 and keeps a batch axis of length 1).
+    pub fn sum(&self, axes: Option<Vec<isize>>) -> Result<Self> {
+        let has_batch = self.batch.is_some() as usize;
+        let nd = self.shape.len() + has_batch;
+        let axes: Vec<usize> = match axes {
+            None => (0..nd).collect(),
+            Some(a) => a
+                .into_iter()
+                .map(|x| {
+                    let v = if x < 0 { x + nd as isize } else { x };
+                    if v < 0 || v as usize >= nd {
+                        Err(shape_err(format!("axis {x} out of range for {nd} axes")))
+                    } else {
+                        Ok(v as usize)
+                    }
+                })
+                .collect::<Result<_>>()?,
+        };
+        let over_samples = has_batch == 1 && axes.contains(&0);
+        let feature_axes: Vec<usize> = axes
+            .iter()
+            .filter(|&&a| a >= has_batch)
+            .map(|&a| a - has_batch)
+            .collect();
+        let out_shape: Vec<usize> = (0..self.shape.len())
+            .filter(|a| !feature_axes.contains(a))
+            .map(|a| self.shape[a])
+            .collect();
+        let mut groups: Vec<Vec<&K::Ct>> = vec![Vec::new(); out_shape.iter().product()];
+        for (flat, ct) in self.cts.iter().enumerate() {
+            let (mut rem, mut out, mut mul) = (flat, 0, 1);
+            for a in (0..self.shape.len()).rev() {
+                let i = rem % self.shape[a];
+                rem /= self.shape[a];
+                if !feature_axes.contains(&a) {
+                    out += i * mul;
+                    mul *= self.shape[a];
+                }
+            }
+            groups[out].push(ct);
+        }
+        let mut cts = groups
+            .par_iter()
+            .map(|g| self.k.add_all(g))
+            .collect::<Result<Vec<_>>>()?;
+        let (mut batch, mut clean) = (self.batch, self.clean);
+        if let (true, Some(b)) = (over_samples, self.batch) {
+            let ones = vec![K::one(); b];
+            cts = cts
+                .par_iter()
+                .map(|c| {
+                    let c = if clean {
+                        c.clone()
+                    } else {
+                        self.k.mul_col(c, &ones)?
+                    };
+                    self.k.sum_slots(&c, b)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            batch = Some(1);
+            clean = false;
+        }
+        Ok(self.with(out_shape, batch, clean, cts))
+    }
+
+    /// The same ciphertexts under another context of the same key set (e.g. the key holder's).
+    pub fn under(&self, inner: &Arc<Inner>) -> Result<Self> {
+        let mine = self.k.inner();
+        if inner.key_id() != mine.key_id() || inner.fingerprint() != mine.fingerprint() {
+            return Err(Error::KeyMismatch(
+                "the tensor belongs to another key set than this context".into(),
+            ));
+        }
+        Ok(Self {
+            k: K::new(inner)?,
+            ..self.clone()
+        })
+    }
+
+    pub fn level(&self) -> usize {
+        self.cts.first().map(|c| self.k.level(c)).unwrap_or(0)
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.cts.first().map(|c| self.k.scale(c)).unwrap_or(1.0)
+    }
+
+    /// `HETT`, version, scheme tag, flags (1: clean, 2: has batch), fingerprint, key set,
+    /// batch, shape, then each ciphertext in the compact format with its length.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let inner = self.k.inner();
+        let frames = self
+            .cts
+            .par_iter()
+            .map(|c| self.k.encode_ct(c))
+            .collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(frames.iter().map(|f| f.len() + 8).sum::<usize>() + 64);
+        out.extend_from_slice(MAGIC);
+        out.push(FORMAT);
+        out.push(K::TAG);
+        out.push(self.clean as u8 | (self.batch.is_some() as u8) << 1);
+        out.extend_from_slice(&inner.fingerprint().to_le_bytes());
+        out.extend_from_slice(&inner.key_id().to_le_bytes());
+        out.extend_from_slice(&(self.batch.unwrap_or(0) as u64).to_le_bytes());
+        out.extend_from_slice(&(self.shape.len() as u64).to_le_bytes());
+        for &d in &self.shape {
+            out.extend_from_slice(&(d as u64).to_le_bytes());
+        }
+        for f in &frames {
+            out.extend_from_slice(&(f.len() as u64).to_le_bytes());
+            out.extend_from_slice(f);
+        }
+        Ok(out)
+    }
+
+    pub fn from_bytes(k: K, h: Header, body: &[u8]) -> Result<Self> {
+        let count: usize = h
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX);
+        // Every ciphertext frame takes more than its 8-byte length: bound the count first.
+        if count > body.len() / 9 + 1 {
+            return Err(Error::Decode(format!(
+                "shape {:?} claims more ciphertexts than the {} bytes hold",
+                h.shape,
+                body.len()
+            )));
+        }
+        if let Some(b) = h.batch {
+            if b == 0 || b > k.slots() {
+                return Err(Error::Decode(format!(
+                    "batch {b} outside 1..={}",
+                    k.slots()
+                )));
+            }
+        }
+        let mut r = Reader(body);
+        let mut frames = Vec::with_capacity(count);
+        for _ in 0..count {
+            let len = r.u64()?;
+            frames.push(r.take(len)?);
+        }
+        if !r.0.is_empty() {
+            return Err(Error::Decode(format!(
+                "{} trailing bytes after the tensor",
+                r.0.len()
+            )));
+        }
+        let cts = frames
+            .par_iter()
+            .map(|f| k.decode_ct(f))
+            .collect::<Result<Vec<_>>>()?;
+        if cts.iter().any(|c| K::key_id(c) != h.key_id) {
+            return Err(Error::Decode(
+                "a ciphertext of another key set in the tensor".into(),
+            ));
+        }
+        Ok(Self {
+            k,
+            shape: h.shape,
+            batch: h.batch,
+            clean: h.clean && h.batch.is_some(),
+            cts: Arc::new(cts),
+        })
+    }
+}
+
+const MAGIC: &[u8; 4] = b"HETT";
+const FORMAT: u8 = 1;
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64) -> Result<&'a [u8]> {
+        if n > self.0.len() as u64 {
+            return Err(Error::Decode("tensor bytes truncated".into()));
+        }
+        let (a, b) = self.0.split_at(n as usize);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u64(&mut self) -> Result<u64> {
+        let b = self.take(8)?;
+        Ok(u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    }
+}
+
+pub(crate) struct Header {
+    tag: u8,
+    clean: bool,
+    fingerprint: u64,
+    key_id: u64,
+    batch: Option<usize>,
+    shape: Vec<usize>,
+}
+
+/// The tensor header, and the rest of the bytes.
+fn read_header(bytes: &[u8]) -> Result<(Header, &[u8])> {
+    let mut r = Reader(bytes);
+    if r.take(4)? != MAGIC {
+        return Err(Error::Decode("not a hetensor tensor (bad magic)".into()));
+    }
+    let v = r.take(3)?;
+    if v[0] != FORMAT {
+        return Err(Error::Decode(format!(
+            "tensor format version {} (this reads {FORMAT})",
+            v[0]
+        )));
+    }
+    if v[2] & !3 != 0 {
+        return Err(Error::Decode(format!("unknown tensor flags {:#04x}", v[2])));
+    }
+    let (fingerprint, key_id, batch) = (r.u64()?, r.u64()?, r.u64()?);
+    let nd = r.u64()?;
+    if nd > 32 {
+        return Err(Error::Decode(format!("{nd} axes")));
+    }
+    let shape = (0..nd)
+        .map(|_| r.u64().map(|d| d as usize))
+        .collect::<Result<Vec<_>>>()?;
+    let has_batch = v[2] & 2 != 0;
+    let h = Header {
+        tag: v[1],
+        clean: v[2] & 1 != 0,
+        fingerprint,
+        key_id,
+        batch: has_batch.then_some(batch as usize),
+        shape,
+    };
+    Ok((h, r.0))
+}
+
+fn decode<K: Kernel>(inner: Option<&Arc<Inner>>, bytes: &[u8]) -> Result<Core<K>> {
+    let (h, body) = read_header(bytes)?;
+    if h.tag != K::TAG {
+        return Err(Error::Decode(format!("these bytes are not a {}", K::NAME)));
+    }
+    let inner = match inner {
+        Some(i) if i.key_id() != h.key_id || i.fingerprint() != h.fingerprint => {
+            return Err(Error::KeyMismatch(
+                "the tensor belongs to another key set than this context".into(),
+            ))
+        }
+        Some(i) => i.clone(),
+        None => lookup(h.fingerprint, h.key_id)?,
+    };
+    Core::from_bytes(K::new(&inner)?, h, body)
+}
+
+/// Converts an array-like to the kernel's element type; BFV takes integers only.
+fn to_array<K: Kernel>(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<ArrayD<K::Value>> {
+    let np = py.import("numpy")?;
+    let a = np.call_method1("asarray", (obj,))?;
+    let kind: String = a.getattr("dtype")?.getattr("kind")?.extract()?;
+    if !K::KINDS.contains(&kind.as_str()) {
+        return Err(PyTypeError::new_err(format!(
+            "{} cannot take an array of dtype kind {kind:?} (accepted: {:?})",
+            K::NAME,
+            K::KINDS
+        )));
+    }
+    let a = np.call_method1("ascontiguousarray", (a, K::DTYPE))?;
+    let ro: PyReadonlyArrayDyn<'_, K::Value> = a.extract()?;
+    Ok(ro.as_array().to_owned())
+}
+
+pub(crate) fn encrypt_any(
+    py: Python<'_>,
+    inner: &Arc<Inner>,
+    data: &Bound<'_, PyAny>,
+    broadcast: bool,
+) -> PyResult<PyObject> {
+    Ok(match inner.scheme {
+        Scheme::Ckks(_) => {
+            let t = CKKSTensor::encrypt(py, inner, data, broadcast)?;
+            Bound::new(py, t)?.into_any().unbind()
+        }
+        Scheme::Bfv(_) => {
+            let t = BFVTensor::encrypt(py, inner, data, broadcast)?;
+            Bound::new(py, t)?.into_any().unbind()
+        }
+    })
+}
+
+/// Unpickles a tensor: finds its key set among the contexts loaded in this process.
+#[pyfunction]
+pub(crate) fn _tensor_from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<PyObject> {
+    let (h, _) = read_header(data).map_err(to_py)?;
+    Ok(match h.tag {
+        Ckks::TAG => Bound::new(py, CKKSTensor::from_core(heavy(py, || decode(None, data))?))?
+            .into_any()
+            .unbind(),
+        Bfv::TAG => Bound::new(py, BFVTensor::from_core(heavy(py, || decode(None, data))?))?
+            .into_any()
+            .unbind(),
+        t => {
+            return Err(to_py(Error::Decode(format!(
+                "unknown tensor scheme tag {t}"
+            ))))
+        }
+    })
+}
+
+macro_rules! tensor_class {
+    ($name:ident, $kernel:ty, $pyname:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[pyclass(frozen, module = "hetensor", name = $pyname)]
+        pub struct $name {
+            pub(crate) core: Core<$kernel>,
+        }
+
+        impl $name {
+            pub(crate) fn from_core(core: Core<$kernel>) -> Self {
+                Self { core }
+            }
+
+            fn encrypt(
+                py: Python<'_>,
+                inner: &Arc<Inner>,
+                data: &Bound<'_, PyAny>,
+                broadcast: bool,
+            ) -> PyResult<Self> {
+                let k = <$kernel>::new(inner).map_err(to_py)?;
+                let x = to_array::<$kernel>(py, data)?;
+                Ok(Self::from_core(heavy(py, || {
+                    Core::encrypt(k, x, broadcast)
+                })?))
+            }
+
+            fn op(&self, py: Python<'_>, other: &Bound<'_, PyAny>, op: Op) -> PyResult<Self> {
+                let core = if let Ok(t) = other.downcast::<Self>() {
+                    let o = t.get().core.clone();
+                    heavy(py, || self.core.binary(&o, op))?
+                } else {
+                    let x = to_array::<$kernel>(py, other)?;
+                    heavy(py, || self.core.plain(&x, op))?
+                };
+                Ok(Self::from_core(core))
+            }
+        }
+
+        #[pymethods]
+        impl $name {
+            /// Encrypts `data` (axis 0 = samples) under `ctx`; `broadcast=True` puts one
+            /// sample (no batch axis) in every slot. With a public context, public-key
+            /// encryption; with the secret key, seeded symmetric encryption (half the bytes).
+            #[new]
+            #[pyo3(signature = (ctx, data, broadcast=false))]
+            fn py_new(
+                py: Python<'_>,
+                ctx: &Context,
+                data: &Bound<'_, PyAny>,
+                broadcast: bool,
+            ) -> PyResult<Self> {
+                Self::encrypt(py, &ctx.inner, data, broadcast)
+            }
+
+            /// Decrypts to a numpy array `[batch, *shape]` (`[*shape]` for a broadcast
+            /// tensor). Needs the secret key: the tensor's own context, or `ctx` from the
+            /// key holder (e.g. for a tensor computed by a worker).
+            #[pyo3(signature = (ctx=None))]
+            fn decrypt<'py>(
+                &self,
+                py: Python<'py>,
+                ctx: Option<&Context>,
+            ) -> PyResult<Bound<'py, PyAny>> {
+                let core = match ctx {
+                    None => self.core.clone(),
+                    Some(c) => self.core.under(&c.inner).map_err(to_py)?,
+                };
+                let arr = heavy(py, || core.decrypt())?;
+                Ok(arr.into_pyarray(py).into_any())
+            }
+
+            fn __add__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
+                self.op(py, other, Op::Add)
+            }
+            fn __radd__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
+                self.op(py, other, Op::Add)
+            }
+            fn __sub__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
+                self.op(py, other, Op::Sub)
+            }
+            fn __rsub__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
+                let neg = Self::from_core(heavy(py, || self.core.neg())?);
+                neg.op(py, other, Op::Add)
+            }
+            fn __mul__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
+                self.op(py, other, Op::Mul)
+            }
+            fn __rmul__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
+                self.op(py, other, Op::Mul)
+            }
+            fn __neg__(&self, py: Python<'_>) -> PyResult<Self> {
+                Ok(Self::from_core(heavy(py, || self.core.neg())?))
+            }
+            /// `tensor @ matrix` with a plaintext `[d, k]` matrix (or `[d]` vector) on the
+            /// last feature axis: one linear combination per output, no rotations.
+            fn __matmul__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
+                let w = to_array::<$kernel>(py, other)?;
+                Ok(Self::from_core(heavy(py, || self.core.matmul(&w))?))
+            }
+            /// `Σ self * other` over the last feature axis (numpy broadcasting before it): one
+            /// relinearization and one rescale per output instead of one per product.
+            fn dot(&self, py: Python<'_>, other: &Self) -> PyResult<Self> {
+                let o = other.core.clone();
+                Ok(Self::from_core(heavy(py, || self.core.dot(&o))?))
+            }
+            /// `self * self`.
+            fn square(&self, py: Python<'_>) -> PyResult<Self> {
+                Ok(Self::from_core(heavy(py, || self.core.square())?))
+            }
+            /// Sums over `axis` (int, tuple or None = all). Axis 0 is the samples: that sum
+            /// uses rotations and keeps a batch axis of length 1.
+            #[pyo3(signature = (axis=None))]
+            fn sum(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+                let axes: Option<Vec<isize>> = match axis {
+                    None => None,
+                    Some(a) => Some(match a.extract::<isize>() {
+                        Ok(x) => vec![x],
+                        Err(_) => a.extract::<Vec<isize>>()?,
+                    }),
+                };
+                Ok(Self::from_core(heavy(py, || self.core.sum(axes))?))
+            }
+            /// Rotates the samples left by `steps` (sample `i` receives sample `i + steps`;
+            /// BFV: within each row of N/2 slots).
+            fn rotate(&self, py: Python<'_>, steps: i64) -> PyResult<Self> {
+                Ok(Self::from_core(heavy(py, || self.core.rotate(steps))?))
+            }
+            /// Evaluates `Σ coeffs[k]·x^k` element-wise, lowest degree first (like
+            /// `numpy.polynomial.polynomial.polyval` and TenSEAL).
+            fn polyval(&self, py: Python<'_>, coeffs: &Bound<'_, PyAny>) -> PyResult<Self> {
+                let c = to_array::<$kernel>(py, coeffs)?;
+                let c: Vec<_> = c.iter().copied().collect();
+                Ok(Self::from_core(heavy(py, || self.core.polyval(&c))?))
+            }
+            /// The tensor in the compact format (what pickling uses).
+            fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+                let b = heavy(py, || self.core.to_bytes())?;
+                Ok(PyBytes::new(py, &b))
+            }
+            /// Loads a tensor written by `to_bytes` under `ctx` (or, without it, under the
+            /// context of its key set already loaded in this process).
+            #[staticmethod]
+            #[pyo3(signature = (data, ctx=None))]
+            fn from_bytes(py: Python<'_>, data: &[u8], ctx: Option<&Context>) -> PyResult<Self> {
+                let inner = ctx.map(|c| c.inner.clone());
+                Ok(Self::from_core(heavy(py, || decode(inner.as_ref(), data))?))
+            }
+            fn __reduce__<'py>(
+                &self,
+                py: Python<'py>,
+            ) -> PyResult<(PyObject, (Bound<'py, PyBytes>,))> {
+                let f = py
+                    .import("hetensor._hetensor")?
+                    .getattr("_tensor_from_bytes")?
+                    .unbind();
+                Ok((f, (self.to_bytes(py)?,)))
+            }
+            /// `(batch, *shape)`, or the per-sample shape of a broadcast tensor.
+            #[getter]
+            fn shape(&self) -> Vec<usize> {
+                let mut s: Vec<usize> = self.core.batch.into_iter().collect();
+                s.extend(&self.core.shape);
+                s
+            }
+            /// Samples in the tensor (None when one sample fills every slot).
+            #[getter]
+            fn batch(&self) -> Option<usize> {
+                self.core.batch
+            }
+            /// Levels left (CKKS: rescalings before level 0).
+            #[getter]
+            fn level(&self) -> usize {
+                self.core.level()
+            }
+            /// The CKKS scale (1.0 for BFV).
+            #[getter]
+            fn scale(&self) -> f64 {
+                self.core.scale()
+            }
+            /// Number of ciphertexts (features).
+            #[getter]
+            fn ciphertexts(&self) -> usize {
+                self.core.cts.len()
+            }
+            /// The context the tensor was made under.
+            #[getter]
+            fn context(&self) -> Context {
+                Context {
+                    inner: self.core.k.inner().clone(),
+                }
+            }
+            fn __len__(&self) -> usize {
+                self.core.batch.unwrap_or(1)
+            }
+            fn __repr__(&self) -> String {
+                format!(
+                    "{}(shape={:?}, level={}, ciphertexts={})",
+                    $pyname,
+                    self.shape(),
+                    self.core.level(),
+                    self.core.cts.len()
+                )
+            }
+        }
+    };
+}
+
+tensor_class!(
+    CKKSTensor,
+    Ckks,
+    "CKKSTensor",
+    "Real-valued encrypted tensor (CKKS) in the batched layout: axis 0 = samples (one per \
+     slot), one ciphertext per feature. Products are relinearized and rescaled at once; \
+     operands at different levels or scales are aligned automatically."
+);
+tensor_class!(
+    BFVTensor,
+    Bfv,
+    "BFVTensor",
+    "Integer encrypted tensor (BFV, exact modulo the plaintext modulus t, values centered) in \
+     the batched layout: axis 0 = samples, one ciphertext per feature."
+);

@@ -1,0 +1,213 @@
+"""The numpy API against numpy itself (CKKS: within its precision; BFV: exactly)."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import hetensor as he
+
+
+@pytest.fixture(scope="module")
+def ckks():
+    return he.Context.ckks(depth=3, scale_bits=40)
+
+
+@pytest.fixture(scope="module")
+def bfv():
+    return he.Context.bfv(log_n=13, plain_bits=20)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(7)
+    return rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
+
+
+def close(t, want, tol=1e-6):
+    got = t.decrypt()
+    assert got.shape == np.shape(want)
+    np.testing.assert_allclose(got, want, atol=tol)
+
+
+def test_ckks_elementwise(ckks, data):
+    a, b = data
+    A, B = ckks.encrypt(a), ckks.encrypt(b)
+    close(A + B, a + b)
+    close(A - B, a - b)
+    close(A * B, a * b)
+    close(-A, -a)
+    close(2.0 - A, 2.0 - a)
+    close(A * 3.0, a * 3.0)
+    close(A * b, a * b)  # one plaintext value per sample
+    close(A + np.array([1.0, 2.0, 3.0]), a + [1.0, 2.0, 3.0])  # the same for every sample
+    close(A.square(), a * a)
+    close(A.polyval([0.5, 0.25, 0.0, -0.02]), 0.5 + 0.25 * a - 0.02 * a**3)
+    assert (A * B).level == A.level - 1
+
+
+def test_ckks_levels_and_scales_align(ckks, data):
+    a, b = data
+    A, B = ckks.encrypt(a), ckks.encrypt(b)
+    close(A * B + A, a * b + a)  # a fresh operand meets a product one level down
+    close((A * B) * (A * B) - B, (a * b) ** 2 - b)
+
+
+def test_ckks_matmul_sum_rotate(ckks, data):
+    a, _ = data
+    A = ckks.encrypt(a)
+    w = np.random.default_rng(1).normal(size=(3, 4))
+    close(A @ w, a @ w)
+    close(A @ w[:, 0], a @ w[:, 0])
+    close(A.sum(axis=1), a.sum(axis=1))
+    B = ckks.encrypt(a[:, ::-1].copy())
+    close(A.dot(B), (a * a[:, ::-1]).sum(axis=1))
+    assert A.dot(B).level == A.level - 1
+    close(A.sum(axis=0), a.sum(axis=0, keepdims=True))
+    close((A + 1.0).sum(axis=0), (a + 1.0).sum(axis=0, keepdims=True))  # padding masked
+    padded = np.vstack([a, np.zeros((ckks.slots - len(a), 3))])
+    close(A.rotate(5), np.roll(padded, -5, axis=0)[: len(a)])
+    close(A.rotate(3).rotate(-3), a)  # composed from power-of-two keys
+
+
+def test_broadcast_tensor(ckks, data):
+    a, _ = data
+    w = ckks.encrypt(np.array([1.0, -2.0, 0.5]), broadcast=True)
+    assert w.shape == [3] and w.batch is None
+    close(w, [1.0, -2.0, 0.5])
+    close(ckks.encrypt(a) * w, a * [1.0, -2.0, 0.5])
+    close(w * a, a * [1.0, -2.0, 0.5])  # per-sample plaintext: the result gets a batch
+    assert (w * a).batch == len(a) and (w - a).shape == [len(a), 3]
+    close((w - a).sum(axis=0), ([1.0, -2.0, 0.5] - a).sum(axis=0, keepdims=True))
+
+
+def test_bfv_exact(bfv):
+    x = np.arange(-6, 6).reshape(4, 3)
+    X = bfv.encrypt(x)
+    assert X.decrypt().dtype == np.int64
+    np.testing.assert_array_equal((X * X + X * 2 - 1).decrypt(), x * x + 2 * x - 1)
+    np.testing.assert_array_equal((X @ np.array([[1], [2], [3]])).decrypt(), x @ [[1], [2], [3]])
+    np.testing.assert_array_equal(X.sum(axis=0).decrypt(), x.sum(axis=0, keepdims=True))
+    np.testing.assert_array_equal(X.dot(X).decrypt(), (x * x).sum(axis=1))
+    np.testing.assert_array_equal(X.polyval([1, 2, 3]).decrypt(), 1 + 2 * x + 3 * x * x)
+    np.testing.assert_array_equal((X - x).decrypt(), np.zeros_like(x))
+    with pytest.raises(TypeError):
+        X + np.array([0.5, 1.5, 2.5])
+
+
+def test_pickle_and_bytes(ckks, data):
+    a, _ = data
+    A = ckks.encrypt(a)
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(A)).decrypt(), a, atol=1e-6)
+    pub = pickle.loads(pickle.dumps(ckks.public()))
+    assert not pub.has_secret_key and pub.key_id == ckks.key_id
+    with pytest.raises(he.HetensorError, match="secret key"):
+        pickle.dumps(ckks)
+    # A worker's result, made under the public context, is decrypted by the key holder.
+    from_worker = pickle.loads(pickle.dumps(pub.encrypt(a) * 2.0))
+    np.testing.assert_allclose(from_worker.decrypt(), 2 * a, atol=1e-6)
+    full = he.Context.from_bytes(ckks.to_bytes(secret_key=True))
+    assert full.has_secret_key
+    np.testing.assert_allclose(A.decrypt(full), a, atol=1e-6)
+    assert len(ckks.to_bytes()) < len(ckks.to_bytes(secret_key=True))
+
+
+def test_errors_keep_messages(ckks, bfv, data):
+    a, b = data
+    A, B = ckks.encrypt(a), ckks.encrypt(b)
+    with pytest.raises(he.LevelError, match="out of levels"):
+        (A * B * B * B).square()
+    with pytest.raises(he.DecodeError, match="cannot decode"):
+        he.Context.from_bytes(b"not a context")
+    blob = bytearray(A.to_bytes())
+    blob[100] ^= 1
+    with pytest.raises(he.DecodeError):
+        he.CKKSTensor.from_bytes(bytes(blob))
+    with pytest.raises(he.KeyMismatchError, match="no secret key"):
+        ckks.public().encrypt(a).decrypt()
+    with pytest.raises(he.ShapeError, match="batch sizes"):
+        A + ckks.encrypt(a[:10])
+    with pytest.raises(he.ParameterError, match="128-bit"):
+        he.Context.ckks(depth=40, scale_bits=50, log_n=13)
+    other = he.Context.ckks(depth=1, scale_bits=40)
+    with pytest.raises(he.KeyMismatchError):
+        A.decrypt(other)
+    with pytest.raises(TypeError):
+        bfv.encrypt(np.zeros((2, 2), dtype=np.int64)) + A
+    assert issubclass(he.DecodeError, he.HetensorError)
+
+
+def test_threads():
+    assert he.get_num_threads() >= 1
+    with pytest.raises(ValueError):
+        he.set_num_threads(0)
+
+
+def test_stub_names_match_the_module():
+    import ast
+    import os
+
+    import hetensor._hetensor as mod
+
+    stub = os.path.join(os.path.dirname(he.__file__), "_hetensor.pyi")
+    tree = ast.parse(open(stub).read())
+    names = {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+    public = {n for n in dir(mod) if not n.startswith("__")}
+    assert public == names - {"_Tensor"}
+
+
+def test_heavy_calls_release_the_gil(ckks):
+    """Python keeps running in another thread while a tensor operation runs."""
+    import threading
+    import time
+
+    x = np.random.default_rng(0).normal(size=(ckks.slots, 64))
+    span = {}
+
+    def work():
+        span["start"] = time.perf_counter()
+        ckks.encrypt(x).square()
+        span["end"] = time.perf_counter()
+
+    ticks = []
+    t = threading.Thread(target=work)
+    t.start()
+    while t.is_alive():
+        ticks.append(time.perf_counter())
+    t.join()
+    inside = [s for s in ticks if span["start"] <= s <= span["end"]]
+    gaps = np.diff([span["start"]] + inside + [span["end"]])
+    # Holding the GIL would stop this loop for the whole operation (one gap = the span).
+    assert gaps.max() < 0.5 * (span["end"] - span["start"])
+
+
+def test_readme_example_runs():
+    import os
+    import re
+
+    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "README.md")
+    text = open(readme).read()
+    section = text[text.index("## Use it from Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})
+
+
+def _square_in_child(data):
+    ctx = he.Context.from_bytes(data[0])  # noqa: F841 (the tensor unpickles under it)
+    return pickle.dumps(pickle.loads(data[1]).square())
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_forked_worker_gets_its_own_thread_pool(ckks, data):
+    """A child forked after the parent used hetensor computes (the parent's pool has no
+    threads there); concurrent.futures works with pickled tensors."""
+    import concurrent.futures
+    import multiprocessing as mp
+
+    a, _ = data
+    A = ckks.encrypt(a)
+    A.square()  # the parent's pool is running
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("fork")) as ex:
+        out = ex.submit(_square_in_child, (ckks.public().to_bytes(), pickle.dumps(A)))
+        got = pickle.loads(out.result(timeout=120))
+    np.testing.assert_allclose(got.decrypt(), a * a, atol=1e-6)
