@@ -153,3 +153,39 @@ fn deep_chain_bootstraps_along_the_way() {
         "after 12 products and {boots} bootstraps: {bits:.2} bits"
     );
 }
+
+/// The keys survive the compact format: read back, they bootstrap to the very same words;
+/// truncated or altered bytes are errors, not panics.
+#[test]
+fn bootstrap_keys_round_trip_the_compact_format() {
+    use hetensor::serialize::WriteOptions;
+    let (_, ctx, keys, bk) = setup(10, 1);
+    let bytes = bk.to_bytes(&ctx, WriteOptions::default()).unwrap();
+    let back = BootstrapKeys::from_bytes(&ctx, &bytes).unwrap();
+    assert_eq!(back.output_level(), bk.output_level());
+    let m = message(ctx.slots(), 7);
+    let ct = ctx
+        .encrypt(
+            &ctx.encode(&m, ctx.natural_scale(0), 0).unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let a = ctx.bootstrap(&ct, &bk).unwrap();
+    let b = ctx.bootstrap(&ct, &back).unwrap();
+    let words = |c: &hetensor::rlwe::Ciphertext| ctx.rlwe().backend().download(c.polys()).unwrap();
+    assert!(
+        words(&a) == words(&b),
+        "read-back keys bootstrap differently"
+    );
+    for cut in [0, 10, bytes.len() / 2, bytes.len() - 1] {
+        assert!(BootstrapKeys::from_bytes(&ctx, &bytes[..cut]).is_err());
+    }
+    let mut bad = bytes.clone();
+    let mid = bad.len() / 3;
+    bad[mid] ^= 0x40;
+    assert!(BootstrapKeys::from_bytes(&ctx, &bad).is_err());
+    // Keys for another chain are refused by their parameter fingerprint.
+    let other = BootstrapParams::insecure_test_ring(10, 2).unwrap();
+    let octx = CkksContext::with_seed(other.ckks.clone(), [8; 32]).unwrap();
+    assert!(BootstrapKeys::from_bytes(&octx, &bytes).is_err());
+}

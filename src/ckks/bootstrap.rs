@@ -49,8 +49,10 @@ use num_complex::Complex64;
 use crate::backend::PolyBatch;
 use crate::ckks::{CkksContext, CkksParams, Plaintext};
 use crate::error::{Error, Result};
-use crate::rlwe::keys::KeySwitchKey;
+use crate::rlwe::keys::{ckks_galois_element, galois_element_conjugate, KeySwitchKey};
 use crate::rlwe::{Ciphertext, GaloisKeys, RelinKey, SecretKey, Security};
+use crate::serialize::objects::{key_set, read_ksk_over, write_ksk};
+use crate::serialize::{self, Decode, Decoder, Encode, Encoder, Kind, WriteOptions};
 
 /// How a bootstrap spends its levels, and the chain it runs on.
 #[derive(Clone, Debug)]
@@ -176,10 +178,10 @@ impl BootstrapParams {
                 self.ckks.levels()
             )));
         }
-        if self.cheb_degree < 2 || self.ephemeral_hamming == 0 {
-            return Err(Error::InvalidParameters(
-                "bootstrapping needs a Chebyshev degree ≥ 2 and a nonzero Hamming weight".into(),
-            ));
+        if self.cheb_degree < 2 || self.ephemeral_hamming == 0 || self.ephemeral_hamming > slots {
+            return Err(Error::InvalidParameters(format!(
+                "bootstrapping needs a Chebyshev degree ≥ 2 and a Hamming weight in 1..={slots}"
+            )));
         }
         Ok(())
     }
@@ -576,9 +578,160 @@ impl BootstrapKeys {
         &self.plan
     }
 
+    /// Bytes the keys' words occupy in memory (every digit's two polynomials, 32-bit words).
+    pub fn memory_bytes(&self) -> usize {
+        let ksk = |k: &KeySwitchKey| -> usize {
+            k.digits
+                .iter()
+                .map(|d| d.count() * d.limbs().len() * d.n() * 4)
+                .sum()
+        };
+        self.galois.keys.values().map(ksk).sum::<usize>()
+            + ksk(self.relin.key_switch_key())
+            + ksk(&self.to_sparse)
+            + ksk(&self.from_sparse)
+    }
+
     /// The Galois keys (rotations and conjugation).
     pub fn galois(&self) -> &GaloisKeys {
         &self.galois
+    }
+}
+
+impl BootstrapKeys {
+    /// Serializes the keys in the compact format (seeded: each key's uniform half is stored
+    /// as its 32-byte seed). The layout (transform levels, EvalMod, Hamming weight) travels
+    /// with them; the plan is rebuilt on reading.
+    pub fn to_bytes(&self, ctx: &CkksContext, opts: WriteOptions) -> Result<Vec<u8>> {
+        serialize::to_bytes(ctx.rlwe(), self, opts)
+    }
+
+    /// Reads keys written by [`Self::to_bytes`] for a context of the same parameters: the
+    /// parameter fingerprint, key set and every size are checked before anything is
+    /// allocated, and the layout must fit the chain.
+    pub fn from_bytes(ctx: &CkksContext, bytes: &[u8]) -> Result<Self> {
+        let parts: KeyParts = serialize::from_bytes(ctx.rlwe(), bytes)?;
+        let params = BootstrapParams {
+            ckks: ctx.params().clone(),
+            cts_levels: parts.layout[0] as usize,
+            stc_levels: parts.layout[1] as usize,
+            cheb_degree: parts.layout[2] as usize,
+            double_angles: parts.layout[3] as usize,
+            ephemeral_hamming: parts.layout[4] as usize,
+        };
+        let plan = Arc::new(BootstrapPlan::new(ctx, &params)?);
+        let n = ctx.rlwe().n();
+        let mut want: Vec<usize> = plan
+            .rotation_steps()
+            .iter()
+            .map(|&s| ckks_galois_element(n, s))
+            .chain([galois_element_conjugate(n)])
+            .collect();
+        want.sort_unstable();
+        want.dedup();
+        if parts.galois.elements() != want {
+            return Err(Error::Decode(format!(
+                "Galois keys for elements {:?}; this bootstrapping layout needs {want:?}",
+                parts.galois.elements()
+            )));
+        }
+        Ok(Self {
+            plan,
+            galois: parts.galois,
+            relin: parts.relin,
+            to_sparse: parts.to_sparse,
+            from_sparse: parts.from_sparse,
+        })
+    }
+
+    fn layout(&self) -> [u32; 5] {
+        let p = &self.plan.params;
+        [
+            p.cts_levels,
+            p.stc_levels,
+            p.cheb_degree,
+            p.double_angles,
+            p.ephemeral_hamming,
+        ]
+        .map(|v| v as u32)
+    }
+}
+
+/// What [`BootstrapKeys::from_bytes`] reads before it rebuilds the plan.
+struct KeyParts {
+    layout: [u32; 5],
+    relin: RelinKey,
+    galois: GaloisKeys,
+    to_sparse: KeySwitchKey,
+    from_sparse: KeySwitchKey,
+}
+
+/// Digits and limbs of the switch to the sparse key: the base primes and the special ones.
+fn low_key_shape(ctx: &crate::rlwe::RlweContext) -> (Arc<[usize]>, usize) {
+    let base = ctx.q_limbs(0).len();
+    let digits = ctx.digits().iter().filter(|r| r.start < base).count();
+    (ctx.qp_first(base), digits)
+}
+
+impl Encode for BootstrapKeys {
+    const KIND: Kind = Kind::BootstrapKeys;
+    fn fingerprint(&self) -> u64 {
+        self.relin.key_switch_key().fingerprint
+    }
+    fn key_id(&self) -> u64 {
+        self.relin.key_id()
+    }
+    fn encode(
+        &self,
+        ctx: &crate::rlwe::RlweContext,
+        e: &mut Encoder,
+        opts: &WriteOptions,
+    ) -> Result<()> {
+        for v in self.layout() {
+            e.u32(v)?;
+        }
+        write_ksk(ctx, e, self.relin.key_switch_key(), opts)?;
+        self.galois.encode(ctx, e, opts)?;
+        write_ksk(ctx, e, &self.to_sparse, opts)?;
+        write_ksk(ctx, e, &self.from_sparse, opts)
+    }
+}
+
+impl Decode for KeyParts {
+    const KIND: Kind = Kind::BootstrapKeys;
+    fn decode(ctx: &crate::rlwe::RlweContext, d: &mut Decoder, key_id: u64) -> Result<Self> {
+        let key_id = key_set(key_id, "bootstrapping keys")?;
+        let mut layout = [0u32; 5];
+        for (v, what) in layout.iter_mut().zip([
+            "CoeffsToSlots levels",
+            "SlotsToCoeffs levels",
+            "Chebyshev degree",
+            "double angles",
+            "Hamming weight",
+        ]) {
+            d.allow(4);
+            *v = d.u32(what)?;
+        }
+        // Sizes the plan will check against the chain; refuse absurd ones before planning.
+        if layout[..4].iter().any(|&v| v > 4096) || layout[4] as usize > ctx.n() {
+            return Err(Error::Decode(format!(
+                "bootstrapping layout {layout:?} is out of range for N = {}",
+                ctx.n()
+            )));
+        }
+        let relin = RelinKey::decode(ctx, d, key_id)?;
+        let galois = GaloisKeys::decode(ctx, d, key_id)?;
+        let (limbs, digits) = low_key_shape(ctx);
+        let to_sparse = read_ksk_over(ctx, d, key_id, limbs, digits)?;
+        let full = ctx.qp_limbs(ctx.max_level());
+        let from_sparse = read_ksk_over(ctx, d, key_id, full, ctx.digits().len())?;
+        Ok(Self {
+            layout,
+            relin,
+            galois,
+            to_sparse,
+            from_sparse,
+        })
     }
 }
 

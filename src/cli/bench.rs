@@ -747,6 +747,25 @@ pub fn bench_bootstrap(
     if let Some(row) = rec.rows.last_mut() {
         row.levels_left = Some(first.level());
     }
+    // The serialized size, counted without holding the bytes (so the peak memory is the
+    // bootstrap's own).
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    hetensor::serialize::write(ctx.rlwe(), &bk, &mut count, Default::default())?;
+    notes.push(format!(
+        "bootstrap 2^{log_n} ({config}): keys {:.2} GB in memory, {:.2} GB serialized (seeded)",
+        bk.memory_bytes() as f64 / 1e9,
+        count.0 as f64 / 1e9
+    ));
     notes.push(format!(
         "bootstrap 2^{log_n} ({config}): {} CoeffsToSlots + {} EvalMod + {} SlotsToCoeffs levels, {} rotation keys, Hamming weight {} ephemeral secret; key generation {keygen_s:.1} s; first bootstrap (encodes and caches the diagonals) {first_s:.1} s; {} levels left",
         bp.cts_levels,

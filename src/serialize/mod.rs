@@ -34,7 +34,7 @@
 //! ```
 
 mod context;
-mod objects;
+pub(crate) mod objects;
 mod wire;
 
 use std::io::{Read, Write};

@@ -49,7 +49,7 @@ fn poly_bytes(ctx: &RlweContext, limbs: &[usize]) -> u64 {
 }
 
 /// Objects of a key set (ciphertexts, keys) must name one: 0 is reserved for plaintexts.
-fn key_set(key_id: u64, what: &str) -> Result<u64> {
+pub(crate) fn key_set(key_id: u64, what: &str) -> Result<u64> {
     if key_id == 0 {
         return Err(Error::Decode(format!(
             "{what} without a key-set identifier"
@@ -408,7 +408,7 @@ impl Decode for PublicKey {
     }
 }
 
-fn write_ksk(
+pub(crate) fn write_ksk(
     ctx: &RlweContext,
     e: &mut Encoder,
     k: &KeySwitchKey,
@@ -427,15 +427,35 @@ fn min_ksk_bytes(ctx: &RlweContext) -> u64 {
 }
 
 fn read_ksk(ctx: &RlweContext, d: &mut Decoder, key_id: u64) -> Result<KeySwitchKey> {
+    read_ksk_over(
+        ctx,
+        d,
+        key_id,
+        ctx.qp_limbs(ctx.max_level()),
+        ctx.digits().len(),
+    )
+}
+
+/// A key-switching key of `expected` digits over `limbs` (a full key: every digit over the
+/// whole `QP`; a low one, like bootstrapping's switch to its sparse key: fewer of both).
+pub(crate) fn read_ksk_over(
+    ctx: &RlweContext,
+    d: &mut Decoder,
+    key_id: u64,
+    limbs: Arc<[usize]>,
+    expected: usize,
+) -> Result<KeySwitchKey> {
     d.allow(1);
     let count = d.u8("digit count")? as usize;
-    let expected = ctx.digits().len();
     if count != expected {
         return Err(Error::Decode(format!(
             "key-switching key with {count} digits; the parameters have {expected}"
         )));
     }
-    let limbs = ctx.qp_limbs(ctx.max_level());
+    d.require(
+        count as u64 * (1 + 32 + poly_bytes(ctx, &limbs)),
+        &format!("a key-switching key of {count} digits"),
+    )?;
     let mut digits = Vec::with_capacity(count);
     let mut seeds = Vec::with_capacity(count);
     for _ in 0..count {

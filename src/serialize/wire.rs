@@ -43,6 +43,8 @@ pub enum Kind {
     SecretContext = 9,
     /// A multiparty protocol message ([`crate::mhe::Share`]).
     MheShare = 10,
+    /// CKKS bootstrapping keys ([`crate::ckks::bootstrap::BootstrapKeys`]).
+    BootstrapKeys = 11,
 }
 
 impl Kind {
@@ -58,6 +60,7 @@ impl Kind {
             8 => Self::PublicContext,
             9 => Self::SecretContext,
             10 => Self::MheShare,
+            11 => Self::BootstrapKeys,
             other => return Err(Error::Decode(format!("unknown object kind {other}"))),
         })
     }
