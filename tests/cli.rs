@@ -185,6 +185,61 @@ fn demo() {
     );
 }
 
+/// `demo --deep`: sequential products that bootstrap along the way, at the insecure test ring
+/// (which the command says on stderr), checked against plaintext by the command itself.
+#[test]
+fn demo_deep() {
+    let _g = heavy();
+    let out = hetensor(
+        &["demo", "--deep", "--log-n", "10", "--multiplications", "10"],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stderr.contains("INSECURE test ring"), "{stderr}");
+    // "10 sequential multiplications over 512 slots with 2 bootstraps (…): max error 2^-20.2"
+    assert!(stdout.contains("10 sequential multiplications"), "{stdout}");
+    // 4 levels left per bootstrap: 4 products, bootstrap, 4, bootstrap, 2.
+    assert!(stdout.contains("with 2 bootstraps"), "{stdout}");
+    let bits: f64 = stdout
+        .split("max error 2^-")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no error in {stdout}"));
+    assert!(bits > 15.0, "{stdout}");
+    fails(&["demo", "--multiplications", "5"], &["--deep"]);
+}
+
+/// `bench --scheme bootstrap` at the test ring: one row with its precision and levels left.
+#[test]
+fn bench_bootstrap_row() {
+    let _g = heavy();
+    let r = json(&[
+        "bench",
+        "--scheme",
+        "bootstrap",
+        "--log-n",
+        "13",
+        "--reps",
+        "1",
+        "--json",
+    ]);
+    let row = &r["results"][0];
+    assert_eq!(row["op"], "bootstrap");
+    assert_eq!(row["levels_left"], 2);
+    assert!(row["max_err_log2"].as_f64().unwrap() < -18.0, "{row}");
+    assert!(r["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n.as_str().unwrap().contains("GB serialized")));
+    fails(
+        &["bench", "--scheme", "bootstrap", "--log-n", "14"],
+        &["N = 2^15 holds no 128-bit bootstrapping chain"],
+    );
+}
+
 #[test]
 fn train_titanic_in_process_and_on_workers() {
     let _g = heavy();
