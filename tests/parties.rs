@@ -16,7 +16,7 @@ use std::time::Duration;
 use hetensor::ckks::CkksContext;
 use hetensor::math::sampler::Sampler;
 use hetensor::mhe::{Crs, Party, RefreshParams, Smudging};
-use hetensor::rlwe::keys::galois_element_for_step;
+use hetensor::rlwe::keys::ckks_galois_element;
 use hetensor::rlwe::{RlweContext, SecretKey};
 use hetensor::serialize::{self, WriteOptions};
 use hetensor::train::multiparty::published_values;
@@ -140,7 +140,7 @@ fn party_processes_compute_refresh_and_decrypt_and_no_message_carries_a_share() 
     let mut hub = CombinerHub::accept(&l, ctx.clone(), &crs, 3, net(60)).unwrap();
     hub.record_transcript();
     let mut coord = Coordinator::new(hub, ctx.clone(), crs);
-    let g = galois_element_for_step(ctx.n(), 1);
+    let g = ckks_galois_element(ctx.n(), 1);
     let keys = coord.keygen(&[g]).unwrap();
 
     let slots = ckks.slots();

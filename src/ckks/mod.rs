@@ -199,6 +199,12 @@ impl CkksContext {
         })
     }
 
+    /// The Galois element of a rotation by `step` slots, which [`GaloisKeys`] are keyed by
+    /// (CKKS slots use generator 5; BFV rows use 3, `rlwe::keys::galois_element_for_step`).
+    pub fn galois_element(&self, step: i64) -> usize {
+        ckks_galois_element(self.rlwe.n(), step)
+    }
+
     /// Galois keys for rotations by the given slot steps (and conjugation if asked).
     pub fn gen_galois_keys(
         &self,

@@ -14,7 +14,7 @@ use hetensor::data::{self, Dataset};
 use hetensor::math::sampler::Sampler;
 use hetensor::mhe::{Crs, Party, Smudging};
 use hetensor::nn::{PolyActivation, TrainConfig};
-use hetensor::rlwe::keys::galois_element_for_step;
+use hetensor::rlwe::keys::ckks_galois_element;
 use hetensor::rlwe::SecretKey;
 use hetensor::train::logistic::{self, sigmoid_bound};
 use hetensor::train::multiparty::{
@@ -257,7 +257,7 @@ fn multiparty(
     let galois: Vec<usize> = layout
         .rotation_steps()
         .iter()
-        .map(|&s| galois_element_for_step(n, s))
+        .map(|&s| ckks_galois_element(n, s))
         .collect();
     let keys = coord.keygen(&galois)?;
     let keygen_seconds = t.elapsed().as_secs_f64();
