@@ -10,34 +10,43 @@
 //   frac[k]         floor(2^62 / b_i)
 // y_i = x_i * bhi_i mod b_i; out = sum_i y_i [B/b_i]_{c_j}  (minus v [B]_{c_j} when exact, with
 // v = (sum_i (y_i * frac_i) >> 30 + 2^31) >> 32, the rounded sum of y_i / b_i in 32.32 fixed point).
+// sum_i y_i [B/b_i]_c mod c for one coefficient (x_i at x[i << log_n]), y_i = x_i * bhi_i mod
+// b_i; with frac != nullptr also adds the fixed-point sum of y_i / b_i to v (exact variant).
+// bhc = the k words [B/b_i]_c of this target prime. BaseConverter::convert's inner loop.
+__device__ __forceinline__ u32 conv_sum(const u32* x, u32 log_n, const Mod* fm, const u32* bhi,
+                                        const u32* bhc, u32 k, const Mod& cj, const u64* frac,
+                                        u64& v) {
+    const u32 cv = cj.q;
+    u32 acc = 0;
+    for (u32 i = 0; i < k; i++) {
+        const u32 b = fm[i].q;
+        u32 y = mul_shoup(x[(u64)i << log_n], bhi[2 * i], bhi[2 * i + 1], b);
+        if (frac) v += ((u64)y * frac[i]) >> 30;
+        // y < b_i may exceed c_j: reduce it first when the source prime is larger.
+        u32 yr;
+        if (b <= cv) yr = y;
+        else if (b < 2 * cv) yr = csub(y, cv);
+        else yr = reduce_u64((u64)y, cj);
+        acc = mul_add_reduced(yr, bhc[i], acc, cj);
+    }
+    return acc;
+}
+
 extern "C" __global__ void base_convert(u32* out, const u32* in, const Mod* fm, const Mod* tm,
                                         const u32* bhi, const u32* bhc, const u32* bmc,
                                         const u64* frac, u32 k, u32 kt, u32 log_n, u32 exact,
                                         u64 total) {
     GRID_STRIDE(idx, total) {
         const u64 coeff = idx & ((1ull << log_n) - 1);
-        const u64 r = idx >> log_n;
-        const u32 j = (u32)(r % kt);
-        const u64 c = r / kt;
+        const u32 r = (u32)(idx >> log_n);
+        const u32 c = r / kt, j = r - c * kt;
         const Mod& cj = tm[j];
-        const u32 cv = cj.q;
-        const u32* x = in + ((c * k) << log_n) + coeff;
-        u32 acc = 0;
+        const u32* x = in + (((u64)c * k) << log_n) + coeff;
         u64 v = 0;
-        for (u32 i = 0; i < k; i++) {
-            const u32 b = fm[i].q;
-            u32 y = mul_shoup(x[(u64)i << log_n], bhi[2 * i], bhi[2 * i + 1], b);
-            if (exact) v += ((u64)y * frac[i]) >> 30;
-            // y < b_i may exceed c_j: reduce it first when the source prime is larger.
-            u32 yr;
-            if (b <= cv) yr = y;
-            else if (b < 2 * cv) yr = csub(y, cv);
-            else yr = reduce_u64((u64)y, cj);
-            acc = mul_add_reduced(yr, bhc[j * k + i], acc, cj);
-        }
+        u32 acc = conv_sum(x, log_n, fm, bhi, bhc + j * k, k, cj, exact ? frac : nullptr, v);
         if (exact) {
             v = (v + (1ull << 31)) >> 32;
-            acc = mod_sub(acc, mul_reduced((u32)v, bmc[j], cj), cv);
+            acc = mod_sub(acc, mul_reduced((u32)v, bmc[j], cj), cj.q);
         }
         out[idx] = acc;
     }

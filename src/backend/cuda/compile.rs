@@ -19,6 +19,7 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("ntt.cu", include_str!("../../../kernels/ntt.cu")),
     ("rns.cu", include_str!("../../../kernels/rns.cu")),
     ("permute.cu", include_str!("../../../kernels/permute.cu")),
+    ("keyswitch.cu", include_str!("../../../kernels/keyswitch.cu")),
 ];
 
 /// Every kernel entry point the backend loads (a missing one fails the compile test).
@@ -39,6 +40,9 @@ pub const KERNEL_NAMES: &[&str] = &[
     "permute_limbs",
     "gather_limbs",
     "concat_limbs",
+    "modup_convert",
+    "ks_inner",
+    "moddown_finish",
 ];
 
 /// The source of one NVRTC program holding every kernel (prelude + all files).

@@ -26,7 +26,9 @@ use cudarc::nvrtc::Ptx;
 use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_mul_acc,
     check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
-    limb_positions, limb_scalars, Backend, Buffer, DeviceBuffer, PolyBatch, Repr, TraceCounts,
+    check_key_switch, key_switch_reference, limb_positions, limb_scalars, mod_down_factors,
+    mod_down_reference, Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr,
+    TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -161,6 +163,18 @@ struct RoundTables {
     lam: CudaSlice<u32>,
 }
 
+/// Device tables of one key-switching plan ([`ks_table_words`]).
+struct KsTables {
+    desc: CudaSlice<u32>,
+    tab: CudaSlice<u32>,
+    /// The prime of every ModUp row (the batched NTT's limb map).
+    ext_primes: Vec<usize>,
+    orow: CudaSlice<u32>,
+    lrow: CudaSlice<u32>,
+    /// ModUp rows (all digits).
+    rows: usize,
+}
+
 use self::KernelArg as A;
 
 type RingKey = (usize, Vec<u32>);
@@ -253,6 +267,74 @@ pub fn round_table_words(r: &ScaleRounder) -> RoundTableWords {
             .flat_map(|(&l, m)| [l, m.shoup(l)])
             .collect(),
     }
+}
+
+/// The host words of a key-switching plan's tables (`modup_convert`'s desc and tab, its
+/// rows' primes, `ks_inner`'s orow and lrow), for `d` over `plan.q` and keys over `key_limbs`.
+/// `None` when a digit is not a contiguous run of `d`'s limbs or the key lacks a limb (the
+/// backend then runs the reference composition).
+#[doc(hidden)]
+pub struct KsTableWords {
+    pub desc: Vec<u32>,
+    pub tab: Vec<u32>,
+    pub ext_primes: Vec<usize>,
+    pub orow: Vec<u32>,
+    pub lrow: Vec<u32>,
+}
+
+#[doc(hidden)]
+pub fn ks_table_words(plan: &KeySwitchPlan, key_limbs: &[usize]) -> Option<KsTableWords> {
+    let pos = |ls: &[usize], x: usize| ls.iter().position(|&l| l == x);
+    let (nq, nd) = (plan.q.len(), plan.digits.len());
+    let mut w = KsTableWords {
+        desc: Vec::new(),
+        tab: Vec::new(),
+        ext_primes: Vec::new(),
+        orow: Vec::new(),
+        lrow: Vec::new(),
+    };
+    let mut base = Vec::with_capacity(nd);
+    for dg in &plan.digits {
+        let (k, s0) = (dg.limbs.len(), pos(&plan.q, *dg.limbs.first()?)?);
+        if plan.q.get(s0..s0 + k) != Some(&dg.limbs[..]) {
+            return None;
+        }
+        let t = conv_table_words(&dg.up);
+        let fm = w.tab.len();
+        w.tab.extend_from_slice(&t.from);
+        let bhi = w.tab.len();
+        w.tab.extend_from_slice(&t.bhi);
+        base.push(w.ext_primes.len());
+        for (ti, &prime) in dg.rest.iter().enumerate() {
+            let bhc = w.tab.len();
+            w.tab.extend_from_slice(&t.bhc[ti * k..(ti + 1) * k]);
+            // Keeps the next digit's Mods 8-byte aligned.
+            if w.tab.len() % 2 == 1 {
+                w.tab.push(0);
+            }
+            w.desc
+                .extend([s0, k, prime, fm, bhi, bhc].map(|x| x as u32));
+            w.ext_primes.push(prime);
+        }
+    }
+    for &l in plan.qp.iter() {
+        w.lrow.extend([l as u32, pos(key_limbs, l)? as u32]);
+        for (dg, &b) in plan.digits.iter().zip(&base) {
+            w.lrow.push(match pos(&dg.limbs, l) {
+                Some(_) => (1 << 31) | pos(&plan.q, l)? as u32,
+                None => (b + pos(&dg.rest, l)?) as u32,
+            });
+        }
+    }
+    // The accumulator's rows: the special limbs of both polynomials first (ModDown's input,
+    // contiguous), then the ciphertext limbs.
+    let np = plan.qp.len() - nq;
+    for range in [nq..nq + np, 0..nq] {
+        for p in 0..2u32 {
+            w.orow.extend(range.clone().map(|l| (p << 16) | l as u32));
+        }
+    }
+    Some(w)
 }
 
 /// One kernel launch: name, 1-D grid and block, dynamic shared bytes, arguments.
@@ -377,6 +459,8 @@ pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64
         "base_convert" => total + total * u(8) / u(9).max(1),
         // per coefficient: kq + kc limbs read, kc written.
         "scale_round" => total * (u(7) + 2 * u(8)),
+        // x and lifted read, out written.
+        "moddown_finish" => 3 * total,
         _ => 0,
     }
 }
@@ -388,6 +472,12 @@ struct Caches {
     convs: HashMap<(Vec<u32>, Vec<u32>), Arc<ConvTables>>,
     rounders: HashMap<(Vec<u32>, Vec<u32>, u64), Arc<RoundTables>>,
     ntt_maps: HashMap<(usize, usize), Arc<CudaSlice<u32>>>,
+    /// ModDown's `([P^{-1}]_{q_l}, shoup)` per (keep primes, drop primes).
+    factors: HashMap<(Vec<u32>, Vec<u32>), Arc<CudaSlice<u32>>>,
+    /// Key-switching tables per (ring, plan layout).
+    ks: HashMap<(RingKey, Vec<Vec<usize>>), Arc<KsTables>>,
+    /// Device arrays of device pointers (key digits), keyed by the pointers themselves.
+    ptrs: HashMap<Vec<u64>, Arc<CudaSlice<u64>>>,
 }
 
 /// A kernel argument (device pointers are 64-bit words, as in the driver API).
@@ -558,6 +648,19 @@ impl CudaBackend {
     }
 
     fn launch(&self, name: &str, grid: u32, block: u32, smem: u32, args: &[A]) -> Result<()> {
+        let words = kernel_words(name, grid, smem, args);
+        self.launch_counted(name, (grid, block, smem), args, words)
+    }
+
+    /// A launch whose modelled traffic (`words`) the caller gives (kernels whose operand
+    /// sizes are not in their arguments).
+    fn launch_counted(
+        &self,
+        name: &str,
+        (grid, block, smem): (u32, u32, u32),
+        args: &[A],
+        words: u64,
+    ) -> Result<()> {
         let f = self
             .funcs
             .get(name)
@@ -576,10 +679,7 @@ impl CudaBackend {
             shared_mem_bytes: smem,
         };
         Trace::add(&self.trace.launches, 1);
-        Trace::add(
-            &self.trace.kernel_bytes,
-            4 * kernel_words(name, grid, smem, args) as usize,
-        );
+        Trace::add(&self.trace.kernel_bytes, 4 * words as usize);
         // SAFETY: argument lists match the kernel signatures in kernels/*.cu, and every
         // pointer refers to a live allocation of the sizes the kernel indexes.
         unsafe { b.launch(cfg) }.map_err(drv)?;
@@ -1047,25 +1147,8 @@ impl Backend for CudaBackend {
             self.trace.device_copy(4 * out.len());
             self.stream.memset_zeros(&mut out).map_err(drv)?;
         } else {
-            self.launch_1d(
-                "base_convert",
-                total as u64,
-                &[
-                    A::W(self.ptr(&out)),
-                    A::W(self.bptr(p)?),
-                    A::W(self.ptr(&t.from)),
-                    A::W(self.ptr(&t.to)),
-                    A::W(self.ptr(&t.bhi)),
-                    A::W(self.ptr(&t.bhc)),
-                    A::W(self.ptr(&t.bmc)),
-                    A::W(self.ptr(&t.frac)),
-                    A::U(k as u32),
-                    A::U(kt as u32),
-                    A::U(n.trailing_zeros()),
-                    A::U(exact as u32),
-                    A::W(total as u64),
-                ],
-            )?;
+            let (po, pi) = (self.ptr(&out), self.bptr(p)?);
+            self.convert_at(po, pi, &t, (k, kt), n, p.count, exact)?;
         }
         Ok(self.wrap(out, to, p.count, n, Repr::Coeff))
     }
@@ -1222,6 +1305,124 @@ impl Backend for CudaBackend {
         Ok(self.wrap(out, first.limbs.clone(), count, first.n, first.repr))
     }
 
+    fn mod_down(
+        &self,
+        ring: &RingContext,
+        x: &PolyBatch,
+        keep: Arc<[usize]>,
+        drop: Arc<[usize]>,
+        conv: &BaseConverter,
+    ) -> Result<PolyBatch> {
+        let (nk, nd, n, count) = (keep.len(), drop.len(), x.n, x.count);
+        // The fused path needs `x` over `keep ++ drop`; anything else takes the reference.
+        if x.repr != Repr::Ntt
+            || nk == 0
+            || nd == 0
+            || count == 0
+            || x.limbs.len() != nk + nd
+            || x.limbs[..nk] != *keep
+            || x.limbs[nk..] != *drop
+        {
+            return mod_down_reference(self, ring, x, keep, drop, conv);
+        }
+        check_ring(ring, x)?;
+        let src = &self.buf(x)?.data;
+        let mut tail = self.alloc(count * nd * n)?;
+        for c in 0..count {
+            self.copy_words(&mut tail, c * nd * n, src, (c * (nk + nd) + nk) * n, nd * n)?;
+        }
+        let tp = self.ptr(&tail);
+        let lifted = self.mod_down_lift(ring, tp, (&keep, &drop), conv, count, n)?;
+        let out = self.mod_down_finish(ring, self.ptr(src), nk + nd, &lifted, (&keep, &drop), count, n)?;
+        Ok(self.wrap(out, keep, count, n, Repr::Ntt))
+    }
+
+    fn key_switch(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+    ) -> Result<PolyBatch> {
+        check_key_switch(d, keys, plan)?;
+        check_ring(ring, d)?;
+        let (n, nq, np, nd) = (d.n, plan.q.len(), plan.p.len(), plan.digits.len());
+        let key_limbs = keys[0].limbs_arc();
+        let tables = if np == 0
+            || plan.qp.len() != nq + np
+            || plan.qp[..nq] != *plan.q
+            || plan.qp[nq..] != *plan.p
+            || keys.iter().any(|k| k.limbs != key_limbs)
+        {
+            None
+        } else {
+            self.ks_tables(ring, plan, &key_limbs)?
+        };
+        let Some(t) = tables else {
+            return key_switch_reference(self, ring, d, keys, plan);
+        };
+        let nqp = nq + np;
+        let log_n = n.trailing_zeros();
+        let rt = self.ring(ring)?;
+        // ModUp: one inverse NTT of d, one conversion launch and one NTT for every digit.
+        let dsrc = &self.buf(d)?.data;
+        let mut coeff = self.alloc(nq * n)?;
+        self.copy_words(&mut coeff, 0, dsrc, 0, nq * n)?;
+        self.ntt_at(ring, self.ptr(&coeff), &plan.q, 1, n, false)?;
+        let ext = self.alloc(t.rows * n)?;
+        let total = (t.rows * n) as u64;
+        if total > 0 {
+            self.launch_counted(
+                "modup_convert",
+                (grid_1d(total), BLOCK_1D, 0),
+                &[
+                    A::W(self.ptr(&ext)),
+                    A::W(self.ptr(&coeff)),
+                    A::W(self.ptr(&rt.mods)),
+                    A::W(self.ptr(&t.desc)),
+                    A::W(self.ptr(&t.tab)),
+                    A::U(log_n),
+                    A::W(total),
+                ],
+                total + (nq * n) as u64,
+            )?;
+        }
+        self.ntt_at(ring, self.ptr(&ext), &t.ext_primes, 1, n, true)?;
+        // Inner product with the key digits in place; the special limbs come first.
+        let kptrs = keys
+            .iter()
+            .map(|k| self.bptr(k))
+            .collect::<Result<Vec<_>>>()?;
+        let kp = self.ptr_array(&kptrs)?;
+        let acc = self.alloc(2 * nqp * n)?;
+        let total = (2 * nqp * n) as u64;
+        self.launch_counted(
+            "ks_inner",
+            (grid_1d(total), BLOCK_1D, 0),
+            &[
+                A::W(self.ptr(&acc)),
+                A::W(self.bptr(d)?),
+                A::W(self.ptr(&ext)),
+                A::W(self.ptr(&kp)),
+                A::W(self.ptr(&t.orow)),
+                A::W(self.ptr(&t.lrow)),
+                A::W(self.ptr(&rt.mods)),
+                A::U(nd as u32),
+                A::U(key_limbs.len() as u32),
+                A::U(log_n),
+                A::W(total),
+            ],
+            // acc written, each key digit's limbs read, each digit's extension read once.
+            total * (1 + nd as u64) + (nd * nqp * n) as u64,
+        )?;
+        // ModDown: the special limbs of both polynomials are contiguous at the start of acc.
+        let ap = self.ptr(&acc);
+        let lifted = self.mod_down_lift(ring, ap, (&plan.q, &plan.p), &plan.down, 2, n)?;
+        let head = ap + 4 * (2 * np * n) as u64;
+        let out = self.mod_down_finish(ring, head, nq, &lifted, (&plan.q, &plan.p), 2, n)?;
+        Ok(self.wrap(out, plan.q.clone(), 2, n, Repr::Ntt))
+    }
+
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
         let limbs = check_concat_limbs(a, b)?;
         let total = a.count * limbs.len() * a.n;
@@ -1246,28 +1447,234 @@ impl Backend for CudaBackend {
 impl CudaBackend {
     fn ntt(&self, ring: &RingContext, p: &mut PolyBatch, forward: bool) -> Result<()> {
         check_ring(ring, p)?;
-        let ntts = (p.count * p.limbs.len()) as u64;
+        self.ntt_at(ring, self.bptr(p)?, &p.limbs, p.count, p.n, forward)
+    }
+
+    /// NTTs of `count` polynomials over `limbs` stored from device address `data`.
+    fn ntt_at(
+        &self,
+        ring: &RingContext,
+        data: u64,
+        limbs: &[usize],
+        count: usize,
+        n: usize,
+        forward: bool,
+    ) -> Result<()> {
+        let ntts = (count * limbs.len()) as u64;
         if ntts == 0 {
             return Ok(());
         }
         let t = self.ring(ring)?;
-        let l = self.indices(&p.limbs)?;
+        let l = self.indices(limbs)?;
         let (tw, tws) = if forward {
             (&t.psi, &t.psi_s)
         } else {
             (&t.ipsi, &t.ipsi_s)
         };
         let ptrs = NttPtrs {
-            data: self.bptr(p)?,
+            data,
             mods: self.ptr(&t.mods),
             limbs: self.ptr(&l),
             tw: self.ptr(tw),
             tws: self.ptr(tws),
             ninv: self.ptr(&t.ninv),
         };
-        for l in ntt_launches(p.n, ntts, p.limbs.len() as u32, forward, ptrs)? {
+        for l in ntt_launches(n, ntts, limbs.len() as u32, forward, ptrs)? {
             self.launch(l.name, l.grid, l.block, l.smem, &l.args)?;
         }
         Ok(())
+    }
+
+    /// `base_convert` of `count` polynomials of `k` limbs at `inp` into `kt` limbs at `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn convert_at(
+        &self,
+        out: u64,
+        inp: u64,
+        t: &ConvTables,
+        (k, kt): (usize, usize),
+        n: usize,
+        count: usize,
+        exact: bool,
+    ) -> Result<()> {
+        let total = (count * kt * n) as u64;
+        self.launch_1d(
+            "base_convert",
+            total,
+            &[
+                A::W(out),
+                A::W(inp),
+                A::W(self.ptr(&t.from)),
+                A::W(self.ptr(&t.to)),
+                A::W(self.ptr(&t.bhi)),
+                A::W(self.ptr(&t.bhc)),
+                A::W(self.ptr(&t.bmc)),
+                A::W(self.ptr(&t.frac)),
+                A::U(k as u32),
+                A::U(kt as u32),
+                A::U(n.trailing_zeros()),
+                A::U(exact as u32),
+                A::W(total),
+            ],
+        )
+    }
+
+    /// Copies `len` words from `src[src_off..]` to `dst[dst_off..]` (device to device).
+    fn copy_words(
+        &self,
+        dst: &mut CudaSlice<u32>,
+        dst_off: usize,
+        src: &CudaSlice<u32>,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(drv)?;
+        self.trace.device_copy(4 * len);
+        self.stream
+            .memcpy_dtod(
+                &src.slice(src_off..src_off + len),
+                &mut dst.slice_mut(dst_off..dst_off + len),
+            )
+            .map_err(drv)
+    }
+
+    /// ModDown's scaling constants `([P^{-1}]_{q_l}, shoup)` for `keep`, cached.
+    fn factors(
+        &self,
+        ring: &RingContext,
+        keep: &[usize],
+        drop: &[usize],
+    ) -> Result<Arc<CudaSlice<u32>>> {
+        let vals = |ls: &[usize]| ls.iter().map(|&l| ring.modulus(l).value()).collect();
+        let key = (vals(keep), vals(drop));
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        if let Some(t) = c.factors.get(&key) {
+            return Ok(t.clone());
+        }
+        let words: Vec<u32> = mod_down_factors(ring, keep, drop)
+            .iter()
+            .zip(keep)
+            .flat_map(|(&w, &l)| {
+                let m = ring.modulus(l);
+                let w = w % m.value();
+                [w, m.shoup(w)]
+            })
+            .collect();
+        let t = Arc::new(self.htod(&words)?);
+        c.factors.insert(key, t.clone());
+        Ok(t)
+    }
+
+    /// ModDown after the lifted tail: `out = (x − lifted)·[P^{-1}]` over `keep`, x's row
+    /// `(c, l)` at `x + (c·xstride + l)·N` words.
+    #[allow(clippy::too_many_arguments)]
+    fn mod_down_finish(
+        &self,
+        ring: &RingContext,
+        x: u64,
+        xstride: usize,
+        lifted: &CudaSlice<u32>,
+        (keep, drop): (&[usize], &[usize]),
+        count: usize,
+        n: usize,
+    ) -> Result<CudaSlice<u32>> {
+        let total = count * keep.len() * n;
+        let out = self.alloc(total)?;
+        let (t, l, f) = (
+            self.ring(ring)?,
+            self.indices(keep)?,
+            self.factors(ring, keep, drop)?,
+        );
+        self.launch_1d(
+            "moddown_finish",
+            total as u64,
+            &[
+                A::W(self.ptr(&out)),
+                A::W(x),
+                A::U(xstride as u32),
+                A::W(self.ptr(lifted)),
+                A::W(self.ptr(&f)),
+                A::W(self.ptr(&t.mods)),
+                A::W(self.ptr(&l)),
+                A::U(keep.len() as u32),
+                A::U(n.trailing_zeros()),
+                A::W(total as u64),
+            ],
+        )?;
+        Ok(out)
+    }
+
+    /// The lifted tail of ModDown: the `nd` rows at `tail` (coefficient form after the
+    /// inverse NTT done here, `count` polynomials) converted exactly to `keep` and NTT'd.
+    #[allow(clippy::too_many_arguments)]
+    fn mod_down_lift(
+        &self,
+        ring: &RingContext,
+        tail: u64,
+        (keep, drop): (&[usize], &[usize]),
+        conv: &BaseConverter,
+        count: usize,
+        n: usize,
+    ) -> Result<CudaSlice<u32>> {
+        if conv.from().len() != drop.len() || conv.to().len() != keep.len() {
+            return Err(Error::Shape(
+                "mod_down: converter does not match the bases".into(),
+            ));
+        }
+        self.ntt_at(ring, tail, drop, count, n, false)?;
+        let lifted = self.alloc(count * keep.len() * n)?;
+        let t = self.conv(conv)?;
+        let lp = self.ptr(&lifted);
+        self.convert_at(lp, tail, &t, (drop.len(), keep.len()), n, count, true)?;
+        self.ntt_at(ring, lp, keep, count, n, true)?;
+        Ok(lifted)
+    }
+
+    /// A cached device array holding these device pointers (content-keyed: the same
+    /// pointers always give an array with the same words).
+    fn ptr_array(&self, ptrs: &[u64]) -> Result<Arc<CudaSlice<u64>>> {
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        if let Some(t) = c.ptrs.get(ptrs) {
+            return Ok(t.clone());
+        }
+        if c.ptrs.len() >= 4096 {
+            c.ptrs.clear();
+        }
+        let t = Arc::new(self.htod(ptrs)?);
+        c.ptrs.insert(ptrs.to_vec(), t.clone());
+        Ok(t)
+    }
+
+    /// The key-switching tables of `plan` for keys over `key_limbs`, cached; `None` when the
+    /// plan's layout is not one the fused kernels handle ([`ks_table_words`]).
+    fn ks_tables(
+        &self,
+        ring: &RingContext,
+        plan: &KeySwitchPlan,
+        key_limbs: &[usize],
+    ) -> Result<Option<Arc<KsTables>>> {
+        let mut layout = vec![plan.q.to_vec(), plan.p.to_vec(), key_limbs.to_vec()];
+        layout.extend(plan.digits.iter().map(|d| d.limbs.to_vec()));
+        let key = ((ring.n(), ring.moduli().iter().map(|m| m.value()).collect()), layout);
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        if let Some(t) = c.ks.get(&key) {
+            return Ok(Some(t.clone()));
+        }
+        let Some(w) = ks_table_words(plan, key_limbs) else {
+            return Ok(None);
+        };
+        let t = Arc::new(KsTables {
+            desc: self.htod(&w.desc)?,
+            tab: self.htod(&w.tab)?,
+            rows: w.ext_primes.len(),
+            ext_primes: w.ext_primes,
+            orow: self.htod(&w.orow)?,
+            lrow: self.htod(&w.lrow)?,
+        });
+        c.ks.insert(key, t.clone());
+        Ok(Some(t))
     }
 }
