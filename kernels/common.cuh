@@ -70,6 +70,13 @@ __device__ __forceinline__ u32 mul_shoup(u32 a, u32 w, u32 ws, u32 q) {
     return r >= q ? r - q : r;
 }
 
+// Limb position of word i of a [poly][limb][N] batch: its row (i >> log_n, below 2^32 for
+// any batch that fits in memory) modulo nl in 32-bit arithmetic (a 64-bit % or / per word
+// costs several times more on the device).
+__device__ __forceinline__ u32 limb_of(u64 i, u32 nl, u32 log_n) {
+    return (u32)(i >> log_n) % nl;
+}
+
 // Grid-stride loop over [0, total) with 64-bit indices.
 #define GRID_STRIDE(i, total) \
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < (total); \

@@ -1,7 +1,7 @@
 // Hybrid key switching with every digit in each launch (src/backend/mod.rs
 // key_switch_reference and mod_down_reference define the words): ModUp of all digits in one
 // conversion launch (then one batched NTT), the key inner product reading the key digits'
-// limbs in place, and ModDown's subtraction and scaling in one pass. Tables are built on the
+// limbs in place; ModDown ends inside its forward NTT (ntt.cu ntt_fwd_rows_moddown). Tables are built on the
 // host per plan and cached (CudaBackend::ks_tables). 1-D grid-stride, 256 threads per block.
 
 // ModUp conversion of every digit: output row r of `out` (coefficient form; rows
@@ -43,22 +43,5 @@ extern "C" __global__ void ks_inner(u32* acc, const u32* d, const u32* ext,
             a = mul_add_reduced(keys[j][kw], x, a, m);
         }
         acc[idx] = a;
-    }
-}
-
-// ModDown's last step for `count` polynomials over nk kept limbs (limbs[l] = prime):
-// out[c][l] = (x[c][l] - lifted[c][l]) * [P^{-1}]_{q_l} (Modulus::sub, then mul_shoup with
-// fac[2l], fac[2l + 1]), where x's row (c, l) is c * xstride + l (x holds the dropped limbs
-// too, or is the key inner product's Q part).
-extern "C" __global__ void moddown_finish(u32* out, const u32* x, u32 xstride,
-                                          const u32* lifted, const u32* fac, const Mod* mods,
-                                          const u32* limbs, u32 nk, u32 log_n, u64 total) {
-    GRID_STRIDE(idx, total) {
-        const u64 coeff = idx & ((1ull << log_n) - 1);
-        const u32 row = (u32)(idx >> log_n);
-        const u32 c = row / nk, l = row - c * nk;
-        const u32 q = mods[limbs[l]].q;
-        const u32 h = x[((u64)(c * xstride + l) << log_n) | coeff];
-        out[idx] = mul_shoup(mod_sub(h, lifted[idx], q), fac[2 * l], fac[2 * l + 1], q);
     }
 }

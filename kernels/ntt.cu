@@ -42,11 +42,11 @@ extern "C" __global__ void ntt_fwd_cols(u32* data, const Mod* mods, const u32* l
     extern __shared__ u32 sh[];
     const u32 n = 1u << log_n, log_n2 = log_n - log_n1, tile = 1u << (log_n1 + log_c);
     const u32 bpn = n >> (log_n1 + log_c);  // blocks per NTT
-    const u64 ntt = blockIdx.x / bpn;
+    const u32 ntt = blockIdx.x / bpn;
     const u32 c0 = (blockIdx.x % bpn) << log_c;
-    const u32 prime = limbs[(u32)(ntt % nl)];
+    const u32 prime = limbs[ntt % nl];
     const u32 q = mods[prime].q;
-    u32* a = data + (ntt << log_n);
+    u32* a = data + ((u64)ntt << log_n);
     const u32* w = psi + ((u64)prime << log_n);
     const u32* ws = psi_s + ((u64)prime << log_n);
     const u32 cmask = (1u << log_c) - 1;
@@ -66,18 +66,18 @@ extern "C" __global__ void ntt_fwd_cols(u32* data, const Mod* mods, const u32* l
         a[((i >> log_c) << log_n2) + c0 + (i & cmask)] = sh[i];
 }
 
-// Forward stages m = N1 .. N/2 (t < N2) on one row of N2 contiguous words, then the final
-// reduction of ntt.rs forward ([0, 4q) -> [0, q)).
-extern "C" __global__ void ntt_fwd_rows(u32* data, const Mod* mods, const u32* limbs,
-                                        const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
-                                        u32 log_n2) {
+// Forward stages m = N1 .. N/2 (t < N2) on the block's row of N2 contiguous words, left lazy
+// in sh ([0, 4q)); returns the row's address, its NTT index (row of the batch) and prime.
+__device__ __forceinline__ u32* fwd_rows_stages(u32* data, const Mod* mods, const u32* limbs,
+                                               const u32* psi, const u32* psi_s, u32 nl,
+                                               u32 log_n, u32 log_n2, u32& ntt, u32& q) {
     extern __shared__ u32 sh[];
     const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
-    const u64 ntt = blockIdx.x >> log_n1;
+    ntt = blockIdx.x >> log_n1;
     const u32 ch = blockIdx.x & ((1u << log_n1) - 1);
-    const u32 prime = limbs[(u32)(ntt % nl)];
-    const u32 q = mods[prime].q;
-    u32* a = data + (ntt << log_n) + ((u64)ch << log_n2);
+    const u32 prime = limbs[ntt % nl];
+    q = mods[prime].q;
+    u32* a = data + ((u64)ntt << log_n) + ((u64)ch << log_n2);
     const u32* w = psi + ((u64)prime << log_n);
     const u32* ws = psi_s + ((u64)prime << log_n);
     for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = a[i];
@@ -93,12 +93,43 @@ extern "C" __global__ void ntt_fwd_rows(u32* data, const Mod* mods, const u32* l
         }
     }
     __syncthreads();
-    const u32 two_q = 2 * q;
-    for (u32 i = threadIdx.x; i < n2; i += blockDim.x) {
-        u32 x = sh[i];
-        u32 v = min(x, x - two_q);
-        a[i] = min(v, v - q);
-    }
+    return a;
+}
+
+// ntt.rs forward's final reduction [0, 4q) -> [0, q).
+__device__ __forceinline__ u32 fwd_final(u32 x, u32 q) {
+    u32 v = min(x, x - 2 * q);
+    return min(v, v - q);
+}
+
+// Forward stages t < N2 on one row, then the final reduction.
+extern "C" __global__ void ntt_fwd_rows(u32* data, const Mod* mods, const u32* limbs,
+                                        const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
+                                        u32 log_n2) {
+    extern __shared__ u32 sh[];
+    u32 ntt, q;
+    u32* a = fwd_rows_stages(data, mods, limbs, psi, psi_s, nl, log_n, log_n2, ntt, q);
+    for (u32 i = threadIdx.x; i < (1u << log_n2); i += blockDim.x) a[i] = fwd_final(sh[i], q);
+}
+
+// ntt_fwd_rows on ModDown's lifted tail (nl = kept limbs), ending ModDown instead of writing
+// the transform back (mod_down_reference's sub + mul_scalar): for row (c, l) of the batch,
+// out = (x - NTT(lifted)) * [P^{-1}]_{q_l} (Modulus::sub, then mul_shoup with fac[2l],
+// fac[2l + 1]), where x's row (c, l) is c * xstride + l and out has the batch's layout.
+extern "C" __global__ void ntt_fwd_rows_moddown(u32* data, const Mod* mods, const u32* limbs,
+                                                const u32* psi, const u32* psi_s, u32 nl,
+                                                u32 log_n, u32 log_n2, u32* out, const u32* x,
+                                                u32 xstride, const u32* fac) {
+    extern __shared__ u32 sh[];
+    u32 ntt, q;
+    const u64 off = fwd_rows_stages(data, mods, limbs, psi, psi_s, nl, log_n, log_n2, ntt, q) -
+                    data;
+    const u32 c = ntt / nl, l = ntt - c * nl;
+    const u32 f = fac[2 * l], fs = fac[2 * l + 1];
+    const u32* xr = x + ((u64)(c * xstride + l) << log_n) + (off & ((1ull << log_n) - 1));
+    u32* o = out + off;
+    for (u32 i = threadIdx.x; i < (1u << log_n2); i += blockDim.x)
+        o[i] = mul_shoup(mod_sub(xr[i], fwd_final(sh[i], q), q), f, fs, q);
 }
 
 // Inverse stages t = 1 .. N2/2 on one row of N2 contiguous words; when scale != 0 (N1 = 1)
@@ -108,11 +139,11 @@ extern "C" __global__ void intt_rows(u32* data, const Mod* mods, const u32* limb
                                      u32 nl, u32 log_n, u32 log_n2, u32 scale) {
     extern __shared__ u32 sh[];
     const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
-    const u64 ntt = blockIdx.x >> log_n1;
+    const u32 ntt = blockIdx.x >> log_n1;
     const u32 ch = blockIdx.x & ((1u << log_n1) - 1);
-    const u32 prime = limbs[(u32)(ntt % nl)];
+    const u32 prime = limbs[ntt % nl];
     const u32 q = mods[prime].q;
-    u32* a = data + (ntt << log_n) + ((u64)ch << log_n2);
+    u32* a = data + ((u64)ntt << log_n) + ((u64)ch << log_n2);
     const u32* w = ipsi + ((u64)prime << log_n);
     const u32* ws = ipsi_s + ((u64)prime << log_n);
     for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = a[i];
@@ -145,11 +176,11 @@ extern "C" __global__ void intt_cols(u32* data, const Mod* mods, const u32* limb
     extern __shared__ u32 sh[];
     const u32 n = 1u << log_n, log_n2 = log_n - log_n1, tile = 1u << (log_n1 + log_c);
     const u32 bpn = n >> (log_n1 + log_c);
-    const u64 ntt = blockIdx.x / bpn;
+    const u32 ntt = blockIdx.x / bpn;
     const u32 c0 = (blockIdx.x % bpn) << log_c;
-    const u32 prime = limbs[(u32)(ntt % nl)];
+    const u32 prime = limbs[ntt % nl];
     const u32 q = mods[prime].q;
-    u32* a = data + (ntt << log_n);
+    u32* a = data + ((u64)ntt << log_n);
     const u32* w = ipsi + ((u64)prime << log_n);
     const u32* ws = ipsi_s + ((u64)prime << log_n);
     const u32 cmask = (1u << log_c) - 1;

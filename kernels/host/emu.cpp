@@ -82,7 +82,7 @@ const Kernel KERNELS[] = {
     KERNEL(intt_cols, true),     KERNEL(base_convert, false),  KERNEL(scale_round, false),
     KERNEL(automorphism, false), KERNEL(permute_limbs, false), KERNEL(gather_limbs, false),
     KERNEL(concat_limbs, false), KERNEL(modup_convert, false), KERNEL(ks_inner, false),
-    KERNEL(moddown_finish, false),
+    KERNEL(ntt_fwd_rows_moddown, true),
 };
 
 const Kernel* find(const char* name) {

@@ -42,7 +42,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "concat_limbs",
     "modup_convert",
     "ks_inner",
-    "moddown_finish",
+    "ntt_fwd_rows_moddown",
 ];
 
 /// The source of one NVRTC program holding every kernel (prelude + all files).

@@ -459,8 +459,8 @@ pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64
         "base_convert" => total + total * u(8) / u(9).max(1),
         // per coefficient: kq + kc limbs read, kc written.
         "scale_round" => total * (u(7) + 2 * u(8)),
-        // x and lifted read, out written.
-        "moddown_finish" => 3 * total,
+        // the tile read, x's tile read, out written.
+        "ntt_fwd_rows_moddown" => 3 * grid as u64 * (smem as u64 / 4),
         _ => 0,
     }
 }
@@ -1333,7 +1333,7 @@ impl Backend for CudaBackend {
         }
         let tp = self.ptr(&tail);
         let lifted = self.mod_down_lift(ring, tp, (&keep, &drop), conv, count, n)?;
-        let out = self.mod_down_finish(ring, self.ptr(src), nk + nd, &lifted, (&keep, &drop), count, n)?;
+        let out = self.mod_down_end(ring, self.ptr(src), nk + nd, &lifted, (&keep, &drop), count, n)?;
         Ok(self.wrap(out, keep, count, n, Repr::Ntt))
     }
 
@@ -1419,7 +1419,7 @@ impl Backend for CudaBackend {
         let ap = self.ptr(&acc);
         let lifted = self.mod_down_lift(ring, ap, (&plan.q, &plan.p), &plan.down, 2, n)?;
         let head = ap + 4 * (2 * np * n) as u64;
-        let out = self.mod_down_finish(ring, head, nq, &lifted, (&plan.q, &plan.p), 2, n)?;
+        let out = self.mod_down_end(ring, head, nq, &lifted, (&plan.q, &plan.p), 2, n)?;
         Ok(self.wrap(out, plan.q.clone(), 2, n, Repr::Ntt))
     }
 
@@ -1460,6 +1460,22 @@ impl CudaBackend {
         n: usize,
         forward: bool,
     ) -> Result<()> {
+        self.ntt_launch(ring, data, limbs, count, n, forward, None)
+    }
+
+    /// [`Self::ntt_at`]; with `moddown = Some(args)` (forward only) the rows kernel is
+    /// `ntt_fwd_rows_moddown` with those extra arguments (out, x, xstride, fac).
+    #[allow(clippy::too_many_arguments)]
+    fn ntt_launch(
+        &self,
+        ring: &RingContext,
+        data: u64,
+        limbs: &[usize],
+        count: usize,
+        n: usize,
+        forward: bool,
+        moddown: Option<[A; 4]>,
+    ) -> Result<()> {
         let ntts = (count * limbs.len()) as u64;
         if ntts == 0 {
             return Ok(());
@@ -1479,7 +1495,12 @@ impl CudaBackend {
             tws: self.ptr(tws),
             ninv: self.ptr(&t.ninv),
         };
-        for l in ntt_launches(n, ntts, limbs.len() as u32, forward, ptrs)? {
+        let mut launches = ntt_launches(n, ntts, limbs.len() as u32, forward, ptrs)?;
+        if let (Some(extra), Some(last)) = (moddown, launches.last_mut()) {
+            last.name = "ntt_fwd_rows_moddown";
+            last.args.extend(extra);
+        }
+        for l in launches {
             self.launch(l.name, l.grid, l.block, l.smem, &l.args)?;
         }
         Ok(())
@@ -1568,10 +1589,11 @@ impl CudaBackend {
         Ok(t)
     }
 
-    /// ModDown after the lifted tail: `out = (x − lifted)·[P^{-1}]` over `keep`, x's row
-    /// `(c, l)` at `x + (c·xstride + l)·N` words.
+    /// ModDown after the lifted tail (coefficient form, `count` polynomials over `keep`):
+    /// its forward NTT, whose rows kernel writes `out = (x − lifted)·[P^{-1}]` over `keep`,
+    /// x's row `(c, l)` at `x + (c·xstride + l)·N` words.
     #[allow(clippy::too_many_arguments)]
-    fn mod_down_finish(
+    fn mod_down_end(
         &self,
         ring: &RingContext,
         x: u64,
@@ -1581,34 +1603,20 @@ impl CudaBackend {
         count: usize,
         n: usize,
     ) -> Result<CudaSlice<u32>> {
-        let total = count * keep.len() * n;
-        let out = self.alloc(total)?;
-        let (t, l, f) = (
-            self.ring(ring)?,
-            self.indices(keep)?,
-            self.factors(ring, keep, drop)?,
-        );
-        self.launch_1d(
-            "moddown_finish",
-            total as u64,
-            &[
-                A::W(self.ptr(&out)),
-                A::W(x),
-                A::U(xstride as u32),
-                A::W(self.ptr(lifted)),
-                A::W(self.ptr(&f)),
-                A::W(self.ptr(&t.mods)),
-                A::W(self.ptr(&l)),
-                A::U(keep.len() as u32),
-                A::U(n.trailing_zeros()),
-                A::W(total as u64),
-            ],
-        )?;
+        let out = self.alloc(count * keep.len() * n)?;
+        let f = self.factors(ring, keep, drop)?;
+        let extra = [
+            A::W(self.ptr(&out)),
+            A::W(x),
+            A::U(xstride as u32),
+            A::W(self.ptr(&f)),
+        ];
+        self.ntt_launch(ring, self.ptr(lifted), keep, count, n, true, Some(extra))?;
         Ok(out)
     }
 
-    /// The lifted tail of ModDown: the `nd` rows at `tail` (coefficient form after the
-    /// inverse NTT done here, `count` polynomials) converted exactly to `keep` and NTT'd.
+    /// The lifted tail of ModDown: the `nd` rows at `tail` (NTT form, `count` polynomials;
+    /// transformed back in place) converted exactly to `keep` (coefficient form).
     #[allow(clippy::too_many_arguments)]
     fn mod_down_lift(
         &self,
@@ -1629,7 +1637,6 @@ impl CudaBackend {
         let t = self.conv(conv)?;
         let lp = self.ptr(&lifted);
         self.convert_at(lp, tail, &t, (drop.len(), keep.len()), n, count, true)?;
-        self.ntt_at(ring, lp, keep, count, n, true)?;
         Ok(lifted)
     }
 
