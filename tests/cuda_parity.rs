@@ -447,9 +447,18 @@ fn mod_down_and_key_switch() {
             (vec![0, 1, 2], vec![3], 2, Some(vec![0usize, 3, 1, 2])),
         ] {
             let xl = x_limbs.unwrap_or_else(|| keep.iter().chain(&drop).copied().collect());
-            let x = pair(&g, random_words(&mut rng, &r, &xl, count), &xl, count, n, Repr::Ntt);
+            let x = pair(
+                &g,
+                random_words(&mut rng, &r, &xl, count),
+                &xl,
+                count,
+                n,
+                Repr::Ntt,
+            );
             let c = conv(&drop, &keep);
-            let a = cpu.mod_down(&r, &x.cpu, arc(&keep), arc(&drop), &c).unwrap();
+            let a = cpu
+                .mod_down(&r, &x.cpu, arc(&keep), arc(&drop), &c)
+                .unwrap();
             let b = g.mod_down(&r, &x.gpu, arc(&keep), arc(&drop), &c).unwrap();
             same(&g, &a, &b, &format!("mod_down N={n} {xl:?} -> {keep:?}"));
         }

@@ -410,7 +410,11 @@ pub fn mod_down_factors(ring: &RingContext, keep: &[usize], drop: &[usize]) -> V
 }
 
 /// Checks [`Backend::key_switch`]'s operands against the plan.
-pub(crate) fn check_key_switch(d: &PolyBatch, keys: &[&PolyBatch], plan: &KeySwitchPlan) -> Result<()> {
+pub(crate) fn check_key_switch(
+    d: &PolyBatch,
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+) -> Result<()> {
     if d.repr != Repr::Ntt || d.count != 1 || *d.limbs != *plan.q {
         return Err(Error::InvalidInput(
             "key switch input must be one polynomial in NTT form over the plan's limbs".into(),
@@ -423,7 +427,10 @@ pub(crate) fn check_key_switch(d: &PolyBatch, keys: &[&PolyBatch], plan: &KeySwi
             plan.digits.len()
         )));
     }
-    if keys.iter().any(|k| k.count != 2 || k.repr != Repr::Ntt || k.n != d.n) {
+    if keys
+        .iter()
+        .any(|k| k.count != 2 || k.repr != Repr::Ntt || k.n != d.n)
+    {
         return Err(Error::InvalidInput(
             "key switch: every key digit must be 2 polynomials in the NTT domain".into(),
         ));

@@ -347,7 +347,16 @@ fn key_switch_plan(ctx: &RlweContext, d: &PolyBatch) -> Result<(Vec<usize>, KeyS
     }
     let p = ctx.p_limbs();
     let down = ctx.converter(&p, &q);
-    Ok((index, KeySwitchPlan { digits, qp, q, p, down }))
+    Ok((
+        index,
+        KeySwitchPlan {
+            digits,
+            qp,
+            q,
+            p,
+            down,
+        },
+    ))
 }
 
 /// Relinearization key: switches `s²` to `s`.

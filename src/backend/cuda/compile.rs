@@ -19,7 +19,10 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("ntt.cu", include_str!("../../../kernels/ntt.cu")),
     ("rns.cu", include_str!("../../../kernels/rns.cu")),
     ("permute.cu", include_str!("../../../kernels/permute.cu")),
-    ("keyswitch.cu", include_str!("../../../kernels/keyswitch.cu")),
+    (
+        "keyswitch.cu",
+        include_str!("../../../kernels/keyswitch.cu"),
+    ),
 ];
 
 /// Every kernel entry point the backend loads (a missing one fails the compile test).

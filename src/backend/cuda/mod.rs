@@ -24,11 +24,10 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_mul_acc,
-    check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
-    check_key_switch, key_switch_reference, limb_positions, limb_scalars, mod_down_factors,
-    mod_down_reference, Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr,
-    TraceCounts,
+    check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_key_switch,
+    check_mul_acc, check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
+    key_switch_reference, limb_positions, limb_scalars, mod_down_factors, mod_down_reference,
+    Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -1333,7 +1332,15 @@ impl Backend for CudaBackend {
         }
         let tp = self.ptr(&tail);
         let lifted = self.mod_down_lift(ring, tp, (&keep, &drop), conv, count, n)?;
-        let out = self.mod_down_end(ring, self.ptr(src), nk + nd, &lifted, (&keep, &drop), count, n)?;
+        let out = self.mod_down_end(
+            ring,
+            self.ptr(src),
+            nk + nd,
+            &lifted,
+            (&keep, &drop),
+            count,
+            n,
+        )?;
         Ok(self.wrap(out, keep, count, n, Repr::Ntt))
     }
 
@@ -1665,7 +1672,10 @@ impl CudaBackend {
     ) -> Result<Option<Arc<KsTables>>> {
         let mut layout = vec![plan.q.to_vec(), plan.p.to_vec(), key_limbs.to_vec()];
         layout.extend(plan.digits.iter().map(|d| d.limbs.to_vec()));
-        let key = ((ring.n(), ring.moduli().iter().map(|m| m.value()).collect()), layout);
+        let key = (
+            (ring.n(), ring.moduli().iter().map(|m| m.value()).collect()),
+            layout,
+        );
         let mut c = self.caches.lock().expect("cuda cache poisoned");
         if let Some(t) = c.ks.get(&key) {
             return Ok(Some(t.clone()));
