@@ -35,10 +35,13 @@ __device__ __forceinline__ void gs_bfly(u32& x, u32& y, u32 w, u32 ws, u32 q) {
     y = mul_shoup_lazy(u + two_q - v, w, ws, q);
 }
 
-// Forward stages m = 1 .. N1/2 (t >= N2) on a tile of N1 rows x C columns.
-extern "C" __global__ void ntt_fwd_cols(u32* data, const Mod* mods, const u32* limbs,
-                                        const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
-                                        u32 log_n1, u32 log_c) {
+// Forward stages m = 1 .. N1/2 (t >= N2) on a tile of N1 rows x C columns; the tile's words
+// come from load(ntt, prime, word index in the row, row address) (ntt_fwd_cols reads the row;
+// keyswitch.cu's ntt_fwd_cols_conv converts them from another basis).
+template <class Load>
+__device__ __forceinline__ void fwd_cols(u32* data, const Mod* mods, const u32* limbs,
+                                         const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
+                                         u32 log_n1, u32 log_c, const Load& load) {
     extern __shared__ u32 sh[];
     const u32 n = 1u << log_n, log_n2 = log_n - log_n1, tile = 1u << (log_n1 + log_c);
     const u32 bpn = n >> (log_n1 + log_c);  // blocks per NTT
@@ -51,7 +54,7 @@ extern "C" __global__ void ntt_fwd_cols(u32* data, const Mod* mods, const u32* l
     const u32* ws = psi_s + ((u64)prime << log_n);
     const u32 cmask = (1u << log_c) - 1;
     for (u32 i = threadIdx.x; i < tile; i += blockDim.x)
-        sh[i] = a[((i >> log_c) << log_n2) + c0 + (i & cmask)];
+        sh[i] = load(ntt, prime, ((i >> log_c) << log_n2) + c0 + (i & cmask), a);
     for (u32 m = 1, log_tr = log_n1 - 1; m < (1u << log_n1); m <<= 1, log_tr--) {
         __syncthreads();
         for (u32 b = threadIdx.x; b < tile / 2; b += blockDim.x) {
@@ -64,6 +67,16 @@ extern "C" __global__ void ntt_fwd_cols(u32* data, const Mod* mods, const u32* l
     __syncthreads();
     for (u32 i = threadIdx.x; i < tile; i += blockDim.x)
         a[((i >> log_c) << log_n2) + c0 + (i & cmask)] = sh[i];
+}
+
+struct LoadRow {
+    __device__ __forceinline__ u32 operator()(u32, u32, u32 j, const u32* a) const { return a[j]; }
+};
+
+extern "C" __global__ void ntt_fwd_cols(u32* data, const Mod* mods, const u32* limbs,
+                                        const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
+                                        u32 log_n1, u32 log_c) {
+    fwd_cols(data, mods, limbs, psi, psi_s, nl, log_n, log_n1, log_c, LoadRow());
 }
 
 // Forward stages m = N1 .. N/2 (t < N2) on the block's row of N2 contiguous words, left lazy

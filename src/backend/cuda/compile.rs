@@ -43,9 +43,10 @@ pub const KERNEL_NAMES: &[&str] = &[
     "permute_limbs",
     "gather_limbs",
     "concat_limbs",
-    "modup_convert",
+    "conv_rows",
     "ks_inner",
     "ntt_fwd_rows_moddown",
+    "ntt_fwd_cols_conv",
 ];
 
 /// The source of one NVRTC program holding every kernel (prelude + all files).

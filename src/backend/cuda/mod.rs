@@ -162,10 +162,15 @@ struct RoundTables {
     lam: CudaSlice<u32>,
 }
 
-/// Device tables of one key-switching plan ([`ks_table_words`]).
-struct KsTables {
+/// A batch of conversions' device tables (`conv_row_word` in kernels/keyswitch.cu).
+struct ConvRows {
     desc: CudaSlice<u32>,
     tab: CudaSlice<u32>,
+}
+
+/// Device tables of one key-switching plan ([`ks_table_words`]).
+struct KsTables {
+    up: ConvRows,
     /// The prime of every ModUp row (the batched NTT's limb map).
     ext_primes: Vec<usize>,
     orow: CudaSlice<u32>,
@@ -268,8 +273,8 @@ pub fn round_table_words(r: &ScaleRounder) -> RoundTableWords {
     }
 }
 
-/// The host words of a key-switching plan's tables (`modup_convert`'s desc and tab, its
-/// rows' primes, `ks_inner`'s orow and lrow), for `d` over `plan.q` and keys over `key_limbs`.
+/// The host words of a key-switching plan's tables (ModUp's conversion desc and tab for
+/// `conv_row_word`, its rows' primes, `ks_inner`'s orow and lrow), for `d` over `plan.q` and keys over `key_limbs`.
 /// `None` when a digit is not a contiguous run of `d`'s limbs or the key lacks a limb (the
 /// backend then runs the reference composition).
 #[doc(hidden)]
@@ -281,10 +286,47 @@ pub struct KsTableWords {
     pub lrow: Vec<u32>,
 }
 
+/// Appends one converter's rows to a conversion table (`conv_row_word` in
+/// kernels/keyswitch.cu): its source block (Mods, `(ŵ_i, shoup)`, and for `exact` the u64
+/// `floor(2^62/b_i)`) to `tab` and a descriptor per target prime (its `[B/b_i]_c` row in `tab`)
+/// to `desc`, the sources starting at row `s0` of each polynomial.
+fn push_conv(
+    desc: &mut Vec<u32>,
+    tab: &mut Vec<u32>,
+    conv: &BaseConverter,
+    s0: usize,
+    exact: bool,
+) {
+    let t = conv_table_words(conv);
+    let k = t.from.len() / 6;
+    // Mods and u64 words stay 8-byte aligned.
+    let put = |tab: &mut Vec<u32>, words: &[u32]| {
+        if tab.len() % 2 == 1 {
+            tab.push(0);
+        }
+        let at = tab.len();
+        tab.extend_from_slice(words);
+        at as u32
+    };
+    let fm = put(tab, &t.from);
+    let bhi = put(tab, &t.bhi);
+    let frac_words: Vec<u32> = t
+        .frac
+        .iter()
+        .flat_map(|&f| [f as u32, (f >> 32) as u32])
+        .collect();
+    let frac = if exact { put(tab, &frac_words) } else { 0 };
+    for (j, &bmc) in t.bmc.iter().enumerate() {
+        let bhc = put(tab, &t.bhc[j * k..(j + 1) * k]);
+        let bmc = if exact { bmc } else { 0 };
+        desc.extend([s0 as u32, k as u32, fm, bhi, bhc, frac, bmc, 0]);
+    }
+}
+
 #[doc(hidden)]
 pub fn ks_table_words(plan: &KeySwitchPlan, key_limbs: &[usize]) -> Option<KsTableWords> {
     let pos = |ls: &[usize], x: usize| ls.iter().position(|&l| l == x);
-    let (nq, nd) = (plan.q.len(), plan.digits.len());
+    let (nq, np) = (plan.q.len(), plan.qp.len() - plan.q.len());
     let mut w = KsTableWords {
         desc: Vec::new(),
         tab: Vec::new(),
@@ -292,29 +334,15 @@ pub fn ks_table_words(plan: &KeySwitchPlan, key_limbs: &[usize]) -> Option<KsTab
         orow: Vec::new(),
         lrow: Vec::new(),
     };
-    let mut base = Vec::with_capacity(nd);
+    let mut base = Vec::with_capacity(plan.digits.len());
     for dg in &plan.digits {
         let (k, s0) = (dg.limbs.len(), pos(&plan.q, *dg.limbs.first()?)?);
-        if plan.q.get(s0..s0 + k) != Some(&dg.limbs[..]) {
+        if plan.q.get(s0..s0 + k) != Some(&dg.limbs[..]) || dg.up.to().len() != dg.rest.len() {
             return None;
         }
-        let t = conv_table_words(&dg.up);
-        let fm = w.tab.len();
-        w.tab.extend_from_slice(&t.from);
-        let bhi = w.tab.len();
-        w.tab.extend_from_slice(&t.bhi);
         base.push(w.ext_primes.len());
-        for (ti, &prime) in dg.rest.iter().enumerate() {
-            let bhc = w.tab.len();
-            w.tab.extend_from_slice(&t.bhc[ti * k..(ti + 1) * k]);
-            // Keeps the next digit's Mods 8-byte aligned.
-            if w.tab.len() % 2 == 1 {
-                w.tab.push(0);
-            }
-            w.desc
-                .extend([s0, k, prime, fm, bhi, bhc].map(|x| x as u32));
-            w.ext_primes.push(prime);
-        }
+        push_conv(&mut w.desc, &mut w.tab, &dg.up, s0, false);
+        w.ext_primes.extend(dg.rest.iter().copied());
     }
     for &l in plan.qp.iter() {
         w.lrow.extend([l as u32, pos(key_limbs, l)? as u32]);
@@ -327,13 +355,20 @@ pub fn ks_table_words(plan: &KeySwitchPlan, key_limbs: &[usize]) -> Option<KsTab
     }
     // The accumulator's rows: the special limbs of both polynomials first (ModDown's input,
     // contiguous), then the ciphertext limbs.
-    let np = plan.qp.len() - nq;
     for range in [nq..nq + np, 0..nq] {
         for p in 0..2u32 {
             w.orow.extend(range.clone().map(|l| (p << 16) | l as u32));
         }
     }
     Some(w)
+}
+
+/// The conversion table of ModDown's exact converter (`conv_row_word`'s desc and tab).
+#[doc(hidden)]
+pub fn down_table_words(conv: &BaseConverter) -> (Vec<u32>, Vec<u32>) {
+    let (mut desc, mut tab) = (Vec::new(), Vec::new());
+    push_conv(&mut desc, &mut tab, conv, 0, true);
+    (desc, tab)
 }
 
 /// One kernel launch: name, 1-D grid and block, dynamic shared bytes, arguments.
@@ -446,6 +481,8 @@ pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64
         "ntt_fwd_cols" | "ntt_fwd_rows" | "intt_rows" | "intt_cols" => {
             2 * grid as u64 * (smem as u64 / 4)
         }
+        // the tile written (its conversion's sources are counted by the caller).
+        "ntt_fwd_cols_conv" => grid as u64 * (smem as u64 / 4),
         "ew_neg" | "ew_scalar" | "automorphism" | "permute_limbs" | "gather_limbs"
         | "concat_limbs" => 2 * total,
         "ew_binary" => 3 * total,
@@ -475,6 +512,8 @@ struct Caches {
     factors: HashMap<(Vec<u32>, Vec<u32>), Arc<CudaSlice<u32>>>,
     /// Key-switching tables per (ring, plan layout).
     ks: HashMap<(RingKey, Vec<Vec<usize>>), Arc<KsTables>>,
+    /// ModDown's conversion tables per (drop primes, keep primes).
+    downs: HashMap<(Vec<u32>, Vec<u32>), Arc<ConvRows>>,
     /// Device arrays of device pointers (key digits), keyed by the pointers themselves.
     ptrs: HashMap<Vec<u64>, Arc<CudaSlice<u64>>>,
 }
@@ -1330,17 +1369,8 @@ impl Backend for CudaBackend {
         for c in 0..count {
             self.copy_words(&mut tail, c * nd * n, src, (c * (nk + nd) + nk) * n, nd * n)?;
         }
-        let tp = self.ptr(&tail);
-        let lifted = self.mod_down_lift(ring, tp, (&keep, &drop), conv, count, n)?;
-        let out = self.mod_down_end(
-            ring,
-            self.ptr(src),
-            nk + nd,
-            &lifted,
-            (&keep, &drop),
-            count,
-            n,
-        )?;
+        let (tp, xp) = (self.ptr(&tail), self.ptr(src));
+        let out = self.mod_down_tail(ring, tp, xp, nk + nd, (&keep, &drop), conv, count, n)?;
         Ok(self.wrap(out, keep, count, n, Repr::Ntt))
     }
 
@@ -1376,25 +1406,26 @@ impl Backend for CudaBackend {
         let mut coeff = self.alloc(nq * n)?;
         self.copy_words(&mut coeff, 0, dsrc, 0, nq * n)?;
         self.ntt_at(ring, self.ptr(&coeff), &plan.q, 1, n, false)?;
+        // Every digit's other limbs, converted on load by one batched forward NTT.
         let ext = self.alloc(t.rows * n)?;
-        let total = (t.rows * n) as u64;
-        if total > 0 {
-            self.launch_counted(
-                "modup_convert",
-                (grid_1d(total), BLOCK_1D, 0),
-                &[
-                    A::W(self.ptr(&ext)),
-                    A::W(self.ptr(&coeff)),
-                    A::W(self.ptr(&rt.mods)),
-                    A::W(self.ptr(&t.desc)),
-                    A::W(self.ptr(&t.tab)),
-                    A::U(log_n),
-                    A::W(total),
-                ],
-                total + (nq * n) as u64,
-            )?;
-        }
-        self.ntt_at(ring, self.ptr(&ext), &t.ext_primes, 1, n, true)?;
+        let conv_args = [
+            A::W(self.ptr(&coeff)),
+            A::W(self.ptr(&t.up.desc)),
+            A::W(self.ptr(&t.up.tab)),
+            A::U(0),
+        ];
+        let ep = self.ptr(&ext);
+        let src_words = (nq * n) as u64;
+        self.ntt_launch(
+            ring,
+            ep,
+            &t.ext_primes,
+            1,
+            n,
+            true,
+            Some((conv_args, src_words)),
+            None,
+        )?;
         // Inner product with the key digits in place; the special limbs come first.
         let kptrs = keys
             .iter()
@@ -1424,9 +1455,8 @@ impl Backend for CudaBackend {
         )?;
         // ModDown: the special limbs of both polynomials are contiguous at the start of acc.
         let ap = self.ptr(&acc);
-        let lifted = self.mod_down_lift(ring, ap, (&plan.q, &plan.p), &plan.down, 2, n)?;
         let head = ap + 4 * (2 * np * n) as u64;
-        let out = self.mod_down_end(ring, head, nq, &lifted, (&plan.q, &plan.p), 2, n)?;
+        let out = self.mod_down_tail(ring, ap, head, nq, (&plan.q, &plan.p), &plan.down, 2, n)?;
         Ok(self.wrap(out, plan.q.clone(), 2, n, Repr::Ntt))
     }
 
@@ -1467,11 +1497,13 @@ impl CudaBackend {
         n: usize,
         forward: bool,
     ) -> Result<()> {
-        self.ntt_launch(ring, data, limbs, count, n, forward, None)
+        self.ntt_launch(ring, data, limbs, count, n, forward, None, None)
     }
 
-    /// [`Self::ntt_at`]; with `moddown = Some(args)` (forward only) the rows kernel is
-    /// `ntt_fwd_rows_moddown` with those extra arguments (out, x, xstride, fac).
+    /// [`Self::ntt_at`]; forward only: with `conv = Some((args, source words))` the input is
+    /// converted on load (`ntt_fwd_cols_conv` with those extra arguments: in, desc, tab,
+    /// src_stride; a `conv_rows` launch writing `data` first where N ≤ 2048), and with
+    /// `moddown = Some(args)` the rows kernel is `ntt_fwd_rows_moddown` (out, x, xstride, fac).
     #[allow(clippy::too_many_arguments)]
     fn ntt_launch(
         &self,
@@ -1481,6 +1513,7 @@ impl CudaBackend {
         count: usize,
         n: usize,
         forward: bool,
+        conv: Option<([A; 4], u64)>,
         moddown: Option<[A; 4]>,
     ) -> Result<()> {
         let ntts = (count * limbs.len()) as u64;
@@ -1507,8 +1540,41 @@ impl CudaBackend {
             last.name = "ntt_fwd_rows_moddown";
             last.args.extend(extra);
         }
+        let mut src_words = 0;
+        if let Some((extra, words)) = conv {
+            src_words = words;
+            match launches.first_mut() {
+                Some(first) if first.name == "ntt_fwd_cols" => {
+                    first.name = "ntt_fwd_cols_conv";
+                    first.args.extend(extra);
+                }
+                _ => {
+                    let [inp, desc, tab, stride] = extra;
+                    let total = ntts << n.trailing_zeros();
+                    self.launch_counted(
+                        "conv_rows",
+                        (grid_1d(total), BLOCK_1D, 0),
+                        &[
+                            A::W(data),
+                            inp,
+                            A::W(ptrs.mods),
+                            A::W(ptrs.limbs),
+                            desc,
+                            tab,
+                            A::U(limbs.len() as u32),
+                            stride,
+                            A::U(n.trailing_zeros()),
+                            A::W(total),
+                        ],
+                        total + std::mem::take(&mut src_words),
+                    )?;
+                }
+            }
+        }
         for l in launches {
-            self.launch(l.name, l.grid, l.block, l.smem, &l.args)?;
+            let words =
+                kernel_words(l.name, l.grid, l.smem, &l.args) + std::mem::take(&mut src_words);
+            self.launch_counted(l.name, (l.grid, l.block, l.smem), &l.args, words)?;
         }
         Ok(())
     }
@@ -1596,39 +1662,17 @@ impl CudaBackend {
         Ok(t)
     }
 
-    /// ModDown after the lifted tail (coefficient form, `count` polynomials over `keep`):
-    /// its forward NTT, whose rows kernel writes `out = (x − lifted)·[P^{-1}]` over `keep`,
-    /// x's row `(c, l)` at `x + (c·xstride + l)·N` words.
+    /// ModDown from its tail: the `drop` rows at `tail` (NTT form, `count` polynomials of
+    /// `drop.len()` rows; transformed back in place) are converted exactly to `keep` on load
+    /// by the forward NTT, whose rows kernel writes `out = (x − lifted)·[P^{-1}]`, x's row
+    /// `(c, l)` at `x + (c·xstride + l)·N` words.
     #[allow(clippy::too_many_arguments)]
-    fn mod_down_end(
-        &self,
-        ring: &RingContext,
-        x: u64,
-        xstride: usize,
-        lifted: &CudaSlice<u32>,
-        (keep, drop): (&[usize], &[usize]),
-        count: usize,
-        n: usize,
-    ) -> Result<CudaSlice<u32>> {
-        let out = self.alloc(count * keep.len() * n)?;
-        let f = self.factors(ring, keep, drop)?;
-        let extra = [
-            A::W(self.ptr(&out)),
-            A::W(x),
-            A::U(xstride as u32),
-            A::W(self.ptr(&f)),
-        ];
-        self.ntt_launch(ring, self.ptr(lifted), keep, count, n, true, Some(extra))?;
-        Ok(out)
-    }
-
-    /// The lifted tail of ModDown: the `nd` rows at `tail` (NTT form, `count` polynomials;
-    /// transformed back in place) converted exactly to `keep` (coefficient form).
-    #[allow(clippy::too_many_arguments)]
-    fn mod_down_lift(
+    fn mod_down_tail(
         &self,
         ring: &RingContext,
         tail: u64,
+        x: u64,
+        xstride: usize,
         (keep, drop): (&[usize], &[usize]),
         conv: &BaseConverter,
         count: usize,
@@ -1640,11 +1684,54 @@ impl CudaBackend {
             ));
         }
         self.ntt_at(ring, tail, drop, count, n, false)?;
+        let t = self.down_tables(conv)?;
+        let f = self.factors(ring, keep, drop)?;
+        // The conversion's output: written only by the columns kernel's stages (or by
+        // conv_rows where N ≤ 2048), never as a separate batch.
         let lifted = self.alloc(count * keep.len() * n)?;
-        let t = self.conv(conv)?;
+        let out = self.alloc(count * keep.len() * n)?;
+        let conv_args = [
+            A::W(tail),
+            A::W(self.ptr(&t.desc)),
+            A::W(self.ptr(&t.tab)),
+            A::U(drop.len() as u32),
+        ];
+        let moddown = [
+            A::W(self.ptr(&out)),
+            A::W(x),
+            A::U(xstride as u32),
+            A::W(self.ptr(&f)),
+        ];
+        let src_words = (count * drop.len() * n) as u64;
         let lp = self.ptr(&lifted);
-        self.convert_at(lp, tail, &t, (drop.len(), keep.len()), n, count, true)?;
-        Ok(lifted)
+        self.ntt_launch(
+            ring,
+            lp,
+            keep,
+            count,
+            n,
+            true,
+            Some((conv_args, src_words)),
+            Some(moddown),
+        )?;
+        Ok(out)
+    }
+
+    /// ModDown's conversion tables for `conv` (drop → keep), cached.
+    fn down_tables(&self, conv: &BaseConverter) -> Result<Arc<ConvRows>> {
+        let vals = |ms: &[Modulus]| ms.iter().map(|m| m.value()).collect::<Vec<u32>>();
+        let key = (vals(conv.from()), vals(conv.to()));
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        if let Some(t) = c.downs.get(&key) {
+            return Ok(t.clone());
+        }
+        let (desc, tab) = down_table_words(conv);
+        let t = Arc::new(ConvRows {
+            desc: self.htod(&desc)?,
+            tab: self.htod(&tab)?,
+        });
+        c.downs.insert(key, t.clone());
+        Ok(t)
     }
 
     /// A cached device array holding these device pointers (content-keyed: the same
@@ -1684,8 +1771,10 @@ impl CudaBackend {
             return Ok(None);
         };
         let t = Arc::new(KsTables {
-            desc: self.htod(&w.desc)?,
-            tab: self.htod(&w.tab)?,
+            up: ConvRows {
+                desc: self.htod(&w.desc)?,
+                tab: self.htod(&w.tab)?,
+            },
             rows: w.ext_primes.len(),
             ext_primes: w.ext_primes,
             orow: self.htod(&w.orow)?,
