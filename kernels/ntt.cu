@@ -128,11 +128,13 @@ extern "C" __global__ void ntt_fwd_rows(u32* data, const Mod* mods, const u32* l
 // ntt_fwd_rows on ModDown's lifted tail (nl = kept limbs), ending ModDown instead of writing
 // the transform back (mod_down_reference's sub + mul_scalar): for row (c, l) of the batch,
 // out = (x - NTT(lifted)) * [P^{-1}]_{q_l} (Modulus::sub, then mul_shoup with fac[2l],
-// fac[2l + 1]), where x's row (c, l) is c * xstride + l and out has the batch's layout.
+// fac[2l + 1]), where x's row (c, l) is c * xstride + l and out has the batch's layout; then,
+// when add is not null, out = add + out (Modulus::add; add has out's layout: relinearization's
+// c0, c1).
 extern "C" __global__ void ntt_fwd_rows_moddown(u32* data, const Mod* mods, const u32* limbs,
                                                 const u32* psi, const u32* psi_s, u32 nl,
                                                 u32 log_n, u32 log_n2, u32* out, const u32* x,
-                                                u32 xstride, const u32* fac) {
+                                                u32 xstride, const u32* fac, const u32* add) {
     extern __shared__ u32 sh[];
     u32 ntt, q;
     const u64 off = fwd_rows_stages(data, mods, limbs, psi, psi_s, nl, log_n, log_n2, ntt, q) -
@@ -141,8 +143,10 @@ extern "C" __global__ void ntt_fwd_rows_moddown(u32* data, const Mod* mods, cons
     const u32 f = fac[2 * l], fs = fac[2 * l + 1];
     const u32* xr = x + ((u64)(c * xstride + l) << log_n) + (off & ((1ull << log_n) - 1));
     u32* o = out + off;
-    for (u32 i = threadIdx.x; i < (1u << log_n2); i += blockDim.x)
-        o[i] = mul_shoup(mod_sub(xr[i], fwd_final(sh[i], q), q), f, fs, q);
+    for (u32 i = threadIdx.x; i < (1u << log_n2); i += blockDim.x) {
+        const u32 r = mul_shoup(mod_sub(xr[i], fwd_final(sh[i], q), q), f, fs, q);
+        o[i] = add ? mod_add(add[off + i], r, q) : r;
+    }
 }
 
 // Inverse stages t = 1 .. N2/2 on one row of N2 contiguous words; when scale != 0 (N1 = 1)

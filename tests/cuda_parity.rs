@@ -502,9 +502,21 @@ fn mod_down_and_key_switch() {
                 let d = pair(&g, random_words(&mut rng, &r, &q, 1), &q, 1, n, Repr::Ntt);
                 let kc: Vec<&PolyBatch> = used.iter().map(|k| &k.cpu).collect();
                 let kg: Vec<&PolyBatch> = used.iter().map(|k| &k.gpu).collect();
-                let a = cpu.key_switch(&r, &d.cpu, &kc, &plan).unwrap();
-                let b = g.key_switch(&r, &d.gpu, &kg, &plan).unwrap();
+                let a = cpu.key_switch(&r, &d.cpu, &kc, &plan, None).unwrap();
+                let b = g.key_switch(&r, &d.gpu, &kg, &plan, None).unwrap();
                 same(&g, &a, &b, &format!("key_switch N={n} dnum={dnum} nq={nq}"));
+                // Onto a size-3 batch's first two polynomials (relinearization).
+                let c = pair(&g, random_words(&mut rng, &r, &q, 3), &q, 3, n, Repr::Ntt);
+                let a = cpu
+                    .key_switch(&r, &d.cpu, &kc, &plan, Some(&c.cpu))
+                    .unwrap();
+                let b = g.key_switch(&r, &d.gpu, &kg, &plan, Some(&c.gpu)).unwrap();
+                same(
+                    &g,
+                    &a,
+                    &b,
+                    &format!("key_switch onto N={n} dnum={dnum} nq={nq}"),
+                );
             }
         }
     }

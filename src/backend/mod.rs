@@ -324,16 +324,19 @@ pub trait Backend: Send + Sync + Debug {
     /// Hybrid key switching of one NTT-domain polynomial `d` (over `plan.qp` minus the special
     /// primes): ModUp of every digit, the inner product with the key's digits (`keys[i]` for
     /// `plan.digits[i]`, each a batch of 2 over the key's full limbs) and ModDown. Returns
-    /// `(u0, u1)` over `d`'s limbs. [`key_switch_reference`] is the definition (and the CPU's
-    /// implementation); device backends run all digits per launch.
+    /// `(u0, u1)` over `d`'s limbs, plus the first two polynomials of `onto` when given (NTT
+    /// form over the same limbs; relinearization's `(c0, c1)`). [`key_switch_reference`] is
+    /// the definition (and the CPU's implementation); device backends run all digits per
+    /// launch.
     fn key_switch(
         &self,
         ring: &RingContext,
         d: &PolyBatch,
         keys: &[&PolyBatch],
         plan: &KeySwitchPlan,
+        onto: Option<&PolyBatch>,
     ) -> Result<PolyBatch> {
-        key_switch_reference(self, ring, d, keys, plan)
+        key_switch_reference(self, ring, d, keys, plan, onto)
     }
 
     /// Waits until every queued operation has finished (for timing asynchronous device
@@ -414,7 +417,14 @@ pub(crate) fn check_key_switch(
     d: &PolyBatch,
     keys: &[&PolyBatch],
     plan: &KeySwitchPlan,
+    onto: Option<&PolyBatch>,
 ) -> Result<()> {
+    if onto.is_some_and(|c| c.repr != Repr::Ntt || c.limbs != d.limbs || c.count < 2 || c.n != d.n)
+    {
+        return Err(Error::InvalidInput(
+            "key switch: the batch added to the result must hold 2 polynomials in NTT form over the same limbs".into(),
+        ));
+    }
     if d.repr != Repr::Ntt || d.count != 1 || *d.limbs != *plan.q {
         return Err(Error::InvalidInput(
             "key switch input must be one polynomial in NTT form over the plan's limbs".into(),
@@ -447,8 +457,9 @@ pub fn key_switch_reference<B: Backend + ?Sized>(
     d: &PolyBatch,
     keys: &[&PolyBatch],
     plan: &KeySwitchPlan,
+    onto: Option<&PolyBatch>,
 ) -> Result<PolyBatch> {
-    check_key_switch(d, keys, plan)?;
+    check_key_switch(d, keys, plan, onto)?;
     let mut acc = be.zeros(plan.qp.clone(), 2, d.n, Repr::Ntt)?;
     for (up, key) in mod_up_reference(be, ring, d, plan)?.iter().zip(keys) {
         let key_here;
@@ -460,7 +471,15 @@ pub fn key_switch_reference<B: Backend + ?Sized>(
         };
         be.mul_acc(ring, &mut acc, key, up)?;
     }
-    be.mod_down(ring, &acc, plan.q.clone(), plan.p.clone(), &plan.down)
+    let u = be.mod_down(ring, &acc, plan.q.clone(), plan.p.clone(), &plan.down)?;
+    match onto {
+        Some(c) => {
+            let mut out = be.slice_polys(c, 0, 2)?;
+            be.add_assign(ring, &mut out, &u)?;
+            Ok(out)
+        }
+        None => Ok(u),
+    }
 }
 
 /// ModUp of every digit of `d` (NTT, one polynomial) to `plan.qp`, NTT domain: only the new

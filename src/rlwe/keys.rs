@@ -254,6 +254,17 @@ impl KeySwitchKey {
     /// Key switching: given `d` (one polynomial, NTT form, at some level), returns
     /// `(u0, u1)` in the NTT domain at the same level with `u0 + u1·s ≈ d·s'`.
     pub fn switch(&self, ctx: &RlweContext, d: &PolyBatch) -> Result<PolyBatch> {
+        self.switch_onto(ctx, d, None)
+    }
+
+    /// [`Self::switch`] plus the first two polynomials of `onto` (relinearization's
+    /// `(c0, c1)`), which device backends add inside the key switch.
+    pub(crate) fn switch_onto(
+        &self,
+        ctx: &RlweContext,
+        d: &PolyBatch,
+        onto: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
         ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
         let (index, plan) = key_switch_plan(ctx, d)?;
         let keys = index
@@ -264,7 +275,7 @@ impl KeySwitchKey {
                     .ok_or_else(|| Error::InvalidInput(format!("key has no digit {j}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        ctx.backend().key_switch(ctx.ring(), d, &keys, &plan)
+        ctx.backend().key_switch(ctx.ring(), d, &keys, &plan, onto)
     }
 
     /// The second half of key switching, on digits from [`decompose`]: inner product with the

@@ -495,8 +495,11 @@ pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64
         "base_convert" => total + total * u(8) / u(9).max(1),
         // per coefficient: kq + kc limbs read, kc written.
         "scale_round" => total * (u(7) + 2 * u(8)),
-        // the tile read, x's tile read, out written.
-        "ntt_fwd_rows_moddown" => 3 * grid as u64 * (smem as u64 / 4),
+        // the tile read, x's tile read, out written (and the added batch read).
+        "ntt_fwd_rows_moddown" => {
+            let add = matches!(args.last(), Some(A::W(p)) if *p != 0) as u64;
+            (3 + add) * grid as u64 * (smem as u64 / 4)
+        }
         _ => 0,
     }
 }
@@ -1370,7 +1373,7 @@ impl Backend for CudaBackend {
             self.copy_words(&mut tail, c * nd * n, src, (c * (nk + nd) + nk) * n, nd * n)?;
         }
         let (tp, xp) = (self.ptr(&tail), self.ptr(src));
-        let out = self.mod_down_tail(ring, tp, xp, nk + nd, (&keep, &drop), conv, count, n)?;
+        let out = self.mod_down_tail(ring, tp, (xp, nk + nd, 0), (&keep, &drop), conv, count, n)?;
         Ok(self.wrap(out, keep, count, n, Repr::Ntt))
     }
 
@@ -1380,8 +1383,9 @@ impl Backend for CudaBackend {
         d: &PolyBatch,
         keys: &[&PolyBatch],
         plan: &KeySwitchPlan,
+        onto: Option<&PolyBatch>,
     ) -> Result<PolyBatch> {
-        check_key_switch(d, keys, plan)?;
+        check_key_switch(d, keys, plan, onto)?;
         check_ring(ring, d)?;
         let (n, nq, np, nd) = (d.n, plan.q.len(), plan.p.len(), plan.digits.len());
         let key_limbs = keys[0].limbs_arc();
@@ -1396,7 +1400,7 @@ impl Backend for CudaBackend {
             self.ks_tables(ring, plan, &key_limbs)?
         };
         let Some(t) = tables else {
-            return key_switch_reference(self, ring, d, keys, plan);
+            return key_switch_reference(self, ring, d, keys, plan, onto);
         };
         let nqp = nq + np;
         let log_n = n.trailing_zeros();
@@ -1456,7 +1460,16 @@ impl Backend for CudaBackend {
         // ModDown: the special limbs of both polynomials are contiguous at the start of acc.
         let ap = self.ptr(&acc);
         let head = ap + 4 * (2 * np * n) as u64;
-        let out = self.mod_down_tail(ring, ap, head, nq, (&plan.q, &plan.p), &plan.down, 2, n)?;
+        let add = onto.map(|c| self.bptr(c)).transpose()?.unwrap_or(0);
+        let out = self.mod_down_tail(
+            ring,
+            ap,
+            (head, nq, add),
+            (&plan.q, &plan.p),
+            &plan.down,
+            2,
+            n,
+        )?;
         Ok(self.wrap(out, plan.q.clone(), 2, n, Repr::Ntt))
     }
 
@@ -1503,7 +1516,8 @@ impl CudaBackend {
     /// [`Self::ntt_at`]; forward only: with `conv = Some((args, source words))` the input is
     /// converted on load (`ntt_fwd_cols_conv` with those extra arguments: in, desc, tab,
     /// src_stride; a `conv_rows` launch writing `data` first where N ≤ 2048), and with
-    /// `moddown = Some(args)` the rows kernel is `ntt_fwd_rows_moddown` (out, x, xstride, fac).
+    /// `moddown = Some(args)` the rows kernel is `ntt_fwd_rows_moddown` (out, x, xstride, fac,
+    /// add).
     #[allow(clippy::too_many_arguments)]
     fn ntt_launch(
         &self,
@@ -1514,7 +1528,7 @@ impl CudaBackend {
         n: usize,
         forward: bool,
         conv: Option<([A; 4], u64)>,
-        moddown: Option<[A; 4]>,
+        moddown: Option<[A; 5]>,
     ) -> Result<()> {
         let ntts = (count * limbs.len()) as u64;
         if ntts == 0 {
@@ -1665,14 +1679,14 @@ impl CudaBackend {
     /// ModDown from its tail: the `drop` rows at `tail` (NTT form, `count` polynomials of
     /// `drop.len()` rows; transformed back in place) are converted exactly to `keep` on load
     /// by the forward NTT, whose rows kernel writes `out = (x − lifted)·[P^{-1}]`, x's row
-    /// `(c, l)` at `x + (c·xstride + l)·N` words.
+    /// `(c, l)` at `x + (c·xstride + l)·N` words, plus the batch at `add` (0: none) of out's
+    /// layout.
     #[allow(clippy::too_many_arguments)]
     fn mod_down_tail(
         &self,
         ring: &RingContext,
         tail: u64,
-        x: u64,
-        xstride: usize,
+        (x, xstride, add): (u64, usize, u64),
         (keep, drop): (&[usize], &[usize]),
         conv: &BaseConverter,
         count: usize,
@@ -1701,6 +1715,7 @@ impl CudaBackend {
             A::W(x),
             A::U(xstride as u32),
             A::W(self.ptr(&f)),
+            A::W(add),
         ];
         let src_words = (count * drop.len() * n) as u64;
         let lp = self.ptr(&lifted);
