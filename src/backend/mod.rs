@@ -448,10 +448,44 @@ pub(crate) fn check_key_switch(
     Ok(())
 }
 
-/// The definition of [`Backend::key_switch`], in the backend's own primitives: per digit,
-/// ModUp (INTT once, convert, NTT the new limbs), the key digit's limbs at this level, and the
-/// accumulated product; then ModDown.
+/// The definition of [`Backend::key_switch`], in the backend's own primitives: the key inner
+/// product ([`key_inner_reference`]), ModDown, and `onto`'s first two polynomials added.
 pub fn key_switch_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    d: &PolyBatch,
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+    onto: Option<&PolyBatch>,
+) -> Result<PolyBatch> {
+    let acc = key_inner_reference(be, ring, d, keys, plan, onto)?;
+    key_mod_down_reference(be, ring, &acc, plan, onto)
+}
+
+/// The end of [`key_switch_reference`]: ModDown of the accumulated product (over `plan.qp`),
+/// then `onto`'s first two polynomials added.
+pub fn key_mod_down_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    acc: &PolyBatch,
+    plan: &KeySwitchPlan,
+    onto: Option<&PolyBatch>,
+) -> Result<PolyBatch> {
+    let u = be.mod_down(ring, acc, plan.q.clone(), plan.p.clone(), &plan.down)?;
+    match onto {
+        Some(c) => {
+            let mut out = be.slice_polys(c, 0, 2)?;
+            be.add_assign(ring, &mut out, &u)?;
+            Ok(out)
+        }
+        None => Ok(u),
+    }
+}
+
+/// Key switching up to ModDown, in the backend's own primitives (after checking the operands,
+/// `onto` included): per digit, ModUp (INTT once, convert, NTT the new limbs), the key digit's
+/// limbs at this level, and the product accumulated over `plan.qp`.
+pub fn key_inner_reference<B: Backend + ?Sized>(
     be: &B,
     ring: &RingContext,
     d: &PolyBatch,
@@ -471,15 +505,7 @@ pub fn key_switch_reference<B: Backend + ?Sized>(
         };
         be.mul_acc(ring, &mut acc, key, up)?;
     }
-    let u = be.mod_down(ring, &acc, plan.q.clone(), plan.p.clone(), &plan.down)?;
-    match onto {
-        Some(c) => {
-            let mut out = be.slice_polys(c, 0, 2)?;
-            be.add_assign(ring, &mut out, &u)?;
-            Ok(out)
-        }
-        None => Ok(u),
-    }
+    Ok(acc)
 }
 
 /// ModUp of every digit of `d` (NTT, one polynomial) to `plan.qp`, NTT domain: only the new
