@@ -183,6 +183,9 @@ use self::KernelArg as A;
 
 type RingKey = (usize, Vec<u32>);
 
+/// Two lists of prime values (a converter's or ModDown's bases), a cache key.
+type PrimeLists = (Vec<u32>, Vec<u32>);
+
 /// The host words of a ring's tables (what [`CudaBackend`] uploads per `(N, primes)`).
 #[doc(hidden)]
 pub struct RingTableWords {
@@ -512,11 +515,11 @@ struct Caches {
     rounders: HashMap<(Vec<u32>, Vec<u32>, u64), Arc<RoundTables>>,
     ntt_maps: HashMap<(usize, usize), Arc<CudaSlice<u32>>>,
     /// ModDown's `([P^{-1}]_{q_l}, shoup)` per (keep primes, drop primes).
-    factors: HashMap<(Vec<u32>, Vec<u32>), Arc<CudaSlice<u32>>>,
+    factors: HashMap<PrimeLists, Arc<CudaSlice<u32>>>,
     /// Key-switching tables per (ring, plan layout).
     ks: HashMap<(RingKey, Vec<Vec<usize>>), Arc<KsTables>>,
     /// ModDown's conversion tables per (drop primes, keep primes).
-    downs: HashMap<(Vec<u32>, Vec<u32>), Arc<ConvRows>>,
+    downs: HashMap<PrimeLists, Arc<ConvRows>>,
     /// Device arrays of device pointers (key digits), keyed by the pointers themselves.
     ptrs: HashMap<Vec<u64>, Arc<CudaSlice<u64>>>,
 }
