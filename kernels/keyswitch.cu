@@ -1,32 +1,10 @@
 // Hybrid key switching with every digit in each launch (src/backend/mod.rs
 // key_switch_reference and mod_down_reference define the words): the base conversions of
-// ModUp (all digits) and ModDown run inside the first kernel of the forward NTT that follows
-// them (ntt_fwd_cols_conv; conv_rows where N <= 2048), the key inner product reads the key
-// digits' limbs in place, and ModDown ends inside its forward NTT (ntt.cu
-// ntt_fwd_rows_moddown). Tables are built on the host and cached (CudaBackend::ks_tables,
+// ModUp (all digits) and ModDown (conv_row_word, common.cuh) run inside the first kernel of
+// the forward NTT that follows them (ntt.cu ntt_fwd_cols_conv; conv_rows here where
+// N <= 2048), the key inner product reads the key digits' limbs in place, and ModDown ends
+// inside its forward NTT (ntt.cu ntt_fwd_rows_moddown). Tables are built on the host and cached (CudaBackend::ks_tables,
 // CudaBackend::down_tables). Grid-stride kernels: 1-D, 256 threads per block.
-
-// One word of a batch of base conversions: coefficient `coeff` of row l of polynomial c,
-// rows [poly][nl] (ModUp: one polynomial, a row per (digit, target prime); ModDown: a row per
-// kept limb). desc[8l .. 8l+8] = (first source row, k, then word offsets into tab of the k
-// source Mods, the 2k ([(B/b_i)^{-1}]_{b_i}, shoup) words, the row's k words [B/b_i]_c and the
-// k u64 floor(2^62/b_i) (0: approximate conversion), then [B]_c, 0). Polynomial c's source rows
-// start at c * src_stride. base_convert's arithmetic (BaseConverter::convert).
-__device__ __forceinline__ u32 conv_row_word(const u32* in, const u32* desc, const u32* tab,
-                                             const Mod& cj, u32 c, u32 l, u32 src_stride,
-                                             u32 log_n, u64 coeff) {
-    const u32* dr = desc + 8 * l;
-    const bool exact = dr[5] != 0;
-    u64 v = 0;
-    u32 acc = conv_sum(in + ((u64)(c * src_stride + dr[0]) << log_n) + coeff, log_n,
-                       (const Mod*)(tab + dr[2]), tab + dr[3], tab + dr[4], dr[1], cj,
-                       exact ? (const u64*)(tab + dr[5]) : nullptr, v);
-    if (exact) {
-        v = (v + (1ull << 31)) >> 32;
-        acc = mod_sub(acc, mul_reduced((u32)v, dr[6], cj), cj.q);
-    }
-    return acc;
-}
 
 // The conversions of conv_row_word as a batch of their own (N <= 2048, where no columns
 // kernel runs before the rows kernel): out row r = (c, l), prime mods[limbs[l]].
@@ -38,28 +16,6 @@ extern "C" __global__ void conv_rows(u32* out, const u32* in, const Mod* mods,
         out[idx] = conv_row_word(in, desc, tab, mods[limbs[l]], c, l, src_stride, log_n,
                                  idx & ((1ull << log_n) - 1));
     }
-}
-
-struct LoadConv {
-    const u32* in;
-    const u32* desc;
-    const u32* tab;
-    const Mod* mods;
-    u32 nl, src_stride, log_n;
-    __device__ __forceinline__ u32 operator()(u32 ntt, u32 prime, u32 j, const u32*) const {
-        const u32 c = ntt / nl;
-        return conv_row_word(in, desc, tab, mods[prime], c, ntt - c * nl, src_stride, log_n, j);
-    }
-};
-
-// ntt_fwd_cols whose input is converted on load (conv_row_word) instead of read: the
-// conversion's output is never written; the transform's first stages run on it directly.
-extern "C" __global__ void ntt_fwd_cols_conv(u32* data, const Mod* mods, const u32* limbs,
-                                             const u32* psi, const u32* psi_s, u32 nl,
-                                             u32 log_n, u32 log_n1, u32 log_c, const u32* in,
-                                             const u32* desc, const u32* tab, u32 src_stride) {
-    fwd_cols(data, mods, limbs, psi, psi_s, nl, log_n, log_n1, log_c,
-             LoadConv{in, desc, tab, mods, nl, src_stride, log_n});
 }
 
 // Key inner product of nd digits: output row o is acc[p][l] = sum_j key_j[p][krow_l] * up_j[l]

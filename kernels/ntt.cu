@@ -37,7 +37,7 @@ __device__ __forceinline__ void gs_bfly(u32& x, u32& y, u32 w, u32 ws, u32 q) {
 
 // Forward stages m = 1 .. N1/2 (t >= N2) on a tile of N1 rows x C columns; the tile's words
 // come from load(ntt, prime, word index in the row, row address) (ntt_fwd_cols reads the row;
-// keyswitch.cu's ntt_fwd_cols_conv converts them from another basis).
+// ntt_fwd_cols_conv converts them from another basis).
 template <class Load>
 __device__ __forceinline__ void fwd_cols(u32* data, const Mod* mods, const u32* limbs,
                                          const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
@@ -220,4 +220,26 @@ extern "C" __global__ void intt_cols(u32* data, const Mod* mods, const u32* limb
         u32 v = mul_shoup_lazy(sh[i], ni, nis, q);
         a[((i >> log_c) << log_n2) + c0 + (i & cmask)] = min(v, v - q);
     }
+}
+
+struct LoadConv {
+    const u32* in;
+    const u32* desc;
+    const u32* tab;
+    const Mod* mods;
+    u32 nl, src_stride, log_n;
+    __device__ __forceinline__ u32 operator()(u32 ntt, u32 prime, u32 j, const u32*) const {
+        const u32 c = ntt / nl;
+        return conv_row_word(in, desc, tab, mods[prime], c, ntt - c * nl, src_stride, log_n, j);
+    }
+};
+
+// ntt_fwd_cols whose input is converted on load (conv_row_word) instead of read: the
+// conversion's output is never written; the transform's first stages run on it directly.
+extern "C" __global__ void ntt_fwd_cols_conv(u32* data, const Mod* mods, const u32* limbs,
+                                             const u32* psi, const u32* psi_s, u32 nl,
+                                             u32 log_n, u32 log_n1, u32 log_c, const u32* in,
+                                             const u32* desc, const u32* tab, u32 src_stride) {
+    fwd_cols(data, mods, limbs, psi, psi_s, nl, log_n, log_n1, log_c,
+             LoadConv{in, desc, tab, mods, nl, src_stride, log_n});
 }

@@ -10,28 +10,6 @@
 //   frac[k]         floor(2^62 / b_i)
 // y_i = x_i * bhi_i mod b_i; out = sum_i y_i [B/b_i]_{c_j}  (minus v [B]_{c_j} when exact, with
 // v = (sum_i (y_i * frac_i) >> 30 + 2^31) >> 32, the rounded sum of y_i / b_i in 32.32 fixed point).
-// sum_i y_i [B/b_i]_c mod c for one coefficient (x_i at x[i << log_n]), y_i = x_i * bhi_i mod
-// b_i; with frac != nullptr also adds the fixed-point sum of y_i / b_i to v (exact variant).
-// bhc = the k words [B/b_i]_c of this target prime. BaseConverter::convert's inner loop.
-__device__ __forceinline__ u32 conv_sum(const u32* x, u32 log_n, const Mod* fm, const u32* bhi,
-                                        const u32* bhc, u32 k, const Mod& cj, const u64* frac,
-                                        u64& v) {
-    const u32 cv = cj.q;
-    u32 acc = 0;
-    for (u32 i = 0; i < k; i++) {
-        const u32 b = fm[i].q;
-        u32 y = mul_shoup(x[(u64)i << log_n], bhi[2 * i], bhi[2 * i + 1], b);
-        if (frac) v += ((u64)y * frac[i]) >> 30;
-        // y < b_i may exceed c_j: reduce it first when the source prime is larger.
-        u32 yr;
-        if (b <= cv) yr = y;
-        else if (b < 2 * cv) yr = csub(y, cv);
-        else yr = reduce_u64((u64)y, cj);
-        acc = mul_add_reduced(yr, bhc[i], acc, cj);
-    }
-    return acc;
-}
-
 extern "C" __global__ void base_convert(u32* out, const u32* in, const Mod* fm, const Mod* tm,
                                         const u32* bhi, const u32* bhc, const u32* bmc,
                                         const u64* frac, u32 k, u32 kt, u32 log_n, u32 exact,

@@ -186,6 +186,16 @@ type RingKey = (usize, Vec<u32>);
 /// Two lists of prime values (a converter's or ModDown's bases), a cache key.
 type PrimeLists = (Vec<u32>, Vec<u32>);
 
+/// The primes' values (cache keys hold values, never addresses).
+fn values(ms: &[Modulus]) -> Vec<u32> {
+    ms.iter().map(|m| m.value()).collect()
+}
+
+/// A converter's cache key: its source and target primes.
+fn conv_key(conv: &BaseConverter) -> PrimeLists {
+    (values(conv.from()), values(conv.to()))
+}
+
 /// The host words of a ring's tables (what [`CudaBackend`] uploads per `(N, primes)`).
 #[doc(hidden)]
 pub struct RingTableWords {
@@ -511,7 +521,7 @@ pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64
 struct Caches {
     rings: HashMap<RingKey, Arc<RingTables>>,
     indices: HashMap<Vec<usize>, Arc<CudaSlice<u32>>>,
-    convs: HashMap<(Vec<u32>, Vec<u32>), Arc<ConvTables>>,
+    convs: HashMap<PrimeLists, Arc<ConvTables>>,
     rounders: HashMap<(Vec<u32>, Vec<u32>, u64), Arc<RoundTables>>,
     ntt_maps: HashMap<(usize, usize), Arc<CudaSlice<u32>>>,
     /// ModDown's `([P^{-1}]_{q_l}, shoup)` per (keep primes, drop primes).
@@ -737,86 +747,98 @@ impl CudaBackend {
         self.launch(name, grid_1d(total), BLOCK_1D, 0, args)
     }
 
+    /// The value cached under `key` in the map `pick` selects, or `make`'s, then cached (the
+    /// cache lock is held while `make` uploads).
+    fn cached<K: Eq + std::hash::Hash, V: Clone>(
+        &self,
+        pick: impl FnOnce(&mut Caches) -> &mut HashMap<K, V>,
+        key: K,
+        make: impl FnOnce() -> Result<V>,
+    ) -> Result<V> {
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        let map = pick(&mut c);
+        if let Some(v) = map.get(&key) {
+            return Ok(v.clone());
+        }
+        let v = make()?;
+        map.insert(key, v.clone());
+        Ok(v)
+    }
+
     fn ring(&self, ring: &RingContext) -> Result<Arc<RingTables>> {
         let key: RingKey = (ring.n(), ring.moduli().iter().map(|m| m.value()).collect());
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.rings.get(&key) {
-            return Ok(t.clone());
-        }
-        let w = ring_table_words(ring);
-        let t = Arc::new(RingTables {
-            mods: self.htod(&w.mods)?,
-            psi: self.htod(&w.psi)?,
-            psi_s: self.htod(&w.psi_s)?,
-            ipsi: self.htod(&w.ipsi)?,
-            ipsi_s: self.htod(&w.ipsi_s)?,
-            ninv: self.htod(&w.ninv)?,
-        });
-        c.rings.insert(key, t.clone());
-        Ok(t)
+        self.cached(
+            |c| &mut c.rings,
+            key,
+            || {
+                let w = ring_table_words(ring);
+                Ok(Arc::new(RingTables {
+                    mods: self.htod(&w.mods)?,
+                    psi: self.htod(&w.psi)?,
+                    psi_s: self.htod(&w.psi_s)?,
+                    ipsi: self.htod(&w.ipsi)?,
+                    ipsi_s: self.htod(&w.ipsi_s)?,
+                    ninv: self.htod(&w.ninv)?,
+                }))
+            },
+        )
     }
 
     /// A cached device array of small indices (limb lists, limb positions).
     fn indices(&self, idx: &[usize]) -> Result<Arc<CudaSlice<u32>>> {
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.indices.get(idx) {
-            return Ok(t.clone());
-        }
-        let words: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-        let t = Arc::new(self.htod(&words)?);
-        c.indices.insert(idx.to_vec(), t.clone());
-        Ok(t)
+        self.cached(
+            |c| &mut c.indices,
+            idx.to_vec(),
+            || {
+                let words: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+                Ok(Arc::new(self.htod(&words)?))
+            },
+        )
     }
 
     fn conv(&self, conv: &BaseConverter) -> Result<Arc<ConvTables>> {
-        let vals = |ms: &[Modulus]| ms.iter().map(|m| m.value()).collect::<Vec<u32>>();
-        let key = (vals(conv.from()), vals(conv.to()));
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.convs.get(&key) {
-            return Ok(t.clone());
-        }
-        let w = conv_table_words(conv);
-        let t = Arc::new(ConvTables {
-            from: self.htod(&w.from)?,
-            to: self.htod(&w.to)?,
-            bhi: self.htod(&w.bhi)?,
-            bhc: self.htod(&w.bhc)?,
-            bmc: self.htod(&w.bmc)?,
-            frac: self.htod(&w.frac)?,
-        });
-        c.convs.insert(key, t.clone());
-        Ok(t)
+        self.cached(
+            |c| &mut c.convs,
+            conv_key(conv),
+            || {
+                let w = conv_table_words(conv);
+                Ok(Arc::new(ConvTables {
+                    from: self.htod(&w.from)?,
+                    to: self.htod(&w.to)?,
+                    bhi: self.htod(&w.bhi)?,
+                    bhc: self.htod(&w.bhc)?,
+                    bmc: self.htod(&w.bmc)?,
+                    frac: self.htod(&w.frac)?,
+                }))
+            },
+        )
     }
 
     fn rounder(&self, r: &ScaleRounder) -> Result<Arc<RoundTables>> {
-        let vals = |ms: &[Modulus]| ms.iter().map(|m| m.value()).collect::<Vec<u32>>();
-        let key = (vals(r.from_q()), vals(r.to()), r.multiplier());
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.rounders.get(&key) {
-            return Ok(t.clone());
-        }
-        let w = round_table_words(r);
-        let t = Arc::new(RoundTables {
-            q: self.htod(&w.q)?,
-            c: self.htod(&w.c)?,
-            fint: self.htod(&w.fint)?,
-            theta: self.htod(&w.theta)?,
-            lam: self.htod(&w.lam)?,
-        });
-        c.rounders.insert(key, t.clone());
-        Ok(t)
+        let key = (values(r.from_q()), values(r.to()), r.multiplier());
+        self.cached(
+            |c| &mut c.rounders,
+            key,
+            || {
+                let w = round_table_words(r);
+                Ok(Arc::new(RoundTables {
+                    q: self.htod(&w.q)?,
+                    c: self.htod(&w.c)?,
+                    fint: self.htod(&w.fint)?,
+                    theta: self.htod(&w.theta)?,
+                    lam: self.htod(&w.lam)?,
+                }))
+            },
+        )
     }
 
     fn ntt_map(&self, n: usize, g: usize) -> Result<Arc<CudaSlice<u32>>> {
-        let two_n = 2 * n;
-        let g = g % two_n;
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.ntt_maps.get(&(n, g)) {
-            return Ok(t.clone());
-        }
-        let t = Arc::new(self.htod(&launch::automorphism_ntt_map(n, g))?);
-        c.ntt_maps.insert((n, g), t.clone());
-        Ok(t)
+        let g = g % (2 * n);
+        self.cached(
+            |c| &mut c.ntt_maps,
+            (n, g),
+            || Ok(Arc::new(self.htod(&launch::automorphism_ntt_map(n, g))?)),
+        )
     }
 
     /// Common arguments of the element-wise kernels: ring moduli, limb map, nl, log_n.
@@ -1660,23 +1682,22 @@ impl CudaBackend {
         drop: &[usize],
     ) -> Result<Arc<CudaSlice<u32>>> {
         let vals = |ls: &[usize]| ls.iter().map(|&l| ring.modulus(l).value()).collect();
-        let key = (vals(keep), vals(drop));
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.factors.get(&key) {
-            return Ok(t.clone());
-        }
-        let words: Vec<u32> = mod_down_factors(ring, keep, drop)
-            .iter()
-            .zip(keep)
-            .flat_map(|(&w, &l)| {
-                let m = ring.modulus(l);
-                let w = w % m.value();
-                [w, m.shoup(w)]
-            })
-            .collect();
-        let t = Arc::new(self.htod(&words)?);
-        c.factors.insert(key, t.clone());
-        Ok(t)
+        self.cached(
+            |c| &mut c.factors,
+            (vals(keep), vals(drop)),
+            || {
+                let words: Vec<u32> = mod_down_factors(ring, keep, drop)
+                    .iter()
+                    .zip(keep)
+                    .flat_map(|(&w, &l)| {
+                        let m = ring.modulus(l);
+                        let w = w % m.value();
+                        [w, m.shoup(w)]
+                    })
+                    .collect();
+                Ok(Arc::new(self.htod(&words)?))
+            },
+        )
     }
 
     /// ModDown from its tail: the `drop` rows at `tail` (NTT form, `count` polynomials of
@@ -1737,19 +1758,17 @@ impl CudaBackend {
 
     /// ModDown's conversion tables for `conv` (drop → keep), cached.
     fn down_tables(&self, conv: &BaseConverter) -> Result<Arc<ConvRows>> {
-        let vals = |ms: &[Modulus]| ms.iter().map(|m| m.value()).collect::<Vec<u32>>();
-        let key = (vals(conv.from()), vals(conv.to()));
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.downs.get(&key) {
-            return Ok(t.clone());
-        }
-        let (desc, tab) = down_table_words(conv);
-        let t = Arc::new(ConvRows {
-            desc: self.htod(&desc)?,
-            tab: self.htod(&tab)?,
-        });
-        c.downs.insert(key, t.clone());
-        Ok(t)
+        self.cached(
+            |c| &mut c.downs,
+            conv_key(conv),
+            || {
+                let (desc, tab) = down_table_words(conv);
+                Ok(Arc::new(ConvRows {
+                    desc: self.htod(&desc)?,
+                    tab: self.htod(&tab)?,
+                }))
+            },
+        )
     }
 
     /// A cached device array holding these device pointers (content-keyed: the same
