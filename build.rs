@@ -13,6 +13,7 @@ fn main() {
         "kernels/ntt.cu",
         "kernels/rns.cu",
         "kernels/permute.cu",
+        "kernels/keyswitch.cu",
     ] {
         println!("cargo:rerun-if-changed={f}");
     }

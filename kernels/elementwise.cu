@@ -1,17 +1,17 @@
 // Element-wise kernels over a batch [poly][limb][N] (limb-major, N = 2^log_n).
-// Word i lies in limb l = (i >> log_n) % nl, whose prime is mods[limbs[l]].
+// Word i lies in limb l = (i >> log_n) % nl (limb_of), whose prime is mods[limbs[l]].
 // A broadcast right operand (count 1) is read at (l << log_n) | k instead of i.
 // Launch: 1-D grid-stride, 256 threads per block (host: grid_1d).
 
 __device__ __forceinline__ const Mod& limb_mod(const Mod* mods, const u32* limbs, u64 i,
                                                u32 nl, u32 log_n) {
-    return mods[limbs[(u32)((i >> log_n) % nl)]];
+    return mods[limbs[limb_of(i, nl, log_n)]];
 }
 
 __device__ __forceinline__ u64 bcast_index(u64 i, u32 bcast, u32 nl, u32 log_n) {
     if (!bcast) return i;
     u64 k = i & ((1ull << log_n) - 1);
-    u64 l = (i >> log_n) % nl;
+    u64 l = limb_of(i, nl, log_n);
     return (l << log_n) | k;
 }
 
@@ -58,7 +58,7 @@ extern "C" __global__ void ew_scalar(u32* a, const u32* s, const u32* ss, u32 op
                                      const Mod* mods, const u32* limbs, u32 nl, u32 log_n,
                                      u64 total) {
     GRID_STRIDE(i, total) {
-        u32 l = (u32)((i >> log_n) % nl);
+        u32 l = limb_of(i, nl, log_n);
         u32 q = mods[limbs[l]].q;
         u32 x = a[i];
         a[i] = op == 0 ? mul_shoup(x, s[l], ss[l], q) : mod_add(x, s[l], q);
@@ -88,7 +88,7 @@ extern "C" __global__ void lincomb(u32* const* ys, const u32* const* xs, const u
                                    u32 outputs, const Mod* mods, const u32* limbs, u32 nl,
                                    u32 log_n, u64 total) {
     GRID_STRIDE(idx, total) {
-        u32 l = (u32)((idx >> log_n) % nl);
+        u32 l = limb_of(idx, nl, log_n);
         const Mod& m = mods[limbs[l]];
         for (u32 k0 = 0; k0 < outputs; k0 += LC_TILE) {
             u64 acc[LC_TILE];

@@ -35,23 +35,26 @@ __device__ __forceinline__ void gs_bfly(u32& x, u32& y, u32 w, u32 ws, u32 q) {
     y = mul_shoup_lazy(u + two_q - v, w, ws, q);
 }
 
-// Forward stages m = 1 .. N1/2 (t >= N2) on a tile of N1 rows x C columns.
-extern "C" __global__ void ntt_fwd_cols(u32* data, const Mod* mods, const u32* limbs,
-                                        const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
-                                        u32 log_n1, u32 log_c) {
+// Forward stages m = 1 .. N1/2 (t >= N2) on a tile of N1 rows x C columns; the tile's words
+// come from load(ntt, prime, word index in the row, row address) (ntt_fwd_cols reads the row;
+// ntt_fwd_cols_conv converts them from another basis).
+template <class Load>
+__device__ __forceinline__ void fwd_cols(u32* data, const Mod* mods, const u32* limbs,
+                                         const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
+                                         u32 log_n1, u32 log_c, const Load& load) {
     extern __shared__ u32 sh[];
     const u32 n = 1u << log_n, log_n2 = log_n - log_n1, tile = 1u << (log_n1 + log_c);
     const u32 bpn = n >> (log_n1 + log_c);  // blocks per NTT
-    const u64 ntt = blockIdx.x / bpn;
+    const u32 ntt = blockIdx.x / bpn;
     const u32 c0 = (blockIdx.x % bpn) << log_c;
-    const u32 prime = limbs[(u32)(ntt % nl)];
+    const u32 prime = limbs[ntt % nl];
     const u32 q = mods[prime].q;
-    u32* a = data + (ntt << log_n);
+    u32* a = data + ((u64)ntt << log_n);
     const u32* w = psi + ((u64)prime << log_n);
     const u32* ws = psi_s + ((u64)prime << log_n);
     const u32 cmask = (1u << log_c) - 1;
     for (u32 i = threadIdx.x; i < tile; i += blockDim.x)
-        sh[i] = a[((i >> log_c) << log_n2) + c0 + (i & cmask)];
+        sh[i] = load(ntt, prime, ((i >> log_c) << log_n2) + c0 + (i & cmask), a);
     for (u32 m = 1, log_tr = log_n1 - 1; m < (1u << log_n1); m <<= 1, log_tr--) {
         __syncthreads();
         for (u32 b = threadIdx.x; b < tile / 2; b += blockDim.x) {
@@ -66,18 +69,28 @@ extern "C" __global__ void ntt_fwd_cols(u32* data, const Mod* mods, const u32* l
         a[((i >> log_c) << log_n2) + c0 + (i & cmask)] = sh[i];
 }
 
-// Forward stages m = N1 .. N/2 (t < N2) on one row of N2 contiguous words, then the final
-// reduction of ntt.rs forward ([0, 4q) -> [0, q)).
-extern "C" __global__ void ntt_fwd_rows(u32* data, const Mod* mods, const u32* limbs,
+struct LoadRow {
+    __device__ __forceinline__ u32 operator()(u32, u32, u32 j, const u32* a) const { return a[j]; }
+};
+
+extern "C" __global__ void ntt_fwd_cols(u32* data, const Mod* mods, const u32* limbs,
                                         const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
-                                        u32 log_n2) {
+                                        u32 log_n1, u32 log_c) {
+    fwd_cols(data, mods, limbs, psi, psi_s, nl, log_n, log_n1, log_c, LoadRow());
+}
+
+// Forward stages m = N1 .. N/2 (t < N2) on the block's row of N2 contiguous words, left lazy
+// in sh ([0, 4q)); returns the row's address, its NTT index (row of the batch) and prime.
+__device__ __forceinline__ u32* fwd_rows_stages(u32* data, const Mod* mods, const u32* limbs,
+                                               const u32* psi, const u32* psi_s, u32 nl,
+                                               u32 log_n, u32 log_n2, u32& ntt, u32& q) {
     extern __shared__ u32 sh[];
     const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
-    const u64 ntt = blockIdx.x >> log_n1;
+    ntt = blockIdx.x >> log_n1;
     const u32 ch = blockIdx.x & ((1u << log_n1) - 1);
-    const u32 prime = limbs[(u32)(ntt % nl)];
-    const u32 q = mods[prime].q;
-    u32* a = data + (ntt << log_n) + ((u64)ch << log_n2);
+    const u32 prime = limbs[ntt % nl];
+    q = mods[prime].q;
+    u32* a = data + ((u64)ntt << log_n) + ((u64)ch << log_n2);
     const u32* w = psi + ((u64)prime << log_n);
     const u32* ws = psi_s + ((u64)prime << log_n);
     for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = a[i];
@@ -93,11 +106,46 @@ extern "C" __global__ void ntt_fwd_rows(u32* data, const Mod* mods, const u32* l
         }
     }
     __syncthreads();
-    const u32 two_q = 2 * q;
-    for (u32 i = threadIdx.x; i < n2; i += blockDim.x) {
-        u32 x = sh[i];
-        u32 v = min(x, x - two_q);
-        a[i] = min(v, v - q);
+    return a;
+}
+
+// ntt.rs forward's final reduction [0, 4q) -> [0, q).
+__device__ __forceinline__ u32 fwd_final(u32 x, u32 q) {
+    u32 v = min(x, x - 2 * q);
+    return min(v, v - q);
+}
+
+// Forward stages t < N2 on one row, then the final reduction.
+extern "C" __global__ void ntt_fwd_rows(u32* data, const Mod* mods, const u32* limbs,
+                                        const u32* psi, const u32* psi_s, u32 nl, u32 log_n,
+                                        u32 log_n2) {
+    extern __shared__ u32 sh[];
+    u32 ntt, q;
+    u32* a = fwd_rows_stages(data, mods, limbs, psi, psi_s, nl, log_n, log_n2, ntt, q);
+    for (u32 i = threadIdx.x; i < (1u << log_n2); i += blockDim.x) a[i] = fwd_final(sh[i], q);
+}
+
+// ntt_fwd_rows on ModDown's lifted tail (nl = kept limbs), ending ModDown instead of writing
+// the transform back (mod_down_reference's sub + mul_scalar): for row (c, l) of the batch,
+// out = (x - NTT(lifted)) * [P^{-1}]_{q_l} (Modulus::sub, then mul_shoup with fac[2l],
+// fac[2l + 1]), where x's row (c, l) is c * xstride + l and out has the batch's layout; then,
+// when add is not null, out = add + out (Modulus::add; add has out's layout: relinearization's
+// c0, c1).
+extern "C" __global__ void ntt_fwd_rows_moddown(u32* data, const Mod* mods, const u32* limbs,
+                                                const u32* psi, const u32* psi_s, u32 nl,
+                                                u32 log_n, u32 log_n2, u32* out, const u32* x,
+                                                u32 xstride, const u32* fac, const u32* add) {
+    extern __shared__ u32 sh[];
+    u32 ntt, q;
+    const u64 off = fwd_rows_stages(data, mods, limbs, psi, psi_s, nl, log_n, log_n2, ntt, q) -
+                    data;
+    const u32 c = ntt / nl, l = ntt - c * nl;
+    const u32 f = fac[2 * l], fs = fac[2 * l + 1];
+    const u32* xr = x + ((u64)(c * xstride + l) << log_n) + (off & ((1ull << log_n) - 1));
+    u32* o = out + off;
+    for (u32 i = threadIdx.x; i < (1u << log_n2); i += blockDim.x) {
+        const u32 r = mul_shoup(mod_sub(xr[i], fwd_final(sh[i], q), q), f, fs, q);
+        o[i] = add ? mod_add(add[off + i], r, q) : r;
     }
 }
 
@@ -108,11 +156,11 @@ extern "C" __global__ void intt_rows(u32* data, const Mod* mods, const u32* limb
                                      u32 nl, u32 log_n, u32 log_n2, u32 scale) {
     extern __shared__ u32 sh[];
     const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
-    const u64 ntt = blockIdx.x >> log_n1;
+    const u32 ntt = blockIdx.x >> log_n1;
     const u32 ch = blockIdx.x & ((1u << log_n1) - 1);
-    const u32 prime = limbs[(u32)(ntt % nl)];
+    const u32 prime = limbs[ntt % nl];
     const u32 q = mods[prime].q;
-    u32* a = data + (ntt << log_n) + ((u64)ch << log_n2);
+    u32* a = data + ((u64)ntt << log_n) + ((u64)ch << log_n2);
     const u32* w = ipsi + ((u64)prime << log_n);
     const u32* ws = ipsi_s + ((u64)prime << log_n);
     for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = a[i];
@@ -145,11 +193,11 @@ extern "C" __global__ void intt_cols(u32* data, const Mod* mods, const u32* limb
     extern __shared__ u32 sh[];
     const u32 n = 1u << log_n, log_n2 = log_n - log_n1, tile = 1u << (log_n1 + log_c);
     const u32 bpn = n >> (log_n1 + log_c);
-    const u64 ntt = blockIdx.x / bpn;
+    const u32 ntt = blockIdx.x / bpn;
     const u32 c0 = (blockIdx.x % bpn) << log_c;
-    const u32 prime = limbs[(u32)(ntt % nl)];
+    const u32 prime = limbs[ntt % nl];
     const u32 q = mods[prime].q;
-    u32* a = data + (ntt << log_n);
+    u32* a = data + ((u64)ntt << log_n);
     const u32* w = ipsi + ((u64)prime << log_n);
     const u32* ws = ipsi_s + ((u64)prime << log_n);
     const u32 cmask = (1u << log_c) - 1;
@@ -172,4 +220,26 @@ extern "C" __global__ void intt_cols(u32* data, const Mod* mods, const u32* limb
         u32 v = mul_shoup_lazy(sh[i], ni, nis, q);
         a[((i >> log_c) << log_n2) + c0 + (i & cmask)] = min(v, v - q);
     }
+}
+
+struct LoadConv {
+    const u32* in;
+    const u32* desc;
+    const u32* tab;
+    const Mod* mods;
+    u32 nl, src_stride, log_n;
+    __device__ __forceinline__ u32 operator()(u32 ntt, u32 prime, u32 j, const u32*) const {
+        const u32 c = ntt / nl;
+        return conv_row_word(in, desc, tab, mods[prime], c, ntt - c * nl, src_stride, log_n, j);
+    }
+};
+
+// ntt_fwd_cols whose input is converted on load (conv_row_word) instead of read: the
+// conversion's output is never written; the transform's first stages run on it directly.
+extern "C" __global__ void ntt_fwd_cols_conv(u32* data, const Mod* mods, const u32* limbs,
+                                             const u32* psi, const u32* psi_s, u32 nl,
+                                             u32 log_n, u32 log_n1, u32 log_c, const u32* in,
+                                             const u32* desc, const u32* tab, u32 src_stride) {
+    fwd_cols(data, mods, limbs, psi, psi_s, nl, log_n, log_n1, log_c,
+             LoadConv{in, desc, tab, mods, nl, src_stride, log_n});
 }

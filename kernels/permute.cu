@@ -8,7 +8,7 @@ extern "C" __global__ void automorphism(u32* out, const u32* in, const Mod* mods
         const u64 n = 1ull << log_n;
         const u64 j = i & (n - 1);
         const u64 base = i - j;
-        const u32 q = mods[limbs[(u32)((i >> log_n) % nl)]].q;
+        const u32 q = mods[limbs[limb_of(i, nl, log_n)]].q;
         const u64 k = (j * g2) & (2 * n - 1);
         const u32 x = in[i];
         if (k < n) out[base + k] = x;
@@ -31,10 +31,9 @@ extern "C" __global__ void gather_limbs(u32* out, const u32* in, const u32* pos,
                                         u32 nlo, u32 log_n, u64 total) {
     GRID_STRIDE(i, total) {
         const u64 k = i & ((1ull << log_n) - 1);
-        const u64 r = i >> log_n;
-        const u64 c = r / nlo;
-        const u32 jo = (u32)(r % nlo);
-        out[i] = in[((c * nli + pos[jo]) << log_n) | k];
+        const u32 r = (u32)(i >> log_n);
+        const u32 c = r / nlo, jo = r - c * nlo;
+        out[i] = in[(((u64)c * nli + pos[jo]) << log_n) | k];
     }
 }
 
@@ -43,10 +42,9 @@ extern "C" __global__ void concat_limbs(u32* out, const u32* a, const u32* b, u3
                                         u32 log_n, u64 total) {
     GRID_STRIDE(i, total) {
         const u64 k = i & ((1ull << log_n) - 1);
-        const u64 r = i >> log_n;
-        const u32 nt = na + nb;
-        const u64 c = r / nt;
-        const u32 j = (u32)(r % nt);
-        out[i] = j < na ? a[((c * na + j) << log_n) | k] : b[((c * nb + (j - na)) << log_n) | k];
+        const u32 r = (u32)(i >> log_n), nt = na + nb;
+        const u32 c = r / nt, j = r - c * nt;
+        out[i] = j < na ? a[(((u64)c * na + j) << log_n) | k]
+                        : b[(((u64)c * nb + (j - na)) << log_n) | k];
     }
 }

@@ -16,28 +16,15 @@ extern "C" __global__ void base_convert(u32* out, const u32* in, const Mod* fm, 
                                         u64 total) {
     GRID_STRIDE(idx, total) {
         const u64 coeff = idx & ((1ull << log_n) - 1);
-        const u64 r = idx >> log_n;
-        const u32 j = (u32)(r % kt);
-        const u64 c = r / kt;
+        const u32 r = (u32)(idx >> log_n);
+        const u32 c = r / kt, j = r - c * kt;
         const Mod& cj = tm[j];
-        const u32 cv = cj.q;
-        const u32* x = in + ((c * k) << log_n) + coeff;
-        u32 acc = 0;
+        const u32* x = in + (((u64)c * k) << log_n) + coeff;
         u64 v = 0;
-        for (u32 i = 0; i < k; i++) {
-            const u32 b = fm[i].q;
-            u32 y = mul_shoup(x[(u64)i << log_n], bhi[2 * i], bhi[2 * i + 1], b);
-            if (exact) v += ((u64)y * frac[i]) >> 30;
-            // y < b_i may exceed c_j: reduce it first when the source prime is larger.
-            u32 yr;
-            if (b <= cv) yr = y;
-            else if (b < 2 * cv) yr = csub(y, cv);
-            else yr = reduce_u64((u64)y, cj);
-            acc = mul_add_reduced(yr, bhc[j * k + i], acc, cj);
-        }
+        u32 acc = conv_sum(x, log_n, fm, bhi, bhc + j * k, k, cj, exact ? frac : nullptr, v);
         if (exact) {
             v = (v + (1ull << 31)) >> 32;
-            acc = mod_sub(acc, mul_reduced((u32)v, bmc[j], cj), cv);
+            acc = mod_sub(acc, mul_reduced((u32)v, bmc[j], cj), cj.q);
         }
         out[idx] = acc;
     }

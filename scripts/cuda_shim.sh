@@ -10,6 +10,7 @@ DIR="${1:-target/cuda-shim}"
 LIB="$DIR/libcuda.so.1"
 SRC=(kernels/host/libcuda_shim.cpp kernels/host/emu.cpp kernels/host/cuda_host.h
      kernels/common.cuh kernels/elementwise.cu kernels/ntt.cu kernels/rns.cu kernels/permute.cu
+     kernels/keyswitch.cu
      scripts/cuda_shim.sh)
 stale=0
 [ -f "$LIB" ] || stale=1

@@ -87,6 +87,25 @@ fn add_scalar(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     a[i] = add_mod(a[i], prm[8u + prm[1] + 2u * l], moduli[prime_base(l)]);
 }
 
+// ModDown's last step (mod_down_reference's sub and mul_scalar in one pass): a = (x - c) * s_l
+// over count x limbs words, where x (b, bound whole) holds poly p's limb l at row
+// p * prm[4] + l, c is the lifted tail (a's layout), s_l and its Shoup companion are in prm as
+// for mul_scalar; with prm[3] bit 0, a holds a batch the result is added to (relinearization's
+// c0, c1: Modulus::add after the product).
+@compute @workgroup_size(256)
+fn moddown_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    let base = group_base(wid, nwg, i);
+    if (i >= prm[2]) { return; }
+    let l = limb_of(base);
+    let p = (base >> prm[0]) / prm[1];
+    let q = moduli[prime_base(l)];
+    let xi = ((p * prm[4] + l) << prm[0]) | (i & ((1u << prm[0]) - 1u));
+    let s = 8u + prm[1] + 2u * l;
+    let r = mul_shoup(sub_mod(b[xi], c[i], q), prm[s], prm[s + 1u], q);
+    a[i] = select(r, add_mod(a[i], r, q), (prm[3] & 1u) != 0u);
+}
+
 // (a0, a1) x (b0, b1) -> (a0 b0, a0 b1 + a1 b0, a1 b1); prm[2] = words per polynomial.
 @group(0) @binding(5) var<storage, read_write> tp_out: array<u32>;
 

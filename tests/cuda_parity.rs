@@ -424,6 +424,104 @@ fn base_conversion_and_scale_and_round() {
     }
 }
 
+/// The fused ModDown and key switching against the CPU's reference composition: random
+/// words, every level of a 7-prime chain with 2 special primes, 1 to 3 digits (the last one
+/// partial below the top), batches of 1 to 3 for ModDown, and a layout the fused ModDown does
+/// not take (its fallback).
+#[test]
+#[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
+fn mod_down_and_key_switch() {
+    use hetensor::backend::{KeySwitchPlan, KsDigit};
+    let g = gpu();
+    let cpu = CpuBackend::new();
+    let mut rng = Rng(11);
+    for &n in &[16usize, 4096, 1 << 15] {
+        let r = ring(n);
+        let ms = |ls: &[usize]| ls.iter().map(|&l| *r.modulus(l)).collect::<Vec<Modulus>>();
+        let conv = |a: &[usize], b: &[usize]| Arc::new(BaseConverter::new(&ms(a), &ms(b)));
+        let arc = |v: &[usize]| -> Arc<[usize]> { v.into() };
+        for (keep, drop, count, x_limbs) in [
+            (vec![0usize, 1, 2, 3], vec![4usize], 2usize, None),
+            (vec![0, 1, 5, 6], vec![7, 8], 3, None),
+            (vec![0], vec![1, 2, 3], 1, None),
+            (vec![0, 1, 2], vec![3], 2, Some(vec![0usize, 3, 1, 2])),
+        ] {
+            let xl = x_limbs.unwrap_or_else(|| keep.iter().chain(&drop).copied().collect());
+            let x = pair(
+                &g,
+                random_words(&mut rng, &r, &xl, count),
+                &xl,
+                count,
+                n,
+                Repr::Ntt,
+            );
+            let c = conv(&drop, &keep);
+            let a = cpu
+                .mod_down(&r, &x.cpu, arc(&keep), arc(&drop), &c)
+                .unwrap();
+            let b = g.mod_down(&r, &x.gpu, arc(&keep), arc(&drop), &c).unwrap();
+            same(&g, &a, &b, &format!("mod_down N={n} {xl:?} -> {keep:?}"));
+        }
+        let (q_all, p): (Vec<usize>, Vec<usize>) = ((0..7).collect(), vec![7, 8]);
+        let key_limbs: Vec<usize> = q_all.iter().chain(&p).copied().collect();
+        for dnum in 1..=3usize {
+            let alpha = q_all.len().div_ceil(dnum);
+            let keys: Vec<Pair> = (0..dnum)
+                .map(|_| {
+                    let w = random_words(&mut rng, &r, &key_limbs, 2);
+                    pair(&g, w, &key_limbs, 2, n, Repr::Ntt)
+                })
+                .collect();
+            for nq in [7usize, 5, 3, 1] {
+                let q: Vec<usize> = (0..nq).collect();
+                let qp: Vec<usize> = q.iter().chain(&p).copied().collect();
+                let mut digits = Vec::new();
+                let mut used = Vec::new();
+                for (j, key) in keys.iter().enumerate() {
+                    let limbs: Vec<usize> = (j * alpha..((j + 1) * alpha).min(nq)).collect();
+                    if limbs.is_empty() {
+                        continue;
+                    }
+                    let rest: Vec<usize> =
+                        qp.iter().copied().filter(|l| !limbs.contains(l)).collect();
+                    let up = conv(&limbs, &rest);
+                    digits.push(KsDigit {
+                        limbs: arc(&limbs),
+                        rest: arc(&rest),
+                        up,
+                    });
+                    used.push(key);
+                }
+                let plan = KeySwitchPlan {
+                    digits,
+                    qp: arc(&qp),
+                    q: arc(&q),
+                    p: arc(&p),
+                    down: conv(&p, &q),
+                };
+                let d = pair(&g, random_words(&mut rng, &r, &q, 1), &q, 1, n, Repr::Ntt);
+                let kc: Vec<&PolyBatch> = used.iter().map(|k| &k.cpu).collect();
+                let kg: Vec<&PolyBatch> = used.iter().map(|k| &k.gpu).collect();
+                let a = cpu.key_switch(&r, &d.cpu, &kc, &plan, None).unwrap();
+                let b = g.key_switch(&r, &d.gpu, &kg, &plan, None).unwrap();
+                same(&g, &a, &b, &format!("key_switch N={n} dnum={dnum} nq={nq}"));
+                // Onto a size-3 batch's first two polynomials (relinearization).
+                let c = pair(&g, random_words(&mut rng, &r, &q, 3), &q, 3, n, Repr::Ntt);
+                let a = cpu
+                    .key_switch(&r, &d.cpu, &kc, &plan, Some(&c.cpu))
+                    .unwrap();
+                let b = g.key_switch(&r, &d.gpu, &kg, &plan, Some(&c.gpu)).unwrap();
+                same(
+                    &g,
+                    &a,
+                    &b,
+                    &format!("key_switch onto N={n} dnum={dnum} nq={nq}"),
+                );
+            }
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
 fn automorphisms_and_copies() {
@@ -590,6 +688,16 @@ fn ckks_ops_match_cpu(params: CkksParams) {
         ct_words(&cc, &m_c),
         ct_words(&cg, &m_g),
         "multiply + relinearize + rescale"
+    );
+    // Once more one level down: key switching with the key's limbs indexed below the top.
+    let sq = |c: &CkksContext, m: &hetensor::rlwe::Ciphertext, k: &hetensor::ckks::KeySet| {
+        c.rescale(&c.relinearize(&c.multiply(m, m).unwrap(), &k.relin).unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        ct_words(&cc, &sq(&cc, &m_c, &kc)),
+        ct_words(&cg, &sq(&cg, &m_g, &kg)),
+        "multiply + relinearize + rescale below the top level"
     );
     for step in [1i64, -3, 17] {
         let r_c = cc.rotate(&m_c, step, &galc).unwrap();

@@ -27,6 +27,7 @@ thread_local unsigned int sh[HETENSOR_EMU_MAX_SHARED / sizeof(unsigned int)];
 #include "../ntt.cu"
 #include "../rns.cu"
 #include "../permute.cu"
+#include "../keyswitch.cu"
 
 namespace {
 
@@ -80,7 +81,8 @@ const Kernel KERNELS[] = {
     KERNEL(ntt_fwd_cols, true),  KERNEL(ntt_fwd_rows, true),   KERNEL(intt_rows, true),
     KERNEL(intt_cols, true),     KERNEL(base_convert, false),  KERNEL(scale_round, false),
     KERNEL(automorphism, false), KERNEL(permute_limbs, false), KERNEL(gather_limbs, false),
-    KERNEL(concat_limbs, false),
+    KERNEL(concat_limbs, false), KERNEL(conv_rows, false),        KERNEL(ks_inner, false),
+    KERNEL(ntt_fwd_rows_moddown, true), KERNEL(ntt_fwd_cols_conv, true),
 };
 
 const Kernel* find(const char* name) {

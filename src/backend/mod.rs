@@ -305,6 +305,40 @@ pub trait Backend: Send + Sync + Debug {
     /// (`[poly][limbs of a ++ limbs of b]`).
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch>;
 
+    /// Divides by the product of the `drop` limbs and rounds (ModDown, CKKS rescaling, BFV
+    /// modulus switching): NTT-domain `x` over `keep ∪ drop` becomes
+    /// `[P^{-1}]·(x − NTT(conv(INTT(x_drop))))` over `keep`, with `P = Π drop` and `conv` the
+    /// exact converter from `drop` to `keep`. [`mod_down_reference`] is the definition (and the
+    /// CPU's implementation); device backends fuse the subtraction and the scaling.
+    fn mod_down(
+        &self,
+        ring: &RingContext,
+        x: &PolyBatch,
+        keep: Arc<[usize]>,
+        drop: Arc<[usize]>,
+        conv: &BaseConverter,
+    ) -> Result<PolyBatch> {
+        mod_down_reference(self, ring, x, keep, drop, conv)
+    }
+
+    /// Hybrid key switching of one NTT-domain polynomial `d` (over `plan.qp` minus the special
+    /// primes): ModUp of every digit, the inner product with the key's digits (`keys[i]` for
+    /// `plan.digits[i]`, each a batch of 2 over the key's full limbs) and ModDown. Returns
+    /// `(u0, u1)` over `d`'s limbs, plus the first two polynomials of `onto` when given (NTT
+    /// form over the same limbs; relinearization's `(c0, c1)`). [`key_switch_reference`] is
+    /// the definition (and the CPU's implementation); device backends run all digits per
+    /// launch.
+    fn key_switch(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        onto: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
+        key_switch_reference(self, ring, d, keys, plan, onto)
+    }
+
     /// Waits until every queued operation has finished (for timing asynchronous device
     /// backends; `download` already waits). The CPU backend computes eagerly: a no-op.
     fn synchronize(&self) -> Result<()> {
@@ -317,6 +351,183 @@ pub trait Backend: Send + Sync + Debug {
     fn trace_counts(&self) -> Option<TraceCounts> {
         None
     }
+}
+
+/// One key-switching digit of a [`KeySwitchPlan`]: its limbs (a contiguous run of `d`'s),
+/// the other limbs of `QP` it is extended to, and the (approximate) converter between them.
+#[derive(Clone, Debug)]
+pub struct KsDigit {
+    /// The digit's limbs.
+    pub limbs: Arc<[usize]>,
+    /// `QP` minus the digit's limbs, in `QP` order.
+    pub rest: Arc<[usize]>,
+    /// Converter from `limbs` to `rest`.
+    pub up: Arc<BaseConverter>,
+}
+
+/// The bases of one hybrid key switch at one level ([`Backend::key_switch`]).
+#[derive(Clone, Debug)]
+pub struct KeySwitchPlan {
+    /// The digits present at this level, in key order.
+    pub digits: Vec<KsDigit>,
+    /// `d`'s limbs followed by the special primes.
+    pub qp: Arc<[usize]>,
+    /// The ciphertext limbs (`d`'s limbs).
+    pub q: Arc<[usize]>,
+    /// The special primes.
+    pub p: Arc<[usize]>,
+    /// Exact converter from `p` to `q` (ModDown).
+    pub down: Arc<BaseConverter>,
+}
+
+/// The definition of [`Backend::mod_down`], in the backend's own primitives.
+pub fn mod_down_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    x: &PolyBatch,
+    keep: Arc<[usize]>,
+    drop: Arc<[usize]>,
+    conv: &BaseConverter,
+) -> Result<PolyBatch> {
+    let mut tail = be.select_limbs(x, drop.clone())?;
+    be.ntt_inverse(ring, &mut tail)?;
+    let mut lifted = be.base_convert(ring, &tail, keep.clone(), conv, true)?;
+    be.ntt_forward(ring, &mut lifted)?;
+    let mut head = be.select_limbs(x, keep.clone())?;
+    be.sub_assign(ring, &mut head, &lifted)?;
+    be.mul_scalar_assign(ring, &mut head, &mod_down_factors(ring, &keep, &drop))?;
+    Ok(head)
+}
+
+/// `[(Π drop)^{-1}]_{q_k}` for every `keep` limb: ModDown's final scaling.
+pub fn mod_down_factors(ring: &RingContext, keep: &[usize], drop: &[usize]) -> Vec<u32> {
+    keep.iter()
+        .map(|&k| {
+            let m = ring.modulus(k);
+            let prod = drop.iter().fold(1u32, |acc, &d| {
+                m.mul(acc, ring.modulus(d).value() % m.value())
+            });
+            m.inv(prod).unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Checks [`Backend::key_switch`]'s operands against the plan.
+pub(crate) fn check_key_switch(
+    d: &PolyBatch,
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+    onto: Option<&PolyBatch>,
+) -> Result<()> {
+    if onto.is_some_and(|c| c.repr != Repr::Ntt || c.limbs != d.limbs || c.count < 2 || c.n != d.n)
+    {
+        return Err(Error::InvalidInput(
+            "key switch: the batch added to the result must hold 2 polynomials in NTT form over the same limbs".into(),
+        ));
+    }
+    if d.repr != Repr::Ntt || d.count != 1 || *d.limbs != *plan.q {
+        return Err(Error::InvalidInput(
+            "key switch input must be one polynomial in NTT form over the plan's limbs".into(),
+        ));
+    }
+    if keys.len() != plan.digits.len() || plan.digits.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "key switch: {} key digits for {} digits",
+            keys.len(),
+            plan.digits.len()
+        )));
+    }
+    if keys
+        .iter()
+        .any(|k| k.count != 2 || k.repr != Repr::Ntt || k.n != d.n)
+    {
+        return Err(Error::InvalidInput(
+            "key switch: every key digit must be 2 polynomials in the NTT domain".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The definition of [`Backend::key_switch`], in the backend's own primitives: the key inner
+/// product ([`key_inner_reference`]), ModDown, and `onto`'s first two polynomials added.
+pub fn key_switch_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    d: &PolyBatch,
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+    onto: Option<&PolyBatch>,
+) -> Result<PolyBatch> {
+    let acc = key_inner_reference(be, ring, d, keys, plan, onto)?;
+    key_mod_down_reference(be, ring, &acc, plan, onto)
+}
+
+/// The end of [`key_switch_reference`]: ModDown of the accumulated product (over `plan.qp`),
+/// then `onto`'s first two polynomials added.
+pub fn key_mod_down_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    acc: &PolyBatch,
+    plan: &KeySwitchPlan,
+    onto: Option<&PolyBatch>,
+) -> Result<PolyBatch> {
+    let u = be.mod_down(ring, acc, plan.q.clone(), plan.p.clone(), &plan.down)?;
+    match onto {
+        Some(c) => {
+            let mut out = be.slice_polys(c, 0, 2)?;
+            be.add_assign(ring, &mut out, &u)?;
+            Ok(out)
+        }
+        None => Ok(u),
+    }
+}
+
+/// Key switching up to ModDown, in the backend's own primitives (after checking the operands,
+/// `onto` included): per digit, ModUp (INTT once, convert, NTT the new limbs), the key digit's
+/// limbs at this level, and the product accumulated over `plan.qp`.
+pub fn key_inner_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    d: &PolyBatch,
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+    onto: Option<&PolyBatch>,
+) -> Result<PolyBatch> {
+    check_key_switch(d, keys, plan, onto)?;
+    let mut acc = be.zeros(plan.qp.clone(), 2, d.n, Repr::Ntt)?;
+    for (up, key) in mod_up_reference(be, ring, d, plan)?.iter().zip(keys) {
+        let key_here;
+        let key = if key.limbs == plan.qp {
+            key
+        } else {
+            key_here = be.select_limbs(key, plan.qp.clone())?;
+            &key_here
+        };
+        be.mul_acc(ring, &mut acc, key, up)?;
+    }
+    Ok(acc)
+}
+
+/// ModUp of every digit of `d` (NTT, one polynomial) to `plan.qp`, NTT domain: only the new
+/// limbs are transformed, a digit's own limbs are `d`'s.
+pub fn mod_up_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    d: &PolyBatch,
+    plan: &KeySwitchPlan,
+) -> Result<Vec<PolyBatch>> {
+    let mut coeff = d.clone();
+    be.ntt_inverse(ring, &mut coeff)?;
+    plan.digits
+        .iter()
+        .map(|dg| {
+            let part = be.select_limbs(&coeff, dg.limbs.clone())?;
+            let mut ext = be.base_convert(ring, &part, dg.rest.clone(), &dg.up, false)?;
+            be.ntt_forward(ring, &mut ext)?;
+            let joined = be.concat_limbs(&be.select_limbs(d, dg.limbs.clone())?, &ext)?;
+            be.select_limbs(&joined, plan.qp.clone())
+        })
+        .collect()
 }
 
 /// Device work counted by a backend ([`Backend::trace_counts`]): what the host asks for

@@ -276,12 +276,8 @@ pub fn relinearize(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<
         )));
     }
     check_key_id(ct.key_id, rk.0.key_id, "relinearization key")?;
-    let be = ctx.backend();
-    let ring = ctx.ring();
-    let c2 = be.slice_polys(&ct.polys, 2, 1)?;
-    let u = rk.0.switch(ctx, &c2)?;
-    let mut out = be.slice_polys(&ct.polys, 0, 2)?;
-    be.add_assign(ring, &mut out, &u)?;
+    let c2 = ctx.backend().slice_polys(&ct.polys, 2, 1)?;
+    let out = rk.0.switch_onto(ctx, &c2, Some(&ct.polys))?;
     Ok(ct.derive(out, ct.scale))
 }
 

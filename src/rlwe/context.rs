@@ -235,26 +235,8 @@ impl RlweContext {
         keep: Arc<[usize]>,
         drop: Arc<[usize]>,
     ) -> Result<PolyBatch> {
-        let be = self.backend();
-        let mut tail = be.select_limbs(x, drop.clone())?;
-        be.ntt_inverse(&self.ring, &mut tail)?;
         let conv = self.converter(&drop, &keep);
-        let mut lifted = be.base_convert(&self.ring, &tail, keep.clone(), &conv, true)?;
-        be.ntt_forward(&self.ring, &mut lifted)?;
-        let mut head = be.select_limbs(x, keep.clone())?;
-        be.sub_assign(&self.ring, &mut head, &lifted)?;
-        let inv: Vec<u32> = keep
-            .iter()
-            .map(|&k| {
-                let m = self.ring.modulus(k);
-                let prod = drop.iter().fold(1u32, |acc, &d| {
-                    m.mul(acc, self.ring.modulus(d).value() % m.value())
-                });
-                m.inv(prod).unwrap_or(0)
-            })
-            .collect();
-        be.mul_scalar_assign(&self.ring, &mut head, &inv)?;
-        Ok(head)
+        self.backend.mod_down(&self.ring, x, keep, drop, &conv)
     }
 
     /// Checks that an object made under `fingerprint` belongs to this context.

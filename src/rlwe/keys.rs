@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::backend::{PolyBatch, Repr};
+use crate::backend::{KeySwitchPlan, KsDigit, PolyBatch, Repr};
 use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
 use crate::rlwe::context::RlweContext;
@@ -308,8 +308,28 @@ impl KeySwitchKey {
     /// Key switching: given `d` (one polynomial, NTT form, at some level), returns
     /// `(u0, u1)` in the NTT domain at the same level with `u0 + u1·s ≈ d·s'`.
     pub fn switch(&self, ctx: &RlweContext, d: &PolyBatch) -> Result<PolyBatch> {
-        let digits = decompose(ctx, d)?;
-        self.switch_decomposed(ctx, &digits, None)
+        self.switch_onto(ctx, d, None)
+    }
+
+    /// [`Self::switch`] plus the first two polynomials of `onto` (relinearization's
+    /// `(c0, c1)`), which device backends add inside the key switch.
+    pub(crate) fn switch_onto(
+        &self,
+        ctx: &RlweContext,
+        d: &PolyBatch,
+        onto: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
+        ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
+        let (index, plan) = key_switch_plan(ctx, d)?;
+        let keys = index
+            .iter()
+            .map(|&j| {
+                self.digits
+                    .get(j)
+                    .ok_or_else(|| Error::InvalidInput(format!("key has no digit {j}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        ctx.backend().key_switch(ctx.ring(), d, &keys, &plan, onto)
     }
 
     /// The second half of key switching, on digits from [`decompose`]: inner product with the
@@ -362,32 +382,46 @@ impl KeySwitchKey {
 /// NTT domain as `(digit index, extended digit)`. Only the new limbs are transformed: a
 /// digit's own limbs are already in `d`.
 pub fn decompose(ctx: &RlweContext, d: &PolyBatch) -> Result<Vec<(usize, PolyBatch)>> {
-    let be = ctx.backend();
-    let ring = ctx.ring();
-    if d.repr() != Repr::Ntt || d.count() != 1 {
+    let (index, plan) = key_switch_plan(ctx, d)?;
+    let ups = crate::backend::mod_up_reference(ctx.backend(), ctx.ring(), d, &plan)?;
+    Ok(index.into_iter().zip(ups).collect())
+}
+
+/// The digits of `d`'s level (with their indices into the key) and their bases: what
+/// [`decompose`] and [`crate::backend::Backend::key_switch`] work from.
+fn key_switch_plan(ctx: &RlweContext, d: &PolyBatch) -> Result<(Vec<usize>, KeySwitchPlan)> {
+    let nq = d.limbs().len();
+    if d.repr() != Repr::Ntt || d.count() != 1 || nq == 0 || nq > ctx.params().q_primes().len() {
         return Err(Error::InvalidInput(
             "key switch input must be one polynomial in NTT form".into(),
         ));
     }
-    let level = d.limbs().len() - 1;
-    let qp = ctx.qp_first(level + 1);
-    let mut coeff = d.clone();
-    be.ntt_inverse(ring, &mut coeff)?;
-    let mut out = Vec::new();
+    let qp = ctx.qp_first(nq);
+    let q = ctx.q_first(nq);
+    let mut index = Vec::new();
+    let mut digits = Vec::new();
     for (j, range) in ctx.digits().into_iter().enumerate() {
-        let digit: Arc<[usize]> = range.filter(|&l| l <= level).collect();
-        if digit.is_empty() {
+        let limbs: Arc<[usize]> = range.filter(|&l| l < nq).collect();
+        if limbs.is_empty() {
             continue;
         }
-        let rest: Arc<[usize]> = qp.iter().copied().filter(|l| !digit.contains(l)).collect();
-        let part = be.select_limbs(&coeff, digit.clone())?;
-        let conv = ctx.converter(&digit, &rest);
-        let mut ext = be.base_convert(ring, &part, rest, &conv, false)?;
-        be.ntt_forward(ring, &mut ext)?;
-        let joined = be.concat_limbs(&be.select_limbs(d, digit)?, &ext)?;
-        out.push((j, be.select_limbs(&joined, qp.clone())?));
+        let rest: Arc<[usize]> = qp.iter().copied().filter(|l| !limbs.contains(l)).collect();
+        let up = ctx.converter(&limbs, &rest);
+        index.push(j);
+        digits.push(KsDigit { limbs, rest, up });
     }
-    Ok(out)
+    let p = ctx.p_limbs();
+    let down = ctx.converter(&p, &q);
+    Ok((
+        index,
+        KeySwitchPlan {
+            digits,
+            qp,
+            q,
+            p,
+            down,
+        },
+    ))
 }
 
 /// Relinearization key: switches `s²` to `s`.

@@ -19,6 +19,10 @@ pub const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("ntt.cu", include_str!("../../../kernels/ntt.cu")),
     ("rns.cu", include_str!("../../../kernels/rns.cu")),
     ("permute.cu", include_str!("../../../kernels/permute.cu")),
+    (
+        "keyswitch.cu",
+        include_str!("../../../kernels/keyswitch.cu"),
+    ),
 ];
 
 /// Every kernel entry point the backend loads (a missing one fails the compile test).
@@ -39,6 +43,10 @@ pub const KERNEL_NAMES: &[&str] = &[
     "permute_limbs",
     "gather_limbs",
     "concat_limbs",
+    "conv_rows",
+    "ks_inner",
+    "ntt_fwd_rows_moddown",
+    "ntt_fwd_cols_conv",
 ];
 
 /// The source of one NVRTC program holding every kernel (prelude + all files).

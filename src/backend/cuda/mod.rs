@@ -24,9 +24,10 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_mul_acc,
-    check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
-    limb_positions, limb_scalars, Backend, Buffer, DeviceBuffer, PolyBatch, Repr, TraceCounts,
+    check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_key_switch,
+    check_mul_acc, check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
+    key_switch_reference, limb_positions, limb_scalars, mod_down_factors, mod_down_reference,
+    Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -161,9 +162,39 @@ struct RoundTables {
     lam: CudaSlice<u32>,
 }
 
+/// A batch of conversions' device tables (`conv_row_word` in kernels/keyswitch.cu).
+struct ConvRows {
+    desc: CudaSlice<u32>,
+    tab: CudaSlice<u32>,
+}
+
+/// Device tables of one key-switching plan ([`ks_table_words`]).
+struct KsTables {
+    up: ConvRows,
+    /// The prime of every ModUp row (the batched NTT's limb map).
+    ext_primes: Vec<usize>,
+    orow: CudaSlice<u32>,
+    lrow: CudaSlice<u32>,
+    /// ModUp rows (all digits).
+    rows: usize,
+}
+
 use self::KernelArg as A;
 
 type RingKey = (usize, Vec<u32>);
+
+/// Two lists of prime values (a converter's or ModDown's bases), a cache key.
+type PrimeLists = (Vec<u32>, Vec<u32>);
+
+/// The primes' values (cache keys hold values, never addresses).
+fn values(ms: &[Modulus]) -> Vec<u32> {
+    ms.iter().map(|m| m.value()).collect()
+}
+
+/// A converter's cache key: its source and target primes.
+fn conv_key(conv: &BaseConverter) -> PrimeLists {
+    (values(conv.from()), values(conv.to()))
+}
 
 /// The host words of a ring's tables (what [`CudaBackend`] uploads per `(N, primes)`).
 #[doc(hidden)]
@@ -253,6 +284,104 @@ pub fn round_table_words(r: &ScaleRounder) -> RoundTableWords {
             .flat_map(|(&l, m)| [l, m.shoup(l)])
             .collect(),
     }
+}
+
+/// The host words of a key-switching plan's tables (ModUp's conversion desc and tab for
+/// `conv_row_word`, its rows' primes, `ks_inner`'s orow and lrow), for `d` over `plan.q` and keys over `key_limbs`.
+/// `None` when a digit is not a contiguous run of `d`'s limbs or the key lacks a limb (the
+/// backend then runs the reference composition).
+#[doc(hidden)]
+pub struct KsTableWords {
+    pub desc: Vec<u32>,
+    pub tab: Vec<u32>,
+    pub ext_primes: Vec<usize>,
+    pub orow: Vec<u32>,
+    pub lrow: Vec<u32>,
+}
+
+/// Appends one converter's rows to a conversion table (`conv_row_word` in
+/// kernels/keyswitch.cu): its source block (Mods, `(ŵ_i, shoup)`, and for `exact` the u64
+/// `floor(2^62/b_i)`) to `tab` and a descriptor per target prime (its `[B/b_i]_c` row in `tab`)
+/// to `desc`, the sources starting at row `s0` of each polynomial.
+fn push_conv(
+    desc: &mut Vec<u32>,
+    tab: &mut Vec<u32>,
+    conv: &BaseConverter,
+    s0: usize,
+    exact: bool,
+) {
+    let t = conv_table_words(conv);
+    let k = t.from.len() / 6;
+    // Mods and u64 words stay 8-byte aligned.
+    let put = |tab: &mut Vec<u32>, words: &[u32]| {
+        if tab.len() % 2 == 1 {
+            tab.push(0);
+        }
+        let at = tab.len();
+        tab.extend_from_slice(words);
+        at as u32
+    };
+    let fm = put(tab, &t.from);
+    let bhi = put(tab, &t.bhi);
+    let frac_words: Vec<u32> = t
+        .frac
+        .iter()
+        .flat_map(|&f| [f as u32, (f >> 32) as u32])
+        .collect();
+    let frac = if exact { put(tab, &frac_words) } else { 0 };
+    for (j, &bmc) in t.bmc.iter().enumerate() {
+        let bhc = put(tab, &t.bhc[j * k..(j + 1) * k]);
+        let bmc = if exact { bmc } else { 0 };
+        desc.extend([s0 as u32, k as u32, fm, bhi, bhc, frac, bmc, 0]);
+    }
+}
+
+#[doc(hidden)]
+pub fn ks_table_words(plan: &KeySwitchPlan, key_limbs: &[usize]) -> Option<KsTableWords> {
+    let pos = |ls: &[usize], x: usize| ls.iter().position(|&l| l == x);
+    let (nq, np) = (plan.q.len(), plan.qp.len() - plan.q.len());
+    let mut w = KsTableWords {
+        desc: Vec::new(),
+        tab: Vec::new(),
+        ext_primes: Vec::new(),
+        orow: Vec::new(),
+        lrow: Vec::new(),
+    };
+    let mut base = Vec::with_capacity(plan.digits.len());
+    for dg in &plan.digits {
+        let (k, s0) = (dg.limbs.len(), pos(&plan.q, *dg.limbs.first()?)?);
+        if plan.q.get(s0..s0 + k) != Some(&dg.limbs[..]) || dg.up.to().len() != dg.rest.len() {
+            return None;
+        }
+        base.push(w.ext_primes.len());
+        push_conv(&mut w.desc, &mut w.tab, &dg.up, s0, false);
+        w.ext_primes.extend(dg.rest.iter().copied());
+    }
+    for &l in plan.qp.iter() {
+        w.lrow.extend([l as u32, pos(key_limbs, l)? as u32]);
+        for (dg, &b) in plan.digits.iter().zip(&base) {
+            w.lrow.push(match pos(&dg.limbs, l) {
+                Some(_) => (1 << 31) | pos(&plan.q, l)? as u32,
+                None => (b + pos(&dg.rest, l)?) as u32,
+            });
+        }
+    }
+    // The accumulator's rows: the special limbs of both polynomials first (ModDown's input,
+    // contiguous), then the ciphertext limbs.
+    for range in [nq..nq + np, 0..nq] {
+        for p in 0..2u32 {
+            w.orow.extend(range.clone().map(|l| (p << 16) | l as u32));
+        }
+    }
+    Some(w)
+}
+
+/// The conversion table of ModDown's exact converter (`conv_row_word`'s desc and tab).
+#[doc(hidden)]
+pub fn down_table_words(conv: &BaseConverter) -> (Vec<u32>, Vec<u32>) {
+    let (mut desc, mut tab) = (Vec::new(), Vec::new());
+    push_conv(&mut desc, &mut tab, conv, 0, true);
+    (desc, tab)
 }
 
 /// One kernel launch: name, 1-D grid and block, dynamic shared bytes, arguments.
@@ -365,6 +494,8 @@ pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64
         "ntt_fwd_cols" | "ntt_fwd_rows" | "intt_rows" | "intt_cols" => {
             2 * grid as u64 * (smem as u64 / 4)
         }
+        // the tile written (its conversion's sources are counted by the caller).
+        "ntt_fwd_cols_conv" => grid as u64 * (smem as u64 / 4),
         "ew_neg" | "ew_scalar" | "automorphism" | "permute_limbs" | "gather_limbs"
         | "concat_limbs" => 2 * total,
         "ew_binary" => 3 * total,
@@ -377,6 +508,11 @@ pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64
         "base_convert" => total + total * u(8) / u(9).max(1),
         // per coefficient: kq + kc limbs read, kc written.
         "scale_round" => total * (u(7) + 2 * u(8)),
+        // the tile read, x's tile read, out written (and the added batch read).
+        "ntt_fwd_rows_moddown" => {
+            let add = matches!(args.last(), Some(A::W(p)) if *p != 0) as u64;
+            (3 + add) * grid as u64 * (smem as u64 / 4)
+        }
         _ => 0,
     }
 }
@@ -385,9 +521,17 @@ pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64
 struct Caches {
     rings: HashMap<RingKey, Arc<RingTables>>,
     indices: HashMap<Vec<usize>, Arc<CudaSlice<u32>>>,
-    convs: HashMap<(Vec<u32>, Vec<u32>), Arc<ConvTables>>,
+    convs: HashMap<PrimeLists, Arc<ConvTables>>,
     rounders: HashMap<(Vec<u32>, Vec<u32>, u64), Arc<RoundTables>>,
     ntt_maps: HashMap<(usize, usize), Arc<CudaSlice<u32>>>,
+    /// ModDown's `([P^{-1}]_{q_l}, shoup)` per (keep primes, drop primes).
+    factors: HashMap<PrimeLists, Arc<CudaSlice<u32>>>,
+    /// Key-switching tables per (ring, plan layout).
+    ks: HashMap<(RingKey, Vec<Vec<usize>>), Arc<KsTables>>,
+    /// ModDown's conversion tables per (drop primes, keep primes).
+    downs: HashMap<PrimeLists, Arc<ConvRows>>,
+    /// Device arrays of device pointers (key digits), keyed by the pointers themselves.
+    ptrs: HashMap<Vec<u64>, Arc<CudaSlice<u64>>>,
 }
 
 /// A kernel argument (device pointers are 64-bit words, as in the driver API).
@@ -558,6 +702,19 @@ impl CudaBackend {
     }
 
     fn launch(&self, name: &str, grid: u32, block: u32, smem: u32, args: &[A]) -> Result<()> {
+        let words = kernel_words(name, grid, smem, args);
+        self.launch_counted(name, (grid, block, smem), args, words)
+    }
+
+    /// A launch whose modelled traffic (`words`) the caller gives (kernels whose operand
+    /// sizes are not in their arguments).
+    fn launch_counted(
+        &self,
+        name: &str,
+        (grid, block, smem): (u32, u32, u32),
+        args: &[A],
+        words: u64,
+    ) -> Result<()> {
         let f = self
             .funcs
             .get(name)
@@ -576,10 +733,7 @@ impl CudaBackend {
             shared_mem_bytes: smem,
         };
         Trace::add(&self.trace.launches, 1);
-        Trace::add(
-            &self.trace.kernel_bytes,
-            4 * kernel_words(name, grid, smem, args) as usize,
-        );
+        Trace::add(&self.trace.kernel_bytes, 4 * words as usize);
         // SAFETY: argument lists match the kernel signatures in kernels/*.cu, and every
         // pointer refers to a live allocation of the sizes the kernel indexes.
         unsafe { b.launch(cfg) }.map_err(drv)?;
@@ -593,86 +747,98 @@ impl CudaBackend {
         self.launch(name, grid_1d(total), BLOCK_1D, 0, args)
     }
 
+    /// The value cached under `key` in the map `pick` selects, or `make`'s, then cached (the
+    /// cache lock is held while `make` uploads).
+    fn cached<K: Eq + std::hash::Hash, V: Clone>(
+        &self,
+        pick: impl FnOnce(&mut Caches) -> &mut HashMap<K, V>,
+        key: K,
+        make: impl FnOnce() -> Result<V>,
+    ) -> Result<V> {
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        let map = pick(&mut c);
+        if let Some(v) = map.get(&key) {
+            return Ok(v.clone());
+        }
+        let v = make()?;
+        map.insert(key, v.clone());
+        Ok(v)
+    }
+
     fn ring(&self, ring: &RingContext) -> Result<Arc<RingTables>> {
         let key: RingKey = (ring.n(), ring.moduli().iter().map(|m| m.value()).collect());
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.rings.get(&key) {
-            return Ok(t.clone());
-        }
-        let w = ring_table_words(ring);
-        let t = Arc::new(RingTables {
-            mods: self.htod(&w.mods)?,
-            psi: self.htod(&w.psi)?,
-            psi_s: self.htod(&w.psi_s)?,
-            ipsi: self.htod(&w.ipsi)?,
-            ipsi_s: self.htod(&w.ipsi_s)?,
-            ninv: self.htod(&w.ninv)?,
-        });
-        c.rings.insert(key, t.clone());
-        Ok(t)
+        self.cached(
+            |c| &mut c.rings,
+            key,
+            || {
+                let w = ring_table_words(ring);
+                Ok(Arc::new(RingTables {
+                    mods: self.htod(&w.mods)?,
+                    psi: self.htod(&w.psi)?,
+                    psi_s: self.htod(&w.psi_s)?,
+                    ipsi: self.htod(&w.ipsi)?,
+                    ipsi_s: self.htod(&w.ipsi_s)?,
+                    ninv: self.htod(&w.ninv)?,
+                }))
+            },
+        )
     }
 
     /// A cached device array of small indices (limb lists, limb positions).
     fn indices(&self, idx: &[usize]) -> Result<Arc<CudaSlice<u32>>> {
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.indices.get(idx) {
-            return Ok(t.clone());
-        }
-        let words: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-        let t = Arc::new(self.htod(&words)?);
-        c.indices.insert(idx.to_vec(), t.clone());
-        Ok(t)
+        self.cached(
+            |c| &mut c.indices,
+            idx.to_vec(),
+            || {
+                let words: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+                Ok(Arc::new(self.htod(&words)?))
+            },
+        )
     }
 
     fn conv(&self, conv: &BaseConverter) -> Result<Arc<ConvTables>> {
-        let vals = |ms: &[Modulus]| ms.iter().map(|m| m.value()).collect::<Vec<u32>>();
-        let key = (vals(conv.from()), vals(conv.to()));
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.convs.get(&key) {
-            return Ok(t.clone());
-        }
-        let w = conv_table_words(conv);
-        let t = Arc::new(ConvTables {
-            from: self.htod(&w.from)?,
-            to: self.htod(&w.to)?,
-            bhi: self.htod(&w.bhi)?,
-            bhc: self.htod(&w.bhc)?,
-            bmc: self.htod(&w.bmc)?,
-            frac: self.htod(&w.frac)?,
-        });
-        c.convs.insert(key, t.clone());
-        Ok(t)
+        self.cached(
+            |c| &mut c.convs,
+            conv_key(conv),
+            || {
+                let w = conv_table_words(conv);
+                Ok(Arc::new(ConvTables {
+                    from: self.htod(&w.from)?,
+                    to: self.htod(&w.to)?,
+                    bhi: self.htod(&w.bhi)?,
+                    bhc: self.htod(&w.bhc)?,
+                    bmc: self.htod(&w.bmc)?,
+                    frac: self.htod(&w.frac)?,
+                }))
+            },
+        )
     }
 
     fn rounder(&self, r: &ScaleRounder) -> Result<Arc<RoundTables>> {
-        let vals = |ms: &[Modulus]| ms.iter().map(|m| m.value()).collect::<Vec<u32>>();
-        let key = (vals(r.from_q()), vals(r.to()), r.multiplier());
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.rounders.get(&key) {
-            return Ok(t.clone());
-        }
-        let w = round_table_words(r);
-        let t = Arc::new(RoundTables {
-            q: self.htod(&w.q)?,
-            c: self.htod(&w.c)?,
-            fint: self.htod(&w.fint)?,
-            theta: self.htod(&w.theta)?,
-            lam: self.htod(&w.lam)?,
-        });
-        c.rounders.insert(key, t.clone());
-        Ok(t)
+        let key = (values(r.from_q()), values(r.to()), r.multiplier());
+        self.cached(
+            |c| &mut c.rounders,
+            key,
+            || {
+                let w = round_table_words(r);
+                Ok(Arc::new(RoundTables {
+                    q: self.htod(&w.q)?,
+                    c: self.htod(&w.c)?,
+                    fint: self.htod(&w.fint)?,
+                    theta: self.htod(&w.theta)?,
+                    lam: self.htod(&w.lam)?,
+                }))
+            },
+        )
     }
 
     fn ntt_map(&self, n: usize, g: usize) -> Result<Arc<CudaSlice<u32>>> {
-        let two_n = 2 * n;
-        let g = g % two_n;
-        let mut c = self.caches.lock().expect("cuda cache poisoned");
-        if let Some(t) = c.ntt_maps.get(&(n, g)) {
-            return Ok(t.clone());
-        }
-        let t = Arc::new(self.htod(&launch::automorphism_ntt_map(n, g))?);
-        c.ntt_maps.insert((n, g), t.clone());
-        Ok(t)
+        let g = g % (2 * n);
+        self.cached(
+            |c| &mut c.ntt_maps,
+            (n, g),
+            || Ok(Arc::new(self.htod(&launch::automorphism_ntt_map(n, g))?)),
+        )
     }
 
     /// Common arguments of the element-wise kernels: ring moduli, limb map, nl, log_n.
@@ -1047,25 +1213,8 @@ impl Backend for CudaBackend {
             self.trace.device_copy(4 * out.len());
             self.stream.memset_zeros(&mut out).map_err(drv)?;
         } else {
-            self.launch_1d(
-                "base_convert",
-                total as u64,
-                &[
-                    A::W(self.ptr(&out)),
-                    A::W(self.bptr(p)?),
-                    A::W(self.ptr(&t.from)),
-                    A::W(self.ptr(&t.to)),
-                    A::W(self.ptr(&t.bhi)),
-                    A::W(self.ptr(&t.bhc)),
-                    A::W(self.ptr(&t.bmc)),
-                    A::W(self.ptr(&t.frac)),
-                    A::U(k as u32),
-                    A::U(kt as u32),
-                    A::U(n.trailing_zeros()),
-                    A::U(exact as u32),
-                    A::W(total as u64),
-                ],
-            )?;
+            let (po, pi) = (self.ptr(&out), self.bptr(p)?);
+            self.convert_at(po, pi, &t, (k, kt), n, p.count, exact)?;
         }
         Ok(self.wrap(out, to, p.count, n, Repr::Coeff))
     }
@@ -1222,6 +1371,133 @@ impl Backend for CudaBackend {
         Ok(self.wrap(out, first.limbs.clone(), count, first.n, first.repr))
     }
 
+    fn mod_down(
+        &self,
+        ring: &RingContext,
+        x: &PolyBatch,
+        keep: Arc<[usize]>,
+        drop: Arc<[usize]>,
+        conv: &BaseConverter,
+    ) -> Result<PolyBatch> {
+        let (nk, nd, n, count) = (keep.len(), drop.len(), x.n, x.count);
+        // The fused path needs `x` over `keep ++ drop`; anything else takes the reference.
+        if x.repr != Repr::Ntt
+            || nk == 0
+            || nd == 0
+            || count == 0
+            || x.limbs.len() != nk + nd
+            || x.limbs[..nk] != *keep
+            || x.limbs[nk..] != *drop
+        {
+            return mod_down_reference(self, ring, x, keep, drop, conv);
+        }
+        check_ring(ring, x)?;
+        let src = &self.buf(x)?.data;
+        let mut tail = self.alloc(count * nd * n)?;
+        for c in 0..count {
+            self.copy_words(&mut tail, c * nd * n, src, (c * (nk + nd) + nk) * n, nd * n)?;
+        }
+        let (tp, xp) = (self.ptr(&tail), self.ptr(src));
+        let out = self.mod_down_tail(ring, tp, (xp, nk + nd, 0), (&keep, &drop), conv, count, n)?;
+        Ok(self.wrap(out, keep, count, n, Repr::Ntt))
+    }
+
+    fn key_switch(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        onto: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
+        check_key_switch(d, keys, plan, onto)?;
+        check_ring(ring, d)?;
+        let (n, nq, np, nd) = (d.n, plan.q.len(), plan.p.len(), plan.digits.len());
+        let key_limbs = keys[0].limbs_arc();
+        let tables = if np == 0
+            || plan.qp.len() != nq + np
+            || plan.qp[..nq] != *plan.q
+            || plan.qp[nq..] != *plan.p
+            || keys.iter().any(|k| k.limbs != key_limbs)
+        {
+            None
+        } else {
+            self.ks_tables(ring, plan, &key_limbs)?
+        };
+        let Some(t) = tables else {
+            return key_switch_reference(self, ring, d, keys, plan, onto);
+        };
+        let nqp = nq + np;
+        let log_n = n.trailing_zeros();
+        let rt = self.ring(ring)?;
+        // ModUp: one inverse NTT of d, one conversion launch and one NTT for every digit.
+        let dsrc = &self.buf(d)?.data;
+        let mut coeff = self.alloc(nq * n)?;
+        self.copy_words(&mut coeff, 0, dsrc, 0, nq * n)?;
+        self.ntt_at(ring, self.ptr(&coeff), &plan.q, 1, n, false)?;
+        // Every digit's other limbs, converted on load by one batched forward NTT.
+        let ext = self.alloc(t.rows * n)?;
+        let conv_args = [
+            A::W(self.ptr(&coeff)),
+            A::W(self.ptr(&t.up.desc)),
+            A::W(self.ptr(&t.up.tab)),
+            A::U(0),
+        ];
+        let ep = self.ptr(&ext);
+        let src_words = (nq * n) as u64;
+        self.ntt_launch(
+            ring,
+            ep,
+            &t.ext_primes,
+            1,
+            n,
+            true,
+            Some((conv_args, src_words)),
+            None,
+        )?;
+        // Inner product with the key digits in place; the special limbs come first.
+        let kptrs = keys
+            .iter()
+            .map(|k| self.bptr(k))
+            .collect::<Result<Vec<_>>>()?;
+        let kp = self.ptr_array(&kptrs)?;
+        let acc = self.alloc(2 * nqp * n)?;
+        let total = (2 * nqp * n) as u64;
+        self.launch_counted(
+            "ks_inner",
+            (grid_1d(total), BLOCK_1D, 0),
+            &[
+                A::W(self.ptr(&acc)),
+                A::W(self.bptr(d)?),
+                A::W(self.ptr(&ext)),
+                A::W(self.ptr(&kp)),
+                A::W(self.ptr(&t.orow)),
+                A::W(self.ptr(&t.lrow)),
+                A::W(self.ptr(&rt.mods)),
+                A::U(nd as u32),
+                A::U(key_limbs.len() as u32),
+                A::U(log_n),
+                A::W(total),
+            ],
+            // acc written, each key digit's limbs read, each digit's extension read once.
+            total * (1 + nd as u64) + (nd * nqp * n) as u64,
+        )?;
+        // ModDown: the special limbs of both polynomials are contiguous at the start of acc.
+        let ap = self.ptr(&acc);
+        let head = ap + 4 * (2 * np * n) as u64;
+        let add = onto.map(|c| self.bptr(c)).transpose()?.unwrap_or(0);
+        let out = self.mod_down_tail(
+            ring,
+            ap,
+            (head, nq, add),
+            (&plan.q, &plan.p),
+            &plan.down,
+            2,
+            n,
+        )?;
+        Ok(self.wrap(out, plan.q.clone(), 2, n, Repr::Ntt))
+    }
+
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
         let limbs = check_concat_limbs(a, b)?;
         let total = a.count * limbs.len() * a.n;
@@ -1246,28 +1522,302 @@ impl Backend for CudaBackend {
 impl CudaBackend {
     fn ntt(&self, ring: &RingContext, p: &mut PolyBatch, forward: bool) -> Result<()> {
         check_ring(ring, p)?;
-        let ntts = (p.count * p.limbs.len()) as u64;
+        self.ntt_at(ring, self.bptr(p)?, &p.limbs, p.count, p.n, forward)
+    }
+
+    /// NTTs of `count` polynomials over `limbs` stored from device address `data`.
+    fn ntt_at(
+        &self,
+        ring: &RingContext,
+        data: u64,
+        limbs: &[usize],
+        count: usize,
+        n: usize,
+        forward: bool,
+    ) -> Result<()> {
+        self.ntt_launch(ring, data, limbs, count, n, forward, None, None)
+    }
+
+    /// [`Self::ntt_at`]; forward only: with `conv = Some((args, source words))` the input is
+    /// converted on load (`ntt_fwd_cols_conv` with those extra arguments: in, desc, tab,
+    /// src_stride; a `conv_rows` launch writing `data` first where N ≤ 2048), and with
+    /// `moddown = Some(args)` the rows kernel is `ntt_fwd_rows_moddown` (out, x, xstride, fac,
+    /// add).
+    #[allow(clippy::too_many_arguments)]
+    fn ntt_launch(
+        &self,
+        ring: &RingContext,
+        data: u64,
+        limbs: &[usize],
+        count: usize,
+        n: usize,
+        forward: bool,
+        conv: Option<([A; 4], u64)>,
+        moddown: Option<[A; 5]>,
+    ) -> Result<()> {
+        let ntts = (count * limbs.len()) as u64;
         if ntts == 0 {
             return Ok(());
         }
         let t = self.ring(ring)?;
-        let l = self.indices(&p.limbs)?;
+        let l = self.indices(limbs)?;
         let (tw, tws) = if forward {
             (&t.psi, &t.psi_s)
         } else {
             (&t.ipsi, &t.ipsi_s)
         };
         let ptrs = NttPtrs {
-            data: self.bptr(p)?,
+            data,
             mods: self.ptr(&t.mods),
             limbs: self.ptr(&l),
             tw: self.ptr(tw),
             tws: self.ptr(tws),
             ninv: self.ptr(&t.ninv),
         };
-        for l in ntt_launches(p.n, ntts, p.limbs.len() as u32, forward, ptrs)? {
-            self.launch(l.name, l.grid, l.block, l.smem, &l.args)?;
+        let mut launches = ntt_launches(n, ntts, limbs.len() as u32, forward, ptrs)?;
+        if let (Some(extra), Some(last)) = (moddown, launches.last_mut()) {
+            last.name = "ntt_fwd_rows_moddown";
+            last.args.extend(extra);
+        }
+        let mut src_words = 0;
+        if let Some((extra, words)) = conv {
+            src_words = words;
+            match launches.first_mut() {
+                Some(first) if first.name == "ntt_fwd_cols" => {
+                    first.name = "ntt_fwd_cols_conv";
+                    first.args.extend(extra);
+                }
+                _ => {
+                    let [inp, desc, tab, stride] = extra;
+                    let total = ntts << n.trailing_zeros();
+                    self.launch_counted(
+                        "conv_rows",
+                        (grid_1d(total), BLOCK_1D, 0),
+                        &[
+                            A::W(data),
+                            inp,
+                            A::W(ptrs.mods),
+                            A::W(ptrs.limbs),
+                            desc,
+                            tab,
+                            A::U(limbs.len() as u32),
+                            stride,
+                            A::U(n.trailing_zeros()),
+                            A::W(total),
+                        ],
+                        total + std::mem::take(&mut src_words),
+                    )?;
+                }
+            }
+        }
+        for l in launches {
+            let words =
+                kernel_words(l.name, l.grid, l.smem, &l.args) + std::mem::take(&mut src_words);
+            self.launch_counted(l.name, (l.grid, l.block, l.smem), &l.args, words)?;
         }
         Ok(())
+    }
+
+    /// `base_convert` of `count` polynomials of `k` limbs at `inp` into `kt` limbs at `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn convert_at(
+        &self,
+        out: u64,
+        inp: u64,
+        t: &ConvTables,
+        (k, kt): (usize, usize),
+        n: usize,
+        count: usize,
+        exact: bool,
+    ) -> Result<()> {
+        let total = (count * kt * n) as u64;
+        self.launch_1d(
+            "base_convert",
+            total,
+            &[
+                A::W(out),
+                A::W(inp),
+                A::W(self.ptr(&t.from)),
+                A::W(self.ptr(&t.to)),
+                A::W(self.ptr(&t.bhi)),
+                A::W(self.ptr(&t.bhc)),
+                A::W(self.ptr(&t.bmc)),
+                A::W(self.ptr(&t.frac)),
+                A::U(k as u32),
+                A::U(kt as u32),
+                A::U(n.trailing_zeros()),
+                A::U(exact as u32),
+                A::W(total),
+            ],
+        )
+    }
+
+    /// Copies `len` words from `src[src_off..]` to `dst[dst_off..]` (device to device).
+    fn copy_words(
+        &self,
+        dst: &mut CudaSlice<u32>,
+        dst_off: usize,
+        src: &CudaSlice<u32>,
+        src_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(drv)?;
+        self.trace.device_copy(4 * len);
+        self.stream
+            .memcpy_dtod(
+                &src.slice(src_off..src_off + len),
+                &mut dst.slice_mut(dst_off..dst_off + len),
+            )
+            .map_err(drv)
+    }
+
+    /// ModDown's scaling constants `([P^{-1}]_{q_l}, shoup)` for `keep`, cached.
+    fn factors(
+        &self,
+        ring: &RingContext,
+        keep: &[usize],
+        drop: &[usize],
+    ) -> Result<Arc<CudaSlice<u32>>> {
+        let vals = |ls: &[usize]| ls.iter().map(|&l| ring.modulus(l).value()).collect();
+        self.cached(
+            |c| &mut c.factors,
+            (vals(keep), vals(drop)),
+            || {
+                let words: Vec<u32> = mod_down_factors(ring, keep, drop)
+                    .iter()
+                    .zip(keep)
+                    .flat_map(|(&w, &l)| {
+                        let m = ring.modulus(l);
+                        let w = w % m.value();
+                        [w, m.shoup(w)]
+                    })
+                    .collect();
+                Ok(Arc::new(self.htod(&words)?))
+            },
+        )
+    }
+
+    /// ModDown from its tail: the `drop` rows at `tail` (NTT form, `count` polynomials of
+    /// `drop.len()` rows; transformed back in place) are converted exactly to `keep` on load
+    /// by the forward NTT, whose rows kernel writes `out = (x − lifted)·[P^{-1}]`, x's row
+    /// `(c, l)` at `x + (c·xstride + l)·N` words, plus the batch at `add` (0: none) of out's
+    /// layout.
+    #[allow(clippy::too_many_arguments)]
+    fn mod_down_tail(
+        &self,
+        ring: &RingContext,
+        tail: u64,
+        (x, xstride, add): (u64, usize, u64),
+        (keep, drop): (&[usize], &[usize]),
+        conv: &BaseConverter,
+        count: usize,
+        n: usize,
+    ) -> Result<CudaSlice<u32>> {
+        if conv.from().len() != drop.len() || conv.to().len() != keep.len() {
+            return Err(Error::Shape(
+                "mod_down: converter does not match the bases".into(),
+            ));
+        }
+        self.ntt_at(ring, tail, drop, count, n, false)?;
+        let t = self.down_tables(conv)?;
+        let f = self.factors(ring, keep, drop)?;
+        // The conversion's output: written only by the columns kernel's stages (or by
+        // conv_rows where N ≤ 2048), never as a separate batch.
+        let lifted = self.alloc(count * keep.len() * n)?;
+        let out = self.alloc(count * keep.len() * n)?;
+        let conv_args = [
+            A::W(tail),
+            A::W(self.ptr(&t.desc)),
+            A::W(self.ptr(&t.tab)),
+            A::U(drop.len() as u32),
+        ];
+        let moddown = [
+            A::W(self.ptr(&out)),
+            A::W(x),
+            A::U(xstride as u32),
+            A::W(self.ptr(&f)),
+            A::W(add),
+        ];
+        let src_words = (count * drop.len() * n) as u64;
+        let lp = self.ptr(&lifted);
+        self.ntt_launch(
+            ring,
+            lp,
+            keep,
+            count,
+            n,
+            true,
+            Some((conv_args, src_words)),
+            Some(moddown),
+        )?;
+        Ok(out)
+    }
+
+    /// ModDown's conversion tables for `conv` (drop → keep), cached.
+    fn down_tables(&self, conv: &BaseConverter) -> Result<Arc<ConvRows>> {
+        self.cached(
+            |c| &mut c.downs,
+            conv_key(conv),
+            || {
+                let (desc, tab) = down_table_words(conv);
+                Ok(Arc::new(ConvRows {
+                    desc: self.htod(&desc)?,
+                    tab: self.htod(&tab)?,
+                }))
+            },
+        )
+    }
+
+    /// A cached device array holding these device pointers (content-keyed: the same
+    /// pointers always give an array with the same words).
+    fn ptr_array(&self, ptrs: &[u64]) -> Result<Arc<CudaSlice<u64>>> {
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        if let Some(t) = c.ptrs.get(ptrs) {
+            return Ok(t.clone());
+        }
+        if c.ptrs.len() >= 4096 {
+            c.ptrs.clear();
+        }
+        let t = Arc::new(self.htod(ptrs)?);
+        c.ptrs.insert(ptrs.to_vec(), t.clone());
+        Ok(t)
+    }
+
+    /// The key-switching tables of `plan` for keys over `key_limbs`, cached; `None` when the
+    /// plan's layout is not one the fused kernels handle ([`ks_table_words`]).
+    fn ks_tables(
+        &self,
+        ring: &RingContext,
+        plan: &KeySwitchPlan,
+        key_limbs: &[usize],
+    ) -> Result<Option<Arc<KsTables>>> {
+        let mut layout = vec![plan.q.to_vec(), plan.p.to_vec(), key_limbs.to_vec()];
+        layout.extend(plan.digits.iter().map(|d| d.limbs.to_vec()));
+        let key = (
+            (ring.n(), ring.moduli().iter().map(|m| m.value()).collect()),
+            layout,
+        );
+        let mut c = self.caches.lock().expect("cuda cache poisoned");
+        if let Some(t) = c.ks.get(&key) {
+            return Ok(Some(t.clone()));
+        }
+        let Some(w) = ks_table_words(plan, key_limbs) else {
+            return Ok(None);
+        };
+        let t = Arc::new(KsTables {
+            up: ConvRows {
+                desc: self.htod(&w.desc)?,
+                tab: self.htod(&w.tab)?,
+            },
+            rows: w.ext_primes.len(),
+            ext_primes: w.ext_primes,
+            orow: self.htod(&w.orow)?,
+            lrow: self.htod(&w.lrow)?,
+        });
+        c.ks.insert(key, t.clone());
+        Ok(Some(t))
     }
 }

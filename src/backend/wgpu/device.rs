@@ -27,6 +27,7 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
             "mul_scalar",
             "add_scalar",
             "tensor_product",
+            "moddown_finish",
         ],
     ),
     (

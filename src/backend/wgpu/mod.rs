@@ -15,7 +15,8 @@ use std::sync::Arc;
 use crate::backend::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_mul_acc,
     check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
-    limb_positions, limb_scalars, Backend, Buffer, PolyBatch, Repr,
+    key_inner_reference, key_mod_down_reference, limb_positions, limb_scalars, mod_down_factors,
+    mod_down_reference, Backend, Buffer, KeySwitchPlan, PolyBatch, Repr,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, RingContext, ScaleRounder};
@@ -294,6 +295,80 @@ impl WgpuBackend {
             Ok(())
         })?;
         Ok(self.wrap(out, to, p.count(), n, Repr::Coeff))
+    }
+
+    /// ModDown of `x` over `keep ++ drop` (NTT form), with the subtraction and the scaling in
+    /// one dispatch (`moddown_finish`) and, with `onto`, relinearization's addition of its
+    /// first two polynomials too. `None` when `x` has another layout or needs more than one
+    /// binding (the caller then composes the reference).
+    fn mod_down_fused(
+        &self,
+        ring: &RingContext,
+        x: &PolyBatch,
+        (keep, drop): (&Arc<[usize]>, &Arc<[usize]>),
+        conv: &BaseConverter,
+        onto: Option<&PolyBatch>,
+    ) -> Result<Option<PolyBatch>> {
+        let (nk, nd, n) = (keep.len(), drop.len(), x.n());
+        let count = x.count();
+        if x.repr() != Repr::Ntt
+            || nk == 0
+            || nd == 0
+            || x.limbs().len() != nk + nd
+            || x.limbs()[..nk] != **keep
+            || x.limbs()[nk..] != **drop
+            || self.gpu.poly_chunks(x.count(), x.poly_words())?.len() > 1
+        {
+            return Ok(None);
+        }
+        check_ring(ring, x)?;
+        let mut tail = self.select_limbs(x, drop.clone())?;
+        self.ntt_inverse(ring, &mut tail)?;
+        let mut lifted = self.base_convert(ring, &tail, keep.clone(), conv, true)?;
+        self.ntt_forward(ring, &mut lifted)?;
+        let mut out = match onto {
+            Some(c) => self.slice_polys(c, 0, 2)?,
+            None => self.wrap(
+                self.gpu.alloc(count * nk * n)?,
+                keep.clone(),
+                count,
+                n,
+                Repr::Ntt,
+            ),
+        };
+        let extra: Vec<u32> = mod_down_factors(ring, keep, drop)
+            .iter()
+            .zip(keep.iter())
+            .flat_map(|(&w, &l)| {
+                let m = ring.modulus(l);
+                let w = w % m.value();
+                [w, m.shoup(w)]
+            })
+            .collect();
+        let rt = self.gpu.ring_tables(ring)?;
+        let (ob, xb, lb) = (self.buf(&out)?, self.buf(x)?, self.buf(&lifted)?);
+        let words = (count * nk * n) as u64;
+        let head = [
+            n.trailing_zeros(),
+            nk as u32,
+            words as u32,
+            onto.is_some() as u32,
+            (nk + nd) as u32,
+        ];
+        self.gpu.run(|enc| {
+            let prm = self.gpu.params(&Self::prm(&head, keep, &extra));
+            let binds = [
+                Bind::range(0, ob.get(), 0, count * nk * n),
+                Bind::range(1, xb.get(), 0, x.count() * (nk + nd) * n),
+                Bind::range(2, lb.get(), 0, count * nk * n),
+                Bind::whole(3, &rt.moduli),
+                Bind::whole(4, &prm),
+            ];
+            self.gpu
+                .dispatch(enc, "moddown_finish", n >= 256, &binds, words.div_ceil(WG))
+        })?;
+        out.set_repr(Repr::Ntt);
+        Ok(Some(out))
     }
 
     /// Copies `(src offset, dst offset, words)` runs from one batch into a new buffer.
@@ -611,6 +686,35 @@ impl Backend for WgpuBackend {
             Ok(())
         })?;
         Ok(self.wrap(out, first.limbs_arc(), count, first.n(), first.repr()))
+    }
+
+    fn mod_down(
+        &self,
+        ring: &RingContext,
+        x: &PolyBatch,
+        keep: Arc<[usize]>,
+        drop: Arc<[usize]>,
+        conv: &BaseConverter,
+    ) -> Result<PolyBatch> {
+        match self.mod_down_fused(ring, x, (&keep, &drop), conv, None)? {
+            Some(out) => Ok(out),
+            None => mod_down_reference(self, ring, x, keep, drop, conv),
+        }
+    }
+
+    fn key_switch(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        onto: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
+        let acc = key_inner_reference(self, ring, d, keys, plan, onto)?;
+        match self.mod_down_fused(ring, &acc, (&plan.q, &plan.p), &plan.down, onto)? {
+            Some(out) => Ok(out),
+            None => key_mod_down_reference(self, ring, &acc, plan, onto),
+        }
     }
 
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {

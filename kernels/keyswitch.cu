@@ -1,0 +1,44 @@
+// Hybrid key switching with every digit in each launch (src/backend/mod.rs
+// key_switch_reference and mod_down_reference define the words): the base conversions of
+// ModUp (all digits) and ModDown (conv_row_word, common.cuh) run inside the first kernel of
+// the forward NTT that follows them (ntt.cu ntt_fwd_cols_conv; conv_rows here where
+// N <= 2048), the key inner product reads the key digits' limbs in place, and ModDown ends
+// inside its forward NTT (ntt.cu ntt_fwd_rows_moddown). Tables are built on the host and cached (CudaBackend::ks_tables,
+// CudaBackend::down_tables). Grid-stride kernels: 1-D, 256 threads per block.
+
+// The conversions of conv_row_word as a batch of their own (N <= 2048, where no columns
+// kernel runs before the rows kernel): out row r = (c, l), prime mods[limbs[l]].
+extern "C" __global__ void conv_rows(u32* out, const u32* in, const Mod* mods,
+                                     const u32* limbs, const u32* desc, const u32* tab, u32 nl,
+                                     u32 src_stride, u32 log_n, u64 total) {
+    GRID_STRIDE(idx, total) {
+        const u32 row = (u32)(idx >> log_n), c = row / nl, l = row - c * nl;
+        out[idx] = conv_row_word(in, desc, tab, mods[limbs[l]], c, l, src_stride, log_n,
+                                 idx & ((1ull << log_n) - 1));
+    }
+}
+
+// Key inner product of nd digits: output row o is acc[p][l] = sum_j key_j[p][krow_l] * up_j[l]
+// (Modulus::mul_add_reduced from 0, digits in order: CpuBackend::mul_acc), with
+// orow[o] = p << 16 | l and lrow[(nd + 2) l ..] = (prime, key row, src_0 .. src_{nd-1}):
+// up_j[l] is row (src_j & 0x7fffffff) of d (src_j bit 31 set: the digit's own limb, NTT form)
+// or of ext (the NTT'd ModUp rows). keys[j] = digit j's key (2 polynomials of nkey limbs),
+// read in place.
+extern "C" __global__ void ks_inner(u32* acc, const u32* d, const u32* ext,
+                                    const u32* const* keys, const u32* orow, const u32* lrow,
+                                    const Mod* mods, u32 nd, u32 nkey, u32 log_n, u64 total) {
+    GRID_STRIDE(idx, total) {
+        const u64 coeff = idx & ((1ull << log_n) - 1);
+        const u32 o = orow[idx >> log_n];
+        const u32* lr = lrow + (o & 0xffff) * (nd + 2);
+        const Mod& m = mods[lr[0]];
+        const u64 kw = ((u64)((o >> 16) * nkey + lr[1]) << log_n) | coeff;
+        u32 a = 0;
+        for (u32 j = 0; j < nd; j++) {
+            const u32 s = lr[2 + j];
+            const u32 x = (s >> 31 ? d : ext)[((u64)(s & 0x7fffffffu) << log_n) | coeff];
+            a = mul_add_reduced(keys[j][kw], x, a, m);
+        }
+        acc[idx] = a;
+    }
+}
