@@ -10,7 +10,8 @@ use hetensor::backend::{create_backend, BackendKind};
 use hetensor::bfv::BfvCrt;
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::nn::quantized::{self, QuantizedModel};
-use hetensor::nn::{encrypted, mnist, weights, Sequential};
+use hetensor::lower::{CkksBatched, LayerTiming, Plan};
+use hetensor::nn::{mnist, weights, Sequential};
 use hetensor::rlwe::Security;
 use hetensor::tensor::{CipherTensor, EncryptionKey};
 use hetensor::{Error, Result};
@@ -189,10 +190,11 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     let model = load_model(&opts)?;
     let test = mnist::load_test(&opts.data_dir)?;
     let total = images_to_run(&opts, test.labels.len(), test.labels.len())?;
+    let plan = Plan::from_sequential(&model, &[1, 28, 28])?;
     let params = match opts.precision.as_str() {
         "fast" => CkksParams::preset(13, 25)?,
         "high" => CkksParams::builder()
-            .depth(encrypted::levels_needed(&model)?)
+            .depth(plan.depth())
             .scale_bits(40)
             .build()?,
         other => {
@@ -206,7 +208,7 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     let t_key = Instant::now();
     let ctx = CkksContext::with_backend(params, backend.clone())?;
     let batch_size = batch_size(&opts, ctx.slots())?;
-    encrypted::check_fits(&ctx, &model, batch_size)?;
+    plan.check_fits(&ctx, batch_size)?;
     let keys = ctx.keygen()?;
     let seconds_keygen = t_key.elapsed().as_secs_f64();
 
@@ -247,8 +249,10 @@ pub fn run(opts: MnistOptions) -> Result<()> {
         enc_s += t.elapsed().as_secs_f64();
         pb.set_message(format!("batch {}/{batches}: inference", b + 1));
         let t = Instant::now();
-        let mut timing = encrypted::LayerTiming::default();
-        let out = encrypted::forward(&ctx, &model, ct, &keys.relin, bound, &mut timing)?;
+        let mut timing = LayerTiming::default();
+        let out = CkksBatched::new(&plan, &ctx, &keys.relin)?
+            .with_output_bound(bound)
+            .forward_with(&ct, &hetensor::progress::Progress::none(), Some(&mut timing))?;
         inf_s += t.elapsed().as_secs_f64();
         for (name, secs) in timing.layers {
             match layer_seconds.iter_mut().find(|(n, _)| *n == name) {

@@ -121,7 +121,7 @@ fn eval_op(op: &Op, x: &[&Tensor]) -> Result<Tensor> {
 }
 
 /// Input index of output position `o` under kernel tap `k`, or `None` in the padding.
-fn tap(o: usize, k: usize, stride: usize, pad: usize, n: usize) -> Option<usize> {
+pub(crate) fn tap(o: usize, k: usize, stride: usize, pad: usize, n: usize) -> Option<usize> {
     (o * stride + k).checked_sub(pad).filter(|&i| i < n)
 }
 
