@@ -284,6 +284,21 @@ impl Plan {
     }
 }
 
+/// Plans `model` for the shape of `x` and runs it with CKKS, batched (one-off calls, tests):
+/// `output_bound` as in [`CkksBatched::with_output_bound`].
+pub fn forward_sequential(
+    ctx: &CkksContext,
+    model: &Sequential,
+    x: &crate::tensor::CipherTensor,
+    rk: &crate::rlwe::RelinKey,
+    output_bound: f64,
+) -> Result<crate::tensor::CipherTensor> {
+    let plan = Plan::from_sequential(model, x.shape())?;
+    CkksBatched::new(&plan, ctx, rk)?
+        .with_output_bound(output_bound)
+        .forward(x)
+}
+
 /// The graph of a [`Sequential`] model (what the lowering reads).
 pub fn sequential_graph(model: &Sequential, input_shape: &[usize]) -> Result<Graph> {
     let mut g = Graph::new();
