@@ -145,15 +145,11 @@ impl<'a> CkksBatched<'a> {
         match ins {
             Instr::Rescale { slot } => {
                 let t = take(slots, *slot)?;
-                slots[*slot] = Some(par_map(&t, |c| ctx.rescale(c))?);
-            }
-            Instr::Relin { slot } => {
-                let t = take(slots, *slot)?;
                 slots[*slot] = Some(par_map(&t, |c| {
                     if c.size() == 3 {
-                        ctx.relinearize(c, self.rk)
+                        ctx.rescale(&ctx.relinearize(c, self.rk)?)
                     } else {
-                        Ok(c.clone())
+                        ctx.rescale(c)
                     }
                 })?);
             }

@@ -1,0 +1,152 @@
+//! The lowering (graph → plan → CKKS batched) against the plaintext graph interpreter, on the
+//! ONNX test models (scripts/make_test_onnx.py), with automatically chosen parameters.
+
+use hetensor::ckks::CkksContext;
+use hetensor::graph::{Graph, Op};
+use hetensor::lower::{choose_ckks_params, CkksBatched, LayerTiming, Plan};
+use hetensor::progress::{Progress, ProgressEvent};
+use hetensor::tensor::{CipherTensor, EncryptionKey};
+use hetensor::{onnx, Error};
+use ndarray::{ArrayD, IxDyn};
+use std::sync::{Arc, Mutex};
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/onnx");
+
+fn pseudo(seed: u64, len: usize) -> Vec<f64> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 11) as f64 / (1u64 << 53) as f64
+        })
+        .collect()
+}
+
+fn inputs(g: &Graph, n: usize, seed: u64) -> ArrayD<f64> {
+    let mut shape = vec![n];
+    shape.extend(g.shape(g.inputs()[0]));
+    let len = shape.iter().product();
+    ArrayD::from_shape_vec(IxDyn(&shape), pseudo(seed, len)).unwrap()
+}
+
+/// Encrypted output of `name` on 12 random inputs in [0, 1), next to the interpreter's; the
+/// parameters come from 32 other random inputs.
+fn run(name: &str) -> (Plan, ArrayD<f64>, ArrayD<f64>, LayerTiming, u64) {
+    let g = onnx::load(format!("{DIR}/{name}.onnx")).unwrap();
+    let plan = Plan::new(&g).unwrap();
+    let (params, choice) = choose_ckks_params(&plan, &g, &inputs(&g, 32, 1)).unwrap();
+    println!("{name}: {}", choice.description);
+    assert_eq!(choice.depth, plan.depth());
+    let ctx = CkksContext::with_seed(params, [9; 32]).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let x = inputs(&g, 12, 2);
+    let ct = CipherTensor::encrypt_batched(&ctx, EncryptionKey::Secret(&keys.secret), &x).unwrap();
+    let mut timing = LayerTiming::default();
+    let steps = Arc::new(Mutex::new(0u64));
+    let counter = steps.clone();
+    let progress = Progress::new(move |e| {
+        if e == ProgressEvent::Advance {
+            *counter.lock().unwrap() += 1;
+        }
+    });
+    let out = CkksBatched::new(&plan, &ctx, &keys.relin)
+        .unwrap()
+        .with_output_bound(choice.output_bound)
+        .forward_with(&ct, &progress, Some(&mut timing))
+        .unwrap();
+    assert_eq!(out.shape(), plan.output_shape());
+    let got = out.decrypt(&ctx, &keys.secret).unwrap();
+    let want = g.run(&[x]).unwrap().remove(0);
+    let advanced = *steps.lock().unwrap();
+    (plan, got, want, timing, advanced)
+}
+
+fn check(name: &str, depth: usize) {
+    let (plan, got, want, timing, steps) = run(name);
+    assert_eq!(got.shape(), want.shape());
+    let err = (&got - &want).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let span = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    println!(
+        "{name}: depth {}, max |encrypted - plaintext| = {err:.2e} (outputs up to {span:.2}), {:?}",
+        plan.depth(),
+        plan.counts()
+    );
+    assert_eq!(plan.depth(), depth, "{name}");
+    assert!(err < 1e-3 * span.max(1.0), "{name}: error {err}");
+    assert!(steps > 0 && !timing.layers.is_empty());
+}
+
+#[test]
+fn cryptonets_matches_interpreter() {
+    // conv → x² → fc → x² → fc: 5 levels.
+    check("cryptonets", 5);
+}
+
+#[test]
+fn lenet1_square_matches_interpreter() {
+    // conv, x², (pool is free), conv, x², fc.
+    check("lenet1_square", 5);
+}
+
+#[test]
+fn lenet1_quadratic_matches_interpreter() {
+    // 0.125x² + 0.5x + 0.25 costs one level, like x²: its leading coefficient is carried into
+    // the next layer's weights.
+    check("lenet1_quadratic", 5);
+}
+
+#[test]
+fn residual_bn_matches_interpreter() {
+    // conv (+BN folded) → x² → depthwise conv + residual add → 1x1 conv + concat → Sub,
+    // pool, transpose, global pool (free) → gemm: the residual's shallower operand is brought
+    // down to the deeper one's level.
+    check("residual_bn", 5);
+}
+
+#[test]
+fn plan_rejects_what_it_cannot_lower() {
+    let mut g = Graph::new();
+    let x = g.add_input("x", &[4]).unwrap();
+    let y = g
+        .push("c", Op::MulConst(ArrayD::zeros(IxDyn(&[4]))), &[x])
+        .unwrap();
+    g.add_output(y).unwrap();
+    // A zero factor cannot be carried as a fold (its inverse shifts constants): the product
+    // is computed, at the cost of a level.
+    assert_eq!(Plan::new(&g).unwrap().depth(), 1);
+    g.add_output(x).unwrap();
+    assert!(matches!(Plan::new(&g), Err(Error::Model(_))));
+}
+
+#[test]
+fn too_short_chain_and_wrong_input_are_errors() {
+    let g = onnx::load(format!("{DIR}/cryptonets.onnx")).unwrap();
+    let plan = Plan::new(&g).unwrap();
+    let params = hetensor::ckks::CkksParams::builder()
+        .depth(3)
+        .scale_bits(25)
+        .build()
+        .unwrap();
+    let ctx = CkksContext::with_seed(params, [3; 32]).unwrap();
+    let keys = ctx.keygen().unwrap();
+    assert!(matches!(
+        CkksBatched::new(&plan, &ctx, &keys.relin),
+        Err(Error::InvalidParameters(_))
+    ));
+    // The right depth, the wrong sample shape.
+    let params = hetensor::ckks::CkksParams::builder()
+        .depth(5)
+        .scale_bits(25)
+        .base_bits(30)
+        .build()
+        .unwrap();
+    let ctx = CkksContext::with_seed(params, [3; 32]).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let x = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![0.5; 6]).unwrap();
+    let ct = CipherTensor::encrypt_batched(&ctx, EncryptionKey::Secret(&keys.secret), &x).unwrap();
+    let run = CkksBatched::new(&plan, &ctx, &keys.relin).unwrap();
+    assert!(matches!(run.forward(&ct), Err(Error::Shape(_))));
+}
+
