@@ -66,7 +66,7 @@ pub struct MnistReport {
     pub peak_memory_mb: f64,
 }
 
-fn argmax_rows(a: &ArrayD<f64>) -> Vec<usize> {
+pub fn argmax_rows(a: &ArrayD<f64>) -> Vec<usize> {
     a.axis_iter(Axis(0))
         .map(|r| {
             r.iter()
@@ -319,7 +319,7 @@ pub fn run(opts: MnistOptions) -> Result<()> {
 }
 
 /// Gap between the largest and second-largest logit of one image.
-fn top2_gap(row: ndarray::ArrayViewD<f64>) -> f64 {
+pub fn top2_gap(row: ndarray::ArrayViewD<f64>) -> f64 {
     let (mut a, mut b) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
     for &v in row.iter() {
         if v > a {
