@@ -3,8 +3,7 @@
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::lower::{forward_sequential, Plan};
 use hetensor::nn::{
-    mnist, weights, AvgPool2d, Conv2d, Flatten, Linear, PolyActivation, Sequential,
-    Square,
+    mnist, weights, AvgPool2d, Conv2d, Flatten, Linear, PolyActivation, Sequential, Square,
 };
 use hetensor::tensor::{CipherTensor, EncryptionKey};
 use hetensor::Error;
@@ -203,7 +202,9 @@ fn models_that_do_not_fit_are_rejected() {
     deep.push("out", Linear::new(4, 2).unwrap()).unwrap();
     assert_eq!(depth(&deep, &[1, 4]), 7);
     assert!(matches!(
-        Plan::from_sequential(&deep, &[4]).unwrap().check_fits(ctx, 10),
+        Plan::from_sequential(&deep, &[4])
+            .unwrap()
+            .check_fits(ctx, 10),
         Err(Error::InvalidParameters(_))
     ));
     // Too many samples for the slots.
@@ -211,7 +212,9 @@ fn models_that_do_not_fit_are_rejected() {
         .with("l", Linear::new(4, 2).unwrap())
         .unwrap();
     assert!(matches!(
-        Plan::from_sequential(&small, &[4]).unwrap().check_fits(ctx, ctx.slots() + 1),
+        Plan::from_sequential(&small, &[4])
+            .unwrap()
+            .check_fits(ctx, ctx.slots() + 1),
         Err(Error::TooManyValues { .. })
     ));
     // A degree-7 activation costs 4 levels: with two affine layers it needs 6 > 5.
@@ -224,7 +227,9 @@ fn models_that_do_not_fit_are_rejected() {
         .unwrap();
     assert_eq!(depth(&poly, &[1, 4]), 6);
     assert!(matches!(
-        Plan::from_sequential(&poly, &[4]).unwrap().check_fits(ctx, 10),
+        Plan::from_sequential(&poly, &[4])
+            .unwrap()
+            .check_fits(ctx, 10),
         Err(Error::InvalidParameters(_))
     ));
     // Input shape that does not match the layer.

@@ -149,4 +149,3 @@ fn too_short_chain_and_wrong_input_are_errors() {
     let run = CkksBatched::new(&plan, &ctx, &keys.relin).unwrap();
     assert!(matches!(run.forward(&ct), Err(Error::Shape(_))));
 }
-

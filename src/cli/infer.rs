@@ -112,10 +112,7 @@ pub struct InferReport {
 }
 
 /// Samples, optional labels and the calibration set of `--data`.
-fn load_data(
-    data: &str,
-    graph: &Graph,
-) -> Result<(ArrayD<f64>, Option<Vec<usize>>, ArrayD<f64>)> {
+fn load_data(data: &str, graph: &Graph) -> Result<(ArrayD<f64>, Option<Vec<usize>>, ArrayD<f64>)> {
     let want = graph.shape(graph.inputs()[0]).to_vec();
     let check = |x: &ArrayD<f64>, what: &str| {
         if x.ndim() < 1 || x.shape()[1..] != want[..] {
@@ -133,7 +130,11 @@ fn load_data(
         let test = mnist::load_test(mnist::DEFAULT_DIR)?;
         let train = mnist::load_train(mnist::DEFAULT_DIR)?;
         let n = CALIBRATION.min(train.labels.len());
-        let calib = train.inputs.slice(s![0..n, .., .., ..]).to_owned().into_dyn();
+        let calib = train
+            .inputs
+            .slice(s![0..n, .., .., ..])
+            .to_owned()
+            .into_dyn();
         let x = test.inputs.into_dyn();
         check(&x, "the MNIST test set")?;
         return Ok((x, Some(test.labels), calib));
@@ -205,8 +206,7 @@ pub fn run(args: InferArgs) -> Result<()> {
     };
     let keys = ctx.keygen()?;
     let seconds_keygen = t_key.elapsed().as_secs_f64();
-    let runner =
-        CkksBatched::new(&plan, &ctx, &keys.relin)?.with_output_bound(choice.output_bound);
+    let runner = CkksBatched::new(&plan, &ctx, &keys.relin)?.with_output_bound(choice.output_bound);
 
     let batches = total.div_ceil(batch_size);
     let progress = super::progress_bar(!args.json);
@@ -227,7 +227,11 @@ pub fn run(args: InferArgs) -> Result<()> {
         let ct = CipherTensor::encrypt_batched(&ctx, EncryptionKey::Secret(&keys.secret), &x)?;
         enc_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let out = runner.forward_with(&ct, &hetensor::progress::Progress::none(), Some(&mut timing))?;
+        let out = runner.forward_with(
+            &ct,
+            &hetensor::progress::Progress::none(),
+            Some(&mut timing),
+        )?;
         inf_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let enc = flat(out.decrypt(&ctx, &keys.secret)?)?;
@@ -245,9 +249,7 @@ pub fn run(args: InferArgs) -> Result<()> {
         for &v in plain.iter() {
             range = (range.0.min(v), range.1.max(v));
         }
-        max_err = (&enc - &plain)
-            .iter()
-            .fold(max_err, |m, v| m.max(v.abs()));
+        max_err = (&enc - &plain).iter().fold(max_err, |m, v| m.max(v.abs()));
         progress.emit(ProgressEvent::Advance);
     }
     progress.emit(ProgressEvent::Finish);
@@ -340,7 +342,10 @@ fn print_report(r: &InferReport) {
         r.seconds_infer,
         r.seconds_decrypt
     );
-    println!("  throughput          {:.0} samples/s", r.samples_per_second);
+    println!(
+        "  throughput          {:.0} samples/s",
+        r.samples_per_second
+    );
     let layers: Vec<String> = r
         .layer_seconds
         .iter()

@@ -9,8 +9,8 @@ use serde::Serialize;
 use hetensor::backend::{create_backend, BackendKind};
 use hetensor::bfv::BfvCrt;
 use hetensor::ckks::{CkksContext, CkksParams};
-use hetensor::nn::quantized::{self, QuantizedModel};
 use hetensor::lower::{CkksBatched, LayerTiming, Plan};
+use hetensor::nn::quantized::{self, QuantizedModel};
 use hetensor::nn::{mnist, weights, Sequential};
 use hetensor::rlwe::Security;
 use hetensor::tensor::{CipherTensor, EncryptionKey};
@@ -108,11 +108,7 @@ pub fn emit<T: Serialize>(json: bool, report: &T, text: impl Fn(&T)) -> Result<(
 /// The LeNet-1 to run: `--weights` if given, else the bundled one.
 pub fn load_model(opts: &MnistOptions) -> Result<Sequential> {
     match &opts.weights {
-        Some(p) => {
-            let mut m = Sequential::lenet1();
-            weights::load(&mut m, p)?;
-            Ok(m)
-        }
+        Some(p) => weights::load_lenet1(p),
         None => weights::pretrained_lenet1(),
     }
 }
@@ -252,7 +248,11 @@ pub fn run(opts: MnistOptions) -> Result<()> {
         let mut timing = LayerTiming::default();
         let out = CkksBatched::new(&plan, &ctx, &keys.relin)?
             .with_output_bound(bound)
-            .forward_with(&ct, &hetensor::progress::Progress::none(), Some(&mut timing))?;
+            .forward_with(
+                &ct,
+                &hetensor::progress::Progress::none(),
+                Some(&mut timing),
+            )?;
         inf_s += t.elapsed().as_secs_f64();
         for (name, secs) in timing.layers {
             match layer_seconds.iter_mut().find(|(n, _)| *n == name) {

@@ -64,7 +64,10 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<ArrayD<f64>, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad shape entry {s:?}")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad shape entry {s:?}"))
+        })
         .collect::<std::result::Result<_, _>>()?;
     let count = shape
         .iter()
@@ -129,8 +132,8 @@ mod tests {
 
     #[test]
     fn round_trip_and_refusals() {
-        let a = ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, -2.5, 3.0, 0.0, 1e-3, 7.0])
-            .unwrap();
+        let a =
+            ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0, -2.5, 3.0, 0.0, 1e-3, 7.0]).unwrap();
         assert_eq!(parse(&to_bytes(&a)).unwrap(), a);
         let v = ArrayD::from_shape_vec(IxDyn(&[3]), vec![1.0, 2.0, 3.0]).unwrap();
         assert_eq!(parse(&to_bytes(&v)).unwrap(), v);

@@ -274,7 +274,11 @@ impl<'a> CkksBatched<'a> {
         };
         for &(i, neg) in &r.terms[1..] {
             let c = feats[i as usize];
-            acc = if neg { ctx.sub(&acc, c)? } else { ctx.add(&acc, c)? };
+            acc = if neg {
+                ctx.sub(&acc, c)?
+            } else {
+                ctx.add(&acc, c)?
+            };
         }
         if r.add != 0.0 {
             acc = ctx.add_scalar(&acc, r.add)?;
@@ -310,7 +314,8 @@ impl<'a> CkksBatched<'a> {
         let computed = groups
             .par_iter()
             .map(|g| {
-                let refs: Vec<&Ciphertext> = g.inputs.iter().map(|&i| &**feats[i as usize]).collect();
+                let refs: Vec<&Ciphertext> =
+                    g.inputs.iter().map(|&i| &**feats[i as usize]).collect();
                 let ws: Vec<Vec<f64>> = g.outputs.iter().map(|o| o.1.clone()).collect();
                 let accs = ctx.linear_combinations(&refs, &ws, const_scale)?;
                 accs.into_iter()

@@ -464,7 +464,9 @@ fn affine_rows(graph: &Graph, op: &Op, inputs: &[ValueId], out: &[usize]) -> Opt
             let hw = x[1] * x[2];
             (0..x[0])
                 .map(|c| Row {
-                    terms: (0..hw).map(|i| ((c * hw + i) as u32, 1.0 / hw as f64)).collect(),
+                    terms: (0..hw)
+                        .map(|i| ((c * hw + i) as u32, 1.0 / hw as f64))
+                        .collect(),
                     bias: 0.0,
                 })
                 .collect()
@@ -514,11 +516,7 @@ fn affine_rows(graph: &Graph, op: &Op, inputs: &[ValueId], out: &[usize]) -> Opt
             let mut rows = Vec::with_capacity(features(out));
             let mut idx = vec![0usize; out.len()];
             for _ in 0..features(out) {
-                let src: usize = idx
-                    .iter()
-                    .zip(perm)
-                    .map(|(&o, &p)| o * in_strides[p])
-                    .sum();
+                let src: usize = idx.iter().zip(perm).map(|(&o, &p)| o * in_strides[p]).sum();
                 rows.push(one(src as u32, 1.0, 0.0));
                 for ax in (0..out.len()).rev() {
                     idx[ax] += 1;
@@ -556,7 +554,9 @@ fn affine_rows(graph: &Graph, op: &Op, inputs: &[ValueId], out: &[usize]) -> Opt
             if deg != 1 {
                 return None;
             }
-            (0..features(x)).map(|j| one(j as u32, c[1], c[0])).collect()
+            (0..features(x))
+                .map(|j| one(j as u32, c[1], c[0]))
+                .collect()
         }
         Op::Mul => return None,
     })
@@ -670,7 +670,10 @@ impl Planner<'_> {
     /// deferred rescales. Shallower inputs become fresh aligned copies (their folds applied);
     /// returns the states to compute from.
     fn align(&mut self, inputs: &[ValueId], allow_pending: bool) -> Result<Vec<State>> {
-        let states: Vec<State> = inputs.iter().map(|&v| self.state(v)).collect::<Result<_>>()?;
+        let states: Vec<State> = inputs
+            .iter()
+            .map(|&v| self.state(v))
+            .collect::<Result<_>>()?;
         let depth = states.iter().map(|s| s.depth).max().unwrap_or(0);
         let pending = allow_pending
             && states

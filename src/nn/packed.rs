@@ -338,7 +338,9 @@ fn check_levels(ctx: &CkksContext, model: &Sequential) -> Result<()> {
             Layer::AvgPool2d(_) | Layer::Flatten(_) => 0,
             Layer::Poly(p) => {
                 if p.coeffs.iter().any(|c| !c.is_finite()) {
-                    return Err(Error::Model(format!("layer '{name}': non-finite coefficient")));
+                    return Err(Error::Model(format!(
+                        "layer '{name}': non-finite coefficient"
+                    )));
                 }
                 CkksContext::polynomial_depth(p.degree())
             }
