@@ -111,8 +111,14 @@ pub struct InferReport {
     pub peak_memory_mb: f64,
 }
 
-/// Samples, optional labels and the calibration set of `--data`.
-fn load_data(data: &str, graph: &Graph) -> Result<(ArrayD<f64>, Option<Vec<usize>>, ArrayD<f64>)> {
+/// Samples, labels (if the data has them) and the calibration set of `--data`.
+struct Data {
+    samples: ArrayD<f64>,
+    labels: Option<Vec<usize>>,
+    calibration: ArrayD<f64>,
+}
+
+fn load_data(data: &str, graph: &Graph) -> Result<Data> {
     let want = graph.shape(graph.inputs()[0]).to_vec();
     let check = |x: &ArrayD<f64>, what: &str| {
         if x.ndim() < 1 || x.shape()[1..] != want[..] {
@@ -137,7 +143,11 @@ fn load_data(data: &str, graph: &Graph) -> Result<(ArrayD<f64>, Option<Vec<usize
             .into_dyn();
         let x = test.inputs.into_dyn();
         check(&x, "the MNIST test set")?;
-        return Ok((x, Some(test.labels), calib));
+        return Ok(Data {
+            samples: x,
+            labels: Some(test.labels),
+            calibration: calib,
+        });
     }
     if !data.ends_with(".npy") {
         return Err(Error::InvalidInput(format!(
@@ -148,7 +158,11 @@ fn load_data(data: &str, graph: &Graph) -> Result<(ArrayD<f64>, Option<Vec<usize
     check(&x, data)?;
     let n = CALIBRATION.min(x.shape()[0]);
     let calib = x.slice_axis(Axis(0), (0..n).into()).to_owned();
-    Ok((x, None, calib))
+    Ok(Data {
+        samples: x,
+        labels: None,
+        calibration: calib,
+    })
 }
 
 /// Runs the job and prints the report.
@@ -166,7 +180,11 @@ pub fn run(args: InferArgs) -> Result<()> {
     let t_all = Instant::now();
     let backend = create_backend(args.backend.parse::<BackendKind>()?)?;
     let graph = onnx::load(&args.model)?;
-    let (x_all, labels, calib) = load_data(&args.data, &graph)?;
+    let Data {
+        samples: x_all,
+        labels,
+        calibration: calib,
+    } = load_data(&args.data, &graph)?;
     let available = x_all.shape()[0];
     let total = match args.limit {
         Some(n) if n > available => {
