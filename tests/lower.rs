@@ -12,23 +12,17 @@ use std::sync::{Arc, Mutex};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/onnx");
 
-fn pseudo(seed: u64, len: usize) -> Vec<f64> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (x >> 11) as f64 / (1u64 << 53) as f64
-        })
-        .collect()
-}
-
 fn inputs(g: &Graph, n: usize, seed: u64) -> ArrayD<f64> {
+    // Values in [0, 1) from a multiplicative hash of the index (no generator needed).
     let mut shape = vec![n];
     shape.extend(g.shape(g.inputs()[0]));
-    let len = shape.iter().product();
-    ArrayD::from_shape_vec(IxDyn(&shape), pseudo(seed, len)).unwrap()
+    let len = shape.iter().product::<usize>() as u64;
+    let v = (0..len)
+        .map(|i| {
+            ((i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15 ^ seed) >> 11) as f64 / (1u64 << 53) as f64
+        })
+        .collect();
+    ArrayD::from_shape_vec(IxDyn(&shape), v).unwrap()
 }
 
 /// Encrypted output of `name` on 12 random inputs in [0, 1), next to the interpreter's; the

@@ -15,7 +15,7 @@ use hetensor::progress::ProgressEvent;
 use hetensor::tensor::{CipherTensor, EncryptionKey};
 use hetensor::{onnx, Error, Result};
 
-use super::mnist::{argmax_rows, emit, peak_memory_mb, top2_gap};
+use super::mnist::{argmax_rows, emit, peak_memory_mb, seconds_list, top2_gap};
 
 /// Calibration samples for the parameter choice.
 const CALIBRATION: usize = 256;
@@ -364,11 +364,6 @@ fn print_report(r: &InferReport) {
         "  throughput          {:.0} samples/s",
         r.samples_per_second
     );
-    let layers: Vec<String> = r
-        .layer_seconds
-        .iter()
-        .map(|(n, s)| format!("{n} {s:.1}"))
-        .collect();
-    println!("  per node (s)        {}", layers.join(", "));
+    println!("  per node (s)        {}", seconds_list(&r.layer_seconds));
     println!("  peak memory         {:.0} MB", r.peak_memory_mb);
 }

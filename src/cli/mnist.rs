@@ -318,6 +318,15 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     emit(opts.json, &report, print_report)
 }
 
+/// `name 1.2, name 0.3, …`: seconds per layer or node.
+pub fn seconds_list(items: &[(String, f64)]) -> String {
+    items
+        .iter()
+        .map(|(n, s)| format!("{n} {s:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Gap between the largest and second-largest logit of one image.
 pub fn top2_gap(row: ndarray::ArrayViewD<f64>) -> f64 {
     let (mut a, mut b) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
@@ -365,12 +374,7 @@ fn print_report(r: &MnistReport) {
         .map(|s| format!("{s:.1}"))
         .collect();
     println!("  batch latency (s)   {}", lat.join(", "));
-    let layers: Vec<String> = r
-        .layer_seconds
-        .iter()
-        .map(|(n, s)| format!("{n} {s:.1}"))
-        .collect();
-    println!("  per layer (s)       {}", layers.join(", "));
+    println!("  per layer (s)       {}", seconds_list(&r.layer_seconds));
     println!("  peak memory         {:.0} MB", r.peak_memory_mb);
 }
 
@@ -637,11 +641,6 @@ fn print_bfv_report(r: &BfvMnistReport) {
         r.seconds_total, r.seconds_keygen, r.seconds_encrypt, r.seconds_infer, r.seconds_decrypt
     );
     println!("  throughput          {:.1} images/s", r.images_per_second);
-    let layers: Vec<String> = r
-        .layer_seconds
-        .iter()
-        .map(|(n, s)| format!("{n} {s:.1}"))
-        .collect();
-    println!("  per layer (s)       {}", layers.join(", "));
+    println!("  per layer (s)       {}", seconds_list(&r.layer_seconds));
     println!("  peak memory         {:.0} MB", r.peak_memory_mb);
 }

@@ -33,7 +33,7 @@ pub use params::{choose_ckks_params, ParamChoice};
 use std::collections::HashMap;
 
 use crate::ckks::CkksContext;
-use crate::graph::eval::tap;
+use crate::graph::eval::{conv_taps, pool_window};
 use crate::graph::{Conv, Graph, Op, Pool, ValueId};
 use crate::nn::{Layer, Sequential};
 use crate::{Error, Result};
@@ -219,13 +219,8 @@ impl Plan {
         }
         // The output: deferred rescale paid; its folds go to the ciphertexts' scales.
         p.node = graph.nodes().len().saturating_sub(1);
-        let mut out = p.state(output)?;
-        if out.pending {
-            p.emit(Instr::Rescale { slot: out.slot });
-            p.counts.rescales += out.fold.len();
-            p.counts.relinearizations += out.fold.len();
-            out.pending = false;
-        }
+        p.rescale(output)?;
+        let out = p.state(output)?;
         if out.fold.iter().any(|&f| f == 0.0 || !f.is_finite()) {
             return Err(Error::Model(format!(
                 "output {:?}: a feature is a constant (a zero factor), which the encrypted lowering does not produce",
@@ -415,35 +410,16 @@ fn affine_rows(graph: &Graph, op: &Op, inputs: &[ValueId], out: &[usize]) -> Opt
     };
     Some(match op {
         Op::Conv2d(cv) => {
-            let (c, h, w) = (x[0], x[1], x[2]);
-            let (o, cg, kh, kw) = cv.weight.dim();
-            let og = o / cv.groups;
-            let (oh, ow) = (out[1], out[2]);
-            let mut rows = Vec::with_capacity(o * oh * ow);
-            for oc in 0..o {
-                let g = oc / og;
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let mut terms = Vec::new();
-                        for ci in 0..cg {
-                            let ic = g * cg + ci;
-                            debug_assert!(ic < c);
-                            for ky in 0..kh {
-                                let Some(iy) = tap(oy, ky, cv.stride[0], cv.pads[0], h) else {
-                                    continue;
-                                };
-                                for kx in 0..kw {
-                                    if let Some(ix) = tap(ox, kx, cv.stride[1], cv.pads[1], w) {
-                                        terms.push((
-                                            (ic * h * w + iy * w + ix) as u32,
-                                            cv.weight[[oc, ci, ky, kx]],
-                                        ));
-                                    }
-                                }
-                            }
-                        }
+            let (h, w) = (x[1], x[2]);
+            let mut rows = Vec::with_capacity(features(out));
+            for oc in 0..out[0] {
+                for oy in 0..out[1] {
+                    for ox in 0..out[2] {
                         rows.push(Row {
-                            terms,
+                            terms: conv_taps(cv, h, w, oc, oy, ox)
+                                .into_iter()
+                                .map(|(i, wt)| (i as u32, wt))
+                                .collect(),
                             bias: cv.bias[oc],
                         });
                     }
@@ -563,30 +539,14 @@ fn affine_rows(graph: &Graph, op: &Op, inputs: &[ValueId], out: &[usize]) -> Opt
 }
 
 fn pool_rows(p: &Pool, x: &[usize], out: &[usize]) -> Vec<Row> {
-    let (c, h, w) = (x[0], x[1], x[2]);
-    let (oh, ow) = (out[1], out[2]);
-    let [kh, kw] = p.kernel;
-    let mut rows = Vec::with_capacity(c * oh * ow);
-    for ch in 0..c {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let mut idx = Vec::new();
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let iy = tap(oy, ky, p.stride[0], p.pads[0], h);
-                        let ix = tap(ox, kx, p.stride[1], p.pads[1], w);
-                        if let (Some(iy), Some(ix)) = (iy, ix) {
-                            idx.push((ch * h * w + iy * w + ix) as u32);
-                        }
-                    }
-                }
-                let div = if p.count_include_pad {
-                    kh * kw
-                } else {
-                    idx.len().max(1)
-                } as f64;
+    let (h, w) = (x[1], x[2]);
+    let mut rows = Vec::with_capacity(features(out));
+    for ch in 0..out[0] {
+        for oy in 0..out[1] {
+            for ox in 0..out[2] {
+                let (idx, div) = pool_window(p, h, w, ch, oy, ox);
                 rows.push(Row {
-                    terms: idx.into_iter().map(|i| (i, 1.0 / div)).collect(),
+                    terms: idx.into_iter().map(|i| (i as u32, 1.0 / div)).collect(),
                     bias: 0.0,
                 });
             }
@@ -654,13 +614,21 @@ impl Planner<'_> {
         self.states[v.0] = Some(s);
     }
 
-    fn rescale(&mut self, v: ValueId) -> Result<()> {
-        let mut s = self.state(v)?;
+    /// Pays the rescale `s` owes (relinearizing first).
+    fn pay(&mut self, s: &mut State) {
         if s.pending {
             self.emit(Instr::Rescale { slot: s.slot });
             self.counts.rescales += s.fold.len();
             self.counts.relinearizations += s.fold.len();
             s.pending = false;
+        }
+    }
+
+    /// Pays the rescale value `v` owes, for every later reader.
+    fn rescale(&mut self, v: ValueId) -> Result<()> {
+        let mut s = self.state(v)?;
+        if s.pending {
+            self.pay(&mut s);
             self.set(v, s);
         }
         Ok(())
@@ -832,16 +800,12 @@ impl Planner<'_> {
         }
         // A dense map: deferred rescales paid first.
         let mut states = states;
-        if states[0].pending {
-            for (s, v) in states.iter_mut().zip(&uniq) {
-                if s.slot == self.state(*v)?.slot {
-                    self.rescale(*v)?;
-                } else {
-                    self.emit(Instr::Rescale { slot: s.slot });
-                    self.counts.rescales += s.fold.len();
-                    self.counts.relinearizations += s.fold.len();
-                }
-                s.pending = false;
+        for (s, v) in states.iter_mut().zip(&uniq) {
+            // An input's own tensor is paid for every reader; an aligned copy only here.
+            let own = s.slot == self.state(*v)?.slot;
+            self.pay(s);
+            if own {
+                self.set(*v, s.clone());
             }
         }
         let mut groups: Vec<Group> = Vec::new();
