@@ -103,10 +103,11 @@ fn mnist_batched() {
     let r = json(&["mnist", "--limit", "16", "--batch", "16", "--json"]);
     assert_eq!((u(&r, "images"), u(&r, "batches")), (16, 1));
     assert_eq!(r["scheme"], "ckks");
-    // Decrypted logits agree with the plaintext model's (measured: 0.04 max error, all 16
-    // argmaxes equal); LeNet-1 gets these first 16 test digits right in plaintext.
+    // Decrypted logits agree with the plaintext model's (measured: 3e-3 max error on 4,096
+    // images; 0.4 when products were rescaled before relinearization); LeNet-1 gets these
+    // first 16 test digits right in plaintext.
     assert_eq!(f(&r, "argmax_agreement"), 1.0, "{r}");
-    assert!(f(&r, "max_abs_logit_error") < 0.5, "{r}");
+    assert!(f(&r, "max_abs_logit_error") < 0.05, "{r}");
     assert!(f(&r, "plaintext_accuracy") >= 0.9, "{r}");
     assert_eq!(f(&r, "encrypted_accuracy"), f(&r, "plaintext_accuracy"));
 }
@@ -131,7 +132,7 @@ fn mnist_batched_high_precision() {
         (Some("high"), 2)
     );
     assert_eq!(u(&r, "ring_degree"), 1 << 14);
-    // Measured: 2.3e-5 on 2,048 images, against 0.35 for the fast chain; the target is
+    // Measured: 2.3e-5 on 2,048 images, against 3e-3 for the fast chain; the target is
     // 1e-2.
     assert!(f(&r, "max_abs_logit_error") < 1e-3, "{r}");
     assert_eq!(f(&r, "argmax_agreement"), 1.0, "{r}");
