@@ -143,3 +143,85 @@ fn too_short_chain_and_wrong_input_are_errors() {
     let run = CkksBatched::new(&plan, &ctx, &keys.relin).unwrap();
     assert!(matches!(run.forward(&ct), Err(Error::Shape(_))));
 }
+
+/// Ops the ONNX test models do not reach: a product of two different tensors with
+/// broadcasting, a sum of a product not yet rescaled with a shallower value (aligned onto the
+/// product's scale), a degree-3 polynomial on a carried fold, padding excluded from a pooling
+/// divisor, broadcast constants, concatenation, a degree-1 polynomial and a transpose.
+#[test]
+fn other_ops_match_interpreter() {
+    use hetensor::graph::Pool;
+    let mut g = Graph::new();
+    let x = g.add_input("x", &[2, 4, 4]).unwrap();
+    let c = |shape: &[usize], f: fn(usize) -> f64| {
+        let n = shape.iter().product();
+        ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(f).collect()).unwrap()
+    };
+    // Per-channel gates [2, 1, 1] times x: a tensor product with broadcasting.
+    let gate = g.push("gate", Op::GlobalAvgPool, &[x]).unwrap();
+    let gated = g.push("gated", Op::Mul, &[x, gate]).unwrap();
+    // x² + x: the product's rescale is still owed when x joins it.
+    let sq = g.push("sq", Op::Poly(vec![0.0, 0.0, 1.0]), &[x]).unwrap();
+    let res = g.push("res", Op::Add, &[sq, x]).unwrap();
+    let sum = g.push("sum", Op::Add, &[res, gated]).unwrap();
+    let pool = Pool {
+        kernel: [3, 3],
+        stride: [2, 2],
+        pads: [1, 1, 1, 1],
+        count_include_pad: false,
+    };
+    let p = g.push("pool", Op::AvgPool(pool), &[sum]).unwrap();
+    let scaled = g
+        .push(
+            "scaled",
+            Op::MulConst(c(&[2, 1, 1], |i| 0.5 + i as f64)),
+            &[p],
+        )
+        .unwrap();
+    let shifted = g
+        .push(
+            "shifted",
+            Op::AddConst(c(&[2], |i| 0.1 * i as f64 - 0.05)),
+            &[scaled],
+        )
+        .unwrap();
+    let cubic = g
+        .push("cubic", Op::Poly(vec![0.1, 0.5, 0.0, -0.05]), &[shifted])
+        .unwrap();
+    let lin = g
+        .push("lin", Op::Poly(vec![0.2, -1.5]), &[shifted])
+        .unwrap();
+    let cat = g.push("cat", Op::Concat(0), &[cubic, lin]).unwrap();
+    let t = g.push("t", Op::Transpose(vec![2, 0, 1]), &[cat]).unwrap();
+    let out = g.push("flat", Op::Reshape(vec![16]), &[t]).unwrap();
+    g.add_output(out).unwrap();
+    let plan = Plan::new(&g).unwrap();
+    let calib = inputs(&g, 16, 5);
+    let (params, choice) = choose_ckks_params(&plan, &g, &calib).unwrap();
+    println!("depth {}: {}", plan.depth(), choice.description);
+    let ctx = CkksContext::with_seed(params, [4; 32]).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let x = inputs(&g, 8, 6);
+    let ct = CipherTensor::encrypt_batched(&ctx, EncryptionKey::Secret(&keys.secret), &x).unwrap();
+    let got = CkksBatched::new(&plan, &ctx, &keys.relin)
+        .unwrap()
+        .forward(&ct)
+        .unwrap()
+        .decrypt(&ctx, &keys.secret)
+        .unwrap();
+    let want = g.run(&[x]).unwrap().remove(0);
+    let err = (&got - &want).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let span = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    println!(
+        "max error {err:.2e}, outputs up to {span:.2}, {:?}",
+        plan.counts()
+    );
+    // Products: gate·x and x² (1 level); the residual sum of x² + x (factor 1) and gate·x
+    // (factor 1/16, from the global pooling) is free: 16·(x² + x) is an integer product. The
+    // pooling's 1/9 .. 1/4 on top would carry factors near 1/144 into the cubic's
+    // coefficients (c·f³ rounds away), so that pooling is applied as a dense map (1 level),
+    // then the cubic (3 levels).
+    assert_eq!(plan.depth(), 5);
+    assert_eq!(plan.counts().dense_maps, 1);
+    assert!(err < 1e-3 * span.max(1.0), "error {err}");
+}

@@ -262,22 +262,24 @@ impl<'a> CkksBatched<'a> {
 
     fn sum_row(&self, feats: &[&Arc<Ciphertext>], r: &SumRow) -> Result<Arc<Ciphertext>> {
         let ctx = self.ctx;
-        let (first, neg) = r.terms[0];
+        let (first, k) = r.terms[0];
         let first = feats[first as usize];
-        if r.terms.len() == 1 && !neg && r.add == 0.0 {
+        if r.terms.len() == 1 && k == 1 && r.add == 0.0 {
             return Ok(first.clone());
         }
-        let mut acc = if neg {
-            ctx.negate(first)?
-        } else {
-            (**first).clone()
+        // An integer multiple keeps the scale (the constant is encoded at scale 1).
+        let times = |c: &Ciphertext, k: i64| match k {
+            1 => Ok(c.clone()),
+            -1 => ctx.negate(c),
+            k => ctx.multiply_scalar(c, k as f64, 1.0),
         };
-        for &(i, neg) in &r.terms[1..] {
+        let mut acc = times(first, k)?;
+        for &(i, k) in &r.terms[1..] {
             let c = feats[i as usize];
-            acc = if neg {
-                ctx.sub(&acc, c)?
-            } else {
-                ctx.add(&acc, c)?
+            acc = match k {
+                1 => ctx.add(&acc, c)?,
+                -1 => ctx.sub(&acc, c)?,
+                k => ctx.add(&acc, &times(c, k)?)?,
             };
         }
         if r.add != 0.0 {

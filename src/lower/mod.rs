@@ -50,10 +50,11 @@ struct Row {
     bias: f64,
 }
 
-/// One output of a free sum: `Σ ±x[flat] + add` (the common factor goes to the fold).
+/// One output of a free sum: `Σ k·x[flat] + add` with small integers `k` (usually ±1; the
+/// common factor goes to the fold).
 #[derive(Clone, Debug)]
 pub(crate) struct SumRow {
-    pub terms: Vec<(u32, bool)>,
+    pub terms: Vec<(u32, i64)>,
     pub add: f64,
 }
 
@@ -586,9 +587,28 @@ impl Instr {
     }
 }
 
-/// Equal magnitudes (a shared fold) up to rounding.
-fn same_magnitude(a: f64, b: f64) -> bool {
-    (a.abs() - b.abs()).abs() <= 1e-12 * a.abs().max(b.abs())
+/// How far a carried fold may stray from 1. A ciphertext holds value / fold, so a small fold
+/// inflates what the modulus must hold (beyond what the calibration measures on the values)
+/// and, carried into a polynomial's coefficients as c·f^k, rounds them away at the scale they
+/// are encoded at. Beyond this the fold is applied (a dense map, or one product and a level).
+const MAX_FOLD: f64 = 64.0;
+
+fn fold_ok(f: f64, power: i32) -> bool {
+    let m = f.abs().powi(power);
+    m.is_finite() && (1.0 / MAX_FOLD..=MAX_FOLD).contains(&m)
+}
+
+/// Largest integer multiplier of a free sum: an integer product costs no level (no scale), and
+/// it multiplies that term's noise, so large ones are left to a dense map.
+const MAX_SUM_MULTIPLIER: f64 = 1024.0;
+
+/// `c / g` as an integer up to [`MAX_SUM_MULTIPLIER`], if it is one up to rounding (folds of
+/// pooling windows of different sizes, or 1 and 1/16 in a residual sum, differ by such ratios).
+fn integer_ratio(c: f64, g: f64) -> Option<i64> {
+    let r = c / g;
+    let k = r.round();
+    ((r - k).abs() <= 1e-9 * k.abs().max(1.0) && k != 0.0 && k.abs() <= MAX_SUM_MULTIPLIER)
+        .then_some(k as i64)
 }
 
 impl Planner<'_> {
@@ -680,6 +700,34 @@ impl Planner<'_> {
         Ok(out)
     }
 
+    /// Applies `v`'s fold (one plaintext product and a level) if any feature's fold, raised to
+    /// `power`, is out of bounds; returns the state to compute from.
+    fn bounded(&mut self, v: ValueId, power: i32) -> Result<State> {
+        self.rescale(v)?;
+        let s = self.state(v)?;
+        if s.fold.iter().all(|&f| fold_ok(f, power)) {
+            return Ok(s);
+        }
+        let dst = self.new_slot();
+        self.emit(Instr::Align {
+            src: s.slot,
+            dst,
+            factors: s.fold.clone(),
+            depth: s.depth + 1,
+            pending: false,
+        });
+        self.counts.rescales += s.fold.len();
+        let s = State {
+            slot: dst,
+            fold: vec![1.0; s.fold.len()],
+            depth: s.depth + 1,
+            pending: false,
+        };
+        // Later readers take the applied copy too: the same value, one level deeper.
+        self.set(v, s.clone());
+        Ok(s)
+    }
+
     fn lower_node(
         &mut self,
         name: &str,
@@ -752,7 +800,7 @@ impl Planner<'_> {
         };
         let states = self.align(&uniq, true)?;
         let folds: Vec<f64> = states.iter().flat_map(|s| s.fold.iter().copied()).collect();
-        // A free sum when each row's nonzero coefficients share one magnitude.
+        // A free sum when each row's nonzero coefficients are integer multiples of the smallest.
         let sum: Option<Vec<(SumRow, f64)>> = rows
             .iter()
             .map(|r| {
@@ -762,18 +810,21 @@ impl Planner<'_> {
                     .map(|&(i, w)| (i, w * folds[i as usize]))
                     .filter(|&(_, c)| c != 0.0)
                     .collect();
-                let g = coef.first()?.1.abs();
-                coef.iter().all(|&(_, c)| same_magnitude(c, g)).then(|| {
-                    (
-                        SumRow {
-                            terms: coef.iter().map(|&(i, c)| (i, c < 0.0)).collect(),
-                            add: r.bias / g,
-                        },
-                        g,
-                    )
-                })
+                let g = coef.iter().map(|c| c.1.abs()).reduce(f64::min)?;
+                let terms = coef
+                    .iter()
+                    .map(|&(i, c)| integer_ratio(c, g).map(|k| (i, k)))
+                    .collect::<Option<Vec<_>>>()?;
+                Some((
+                    SumRow {
+                        terms,
+                        add: r.bias / g,
+                    },
+                    g,
+                ))
             })
             .collect();
+        let sum = sum.filter(|rows| rows.iter().all(|(_, g)| fold_ok(*g, 1)));
         let args: Vec<usize> = states.iter().map(|s| s.slot).collect();
         let depth = states[0].depth;
         if let Some(sum) = sum {
@@ -859,7 +910,7 @@ impl Planner<'_> {
             .collect();
         let uniq: Vec<ValueId> = if a == b { vec![a] } else { vec![a, b] };
         for &v in &uniq {
-            self.rescale(v)?;
+            self.bounded(v, 1)?;
         }
         let states = self.align(&uniq, false)?;
         let (sa, sb) = (&states[0], states.last().unwrap_or(&states[0]));
@@ -894,13 +945,7 @@ impl Planner<'_> {
                 "node {name:?}: a constant polynomial; the encrypted lowering does not produce constants"
             )));
         }
-        self.rescale(x)?;
-        let s = self.state(x)?;
-        if s.fold.contains(&0.0) {
-            return Err(Error::Model(format!(
-                "node {name:?}: a polynomial of a feature multiplied by 0"
-            )));
-        }
+        let s = self.bounded(x, degree as i32)?;
         let dst = self.new_slot();
         let n = s.fold.len();
         if degree == QUADRATIC {
