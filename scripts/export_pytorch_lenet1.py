@@ -15,10 +15,17 @@ mean/std normalisation), like hetensor's loader.
     pip install torch safetensors
     python scripts/export_pytorch_lenet1.py lenet1.safetensors [trained_state_dict.pt]
 
-Load it in Rust with:
+The file's metadata names the architecture (arch = "lenet1-square"): `hetensor mnist
+--weights` and `weights::load_lenet1` refuse a file without it, since the tensors alone do not
+say which activation the network was trained with. Change the activation (e.g. a quadratic)
+and the architecture is another one: export that model to ONNX (torch.onnx.export) and run
+`hetensor infer --model model.onnx` instead. Run it with:
 
-    let mut model = hetensor::nn::Sequential::lenet1();
-    hetensor::nn::weights::load(&mut model, "lenet1.safetensors")?;
+    hetensor mnist --weights lenet1.safetensors
+
+or load it in Rust with:
+
+    let model = hetensor::nn::weights::load_lenet1("lenet1.safetensors")?;
 """
 import sys
 

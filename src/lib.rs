@@ -5,7 +5,7 @@
 //! CUDA and wgpu behind features), and a tensor / layer API for encrypted CNN inference.
 //!
 //! Layers, each depending only on those above it (see `ARCHITECTURE.md`):
-//! `math` → `backend` → `rlwe` → `bfv` / `ckks` → `tensor` → `nn` → `graph` → `onnx` → CLI.
+//! `math` → `backend` → `rlwe` → `bfv` / `ckks` → `tensor` → `nn` → `graph` → `onnx` → `lower` → CLI.
 #![forbid(unsafe_op_in_unsafe_fn)]
 
 pub mod backend;
@@ -14,6 +14,7 @@ pub mod ckks;
 pub mod data;
 pub mod error;
 pub mod graph;
+pub mod lower;
 pub mod math;
 pub mod mhe;
 pub mod nn;

@@ -73,6 +73,10 @@ enum Command {
         #[arg(long, default_value = "fast", value_parser = ["fast", "high"])]
         precision: String,
     },
+    /// Encrypted inference of an ONNX model (any graph the lowering accepts: convolutions,
+    /// dense layers, average pooling, residual sums, polynomial activations), with parameters
+    /// chosen from the model and a calibration set, checked against the plaintext graph.
+    Infer(cli::infer::InferArgs),
     /// A short encrypted computation with CKKS, checked against plaintext.
     Demo {
         /// A deep chain instead: sequential multiplications that bootstrap along the way.
@@ -303,6 +307,7 @@ fn main() -> ExitCode {
             data_dir,
             precision,
         }),
+        Command::Infer(args) => cli::infer::run(args),
         Command::Demo { deep: false, .. } => cli::demo::run(),
         Command::Demo {
             deep: true,

@@ -103,10 +103,11 @@ fn mnist_batched() {
     let r = json(&["mnist", "--limit", "16", "--batch", "16", "--json"]);
     assert_eq!((u(&r, "images"), u(&r, "batches")), (16, 1));
     assert_eq!(r["scheme"], "ckks");
-    // Decrypted logits agree with the plaintext model's (measured: 0.04 max error, all 16
-    // argmaxes equal); LeNet-1 gets these first 16 test digits right in plaintext.
+    // Decrypted logits agree with the plaintext model's (measured: 3e-3 max error on 4,096
+    // images; 0.4 when products were rescaled before relinearization); LeNet-1 gets these
+    // first 16 test digits right in plaintext.
     assert_eq!(f(&r, "argmax_agreement"), 1.0, "{r}");
-    assert!(f(&r, "max_abs_logit_error") < 0.5, "{r}");
+    assert!(f(&r, "max_abs_logit_error") < 0.05, "{r}");
     assert!(f(&r, "plaintext_accuracy") >= 0.9, "{r}");
     assert_eq!(f(&r, "encrypted_accuracy"), f(&r, "plaintext_accuracy"));
 }
@@ -131,7 +132,7 @@ fn mnist_batched_high_precision() {
         (Some("high"), 2)
     );
     assert_eq!(u(&r, "ring_degree"), 1 << 14);
-    // Measured: 2.3e-5 on 2,048 images, against 0.35 for the fast chain; the target is
+    // Measured: 2.3e-5 on 2,048 images, against 3e-3 for the fast chain; the target is
     // 1e-2.
     assert!(f(&r, "max_abs_logit_error") < 1e-3, "{r}");
     assert_eq!(f(&r, "argmax_agreement"), 1.0, "{r}");
@@ -731,6 +732,173 @@ fn data_files_that_are_missing_or_empty_are_named() {
             &["mnist", "--data-dir", d, "--layout", layout, "--limit", "1"],
             &["no images", d],
         );
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+const ONNX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/onnx");
+
+/// `infer` on the MNIST-shaped test models (random weights, so accuracy means nothing; the
+/// encrypted outputs must match the plaintext graph's), 64 test digits each, default flags.
+#[test]
+fn infer_onnx_models_on_mnist() {
+    let _g = heavy();
+    for name in ["cryptonets", "lenet1_square", "lenet1_quadratic"] {
+        let model = format!("{ONNX}/{name}.onnx");
+        let r = json(&["infer", "--model", &model, "--limit", "64", "--json"]);
+        assert_eq!((u(&r, "samples"), u(&r, "batches")), (64, 1), "{r}");
+        assert_eq!(
+            (r["scheme"].as_str(), r["layout"].as_str()),
+            (Some("ckks"), Some("batched"))
+        );
+        // Every test model needs 5 levels; the parameters hold them at 128-bit security.
+        assert_eq!(u(&r["plan"], "depth"), 5, "{name}: {r}");
+        assert_eq!(u(&r["params"], "depth"), 5, "{name}: {r}");
+        assert!(
+            r["params"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("128-bit"),
+            "{r}"
+        );
+        // Measured: 1.5e-4 .. 3.9e-4 on outputs of ~0.3.
+        assert!(f(&r, "max_abs_output_error") < 2e-3, "{name}: {r}");
+        assert_eq!(
+            u(&r, "decided_agreement"),
+            u(&r, "decided_samples"),
+            "{name}: {r}"
+        );
+        assert!(f(&r, "argmax_agreement") >= 62.0 / 64.0, "{name}: {r}");
+        assert_eq!(
+            f(&r, "encrypted_accuracy") > 0.0,
+            f(&r, "plaintext_accuracy") > 0.0,
+            "{r}"
+        );
+    }
+}
+
+/// The trained CryptoNets-shaped model (`examples/train_cryptonets.rs`, 98.24 % in plaintext):
+/// encrypted predictions equal the plaintext ones.
+#[test]
+fn infer_trained_cryptonets() {
+    let _g = heavy();
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/data/cryptonets.onnx");
+    let r = json(&["infer", "--model", model, "--limit", "64", "--json"]);
+    assert_eq!(f(&r, "argmax_agreement"), 1.0, "{r}");
+    assert!(f(&r, "plaintext_accuracy") >= 0.9, "{r}");
+    assert_eq!(
+        f(&r, "encrypted_accuracy"),
+        f(&r, "plaintext_accuracy"),
+        "{r}"
+    );
+    // Measured: 2.9e-3 on 4,096 digits, logits up to ~21.
+    assert!(f(&r, "max_abs_output_error") < 0.05, "{r}");
+}
+
+/// `infer --data file.npy` on the residual + BatchNorm model ([3, 8, 8] inputs): no labels, so
+/// no accuracy; the outputs still match the plaintext graph.
+#[test]
+fn infer_npy_data_on_the_residual_model() {
+    let _g = heavy();
+    let dir = scratch("infer-npy");
+    let n = 24;
+    let x = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&[n, 3, 8, 8]), |i| {
+        ((i[0] * 7 + i[1] * 5 + i[2] * 3 + i[3]) % 11) as f64 / 11.0
+    });
+    let path = dir.join("x.npy");
+    std::fs::write(&path, hetensor::data::npy::to_bytes(&x)).unwrap();
+    let model = format!("{ONNX}/residual_bn.onnx");
+    let p = path.to_str().unwrap();
+    let r = json(&["infer", "--model", &model, "--data", p, "--json"]);
+    assert_eq!(u(&r, "samples"), n as u64);
+    assert!(
+        r["encrypted_accuracy"].is_null() && r["plaintext_accuracy"].is_null(),
+        "{r}"
+    );
+    assert!(f(&r, "max_abs_output_error") < 2e-3, "{r}");
+    assert_eq!(u(&r, "decided_agreement"), u(&r, "decided_samples"), "{r}");
+    // The MNIST test set does not fit this model's input.
+    fails(&["infer", "--model", &model], &["[1, 28, 28]", "[3, 8, 8]"]);
+    fails(
+        &["infer", "--model", &model, "--data", p, "--limit", "25"],
+        &["--limit 25", "24 samples"],
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// Flags `infer` cannot honour are refused, naming the flag and what to use instead.
+#[test]
+fn infer_refuses_what_it_cannot_do() {
+    let model = format!("{ONNX}/cryptonets.onnx");
+    fails(
+        &["infer", "--model", &model, "--scheme", "bfv"],
+        &["--scheme bfv", "hetensor mnist --scheme bfv"],
+    );
+    fails(
+        &["infer", "--model", &model, "--layout", "packed"],
+        &["--layout packed", "hetensor mnist --layout packed"],
+    );
+    fails(
+        &["infer", "--model", &model, "--data", "x.csv"],
+        &["--data x.csv", ".npy"],
+    );
+    fails(&["infer", "--model", &model, "--limit", "0"], &["--limit"]);
+    fails(
+        &["infer", "--model", &format!("{ONNX}/relu_unsupported.onnx")],
+        &["Relu"],
+    );
+    fails(
+        &["infer", "--model", "/nonexistent/m.onnx"],
+        &["/nonexistent/m.onnx"],
+    );
+}
+
+/// `mnist --weights` takes only files whose metadata names the bundled LeNet-1 (x²): tensors
+/// of the right names and shapes from another network (a quadratic activation) are refused
+/// with a pointer to `infer --model`.
+#[test]
+fn mnist_weights_must_name_the_bundled_architecture() {
+    let dir = scratch("weights-arch");
+    let bundled = std::fs::read(hetensor::nn::weights::LENET1_PATH).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bundled).unwrap();
+    let tensors: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    let write = |name: &str, arch: Option<&str>| {
+        let meta =
+            arch.map(|a| std::collections::HashMap::from([("arch".to_string(), a.to_string())]));
+        let bytes = safetensors::serialize(tensors.clone(), meta).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let quad = write("quad.safetensors", Some("lenet1-quadratic"));
+    fails(
+        &["mnist", "--weights", &quad, "--limit", "1"],
+        &[
+            "\"lenet1-quadratic\"",
+            "lenet1-square",
+            "hetensor infer --model",
+        ],
+    );
+    let bare = write("bare.safetensors", None);
+    fails(
+        &["mnist", "--weights", &bare, "--limit", "1"],
+        &["no architecture", "hetensor infer --model"],
+    );
+    // What scripts/export_pytorch_lenet1.py writes, and hetensor's own file, load.
+    let torch = write("torch.safetensors", Some("lenet1-square"));
+    let _g = heavy();
+    for w in [torch.as_str(), hetensor::nn::weights::LENET1_PATH] {
+        let r = json(&[
+            "mnist",
+            "--weights",
+            w,
+            "--limit",
+            "8",
+            "--batch",
+            "8",
+            "--json",
+        ]);
+        assert_eq!(f(&r, "argmax_agreement"), 1.0, "{r}");
     }
     std::fs::remove_dir_all(dir).ok();
 }

@@ -766,7 +766,8 @@ fn bfv_multiply_relinearize() {
 #[test]
 #[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
 fn encrypted_lenet1_batch() {
-    use hetensor::nn::{encrypted, mnist, weights};
+    use hetensor::lower::forward_sequential;
+    use hetensor::nn::{mnist, weights};
     use hetensor::tensor::{CipherTensor, EncryptionKey};
     use ndarray::s;
     let g = gpu();
@@ -797,8 +798,7 @@ fn encrypted_lenet1_batch() {
         let ct = serial
             .install(|| CipherTensor::encrypt_batched(c, EncryptionKey::Secret(&keys.secret), &x))
             .unwrap();
-        let out =
-            encrypted::forward(c, &model, ct, &keys.relin, bound, &mut Default::default()).unwrap();
+        let out = forward_sequential(c, &model, &ct, &keys.relin, bound).unwrap();
         out.decrypt(c, &keys.secret).unwrap()
     };
     let t0 = std::time::Instant::now();

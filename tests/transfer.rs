@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use hetensor::ckks::{CkksContext, CkksParams};
-use hetensor::nn::encrypted::LayerTiming;
+use hetensor::lower::LayerTiming;
 use hetensor::nn::{mnist, Layer, Sequential, TrainConfig};
 use hetensor::rlwe::Security;
 use hetensor::train::transfer::{self as tr, EncryptedSet, HeadOptions};

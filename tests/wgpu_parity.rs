@@ -763,7 +763,8 @@ fn encrypted_lenet1_full_batch_matches_cpu() {
 /// Encrypted LeNet-1 on the first `images` test digits, on both backends from one seed: every
 /// output ciphertext word-identical, and the decryptions equal.
 fn lenet1_matches_cpu(params: CkksParams, images: usize) {
-    use hetensor::nn::{encrypted, mnist, weights};
+    use hetensor::lower::forward_sequential;
+    use hetensor::nn::{mnist, weights};
     use hetensor::tensor::{CipherTensor, EncryptionKey};
     let (c, w) = ckks_contexts(params, &[]);
     let (c, w) = (&c, &w);
@@ -782,15 +783,7 @@ fn lenet1_matches_cpu(params: CkksParams, images: usize) {
                 .unwrap()
         });
         let t = std::time::Instant::now();
-        let out = encrypted::forward(
-            &s.ctx,
-            &model,
-            ct,
-            &s.keys.relin,
-            110.0,
-            &mut Default::default(),
-        )
-        .unwrap();
+        let out = forward_sequential(&s.ctx, &model, &ct, &s.keys.relin, 110.0).unwrap();
         eprintln!(
             "LeNet-1 forward on {}: {:.1} s",
             s.ctx.rlwe().backend().name(),

@@ -633,6 +633,18 @@ impl CkksContext {
         coeffs: &[f64],
         rk: &RelinKey,
     ) -> Result<Ciphertext> {
+        self.evaluate_polynomial_at(x, coeffs, rk, x.scale())
+    }
+
+    /// [`Self::evaluate_polynomial`] with the result at scale `target` instead of the input's:
+    /// a caller that keeps every level at its natural scale passes that of the result's level.
+    pub fn evaluate_polynomial_at(
+        &self,
+        x: &Ciphertext,
+        coeffs: &[f64],
+        rk: &RelinKey,
+        target: f64,
+    ) -> Result<Ciphertext> {
         let degree = coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0);
         if coeffs.iter().any(|c| !c.is_finite()) {
             return Err(Error::InvalidInput(
@@ -673,7 +685,6 @@ impl CkksContext {
             let prod = self.relinearize(&self.multiply(pa, pb)?, rk)?;
             powers[k] = Some(self.rescale(&prod)?);
         }
-        let target = x.scale();
         let mut terms = Vec::new();
         for (k, &c) in coeffs.iter().enumerate().skip(1) {
             if c == 0.0 {

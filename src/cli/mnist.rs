@@ -9,8 +9,9 @@ use serde::Serialize;
 use hetensor::backend::{create_backend, BackendKind};
 use hetensor::bfv::BfvCrt;
 use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::lower::{CkksBatched, LayerTiming, Plan};
 use hetensor::nn::quantized::{self, QuantizedModel};
-use hetensor::nn::{encrypted, mnist, weights, Sequential};
+use hetensor::nn::{mnist, weights, Sequential};
 use hetensor::rlwe::Security;
 use hetensor::tensor::{CipherTensor, EncryptionKey};
 use hetensor::{Error, Result};
@@ -65,7 +66,7 @@ pub struct MnistReport {
     pub peak_memory_mb: f64,
 }
 
-fn argmax_rows(a: &ArrayD<f64>) -> Vec<usize> {
+pub fn argmax_rows(a: &ArrayD<f64>) -> Vec<usize> {
     a.axis_iter(Axis(0))
         .map(|r| {
             r.iter()
@@ -107,11 +108,7 @@ pub fn emit<T: Serialize>(json: bool, report: &T, text: impl Fn(&T)) -> Result<(
 /// The LeNet-1 to run: `--weights` if given, else the bundled one.
 pub fn load_model(opts: &MnistOptions) -> Result<Sequential> {
     match &opts.weights {
-        Some(p) => {
-            let mut m = Sequential::lenet1();
-            weights::load(&mut m, p)?;
-            Ok(m)
-        }
+        Some(p) => weights::load_lenet1(p),
         None => weights::pretrained_lenet1(),
     }
 }
@@ -189,10 +186,11 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     let model = load_model(&opts)?;
     let test = mnist::load_test(&opts.data_dir)?;
     let total = images_to_run(&opts, test.labels.len(), test.labels.len())?;
+    let plan = Plan::from_sequential(&model, &[1, 28, 28])?;
     let params = match opts.precision.as_str() {
         "fast" => CkksParams::preset(13, 25)?,
         "high" => CkksParams::builder()
-            .depth(encrypted::levels_needed(&model)?)
+            .depth(plan.depth())
             .scale_bits(40)
             .build()?,
         other => {
@@ -206,7 +204,7 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     let t_key = Instant::now();
     let ctx = CkksContext::with_backend(params, backend.clone())?;
     let batch_size = batch_size(&opts, ctx.slots())?;
-    encrypted::check_fits(&ctx, &model, batch_size)?;
+    plan.check_fits(&ctx, batch_size)?;
     let keys = ctx.keygen()?;
     let seconds_keygen = t_key.elapsed().as_secs_f64();
 
@@ -247,8 +245,14 @@ pub fn run(opts: MnistOptions) -> Result<()> {
         enc_s += t.elapsed().as_secs_f64();
         pb.set_message(format!("batch {}/{batches}: inference", b + 1));
         let t = Instant::now();
-        let mut timing = encrypted::LayerTiming::default();
-        let out = encrypted::forward(&ctx, &model, ct, &keys.relin, bound, &mut timing)?;
+        let mut timing = LayerTiming::default();
+        let out = CkksBatched::new(&plan, &ctx, &keys.relin)?
+            .with_output_bound(bound)
+            .forward_with(
+                &ct,
+                &hetensor::progress::Progress::none(),
+                Some(&mut timing),
+            )?;
         inf_s += t.elapsed().as_secs_f64();
         for (name, secs) in timing.layers {
             match layer_seconds.iter_mut().find(|(n, _)| *n == name) {
@@ -314,8 +318,17 @@ pub fn run(opts: MnistOptions) -> Result<()> {
     emit(opts.json, &report, print_report)
 }
 
+/// `name 1.2, name 0.3, …`: seconds per layer or node.
+pub fn seconds_list(items: &[(String, f64)]) -> String {
+    items
+        .iter()
+        .map(|(n, s)| format!("{n} {s:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Gap between the largest and second-largest logit of one image.
-fn top2_gap(row: ndarray::ArrayViewD<f64>) -> f64 {
+pub fn top2_gap(row: ndarray::ArrayViewD<f64>) -> f64 {
     let (mut a, mut b) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
     for &v in row.iter() {
         if v > a {
@@ -361,12 +374,7 @@ fn print_report(r: &MnistReport) {
         .map(|s| format!("{s:.1}"))
         .collect();
     println!("  batch latency (s)   {}", lat.join(", "));
-    let layers: Vec<String> = r
-        .layer_seconds
-        .iter()
-        .map(|(n, s)| format!("{n} {s:.1}"))
-        .collect();
-    println!("  per layer (s)       {}", layers.join(", "));
+    println!("  per layer (s)       {}", seconds_list(&r.layer_seconds));
     println!("  peak memory         {:.0} MB", r.peak_memory_mb);
 }
 
@@ -633,11 +641,6 @@ fn print_bfv_report(r: &BfvMnistReport) {
         r.seconds_total, r.seconds_keygen, r.seconds_encrypt, r.seconds_infer, r.seconds_decrypt
     );
     println!("  throughput          {:.1} images/s", r.images_per_second);
-    let layers: Vec<String> = r
-        .layer_seconds
-        .iter()
-        .map(|(n, s)| format!("{n} {s:.1}"))
-        .collect();
-    println!("  per layer (s)       {}", layers.join(", "));
+    println!("  per layer (s)       {}", seconds_list(&r.layer_seconds));
     println!("  peak memory         {:.0} MB", r.peak_memory_mb);
 }

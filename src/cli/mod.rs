@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod infer;
 pub mod io_bench;
 pub mod mnist;
 pub mod packed;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hetensor::ckks::CkksContext;
-use hetensor::nn::encrypted::LayerTiming;
+use hetensor::lower::LayerTiming;
 use hetensor::nn::{mnist, TrainConfig};
 use hetensor::train::transfer::{self as tr, HeadOptions};
 use hetensor::train::KeyHolder;

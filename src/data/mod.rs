@@ -22,6 +22,7 @@
 //! ```
 
 pub mod credit;
+pub mod npy;
 pub mod titanic;
 
 use ndarray::{Array2, Axis};

@@ -125,34 +125,83 @@ fn tap(o: usize, k: usize, stride: usize, pad: usize, n: usize) -> Option<usize>
     (o * stride + k).checked_sub(pad).filter(|&i| i < n)
 }
 
-fn conv(cv: &Conv, x: &Tensor) -> Tensor {
-    let (b, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+/// The taps of output `(oc, oy, ox)` of `cv` on a `[C, h, w]` input: (flat input index,
+/// weight), padding skipped. Shared with the encrypted lowering, which this interpreter is
+/// checked against (and which onnxruntime checks, tests/onnx.rs).
+pub(crate) fn conv_taps(
+    cv: &Conv,
+    h: usize,
+    w: usize,
+    oc: usize,
+    oy: usize,
+    ox: usize,
+) -> Vec<(usize, f64)> {
     let (o, cg, kh, kw) = cv.weight.dim();
-    let og = o / cv.groups;
-    let oh = (h + cv.pads[0] + cv.pads[2] - kh) / cv.stride[0] + 1;
-    let ow = (w + cv.pads[1] + cv.pads[3] - kw) / cv.stride[1] + 1;
-    let mut y = Tensor::zeros(IxDyn(&[b, o, oh, ow]));
-    for n in 0..b {
-        for oc in 0..o {
-            let g = oc / og;
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut s = cv.bias[oc];
-                    for ci in 0..cg {
-                        let ic = g * cg + ci;
-                        debug_assert!(ic < c);
-                        for ky in 0..kh {
-                            let Some(iy) = tap(oy, ky, cv.stride[0], cv.pads[0], h) else {
-                                continue;
-                            };
-                            for kx in 0..kw {
-                                if let Some(ix) = tap(ox, kx, cv.stride[1], cv.pads[1], w) {
-                                    s += cv.weight[[oc, ci, ky, kx]] * x[[n, ic, iy, ix]];
-                                }
-                            }
-                        }
-                    }
-                    y[[n, oc, oy, ox]] = s;
+    let g = oc / (o / cv.groups);
+    let mut taps = Vec::with_capacity(cg * kh * kw);
+    for ci in 0..cg {
+        let ic = g * cg + ci;
+        for ky in 0..kh {
+            let Some(iy) = tap(oy, ky, cv.stride[0], cv.pads[0], h) else {
+                continue;
+            };
+            for kx in 0..kw {
+                if let Some(ix) = tap(ox, kx, cv.stride[1], cv.pads[1], w) {
+                    taps.push((ic * h * w + iy * w + ix, cv.weight[[oc, ci, ky, kx]]));
+                }
+            }
+        }
+    }
+    taps
+}
+
+/// The flat input indices of the pooling window at `(ch, oy, ox)` on a `[C, h, w]` input, and
+/// its divisor.
+pub(crate) fn pool_window(
+    p: &Pool,
+    h: usize,
+    w: usize,
+    ch: usize,
+    oy: usize,
+    ox: usize,
+) -> (Vec<usize>, f64) {
+    let [kh, kw] = p.kernel;
+    let mut idx = Vec::with_capacity(kh * kw);
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let iy = tap(oy, ky, p.stride[0], p.pads[0], h);
+            let ix = tap(ox, kx, p.stride[1], p.pads[1], w);
+            if let (Some(iy), Some(ix)) = (iy, ix) {
+                idx.push(ch * h * w + iy * w + ix);
+            }
+        }
+    }
+    let div = if p.count_include_pad {
+        kh * kw
+    } else {
+        idx.len().max(1)
+    };
+    (idx, div as f64)
+}
+
+/// Each sample's `[C, H, W]` values, row-major, and the output `[batch, C', oh, ow]` filled by
+/// `f(channel, oy, ox, sample values)`.
+fn per_output(
+    x: &Tensor,
+    out: [usize; 3],
+    f: impl Fn(usize, usize, usize) -> Box<dyn Fn(&[f64]) -> f64>,
+) -> Tensor {
+    let b = x.shape()[0];
+    let per = x.len() / b.max(1);
+    let xs: Vec<f64> = x.iter().copied().collect();
+    let [c, oh, ow] = out;
+    let mut y = Tensor::zeros(IxDyn(&[b, c, oh, ow]));
+    for ch in 0..c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let g = f(ch, oy, ox);
+                for n in 0..b {
+                    y[[n, ch, oy, ox]] = g(&xs[n * per..(n + 1) * per]);
                 }
             }
         }
@@ -160,36 +209,25 @@ fn conv(cv: &Conv, x: &Tensor) -> Tensor {
     y
 }
 
+fn conv(cv: &Conv, x: &Tensor) -> Tensor {
+    let (h, w) = (x.shape()[2], x.shape()[3]);
+    let (o, _, kh, kw) = cv.weight.dim();
+    let oh = (h + cv.pads[0] + cv.pads[2] - kh) / cv.stride[0] + 1;
+    let ow = (w + cv.pads[1] + cv.pads[3] - kw) / cv.stride[1] + 1;
+    per_output(x, [o, oh, ow], |oc, oy, ox| {
+        let taps = conv_taps(cv, h, w, oc, oy, ox);
+        let bias = cv.bias[oc];
+        Box::new(move |xs| bias + taps.iter().map(|&(i, wt)| wt * xs[i]).sum::<f64>())
+    })
+}
+
 fn avg_pool(p: &Pool, x: &Tensor) -> Tensor {
-    let (b, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (c, h, w) = (x.shape()[1], x.shape()[2], x.shape()[3]);
     let [kh, kw] = p.kernel;
     let oh = (h + p.pads[0] + p.pads[2] - kh) / p.stride[0] + 1;
     let ow = (w + p.pads[1] + p.pads[3] - kw) / p.stride[1] + 1;
-    let mut y = Tensor::zeros(IxDyn(&[b, c, oh, ow]));
-    for n in 0..b {
-        for ch in 0..c {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let (mut s, mut count) = (0.0, 0usize);
-                    for ky in 0..kh {
-                        for kx in 0..kw {
-                            let iy = tap(oy, ky, p.stride[0], p.pads[0], h);
-                            let ix = tap(ox, kx, p.stride[1], p.pads[1], w);
-                            if let (Some(iy), Some(ix)) = (iy, ix) {
-                                s += x[[n, ch, iy, ix]];
-                                count += 1;
-                            }
-                        }
-                    }
-                    let div = if p.count_include_pad {
-                        kh * kw
-                    } else {
-                        count.max(1)
-                    };
-                    y[[n, ch, oy, ox]] = s / div as f64;
-                }
-            }
-        }
-    }
-    y
+    per_output(x, [c, oh, ow], |ch, oy, ox| {
+        let (idx, div) = pool_window(p, h, w, ch, oy, ox);
+        Box::new(move |xs| idx.iter().map(|&i| xs[i]).sum::<f64>() / div)
+    })
 }

@@ -13,7 +13,7 @@
 //! * [`passes`] simplify an imported graph: BatchNorm folded into the preceding linear op,
 //!   chains of scalar `Mul`/`Add`/`Pow` on one input fused into one polynomial.
 
-mod eval;
+pub(crate) mod eval;
 pub mod passes;
 
 use ndarray::{Array1, Array2, Array4, ArrayD};

@@ -33,7 +33,6 @@
 //! ```
 
 pub mod activation;
-pub mod encrypted;
 pub mod layers;
 pub mod loss;
 pub mod mnist;

@@ -138,7 +138,7 @@ pub fn encrypt_image(
 }
 
 /// Runs `model` on one packed image; returns one ciphertext per output with the value in
-/// slot 0. `output_bound` bounds the output magnitude (see `nn::encrypted::forward`).
+/// slot 0. `output_bound` bounds the output magnitude (see `lower::CkksBatched::with_output_bound`).
 pub fn forward(
     ctx: &CkksContext,
     model: &Sequential,
@@ -147,7 +147,7 @@ pub fn forward(
     gk: &GaloisKeys,
     output_bound: f64,
 ) -> Result<Vec<Ciphertext>> {
-    crate::nn::encrypted::check_fits(ctx, model, 1)?;
+    check_levels(ctx, model)?;
     let PackedImage {
         mut channels,
         height: mut h,
@@ -326,4 +326,34 @@ fn affine_scale(
         target = target.min(ctx.capacity(level - 1, 1.0) / (2.0 * output_bound.max(1.0)));
     }
     Ok((ctx.level_modulus(level) * target / input.scale(), level))
+}
+
+/// Levels this layout needs: one per affine layer and square, `ceil(log2 d) + 1` per
+/// polynomial of degree d, and one for a trailing pooling's `1/k²`.
+fn check_levels(ctx: &CkksContext, model: &Sequential) -> Result<()> {
+    let mut need = 0;
+    for (name, layer) in model.iter() {
+        need += match layer {
+            Layer::Conv2d(_) | Layer::Linear(_) | Layer::Square(_) => 1,
+            Layer::AvgPool2d(_) | Layer::Flatten(_) => 0,
+            Layer::Poly(p) => {
+                if p.coeffs.iter().any(|c| !c.is_finite()) {
+                    return Err(Error::Model(format!(
+                        "layer '{name}': non-finite coefficient"
+                    )));
+                }
+                CkksContext::polynomial_depth(p.degree())
+            }
+        };
+    }
+    if let Some((_, Layer::AvgPool2d(_))) = model.iter().last() {
+        need += 1;
+    }
+    if need > ctx.max_level() {
+        return Err(Error::InvalidParameters(format!(
+            "the model needs {need} levels in the packed layout but the CKKS parameters have {}",
+            ctx.max_level()
+        )));
+    }
+    Ok(())
 }

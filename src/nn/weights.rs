@@ -79,16 +79,59 @@ pub fn to_bytes(model: &Sequential, dtype: DType) -> Result<Vec<u8>> {
     // A single metadata entry: safetensors takes a HashMap, whose order is random, and one
     // entry keeps the file byte-for-byte reproducible.
     let mut meta = HashMap::new();
-    meta.insert(
-        "hetensor.nn.layers".to_string(),
-        model
-            .iter()
-            .map(|(n, l)| format!("{n}:{}", l.kind()))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
+    meta.insert(LAYERS_KEY.to_string(), layer_list(model));
     safetensors::serialize(views, Some(meta))
         .map_err(|e| Error::Model(format!("cannot serialize weights: {e}")))
+}
+
+/// Metadata key under which hetensor records a model's layers (`name:Kind,...`).
+const LAYERS_KEY: &str = "hetensor.nn.layers";
+
+/// The architecture name `scripts/export_pytorch_lenet1.py` writes as metadata `arch`.
+pub const LENET1_ARCH: &str = "lenet1-square";
+
+fn layer_list(model: &Sequential) -> String {
+    model
+        .iter()
+        .map(|(n, l)| format!("{n}:{}", l.kind()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The architecture safetensors bytes name in their metadata: `arch` (as PyTorch exports
+/// write it), else hetensor's layer list; `None` if neither is there.
+pub fn architecture(bytes: &[u8]) -> Result<Option<String>> {
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::Model(format!("not a valid safetensors file: {e}")))?;
+    let m = meta.metadata().clone().unwrap_or_default();
+    Ok(m.get("arch").or_else(|| m.get(LAYERS_KEY)).cloned())
+}
+
+/// [`Sequential::lenet1`] with the weights of a file whose metadata names that architecture
+/// (`arch` = [`LENET1_ARCH`], or the layer list hetensor writes). Tensors alone do not define
+/// a model: a LeNet-1-shaped file of another network (another activation) would load and
+/// compute something else, so any other file is refused.
+pub fn load_lenet1(path: impl AsRef<Path>) -> Result<Sequential> {
+    let path = path.as_ref();
+    let mut model = Sequential::lenet1();
+    let bytes = read_bounded(path, max_file_bytes(&model))?;
+    let arch = architecture(&bytes).map_err(|e| with_path(path, e))?;
+    if arch.as_deref() != Some(LENET1_ARCH) && arch.as_deref() != Some(&layer_list(&model)) {
+        return Err(Error::Model(format!(
+            "{}: the safetensors metadata names {} rather than the bundled architecture (arch = \"{LENET1_ARCH}\", LeNet-1 with x² activations, as scripts/export_pytorch_lenet1.py writes); for any other model export it to ONNX and run `hetensor infer --model model.onnx`",
+            path.display(),
+            arch.map_or("no architecture".to_string(), |a| format!("{a:?}"))
+        )));
+    }
+    load_from_bytes(&mut model, &bytes).map_err(|e| with_path(path, e))?;
+    Ok(model)
+}
+
+fn with_path(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Model(m) => Error::Model(format!("{}: {m}", path.display())),
+        other => other,
+    }
 }
 
 /// Writes every parameter of `model` to a safetensors file.
@@ -176,10 +219,15 @@ pub fn load_from_bytes(model: &mut Sequential, bytes: &[u8]) -> Result<()> {
 /// Loads parameters from a safetensors file into `model` (rules in the module docs).
 pub fn load(model: &mut Sequential, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
+    let bytes = read_bounded(path, max_file_bytes(model))?;
+    load_from_bytes(model, &bytes).map_err(|e| with_path(path, e))
+}
+
+/// The bytes of a weights file of at most `max` bytes.
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     let cannot = |e: std::io::Error| {
         Error::Model(format!("cannot read weights file {}: {e}", path.display()))
     };
-    let max = max_file_bytes(model);
     let file = std::fs::File::open(path).map_err(cannot)?;
     let len = file.metadata().map_err(cannot)?.len();
     if len > max {
@@ -189,12 +237,7 @@ pub fn load(model: &mut Sequential, path: impl AsRef<Path>) -> Result<()> {
         )));
     }
     // At most one byte past the limit, should the file grow after the check.
-    let bytes = crate::data::read_growing(&mut std::io::Read::take(file, max + 1), max + 1, len)
-        .map_err(cannot)?;
-    load_from_bytes(model, &bytes).map_err(|e| match e {
-        Error::Model(m) => Error::Model(format!("{}: {m}", path.display())),
-        other => other,
-    })
+    crate::data::read_growing(&mut std::io::Read::take(file, max + 1), max + 1, len).map_err(cannot)
 }
 
 /// [`Sequential::lenet1`] with the trained weights shipped in `data/lenet1.safetensors`

@@ -51,7 +51,7 @@ use rayon::prelude::*;
 
 use super::{encrypt_public, KeyHolder, PublicEval, StepStats};
 use crate::ckks::{CkksContext, CkksParams};
-use crate::nn::encrypted::{self, LayerTiming};
+use crate::lower::{CkksBatched, LayerTiming, Plan};
 use crate::nn::train::{batch_gradients, sgd_step};
 use crate::nn::{
     Dataset as ImageSet, Gradients, Layer, Linear, Loss, Sequential, Tensor, TrainConfig,
@@ -190,7 +190,7 @@ impl FeatureExtractor {
 
     /// Levels the encrypted extraction uses.
     pub fn levels(&self) -> Result<usize> {
-        encrypted::levels_needed(&self.conv)
+        Ok(Plan::from_sequential(&self.conv, &[1, 28, 28])?.depth())
     }
 
     /// Indices `(c·H·W + y·W + x)` of the inputs of each pooled feature, in flatten order.
@@ -250,7 +250,12 @@ impl FeatureExtractor {
         timing: &mut LayerTiming,
     ) -> Result<Vec<Ciphertext>> {
         let ctx = &ev.ctx;
-        let maps = encrypted::forward(ctx, &self.conv, images, &ev.relin, 1.0, timing)?;
+        let plan = Plan::from_sequential(&self.conv, images.shape())?;
+        let maps = CkksBatched::new(&plan, ctx, &ev.relin)?.forward_with(
+            &images,
+            &crate::progress::Progress::none(),
+            Some(timing),
+        )?;
         let t = Instant::now();
         let windows = self.pool_windows(maps.shape())?;
         let cts = maps.ciphertexts();

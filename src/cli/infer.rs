@@ -1,0 +1,369 @@
+//! `hetensor infer --model m.onnx`: encrypted inference of any model the lowering accepts.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ndarray::{s, ArrayD, Axis, IxDyn};
+use serde::Serialize;
+
+use hetensor::backend::{create_backend, BackendKind};
+use hetensor::ckks::CkksContext;
+use hetensor::graph::Graph;
+use hetensor::lower::{choose_ckks_params, CkksBatched, Counts, LayerTiming, ParamChoice, Plan};
+use hetensor::nn::mnist;
+use hetensor::progress::ProgressEvent;
+use hetensor::tensor::{CipherTensor, EncryptionKey};
+use hetensor::{onnx, Error, Result};
+
+use super::mnist::{argmax_rows, emit, peak_memory_mb, seconds_list, top2_gap};
+
+/// Calibration samples for the parameter choice.
+const CALIBRATION: usize = 256;
+
+/// Which encryption scheme runs the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scheme {
+    /// Approximate arithmetic on reals.
+    Ckks,
+    /// Exact integers (quantized models).
+    Bfv,
+}
+
+/// How samples map to slots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LayoutArg {
+    /// One ciphertext per feature, one slot per sample (throughput).
+    Batched,
+    /// One sample per ciphertext group, rotations (latency).
+    Packed,
+}
+
+/// Options of `hetensor infer`.
+#[derive(clap::Args, Debug)]
+pub struct InferArgs {
+    /// The model, an ONNX file (see README: supported ops).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// `mnist` (the bundled test set; parameters calibrated on the bundled training digits)
+    /// or a .npy file of samples [n, ...model input shape] (parameters calibrated on its first
+    /// 256 samples; no labels, so no accuracy).
+    #[arg(long, default_value = "mnist")]
+    pub data: String,
+    /// Only the first N samples, at most the data's count [default: all].
+    #[arg(long, value_parser = super::args::at_least(1))]
+    pub limit: Option<usize>,
+    /// ckks; bfv is not lowered from a graph yet (and is refused).
+    #[arg(long, value_enum, default_value = "ckks")]
+    pub scheme: Scheme,
+    /// batched; packed is not lowered from a graph yet (and is refused).
+    #[arg(long, value_enum, default_value = "batched")]
+    pub layout: LayoutArg,
+    /// cpu, cuda, wgpu or auto.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Samples per batch, at most the slots [default: all slots].
+    #[arg(long, value_parser = super::args::at_least(1))]
+    pub batch: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The plan's shape in a report.
+#[derive(Serialize, Debug)]
+pub struct PlanReport {
+    pub depth: usize,
+    pub counts: Counts,
+    pub keys: String,
+}
+
+/// What a run reports (also the `--json` object).
+#[derive(Serialize, Debug)]
+pub struct InferReport {
+    pub model: String,
+    pub data: String,
+    pub samples: usize,
+    pub batches: usize,
+    pub batch_size: usize,
+    pub scheme: String,
+    pub layout: String,
+    pub backend: String,
+    pub plan: PlanReport,
+    pub params: ParamChoice,
+    /// `None` without labels (a .npy file).
+    pub encrypted_accuracy: Option<f64>,
+    pub plaintext_accuracy: Option<f64>,
+    pub argmax_agreement: f64,
+    pub max_abs_output_error: f64,
+    pub plaintext_output_range: (f64, f64),
+    /// Samples whose plaintext top-2 gap exceeds twice the max output error, and how many of
+    /// those the encrypted argmax agrees on.
+    pub decided_samples: usize,
+    pub decided_agreement: usize,
+    pub seconds_total: f64,
+    pub seconds_plan: f64,
+    pub seconds_keygen: f64,
+    pub seconds_encrypt: f64,
+    pub seconds_infer: f64,
+    pub seconds_decrypt: f64,
+    pub samples_per_second: f64,
+    pub layer_seconds: Vec<(String, f64)>,
+    pub peak_memory_mb: f64,
+}
+
+/// Samples, labels (if the data has them) and the calibration set of `--data`.
+struct Data {
+    samples: ArrayD<f64>,
+    labels: Option<Vec<usize>>,
+    calibration: ArrayD<f64>,
+}
+
+fn load_data(data: &str, graph: &Graph) -> Result<Data> {
+    let want = graph.shape(graph.inputs()[0]).to_vec();
+    let check = |x: &ArrayD<f64>, what: &str| {
+        if x.ndim() < 1 || x.shape()[1..] != want[..] {
+            return Err(Error::Shape(format!(
+                "{what} holds samples of shape {:?}, the model takes {want:?}",
+                x.shape().get(1..).unwrap_or(&[])
+            )));
+        }
+        if x.shape()[0] == 0 {
+            return Err(Error::Data(format!("{what} holds no samples")));
+        }
+        Ok(())
+    };
+    if data == "mnist" {
+        let test = mnist::load_test(mnist::DEFAULT_DIR)?;
+        let train = mnist::load_train(mnist::DEFAULT_DIR)?;
+        let n = CALIBRATION.min(train.labels.len());
+        let calib = train
+            .inputs
+            .slice(s![0..n, .., .., ..])
+            .to_owned()
+            .into_dyn();
+        let x = test.inputs.into_dyn();
+        check(&x, "the MNIST test set")?;
+        return Ok(Data {
+            samples: x,
+            labels: Some(test.labels),
+            calibration: calib,
+        });
+    }
+    if !data.ends_with(".npy") {
+        return Err(Error::InvalidInput(format!(
+            "--data {data}: use mnist or a .npy file"
+        )));
+    }
+    let x = hetensor::data::npy::load(data)?;
+    check(&x, data)?;
+    let n = CALIBRATION.min(x.shape()[0]);
+    let calib = x.slice_axis(Axis(0), (0..n).into()).to_owned();
+    Ok(Data {
+        samples: x,
+        labels: None,
+        calibration: calib,
+    })
+}
+
+/// Runs the job and prints the report.
+pub fn run(args: InferArgs) -> Result<()> {
+    if args.scheme == Scheme::Bfv {
+        return Err(Error::InvalidInput(
+            "--scheme bfv: the BFV back end is not lowered from a model graph yet; `hetensor mnist --scheme bfv` runs the bundled LeNet-1 in BFV".into(),
+        ));
+    }
+    if args.layout == LayoutArg::Packed {
+        return Err(Error::InvalidInput(
+            "--layout packed: the packed back end is not lowered from a model graph yet; `hetensor mnist --layout packed` runs the bundled LeNet-1 packed".into(),
+        ));
+    }
+    let t_all = Instant::now();
+    let backend = create_backend(args.backend.parse::<BackendKind>()?)?;
+    let graph = onnx::load(&args.model)?;
+    let Data {
+        samples: x_all,
+        labels,
+        calibration: calib,
+    } = load_data(&args.data, &graph)?;
+    let available = x_all.shape()[0];
+    let total = match args.limit {
+        Some(n) if n > available => {
+            return Err(Error::InvalidInput(format!(
+                "--limit {n} is more than the {available} samples of --data {}",
+                args.data
+            )))
+        }
+        Some(n) => n,
+        None => available,
+    };
+    let t_plan = Instant::now();
+    let plan = Plan::new(&graph)?;
+    let (params, choice) = choose_ckks_params(&plan, &graph, &calib)?;
+    let seconds_plan = t_plan.elapsed().as_secs_f64();
+    if !args.json {
+        eprintln!(
+            "Plan: depth {}, {} dense maps, {} products, {} free ops; {}",
+            plan.depth(),
+            plan.counts().dense_maps,
+            plan.counts().products,
+            plan.counts().free_ops,
+            choice.description
+        );
+    }
+    let t_key = Instant::now();
+    let ctx = CkksContext::with_backend(params, backend.clone())?;
+    let batch_size = match args.batch {
+        None => ctx.slots(),
+        Some(b) if b <= ctx.slots() => b,
+        Some(b) => {
+            return Err(Error::InvalidInput(format!(
+                "--batch {b} is more than the {} slots of the chosen parameters",
+                ctx.slots()
+            )))
+        }
+    };
+    let keys = ctx.keygen()?;
+    let seconds_keygen = t_key.elapsed().as_secs_f64();
+    let runner = CkksBatched::new(&plan, &ctx, &keys.relin)?.with_output_bound(choice.output_bound);
+
+    let batches = total.div_ceil(batch_size);
+    let progress = super::progress_bar(!args.json);
+    progress.emit(ProgressEvent::Start {
+        total: batches as u64,
+        unit: "batches",
+    });
+    let (mut enc_s, mut inf_s, mut dec_s) = (0.0, 0.0, 0.0);
+    let (mut correct_enc, mut correct_plain, mut agree) = (0usize, 0usize, 0usize);
+    let mut max_err = 0.0f64;
+    let mut range = (f64::INFINITY, f64::NEG_INFINITY);
+    let mut gaps: Vec<(f64, bool)> = Vec::with_capacity(total);
+    let mut timing = LayerTiming::default();
+    for b in 0..batches {
+        let (lo, hi) = (b * batch_size, ((b + 1) * batch_size).min(total));
+        let x = x_all.slice_axis(Axis(0), (lo..hi).into()).to_owned();
+        let t = Instant::now();
+        let ct = CipherTensor::encrypt_batched(&ctx, EncryptionKey::Secret(&keys.secret), &x)?;
+        enc_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let out = runner.forward_with(
+            &ct,
+            &hetensor::progress::Progress::none(),
+            Some(&mut timing),
+        )?;
+        inf_s += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let enc = flat(out.decrypt(&ctx, &keys.secret)?)?;
+        dec_s += t.elapsed().as_secs_f64();
+        let plain = flat(graph.run(&[x])?.remove(0))?;
+        let (pe, pp) = (argmax_rows(&enc), argmax_rows(&plain));
+        for i in 0..(hi - lo) {
+            if let Some(l) = &labels {
+                correct_enc += (pe[i] == l[lo + i]) as usize;
+                correct_plain += (pp[i] == l[lo + i]) as usize;
+            }
+            agree += (pe[i] == pp[i]) as usize;
+            gaps.push((top2_gap(plain.index_axis(Axis(0), i)), pe[i] == pp[i]));
+        }
+        for &v in plain.iter() {
+            range = (range.0.min(v), range.1.max(v));
+        }
+        max_err = (&enc - &plain).iter().fold(max_err, |m, v| m.max(v.abs()));
+        progress.emit(ProgressEvent::Advance);
+    }
+    progress.emit(ProgressEvent::Finish);
+    let acc = |c: usize| labels.as_ref().map(|_| c as f64 / total as f64);
+    let report = InferReport {
+        model: args.model.display().to_string(),
+        data: args.data.clone(),
+        samples: total,
+        batches,
+        batch_size,
+        scheme: "ckks".into(),
+        layout: "batched".into(),
+        backend: backend.name().into(),
+        plan: PlanReport {
+            depth: plan.depth(),
+            counts: plan.counts().clone(),
+            keys: "secret key (seeded encryption), relinearization key; no Galois keys (the batched layout never rotates)".into(),
+        },
+        params: choice,
+        encrypted_accuracy: acc(correct_enc),
+        plaintext_accuracy: acc(correct_plain),
+        argmax_agreement: agree as f64 / total as f64,
+        max_abs_output_error: max_err,
+        plaintext_output_range: range,
+        decided_samples: gaps.iter().filter(|g| g.0 > 2.0 * max_err).count(),
+        decided_agreement: gaps.iter().filter(|g| g.0 > 2.0 * max_err && g.1).count(),
+        seconds_total: t_all.elapsed().as_secs_f64(),
+        seconds_plan,
+        seconds_keygen,
+        seconds_encrypt: enc_s,
+        seconds_infer: inf_s,
+        seconds_decrypt: dec_s,
+        samples_per_second: total as f64 / (enc_s + inf_s + dec_s),
+        layer_seconds: timing.layers,
+        peak_memory_mb: peak_memory_mb(),
+    };
+    emit(args.json, &report, print_report)
+}
+
+/// `[n, ...]` → `[n, features]`.
+fn flat(a: ArrayD<f64>) -> Result<ArrayD<f64>> {
+    let n = a.shape()[0];
+    let f = a.len() / n.max(1);
+    a.into_shape_with_order(IxDyn(&[n, f]))
+        .map_err(|e| Error::Shape(e.to_string()))
+}
+
+fn print_report(r: &InferReport) {
+    println!(
+        "Encrypted inference of {} (CKKS, {} layout, {} backend)",
+        r.model, r.layout, r.backend
+    );
+    println!(
+        "  plan                depth {}: {} dense maps, {} products, {} rescales, {} relinearizations, {} free ops",
+        r.plan.depth,
+        r.plan.counts.dense_maps,
+        r.plan.counts.products,
+        r.plan.counts.rescales,
+        r.plan.counts.relinearizations,
+        r.plan.counts.free_ops
+    );
+    println!(
+        "  parameters          {} (calibrated on {} samples: output bound {:.3}, last-level values up to {:.3})",
+        r.params.description, r.params.calibration_samples, r.params.output_bound, r.params.bottom_max
+    );
+    println!("  keys                {}", r.plan.keys);
+    println!(
+        "  samples             {} in {} batch(es) of up to {}",
+        r.samples, r.batches, r.batch_size
+    );
+    if let (Some(e), Some(p)) = (r.encrypted_accuracy, r.plaintext_accuracy) {
+        println!("  encrypted accuracy  {:.2}%", 100.0 * e);
+        println!("  plaintext accuracy  {:.2}%", 100.0 * p);
+    }
+    println!("  argmax agreement    {:.2}%", 100.0 * r.argmax_agreement);
+    println!(
+        "  max |output error|  {:.2e}; plaintext outputs span {:.3} .. {:.3}",
+        r.max_abs_output_error, r.plaintext_output_range.0, r.plaintext_output_range.1
+    );
+    println!(
+        "  decided samples     {}/{} agree where the plaintext top-2 gap exceeds twice that error",
+        r.decided_agreement, r.decided_samples
+    );
+    println!(
+        "  time                {:.1} s total: plan+params {:.1}, keygen {:.1}, encrypt {:.1}, infer {:.1}, decrypt {:.1}",
+        r.seconds_total,
+        r.seconds_plan,
+        r.seconds_keygen,
+        r.seconds_encrypt,
+        r.seconds_infer,
+        r.seconds_decrypt
+    );
+    println!(
+        "  throughput          {:.0} samples/s",
+        r.samples_per_second
+    );
+    println!("  per node (s)        {}", seconds_list(&r.layer_seconds));
+    println!("  peak memory         {:.0} MB", r.peak_memory_mb);
+}

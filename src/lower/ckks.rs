@@ -1,0 +1,372 @@
+//! The CKKS batched back end of a [`Plan`]: one ciphertext per feature, one slot per sample.
+//!
+//! Every instruction runs in parallel over its output features; each group of dense outputs
+//! that share inputs is one backend `linear_combinations` call. Tensors are vectors of shared
+//! ciphertexts, so layout changes copy pointers, not polynomials, and a tensor is freed after
+//! the last instruction that reads it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::{Group, Instr, Plan, SumRow};
+use crate::ckks::CkksContext;
+use crate::progress::{Progress, ProgressEvent};
+use crate::rlwe::{Ciphertext, RelinKey};
+use crate::tensor::CipherTensor;
+use crate::{Error, Result};
+
+type Tensor = Vec<Arc<Ciphertext>>;
+
+/// Seconds spent per graph node in an encrypted forward pass, in execution order.
+#[derive(Clone, Debug, Default)]
+pub struct LayerTiming {
+    /// (node name, seconds).
+    pub layers: Vec<(String, f64)>,
+}
+
+impl LayerTiming {
+    fn add(&mut self, name: &str, secs: f64) {
+        match self.layers.iter_mut().find(|(n, _)| n == name) {
+            Some(e) => e.1 += secs,
+            None => self.layers.push((name.to_string(), secs)),
+        }
+    }
+}
+
+/// A [`Plan`] bound to a CKKS context and relinearization key.
+pub struct CkksBatched<'a> {
+    plan: &'a Plan,
+    ctx: &'a CkksContext,
+    rk: &'a RelinKey,
+    output_bound: Option<f64>,
+}
+
+impl<'a> CkksBatched<'a> {
+    /// Binds `plan` to `ctx`; an error if the chain is shorter than the plan's depth.
+    pub fn new(plan: &'a Plan, ctx: &'a CkksContext, rk: &'a RelinKey) -> Result<Self> {
+        plan.check_fits(ctx, 1)?;
+        Ok(Self {
+            plan,
+            ctx,
+            rk,
+            output_bound: None,
+        })
+    }
+
+    /// The largest output magnitude to expect (e.g. twice the largest plaintext output on
+    /// calibration data): a dense map that produces the output lowers its scale so that its
+    /// level holds it, which lets a short chain's small base prime hold large logits.
+    pub fn with_output_bound(mut self, bound: f64) -> Self {
+        self.output_bound = Some(bound.abs().max(1.0));
+        self
+    }
+
+    /// Runs the plan on an encrypted batch.
+    pub fn forward(&self, x: &CipherTensor) -> Result<CipherTensor> {
+        self.forward_with(x, &Progress::none(), None)
+    }
+
+    /// [`Self::forward`], reporting each instruction to `progress` and the seconds per graph
+    /// node to `timing`.
+    pub fn forward_with(
+        &self,
+        x: &CipherTensor,
+        progress: &Progress,
+        mut timing: Option<&mut LayerTiming>,
+    ) -> Result<CipherTensor> {
+        let (ctx, plan) = (self.ctx, self.plan);
+        if x.shape() != plan.input_shape() {
+            return Err(Error::Shape(format!(
+                "the model takes samples of shape {:?}, the encrypted input has {:?}",
+                plan.input_shape(),
+                x.shape()
+            )));
+        }
+        plan.check_fits(ctx, x.batch())?;
+        let top = x.level();
+        if plan.depth > top {
+            return Err(Error::OutOfLevels {
+                op: "encrypted forward (input below the plan's depth)",
+                level: top,
+            });
+        }
+        let natural = ctx.natural_scale(top);
+        if ((x.scale() - natural) / natural).abs() > 1e-9 {
+            return Err(Error::ScaleMismatch {
+                op: "encrypted forward input (not at its level's natural scale)",
+                left: x.scale().log2(),
+                right: natural.log2(),
+            });
+        }
+        let mut slots: Vec<Option<Tensor>> = vec![None; plan.slots];
+        slots[0] = Some(x.ciphertexts().iter().cloned().map(Arc::new).collect());
+        progress.emit(ProgressEvent::Start {
+            total: plan.instrs.len() as u64,
+            unit: "steps",
+        });
+        for (k, (node, ins)) in plan.instrs.iter().enumerate() {
+            let name = &plan.node_names[*node];
+            if progress.is_active() {
+                progress.emit(ProgressEvent::Status(name));
+            }
+            let t0 = Instant::now();
+            self.exec(ins, top, &mut slots)?;
+            for &s in &plan.frees[k] {
+                slots[s] = None;
+            }
+            if let Some(t) = timing.as_deref_mut() {
+                t.add(name, t0.elapsed().as_secs_f64());
+            }
+            progress.emit(ProgressEvent::Advance);
+        }
+        progress.emit(ProgressEvent::Finish);
+        let out = take(&mut slots, plan.output_slot)?;
+        // The output's folds become its scales (value = decoded · fold).
+        let cts = out
+            .into_par_iter()
+            .zip(&plan.output_fold)
+            .map(|(c, &f)| {
+                let c = Arc::try_unwrap(c).unwrap_or_else(|a| (*a).clone());
+                if f == 1.0 {
+                    return Ok(c);
+                }
+                let c = if f < 0.0 { ctx.negate(&c)? } else { c };
+                let scale = c.scale() / f.abs();
+                Ok(c.derive(c.polys().clone(), scale))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        CipherTensor::from_ciphertexts(plan.output_shape().to_vec(), x.batch(), cts)
+    }
+
+    fn exec(&self, ins: &Instr, top: usize, slots: &mut [Option<Tensor>]) -> Result<()> {
+        let ctx = self.ctx;
+        match ins {
+            Instr::Rescale { slot } => {
+                let t = take(slots, *slot)?;
+                slots[*slot] = Some(par_map(&t, |c| {
+                    if c.size() == 3 {
+                        ctx.rescale(&ctx.relinearize(c, self.rk)?)
+                    } else {
+                        ctx.rescale(c)
+                    }
+                })?);
+            }
+            Instr::Align {
+                src,
+                dst,
+                factors,
+                depth,
+                pending,
+            } => {
+                let level = top - depth;
+                let x = get(slots, *src)?;
+                let out = x
+                    .par_iter()
+                    .zip(factors)
+                    .map(|(c, &f)| {
+                        let up = ctx.mod_switch_to(c, level + 1)?;
+                        let above = ctx.natural_scale(level + 1);
+                        if *pending {
+                            // To the scale of a product at `level + 1`, not yet rescaled.
+                            ctx.multiply_scalar(&up, f, above * above / up.scale())
+                        } else {
+                            let q = ctx.level_modulus(level + 1);
+                            let target = ctx.natural_scale(level);
+                            ctx.rescale(&ctx.multiply_scalar(&up, f, q * target / up.scale())?)
+                        }
+                        .map(Arc::new)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                slots[*dst] = Some(out);
+            }
+            Instr::Sum { args, rows, dst } => {
+                let feats = gather(slots, args)?;
+                let out = rows
+                    .par_iter()
+                    .map(|r| self.sum_row(&feats, r))
+                    .collect::<Result<Vec<_>>>()?;
+                slots[*dst] = Some(out);
+            }
+            Instr::Dense {
+                args,
+                groups,
+                bias,
+                outputs,
+                dst,
+                terminal,
+            } => {
+                let feats = gather(slots, args)?;
+                let out = self.dense(&feats, groups, bias, *outputs, *terminal)?;
+                slots[*dst] = Some(out);
+            }
+            Instr::Mul { a, b, pairs, dst } => {
+                let (xa, xb) = (get(slots, *a)?, get(slots, *b)?);
+                let out = pairs
+                    .par_iter()
+                    .map(|&(i, j)| {
+                        let (ca, cb) = (&xa[i as usize], &xb[j as usize]);
+                        if Arc::ptr_eq(ca, cb) {
+                            ctx.square(ca)
+                        } else {
+                            ctx.multiply(ca, cb)
+                        }
+                        .map(Arc::new)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                slots[*dst] = Some(out);
+            }
+            Instr::Quad { src, rows, dst } => {
+                let x = get(slots, *src)?;
+                let out = x
+                    .par_iter()
+                    .zip(rows)
+                    .map(|(c, &(b, k))| {
+                        let mut acc = ctx.square(c)?;
+                        if b != 0.0 {
+                            // b·x at the square's scale: the sum needs no rescale of its own.
+                            let lin = ctx.multiply_scalar(c, b, acc.scale() / c.scale())?;
+                            acc = ctx.add(&acc, &lin)?;
+                        }
+                        if k != 0.0 {
+                            acc = ctx.add_scalar(&acc, k)?;
+                        }
+                        Ok(Arc::new(acc))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                slots[*dst] = Some(out);
+            }
+            Instr::Poly {
+                src,
+                coeffs,
+                depth,
+                dst,
+            } => {
+                let level = top - depth;
+                let target = ctx.natural_scale(level);
+                let x = get(slots, *src)?;
+                let out = x
+                    .par_iter()
+                    .zip(coeffs)
+                    .map(|(c, cs)| {
+                        let y = ctx.evaluate_polynomial_at(c, cs, self.rk, target)?;
+                        ctx.mod_switch_to(&y, level).map(Arc::new)
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                slots[*dst] = Some(out);
+            }
+        }
+        Ok(())
+    }
+
+    fn sum_row(&self, feats: &[&Arc<Ciphertext>], r: &SumRow) -> Result<Arc<Ciphertext>> {
+        let ctx = self.ctx;
+        let (first, k) = r.terms[0];
+        let first = feats[first as usize];
+        if r.terms.len() == 1 && k == 1 && r.add == 0.0 {
+            return Ok(first.clone());
+        }
+        // An integer multiple keeps the scale (the constant is encoded at scale 1).
+        let times = |c: &Ciphertext, k: i64| match k {
+            1 => Ok(c.clone()),
+            -1 => ctx.negate(c),
+            k => ctx.multiply_scalar(c, k as f64, 1.0),
+        };
+        let mut acc = times(first, k)?;
+        for &(i, k) in &r.terms[1..] {
+            let c = feats[i as usize];
+            acc = match k {
+                1 => ctx.add(&acc, c)?,
+                -1 => ctx.sub(&acc, c)?,
+                k => ctx.add(&acc, &times(c, k)?)?,
+            };
+        }
+        if r.add != 0.0 {
+            acc = ctx.add_scalar(&acc, r.add)?;
+        }
+        Ok(Arc::new(acc))
+    }
+
+    fn dense(
+        &self,
+        feats: &[&Arc<Ciphertext>],
+        groups: &[Group],
+        bias: &[f64],
+        outputs: usize,
+        terminal: bool,
+    ) -> Result<Tensor> {
+        let ctx = self.ctx;
+        let first = feats
+            .first()
+            .ok_or_else(|| Error::Shape("a dense map of no inputs".into()))?;
+        let level = first.level();
+        if level == 0 {
+            return Err(Error::OutOfLevels {
+                op: "dense map",
+                level,
+            });
+        }
+        let in_scale = first.scale();
+        let mut target = ctx.natural_scale(level - 1);
+        if let (true, Some(bound)) = (terminal, self.output_bound) {
+            target = target.min(ctx.capacity(level - 1, 1.0) / (2.0 * bound));
+        }
+        let const_scale = ctx.level_modulus(level) * target / in_scale;
+        let computed = groups
+            .par_iter()
+            .map(|g| {
+                let refs: Vec<&Ciphertext> =
+                    g.inputs.iter().map(|&i| &**feats[i as usize]).collect();
+                let ws: Vec<Vec<f64>> = g.outputs.iter().map(|o| o.1.clone()).collect();
+                let accs = ctx.linear_combinations(&refs, &ws, const_scale)?;
+                accs.into_iter()
+                    .zip(&g.outputs)
+                    .map(|(acc, (j, _))| {
+                        let mut out = ctx.rescale(&acc)?;
+                        let b = bias[*j as usize];
+                        if b != 0.0 {
+                            out = ctx.add_scalar(&out, b)?;
+                        }
+                        Ok((*j as usize, Arc::new(out)))
+                    })
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut out: Vec<Option<Arc<Ciphertext>>> = vec![None; outputs];
+        for (j, c) in computed.into_iter().flatten() {
+            out[j] = Some(c);
+        }
+        out.into_iter()
+            .map(|c| c.ok_or_else(|| Error::Model("a dense output was not computed".into())))
+            .collect()
+    }
+}
+
+fn take(slots: &mut [Option<Tensor>], s: usize) -> Result<Tensor> {
+    slots[s]
+        .take()
+        .ok_or_else(|| Error::Model(format!("plan slot {s} read before it is written")))
+}
+
+fn get(slots: &[Option<Tensor>], s: usize) -> Result<&Tensor> {
+    slots[s]
+        .as_ref()
+        .ok_or_else(|| Error::Model(format!("plan slot {s} read before it is written")))
+}
+
+/// The features of `args`, concatenated.
+fn gather<'s>(slots: &'s [Option<Tensor>], args: &[usize]) -> Result<Vec<&'s Arc<Ciphertext>>> {
+    let mut out = Vec::new();
+    for &a in args {
+        out.extend(get(slots, a)?.iter());
+    }
+    Ok(out)
+}
+
+fn par_map<F>(t: &Tensor, f: F) -> Result<Tensor>
+where
+    F: Fn(&Ciphertext) -> Result<Ciphertext> + Sync + Send,
+{
+    t.par_iter().map(|c| f(c).map(Arc::new)).collect()
+}
