@@ -6,7 +6,8 @@
 //!
 //! 1. **Sparse-secret encapsulation** — key switch at level 0 from the (dense) secret `s` to an
 //!    ephemeral sparse secret `s'` of Hamming weight `h` (default 32). The key for it exists
-//!    only over `q_0` and the special primes, where a sparse secret is safe.
+//!    only over `q_0` and the fewest special primes that exceed it by 6 bits (~2^150 at the
+//!    N = 2^16 preset), a modulus at which a sparse secret is safe.
 //! 2. **ModRaise** — the level-0 residues are lifted exactly (centered) to every prime. The
 //!    ciphertext now decrypts to `t = Δ·m + q_0·I` with `|I| ≤ (h+1)/2` coefficient-wise, a
 //!    bound that holds for every ciphertext, not with some probability. A second key switch,
@@ -551,11 +552,11 @@ impl BootstrapKeys {
         let rlwe = ctx.rlwe().clone();
         rlwe.check_fingerprint(sk.fingerprint, "secret key")?;
         let galois = ctx.gen_galois_keys(sk, &plan.rotation_steps(), true)?;
-        let base = rlwe.q_limbs(0).len();
+        let shape = low_key_shape(&rlwe)?;
         let (to_sparse, from_sparse) = ctx.with_sampler(|s| {
             let sparse =
                 SecretKey::generate_sparse(&rlwe, plan.params.ephemeral_hamming, sk.key_id, s)?;
-            let to = KeySwitchKey::generate_low(&rlwe, &sparse, &sk.ntt, base, s)?;
+            let to = KeySwitchKey::generate_low(&rlwe, &sparse, &sk.ntt, shape, s)?;
             let from = KeySwitchKey::generate(&rlwe, sk, &sparse.ntt, s)?;
             Ok((to, from))
         })?;
@@ -666,11 +667,24 @@ struct KeyParts {
     from_sparse: KeySwitchKey,
 }
 
-/// Digits and limbs of the switch to the sparse key: the base primes and the special ones.
-fn low_key_shape(ctx: &crate::rlwe::RlweContext) -> (Arc<[usize]>, usize) {
-    let base = ctx.q_limbs(0).len();
-    let digits = ctx.digits().iter().filter(|r| r.start < base).count();
-    (ctx.qp_first(base), digits)
+/// The switch to the sparse key works over the base primes `Q_0` and the fewest special primes
+/// `P'` with `log2 P' ≥ log2 Q_0 + 6` (its noise `~Q_0/P'` stays far below the message):
+/// `Q_0·P'` is then ~2^150 at the N = 2^16 preset, where a Hamming-weight-32 secret is safe
+/// (Lattigo's dense-to-sparse key sits at a similar Q_0·P), instead of the chain's 2^1766.
+fn low_key_shape(ctx: &crate::rlwe::RlweContext) -> Result<(usize, usize)> {
+    let bits = |l: usize| (ctx.ring().modulus(l).value() as f64).log2();
+    let q0 = ctx.q_limbs(0);
+    let need = q0.iter().map(|&l| bits(l)).sum::<f64>() + 6.0;
+    let mut have = 0.0;
+    for (k, &p) in ctx.p_limbs().iter().enumerate() {
+        have += bits(p);
+        if have >= need {
+            return Ok((q0.len(), k + 1));
+        }
+    }
+    Err(Error::InvalidParameters(format!(
+        "bootstrapping needs special primes of at least {need:.0} bits for its sparse-key switch; the chain has {have:.0}"
+    )))
 }
 
 impl Encode for BootstrapKeys {
@@ -721,8 +735,15 @@ impl Decode for KeyParts {
         }
         let relin = RelinKey::decode(ctx, d, key_id)?;
         let galois = GaloisKeys::decode(ctx, d, key_id)?;
-        let (limbs, digits) = low_key_shape(ctx);
-        let to_sparse = read_ksk_over(ctx, d, key_id, limbs, digits)?;
+        let (q_count, p_count) = low_key_shape(ctx)?;
+        let limbs: Arc<[usize]> = ctx
+            .q_limbs(0)
+            .iter()
+            .chain(&ctx.p_limbs()[..p_count])
+            .copied()
+            .collect();
+        debug_assert_eq!(limbs.len(), q_count + p_count);
+        let to_sparse = read_ksk_over(ctx, d, key_id, limbs, 1)?;
         let full = ctx.qp_limbs(ctx.max_level());
         let from_sparse = read_ksk_over(ctx, d, key_id, full, ctx.digits().len())?;
         Ok(Self {
@@ -773,7 +794,11 @@ impl CkksContext {
         let rlwe = self.rlwe();
         let be = rlwe.backend();
         let ring = rlwe.ring();
-        let low = self.switch_key(ct, &keys.to_sparse)?;
+        let low = {
+            let c1 = be.slice_polys(&ct.polys, 1, 1)?;
+            let u = keys.to_sparse.switch_low(rlwe, &c1)?;
+            self.add_switched(ct, u)?
+        };
         let top = self.max_level();
         let from = rlwe.q_limbs(0);
         let rest: Arc<[usize]> = rlwe.q_limbs(top)[from.len()..].into();
@@ -790,9 +815,15 @@ impl CkksContext {
     /// `(c0, c1) → (c0, 0) + KS(c1)`: re-encrypts under the key's target secret.
     fn switch_key(&self, ct: &Ciphertext, key: &KeySwitchKey) -> Result<Ciphertext> {
         let rlwe = self.rlwe();
-        let be = rlwe.backend();
-        let c1 = be.slice_polys(&ct.polys, 1, 1)?;
+        let c1 = rlwe.backend().slice_polys(&ct.polys, 1, 1)?;
         let u = key.switch(rlwe, &c1)?;
+        self.add_switched(ct, u)
+    }
+
+    /// `(c0, 0) + u` for a key-switched `u = KS(c1)`.
+    fn add_switched(&self, ct: &Ciphertext, u: PolyBatch) -> Result<Ciphertext> {
+        let rlwe = self.rlwe();
+        let be = rlwe.backend();
         let c0 = be.slice_polys(&ct.polys, 0, 1)?;
         let zero = be.zeros(c0.limbs_arc(), 1, rlwe.n(), crate::backend::Repr::Ntt)?;
         let mut out = be.concat(&[&c0, &zero])?;

@@ -267,42 +267,72 @@ impl KeySwitchKey {
         })
     }
 
-    /// A key switching `s_from` to `s_to` (both NTT over the full `QP`) that exists only over
-    /// the first `q_count` ciphertext primes and the special primes: it can switch ciphertexts
-    /// at those primes and no higher. Bootstrapping's switch to its sparse ephemeral key is one:
-    /// an RLWE sample under a sparse secret is only safe at such a small modulus.
+    /// A one-digit key switching `s_from` to `s_to` (both NTT over the full `QP`) over only the
+    /// first `q_count` ciphertext primes `Q_0` and the first `p_count` special primes `P'`:
+    /// bootstrapping's switch to its sparse ephemeral key. An RLWE sample under a sparse
+    /// secret is only safe at a small modulus, so `Q_0·P'` is kept as small as the noise
+    /// allows (`P'` a few bits above `Q_0`, OpenFHE #1248), far below the chain's `Q·P`.
+    /// Use it with [`Self::switch_low`].
     pub(crate) fn generate_low(
         ctx: &RlweContext,
         s_to: &SecretKey,
         s_from: &PolyBatch,
-        q_count: usize,
+        (q_count, p_count): (usize, usize),
         sampler: &mut Sampler,
     ) -> Result<Self> {
         let be = ctx.backend();
-        let limbs = ctx.qp_first(q_count);
-        let s = Zeroizing::new(be.select_limbs(&s_to.ntt, limbs.clone())?);
-        let from = Zeroizing::new(be.select_limbs(s_from, limbs.clone())?);
-        let mut digits = Vec::new();
-        let mut seeds = Vec::new();
-        for range in ctx.digits().iter().filter(|r| r.start < q_count) {
-            let factor: Vec<u32> = gadget_factor(ctx, range)
-                .into_iter()
-                .zip(ctx.qp_limbs(ctx.max_level()).iter())
-                .filter(|(_, l)| limbs.contains(l))
-                .map(|(f, _)| f)
-                .collect();
-            let mut m: SecretPoly = Zeroizing::new((*from).clone());
-            be.mul_scalar_assign(ctx.ring(), &mut m, &factor)?;
-            let seed = sampler.seed();
-            digits.push(rlwe_sample(ctx, &s, Some(&m), seed, sampler)?);
-            seeds.push(Some(seed));
-        }
+        let ring = ctx.ring();
+        let plan = low_plan(ctx, q_count, p_count)?;
+        let s = Zeroizing::new(be.select_limbs(&s_to.ntt, plan.qp.clone())?);
+        let mut m: SecretPoly = Zeroizing::new(be.select_limbs(s_from, plan.qp.clone())?);
+        // Gadget factor of the one digit Q_0: [P']_{q_i} on Q_0's limbs, 0 on P''s.
+        let factor: Vec<u32> = plan
+            .qp
+            .iter()
+            .map(|&l| {
+                if l < q_count {
+                    let md = ring.modulus(l);
+                    plan.p.iter().fold(1u32, |acc, &p| {
+                        md.mul(acc, ring.modulus(p).value() % md.value())
+                    })
+                } else {
+                    0
+                }
+            })
+            .collect();
+        be.mul_scalar_assign(ring, &mut m, &factor)?;
+        let seed = sampler.seed();
         Ok(Self {
-            digits,
+            digits: vec![rlwe_sample(ctx, &s, Some(&m), seed, sampler)?],
             fingerprint: ctx.fingerprint(),
-            seeds,
+            seeds: vec![Some(seed)],
             key_id: s_to.key_id,
         })
+    }
+
+    /// Key switching with a key from [`Self::generate_low`]: `d` over exactly the key's
+    /// `Q_0` limbs, ModUp to `P'`, inner product, ModDown by `P'`.
+    pub(crate) fn switch_low(&self, ctx: &RlweContext, d: &PolyBatch) -> Result<PolyBatch> {
+        ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
+        let key = match self.digits.as_slice() {
+            [k] => k,
+            _ => {
+                return Err(Error::InvalidInput(
+                    "not a one-digit low key-switching key".into(),
+                ))
+            }
+        };
+        let q_count = d.limbs().len();
+        let p_count = key.limbs().len().saturating_sub(q_count);
+        let plan = low_plan(ctx, q_count, p_count)?;
+        if *key.limbs() != *plan.qp || d.limbs() != &*plan.q {
+            return Err(Error::LevelMismatch {
+                op: "low key switch",
+                left: key.limbs().len(),
+                right: d.limbs().len(),
+            });
+        }
+        ctx.backend().key_switch(ctx.ring(), d, &[key], &plan, None)
     }
 
     /// Key switching: given `d` (one polynomial, NTT form, at some level), returns
@@ -422,6 +452,35 @@ fn key_switch_plan(ctx: &RlweContext, d: &PolyBatch) -> Result<(Vec<usize>, KeyS
             down,
         },
     ))
+}
+
+/// The plan of a one-digit key switch over the first `q_count` ciphertext primes and the first
+/// `p_count` special primes ([`KeySwitchKey::generate_low`]).
+fn low_plan(ctx: &RlweContext, q_count: usize, p_count: usize) -> Result<KeySwitchPlan> {
+    let specials = ctx.p_limbs();
+    if q_count == 0
+        || q_count > ctx.params().q_primes().len()
+        || p_count == 0
+        || p_count > specials.len()
+    {
+        return Err(Error::InvalidInput(format!(
+            "a low key switch over {q_count} ciphertext and {p_count} special primes does not fit the chain"
+        )));
+    }
+    let q = ctx.q_first(q_count);
+    let p: Arc<[usize]> = specials[..p_count].into();
+    let qp: Arc<[usize]> = q.iter().chain(p.iter()).copied().collect();
+    Ok(KeySwitchPlan {
+        digits: vec![KsDigit {
+            limbs: q.clone(),
+            rest: p.clone(),
+            up: ctx.converter(&q, &p),
+        }],
+        down: ctx.converter(&p, &q),
+        qp,
+        q,
+        p,
+    })
 }
 
 /// Relinearization key: switches `s²` to `s`.
