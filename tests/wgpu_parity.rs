@@ -846,7 +846,7 @@ fn mhe_protocols_match_cpu() {
                 &mut out,
             );
             let rk = mhe::rkg_finalize(&rlwe, &r1, &r2).unwrap();
-            let el = hetensor::rlwe::keys::galois_element_for_step(rlwe.n(), 1);
+            let el = ckks.galois_element(1);
             let rtg = all(
                 ps.iter_mut().map(|p| p.rtg_share(el).unwrap()).collect(),
                 &mut out,
