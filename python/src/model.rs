@@ -1,6 +1,7 @@
 //! `hetensor.Model`: the bundled LeNet-1 run encrypted on a `CKKSTensor`.
 
-use hetensor::nn::{encrypted, weights, Sequential};
+use hetensor::lower::{forward_sequential, Plan};
+use hetensor::nn::{weights, Sequential};
 use hetensor::tensor::CipherTensor;
 use numpy::{IntoPyArray, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
@@ -30,7 +31,9 @@ impl Model {
     /// Levels (rescalings) an encrypted forward pass consumes.
     #[getter]
     fn levels(&self) -> PyResult<usize> {
-        encrypted::levels_needed(&self.net).map_err(to_py)
+        Ok(Plan::from_sequential(&self.net, &[1, 28, 28])
+            .map_err(to_py)?
+            .depth())
     }
 
     /// Runs the model on an encrypted batch. `output_bound` is the largest output magnitude
@@ -49,14 +52,7 @@ impl Model {
             };
             let input =
                 CipherTensor::from_ciphertexts(core.shape.clone(), batch, core.cts.to_vec())?;
-            let y = encrypted::forward(
-                &ctx,
-                &self.net,
-                input,
-                &inner.keys.relin,
-                output_bound,
-                &mut Default::default(),
-            )?;
+            let y = forward_sequential(&ctx, &self.net, &input, &inner.keys.relin, output_bound)?;
             Ok(Core {
                 k: core.k.clone(),
                 shape: y.shape().to_vec(),
