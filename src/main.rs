@@ -224,8 +224,8 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_values_t = vec![13u32, 14],
               value_parser = clap::value_parser!(u32).range(13..=16))]
         log_n: Vec<u32>,
-        /// Schemes to run. `bootstrap` times CKKS bootstrapping (128-bit at 2^16; at 2^13 an
-        /// insecure test ring) with its output precision and the levels it leaves.
+        /// Schemes to run. `bootstrap` times CKKS bootstrapping (128-bit at 2^16; below, where no
+        /// 128-bit chain fits, an insecure test ring) with its output precision and the levels it leaves.
         #[arg(long, value_delimiter = ',', default_values_t = vec!["ckks".to_string(), "bfv".to_string()],
               value_parser = ["ckks", "bfv", "bootstrap"])]
         scheme: Vec<String>,
