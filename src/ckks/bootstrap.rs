@@ -73,8 +73,8 @@ pub struct BootstrapParams {
 }
 
 impl BootstrapParams {
-    /// Levels EvalMod consumes: the step to the natural scale (1), the Chebyshev basis
-    /// (`ceil(log2 d)`), the coefficients (1), and the double angles.
+    /// Levels EvalMod consumes: the Chebyshev basis (`ceil(log2 d)`), the coefficients (1),
+    /// and the double angles.
     pub fn eval_mod_levels(&self) -> usize {
         eval_mod_depth(self.cheb_degree, self.double_angles)
     }
@@ -95,14 +95,15 @@ impl BootstrapParams {
     }
 
     /// Bootstrapping at N = 2^16, 128-bit (HE-standard bound on log2 QP), 2^15 complex slots,
-    /// scale 2^58 from two ~29-bit primes per level, a ~2^68 base (three primes),
-    /// 3 key-switching digits (log2 QP = 1766 of the 1770 allowed): CoeffsToSlots 3 levels, EvalMod 11 (degree 27, 4 double
-    /// angles), SlotsToCoeffs 3, and 4 levels left for computation. (N = 2^15 holds no such
-    /// chain at 128 bits: 17 levels of 2^58 exceed its 881-bit bound.)
+    /// on a two-segment chain: 8 computation levels at Δ = 2^40 (two ~20-bit primes each)
+    /// over a ~2^48 base, SlotsToCoeffs's 3 levels at 2^40 too, and on top CoeffsToSlots (3)
+    /// and EvalMod (10: degree 27, 4 double angles) at 2^56 (two ~28-bit primes), where the
+    /// raised ciphertext's large values need the precision; 3 key-switching digits balanced by
+    /// bits. A bootstrapped ciphertext comes back at level 8. (N = 2^15 holds no such chain
+    /// at 128 bits: 13 levels of 2^56 alone exceed its 881-bit bound.)
     pub fn n16() -> Result<Self> {
         Self::with_chain(
             16,
-            58,
             N16_COMPUTATION_LEVELS,
             (3, 3),
             Some(3),
@@ -115,7 +116,6 @@ impl BootstrapParams {
     pub fn insecure_test_ring(log_n: u32, computation_levels: usize) -> Result<Self> {
         Self::with_chain(
             log_n,
-            58,
             computation_levels,
             (3, 2),
             Some(4),
@@ -124,23 +124,26 @@ impl BootstrapParams {
     }
 
     /// The default EvalMod (degree 27, 4 double angles, h = 32) and the given transform
-    /// budgets, on a chain of `computation` levels plus what the bootstrap consumes, with a
-    /// base 10 bits above the scale.
+    /// budgets on a two-segment chain: `computation` + SlotsToCoeffs levels at
+    /// [`COMPUTATION_SCALE_BITS`] over a base [`MESSAGE_RATIO_BITS`] above it, and
+    /// CoeffsToSlots + EvalMod at [`UPPER_SCALE_BITS`] on top.
     fn with_chain(
         log_n: u32,
-        scale_bits: u32,
         computation: usize,
         (cts_levels, stc_levels): (usize, usize),
         dnum: Option<usize>,
         security: Security,
     ) -> Result<Self> {
         let (cheb_degree, double_angles) = (27, 4);
-        let depth = cts_levels + eval_mod_depth(cheb_degree, double_angles) + stc_levels;
         let mut builder = CkksParams::builder()
             .log_n(log_n)
-            .scale_bits(scale_bits)
-            .base_bits(scale_bits + MESSAGE_RATIO_BITS)
-            .depth(depth + computation)
+            .scale_bits(COMPUTATION_SCALE_BITS)
+            .base_bits(COMPUTATION_SCALE_BITS + MESSAGE_RATIO_BITS)
+            .depth(computation + stc_levels)
+            .upper_levels(
+                cts_levels + eval_mod_depth(cheb_degree, double_angles),
+                UPPER_SCALE_BITS,
+            )
             .security(security);
         if let Some(d) = dnum {
             builder = builder.dnum(d);
@@ -179,6 +182,20 @@ impl BootstrapParams {
                 self.ckks.levels()
             )));
         }
+        let shape = self.ckks.rlwe.level_shape();
+        let upper = self.ckks.levels() - self.ckks.computation_levels();
+        if shape.is_segmented()
+            && (upper != self.cts_levels + self.eval_mod_levels()
+                || shape.low_levels < self.stc_levels)
+        {
+            return Err(Error::InvalidParameters(format!(
+                "on a two-segment chain CoeffsToSlots and EvalMod ({} + {} levels) must fill the {upper} upper levels and SlotsToCoeffs ({}) fit in the {} below",
+                self.cts_levels,
+                self.eval_mod_levels(),
+                self.stc_levels,
+                shape.low_levels
+            )));
+        }
         if self.cheb_degree < 2 || self.ephemeral_hamming == 0 || self.ephemeral_hamming > slots {
             return Err(Error::InvalidParameters(format!(
                 "bootstrapping needs a Chebyshev degree ≥ 2 and a Hamming weight in 1..={slots}"
@@ -195,10 +212,19 @@ const MESSAGE_RATIO_BITS: u32 = 8;
 
 /// Levels the N = 2^16 preset leaves for computation: the most that fit the 128-bit bound
 /// with 3 key-switching digits (more digits would multiply the ~40 rotation keys' size).
-const N16_COMPUTATION_LEVELS: usize = 4;
+const N16_COMPUTATION_LEVELS: usize = 8;
+
+/// Scale of the computation levels (and SlotsToCoeffs's): precision after a rescale there
+/// is about 2^-26, well below what bootstrapping leaves.
+const COMPUTATION_SCALE_BITS: u32 = 48;
+
+/// Scale of CoeffsToSlots's and EvalMod's levels. The gap to the base modulus
+/// (2^(56−48) here) is made up inside CoeffsToSlots, a few bits per group, which keeps its
+/// plaintexts' coefficients under the encoder's 2^62.
+const UPPER_SCALE_BITS: u32 = 54;
 
 fn eval_mod_depth(cheb_degree: usize, double_angles: usize) -> usize {
-    1 + ceil_log2(cheb_degree) + 1 + double_angles
+    ceil_log2(cheb_degree) + 1 + double_angles
 }
 
 fn ceil_log2(x: usize) -> usize {
@@ -395,6 +421,8 @@ pub struct BootstrapPlan {
     stc: Vec<LinearStep>,
     /// Chebyshev coefficients of `cos(2π(K·u − 1/4)/2^r)` on `u ∈ [−1, 1]`.
     cheb: Vec<f64>,
+    /// The scale the Chebyshev sum lands on.
+    cheb_target: f64,
     /// The message scale StC's constants assume (the natural scale of level 0).
     message_scale: f64,
     /// `i` as the monomial `X^{N/2}` at EvalMod's input and output levels (NTT form).
@@ -412,30 +440,38 @@ impl BootstrapPlan {
             ));
         }
         let n = ctx.slots();
-        let top = ctx.max_level();
+        let top = ctx.chain_top();
         let q0 = ctx.base_modulus();
         let k = params.k_bound();
+        let eval_level = top - params.cts_levels;
+        let stc_level = eval_level - params.eval_mod_levels();
         // CoeffsToSlots: the raised ciphertext has scale q0 (slots = embed(t)/q0); the output
         // slots are bit-reversed (t_k + i·t_{k+n}) / (2·K·q0), halves then split by conjugation.
         let cts_groups = grouped_transform(n, true, params.cts_levels, 1.0 / (2.0 * k));
         // The raised slots are large (embed(I), hundreds) next to the result (|u| ≤ 1), so
-        // the constants need all the precision a level gives: every group keeps the scale q0
-        // (its plaintexts are encoded at the level's full modulus), and EvalMod's first level
-        // brings the result down to the natural scale.
+        // the constants need all the precision a level gives: each group's plaintexts are
+        // encoded near its level's modulus, and the scale climbs from q0 to EvalMod's natural
+        // scale geometrically, the same few bits per group.
+        let gain = ctx.natural_scale(eval_level) / q0;
         let cts = cts_groups
             .into_iter()
             .enumerate()
-            .map(|(g, m)| plan_step(m, n, top - g, q0, q0))
+            .map(|(g, m)| {
+                let at = |j: usize| q0 * gain.powf(j as f64 / params.cts_levels as f64);
+                plan_step(m, n, top - g, at(g), at(g + 1))
+            })
             .collect();
-        let eval_level = top - params.cts_levels;
-        let stc_level = eval_level - params.eval_mod_levels();
         // SlotsToCoeffs: EvalMod leaves sin(2π t/q0) ≈ 2π·Δ·m_k/q0 in the slots; the decoding
         // FFT times q0/(2π·Δ) gives the message's slots back.
         let message_scale = ctx.natural_scale(0);
         let stc_groups =
             grouped_transform(n, false, params.stc_levels, q0 / (2.0 * PI * message_scale));
         let mut stc = Vec::new();
-        let mut scale = eval_mod_output_scale(ctx, params, eval_level);
+        // EvalMod's Chebyshev sum lands on the scale from which its double angles (each a
+        // square and a rescale) end exactly on the natural scale of SlotsToCoeffs's level.
+        let mut scale = ctx.natural_scale(stc_level);
+        let cheb_target = (1..=params.double_angles)
+            .fold(scale, |s, j| (s * ctx.level_modulus(stc_level + j)).sqrt());
         for (g, m) in stc_groups.into_iter().enumerate() {
             let level = stc_level - g;
             let out = ctx.natural_scale(level - 1);
@@ -456,6 +492,7 @@ impl BootstrapPlan {
             cts,
             stc,
             cheb,
+            cheb_target,
             message_scale,
             i_at_eval_in: monomial(eval_level)?,
             i_at_eval_out: monomial(stc_level)?,
@@ -485,18 +522,6 @@ impl BootstrapPlan {
     pub fn params(&self) -> &BootstrapParams {
         &self.params
     }
-}
-
-/// The scale EvalMod's output lands on, starting from the natural scale at `level`: the
-/// Chebyshev sum lands on the natural scale of its output level, and each double angle
-/// squares and rescales.
-fn eval_mod_output_scale(ctx: &CkksContext, params: &BootstrapParams, level: usize) -> f64 {
-    let after_cheb = level - 1 - ceil_log2(params.cheb_degree) - 1;
-    let mut s = ctx.natural_scale(after_cheb);
-    for l in 0..params.double_angles {
-        s = s * s / ctx.level_modulus(after_cheb - l);
-    }
-    s
 }
 
 /// Chebyshev coefficients `c_0..c_d` of `f` on `[−1, 1]` (interpolation at the Chebyshev
@@ -799,7 +824,7 @@ impl CkksContext {
             let u = keys.to_sparse.switch_low(rlwe, &c1)?;
             self.add_switched(ct, u)?
         };
-        let top = self.max_level();
+        let top = self.chain_top();
         let from = rlwe.q_limbs(0);
         let rest: Arc<[usize]> = rlwe.q_limbs(top)[from.len()..].into();
         let mut coeff = low.polys.clone();
@@ -923,11 +948,7 @@ impl CkksContext {
     /// `x mod 1` approximated by `sin(2πx)/(2π)`, scaled by 2π: the slot values `u = x/K`
     /// go through the Chebyshev interpolant of `cos(2π(K·u − 1/4)/2^r)` and `r` double angles.
     fn eval_mod(&self, u: &Ciphertext, plan: &BootstrapPlan, rk: &RelinKey) -> Result<Ciphertext> {
-        let l = u.level();
-        let to_natural = self.level_modulus(l) * self.natural_scale(l - 1) / u.scale();
-        let u = self.rescale(&self.multiply_scalar(u, 1.0, to_natural)?)?;
-        let target = self.natural_scale(u.level() - ceil_log2(plan.params.cheb_degree) - 1);
-        let mut c = self.evaluate_chebyshev(&u, &plan.cheb, target, rk)?;
+        let mut c = self.evaluate_chebyshev(u, &plan.cheb, plan.cheb_target, rk)?;
         for _ in 0..plan.params.double_angles {
             let sq = self.rescale(&self.relinearize(&self.square(&c)?, rk)?)?;
             c = self.add_scalar(&self.add(&sq, &sq)?, -1.0)?;

@@ -144,8 +144,15 @@ impl CkksContext {
         self.encoder.slots()
     }
 
-    /// Highest level (fresh ciphertexts).
+    /// Highest level a fresh ciphertext gets: the top of the chain, or on a two-segment
+    /// (bootstrapping) chain the top of its computation levels.
     pub fn max_level(&self) -> usize {
+        self.params.computation_levels()
+    }
+
+    /// The top of the whole chain (on a two-segment chain, above [`Self::max_level`]:
+    /// bootstrapping's levels).
+    pub fn chain_top(&self) -> usize {
         self.rlwe.max_level()
     }
 
@@ -158,10 +165,17 @@ impl CkksContext {
     /// the natural scale one level up and rescaling gives (Δ_{ℓ−1} = Δ_ℓ² / q_ℓ). The chain's
     /// primes keep every natural scale within half a bit of Δ; encoding a fresh operand for
     /// level ℓ at this scale lets it meet results computed down to ℓ without a scale fix-up.
+    ///
+    /// On a two-segment chain each segment has its own: Δ at the top of the computation
+    /// levels, and the upper scale at the top of the chain for the levels above them.
     pub fn natural_scale(&self, level: usize) -> f64 {
-        (level + 1..=self.max_level())
+        let (top, scale) = match self.params.upper_scale_bits {
+            Some(bits) if level > self.max_level() => (self.chain_top(), (bits as f64).exp2()),
+            _ => (self.max_level(), self.default_scale()),
+        };
+        (level + 1..=top)
             .rev()
-            .fold(self.default_scale(), |s, l| s * s / self.level_modulus(l))
+            .fold(scale, |s, l| s * s / self.level_modulus(l))
     }
 
     /// What rescaling at `level` divides by: the product of that level's primes (one prime,
@@ -239,10 +253,10 @@ impl CkksContext {
                 slots: self.slots(),
             });
         }
-        if level > self.max_level() {
+        if level > self.chain_top() {
             return Err(Error::InvalidInput(format!(
                 "level {level} above the chain's top {}",
-                self.max_level()
+                self.chain_top()
             )));
         }
         if let Some(i) = values

@@ -28,8 +28,12 @@ const DEFAULT_HEADROOM_BITS: u32 = 20;
 pub struct CkksParams {
     /// The underlying RLWE parameters (their [`LevelShape`] groups the scale primes).
     pub rlwe: RlweParams,
-    /// log2 of the default scale Δ (each level's primes multiply to about 2^scale_bits).
+    /// log2 of the default scale Δ (each level's primes multiply to about 2^scale_bits). On
+    /// a two-segment chain, the scale of the low (computation) segment.
     pub scale_bits: u32,
+    /// log2 of the scale of the levels above the low segment, on a two-segment chain
+    /// ([`LevelShape::is_segmented`]; bootstrapping's CoeffsToSlots and EvalMod run there).
+    pub upper_scale_bits: Option<u32>,
 }
 
 impl CkksParams {
@@ -67,11 +71,16 @@ impl CkksParams {
         let mut q = base;
         q.extend(scale_primes);
         let rlwe = RlweParams::new(n, q, special, vec![], dnum, security)?;
-        Ok(Self { rlwe, scale_bits })
+        Ok(Self {
+            rlwe,
+            scale_bits,
+            upper_scale_bits: None,
+        })
     }
 
     /// Parameters from explicit primes: `q` = `shape.base` base primes followed by groups of
-    /// `shape.width` primes per level; `p` the special primes.
+    /// `shape.width` primes per level; `p` the special primes. For a two-segment shape see
+    /// [`Self::from_segmented_primes`].
     pub fn from_primes(
         n: usize,
         q: Vec<u32>,
@@ -86,8 +95,46 @@ impl CkksParams {
                 "scale 2^{scale_bits} outside 2^1..=2^62"
             )));
         }
-        let rlwe = RlweParams::new(n, q, p, vec![], dnum, security)?.with_level_shape(shape)?;
-        Ok(Self { rlwe, scale_bits })
+        if shape.is_segmented() {
+            return Err(Error::InvalidParameters(
+                "a two-segment chain needs its upper scale: use CkksParams::from_segmented_primes"
+                    .into(),
+            ));
+        }
+        let rlwe = RlweParams::with_shape(n, q, p, vec![], dnum, security, shape)?;
+        Ok(Self {
+            rlwe,
+            scale_bits,
+            upper_scale_bits: None,
+        })
+    }
+
+    /// Parameters from explicit primes on a two-segment chain: the low segment's levels at
+    /// scale 2^`scale_bits`, the levels above at 2^`upper_scale_bits`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_segmented_primes(
+        n: usize,
+        q: Vec<u32>,
+        p: Vec<u32>,
+        shape: LevelShape,
+        scale_bits: u32,
+        upper_scale_bits: u32,
+        dnum: usize,
+        security: Security,
+    ) -> Result<Self> {
+        for b in [scale_bits, upper_scale_bits] {
+            if !(1..=62).contains(&b) {
+                return Err(Error::InvalidParameters(format!(
+                    "scale 2^{b} outside 2^1..=2^62"
+                )));
+            }
+        }
+        let rlwe = RlweParams::with_shape(n, q, p, vec![], dnum, security, shape)?;
+        Ok(Self {
+            rlwe,
+            scale_bits,
+            upper_scale_bits: shape.is_segmented().then_some(upper_scale_bits),
+        })
     }
 
     /// Chooses parameters from what the computation needs; see [`CkksParamsBuilder`].
@@ -165,9 +212,26 @@ impl CkksParams {
         self.rlwe.max_level()
     }
 
-    /// Primes per level (the composition degree t; 1 for single-prime chains).
+    /// Primes per level (the composition degree t; 1 for single-prime chains). On a
+    /// two-segment chain, the low (computation) segment's.
     pub fn composition(&self) -> usize {
-        self.rlwe.level_shape().width
+        let shape = self.rlwe.level_shape();
+        if shape.is_segmented() {
+            shape.low_width
+        } else {
+            shape.width
+        }
+    }
+
+    /// Levels a fresh ciphertext gets for computation: the whole chain, or on a two-segment
+    /// chain the low segment (the levels above it belong to bootstrapping).
+    pub fn computation_levels(&self) -> usize {
+        let shape = self.rlwe.level_shape();
+        if shape.is_segmented() {
+            shape.low_levels
+        } else {
+            self.levels()
+        }
     }
 
     /// log2 of the primes that rescaling at each level 1..=L divides by (their product).
@@ -204,7 +268,16 @@ impl fmt::Display for CkksParams {
             self.levels(),
             self.scale_bits
         )?;
-        if !level_bits.is_empty() {
+        if let (Some(upper), true) = (self.upper_scale_bits, shape.is_segmented()) {
+            write!(
+                f,
+                "{} computation level(s) of {} prime(s), {} level(s) of {} prime(s) at 2^{upper} above (levels of 2^{lo:.2}..2^{hi:.2}), ",
+                shape.low_levels,
+                shape.low_width,
+                self.levels() - shape.low_levels,
+                shape.width
+            )?;
+        } else if !level_bits.is_empty() {
             write!(
                 f,
                 "{} prime(s) per level (levels of 2^{lo:.2}..2^{hi:.2}), ",
@@ -242,6 +315,7 @@ pub struct CkksParamsBuilder {
     base_bits: Option<u32>,
     dnum: Option<usize>,
     security: Security,
+    upper: Option<(usize, u32)>,
 }
 
 impl Default for CkksParamsBuilder {
@@ -255,6 +329,7 @@ impl Default for CkksParamsBuilder {
             base_bits: None,
             dnum: None,
             security: Security::Bits128,
+            upper: None,
         }
     }
 }
@@ -308,6 +383,14 @@ impl CkksParamsBuilder {
     /// Security requirement (default 128-bit).
     pub fn security(mut self, security: Security) -> Self {
         self.security = security;
+        self
+    }
+
+    /// Adds `count` levels at scale 2^`scale_bits` above the `depth` computation levels: a
+    /// two-segment chain ([`LevelShape::two_segment`]). Bootstrapping spends those levels;
+    /// a fresh ciphertext starts at the top of the computation levels.
+    pub fn upper_levels(mut self, count: usize, scale_bits: u32) -> Self {
+        self.upper = (count > 0).then_some((count, scale_bits));
         self
     }
 
@@ -412,13 +495,29 @@ impl CkksParamsBuilder {
     fn build_at(&self, log_n: u32) -> Result<CkksParams> {
         let n = 1usize << log_n;
         let t = self.composition_degree();
-        let per_prime = self.scale_bits as f64 / t as f64;
-        if per_prime >= MAX_PRIME_BITS as f64 || per_prime <= (2.0 * n as f64).log2() {
-            return Err(Error::InvalidParameters(format!(
-                "scale 2^{} in {t} prime(s) per level needs primes of 2^{per_prime:.1}, outside (2N = 2^{}, 2^{MAX_PRIME_BITS})",
-                self.scale_bits,
-                log_n + 1
-            )));
+        let per_prime_check = |scale_bits: u32, t: usize| -> Result<()> {
+            let per_prime = scale_bits as f64 / t as f64;
+            if per_prime >= MAX_PRIME_BITS as f64 || per_prime <= (2.0 * n as f64).log2() {
+                return Err(Error::InvalidParameters(format!(
+                    "scale 2^{scale_bits} in {t} prime(s) per level needs primes of 2^{per_prime:.1}, outside (2N = 2^{}, 2^{MAX_PRIME_BITS})",
+                    log_n + 1
+                )));
+            }
+            Ok(())
+        };
+        per_prime_check(self.scale_bits, t)?;
+        // The upper segment (if any): its own scale, the fewest primes per level under 2^30.
+        let (upper_count, upper_bits) = self.upper.unwrap_or((0, self.scale_bits));
+        let tu = (upper_bits as usize)
+            .div_ceil(MAX_PRIME_BITS as usize - 1)
+            .max(1);
+        if upper_count > 0 {
+            if !(10..=62).contains(&upper_bits) {
+                return Err(Error::InvalidParameters(format!(
+                    "upper scale 2^{upper_bits} outside 2^10..=2^62"
+                )));
+            }
+            per_prime_check(upper_bits, tu)?;
         }
         let base_bits = self
             .base_bits
@@ -431,7 +530,18 @@ impl CkksParamsBuilder {
         }
         let base_count = base_bits.div_ceil(MAX_PRIME_BITS) as usize;
         let base_each = base_bits.div_ceil(base_count as u32).max(log_n + 2);
-        let limbs = base_count + t * self.depth;
+        let limbs = base_count + t * self.depth + tu * upper_count;
+        // Estimated prime sizes, bottom up (what the digits are balanced over).
+        let estimated_bits: Vec<f64> = std::iter::repeat_n(base_each as f64, base_count)
+            .chain(std::iter::repeat_n(
+                self.scale_bits as f64 / t as f64,
+                t * self.depth,
+            ))
+            .chain(std::iter::repeat_n(
+                upper_bits as f64 / tu as f64,
+                tu * upper_count,
+            ))
+            .collect();
         let bound = max_log_qp_128(n).unwrap_or(0) as f64;
         let step = 2 * n as u64;
         let dnums: Vec<usize> = match self.dnum {
@@ -439,10 +549,19 @@ impl CkksParamsBuilder {
             None => (1..=limbs).collect(),
         };
         // Q alone is fixed by depth and scale; fail fast when it exceeds the bound.
-        let log_q_estimate = base_bits as f64 + self.depth as f64 * self.scale_bits as f64;
+        let log_q_estimate: f64 = estimated_bits.iter().sum();
         let mut last = None;
         for dnum in dnums {
-            let alpha = limbs.div_ceil(dnum) + EXTRA_SPECIAL_PRIMES;
+            let alpha = if upper_count > 0 {
+                // Digits are balanced by bits: enough special primes to cover the largest.
+                let largest = crate::rlwe::params::balanced_digits(&estimated_bits, dnum)
+                    .into_iter()
+                    .map(|r| estimated_bits[r].iter().sum::<f64>())
+                    .fold(0.0, f64::max);
+                (largest / (SPECIAL_BITS as f64 - 0.05)).ceil() as usize + EXTRA_SPECIAL_PRIMES
+            } else {
+                limbs.div_ceil(dnum) + EXTRA_SPECIAL_PRIMES
+            };
             let estimate = log_q_estimate + alpha as f64 * SPECIAL_BITS as f64;
             if self.security == Security::Bits128 && estimate > bound + 1.0 && self.dnum.is_none() {
                 last = Some(Error::InsecureParameters {
@@ -465,21 +584,38 @@ impl CkksParamsBuilder {
             used.extend(&base);
             let scale_primes =
                 composite_scale_primes(self.scale_bits as f64, t, self.depth, step, &used)?;
+            used.extend(&scale_primes);
+            let upper_primes = if upper_count > 0 {
+                composite_scale_primes(upper_bits as f64, tu, upper_count, step, &used)?
+            } else {
+                Vec::new()
+            };
             let mut q = base;
             q.extend(scale_primes);
-            let shape = LevelShape {
-                base: base_count,
-                width: t,
+            q.extend(upper_primes);
+            let built = if upper_count > 0 {
+                CkksParams::from_segmented_primes(
+                    n,
+                    q,
+                    special,
+                    LevelShape::two_segment(base_count, self.depth, t, tu),
+                    self.scale_bits,
+                    upper_bits,
+                    dnum,
+                    self.security,
+                )
+            } else {
+                CkksParams::from_primes(
+                    n,
+                    q,
+                    special,
+                    LevelShape::uniform(base_count, t),
+                    self.scale_bits,
+                    dnum,
+                    self.security,
+                )
             };
-            match CkksParams::from_primes(
-                n,
-                q,
-                special,
-                shape,
-                self.scale_bits,
-                dnum,
-                self.security,
-            ) {
+            match built {
                 Err(e @ Error::InsecureParameters { .. }) => last = Some(e),
                 other => return other,
             }

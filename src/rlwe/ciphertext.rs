@@ -32,11 +32,9 @@ impl Ciphertext {
     /// CKKS chain a level holds several primes ([`LevelShape`]).
     pub fn level(&self) -> usize {
         let limbs = self.polys.limbs().len();
-        debug_assert!(
-            self.shape.level_of(limbs).is_some(),
-            "{limbs} limbs off the chain"
-        );
-        limbs.saturating_sub(self.shape.base) / self.shape.width
+        let level = self.shape.level_of(limbs);
+        debug_assert!(level.is_some(), "{limbs} limbs off the chain");
+        level.unwrap_or(0)
     }
 
     /// Number of polynomials (2 after relinearization, 3 after a multiplication).

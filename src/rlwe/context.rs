@@ -122,8 +122,8 @@ impl RlweContext {
     pub fn level_of_limbs(&self, limbs: usize) -> Result<usize> {
         self.params.shape.level_of(limbs).ok_or_else(|| {
             Error::InvalidInput(format!(
-                "{limbs} ciphertext primes do not form a level of this chain ({} base prime(s), {} per level)",
-                self.params.shape.base, self.params.shape.width
+                "{limbs} ciphertext primes do not form a level of this chain ({:?})",
+                self.params.shape
             ))
         })
     }
@@ -140,12 +140,7 @@ impl RlweContext {
 
     /// Limb ranges of the key-switching digits at full level.
     pub fn digits(&self) -> Vec<std::ops::Range<usize>> {
-        let nq = self.params.q.len();
-        let alpha = nq.div_ceil(self.params.dnum);
-        (0..self.params.dnum)
-            .map(|j| j * alpha..((j + 1) * alpha).min(nq))
-            .filter(|r| !r.is_empty())
-            .collect()
+        self.params.digit_ranges()
     }
 
     /// Cached base converter between two limb sets.

@@ -17,6 +17,29 @@ pub fn max_log_qp_128(n: usize) -> Option<u32> {
     }
 }
 
+/// `dnum` contiguous ranges of primes (sizes `bits`, in bits) with sums as equal as the
+/// primes allow: each range ends where its running sum comes closest to its share.
+pub fn balanced_digits(bits: &[f64], dnum: usize) -> Vec<std::ops::Range<usize>> {
+    let total: f64 = bits.iter().sum();
+    let mut out = Vec::with_capacity(dnum);
+    let (mut start, mut acc) = (0usize, 0.0f64);
+    for j in 1..=dnum {
+        let goal = total * j as f64 / dnum as f64;
+        let mut end = start;
+        while end < bits.len()
+            && (j == dnum || (acc + bits[end] - goal).abs() <= (acc - goal).abs())
+        {
+            acc += bits[end];
+            end += 1;
+        }
+        if end > start {
+            out.push(start..end);
+        }
+        start = end;
+    }
+    out
+}
+
 /// How the parameters are allowed to relate to the security standard.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Security {
@@ -30,27 +53,83 @@ pub enum Security {
 /// level above adds `width` primes. CKKS composite scaling uses `width > 1` so that a scale
 /// larger than one word (e.g. 2^40 from two ~2^20 primes) is divided out by one rescale;
 /// BFV and single-prime CKKS chains use [`LevelShape::SINGLE`].
+///
+/// A chain may have **two segments**: its bottom `low_levels` levels hold `low_width`
+/// primes each and the levels above them `width`. Bootstrapping chains use it: the
+/// computation levels (and SlotsToCoeffs) run at a moderate scale such as 2^40, while
+/// CoeffsToSlots and EvalMod, which need more precision, use wider levels on top, so that
+/// more levels remain for computation under the same security bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LevelShape {
     /// Primes at level 0.
     pub base: usize,
-    /// Primes each rescale drops (the composition degree t).
+    /// Primes each rescale drops above the low segment (the composition degree t).
     pub width: usize,
+    /// Levels of the low segment (0: the chain is uniform).
+    pub low_levels: usize,
+    /// Primes per level in the low segment.
+    pub low_width: usize,
 }
 
 impl LevelShape {
     /// One prime per level, one base prime.
-    pub const SINGLE: Self = Self { base: 1, width: 1 };
+    pub const SINGLE: Self = Self::uniform(1, 1);
+
+    /// `base` primes, then levels of `width` primes each.
+    pub const fn uniform(base: usize, width: usize) -> Self {
+        Self {
+            base,
+            width,
+            low_levels: 0,
+            low_width: width,
+        }
+    }
+
+    /// `base` primes, `low_levels` levels of `low_width` primes, then levels of `width`.
+    pub const fn two_segment(
+        base: usize,
+        low_levels: usize,
+        low_width: usize,
+        width: usize,
+    ) -> Self {
+        Self {
+            base,
+            width,
+            low_levels,
+            low_width,
+        }
+    }
+
+    /// True when the chain has a low segment of its own width.
+    pub fn is_segmented(&self) -> bool {
+        self.low_levels > 0
+    }
 
     /// Number of ciphertext primes at `level`.
     pub fn limbs(&self, level: usize) -> usize {
-        self.base + level * self.width
+        let low = level.min(self.low_levels);
+        self.base + low * self.low_width + (level - low) * self.width
     }
 
     /// The level that holds exactly `limbs` primes, if one does.
     pub fn level_of(&self, limbs: usize) -> Option<usize> {
-        (limbs >= self.base && (limbs - self.base) % self.width == 0)
-            .then(|| (limbs - self.base) / self.width)
+        let above = limbs.checked_sub(self.base)?;
+        let low_primes = self.low_levels * self.low_width;
+        if above <= low_primes {
+            (self.low_width > 0 && above % self.low_width == 0).then(|| above / self.low_width)
+        } else {
+            let rest = above - low_primes;
+            (self.width > 0 && rest % self.width == 0).then(|| self.low_levels + rest / self.width)
+        }
+    }
+
+    /// Primes per level at `level` (≥ 1): what a rescale there drops.
+    pub fn width_at(&self, level: usize) -> usize {
+        if level <= self.low_levels {
+            self.low_width
+        } else {
+            self.width
+        }
     }
 }
 
@@ -73,7 +152,7 @@ pub struct RlweParams {
 }
 
 impl RlweParams {
-    /// Validates and builds parameters.
+    /// Validates and builds parameters with one prime per level.
     pub fn new(
         n: usize,
         q: Vec<u32>,
@@ -81,6 +160,19 @@ impl RlweParams {
         aux: Vec<u32>,
         dnum: usize,
         security: Security,
+    ) -> Result<Self> {
+        Self::with_shape(n, q, p, aux, dnum, security, LevelShape::SINGLE)
+    }
+
+    /// Validates and builds parameters whose ciphertext primes group into levels by `shape`.
+    pub fn with_shape(
+        n: usize,
+        q: Vec<u32>,
+        p: Vec<u32>,
+        aux: Vec<u32>,
+        dnum: usize,
+        security: Security,
+        shape: LevelShape,
     ) -> Result<Self> {
         if !n.is_power_of_two() || !(1024..=65536).contains(&n) {
             return Err(Error::InvalidParameters(format!(
@@ -96,13 +188,6 @@ impl RlweParams {
             return Err(Error::InvalidParameters(format!(
                 "dnum = {dnum} must be in 1..={} (number of ciphertext primes)",
                 q.len()
-            )));
-        }
-        let alpha = q.len().div_ceil(dnum);
-        if p.len() < alpha {
-            return Err(Error::InvalidParameters(format!(
-                "hybrid key switching with dnum = {dnum} needs at least {alpha} special primes, got {}",
-                p.len()
             )));
         }
         for &x in q.iter().chain(&p).chain(&aux) {
@@ -129,6 +214,7 @@ impl RlweParams {
             security,
             shape: LevelShape::SINGLE,
         };
+        let me = me.with_level_shape(shape)?;
         if security == Security::Bits128 {
             let max = max_log_qp_128(n).unwrap_or(0);
             let log_qp = me.log_qp().ceil() as u32;
@@ -146,16 +232,75 @@ impl RlweParams {
     /// Groups the ciphertext primes into levels of `shape.width` primes above `shape.base`
     /// base primes (they must add up to the number of ciphertext primes).
     pub fn with_level_shape(mut self, shape: LevelShape) -> Result<Self> {
-        if shape.base == 0 || shape.width == 0 || shape.level_of(self.q.len()).is_none() {
+        let bad_low = shape.is_segmented() && shape.low_width == 0;
+        if shape.base == 0
+            || shape.width == 0
+            || bad_low
+            || shape.level_of(self.q.len()).is_none()
+            || shape.level_of(self.q.len()) < Some(shape.low_levels)
+        {
             return Err(Error::InvalidParameters(format!(
-                "{} ciphertext primes cannot form {} base prime(s) plus levels of {}",
+                "{} ciphertext primes cannot form {} base prime(s) plus {} level(s) of {} and levels of {}",
                 self.q.len(),
                 shape.base,
+                shape.low_levels,
+                shape.low_width,
                 shape.width
             )));
         }
         self.shape = shape;
+        self.check_special_primes()?;
         Ok(self)
+    }
+
+    /// The key-switching digits: `dnum` contiguous ranges of ciphertext primes. Uniform
+    /// chains split them by count (as they always have, so stored keys stay valid); a
+    /// two-segment chain, whose primes differ in size, splits them by bits, so that no digit
+    /// needs more special primes than the others.
+    pub fn digit_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        let nq = self.q.len();
+        if !self.shape.is_segmented() {
+            let alpha = nq.div_ceil(self.dnum);
+            return (0..self.dnum)
+                .map(|j| j * alpha..((j + 1) * alpha).min(nq))
+                .filter(|r| !r.is_empty())
+                .collect();
+        }
+        let bits: Vec<f64> = self.q.iter().map(|&x| (x as f64).log2()).collect();
+        balanced_digits(&bits, self.dnum)
+    }
+
+    /// log2 of the largest digit's modulus.
+    pub fn max_digit_bits(&self) -> f64 {
+        self.digit_ranges()
+            .into_iter()
+            .map(|r| self.q[r].iter().map(|&x| (x as f64).log2()).sum::<f64>())
+            .fold(0.0, f64::max)
+    }
+
+    /// Hybrid key switching needs special primes that cover a digit: by count on uniform
+    /// chains (whose primes are alike), by bits on two-segment chains.
+    fn check_special_primes(&self) -> Result<()> {
+        if self.shape.is_segmented() {
+            let have: f64 = self.p.iter().map(|&x| (x as f64).log2()).sum();
+            let need = self.max_digit_bits();
+            if have < need {
+                return Err(Error::InvalidParameters(format!(
+                    "hybrid key switching with dnum = {} needs special primes of at least {need:.0} bits, got {have:.0}",
+                    self.dnum
+                )));
+            }
+            return Ok(());
+        }
+        let alpha = self.q.len().div_ceil(self.dnum);
+        if self.p.len() < alpha {
+            return Err(Error::InvalidParameters(format!(
+                "hybrid key switching with dnum = {} needs at least {alpha} special primes, got {}",
+                self.dnum,
+                self.p.len()
+            )));
+        }
+        Ok(())
     }
 
     /// How the ciphertext primes group into levels.
@@ -190,7 +335,7 @@ impl RlweParams {
 
     /// Highest level L (number of rescalings a fresh ciphertext allows).
     pub fn max_level(&self) -> usize {
-        (self.q.len() - self.shape.base) / self.shape.width
+        self.shape.level_of(self.q.len()).unwrap_or(0)
     }
 
     /// log2 of the product of ciphertext and special primes (what the security bound limits).
@@ -234,6 +379,10 @@ impl RlweParams {
             eat(4);
             eat(self.shape.base as u64);
             eat(self.shape.width as u64);
+            if self.shape.is_segmented() {
+                eat(self.shape.low_levels as u64);
+                eat(self.shape.low_width as u64);
+            }
         }
         h
     }

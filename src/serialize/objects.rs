@@ -714,6 +714,8 @@ impl SchemeParams {
 
 /// Top bit of the CKKS scale byte: a level shape (base primes, primes per level) follows.
 const COMPOSITE_FLAG: u8 = 0x80;
+/// Next bit: the shape has a low segment; its level count, width and the upper scale follow.
+const SEGMENTED_FLAG: u8 = 0x40;
 
 /// Largest prime lists a parameter object may declare (2^16 at 128 bits needs ~60 primes).
 const MAX_PRIMES: usize = 128;
@@ -741,9 +743,17 @@ pub(crate) fn write_params(e: &mut Encoder, p: &SchemeParams) -> Result<()> {
         // so single-prime parameter objects keep their bytes.
         SchemeParams::Ckks(c) if r.shape == LevelShape::SINGLE => e.u8(c.scale_bits as u8),
         SchemeParams::Ckks(c) => {
-            e.u8(c.scale_bits as u8 | COMPOSITE_FLAG)?;
+            let segmented = r.shape.is_segmented();
+            let flags = COMPOSITE_FLAG | if segmented { SEGMENTED_FLAG } else { 0 };
+            e.u8(c.scale_bits as u8 | flags)?;
             e.u8(r.shape.base as u8)?;
-            e.u8(r.shape.width as u8)
+            e.u8(r.shape.width as u8)?;
+            if segmented {
+                e.u8(r.shape.low_levels as u8)?;
+                e.u8(r.shape.low_width as u8)?;
+                e.u8(c.upper_scale_bits.unwrap_or(c.scale_bits) as u8)?;
+            }
+            Ok(())
         }
         SchemeParams::Bfv(b) => e.u64(b.plain_modulus),
     }
@@ -785,35 +795,56 @@ pub(crate) fn read_params(d: &mut Decoder, opts: &DecodeOptions) -> Result<Schem
     } else {
         Security::Bits128
     };
-    let rlwe = RlweParams::new(1 << log_n, q, p, aux, dnum, checked).map_err(|e| match e {
+    let rejected = |e: Error| match e {
         e @ Error::InsecureParameters { .. } => e,
         e => Error::Decode(format!("the stored parameters are rejected: {e}")),
-    })?;
-    // Keep the setting the writer declared (it is part of what gets written back).
-    let rlwe = RlweParams { security, ..rlwe };
+    };
     d.allow(8);
     match scheme {
         1 => {
             let byte = d.u8("scale bits")?;
-            let scale_bits = (byte & !COMPOSITE_FLAG) as u32;
-            let rlwe = if byte & COMPOSITE_FLAG != 0 {
-                d.allow(2);
+            let scale_bits = (byte & !(COMPOSITE_FLAG | SEGMENTED_FLAG)) as u32;
+            let (shape, upper) = if byte & COMPOSITE_FLAG != 0 {
+                d.allow(5);
                 let base = d.u8("base primes")? as usize;
                 let width = d.u8("primes per level")? as usize;
-                rlwe.with_level_shape(LevelShape { base, width })
-                    .map_err(|e| {
-                        Error::Decode(format!("the stored level shape is rejected: {e}"))
-                    })?
+                if byte & SEGMENTED_FLAG != 0 {
+                    let low_levels = d.u8("computation levels")? as usize;
+                    let low_width = d.u8("primes per computation level")? as usize;
+                    let upper = d.u8("upper scale bits")? as u32;
+                    (
+                        LevelShape::two_segment(base, low_levels, low_width, width),
+                        Some(upper),
+                    )
+                } else {
+                    (LevelShape::uniform(base, width), None)
+                }
             } else {
-                rlwe
+                (LevelShape::SINGLE, None)
             };
-            if !(1..=62).contains(&scale_bits) {
-                return Err(Error::Decode(format!("scale of 2^{scale_bits}")));
+            if ![Some(scale_bits), upper]
+                .iter()
+                .flatten()
+                .all(|b| (1..=62).contains(b))
+            {
+                return Err(Error::Decode(format!(
+                    "scale of 2^{scale_bits} or {upper:?}"
+                )));
             }
-            Ok(SchemeParams::Ckks(CkksParams { rlwe, scale_bits }))
+            let rlwe = RlweParams::with_shape(1 << log_n, q, p, aux, dnum, checked, shape)
+                .map_err(rejected)?;
+            // Keep the setting the writer declared (it is part of what gets written back).
+            let rlwe = RlweParams { security, ..rlwe };
+            Ok(SchemeParams::Ckks(CkksParams {
+                rlwe,
+                scale_bits,
+                upper_scale_bits: upper.filter(|_| shape.is_segmented()),
+            }))
         }
         2 => {
             let plain_modulus = d.u64("plaintext modulus")?;
+            let rlwe = RlweParams::new(1 << log_n, q, p, aux, dnum, checked).map_err(rejected)?;
+            let rlwe = RlweParams { security, ..rlwe };
             Ok(SchemeParams::Bfv(BfvParams {
                 rlwe,
                 plain_modulus,
