@@ -317,3 +317,118 @@ fn composite_objects_round_trip_and_keep_their_shape() {
     assert_eq!(composite.levels(), 1);
     assert_ne!(flat.fingerprint(), r.fingerprint());
 }
+
+/// A two-segment chain (computation levels at 2^40 under wider levels at 2^56, as
+/// bootstrapping uses): fresh ciphertexts start at the top of the computation levels, each
+/// segment keeps its own natural scale, the digits split by bits, and the shape survives the
+/// compact format. Insecure ring so the test stays small; the shape logic is the same.
+#[test]
+fn two_segment_chain_levels_scales_digits_and_round_trip() {
+    use hetensor::rlwe::LevelShape;
+    let params = CkksParams::builder()
+        .log_n(12)
+        .depth(3)
+        .scale_bits(40)
+        .base_bits(48)
+        .upper_levels(2, 56)
+        .dnum(2)
+        .security(Security::InsecureForTestingOnly)
+        .build()
+        .unwrap();
+    let shape = params.rlwe.level_shape();
+    assert_eq!(shape, LevelShape::two_segment(2, 3, 2, 2));
+    assert_eq!(params.levels(), 5);
+    assert_eq!(params.computation_levels(), 3);
+    assert_eq!(params.upper_scale_bits, Some(56));
+    let bits = params.level_bits();
+    assert!(bits[..3].iter().all(|b| (b - 40.0).abs() < 0.6), "{bits:?}");
+    assert!(bits[3..].iter().all(|b| (b - 56.0).abs() < 0.6), "{bits:?}");
+    // Digits balanced by bits, special primes covering the largest.
+    let q = params.rlwe.q_primes().to_vec();
+    let digit_bits: Vec<f64> = params
+        .rlwe
+        .digit_ranges()
+        .into_iter()
+        .map(|r| q[r].iter().map(|&x| (x as f64).log2()).sum())
+        .collect();
+    assert_eq!(digit_bits.len(), 2);
+    assert!(
+        (digit_bits[0] - digit_bits[1]).abs() < 30.0,
+        "{digit_bits:?}"
+    );
+    let p_bits: f64 = params
+        .rlwe
+        .p_primes()
+        .iter()
+        .map(|&x| (x as f64).log2())
+        .sum();
+    assert!(p_bits >= params.rlwe.max_digit_bits());
+
+    let ctx = CkksContext::with_seed(params, [9; 32]).unwrap();
+    assert_eq!(ctx.max_level(), 3);
+    assert_eq!(ctx.chain_top(), 5);
+    assert!((ctx.natural_scale(3).log2() - 40.0).abs() < 1e-9);
+    assert!((ctx.natural_scale(5).log2() - 56.0).abs() < 1e-9);
+    assert!((ctx.natural_scale(4).log2() - 56.0).abs() < 0.6);
+    let keys = ctx.keygen().unwrap();
+    // A product at the computation top lands on the next level's natural scale.
+    let x = vals(3, 64);
+    let ct = ctx
+        .encrypt(
+            &ctx.encode(&x, ctx.default_scale(), ctx.max_level())
+                .unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    assert_eq!(ct.level(), 3);
+    let sq = ctx
+        .rescale(
+            &ctx.relinearize(&ctx.square(&ct).unwrap(), &keys.relin)
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(sq.level(), 2);
+    assert!((sq.scale() / ctx.natural_scale(2) - 1.0).abs() < 1e-9);
+    let want: Vec<f64> = x.iter().map(|v| v * v).collect();
+    let got = ctx.decrypt_decode(&sq, &keys.secret).unwrap();
+    assert!(precision_bits(&want, &got[..64]) > MUL_BITS);
+    // An upper-level ciphertext rescales by a whole upper level.
+    let hi = ctx
+        .encrypt(
+            &ctx.encode(&x, ctx.natural_scale(5), 5).unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    assert_eq!(hi.level(), 5);
+    assert_eq!(ctx.rescale(&hi).unwrap().level(), 4);
+
+    // The compact format keeps both segments and the upper scale.
+    let mut bytes = Vec::new();
+    PublicContext::write_parts(
+        &mut bytes,
+        &ctx,
+        &keys.public,
+        Some(&keys.relin),
+        None,
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let opts = serialize::DecodeOptions::allow_insecure();
+    let back =
+        PublicContext::<CkksContext>::from_bytes_with(&bytes, default_backend(), opts).unwrap();
+    assert_eq!(back.context.params().rlwe, ctx.params().rlwe);
+    assert_eq!(back.context.params().upper_scale_bits, Some(56));
+    assert_eq!(back.context.rlwe().fingerprint(), ctx.rlwe().fingerprint());
+    // The shape is part of the fingerprint.
+    let uniform = RlweParams::with_shape(
+        ctx.rlwe().n(),
+        q,
+        ctx.params().rlwe.p_primes().to_vec(),
+        vec![],
+        2,
+        Security::InsecureForTestingOnly,
+        LevelShape::uniform(2, 2),
+    )
+    .unwrap();
+    assert_ne!(uniform.fingerprint(), ctx.rlwe().fingerprint());
+}

@@ -387,3 +387,44 @@ impl RlweParams {
         h
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_segment_shape_counts_limbs_both_ways() {
+        // 2 base primes, 3 levels of 2, then levels of 3.
+        let s = LevelShape::two_segment(2, 3, 2, 3);
+        let limbs: Vec<usize> = (0..=5).map(|l| s.limbs(l)).collect();
+        assert_eq!(limbs, [2, 4, 6, 8, 11, 14]);
+        for (l, &n) in limbs.iter().enumerate() {
+            assert_eq!(s.level_of(n), Some(l));
+        }
+        for off_chain in [0, 1, 3, 5, 7, 9, 10, 12, 13] {
+            assert_eq!(s.level_of(off_chain), None, "{off_chain}");
+        }
+        assert_eq!((s.width_at(3), s.width_at(4)), (2, 3));
+        let u = LevelShape::uniform(1, 2);
+        assert!(!u.is_segmented());
+        assert_eq!(
+            (u.limbs(3), u.level_of(7), u.level_of(6)),
+            (7, Some(3), None)
+        );
+    }
+
+    #[test]
+    fn balanced_digits_split_by_bits_not_count() {
+        // Small primes first, large on top: a split by count (4 + 4) would give digits of
+        // 80 and 107 bits; by bits the largest is 100.
+        let bits = [20.0, 20.0, 20.0, 20.0, 20.0, 29.0, 29.0, 29.0];
+        let d = balanced_digits(&bits, 2);
+        assert_eq!(d, vec![0..5, 5..8]);
+        let sums: Vec<f64> = d.iter().map(|r| bits[r.clone()].iter().sum()).collect();
+        assert_eq!(sums, [100.0, 87.0]);
+        // Every prime lands in exactly one digit, in order.
+        let d = balanced_digits(&[30.0; 7], 3);
+        assert_eq!(d.iter().map(|r| r.len()).sum::<usize>(), 7);
+        assert!(d.windows(2).all(|w| w[0].end == w[1].start));
+    }
+}
