@@ -75,6 +75,7 @@ fn encrypted_steps_equal_plaintext_steps() {
         sigmoid: sig.clone(),
         workers: 2,
         monitor: true,
+        refresh: Default::default(),
     };
     let rep = logistic::train_encrypted(&mut enc, &data, None, &c, &opts, &h).expect("encrypted");
     assert_eq!(rep.steps.len(), 4);
@@ -117,6 +118,7 @@ fn end_to_end(
         sigmoid: sig,
         workers: 1,
         monitor: false,
+        refresh: Default::default(),
     };
     let rep = logistic::train_encrypted(&mut enc, &train, Some(&test), &c, &opts, &holder(14))
         .expect("enc");
@@ -252,6 +254,7 @@ fn bad_settings_are_errors() {
         sigmoid: sig,
         workers: 1,
         monitor: false,
+        refresh: Default::default(),
     };
     // N = 2^13 has 6 levels: a degree-7 step needs 6 above level 1.
     assert!(logistic::train_encrypted(
@@ -279,4 +282,49 @@ fn shards_are_whole_ciphertexts() {
     assert_eq!(logistic::shards_per_step(&layout, 1024, 8), 2);
     assert_eq!(logistic::shards_per_step(&layout, 1500, 2), 2);
     assert_eq!(logistic::shards_per_step(&layout, 100, 0), 1);
+}
+
+/// Refresh by bootstrapping: the same steps as the plaintext run with the same polynomial
+/// sigmoid, every refresh a bootstrap, and the key holder decrypts nothing during training.
+/// Insecure test ring (N = 2^12) so that it runs in seconds; `hetensor train --refresh
+/// bootstrap` uses the 128-bit N = 2^16 preset with the same pipeline.
+#[test]
+fn bootstrapped_training_decrypts_nothing_and_matches_plaintext() {
+    use hetensor::ckks::bootstrap::BootstrapParams;
+    use hetensor::train::logistic::RefreshBy;
+    let data = titanic::load(DEFAULT_TITANIC)
+        .expect("titanic")
+        .select(&(0..200).collect::<Vec<_>>())
+        .expect("subset");
+    let sig = PolyActivation::sigmoid(3, (-8.0, 8.0)).expect("fit");
+    let c = cfg(1, 50, 0.5, 0.9);
+    let mut plain = logistic::model(data.num_features()).expect("model");
+    logistic::train_plain(&mut plain, &data, None, &c, Some(&sig)).expect("plain");
+    let bp = BootstrapParams::insecure_test_ring(12, 6).expect("params");
+    let ctx = CkksContext::with_seed(bp.ckks.clone(), [7; 32]).expect("ctx");
+    let h = KeyHolder::new(Arc::new(ctx)).expect("keys");
+    let opts = EncryptedOptions {
+        sigmoid: sig,
+        workers: 1,
+        monitor: false,
+        refresh: RefreshBy::Bootstrap(bp),
+    };
+    let mut enc = logistic::model(data.num_features()).expect("model");
+    let rep = logistic::train_encrypted(&mut enc, &data, None, &c, &opts, &h).expect("encrypted");
+    assert_eq!(rep.steps.len(), 4);
+    assert_eq!(rep.decryptions, 0);
+    assert!(rep.refreshes >= 3, "{} refreshes", rep.refreshes);
+    assert!(rep.refreshed_by.contains("bootstrapping"));
+    let (wp, bp) = logistic::weights(&plain).expect("w");
+    let (we, be) = logistic::weights(&enc).expect("w");
+    let err = wp
+        .iter()
+        .zip(&we)
+        .map(|(a, b)| (a - b).abs())
+        .fold((bp - be).abs(), f64::max);
+    eprintln!(
+        "bootstrapped: max |w_enc - w_plain| = {err:.2e}, {} refreshes",
+        rep.refreshes
+    );
+    assert!(err < 5e-4, "weights differ by {err}");
 }

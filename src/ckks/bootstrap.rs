@@ -474,7 +474,13 @@ impl BootstrapPlan {
             .fold(scale, |s, j| (s * ctx.level_modulus(stc_level + j)).sqrt());
         for (g, m) in stc_groups.into_iter().enumerate() {
             let level = stc_level - g;
-            let out = ctx.natural_scale(level - 1);
+            // The last group lands on Δ, the scale fresh encryptions have at any level, so
+            // that a bootstrapped ciphertext meets freshly encoded operands without a fix-up.
+            let out = if g + 1 == params.stc_levels {
+                ctx.default_scale()
+            } else {
+                ctx.natural_scale(level - 1)
+            };
             stc.push(plan_step(m, n, level, scale, out));
             scale = out;
         }
@@ -783,7 +789,8 @@ impl Decode for KeyParts {
 
 impl CkksContext {
     /// Bootstraps `ct` (any level, size 2 or 3): returns an encryption of the same slots at
-    /// [`BootstrapKeys::output_level`]. Slot values must stay within about ±2^9 (the base
+    /// [`BootstrapKeys::output_level`] and the default scale Δ (a level-0 input off the
+    /// natural scale comes back off Δ by the same factor). Slot values must stay within about ±2^9 (the base
     /// modulus's headroom over the scale). `ct` is not modified.
     pub fn bootstrap(&self, ct: &Ciphertext, keys: &BootstrapKeys) -> Result<Ciphertext> {
         let plan = &keys.plan;

@@ -219,6 +219,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
         sigmoid: sigmoid.clone(),
         workers: shards,
         monitor: true,
+        refresh: Default::default(),
     };
     let processes = o.workers.is_some() && !o.in_process;
     if let Some(k) = o.workers.filter(|&k| k > shards) {

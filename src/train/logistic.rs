@@ -203,8 +203,14 @@ pub struct Report {
     pub steps: Vec<StepStats>,
     /// Per epoch.
     pub epochs: Vec<EpochStats>,
-    /// Key-holder refreshes performed.
+    /// Refreshes performed (by the key holder or by bootstrapping, see `refreshed_by`).
     pub refreshes: usize,
+    /// Who refreshed: [`super::Refresh::describe`].
+    pub refreshed_by: String,
+    /// Ciphertexts the key holder decrypted during training (refreshes and monitoring; the
+    /// final weights, decrypted after training, are not counted). 0 with bootstrapping and
+    /// no monitoring.
+    pub decryptions: usize,
     /// Levels one step consumes (encrypted runs).
     pub levels_per_step: usize,
     /// Shards each step was cut into, at most (encrypted runs).
@@ -321,7 +327,7 @@ fn check_finite(
 }
 
 /// Settings of the encrypted run besides the optimizer's.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct EncryptedOptions {
     /// The polynomial sigmoid (e.g. `PolyActivation::sigmoid(3, (-8.0, 8.0))`).
     pub sigmoid: PolyActivation,
@@ -332,6 +338,19 @@ pub struct EncryptedOptions {
     pub workers: usize,
     /// The key holder decrypts each batch's encrypted logits to report loss and accuracy.
     pub monitor: bool,
+    /// How the weights get their levels back.
+    pub refresh: RefreshBy,
+}
+
+/// Who refreshes the weights when a step would run out of levels.
+#[derive(Clone, Debug, Default)]
+pub enum RefreshBy {
+    /// The key holder decrypts and re-encrypts them (counted as decryptions).
+    #[default]
+    KeyHolder,
+    /// Bootstrapping with these parameters (the context's); the key holder only makes the
+    /// public bootstrapping keys at the start.
+    Bootstrap(crate::ckks::bootstrap::BootstrapParams),
 }
 
 /// One encrypted ciphertext of a batch: features and replicated labels.
@@ -570,12 +589,16 @@ pub fn train_encrypted_with(
     let shards = shards_per_step(&layout, cfg.batch_size, opts.workers);
     let per_shard = layout.block * cfg.batch_size.div_ceil(layout.block).div_ceil(shards);
     let need = levels_per_step(opts.sigmoid.degree());
-    if ctx.max_level() < need + MIN_WEIGHT_LEVEL {
+    // With bootstrapping, refreshed weights come back below the top of the chain.
+    let refreshed_level = match &opts.refresh {
+        RefreshBy::KeyHolder => ctx.max_level(),
+        RefreshBy::Bootstrap(bp) => bp.output_level(),
+    };
+    if refreshed_level < need + MIN_WEIGHT_LEVEL {
         return Err(Error::InvalidParameters(format!(
             "an encrypted step with a degree-{} sigmoid needs {need} levels above level \
-             {MIN_WEIGHT_LEVEL}, the chain has {}; use log2 N ≥ 14 or a lower degree",
+             {MIN_WEIGHT_LEVEL}, a refreshed ciphertext has {refreshed_level}; use log2 N ≥ 14 or a lower degree",
             opts.sigmoid.degree(),
-            ctx.max_level()
         )));
     }
     let mut report = Report {
@@ -585,6 +608,15 @@ pub fn train_encrypted_with(
     };
     let t = Instant::now();
     let ev = holder.public_eval(&layout)?;
+    let bootstrapper = match &opts.refresh {
+        RefreshBy::KeyHolder => None,
+        RefreshBy::Bootstrap(bp) => Some(holder.bootstrapper(bp)?),
+    };
+    let refresher: &dyn Refresh = match &bootstrapper {
+        Some(b) => b,
+        None => holder,
+    };
+    report.refreshed_by = refresher.describe().to_string();
     report.keygen_seconds = t.elapsed().as_secs_f64();
     runner.setup(&ev)?;
 
@@ -650,7 +682,10 @@ pub fn train_encrypted_with(
             if w.level() < need + MIN_WEIGHT_LEVEL {
                 let mut cts = vec![w.clone()];
                 cts.extend(v.iter().cloned());
-                let fresh = holder.refresh(&cts)?;
+                let fresh = refresher.refresh(&cts)?;
+                if bootstrapper.is_none() {
+                    report.decryptions += cts.len();
+                }
                 w = fresh[0].clone();
                 v = fresh.get(1).cloned();
                 refreshed = true;
@@ -681,6 +716,7 @@ pub fn train_encrypted_with(
                 for (o, s) in outs.iter().zip(shards) {
                     for (zc, b) in o.logits.iter().zip(s) {
                         let dec = holder.decrypt(zc)?;
+                        report.decryptions += 1;
                         zs.extend(dec[..b.count].iter().map(|z| z * bound));
                     }
                 }

@@ -7,7 +7,8 @@
 //!   encrypt under its public key), and it is the only party that can decrypt. When a
 //!   ciphertext runs out of levels it performs the **refresh** ([`Refresh`]): decrypt and
 //!   re-encrypt at the top of the chain. The refresh is explicit in the API and counted in
-//!   every report; bootstrapping would implement the same [`Refresh`] trait.
+//!   every report. [`Bootstrapper`] implements the same [`Refresh`] trait without the key
+//!   holder: it bootstraps on public keys only, so training can run with 0 decryptions.
 //! * The **server** (or the workers of a data-parallel step) holds only the public material
 //!   ([`PublicEval`]: context, relinearization and Galois keys) and computes on ciphertexts.
 //!   The shards of a step run on rayon threads or on `hetensor worker` processes
@@ -48,6 +49,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::ckks::bootstrap::{BootstrapKeys, BootstrapParams};
 use crate::ckks::{CkksContext, CkksParams, KeySet};
 use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, Security};
 use crate::serialize::PublicContext;
@@ -406,7 +408,8 @@ impl<'a> Eval<'a> {
 
 /// A way to bring ciphertexts back to the top of the modulus chain.
 pub trait Refresh: Sync {
-    /// Returns fresh encryptions (top level, default scale) of the same values.
+    /// Returns fresh encryptions of the same values at the default scale: at the top level
+    /// (key holder) or at the bootstrap's output level ([`Bootstrapper`]).
     fn refresh(&self, cts: &[Ciphertext]) -> Result<Vec<Ciphertext>>;
     /// A short description for reports (`"key holder: decrypt + re-encrypt"`).
     fn describe(&self) -> &'static str;
@@ -492,6 +495,53 @@ impl Refresh for KeyHolder {
 
     fn describe(&self) -> &'static str {
         "key holder: decrypt + re-encrypt"
+    }
+}
+
+impl KeyHolder {
+    /// The key holder's one contribution to a bootstrapped run: public bootstrapping keys
+    /// for `params` (which must be the parameters of this holder's context). After this,
+    /// the returned [`Bootstrapper`] refreshes ciphertexts with no decryption.
+    pub fn bootstrapper(&self, params: &BootstrapParams) -> Result<Bootstrapper> {
+        let keys = BootstrapKeys::generate(&self.ctx, params, &self.keys.secret, &self.keys.relin)?;
+        Ok(Bootstrapper {
+            ctx: self.ctx.clone(),
+            keys,
+        })
+    }
+}
+
+/// Refresh by bootstrapping: public material only, nobody decrypts. A bootstrapped
+/// ciphertext comes back at [`BootstrapKeys::output_level`] (the levels left for computation),
+/// not at the top of the chain.
+pub struct Bootstrapper {
+    ctx: Arc<CkksContext>,
+    keys: BootstrapKeys,
+}
+
+impl Bootstrapper {
+    /// The level refreshed ciphertexts come back at.
+    pub fn output_level(&self) -> usize {
+        self.keys.output_level()
+    }
+
+    /// The bootstrapping keys.
+    pub fn keys(&self) -> &BootstrapKeys {
+        &self.keys
+    }
+}
+
+impl Refresh for Bootstrapper {
+    fn refresh(&self, cts: &[Ciphertext]) -> Result<Vec<Ciphertext>> {
+        // One at a time: each bootstrap already runs its rotations and NTTs in parallel,
+        // and at N = 2^16 two at once would double a multi-GB peak.
+        cts.iter()
+            .map(|c| self.ctx.bootstrap(c, &self.keys))
+            .collect()
+    }
+
+    fn describe(&self) -> &'static str {
+        "bootstrapping (public keys, no decryption)"
     }
 }
 
