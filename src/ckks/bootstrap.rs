@@ -97,7 +97,7 @@ impl BootstrapParams {
     /// Bootstrapping at N = 2^16, 128-bit (HE-standard bound on log2 QP), 2^15 complex slots,
     /// on a two-segment chain: 8 computation levels at Δ = 2^40 (two ~20-bit primes each)
     /// over a ~2^48 base, SlotsToCoeffs's 3 levels at 2^40 too, and on top CoeffsToSlots (3)
-    /// and EvalMod (10: degree 27, 4 double angles) at 2^56 (two ~28-bit primes), where the
+    /// and EvalMod (10: degree 39, 3 double angles) at 2^54 (two ~27-bit primes), where the
     /// raised ciphertext's large values need the precision; 3 key-switching digits balanced by
     /// bits. A bootstrapped ciphertext comes back at level 8. (N = 2^15 holds no such chain
     /// at 128 bits: 13 levels of 2^56 alone exceed its 881-bit bound.)
@@ -123,7 +123,9 @@ impl BootstrapParams {
         )
     }
 
-    /// The default EvalMod (degree 27, 4 double angles, h = 32) and the given transform
+    /// The default EvalMod (degree 39, 3 double angles, h = 32: each double angle doubles
+    /// the noise it gets, so fewer of them over a longer interpolant keep a bit more
+    /// precision at the same depth) and the given transform
     /// budgets on a two-segment chain: `computation` + SlotsToCoeffs levels at
     /// [`COMPUTATION_SCALE_BITS`] over a base [`MESSAGE_RATIO_BITS`] above it, and
     /// CoeffsToSlots + EvalMod at [`UPPER_SCALE_BITS`] on top.
@@ -134,7 +136,7 @@ impl BootstrapParams {
         dnum: Option<usize>,
         security: Security,
     ) -> Result<Self> {
-        let (cheb_degree, double_angles) = (27, 4);
+        let (cheb_degree, double_angles) = (39, 3);
         let mut builder = CkksParams::builder()
             .log_n(log_n)
             .scale_bits(COMPUTATION_SCALE_BITS)
