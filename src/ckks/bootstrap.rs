@@ -95,12 +95,14 @@ impl BootstrapParams {
     }
 
     /// Bootstrapping at N = 2^16, 128-bit (HE-standard bound on log2 QP), 2^15 complex slots,
-    /// on a two-segment chain: 8 computation levels at Δ = 2^40 (two ~20-bit primes each)
-    /// over a ~2^48 base, SlotsToCoeffs's 3 levels at 2^40 too, and on top CoeffsToSlots (3)
-    /// and EvalMod (10: degree 39, 3 double angles) at 2^54 (two ~27-bit primes), where the
-    /// raised ciphertext's large values need the precision; 3 key-switching digits balanced by
-    /// bits. A bootstrapped ciphertext comes back at level 8. (N = 2^15 holds no such chain
-    /// at 128 bits: 13 levels of 2^56 alone exceed its 881-bit bound.)
+    /// on a two-segment chain: 8 computation levels at Δ = 2^48 (two ~24-bit primes each;
+    /// the NTT primes ≡ 1 mod 2^17 below 2^23 are too few for 2^40 levels) over a ~2^56 base,
+    /// SlotsToCoeffs's 3 levels at 2^48 too, and on top CoeffsToSlots (3) and EvalMod (10:
+    /// degree 39, 3 double angles) at 2^54 (two ~27-bit primes), where the raised
+    /// ciphertext's large values need the precision; 3 key-switching digits balanced by bits
+    /// (log2 QP = 1765.7 of 1770). A bootstrapped ciphertext comes back at level 8. (N = 2^15
+    /// holds no such chain at 128 bits: the bootstrap's own 16 levels and the base take ~900
+    /// bits, beyond its 881-bit bound.)
     pub fn n16() -> Result<Self> {
         Self::with_chain(
             16,
