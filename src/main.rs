@@ -187,6 +187,17 @@ enum Command {
         /// Seed of the split and the batches [default: 1].
         #[arg(long)]
         seed: Option<u64>,
+        /// titanic and credit: how the weights get their levels back when a step would run
+        /// out: `key-holder` decrypts and re-encrypts them (fast; the key holder sees the
+        /// model every refresh), `bootstrap` bootstraps them on public keys (no decryption
+        /// during training; 128-bit at --log-n 16, which it implies; ~20-30 s per ciphertext
+        /// on one core) [default: key-holder].
+        #[arg(long, value_parser = ["key-holder", "bootstrap"])]
+        refresh: Option<String>,
+        /// With --refresh bootstrap and --log-n 13..15: run the same pipeline on an
+        /// INSECURE test ring (no 128-bit bootstrapping chain exists below 2^16). Tests only.
+        #[arg(long)]
+        insecure_test_ring: bool,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -365,7 +376,14 @@ fn main() -> ExitCode {
             rounds,
             log_n,
             parties,
+            refresh,
+            insecure_test_ring,
         } if workload == "mnist-transfer" => {
+            if refresh.is_some() || insecure_test_ring {
+                return Err(hetensor::Error::InvalidInput(
+                    "--refresh and --insecure-test-ring are for titanic and credit; mnist-transfer's head is refreshed by the key holder (bootstrapping its ~2,000 ciphertexts per step is future work)".into(),
+                ));
+            }
             if parties.is_some() {
                 return Err(hetensor::Error::InvalidInput(
                     "--parties is implemented for credit-federated only".into(),
@@ -408,6 +426,8 @@ fn main() -> ExitCode {
             json,
             images,
             parties,
+            refresh,
+            insecure_test_ring,
         } => {
             if images.is_some() {
                 return Err(hetensor::Error::InvalidInput(format!(
@@ -430,6 +450,9 @@ fn main() -> ExitCode {
                 seed,
                 json,
                 parties,
+                bootstrap: refresh.as_deref() == Some("bootstrap"),
+                refresh_flag: refresh.is_some(),
+                insecure_test_ring,
             })
         }
         Command::Party(o) => cli::parties::serve(o),

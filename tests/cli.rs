@@ -271,6 +271,42 @@ fn train_titanic_in_process_and_on_workers() {
     assert!(f(&r, "max_weight_diff_vs_plaintext_poly") < 1e-2, "{r}");
 }
 
+/// Refresh by bootstrapping: no decryption during training (monitoring off), the same
+/// accuracy as the plaintext run with the same polynomial sigmoid. The pipeline is the
+/// 128-bit one's on a small insecure ring, so that it takes seconds.
+#[test]
+fn train_titanic_refreshed_by_bootstrapping() {
+    let _g = heavy();
+    let r = json(&[
+        "train",
+        "titanic",
+        "--refresh",
+        "bootstrap",
+        "--log-n",
+        "13",
+        "--insecure-test-ring",
+        "--epochs",
+        "1",
+        "--degree",
+        "3",
+        "--json",
+    ]);
+    assert_eq!(r["insecure_test_ring"], true);
+    let rep = &r["report"];
+    assert_eq!(u(rep, "decryptions"), 0, "{rep}");
+    assert!(u(rep, "refreshes") >= 1, "{rep}");
+    assert!(rep["refreshed_by"]
+        .as_str()
+        .unwrap()
+        .contains("bootstrapping"));
+    assert!(f(&r, "max_weight_diff_vs_plaintext_poly") < 1e-2, "{r}");
+    let (enc, poly) = (
+        f(&r, "encrypted_test_accuracy"),
+        f(&r, "plaintext_poly_test_accuracy"),
+    );
+    assert!((enc - poly).abs() <= 0.02 && enc > 0.6, "{r}");
+}
+
 #[test]
 fn train_credit() {
     let _g = heavy();
@@ -652,6 +688,30 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
             &["--workers"],
         ),
         (&["train", "mnist-transfer", "--log-n", "14"], &["--log-n"]),
+        (
+            &[
+                "train",
+                "titanic",
+                "--refresh",
+                "bootstrap",
+                "--log-n",
+                "14",
+            ],
+            &["--log-n 16", "--insecure-test-ring"],
+        ),
+        (
+            &["train", "credit-federated", "--refresh", "bootstrap"],
+            &["--refresh", "credit-federated"],
+        ),
+        (
+            &["train", "titanic", "--insecure-test-ring"],
+            &["--refresh bootstrap"],
+        ),
+        (
+            &["train", "mnist-transfer", "--refresh", "key-holder"],
+            &["--refresh"],
+        ),
+        (&["train", "titanic", "--refresh", "magic"], &["--refresh"]),
         (
             &["train", "credit", "--parties", "2"],
             &["--parties", "credit-federated"],

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use hetensor::ckks::bootstrap::BootstrapParams;
 use hetensor::ckks::CkksContext;
 use hetensor::data::{self, Dataset};
 use hetensor::nn::{PolyActivation, TrainConfig};
 use hetensor::train::federated::train_federated;
-use hetensor::train::logistic::{self, EncryptedOptions, InProcess, ShardRunner};
+use hetensor::train::logistic::{self, EncryptedOptions, InProcess, RefreshBy, ShardRunner};
 use hetensor::train::{training_params, KeyHolder, TrainDefaults};
 use hetensor::workers::WorkerPool;
 use hetensor::{Error, Result};
@@ -32,6 +33,12 @@ pub struct TrainOptions {
     pub json: bool,
     /// credit-federated with no key holder: the number of party processes.
     pub parties: Option<usize>,
+    /// Refresh the weights by bootstrapping instead of the key holder (titanic, credit).
+    pub bootstrap: bool,
+    /// `--refresh` was given (either way): only titanic and credit take it.
+    pub refresh_flag: bool,
+    /// Allow bootstrapping on an insecure test ring below N = 2^16.
+    pub insecure_test_ring: bool,
 }
 
 fn load(o: &TrainOptions) -> Result<Dataset> {
@@ -67,6 +74,30 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
             return Err(Error::InvalidInput(format!(
                 "--parties {k}: the parties are the data owners and train by federated SGD for --epochs; no --workers, --in-process or --rounds"
             )));
+        }
+    }
+    if o.refresh_flag && (o.parties.is_some() || o.workload == "credit-federated") {
+        return Err(Error::InvalidInput(
+            "--refresh is for titanic and credit: credit-federated starts every round from fresh encryptions (no refresh), and --parties refreshes collectively".into(),
+        ));
+    }
+    if o.insecure_test_ring && !o.bootstrap {
+        return Err(Error::InvalidInput(
+            "--insecure-test-ring only applies to --refresh bootstrap".into(),
+        ));
+    }
+    if o.bootstrap {
+        match o.log_n {
+            None => o.log_n = Some(16),
+            Some(16) => {}
+            Some(l) if o.insecure_test_ring => {
+                eprintln!("WARNING: --insecure-test-ring: bootstrapping at N = 2^{l} is NOT SECURE (no 128-bit bootstrapping chain exists below 2^16); for testing only");
+            }
+            Some(l) => {
+                return Err(Error::InvalidInput(format!(
+                    "--refresh bootstrap is 128-bit only at --log-n 16 (N = 2^{l} holds no secure bootstrapping chain); add --insecure-test-ring to run the same pipeline at 2^{l} for testing"
+                )))
+            }
         }
     }
     // With --parties the model trains encrypted step by step, as `credit` does: its defaults.
@@ -130,7 +161,21 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
         .train_config()
     };
     let t = Instant::now();
-    let ctx = Arc::new(CkksContext::new(training_params(log_n)?)?);
+    // Bootstrapping brings its own chain (computation levels under its own).
+    let bootstrap_params = if o.bootstrap {
+        Some(if log_n == 16 {
+            BootstrapParams::n16()?
+        } else {
+            BootstrapParams::insecure_test_ring(log_n, 8)?
+        })
+    } else {
+        None
+    };
+    let params = match &bootstrap_params {
+        Some(bp) => bp.ckks.clone(),
+        None => training_params(log_n)?,
+    };
+    let ctx = Arc::new(CkksContext::new(params)?);
     let setup_s = t.elapsed().as_secs_f64();
     if !o.json {
         eprintln!(
@@ -218,8 +263,12 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     let opts = EncryptedOptions {
         sigmoid: sigmoid.clone(),
         workers: shards,
-        monitor: true,
-        refresh: Default::default(),
+        // Monitoring decrypts every batch's logits: not in a run that must decrypt nothing.
+        monitor: !o.bootstrap,
+        refresh: match bootstrap_params {
+            Some(bp) => RefreshBy::Bootstrap(bp),
+            None => RefreshBy::KeyHolder,
+        },
     };
     let processes = o.workers.is_some() && !o.in_process;
     if let Some(k) = o.workers.filter(|&k| k > shards) {
@@ -266,6 +315,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
         let v = serde_json::json!({
             "workload": o.workload, "rows_train": train.len(), "rows_test": test.len(),
             "features": train.feature_names, "log_n": log_n, "levels": ctx.max_level(),
+            "insecure_test_ring": o.bootstrap && log_n < 16,
             "degree": degree, "interval": interval, "epochs": epochs, "batch": batch,
             "lr": lr, "momentum": momentum, "workers": shards,
             "workers_requested": o.workers,
@@ -280,19 +330,21 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     } else {
         for s in rep.steps.iter().filter(|s| s.refreshed) {
             eprintln!(
-                "  refresh before step {} (key holder: decrypt + re-encrypt weights and velocity)",
-                s.step
+                "  refresh before step {} ({}: weights and velocity)",
+                s.step, rep.refreshed_by
             );
         }
         println!(
-            "encrypted ({shards} shard{} per step, {}): test accuracy {:.2}% (loss {enc_loss:.4}) after {} steps; {} levels per step, {} rotations per step, {} key-holder refreshes",
+            "encrypted ({shards} shard{} per step, {}): test accuracy {:.2}% (loss {enc_loss:.4}) after {} steps; {} levels per step, {} rotations per step, {} refreshes by {}; {} decryptions during training",
             if shards == 1 { "" } else { "s" },
             if processes { "worker processes" } else { "in this process" },
             100.0 * enc_acc,
             rep.steps.len(),
             rep.levels_per_step,
             rep.rotations_per_step,
-            rep.refreshes
+            rep.refreshes,
+            rep.refreshed_by,
+            rep.decryptions
         );
         println!(
             "plaintext, same batches: {:.2}% (true sigmoid, loss {plain_loss:.4}), {:.2}% (same polynomial sigmoid); max |w_enc − w_plain,poly| = {max_diff:.2e}",
