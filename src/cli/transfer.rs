@@ -21,10 +21,28 @@ pub struct TransferOptions {
     pub batch: usize,
     pub seed: u64,
     pub json: bool,
+    /// Key-share holders (`--parties`): no key holder.
+    pub parties: Option<usize>,
 }
 
-/// Runs the workload and prints a text or JSON report.
-pub fn run(o: TransferOptions) -> Result<()> {
+/// What both runs (one key holder, or `--parties`) start from: the data, the pretrained
+/// extractor, the plaintext features and the plaintext reference head.
+pub struct Prepared {
+    pub private: hetensor::nn::Dataset,
+    pub test: hetensor::nn::Dataset,
+    pub public_len: usize,
+    pub public_acc: f64,
+    pub pretrain_s: f64,
+    pub fx: tr::FeatureExtractor,
+    pub cfg: TrainConfig,
+    pub x_train: ndarray::Array2<f64>,
+    pub x_test: ndarray::Array2<f64>,
+    pub plain: hetensor::nn::Sequential,
+    pub plain_acc: f64,
+}
+
+/// Checks the options, loads the digits, pretrains, and trains the plaintext reference head.
+pub fn prepare(o: &TransferOptions) -> Result<Prepared> {
     let say = |m: String| {
         if !o.json {
             eprintln!("{m}");
@@ -85,6 +103,45 @@ pub fn run(o: TransferOptions) -> Result<()> {
     let mut plain = tr::head(fx.features(), 5)?;
     tr::train_head_plain(&mut plain, &x_train, &private.labels, &cfg)?;
     let plain_acc = tr::head_accuracy(&plain, &x_test, &test.labels)?;
+    Ok(Prepared {
+        private,
+        test,
+        public_len: public.len(),
+        public_acc,
+        pretrain_s,
+        fx,
+        cfg,
+        x_train,
+        x_test,
+        plain,
+        plain_acc,
+    })
+}
+
+/// Runs the workload and prints a text or JSON report.
+pub fn run(o: TransferOptions) -> Result<()> {
+    let say = |m: String| {
+        if !o.json {
+            eprintln!("{m}");
+        }
+    };
+    let p = prepare(&o)?;
+    if let Some(k) = o.parties {
+        return super::parties::run_transfer(&o, k, &p);
+    }
+    let Prepared {
+        private,
+        test,
+        public_len,
+        public_acc,
+        pretrain_s,
+        fx,
+        cfg,
+        x_train,
+        x_test,
+        plain,
+        plain_acc,
+    } = p;
 
     // 3. Keys (key holder = data owner), upload, encrypted feature extraction.
     let t = Instant::now();
@@ -171,7 +228,7 @@ pub fn run(o: TransferOptions) -> Result<()> {
         .fold(0.0f64, |m, v| m.max(v.abs()));
     if o.json {
         let v = serde_json::json!({
-            "workload": "mnist-transfer", "public_train": public.len(),
+            "workload": "mnist-transfer", "public_train": public_len,
             "public_test_accuracy": public_acc, "pretrain_seconds": pretrain_s,
             "private_train": private.len(), "private_test": test.len(),
             "features": fx.features(), "log_n": 13, "levels": ctx.max_level(),
