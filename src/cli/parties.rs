@@ -628,7 +628,7 @@ pub fn run_transfer(o: &TransferOptions, k: usize, p: &Prepared) -> Result<()> {
     let peaks: Vec<u64> = reports.iter().map(|r| r.peak_memory_bytes).collect();
     let lambda = smudging.lambda_for(n, RESCALE_NOISE_LOG2);
     if o.json {
-        let v = serde_json::json!({
+        let mut v = serde_json::json!({
             "workload": "mnist-transfer", "parties": k, "log_n": n.trailing_zeros(),
             "levels": ctx.max_level(), "base_level": base,
             "public_train": p.public_len, "public_test_accuracy": p.public_acc,
@@ -656,7 +656,6 @@ pub fn run_transfer(o: &TransferOptions, k: usize, p: &Prepared) -> Result<()> {
             "output_smudging_lambda": lambda, "output_smudging_note": smudging_note,
             "peak_memory_per_party_bytes": peaks, "single_key_peak_memory_bytes": single_peak,
         });
-        let mut v = v;
         if let (Some(a), serde_json::Value::Object(b)) = (v.as_object_mut(), more) {
             a.extend(b);
         }

@@ -251,7 +251,7 @@ pub fn ckks_smudging(
 ) -> Result<Smudging> {
     let smudging = Smudging::statistical(lambda, ctx.n(), noise_log2)?;
     let left = ct.scale.log2() - smudging.bound_bits() as f64 - (parties.max(1) as f64).log2();
-    if !(left >= min_precision_bits) {
+    if left.is_nan() || left < min_precision_bits {
         return Err(Error::InvalidParameters(format!(
             "{lambda}-bit smudging of a ciphertext with noise up to 2^{noise_log2:.1} needs              2^{} per share, which leaves {left:.1} bits under its scale 2^{:.1} for {parties}              parties, fewer than the {min_precision_bits} asked for: decrypt at a larger scale              with less noise, or accept a weaker bound (Smudging::bits, whose guarantee is              Smudging::lambda_for)",
             smudging.bound_bits(),
