@@ -40,6 +40,14 @@
 //!
 //! The plaintext reference ([`train_head_plain`]) runs the same [`Sequential`] head with the
 //! same [`TrainConfig`] on the same mini-batches (drawn from `cfg.seed`).
+//!
+//! # Without a key holder
+//! [`train_head_steps`] runs the same steps with any [`Refresh`] and a base level
+//! ([`HeadRun`]): with the collective refresh of [`crate::mhe`] (two key-share holders,
+//! `hetensor train mnist-transfer --parties 2`) the masks need room, so the weights stop at
+//! level 1 of [`transfer_parties_params`] (N = 2^14, a 60-bit base) instead of 0, the features
+//! need no refresh, and the trained head is re-encrypted to the data owner
+//! ([`crate::workers::session::Coordinator::reencrypt_to`]) instead of being decrypted.
 
 use std::time::Instant;
 
