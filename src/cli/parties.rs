@@ -543,18 +543,20 @@ pub fn run_transfer(o: &TransferOptions, k: usize, p: &Prepared) -> Result<()> {
 
     // The single-key reference: same parameters, same steps, decrypt + re-encrypt refreshes.
     let t = Instant::now();
-    let holder = KeyHolder::new(ctx.clone())?;
-    let ev = holder.public_eval_steps(&steps)?;
-    let (w, report, extract_s, train_s) = transfer_steps(p, &ev, &holder, base)?;
-    let dec = w
-        .iter()
-        .map(|c| holder.decrypt(c))
-        .collect::<Result<Vec<_>>>()?;
-    let single = HeadResult {
-        acc: head_result(p, &dec)?,
-        report,
-        extract_s,
-        train_s,
+    let single = {
+        let holder = KeyHolder::new(ctx.clone())?;
+        let ev = holder.public_eval_steps(&steps)?;
+        let (w, report, extract_s, train_s) = transfer_steps(p, &ev, &holder, base)?;
+        let dec = w
+            .iter()
+            .map(|c| holder.decrypt(c))
+            .collect::<Result<Vec<_>>>()?;
+        HeadResult {
+            acc: head_result(p, &dec)?,
+            report,
+            extract_s,
+            train_s,
+        }
     };
     let single_s = t.elapsed().as_secs_f64();
     let single_peak = peak_memory();
