@@ -847,3 +847,54 @@ fn ckks_smudging_is_sized_and_refused_without_room() {
     );
     assert!(smudged < 0.1, "more noise than sized: {smudged}");
 }
+
+/// Refresh on a chain whose levels are not one prime each (a two-prime 60-bit base, as the
+/// transfer's `--parties` chain): the masked phase is extended to the primes above its level
+/// by limb, and the refreshed ciphertext decrypts to the same values at the top.
+#[test]
+fn refresh_on_a_composite_base() {
+    let params = CkksParams::builder()
+        .log_n(13)
+        .depth(3)
+        .scale_bits(26)
+        .base_bits(60)
+        .build()
+        .unwrap();
+    let ckks = CkksContext::with_seed(params, [12; 32]).unwrap();
+    let ctx = ckks.rlwe().clone();
+    let k = 2;
+    let (crs, mut ps) = parties(&ctx, k, 44);
+    let (pk, _, _) = collective_keys(&ctx, &crs, &mut ps, &[]);
+    let sk = ideal(&ctx, &ps);
+    let x: Vec<f64> = (0..ckks.slots())
+        .map(|i| ((i * 17 % 61) as f64 / 30.0) - 1.0)
+        .collect();
+    let rp = RefreshParams::new(k, 28.0);
+    let level = mhe::min_refresh_level(&ctx, &rp).unwrap().unwrap();
+    assert_eq!(
+        level, 1,
+        "the 60-bit base plus one 26-bit level holds the masks"
+    );
+    assert!(ctx.q_limbs(level).len() > level + 1, "a composite base");
+    let ct = ckks
+        .encrypt(&ckks.encode(&x, ckks.default_scale(), level).unwrap(), &pk)
+        .unwrap();
+    let shares = ps
+        .iter_mut()
+        .map(|p| p.refresh_share(&ct, 1, &rp).unwrap())
+        .collect();
+    let fresh = mhe::refresh_finalize(&ctx, &crs, &ct, &agg(&ctx, shares), 1).unwrap();
+    assert_eq!(fresh.level(), ctx.max_level());
+    let got = ckks.decrypt_decode(&fresh, &sk).unwrap();
+    let err = got
+        .iter()
+        .zip(&x)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 1e-3, "refreshed error {err}");
+    // And it computes on: a product at the top level.
+    let sq = ckks
+        .rescale(&ckks.multiply(&fresh, &fresh).unwrap())
+        .unwrap();
+    assert!(sq.level() < fresh.level());
+}
