@@ -177,7 +177,8 @@ enum Command {
         /// only the final model is decrypted, collectively, to party 0. Also runs the same
         /// steps with one key holder for comparison. Takes --epochs [default: 10], --lr
         /// [default: 0.2], --batch, --degree, --interval, --log-n, --seed, --data; no
-        /// --workers, --in-process or --rounds.
+        /// --workers, --in-process or --rounds. mnist-transfer --parties 2: two key-share
+        /// holders, collective refreshes, the head re-encrypted to the data owner (N = 2^14).
         #[arg(long, value_parser = at_least(2))]
         parties: Option<usize>,
         /// log2 of the ring degree, 13 to 16 (14: 13 levels, two steps per refresh)
@@ -381,12 +382,12 @@ fn main() -> ExitCode {
         } if workload == "mnist-transfer" => {
             if refresh.is_some() || insecure_test_ring {
                 return Err(hetensor::Error::InvalidInput(
-                    "--refresh and --insecure-test-ring are for titanic and credit; mnist-transfer's head is refreshed by the key holder (bootstrapping its ~2,000 ciphertexts per step is future work)".into(),
+                    "--refresh and --insecure-test-ring are for titanic and credit; mnist-transfer's head is refreshed by the key holder, or without one by --parties 2 (bootstrapping its ~2,000 ciphertexts per step is future work)".into(),
                 ));
             }
-            if parties.is_some() {
+            if parties.is_some_and(|k| k != 2) {
                 return Err(hetensor::Error::InvalidInput(
-                    "--parties is implemented for credit-federated only".into(),
+                    "mnist-transfer runs with --parties 2 (two servers holding key shares)".into(),
                 ));
             }
             if data.is_some()
@@ -407,6 +408,7 @@ fn main() -> ExitCode {
                 batch: batch.unwrap_or(1250),
                 seed: seed.unwrap_or(1),
                 json,
+                parties,
             })
         }
         Command::Train {

@@ -433,6 +433,46 @@ fn train_mnist_transfer() {
     assert!(f(&r, "public_test_accuracy") > 0.95, "{r}");
 }
 
+/// Two servers with key shares: the head trains on encrypted features with collective
+/// refreshes and is re-encrypted to the data owner; the same steps with one key holder reach
+/// the same accuracy, and neither party process saw a plaintext.
+#[test]
+fn train_mnist_transfer_parties() {
+    let _g = heavy();
+    let r = json(&[
+        "train",
+        "mnist-transfer",
+        "--parties",
+        "2",
+        "--images",
+        "64",
+        "--epochs",
+        "1",
+        "--batch",
+        "32",
+        "--json",
+    ]);
+    assert_eq!((u(&r, "parties"), u(&r, "steps")), (2, 2), "{r}");
+    let (acc, single) = (f(&r, "test_accuracy"), f(&r, "single_key_test_accuracy"));
+    assert!((acc - single).abs() <= 0.01, "{r}");
+    assert!(
+        (acc - f(&r, "plaintext_test_accuracy")).abs() <= 0.02,
+        "{r}"
+    );
+    assert!(acc > 0.5, "{r}");
+    assert_eq!(r["plaintexts_seen_per_party"], serde_json::json!([0, 0]));
+    assert_eq!(u(&r, "collective_refreshes"), 1, "{r}");
+    assert_eq!(u(&r, "ciphertexts_per_refresh"), 2 * 5 * 193, "{r}");
+    for key in ["bytes_sent_per_party", "bytes_received_per_party"] {
+        let v = r[key].as_array().unwrap_or_else(|| panic!("{key} in {r}"));
+        assert_eq!(v.len(), 2);
+        assert!(
+            v.iter().all(|b| b.as_u64().unwrap() > 1_000_000),
+            "{key}: {r}"
+        );
+    }
+}
+
 #[test]
 fn titanic_workers() {
     let _g = heavy();
@@ -743,8 +783,23 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
             &["--parties", "at least 2"],
         ),
         (
-            &["train", "mnist-transfer", "--parties", "2"],
-            &["--parties"],
+            &["train", "mnist-transfer", "--parties", "3"],
+            &["--parties 2"],
+        ),
+        (
+            &[
+                "train",
+                "mnist-transfer",
+                "--parties",
+                "2",
+                "--workers",
+                "2",
+            ],
+            &["--workers"],
+        ),
+        (
+            &["train", "mnist-transfer", "--parties", "2", "--log-n", "13"],
+            &["--log-n"],
         ),
         (&["train", "mnist-transfer", "--images", "0"], &["--images"]),
         (&["train", "iris"], &["iris", "titanic"]),

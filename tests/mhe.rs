@@ -785,3 +785,116 @@ fn threshold_any_t_of_n_decrypt() {
         Err(Error::Multiparty(_))
     ));
 }
+
+/// CKKS decryption smudging sized for λ bits (`⌈λ + log2 N + log2 B_e⌉`): refused where the
+/// scale leaves no room (λ = 40 at Δ = 2^25, and even at 2^60), and where it leaves room
+/// (λ = 20 at 2^60) the collective decryption carries noise of the promised size — far above
+/// an unsmudged decryption's, within the precision the check guaranteed.
+#[test]
+fn ckks_smudging_is_sized_and_refused_without_room() {
+    let ckks = CkksContext::with_seed(CkksParams::preset(13, 25).unwrap(), [6; 32]).unwrap();
+    let ctx = ckks.rlwe().clone();
+    let k = 2;
+    let (crs, mut ps) = parties(&ctx, k, 91);
+    let ckg = agg(
+        &ctx,
+        ps.iter_mut().map(|p| p.ckg_share().unwrap()).collect(),
+    );
+    let pk = mhe::ckg_finalize(&ctx, &crs, &ckg).unwrap();
+    let x: Vec<f64> = (0..ckks.slots())
+        .map(|i| ((i * 29 % 97) as f64 / 48.0) - 1.0)
+        .collect();
+    let enc = |scale: f64| {
+        ckks.encrypt(&ckks.encode(&x, scale, ckks.max_level()).unwrap(), &pk)
+            .unwrap()
+    };
+    // A fresh encryption under the ideal key of 2 shares: noise below 2^13 (measured ~2^10).
+    let noise = 13.0;
+    let low = enc(ckks.default_scale());
+    for (ct, lambda) in [(&low, 40), (&enc(2f64.powi(60)), 40)] {
+        match mhe::ckks_smudging(&ctx, ct, lambda, k, noise, 8.0) {
+            Err(Error::InvalidParameters(m)) => assert!(m.contains("bits under its scale"), "{m}"),
+            other => panic!("λ = {lambda} at scale {}: {other:?}", ct.scale()),
+        }
+    }
+    let high = enc(2f64.powi(60));
+    let sm = mhe::ckks_smudging(&ctx, &high, 20, k, noise, 8.0).unwrap();
+    assert_eq!(sm.bound_bits(), 20 + 13 + 13);
+    assert!((sm.lambda_for(ctx.n(), noise) - 20.0).abs() < 1e-9);
+    let decrypt = |ps: &mut [Party], sm: &Smudging, run: u64| {
+        let shares = ps
+            .iter_mut()
+            .map(|p| p.cks_share(&high, None, sm, run).unwrap())
+            .collect();
+        let phase = mhe::decrypt_finalize(&ctx, &high, &agg(&ctx, shares)).unwrap();
+        let got = ckks.decode_poly(&phase, high.scale()).unwrap();
+        got.iter()
+            .zip(&x)
+            .map(|(a, b)| (a.re - b).abs())
+            .fold(0.0, f64::max)
+    };
+    let smudged = decrypt(&mut ps, &sm, 1);
+    let plain = decrypt(&mut ps, &Smudging::bits(0).unwrap(), 2);
+    eprintln!(
+        "CKKS at 2^60: error {smudged:.2e} with 2^{} smudging (λ = 20), {plain:.2e} without",
+        sm.bound_bits()
+    );
+    // Slot error ≈ √N·K·2^46/√3 / 2^60 ≈ 2^-7.6; the check promised ≥ 8 bits of precision
+    // per coefficient, i.e. ≤ N·2^-8 per slot in the worst case.
+    assert!(
+        smudged > 1e3 * plain,
+        "the smudging is missing: {smudged} vs {plain}"
+    );
+    assert!(smudged < 0.1, "more noise than sized: {smudged}");
+}
+
+/// Refresh on a chain whose levels are not one prime each (a two-prime 60-bit base, as the
+/// transfer's `--parties` chain): the masked phase is extended to the primes above its level
+/// by limb, and the refreshed ciphertext decrypts to the same values at the top.
+#[test]
+fn refresh_on_a_composite_base() {
+    let params = CkksParams::builder()
+        .log_n(13)
+        .depth(3)
+        .scale_bits(26)
+        .base_bits(60)
+        .build()
+        .unwrap();
+    let ckks = CkksContext::with_seed(params, [12; 32]).unwrap();
+    let ctx = ckks.rlwe().clone();
+    let k = 2;
+    let (crs, mut ps) = parties(&ctx, k, 44);
+    let (pk, _, _) = collective_keys(&ctx, &crs, &mut ps, &[]);
+    let sk = ideal(&ctx, &ps);
+    let x: Vec<f64> = (0..ckks.slots())
+        .map(|i| ((i * 17 % 61) as f64 / 30.0) - 1.0)
+        .collect();
+    let rp = RefreshParams::new(k, 28.0);
+    let level = mhe::min_refresh_level(&ctx, &rp).unwrap().unwrap();
+    assert_eq!(
+        level, 1,
+        "the 60-bit base plus one 26-bit level holds the masks"
+    );
+    assert!(ctx.q_limbs(level).len() > level + 1, "a composite base");
+    let ct = ckks
+        .encrypt(&ckks.encode(&x, ckks.default_scale(), level).unwrap(), &pk)
+        .unwrap();
+    let shares = ps
+        .iter_mut()
+        .map(|p| p.refresh_share(&ct, 1, &rp).unwrap())
+        .collect();
+    let fresh = mhe::refresh_finalize(&ctx, &crs, &ct, &agg(&ctx, shares), 1).unwrap();
+    assert_eq!(fresh.level(), ctx.max_level());
+    let got = ckks.decrypt_decode(&fresh, &sk).unwrap();
+    let err = got
+        .iter()
+        .zip(&x)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(err < 1e-3, "refreshed error {err}");
+    // And it computes on: a product at the top level.
+    let sq = ckks
+        .rescale(&ckks.multiply(&fresh, &fresh).unwrap())
+        .unwrap();
+    assert!(sq.level() < fresh.level());
+}

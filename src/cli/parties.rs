@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use hetensor::ckks::CkksContext;
 use hetensor::data::{self, Dataset};
+use hetensor::lower::LayerTiming;
 use hetensor::math::sampler::Sampler;
-use hetensor::mhe::{Crs, Party, Smudging};
+use hetensor::mhe::{ckks_smudging, Crs, Party, Smudging};
 use hetensor::nn::{PolyActivation, TrainConfig};
 use hetensor::rlwe::keys::ckks_galois_element;
 use hetensor::rlwe::SecretKey;
@@ -20,12 +21,16 @@ use hetensor::train::logistic::{self, sigmoid_bound};
 use hetensor::train::multiparty::{
     combine_groups, encrypt_groups, fed_plan, peak_memory, published_values, train_fedsgd,
     unpack_ciphertexts, weights_refresh_params, CollectiveRefresh, CreditJob, CreditParty, FedPlan,
+    ShareHolder, ShareHolderReport,
 };
-use hetensor::train::{training_params, BlockLayout, KeyHolder, PublicEval};
+use hetensor::train::transfer::{self as tr, transfer_parties_params};
+use hetensor::train::{training_params, BlockLayout, KeyHolder, PublicEval, Refresh};
 use hetensor::workers::parties::{CombinerHub, NetConfig, PartyLink};
 use hetensor::workers::session::{serve_party, Coordinator};
 use hetensor::workers::WorkerPool;
 use hetensor::{serialize, Error, Result};
+
+use super::transfer::{Prepared, TransferOptions};
 
 /// Bits of smudging on the final model's decryption shares. CKKS at Δ = 2^26 cannot hide the
 /// noise at 40 bits and keep any precision (see `hetensor::mhe`); 2^14 per share keeps the
@@ -50,9 +55,13 @@ pub struct PartyOptions {
     /// The session's public common reference string (64 hex digits).
     #[arg(long)]
     pub crs: String,
-    /// log2 of the ring degree of the training parameters.
+    /// The session's workload: credit-federated (a data owner with its slice) or
+    /// mnist-transfer (a key-share holder only, at the transfer parameters).
+    #[arg(long, default_value = "credit-federated", value_parser = ["credit-federated", "mnist-transfer"])]
+    pub workload: String,
+    /// log2 of the ring degree of the training parameters (credit-federated only).
     #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
-    pub log_n: u32,
+    pub log_n: Option<u32>,
     /// UCI credit data file (default: the bundled copy); the party keeps its slice.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -91,7 +100,23 @@ pub fn serve(o: PartyOptions) -> Result<()> {
         )));
     }
     let crs = parse_crs(&o.crs)?;
-    let ckks = Arc::new(CkksContext::new(training_params(o.log_n)?)?);
+    let transfer = o.workload == "mnist-transfer";
+    let params = match (transfer, o.log_n) {
+        (true, None) if o.data.is_none() => transfer_parties_params()?,
+        (true, _) => {
+            return Err(Error::InvalidInput(
+                "a mnist-transfer party takes no --log-n or --data (it holds a key share only)"
+                    .into(),
+            ))
+        }
+        (false, Some(l)) => training_params(l)?,
+        (false, None) => {
+            return Err(Error::InvalidInput(
+                "a credit-federated party needs --log-n".into(),
+            ))
+        }
+    };
+    let ckks = Arc::new(CkksContext::new(params)?);
     let rlwe = ckks.rlwe().clone();
     let mut party = match &o.share {
         Some(path) => {
@@ -111,6 +136,9 @@ pub fn serve(o: PartyOptions) -> Result<()> {
         ..NetConfig::default()
     };
     let mut link = PartyLink::connect(o.connect, rlwe, &crs, o.index as u32, cfg)?;
+    if transfer {
+        return serve_party(&mut link, &mut party, &mut ShareHolder::default());
+    }
     let data = super::data_path(o.data.as_deref(), data::DEFAULT_CREDIT, "--data")?;
     let mut app = CreditParty::new(ckks, data, o.index, o.parties);
     serve_party(&mut link, &mut party, &mut app)
@@ -120,12 +148,14 @@ pub fn serve(o: PartyOptions) -> Result<()> {
 struct Parties(Vec<Child>);
 
 impl Parties {
+    /// `k` parties of a session: credit-federated with `Some(log_n)` (and its data file),
+    /// mnist-transfer key-share holders with `None`.
     fn spawn(
         exe: &Path,
         addr: SocketAddr,
         crs: &Crs,
         k: usize,
-        log_n: u32,
+        log_n: Option<u32>,
         data: Option<&Path>,
     ) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -137,11 +167,14 @@ impl Parties {
                 .args(["--index", &i.to_string()])
                 .args(["--parties", &k.to_string()])
                 .args(["--crs", &crs_hex(crs)])
-                .args(["--log-n", &log_n.to_string()])
                 .env("RAYON_NUM_THREADS", (cores / k).max(1).to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit());
+            match log_n {
+                Some(l) => cmd.args(["--log-n", &l.to_string()]),
+                None => cmd.args(["--workload", "mnist-transfer"]),
+            };
             if let Some(d) = data {
                 cmd.arg("--data").arg(d);
             }
@@ -249,7 +282,14 @@ fn multiparty(
     let crs = Crs::new(Sampler::from_os().seed());
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    let children = Parties::spawn(&WorkerPool::default_exe()?, addr, &crs, k, r.log_n, r.data)?;
+    let children = Parties::spawn(
+        &WorkerPool::default_exe()?,
+        addr,
+        &crs,
+        k,
+        Some(r.log_n),
+        r.data,
+    )?;
     let hub = CombinerHub::accept(&listener, ctx.rlwe().clone(), &crs, k, NetConfig::default())?;
     let mut coord = Coordinator::new(hub, ctx.rlwe().clone(), crs);
     let t = Instant::now();
@@ -426,3 +466,226 @@ pub fn run_credit(r: &CreditRun) -> Result<()> {
     }
     Ok(())
 }
+
+/// One encrypted head training of `run_transfer`: accuracy, the report, and the seconds of
+/// upload + extraction.
+struct HeadResult {
+    acc: f64,
+    report: tr::HeadReport,
+    extract_s: f64,
+    train_s: f64,
+}
+
+/// The data owner's upload and the server's encrypted features under `ev`'s public key, then
+/// the head's steps with `refresher`, leaving the weights at `base`.
+fn transfer_steps(
+    p: &Prepared,
+    ev: &PublicEval,
+    refresher: &dyn Refresh,
+    base: usize,
+) -> Result<(Vec<hetensor::rlwe::Ciphertext>, tr::HeadReport, f64, f64)> {
+    let t = Instant::now();
+    let upload = tr::encrypt_upload(ev, &p.private.inputs, &p.private.labels, 5)?;
+    let set = tr::extract_set(&p.fx, ev, upload, &mut LayerTiming::default())?;
+    let extract_s = t.elapsed().as_secs_f64();
+    let ctx = &ev.ctx;
+    let encrypt =
+        |v: &[f64], l: usize| ctx.encrypt(&ctx.encode(v, ctx.default_scale(), l)?, &ev.public);
+    let run = tr::HeadRun {
+        ev,
+        refresher,
+        base,
+        encrypt: &encrypt,
+        monitor: None,
+    };
+    let t = Instant::now();
+    let init = tr::head(p.fx.features(), 5)?;
+    let (w, report) = tr::train_head_steps(&init, &set, &p.cfg, &run)?;
+    Ok((w, report, extract_s, t.elapsed().as_secs_f64()))
+}
+
+/// Accuracy of the head whose weights (in `train_head_steps` order) are the slot means of
+/// `decrypted` (each weight is in every slot; the mean is the constant coefficient).
+fn head_result(p: &Prepared, decrypted: &[Vec<f64>]) -> Result<f64> {
+    let vals: Vec<f64> = decrypted
+        .iter()
+        .map(|v| v.iter().sum::<f64>() / v.len().max(1) as f64)
+        .collect();
+    let mut head = tr::head(p.fx.features(), 5)?;
+    tr::set_head_weights(&mut head, &vals)?;
+    tr::head_accuracy(&head, &p.x_test, &p.test.labels)
+}
+
+/// `hetensor train mnist-transfer --parties 2`: the head trained with one key holder and then
+/// with no key holder (two `hetensor party` key-share holders, collective keys and refreshes,
+/// the trained head re-encrypted to the data owner), the same steps at the same parameters
+/// ([`tr::transfer_parties_params`]); this process is the data owner (it encrypts its images
+/// and receives the head) and the server (it computes), and holds no key share.
+pub fn run_transfer(o: &TransferOptions, k: usize, p: &Prepared) -> Result<()> {
+    let say = |m: String| {
+        if !o.json {
+            eprintln!("{m}");
+        }
+    };
+    let ctx = Arc::new(CkksContext::new(tr::transfer_parties_params()?)?);
+    let steps = CkksContext::power_of_two_steps(ctx.slots());
+    let params = weights_refresh_params(&ctx, k, tr::HEAD_VALUE_LOG2);
+    let base = hetensor::mhe::min_refresh_level(ctx.rlwe(), &params)?.ok_or_else(|| {
+        Error::InvalidParameters("the transfer chain cannot hold the refresh masks".into())
+    })?;
+    say(format!(
+        "CKKS N = 2^{}, {} levels, log2 QP = {:.0}; {}-bit refresh masks: the weights are refreshed from level {base}",
+        ctx.rlwe().n().trailing_zeros(),
+        ctx.max_level(),
+        ctx.params().rlwe.log_qp(),
+        params.mask_bits(ctx.rlwe().n())?
+    ));
+
+    // The single-key reference: same parameters, same steps, decrypt + re-encrypt refreshes.
+    let t = Instant::now();
+    let single = {
+        let holder = KeyHolder::new(ctx.clone())?;
+        let ev = holder.public_eval_steps(&steps)?;
+        let (w, report, extract_s, train_s) = transfer_steps(p, &ev, &holder, base)?;
+        let dec = w
+            .iter()
+            .map(|c| holder.decrypt(c))
+            .collect::<Result<Vec<_>>>()?;
+        HeadResult {
+            acc: head_result(p, &dec)?,
+            report,
+            extract_s,
+            train_s,
+        }
+    };
+    let single_s = t.elapsed().as_secs_f64();
+    let single_peak = peak_memory();
+    say(format!(
+        "single key, same steps: {:.2}% in {single_s:.1} s",
+        100.0 * single.acc
+    ));
+
+    // No key holder.
+    let t = Instant::now();
+    let crs = Crs::new(Sampler::from_os().seed());
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let children = Parties::spawn(&WorkerPool::default_exe()?, addr, &crs, k, None, None)?;
+    let hub = CombinerHub::accept(&listener, ctx.rlwe().clone(), &crs, k, NetConfig::default())?;
+    let mut coord = Coordinator::new(hub, ctx.rlwe().clone(), crs);
+    let n = ctx.rlwe().n();
+    let galois: Vec<usize> = steps.iter().map(|&s| ckks_galois_element(n, s)).collect();
+    let keys = coord.keygen(&galois)?;
+    let keygen_s = t.elapsed().as_secs_f64();
+    let ev = PublicEval {
+        ctx: ctx.clone(),
+        relin: keys.relin,
+        galois: keys.galois,
+        public: keys.public,
+    };
+    let (w, report, extract_s, train_s) = {
+        let refresh = CollectiveRefresh::new(&mut coord, &ctx, params, 3)?;
+        transfer_steps(p, &ev, &refresh, base)?
+    };
+    // The head goes to the data owner alone: re-encrypted under its own key (PCKS), never
+    // decrypted by a key-share holder. 40-bit smudging where the scale leaves room.
+    let owner = KeyHolder::new(ctx.clone())?;
+    let low: Vec<_> = w
+        .iter()
+        .map(|c| ctx.mod_switch_to(c, 0))
+        .collect::<Result<_>>()?;
+    let (smudging, smudging_note) =
+        match ckks_smudging(ctx.rlwe(), &low[0], 40, k, RESCALE_NOISE_LOG2, 8.0) {
+            Ok(s) => (s, "40-bit statistical".to_string()),
+            Err(e) => (Smudging::bits(FINAL_SMUDGING_BITS)?, e.to_string()),
+        };
+    let t_out = Instant::now();
+    let moved = coord.reencrypt_to(&low, owner.public_key(), &smudging)?;
+    let dec = moved
+        .iter()
+        .map(|c| owner.decrypt(c))
+        .collect::<Result<Vec<_>>>()?;
+    let output_s = t_out.elapsed().as_secs_f64();
+    let multi = HeadResult {
+        acc: head_result(p, &dec)?,
+        report,
+        extract_s,
+        train_s,
+    };
+    let reports = coord
+        .jobs(&vec![ShareHolder::REPORT.to_vec(); k])?
+        .iter()
+        .map(|b| {
+            serde_json::from_slice::<ShareHolderReport>(b)
+                .map_err(|e| Error::Decode(format!("party report: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sent: Vec<u64> = (0..k).map(|i| coord.hub().bytes_from(i)).collect();
+    let received: Vec<u64> = (0..k).map(|i| coord.hub().bytes_to(i)).collect();
+    let rounds = coord.rounds();
+    coord.finish()?;
+    children.wait()?;
+    let multi_s = t.elapsed().as_secs_f64();
+    let seen: Vec<usize> = reports.iter().map(|r| r.plaintexts_seen).collect();
+    let peaks: Vec<u64> = reports.iter().map(|r| r.peak_memory_bytes).collect();
+    let lambda = smudging.lambda_for(n, RESCALE_NOISE_LOG2);
+    if o.json {
+        let mut v = serde_json::json!({
+            "workload": "mnist-transfer", "parties": k, "log_n": n.trailing_zeros(),
+            "levels": ctx.max_level(), "base_level": base,
+            "public_train": p.public_len, "public_test_accuracy": p.public_acc,
+            "pretrain_seconds": p.pretrain_s, "private_train": p.private.len(),
+            "private_test": p.test.len(), "epochs": o.epochs, "batch": o.batch, "lr": o.lr,
+            "momentum": o.momentum, "seed": o.seed, "steps": multi.report.steps.len(),
+        });
+        let more = serde_json::json!({
+            "test_accuracy": multi.acc, "single_key_test_accuracy": single.acc,
+            "plaintext_test_accuracy": p.plain_acc,
+            "plaintexts_seen_per_party": seen, "single_party_decryptions": 0,
+            "collective_refreshes": multi.report.refreshes,
+            "ciphertexts_per_refresh": multi.report.ciphertexts_per_refresh,
+            "single_key_refreshes": single.report.refreshes,
+            "protocol_rounds": rounds,
+            "bytes_sent_per_party": sent, "bytes_received_per_party": received,
+            "wall_seconds": multi_s, "single_key_wall_seconds": single_s,
+            "keygen_seconds": keygen_s, "extract_seconds": multi.extract_s,
+            "train_seconds": multi.train_s, "output_seconds": output_s,
+            "refresh_seconds": multi.report.epoch_refresh_seconds.iter().sum::<f64>(),
+            "single_key_extract_seconds": single.extract_s,
+            "single_key_train_seconds": single.train_s,
+            "single_key_refresh_seconds": single.report.epoch_refresh_seconds.iter().sum::<f64>(),
+            "output_smudging_bits": smudging.bound_bits(),
+            "output_smudging_lambda": lambda, "output_smudging_note": smudging_note,
+            "peak_memory_per_party_bytes": peaks, "single_key_peak_memory_bytes": single_peak,
+        });
+        if let (Some(a), serde_json::Value::Object(b)) = (v.as_object_mut(), more) {
+            a.extend(b);
+        }
+        println!("{v}");
+    } else {
+        let mb = |b: &u64| format!("{:.1}", *b as f64 / 1e6);
+        println!(
+            "no key holder ({k} parties, {} steps, {} collective refreshes of {} ciphertexts, {rounds} protocol rounds): {:.2}% on the {} held-out test digits 5-9; single key, same steps: {:.2}%; plaintext head: {:.2}%",
+            multi.report.steps.len(),
+            multi.report.refreshes,
+            multi.report.ciphertexts_per_refresh,
+            100.0 * multi.acc,
+            p.test.len(),
+            100.0 * single.acc,
+            100.0 * p.plain_acc
+        );
+        println!(
+            "plaintexts seen per party {seen:?} (the head was re-encrypted to the data owner); wall {multi_s:.1} s (keys {keygen_s:.1} s, features {:.1} s, train {:.1} s, output {output_s:.1} s) vs single key {single_s:.1} s; MB sent per party {:?}, received {:?}; output smudging 2^{} per share (λ = {lambda:.0} for noise 2^{RESCALE_NOISE_LOG2}: {smudging_note})",
+            multi.extract_s,
+            multi.train_s,
+            sent.iter().map(mb).collect::<Vec<_>>(),
+            received.iter().map(mb).collect::<Vec<_>>(),
+            smudging.bound_bits()
+        );
+    }
+    Ok(())
+}
+
+/// log2 of a lower bound on a CKKS ciphertext's noise after a rescale (~2^8 at N = 2^14: the
+/// rounding of `c_1` times the ideal key), used to size the output smudging.
+const RESCALE_NOISE_LOG2: f64 = 8.0;

@@ -21,10 +21,28 @@ pub struct TransferOptions {
     pub batch: usize,
     pub seed: u64,
     pub json: bool,
+    /// Key-share holders (`--parties`): no key holder.
+    pub parties: Option<usize>,
 }
 
-/// Runs the workload and prints a text or JSON report.
-pub fn run(o: TransferOptions) -> Result<()> {
+/// What both runs (one key holder, or `--parties`) start from: the data, the pretrained
+/// extractor, the plaintext features and the plaintext reference head.
+pub struct Prepared {
+    pub private: hetensor::nn::Dataset,
+    pub test: hetensor::nn::Dataset,
+    pub public_len: usize,
+    pub public_acc: f64,
+    pub pretrain_s: f64,
+    pub fx: tr::FeatureExtractor,
+    pub cfg: TrainConfig,
+    pub x_train: ndarray::Array2<f64>,
+    pub x_test: ndarray::Array2<f64>,
+    pub plain: hetensor::nn::Sequential,
+    pub plain_acc: f64,
+}
+
+/// Checks the options, loads the digits, pretrains, and trains the plaintext reference head.
+pub fn prepare(o: &TransferOptions) -> Result<Prepared> {
     let say = |m: String| {
         if !o.json {
             eprintln!("{m}");
@@ -85,6 +103,35 @@ pub fn run(o: TransferOptions) -> Result<()> {
     let mut plain = tr::head(fx.features(), 5)?;
     tr::train_head_plain(&mut plain, &x_train, &private.labels, &cfg)?;
     let plain_acc = tr::head_accuracy(&plain, &x_test, &test.labels)?;
+    Ok(Prepared {
+        private,
+        test,
+        public_len: public.len(),
+        public_acc,
+        pretrain_s,
+        fx,
+        cfg,
+        x_train,
+        x_test,
+        plain,
+        plain_acc,
+    })
+}
+
+/// Runs the workload and prints a text or JSON report.
+pub fn run(o: TransferOptions) -> Result<()> {
+    let say = |m: String| {
+        if !o.json {
+            eprintln!("{m}");
+        }
+    };
+    let p = prepare(&o)?;
+    if let Some(k) = o.parties {
+        return super::parties::run_transfer(&o, k, &p);
+    }
+    let (private, test, fx, cfg) = (&p.private, &p.test, &p.fx, &p.cfg);
+    let (x_train, x_test, plain) = (&p.x_train, &p.x_test, &p.plain);
+    let (public_acc, pretrain_s, plain_acc) = (p.public_acc, p.pretrain_s, p.plain_acc);
 
     // 3. Keys (key holder = data owner), upload, encrypted feature extraction.
     let t = Instant::now();
@@ -127,10 +174,10 @@ pub fn run(o: TransferOptions) -> Result<()> {
     let x_dec = ndarray::Array2::from_shape_fn((private.len(), fx.features()), |(i, j)| {
         cols[i / s][j][i % s]
     });
-    let feat_err = (&x_dec - &x_train)
+    let feat_err = (&x_dec - x_train)
         .iter()
         .fold(0.0f64, |m, v| m.max(v.abs()));
-    let feat_rms = ((&x_dec - &x_train).mapv(|v| v * v).mean().unwrap_or(0.0)).sqrt();
+    let feat_rms = ((&x_dec - x_train).mapv(|v| v * v).mean().unwrap_or(0.0)).sqrt();
     say(format!(
         "encrypted {} images in {encrypt_s:.1} s; extracted the features encrypted in {extract_s:.1} s (down to level {extract_level}; error vs plaintext: max {feat_err:.1e}, rms {feat_rms:.1e}); key-holder refresh of the {feature_refreshes} feature ciphertexts to level {}: {feature_refresh_s:.1} s",
         private.len(),
@@ -171,7 +218,7 @@ pub fn run(o: TransferOptions) -> Result<()> {
         .fold(0.0f64, |m, v| m.max(v.abs()));
     if o.json {
         let v = serde_json::json!({
-            "workload": "mnist-transfer", "public_train": public.len(),
+            "workload": "mnist-transfer", "public_train": p.public_len,
             "public_test_accuracy": public_acc, "pretrain_seconds": pretrain_s,
             "private_train": private.len(), "private_test": test.len(),
             "features": fx.features(), "log_n": 13, "levels": ctx.max_level(),

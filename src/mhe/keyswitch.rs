@@ -229,6 +229,38 @@ pub fn pcks_finalize(
     switched(ctx, ct, &h0, c1, pk.key_id)
 }
 
+/// Smudging for decrypting (CKS) or re-encrypting (PCKS) the CKKS ciphertext `ct` at `λ` bits
+/// of statistical security, with `2^noise_log2` a bound on its noise `‖e‖∞` (coefficient
+/// units, before the division by the scale) under the ideal key of `parties` shares:
+/// `b = ⌈λ + log2 N + noise_log2⌉` ([`Smudging::statistical`]), which hides `e` within
+/// statistical distance `2^−λ`. The `K` shares put up to `K·2^b` into the result, read at the
+/// scale Δ, so the bound leaves `log2 Δ − b − log2 K` bits of precision; fewer than
+/// `min_precision_bits` is an [`Error::InvalidParameters`] (the result would be noise), and a
+/// bound that does not fit under `Q_ℓ` is refused when the shares are made.
+///
+/// CKKS rarely has that room: a fresh encryption's noise is ~2^12 at N = 2^13, so λ = 40 needs
+/// `log2 Δ ≥ 65 + precision`, beyond the 2^62 this crate encodes at, and every rescale adds
+/// ~2^8 that the smudging must cover as well. The error says so instead of returning garbage.
+pub fn ckks_smudging(
+    ctx: &RlweContext,
+    ct: &Ciphertext,
+    lambda: u32,
+    parties: usize,
+    noise_log2: f64,
+    min_precision_bits: f64,
+) -> Result<Smudging> {
+    let smudging = Smudging::statistical(lambda, ctx.n(), noise_log2)?;
+    let left = ct.scale.log2() - smudging.bound_bits() as f64 - (parties.max(1) as f64).log2();
+    if left.is_nan() || left < min_precision_bits {
+        return Err(Error::InvalidParameters(format!(
+            "{lambda}-bit smudging of a ciphertext with noise up to 2^{noise_log2:.1} needs              2^{} per share, which leaves {left:.1} bits under its scale 2^{:.1} for {parties}              parties, fewer than the {min_precision_bits} asked for: decrypt at a larger scale              with less noise, or accept a weaker bound (Smudging::bits, whose guarantee is              Smudging::lambda_for)",
+            smudging.bound_bits(),
+            ct.scale.log2()
+        )));
+    }
+    Ok(smudging)
+}
+
 /// Smudging for a BFV ciphertext at `λ` bits from the noise bound its evaluator carries: the
 /// estimated invariant noise `‖v‖∞ ≤ 2^{−1−budget}` is `‖e‖∞ ≤ 2^{−1−budget}·Q_ℓ/t` in the
 /// phase. The estimate models a ternary secret; the ideal key of `parties` shares has `parties`

@@ -44,7 +44,7 @@
 //! `b + log2 K` bits of noise in the result: BFV at the presets has that room (its
 //! ciphertexts carry a noise bound, [`bfv_smudging`]); CKKS at this crate's scales (≤ 2^29,
 //! ~20 bits of precision) does not, since hiding the noise costs `λ + log2 N ≈ 53` bits of
-//! precision. For CKKS, any output to a party (CKS or PCKS: the receiver sees `m + e` plus the
+//! precision ([`ckks_smudging`] sizes it and refuses when the scale leaves no room). For CKKS, any output to a party (CKS or PCKS: the receiver sees `m + e` plus the
 //! smudging) therefore takes an explicitly weaker bound ([`Smudging::bits`]), whose statistical
 //! guarantee [`Smudging::lambda_for`] states (even composite scaling's Δ ≈ 2^50 would leave no
 //! room for λ = 40); refresh, which outputs nothing, keeps the full `λ` (below).
@@ -102,7 +102,7 @@ use crate::rlwe::keys::SecretPoly;
 use crate::rlwe::{RlweContext, SecretKey};
 
 pub use keygen::{ckg_finalize, rkg_finalize, rtg_finalize};
-pub use keyswitch::{bfv_smudging, cks_finalize, decrypt_finalize, pcks_finalize};
+pub use keyswitch::{bfv_smudging, ckks_smudging, cks_finalize, decrypt_finalize, pcks_finalize};
 pub use refresh::{min_refresh_level, refresh_finalize, RefreshParams};
 pub(crate) use share::shape as share_shape;
 pub use share::{aggregate, Protocol, Share};

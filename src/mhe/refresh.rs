@@ -165,9 +165,10 @@ pub fn refresh_finalize(
     let mut x_top = if level == top_level {
         x
     } else {
-        // Centered (exact) base extension of the masked phase to the primes above ℓ.
+        // Centered (exact) base extension of the masked phase to the primes above ℓ (by limb,
+        // not by level: a level may be several primes).
         let from = ctx.q_limbs(level);
-        let rest: Arc<[usize]> = (level + 1..=top_level).collect();
+        let rest: Arc<[usize]> = top.iter().copied().filter(|l| !from.contains(l)).collect();
         be.ntt_inverse(ring, &mut x)?;
         let conv = ctx.converter(&from, &rest);
         let mut ext = be.base_convert(ring, &x, rest, &conv, true)?;

@@ -418,6 +418,12 @@ pub trait Refresh: Sync {
     fn min_level(&self) -> usize {
         0
     }
+    /// Fresh encryptions for use at `level` and below: a refresh that can produce them that
+    /// low costs fewer limbs. By default [`Self::refresh`] (the caller switches down).
+    fn refresh_to(&self, cts: &[Ciphertext], level: usize) -> Result<Vec<Ciphertext>> {
+        let _ = level;
+        self.refresh(cts)
+    }
 }
 
 /// The party that owns the secret key.
@@ -447,6 +453,11 @@ impl KeyHolder {
             galois,
             public: self.keys.public.clone(),
         })
+    }
+
+    /// The public encryption key (e.g. for a collective re-encryption to this holder).
+    pub fn public_key(&self) -> &PublicKey {
+        &self.keys.public
     }
 
     /// The context.
@@ -495,6 +506,10 @@ impl Refresh for KeyHolder {
 
     fn describe(&self) -> &'static str {
         "key holder: decrypt + re-encrypt"
+    }
+
+    fn refresh_to(&self, cts: &[Ciphertext], level: usize) -> Result<Vec<Ciphertext>> {
+        self.refresh_at(cts, level)
     }
 }
 

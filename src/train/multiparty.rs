@@ -346,18 +346,25 @@ impl<'a> CollectiveRefresh<'a> {
 
 impl Refresh for CollectiveRefresh<'_> {
     fn refresh(&self, cts: &[Ciphertext]) -> Result<Vec<Ciphertext>> {
+        self.refresh_to(cts, self.level)
+    }
+
+    fn describe(&self) -> &'static str {
+        "collective refresh (masked re-encryption, no key holder)"
+    }
+
+    fn refresh_to(&self, cts: &[Ciphertext], level: usize) -> Result<Vec<Ciphertext>> {
         let mut c = self
             .coordinator
             .lock()
             .map_err(|_| Error::Multiparty("the session's lock is poisoned".into()))?;
         c.refresh_all(cts, &self.params)?
             .iter()
-            .map(|ct| self.ckks.mod_switch_to(ct, self.level))
+            .map(|ct| {
+                self.ckks
+                    .mod_switch_to(ct, level.min(self.ckks.max_level()))
+            })
             .collect()
-    }
-
-    fn describe(&self) -> &'static str {
-        "collective refresh (masked re-encryption, no key holder)"
     }
 
     fn min_level(&self) -> usize {
@@ -484,6 +491,50 @@ impl PartyApp for CreditParty {
     fn plaintext(&mut self, ct: &Ciphertext, phase: &PolyBatch) -> Result<Vec<u8>> {
         let slots = self.ckks.decode_poly(phase, ct.scale())?;
         Ok(slots.iter().flat_map(|c| c.re.to_le_bytes()).collect())
+    }
+}
+
+/// A party that holds only its key share, no data (the two servers of `mnist-transfer
+/// --parties 2`): it answers the protocols and one job, [`ShareHolder::REPORT`]. It counts
+/// every plaintext a collective decryption hands it, and publishes none of them.
+#[derive(Debug, Default)]
+pub struct ShareHolder {
+    plaintexts: usize,
+}
+
+/// What a [`ShareHolder`] reports at the end of a session.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ShareHolderReport {
+    /// Plaintexts (decrypted phases) this process received.
+    pub plaintexts_seen: usize,
+    /// Peak resident memory of the process (bytes; 0 where unknown).
+    pub peak_memory_bytes: u64,
+}
+
+impl ShareHolder {
+    /// The job payload that asks for a [`ShareHolderReport`].
+    pub const REPORT: &'static [u8] = b"report";
+}
+
+impl PartyApp for ShareHolder {
+    fn job(&mut self, _public: Option<&PublicKey>, payload: &[u8]) -> Result<Vec<u8>> {
+        if payload != Self::REPORT {
+            return Err(Error::Multiparty(
+                "a key-share holder takes no jobs but its report".into(),
+            ));
+        }
+        serde_json::to_vec(&ShareHolderReport {
+            plaintexts_seen: self.plaintexts,
+            peak_memory_bytes: peak_memory(),
+        })
+        .map_err(|e| Error::InvalidInput(e.to_string()))
+    }
+
+    fn plaintext(&mut self, _ct: &Ciphertext, _phase: &PolyBatch) -> Result<Vec<u8>> {
+        self.plaintexts += 1;
+        Err(Error::Multiparty(
+            "a key-share holder publishes no plaintext".into(),
+        ))
     }
 }
 

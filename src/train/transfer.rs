@@ -40,6 +40,14 @@
 //!
 //! The plaintext reference ([`train_head_plain`]) runs the same [`Sequential`] head with the
 //! same [`TrainConfig`] on the same mini-batches (drawn from `cfg.seed`).
+//!
+//! # Without a key holder
+//! [`train_head_steps`] runs the same steps with any [`Refresh`] and a base level
+//! ([`HeadRun`]): with the collective refresh of [`crate::mhe`] (two key-share holders,
+//! `hetensor train mnist-transfer --parties 2`) the masks need room, so the weights stop at
+//! level 1 of [`transfer_parties_params`] (N = 2^14, a 60-bit base) instead of 0, the features
+//! need no refresh, and the trained head is re-encrypted to the data owner
+//! ([`crate::workers::session::Coordinator::reencrypt_to`]) instead of being decrypted.
 
 use std::time::Instant;
 
@@ -49,7 +57,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 
-use super::{encrypt_public, KeyHolder, PublicEval, StepStats};
+use super::{encrypt_public, KeyHolder, PublicEval, Refresh, StepStats};
 use crate::ckks::{CkksContext, CkksParams};
 use crate::lower::{CkksBatched, LayerTiming, Plan};
 use crate::nn::train::{batch_gradients, sgd_step};
@@ -72,6 +80,28 @@ pub const PRIVATE_DIGITS: std::ops::Range<usize> = 5..10;
 pub fn transfer_params() -> Result<CkksParams> {
     CkksParams::new(13, 6, 26, 30, 7, Security::Bits128)
 }
+
+/// CKKS parameters of the transfer workload **without a key holder** (`--parties`): N = 2^14
+/// (one block of 8192 images), a 60-bit base (two primes), 8 levels of 2^26, 128-bit (the
+/// builder picks the digits). The collective refresh masks each weight and velocity with
+/// λ = 40 bits: `⌈40 + log2 N + 26 + HEAD_VALUE_LOG2 + 2⌉ = 82`-bit masks, and two parties
+/// need `log2 Q_ℓ ≥ 85` at the refresh level ([`crate::mhe::RefreshParams::min_log_q`]): the
+/// base plus one level (86 bits) is the lowest, so a step leaves the weights at level 1
+/// ([`HeadRun::base`]) and the features, extracted from level 8 in 4 levels, sit exactly at
+/// level 4 = 1 + 3 without a refresh. N = 2^13 has no such chain: its 218 bits hold 6 levels
+/// over a 30-bit base, and the features would need a refresh at level 2 (82 bits).
+pub fn transfer_parties_params() -> Result<CkksParams> {
+    CkksParams::builder()
+        .log_n(14)
+        .depth(8)
+        .scale_bits(26)
+        .base_bits(60)
+        .build()
+}
+
+/// log2 of the bound on the head's weights and velocities the refresh masks are sized for
+/// (|w|, |v| < 1; the trained head's largest weight is ~0.07, BENCHMARKS.md).
+pub const HEAD_VALUE_LOG2: f64 = 0.0;
 
 /// The samples of `data` whose label is in `digits`, relabelled `0..digits.len()`.
 pub fn digits_subset(data: &ImageSet, digits: std::ops::Range<usize>) -> Result<ImageSet> {
@@ -506,9 +536,10 @@ struct HeadState {
 /// last rescale lands exactly on the weights' scale.
 const C_G: f64 = 16.0;
 
-/// One encrypted SGD step on the samples `batch`. `w` is at the features' level `lx ≥ 3`,
-/// `v` at level 1, both at the default scale; returns the new state at level 0 and the logits
-/// per block (at `lx − 1`, for the monitor).
+/// One encrypted SGD step on the samples `batch`. `w` is at the features' level
+/// `lx ≥ base + 3`, `v` at level `base + 1`, both at the default scale; returns the new state
+/// at level `base` and the logits per block (at `lx − 1`, for the monitor). `base` is 0 with a
+/// key holder; a collective refresh needs room for its masks there.
 #[allow(clippy::too_many_arguments)]
 fn encrypted_step(
     ev: &PublicEval,
@@ -519,6 +550,7 @@ fn encrypted_step(
     lr: f64,
     momentum: f64,
     steps: &[i64],
+    base: usize,
 ) -> Result<(HeadState, Vec<Option<Vec<Ciphertext>>>)> {
     let ctx: &CkksContext = &ev.ctx;
     let s = ctx.slots();
@@ -555,12 +587,12 @@ fn encrypted_step(
         .collect::<Result<Vec<_>>>()?;
     // Xm_j = X_j ⊙ (η/|B|)·batch mask: one plaintext per block, encoded at a large scale so
     // that the small factor keeps its precision (rescaled: level lx − 1, scale t_x).
-    // Scales are chained so that the rotation sums land on σ_S = q_1·s_w/C_G at level 1
-    // (room for |S| < 128 there) and G = S·C_G/q_1 exactly on the weights' scale s_w.
+    // Scales are chained so that the rotation sums land on σ_S = q_{b+1}·s_w/C_G at level
+    // b + 1 (room for |S| < 128 there) and G = S·C_G/q_{b+1} exactly on the weights' scale s_w.
     let q = |l: usize| ctx.level_modulus(l);
     let se = sw * sx / q(lx);
-    let sigma_s = q(1) * sw / C_G;
-    let t_x = sigma_s * q(2) / se;
+    let sigma_s = q(base + 1) * sw / C_G;
+    let t_x = sigma_s * q(base + 2) / se;
     let pts = active
         .iter()
         .map(|&k| ctx.encode(masks[k].as_deref().unwrap_or(&[]), q(lx) * t_x / sx, lx))
@@ -590,10 +622,10 @@ fn encrypted_step(
                 });
             }
             let p = p.ok_or_else(|| Error::InvalidInput("empty mini-batch".into()))?;
-            // Down to level 2 (cheaper relinearization), rescale to level 1, where the
-            // rotations cost 2 limbs and run at scale σ_S ≈ 2^48, far above their key-switching
-            // noise (~2^16): G = Σ_t (η/|B|)·E_c[t]·X_j[t]·[t ∈ B] in every slot.
-            let p = ctx.relinearize(&ctx.mod_switch_to(&p, 2)?, &ev.relin)?;
+            // Down to level b + 2 (cheaper relinearization), rescale to level b + 1, where the
+            // rotations cost the fewest limbs and run at scale σ_S ≈ 2^48, far above their
+            // key-switching noise (~2^16): G = Σ_t (η/|B|)·E_c[t]·X_j[t]·[t ∈ B] in every slot.
+            let p = ctx.relinearize(&ctx.mod_switch_to(&p, base + 2)?, &ev.relin)?;
             let sum = ctx.rotate_and_add(&ctx.rescale(&p)?, steps, &ev.galois)?;
             let g = ctx.rescale(&ctx.multiply_scalar(&sum, 1.0, C_G)?)?;
             let v = if momentum > 0.0 {
@@ -634,7 +666,72 @@ pub fn train_head_encrypted(
     ev: &PublicEval,
     holder: &KeyHolder,
 ) -> Result<HeadReport> {
+    let run = HeadRun {
+        ev,
+        refresher: holder,
+        base: 0,
+        encrypt: &|v: &[f64], l: usize| holder.encrypt_at(v, l),
+        monitor: opts.monitor_labels.map(|l| (holder, l)),
+    };
+    let (w, report) = train_head_steps(model, set, cfg, &run)?;
+    // The key holder decrypts the trained head (slot 0 of every weight).
+    let vals = w
+        .par_iter()
+        .map(|c| Ok(holder.decrypt(c)?[0]))
+        .collect::<Result<Vec<f64>>>()?;
+    set_head_weights(model, &vals)?;
+    Ok(report)
+}
+
+/// Sets the head's weights from `vals[c·(d+1) + j]` (`j = d`: the bias), the order of the
+/// encrypted state.
+pub fn set_head_weights(model: &mut Sequential, vals: &[f64]) -> Result<()> {
+    let [Layer::Linear(l)] = model.layers_mut() else {
+        return Err(Error::Model("a transfer head has one Linear layer".into()));
+    };
+    let (classes, d) = l.weight.dim();
+    if vals.len() != classes * (d + 1) {
+        return Err(Error::Shape(format!(
+            "{} values for a {classes}×{d} head with biases",
+            vals.len()
+        )));
+    }
+    for c in 0..classes {
+        for j in 0..d {
+            l.weight[[c, j]] = vals[c * (d + 1) + j];
+        }
+        l.bias[c] = vals[c * (d + 1) + d];
+    }
+    Ok(())
+}
+
+/// Who does what in [`train_head_steps`].
+pub struct HeadRun<'a> {
+    /// The server's public material.
+    pub ev: &'a PublicEval,
+    /// Brings weights and velocities back up before every step after the first.
+    pub refresher: &'a dyn Refresh,
+    /// The level a step leaves the weights at (at least `refresher.min_level()`): velocities
+    /// live one above it, weights and features at `base + 3` or higher.
+    pub base: usize,
+    /// Encrypts the initial weights (slot values) at a level.
+    pub encrypt: &'a (dyn Fn(&[f64], usize) -> Result<Ciphertext> + Sync),
+    /// The key holder and the labels, to decrypt each step's logits for the batch loss and
+    /// accuracy (monitoring only; a run without a key holder has none).
+    pub monitor: Option<(&'a KeyHolder, &'a [usize])>,
+}
+
+/// The encrypted steps of [`train_head_encrypted`] with any refresh: returns the trained
+/// weights, encrypted (index `c·(d+1) + j`, each value in every slot, at level `run.base`),
+/// for whoever may decrypt them.
+pub fn train_head_steps(
+    model: &Sequential,
+    set: &EncryptedSet,
+    cfg: &TrainConfig,
+    run: &HeadRun<'_>,
+) -> Result<(Vec<Ciphertext>, HeadReport)> {
     check_cfg(cfg, set.samples)?;
+    let ev = run.ev;
     let ctx = &ev.ctx;
     let s = ctx.slots();
     let (w0, b0) = head_weights(model)?;
@@ -650,10 +747,18 @@ pub fn train_head_encrypted(
             y0.len()
         )));
     }
+    let base = run.base;
+    if base < run.refresher.min_level() {
+        return Err(Error::InvalidParameters(format!(
+            "a step may leave the weights at level {base}, but {} needs level {} or higher",
+            run.refresher.describe(),
+            run.refresher.min_level()
+        )));
+    }
     let lx = f0[0].level();
-    if lx < 3 {
+    if lx < base + 3 {
         return Err(Error::OutOfLevels {
-            op: "encrypted head step (needs features at level ≥ 3; see refresh_features)",
+            op: "encrypted head step (needs features 3 levels above the weights' lowest; see refresh_features)",
             level: lx,
         });
     }
@@ -678,11 +783,11 @@ pub fn train_head_encrypted(
     let mut st = HeadState {
         w: init_w
             .par_iter()
-            .map(|&v| holder.encrypt_at(&replicate(v), lx))
+            .map(|&v| (run.encrypt)(&replicate(v), lx))
             .collect::<Result<_>>()?,
         v: (0..init_w.len())
             .into_par_iter()
-            .map(|_| holder.encrypt_at(&replicate(0.0), 1))
+            .map(|_| (run.encrypt)(&replicate(0.0), base + 1))
             .collect::<Result<_>>()?,
     };
     let n = set.samples;
@@ -698,6 +803,13 @@ pub fn train_head_encrypted(
         feature_level: lx,
         ..HeadReport::default()
     };
+    let refresh_to = |cts: &[Ciphertext], level: usize| -> Result<Vec<Ciphertext>> {
+        run.refresher
+            .refresh_to(cts, level)?
+            .iter()
+            .map(|c| ctx.mod_switch_to(c, level))
+            .collect()
+    };
     let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
     let mut step = 0usize;
     for epoch in 1..=cfg.epochs {
@@ -708,8 +820,8 @@ pub fn train_head_encrypted(
             if refreshed {
                 let t = Instant::now();
                 st = HeadState {
-                    w: holder.refresh_at(&st.w, lx)?,
-                    v: holder.refresh_at(&st.v, 1)?,
+                    w: refresh_to(&st.w, lx)?,
+                    v: refresh_to(&st.v, base + 1)?,
                 };
                 report.refreshes += 1;
                 refresh_s += t.elapsed().as_secs_f64();
@@ -725,11 +837,12 @@ pub fn train_head_encrypted(
                 cfg.lr,
                 cfg.momentum,
                 &steps,
+                base,
             )?;
             let seconds = t.elapsed().as_secs_f64();
             epoch_s += seconds;
             st = next;
-            let (loss, accuracy) = if let Some(labels) = opts.monitor_labels {
+            let (loss, accuracy) = if let Some((holder, labels)) = run.monitor {
                 monitor(holder, &zs, &batch, labels, s)?
             } else {
                 (f64::NAN, f64::NAN)
@@ -766,23 +879,7 @@ pub fn train_head_encrypted(
         }
     }
     cfg.progress.emit(ProgressEvent::Finish);
-    // The key holder decrypts the trained head (slot 0 of every weight).
-    let vals =
-        st.w.par_iter()
-            .map(|c| Ok(holder.decrypt(c)?[0]))
-            .collect::<Result<Vec<f64>>>()?;
-    match model.layers_mut() {
-        [Layer::Linear(l)] => {
-            for c in 0..classes {
-                for j in 0..d {
-                    l.weight[[c, j]] = vals[c * (d + 1) + j];
-                }
-                l.bias[c] = vals[c * (d + 1) + d];
-            }
-        }
-        _ => return Err(Error::Model("a transfer head has one Linear layer".into())),
-    }
-    Ok(report)
+    Ok((st.w, report))
 }
 
 /// Key-holder monitor: mean MSE loss and accuracy of the batch from the decrypted logits.

@@ -4,7 +4,7 @@
 //! The coordinator drives: it sends each party a request, the parties answer with shares (or,
 //! for application jobs and published plaintexts, a reply), and the coordinator aggregates and
 //! finishes every protocol ([`Coordinator::keygen`], [`Coordinator::refresh`],
-//! [`Coordinator::decrypt_to`]). A party runs [`serve_party`]: it answers each request with
+//! [`Coordinator::decrypt_to`], [`Coordinator::reencrypt_to`]). A party runs [`serve_party`]: it answers each request with
 //! its own [`Party`], whose secret share never leaves the process; what a party does besides
 //! the protocols (encrypt its data, use a plaintext it receives) is its [`PartyApp`].
 //!
@@ -29,6 +29,7 @@ const OP_REFRESH: u8 = 4;
 const OP_DECRYPT: u8 = 5;
 const OP_JOB: u8 = 6;
 const OP_BYE: u8 = 7;
+const OP_PCKS: u8 = 8;
 
 /// The collective keys of a session: what the coordinator (or anyone) computes with.
 pub struct CollectiveKeys {
@@ -176,6 +177,28 @@ impl Coordinator {
         Ok(self.refresh_runs(&[(ct, run)], params)?.remove(0))
     }
 
+    /// Appends the count, then per ciphertext its run and its length-prefixed bytes; each run
+    /// must be fresh (see [`Self::fresh`]) and distinct.
+    fn push_runs(
+        &self,
+        req: &mut Vec<u8>,
+        runs: &[(&Ciphertext, u64)],
+        protocol: fn(u64) -> Protocol,
+    ) -> Result<()> {
+        req.extend_from_slice(&(runs.len() as u32).to_le_bytes());
+        for (i, &(ct, run)) in runs.iter().enumerate() {
+            self.fresh(protocol(run))?;
+            if runs[..i].iter().any(|&(_, r)| r == run) {
+                return Err(Error::Multiparty(format!("run {run} twice in one request")));
+            }
+            let bytes = serialize::to_bytes(&self.ctx, ct, WriteOptions::default())?;
+            req.extend_from_slice(&run.to_le_bytes());
+            req.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            req.extend_from_slice(&bytes);
+        }
+        Ok(())
+    }
+
     fn refresh_runs(
         &mut self,
         runs: &[(&Ciphertext, u64)],
@@ -185,17 +208,7 @@ impl Coordinator {
         req.extend_from_slice(&params.lambda.to_le_bytes());
         req.extend_from_slice(&params.message_log2.to_le_bytes());
         req.extend_from_slice(&(params.parties as u32).to_le_bytes());
-        req.extend_from_slice(&(runs.len() as u32).to_le_bytes());
-        for (i, &(ct, run)) in runs.iter().enumerate() {
-            self.fresh(Protocol::Refresh { run })?;
-            if runs[..i].iter().any(|&(_, r)| r == run) {
-                return Err(Error::Multiparty(format!("run {run} twice in one refresh")));
-            }
-            let bytes = serialize::to_bytes(&self.ctx, ct, WriteOptions::default())?;
-            req.extend_from_slice(&run.to_le_bytes());
-            req.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-            req.extend_from_slice(&bytes);
-        }
+        self.push_runs(&mut req, runs, |run| Protocol::Refresh { run })?;
         self.request_all(&req)?;
         runs.iter()
             .map(|&(ct, run)| {
@@ -250,6 +263,32 @@ impl Coordinator {
         let out = self.hub.reply(to, "published plaintext")?;
         self.decryptions[to] += 1;
         Ok(out)
+    }
+
+    /// Collective re-encryption (PCKS) of `cts`, each in a fresh run, under a receiver's public
+    /// key `pk` (any key set, e.g. a data owner's own): every party sends a smudged share, the
+    /// coordinator finishes. Nobody sees a plaintext; only the holder of `pk`'s secret can
+    /// decrypt the results.
+    pub fn reencrypt_to(
+        &mut self,
+        cts: &[Ciphertext],
+        pk: &PublicKey,
+        smudging: &Smudging,
+    ) -> Result<Vec<Ciphertext>> {
+        let runs: Vec<(&Ciphertext, u64)> = cts.iter().map(|c| (c, self.take_run())).collect();
+        let mut req = vec![OP_PCKS];
+        req.extend_from_slice(&smudging.bound_bits().to_le_bytes());
+        let pk_bytes = serialize::to_bytes(&self.ctx, pk, WriteOptions::default())?;
+        req.extend_from_slice(&(pk_bytes.len() as u64).to_le_bytes());
+        req.extend_from_slice(&pk_bytes);
+        self.push_runs(&mut req, &runs, |run| Protocol::Pcks { run })?;
+        self.request_all(&req)?;
+        runs.iter()
+            .map(|&(ct, run)| {
+                let agg = self.gather_all(Protocol::Pcks { run }, ct.level())?;
+                mhe::pcks_finalize(&self.ctx, ct, &agg, pk)
+            })
+            .collect()
     }
 
     /// Application jobs: `payloads[i]` to party `i` (all sent first, so the parties work in
@@ -321,6 +360,15 @@ impl<'a> Fields<'a> {
     fn rest(self) -> &'a [u8] {
         self.0
     }
+    fn len(&mut self) -> Result<usize> {
+        usize::try_from(self.u64()?).map_err(|_| Error::Decode("field length".into()))
+    }
+    /// A run and its ciphertext, as [`Coordinator::push_runs`] writes them.
+    fn run(&mut self, ctx: &RlweContext) -> Result<(u64, Ciphertext)> {
+        let run = self.u64()?;
+        let len = self.len()?;
+        Ok((run, serialize::from_bytes(ctx, self.bytes(len)?)?))
+    }
 }
 
 /// Serves the coordinator's requests with `party` until it ends the session. Requests that
@@ -380,11 +428,17 @@ fn handle(
                 parties: f.u32()? as usize,
             };
             for _ in 0..f.u32()? {
-                let run = f.u64()?;
-                let len = usize::try_from(f.u64()?)
-                    .map_err(|_| Error::Decode("ciphertext length".into()))?;
-                let ct: Ciphertext = serialize::from_bytes(&ctx, f.bytes(len)?)?;
+                let (run, ct) = f.run(&ctx)?;
                 link.send(&party.refresh_share(&ct, run, &params)?)?;
+            }
+        }
+        OP_PCKS => {
+            let smudging = Smudging::bits(f.u32()?)?;
+            let len = f.len()?;
+            let pk: PublicKey = serialize::from_bytes(&ctx, f.bytes(len)?)?;
+            for _ in 0..f.u32()? {
+                let (run, ct) = f.run(&ctx)?;
+                link.send(&party.pcks_share(&ct, &pk, &smudging, run)?)?;
             }
         }
         OP_DECRYPT => {
