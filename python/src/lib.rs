@@ -1,6 +1,6 @@
 //! Python bindings of hetensor: contexts, batched encrypted tensors over numpy arrays, pickling
-//! through the compact format, and the bundled LeNet-1. Every heavy call releases the GIL and
-//! runs on this module's rayon pool.
+//! through the compact format, and models (ONNX or the bundled LeNet-1) run encrypted. Every
+//! heavy call releases the GIL and runs on this module's rayon pool.
 
 use std::sync::{Arc, Mutex};
 
@@ -74,6 +74,11 @@ pub(crate) fn to_py(e: hetensor::Error) -> PyErr {
         E::Shape(_) | E::TooManyValues { .. } | E::CiphertextSize(_) => ShapeError::new_err(msg),
         E::NoiseBudgetExhausted { .. } => NoiseBudgetError::new_err(msg),
         E::Model(_) | E::UnsupportedOp { .. } => ModelError::new_err(msg),
+        // Python's own: `except FileNotFoundError` / `OSError` work as for `open`.
+        E::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            pyo3::exceptions::PyFileNotFoundError::new_err(msg)
+        }
+        E::Io(_) => pyo3::exceptions::PyOSError::new_err(msg),
         _ => HetensorError::new_err(msg),
     }
 }
