@@ -57,24 +57,10 @@ create_exception!(
     "A model that cannot be loaded or run encrypted."
 );
 
-/// Rust's allocations (ciphertexts) go to mimalloc, which keeps freed polynomial buffers for
-/// reuse; Python's objects keep Python's allocator.
+/// Rust's allocations (ciphertexts) go to mimalloc, as in the CLI (see `hetensor::alloc`);
+/// Python's objects keep Python's allocator.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Keeps freed memory instead of returning it to the OS after mimalloc's purge delay (as the
-/// CLI does): a process that alternates work with waiting (a pool worker between tasks, Python
-/// code between operations) would otherwise page-fault its buffers back in every step.
-/// A `MIMALLOC_PURGE_DELAY` the user sets wins.
-fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // `mi_option_purge_delay` in mimalloc.h (mimalloc exports no constant for it).
-        const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-        // SAFETY: `mi_option_set` is not thread-safe; it runs once, at import, before this
-        // module has started any thread (the pool is built on the first heavy call).
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    }
-}
+static GLOBAL: hetensor::alloc::MiMalloc = hetensor::alloc::MiMalloc;
 
 /// Maps the crate's typed error to the exception hierarchy, keeping the message.
 pub(crate) fn to_py(e: hetensor::Error) -> PyErr {
@@ -164,7 +150,9 @@ fn get_num_threads() -> PyResult<usize> {
 
 #[pymodule]
 fn _hetensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    keep_freed_memory();
+    // SAFETY: at import, before this module has started any thread (the pool is built on the
+    // first heavy call).
+    unsafe { hetensor::alloc::keep_freed_memory() };
     let py = m.py();
     m.add("HetensorError", py.get_type::<HetensorError>())?;
     m.add("ParameterError", py.get_type::<ParameterError>())?;
