@@ -8,7 +8,7 @@ use hetensor::ckks::CkksContext;
 use hetensor::graph::Graph;
 use hetensor::lower::{choose_ckks_params, sequential_graph, CkksBatched, Plan};
 use hetensor::nn::weights;
-use hetensor::tensor::CipherTensor;
+use hetensor::progress::Progress;
 use hetensor::{onnx, Error};
 use numpy::{IntoPyArray, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
@@ -153,13 +153,18 @@ impl Model {
             let Scheme::Ckks(ctx) = &inner.scheme else {
                 return Err(Error::InvalidInput("the model runs on CKKS tensors".into()));
             };
-            let input =
-                CipherTensor::from_ciphertexts(core.shape.clone(), batch, core.cts.to_vec())?;
             let mut runner = CkksBatched::new(&self.plan, ctx.as_ref(), &inner.keys.relin)?;
             if let Some(b) = bound {
                 runner = runner.with_output_bound(b);
             }
-            let y = runner.forward(&input)?;
+            // Borrowed: the input stays Python's, and is not copied for the call.
+            let y = runner.forward_ciphertexts(
+                &core.shape,
+                batch,
+                &core.cts,
+                &Progress::none(),
+                None,
+            )?;
             Ok(Core {
                 k: core.k.clone(),
                 shape: y.shape().to_vec(),
