@@ -8,6 +8,8 @@
 //! `math` → `backend` → `rlwe` → `bfv` / `ckks` → `tensor` → `nn` → `graph` → `onnx` → `lower` → CLI.
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "mimalloc")]
+pub mod alloc;
 pub mod backend;
 pub mod bfv;
 pub mod ckks;

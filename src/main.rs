@@ -2,26 +2,9 @@
 
 mod cli;
 
-/// mimalloc keeps freed polynomial buffers for reuse; glibc returns large blocks to the OS and
-/// page-faults them back in, which cost up to 5x on element-wise operations.
+/// See [`hetensor::alloc`].
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Tells mimalloc to keep freed memory rather than hand it back to the OS after its purge
-/// delay. A process that alternates work with waiting (a worker between jobs, a parent while
-/// its workers compute) otherwise page-faults its buffers back in every step: ~2,000 faults
-/// per `titanic-workers` round, ~10 % of a worker's job. The peak, which is what these
-/// commands report and need, is unchanged. A `MIMALLOC_PURGE_DELAY` the user sets wins.
-fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // `mi_option_purge_delay` in mimalloc.h; mimalloc keeps option numbers stable
-        // (retired options keep their slots), but exports no constant for this one.
-        const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-        // SAFETY: `mi_option_set` is not thread-safe; this runs first in `main`, before any
-        // other thread exists.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    }
-}
+static GLOBAL: hetensor::alloc::MiMalloc = hetensor::alloc::MiMalloc;
 
 use std::process::ExitCode;
 
@@ -281,7 +264,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    // SAFETY: first in `main`, before any other thread exists.
+    unsafe { hetensor::alloc::keep_freed_memory() };
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Mnist {
         limit: None,

@@ -3,24 +3,30 @@
 The key holder encrypts the passengers (one ciphertext per feature, one slot per passenger)
 and, every epoch, the current weights (broadcast: the same value in every slot). Pool workers
 hold only the public context and the encrypted data (sent once, when the pool starts); each
-epoch, a worker gets the encrypted weights and computes its part of the encrypted gradient
+epoch, the gradient
 
     grad_j = Σ_samples x_j · (σ3(x·w) − y),   σ3(z) = 0.5 + 0.197 z − 0.004 z³,
 
-and returns it pickled. The key holder decrypts only the gradient and takes the step; the
-plaintext model trained with the same σ3 is the reference.
+is computed in two rounds over the pool, split over the features (all 891 passengers fit in
+the slots of one ciphertext per feature, so splitting the rows would not split the work):
 
-Work is split over the features, not the rows: all 891 passengers fit in the slots of one
-ciphertext per feature, so a worker given half the rows would still handle every ciphertext.
-Each worker recomputes σ3(x·w) (one product per feature and the polynomial) and then only its
-features' products and sums over the samples (the rotations, most of the work).
+1. worker k gets only its features' encrypted weights and returns its part of x·w (one
+   relinearization); the key holder adds the parts (ciphertext additions, no decryption);
+2. worker k gets x·w, computes σ3(x·w) − y and returns Σ_samples x_j·(σ3 − y) for its
+   features (the rotations of that sum are most of the work).
+
+Only σ3 (3 products on one ciphertext) is computed by every worker. The key holder decrypts
+only the gradient and takes the step; the plaintext model trained with the same σ3 is the
+reference.
 
     python examples/python/titanic_multiprocessing.py --workers 2 --epochs 5
 """
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
+import operator
 import os
 import pickle
 import sys
@@ -44,13 +50,17 @@ def _init(public_bytes, data, threads):
     _WORKER["parts"], _WORKER["y"] = pickle.loads(data)
 
 
+def partial_z(task):
+    """Worker, round 1: x·w per passenger over feature group `k` (pickled tensors in and out)."""
+    k, w_k = pickle.loads(task)
+    return pickle.dumps(_WORKER["parts"][k].dot(w_k))            # one relin         [n]
+
+
 def gradient_part(task):
-    """Worker: the encrypted gradient of feature group `k` (pickled tensors in and out)."""
-    k, w_parts = pickle.loads(task)
-    parts, y = _WORKER["parts"], _WORKER["y"]
-    z = sum(x.dot(w) for x, w in zip(parts, w_parts))  # x·w per passenger: one relin each [n]
-    err = z.polyval(SIGMOID3) - y                                  # σ3(z) − y          [n]
-    return pickle.dumps((parts[k] * err).sum(axis=0))              # Σ_samples x·err    [1, d_k]
+    """Worker, round 2: the encrypted gradient of feature group `k` given x·w."""
+    k, z = pickle.loads(task)
+    err = z.polyval(SIGMOID3) - _WORKER["y"]                        # σ3(z) − y          [n]
+    return pickle.dumps((_WORKER["parts"][k] * err).sum(axis=0))    # Σ_samples x·err    [1, d_k]
 
 
 def plain_gradient(x, y, w):
@@ -94,7 +104,9 @@ def train(workers=2, epochs=5, rows=None, lr=4.0, threads=None, log=print):
         for epoch in range(epochs):
             t = time.perf_counter()
             w_parts = [ctx.encrypt(w_enc_model[g], broadcast=True) for g in groups]
-            tasks = [pickle.dumps((k, w_parts)) for k in range(workers)]
+            z_parts = pool.map(partial_z, [pickle.dumps((k, w)) for k, w in enumerate(w_parts)])
+            z = functools.reduce(operator.add, map(pickle.loads, z_parts))
+            tasks = [pickle.dumps((k, z)) for k in range(workers)]
             grads = [pickle.loads(g) for g in pool.map(gradient_part, tasks)]
             grad = np.concatenate([g.decrypt()[0] for g in grads])  # only the key holder can
             w_enc_model -= lr / n * grad

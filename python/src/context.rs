@@ -131,6 +131,21 @@ fn owner(scheme: Scheme, secret: SecretKey, keys: PublicKeys) -> Inner {
     }
 }
 
+/// A fresh CKKS key set under `ctx`, with rotation keys for `steps`.
+pub(crate) fn ckks_key_set(ctx: CkksContext, steps: &[i64]) -> Result<Inner> {
+    let keys = ctx.keygen()?;
+    let galois = rotation_keys(steps, |s| ctx.gen_galois_keys(&keys.secret, s, false))?;
+    Ok(owner(
+        Scheme::Ckks(Arc::new(ctx)),
+        keys.secret,
+        PublicKeys {
+            public: keys.public,
+            relin: keys.relin,
+            galois,
+        },
+    ))
+}
+
 /// Parameters and keys of one key set. A context made by `Context.ckks` or `Context.bfv` holds
 /// the secret key; `ctx.public()` is the same key set without it, safe to send to workers.
 #[pyclass(frozen, module = "hetensor")]
@@ -237,18 +252,8 @@ impl Context {
                 b.build()?
             };
             let ctx = CkksContext::new(params)?;
-            let keys = ctx.keygen()?;
             let steps = rotations.unwrap_or_else(|| power_steps(ctx.slots()));
-            let galois = rotation_keys(&steps, |s| ctx.gen_galois_keys(&keys.secret, s, false))?;
-            Ok(owner(
-                Scheme::Ckks(Arc::new(ctx)),
-                keys.secret,
-                PublicKeys {
-                    public: keys.public,
-                    relin: keys.relin,
-                    galois,
-                },
-            ))
+            ckks_key_set(ctx, &steps)
         })?;
         Ok(Self::wrap(inner))
     }

@@ -1,6 +1,6 @@
 //! Python bindings of hetensor: contexts, batched encrypted tensors over numpy arrays, pickling
-//! through the compact format, and the bundled LeNet-1. Every heavy call releases the GIL and
-//! runs on this module's rayon pool.
+//! through the compact format, and models (ONNX or the bundled LeNet-1) run encrypted. Every
+//! heavy call releases the GIL and runs on this module's rayon pool.
 
 use std::sync::{Arc, Mutex};
 
@@ -57,6 +57,11 @@ create_exception!(
     "A model that cannot be loaded or run encrypted."
 );
 
+/// Rust's allocations (ciphertexts) go to mimalloc, as in the CLI (see `hetensor::alloc`);
+/// Python's objects keep Python's allocator.
+#[global_allocator]
+static GLOBAL: hetensor::alloc::MiMalloc = hetensor::alloc::MiMalloc;
+
 /// Maps the crate's typed error to the exception hierarchy, keeping the message.
 pub(crate) fn to_py(e: hetensor::Error) -> PyErr {
     use hetensor::Error as E;
@@ -74,6 +79,11 @@ pub(crate) fn to_py(e: hetensor::Error) -> PyErr {
         E::Shape(_) | E::TooManyValues { .. } | E::CiphertextSize(_) => ShapeError::new_err(msg),
         E::NoiseBudgetExhausted { .. } => NoiseBudgetError::new_err(msg),
         E::Model(_) | E::UnsupportedOp { .. } => ModelError::new_err(msg),
+        // Python's own: `except FileNotFoundError` / `OSError` work as for `open`.
+        E::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
+            pyo3::exceptions::PyFileNotFoundError::new_err(msg)
+        }
+        E::Io(_) => pyo3::exceptions::PyOSError::new_err(msg),
         _ => HetensorError::new_err(msg),
     }
 }
@@ -140,6 +150,9 @@ fn get_num_threads() -> PyResult<usize> {
 
 #[pymodule]
 fn _hetensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // SAFETY: at import, before this module has started any thread (the pool is built on the
+    // first heavy call).
+    unsafe { hetensor::alloc::keep_freed_memory() };
     let py = m.py();
     m.add("HetensorError", py.get_type::<HetensorError>())?;
     m.add("ParameterError", py.get_type::<ParameterError>())?;

@@ -1,19 +1,51 @@
-//! `hetensor.Model`: the bundled LeNet-1 run encrypted on a `CKKSTensor`.
+//! `hetensor.Model`: a graph (an ONNX file, or the bundled LeNet-1) planned once by the Rust
+//! lowering and run encrypted on a `CKKSTensor` (CKKS, batched: one sample per slot).
 
-use hetensor::lower::{forward_sequential, Plan};
-use hetensor::nn::{weights, Sequential};
-use hetensor::tensor::CipherTensor;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use hetensor::ckks::CkksContext;
+use hetensor::graph::Graph;
+use hetensor::lower::{choose_ckks_params, sequential_graph, CkksBatched, Plan};
+use hetensor::nn::weights;
+use hetensor::progress::Progress;
+use hetensor::{onnx, Error};
 use numpy::{IntoPyArray, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 
+use crate::context::{self, Context, Scheme};
 use crate::kernel::Kernel;
 use crate::tensor::{CKKSTensor, Core};
 use crate::{heavy, to_py};
 
-/// A model that runs on encrypted batches (CKKS, batched layout: one image per slot).
+/// The output bound `Model.lenet1()` runs with: about twice its largest logit on the MNIST test set
+/// (23.4).
+const LENET1_OUTPUT_BOUND: f64 = 50.0;
+
+/// A model that runs on encrypted batches (CKKS, batched layout: one sample per slot).
 #[pyclass(frozen, module = "hetensor")]
 pub struct Model {
-    net: Sequential,
+    graph: Graph,
+    plan: Plan,
+    /// The output bound `__call__` uses by default: the bundled model's, or the last
+    /// `context(calibration)`'s (twice the largest calibration output).
+    bound: Mutex<Option<f64>>,
+    what: String,
+}
+
+impl Model {
+    fn planned(graph: Graph, bound: Option<f64>, what: String) -> hetensor::Result<Self> {
+        Ok(Self {
+            plan: Plan::new(&graph)?,
+            graph,
+            bound: Mutex::new(bound),
+            what,
+        })
+    }
+
+    fn bound(&self) -> Option<f64> {
+        *self.bound.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[pymethods]
@@ -23,63 +55,150 @@ impl Model {
     /// `Context.ckks(log_n=13, scale_bits=25, preset=True, rotations=[])`.
     #[staticmethod]
     fn lenet1() -> PyResult<Self> {
-        Ok(Self {
-            net: weights::pretrained_lenet1().map_err(to_py)?,
+        let build = || {
+            let net = weights::pretrained_lenet1()?;
+            let graph = sequential_graph(&net, &[1, 28, 28])?;
+            Self::planned(graph, Some(LENET1_OUTPUT_BOUND), "LeNet-1".into())
+        };
+        build().map_err(to_py)
+    }
+
+    /// Loads an ONNX model (the ops `hetensor infer` lowers: Conv, Gemm/MatMul, polynomial
+    /// activations, average pooling, BatchNorm, Add, reshapes; see the README) and plans its
+    /// encrypted evaluation. An op the lowering cannot run encrypted (ReLU, max pooling) is a
+    /// `ModelError` here, not later; a missing file is a `FileNotFoundError`. Pick parameters
+    /// with `model.context(calibration)`.
+    #[staticmethod]
+    fn from_onnx(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        heavy(py, || {
+            let graph = onnx::load(&path)?;
+            Self::planned(graph, None, path.display().to_string())
         })
+    }
+
+    /// A fresh CKKS key set (with its secret key) whose parameters fit this model, chosen as
+    /// `hetensor infer` does from plaintext `calibration` samples `[n, *input_shape]`: the
+    /// plan's depth, the smallest 128-bit ring at scale 2^25..2^29, and a base modulus that
+    /// holds the values the calibration set reaches. Also sets the output bound `model(x)`
+    /// uses to twice the largest calibration output. `rotations` as for `Context.ckks`
+    /// (default none: the batched layout never rotates).
+    #[pyo3(signature = (calibration, rotations=None))]
+    fn context(
+        &self,
+        py: Python<'_>,
+        calibration: PyReadonlyArrayDyn<'_, f64>,
+        rotations: Option<Vec<i64>>,
+    ) -> PyResult<Context> {
+        let calib = calibration.as_array().to_owned();
+        let (inner, bound) = heavy(py, || {
+            if calib.ndim() < 1 || calib.shape()[1..] != *self.plan.input_shape() {
+                return Err(Error::Shape(format!(
+                    "calibration samples of shape {:?}; the model takes [n, {:?}]",
+                    calib.shape(),
+                    self.plan.input_shape()
+                )));
+            }
+            let (params, choice) = choose_ckks_params(&self.plan, &self.graph, &calib)?;
+            let ctx = CkksContext::new(params)?;
+            let inner = context::ckks_key_set(ctx, &rotations.unwrap_or_default())?;
+            Ok((inner, choice.output_bound))
+        })?;
+        *self.bound.lock().unwrap_or_else(|e| e.into_inner()) = Some(bound);
+        Ok(Context::wrap(inner))
     }
 
     /// Levels (rescalings) an encrypted forward pass consumes.
     #[getter]
-    fn levels(&self) -> PyResult<usize> {
-        Ok(Plan::from_sequential(&self.net, &[1, 28, 28])
-            .map_err(to_py)?
-            .depth())
+    fn levels(&self) -> usize {
+        self.plan.depth()
     }
 
-    /// Runs the model on an encrypted batch. `output_bound` is the largest output magnitude
-    /// to expect (the last layer sizes level 0 for it).
-    #[pyo3(signature = (x, output_bound=50.0))]
-    fn __call__(&self, py: Python<'_>, x: &CKKSTensor, output_bound: f64) -> PyResult<CKKSTensor> {
+    /// Per-sample input shape (the tensor's shape without the batch axis).
+    #[getter]
+    fn input_shape(&self) -> Vec<usize> {
+        self.plan.input_shape().to_vec()
+    }
+
+    /// Per-sample output shape.
+    #[getter]
+    fn output_shape(&self) -> Vec<usize> {
+        self.plan.output_shape().to_vec()
+    }
+
+    /// The output bound `model(x)` uses when none is given (None: no bound, the output keeps
+    /// its natural scale).
+    #[getter]
+    fn output_bound(&self) -> Option<f64> {
+        self.bound()
+    }
+
+    /// Runs the model on an encrypted batch `[batch, *input_shape]`. `output_bound` is the
+    /// largest output magnitude to expect (the last dense map lowers its scale so that level
+    /// 0 holds it); default: `model.output_bound`.
+    #[pyo3(signature = (x, output_bound=None))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        x: &CKKSTensor,
+        output_bound: Option<f64>,
+    ) -> PyResult<CKKSTensor> {
         let core = x.core.clone();
         let inner = core.k.inner().clone();
+        let bound = output_bound.or_else(|| self.bound());
         let out = heavy(py, || {
             let batch = core.batch.ok_or_else(|| {
-                hetensor::Error::Shape("the model needs a batch (axis 0 = images)".into())
+                Error::Shape(
+                    "the model needs a batch (axis 0 = samples), not a broadcast tensor".into(),
+                )
             })?;
-            let ctx = match &inner.scheme {
-                crate::context::Scheme::Ckks(c) => c.clone(),
-                crate::context::Scheme::Bfv(_) => unreachable!("a CKKSTensor has a CKKS context"),
+            let Scheme::Ckks(ctx) = &inner.scheme else {
+                return Err(Error::InvalidInput("the model runs on CKKS tensors".into()));
             };
-            let input =
-                CipherTensor::from_ciphertexts(core.shape.clone(), batch, core.cts.to_vec())?;
-            let y = forward_sequential(&ctx, &self.net, &input, &inner.keys.relin, output_bound)?;
+            let mut runner = CkksBatched::new(&self.plan, ctx.as_ref(), &inner.keys.relin)?;
+            if let Some(b) = bound {
+                runner = runner.with_output_bound(b);
+            }
+            // Borrowed: the input stays Python's, and is not copied for the call.
+            let y = runner.forward_ciphertexts(
+                &core.shape,
+                batch,
+                &core.cts,
+                &Progress::none(),
+                None,
+            )?;
             Ok(Core {
                 k: core.k.clone(),
                 shape: y.shape().to_vec(),
                 batch: Some(batch),
                 clean: false,
-                cts: std::sync::Arc::new(y.into_ciphertexts()),
+                cts: Arc::new(y.into_ciphertexts()),
             })
         })?;
         Ok(CKKSTensor::from_core(out))
     }
 
-    /// The same model in plaintext (f64), for comparison: `[batch, 1, 28, 28]` → `[batch, 10]`.
+    /// The same model in plaintext (f64, the graph interpreter), for comparison:
+    /// `[batch, *input_shape]` → `[batch, *output_shape]`.
     fn forward<'py>(
         &self,
         py: Python<'py>,
         x: PyReadonlyArrayDyn<'py, f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let x = x.as_array().to_owned();
-        let y = heavy(py, || self.net.forward(&x))?;
+        let y = heavy(py, || {
+            let mut out = self.graph.run(&[x])?;
+            Ok(out.swap_remove(0))
+        })?;
         Ok(y.into_pyarray(py).into_any())
     }
 
     fn __repr__(&self) -> String {
         format!(
-            "Model({} layers, {} parameters)",
-            self.net.len(),
-            self.net.num_params()
+            "Model({}: input {:?}, output {:?}, {} levels)",
+            self.what,
+            self.plan.input_shape(),
+            self.plan.output_shape(),
+            self.plan.depth()
         )
     }
 }

@@ -95,6 +95,37 @@ def test_bfv_exact(bfv):
         X + np.array([0.5, 1.5, 2.5])
 
 
+def test_bfv_context_from_the_parameter_api():
+    """Context.bfv on BfvParams: explicit primes and digits, the noise budget enforced, the
+    key set round-tripped; rows rotate exactly."""
+    small = he.Context.bfv(log_n=13, plain_bits=20, q_primes=3, dnum=3, rotations=[1])
+    assert small.scheme == "bfv" and small.slots == 8192 and small.max_level == 2
+    t = small.plain_modulus
+    assert t.bit_length() == 20 and t % (2 * 8192) == 1  # a batching prime
+    x = np.arange(-8, 8).reshape(8, 2)
+    X = small.encrypt(x)
+    np.testing.assert_array_equal((X * X).decrypt(), x * x)
+    # Three primes hold one product: the second is refused, not decrypted wrong.
+    with pytest.raises(he.NoiseBudgetError, match="noise budget"):
+        X * X * X
+    padded = np.vstack([x, np.zeros((4096 - 8, 2), dtype=np.int64)])
+    np.testing.assert_array_equal(X.rotate(1).decrypt(), np.roll(padded, -1, axis=0)[:8])
+    # Values wrap modulo t, shown centered.
+    big = small.encrypt(np.array([[t // 2]]))
+    assert (big + 1).decrypt()[0, 0] == t // 2 + 1 - t
+    full = he.Context.from_bytes(small.to_bytes(secret_key=True))
+    assert full.has_secret_key and full.plain_modulus == t and full.key_id == small.key_id
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(X)).decrypt(full), x)
+    worker = pickle.loads(pickle.dumps(small.public()))
+    np.testing.assert_array_equal((worker.encrypt(x) * 3).decrypt(small), 3 * x)
+    with pytest.raises(he.ParameterError, match="preset"):
+        he.Context.bfv(log_n=12)
+    with pytest.raises(he.ParameterError, match="60"):
+        he.Context.bfv(plain_bits=70)
+    with pytest.raises(he.ParameterError, match="128-bit"):
+        he.Context.bfv(log_n=13, q_primes=20)
+
+
 def test_pickle_and_bytes(ckks, data):
     a, _ = data
     A = ckks.encrypt(a)

@@ -74,18 +74,39 @@ impl<'a> CkksBatched<'a> {
         &self,
         x: &CipherTensor,
         progress: &Progress,
+        timing: Option<&mut LayerTiming>,
+    ) -> Result<CipherTensor> {
+        self.forward_ciphertexts(x.shape(), x.batch(), x.ciphertexts(), progress, timing)
+    }
+
+    /// [`Self::forward_with`] on the ciphertexts of a tensor of per-sample `shape` and `batch`
+    /// samples, borrowed: a caller that keeps its input (the Python binding) holds one copy
+    /// of it fewer than with a [`CipherTensor`] built for the call.
+    pub fn forward_ciphertexts(
+        &self,
+        shape: &[usize],
+        batch: usize,
+        cts: &[Ciphertext],
+        progress: &Progress,
         mut timing: Option<&mut LayerTiming>,
     ) -> Result<CipherTensor> {
         let (ctx, plan) = (self.ctx, self.plan);
-        if x.shape() != plan.input_shape() {
+        if shape != plan.input_shape() {
             return Err(Error::Shape(format!(
                 "the model takes samples of shape {:?}, the encrypted input has {:?}",
                 plan.input_shape(),
-                x.shape()
+                shape
             )));
         }
-        plan.check_fits(ctx, x.batch())?;
-        let top = x.level();
+        if shape.iter().product::<usize>() != cts.len() {
+            return Err(Error::Shape(format!(
+                "{} ciphertexts for shape {shape:?}",
+                cts.len()
+            )));
+        }
+        plan.check_fits(ctx, batch)?;
+        let first = cts.first();
+        let top = first.map_or(0, |c| c.level());
         if plan.depth > top {
             return Err(Error::OutOfLevels {
                 op: "encrypted forward (input below the plan's depth)",
@@ -93,15 +114,16 @@ impl<'a> CkksBatched<'a> {
             });
         }
         let natural = ctx.natural_scale(top);
-        if ((x.scale() - natural) / natural).abs() > 1e-9 {
+        let scale = first.map_or(1.0, |c| c.scale());
+        if ((scale - natural) / natural).abs() > 1e-9 {
             return Err(Error::ScaleMismatch {
                 op: "encrypted forward input (not at its level's natural scale)",
-                left: x.scale().log2(),
+                left: scale.log2(),
                 right: natural.log2(),
             });
         }
         let mut slots: Vec<Option<Tensor>> = vec![None; plan.slots];
-        slots[0] = Some(x.ciphertexts().iter().cloned().map(Arc::new).collect());
+        slots[0] = Some(cts.iter().cloned().map(Arc::new).collect());
         progress.emit(ProgressEvent::Start {
             total: plan.instrs.len() as u64,
             unit: "steps",
@@ -137,7 +159,7 @@ impl<'a> CkksBatched<'a> {
                 Ok(c.derive(c.polys().clone(), scale))
             })
             .collect::<Result<Vec<_>>>()?;
-        CipherTensor::from_ciphertexts(plan.output_shape().to_vec(), x.batch(), cts)
+        CipherTensor::from_ciphertexts(plan.output_shape().to_vec(), batch, cts)
     }
 
     fn exec(&self, ins: &Instr, top: usize, slots: &mut [Option<Tensor>]) -> Result<()> {

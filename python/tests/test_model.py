@@ -1,0 +1,70 @@
+"""hetensor.Model.from_onnx: ONNX files run encrypted through the Rust lowering, checked
+against the plaintext graph interpreter and against numpy's outputs written beside the test
+models (scripts/make_test_onnx.py)."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import hetensor as he
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+ONNX_TESTS = os.path.join(ROOT, "tests", "data", "onnx")
+sys.path.insert(0, os.path.join(ROOT, "examples", "python"))
+
+
+def test_trained_cryptonets_on_mnist():
+    """data/cryptonets.onnx (trained, 98.2 %) on 8 test digits: the encrypted logits match the
+    interpreter's and the labels they predict."""
+    import _data
+
+    model = he.Model.from_onnx(os.path.join(ROOT, "data", "cryptonets.onnx"))
+    assert model.input_shape == [1, 28, 28] and model.output_shape == [10]
+    assert model.output_bound is None
+    images, labels = _data.mnist_test(40)
+    ctx = model.context(images[8:])  # calibrated on other digits than those it runs on
+    assert ctx.has_secret_key and ctx.max_level >= model.levels
+    assert model.output_bound > 0
+    x = images[:8]
+    y = model(ctx.encrypt(x))
+    assert y.shape == [8, 10] and isinstance(y, he.CKKSTensor)
+    got, want = y.decrypt(), model.forward(x)
+    assert want.shape == (8, 10)
+    np.testing.assert_allclose(got, want, atol=1e-3 * np.abs(want).max())
+    assert (got.argmax(1) == want.argmax(1)).all()
+    assert (want.argmax(1) == labels[:8]).mean() >= 0.75  # it is the trained model
+
+
+def test_residual_batchnorm_model_matches_numpy():
+    """A residual block with BatchNorm: the encrypted output against numpy's (the .json beside
+    the model), not only against this crate's interpreter."""
+    model = he.Model.from_onnx(os.path.join(ONNX_TESTS, "residual_bn.onnx"))
+    with open(os.path.join(ONNX_TESTS, "residual_bn.json")) as f:
+        ref = json.load(f)
+    x = np.array(ref["input"]).reshape(ref["input_shape"])
+    want = np.array(ref["output"]).reshape(ref["output_shape"])
+    ctx = model.context(np.random.default_rng(3).uniform(size=(32, *model.input_shape)))
+    got = model(ctx.encrypt(x)).decrypt()
+    np.testing.assert_allclose(got, want, atol=1e-3 * max(1.0, np.abs(want).max()))
+    np.testing.assert_allclose(model.forward(x), want, atol=1e-5)
+
+
+def test_model_errors():
+    with pytest.raises(he.ModelError):
+        he.Model.from_onnx(os.path.join(ONNX_TESTS, "relu_unsupported.onnx"))
+    with pytest.raises(FileNotFoundError, match="no_such.onnx"):
+        he.Model.from_onnx(os.path.join(ONNX_TESTS, "no_such.onnx"))
+    with pytest.raises(he.DecodeError):
+        he.Model.from_onnx(os.path.join(ONNX_TESTS, "residual_bn.json"))
+    model = he.Model.from_onnx(os.path.join(ONNX_TESTS, "residual_bn.onnx"))
+    with pytest.raises(he.ShapeError, match="calibration"):
+        model.context(np.zeros((4, 5)))
+    short = he.Context.ckks(depth=2, scale_bits=25, log_n=13, rotations=[])
+    with pytest.raises(he.ParameterError, match="levels"):
+        model(short.encrypt(np.zeros((2, *model.input_shape))))
+    ctx = he.Context.ckks(depth=model.levels, scale_bits=25, rotations=[])
+    with pytest.raises(he.ShapeError, match="shape"):
+        model(ctx.encrypt(np.zeros((2, 5))))
