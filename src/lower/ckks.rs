@@ -74,6 +74,17 @@ impl<'a> CkksBatched<'a> {
         &self,
         x: &CipherTensor,
         progress: &Progress,
+        timing: Option<&mut LayerTiming>,
+    ) -> Result<CipherTensor> {
+        self.forward_owned(x.clone(), progress, timing)
+    }
+
+    /// [`Self::forward_with`] on an input it may free: its ciphertexts go as soon as the first
+    /// layer has read them, instead of being copied and kept by the caller.
+    pub fn forward_owned(
+        &self,
+        x: CipherTensor,
+        progress: &Progress,
         mut timing: Option<&mut LayerTiming>,
     ) -> Result<CipherTensor> {
         let (ctx, plan) = (self.ctx, self.plan);
@@ -100,8 +111,9 @@ impl<'a> CkksBatched<'a> {
                 right: natural.log2(),
             });
         }
+        let batch = x.batch();
         let mut slots: Vec<Option<Tensor>> = vec![None; plan.slots];
-        slots[0] = Some(x.ciphertexts().iter().cloned().map(Arc::new).collect());
+        slots[0] = Some(x.into_ciphertexts().into_iter().map(Arc::new).collect());
         progress.emit(ProgressEvent::Start {
             total: plan.instrs.len() as u64,
             unit: "steps",
@@ -137,7 +149,7 @@ impl<'a> CkksBatched<'a> {
                 Ok(c.derive(c.polys().clone(), scale))
             })
             .collect::<Result<Vec<_>>>()?;
-        CipherTensor::from_ciphertexts(plan.output_shape().to_vec(), x.batch(), cts)
+        CipherTensor::from_ciphertexts(plan.output_shape().to_vec(), batch, cts)
     }
 
     fn exec(&self, ins: &Instr, top: usize, slots: &mut [Option<Tensor>]) -> Result<()> {
