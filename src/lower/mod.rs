@@ -1176,4 +1176,24 @@ mod tests {
         assert_eq!(broadcast_map(&[2, 3], &[2, 3]), vec![0, 1, 2, 3, 4, 5]);
         assert!(crate::graph::broadcast(&[2, 3], &[3]).is_some());
     }
+
+    #[test]
+    fn parts_join_rows_that_share_a_group() {
+        let group = |outs: &[u32]| Group {
+            inputs: vec![0],
+            outputs: outs.iter().map(|&j| (j, vec![1.0])).collect(),
+        };
+        let row = |terms: &[u32]| SumRow {
+            terms: terms.iter().map(|&i| (i, 1)).collect(),
+            add: 0.0,
+        };
+        // Groups of outputs {0, 1}, {2}, {3}, {4}. Row 0 reads outputs 0 and 2 (groups 0 and
+        // 1), row 2 output 1 (group 0 again): one part. Row 1 reads output 4 (group 3). Group
+        // 2 is read by no row, so no part computes it.
+        let groups = [group(&[0, 1]), group(&[2]), group(&[3]), group(&[4])];
+        let rows = [row(&[0, 2]), row(&[4]), row(&[1])];
+        let p = parts(&groups, 5, &rows);
+        let got: Vec<(Vec<u32>, Vec<u32>)> = p.into_iter().map(|p| (p.rows, p.groups)).collect();
+        assert_eq!(got, vec![(vec![0, 2], vec![0, 1]), (vec![1], vec![3])]);
+    }
 }
