@@ -107,6 +107,8 @@ fn mnist_batched() {
     // images; 0.4 when products were rescaled before relinearization); LeNet-1 gets these
     // first 16 test digits right in plaintext.
     assert_eq!(f(&r, "argmax_agreement"), 1.0, "{r}");
+    assert_eq!(u(&r, "disagreeing_images"), 0, "{r}");
+    assert!(r["largest_disagreeing_gap"].is_null(), "{r}");
     assert!(f(&r, "max_abs_logit_error") < 0.05, "{r}");
     assert!(f(&r, "plaintext_accuracy") >= 0.9, "{r}");
     assert_eq!(f(&r, "encrypted_accuracy"), f(&r, "plaintext_accuracy"));

@@ -52,6 +52,10 @@ pub struct MnistReport {
     /// that small can flip them), and how many of those the encrypted argmax agrees on.
     pub decided_images: usize,
     pub decided_agreement: usize,
+    /// Images whose encrypted argmax differs from the plaintext one, and the largest
+    /// plaintext top-2 gap among them (`None`: all agree): each is a near-tie below it.
+    pub disagreeing_images: usize,
+    pub largest_disagreeing_gap: Option<f64>,
     pub precision: String,
     pub scale_bits: u32,
     pub primes_per_level: usize,
@@ -310,6 +314,8 @@ pub fn run(opts: MnistOptions) -> Result<()> {
         plaintext_logit_range: logit_range,
         decided_images: gaps.iter().filter(|g| g.0 > 2.0 * max_err).count(),
         decided_agreement: gaps.iter().filter(|g| g.0 > 2.0 * max_err && g.1).count(),
+        disagreeing_images: gaps.iter().filter(|g| !g.1).count(),
+        largest_disagreeing_gap: gaps.iter().filter(|g| !g.1).map(|g| g.0).reduce(f64::max),
         precision: opts.precision.clone(),
         scale_bits,
         primes_per_level,
@@ -371,6 +377,12 @@ fn print_report(r: &MnistReport) {
         "  decided images      {}/{} agree where the plaintext top-2 gap exceeds twice that error",
         r.decided_agreement, r.decided_images
     );
+    if let Some(g) = r.largest_disagreeing_gap {
+        println!(
+            "  disagreements       {} image(s), all with plaintext top-2 gaps ≤ {g:.1e}",
+            r.disagreeing_images
+        );
+    }
     println!(
         "  time                {:.1} s total: keygen {:.1}, encrypt {:.1}, infer {:.1}, decrypt {:.1}",
         r.seconds_total, r.seconds_keygen, r.seconds_encrypt, r.seconds_infer, r.seconds_decrypt
