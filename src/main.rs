@@ -69,7 +69,7 @@ enum Command {
         data_dir: std::path::PathBuf,
         /// CKKS chain (batched layout): fast (one 25-bit prime per level, 30-bit base,
         /// N = 2^13) or high (one 29-bit prime per level, 2-prime base, N = 2^14: logits
-        /// ~10 times more precise, 8192 images per batch, about 1.3 times the time).
+        /// ~10 times more precise, 8192 images per batch, about 1.7 times the CPU time).
         #[arg(long, default_value = "fast", value_parser = ["fast", "high"])]
         precision: String,
     },
