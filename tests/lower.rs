@@ -57,7 +57,8 @@ fn run(name: &str) -> (Plan, ArrayD<f64>, ArrayD<f64>, LayerTiming, u64) {
     (plan, got, want, timing, advanced)
 }
 
-fn check(name: &str, depth: usize) {
+/// `fused`: dense → quadratic → sum chains the plan runs part by part (conv → x² → pool).
+fn check(name: &str, depth: usize, fused: usize) {
     let (plan, got, want, timing, steps) = run(name);
     assert_eq!(got.shape(), want.shape());
     let err = (&got - &want).iter().fold(0.0f64, |m, v| m.max(v.abs()));
@@ -68,6 +69,7 @@ fn check(name: &str, depth: usize) {
         plan.counts()
     );
     assert_eq!(plan.depth(), depth, "{name}");
+    assert_eq!(plan.counts().fused_chains, fused, "{name}");
     assert!(err < 1e-3 * span.max(1.0), "{name}: error {err}");
     assert!(steps > 0 && !timing.layers.is_empty());
 }
@@ -75,20 +77,21 @@ fn check(name: &str, depth: usize) {
 #[test]
 fn cryptonets_matches_interpreter() {
     // conv → x² → fc → x² → fc: 5 levels.
-    check("cryptonets", 5);
+    // The first x² is read only by the flatten (a free sum): fused.
+    check("cryptonets", 5, 1);
 }
 
 #[test]
 fn lenet1_square_matches_interpreter() {
     // conv, x², (pool is free), conv, x², fc.
-    check("lenet1_square", 5);
+    check("lenet1_square", 5, 2);
 }
 
 #[test]
 fn lenet1_quadratic_matches_interpreter() {
     // 0.125x² + 0.5x + 0.25 costs one level, like x²: its leading coefficient is carried into
     // the next layer's weights.
-    check("lenet1_quadratic", 5);
+    check("lenet1_quadratic", 5, 2);
 }
 
 #[test]
@@ -96,7 +99,8 @@ fn residual_bn_matches_interpreter() {
     // conv (+BN folded) → x² → depthwise conv + residual add → 1x1 conv + concat → Sub,
     // pool, transpose, global pool (free) → gemm: the residual's shallower operand is brought
     // down to the deeper one's level.
-    check("residual_bn", 5);
+    // Its x² has two readers (a depthwise convolution and the residual sum): nothing to fuse.
+    check("residual_bn", 5, 0);
 }
 
 #[test]

@@ -245,11 +245,8 @@ pub fn run(args: InferArgs) -> Result<()> {
         let ct = CipherTensor::encrypt_batched(&ctx, EncryptionKey::Secret(&keys.secret), &x)?;
         enc_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let out = runner.forward_with(
-            &ct,
-            &hetensor::progress::Progress::none(),
-            Some(&mut timing),
-        )?;
+        let out =
+            runner.forward_owned(ct, &hetensor::progress::Progress::none(), Some(&mut timing))?;
         inf_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let enc = flat(out.decrypt(&ctx, &keys.secret)?)?;

@@ -152,7 +152,7 @@ pub fn run(o: TransferOptions) -> Result<()> {
     let encrypt_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut timing = LayerTiming::default();
-    let mut set = tr::extract_set(&fx, &ev, upload, &mut timing)?;
+    let mut set = tr::extract_set(fx, &ev, upload, &mut timing)?;
     let extract_s = t.elapsed().as_secs_f64();
     let extract_level = set.features[0][0].level();
     let t = Instant::now();
@@ -190,7 +190,7 @@ pub fn run(o: TransferOptions) -> Result<()> {
     let rep = tr::train_head_encrypted(
         &mut enc,
         &set,
-        &cfg,
+        cfg,
         &HeadOptions {
             monitor_labels: Some(&private.labels),
         },
@@ -198,9 +198,9 @@ pub fn run(o: TransferOptions) -> Result<()> {
         &holder,
     )?;
     let train_s = t.elapsed().as_secs_f64();
-    let enc_acc = tr::head_accuracy(&enc, &x_test, &test.labels)?;
+    let enc_acc = tr::head_accuracy(&enc, x_test, &test.labels)?;
     let (we, be) = tr::head_weights(&enc)?;
-    let (wp, bp) = tr::head_weights(&plain)?;
+    let (wp, bp) = tr::head_weights(plain)?;
     let diff = |w: &ndarray::Array2<f64>, b: &ndarray::Array1<f64>| {
         (&we - w)
             .iter()
@@ -209,7 +209,7 @@ pub fn run(o: TransferOptions) -> Result<()> {
     };
     let max_diff = diff(&wp, &bp);
     let mut plain_dec = tr::head(fx.features(), 5)?;
-    tr::train_head_plain(&mut plain_dec, &x_dec, &private.labels, &cfg)?;
+    tr::train_head_plain(&mut plain_dec, &x_dec, &private.labels, cfg)?;
     let (wd, bd) = tr::head_weights(&plain_dec)?;
     let max_diff_dec = diff(&wd, &bd);
     let wmax = wp

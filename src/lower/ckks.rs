@@ -88,6 +88,32 @@ impl<'a> CkksBatched<'a> {
         batch: usize,
         cts: &[Ciphertext],
         progress: &Progress,
+        timing: Option<&mut LayerTiming>,
+    ) -> Result<CipherTensor> {
+        let input = cts.iter().cloned().map(Arc::new).collect();
+        self.run(shape, batch, input, progress, timing)
+    }
+
+    /// [`Self::forward_with`] on an input it may free: its ciphertexts go as soon as the first
+    /// layer has read them, instead of being copied and kept by the caller.
+    pub fn forward_owned(
+        &self,
+        x: CipherTensor,
+        progress: &Progress,
+        timing: Option<&mut LayerTiming>,
+    ) -> Result<CipherTensor> {
+        let (shape, batch) = (x.shape().to_vec(), x.batch());
+        let input = x.into_ciphertexts().into_iter().map(Arc::new).collect();
+        self.run(&shape, batch, input, progress, timing)
+    }
+
+    /// The forward pass on an input held in the plan's slot 0 (freed after its last reader).
+    fn run(
+        &self,
+        shape: &[usize],
+        batch: usize,
+        cts: Tensor,
+        progress: &Progress,
         mut timing: Option<&mut LayerTiming>,
     ) -> Result<CipherTensor> {
         let (ctx, plan) = (self.ctx, self.plan);
@@ -123,7 +149,7 @@ impl<'a> CkksBatched<'a> {
             });
         }
         let mut slots: Vec<Option<Tensor>> = vec![None; plan.slots];
-        slots[0] = Some(cts.iter().cloned().map(Arc::new).collect());
+        slots[0] = Some(cts);
         progress.emit(ProgressEvent::Start {
             total: plan.instrs.len() as u64,
             unit: "steps",
@@ -167,13 +193,7 @@ impl<'a> CkksBatched<'a> {
         match ins {
             Instr::Rescale { slot } => {
                 let t = take(slots, *slot)?;
-                slots[*slot] = Some(par_map(&t, |c| {
-                    if c.size() == 3 {
-                        ctx.rescale(&ctx.relinearize(c, self.rk)?)
-                    } else {
-                        ctx.rescale(c)
-                    }
-                })?);
+                slots[*slot] = Some(par_map(&t, |c| self.pay(c))?);
             }
             Instr::Align {
                 src,
@@ -207,7 +227,7 @@ impl<'a> CkksBatched<'a> {
                 let feats = gather(slots, args)?;
                 let out = rows
                     .par_iter()
-                    .map(|r| self.sum_row(&feats, r))
+                    .map(|r| self.sum_row(|i| Ok(feats[i as usize]), r))
                     .collect::<Result<Vec<_>>>()?;
                 slots[*dst] = Some(out);
             }
@@ -244,20 +264,52 @@ impl<'a> CkksBatched<'a> {
                 let out = x
                     .par_iter()
                     .zip(rows)
-                    .map(|(c, &(b, k))| {
-                        let mut acc = ctx.square(c)?;
-                        if b != 0.0 {
-                            // b·x at the square's scale: the sum needs no rescale of its own.
-                            let lin = ctx.multiply_scalar(c, b, acc.scale() / c.scale())?;
-                            acc = ctx.add(&acc, &lin)?;
-                        }
-                        if k != 0.0 {
-                            acc = ctx.add_scalar(&acc, k)?;
-                        }
-                        Ok(Arc::new(acc))
-                    })
+                    .map(|(c, &q)| self.quad(c, q).map(Arc::new))
                     .collect::<Result<Vec<_>>>()?;
                 slots[*dst] = Some(out);
+            }
+            Instr::Fused {
+                args,
+                groups,
+                bias,
+                quad,
+                rows,
+                parts,
+                dst,
+                rescale,
+            } => {
+                let feats = gather(slots, args)?;
+                let const_scale = self.dense_scale(&feats, false)?;
+                let computed = parts
+                    .par_iter()
+                    .map(|p| {
+                        // This part's squares, by dense output.
+                        let mut sq: Vec<(u32, Arc<Ciphertext>)> = Vec::new();
+                        for &g in &p.groups {
+                            for (j, c) in
+                                self.dense_group(&feats, &groups[g as usize], bias, const_scale)?
+                            {
+                                sq.push((j, Arc::new(self.quad(&c, quad[j as usize])?)));
+                            }
+                        }
+                        let feat = |i: u32| {
+                            sq.iter().find(|e| e.0 == i).map(|e| &e.1).ok_or_else(|| {
+                                Error::Model("a fused sum reads a square of another part".into())
+                            })
+                        };
+                        p.rows
+                            .iter()
+                            .map(|&r| {
+                                let s = self.sum_row(feat, &rows[r as usize])?;
+                                Ok((
+                                    r as usize,
+                                    if *rescale { Arc::new(self.pay(&s)?) } else { s },
+                                ))
+                            })
+                            .collect::<Result<Vec<_>>>()
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                slots[*dst] = Some(scatter(computed.into_iter().flatten(), rows.len())?);
             }
             Instr::Poly {
                 src,
@@ -282,10 +334,39 @@ impl<'a> CkksBatched<'a> {
         Ok(())
     }
 
-    fn sum_row(&self, feats: &[&Arc<Ciphertext>], r: &SumRow) -> Result<Arc<Ciphertext>> {
+    /// A deferred rescale (relinearizing a product first).
+    fn pay(&self, c: &Ciphertext) -> Result<Ciphertext> {
+        if c.size() == 3 {
+            self.ctx.rescale(&self.ctx.relinearize(c, self.rk)?)
+        } else {
+            self.ctx.rescale(c)
+        }
+    }
+
+    /// `x² + b·x + k`, not rescaled.
+    fn quad(&self, c: &Ciphertext, (b, k): (f64, f64)) -> Result<Ciphertext> {
+        let ctx = self.ctx;
+        let mut acc = ctx.square(c)?;
+        if b != 0.0 {
+            // b·x at the square's scale: the sum needs no rescale of its own.
+            let lin = ctx.multiply_scalar(c, b, acc.scale() / c.scale())?;
+            acc = ctx.add(&acc, &lin)?;
+        }
+        if k != 0.0 {
+            acc = ctx.add_scalar(&acc, k)?;
+        }
+        Ok(acc)
+    }
+
+    /// One row of a free sum; `feat(i)` is the row's `i`-th input feature.
+    fn sum_row<'f>(
+        &self,
+        feat: impl Fn(u32) -> Result<&'f Arc<Ciphertext>>,
+        r: &SumRow,
+    ) -> Result<Arc<Ciphertext>> {
         let ctx = self.ctx;
         let (first, k) = r.terms[0];
-        let first = feats[first as usize];
+        let first = feat(first)?;
         if r.terms.len() == 1 && k == 1 && r.add == 0.0 {
             return Ok(first.clone());
         }
@@ -297,7 +378,7 @@ impl<'a> CkksBatched<'a> {
         };
         let mut acc = times(first, k)?;
         for &(i, k) in &r.terms[1..] {
-            let c = feats[i as usize];
+            let c = feat(i)?;
             acc = match k {
                 1 => ctx.add(&acc, c)?,
                 -1 => ctx.sub(&acc, c)?,
@@ -310,14 +391,9 @@ impl<'a> CkksBatched<'a> {
         Ok(Arc::new(acc))
     }
 
-    fn dense(
-        &self,
-        feats: &[&Arc<Ciphertext>],
-        groups: &[Group],
-        bias: &[f64],
-        outputs: usize,
-        terminal: bool,
-    ) -> Result<Tensor> {
+    /// The constant scale of a dense map's weights on `feats`: what makes its rescale land on
+    /// the next level's natural scale (or, `terminal`, lower, to hold the output bound).
+    fn dense_scale(&self, feats: &[&Arc<Ciphertext>], terminal: bool) -> Result<f64> {
         let ctx = self.ctx;
         let first = feats
             .first()
@@ -329,40 +405,75 @@ impl<'a> CkksBatched<'a> {
                 level,
             });
         }
-        let in_scale = first.scale();
         let mut target = ctx.natural_scale(level - 1);
         if let (true, Some(bound)) = (terminal, self.output_bound) {
             target = target.min(ctx.capacity(level - 1, 1.0) / (2.0 * bound));
         }
-        let const_scale = ctx.level_modulus(level) * target / in_scale;
+        Ok(ctx.level_modulus(level) * target / first.scale())
+    }
+
+    /// One group of a dense map's outputs, rescaled, bias added: (output feature, ciphertext).
+    fn dense_group(
+        &self,
+        feats: &[&Arc<Ciphertext>],
+        g: &Group,
+        bias: &[f64],
+        const_scale: f64,
+    ) -> Result<Vec<(u32, Ciphertext)>> {
+        let ctx = self.ctx;
+        let refs: Vec<&Ciphertext> = g.inputs.iter().map(|&i| &**feats[i as usize]).collect();
+        let ws: Vec<Vec<f64>> = g.outputs.iter().map(|o| o.1.clone()).collect();
+        let accs = ctx.linear_combinations(&refs, &ws, const_scale)?;
+        accs.into_iter()
+            .zip(&g.outputs)
+            .map(|(acc, (j, _))| {
+                let mut out = ctx.rescale(&acc)?;
+                let b = bias[*j as usize];
+                if b != 0.0 {
+                    out = ctx.add_scalar(&out, b)?;
+                }
+                Ok((*j, out))
+            })
+            .collect()
+    }
+
+    fn dense(
+        &self,
+        feats: &[&Arc<Ciphertext>],
+        groups: &[Group],
+        bias: &[f64],
+        outputs: usize,
+        terminal: bool,
+    ) -> Result<Tensor> {
+        let const_scale = self.dense_scale(feats, terminal)?;
         let computed = groups
             .par_iter()
             .map(|g| {
-                let refs: Vec<&Ciphertext> =
-                    g.inputs.iter().map(|&i| &**feats[i as usize]).collect();
-                let ws: Vec<Vec<f64>> = g.outputs.iter().map(|o| o.1.clone()).collect();
-                let accs = ctx.linear_combinations(&refs, &ws, const_scale)?;
-                accs.into_iter()
-                    .zip(&g.outputs)
-                    .map(|(acc, (j, _))| {
-                        let mut out = ctx.rescale(&acc)?;
-                        let b = bias[*j as usize];
-                        if b != 0.0 {
-                            out = ctx.add_scalar(&out, b)?;
-                        }
-                        Ok((*j as usize, Arc::new(out)))
-                    })
-                    .collect::<Result<Vec<_>>>()
+                let outs = self.dense_group(feats, g, bias, const_scale)?;
+                Ok(outs
+                    .into_iter()
+                    .map(|(j, c)| (j as usize, Arc::new(c)))
+                    .collect::<Vec<_>>())
             })
             .collect::<Result<Vec<_>>>()?;
-        let mut out: Vec<Option<Arc<Ciphertext>>> = vec![None; outputs];
-        for (j, c) in computed.into_iter().flatten() {
-            out[j] = Some(c);
-        }
-        out.into_iter()
-            .map(|c| c.ok_or_else(|| Error::Model("a dense output was not computed".into())))
-            .collect()
+        scatter(computed.into_iter().flatten(), outputs)
     }
+}
+
+/// `outputs` ciphertexts from (index, ciphertext) pairs; an error if one is missing.
+fn scatter(
+    items: impl Iterator<Item = (usize, Arc<Ciphertext>)>,
+    outputs: usize,
+) -> Result<Tensor> {
+    let mut out: Vec<Option<Arc<Ciphertext>>> = vec![None; outputs];
+    for (j, c) in items {
+        out[j] = Some(c);
+    }
+    out.into_iter()
+        .map(|c| {
+            c.ok_or_else(|| Error::Model("an output of the plan step was not computed".into()))
+        })
+        .collect()
 }
 
 fn take(slots: &mut [Option<Tensor>], s: usize) -> Result<Tensor> {

@@ -67,6 +67,13 @@ pub(crate) struct Group {
     pub outputs: Vec<(u32, Vec<f64>)>,
 }
 
+/// Sum rows of an [`Instr::Fused`] and the dense groups they read, which no other part reads.
+#[derive(Clone, Debug)]
+pub(crate) struct Part {
+    pub groups: Vec<u32>,
+    pub rows: Vec<u32>,
+}
+
 /// One instruction of the schedule; `slot`s name stored tensors (vectors of ciphertexts).
 /// Depths count levels below the input's.
 #[derive(Clone, Debug)]
@@ -110,6 +117,20 @@ pub(crate) enum Instr {
         src: usize,
         rows: Vec<(f64, f64)>,
         dst: usize,
+    },
+    /// A dense map, a quadratic of each of its outputs and a sum of those (conv → square →
+    /// pool) whose intermediate tensors have no other reader, run part by part (each part's
+    /// sum rows share no dense group with another part's): only the sums are ever stored
+    /// whole. `rescale`: the sums' deferred rescale is paid here too (it came right after).
+    Fused {
+        args: Vec<usize>,
+        groups: Vec<Group>,
+        bias: Vec<f64>,
+        quad: Vec<(f64, f64)>,
+        rows: Vec<SumRow>,
+        parts: Vec<Part>,
+        dst: usize,
+        rescale: bool,
     },
     /// A polynomial of degree ≥ 3 per feature (its coefficients, fold included), ending at
     /// `depth` at the natural scale.
@@ -162,6 +183,9 @@ pub struct Counts {
     pub dense_maps: usize,
     /// Ops that cost no level (sums, folds, layout changes).
     pub free_ops: usize,
+    /// Dense → quadratic → sum chains run part by part ([`Plan`] keeps their intermediate
+    /// tensors from ever being stored whole).
+    pub fused_chains: usize,
 }
 
 struct Planner<'g> {
@@ -230,12 +254,18 @@ impl Plan {
         }
         let slots = p.slots;
         let value_depths = p.value_depths;
-        let instrs = p.instrs;
+        let mut node_names: Vec<String> = graph.nodes().iter().map(|n| n.name.clone()).collect();
+        let instrs = fuse_chains(p.instrs, out.slot, &mut node_names);
+        let mut counts = p.counts;
+        counts.fused_chains = instrs
+            .iter()
+            .filter(|(_, i)| matches!(i, Instr::Fused { .. }))
+            .count();
         let frees = lifetimes(&instrs, slots, out.slot);
         Ok(Plan {
             input_shape: graph.shape(input).to_vec(),
             output_shape: graph.shape(output).to_vec(),
-            node_names: graph.nodes().iter().map(|n| n.name.clone()).collect(),
+            node_names,
             instrs,
             frees,
             slots,
@@ -243,7 +273,7 @@ impl Plan {
             output_fold: out.fold,
             depth: out.depth,
             value_depths,
-            counts: p.counts,
+            counts,
         })
     }
 
@@ -573,6 +603,134 @@ fn lifetimes(instrs: &[(usize, Instr)], slots: usize, output: usize) -> Vec<Vec<
     frees
 }
 
+/// Replaces each dense map → quadratic → sum whose intermediate tensors are read by nothing
+/// else with one [`Instr::Fused`] (named after its nodes, `conv1+act1+pool1`), taking along
+/// the rescale of the sums when it comes next. Peak memory is then the sums, not the dense
+/// map's outputs and their squares (measured on LeNet-1 at N = 2^14: 2304 + 2304 ciphertexts
+/// of 2 and 3 polynomials alive at once without it).
+fn fuse_chains(
+    instrs: Vec<(usize, Instr)>,
+    output: usize,
+    names: &mut Vec<String>,
+) -> Vec<(usize, Instr)> {
+    let mut readers: HashMap<usize, usize> = HashMap::new();
+    for (_, ins) in &instrs {
+        for s in ins.reads() {
+            *readers.entry(s).or_default() += 1;
+        }
+    }
+    let private = |s: usize| s != output && readers.get(&s) == Some(&1);
+    let mut out = Vec::with_capacity(instrs.len());
+    let mut i = 0;
+    while i < instrs.len() {
+        if let [(
+            n0,
+            Instr::Dense {
+                args,
+                groups,
+                bias,
+                outputs,
+                dst: d,
+                terminal: false,
+            },
+        ), (
+            n1,
+            Instr::Quad {
+                src,
+                rows: quad,
+                dst: e,
+            },
+        ), (
+            n2,
+            Instr::Sum {
+                args: sum_args,
+                rows,
+                dst,
+            },
+        ), rest @ ..] = &instrs[i..]
+        {
+            if src == d && sum_args == &[*e] && private(*d) && private(*e) {
+                let rescale =
+                    matches!(rest.first(), Some((_, Instr::Rescale { slot })) if slot == dst);
+                let mut name = names[*n0].clone();
+                for n in [n1, n2] {
+                    if *n != *n0 {
+                        name = format!("{name}+{}", names[*n]);
+                    }
+                }
+                names.push(name);
+                out.push((
+                    names.len() - 1,
+                    Instr::Fused {
+                        args: args.clone(),
+                        groups: groups.clone(),
+                        bias: bias.clone(),
+                        quad: quad.clone(),
+                        parts: parts(groups, *outputs, rows),
+                        rows: rows.clone(),
+                        dst: *dst,
+                        rescale,
+                    },
+                ));
+                i += if rescale { 4 } else { 3 };
+                continue;
+            }
+        }
+        out.push(instrs[i].clone());
+        i += 1;
+    }
+    out
+}
+
+/// The sum rows grouped by the dense groups they read: rows that share a group (through any
+/// chain of rows) are one part. Pooling windows that do not overlap give one part per window
+/// position; overlapping ones may give a single part (no saving, still correct).
+fn parts(groups: &[Group], outputs: usize, rows: &[SumRow]) -> Vec<Part> {
+    let mut group_of = vec![0usize; outputs];
+    for (g, grp) in groups.iter().enumerate() {
+        for (j, _) in &grp.outputs {
+            group_of[*j as usize] = g;
+        }
+    }
+    fn root(p: &mut [usize], mut x: usize) -> usize {
+        while p[x] != x {
+            p[x] = p[p[x]];
+            x = p[x];
+        }
+        x
+    }
+    let mut parent: Vec<usize> = (0..groups.len()).collect();
+    for r in rows {
+        let a = root(&mut parent, group_of[r.terms[0].0 as usize]);
+        for t in &r.terms[1..] {
+            let b = root(&mut parent, group_of[t.0 as usize]);
+            parent[b] = a;
+        }
+    }
+    let mut part_of: HashMap<usize, usize> = HashMap::new();
+    let mut parts: Vec<Part> = Vec::new();
+    let mut seen = vec![false; groups.len()];
+    for (ri, r) in rows.iter().enumerate() {
+        let k = root(&mut parent, group_of[r.terms[0].0 as usize]);
+        let p = *part_of.entry(k).or_insert_with(|| {
+            parts.push(Part {
+                groups: Vec::new(),
+                rows: Vec::new(),
+            });
+            parts.len() - 1
+        });
+        parts[p].rows.push(ri as u32);
+        for t in &r.terms {
+            let g = group_of[t.0 as usize];
+            if !seen[g] {
+                seen[g] = true;
+                parts[p].groups.push(g as u32);
+            }
+        }
+    }
+    parts
+}
+
 impl Instr {
     /// The slots an instruction reads.
     fn reads(&self) -> Vec<usize> {
@@ -581,7 +739,9 @@ impl Instr {
             Instr::Align { src, .. } | Instr::Quad { src, .. } | Instr::Poly { src, .. } => {
                 vec![*src]
             }
-            Instr::Sum { args, .. } | Instr::Dense { args, .. } => args.clone(),
+            Instr::Sum { args, .. } | Instr::Dense { args, .. } | Instr::Fused { args, .. } => {
+                args.clone()
+            }
             Instr::Mul { a, b, .. } => vec![*a, *b],
         }
     }
@@ -1015,5 +1175,25 @@ mod tests {
         assert_eq!(broadcast_map(&[2, 3], &[2, 1]), vec![0, 0, 0, 1, 1, 1]);
         assert_eq!(broadcast_map(&[2, 3], &[2, 3]), vec![0, 1, 2, 3, 4, 5]);
         assert!(crate::graph::broadcast(&[2, 3], &[3]).is_some());
+    }
+
+    #[test]
+    fn parts_join_rows_that_share_a_group() {
+        let group = |outs: &[u32]| Group {
+            inputs: vec![0],
+            outputs: outs.iter().map(|&j| (j, vec![1.0])).collect(),
+        };
+        let row = |terms: &[u32]| SumRow {
+            terms: terms.iter().map(|&i| (i, 1)).collect(),
+            add: 0.0,
+        };
+        // Groups of outputs {0, 1}, {2}, {3}, {4}. Row 0 reads outputs 0 and 2 (groups 0 and
+        // 1), row 2 output 1 (group 0 again): one part. Row 1 reads output 4 (group 3). Group
+        // 2 is read by no row, so no part computes it.
+        let groups = [group(&[0, 1]), group(&[2]), group(&[3]), group(&[4])];
+        let rows = [row(&[0, 2]), row(&[4]), row(&[1])];
+        let p = parts(&groups, 5, &rows);
+        let got: Vec<(Vec<u32>, Vec<u32>)> = p.into_iter().map(|p| (p.rows, p.groups)).collect();
+        assert_eq!(got, vec![(vec![0, 2], vec![0, 1]), (vec![1], vec![3])]);
     }
 }
