@@ -2,8 +2,10 @@
 //!
 //! [`Plan::new`] walks the graph once and decides everything that does not depend on the
 //! data or the keys: which ops are free and which cost a level, where rescales and
-//! relinearizations go, and the multiplicative depth. Back ends execute the schedule
-//! ([`CkksBatched`]: CKKS, one sample per slot).
+//! relinearizations go, and the multiplicative depth. Back ends execute the schedule:
+//! [`CkksBatched`] (CKKS, one sample per slot), [`CkksPacked`] (CKKS, one sample's features
+//! in the slots, rotations) and [`Bfv`] (the plan quantized to integers, exact BFV over CRT
+//! primes, one sample per slot).
 //!
 //! The planning rules:
 //! * **Shapes** are the graph's (checked when it was built); every op becomes a sparse affine
@@ -25,9 +27,11 @@
 //!   measured: CryptoNets-shaped logits 5e-2 off instead of 3e-4 at Δ = 2^25).
 
 mod ckks;
+mod packed;
 mod params;
 
 pub use ckks::{CkksBatched, LayerTiming};
+pub use packed::{packed_rotation_steps, CkksPacked};
 pub use params::{choose_ckks_params, ParamChoice};
 
 use std::collections::HashMap;
@@ -67,6 +71,37 @@ pub(crate) struct Group {
     pub outputs: Vec<(u32, Vec<f64>)>,
 }
 
+/// Where a windowed map (convolution, pooling) reads: output `(o, oy, ox)` of `output` anchors
+/// at input `(stride · (oy, ox) + offset)` of `input` (both `[C, H, W]`). The packed layout
+/// places outputs by it, so that one rotation per kernel tap serves every position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub input: [usize; 3],
+    pub output: [usize; 3],
+    pub stride: [usize; 2],
+    pub offset: [i64; 2],
+}
+
+impl Window {
+    fn of(op: &Op, x: &[usize], out: &[usize]) -> Option<Self> {
+        let (&[c, h, w], &[o, oh, ow]) = (x, out) else {
+            return None;
+        };
+        let (stride, pads) = match op {
+            Op::Conv2d(cv) => (cv.stride, cv.pads),
+            Op::AvgPool(p) => (p.stride, p.pads),
+            Op::GlobalAvgPool => ([h, w], [0; 4]),
+            _ => return None,
+        };
+        Some(Window {
+            input: [c, h, w],
+            output: [o, oh, ow],
+            stride,
+            offset: [-(pads[0] as i64), -(pads[1] as i64)],
+        })
+    }
+}
+
 /// One instruction of the schedule; `slot`s name stored tensors (vectors of ciphertexts).
 /// Depths count levels below the input's.
 #[derive(Clone, Debug)]
@@ -87,6 +122,7 @@ pub(crate) enum Instr {
         args: Vec<usize>,
         rows: Vec<SumRow>,
         dst: usize,
+        window: Option<Window>,
     },
     /// Linear combinations, one rescale, then the bias (one level). `terminal`: the output is
     /// the graph's, so its scale may be lowered to hold the output bound at its level.
@@ -97,6 +133,7 @@ pub(crate) enum Instr {
         outputs: usize,
         dst: usize,
         terminal: bool,
+        window: Option<Window>,
     },
     /// `dst[j] = a[pairs[j].0] · b[pairs[j].1]`, not rescaled, not relinearized.
     Mul {
@@ -738,7 +775,8 @@ impl Planner<'_> {
     ) -> Result<()> {
         let out_shape = self.graph.shape(output).to_vec();
         if let Some(rows) = affine_rows(self.graph, op, inputs, &out_shape) {
-            return self.affine(name, inputs, rows, output, terminal);
+            let window = Window::of(op, self.graph.shape(inputs[0]), &out_shape);
+            return self.affine(name, inputs, rows, output, terminal, window);
         }
         match op {
             Op::Mul => self.mul(inputs, output, &out_shape),
@@ -758,6 +796,7 @@ impl Planner<'_> {
         rows: Vec<Row>,
         output: ValueId,
         terminal: bool,
+        window: Option<Window>,
     ) -> Result<()> {
         // Distinct inputs (Add(x, x) reads one value twice).
         let mut uniq: Vec<ValueId> = Vec::new();
@@ -831,7 +870,12 @@ impl Planner<'_> {
             let dst = self.new_slot();
             let pending = states[0].pending;
             let (rows, fold): (Vec<SumRow>, Vec<f64>) = sum.into_iter().unzip();
-            self.emit(Instr::Sum { args, rows, dst });
+            self.emit(Instr::Sum {
+                args,
+                rows,
+                dst,
+                window,
+            });
             self.counts.free_ops += 1;
             self.set(
                 output,
@@ -887,6 +931,7 @@ impl Planner<'_> {
             outputs: rows.len(),
             dst,
             terminal,
+            window,
         });
         self.counts.dense_maps += 1;
         self.counts.rescales += rows.len();
