@@ -9,7 +9,10 @@ use serde::Serialize;
 use hetensor::backend::{create_backend, BackendKind};
 use hetensor::ckks::CkksContext;
 use hetensor::graph::Graph;
-use hetensor::lower::{choose_ckks_params, CkksBatched, Counts, LayerTiming, ParamChoice, Plan};
+use hetensor::lower::{
+    choose_ckks_params, packed_rotation_steps, CkksBatched, CkksPacked, Counts, LayerTiming,
+    ParamChoice, Plan,
+};
 use hetensor::nn::mnist;
 use hetensor::progress::ProgressEvent;
 use hetensor::tensor::{CipherTensor, EncryptionKey};
@@ -55,7 +58,7 @@ pub struct InferArgs {
     /// ckks; bfv is not lowered from a graph yet (and is refused).
     #[arg(long, value_enum, default_value = "ckks")]
     pub scheme: Scheme,
-    /// batched; packed is not lowered from a graph yet (and is refused).
+    /// batched (one sample per slot) or packed (one sample at a time, rotations).
     #[arg(long, value_enum, default_value = "batched")]
     pub layout: LayoutArg,
     /// cpu, cuda, wgpu or auto.
@@ -107,6 +110,8 @@ pub struct InferReport {
     pub seconds_infer: f64,
     pub seconds_decrypt: f64,
     pub samples_per_second: f64,
+    /// Encryption, inference and decryption per sample (the packed layout's latency).
+    pub seconds_per_sample: f64,
     pub layer_seconds: Vec<(String, f64)>,
     pub peak_memory_mb: f64,
 }
@@ -172,10 +177,11 @@ pub fn run(args: InferArgs) -> Result<()> {
             "--scheme bfv: the BFV back end is not lowered from a model graph yet; `hetensor mnist --scheme bfv` runs the bundled LeNet-1 in BFV".into(),
         ));
     }
-    if args.layout == LayoutArg::Packed {
-        return Err(Error::InvalidInput(
-            "--layout packed: the packed back end is not lowered from a model graph yet; `hetensor mnist --layout packed` runs the bundled LeNet-1 packed".into(),
-        ));
+    let packed = args.layout == LayoutArg::Packed;
+    if let (true, Some(b)) = (packed, args.batch) {
+        return Err(Error::InvalidInput(format!(
+            "--batch {b}: the packed layout runs one sample at a time (--batch is for --layout batched)"
+        )));
     }
     let t_all = Instant::now();
     let backend = create_backend(args.backend.parse::<BackendKind>()?)?;
@@ -213,6 +219,7 @@ pub fn run(args: InferArgs) -> Result<()> {
     let t_key = Instant::now();
     let ctx = CkksContext::with_backend(params, backend.clone())?;
     let batch_size = match args.batch {
+        None if packed => 1,
         None => ctx.slots(),
         Some(b) if b <= ctx.slots() => b,
         Some(b) => {
@@ -223,8 +230,20 @@ pub fn run(args: InferArgs) -> Result<()> {
         }
     };
     let keys = ctx.keygen()?;
+    let steps = if packed {
+        packed_rotation_steps(&plan, ctx.slots())?
+    } else {
+        Vec::new()
+    };
+    let gk = ctx.gen_galois_keys(&keys.secret, &steps, false)?;
     let seconds_keygen = t_key.elapsed().as_secs_f64();
-    let runner = CkksBatched::new(&plan, &ctx, &keys.relin)?.with_output_bound(choice.output_bound);
+    let bound = choice.output_bound;
+    let batched = CkksBatched::new(&plan, &ctx, &keys.relin)?.with_output_bound(bound);
+    let packed_runner = if packed {
+        Some(CkksPacked::new(&plan, &ctx, &keys.relin, &gk)?.with_output_bound(bound))
+    } else {
+        None
+    };
 
     let batches = total.div_ceil(batch_size);
     let progress = super::progress_bar(!args.json);
@@ -242,14 +261,19 @@ pub fn run(args: InferArgs) -> Result<()> {
         let (lo, hi) = (b * batch_size, ((b + 1) * batch_size).min(total));
         let x = x_all.slice_axis(Axis(0), (lo..hi).into()).to_owned();
         let t = Instant::now();
-        let ct = CipherTensor::encrypt_batched(&ctx, EncryptionKey::Secret(&keys.secret), &x)?;
+        let key = EncryptionKey::Secret(&keys.secret);
+        let ct = if packed {
+            CipherTensor::encrypt_packed(&ctx, key, &x)?
+        } else {
+            CipherTensor::encrypt_batched(&ctx, key, &x)?
+        };
         enc_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let out = runner.forward_with(
-            &ct,
-            &hetensor::progress::Progress::none(),
-            Some(&mut timing),
-        )?;
+        let none = hetensor::progress::Progress::none();
+        let out = match &packed_runner {
+            Some(r) => r.forward_with(&ct, &none, Some(&mut timing))?,
+            None => batched.forward_with(&ct, &none, Some(&mut timing))?,
+        };
         inf_s += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let enc = flat(out.decrypt(&ctx, &keys.secret)?)?;
@@ -279,12 +303,16 @@ pub fn run(args: InferArgs) -> Result<()> {
         batches,
         batch_size,
         scheme: "ckks".into(),
-        layout: "batched".into(),
+        layout: if packed { "packed" } else { "batched" }.into(),
         backend: backend.name().into(),
         plan: PlanReport {
             depth: plan.depth(),
             counts: plan.counts().clone(),
-            keys: "secret key (seeded encryption), relinearization key; no Galois keys (the batched layout never rotates)".into(),
+            keys: if packed {
+                format!("secret key (seeded encryption), relinearization key, {} Galois keys (rotation steps {steps:?})", steps.len())
+            } else {
+                "secret key (seeded encryption), relinearization key; no Galois keys (the batched layout never rotates)".into()
+            },
         },
         params: choice,
         encrypted_accuracy: acc(correct_enc),
@@ -301,6 +329,7 @@ pub fn run(args: InferArgs) -> Result<()> {
         seconds_infer: inf_s,
         seconds_decrypt: dec_s,
         samples_per_second: total as f64 / (enc_s + inf_s + dec_s),
+        seconds_per_sample: (enc_s + inf_s + dec_s) / total as f64,
         layer_seconds: timing.layers,
         peak_memory_mb: peak_memory_mb(),
     };
@@ -361,8 +390,8 @@ fn print_report(r: &InferReport) {
         r.seconds_decrypt
     );
     println!(
-        "  throughput          {:.0} samples/s",
-        r.samples_per_second
+        "  throughput          {:.1} samples/s ({:.3} s per sample)",
+        r.samples_per_second, r.seconds_per_sample
     );
     println!("  per node (s)        {}", seconds_list(&r.layer_seconds));
     println!("  peak memory         {:.0} MB", r.peak_memory_mb);
