@@ -836,7 +836,10 @@ fn infer_packed() {
         ]);
         assert_eq!((u(&r, "samples"), u(&r, "batch_size")), (3, 1), "{r}");
         assert_eq!(r["layout"], "packed");
-        assert!(r["plan"]["keys"].as_str().unwrap().contains("Galois"), "{r}");
+        assert!(
+            r["plan"]["keys"].as_str().unwrap().contains("Galois"),
+            "{r}"
+        );
         assert_eq!(f(&r, "argmax_agreement"), 1.0, "{model}: {r}");
         // Measured: 1.3e-4 (lenet1_square, outputs up to 0.4); CryptoNets' logits reach ~21.
         assert!(
@@ -856,7 +859,9 @@ fn infer_refuses_what_it_cannot_do() {
         &["--scheme bfv", "hetensor mnist --scheme bfv"],
     );
     fails(
-        &["infer", "--model", &model, "--layout", "packed", "--batch", "2"],
+        &[
+            "infer", "--model", &model, "--layout", "packed", "--batch", "2",
+        ],
         &["--batch 2", "packed"],
     );
     fails(

@@ -26,10 +26,12 @@
 //!   ciphertext would multiply its rounding error by the size of s² (~100x at N = 2^13;
 //!   measured: CryptoNets-shaped logits 5e-2 off instead of 3e-4 at Δ = 2^25).
 
+pub mod bfv;
 mod ckks;
 mod packed;
 mod params;
 
+pub use bfv::{Bfv, QuantizedPlan};
 pub use ckks::{CkksBatched, LayerTiming};
 pub use packed::{packed_rotation_steps, CkksPacked};
 pub use params::{choose_ckks_params, ParamChoice};

@@ -36,7 +36,6 @@ pub mod activation;
 pub mod layers;
 pub mod loss;
 pub mod mnist;
-pub mod quantized;
 pub mod sequential;
 pub mod train;
 pub mod weights;
