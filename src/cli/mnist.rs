@@ -380,9 +380,9 @@ fn print_report(r: &MnistReport) {
 
 /// BFV parameters of the MNIST path: N = 2^13 (8192 slots), 30-bit ciphertext primes, hybrid
 /// key switching (the 128-bit preset shape for 2^13).
-const BFV_LOG_N: u32 = 13;
-const BFV_Q_COUNT: usize = 6;
-const BFV_DNUM: usize = 6;
+pub const BFV_LOG_N: u32 = 13;
+pub const BFV_Q_COUNT: usize = 6;
+pub const BFV_DNUM: usize = 6;
 
 /// What a `--scheme bfv` run reports (also the `--json` object).
 #[derive(Serialize, Debug)]
