@@ -958,17 +958,83 @@ fn infer_npy_data_on_the_residual_model() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// `infer --scheme bfv`: the LeNet-1 (x²) test model quantized and run exactly; one BFV batch
+/// costs the same whatever its size (minutes on 2 cores), so 4 digits.
+#[test]
+fn infer_bfv() {
+    let _g = heavy();
+    let model = format!("{ONNX}/lenet1_square.onnx");
+    let r = json(&[
+        "infer", "--model", &model, "--scheme", "bfv", "--limit", "4", "--json",
+    ]);
+    assert_eq!(
+        (r["scheme"].as_str(), u(&r, "samples")),
+        (Some("bfv"), 4),
+        "{r}"
+    );
+    // Exact: every decrypted integer equals the plaintext integer model's.
+    assert_eq!(u(&r["bfv"], "exact_agreement"), 4, "{r}");
+    assert!(f(&r["bfv"], "min_noise_budget_bits") > 0.0, "{r}");
+    assert!(r["params"].is_null() && r["plan"]["parameters"].as_str().unwrap().contains("BFV"));
+    // The quantized model follows the interpreter (6-bit inputs and weights).
+    assert_eq!(f(&r, "argmax_agreement"), 1.0, "{r}");
+}
+
+/// `infer --layout packed`: one sample at a time with rotations, on the LeNet-1 (x²) test model
+/// and the trained CryptoNets-shaped model (stride 2, padding 1: masked edge taps).
+#[test]
+fn infer_packed() {
+    let _g = heavy();
+    let lenet = format!("{ONNX}/lenet1_square.onnx");
+    let cryptonets = concat!(env!("CARGO_MANIFEST_DIR"), "/data/cryptonets.onnx");
+    for model in [lenet.as_str(), cryptonets] {
+        let r = json(&[
+            "infer", "--model", model, "--layout", "packed", "--limit", "3", "--json",
+        ]);
+        assert_eq!((u(&r, "samples"), u(&r, "batch_size")), (3, 1), "{r}");
+        assert_eq!(r["layout"], "packed");
+        assert!(
+            r["plan"]["keys"].as_str().unwrap().contains("Galois"),
+            "{r}"
+        );
+        assert_eq!(f(&r, "argmax_agreement"), 1.0, "{model}: {r}");
+        // Measured: 1.3e-4 (lenet1_square, outputs up to 0.4); CryptoNets' logits reach ~21.
+        assert!(
+            f(&r, "max_abs_output_error") < 4e-3 * f(&r["params"], "output_bound").max(1.0),
+            "{model}: {r}"
+        );
+        assert!(f(&r, "seconds_per_sample") > 0.0);
+    }
+}
+
 /// Flags `infer` cannot honour are refused, naming the flag and what to use instead.
 #[test]
 fn infer_refuses_what_it_cannot_do() {
     let model = format!("{ONNX}/cryptonets.onnx");
     fails(
-        &["infer", "--model", &model, "--scheme", "bfv"],
-        &["--scheme bfv", "hetensor mnist --scheme bfv"],
+        &[
+            "infer", "--model", &model, "--scheme", "bfv", "--layout", "packed",
+        ],
+        &["--layout packed", "BFV"],
+    );
+    // A cubic activation has no quantized form: the node is named.
+    fails(
+        &[
+            "infer",
+            "--model",
+            &format!("{ONNX}/residual_bn.onnx"),
+            "--scheme",
+            "bfv",
+            "--data",
+            "x.npy",
+        ],
+        &["x.npy"],
     );
     fails(
-        &["infer", "--model", &model, "--layout", "packed"],
-        &["--layout packed", "hetensor mnist --layout packed"],
+        &[
+            "infer", "--model", &model, "--layout", "packed", "--batch", "2",
+        ],
+        &["--batch 2", "packed"],
     );
     fails(
         &["infer", "--model", &model, "--data", "x.csv"],

@@ -7,15 +7,23 @@ use ndarray::{s, ArrayD, Axis, IxDyn};
 use serde::Serialize;
 
 use hetensor::backend::{create_backend, BackendKind};
+use hetensor::bfv::BfvCrt;
 use hetensor::ckks::CkksContext;
 use hetensor::graph::Graph;
-use hetensor::lower::{choose_ckks_params, CkksBatched, Counts, LayerTiming, ParamChoice, Plan};
+use hetensor::lower::bfv::{self, Bfv, QuantizedPlan};
+use hetensor::lower::{
+    choose_ckks_params, packed_rotation_steps, CkksBatched, CkksPacked, Counts, LayerTiming,
+    ParamChoice, Plan,
+};
 use hetensor::nn::mnist;
 use hetensor::progress::ProgressEvent;
+use hetensor::rlwe::Security;
 use hetensor::tensor::{CipherTensor, EncryptionKey};
 use hetensor::{onnx, Error, Result};
 
-use super::mnist::{argmax_rows, emit, peak_memory_mb, seconds_list, top2_gap};
+use super::mnist::{
+    argmax_rows, emit, peak_memory_mb, seconds_list, top2_gap, BFV_DNUM, BFV_LOG_N, BFV_Q_COUNT,
+};
 
 /// Calibration samples for the parameter choice.
 const CALIBRATION: usize = 256;
@@ -52,10 +60,10 @@ pub struct InferArgs {
     /// Only the first N samples, at most the data's count [default: all].
     #[arg(long, value_parser = super::args::at_least(1))]
     pub limit: Option<usize>,
-    /// ckks; bfv is not lowered from a graph yet (and is refused).
+    /// ckks, or bfv (the model quantized to integers, exact; batched layout, inputs in [0, 1]).
     #[arg(long, value_enum, default_value = "ckks")]
     pub scheme: Scheme,
-    /// batched; packed is not lowered from a graph yet (and is refused).
+    /// batched (one sample per slot) or packed (one sample at a time, rotations).
     #[arg(long, value_enum, default_value = "batched")]
     pub layout: LayoutArg,
     /// cpu, cuda, wgpu or auto.
@@ -75,6 +83,21 @@ pub struct PlanReport {
     pub depth: usize,
     pub counts: Counts,
     pub keys: String,
+    /// The scheme's parameters in words.
+    pub parameters: String,
+}
+
+/// What the BFV back end adds to a report.
+#[derive(Serialize, Debug)]
+pub struct BfvReport {
+    pub input_bits: u32,
+    pub weight_bits: u32,
+    pub plain_moduli: Vec<u64>,
+    /// log2 of the worst-case |integer| of the quantized plan.
+    pub bound_bits: f64,
+    /// Samples whose every decrypted integer output equals the plaintext integer model's.
+    pub exact_agreement: usize,
+    pub min_noise_budget_bits: f64,
 }
 
 /// What a run reports (also the `--json` object).
@@ -89,7 +112,10 @@ pub struct InferReport {
     pub layout: String,
     pub backend: String,
     pub plan: PlanReport,
-    pub params: ParamChoice,
+    /// CKKS: the parameter choice.
+    pub params: Option<ParamChoice>,
+    /// BFV: quantization, CRT primes, exactness.
+    pub bfv: Option<BfvReport>,
     /// `None` without labels (a .npy file).
     pub encrypted_accuracy: Option<f64>,
     pub plaintext_accuracy: Option<f64>,
@@ -107,6 +133,8 @@ pub struct InferReport {
     pub seconds_infer: f64,
     pub seconds_decrypt: f64,
     pub samples_per_second: f64,
+    /// Encryption, inference and decryption per sample (the packed layout's latency).
+    pub seconds_per_sample: f64,
     pub layer_seconds: Vec<(String, f64)>,
     pub peak_memory_mb: f64,
 }
@@ -167,15 +195,17 @@ fn load_data(data: &str, graph: &Graph) -> Result<Data> {
 
 /// Runs the job and prints the report.
 pub fn run(args: InferArgs) -> Result<()> {
-    if args.scheme == Scheme::Bfv {
+    let packed = args.layout == LayoutArg::Packed;
+    if args.scheme == Scheme::Bfv && packed {
         return Err(Error::InvalidInput(
-            "--scheme bfv: the BFV back end is not lowered from a model graph yet; `hetensor mnist --scheme bfv` runs the bundled LeNet-1 in BFV".into(),
+            "--layout packed: the BFV back end runs the batched layout only (packed is CKKS)"
+                .into(),
         ));
     }
-    if args.layout == LayoutArg::Packed {
-        return Err(Error::InvalidInput(
-            "--layout packed: the packed back end is not lowered from a model graph yet; `hetensor mnist --layout packed` runs the bundled LeNet-1 packed".into(),
-        ));
+    if let (true, Some(b)) = (packed, args.batch) {
+        return Err(Error::InvalidInput(format!(
+            "--batch {b}: the packed layout runs one sample at a time (--batch is for --layout batched)"
+        )));
     }
     let t_all = Instant::now();
     let backend = create_backend(args.backend.parse::<BackendKind>()?)?;
@@ -198,33 +228,112 @@ pub fn run(args: InferArgs) -> Result<()> {
     };
     let t_plan = Instant::now();
     let plan = Plan::new(&graph)?;
-    let (params, choice) = choose_ckks_params(&plan, &graph, &calib)?;
+    let bfv = args.scheme == Scheme::Bfv;
+    let (ckks_params, quantized) = if bfv {
+        let q = QuantizedPlan::new(&plan, bfv::DEFAULT_INPUT_BITS, bfv::DEFAULT_WEIGHT_BITS)?;
+        (None, Some(q))
+    } else {
+        (Some(choose_ckks_params(&plan, &graph, &calib)?), None)
+    };
     let seconds_plan = t_plan.elapsed().as_secs_f64();
+    let t_key = Instant::now();
+    // CKKS: context, keys (Galois keys for the packed layout) and the back end.
+    let ckks = match ckks_params {
+        Some((params, choice)) => {
+            let ctx = CkksContext::with_backend(params, backend.clone())?;
+            let keys = ctx.keygen()?;
+            let steps = if packed {
+                packed_rotation_steps(&plan, ctx.slots())?
+            } else {
+                Vec::new()
+            };
+            let gk = ctx.gen_galois_keys(&keys.secret, &steps, false)?;
+            Some((ctx, keys, gk, steps, choice))
+        }
+        None => None,
+    };
+    // BFV: the CRT context its worst case needs, and keys.
+    let crt = match &quantized {
+        Some(q) => {
+            let crt = BfvCrt::with_backend(
+                BFV_LOG_N,
+                &q.plain_modulus_bits()?,
+                BFV_Q_COUNT,
+                BFV_DNUM,
+                Security::Bits128,
+                backend.clone(),
+            )?;
+            let sk = crt.gen_secret_key()?;
+            let pk = crt.gen_public_key(&sk)?;
+            let rk = crt.gen_relin_key(&sk)?;
+            Some((crt, sk, pk, rk))
+        }
+        None => None,
+    };
+    let slots = match (&ckks, &crt) {
+        (Some(c), _) => c.0.slots(),
+        (_, Some(b)) => b.0.slot_count(),
+        _ => 1,
+    };
+    let batch_size = match args.batch {
+        None if packed => 1,
+        None => slots,
+        Some(b) if b <= slots => b,
+        Some(b) => {
+            return Err(Error::InvalidInput(format!(
+                "--batch {b} is more than the {slots} slots of the chosen parameters"
+            )))
+        }
+    };
+    let batched = match &ckks {
+        Some((ctx, keys, _, _, choice)) if !packed => {
+            Some(CkksBatched::new(&plan, ctx, &keys.relin)?.with_output_bound(choice.output_bound))
+        }
+        _ => None,
+    };
+    let packed_runner = match &ckks {
+        Some((ctx, keys, gk, _, choice)) if packed => Some(
+            CkksPacked::new(&plan, ctx, &keys.relin, gk)?.with_output_bound(choice.output_bound),
+        ),
+        _ => None,
+    };
+    let bfv_runner = match (&quantized, &crt) {
+        (Some(q), Some((crt, _, pk, rk))) => Some(Bfv::new(q, crt, pk, rk)?),
+        _ => None,
+    };
+    let seconds_keygen = t_key.elapsed().as_secs_f64();
+    let (params_text, keys_text) = match (&ckks, &quantized, &crt) {
+        (Some((_, _, _, steps, choice)), _, _) => (
+            choice.description.clone(),
+            if packed {
+                format!("secret key (seeded encryption), relinearization key, {} Galois keys (rotation steps {steps:?})", steps.len())
+            } else {
+                "secret key (seeded encryption), relinearization key; no Galois keys (the batched layout never rotates)".into()
+            },
+        ),
+        (_, Some(q), Some((crt, ..))) => (
+            format!(
+                "BFV N = 2^{BFV_LOG_N}, log2 QP = {:.0} (128-bit); {}-bit inputs, {}-bit weights; CRT plaintext primes {:?} ({:.1} bits) for a worst case of 2^{:.1}",
+                crt.rlwe().params().log_qp(),
+                q.input_bits(),
+                q.weight_bits(),
+                crt.plain_moduli(),
+                (crt.plain_modulus_product() as f64).log2(),
+                q.bound_bits()
+            ),
+            "secret key, public key (encrypts the biases), relinearization key; no Galois keys".into(),
+        ),
+        _ => (String::new(), String::new()),
+    };
     if !args.json {
         eprintln!(
-            "Plan: depth {}, {} dense maps, {} products, {} free ops; {}",
+            "Plan: depth {}, {} dense maps, {} products, {} free ops; {params_text}",
             plan.depth(),
             plan.counts().dense_maps,
             plan.counts().products,
             plan.counts().free_ops,
-            choice.description
         );
     }
-    let t_key = Instant::now();
-    let ctx = CkksContext::with_backend(params, backend.clone())?;
-    let batch_size = match args.batch {
-        None => ctx.slots(),
-        Some(b) if b <= ctx.slots() => b,
-        Some(b) => {
-            return Err(Error::InvalidInput(format!(
-                "--batch {b} is more than the {} slots of the chosen parameters",
-                ctx.slots()
-            )))
-        }
-    };
-    let keys = ctx.keygen()?;
-    let seconds_keygen = t_key.elapsed().as_secs_f64();
-    let runner = CkksBatched::new(&plan, &ctx, &keys.relin)?.with_output_bound(choice.output_bound);
 
     let batches = total.div_ceil(batch_size);
     let progress = super::progress_bar(!args.json);
@@ -238,19 +347,65 @@ pub fn run(args: InferArgs) -> Result<()> {
     let mut range = (f64::INFINITY, f64::NEG_INFINITY);
     let mut gaps: Vec<(f64, bool)> = Vec::with_capacity(total);
     let mut timing = LayerTiming::default();
+    let mut exact = 0usize;
+    let mut min_budget = f64::INFINITY;
+    let none = hetensor::progress::Progress::none();
     for b in 0..batches {
         let (lo, hi) = (b * batch_size, ((b + 1) * batch_size).min(total));
         let x = x_all.slice_axis(Axis(0), (lo..hi).into()).to_owned();
-        let t = Instant::now();
-        let ct = CipherTensor::encrypt_batched(&ctx, EncryptionKey::Secret(&keys.secret), &x)?;
-        enc_s += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let out =
-            runner.forward_owned(ct, &hetensor::progress::Progress::none(), Some(&mut timing))?;
-        inf_s += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let enc = flat(out.decrypt(&ctx, &keys.secret)?)?;
-        dec_s += t.elapsed().as_secs_f64();
+        let enc = match (&ckks, &quantized, &crt, &bfv_runner) {
+            (Some((ctx, keys, ..)), ..) => {
+                let t = Instant::now();
+                let key = EncryptionKey::Secret(&keys.secret);
+                let ct = if packed {
+                    CipherTensor::encrypt_packed(ctx, key, &x)?
+                } else {
+                    CipherTensor::encrypt_batched(ctx, key, &x)?
+                };
+                enc_s += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let out = match (&packed_runner, &batched) {
+                    (Some(r), _) => r.forward_with(&ct, &none, Some(&mut timing))?,
+                    (_, Some(r)) => r.forward_owned(ct, &none, Some(&mut timing))?,
+                    _ => return Err(Error::Model("no CKKS back end".into())),
+                };
+                inf_s += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let enc = flat(out.decrypt(ctx, &keys.secret)?)?;
+                dec_s += t.elapsed().as_secs_f64();
+                enc
+            }
+            (_, Some(q), Some((crt, sk, pk, _)), Some(runner)) => {
+                if let Some(v) = x.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+                    return Err(Error::InvalidInput(format!(
+                        "--scheme bfv quantizes inputs in [0, 1]; --data {} holds {v}",
+                        args.data
+                    )));
+                }
+                let n = hi - lo;
+                let pixels = q.quantize_inputs(&x)?;
+                let t = Instant::now();
+                let ct = q.encrypt(crt, pk, &pixels, n)?;
+                enc_s += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let out = runner.forward_with(&ct, &none, Some(&mut timing))?;
+                inf_s += t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let ints = q.decrypt(crt, sk, &out)?;
+                dec_s += t.elapsed().as_secs_f64();
+                for c in out.ciphertexts() {
+                    min_budget = min_budget.min(crt.invariant_noise_budget(c, sk)?);
+                }
+                let o = q.output_features();
+                let reference = q.forward_int(&pixels, n)?;
+                exact += (0..n)
+                    .filter(|&i| ints[i * o..(i + 1) * o] == reference[i * o..(i + 1) * o])
+                    .count();
+                ArrayD::from_shape_vec(IxDyn(&[n, o]), q.dequantize(&ints))
+                    .map_err(|e| Error::Shape(e.to_string()))?
+            }
+            _ => return Err(Error::Model("no back end".into())),
+        };
         let plain = flat(graph.run(&[x])?.remove(0))?;
         let (pe, pp) = (argmax_rows(&enc), argmax_rows(&plain));
         for i in 0..(hi - lo) {
@@ -275,15 +430,24 @@ pub fn run(args: InferArgs) -> Result<()> {
         samples: total,
         batches,
         batch_size,
-        scheme: "ckks".into(),
-        layout: "batched".into(),
+        scheme: if bfv { "bfv" } else { "ckks" }.into(),
+        layout: if packed { "packed" } else { "batched" }.into(),
         backend: backend.name().into(),
         plan: PlanReport {
             depth: plan.depth(),
             counts: plan.counts().clone(),
-            keys: "secret key (seeded encryption), relinearization key; no Galois keys (the batched layout never rotates)".into(),
+            keys: keys_text,
+            parameters: params_text,
         },
-        params: choice,
+        params: ckks.map(|c| c.4),
+        bfv: quantized.as_ref().map(|q| BfvReport {
+            input_bits: q.input_bits(),
+            weight_bits: q.weight_bits(),
+            plain_moduli: crt.as_ref().map(|c| c.0.plain_moduli()).unwrap_or_default(),
+            bound_bits: q.bound_bits(),
+            exact_agreement: exact,
+            min_noise_budget_bits: min_budget,
+        }),
         encrypted_accuracy: acc(correct_enc),
         plaintext_accuracy: acc(correct_plain),
         argmax_agreement: agree as f64 / total as f64,
@@ -298,6 +462,7 @@ pub fn run(args: InferArgs) -> Result<()> {
         seconds_infer: inf_s,
         seconds_decrypt: dec_s,
         samples_per_second: total as f64 / (enc_s + inf_s + dec_s),
+        seconds_per_sample: (enc_s + inf_s + dec_s) / total as f64,
         layer_seconds: timing.layers,
         peak_memory_mb: peak_memory_mb(),
     };
@@ -314,8 +479,11 @@ fn flat(a: ArrayD<f64>) -> Result<ArrayD<f64>> {
 
 fn print_report(r: &InferReport) {
     println!(
-        "Encrypted inference of {} (CKKS, {} layout, {} backend)",
-        r.model, r.layout, r.backend
+        "Encrypted inference of {} ({}, {} layout, {} backend)",
+        r.model,
+        r.scheme.to_uppercase(),
+        r.layout,
+        r.backend
     );
     println!(
         "  plan                depth {}: {} dense maps, {} products, {} rescales, {} relinearizations, {} free ops",
@@ -326,10 +494,19 @@ fn print_report(r: &InferReport) {
         r.plan.counts.relinearizations,
         r.plan.counts.free_ops
     );
-    println!(
-        "  parameters          {} (calibrated on {} samples: output bound {:.3}, last-level values up to {:.3})",
-        r.params.description, r.params.calibration_samples, r.params.output_bound, r.params.bottom_max
-    );
+    match &r.params {
+        Some(p) => println!(
+            "  parameters          {} (calibrated on {} samples: output bound {:.3}, last-level values up to {:.3})",
+            p.description, p.calibration_samples, p.output_bound, p.bottom_max
+        ),
+        None => println!("  parameters          {}", r.plan.parameters),
+    }
+    if let Some(b) = &r.bfv {
+        println!(
+            "  exact agreement     {}/{} samples with every decrypted integer equal to the integer model's; min noise budget {:.1} bits",
+            b.exact_agreement, r.samples, b.min_noise_budget_bits
+        );
+    }
     println!("  keys                {}", r.plan.keys);
     println!(
         "  samples             {} in {} batch(es) of up to {}",
@@ -358,8 +535,8 @@ fn print_report(r: &InferReport) {
         r.seconds_decrypt
     );
     println!(
-        "  throughput          {:.0} samples/s",
-        r.samples_per_second
+        "  throughput          {:.1} samples/s ({:.3} s per sample)",
+        r.samples_per_second, r.seconds_per_sample
     );
     println!("  per node (s)        {}", seconds_list(&r.layer_seconds));
     println!("  peak memory         {:.0} MB", r.peak_memory_mb);

@@ -9,8 +9,8 @@ use serde::Serialize;
 use hetensor::backend::{create_backend, BackendKind};
 use hetensor::bfv::BfvCrt;
 use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::lower::bfv::{self, Bfv, QuantizedPlan};
 use hetensor::lower::{CkksBatched, LayerTiming, Plan};
-use hetensor::nn::quantized::{self, QuantizedModel};
 use hetensor::nn::{mnist, weights, Sequential};
 use hetensor::rlwe::Security;
 use hetensor::tensor::{CipherTensor, EncryptionKey};
@@ -400,9 +400,9 @@ fn print_report(r: &MnistReport) {
 
 /// BFV parameters of the MNIST path: N = 2^13 (8192 slots), 30-bit ciphertext primes, hybrid
 /// key switching (the 128-bit preset shape for 2^13).
-const BFV_LOG_N: u32 = 13;
-const BFV_Q_COUNT: usize = 6;
-const BFV_DNUM: usize = 6;
+pub const BFV_LOG_N: u32 = 13;
+pub const BFV_Q_COUNT: usize = 6;
+pub const BFV_DNUM: usize = 6;
 
 /// What a `--scheme bfv` run reports (also the `--json` object).
 #[derive(Serialize, Debug)]
@@ -453,10 +453,10 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
     }
     let t_all = Instant::now();
     let model = load_model(&opts)?;
-    let qm = QuantizedModel::from_sequential(
-        &model,
-        quantized::DEFAULT_INPUT_BITS,
-        quantized::DEFAULT_WEIGHT_BITS,
+    let qm = QuantizedPlan::new(
+        &Plan::from_sequential(&model, &[1, 28, 28])?,
+        bfv::DEFAULT_INPUT_BITS,
+        bfv::DEFAULT_WEIGHT_BITS,
     )?;
     let t_bits = qm.plain_modulus_bits()?;
     let test = mnist::load_test(&opts.data_dir)?;
@@ -477,7 +477,7 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
             .slice(s![lo..hi, .., .., ..])
             .to_owned()
             .into_dyn();
-        let q = quantized::argmax_rows_i128(
+        let q = bfv::argmax_rows_i128(
             &qm.forward_int(&qm.quantize_inputs(&x)?, hi - lo)?,
             qm.output_features(),
         );
@@ -501,6 +501,7 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
     let sk = crt.gen_secret_key()?;
     let pk = crt.gen_public_key(&sk)?;
     let rk = crt.gen_relin_key(&sk)?;
+    let runner = Bfv::new(&qm, &crt, &pk, &rk)?;
     let seconds_keygen = t_key.elapsed().as_secs_f64();
     let slots = crt.slot_count();
     let log_qp = crt.rlwe().params().log_qp();
@@ -536,29 +537,30 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
         let t_batch = Instant::now();
         pb.set_message(format!("batch {}/{batches}: encrypting", b + 1));
         let t = Instant::now();
-        let cts = quantized::encrypt_batch(&crt, &pk, &qm, &pixels, n)?;
+        let cts = qm.encrypt(&crt, &pk, &pixels, n)?;
         enc_s += t.elapsed().as_secs_f64();
         pb.set_message(format!("batch {}/{batches}: inference", b + 1));
         let t = Instant::now();
-        let mut timing = Vec::new();
-        let out = quantized::forward_bfv(&crt, &pk, &rk, &qm, cts, &mut timing)?;
+        let mut timing = LayerTiming::default();
+        let none = hetensor::progress::Progress::none();
+        let out = runner.forward_with(&cts, &none, Some(&mut timing))?;
         inf_s += t.elapsed().as_secs_f64();
-        for (name, secs) in timing {
+        for (name, secs) in timing.layers {
             match layer_seconds.iter_mut().find(|(m, _)| *m == name) {
                 Some(e) => e.1 += secs,
                 None => layer_seconds.push((name, secs)),
             }
         }
         let t = Instant::now();
-        let logits = quantized::decrypt_batch(&crt, &sk, &out, n)?;
+        let logits = qm.decrypt(&crt, &sk, &out)?;
         dec_s += t.elapsed().as_secs_f64();
         latencies.push(t_batch.elapsed().as_secs_f64());
-        for c in &out {
+        for c in out.ciphertexts() {
             min_budget = min_budget.min(crt.invariant_noise_budget(c, &sk)?);
         }
         let plain_int = qm.forward_int(&pixels, n)?;
-        let pe = quantized::argmax_rows_i128(&logits, outs);
-        let pq = quantized::argmax_rows_i128(&plain_int, outs);
+        let pe = bfv::argmax_rows_i128(&logits, outs);
+        let pq = bfv::argmax_rows_i128(&plain_int, outs);
         let pf = argmax_rows(&model.forward_par(&x, 256)?);
         for i in 0..n {
             let label = test.labels[lo + i];
@@ -587,9 +589,9 @@ fn run_bfv(opts: MnistOptions) -> Result<()> {
         plain_modulus_bits: (crt.plain_modulus_product() as f64).log2(),
         bound_bits: qm.bound_bits(),
         layer_bound_bits: qm
-            .layers()
+            .node_bounds()
             .iter()
-            .map(|l| (l.name.clone(), l.bound.log2()))
+            .map(|(n, b)| (n.clone(), b.log2()))
             .collect(),
         encrypted_accuracy: correct_enc as f64 / total as f64,
         quantized_accuracy: correct_q as f64 / total as f64,

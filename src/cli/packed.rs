@@ -9,7 +9,9 @@ use serde::Serialize;
 
 use hetensor::backend::Backend;
 use hetensor::ckks::{CkksContext, CkksParams};
-use hetensor::nn::{mnist, packed};
+use hetensor::lower::{packed_rotation_steps, CkksPacked, Plan};
+use hetensor::nn::mnist;
+use hetensor::tensor::{CipherTensor, EncryptionKey};
 use hetensor::{Error, Result};
 
 use super::mnist::{emit, load_model, output_bound, peak_memory_mb, MnistOptions};
@@ -59,10 +61,12 @@ pub fn run(opts: &MnistOptions, backend: Arc<dyn Backend>) -> Result<()> {
     let t = Instant::now();
     let ctx = CkksContext::with_backend(CkksParams::preset(13, 25)?, backend.clone())?;
     let keys = ctx.keygen()?;
-    let steps = packed::rotation_steps(&model, [1, 28, 28])?;
+    let plan = Plan::from_sequential(&model, &[1, 28, 28])?;
+    let steps = packed_rotation_steps(&plan, ctx.slots())?;
     let gk = ctx.gen_galois_keys(&keys.secret, &steps, false)?;
     let seconds_keygen = t.elapsed().as_secs_f64();
     let bound = output_bound(&model, &opts.data_dir)?;
+    let runner = CkksPacked::new(&plan, &ctx, &keys.relin, &gk)?.with_output_bound(bound);
     let pb = if opts.json {
         ProgressBar::hidden()
     } else {
@@ -82,14 +86,14 @@ pub fn run(opts: &MnistOptions, backend: Arc<dyn Backend>) -> Result<()> {
             .to_owned()
             .into_dyn();
         let plain: Vec<f64> = model.forward(&x)?.iter().copied().collect();
-        let pixels: Vec<f64> = x.iter().copied().collect();
         let t = Instant::now();
-        let img = packed::encrypt_image(&ctx, &keys.secret, &pixels, [1, 28, 28])?;
-        let out = packed::forward(&ctx, &model, img, &keys.relin, &gk, bound)?;
-        let got = out
+        let ct = CipherTensor::encrypt_packed(&ctx, EncryptionKey::Secret(&keys.secret), &x)?;
+        let got: Vec<f64> = runner
+            .forward(&ct)?
+            .decrypt(&ctx, &keys.secret)?
             .iter()
-            .map(|c| ctx.decrypt_decode(c, &keys.secret).map(|v| v[0]))
-            .collect::<Result<Vec<f64>>>()?;
+            .copied()
+            .collect();
         lat.push(t.elapsed().as_secs_f64());
         let label = test.labels[i];
         correct_enc += (argmax(&got) == label) as usize;

@@ -27,7 +27,7 @@ pub struct LayerTiming {
 }
 
 impl LayerTiming {
-    fn add(&mut self, name: &str, secs: f64) {
+    pub(super) fn add(&mut self, name: &str, secs: f64) {
         match self.layers.iter_mut().find(|(n, _)| n == name) {
             Some(e) => e.1 += secs,
             None => self.layers.push((name.to_string(), secs)),
@@ -114,76 +114,18 @@ impl<'a> CkksBatched<'a> {
         batch: usize,
         cts: Tensor,
         progress: &Progress,
-        mut timing: Option<&mut LayerTiming>,
+        timing: Option<&mut LayerTiming>,
     ) -> Result<CipherTensor> {
         let (ctx, plan) = (self.ctx, self.plan);
-        if shape != plan.input_shape() {
-            return Err(Error::Shape(format!(
-                "the model takes samples of shape {:?}, the encrypted input has {:?}",
-                plan.input_shape(),
-                shape
-            )));
-        }
-        if shape.iter().product::<usize>() != cts.len() {
-            return Err(Error::Shape(format!(
-                "{} ciphertexts for shape {shape:?}",
-                cts.len()
-            )));
-        }
+        let top = check_input(plan, ctx, shape, &cts)?;
         plan.check_fits(ctx, batch)?;
-        let first = cts.first();
-        let top = first.map_or(0, |c| c.level());
-        if plan.depth > top {
-            return Err(Error::OutOfLevels {
-                op: "encrypted forward (input below the plan's depth)",
-                level: top,
-            });
-        }
-        let natural = ctx.natural_scale(top);
-        let scale = first.map_or(1.0, |c| c.scale());
-        if ((scale - natural) / natural).abs() > 1e-9 {
-            return Err(Error::ScaleMismatch {
-                op: "encrypted forward input (not at its level's natural scale)",
-                left: scale.log2(),
-                right: natural.log2(),
-            });
-        }
-        let mut slots: Vec<Option<Tensor>> = vec![None; plan.slots];
-        slots[0] = Some(cts);
-        progress.emit(ProgressEvent::Start {
-            total: plan.instrs.len() as u64,
-            unit: "steps",
-        });
-        for (k, (node, ins)) in plan.instrs.iter().enumerate() {
-            let name = &plan.node_names[*node];
-            if progress.is_active() {
-                progress.emit(ProgressEvent::Status(name));
-            }
-            let t0 = Instant::now();
-            self.exec(ins, top, &mut slots)?;
-            for &s in &plan.frees[k] {
-                slots[s] = None;
-            }
-            if let Some(t) = timing.as_deref_mut() {
-                t.add(name, t0.elapsed().as_secs_f64());
-            }
-            progress.emit(ProgressEvent::Advance);
-        }
-        progress.emit(ProgressEvent::Finish);
-        let out = take(&mut slots, plan.output_slot)?;
-        // The output's folds become its scales (value = decoded · fold).
+        let out = drive(plan, true, cts, progress, timing, |ins, slots| {
+            self.exec(ins, top, slots)
+        })?;
         let cts = out
             .into_par_iter()
             .zip(&plan.output_fold)
-            .map(|(c, &f)| {
-                let c = Arc::try_unwrap(c).unwrap_or_else(|a| (*a).clone());
-                if f == 1.0 {
-                    return Ok(c);
-                }
-                let c = if f < 0.0 { ctx.negate(&c)? } else { c };
-                let scale = c.scale() / f.abs();
-                Ok(c.derive(c.polys().clone(), scale))
-            })
+            .map(|(c, &f)| unfold(ctx, c, f))
             .collect::<Result<Vec<_>>>()?;
         CipherTensor::from_ciphertexts(plan.output_shape().to_vec(), batch, cts)
     }
@@ -223,7 +165,9 @@ impl<'a> CkksBatched<'a> {
                     .collect::<Result<Vec<_>>>()?;
                 slots[*dst] = Some(out);
             }
-            Instr::Sum { args, rows, dst } => {
+            Instr::Sum {
+                args, rows, dst, ..
+            } => {
                 let feats = gather(slots, args)?;
                 let out = rows
                     .par_iter()
@@ -238,6 +182,7 @@ impl<'a> CkksBatched<'a> {
                 outputs,
                 dst,
                 terminal,
+                ..
             } => {
                 let feats = gather(slots, args)?;
                 let out = self.dense(&feats, groups, bias, *outputs, *terminal)?;
@@ -364,52 +309,35 @@ impl<'a> CkksBatched<'a> {
         feat: impl Fn(u32) -> Result<&'f Arc<Ciphertext>>,
         r: &SumRow,
     ) -> Result<Arc<Ciphertext>> {
-        let ctx = self.ctx;
         let (first, k) = r.terms[0];
         let first = feat(first)?;
         if r.terms.len() == 1 && k == 1 && r.add == 0.0 {
             return Ok(first.clone());
         }
-        // An integer multiple keeps the scale (the constant is encoded at scale 1).
-        let times = |c: &Ciphertext, k: i64| match k {
-            1 => Ok(c.clone()),
-            -1 => ctx.negate(c),
-            k => ctx.multiply_scalar(c, k as f64, 1.0),
-        };
-        let mut acc = times(first, k)?;
-        for &(i, k) in &r.terms[1..] {
-            let c = feat(i)?;
-            acc = match k {
-                1 => ctx.add(&acc, c)?,
-                -1 => ctx.sub(&acc, c)?,
-                k => ctx.add(&acc, &times(c, k)?)?,
-            };
-        }
-        if r.add != 0.0 {
-            acc = ctx.add_scalar(&acc, r.add)?;
-        }
-        Ok(Arc::new(acc))
+        let terms = r
+            .terms
+            .iter()
+            .map(|&(i, k)| Ok((&**feat(i)?, k)))
+            .collect::<Result<Vec<(&Ciphertext, i64)>>>()?;
+        let acc = int_combination(self.ctx, &terms)?;
+        Ok(Arc::new(if r.add != 0.0 {
+            self.ctx.add_scalar(&acc, r.add)?
+        } else {
+            acc
+        }))
     }
 
     /// The constant scale of a dense map's weights on `feats`: what makes its rescale land on
     /// the next level's natural scale (or, `terminal`, lower, to hold the output bound).
     fn dense_scale(&self, feats: &[&Arc<Ciphertext>], terminal: bool) -> Result<f64> {
-        let ctx = self.ctx;
         let first = feats
             .first()
             .ok_or_else(|| Error::Shape("a dense map of no inputs".into()))?;
-        let level = first.level();
-        if level == 0 {
-            return Err(Error::OutOfLevels {
-                op: "dense map",
-                level,
-            });
-        }
-        let mut target = ctx.natural_scale(level - 1);
-        if let (true, Some(bound)) = (terminal, self.output_bound) {
-            target = target.min(ctx.capacity(level - 1, 1.0) / (2.0 * bound));
-        }
-        Ok(ctx.level_modulus(level) * target / first.scale())
+        dense_scale(
+            self.ctx,
+            first,
+            terminal.then_some(self.output_bound).flatten(),
+        )
     }
 
     /// One group of a dense map's outputs, rescaled, bias added: (output feature, ciphertext).
@@ -476,13 +404,146 @@ fn scatter(
         .collect()
 }
 
-fn take(slots: &mut [Option<Tensor>], s: usize) -> Result<Tensor> {
+/// `Σ k·c` with small integers `k`: no level, no scale change (an integer is encoded at
+/// scale 1).
+pub(super) fn int_combination(
+    ctx: &CkksContext,
+    terms: &[(&Ciphertext, i64)],
+) -> Result<Ciphertext> {
+    let times = |c: &Ciphertext, k: i64| match k {
+        1 => Ok(c.clone()),
+        -1 => ctx.negate(c),
+        k => ctx.multiply_scalar(c, k as f64, 1.0),
+    };
+    let ((first, k), rest) = terms
+        .split_first()
+        .ok_or_else(|| Error::Model("a sum of no terms".into()))?;
+    let mut acc = times(first, *k)?;
+    for &(c, k) in rest {
+        acc = match k {
+            1 => ctx.add(&acc, c)?,
+            -1 => ctx.sub(&acc, c)?,
+            k => ctx.add(&acc, &times(c, k)?)?,
+        };
+    }
+    Ok(acc)
+}
+
+/// The constant scale of a dense map's weights on `input`: the prime the following rescale
+/// drops times the next level's natural scale, lowered when the map makes the graph's output
+/// (`output_bound`) so that its level holds that bound.
+pub(super) fn dense_scale(
+    ctx: &CkksContext,
+    input: &Ciphertext,
+    output_bound: Option<f64>,
+) -> Result<f64> {
+    let level = input.level();
+    if level == 0 {
+        return Err(Error::OutOfLevels {
+            op: "dense map",
+            level,
+        });
+    }
+    let mut target = ctx.natural_scale(level - 1);
+    if let Some(bound) = output_bound {
+        target = target.min(ctx.capacity(level - 1, 1.0) / (2.0 * bound));
+    }
+    Ok(ctx.level_modulus(level) * target / input.scale())
+}
+
+/// Checks that an input of per-sample `shape` in ciphertexts `cts` is what `plan` takes: its
+/// shape, enough levels, the natural scale of its level (which the plan's alignments assume);
+/// returns its level.
+pub(super) fn check_input(
+    plan: &Plan,
+    ctx: &CkksContext,
+    shape: &[usize],
+    cts: &[Arc<Ciphertext>],
+) -> Result<usize> {
+    if shape != plan.input_shape() {
+        return Err(Error::Shape(format!(
+            "the model takes samples of shape {:?}, the encrypted input has {:?}",
+            plan.input_shape(),
+            shape
+        )));
+    }
+    let first = cts
+        .first()
+        .ok_or_else(|| Error::Shape("an encrypted input of no ciphertexts".into()))?;
+    let top = first.level();
+    if plan.depth > top {
+        return Err(Error::OutOfLevels {
+            op: "encrypted forward (input below the plan's depth)",
+            level: top,
+        });
+    }
+    let natural = ctx.natural_scale(top);
+    if ((first.scale() - natural) / natural).abs() > 1e-9 {
+        return Err(Error::ScaleMismatch {
+            op: "encrypted forward input (not at its level's natural scale)",
+            left: first.scale().log2(),
+            right: natural.log2(),
+        });
+    }
+    Ok(top)
+}
+
+/// Runs the schedule of `plan` (`fused`: the batched back end's, with fused chains) from
+/// `input` (slot 0) with `exec`, freeing each tensor after its last reader, reporting progress
+/// and per-node seconds; returns the output tensor.
+pub(super) fn drive<T>(
+    plan: &Plan,
+    fused: bool,
+    input: T,
+    progress: &Progress,
+    mut timing: Option<&mut LayerTiming>,
+    mut exec: impl FnMut(&Instr, &mut [Option<T>]) -> Result<()>,
+) -> Result<T> {
+    let (instrs, frees) = plan.schedule(fused);
+    let mut slots: Vec<Option<T>> = (0..plan.slots).map(|_| None).collect();
+    slots[0] = Some(input);
+    progress.emit(ProgressEvent::Start {
+        total: instrs.len() as u64,
+        unit: "steps",
+    });
+    for (k, (node, ins)) in instrs.iter().enumerate() {
+        let name = &plan.node_names[*node];
+        if progress.is_active() {
+            progress.emit(ProgressEvent::Status(name));
+        }
+        let t0 = Instant::now();
+        exec(ins, &mut slots)?;
+        for &s in &frees[k] {
+            slots[s] = None;
+        }
+        if let Some(t) = timing.as_deref_mut() {
+            t.add(name, t0.elapsed().as_secs_f64());
+        }
+        progress.emit(ProgressEvent::Advance);
+    }
+    progress.emit(ProgressEvent::Finish);
+    take(&mut slots, plan.output_slot)
+}
+
+/// An output ciphertext with its carried factor `f` moved into its scale (value = decoded ·
+/// f): free.
+pub(super) fn unfold(ctx: &CkksContext, c: Arc<Ciphertext>, f: f64) -> Result<Ciphertext> {
+    let c = Arc::try_unwrap(c).unwrap_or_else(|a| (*a).clone());
+    if f == 1.0 {
+        return Ok(c);
+    }
+    let c = if f < 0.0 { ctx.negate(&c)? } else { c };
+    let scale = c.scale() / f.abs();
+    Ok(c.derive(c.polys().clone(), scale))
+}
+
+pub(super) fn take<T>(slots: &mut [Option<T>], s: usize) -> Result<T> {
     slots[s]
         .take()
         .ok_or_else(|| Error::Model(format!("plan slot {s} read before it is written")))
 }
 
-fn get(slots: &[Option<Tensor>], s: usize) -> Result<&Tensor> {
+pub(super) fn get<T>(slots: &[Option<T>], s: usize) -> Result<&T> {
     slots[s]
         .as_ref()
         .ok_or_else(|| Error::Model(format!("plan slot {s} read before it is written")))

@@ -2,8 +2,10 @@
 //!
 //! [`Plan::new`] walks the graph once and decides everything that does not depend on the
 //! data or the keys: which ops are free and which cost a level, where rescales and
-//! relinearizations go, and the multiplicative depth. Back ends execute the schedule
-//! ([`CkksBatched`]: CKKS, one sample per slot).
+//! relinearizations go, and the multiplicative depth. Back ends execute the schedule:
+//! [`CkksBatched`] (CKKS, one sample per slot), [`CkksPacked`] (CKKS, one sample's features
+//! in the slots, rotations) and [`Bfv`] (the plan quantized to integers, exact BFV over CRT
+//! primes, one sample per slot).
 //!
 //! The planning rules:
 //! * **Shapes** are the graph's (checked when it was built); every op becomes a sparse affine
@@ -24,10 +26,14 @@
 //!   ciphertext would multiply its rounding error by the size of s² (~100x at N = 2^13;
 //!   measured: CryptoNets-shaped logits 5e-2 off instead of 3e-4 at Δ = 2^25).
 
+pub mod bfv;
 mod ckks;
+mod packed;
 mod params;
 
+pub use bfv::{Bfv, QuantizedPlan};
 pub use ckks::{CkksBatched, LayerTiming};
+pub use packed::{packed_rotation_steps, CkksPacked};
 pub use params::{choose_ckks_params, ParamChoice};
 
 use std::collections::HashMap;
@@ -74,6 +80,37 @@ pub(crate) struct Part {
     pub rows: Vec<u32>,
 }
 
+/// Where a windowed map (convolution, pooling) reads: output `(o, oy, ox)` of `output` anchors
+/// at input `(stride · (oy, ox) + offset)` of `input` (both `[C, H, W]`). The packed layout
+/// places outputs by it, so that one rotation per kernel tap serves every position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub input: [usize; 3],
+    pub output: [usize; 3],
+    pub stride: [usize; 2],
+    pub offset: [i64; 2],
+}
+
+impl Window {
+    fn of(op: &Op, x: &[usize], out: &[usize]) -> Option<Self> {
+        let (&[c, h, w], &[o, oh, ow]) = (x, out) else {
+            return None;
+        };
+        let (stride, pads) = match op {
+            Op::Conv2d(cv) => (cv.stride, cv.pads),
+            Op::AvgPool(p) => (p.stride, p.pads),
+            Op::GlobalAvgPool => ([h, w], [0; 4]),
+            _ => return None,
+        };
+        Some(Window {
+            input: [c, h, w],
+            output: [o, oh, ow],
+            stride,
+            offset: [-(pads[0] as i64), -(pads[1] as i64)],
+        })
+    }
+}
+
 /// One instruction of the schedule; `slot`s name stored tensors (vectors of ciphertexts).
 /// Depths count levels below the input's.
 #[derive(Clone, Debug)]
@@ -94,6 +131,7 @@ pub(crate) enum Instr {
         args: Vec<usize>,
         rows: Vec<SumRow>,
         dst: usize,
+        window: Option<Window>,
     },
     /// Linear combinations, one rescale, then the bias (one level). `terminal`: the output is
     /// the graph's, so its scale may be lowered to hold the output bound at its level.
@@ -104,6 +142,7 @@ pub(crate) enum Instr {
         outputs: usize,
         dst: usize,
         terminal: bool,
+        window: Option<Window>,
     },
     /// `dst[j] = a[pairs[j].0] · b[pairs[j].1]`, not rescaled, not relinearized.
     Mul {
@@ -161,6 +200,10 @@ pub struct Plan {
     node_names: Vec<String>,
     /// Slots to free after each instruction.
     frees: Vec<Vec<usize>>,
+    /// The batched back end's schedule: `instrs` with dense → quadratic → sum chains fused
+    /// ([`Instr::Fused`], which only that back end runs), and its frees.
+    fused_instrs: Vec<(usize, Instr)>,
+    fused_frees: Vec<Vec<usize>>,
     slots: usize,
     output_slot: usize,
     output_fold: Vec<f64>,
@@ -255,19 +298,22 @@ impl Plan {
         let slots = p.slots;
         let value_depths = p.value_depths;
         let mut node_names: Vec<String> = graph.nodes().iter().map(|n| n.name.clone()).collect();
-        let instrs = fuse_chains(p.instrs, out.slot, &mut node_names);
+        let fused_instrs = fuse_chains(&p.instrs, out.slot, &mut node_names);
         let mut counts = p.counts;
-        counts.fused_chains = instrs
+        counts.fused_chains = fused_instrs
             .iter()
             .filter(|(_, i)| matches!(i, Instr::Fused { .. }))
             .count();
-        let frees = lifetimes(&instrs, slots, out.slot);
+        let frees = lifetimes(&p.instrs, slots, out.slot);
+        let fused_frees = lifetimes(&fused_instrs, slots, out.slot);
         Ok(Plan {
             input_shape: graph.shape(input).to_vec(),
             output_shape: graph.shape(output).to_vec(),
             node_names,
-            instrs,
+            instrs: p.instrs,
             frees,
+            fused_instrs,
+            fused_frees,
             slots,
             output_slot: out.slot,
             output_fold: out.fold,
@@ -275,6 +321,16 @@ impl Plan {
             value_depths,
             counts,
         })
+    }
+
+    /// The instructions and the slots each frees: the batched back end's (`fused`) or the
+    /// plain schedule every back end can run.
+    pub(crate) fn schedule(&self, fused: bool) -> (&[(usize, Instr)], &[Vec<usize>]) {
+        if fused {
+            (&self.fused_instrs, &self.fused_frees)
+        } else {
+            (&self.instrs, &self.frees)
+        }
     }
 
     /// Plans a [`Sequential`] model on inputs of per-sample shape `input_shape`.
@@ -609,12 +665,12 @@ fn lifetimes(instrs: &[(usize, Instr)], slots: usize, output: usize) -> Vec<Vec<
 /// map's outputs and their squares (measured on LeNet-1 at N = 2^14: 2304 + 2304 ciphertexts
 /// of 2 and 3 polynomials alive at once without it).
 fn fuse_chains(
-    instrs: Vec<(usize, Instr)>,
+    instrs: &[(usize, Instr)],
     output: usize,
     names: &mut Vec<String>,
 ) -> Vec<(usize, Instr)> {
     let mut readers: HashMap<usize, usize> = HashMap::new();
-    for (_, ins) in &instrs {
+    for (_, ins) in instrs {
         for s in ins.reads() {
             *readers.entry(s).or_default() += 1;
         }
@@ -632,6 +688,7 @@ fn fuse_chains(
                 outputs,
                 dst: d,
                 terminal: false,
+                ..
             },
         ), (
             n1,
@@ -646,6 +703,7 @@ fn fuse_chains(
                 args: sum_args,
                 rows,
                 dst,
+                ..
             },
         ), rest @ ..] = &instrs[i..]
         {
@@ -680,6 +738,14 @@ fn fuse_chains(
         i += 1;
     }
     out
+}
+
+/// The error of a back end other than the batched one handed a fused chain: those read
+/// [`Plan::schedule`]`(false)`, which has none.
+pub(crate) fn fused_is_batched() -> Error {
+    Error::Model(
+        "a fused chain is the batched back end's; this back end runs the plain schedule".into(),
+    )
 }
 
 /// The sum rows grouped by the dense groups they read: rows that share a group (through any
@@ -898,7 +964,8 @@ impl Planner<'_> {
     ) -> Result<()> {
         let out_shape = self.graph.shape(output).to_vec();
         if let Some(rows) = affine_rows(self.graph, op, inputs, &out_shape) {
-            return self.affine(name, inputs, rows, output, terminal);
+            let window = Window::of(op, self.graph.shape(inputs[0]), &out_shape);
+            return self.affine(name, inputs, rows, output, terminal, window);
         }
         match op {
             Op::Mul => self.mul(inputs, output, &out_shape),
@@ -918,6 +985,7 @@ impl Planner<'_> {
         rows: Vec<Row>,
         output: ValueId,
         terminal: bool,
+        window: Option<Window>,
     ) -> Result<()> {
         // Distinct inputs (Add(x, x) reads one value twice).
         let mut uniq: Vec<ValueId> = Vec::new();
@@ -991,7 +1059,12 @@ impl Planner<'_> {
             let dst = self.new_slot();
             let pending = states[0].pending;
             let (rows, fold): (Vec<SumRow>, Vec<f64>) = sum.into_iter().unzip();
-            self.emit(Instr::Sum { args, rows, dst });
+            self.emit(Instr::Sum {
+                args,
+                rows,
+                dst,
+                window,
+            });
             self.counts.free_ops += 1;
             self.set(
                 output,
@@ -1047,6 +1120,7 @@ impl Planner<'_> {
             outputs: rows.len(),
             dst,
             terminal,
+            window,
         });
         self.counts.dense_maps += 1;
         self.counts.rescales += rows.len();

@@ -36,8 +36,6 @@ pub mod activation;
 pub mod layers;
 pub mod loss;
 pub mod mnist;
-pub mod packed;
-pub mod quantized;
 pub mod sequential;
 pub mod train;
 pub mod weights;
