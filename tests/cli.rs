@@ -768,8 +768,8 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
             &["--refresh bootstrap"],
         ),
         (
-            &["train", "mnist-transfer", "--refresh", "key-holder"],
-            &["--refresh"],
+            &["train", "mnist-transfer", "--refresh", "bootstrap"],
+            &["--refresh key-holder", "--parties 2"],
         ),
         (&["train", "titanic", "--refresh", "magic"], &["--refresh"]),
         (
@@ -976,8 +976,10 @@ fn infer_bfv() {
     assert_eq!(u(&r["bfv"], "exact_agreement"), 4, "{r}");
     assert!(f(&r["bfv"], "min_noise_budget_bits") > 0.0, "{r}");
     assert!(r["params"].is_null() && r["plan"]["parameters"].as_str().unwrap().contains("BFV"));
-    // The quantized model follows the interpreter (6-bit inputs and weights).
-    assert_eq!(f(&r, "argmax_agreement"), 1.0, "{r}");
+    // The quantized model follows the interpreter (6-bit inputs and weights) wherever its
+    // error cannot flip the argmax (this untrained model's top-2 gaps are often smaller).
+    assert_eq!(u(&r, "decided_agreement"), u(&r, "decided_samples"), "{r}");
+    assert!(f(&r, "max_abs_output_error") < 0.1, "{r}");
 }
 
 /// `infer --layout packed`: one sample at a time with rotations, on the LeNet-1 (x²) test model

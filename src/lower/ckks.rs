@@ -135,7 +135,7 @@ impl<'a> CkksBatched<'a> {
         match ins {
             Instr::Rescale { slot } => {
                 let t = take(slots, *slot)?;
-                slots[*slot] = Some(par_map(&t, |c| self.pay(c))?);
+                slots[*slot] = Some(rescale_all(ctx, self.rk, &t)?);
             }
             Instr::Align {
                 src,
@@ -144,23 +144,14 @@ impl<'a> CkksBatched<'a> {
                 depth,
                 pending,
             } => {
-                let level = top - depth;
                 let x = get(slots, *src)?;
                 let out = x
                     .par_iter()
                     .zip(factors)
                     .map(|(c, &f)| {
-                        let up = ctx.mod_switch_to(c, level + 1)?;
-                        let above = ctx.natural_scale(level + 1);
-                        if *pending {
-                            // To the scale of a product at `level + 1`, not yet rescaled.
-                            ctx.multiply_scalar(&up, f, above * above / up.scale())
-                        } else {
-                            let q = ctx.level_modulus(level + 1);
-                            let target = ctx.natural_scale(level);
-                            ctx.rescale(&ctx.multiply_scalar(&up, f, q * target / up.scale())?)
-                        }
-                        .map(Arc::new)
+                        align_one(ctx, c, top - depth, *pending, |up, cs| {
+                            ctx.multiply_scalar(up, f, cs)
+                        })
                     })
                     .collect::<Result<Vec<_>>>()?;
                 slots[*dst] = Some(out);
@@ -189,19 +180,7 @@ impl<'a> CkksBatched<'a> {
                 slots[*dst] = Some(out);
             }
             Instr::Mul { a, b, pairs, dst } => {
-                let (xa, xb) = (get(slots, *a)?, get(slots, *b)?);
-                let out = pairs
-                    .par_iter()
-                    .map(|&(i, j)| {
-                        let (ca, cb) = (&xa[i as usize], &xb[j as usize]);
-                        if Arc::ptr_eq(ca, cb) {
-                            ctx.square(ca)
-                        } else {
-                            ctx.multiply(ca, cb)
-                        }
-                        .map(Arc::new)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let out = products(ctx, get(slots, *a)?, get(slots, *b)?, pairs)?;
                 slots[*dst] = Some(out);
             }
             Instr::Quad { src, rows, dst } => {
@@ -262,17 +241,7 @@ impl<'a> CkksBatched<'a> {
                 depth,
                 dst,
             } => {
-                let level = top - depth;
-                let target = ctx.natural_scale(level);
-                let x = get(slots, *src)?;
-                let out = x
-                    .par_iter()
-                    .zip(coeffs)
-                    .map(|(c, cs)| {
-                        let y = ctx.evaluate_polynomial_at(c, cs, self.rk, target)?;
-                        ctx.mod_switch_to(&y, level).map(Arc::new)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let out = polynomials(ctx, self.rk, get(slots, *src)?, coeffs, top - depth)?;
                 slots[*dst] = Some(out);
             }
         }
@@ -400,6 +369,78 @@ fn scatter(
     out.into_iter()
         .map(|c| {
             c.ok_or_else(|| Error::Model("an output of the plan step was not computed".into()))
+        })
+        .collect()
+}
+
+/// Pays deferred rescales: each ciphertext relinearized first if it is a product, then
+/// rescaled.
+pub(super) fn rescale_all(ctx: &CkksContext, rk: &RelinKey, t: &Tensor) -> Result<Tensor> {
+    par_map(t, |c| {
+        if c.size() == 3 {
+            ctx.rescale(&ctx.relinearize(c, rk)?)
+        } else {
+            ctx.rescale(c)
+        }
+    })
+}
+
+/// `c` brought to `level` with a factor applied by `times(c at level + 1, const_scale)`: at
+/// the natural scale of `level` (one rescale), or, `pending`, at the scale of a product at
+/// `level + 1` not yet rescaled.
+pub(super) fn align_one(
+    ctx: &CkksContext,
+    c: &Ciphertext,
+    level: usize,
+    pending: bool,
+    times: impl Fn(&Ciphertext, f64) -> Result<Ciphertext>,
+) -> Result<Arc<Ciphertext>> {
+    let up = ctx.mod_switch_to(c, level + 1)?;
+    let above = ctx.natural_scale(level + 1);
+    if pending {
+        times(&up, above * above / up.scale())
+    } else {
+        let q = ctx.level_modulus(level + 1);
+        ctx.rescale(&times(&up, q * ctx.natural_scale(level) / up.scale())?)
+    }
+    .map(Arc::new)
+}
+
+/// `xa[i] · xb[j]` for each pair, not relinearized (a square when both are one ciphertext).
+pub(super) fn products(
+    ctx: &CkksContext,
+    xa: &Tensor,
+    xb: &Tensor,
+    pairs: &[(u32, u32)],
+) -> Result<Tensor> {
+    pairs
+        .par_iter()
+        .map(|&(i, j)| {
+            let (ca, cb) = (&xa[i as usize], &xb[j as usize]);
+            if Arc::ptr_eq(ca, cb) {
+                ctx.square(ca)
+            } else {
+                ctx.multiply(ca, cb)
+            }
+            .map(Arc::new)
+        })
+        .collect()
+}
+
+/// One polynomial per ciphertext, ending at `level` at its natural scale.
+pub(super) fn polynomials(
+    ctx: &CkksContext,
+    rk: &RelinKey,
+    x: &Tensor,
+    coeffs: &[Vec<f64>],
+    level: usize,
+) -> Result<Tensor> {
+    let target = ctx.natural_scale(level);
+    x.par_iter()
+        .zip(coeffs)
+        .map(|(c, cs)| {
+            let y = ctx.evaluate_polynomial_at(c, cs, rk, target)?;
+            ctx.mod_switch_to(&y, level).map(Arc::new)
         })
         .collect()
 }

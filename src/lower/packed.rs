@@ -25,7 +25,10 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use super::ckks::{check_input, dense_scale, drive, get, int_combination, take, unfold};
+use super::ckks::{
+    align_one, check_input, dense_scale, drive, get, int_combination, polynomials, products,
+    rescale_all, take, unfold,
+};
 use super::{Instr, LayerTiming, Plan, Window};
 use crate::ckks::CkksContext;
 use crate::progress::Progress;
@@ -681,18 +684,7 @@ impl<'a> CkksPacked<'a> {
         match (ins, step) {
             (Instr::Rescale { slot }, Step::Rescale) => {
                 let t = take(slots, *slot)?;
-                slots[*slot] = Some(
-                    t.par_iter()
-                        .map(|c| {
-                            let c = if c.size() == 3 {
-                                ctx.relinearize(c, rk)?
-                            } else {
-                                (**c).clone()
-                            };
-                            ctx.rescale(&c).map(Arc::new)
-                        })
-                        .collect::<Result<_>>()?,
-                );
+                slots[*slot] = Some(rescale_all(ctx, rk, &t)?);
             }
             (
                 Instr::Align {
@@ -711,16 +703,7 @@ impl<'a> CkksPacked<'a> {
                     .zip(coefs)
                     .map(|(c, coef)| {
                         let coef = coef.clone().unwrap_or(Coef::Scalar(0.0));
-                        let up = ctx.mod_switch_to(c, level + 1)?;
-                        let above = ctx.natural_scale(level + 1);
-                        if *pending {
-                            self.times(&up, &coef, above * above / up.scale())
-                        } else {
-                            let q = ctx.level_modulus(level + 1);
-                            let target = ctx.natural_scale(level);
-                            ctx.rescale(&self.times(&up, &coef, q * target / up.scale())?)
-                        }
-                        .map(Arc::new)
+                        align_one(ctx, c, level, *pending, |up, cs| self.times(up, &coef, cs))
                     })
                     .collect::<Result<Vec<_>>>()?;
                 slots[*dst] = Some(out);
@@ -803,19 +786,7 @@ impl<'a> CkksPacked<'a> {
                 slots[*dst] = Some(out);
             }
             (Instr::Mul { a, b, dst, .. }, Step::Mul(pairs)) => {
-                let (xa, xb) = (get(slots, *a)?, get(slots, *b)?);
-                let out = pairs
-                    .par_iter()
-                    .map(|&(i, j)| {
-                        let (ca, cb) = (&xa[i as usize], &xb[j as usize]);
-                        if Arc::ptr_eq(ca, cb) {
-                            ctx.square(ca)
-                        } else {
-                            ctx.multiply(ca, cb)
-                        }
-                        .map(Arc::new)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let out = products(ctx, get(slots, *a)?, get(slots, *b)?, pairs)?;
                 slots[*dst] = Some(out);
             }
             (Instr::Quad { src, dst, .. }, Step::Quad(coefs)) => {
@@ -840,17 +811,7 @@ impl<'a> CkksPacked<'a> {
                 },
                 Step::Poly(coeffs),
             ) => {
-                let level = top - depth;
-                let target = ctx.natural_scale(level);
-                let x = get(slots, *src)?;
-                let out = x
-                    .par_iter()
-                    .zip(coeffs)
-                    .map(|(c, cs)| {
-                        let y = ctx.evaluate_polynomial_at(c, cs, rk, target)?;
-                        ctx.mod_switch_to(&y, level).map(Arc::new)
-                    })
-                    .collect::<Result<Vec<_>>>()?;
+                let out = polynomials(ctx, rk, get(slots, *src)?, coeffs, top - depth)?;
                 slots[*dst] = Some(out);
             }
             _ => {
