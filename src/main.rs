@@ -171,10 +171,10 @@ enum Command {
         /// Seed of the split and the batches [default: 1].
         #[arg(long)]
         seed: Option<u64>,
-        /// titanic and credit: how the weights get their levels back when a step would run
-        /// out: `key-holder` decrypts and re-encrypts them (fast; the key holder sees the
-        /// model every refresh), `bootstrap` bootstraps them on public keys (no decryption
-        /// during training; 128-bit at --log-n 16, which it implies; ~20-30 s per ciphertext
+        /// How the weights get their levels back when a step would run out: `key-holder`
+        /// decrypts and re-encrypts them (fast; the key holder sees the model every refresh),
+        /// `bootstrap` (titanic and credit) bootstraps them on public keys (no decryption
+        /// during training; 128-bit at --log-n 16, which it implies; ~25-60 s per ciphertext
         /// on one core) [default: key-holder].
         #[arg(long, value_parser = ["key-holder", "bootstrap"])]
         refresh: Option<String>,
@@ -364,9 +364,9 @@ fn main() -> ExitCode {
             refresh,
             insecure_test_ring,
         } if workload == "mnist-transfer" => {
-            if refresh.is_some() || insecure_test_ring {
+            if refresh.as_deref().is_some_and(|r| r != "key-holder") || insecure_test_ring {
                 return Err(hetensor::Error::InvalidInput(
-                    "--refresh and --insecure-test-ring are for titanic and credit; mnist-transfer's head is refreshed by the key holder, or without one by --parties 2 (bootstrapping its ~2,000 ciphertexts per step is future work)".into(),
+                    "mnist-transfer takes --refresh key-holder only (its default): bootstrapping its ~2,000 head ciphertexts per step is not built yet; --parties 2 trains it without a key holder".into(),
                 ));
             }
             if parties.is_some_and(|k| k != 2) {
