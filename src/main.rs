@@ -174,8 +174,8 @@ enum Command {
         /// How the weights get their levels back when a step would run out: `key-holder`
         /// decrypts and re-encrypts them (fast; the key holder sees the model every refresh),
         /// `bootstrap` (titanic and credit) bootstraps them on public keys (no decryption
-        /// during training; 128-bit at --log-n 16, which it implies; ~25-60 s per ciphertext
-        /// on one core) [default: key-holder].
+        /// during training; 128-bit at --log-n 16, which it implies; ~25 s per ciphertext
+        /// on 2 cores) [default: key-holder].
         #[arg(long, value_parser = ["key-holder", "bootstrap"])]
         refresh: Option<String>,
         /// With --refresh bootstrap and --log-n 13..15: run the same pipeline on an
