@@ -1019,7 +1019,8 @@ fn infer_refuses_what_it_cannot_do() {
         ],
         &["--layout packed", "BFV"],
     );
-    // A cubic activation has no quantized form: the node is named.
+    // A --data file that does not exist is named, whatever the scheme (the cubic activation's
+    // refusal by the BFV quantization is tested in tests/encrypted_nn_bfv.rs, node named).
     fails(
         &[
             "infer",
