@@ -268,16 +268,7 @@ impl QuantizedPlan {
                     dst,
                     ..
                 } => {
-                    let mut rows = vec![(Vec::new(), 0.0); *outputs];
-                    for g in groups {
-                        for (j, ws) in &g.outputs {
-                            rows[*j as usize].0 =
-                                g.inputs.iter().copied().zip(ws.iter().copied()).collect();
-                        }
-                    }
-                    for (r, &b) in rows.iter_mut().zip(bias) {
-                        r.1 = b;
-                    }
+                    let rows = super::dense_rows(groups, bias, *outputs);
                     let ins: Vec<QState> = args.iter().map(|&a| st(&states, a)).collect::<Result<_>>()?;
                     let (rows, state) = quantize_rows(name, &rows, &ins, w_max)?;
                     instrs.push((*node, affine(args.clone(), rows, *dst)));

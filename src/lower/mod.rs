@@ -80,6 +80,25 @@ pub(crate) struct Part {
     pub rows: Vec<u32>,
 }
 
+/// A dense map's groups as one row per output feature: its (input, weight) pairs and its bias
+/// (what the packed and BFV back ends compile, which do not share inputs across outputs).
+pub(crate) fn dense_rows(
+    groups: &[Group],
+    bias: &[f64],
+    outputs: usize,
+) -> Vec<(Vec<(u32, f64)>, f64)> {
+    let mut rows = vec![(Vec::new(), 0.0); outputs];
+    for g in groups {
+        for (j, ws) in &g.outputs {
+            rows[*j as usize].0 = g.inputs.iter().copied().zip(ws.iter().copied()).collect();
+        }
+    }
+    for (r, &b) in rows.iter_mut().zip(bias) {
+        r.1 = b;
+    }
+    rows
+}
+
 /// Where a windowed map (convolution, pooling) reads: output `(o, oy, ox)` of `output` anchors
 /// at input `(stride · (oy, ox) + offset)` of `input` (both `[C, H, W]`). The packed layout
 /// places outputs by it, so that one rotation per kernel tap serves every position.

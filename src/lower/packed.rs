@@ -215,16 +215,7 @@ impl Schedule {
                     window,
                     ..
                 } => {
-                    let mut rows = vec![(Vec::new(), 0.0); *outputs];
-                    for g in groups {
-                        for (j, ws) in &g.outputs {
-                            rows[*j as usize].0 =
-                                g.inputs.iter().copied().zip(ws.iter().copied()).collect();
-                        }
-                    }
-                    for (r, &b) in rows.iter_mut().zip(bias) {
-                        r.1 = b;
-                    }
+                    let rows = super::dense_rows(groups, bias, *outputs);
                     let ins: Vec<Lay> =
                         args.iter().map(|&a| lay(&lays, a)).collect::<Result<_>>()?;
                     let (out, l) = map(name, &ins, &rows, *window, slots, false)?;
