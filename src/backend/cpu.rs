@@ -11,6 +11,7 @@ use super::{
     limb_positions, limb_scalars, Backend, Buffer, PolyBatch, Repr,
 };
 use crate::error::{Error, Result};
+use crate::math::rns::{convert_blocks, ConvertScratch};
 use crate::math::{BaseConverter, RingContext, ScaleRounder};
 
 /// Rayon-parallel CPU backend.
@@ -341,10 +342,21 @@ impl Backend for CpuBackend {
         let in_words = p.poly_words();
         let out_words = to.len() * n;
         let mut out = vec![0u32; p.count * out_words];
-        out.par_chunks_mut(out_words)
-            .zip(input.par_chunks(in_words))
-            .for_each_init(Vec::new, |scratch, (o, i)| {
-                conv.convert(i, o, n, exact, scratch)
+        // Tasks are (polynomial, coefficient block): a key switch's ModUp converts one
+        // polynomial, which would otherwise run on one thread.
+        let tasks: Vec<_> = out
+            .chunks_mut(out_words)
+            .zip(input.chunks(in_words))
+            .flat_map(|(o, i)| {
+                convert_blocks(o, n)
+                    .into_iter()
+                    .map(move |(lo, block)| (i, lo, block))
+            })
+            .collect();
+        tasks
+            .into_par_iter()
+            .for_each_init(ConvertScratch::default, |scratch, (i, lo, mut block)| {
+                conv.convert_block(i, n, lo, &mut block, exact, scratch)
             });
         Ok(PolyBatch::from_parts(
             Buffer::Host(out),

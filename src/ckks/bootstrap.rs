@@ -48,8 +48,9 @@ use std::sync::{Arc, OnceLock};
 use num_complex::Complex64;
 
 use crate::backend::PolyBatch;
-use crate::ckks::{CkksContext, CkksParams, Plaintext};
+use crate::ckks::{CkksContext, CkksParams};
 use crate::error::{Error, Result};
+use crate::rlwe::ciphertext as ct_ops;
 use crate::rlwe::keys::{ckks_galois_element, galois_element_conjugate, KeySwitchKey};
 use crate::rlwe::{Ciphertext, GaloisKeys, RelinKey, SecretKey, Security};
 use crate::serialize::objects::{key_set, read_ksk_over, write_ksk};
@@ -358,9 +359,10 @@ struct LinearStep {
     babies: Vec<i64>,
     /// Per giant step: its rotation and, per baby, the diagonal pre-rotated by `−giant`.
     giants: Vec<(i64, Vec<BabyDiagonal>)>,
-    /// The level it runs at, and plaintexts cached at first use.
+    /// The level it runs at, and the diagonals encoded at first use over the level's limbs
+    /// and the special primes (they multiply rotations still in the key-switching basis).
     level: usize,
-    encoded: OnceLock<Vec<Vec<Plaintext>>>,
+    encoded: OnceLock<Vec<Vec<PolyBatch>>>,
     /// The scale the plaintexts were encoded for (input ct scale → output scale).
     in_scale: f64,
     out_scale: f64,
@@ -898,14 +900,18 @@ impl CkksContext {
             .try_fold(ct.clone(), |x, step| self.linear_step(&x, step, gk))
     }
 
-    /// Baby-step giant-step: `Σ_g rot_g( Σ_b diag'_{g,b} ⊙ rot_b(x) )`, babies hoisted,
-    /// one rescale at the end.
+    /// Baby-step giant-step: `Σ_g rot_g( Σ_b diag'_{g,b} ⊙ rot_b(x) )`, hoisted twice over:
+    /// the babies share one decomposition of `x`, and everything stays in the key-switching
+    /// basis `QP` (`P` times the value, [`ct_ops::apply_galois_many_ext`]) until a ModDown per
+    /// giant step's inner sum (before its rotation) and one at the end, fused with the
+    /// rescale (one division by `P·q_l`) — instead of a ModDown per rotation plus a rescale.
     fn linear_step(
         &self,
         x: &Ciphertext,
         step: &LinearStep,
         gk: &GaloisKeys,
     ) -> Result<Ciphertext> {
+        use rayon::prelude::*;
         if x.level() != step.level {
             return Err(Error::LevelMismatch {
                 op: "bootstrap linear transform",
@@ -913,17 +919,24 @@ impl CkksContext {
                 right: x.level(),
             });
         }
+        let rlwe = self.rlwe();
+        let (be, ring) = (rlwe.backend(), rlwe.ring());
+        let n = rlwe.n();
+        let q = x.polys.limbs_arc();
+        let qp = rlwe.qp_limbs(step.level);
         let pt_scale = step.out_scale * self.level_modulus(step.level) / step.in_scale;
         let encoded = match step.encoded.get() {
             Some(e) => e,
             None => {
                 let e = step
                     .giants
-                    .iter()
+                    .par_iter()
                     .map(|(_, diags)| {
                         diags
                             .iter()
-                            .map(|(_, d)| self.encode_complex(d, pt_scale, step.level))
+                            .map(|(_, d)| {
+                                self.encode_complex_over(d, pt_scale, step.level, qp.clone())
+                            })
                             .collect::<Result<Vec<_>>>()
                     })
                     .collect::<Result<Vec<_>>>()?;
@@ -931,29 +944,61 @@ impl CkksContext {
                 step.encoded.get().expect("just set")
             }
         };
-        // The input's scale may differ from the planned one by float bookkeeping only.
-        let x = x.derive(x.polys.clone(), step.in_scale);
-        let babies = self.rotate_many(&x, &step.babies, gk)?;
-        let mut acc: Option<Ciphertext> = None;
-        for ((giant, diags), pts) in step.giants.iter().zip(encoded) {
-            let mut inner: Option<Ciphertext> = None;
-            for ((bi, _), pt) in diags.iter().zip(pts) {
-                let term = self.multiply_plain(&babies[*bi], pt)?;
-                inner = Some(match inner {
-                    None => term,
-                    Some(s) => self.add(&s, &term)?,
-                });
-            }
-            let inner = inner.ok_or_else(|| Error::InvalidInput("empty giant step".into()))?;
-            let rotated = self.rotate(&inner, *giant, gk)?;
-            acc = Some(match acc {
-                None => rotated,
-                Some(a) => self.add(&a, &rotated)?,
-            });
+        let rotations: Vec<(usize, Option<i64>)> = step
+            .babies
+            .iter()
+            .filter(|&&b| b != 0)
+            .map(|&b| (ckks_galois_element(n, b), Some(b)))
+            .collect();
+        let mut rotated = ct_ops::apply_galois_many_ext(rlwe, x, &rotations, gk)?.into_iter();
+        let babies = step
+            .babies
+            .iter()
+            .map(|&b| match b {
+                0 => ct_ops::lift_to_ext(rlwe, &x.polys),
+                _ => rotated
+                    .next()
+                    .ok_or_else(|| Error::InvalidInput("internal: baby rotation count".into())),
+            })
+            .collect::<Result<Vec<PolyBatch>>>()?;
+        let terms = step
+            .giants
+            .par_iter()
+            .zip(encoded)
+            .map(|((giant, diags), pts)| {
+                let mut inner = be.zeros(qp.clone(), 2, n, crate::backend::Repr::Ntt)?;
+                for ((bi, _), pt) in diags.iter().zip(pts) {
+                    be.mul_acc(ring, &mut inner, &babies[*bi], pt)?;
+                }
+                if *giant == 0 {
+                    return Ok(inner);
+                }
+                let down = rlwe.mod_down(&inner, q.clone(), rlwe.p_limbs())?;
+                let g = ckks_galois_element(n, *giant);
+                ct_ops::apply_galois_many_ext(
+                    rlwe,
+                    &x.derive(down, x.scale),
+                    &[(g, Some(*giant))],
+                    gk,
+                )?
+                .pop()
+                .ok_or_else(|| Error::InvalidInput("internal: no giant rotation".into()))
+            })
+            .collect::<Result<Vec<PolyBatch>>>()?;
+        let mut terms = terms.into_iter();
+        let mut acc = terms
+            .next()
+            .ok_or_else(|| Error::InvalidInput("empty linear transform".into()))?;
+        for t in terms {
+            be.add_assign(ring, &mut acc, &t)?;
         }
-        let acc = acc.ok_or_else(|| Error::InvalidInput("empty linear transform".into()))?;
-        let out = self.rescale(&acc)?;
-        Ok(out.derive(out.polys.clone(), step.out_scale))
+        let drop: Arc<[usize]> = self
+            .level_primes(step.level)
+            .into_iter()
+            .chain(rlwe.p_limbs().iter().copied())
+            .collect();
+        let out = rlwe.mod_down(&acc, rlwe.q_limbs(step.level - 1), drop)?;
+        Ok(x.derive(out, step.out_scale))
     }
 
     /// `x mod 1` approximated by `sin(2πx)/(2π)`, scaled by 2π: the slot values `u = x/K`

@@ -247,6 +247,20 @@ impl CkksContext {
         scale: f64,
         level: usize,
     ) -> Result<Plaintext> {
+        let poly = self.encode_complex_over(values, scale, level, self.rlwe.q_limbs(level))?;
+        Ok(Plaintext { poly, scale, level })
+    }
+
+    /// [`Self::encode_complex`] bounded by `level`'s modulus but uploaded to `limbs` (NTT
+    /// form): the level's limbs plus the special primes for products in the key-switching
+    /// basis.
+    pub(crate) fn encode_complex_over(
+        &self,
+        values: &[Complex64],
+        scale: f64,
+        level: usize,
+        limbs: Arc<[usize]>,
+    ) -> Result<PolyBatch> {
         if values.len() > self.slots() {
             return Err(Error::TooManyValues {
                 got: values.len(),
@@ -288,10 +302,7 @@ impl CkksContext {
             }
             ints.push(v as i64);
         }
-        let poly = self
-            .rlwe
-            .upload_signed_ntt(&ints, self.rlwe.q_limbs(level))?;
-        Ok(Plaintext { poly, scale, level })
+        self.rlwe.upload_signed_ntt(&ints, limbs)
     }
 
     /// log2 Q_level.

@@ -16,6 +16,8 @@ pub struct Modulus {
     /// products of reduced operands (vectorizes: every multiply is 32x32->64).
     bits: u32,
     mu32: u32,
+    /// 2^32 mod q, for [`Self::reduce_u64_lanes`].
+    two32: u32,
 }
 
 impl Modulus {
@@ -36,6 +38,7 @@ impl Modulus {
             barrett: u64::MAX / q as u64,
             bits,
             mu32: ((1u64 << (2 * bits)) / q as u64) as u32,
+            two32: ((1u64 << 32) % q as u64) as u32,
         })
     }
 
@@ -99,6 +102,24 @@ impl Modulus {
             r -= self.q as u64;
         }
         r as u32
+    }
+
+    /// Whether [`Self::reduce_u64_lanes`] applies: `q ≥ 2^15`, so that a 32-bit half of a word
+    /// is below `2^(2k)`.
+    #[inline(always)]
+    pub fn lanes_reduce_u64(&self) -> bool {
+        self.bits >= 16
+    }
+
+    /// Reduces any u64 into `[0, q)` as `[hi]·2^32 + [lo]` with three 32-bit-lane Barrett
+    /// steps: unlike [`Self::reduce_u64`]'s 128-bit product, it vectorizes. Needs
+    /// [`Self::lanes_reduce_u64`].
+    #[inline(always)]
+    pub fn reduce_u64_lanes(&self, x: u64) -> u32 {
+        debug_assert!(self.lanes_reduce_u64());
+        let hi = self.mul_add_reduced((x >> 32) as u32, 1, 0);
+        let lo = self.mul_add_reduced(x as u32, 1, 0);
+        self.mul_add_reduced(hi, self.two32, lo)
     }
 
     /// `a·b + c mod q` for `a, b, c < q`, with 32-bit-lane Barrett reduction (HAC 14.42):

@@ -181,81 +181,132 @@ impl BaseConverter {
         &self.frac
     }
 
-    /// Converts `input` (`from.len()` limbs of `n` words) into `output` (`to.len()` limbs).
-    /// `scratch` must hold `from.len() * n` words; `exact` picks the centered exact variant.
-    pub fn convert(
+    /// Converts `input` (`from.len()` limbs of `n` words) into `output` (`to.len()` limbs);
+    /// `exact` picks the centered exact variant.
+    pub fn convert(&self, input: &[u32], output: &mut [u32], n: usize, exact: bool) {
+        debug_assert_eq!(output.len(), self.to.len() * n);
+        let mut scratch = ConvertScratch::default();
+        for (lo, mut block) in convert_blocks(output, n) {
+            self.convert_block(input, n, lo, &mut block, exact, &mut scratch);
+        }
+    }
+
+    /// [`Self::convert`] of the coefficients `lo..lo + out[0].len()` of `input` (all
+    /// `from.len()` limbs of `n` words) into one slice per target limb: blocks are independent,
+    /// so a single polynomial's conversion spreads over threads, and a block's residues and
+    /// accumulators stay in cache while every target limb is produced.
+    ///
+    /// Each target word is `Σ_i y_i·[B/b_i]_{c_j}` summed in 64 bits and reduced once (every
+    /// `fold` terms when the primes are large enough for the sum to overflow), not one
+    /// reduction per term: the products are plain 32×32→64 multiplies that vectorize.
+    pub fn convert_block(
         &self,
         input: &[u32],
-        output: &mut [u32],
         n: usize,
+        lo: usize,
+        out: &mut [&mut [u32]],
         exact: bool,
-        scratch: &mut Vec<u32>,
+        scratch: &mut ConvertScratch,
     ) {
         let k = self.from.len();
         debug_assert_eq!(input.len(), k * n);
-        debug_assert_eq!(output.len(), self.to.len() * n);
-        scratch.resize(k * n, 0);
-        for i in 0..k {
-            let m = &self.from[i];
+        debug_assert_eq!(out.len(), self.to.len());
+        let len = out.first().map_or(0, |o| o.len());
+        let ConvertScratch { y, acc, v } = scratch;
+        y.resize(k * len, 0);
+        for (i, m) in self.from.iter().enumerate() {
             let (w, ws) = self.b_hat_inv[i];
-            for (y, &x) in scratch[i * n..(i + 1) * n]
-                .iter_mut()
-                .zip(&input[i * n..(i + 1) * n])
-            {
-                *y = m.mul_shoup(x, w, ws);
+            let x = &input[i * n + lo..i * n + lo + len];
+            for (yk, &xk) in y[i * len..(i + 1) * len].iter_mut().zip(x) {
+                *yk = m.mul_shoup(xk, w, ws);
             }
         }
-        let mut v = Vec::new();
         if exact {
-            v = vec![0u64; n];
-            for i in 0..k {
-                let f = self.frac[i];
-                for (vk, &y) in v.iter_mut().zip(&scratch[i * n..(i + 1) * n]) {
-                    *vk += (y as u64 * f) >> 30;
+            v.clear();
+            v.resize(len, 0);
+            for (i, &f) in self.frac.iter().enumerate() {
+                for (vk, &yk) in v.iter_mut().zip(&y[i * len..(i + 1) * len]) {
+                    *vk += (yk as u64 * f) >> 30;
                 }
             }
             for vk in v.iter_mut() {
                 *vk = (*vk + (1 << 31)) >> 32;
             }
         }
-        for (j, c) in self.to.iter().enumerate() {
-            let out = &mut output[j * n..(j + 1) * n];
-            out.iter_mut().for_each(|o| *o = 0);
+        // The branch sits outside the loops so that they vectorize; small test primes take the
+        // 128-bit Barrett.
+        fn reduce_all(c: &Modulus, acc: &[u64], out: &mut [u32]) {
+            if c.lanes_reduce_u64() {
+                out.iter_mut()
+                    .zip(acc)
+                    .for_each(|(o, &a)| *o = c.reduce_u64_lanes(a));
+            } else {
+                out.iter_mut()
+                    .zip(acc)
+                    .for_each(|(o, &a)| *o = c.reduce_u64(a));
+            }
+        }
+        let b_max = self
+            .from
+            .iter()
+            .map(|m| m.value() as u64)
+            .max()
+            .unwrap_or(1);
+        acc.resize(len, 0);
+        for (j, (c, o)) in self.to.iter().zip(out.iter_mut()).enumerate() {
+            let cv = c.value() as u64;
+            // Terms per 64-bit sum: the accumulator (< c after a fold) plus `fold` products
+            // (< b_max·c each) stays below 2^64.
+            let fold = ((u64::MAX - cv) / ((b_max - 1) * (cv - 1)).max(1)).max(1) as usize;
             let row = &self.b_hat_mod_c[j * k..(j + 1) * k];
-            for (i, &h) in row.iter().enumerate() {
-                let y = &scratch[i * n..(i + 1) * n];
-                // y_i < b_i may exceed c_j: reduce it first when the source prime is larger.
-                let (b, cv) = (self.from[i].value(), c.value());
-                if b <= cv {
-                    for (o, &yk) in out.iter_mut().zip(y) {
-                        *o = c.mul_add_reduced(yk, h, *o);
-                    }
-                } else if b < 2 * cv {
-                    for (o, &yk) in out.iter_mut().zip(y) {
-                        *o = c.mul_add_reduced(yk.min(yk.wrapping_sub(cv)), h, *o);
-                    }
-                } else if (b as u64) <= 1u64 << (2 * c.barrett32().0) {
-                    // A source prime far above c_j (30-bit special primes into 25-bit scale
-                    // primes): reduce y_i first with the same 32-bit-lane Barrett, valid for
-                    // inputs below 2^(2k) — two vectorizable steps instead of a 128-bit one.
-                    for (o, &yk) in out.iter_mut().zip(y) {
-                        *o = c.mul_add_reduced(c.mul_add_reduced(yk, 1, 0), h, *o);
-                    }
-                } else {
-                    for (o, &yk) in out.iter_mut().zip(y) {
-                        *o = c.mul_add_reduced(c.reduce_u64(yk as u64), h, *o);
-                    }
+            acc.iter_mut().for_each(|a| *a = 0);
+            for (t, &h) in row.iter().enumerate() {
+                if t > 0 && t % fold == 0 {
+                    reduce_all(c, acc, o);
+                    acc.iter_mut()
+                        .zip(o.iter())
+                        .for_each(|(a, &r)| *a = r as u64);
+                }
+                let h = h as u64;
+                for (a, &yk) in acc.iter_mut().zip(&y[t * len..(t + 1) * len]) {
+                    *a += yk as u64 * h;
                 }
             }
+            reduce_all(c, acc, o);
             if exact {
                 let bm = self.b_mod_c[j];
-                for (o, &vk) in out.iter_mut().zip(&v) {
+                for (ok, &vk) in o.iter_mut().zip(v.iter()) {
                     // v ≤ number of source primes < c_j.
-                    *o = c.sub(*o, c.mul_reduced(vk as u32, bm));
+                    *ok = c.sub(*ok, c.mul_reduced(vk as u32, bm));
                 }
             }
         }
     }
+}
+
+/// Coefficients per block of [`BaseConverter::convert_block`]: a block's source residues
+/// (e.g. 17 limbs × 2 KiB) and 64-bit accumulators fit in L1/L2.
+pub const CONVERT_BLOCK: usize = 512;
+
+/// `output` (limb-major, limbs of `n` words) cut into [`CONVERT_BLOCK`]-coefficient blocks:
+/// `(first coefficient, one slice per limb)`, what [`BaseConverter::convert_block`] fills.
+pub fn convert_blocks(output: &mut [u32], n: usize) -> Vec<(usize, Vec<&mut [u32]>)> {
+    let mut limbs: Vec<_> = output
+        .chunks_mut(n)
+        .map(|l| l.chunks_mut(CONVERT_BLOCK))
+        .collect();
+    (0..n)
+        .step_by(CONVERT_BLOCK)
+        .map(|lo| (lo, limbs.iter_mut().filter_map(|l| l.next()).collect()))
+        .collect()
+}
+
+/// Reusable buffers of [`BaseConverter::convert_block`].
+#[derive(Default)]
+pub struct ConvertScratch {
+    y: Vec<u32>,
+    acc: Vec<u64>,
+    v: Vec<u64>,
 }
 
 #[cfg(test)]
@@ -318,7 +369,7 @@ mod tests {
                 .map(|i| ((i as u64 * 2_654_435_761) % from[i / n].value() as u64) as u32)
                 .collect();
             let mut out = vec![0u32; 2 * n];
-            BaseConverter::new(&from, &to).convert(&input, &mut out, n, false, &mut Vec::new());
+            BaseConverter::new(&from, &to).convert(&input, &mut out, n, false);
             for (j, c) in to.iter().enumerate() {
                 for k in 0..n {
                     let x: Vec<u64> = (0..3).map(|i| input[i * n + k] as u64).collect();
@@ -328,6 +379,36 @@ mod tests {
                         "{bits} bits, word {k}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn long_sums_and_small_primes_match_the_definition() {
+        // 64 30-bit sources overflow a 64-bit sum (the fold path: 16 terms each); 13-bit
+        // targets take the 128-bit reduction; 1000 words end in a partial block.
+        let from = moduli(64, &[]);
+        let excl: Vec<u32> = from.iter().map(|m| m.value()).collect();
+        let mut to: Vec<Modulus> = ntt_primes(13, 1 << 4, 2, &excl)
+            .unwrap()
+            .into_iter()
+            .map(|q| Modulus::new(q).unwrap())
+            .collect();
+        to.extend(moduli(66, &excl).into_iter().skip(64));
+        let n = 1000;
+        let input: Vec<u32> = (0..64 * n)
+            .map(|i| (from[i / n].value() as u64 - 1 - (i as u64 * 2_654_435_761) % 7) as u32)
+            .collect();
+        let mut out = vec![0u32; to.len() * n];
+        BaseConverter::new(&from, &to).convert(&input, &mut out, n, false);
+        for (j, c) in to.iter().enumerate() {
+            for k in 0..n {
+                let x: Vec<u64> = (0..64).map(|i| input[i * n + k] as u64).collect();
+                assert_eq!(
+                    out[j * n + k] as u64,
+                    convert_reference(&from, c, &x),
+                    "limb {j}, word {k}"
+                );
             }
         }
     }
@@ -360,14 +441,14 @@ mod tests {
             }
             let conv = BaseConverter::new(&from, &to);
             let mut out = vec![0u32; (k + 1) * n];
-            conv.convert(&input, &mut out, n, true, &mut Vec::new());
+            conv.convert(&input, &mut out, n, true);
             for (c, x) in xs.iter().enumerate() {
                 let want = bt.decompose_signed(x);
                 let got: Vec<u32> = (0..k + 1).map(|j| out[j * n + c]).collect();
                 prop_assert_eq!(got, want);
             }
             // The approximate variant is off by u·Q with 0 <= u < k.
-            conv.convert(&input, &mut out, n, false, &mut Vec::new());
+            conv.convert(&input, &mut out, n, false);
             for (c, x) in xs.iter().enumerate() {
                 let got: Vec<u32> = (0..k + 1).map(|j| out[j * n + c]).collect();
                 let ok = (0..=k as i64).any(|u| {

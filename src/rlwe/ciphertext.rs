@@ -303,6 +303,24 @@ pub fn apply_galois_many(
     gk: &GaloisKeys,
 ) -> Result<Vec<Ciphertext>> {
     use rayon::prelude::*;
+    let q = ct.polys.limbs_arc();
+    apply_galois_many_ext(ctx, ct, elements, gk)?
+        .par_iter()
+        .map(|ext| Ok(ct.derive(ctx.mod_down(ext, q.clone(), ctx.p_limbs())?, ct.scale)))
+        .collect()
+}
+
+/// [`apply_galois_many`] before its ModDowns: each result is `(P·σ_g(c_0) + u_0, u_1)` over
+/// `ct`'s limbs and the special primes, `P` times the rotated ciphertext (plus key-switching
+/// noise). Products with plaintexts over the same limbs and sums stay in that basis, and one
+/// ModDown finishes them all (a ModDown of `(P·a + u)` is exactly `a` plus that of `u`).
+pub fn apply_galois_many_ext(
+    ctx: &RlweContext,
+    ct: &Ciphertext,
+    elements: &[(usize, Option<i64>)],
+    gk: &GaloisKeys,
+) -> Result<Vec<PolyBatch>> {
+    use rayon::prelude::*;
     ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
     if ct.size() != 2 {
         return Err(Error::CiphertextSize(
@@ -330,14 +348,35 @@ pub fn apply_galois_many(
         .par_iter()
         .zip(keys)
         .map(|(&(g, _), key)| {
-            let u = key.switch_decomposed(ctx, &digits, Some(g))?;
-            let c0g = be.automorphism_ntt(ring, &c0, g)?;
+            let mut u = key.switch_decomposed_ext(ctx, &digits, Some(g))?;
+            let c0g = lift_to_ext(ctx, &be.automorphism_ntt(ring, &c0, g)?)?;
             let zero = be.zeros(c0g.limbs_arc(), 1, ctx.n(), Repr::Ntt)?;
-            let mut out = be.concat(&[&c0g, &zero])?;
-            be.add_assign(ring, &mut out, &u)?;
-            Ok(ct.derive(out, ct.scale))
+            be.add_assign(ring, &mut u, &be.concat(&[&c0g, &zero])?)?;
+            Ok(u)
         })
         .collect()
+}
+
+/// `P·x` over `x`'s limbs and the special primes (NTT form): `x` moved exactly into the
+/// basis of [`apply_galois_many_ext`] (its special-prime limbs are 0).
+pub fn lift_to_ext(ctx: &RlweContext, x: &PolyBatch) -> Result<PolyBatch> {
+    let be = ctx.backend();
+    let ring = ctx.ring();
+    let p = ctx.p_limbs();
+    let zeros = be.zeros(p.clone(), x.count(), ctx.n(), x.repr())?;
+    let mut out = be.concat_limbs(x, &zeros)?;
+    let factors: Vec<u32> = out
+        .limbs()
+        .iter()
+        .map(|&l| {
+            let m = ring.modulus(l);
+            p.iter().fold(1u32, |acc, &pi| {
+                m.mul(acc, ring.modulus(pi).value() % m.value())
+            })
+        })
+        .collect();
+    be.mul_scalar_assign(ring, &mut out, &factors)?;
+    Ok(out)
 }
 
 /// Drops the ciphertext's top primes (no division): for BFV mod switching and for bringing

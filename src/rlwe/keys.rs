@@ -371,6 +371,21 @@ impl KeySwitchKey {
         digits: &[(usize, PolyBatch)],
         galois: Option<usize>,
     ) -> Result<PolyBatch> {
+        let acc = self.switch_decomposed_ext(ctx, digits, galois)?;
+        let nq = acc.limbs().len() - ctx.p_limbs().len();
+        ctx.mod_down(&acc, ctx.q_first(nq), ctx.p_limbs())
+    }
+
+    /// [`Self::switch_decomposed`] without its ModDown: `(u0, u1)` over the digits' limbs
+    /// and the special primes, `P` times the switched value. Sums of such products (and of
+    /// anything else in that basis) need one ModDown in all, which is how a hoisted linear
+    /// transform saves one per rotation.
+    pub fn switch_decomposed_ext(
+        &self,
+        ctx: &RlweContext,
+        digits: &[(usize, PolyBatch)],
+        galois: Option<usize>,
+    ) -> Result<PolyBatch> {
         ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
         let be = ctx.backend();
         let ring = ctx.ring();
@@ -403,7 +418,7 @@ impl KeySwitchKey {
             };
             be.mul_acc(ring, &mut acc, key_ref, up)?;
         }
-        ctx.mod_down(&acc, ctx.q_first(nq), ctx.p_limbs())
+        Ok(acc)
     }
 }
 
