@@ -86,6 +86,11 @@ proptest! {
         let m = ctx.rescale(&ctx.relinearize(&ctx.multiply(&ca, &cb).unwrap(), &keys.relin).unwrap()).unwrap();
         prop_assert_eq!(m.level(), top - 1);
         close(&prod, &dec(&m), MUL);
+        // The fused relinearize-and-rescale: same level and scale, within the same bound.
+        let f = ctx.relinearize_rescale(&ctx.multiply(&ca, &cb).unwrap(), &keys.relin).unwrap();
+        prop_assert_eq!((f.level(), f.size()), (top - 1, 2));
+        prop_assert!((f.scale() - m.scale()).abs() / m.scale() < 1e-12);
+        close(&prod, &dec(&f), MUL);
         // Unrelinearized (size 3) decrypts too.
         close(&prod, &dec(&ctx.rescale(&ctx.multiply(&ca, &cb).unwrap()).unwrap()), SIZE3_RESCALE);
 

@@ -1006,7 +1006,7 @@ impl CkksContext {
     fn eval_mod(&self, u: &Ciphertext, plan: &BootstrapPlan, rk: &RelinKey) -> Result<Ciphertext> {
         let mut c = self.evaluate_chebyshev(u, &plan.cheb, plan.cheb_target, rk)?;
         for _ in 0..plan.params.double_angles {
-            let sq = self.rescale(&self.relinearize(&self.square(&c)?, rk)?)?;
+            let sq = self.relinearize_rescale(&self.square(&c)?, rk)?;
             c = self.add_scalar(&self.add(&sq, &sq)?, -1.0)?;
         }
         Ok(c)
@@ -1059,7 +1059,7 @@ impl CkksContext {
                     .get(&j)
                     .ok_or_else(|| Error::InvalidInput("internal: missing Chebyshev term".into()))
             };
-            let prod = self.rescale(&self.relinearize(&self.multiply(term(a)?, term(b)?)?, rk)?)?;
+            let prod = self.relinearize_rescale(&self.multiply(term(a)?, term(b)?)?, rk)?;
             let twice = self.add(&prod, &prod)?;
             let tk = if a == b {
                 self.add_scalar(&twice, -1.0)?
@@ -1128,12 +1128,11 @@ impl ChebyshevEval<'_> {
         let giant = ctx.mod_switch_to(self.term(big_m)?, level + 1)?;
         let up = ctx.level_modulus(level + 1);
         let prod = if q.len() == 1 {
-            ctx.multiply_scalar(&giant, q[0], up * scale / giant.scale())?
+            ctx.rescale(&ctx.multiply_scalar(&giant, q[0], up * scale / giant.scale())?)?
         } else {
             let qc = self.eval(&q, level + 1, scale * up / giant.scale())?;
-            ctx.relinearize(&ctx.multiply(&qc, &giant)?, self.rk)?
+            ctx.relinearize_rescale(&ctx.multiply(&qc, &giant)?, self.rk)?
         };
-        let prod = ctx.rescale(&prod)?;
         if r.len() > 1 {
             ctx.add(&prod, &self.eval(&r, level, scale)?)
         } else {

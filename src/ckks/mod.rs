@@ -765,6 +765,28 @@ impl CkksContext {
         Ok(ct.derive(polys, ct.scale / self.level_modulus(l)))
     }
 
+    /// `rescale(relinearize(ct))` in one key switch: the switched `c_2` and `P·(c_0, c_1)`
+    /// meet in the key-switching basis and a single ModDown divides by `P·q_l` — one ModDown
+    /// (and its NTTs over every limb) fewer than the two operations, and one rounding instead
+    /// of two. Level − 1, scale / [`Self::level_modulus`].
+    pub fn relinearize_rescale(&self, ct: &Ciphertext, rk: &RelinKey) -> Result<Ciphertext> {
+        let l = ct.level();
+        if l == 0 {
+            return Err(Error::OutOfLevels {
+                op: "relinearize_rescale",
+                level: 0,
+            });
+        }
+        let ext = ct_ops::relinearize_ext(&self.rlwe, ct, rk)?;
+        let drop: Arc<[usize]> = self
+            .level_primes(l)
+            .into_iter()
+            .chain(self.rlwe.p_limbs().iter().copied())
+            .collect();
+        let polys = self.rlwe.mod_down(&ext, self.rlwe.q_limbs(l - 1), drop)?;
+        Ok(ct.derive(polys, ct.scale / self.level_modulus(l)))
+    }
+
     /// Rotates slots left by `step` (negative: right).
     pub fn rotate(&self, ct: &Ciphertext, step: i64, gk: &GaloisKeys) -> Result<Ciphertext> {
         let g = ckks_galois_element(self.rlwe.n(), step);

@@ -279,6 +279,27 @@ pub fn relinearize(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<
     Ok(ct.derive(out, ct.scale))
 }
 
+/// [`relinearize`] before its ModDown: `P·(c_0, c_1) + KS(c_2)` over `ct`'s limbs and the
+/// special primes, for a caller that divides by more than `P` in the same ModDown (CKKS's
+/// relinearize-and-rescale).
+pub fn relinearize_ext(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<PolyBatch> {
+    ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
+    if ct.size() != 3 {
+        return Err(Error::CiphertextSize(format!(
+            "cannot relinearize a size-{} ciphertext",
+            ct.size()
+        )));
+    }
+    check_key_id(ct.key_id, rk.0.key_id, "relinearization key")?;
+    let be = ctx.backend();
+    let c2 = be.slice_polys(&ct.polys, 2, 1)?;
+    let digits = crate::rlwe::keys::decompose(ctx, &c2)?;
+    let mut ext = rk.0.switch_decomposed_ext(ctx, &digits, None)?;
+    let c01 = lift_to_ext(ctx, &be.slice_polys(&ct.polys, 0, 2)?)?;
+    be.add_assign(ctx.ring(), &mut ext, &c01)?;
+    Ok(ext)
+}
+
 /// Applies the automorphism `X → X^g` and switches back to `s` with the Galois key. Works in
 /// the NTT domain: `c_0` and the decomposed digits of `c_1` are permuted, not transformed.
 pub fn apply_galois(
