@@ -992,12 +992,7 @@ impl CkksContext {
         for t in terms {
             be.add_assign(ring, &mut acc, &t)?;
         }
-        let drop: Arc<[usize]> = self
-            .level_primes(step.level)
-            .into_iter()
-            .chain(rlwe.p_limbs().iter().copied())
-            .collect();
-        let out = rlwe.mod_down(&acc, rlwe.q_limbs(step.level - 1), drop)?;
+        let out = self.mod_down_and_rescale(&acc, step.level)?;
         Ok(x.derive(out, step.out_scale))
     }
 

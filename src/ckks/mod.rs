@@ -778,13 +778,20 @@ impl CkksContext {
             });
         }
         let ext = ct_ops::relinearize_ext(&self.rlwe, ct, rk)?;
+        let polys = self.mod_down_and_rescale(&ext, l)?;
+        Ok(ct.derive(polys, ct.scale / self.level_modulus(l)))
+    }
+
+    /// One ModDown of `ext` (level `level`'s limbs and the special primes, `P` times a
+    /// value) that divides by `P·q_level`: key switching's ModDown and the rescale at once.
+    pub(crate) fn mod_down_and_rescale(&self, ext: &PolyBatch, level: usize) -> Result<PolyBatch> {
         let drop: Arc<[usize]> = self
-            .level_primes(l)
+            .level_primes(level)
             .into_iter()
             .chain(self.rlwe.p_limbs().iter().copied())
             .collect();
-        let polys = self.rlwe.mod_down(&ext, self.rlwe.q_limbs(l - 1), drop)?;
-        Ok(ct.derive(polys, ct.scale / self.level_modulus(l)))
+        self.rlwe
+            .mod_down(ext, self.rlwe.q_limbs(level.saturating_sub(1)), drop)
     }
 
     /// Rotates slots left by `step` (negative: right).
