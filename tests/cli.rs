@@ -222,14 +222,32 @@ fn demo_deep() {
     assert!(stdout.contains("10 sequential multiplications"), "{stdout}");
     // 4 levels left per bootstrap: 4 products, bootstrap, 4, bootstrap, 2.
     assert!(stdout.contains("with 2 bootstraps"), "{stdout}");
-    let bits: f64 = stdout
+    let bits = deep_error_bits(&stdout);
+    assert!(bits > 15.0, "{stdout}");
+    fails(&["demo", "--multiplications", "5"], &["--deep"]);
+}
+
+/// The `2^-b` of `demo --deep`'s "max error 2^-b against plaintext".
+fn deep_error_bits(stdout: &str) -> f64 {
+    stdout
         .split("max error 2^-")
         .nth(1)
         .and_then(|s| s.split(' ').next())
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no error in {stdout}"));
+        .unwrap_or_else(|| panic!("no error in {stdout}"))
+}
+
+/// `demo --deep` with its shipped defaults (50 products at the 2^11 test ring, 12
+/// bootstraps): the scale must not drift across them (it once failed at the 25th product).
+#[test]
+fn demo_deep_defaults() {
+    let _g = heavy();
+    let out = hetensor(&["demo", "--deep"], b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("50 sequential multiplications"), "{stdout}");
+    let bits = deep_error_bits(&stdout);
     assert!(bits > 15.0, "{stdout}");
-    fails(&["demo", "--multiplications", "5"], &["--deep"]);
 }
 
 /// `bench --scheme bootstrap` at the test ring: one row with its precision and levels left.

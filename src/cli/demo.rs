@@ -104,7 +104,10 @@ pub fn run_deep(multiplications: usize, log_n: u32) -> Result<()> {
         let u: Vec<f64> = (0..n)
             .map(|i| 1.0 + 0.05 * ((i * 7 + k * 13) as f64).sin())
             .collect();
-        let z = ctx.encrypt(&ctx.encode(&u, y.scale(), l)?, &keys.public)?;
+        // z's scale makes the product land exactly on the natural scale of level l − 1, so
+        // float drift in y's scale cannot compound over dozens of products and bootstraps.
+        let z_scale = ctx.natural_scale(l - 1) * ctx.level_modulus(l) / y.scale();
+        let z = ctx.encrypt(&ctx.encode(&u, z_scale, l)?, &keys.public)?;
         y = ctx.rescale(&ctx.relinearize(&ctx.multiply(&y, &z)?, &keys.relin)?)?;
         want.iter_mut().zip(&u).for_each(|(w, u)| *w *= u);
     }
