@@ -310,9 +310,12 @@ fn bootstrapped_training_decrypts_nothing_and_matches_plaintext() {
         refresh: RefreshBy::Bootstrap(bp),
     };
     let mut enc = logistic::model(data.num_features()).expect("model");
-    let rep = logistic::train_encrypted(&mut enc, &data, None, &c, &opts, &h).expect("encrypted");
+    // An evaluation set must not bring in a decryption (the weights between epochs) either.
+    let rep =
+        logistic::train_encrypted(&mut enc, &data, Some(&data), &c, &opts, &h).expect("encrypted");
     assert_eq!(rep.steps.len(), 4);
     assert_eq!(rep.decryptions, 0);
+    assert!(rep.epochs.iter().all(|e| e.eval_accuracy.is_none()));
     assert!(rep.refreshes >= 3, "{} refreshes", rep.refreshes);
     assert!(rep.refreshed_by.contains("bootstrapping"));
     let (wp, bp) = logistic::weights(&plain).expect("w");

@@ -207,8 +207,9 @@ pub struct Report {
     pub refreshes: usize,
     /// Who refreshed: [`super::Refresh::describe`].
     pub refreshed_by: String,
-    /// Ciphertexts the key holder decrypted during training (refreshes and monitoring; the
-    /// final weights, decrypted after training, are not counted). 0 with bootstrapping and
+    /// Ciphertexts the key holder decrypted during training (refreshes and monitoring: each
+    /// batch's logits and the weights for the between-epoch evaluation; the final weights,
+    /// decrypted after training, are not counted). 0 with bootstrapping and
     /// no monitoring.
     pub decryptions: usize,
     /// Levels one step consumes (encrypted runs).
@@ -238,12 +239,19 @@ fn epoch_line(cfg: &TrainConfig, s: &EpochStats) {
     if !cfg.progress.is_active() {
         return;
     }
+    let train = if s.train_loss.is_finite() {
+        format!(
+            "loss {:.4}, train acc {:.2}%",
+            s.train_loss,
+            100.0 * s.train_accuracy
+        )
+    } else {
+        "not monitored (no decryptions during training)".into()
+    };
     let msg = format!(
-        "epoch {}/{}: loss {:.4}, train acc {:.2}%{}",
+        "epoch {}/{}: {train}{}",
         s.epoch,
         cfg.epochs,
-        s.train_loss,
-        100.0 * s.train_accuracy,
         s.eval_accuracy
             .map(|a| format!(", eval acc {:.2}%", 100.0 * a))
             .unwrap_or_default()
@@ -746,9 +754,12 @@ pub fn train_encrypted_with(
             });
             cfg.progress.emit(ProgressEvent::Advance);
         }
-        let eval_accuracy = match eval {
+        // Evaluating between epochs decrypts the weights: monitoring, not done in a run that
+        // must decrypt nothing during training, and counted.
+        let eval_accuracy = match eval.filter(|_| opts.monitor) {
             Some(d) => {
                 let (wd, bd) = decrypt_weights(holder, &layout, &w, data.num_features())?;
+                report.decryptions += 1;
                 let mut m = model.clone();
                 set_weights(&mut m, &wd, bd)?;
                 Some(evaluate(&m, d)?.0)
