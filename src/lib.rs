@@ -18,6 +18,7 @@ pub mod error;
 pub mod graph;
 pub mod lower;
 pub mod math;
+pub mod memory;
 pub mod mhe;
 pub mod nn;
 pub mod onnx;

@@ -362,10 +362,87 @@ struct LinearStep {
     /// The level it runs at, and the diagonals encoded at first use over the level's limbs
     /// and the special primes (they multiply rotations still in the key-switching basis).
     level: usize,
-    encoded: OnceLock<Vec<Vec<PolyBatch>>>,
+    encoded: OnceLock<Vec<Vec<EncodedDiagonal>>>,
     /// The scale the plaintexts were encoded for (input ct scale → output scale).
     in_scale: f64,
     out_scale: f64,
+}
+
+/// A transform diagonal encoded over its step's limbs (NTT form), kept compact when it
+/// repeats. A diagonal whose slots have period `p` is fixed by the rotation by `p`, so it
+/// encodes to a polynomial in `X^(n/p)`; with the NTT's bit-reversed output order its words
+/// then come in runs of `n/p` equal values. Two of the three groups of each transform have
+/// periods 32 and 1024 at N = 2^16, so storing one word per run cuts the cached diagonals
+/// from ~4 GiB to under 1 GiB; a use writes the runs out again (one pass over the words,
+/// cheaper than the product that reads them).
+#[derive(Debug)]
+enum EncodedDiagonal {
+    Full(PolyBatch),
+    Runs {
+        /// One word per run, limb-major.
+        words: Vec<u32>,
+        /// Run length (a power of two > 1).
+        run: usize,
+        limbs: Arc<[usize]>,
+        n: usize,
+    },
+}
+
+impl EncodedDiagonal {
+    /// Stores `full` (one polynomial) by runs when its words repeat in every limb.
+    fn compact(be: &dyn crate::backend::Backend, full: PolyBatch) -> Result<Self> {
+        let n = full.n();
+        let words = be.download(&full)?;
+        let run = longest_runs(&words, n);
+        if run < 2 {
+            return Ok(Self::Full(full));
+        }
+        Ok(Self::Runs {
+            words: words.iter().step_by(run).copied().collect(),
+            run,
+            limbs: full.limbs_arc(),
+            n,
+        })
+    }
+
+    /// The diagonal as a polynomial batch: borrowed, or written out from its runs.
+    fn expand(&self, be: &dyn crate::backend::Backend) -> Result<std::borrow::Cow<'_, PolyBatch>> {
+        match self {
+            Self::Full(p) => Ok(std::borrow::Cow::Borrowed(p)),
+            Self::Runs {
+                words,
+                run,
+                limbs,
+                n,
+            } => {
+                let mut out = Vec::with_capacity(words.len() * run);
+                for &w in words {
+                    out.extend(std::iter::repeat_n(w, *run));
+                }
+                let p = be.upload(out, limbs.clone(), 1, *n, crate::backend::Repr::Ntt)?;
+                Ok(std::borrow::Cow::Owned(p))
+            }
+        }
+    }
+}
+
+/// The longest power-of-two run length `r` (≤ `n`) such that every limb's words (`n` per
+/// limb in `words`) are constant on each aligned block of `r`: the lowest set bit over all
+/// positions where a word differs from its predecessor.
+fn longest_runs(words: &[u32], n: usize) -> usize {
+    let mut changes = 0usize;
+    for limb in words.chunks_exact(n) {
+        for (i, pair) in limb.windows(2).enumerate() {
+            if pair[0] != pair[1] {
+                changes |= i + 1;
+            }
+        }
+    }
+    if changes == 0 {
+        n
+    } else {
+        1 << changes.trailing_zeros()
+    }
 }
 
 fn plan_step(m: Diagonals, n: usize, level: usize, in_scale: f64, out_scale: f64) -> LinearStep {
@@ -935,7 +1012,9 @@ impl CkksContext {
                         diags
                             .iter()
                             .map(|(_, d)| {
-                                self.encode_complex_over(d, pt_scale, step.level, qp.clone())
+                                let full =
+                                    self.encode_complex_over(d, pt_scale, step.level, qp.clone())?;
+                                EncodedDiagonal::compact(be, full)
                             })
                             .collect::<Result<Vec<_>>>()
                     })
@@ -968,7 +1047,7 @@ impl CkksContext {
             .map(|((giant, diags), pts)| {
                 let mut inner = be.zeros(qp.clone(), 2, n, crate::backend::Repr::Ntt)?;
                 for ((bi, _), pt) in diags.iter().zip(pts) {
-                    be.mul_acc(ring, &mut inner, &babies[*bi], pt)?;
+                    be.mul_acc(ring, &mut inner, &babies[*bi], pt.expand(be)?.as_ref())?;
                 }
                 if *giant == 0 {
                     return Ok(inner);
@@ -1176,6 +1255,45 @@ mod tests {
                 assert!((a - b).norm() < 1e-9, "inverse with {groups} groups");
             }
         }
+    }
+
+    /// A diagonal with slot period `p` encodes to NTT words in runs of `slots/p` (what the
+    /// compact cache relies on), writes back out to the very words of the full encoding, and
+    /// a diagonal without a period stays whole. The transforms' groups have such periods.
+    #[test]
+    fn periodic_diagonals_are_stored_by_runs() {
+        let bp = BootstrapParams::insecure_test_ring(10, 2).unwrap();
+        let ctx = CkksContext::with_seed(bp.ckks.clone(), [5; 32]).unwrap();
+        let be = ctx.rlwe().backend();
+        let n = ctx.slots();
+        let top = ctx.chain_top();
+        let qp = ctx.rlwe().qp_limbs(top);
+        for period in [1, 4, 32, n] {
+            let z: Vec<Complex64> = (0..n)
+                .map(|r| {
+                    let k = (r % period) as f64;
+                    Complex64::new((0.3 * k).sin(), (0.7 * k + 1.0).cos())
+                })
+                .collect();
+            let full = ctx
+                .encode_complex_over(&z, 2f64.powi(40), top, qp.clone())
+                .unwrap();
+            let words = be.download(&full).unwrap();
+            let enc = EncodedDiagonal::compact(be, full).unwrap();
+            match (&enc, period) {
+                (EncodedDiagonal::Full(_), p) => assert_eq!(p, n, "period {p} not compacted"),
+                (EncodedDiagonal::Runs { run, .. }, p) => assert_eq!(*run, n / p),
+            }
+            let back = be.download(&enc.expand(be).unwrap()).unwrap();
+            assert_eq!(back, words, "period {period}");
+        }
+        let groups = grouped_transform(n, true, 3, 0.5);
+        let periodic = groups
+            .iter()
+            .flat_map(|m| m.values())
+            .filter(|d| (0..n).all(|r| (d[r] - d[r % (n / 2)]).norm() < 1e-9))
+            .count();
+        assert!(periodic > 0, "no CoeffsToSlots diagonal repeats");
     }
 
     #[test]

@@ -720,10 +720,12 @@ pub fn bench_bootstrap(
         composition: Some(p.composition()),
         trace: false,
     };
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let keys = ctx.keygen()?;
     let t0 = std::time::Instant::now();
     let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin)?;
     let keygen_s = t0.elapsed().as_secs_f64();
+    let rss_keys = hetensor::memory::rss_bytes();
     let want: Vec<f64> = {
         let mut rng = rand::rng();
         (0..ctx.slots())
@@ -735,6 +737,7 @@ pub fn bench_bootstrap(
     let t0 = std::time::Instant::now();
     let first = ctx.bootstrap(&ct, &bk)?;
     let first_s = t0.elapsed().as_secs_f64();
+    let rss_cached = hetensor::memory::rss_bytes();
     let expect = Expect {
         ctx: &ctx,
         sk: &keys.secret,
@@ -744,6 +747,14 @@ pub fn bench_bootstrap(
     if let Some(row) = rec.rows.last_mut() {
         row.levels_left = Some(first.level());
     }
+    // Where the memory is: after key generation, with the diagonals cached, and the peak
+    // (taken before the serialized size is counted below).
+    notes.push(format!(
+        "bootstrap 2^{log_n} ({config}): resident memory {:.2} GiB after key generation, {:.2} GiB with the diagonals cached, peak {:.2} GiB",
+        gib(rss_keys),
+        gib(rss_cached),
+        gib(hetensor::memory::peak_rss_bytes())
+    ));
     // The serialized size, counted without holding the bytes (so the peak memory is the
     // bootstrap's own).
     struct Count(u64);

@@ -84,18 +84,12 @@ pub fn argmax_rows(a: &ArrayD<f64>) -> Vec<usize> {
         .collect()
 }
 
-/// Peak resident memory of this process (Linux `VmHWM`), in MB.
+/// Peak resident memory of this process (Linux `VmHWM`), in MB; NaN where unknown.
 pub fn peak_memory_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+    match hetensor::memory::peak_rss_bytes() {
+        0 => f64::NAN,
+        b => b as f64 / (1u64 << 20) as f64,
+    }
 }
 
 /// Prints a report as one JSON object (`--json`) or as text.

@@ -540,14 +540,7 @@ impl PartyApp for ShareHolder {
 
 /// Peak resident memory of this process in bytes (Linux `VmHWM`; 0 elsewhere).
 pub fn peak_memory() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    crate::memory::peak_rss_bytes()
 }
 
 /// `u32` count, then each ciphertext as `u64` length and its serialized bytes.
