@@ -782,6 +782,16 @@ impl CkksContext {
         Ok(ct.derive(polys, ct.scale / self.level_modulus(l)))
     }
 
+    /// Pays a deferred rescale: [`Self::relinearize_rescale`] for a product still of size 3
+    /// (one ModDown for both), a plain [`Self::rescale`] otherwise.
+    pub fn pay_rescale(&self, ct: &Ciphertext, rk: &RelinKey) -> Result<Ciphertext> {
+        if ct.size() == 3 {
+            self.relinearize_rescale(ct, rk)
+        } else {
+            self.rescale(ct)
+        }
+    }
+
     /// One ModDown of `ext` (level `level`'s limbs and the special primes, `P` times a
     /// value) that divides by `P·q_level`: key switching's ModDown and the rescale at once.
     pub(crate) fn mod_down_and_rescale(&self, ext: &PolyBatch, level: usize) -> Result<PolyBatch> {

@@ -250,11 +250,7 @@ impl<'a> CkksBatched<'a> {
 
     /// A deferred rescale (relinearizing a product first).
     fn pay(&self, c: &Ciphertext) -> Result<Ciphertext> {
-        if c.size() == 3 {
-            self.ctx.rescale(&self.ctx.relinearize(c, self.rk)?)
-        } else {
-            self.ctx.rescale(c)
-        }
+        self.ctx.pay_rescale(c, self.rk)
     }
 
     /// `x² + b·x + k`, not rescaled.
@@ -373,16 +369,10 @@ fn scatter(
         .collect()
 }
 
-/// Pays deferred rescales: each ciphertext relinearized first if it is a product, then
-/// rescaled.
+/// Pays deferred rescales ([`CkksContext::pay_rescale`]: a product's relinearization and
+/// rescale share one ModDown).
 pub(super) fn rescale_all(ctx: &CkksContext, rk: &RelinKey, t: &Tensor) -> Result<Tensor> {
-    par_map(t, |c| {
-        if c.size() == 3 {
-            ctx.rescale(&ctx.relinearize(c, rk)?)
-        } else {
-            ctx.rescale(c)
-        }
-    })
+    par_map(t, |c| ctx.pay_rescale(c, rk))
 }
 
 /// `c` brought to `level` with a factor applied by `times(c at level + 1, const_scale)`: at

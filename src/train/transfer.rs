@@ -580,7 +580,7 @@ fn encrypted_step(
             for (w, xj) in ws.iter().zip(x).skip(1) {
                 acc = ctx.add(&acc, &ctx.multiply(w, xj)?)?;
             }
-            let z = ctx.rescale(&ctx.relinearize(&acc, &ev.relin)?)?;
+            let z = ctx.relinearize_rescale(&acc, &ev.relin)?;
             let e = ctx.sub(&z, &y_matched[k][c])?;
             Ok((z, e))
         })
