@@ -852,6 +852,72 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
     }
 }
 
+/// A closed choice given an unknown value is clap's error, which lists the possible values
+/// spelled as on the command line.
+#[test]
+fn unknown_choices_list_the_possible_values() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["mnist", "--scheme", "foo"], "--scheme", "ckks, bfv"),
+        (
+            &["mnist", "--backend", "gpu"],
+            "--backend",
+            "cpu, cuda, wgpu, auto",
+        ),
+        (
+            &["mnist", "--layout", "rows"],
+            "--layout",
+            "batched, packed",
+        ),
+        (
+            &["mnist", "--precision", "max"],
+            "--precision",
+            "fast, high",
+        ),
+        (
+            &["infer", "--model", "m.onnx", "--scheme", "foo"],
+            "--scheme",
+            "ckks, bfv",
+        ),
+        (
+            &["bench", "--scheme", "ckks,foo"],
+            "--scheme",
+            "ckks, bfv, bootstrap",
+        ),
+        (
+            &["train", "mnist"],
+            "WORKLOAD",
+            "titanic, credit, credit-federated, mnist-transfer",
+        ),
+        (
+            &["train", "titanic", "--refresh", "magic"],
+            "--refresh",
+            "key-holder, bootstrap",
+        ),
+        (
+            &["titanic-workers", "--backend", "gpu"],
+            "--backend",
+            "cpu, cuda, wgpu, auto",
+        ),
+        (
+            &["party", "--workload", "titanic"],
+            "--workload",
+            "credit-federated, mnist-transfer",
+        ),
+    ];
+    for (args, flag, values) in cases {
+        let out = hetensor(args, b"");
+        assert_eq!(out.status.code(), Some(2), "hetensor {}", args.join(" "));
+        let err = text(&out.stderr);
+        assert!(err.contains("invalid value"), "{err}");
+        assert!(err.contains(flag), "{err}");
+        assert!(
+            err.contains(&format!("[possible values: {values}]")),
+            "hetensor {}:\n{err}",
+            args.join(" ")
+        );
+    }
+}
+
 #[test]
 fn data_files_that_are_missing_or_empty_are_named() {
     fails(
