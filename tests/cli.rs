@@ -852,6 +852,89 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
     }
 }
 
+/// A flag that the chosen workload (or scheme, or layout) would ignore is an error that
+/// names the flag, what was chosen, and what reads it; it fails before any encrypted work.
+#[test]
+fn flags_a_workload_ignores_are_rejected() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["train", "mnist-transfer", "--rounds", "2"],
+            &[
+                "--rounds does not apply to mnist-transfer",
+                "credit-federated",
+            ],
+        ),
+        (
+            &["train", "mnist-transfer", "--data", "titanic.csv"],
+            &["--data does not apply to mnist-transfer", "titanic"],
+        ),
+        (
+            &["train", "mnist-transfer", "--degree", "3"],
+            &["--degree does not apply to mnist-transfer"],
+        ),
+        (
+            &["train", "mnist-transfer", "--insecure-test-ring"],
+            &["--insecure-test-ring does not apply to mnist-transfer"],
+        ),
+        (
+            &["train", "titanic", "--images", "5"],
+            &["--images does not apply to titanic", "mnist-transfer"],
+        ),
+        (
+            &["train", "credit", "--rounds", "2"],
+            &["--rounds does not apply to credit", "credit-federated"],
+        ),
+        (
+            &[
+                "train",
+                "credit-federated",
+                "--workers",
+                "2",
+                "--in-process",
+            ],
+            &["--in-process does not apply to credit-federated", "titanic"],
+        ),
+        // --in-process places the --workers shards: nothing to place without them.
+        (&["train", "titanic", "--in-process"], &["--workers"]),
+        (
+            &["mnist", "--scheme", "bfv", "--precision", "high"],
+            &[
+                "--precision does not apply to --scheme bfv",
+                "--layout batched",
+            ],
+        ),
+        (
+            &["mnist", "--layout", "packed", "--precision", "fast"],
+            &["--precision does not apply", "--layout packed"],
+        ),
+        (
+            &["bench", "--scheme", "bfv", "--precision"],
+            &[
+                "--precision does not apply to --scheme bfv",
+                "--scheme ckks",
+            ],
+        ),
+        (
+            &["bench", "--scheme", "bfv,bootstrap", "--batch", "4"],
+            &["--batch does not apply to --scheme bfv,bootstrap", "ckks"],
+        ),
+        (
+            &["bench", "--scheme", "bootstrap", "--scale-bits", "40"],
+            &["--scale-bits does not apply to --scheme bootstrap"],
+        ),
+        (
+            &["bench", "--scheme", "bootstrap", "--trace"],
+            &[
+                "--trace does not apply to --scheme bootstrap",
+                "--scheme ckks and bfv",
+            ],
+        ),
+    ];
+    for (args, needles) in cases {
+        fails(args, needles);
+    }
+}
+
 /// A closed choice given an unknown value is clap's error, which lists the possible values
 /// spelled as on the command line.
 #[test]

@@ -548,14 +548,14 @@ pub struct BenchArgs {
     /// cpu, cuda, wgpu or auto.
     #[arg(long, value_enum, default_value_t = CliBackend::Cpu)]
     pub backend: CliBackend,
-    /// Polynomials / ciphertexts per call in the batched (`xB`) rows.
-    #[arg(long, default_value_t = 16, value_parser = super::args::at_least(1))]
-    pub batch: usize,
+    /// Polynomials / ciphertexts per call in the batched (`xB`) CKKS rows [default: 16].
+    #[arg(long, value_parser = super::args::at_least(1))]
+    pub batch: Option<usize>,
     /// Print JSON instead of Markdown.
     #[arg(long)]
     pub json: bool,
     /// Also count each operation's device work (kernel launches, copies, allocations) on
-    /// one more untimed call; needs a backend that counts it (cuda).
+    /// one more untimed call (ckks and bfv); needs a backend that counts it (cuda).
     #[arg(long)]
     pub trace: bool,
     /// Write the report to this file instead of stdout.
@@ -565,9 +565,23 @@ pub struct BenchArgs {
 
 /// Runs the benchmark suite and prints or writes the report.
 pub fn run(args: BenchArgs) -> Result<()> {
+    use BenchScheme::{Bfv, Ckks};
+    // A flag that none of the --scheme list reads is an error, not ignored.
+    super::options::reject_unused(
+        "--scheme ",
+        &args.scheme,
+        &[
+            ("--max-chain", args.max_chain, &[Ckks]),
+            ("--scale-bits", args.scale_bits.is_some(), &[Ckks]),
+            ("--depth", args.depth.is_some(), &[Ckks]),
+            ("--precision", args.precision, &[Ckks]),
+            ("--batch", args.batch.is_some(), &[Ckks]),
+            ("--trace", args.trace, &[Ckks, Bfv]),
+        ],
+    )?;
     let (log_ns, schemes, reps, threads) = (&args.log_n, &args.scheme, args.reps, args.threads);
     let (backend, json, trace, out) = (args.backend, args.json, args.trace, args.out.as_deref());
-    let batch = args.batch;
+    let batch = args.batch.unwrap_or(16);
     let chain = CkksChain {
         max_chain: args.max_chain,
         scale_bits: args.scale_bits,

@@ -127,3 +127,35 @@ pub enum Refresh {
     /// Bootstrapping on public keys.
     Bootstrap,
 }
+
+/// Fails on the first flag that was given although none of the `selected` choices reads it
+/// (a flag that would be ignored): `flags` holds each flag's name, whether it was given, and
+/// the choices that read it. The error names the flag, the choices selected and those that
+/// read it (each after `prefix`, e.g. `--scheme `).
+pub fn reject_unused<W: Copy + PartialEq + std::fmt::Display>(
+    prefix: &str,
+    selected: &[W],
+    flags: &[(&str, bool, &[W])],
+) -> hetensor::Result<()> {
+    for &(flag, given, users) in flags {
+        if given && !selected.iter().any(|w| users.contains(w)) {
+            let selected = selected.iter().map(W::to_string).collect::<Vec<_>>();
+            return Err(hetensor::Error::InvalidInput(format!(
+                "{flag} does not apply to {prefix}{} (it is used by {prefix}{})",
+                selected.join(","),
+                words(users)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn words<W: std::fmt::Display>(items: &[W]) -> String {
+    let names: Vec<String> = items.iter().map(W::to_string).collect();
+    match names.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
+}

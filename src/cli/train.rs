@@ -23,7 +23,8 @@ use super::options::{Refresh, Workload};
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// titanic, credit, credit-federated or mnist-transfer (which reads only --images,
-    /// --epochs, --batch, --lr, --momentum, --seed and --json; it runs on all cores).
+    /// --epochs, --batch, --lr, --momentum, --seed, --parties and --json; it runs on all
+    /// cores). A flag the workload does not read is an error.
     #[arg(value_enum)]
     pub workload: Workload,
     /// Data file (default: the bundled copy).
@@ -35,7 +36,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = at_least(1))]
     pub workers: Option<usize>,
     /// Run the --workers shards on rayon threads of this process instead of processes.
-    #[arg(long)]
+    #[arg(long, requires = "workers")]
     pub in_process: bool,
     /// Degree of the least-squares sigmoid fit: 3, 5 or 7 [default: 7].
     #[arg(long, value_parser = one_of(&[3, 5, 7]))]
@@ -115,60 +116,72 @@ fn load(o: &TrainArgs) -> Result<Dataset> {
     }
 }
 
+/// Fails on a flag that `o.workload` would ignore, naming the flag and the workloads that
+/// read it. (Combinations within a workload, e.g. `--parties` with `--rounds`, are checked
+/// where they are read.)
+fn reject_unused(o: &TrainArgs) -> Result<()> {
+    use Workload::{Credit, CreditFederated, MnistTransfer, Titanic};
+    const LOGISTIC: &[Workload] = &[Titanic, Credit, CreditFederated];
+    super::options::reject_unused(
+        "",
+        &[o.workload],
+        &[
+            ("--data", o.data.is_some(), LOGISTIC),
+            ("--workers", o.workers.is_some(), LOGISTIC),
+            ("--in-process", o.in_process, &[Titanic, Credit]),
+            ("--degree", o.degree.is_some(), LOGISTIC),
+            ("--interval", o.interval.is_some(), LOGISTIC),
+            ("--images", o.images.is_some(), &[MnistTransfer]),
+            ("--rounds", o.rounds.is_some(), &[CreditFederated]),
+            (
+                "--parties",
+                o.parties.is_some(),
+                &[CreditFederated, MnistTransfer],
+            ),
+            ("--log-n", o.log_n.is_some(), LOGISTIC),
+            (
+                "--insecure-test-ring",
+                o.insecure_test_ring,
+                &[Titanic, Credit],
+            ),
+        ],
+    )
+}
+
 /// Runs a workload and prints a text or JSON report. Unset options take the workload's
 /// defaults ([`TrainDefaults`]; mnist-transfer: [`super::transfer`]'s).
 pub fn run(o: TrainArgs) -> Result<()> {
-    if o.workload == Workload::MnistTransfer {
-        if o.refresh.is_some_and(|r| r != Refresh::KeyHolder) || o.insecure_test_ring {
-            return Err(Error::InvalidInput(
-                "mnist-transfer takes --refresh key-holder only (its default): bootstrapping its ~2,000 head ciphertexts per step is not built yet; --parties 2 trains it without a key holder".into(),
-            ));
-        }
-        if o.parties.is_some_and(|k| k != 2) {
-            return Err(Error::InvalidInput(
-                "mnist-transfer runs with --parties 2 (two servers holding key shares)".into(),
-            ));
-        }
-        if o.data.is_some()
-            || o.workers.is_some()
-            || o.in_process
-            || o.degree.is_some()
-            || o.interval.is_some()
-            || o.rounds.is_some()
-            || o.log_n.is_some()
-        {
-            return Err(Error::InvalidInput("mnist-transfer takes no --data, --workers, --in-process, --degree, --interval, --rounds or --log-n (it runs in one process with an MSE head on the bundled MNIST digits)".into()));
-        }
-        return super::transfer::run(super::transfer::TransferOptions {
-            images: o.images,
-            epochs: o.epochs.unwrap_or(3),
-            lr: o.lr.unwrap_or(0.04),
-            momentum: o.momentum.unwrap_or(0.9),
-            batch: o.batch.unwrap_or(1250),
-            seed: o.seed.unwrap_or(1),
-            json: o.json,
-            parties: o.parties,
-        });
+    if o.workload == Workload::MnistTransfer && o.refresh == Some(Refresh::Bootstrap) {
+        return Err(Error::InvalidInput(
+            "mnist-transfer takes --refresh key-holder only (its default): bootstrapping its ~2,000 head ciphertexts per step is not built yet; --parties 2 trains it without a key holder".into(),
+        ));
     }
-    if o.images.is_some() {
-        return Err(Error::InvalidInput(format!(
-            "--images is for mnist-transfer; {} trains on all rows of its data file",
-            o.workload
-        )));
+    reject_unused(&o)?;
+    if o.workload != Workload::MnistTransfer {
+        return run_logistic(o);
     }
-    run_logistic(o)
+    if o.parties.is_some_and(|k| k != 2) {
+        return Err(Error::InvalidInput(
+            "mnist-transfer runs with --parties 2 (two servers holding key shares)".into(),
+        ));
+    }
+    super::transfer::run(super::transfer::TransferOptions {
+        images: o.images,
+        epochs: o.epochs.unwrap_or(3),
+        lr: o.lr.unwrap_or(0.04),
+        momentum: o.momentum.unwrap_or(0.9),
+        batch: o.batch.unwrap_or(1250),
+        seed: o.seed.unwrap_or(1),
+        json: o.json,
+        parties: o.parties,
+    })
 }
 
 /// titanic, credit and credit-federated: encrypted logistic regression.
 fn run_logistic(mut o: TrainArgs) -> Result<()> {
     let bootstrap = o.refresh == Some(Refresh::Bootstrap);
+    // `reject_unused` let --parties through for credit-federated only.
     if let Some(k) = o.parties {
-        if o.workload != Workload::CreditFederated {
-            return Err(Error::InvalidInput(format!(
-                "--parties is for credit-federated, not {}",
-                o.workload
-            )));
-        }
         if o.workers.is_some() || o.in_process || o.rounds.is_some() {
             return Err(Error::InvalidInput(format!(
                 "--parties {k}: the parties are the data owners and train by federated SGD for --epochs; no --workers, --in-process or --rounds"
@@ -215,12 +228,6 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
     let log_n = *o.log_n.get_or_insert(d.log_n);
     let seed = *o.seed.get_or_insert(d.seed);
     let federated = o.workload == Workload::CreditFederated;
-    if o.rounds.is_some() && !federated {
-        return Err(Error::InvalidInput(format!(
-            "--rounds is for credit-federated; {} trains for --epochs",
-            o.workload
-        )));
-    }
     let rounds = *o.rounds.get_or_insert(d.rounds);
     if ![3, 5, 7].contains(&degree) {
         return Err(Error::InvalidInput(format!(
