@@ -852,6 +852,155 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
     }
 }
 
+/// A flag that the chosen workload (or scheme, or layout) would ignore is an error that
+/// names the flag, what was chosen, and what reads it; it fails before any encrypted work.
+#[test]
+fn flags_a_workload_ignores_are_rejected() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["train", "mnist-transfer", "--rounds", "2"],
+            &[
+                "--rounds does not apply to mnist-transfer",
+                "credit-federated",
+            ],
+        ),
+        (
+            &["train", "mnist-transfer", "--data", "titanic.csv"],
+            &["--data does not apply to mnist-transfer", "titanic"],
+        ),
+        (
+            &["train", "mnist-transfer", "--degree", "3"],
+            &["--degree does not apply to mnist-transfer"],
+        ),
+        (
+            &["train", "mnist-transfer", "--insecure-test-ring"],
+            &["--insecure-test-ring does not apply to mnist-transfer"],
+        ),
+        (
+            &["train", "titanic", "--images", "5"],
+            &["--images does not apply to titanic", "mnist-transfer"],
+        ),
+        (
+            &["train", "credit", "--rounds", "2"],
+            &["--rounds does not apply to credit", "credit-federated"],
+        ),
+        (
+            &[
+                "train",
+                "credit-federated",
+                "--workers",
+                "2",
+                "--in-process",
+            ],
+            &["--in-process does not apply to credit-federated", "titanic"],
+        ),
+        // --in-process places the --workers shards: nothing to place without them.
+        (&["train", "titanic", "--in-process"], &["--workers"]),
+        (
+            &["mnist", "--scheme", "bfv", "--precision", "high"],
+            &[
+                "--precision does not apply to --scheme bfv",
+                "--layout batched",
+            ],
+        ),
+        (
+            &["mnist", "--layout", "packed", "--precision", "fast"],
+            &["--precision does not apply", "--layout packed"],
+        ),
+        (
+            &["bench", "--scheme", "bfv", "--precision"],
+            &[
+                "--precision does not apply to --scheme bfv",
+                "--scheme ckks",
+            ],
+        ),
+        (
+            &["bench", "--scheme", "bfv,bootstrap", "--batch", "4"],
+            &["--batch does not apply to --scheme bfv,bootstrap", "ckks"],
+        ),
+        (
+            &["bench", "--scheme", "bootstrap", "--scale-bits", "40"],
+            &["--scale-bits does not apply to --scheme bootstrap"],
+        ),
+        (
+            &["bench", "--scheme", "bootstrap", "--trace"],
+            &[
+                "--trace does not apply to --scheme bootstrap",
+                "--scheme ckks and bfv",
+            ],
+        ),
+    ];
+    for (args, needles) in cases {
+        fails(args, needles);
+    }
+}
+
+/// A closed choice given an unknown value is clap's error, which lists the possible values
+/// spelled as on the command line.
+#[test]
+fn unknown_choices_list_the_possible_values() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["mnist", "--scheme", "foo"], "--scheme", "ckks, bfv"),
+        (
+            &["mnist", "--backend", "gpu"],
+            "--backend",
+            "cpu, cuda, wgpu, auto",
+        ),
+        (
+            &["mnist", "--layout", "rows"],
+            "--layout",
+            "batched, packed",
+        ),
+        (
+            &["mnist", "--precision", "max"],
+            "--precision",
+            "fast, high",
+        ),
+        (
+            &["infer", "--model", "m.onnx", "--scheme", "foo"],
+            "--scheme",
+            "ckks, bfv",
+        ),
+        (
+            &["bench", "--scheme", "ckks,foo"],
+            "--scheme",
+            "ckks, bfv, bootstrap",
+        ),
+        (
+            &["train", "mnist"],
+            "WORKLOAD",
+            "titanic, credit, credit-federated, mnist-transfer",
+        ),
+        (
+            &["train", "titanic", "--refresh", "magic"],
+            "--refresh",
+            "key-holder, bootstrap",
+        ),
+        (
+            &["titanic-workers", "--backend", "gpu"],
+            "--backend",
+            "cpu, cuda, wgpu, auto",
+        ),
+        (
+            &["party", "--workload", "titanic"],
+            "--workload",
+            "credit-federated, mnist-transfer",
+        ),
+    ];
+    for (args, flag, values) in cases {
+        let out = hetensor(args, b"");
+        assert_eq!(out.status.code(), Some(2), "hetensor {}", args.join(" "));
+        let err = text(&out.stderr);
+        assert!(err.contains("invalid value"), "{err}");
+        assert!(err.contains(flag), "{err}");
+        assert!(
+            err.contains(&format!("[possible values: {values}]")),
+            "hetensor {}:\n{err}",
+            args.join(" ")
+        );
+    }
+}
+
 #[test]
 fn data_files_that_are_missing_or_empty_are_named() {
     fails(

@@ -9,10 +9,12 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 
-use hetensor::backend::{create_backend, Backend, BackendKind, TraceCounts};
+use hetensor::backend::{Backend, TraceCounts};
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::rlwe::{Ciphertext, SecretKey};
 use hetensor::Result;
+
+use super::options::{Backend as CliBackend, BenchScheme};
 
 /// One timed operation.
 #[derive(Serialize, Clone, Debug)]
@@ -511,20 +513,81 @@ pub fn bench_ckks(
     Ok(())
 }
 
+/// Options of `hetensor bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Ring sizes (log2 N, each 13 to 16).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![13u32, 14],
+          value_parser = clap::value_parser!(u32).range(13..=16))]
+    pub log_n: Vec<u32>,
+    /// Schemes to run. `bootstrap` times CKKS bootstrapping (128-bit at 2^16; below, where no
+    /// 128-bit chain fits, an insecure test ring) with its output precision and the levels it leaves.
+    #[arg(long, value_enum, value_delimiter = ',',
+          default_values_t = vec![BenchScheme::Ckks, BenchScheme::Bfv])]
+    pub scheme: Vec<BenchScheme>,
+    /// Repetitions per operation (after one warm-up).
+    #[arg(long, default_value_t = 10, value_parser = super::args::at_least(1))]
+    pub reps: usize,
+    /// Worker threads (1 = single-threaded, comparable with SEAL).
+    #[arg(long, default_value_t = 1, value_parser = super::args::at_least(1))]
+    pub threads: usize,
+    /// CKKS on the deepest 128-bit chain instead of the peers' depth.
+    #[arg(long, conflicts_with = "depth")]
+    pub max_chain: bool,
+    /// CKKS scale 2^B, from the parameter builder: composite levels (several primes per
+    /// level) from 2^30 on [default: single 25-bit scale primes].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(10..=62))]
+    pub scale_bits: Option<u32>,
+    /// CKKS rescalings [default: the peers' depth, 2/6/16/22 at N = 2^13/14/15/16].
+    #[arg(long, value_parser = super::args::at_least(1))]
+    pub depth: Option<usize>,
+    /// Also report each CKKS op's slot error against the plaintext result (log2 of the
+    /// max and mean over all slots) and time a chain of mul+relin+rescale to level 0.
+    #[arg(long)]
+    pub precision: bool,
+    /// cpu, cuda, wgpu or auto.
+    #[arg(long, value_enum, default_value_t = CliBackend::Cpu)]
+    pub backend: CliBackend,
+    /// Polynomials / ciphertexts per call in the batched (`xB`) CKKS rows [default: 16].
+    #[arg(long, value_parser = super::args::at_least(1))]
+    pub batch: Option<usize>,
+    /// Print JSON instead of Markdown.
+    #[arg(long)]
+    pub json: bool,
+    /// Also count each operation's device work (kernel launches, copies, allocations) on
+    /// one more untimed call (ckks and bfv); needs a backend that counts it (cuda).
+    #[arg(long)]
+    pub trace: bool,
+    /// Write the report to this file instead of stdout.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
 /// Runs the benchmark suite and prints or writes the report.
-#[allow(clippy::too_many_arguments)] // one per CLI flag
-pub fn run(
-    log_ns: &[u32],
-    schemes: &[String],
-    reps: usize,
-    threads: usize,
-    chain: CkksChain,
-    batch: usize,
-    backend: &str,
-    json: bool,
-    trace: bool,
-    out: Option<&std::path::Path>,
-) -> Result<()> {
+pub fn run(args: BenchArgs) -> Result<()> {
+    use BenchScheme::{Bfv, Ckks};
+    // A flag that none of the --scheme list reads is an error, not ignored.
+    super::options::reject_unused(
+        "--scheme ",
+        &args.scheme,
+        &[
+            ("--max-chain", args.max_chain, &[Ckks]),
+            ("--scale-bits", args.scale_bits.is_some(), &[Ckks]),
+            ("--depth", args.depth.is_some(), &[Ckks]),
+            ("--precision", args.precision, &[Ckks]),
+            ("--batch", args.batch.is_some(), &[Ckks]),
+            ("--trace", args.trace, &[Ckks, Bfv]),
+        ],
+    )?;
+    let (log_ns, schemes, reps, threads) = (&args.log_n, &args.scheme, args.reps, args.threads);
+    let (backend, json, trace, out) = (args.backend, args.json, args.trace, args.out.as_deref());
+    let batch = args.batch.unwrap_or(16);
+    let chain = CkksChain {
+        max_chain: args.max_chain,
+        scale_bits: args.scale_bits,
+        depth: args.depth,
+        precision: args.precision,
+    };
     if threads == 0 || reps == 0 || batch == 0 {
         return Err(hetensor::Error::InvalidInput(format!(
             "--threads, --reps and --batch must be at least 1, got {threads}, {reps} and {batch}"
@@ -555,14 +618,14 @@ pub fn run(
 /// Runs every benchmark on the current rayon pool.
 fn report(
     log_ns: &[u32],
-    schemes: &[String],
+    schemes: &[BenchScheme],
     reps: usize,
     chain: CkksChain,
     batch: usize,
-    backend: &str,
+    backend: CliBackend,
     trace: bool,
 ) -> Result<BenchReport> {
-    let be = create_backend(backend.parse::<BackendKind>()?)?;
+    let be = backend.create()?;
     let mut rows = Vec::new();
     let mut notes = vec![format!("backend: {be:?}")];
     if chain.scale_bits.is_none() && !chain.max_chain {
@@ -586,8 +649,8 @@ fn report(
     for &log_n in log_ns {
         for s in schemes {
             eprintln!("{s} N = 2^{log_n}");
-            match s.as_str() {
-                "ckks" => bench_ckks(
+            match s {
+                BenchScheme::Ckks => bench_ckks(
                     log_n,
                     (reps, trace),
                     chain,
@@ -596,13 +659,8 @@ fn report(
                     &mut rows,
                     &mut notes,
                 )?,
-                "bfv" => bench_bfv(log_n, reps, trace, &be, &mut rows, &mut notes)?,
-                "bootstrap" => bench_bootstrap(log_n, reps, &be, &mut rows, &mut notes)?,
-                other => {
-                    return Err(hetensor::Error::InvalidInput(format!(
-                        "unknown scheme '{other}' (use ckks, bfv, bootstrap)"
-                    )))
-                }
+                BenchScheme::Bfv => bench_bfv(log_n, reps, trace, &be, &mut rows, &mut notes)?,
+                BenchScheme::Bootstrap => bench_bootstrap(log_n, reps, &be, &mut rows, &mut notes)?,
             }
         }
     }

@@ -5,10 +5,33 @@ use std::time::Instant;
 use hetensor::ckks::{precision_bits, CkksContext, CkksParams};
 use hetensor::Result;
 
+/// Options of `hetensor demo`.
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// A deep chain instead: sequential multiplications that bootstrap along the way.
+    #[arg(long)]
+    pub deep: bool,
+    /// With --deep: how many sequential multiplications.
+    #[arg(long, default_value_t = 50, value_parser = super::args::at_least(1), requires = "deep")]
+    pub multiplications: usize,
+    /// With --deep: ring size (16 = the 128-bit preset; 10..=13 = an insecure test ring).
+    #[arg(long, default_value_t = 11, value_parser = clap::value_parser!(u32).range(10..=16), requires = "deep")]
+    pub log_n: u32,
+}
+
+/// `hetensor demo`, or `demo --deep`.
+pub fn run(args: DemoArgs) -> Result<()> {
+    if args.deep {
+        run_deep(args.multiplications, args.log_n)
+    } else {
+        run_short()
+    }
+}
+
 /// Encrypts two vectors with CKKS (scale 2^40 in composite levels of two ~2^20 primes, the
 /// smallest 128-bit ring for depth 2), computes `a·b + a` and a rotation homomorphically,
 /// decrypts, and compares with the plaintext result.
-pub fn run() -> Result<()> {
+fn run_short() -> Result<()> {
     let t0 = Instant::now();
     let params = CkksParams::builder().depth(2).scale_bits(40).build()?;
     println!("{params}");
@@ -62,7 +85,7 @@ pub fn run() -> Result<()> {
 /// by a fresh encryption of values near 1), bootstrapping whenever the levels run out, checked
 /// slot by slot against the same products in plaintext. N = 2^16 runs the 128-bit preset;
 /// smaller rings run the insecure test ring (same code, minutes instead of hours here).
-pub fn run_deep(multiplications: usize, log_n: u32) -> Result<()> {
+fn run_deep(multiplications: usize, log_n: u32) -> Result<()> {
     use hetensor::ckks::bootstrap::{BootstrapKeys, BootstrapParams};
     let t0 = Instant::now();
     let bp = if log_n == 16 {

@@ -6,7 +6,6 @@ use std::time::Instant;
 use ndarray::{s, ArrayD, Axis, IxDyn};
 use serde::Serialize;
 
-use hetensor::backend::{create_backend, BackendKind};
 use hetensor::bfv::BfvCrt;
 use hetensor::ckks::CkksContext;
 use hetensor::graph::Graph;
@@ -24,27 +23,10 @@ use hetensor::{onnx, Error, Result};
 use super::mnist::{
     argmax_rows, emit, peak_memory_mb, seconds_list, top2_gap, BFV_DNUM, BFV_LOG_N, BFV_Q_COUNT,
 };
+use super::options::{Backend, Layout, Scheme};
 
 /// Calibration samples for the parameter choice.
 const CALIBRATION: usize = 256;
-
-/// Which encryption scheme runs the plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Scheme {
-    /// Approximate arithmetic on reals.
-    Ckks,
-    /// Exact integers (quantized models).
-    Bfv,
-}
-
-/// How samples map to slots.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LayoutArg {
-    /// One ciphertext per feature, one slot per sample (throughput).
-    Batched,
-    /// One sample per ciphertext group, rotations (latency).
-    Packed,
-}
 
 /// Options of `hetensor infer`.
 #[derive(clap::Args, Debug)]
@@ -61,14 +43,14 @@ pub struct InferArgs {
     #[arg(long, value_parser = super::args::at_least(1))]
     pub limit: Option<usize>,
     /// ckks, or bfv (the model quantized to integers, exact; batched layout, inputs in [0, 1]).
-    #[arg(long, value_enum, default_value = "ckks")]
+    #[arg(long, value_enum, default_value_t = Scheme::Ckks)]
     pub scheme: Scheme,
     /// batched (one sample per slot) or packed (one sample at a time, rotations).
-    #[arg(long, value_enum, default_value = "batched")]
-    pub layout: LayoutArg,
+    #[arg(long, value_enum, default_value_t = Layout::Batched)]
+    pub layout: Layout,
     /// cpu, cuda, wgpu or auto.
-    #[arg(long, default_value = "cpu")]
-    pub backend: String,
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
     /// Samples per batch, at most the slots [default: all slots].
     #[arg(long, value_parser = super::args::at_least(1))]
     pub batch: Option<usize>,
@@ -195,7 +177,7 @@ fn load_data(data: &str, graph: &Graph) -> Result<Data> {
 
 /// Runs the job and prints the report.
 pub fn run(args: InferArgs) -> Result<()> {
-    let packed = args.layout == LayoutArg::Packed;
+    let packed = args.layout == Layout::Packed;
     if args.scheme == Scheme::Bfv && packed {
         return Err(Error::InvalidInput(
             "--layout packed: the BFV back end runs the batched layout only (packed is CKKS)"
@@ -208,7 +190,7 @@ pub fn run(args: InferArgs) -> Result<()> {
         )));
     }
     let t_all = Instant::now();
-    let backend = create_backend(args.backend.parse::<BackendKind>()?)?;
+    let backend = args.backend.create()?;
     let graph = onnx::load(&args.model)?;
     let Data {
         samples: x_all,

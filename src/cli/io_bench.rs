@@ -49,8 +49,24 @@ fn secs<T>(f: impl FnOnce() -> Result<T>) -> Result<(f64, T)> {
     Ok((t.elapsed().as_secs_f64(), v))
 }
 
+/// Options of `hetensor io-bench`.
+#[derive(clap::Args, Debug)]
+pub struct IoBenchArgs {
+    /// Titanic train.csv (default: the bundled copy).
+    #[arg(long)]
+    pub data: Option<std::path::PathBuf>,
+    /// Only the first N rows (default: all 891).
+    #[arg(long, value_parser = super::args::at_least(1))]
+    pub rows: Option<usize>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Runs `hetensor io-bench`.
-pub fn run(titanic: &std::path::Path, limit: Option<usize>, json: bool) -> Result<()> {
+pub fn run(args: IoBenchArgs) -> Result<()> {
+    let path = super::data_path(args.data.as_deref(), data::DEFAULT_TITANIC, "--data")?;
+    let (titanic, limit, json) = (path.as_path(), args.rows, args.json);
     let ds = data::titanic::load(titanic)?;
     let take = match limit {
         None => ds.len(),

@@ -6,7 +6,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{s, ArrayD, Axis};
 use serde::Serialize;
 
-use hetensor::backend::{create_backend, BackendKind};
 use hetensor::bfv::BfvCrt;
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::lower::bfv::{self, Bfv, QuantizedPlan};
@@ -16,18 +15,50 @@ use hetensor::rlwe::Security;
 use hetensor::tensor::{CipherTensor, EncryptionKey};
 use hetensor::{Error, Result};
 
-/// Options of the `mnist` subcommand.
-pub struct MnistOptions {
+use super::options::{Backend, Layout, Precision, Scheme};
+
+/// Options of `hetensor mnist`.
+#[derive(clap::Args, Debug)]
+pub struct MnistArgs {
+    /// Only the first N test images, at most the file's count (default: all 10,000 for
+    /// ckks batched, 8,192 = one batch for bfv, 20 for packed).
+    #[arg(long, value_parser = super::args::at_least(1))]
     pub limit: Option<usize>,
+    /// Images per batch, at most the slots: 4096 for ckks, 8192 for bfv (default: all
+    /// slots). Batched layout only.
+    #[arg(long, value_parser = super::args::at_least(1))]
     pub batch: Option<usize>,
-    pub scheme: String,
-    pub backend: String,
-    pub layout: String,
+    /// ckks, or bfv (LeNet-1 quantized to integers, exact, CRT over 3 plaintext primes).
+    #[arg(long, value_enum, default_value_t = Scheme::Ckks)]
+    pub scheme: Scheme,
+    /// cpu, cuda, wgpu or auto.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+    /// batched (4096 images per ciphertext) or packed (one image, low latency; ckks only).
+    #[arg(long, value_enum, default_value_t = Layout::Batched)]
+    pub layout: Layout,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
     pub json: bool,
+    /// LeNet-1 weights in safetensors (default: the bundled data/lenet1.safetensors).
+    #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
+    /// Directory with the MNIST IDX files.
+    #[arg(long, default_value = mnist::DEFAULT_DIR)]
     pub data_dir: std::path::PathBuf,
-    /// `fast` or `high` (the CKKS chain of the batched layout).
-    pub precision: String,
+    /// CKKS chain (ckks, batched layout only): fast (one 25-bit prime per level, 30-bit base,
+    /// N = 2^13) or high (one 29-bit prime per level, 2-prime base, N = 2^14: logits
+    /// ~10 times more precise, 8192 images per batch, about 1.7 times the CPU time)
+    /// [default: fast].
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+}
+
+impl MnistArgs {
+    /// The CKKS chain of the batched layout: `--precision`, else fast.
+    pub fn precision(&self) -> Precision {
+        self.precision.unwrap_or(Precision::Fast)
+    }
 }
 
 /// What a run reports (also the `--json` object).
@@ -104,7 +135,7 @@ pub fn emit<T: Serialize>(json: bool, report: &T, text: impl Fn(&T)) -> Result<(
 }
 
 /// The LeNet-1 to run: `--weights` if given, else the bundled one.
-pub fn load_model(opts: &MnistOptions) -> Result<Sequential> {
+pub fn load_model(opts: &MnistArgs) -> Result<Sequential> {
     match &opts.weights {
         Some(p) => weights::load_lenet1(p),
         None => weights::pretrained_lenet1(),
@@ -129,7 +160,7 @@ pub fn output_bound(model: &Sequential, data_dir: &std::path::Path) -> Result<f6
 
 /// How many test images to run: `--limit` (at least 1, at most the file's count), else
 /// `default` (capped at the file's count). A file with no images is an error naming it.
-pub fn images_to_run(opts: &MnistOptions, available: usize, default: usize) -> Result<usize> {
+pub fn images_to_run(opts: &MnistArgs, available: usize, default: usize) -> Result<usize> {
     if available == 0 {
         return Err(Error::Data(format!(
             "{}: the MNIST test files (t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte) hold no images",
@@ -148,7 +179,7 @@ pub fn images_to_run(opts: &MnistOptions, available: usize, default: usize) -> R
 }
 
 /// Images per batch: `--batch` (1 to `slots`), else `slots`.
-pub fn batch_size(opts: &MnistOptions, slots: usize) -> Result<usize> {
+pub fn batch_size(opts: &MnistArgs, slots: usize) -> Result<usize> {
     match opts.batch {
         None => Ok(slots),
         Some(b) if (1..=slots).contains(&b) => Ok(b),
@@ -166,48 +197,38 @@ const HIGH_SCALE_BITS: u32 = 29;
 const HIGH_BASE_BITS: u32 = 49;
 
 /// Runs the job and prints the report.
-pub fn run(opts: MnistOptions) -> Result<()> {
-    if opts.scheme == "bfv" {
-        return run_bfv(opts);
-    }
-    if opts.scheme != "ckks" {
+pub fn run(opts: MnistArgs) -> Result<()> {
+    // --precision picks the chain of the ckks batched layout; the others have one chain.
+    if opts.precision.is_some() && (opts.scheme, opts.layout) != (Scheme::Ckks, Layout::Batched) {
         return Err(Error::InvalidInput(format!(
-            "--scheme {}: MNIST supports ckks and bfv",
-            opts.scheme
+            "--precision does not apply to --scheme {} --layout {} (it is used by --scheme ckks --layout batched)",
+            opts.scheme, opts.layout
         )));
     }
-    let backend = create_backend(opts.backend.parse::<BackendKind>()?)?;
-    match opts.layout.as_str() {
-        "batched" => {}
-        "packed" => return super::packed::run(&opts, backend),
-        other => {
-            return Err(Error::InvalidInput(format!(
-                "--layout {other}: use batched (throughput) or packed (one image, low latency)"
-            )))
-        }
+    if opts.scheme == Scheme::Bfv {
+        return run_bfv(opts);
+    }
+    let backend = opts.backend.create()?;
+    if opts.layout == Layout::Packed {
+        return super::packed::run(&opts, backend);
     }
     let t_all = Instant::now();
     let model = load_model(&opts)?;
     let test = mnist::load_test(&opts.data_dir)?;
     let total = images_to_run(&opts, test.labels.len(), test.labels.len())?;
     let plan = Plan::from_sequential(&model, &[1, 28, 28])?;
-    let params = match opts.precision.as_str() {
-        "fast" => CkksParams::preset(13, 25)?,
+    let params = match opts.precision() {
+        Precision::Fast => CkksParams::preset(13, 25)?,
         // The fewest limbs at N = 2^14 (8192 slots, 2 batches for 10,000 images): one 29-bit
         // prime per level and a 2-prime base that holds the logits at the full scale. Measured
         // on 8,192 images: max logit error 3.5e-4, 12.2 CPU-s per batch, against 1.9e-7 and
         // 19.7 CPU-s for 2^40 in composite levels (12 limbs), and 3.3e-3 (no better than
         // fast) with a 30-bit base prime (BENCHMARKS.md §2).
-        "high" => CkksParams::builder()
+        Precision::High => CkksParams::builder()
             .depth(plan.depth())
             .scale_bits(HIGH_SCALE_BITS)
             .base_bits(HIGH_BASE_BITS)
             .build()?,
-        other => {
-            return Err(Error::InvalidInput(format!(
-                "--precision {other}: use fast or high"
-            )))
-        }
     };
     let (scale_bits, primes_per_level) = (params.scale_bits, params.composition());
     let log_qp = params.rlwe.log_qp();
@@ -310,7 +331,7 @@ pub fn run(opts: MnistOptions) -> Result<()> {
         decided_agreement: gaps.iter().filter(|g| g.0 > 2.0 * max_err && g.1).count(),
         disagreeing_images: gaps.iter().filter(|g| !g.1).count(),
         largest_disagreeing_gap: gaps.iter().filter(|g| !g.1).map(|g| g.0).reduce(f64::max),
-        precision: opts.precision.clone(),
+        precision: opts.precision().to_string(),
         scale_bits,
         primes_per_level,
         seconds_total: total_s,
@@ -437,9 +458,9 @@ pub struct BfvMnistReport {
 
 /// `--scheme bfv`: the model quantized to integers, run exactly in BFV over several plaintext
 /// primes combined by CRT (enough bits that no worst-case value wraps).
-fn run_bfv(opts: MnistOptions) -> Result<()> {
-    let backend = create_backend(opts.backend.parse::<BackendKind>()?)?;
-    if opts.layout != "batched" {
+fn run_bfv(opts: MnistArgs) -> Result<()> {
+    let backend = opts.backend.create()?;
+    if opts.layout != Layout::Batched {
         return Err(Error::InvalidInput(format!(
             "--layout {}: the BFV path runs in the batched layout only (packed is CKKS)",
             opts.layout

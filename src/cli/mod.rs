@@ -5,6 +5,7 @@ pub mod demo;
 pub mod infer;
 pub mod io_bench;
 pub mod mnist;
+pub mod options;
 pub mod packed;
 pub mod parties;
 pub mod train;

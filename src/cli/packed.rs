@@ -14,7 +14,7 @@ use hetensor::nn::mnist;
 use hetensor::tensor::{CipherTensor, EncryptionKey};
 use hetensor::{Error, Result};
 
-use super::mnist::{emit, load_model, output_bound, peak_memory_mb, MnistOptions};
+use super::mnist::{emit, load_model, output_bound, peak_memory_mb, MnistArgs};
 
 /// Report of a packed-layout run (also the `--json` object).
 #[derive(Serialize, Debug)]
@@ -49,7 +49,7 @@ fn argmax(v: &[f64]) -> usize {
 }
 
 /// Runs LeNet-1 on `--limit` images (default 20), one at a time, and reports per-image latency.
-pub fn run(opts: &MnistOptions, backend: Arc<dyn Backend>) -> Result<()> {
+pub fn run(opts: &MnistArgs, backend: Arc<dyn Backend>) -> Result<()> {
     if let Some(b) = opts.batch {
         return Err(Error::InvalidInput(format!(
             "--batch {b}: the packed layout runs one image at a time (--batch is for --layout batched)"

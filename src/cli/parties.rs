@@ -30,6 +30,7 @@ use hetensor::workers::session::{serve_party, Coordinator};
 use hetensor::workers::WorkerPool;
 use hetensor::{serialize, Error, Result};
 
+use super::options::PartyWorkload;
 use super::transfer::{Prepared, TransferOptions};
 
 /// Bits of smudging on the final model's decryption shares. CKKS at Δ = 2^26 cannot hide the
@@ -42,7 +43,7 @@ const WEIGHT_LOG2: f64 = 8.0;
 
 /// Options of the hidden `hetensor party`.
 #[derive(clap::Args)]
-pub struct PartyOptions {
+pub struct PartyArgs {
     /// The coordinator's address.
     #[arg(long)]
     pub connect: SocketAddr,
@@ -57,8 +58,8 @@ pub struct PartyOptions {
     pub crs: String,
     /// The session's workload: credit-federated (a data owner with its slice) or
     /// mnist-transfer (a key-share holder only, at the transfer parameters).
-    #[arg(long, default_value = "credit-federated", value_parser = ["credit-federated", "mnist-transfer"])]
-    pub workload: String,
+    #[arg(long, value_enum, default_value_t = PartyWorkload::CreditFederated)]
+    pub workload: PartyWorkload,
     /// log2 of the ring degree of the training parameters (credit-federated only).
     #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
     pub log_n: Option<u32>,
@@ -92,7 +93,7 @@ fn crs_hex(crs: &Crs) -> String {
 
 /// One party: its own key share (fresh from the OS, or `--share` from its owner's disk),
 /// connected to the coordinator, answering its requests until the session ends.
-pub fn serve(o: PartyOptions) -> Result<()> {
+pub fn serve(o: PartyArgs) -> Result<()> {
     if o.index >= o.parties {
         return Err(Error::InvalidInput(format!(
             "--index {} of --parties {}",
@@ -100,7 +101,7 @@ pub fn serve(o: PartyOptions) -> Result<()> {
         )));
     }
     let crs = parse_crs(&o.crs)?;
-    let transfer = o.workload == "mnist-transfer";
+    let transfer = o.workload == PartyWorkload::MnistTransfer;
     let params = match (transfer, o.log_n) {
         (true, None) if o.data.is_none() => transfer_parties_params()?,
         (true, _) => {

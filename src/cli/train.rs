@@ -1,6 +1,7 @@
-//! `hetensor train titanic|credit|credit-federated`: encrypted logistic regression next to
-//! the same model trained in plaintext (true sigmoid and the same polynomial sigmoid), with
-//! the shards of each step in this process or on `hetensor worker` processes.
+//! `hetensor train`: its options, the flags each workload reads, and titanic|credit|
+//! credit-federated: encrypted logistic regression next to the same model trained in
+//! plaintext (true sigmoid and the same polynomial sigmoid), with the shards of each step in
+//! this process or on `hetensor worker` processes (mnist-transfer: [`super::transfer`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,78 +16,189 @@ use hetensor::train::{training_params, KeyHolder, TrainDefaults};
 use hetensor::workers::WorkerPool;
 use hetensor::{Error, Result};
 
+use super::args::{at_least, momentum, one_of, positive};
+use super::options::{Refresh, Workload};
+
 /// Options of `hetensor train`.
-pub struct TrainOptions {
-    pub workload: String,
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// titanic, credit, credit-federated or mnist-transfer (which reads only --images,
+    /// --epochs, --batch, --lr, --momentum, --seed, --parties and --json; it runs on all
+    /// cores). A flag the workload does not read is an error.
+    #[arg(value_enum)]
+    pub workload: Workload,
+    /// Data file (default: the bundled copy).
+    #[arg(long)]
     pub data: Option<std::path::PathBuf>,
+    /// Data-parallel shards per step, each on its own `hetensor worker` process (holding
+    /// only the public context); data owners for credit-federated (at least 2). Default:
+    /// one shard, in this process; 2 owners for credit-federated.
+    #[arg(long, value_parser = at_least(1))]
     pub workers: Option<usize>,
+    /// Run the --workers shards on rayon threads of this process instead of processes.
+    #[arg(long, requires = "workers")]
     pub in_process: bool,
+    /// Degree of the least-squares sigmoid fit: 3, 5 or 7 [default: 7].
+    #[arg(long, value_parser = one_of(&[3, 5, 7]))]
     pub degree: Option<usize>,
+    /// The fit interval is [-A, A] [default: 12].
+    #[arg(long, value_parser = positive)]
     pub interval: Option<f64>,
+    /// Epochs (local epochs per round for credit-federated) [default: titanic 8, credit
+    /// 10, credit-federated 3, mnist-transfer 3].
+    #[arg(long, value_parser = at_least(1))]
     pub epochs: Option<usize>,
+    /// Learning rate [default: titanic 0.5, credit 0.2, credit-federated 0.2, mnist-transfer
+    /// 0.04].
+    #[arg(long, value_parser = positive)]
     pub lr: Option<f64>,
+    /// Momentum, in [0, 1) [default: 0.9].
+    #[arg(long, value_parser = momentum)]
     pub momentum: Option<f64>,
+    /// Mini-batch size [default: 128; mnist-transfer: 1250].
+    #[arg(long, value_parser = at_least(1))]
     pub batch: Option<usize>,
+    /// mnist-transfer: private training images (digits 5-9 of data/mnist/train-10k) to
+    /// use [default: all 4,869].
+    #[arg(long, value_parser = at_least(1))]
+    pub images: Option<usize>,
+    /// Federated rounds (credit-federated only) [default: 5].
+    #[arg(long, value_parser = at_least(1))]
     pub rounds: Option<usize>,
-    pub log_n: Option<u32>,
-    pub seed: Option<u64>,
-    pub json: bool,
-    /// credit-federated with no key holder: the number of party processes.
+    /// credit-federated with no key holder: K party processes, each with its slice of the
+    /// data and a key share, train by federated SGD with collective keys and refreshes;
+    /// only the final model is decrypted, collectively, to party 0. Also runs the same
+    /// steps with one key holder for comparison. Takes --epochs [default: 10], --lr
+    /// [default: 0.2], --batch, --degree, --interval, --log-n, --seed, --data; no
+    /// --workers, --in-process or --rounds. mnist-transfer --parties 2: two key-share
+    /// holders, collective refreshes, the head re-encrypted to the data owner (N = 2^14).
+    #[arg(long, value_parser = at_least(2))]
     pub parties: Option<usize>,
-    /// Refresh the weights by bootstrapping instead of the key holder (titanic, credit).
-    pub bootstrap: bool,
-    /// `--refresh` was given (either way): only titanic and credit take it.
-    pub refresh_flag: bool,
-    /// Allow bootstrapping on an insecure test ring below N = 2^16.
+    /// log2 of the ring degree, 13 to 16 (14: 13 levels, two steps per refresh)
+    /// [default: 14; not for mnist-transfer].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
+    pub log_n: Option<u32>,
+    /// Seed of the split and the batches [default: 1].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// How the weights get their levels back when a step would run out: `key-holder`
+    /// decrypts and re-encrypts them (fast; the key holder sees the model every refresh),
+    /// `bootstrap` (titanic and credit) bootstraps them on public keys (no decryption
+    /// during training; 128-bit at --log-n 16, which it implies; ~25 s per ciphertext
+    /// on 2 cores) [default: key-holder].
+    #[arg(long, value_enum)]
+    pub refresh: Option<Refresh>,
+    /// With --refresh bootstrap and --log-n 13..15: run the same pipeline on an
+    /// INSECURE test ring (no 128-bit bootstrapping chain exists below 2^16). Tests only.
+    #[arg(long)]
     pub insecure_test_ring: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
-fn load(o: &TrainOptions) -> Result<Dataset> {
+fn load(o: &TrainArgs) -> Result<Dataset> {
     let flag = "--data";
-    match o.workload.as_str() {
-        "titanic" => data::titanic::load(super::data_path(
+    match o.workload {
+        Workload::Titanic => data::titanic::load(super::data_path(
             o.data.as_deref(),
             data::DEFAULT_TITANIC,
             flag,
         )?),
-        "credit" | "credit-federated" => data::credit::load(super::data_path(
+        Workload::Credit | Workload::CreditFederated => data::credit::load(super::data_path(
             o.data.as_deref(),
             data::DEFAULT_CREDIT,
             flag,
         )?),
-        w => Err(Error::InvalidInput(format!(
-            "unknown workload {w:?}: use titanic, credit, credit-federated or mnist-transfer"
-        ))),
+        Workload::MnistTransfer => Err(Error::InvalidInput(
+            "mnist-transfer trains on the bundled MNIST digits, not on a data file".into(),
+        )),
     }
 }
 
+/// Fails on a flag that `o.workload` would ignore, naming the flag and the workloads that
+/// read it. (Combinations within a workload, e.g. `--parties` with `--rounds`, are checked
+/// where they are read.)
+fn reject_unused(o: &TrainArgs) -> Result<()> {
+    use Workload::{Credit, CreditFederated, MnistTransfer, Titanic};
+    const LOGISTIC: &[Workload] = &[Titanic, Credit, CreditFederated];
+    super::options::reject_unused(
+        "",
+        &[o.workload],
+        &[
+            ("--data", o.data.is_some(), LOGISTIC),
+            ("--workers", o.workers.is_some(), LOGISTIC),
+            ("--in-process", o.in_process, &[Titanic, Credit]),
+            ("--degree", o.degree.is_some(), LOGISTIC),
+            ("--interval", o.interval.is_some(), LOGISTIC),
+            ("--images", o.images.is_some(), &[MnistTransfer]),
+            ("--rounds", o.rounds.is_some(), &[CreditFederated]),
+            (
+                "--parties",
+                o.parties.is_some(),
+                &[CreditFederated, MnistTransfer],
+            ),
+            ("--log-n", o.log_n.is_some(), LOGISTIC),
+            (
+                "--insecure-test-ring",
+                o.insecure_test_ring,
+                &[Titanic, Credit],
+            ),
+        ],
+    )
+}
+
 /// Runs a workload and prints a text or JSON report. Unset options take the workload's
-/// [`TrainDefaults`].
-pub fn run(mut o: TrainOptions) -> Result<()> {
+/// defaults ([`TrainDefaults`]; mnist-transfer: [`super::transfer`]'s).
+pub fn run(o: TrainArgs) -> Result<()> {
+    if o.workload == Workload::MnistTransfer && o.refresh == Some(Refresh::Bootstrap) {
+        return Err(Error::InvalidInput(
+            "mnist-transfer takes --refresh key-holder only (its default): bootstrapping its ~2,000 head ciphertexts per step is not built yet; --parties 2 trains it without a key holder".into(),
+        ));
+    }
+    reject_unused(&o)?;
+    if o.workload != Workload::MnistTransfer {
+        return run_logistic(o);
+    }
+    if o.parties.is_some_and(|k| k != 2) {
+        return Err(Error::InvalidInput(
+            "mnist-transfer runs with --parties 2 (two servers holding key shares)".into(),
+        ));
+    }
+    super::transfer::run(super::transfer::TransferOptions {
+        images: o.images,
+        epochs: o.epochs.unwrap_or(3),
+        lr: o.lr.unwrap_or(0.04),
+        momentum: o.momentum.unwrap_or(0.9),
+        batch: o.batch.unwrap_or(1250),
+        seed: o.seed.unwrap_or(1),
+        json: o.json,
+        parties: o.parties,
+    })
+}
+
+/// titanic, credit and credit-federated: encrypted logistic regression.
+fn run_logistic(mut o: TrainArgs) -> Result<()> {
+    let bootstrap = o.refresh == Some(Refresh::Bootstrap);
+    // `reject_unused` let --parties through for credit-federated only.
     if let Some(k) = o.parties {
-        if o.workload != "credit-federated" {
-            return Err(Error::InvalidInput(format!(
-                "--parties is for credit-federated, not {}",
-                o.workload
-            )));
-        }
         if o.workers.is_some() || o.in_process || o.rounds.is_some() {
             return Err(Error::InvalidInput(format!(
                 "--parties {k}: the parties are the data owners and train by federated SGD for --epochs; no --workers, --in-process or --rounds"
             )));
         }
     }
-    if o.refresh_flag && (o.parties.is_some() || o.workload == "credit-federated") {
+    if o.refresh.is_some() && (o.parties.is_some() || o.workload == Workload::CreditFederated) {
         return Err(Error::InvalidInput(
             "--refresh is for titanic and credit: credit-federated starts every round from fresh encryptions (no refresh), and --parties refreshes collectively".into(),
         ));
     }
-    if o.insecure_test_ring && !o.bootstrap {
+    if o.insecure_test_ring && !bootstrap {
         return Err(Error::InvalidInput(
             "--insecure-test-ring only applies to --refresh bootstrap".into(),
         ));
     }
-    if o.bootstrap {
+    if bootstrap {
         match o.log_n {
             None => o.log_n = Some(16),
             Some(16) => {}
@@ -100,11 +212,12 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
             }
         }
     }
+    let workload_name = o.workload.to_string();
     // With --parties the model trains encrypted step by step, as `credit` does: its defaults.
     let d = TrainDefaults::for_workload(if o.parties.is_some() {
         "credit"
     } else {
-        &o.workload
+        &workload_name
     })?;
     let degree = *o.degree.get_or_insert(d.degree);
     let interval = *o.interval.get_or_insert(d.interval);
@@ -114,13 +227,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     let momentum = *o.momentum.get_or_insert(d.momentum);
     let log_n = *o.log_n.get_or_insert(d.log_n);
     let seed = *o.seed.get_or_insert(d.seed);
-    let federated = o.workload == "credit-federated";
-    if o.rounds.is_some() && !federated {
-        return Err(Error::InvalidInput(format!(
-            "--rounds is for credit-federated; {} trains for --epochs",
-            o.workload
-        )));
-    }
+    let federated = o.workload == Workload::CreditFederated;
     let rounds = *o.rounds.get_or_insert(d.rounds);
     if ![3, 5, 7].contains(&degree) {
         return Err(Error::InvalidInput(format!(
@@ -162,7 +269,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     };
     let t = Instant::now();
     // Bootstrapping brings its own chain (computation levels under its own).
-    let bootstrap_params = if o.bootstrap {
+    let bootstrap_params = if bootstrap {
         Some(if log_n == 16 {
             BootstrapParams::n16()?
         } else {
@@ -220,7 +327,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
     let holder = KeyHolder::new(ctx.clone())?;
     let setup_s = setup_s + t.elapsed().as_secs_f64();
 
-    if o.workload == "credit-federated" {
+    if federated {
         let owners = o.workers.unwrap_or(d.owners);
         let shards = train.shards(owners)?;
         let mut fed = logistic::model(train.num_features())?;
@@ -236,7 +343,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
         let (acc, loss) = logistic::evaluate(&fed, &test)?;
         if o.json {
             let v = serde_json::json!({
-                "workload": o.workload, "owners": owners, "rounds": rounds,
+                "workload": workload_name, "owners": owners, "rounds": rounds,
                 "local_epochs": epochs, "degree": degree, "interval": interval, "lr": lr,
                 "momentum": momentum, "batch": batch, "log_n": log_n, "seed": seed, "test_accuracy": acc, "test_loss": loss,
                 "plaintext_test_accuracy": plain_acc, "plaintext_poly_test_accuracy": poly_acc,
@@ -264,7 +371,7 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
         sigmoid: sigmoid.clone(),
         workers: shards,
         // Monitoring decrypts every batch's logits: not in a run that must decrypt nothing.
-        monitor: !o.bootstrap,
+        monitor: !bootstrap,
         refresh: match bootstrap_params {
             Some(bp) => RefreshBy::Bootstrap(bp),
             None => RefreshBy::KeyHolder,
@@ -313,9 +420,9 @@ pub fn run(mut o: TrainOptions) -> Result<()> {
         .fold((bp - be).abs(), f64::max);
     if o.json {
         let v = serde_json::json!({
-            "workload": o.workload, "rows_train": train.len(), "rows_test": test.len(),
+            "workload": workload_name, "rows_train": train.len(), "rows_test": test.len(),
             "features": train.feature_names, "log_n": log_n, "levels": ctx.max_level(),
-            "insecure_test_ring": o.bootstrap && log_n < 16,
+            "insecure_test_ring": bootstrap && log_n < 16,
             "degree": degree, "interval": interval, "epochs": epochs, "batch": batch,
             "lr": lr, "momentum": momentum, "workers": shards,
             "workers_requested": o.workers,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use hetensor::backend::{create_backend, Backend, BackendKind};
+use hetensor::backend::Backend;
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::data::{self, Dataset};
 use hetensor::nn::activation::PolyActivation;
@@ -18,17 +18,59 @@ use hetensor::serialize::{self, PublicContext, WriteOptions};
 use hetensor::workers::{self, RowLayout, ShardResult, Task, WorkerPool};
 use hetensor::{Error, Result};
 
+use super::args::{at_least, one_of};
+use super::options::Backend as CliBackend;
+
 use super::mnist::{emit, peak_memory_mb};
 
 /// Options of `hetensor titanic-workers`.
-pub struct TitanicOptions {
+#[derive(clap::Args, Debug)]
+pub struct TitanicWorkersArgs {
+    /// Worker processes (and shards).
+    #[arg(long, default_value_t = 2, value_parser = at_least(1))]
     pub workers: usize,
+    /// Rayon threads per worker process (1 = one core each; 0 = all cores).
+    #[arg(long, default_value_t = 1)]
     pub threads_per_worker: usize,
-    pub data: PathBuf,
+    /// Titanic train.csv (default: the bundled copy).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Degree of the least-squares sigmoid fit on [-8, 8]: 3, 5 or 7.
+    #[arg(long, default_value_t = 3, value_parser = one_of(&[3, 5, 7]))]
     pub degree: usize,
-    pub backend: String,
+    /// cpu, cuda, wgpu or auto.
+    #[arg(long, value_enum, default_value_t = CliBackend::Cpu)]
+    pub backend: CliBackend,
+    /// Timed repetitions of each step (the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = at_least(1))]
     pub reps: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
     pub json: bool,
+}
+
+/// Options of `hetensor worker`.
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// cpu, cuda, wgpu or auto.
+    #[arg(long, value_enum, default_value_t = CliBackend::Cpu)]
+    pub backend: CliBackend,
+    /// Accept a public context whose parameters are below 128-bit security (marked
+    /// insecure-for-testing by their writer). Tests and experiments only.
+    #[arg(long)]
+    pub allow_insecure: bool,
+    /// Most slots of stored ciphertexts; a STORE into one more is answered ERROR.
+    #[arg(long, default_value_t = workers::WorkerLimits::default().max_slots)]
+    pub max_slots: usize,
+    /// Most MiB of stored ciphertexts (in memory); a STORE beyond is answered ERROR.
+    #[arg(long, default_value_t = workers::WorkerLimits::default().max_stored_bytes >> 20)]
+    pub max_stored_mb: u64,
+    /// Largest CONTEXT or JOB frame, in MiB.
+    #[arg(long, default_value_t = workers::WorkerLimits::default().max_frame_bytes >> 20)]
+    pub max_frame_mb: u64,
+    /// Seconds within which the rest of a started frame must arrive (0: no limit).
+    #[arg(long, default_value_t = 30.0)]
+    pub frame_timeout_secs: f64,
 }
 
 /// One way of running the job (1 process, K processes, K rayon shards in-process).
@@ -170,9 +212,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs `hetensor titanic-workers`.
-pub fn run(opts: TitanicOptions) -> Result<()> {
-    let backend = create_backend(opts.backend.parse::<BackendKind>()?)?;
-    let ds = data::titanic::load(&opts.data)?;
+pub fn run(opts: TitanicWorkersArgs) -> Result<()> {
+    let path = super::data_path(opts.data.as_deref(), data::DEFAULT_TITANIC, "--data")?;
+    let backend = opts.backend.create()?;
+    let ds = data::titanic::load(&path)?;
     let n_rows = ds.len();
     let k = opts.workers.max(1);
     let sigmoid = PolyActivation::sigmoid(opts.degree, (-8.0, 8.0))?;
@@ -411,9 +454,19 @@ fn print_text(r: &TitanicReport) {
     println!("(times are medians over --reps, modes taking turns; workers keep their shards and compute on them, the parent adds the shards and sums the row blocks on all its threads)");
 }
 
-/// `hetensor worker`: serve jobs on stdin/stdout (started by [`WorkerPool`]) within `limits`.
-pub fn serve(backend: &str, limits: workers::WorkerLimits) -> Result<()> {
-    let backend: Arc<dyn Backend> = create_backend(backend.parse::<BackendKind>()?)?;
+/// `hetensor worker`: serve jobs on stdin/stdout (started by [`WorkerPool`]) within the
+/// limits of `args`.
+pub fn serve(args: WorkerArgs) -> Result<()> {
+    let limits = workers::WorkerLimits {
+        max_slots: args.max_slots,
+        max_stored_bytes: args.max_stored_mb.saturating_mul(1 << 20),
+        max_frame_bytes: args.max_frame_mb.saturating_mul(1 << 20),
+        frame_timeout: frame_timeout(args.frame_timeout_secs)?,
+        decode: hetensor::serialize::DecodeOptions {
+            allow_insecure: args.allow_insecure,
+        },
+    };
+    let backend: Arc<dyn Backend> = args.backend.create()?;
     // The error is already typed (`Error::Protocol`, `Error::Decode`, ...): wrapping it as a
     // backend error would misname it.
     workers::serve_with(std::io::stdin(), std::io::stdout().lock(), backend, limits)
