@@ -189,3 +189,91 @@ fn bootstrap_keys_round_trip_the_compact_format() {
     let octx = CkksContext::with_seed(other.ckks.clone(), [8; 32]).unwrap();
     assert!(BootstrapKeys::from_bytes(&octx, &bytes).is_err());
 }
+
+/// `values` repeated to fill every slot: the sparse packing a sparse-slot bootstrap takes.
+fn replicated(values: &[f64], slots: usize) -> Vec<f64> {
+    (0..slots).map(|i| values[i % values.len()]).collect()
+}
+
+/// Sparse-slot bootstrap: a ciphertext whose slots repeat with period 4, 16 or 128 comes
+/// back at the full-slot bootstrap's output level, still periodic, matching the plaintext,
+/// and no less precisely than the full-slot bootstrap of the same ciphertext. (SlotsToCoeffs
+/// amplifies EvalMod's error by √slots instead of √(N/2): at this small ring that gains
+/// 0.1-0.4 bits; at N = 2^16 it gains 2-3, BENCHMARKS.md §6.)
+#[test]
+fn sparse_slot_bootstrap_keeps_a_periodic_message() {
+    let (bp, ctx, keys, full_bk) = setup(10, 2);
+    let n = ctx.slots();
+    for period in [4usize, 16, 128] {
+        let sp = bp.clone().sparse(period).unwrap();
+        assert!(sp.is_sparse());
+        let bk = BootstrapKeys::generate(&ctx, &sp, &keys.secret, &keys.relin).unwrap();
+        assert_eq!(bk.output_level(), full_bk.output_level());
+        // Values of small magnitude (as a model's weights are): EvalMod's sine is then
+        // linear to well below the noise.
+        let vals: Vec<f64> = message(period, period as u64)
+            .iter()
+            .map(|v| 0.25 * v)
+            .collect();
+        let want = replicated(&vals, n);
+        let ct = ctx
+            .encrypt(
+                &ctx.encode(&want, ctx.natural_scale(0), 0).unwrap(),
+                &keys.public,
+            )
+            .unwrap();
+        let out = ctx.bootstrap(&ct, &bk).unwrap();
+        assert_eq!(out.level(), full_bk.output_level());
+        let got = ctx.decrypt_decode(&out, &keys.secret).unwrap();
+        let sparse_bits = precision_bits(&want, &got);
+        let full_bits = precision_bits(
+            &want,
+            &ctx.decrypt_decode(&ctx.bootstrap(&ct, &full_bk).unwrap(), &keys.secret)
+                .unwrap(),
+        );
+        eprintln!("period {period}: sparse {sparse_bits:.2} bits, full-slot {full_bits:.2}");
+        assert!(
+            sparse_bits > 18.0 && sparse_bits > full_bits - 0.25,
+            "period {period}: sparse {sparse_bits:.2} bits, full {full_bits:.2}"
+        );
+    }
+}
+
+/// A sparse bootstrap's keys hold only the rotations it uses, and its layout (the period)
+/// travels with them in the compact format: read back, they bootstrap to the same words.
+/// An invalid period is refused with a message.
+#[test]
+fn sparse_bootstrap_keys_round_trip() {
+    use hetensor::serialize::WriteOptions;
+    let (bp, ctx, keys, full_bk) = setup(10, 1);
+    assert!(matches!(
+        bp.clone().sparse(3),
+        Err(Error::InvalidParameters(_))
+    ));
+    assert!(matches!(
+        bp.clone().sparse(ctx.slots()),
+        Err(Error::InvalidParameters(_))
+    ));
+    let sp = bp.sparse(8).unwrap();
+    let bk = BootstrapKeys::generate(&ctx, &sp, &keys.secret, &keys.relin).unwrap();
+    assert!(bk.galois().elements().len() < full_bk.galois().elements().len());
+    let bytes = bk.to_bytes(&ctx, WriteOptions::default()).unwrap();
+    let back = BootstrapKeys::from_bytes(&ctx, &bytes).unwrap();
+    assert_eq!(back.plan().params().slots, 8);
+    let want = replicated(&message(8, 9), ctx.slots());
+    let ct = ctx
+        .encrypt(
+            &ctx.encode(&want, ctx.natural_scale(0), 0).unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let words = |c: &hetensor::rlwe::Ciphertext| ctx.rlwe().backend().download(c.polys()).unwrap();
+    assert!(words(&ctx.bootstrap(&ct, &bk).unwrap()) == words(&ctx.bootstrap(&ct, &back).unwrap()));
+    // Full-slot keys read back as full-slot (the period field is empty).
+    let full = BootstrapKeys::from_bytes(
+        &ctx,
+        &full_bk.to_bytes(&ctx, WriteOptions::default()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(full.plan().params().slots, ctx.slots());
+}

@@ -274,6 +274,39 @@ fn bench_bootstrap_row() {
         .iter()
         .any(|n| n.as_str().unwrap().contains("GB serialized")));
     assert_eq!(row["config"], "bootstrap-insecure-test-ring");
+    // The sparse-slot bootstrap of a period-64 message: its own config label, same levels.
+    let r = json(&[
+        "bench",
+        "--scheme",
+        "bootstrap",
+        "--log-n",
+        "13",
+        "--reps",
+        "1",
+        "--boot-slots",
+        "64",
+        "--json",
+    ]);
+    let row = &r["results"][0];
+    assert_eq!(row["config"], "bootstrap-insecure-test-ring-sparse-64");
+    assert_eq!(row["levels_left"], 2);
+    assert!(row["max_err_log2"].as_f64().unwrap() < -18.0, "{row}");
+    // A period the sparse bootstrap cannot take, and the flag without `bootstrap`, are errors.
+    for args in [
+        &[
+            "bench",
+            "--scheme",
+            "bootstrap",
+            "--log-n",
+            "13",
+            "--boot-slots",
+            "48",
+        ][..],
+        &["bench", "--scheme", "ckks", "--boot-slots", "64"][..],
+    ] {
+        let out = hetensor(args, b"");
+        assert!(!out.status.success(), "{args:?} should fail");
+    }
 }
 
 #[test]

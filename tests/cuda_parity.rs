@@ -822,31 +822,34 @@ fn encrypted_lenet1_batch() {
         .all(|(a, b)| a.to_bits() == b.to_bits()));
 }
 
-/// A whole bootstrap at an insecure test ring: the CUDA backend's output words equal the
-/// CPU's (under the shim in CI, on a device with --ignored there).
+/// A whole bootstrap at an insecure test ring, full-slot and sparse-slot (period 16): the
+/// CUDA backend's output words equal the CPU's (under the shim in CI, on a device with
+/// --ignored there).
 #[test]
 #[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
 fn bootstrap_matches_cpu() {
     use hetensor::ckks::bootstrap::{BootstrapKeys, BootstrapParams};
     let g = gpu();
-    let bp = BootstrapParams::insecure_test_ring(10, 1).unwrap();
-    let vals: Vec<f64> = (0..512)
-        .map(|i| ((i * 37 % 101) as f64) / 50.0 - 1.0)
-        .collect();
-    let run = |be: Arc<dyn Backend>| {
-        let ctx = ckks_on(be, bp.ckks.clone());
-        let keys = ctx.keygen().unwrap();
-        let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin).unwrap();
-        let pt = ctx.encode(&vals, ctx.natural_scale(0), 0).unwrap();
-        let ct = ctx.encrypt(&pt, &keys.public).unwrap();
-        let out = ctx.bootstrap(&ct, &bk).unwrap();
-        let dec = ctx.decrypt_decode(&out, &keys.secret).unwrap();
-        (ct_words(&ctx, &out), dec)
-    };
-    let (cw, cd) = run(Arc::new(CpuBackend::new()));
-    let (gw, gd) = run(g);
-    assert!(cw == gw, "bootstrap output words differ");
-    assert_eq!(cd, gd);
-    let bits = hetensor::ckks::precision_bits(&vals, &gd[..vals.len()]);
-    assert!(bits > 18.0, "{bits:.1} bits");
+    let full = BootstrapParams::insecure_test_ring(10, 1).unwrap();
+    for bp in [full.clone(), full.sparse(16).unwrap()] {
+        let vals: Vec<f64> = (0..512)
+            .map(|i| ((i % bp.slots) * 37 % 101) as f64 / 50.0 - 1.0)
+            .collect();
+        let run = |be: Arc<dyn Backend>| {
+            let ctx = ckks_on(be, bp.ckks.clone());
+            let keys = ctx.keygen().unwrap();
+            let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin).unwrap();
+            let pt = ctx.encode(&vals, ctx.natural_scale(0), 0).unwrap();
+            let ct = ctx.encrypt(&pt, &keys.public).unwrap();
+            let out = ctx.bootstrap(&ct, &bk).unwrap();
+            let dec = ctx.decrypt_decode(&out, &keys.secret).unwrap();
+            (ct_words(&ctx, &out), dec)
+        };
+        let (cw, cd) = run(Arc::new(CpuBackend::new()));
+        let (gw, gd) = run(g.clone());
+        assert!(cw == gw, "bootstrap output words differ");
+        assert_eq!(cd, gd);
+        let bits = hetensor::ckks::precision_bits(&vals, &gd[..vals.len()]);
+        assert!(bits > 18.0, "{bits:.1} bits");
+    }
 }

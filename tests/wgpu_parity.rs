@@ -900,35 +900,39 @@ fn mhe_protocols_match_cpu() {
 }
 
 /// A whole bootstrap (encapsulation, ModRaise, CoeffsToSlots, EvalMod, SlotsToCoeffs) at an
-/// insecure test ring: wgpu's output words equal the CPU's, and both decrypt to the message.
+/// insecure test ring, full-slot and sparse-slot (period 16: trace, joined halves): wgpu's
+/// output words equal the CPU's, and both decrypt to the message.
 #[test]
 fn bootstrap_matches_cpu() {
     use hetensor::ckks::bootstrap::{BootstrapKeys, BootstrapParams};
     let g = gpu();
-    let bp = BootstrapParams::insecure_test_ring(10, 1).unwrap();
-    let vals: Vec<f64> = (0..512)
-        .map(|i| ((i * 37) % 101) as f64 / 50.0 - 1.0)
-        .collect();
-    let run = |be: Arc<dyn Backend>| {
-        let (ctx, keys, bk, ct) = one_thread(|| {
-            let rlwe = RlweContext::with_backend(bp.ckks.rlwe.clone(), be).unwrap();
-            let ctx =
-                CkksContext::with_rlwe(rlwe, bp.ckks.clone(), Sampler::from_seed([9; 32])).unwrap();
-            let keys = ctx.keygen().unwrap();
-            let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin).unwrap();
-            let pt = ctx.encode(&vals, ctx.natural_scale(0), 0).unwrap();
-            let ct = ctx.encrypt(&pt, &keys.public).unwrap();
-            (ctx, keys, bk, ct)
-        });
-        let out = ctx.bootstrap(&ct, &bk).unwrap();
-        let dec = ctx.decrypt_decode(&out, &keys.secret).unwrap();
-        (ct_words(&ctx, &out), out.level(), dec)
-    };
-    let (cw, cl, cd) = run(Arc::new(CpuBackend::new()));
-    let (ww, wl, wd) = run(Arc::new(g.clone()));
-    assert_eq!(cl, wl);
-    assert!(cw == ww, "bootstrap output words differ");
-    assert_eq!(cd, wd);
-    let bits = hetensor::ckks::precision_bits(&vals[..], &wd[..vals.len()]);
-    assert!(bits > 18.0, "{bits:.1} bits");
+    let full = BootstrapParams::insecure_test_ring(10, 1).unwrap();
+    for bp in [full.clone(), full.sparse(16).unwrap()] {
+        let vals: Vec<f64> = (0..512)
+            .map(|i| ((i % bp.slots) * 37 % 101) as f64 / 50.0 - 1.0)
+            .collect();
+        let run = |be: Arc<dyn Backend>| {
+            let (ctx, keys, bk, ct) = one_thread(|| {
+                let rlwe = RlweContext::with_backend(bp.ckks.rlwe.clone(), be).unwrap();
+                let ctx =
+                    CkksContext::with_rlwe(rlwe, bp.ckks.clone(), Sampler::from_seed([9; 32]))
+                        .unwrap();
+                let keys = ctx.keygen().unwrap();
+                let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin).unwrap();
+                let pt = ctx.encode(&vals, ctx.natural_scale(0), 0).unwrap();
+                let ct = ctx.encrypt(&pt, &keys.public).unwrap();
+                (ctx, keys, bk, ct)
+            });
+            let out = ctx.bootstrap(&ct, &bk).unwrap();
+            let dec = ctx.decrypt_decode(&out, &keys.secret).unwrap();
+            (ct_words(&ctx, &out), out.level(), dec)
+        };
+        let (cw, cl, cd) = run(Arc::new(CpuBackend::new()));
+        let (ww, wl, wd) = run(Arc::new(g.clone()));
+        assert_eq!(cl, wl);
+        assert!(cw == ww, "bootstrap output words differ");
+        assert_eq!(cd, wd);
+        let bits = hetensor::ckks::precision_bits(&vals[..], &wd[..vals.len()]);
+        assert!(bits > 18.0, "{bits:.1} bits");
+    }
 }

@@ -71,6 +71,10 @@ pub struct BootstrapParams {
     pub double_angles: usize,
     /// Hamming weight of the ephemeral sparse secret; `|I| ≤ (h+1)/2` sets EvalMod's interval.
     pub ephemeral_hamming: usize,
+    /// Complex slots bootstrapped: `N/2` (full), or a power of two `n ≤ N/4` for a
+    /// **sparse-slot** bootstrap of a ciphertext whose slots repeat with period `n` (see
+    /// [`Self::sparse`]).
+    pub slots: usize,
 }
 
 impl BootstrapParams {
@@ -88,6 +92,31 @@ impl BootstrapParams {
     /// Levels left for computation after a bootstrap (its output level).
     pub fn output_level(&self) -> usize {
         self.ckks.levels().saturating_sub(self.depth())
+    }
+
+    /// The same bootstrap for ciphertexts whose slots repeat with period `slots` (a power of
+    /// two ≤ N/4): a vector of `slots` values encoded replicated, like a model's weights
+    /// replicated in blocks. A trace (`log2(N/(2·slots))` rotate-and-adds at the top) keeps
+    /// only the subring the message lives in; the transforms then have `log2(slots)` stages
+    /// instead of `log2(N/2)`, real and imaginary parts share one ciphertext, so EvalMod
+    /// runs once instead of twice, and SlotsToCoeffs amplifies EvalMod's error by
+    /// `√slots` instead of `√(N/2)`. The output repeats with the same period.
+    pub fn sparse(mut self, slots: usize) -> Result<Self> {
+        let full = self.ckks.n() / 2;
+        if !slots.is_power_of_two() || slots > full / 2 {
+            return Err(Error::InvalidParameters(format!(
+                "a sparse-slot bootstrap takes a power-of-two period ≤ N/4 = {} slots, not {slots}",
+                full / 2
+            )));
+        }
+        self.slots = slots;
+        self.check()?;
+        Ok(self)
+    }
+
+    /// Whether this bootstraps fewer than the ring's `N/2` slots.
+    pub fn is_sparse(&self) -> bool {
+        self.slots < self.ckks.n() / 2
     }
 
     /// EvalMod's interval half-width: the bound `(h+1)/2` on `I` plus room for the message.
@@ -161,18 +190,25 @@ impl BootstrapParams {
             cheb_degree,
             double_angles,
             ephemeral_hamming: 32,
+            slots: 1 << (log_n - 1),
         })
     }
 
     fn check(&self) -> Result<()> {
-        let slots = self.ckks.n() / 2;
+        let slots = self.slots;
+        let full = self.ckks.n() / 2;
+        if !slots.is_power_of_two() || (slots != full && slots > full / 2) {
+            return Err(Error::InvalidParameters(format!(
+                "bootstrapping takes N/2 = {full} slots or a power of two ≤ N/4, not {slots}"
+            )));
+        }
         let stages = slots.trailing_zeros() as usize;
         if self.cts_levels == 0 || self.stc_levels == 0 {
             return Err(Error::InvalidParameters(
                 "CoeffsToSlots and SlotsToCoeffs need at least one level each".into(),
             ));
         }
-        if self.cts_levels > stages || self.stc_levels > stages {
+        if slots == full && (self.cts_levels > stages || self.stc_levels > stages) {
             return Err(Error::InvalidParameters(format!(
                 "at most {stages} levels per linear transform at {slots} slots (one per FFT stage)"
             )));
@@ -201,9 +237,9 @@ impl BootstrapParams {
                 shape.low_levels
             )));
         }
-        if self.cheb_degree < 2 || self.ephemeral_hamming == 0 || self.ephemeral_hamming > slots {
+        if self.cheb_degree < 2 || self.ephemeral_hamming == 0 || self.ephemeral_hamming > full {
             return Err(Error::InvalidParameters(format!(
-                "bootstrapping needs a Chebyshev degree ≥ 2 and a Hamming weight in 1..={slots}"
+                "bootstrapping needs a Chebyshev degree ≥ 2 and a Hamming weight in 1..={full}"
             )));
         }
         Ok(())
@@ -331,7 +367,16 @@ fn grouped_transform(n: usize, inverse: bool, groups: usize, total: f64) -> Vec<
     let mut it = hs.into_iter();
     for g in 0..groups {
         let count = base + usize::from(g < extra);
-        let mut m: Option<Diagonals> = None;
+        // More groups than stages (a sparse bootstrap of few slots on a chain planned for
+        // more): the spare groups are the identity, a level spent on one product.
+        // (With no stage at all, one slot, the first carries the whole factor.)
+        let identity = if stages == 0 && g == 0 {
+            total.abs()
+        } else {
+            1.0
+        };
+        let mut m: Option<Diagonals> =
+            (count == 0).then(|| Diagonals::from([(0, vec![Complex64::new(identity, 0.0); n])]));
         for _ in 0..count {
             let h = it.next().expect("stage count");
             let s = fft_stage(n, h, inverse, per_stage);
@@ -445,10 +490,55 @@ fn longest_runs(words: &[u32], n: usize) -> usize {
     }
 }
 
-fn plan_step(m: Diagonals, n: usize, level: usize, in_scale: f64, out_scale: f64) -> LinearStep {
+/// CoeffsToSlots's last group for a sparse bootstrap: the `n`-slot map `m` on an
+/// `n`-periodic input, written as a `2n`-periodic map whose second half is zero, so that the
+/// imaginary parts can be moved there (one rotation by `n`) and share the ciphertext.
+fn widen_zero_upper(m: Diagonals, n: usize) -> Diagonals {
+    let zero = Complex64::new(0.0, 0.0);
+    m.into_iter()
+        .map(|(d, mut v)| {
+            v.resize(2 * n, zero);
+            // The same shift, signed as before: `d − n` is `d + n` modulo `2n`.
+            (if d > n / 2 { d + n } else { d }, v)
+        })
+        .collect()
+}
+
+/// SlotsToCoeffs's first group for a sparse bootstrap: reads a `2n`-periodic real input
+/// `[a | b]` as the complex vector `a + i·b` and applies the `n`-slot map `m` to it, with an
+/// `n`-periodic output. Each diagonal of `m` splits into the two `2n`-diagonals that reach
+/// the halves.
+fn widen_join_halves(m: &Diagonals, n: usize) -> Diagonals {
+    let zero = Complex64::new(0.0, 0.0);
+    let i = Complex64::new(0.0, 1.0);
+    let mut out = Diagonals::new();
+    for (&d, v) in m {
+        for r in 0..2 * n {
+            let col = (r % n + d) % n;
+            for (half, factor) in [(0, Complex64::new(1.0, 0.0)), (n, i)] {
+                let diag = (col + half + 2 * n - r) % (2 * n);
+                out.entry(diag).or_insert_with(|| vec![zero; 2 * n])[r] += v[r % n] * factor;
+            }
+        }
+    }
+    out
+}
+
+/// Plans one group for baby-step giant-step. The diagonals have length `period` (the slot
+/// period of the vectors they act on; `n` for a full-slot bootstrap) and are written out
+/// periodically to the ring's `n` slots: on a `period`-periodic vector a rotation by `s`
+/// and by `s mod period` agree.
+fn plan_step(
+    m: Diagonals,
+    period: usize,
+    n: usize,
+    level: usize,
+    in_scale: f64,
+    out_scale: f64,
+) -> LinearStep {
     let signed = |d: usize| -> i64 {
-        if d > n / 2 {
-            d as i64 - n as i64
+        if d > period / 2 {
+            d as i64 - period as i64
         } else {
             d as i64
         }
@@ -461,8 +551,10 @@ fn plan_step(m: Diagonals, n: usize, level: usize, in_scale: f64, out_scale: f64
         .min()
         .unwrap_or(1) as i64;
     let span = shifts.iter().map(|s| s.abs() / stride).max().unwrap_or(0) as usize;
-    // Baby steps: about the square root of the diagonal count, a power of two.
-    let count = 2 * span + 1;
+    // Baby steps: about the square root of the diagonal count, a power of two. (A sparse
+    // bootstrap's joining group has its diagonals in two clusters, near 0 and near ±period/2:
+    // counted by what is there, not by the span, its babies stay few.)
+    let count = (2 * span + 1).min(2 * m.len());
     let n1 = ((count as f64).sqrt().ceil() as usize)
         .next_power_of_two()
         .max(1) as i64;
@@ -471,7 +563,12 @@ fn plan_step(m: Diagonals, n: usize, level: usize, in_scale: f64, out_scale: f64
     for (d, diag) in m {
         let k = signed(d) / stride;
         let b = k.rem_euclid(n1);
-        let giant = (k - b) * stride;
+        let mut giant = (k - b) * stride;
+        // ±period/2 are the same map on these vectors: a sparse bootstrap takes the positive
+        // one, whose key its trace already has.
+        if period < n && giant == -(period as i64 / 2) {
+            giant = -giant;
+        }
         let baby = b * stride;
         let bi = match babies.iter().position(|&x| x == baby) {
             Some(i) => i,
@@ -481,8 +578,10 @@ fn plan_step(m: Diagonals, n: usize, level: usize, in_scale: f64, out_scale: f64
             }
         };
         // diag'[r] = diag[r − giant]: rotating the sum by `giant` afterwards restores it.
-        let g = giant.rem_euclid(n as i64) as usize;
-        let rotated: Vec<Complex64> = (0..n).map(|r| diag[(r + n - g) % n]).collect();
+        let g = giant.rem_euclid(period as i64) as usize;
+        let rotated: Vec<Complex64> = (0..n)
+            .map(|r| diag[(r % period + period - g) % period])
+            .collect();
         giants.entry(giant).or_default().push((bi, rotated));
     }
     LinearStep {
@@ -523,32 +622,50 @@ impl BootstrapPlan {
             ));
         }
         let n = ctx.slots();
+        // The transforms act on `slots`-periodic vectors (all `n` slots when full).
+        let slots = params.slots;
+        let sparse = params.is_sparse();
         let top = ctx.chain_top();
         let q0 = ctx.base_modulus();
         let k = params.k_bound();
         let eval_level = top - params.cts_levels;
         let stc_level = eval_level - params.eval_mod_levels();
         // CoeffsToSlots: the raised ciphertext has scale q0 (slots = embed(t)/q0); the output
-        // slots are bit-reversed (t_k + i·t_{k+n}) / (2·K·q0), halves then split by conjugation.
-        let cts_groups = grouped_transform(n, true, params.cts_levels, 1.0 / (2.0 * k));
+        // slots are bit-reversed (t_k + i·t_{k+slots}) / (2·K·q0), halves then split by
+        // conjugation. A sparse bootstrap's trace multiplies by n/slots first; the last group
+        // leaves the upper half of a 2·slots period empty for the imaginary parts.
+        let trace_gain = (n / slots) as f64;
+        let cts_groups =
+            grouped_transform(slots, true, params.cts_levels, 1.0 / (2.0 * k * trace_gain));
         // The raised slots are large (embed(I), hundreds) next to the result (|u| ≤ 1), so
         // the constants need all the precision a level gives: each group's plaintexts are
         // encoded near its level's modulus, and the scale climbs from q0 to EvalMod's natural
         // scale geometrically, the same few bits per group.
         let gain = ctx.natural_scale(eval_level) / q0;
+        let last_cts = params.cts_levels - 1;
         let cts = cts_groups
             .into_iter()
             .enumerate()
             .map(|(g, m)| {
                 let at = |j: usize| q0 * gain.powf(j as f64 / params.cts_levels as f64);
-                plan_step(m, n, top - g, at(g), at(g + 1))
+                let (m, period) = if sparse && g == last_cts {
+                    (widen_zero_upper(m, slots), 2 * slots)
+                } else {
+                    (m, slots)
+                };
+                plan_step(m, period, n, top - g, at(g), at(g + 1))
             })
             .collect();
         // SlotsToCoeffs: EvalMod leaves sin(2π t/q0) ≈ 2π·Δ·m_k/q0 in the slots; the decoding
-        // FFT times q0/(2π·Δ) gives the message's slots back.
+        // FFT times q0/(2π·Δ) gives the message's slots back. A sparse bootstrap's first group
+        // joins the real and imaginary halves of the 2·slots period.
         let message_scale = ctx.natural_scale(0);
-        let stc_groups =
-            grouped_transform(n, false, params.stc_levels, q0 / (2.0 * PI * message_scale));
+        let stc_groups = grouped_transform(
+            slots,
+            false,
+            params.stc_levels,
+            q0 / (2.0 * PI * message_scale),
+        );
         let mut stc = Vec::new();
         // EvalMod's Chebyshev sum lands on the scale from which its double angles (each a
         // square and a rescale) end exactly on the natural scale of SlotsToCoeffs's level.
@@ -564,7 +681,12 @@ impl BootstrapPlan {
             } else {
                 ctx.natural_scale(level - 1)
             };
-            stc.push(plan_step(m, n, level, scale, out));
+            let (m, period) = if sparse && g == 0 {
+                (widen_join_halves(&m, slots), 2 * slots)
+            } else {
+                (m, slots)
+            };
+            stc.push(plan_step(m, period, n, level, scale, out));
             scale = out;
         }
         let r = params.double_angles as i32;
@@ -600,10 +722,25 @@ impl BootstrapPlan {
                     .copied()
                     .chain(s.giants.iter().map(|(g, _)| *g))
             })
+            .chain(self.trace_steps())
             .filter(|&s| s != 0)
             .collect();
         steps.sort_unstable();
         steps.dedup();
+        steps
+    }
+
+    /// A sparse bootstrap's trace: rotate-and-add by `slots, 2·slots, …, N/4` sums the
+    /// `N/(2·slots)` copies of the period (the rotation by `slots` also moves the imaginary
+    /// parts into the upper half before EvalMod). Empty for a full-slot bootstrap.
+    fn trace_steps(&self) -> Vec<i64> {
+        let full = self.i_at_eval_in.n() / 2;
+        let mut steps = Vec::new();
+        let mut s = self.params.slots;
+        while s < full {
+            steps.push(s as i64);
+            s *= 2;
+        }
         steps
     }
 
@@ -726,13 +863,18 @@ impl BootstrapKeys {
     /// allocated, and the layout must fit the chain.
     pub fn from_bytes(ctx: &CkksContext, bytes: &[u8]) -> Result<Self> {
         let parts: KeyParts = serialize::from_bytes(ctx.rlwe(), bytes)?;
+        let sparse_log = parts.layout[4] >> SPARSE_SHIFT;
         let params = BootstrapParams {
             ckks: ctx.params().clone(),
             cts_levels: parts.layout[0] as usize,
             stc_levels: parts.layout[1] as usize,
             cheb_degree: parts.layout[2] as usize,
             double_angles: parts.layout[3] as usize,
-            ephemeral_hamming: parts.layout[4] as usize,
+            ephemeral_hamming: (parts.layout[4] & ((1 << SPARSE_SHIFT) - 1)) as usize,
+            slots: match sparse_log {
+                0 => ctx.slots(),
+                l => 1usize << (l - 1),
+            },
         };
         let plan = Arc::new(BootstrapPlan::new(ctx, &params)?);
         let n = ctx.rlwe().n();
@@ -761,16 +903,25 @@ impl BootstrapKeys {
 
     fn layout(&self) -> [u32; 5] {
         let p = &self.plan.params;
+        // A sparse bootstrap's period rides in the Hamming weight's top byte (log2 + 1; 0 =
+        // full slots), which keeps full-slot keys written before sparse bootstrapping readable.
+        let sparse_log = if p.is_sparse() {
+            p.slots.trailing_zeros() + 1
+        } else {
+            0
+        };
         [
-            p.cts_levels,
-            p.stc_levels,
-            p.cheb_degree,
-            p.double_angles,
-            p.ephemeral_hamming,
+            p.cts_levels as u32,
+            p.stc_levels as u32,
+            p.cheb_degree as u32,
+            p.double_angles as u32,
+            p.ephemeral_hamming as u32 | sparse_log << SPARSE_SHIFT,
         ]
-        .map(|v| v as u32)
     }
 }
+
+/// Bit position of a sparse bootstrap's `log2(slots) + 1` in the serialized layout's last word.
+const SPARSE_SHIFT: u32 = 24;
 
 /// What [`BootstrapKeys::from_bytes`] reads before it rebuilds the plan.
 struct KeyParts {
@@ -841,7 +992,12 @@ impl Decode for KeyParts {
             *v = d.u32(what)?;
         }
         // Sizes the plan will check against the chain; refuse absurd ones before planning.
-        if layout[..4].iter().any(|&v| v > 4096) || layout[4] as usize > ctx.n() {
+        let hamming = (layout[4] & ((1 << SPARSE_SHIFT) - 1)) as usize;
+        let sparse_log = layout[4] >> SPARSE_SHIFT;
+        if layout[..4].iter().any(|&v| v > 4096)
+            || hamming > ctx.n()
+            || sparse_log > ctx.n().trailing_zeros()
+        {
             return Err(Error::Decode(format!(
                 "bootstrapping layout {layout:?} is out of range for N = {}",
                 ctx.n()
@@ -889,15 +1045,29 @@ impl CkksContext {
             ct
         };
         let input_scale = ct.scale();
-        let raised = self.mod_raise(&ct, keys)?;
+        let mut raised = self.mod_raise(&ct, keys)?;
+        let trace = plan.trace_steps();
+        for &step in &trace {
+            raised = self.add(&raised, &self.rotate(&raised, step, &keys.galois)?)?;
+        }
         let w = self.linear_steps(&raised, &plan.cts, &keys.galois)?;
         // Real and imaginary halves: (w + w̄) and −i·(w − w̄).
         let wc = self.conjugate(&w, &keys.galois)?;
         let re = self.add(&w, &wc)?;
         let im = self.negate(&self.times_i(&self.sub(&w, &wc)?, &plan.i_at_eval_in)?)?;
-        let re = self.eval_mod(&re, plan, &keys.relin)?;
-        let im = self.eval_mod(&im, plan, &keys.relin)?;
-        let joined = self.add(&re, &self.times_i(&im, &plan.i_at_eval_out)?)?;
+        let joined = match trace.first() {
+            // Sparse: the imaginary parts move into the empty upper half of the period, one
+            // EvalMod serves both, and SlotsToCoeffs's first group joins the halves.
+            Some(&period) => {
+                let both = self.add(&re, &self.rotate(&im, period, &keys.galois)?)?;
+                self.eval_mod(&both, plan, &keys.relin)?
+            }
+            None => {
+                let re = self.eval_mod(&re, plan, &keys.relin)?;
+                let im = self.eval_mod(&im, plan, &keys.relin)?;
+                self.add(&re, &self.times_i(&im, &plan.i_at_eval_out)?)?
+            }
+        };
         let out = self.linear_steps(&joined, &plan.stc, &keys.galois)?;
         let scale = out.scale() * input_scale / plan.message_scale;
         Ok(out.derive(out.polys.clone(), scale))
@@ -1219,6 +1389,35 @@ impl ChebyshevEval<'_> {
 mod tests {
     use super::*;
     use crate::ckks::CkksEncoder;
+
+    /// A sparse bootstrap's transforms act on `slots`-periodic vectors, so they need fewer
+    /// distinct rotations than the full-slot one; its trace and the joining of the real and
+    /// imaginary halves add only a few keys (the joining group is planned by the diagonals it
+    /// has, in two clusters, not by its span).
+    #[test]
+    fn sparse_plans_need_few_rotation_keys() {
+        let bp = BootstrapParams::insecure_test_ring(13, 1).unwrap();
+        let ctx = CkksContext::new(bp.ckks.clone()).unwrap();
+        let full = BootstrapPlan::new(&ctx, &bp).unwrap().rotation_steps();
+        for slots in [2usize, 16, 256, 1024] {
+            let sp = BootstrapPlan::new(&ctx, &bp.clone().sparse(slots).unwrap()).unwrap();
+            let steps = sp.rotation_steps();
+            let trace = sp.trace_steps();
+            eprintln!(
+                "{slots} slots: {} steps ({} trace) vs {} full",
+                steps.len(),
+                trace.len(),
+                full.len()
+            );
+            assert!(trace.iter().all(|s| steps.contains(s)));
+            assert!(
+                steps.len() <= full.len() + 2,
+                "{slots} slots: {} rotation keys, full-slot {}",
+                steps.len(),
+                full.len()
+            );
+        }
+    }
 
     /// The grouped stages of the decoding FFT reproduce the encoder (with the bit reversal the
     /// homomorphic version skips done by hand), and the inverse stages undo it.

@@ -315,6 +315,8 @@ pub struct CkksChain {
     pub depth: Option<usize>,
     /// Decrypt one output of the ops that produce a ciphertext and report its slot error.
     pub precision: bool,
+    /// The bootstrap rows: a sparse-slot bootstrap of this period (`None`: all slots).
+    pub boot_slots: Option<usize>,
 }
 
 impl CkksChain {
@@ -551,6 +553,10 @@ pub struct BenchArgs {
     /// Polynomials / ciphertexts per call in the batched (`xB`) CKKS rows [default: 16].
     #[arg(long, value_parser = super::args::at_least(1))]
     pub batch: Option<usize>,
+    /// Bootstrap a ciphertext whose slots repeat with this period (a power of two ≤ N/4):
+    /// the sparse-slot bootstrap [default: all N/2 slots].
+    #[arg(long)]
+    pub boot_slots: Option<usize>,
     /// Print JSON instead of Markdown.
     #[arg(long)]
     pub json: bool,
@@ -565,7 +571,7 @@ pub struct BenchArgs {
 
 /// Runs the benchmark suite and prints or writes the report.
 pub fn run(args: BenchArgs) -> Result<()> {
-    use BenchScheme::{Bfv, Ckks};
+    use BenchScheme::{Bfv, Bootstrap, Ckks};
     // A flag that none of the --scheme list reads is an error, not ignored.
     super::options::reject_unused(
         "--scheme ",
@@ -577,6 +583,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             ("--precision", args.precision, &[Ckks]),
             ("--batch", args.batch.is_some(), &[Ckks]),
             ("--trace", args.trace, &[Ckks, Bfv]),
+            ("--boot-slots", args.boot_slots.is_some(), &[Bootstrap]),
         ],
     )?;
     let (log_ns, schemes, reps, threads) = (&args.log_n, &args.scheme, args.reps, args.threads);
@@ -587,6 +594,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         scale_bits: args.scale_bits,
         depth: args.depth,
         precision: args.precision,
+        boot_slots: args.boot_slots,
     };
     if threads == 0 || reps == 0 || batch == 0 {
         return Err(hetensor::Error::InvalidInput(format!(
@@ -660,7 +668,9 @@ fn report(
                     &mut notes,
                 )?,
                 BenchScheme::Bfv => bench_bfv(log_n, reps, trace, &be, &mut rows, &mut notes)?,
-                BenchScheme::Bootstrap => bench_bootstrap(log_n, reps, &be, &mut rows, &mut notes)?,
+                BenchScheme::Bootstrap => {
+                    bench_bootstrap(log_n, reps, chain.boot_slots, &be, &mut rows, &mut notes)?
+                }
             }
         }
     }
@@ -744,10 +754,12 @@ fn markdown(r: &BenchReport) -> String {
 /// CKKS bootstrapping: key generation (once) and one bootstrap per repetition, with the
 /// output's precision over all slots and the levels it leaves. N = 2^16 runs the 128-bit
 /// preset ([`BootstrapParams::n16`]); smaller rings (no 128-bit chain fits them) run the
-/// insecure test ring (same code, labelled `bootstrap-insecure-test-ring`).
+/// insecure test ring (same code, labelled `bootstrap-insecure-test-ring`). With
+/// `sparse_slots`, the sparse-slot bootstrap of a message with that period.
 pub fn bench_bootstrap(
     log_n: u32,
     reps: usize,
+    sparse_slots: Option<usize>,
     be: &std::sync::Arc<dyn hetensor::backend::Backend>,
     rows: &mut Vec<BenchRow>,
     notes: &mut Vec<String>,
@@ -762,6 +774,11 @@ pub fn bench_bootstrap(
             "bootstrap-insecure-test-ring",
         ),
     };
+    let (bp, config) = match sparse_slots {
+        Some(s) => (bp.sparse(s)?, format!("{config}-sparse-{s}")),
+        None => (bp, config.to_string()),
+    };
+    let config = config.as_str();
     let ctx = CkksContext::with_backend(bp.ckks.clone(), be.clone())?;
     let p = &bp.ckks;
     let mut rec = Recorder {
@@ -786,9 +803,8 @@ pub fn bench_bootstrap(
     let rss_keys = hetensor::memory::rss_bytes();
     let want: Vec<f64> = {
         let mut rng = rand::rng();
-        (0..ctx.slots())
-            .map(|_| rng.random_range(-1.0..1.0))
-            .collect()
+        let period: Vec<f64> = (0..bp.slots).map(|_| rng.random_range(-1.0..1.0)).collect();
+        (0..ctx.slots()).map(|i| period[i % bp.slots]).collect()
     };
     let ct = ctx.encrypt(&ctx.encode(&want, ctx.natural_scale(0), 0)?, &keys.public)?;
     // The first call also encodes and caches the transforms' diagonals: time it apart.
