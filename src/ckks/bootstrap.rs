@@ -130,9 +130,13 @@ impl BootstrapParams {
     /// SlotsToCoeffs's 3 levels at 2^48 too, and on top CoeffsToSlots (3) and EvalMod (10:
     /// degree 39, 3 double angles) at 2^54 (two ~27-bit primes), where the raised
     /// ciphertext's large values need the precision; 3 key-switching digits balanced by bits
-    /// (log2 QP = 1765.7 of 1770). A bootstrapped ciphertext comes back at level 8. (N = 2^15
-    /// holds no such chain at 128 bits: the bootstrap's own 16 levels and the base take ~900
-    /// bits, beyond its 881-bit bound.)
+    /// (log2 QP = 1765.7 of 1770). A bootstrapped ciphertext comes back at level 8.
+    ///
+    /// There is no N = 2^15 preset: its 881-bit bound holds this pipeline (EvalMod needs 10
+    /// levels for h = 32 at any degree/double-angle split that is accurate enough) only with
+    /// 2 + 2 transform levels, 1 or 2 computation levels, Δ = 2^44-48, EvalMod at 2^48-50
+    /// and 11 to 34 key-switching digits (searched over those sizes on 2026-12-04), i.e. keys
+    /// near 3 GB for a bootstrap that leaves almost nothing to compute with.
     pub fn n16() -> Result<Self> {
         Self::with_chain(
             16,
