@@ -274,7 +274,7 @@ fn bench_bootstrap_row() {
         .iter()
         .any(|n| n.as_str().unwrap().contains("GB serialized")));
     assert_eq!(row["config"], "bootstrap-insecure-test-ring");
-    // The sparse-slot bootstrap of a period-64 message: its own config label, same levels.
+    // The sparse-slot bootstrap of a period-64 message with the arcsine: its own label.
     let r = json(&[
         "bench",
         "--scheme",
@@ -285,11 +285,16 @@ fn bench_bootstrap_row() {
         "1",
         "--boot-slots",
         "64",
+        "--boot-arcsine",
         "--json",
     ]);
     let row = &r["results"][0];
-    assert_eq!(row["config"], "bootstrap-insecure-test-ring-sparse-64");
-    assert_eq!(row["levels_left"], 2);
+    assert_eq!(
+        row["config"],
+        "bootstrap-insecure-test-ring-sparse-64-arcsine"
+    );
+    // The arcsine takes 2 of the test ring's 2 computation levels.
+    assert_eq!(row["levels_left"], 0);
     assert!(row["max_err_log2"].as_f64().unwrap() < -18.0, "{row}");
     // A period the sparse bootstrap cannot take, and the flag without `bootstrap`, are errors.
     for args in [

@@ -75,6 +75,8 @@ pub struct BootstrapParams {
     /// **sparse-slot** bootstrap of a ciphertext whose slots repeat with period `n` (see
     /// [`Self::sparse`]).
     pub slots: usize,
+    /// Correct EvalMod's sine by the arcsine's first terms (see [`Self::with_arcsine`]).
+    pub arcsine: bool,
 }
 
 impl BootstrapParams {
@@ -84,9 +86,14 @@ impl BootstrapParams {
         eval_mod_depth(self.cheb_degree, self.double_angles)
     }
 
+    /// Levels the arcsine correction takes (0 or 2), below EvalMod's.
+    pub fn arcsine_levels(&self) -> usize {
+        2 * usize::from(self.arcsine)
+    }
+
     /// Levels one bootstrap consumes.
     pub fn depth(&self) -> usize {
-        self.cts_levels + self.eval_mod_levels() + self.stc_levels
+        self.cts_levels + self.eval_mod_levels() + self.arcsine_levels() + self.stc_levels
     }
 
     /// Levels left for computation after a bootstrap (its output level).
@@ -110,6 +117,18 @@ impl BootstrapParams {
             )));
         }
         self.slots = slots;
+        self.check()?;
+        Ok(self)
+    }
+
+    /// The same bootstrap with EvalMod's output `y = sin(2πx)` corrected to `y + y³/6`, the
+    /// arcsine's first terms: `sin(2πx)/(2π)` is `x` only up to `(2π)²x³/6`, which is what limits
+    /// the precision of messages whose coefficients are large (a constant or a short period:
+    /// `x = Δ·m/q_0` up to `2^-8`, error up to `2^-13.3`); the correction leaves `~(2πx)^5/12`.
+    /// Costs 2 levels, taken from the computation levels (the preset's 8 become 6), on the same
+    /// chain.
+    pub fn with_arcsine(mut self) -> Result<Self> {
+        self.arcsine = true;
         self.check()?;
         Ok(self)
     }
@@ -195,6 +214,7 @@ impl BootstrapParams {
             double_angles,
             ephemeral_hamming: 32,
             slots: 1 << (log_n - 1),
+            arcsine: false,
         })
     }
 
@@ -219,10 +239,11 @@ impl BootstrapParams {
         }
         if self.depth() > self.ckks.levels() {
             return Err(Error::InvalidParameters(format!(
-                "bootstrapping needs {} levels ({} CoeffsToSlots + {} EvalMod + {} SlotsToCoeffs) but the chain has {}",
+                "bootstrapping needs {} levels ({} CoeffsToSlots + {} EvalMod + {} arcsine + {} SlotsToCoeffs) but the chain has {}",
                 self.depth(),
                 self.cts_levels,
                 self.eval_mod_levels(),
+                self.arcsine_levels(),
                 self.stc_levels,
                 self.ckks.levels()
             )));
@@ -231,12 +252,13 @@ impl BootstrapParams {
         let upper = self.ckks.levels() - self.ckks.computation_levels();
         if shape.is_segmented()
             && (upper != self.cts_levels + self.eval_mod_levels()
-                || shape.low_levels < self.stc_levels)
+                || shape.low_levels < self.stc_levels + self.arcsine_levels())
         {
             return Err(Error::InvalidParameters(format!(
-                "on a two-segment chain CoeffsToSlots and EvalMod ({} + {} levels) must fill the {upper} upper levels and SlotsToCoeffs ({}) fit in the {} below",
+                "on a two-segment chain CoeffsToSlots and EvalMod ({} + {} levels) must fill the {upper} upper levels and the arcsine and SlotsToCoeffs ({} + {}) fit in the {} below",
                 self.cts_levels,
                 self.eval_mod_levels(),
+                self.arcsine_levels(),
                 self.stc_levels,
                 shape.low_levels
             )));
@@ -633,7 +655,9 @@ impl BootstrapPlan {
         let q0 = ctx.base_modulus();
         let k = params.k_bound();
         let eval_level = top - params.cts_levels;
-        let stc_level = eval_level - params.eval_mod_levels();
+        // EvalMod ends at `mod_out`; the arcsine (if any) takes it down to SlotsToCoeffs's.
+        let mod_out = eval_level - params.eval_mod_levels();
+        let stc_level = mod_out - params.arcsine_levels();
         // CoeffsToSlots: the raised ciphertext has scale q0 (slots = embed(t)/q0); the output
         // slots are bit-reversed (t_k + i·t_{k+slots}) / (2·K·q0), halves then split by
         // conjugation. A sparse bootstrap's trace multiplies by n/slots first; the last group
@@ -672,10 +696,11 @@ impl BootstrapPlan {
         );
         let mut stc = Vec::new();
         // EvalMod's Chebyshev sum lands on the scale from which its double angles (each a
-        // square and a rescale) end exactly on the natural scale of SlotsToCoeffs's level.
+        // square and a rescale) end exactly on the natural scale of their output level.
+        let cheb_target = (1..=params.double_angles).fold(ctx.natural_scale(mod_out), |s, j| {
+            (s * ctx.level_modulus(mod_out + j)).sqrt()
+        });
         let mut scale = ctx.natural_scale(stc_level);
-        let cheb_target = (1..=params.double_angles)
-            .fold(scale, |s, j| (s * ctx.level_modulus(stc_level + j)).sqrt());
         for (g, m) in stc_groups.into_iter().enumerate() {
             let level = stc_level - g;
             // The last group lands on Δ, the scale fresh encryptions have at any level, so
@@ -867,7 +892,7 @@ impl BootstrapKeys {
     /// allocated, and the layout must fit the chain.
     pub fn from_bytes(ctx: &CkksContext, bytes: &[u8]) -> Result<Self> {
         let parts: KeyParts = serialize::from_bytes(ctx.rlwe(), bytes)?;
-        let sparse_log = parts.layout[4] >> SPARSE_SHIFT;
+        let sparse_log = (parts.layout[4] & !ARCSINE_BIT) >> SPARSE_SHIFT;
         let params = BootstrapParams {
             ckks: ctx.params().clone(),
             cts_levels: parts.layout[0] as usize,
@@ -879,6 +904,7 @@ impl BootstrapKeys {
                 0 => ctx.slots(),
                 l => 1usize << (l - 1),
             },
+            arcsine: parts.layout[4] & ARCSINE_BIT != 0,
         };
         let plan = Arc::new(BootstrapPlan::new(ctx, &params)?);
         let n = ctx.rlwe().n();
@@ -908,7 +934,8 @@ impl BootstrapKeys {
     fn layout(&self) -> [u32; 5] {
         let p = &self.plan.params;
         // A sparse bootstrap's period rides in the Hamming weight's top byte (log2 + 1; 0 =
-        // full slots), which keeps full-slot keys written before sparse bootstrapping readable.
+        // full slots) and the arcsine in its top bit, which keeps keys written before either
+        // existed readable.
         let sparse_log = if p.is_sparse() {
             p.slots.trailing_zeros() + 1
         } else {
@@ -919,13 +946,17 @@ impl BootstrapKeys {
             p.stc_levels as u32,
             p.cheb_degree as u32,
             p.double_angles as u32,
-            p.ephemeral_hamming as u32 | sparse_log << SPARSE_SHIFT,
+            p.ephemeral_hamming as u32
+                | sparse_log << SPARSE_SHIFT
+                | if p.arcsine { ARCSINE_BIT } else { 0 },
         ]
     }
 }
 
 /// Bit position of a sparse bootstrap's `log2(slots) + 1` in the serialized layout's last word.
 const SPARSE_SHIFT: u32 = 24;
+/// The serialized layout's last word's flag for the arcsine correction.
+const ARCSINE_BIT: u32 = 1 << 31;
 
 /// What [`BootstrapKeys::from_bytes`] reads before it rebuilds the plan.
 struct KeyParts {
@@ -997,7 +1028,7 @@ impl Decode for KeyParts {
         }
         // Sizes the plan will check against the chain; refuse absurd ones before planning.
         let hamming = (layout[4] & ((1 << SPARSE_SHIFT) - 1)) as usize;
-        let sparse_log = layout[4] >> SPARSE_SHIFT;
+        let sparse_log = (layout[4] & !ARCSINE_BIT) >> SPARSE_SHIFT;
         if layout[..4].iter().any(|&v| v > 4096)
             || hamming > ctx.n()
             || sparse_log > ctx.n().trailing_zeros()
@@ -1257,7 +1288,34 @@ impl CkksContext {
             let sq = self.relinearize_rescale(&self.square(&c)?, rk)?;
             c = self.add_scalar(&self.add(&sq, &sq)?, -1.0)?;
         }
+        if plan.params.arcsine {
+            c = self.arcsine_correction(&c, rk)?;
+        }
         Ok(c)
+    }
+
+    /// `y + y³/6` (`arcsin y` to third order) two levels below `y`, landing exactly on that
+    /// level's natural scale, where SlotsToCoeffs's constants expect it. The `1/6` rides on
+    /// the constant that sets the cube's scale.
+    fn arcsine_correction(&self, y: &Ciphertext, rk: &RelinKey) -> Result<Ciphertext> {
+        let top = y.level();
+        let out = top.checked_sub(2).ok_or(Error::OutOfLevels {
+            op: "bootstrap arcsine correction",
+            level: top,
+        })?;
+        let target = self.natural_scale(out);
+        let sq = self.relinearize_rescale(&self.square(y)?, rk)?;
+        // y/6 at level top − 1, at the scale that makes sq · (y/6) rescale onto `target`.
+        let want = target * self.level_modulus(top - 1) / sq.scale();
+        let sixth = self.linear_combination(
+            &[y],
+            &[1.0 / 6.0],
+            want * self.level_modulus(top) / y.scale(),
+        )?;
+        let sixth = self.rescale(&sixth)?;
+        let cube = self.relinearize_rescale(&self.multiply(&sq, &sixth)?, rk)?;
+        let y = self.match_scale(y, out, target)?;
+        self.add(&y, &cube)
     }
 
     /// `Σ_k coeffs[k]·T_k(u)` slot-wise for `u ∈ [−1, 1]`, in the Chebyshev basis (stable

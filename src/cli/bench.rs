@@ -317,6 +317,8 @@ pub struct CkksChain {
     pub precision: bool,
     /// The bootstrap rows: a sparse-slot bootstrap of this period (`None`: all slots).
     pub boot_slots: Option<usize>,
+    /// The bootstrap rows: with the arcsine correction.
+    pub boot_arcsine: bool,
 }
 
 impl CkksChain {
@@ -557,6 +559,10 @@ pub struct BenchArgs {
     /// the sparse-slot bootstrap [default: all N/2 slots].
     #[arg(long)]
     pub boot_slots: Option<usize>,
+    /// Bootstrap with the arcsine correction (2 levels fewer left for computation, precision
+    /// kept for messages with large coefficients, e.g. constants).
+    #[arg(long)]
+    pub boot_arcsine: bool,
     /// Print JSON instead of Markdown.
     #[arg(long)]
     pub json: bool,
@@ -584,6 +590,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             ("--batch", args.batch.is_some(), &[Ckks]),
             ("--trace", args.trace, &[Ckks, Bfv]),
             ("--boot-slots", args.boot_slots.is_some(), &[Bootstrap]),
+            ("--boot-arcsine", args.boot_arcsine, &[Bootstrap]),
         ],
     )?;
     let (log_ns, schemes, reps, threads) = (&args.log_n, &args.scheme, args.reps, args.threads);
@@ -595,6 +602,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         depth: args.depth,
         precision: args.precision,
         boot_slots: args.boot_slots,
+        boot_arcsine: args.boot_arcsine,
     };
     if threads == 0 || reps == 0 || batch == 0 {
         return Err(hetensor::Error::InvalidInput(format!(
@@ -668,9 +676,14 @@ fn report(
                     &mut notes,
                 )?,
                 BenchScheme::Bfv => bench_bfv(log_n, reps, trace, &be, &mut rows, &mut notes)?,
-                BenchScheme::Bootstrap => {
-                    bench_bootstrap(log_n, reps, chain.boot_slots, &be, &mut rows, &mut notes)?
-                }
+                BenchScheme::Bootstrap => bench_bootstrap(
+                    log_n,
+                    reps,
+                    (chain.boot_slots, chain.boot_arcsine),
+                    &be,
+                    &mut rows,
+                    &mut notes,
+                )?,
             }
         }
     }
@@ -755,11 +768,12 @@ fn markdown(r: &BenchReport) -> String {
 /// output's precision over all slots and the levels it leaves. N = 2^16 runs the 128-bit
 /// preset ([`BootstrapParams::n16`]); smaller rings (no 128-bit chain fits them) run the
 /// insecure test ring (same code, labelled `bootstrap-insecure-test-ring`). With
-/// `sparse_slots`, the sparse-slot bootstrap of a message with that period.
+/// `sparse_slots`, the sparse-slot bootstrap of a message with that period; with `arcsine`,
+/// the arcsine correction.
 pub fn bench_bootstrap(
     log_n: u32,
     reps: usize,
-    sparse_slots: Option<usize>,
+    (sparse_slots, arcsine): (Option<usize>, bool),
     be: &std::sync::Arc<dyn hetensor::backend::Backend>,
     rows: &mut Vec<BenchRow>,
     notes: &mut Vec<String>,
@@ -777,6 +791,10 @@ pub fn bench_bootstrap(
     let (bp, config) = match sparse_slots {
         Some(s) => (bp.sparse(s)?, format!("{config}-sparse-{s}")),
         None => (bp, config.to_string()),
+    };
+    let (bp, config) = match arcsine {
+        true => (bp.with_arcsine()?, format!("{config}-arcsine")),
+        false => (bp, config),
     };
     let config = config.as_str();
     let ctx = CkksContext::with_backend(bp.ckks.clone(), be.clone())?;
@@ -849,10 +867,12 @@ pub fn bench_bootstrap(
         count.0 as f64 / 1e9
     ));
     notes.push(format!(
-        "bootstrap 2^{log_n} ({config}): {} CoeffsToSlots + {} EvalMod + {} SlotsToCoeffs levels, {} rotation keys, Hamming weight {} ephemeral secret; key generation {keygen_s:.1} s; first bootstrap (encodes and caches the diagonals) {first_s:.1} s; {} levels left",
+        "bootstrap 2^{log_n} ({config}): {} CoeffsToSlots + {} EvalMod + {} arcsine + {} SlotsToCoeffs levels, {} slots, {} rotation keys, Hamming weight {} ephemeral secret; key generation {keygen_s:.1} s; first bootstrap (encodes and caches the diagonals) {first_s:.1} s; {} levels left",
         bp.cts_levels,
         bp.eval_mod_levels(),
+        bp.arcsine_levels(),
         bp.stc_levels,
+        bp.slots,
         bk.galois().elements().len(),
         bp.ephemeral_hamming,
         first.level()
