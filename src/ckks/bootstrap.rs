@@ -22,6 +22,15 @@
 //!    `cos(2π(x − 1/4)/2^r)` on `[−K, K]`, then `r` double-angle steps `c ← 2c² − 1`.
 //! 5. **SlotsToCoeffs** — the decoding FFT's stages, grouped the same way.
 //!
+//! Two options ([`BootstrapParams::sparse`], [`BootstrapParams::with_arcsine`]):
+//! * **Sparse slots.** A message whose slots repeat with period `n ≤ N/4` lives in the subring
+//!   `Z[X^(N/2n)]`. After ModRaise a trace (`log2(N/2n)` rotate-and-adds) removes the raised
+//!   ciphertext's other coefficients; the transforms then work on `n`-periodic vectors
+//!   (`log2 n` stages, diagonals of period `n` or `2n`), and the real and imaginary halves share
+//!   one ciphertext (`[re | im]` over a period of `2n`), so EvalMod runs once, not twice.
+//! * **Arcsine.** `y + y³/6` after EvalMod (2 levels) turns `sin(2πx)` back into `2πx` to third
+//!   order, for messages whose coefficients are large (constants, short periods).
+//!
 //! The linear transforms' diagonals are computed once in `f64` and cached as plaintexts at
 //! the level where they are used. Everything runs through the [`crate::backend::Backend`]
 //! trait, so it runs on CPU, wgpu and CUDA alike.
