@@ -91,11 +91,10 @@ fn bfv(c: &mut Criterion) {
         let ctx =
             BfvContext::new(BfvParams::preset(log_n, PlainModulus::Bits(20)).expect("preset"))
                 .expect("context");
-        let sk = ctx.gen_secret_key().expect("sk");
-        let pk = ctx.gen_public_key(&sk).expect("pk");
-        let rk = ctx.gen_relin_key(&sk).expect("rk");
+        let keys = ctx.keygen().expect("keys");
+        let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
         let gk = ctx.gen_galois_keys(&sk, &[1]).expect("gk");
-        let vals: Vec<u64> = (0..ctx.slot_count() as u64).map(|i| i % 1000).collect();
+        let vals: Vec<u64> = (0..ctx.slots() as u64).map(|i| i % 1000).collect();
         let pt = ctx.encode(&vals).expect("encode");
         let a = ctx.encrypt(&pt, &pk).expect("encrypt");
         let id = |op: &str| BenchmarkId::new(op, log_n);

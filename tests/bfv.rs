@@ -37,9 +37,8 @@ fn fixture() -> &'static Fixture {
         )
         .unwrap();
         let ctx = BfvContext::with_seed(params, [7; 32]).unwrap();
-        let sk = ctx.gen_secret_key().unwrap();
-        let pk = ctx.gen_public_key(&sk).unwrap();
-        let rk = ctx.gen_relin_key(&sk).unwrap();
+        let keys = ctx.keygen().unwrap();
+        let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
         let gk = ctx.gen_galois_keys(&sk, &STEPS).unwrap();
         Fixture {
             ctx,
@@ -97,7 +96,7 @@ proptest! {
     fn encode_decode_roundtrip(seed in any::<u64>(), len in 0usize..=4096) {
         let f = fixture();
         let t = f.ctx.plain_modulus();
-        let n = f.ctx.slot_count();
+        let n = f.ctx.slots();
         let v = values(seed, len, t);
         let pt = f.ctx.encode(&v).unwrap();
         prop_assert_eq!(f.ctx.decode(&pt).unwrap(), padded(&v, n));
@@ -124,7 +123,7 @@ proptest! {
         let f = fixture();
         let ctx = &f.ctx;
         let t = ctx.plain_modulus();
-        let n = ctx.slot_count();
+        let n = ctx.slots();
         let (a, b) = (values(sa, n, t), values(sb, n, t));
         let (pa, pb) = (ctx.encode(&a).unwrap(), ctx.encode(&b).unwrap());
         let ca = ctx.encrypt(&pa, &f.pk).unwrap();
@@ -136,7 +135,7 @@ proptest! {
         let mul = zip(&|x, y| mulmod(x, y, t));
         prop_assert_eq!(dec(f, &ctx.add(&ca, &cb).unwrap()), add.clone());
         prop_assert_eq!(dec(f, &ctx.sub(&ca, &cb).unwrap()), sub.clone());
-        prop_assert_eq!(dec(f, &ctx.neg(&ca).unwrap()), a.iter().map(|&x| (t - x) % t).collect::<Vec<_>>());
+        prop_assert_eq!(dec(f, &ctx.negate(&ca).unwrap()), a.iter().map(|&x| (t - x) % t).collect::<Vec<_>>());
         prop_assert_eq!(dec(f, &ctx.add_plain(&ca, &pb).unwrap()), add);
         prop_assert_eq!(dec(f, &ctx.sub_plain(&ca, &pb).unwrap()), sub);
         prop_assert_eq!(dec(f, &ctx.multiply_plain(&ca, &pb).unwrap()), mul.clone());
@@ -168,7 +167,7 @@ proptest! {
     fn rotations_match_plaintext(seed in any::<u64>(), which in 0usize..STEPS.len()) {
         let f = fixture();
         let ctx = &f.ctx;
-        let n = ctx.slot_count();
+        let n = ctx.slots();
         let a = values(seed, n, ctx.plain_modulus());
         let ca = ctx.encrypt(&ctx.encode(&a).unwrap(), &f.pk).unwrap();
         let step = STEPS[which];
@@ -190,7 +189,7 @@ proptest! {
         let f = fixture();
         let ctx = &f.ctx;
         let t = ctx.plain_modulus();
-        let n = ctx.slot_count();
+        let n = ctx.slots();
         let (a, b) = (values(sa, n, t), values(sb, n, t));
         let ca = ctx.encrypt(&ctx.encode(&a).unwrap(), &f.pk).unwrap();
         let cb = ctx.encrypt(&ctx.encode(&b).unwrap(), &f.pk).unwrap();
@@ -223,11 +222,10 @@ fn preset_2_13_depth_until_budget_exhausted() {
     let params = BfvParams::preset(13, PlainModulus::Bits(20)).unwrap();
     assert_eq!(params.rlwe.security(), Security::Bits128);
     let ctx = BfvContext::with_seed(params, [13; 32]).unwrap();
-    let sk = ctx.gen_secret_key().unwrap();
-    let pk = ctx.gen_public_key(&sk).unwrap();
-    let rk = ctx.gen_relin_key(&sk).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
     let t = ctx.plain_modulus();
-    let n = ctx.slot_count();
+    let n = ctx.slots();
     let x = values(99, n, t);
     let y = values(1234, n, t);
     let cx = ctx.encrypt(&ctx.encode(&x).unwrap(), &pk).unwrap();
@@ -283,12 +281,11 @@ fn preset_2_14_multiply_and_rotate() {
         [14; 32],
     )
     .unwrap();
-    let sk = ctx.gen_secret_key().unwrap();
-    let pk = ctx.gen_public_key(&sk).unwrap();
-    let rk = ctx.gen_relin_key(&sk).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
     let gk = ctx.gen_galois_keys(&sk, &[1]).unwrap();
     let t = ctx.plain_modulus();
-    let n = ctx.slot_count();
+    let n = ctx.slots();
     let (a, b) = (values(5, n, t), values(6, n, t));
     let ca = ctx.encrypt(&ctx.encode(&a).unwrap(), &pk).unwrap();
     let cb = ctx.encrypt(&ctx.encode(&b).unwrap(), &pk).unwrap();
@@ -321,9 +318,9 @@ fn sixty_bit_plain_modulus() {
     let ctx = BfvContext::with_seed(params, [60; 32]).unwrap();
     let t = ctx.plain_modulus();
     assert!(t > 1 << 59);
-    let sk = ctx.gen_secret_key().unwrap();
-    let rk = ctx.gen_relin_key(&sk).unwrap();
-    let n = ctx.slot_count();
+    let keys = ctx.keygen().unwrap();
+    let (sk, rk) = (keys.secret, keys.relin);
+    let n = ctx.slots();
     let (a, b) = (values(11, n, t), values(12, n, t));
     let ca = ctx
         .encrypt_symmetric(&ctx.encode(&a).unwrap(), &sk)
@@ -355,9 +352,8 @@ fn crt_integer_dot_product() {
     assert_eq!(crt.contexts().len(), 3);
     let ts = crt.plain_moduli();
     assert!(ts[0] != ts[1] && ts[1] != ts[2] && ts[0] != ts[2]);
-    let sk = crt.gen_secret_key().unwrap();
-    let pk = crt.gen_public_key(&sk).unwrap();
-    let rk = crt.gen_relin_key(&sk).unwrap();
+    let keys = crt.keygen().unwrap();
+    let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
     let gk = crt.gen_galois_keys(&sk, &[1, 2, 4]).unwrap();
     let x: Vec<i64> = (0..8).map(|i| (1i64 << 40) - 12345 * i * i - 7).collect();
     let y: Vec<i64> = (0..8)
@@ -427,9 +423,8 @@ fn seeded_contexts_are_bit_identical() {
         )
         .unwrap();
         let ctx = BfvContext::with_seed(params, [42; 32]).unwrap();
-        let sk = ctx.gen_secret_key().unwrap();
-        let pk = ctx.gen_public_key(&sk).unwrap();
-        let rk = ctx.gen_relin_key(&sk).unwrap();
+        let keys = ctx.keygen().unwrap();
+        let (pk, rk) = (keys.public, keys.relin);
         let t = ctx.plain_modulus();
         let a = ctx
             .encrypt(&ctx.encode(&values(1, 4096, t)).unwrap(), &pk)
@@ -448,7 +443,7 @@ fn errors_are_reported() {
     let f = fixture();
     let ctx = &f.ctx;
     let t = ctx.plain_modulus();
-    let n = ctx.slot_count();
+    let n = ctx.slots();
     // Plaintext domain.
     assert!(matches!(ctx.encode(&[0, t]), Err(Error::InvalidInput(_))));
     assert!(
@@ -555,7 +550,7 @@ fn mismatched_contexts_are_rejected() {
     )
     .unwrap();
     let other = BfvContext::with_seed(params, [1; 32]).unwrap();
-    let other_sk = other.gen_secret_key().unwrap();
+    let other_sk = other.keygen().unwrap().secret;
     let ct = f.ctx.encrypt(&f.ctx.encode(&[5]).unwrap(), &f.pk).unwrap();
     let ct_other = other
         .encrypt_symmetric(&other.encode(&[5]).unwrap(), &other_sk)
@@ -587,7 +582,7 @@ fn mismatched_contexts_are_rejected() {
     )
     .unwrap();
     let (c0, c1) = (&crt.contexts()[0], &crt.contexts()[1]);
-    let sk = crt.gen_secret_key().unwrap();
+    let sk = crt.keygen().unwrap().secret;
     let x0 = c0
         .encrypt_symmetric(&c0.encode(&[1]).unwrap(), &sk)
         .unwrap();
@@ -642,11 +637,10 @@ fn squaring_until_the_budget_is_gone_is_an_error() {
         [13; 32],
     )
     .unwrap();
-    let sk = ctx.gen_secret_key().unwrap();
-    let pk = ctx.gen_public_key(&sk).unwrap();
-    let rk = ctx.gen_relin_key(&sk).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
     let t = ctx.plain_modulus();
-    let n = ctx.slot_count();
+    let n = ctx.slots();
     let mut v = values(2024, n, t);
     let mut c = ctx.encrypt(&ctx.encode(&v).unwrap(), &pk).unwrap();
     println!("N=2^13 preset, t={t}: squarings, estimated vs measured budget");
@@ -722,7 +716,7 @@ fn noise_estimate_tracks_every_operation() {
     let f = fixture();
     let ctx = &f.ctx;
     let t = ctx.plain_modulus();
-    let n = ctx.slot_count();
+    let n = ctx.slots();
     let (x, y, p) = (values(1, n, t), values(2, n, t), values(3, n, t));
     let slack = 12.0;
     let chk = |ct: &Ciphertext, what: &str| check_estimate(ctx, ct, &f.sk, what, slack);
@@ -827,5 +821,54 @@ fn noise_estimate_is_serialized_and_validated() {
             ),
             "{bad} accepted"
         );
+    }
+}
+
+/// `BfvParams::builder()` picks the smallest preset ring whose noise estimate holds the depth,
+/// and the depth it promises runs: that many sequential squarings of a fresh public-key
+/// encryption decrypt to the plaintext squares. A depth no ring holds is an error that says so.
+#[test]
+fn builder_picks_the_smallest_ring_for_the_depth() {
+    let shallow = BfvParams::builder().depth(1).build().unwrap();
+    assert_eq!(shallow.n(), 1 << 13);
+    let deeper = BfvParams::builder().depth(6).build().unwrap();
+    assert_eq!(deeper.n(), 1 << 14);
+    let wide = BfvParams::builder().slots(20_000).build().unwrap();
+    assert_eq!(wide.n(), 1 << 15);
+    // The deepest the 2^13 preset allows, run for real.
+    let mut depth = 1;
+    while BfvParams::builder()
+        .log_n(13)
+        .depth(depth + 1)
+        .build()
+        .is_ok()
+    {
+        depth += 1;
+    }
+    let ctx =
+        BfvContext::new(BfvParams::builder().log_n(13).depth(depth).build().unwrap()).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let t = ctx.plain_modulus() as i128;
+    let mut x = ctx
+        .encrypt(&ctx.encode_signed(&[3, -2, 5]).unwrap(), &keys.public)
+        .unwrap();
+    let mut want: Vec<i128> = vec![3, -2, 5];
+    for _ in 0..depth {
+        x = ctx.multiply_relin(&x, &x, &keys.relin).unwrap();
+        want.iter_mut().for_each(|w| *w = (*w * *w) % t);
+    }
+    let got = ctx.decode(&ctx.decrypt(&x, &keys.secret).unwrap()).unwrap();
+    let want: Vec<u64> = want.iter().map(|w| w.rem_euclid(t) as u64).collect();
+    assert_eq!(&got[..3], &want[..], "after {depth} squarings");
+    assert!(ctx.invariant_noise_budget(&x, &keys.secret).unwrap() > 0.0);
+    // Too deep for any ring, and too deep for a fixed one: errors that name the depth.
+    for b in [
+        BfvParams::builder().depth(150),
+        BfvParams::builder().log_n(13).depth(depth + 1),
+    ] {
+        match b.build() {
+            Err(Error::InvalidParameters(msg)) => assert!(msg.contains("does not fit"), "{msg}"),
+            other => panic!("expected a depth error, got {other:?}"),
+        }
     }
 }

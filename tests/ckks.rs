@@ -410,3 +410,29 @@ fn key_sets_cannot_be_mixed() {
     assert!((got[0] - x[1] * x[1]).abs() < 1e-2, "{}", got[0]);
     assert!((got[1] - x[2] * x[2]).abs() < 1e-2, "{}", got[1]);
 }
+
+/// `gen_public_key` / `gen_relin_key` (the names BFV has too) make working keys for a secret
+/// key held apart from its `KeySet`: a product relinearized with them decrypts right, and the
+/// keys belong to that secret's key set.
+#[test]
+fn public_and_relin_keys_from_a_secret_key() {
+    let params = CkksParams::new(12, 3, 25, 30, 2, Security::InsecureForTestingOnly).unwrap();
+    let ctx = CkksContext::with_seed(params, [22; 32]).unwrap();
+    let sk = ctx.keygen().unwrap().secret;
+    let pk = ctx.gen_public_key(&sk).unwrap();
+    let rk = ctx.gen_relin_key(&sk).unwrap();
+    assert_eq!(pk.key_id(), sk.key_id());
+    let x = [1.5, -2.0, 0.25];
+    let ct = ctx
+        .encrypt(
+            &ctx.encode(&x, ctx.default_scale(), ctx.max_level())
+                .unwrap(),
+            &pk,
+        )
+        .unwrap();
+    let sq = ctx
+        .rescale(&ctx.relinearize(&ctx.square(&ct).unwrap(), &rk).unwrap())
+        .unwrap();
+    let got = ctx.decrypt_decode(&sq, &sk).unwrap();
+    close(&[2.25, 4.0, 0.0625], &got[..3], 1e-2);
+}

@@ -735,13 +735,10 @@ fn bfv_multiply_relinearize() {
         BfvContext::with_backend_seed(params(()), Arc::new(CpuBackend::new()), [3; 32]).unwrap();
     let bg = BfvContext::with_backend_seed(params(()), g.clone(), [3; 32]).unwrap();
     let run = |c: &BfvContext| {
-        let sk = c.gen_secret_key().unwrap();
-        let pk = c.gen_public_key(&sk).unwrap();
-        let rk = c.gen_relin_key(&sk).unwrap();
+        let keys = c.keygen().unwrap();
+        let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
         let t = c.plain_modulus();
-        let v: Vec<u64> = (0..c.slot_count() as u64)
-            .map(|i| (i * i + 7) % t)
-            .collect();
+        let v: Vec<u64> = (0..c.slots() as u64).map(|i| (i * i + 7) % t).collect();
         let pt = c.encode(&v).unwrap();
         let a = c.encrypt(&pt, &pk).unwrap();
         let b = c.encrypt_symmetric(&pt, &sk).unwrap();

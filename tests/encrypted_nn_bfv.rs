@@ -80,9 +80,8 @@ fn crt_for(qm: &QuantizedPlan) -> BfvCrt {
 fn encrypted_matches_plain(qm: &QuantizedPlan, x: &ArrayD<f64>) {
     let batch = x.shape()[0];
     let crt = crt_for(qm);
-    let sk = crt.gen_secret_key().unwrap();
-    let pk = crt.gen_public_key(&sk).unwrap();
-    let rk = crt.gen_relin_key(&sk).unwrap();
+    let keys = crt.keygen().unwrap();
+    let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
     let pixels = qm.quantize_inputs(x).unwrap();
     let plain = qm.forward_int(&pixels, batch).unwrap();
     let cts = qm.encrypt(&crt, &pk, &pixels, batch).unwrap();

@@ -113,7 +113,7 @@ fn bfv_collective_keys_compute_and_decrypt_exactly() {
         let g = galois_element_for_step(ctx.n(), 1);
         let (pk, rk, gk) = collective_keys(&ctx, &crs, &mut ps, &[g]);
         let t = bfv.plain_modulus();
-        let n = bfv.slot_count();
+        let n = bfv.slots();
         let (a, b) = (values(1 + k as u64, n, t), values(99 + k as u64, n, t));
         let ca = bfv.encrypt(&bfv.encode(&a).unwrap(), &pk).unwrap();
         let cb = bfv.encrypt(&bfv.encode(&b).unwrap(), &pk).unwrap();
@@ -161,8 +161,8 @@ fn bfv_collective_keys_compute_and_decrypt_exactly() {
                 want
             );
             // Re-encryption to a receiver outside the group (its own key set).
-            let rsk = bfv.gen_secret_key().unwrap();
-            let rpk = bfv.gen_public_key(&rsk).unwrap();
+            let keys = bfv.keygen().unwrap();
+            let (rsk, rpk) = (keys.secret, keys.public);
             let shares = ps
                 .iter_mut()
                 .map(|p| p.pcks_share(ct.inner(), &rpk, &smudging, run + 2).unwrap())
@@ -741,7 +741,7 @@ fn threshold_any_t_of_n_decrypt() {
     let tsks: Vec<_> = (0..n)
         .map(|j| ps[j].threshold_secret(points[j], &inbox[j]).unwrap())
         .collect();
-    let vals = values(5, bfv.slot_count(), bfv.plain_modulus());
+    let vals = values(5, bfv.slots(), bfv.plain_modulus());
     let ct = bfv.encrypt(&bfv.encode(&vals).unwrap(), &pk).unwrap();
     assert_eq!(bfv.decode(&bfv.decrypt(&ct, &sk).unwrap()).unwrap(), vals);
     let smudging = mhe::bfv_smudging(&bfv, &ct, 40, t).unwrap();

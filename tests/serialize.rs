@@ -305,8 +305,8 @@ fn bfv_ciphertexts_round_trip_and_do_not_pass_for_ckks() {
     )
     .unwrap();
     let ctx = BfvContext::with_seed(params, [5; 32]).unwrap();
-    let sk = ctx.gen_secret_key().unwrap();
-    let pk = ctx.gen_public_key(&sk).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let (sk, pk) = (keys.secret, keys.public);
     let v: Vec<u64> = (0..100).collect();
     let ct = ctx.encrypt(&ctx.encode(&v).unwrap(), &pk).unwrap();
     let bytes = serialize::to_bytes(ctx.rlwe(), &ct, WriteOptions::default()).unwrap();
@@ -320,7 +320,7 @@ fn bfv_ciphertexts_round_trip_and_do_not_pass_for_ckks() {
         Err(Error::Decode(_))
     ));
     // Another key set's secret key is refused, and so is a BFV scale other than 1.
-    let other = ctx.gen_secret_key().unwrap();
+    let other = ctx.keygen().unwrap().secret;
     assert!(matches!(
         ctx.decrypt(&back, &other),
         Err(Error::KeyMismatch(_))

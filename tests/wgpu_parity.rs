@@ -707,12 +707,11 @@ fn bfv_operations_match_cpu() {
     let run = |be: Arc<dyn Backend>| {
         let ctx = BfvContext::with_backend_seed(params.clone(), be, [11; 32]).unwrap();
         let (a, b, rk, gk, sk) = one_thread(|| {
-            let sk = ctx.gen_secret_key().unwrap();
-            let pk = ctx.gen_public_key(&sk).unwrap();
-            let rk = ctx.gen_relin_key(&sk).unwrap();
+            let keys = ctx.keygen().unwrap();
+            let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
             let gk = ctx.gen_galois_keys(&sk, &[1, 7]).unwrap();
             let t = ctx.plain_modulus();
-            let v: Vec<u64> = (0..ctx.slot_count() as u64)
+            let v: Vec<u64> = (0..ctx.slots() as u64)
                 .map(|i| (i * 7919 + 3) % t)
                 .collect();
             let pt = ctx.encode(&v).unwrap();

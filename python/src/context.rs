@@ -279,11 +279,12 @@ impl Context {
                 Some(q) => BfvParams::new(log_n, plain, q, dnum.unwrap_or(q))?,
             };
             let ctx = BfvContext::new(params)?;
-            let secret = ctx.gen_secret_key()?;
+            let generated = ctx.keygen()?;
+            let secret = generated.secret;
             let steps = rotations.unwrap_or_else(|| power_steps(ctx.n() / 2));
             let keys = PublicKeys {
-                public: ctx.gen_public_key(&secret)?,
-                relin: ctx.gen_relin_key(&secret)?,
+                public: generated.public,
+                relin: generated.relin,
                 galois: rotation_keys(&steps, |s| ctx.gen_galois_keys(&secret, s))?,
             };
             Ok(owner(Scheme::Bfv(Arc::new(ctx)), secret, keys))
@@ -371,7 +372,7 @@ impl Context {
     /// Samples per ciphertext: N/2 for CKKS, N for BFV.
     #[getter]
     fn slots(&self) -> usize {
-        self.inner.scheme.pick(|c| c.slots(), |c| c.slot_count())
+        self.inner.scheme.pick(|c| c.slots(), |c| c.slots())
     }
 
     /// The ring degree N.

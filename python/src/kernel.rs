@@ -278,7 +278,7 @@ impl Kernel for Bfv {
         1
     }
     fn slots(&self) -> usize {
-        self.ctx.slot_count()
+        self.ctx.slots()
     }
     fn encrypt(&self, col: &[i64]) -> Result<bfv::Ciphertext> {
         let pt = self.ctx.encode_signed(col)?;
@@ -298,7 +298,7 @@ impl Kernel for Bfv {
         self.ctx.sub(a, b)
     }
     fn neg(&self, a: &bfv::Ciphertext) -> Result<bfv::Ciphertext> {
-        self.ctx.neg(a)
+        self.ctx.negate(a)
     }
     fn mul(&self, a: &bfv::Ciphertext, b: &bfv::Ciphertext) -> Result<bfv::Ciphertext> {
         self.ctx.multiply_relin(a, b, &self.inner.keys.relin)

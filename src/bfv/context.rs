@@ -17,7 +17,7 @@ use crate::math::sampler::Sampler;
 use crate::math::{RnsBasis, ScaleRounder};
 use crate::rlwe::ciphertext as rct;
 use crate::rlwe::keys::{galois_element_conjugate, galois_element_for_step};
-use crate::rlwe::{GaloisKeys, PublicKey, RelinKey, RlweContext, SecretKey};
+use crate::rlwe::{GaloisKeys, KeySet, PublicKey, RelinKey, RlweContext, SecretKey};
 
 /// Decryption refuses (`Error::NoiseBudgetExhausted`) a ciphertext whose measured noise leaves
 /// less than this many bits of budget, where a wrapped-around noise cannot be told apart.
@@ -142,18 +142,17 @@ impl LevelTables {
 /// # fn main() -> hetensor::Result<()> {
 /// // N = 2^13 at 128-bit security with a 20-bit batching prime: 8192 slots.
 /// let ctx = BfvContext::new(BfvParams::preset(13, PlainModulus::Bits(20))?)?;
-/// let sk = ctx.gen_secret_key()?;
-/// let pk = ctx.gen_public_key(&sk)?;
-/// let rk = ctx.gen_relin_key(&sk)?;
+/// let keys = ctx.keygen()?;
+/// let (sk, pk, rk) = (&keys.secret, &keys.public, &keys.relin);
 ///
-/// let a = ctx.encrypt(&ctx.encode_signed(&[3, -4, 5])?, &pk)?;
-/// let b = ctx.encrypt(&ctx.encode_signed(&[10, 10, -10])?, &pk)?;
-/// let prod = ctx.multiply_relin(&a, &b, &rk)?;
+/// let a = ctx.encrypt(&ctx.encode_signed(&[3, -4, 5])?, pk)?;
+/// let b = ctx.encrypt(&ctx.encode_signed(&[10, 10, -10])?, pk)?;
+/// let prod = ctx.multiply_relin(&a, &b, rk)?;
 /// let sum = ctx.add(&prod, &a)?;
 ///
-/// let out = ctx.decode_signed(&ctx.decrypt(&sum, &sk)?)?;
+/// let out = ctx.decode_signed(&ctx.decrypt(&sum, sk)?)?;
 /// assert_eq!(&out[..4], &[33, -44, -45, 0]);
-/// assert!(ctx.invariant_noise_budget(&sum, &sk)? > 0.0);
+/// assert!(ctx.invariant_noise_budget(&sum, sk)? > 0.0);
 /// # Ok(())
 /// # }
 /// ```
@@ -297,8 +296,25 @@ impl BfvContext {
     }
 
     /// Number of slots (N), arranged as 2 rows of N/2.
-    pub fn slot_count(&self) -> usize {
+    pub fn slots(&self) -> usize {
         self.rlwe.n()
+    }
+
+    /// Sequential relinearized products (of fresh public-key encryptions at the top, each
+    /// squared) the noise estimate allows before the budget runs out, counted up to `limit`:
+    /// the depth [`BfvParams::builder`] plans with, and the one the evaluator enforces.
+    pub(crate) fn depth_capacity(&self, limit: usize) -> usize {
+        let top = self.max_level();
+        let mut noise = self.noise.fresh_public(top);
+        for depth in 0..limit {
+            noise = self
+                .noise
+                .key_switch(self.noise.multiply(noise, noise, top), top);
+            if self.noise.budget(noise) <= 0.0 {
+                return depth;
+            }
+        }
+        limit
     }
 
     /// Highest level (fresh ciphertexts live there).
@@ -376,9 +392,9 @@ impl BfvContext {
 
     // ----- keys -----------------------------------------------------------------------------
 
-    /// Samples a fresh ternary secret key.
-    pub fn gen_secret_key(&self) -> Result<SecretKey> {
-        self.with_sampler(|s| SecretKey::generate(&self.rlwe, s))
+    /// Generates secret, public and relinearization keys (as CKKS's `keygen` does).
+    pub fn keygen(&self) -> Result<KeySet> {
+        self.with_sampler(|s| KeySet::generate(&self.rlwe, s))
     }
 
     /// The public key of `sk`.

@@ -14,7 +14,7 @@ use crate::bfv::params::{resolve_plain_modulus, rlwe_for_bfv, PlainModulus};
 use crate::error::{Error, Result};
 use crate::math::modular::{mul_mod_u64, pow_mod_u64};
 use crate::math::sampler::Sampler;
-use crate::rlwe::{GaloisKeys, PublicKey, RelinKey, RlweContext, Security};
+use crate::rlwe::{GaloisKeys, KeySet, PublicKey, RelinKey, RlweContext, Security};
 use crate::rlwe::{RlweParams, SecretKey};
 
 /// A ciphertext of a [`BfvCrt`]: one BFV ciphertext per plaintext modulus.
@@ -192,7 +192,7 @@ impl BfvCrt {
     }
 
     /// Number of slots.
-    pub fn slot_count(&self) -> usize {
+    pub fn slots(&self) -> usize {
         self.rlwe.n()
     }
 
@@ -200,9 +200,9 @@ impl BfvCrt {
         &self.contexts[0]
     }
 
-    /// A secret key (shared by all moduli).
-    pub fn gen_secret_key(&self) -> Result<SecretKey> {
-        self.first().gen_secret_key()
+    /// Secret, public and relinearization keys (shared by all moduli).
+    pub fn keygen(&self) -> Result<KeySet> {
+        self.first().keygen()
     }
 
     /// The public key.
@@ -271,7 +271,7 @@ impl BfvCrt {
             .map(|(c, p)| c.decode(&c.decrypt(p, sk)?))
             .collect::<Result<Vec<_>>>()?;
         let ts = self.plain_moduli();
-        let n = self.slot_count();
+        let n = self.slots();
         let half = self.product / 2;
         Ok((0..n)
             .map(|s| {

@@ -62,7 +62,7 @@ impl BfvContext {
     }
 
     /// `−a`.
-    pub fn neg(&self, a: &Ciphertext) -> Result<Ciphertext> {
+    pub fn negate(&self, a: &Ciphertext) -> Result<Ciphertext> {
         self.check_ct(a, "ciphertext")?;
         Ok(self.wrap(rct::negate(&self.rlwe, &a.inner)?, a.noise_log2))
     }

@@ -26,6 +26,7 @@ pub mod evaluator;
 pub mod noise;
 pub mod params;
 
+pub use crate::rlwe::keys::KeySet;
 pub use context::{BfvContext, Ciphertext, Plaintext, MIN_DECRYPT_BUDGET_BITS};
 pub use crt::{BfvCrt, CrtCiphertext};
-pub use params::{BfvParams, PlainModulus, MAX_PLAIN_BITS};
+pub use params::{BfvParams, BfvParamsBuilder, PlainModulus, MAX_PLAIN_BITS};

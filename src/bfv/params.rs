@@ -175,6 +175,27 @@ impl BfvParams {
         Ok(me)
     }
 
+    /// Picks parameters from what a computation needs (plaintext modulus, multiplicative
+    /// depth, slots), as [`crate::ckks::CkksParams::builder`] does for CKKS: the smallest
+    /// 128-bit preset ring whose noise estimate still decrypts after `depth` sequential
+    /// products, or an error that says what would fit.
+    ///
+    /// ```
+    /// use hetensor::bfv::{BfvContext, BfvParams, PlainModulus};
+    /// # fn main() -> hetensor::Result<()> {
+    /// let params = BfvParams::builder().plain_modulus(PlainModulus::Bits(20)).depth(6).build()?;
+    /// assert_eq!(params.n(), 1 << 14); // 2^13 holds 4 products of a 20-bit t, 2^14 holds 9
+    /// let ctx = BfvContext::new(params)?;
+    /// let keys = ctx.keygen()?;
+    /// let x = ctx.encrypt(&ctx.encode_signed(&[3, -2])?, &keys.public)?;
+    /// let y = ctx.multiply_relin(&x, &x, &keys.relin)?;
+    /// assert_eq!(&ctx.decode_signed(&ctx.decrypt(&y, &keys.secret)?)?[..2], &[9, 4]);
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> BfvParamsBuilder {
+        BfvParamsBuilder::default()
+    }
+
     /// Rejects a plaintext modulus that leaves no room for noise.
     pub(crate) fn check_budget(&self) -> Result<()> {
         let log_t = (self.plain_modulus as f64).log2();
@@ -198,5 +219,136 @@ impl BfvParams {
     /// The plaintext modulus t.
     pub fn plain_modulus(&self) -> u64 {
         self.plain_modulus
+    }
+}
+
+/// Builds [`BfvParams`] from intent; see [`BfvParams::builder`].
+#[derive(Clone, Debug)]
+pub struct BfvParamsBuilder {
+    plain: PlainModulus,
+    depth: usize,
+    slots: Option<usize>,
+    log_n: Option<u32>,
+    chain: Option<(usize, usize)>,
+    security: Security,
+}
+
+impl Default for BfvParamsBuilder {
+    fn default() -> Self {
+        Self {
+            plain: PlainModulus::Bits(20),
+            depth: 1,
+            slots: None,
+            log_n: None,
+            chain: None,
+            security: Security::Bits128,
+        }
+    }
+}
+
+impl BfvParamsBuilder {
+    /// The plaintext modulus (default: the largest 20-bit batching prime).
+    pub fn plain_modulus(mut self, plain: PlainModulus) -> Self {
+        self.plain = plain;
+        self
+    }
+
+    /// Sequential ciphertext products (each relinearized) the result must survive
+    /// (default 1), judged by the noise estimate on fresh public-key encryptions.
+    pub fn depth(mut self, depth: usize) -> Self {
+        self.depth = depth;
+        self
+    }
+
+    /// At least this many slots (N ≥ slots).
+    pub fn slots(mut self, slots: usize) -> Self {
+        self.slots = Some(slots);
+        self
+    }
+
+    /// Fixes N = 2^log_n instead of choosing the smallest that fits.
+    pub fn log_n(mut self, log_n: u32) -> Self {
+        self.log_n = Some(log_n);
+        self
+    }
+
+    /// Fixes the chain: `q_count` 30-bit ciphertext primes and `dnum` key-switching digits
+    /// (default: the ring's 128-bit preset, the longest chain the bound allows).
+    pub fn chain(mut self, q_count: usize, dnum: usize) -> Self {
+        self.chain = Some((q_count, dnum));
+        self
+    }
+
+    /// Security requirement (default 128-bit).
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
+    }
+
+    /// The parameters, or why none fit.
+    pub fn build(&self) -> Result<BfvParams> {
+        if self.depth > 200 {
+            return Err(Error::InvalidParameters(format!(
+                "depth {} outside 0..=200",
+                self.depth
+            )));
+        }
+        let min_log_n = self
+            .slots
+            .map(|s| s.max(1).next_power_of_two().trailing_zeros())
+            .unwrap_or(0)
+            .max(if self.chain.is_some() { 10 } else { 13 });
+        let candidates: Vec<u32> = match self.log_n {
+            Some(l) if l < min_log_n => {
+                return Err(Error::InvalidParameters(format!(
+                    "N = 2^{l} is below what is asked (N ≥ 2^{min_log_n}: {} slots{})",
+                    self.slots.unwrap_or(0),
+                    if self.chain.is_none() {
+                        ", presets from 2^13"
+                    } else {
+                        ""
+                    }
+                )))
+            }
+            Some(l) => vec![l],
+            None => (min_log_n..=16).collect(),
+        };
+        let mut deepest: Option<(u32, usize)> = None;
+        let mut last_err = None;
+        for &log_n in &candidates {
+            match self.build_at(log_n) {
+                Ok((p, capacity)) if capacity >= self.depth => return Ok(p),
+                Ok((_, capacity)) => deepest = Some((log_n, capacity)),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let bits = match self.plain {
+            PlainModulus::Bits(b) => format!("{b}-bit"),
+            PlainModulus::Prime(t) => format!("t = {t}"),
+        };
+        match (deepest, last_err) {
+            (Some((l, cap)), _) => Err(Error::InvalidParameters(format!(
+                "depth {} with a {bits} plaintext modulus does not fit: the largest ring tried, N = 2^{l}, holds depth {cap} by the noise estimate{}",
+                self.depth,
+                if l < 16 && self.log_n.is_some() { "; a larger N would hold more" } else { "; use a smaller plaintext modulus or split the computation" }
+            ))),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(Error::InvalidParameters("no ring degree to try".into())),
+        }
+    }
+
+    /// The parameters at N = 2^log_n and the depth their noise estimate allows.
+    fn build_at(&self, log_n: u32) -> Result<(BfvParams, usize)> {
+        let (q_count, dnum) = match self.chain {
+            Some(c) => c,
+            None => preset_shape(log_n).ok_or_else(|| {
+                Error::InvalidParameters(format!(
+                    "no BFV preset for log2 N = {log_n} (presets: 13..=16); give the chain"
+                ))
+            })?,
+        };
+        let params = BfvParams::with_security(log_n, self.plain, q_count, dnum, self.security)?;
+        let capacity = crate::bfv::BfvContext::new(params.clone())?.depth_capacity(self.depth + 1);
+        Ok((params, capacity))
     }
 }

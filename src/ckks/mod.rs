@@ -38,6 +38,7 @@ use crate::rlwe::ciphertext as ct_ops;
 use crate::rlwe::keys::{ckks_galois_element, galois_element_conjugate};
 use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, RlweContext, SecretKey};
 
+pub use crate::rlwe::keys::KeySet;
 pub use encoder::CkksEncoder;
 pub use params::CkksParams;
 
@@ -59,17 +60,6 @@ impl Plaintext {
     pub fn scale(&self) -> f64 {
         self.scale
     }
-}
-
-/// The keys a key owner generates in one go.
-#[derive(Debug)]
-pub struct KeySet {
-    /// Secret key (keep it).
-    pub secret: SecretKey,
-    /// Public encryption key.
-    pub public: PublicKey,
-    /// Relinearization key.
-    pub relin: RelinKey,
 }
 
 /// A CKKS context: parameters, ring, encoder and randomness.
@@ -201,16 +191,19 @@ impl CkksContext {
 
     /// Generates secret, public and relinearization keys.
     pub fn keygen(&self) -> Result<KeySet> {
-        self.with_sampler(|s| {
-            let secret = SecretKey::generate(&self.rlwe, s)?;
-            let public = PublicKey::generate(&self.rlwe, &secret, s)?;
-            let relin = RelinKey::generate(&self.rlwe, &secret, s)?;
-            Ok(KeySet {
-                secret,
-                public,
-                relin,
-            })
-        })
+        self.with_sampler(|s| KeySet::generate(&self.rlwe, s))
+    }
+
+    /// The public key of `sk` (e.g. a secret key read back from a file).
+    pub fn gen_public_key(&self, sk: &SecretKey) -> Result<PublicKey> {
+        self.rlwe.check_fingerprint(sk.fingerprint, "secret key")?;
+        self.with_sampler(|s| PublicKey::generate(&self.rlwe, sk, s))
+    }
+
+    /// The relinearization key of `sk`.
+    pub fn gen_relin_key(&self, sk: &SecretKey) -> Result<RelinKey> {
+        self.rlwe.check_fingerprint(sk.fingerprint, "secret key")?;
+        self.with_sampler(|s| RelinKey::generate(&self.rlwe, sk, s))
     }
 
     /// The Galois element of a rotation by `step` slots, which [`GaloisKeys`] are keyed by

@@ -893,14 +893,11 @@ pub fn bench_bfv(
     use hetensor::bfv::{BfvContext, BfvParams, PlainModulus};
     let params = BfvParams::preset(log_n, PlainModulus::Bits(20))?;
     let ctx = BfvContext::with_backend(params.clone(), backend.clone())?;
-    let sk = ctx.gen_secret_key()?;
-    let pk = ctx.gen_public_key(&sk)?;
-    let rk = ctx.gen_relin_key(&sk)?;
+    let keys = ctx.keygen()?;
+    let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
     let gk = ctx.gen_galois_keys(&sk, &[1])?;
     let t = ctx.plain_modulus();
-    let vals: Vec<u64> = (0..ctx.slot_count() as u64)
-        .map(|i| (i * 7919) % t)
-        .collect();
+    let vals: Vec<u64> = (0..ctx.slots() as u64).map(|i| (i * 7919) % t).collect();
     let pt = ctx.encode(&vals)?;
     let a = ctx.encrypt(&pt, &pk)?;
     let b = ctx.encrypt(&pt, &pk)?;

@@ -245,16 +245,15 @@ pub fn run(args: InferArgs) -> Result<()> {
                 Security::Bits128,
                 backend.clone(),
             )?;
-            let sk = crt.gen_secret_key()?;
-            let pk = crt.gen_public_key(&sk)?;
-            let rk = crt.gen_relin_key(&sk)?;
+            let keys = crt.keygen()?;
+            let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
             Some((crt, sk, pk, rk))
         }
         None => None,
     };
     let slots = match (&ckks, &crt) {
         (Some(c), _) => c.0.slots(),
-        (_, Some(b)) => b.0.slot_count(),
+        (_, Some(b)) => b.0.slots(),
         _ => 1,
     };
     let batch_size = match args.batch {

@@ -513,12 +513,11 @@ fn run_bfv(opts: MnistArgs) -> Result<()> {
         backend.clone(),
     )?;
     qm.check_modulus(crt.plain_modulus_product())?;
-    let sk = crt.gen_secret_key()?;
-    let pk = crt.gen_public_key(&sk)?;
-    let rk = crt.gen_relin_key(&sk)?;
+    let keys = crt.keygen()?;
+    let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
     let runner = Bfv::new(&qm, &crt, &pk, &rk)?;
     let seconds_keygen = t_key.elapsed().as_secs_f64();
-    let slots = crt.slot_count();
+    let slots = crt.slots();
     let log_qp = crt.rlwe().params().log_qp();
 
     debug_assert_eq!(slots, 1 << BFV_LOG_N);

@@ -576,10 +576,10 @@ impl QuantizedPlan {
         pixels: &[i64],
         batch: usize,
     ) -> Result<CipherTensor<CrtCiphertext>> {
-        if batch > crt.slot_count() {
+        if batch > crt.slots() {
             return Err(Error::TooManyValues {
                 got: batch,
-                slots: crt.slot_count(),
+                slots: crt.slots(),
             });
         }
         let feats = self.features_of(pixels, batch)?;
@@ -830,7 +830,7 @@ impl<'a> BfvOps<'a> {
         vals.push(0);
         vals.sort_unstable();
         vals.dedup();
-        let n = crt.slot_count();
+        let n = crt.slots();
         let consts = vals
             .par_iter()
             .map(|&b| Ok((b, crt.encrypt(&vec![b; n], pk)?)))

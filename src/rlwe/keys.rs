@@ -119,6 +119,33 @@ impl SecretKey {
     }
 }
 
+/// The keys a key owner generates in one go (`keygen` on every scheme's context): the same
+/// secret, public and relinearization keys for CKKS and BFV.
+#[derive(Debug)]
+pub struct KeySet {
+    /// Secret key (keep it).
+    pub secret: SecretKey,
+    /// Public encryption key.
+    pub public: PublicKey,
+    /// Relinearization key.
+    pub relin: RelinKey,
+}
+
+impl KeySet {
+    /// A fresh secret key and its public and relinearization keys, drawn from `s` in that
+    /// order (what every scheme's `keygen` does).
+    pub(crate) fn generate(ctx: &RlweContext, s: &mut Sampler) -> Result<Self> {
+        let secret = SecretKey::generate(ctx, s)?;
+        let public = PublicKey::generate(ctx, &secret, s)?;
+        let relin = RelinKey::generate(ctx, &secret, s)?;
+        Ok(Self {
+            secret,
+            public,
+            relin,
+        })
+    }
+}
+
 /// An encryption of zero under the secret key, for public-key encryption.
 #[derive(Clone, Debug)]
 pub struct PublicKey {

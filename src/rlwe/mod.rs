@@ -9,5 +9,5 @@ pub mod params;
 
 pub use ciphertext::Ciphertext;
 pub use context::RlweContext;
-pub use keys::{GaloisKeys, KeySwitchKey, PublicKey, RelinKey, SecretKey};
+pub use keys::{GaloisKeys, KeySet, KeySwitchKey, PublicKey, RelinKey, SecretKey};
 pub use params::{LevelShape, RlweParams, Security};
