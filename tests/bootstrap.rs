@@ -199,7 +199,7 @@ fn replicated(values: &[f64], slots: usize) -> Vec<f64> {
 /// back at the full-slot bootstrap's output level, still periodic, matching the plaintext,
 /// and no less precisely than the full-slot bootstrap of the same ciphertext. (SlotsToCoeffs
 /// amplifies EvalMod's error by √slots instead of √(N/2): at this small ring that gains
-/// 0.1-0.4 bits; at N = 2^16 it gains 2-3, BENCHMARKS.md §6.)
+/// 0.1-0.4 bits; at N = 2^16 it gains 1-3, BENCHMARKS.md §6.)
 #[test]
 fn sparse_slot_bootstrap_keeps_a_periodic_message() {
     let (bp, ctx, keys, full_bk) = setup(10, 2);
