@@ -870,16 +870,10 @@ impl BootstrapKeys {
 
     /// Bytes the keys' words occupy in memory (every digit's two polynomials, 32-bit words).
     pub fn memory_bytes(&self) -> usize {
-        let ksk = |k: &KeySwitchKey| -> usize {
-            k.digits
-                .iter()
-                .map(|d| d.count() * d.limbs().len() * d.n() * 4)
-                .sum()
-        };
-        self.galois.keys.values().map(ksk).sum::<usize>()
-            + ksk(self.relin.key_switch_key())
-            + ksk(&self.to_sparse)
-            + ksk(&self.from_sparse)
+        self.galois.memory_bytes()
+            + self.relin.key_switch_key().memory_bytes()
+            + self.to_sparse.memory_bytes()
+            + self.from_sparse.memory_bytes()
     }
 
     /// The Galois keys (rotations and conjugation).

@@ -83,9 +83,10 @@ pub struct TrainArgs {
     pub seed: Option<u64>,
     /// How the weights get their levels back when a step would run out: `key-holder`
     /// decrypts and re-encrypts them (fast; the key holder sees the model every refresh),
-    /// `bootstrap` (titanic and credit) bootstraps them on public keys (no decryption
-    /// during training; 128-bit at --log-n 16, which it implies; ~25 s per ciphertext
-    /// on 2 cores) [default: key-holder].
+    /// `bootstrap` bootstraps them on public keys (no decryption during training; 128-bit
+    /// at N = 2^16; titanic and credit: --log-n 16, which it implies, ~25 s per
+    /// ciphertext on 2 cores; mnist-transfer: the packed head, one sparse bootstrap per
+    /// refresh, features extracted by the data owner) [default: key-holder].
     #[arg(long, value_enum)]
     pub refresh: Option<Refresh>,
     /// With --refresh bootstrap and --log-n 13..15: run the same pipeline on an
@@ -142,7 +143,7 @@ fn reject_unused(o: &TrainArgs) -> Result<()> {
             (
                 "--insecure-test-ring",
                 o.insecure_test_ring,
-                &[Titanic, Credit],
+                &[Titanic, Credit, MnistTransfer],
             ),
         ],
     )
@@ -151,11 +152,6 @@ fn reject_unused(o: &TrainArgs) -> Result<()> {
 /// Runs a workload and prints a text or JSON report. Unset options take the workload's
 /// defaults ([`TrainDefaults`]; mnist-transfer: [`super::transfer`]'s).
 pub fn run(o: TrainArgs) -> Result<()> {
-    if o.workload == Workload::MnistTransfer && o.refresh == Some(Refresh::Bootstrap) {
-        return Err(Error::InvalidInput(
-            "mnist-transfer takes --refresh key-holder only (its default): bootstrapping its ~2,000 head ciphertexts per step is not built yet; --parties 2 trains it without a key holder".into(),
-        ));
-    }
     reject_unused(&o)?;
     if o.workload != Workload::MnistTransfer {
         return run_logistic(o);
@@ -163,6 +159,17 @@ pub fn run(o: TrainArgs) -> Result<()> {
     if o.parties.is_some_and(|k| k != 2) {
         return Err(Error::InvalidInput(
             "mnist-transfer runs with --parties 2 (two servers holding key shares)".into(),
+        ));
+    }
+    let bootstrap = o.refresh == Some(Refresh::Bootstrap);
+    if o.parties.is_some() && o.refresh.is_some() {
+        return Err(Error::InvalidInput(
+            "mnist-transfer --parties 2 refreshes collectively: no --refresh".into(),
+        ));
+    }
+    if o.insecure_test_ring && !bootstrap {
+        return Err(Error::InvalidInput(
+            "--insecure-test-ring only applies to --refresh bootstrap".into(),
         ));
     }
     super::transfer::run(super::transfer::TransferOptions {
@@ -174,6 +181,8 @@ pub fn run(o: TrainArgs) -> Result<()> {
         seed: o.seed.unwrap_or(1),
         json: o.json,
         parties: o.parties,
+        bootstrap,
+        insecure_test_ring: o.insecure_test_ring,
     })
 }
 

@@ -275,6 +275,14 @@ impl KeySwitchKey {
         self.key_id
     }
 
+    /// Bytes its words occupy in memory (every digit's two polynomials, 32-bit words).
+    pub fn memory_bytes(&self) -> usize {
+        self.digits
+            .iter()
+            .map(|d| d.count() * d.limbs().len() * d.n() * 4)
+            .sum()
+    }
+
     /// Generates a key switching `s_from` (NTT over QP at full level) to `sk`.
     pub fn generate(
         ctx: &RlweContext,
@@ -565,6 +573,11 @@ impl GaloisKeys {
             keys.insert(g, KeySwitchKey::generate(ctx, sk, &sg, sampler)?);
         }
         Ok(Self { keys })
+    }
+
+    /// Bytes all its keys occupy in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.keys.values().map(KeySwitchKey::memory_bytes).sum()
     }
 
     /// The key for element `g`, if generated.

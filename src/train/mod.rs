@@ -43,6 +43,7 @@
 pub mod federated;
 pub mod logistic;
 pub mod multiparty;
+pub mod packed_head;
 pub mod transfer;
 
 use std::sync::Arc;

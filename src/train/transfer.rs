@@ -370,17 +370,39 @@ pub fn train_head_plain(
 ) -> Result<Vec<(f64, f64)>> {
     check_cfg(cfg, labels.len())?;
     let mut rng = ChaCha20Rng::seed_from_u64(cfg.seed);
+    let batches: Vec<Vec<usize>> = (0..cfg.epochs)
+        .flat_map(|_| epoch_batches(labels.len(), cfg.batch_size, &mut rng))
+        .collect();
+    train_head_plain_batches(model, x, labels, &batches, cfg)
+}
+
+/// [`train_head_plain`] on given mini-batches (sample indices, all epochs in turn): the
+/// reference of a trainer that draws its batches differently
+/// ([`super::packed_head::epoch_ranges`]). `cfg`'s epochs, batch size and seed are not used.
+pub fn train_head_plain_batches(
+    model: &mut Sequential,
+    x: &Array2<f64>,
+    labels: &[usize],
+    batches: &[Vec<usize>],
+    cfg: &TrainConfig,
+) -> Result<Vec<(f64, f64)>> {
+    check_cfg(cfg, labels.len())?;
     let mut vel = Gradients::zeros_like(model);
     let mut out = Vec::new();
-    for _ in 0..cfg.epochs {
-        for b in epoch_batches(labels.len(), cfg.batch_size, &mut rng) {
-            let xb = x.select(Axis(0), &b).into_dyn();
-            let lb: Vec<usize> = b.iter().map(|&i| labels[i]).collect();
-            let (l, c, mut g) = batch_gradients(model, &xb, &lb, Loss::Mse, cfg.chunk)?;
-            g.scale(1.0 / b.len() as f64);
-            sgd_step(model, &mut vel, &g, cfg.lr, cfg.momentum, 0.0);
-            out.push((l / b.len() as f64, c as f64 / b.len() as f64));
+    for b in batches {
+        if b.iter().any(|&i| i >= labels.len()) || b.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "a mini-batch of {} samples with an index beyond the {} samples",
+                b.len(),
+                labels.len()
+            )));
         }
+        let xb = x.select(Axis(0), b).into_dyn();
+        let lb: Vec<usize> = b.iter().map(|&i| labels[i]).collect();
+        let (l, c, mut g) = batch_gradients(model, &xb, &lb, Loss::Mse, cfg.chunk)?;
+        g.scale(1.0 / b.len() as f64);
+        sgd_step(model, &mut vel, &g, cfg.lr, cfg.momentum, 0.0);
+        out.push((l / b.len() as f64, c as f64 / b.len() as f64));
     }
     Ok(out)
 }
