@@ -491,6 +491,8 @@ fn train_mnist_transfer() {
     let r = json(&[
         "train",
         "mnist-transfer",
+        "--refresh",
+        "key-holder",
         "--images",
         "100",
         "--epochs",
@@ -507,6 +509,41 @@ fn train_mnist_transfer() {
         "{r}"
     );
     assert!(f(&r, "public_test_accuracy") > 0.95, "{r}");
+}
+
+/// The default (`--refresh bootstrap`): the packed head trained with bootstrapping refreshes
+/// only (the insecure test ring runs the code of the 128-bit N = 2^16 at a test size): 0
+/// decryptions, the same weights as the plaintext head on the same batches.
+#[test]
+fn train_mnist_transfer_bootstrap() {
+    let _g = heavy();
+    let r = json(&[
+        "train",
+        "mnist-transfer",
+        "--insecure-test-ring",
+        "--images",
+        "300",
+        "--epochs",
+        "1",
+        "--batch",
+        "100",
+        "--json",
+    ]);
+    assert_eq!(u(&r, "private_train"), 300);
+    assert_eq!(u(&r, "decryptions_during_training"), 0, "{r}");
+    assert_eq!(r["report"]["refreshes"], serde_json::json!(1), "{r}");
+    assert_eq!(
+        r["report"]["steps"].as_array().map(Vec::len),
+        Some(3),
+        "{r}"
+    );
+    assert!(f(&r, "max_weight_diff_vs_plaintext") < 1e-4, "{r}");
+    assert!(
+        (f(&r, "encrypted_test_accuracy") - f(&r, "plaintext_test_accuracy_same_batches")).abs()
+            <= 0.005,
+        "{r}"
+    );
+    assert!(f(&r, "encrypted_test_accuracy") > 0.8, "{r}");
 }
 
 /// Two servers with key shares: the head trains on encrypted features with collective
@@ -824,8 +861,15 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
             &["--refresh bootstrap"],
         ),
         (
-            &["train", "mnist-transfer", "--refresh", "bootstrap"],
-            &["--refresh key-holder", "--parties 2"],
+            &[
+                "train",
+                "mnist-transfer",
+                "--parties",
+                "2",
+                "--refresh",
+                "bootstrap",
+            ],
+            &["refreshes collectively"],
         ),
         (&["train", "titanic", "--refresh", "magic"], &["--refresh"]),
         (
@@ -911,8 +955,14 @@ fn flags_a_workload_ignores_are_rejected() {
             &["--degree does not apply to mnist-transfer"],
         ),
         (
-            &["train", "mnist-transfer", "--insecure-test-ring"],
-            &["--insecure-test-ring does not apply to mnist-transfer"],
+            &[
+                "train",
+                "mnist-transfer",
+                "--refresh",
+                "key-holder",
+                "--insecure-test-ring",
+            ],
+            &["--insecure-test-ring only applies to --refresh bootstrap"],
         ),
         (
             &["train", "titanic", "--images", "5"],

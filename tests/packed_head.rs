@@ -79,14 +79,20 @@ fn packed_head_trained_through_bootstraps_matches_plaintext() -> hetensor::Resul
     };
     tr::train_head_plain_batches(&mut plain, &x, &labels, &batches, &tcfg)?;
     let (wp, bp) = tr::head_weights(&plain)?;
-    let wmax = wp.iter().chain(bp.iter()).fold(0.0f64, |m, v| m.max(v.abs()));
+    let wmax = wp
+        .iter()
+        .chain(bp.iter())
+        .fold(0.0f64, |m, v| m.max(v.abs()));
     let diff = (&w - &wp)
         .iter()
         .chain((&b - &bp).iter())
         .fold(0.0f64, |m, v| m.max(v.abs()));
     eprintln!("max |w_enc − w_plain| = {diff:.2e} (max |w| = {wmax:.3})");
     assert!(wmax > 0.05, "the plaintext head barely moved: {wmax}");
-    assert!(diff < 1e-3 * wmax.max(1.0), "encrypted head off by {diff:.2e}");
+    assert!(
+        diff < 1e-3 * wmax.max(1.0),
+        "encrypted head off by {diff:.2e}"
+    );
     Ok(())
 }
 

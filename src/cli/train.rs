@@ -86,7 +86,8 @@ pub struct TrainArgs {
     /// `bootstrap` bootstraps them on public keys (no decryption during training; 128-bit
     /// at N = 2^16; titanic and credit: --log-n 16, which it implies, ~25 s per
     /// ciphertext on 2 cores; mnist-transfer: the packed head, one sparse bootstrap per
-    /// refresh, features extracted by the data owner) [default: key-holder].
+    /// refresh, features extracted by the data owner) [default: key-holder; mnist-transfer:
+    /// bootstrap].
     #[arg(long, value_enum)]
     pub refresh: Option<Refresh>,
     /// With --refresh bootstrap and --log-n 13..15: run the same pipeline on an
@@ -161,7 +162,8 @@ pub fn run(o: TrainArgs) -> Result<()> {
             "mnist-transfer runs with --parties 2 (two servers holding key shares)".into(),
         ));
     }
-    let bootstrap = o.refresh == Some(Refresh::Bootstrap);
+    // Bootstrapping by default; --parties refreshes collectively.
+    let bootstrap = o.parties.is_none() && o.refresh != Some(Refresh::KeyHolder);
     if o.parties.is_some() && o.refresh.is_some() {
         return Err(Error::InvalidInput(
             "mnist-transfer --parties 2 refreshes collectively: no --refresh".into(),

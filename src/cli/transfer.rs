@@ -369,7 +369,12 @@ fn run_bootstrap(o: &TransferOptions, p: &Prepared) -> Result<()> {
     let (w, b) = ph::decrypt_head(&holder, &layout, &head)?;
     let mut enc = tr::head(d, classes)?;
     let vals: Vec<f64> = (0..classes)
-        .flat_map(|c| (0..d).map(move |j| (c, j)).map(|(c, j)| w[[c, j]]).chain([b[c]]))
+        .flat_map(|c| {
+            (0..d)
+                .map(move |j| (c, j))
+                .map(|(c, j)| w[[c, j]])
+                .chain([b[c]])
+        })
         .collect();
     tr::set_head_weights(&mut enc, &vals)?;
     let enc_acc = tr::head_accuracy(&enc, &p.x_test, &test.labels)?;

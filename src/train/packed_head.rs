@@ -137,7 +137,7 @@ impl PackedLayout {
     /// (−1, …, −P/2) and sums over blocks (P, 2P, …, N/4), which also serve the unpacking.
     pub fn rotation_steps(&self) -> Vec<i64> {
         let within = CkksContext::power_of_two_steps(self.block);
-        let mut steps: Vec<i64> = within.iter().copied().collect();
+        let mut steps: Vec<i64> = within.to_vec();
         steps.extend(within.iter().map(|s| -s));
         let p = self.block as i64;
         steps.extend(
@@ -249,14 +249,12 @@ pub fn encrypt_packed(
             for (sb, pos) in (g * s..((g + 1) * s).min(n)).enumerate() {
                 for r in 0..p {
                     let j = a * p + r;
+                    // The bias's constant 1, and the one-hot label where it is kept.
+                    let one = j == d || (with_labels && j > d && j - d - 1 == labels[pos]);
                     vals[sb * p + r] = if j < d {
                         x[[pos, j]]
-                    } else if j == d {
-                        1.0
-                    } else if with_labels && j - d - 1 == labels[pos] {
-                        1.0
                     } else {
-                        0.0
+                        f64::from(u8::from(one))
                     };
                 }
             }
@@ -353,10 +351,10 @@ pub fn decrypt_head(
     for c in 0..layout.classes {
         for a in 0..layout.chunks {
             let vals = holder.decrypt(&head.w[c * layout.chunks + a])?;
-            for r in 0..p {
+            for (r, &v) in vals.iter().take(p).enumerate() {
                 match a * p + r {
-                    j if j < d => w[[c, j]] = vals[r],
-                    j if j == d => b[c] = vals[r],
+                    j if j < d => w[[c, j]] = v,
+                    j if j == d => b[c] = v,
                     _ => {}
                 }
             }
@@ -582,9 +580,10 @@ fn step_once(
         .par_iter()
         .map(|&(gi, c)| {
             let x = &set.x[groups[gi]];
-            let mut acc = ctx.multiply(&x[0], &st.w[c * chunks])?;
-            for a in 1..chunks {
-                acc = ctx.add(&acc, &ctx.multiply(&x[a], &st.w[c * chunks + a])?)?;
+            let ws = &st.w[c * chunks..(c + 1) * chunks];
+            let mut acc = ctx.multiply(&x[0], &ws[0])?;
+            for (xa, wa) in x.iter().zip(ws).skip(1) {
+                acc = ctx.add(&acc, &ctx.multiply(xa, wa)?)?;
             }
             let z = ctx.relinearize_rescale(&acc, &ev.relin)?;
             let e = ctx.rotate_and_add(&z, &sum_block, &ev.galois)?;
