@@ -190,6 +190,44 @@ fn bootstrap_keys_round_trip_the_compact_format() {
     assert!(BootstrapKeys::from_bytes(&octx, &bytes).is_err());
 }
 
+/// Rotations only SlotsToCoeffs applies get keys over its primes, not the whole chain's: the
+/// keys take less memory than as many full keys, the same bootstrap still works (the tests
+/// above), and the serialized form keeps each key's primes.
+#[test]
+fn slots_to_coeffs_keys_stop_at_their_level() {
+    use hetensor::serialize::WriteOptions;
+    let (_, ctx, keys, bk) = setup(10, 1);
+    let rlwe = ctx.rlwe();
+    let all = rlwe.q_limbs(rlwe.max_level()).len();
+    let shapes = bk.galois().q_counts(rlwe);
+    let low: Vec<_> = shapes.iter().filter(|s| s.1 < all).collect();
+    assert!(!low.is_empty(), "no key below the top: {shapes:?}");
+    assert!(low.len() < shapes.len(), "CoeffsToSlots needs full keys");
+    let full_key = bk
+        .galois()
+        .get(shapes.iter().find(|s| s.1 == all).unwrap().0)
+        .unwrap()
+        .memory_bytes();
+    assert!(bk.galois().memory_bytes() < shapes.len() * full_key);
+    let back =
+        BootstrapKeys::from_bytes(&ctx, &bk.to_bytes(&ctx, WriteOptions::default()).unwrap())
+            .unwrap();
+    assert_eq!(back.galois().q_counts(rlwe), shapes);
+    // A key too low for the rotation at a higher level is an error, not a wrong result.
+    let g = low[0].0;
+    let at_top = ctx
+        .encrypt(
+            &ctx.encode(&[0.5], ctx.default_scale(), ctx.chain_top())
+                .unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let step = (1..ctx.slots() as i64)
+        .find(|&r| ctx.galois_element(r) == g)
+        .unwrap();
+    assert!(ctx.rotate(&at_top, step, bk.galois()).is_err());
+}
+
 /// `values` repeated to fill every slot: the sparse packing a sparse-slot bootstrap takes.
 fn replicated(values: &[f64], slots: usize) -> Vec<f64> {
     (0..slots).map(|i| values[i % values.len()]).collect()

@@ -38,7 +38,8 @@ fn packed_head_trained_through_bootstraps_matches_plaintext() -> hetensor::Resul
     assert_eq!((layout.chunks, layout.samples_per_ct), (2, 512));
     let holder = KeyHolder::new(ctx.clone())?;
     let boot = holder.bootstrapper(&ph::bootstrap_params(base, &layout)?)?;
-    let ev = holder.public_eval_steps(&layout.rotation_steps())?;
+    let ev =
+        holder.public_eval_steps_below(&layout.rotation_steps(), ph::state_level(boot.keys()))?;
 
     let (x, labels) = clusters(n, d, 3);
     let order = ph::sample_order(n, 5);

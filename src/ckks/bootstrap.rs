@@ -768,6 +768,29 @@ impl BootstrapPlan {
         steps
     }
 
+    /// Each rotation step with the highest level it is applied at: the trace's at the top of
+    /// the chain (right after ModRaise), a transform group's at that group's input level. A
+    /// step that only SlotsToCoeffs uses never meets a ciphertext above its levels, so its
+    /// key needs none of the primes above ([`GaloisKeys::generate_below`]).
+    pub fn rotation_levels(&self) -> Vec<(i64, usize)> {
+        let top = self.cts.first().map_or(0, |s| s.level);
+        let mut at: BTreeMap<i64, usize> = BTreeMap::new();
+        let groups = self.cts.iter().chain(&self.stc).flat_map(|s| {
+            s.babies
+                .iter()
+                .copied()
+                .chain(s.giants.iter().map(|(g, _)| *g))
+                .map(move |r| (r, s.level))
+        });
+        for (r, level) in groups.chain(self.trace_steps().into_iter().map(|r| (r, top))) {
+            if r != 0 {
+                let e = at.entry(r).or_insert(level);
+                *e = (*e).max(level);
+            }
+        }
+        at.into_iter().collect()
+    }
+
     /// A sparse bootstrap's trace: rotate-and-add by `slots, 2·slots, …, N/4` sums the
     /// `N/(2·slots)` copies of the period (the rotation by `slots` also moves the imaginary
     /// parts into the upper half before EvalMod). Empty for a full-slot bootstrap.
@@ -840,7 +863,9 @@ impl BootstrapKeys {
     ) -> Result<Self> {
         let rlwe = ctx.rlwe().clone();
         rlwe.check_fingerprint(sk.fingerprint, "secret key")?;
-        let galois = ctx.gen_galois_keys(sk, &plan.rotation_steps(), true)?;
+        let galois = ctx.with_sampler(|s| {
+            GaloisKeys::generate_below(&rlwe, sk, &galois_shapes(ctx, &plan), s)
+        })?;
         let shape = low_key_shape(&rlwe)?;
         let (to_sparse, from_sparse) = ctx.with_sampler(|s| {
             let sparse =
@@ -895,7 +920,7 @@ impl BootstrapKeys {
     /// allocated, and the layout must fit the chain.
     pub fn from_bytes(ctx: &CkksContext, bytes: &[u8]) -> Result<Self> {
         let parts: KeyParts = serialize::from_bytes(ctx.rlwe(), bytes)?;
-        let sparse_log = (parts.layout[4] & !ARCSINE_BIT) >> SPARSE_SHIFT;
+        let sparse_log = (parts.layout[4] & !FLAGS) >> SPARSE_SHIFT;
         let params = BootstrapParams {
             ckks: ctx.params().clone(),
             cts_levels: parts.layout[0] as usize,
@@ -910,19 +935,20 @@ impl BootstrapKeys {
             arcsine: parts.layout[4] & ARCSINE_BIT != 0,
         };
         let plan = Arc::new(BootstrapPlan::new(ctx, &params)?);
-        let n = ctx.rlwe().n();
-        let mut want: Vec<usize> = plan
-            .rotation_steps()
-            .iter()
-            .map(|&s| ckks_galois_element(n, s))
-            .chain([galois_element_conjugate(n)])
-            .collect();
+        // Exactly the keys the plan needs, each over the primes it is used with (keys written
+        // before low keys existed are all full, which serves every level too).
+        let mut want = galois_shapes(ctx, &plan);
         want.sort_unstable();
-        want.dedup();
-        if parts.galois.elements() != want {
+        want.dedup_by_key(|w| w.0);
+        let have = parts.galois.q_counts(ctx.rlwe());
+        let fits = have.len() == want.len()
+            && have.iter().zip(&want).all(|(h, w)| {
+                h.0 == w.0
+                    && (h.1 == w.1 || h.1 == ctx.rlwe().q_limbs(ctx.rlwe().max_level()).len())
+            });
+        if !fits {
             return Err(Error::Decode(format!(
-                "Galois keys for elements {:?}; this bootstrapping layout needs {want:?}",
-                parts.galois.elements()
+                "Galois keys (element, primes) {have:?}; this bootstrapping layout needs {want:?}"
             )));
         }
         Ok(Self {
@@ -951,7 +977,8 @@ impl BootstrapKeys {
             p.double_angles as u32,
             p.ephemeral_hamming as u32
                 | sparse_log << SPARSE_SHIFT
-                | if p.arcsine { ARCSINE_BIT } else { 0 },
+                | if p.arcsine { ARCSINE_BIT } else { 0 }
+                | LOW_KEYS_BIT,
         ]
     }
 }
@@ -960,6 +987,27 @@ impl BootstrapKeys {
 const SPARSE_SHIFT: u32 = 24;
 /// The serialized layout's last word's flag for the arcsine correction.
 const ARCSINE_BIT: u32 = 1 << 31;
+/// The serialized layout's last word's flag for Galois keys below the top level, which then
+/// follow the encapsulation keys with their prime counts (keys written before carry none).
+const LOW_KEYS_BIT: u32 = 1 << 30;
+/// The layout's last word without its flags.
+const FLAGS: u32 = ARCSINE_BIT | LOW_KEYS_BIT;
+
+/// `(Galois element, ciphertext primes)` of every key a plan needs: rotations at the primes of
+/// the highest level they are applied at ([`BootstrapPlan::rotation_levels`]), conjugation
+/// (at EvalMod's input) over the whole chain.
+fn galois_shapes(ctx: &CkksContext, plan: &BootstrapPlan) -> Vec<(usize, usize)> {
+    let rlwe = ctx.rlwe();
+    let n = rlwe.n();
+    plan.rotation_levels()
+        .into_iter()
+        .map(|(r, level)| (ckks_galois_element(n, r), rlwe.q_limbs(level).len()))
+        .chain([(
+            galois_element_conjugate(n),
+            rlwe.q_limbs(rlwe.max_level()).len(),
+        )])
+        .collect()
+}
 
 /// What [`BootstrapKeys::from_bytes`] reads before it rebuilds the plan.
 struct KeyParts {
@@ -1008,9 +1056,29 @@ impl Encode for BootstrapKeys {
             e.u32(v)?;
         }
         write_ksk(ctx, e, self.relin.key_switch_key(), opts)?;
-        self.galois.encode(ctx, e, opts)?;
+        // Full keys as a Galois key set, then the keys below the top with their prime counts.
+        let all = ctx.q_limbs(ctx.max_level()).len();
+        let (full, low): (Vec<_>, Vec<_>) = self
+            .galois
+            .q_counts(ctx)
+            .into_iter()
+            .partition(|&(_, q)| q == all);
+        let full = GaloisKeys {
+            keys: full
+                .iter()
+                .map(|&(g, _)| (g, self.galois.keys[&g].clone()))
+                .collect(),
+        };
+        full.encode(ctx, e, opts)?;
         write_ksk(ctx, e, &self.to_sparse, opts)?;
-        write_ksk(ctx, e, &self.from_sparse, opts)
+        write_ksk(ctx, e, &self.from_sparse, opts)?;
+        e.u32(low.len() as u32)?;
+        for (g, q) in low {
+            e.u32(g as u32)?;
+            e.u32(q as u32)?;
+            write_ksk(ctx, e, &self.galois.keys[&g], opts)?;
+        }
+        Ok(())
     }
 }
 
@@ -1031,7 +1099,7 @@ impl Decode for KeyParts {
         }
         // Sizes the plan will check against the chain; refuse absurd ones before planning.
         let hamming = (layout[4] & ((1 << SPARSE_SHIFT) - 1)) as usize;
-        let sparse_log = (layout[4] & !ARCSINE_BIT) >> SPARSE_SHIFT;
+        let sparse_log = (layout[4] & !FLAGS) >> SPARSE_SHIFT;
         if layout[..4].iter().any(|&v| v > 4096)
             || hamming > ctx.n()
             || sparse_log > ctx.n().trailing_zeros()
@@ -1042,7 +1110,7 @@ impl Decode for KeyParts {
             )));
         }
         let relin = RelinKey::decode(ctx, d, key_id)?;
-        let galois = GaloisKeys::decode(ctx, d, key_id)?;
+        let mut galois = GaloisKeys::decode(ctx, d, key_id)?;
         let (q_count, p_count) = low_key_shape(ctx)?;
         let limbs: Arc<[usize]> = ctx
             .q_limbs(0)
@@ -1054,6 +1122,9 @@ impl Decode for KeyParts {
         let to_sparse = read_ksk_over(ctx, d, key_id, limbs, 1)?;
         let full = ctx.qp_limbs(ctx.max_level());
         let from_sparse = read_ksk_over(ctx, d, key_id, full, ctx.digits().len())?;
+        if layout[4] & LOW_KEYS_BIT != 0 {
+            read_low_keys(ctx, d, key_id, &mut galois)?;
+        }
         Ok(Self {
             layout,
             relin,
@@ -1062,6 +1133,45 @@ impl Decode for KeyParts {
             from_sparse,
         })
     }
+}
+
+/// The Galois keys below the top ([`BootstrapKeys`]' encoding): a count, then per key its
+/// element, its ciphertext primes and its digits over those primes and the special ones.
+fn read_low_keys(
+    ctx: &crate::rlwe::RlweContext,
+    d: &mut Decoder,
+    key_id: u64,
+    galois: &mut GaloisKeys,
+) -> Result<()> {
+    d.allow(4);
+    let count = d.u32("low Galois key count")? as usize;
+    if count > ctx.n() {
+        return Err(Error::Decode(format!(
+            "{count} Galois keys for N = {} (at most N exist)",
+            ctx.n()
+        )));
+    }
+    let all = ctx.q_limbs(ctx.max_level()).len();
+    let digits = ctx.digits();
+    for _ in 0..count {
+        d.allow(8);
+        let g = d.u32("Galois element")? as usize;
+        let q = d.u32("key primes")? as usize;
+        if g % 2 == 0 || g >= 2 * ctx.n() || galois.keys.contains_key(&g) {
+            return Err(Error::Decode(format!(
+                "Galois element {g} is not odd, below 2N and new"
+            )));
+        }
+        if q == 0 || q >= all {
+            return Err(Error::Decode(format!(
+                "a low Galois key over {q} of the chain's {all} ciphertext primes"
+            )));
+        }
+        let n_digits = digits.iter().take_while(|r| r.start < q).count();
+        let key = read_ksk_over(ctx, d, key_id, ctx.qp_first(q), n_digits)?;
+        galois.keys.insert(g, key);
+    }
+    Ok(())
 }
 
 impl CkksContext {

@@ -227,6 +227,24 @@ impl CkksContext {
         self.with_sampler(|s| GaloisKeys::generate(&self.rlwe, sk, &els, s))
     }
 
+    /// [`Self::gen_galois_keys`] for ciphertexts at `level` and below only: keys over that
+    /// level's primes ([`GaloisKeys::generate_below`]), a fraction of a full key's memory when
+    /// the rotations run low in the chain (computation levels under a bootstrap's).
+    pub fn gen_galois_keys_below(
+        &self,
+        sk: &SecretKey,
+        steps: &[i64],
+        level: usize,
+    ) -> Result<GaloisKeys> {
+        let n = self.rlwe.n();
+        let q_count = self.rlwe.q_limbs(level.min(self.chain_top())).len();
+        let els: Vec<(usize, usize)> = steps
+            .iter()
+            .map(|&s| (ckks_galois_element(n, s), q_count))
+            .collect();
+        self.with_sampler(|s| GaloisKeys::generate_below(&self.rlwe, sk, &els, s))
+    }
+
     /// Encodes real values into slots at `scale` and `level`.
     pub fn encode(&self, values: &[f64], scale: f64, level: usize) -> Result<Plaintext> {
         let z: Vec<Complex64> = values.iter().map(|&v| Complex64::new(v, 0.0)).collect();

@@ -23,8 +23,9 @@ use super::options::{Refresh, Workload};
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// titanic, credit, credit-federated or mnist-transfer (which reads only --images,
-    /// --epochs, --batch, --lr, --momentum, --seed, --parties and --json; it runs on all
-    /// cores). A flag the workload does not read is an error.
+    /// --epochs, --batch, --lr, --momentum, --seed, --refresh, --insecure-test-ring,
+    /// --parties and --json; it runs on all cores). A flag the workload does not read is an
+    /// error.
     #[arg(value_enum)]
     pub workload: Workload,
     /// Data file (default: the bundled copy).

@@ -316,7 +316,8 @@ fn run_bootstrap(o: &TransferOptions, p: &Prepared) -> Result<()> {
     let layout = PackedLayout::new(ctx.slots(), ph::DEFAULT_BLOCK, d, classes)?;
     let holder = KeyHolder::new(ctx.clone())?;
     let boot = holder.bootstrapper(&ph::bootstrap_params(base, &layout)?)?;
-    let ev = holder.public_eval_steps(&layout.rotation_steps())?;
+    let ev =
+        holder.public_eval_steps_below(&layout.rotation_steps(), ph::state_level(boot.keys()))?;
     let keygen_s = t.elapsed().as_secs_f64();
     let key_bytes = boot.keys().memory_bytes() + ev.galois.memory_bytes();
     say(format!(

@@ -194,12 +194,12 @@ pub(crate) fn rlwe_sample(
     be.concat(&[&b, &a])
 }
 
-/// The gadget factor of digit `range`: `[P]_{q_i}` on the digit's primes and 0 elsewhere over
-/// the full `QP` limbs, so that `factor ⊙ s'` is the message `P·[Q/Q_j]·[(Q/Q_j)^{-1}]_{Q_j}·s'`
-/// a key-switching key's digit encrypts.
-fn gadget_factor(ctx: &RlweContext, range: &std::ops::Range<usize>) -> Vec<u32> {
+/// The gadget factor of digit `range` over `limbs` (some of `QP`'s): `[P]_{q_i}` on the
+/// digit's primes and 0 elsewhere, so that `factor ⊙ s'` is the message
+/// `P·[Q/Q_j]·[(Q/Q_j)^{-1}]_{Q_j}·s'` a key-switching key's digit encrypts.
+fn gadget_factor(ctx: &RlweContext, range: &std::ops::Range<usize>, limbs: &[usize]) -> Vec<u32> {
     let ring = ctx.ring();
-    ctx.qp_limbs(ctx.max_level())
+    limbs
         .iter()
         .map(|&l| {
             if range.contains(&l) {
@@ -222,14 +222,43 @@ pub(crate) fn gadget_samples(
     ctx: &RlweContext,
     s: &PolyBatch,
     s_from: &PolyBatch,
+    seed: impl FnMut(usize, &mut Sampler) -> [u8; 32],
+    sampler: &mut Sampler,
+) -> Result<Vec<(PolyBatch, [u8; 32])>> {
+    let all = ctx.params().q_primes().len();
+    gadget_samples_below(ctx, s, s_from, all, seed, sampler)
+}
+
+/// [`gadget_samples`] for a key used only with ciphertexts of at most `q_count` primes: over
+/// the first `q_count` ciphertext primes and the special primes, with the digits that meet
+/// them (the first ones). Its words are the full key's at those limbs except for the `a_j`,
+/// which are expanded from the seeds over these limbs, so it serializes seeded.
+fn gadget_samples_below(
+    ctx: &RlweContext,
+    s: &PolyBatch,
+    s_from: &PolyBatch,
+    q_count: usize,
     mut seed: impl FnMut(usize, &mut Sampler) -> [u8; 32],
     sampler: &mut Sampler,
 ) -> Result<Vec<(PolyBatch, [u8; 32])>> {
     let be = ctx.backend();
+    let limbs = ctx.qp_first(q_count);
+    let full = limbs.len() == s.limbs().len();
+    let (s_here, from_here);
+    let (s, s_from): (&PolyBatch, &PolyBatch) = if full {
+        (s, s_from)
+    } else {
+        s_here = Zeroizing::new(be.select_limbs(s, limbs.clone())?);
+        from_here = Zeroizing::new(be.select_limbs(s_from, limbs.clone())?);
+        (&s_here, &from_here)
+    };
     let mut out = Vec::new();
     for (j, range) in ctx.digits().iter().enumerate() {
+        if range.start >= q_count {
+            break;
+        }
         let mut m: SecretPoly = Zeroizing::new(s_from.clone());
-        be.mul_scalar_assign(ctx.ring(), &mut m, &gadget_factor(ctx, range))?;
+        be.mul_scalar_assign(ctx.ring(), &mut m, &gadget_factor(ctx, range, &limbs))?;
         let seed = seed(j, sampler);
         out.push((rlwe_sample(ctx, s, Some(&m), seed, sampler)?, seed));
     }
@@ -275,6 +304,13 @@ impl KeySwitchKey {
         self.key_id
     }
 
+    /// Ciphertext primes its digits cover (the chain's for a full key; a key over all
+    /// special primes, as every Galois and relinearization key is).
+    pub fn q_count(&self, ctx: &RlweContext) -> usize {
+        let limbs = self.digits.first().map_or(0, |d| d.limbs().len());
+        limbs.saturating_sub(ctx.p_limbs().len())
+    }
+
     /// Bytes its words occupy in memory (every digit's two polynomials, 32-bit words).
     pub fn memory_bytes(&self) -> usize {
         self.digits
@@ -290,10 +326,31 @@ impl KeySwitchKey {
         s_from: &PolyBatch,
         sampler: &mut Sampler,
     ) -> Result<Self> {
-        let (digits, seeds) = gadget_samples(ctx, &sk.ntt, s_from, |_, s| s.seed(), sampler)?
-            .into_iter()
-            .map(|(d, seed)| (d, Some(seed)))
-            .unzip();
+        Self::generate_below(ctx, sk, s_from, ctx.params().q_primes().len(), sampler)
+    }
+
+    /// A key switching `s_from` to `sk` for ciphertexts of at most `q_count` primes only
+    /// (a level below the top): the full key's limbs and digits beyond them are not made, so
+    /// it takes `(q_count + |P|)/(|Q| + |P|)` of the memory, fewer digits included. Switching a
+    /// ciphertext with more primes fails with a limb error.
+    pub fn generate_below(
+        ctx: &RlweContext,
+        sk: &SecretKey,
+        s_from: &PolyBatch,
+        q_count: usize,
+        sampler: &mut Sampler,
+    ) -> Result<Self> {
+        if q_count == 0 || q_count > ctx.params().q_primes().len() {
+            return Err(Error::InvalidParameters(format!(
+                "a key for ciphertexts of {q_count} primes; the chain has {}",
+                ctx.params().q_primes().len()
+            )));
+        }
+        let (digits, seeds) =
+            gadget_samples_below(ctx, &sk.ntt, s_from, q_count, |_, s| s.seed(), sampler)?
+                .into_iter()
+                .map(|(d, seed)| (d, Some(seed)))
+                .unzip();
         Ok(Self {
             digits,
             fingerprint: ctx.fingerprint(),
@@ -564,15 +621,41 @@ impl GaloisKeys {
         elements: &[usize],
         sampler: &mut Sampler,
     ) -> Result<Self> {
+        let all = ctx.params().q_primes().len();
+        let with_count: Vec<(usize, usize)> = elements.iter().map(|&g| (g, all)).collect();
+        Self::generate_below(ctx, sk, &with_count, sampler)
+    }
+
+    /// Keys for `(element, q_count)` pairs, each for ciphertexts of at most `q_count` primes
+    /// ([`KeySwitchKey::generate_below`]): rotations only ever applied low in the chain (a
+    /// bootstrap's SlotsToCoeffs) take a fraction of a full key's memory.
+    pub fn generate_below(
+        ctx: &RlweContext,
+        sk: &SecretKey,
+        elements: &[(usize, usize)],
+        sampler: &mut Sampler,
+    ) -> Result<Self> {
         let mut keys = HashMap::new();
-        for &g in elements {
+        for &(g, q_count) in elements {
             if keys.contains_key(&g) {
                 continue;
             }
             let sg = sk.automorphism(ctx, g)?;
-            keys.insert(g, KeySwitchKey::generate(ctx, sk, &sg, sampler)?);
+            keys.insert(
+                g,
+                KeySwitchKey::generate_below(ctx, sk, &sg, q_count, sampler)?,
+            );
         }
         Ok(Self { keys })
+    }
+
+    /// Ciphertext primes each key serves (`element → q_count`; the chain's count for a full
+    /// key), what serialization records for keys below the top.
+    pub fn q_counts(&self, ctx: &RlweContext) -> Vec<(usize, usize)> {
+        self.elements()
+            .into_iter()
+            .map(|g| (g, self.keys[&g].q_count(ctx)))
+            .collect()
     }
 
     /// Bytes all its keys occupy in memory.

@@ -456,6 +456,19 @@ impl KeyHolder {
         })
     }
 
+    /// [`Self::public_eval_steps`] with Galois keys for ciphertexts at `level` and below only
+    /// ([`CkksContext::gen_galois_keys_below`]): the computation levels under a bootstrap's
+    /// need a fraction of the chain's primes.
+    pub fn public_eval_steps_below(&self, steps: &[i64], level: usize) -> Result<PublicEval> {
+        let galois = self
+            .ctx
+            .gen_galois_keys_below(&self.keys.secret, steps, level)?;
+        Ok(PublicEval {
+            galois,
+            ..self.public_eval_steps(&[])?
+        })
+    }
+
     /// The public encryption key (e.g. for a collective re-encryption to this holder).
     pub fn public_key(&self) -> &PublicKey {
         &self.keys.public
