@@ -213,6 +213,8 @@ fn slots_to_coeffs_keys_stop_at_their_level() {
         BootstrapKeys::from_bytes(&ctx, &bk.to_bytes(&ctx, WriteOptions::default()).unwrap())
             .unwrap();
     assert_eq!(back.galois().q_counts(rlwe), shapes);
+    // A Galois key set on its own holds full keys only: writing low ones is refused.
+    assert!(hetensor::serialize::to_bytes(rlwe, bk.galois(), WriteOptions::default()).is_err());
     // A key too low for the rotation at a higher level is an error, not a wrong result.
     let g = low[0].0;
     let at_top = ctx

@@ -508,6 +508,14 @@ impl Encode for GaloisKeys {
                 "a Galois key set mixing keys of different key sets cannot be serialized".into(),
             ));
         }
+        // The format holds full keys; keys below the top level (`generate_below`) would not
+        // read back. Bootstrapping keys write theirs with their prime counts.
+        let all = ctx.q_limbs(ctx.max_level()).len();
+        if let Some((g, q)) = self.q_counts(ctx).into_iter().find(|&(_, q)| q != all) {
+            return Err(Error::InvalidInput(format!(
+                "the Galois key for element {g} covers {q} of the chain's {all} ciphertext primes; a serialized Galois key set holds full keys (make them with gen_galois_keys)"
+            )));
+        }
         let elements = self.elements();
         e.u32(elements.len() as u32)?;
         for g in elements {
