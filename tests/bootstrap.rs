@@ -235,7 +235,7 @@ fn replicated(values: &[f64], slots: usize) -> Vec<f64> {
     (0..slots).map(|i| values[i % values.len()]).collect()
 }
 
-/// Sparse-slot bootstrap: a ciphertext whose slots repeat with period 4, 16 or 128 comes
+/// Sparse-slot bootstrap: a ciphertext whose slots repeat with period 4, 16, 128 or N/4 comes
 /// back at the full-slot bootstrap's output level, still periodic, matching the plaintext,
 /// and no less precisely than the full-slot bootstrap of the same ciphertext. (SlotsToCoeffs
 /// amplifies EvalMod's error by √slots instead of √(N/2): at this small ring that gains
@@ -244,7 +244,7 @@ fn replicated(values: &[f64], slots: usize) -> Vec<f64> {
 fn sparse_slot_bootstrap_keeps_a_periodic_message() {
     let (bp, ctx, keys, full_bk) = setup(10, 2);
     let n = ctx.slots();
-    for period in [4usize, 16, 128] {
+    for period in [4usize, 16, 128, 256] {
         let sp = bp.clone().sparse(period).unwrap();
         assert!(sp.is_sparse());
         let bk = BootstrapKeys::generate(&ctx, &sp, &keys.secret, &keys.relin).unwrap();

@@ -937,9 +937,7 @@ impl BootstrapKeys {
         let plan = Arc::new(BootstrapPlan::new(ctx, &params)?);
         // Exactly the keys the plan needs, each over the primes it is used with (keys written
         // before low keys existed are all full, which serves every level too).
-        let mut want = galois_shapes(ctx, &plan);
-        want.sort_unstable();
-        want.dedup_by_key(|w| w.0);
+        let want = galois_shapes(ctx, &plan);
         let have = parts.galois.q_counts(ctx.rlwe());
         let fits = have.len() == want.len()
             && have.iter().zip(&want).all(|(h, w)| {
@@ -999,14 +997,22 @@ const FLAGS: u32 = ARCSINE_BIT | LOW_KEYS_BIT;
 fn galois_shapes(ctx: &CkksContext, plan: &BootstrapPlan) -> Vec<(usize, usize)> {
     let rlwe = ctx.rlwe();
     let n = rlwe.n();
-    plan.rotation_levels()
+    // Two steps can be one element (−N/4 and N/4 when a sparse period is N/4): the key serves
+    // the higher of their levels.
+    let mut shapes: BTreeMap<usize, usize> = BTreeMap::new();
+    let rotations = plan
+        .rotation_levels()
         .into_iter()
-        .map(|(r, level)| (ckks_galois_element(n, r), rlwe.q_limbs(level).len()))
-        .chain([(
-            galois_element_conjugate(n),
-            rlwe.q_limbs(rlwe.max_level()).len(),
-        )])
-        .collect()
+        .map(|(r, level)| (ckks_galois_element(n, r), rlwe.q_limbs(level).len()));
+    let conjugation = (
+        galois_element_conjugate(n),
+        rlwe.q_limbs(rlwe.max_level()).len(),
+    );
+    for (g, q) in rotations.chain([conjugation]) {
+        let e = shapes.entry(g).or_insert(q);
+        *e = (*e).max(q);
+    }
+    shapes.into_iter().collect()
 }
 
 /// What [`BootstrapKeys::from_bytes`] reads before it rebuilds the plan.
