@@ -437,17 +437,7 @@ pub fn train_packed(
     cfg: &PackedConfig,
 ) -> Result<(PackedHead, PackedReport)> {
     let layout = &set.layout;
-    if cfg.batch == 0 || cfg.epochs == 0 {
-        return Err(Error::InvalidInput(
-            "packed head training needs a batch ≥ 1 and epochs ≥ 1".into(),
-        ));
-    }
-    if !(cfg.lr.is_finite() && cfg.lr > 0.0 && (0.0..1.0).contains(&cfg.momentum)) {
-        return Err(Error::InvalidInput(format!(
-            "learning rate must be > 0 and momentum in [0, 1), got {} and {}",
-            cfg.lr, cfg.momentum
-        )));
-    }
+    super::transfer::check_sgd(set.n, cfg.batch, cfg.epochs, cfg.lr, cfg.momentum)?;
     if boot.plan().params().slots != layout.refresh_period() {
         return Err(Error::InvalidParameters(format!(
             "bootstrapping keys for {} slots; this layout refreshes {}-periodic vectors",

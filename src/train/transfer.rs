@@ -345,15 +345,25 @@ pub fn epoch_batches(n: usize, batch: usize, rng: &mut ChaCha20Rng) -> Vec<Vec<u
 }
 
 fn check_cfg(cfg: &TrainConfig, n: usize) -> Result<()> {
-    if n == 0 || cfg.batch_size == 0 || cfg.epochs == 0 {
+    check_sgd(n, cfg.batch_size, cfg.epochs, cfg.lr, cfg.momentum)
+}
+
+/// The head trainers' shared check of their SGD settings ([`super::packed_head`] too).
+pub(crate) fn check_sgd(
+    n: usize,
+    batch: usize,
+    epochs: usize,
+    lr: f64,
+    momentum: f64,
+) -> Result<()> {
+    if n == 0 || batch == 0 || epochs == 0 {
         return Err(Error::InvalidInput(
             "head training needs samples, a batch size ≥ 1 and epochs ≥ 1".into(),
         ));
     }
-    if !(cfg.lr.is_finite() && cfg.lr > 0.0 && (0.0..1.0).contains(&cfg.momentum)) {
+    if !(lr.is_finite() && lr > 0.0 && (0.0..1.0).contains(&momentum)) {
         return Err(Error::InvalidInput(format!(
-            "learning rate must be > 0 and momentum in [0, 1), got {} and {}",
-            cfg.lr, cfg.momentum
+            "learning rate must be > 0 and momentum in [0, 1), got {lr} and {momentum}"
         )));
     }
     Ok(())
