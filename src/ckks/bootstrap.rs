@@ -448,6 +448,52 @@ struct LinearStep {
     out_scale: f64,
 }
 
+impl LinearStep {
+    /// The giant steps in two Horner chains, each ordered away from 0: the positive giants
+    /// ascending and the negative ones descending, as indices into `giants` (the zero giant,
+    /// if any, needs no rotation). `Σ_j rot_{g_j}(S_j)` over one chain is
+    /// `rot_{g_1}(S_1 + rot_{g_2 − g_1}(S_2 + …))`, so a chain of evenly spaced giants needs
+    /// one key (`±n1·stride`) instead of one per giant, for as many key switches.
+    fn giant_chains(&self) -> [Vec<usize>; 2] {
+        let mut up: Vec<usize> = Vec::new();
+        let mut down: Vec<usize> = Vec::new();
+        for (i, (g, _)) in self.giants.iter().enumerate() {
+            match g.signum() {
+                1 => up.push(i),
+                -1 => down.push(i),
+                _ => {}
+            }
+        }
+        // `giants` is sorted ascending: the negative ones come out farthest first.
+        down.reverse();
+        [up, down]
+    }
+
+    /// Rotation steps a chain applies: to its first giant, then between neighbours.
+    fn chain_steps(&self, chain: &[usize]) -> Vec<i64> {
+        let mut prev = 0;
+        chain
+            .iter()
+            .map(|&i| {
+                let g = self.giants[i].0;
+                let step = g - prev;
+                prev = g;
+                step
+            })
+            .collect()
+    }
+
+    /// Every rotation step this group applies: its babies and its giant chains' steps.
+    fn rotations(&self) -> impl Iterator<Item = i64> + '_ {
+        let giants: Vec<i64> = self
+            .giant_chains()
+            .iter()
+            .flat_map(|c| self.chain_steps(c))
+            .collect();
+        self.babies.iter().copied().chain(giants)
+    }
+}
+
 /// A transform diagonal encoded over its step's limbs (NTT form), kept compact when it
 /// repeats. A diagonal whose slots have period `p` is fixed by the rotation by `p`, so it
 /// encodes to a polynomial in `X^(n/p)`; with the NTT's bit-reversed output order its words
@@ -754,12 +800,7 @@ impl BootstrapPlan {
             .cts
             .iter()
             .chain(&self.stc)
-            .flat_map(|s| {
-                s.babies
-                    .iter()
-                    .copied()
-                    .chain(s.giants.iter().map(|(g, _)| *g))
-            })
+            .flat_map(LinearStep::rotations)
             .chain(self.trace_steps())
             .filter(|&s| s != 0)
             .collect();
@@ -775,13 +816,11 @@ impl BootstrapPlan {
     pub fn rotation_levels(&self) -> Vec<(i64, usize)> {
         let top = self.cts.first().map_or(0, |s| s.level);
         let mut at: BTreeMap<i64, usize> = BTreeMap::new();
-        let groups = self.cts.iter().chain(&self.stc).flat_map(|s| {
-            s.babies
-                .iter()
-                .copied()
-                .chain(s.giants.iter().map(|(g, _)| *g))
-                .map(move |r| (r, s.level))
-        });
+        let groups = self
+            .cts
+            .iter()
+            .chain(&self.stc)
+            .flat_map(|s| s.rotations().map(move |r| (r, s.level)));
         for (r, level) in groups.chain(self.trace_steps().into_iter().map(|r| (r, top))) {
             if r != 0 {
                 let e = at.entry(r).or_insert(level);
@@ -935,15 +974,16 @@ impl BootstrapKeys {
             arcsine: parts.layout[4] & ARCSINE_BIT != 0,
         };
         let plan = Arc::new(BootstrapPlan::new(ctx, &params)?);
-        // Exactly the keys the plan needs, each over the primes it is used with (keys written
-        // before low keys existed are all full, which serves every level too).
+        // Every key the plan needs, each over the primes it is used with (keys written before
+        // low keys existed are all full, which serves every level too; keys written before
+        // the giant steps ran as chains include some the plan no longer uses).
         let want = galois_shapes(ctx, &plan);
         let have = parts.galois.q_counts(ctx.rlwe());
-        let fits = have.len() == want.len()
-            && have.iter().zip(&want).all(|(h, w)| {
-                h.0 == w.0
-                    && (h.1 == w.1 || h.1 == ctx.rlwe().q_limbs(ctx.rlwe().max_level()).len())
-            });
+        let full = ctx.rlwe().q_limbs(ctx.rlwe().max_level()).len();
+        let fits = want.iter().all(|w| {
+            have.iter()
+                .any(|h| h.0 == w.0 && (h.1 == w.1 || h.1 == full))
+        });
         if !fits {
             return Err(Error::Decode(format!(
                 "Galois keys (element, primes) {have:?}; this bootstrapping layout needs {want:?}"
@@ -993,7 +1033,7 @@ const FLAGS: u32 = ARCSINE_BIT | LOW_KEYS_BIT;
 
 /// `(Galois element, ciphertext primes)` of every key a plan needs: rotations at the primes of
 /// the highest level they are applied at ([`BootstrapPlan::rotation_levels`]), conjugation
-/// (at EvalMod's input) over the whole chain.
+/// at EvalMod's input level.
 fn galois_shapes(ctx: &CkksContext, plan: &BootstrapPlan) -> Vec<(usize, usize)> {
     let rlwe = ctx.rlwe();
     let n = rlwe.n();
@@ -1004,10 +1044,9 @@ fn galois_shapes(ctx: &CkksContext, plan: &BootstrapPlan) -> Vec<(usize, usize)>
         .rotation_levels()
         .into_iter()
         .map(|(r, level)| (ckks_galois_element(n, r), rlwe.q_limbs(level).len()));
-    let conjugation = (
-        galois_element_conjugate(n),
-        rlwe.q_limbs(rlwe.max_level()).len(),
-    );
+    // Conjugation splits CoeffsToSlots's output, at EvalMod's input level.
+    let eval_in = plan.cts.last().map_or(rlwe.max_level(), |s| s.level - 1);
+    let conjugation = (galois_element_conjugate(n), rlwe.q_limbs(eval_in).len());
     for (g, q) in rotations.chain([conjugation]) {
         let e = shapes.entry(g).or_insert(q);
         *e = (*e).max(q);
@@ -1303,9 +1342,10 @@ impl CkksContext {
 
     /// Baby-step giant-step: `Σ_g rot_g( Σ_b diag'_{g,b} ⊙ rot_b(x) )`, hoisted twice over:
     /// the babies share one decomposition of `x`, and everything stays in the key-switching
-    /// basis `QP` (`P` times the value, [`ct_ops::apply_galois_many_ext`]) until a ModDown per
-    /// giant step's inner sum (before its rotation) and one at the end, fused with the
-    /// rescale (one division by `P·q_l`) — instead of a ModDown per rotation plus a rescale.
+    /// basis `QP` (`P` times the value, [`ct_ops::apply_galois_many_ext`]) until a ModDown
+    /// before each giant rotation and one at the end, fused with the rescale (one division by
+    /// `P·q_l`) — instead of a ModDown per rotation plus a rescale. The giants run as two
+    /// Horner chains ([`LinearStep::giant_chains`]): one key per direction, not per giant.
     fn linear_step(
         &self,
         x: &Ciphertext,
@@ -1364,31 +1404,57 @@ impl CkksContext {
                     .ok_or_else(|| Error::InvalidInput("internal: baby rotation count".into())),
             })
             .collect::<Result<Vec<PolyBatch>>>()?;
-        let terms = step
+        // Each giant step's inner sum `S_g = Σ_b diag'_{g,b} ⊙ rot_b(x)`, in parallel.
+        let mut inner = step
             .giants
             .par_iter()
             .zip(encoded)
-            .map(|((giant, diags), pts)| {
-                let mut inner = be.zeros(qp.clone(), 2, n, crate::backend::Repr::Ntt)?;
+            .map(|((_, diags), pts)| {
+                let mut s = be.zeros(qp.clone(), 2, n, crate::backend::Repr::Ntt)?;
                 for ((bi, _), pt) in diags.iter().zip(pts) {
-                    be.mul_acc(ring, &mut inner, &babies[*bi], pt.expand(be)?.as_ref())?;
+                    be.mul_acc(ring, &mut s, &babies[*bi], pt.expand(be)?.as_ref())?;
                 }
-                if *giant == 0 {
-                    return Ok(inner);
-                }
-                let down = rlwe.mod_down(&inner, q.clone(), rlwe.p_limbs())?;
-                let g = ckks_galois_element(n, *giant);
-                ct_ops::apply_galois_many_ext(
-                    rlwe,
-                    &x.derive(down, x.scale),
-                    &[(g, Some(*giant))],
-                    gk,
-                )?
-                .pop()
-                .ok_or_else(|| Error::InvalidInput("internal: no giant rotation".into()))
+                Ok(Some(s))
             })
-            .collect::<Result<Vec<PolyBatch>>>()?;
-        let mut terms = terms.into_iter();
+            .collect::<Result<Vec<Option<PolyBatch>>>>()?;
+        // A rotation of a sum still in the key-switching basis: ModDown, then rotate (the
+        // result comes back in that basis).
+        let rotate = |acc: &PolyBatch, r: i64| -> Result<PolyBatch> {
+            let down = rlwe.mod_down(acc, q.clone(), rlwe.p_limbs())?;
+            ct_ops::apply_galois_many_ext(
+                rlwe,
+                &x.derive(down, x.scale),
+                &[(ckks_galois_element(n, r), Some(r))],
+                gk,
+            )?
+            .pop()
+            .ok_or_else(|| Error::InvalidInput("internal: no giant rotation".into()))
+        };
+        // The two Horner chains, from their far ends inwards.
+        let [up, down] = step.giant_chains();
+        let mut chains = Vec::new();
+        for chain in [&up, &down] {
+            let steps = step.chain_steps(chain);
+            let mut acc: Option<PolyBatch> = None;
+            for (k, &i) in chain.iter().enumerate().rev() {
+                let s = inner[i]
+                    .take()
+                    .ok_or_else(|| Error::InvalidInput("internal: giant used twice".into()))?;
+                acc = Some(match acc {
+                    None => s,
+                    Some(a) => {
+                        let mut r = rotate(&a, steps[k + 1])?;
+                        be.add_assign(ring, &mut r, &s)?;
+                        r
+                    }
+                });
+            }
+            if let Some(a) = acc {
+                chains.push(rotate(&a, steps[0])?);
+            }
+        }
+        // The zero giant (no rotation) and the two chains.
+        let mut terms = inner.into_iter().flatten().chain(chains);
         let mut acc = terms
             .next()
             .ok_or_else(|| Error::InvalidInput("empty linear transform".into()))?;
@@ -1570,6 +1636,50 @@ impl ChebyshevEval<'_> {
 mod tests {
     use super::*;
     use crate::ckks::CkksEncoder;
+
+    /// The giant steps run as Horner chains: a chain's steps add up to each of its giants in
+    /// turn (so `Σ rot_{g_j}(S_j)` comes out right), and evenly spaced giants need one key
+    /// per direction; the full plan's keys are its groups' babies plus at most two giants.
+    #[test]
+    fn giant_chains_reach_every_giant_with_few_keys() {
+        let bp = BootstrapParams::insecure_test_ring(13, 1).unwrap();
+        let ctx = CkksContext::new(bp.ckks.clone()).unwrap();
+        for slots in [4096usize, 256, 16] {
+            let p = if slots == 4096 {
+                bp.clone()
+            } else {
+                bp.clone().sparse(slots).unwrap()
+            };
+            let plan = BootstrapPlan::new(&ctx, &p).unwrap();
+            for step in plan.cts.iter().chain(&plan.stc) {
+                let chains = step.giant_chains();
+                let mut reached: Vec<i64> = Vec::new();
+                for chain in &chains {
+                    let mut at = 0;
+                    for (&i, s) in chain.iter().zip(step.chain_steps(chain)) {
+                        at += s;
+                        assert_eq!(at, step.giants[i].0, "{slots} slots");
+                        reached.push(at);
+                    }
+                }
+                let mut nonzero: Vec<i64> = step
+                    .giants
+                    .iter()
+                    .map(|g| g.0)
+                    .filter(|&g| g != 0)
+                    .collect();
+                reached.sort_unstable();
+                nonzero.sort_unstable();
+                assert_eq!(reached, nonzero);
+                let mut keys: Vec<i64> = chains.iter().flat_map(|c| step.chain_steps(c)).collect();
+                keys.sort_unstable();
+                keys.dedup();
+                if slots == 4096 {
+                    assert!(keys.len() <= 2, "giant keys {keys:?}");
+                }
+            }
+        }
+    }
 
     /// A sparse bootstrap's transforms act on `slots`-periodic vectors, so they need fewer
     /// distinct rotations than the full-slot one; its trace and the joining of the real and
