@@ -363,7 +363,7 @@ impl KeySwitchKey {
     /// first `q_count` ciphertext primes `Q_0` and the first `p_count` special primes `P'`:
     /// bootstrapping's switch to its sparse ephemeral key. An RLWE sample under a sparse
     /// secret is only safe at a small modulus, so `Q_0·P'` is kept as small as the noise
-    /// allows (`P'` a few bits above `Q_0`, OpenFHE #1248), far below the chain's `Q·P`.
+    /// allows (`P'` not far below `Q_0`; OpenFHE #1248), far below the chain's `Q·P`.
     /// Use it with [`Self::switch_low`].
     pub(crate) fn generate_low(
         ctx: &RlweContext,
