@@ -872,3 +872,40 @@ fn builder_picks_the_smallest_ring_for_the_depth() {
         }
     }
 }
+
+/// `BfvCrt::builder` takes the ring and chain `BfvParams::builder` picks for its largest prime,
+/// and what it builds survives the depth asked for: three sequential products of values whose
+/// powers outgrow any one prime come back exact. A depth no ring holds is an error naming
+/// the bound, and an empty list of primes is refused.
+#[test]
+fn crt_builder_picks_the_ring_for_its_largest_prime() {
+    let crt = BfvCrt::builder(&[20, 30]).depth(3).build().unwrap();
+    let single = BfvParams::builder()
+        .plain_modulus(PlainModulus::Bits(30))
+        .depth(3)
+        .build()
+        .unwrap();
+    assert_eq!(crt.slots(), single.n());
+    assert_eq!(crt.contexts().len(), 2);
+    let keys = crt.keygen().unwrap();
+    let x: Vec<i128> = vec![3, -5, 1000, -777];
+    let cx = crt.encrypt(&x, &keys.public).unwrap();
+    let mut acc = cx.clone();
+    for _ in 0..3 {
+        acc = crt.multiply_relin(&acc, &cx, &keys.relin).unwrap();
+    }
+    let got = crt.decrypt(&acc, &keys.secret).unwrap();
+    let want: Vec<i128> = x.iter().map(|v| v.pow(4)).collect();
+    assert_eq!(&got[..4], &want[..]);
+    assert!(
+        want[2] > 1 << 39,
+        "the result outgrows the 20- and 30-bit primes"
+    );
+
+    let err = BfvCrt::builder(&[30, 30, 30])
+        .depth(150)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("does not fit"), "{err}");
+    assert!(BfvCrt::builder(&[]).build().is_err());
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::backend::{default_backend, Backend};
 use crate::bfv::context::{BfvContext, Ciphertext, Plaintext};
-use crate::bfv::params::{resolve_plain_modulus, rlwe_for_bfv, PlainModulus};
+use crate::bfv::params::{resolve_plain_modulus, rlwe_for_bfv, BfvParams, PlainModulus};
 use crate::error::{Error, Result};
 use crate::math::modular::{mul_mod_u64, pow_mod_u64};
 use crate::math::sampler::Sampler;
@@ -35,6 +35,68 @@ impl CrtCiphertext {
     }
 }
 
+/// Builds a [`BfvCrt`] from intent; see [`BfvCrt::builder`]. Depth, slots, ring and chain mean
+/// what they mean for [`BfvParams::builder`].
+#[derive(Clone, Debug)]
+pub struct BfvCrtBuilder {
+    t_bits: Vec<u32>,
+    single: crate::bfv::BfvParamsBuilder,
+}
+
+impl BfvCrtBuilder {
+    /// Sequential ciphertext products (each relinearized) the result must survive (default 1).
+    pub fn depth(mut self, depth: usize) -> Self {
+        self.single = self.single.depth(depth);
+        self
+    }
+
+    /// At least this many slots (N ≥ slots).
+    pub fn slots(mut self, slots: usize) -> Self {
+        self.single = self.single.slots(slots);
+        self
+    }
+
+    /// Fixes N = 2^log_n instead of choosing the smallest that fits.
+    pub fn log_n(mut self, log_n: u32) -> Self {
+        self.single = self.single.log_n(log_n);
+        self
+    }
+
+    /// Fixes the chain: `q_count` ciphertext primes and `dnum` key-switching digits.
+    pub fn chain(mut self, q_count: usize, dnum: usize) -> Self {
+        self.single = self.single.chain(q_count, dnum);
+        self
+    }
+
+    /// Security requirement (default 128-bit).
+    pub fn security(mut self, security: Security) -> Self {
+        self.single = self.single.security(security);
+        self
+    }
+
+    /// The contexts (fresh OS randomness), or why no parameters fit.
+    pub fn build(&self) -> Result<BfvCrt> {
+        let largest = self.t_bits.iter().copied().max().ok_or_else(|| {
+            Error::InvalidParameters("BfvCrt needs at least one plaintext modulus".into())
+        })?;
+        // The noise grows with t: the largest prime's ring and chain serve every residue.
+        let p = self
+            .single
+            .clone()
+            .plain_modulus(PlainModulus::Bits(largest))
+            .build()?;
+        BfvCrt::build(
+            p.n().trailing_zeros(),
+            &self.t_bits,
+            p.rlwe.q_primes().len(),
+            p.rlwe.dnum(),
+            p.rlwe.security(),
+            None,
+            default_backend(),
+        )
+    }
+}
+
 /// k BFV contexts with distinct plaintext primes over one shared RLWE context, encoding signed
 /// integers (up to 127 bits) as their residues and decoding by CRT.
 ///
@@ -51,6 +113,29 @@ pub struct BfvCrt {
 }
 
 impl BfvCrt {
+    /// Parameters from intent, as [`BfvParams::builder`] chooses them for one modulus: the
+    /// smallest 128-bit preset ring whose noise estimate, judged for the largest of the plaintext
+    /// primes, still decrypts after `depth` sequential products.
+    ///
+    /// ```
+    /// use hetensor::bfv::BfvCrt;
+    /// # fn main() -> hetensor::Result<()> {
+    /// // Three 30-bit primes: exact integers up to ~2^89, through two products.
+    /// let crt = BfvCrt::builder(&[30, 30, 30]).depth(2).build()?;
+    /// assert_eq!(crt.contexts().len(), 3);
+    /// let keys = crt.keygen()?;
+    /// let x = crt.encrypt(&[1 << 40, -(1 << 35)], &keys.public)?;
+    /// let y = crt.multiply_relin(&x, &x, &keys.relin)?;
+    /// assert_eq!(&crt.decrypt(&y, &keys.secret)?[..2], &[1 << 80, 1 << 70]);
+    /// # Ok(()) }
+    /// ```
+    pub fn builder(t_bits: &[u32]) -> BfvCrtBuilder {
+        BfvCrtBuilder {
+            t_bits: t_bits.to_vec(),
+            single: BfvParams::builder(),
+        }
+    }
+
     /// `k = t_bits.len()` distinct batching primes of the given sizes (largest such primes),
     /// `q_count` ciphertext primes and `dnum` key-switching digits. The product of the plaintext
     /// moduli must stay below 2^127.

@@ -28,5 +28,5 @@ pub mod params;
 
 pub use crate::rlwe::keys::KeySet;
 pub use context::{BfvContext, Ciphertext, Plaintext, MIN_DECRYPT_BUDGET_BITS};
-pub use crt::{BfvCrt, CrtCiphertext};
+pub use crt::{BfvCrt, BfvCrtBuilder, CrtCiphertext};
 pub use params::{BfvParams, BfvParamsBuilder, PlainModulus, MAX_PLAIN_BITS};
