@@ -111,6 +111,17 @@ pub enum Error {
     #[error("cannot decode: {0}")]
     Decode(String),
 
+    /// Intact serialized bytes of another kind of object than the call reads (a public key
+    /// read as a ciphertext, a BFV context read as a CKKS one): read them with the call for
+    /// `found` instead. Nothing was loaded.
+    #[error("wrong object: this reads {expected}, but the bytes hold {found}")]
+    WrongObject {
+        /// What the call reads.
+        expected: String,
+        /// What the bytes hold.
+        found: String,
+    },
+
     /// Underlying I/O.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

@@ -263,7 +263,7 @@ fn public_context_lets_a_worker_compute_and_only_the_owner_decrypt() {
     // A CKKS context is not a BFV one.
     assert!(matches!(
         PublicContext::<BfvContext>::from_bytes_with(&bytes, default_backend(), INSECURE_OK),
-        Err(Error::Decode(_))
+        Err(Error::WrongObject { found, .. }) if found == "a CKKS context"
     ));
 }
 
@@ -290,7 +290,7 @@ fn secret_context_round_trips_and_decrypts() {
     // A public-context reader refuses a secret context, and vice versa.
     assert!(matches!(
         PublicContext::<CkksContext>::from_bytes_with(&bytes, default_backend(), INSECURE_OK),
-        Err(Error::Decode(_))
+        Err(Error::WrongObject { .. })
     ));
 }
 
@@ -315,10 +315,15 @@ fn bfv_ciphertexts_round_trip_and_do_not_pass_for_ckks() {
         &ctx.decode(&ctx.decrypt(&back, &sk).unwrap()).unwrap()[..100],
         &v[..]
     );
-    assert!(matches!(
-        serialize::from_bytes::<Ciphertext>(ctx.rlwe(), &bytes),
-        Err(Error::Decode(_))
-    ));
+    match serialize::from_bytes::<Ciphertext>(ctx.rlwe(), &bytes) {
+        Err(Error::WrongObject { expected, found }) => {
+            assert!(
+                expected.contains("CKKS") && found.contains("BFV"),
+                "{expected} / {found}"
+            )
+        }
+        other => panic!("a BFV ciphertext read as a CKKS one: {other:?}"),
+    }
     // Another key set's secret key is refused, and so is a BFV scale other than 1.
     let other = ctx.keygen().unwrap().secret;
     assert!(matches!(
@@ -332,9 +337,13 @@ fn bfv_ciphertexts_round_trip_and_do_not_pass_for_ckks() {
         serialize::from_bytes::<bfv::Ciphertext>(ctx.rlwe(), &edited),
         Err(Error::Decode(m)) if m.contains("scale")
     ));
-    // Secret contexts work for BFV too.
+    // Secret contexts work for BFV too, and a BFV context read as a CKKS one says which it is.
     let mut sbytes = Vec::new();
     SecretContext::write_parts(&mut sbytes, &ctx, &sk).unwrap();
+    match SecretContext::<CkksContext>::from_bytes_with(&sbytes, default_backend(), INSECURE_OK) {
+        Err(Error::WrongObject { found, .. }) => assert_eq!(found, serialize::BFV_CONTEXT),
+        other => panic!("a BFV context read as CKKS: {:?}", other.err()),
+    }
     let owner =
         SecretContext::<BfvContext>::from_bytes_with(&sbytes, default_backend(), INSECURE_OK)
             .unwrap();
@@ -406,7 +415,8 @@ fn every_truncation_and_bad_header_is_a_decode_error() {
     assert!(matches!(with(0, b'X'), Err(Error::Decode(m)) if m.contains("magic")));
     assert!(matches!(with(4, 3), Err(Error::Decode(m)) if m.contains("version")));
     assert!(matches!(with(4, 1), Err(Error::Decode(m)) if m.contains("version 1")));
-    assert!(matches!(with(6, 4), Err(Error::Decode(m)) if m.contains("expected")));
+    assert!(matches!(with(6, 4), Err(Error::WrongObject { .. })));
+    assert!(matches!(with(6, 200), Err(Error::Decode(m)) if m.contains("kind")));
     assert!(matches!(with(7, 0x80), Err(Error::Decode(m)) if m.contains("flags")));
     assert!(matches!(
         with(8, good[8] ^ 1),

@@ -209,7 +209,7 @@ impl Context {
 
     fn from_bytes_impl(bytes: &[u8]) -> Result<Inner> {
         match Self::read::<CkksContext>(bytes, |c| Scheme::Ckks(Arc::new(c))) {
-            Err(Error::Decode(m)) if m.contains("BFV context") => {
+            Err(Error::WrongObject { found, .. }) if found == hetensor::serialize::BFV_CONTEXT => {
                 Self::read::<BfvContext>(bytes, |c| Scheme::Bfv(Arc::new(c)))
             }
             other => other,

@@ -74,7 +74,7 @@ pub(crate) fn to_py(e: hetensor::Error) -> PyErr {
         | E::ScaleMismatch { .. }
         | E::OutOfLevels { .. }
         | E::ScaleOverflow(_) => LevelError::new_err(msg),
-        E::Decode(_) => DecodeError::new_err(msg),
+        E::Decode(_) | E::WrongObject { .. } => DecodeError::new_err(msg),
         E::KeyMismatch(_) | E::MissingGaloisKey { .. } => KeyMismatchError::new_err(msg),
         E::Shape(_) | E::TooManyValues { .. } | E::CiphertextSize(_) => ShapeError::new_err(msg),
         E::NoiseBudgetExhausted { .. } => NoiseBudgetError::new_err(msg),

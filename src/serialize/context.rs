@@ -32,9 +32,10 @@ impl SchemeContext for CkksContext {
     fn from_scheme_params(params: SchemeParams, backend: Arc<dyn Backend>) -> Result<Self> {
         match params {
             SchemeParams::Ckks(p) => CkksContext::with_backend(p, backend),
-            SchemeParams::Bfv(_) => Err(Error::Decode(
-                "this is a BFV context; load it as a BfvContext".into(),
-            )),
+            SchemeParams::Bfv(_) => Err(Error::WrongObject {
+                expected: "a CKKS context".into(),
+                found: BFV_CONTEXT.into(),
+            }),
         }
     }
 }
@@ -49,12 +50,17 @@ impl SchemeContext for BfvContext {
     fn from_scheme_params(params: SchemeParams, backend: Arc<dyn Backend>) -> Result<Self> {
         match params {
             SchemeParams::Bfv(p) => BfvContext::with_backend(p, backend),
-            SchemeParams::Ckks(_) => Err(Error::Decode(
-                "this is a CKKS context; load it as a CkksContext".into(),
-            )),
+            SchemeParams::Ckks(_) => Err(Error::WrongObject {
+                expected: BFV_CONTEXT.into(),
+                found: "a CKKS context".into(),
+            }),
         }
     }
 }
+
+/// How [`Error::WrongObject`] names a BFV context (what a caller holding a context's bytes of
+/// unknown scheme matches on to try the other).
+pub const BFV_CONTEXT: &str = "a BFV context";
 
 /// Reads the parameters at the start of a context body and rebuilds the context, checking that
 /// they match the header's fingerprint.

@@ -8,7 +8,8 @@
 //!
 //! Decoding is strict: wrong magic, version, kind or parameters, truncation, trailing bytes,
 //! a wrong checksum, counts that the parameters do not allow and residues `≥ q` are all
-//! [`Error::Decode`] (or [`Error::ParameterMismatch`] for another context's object), never a
+//! [`Error::Decode`] (or [`Error::ParameterMismatch`] for another context's object,
+//! [`Error::WrongObject`] for another kind of object), never a
 //! panic, and nothing is allocated on the strength of a length field alone: sizes come from
 //! the validated parameters, and a compressed body may inflate at most [`MAX_EXPANSION`]-fold.
 //!
@@ -42,7 +43,7 @@ use std::marker::PhantomData;
 
 pub use context::{
     read_params_only, read_params_only_with, write_params_only, PublicContext, SchemeContext,
-    SecretContext,
+    SecretContext, BFV_CONTEXT,
 };
 pub use objects::{Decode, Encode, SchemeParams};
 pub use wire::{Decoder, Encoder, Header, Kind, CHECKSUM_LEN, FORMAT_VERSION, HEADER_LEN, MAGIC};
@@ -225,10 +226,10 @@ pub(crate) fn read_framed<T>(
     let mut src = Source { r, crc: 0 };
     let h = Header::read(&mut src)?;
     if h.kind != kind {
-        return Err(Error::Decode(format!(
-            "expected a {kind:?}, found a {:?}",
-            h.kind
-        )));
+        return Err(Error::WrongObject {
+            expected: format!("a {kind:?}"),
+            found: format!("a {:?}", h.kind),
+        });
     }
     if let Some(fp) = expect_fingerprint {
         if h.fingerprint != fp {

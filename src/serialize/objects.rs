@@ -275,9 +275,10 @@ impl Decode for Ciphertext {
         let (mut ct, t) = read_ciphertext(ctx, d)?;
         ct.key_id = key_id;
         if t != 0 {
-            return Err(Error::Decode(
-                "this is a BFV ciphertext; load it as bfv::Ciphertext".into(),
-            ));
+            return Err(Error::WrongObject {
+                expected: "a CKKS ciphertext".into(),
+                found: "a BFV ciphertext (read it as bfv::Ciphertext)".into(),
+            });
         }
         Ok(ct)
     }
@@ -306,9 +307,10 @@ impl Decode for bfv::Ciphertext {
         let (mut inner, t) = read_ciphertext(ctx, d)?;
         inner.key_id = key_id;
         if t == 0 {
-            return Err(Error::Decode(
-                "this is a CKKS ciphertext, not a BFV one".into(),
-            ));
+            return Err(Error::WrongObject {
+                expected: "a BFV ciphertext".into(),
+                found: "a CKKS ciphertext".into(),
+            });
         }
         d.allow(8);
         let noise_log2 = crate::bfv::noise::validate_noise_log2(d.f64("noise estimate")?)?;
