@@ -161,31 +161,69 @@ impl BootstrapParams {
     /// ciphertext's large values need the precision; 3 key-switching digits balanced by bits
     /// (log2 QP = 1765.7 of 1770). A bootstrapped ciphertext comes back at level 8.
     ///
-    /// There is no N = 2^15 preset: its 881-bit bound holds this pipeline (EvalMod needs 10
-    /// levels for h = 32 at any degree/double-angle split that is accurate enough) only with
-    /// 2 + 2 transform levels, 1 or 2 computation levels, Δ = 2^44-48, EvalMod at 2^48-50
-    /// and 11 to 34 key-switching digits (searched over those sizes on 2026-12-04), i.e. keys
-    /// near 3 GB for a bootstrap that leaves almost nothing to compute with.
+    /// [`Self::n15`] is the smaller, less precise alternative.
     pub fn n16() -> Result<Self> {
-        Self::with_chain(
-            16,
-            N16_COMPUTATION_LEVELS,
-            (3, 3),
-            Some(3),
-            Security::Bits128,
-        )
+        Self::with_chain(ChainSpec {
+            log_n: 16,
+            computation: N16_COMPUTATION_LEVELS,
+            cts_levels: 3,
+            stc_levels: 3,
+            scale_bits: COMPUTATION_SCALE_BITS,
+            upper_bits: UPPER_SCALE_BITS,
+            eval_mod: DEFAULT_EVAL_MOD,
+            dnum: Some(3),
+            security: Security::Bits128,
+        })
+    }
+
+    /// Bootstrapping at N = 2^15, 128-bit (log2 QP ≤ 881), 2^14 complex slots: half the ring
+    /// of [`Self::n16`], at a price. With 32-bit words the whole pipeline has to fit in 881
+    /// bits, so it takes 2 + 2 transform levels, a shorter EvalMod (degree 31, 3 double
+    /// angles: 9 levels at 2^48) whose interpolation error limits the output to about 12
+    /// bits over full slots (more for sparse slots, whose SlotsToCoeffs amplifies it less),
+    /// and 11 key-switching digits, so the keys are no smaller than at N = 2^16 (~3.7 GB).
+    /// A bootstrapped ciphertext comes back at level 2 (Δ = 2^44): enough for a product and
+    /// a polynomial step between refreshes, not for the 8-level workloads of `n16`.
+    pub fn n15() -> Result<Self> {
+        Self::with_chain(ChainSpec {
+            log_n: 15,
+            computation: 2,
+            cts_levels: 2,
+            stc_levels: 2,
+            scale_bits: 44,
+            upper_bits: 48,
+            eval_mod: (31, 3),
+            dnum: Some(11),
+            security: Security::Bits128,
+        })
+    }
+
+    /// The 128-bit preset for N = 2^`log_n` ([`Self::n15`], [`Self::n16`]), or an error that
+    /// says which rings have one.
+    pub fn preset(log_n: u32) -> Result<Self> {
+        match log_n {
+            15 => Self::n15(),
+            16 => Self::n16(),
+            _ => Err(Error::InvalidParameters(format!(
+                "no 128-bit bootstrapping preset at N = 2^{log_n}: N = 2^15 and 2^16 have one (smaller rings cannot hold a bootstrap's levels at 128-bit security)"
+            ))),
+        }
     }
 
     /// A bootstrap at a small ring for tests (`log_n` 10..=13): the same pipeline and code
     /// paths, **not secure** (the chain is far beyond what such an N allows).
     pub fn insecure_test_ring(log_n: u32, computation_levels: usize) -> Result<Self> {
-        Self::with_chain(
+        Self::with_chain(ChainSpec {
             log_n,
-            computation_levels,
-            (3, 2),
-            Some(4),
-            Security::InsecureForTestingOnly,
-        )
+            computation: computation_levels,
+            cts_levels: 3,
+            stc_levels: 2,
+            scale_bits: COMPUTATION_SCALE_BITS,
+            upper_bits: UPPER_SCALE_BITS,
+            eval_mod: DEFAULT_EVAL_MOD,
+            dnum: Some(4),
+            security: Security::InsecureForTestingOnly,
+        })
     }
 
     /// The default EvalMod (degree 39, 3 double angles, h = 32: each double angle doubles
@@ -194,36 +232,30 @@ impl BootstrapParams {
     /// budgets on a two-segment chain: `computation` + SlotsToCoeffs levels at
     /// [`COMPUTATION_SCALE_BITS`] over a base [`MESSAGE_RATIO_BITS`] above it, and
     /// CoeffsToSlots + EvalMod at [`UPPER_SCALE_BITS`] on top.
-    fn with_chain(
-        log_n: u32,
-        computation: usize,
-        (cts_levels, stc_levels): (usize, usize),
-        dnum: Option<usize>,
-        security: Security,
-    ) -> Result<Self> {
-        let (cheb_degree, double_angles) = (39, 3);
+    fn with_chain(spec: ChainSpec) -> Result<Self> {
+        let (cheb_degree, double_angles) = spec.eval_mod;
         let mut builder = CkksParams::builder()
-            .log_n(log_n)
-            .scale_bits(COMPUTATION_SCALE_BITS)
-            .base_bits(COMPUTATION_SCALE_BITS + MESSAGE_RATIO_BITS)
-            .depth(computation + stc_levels)
+            .log_n(spec.log_n)
+            .scale_bits(spec.scale_bits)
+            .base_bits(spec.scale_bits + MESSAGE_RATIO_BITS)
+            .depth(spec.computation + spec.stc_levels)
             .upper_levels(
-                cts_levels + eval_mod_depth(cheb_degree, double_angles),
-                UPPER_SCALE_BITS,
+                spec.cts_levels + eval_mod_depth(cheb_degree, double_angles),
+                spec.upper_bits,
             )
-            .security(security);
-        if let Some(d) = dnum {
+            .security(spec.security);
+        if let Some(d) = spec.dnum {
             builder = builder.dnum(d);
         }
         let ckks = builder.build()?;
         Ok(Self {
             ckks,
-            cts_levels,
-            stc_levels,
+            cts_levels: spec.cts_levels,
+            stc_levels: spec.stc_levels,
             cheb_degree,
             double_angles,
             ephemeral_hamming: 32,
-            slots: 1 << (log_n - 1),
+            slots: 1 << (spec.log_n - 1),
             arcsine: false,
         })
     }
@@ -282,6 +314,26 @@ impl BootstrapParams {
     }
 }
 
+/// The shape of a bootstrapping chain (what [`BootstrapParams::with_chain`] builds).
+#[derive(Clone, Copy, Debug)]
+struct ChainSpec {
+    log_n: u32,
+    /// Levels left for computation after a bootstrap.
+    computation: usize,
+    cts_levels: usize,
+    stc_levels: usize,
+    /// Scale of the computation and SlotsToCoeffs levels (the base is
+    /// [`MESSAGE_RATIO_BITS`] above it).
+    scale_bits: u32,
+    /// Scale of CoeffsToSlots's and EvalMod's levels.
+    upper_bits: u32,
+    /// EvalMod's Chebyshev degree and double-angle steps.
+    eval_mod: (usize, usize),
+    /// Key-switching digits (`None`: the fewest that fit the security bound).
+    dnum: Option<usize>,
+    security: Security,
+}
+
 /// log2 of `q_0/Δ`: the headroom a level-0 message has. Every bit of it costs a bit of
 /// output precision (SlotsToCoeffs multiplies EvalMod's error by `q_0/(2πΔ)`); too little
 /// makes `sin(2πx)/(2π)` a poor `x` for large coefficients (error `(2π)²x³/6`).
@@ -299,6 +351,10 @@ const COMPUTATION_SCALE_BITS: u32 = 48;
 /// (2^(56−48) here) is made up inside CoeffsToSlots, a few bits per group, which keeps its
 /// plaintexts' coefficients under the encoder's 2^62.
 const UPPER_SCALE_BITS: u32 = 54;
+
+/// EvalMod's Chebyshev degree and double angles: degree 39 over `[−K, K]/2^3` with `K = 17`
+/// (h = 32) interpolates the cosine to ~2^-43, each double angle doubles the noise it gets.
+const DEFAULT_EVAL_MOD: (usize, usize) = (39, 3);
 
 fn eval_mod_depth(cheb_degree: usize, double_angles: usize) -> usize {
     ceil_log2(cheb_degree) + 1 + double_angles
@@ -2088,10 +2144,96 @@ mod tests {
         eprintln!("Chebyshev: max error 2^{:.1}", err.log2());
     }
 
+    /// How [`BootstrapParams::n15`] was chosen: lists the chains at N = 2^15 that fit the
+    /// 128-bit bound (digits, limbs, keys); `HETENSOR_N15_RUN=i,j,…` bootstraps those and
+    /// prints key size, times and precision; `HETENSOR_N15_INSECURE=1` lifts the bound (4
+    /// digits) to see what limits precision apart from the key size.
+    #[test]
+    #[ignore = "diagnostic: searches N = 2^15 chains (minutes)"]
+    fn search_n15_chains() {
+        let run: Vec<usize> = std::env::var("HETENSOR_N15_RUN")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let insecure = std::env::var("HETENSOR_N15_INSECURE").is_ok();
+        let mut specs = Vec::new();
+        for eval_mod in [DEFAULT_EVAL_MOD, (31, 3)] {
+            for computation in 1..=3 {
+                for (cts_levels, stc_levels) in [(2, 2), (3, 2), (2, 3), (3, 3)] {
+                    for scale_bits in [44, 46, 48] {
+                        for upper_bits in [48, 50, 52, 54] {
+                            specs.push(ChainSpec {
+                                log_n: 15,
+                                computation,
+                                cts_levels,
+                                stc_levels,
+                                scale_bits,
+                                upper_bits,
+                                eval_mod,
+                                dnum: insecure.then_some(4),
+                                security: match insecure {
+                                    true => Security::InsecureForTestingOnly,
+                                    false => Security::Bits128,
+                                },
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let feasible = specs
+            .into_iter()
+            .filter_map(|spec| BootstrapParams::with_chain(spec).ok().map(|bp| (spec, bp)));
+        for (idx, (spec, bp)) in feasible.enumerate() {
+            let r = &bp.ckks.rlwe;
+            let ctx = CkksContext::new(bp.ckks.clone()).unwrap();
+            let plan = BootstrapPlan::new(&ctx, &bp).unwrap();
+            eprintln!(
+                "[{idx}] {spec:?}: dnum {} limbs {}+{} log2 QP {:.1}, {} keys",
+                r.dnum(),
+                r.q_primes().len(),
+                r.p_primes().len(),
+                r.log_qp(),
+                galois_shapes(&ctx, &plan).len() + 1
+            );
+            if run.contains(&idx) {
+                let keys = ctx.keygen().unwrap();
+                let t0 = std::time::Instant::now();
+                let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin).unwrap();
+                let keygen_s = t0.elapsed().as_secs_f64();
+                let want: Vec<f64> = (0..ctx.slots())
+                    .map(|i| ((i * 7919) % 2001) as f64 / 1000.0 - 1.0)
+                    .collect();
+                let pt = ctx.encode(&want, ctx.natural_scale(0), 0).unwrap();
+                let ct = ctx.encrypt(&pt, &keys.public).unwrap();
+                let _ = ctx.bootstrap(&ct, &bk).unwrap(); // encodes the diagonals
+                let t0 = std::time::Instant::now();
+                let out = ctx.bootstrap(&ct, &bk).unwrap();
+                let boot_s = t0.elapsed().as_secs_f64();
+                let got = ctx.decrypt_decode(&out, &keys.secret).unwrap();
+                let err = want
+                    .iter()
+                    .zip(&got)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f64, f64::max);
+                eprintln!(
+                    "    keys {:.2} GB, keygen {keygen_s:.1} s, bootstrap {boot_s:.1} s, max error 2^{:.1}, level {}",
+                    bk.memory_bytes() as f64 / 1e9,
+                    err.log2(),
+                    out.level()
+                );
+            }
+        }
+    }
+
     #[test]
     #[ignore = "diagnostic: prints the presets"]
     fn print_presets() {
-        for (name, p) in [("n16", BootstrapParams::n16())] {
+        for (name, p) in [
+            ("n15", BootstrapParams::n15()),
+            ("n16", BootstrapParams::n16()),
+        ] {
             match p {
                 Ok(p) => eprintln!(
                     "{name}: depth {} out {}\n{}",

@@ -765,8 +765,8 @@ fn markdown(r: &BenchReport) -> String {
 }
 
 /// CKKS bootstrapping: key generation (once) and one bootstrap per repetition, with the
-/// output's precision over all slots and the levels it leaves. N = 2^16 runs the 128-bit
-/// preset ([`BootstrapParams::n16`]); smaller rings (no 128-bit chain fits them) run the
+/// output's precision over all slots and the levels it leaves. N = 2^15 and 2^16 run the 128-bit
+/// presets ([`BootstrapParams::preset`]); smaller rings (no 128-bit chain fits them) run the
 /// insecure test ring (same code, labelled `bootstrap-insecure-test-ring`). With
 /// `sparse_slots`, the sparse-slot bootstrap of a message with that period; with `arcsine`,
 /// the arcsine correction.
@@ -780,8 +780,8 @@ pub fn bench_bootstrap(
 ) -> Result<()> {
     use hetensor::ckks::bootstrap::{BootstrapKeys, BootstrapParams};
     let (bp, config) = match log_n {
-        16 => (BootstrapParams::n16()?, "bootstrap-128"),
-        // N = 2^15 and below hold no 128-bit bootstrapping chain: the same pipeline on an
+        15 | 16 => (BootstrapParams::preset(log_n)?, "bootstrap-128"),
+        // Smaller rings hold no 128-bit bootstrapping chain: the same pipeline on an
         // insecure ring, labelled as such in every row.
         _ => (
             BootstrapParams::insecure_test_ring(log_n, 2)?,

@@ -83,16 +83,16 @@ fn run_short() -> Result<()> {
 
 /// `hetensor demo --deep`: `multiplications` sequential ciphertext–ciphertext products (each
 /// by a fresh encryption of values near 1), bootstrapping whenever the levels run out, checked
-/// slot by slot against the same products in plaintext. N = 2^16 runs the 128-bit preset;
-/// smaller rings run the insecure test ring (same code, minutes instead of hours here).
+/// slot by slot against the same products in plaintext. N = 2^15 and 2^16 run the 128-bit
+/// presets; smaller rings run the insecure test ring (same code, minutes instead of hours here).
 fn run_deep(multiplications: usize, log_n: u32) -> Result<()> {
     use hetensor::ckks::bootstrap::{BootstrapKeys, BootstrapParams};
     let t0 = Instant::now();
-    let bp = if log_n == 16 {
-        BootstrapParams::n16()?
+    let bp = if log_n >= 15 {
+        BootstrapParams::preset(log_n)?
     } else {
         eprintln!(
-            "warning: N = 2^{log_n} is an INSECURE test ring (same pipeline, far beyond what this N allows); --log-n 16 runs the 128-bit preset"
+            "warning: N = 2^{log_n} is an INSECURE test ring (same pipeline, far beyond what this N allows); --log-n 15 or 16 runs a 128-bit preset"
         );
         BootstrapParams::insecure_test_ring(log_n, 4)?
     };
