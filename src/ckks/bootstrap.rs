@@ -90,7 +90,7 @@ pub struct BootstrapParams {
 }
 
 impl BootstrapParams {
-    /// Levels EvalMod consumes: the Chebyshev basis (`ceil(log2 d)`), the coefficients (1),
+    /// Levels EvalMod consumes: the Chebyshev series ([`chebyshev_depth`]: 6 at degree 39)
     /// and the double angles.
     pub fn eval_mod_levels(&self) -> usize {
         eval_mod_depth(self.cheb_degree, self.double_angles)
@@ -156,10 +156,11 @@ impl BootstrapParams {
     /// Bootstrapping at N = 2^16, 128-bit (HE-standard bound on log2 QP), 2^15 complex slots,
     /// on a two-segment chain: 8 computation levels at Δ = 2^48 (two ~24-bit primes each;
     /// the NTT primes ≡ 1 mod 2^17 below 2^23 are too few for 2^40 levels) over a ~2^56 base,
-    /// SlotsToCoeffs's 3 levels at 2^48 too, and on top CoeffsToSlots (3) and EvalMod (10:
-    /// degree 39, 3 double angles) at 2^54 (two ~27-bit primes), where the raised
+    /// SlotsToCoeffs's 3 levels at 2^48 too, and on top CoeffsToSlots (3) and EvalMod (9:
+    /// degree 39, 3 double angles) at 2^56 (two ~28-bit primes), where the raised
     /// ciphertext's large values need the precision; 3 key-switching digits balanced by bits
-    /// (log2 QP = 1765.7 of 1770). A bootstrapped ciphertext comes back at level 8.
+    /// (log2 QP = 1736 of 1770). A bootstrapped ciphertext comes back at level 8 with about
+    /// 18 bits over random full slots.
     ///
     /// [`Self::n15`] is the smaller, less precise alternative.
     pub fn n16() -> Result<Self> {
@@ -178,22 +179,21 @@ impl BootstrapParams {
 
     /// Bootstrapping at N = 2^15, 128-bit (log2 QP ≤ 881), 2^14 complex slots: half the ring
     /// of [`Self::n16`], at a price. With 32-bit words the whole pipeline has to fit in 881
-    /// bits, so it takes 2 + 2 transform levels, a shorter EvalMod (degree 31, 3 double
-    /// angles: 9 levels at 2^48) whose interpolation error limits the output to about 12
-    /// bits over full slots (more for sparse slots, whose SlotsToCoeffs amplifies it less),
-    /// and 11 key-switching digits, so the keys are no smaller than at N = 2^16 (~3.7 GB).
-    /// A bootstrapped ciphertext comes back at level 2 (Δ = 2^44): enough for a product and
-    /// a polynomial step between refreshes, not for the 8-level workloads of `n16`.
+    /// bits, so it takes 2 + 2 transform levels (groups of 7 FFT stages), EvalMod's 9 levels
+    /// at 2^52, 10 key-switching digits (keys ~3.2 GB, no smaller than at N = 2^16), and
+    /// leaves **one** computation level (Δ = 2^44) at about 15.5 bits over full slots: a
+    /// product, or a plaintext layer, between refreshes. Two levels fit only at 2^48 for
+    /// EvalMod, which costs 3.5 bits (`search_n15_chains` in this module's tests).
     pub fn n15() -> Result<Self> {
         Self::with_chain(ChainSpec {
             log_n: 15,
-            computation: 2,
+            computation: 1,
             cts_levels: 2,
             stc_levels: 2,
             scale_bits: 44,
-            upper_bits: 48,
-            eval_mod: (31, 3),
-            dnum: Some(11),
+            upper_bits: 52,
+            eval_mod: DEFAULT_EVAL_MOD,
+            dnum: Some(10),
             security: Security::Bits128,
         })
     }
@@ -350,14 +350,37 @@ const COMPUTATION_SCALE_BITS: u32 = 48;
 /// Scale of CoeffsToSlots's and EvalMod's levels. The gap to the base modulus
 /// (2^(56−48) here) is made up inside CoeffsToSlots, a few bits per group, which keeps its
 /// plaintexts' coefficients under the encoder's 2^62.
-const UPPER_SCALE_BITS: u32 = 54;
+const UPPER_SCALE_BITS: u32 = 56;
 
 /// EvalMod's Chebyshev degree and double angles: degree 39 over `[−K, K]/2^3` with `K = 17`
 /// (h = 32) interpolates the cosine to ~2^-43, each double angle doubles the noise it gets.
 const DEFAULT_EVAL_MOD: (usize, usize) = (39, 3);
 
 fn eval_mod_depth(cheb_degree: usize, double_angles: usize) -> usize {
-    ceil_log2(cheb_degree) + 1 + double_angles
+    chebyshev_depth(cheb_degree) + double_angles
+}
+
+/// Babies `T_1 … T_{b−1}` of [`CkksContext::evaluate_chebyshev`] at this degree: `b = 2^l`
+/// with `l` one more than half of `ceil(log2 d)` (see there why).
+fn chebyshev_babies(degree: usize) -> usize {
+    1 << (ceil_log2(degree).div_ceil(2) + 1)
+}
+
+/// Levels [`CkksContext::evaluate_chebyshev`] consumes for a series of degree `d`: the
+/// deepest path of its baby-step giant-step recursion, where `T_k` sits `ceil(log2 k)`
+/// levels down, a combination of babies costs one rescale after its deepest term, and a
+/// product `q·T_M` one after the deeper of the two. At most `ceil(log2 d) + 1`; one less for
+/// degrees such as 9 or 39 (EvalMod's), whose quotients are shallow enough to meet their giant.
+pub fn chebyshev_depth(degree: usize) -> usize {
+    fn piece(d: usize, babies: usize) -> usize {
+        if d < babies {
+            return ceil_log2(d) + 1;
+        }
+        let m = 1usize << d.ilog2();
+        let quotient = if d == m { 0 } else { piece(d - m, babies) };
+        (ceil_log2(m).max(quotient) + 1).max(piece(m - 1, babies))
+    }
+    piece(degree.max(1), chebyshev_babies(degree.max(1)))
 }
 
 fn ceil_log2(x: usize) -> usize {
@@ -1566,7 +1589,8 @@ impl CkksContext {
 
     /// `Σ_k coeffs[k]·T_k(u)` slot-wise for `u ∈ [−1, 1]`, in the Chebyshev basis (stable
     /// where the power basis of the same polynomial cancels catastrophically), landing on
-    /// exactly `target` at `ceil(log2 d) + 1` levels below `u` (`d` the degree).
+    /// exactly `target` at [`chebyshev_depth`]`(d)` levels below `u` (`d` the degree; at most
+    /// `ceil(log2 d) + 1`).
     ///
     /// Baby-step giant-step (Paterson–Stockmeyer in the Chebyshev basis, as Lattigo and
     /// OpenFHE do it): the babies `T_1 … T_{2^l − 1}` and the giants `T_{2^l}, T_{2^{l+1}}, …`
@@ -1587,7 +1611,7 @@ impl CkksContext {
                 "a Chebyshev series needs degree ≥ 1 and finite coefficients".into(),
             ));
         }
-        let depth = ceil_log2(degree) + 1;
+        let depth = chebyshev_depth(degree);
         if depth > u.level() {
             return Err(Error::OutOfLevels {
                 op: "evaluate_chebyshev",
@@ -1599,7 +1623,8 @@ impl CkksContext {
         // the large low-order part of an oscillating series (EvalMod's cosine) in one
         // combination of babies: splitting it at T_8 makes quotient and remainder larger
         // than the series and costs ~1.3 bits (degree 39, measured in the test below).
-        let l = ceil_log2(degree).div_ceil(2) + 1;
+        let babies = chebyshev_babies(degree);
+        let l = babies.trailing_zeros() as usize;
         let top_giant = degree.ilog2() as usize;
         let mut basis: BTreeMap<usize, Ciphertext> = BTreeMap::new();
         basis.insert(1, u.clone());
@@ -1624,7 +1649,7 @@ impl CkksContext {
         let out = ChebyshevEval {
             ctx: self,
             basis: &basis,
-            babies: 1 << l,
+            babies,
             rk,
         }
         .eval(coeffs, u.level() - depth, target)?;
@@ -1885,7 +1910,7 @@ mod tests {
     /// The baby-step giant-step evaluation against the plaintext series, at degrees that take
     /// every path (a single combination of babies, a constant quotient, nested splits), on
     /// EvalMod's own interpolant and on arbitrary coefficients; it spends exactly
-    /// `ceil(log2 d) + 1` levels and lands on the target scale.
+    /// [`chebyshev_depth`] levels (counted by hand below) and lands on the target scale.
     #[test]
     fn evaluate_chebyshev_matches_the_plaintext_series() {
         let bp = BootstrapParams::insecure_test_ring(10, 2).unwrap();
@@ -1913,7 +1938,26 @@ mod tests {
             s
         };
         let cos = chebyshev_interpolant(39, |x| (2.0 * PI * (16.5 * x - 0.25) / 8.0).cos());
-        let mut cases: Vec<Vec<f64>> = [1usize, 2, 3, 5, 8, 9, 16, 27]
+        // Counted by hand from the recursion: T_k sits ceil(log2 k) down, a combination of
+        // babies rescales once, q·T_M once after the deeper factor. 9 = T_8·(c + c'·T_1) + r
+        // and 39 = T_32·q(deg 7) + (T_16·q'(deg 15) + r') meet their giants a level early.
+        for (d, depth) in [
+            (1, 1),
+            (2, 2),
+            (3, 3),
+            (5, 4),
+            (8, 4),
+            (9, 4),
+            (16, 5),
+            (27, 6),
+        ]
+        .into_iter()
+        .chain([(31, 6), (39, 6), (47, 6), (63, 7)])
+        {
+            assert_eq!(chebyshev_depth(d), depth, "degree {d}");
+            assert!(depth <= ceil_log2(d) + 1);
+        }
+        let mut cases: Vec<Vec<f64>> = [1usize, 2, 3, 5, 8, 9, 16, 27, 47]
             .iter()
             .map(|&d| {
                 (0..=d)
@@ -1924,7 +1968,7 @@ mod tests {
         cases.push(cos);
         for c in &cases {
             let d = c.len() - 1;
-            let out_level = top - ceil_log2(d) - 1;
+            let out_level = top - chebyshev_depth(d);
             let target = ctx.natural_scale(out_level);
             let got = ctx.evaluate_chebyshev(&ct, c, target, &keys.relin).unwrap();
             assert_eq!(
@@ -2159,9 +2203,9 @@ mod tests {
         let insecure = std::env::var("HETENSOR_N15_INSECURE").is_ok();
         let mut specs = Vec::new();
         for eval_mod in [DEFAULT_EVAL_MOD, (31, 3)] {
-            for computation in 1..=3 {
+            for computation in 1..=4 {
                 for (cts_levels, stc_levels) in [(2, 2), (3, 2), (2, 3), (3, 3)] {
-                    for scale_bits in [44, 46, 48] {
+                    for scale_bits in [29, 44, 46, 48] {
                         for upper_bits in [48, 50, 52, 54] {
                             specs.push(ChainSpec {
                                 log_n: 15,
