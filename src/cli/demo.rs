@@ -14,7 +14,7 @@ pub struct DemoArgs {
     /// With --deep: how many sequential multiplications.
     #[arg(long, default_value_t = 50, value_parser = super::args::at_least(1), requires = "deep")]
     pub multiplications: usize,
-    /// With --deep: ring size (16 = the 128-bit preset; 10..=13 = an insecure test ring).
+    /// With --deep: ring size (15, 16 = the 128-bit presets; 10..=14 = an insecure test ring).
     #[arg(long, default_value_t = 11, value_parser = clap::value_parser!(u32).range(10..=16), requires = "deep")]
     pub log_n: u32,
 }
