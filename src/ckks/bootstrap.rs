@@ -226,12 +226,9 @@ impl BootstrapParams {
         })
     }
 
-    /// The default EvalMod (degree 39, 3 double angles, h = 32: each double angle doubles
-    /// the noise it gets, so fewer of them over a longer interpolant keep a bit more
-    /// precision at the same depth) and the given transform
-    /// budgets on a two-segment chain: `computation` + SlotsToCoeffs levels at
-    /// [`COMPUTATION_SCALE_BITS`] over a base [`MESSAGE_RATIO_BITS`] above it, and
-    /// CoeffsToSlots + EvalMod at [`UPPER_SCALE_BITS`] on top.
+    /// The chain `spec` describes, with an ephemeral secret of weight h = 32: a two-segment
+    /// chain with `computation` + SlotsToCoeffs levels at `spec.scale_bits` over a base
+    /// [`MESSAGE_RATIO_BITS`] above it, and CoeffsToSlots + EvalMod at `spec.upper_bits` on top.
     fn with_chain(spec: ChainSpec) -> Result<Self> {
         let (cheb_degree, double_angles) = spec.eval_mod;
         let mut builder = CkksParams::builder()
