@@ -279,6 +279,61 @@ fn sparse_slot_bootstrap_keeps_a_periodic_message() {
     }
 }
 
+/// Two real messages refreshed by one bootstrap (`bootstrap_real_pair`): each comes back at
+/// the output level and Δ, as its own bootstrap would, within 1.5 bits of its precision (the
+/// halving costs one), full-slot and sparse; a level-0 input, which has no level left for the
+/// halving, is refused.
+#[test]
+fn real_pair_shares_one_bootstrap() {
+    let (bp, ctx, keys, full_bk) = setup(10, 2);
+    let n = ctx.slots();
+    let encrypt_at_1 = |m: &[f64]| {
+        ctx.encrypt(
+            &ctx.encode(m, ctx.natural_scale(1), 1).unwrap(),
+            &keys.public,
+        )
+        .unwrap()
+    };
+    let sparse = bp.clone().sparse(16).unwrap();
+    let sparse_bk = BootstrapKeys::generate(&ctx, &sparse, &keys.secret, &keys.relin).unwrap();
+    for (period, bk) in [(None, &full_bk), (Some(16usize), &sparse_bk)] {
+        let period_values = |seed: u64| -> Vec<f64> {
+            let p = period.unwrap_or(n);
+            replicated(
+                &message(p, seed).iter().map(|v| 0.5 * v).collect::<Vec<_>>(),
+                n,
+            )
+        };
+        let (ma, mb) = (period_values(5), period_values(6));
+        let (a, b) = (encrypt_at_1(&ma), encrypt_at_1(&mb));
+        let (ra, rb) = ctx.bootstrap_real_pair(&a, &b, bk).unwrap();
+        let single = ctx.bootstrap(&a, bk).unwrap();
+        for r in [&ra, &rb] {
+            assert_eq!(r.level(), bk.output_level());
+            assert_eq!(r.scale(), single.scale());
+        }
+        let bits =
+            |want: &[f64], ct| precision_bits(want, &ctx.decrypt_decode(ct, &keys.secret).unwrap());
+        let (pa, pb, ps) = (bits(&ma, &ra), bits(&mb, &rb), bits(&ma, &single));
+        eprintln!("period {period:?}: pair {pa:.2} / {pb:.2} bits, single {ps:.2}");
+        assert!(
+            pa > ps - 1.5 && pb > ps - 1.5 && pa.min(pb) > 16.0,
+            "period {period:?}: pair {pa:.2} / {pb:.2} bits, single {ps:.2}"
+        );
+    }
+    let low = ctx
+        .encrypt(
+            &ctx.encode(&message(n, 7), ctx.natural_scale(0), 0).unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let one = encrypt_at_1(&message(n, 8));
+    assert!(matches!(
+        ctx.bootstrap_real_pair(&low, &one, &full_bk),
+        Err(Error::OutOfLevels { .. })
+    ));
+}
+
 /// A sparse bootstrap's keys hold only the rotations it uses, and its layout (the period)
 /// travels with them in the compact format: read back, they bootstrap to the same words.
 /// An invalid period is refused with a message.

@@ -1347,6 +1347,38 @@ impl CkksContext {
         Ok(out.derive(out.polys.clone(), scale))
     }
 
+    /// Bootstraps two ciphertexts of **real** slot values in one bootstrap: the pair travels as
+    /// the complex slots `(a + i·b)/2`, and one conjugation splits the result again (`a` is
+    /// `z + z̄`, `b` is `−i·(z − z̄)`). The halving rides on the plaintext multiplication that
+    /// brings each input to level 0, so both need a level ≥ 1 (else [`Error::OutOfLevels`]);
+    /// a full-slot bootstrap evaluates EvalMod on the real and the imaginary parts anyway, so
+    /// this halves the work of refreshing real values. Each input's imaginary parts (its
+    /// noise, for real data) land in the other's output; the halving costs one bit of
+    /// precision. Returns `(a, b)` refreshed as [`Self::bootstrap`] would.
+    pub fn bootstrap_real_pair(
+        &self,
+        a: &Ciphertext,
+        b: &Ciphertext,
+        keys: &BootstrapKeys,
+    ) -> Result<(Ciphertext, Ciphertext)> {
+        let plan = &keys.plan;
+        let half = |ct: &Ciphertext| -> Result<Ciphertext> {
+            let ct = if ct.size() == 3 {
+                self.relinearize(ct, &keys.relin)?
+            } else {
+                ct.clone()
+            };
+            self.match_scale_times(&ct, 0, plan.message_scale, 0.5)
+        };
+        let (a, b) = (half(a)?, half(b)?);
+        let packed = self.add(&a, &self.times_i(&b, &plan.i_at_eval_in)?)?;
+        let z = self.bootstrap(&packed, keys)?;
+        let zc = self.conjugate(&z, &keys.galois)?;
+        let re = self.add(&z, &zc)?;
+        let im = self.negate(&self.times_i(&self.sub(&z, &zc)?, &plan.i_at_eval_out)?)?;
+        Ok((re, im))
+    }
+
     /// Encapsulation and ModRaise: level 0 under `s` → top level under `s`, decrypting to
     /// `t = Δ·m + q_0·I`; the result's scale is `q_0`, so its slots read `embed(t)/q_0`.
     fn mod_raise(&self, ct: &Ciphertext, keys: &BootstrapKeys) -> Result<Ciphertext> {

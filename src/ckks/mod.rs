@@ -428,6 +428,18 @@ impl CkksContext {
     /// the result of a deeper computation, whose scale has drifted from Δ. Costs the one level
     /// above `level`.
     pub fn match_scale(&self, ct: &Ciphertext, level: usize, scale: f64) -> Result<Ciphertext> {
+        self.match_scale_times(ct, level, scale, 1.0)
+    }
+
+    /// [`Self::match_scale`] that also multiplies the slots by `factor`, in the same
+    /// plaintext multiplication (no extra level).
+    pub fn match_scale_times(
+        &self,
+        ct: &Ciphertext,
+        level: usize,
+        scale: f64,
+        factor: f64,
+    ) -> Result<Ciphertext> {
         if level >= ct.level() {
             return Err(Error::OutOfLevels {
                 op: "match_scale",
@@ -436,7 +448,7 @@ impl CkksContext {
         }
         let up = self.mod_switch_to(ct, level + 1)?;
         let q = self.level_modulus(level + 1);
-        let lifted = self.linear_combination(&[&up], &[1.0], scale * q / up.scale)?;
+        let lifted = self.linear_combination(&[&up], &[factor], scale * q / up.scale)?;
         self.rescale(&lifted)
     }
 

@@ -542,7 +542,9 @@ impl KeyHolder {
 
 /// Refresh by bootstrapping: public material only, nobody decrypts. A bootstrapped
 /// ciphertext comes back at [`BootstrapKeys::output_level`] (the levels left for computation),
-/// not at the top of the chain.
+/// not at the top of the chain. The training workloads' values are real, so two ciphertexts
+/// share one bootstrap ([`CkksContext::bootstrap_real_pair`]) wherever both have a level
+/// above 0: refreshing weights and velocity costs one bootstrap, not two.
 pub struct Bootstrapper {
     ctx: Arc<CkksContext>,
     keys: BootstrapKeys,
@@ -562,11 +564,23 @@ impl Bootstrapper {
 
 impl Refresh for Bootstrapper {
     fn refresh(&self, cts: &[Ciphertext]) -> Result<Vec<Ciphertext>> {
-        // One at a time: each bootstrap already runs its rotations and NTTs in parallel,
-        // and at N = 2^16 two at once would double a multi-GB peak.
-        cts.iter()
-            .map(|c| self.ctx.bootstrap(c, &self.keys))
-            .collect()
+        // One bootstrap at a time: each already runs its rotations and NTTs in parallel, and
+        // at N = 2^16 two at once would double a multi-GB peak.
+        let mut out = Vec::with_capacity(cts.len());
+        for pair in cts.chunks(2) {
+            match pair {
+                [a, b] if a.level() > 0 && b.level() > 0 => {
+                    let (a, b) = self.ctx.bootstrap_real_pair(a, b, &self.keys)?;
+                    out.extend([a, b]);
+                }
+                _ => {
+                    for c in pair {
+                        out.push(self.ctx.bootstrap(c, &self.keys)?);
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn describe(&self) -> &'static str {
