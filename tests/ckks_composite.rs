@@ -249,6 +249,53 @@ fn rotations_polynomials_and_level_alignment() {
     assert!(bits > FRESH_BITS - 1.0, "sum: {bits:.1} bits");
 }
 
+/// `extra_special_primes` trades key-switching noise for speed: at N = 2^13, depth 2, Δ = 2^40
+/// the default's extra special prime leaves room for 6 digits only; without it the chain fits
+/// with 3 (fewer, cheaper key switches). A rotation keeps the fresh precision with the extra
+/// prime and loses several bits without it (SEAL's level, ~20 bits; measured 26.8 vs 21.5).
+#[test]
+fn extra_special_primes_trade_rotation_precision_for_digits() {
+    let rotation_bits = |p: CkksParams| {
+        let ctx = CkksContext::with_seed(p, [9; 32]).unwrap();
+        let keys = ctx.keygen().unwrap();
+        let gk = ctx.gen_galois_keys(&keys.secret, &[1], false).unwrap();
+        let x = vals(11, ctx.slots());
+        let ct = ctx
+            .encrypt(
+                &ctx.encode(&x, ctx.default_scale(), ctx.max_level())
+                    .unwrap(),
+                &keys.public,
+            )
+            .unwrap();
+        let r = ctx
+            .decrypt_decode(&ctx.rotate(&ct, 1, &gk).unwrap(), &keys.secret)
+            .unwrap();
+        let n = x.len();
+        let want: Vec<f64> = (0..n).map(|i| x[(i + 1) % n]).collect();
+        precision_bits(&want, &r)
+    };
+    let build = |extra: Option<usize>| {
+        let b = CkksParams::builder().log_n(13).depth(2).scale_bits(40);
+        match extra {
+            Some(k) => b.extra_special_primes(k),
+            None => b,
+        }
+        .build()
+        .unwrap()
+    };
+    let (precise, fast) = (build(None), build(Some(0)));
+    assert_eq!(build(Some(1)).rlwe, precise.rlwe);
+    assert_eq!((precise.rlwe.dnum(), precise.rlwe.p_primes().len()), (6, 2));
+    assert_eq!((fast.rlwe.dnum(), fast.rlwe.p_primes().len()), (3, 2));
+    assert_eq!(fast.rlwe.q_primes().len(), precise.rlwe.q_primes().len());
+    let (bp, bf) = (rotation_bits(precise), rotation_bits(fast));
+    eprintln!("rotation: {bp:.1} bits with the extra special prime, {bf:.1} without");
+    assert!(
+        bp > FRESH_BITS && bf > 17.0 && bp > bf + 3.0,
+        "{bp:.1} vs {bf:.1} bits"
+    );
+}
+
 #[test]
 fn composite_objects_round_trip_and_keep_their_shape() {
     let (ctx, keys, _) = ctx();

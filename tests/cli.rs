@@ -730,6 +730,41 @@ fn bench_precision_on_a_composite_chain() {
     let rows = plain["results"].as_array().unwrap();
     assert!(rows.iter().all(|x| x.get("max_err_log2").is_none()));
     assert!(rows.iter().all(|x| x["op"] != "depth_chain"));
+    // Without the extra special prime the same chain fits 3 digits instead of 6; its rows
+    // carry their own config id. The flag needs a builder chain.
+    let fast = json(&[
+        "bench",
+        "--log-n",
+        "13",
+        "--scheme",
+        "ckks",
+        "--scale-bits",
+        "40",
+        "--depth",
+        "2",
+        "--extra-special-primes",
+        "0",
+        "--reps",
+        "1",
+        "--batch",
+        "1",
+        "--json",
+    ]);
+    let x = &fast["results"][0];
+    assert_eq!((u(x, "dnum"), u(row("add"), "dnum")), (3, 6), "{x}");
+    assert_eq!(x["config"], "ckks-13-s40-x0");
+    fails(
+        &[
+            "bench",
+            "--log-n",
+            "13",
+            "--scheme",
+            "ckks",
+            "--extra-special-primes",
+            "0",
+        ],
+        &["--scale-bits"],
+    );
     // A chain the 128-bit bound cannot hold is an error that says what fits.
     fails(
         &[

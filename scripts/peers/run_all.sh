@@ -16,6 +16,8 @@
 #   HETENSOR_ARGS  extra args appended to `hetensor bench --json --out FILE`
 #                  (default: --log-n $LOG_N --threads 1, matching the peers); configs with a
 #                  "hetensor" entry instead run one bench each with those args and --threads 1
+#   HETENSOR_EXTRA extra args for every per-config hetensor run of a CONFIG with "hetensor"
+#                  entries, e.g. "--extra-special-primes 0" (key switching at SEAL's precision)
 #   SKIP_SETUP=1   do not run setup.sh
 #   NICE=-10   run every engine under `nice -n $NICE` (opt-in; a negative value needs root and
 #              takes CPU from whatever else runs on the machine, e.g. concurrent cargo builds)
@@ -66,7 +68,7 @@ for pass in $(seq 1 "$PASSES"); do
             id="${line%% *}"
             out="$RAW/hetensor-$pass-$id.json"
             # shellcheck disable=SC2086
-            if ! "${run[@]}" "$HETENSOR" bench --json --out "$out" ${line#* } "${het_threads[@]}"; then
+            if ! "${run[@]}" "$HETENSOR" bench --json --out "$out" ${line#* } ${HETENSOR_EXTRA:-} "${het_threads[@]}"; then
                 echo "[run_all] WARNING: $HETENSOR bench ($id) failed (pass $pass); continuing without it" >&2
                 rm -f "$out"
             fi

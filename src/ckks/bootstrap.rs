@@ -1141,17 +1141,28 @@ struct KeyParts {
 }
 
 /// The switch to the sparse key works over the base primes `Q_0` and the fewest special primes
-/// `P'` with `log2 P' ≥ log2 Q_0 − 8`: the switch adds about `(Q_0/P')·σ·√N ≤ 2^16` to a
-/// message at scale ~2^48, 12+ bits under what bootstrapping keeps. This key is the only
+/// `P'` that keep the noise it adds, about `(Q_0/P')·σ·√N`, 2^30 under the computation scale
+/// Δ (the level-1 modulus): `P'` may be 8 bits under `Q_0` at Δ = 2^48, and must be above it
+/// at a one-prime Δ = 2^29, where a 2^8 ratio costs a bootstrap 12 bits (measured at
+/// N = 2^10 with SlotsToCoeffs at 2^56: 2^-7.1 error, 2^-18.9 with this rule). The presets'
+/// choice is the same under both rules. This key is the only
 /// object under the Hamming-weight-32 secret, so its modulus sets that secret's security:
-/// `Q_0·P'` is 2^116 at the N = 2^16 preset (56 + 2 × 30 bits) instead of the chain's 2^1766,
+/// `Q_0·P'` is 2^116 at the N = 2^16 preset (56 + 2 × 30 bits) instead of the chain's 2^1736,
 /// where `scripts/sparse_secret_security.py` puts the primal drop-and-solve attack at 2^184
 /// core-SVP and even a square-root-of-the-guesses floor at 2^98, above the 2^92 the same model
-/// gives the dense secret at the 128-bit bound (README, "Security").
+/// gives the dense secret at the 128-bit bound (README, "Security"); a smaller `Q_0·P'` is
+/// harder still.
 fn low_key_shape(ctx: &crate::rlwe::RlweContext) -> Result<(usize, usize)> {
     let bits = |l: usize| (ctx.ring().modulus(l).value() as f64).log2();
     let q0 = ctx.q_limbs(0);
-    let need = q0.iter().map(|&l| bits(l)).sum::<f64>() - 8.0;
+    let log_q0: f64 = q0.iter().map(|&l| bits(l)).sum();
+    let log_delta: f64 = if ctx.max_level() > 0 {
+        ctx.q_limbs(1)[q0.len()..].iter().map(|&l| bits(l)).sum()
+    } else {
+        log_q0
+    };
+    let noise_bits = (3.2f64 * (ctx.n() as f64).sqrt()).log2();
+    let need = log_q0 + noise_bits + 30.0 - log_delta;
     let mut have = 0.0;
     for (k, &p) in ctx.p_limbs().iter().enumerate() {
         have += bits(p);

@@ -13,7 +13,8 @@ use crate::rlwe::{LevelShape, RlweParams, Security};
 const MAX_PRIME_BITS: u32 = 30;
 /// Size of the special primes (the largest word keeps their count, and so QP, small).
 const SPECIAL_BITS: u32 = 30;
-/// Special primes beyond one digit's worth. Key switching adds noise of about N·σ·D/P for a
+/// Special primes beyond one digit's worth, by default
+/// ([`CkksParamsBuilder::extra_special_primes`]). Key switching adds noise of about N·σ·D/P for a
 /// digit modulus D; with P ≈ D that is ~2^15, which a rotation (no rescale follows) leaves at
 /// 2^-20 relative to a 2^40 scale. One more 30-bit prime puts it 2^30 lower: measured at
 /// N = 2^13, Δ = 2^40, a rotation keeps 26.7 bits instead of 20.4 (as SEAL's 60-bit special
@@ -316,6 +317,7 @@ pub struct CkksParamsBuilder {
     dnum: Option<usize>,
     security: Security,
     upper: Option<(usize, u32)>,
+    extra_special: Option<usize>,
 }
 
 impl Default for CkksParamsBuilder {
@@ -330,6 +332,7 @@ impl Default for CkksParamsBuilder {
             dnum: None,
             security: Security::Bits128,
             upper: None,
+            extra_special: None,
         }
     }
 }
@@ -377,6 +380,16 @@ impl CkksParamsBuilder {
     /// that key-switching noise stays far below the scale.
     pub fn dnum(mut self, dnum: usize) -> Self {
         self.dnum = Some(dnum);
+        self
+    }
+
+    /// Special primes beyond one digit's worth (default 1). Each one puts key switching's
+    /// noise ~2^30 lower: with the default, a rotation at Δ = 2^40 keeps the precision of a
+    /// fresh encryption (26.7 bits at N = 2^13); with 0 it keeps about what SEAL's single
+    /// special prime does (20 bits) and runs faster, since the chain then fits under the
+    /// 128-bit bound with fewer digits (at N = 2^13, depth 2: 3 digits instead of 6).
+    pub fn extra_special_primes(mut self, count: usize) -> Self {
+        self.extra_special = Some(count);
         self
     }
 
@@ -548,6 +561,7 @@ impl CkksParamsBuilder {
             Some(d) => vec![d.clamp(1, limbs)],
             None => (1..=limbs).collect(),
         };
+        let extra_special = self.extra_special.unwrap_or(EXTRA_SPECIAL_PRIMES);
         // Q alone is fixed by depth and scale; fail fast when it exceeds the bound.
         let log_q_estimate: f64 = estimated_bits.iter().sum();
         let mut last = None;
@@ -558,9 +572,9 @@ impl CkksParamsBuilder {
                     .into_iter()
                     .map(|r| estimated_bits[r].iter().sum::<f64>())
                     .fold(0.0, f64::max);
-                (largest / (SPECIAL_BITS as f64 - 0.05)).ceil() as usize + EXTRA_SPECIAL_PRIMES
+                (largest / (SPECIAL_BITS as f64 - 0.05)).ceil() as usize + extra_special
             } else {
-                limbs.div_ceil(dnum) + EXTRA_SPECIAL_PRIMES
+                limbs.div_ceil(dnum) + extra_special
             };
             let estimate = log_q_estimate + alpha as f64 * SPECIAL_BITS as f64;
             if self.security == Security::Bits128 && estimate > bound + 1.0 && self.dnum.is_none() {

@@ -313,6 +313,9 @@ pub struct CkksChain {
     pub scale_bits: Option<u32>,
     /// Rescalings (default: the peers' depth, [`peer_depth`]).
     pub depth: Option<usize>,
+    /// With `scale_bits`: the builder's special primes beyond one digit's worth
+    /// ([`hetensor::ckks::CkksParamsBuilder::extra_special_primes`]; `None`: its default).
+    pub extra_special: Option<usize>,
     /// Decrypt one output of the ops that produce a ciphertext and report its slot error.
     pub precision: bool,
     /// The bootstrap rows: a sparse-slot bootstrap of this period (`None`: all slots).
@@ -329,12 +332,18 @@ impl CkksChain {
         let depth = self.depth.unwrap_or_else(|| peer_depth(log_n));
         match (self.max_chain, self.scale_bits) {
             (true, bits) => CkksParams::preset(log_n, bits.unwrap_or(25)),
-            (false, Some(bits)) => CkksParams::builder()
-                .log_n(log_n)
-                .depth(depth)
-                .scale_bits(bits)
-                .security(hetensor::rlwe::Security::Bits128)
-                .build(),
+            (false, Some(bits)) => {
+                let b = CkksParams::builder()
+                    .log_n(log_n)
+                    .depth(depth)
+                    .scale_bits(bits)
+                    .security(hetensor::rlwe::Security::Bits128);
+                match self.extra_special {
+                    Some(k) => b.extra_special_primes(k),
+                    None => b,
+                }
+                .build()
+            }
             (false, None) => CkksParams::new(
                 log_n,
                 depth,
@@ -346,14 +355,18 @@ impl CkksChain {
         }
     }
 
-    /// Config id of the rows, e.g. `ckks-14`, `ckks-14-max`, `ckks-14-s40`.
+    /// Config id of the rows, e.g. `ckks-14`, `ckks-14-max`, `ckks-14-s40`, `ckks-13-s40-x0`.
     fn id(&self, log_n: u32) -> String {
         let max = if self.max_chain { "-max" } else { "" };
         let scale = self
             .scale_bits
             .map(|b| format!("-s{b}"))
             .unwrap_or_default();
-        format!("ckks-{log_n}{max}{scale}")
+        let extra = self
+            .extra_special
+            .map(|k| format!("-x{k}"))
+            .unwrap_or_default();
+        format!("ckks-{log_n}{max}{scale}{extra}")
     }
 }
 
@@ -545,6 +558,11 @@ pub struct BenchArgs {
     /// CKKS rescalings [default: the peers' depth, 2/6/16/22 at N = 2^13/14/15/16].
     #[arg(long, value_parser = super::args::at_least(1))]
     pub depth: Option<usize>,
+    /// With --scale-bits: special primes beyond one digit's worth [default: 1]. 0 keeps a
+    /// rotation's precision at SEAL's level (~20 bits at 2^40) and may fit fewer, faster
+    /// key-switching digits; 1 keeps it at a fresh encryption's.
+    #[arg(long, requires = "scale_bits", value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub extra_special_primes: Option<u32>,
     /// Also report each CKKS op's slot error against the plaintext result (log2 of the
     /// max and mean over all slots) and time a chain of mul+relin+rescale to level 0.
     #[arg(long)]
@@ -586,6 +604,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             ("--max-chain", args.max_chain, &[Ckks]),
             ("--scale-bits", args.scale_bits.is_some(), &[Ckks]),
             ("--depth", args.depth.is_some(), &[Ckks]),
+            (
+                "--extra-special-primes",
+                args.extra_special_primes.is_some(),
+                &[Ckks],
+            ),
             ("--precision", args.precision, &[Ckks]),
             ("--batch", args.batch.is_some(), &[Ckks]),
             ("--trace", args.trace, &[Ckks, Bfv]),
@@ -600,6 +623,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         max_chain: args.max_chain,
         scale_bits: args.scale_bits,
         depth: args.depth,
+        extra_special: args.extra_special_primes.map(|k| k as usize),
         precision: args.precision,
         boot_slots: args.boot_slots,
         boot_arcsine: args.boot_arcsine,
