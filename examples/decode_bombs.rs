@@ -64,8 +64,8 @@ fn main() -> hetensor::Result<()> {
     let ctx = CkksContext::with_seed(params.clone(), [3; 32])?;
     let rlwe = ctx.rlwe();
     let n = rlwe.n();
-    let q = params.rlwe.q_primes().to_vec();
-    let qp: Vec<u32> = q.iter().chain(params.rlwe.p_primes()).copied().collect();
+    let q = params.rlwe().q_primes().to_vec();
+    let qp: Vec<u32> = q.iter().chain(params.rlwe().p_primes()).copied().collect();
     let digits = rlwe.digits().len();
     let before = vm_hwm_mib();
     match probe.as_str() {

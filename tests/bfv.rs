@@ -220,7 +220,7 @@ proptest! {
 #[test]
 fn preset_2_13_depth_until_budget_exhausted() {
     let params = BfvParams::preset(13, PlainModulus::Bits(20)).unwrap();
-    assert_eq!(params.rlwe.security(), Security::Bits128);
+    assert_eq!(params.rlwe().security(), Security::Bits128);
     let ctx = BfvContext::with_seed(params, [13; 32]).unwrap();
     let keys = ctx.keygen().unwrap();
     let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
@@ -509,7 +509,7 @@ fn errors_are_reported() {
     assert_eq!(
         BfvParams::new(13, PlainModulus::Prime(65537), 6, 6)
             .unwrap()
-            .plain_modulus,
+            .plain_modulus(),
         65537
     );
     assert!(matches!(

@@ -425,7 +425,7 @@ fn presets_fit_the_128_bit_bound() {
     use hetensor::rlwe::{params::max_log_qp_128, Security};
     for (log_n, left) in [(15u32, 1usize), (16, 8)] {
         let bp = BootstrapParams::preset(log_n).unwrap();
-        let r = &bp.ckks.rlwe;
+        let r = &bp.ckks.rlwe();
         assert_eq!(r.security(), Security::Bits128);
         assert_eq!(bp.ckks.n(), 1 << log_n);
         let bound = max_log_qp_128(1 << log_n).unwrap() as f64;

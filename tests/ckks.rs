@@ -1,7 +1,7 @@
 //! CKKS: every homomorphic operation against the plaintext computation, within a bound derived
 //! from the parameters; the full modulus chain; and every misuse returning a typed error.
 
-use hetensor::ckks::{precision_bits, CkksContext, CkksParams};
+use hetensor::ckks::{precision_bits, CkksContext, CkksParams, SinglePrimeChain};
 use hetensor::rlwe::Security;
 use hetensor::Error;
 use proptest::prelude::*;
@@ -231,8 +231,18 @@ fn misuse_returns_typed_errors() {
         Err(Error::MissingGaloisKey { step: Some(3), .. })
     ));
     // ciphertext from another parameter set
-    let other =
-        CkksContext::new(CkksParams::new(13, 3, 25, 30, 2, Security::Bits128).unwrap()).unwrap();
+    let other = CkksContext::new(
+        CkksParams::single_prime(SinglePrimeChain {
+            log_n: 13,
+            levels: 3,
+            scale_bits: 25,
+            dnum: 2,
+            security: Security::Bits128,
+            ..Default::default()
+        })
+        .unwrap(),
+    )
+    .unwrap();
     let okeys = other.keygen().unwrap();
     let oc = other
         .encrypt(&other.encode(&[1.0], s, 3).unwrap(), &okeys.public)
@@ -247,17 +257,32 @@ fn misuse_returns_typed_errors() {
     ));
     // insecure parameters need the opt-in
     assert!(matches!(
-        CkksParams::new(13, 8, 28, 30, 1, Security::Bits128),
+        CkksParams::single_prime(SinglePrimeChain {
+            log_n: 13,
+            levels: 8,
+            scale_bits: 28,
+            dnum: 1,
+            security: Security::Bits128,
+            ..Default::default()
+        }),
         Err(Error::InsecureParameters { .. })
     ));
-    assert!(CkksParams::new(13, 8, 28, 30, 1, Security::InsecureForTestingOnly).is_ok());
+    assert!(CkksParams::single_prime(SinglePrimeChain {
+        log_n: 13,
+        levels: 8,
+        scale_bits: 28,
+        dnum: 1,
+        security: Security::InsecureForTestingOnly,
+        ..Default::default()
+    })
+    .is_ok());
 }
 
 #[test]
 fn presets_fit_the_security_bound() {
     for (log_n, max) in [(13u32, 218.0), (14, 438.0), (15, 881.0)] {
         let p = CkksParams::preset(log_n, 25).unwrap();
-        assert!(p.rlwe.log_qp() <= max, "{log_n}: {}", p.rlwe.log_qp());
+        assert!(p.rlwe().log_qp() <= max, "{log_n}: {}", p.rlwe().log_qp());
         assert!(p.levels() >= 5);
     }
 }
@@ -363,7 +388,15 @@ fn upload_signed_reduces_small_and_large_coefficients_alike() {
 /// under the wrong key used to give values of ~1e16 with no error).
 #[test]
 fn key_sets_cannot_be_mixed() {
-    let params = CkksParams::new(12, 3, 25, 30, 2, Security::InsecureForTestingOnly).unwrap();
+    let params = CkksParams::single_prime(SinglePrimeChain {
+        log_n: 12,
+        levels: 3,
+        scale_bits: 25,
+        dnum: 2,
+        security: Security::InsecureForTestingOnly,
+        ..Default::default()
+    })
+    .unwrap();
     let ctx = CkksContext::with_seed(params, [21; 32]).unwrap();
     let a = ctx.keygen().unwrap();
     let b = ctx.keygen().unwrap();
@@ -416,7 +449,15 @@ fn key_sets_cannot_be_mixed() {
 /// keys belong to that secret's key set.
 #[test]
 fn public_and_relin_keys_from_a_secret_key() {
-    let params = CkksParams::new(12, 3, 25, 30, 2, Security::InsecureForTestingOnly).unwrap();
+    let params = CkksParams::single_prime(SinglePrimeChain {
+        log_n: 12,
+        levels: 3,
+        scale_bits: 25,
+        dnum: 2,
+        security: Security::InsecureForTestingOnly,
+        ..Default::default()
+    })
+    .unwrap();
     let ctx = CkksContext::with_seed(params, [22; 32]).unwrap();
     let sk = ctx.keygen().unwrap().secret;
     let pk = ctx.gen_public_key(&sk).unwrap();

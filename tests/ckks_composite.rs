@@ -57,21 +57,21 @@ fn builder_picks_the_smallest_ring_and_says_what_it_chose() {
     assert_eq!(p.n(), 1 << 14);
     assert_eq!(p.levels(), 5);
     assert_eq!(p.composition(), 2);
-    let q = p.rlwe.q_primes();
+    let q = p.rlwe().q_primes();
     assert!(q.iter().all(|&x| x < 1 << 30));
     assert!(q
         .iter()
-        .chain(p.rlwe.p_primes())
+        .chain(p.rlwe().p_primes())
         .all(|&x| (x as u64 - 1) % (2 * p.n() as u64) == 0));
     let mut distinct = q.to_vec();
-    distinct.extend(p.rlwe.p_primes());
+    distinct.extend(p.rlwe().p_primes());
     distinct.sort_unstable();
     distinct.dedup();
-    assert_eq!(distinct.len(), q.len() + p.rlwe.p_primes().len());
+    assert_eq!(distinct.len(), q.len() + p.rlwe().p_primes().len());
     for bits in p.level_bits() {
         assert!((bits - 40.0).abs() < 1.0, "level modulus 2^{bits}");
     }
-    assert!(p.rlwe.log_qp() <= 438.0);
+    assert!(p.rlwe().log_qp() <= 438.0);
     let shown = p.to_string();
     assert!(
         shown.contains("N = 2^14") && shown.contains("128-bit"),
@@ -284,10 +284,16 @@ fn extra_special_primes_trade_rotation_precision_for_digits() {
         .unwrap()
     };
     let (precise, fast) = (build(None), build(Some(0)));
-    assert_eq!(build(Some(1)).rlwe, precise.rlwe);
-    assert_eq!((precise.rlwe.dnum(), precise.rlwe.p_primes().len()), (6, 2));
-    assert_eq!((fast.rlwe.dnum(), fast.rlwe.p_primes().len()), (3, 2));
-    assert_eq!(fast.rlwe.q_primes().len(), precise.rlwe.q_primes().len());
+    assert_eq!(build(Some(1)).rlwe(), precise.rlwe());
+    assert_eq!(
+        (precise.rlwe().dnum(), precise.rlwe().p_primes().len()),
+        (6, 2)
+    );
+    assert_eq!((fast.rlwe().dnum(), fast.rlwe().p_primes().len()), (3, 2));
+    assert_eq!(
+        fast.rlwe().q_primes().len(),
+        precise.rlwe().q_primes().len()
+    );
     let (bp, bf) = (rotation_bits(precise), rotation_bits(fast));
     eprintln!("rotation: {bp:.1} bits with the extra special prime, {bf:.1} without");
     assert!(
@@ -350,7 +356,7 @@ fn composite_objects_round_trip_and_keep_their_shape() {
         .security(Security::InsecureForTestingOnly)
         .build()
         .unwrap();
-    let r = &composite.rlwe;
+    let r = &composite.rlwe();
     let flat = RlweParams::new(
         r.n(),
         r.q_primes().to_vec(),
@@ -382,18 +388,18 @@ fn two_segment_chain_levels_scales_digits_and_round_trip() {
         .security(Security::InsecureForTestingOnly)
         .build()
         .unwrap();
-    let shape = params.rlwe.level_shape();
+    let shape = params.rlwe().level_shape();
     assert_eq!(shape, LevelShape::two_segment(2, 3, 2, 2));
     assert_eq!(params.levels(), 5);
     assert_eq!(params.computation_levels(), 3);
-    assert_eq!(params.upper_scale_bits, Some(56));
+    assert_eq!(params.upper_scale_bits(), Some(56));
     let bits = params.level_bits();
     assert!(bits[..3].iter().all(|b| (b - 40.0).abs() < 0.6), "{bits:?}");
     assert!(bits[3..].iter().all(|b| (b - 56.0).abs() < 0.6), "{bits:?}");
     // Digits balanced by bits, special primes covering the largest.
-    let q = params.rlwe.q_primes().to_vec();
+    let q = params.rlwe().q_primes().to_vec();
     let digit_bits: Vec<f64> = params
-        .rlwe
+        .rlwe()
         .digit_ranges()
         .into_iter()
         .map(|r| q[r].iter().map(|&x| (x as f64).log2()).sum())
@@ -404,12 +410,12 @@ fn two_segment_chain_levels_scales_digits_and_round_trip() {
         "{digit_bits:?}"
     );
     let p_bits: f64 = params
-        .rlwe
+        .rlwe()
         .p_primes()
         .iter()
         .map(|&x| (x as f64).log2())
         .sum();
-    assert!(p_bits >= params.rlwe.max_digit_bits());
+    assert!(p_bits >= params.rlwe().max_digit_bits());
 
     let ctx = CkksContext::with_seed(params, [9; 32]).unwrap();
     assert_eq!(ctx.max_level(), 3);
@@ -463,14 +469,14 @@ fn two_segment_chain_levels_scales_digits_and_round_trip() {
     let opts = serialize::DecodeOptions::allow_insecure();
     let back =
         PublicContext::<CkksContext>::from_bytes_with(&bytes, default_backend(), opts).unwrap();
-    assert_eq!(back.context.params().rlwe, ctx.params().rlwe);
-    assert_eq!(back.context.params().upper_scale_bits, Some(56));
+    assert_eq!(back.context.params().rlwe(), ctx.params().rlwe());
+    assert_eq!(back.context.params().upper_scale_bits(), Some(56));
     assert_eq!(back.context.rlwe().fingerprint(), ctx.rlwe().fingerprint());
     // The shape is part of the fingerprint.
     let uniform = RlweParams::with_shape(
         ctx.rlwe().n(),
         q,
-        ctx.params().rlwe.p_primes().to_vec(),
+        ctx.params().rlwe().p_primes().to_vec(),
         vec![],
         2,
         Security::InsecureForTestingOnly,

@@ -613,7 +613,7 @@ use hetensor::math::sampler::Sampler;
 use hetensor::rlwe::RlweContext;
 
 fn ckks_on(backend: Arc<dyn Backend>, params: CkksParams) -> CkksContext {
-    let rlwe = RlweContext::with_backend(params.rlwe.clone(), backend).unwrap();
+    let rlwe = RlweContext::with_backend(params.rlwe().clone(), backend).unwrap();
     CkksContext::with_rlwe(rlwe, params, Sampler::from_seed([9; 32])).unwrap()
 }
 

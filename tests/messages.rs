@@ -2,20 +2,36 @@
 //! provokes one error through the public API and checks its text (#13).
 
 use hetensor::backend::default_backend;
-use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::ckks::{CkksContext, CkksParams, SinglePrimeChain};
 use hetensor::rlwe::Security;
 use hetensor::serialize::SecretContext;
 
 /// N = 2^12 with one level, insecure (fast): the base prime and one 25-bit scale prime.
 fn small() -> CkksContext {
-    let params = CkksParams::new(12, 1, 25, 30, 2, Security::InsecureForTestingOnly).unwrap();
+    let params = CkksParams::single_prime(SinglePrimeChain {
+        log_n: 12,
+        levels: 1,
+        scale_bits: 25,
+        dnum: 2,
+        security: Security::InsecureForTestingOnly,
+        ..Default::default()
+    })
+    .unwrap();
     CkksContext::with_seed(params, [5; 32]).unwrap()
 }
 
 #[test]
 fn insecure_parameters_name_the_real_opt_out() {
     // 20 levels of 25 bits do not fit N = 2^13 at 128 bits.
-    let err = CkksParams::new(13, 20, 25, 30, 3, Security::Bits128).unwrap_err();
+    let err = CkksParams::single_prime(SinglePrimeChain {
+        log_n: 13,
+        levels: 20,
+        scale_bits: 25,
+        dnum: 3,
+        security: Security::Bits128,
+        ..Default::default()
+    })
+    .unwrap_err();
     let msg = err.to_string();
     assert!(
         matches!(err, hetensor::Error::InsecureParameters { .. }),
@@ -96,7 +112,7 @@ fn rejected_stored_parameters_have_one_prefix() {
     let mut bytes = Vec::new();
     SecretContext::write_parts(&mut bytes, &ctx, &keys.secret).unwrap();
     // The first ciphertext prime, little-endian, is in the parameters; make it even.
-    let q0 = ctx.params().rlwe.q_primes()[0];
+    let q0 = ctx.params().rlwe().q_primes()[0];
     let at = bytes
         .windows(4)
         .position(|w| w == q0.to_le_bytes())

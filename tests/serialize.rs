@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use hetensor::backend::{default_backend, Backend};
 use hetensor::bfv::{self, BfvContext, BfvParams, PlainModulus};
-use hetensor::ckks::{CkksContext, CkksParams, KeySet};
+use hetensor::ckks::{CkksContext, CkksParams, KeySet, SinglePrimeChain};
 use hetensor::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, Security};
 use hetensor::serialize::{
     self, DecodeOptions, PublicContext, SecretContext, WriteOptions, FORMAT_VERSION, HEADER_LEN,
@@ -30,7 +30,15 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let params = CkksParams::new(12, 3, 25, 30, 2, Security::InsecureForTestingOnly).unwrap();
+        let params = CkksParams::single_prime(SinglePrimeChain {
+            log_n: 12,
+            levels: 3,
+            scale_bits: 25,
+            dnum: 2,
+            security: Security::InsecureForTestingOnly,
+            ..Default::default()
+        })
+        .unwrap();
         let ctx = CkksContext::with_seed(params, [9; 32]).unwrap();
         let keys = ctx.keygen().unwrap();
         let galois = ctx.gen_galois_keys(&keys.secret, &[1, -3], true).unwrap();
@@ -132,7 +140,7 @@ fn seeded_ciphertexts_are_about_half_size_and_tightly_packed() {
     let bits: usize = f
         .ctx
         .params()
-        .rlwe
+        .rlwe()
         .q_primes()
         .iter()
         .map(|&q| (32 - q.leading_zeros()) as usize)
@@ -348,8 +356,8 @@ fn bfv_ciphertexts_round_trip_and_do_not_pass_for_ckks() {
         SecretContext::<BfvContext>::from_bytes_with(&sbytes, default_backend(), INSECURE_OK)
             .unwrap();
     assert_eq!(
-        owner.context.params().plain_modulus,
-        ctx.params().plain_modulus
+        owner.context.params().plain_modulus(),
+        ctx.params().plain_modulus()
     );
     assert_eq!(
         &owner
@@ -364,7 +372,15 @@ fn bfv_ciphertexts_round_trip_and_do_not_pass_for_ckks() {
 fn objects_of_other_parameters_are_refused() {
     let f = fixture();
     let other = CkksContext::with_seed(
-        CkksParams::new(12, 2, 25, 30, 1, Security::InsecureForTestingOnly).unwrap(),
+        CkksParams::single_prime(SinglePrimeChain {
+            log_n: 12,
+            levels: 2,
+            scale_bits: 25,
+            dnum: 1,
+            security: Security::InsecureForTestingOnly,
+            ..Default::default()
+        })
+        .unwrap(),
         [1; 32],
     )
     .unwrap();
@@ -654,7 +670,7 @@ fn poly_bytes(primes: &[u32], n: usize) -> usize {
 
 /// The ciphertext and special primes of the fixture (what keys live on).
 fn qp_primes() -> Vec<u32> {
-    let p = &fixture().ctx.params().rlwe;
+    let p = &fixture().ctx.params().rlwe();
     p.q_primes().iter().chain(p.p_primes()).copied().collect()
 }
 
@@ -734,7 +750,7 @@ fn zstd_bombs_are_refused_before_they_inflate() {
         Err(Error::Decode(_))
     ));
     // A zero ciphertext has no count to check: decompression stops at the expansion limit.
-    let q = f.ctx.params().rlwe.q_primes().to_vec();
+    let q = f.ctx.params().rlwe().q_primes().to_vec();
     let zero_ct = framed(2, ctx.fingerprint(), 7, true, |w| {
         w.write_all(&0u64.to_le_bytes()).unwrap();
         w.write_all(&[(q.len() - 1) as u8, 2]).unwrap();
@@ -1232,8 +1248,16 @@ fn key_sets_travel_with_objects_and_are_checked() {
 #[test]
 fn insecure_parameters_need_an_explicit_opt_in() {
     // N = 2^10 with log2 QP ≈ 216: far beyond the 27 bits 128-bit security allows.
-    let params = CkksParams::new(10, 6, 26, 30, 7, Security::InsecureForTestingOnly).unwrap();
-    assert!(params.rlwe.log_qp() > 200.0);
+    let params = CkksParams::single_prime(SinglePrimeChain {
+        log_n: 10,
+        levels: 6,
+        scale_bits: 26,
+        dnum: 7,
+        security: Security::InsecureForTestingOnly,
+        ..Default::default()
+    })
+    .unwrap();
+    assert!(params.rlwe().log_qp() > 200.0);
     let ctx = CkksContext::with_seed(params.clone(), [4; 32]).unwrap();
     let keys = ctx.keygen().unwrap();
     let mut public = Vec::new();

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::ckks::{CkksContext, CkksParams, SinglePrimeChain};
 use hetensor::lower::LayerTiming;
 use hetensor::nn::{mnist, Layer, Sequential, TrainConfig};
 use hetensor::rlwe::Security;
@@ -274,8 +274,15 @@ fn folded_standardization_equals_explicit_one() {
 fn tiny_end_to_end_run_matches_plaintext() {
     // N = 2^10 with the workload's 6-level chain: INSECURE, for test speed only (the CLI and
     // the benchmarks use tr::transfer_params(), N = 2^13 at 128-bit security).
-    let params =
-        CkksParams::new(10, 6, 26, 30, 7, Security::InsecureForTestingOnly).expect("params");
+    let params = CkksParams::single_prime(SinglePrimeChain {
+        log_n: 10,
+        levels: 6,
+        scale_bits: 26,
+        dnum: 7,
+        security: Security::InsecureForTestingOnly,
+        ..Default::default()
+    })
+    .expect("params");
     let h = holder(params);
     let ev = h
         .public_eval_steps(&CkksContext::power_of_two_steps(h.ctx().slots()))

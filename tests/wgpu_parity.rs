@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use hetensor::backend::wgpu::WgpuBackend;
 use hetensor::backend::{Backend, CpuBackend, PolyBatch, Repr};
 use hetensor::bfv::{BfvContext, BfvParams, PlainModulus};
-use hetensor::ckks::{CkksContext, CkksParams, KeySet};
+use hetensor::ckks::{CkksContext, CkksParams, KeySet, SinglePrimeChain};
 use hetensor::math::primes::ntt_primes;
 use hetensor::math::sampler::Sampler;
 use hetensor::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -619,7 +619,7 @@ fn ckks_contexts(params: CkksParams, steps: &[i64]) -> (Ckks, Ckks) {
     let g = gpu();
     let make = |be: Arc<dyn Backend>| {
         one_thread(|| {
-            let rlwe = RlweContext::with_backend(params.rlwe.clone(), be).unwrap();
+            let rlwe = RlweContext::with_backend(params.rlwe().clone(), be).unwrap();
             let ctx =
                 CkksContext::with_rlwe(rlwe, params.clone(), Sampler::from_seed([9; 32])).unwrap();
             let keys = ctx.keygen().unwrap();
@@ -748,7 +748,15 @@ fn bfv_operations_match_cpu() {
 fn encrypted_lenet1_matches_cpu() {
     // LeNet-1 needs 5 levels; N = 2^10 (insecure, fine for parity) keeps lavapipe's share of
     // CI time small: the work per ciphertext is 8x below the 2^13 preset.
-    let params = CkksParams::new(10, 5, 25, 30, 3, Security::InsecureForTestingOnly).unwrap();
+    let params = CkksParams::single_prime(SinglePrimeChain {
+        log_n: 10,
+        levels: 5,
+        scale_bits: 25,
+        dnum: 3,
+        security: Security::InsecureForTestingOnly,
+        ..Default::default()
+    })
+    .unwrap();
     lenet1_matches_cpu(params, 4);
 }
 
@@ -815,7 +823,7 @@ fn mhe_protocols_match_cpu() {
     let params = CkksParams::preset(13, 25).unwrap();
     let transcript = |be: Arc<dyn Backend>| {
         one_thread(|| {
-            let rlwe = RlweContext::with_backend(params.rlwe.clone(), be).unwrap();
+            let rlwe = RlweContext::with_backend(params.rlwe().clone(), be).unwrap();
             let ckks =
                 CkksContext::with_rlwe(rlwe.clone(), params.clone(), Sampler::from_seed([2; 32]))
                     .unwrap();
@@ -912,7 +920,7 @@ fn bootstrap_matches_cpu() {
             .collect();
         let run = |be: Arc<dyn Backend>| {
             let (ctx, keys, bk, ct) = one_thread(|| {
-                let rlwe = RlweContext::with_backend(bp.ckks.rlwe.clone(), be).unwrap();
+                let rlwe = RlweContext::with_backend(bp.ckks.rlwe().clone(), be).unwrap();
                 let ctx =
                     CkksContext::with_rlwe(rlwe, bp.ckks.clone(), Sampler::from_seed([9; 32]))
                         .unwrap();

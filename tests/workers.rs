@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use hetensor::backend::default_backend;
-use hetensor::ckks::{CkksContext, CkksParams, KeySet};
+use hetensor::ckks::{CkksContext, CkksParams, KeySet, SinglePrimeChain};
 use hetensor::rlwe::{Ciphertext, Security};
 use hetensor::serialize::{DecodeOptions, PublicContext, WriteOptions};
 use hetensor::workers::{self, RowLayout, Task, WorkerLimits, WorkerPool};
@@ -21,7 +21,15 @@ fn test_limits() -> WorkerLimits {
 /// A context with insecure test parameters (N = 2^`log_n`), its keys, and its public context
 /// (public and relinearization keys, no Galois keys) as bytes.
 fn small_context(log_n: u32, seed: u8) -> (CkksContext, KeySet, Vec<u8>) {
-    let params = CkksParams::new(log_n, 2, 25, 30, 1, Security::InsecureForTestingOnly).unwrap();
+    let params = CkksParams::single_prime(SinglePrimeChain {
+        log_n,
+        levels: 2,
+        scale_bits: 25,
+        dnum: 1,
+        security: Security::InsecureForTestingOnly,
+        ..Default::default()
+    })
+    .unwrap();
     let ctx = CkksContext::with_seed(params, [seed; 32]).unwrap();
     let keys = ctx.keygen().unwrap();
     let mut public = Vec::new();
@@ -63,14 +71,14 @@ fn worker_processes_match_in_process_and_plaintext() {
         weights: weights.clone(),
         sigmoid: sigmoid.clone(),
     };
-    let params = CkksParams::new(
-        12,
-        probe.depth() + 1,
-        25,
-        30,
-        2,
-        Security::InsecureForTestingOnly,
-    )
+    let params = CkksParams::single_prime(SinglePrimeChain {
+        log_n: 12,
+        levels: probe.depth() + 1,
+        scale_bits: 25,
+        dnum: 2,
+        security: Security::InsecureForTestingOnly,
+        ..Default::default()
+    })
     .unwrap();
     let ctx = CkksContext::with_seed(params, [4; 32]).unwrap();
     let layout = RowLayout::new(6, ctx.slots()).unwrap();
@@ -294,7 +302,15 @@ fn training_step_on_worker_processes_is_word_identical() {
     use std::sync::Arc;
 
     // N = 2^12 (insecure on purpose: small); 5 features + bias, 2 shards of 20 samples.
-    let params = CkksParams::new(12, 6, 26, 30, 2, Security::InsecureForTestingOnly).unwrap();
+    let params = CkksParams::single_prime(SinglePrimeChain {
+        log_n: 12,
+        levels: 6,
+        scale_bits: 26,
+        dnum: 2,
+        security: Security::InsecureForTestingOnly,
+        ..Default::default()
+    })
+    .unwrap();
     let holder =
         KeyHolder::new(Arc::new(CkksContext::with_seed(params, [9; 32]).unwrap())).unwrap();
     let ctx = holder.ctx().clone();

@@ -31,6 +31,7 @@ class Context:
         slots: Optional[int] = None,
         rotations: Optional[Sequence[int]] = None,
         preset: bool = False,
+        extra_special_primes: Optional[int] = None,
     ) -> "Context": ...
     @staticmethod
     def bfv(

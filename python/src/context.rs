@@ -226,9 +226,12 @@ impl Context {
     /// (default: the powers of two, enough for `sum(axis=0)` and any `rotate`); `[]` for none.
     /// `preset=True` takes the fixed 128-bit chain of single primes near 2^scale_bits for
     /// N = 2^log_n instead (what `hetensor mnist` runs LeNet-1 on: log_n=13, scale_bits=25,
-    /// 5 levels); `depth` and `slots` are then ignored.
+    /// 5 levels); `depth` and `slots` are then ignored. `extra_special_primes` (default 1):
+    /// key-switching primes beyond one digit's worth; 0 makes rotations and relinearization
+    /// faster where it lets the chain fit fewer digits (N = 2^13, depth 2: 3 instead of 6), at
+    /// about SEAL's rotation precision (20 bits at 2^40) instead of a fresh encryption's.
     #[staticmethod]
-    #[pyo3(signature = (depth=3, scale_bits=40, log_n=None, slots=None, rotations=None, preset=false))]
+    #[pyo3(signature = (depth=3, scale_bits=40, log_n=None, slots=None, rotations=None, preset=false, extra_special_primes=None))]
     fn ckks(
         py: Python<'_>,
         depth: usize,
@@ -237,6 +240,7 @@ impl Context {
         slots: Option<usize>,
         rotations: Option<Vec<i64>>,
         preset: bool,
+        extra_special_primes: Option<usize>,
     ) -> PyResult<Self> {
         let inner = heavy(py, || {
             let params = if preset {
@@ -248,6 +252,9 @@ impl Context {
                 }
                 if let Some(s) = slots {
                     b = b.slots(s);
+                }
+                if let Some(k) = extra_special_primes {
+                    b = b.extra_special_primes(k);
                 }
                 b.build()?
             };
@@ -408,7 +415,7 @@ impl Context {
                 "BFV N = {}, t = {}, {} ciphertext primes",
                 c.n(),
                 c.plain_modulus(),
-                c.params().rlwe.q_primes().len()
+                c.params().rlwe().q_primes().len()
             ),
         };
         let who = if self.inner.secret.is_some() {

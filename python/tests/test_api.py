@@ -70,6 +70,19 @@ def test_ckks_matmul_sum_rotate(ckks, data):
     close(A.rotate(3).rotate(-3), a)  # composed from power-of-two keys
 
 
+def test_ckks_without_the_extra_special_prime(data):
+    """`extra_special_primes=0` (SEAL's key-switching precision, fewer digits) still computes
+    products, sums and rotations to ~1e-5; a negative count is refused by the binding."""
+    a, b = data
+    fast = he.Context.ckks(depth=2, scale_bits=40, log_n=13, extra_special_primes=0)
+    A, B = fast.encrypt(a), fast.encrypt(b)
+    close(A * B, a * b, tol=1e-5)
+    close(A.dot(B), (a * b).sum(axis=1), tol=1e-5)
+    close(A.sum(axis=0), a.sum(axis=0, keepdims=True), tol=1e-4)
+    with pytest.raises(OverflowError):
+        he.Context.ckks(depth=2, extra_special_primes=-1)
+
+
 def test_broadcast_tensor(ckks, data):
     a, _ = data
     w = ckks.encrypt(np.array([1.0, -2.0, 0.5]), broadcast=True)

@@ -114,10 +114,10 @@ def tenseal_context():
     return ctx
 
 
-def run(reps, scale_bits=40, threads=None):
+def run(reps, scale_bits=40, threads=None, extra_special_primes=None):
     if threads:
         he.set_num_threads(threads)
-    hctx = he.Context.ckks(depth=2, scale_bits=scale_bits)
+    hctx = he.Context.ckks(depth=2, scale_bits=scale_bits, extra_special_primes=extra_special_primes)
     assert hctx.slots == SLOTS
     tctx = tenseal_context()
     rows = []
@@ -158,9 +158,15 @@ def main():
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--scale-bits", type=int, default=40, help="hetensor's scale (TenSEAL: 2^40)")
     p.add_argument("--threads", type=int, default=None, help="hetensor's threads (default: all cores)")
+    p.add_argument(
+        "--extra-special-primes",
+        type=int,
+        default=None,
+        help="hetensor's key-switching primes beyond one digit (default 1; 0: SEAL's precision, 3 digits instead of 6)",
+    )
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
-    out = run(a.reps, a.scale_bits, a.threads)
+    out = run(a.reps, a.scale_bits, a.threads, a.extra_special_primes)
     if a.json:
         print(json.dumps(out))
         return

@@ -27,9 +27,9 @@ pub enum PlainModulus {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct BfvParams {
     /// The ring, prime chains, dnum and security setting.
-    pub rlwe: RlweParams,
+    pub(crate) rlwe: RlweParams,
     /// The plaintext modulus `t` (a prime ≡ 1 mod 2N, so that N slots are available).
-    pub plain_modulus: u64,
+    pub(crate) plain_modulus: u64,
 }
 
 /// `(ciphertext primes, dnum)` of the 128-bit presets: the most ciphertext primes that fit the
@@ -214,6 +214,11 @@ impl BfvParams {
     /// Ring degree N (also the number of slots).
     pub fn n(&self) -> usize {
         self.rlwe.n()
+    }
+
+    /// The underlying RLWE parameters: ring, primes, digits, security.
+    pub fn rlwe(&self) -> &RlweParams {
+        &self.rlwe
     }
 
     /// The plaintext modulus t.

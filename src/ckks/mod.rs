@@ -40,7 +40,7 @@ use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, RlweContext, Secr
 
 pub use crate::rlwe::keys::KeySet;
 pub use encoder::CkksEncoder;
-pub use params::CkksParams;
+pub use params::{CkksParams, CkksParamsBuilder, SinglePrimeChain};
 
 /// An encoded (unencrypted) CKKS message at some level and scale, NTT domain.
 #[derive(Clone, Debug)]

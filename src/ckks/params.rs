@@ -24,32 +24,94 @@ const EXTRA_SPECIAL_PRIMES: usize = 1;
 /// 2^(headroom − 1) in magnitude decrypt without wrapping around.
 const DEFAULT_HEADROOM_BITS: u32 = 20;
 
-/// What a CKKS context is built from.
+/// What a CKKS context is built from. Read-only once built (the primes, the chain's shape and
+/// the scales must agree): make one with [`Self::builder`], [`Self::single_prime`],
+/// [`Self::preset`] or from explicit primes.
 #[derive(Clone, Debug)]
 pub struct CkksParams {
     /// The underlying RLWE parameters (their [`LevelShape`] groups the scale primes).
-    pub rlwe: RlweParams,
+    pub(crate) rlwe: RlweParams,
     /// log2 of the default scale Δ (each level's primes multiply to about 2^scale_bits). On
     /// a two-segment chain, the scale of the low (computation) segment.
-    pub scale_bits: u32,
+    pub(crate) scale_bits: u32,
     /// log2 of the scale of the levels above the low segment, on a two-segment chain
     /// ([`LevelShape::is_segmented`]; bootstrapping's CoeffsToSlots and EvalMod run there).
-    pub upper_scale_bits: Option<u32>,
+    pub(crate) upper_scale_bits: Option<u32>,
+}
+
+/// A chain of one prime per level near 2^`scale_bits` (below 2^30), what
+/// [`CkksParams::single_prime`] builds: SEAL's layout on 30-bit words, for scales under the
+/// word size. `..Default::default()` fills in a 30-bit base prime, one digit per level and
+/// 128-bit security.
+///
+/// ```
+/// use hetensor::ckks::{CkksParams, SinglePrimeChain};
+/// # fn main() -> hetensor::Result<()> {
+/// let p = CkksParams::single_prime(SinglePrimeChain { log_n: 13, levels: 5, scale_bits: 25, ..Default::default() })?;
+/// assert_eq!((p.levels(), p.scale_bits()), (5, 25));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SinglePrimeChain {
+    /// log2 N, 10 to 16.
+    pub log_n: u32,
+    /// Rescalings (one prime each).
+    pub levels: usize,
+    /// log2 of the scale, below the base's size.
+    pub scale_bits: u32,
+    /// Size of the base prime `q_0` in bits, at most 30: level-0 values stay below about
+    /// 2^(base_bits − scale_bits − 1).
+    pub base_bits: u32,
+    /// Key-switching digits (clamped to 1..=levels + 1; `ceil((levels + 1)/dnum)` special
+    /// 30-bit primes).
+    pub dnum: usize,
+    /// Security requirement.
+    pub security: Security,
+}
+
+impl Default for SinglePrimeChain {
+    /// N = 2^13, 1 level at 2^25 over a 30-bit base, one digit per level, 128-bit.
+    fn default() -> Self {
+        Self {
+            log_n: 13,
+            levels: 1,
+            scale_bits: 25,
+            base_bits: 30,
+            dnum: usize::MAX,
+            security: Security::Bits128,
+        }
+    }
 }
 
 impl CkksParams {
-    /// Builds a single-prime chain for `levels` rescalings: a `base_bits`-bit prime `q_0` (the
+    /// The underlying RLWE parameters: ring, primes, chain shape, digits, security.
+    pub fn rlwe(&self) -> &RlweParams {
+        &self.rlwe
+    }
+
+    /// log2 of the default scale Δ (on a two-segment chain, the computation levels').
+    pub fn scale_bits(&self) -> u32 {
+        self.scale_bits
+    }
+
+    /// log2 of the upper segment's scale on a two-segment chain (bootstrapping's levels).
+    pub fn upper_scale_bits(&self) -> Option<u32> {
+        self.upper_scale_bits
+    }
+
+    /// Builds a single-prime chain ([`SinglePrimeChain`]): a `base_bits`-bit prime `q_0` (the
     /// precision headroom left at level 0 is `base_bits − scale_bits` bits), `levels` primes
     /// near `2^scale_bits`, and `ceil((levels+1)/dnum)` special 30-bit primes. For scales of
     /// 30 bits and more (composite levels) use [`CkksParams::builder`].
-    pub fn new(
-        log_n: u32,
-        levels: usize,
-        scale_bits: u32,
-        base_bits: u32,
-        dnum: usize,
-        security: Security,
-    ) -> Result<Self> {
+    pub fn single_prime(chain: SinglePrimeChain) -> Result<Self> {
+        let SinglePrimeChain {
+            log_n,
+            levels,
+            scale_bits,
+            base_bits,
+            dnum,
+            security,
+        } = chain;
         if !(10..=16).contains(&log_n) {
             return Err(Error::InvalidParameters(format!(
                 "log2 N = {log_n} outside 10..=16"
@@ -196,7 +258,14 @@ impl CkksParams {
                     "no level fits N = 2^{log_n} at scale 2^{scale_bits} with 128-bit security"
                 )));
             }
-            match Self::new(log_n, levels, scale_bits, 30, dnum, Security::Bits128) {
+            let chain = SinglePrimeChain {
+                log_n,
+                levels,
+                scale_bits,
+                dnum,
+                ..SinglePrimeChain::default()
+            };
+            match Self::single_prime(chain) {
                 Err(Error::InsecureParameters { .. }) => levels -= 1,
                 other => return other,
             }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 
 use hetensor::backend::{Backend, TraceCounts};
-use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::ckks::{CkksContext, CkksParams, SinglePrimeChain};
 use hetensor::rlwe::{Ciphertext, SecretKey};
 use hetensor::Result;
 
@@ -344,14 +344,14 @@ impl CkksChain {
                 }
                 .build()
             }
-            (false, None) => CkksParams::new(
+            (false, None) => CkksParams::single_prime(SinglePrimeChain {
                 log_n,
-                depth,
-                25,
-                30,
-                depth + 1,
-                hetensor::rlwe::Security::Bits128,
-            ),
+                levels: depth,
+                scale_bits: 25,
+                dnum: depth + 1,
+                security: hetensor::rlwe::Security::Bits128,
+                ..Default::default()
+            }),
         }
     }
 
@@ -415,10 +415,10 @@ pub fn bench_ckks(
         scheme: "ckks",
         log_n,
         limbs: rlwe.q_limbs(top).len(),
-        log_qp: params.rlwe.log_qp(),
-        dnum: params.rlwe.dnum(),
+        log_qp: params.rlwe().log_qp(),
+        dnum: params.rlwe().dnum(),
         reps,
-        scale_bits: Some(params.scale_bits),
+        scale_bits: Some(params.scale_bits()),
         composition: Some(params.composition()),
         trace,
     };
@@ -829,11 +829,11 @@ pub fn bench_bootstrap(
         config: config.into(),
         scheme: "ckks",
         log_n,
-        limbs: p.rlwe.q_primes().len(),
-        log_qp: p.rlwe.log_qp(),
-        dnum: p.rlwe.dnum(),
+        limbs: p.rlwe().q_primes().len(),
+        log_qp: p.rlwe().log_qp(),
+        dnum: p.rlwe().dnum(),
         reps,
-        scale_bits: Some(p.scale_bits),
+        scale_bits: Some(p.scale_bits()),
         composition: Some(p.composition()),
         trace: false,
     };
@@ -932,8 +932,8 @@ pub fn bench_bfv(
         scheme: "bfv",
         log_n,
         limbs: ctx.max_level() + 1,
-        log_qp: params.rlwe.log_qp(),
-        dnum: params.rlwe.dnum(),
+        log_qp: params.rlwe().log_qp(),
+        dnum: params.rlwe().dnum(),
         reps,
         scale_bits: None,
         composition: None,
@@ -951,10 +951,10 @@ pub fn bench_bfv(
     r.run("rotate", || ctx.rotate_rows(&a, 1, &gk).map(drop))?;
     notes.push(format!(
         "bfv-{log_n}: {} ciphertext primes, {} special, {} auxiliary (HPS), dnum {}, t = {t}",
-        params.rlwe.q_primes().len(),
-        params.rlwe.p_primes().len(),
-        params.rlwe.aux_primes().len(),
-        params.rlwe.dnum()
+        params.rlwe().q_primes().len(),
+        params.rlwe().p_primes().len(),
+        params.rlwe().aux_primes().len(),
+        params.rlwe().dnum()
     ));
     Ok(())
 }

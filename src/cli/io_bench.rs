@@ -81,7 +81,7 @@ pub fn run(args: IoBenchArgs) -> Result<()> {
         }
     };
     let params = CkksParams::preset(14, 25)?;
-    let log_qp = params.rlwe.log_qp();
+    let log_qp = params.rlwe().log_qp();
     let ctx = CkksContext::new(params)?;
     let keys = ctx.keygen()?;
     // Rotations by ±2^i and conjugation, as SEAL/TenSEAL's default Galois keys.
@@ -185,9 +185,9 @@ pub fn run(args: IoBenchArgs) -> Result<()> {
         threads: rayon::current_num_threads(),
         ring_degree: ctx.rlwe().n(),
         log_qp,
-        limbs_q: ctx.params().rlwe.q_primes().len(),
-        limbs_p: ctx.params().rlwe.p_primes().len(),
-        dnum: ctx.params().rlwe.dnum(),
+        limbs_q: ctx.params().rlwe().q_primes().len(),
+        limbs_p: ctx.params().rlwe().p_primes().len(),
+        dnum: ctx.params().rlwe().dnum(),
         galois_keys,
         context_bytes_seeded: bytes.len(),
         context_bytes_unseeded: unseeded.len(),

@@ -230,8 +230,8 @@ pub fn run(opts: MnistArgs) -> Result<()> {
             .base_bits(HIGH_BASE_BITS)
             .build()?,
     };
-    let (scale_bits, primes_per_level) = (params.scale_bits, params.composition());
-    let log_qp = params.rlwe.log_qp();
+    let (scale_bits, primes_per_level) = (params.scale_bits(), params.composition());
+    let log_qp = params.rlwe().log_qp();
     let t_key = Instant::now();
     let ctx = CkksContext::with_backend(params, backend.clone())?;
     let batch_size = batch_size(&opts, ctx.slots())?;

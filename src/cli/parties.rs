@@ -538,7 +538,7 @@ pub fn run_transfer(o: &TransferOptions, k: usize, p: &Prepared) -> Result<()> {
         "CKKS N = 2^{}, {} levels, log2 QP = {:.0}; {}-bit refresh masks: the weights are refreshed from level {base}",
         ctx.rlwe().n().trailing_zeros(),
         ctx.max_level(),
-        ctx.params().rlwe.log_qp(),
+        ctx.params().rlwe().log_qp(),
         params.mask_bits(ctx.rlwe().n())?
     ));
 

@@ -305,7 +305,7 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
             train.num_features(),
             log_n,
             ctx.max_level(),
-            ctx.params().scale_bits,
+            ctx.params().scale_bits(),
             degree,
             interval,
             interval

@@ -149,8 +149,8 @@ pub fn run(o: TransferOptions) -> Result<()> {
     say(format!(
         "CKKS N = 2^13, {} levels, scale 2^{}, log2 QP = {:.0}; keys {keygen_s:.1} s; {} private images (digits 5-9), {} features",
         ctx.max_level(),
-        ctx.params().scale_bits,
-        ctx.params().rlwe.log_qp(),
+        ctx.params().scale_bits(),
+        ctx.params().rlwe().log_qp(),
         private.len(),
         fx.features()
     ));
@@ -324,7 +324,7 @@ fn run_bootstrap(o: &TransferOptions, p: &Prepared) -> Result<()> {
         "CKKS N = 2^{log_n}{}, bootstraps to level {} at scale 2^{}; packed layout: {} slots per sample ({} chunks), {} samples per ciphertext; refresh: {} state ciphertexts in {} sparse bootstrap(s) of {} slots; keys {keygen_s:.1} s, {:.2} GB",
         if o.insecure_test_ring { " (INSECURE test ring)" } else { ", 128-bit" },
         boot.output_level(),
-        ctx.params().scale_bits,
+        ctx.params().scale_bits(),
         layout.block,
         layout.chunks,
         layout.samples_per_ct,

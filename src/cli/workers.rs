@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use hetensor::backend::Backend;
-use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::ckks::{CkksContext, CkksParams, SinglePrimeChain};
 use hetensor::data::{self, Dataset};
 use hetensor::nn::activation::PolyActivation;
 use hetensor::rlwe::{Ciphertext, SecretKey, Security};
@@ -229,8 +229,15 @@ pub fn run(opts: TitanicWorkersArgs) -> Result<()> {
         sigmoid: sigmoid.coeffs.clone(),
     };
     let levels = probe.depth() + 1;
-    let params = CkksParams::new(14, levels, 25, 30, 3, Security::Bits128)?;
-    let log_qp = params.rlwe.log_qp();
+    let params = CkksParams::single_prime(SinglePrimeChain {
+        log_n: 14,
+        levels,
+        scale_bits: 25,
+        dnum: 3,
+        security: Security::Bits128,
+        ..Default::default()
+    })?;
+    let log_qp = params.rlwe().log_qp();
     let ctx = CkksContext::with_backend(params, backend.clone())?;
     let layout = RowLayout::new(d, ctx.slots())?;
 

@@ -51,7 +51,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::ckks::bootstrap::{BootstrapKeys, BootstrapParams};
-use crate::ckks::{CkksContext, CkksParams, KeySet};
+use crate::ckks::{CkksContext, CkksParams, KeySet, SinglePrimeChain};
 use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, Security};
 use crate::serialize::PublicContext;
 use crate::{Error, Result};
@@ -71,12 +71,24 @@ pub fn training_params(log_n: u32) -> Result<CkksParams> {
             continue;
         }
         let dnum = (levels + 1).div_ceil(alpha);
-        match CkksParams::new(log_n, levels, scale_bits, 30, dnum, Security::Bits128) {
+        match CkksParams::single_prime(SinglePrimeChain {
+            log_n,
+            levels,
+            scale_bits,
+            dnum,
+            security: Security::Bits128,
+            ..Default::default()
+        }) {
             Ok(p) => return Ok(p),
             Err(Error::InsecureParameters { .. }) => {
-                if let Ok(p) =
-                    CkksParams::new(log_n, levels - 1, scale_bits, 30, dnum, Security::Bits128)
-                {
+                if let Ok(p) = CkksParams::single_prime(SinglePrimeChain {
+                    log_n,
+                    levels: levels - 1,
+                    scale_bits,
+                    dnum,
+                    security: Security::Bits128,
+                    ..Default::default()
+                }) {
                     return Ok(p);
                 }
             }

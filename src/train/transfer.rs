@@ -58,7 +58,7 @@ use rand_chacha::ChaCha20Rng;
 use rayon::prelude::*;
 
 use super::{encrypt_public, KeyHolder, PublicEval, Refresh, StepStats};
-use crate::ckks::{CkksContext, CkksParams};
+use crate::ckks::{CkksContext, CkksParams, SinglePrimeChain};
 use crate::lower::{CkksBatched, LayerTiming, Plan};
 use crate::nn::train::{batch_gradients, sgd_step};
 use crate::nn::{
@@ -78,7 +78,14 @@ pub const PRIVATE_DIGITS: std::ops::Range<usize> = 5..10;
 /// of 2^26 over a 30-bit base prime, one 30-bit special prime (log2 QP = 216 ≤ 218,
 /// 128-bit). Four levels go to the feature extraction, two to each training step.
 pub fn transfer_params() -> Result<CkksParams> {
-    CkksParams::new(13, 6, 26, 30, 7, Security::Bits128)
+    CkksParams::single_prime(SinglePrimeChain {
+        log_n: 13,
+        levels: 6,
+        scale_bits: 26,
+        dnum: 7,
+        security: Security::Bits128,
+        ..Default::default()
+    })
 }
 
 /// CKKS parameters of the transfer workload **without a key holder** (`--parties`): N = 2^14
