@@ -24,6 +24,7 @@ pub mod bootstrap;
 pub mod encoder;
 pub mod params;
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
 use num_bigint::BigInt;
@@ -396,10 +397,22 @@ impl CkksContext {
         Ok(())
     }
 
-    /// Brings two ciphertexts to the lower of their levels.
-    fn align(&self, a: &Ciphertext, b: &Ciphertext) -> Result<(Ciphertext, Ciphertext)> {
+    /// Brings two ciphertexts to the lower of their levels; one already there is borrowed,
+    /// not copied (an add of two same-level ciphertexts copied both before).
+    fn align<'a>(
+        &self,
+        a: &'a Ciphertext,
+        b: &'a Ciphertext,
+    ) -> Result<(Cow<'a, Ciphertext>, Cow<'a, Ciphertext>)> {
         let l = a.level().min(b.level());
-        Ok((self.mod_switch_to(a, l)?, self.mod_switch_to(b, l)?))
+        let at = |c: &'a Ciphertext| -> Result<Cow<'a, Ciphertext>> {
+            if c.level() == l {
+                Ok(Cow::Borrowed(c))
+            } else {
+                Ok(Cow::Owned(ct_ops::drop_to_level(&self.rlwe, c, l)?))
+            }
+        };
+        Ok((at(a)?, at(b)?))
     }
 
     /// `acc ← acc + rotate(acc, s)` for each step in turn: with steps 1, 2, …, w/2

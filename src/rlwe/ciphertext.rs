@@ -217,6 +217,15 @@ pub fn add_ciphertexts(
         (b, a, true)
     };
     let mut out = big.polys.clone();
+    if big.size() == small.size() {
+        // The common case: one copy of `a`, then the other operand added in place.
+        if subtract {
+            be.sub_assign(ring, &mut out, &small.polys)?;
+        } else {
+            be.add_assign(ring, &mut out, &small.polys)?;
+        }
+        return Ok(a.derive(out, a.scale));
+    }
     let mut head = be.slice_polys(&out, 0, small.size())?;
     if subtract && swapped {
         // out = b - a: negate big part first.
