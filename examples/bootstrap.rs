@@ -9,7 +9,7 @@ use hetensor::ckks::{precision_bits, CkksContext};
 fn main() -> hetensor::Result<()> {
     // Tests only: not secure. BootstrapParams::n16() is the 128-bit preset.
     let bp = BootstrapParams::insecure_test_ring(10, 2)?;
-    let ctx = CkksContext::new(bp.ckks.clone())?;
+    let ctx = CkksContext::new(bp.ckks().clone())?;
     let keys = ctx.keygen()?;
     let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin)?;
     let x: Vec<f64> = (0..ctx.slots()).map(|i| (i as f64 * 0.1).sin()).collect();

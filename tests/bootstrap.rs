@@ -14,7 +14,7 @@ fn message(n: usize, seed: u64) -> Vec<f64> {
 
 fn setup(log_n: u32, levels: usize) -> (BootstrapParams, CkksContext, KeySet, BootstrapKeys) {
     let bp = BootstrapParams::insecure_test_ring(log_n, levels).unwrap();
-    let ctx = CkksContext::with_seed(bp.ckks.clone(), [3; 32]).unwrap();
+    let ctx = CkksContext::with_seed(bp.ckks().clone(), [3; 32]).unwrap();
     let keys = ctx.keygen().unwrap();
     let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin).unwrap();
     (bp, ctx, keys, bk)
@@ -92,24 +92,14 @@ fn bootstrap_accepts_any_level_and_complex_slots() {
 fn bootstrap_rejects_mismatched_parameters() {
     let (bp, _, _, _) = setup(10, 2);
     let other = BootstrapParams::insecure_test_ring(10, 3).unwrap();
-    let ctx = CkksContext::with_seed(other.ckks.clone(), [4; 32]).unwrap();
+    let ctx = CkksContext::with_seed(other.ckks().clone(), [4; 32]).unwrap();
     let keys = ctx.keygen().unwrap();
     match BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin) {
         Err(Error::ParameterMismatch(_)) => {}
         other => panic!("expected a parameter mismatch, got {other:?}"),
     }
-    let mut bad = other.clone();
-    bad.cts_levels = 0;
-    assert!(matches!(
-        BootstrapKeys::generate(&ctx, &bad, &keys.secret, &keys.relin),
-        Err(Error::InvalidParameters(_))
-    ));
-    let mut deep = other;
-    deep.cheb_degree = 1000;
-    assert!(matches!(
-        BootstrapKeys::generate(&ctx, &deep, &keys.secret, &keys.relin),
-        Err(Error::InvalidParameters(_))
-    ));
+    // (Budgets that do not fit the chain are refused too: `check_refuses_budgets_the_chain_cannot_hold`
+    // in the library's tests; the fields are read-only from here.)
 }
 
 /// 12 sequential multiplications on a chain of 2 levels: 5 bootstraps along the way, and the
@@ -186,7 +176,7 @@ fn bootstrap_keys_round_trip_the_compact_format() {
     assert!(BootstrapKeys::from_bytes(&ctx, &bad).is_err());
     // Keys for another chain are refused by their parameter fingerprint.
     let other = BootstrapParams::insecure_test_ring(10, 2).unwrap();
-    let octx = CkksContext::with_seed(other.ckks.clone(), [8; 32]).unwrap();
+    let octx = CkksContext::with_seed(other.ckks().clone(), [8; 32]).unwrap();
     assert!(BootstrapKeys::from_bytes(&octx, &bytes).is_err());
 }
 
@@ -354,7 +344,7 @@ fn sparse_bootstrap_keys_round_trip() {
     assert!(bk.galois().elements().len() < full_bk.galois().elements().len());
     let bytes = bk.to_bytes(&ctx, WriteOptions::default()).unwrap();
     let back = BootstrapKeys::from_bytes(&ctx, &bytes).unwrap();
-    assert_eq!(back.plan().params().slots, 8);
+    assert_eq!(back.plan().params().slots(), 8);
     let want = replicated(&message(8, 9), ctx.slots());
     let ct = ctx
         .encrypt(
@@ -370,7 +360,7 @@ fn sparse_bootstrap_keys_round_trip() {
         &full_bk.to_bytes(&ctx, WriteOptions::default()).unwrap(),
     )
     .unwrap();
-    assert_eq!(full.plan().params().slots, ctx.slots());
+    assert_eq!(full.plan().params().slots(), ctx.slots());
 }
 
 /// The arcsine correction: a constant message (all its weight in one coefficient, the case
@@ -414,7 +404,7 @@ fn arcsine_correction_recovers_large_coefficients() {
     let back =
         BootstrapKeys::from_bytes(&ctx, &bk.to_bytes(&ctx, WriteOptions::default()).unwrap())
             .unwrap();
-    assert!(back.plan().params().arcsine);
+    assert!(back.plan().params().arcsine());
     assert_eq!(back.output_level(), 1);
 }
 
@@ -425,13 +415,13 @@ fn presets_fit_the_128_bit_bound() {
     use hetensor::rlwe::{params::max_log_qp_128, Security};
     for (log_n, left) in [(15u32, 1usize), (16, 8)] {
         let bp = BootstrapParams::preset(log_n).unwrap();
-        let r = &bp.ckks.rlwe();
+        let r = &bp.ckks().rlwe();
         assert_eq!(r.security(), Security::Bits128);
-        assert_eq!(bp.ckks.n(), 1 << log_n);
+        assert_eq!(bp.ckks().n(), 1 << log_n);
         let bound = max_log_qp_128(1 << log_n).unwrap() as f64;
         assert!(r.log_qp() <= bound, "2^{log_n}: {} > {bound}", r.log_qp());
         assert_eq!(bp.output_level(), left);
-        assert_eq!(bp.depth() + left, bp.ckks.levels());
+        assert_eq!(bp.depth() + left, bp.ckks().levels());
     }
     let err = BootstrapParams::preset(14).unwrap_err().to_string();
     assert!(err.contains("2^15 and 2^16"), "{err}");
@@ -444,7 +434,7 @@ fn presets_fit_the_128_bit_bound() {
 #[ignore = "128-bit N = 2^15 bootstrap: 20-40 s and ~4.5 GB; run with the benchmarks"]
 fn n15_preset_bootstraps_to_fifteen_bits() {
     let bp = BootstrapParams::n15().unwrap();
-    let ctx = CkksContext::new(bp.ckks.clone()).unwrap();
+    let ctx = CkksContext::new(bp.ckks().clone()).unwrap();
     let keys = ctx.keygen().unwrap();
     let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin).unwrap();
     let m = message(ctx.slots(), 5);

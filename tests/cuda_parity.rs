@@ -830,10 +830,10 @@ fn bootstrap_matches_cpu() {
     let full = BootstrapParams::insecure_test_ring(10, 1).unwrap();
     for bp in [full.clone(), full.sparse(16).unwrap()] {
         let vals: Vec<f64> = (0..512)
-            .map(|i| ((i % bp.slots) * 37 % 101) as f64 / 50.0 - 1.0)
+            .map(|i| ((i % bp.slots()) * 37 % 101) as f64 / 50.0 - 1.0)
             .collect();
         let run = |be: Arc<dyn Backend>| {
-            let ctx = ckks_on(be, bp.ckks.clone());
+            let ctx = ckks_on(be, bp.ckks().clone());
             let keys = ctx.keygen().unwrap();
             let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin).unwrap();
             let pt = ctx.encode(&vals, ctx.natural_scale(0), 0).unwrap();

@@ -31,7 +31,7 @@ fn clusters(n: usize, d: usize, seed: u64) -> (Array2<f64>, Vec<usize>) {
 fn packed_head_trained_through_bootstraps_matches_plaintext() -> hetensor::Result<()> {
     let (n, d, classes, batch, epochs) = (700, 10, 3, 250, 2);
     let base = BootstrapParams::insecure_test_ring(13, 8)?;
-    let ctx = Arc::new(CkksContext::new(base.ckks.clone())?);
+    let ctx = Arc::new(CkksContext::new(base.ckks().clone())?);
     // 10 features + bias + 3 labels = 14 coordinates in 2 chunks of 8; 512 samples per
     // ciphertext, so the 700 samples take 2 groups and batches straddle them.
     let layout = PackedLayout::new(ctx.slots(), 8, d, classes)?;

@@ -301,7 +301,7 @@ fn bootstrapped_training_decrypts_nothing_and_matches_plaintext() {
     let mut plain = logistic::model(data.num_features()).expect("model");
     logistic::train_plain(&mut plain, &data, None, &c, Some(&sig)).expect("plain");
     let bp = BootstrapParams::insecure_test_ring(12, 6).expect("params");
-    let ctx = CkksContext::with_seed(bp.ckks.clone(), [7; 32]).expect("ctx");
+    let ctx = CkksContext::with_seed(bp.ckks().clone(), [7; 32]).expect("ctx");
     let h = KeyHolder::new(Arc::new(ctx)).expect("keys");
     let opts = EncryptedOptions {
         sigmoid: sig,

@@ -916,13 +916,13 @@ fn bootstrap_matches_cpu() {
     let full = BootstrapParams::insecure_test_ring(10, 1).unwrap();
     for bp in [full.clone(), full.sparse(16).unwrap()] {
         let vals: Vec<f64> = (0..512)
-            .map(|i| ((i % bp.slots) * 37 % 101) as f64 / 50.0 - 1.0)
+            .map(|i| ((i % bp.slots()) * 37 % 101) as f64 / 50.0 - 1.0)
             .collect();
         let run = |be: Arc<dyn Backend>| {
             let (ctx, keys, bk, ct) = one_thread(|| {
-                let rlwe = RlweContext::with_backend(bp.ckks.rlwe().clone(), be).unwrap();
+                let rlwe = RlweContext::with_backend(bp.ckks().rlwe().clone(), be).unwrap();
                 let ctx =
-                    CkksContext::with_rlwe(rlwe, bp.ckks.clone(), Sampler::from_seed([9; 32]))
+                    CkksContext::with_rlwe(rlwe, bp.ckks().clone(), Sampler::from_seed([9; 32]))
                         .unwrap();
                 let keys = ctx.keygen().unwrap();
                 let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin).unwrap();

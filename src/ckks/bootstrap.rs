@@ -66,30 +66,67 @@ use crate::rlwe::{Ciphertext, GaloisKeys, RelinKey, SecretKey, Security};
 use crate::serialize::objects::{key_set, read_ksk_over, write_ksk};
 use crate::serialize::{self, Decode, Decoder, Encode, Encoder, Kind, WriteOptions};
 
-/// How a bootstrap spends its levels, and the chain it runs on.
+/// How a bootstrap spends its levels, and the chain it runs on. Read-only: a preset
+/// ([`Self::n16`], [`Self::n15`], [`Self::insecure_test_ring`]) fixes the chain and the level
+/// budget together, and [`Self::sparse`] / [`Self::with_arcsine`] derive checked variants.
 #[derive(Clone, Debug)]
 pub struct BootstrapParams {
     /// The CKKS chain: computation levels at the bottom, bootstrapping's on top.
-    pub ckks: CkksParams,
+    pub(crate) ckks: CkksParams,
     /// Levels (merged FFT groups) CoeffsToSlots uses: fewer levels, more rotations each.
-    pub cts_levels: usize,
+    pub(crate) cts_levels: usize,
     /// Levels SlotsToCoeffs uses.
-    pub stc_levels: usize,
+    pub(crate) stc_levels: usize,
     /// Degree of the Chebyshev interpolant of the scaled cosine.
-    pub cheb_degree: usize,
+    pub(crate) cheb_degree: usize,
     /// Double-angle steps after it (each halves the interpolation interval).
-    pub double_angles: usize,
+    pub(crate) double_angles: usize,
     /// Hamming weight of the ephemeral sparse secret; `|I| ≤ (h+1)/2` sets EvalMod's interval.
-    pub ephemeral_hamming: usize,
+    pub(crate) ephemeral_hamming: usize,
     /// Complex slots bootstrapped: `N/2` (full), or a power of two `n ≤ N/4` for a
     /// **sparse-slot** bootstrap of a ciphertext whose slots repeat with period `n` (see
     /// [`Self::sparse`]).
-    pub slots: usize,
+    pub(crate) slots: usize,
     /// Correct EvalMod's sine by the arcsine's first terms (see [`Self::with_arcsine`]).
-    pub arcsine: bool,
+    pub(crate) arcsine: bool,
 }
 
 impl BootstrapParams {
+    /// The CKKS chain: computation levels at the bottom, bootstrapping's on top.
+    pub fn ckks(&self) -> &CkksParams {
+        &self.ckks
+    }
+
+    /// Levels (merged FFT groups) CoeffsToSlots uses.
+    pub fn cts_levels(&self) -> usize {
+        self.cts_levels
+    }
+
+    /// Levels SlotsToCoeffs uses.
+    pub fn stc_levels(&self) -> usize {
+        self.stc_levels
+    }
+
+    /// EvalMod's Chebyshev degree and double-angle steps.
+    pub fn eval_mod(&self) -> (usize, usize) {
+        (self.cheb_degree, self.double_angles)
+    }
+
+    /// Hamming weight of the ephemeral sparse secret.
+    pub fn ephemeral_hamming(&self) -> usize {
+        self.ephemeral_hamming
+    }
+
+    /// Complex slots bootstrapped: `N/2`, or the period of a sparse-slot bootstrap.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Whether EvalMod's sine is corrected by the arcsine's first terms.
+    pub fn arcsine(&self) -> bool {
+        self.arcsine
+    }
+
     /// Levels EvalMod consumes: the Chebyshev series ([`chebyshev_depth`]: 6 at degree 39)
     /// and the double angles.
     pub fn eval_mod_levels(&self) -> usize {
@@ -1778,6 +1815,29 @@ mod tests {
         eprintln!("Q_0 2^{q0:.1}, P' 2^{pp:.1}, Q_0·P' 2^{:.1}", q0 + pp);
         assert!(q0 + pp <= 117.0, "Q_0·P' = 2^{:.1}", q0 + pp);
         assert!(pp >= q0 - 8.0);
+    }
+
+    /// Level budgets that the chain cannot hold, or that break its segments, are refused
+    /// before any key is made (the fields are read-only outside the crate; a decoded layout
+    /// goes through the same check).
+    #[test]
+    fn check_refuses_budgets_the_chain_cannot_hold() {
+        let bp = BootstrapParams::insecure_test_ring(10, 3).unwrap();
+        let ctx = CkksContext::with_seed(bp.ckks.clone(), [4; 32]).unwrap();
+        let keys = ctx.keygen().unwrap();
+        let mut no_cts = bp.clone();
+        no_cts.cts_levels = 0;
+        let mut deep = bp.clone();
+        deep.cheb_degree = 1000;
+        // One more CoeffsToSlots level than the upper segment was built for.
+        let mut moved = bp;
+        moved.cts_levels += 1;
+        for bad in [no_cts, deep, moved] {
+            assert!(matches!(
+                BootstrapKeys::generate(&ctx, &bad, &keys.secret, &keys.relin),
+                Err(Error::InvalidParameters(_))
+            ));
+        }
     }
 
     /// The giant steps run as Horner chains: a chain's steps add up to each of its giants in

@@ -821,8 +821,8 @@ pub fn bench_bootstrap(
         false => (bp, config),
     };
     let config = config.as_str();
-    let ctx = CkksContext::with_backend(bp.ckks.clone(), be.clone())?;
-    let p = &bp.ckks;
+    let ctx = CkksContext::with_backend(bp.ckks().clone(), be.clone())?;
+    let p = &bp.ckks();
     let mut rec = Recorder {
         rows,
         backend: be.as_ref(),
@@ -845,8 +845,10 @@ pub fn bench_bootstrap(
     let rss_keys = hetensor::memory::rss_bytes();
     let want: Vec<f64> = {
         let mut rng = rand::rng();
-        let period: Vec<f64> = (0..bp.slots).map(|_| rng.random_range(-1.0..1.0)).collect();
-        (0..ctx.slots()).map(|i| period[i % bp.slots]).collect()
+        let period: Vec<f64> = (0..bp.slots())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        (0..ctx.slots()).map(|i| period[i % bp.slots()]).collect()
     };
     let ct = ctx.encrypt(&ctx.encode(&want, ctx.natural_scale(0), 0)?, &keys.public)?;
     // The first call also encodes and caches the transforms' diagonals: time it apart.
@@ -892,13 +894,13 @@ pub fn bench_bootstrap(
     ));
     notes.push(format!(
         "bootstrap 2^{log_n} ({config}): {} CoeffsToSlots + {} EvalMod + {} arcsine + {} SlotsToCoeffs levels, {} slots, {} rotation keys, Hamming weight {} ephemeral secret; key generation {keygen_s:.1} s; first bootstrap (encodes and caches the diagonals) {first_s:.1} s; {} levels left",
-        bp.cts_levels,
+        bp.cts_levels(),
         bp.eval_mod_levels(),
         bp.arcsine_levels(),
-        bp.stc_levels,
-        bp.slots,
+        bp.stc_levels(),
+        bp.slots(),
         bk.galois().elements().len(),
-        bp.ephemeral_hamming,
+        bp.ephemeral_hamming(),
         first.level()
     ));
     Ok(())

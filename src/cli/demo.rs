@@ -96,8 +96,8 @@ fn run_deep(multiplications: usize, log_n: u32) -> Result<()> {
         );
         BootstrapParams::insecure_test_ring(log_n, 4)?
     };
-    println!("{}", bp.ckks);
-    let ctx = CkksContext::new(bp.ckks.clone())?;
+    println!("{}", bp.ckks());
+    let ctx = CkksContext::new(bp.ckks().clone())?;
     let keys = ctx.keygen()?;
     let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin)?;
     println!(

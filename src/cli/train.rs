@@ -291,7 +291,7 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
         None
     };
     let params = match &bootstrap_params {
-        Some(bp) => bp.ckks.clone(),
+        Some(bp) => bp.ckks().clone(),
         None => training_params(log_n)?,
     };
     let ctx = Arc::new(CkksContext::new(params)?);

@@ -312,7 +312,7 @@ fn run_bootstrap(o: &TransferOptions, p: &Prepared) -> Result<()> {
     } else {
         (BootstrapParams::n16()?, 16)
     };
-    let ctx = Arc::new(CkksContext::new(base.ckks.clone())?);
+    let ctx = Arc::new(CkksContext::new(base.ckks().clone())?);
     let layout = PackedLayout::new(ctx.slots(), ph::DEFAULT_BLOCK, d, classes)?;
     let holder = KeyHolder::new(ctx.clone())?;
     let boot = holder.bootstrapper(&ph::bootstrap_params(base, &layout)?)?;
