@@ -41,7 +41,7 @@
 //! use hetensor::ckks::CkksContext;
 //! # fn main() -> hetensor::Result<()> {
 //! let bp = BootstrapParams::n16()?;
-//! let ctx = CkksContext::new(bp.ckks.clone())?;
+//! let ctx = CkksContext::new(bp.ckks().clone())?;
 //! let keys = ctx.keygen()?;
 //! let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin)?;
 //! let level = bk.output_level();
