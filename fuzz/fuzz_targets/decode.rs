@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use hetensor::backend::default_backend;
-use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::ckks::{CkksContext, CkksParams, SinglePrimeChain};
 use hetensor::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, SecretKey, Security};
 use hetensor::serialize::{self, DecodeOptions, PublicContext, SecretContext};
 use libfuzzer_sys::fuzz_target;
@@ -13,7 +13,15 @@ use libfuzzer_sys::fuzz_target;
 fn ctx() -> &'static CkksContext {
     static C: OnceLock<CkksContext> = OnceLock::new();
     C.get_or_init(|| {
-        let p = CkksParams::new(10, 2, 20, 27, 1, Security::InsecureForTestingOnly).unwrap();
+        let p = CkksParams::single_prime(SinglePrimeChain {
+            log_n: 10,
+            levels: 2,
+            scale_bits: 20,
+            base_bits: 27,
+            dnum: 1,
+            security: Security::InsecureForTestingOnly,
+        })
+        .unwrap();
         CkksContext::with_seed(p, [1; 32]).unwrap()
     })
 }

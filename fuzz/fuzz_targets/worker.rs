@@ -8,7 +8,7 @@ use std::io::Cursor;
 use std::sync::OnceLock;
 
 use hetensor::backend::default_backend;
-use hetensor::ckks::{CkksContext, CkksParams};
+use hetensor::ckks::{CkksContext, CkksParams, SinglePrimeChain};
 use hetensor::rlwe::Security;
 use hetensor::serialize::{DecodeOptions, PublicContext, WriteOptions};
 use hetensor::workers::{serve_with, WorkerLimits};
@@ -18,7 +18,15 @@ use libfuzzer_sys::fuzz_target;
 fn context_frame() -> &'static [u8] {
     static F: OnceLock<Vec<u8>> = OnceLock::new();
     F.get_or_init(|| {
-        let p = CkksParams::new(10, 2, 25, 30, 1, Security::InsecureForTestingOnly).unwrap();
+        let p = CkksParams::single_prime(SinglePrimeChain {
+            log_n: 10,
+            levels: 2,
+            scale_bits: 25,
+            dnum: 1,
+            security: Security::InsecureForTestingOnly,
+            ..Default::default()
+        })
+        .unwrap();
         let ctx = CkksContext::with_seed(p, [1; 32]).unwrap();
         let keys = ctx.keygen().unwrap();
         let mut public = Vec::new();
