@@ -383,12 +383,9 @@ fn upload_signed_reduces_small_and_large_coefficients_alike() {
     }
 }
 
-/// Two key sets under the same parameters: every operation that combines a ciphertext with
-/// another key set's ciphertext or key is a typed error, not a silently wrong result (decrypting
-/// under the wrong key used to give values of ~1e16 with no error).
-#[test]
-fn key_sets_cannot_be_mixed() {
-    let params = CkksParams::single_prime(SinglePrimeChain {
+/// N = 2^12, 3 levels at 2^25, 2 digits: small enough for key-set tests (not secure).
+fn small_insecure_params() -> CkksParams {
+    CkksParams::single_prime(SinglePrimeChain {
         log_n: 12,
         levels: 3,
         scale_bits: 25,
@@ -396,7 +393,15 @@ fn key_sets_cannot_be_mixed() {
         security: Security::InsecureForTestingOnly,
         ..Default::default()
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// Two key sets under the same parameters: every operation that combines a ciphertext with
+/// another key set's ciphertext or key is a typed error, not a silently wrong result (decrypting
+/// under the wrong key used to give values of ~1e16 with no error).
+#[test]
+fn key_sets_cannot_be_mixed() {
+    let params = small_insecure_params();
     let ctx = CkksContext::with_seed(params, [21; 32]).unwrap();
     let a = ctx.keygen().unwrap();
     let b = ctx.keygen().unwrap();
@@ -449,15 +454,7 @@ fn key_sets_cannot_be_mixed() {
 /// keys belong to that secret's key set.
 #[test]
 fn public_and_relin_keys_from_a_secret_key() {
-    let params = CkksParams::single_prime(SinglePrimeChain {
-        log_n: 12,
-        levels: 3,
-        scale_bits: 25,
-        dnum: 2,
-        security: Security::InsecureForTestingOnly,
-        ..Default::default()
-    })
-    .unwrap();
+    let params = small_insecure_params();
     let ctx = CkksContext::with_seed(params, [22; 32]).unwrap();
     let sk = ctx.keygen().unwrap().secret;
     let pk = ctx.gen_public_key(&sk).unwrap();

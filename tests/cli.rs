@@ -681,23 +681,26 @@ fn bench_runs_with_threads_and_writes_out() {
 #[test]
 fn bench_precision_on_a_composite_chain() {
     let _g = heavy();
-    let r = json(&[
-        "bench",
-        "--log-n",
-        "13",
-        "--scheme",
-        "ckks",
-        "--precision",
-        "--scale-bits",
-        "40",
-        "--depth",
-        "2",
-        "--reps",
-        "1",
-        "--batch",
-        "2",
-        "--json",
-    ]);
+    // N = 2^13, Δ = 2^40, depth 2, one repetition, plus `extra`.
+    let composite = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "--log-n",
+            "13",
+            "--scheme",
+            "ckks",
+            "--scale-bits",
+            "40",
+            "--depth",
+            "2",
+            "--reps",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json(&args)
+    };
+    let r = composite(&["--precision", "--batch", "2"]);
     let rows = r["results"].as_array().unwrap();
     let row = |op: &str| {
         rows.iter()
@@ -732,24 +735,7 @@ fn bench_precision_on_a_composite_chain() {
     assert!(rows.iter().all(|x| x["op"] != "depth_chain"));
     // Without the extra special prime the same chain fits 3 digits instead of 6; its rows
     // carry their own config id. The flag needs a builder chain.
-    let fast = json(&[
-        "bench",
-        "--log-n",
-        "13",
-        "--scheme",
-        "ckks",
-        "--scale-bits",
-        "40",
-        "--depth",
-        "2",
-        "--extra-special-primes",
-        "0",
-        "--reps",
-        "1",
-        "--batch",
-        "1",
-        "--json",
-    ]);
+    let fast = composite(&["--extra-special-primes", "0", "--batch", "1"]);
     let x = &fast["results"][0];
     assert_eq!((u(x, "dnum"), u(row("add"), "dnum")), (3, 6), "{x}");
     assert_eq!(x["config"], "ckks-13-s40-x0");

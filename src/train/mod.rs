@@ -52,7 +52,7 @@ use rayon::prelude::*;
 
 use crate::ckks::bootstrap::{BootstrapKeys, BootstrapParams};
 use crate::ckks::{CkksContext, CkksParams, KeySet, SinglePrimeChain};
-use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, Security};
+use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey};
 use crate::serialize::PublicContext;
 use crate::{Error, Result};
 
@@ -71,24 +71,17 @@ pub fn training_params(log_n: u32) -> Result<CkksParams> {
             continue;
         }
         let dnum = (levels + 1).div_ceil(alpha);
-        match CkksParams::single_prime(SinglePrimeChain {
+        let chain = |levels| SinglePrimeChain {
             log_n,
             levels,
             scale_bits,
             dnum,
-            security: Security::Bits128,
             ..Default::default()
-        }) {
+        };
+        match CkksParams::single_prime(chain(levels)) {
             Ok(p) => return Ok(p),
             Err(Error::InsecureParameters { .. }) => {
-                if let Ok(p) = CkksParams::single_prime(SinglePrimeChain {
-                    log_n,
-                    levels: levels - 1,
-                    scale_bits,
-                    dnum,
-                    security: Security::Bits128,
-                    ..Default::default()
-                }) {
+                if let Ok(p) = CkksParams::single_prime(chain(levels - 1)) {
                     return Ok(p);
                 }
             }
