@@ -1198,7 +1198,7 @@ fn low_key_shape(ctx: &crate::rlwe::RlweContext) -> Result<(usize, usize)> {
     } else {
         log_q0
     };
-    let noise_bits = (3.2f64 * (ctx.n() as f64).sqrt()).log2();
+    let noise_bits = (crate::math::sampler::ERROR_STD_DEV * (ctx.n() as f64).sqrt()).log2();
     let need = log_q0 + noise_bits + 30.0 - log_delta;
     let mut have = 0.0;
     for (k, &p) in ctx.p_limbs().iter().enumerate() {
