@@ -339,6 +339,22 @@ pub trait Backend: Send + Sync + Debug {
         key_switch_reference(self, ring, d, keys, plan, onto)
     }
 
+    /// Key switching without its ModDown, for results that meet other terms in the extended
+    /// basis (relinearize-and-rescale, rotations summed by a linear transform): `(u_0, u_1)`
+    /// over `plan.qp`, `P` times the switched value, with `P·lift` added to its first
+    /// `lift.count()` polynomials (1 or 2, NTT form over `d`'s limbs; e.g. a ciphertext's
+    /// `(c_0, c_1)`). [`key_switch_ext_reference`] is the definition.
+    fn key_switch_ext(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        lift: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
+        key_switch_ext_reference(self, ring, d, keys, plan, lift)
+    }
+
     /// Waits until every queued operation has finished (for timing asynchronous device
     /// backends; `download` already waits). The CPU backend computes eagerly: a no-op.
     fn synchronize(&self) -> Result<()> {
@@ -448,6 +464,16 @@ pub(crate) fn check_key_switch(
     Ok(())
 }
 
+/// Checks the operand that [`crate::backend::Backend::key_switch_ext`] lifts by `P`.
+pub(crate) fn check_lift(x: &PolyBatch, plan: &KeySwitchPlan) -> Result<()> {
+    if x.repr != Repr::Ntt || *x.limbs != *plan.q || !(1..=2).contains(&x.count) {
+        return Err(Error::InvalidInput(
+            "key switch: the lifted operand must be 1 or 2 NTT-domain polynomials over the input's limbs".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The definition of [`Backend::key_switch`], in the backend's own primitives: the key inner
 /// product ([`key_inner_reference`]), ModDown, and `onto`'s first two polynomials added.
 pub fn key_switch_reference<B: Backend + ?Sized>(
@@ -506,6 +532,54 @@ pub fn key_inner_reference<B: Backend + ?Sized>(
         be.mul_acc(ring, &mut acc, key, up)?;
     }
     Ok(acc)
+}
+
+/// The definition of [`Backend::key_switch_ext`], in the backend's own primitives: the key
+/// inner product ([`key_inner_reference`]) plus `lift` moved into the extended basis
+/// ([`lift_reference`]).
+pub fn key_switch_ext_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    d: &PolyBatch,
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+    lift: Option<&PolyBatch>,
+) -> Result<PolyBatch> {
+    let mut acc = key_inner_reference(be, ring, d, keys, plan, None)?;
+    if let Some(x) = lift {
+        check_lift(x, plan)?;
+        let mut lifted = lift_reference(be, ring, x, &plan.p)?;
+        if x.count == 1 {
+            let zero = be.zeros(plan.qp.clone(), 1, d.n, Repr::Ntt)?;
+            lifted = be.concat(&[&lifted, &zero])?;
+        }
+        be.add_assign(ring, &mut acc, &lifted)?;
+    }
+    Ok(acc)
+}
+
+/// `P·x` over `x`'s limbs followed by the special primes `p` (NTT form, `P = Π p`): `x` moved
+/// exactly into the extended basis of key switching (its special-prime limbs are 0).
+pub fn lift_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    x: &PolyBatch,
+    p: &Arc<[usize]>,
+) -> Result<PolyBatch> {
+    let zeros = be.zeros(p.clone(), x.count, x.n, x.repr)?;
+    let mut out = be.concat_limbs(x, &zeros)?;
+    let factors: Vec<u32> = out
+        .limbs
+        .iter()
+        .map(|&l| {
+            let m = ring.modulus(l);
+            p.iter().fold(1u32, |acc, &pi| {
+                m.mul(acc, ring.modulus(pi).value() % m.value())
+            })
+        })
+        .collect();
+    be.mul_scalar_assign(ring, &mut out, &factors)?;
+    Ok(out)
 }
 
 /// ModUp of every digit of `d` (NTT, one polynomial) to `plan.qp`, NTT domain: only the new

@@ -302,11 +302,7 @@ pub fn relinearize_ext(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Res
     check_key_id(ct.key_id, rk.0.key_id, "relinearization key")?;
     let be = ctx.backend();
     let c2 = be.slice_polys(&ct.polys, 2, 1)?;
-    let digits = crate::rlwe::keys::decompose(ctx, &c2)?;
-    let mut ext = rk.0.switch_decomposed_ext(ctx, &digits, None)?;
-    let c01 = lift_to_ext(ctx, &be.slice_polys(&ct.polys, 0, 2)?)?;
-    be.add_assign(ctx.ring(), &mut ext, &c01)?;
-    Ok(ext)
+    rk.0.switch_ext(ctx, &c2, Some(&be.slice_polys(&ct.polys, 0, 2)?))
 }
 
 /// Applies the automorphism `X → X^g` and switches back to `s` with the Galois key. Works in
@@ -371,6 +367,14 @@ pub fn apply_galois_many_ext(
     }
     let be = ctx.backend();
     let ring = ctx.ring();
+    if let ([(g, _)], [key]) = (elements, keys.as_slice()) {
+        // One element: nothing to share, so permute the ciphertext and switch `σ_g(c_1)`
+        // directly (one fused key switch, `σ_g(c_0)` lifted into its result).
+        let rotated = be.automorphism_ntt(ring, &ct.polys, *g)?;
+        let c1 = be.slice_polys(&rotated, 1, 1)?;
+        let c0 = be.slice_polys(&rotated, 0, 1)?;
+        return Ok(vec![key.switch_ext(ctx, &c1, Some(&c0))?]);
+    }
     let c1 = be.slice_polys(&ct.polys, 1, 1)?;
     let digits = crate::rlwe::keys::decompose(ctx, &c1)?;
     let c0 = be.slice_polys(&ct.polys, 0, 1)?;
@@ -390,23 +394,7 @@ pub fn apply_galois_many_ext(
 /// `P·x` over `x`'s limbs and the special primes (NTT form): `x` moved exactly into the
 /// basis of [`apply_galois_many_ext`] (its special-prime limbs are 0).
 pub fn lift_to_ext(ctx: &RlweContext, x: &PolyBatch) -> Result<PolyBatch> {
-    let be = ctx.backend();
-    let ring = ctx.ring();
-    let p = ctx.p_limbs();
-    let zeros = be.zeros(p.clone(), x.count(), ctx.n(), x.repr())?;
-    let mut out = be.concat_limbs(x, &zeros)?;
-    let factors: Vec<u32> = out
-        .limbs()
-        .iter()
-        .map(|&l| {
-            let m = ring.modulus(l);
-            p.iter().fold(1u32, |acc, &pi| {
-                m.mul(acc, ring.modulus(pi).value() % m.value())
-            })
-        })
-        .collect();
-    be.mul_scalar_assign(ring, &mut out, &factors)?;
-    Ok(out)
+    crate::backend::lift_reference(ctx.backend(), ctx.ring(), x, &ctx.p_limbs())
 }
 
 /// Drops the ciphertext's top primes (no division): for BFV mod switching and for bringing

@@ -443,15 +443,37 @@ impl KeySwitchKey {
     ) -> Result<PolyBatch> {
         ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
         let (index, plan) = key_switch_plan(ctx, d)?;
-        let keys = index
+        let keys = self.digits_at(&index)?;
+        ctx.backend().key_switch(ctx.ring(), d, &keys, &plan, onto)
+    }
+
+    /// Key switching without its ModDown ([`crate::backend::Backend::key_switch_ext`]):
+    /// `(u_0, u_1)` over `d`'s limbs and the special primes, `P` times the switched value,
+    /// with `P·lift` added to its first `lift.count()` polynomials. One ModDown (or one
+    /// ModDown-and-rescale) finishes it.
+    pub fn switch_ext(
+        &self,
+        ctx: &RlweContext,
+        d: &PolyBatch,
+        lift: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
+        ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
+        let (index, plan) = key_switch_plan(ctx, d)?;
+        let keys = self.digits_at(&index)?;
+        ctx.backend()
+            .key_switch_ext(ctx.ring(), d, &keys, &plan, lift)
+    }
+
+    /// The key's digits at the given indices (a level's digits, from its plan).
+    fn digits_at(&self, index: &[usize]) -> Result<Vec<&PolyBatch>> {
+        index
             .iter()
             .map(|&j| {
                 self.digits
                     .get(j)
                     .ok_or_else(|| Error::InvalidInput(format!("key has no digit {j}")))
             })
-            .collect::<Result<Vec<_>>>()?;
-        ctx.backend().key_switch(ctx.ring(), d, &keys, &plan, onto)
+            .collect()
     }
 
     /// The second half of key switching, on digits from [`decompose`]: inner product with the
@@ -785,6 +807,92 @@ mod tests {
             let after = be.download(&p).unwrap();
             assert_eq!(after.len(), p.limbs().len() * n);
             assert!(after.iter().all(|&w| w == 0), "{what} not wiped");
+        }
+    }
+}
+
+/// The CPU backend's fused key switching and ModDown against their definitions, composed from
+/// the CPU's primitives ([`crate::backend::key_switch_reference`] and friends).
+#[cfg(test)]
+mod fused_tests {
+    use super::*;
+    use crate::backend::{
+        key_switch_ext_reference, key_switch_reference, mod_down_reference, Backend, CpuBackend,
+    };
+    use crate::rlwe::Security;
+
+    /// Uniform words over `limbs`, `count` polynomials (splitmix64; any fixed stream will do).
+    fn words(ctx: &RlweContext, limbs: &[usize], count: usize, seed: u64) -> Vec<u32> {
+        let mut x = seed;
+        let n = ctx.n();
+        (0..count * limbs.len() * n)
+            .map(|i| {
+                x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let q = ctx.ring().modulus(limbs[(i / n) % limbs.len()]).value() as u64;
+                ((z ^ (z >> 31)) % q) as u32
+            })
+            .collect()
+    }
+
+    /// Every level of a composite chain with 2 digits and 2+ special primes: the fused key
+    /// switch (with and without `onto`), the key switch without ModDown (lifting 0, 1 or 2
+    /// polynomials) and ModDown give exactly the words of their definitions.
+    #[test]
+    fn fused_key_switching_matches_its_definition() {
+        let params = crate::ckks::CkksParams::builder()
+            .log_n(11)
+            .depth(3)
+            .scale_bits(40)
+            .dnum(2)
+            .security(Security::InsecureForTestingOnly)
+            .build()
+            .unwrap();
+        let ctx = RlweContext::new(params.rlwe().clone()).unwrap();
+        let be = CpuBackend::new();
+        let ring = ctx.ring();
+        let n = ctx.n();
+        let mut sampler = Sampler::from_seed([7; 32]);
+        let sk = SecretKey::generate(&ctx, &mut sampler).unwrap();
+        let s2 = sk.square(&ctx).unwrap();
+        let key = KeySwitchKey::generate(&ctx, &sk, &s2, &mut sampler).unwrap();
+        let get = |p: PolyBatch| be.download(&p).unwrap();
+        let top = ctx.params().q_primes().len();
+        assert!(ctx.p_limbs().len() >= 2 && ctx.digits().len() >= 2);
+        for nq in 1..=top {
+            let q = ctx.q_first(nq);
+            let up = |count, seed| {
+                be.upload(words(&ctx, &q, count, seed), q.clone(), count, n, Repr::Ntt)
+                    .unwrap()
+            };
+            let d = up(1, nq as u64);
+            let (index, plan) = key_switch_plan(&ctx, &d).unwrap();
+            let keys: Vec<&PolyBatch> = index.iter().map(|&j| &key.digits[j]).collect();
+            let onto = up(3, 100 + nq as u64);
+            for onto in [None, Some(&onto)] {
+                assert_eq!(
+                    get(be.key_switch(ring, &d, &keys, &plan, onto).unwrap()),
+                    get(key_switch_reference(&be, ring, &d, &keys, &plan, onto).unwrap()),
+                    "key switch at {nq} limbs, onto {}",
+                    onto.is_some()
+                );
+            }
+            let (one, two) = (up(1, 200), up(2, 300));
+            for lift in [None, Some(&one), Some(&two)] {
+                let ext = be.key_switch_ext(ring, &d, &keys, &plan, lift).unwrap();
+                let want = key_switch_ext_reference(&be, ring, &d, &keys, &plan, lift).unwrap();
+                assert_eq!(be.download(&ext).unwrap(), get(want), "ext at {nq} limbs");
+                let (keep, drop) = (plan.q.clone(), plan.p.clone());
+                assert_eq!(
+                    get(be
+                        .mod_down(ring, &ext, keep.clone(), drop.clone(), &plan.down)
+                        .unwrap()),
+                    get(mod_down_reference(&be, ring, &ext, keep, drop, &plan.down).unwrap()),
+                    "mod_down at {nq} limbs"
+                );
+            }
         }
     }
 }

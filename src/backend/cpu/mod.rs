@@ -1,17 +1,19 @@
 //! The CPU backend: the reference every other backend is compared with, word for word.
 //! Parallel with rayon across polynomials and limbs (one task per `N`-word limb).
 
+mod fused;
+
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use super::{
-    check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_mul_acc,
-    check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
-    limb_positions, limb_scalars, Backend, Buffer, PolyBatch, Repr,
+    check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_key_switch,
+    check_mul_acc, check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
+    key_switch_ext_reference, key_switch_reference, limb_positions, limb_scalars, Backend, Buffer,
+    KeySwitchPlan, PolyBatch, Repr,
 };
 use crate::error::{Error, Result};
-use crate::math::rns::{convert_blocks, ConvertScratch};
 use crate::math::{BaseConverter, RingContext, ScaleRounder};
 
 /// Rayon-parallel CPU backend.
@@ -337,32 +339,13 @@ impl Backend for CpuBackend {
         exact: bool,
     ) -> Result<PolyBatch> {
         check_base_convert(p, &to, conv)?;
-        let n = p.n;
-        let input = host(p)?;
-        let in_words = p.poly_words();
-        let out_words = to.len() * n;
-        let mut out = vec![0u32; p.count * out_words];
-        // Tasks are (polynomial, coefficient block): a key switch's ModUp converts one
-        // polynomial, which would otherwise run on one thread.
-        let tasks: Vec<_> = out
-            .chunks_mut(out_words)
-            .zip(input.chunks(in_words))
-            .flat_map(|(o, i)| {
-                convert_blocks(o, n)
-                    .into_iter()
-                    .map(move |(lo, block)| (i, lo, block))
-            })
-            .collect();
-        tasks
-            .into_par_iter()
-            .for_each_init(ConvertScratch::default, |scratch, (i, lo, mut block)| {
-                conv.convert_block(i, n, lo, &mut block, exact, scratch)
-            });
+        let mut out = vec![0u32; p.count * to.len() * p.n];
+        fused::convert_polys(conv, host(p)?, &mut out, p.n, exact);
         Ok(PolyBatch::from_parts(
             Buffer::Host(out),
             to,
             p.count,
-            n,
+            p.n,
             Repr::Coeff,
         ))
     }
@@ -526,6 +509,86 @@ impl Backend for CpuBackend {
             a.count,
             a.n,
             a.repr,
+        ))
+    }
+
+    fn mod_down(
+        &self,
+        ring: &RingContext,
+        x: &PolyBatch,
+        keep: Arc<[usize]>,
+        drop: Arc<[usize]>,
+        conv: &BaseConverter,
+    ) -> Result<PolyBatch> {
+        check_ring(ring, x)?;
+        if x.repr != Repr::Ntt {
+            return Err(Error::InvalidInput("mod_down needs the NTT domain".into()));
+        }
+        let words = fused::mod_down_words(
+            ring,
+            host(x)?,
+            &x.limbs,
+            x.count,
+            x.n,
+            &keep,
+            &drop,
+            conv,
+            None,
+        )?;
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(words),
+            keep,
+            x.count,
+            x.n,
+            Repr::Ntt,
+        ))
+    }
+
+    fn key_switch_ext(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        lift: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
+        match fused::key_switch_ext_words(ring, d, keys, plan, lift)? {
+            Some(acc) => Ok(PolyBatch::from_parts(
+                Buffer::Host(acc),
+                plan.qp.clone(),
+                2,
+                d.n,
+                Repr::Ntt,
+            )),
+            None => key_switch_ext_reference(self, ring, d, keys, plan, lift),
+        }
+    }
+
+    fn key_switch(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        onto: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
+        check_key_switch(d, keys, plan, onto)?;
+        let Some(acc) = fused::key_switch_ext_words(ring, d, keys, plan, None)? else {
+            return key_switch_reference(self, ring, d, keys, plan, onto);
+        };
+        // `onto`'s first two polynomials, over the same limbs as the result.
+        let onto = onto
+            .map(|c| host(c).map(|w| &w[..2 * c.poly_words()]))
+            .transpose()?;
+        let words = fused::mod_down_words(
+            ring, &acc, &plan.qp, 2, d.n, &plan.q, &plan.p, &plan.down, onto,
+        )?;
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(words),
+            plan.q.clone(),
+            2,
+            d.n,
+            Repr::Ntt,
         ))
     }
 }

@@ -1,0 +1,298 @@
+//! The CPU's fused key switching and ModDown: the same words as [`key_switch_reference`] and
+//! [`mod_down_reference`] (which compose backend primitives and stay the definition), with
+//! the work kept limb by limb while it is in cache.
+//!
+//! Why fused: the composed form copies every extended digit twice (`concat_limbs`,
+//! `select_limbs`), selects the key's limbs at every level below the top, reads and writes
+//! the accumulator once per digit, and makes ModDown's subtraction, scaling and `onto`
+//! addition three more passes. Here each target limb is produced in one task: the NTT of the
+//! digits' extended limbs, `Σ_j key_j·up_j` summed in 64 bits and reduced once, and the lifted
+//! operand added; ModDown writes `(x − lift)·P^{-1} (+ onto)` in the pass that transforms the
+//! converted tail.
+//!
+//! [`key_switch_reference`]: crate::backend::key_switch_reference
+//! [`mod_down_reference`]: crate::backend::mod_down_reference
+
+use rayon::prelude::*;
+
+use super::{host, PolyBatch};
+use crate::backend::{check_key_switch, check_lift, mod_down_factors, KeySwitchPlan};
+use crate::error::{Error, Result};
+use crate::math::rns::{convert_blocks, ConvertScratch};
+use crate::math::{BaseConverter, Modulus, RingContext};
+
+/// Converts `count` polynomials (each `conv.from().len()` limbs of `n` words, in `input`)
+/// into `output` (each `conv.to().len()` limbs), in (polynomial, coefficient block) tasks: a
+/// key switch converts one polynomial at a time, which would otherwise run on one thread.
+pub(super) fn convert_polys(
+    conv: &BaseConverter,
+    input: &[u32],
+    output: &mut [u32],
+    n: usize,
+    exact: bool,
+) {
+    let (in_words, out_words) = (conv.from().len() * n, conv.to().len() * n);
+    let tasks: Vec<_> = output
+        .chunks_mut(out_words)
+        .zip(input.chunks(in_words))
+        .flat_map(|(o, i)| {
+            convert_blocks(o, n)
+                .into_iter()
+                .map(move |(lo, block)| (i, lo, block))
+        })
+        .collect();
+    tasks
+        .into_par_iter()
+        .for_each_init(ConvertScratch::default, |scratch, (i, lo, mut block)| {
+            conv.convert_block(i, n, lo, &mut block, exact, scratch)
+        });
+}
+
+/// Positions of `limbs` in `within`, or an error naming the missing limb.
+fn positions(within: &[usize], limbs: &[usize], what: &str) -> Result<Vec<usize>> {
+    limbs
+        .iter()
+        .map(|l| {
+            within
+                .iter()
+                .position(|x| x == l)
+                .ok_or_else(|| Error::InvalidInput(format!("{what}: limb {l} not present")))
+        })
+        .collect()
+}
+
+/// `[Π p_k]_{q_i}` for every limb of `limbs` (0 on the special primes themselves), with its
+/// Shoup companion: what "times `P`" multiplies by.
+fn p_factors(ring: &RingContext, limbs: &[usize], p: &[usize]) -> Vec<(u32, u32)> {
+    limbs
+        .iter()
+        .map(|&l| {
+            let m = ring.modulus(l);
+            let f = p.iter().fold(1u32, |acc, &pi| {
+                m.mul(acc, ring.modulus(pi).value() % m.value())
+            });
+            (f, m.shoup(f))
+        })
+        .collect()
+}
+
+/// ModDown of host words (see [`crate::backend::Backend::mod_down`]): `count` NTT-domain
+/// polynomials over `x_limbs` become `count` over `keep`, divided by `Π drop` and rounded;
+/// `onto` (the same shape as the result) is added when given.
+#[allow(clippy::too_many_arguments)] // the words and their shape, as the trait passes them
+pub(super) fn mod_down_words(
+    ring: &RingContext,
+    x: &[u32],
+    x_limbs: &[usize],
+    count: usize,
+    n: usize,
+    keep: &[usize],
+    drop: &[usize],
+    conv: &BaseConverter,
+    onto: Option<&[u32]>,
+) -> Result<Vec<u32>> {
+    let (nk, nd, xw) = (keep.len(), drop.len(), x_limbs.len() * n);
+    if conv.from().len() != nd || conv.to().len() != nk || x.len() != count * xw {
+        return Err(Error::Shape(
+            "mod_down: converter or words do not match the bases".into(),
+        ));
+    }
+    let kpos = positions(x_limbs, keep, "mod_down")?;
+    let dpos = positions(x_limbs, drop, "mod_down")?;
+    let mut tail = vec![0u32; count * nd * n];
+    tail.par_chunks_mut(n).enumerate().for_each(|(idx, t)| {
+        let (c, i) = (idx / nd, idx % nd);
+        t.copy_from_slice(&x[c * xw + dpos[i] * n..][..n]);
+        ring.plan(drop[i]).inverse(t);
+    });
+    let mut out = vec![0u32; count * nk * n];
+    convert_polys(conv, &tail, &mut out, n, true);
+    let factors: Vec<(u32, u32)> = mod_down_factors(ring, keep, drop)
+        .into_iter()
+        .zip(keep)
+        .map(|(f, &k)| (f, ring.modulus(k).shoup(f)))
+        .collect();
+    out.par_chunks_mut(n).enumerate().for_each(|(idx, o)| {
+        let (c, i) = (idx / nk, idx % nk);
+        let m = ring.modulus(keep[i]);
+        ring.plan(keep[i]).forward(o);
+        let (f, fs) = factors[i];
+        let xs = &x[c * xw + kpos[i] * n..][..n];
+        match onto {
+            Some(on) => {
+                let on = &on[idx * n..][..n];
+                for ((o, &x), &a) in o.iter_mut().zip(xs).zip(on) {
+                    *o = m.add(m.mul_shoup(m.sub(x, *o), f, fs), a);
+                }
+            }
+            None => {
+                for (o, &x) in o.iter_mut().zip(xs) {
+                    *o = m.mul_shoup(m.sub(x, *o), f, fs);
+                }
+            }
+        }
+    });
+    Ok(out)
+}
+
+/// Key switching up to ModDown, fused (see [`crate::backend::Backend::key_switch_ext`]):
+/// `(u_0, u_1)` over `plan.qp` with `P·lift` added to the first `lift.count` polynomials.
+/// `None` when a digit's limbs are not a contiguous run of `d`'s (the composed reference
+/// handles that shape).
+pub(super) fn key_switch_ext_words(
+    ring: &RingContext,
+    d: &PolyBatch,
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+    lift: Option<&PolyBatch>,
+) -> Result<Option<Vec<u32>>> {
+    check_key_switch(d, keys, plan, None)?;
+    if let Some(x) = lift {
+        check_lift(x, plan)?;
+    }
+    let n = d.n;
+    let (nq, nqp) = (plan.q.len(), plan.qp.len());
+    if plan.qp.get(..nq) != Some(&plan.q[..]) {
+        return Ok(None);
+    }
+    let dw = host(d)?;
+    // Each digit's run of d's limbs: where it starts.
+    let mut starts = Vec::with_capacity(plan.digits.len());
+    for dg in &plan.digits {
+        let pos = positions(&plan.q, &dg.limbs, "key switch")?;
+        if pos.windows(2).any(|w| w[1] != w[0] + 1) {
+            return Ok(None);
+        }
+        starts.push(pos[0]);
+    }
+    // ModUp, first half: d in coefficient form, every digit converted to its other limbs.
+    let mut coeff = dw.clone();
+    coeff
+        .par_chunks_mut(n)
+        .zip(plan.q.par_iter())
+        .for_each(|(c, &l)| ring.plan(l).inverse(c));
+    let mut ext: Vec<Vec<u32>> = plan
+        .digits
+        .iter()
+        .map(|dg| vec![0u32; dg.rest.len() * n])
+        .collect();
+    for ((dg, e), &s) in plan.digits.iter().zip(ext.iter_mut()).zip(&starts) {
+        let input = &coeff[s * n..(s + dg.limbs.len()) * n];
+        convert_polys(&dg.up, input, e, n, false);
+    }
+    // Per target limb: the extended limbs that land on it, in digit order.
+    let mut per_limb: Vec<Vec<&mut [u32]>> = (0..nqp).map(|_| Vec::new()).collect();
+    for (dg, e) in plan.digits.iter().zip(ext.iter_mut()) {
+        for (&l, chunk) in dg.rest.iter().zip(e.chunks_mut(n)) {
+            let p = plan.qp.iter().position(|&x| x == l).ok_or_else(|| {
+                Error::InvalidInput(format!("key switch: limb {l} not in the plan"))
+            })?;
+            per_limb[p].push(chunk);
+        }
+    }
+    // Every target limb needs one extended limb from each digit it is not part of.
+    for (p, exts) in per_limb.iter().enumerate() {
+        let owners = plan
+            .digits
+            .iter()
+            .filter(|dg| p < nq && dg.limbs.contains(&plan.qp[p]));
+        if exts.len() + owners.count() != plan.digits.len() {
+            return Err(Error::InvalidInput(
+                "key switch: a digit's limbs and rest do not cover the plan".into(),
+            ));
+        }
+    }
+    let key_pos = keys
+        .iter()
+        .map(|k| positions(&k.limbs, &plan.qp, "key switch key"))
+        .collect::<Result<Vec<_>>>()?;
+    let key_words = keys.iter().map(|k| host(k)).collect::<Result<Vec<_>>>()?;
+    let lift_words = lift.map(host).transpose()?;
+    let lift_count = lift.map_or(0, |x| x.count);
+    let p_of = p_factors(ring, &plan.qp, &plan.p);
+    let mut acc = vec![0u32; 2 * nqp * n];
+    let (a0, a1) = acc.split_at_mut(nqp * n);
+    a0.par_chunks_mut(n)
+        .zip(a1.par_chunks_mut(n))
+        .zip(per_limb.into_par_iter())
+        .enumerate()
+        .for_each(|(p, ((o0, o1), mut exts))| {
+            let l = plan.qp[p];
+            let m = ring.modulus(l);
+            exts.iter_mut().for_each(|e| ring.plan(l).forward(e));
+            let mut exts = exts.iter();
+            let mut srcs: Vec<&[u32]> = Vec::with_capacity(plan.digits.len());
+            let mut k0s = Vec::with_capacity(plan.digits.len());
+            let mut k1s = Vec::with_capacity(plan.digits.len());
+            for (j, dg) in plan.digits.iter().enumerate() {
+                let own = p < nq && dg.limbs.contains(&l);
+                srcs.push(if own {
+                    &dw[p * n..(p + 1) * n]
+                } else {
+                    // Every limb a digit lacks is in its `rest`, pushed above in this order.
+                    exts.next().map(|e| &e[..]).unwrap_or(&[])
+                });
+                let kw = key_words[j];
+                let per_poly = keys[j].limbs.len() * n;
+                let at = key_pos[j][p] * n;
+                k0s.push(&kw[at..at + n]);
+                k1s.push(&kw[per_poly + at..per_poly + at + n]);
+            }
+            dot_into(m, &srcs, &k0s, &k1s, o0, o1);
+            if p < nq {
+                if let Some(x) = lift_words {
+                    let (f, fs) = p_of[p];
+                    for (c, o) in [o0, o1].into_iter().enumerate().take(lift_count) {
+                        let xs = &x[c * nq * n + p * n..][..n];
+                        for (o, &x) in o.iter_mut().zip(xs) {
+                            *o = m.add(*o, m.mul_shoup(x, f, fs));
+                        }
+                    }
+                }
+            }
+        });
+    Ok(Some(acc))
+}
+
+/// `o0 = Σ_j x_j·a_j`, `o1 = Σ_j x_j·b_j` (mod m), every word summed in 64 bits and reduced
+/// once per `fold` terms: plain 32×32→64 multiply-adds, which vectorize.
+fn dot_into(m: &Modulus, x: &[&[u32]], a: &[&[u32]], b: &[&[u32]], o0: &mut [u32], o1: &mut [u32]) {
+    const BLOCK: usize = 256;
+    let q = m.value() as u64;
+    // The accumulator (< q after a fold) plus `fold` products (each < q²) stays below 2^64.
+    let fold = ((u64::MAX - q) / ((q - 1) * (q - 1)).max(1)).max(1) as usize;
+    let reduce = |s: &[u64], o: &mut [u32]| {
+        if m.lanes_reduce_u64() {
+            o.iter_mut()
+                .zip(s)
+                .for_each(|(o, &s)| *o = m.reduce_u64_lanes(s));
+        } else {
+            o.iter_mut().zip(s).for_each(|(o, &s)| *o = m.reduce_u64(s));
+        }
+    };
+    let n = o0.len();
+    let (mut s0, mut s1) = ([0u64; BLOCK], [0u64; BLOCK]);
+    let mut r = [0u32; BLOCK];
+    for lo in (0..n).step_by(BLOCK) {
+        let len = BLOCK.min(n - lo);
+        let (s0, s1, r) = (&mut s0[..len], &mut s1[..len], &mut r[..len]);
+        s0.fill(0);
+        s1.fill(0);
+        for (t, ((x, a), b)) in x.iter().zip(a).zip(b).enumerate() {
+            if t > 0 && t % fold == 0 {
+                for s in [&mut *s0, &mut *s1] {
+                    reduce(s, r);
+                    s.iter_mut().zip(r.iter()).for_each(|(s, &r)| *s = r as u64);
+                }
+            }
+            let (x, a, b) = (&x[lo..lo + len], &a[lo..lo + len], &b[lo..lo + len]);
+            for k in 0..len {
+                let xv = x[k] as u64;
+                s0[k] += xv * a[k] as u64;
+                s1[k] += xv * b[k] as u64;
+            }
+        }
+        reduce(s0, &mut o0[lo..lo + len]);
+        reduce(s1, &mut o1[lo..lo + len]);
+    }
+}
