@@ -355,6 +355,25 @@ pub trait Backend: Send + Sync + Debug {
         key_switch_ext_reference(self, ring, d, keys, plan, lift)
     }
 
+    /// The per-element half of a hoisted key switch: `Σ_j keys[j]·σ_g(ups[j])` over the digits'
+    /// basis (`ups`: the extended digits from [`mod_up_reference`], one per key digit;
+    /// `g = None`: no automorphism), plus `P·σ_g(lift)` on its first `lift.count()`
+    /// polynomials (`lift` over that basis minus the special primes `p`). Rotations of one
+    /// ciphertext by many steps share the `ups`. [`key_inner_hoisted_reference`] is the
+    /// definition.
+    #[allow(clippy::too_many_arguments)] // the trait's operands, as the reference takes them
+    fn key_inner_hoisted(
+        &self,
+        ring: &RingContext,
+        ups: &[&PolyBatch],
+        keys: &[&PolyBatch],
+        g: Option<usize>,
+        lift: Option<&PolyBatch>,
+        p: &Arc<[usize]>,
+    ) -> Result<PolyBatch> {
+        key_inner_hoisted_reference(self, ring, ups, keys, g, lift, p)
+    }
+
     /// Waits until every queued operation has finished (for timing asynchronous device
     /// backends; `download` already waits). The CPU backend computes eagerly: a no-op.
     fn synchronize(&self) -> Result<()> {
@@ -534,9 +553,9 @@ pub fn key_inner_reference<B: Backend + ?Sized>(
     Ok(acc)
 }
 
-/// The definition of [`Backend::key_switch_ext`], in the backend's own primitives: the key
-/// inner product ([`key_inner_reference`]) plus `lift` moved into the extended basis
-/// ([`lift_reference`]).
+/// The definition of [`Backend::key_switch_ext`], in the backend's own primitives: ModUp
+/// ([`mod_up_reference`]), then the key inner product with `lift` moved into the extended
+/// basis ([`key_inner_hoisted_reference`] without an automorphism).
 pub fn key_switch_ext_reference<B: Backend + ?Sized>(
     be: &B,
     ring: &RingContext,
@@ -545,12 +564,88 @@ pub fn key_switch_ext_reference<B: Backend + ?Sized>(
     plan: &KeySwitchPlan,
     lift: Option<&PolyBatch>,
 ) -> Result<PolyBatch> {
-    let mut acc = key_inner_reference(be, ring, d, keys, plan, None)?;
+    check_key_switch(d, keys, plan, None)?;
     if let Some(x) = lift {
         check_lift(x, plan)?;
-        let mut lifted = lift_reference(be, ring, x, &plan.p)?;
+    }
+    let ups = mod_up_reference(be, ring, d, plan)?;
+    let ups: Vec<&PolyBatch> = ups.iter().collect();
+    key_inner_hoisted_reference(be, ring, &ups, keys, None, lift, &plan.p)
+}
+
+/// Checks [`Backend::key_inner_hoisted`]'s operands; returns the digits' basis.
+pub(crate) fn check_key_inner_hoisted(
+    ups: &[&PolyBatch],
+    keys: &[&PolyBatch],
+    lift: Option<&PolyBatch>,
+    p: &[usize],
+) -> Result<Arc<[usize]>> {
+    let first = ups
+        .first()
+        .ok_or_else(|| Error::InvalidInput("key switch of no digits".into()))?;
+    let qp = first.limbs.clone();
+    if keys.len() != ups.len()
+        || ups
+            .iter()
+            .any(|u| u.limbs != qp || u.count != 1 || u.repr != Repr::Ntt || u.n != first.n)
+        || keys
+            .iter()
+            .any(|k| k.count != 2 || k.repr != Repr::Ntt || k.n != first.n)
+    {
+        return Err(Error::InvalidInput(
+            "hoisted key switch: one NTT-domain extended digit per 2-polynomial key digit, all over the same limbs".into(),
+        ));
+    }
+    let nq = qp.len().checked_sub(p.len()).unwrap_or(0);
+    if nq == 0 || qp[nq..] != *p {
+        return Err(Error::InvalidInput(
+            "hoisted key switch: the digits' limbs must end with the special primes".into(),
+        ));
+    }
+    if let Some(x) = lift {
+        if x.repr != Repr::Ntt || *x.limbs != qp[..nq] || !(1..=2).contains(&x.count) {
+            return Err(Error::InvalidInput(
+                "hoisted key switch: the lifted operand must be 1 or 2 NTT-domain polynomials over the digits' ciphertext limbs".into(),
+            ));
+        }
+    }
+    Ok(qp)
+}
+
+/// The definition of [`Backend::key_inner_hoisted`], in the backend's own primitives: each
+/// digit permuted (`automorphism_ntt`), the key digit's limbs selected when the digits sit
+/// below the top level, products accumulated, and `lift` permuted and lifted.
+pub fn key_inner_hoisted_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    ups: &[&PolyBatch],
+    keys: &[&PolyBatch],
+    g: Option<usize>,
+    lift: Option<&PolyBatch>,
+    p: &Arc<[usize]>,
+) -> Result<PolyBatch> {
+    let qp = check_key_inner_hoisted(ups, keys, lift, p)?;
+    let n = ups[0].n;
+    let permute = |x: &PolyBatch| -> Result<Option<PolyBatch>> {
+        g.map(|g| be.automorphism_ntt(ring, x, g)).transpose()
+    };
+    let mut acc = be.zeros(qp.clone(), 2, n, Repr::Ntt)?;
+    for (&up, &key) in ups.iter().zip(keys) {
+        let permuted = permute(up)?;
+        let key_here;
+        let key = if key.limbs == qp {
+            key
+        } else {
+            key_here = be.select_limbs(key, qp.clone())?;
+            &key_here
+        };
+        be.mul_acc(ring, &mut acc, key, permuted.as_ref().unwrap_or(up))?;
+    }
+    if let Some(x) = lift {
+        let permuted = permute(x)?;
+        let mut lifted = lift_reference(be, ring, permuted.as_ref().unwrap_or(x), p)?;
         if x.count == 1 {
-            let zero = be.zeros(plan.qp.clone(), 1, d.n, Repr::Ntt)?;
+            let zero = be.zeros(qp.clone(), 1, n, Repr::Ntt)?;
             lifted = be.concat(&[&lifted, &zero])?;
         }
         be.add_assign(ring, &mut acc, &lifted)?;

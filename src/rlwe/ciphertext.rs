@@ -381,13 +381,7 @@ pub fn apply_galois_many_ext(
     elements
         .par_iter()
         .zip(keys)
-        .map(|(&(g, _), key)| {
-            let mut u = key.switch_decomposed_ext(ctx, &digits, Some(g))?;
-            let c0g = lift_to_ext(ctx, &be.automorphism_ntt(ring, &c0, g)?)?;
-            let zero = be.zeros(c0g.limbs_arc(), 1, ctx.n(), Repr::Ntt)?;
-            be.add_assign(ring, &mut u, &be.concat(&[&c0g, &zero])?)?;
-            Ok(u)
-        })
+        .map(|(&(g, _), key)| key.switch_hoisted(ctx, &digits, Some(g), Some(&c0)))
         .collect()
 }
 

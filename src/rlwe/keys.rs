@@ -500,39 +500,25 @@ impl KeySwitchKey {
         digits: &[(usize, PolyBatch)],
         galois: Option<usize>,
     ) -> Result<PolyBatch> {
+        self.switch_hoisted(ctx, digits, galois, None)
+    }
+
+    /// [`Self::switch_decomposed_ext`] plus `P·σ_g(lift)` on the first `lift.count()`
+    /// polynomials (`lift` over the digits' ciphertext limbs): a rotated ciphertext's
+    /// `σ_g(c_0)` joins its switched `σ_g(c_1)` in the same pass.
+    pub(crate) fn switch_hoisted(
+        &self,
+        ctx: &RlweContext,
+        digits: &[(usize, PolyBatch)],
+        galois: Option<usize>,
+        lift: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
         ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
-        let be = ctx.backend();
-        let ring = ctx.ring();
-        let first = digits
-            .first()
-            .ok_or_else(|| Error::InvalidInput("key switch of no digits".into()))?;
-        let qp = first.1.limbs_arc();
-        let nq = qp.len() - ctx.p_limbs().len();
-        let full = ctx.params().q_primes().len() == nq;
-        let mut acc = be.zeros(qp.clone(), 2, ctx.n(), Repr::Ntt)?;
-        for (j, up) in digits {
-            let key = self
-                .digits
-                .get(*j)
-                .ok_or_else(|| Error::InvalidInput(format!("key has no digit {j}")))?;
-            let permuted;
-            let up = match galois {
-                Some(g) => {
-                    permuted = be.automorphism_ntt(ring, up, g)?;
-                    &permuted
-                }
-                None => up,
-            };
-            let key_here;
-            let key_ref = if full {
-                key
-            } else {
-                key_here = be.select_limbs(key, qp.clone())?;
-                &key_here
-            };
-            be.mul_acc(ring, &mut acc, key_ref, up)?;
-        }
-        Ok(acc)
+        let index: Vec<usize> = digits.iter().map(|(j, _)| *j).collect();
+        let keys = self.digits_at(&index)?;
+        let ups: Vec<&PolyBatch> = digits.iter().map(|(_, up)| up).collect();
+        ctx.backend()
+            .key_inner_hoisted(ctx.ring(), &ups, &keys, galois, lift, &ctx.p_limbs())
     }
 }
 
@@ -817,7 +803,8 @@ mod tests {
 mod fused_tests {
     use super::*;
     use crate::backend::{
-        key_switch_ext_reference, key_switch_reference, mod_down_reference, Backend, CpuBackend,
+        key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference,
+        mod_down_reference, mod_up_reference, Backend, CpuBackend,
     };
     use crate::rlwe::Security;
 
@@ -839,7 +826,8 @@ mod fused_tests {
 
     /// Every level of a composite chain with 2 digits and 2+ special primes: the fused key
     /// switch (with and without `onto`), the key switch without ModDown (lifting 0, 1 or 2
-    /// polynomials) and ModDown give exactly the words of their definitions.
+    /// polynomials), ModDown and the hoisted inner product (no automorphism, a rotation,
+    /// conjugation) give exactly the words of their definitions.
     #[test]
     fn fused_key_switching_matches_its_definition() {
         let params = crate::ckks::CkksParams::builder()
@@ -893,6 +881,26 @@ mod fused_tests {
                     "mod_down at {nq} limbs"
                 );
             }
+            let ups = mod_up_reference(&be, ring, &d, &plan).unwrap();
+            let ups: Vec<&PolyBatch> = ups.iter().collect();
+            let p = ctx.p_limbs();
+            for g in [None, Some(5), Some(2 * n - 1)] {
+                for lift in [None, Some(&one), Some(&two)] {
+                    assert_eq!(
+                        get(be
+                            .key_inner_hoisted(ring, &ups, &keys, g, lift, &p)
+                            .unwrap()),
+                        get(
+                            key_inner_hoisted_reference(&be, ring, &ups, &keys, g, lift, &p)
+                                .unwrap()
+                        ),
+                        "hoisted at {nq} limbs, g {g:?}"
+                    );
+                }
+            }
+            assert!(be
+                .key_inner_hoisted(ring, &ups, &keys, Some(4), None, &p)
+                .is_err());
         }
     }
 }

@@ -16,7 +16,9 @@
 use rayon::prelude::*;
 
 use super::{host, PolyBatch};
-use crate::backend::{check_key_switch, check_lift, mod_down_factors, KeySwitchPlan};
+use crate::backend::{
+    check_key_inner_hoisted, check_key_switch, check_lift, mod_down_factors, KeySwitchPlan,
+};
 use crate::error::{Error, Result};
 use crate::math::rns::{convert_blocks, ConvertScratch};
 use crate::math::{BaseConverter, Modulus, RingContext};
@@ -202,13 +204,10 @@ pub(super) fn key_switch_ext_words(
             ));
         }
     }
-    let key_pos = keys
-        .iter()
-        .map(|k| positions(&k.limbs, &plan.qp, "key switch key"))
-        .collect::<Result<Vec<_>>>()?;
-    let key_words = keys.iter().map(|k| host(k)).collect::<Result<Vec<_>>>()?;
-    let lift_words = lift.map(host).transpose()?;
-    let lift_count = lift.map_or(0, |x| x.count);
+    let keys = KeyLimbs::new(keys, &plan.qp)?;
+    let lift = lift
+        .map(|x| host(x).map(|w| (&w[..], x.count)))
+        .transpose()?;
     let p_of = p_factors(ring, &plan.qp, &plan.p);
     let mut acc = vec![0u32; 2 * nqp * n];
     let (a0, a1) = acc.split_at_mut(nqp * n);
@@ -218,45 +217,166 @@ pub(super) fn key_switch_ext_words(
         .enumerate()
         .for_each(|(p, ((o0, o1), mut exts))| {
             let l = plan.qp[p];
-            let m = ring.modulus(l);
             exts.iter_mut().for_each(|e| ring.plan(l).forward(e));
             let mut exts = exts.iter();
-            let mut srcs: Vec<&[u32]> = Vec::with_capacity(plan.digits.len());
-            let mut k0s = Vec::with_capacity(plan.digits.len());
-            let mut k1s = Vec::with_capacity(plan.digits.len());
-            for (j, dg) in plan.digits.iter().enumerate() {
-                let own = p < nq && dg.limbs.contains(&l);
-                srcs.push(if own {
-                    &dw[p * n..(p + 1) * n]
-                } else {
-                    // Every limb a digit lacks is in its `rest`, pushed above in this order.
-                    exts.next().map(|e| &e[..]).unwrap_or(&[])
-                });
-                let kw = key_words[j];
-                let per_poly = keys[j].limbs.len() * n;
-                let at = key_pos[j][p] * n;
-                k0s.push(&kw[at..at + n]);
-                k1s.push(&kw[per_poly + at..per_poly + at + n]);
-            }
-            dot_into(m, &srcs, &k0s, &k1s, o0, o1);
-            if p < nq {
-                if let Some(x) = lift_words {
-                    let (f, fs) = p_of[p];
-                    for (c, o) in [o0, o1].into_iter().enumerate().take(lift_count) {
-                        let xs = &x[c * nq * n + p * n..][..n];
-                        for (o, &x) in o.iter_mut().zip(xs) {
-                            *o = m.add(*o, m.mul_shoup(x, f, fs));
-                        }
+            let srcs: Vec<&[u32]> = plan
+                .digits
+                .iter()
+                .map(|dg| {
+                    if p < nq && dg.limbs.contains(&l) {
+                        &dw[p * n..(p + 1) * n]
+                    } else {
+                        // Every limb a digit lacks is in its `rest`, pushed above in this order.
+                        exts.next().map(|e| &e[..]).unwrap_or(&[])
                     }
-                }
-            }
+                })
+                .collect();
+            let lift = lift
+                .filter(|_| p < nq)
+                .map(|(w, count)| (w, count, p_of[p]));
+            inner_limb(ring.modulus(l), &srcs, &keys, p, None, lift, nq, (o0, o1));
         });
     Ok(Some(acc))
 }
 
-/// `o0 = Σ_j x_j·a_j`, `o1 = Σ_j x_j·b_j` (mod m), every word summed in 64 bits and reduced
-/// once per `fold` terms: plain 32×32→64 multiply-adds, which vectorize.
-fn dot_into(m: &Modulus, x: &[&[u32]], a: &[&[u32]], b: &[&[u32]], o0: &mut [u32], o1: &mut [u32]) {
+/// The per-element half of a hoisted key switch, fused (see
+/// [`crate::backend::Backend::key_inner_hoisted`]): the automorphism is a gather inside the
+/// products, the key's limbs are indexed in place, and `P·σ_g(lift)` is added in the same pass.
+pub(super) fn key_inner_hoisted_words(
+    ring: &RingContext,
+    ups: &[&PolyBatch],
+    keys: &[&PolyBatch],
+    g: Option<usize>,
+    lift: Option<&PolyBatch>,
+    p: &[usize],
+) -> Result<Vec<u32>> {
+    let qp = check_key_inner_hoisted(ups, keys, lift, p)?;
+    let n = ups[0].n;
+    let (nqp, nq) = (qp.len(), qp.len() - p.len());
+    let map = match g {
+        Some(g) if g % 2 == 0 => {
+            return Err(Error::InvalidInput(format!(
+                "Galois element {g} must be odd"
+            )))
+        }
+        Some(g) => Some(ntt_galois_map(n, g)),
+        None => None,
+    };
+    let up_words = ups.iter().map(|u| host(u)).collect::<Result<Vec<_>>>()?;
+    let keys = KeyLimbs::new(keys, &qp)?;
+    let lift = lift
+        .map(|x| host(x).map(|w| (&w[..], x.count)))
+        .transpose()?;
+    let p_of = p_factors(ring, &qp, p);
+    let mut acc = vec![0u32; 2 * nqp * n];
+    let (a0, a1) = acc.split_at_mut(nqp * n);
+    a0.par_chunks_mut(n)
+        .zip(a1.par_chunks_mut(n))
+        .enumerate()
+        .for_each(|(pos, (o0, o1))| {
+            let srcs: Vec<&[u32]> = up_words.iter().map(|w| &w[pos * n..][..n]).collect();
+            let lift = lift
+                .filter(|_| pos < nq)
+                .map(|(w, count)| (w, count, p_of[pos]));
+            let m = ring.modulus(qp[pos]);
+            inner_limb(m, &srcs, &keys, pos, map.as_deref(), lift, nq, (o0, o1));
+        });
+    Ok(acc)
+}
+
+/// `out[k] = in[map[k]]` is `X → X^g` on an NTT-domain limb: position `k` holds the evaluation
+/// at `ψ^(2·br(k)+1)`.
+pub(super) fn ntt_galois_map(n: usize, g: usize) -> Vec<u32> {
+    let log_n = n.trailing_zeros();
+    let two_n = 2 * n;
+    (0..n)
+        .map(|k| {
+            let e = 2 * crate::math::ntt::bit_reverse(k, log_n) + 1;
+            let ge = (e * (g % two_n)) % two_n;
+            crate::math::ntt::bit_reverse((ge - 1) / 2, log_n) as u32
+        })
+        .collect()
+}
+
+/// Key digits with their limbs found by position in a basis, read in place (no copies of a
+/// key restricted to a lower level).
+struct KeyLimbs<'a> {
+    words: Vec<&'a [u32]>,
+    /// Words per polynomial of each digit.
+    per_poly: Vec<usize>,
+    /// `pos[j][p]`: digit `j`'s limb for the basis' limb `p`.
+    pos: Vec<Vec<usize>>,
+    n: usize,
+}
+
+impl<'a> KeyLimbs<'a> {
+    fn new(keys: &[&'a PolyBatch], basis: &[usize]) -> Result<Self> {
+        Ok(Self {
+            words: keys
+                .iter()
+                .map(|k| host(k).map(|w| &w[..]))
+                .collect::<Result<_>>()?,
+            per_poly: keys.iter().map(|k| k.limbs.len() * k.n).collect(),
+            pos: keys
+                .iter()
+                .map(|k| positions(&k.limbs, basis, "key switch key"))
+                .collect::<Result<_>>()?,
+            n: keys.first().map_or(0, |k| k.n),
+        })
+    }
+
+    /// Digit `j`'s two polynomials at the basis' limb `p`.
+    fn limb(&self, j: usize, p: usize) -> (&'a [u32], &'a [u32]) {
+        let (w, n) = (self.words[j], self.n);
+        let at = self.pos[j][p] * n;
+        (&w[at..at + n], &w[self.per_poly[j] + at..][..n])
+    }
+}
+
+/// One target limb `p` of a key inner product: `(o0, o1) = Σ_j key_j[p]·x_j` with `x_j` read
+/// through `map` when given, plus `f·lift_c[p]` (also through `map`) on the first `count`
+/// outputs for `lift = (words over nq limbs, count, (f, shoup f))`.
+#[allow(clippy::too_many_arguments)] // one limb's operands, from the two fused callers
+fn inner_limb(
+    m: &Modulus,
+    srcs: &[&[u32]],
+    keys: &KeyLimbs<'_>,
+    p: usize,
+    map: Option<&[u32]>,
+    lift: Option<(&[u32], usize, (u32, u32))>,
+    nq: usize,
+    (o0, o1): (&mut [u32], &mut [u32]),
+) {
+    let n = o0.len();
+    let (k0s, k1s): (Vec<_>, Vec<_>) = (0..srcs.len()).map(|j| keys.limb(j, p)).unzip();
+    dot_into(m, srcs, &k0s, &k1s, map, o0, o1);
+    if let Some((x, count, (f, fs))) = lift {
+        for (c, o) in [o0, o1].into_iter().enumerate().take(count) {
+            let xs = &x[c * nq * n + p * n..][..n];
+            match map {
+                Some(map) => o.iter_mut().zip(map).for_each(|(o, &k)| {
+                    *o = m.add(*o, m.mul_shoup(xs[k as usize], f, fs));
+                }),
+                None => o.iter_mut().zip(xs).for_each(|(o, &x)| {
+                    *o = m.add(*o, m.mul_shoup(x, f, fs));
+                }),
+            }
+        }
+    }
+}
+
+/// `o0 = Σ_j x_j·a_j`, `o1 = Σ_j x_j·b_j` (mod m; `x_j[map[k]]` for word `k` when `map` is
+/// given), every word summed in 64 bits and reduced once per `fold` terms: plain 32×32→64
+/// multiply-adds, which vectorize (a gathered block is copied first).
+fn dot_into(
+    m: &Modulus,
+    x: &[&[u32]],
+    a: &[&[u32]],
+    b: &[&[u32]],
+    map: Option<&[u32]>,
+    o0: &mut [u32],
+    o1: &mut [u32],
+) {
     const BLOCK: usize = 256;
     let q = m.value() as u64;
     // The accumulator (< q after a fold) plus `fold` products (each < q²) stays below 2^64.
@@ -273,6 +393,7 @@ fn dot_into(m: &Modulus, x: &[&[u32]], a: &[&[u32]], b: &[&[u32]], o0: &mut [u32
     let n = o0.len();
     let (mut s0, mut s1) = ([0u64; BLOCK], [0u64; BLOCK]);
     let mut r = [0u32; BLOCK];
+    let mut gathered = [0u32; BLOCK];
     for lo in (0..n).step_by(BLOCK) {
         let len = BLOCK.min(n - lo);
         let (s0, s1, r) = (&mut s0[..len], &mut s1[..len], &mut r[..len]);
@@ -285,7 +406,16 @@ fn dot_into(m: &Modulus, x: &[&[u32]], a: &[&[u32]], b: &[&[u32]], o0: &mut [u32
                     s.iter_mut().zip(r.iter()).for_each(|(s, &r)| *s = r as u64);
                 }
             }
-            let (x, a, b) = (&x[lo..lo + len], &a[lo..lo + len], &b[lo..lo + len]);
+            let x = match map {
+                Some(map) => {
+                    for (gk, &k) in gathered.iter_mut().zip(&map[lo..lo + len]) {
+                        *gk = x[k as usize];
+                    }
+                    &gathered[..len]
+                }
+                None => &x[lo..lo + len],
+            };
+            let (a, b) = (&a[lo..lo + len], &b[lo..lo + len]);
             for k in 0..len {
                 let xv = x[k] as u64;
                 s0[k] += xv * a[k] as u64;

@@ -418,23 +418,14 @@ impl Backend for CpuBackend {
     fn automorphism_ntt(&self, _ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
         check_automorphism(p, g, Repr::Ntt)?;
         let n = p.n;
-        let log_n = n.trailing_zeros();
-        let two_n = 2 * n;
-        // Position k holds the evaluation at psi^(2·br(k)+1).
-        let map: Vec<usize> = (0..n)
-            .map(|k| {
-                let e = 2 * crate::math::ntt::bit_reverse(k, log_n) + 1;
-                let ge = (e * (g % two_n)) % two_n;
-                crate::math::ntt::bit_reverse((ge - 1) / 2, log_n)
-            })
-            .collect();
+        let map = fused::ntt_galois_map(n, g);
         let input = host(p)?;
         let mut out = vec![0u32; input.len()];
         out.par_chunks_mut(n)
             .zip(input.par_chunks(n))
             .for_each(|(o, i)| {
                 for (ok, &j) in o.iter_mut().zip(&map) {
-                    *ok = i[j];
+                    *ok = i[j as usize];
                 }
             });
         Ok(PolyBatch::from_parts(
@@ -562,6 +553,25 @@ impl Backend for CpuBackend {
             )),
             None => key_switch_ext_reference(self, ring, d, keys, plan, lift),
         }
+    }
+
+    fn key_inner_hoisted(
+        &self,
+        ring: &RingContext,
+        ups: &[&PolyBatch],
+        keys: &[&PolyBatch],
+        g: Option<usize>,
+        lift: Option<&PolyBatch>,
+        p: &Arc<[usize]>,
+    ) -> Result<PolyBatch> {
+        let words = fused::key_inner_hoisted_words(ring, ups, keys, g, lift, p)?;
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(words),
+            ups[0].limbs.clone(),
+            2,
+            ups[0].n,
+            Repr::Ntt,
+        ))
     }
 
     fn key_switch(
