@@ -596,7 +596,7 @@ pub(crate) fn check_key_inner_hoisted(
             "hoisted key switch: one NTT-domain extended digit per 2-polynomial key digit, all over the same limbs".into(),
         ));
     }
-    let nq = qp.len().checked_sub(p.len()).unwrap_or(0);
+    let nq = qp.len().saturating_sub(p.len());
     if nq == 0 || qp[nq..] != *p {
         return Err(Error::InvalidInput(
             "hoisted key switch: the digits' limbs must end with the special primes".into(),
