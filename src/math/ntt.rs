@@ -230,6 +230,21 @@ fn gs_stage<const T: usize>(a: &mut [u32], w: &[u32], ws: &[u32], q: u32) {
     }
 }
 
+/// The Galois automorphism `X → X^g` (g odd) on an NTT-domain polynomial as a permutation:
+/// `out[k] = in[map[k]]`, since position `k` holds the evaluation at `ψ^(2·br(k)+1)`. Every
+/// backend permutes with this map, so their words agree.
+pub fn automorphism_ntt_map(n: usize, g: usize) -> Vec<u32> {
+    let log_n = n.trailing_zeros();
+    let two_n = 2 * n;
+    (0..n)
+        .map(|k| {
+            let e = 2 * bit_reverse(k, log_n) + 1;
+            let ge = (e * (g % two_n)) % two_n;
+            bit_reverse((ge - 1) / 2, log_n) as u32
+        })
+        .collect()
+}
+
 /// Schoolbook negacyclic product `a * b mod (X^N + 1, q)`: the independent reference for tests.
 #[allow(clippy::needless_range_loop)] // index arithmetic is the point of a reference
 pub fn negacyclic_schoolbook(a: &[u32], b: &[u32], m: &Modulus) -> Vec<u32> {

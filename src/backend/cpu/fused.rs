@@ -20,6 +20,7 @@ use crate::backend::{
     check_key_inner_hoisted, check_key_switch, check_lift, mod_down_factors, KeySwitchPlan,
 };
 use crate::error::{Error, Result};
+use crate::math::ntt::automorphism_ntt_map;
 use crate::math::rns::{convert_blocks, ConvertScratch};
 use crate::math::{BaseConverter, Modulus, RingContext};
 
@@ -259,7 +260,7 @@ pub(super) fn key_inner_hoisted_words(
                 "Galois element {g} must be odd"
             )))
         }
-        Some(g) => Some(ntt_galois_map(n, g)),
+        Some(g) => Some(automorphism_ntt_map(n, g)),
         None => None,
     };
     let up_words = ups.iter().map(|u| host(u)).collect::<Result<Vec<_>>>()?;
@@ -282,20 +283,6 @@ pub(super) fn key_inner_hoisted_words(
             inner_limb(m, &srcs, &keys, pos, map.as_deref(), lift, nq, (o0, o1));
         });
     Ok(acc)
-}
-
-/// `out[k] = in[map[k]]` is `X → X^g` on an NTT-domain limb: position `k` holds the evaluation
-/// at `ψ^(2·br(k)+1)`.
-pub(super) fn ntt_galois_map(n: usize, g: usize) -> Vec<u32> {
-    let log_n = n.trailing_zeros();
-    let two_n = 2 * n;
-    (0..n)
-        .map(|k| {
-            let e = 2 * crate::math::ntt::bit_reverse(k, log_n) + 1;
-            let ge = (e * (g % two_n)) % two_n;
-            crate::math::ntt::bit_reverse((ge - 1) / 2, log_n) as u32
-        })
-        .collect()
 }
 
 /// Key digits with their limbs found by position in a basis, read in place (no copies of a

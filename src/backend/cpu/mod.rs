@@ -418,7 +418,7 @@ impl Backend for CpuBackend {
     fn automorphism_ntt(&self, _ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
         check_automorphism(p, g, Repr::Ntt)?;
         let n = p.n;
-        let map = fused::ntt_galois_map(n, g);
+        let map = crate::math::ntt::automorphism_ntt_map(n, g);
         let input = host(p)?;
         let mut out = vec![0u32; input.len()];
         out.par_chunks_mut(n)

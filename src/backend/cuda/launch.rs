@@ -88,20 +88,7 @@ fn check_grid(blocks: u64) -> Result<u32> {
     Ok(blocks as u32)
 }
 
-/// The permutation of [`crate::backend::Backend::automorphism_ntt`]: `out[k] = in[map[k]]`,
-/// computed exactly as the CPU backend does (position k holds the evaluation at
-/// `ψ^(2·br(k)+1)`).
-pub fn automorphism_ntt_map(n: usize, g: usize) -> Vec<u32> {
-    let log_n = n.trailing_zeros();
-    let two_n = 2 * n;
-    (0..n)
-        .map(|k| {
-            let e = 2 * crate::math::ntt::bit_reverse(k, log_n) + 1;
-            let ge = (e * (g % two_n)) % two_n;
-            crate::math::ntt::bit_reverse((ge - 1) / 2, log_n) as u32
-        })
-        .collect()
-}
+pub use crate::math::ntt::automorphism_ntt_map;
 
 #[cfg(test)]
 mod tests {
