@@ -308,8 +308,8 @@ pub trait Backend: Send + Sync + Debug {
     /// Divides by the product of the `drop` limbs and rounds (ModDown, CKKS rescaling, BFV
     /// modulus switching): NTT-domain `x` over `keep ∪ drop` becomes
     /// `[P^{-1}]·(x − NTT(conv(INTT(x_drop))))` over `keep`, with `P = Π drop` and `conv` the
-    /// exact converter from `drop` to `keep`. [`mod_down_reference`] is the definition (and the
-    /// CPU's implementation); device backends fuse the subtraction and the scaling.
+    /// exact converter from `drop` to `keep`. [`mod_down_reference`] is the definition; the CPU
+    /// and the device backends fuse the subtraction and the scaling.
     fn mod_down(
         &self,
         ring: &RingContext,
@@ -326,8 +326,8 @@ pub trait Backend: Send + Sync + Debug {
     /// `plan.digits[i]`, each a batch of 2 over the key's full limbs) and ModDown. Returns
     /// `(u0, u1)` over `d`'s limbs, plus the first two polynomials of `onto` when given (NTT
     /// form over the same limbs; relinearization's `(c0, c1)`). [`key_switch_reference`] is
-    /// the definition (and the CPU's implementation); device backends run all digits per
-    /// launch.
+    /// the definition; the CPU fuses it limb by limb (`cpu/fused.rs`), device backends run all
+    /// digits per launch.
     fn key_switch(
         &self,
         ring: &RingContext,
