@@ -539,18 +539,9 @@ pub fn key_inner_reference<B: Backend + ?Sized>(
     onto: Option<&PolyBatch>,
 ) -> Result<PolyBatch> {
     check_key_switch(d, keys, plan, onto)?;
-    let mut acc = be.zeros(plan.qp.clone(), 2, d.n, Repr::Ntt)?;
-    for (up, key) in mod_up_reference(be, ring, d, plan)?.iter().zip(keys) {
-        let key_here;
-        let key = if key.limbs == plan.qp {
-            key
-        } else {
-            key_here = be.select_limbs(key, plan.qp.clone())?;
-            &key_here
-        };
-        be.mul_acc(ring, &mut acc, key, up)?;
-    }
-    Ok(acc)
+    let ups = mod_up_reference(be, ring, d, plan)?;
+    let ups: Vec<&PolyBatch> = ups.iter().collect();
+    key_inner_hoisted_reference(be, ring, &ups, keys, None, None, &plan.p)
 }
 
 /// The definition of [`Backend::key_switch_ext`], in the backend's own primitives: ModUp

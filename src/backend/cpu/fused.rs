@@ -8,7 +8,8 @@
 //! addition three more passes. Here each target limb is produced in one task: the NTT of the
 //! digits' extended limbs, `Σ_j key_j·up_j` summed in 64 bits and reduced once, and the lifted
 //! operand added; ModDown writes `(x − lift)·P^{-1} (+ onto)` in the pass that transforms the
-//! converted tail.
+//! converted tail. The per-rotation half of a hoisted key switch reads the automorphism as a
+//! gather inside the same products.
 //!
 //! [`key_switch_reference`]: crate::backend::key_switch_reference
 //! [`mod_down_reference`]: crate::backend::mod_down_reference
