@@ -125,3 +125,85 @@ proptest! {
         prop_assert_eq!(back, input);
     }
 }
+
+/// The hot loops run through an AVX-512 copy where the CPU has one (`math::simd`): both
+/// copies return the same words for NTTs of every size the crate takes and for base
+/// conversion, and a product through either matches the schoolbook one. (Where the CPU lacks
+/// AVX-512 both runs take the AVX2 copy; the test says so.)
+#[test]
+fn both_vector_widths_return_the_same_words() {
+    use hetensor::math::simd;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha20Rng;
+    if !simd::wide_vectors() {
+        eprintln!("this CPU has no AVX-512 (or HETENSOR_SIMD=avx2): both runs take the AVX2 copy");
+    }
+    let at = |wide: bool, f: &dyn Fn() -> Vec<u32>| {
+        simd::set_width(Some(wide));
+        let out = f();
+        simd::set_width(None);
+        out
+    };
+    let mut rng = ChaCha20Rng::seed_from_u64(21);
+    for log_n in [1u32, 2, 3, 4, 5, 9, 13, 16] {
+        let n = 1usize << log_n;
+        let q = ntt_primes(29, 2 * n as u64, 1, &[]).unwrap()[0];
+        let m = Modulus::new(q).unwrap();
+        let plan = NttPlan::new(n, m).unwrap();
+        // Forward takes lazy input in [0, 4q), inverse in [0, 2q).
+        let a: Vec<u32> = (0..n).map(|_| rng.random_range(0..4 * q)).collect();
+        let fwd = |wide| {
+            at(wide, &|| {
+                let mut x = a.clone();
+                plan.forward(&mut x);
+                x
+            })
+        };
+        assert_eq!(fwd(true), fwd(false), "forward, N = 2^{log_n}");
+        let b: Vec<u32> = a.iter().map(|&x| x % (2 * q)).collect();
+        let inv = |wide| {
+            at(wide, &|| {
+                let mut x = b.clone();
+                plan.inverse(&mut x);
+                x
+            })
+        };
+        assert_eq!(inv(true), inv(false), "inverse, N = 2^{log_n}");
+        if log_n == 9 {
+            let (x, y): (Vec<u32>, Vec<u32>) = (0..n)
+                .map(|_| (rng.random_range(0..q), rng.random_range(0..q)))
+                .unzip();
+            let want = negacyclic_schoolbook(&x, &y, &m);
+            for wide in [false, true] {
+                let got = at(wide, &|| {
+                    let (mut fx, mut fy) = (x.clone(), y.clone());
+                    plan.forward(&mut fx);
+                    plan.forward(&mut fy);
+                    let mut p: Vec<u32> = fx.iter().zip(&fy).map(|(&u, &v)| m.mul(u, v)).collect();
+                    plan.inverse(&mut p);
+                    p
+                });
+                assert_eq!(got, want, "product, wide = {wide}");
+            }
+        }
+    }
+    // Base conversion, approximate and exact, 5 sources into 7 targets over a partial block.
+    let primes = ntt_primes(30, 1 << 12, 12, &[]).unwrap();
+    let ms: Vec<Modulus> = primes.iter().map(|&p| Modulus::new(p).unwrap()).collect();
+    let (from, to) = ms.split_at(5);
+    let n = 1000;
+    let input: Vec<u32> = (0..5 * n)
+        .map(|i| rng.random_range(0..from[i / n].value()))
+        .collect();
+    let conv = BaseConverter::new(from, to);
+    for exact in [false, true] {
+        let run = |wide| {
+            at(wide, &|| {
+                let mut out = vec![0u32; to.len() * n];
+                conv.convert(&input, &mut out, n, exact);
+                out
+            })
+        };
+        assert_eq!(run(true), run(false), "conversion, exact = {exact}");
+    }
+}

@@ -12,6 +12,7 @@ pub mod ring;
 pub mod rns;
 pub mod sampler;
 pub mod scale_round;
+pub mod simd;
 
 pub use modular::Modulus;
 pub use ntt::NttPlan;

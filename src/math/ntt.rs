@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::math::modular::Modulus;
 use crate::math::primes::primitive_root_of_unity;
+use crate::math::simd;
 
 /// Precomputed tables for one prime and one ring degree.
 #[derive(Clone, Debug)]
@@ -111,6 +112,14 @@ impl NttPlan {
     /// In-place forward NTT; input in `[0, 4q)`, output fully reduced in `[0, q)`.
     pub fn forward(&self, a: &mut [u32]) {
         assert_eq!(a.len(), self.n, "NTT input length");
+        simd::dispatch(
+            #[inline(always)]
+            || self.forward_words(a),
+        )
+    }
+
+    #[inline(always)]
+    fn forward_words(&self, a: &mut [u32]) {
         let q = self.modulus.value();
         let two_q = 2 * q;
         let mut t = self.n;
@@ -145,6 +154,14 @@ impl NttPlan {
     /// In-place inverse NTT; input in `[0, 2q)`, output fully reduced in `[0, q)`.
     pub fn inverse(&self, a: &mut [u32]) {
         assert_eq!(a.len(), self.n, "NTT input length");
+        simd::dispatch(
+            #[inline(always)]
+            || self.inverse_words(a),
+        )
+    }
+
+    #[inline(always)]
+    fn inverse_words(&self, a: &mut [u32]) {
         let q = self.modulus.value();
         let mut t = 1;
         let mut m = self.n;

@@ -5,6 +5,7 @@ use num_bigint::{BigInt, BigUint};
 use num_traits::{One, ToPrimitive, Zero};
 
 use crate::math::modular::Modulus;
+use crate::math::simd;
 
 /// A basis of distinct primes `q_0..q_{k-1}` with the CRT constants for composition.
 #[derive(Clone, Debug)]
@@ -213,6 +214,22 @@ impl BaseConverter {
     /// per word (1.3-1.6× faster key switching at 2^13-2^15 than a 64-bit sum reduced once,
     /// still ahead at 16 source limbs).
     pub fn convert_block(
+        &self,
+        input: &[u32],
+        n: usize,
+        lo: usize,
+        out: &mut [&mut [u32]],
+        exact: bool,
+        scratch: &mut ConvertScratch,
+    ) {
+        simd::dispatch(
+            #[inline(always)]
+            || self.convert_block_words(input, n, lo, out, exact, scratch),
+        )
+    }
+
+    #[inline(always)]
+    fn convert_block_words(
         &self,
         input: &[u32],
         n: usize,

@@ -827,9 +827,18 @@ mod fused_tests {
     /// Every level of a composite chain with 2 digits and 2+ special primes: the fused key
     /// switch (with and without `onto`), the key switch without ModDown (lifting 0, 1 or 2
     /// polynomials), ModDown and the hoisted inner product (no automorphism, a rotation,
-    /// conjugation) give exactly the words of their definitions.
+    /// conjugation) give exactly the words of their definitions: at both vector widths
+    /// ([`crate::math::simd`]; the AVX-512 one where the CPU has it).
     #[test]
     fn fused_key_switching_matches_its_definition() {
+        for wide in [false, true] {
+            crate::math::simd::set_width(Some(wide));
+            fused_key_switching_at_the_current_width();
+        }
+        crate::math::simd::set_width(None);
+    }
+
+    fn fused_key_switching_at_the_current_width() {
         let params = crate::ckks::CkksParams::builder()
             .log_n(11)
             .depth(3)

@@ -23,7 +23,7 @@ use crate::backend::{
 use crate::error::{Error, Result};
 use crate::math::ntt::automorphism_ntt_map;
 use crate::math::rns::{convert_blocks, ConvertScratch};
-use crate::math::{BaseConverter, Modulus, RingContext};
+use crate::math::{simd, BaseConverter, Modulus, RingContext};
 
 /// Converts `count` polynomials (each `conv.from().len()` limbs of `n` words, in `input`)
 /// into `output` (each `conv.to().len()` limbs), in (polynomial, coefficient block) tasks: a
@@ -357,6 +357,22 @@ fn inner_limb(
 /// given), every word summed in 64 bits and reduced once per `fold` terms: plain 32×32→64
 /// multiply-adds, which vectorize (a gathered block is copied first).
 fn dot_into(
+    m: &Modulus,
+    x: &[&[u32]],
+    a: &[&[u32]],
+    b: &[&[u32]],
+    map: Option<&[u32]>,
+    o0: &mut [u32],
+    o1: &mut [u32],
+) {
+    simd::dispatch(
+        #[inline(always)]
+        || dot_words(m, x, a, b, map, o0, o1),
+    )
+}
+
+#[inline(always)]
+fn dot_words(
     m: &Modulus,
     x: &[&[u32]],
     a: &[&[u32]],
