@@ -250,9 +250,10 @@ fn rotations_polynomials_and_level_alignment() {
 }
 
 /// `extra_special_primes` trades key-switching noise for speed: at N = 2^13, depth 2, Δ = 2^40
-/// the default's extra special prime leaves room for 6 digits only; without it the chain fits
-/// with 3 (fewer, cheaper key switches). A rotation keeps the fresh precision with the extra
-/// prime and loses several bits without it (SEAL's level, ~20 bits; measured 26.8 vs 21.5).
+/// a full-size extra special prime would leave room for 6 digits only, so the default's is
+/// sized to the 18 bits the bound leaves and the chain keeps 3 digits, as it does without one.
+/// A rotation keeps the fresh precision with the extra prime and loses several bits without
+/// it (SEAL's level, ~20 bits; measured 26.8 vs 19.9).
 #[test]
 fn extra_special_primes_trade_rotation_precision_for_digits() {
     let rotation_bits = |p: CkksParams| {
@@ -285,11 +286,29 @@ fn extra_special_primes_trade_rotation_precision_for_digits() {
     };
     let (precise, fast) = (build(None), build(Some(0)));
     assert_eq!(build(Some(1)).rlwe(), precise.rlwe());
-    assert_eq!(
-        (precise.rlwe().dnum(), precise.rlwe().p_primes().len()),
-        (6, 2)
+    // A full-size third special prime would exceed the bound at 3 digits (2^230 > 2^218):
+    // the builder takes a prime that fills what is left (~17 bits, ≡ 1 mod 2N) instead of
+    // going to 6 digits, and the bound holds.
+    let p = precise.rlwe().p_primes();
+    assert_eq!((precise.rlwe().dnum(), p.len()), (3, 3));
+    assert_eq!(&p[..2], fast.rlwe().p_primes());
+    assert!((14.0..=18.0).contains(&(p[2] as f64).log2()), "{p:?}");
+    assert_eq!(p[2] as usize % (2 * precise.n()), 1);
+    assert!(!precise.rlwe().q_primes().contains(&p[2]));
+    assert!(
+        precise.rlwe().log_qp() <= 218.0,
+        "{}",
+        precise.rlwe().log_qp()
     );
     assert_eq!((fast.rlwe().dnum(), fast.rlwe().p_primes().len()), (3, 2));
+    // Where a full-size extra prime fits, it is still what the builder takes.
+    let d1 = CkksParams::builder()
+        .log_n(13)
+        .depth(1)
+        .scale_bits(40)
+        .build()
+        .unwrap();
+    assert!(d1.rlwe().p_primes().iter().all(|&x| x > 1 << 29));
     assert_eq!(
         fast.rlwe().q_primes().len(),
         precise.rlwe().q_primes().len()

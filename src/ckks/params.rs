@@ -18,7 +18,9 @@ const SPECIAL_BITS: u32 = 30;
 /// digit modulus D; with P ≈ D that is ~2^15, which a rotation (no rescale follows) leaves at
 /// 2^-20 relative to a 2^40 scale. One more 30-bit prime puts it 2^30 lower: measured at
 /// N = 2^13, Δ = 2^40, a rotation keeps 26.7 bits instead of 20.4 (as SEAL's 60-bit special
-/// prime over 40-bit digits does).
+/// prime over 40-bit digits does). Where a 30-bit one would not fit under the security bound
+/// at the fewest digits, the extra prime is sized to what the bound leaves (at N = 2^13,
+/// depth 2: 17 bits, still 26.8 bits after a rotation) rather than doubling the digits.
 const EXTRA_SPECIAL_PRIMES: usize = 1;
 /// Default precision headroom of the base modulus over the scale: level-0 values up to about
 /// 2^(headroom − 1) in magnitude decrypt without wrapping around.
@@ -453,10 +455,12 @@ impl CkksParamsBuilder {
     }
 
     /// Special primes beyond one digit's worth (default 1). Each one puts key switching's
-    /// noise ~2^30 lower: with the default, a rotation at Δ = 2^40 keeps the precision of a
-    /// fresh encryption (26.7 bits at N = 2^13); with 0 it keeps about what SEAL's single
-    /// special prime does (20 bits) and runs faster, since the chain then fits under the
-    /// 128-bit bound with fewer digits (at N = 2^13, depth 2: 3 digits instead of 6).
+    /// noise lower by its size, ~2^30: with the default, a rotation at Δ = 2^40 keeps the
+    /// precision of a fresh encryption (26.8 bits at N = 2^13); with 0 it keeps about what
+    /// SEAL's single special prime does (20 bits). Where 30-bit extra primes would not fit
+    /// under the 128-bit bound at the fewest digits, they are sized to what the bound leaves
+    /// (at least 12 bits and 2N; at N = 2^13, depth 2: one 17-bit prime, 3 digits) rather
+    /// than taking more digits; a chain with no room even for that takes more digits.
     pub fn extra_special_primes(mut self, count: usize) -> Self {
         self.extra_special = Some(count);
         self
@@ -646,15 +650,31 @@ impl CkksParamsBuilder {
                 limbs.div_ceil(dnum) + extra_special
             };
             let estimate = log_q_estimate + alpha as f64 * SPECIAL_BITS as f64;
-            if self.security == Security::Bits128 && estimate > bound + 1.0 && self.dnum.is_none() {
-                last = Some(Error::InsecureParameters {
-                    n,
-                    log_qp: estimate.ceil() as u32,
-                    max_log_qp: bound as u32,
-                });
+            let insecure = Error::InsecureParameters {
+                n,
+                log_qp: estimate.ceil() as u32,
+                max_log_qp: bound as u32,
+            };
+            let bounded = self.security == Security::Bits128;
+            // Where full-size extra primes do not fit, extra primes that fill what the bound
+            // leaves (added below, once Q's real size is known) still lower the noise by
+            // their size, at this digit count's speed.
+            let room_for_extra =
+                bound - (log_q_estimate + (alpha - extra_special) as f64 * SPECIAL_BITS as f64);
+            let smaller_extra = bounded
+                && estimate > bound + 1.0
+                && extra_special > 0
+                && room_for_extra / extra_special as f64 >= min_extra_bits(step) as f64;
+            if bounded && estimate > bound + 1.0 && self.dnum.is_none() && !smaller_extra {
+                last = Some(insecure);
                 continue;
             }
-            let special = ntt_primes(SPECIAL_BITS, step, alpha, &[])?;
+            let full_special = if smaller_extra {
+                alpha - extra_special
+            } else {
+                alpha
+            };
+            let mut special = ntt_primes(SPECIAL_BITS, step, full_special, &[])?;
             // Too few primes of that size exist for a large N: take the next sizes up.
             let base = (base_each..=MAX_PRIME_BITS)
                 .find_map(|bits| ntt_primes(bits, step, base_count, &special).ok())
@@ -676,6 +696,18 @@ impl CkksParamsBuilder {
             let mut q = base;
             q.extend(scale_primes);
             q.extend(upper_primes);
+            if smaller_extra {
+                let log2_sum = |xs: &[u32]| xs.iter().map(|&x| (x as f64).log2()).sum::<f64>();
+                let room = bound - log2_sum(&q) - log2_sum(&special);
+                let taken: Vec<u32> = q.iter().chain(&special).copied().collect();
+                match extra_special_primes(room, extra_special, step, &taken) {
+                    Some(extra) => special.extend(extra),
+                    None => {
+                        last = Some(insecure);
+                        continue;
+                    }
+                }
+            }
             let built = if upper_count > 0 {
                 CkksParams::from_segmented_primes(
                     n,
@@ -705,6 +737,25 @@ impl CkksParamsBuilder {
         }
         Err(last.unwrap_or_else(|| Error::InvalidParameters("no digit count fits".into())))
     }
+}
+
+/// Smallest extra special prime worth adding: the NTT primes ≡ 1 mod `step` start just above
+/// `step`, and one of ~12 bits or more already lowers key-switching noise below a fresh
+/// encryption's at the scales the builder takes.
+fn min_extra_bits(step: u64) -> u32 {
+    (step.ilog2() + 2).max(12)
+}
+
+/// `count` extra special primes, the largest size (≤ [`SPECIAL_BITS`]) whose `count` primes
+/// fit in `room` bits, avoiding `taken`; `None` when not even [`min_extra_bits`] fit.
+fn extra_special_primes(room: f64, count: usize, step: u64, taken: &[u32]) -> Option<Vec<u32>> {
+    let most = (room / count as f64).floor().min(SPECIAL_BITS as f64);
+    if most < min_extra_bits(step) as f64 {
+        return None;
+    }
+    (min_extra_bits(step)..=most as u32)
+        .rev()
+        .find_map(|bits| ntt_primes(bits, step, count, taken).ok())
 }
 
 /// How far a level's natural scale may be from Δ (see [`composite_scale_primes`]).
