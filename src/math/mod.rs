@@ -7,6 +7,8 @@
 pub mod modular;
 pub mod ntt;
 pub mod ntt64;
+#[cfg(target_arch = "x86_64")]
+mod ntt_avx512;
 pub mod primes;
 pub mod ring;
 pub mod rns;

@@ -8,7 +8,8 @@
 use crate::error::{Error, Result};
 use crate::math::modular::Modulus;
 use crate::math::primes::primitive_root_of_unity;
-use crate::math::simd;
+#[cfg(target_arch = "x86_64")]
+use crate::math::{ntt_avx512, simd};
 
 /// Precomputed tables for one prime and one ring degree.
 #[derive(Clone, Debug)]
@@ -112,13 +113,17 @@ impl NttPlan {
     /// In-place forward NTT; input in `[0, 4q)`, output fully reduced in `[0, q)`.
     pub fn forward(&self, a: &mut [u32]) {
         assert_eq!(a.len(), self.n, "NTT input length");
-        simd::dispatch(
-            #[inline(always)]
-            || self.forward_words(a),
-        )
+        #[cfg(target_arch = "x86_64")]
+        if self.n >= 32 && simd::wide_now() {
+            let q = self.modulus.value();
+            // SAFETY: `wide_now` holds only where the CPU has AVX-512.
+            unsafe { ntt_avx512::forward(a, &self.psi_rev, &self.psi_rev_shoup, q) };
+            return;
+        }
+        self.forward_words(a)
     }
 
-    #[inline(always)]
+    /// The portable forward transform (LLVM vectorizes its long stages 8 words wide).
     fn forward_words(&self, a: &mut [u32]) {
         let q = self.modulus.value();
         let two_q = 2 * q;
@@ -154,13 +159,17 @@ impl NttPlan {
     /// In-place inverse NTT; input in `[0, 2q)`, output fully reduced in `[0, q)`.
     pub fn inverse(&self, a: &mut [u32]) {
         assert_eq!(a.len(), self.n, "NTT input length");
-        simd::dispatch(
-            #[inline(always)]
-            || self.inverse_words(a),
-        )
+        #[cfg(target_arch = "x86_64")]
+        if self.n >= 32 && simd::wide_now() {
+            let (q, n_inv) = (self.modulus.value(), self.n_inv());
+            // SAFETY: `wide_now` holds only where the CPU has AVX-512.
+            unsafe { ntt_avx512::inverse(a, &self.ipsi_rev, &self.ipsi_rev_shoup, q, n_inv) };
+            return;
+        }
+        self.inverse_words(a)
     }
 
-    #[inline(always)]
+    /// The portable inverse transform.
     fn inverse_words(&self, a: &mut [u32]) {
         let q = self.modulus.value();
         let mut t = 1;

@@ -51,26 +51,31 @@ fn cpu_has_avx512() -> bool {
     false
 }
 
-/// Runs `f`, through its AVX-512 copy when [`wide_vectors`] says so. `f` should be a closure
-/// over `#[inline(always)]` code: what is inlined into the wide copy is vectorized for it.
+/// Whether the AVX-512 code runs now: the CPU has it and neither [`set_width`] nor
+/// `HETENSOR_SIMD` turned it off.
 #[inline(always)]
-pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
+pub fn wide_now() -> bool {
     let wide = match FORCED.load(Ordering::Relaxed) {
         0 => wide_vectors(),
         1 => false,
         _ => true,
     };
+    wide && cpu_has_avx512_cached()
+}
+
+/// Runs `f`, through its AVX-512 copy when [`wide_now`] says so. `f` should be an
+/// `#[inline(always)]` closure over `#[inline(always)]` code: what is inlined into the wide
+/// copy is vectorized for it.
+#[inline(always)]
+pub fn dispatch<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if wide && cpu_has_avx512_cached() {
+    if wide_now() {
         // SAFETY: the CPU has every feature the wide copy is compiled for.
         return unsafe { avx512(f) };
     }
-    let _ = wide;
     f()
 }
 
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
 fn cpu_has_avx512_cached() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(cpu_has_avx512)
