@@ -62,7 +62,7 @@ fn builder_picks_the_smallest_ring_and_says_what_it_chose() {
     assert!(q
         .iter()
         .chain(p.rlwe().p_primes())
-        .all(|&x| (x as u64 - 1) % (2 * p.n() as u64) == 0));
+        .all(|&x| (x as u64 - 1).is_multiple_of(2 * p.n() as u64)));
     let mut distinct = q.to_vec();
     distinct.extend(p.rlwe().p_primes());
     distinct.sort_unstable();

@@ -867,7 +867,7 @@ pub(crate) fn check_automorphism(p: &PolyBatch, g: usize, repr: Repr) -> Result<
             Repr::Ntt => "automorphism_ntt needs the NTT domain".into(),
         }));
     }
-    if g % 2 == 0 {
+    if g.is_multiple_of(2) {
         return Err(Error::InvalidInput(format!(
             "Galois element {g} must be odd"
         )));

@@ -1331,7 +1331,7 @@ fn read_low_keys(
         d.allow(8);
         let g = d.u32("Galois element")? as usize;
         let q = d.u32("key primes")? as usize;
-        if g % 2 == 0 || g >= 2 * ctx.n() || galois.keys.contains_key(&g) {
+        if g.is_multiple_of(2) || g >= 2 * ctx.n() || galois.keys.contains_key(&g) {
             return Err(Error::Decode(format!(
                 "Galois element {g} is not odd, below 2N and new"
             )));

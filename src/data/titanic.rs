@@ -179,7 +179,7 @@ fn median(v: &[Option<f64>]) -> Option<f64> {
     }
     known.sort_by(f64::total_cmp);
     let m = known.len() / 2;
-    Some(if known.len() % 2 == 0 {
+    Some(if known.len().is_multiple_of(2) {
         0.5 * (known[m - 1] + known[m])
     } else {
         known[m]

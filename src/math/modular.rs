@@ -26,7 +26,7 @@ impl Modulus {
 
     /// Creates a modulus, rejecting even or out-of-range values.
     pub fn new(q: u32) -> Result<Self> {
-        if q < 3 || q % 2 == 0 || q >= (1 << Self::MAX_BITS) {
+        if q < 3 || q.is_multiple_of(2) || q >= (1 << Self::MAX_BITS) {
             return Err(Error::InvalidParameters(format!(
                 "modulus {q} must be odd and in [3, 2^{})",
                 Self::MAX_BITS

@@ -37,7 +37,7 @@ fn mul_shoup64(a: u64, (w, ws): (u64, u64), t: u64) -> u64 {
 impl NttPlan64 {
     /// Builds the plan; `t` must be a prime ≡ 1 (mod 2n), below 2^62.
     pub fn new(n: usize, t: u64) -> Result<Self> {
-        if t >= (1 << 62) || !is_prime(t) || (t - 1) % (2 * n as u64) != 0 {
+        if t >= (1 << 62) || !is_prime(t) || !(t - 1).is_multiple_of(2 * n as u64) {
             return Err(Error::InvalidParameters(format!(
                 "plaintext modulus {t} must be a prime ≡ 1 mod {} below 2^62 for batching",
                 2 * n

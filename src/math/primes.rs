@@ -10,13 +10,13 @@ pub fn is_prime(n: u64) -> bool {
         return false;
     }
     for p in [2u64, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
-        if n % p == 0 {
+        if n.is_multiple_of(p) {
             return n == p;
         }
     }
     let mut d = n - 1;
     let mut s = 0;
-    while d % 2 == 0 {
+    while d.is_multiple_of(2) {
         d /= 2;
         s += 1;
     }
@@ -125,7 +125,7 @@ pub fn ntt_primes_near(
 /// Smallest-generator primitive `order`-th root of unity mod prime `q` (order a power of two
 /// dividing q-1). Deterministic, so every backend and every run derives the same tables.
 pub fn primitive_root_of_unity(q: u64, order: u64) -> Result<u64> {
-    if order == 0 || (q - 1) % order != 0 || !order.is_power_of_two() {
+    if order == 0 || !(q - 1).is_multiple_of(order) || !order.is_power_of_two() {
         return Err(Error::InvalidParameters(format!(
             "{q} has no primitive {order}-th root of unity"
         )));
@@ -178,7 +178,7 @@ mod tests {
             }
             let near = ntt_primes_near(25, step, 4, &ps).unwrap();
             for &p in &near {
-                assert!(is_prime(p as u64) && (p as u64 - 1) % step == 0);
+                assert!(is_prime(p as u64) && (p as u64 - 1).is_multiple_of(step));
                 assert!(!ps.contains(&p));
             }
         }

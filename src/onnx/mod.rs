@@ -690,7 +690,7 @@ impl Importer {
                 .iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
                 .unwrap_or(0);
-            if known == 0 || total % known != 0 {
+            if known == 0 || !total.is_multiple_of(known) {
                 return Err(shape(n, &format!("cannot reshape {xs:?} to {t:?}")));
             }
             dims[i] = total / known;

@@ -119,7 +119,8 @@ impl LevelShape {
             (self.low_width > 0 && above % self.low_width == 0).then(|| above / self.low_width)
         } else {
             let rest = above - low_primes;
-            (self.width > 0 && rest % self.width == 0).then(|| self.low_levels + rest / self.width)
+            (self.width > 0 && rest.is_multiple_of(self.width))
+                .then(|| self.low_levels + rest / self.width)
         }
     }
 
@@ -198,7 +199,7 @@ impl RlweParams {
                     "limb modulus {x} must be a prime below 2^30"
                 )));
             }
-            if (x as u64 - 1) % (2 * n as u64) != 0 {
+            if !(x as u64 - 1).is_multiple_of(2 * n as u64) {
                 return Err(Error::InvalidParameters(format!(
                     "prime {x} is not ≡ 1 mod 2N = {}",
                     2 * n

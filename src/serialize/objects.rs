@@ -557,7 +557,7 @@ impl Decode for GaloisKeys {
         for _ in 0..count {
             d.allow(4);
             let g = d.u32("Galois element")? as usize;
-            if g % 2 == 0 || g >= two_n || g <= last {
+            if g.is_multiple_of(2) || g >= two_n || g <= last {
                 return Err(Error::Decode(format!(
                     "Galois element {g} is not odd, below 2N and increasing"
                 )));

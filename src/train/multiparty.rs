@@ -579,7 +579,7 @@ pub fn unpack_ciphertexts(ckks: &CkksContext, bytes: &[u8]) -> Result<Vec<Cipher
 
 /// Slot values published as `f64` little-endian (what [`CreditParty::plaintext`] sends).
 pub fn published_values(bytes: &[u8]) -> Result<Vec<f64>> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return Err(Error::Decode(format!(
             "{} bytes of published values",
             bytes.len()

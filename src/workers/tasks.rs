@@ -227,7 +227,7 @@ pub fn compute(
         } => {
             check_layout(ctx, layout)?;
             let (rk, gk) = keys(pc)?;
-            if inputs.len() % 2 != 0 || weights.len() > layout.block {
+            if !inputs.len().is_multiple_of(2) || weights.len() > layout.block {
                 return Err(Error::Shape(format!(
                     "logistic gradient: {} inputs (need feature/label pairs) and {} weights for blocks of {}",
                     inputs.len(),

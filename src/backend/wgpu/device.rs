@@ -511,7 +511,7 @@ impl Gpu {
         if per >= count {
             return Ok(vec![(0, count)]);
         }
-        if (4 * poly_words as u64) % self.align != 0 {
+        if !(4 * poly_words as u64).is_multiple_of(self.align) {
             return Err(Error::Backend(format!(
                 "wgpu: batch of {count} polynomials exceeds one storage binding and cannot be split \
                  at {}-byte offsets",
