@@ -5,6 +5,9 @@
 //! Pointwise products in the NTT domain are negacyclic convolutions, which is all the schemes
 //! need, so the bit-reversed order is never undone. GPU kernels use the same tables and order.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
 use crate::error::{Error, Result};
 use crate::math::modular::Modulus;
 use crate::math::primes::primitive_root_of_unity;
@@ -269,6 +272,35 @@ pub fn automorphism_ntt_map(n: usize, g: usize) -> Vec<u32> {
             bit_reverse((ge - 1) / 2, log_n) as u32
         })
         .collect()
+}
+
+/// [`automorphism_ntt_map`], computed once per `(n, g)` and shared: a rotation costs a few
+/// NTTs, and building its map costs about one, so the CPU backend keeps the maps it has used
+/// (up to 2^24 words in all, ~64 MiB; past that the cache starts over).
+pub fn automorphism_ntt_map_shared(n: usize, g: usize) -> Arc<[u32]> {
+    type Maps = HashMap<(usize, usize), Arc<[u32]>>;
+    static MAPS: OnceLock<Mutex<(Maps, usize)>> = OnceLock::new();
+    const MAX_WORDS: usize = 1 << 24;
+    let cache = MAPS.get_or_init(Default::default);
+    if let Some(m) = cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .0
+        .get(&(n, g))
+    {
+        return m.clone();
+    }
+    let map: Arc<[u32]> = automorphism_ntt_map(n, g).into();
+    let mut guard = cache.lock().unwrap_or_else(|e| e.into_inner());
+    let (maps, words) = &mut *guard;
+    if *words + n > MAX_WORDS {
+        maps.clear();
+        *words = 0;
+    }
+    if maps.insert((n, g), map.clone()).is_none() {
+        *words += n;
+    }
+    map
 }
 
 /// Schoolbook negacyclic product `a * b mod (X^N + 1, q)`: the independent reference for tests.

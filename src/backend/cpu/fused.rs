@@ -21,7 +21,7 @@ use crate::backend::{
     check_key_inner_hoisted, check_key_switch, check_lift, mod_down_factors, KeySwitchPlan,
 };
 use crate::error::{Error, Result};
-use crate::math::ntt::automorphism_ntt_map;
+use crate::math::ntt::automorphism_ntt_map_shared;
 use crate::math::rns::{convert_blocks, ConvertScratch};
 use crate::math::{simd, BaseConverter, Modulus, RingContext};
 
@@ -261,7 +261,7 @@ pub(super) fn key_inner_hoisted_words(
                 "Galois element {g} must be odd"
             )))
         }
-        Some(g) => Some(automorphism_ntt_map(n, g)),
+        Some(g) => Some(automorphism_ntt_map_shared(n, g)),
         None => None,
     };
     let up_words = ups.iter().map(|u| host(u)).collect::<Result<Vec<_>>>()?;
@@ -365,6 +365,12 @@ fn dot_into(
     o0: &mut [u32],
     o1: &mut [u32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if simd::wide_now() && super::dot_avx512::applies(m, x.len(), o0.len()) {
+        // SAFETY: `wide_now` holds only where the CPU has AVX-512.
+        unsafe { super::dot_avx512::dot2(m, x, a, b, map, o0, o1) };
+        return;
+    }
     simd::dispatch(
         #[inline(always)]
         || dot_words(m, x, a, b, map, o0, o1),

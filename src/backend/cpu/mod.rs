@@ -1,6 +1,8 @@
 //! The CPU backend: the reference every other backend is compared with, word for word.
 //! Parallel with rayon across polynomials and limbs (one task per `N`-word limb).
 
+#[cfg(target_arch = "x86_64")]
+mod dot_avx512;
 mod fused;
 
 use std::sync::Arc;
@@ -418,16 +420,23 @@ impl Backend for CpuBackend {
     fn automorphism_ntt(&self, _ring: &RingContext, p: &PolyBatch, g: usize) -> Result<PolyBatch> {
         check_automorphism(p, g, Repr::Ntt)?;
         let n = p.n;
-        let map = crate::math::ntt::automorphism_ntt_map(n, g);
+        let map = crate::math::ntt::automorphism_ntt_map_shared(n, g);
         let input = host(p)?;
-        let mut out = vec![0u32; input.len()];
-        out.par_chunks_mut(n)
+        let len = input.len();
+        assert_eq!(map.len(), n);
+        // Written straight into the output, without zeroing it first: every word of
+        // `out[..len]` is written exactly once (limb chunks of n words, n entries of `map`).
+        let mut out: Vec<u32> = Vec::with_capacity(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(n)
             .zip(input.par_chunks(n))
             .for_each(|(o, i)| {
-                for (ok, &j) in o.iter_mut().zip(&map) {
-                    *ok = i[j as usize];
+                for (ok, &j) in o.iter_mut().zip(map.iter()) {
+                    ok.write(i[j as usize]);
                 }
             });
+        // SAFETY: the loop above initialized all `len` words (every chunk has ≤ n = map.len()).
+        unsafe { out.set_len(len) };
         Ok(PolyBatch::from_parts(
             Buffer::Host(out),
             p.limbs.clone(),
