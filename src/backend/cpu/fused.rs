@@ -16,6 +16,7 @@
 
 use rayon::prelude::*;
 
+use super::scratch::Scratch;
 use super::{host, PolyBatch};
 use crate::backend::{
     check_key_inner_hoisted, check_key_switch, check_lift, mod_down_factors, KeySwitchPlan,
@@ -103,7 +104,7 @@ pub(super) fn mod_down_words(
     }
     let kpos = positions(x_limbs, keep, "mod_down")?;
     let dpos = positions(x_limbs, drop, "mod_down")?;
-    let mut tail = vec![0u32; count * nd * n];
+    let mut tail = Scratch::take(count * nd * n);
     tail.par_chunks_mut(n).enumerate().for_each(|(idx, t)| {
         let (c, i) = (idx / nd, idx % nd);
         t.copy_from_slice(&x[c * xw + dpos[i] * n..][..n]);
@@ -170,16 +171,20 @@ pub(super) fn key_switch_ext_words(
         starts.push(pos[0]);
     }
     // ModUp, first half: d in coefficient form, every digit converted to its other limbs.
-    let mut coeff = dw.clone();
+    let mut coeff = Scratch::take(dw.len());
+    coeff.copy_from_slice(dw);
     coeff
         .par_chunks_mut(n)
         .zip(plan.q.par_iter())
         .for_each(|(c, &l)| ring.plan(l).inverse(c));
-    let mut ext: Vec<Vec<u32>> = plan
-        .digits
-        .iter()
-        .map(|dg| vec![0u32; dg.rest.len() * n])
-        .collect();
+    let mut ext_words = Scratch::take(plan.digits.iter().map(|dg| dg.rest.len() * n).sum());
+    let mut ext: Vec<&mut [u32]> = Vec::with_capacity(plan.digits.len());
+    let mut rest: &mut [u32] = &mut ext_words;
+    for dg in &plan.digits {
+        let (e, tail) = std::mem::take(&mut rest).split_at_mut(dg.rest.len() * n);
+        ext.push(e);
+        rest = tail;
+    }
     for ((dg, e), &s) in plan.digits.iter().zip(ext.iter_mut()).zip(&starts) {
         let input = &coeff[s * n..(s + dg.limbs.len()) * n];
         convert_polys(&dg.up, input, e, n, false);

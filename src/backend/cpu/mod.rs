@@ -4,6 +4,7 @@
 #[cfg(target_arch = "x86_64")]
 mod dot_avx512;
 mod fused;
+mod scratch;
 
 use std::sync::Arc;
 
