@@ -2,6 +2,7 @@
 //! rescaling and level/scale alignment) and BFV (integers mod t). The tensor logic
 //! (broadcasting, axes, pickling) is written once over this trait.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use hetensor::bfv::{self, BfvContext};
@@ -121,14 +122,22 @@ impl Ckks {
     /// `a`, `b` brought to one level and scale: ciphertexts at the same scale meet at the
     /// lower level (`add` does it); otherwise the higher one is lifted onto the lower one's
     /// level and exact scale (`match_scale`, one level of the higher one).
-    fn align(&self, a: &Ciphertext, b: &Ciphertext) -> Result<(Ciphertext, Ciphertext)> {
+    /// `a` and `b` at one level and scale: borrowed as they are when they already agree (no
+    /// copies of their words), else the higher one brought down to the other.
+    fn align<'a>(
+        &self,
+        a: &'a Ciphertext,
+        b: &'a Ciphertext,
+    ) -> Result<(Cow<'a, Ciphertext>, Cow<'a, Ciphertext>)> {
         let same = ((a.scale() - b.scale()) / a.scale()).abs() < 1e-9;
         Ok(if same || a.level() == b.level() {
-            (a.clone(), b.clone())
+            (Cow::Borrowed(a), Cow::Borrowed(b))
         } else if a.level() > b.level() {
-            (self.ctx.match_scale(a, b.level(), b.scale())?, b.clone())
+            let a = self.ctx.match_scale(a, b.level(), b.scale())?;
+            (Cow::Owned(a), Cow::Borrowed(b))
         } else {
-            (a.clone(), self.ctx.match_scale(b, a.level(), a.scale())?)
+            let b = self.ctx.match_scale(b, a.level(), a.scale())?;
+            (Cow::Borrowed(a), Cow::Owned(b))
         })
     }
 

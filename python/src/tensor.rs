@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::context::{lookup, Context, Inner, Scheme};
 use crate::kernel::{Bfv, Ckks, Kernel};
-use crate::{heavy, to_py};
+use crate::{heavy, light, to_py};
 
 /// The scheme-independent part of a tensor.
 pub(crate) struct Core<K: Kernel> {
@@ -194,18 +194,22 @@ impl<K: Kernel> Core<K> {
 
     pub fn binary(&self, other: &Self, op: Op) -> Result<Self> {
         let (batch, shape, ia, ib) = self.pair(other)?;
-        let cts = ia
-            .par_iter()
-            .zip(&ib)
-            .map(|(&i, &j)| {
-                let (x, y) = (&self.cts[i], &other.cts[j]);
-                match op {
-                    Op::Add => self.k.add(x, y),
-                    Op::Sub => self.k.sub(x, y),
-                    Op::Mul => self.k.mul(x, y),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let one = |(&i, &j): (&usize, &usize)| {
+            let (x, y) = (&self.cts[i], &other.cts[j]);
+            match op {
+                Op::Add => self.k.add(x, y),
+                Op::Sub => self.k.sub(x, y),
+                Op::Mul => self.k.mul(x, y),
+            }
+        };
+        let cts = if ia.len() == 1 {
+            ia.iter().zip(&ib).map(one).collect::<Result<Vec<_>>>()?
+        } else {
+            ia.par_iter()
+                .zip(&ib)
+                .map(one)
+                .collect::<Result<Vec<_>>>()?
+        };
         let clean = match op {
             Op::Mul => self.clean || other.clean,
             _ => self.clean && other.clean,
@@ -297,6 +301,18 @@ impl<K: Kernel> Core<K> {
 
     /// Checks that two tensors can meet and broadcasts them: batch, shape, operand indices.
     #[allow(clippy::type_complexity)]
+    /// Whether `self op other` is one addition or subtraction of two ciphertexts already at
+    /// one level and scale: element-wise work small enough to run on the caller's thread
+    /// ([`crate::light`]) instead of being handed to the pool.
+    pub fn is_light(&self, other: &Self, op: Op) -> bool {
+        match (op, self.cts.as_slice(), other.cts.as_slice()) {
+            (Op::Add | Op::Sub, [a], [b]) => {
+                self.k.level(a) == self.k.level(b) && self.k.scale(a) == self.k.scale(b)
+            }
+            _ => false,
+        }
+    }
+
     fn pair(&self, other: &Self) -> Result<(Option<usize>, Vec<usize>, Vec<usize>, Vec<usize>)> {
         let (a, b) = (self.k.inner(), other.k.inner());
         if a.key_id() != b.key_id() || a.fingerprint() != b.fingerprint() {
@@ -700,7 +716,11 @@ macro_rules! tensor_class {
             fn op(&self, py: Python<'_>, other: &Bound<'_, PyAny>, op: Op) -> PyResult<Self> {
                 let core = if let Ok(t) = other.downcast::<Self>() {
                     let o = t.get().core.clone();
-                    heavy(py, || self.core.binary(&o, op))?
+                    if self.core.is_light(&o, op) {
+                        light(py, || self.core.binary(&o, op))?
+                    } else {
+                        heavy(py, || self.core.binary(&o, op))?
+                    }
                 } else {
                     let x = to_array::<$kernel>(py, other)?;
                     heavy(py, || self.core.plain(&x, op))?

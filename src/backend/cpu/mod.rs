@@ -69,14 +69,24 @@ where
     let bw = host(b)?;
     let broadcast = b.count == 1;
     let aw = host_mut(a)?;
-    aw.par_chunks_mut(n).enumerate().for_each(|(idx, chunk)| {
+    let body = |(idx, chunk): (usize, &mut [u32])| {
         let l = idx % limbs.len();
         let off = if broadcast { l * n } else { idx * n };
         debug_assert!(off + n <= per_poly * if broadcast { 1 } else { idx / limbs.len() + 1 });
         f(limbs[l], chunk, &bw[off..off + n]);
-    });
+    };
+    if aw.len() <= SEQUENTIAL_WORDS {
+        aw.chunks_mut(n).enumerate().for_each(body);
+    } else {
+        aw.par_chunks_mut(n).enumerate().for_each(body);
+    }
     Ok(())
 }
+
+/// Element-wise passes over at most this many words run on the calling thread: handing ~0.5 MB
+/// of additions to other threads costs more than the work (a 2^13 ciphertext of 8 limbs), and
+/// a caller outside any rayon pool (one ciphertext's add from Python) then never waits on one.
+const SEQUENTIAL_WORDS: usize = 1 << 17;
 
 fn each_limb<F>(a: &mut PolyBatch, f: F) -> Result<()>
 where
@@ -84,13 +94,16 @@ where
 {
     let n = a.n;
     let limbs = a.limbs.clone();
-    host_mut(a)?
-        .par_chunks_mut(n)
-        .enumerate()
-        .for_each(|(idx, chunk)| {
-            let l = idx % limbs.len();
-            f(l, limbs[l], chunk)
-        });
+    let words = host_mut(a)?;
+    let body = |(idx, chunk): (usize, &mut [u32])| {
+        let l = idx % limbs.len();
+        f(l, limbs[l], chunk)
+    };
+    if words.len() <= SEQUENTIAL_WORDS {
+        words.chunks_mut(n).enumerate().for_each(body);
+    } else {
+        words.par_chunks_mut(n).enumerate().for_each(body);
+    }
     Ok(())
 }
 
