@@ -229,6 +229,15 @@ fn elementwise_kernels() {
                     &d,
                     &format!("ew_binary op {op} bcast {bc} N=2^{log_n}"),
                 );
+                // The CPU's one-pass out-of-place sum and difference.
+                if op < 2 {
+                    let fresh = cpu.add_new(&r, &ca, &cb, op == 1).unwrap();
+                    same(
+                        &words(&fresh),
+                        &d,
+                        &format!("CPU add_new op {op} bcast {bc} N=2^{log_n}"),
+                    );
+                }
             }
             // mul_acc with b broadcast, then with a broadcast (operands swapped).
             let acc = random_words(&mut rng, &r, &limbs, count);

@@ -208,6 +208,25 @@ pub trait Backend: Send + Sync + Debug {
     /// `a += b`.
     fn add_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()>;
 
+    /// `a + b` (`a − b` when `subtract`) as a new batch of `a`'s shape, `b` as for
+    /// [`Self::add_assign`]. The default copies `a` and adds in place; the CPU writes the sum
+    /// straight into a fresh buffer (one pass instead of a copy and a read-modify-write).
+    fn add_new(
+        &self,
+        ring: &RingContext,
+        a: &PolyBatch,
+        b: &PolyBatch,
+        subtract: bool,
+    ) -> Result<PolyBatch> {
+        let mut out = a.clone();
+        if subtract {
+            self.sub_assign(ring, &mut out, b)?;
+        } else {
+            self.add_assign(ring, &mut out, b)?;
+        }
+        Ok(out)
+    }
+
     /// `a -= b`.
     fn sub_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()>;
 

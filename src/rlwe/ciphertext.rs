@@ -216,16 +216,12 @@ pub fn add_ciphertexts(
     } else {
         (b, a, true)
     };
-    let mut out = big.polys.clone();
     if big.size() == small.size() {
-        // The common case: one copy of `a`, then the other operand added in place.
-        if subtract {
-            be.sub_assign(ring, &mut out, &small.polys)?;
-        } else {
-            be.add_assign(ring, &mut out, &small.polys)?;
-        }
+        // The common case (then `big` is `a`): one pass into a new batch.
+        let out = be.add_new(ring, &big.polys, &small.polys, subtract)?;
         return Ok(a.derive(out, a.scale));
     }
+    let mut out = big.polys.clone();
     let mut head = be.slice_polys(&out, 0, small.size())?;
     if subtract && swapped {
         // out = b - a: negate big part first.

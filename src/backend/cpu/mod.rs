@@ -6,6 +6,7 @@ mod dot_avx512;
 mod fused;
 mod scratch;
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -166,6 +167,62 @@ impl Backend for CpuBackend {
             let m = ring.modulus(li);
             x.iter_mut().zip(y).for_each(|(x, &y)| *x = m.add(*x, y));
         })
+    }
+
+    fn add_new(
+        &self,
+        ring: &RingContext,
+        a: &PolyBatch,
+        b: &PolyBatch,
+        subtract: bool,
+    ) -> Result<PolyBatch> {
+        a.check_compatible(b, if subtract { "sub" } else { "add" })?;
+        check_ring(ring, a)?;
+        let n = a.n;
+        let limbs = a.limbs.clone();
+        let (aw, bw) = (host(a)?, host(b)?);
+        let broadcast = b.count == 1;
+        let len = aw.len();
+        let mut out: Vec<u32> = Vec::with_capacity(len);
+        let body = |(idx, (o, x)): (usize, (&mut [MaybeUninit<u32>], &[u32]))| {
+            let l = idx % limbs.len();
+            let off = if broadcast { l * n } else { idx * n };
+            let (m, y) = (ring.modulus(limbs[l]), &bw[off..off + n]);
+            let words = o.iter_mut().zip(x).zip(y);
+            if subtract {
+                words.for_each(|((o, &x), &y)| {
+                    o.write(m.sub(x, y));
+                });
+            } else {
+                words.for_each(|((o, &x), &y)| {
+                    o.write(m.add(x, y));
+                });
+            }
+        };
+        let spare = &mut out.spare_capacity_mut()[..len];
+        if len <= SEQUENTIAL_WORDS {
+            spare
+                .chunks_mut(n)
+                .zip(aw.chunks(n))
+                .enumerate()
+                .for_each(body);
+        } else {
+            spare
+                .par_chunks_mut(n)
+                .zip(aw.par_chunks(n))
+                .enumerate()
+                .for_each(body);
+        }
+        // SAFETY: every chunk of `out[..len]` was written word for word from the chunk of `a`
+        // of the same length (`b`'s limbs hold n words each, checked by `check_compatible`).
+        unsafe { out.set_len(len) };
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(out),
+            a.limbs.clone(),
+            a.count,
+            n,
+            a.repr,
+        ))
     }
 
     fn sub_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()> {
