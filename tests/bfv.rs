@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use hetensor::bfv::{BfvContext, BfvCrt, BfvParams, Ciphertext, PlainModulus};
+use hetensor::bfv::{BfvChain, BfvContext, BfvCrt, BfvParams, Ciphertext, PlainModulus};
 use hetensor::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey, Security};
 use hetensor::Error;
 use proptest::prelude::*;
@@ -28,13 +28,13 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let params = BfvParams::with_security(
-            12,
-            PlainModulus::Bits(20),
-            4,
-            2,
-            Security::InsecureForTestingOnly,
-        )
+        let params = BfvParams::from_chain(BfvChain {
+            log_n: 12,
+            plain: PlainModulus::Bits(20),
+            primes: 4,
+            dnum: 2,
+            security: Security::InsecureForTestingOnly,
+        })
         .unwrap();
         let ctx = BfvContext::with_seed(params, [7; 32]).unwrap();
         let keys = ctx.keygen().unwrap();
@@ -307,13 +307,13 @@ fn preset_2_14_multiply_and_rotate() {
 /// products stay exact for full-range values.
 #[test]
 fn sixty_bit_plain_modulus() {
-    let params = BfvParams::with_security(
-        12,
-        PlainModulus::Bits(60),
-        6,
-        6,
-        Security::InsecureForTestingOnly,
-    )
+    let params = BfvParams::from_chain(BfvChain {
+        log_n: 12,
+        plain: PlainModulus::Bits(60),
+        primes: 6,
+        dnum: 6,
+        security: Security::InsecureForTestingOnly,
+    })
     .unwrap();
     let ctx = BfvContext::with_seed(params, [60; 32]).unwrap();
     let t = ctx.plain_modulus();
@@ -414,13 +414,13 @@ fn crt_integer_dot_product() {
 #[test]
 fn seeded_contexts_are_bit_identical() {
     let make = || {
-        let params = BfvParams::with_security(
-            12,
-            PlainModulus::Bits(20),
-            3,
-            3,
-            Security::InsecureForTestingOnly,
-        )
+        let params = BfvParams::from_chain(BfvChain {
+            log_n: 12,
+            plain: PlainModulus::Bits(20),
+            primes: 3,
+            dnum: 3,
+            security: Security::InsecureForTestingOnly,
+        })
         .unwrap();
         let ctx = BfvContext::with_seed(params, [42; 32]).unwrap();
         let keys = ctx.keygen().unwrap();
@@ -490,34 +490,64 @@ fn errors_are_reported() {
     ));
     // Parameters: 8 + 1 primes exceed 218 bits at N = 2^13 without the opt-in.
     assert!(matches!(
-        BfvParams::new(13, PlainModulus::Bits(20), 8, 8),
+        BfvParams::from_chain(BfvChain {
+            log_n: 13,
+            plain: PlainModulus::Bits(20),
+            primes: 8,
+            dnum: 8,
+            ..Default::default()
+        }),
         Err(Error::InsecureParameters { .. })
     ));
-    assert!(BfvParams::with_security(
-        13,
-        PlainModulus::Bits(20),
-        8,
-        8,
-        Security::InsecureForTestingOnly
-    )
+    assert!(BfvParams::from_chain(BfvChain {
+        log_n: 13,
+        plain: PlainModulus::Bits(20),
+        primes: 8,
+        dnum: 8,
+        security: Security::InsecureForTestingOnly
+    })
     .is_ok());
     assert!(matches!(
-        BfvParams::new(13, PlainModulus::Prime(97), 6, 6),
+        BfvParams::from_chain(BfvChain {
+            log_n: 13,
+            plain: PlainModulus::Prime(97),
+            primes: 6,
+            dnum: 6,
+            ..Default::default()
+        }),
         Err(Error::InvalidParameters(_))
     ));
     // 65537 ≡ 1 mod 2^14 is a batching prime for N = 2^13 (OpenFHE's default t).
     assert_eq!(
-        BfvParams::new(13, PlainModulus::Prime(65537), 6, 6)
-            .unwrap()
-            .plain_modulus(),
+        BfvParams::from_chain(BfvChain {
+            log_n: 13,
+            plain: PlainModulus::Prime(65537),
+            primes: 6,
+            dnum: 6,
+            ..Default::default()
+        })
+        .unwrap()
+        .plain_modulus(),
         65537
     );
     assert!(matches!(
-        BfvParams::new(13, PlainModulus::Bits(61), 6, 6),
+        BfvParams::from_chain(BfvChain {
+            log_n: 13,
+            plain: PlainModulus::Bits(61),
+            primes: 6,
+            dnum: 6,
+            ..Default::default()
+        }),
         Err(Error::InvalidParameters(_))
     ));
     assert!(matches!(
-        BfvParams::new(13, PlainModulus::Bits(20), 6, 0),
+        BfvParams::from_chain(BfvChain {
+            log_n: 13,
+            plain: PlainModulus::Bits(20),
+            primes: 6,
+            dnum: 0,
+            ..Default::default()
+        }),
         Err(Error::InvalidParameters(_))
     ));
     assert!(matches!(
@@ -526,13 +556,13 @@ fn errors_are_reported() {
     ));
     // A plaintext modulus too large for the ciphertext modulus leaves no budget.
     assert!(matches!(
-        BfvParams::with_security(
-            12,
-            PlainModulus::Bits(60),
-            2,
-            1,
-            Security::InsecureForTestingOnly
-        ),
+        BfvParams::from_chain(BfvChain {
+            log_n: 12,
+            plain: PlainModulus::Bits(60),
+            primes: 2,
+            dnum: 1,
+            security: Security::InsecureForTestingOnly
+        }),
         Err(Error::InvalidParameters(_))
     ));
 }
@@ -541,13 +571,13 @@ fn errors_are_reported() {
 fn mismatched_contexts_are_rejected() {
     let f = fixture();
     // Other primes (3 instead of 4): keys and ciphertexts do not mix.
-    let params = BfvParams::with_security(
-        12,
-        PlainModulus::Bits(20),
-        3,
-        3,
-        Security::InsecureForTestingOnly,
-    )
+    let params = BfvParams::from_chain(BfvChain {
+        log_n: 12,
+        plain: PlainModulus::Bits(20),
+        primes: 3,
+        dnum: 3,
+        security: Security::InsecureForTestingOnly,
+    })
     .unwrap();
     let other = BfvContext::with_seed(params, [1; 32]).unwrap();
     let other_sk = other.keygen().unwrap().secret;

@@ -474,3 +474,98 @@ fn public_and_relin_keys_from_a_secret_key() {
     let got = ctx.decrypt_decode(&sq, &sk).unwrap();
     close(&[2.25, 4.0, 0.0625], &got[..3], 1e-2);
 }
+
+/// One context builder for both schemes: a seed reproduces the keys, an RLWE context is shared
+/// only with the parameters it was built for, and a backend and an RLWE context together are
+/// refused rather than one silently ignored. Explicit chains build what the builder built.
+#[test]
+fn context_builder_is_shared_by_both_schemes() {
+    use hetensor::backend::CpuBackend;
+    use hetensor::bfv::{BfvChain, BfvContext, BfvParams, PlainModulus};
+    use hetensor::ckks::ExplicitChain;
+    use std::sync::Arc;
+
+    let params = small_insecure_params();
+    let a = CkksContext::builder(params.clone())
+        .seed([4; 32])
+        .build()
+        .unwrap();
+    let b = CkksContext::builder(params.clone())
+        .backend(Arc::new(CpuBackend::new()))
+        .seed([4; 32])
+        .build()
+        .unwrap();
+    let pk = |c: &CkksContext| {
+        let k = c.keygen().unwrap().public;
+        hetensor::serialize::to_bytes(c.rlwe(), &k, Default::default()).unwrap()
+    };
+    assert_eq!(pk(&a), pk(&b), "the same seed gives the same keys");
+    let shared = CkksContext::builder(params.clone())
+        .rlwe(a.rlwe().clone())
+        .build()
+        .unwrap();
+    assert!(Arc::ptr_eq(a.rlwe(), shared.rlwe()));
+    let other = CkksParams::preset(13, 25).unwrap();
+    assert!(matches!(
+        CkksContext::builder(other).rlwe(a.rlwe().clone()).build(),
+        Err(Error::ParameterMismatch(_))
+    ));
+    assert!(matches!(
+        CkksContext::builder(params.clone())
+            .rlwe(a.rlwe().clone())
+            .backend(Arc::new(CpuBackend::new()))
+            .build(),
+        Err(Error::InvalidInput(_))
+    ));
+
+    let bfv = BfvParams::from_chain(BfvChain {
+        log_n: 12,
+        plain: PlainModulus::Bits(20),
+        primes: 3,
+        dnum: 3,
+        security: Security::InsecureForTestingOnly,
+    })
+    .unwrap();
+    let x = BfvContext::builder(bfv.clone())
+        .seed([5; 32])
+        .build()
+        .unwrap();
+    let y = BfvContext::with_seed(bfv, [5; 32]).unwrap();
+    let bpk = |c: &BfvContext| {
+        let k = c.keygen().unwrap().public;
+        hetensor::serialize::to_bytes(c.rlwe(), &k, Default::default()).unwrap()
+    };
+    assert_eq!(bpk(&x), bpk(&y));
+
+    // The builder's chain, rebuilt from its own primes, is the same parameter set.
+    let built = CkksParams::builder()
+        .depth(3)
+        .scale_bits(40)
+        .build()
+        .unwrap();
+    let r = built.rlwe();
+    let again = CkksParams::from_primes(ExplicitChain {
+        log_n: r.n().trailing_zeros(),
+        q: r.q_primes().to_vec(),
+        p: r.p_primes().to_vec(),
+        shape: r.level_shape(),
+        scale_bits: built.scale_bits(),
+        upper_scale_bits: built.upper_scale_bits(),
+        dnum: r.dnum(),
+        security: r.security(),
+    })
+    .unwrap();
+    assert_eq!(again.rlwe(), built.rlwe());
+    assert!(matches!(
+        CkksParams::from_primes(ExplicitChain {
+            upper_scale_bits: Some(50),
+            ..ExplicitChain {
+                q: r.q_primes().to_vec(),
+                p: r.p_primes().to_vec(),
+                shape: r.level_shape(),
+                ..Default::default()
+            }
+        }),
+        Err(Error::InvalidParameters(_))
+    ));
+}

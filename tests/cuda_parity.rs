@@ -609,12 +609,15 @@ fn automorphisms_and_copies() {
 // ---- scheme level: same seeds on both backends must give the same ciphertext words ----
 
 use hetensor::ckks::{CkksContext, CkksParams};
-use hetensor::math::sampler::Sampler;
 use hetensor::rlwe::RlweContext;
 
 fn ckks_on(backend: Arc<dyn Backend>, params: CkksParams) -> CkksContext {
     let rlwe = RlweContext::with_backend(params.rlwe().clone(), backend).unwrap();
-    CkksContext::with_rlwe(rlwe, params, Sampler::from_seed([9; 32])).unwrap()
+    CkksContext::builder(params)
+        .rlwe(rlwe)
+        .seed([9; 32])
+        .build()
+        .unwrap()
 }
 
 fn ct_words(ctx: &CkksContext, ct: &hetensor::rlwe::Ciphertext) -> Vec<u32> {
@@ -718,22 +721,29 @@ fn ckks_ops_match_cpu(params: CkksParams) {
 #[test]
 #[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
 fn bfv_multiply_relinearize() {
-    use hetensor::bfv::{BfvContext, BfvParams, PlainModulus};
+    use hetensor::bfv::{BfvChain, BfvContext, BfvParams, PlainModulus};
     use hetensor::rlwe::Security;
     let g = gpu();
     let params = |_: ()| {
-        BfvParams::with_security(
-            13,
-            PlainModulus::Bits(20),
-            4,
-            2,
-            Security::InsecureForTestingOnly,
-        )
+        BfvParams::from_chain(BfvChain {
+            log_n: 13,
+            plain: PlainModulus::Bits(20),
+            primes: 4,
+            dnum: 2,
+            security: Security::InsecureForTestingOnly,
+        })
         .unwrap()
     };
-    let bc =
-        BfvContext::with_backend_seed(params(()), Arc::new(CpuBackend::new()), [3; 32]).unwrap();
-    let bg = BfvContext::with_backend_seed(params(()), g.clone(), [3; 32]).unwrap();
+    let bc = BfvContext::builder(params(()))
+        .backend(Arc::new(CpuBackend::new()))
+        .seed([3; 32])
+        .build()
+        .unwrap();
+    let bg = BfvContext::builder(params(()))
+        .backend(g.clone())
+        .seed([3; 32])
+        .build()
+        .unwrap();
     let run = |c: &BfvContext| {
         let keys = c.keygen().unwrap();
         let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);

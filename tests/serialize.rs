@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use hetensor::backend::{default_backend, Backend};
-use hetensor::bfv::{self, BfvContext, BfvParams, PlainModulus};
+use hetensor::bfv::{self, BfvChain, BfvContext, BfvParams, PlainModulus};
 use hetensor::ckks::{CkksContext, CkksParams, KeySet, SinglePrimeChain};
 use hetensor::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, Security};
 use hetensor::serialize::{
@@ -304,13 +304,13 @@ fn secret_context_round_trips_and_decrypts() {
 
 #[test]
 fn bfv_ciphertexts_round_trip_and_do_not_pass_for_ckks() {
-    let params = BfvParams::with_security(
-        12,
-        PlainModulus::Bits(20),
-        3,
-        1,
-        Security::InsecureForTestingOnly,
-    )
+    let params = BfvParams::from_chain(BfvChain {
+        log_n: 12,
+        plain: PlainModulus::Bits(20),
+        primes: 3,
+        dnum: 1,
+        security: Security::InsecureForTestingOnly,
+    })
     .unwrap();
     let ctx = BfvContext::with_seed(params, [5; 32]).unwrap();
     let keys = ctx.keygen().unwrap();

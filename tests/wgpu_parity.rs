@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use hetensor::backend::wgpu::WgpuBackend;
 use hetensor::backend::{Backend, CpuBackend, PolyBatch, Repr};
-use hetensor::bfv::{BfvContext, BfvParams, PlainModulus};
+use hetensor::bfv::{BfvChain, BfvContext, BfvParams, PlainModulus};
 use hetensor::ckks::{CkksContext, CkksParams, KeySet, SinglePrimeChain};
 use hetensor::math::primes::ntt_primes;
 use hetensor::math::sampler::Sampler;
@@ -620,8 +620,11 @@ fn ckks_contexts(params: CkksParams, steps: &[i64]) -> (Ckks, Ckks) {
     let make = |be: Arc<dyn Backend>| {
         one_thread(|| {
             let rlwe = RlweContext::with_backend(params.rlwe().clone(), be).unwrap();
-            let ctx =
-                CkksContext::with_rlwe(rlwe, params.clone(), Sampler::from_seed([9; 32])).unwrap();
+            let ctx = CkksContext::builder(params.clone())
+                .rlwe(rlwe)
+                .seed([9; 32])
+                .build()
+                .unwrap();
             let keys = ctx.keygen().unwrap();
             let gk = ctx.gen_galois_keys(&keys.secret, steps, false).unwrap();
             Ckks { ctx, keys, gk }
@@ -696,16 +699,20 @@ fn ckks_operations_match_cpu_on(params: CkksParams) {
 #[test]
 fn bfv_operations_match_cpu() {
     let g = gpu();
-    let params = BfvParams::with_security(
-        12,
-        PlainModulus::Bits(20),
-        4,
-        2,
-        Security::InsecureForTestingOnly,
-    )
+    let params = BfvParams::from_chain(BfvChain {
+        log_n: 12,
+        plain: PlainModulus::Bits(20),
+        primes: 4,
+        dnum: 2,
+        security: Security::InsecureForTestingOnly,
+    })
     .unwrap();
     let run = |be: Arc<dyn Backend>| {
-        let ctx = BfvContext::with_backend_seed(params.clone(), be, [11; 32]).unwrap();
+        let ctx = BfvContext::builder(params.clone())
+            .backend(be)
+            .seed([11; 32])
+            .build()
+            .unwrap();
         let (a, b, rk, gk, sk) = one_thread(|| {
             let keys = ctx.keygen().unwrap();
             let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
@@ -824,9 +831,11 @@ fn mhe_protocols_match_cpu() {
     let transcript = |be: Arc<dyn Backend>| {
         one_thread(|| {
             let rlwe = RlweContext::with_backend(params.rlwe().clone(), be).unwrap();
-            let ckks =
-                CkksContext::with_rlwe(rlwe.clone(), params.clone(), Sampler::from_seed([2; 32]))
-                    .unwrap();
+            let ckks = CkksContext::builder(params.clone())
+                .rlwe(rlwe.clone())
+                .seed([2; 32])
+                .build()
+                .unwrap();
             let crs = Crs::new([5; 32]);
             let mut ps: Vec<Party> = (0..2u8)
                 .map(|i| Party::new(rlwe.clone(), crs, Sampler::from_seed([i + 1; 32])).unwrap())
@@ -921,9 +930,11 @@ fn bootstrap_matches_cpu() {
         let run = |be: Arc<dyn Backend>| {
             let (ctx, keys, bk, ct) = one_thread(|| {
                 let rlwe = RlweContext::with_backend(bp.ckks().rlwe().clone(), be).unwrap();
-                let ctx =
-                    CkksContext::with_rlwe(rlwe, bp.ckks().clone(), Sampler::from_seed([9; 32]))
-                        .unwrap();
+                let ctx = CkksContext::builder(bp.ckks().clone())
+                    .rlwe(rlwe)
+                    .seed([9; 32])
+                    .build()
+                    .unwrap();
                 let keys = ctx.keygen().unwrap();
                 let bk = BootstrapKeys::generate(&ctx, &bp, &keys.secret, &keys.relin).unwrap();
                 let pt = ctx.encode(&vals, ctx.natural_scale(0), 0).unwrap();

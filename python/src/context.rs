@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex, Weak};
 
 use hetensor::backend::default_backend;
-use hetensor::bfv::{BfvContext, BfvParams, PlainModulus};
+use hetensor::bfv::{BfvChain, BfvContext, BfvParams, PlainModulus};
 use hetensor::ckks::{CkksContext, CkksParams};
 use hetensor::rlwe::{GaloisKeys, PublicKey, RelinKey, RlweContext, SecretKey};
 use hetensor::serialize::{PublicContext, SchemeContext, SecretContext, WriteOptions};
@@ -283,7 +283,7 @@ impl Context {
             let plain = PlainModulus::Bits(plain_bits);
             let params = match q_primes {
                 None => BfvParams::preset(log_n, plain)?,
-                Some(q) => BfvParams::new(log_n, plain, q, dnum.unwrap_or(q))?,
+                Some(q) => BfvParams::from_chain(BfvChain { log_n: log_n, plain: plain, primes: q, dnum: dnum.unwrap_or(q), ..Default::default() })?,
             };
             let ctx = BfvContext::new(params)?;
             let generated = ctx.keygen()?;

@@ -17,7 +17,10 @@ use crate::math::sampler::Sampler;
 use crate::math::{RnsBasis, ScaleRounder};
 use crate::rlwe::ciphertext as rct;
 use crate::rlwe::keys::{galois_element_conjugate, galois_element_for_step};
-use crate::rlwe::{GaloisKeys, KeySet, PublicKey, RelinKey, RlweContext, SecretKey};
+use crate::rlwe::{
+    ContextBuilder, GaloisKeys, KeySet, PublicKey, RelinKey, RlweContext, RlweParams, SchemeParams,
+    SecretKey,
+};
 
 /// Decryption refuses (`Error::NoiseBudgetExhausted`) a ciphertext whose measured noise leaves
 /// less than this many bits of budget, where a wrapped-around noise cannot be told apart.
@@ -187,42 +190,25 @@ impl std::fmt::Debug for BfvContext {
 impl BfvContext {
     /// Builds the context on the default (CPU) backend, with randomness from the OS.
     pub fn new(params: BfvParams) -> Result<Self> {
-        let t = params.plain_modulus;
-        Self::build(RlweContext::new(params.rlwe)?, t, Sampler::from_os())
+        Self::builder(params).build()
     }
 
     /// Builds the context with a fixed sampler seed: reproducible keys and ciphertexts for tests.
     /// Never use a fixed seed in production.
     pub fn with_seed(params: BfvParams, seed: [u8; 32]) -> Result<Self> {
-        let t = params.plain_modulus;
-        Self::build(RlweContext::new(params.rlwe)?, t, Sampler::from_seed(seed))
+        Self::builder(params).seed(seed).build()
     }
 
     /// Builds the context on a chosen backend (see [`crate::backend::create_backend`]), with
     /// randomness from the OS.
     pub fn with_backend(params: BfvParams, backend: Arc<dyn Backend>) -> Result<Self> {
-        let t = params.plain_modulus;
-        Self::build(
-            RlweContext::with_backend(params.rlwe, backend)?,
-            t,
-            Sampler::from_os(),
-        )
+        Self::builder(params).backend(backend).build()
     }
 
-    /// Builds the context on a chosen backend with a fixed sampler seed: the same keys and
-    /// ciphertexts on every backend (cross-backend parity tests). Never use a fixed seed in
-    /// production.
-    pub fn with_backend_seed(
-        params: BfvParams,
-        backend: Arc<dyn Backend>,
-        seed: [u8; 32],
-    ) -> Result<Self> {
-        let t = params.plain_modulus;
-        Self::build(
-            RlweContext::with_backend(params.rlwe, backend)?,
-            t,
-            Sampler::from_seed(seed),
-        )
+    /// Every way to build a context (backend, seed, a shared RLWE context), the same for CKKS
+    /// ([`crate::ckks::CkksContext::builder`]); see [`ContextBuilder`].
+    pub fn builder(params: BfvParams) -> ContextBuilder<BfvParams> {
+        ContextBuilder::new(params)
     }
 
     /// A context for plaintext modulus `t` over an existing RLWE context (e.g. on another
@@ -669,4 +655,16 @@ pub(crate) fn slot_index_map(n: usize) -> Vec<usize> {
         e = e * 3 % two_n;
     }
     map
+}
+
+impl SchemeParams for BfvParams {
+    type Context = BfvContext;
+
+    fn rlwe_params(&self) -> &RlweParams {
+        &self.rlwe
+    }
+
+    fn assemble(self, rlwe: Arc<RlweContext>, sampler: Sampler) -> Result<BfvContext> {
+        BfvContext::build(rlwe, self.plain_modulus, sampler)
+    }
 }

@@ -29,4 +29,4 @@ pub mod params;
 pub use crate::rlwe::keys::KeySet;
 pub use context::{BfvContext, Ciphertext, Plaintext, MIN_DECRYPT_BUDGET_BITS};
 pub use crt::{BfvCrt, BfvCrtBuilder, CrtCiphertext};
-pub use params::{BfvParams, BfvParamsBuilder, PlainModulus, MAX_PLAIN_BITS};
+pub use params::{BfvChain, BfvParams, BfvParamsBuilder, PlainModulus, MAX_PLAIN_BITS};

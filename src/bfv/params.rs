@@ -127,22 +127,61 @@ pub(crate) fn rlwe_for_bfv(
     RlweParams::new(n, q, p, aux, dnum, security)
 }
 
-impl BfvParams {
-    /// 128-bit-secure parameters with `q_count` 30-bit ciphertext primes (multiplicative depth
-    /// grows with it) and hybrid key switching over `dnum` digits.
-    pub fn new(log_n: u32, plain: PlainModulus, q_count: usize, dnum: usize) -> Result<Self> {
-        Self::with_security(log_n, plain, q_count, dnum, Security::Bits128)
-    }
+/// An explicit BFV chain, what [`BfvParams::from_chain`] builds: `primes` 30-bit ciphertext
+/// primes (the depth grows with them), `ceil(primes / dnum)` 30-bit special primes for hybrid
+/// key switching over `dnum` digits, and the auxiliary primes multiplication needs. The BFV
+/// counterpart of [`crate::ckks::SinglePrimeChain`]; `..Default::default()` fills in the
+/// N = 2^13 preset's chain (6 primes, 6 digits, a 20-bit `t`, 128-bit security).
+///
+/// ```
+/// use hetensor::bfv::{BfvChain, BfvParams, PlainModulus};
+/// # fn main() -> hetensor::Result<()> {
+/// let p = BfvParams::from_chain(BfvChain { log_n: 14, primes: 8, dnum: 4, ..Default::default() })?;
+/// assert_eq!((p.n(), p.rlwe().q_primes().len()), (1 << 14, 8));
+/// // Too many primes for N = 2^13 at 128 bits: a typed error that says the bound.
+/// let err = BfvParams::from_chain(BfvChain { primes: 8, dnum: 8, ..Default::default() });
+/// assert!(matches!(err, Err(hetensor::Error::InsecureParameters { .. })));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BfvChain {
+    /// log2 N, 10 to 16.
+    pub log_n: u32,
+    /// The plaintext modulus.
+    pub plain: PlainModulus,
+    /// Number of 30-bit ciphertext primes.
+    pub primes: usize,
+    /// Key-switching digits (1..=primes).
+    pub dnum: usize,
+    /// Security requirement; [`Security::InsecureForTestingOnly`] skips the HE-standard check
+    /// (tests only).
+    pub security: Security,
+}
 
-    /// Same as [`Self::new`] with an explicit security setting;
-    /// [`Security::InsecureForTestingOnly`] skips the HE-standard check (tests only).
-    pub fn with_security(
-        log_n: u32,
-        plain: PlainModulus,
-        q_count: usize,
-        dnum: usize,
-        security: Security,
-    ) -> Result<Self> {
+impl Default for BfvChain {
+    /// The N = 2^13 preset's chain: 6 primes, 6 digits, the largest 20-bit `t`, 128-bit.
+    fn default() -> Self {
+        Self {
+            log_n: 13,
+            plain: PlainModulus::Bits(20),
+            primes: 6,
+            dnum: 6,
+            security: Security::Bits128,
+        }
+    }
+}
+
+impl BfvParams {
+    /// Parameters for an explicit chain ([`BfvChain`]); for parameters chosen from what a
+    /// computation needs use [`Self::builder`], for the 128-bit presets [`Self::preset`].
+    pub fn from_chain(chain: BfvChain) -> Result<Self> {
+        let BfvChain {
+            log_n,
+            plain,
+            primes,
+            dnum,
+            security,
+        } = chain;
         if !(10..=16).contains(&log_n) {
             return Err(Error::InvalidParameters(format!(
                 "log2 N = {log_n} outside the supported 10..=16"
@@ -150,7 +189,7 @@ impl BfvParams {
         }
         let n = 1usize << log_n;
         let t = resolve_plain_modulus(plain, n, &[])?;
-        let rlwe = rlwe_for_bfv(n, &[t], q_count, dnum, security)?;
+        let rlwe = rlwe_for_bfv(n, &[t], primes, dnum, security)?;
         let me = Self {
             rlwe,
             plain_modulus: t,
@@ -170,7 +209,13 @@ impl BfvParams {
                 "no BFV preset for log2 N = {log_n} (presets: 13..=16)"
             ))
         })?;
-        let me = Self::new(log_n, plain, q_count, dnum)?;
+        let me = Self::from_chain(BfvChain {
+            log_n,
+            plain,
+            primes: q_count,
+            dnum,
+            security: Security::Bits128,
+        })?;
         debug_assert!(me.rlwe.log_qp() <= max_log_qp_128(me.rlwe.n()).unwrap_or(0) as f64);
         Ok(me)
     }
@@ -352,7 +397,13 @@ impl BfvParamsBuilder {
                 ))
             })?,
         };
-        let params = BfvParams::with_security(log_n, self.plain, q_count, dnum, self.security)?;
+        let params = BfvParams::from_chain(BfvChain {
+            log_n,
+            plain: self.plain,
+            primes: q_count,
+            dnum,
+            security: self.security,
+        })?;
         let capacity = crate::bfv::BfvContext::new(params.clone())?.depth_capacity(self.depth + 1);
         Ok((params, capacity))
     }

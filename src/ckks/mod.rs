@@ -37,11 +37,14 @@ use crate::math::sampler::Sampler;
 use crate::math::RnsBasis;
 use crate::rlwe::ciphertext as ct_ops;
 use crate::rlwe::keys::{ckks_galois_element, galois_element_conjugate};
-use crate::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, RlweContext, SecretKey};
+use crate::rlwe::{
+    Ciphertext, ContextBuilder, GaloisKeys, PublicKey, RelinKey, RlweContext, RlweParams,
+    SchemeParams, SecretKey,
+};
 
 pub use crate::rlwe::keys::KeySet;
 pub use encoder::CkksEncoder;
-pub use params::{CkksParams, CkksParamsBuilder, SinglePrimeChain};
+pub use params::{CkksParams, CkksParamsBuilder, ExplicitChain, SinglePrimeChain};
 
 /// An encoded (unencrypted) CKKS message at some level and scale, NTT domain.
 #[derive(Clone, Debug)]
@@ -78,46 +81,24 @@ const SCALE_TOLERANCE: f64 = 1e-9;
 impl CkksContext {
     /// Builds a context on the default (CPU) backend, with randomness from the OS.
     pub fn new(params: CkksParams) -> Result<Self> {
-        Self::with_rlwe(
-            RlweContext::new(params.rlwe.clone())?,
-            params,
-            Sampler::from_os(),
-        )
+        Self::builder(params).build()
     }
 
     /// Builds a context on a chosen backend (see [`crate::backend::create_backend`]), with
     /// randomness from the OS.
     pub fn with_backend(params: CkksParams, backend: Arc<dyn Backend>) -> Result<Self> {
-        Self::with_rlwe(
-            RlweContext::with_backend(params.rlwe.clone(), backend)?,
-            params,
-            Sampler::from_os(),
-        )
+        Self::builder(params).backend(backend).build()
     }
 
     /// Builds a context with a fixed seed: reproducible keys and ciphertexts, for tests only.
     pub fn with_seed(params: CkksParams, seed: [u8; 32]) -> Result<Self> {
-        Self::with_rlwe(
-            RlweContext::new(params.rlwe.clone())?,
-            params,
-            Sampler::from_seed(seed),
-        )
+        Self::builder(params).seed(seed).build()
     }
 
-    /// Builds a context over an existing RLWE context (e.g. on another backend).
-    pub fn with_rlwe(rlwe: Arc<RlweContext>, params: CkksParams, sampler: Sampler) -> Result<Self> {
-        if rlwe.params() != &params.rlwe {
-            return Err(Error::ParameterMismatch(
-                "RLWE context and CKKS parameters differ".into(),
-            ));
-        }
-        let encoder = CkksEncoder::new(rlwe.n());
-        Ok(Self {
-            rlwe,
-            params,
-            encoder,
-            sampler: Mutex::new(sampler),
-        })
+    /// Every way to build a context (backend, seed, a shared RLWE context), the same for BFV
+    /// ([`crate::bfv::BfvContext::builder`]); see [`ContextBuilder`].
+    pub fn builder(params: CkksParams) -> ContextBuilder<CkksParams> {
+        ContextBuilder::new(params)
     }
 
     /// The RLWE context underneath.
@@ -898,4 +879,22 @@ pub fn precision_bits(want: &[f64], got: &[f64]) -> f64 {
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f64, f64::max);
     -err.max(f64::MIN_POSITIVE).log2()
+}
+
+impl SchemeParams for CkksParams {
+    type Context = CkksContext;
+
+    fn rlwe_params(&self) -> &RlweParams {
+        &self.rlwe
+    }
+
+    fn assemble(self, rlwe: Arc<RlweContext>, sampler: Sampler) -> Result<CkksContext> {
+        let encoder = CkksEncoder::new(rlwe.n());
+        Ok(CkksContext {
+            rlwe,
+            params: self,
+            encoder,
+            sampler: Mutex::new(sampler),
+        })
+    }
 }

@@ -85,6 +85,65 @@ impl Default for SinglePrimeChain {
     }
 }
 
+/// An explicit CKKS chain, what [`CkksParams::from_primes`] builds: `q` holds `shape.base`
+/// base primes, then the levels' primes (`shape` groups them: one prime per level, composite
+/// levels of `width` primes, or a low segment below wider levels), `p` the special primes of
+/// hybrid key switching over `dnum` digits. Every prime is an NTT prime `≡ 1 (mod 2N)` below
+/// 2^30, all distinct. `..Default::default()` fills in one prime per level, 128-bit security
+/// and one digit per prime.
+///
+/// ```
+/// use hetensor::ckks::{CkksParams, ExplicitChain};
+/// use hetensor::math::primes::ntt_primes;
+/// # fn main() -> hetensor::Result<()> {
+/// let step = 2 << 13; // primes ≡ 1 mod 2N for N = 2^13
+/// let primes = ntt_primes(30, step, 4, &[])?;
+/// let p = CkksParams::from_primes(ExplicitChain {
+///     q: primes[..3].to_vec(), // a base prime and two levels
+///     p: primes[3..].to_vec(),
+///     scale_bits: 30,
+///     dnum: 3,
+///     ..Default::default()
+/// })?;
+/// assert_eq!(p.levels(), 2);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExplicitChain {
+    /// log2 N, 10 to 16.
+    pub log_n: u32,
+    /// Ciphertext primes, base first.
+    pub q: Vec<u32>,
+    /// Special primes.
+    pub p: Vec<u32>,
+    /// How `q` is grouped into levels.
+    pub shape: LevelShape,
+    /// log2 of the scale (of the low segment on a two-segment shape).
+    pub scale_bits: u32,
+    /// log2 of the upper segment's scale: `Some` exactly when `shape` is two-segment.
+    pub upper_scale_bits: Option<u32>,
+    /// Key-switching digits (more than `q.len()` counts as one digit per prime).
+    pub dnum: usize,
+    /// Security requirement.
+    pub security: Security,
+}
+
+impl Default for ExplicitChain {
+    /// N = 2^13, no primes yet, one prime per level, scale 2^25, one digit per prime, 128-bit.
+    fn default() -> Self {
+        Self {
+            log_n: 13,
+            q: Vec::new(),
+            p: Vec::new(),
+            shape: LevelShape::SINGLE,
+            scale_bits: 25,
+            upper_scale_bits: None,
+            dnum: usize::MAX,
+            security: Security::Bits128,
+        }
+    }
+}
+
 impl CkksParams {
     /// The underlying RLWE parameters: ring, primes, chain shape, digits, security.
     pub fn rlwe(&self) -> &RlweParams {
@@ -143,62 +202,43 @@ impl CkksParams {
         })
     }
 
-    /// Parameters from explicit primes: `q` = `shape.base` base primes followed by groups of
-    /// `shape.width` primes per level; `p` the special primes. For a two-segment shape see
-    /// [`Self::from_segmented_primes`].
-    pub fn from_primes(
-        n: usize,
-        q: Vec<u32>,
-        p: Vec<u32>,
-        shape: LevelShape,
-        scale_bits: u32,
-        dnum: usize,
-        security: Security,
-    ) -> Result<Self> {
-        if !(1..=62).contains(&scale_bits) {
-            return Err(Error::InvalidParameters(format!(
-                "scale 2^{scale_bits} outside 2^1..=2^62"
-            )));
-        }
-        if shape.is_segmented() {
-            return Err(Error::InvalidParameters(
-                "a two-segment chain needs its upper scale: use CkksParams::from_segmented_primes"
-                    .into(),
-            ));
-        }
-        let rlwe = RlweParams::with_shape(n, q, p, vec![], dnum, security, shape)?;
-        Ok(Self {
-            rlwe,
+    /// Parameters from explicit primes ([`ExplicitChain`]): what the builder and the presets
+    /// produce, for a caller that chose its own primes (e.g. to match another library's chain).
+    pub fn from_primes(chain: ExplicitChain) -> Result<Self> {
+        let ExplicitChain {
+            log_n,
+            q,
+            p,
+            shape,
             scale_bits,
-            upper_scale_bits: None,
-        })
-    }
-
-    /// Parameters from explicit primes on a two-segment chain: the low segment's levels at
-    /// scale 2^`scale_bits`, the levels above at 2^`upper_scale_bits`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn from_segmented_primes(
-        n: usize,
-        q: Vec<u32>,
-        p: Vec<u32>,
-        shape: LevelShape,
-        scale_bits: u32,
-        upper_scale_bits: u32,
-        dnum: usize,
-        security: Security,
-    ) -> Result<Self> {
-        for b in [scale_bits, upper_scale_bits] {
+            upper_scale_bits,
+            dnum,
+            security,
+        } = chain;
+        for b in std::iter::once(scale_bits).chain(upper_scale_bits) {
             if !(1..=62).contains(&b) {
                 return Err(Error::InvalidParameters(format!(
                     "scale 2^{b} outside 2^1..=2^62"
                 )));
             }
         }
-        let rlwe = RlweParams::with_shape(n, q, p, vec![], dnum, security, shape)?;
+        if shape.is_segmented() != upper_scale_bits.is_some() {
+            return Err(Error::InvalidParameters(format!(
+                "a two-segment chain needs the upper segment's scale and a uniform one has none \
+                 (shape {shape:?}, upper_scale_bits {upper_scale_bits:?})"
+            )));
+        }
+        if !(10..=16).contains(&log_n) {
+            return Err(Error::InvalidParameters(format!(
+                "log2 N = {log_n} outside 10..=16"
+            )));
+        }
+        let dnum = dnum.min(q.len().max(1));
+        let rlwe = RlweParams::with_shape(1 << log_n, q, p, vec![], dnum, security, shape)?;
         Ok(Self {
             rlwe,
             scale_bits,
-            upper_scale_bits: shape.is_segmented().then_some(upper_scale_bits),
+            upper_scale_bits,
         })
     }
 
@@ -708,28 +748,21 @@ impl CkksParamsBuilder {
                     }
                 }
             }
-            let built = if upper_count > 0 {
-                CkksParams::from_segmented_primes(
-                    n,
-                    q,
-                    special,
-                    LevelShape::two_segment(base_count, self.depth, t, tu),
-                    self.scale_bits,
-                    upper_bits,
-                    dnum,
-                    self.security,
-                )
-            } else {
-                CkksParams::from_primes(
-                    n,
-                    q,
-                    special,
-                    LevelShape::uniform(base_count, t),
-                    self.scale_bits,
-                    dnum,
-                    self.security,
-                )
-            };
+            let segmented = upper_count > 0;
+            let built = CkksParams::from_primes(ExplicitChain {
+                log_n: n.trailing_zeros(),
+                q,
+                p: special,
+                shape: if segmented {
+                    LevelShape::two_segment(base_count, self.depth, t, tu)
+                } else {
+                    LevelShape::uniform(base_count, t)
+                },
+                scale_bits: self.scale_bits,
+                upper_scale_bits: segmented.then_some(upper_bits),
+                dnum,
+                security: self.security,
+            });
             match built {
                 Err(e @ Error::InsecureParameters { .. }) => last = Some(e),
                 other => return other,

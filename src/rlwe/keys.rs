@@ -711,7 +711,7 @@ pub fn galois_element_conjugate(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bfv::{BfvParams, PlainModulus};
+    use crate::bfv::{BfvChain, BfvParams, PlainModulus};
     use crate::rlwe::Security;
     use zeroize::ZeroizeOnDrop;
 
@@ -719,13 +719,13 @@ mod tests {
     fn wipes_on_drop<T: ZeroizeOnDrop>(_: &T) {}
 
     fn context() -> Arc<RlweContext> {
-        let p = BfvParams::with_security(
-            12,
-            PlainModulus::Bits(20),
-            2,
-            1,
-            Security::InsecureForTestingOnly,
-        )
+        let p = BfvParams::from_chain(BfvChain {
+            log_n: 12,
+            plain: PlainModulus::Bits(20),
+            primes: 2,
+            dnum: 1,
+            security: Security::InsecureForTestingOnly,
+        })
         .unwrap();
         RlweContext::new(p.rlwe).unwrap()
     }

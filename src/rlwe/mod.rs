@@ -2,11 +2,13 @@
 //! encryption, hybrid key switching (configurable dnum and special primes), relinearization
 //! and Galois automorphisms.
 
+pub mod builder;
 pub mod ciphertext;
 pub mod context;
 pub mod keys;
 pub mod params;
 
+pub use builder::{ContextBuilder, SchemeParams};
 pub use ciphertext::Ciphertext;
 pub use context::RlweContext;
 pub use keys::{GaloisKeys, KeySet, KeySwitchKey, PublicKey, RelinKey, SecretKey};
