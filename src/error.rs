@@ -111,6 +111,82 @@ pub enum Error {
     #[error("cannot decode: {0}")]
     Decode(String),
 
+    /// Serialized bytes that end inside the object: an interrupted transfer or a cut file.
+    /// Reading the whole object again from its source may succeed; nothing was loaded.
+    #[error("truncated input: the bytes end inside the {what}; the object was cut short (an interrupted transfer or file), nothing was loaded")]
+    Truncated {
+        /// The part of the object that was being read.
+        what: String,
+    },
+
+    /// Serialized bytes whose checksum does not match: corrupted in storage or transit.
+    /// Sending or reading them again may succeed; nothing was loaded.
+    #[error("checksum mismatch ({stored:08x} stored, {computed:08x} computed): the {what} was corrupted in storage or transit; nothing was loaded")]
+    ChecksumMismatch {
+        /// The kind of object.
+        what: String,
+        /// The checksum in the bytes.
+        stored: u32,
+        /// The checksum of the bytes read.
+        computed: u32,
+    },
+
+    /// Serialized bytes of another format version than this build reads: re-serialize them
+    /// with this version of hetensor (or read them with the one that wrote them).
+    #[error("format version {found}: this build reads version {supported}; re-serialize the object with this version of hetensor")]
+    FormatVersion {
+        /// The version in the bytes.
+        found: u16,
+        /// The one version this build reads.
+        supported: u16,
+    },
+
+    /// Serialized input larger than the reader allows (`LoadOptions::max_bytes`, a worker's
+    /// limit): raise the limit if the input is trusted. Nothing was read past the limit.
+    #[error("input too large: the {what} is {size} bytes, more than the {limit} allowed; raise the limit (e.g. LoadOptions::max_bytes) if the input is trusted")]
+    InputTooLarge {
+        /// What was being read.
+        what: String,
+        /// Its size in bytes (at least this much).
+        size: u64,
+        /// The limit in bytes.
+        limit: u64,
+    },
+
+    /// An input tensor of the wrong shape for a model, layer or operation: reshape or
+    /// re-batch the input. `expected` is the shape or pattern it takes.
+    #[error("input shape: {op} expects {expected}, got shape {got:?}")]
+    InputShape {
+        /// The model, layer or operation.
+        op: String,
+        /// The shape it takes, e.g. `[batch, 1, 28, 28]`.
+        expected: String,
+        /// The shape it was given.
+        got: Vec<usize>,
+    },
+
+    /// A weights file without a tensor the model needs: export the model with that tensor
+    /// name, or load a file made for this architecture.
+    #[error("model error: tensor {name:?} is missing from the weights file (it has: {available})")]
+    MissingWeight {
+        /// The tensor's name (`layer.param`).
+        name: String,
+        /// The names the file has, comma-separated.
+        available: String,
+    },
+
+    /// A weights tensor of another shape than the model's parameter: the file was made for
+    /// another architecture or layer size.
+    #[error("model error: tensor {name:?} has shape {got:?}, the model expects {expected:?}")]
+    WeightShape {
+        /// The tensor's name (`layer.param`).
+        name: String,
+        /// The model parameter's shape.
+        expected: Vec<usize>,
+        /// The file's shape.
+        got: Vec<usize>,
+    },
+
     /// Intact serialized bytes of another kind of object than the call reads (a public key
     /// read as a ciphertext, a BFV context read as a CKKS one): read them with the call for
     /// `found` instead. Nothing was loaded.
@@ -167,4 +243,20 @@ pub enum Error {
     /// bytes); nothing was changed.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
+}
+
+impl Error {
+    /// Whether reading untrusted bytes failed because of the bytes themselves (malformed,
+    /// truncated, corrupted, another version or kind of object), as opposed to the source
+    /// (`Io`) or a limit: every such failure loaded nothing.
+    pub fn is_decode_failure(&self) -> bool {
+        matches!(
+            self,
+            Error::Decode(_)
+                | Error::Truncated { .. }
+                | Error::ChecksumMismatch { .. }
+                | Error::FormatVersion { .. }
+                | Error::WrongObject { .. }
+        )
+    }
 }

@@ -310,11 +310,16 @@ fn shape_errors_are_clear() {
         .forward(&Tensor::zeros(IxDyn(&[2, 3, 28, 28])))
         .unwrap_err();
     assert!(
-        matches!(&e, Error::Shape(m) if m.contains("1 input channels")),
+        matches!(&e, Error::InputShape { expected, got, .. }
+            if expected.contains("1 input channels") && got == &[2, 3, 28, 28]),
         "{e}"
     );
     let e = c.forward(&Tensor::zeros(IxDyn(&[2, 28, 28]))).unwrap_err();
-    assert!(matches!(&e, Error::Shape(m) if m.contains("4-D")), "{e}");
+    assert!(
+        matches!(&e, Error::InputShape { op, expected, got }
+            if op == "Conv2d" && expected.contains("4-D") && got == &[2, 28, 28]),
+        "{e}"
+    );
     let e = c.forward(&Tensor::zeros(IxDyn(&[2, 1, 4, 4]))).unwrap_err();
     assert!(
         matches!(&e, Error::Shape(m) if m.contains("does not fit")),
@@ -335,7 +340,7 @@ fn shape_errors_are_clear() {
         .forward(&Tensor::zeros(IxDyn(&[1, 12, 4, 4])))
         .unwrap_err();
     assert!(
-        matches!(&e, Error::Shape(m) if m.contains("Flatten")),
+        matches!(&e, Error::InputShape { expected, .. } if expected.contains("Flatten")),
         "{e}"
     );
     // The model reports which layer failed.
@@ -343,7 +348,8 @@ fn shape_errors_are_clear() {
         .forward(&Tensor::zeros(IxDyn(&[1, 1, 32, 32])))
         .unwrap_err();
     assert!(
-        matches!(&e, Error::Shape(m) if m.contains("\"fc\"") && m.contains("192")),
+        matches!(&e, Error::InputShape { op, expected, got }
+            if op.contains("\"fc\"") && expected.contains("192") && got == &[1, 300]),
         "{e}"
     );
     let g = Square.backward(
@@ -694,14 +700,36 @@ fn safetensors_rejects_bad_weights() {
         }
         assert_eq!(m, original, "a failed load must leave the model unchanged");
     };
-    // Missing tensor.
+    // Missing tensor, and a tensor of another shape (a transposed fc weight): typed, so that
+    // a caller can tell a file of another architecture from a damaged one.
+    let typed = |bytes: Vec<u8>| {
+        let mut m = original.clone();
+        let e = weights::load_from_bytes(&mut m, &bytes).unwrap_err();
+        assert_eq!(m, original, "a failed load must leave the model unchanged");
+        e
+    };
     let mut t = lenet1_f32_tensors(0.1);
     t.retain(|x| x.0 != "fc.bias");
-    expect(st_file(&t), "\"fc.bias\" is missing");
-    // Wrong shape (transposed fc weight).
+    match typed(st_file(&t)) {
+        Error::MissingWeight { name, available } => {
+            assert_eq!(name, "fc.bias");
+            assert!(available.contains("fc.weight"), "{available}");
+        }
+        e => panic!("expected MissingWeight, got {e}"),
+    }
     let mut t = lenet1_f32_tensors(0.1);
     t[4].2 = vec![192, 10];
-    expect(st_file(&t), "shape [192, 10]");
+    match typed(st_file(&t)) {
+        Error::WeightShape {
+            name,
+            expected,
+            got,
+        } => assert_eq!(
+            (name.as_str(), expected, got),
+            ("fc.weight", vec![10, 192], vec![192, 10])
+        ),
+        e => panic!("expected WeightShape, got {e}"),
+    }
     // NaN / inf.
     let mut t = lenet1_f32_tensors(0.1);
     t[2].3[40..44].copy_from_slice(&f32::NAN.to_le_bytes());

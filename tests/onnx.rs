@@ -199,7 +199,11 @@ fn tensors_must_hold_the_data_their_dims_claim() {
     let opts = onnx::LoadOptions { max_bytes: 1000 };
     assert!(matches!(
         onnx::load_with(path("cryptonets"), &opts),
-        Err(Error::Decode(_))
+        Err(Error::InputTooLarge {
+            size: 1001,
+            limit: 1000,
+            ..
+        })
     ));
 }
 

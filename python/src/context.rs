@@ -283,7 +283,13 @@ impl Context {
             let plain = PlainModulus::Bits(plain_bits);
             let params = match q_primes {
                 None => BfvParams::preset(log_n, plain)?,
-                Some(q) => BfvParams::from_chain(BfvChain { log_n: log_n, plain: plain, primes: q, dnum: dnum.unwrap_or(q), ..Default::default() })?,
+                Some(q) => BfvParams::from_chain(BfvChain {
+                    log_n: log_n,
+                    plain: plain,
+                    primes: q,
+                    dnum: dnum.unwrap_or(q),
+                    ..Default::default()
+                })?,
             };
             let ctx = BfvContext::new(params)?;
             let generated = ctx.keygen()?;

@@ -74,11 +74,16 @@ pub(crate) fn to_py(e: hetensor::Error) -> PyErr {
         | E::ScaleMismatch { .. }
         | E::OutOfLevels { .. }
         | E::ScaleOverflow(_) => LevelError::new_err(msg),
-        E::Decode(_) | E::WrongObject { .. } => DecodeError::new_err(msg),
+        ref d if d.is_decode_failure() => DecodeError::new_err(msg),
+        E::InputTooLarge { .. } => DecodeError::new_err(msg),
         E::KeyMismatch(_) | E::MissingGaloisKey { .. } => KeyMismatchError::new_err(msg),
-        E::Shape(_) | E::TooManyValues { .. } | E::CiphertextSize(_) => ShapeError::new_err(msg),
+        E::Shape(_) | E::InputShape { .. } | E::TooManyValues { .. } | E::CiphertextSize(_) => {
+            ShapeError::new_err(msg)
+        }
         E::NoiseBudgetExhausted { .. } => NoiseBudgetError::new_err(msg),
-        E::Model(_) | E::UnsupportedOp { .. } => ModelError::new_err(msg),
+        E::Model(_) | E::UnsupportedOp { .. } | E::MissingWeight { .. } | E::WeightShape { .. } => {
+            ModelError::new_err(msg)
+        }
         // Python's own: `except FileNotFoundError` / `OSError` work as for `open`.
         E::Io(io) if io.kind() == std::io::ErrorKind::NotFound => {
             pyo3::exceptions::PyFileNotFoundError::new_err(msg)

@@ -161,8 +161,10 @@ def test_errors_keep_messages(ckks, bfv, data):
     A, B = ckks.encrypt(a), ckks.encrypt(b)
     with pytest.raises(he.LevelError, match="out of levels"):
         (A * B * B * B).square()
-    with pytest.raises(he.DecodeError, match="cannot decode"):
+    with pytest.raises(he.DecodeError, match="truncated input"):
         he.Context.from_bytes(b"not a context")
+    with pytest.raises(he.DecodeError, match="bad magic"):
+        he.Context.from_bytes(b"not a context, but long enough for a header")
     blob = bytearray(A.to_bytes())
     blob[100] ^= 1
     with pytest.raises(he.DecodeError):

@@ -26,11 +26,11 @@ impl Graph {
                 .chain(self.shape(*id).iter().copied())
                 .collect();
             if t.shape() != want.as_slice() {
-                return Err(Error::Shape(format!(
-                    "input {:?} must be {want:?} (batch first), got {:?}",
-                    self.name(*id),
-                    t.shape()
-                )));
+                return Err(Error::InputShape {
+                    op: format!("the graph's input {:?}", self.name(*id)),
+                    expected: format!("{want:?} (batch first)"),
+                    got: t.shape().to_vec(),
+                });
             }
             vals[id.0] = Some(t.clone());
         }

@@ -492,11 +492,11 @@ pub(super) fn check_input(
     cts: &[Arc<Ciphertext>],
 ) -> Result<usize> {
     if shape != plan.input_shape() {
-        return Err(Error::Shape(format!(
-            "the model takes samples of shape {:?}, the encrypted input has {:?}",
-            plan.input_shape(),
-            shape
-        )));
+        return Err(Error::InputShape {
+            op: "the model".into(),
+            expected: format!("samples of shape {:?}", plan.input_shape()),
+            got: shape.to_vec(),
+        });
     }
     let first = cts
         .first()

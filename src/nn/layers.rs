@@ -25,23 +25,24 @@ use crate::{Error, Result};
 
 /// Views `x` as a 4-D `NCHW` tensor or explains what was expected.
 fn view4<'a>(x: &'a Tensor, layer: &str) -> Result<ArrayView4<'a, f64>> {
-    x.view().into_dimensionality::<Ix4>().map_err(|_| {
-        Error::Shape(format!(
-            "{layer} expects a 4-D input [batch, channels, height, width], got shape {:?}",
-            x.shape()
-        ))
-    })
+    x.view()
+        .into_dimensionality::<Ix4>()
+        .map_err(|_| Error::InputShape {
+            op: layer.into(),
+            expected: "a 4-D input [batch, channels, height, width]".into(),
+            got: x.shape().to_vec(),
+        })
 }
 
 /// Views `x` as a 2-D `[batch, features]` tensor or explains what was expected.
 fn view2<'a>(x: &'a Tensor, layer: &str) -> Result<ArrayView2<'a, f64>> {
-    x.view().into_dimensionality::<Ix2>().map_err(|_| {
-        Error::Shape(format!(
-            "{layer} expects a 2-D input [batch, features], got shape {:?}; put a Flatten layer \
-             in front of it",
-            x.shape()
-        ))
-    })
+    x.view()
+        .into_dimensionality::<Ix2>()
+        .map_err(|_| Error::InputShape {
+            op: layer.into(),
+            expected: "a 2-D input [batch, features] (put a Flatten layer in front of it)".into(),
+            got: x.shape().to_vec(),
+        })
 }
 
 /// Checks that `grad_out` has the shape the forward pass produces for `x`.
@@ -224,15 +225,21 @@ impl Conv2d {
     pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         self.validate()?;
         let &[n, c, h, w] = input else {
-            return Err(Error::Shape(format!(
-                "Conv2d expects a 4-D input [batch, channels, height, width], got shape {input:?}"
-            )));
+            return Err(Error::InputShape {
+                op: "Conv2d".into(),
+                expected: "a 4-D input [batch, channels, height, width]".into(),
+                got: input.to_vec(),
+            });
         };
         if c != self.in_ch {
-            return Err(Error::Shape(format!(
-                "Conv2d expects {} input channels, got {c} (input shape {input:?})",
-                self.in_ch
-            )));
+            return Err(Error::InputShape {
+                op: "Conv2d".into(),
+                expected: format!(
+                    "[batch, {}, height, width] ({} input channels)",
+                    self.in_ch, self.in_ch
+                ),
+                got: input.to_vec(),
+            });
         }
         let (hp, wp) = (h + 2 * self.padding, w + 2 * self.padding);
         if hp < self.kernel || wp < self.kernel {
@@ -414,10 +421,11 @@ impl AvgPool2d {
     /// Output shape for an `NCHW` input shape.
     pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         let &[n, c, h, w] = input else {
-            return Err(Error::Shape(format!(
-                "AvgPool2d expects a 4-D input [batch, channels, height, width], got shape \
-                 {input:?}"
-            )));
+            return Err(Error::InputShape {
+                op: "AvgPool2d".into(),
+                expected: "a 4-D input [batch, channels, height, width]".into(),
+                got: input.to_vec(),
+            });
         };
         if self.kernel == 0 {
             return Err(Error::Shape("AvgPool2d needs kernel >= 1".into()));
@@ -576,16 +584,19 @@ impl Linear {
     pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         self.validate()?;
         let &[n, f] = input else {
-            return Err(Error::Shape(format!(
-                "Linear expects a 2-D input [batch, features], got shape {input:?}; put a \
-                 Flatten layer in front of it"
-            )));
+            return Err(Error::InputShape {
+                op: "Linear".into(),
+                expected: "a 2-D input [batch, features] (put a Flatten layer in front of it)"
+                    .into(),
+                got: input.to_vec(),
+            });
         };
         if f != self.in_features() {
-            return Err(Error::Shape(format!(
-                "Linear expects {} input features, got {f} (input shape {input:?})",
-                self.in_features()
-            )));
+            return Err(Error::InputShape {
+                op: "Linear".into(),
+                expected: format!("[batch, {}]", self.in_features()),
+                got: input.to_vec(),
+            });
         }
         Ok(vec![n, self.out_features()])
     }

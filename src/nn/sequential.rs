@@ -295,6 +295,11 @@ impl Sequential {
         match e {
             Error::Shape(m) => Error::Shape(format!("layer {name:?}: {m}")),
             Error::Model(m) => Error::Model(format!("layer {name:?}: {m}")),
+            Error::InputShape { op, expected, got } => Error::InputShape {
+                op: format!("layer {name:?} ({op})"),
+                expected,
+                got,
+            },
             other => other,
         }
     }

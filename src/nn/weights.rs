@@ -176,18 +176,16 @@ pub fn load_from_bytes(model: &mut Sequential, bytes: &[u8]) -> Result<()> {
         let pnames = layer.param_names();
         for (pname, mut dst) in pnames.iter().zip(layer.params_mut()) {
             let key = format!("{lname}.{pname}");
-            let t = st.tensor(&key).map_err(|_| {
-                Error::Model(format!(
-                    "tensor {key:?} is missing from the weights file (it has: {})",
-                    sorted_names(&st)
-                ))
+            let t = st.tensor(&key).map_err(|_| Error::MissingWeight {
+                name: key.clone(),
+                available: sorted_names(&st),
             })?;
             if t.shape() != dst.shape() {
-                return Err(Error::Model(format!(
-                    "tensor {key:?} has shape {:?}, the model expects {:?}",
-                    t.shape(),
-                    dst.shape()
-                )));
+                return Err(Error::WeightShape {
+                    name: key,
+                    expected: dst.shape().to_vec(),
+                    got: t.shape().to_vec(),
+                });
             }
             let values = decode(&key, &t)?;
             if let Some((j, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {

@@ -67,11 +67,11 @@ pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Graph> {
     file.take(opts.max_bytes.saturating_add(1))
         .read_to_end(&mut bytes)?;
     if bytes.len() as u64 > opts.max_bytes {
-        return Err(Error::Decode(format!(
-            "{} is larger than {} bytes (LoadOptions::max_bytes)",
-            path.display(),
-            opts.max_bytes
-        )));
+        return Err(Error::InputTooLarge {
+            what: format!("ONNX model {}", path.display()),
+            size: bytes.len() as u64,
+            limit: opts.max_bytes,
+        });
     }
     from_bytes(&bytes).map_err(|e| match e {
         Error::Decode(m) => Error::Decode(format!("{}: {m}", path.display())),

@@ -8,8 +8,10 @@
 //!
 //! Decoding is strict: wrong magic, version, kind or parameters, truncation, trailing bytes,
 //! a wrong checksum, counts that the parameters do not allow and residues `≥ q` are all
-//! [`Error::Decode`] (or [`Error::ParameterMismatch`] for another context's object,
-//! [`Error::WrongObject`] for another kind of object), never a
+//! typed errors ([`Error::Truncated`] for bytes that end early, [`Error::ChecksumMismatch`],
+//! [`Error::FormatVersion`], [`Error::ParameterMismatch`] for another context's object,
+//! [`Error::WrongObject`] for another kind of object, [`Error::Decode`] for the rest;
+//! [`Error::is_decode_failure`] groups those the bytes caused), never a
 //! panic, and nothing is allocated on the strength of a length field alone: sizes come from
 //! the validated parameters, and a compressed body may inflate at most [`MAX_EXPANSION`]-fold.
 //!
@@ -272,11 +274,11 @@ pub(crate) fn read_framed<T>(
     src.read_exact(&mut stored)
         .map_err(|e| wire::map_read_error(e, "checksum"))?;
     if u32::from_le_bytes(stored) != computed {
-        return Err(Error::Decode(format!(
-            "checksum mismatch ({:08x} stored, {computed:08x} computed): the {kind:?} was \
-             corrupted in storage or transit",
-            u32::from_le_bytes(stored)
-        )));
+        return Err(Error::ChecksumMismatch {
+            what: format!("{kind:?}"),
+            stored: u32::from_le_bytes(stored),
+            computed,
+        });
     }
     Ok(value)
 }

@@ -102,17 +102,11 @@ impl Header {
             ));
         }
         let version = u16::from_le_bytes([b[4], b[5]]);
-        if version == 1 {
-            return Err(Error::Decode(
-                "format version 1 (written by an older hetensor, without checksums or key-set \
-                 identifiers) is no longer read; re-serialize the object with this version"
-                    .into(),
-            ));
-        }
         if version != FORMAT_VERSION {
-            return Err(Error::Decode(format!(
-                "format version {version}; this build reads version {FORMAT_VERSION}"
-            )));
+            return Err(Error::FormatVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         let kind = Kind::from_u8(b[6])?;
         if b[7] & !FLAG_ZSTD != 0 {
@@ -156,7 +150,7 @@ pub(crate) fn map_read_error(e: io::Error, what: &str) -> Error {
         return Error::Io(inner);
     }
     match e.kind() {
-        io::ErrorKind::UnexpectedEof => Error::Decode(format!("truncated input (in {what})")),
+        io::ErrorKind::UnexpectedEof => Error::Truncated { what: what.into() },
         io::ErrorKind::InvalidData | io::ErrorKind::Other => {
             Error::Decode(format!("corrupt input (in {what}): {e}"))
         }

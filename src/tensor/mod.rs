@@ -70,10 +70,11 @@ impl CipherTensor<Ciphertext> {
         x: &ArrayD<f64>,
     ) -> Result<Self> {
         if x.ndim() < 2 {
-            return Err(Error::Shape(format!(
-                "expected [batch, ...features], got shape {:?}",
-                x.shape()
-            )));
+            return Err(Error::InputShape {
+                op: "batched encryption".into(),
+                expected: "[batch, ...features]".into(),
+                got: x.shape().to_vec(),
+            });
         }
         let batch = x.shape()[0];
         if batch == 0 || batch > ctx.slots() {
@@ -115,10 +116,11 @@ impl CipherTensor<Ciphertext> {
         x: &ArrayD<f64>,
     ) -> Result<Self> {
         if x.ndim() < 2 || x.shape()[0] != 1 {
-            return Err(Error::Shape(format!(
-                "the packed layout takes one sample [1, ...features], got shape {:?}",
-                x.shape()
-            )));
+            return Err(Error::InputShape {
+                op: "packed encryption".into(),
+                expected: "one sample [1, ...features]".into(),
+                got: x.shape().to_vec(),
+            });
         }
         let shape = x.shape()[1..].to_vec();
         let positions = packed_input_positions(&shape, ctx.slots())?;

@@ -248,8 +248,9 @@ fn encode_cts(ctx: &RlweContext, cts: &[Ciphertext], out: &mut Vec<u8>) -> Resul
 
 fn decode_cts(ctx: &RlweContext, r: &mut &[u8]) -> Result<Vec<Ciphertext>> {
     let mut n = [0u8; 4];
-    r.read_exact(&mut n)
-        .map_err(|_| Error::Decode("truncated ciphertext count".into()))?;
+    r.read_exact(&mut n).map_err(|_| Error::Truncated {
+        what: "ciphertext count".into(),
+    })?;
     let n = u32::from_le_bytes(n) as usize;
     // Each ciphertext takes more than a header: the count cannot exceed the bytes left.
     if n > r.len() / serialize::HEADER_LEN {
@@ -450,7 +451,7 @@ fn context(pc: Option<&PublicContext<CkksContext>>) -> Result<&PublicContext<Ckk
 fn read_u32(r: &mut &[u8], what: &str) -> Result<u32> {
     let mut b = [0u8; 4];
     r.read_exact(&mut b)
-        .map_err(|_| Error::Decode(format!("truncated {what}")))?;
+        .map_err(|_| Error::Truncated { what: what.into() })?;
     Ok(u32::from_le_bytes(b))
 }
 
@@ -507,7 +508,9 @@ fn run_job(
     let mut r = payload;
     let len = read_u32(&mut r, "job")? as usize;
     if len > r.len() {
-        return Err(Error::Decode("truncated task".into()));
+        return Err(Error::Truncated {
+            what: "task".into(),
+        });
     }
     let task: Task =
         serde_json::from_slice(&r[..len]).map_err(|e| Error::Decode(format!("task: {e}")))?;
@@ -777,8 +780,9 @@ fn job_bytes(
 fn shard_result(ctx: &RlweContext, bytes: &[u8]) -> Result<ShardResult> {
     let mut r = bytes;
     let mut secs = [0u8; 8];
-    r.read_exact(&mut secs)
-        .map_err(|_| Error::Decode("truncated result".into()))?;
+    r.read_exact(&mut secs).map_err(|_| Error::Truncated {
+        what: "result".into(),
+    })?;
     Ok(ShardResult {
         outputs: decode_cts(ctx, &mut r)?,
         compute_seconds: f64::from_le_bytes(secs),
