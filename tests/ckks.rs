@@ -569,3 +569,68 @@ fn context_builder_is_shared_by_both_schemes() {
         Err(Error::InvalidParameters(_))
     ));
 }
+
+/// The CPU's fused decryption (`decrypt_phase`: `c_0 + c_1·s` read in place, each limb
+/// inverse-transformed while in cache) returns the words of the composition every other
+/// backend runs (select the key's limbs, copy, `mul_acc`, inverse NTT), on the sequential and
+/// the parallel path, for a ciphertext below the top level against a key on all limbs.
+#[test]
+fn fused_decrypt_phase_matches_its_composition() {
+    use hetensor::backend::{Backend, CpuBackend, Repr};
+    let cpu = CpuBackend::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for log_n in [10, 13, 16] {
+        let params = CkksParams::single_prime(SinglePrimeChain {
+            log_n,
+            levels: 4,
+            scale_bits: 25,
+            security: Security::InsecureForTestingOnly,
+            ..Default::default()
+        })
+        .unwrap();
+        let ctx = CkksContext::new(params).unwrap();
+        let ring = ctx.rlwe().ring();
+        let n = 1usize << log_n;
+        let all: Vec<usize> = (0..ring.moduli().len()).collect();
+        let mut words = |limbs: &[usize], count: usize| -> Vec<u32> {
+            (0..count)
+                .flat_map(|_| limbs.iter())
+                .flat_map(|&l| {
+                    let q = ring.modulus(l).value() as u64;
+                    (0..n).map(|_| (next() % q) as u32).collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let key = cpu
+            .upload(words(&all, 1), all.clone().into(), 1, n, Repr::Ntt)
+            .unwrap();
+        for limbs in [vec![0, 1, 2], vec![1, 3, 4], vec![0, 1, 2, 3, 4]] {
+            let ct = cpu
+                .upload(words(&limbs, 2), limbs.clone().into(), 2, n, Repr::Ntt)
+                .unwrap();
+            let fused = cpu.decrypt_phase(ring, &ct, &key).unwrap();
+            let s = cpu.select_limbs(&key, limbs.clone().into()).unwrap();
+            let mut want = cpu.slice_polys(&ct, 0, 1).unwrap();
+            let c1 = cpu.slice_polys(&ct, 1, 1).unwrap();
+            cpu.mul_acc(ring, &mut want, &c1, &s).unwrap();
+            cpu.ntt_inverse(ring, &mut want).unwrap();
+            assert_eq!(fused.repr(), Repr::Coeff);
+            assert_eq!(
+                cpu.download(&fused).unwrap(),
+                cpu.download(&want).unwrap(),
+                "N = 2^{log_n}, limbs {limbs:?}"
+            );
+        }
+        // A coefficient-domain ciphertext is refused, not decrypted wrongly.
+        let coeff = cpu
+            .upload(words(&[0], 2), vec![0].into(), 2, n, Repr::Coeff)
+            .unwrap();
+        assert!(cpu.decrypt_phase(ring, &coeff, &key).is_err());
+    }
+}

@@ -227,6 +227,26 @@ pub trait Backend: Send + Sync + Debug {
         Ok(out)
     }
 
+    /// Decryption's ring work for a size-2 ciphertext: the phase `c_0 + c_1·s` in the
+    /// coefficient domain, from `ct` (count 2, NTT domain) and the secret `s` (count 1, NTT
+    /// domain, on a superset of `ct`'s limbs). The default selects `s`'s limbs into a copy
+    /// that is wiped on drop, copies `c_0` and `c_1` out, accumulates and transforms; the CPU
+    /// reads `c_0`, `c_1` and `s` in place and transforms each limb while it is in cache.
+    fn decrypt_phase(
+        &self,
+        ring: &RingContext,
+        ct: &PolyBatch,
+        s: &PolyBatch,
+    ) -> Result<PolyBatch> {
+        check_phase(ct, s)?;
+        let s = zeroize::Zeroizing::new(self.select_limbs(s, ct.limbs.clone())?);
+        let mut acc = self.slice_polys(ct, 0, 1)?;
+        let c1 = self.slice_polys(ct, 1, 1)?;
+        self.mul_acc(ring, &mut acc, &c1, &s)?;
+        self.ntt_inverse(ring, &mut acc)?;
+        Ok(acc)
+    }
+
     /// `a -= b`.
     fn sub_assign(&self, ring: &RingContext, a: &mut PolyBatch, b: &PolyBatch) -> Result<()>;
 
@@ -905,6 +925,24 @@ pub(crate) fn limb_positions(p: &PolyBatch, limbs: &[usize]) -> Result<Vec<usize
                 .ok_or_else(|| Error::InvalidInput(format!("select_limbs: limb {l} not present")))
         })
         .collect()
+}
+
+/// Validates [`Backend::decrypt_phase`]'s operands: a size-2 NTT-domain ciphertext and one
+/// NTT-domain secret polynomial of the same degree.
+pub(crate) fn check_phase(ct: &PolyBatch, s: &PolyBatch) -> Result<()> {
+    if ct.count != 2 || s.count != 1 || ct.n != s.n {
+        return Err(Error::CiphertextSize(format!(
+            "decrypt_phase takes a size-2 ciphertext and one secret polynomial of its degree, \
+             got {} and {} polynomials of degrees {} and {}",
+            ct.count, s.count, ct.n, s.n
+        )));
+    }
+    if ct.repr != Repr::Ntt || s.repr != Repr::Ntt {
+        return Err(Error::InvalidInput(
+            "decrypt_phase takes NTT-domain operands".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Validates [`Backend::slice_polys`]'s range.

@@ -13,9 +13,9 @@ use rayon::prelude::*;
 
 use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_key_switch,
-    check_mul_acc, check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
-    key_switch_ext_reference, key_switch_reference, limb_positions, limb_scalars, Backend, Buffer,
-    KeySwitchPlan, PolyBatch, Repr,
+    check_mul_acc, check_ntt, check_phase, check_ring, check_scale_and_round, check_slice,
+    check_tensor_product, key_switch_ext_reference, key_switch_reference, limb_positions,
+    limb_scalars, Backend, Buffer, KeySwitchPlan, PolyBatch, Repr,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, RingContext, ScaleRounder};
@@ -222,6 +222,48 @@ impl Backend for CpuBackend {
             a.count,
             n,
             a.repr,
+        ))
+    }
+
+    fn decrypt_phase(
+        &self,
+        ring: &RingContext,
+        ct: &PolyBatch,
+        s: &PolyBatch,
+    ) -> Result<PolyBatch> {
+        check_phase(ct, s)?;
+        check_ring(ring, ct)?;
+        let pos = limb_positions(s, &ct.limbs)?;
+        let (n, nl) = (ct.n, ct.limbs.len());
+        let (cw, sw) = (host(ct)?, host(s)?);
+        let limbs = &ct.limbs;
+        let mut out: Vec<u32> = Vec::with_capacity(nl * n);
+        // One limb at a time: its phase is written and inverse-transformed while in cache.
+        let body = |(l, o): (usize, &mut [MaybeUninit<u32>])| {
+            let m = ring.modulus(limbs[l]);
+            let (c0, c1) = (&cw[l * n..][..n], &cw[(nl + l) * n..][..n]);
+            let key = &sw[pos[l] * n..][..n];
+            for (((o, &a), &b), &k) in o.iter_mut().zip(c0).zip(c1).zip(key) {
+                o.write(m.mul_add_reduced(b, k, a));
+            }
+            // SAFETY: the loop above wrote all n words of `o` (c0, c1 and key hold n each).
+            let o = unsafe { &mut *(o as *mut [MaybeUninit<u32>] as *mut [u32]) };
+            ring.plan(limbs[l]).inverse(o);
+        };
+        let spare = &mut out.spare_capacity_mut()[..nl * n];
+        if nl * n <= SEQUENTIAL_WORDS {
+            spare.chunks_mut(n).enumerate().for_each(body);
+        } else {
+            spare.par_chunks_mut(n).enumerate().for_each(body);
+        }
+        // SAFETY: every limb's chunk of `out[..nl·n]` was fully written by `body`.
+        unsafe { out.set_len(nl * n) };
+        Ok(PolyBatch::from_parts(
+            Buffer::Host(out),
+            ct.limbs.clone(),
+            1,
+            n,
+            Repr::Coeff,
         ))
     }
 
