@@ -1,6 +1,8 @@
-//! The plaintext `f64` interpreter: direct loops, no tricks, since it is the oracle.
+//! The plaintext `f64` interpreter: direct loops, no tricks, since it is the oracle (samples
+//! run in parallel; each output sums its taps in the same order whatever the thread).
 
 use ndarray::{Axis, Ix2, IxDyn};
+use rayon::prelude::*;
 
 use super::{Conv, Graph, Op, Pool};
 use crate::nn::Tensor;
@@ -185,29 +187,34 @@ pub(crate) fn pool_window(
 }
 
 /// Each sample's `[C, H, W]` values, row-major, and the output `[batch, C', oh, ow]` filled by
-/// `f(channel, oy, ox, sample values)`.
-fn per_output(
-    x: &Tensor,
-    out: [usize; 3],
-    f: impl Fn(usize, usize, usize) -> Box<dyn Fn(&[f64]) -> f64>,
-) -> Tensor {
+/// `f(channel, oy, ox)`, a function of one sample's values. The functions are built once and
+/// run sample by sample (a sample's values stay in cache), samples in parallel.
+fn per_output(x: &Tensor, out: [usize; 3], f: impl Fn(usize, usize, usize) -> OutputFn) -> Tensor {
     let b = x.shape()[0];
-    let per = x.len() / b.max(1);
-    let xs: Vec<f64> = x.iter().copied().collect();
     let [c, oh, ow] = out;
-    let mut y = Tensor::zeros(IxDyn(&[b, c, oh, ow]));
-    for ch in 0..c {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let g = f(ch, oy, ox);
-                for n in 0..b {
-                    y[[n, ch, oy, ox]] = g(&xs[n * per..(n + 1) * per]);
+    let per_sample = c * oh * ow;
+    let fs: Vec<OutputFn> = (0..c)
+        .flat_map(|ch| (0..oh).flat_map(move |oy| (0..ow).map(move |ox| (ch, oy, ox))))
+        .map(|(ch, oy, ox)| f(ch, oy, ox))
+        .collect();
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("a standard-layout array is contiguous");
+    let per = xs.len() / b.max(1);
+    let mut y = vec![0.0; b * per_sample];
+    if per > 0 && per_sample > 0 {
+        y.par_chunks_mut(per_sample)
+            .zip(xs.par_chunks(per))
+            .for_each(|(ys, sample)| {
+                for (v, g) in ys.iter_mut().zip(&fs) {
+                    *v = g(sample);
                 }
-            }
-        }
+            });
     }
-    y
+    Tensor::from_shape_vec(IxDyn(&[b, c, oh, ow]), y).expect("b·c·oh·ow values")
 }
+
+/// One output value as a function of one sample's values.
+type OutputFn = Box<dyn Fn(&[f64]) -> f64 + Send + Sync>;
 
 fn conv(cv: &Conv, x: &Tensor) -> Tensor {
     let (h, w) = (x.shape()[2], x.shape()[3]);
