@@ -58,6 +58,22 @@ fn interpreter_matches_onnxruntime() {
         let d_raw = max_abs_diff(&raw, &want);
         println!("{name}: max |hetensor - onnxruntime| = {d:.2e} (unsimplified {d_raw:.2e})");
         assert!(d < 1e-5 && d_raw < 1e-5, "{name}: {d} / {d_raw}");
+        // Chunked runs (bounded intermediates) give the same words as one run of the batch.
+        let x = reference(name).0;
+        let many = ndarray::concatenate(
+            ndarray::Axis(0),
+            &(0..7).map(|_| x.view()).collect::<Vec<_>>(),
+        )
+        .unwrap()
+        .mapv(|v| v * 0.9 + 0.01);
+        let whole = g.run(std::slice::from_ref(&many)).unwrap().remove(0);
+        for chunk in [1, 3, 1000] {
+            let parts = g
+                .run_chunked(std::slice::from_ref(&many), chunk)
+                .unwrap()
+                .remove(0);
+            assert_eq!(parts, whole, "{name}, chunks of {chunk}");
+        }
     }
 }
 

@@ -186,7 +186,7 @@ impl Model {
     ) -> PyResult<Bound<'py, PyAny>> {
         let x = x.as_array().to_owned();
         let y = heavy(py, || {
-            let mut out = self.graph.run(&[x])?;
+            let mut out = self.graph.run_chunked(&[x], 512)?;
             Ok(out.swap_remove(0))
         })?;
         Ok(y.into_pyarray(py).into_any())

@@ -387,7 +387,7 @@ pub fn run(args: InferArgs) -> Result<()> {
             }
             _ => return Err(Error::Model("no back end".into())),
         };
-        let plain = flat(graph.run(&[x])?.remove(0))?;
+        let plain = flat(graph.run_chunked(&[x], 512)?.remove(0))?;
         let (pe, pp) = (argmax_rows(&enc), argmax_rows(&plain));
         for i in 0..(hi - lo) {
             if let Some(l) = &labels {

@@ -9,6 +9,33 @@ use crate::nn::Tensor;
 use crate::{Error, Result};
 
 impl Graph {
+    /// [`Self::run`] on `chunk` samples at a time, the outputs concatenated: the same values,
+    /// with intermediates the size of one chunk instead of the whole batch (every op acts on
+    /// each sample alone).
+    pub fn run_chunked(&self, inputs: &[Tensor], chunk: usize) -> Result<Vec<Tensor>> {
+        let batch = inputs
+            .first()
+            .map_or(0, |t| t.shape().first().copied().unwrap_or(0));
+        if batch <= chunk || inputs.iter().any(|t| t.shape().first() != Some(&batch)) {
+            return self.run(inputs);
+        }
+        let mut parts: Vec<Vec<Tensor>> = Vec::new();
+        for start in (0..batch).step_by(chunk.max(1)) {
+            let end = (start + chunk.max(1)).min(batch);
+            let slice: Vec<Tensor> = inputs
+                .iter()
+                .map(|t| t.slice_axis(Axis(0), (start..end).into()).to_owned())
+                .collect();
+            parts.push(self.run(&slice)?);
+        }
+        (0..self.outputs.len())
+            .map(|o| {
+                let views: Vec<_> = parts.iter().map(|p| p[o].view()).collect();
+                ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Shape(e.to_string()))
+            })
+            .collect()
+    }
+
     /// Runs the graph on one tensor per input (`[batch, ...shape]`, one batch for all) and
     /// returns one tensor per output.
     pub fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
