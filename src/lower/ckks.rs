@@ -3,8 +3,10 @@
 //! Every instruction runs in parallel over its output features; each group of dense outputs
 //! that share inputs is one backend `linear_combinations` call. Tensors are vectors of shared
 //! ciphertexts, so layout changes copy pointers, not polynomials, and a tensor is freed after
-//! the last instruction that reads it.
+//! the last instruction that reads it. A caller's input can be borrowed ([`Ct::Input`]): the
+//! Python binding keeps its tensor, which was cloned into the plan before.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +19,46 @@ use crate::rlwe::{Ciphertext, RelinKey};
 use crate::tensor::CipherTensor;
 use crate::{Error, Result};
 
-type Tensor = Vec<Arc<Ciphertext>>;
+/// A ciphertext in a plan slot: one the plan computed (shared by the slot's readers), or one
+/// of the caller's inputs, borrowed for the call.
+#[derive(Clone, Debug)]
+pub(super) enum Ct<'a> {
+    /// Computed by the plan.
+    Own(Arc<Ciphertext>),
+    /// The caller's.
+    Input(&'a Ciphertext),
+}
+
+impl Deref for Ct<'_> {
+    type Target = Ciphertext;
+    fn deref(&self) -> &Ciphertext {
+        match self {
+            Ct::Own(c) => c,
+            Ct::Input(c) => c,
+        }
+    }
+}
+
+impl Ct<'_> {
+    /// The ciphertext as a shared one (a borrowed input is copied: only when a plan returns
+    /// its input unchanged).
+    fn into_arc(self) -> Arc<Ciphertext> {
+        match self {
+            Ct::Own(c) => c,
+            Ct::Input(c) => Arc::new(c.clone()),
+        }
+    }
+}
+
+type Tensor<'a> = Vec<Ct<'a>>;
+
+/// What the shared steps return (the packed back end's tensors, too).
+pub(super) type Computed = Vec<Arc<Ciphertext>>;
+
+/// Computed ciphertexts as slot entries.
+fn own<'a>(cts: Vec<Arc<Ciphertext>>) -> Tensor<'a> {
+    cts.into_iter().map(Ct::Own).collect()
+}
 
 /// Seconds spent per graph node in an encrypted forward pass, in execution order.
 #[derive(Clone, Debug, Default)]
@@ -80,8 +121,8 @@ impl<'a> CkksBatched<'a> {
     }
 
     /// [`Self::forward_with`] on the ciphertexts of a tensor of per-sample `shape` and `batch`
-    /// samples, borrowed: a caller that keeps its input (the Python binding) holds one copy
-    /// of it fewer than with a [`CipherTensor`] built for the call.
+    /// samples, borrowed for the call, not copied: a caller that keeps its input (the Python
+    /// binding) adds nothing to the pass's memory but the input it holds anyway.
     pub fn forward_ciphertexts(
         &self,
         shape: &[usize],
@@ -90,7 +131,7 @@ impl<'a> CkksBatched<'a> {
         progress: &Progress,
         timing: Option<&mut LayerTiming>,
     ) -> Result<CipherTensor> {
-        let input = cts.iter().cloned().map(Arc::new).collect();
+        let input = cts.iter().map(Ct::Input).collect();
         self.run(shape, batch, input, progress, timing)
     }
 
@@ -103,7 +144,7 @@ impl<'a> CkksBatched<'a> {
         timing: Option<&mut LayerTiming>,
     ) -> Result<CipherTensor> {
         let (shape, batch) = (x.shape().to_vec(), x.batch());
-        let input = x.into_ciphertexts().into_iter().map(Arc::new).collect();
+        let input = own(x.into_ciphertexts().into_iter().map(Arc::new).collect());
         self.run(&shape, batch, input, progress, timing)
     }
 
@@ -112,7 +153,7 @@ impl<'a> CkksBatched<'a> {
         &self,
         shape: &[usize],
         batch: usize,
-        cts: Tensor,
+        cts: Tensor<'_>,
         progress: &Progress,
         timing: Option<&mut LayerTiming>,
     ) -> Result<CipherTensor> {
@@ -125,17 +166,17 @@ impl<'a> CkksBatched<'a> {
         let cts = out
             .into_par_iter()
             .zip(&plan.output_fold)
-            .map(|(c, &f)| unfold(ctx, c, f))
+            .map(|(c, &f)| unfold(ctx, c.into_arc(), f))
             .collect::<Result<Vec<_>>>()?;
         CipherTensor::from_ciphertexts(plan.output_shape().to_vec(), batch, cts)
     }
 
-    fn exec(&self, ins: &Instr, top: usize, slots: &mut [Option<Tensor>]) -> Result<()> {
+    fn exec<'i>(&self, ins: &Instr, top: usize, slots: &mut [Option<Tensor<'i>>]) -> Result<()> {
         let ctx = self.ctx;
         match ins {
             Instr::Rescale { slot } => {
                 let t = take(slots, *slot)?;
-                slots[*slot] = Some(rescale_all(ctx, self.rk, &t)?);
+                slots[*slot] = Some(own(rescale_all(ctx, self.rk, &t)?));
             }
             Instr::Align {
                 src,
@@ -154,7 +195,7 @@ impl<'a> CkksBatched<'a> {
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                slots[*dst] = Some(out);
+                slots[*dst] = Some(own(out));
             }
             Instr::Sum {
                 args, rows, dst, ..
@@ -181,14 +222,14 @@ impl<'a> CkksBatched<'a> {
             }
             Instr::Mul { a, b, pairs, dst } => {
                 let out = products(ctx, get(slots, *a)?, get(slots, *b)?, pairs)?;
-                slots[*dst] = Some(out);
+                slots[*dst] = Some(own(out));
             }
             Instr::Quad { src, rows, dst } => {
                 let x = get(slots, *src)?;
                 let out = x
                     .par_iter()
                     .zip(rows)
-                    .map(|(c, &q)| self.quad(c, q).map(Arc::new))
+                    .map(|(c, &q)| self.quad(c, q).map(|c| Ct::Own(Arc::new(c))))
                     .collect::<Result<Vec<_>>>()?;
                 slots[*dst] = Some(out);
             }
@@ -208,12 +249,12 @@ impl<'a> CkksBatched<'a> {
                     .par_iter()
                     .map(|p| {
                         // This part's squares, by dense output.
-                        let mut sq: Vec<(u32, Arc<Ciphertext>)> = Vec::new();
+                        let mut sq: Vec<(u32, Ct<'i>)> = Vec::new();
                         for &g in &p.groups {
                             for (j, c) in
                                 self.dense_group(&feats, &groups[g as usize], bias, const_scale)?
                             {
-                                sq.push((j, Arc::new(self.quad(&c, quad[j as usize])?)));
+                                sq.push((j, Ct::Own(Arc::new(self.quad(&c, quad[j as usize])?))));
                             }
                         }
                         let feat = |i: u32| {
@@ -227,7 +268,11 @@ impl<'a> CkksBatched<'a> {
                                 let s = self.sum_row(feat, &rows[r as usize])?;
                                 Ok((
                                     r as usize,
-                                    if *rescale { Arc::new(self.pay(&s)?) } else { s },
+                                    if *rescale {
+                                        Ct::Own(Arc::new(self.pay(&s)?))
+                                    } else {
+                                        s
+                                    },
                                 ))
                             })
                             .collect::<Result<Vec<_>>>()
@@ -242,7 +287,7 @@ impl<'a> CkksBatched<'a> {
                 dst,
             } => {
                 let out = polynomials(ctx, self.rk, get(slots, *src)?, coeffs, top - depth)?;
-                slots[*dst] = Some(out);
+                slots[*dst] = Some(own(out));
             }
         }
         Ok(())
@@ -269,11 +314,11 @@ impl<'a> CkksBatched<'a> {
     }
 
     /// One row of a free sum; `feat(i)` is the row's `i`-th input feature.
-    fn sum_row<'f>(
+    fn sum_row<'f, 'i: 'f>(
         &self,
-        feat: impl Fn(u32) -> Result<&'f Arc<Ciphertext>>,
+        feat: impl Fn(u32) -> Result<&'f Ct<'i>>,
         r: &SumRow,
-    ) -> Result<Arc<Ciphertext>> {
+    ) -> Result<Ct<'i>> {
         let (first, k) = r.terms[0];
         let first = feat(first)?;
         if r.terms.len() == 1 && k == 1 && r.add == 0.0 {
@@ -285,16 +330,16 @@ impl<'a> CkksBatched<'a> {
             .map(|&(i, k)| Ok((&**feat(i)?, k)))
             .collect::<Result<Vec<(&Ciphertext, i64)>>>()?;
         let acc = int_combination(self.ctx, &terms)?;
-        Ok(Arc::new(if r.add != 0.0 {
+        Ok(Ct::Own(Arc::new(if r.add != 0.0 {
             self.ctx.add_scalar(&acc, r.add)?
         } else {
             acc
-        }))
+        })))
     }
 
     /// The constant scale of a dense map's weights on `feats`: what makes its rescale land on
     /// the next level's natural scale (or, `terminal`, lower, to hold the output bound).
-    fn dense_scale(&self, feats: &[&Arc<Ciphertext>], terminal: bool) -> Result<f64> {
+    fn dense_scale(&self, feats: &[&Ct<'_>], terminal: bool) -> Result<f64> {
         let first = feats
             .first()
             .ok_or_else(|| Error::Shape("a dense map of no inputs".into()))?;
@@ -308,7 +353,7 @@ impl<'a> CkksBatched<'a> {
     /// One group of a dense map's outputs, rescaled, bias added: (output feature, ciphertext).
     fn dense_group(
         &self,
-        feats: &[&Arc<Ciphertext>],
+        feats: &[&Ct<'_>],
         g: &Group,
         bias: &[f64],
         const_scale: f64,
@@ -330,14 +375,14 @@ impl<'a> CkksBatched<'a> {
             .collect()
     }
 
-    fn dense(
+    fn dense<'i>(
         &self,
-        feats: &[&Arc<Ciphertext>],
+        feats: &[&Ct<'_>],
         groups: &[Group],
         bias: &[f64],
         outputs: usize,
         terminal: bool,
-    ) -> Result<Tensor> {
+    ) -> Result<Tensor<'i>> {
         let const_scale = self.dense_scale(feats, terminal)?;
         let computed = groups
             .par_iter()
@@ -345,7 +390,7 @@ impl<'a> CkksBatched<'a> {
                 let outs = self.dense_group(feats, g, bias, const_scale)?;
                 Ok(outs
                     .into_iter()
-                    .map(|(j, c)| (j as usize, Arc::new(c)))
+                    .map(|(j, c)| (j as usize, Ct::Own(Arc::new(c))))
                     .collect::<Vec<_>>())
             })
             .collect::<Result<Vec<_>>>()?;
@@ -354,11 +399,8 @@ impl<'a> CkksBatched<'a> {
 }
 
 /// `outputs` ciphertexts from (index, ciphertext) pairs; an error if one is missing.
-fn scatter(
-    items: impl Iterator<Item = (usize, Arc<Ciphertext>)>,
-    outputs: usize,
-) -> Result<Tensor> {
-    let mut out: Vec<Option<Arc<Ciphertext>>> = vec![None; outputs];
+fn scatter<T: Clone>(items: impl Iterator<Item = (usize, T)>, outputs: usize) -> Result<Vec<T>> {
+    let mut out: Vec<Option<T>> = vec![None; outputs];
     for (j, c) in items {
         out[j] = Some(c);
     }
@@ -371,7 +413,10 @@ fn scatter(
 
 /// Pays deferred rescales ([`CkksContext::pay_rescale`]: a product's relinearization and
 /// rescale share one ModDown).
-pub(super) fn rescale_all(ctx: &CkksContext, rk: &RelinKey, t: &Tensor) -> Result<Tensor> {
+pub(super) fn rescale_all<C>(ctx: &CkksContext, rk: &RelinKey, t: &[C]) -> Result<Computed>
+where
+    C: Deref<Target = Ciphertext> + Sync,
+{
     par_map(t, |c| ctx.pay_rescale(c, rk))
 }
 
@@ -397,17 +442,20 @@ pub(super) fn align_one(
 }
 
 /// `xa[i] · xb[j]` for each pair, not relinearized (a square when both are one ciphertext).
-pub(super) fn products(
+pub(super) fn products<C>(
     ctx: &CkksContext,
-    xa: &Tensor,
-    xb: &Tensor,
+    xa: &[C],
+    xb: &[C],
     pairs: &[(u32, u32)],
-) -> Result<Tensor> {
+) -> Result<Computed>
+where
+    C: Deref<Target = Ciphertext> + Sync,
+{
     pairs
         .par_iter()
         .map(|&(i, j)| {
             let (ca, cb) = (&xa[i as usize], &xb[j as usize]);
-            if Arc::ptr_eq(ca, cb) {
+            if std::ptr::eq::<Ciphertext>(&**ca, &**cb) {
                 ctx.square(ca)
             } else {
                 ctx.multiply(ca, cb)
@@ -418,13 +466,16 @@ pub(super) fn products(
 }
 
 /// One polynomial per ciphertext, ending at `level` at its natural scale.
-pub(super) fn polynomials(
+pub(super) fn polynomials<C>(
     ctx: &CkksContext,
     rk: &RelinKey,
-    x: &Tensor,
+    x: &[C],
     coeffs: &[Vec<f64>],
     level: usize,
-) -> Result<Tensor> {
+) -> Result<Computed>
+where
+    C: Deref<Target = Ciphertext> + Sync,
+{
     let target = ctx.natural_scale(level);
     x.par_iter()
         .zip(coeffs)
@@ -485,11 +536,11 @@ pub(super) fn dense_scale(
 /// Checks that an input of per-sample `shape` in ciphertexts `cts` is what `plan` takes: its
 /// shape, enough levels, the natural scale of its level (which the plan's alignments assume);
 /// returns its level.
-pub(super) fn check_input(
+pub(super) fn check_input<C: Deref<Target = Ciphertext>>(
     plan: &Plan,
     ctx: &CkksContext,
     shape: &[usize],
-    cts: &[Arc<Ciphertext>],
+    cts: &[C],
 ) -> Result<usize> {
     if shape != plan.input_shape() {
         return Err(Error::InputShape {
@@ -581,7 +632,7 @@ pub(super) fn get<T>(slots: &[Option<T>], s: usize) -> Result<&T> {
 }
 
 /// The features of `args`, concatenated.
-fn gather<'s>(slots: &'s [Option<Tensor>], args: &[usize]) -> Result<Vec<&'s Arc<Ciphertext>>> {
+fn gather<'s, 'a>(slots: &'s [Option<Tensor<'a>>], args: &[usize]) -> Result<Vec<&'s Ct<'a>>> {
     let mut out = Vec::new();
     for &a in args {
         out.extend(get(slots, a)?.iter());
@@ -589,8 +640,9 @@ fn gather<'s>(slots: &'s [Option<Tensor>], args: &[usize]) -> Result<Vec<&'s Arc
     Ok(out)
 }
 
-fn par_map<F>(t: &Tensor, f: F) -> Result<Tensor>
+fn par_map<C, F>(t: &[C], f: F) -> Result<Computed>
 where
+    C: Deref<Target = Ciphertext> + Sync,
     F: Fn(&Ciphertext) -> Result<Ciphertext> + Sync + Send,
 {
     t.par_iter().map(|c| f(c).map(Arc::new)).collect()
