@@ -232,6 +232,8 @@ impl Context {
     /// about SEAL's rotation precision (20 bits at 2^40) instead of a fresh encryption's.
     #[staticmethod]
     #[pyo3(signature = (depth=3, scale_bits=40, log_n=None, slots=None, rotations=None, preset=false, extra_special_primes=None))]
+    // Python keyword arguments, all optional: a builder would not be Pythonic here.
+    #[allow(clippy::too_many_arguments)]
     fn ckks(
         py: Python<'_>,
         depth: usize,
@@ -284,8 +286,8 @@ impl Context {
             let params = match q_primes {
                 None => BfvParams::preset(log_n, plain)?,
                 Some(q) => BfvParams::from_chain(BfvChain {
-                    log_n: log_n,
-                    plain: plain,
+                    log_n,
+                    plain,
                     primes: q,
                     dnum: dnum.unwrap_or(q),
                     ..Default::default()

@@ -17,6 +17,10 @@ use crate::kernel::{Bfv, Ckks, Kernel};
 use crate::{heavy, light, to_py};
 
 /// The scheme-independent part of a tensor.
+/// What [`Core::pair`] returns: the merged batch, the broadcast shape, and each output
+/// feature's index into `self` and into `other`.
+type Paired = (Option<usize>, Vec<usize>, Vec<usize>, Vec<usize>);
+
 pub(crate) struct Core<K: Kernel> {
     pub k: K,
     /// Per-sample shape.
@@ -313,7 +317,9 @@ impl<K: Kernel> Core<K> {
         }
     }
 
-    fn pair(&self, other: &Self) -> Result<(Option<usize>, Vec<usize>, Vec<usize>, Vec<usize>)> {
+    /// The batch, shape and per-operand feature indices of `self ∘ other` (broadcast), after
+    /// checking that both belong to one key set.
+    fn pair(&self, other: &Self) -> Result<Paired> {
         let (a, b) = (self.k.inner(), other.k.inner());
         if a.key_id() != b.key_id() || a.fingerprint() != b.fingerprint() {
             return Err(Error::KeyMismatch(
