@@ -12,6 +12,23 @@ use hetensor::rlwe::{GaloisKeys, PublicKey, RelinKey, SecretKey, Security};
 use hetensor::Error;
 use proptest::prelude::*;
 
+/// A chain at a test ring (not 128-bit secure): N = 2^`log_n`, `primes` ciphertext primes,
+/// `dnum` digits.
+fn insecure(
+    log_n: u32,
+    plain: PlainModulus,
+    primes: usize,
+    dnum: usize,
+) -> hetensor::Result<BfvParams> {
+    BfvParams::from_chain(BfvChain {
+        log_n,
+        plain,
+        primes,
+        dnum,
+        security: Security::InsecureForTestingOnly,
+    })
+}
+
 /// Steps with Galois keys in the shared fixture.
 const STEPS: [i64; 5] = [1, -1, 3, -17, 700];
 
@@ -28,14 +45,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let params = BfvParams::from_chain(BfvChain {
-            log_n: 12,
-            plain: PlainModulus::Bits(20),
-            primes: 4,
-            dnum: 2,
-            security: Security::InsecureForTestingOnly,
-        })
-        .unwrap();
+        let params = insecure(12, PlainModulus::Bits(20), 4, 2).unwrap();
         let ctx = BfvContext::with_seed(params, [7; 32]).unwrap();
         let keys = ctx.keygen().unwrap();
         let (sk, pk, rk) = (keys.secret, keys.public, keys.relin);
@@ -307,14 +317,7 @@ fn preset_2_14_multiply_and_rotate() {
 /// products stay exact for full-range values.
 #[test]
 fn sixty_bit_plain_modulus() {
-    let params = BfvParams::from_chain(BfvChain {
-        log_n: 12,
-        plain: PlainModulus::Bits(60),
-        primes: 6,
-        dnum: 6,
-        security: Security::InsecureForTestingOnly,
-    })
-    .unwrap();
+    let params = insecure(12, PlainModulus::Bits(60), 6, 6).unwrap();
     let ctx = BfvContext::with_seed(params, [60; 32]).unwrap();
     let t = ctx.plain_modulus();
     assert!(t > 1 << 59);
@@ -414,14 +417,7 @@ fn crt_integer_dot_product() {
 #[test]
 fn seeded_contexts_are_bit_identical() {
     let make = || {
-        let params = BfvParams::from_chain(BfvChain {
-            log_n: 12,
-            plain: PlainModulus::Bits(20),
-            primes: 3,
-            dnum: 3,
-            security: Security::InsecureForTestingOnly,
-        })
-        .unwrap();
+        let params = insecure(12, PlainModulus::Bits(20), 3, 3).unwrap();
         let ctx = BfvContext::with_seed(params, [42; 32]).unwrap();
         let keys = ctx.keygen().unwrap();
         let (pk, rk) = (keys.public, keys.relin);
@@ -499,14 +495,7 @@ fn errors_are_reported() {
         }),
         Err(Error::InsecureParameters { .. })
     ));
-    assert!(BfvParams::from_chain(BfvChain {
-        log_n: 13,
-        plain: PlainModulus::Bits(20),
-        primes: 8,
-        dnum: 8,
-        security: Security::InsecureForTestingOnly
-    })
-    .is_ok());
+    assert!(insecure(13, PlainModulus::Bits(20), 8, 8).is_ok());
     assert!(matches!(
         BfvParams::from_chain(BfvChain {
             log_n: 13,
@@ -556,13 +545,7 @@ fn errors_are_reported() {
     ));
     // A plaintext modulus too large for the ciphertext modulus leaves no budget.
     assert!(matches!(
-        BfvParams::from_chain(BfvChain {
-            log_n: 12,
-            plain: PlainModulus::Bits(60),
-            primes: 2,
-            dnum: 1,
-            security: Security::InsecureForTestingOnly
-        }),
+        insecure(12, PlainModulus::Bits(60), 2, 1),
         Err(Error::InvalidParameters(_))
     ));
 }
@@ -571,14 +554,7 @@ fn errors_are_reported() {
 fn mismatched_contexts_are_rejected() {
     let f = fixture();
     // Other primes (3 instead of 4): keys and ciphertexts do not mix.
-    let params = BfvParams::from_chain(BfvChain {
-        log_n: 12,
-        plain: PlainModulus::Bits(20),
-        primes: 3,
-        dnum: 3,
-        security: Security::InsecureForTestingOnly,
-    })
-    .unwrap();
+    let params = insecure(12, PlainModulus::Bits(20), 3, 3).unwrap();
     let other = BfvContext::with_seed(params, [1; 32]).unwrap();
     let other_sk = other.keygen().unwrap().secret;
     let ct = f.ctx.encrypt(&f.ctx.encode(&[5]).unwrap(), &f.pk).unwrap();
