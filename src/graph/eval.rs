@@ -243,16 +243,67 @@ fn per_output(x: &Tensor, out: [usize; 3], f: impl Fn(usize, usize, usize) -> Ou
 /// One output value as a function of one sample's values.
 type OutputFn = Box<dyn Fn(&[f64]) -> f64 + Send + Sync>;
 
+/// Direct convolution, sample by sample (samples in parallel). Each output sums the taps of
+/// [`conv_taps`] in their order (input channel, kernel row, kernel column; padding skipped)
+/// and then adds the bias, as the per-output form would; here a tap is applied to all the
+/// outputs it reaches at once (a contiguous run of the input row at stride 1).
 fn conv(cv: &Conv, x: &Tensor) -> Tensor {
-    let (h, w) = (x.shape()[2], x.shape()[3]);
-    let (o, _, kh, kw) = cv.weight.dim();
-    let oh = (h + cv.pads[0] + cv.pads[2] - kh) / cv.stride[0] + 1;
-    let ow = (w + cv.pads[1] + cv.pads[3] - kw) / cv.stride[1] + 1;
-    per_output(x, [o, oh, ow], |oc, oy, ox| {
-        let taps = conv_taps(cv, h, w, oc, oy, ox);
-        let bias = cv.bias[oc];
-        Box::new(move |xs| bias + taps.iter().map(|&(i, wt)| wt * xs[i]).sum::<f64>())
-    })
+    let (b, h, w) = (x.shape()[0], x.shape()[2], x.shape()[3]);
+    let (o, cg, kh, kw) = cv.weight.dim();
+    let ([sy, sx], [py, px]) = (cv.stride, [cv.pads[0], cv.pads[1]]);
+    let oh = (h + cv.pads[0] + cv.pads[2] - kh) / sy + 1;
+    let ow = (w + cv.pads[1] + cv.pads[3] - kw) / sx + 1;
+    // The outputs a kernel offset reaches without padding: a contiguous range.
+    let reach = |k: usize, stride: usize, pad: usize, n: usize, outs: usize| {
+        let mut r = (0..outs).filter(|&o| tap(o, k, stride, pad, n).is_some());
+        let first = r.next();
+        first.map_or((0, 0), |f| (f, r.next_back().unwrap_or(f) + 1))
+    };
+    let rows: Vec<(usize, usize)> = (0..kh).map(|k| reach(k, sy, py, h, oh)).collect();
+    let cols: Vec<(usize, usize)> = (0..kw).map(|k| reach(k, sx, px, w, ow)).collect();
+    let plane = oh * ow;
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("a standard-layout array is contiguous");
+    let per = xs.len() / b.max(1);
+    let mut y = vec![0.0; b * o * plane];
+    if per > 0 && plane > 0 {
+        y.par_chunks_mut(o * plane)
+            .zip(xs.par_chunks(per))
+            .for_each(|(ys, sample)| {
+                let mut acc = vec![0.0; plane];
+                for (oc, out) in ys.chunks_mut(plane).enumerate() {
+                    let g = oc / (o / cv.groups);
+                    acc.fill(0.0);
+                    for ci in 0..cg {
+                        let input = &sample[(g * cg + ci) * h * w..][..h * w];
+                        for (ky, &(y0, y1)) in rows.iter().enumerate() {
+                            for (kx, &(x0, x1)) in cols.iter().enumerate() {
+                                let wt = cv.weight[[oc, ci, ky, kx]];
+                                for oy in y0..y1 {
+                                    let iy = oy * sy + ky - py;
+                                    let row = &input[iy * w..][..w];
+                                    let out_row = &mut acc[oy * ow..][x0..x1];
+                                    if sx == 1 {
+                                        let src = &row[x0 + kx - px..][..x1 - x0];
+                                        for (a, &v) in out_row.iter_mut().zip(src) {
+                                            *a += wt * v;
+                                        }
+                                    } else {
+                                        for (a, ox) in out_row.iter_mut().zip(x0..x1) {
+                                            *a += wt * row[ox * sx + kx - px];
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    for (v, a) in out.iter_mut().zip(&acc) {
+                        *v = cv.bias[oc] + a;
+                    }
+                }
+            });
+    }
+    Tensor::from_shape_vec(IxDyn(&[b, o, oh, ow]), y).expect("b·o·oh·ow values")
 }
 
 fn avg_pool(p: &Pool, x: &Tensor) -> Tensor {
@@ -264,4 +315,55 @@ fn avg_pool(p: &Pool, x: &Tensor) -> Tensor {
         let (idx, div) = pool_window(p, h, w, ch, oy, ox);
         Box::new(move |xs| idx.iter().map(|&i| xs[i]).sum::<f64>() / div)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array1, Array4};
+
+    /// The plane-at-a-time convolution gives each output exactly the per-output sum over
+    /// [`conv_taps`] (the form the lowering shares), at strides 1 and 2, asymmetric padding
+    /// and grouped channels.
+    #[test]
+    fn conv_equals_the_per_output_sum_of_its_taps() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        };
+        for (stride, pads, groups) in [
+            ([1, 1], [0, 0, 0, 0], 1),
+            ([2, 1], [1, 2, 0, 1], 1),
+            ([2, 2], [2, 1, 2, 0], 2),
+        ] {
+            let (b, c, h, w, o, k) = (3, 4, 9, 8, 6, 3);
+            let cv = Conv {
+                weight: Array4::from_shape_fn((o, c / groups, k, k), |_| next()),
+                bias: Array1::from_shape_fn(o, |_| next()),
+                stride,
+                pads,
+                groups,
+            };
+            let x = Tensor::from_shape_fn(IxDyn(&[b, c, h, w]), |_| next());
+            let y = conv(&cv, &x);
+            let (oh, ow) = (y.shape()[2], y.shape()[3]);
+            let xs: Vec<f64> = x.iter().copied().collect();
+            for n in 0..b {
+                let sample = &xs[n * c * h * w..][..c * h * w];
+                for oc in 0..o {
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let taps = conv_taps(&cv, h, w, oc, oy, ox);
+                            let want = cv.bias[oc]
+                                + taps.iter().map(|&(i, wt)| wt * sample[i]).sum::<f64>();
+                            assert_eq!(y[[n, oc, oy, ox]], want, "{stride:?} {pads:?} {groups}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
