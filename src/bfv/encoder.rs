@@ -3,7 +3,7 @@
 //!
 //! Slots form a 2 × N/2 matrix as in SEAL: values `0..N/2` fill the first row, `N/2..N` the
 //! second. Slot-wise products are plaintext products, rotations rotate each row cyclically and
-//! the column swap exchanges the rows (see [`crate::bfv::context::slot_index_map`]).
+//! the column swap exchanges the rows (see `slot_index_map` in `bfv::context`).
 
 use crate::bfv::context::{BfvContext, Plaintext};
 use crate::error::{Error, Result};

@@ -10,7 +10,7 @@
 //!
 //! | protocol | rounds | each party sends | result |
 //! |---|---|---|---|
-//! | CKG ([`Party::ckg_share`]) | 1 | `−a·s_i + e` (1 poly over `QP`; `a` from the CRS) | [`PublicKey`] (seeded) |
+//! | CKG ([`Party::ckg_share`]) | 1 | `−a·s_i + e` (1 poly over `QP`; `a` from the CRS) | [`crate::rlwe::PublicKey`] (seeded) |
 //! | RKG ([`Party::rkg_round1`], [`Party::rkg_round2`]) | 2 | per digit: `(−u_i·a_j + s_i·w_j + e, s_i·a_j + e)`, then `s_i·h0_j + (u_i − s_i)·h1_j + e` | [`crate::rlwe::RelinKey`] |
 //! | RTG ([`Party::rtg_share`]) | 1 | per digit: `−a_j·s_i + s_i(X^g)·w_j + e` | [`crate::rlwe::GaloisKeys`] (seeded) |
 //! | CKS ([`Party::cks_share`]) | 1 | `(s_i − s'_i)·c_1 + e_smudge` (1 poly at the ciphertext's level) | ciphertext under `s'`, or the phase (`s' = 0`) |

@@ -101,7 +101,7 @@ impl Protocol {
 }
 
 /// One party's message in one protocol run, or the sum of several ([`aggregate`]): NTT-domain
-/// polynomials whose number and limbs the protocol and level fix ([`shape`]). Serializable
+/// polynomials whose number and limbs the protocol and level fix (`shape`). Serializable
 /// (`serialize::to_bytes`, kind `MheShare`); contains no secret in the clear.
 #[derive(Clone, Debug)]
 pub struct Share {

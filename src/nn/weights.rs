@@ -145,7 +145,7 @@ pub fn save(model: &Sequential, path: impl AsRef<Path>, dtype: DType) -> Result<
 const HEADER_ALLOWANCE: u64 = 1 << 20;
 
 /// The largest weights file that can hold `model`'s parameters: every value as `F64` plus
-/// [`HEADER_ALLOWANCE`] for the header. A larger file cannot be valid (tensors the model does
+/// `HEADER_ALLOWANCE` for the header. A larger file cannot be valid (tensors the model does
 /// not have are refused), so it is refused before it is read.
 pub fn max_file_bytes(model: &Sequential) -> u64 {
     let values: u64 = model

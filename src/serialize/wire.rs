@@ -223,7 +223,7 @@ impl<'a> Encoder<'a> {
 /// Reads scalars and residues; every count it is asked to read has been bounded by the caller
 /// against the parameters, so a lying length field cannot make it allocate.
 ///
-/// It also keeps a byte budget: each object's decoder first [`Self::allow`]s the most bytes its
+/// It also keeps a byte budget: each object's decoder first allows (`allow`) the most bytes its
 /// header and counts can legitimately need (computed from the parameters), and no read goes
 /// past the budget, nor past `cap` (for compressed bodies, a bound from the compressed length).
 /// Because the zstd decoder only inflates what is read, decompression stops there too.

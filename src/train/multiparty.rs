@@ -195,7 +195,7 @@ pub fn combine_groups(
 }
 
 /// Federated SGD on the server: every step group is one encrypted step of
-/// [`super::logistic`] ([`shard_gradient`], [`apply_update`]) on the combined batch, the
+/// [`super::logistic`] ([`super::logistic::shard_gradient`], [`super::logistic::apply_update`]) on the combined batch, the
 /// weights refreshed by `refresher` when the next step would take them below its lowest
 /// level. Returns the encrypted weights (nobody decrypts here) and the counts.
 #[allow(clippy::too_many_arguments)]
