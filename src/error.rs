@@ -143,7 +143,7 @@ pub enum Error {
 
     /// Serialized input larger than the reader allows (`LoadOptions::max_bytes`, a worker's
     /// limit): raise the limit if the input is trusted. Nothing was read past the limit.
-    #[error("input too large: the {what} is {size} bytes, more than the {limit} allowed; raise the limit (e.g. LoadOptions::max_bytes) if the input is trusted")]
+    #[error("input too large: the {what} has at least {size} bytes, more than the {limit} allowed; raise the limit (e.g. LoadOptions::max_bytes) if the input is trusted")]
     InputTooLarge {
         /// What was being read.
         what: String,

@@ -4,7 +4,7 @@
 //! that share inputs is one backend `linear_combinations` call. Tensors are vectors of shared
 //! ciphertexts, so layout changes copy pointers, not polynomials, and a tensor is freed after
 //! the last instruction that reads it. A caller's input can be borrowed ([`Ct::Input`]): the
-//! Python binding keeps its tensor, which was cloned into the plan before.
+//! Python binding keeps its tensor, so nothing is copied for the call.
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -144,7 +144,11 @@ impl<'a> CkksBatched<'a> {
         timing: Option<&mut LayerTiming>,
     ) -> Result<CipherTensor> {
         let (shape, batch) = (x.shape().to_vec(), x.batch());
-        let input = own(x.into_ciphertexts().into_iter().map(Arc::new).collect());
+        let input = x
+            .into_ciphertexts()
+            .into_iter()
+            .map(|c| Ct::Own(Arc::new(c)))
+            .collect();
         self.run(&shape, batch, input, progress, timing)
     }
 
