@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use hetensor::ckks::CkksContext;
 use hetensor::graph::Graph;
 use hetensor::lower::{choose_ckks_params, sequential_graph, CkksBatched, Plan};
-use hetensor::nn::weights;
+use hetensor::nn::{weights, Sequential};
 use hetensor::progress::Progress;
 use hetensor::{onnx, Error};
 use numpy::{IntoPyArray, PyReadonlyArrayDyn};
@@ -26,6 +26,9 @@ const LENET1_OUTPUT_BOUND: f64 = 50.0;
 #[pyclass(frozen, module = "hetensor")]
 pub struct Model {
     graph: Graph,
+    /// The network the graph was built from, for the bundled model: `forward` runs it, as
+    /// `hetensor mnist` runs its reference, chunked in parallel on numpy's buffer.
+    net: Option<Sequential>,
     plan: Plan,
     /// The output bound `__call__` uses by default: the bundled model's, or the last
     /// `context(calibration)`'s (twice the largest calibration output).
@@ -34,10 +37,16 @@ pub struct Model {
 }
 
 impl Model {
-    fn planned(graph: Graph, bound: Option<f64>, what: String) -> hetensor::Result<Self> {
+    fn planned(
+        graph: Graph,
+        net: Option<Sequential>,
+        bound: Option<f64>,
+        what: String,
+    ) -> hetensor::Result<Self> {
         Ok(Self {
             plan: Plan::new(&graph)?,
             graph,
+            net,
             bound: Mutex::new(bound),
             what,
         })
@@ -58,7 +67,7 @@ impl Model {
         let build = || {
             let net = weights::pretrained_lenet1()?;
             let graph = sequential_graph(&net, &[1, 28, 28])?;
-            Self::planned(graph, Some(LENET1_OUTPUT_BOUND), "LeNet-1".into())
+            Self::planned(graph, Some(net), Some(LENET1_OUTPUT_BOUND), "LeNet-1".into())
         };
         build().map_err(to_py)
     }
@@ -72,7 +81,7 @@ impl Model {
     fn from_onnx(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         heavy(py, || {
             let graph = onnx::load(&path)?;
-            Self::planned(graph, None, path.display().to_string())
+            Self::planned(graph, None, None, path.display().to_string())
         })
     }
 
@@ -177,18 +186,27 @@ impl Model {
         Ok(CKKSTensor::from_core(out))
     }
 
-    /// The same model in plaintext (f64, the graph interpreter), for comparison:
-    /// `[batch, *input_shape]` → `[batch, *output_shape]`.
+    /// The same model in plaintext (f64), for comparison: `[batch, *input_shape]` →
+    /// `[batch, *output_shape]`. An ONNX model runs in the graph interpreter; the bundled
+    /// LeNet-1 in the network its graph was built from (the same sums in the same order).
     fn forward<'py>(
         &self,
         py: Python<'py>,
         x: PyReadonlyArrayDyn<'py, f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let x = x.as_array().to_owned();
-        let y = heavy(py, || {
-            let mut out = self.graph.run_chunked(&[x], 512)?;
-            Ok(out.swap_remove(0))
-        })?;
+        let y = match &self.net {
+            Some(net) => {
+                let x = x.as_array();
+                heavy(py, || net.forward_par(x, 256))?
+            }
+            None => {
+                let x = x.as_array().to_owned();
+                heavy(py, || {
+                    let mut out = self.graph.run_chunked(&[x], 512)?;
+                    Ok(out.swap_remove(0))
+                })?
+            }
+        };
         Ok(y.into_pyarray(py).into_any())
     }
 

@@ -1261,6 +1261,24 @@ impl Planner<'_> {
 mod tests {
     use super::*;
 
+    /// The bundled LeNet-1's graph, run by the interpreter, against the network it was built
+    /// from: Python's `Model.lenet1().forward` runs the network, `infer` the interpreter, and
+    /// both claim the same model.
+    #[test]
+    fn lenet1_graph_computes_what_its_network_computes() {
+        use rand::{Rng, SeedableRng};
+        let net = crate::nn::weights::pretrained_lenet1().unwrap();
+        let graph = sequential_graph(&net, &[1, 28, 28]).unwrap();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+        let x = crate::nn::Tensor::from_shape_fn(vec![9, 1, 28, 28], |_| rng.gen_range(0.0..1.0));
+        let want = net.forward_par(&x, 4).unwrap();
+        let got = graph.run(&[x]).unwrap().swap_remove(0);
+        assert_eq!(got.shape(), want.shape());
+        let err = (&got - &want).iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let top = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(top > 1.0 && err <= 1e-12 * top, "max error {err:e} at |logit| <= {top}");
+    }
+
     #[test]
     fn broadcast_map_right_aligns() {
         // [2, 3] against [3]: the row repeats; against [2, 1]: the column repeats.

@@ -352,8 +352,10 @@ impl Sequential {
     }
 
     /// Forward pass over a large batch, split into chunks of `chunk` samples that run in
-    /// parallel on the rayon pool. Same result as [`Sequential::forward`], bit for bit.
-    pub fn forward_par(&self, x: &Tensor, chunk: usize) -> Result<Tensor> {
+    /// parallel on the rayon pool. Same result as [`Sequential::forward`], bit for bit. Takes
+    /// `&Tensor` or a view (the Python binding runs it on numpy's buffer, without a copy).
+    pub fn forward_par<'a>(&self, x: impl Into<ArrayViewD<'a, f64>>, chunk: usize) -> Result<Tensor> {
+        let x = x.into();
         self.output_shape(x.shape())?;
         let chunk = chunk.max(1);
         let parts: Vec<ArrayViewD<'_, f64>> = x.axis_chunks_iter(Axis(0), chunk).collect();
@@ -363,7 +365,7 @@ impl Sequential {
             .collect::<Result<_>>()?;
         let views: Vec<_> = outs.iter().map(|o| o.view()).collect();
         if views.is_empty() {
-            return self.forward(x);
+            return self.forward(&x.to_owned());
         }
         ndarray::concatenate(Axis(0), &views).map_err(|e| Error::Shape(e.to_string()))
     }
