@@ -27,9 +27,9 @@ def run(limit=10000, batch=4096, log=print):
     batch = min(batch, ctx.slots)
     logits, t0 = [], time.perf_counter()
     for start in range(0, len(images), batch):
-        x = ctx.encrypt(images[start:start + batch])   # 784 ciphertexts
-        logits.append(model(x).decrypt())              # [b, 10]
-        del x  # ~0.3 GB: free it before the next batch is encrypted
+        x = ctx.encrypt(images[start:start + batch])   # 784 ciphertexts, ~0.3 GB
+        # donate=True: the model frees x's ciphertexts once its first layer has read them.
+        logits.append(model(x, donate=True).decrypt())  # [b, 10]
         log(f"images {start}..{start + len(logits[-1])}: {time.perf_counter() - t0:.1f} s")
     seconds = time.perf_counter() - t0
     logits = np.concatenate(logits)

@@ -9,6 +9,7 @@ use hetensor::graph::Graph;
 use hetensor::lower::{choose_ckks_params, sequential_graph, CkksBatched, Plan};
 use hetensor::nn::{weights, Sequential};
 use hetensor::progress::Progress;
+use hetensor::tensor::CipherTensor;
 use hetensor::{onnx, Error};
 use numpy::{IntoPyArray, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
@@ -67,7 +68,12 @@ impl Model {
         let build = || {
             let net = weights::pretrained_lenet1()?;
             let graph = sequential_graph(&net, &[1, 28, 28])?;
-            Self::planned(graph, Some(net), Some(LENET1_OUTPUT_BOUND), "LeNet-1".into())
+            Self::planned(
+                graph,
+                Some(net),
+                Some(LENET1_OUTPUT_BOUND),
+                "LeNet-1".into(),
+            )
         };
         build().map_err(to_py)
     }
@@ -143,18 +149,24 @@ impl Model {
 
     /// Runs the model on an encrypted batch `[batch, *input_shape]`. `output_bound` is the
     /// largest output magnitude to expect (the last dense map lowers its scale so that level
-    /// 0 holds it); default: `model.output_bound`.
-    #[pyo3(signature = (x, output_bound=None))]
+    /// 0 holds it); default: `model.output_bound`. `donate=True` hands `x`'s ciphertexts to
+    /// the call (as JAX's buffer donation does): they are freed as soon as the first layer has
+    /// read them, which lowers the pass's peak memory by up to the input's size, and `x` is
+    /// unusable afterwards (`x.donated`; its methods raise `ValueError`). Input the model
+    /// refuses is not given away; if another thread is still reading `x` (e.g. encoding it),
+    /// its ciphertexts live until both calls are done.
+    #[pyo3(signature = (x, output_bound=None, donate=false))]
     fn __call__(
         &self,
         py: Python<'_>,
         x: &CKKSTensor,
         output_bound: Option<f64>,
+        donate: bool,
     ) -> PyResult<CKKSTensor> {
-        let core = x.core.clone();
-        let inner = core.k.inner().clone();
+        let core = x.core()?;
         let bound = output_bound.or_else(|| self.bound());
-        let out = heavy(py, || {
+        let inner = core.k.inner().clone();
+        let checked = || {
             let batch = core.batch.ok_or_else(|| {
                 Error::Shape(
                     "the model needs a batch (axis 0 = samples), not a broadcast tensor".into(),
@@ -167,16 +179,33 @@ impl Model {
             if let Some(b) = bound {
                 runner = runner.with_output_bound(b);
             }
-            // Borrowed: the input stays Python's, and is not copied for the call.
-            let y = runner.forward_ciphertexts(
-                &core.shape,
-                batch,
-                &core.cts,
-                &Progress::none(),
-                None,
-            )?;
+            runner.check(&core.shape, batch, &core.cts)?;
+            Ok((runner, batch))
+        };
+        let (runner, batch) = checked().map_err(to_py)?;
+        // Refused input was not given away; from here on, a donated input is the call's.
+        let core = if donate {
+            drop(core);
+            x.donate()?
+        } else {
+            core
+        };
+        let out = heavy(py, || {
+            let (k, shape) = (core.k.clone(), core.shape.clone());
+            let y = match Arc::try_unwrap(core.cts) {
+                // Donated and not shared: the lowering owns the input and frees it early.
+                Ok(cts) => runner.forward_owned(
+                    CipherTensor::from_ciphertexts(shape.clone(), batch, cts)?,
+                    &Progress::none(),
+                    None,
+                )?,
+                // Borrowed: the input stays Python's, and is not copied for the call.
+                Err(cts) => {
+                    runner.forward_ciphertexts(&shape, batch, &cts, &Progress::none(), None)?
+                }
+            };
             Ok(Core {
-                k: core.k.clone(),
+                k,
                 shape: y.shape().to_vec(),
                 batch: Some(batch),
                 clean: false,

@@ -2,12 +2,12 @@
 //! one per slot; every other element (feature) is one ciphertext. A broadcast tensor holds one
 //! sample in every slot and has no batch axis.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use hetensor::{Error, Result};
 use ndarray::{ArrayD, Axis, IxDyn};
 use numpy::{IntoPyArray, PyReadonlyArrayDyn};
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use rayon::prelude::*;
@@ -42,6 +42,13 @@ impl<K: Kernel> Clone for Core<K> {
             cts: self.cts.clone(),
         }
     }
+}
+
+/// What every method of a donated tensor raises: like I/O on a closed file, a `ValueError`.
+fn donated(class: &str) -> PyErr {
+    PyValueError::new_err(format!(
+        "this {class} was donated to a model call (donate=True); its ciphertexts are freed"
+    ))
 }
 
 fn shape_err(msg: String) -> Error {
@@ -698,12 +705,31 @@ macro_rules! tensor_class {
         #[doc = $doc]
         #[pyclass(frozen, module = "hetensor", name = $pyname)]
         pub struct $name {
-            pub(crate) core: Core<$kernel>,
+            /// `None` once donated to a model call (`model(x, donate=True)`), which freed the
+            /// ciphertexts.
+            core: Mutex<Option<Core<$kernel>>>,
         }
 
         impl $name {
             pub(crate) fn from_core(core: Core<$kernel>) -> Self {
-                Self { core }
+                Self {
+                    core: Mutex::new(Some(core)),
+                }
+            }
+
+            /// A handle on the contents: the shape and an `Arc` of the ciphertexts.
+            pub(crate) fn core(&self) -> PyResult<Core<$kernel>> {
+                let guard = self.core.lock().unwrap_or_else(|e| e.into_inner());
+                guard.clone().ok_or_else(|| donated($pyname))
+            }
+
+            /// Takes the contents out, leaving a donated tensor that every method refuses:
+            /// the ciphertexts go once the taker drops its handle. (No model takes BFV tensors
+            /// yet, so `BFVTensor`'s is unused.)
+            #[allow(dead_code)]
+            pub(crate) fn donate(&self) -> PyResult<Core<$kernel>> {
+                let mut guard = self.core.lock().unwrap_or_else(|e| e.into_inner());
+                guard.take().ok_or_else(|| donated($pyname))
             }
 
             fn encrypt(
@@ -720,18 +746,29 @@ macro_rules! tensor_class {
             }
 
             fn op(&self, py: Python<'_>, other: &Bound<'_, PyAny>, op: Op) -> PyResult<Self> {
+                let c = self.core()?;
                 let core = if let Ok(t) = other.downcast::<Self>() {
-                    let o = t.get().core.clone();
-                    if self.core.is_light(&o, op) {
-                        light(py, || self.core.binary(&o, op))?
+                    let o = t.get().core()?;
+                    if c.is_light(&o, op) {
+                        light(py, || c.binary(&o, op))?
                     } else {
-                        heavy(py, || self.core.binary(&o, op))?
+                        heavy(py, || c.binary(&o, op))?
                     }
                 } else {
                     let x = to_array::<$kernel>(py, other)?;
-                    heavy(py, || self.core.plain(&x, op))?
+                    heavy(py, || c.plain(&x, op))?
                 };
                 Ok(Self::from_core(core))
+            }
+
+            /// Runs `f` on the contents without the GIL, wrapping its result.
+            fn unary(
+                &self,
+                py: Python<'_>,
+                f: impl FnOnce(&Core<$kernel>) -> Result<Core<$kernel>> + Send,
+            ) -> PyResult<Self> {
+                let c = self.core()?;
+                Ok(Self::from_core(heavy(py, || f(&c))?))
             }
         }
 
@@ -761,8 +798,8 @@ macro_rules! tensor_class {
                 ctx: Option<&Context>,
             ) -> PyResult<Bound<'py, PyAny>> {
                 let core = match ctx {
-                    None => self.core.clone(),
-                    Some(c) => self.core.under(&c.inner).map_err(to_py)?,
+                    None => self.core()?,
+                    Some(c) => self.core()?.under(&c.inner).map_err(to_py)?,
                 };
                 let arr = heavy(py, || core.decrypt())?;
                 Ok(arr.into_pyarray(py).into_any())
@@ -778,8 +815,7 @@ macro_rules! tensor_class {
                 self.op(py, other, Op::Sub)
             }
             fn __rsub__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
-                let neg = Self::from_core(heavy(py, || self.core.neg())?);
-                neg.op(py, other, Op::Add)
+                self.unary(py, |c| c.neg())?.op(py, other, Op::Add)
             }
             fn __mul__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
                 self.op(py, other, Op::Mul)
@@ -788,23 +824,23 @@ macro_rules! tensor_class {
                 self.op(py, other, Op::Mul)
             }
             fn __neg__(&self, py: Python<'_>) -> PyResult<Self> {
-                Ok(Self::from_core(heavy(py, || self.core.neg())?))
+                self.unary(py, |c| c.neg())
             }
             /// `tensor @ matrix` with a plaintext `[d, k]` matrix (or `[d]` vector) on the
             /// last feature axis: one linear combination per output, no rotations.
             fn __matmul__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
                 let w = to_array::<$kernel>(py, other)?;
-                Ok(Self::from_core(heavy(py, || self.core.matmul(&w))?))
+                self.unary(py, |c| c.matmul(&w))
             }
             /// `Σ self * other` over the last feature axis (numpy broadcasting before it): one
             /// relinearization and one rescale per output instead of one per product.
             fn dot(&self, py: Python<'_>, other: &Self) -> PyResult<Self> {
-                let o = other.core.clone();
-                Ok(Self::from_core(heavy(py, || self.core.dot(&o))?))
+                let o = other.core()?;
+                self.unary(py, |c| c.dot(&o))
             }
             /// `self * self`.
             fn square(&self, py: Python<'_>) -> PyResult<Self> {
-                Ok(Self::from_core(heavy(py, || self.core.square())?))
+                self.unary(py, |c| c.square())
             }
             /// Sums over `axis` (int, tuple or None = all). Axis 0 is the samples: that sum
             /// uses rotations and keeps a batch axis of length 1.
@@ -817,23 +853,24 @@ macro_rules! tensor_class {
                         Err(_) => a.extract::<Vec<isize>>()?,
                     }),
                 };
-                Ok(Self::from_core(heavy(py, || self.core.sum(axes))?))
+                self.unary(py, |c| c.sum(axes))
             }
             /// Rotates the samples left by `steps` (sample `i` receives sample `i + steps`;
             /// BFV: within each row of N/2 slots).
             fn rotate(&self, py: Python<'_>, steps: i64) -> PyResult<Self> {
-                Ok(Self::from_core(heavy(py, || self.core.rotate(steps))?))
+                self.unary(py, |c| c.rotate(steps))
             }
             /// Evaluates `Σ coeffs[k]·x^k` element-wise, lowest degree first (like
             /// `numpy.polynomial.polynomial.polyval` and TenSEAL).
             fn polyval(&self, py: Python<'_>, coeffs: &Bound<'_, PyAny>) -> PyResult<Self> {
                 let c = to_array::<$kernel>(py, coeffs)?;
                 let c: Vec<_> = c.iter().copied().collect();
-                Ok(Self::from_core(heavy(py, || self.core.polyval(&c))?))
+                self.unary(py, |t| t.polyval(&c))
             }
             /// The tensor in the compact format (what pickling uses).
             fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-                let b = heavy(py, || self.core.to_bytes())?;
+                let c = self.core()?;
+                let b = heavy(py, || c.to_bytes())?;
                 Ok(PyBytes::new(py, &b))
             }
             /// Loads a tensor written by `to_bytes` under `ctx` (or, without it, under the
@@ -856,49 +893,62 @@ macro_rules! tensor_class {
             }
             /// `(batch, *shape)`, or the per-sample shape of a broadcast tensor.
             #[getter]
-            fn shape(&self) -> Vec<usize> {
-                let mut s: Vec<usize> = self.core.batch.into_iter().collect();
-                s.extend(&self.core.shape);
-                s
+            fn shape(&self) -> PyResult<Vec<usize>> {
+                let c = self.core()?;
+                let mut s: Vec<usize> = c.batch.into_iter().collect();
+                s.extend(&c.shape);
+                Ok(s)
             }
             /// Samples in the tensor (None when one sample fills every slot).
             #[getter]
-            fn batch(&self) -> Option<usize> {
-                self.core.batch
+            fn batch(&self) -> PyResult<Option<usize>> {
+                Ok(self.core()?.batch)
             }
             /// Levels left (CKKS: rescalings before level 0).
             #[getter]
-            fn level(&self) -> usize {
-                self.core.level()
+            fn level(&self) -> PyResult<usize> {
+                Ok(self.core()?.level())
             }
             /// The CKKS scale (1.0 for BFV).
             #[getter]
-            fn scale(&self) -> f64 {
-                self.core.scale()
+            fn scale(&self) -> PyResult<f64> {
+                Ok(self.core()?.scale())
             }
             /// Number of ciphertexts (features).
             #[getter]
-            fn ciphertexts(&self) -> usize {
-                self.core.cts.len()
+            fn ciphertexts(&self) -> PyResult<usize> {
+                Ok(self.core()?.cts.len())
+            }
+            /// Whether the tensor was donated to a model call (`model(x, donate=True)`): its
+            /// ciphertexts are freed, and every other method raises `ValueError`.
+            #[getter]
+            fn donated(&self) -> bool {
+                self.core
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_none()
             }
             /// The context the tensor was made under.
             #[getter]
-            fn context(&self) -> Context {
-                Context {
-                    inner: self.core.k.inner().clone(),
-                }
+            fn context(&self) -> PyResult<Context> {
+                Ok(Context {
+                    inner: self.core()?.k.inner().clone(),
+                })
             }
-            fn __len__(&self) -> usize {
-                self.core.batch.unwrap_or(1)
+            fn __len__(&self) -> PyResult<usize> {
+                Ok(self.core()?.batch.unwrap_or(1))
             }
             fn __repr__(&self) -> String {
-                format!(
-                    "{}(shape={:?}, level={}, ciphertexts={})",
-                    $pyname,
-                    self.shape(),
-                    self.core.level(),
-                    self.core.cts.len()
-                )
+                match self.core() {
+                    Ok(c) => format!(
+                        "{}(shape={:?}, level={}, ciphertexts={})",
+                        $pyname,
+                        self.shape().unwrap_or_default(),
+                        c.level(),
+                        c.cts.len()
+                    ),
+                    Err(_) => format!("{}(donated)", $pyname),
+                }
             }
         }
     };

@@ -68,3 +68,37 @@ def test_model_errors():
     ctx = he.Context.ckks(depth=model.levels, scale_bits=25, rotations=[])
     with pytest.raises(he.ShapeError, match="shape"):
         model(ctx.encrypt(np.zeros((2, 5))))
+
+
+def test_donated_input_gives_the_same_words_and_is_then_refused():
+    """model(x, donate=True) runs on the same ciphertexts as model(x): the decrypted outputs
+    are identical (the evaluation is deterministic). The donated tensor is then unusable, and
+    refused input is not given away."""
+    import pickle
+
+    import _data
+
+    model = he.Model.lenet1()
+    ctx = he.Context.ckks(log_n=13, scale_bits=25, preset=True, rotations=[])
+    images, _ = _data.mnist_test(6)
+    x = ctx.encrypt(images)
+    twin = pickle.loads(pickle.dumps(x))  # the same ciphertexts, separately owned
+    want = model(twin).decrypt()
+    assert not twin.donated
+    got = model(x, donate=True).decrypt()
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got, model.forward(images), atol=0.05)
+    assert x.donated and "donated" in repr(x)
+    for use in (lambda: x.shape, lambda: x.decrypt(), lambda: x + x, lambda: model(x)):
+        with pytest.raises(ValueError, match="donated"):
+            use()
+    # Refused (a broadcast tensor has no batch axis): the input is still there.
+    one = ctx.encrypt(images[0], broadcast=True)
+    with pytest.raises(he.ShapeError, match="batch"):
+        model(one, donate=True)
+    assert not one.donated and one.shape == [1, 28, 28]
+    # Donating the twin too gives the same words; donating it twice is refused.
+    y = model(twin, donate=True)
+    with pytest.raises(ValueError, match="donated"):
+        model(twin, donate=True)
+    np.testing.assert_array_equal(y.decrypt(), want)

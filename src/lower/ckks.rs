@@ -135,6 +135,14 @@ impl<'a> CkksBatched<'a> {
         self.run(shape, batch, input, progress, timing)
     }
 
+    /// The checks a forward pass makes before it starts (input shape, levels, scale, batch
+    /// size), on their own: a caller about to hand over its input (Python's `donate=True`)
+    /// runs them first, so that bad input is refused before it is given away.
+    pub fn check(&self, shape: &[usize], batch: usize, cts: &[Ciphertext]) -> Result<()> {
+        check_input(self.plan, self.ctx, shape, cts.first())?;
+        self.plan.check_fits(self.ctx, batch)
+    }
+
     /// [`Self::forward_with`] on an input it may free: its ciphertexts go as soon as the first
     /// layer has read them, instead of being copied and kept by the caller.
     pub fn forward_owned(
@@ -162,7 +170,7 @@ impl<'a> CkksBatched<'a> {
         timing: Option<&mut LayerTiming>,
     ) -> Result<CipherTensor> {
         let (ctx, plan) = (self.ctx, self.plan);
-        let top = check_input(plan, ctx, shape, &cts)?;
+        let top = check_input(plan, ctx, shape, cts.first().map(|c| &**c))?;
         plan.check_fits(ctx, batch)?;
         let out = drive(plan, true, cts, progress, timing, |ins, slots| {
             self.exec(ins, top, slots)
@@ -537,14 +545,14 @@ pub(super) fn dense_scale(
     Ok(ctx.level_modulus(level) * target / input.scale())
 }
 
-/// Checks that an input of per-sample `shape` in ciphertexts `cts` is what `plan` takes: its
-/// shape, enough levels, the natural scale of its level (which the plan's alignments assume);
-/// returns its level.
-pub(super) fn check_input<C: Deref<Target = Ciphertext>>(
+/// Checks that an input of per-sample `shape` whose ciphertexts start with `first` is what
+/// `plan` takes: its shape, enough levels, the natural scale of its level (which the plan's
+/// alignments assume); returns its level.
+pub(super) fn check_input(
     plan: &Plan,
     ctx: &CkksContext,
     shape: &[usize],
-    cts: &[C],
+    first: Option<&Ciphertext>,
 ) -> Result<usize> {
     if shape != plan.input_shape() {
         return Err(Error::InputShape {
@@ -553,9 +561,7 @@ pub(super) fn check_input<C: Deref<Target = Ciphertext>>(
             got: shape.to_vec(),
         });
     }
-    let first = cts
-        .first()
-        .ok_or_else(|| Error::Shape("an encrypted input of no ciphertexts".into()))?;
+    let first = first.ok_or_else(|| Error::Shape("an encrypted input of no ciphertexts".into()))?;
     let top = first.level();
     if plan.depth > top {
         return Err(Error::OutOfLevels {

@@ -1270,13 +1270,17 @@ mod tests {
         let net = crate::nn::weights::pretrained_lenet1().unwrap();
         let graph = sequential_graph(&net, &[1, 28, 28]).unwrap();
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
-        let x = crate::nn::Tensor::from_shape_fn(vec![9, 1, 28, 28], |_| rng.gen_range(0.0..1.0));
+        let x =
+            crate::nn::Tensor::from_shape_fn(vec![9, 1, 28, 28], |_| rng.random_range(0.0..1.0));
         let want = net.forward_par(&x, 4).unwrap();
         let got = graph.run(&[x]).unwrap().swap_remove(0);
         assert_eq!(got.shape(), want.shape());
         let err = (&got - &want).iter().fold(0.0f64, |m, v| m.max(v.abs()));
         let top = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        assert!(top > 1.0 && err <= 1e-12 * top, "max error {err:e} at |logit| <= {top}");
+        assert!(
+            top > 1.0 && err <= 1e-12 * top,
+            "max error {err:e} at |logit| <= {top}"
+        );
     }
 
     #[test]

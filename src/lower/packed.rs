@@ -625,8 +625,8 @@ impl<'a> CkksPacked<'a> {
                     .into(),
             ));
         }
+        let top = check_input(plan, ctx, x.shape(), x.ciphertexts().first())?;
         let input: Tensor = x.ciphertexts().iter().cloned().map(Arc::new).collect();
-        let top = check_input(plan, ctx, x.shape(), &input)?;
         let mut k = 0;
         let out = drive(plan, false, input, progress, timing, |ins, slots| {
             let step = &sch.steps[k];

@@ -354,7 +354,11 @@ impl Sequential {
     /// Forward pass over a large batch, split into chunks of `chunk` samples that run in
     /// parallel on the rayon pool. Same result as [`Sequential::forward`], bit for bit. Takes
     /// `&Tensor` or a view (the Python binding runs it on numpy's buffer, without a copy).
-    pub fn forward_par<'a>(&self, x: impl Into<ArrayViewD<'a, f64>>, chunk: usize) -> Result<Tensor> {
+    pub fn forward_par<'a>(
+        &self,
+        x: impl Into<ArrayViewD<'a, f64>>,
+        chunk: usize,
+    ) -> Result<Tensor> {
         let x = x.into();
         self.output_shape(x.shape())?;
         let chunk = chunk.max(1);
