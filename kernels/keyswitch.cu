@@ -19,21 +19,27 @@ extern "C" __global__ void conv_rows(u32* out, const u32* in, const Mod* mods,
 }
 
 // Key inner product of nd digits: output row o is acc[p][l] = sum_j key_j[p][krow_l] * up_j[l]
-// (Modulus::mul_add_reduced from 0, digits in order: CpuBackend::mul_acc), with
+// (Modulus::mul_add_reduced, digits in order: CpuBackend::mul_acc), with
 // orow[o] = p << 16 | l and lrow[(nd + 2) l ..] = (prime, key row, src_0 .. src_{nd-1}):
 // up_j[l] is row (src_j & 0x7fffffff) of d (src_j bit 31 set: the digit's own limb, NTT form)
 // or of ext (the NTT'd ModUp rows). keys[j] = digit j's key (2 polynomials of nkey limbs),
-// read in place.
+// read in place. The sum starts from P*lift[p][l] (lfac[l] = P mod the row's prime) for the
+// first nlift polynomials and the nq ciphertext limbs (key_switch_ext's lifted (c0, c1); lift
+// is nlift polynomials over those limbs), from 0 elsewhere: every term is reduced, so the
+// words equal key_inner_hoisted_reference's sum-then-add.
 extern "C" __global__ void ks_inner(u32* acc, const u32* d, const u32* ext,
                                     const u32* const* keys, const u32* orow, const u32* lrow,
-                                    const Mod* mods, u32 nd, u32 nkey, u32 log_n, u64 total) {
+                                    const Mod* mods, const u32* lift, const u32* lfac,
+                                    u32 nlift, u32 nq, u32 nd, u32 nkey, u32 log_n, u64 total) {
     GRID_STRIDE(idx, total) {
         const u64 coeff = idx & ((1ull << log_n) - 1);
         const u32 o = orow[idx >> log_n];
-        const u32* lr = lrow + (o & 0xffff) * (nd + 2);
+        const u32 p = o >> 16, l = o & 0xffff;
+        const u32* lr = lrow + l * (nd + 2);
         const Mod& m = mods[lr[0]];
-        const u64 kw = ((u64)((o >> 16) * nkey + lr[1]) << log_n) | coeff;
+        const u64 kw = ((u64)(p * nkey + lr[1]) << log_n) | coeff;
         u32 a = 0;
+        if (p < nlift && l < nq) a = mul_reduced(lift[((u64)(p * nq + l) << log_n) | coeff], lfac[l], m);
         for (u32 j = 0; j < nd; j++) {
             const u32 s = lr[2 + j];
             const u32 x = (s >> 31 ? d : ext)[((u64)(s & 0x7fffffffu) << log_n) | coeff];

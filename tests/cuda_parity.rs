@@ -9,7 +9,7 @@
 use std::sync::{Arc, OnceLock};
 
 use hetensor::backend::cuda::CudaBackend;
-use hetensor::backend::{Backend, CpuBackend, PolyBatch, Repr};
+use hetensor::backend::{Backend, CpuBackend, KeySwitchPlan, KsDigit, PolyBatch, Repr};
 use hetensor::math::primes::ntt_primes;
 use hetensor::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
 
@@ -73,6 +73,32 @@ fn pair(
             .upload(words.clone(), l.clone(), count, n, repr)
             .unwrap(),
         gpu: g.upload(words, l, count, n, repr).unwrap(),
+    }
+}
+
+/// A key-switching plan over ciphertext limbs `q` and special primes `p`, digits of `alpha`
+/// consecutive limbs (the last one shorter), as `RlweContext` builds them.
+fn ks_plan(r: &RingContext, q: &[usize], p: &[usize], alpha: usize) -> KeySwitchPlan {
+    let ms = |ls: &[usize]| ls.iter().map(|&l| *r.modulus(l)).collect::<Vec<Modulus>>();
+    let conv = |a: &[usize], b: &[usize]| Arc::new(BaseConverter::new(&ms(a), &ms(b)));
+    let qp: Vec<usize> = q.iter().chain(p).copied().collect();
+    let digits = q
+        .chunks(alpha)
+        .map(|limbs| {
+            let rest: Vec<usize> = qp.iter().copied().filter(|l| !limbs.contains(l)).collect();
+            KsDigit {
+                limbs: limbs.into(),
+                up: conv(limbs, &rest),
+                rest: rest.into(),
+            }
+        })
+        .collect();
+    KeySwitchPlan {
+        digits,
+        qp: qp.into(),
+        q: q.into(),
+        p: p.into(),
+        down: conv(p, q),
     }
 }
 
@@ -183,6 +209,24 @@ fn trace_counts_launches_copies_and_allocations() {
         ..Default::default()
     };
     assert_eq!(delta(&g), want, "download");
+    // A key switch without its ModDown, 3 digits, (c0, c1) lifted: the fused path's inverse
+    // NTT (2), ModUp's converting forward NTT (2) and the inner product (1), where the
+    // reference composition would launch ~20 kernels.
+    let (q, sp) = ([0usize, 1, 2], [3usize]);
+    let plan = ks_plan(&r, &q, &sp, 1);
+    let key_limbs: Vec<usize> = q.iter().chain(&sp).copied().collect();
+    let mut rng = Rng(12);
+    let mut up = |limbs: &[usize], count: usize| {
+        let w = random_words(&mut rng, &r, limbs, count);
+        g.upload(w, limbs.into(), count, n, Repr::Ntt).unwrap()
+    };
+    let keys: Vec<PolyBatch> = (0..3).map(|_| up(&key_limbs, 2)).collect();
+    let (d, lift) = (up(&q, 1), up(&q, 2));
+    let keys: Vec<&PolyBatch> = keys.iter().collect();
+    g.key_switch_ext(&r, &d, &keys, &plan, Some(&lift)).unwrap(); // tables uploaded once
+    delta(&g);
+    g.key_switch_ext(&r, &d, &keys, &plan, Some(&lift)).unwrap();
+    assert_eq!(delta(&g).launches, 5, "key_switch_ext");
     assert!(CpuBackend::new().trace_counts().is_none());
 }
 
@@ -431,7 +475,6 @@ fn base_conversion_and_scale_and_round() {
 #[test]
 #[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
 fn mod_down_and_key_switch() {
-    use hetensor::backend::{KeySwitchPlan, KsDigit};
     let g = gpu();
     let cpu = CpuBackend::new();
     let mut rng = Rng(11);
@@ -474,31 +517,8 @@ fn mod_down_and_key_switch() {
                 .collect();
             for nq in [7usize, 5, 3, 1] {
                 let q: Vec<usize> = (0..nq).collect();
-                let qp: Vec<usize> = q.iter().chain(&p).copied().collect();
-                let mut digits = Vec::new();
-                let mut used = Vec::new();
-                for (j, key) in keys.iter().enumerate() {
-                    let limbs: Vec<usize> = (j * alpha..((j + 1) * alpha).min(nq)).collect();
-                    if limbs.is_empty() {
-                        continue;
-                    }
-                    let rest: Vec<usize> =
-                        qp.iter().copied().filter(|l| !limbs.contains(l)).collect();
-                    let up = conv(&limbs, &rest);
-                    digits.push(KsDigit {
-                        limbs: arc(&limbs),
-                        rest: arc(&rest),
-                        up,
-                    });
-                    used.push(key);
-                }
-                let plan = KeySwitchPlan {
-                    digits,
-                    qp: arc(&qp),
-                    q: arc(&q),
-                    p: arc(&p),
-                    down: conv(&p, &q),
-                };
+                let plan = ks_plan(&r, &q, &p, alpha);
+                let used = &keys[..plan.digits.len()];
                 let d = pair(&g, random_words(&mut rng, &r, &q, 1), &q, 1, n, Repr::Ntt);
                 let kc: Vec<&PolyBatch> = used.iter().map(|k| &k.cpu).collect();
                 let kg: Vec<&PolyBatch> = used.iter().map(|k| &k.gpu).collect();
@@ -517,6 +537,28 @@ fn mod_down_and_key_switch() {
                     &b,
                     &format!("key_switch onto N={n} dnum={dnum} nq={nq}"),
                 );
+                // Without its ModDown, with P·(c0, c1) or P·c0 lifted in (relinearize-and-
+                // rescale, rotations), then one ModDown over P·q_last as the rescale does.
+                for k in [0usize, 1, 2] {
+                    let lift = (k > 0)
+                        .then(|| pair(&g, random_words(&mut rng, &r, &q, k), &q, k, n, Repr::Ntt));
+                    let a = cpu
+                        .key_switch_ext(&r, &d.cpu, &kc, &plan, lift.as_ref().map(|x| &x.cpu))
+                        .unwrap();
+                    let b = g
+                        .key_switch_ext(&r, &d.gpu, &kg, &plan, lift.as_ref().map(|x| &x.gpu))
+                        .unwrap();
+                    let what = format!("key_switch_ext lift {k} N={n} dnum={dnum} nq={nq}");
+                    same(&g, &a, &b, &what);
+                    if nq > 1 {
+                        let keep = arc(&q[..nq - 1]);
+                        let drop: Vec<usize> = [nq - 1].iter().chain(&p).copied().collect();
+                        let c = conv(&drop, &q[..nq - 1]);
+                        let a = cpu.mod_down(&r, &a, keep.clone(), arc(&drop), &c).unwrap();
+                        let b = g.mod_down(&r, &b, keep, arc(&drop), &c).unwrap();
+                        same(&g, &a, &b, &format!("{what}, then ModDown by P·q_last"));
+                    }
+                }
             }
         }
     }

@@ -453,8 +453,14 @@ pub fn bench_ckks(
     })?;
     r.run("add", || ctx.add(&a, &b).map(drop))?;
     let xy: Vec<f64> = x.iter().zip(&y).map(|(p, q)| p * q).collect();
-    r.run_ckks("mul_relin_rescale", expect(xy).as_ref(), || {
+    r.run_ckks("mul_relin_rescale", expect(xy.clone()).as_ref(), || {
         ctx.rescale(&ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?)
+    })?;
+    // What the library's own products run (tensor layer, lowering, Python): relinearization
+    // and rescale in one key switch, one ModDown by P·q_l (the row above is the peers' three
+    // calls).
+    r.run_ckks("mul_relin_rescale_fused", expect(xy).as_ref(), || {
+        ctx.relinearize_rescale(&ctx.multiply(&a, &b)?, &keys.relin)
     })?;
     r.run("rescale", || ctx.rescale(&prod).map(drop))?;
     let rotated: Vec<f64> = (0..slots).map(|i| x[(i + 1) % slots]).collect();

@@ -25,9 +25,10 @@ use cudarc::nvrtc::Ptx;
 
 use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_key_switch,
-    check_mul_acc, check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
-    key_switch_reference, limb_positions, limb_scalars, mod_down_factors, mod_down_reference,
-    Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, TraceCounts,
+    check_lift, check_mul_acc, check_ntt, check_ring, check_scale_and_round, check_slice,
+    check_tensor_product, key_switch_ext_reference, key_switch_reference, limb_positions,
+    limb_scalars, mod_down_factors, mod_down_reference, Backend, Buffer, DeviceBuffer,
+    KeySwitchPlan, PolyBatch, Repr, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -173,8 +174,14 @@ struct KsTables {
     up: ConvRows,
     /// The prime of every ModUp row (the batched NTT's limb map).
     ext_primes: Vec<usize>,
+    /// `ks_inner`'s output rows for [`Backend::key_switch`]: the special limbs of both
+    /// polynomials first (ModDown's input, contiguous), then the ciphertext limbs.
     orow: CudaSlice<u32>,
+    /// ... and for [`Backend::key_switch_ext`]: the batch layout over `plan.qp`.
+    orow_ext: CudaSlice<u32>,
     lrow: CudaSlice<u32>,
+    /// `P mod q` for every limb of `plan.qp` (0 on the special primes): the lift's factors.
+    lift_factors: CudaSlice<u32>,
     /// ModUp rows (all digits).
     rows: usize,
 }
@@ -296,6 +303,7 @@ pub struct KsTableWords {
     pub tab: Vec<u32>,
     pub ext_primes: Vec<usize>,
     pub orow: Vec<u32>,
+    pub orow_ext: Vec<u32>,
     pub lrow: Vec<u32>,
 }
 
@@ -345,6 +353,7 @@ pub fn ks_table_words(plan: &KeySwitchPlan, key_limbs: &[usize]) -> Option<KsTab
         tab: Vec::new(),
         ext_primes: Vec::new(),
         orow: Vec::new(),
+        orow_ext: Vec::new(),
         lrow: Vec::new(),
     };
     let mut base = Vec::with_capacity(plan.digits.len());
@@ -373,7 +382,26 @@ pub fn ks_table_words(plan: &KeySwitchPlan, key_limbs: &[usize]) -> Option<KsTab
             w.orow.extend(range.clone().map(|l| (p << 16) | l as u32));
         }
     }
+    for p in 0..2u32 {
+        w.orow_ext
+            .extend((0..nq + np).map(|l| (p << 16) | l as u32));
+    }
     Some(w)
+}
+
+/// `P mod q` for every limb `q` of `limbs`, `P` the product of the special primes `p` (0 on
+/// the special primes themselves): the factors by which key switching lifts a ciphertext into
+/// its extended basis ([`crate::backend::lift_reference`]).
+fn lift_factors(ring: &RingContext, limbs: &[usize], p: &[usize]) -> Vec<u32> {
+    limbs
+        .iter()
+        .map(|&l| {
+            let m = ring.modulus(l);
+            p.iter().fold(1u32, |acc, &pi| {
+                m.mul(acc, ring.modulus(pi).value() % m.value())
+            })
+        })
+        .collect()
 }
 
 /// The conversion table of ModDown's exact converter (`conv_row_word`'s desc and tab).
@@ -1412,76 +1440,11 @@ impl Backend for CudaBackend {
     ) -> Result<PolyBatch> {
         check_key_switch(d, keys, plan, onto)?;
         check_ring(ring, d)?;
-        let (n, nq, np, nd) = (d.n, plan.q.len(), plan.p.len(), plan.digits.len());
-        let key_limbs = keys[0].limbs_arc();
-        let tables = if np == 0
-            || plan.qp.len() != nq + np
-            || plan.qp[..nq] != *plan.q
-            || plan.qp[nq..] != *plan.p
-            || keys.iter().any(|k| k.limbs != key_limbs)
-        {
-            None
-        } else {
-            self.ks_tables(ring, plan, &key_limbs)?
-        };
-        let Some(t) = tables else {
+        let Some(t) = self.fused_ks_tables(ring, plan, keys)? else {
             return key_switch_reference(self, ring, d, keys, plan, onto);
         };
-        let nqp = nq + np;
-        let log_n = n.trailing_zeros();
-        let rt = self.ring(ring)?;
-        // ModUp: one inverse NTT of d, one conversion launch and one NTT for every digit.
-        let dsrc = &self.buf(d)?.data;
-        let mut coeff = self.alloc(nq * n)?;
-        self.copy_words(&mut coeff, 0, dsrc, 0, nq * n)?;
-        self.ntt_at(ring, self.ptr(&coeff), &plan.q, 1, n, false)?;
-        // Every digit's other limbs, converted on load by one batched forward NTT.
-        let ext = self.alloc(t.rows * n)?;
-        let conv_args = [
-            A::W(self.ptr(&coeff)),
-            A::W(self.ptr(&t.up.desc)),
-            A::W(self.ptr(&t.up.tab)),
-            A::U(0),
-        ];
-        let ep = self.ptr(&ext);
-        let src_words = (nq * n) as u64;
-        self.ntt_launch(
-            ring,
-            ep,
-            &t.ext_primes,
-            1,
-            n,
-            true,
-            Some((conv_args, src_words)),
-            None,
-        )?;
-        // Inner product with the key digits in place; the special limbs come first.
-        let kptrs = keys
-            .iter()
-            .map(|k| self.bptr(k))
-            .collect::<Result<Vec<_>>>()?;
-        let kp = self.ptr_array(&kptrs)?;
-        let acc = self.alloc(2 * nqp * n)?;
-        let total = (2 * nqp * n) as u64;
-        self.launch_counted(
-            "ks_inner",
-            (grid_1d(total), BLOCK_1D, 0),
-            &[
-                A::W(self.ptr(&acc)),
-                A::W(self.bptr(d)?),
-                A::W(self.ptr(&ext)),
-                A::W(self.ptr(&kp)),
-                A::W(self.ptr(&t.orow)),
-                A::W(self.ptr(&t.lrow)),
-                A::W(self.ptr(&rt.mods)),
-                A::U(nd as u32),
-                A::U(key_limbs.len() as u32),
-                A::U(log_n),
-                A::W(total),
-            ],
-            // acc written, each key digit's limbs read, each digit's extension read once.
-            total * (1 + nd as u64) + (nd * nqp * n) as u64,
-        )?;
+        let (n, nq, np) = (d.n, plan.q.len(), plan.p.len());
+        let acc = self.ks_accumulate(ring, d, keys, plan, &t, &t.orow, None)?;
         // ModDown: the special limbs of both polynomials are contiguous at the start of acc.
         let ap = self.ptr(&acc);
         let head = ap + 4 * (2 * np * n) as u64;
@@ -1496,6 +1459,28 @@ impl Backend for CudaBackend {
             n,
         )?;
         Ok(self.wrap(out, plan.q.clone(), 2, n, Repr::Ntt))
+    }
+
+    fn key_switch_ext(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        lift: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
+        check_key_switch(d, keys, plan, None)?;
+        if let Some(x) = lift {
+            check_lift(x, plan)?;
+        }
+        check_ring(ring, d)?;
+        let Some(t) = self.fused_ks_tables(ring, plan, keys)? else {
+            return key_switch_ext_reference(self, ring, d, keys, plan, lift);
+        };
+        // The accumulator in the batch layout over `plan.qp`, `P·lift` added by `ks_inner`:
+        // the caller's ModDown (e.g. relinearize-and-rescale's, over `P·q_l`) finishes it.
+        let acc = self.ks_accumulate(ring, d, keys, plan, &t, &t.orow_ext, lift)?;
+        Ok(self.wrap(acc, plan.qp.clone(), 2, d.n, Repr::Ntt))
     }
 
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
@@ -1788,6 +1773,112 @@ impl CudaBackend {
 
     /// The key-switching tables of `plan` for keys over `key_limbs`, cached; `None` when the
     /// plan's layout is not one the fused kernels handle ([`ks_table_words`]).
+    /// The fused key switch's tables, or `None` when the plan's bases are not laid out as it
+    /// needs (`plan.qp` = `plan.q ++ plan.p`, special primes present, every key digit over the
+    /// same limbs): the caller then runs the reference composition.
+    fn fused_ks_tables(
+        &self,
+        ring: &RingContext,
+        plan: &KeySwitchPlan,
+        keys: &[&PolyBatch],
+    ) -> Result<Option<Arc<KsTables>>> {
+        let (nq, np) = (plan.q.len(), plan.p.len());
+        let key_limbs = keys[0].limbs_arc();
+        if np == 0
+            || plan.qp.len() != nq + np
+            || plan.qp[..nq] != *plan.q
+            || plan.qp[nq..] != *plan.p
+            || keys.iter().any(|k| k.limbs != key_limbs)
+        {
+            return Ok(None);
+        }
+        self.ks_tables(ring, plan, &key_limbs)
+    }
+
+    /// Key switching up to its ModDown, every digit per launch: ModUp (one inverse NTT of `d`,
+    /// then one forward NTT over all digits' new limbs that converts on load) and the key inner
+    /// product (`ks_inner`, key digits read in place, `P·lift` added), into rows `orow` of a new
+    /// `2 × |plan.qp|`-limb accumulator. 5 launches.
+    #[allow(clippy::too_many_arguments)] // the key switch's operands and the row layout
+    fn ks_accumulate(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        t: &KsTables,
+        orow: &CudaSlice<u32>,
+        lift: Option<&PolyBatch>,
+    ) -> Result<CudaSlice<u32>> {
+        let (n, nq, np, nd) = (d.n, plan.q.len(), plan.p.len(), plan.digits.len());
+        let nqp = nq + np;
+        let key_limbs = keys[0].limbs.len();
+        let log_n = n.trailing_zeros();
+        let rt = self.ring(ring)?;
+        // ModUp: one inverse NTT of d, one conversion launch and one NTT for every digit.
+        let dsrc = &self.buf(d)?.data;
+        let mut coeff = self.alloc(nq * n)?;
+        self.copy_words(&mut coeff, 0, dsrc, 0, nq * n)?;
+        self.ntt_at(ring, self.ptr(&coeff), &plan.q, 1, n, false)?;
+        // Every digit's other limbs, converted on load by one batched forward NTT.
+        let ext = self.alloc(t.rows * n)?;
+        let conv_args = [
+            A::W(self.ptr(&coeff)),
+            A::W(self.ptr(&t.up.desc)),
+            A::W(self.ptr(&t.up.tab)),
+            A::U(0),
+        ];
+        let ep = self.ptr(&ext);
+        let src_words = (nq * n) as u64;
+        self.ntt_launch(
+            ring,
+            ep,
+            &t.ext_primes,
+            1,
+            n,
+            true,
+            Some((conv_args, src_words)),
+            None,
+        )?;
+        // Inner product with the key digits in place.
+        let kptrs = keys
+            .iter()
+            .map(|k| self.bptr(k))
+            .collect::<Result<Vec<_>>>()?;
+        let kp = self.ptr_array(&kptrs)?;
+        let acc = self.alloc(2 * nqp * n)?;
+        let total = (2 * nqp * n) as u64;
+        let (lp, nlift) = match lift {
+            Some(x) => (self.bptr(x)?, x.count),
+            None => (0, 0),
+        };
+        self.launch_counted(
+            "ks_inner",
+            (grid_1d(total), BLOCK_1D, 0),
+            &[
+                A::W(self.ptr(&acc)),
+                A::W(self.bptr(d)?),
+                A::W(self.ptr(&ext)),
+                A::W(self.ptr(&kp)),
+                A::W(self.ptr(orow)),
+                A::W(self.ptr(&t.lrow)),
+                A::W(self.ptr(&rt.mods)),
+                A::W(lp),
+                A::W(self.ptr(&t.lift_factors)),
+                A::U(nlift as u32),
+                A::U(nq as u32),
+                A::U(nd as u32),
+                A::U(key_limbs as u32),
+                A::U(log_n),
+                A::W(total),
+            ],
+            // acc written, each key digit's limbs read, each digit's extension read once,
+            // the lifted polynomials read once.
+            total * (1 + nd as u64) + (nd * nqp * n) as u64 + (nlift * nq * n) as u64,
+        )?;
+        Ok(acc)
+    }
+
     fn ks_tables(
         &self,
         ring: &RingContext,
@@ -1815,7 +1906,9 @@ impl CudaBackend {
             rows: w.ext_primes.len(),
             ext_primes: w.ext_primes,
             orow: self.htod(&w.orow)?,
+            orow_ext: self.htod(&w.orow_ext)?,
             lrow: self.htod(&w.lrow)?,
+            lift_factors: self.htod(&lift_factors(ring, &plan.qp, &plan.p))?,
         });
         c.ks.insert(key, t.clone());
         Ok(Some(t))
