@@ -196,8 +196,9 @@ impl Kernel for Ckks {
         self.ctx.negate(a)
     }
     fn mul(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
+        // Relinearization and rescale in one key switch (one ModDown by P·q_l, one rounding).
         let p = self.ctx.multiply(a, b)?;
-        self.rescaled(self.ctx.relinearize(&p, &self.inner.keys.relin)?)
+        self.ctx.relinearize_rescale(&p, &self.inner.keys.relin)
     }
     fn add_const(&self, a: &Ciphertext, c: f64) -> Result<Ciphertext> {
         self.ctx.add_scalar(a, c)
@@ -240,7 +241,7 @@ impl Kernel for Ckks {
             |a, b| self.ctx.multiply(a, b),
             |a, b| self.ctx.add(a, b),
         )?;
-        self.rescaled(self.ctx.relinearize(&sum, &self.inner.keys.relin)?)
+        self.ctx.relinearize_rescale(&sum, &self.inner.keys.relin)
     }
     fn polyval(&self, a: &Ciphertext, coeffs: &[f64]) -> Result<Ciphertext> {
         self.ctx
