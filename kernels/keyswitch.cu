@@ -48,3 +48,32 @@ extern "C" __global__ void ks_inner(u32* acc, const u32* d, const u32* ext,
         acc[idx] = a;
     }
 }
+
+// Hoisted key inner product (key_inner_hoisted_reference): for the rotations of one ciphertext
+// that share a ModUp. Row r = p * nl + l of the batch layout over nl limbs (limbs[l] its prime,
+// the last nl - nq the special ones): acc[p][l][k] = sum_j keys[j][p][krow[l]][k] *
+// ups[j][l][map[k]] (Modulus::mul_add_reduced, digits in order), started from
+// P * lift[p][l][map[k]] (lfac[l] = P mod the prime) for p < nlift and l < nq, from 0
+// elsewhere. map = null: no automorphism (map[k] = k). ups[j] is digit j's extended
+// polynomial over the nl limbs, keys[j] its key (2 polynomials of nkey limbs), read in place.
+extern "C" __global__ void ks_inner_hoisted(u32* acc, const u32* const* ups,
+                                            const u32* const* keys, const u32* krow,
+                                            const Mod* mods, const u32* limbs, const u32* map,
+                                            const u32* lift, const u32* lfac, u32 nlift,
+                                            u32 nq, u32 nl, u32 nd, u32 nkey, u32 log_n,
+                                            u64 total) {
+    GRID_STRIDE(idx, total) {
+        const u64 k = idx & ((1ull << log_n) - 1);
+        const u32 row = (u32)(idx >> log_n), p = row / nl, l = row - p * nl;
+        const Mod& m = mods[limbs[l]];
+        const u64 src = ((u64)l << log_n) | (map ? map[k] : k);
+        const u64 kw = ((u64)(p * nkey + krow[l]) << log_n) | k;
+        u32 a = 0;
+        if (p < nlift && l < nq) {
+            const u64 lw = ((u64)(p * nq + l) << log_n) | (map ? map[k] : k);
+            a = mul_reduced(lift[lw], lfac[l], m);
+        }
+        for (u32 j = 0; j < nd; j++) a = mul_add_reduced(keys[j][kw], ups[j][src], a, m);
+        acc[idx] = a;
+    }
+}

@@ -9,7 +9,9 @@
 use std::sync::{Arc, OnceLock};
 
 use hetensor::backend::cuda::CudaBackend;
-use hetensor::backend::{Backend, CpuBackend, KeySwitchPlan, KsDigit, PolyBatch, Repr};
+use hetensor::backend::{
+    mod_up_reference, Backend, CpuBackend, KeySwitchPlan, KsDigit, PolyBatch, Repr,
+};
 use hetensor::math::primes::ntt_primes;
 use hetensor::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
 
@@ -227,6 +229,17 @@ fn trace_counts_launches_copies_and_allocations() {
     delta(&g);
     g.key_switch_ext(&r, &d, &keys, &plan, Some(&lift)).unwrap();
     assert_eq!(delta(&g).launches, 5, "key_switch_ext");
+    // Its hoisted form for one rotation of shared digits: one launch (the reference permutes,
+    // multiplies and accumulates digit by digit, then lifts).
+    let ups = mod_up_reference(&g, &r, &d, &plan).unwrap();
+    let ups: Vec<&PolyBatch> = ups.iter().collect();
+    let sp: Arc<[usize]> = sp.as_slice().into();
+    g.key_inner_hoisted(&r, &ups, &keys, Some(5), Some(&lift), &sp)
+        .unwrap();
+    delta(&g);
+    g.key_inner_hoisted(&r, &ups, &keys, Some(5), Some(&lift), &sp)
+        .unwrap();
+    assert_eq!(delta(&g).launches, 1, "key_inner_hoisted");
     assert!(CpuBackend::new().trace_counts().is_none());
 }
 
@@ -550,6 +563,25 @@ fn mod_down_and_key_switch() {
                         .unwrap();
                     let what = format!("key_switch_ext lift {k} N={n} dnum={dnum} nq={nq}");
                     same(&g, &a, &b, &what);
+                    // The hoisted form: the same ModUp shared by several rotations, each an
+                    // automorphism of the digits (or none) and an inner product.
+                    let ups_c = mod_up_reference(&cpu, &r, &d.cpu, &plan).unwrap();
+                    let ups_g = mod_up_reference(&*g, &r, &d.gpu, &plan).unwrap();
+                    for (u, v) in ups_c.iter().zip(&ups_g) {
+                        same(&g, u, v, &format!("ModUp N={n} dnum={dnum} nq={nq}"));
+                    }
+                    let ups_c: Vec<&PolyBatch> = ups_c.iter().collect();
+                    let ups_g: Vec<&PolyBatch> = ups_g.iter().collect();
+                    let pa = arc(&p);
+                    for gal in [None, Some(5usize), Some(2 * n - 1)] {
+                        let lc = lift.as_ref().map(|x| &x.cpu);
+                        let lg = lift.as_ref().map(|x| &x.gpu);
+                        let a = cpu
+                            .key_inner_hoisted(&r, &ups_c, &kc, gal, lc, &pa)
+                            .unwrap();
+                        let b = g.key_inner_hoisted(&r, &ups_g, &kg, gal, lg, &pa).unwrap();
+                        same(&g, &a, &b, &format!("key_inner_hoisted g={gal:?}, {what}"));
+                    }
                     if nq > 1 {
                         let keep = arc(&q[..nq - 1]);
                         let drop: Vec<usize> = [nq - 1].iter().chain(&p).copied().collect();

@@ -45,6 +45,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "concat_limbs",
     "conv_rows",
     "ks_inner",
+    "ks_inner_hoisted",
     "ntt_fwd_rows_moddown",
     "ntt_fwd_cols_conv",
 ];

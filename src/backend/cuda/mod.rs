@@ -24,11 +24,11 @@ use cudarc::driver::{
 use cudarc::nvrtc::Ptx;
 
 use super::{
-    check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_key_switch,
-    check_lift, check_mul_acc, check_ntt, check_ring, check_scale_and_round, check_slice,
-    check_tensor_product, key_switch_ext_reference, key_switch_reference, limb_positions,
-    limb_scalars, mod_down_factors, mod_down_reference, Backend, Buffer, DeviceBuffer,
-    KeySwitchPlan, PolyBatch, Repr, TraceCounts,
+    check_automorphism, check_base_convert, check_concat, check_concat_limbs,
+    check_key_inner_hoisted, check_key_switch, check_lift, check_mul_acc, check_ntt, check_ring,
+    check_scale_and_round, check_slice, check_tensor_product, key_inner_hoisted_reference,
+    key_switch_ext_reference, key_switch_reference, limb_positions, limb_scalars, mod_down_factors,
+    mod_down_reference, Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -560,6 +560,8 @@ struct Caches {
     downs: HashMap<PrimeLists, Arc<ConvRows>>,
     /// Device arrays of device pointers (key digits), keyed by the pointers themselves.
     ptrs: HashMap<Vec<u64>, Arc<CudaSlice<u64>>>,
+    /// [`lift_factors`] per (extended basis primes, special primes).
+    lifts: HashMap<PrimeLists, Arc<CudaSlice<u32>>>,
 }
 
 /// A kernel argument (device pointers are 64-bit words, as in the driver API).
@@ -1481,6 +1483,81 @@ impl Backend for CudaBackend {
         // the caller's ModDown (e.g. relinearize-and-rescale's, over `P·q_l`) finishes it.
         let acc = self.ks_accumulate(ring, d, keys, plan, &t, &t.orow_ext, lift)?;
         Ok(self.wrap(acc, plan.qp.clone(), 2, d.n, Repr::Ntt))
+    }
+
+    fn key_inner_hoisted(
+        &self,
+        ring: &RingContext,
+        ups: &[&PolyBatch],
+        keys: &[&PolyBatch],
+        g: Option<usize>,
+        lift: Option<&PolyBatch>,
+        p: &Arc<[usize]>,
+    ) -> Result<PolyBatch> {
+        let qp = check_key_inner_hoisted(ups, keys, lift, p)?;
+        check_ring(ring, ups[0])?;
+        let key_limbs = keys[0].limbs_arc();
+        let krow: Option<Vec<usize>> = qp
+            .iter()
+            .map(|l| key_limbs.iter().position(|k| k == l))
+            .collect();
+        let krow = match krow {
+            Some(rows) if keys.iter().all(|k| k.limbs == key_limbs) => rows,
+            _ => return key_inner_hoisted_reference(self, ring, ups, keys, g, lift, p),
+        };
+        let (n, nl, nd) = (ups[0].n, qp.len(), ups.len());
+        let nq = nl - p.len();
+        let rt = self.ring(ring)?;
+        let (krow, limbs) = (self.indices(&krow)?, self.indices(&qp)?);
+        let lfac = self.cached(
+            |c| &mut c.lifts,
+            (
+                qp.iter().map(|&l| ring.modulus(l).value()).collect(),
+                p.iter().map(|&l| ring.modulus(l).value()).collect(),
+            ),
+            || Ok(Arc::new(self.htod(&lift_factors(ring, &qp, p))?)),
+        )?;
+        let map = g.map(|g| self.ntt_map(n, g)).transpose()?;
+        let uptrs = ups
+            .iter()
+            .map(|u| self.bptr(u))
+            .collect::<Result<Vec<_>>>()?;
+        let kptrs = keys
+            .iter()
+            .map(|k| self.bptr(k))
+            .collect::<Result<Vec<_>>>()?;
+        let (up, kp) = (self.ptr_array(&uptrs)?, self.ptr_array(&kptrs)?);
+        let (lp, nlift) = match lift {
+            Some(x) => (self.bptr(x)?, x.count),
+            None => (0, 0),
+        };
+        let total = (2 * nl * n) as u64;
+        let acc = self.alloc(2 * nl * n)?;
+        self.launch_counted(
+            "ks_inner_hoisted",
+            (grid_1d(total), BLOCK_1D, 0),
+            &[
+                A::W(self.ptr(&acc)),
+                A::W(self.ptr(&up)),
+                A::W(self.ptr(&kp)),
+                A::W(self.ptr(&krow)),
+                A::W(self.ptr(&rt.mods)),
+                A::W(self.ptr(&limbs)),
+                A::W(map.as_ref().map_or(0, |m| self.ptr(m))),
+                A::W(lp),
+                A::W(self.ptr(&lfac)),
+                A::U(nlift as u32),
+                A::U(nq as u32),
+                A::U(nl as u32),
+                A::U(nd as u32),
+                A::U(key_limbs.len() as u32),
+                A::U(n.trailing_zeros()),
+                A::W(total),
+            ],
+            // acc written; per digit, its key rows and its extension read once; the lift once.
+            total * (1 + nd as u64) + (nd * nl * n) as u64 + (nlift * nq * n) as u64,
+        )?;
+        Ok(self.wrap(acc, qp, 2, n, Repr::Ntt))
     }
 
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
