@@ -77,3 +77,19 @@ extern "C" __global__ void ks_inner_hoisted(u32* acc, const u32* const* ups,
         acc[idx] = a;
     }
 }
+
+// ModUp's output for hoisting (mod_up_reference): digit j's extended polynomial over the nl
+// limbs of the key-switching basis, written to outs[j]. Row l comes from the source ks_inner
+// reads for digit j, lrow[(nd + 2) l + 2 + j]: a row of d (bit 31 set: the digit's own limb,
+// NTT form) or of ext (the NTT'd ModUp rows). total = nd * nl * N.
+extern "C" __global__ void mod_up_gather(u32* const* outs, const u32* d, const u32* ext,
+                                         const u32* lrow, u32 nd, u32 nl, u32 log_n,
+                                         u64 total) {
+    GRID_STRIDE(idx, total) {
+        const u64 k = idx & ((1ull << log_n) - 1);
+        const u32 row = (u32)(idx >> log_n), j = row / nl, l = row - j * nl;
+        const u32 s = lrow[l * (nd + 2) + 2 + j];
+        outs[j][((u64)l << log_n) | k] =
+            (s >> 31 ? d : ext)[((u64)(s & 0x7fffffffu) << log_n) | k];
+    }
+}

@@ -413,6 +413,19 @@ pub trait Backend: Send + Sync + Debug {
         key_inner_hoisted_reference(self, ring, ups, keys, g, lift, p)
     }
 
+    /// ModUp of every digit of `d` (one NTT-domain polynomial over `plan.q`) to `plan.qp`, NTT
+    /// domain, one batch per digit of `plan.digits`: the first half of a hoisted key switch,
+    /// which the rotations of one ciphertext by several steps share ([`Self::key_inner_hoisted`]
+    /// is the second). [`mod_up_reference`] is the definition.
+    fn mod_up(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        plan: &KeySwitchPlan,
+    ) -> Result<Vec<PolyBatch>> {
+        mod_up_reference(self, ring, d, plan)
+    }
+
     /// Waits until every queued operation has finished (for timing asynchronous device
     /// backends; `download` already waits). The CPU backend computes eagerly: a no-op.
     fn synchronize(&self) -> Result<()> {

@@ -528,7 +528,7 @@ impl KeySwitchKey {
 /// digit's own limbs are already in `d`.
 pub fn decompose(ctx: &RlweContext, d: &PolyBatch) -> Result<Vec<(usize, PolyBatch)>> {
     let (index, plan) = key_switch_plan(ctx, d)?;
-    let ups = crate::backend::mod_up_reference(ctx.backend(), ctx.ring(), d, &plan)?;
+    let ups = ctx.backend().mod_up(ctx.ring(), d, &plan)?;
     Ok(index.into_iter().zip(ups).collect())
 }
 

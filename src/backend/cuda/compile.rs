@@ -46,6 +46,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "conv_rows",
     "ks_inner",
     "ks_inner_hoisted",
+    "mod_up_gather",
     "ntt_fwd_rows_moddown",
     "ntt_fwd_cols_conv",
 ];

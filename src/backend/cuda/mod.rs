@@ -28,7 +28,8 @@ use super::{
     check_key_inner_hoisted, check_key_switch, check_lift, check_mul_acc, check_ntt, check_ring,
     check_scale_and_round, check_slice, check_tensor_product, key_inner_hoisted_reference,
     key_switch_ext_reference, key_switch_reference, limb_positions, limb_scalars, mod_down_factors,
-    mod_down_reference, Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, TraceCounts,
+    mod_down_reference, mod_up_reference, Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch,
+    Repr, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -1560,6 +1561,61 @@ impl Backend for CudaBackend {
         Ok(self.wrap(acc, qp, 2, n, Repr::Ntt))
     }
 
+    fn mod_up(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        plan: &KeySwitchPlan,
+    ) -> Result<Vec<PolyBatch>> {
+        let (nq, np) = (plan.q.len(), plan.p.len());
+        let fused = d.repr == Repr::Ntt
+            && d.count == 1
+            && *d.limbs == *plan.q
+            && np > 0
+            && plan.qp.len() == nq + np
+            && plan.qp[..nq] == *plan.q
+            && plan.qp[nq..] == *plan.p;
+        // The tables of a key over exactly `plan.qp` (ModUp reads no key rows).
+        let tables = if fused {
+            self.ks_tables(ring, plan, &plan.qp)?
+        } else {
+            None
+        };
+        let Some(t) = tables else {
+            return mod_up_reference(self, ring, d, plan);
+        };
+        check_ring(ring, d)?;
+        let (n, nl, nd) = (d.n, nq + np, plan.digits.len());
+        let ext = self.mod_up_rows(ring, d, plan, &t)?;
+        // Each digit's batch over `plan.qp`: its own limbs from `d`, the others from `ext`
+        // (the sources `ks_inner` reads, from the same `lrow` table), all digits in one launch.
+        let outs = (0..nd)
+            .map(|_| self.alloc(nl * n))
+            .collect::<Result<Vec<_>>>()?;
+        let optrs: Vec<u64> = outs.iter().map(|o| self.ptr(o)).collect();
+        let op = self.ptr_array(&optrs)?;
+        let total = (nd * nl * n) as u64;
+        self.launch_counted(
+            "mod_up_gather",
+            (grid_1d(total), BLOCK_1D, 0),
+            &[
+                A::W(self.ptr(&op)),
+                A::W(self.bptr(d)?),
+                A::W(self.ptr(&ext)),
+                A::W(self.ptr(&t.lrow)),
+                A::U(nd as u32),
+                A::U(nl as u32),
+                A::U(n.trailing_zeros()),
+                A::W(total),
+            ],
+            2 * total,
+        )?;
+        Ok(outs
+            .into_iter()
+            .map(|o| self.wrap(o, plan.qp.clone(), 1, n, Repr::Ntt))
+            .collect())
+    }
+
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
         let limbs = check_concat_limbs(a, b)?;
         let total = a.count * limbs.len() * a.n;
@@ -1872,6 +1928,42 @@ impl CudaBackend {
         self.ks_tables(ring, plan, &key_limbs)
     }
 
+    /// ModUp's new rows for every digit (`t.ext_primes`, digit by digit): one inverse NTT of
+    /// `d`, then one forward NTT over all digits' new limbs that converts on load. 4 launches.
+    fn mod_up_rows(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        plan: &KeySwitchPlan,
+        t: &KsTables,
+    ) -> Result<CudaSlice<u32>> {
+        let (n, nq) = (d.n, plan.q.len());
+        let dsrc = &self.buf(d)?.data;
+        let mut coeff = self.alloc(nq * n)?;
+        self.copy_words(&mut coeff, 0, dsrc, 0, nq * n)?;
+        self.ntt_at(ring, self.ptr(&coeff), &plan.q, 1, n, false)?;
+        let ext = self.alloc(t.rows * n)?;
+        let conv_args = [
+            A::W(self.ptr(&coeff)),
+            A::W(self.ptr(&t.up.desc)),
+            A::W(self.ptr(&t.up.tab)),
+            A::U(0),
+        ];
+        let ep = self.ptr(&ext);
+        let src_words = (nq * n) as u64;
+        self.ntt_launch(
+            ring,
+            ep,
+            &t.ext_primes,
+            1,
+            n,
+            true,
+            Some((conv_args, src_words)),
+            None,
+        )?;
+        Ok(ext)
+    }
+
     /// Key switching up to its ModDown, every digit per launch: ModUp (one inverse NTT of `d`,
     /// then one forward NTT over all digits' new limbs that converts on load) and the key inner
     /// product (`ks_inner`, key digits read in place, `P·lift` added), into rows `orow` of a new
@@ -1892,31 +1984,7 @@ impl CudaBackend {
         let key_limbs = keys[0].limbs.len();
         let log_n = n.trailing_zeros();
         let rt = self.ring(ring)?;
-        // ModUp: one inverse NTT of d, one conversion launch and one NTT for every digit.
-        let dsrc = &self.buf(d)?.data;
-        let mut coeff = self.alloc(nq * n)?;
-        self.copy_words(&mut coeff, 0, dsrc, 0, nq * n)?;
-        self.ntt_at(ring, self.ptr(&coeff), &plan.q, 1, n, false)?;
-        // Every digit's other limbs, converted on load by one batched forward NTT.
-        let ext = self.alloc(t.rows * n)?;
-        let conv_args = [
-            A::W(self.ptr(&coeff)),
-            A::W(self.ptr(&t.up.desc)),
-            A::W(self.ptr(&t.up.tab)),
-            A::U(0),
-        ];
-        let ep = self.ptr(&ext);
-        let src_words = (nq * n) as u64;
-        self.ntt_launch(
-            ring,
-            ep,
-            &t.ext_primes,
-            1,
-            n,
-            true,
-            Some((conv_args, src_words)),
-            None,
-        )?;
+        let ext = self.mod_up_rows(ring, d, plan, t)?;
         // Inner product with the key digits in place.
         let kptrs = keys
             .iter()
