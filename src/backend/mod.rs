@@ -535,6 +535,17 @@ pub(crate) fn check_key_switch(
     Ok(())
 }
 
+/// Checks [`Backend::key_switch_ext`]'s operands: those of a key switch, and the lifted one.
+pub(crate) fn check_key_switch_ext(
+    d: &PolyBatch,
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+    lift: Option<&PolyBatch>,
+) -> Result<()> {
+    check_key_switch(d, keys, plan, None)?;
+    lift.map_or(Ok(()), |x| check_lift(x, plan))
+}
+
 /// Checks the operand that [`crate::backend::Backend::key_switch_ext`] lifts by `P`.
 pub(crate) fn check_lift(x: &PolyBatch, plan: &KeySwitchPlan) -> Result<()> {
     if x.repr != Repr::Ntt || *x.limbs != *plan.q || !(1..=2).contains(&x.count) {
@@ -607,10 +618,7 @@ pub fn key_switch_ext_reference<B: Backend + ?Sized>(
     plan: &KeySwitchPlan,
     lift: Option<&PolyBatch>,
 ) -> Result<PolyBatch> {
-    check_key_switch(d, keys, plan, None)?;
-    if let Some(x) = lift {
-        check_lift(x, plan)?;
-    }
+    check_key_switch_ext(d, keys, plan, lift)?;
     let ups = mod_up_reference(be, ring, d, plan)?;
     let ups: Vec<&PolyBatch> = ups.iter().collect();
     key_inner_hoisted_reference(be, ring, &ups, keys, None, lift, &plan.p)

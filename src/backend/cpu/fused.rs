@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use super::scratch::Scratch;
 use super::{host, PolyBatch};
 use crate::backend::{
-    check_key_inner_hoisted, check_key_switch, check_lift, mod_down_factors, KeySwitchPlan,
+    check_key_inner_hoisted, check_key_switch_ext, mod_down_factors, KeySwitchPlan,
 };
 use crate::error::{Error, Result};
 use crate::math::ntt::automorphism_ntt_map_shared;
@@ -151,10 +151,7 @@ pub(super) fn key_switch_ext_words(
     plan: &KeySwitchPlan,
     lift: Option<&PolyBatch>,
 ) -> Result<Option<Vec<u32>>> {
-    check_key_switch(d, keys, plan, None)?;
-    if let Some(x) = lift {
-        check_lift(x, plan)?;
-    }
+    check_key_switch_ext(d, keys, plan, lift)?;
     let n = d.n;
     let (nq, nqp) = (plan.q.len(), plan.qp.len());
     if plan.qp.get(..nq) != Some(&plan.q[..]) {

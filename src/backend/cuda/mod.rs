@@ -25,11 +25,11 @@ use cudarc::nvrtc::Ptx;
 
 use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs,
-    check_key_inner_hoisted, check_key_switch, check_lift, check_mul_acc, check_ntt, check_ring,
-    check_scale_and_round, check_slice, check_tensor_product, key_inner_hoisted_reference,
-    key_switch_ext_reference, key_switch_reference, limb_positions, limb_scalars, mod_down_factors,
-    mod_down_reference, mod_up_reference, Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch,
-    Repr, TraceCounts,
+    check_key_inner_hoisted, check_key_switch, check_key_switch_ext, check_mul_acc, check_ntt,
+    check_ring, check_scale_and_round, check_slice, check_tensor_product,
+    key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference, limb_positions,
+    limb_scalars, mod_down_factors, mod_down_reference, mod_up_reference, Backend, Buffer,
+    DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -1472,10 +1472,7 @@ impl Backend for CudaBackend {
         plan: &KeySwitchPlan,
         lift: Option<&PolyBatch>,
     ) -> Result<PolyBatch> {
-        check_key_switch(d, keys, plan, None)?;
-        if let Some(x) = lift {
-            check_lift(x, plan)?;
-        }
+        check_key_switch_ext(d, keys, plan, lift)?;
         check_ring(ring, d)?;
         let Some(t) = self.fused_ks_tables(ring, plan, keys)? else {
             return key_switch_ext_reference(self, ring, d, keys, plan, lift);
