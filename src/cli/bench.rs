@@ -456,7 +456,7 @@ pub fn bench_ckks(
     r.run_ckks("mul_relin_rescale", expect(xy.clone()).as_ref(), || {
         ctx.rescale(&ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?)
     })?;
-    // What the library's own products run (tensor layer, lowering, Python): relinearization
+    // What the lowering, bootstrapping and Python's products run: relinearization
     // and rescale in one key switch, one ModDown by P·q_l (the row above is the peers' three
     // calls).
     r.run_ckks("mul_relin_rescale_fused", expect(xy).as_ref(), || {
