@@ -217,7 +217,8 @@ impl Model {
 
     /// The same model in plaintext (f64), for comparison: `[batch, *input_shape]` →
     /// `[batch, *output_shape]`. An ONNX model runs in the graph interpreter; the bundled
-    /// LeNet-1 in the network its graph was built from (the same sums in the same order).
+    /// LeNet-1 in the network its graph was built from (the interpreter's results within
+    /// 1e-12 relative: the same model, summed in another order).
     fn forward<'py>(
         &self,
         py: Python<'py>,
