@@ -714,8 +714,16 @@ pub fn lift_reference<B: Backend + ?Sized>(
 ) -> Result<PolyBatch> {
     let zeros = be.zeros(p.clone(), x.count, x.n, x.repr)?;
     let mut out = be.concat_limbs(x, &zeros)?;
-    let factors: Vec<u32> = out
-        .limbs
+    let factors = lift_factors(ring, &out.limbs, p);
+    be.mul_scalar_assign(ring, &mut out, &factors)?;
+    Ok(out)
+}
+
+/// `P mod q` for every limb `q` of `limbs`, `P` the product of the special primes `p` (0 on
+/// the special primes themselves): the factors by which key switching lifts a ciphertext into
+/// its extended basis ([`lift_reference`]; the CUDA kernels take them as a table).
+pub(crate) fn lift_factors(ring: &RingContext, limbs: &[usize], p: &[usize]) -> Vec<u32> {
+    limbs
         .iter()
         .map(|&l| {
             let m = ring.modulus(l);
@@ -723,9 +731,7 @@ pub fn lift_reference<B: Backend + ?Sized>(
                 m.mul(acc, ring.modulus(pi).value() % m.value())
             })
         })
-        .collect();
-    be.mul_scalar_assign(ring, &mut out, &factors)?;
-    Ok(out)
+        .collect()
 }
 
 /// ModUp of every digit of `d` (NTT, one polynomial) to `plan.qp`, NTT domain: only the new

@@ -27,9 +27,9 @@ use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs,
     check_key_inner_hoisted, check_key_switch, check_key_switch_ext, check_mul_acc, check_ntt,
     check_ring, check_scale_and_round, check_slice, check_tensor_product,
-    key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference, limb_positions,
-    limb_scalars, mod_down_factors, mod_down_reference, mod_up_reference, Backend, Buffer,
-    DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, TraceCounts,
+    key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference, lift_factors,
+    limb_positions, limb_scalars, mod_down_factors, mod_down_reference, mod_up_reference, Backend,
+    Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -390,21 +390,6 @@ pub fn ks_table_words(plan: &KeySwitchPlan, key_limbs: &[usize]) -> Option<KsTab
     Some(w)
 }
 
-/// `P mod q` for every limb `q` of `limbs`, `P` the product of the special primes `p` (0 on
-/// the special primes themselves): the factors by which key switching lifts a ciphertext into
-/// its extended basis ([`crate::backend::lift_reference`]).
-fn lift_factors(ring: &RingContext, limbs: &[usize], p: &[usize]) -> Vec<u32> {
-    limbs
-        .iter()
-        .map(|&l| {
-            let m = ring.modulus(l);
-            p.iter().fold(1u32, |acc, &pi| {
-                m.mul(acc, ring.modulus(pi).value() % m.value())
-            })
-        })
-        .collect()
-}
-
 /// The conversion table of ModDown's exact converter (`conv_row_word`'s desc and tab).
 #[doc(hidden)]
 pub fn down_table_words(conv: &BaseConverter) -> (Vec<u32>, Vec<u32>) {
@@ -561,7 +546,7 @@ struct Caches {
     downs: HashMap<PrimeLists, Arc<ConvRows>>,
     /// Device arrays of device pointers (key digits), keyed by the pointers themselves.
     ptrs: HashMap<Vec<u64>, Arc<CudaSlice<u64>>>,
-    /// [`lift_factors`] per (extended basis primes, special primes).
+    /// `lift_factors` per (extended basis primes, special primes).
     lifts: HashMap<PrimeLists, Arc<CudaSlice<u32>>>,
 }
 
