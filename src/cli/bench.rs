@@ -389,7 +389,8 @@ pub fn bench_ckks(
     notes.push(format!("{}: {params}", chain.id(log_n)));
     let ctx = CkksContext::with_backend(params.clone(), backend.clone())?;
     let keys = ctx.keygen()?;
-    let gk = ctx.gen_galois_keys(&keys.secret, &[1], false)?;
+    // Steps 1..=4: `rotate` uses 1, `rotate_hoisted x4` all four (one shared ModUp).
+    let gk = ctx.gen_galois_keys(&keys.secret, &HOISTED_STEPS, false)?;
     let top = ctx.max_level();
     let slots = ctx.slots();
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1234 + log_n as u64);
@@ -466,6 +467,11 @@ pub fn bench_ckks(
     let rotated: Vec<f64> = (0..slots).map(|i| x[(i + 1) % slots]).collect();
     r.run_ckks("rotate", expect(rotated).as_ref(), || {
         ctx.rotate(&a, 1, &gk)
+    })?;
+    // Several steps of one ciphertext sharing one decomposition (what linear transforms and
+    // bootstrapping's baby steps run).
+    r.run("rotate_hoisted x4", || {
+        ctx.rotate_many(&a, &HOISTED_STEPS, &gk).map(drop)
     })?;
     if chain.precision {
         // x·y^top: one factor y per level, each encrypted at its level's natural scale so
@@ -598,6 +604,9 @@ pub struct BenchArgs {
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
 }
+
+/// The steps of the `rotate_hoisted x4` row (the CKKS rows' Galois keys).
+const HOISTED_STEPS: [i64; 4] = [1, 2, 3, 4];
 
 /// Runs the benchmark suite and prints or writes the report.
 pub fn run(args: BenchArgs) -> Result<()> {
