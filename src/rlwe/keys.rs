@@ -891,6 +891,12 @@ mod fused_tests {
                 );
             }
             let ups = mod_up_reference(&be, ring, &d, &plan).unwrap();
+            let fused_ups = be.mod_up(ring, &d, &plan).unwrap();
+            assert_eq!(fused_ups.len(), ups.len());
+            for (a, b) in fused_ups.into_iter().zip(&ups) {
+                assert_eq!(a.limbs(), b.limbs());
+                assert_eq!(get(a), be.download(b).unwrap(), "ModUp at {nq} limbs");
+            }
             let ups: Vec<&PolyBatch> = ups.iter().collect();
             let p = ctx.p_limbs();
             for g in [None, Some(5), Some(2 * n - 1)] {

@@ -15,7 +15,7 @@ use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_key_switch,
     check_mul_acc, check_ntt, check_phase, check_ring, check_scale_and_round, check_slice,
     check_tensor_product, key_switch_ext_reference, key_switch_reference, limb_positions,
-    limb_scalars, Backend, Buffer, KeySwitchPlan, PolyBatch, Repr,
+    limb_scalars, mod_up_reference, Backend, Buffer, KeySwitchPlan, PolyBatch, Repr,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, RingContext, ScaleRounder};
@@ -674,6 +674,21 @@ impl Backend for CpuBackend {
                 Repr::Ntt,
             )),
             None => key_switch_ext_reference(self, ring, d, keys, plan, lift),
+        }
+    }
+
+    fn mod_up(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        plan: &KeySwitchPlan,
+    ) -> Result<Vec<PolyBatch>> {
+        match fused::mod_up_words(ring, d, plan)? {
+            Some(digits) => Ok(digits
+                .into_iter()
+                .map(|w| PolyBatch::from_parts(Buffer::Host(w), plan.qp.clone(), 1, d.n, Repr::Ntt))
+                .collect()),
+            None => mod_up_reference(self, ring, d, plan),
         }
     }
 
