@@ -424,7 +424,9 @@ fn inner_limb(
         for (c, o) in [o0, o1].into_iter().enumerate().take(count) {
             let mut xs = &x[c * nq * n + p * n..][..n];
             if let (Some(map), Some(g)) = (map, gathered.as_deref_mut()) {
-                g.iter_mut().zip(map).for_each(|(g, &k)| *g = xs[k as usize]);
+                g.iter_mut()
+                    .zip(map)
+                    .for_each(|(g, &k)| *g = xs[k as usize]);
                 xs = g;
             }
             simd::dispatch(
