@@ -140,6 +140,32 @@ pub(super) fn mod_down_words(
     Ok(out)
 }
 
+/// ModUp's first half, shared by the fused key switch and the fused ModUp: where each digit's
+/// run of `d`'s limbs starts, and `d` (NTT words `dw` over `plan.q`) in coefficient form.
+/// `None` when a digit's limbs are not a contiguous run of `d`'s.
+fn digits_in_coeff_form(
+    ring: &RingContext,
+    plan: &KeySwitchPlan,
+    dw: &[u32],
+    n: usize,
+) -> Result<Option<(Vec<usize>, Scratch)>> {
+    let mut starts = Vec::with_capacity(plan.digits.len());
+    for dg in &plan.digits {
+        let pos = positions(&plan.q, &dg.limbs, "key switch")?;
+        if pos.windows(2).any(|w| w[1] != w[0] + 1) {
+            return Ok(None);
+        }
+        starts.push(pos[0]);
+    }
+    let mut coeff = Scratch::take(dw.len());
+    coeff.copy_from_slice(dw);
+    coeff
+        .par_chunks_mut(n)
+        .zip(plan.q.par_iter())
+        .for_each(|(c, &l)| ring.plan(l).inverse(c));
+    Ok(Some((starts, coeff)))
+}
+
 /// Key switching up to ModDown, fused (see [`crate::backend::Backend::key_switch_ext`]):
 /// `(u_0, u_1)` over `plan.qp` with `P·lift` added to the first `lift.count` polynomials.
 /// `None` when a digit's limbs are not a contiguous run of `d`'s (the composed reference
@@ -158,22 +184,10 @@ pub(super) fn key_switch_ext_words(
         return Ok(None);
     }
     let dw = host(d)?;
-    // Each digit's run of d's limbs: where it starts.
-    let mut starts = Vec::with_capacity(plan.digits.len());
-    for dg in &plan.digits {
-        let pos = positions(&plan.q, &dg.limbs, "key switch")?;
-        if pos.windows(2).any(|w| w[1] != w[0] + 1) {
-            return Ok(None);
-        }
-        starts.push(pos[0]);
-    }
     // ModUp, first half: d in coefficient form, every digit converted to its other limbs.
-    let mut coeff = Scratch::take(dw.len());
-    coeff.copy_from_slice(dw);
-    coeff
-        .par_chunks_mut(n)
-        .zip(plan.q.par_iter())
-        .for_each(|(c, &l)| ring.plan(l).inverse(c));
+    let Some((starts, coeff)) = digits_in_coeff_form(ring, plan, dw, n)? else {
+        return Ok(None);
+    };
     let mut ext_words = Scratch::take(plan.digits.iter().map(|dg| dg.rest.len() * n).sum());
     let mut ext: Vec<&mut [u32]> = Vec::with_capacity(plan.digits.len());
     let mut rest: &mut [u32] = &mut ext_words;
@@ -262,20 +276,9 @@ pub(super) fn mod_up_words(
         return Ok(None);
     }
     let dw = host(d)?;
-    let mut starts = Vec::with_capacity(plan.digits.len());
-    for dg in &plan.digits {
-        let pos = positions(&plan.q, &dg.limbs, "ModUp")?;
-        if pos.windows(2).any(|w| w[1] != w[0] + 1) {
-            return Ok(None);
-        }
-        starts.push(pos[0]);
-    }
-    let mut coeff = Scratch::take(dw.len());
-    coeff.copy_from_slice(dw);
-    coeff
-        .par_chunks_mut(n)
-        .zip(plan.q.par_iter())
-        .for_each(|(c, &l)| ring.plan(l).inverse(c));
+    let Some((starts, coeff)) = digits_in_coeff_form(ring, plan, dw, n)? else {
+        return Ok(None);
+    };
     plan.digits
         .iter()
         .zip(&starts)
