@@ -9,9 +9,12 @@
 use std::sync::{Arc, OnceLock};
 
 use hetensor::backend::cuda::CudaBackend;
-use hetensor::backend::{Backend, CpuBackend, KeySwitchPlan, KsDigit, PolyBatch, Repr};
-use hetensor::math::primes::ntt_primes;
+use hetensor::backend::{Backend, CpuBackend, PolyBatch, Repr};
 use hetensor::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
+
+#[path = "support/key_switching.rs"]
+mod key_switching;
+use key_switching::{ks_plan, mixed_ring, pair, random_words, same, Pair, Rng};
 
 /// The device backend; without one the test fails (these tests are ignored by default).
 fn gpu() -> Arc<CudaBackend> {
@@ -19,107 +22,6 @@ fn gpu() -> Arc<CudaBackend> {
     match G.get_or_init(|| CudaBackend::new().map(Arc::new).map_err(|e| e.to_string())) {
         Ok(b) => b.clone(),
         Err(e) => panic!("no CUDA device for the CUDA parity tests: {e}"),
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// A ring of degree n with 30-bit primes followed by 24-bit and 29-bit ones (so that base
-/// conversion and scale-and-round take every reduction branch). 24 bits, not 20: there are not
-/// two 20-bit primes ≡ 1 mod 2N for N ≥ 2^15.
-fn ring(n: usize) -> RingContext {
-    let mut ps = ntt_primes(30, 2 * n as u64, 5, &[]).unwrap();
-    ps.extend(ntt_primes(24, 2 * n as u64, 2, &ps).unwrap());
-    ps.extend(ntt_primes(29, 2 * n as u64, 2, &ps).unwrap());
-    RingContext::new(n, &ps).unwrap()
-}
-
-fn random_words(rng: &mut Rng, ring: &RingContext, limbs: &[usize], count: usize) -> Vec<u32> {
-    let n = ring.n();
-    let mut v = Vec::with_capacity(count * limbs.len() * n);
-    for _ in 0..count {
-        for &l in limbs {
-            let q = ring.modulus(l).value() as u64;
-            v.extend((0..n).map(|_| (rng.next() % q) as u32));
-        }
-    }
-    v
-}
-
-struct Pair {
-    cpu: PolyBatch,
-    gpu: PolyBatch,
-}
-
-fn pair(
-    g: &CudaBackend,
-    words: Vec<u32>,
-    limbs: &[usize],
-    count: usize,
-    n: usize,
-    repr: Repr,
-) -> Pair {
-    let l: Arc<[usize]> = limbs.into();
-    Pair {
-        cpu: CpuBackend::new()
-            .upload(words.clone(), l.clone(), count, n, repr)
-            .unwrap(),
-        gpu: g.upload(words, l, count, n, repr).unwrap(),
-    }
-}
-
-/// A key-switching plan over ciphertext limbs `q` and special primes `p`, digits of `alpha`
-/// consecutive limbs (the last one shorter), as `RlweContext` builds them.
-fn ks_plan(r: &RingContext, q: &[usize], p: &[usize], alpha: usize) -> KeySwitchPlan {
-    let ms = |ls: &[usize]| ls.iter().map(|&l| *r.modulus(l)).collect::<Vec<Modulus>>();
-    let conv = |a: &[usize], b: &[usize]| Arc::new(BaseConverter::new(&ms(a), &ms(b)));
-    let qp: Vec<usize> = q.iter().chain(p).copied().collect();
-    let digits = q
-        .chunks(alpha)
-        .map(|limbs| {
-            let rest: Vec<usize> = qp.iter().copied().filter(|l| !limbs.contains(l)).collect();
-            KsDigit {
-                limbs: limbs.into(),
-                up: conv(limbs, &rest),
-                rest: rest.into(),
-            }
-        })
-        .collect();
-    KeySwitchPlan {
-        digits,
-        qp: qp.into(),
-        q: q.into(),
-        p: p.into(),
-        down: conv(p, q),
-    }
-}
-
-#[track_caller]
-fn same(g: &CudaBackend, cpu: &PolyBatch, gpu: &PolyBatch, what: &str) {
-    assert_eq!(cpu.limbs(), gpu.limbs(), "{what}: limbs");
-    assert_eq!(
-        (cpu.count(), cpu.n(), cpu.repr()),
-        (gpu.count(), gpu.n(), gpu.repr()),
-        "{what}: shape"
-    );
-    let (a, b) = (
-        CpuBackend::new().download(cpu).unwrap(),
-        g.download(gpu).unwrap(),
-    );
-    assert_eq!(a.len(), b.len(), "{what}: length");
-    if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
-        panic!(
-            "{what}: first difference at word {i}: cpu {} cuda {}",
-            a[i], b[i]
-        );
     }
 }
 
@@ -131,7 +33,7 @@ fn upload_download_zeros_clone() {
     let g = gpu();
     let mut rng = Rng(1);
     for &n in &[16, 4096] {
-        let r = ring(n);
+        let r = mixed_ring(n);
         let limbs = [0, 2, 5];
         let w = random_words(&mut rng, &r, &limbs, 3);
         let p = g
@@ -161,7 +63,7 @@ fn trace_counts_launches_copies_and_allocations() {
     gpu();
     let g = CudaBackend::new().unwrap();
     let n = 4096;
-    let r = ring(n);
+    let r = mixed_ring(n);
     let limbs = [0usize, 1];
     let words = random_words(&mut Rng(11), &r, &limbs, 1);
     let bytes = 4 * words.len() as u64;
@@ -253,22 +155,22 @@ fn ntt_forward_and_inverse() {
     let cpu = CpuBackend::new();
     let mut rng = Rng(2);
     for &n in DEGREES.iter().chain(&[2usize, 2048, 1 << 16, 1 << 17]) {
-        let r = ring(n);
+        let r = mixed_ring(n);
         for (limbs, count) in [(vec![0usize, 3, 5, 8], 3usize), (vec![6], 1)] {
             let w = random_words(&mut rng, &r, &limbs, count);
-            let mut p = pair(&g, w, &limbs, count, n, Repr::Coeff);
+            let mut p = pair(&*g, w, &limbs, count, n, Repr::Coeff);
             cpu.ntt_forward(&r, &mut p.cpu).unwrap();
-            g.ntt_forward(&r, &mut p.gpu).unwrap();
-            same(&g, &p.cpu, &p.gpu, &format!("forward NTT N={n}"));
+            g.ntt_forward(&r, &mut p.dev).unwrap();
+            same(&*g, &p.cpu, &p.dev, &format!("forward NTT N={n}"));
             // The inverse of random NTT-domain words (not only of a forward transform).
             let w = random_words(&mut rng, &r, &limbs, count);
-            let mut q = pair(&g, w, &limbs, count, n, Repr::Ntt);
+            let mut q = pair(&*g, w, &limbs, count, n, Repr::Ntt);
             cpu.ntt_inverse(&r, &mut q.cpu).unwrap();
-            g.ntt_inverse(&r, &mut q.gpu).unwrap();
-            same(&g, &q.cpu, &q.gpu, &format!("inverse NTT N={n}"));
+            g.ntt_inverse(&r, &mut q.dev).unwrap();
+            same(&*g, &q.cpu, &q.dev, &format!("inverse NTT N={n}"));
             cpu.ntt_inverse(&r, &mut p.cpu).unwrap();
-            g.ntt_inverse(&r, &mut p.gpu).unwrap();
-            same(&g, &p.cpu, &p.gpu, &format!("round trip N={n}"));
+            g.ntt_inverse(&r, &mut p.dev).unwrap();
+            same(&*g, &p.cpu, &p.dev, &format!("round trip N={n}"));
         }
     }
 }
@@ -280,12 +182,12 @@ fn elementwise_ops_with_broadcast() {
     let cpu = CpuBackend::new();
     let mut rng = Rng(3);
     for &n in DEGREES {
-        let r = ring(n);
+        let r = mixed_ring(n);
         let limbs = vec![1usize, 4, 5, 7];
         for (ca, cb) in [(3usize, 3usize), (4, 1), (1, 1)] {
             let wa = random_words(&mut rng, &r, &limbs, ca);
             let wb = random_words(&mut rng, &r, &limbs, cb);
-            let b = pair(&g, wb, &limbs, cb, n, Repr::Ntt);
+            let b = pair(&*g, wb, &limbs, cb, n, Repr::Ntt);
             type Op = fn(&dyn Backend, &RingContext, &mut PolyBatch, &PolyBatch);
             let ops: [(&str, Op); 3] = [
                 ("add", |be, r, a, b| be.add_assign(r, a, b).unwrap()),
@@ -293,26 +195,26 @@ fn elementwise_ops_with_broadcast() {
                 ("mul", |be, r, a, b| be.mul_assign(r, a, b).unwrap()),
             ];
             for (name, op) in ops {
-                let mut a = pair(&g, wa.clone(), &limbs, ca, n, Repr::Ntt);
+                let mut a = pair(&*g, wa.clone(), &limbs, ca, n, Repr::Ntt);
                 op(&cpu, &r, &mut a.cpu, &b.cpu);
-                op(&*g, &r, &mut a.gpu, &b.gpu);
-                same(&g, &a.cpu, &a.gpu, &format!("{name} N={n} {ca}x{cb}"));
+                op(&*g, &r, &mut a.dev, &b.dev);
+                same(&*g, &a.cpu, &a.dev, &format!("{name} N={n} {ca}x{cb}"));
             }
-            let mut a = pair(&g, wa.clone(), &limbs, ca, n, Repr::Ntt);
+            let mut a = pair(&*g, wa.clone(), &limbs, ca, n, Repr::Ntt);
             cpu.neg_assign(&r, &mut a.cpu).unwrap();
-            g.neg_assign(&r, &mut a.gpu).unwrap();
-            same(&g, &a.cpu, &a.gpu, "neg");
+            g.neg_assign(&r, &mut a.dev).unwrap();
+            same(&*g, &a.cpu, &a.dev, "neg");
             let s: Vec<u32> = (0..limbs.len()).map(|_| rng.next() as u32).collect();
             cpu.mul_scalar_assign(&r, &mut a.cpu, &s).unwrap();
-            g.mul_scalar_assign(&r, &mut a.gpu, &s).unwrap();
-            same(&g, &a.cpu, &a.gpu, "mul_scalar");
+            g.mul_scalar_assign(&r, &mut a.dev, &s).unwrap();
+            same(&*g, &a.cpu, &a.dev, "mul_scalar");
             cpu.add_scalar_assign(&r, &mut a.cpu, &s).unwrap();
-            g.add_scalar_assign(&r, &mut a.gpu, &s).unwrap();
-            same(&g, &a.cpu, &a.gpu, "add_scalar");
+            g.add_scalar_assign(&r, &mut a.dev, &s).unwrap();
+            same(&*g, &a.cpu, &a.dev, "add_scalar");
             // mul_acc with every broadcast combination.
             for (cx, cy) in [(ca, cb), (cb, ca), (1, 1)] {
                 let x = pair(
-                    &g,
+                    &*g,
                     random_words(&mut rng, &r, &limbs, cx),
                     &limbs,
                     cx,
@@ -320,25 +222,25 @@ fn elementwise_ops_with_broadcast() {
                     Repr::Ntt,
                 );
                 let y = pair(
-                    &g,
+                    &*g,
                     random_words(&mut rng, &r, &limbs, cy),
                     &limbs,
                     cy,
                     n,
                     Repr::Ntt,
                 );
-                let mut acc = pair(&g, wa.clone(), &limbs, ca, n, Repr::Ntt);
+                let mut acc = pair(&*g, wa.clone(), &limbs, ca, n, Repr::Ntt);
                 let ok_cpu = cpu.mul_acc(&r, &mut acc.cpu, &x.cpu, &y.cpu).is_ok();
-                let ok_gpu = g.mul_acc(&r, &mut acc.gpu, &x.gpu, &y.gpu).is_ok();
+                let ok_gpu = g.mul_acc(&r, &mut acc.dev, &x.dev, &y.dev).is_ok();
                 assert_eq!(ok_cpu, ok_gpu, "mul_acc acceptance {ca} {cx} {cy}");
                 if ok_cpu {
-                    same(&g, &acc.cpu, &acc.gpu, &format!("mul_acc {ca}/{cx}/{cy}"));
+                    same(&*g, &acc.cpu, &acc.dev, &format!("mul_acc {ca}/{cx}/{cy}"));
                 }
             }
         }
         // Mismatched operands are rejected as on the CPU.
         let a1 = pair(
-            &g,
+            &*g,
             random_words(&mut rng, &r, &[0, 1], 2),
             &[0, 1],
             2,
@@ -346,14 +248,14 @@ fn elementwise_ops_with_broadcast() {
             Repr::Ntt,
         );
         let mut a2 = pair(
-            &g,
+            &*g,
             random_words(&mut rng, &r, &[0, 2], 2),
             &[0, 2],
             2,
             n,
             Repr::Ntt,
         );
-        assert!(g.add_assign(&r, &mut a2.gpu, &a1.gpu).is_err());
+        assert!(g.add_assign(&r, &mut a2.dev, &a1.dev).is_err());
     }
 }
 
@@ -364,7 +266,7 @@ fn linear_combinations_and_tensor_product() {
     let cpu = CpuBackend::new();
     let mut rng = Rng(4);
     for &n in &[16usize, 4096, 8192] {
-        let r = ring(n);
+        let r = mixed_ring(n);
         let limbs = vec![0usize, 1, 2, 6];
         for (ni, outputs, count) in [
             (1usize, 1usize, 2usize),
@@ -375,7 +277,7 @@ fn linear_combinations_and_tensor_product() {
             let ins: Vec<Pair> = (0..ni)
                 .map(|_| {
                     let w = random_words(&mut rng, &r, &limbs, count);
-                    pair(&g, w, &limbs, count, n, Repr::Ntt)
+                    pair(&*g, w, &limbs, count, n, Repr::Ntt)
                 })
                 .collect();
             let mut weights = Vec::with_capacity(outputs * ni * limbs.len());
@@ -385,16 +287,16 @@ fn linear_combinations_and_tensor_product() {
                 }
             }
             let xc: Vec<&PolyBatch> = ins.iter().map(|p| &p.cpu).collect();
-            let xg: Vec<&PolyBatch> = ins.iter().map(|p| &p.gpu).collect();
+            let xg: Vec<&PolyBatch> = ins.iter().map(|p| &p.dev).collect();
             let yc = cpu.linear_combinations(&r, &xc, &weights, outputs).unwrap();
             let yg = g.linear_combinations(&r, &xg, &weights, outputs).unwrap();
             assert_eq!(yc.len(), yg.len());
             for (k, (a, b)) in yc.iter().zip(&yg).enumerate() {
-                same(&g, a, b, &format!("lincomb N={n} ni={ni} k={k}/{outputs}"));
+                same(&*g, a, b, &format!("lincomb N={n} ni={ni} k={k}/{outputs}"));
             }
         }
         let a = pair(
-            &g,
+            &*g,
             random_words(&mut rng, &r, &limbs, 2),
             &limbs,
             2,
@@ -402,7 +304,7 @@ fn linear_combinations_and_tensor_product() {
             Repr::Ntt,
         );
         let b = pair(
-            &g,
+            &*g,
             random_words(&mut rng, &r, &limbs, 2),
             &limbs,
             2,
@@ -410,8 +312,8 @@ fn linear_combinations_and_tensor_product() {
             Repr::Ntt,
         );
         let tc = cpu.tensor_product(&r, &a.cpu, &b.cpu).unwrap();
-        let tg = g.tensor_product(&r, &a.gpu, &b.gpu).unwrap();
-        same(&g, &tc, &tg, &format!("tensor product N={n}"));
+        let tg = g.tensor_product(&r, &a.dev, &b.dev).unwrap();
+        same(&*g, &tc, &tg, &format!("tensor product N={n}"));
     }
 }
 
@@ -422,7 +324,7 @@ fn base_conversion_and_scale_and_round() {
     let cpu = CpuBackend::new();
     let mut rng = Rng(5);
     for &n in &[16usize, 4096, 8192] {
-        let r = ring(n);
+        let r = mixed_ring(n);
         let ms = |ls: &[usize]| ls.iter().map(|&l| *r.modulus(l)).collect::<Vec<Modulus>>();
         // 30-bit -> mixed, mixed -> 30-bit, 24-bit-heavy sources: every reduction branch.
         for (from, to, count) in [
@@ -433,7 +335,7 @@ fn base_conversion_and_scale_and_round() {
         ] {
             let conv = BaseConverter::new(&ms(&from), &ms(&to));
             let p = pair(
-                &g,
+                &*g,
                 random_words(&mut rng, &r, &from, count),
                 &from,
                 count,
@@ -445,9 +347,9 @@ fn base_conversion_and_scale_and_round() {
                 let c = cpu
                     .base_convert(&r, &p.cpu, to_arc.clone(), &conv, exact)
                     .unwrap();
-                let d = g.base_convert(&r, &p.gpu, to_arc, &conv, exact).unwrap();
+                let d = g.base_convert(&r, &p.dev, to_arc, &conv, exact).unwrap();
                 same(
-                    &g,
+                    &*g,
                     &c,
                     &d,
                     &format!("base_convert N={n} {from:?}->{to:?} exact={exact}"),
@@ -462,7 +364,7 @@ fn base_conversion_and_scale_and_round() {
             let rounder = ScaleRounder::new(&ms(&q), &ms(&c), t);
             let all: Vec<usize> = q.iter().chain(&c).copied().collect();
             let p = pair(
-                &g,
+                &*g,
                 random_words(&mut rng, &r, &all, 2),
                 &all,
                 2,
@@ -473,9 +375,9 @@ fn base_conversion_and_scale_and_round() {
             let a = cpu
                 .scale_and_round(&r, &p.cpu, to.clone(), &rounder)
                 .unwrap();
-            let b = g.scale_and_round(&r, &p.gpu, to, &rounder).unwrap();
+            let b = g.scale_and_round(&r, &p.dev, to, &rounder).unwrap();
             same(
-                &g,
+                &*g,
                 &a,
                 &b,
                 &format!("scale_and_round N={n} {q:?}/{c:?} t={t}"),
@@ -491,112 +393,7 @@ fn base_conversion_and_scale_and_round() {
 #[test]
 #[ignore = "needs a CUDA device: run with --ignored (HETENSOR_REQUIRE_CUDA=1 in scripts/test.sh; a missing device fails)"]
 fn mod_down_and_key_switch() {
-    let g = gpu();
-    let cpu = CpuBackend::new();
-    let mut rng = Rng(11);
-    for &n in &[16usize, 4096, 1 << 15] {
-        let r = ring(n);
-        let ms = |ls: &[usize]| ls.iter().map(|&l| *r.modulus(l)).collect::<Vec<Modulus>>();
-        let conv = |a: &[usize], b: &[usize]| Arc::new(BaseConverter::new(&ms(a), &ms(b)));
-        let arc = |v: &[usize]| -> Arc<[usize]> { v.into() };
-        for (keep, drop, count, x_limbs) in [
-            (vec![0usize, 1, 2, 3], vec![4usize], 2usize, None),
-            (vec![0, 1, 5, 6], vec![7, 8], 3, None),
-            (vec![0], vec![1, 2, 3], 1, None),
-            (vec![0, 1, 2], vec![3], 2, Some(vec![0usize, 3, 1, 2])),
-        ] {
-            let xl = x_limbs.unwrap_or_else(|| keep.iter().chain(&drop).copied().collect());
-            let x = pair(
-                &g,
-                random_words(&mut rng, &r, &xl, count),
-                &xl,
-                count,
-                n,
-                Repr::Ntt,
-            );
-            let c = conv(&drop, &keep);
-            let a = cpu
-                .mod_down(&r, &x.cpu, arc(&keep), arc(&drop), &c)
-                .unwrap();
-            let b = g.mod_down(&r, &x.gpu, arc(&keep), arc(&drop), &c).unwrap();
-            same(&g, &a, &b, &format!("mod_down N={n} {xl:?} -> {keep:?}"));
-        }
-        let (q_all, p): (Vec<usize>, Vec<usize>) = ((0..7).collect(), vec![7, 8]);
-        let key_limbs: Vec<usize> = q_all.iter().chain(&p).copied().collect();
-        for dnum in 1..=3usize {
-            let alpha = q_all.len().div_ceil(dnum);
-            let keys: Vec<Pair> = (0..dnum)
-                .map(|_| {
-                    let w = random_words(&mut rng, &r, &key_limbs, 2);
-                    pair(&g, w, &key_limbs, 2, n, Repr::Ntt)
-                })
-                .collect();
-            for nq in [7usize, 5, 3, 1] {
-                let q: Vec<usize> = (0..nq).collect();
-                let plan = ks_plan(&r, &q, &p, alpha);
-                let used = &keys[..plan.digits.len()];
-                let d = pair(&g, random_words(&mut rng, &r, &q, 1), &q, 1, n, Repr::Ntt);
-                let kc: Vec<&PolyBatch> = used.iter().map(|k| &k.cpu).collect();
-                let kg: Vec<&PolyBatch> = used.iter().map(|k| &k.gpu).collect();
-                let a = cpu.key_switch(&r, &d.cpu, &kc, &plan, None).unwrap();
-                let b = g.key_switch(&r, &d.gpu, &kg, &plan, None).unwrap();
-                same(&g, &a, &b, &format!("key_switch N={n} dnum={dnum} nq={nq}"));
-                // Onto a size-3 batch's first two polynomials (relinearization).
-                let c = pair(&g, random_words(&mut rng, &r, &q, 3), &q, 3, n, Repr::Ntt);
-                let a = cpu
-                    .key_switch(&r, &d.cpu, &kc, &plan, Some(&c.cpu))
-                    .unwrap();
-                let b = g.key_switch(&r, &d.gpu, &kg, &plan, Some(&c.gpu)).unwrap();
-                same(
-                    &g,
-                    &a,
-                    &b,
-                    &format!("key_switch onto N={n} dnum={dnum} nq={nq}"),
-                );
-                // Without its ModDown, with P·(c0, c1) or P·c0 lifted in (relinearize-and-
-                // rescale, rotations), then one ModDown over P·q_last as the rescale does.
-                for k in [0usize, 1, 2] {
-                    let lift = (k > 0)
-                        .then(|| pair(&g, random_words(&mut rng, &r, &q, k), &q, k, n, Repr::Ntt));
-                    let a = cpu
-                        .key_switch_ext(&r, &d.cpu, &kc, &plan, lift.as_ref().map(|x| &x.cpu))
-                        .unwrap();
-                    let b = g
-                        .key_switch_ext(&r, &d.gpu, &kg, &plan, lift.as_ref().map(|x| &x.gpu))
-                        .unwrap();
-                    let what = format!("key_switch_ext lift {k} N={n} dnum={dnum} nq={nq}");
-                    same(&g, &a, &b, &what);
-                    // The hoisted form: the same ModUp shared by several rotations, each an
-                    // automorphism of the digits (or none) and an inner product.
-                    let ups_c = cpu.mod_up(&r, &d.cpu, &plan).unwrap();
-                    let ups_g = g.mod_up(&r, &d.gpu, &plan).unwrap();
-                    for (u, v) in ups_c.iter().zip(&ups_g) {
-                        same(&g, u, v, &format!("ModUp N={n} dnum={dnum} nq={nq}"));
-                    }
-                    let ups_c: Vec<&PolyBatch> = ups_c.iter().collect();
-                    let ups_g: Vec<&PolyBatch> = ups_g.iter().collect();
-                    let pa = arc(&p);
-                    for gal in [None, Some(5usize), Some(2 * n - 1)] {
-                        let lc = lift.as_ref().map(|x| &x.cpu);
-                        let lg = lift.as_ref().map(|x| &x.gpu);
-                        let a = cpu
-                            .key_inner_hoisted(&r, &ups_c, &kc, gal, lc, &pa)
-                            .unwrap();
-                        let b = g.key_inner_hoisted(&r, &ups_g, &kg, gal, lg, &pa).unwrap();
-                        same(&g, &a, &b, &format!("key_inner_hoisted g={gal:?}, {what}"));
-                    }
-                    if nq > 1 {
-                        let keep = arc(&q[..nq - 1]);
-                        let drop: Vec<usize> = [nq - 1].iter().chain(&p).copied().collect();
-                        let c = conv(&drop, &q[..nq - 1]);
-                        let a = cpu.mod_down(&r, &a, keep.clone(), arc(&drop), &c).unwrap();
-                        let b = g.mod_down(&r, &b, keep, arc(&drop), &c).unwrap();
-                        same(&g, &a, &b, &format!("{what}, then ModDown by P·q_last"));
-                    }
-                }
-            }
-        }
-    }
+    key_switching::key_switching_matches_cpu(&*gpu(), &[16, 4096, 1 << 15], 11);
 }
 
 #[test]
@@ -606,10 +403,10 @@ fn automorphisms_and_copies() {
     let cpu = CpuBackend::new();
     let mut rng = Rng(6);
     for &n in DEGREES {
-        let r = ring(n);
+        let r = mixed_ring(n);
         let limbs = vec![0usize, 2, 3, 7];
         let p = pair(
-            &g,
+            &*g,
             random_words(&mut rng, &r, &limbs, 3),
             &limbs,
             3,
@@ -617,7 +414,7 @@ fn automorphisms_and_copies() {
             Repr::Coeff,
         );
         let pn = pair(
-            &g,
+            &*g,
             random_words(&mut rng, &r, &limbs, 3),
             &limbs,
             3,
@@ -626,19 +423,19 @@ fn automorphisms_and_copies() {
         );
         for gal in [1usize, 3, 5, 2 * n - 1, 2 * n + 5, 25] {
             let a = cpu.automorphism(&r, &p.cpu, gal).unwrap();
-            let b = g.automorphism(&r, &p.gpu, gal).unwrap();
-            same(&g, &a, &b, &format!("automorphism N={n} g={gal}"));
+            let b = g.automorphism(&r, &p.dev, gal).unwrap();
+            same(&*g, &a, &b, &format!("automorphism N={n} g={gal}"));
             let a = cpu.automorphism_ntt(&r, &pn.cpu, gal).unwrap();
-            let b = g.automorphism_ntt(&r, &pn.gpu, gal).unwrap();
-            same(&g, &a, &b, &format!("automorphism_ntt N={n} g={gal}"));
+            let b = g.automorphism_ntt(&r, &pn.dev, gal).unwrap();
+            same(&*g, &a, &b, &format!("automorphism_ntt N={n} g={gal}"));
         }
-        assert!(g.automorphism(&r, &p.gpu, 4).is_err());
+        assert!(g.automorphism(&r, &p.dev, 4).is_err());
         for sel in [vec![2usize, 3], vec![7, 0], vec![0, 2, 3, 7], vec![3]] {
             let s: Arc<[usize]> = sel.as_slice().into();
             for src in [
                 &p,
                 &pair(
-                    &g,
+                    &*g,
                     random_words(&mut rng, &r, &limbs, 1),
                     &limbs,
                     1,
@@ -647,18 +444,18 @@ fn automorphisms_and_copies() {
                 ),
             ] {
                 let a = cpu.select_limbs(&src.cpu, s.clone()).unwrap();
-                let b = g.select_limbs(&src.gpu, s.clone()).unwrap();
-                same(&g, &a, &b, &format!("select_limbs {sel:?}"));
+                let b = g.select_limbs(&src.dev, s.clone()).unwrap();
+                same(&*g, &a, &b, &format!("select_limbs {sel:?}"));
             }
         }
-        assert!(g.select_limbs(&p.gpu, [1usize].as_slice().into()).is_err());
+        assert!(g.select_limbs(&p.dev, [1usize].as_slice().into()).is_err());
         for (start, len) in [(0usize, 3usize), (1, 2), (2, 1), (1, 0)] {
             let a = cpu.slice_polys(&p.cpu, start, len).unwrap();
-            let b = g.slice_polys(&p.gpu, start, len).unwrap();
-            same(&g, &a, &b, &format!("slice_polys {start}+{len}"));
+            let b = g.slice_polys(&p.dev, start, len).unwrap();
+            same(&*g, &a, &b, &format!("slice_polys {start}+{len}"));
         }
         let q = pair(
-            &g,
+            &*g,
             random_words(&mut rng, &r, &limbs, 2),
             &limbs,
             2,
@@ -666,11 +463,11 @@ fn automorphisms_and_copies() {
             Repr::Coeff,
         );
         let a = cpu.concat(&[&p.cpu, &q.cpu, &p.cpu]).unwrap();
-        let b = g.concat(&[&p.gpu, &q.gpu, &p.gpu]).unwrap();
-        same(&g, &a, &b, "concat");
+        let b = g.concat(&[&p.dev, &q.dev, &p.dev]).unwrap();
+        same(&*g, &a, &b, "concat");
         let other = vec![1usize, 4];
         let o = pair(
-            &g,
+            &*g,
             random_words(&mut rng, &r, &other, 3),
             &other,
             3,
@@ -678,8 +475,8 @@ fn automorphisms_and_copies() {
             Repr::Coeff,
         );
         let a = cpu.concat_limbs(&p.cpu, &o.cpu).unwrap();
-        let b = g.concat_limbs(&p.gpu, &o.gpu).unwrap();
-        same(&g, &a, &b, "concat_limbs");
+        let b = g.concat_limbs(&p.dev, &o.dev).unwrap();
+        same(&*g, &a, &b, "concat_limbs");
     }
 }
 

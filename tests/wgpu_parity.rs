@@ -18,6 +18,10 @@ use hetensor::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
 use hetensor::rlwe::{GaloisKeys, RlweContext, Security};
 use hetensor::Error;
 
+#[path = "support/key_switching.rs"]
+#[allow(dead_code)] // the helpers tests/cuda_parity.rs uses too
+mod key_switching;
+
 /// The adapter; without one the test fails, it does not pass unrun (scripts/test.sh installs
 /// Mesa lavapipe; `WGPU_BACKEND=vulkan|gl|...` picks the API).
 fn gpu() -> &'static WgpuBackend {
@@ -366,6 +370,13 @@ fn base_conversion_and_scale_round_match_cpu() {
             &format!("scale and round {q:?} -> {c:?}, t {t}"),
         );
     }
+}
+
+/// ModDown and every key-switching entry point (fused or composed), as tests/cuda_parity.rs
+/// checks CUDA's: the same sweep, the same seeds.
+#[test]
+fn key_switching_matches_cpu() {
+    key_switching::key_switching_matches_cpu(gpu(), &[16, 4096, 1 << 15], 11);
 }
 
 #[test]
