@@ -84,3 +84,11 @@ fn group_base(wid: vec3<u32>, nwg: vec3<u32>, id: u32) -> u32 {
 fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
 }
+
+// Source index of NTT slot k under X -> X^g (g odd, mod 2N): slot k holds the evaluation at
+// psi^(2 br(k) + 1), so the automorphism reads slot br((g (2 br(k) + 1) mod 2N - 1) / 2).
+fn ntt_perm(k: u32, log_n: u32, g: u32) -> u32 {
+    let e = 2u * (reverseBits(k) >> (32u - log_n)) + 1u;
+    let ge = (e * g) & ((2u << log_n) - 1u);
+    return reverseBits((ge - 1u) / 2u) >> (32u - log_n);
+}

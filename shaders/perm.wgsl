@@ -26,7 +26,7 @@ fn automorphism(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
 }
 
-// NTT domain: position k holds the evaluation at psi^(2 br(k) + 1); out[k] = in[br((g (2 br(k) + 1) mod 2N - 1) / 2)].
+// NTT domain: out[k] = in[ntt_perm(k)] (common.wgsl).
 @compute @workgroup_size(256)
 fn automorphism_ntt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let id = linear_id(wid, nwg, lid);
@@ -34,8 +34,5 @@ fn automorphism_ntt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
     if (id >= (prm[2] << log_n)) { return; }
     let n = 1u << log_n;
     let k = id & (n - 1u);
-    let e = 2u * (reverseBits(k) >> (32u - log_n)) + 1u;
-    let ge = (e * prm[3]) & (2u * n - 1u);
-    let src = reverseBits((ge - 1u) / 2u) >> (32u - log_n);
-    out[id] = inp[(id - k) + src];
+    out[id] = inp[(id - k) + ntt_perm(k, log_n, prm[3])];
 }

@@ -11,30 +11,21 @@
 
 // conv tab: [0] k (source primes), [1] kt (target primes); at 8 + 5i: b_i, [(B/b_i)^-1]_{b_i},
 // its Shoup, floor(2^62/b_i) lo, hi; at 8 + 5k + 4j: c_j, mu32, bits, [B]_{c_j};
-// at 8 + 5k + 4kt + j*k + i: [B/b_i]_{c_j}.
-@compute @workgroup_size(256)
-fn base_convert(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let id = linear_id(wid, nwg, lid);
-    let log_n = prm[0];
-    let k = tab[0];
-    let kt = tab[1];
-    let n = 1u << log_n;
-    if (id >= prm[1] * kt * n) { return; }
-    let c = id & (n - 1u);
-    let row = group_base(wid, nwg, id) >> log_n;
-    let j = row % kt;
-    let poly = row / kt;
-    let tj = 8u + 5u * k + 4u * j;
+// at 8 + 5k + 4kt + j*k + i: [B/b_i]_{c_j}. All relative to the table's first word `t`.
+// Coefficient c of target prime j from the k source rows starting at row `src` of `inp`.
+fn conv_word(t: u32, j: u32, src: u32, c: u32, log_n: u32, exact: bool) -> u32 {
+    let k = tab[t];
+    let kt = tab[t + 1u];
+    let tj = t + 8u + 5u * k + 4u * j;
     let cj = tab[tj];
     let mu = tab[tj + 1u];
     let bits = tab[tj + 2u];
-    let mrow = 8u + 5u * k + 4u * kt + j * k;
-    let exact = prm[2] != 0u;
+    let mrow = t + 8u + 5u * k + 4u * kt + j * k;
     var o = 0u;
     var v = vec2<u32>(0u, 0u);
     for (var i = 0u; i < k; i++) {
-        let s = 8u + 5u * i;
-        let y = mul_shoup(inp[((poly * k + i) << log_n) + c], tab[s + 1u], tab[s + 2u], tab[s]);
+        let s = t + 8u + 5u * i;
+        let y = mul_shoup(inp[((src + i) << log_n) + c], tab[s + 1u], tab[s + 2u], tab[s]);
         if (exact) {
             // (y * floor(2^62/b_i)) >> 30 < 2^32.
             let p0 = mul_wide(y, tab[s + 3u]);
@@ -48,7 +39,34 @@ fn base_convert(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         let vr = add64(v, vec2<u32>(0x80000000u, 0u)).y;
         o = sub_mod(o, mul_add_red(vr, tab[tj + 3u], 0u, cj, mu, bits), cj);
     }
-    out[id] = o;
+    return o;
+}
+
+@compute @workgroup_size(256)
+fn base_convert(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    let log_n = prm[0];
+    let k = tab[0];
+    let kt = tab[1];
+    let n = 1u << log_n;
+    if (id >= prm[1] * kt * n) { return; }
+    let row = group_base(wid, nwg, id) >> log_n;
+    let j = row % kt;
+    out[id] = conv_word(0u, j, (row / kt) * k, id & (n - 1u), log_n, prm[2] != 0u);
+}
+
+// ModUp's new rows for every digit of a key switch at once (WgpuBackend::mod_up_rows): `inp` is
+// d in coefficient form (one polynomial), `tab` the plan's cached table: at 8 + 3r, for output
+// row r, the offset of its digit's conversion table (the layout above), the digit's first row
+// of d, and the row's target index in that digit. prm: [0] log2 N, [1] rows.
+@compute @workgroup_size(256)
+fn mod_up_convert(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let id = linear_id(wid, nwg, lid);
+    let log_n = prm[0];
+    let n = 1u << log_n;
+    if (id >= (prm[1] << log_n)) { return; }
+    let r = 8u + 3u * (group_base(wid, nwg, id) >> log_n);
+    out[id] = conv_word(tab[r], tab[r + 2u], tab[r + 1u], id & (n - 1u), log_n, false);
 }
 
 // scale tab: [0] kq, [1] kc; at 8 + 3i: q_i, Θ_i lo, hi; at 8 + 3kq + 8j: c_j, mu32, bits,

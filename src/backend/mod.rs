@@ -719,6 +719,59 @@ pub fn lift_reference<B: Backend + ?Sized>(
     Ok(out)
 }
 
+/// Where a fused key switch finds every digit's limbs over `plan.qp`, for the GPU kernels that
+/// run ModUp for all digits at once and read the key digits in place
+/// (`kernels/keyswitch.cu`, `shaders/keyswitch.wgsl`).
+#[derive(Clone, Debug)]
+#[doc(hidden)]
+pub struct FusedKsLayout {
+    /// Per digit, the position in `plan.q` of its first limb (its limbs are consecutive).
+    pub starts: Vec<usize>,
+    /// The primes of every digit's new limbs (`rest`), digit after digit: ModUp's rows.
+    pub ext_primes: Vec<usize>,
+    /// Per limb `l` of `plan.qp`, `2 + digits` words: its prime, its row in the key, then per
+    /// digit the row holding that digit's limb `l`: `1 << 31 | i` for row `i` of `d` (the
+    /// digit's own limb), else row `i` of ModUp's rows.
+    pub lrow: Vec<u32>,
+}
+
+/// The layout of [`FusedKsLayout`], or `None` when the plan is not one the fused kernels take:
+/// no special primes, `plan.qp` not `plan.q ++ plan.p`, a digit whose limbs are not
+/// consecutive in `plan.q`, or a limb the key lacks.
+#[doc(hidden)]
+pub fn fused_ks_layout(plan: &KeySwitchPlan, key_limbs: &[usize]) -> Option<FusedKsLayout> {
+    let pos = |ls: &[usize], x: usize| ls.iter().position(|&l| l == x);
+    let (nq, np) = (plan.q.len(), plan.p.len());
+    if np == 0 || plan.qp.len() != nq + np || plan.qp[..nq] != *plan.q || plan.qp[nq..] != *plan.p {
+        return None;
+    }
+    let mut w = FusedKsLayout {
+        starts: Vec::with_capacity(plan.digits.len()),
+        ext_primes: Vec::new(),
+        lrow: Vec::new(),
+    };
+    let mut base = Vec::with_capacity(plan.digits.len());
+    for dg in &plan.digits {
+        let (k, s0) = (dg.limbs.len(), pos(&plan.q, *dg.limbs.first()?)?);
+        if plan.q.get(s0..s0 + k) != Some(&dg.limbs[..]) || dg.up.to().len() != dg.rest.len() {
+            return None;
+        }
+        w.starts.push(s0);
+        base.push(w.ext_primes.len());
+        w.ext_primes.extend(dg.rest.iter().copied());
+    }
+    for &l in plan.qp.iter() {
+        w.lrow.extend([l as u32, pos(key_limbs, l)? as u32]);
+        for (dg, &b) in plan.digits.iter().zip(&base) {
+            w.lrow.push(match pos(&dg.limbs, l) {
+                Some(_) => (1 << 31) | pos(&plan.q, l)? as u32,
+                None => (b + pos(&dg.rest, l)?) as u32,
+            });
+        }
+    }
+    Some(w)
+}
+
 /// `P mod q` for every limb `q` of `limbs`, `P` the product of the special primes `p` (0 on
 /// the special primes themselves): the factors by which key switching lifts a ciphertext into
 /// its extended basis ([`lift_reference`]; the CUDA kernels take them as a table).

@@ -26,7 +26,7 @@ use cudarc::nvrtc::Ptx;
 use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs,
     check_key_inner_hoisted, check_key_switch, check_key_switch_ext, check_mul_acc, check_ntt,
-    check_ring, check_scale_and_round, check_slice, check_tensor_product,
+    check_ring, check_scale_and_round, check_slice, check_tensor_product, fused_ks_layout,
     key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference, lift_factors,
     limb_positions, limb_scalars, mod_down_factors, mod_down_reference, mod_up_reference, Backend,
     Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, TraceCounts,
@@ -347,34 +347,18 @@ fn push_conv(
 
 #[doc(hidden)]
 pub fn ks_table_words(plan: &KeySwitchPlan, key_limbs: &[usize]) -> Option<KsTableWords> {
-    let pos = |ls: &[usize], x: usize| ls.iter().position(|&l| l == x);
-    let (nq, np) = (plan.q.len(), plan.qp.len() - plan.q.len());
+    let layout = fused_ks_layout(plan, key_limbs)?;
+    let (nq, np) = (plan.q.len(), plan.p.len());
     let mut w = KsTableWords {
         desc: Vec::new(),
         tab: Vec::new(),
-        ext_primes: Vec::new(),
+        ext_primes: layout.ext_primes,
         orow: Vec::new(),
         orow_ext: Vec::new(),
-        lrow: Vec::new(),
+        lrow: layout.lrow,
     };
-    let mut base = Vec::with_capacity(plan.digits.len());
-    for dg in &plan.digits {
-        let (k, s0) = (dg.limbs.len(), pos(&plan.q, *dg.limbs.first()?)?);
-        if plan.q.get(s0..s0 + k) != Some(&dg.limbs[..]) || dg.up.to().len() != dg.rest.len() {
-            return None;
-        }
-        base.push(w.ext_primes.len());
+    for (dg, &s0) in plan.digits.iter().zip(&layout.starts) {
         push_conv(&mut w.desc, &mut w.tab, &dg.up, s0, false);
-        w.ext_primes.extend(dg.rest.iter().copied());
-    }
-    for &l in plan.qp.iter() {
-        w.lrow.extend([l as u32, pos(key_limbs, l)? as u32]);
-        for (dg, &b) in plan.digits.iter().zip(&base) {
-            w.lrow.push(match pos(&dg.limbs, l) {
-                Some(_) => (1 << 31) | pos(&plan.q, l)? as u32,
-                None => (b + pos(&dg.rest, l)?) as u32,
-            });
-        }
     }
     // The accumulator's rows: the special limbs of both polynomials first (ModDown's input,
     // contiguous), then the ciphertext limbs.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use crate::backend::DeviceBuffer;
+use crate::backend::{lift_factors, DeviceBuffer, FusedKsLayout, KeySwitchPlan};
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
 
@@ -41,9 +41,14 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
         &["lincomb"],
     ),
     (
+        "keyswitch",
+        include_str!("../../../shaders/keyswitch.wgsl"),
+        &["ks_inner", "ks_inner_hoisted"],
+    ),
+    (
         "rns",
         include_str!("../../../shaders/rns.wgsl"),
-        &["base_convert", "scale_round"],
+        &["base_convert", "scale_round", "mod_up_convert"],
     ),
     (
         "perm",
@@ -93,6 +98,8 @@ pub(super) struct Gpu {
     max_binding: u64,
     max_buffer: u64,
     align: u64,
+    /// Storage bindings one shader may declare (the fused key switch needs 10).
+    max_storage_buffers: u32,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<(&'static str, bool), wgpu::ComputePipeline>>,
     rings: Mutex<HashMap<RingKey, Arc<RingTables>>>,
@@ -186,6 +193,7 @@ impl Gpu {
                 .min(limits.max_buffer_size),
             max_buffer: limits.max_buffer_size,
             align: limits.min_storage_buffer_offset_alignment as u64,
+            max_storage_buffers: limits.max_storage_buffers_per_shader_stage,
             device,
             queue,
             info,
@@ -524,6 +532,13 @@ impl Gpu {
             .collect())
     }
 
+    /// Whether every batch of `words` fits one binding and the adapter allows the fused key
+    /// switch's 10 storage bindings (`shaders/keyswitch.wgsl`); if not, the backend composes
+    /// key switching from smaller operations.
+    pub fn fits_fused_key_switch(&self, words: &[usize]) -> bool {
+        self.max_storage_buffers >= 10 && words.iter().all(|&w| 4 * w as u64 <= self.max_binding)
+    }
+
     /// Rows (of `row_words` words) that fit one binding.
     pub fn row_chunk(&self, row_words: usize) -> Result<usize> {
         self.check_binding(row_words)?;
@@ -591,21 +606,48 @@ impl Gpu {
         let (from, to) = (conv.from(), conv.to());
         let mut key = vec![0, from.len() as u64];
         key.extend(from.iter().chain(to).map(|m| m.value() as u64));
-        self.cached_table(key, "base conversion", || {
-            let (k, kt) = (from.len(), to.len());
-            let mut v = vec![0u32; 8];
-            v[0] = k as u32;
-            v[1] = kt as u32;
-            for (i, m) in from.iter().enumerate() {
-                let (w, ws) = conv.b_hat_inv_table()[i];
-                let f = conv.frac_table()[i];
-                v.extend([m.value(), w, ws, f as u32, (f >> 32) as u32]);
+        self.cached_table(key, "base conversion", || converter_words(conv))
+    }
+
+    /// The fused key switch's table of one plan (`shaders/keyswitch.wgsl`, `mod_up_convert` in
+    /// `shaders/rns.wgsl`), cached by the ring's primes and the plan's limb layout: a header
+    /// (`[0]` ModUp's rows, `[1]` the `lrow` offset, `[2]` the `[P]_q` offset), at `8 + 3r`
+    /// the descriptor of ModUp row `r` (its digit's conversion table, that digit's first row
+    /// of `d`, the row's target index), each digit's conversion table, `layout.lrow`, and
+    /// `[P]_q` for every limb of `plan.qp`.
+    pub fn key_switch_table(
+        &self,
+        ring: &RingContext,
+        plan: &KeySwitchPlan,
+        key_limbs: &[usize],
+        layout: &FusedKsLayout,
+    ) -> Result<Arc<wgpu::Buffer>> {
+        let mut key = vec![2, ring.n() as u64, ring.len() as u64];
+        key.extend(ring.moduli().iter().map(|m| m.value() as u64));
+        let lists = [&plan.q[..], &plan.p[..], key_limbs]
+            .into_iter()
+            .chain(plan.digits.iter().map(|d| &d.limbs[..]));
+        for list in lists {
+            key.push(list.len() as u64);
+            key.extend(list.iter().map(|&l| l as u64));
+        }
+        self.cached_table(key, "key switching", || {
+            let rows = layout.ext_primes.len();
+            let mut convs = Vec::new();
+            let mut desc = Vec::with_capacity(3 * rows);
+            let base = 8 + 3 * rows;
+            for (dg, &s0) in plan.digits.iter().zip(&layout.starts) {
+                let t = (base + convs.len()) as u32;
+                desc.extend((0..dg.rest.len()).flat_map(|j| [t, s0 as u32, j as u32]));
+                convs.extend(converter_words(&dg.up));
             }
-            for (j, c) in to.iter().enumerate() {
-                let (bits, mu) = c.barrett32();
-                v.extend([c.value(), mu, bits, conv.b_mod_c_table()[j]]);
-            }
-            v.extend_from_slice(conv.b_hat_mod_c_table());
+            let lrow = base + convs.len();
+            let lfac = lrow + layout.lrow.len();
+            let mut v = vec![rows as u32, lrow as u32, lfac as u32, 0, 0, 0, 0, 0];
+            v.extend(desc);
+            v.extend(convs);
+            v.extend_from_slice(&layout.lrow);
+            v.extend(lift_factors(ring, &plan.qp, &plan.p));
             v
         })
     }
@@ -630,6 +672,25 @@ impl Gpu {
             v
         })
     }
+}
+
+/// A base converter's table (layout in `shaders/rns.wgsl`).
+fn converter_words(conv: &BaseConverter) -> Vec<u32> {
+    let (from, to) = (conv.from(), conv.to());
+    let mut v = vec![0u32; 8];
+    v[0] = from.len() as u32;
+    v[1] = to.len() as u32;
+    for (i, m) in from.iter().enumerate() {
+        let (w, ws) = conv.b_hat_inv_table()[i];
+        let f = conv.frac_table()[i];
+        v.extend([m.value(), w, ws, f as u32, (f >> 32) as u32]);
+    }
+    for (j, c) in to.iter().enumerate() {
+        let (bits, mu) = c.barrett32();
+        v.extend([c.value(), mu, bits, conv.b_mod_c_table()[j]]);
+    }
+    v.extend_from_slice(conv.b_hat_mod_c_table());
+    v
 }
 
 /// `q, mu32, bits, 2^32 mod q` (the first words of a `moduli` entry, see `shaders/common.wgsl`).

@@ -13,10 +13,13 @@ mod device;
 use std::sync::Arc;
 
 use crate::backend::{
-    check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_mul_acc,
-    check_ntt, check_ring, check_scale_and_round, check_slice, check_tensor_product,
-    key_inner_reference, key_mod_down_reference, limb_positions, limb_scalars, mod_down_factors,
-    mod_down_reference, Backend, Buffer, KeySwitchPlan, PolyBatch, Repr,
+    check_automorphism, check_base_convert, check_concat, check_concat_limbs,
+    check_key_inner_hoisted, check_key_switch, check_key_switch_ext, check_mul_acc, check_ntt,
+    check_ring, check_scale_and_round, check_slice, check_tensor_product, fused_ks_layout,
+    key_inner_hoisted_reference, key_inner_reference, key_mod_down_reference,
+    key_switch_ext_reference, lift_factors, limb_positions, limb_scalars, mod_down_factors,
+    mod_down_reference, mod_up_reference, Backend, Buffer, FusedKsLayout, KeySwitchPlan, PolyBatch,
+    Repr,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, RingContext, ScaleRounder};
@@ -378,9 +381,19 @@ impl WgpuBackend {
         words: usize,
         runs: &[(usize, usize, usize)],
     ) -> Result<WgpuBuffer> {
+        let runs: Vec<_> = runs.iter().map(|&(s, d, len)| (src, s, d, len)).collect();
+        self.copy_runs(words, &runs)
+    }
+
+    /// Copies `(source, src offset, dst offset, words)` runs into a new buffer of `words`.
+    fn copy_runs(
+        &self,
+        words: usize,
+        runs: &[(&WgpuBuffer, usize, usize, usize)],
+    ) -> Result<WgpuBuffer> {
         let out = self.gpu.alloc(words)?;
         self.gpu.run(|enc| {
-            for &(s, d, len) in runs {
+            for &(src, s, d, len) in runs {
                 if len > 0 {
                     enc.copy_buffer_to_buffer(
                         src.get(),
@@ -394,6 +407,146 @@ impl WgpuBackend {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    /// The fused key switch's layout and cached table for `d` under `plan` with key digits
+    /// over `key_limbs`, or `None` when the plan's layout, the batch sizes or the adapter's
+    /// binding limits call for the composed reference instead ([`fused_ks_layout`]).
+    fn fused_ks(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        plan: &KeySwitchPlan,
+        key_limbs: &[usize],
+    ) -> Result<Option<(FusedKsLayout, Arc<::wgpu::Buffer>)>> {
+        if d.repr() != Repr::Ntt || d.count() != 1 || d.limbs() != &plan.q[..] {
+            return Ok(None);
+        }
+        let Some(layout) = fused_ks_layout(plan, key_limbs) else {
+            return Ok(None);
+        };
+        let (n, nl) = (d.n(), plan.qp.len());
+        let sizes = [
+            layout.ext_primes.len() * n,
+            2 * nl * n,
+            2 * key_limbs.len() * n,
+        ];
+        if !self.gpu.fits_fused_key_switch(&sizes) {
+            return Ok(None);
+        }
+        check_ring(ring, d)?;
+        let tab = self.gpu.key_switch_table(ring, plan, key_limbs, &layout)?;
+        Ok(Some((layout, tab)))
+    }
+
+    /// ModUp's new rows for every digit at once (`layout.ext_primes`, NTT form): an inverse
+    /// NTT of a copy of `d`, one `mod_up_convert` dispatch for all digits, one forward NTT.
+    fn mod_up_rows(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        layout: &FusedKsLayout,
+        tab: &::wgpu::Buffer,
+    ) -> Result<PolyBatch> {
+        let n = d.n();
+        let mut coeff = self.slice_polys(d, 0, 1)?;
+        self.ntt_inverse(ring, &mut coeff)?;
+        let rows = layout.ext_primes.len();
+        let out = self.gpu.alloc(rows * n)?;
+        let cb = self.buf(&coeff)?;
+        self.gpu.run(|enc| {
+            let prm = self.gpu.params(&[n.trailing_zeros(), rows as u32]);
+            let binds = [
+                Bind::range(0, out.get(), 0, rows * n),
+                Bind::range(1, cb.get(), 0, coeff.poly_words()),
+                Bind::whole(2, tab),
+                Bind::whole(4, &prm),
+            ];
+            let groups = ((rows * n) as u64).div_ceil(WG);
+            self.gpu
+                .dispatch(enc, "mod_up_convert", n >= 256, &binds, groups)
+        })?;
+        let mut ext = self.wrap(out, layout.ext_primes.as_slice().into(), 1, n, Repr::Coeff);
+        self.ntt_forward(ring, &mut ext)?;
+        Ok(ext)
+    }
+
+    /// A key switch up to its ModDown, all digits at once: ModUp ([`Self::mod_up_rows`]) and
+    /// the inner product with the key digits read in place and `P·lift` added (`ks_inner`,
+    /// three digits per dispatch), into a new 2-polynomial batch over `plan.qp`. `None`: the
+    /// caller composes the reference.
+    fn ks_accumulate(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        lift: Option<&PolyBatch>,
+    ) -> Result<Option<PolyBatch>> {
+        let key_limbs = keys[0].limbs();
+        if keys.iter().any(|k| k.limbs() != key_limbs) {
+            return Ok(None);
+        }
+        let Some((layout, tab)) = self.fused_ks(ring, d, plan, key_limbs)? else {
+            return Ok(None);
+        };
+        let ext = self.mod_up_rows(ring, d, &layout, &tab)?;
+        let (n, nq, nl, nd) = (d.n(), plan.q.len(), plan.qp.len(), keys.len());
+        let rt = self.gpu.ring_tables(ring)?;
+        let acc = self.gpu.alloc(2 * nl * n)?;
+        let (db, eb) = (self.buf(d)?, self.buf(&ext)?);
+        let kb = keys
+            .iter()
+            .map(|k| self.buf(k))
+            .collect::<Result<Vec<_>>>()?;
+        let (lb, nlift) = match lift {
+            Some(x) => (self.buf(x)?, x.count()),
+            None => (db, 0),
+        };
+        let key_words = 2 * key_limbs.len() * n;
+        self.gpu.run(|enc| {
+            for (pass, j0) in (0..nd).step_by(3).enumerate() {
+                let m = (nd - j0).min(3);
+                let head = [
+                    n.trailing_zeros(),
+                    m as u32,
+                    j0 as u32,
+                    nlift as u32,
+                    nq as u32,
+                ];
+                let prm = self.gpu.params(
+                    &[
+                        &head[..],
+                        &[
+                            key_limbs.len() as u32,
+                            nl as u32,
+                            (pass > 0) as u32,
+                            nd as u32,
+                        ],
+                    ]
+                    .concat(),
+                );
+                // Slots past the pass's digits are bound to its last one and never read.
+                let key = |i: usize| kb[j0 + i.min(m - 1)].get();
+                let binds = [
+                    Bind::range(0, acc.get(), 0, 2 * nl * n),
+                    Bind::range(1, db.get(), 0, nq * n),
+                    Bind::range(2, eb.get(), 0, ext.poly_words()),
+                    Bind::whole(3, &rt.moduli),
+                    Bind::whole(4, &prm),
+                    Bind::range(5, lb.get(), 0, nlift.max(1) * nq * n),
+                    Bind::range(6, key(0), 0, key_words),
+                    Bind::range(7, key(1), 0, key_words),
+                    Bind::range(8, key(2), 0, key_words),
+                    Bind::whole(9, &tab),
+                ];
+                let groups = ((2 * nl * n) as u64).div_ceil(WG);
+                self.gpu
+                    .dispatch(enc, "ks_inner", n >= 256, &binds, groups)?;
+            }
+            Ok(())
+        })?;
+        Ok(Some(self.wrap(acc, plan.qp.clone(), 2, n, Repr::Ntt)))
     }
 }
 
@@ -710,11 +863,156 @@ impl Backend for WgpuBackend {
         plan: &KeySwitchPlan,
         onto: Option<&PolyBatch>,
     ) -> Result<PolyBatch> {
-        let acc = key_inner_reference(self, ring, d, keys, plan, onto)?;
+        check_key_switch(d, keys, plan, onto)?;
+        let acc = match self.ks_accumulate(ring, d, keys, plan, None)? {
+            Some(acc) => acc,
+            None => key_inner_reference(self, ring, d, keys, plan, onto)?,
+        };
         match self.mod_down_fused(ring, &acc, (&plan.q, &plan.p), &plan.down, onto)? {
             Some(out) => Ok(out),
             None => key_mod_down_reference(self, ring, &acc, plan, onto),
         }
+    }
+
+    fn key_switch_ext(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        lift: Option<&PolyBatch>,
+    ) -> Result<PolyBatch> {
+        check_key_switch_ext(d, keys, plan, lift)?;
+        match self.ks_accumulate(ring, d, keys, plan, lift)? {
+            Some(acc) => Ok(acc),
+            None => key_switch_ext_reference(self, ring, d, keys, plan, lift),
+        }
+    }
+
+    fn mod_up(
+        &self,
+        ring: &RingContext,
+        d: &PolyBatch,
+        plan: &KeySwitchPlan,
+    ) -> Result<Vec<PolyBatch>> {
+        // ModUp reads no key rows: the table of a key over exactly `plan.qp`.
+        let Some((layout, tab)) = self.fused_ks(ring, d, plan, &plan.qp)? else {
+            return mod_up_reference(self, ring, d, plan);
+        };
+        let ext = self.mod_up_rows(ring, d, &layout, &tab)?;
+        let (n, nl, nd) = (d.n(), plan.qp.len(), plan.digits.len());
+        let (db, eb) = (self.buf(d)?, self.buf(&ext)?);
+        // Digit j's batch over `plan.qp`: its own limbs from `d`, the others from ModUp's rows
+        // (`layout.lrow`, the rows `ks_inner` reads), consecutive rows copied as one run.
+        (0..nd)
+            .map(|j| {
+                let mut runs: Vec<(&WgpuBuffer, usize, usize, usize)> = Vec::new();
+                for l in 0..nl {
+                    let s = layout.lrow[l * (nd + 2) + 2 + j];
+                    let (src, row) = (
+                        if s >> 31 == 1 { db } else { eb },
+                        (s & !(1 << 31)) as usize,
+                    );
+                    match runs.last_mut() {
+                        Some((b, at, _, len)) if std::ptr::eq(*b, src) && *at + *len == row * n => {
+                            *len += n
+                        }
+                        _ => runs.push((src, row * n, l * n, n)),
+                    }
+                }
+                let out = self.copy_runs(nl * n, &runs)?;
+                Ok(self.wrap(out, plan.qp.clone(), 1, n, Repr::Ntt))
+            })
+            .collect()
+    }
+
+    fn key_inner_hoisted(
+        &self,
+        ring: &RingContext,
+        ups: &[&PolyBatch],
+        keys: &[&PolyBatch],
+        g: Option<usize>,
+        lift: Option<&PolyBatch>,
+        p: &Arc<[usize]>,
+    ) -> Result<PolyBatch> {
+        let qp = check_key_inner_hoisted(ups, keys, lift, p)?;
+        check_ring(ring, ups[0])?;
+        let key_limbs = keys[0].limbs();
+        let krow: Option<Vec<usize>> = qp
+            .iter()
+            .map(|l| key_limbs.iter().position(|k| k == l))
+            .collect();
+        let (n, nl, nd) = (ups[0].n(), qp.len(), ups.len());
+        let key_words = 2 * key_limbs.len() * n;
+        let krow = match krow {
+            Some(rows)
+                if keys.iter().all(|k| k.limbs() == key_limbs)
+                    && self.gpu.fits_fused_key_switch(&[2 * nl * n, key_words]) =>
+            {
+                rows
+            }
+            _ => return key_inner_hoisted_reference(self, ring, ups, keys, g, lift, p),
+        };
+        let nq = nl - p.len();
+        let rt = self.gpu.ring_tables(ring)?;
+        let per_limb: Vec<u32> = qp
+            .iter()
+            .zip(&krow)
+            .zip(lift_factors(ring, &qp, p))
+            .flat_map(|((&l, &k), f)| [l as u32, k as u32, f])
+            .collect();
+        let ub = ups
+            .iter()
+            .map(|u| self.buf(u))
+            .collect::<Result<Vec<_>>>()?;
+        let kb = keys
+            .iter()
+            .map(|k| self.buf(k))
+            .collect::<Result<Vec<_>>>()?;
+        let (lb, nlift) = match lift {
+            Some(x) => (self.buf(x)?, x.count()),
+            None => (ub[0], 0),
+        };
+        let g = g.map_or(0, |g| (g % (2 * n)) as u32);
+        let acc = self.gpu.alloc(2 * nl * n)?;
+        self.gpu.run(|enc| {
+            for (pass, j0) in (0..nd).step_by(3).enumerate() {
+                let m = (nd - j0).min(3);
+                let mut head = vec![
+                    n.trailing_zeros(),
+                    m as u32,
+                    j0 as u32,
+                    nlift as u32,
+                    nq as u32,
+                    key_limbs.len() as u32,
+                    nl as u32,
+                    (pass > 0) as u32,
+                    g,
+                ];
+                head.resize(16, 0);
+                head.extend_from_slice(&per_limb);
+                let prm = self.gpu.params(&head);
+                // Slots past the pass's digits are bound to its last one and never read.
+                let at = |i: usize| j0 + i.min(m - 1);
+                let binds = [
+                    Bind::range(0, acc.get(), 0, 2 * nl * n),
+                    Bind::whole(3, &rt.moduli),
+                    Bind::whole(4, &prm),
+                    Bind::range(5, lb.get(), 0, nlift.max(1) * nq * n),
+                    Bind::range(6, kb[at(0)].get(), 0, key_words),
+                    Bind::range(7, kb[at(1)].get(), 0, key_words),
+                    Bind::range(8, kb[at(2)].get(), 0, key_words),
+                    Bind::range(10, ub[at(0)].get(), 0, nl * n),
+                    Bind::range(11, ub[at(1)].get(), 0, nl * n),
+                    Bind::range(12, ub[at(2)].get(), 0, nl * n),
+                ];
+                let groups = ((2 * nl * n) as u64).div_ceil(WG);
+                self.gpu
+                    .dispatch(enc, "ks_inner_hoisted", n >= 256, &binds, groups)?;
+            }
+            Ok(())
+        })?;
+        Ok(self.wrap(acc, qp, 2, n, Repr::Ntt))
     }
 
     fn concat_limbs(&self, a: &PolyBatch, b: &PolyBatch) -> Result<PolyBatch> {
