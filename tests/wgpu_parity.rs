@@ -379,6 +379,54 @@ fn key_switching_matches_cpu() {
     key_switching::key_switching_matches_cpu(gpu(), &[16, 4096, 1 << 15], 11);
 }
 
+/// The fused key-switching paths are the ones taken, counted by the backend's trace
+/// (`hetensor bench --trace`): at N = 4096 an NTT is one dispatch, so `key_switch_ext` over 3
+/// digits is the inverse NTT, ModUp's conversion for all digits, the forward NTT and one inner
+/// product, where the composed reference dispatches ~20 kernels.
+#[test]
+fn fused_key_switching_dispatch_counts() {
+    use key_switching::{ks_plan, mixed_ring, random_words, Rng};
+    let g = gpu();
+    let n = 4096;
+    let r = mixed_ring(n);
+    let (q, sp) = ([0usize, 1, 2], [3usize]);
+    let plan = ks_plan(&r, &q, &sp, 1);
+    let key_limbs: Vec<usize> = q.iter().chain(&sp).copied().collect();
+    let mut rng = Rng(12);
+    let mut up = |limbs: &[usize], count: usize| {
+        let w = random_words(&mut rng, &r, limbs, count);
+        g.upload(w, limbs.into(), count, n, Repr::Ntt).unwrap()
+    };
+    let keys: Vec<PolyBatch> = (0..3).map(|_| up(&key_limbs, 2)).collect();
+    let (d, lift) = (up(&q, 1), up(&q, 2));
+    let keys: Vec<&PolyBatch> = keys.iter().collect();
+    let launches = |f: &dyn Fn()| {
+        f(); // tables uploaded and pipelines built once
+        let before = g.trace_counts().unwrap();
+        f();
+        g.trace_counts().unwrap().since(&before).launches
+    };
+    let ext = || {
+        g.key_switch_ext(&r, &d, &keys, &plan, Some(&lift)).unwrap();
+    };
+    assert_eq!(launches(&ext), 4, "key_switch_ext");
+    // ModUp for hoisting: the same three dispatches, then copies.
+    assert_eq!(
+        launches(&|| drop(g.mod_up(&r, &d, &plan).unwrap())),
+        3,
+        "mod_up"
+    );
+    let ups = g.mod_up(&r, &d, &plan).unwrap();
+    let ups: Vec<&PolyBatch> = ups.iter().collect();
+    let sp: Arc<[usize]> = sp.as_slice().into();
+    let hoisted = || {
+        g.key_inner_hoisted(&r, &ups, &keys, Some(5), Some(&lift), &sp)
+            .unwrap();
+    };
+    assert_eq!(launches(&hoisted), 1, "key_inner_hoisted");
+    assert!(CpuBackend::new().trace_counts().is_none());
+}
+
 #[test]
 fn automorphisms_match_cpu() {
     let g = gpu();

@@ -10,8 +10,12 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod trace;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub(crate) use trace::Trace;
 
 use std::fmt::Debug;
 use std::sync::Arc;

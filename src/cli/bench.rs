@@ -239,9 +239,9 @@ impl Recorder<'_> {
                 (Some(b), Some(a)) => Some(a.since(&b)),
                 _ => {
                     return Err(hetensor::Error::InvalidInput(format!(
-                        "--trace: the {} backend does not count its work (use --backend cuda)",
-                        be.name()
-                    )))
+                    "--trace: the {} backend does not count its work (use --backend cuda or wgpu)",
+                    be.name()
+                )))
                 }
             }
         } else {

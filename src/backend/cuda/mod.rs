@@ -14,7 +14,6 @@ pub mod emu;
 pub mod launch;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -29,7 +28,7 @@ use super::{
     check_ring, check_scale_and_round, check_slice, check_tensor_product, fused_ks_layout,
     key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference, lift_factors,
     limb_positions, limb_scalars, mod_down_factors, mod_down_reference, mod_up_reference, Backend,
-    Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, TraceCounts,
+    Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, Trace, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -38,49 +37,6 @@ use launch::{grid_1d, NttGeometry, BLOCK_1D};
 
 fn drv(e: DriverError) -> Error {
     Error::Backend(format!("cuda: {e:?}"))
-}
-
-/// The backend's work counters ([`Backend::trace_counts`]), shared with its buffers (whose
-/// clones and wipes are device work too). Relaxed atomics: totals, not an ordering.
-#[derive(Debug, Default)]
-struct Trace {
-    launches: AtomicU64,
-    kernel_bytes: AtomicU64,
-    upload_bytes: AtomicU64,
-    uploads: AtomicU64,
-    download_bytes: AtomicU64,
-    device_copy_bytes: AtomicU64,
-    device_copies: AtomicU64,
-    allocations: AtomicU64,
-    alloc_bytes: AtomicU64,
-}
-
-impl Trace {
-    fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-    }
-    fn alloc(&self, bytes: usize) {
-        Self::add(&self.allocations, 1);
-        Self::add(&self.alloc_bytes, bytes);
-    }
-    fn device_copy(&self, bytes: usize) {
-        Self::add(&self.device_copies, 1);
-        Self::add(&self.device_copy_bytes, bytes);
-    }
-    fn snapshot(&self) -> TraceCounts {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        TraceCounts {
-            launches: get(&self.launches),
-            kernel_bytes: get(&self.kernel_bytes),
-            upload_bytes: get(&self.upload_bytes),
-            uploads: get(&self.uploads),
-            download_bytes: get(&self.download_bytes),
-            device_copy_bytes: get(&self.device_copy_bytes),
-            device_copies: get(&self.device_copies),
-            allocations: get(&self.allocations),
-            alloc_bytes: get(&self.alloc_bytes),
-        }
-    }
 }
 
 /// Device memory of one [`PolyBatch`] (`len` words; at least one word is allocated).
@@ -662,8 +618,7 @@ impl CudaBackend {
         let dst = unsafe { self.stream.alloc::<T>(words.len().max(1)) }.map_err(drv)?;
         self.trace.alloc(dst.num_bytes());
         if !words.is_empty() {
-            Trace::add(&self.trace.uploads, 1);
-            Trace::add(&self.trace.upload_bytes, std::mem::size_of_val(words));
+            self.trace.upload(std::mem::size_of_val(words));
             // Pageable source: the driver stages it before returning, without a stream sync.
             // SAFETY: dst holds at least words.len() elements.
             unsafe { dres::memcpy_htod_async(self.ptr(&dst), words, self.stream.cu_stream()) }
@@ -732,8 +687,7 @@ impl CudaBackend {
             block_dim: (block, 1, 1),
             shared_mem_bytes: smem,
         };
-        Trace::add(&self.trace.launches, 1);
-        Trace::add(&self.trace.kernel_bytes, 4 * words as usize);
+        self.trace.launch(4 * words as usize);
         // SAFETY: argument lists match the kernel signatures in kernels/*.cu, and every
         // pointer refers to a live allocation of the sizes the kernel indexes.
         unsafe { b.launch(cfg) }.map_err(drv)?;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use wgpu::util::DeviceExt;
 
-use crate::backend::{lift_factors, DeviceBuffer, FusedKsLayout, KeySwitchPlan};
+use crate::backend::{lift_factors, DeviceBuffer, FusedKsLayout, KeySwitchPlan, Trace};
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
 
@@ -108,6 +108,8 @@ pub(super) struct Gpu {
     queued: Mutex<Queued>,
     /// Errors raised outside an error scope (other threads, drops) and device loss.
     fault: Arc<Mutex<Option<String>>>,
+    /// Work counters (`hetensor bench --trace`).
+    pub trace: Trace,
 }
 
 /// One storage binding: a word range of a buffer.
@@ -117,6 +119,8 @@ pub(super) struct Bind<'a> {
     buf: &'a wgpu::Buffer,
     offset: u64,
     size: u64,
+    /// A batch the dispatch streams (counted by `--trace`), not a table.
+    streamed: bool,
 }
 
 impl<'a> Bind<'a> {
@@ -127,6 +131,7 @@ impl<'a> Bind<'a> {
             buf,
             offset: 4 * offset as u64,
             size: 4 * len as u64,
+            streamed: true,
         }
     }
 
@@ -137,6 +142,7 @@ impl<'a> Bind<'a> {
             buf,
             offset: 0,
             size: buf.size(),
+            streamed: false,
         }
     }
 }
@@ -204,6 +210,7 @@ impl Gpu {
             pool: Mutex::new(Pool::default()),
             queued: Mutex::new(Queued::default()),
             fault: lost,
+            trace: Trace::default(),
         })
     }
 
@@ -335,6 +342,7 @@ impl Gpu {
             return Ok(());
         }
         let pipeline = self.pipeline(entry, aligned)?;
+        self.trace.launch(kernel_bytes(entry, binds));
         let entries: Vec<wgpu::BindGroupEntry> = binds
             .iter()
             .map(|b| wgpu::BindGroupEntry {
@@ -369,10 +377,31 @@ impl Gpu {
         Ok(())
     }
 
+    /// Records a copy of `words` words between word offsets of two buffers.
+    pub fn copy(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        (src, s): (&wgpu::Buffer, usize),
+        (dst, d): (&wgpu::Buffer, usize),
+        words: usize,
+    ) {
+        if words > 0 {
+            self.trace.device_copy(4 * words);
+            enc.copy_buffer_to_buffer(src, 4 * s as u64, dst, 4 * d as u64, Some(4 * words as u64));
+        }
+    }
+
+    /// Records zeroing a whole buffer.
+    pub fn clear(&self, enc: &mut wgpu::CommandEncoder, buf: &wgpu::Buffer) {
+        self.trace.device_copy(buf.size() as usize);
+        enc.clear_buffer(buf, 0, None);
+    }
+
     /// A small read-only params buffer.
     pub fn params(&self, words: &[u32]) -> wgpu::Buffer {
         let mut v = words.to_vec();
         v.resize(v.len().max(8), 0);
+        self.trace.upload(4 * v.len());
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some("params"),
@@ -396,6 +425,8 @@ impl Gpu {
             )));
         }
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        self.trace.alloc(std::mem::size_of_val(words));
+        self.trace.upload(std::mem::size_of_val(words));
         let buf = self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -431,6 +462,7 @@ impl Gpu {
             }
             b
         };
+        self.trace.alloc(size as usize);
         let buf = pooled.unwrap_or_else(|| self.create_poly_buffer(size));
         Ok(WgpuBuffer {
             buf: Some(buf),
@@ -473,6 +505,7 @@ impl Gpu {
             enc.copy_buffer_to_buffer(buf, 0, &staging, 0, Some(size));
             Ok(())
         })?;
+        Trace::add(&self.trace.download_bytes, size as usize);
         self.flush(true)?;
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {
@@ -549,6 +582,7 @@ impl Gpu {
         self.check_binding(words.len())?;
         let mut v = words.to_vec();
         v.resize(v.len().max(8), 0);
+        self.trace.upload(4 * v.len());
         Ok(self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -674,6 +708,40 @@ impl Gpu {
     }
 }
 
+/// Entry points that read their binding 0 before writing it (in place).
+const IN_PLACE: &[&str] = &[
+    "add",
+    "sub",
+    "neg",
+    "mul",
+    "mul_acc",
+    "mul_scalar",
+    "add_scalar",
+    "fwd_stage",
+    "fwd_tail",
+    "inv_stage",
+    "inv_head",
+];
+
+/// The global-memory bytes a dispatch reads and writes, modelled from its bindings as the CUDA
+/// backend models its launches (`kernel_words`): each batch bound as a word range counted once
+/// (binding 0 twice for in-place entries), a range bound twice (an unused digit slot) once,
+/// whole-buffer bindings (tables, params) not at all. A model, not a hardware counter.
+fn kernel_bytes(entry: &str, binds: &[Bind]) -> usize {
+    let mut seen: Vec<(*const wgpu::Buffer, u64)> = Vec::with_capacity(binds.len());
+    let mut bytes = 0;
+    for b in binds.iter().filter(|b| b.streamed) {
+        let key = (b.buf as *const wgpu::Buffer, b.offset);
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let twice = b.binding == 0 && IN_PLACE.contains(&entry);
+        bytes += b.size as usize * (1 + twice as usize);
+    }
+    bytes
+}
+
 /// A base converter's table (layout in `shaders/rns.wgsl`).
 fn converter_words(conv: &BaseConverter) -> Vec<u32> {
     let (from, to) = (conv.from(), conv.to());
@@ -748,7 +816,8 @@ impl DeviceBuffer for WgpuBuffer {
                 gpu: self.gpu.clone(),
             });
         let r = self.gpu.run(|enc| {
-            enc.copy_buffer_to_buffer(src, 0, out.get(), 0, Some(size));
+            self.gpu
+                .copy(enc, (src, 0), (out.get(), 0), size as usize / 4);
             Ok(())
         });
         if let Err(e) = r {
@@ -763,7 +832,7 @@ impl DeviceBuffer for WgpuBuffer {
         let r = self
             .gpu
             .run(|enc| {
-                enc.clear_buffer(b, 0, None);
+                self.gpu.clear(enc, b);
                 Ok(())
             })
             .and_then(|()| self.gpu.flush(false));

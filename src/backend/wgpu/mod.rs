@@ -19,7 +19,7 @@ use crate::backend::{
     key_inner_hoisted_reference, key_inner_reference, key_mod_down_reference,
     key_switch_ext_reference, lift_factors, limb_positions, limb_scalars, mod_down_factors,
     mod_down_reference, mod_up_reference, Backend, Buffer, FusedKsLayout, KeySwitchPlan, PolyBatch,
-    Repr,
+    Repr, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, RingContext, ScaleRounder};
@@ -394,15 +394,7 @@ impl WgpuBackend {
         let out = self.gpu.alloc(words)?;
         self.gpu.run(|enc| {
             for &(src, s, d, len) in runs {
-                if len > 0 {
-                    enc.copy_buffer_to_buffer(
-                        src.get(),
-                        4 * s as u64,
-                        out.get(),
-                        4 * d as u64,
-                        Some(4 * len as u64),
-                    );
-                }
+                self.gpu.copy(enc, (src.get(), s), (out.get(), d), len);
             }
             Ok(())
         })?;
@@ -573,6 +565,10 @@ impl Backend for WgpuBackend {
         self.gpu.read(b.get(), p.count() * p.poly_words())
     }
 
+    fn trace_counts(&self) -> Option<TraceCounts> {
+        Some(self.gpu.trace.snapshot())
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.gpu.flush(true)
     }
@@ -580,7 +576,7 @@ impl Backend for WgpuBackend {
     fn zeros(&self, limbs: Arc<[usize]>, count: usize, n: usize, repr: Repr) -> Result<PolyBatch> {
         let b = self.gpu.alloc(count * limbs.len() * n)?;
         self.gpu.run(|enc| {
-            enc.clear_buffer(b.get(), 0, None);
+            self.gpu.clear(enc, b.get());
             Ok(())
         })?;
         Ok(self.wrap(b, limbs, count, n, repr))
@@ -663,13 +659,8 @@ impl Backend for WgpuBackend {
                 let len = rc.min(rows - r0);
                 let words = len * n;
                 for (i, b) in bufs.iter().enumerate() {
-                    enc.copy_buffer_to_buffer(
-                        b.get(),
-                        4 * (r0 * n) as u64,
-                        stage.get(),
-                        4 * (i * words) as u64,
-                        Some(4 * words as u64),
-                    );
+                    self.gpu
+                        .copy(enc, (b.get(), r0 * n), (stage.get(), i * words), words);
                 }
                 let prm = Self::prm(
                     &[
@@ -698,13 +689,8 @@ impl Backend for WgpuBackend {
                     ((outputs * words) as u64).div_ceil(WG),
                 )?;
                 for (k, o) in outs.iter().enumerate() {
-                    enc.copy_buffer_to_buffer(
-                        tmp.get(),
-                        4 * (k * words) as u64,
-                        o.get(),
-                        4 * (r0 * n) as u64,
-                        Some(4 * words as u64),
-                    );
+                    self.gpu
+                        .copy(enc, (tmp.get(), k * words), (o.get(), r0 * n), words);
                 }
             }
             Ok(())
@@ -826,15 +812,7 @@ impl Backend for WgpuBackend {
         let out = self.gpu.alloc(count * first.poly_words())?;
         self.gpu.run(|enc| {
             for &(b, d, len) in &srcs {
-                if len > 0 {
-                    enc.copy_buffer_to_buffer(
-                        b.get(),
-                        0,
-                        out.get(),
-                        4 * d as u64,
-                        Some(4 * len as u64),
-                    );
-                }
+                self.gpu.copy(enc, (b.get(), 0), (out.get(), d), len);
             }
             Ok(())
         })?;
@@ -1023,24 +1001,9 @@ impl Backend for WgpuBackend {
         self.gpu.run(|enc| {
             for c in 0..a.count() {
                 let d = c * (wa + wb);
-                if wa > 0 {
-                    enc.copy_buffer_to_buffer(
-                        ab.get(),
-                        4 * (c * wa) as u64,
-                        out.get(),
-                        4 * d as u64,
-                        Some(4 * wa as u64),
-                    );
-                }
-                if wb > 0 {
-                    enc.copy_buffer_to_buffer(
-                        bb.get(),
-                        4 * (c * wb) as u64,
-                        out.get(),
-                        4 * (d + wa) as u64,
-                        Some(4 * wb as u64),
-                    );
-                }
+                self.gpu.copy(enc, (ab.get(), c * wa), (out.get(), d), wa);
+                self.gpu
+                    .copy(enc, (bb.get(), c * wb), (out.get(), d + wa), wb);
             }
             Ok(())
         })?;
