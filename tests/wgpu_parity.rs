@@ -139,7 +139,8 @@ fn upload_download_zeros_roundtrip() {
 fn ntt_matches_cpu() {
     let g = gpu();
     let cpu = CpuBackend::new();
-    // Tiles (2^12 words) alone, and with 1..3 global stages before/after them.
+    // Tiles (2^12 words) alone, and with 1..5 global stages before/after them (in passes of
+    // two, an odd one alone).
     for (log_n, k, count) in [
         (1, 1, 1),
         (5, 2, 3),
@@ -147,6 +148,8 @@ fn ntt_matches_cpu() {
         (13, 2, 2),
         (14, 2, 2),
         (15, 1, 1),
+        (16, 1, 1),
+        (17, 1, 1),
     ] {
         let r = ring(log_n, k);
         let limbs: Vec<usize> = (0..k).rev().collect();

@@ -33,7 +33,14 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
     (
         "ntt",
         include_str!("../../../shaders/ntt.wgsl"),
-        &["fwd_stage", "inv_stage", "fwd_tail", "inv_head"],
+        &[
+            "fwd_stage",
+            "inv_stage",
+            "fwd_stage2",
+            "inv_stage2",
+            "fwd_tail",
+            "inv_head",
+        ],
     ),
     (
         "lincomb",
@@ -718,8 +725,10 @@ const IN_PLACE: &[&str] = &[
     "mul_scalar",
     "add_scalar",
     "fwd_stage",
+    "fwd_stage2",
     "fwd_tail",
     "inv_stage",
+    "inv_stage2",
     "inv_head",
 ];
 

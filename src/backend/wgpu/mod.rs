@@ -191,6 +191,8 @@ impl WgpuBackend {
                     let prm = self.gpu.params(&prm);
                     let groups = if entry.ends_with("_stage") {
                         (rows as u64 * (n as u64 / 2)).div_ceil(WG)
+                    } else if entry.ends_with("_stage2") {
+                        (rows as u64 * (n as u64 / 4)).div_ceil(WG)
                     } else {
                         rows as u64 * (n as u64 >> log_s)
                     };
@@ -200,18 +202,33 @@ impl WgpuBackend {
                         Bind::whole(2, &rt.moduli),
                         Bind::whole(3, &prm),
                     ];
-                    let aligned = entry.ends_with("_stage") && n >= 512;
+                    let aligned = entry.contains("_stage") && n >= 1024;
                     self.gpu.dispatch(enc, entry, aligned, &binds, groups)
                 };
+                // The global stages two per pass (an odd one alone), then the tile's.
                 if forward {
-                    for tl in (log_s..log_n).rev() {
-                        step("fwd_stage", tl, false)?;
+                    let mut tl = log_n;
+                    while tl > log_s {
+                        if tl - log_s >= 2 {
+                            step("fwd_stage2", tl - 1, false)?;
+                            tl -= 2;
+                        } else {
+                            step("fwd_stage", tl - 1, false)?;
+                            tl -= 1;
+                        }
                     }
                     step("fwd_tail", 0, false)?;
                 } else {
                     step("inv_head", 0, log_n == log_s)?;
-                    for tl in log_s..log_n {
-                        step("inv_stage", tl, tl + 1 == log_n)?;
+                    let mut tl = log_s;
+                    while tl < log_n {
+                        if log_n - tl >= 2 {
+                            step("inv_stage2", tl, tl + 2 == log_n)?;
+                            tl += 2;
+                        } else {
+                            step("inv_stage", tl, tl + 1 == log_n)?;
+                            tl += 1;
+                        }
                     }
                 }
             }
