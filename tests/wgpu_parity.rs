@@ -383,13 +383,15 @@ fn key_switching_matches_cpu() {
 }
 
 /// The fused key-switching paths are the ones taken, counted by the backend's trace
-/// (`hetensor bench --trace`): at N = 4096 an NTT is one dispatch, so `key_switch_ext` over 3
+/// (`hetensor bench --trace`), and repeated calls upload nothing: at N = 4096 an NTT is one dispatch, so `key_switch_ext` over 3
 /// digits is the inverse NTT, ModUp's conversion for all digits, the forward NTT and one inner
 /// product, where the composed reference dispatches ~20 kernels.
 #[test]
 fn fused_key_switching_dispatch_counts() {
     use key_switching::{ks_plan, mixed_ring, random_words, Rng};
-    let g = gpu();
+    // A device of its own, so that no test running beside it adds to its counters.
+    gpu();
+    let g = &WgpuBackend::new().unwrap();
     let n = 4096;
     let r = mixed_ring(n);
     let (q, sp) = ([0usize, 1, 2], [3usize]);
@@ -403,11 +405,15 @@ fn fused_key_switching_dispatch_counts() {
     let keys: Vec<PolyBatch> = (0..3).map(|_| up(&key_limbs, 2)).collect();
     let (d, lift) = (up(&q, 1), up(&q, 2));
     let keys: Vec<&PolyBatch> = keys.iter().collect();
+    // Dispatches of the second call; tables, params and pipelines are built by the first and
+    // cached, so the second uploads nothing.
     let launches = |f: &dyn Fn()| {
-        f(); // tables uploaded and pipelines built once
+        f();
         let before = g.trace_counts().unwrap();
         f();
-        g.trace_counts().unwrap().since(&before).launches
+        let work = g.trace_counts().unwrap().since(&before);
+        assert_eq!(work.uploads, 0, "uploads after the first call");
+        work.launches
     };
     let ext = || {
         g.key_switch_ext(&r, &d, &keys, &plan, Some(&lift)).unwrap();

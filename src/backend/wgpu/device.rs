@@ -111,6 +111,8 @@ pub(super) struct Gpu {
     pipelines: Mutex<HashMap<(&'static str, bool), wgpu::ComputePipeline>>,
     rings: Mutex<HashMap<RingKey, Arc<RingTables>>>,
     tables: Mutex<HashMap<Vec<u64>, Arc<wgpu::Buffer>>>,
+    /// Params blocks by their words ([`Gpu::params`]).
+    params: Mutex<HashMap<Vec<u32>, Arc<wgpu::Buffer>>>,
     pool: Mutex<Pool>,
     queued: Mutex<Queued>,
     /// Errors raised outside an error scope (other threads, drops) and device loss.
@@ -214,6 +216,7 @@ impl Gpu {
             pipelines: Mutex::new(HashMap::new()),
             rings: Mutex::new(HashMap::new()),
             tables: Mutex::new(HashMap::new()),
+            params: Mutex::new(HashMap::new()),
             pool: Mutex::new(Pool::default()),
             queued: Mutex::new(Queued::default()),
             fault: lost,
@@ -404,17 +407,31 @@ impl Gpu {
         enc.clear_buffer(buf, 0, None);
     }
 
-    /// A small read-only params buffer.
-    pub fn params(&self, words: &[u32]) -> wgpu::Buffer {
+    /// A small read-only params buffer, cached by its words: the params of an operation at a
+    /// given shape repeat call after call, so they are uploaded once, not per dispatch. The
+    /// cache is dropped whole when it reaches `PARAMS_CACHED` entries (e.g. under ever-new
+    /// scalars).
+    pub fn params(&self, words: &[u32]) -> Arc<wgpu::Buffer> {
         let mut v = words.to_vec();
         v.resize(v.len().max(8), 0);
+        if let Some(b) = lock(&self.params).get(&v) {
+            return b.clone();
+        }
         self.trace.upload(4 * v.len());
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::cast_slice(&v),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
+        let b = Arc::new(
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("params"),
+                    contents: bytemuck::cast_slice(&v),
+                    usage: wgpu::BufferUsages::STORAGE,
+                }),
+        );
+        let mut cache = lock(&self.params);
+        if cache.len() >= PARAMS_CACHED {
+            cache.clear();
+        }
+        cache.insert(v, b.clone());
+        b
     }
 
     /// A new storage buffer holding `words`. Created initialized (never from the pool), so the
@@ -714,6 +731,9 @@ impl Gpu {
         })
     }
 }
+
+/// Params blocks kept by [`Gpu::params`] (a few hundred bytes each).
+const PARAMS_CACHED: usize = 4096;
 
 /// Entry points that read their binding 0 before writing it (in place).
 const IN_PLACE: &[&str] = &[
