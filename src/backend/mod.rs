@@ -667,6 +667,19 @@ pub(crate) fn check_key_inner_hoisted(
     Ok(qp)
 }
 
+/// The row of every limb of `qp` in the key digits, when all digits are over the same limbs
+/// and hold every limb of `qp`: what the fused hoisted inner products (CUDA, wgpu) need to
+/// index the keys in place. `None`: they compose the reference instead.
+pub(crate) fn hoisted_key_rows(qp: &[usize], keys: &[&PolyBatch]) -> Option<Vec<usize>> {
+    let key_limbs = &keys.first()?.limbs;
+    if keys.iter().any(|k| k.limbs != *key_limbs) {
+        return None;
+    }
+    qp.iter()
+        .map(|l| key_limbs.iter().position(|k| k == l))
+        .collect()
+}
+
 /// The definition of [`Backend::key_inner_hoisted`], in the backend's own primitives: each
 /// digit permuted (`automorphism_ntt`), the key digit's limbs selected when the digits sit
 /// below the top level, products accumulated, and `lift` permuted and lifted.

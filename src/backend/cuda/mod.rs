@@ -26,9 +26,10 @@ use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs,
     check_key_inner_hoisted, check_key_switch, check_key_switch_ext, check_mul_acc, check_ntt,
     check_ring, check_scale_and_round, check_slice, check_tensor_product, fused_ks_layout,
-    key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference, lift_factors,
-    limb_positions, limb_scalars, mod_down_factors, mod_down_reference, mod_up_reference, Backend,
-    Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, Trace, TraceCounts,
+    hoisted_key_rows, key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference,
+    lift_factors, limb_positions, limb_scalars, mod_down_factors, mod_down_reference,
+    mod_up_reference, Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, Trace,
+    TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -1418,13 +1419,8 @@ impl Backend for CudaBackend {
         let qp = check_key_inner_hoisted(ups, keys, lift, p)?;
         check_ring(ring, ups[0])?;
         let key_limbs = keys[0].limbs_arc();
-        let krow: Option<Vec<usize>> = qp
-            .iter()
-            .map(|l| key_limbs.iter().position(|k| k == l))
-            .collect();
-        let krow = match krow {
-            Some(rows) if keys.iter().all(|k| k.limbs == key_limbs) => rows,
-            _ => return key_inner_hoisted_reference(self, ring, ups, keys, g, lift, p),
+        let Some(krow) = hoisted_key_rows(&qp, keys) else {
+            return key_inner_hoisted_reference(self, ring, ups, keys, g, lift, p);
         };
         let (n, nl, nd) = (ups[0].n, qp.len(), ups.len());
         let nq = nl - p.len();

@@ -16,7 +16,7 @@ use crate::backend::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs,
     check_key_inner_hoisted, check_key_switch, check_key_switch_ext, check_mul_acc, check_ntt,
     check_ring, check_scale_and_round, check_slice, check_tensor_product, fused_ks_layout,
-    key_inner_hoisted_reference, key_inner_reference, key_mod_down_reference,
+    hoisted_key_rows, key_inner_hoisted_reference, key_inner_reference, key_mod_down_reference,
     key_switch_ext_reference, lift_factors, limb_positions, limb_scalars, mod_down_factors,
     mod_down_reference, mod_up_reference, Backend, Buffer, FusedKsLayout, KeySwitchPlan, PolyBatch,
     Repr, TraceCounts,
@@ -933,19 +933,10 @@ impl Backend for WgpuBackend {
         let qp = check_key_inner_hoisted(ups, keys, lift, p)?;
         check_ring(ring, ups[0])?;
         let key_limbs = keys[0].limbs();
-        let krow: Option<Vec<usize>> = qp
-            .iter()
-            .map(|l| key_limbs.iter().position(|k| k == l))
-            .collect();
         let (n, nl, nd) = (ups[0].n(), qp.len(), ups.len());
         let key_words = 2 * key_limbs.len() * n;
-        let krow = match krow {
-            Some(rows)
-                if keys.iter().all(|k| k.limbs() == key_limbs)
-                    && self.gpu.fits_fused_key_switch(&[2 * nl * n, key_words]) =>
-            {
-                rows
-            }
+        let krow = match hoisted_key_rows(&qp, keys) {
+            Some(rows) if self.gpu.fits_fused_key_switch(&[2 * nl * n, key_words]) => rows,
             _ => return key_inner_hoisted_reference(self, ring, ups, keys, g, lift, p),
         };
         let nq = nl - p.len();
