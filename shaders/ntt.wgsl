@@ -1,11 +1,10 @@
 // Negacyclic NTT over rows of N words (row r = limb r % limbs of polynomial r / limbs), the same
 // Harvey lazy butterflies and bit-reversed order as src/math/ntt.rs. Stages whose blocks span
-// more than TILE words run two per dispatch (`*_stage2`, one invocation per 4 words), an odd
-// one alone (`*_stage`, one invocation per butterfly); the rest
-// run in one dispatch per direction in workgroup memory (`fwd_tail`, `inv_head`: one
+// more than TILE words run up to four per dispatch (`*_stages`, one invocation per 2^k words);
+// the rest run in one dispatch per direction in workgroup memory (`fwd_tail`, `inv_head`: one
 // workgroup per TILE-word tile, 256 invocations, TILE/512 butterflies each per stage).
-// prm: [0] log2 N, [1] limbs, [2] rows in this chunk, [3] log2 t of the global stage,
-// [4] 1 if this stage is the last of the inverse (scale by N^-1), [5] log2 tile,
+// prm: [0] log2 N, [1] limbs, [2] rows in this chunk, [3] log2 t of the pass's first global
+// stage, [4] 1 if the pass ends the inverse (scale by N^-1), [5] log2 tile, [6] stages k,
 // [8 + l] prime index of limb l.
 // tw: for prime p, kind k (0 psi_rev, 1 its Shoup, 2 ipsi_rev, 3 its Shoup): [((4p + k) << log N) + i].
 
@@ -21,21 +20,19 @@ fn prime_of_row(row: u32) -> u32 {
     return prm[8u + row % prm[1]];
 }
 
-fn ct(x: ptr<function, u32>, y: ptr<function, u32>, w: u32, ws: u32, q: u32) {
+// Cooley-Tukey butterfly on (x, y) in [0, 4q): (x + w y, x - w y), outputs in [0, 4q).
+fn ct(x: u32, y: u32, w: u32, ws: u32, q: u32) -> vec2<u32> {
     let two_q = 2u * q;
-    let u = min(*x, *x - two_q);
-    let v = mul_shoup_lazy(*y, w, ws, q);
-    *x = u + v;
-    *y = u + two_q - v;
+    let u = min(x, x - two_q);
+    let v = mul_shoup_lazy(y, w, ws, q);
+    return vec2<u32>(u + v, u + two_q - v);
 }
 
-fn gs(x: ptr<function, u32>, y: ptr<function, u32>, w: u32, ws: u32, q: u32) {
+// Gentleman-Sande butterfly on (x, y) in [0, 2q): (x + y, w (x - y)), outputs in [0, 2q).
+fn gs(x: u32, y: u32, w: u32, ws: u32, q: u32) -> vec2<u32> {
     let two_q = 2u * q;
-    let u = *x;
-    let v = *y;
-    let s = u + v;
-    *x = min(s, s - two_q);
-    *y = mul_shoup_lazy(u + two_q - v, w, ws, q);
+    let s = x + y;
+    return vec2<u32>(min(s, s - two_q), mul_shoup_lazy(x + two_q - y, w, ws, q));
 }
 
 // Inverse scaling by N^-1 to [0, q).
@@ -44,131 +41,94 @@ fn scale_inv(x: u32, m: u32) -> u32 {
     return min(v, v - moduli[m]);
 }
 
+// Up to four forward global stages in one pass, log2 t = prm[3] down to prm[3] - k + 1
+// (k = prm[6]): one invocation per group of 2^k words spaced 2^(prm[3] + 1 - k) apart in a
+// 2t block, butterflies in registers. The same butterflies on the same words as k passes of one
+// stage each, with one read and one write of the data.
 @compute @workgroup_size(256)
-fn fwd_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn fwd_stages(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let j = linear_id(wid, nwg, lid);
     let log_n = prm[0];
-    let half = 1u << (log_n - 1u);
-    if (j >= prm[2] * half) { return; }
-    let row = group_base(wid, nwg, j) >> (log_n - 1u);
-    let b = j & (half - 1u);
+    let k = prm[6];
+    let log_g = log_n - k;
+    if (j >= (prm[2] << log_g)) { return; }
+    let row = group_base(wid, nwg, j) >> log_g;
+    let b = j & ((1u << log_g) - 1u);
     let tl = prm[3];
-    let blk = b >> tl;
-    let x = (row << log_n) + (blk << (tl + 1u)) + (b & ((1u << tl) - 1u));
-    let y = x + (1u << tl);
-    let p = prime_of_row(row);
-    let q = moduli[p * MOD_STRIDE];
-    let wi = (1u << (log_n - 1u - tl)) + blk;
-    var u = data[x];
-    var v = data[y];
-    ct(&u, &v, tw[((4u * p) << log_n) + wi], tw[((4u * p + 1u) << log_n) + wi], q);
-    data[x] = u;
-    data[y] = v;
-}
-
-@compute @workgroup_size(256)
-fn inv_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let j = linear_id(wid, nwg, lid);
-    let log_n = prm[0];
-    let half = 1u << (log_n - 1u);
-    if (j >= prm[2] * half) { return; }
-    let row = group_base(wid, nwg, j) >> (log_n - 1u);
-    let b = j & (half - 1u);
-    let tl = prm[3];
-    let blk = b >> tl;
-    let x = (row << log_n) + (blk << (tl + 1u)) + (b & ((1u << tl) - 1u));
-    let y = x + (1u << tl);
-    let p = prime_of_row(row);
-    let m = p * MOD_STRIDE;
-    let q = moduli[m];
-    let wi = (1u << (log_n - 1u - tl)) + blk;
-    var u = data[x];
-    var v = data[y];
-    gs(&u, &v, tw[((4u * p + 2u) << log_n) + wi], tw[((4u * p + 3u) << log_n) + wi], q);
-    if (prm[4] != 0u) {
-        u = scale_inv(u, m);
-        v = scale_inv(v, m);
-    }
-    data[x] = u;
-    data[y] = v;
-}
-
-// Two forward global stages in one pass (log2 t = prm[3] and prm[3] - 1): one invocation per
-// group of 4 words a0..a3 at offsets 0, t/2, t, 3t/2 of a 2t block; stage prm[3] pairs (a0, a2)
-// and (a1, a3), the next (a0, a1) and (a2, a3). The same butterflies on the same words as two
-// `fwd_stage` dispatches, with half the global-memory passes.
-@compute @workgroup_size(256)
-fn fwd_stage2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let j = linear_id(wid, nwg, lid);
-    let log_n = prm[0];
-    let quarter = 1u << (log_n - 2u);
-    if (j >= prm[2] * quarter) { return; }
-    let row = group_base(wid, nwg, j) >> (log_n - 2u);
-    let b = j & (quarter - 1u);
-    let tl = prm[3];
-    let h = 1u << (tl - 1u);
-    let blk = b >> (tl - 1u);
-    let x = (row << log_n) + (blk << (tl + 1u)) + (b & (h - 1u));
+    let ls = tl + 1u - k;
+    let blk = b >> ls;
+    let x = (row << log_n) + (blk << (tl + 1u)) + (b & ((1u << ls) - 1u));
     let p = prime_of_row(row);
     let q = moduli[p * MOD_STRIDE];
     let w = (4u * p) << log_n;
     let ws = (4u * p + 1u) << log_n;
-    var a0 = data[x];
-    var a1 = data[x + h];
-    var a2 = data[x + 2u * h];
-    var a3 = data[x + 3u * h];
-    let w1 = (1u << (log_n - 1u - tl)) + blk;
-    ct(&a0, &a2, tw[w + w1], tw[ws + w1], q);
-    ct(&a1, &a3, tw[w + w1], tw[ws + w1], q);
-    let w2 = (1u << (log_n - tl)) + 2u * blk;
-    ct(&a0, &a1, tw[w + w2], tw[ws + w2], q);
-    ct(&a2, &a3, tw[w + w2 + 1u], tw[ws + w2 + 1u], q);
-    data[x] = a0;
-    data[x + h] = a1;
-    data[x + 2u * h] = a2;
-    data[x + 3u * h] = a3;
+    let m = 1u << k;
+    var a: array<u32, 16>;
+    for (var i = 0u; i < m; i++) {
+        a[i] = data[x + (i << ls)];
+    }
+    for (var st = 0u; st < k; st++) {
+        // Stage tl - st: pairs d apart in the group, block index blk 2^st + (i >> (k - st)).
+        let d = 1u << (k - 1u - st);
+        let wb = (1u << (log_n - 1u - tl + st)) + (blk << st);
+        for (var i = 0u; i < m; i++) {
+            if ((i & d) == 0u) {
+                let wi = wb + (i >> (k - st));
+                let r = ct(a[i], a[i + d], tw[w + wi], tw[ws + wi], q);
+                a[i] = r.x;
+                a[i + d] = r.y;
+            }
+        }
+    }
+    for (var i = 0u; i < m; i++) {
+        data[x + (i << ls)] = a[i];
+    }
 }
 
-// Two inverse global stages in one pass (log2 t = prm[3] and prm[3] + 1): a0..a3 at offsets
-// 0, t, 2t, 3t of a 4t block; stage prm[3] pairs (a0, a1) and (a2, a3), the next (a0, a2) and
-// (a1, a3); prm[4]: the second is the transform's last (scale by N^-1).
+// Up to four inverse global stages in one pass, log2 t = prm[3] up to prm[3] + k - 1: groups of
+// 2^k words spaced t apart in a 2^k t block; prm[4]: the pass ends the transform (scale by
+// N^-1).
 @compute @workgroup_size(256)
-fn inv_stage2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn inv_stages(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let j = linear_id(wid, nwg, lid);
     let log_n = prm[0];
-    let quarter = 1u << (log_n - 2u);
-    if (j >= prm[2] * quarter) { return; }
-    let row = group_base(wid, nwg, j) >> (log_n - 2u);
-    let b = j & (quarter - 1u);
+    let k = prm[6];
+    let log_g = log_n - k;
+    if (j >= (prm[2] << log_g)) { return; }
+    let row = group_base(wid, nwg, j) >> log_g;
+    let b = j & ((1u << log_g) - 1u);
     let tl = prm[3];
-    let t = 1u << tl;
     let blk = b >> tl;
-    let x = (row << log_n) + (blk << (tl + 2u)) + (b & (t - 1u));
+    let x = (row << log_n) + (blk << (tl + k)) + (b & ((1u << tl) - 1u));
     let p = prime_of_row(row);
-    let m = p * MOD_STRIDE;
-    let q = moduli[m];
+    let mo = p * MOD_STRIDE;
+    let q = moduli[mo];
     let w = (4u * p + 2u) << log_n;
     let ws = (4u * p + 3u) << log_n;
-    var a0 = data[x];
-    var a1 = data[x + t];
-    var a2 = data[x + 2u * t];
-    var a3 = data[x + 3u * t];
-    let w1 = (1u << (log_n - 1u - tl)) + 2u * blk;
-    gs(&a0, &a1, tw[w + w1], tw[ws + w1], q);
-    gs(&a2, &a3, tw[w + w1 + 1u], tw[ws + w1 + 1u], q);
-    let w2 = (1u << (log_n - 2u - tl)) + blk;
-    gs(&a0, &a2, tw[w + w2], tw[ws + w2], q);
-    gs(&a1, &a3, tw[w + w2], tw[ws + w2], q);
-    if (prm[4] != 0u) {
-        a0 = scale_inv(a0, m);
-        a1 = scale_inv(a1, m);
-        a2 = scale_inv(a2, m);
-        a3 = scale_inv(a3, m);
+    let m = 1u << k;
+    var a: array<u32, 16>;
+    for (var i = 0u; i < m; i++) {
+        a[i] = data[x + (i << tl)];
     }
-    data[x] = a0;
-    data[x + t] = a1;
-    data[x + 2u * t] = a2;
-    data[x + 3u * t] = a3;
+    for (var st = 0u; st < k; st++) {
+        // Stage tl + st: pairs d apart, block index blk 2^(k - 1 - st) + (i >> (st + 1)).
+        let d = 1u << st;
+        let wb = (1u << (log_n - 1u - tl - st)) + (blk << (k - 1u - st));
+        for (var i = 0u; i < m; i++) {
+            if ((i & d) == 0u) {
+                let wi = wb + (i >> (st + 1u));
+                let r = gs(a[i], a[i + d], tw[w + wi], tw[ws + wi], q);
+                a[i] = r.x;
+                a[i + d] = r.y;
+            }
+        }
+    }
+    let last = prm[4] != 0u;
+    for (var i = 0u; i < m; i++) {
+        var v = a[i];
+        if (last) { v = scale_inv(v, mo); }
+        data[x + (i << tl)] = v;
+    }
 }
 
 // Last log2(tile) forward stages of one tile, then the reduction to [0, q).
@@ -197,11 +157,9 @@ fn fwd_tail(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             // global block index within the row: tile offset / 2t + local block
             let gblk = (tile_in_row << (log_s - tl)) + blk;
             let wi = (1u << (log_n - tl)) + gblk;
-            var u = sh[x];
-            var v = sh[x + t];
-            ct(&u, &v, tw[((4u * p) << log_n) + wi], tw[((4u * p + 1u) << log_n) + wi], q);
-            sh[x] = u;
-            sh[x + t] = v;
+            let r = ct(sh[x], sh[x + t], tw[((4u * p) << log_n) + wi], tw[((4u * p + 1u) << log_n) + wi], q);
+            sh[x] = r.x;
+            sh[x + t] = r.y;
         }
         workgroupBarrier();
     }
@@ -239,11 +197,9 @@ fn inv_head(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             let x = (blk << tl) + (b & (t - 1u));
             let gblk = (tile_in_row << (log_s - tl)) + blk;
             let wi = (1u << (log_n - tl)) + gblk;
-            var u = sh[x];
-            var v = sh[x + t];
-            gs(&u, &v, tw[((4u * p + 2u) << log_n) + wi], tw[((4u * p + 3u) << log_n) + wi], q);
-            sh[x] = u;
-            sh[x + t] = v;
+            let r = gs(sh[x], sh[x + t], tw[((4u * p + 2u) << log_n) + wi], tw[((4u * p + 3u) << log_n) + wi], q);
+            sh[x] = r.x;
+            sh[x + t] = r.y;
         }
         workgroupBarrier();
     }

@@ -139,8 +139,8 @@ fn upload_download_zeros_roundtrip() {
 fn ntt_matches_cpu() {
     let g = gpu();
     let cpu = CpuBackend::new();
-    // Tiles (2^12 words) alone, and with 1..5 global stages before/after them (in passes of
-    // two, an odd one alone).
+    // Tiles (2^12 words) alone, and with 1..5 global stages before/after them (passes of up to
+    // four: 1, 2, 3, 4, 3 + 2).
     for (log_n, k, count) in [
         (1, 1, 1),
         (5, 2, 3),

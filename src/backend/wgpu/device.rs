@@ -33,14 +33,7 @@ const SHADERS: &[(&str, &str, &[&str])] = &[
     (
         "ntt",
         include_str!("../../../shaders/ntt.wgsl"),
-        &[
-            "fwd_stage",
-            "inv_stage",
-            "fwd_stage2",
-            "inv_stage2",
-            "fwd_tail",
-            "inv_head",
-        ],
+        &["fwd_stages", "inv_stages", "fwd_tail", "inv_head"],
     ),
     (
         "lincomb",
@@ -744,11 +737,9 @@ const IN_PLACE: &[&str] = &[
     "mul_acc",
     "mul_scalar",
     "add_scalar",
-    "fwd_stage",
-    "fwd_stage2",
+    "fwd_stages",
     "fwd_tail",
-    "inv_stage",
-    "inv_stage2",
+    "inv_stages",
     "inv_head",
 ];
 

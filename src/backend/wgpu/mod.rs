@@ -30,6 +30,8 @@ use device::{Bind, Gpu, WgpuBuffer};
 const WG: u64 = 256;
 /// Words per workgroup-memory NTT tile (`TILE` in `shaders/ntt.wgsl`).
 const LOG_TILE: u32 = 12;
+/// Global NTT stages per dispatch (`fwd_stages`, `inv_stages`: 2^k words per invocation).
+const MAX_PASS_STAGES: u32 = 4;
 /// First limb-map entry in every params block (`prm[8 + l]`).
 const PRM_HEAD: usize = 8;
 
@@ -182,17 +184,17 @@ impl WgpuBackend {
             for &(start, len) in &chunks {
                 let rows = (len * nl) as u32;
                 let data = Bind::range(0, pb.get(), start * pw, len * pw);
-                let mut step = |entry: &'static str, tl: u32, last: bool| -> Result<()> {
+                // One dispatch: a tile pass, or k global stages from log2 t = tl.
+                let mut step = |entry: &'static str, tl: u32, last: bool, k: u32| -> Result<()> {
                     let prm = Self::prm(
-                        &[log_n, nl as u32, rows, tl, last as u32, log_s],
+                        &[log_n, nl as u32, rows, tl, last as u32, log_s, k],
                         &limbs,
                         &[],
                     );
                     let prm = self.gpu.params(&prm);
-                    let groups = if entry.ends_with("_stage") {
-                        (rows as u64 * (n as u64 / 2)).div_ceil(WG)
-                    } else if entry.ends_with("_stage2") {
-                        (rows as u64 * (n as u64 / 4)).div_ceil(WG)
+                    let global = entry.ends_with("_stages");
+                    let groups = if global {
+                        (rows as u64 * (n as u64 >> k)).div_ceil(WG)
                     } else {
                         rows as u64 * (n as u64 >> log_s)
                     };
@@ -202,33 +204,27 @@ impl WgpuBackend {
                         Bind::whole(2, &rt.moduli),
                         Bind::whole(3, &prm),
                     ];
-                    let aligned = entry.contains("_stage") && n >= 1024;
+                    let aligned = global && (n >> k) >= WG as usize;
                     self.gpu.dispatch(enc, entry, aligned, &binds, groups)
                 };
-                // The global stages two per pass (an odd one alone), then the tile's.
+                // The global stages in as few passes as hold them, split evenly (5 stages: 3 + 2),
+                // then the tile's.
+                let pass = |left: u32| left.div_ceil(left.div_ceil(MAX_PASS_STAGES));
                 if forward {
                     let mut tl = log_n;
                     while tl > log_s {
-                        if tl - log_s >= 2 {
-                            step("fwd_stage2", tl - 1, false)?;
-                            tl -= 2;
-                        } else {
-                            step("fwd_stage", tl - 1, false)?;
-                            tl -= 1;
-                        }
+                        let k = pass(tl - log_s);
+                        step("fwd_stages", tl - 1, false, k)?;
+                        tl -= k;
                     }
-                    step("fwd_tail", 0, false)?;
+                    step("fwd_tail", 0, false, 0)?;
                 } else {
-                    step("inv_head", 0, log_n == log_s)?;
+                    step("inv_head", 0, log_n == log_s, 0)?;
                     let mut tl = log_s;
                     while tl < log_n {
-                        if log_n - tl >= 2 {
-                            step("inv_stage2", tl, tl + 2 == log_n)?;
-                            tl += 2;
-                        } else {
-                            step("inv_stage", tl, tl + 1 == log_n)?;
-                            tl += 1;
-                        }
+                        let k = pass(log_n - tl);
+                        step("inv_stages", tl, tl + k == log_n, k)?;
+                        tl += k;
                     }
                 }
             }
