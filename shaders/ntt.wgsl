@@ -1,6 +1,7 @@
 // Negacyclic NTT over rows of N words (row r = limb r % limbs of polynomial r / limbs), the same
 // Harvey lazy butterflies and bit-reversed order as src/math/ntt.rs. Stages whose blocks span
-// more than TILE words run up to four per dispatch (`*_stages`, one invocation per 2^k words);
+// more than TILE words run k <= 4 per dispatch (`*_stages`, one invocation per 2^k words; the
+// backend picks k <= 2, MAX_PASS_STAGES);
 // the rest run in one dispatch per direction in workgroup memory (`fwd_tail`, `inv_head`: one
 // workgroup per TILE-word tile, 256 invocations, TILE/512 butterflies each per stage).
 // prm: [0] log2 N, [1] limbs, [2] rows in this chunk, [3] log2 t of the pass's first global
@@ -14,6 +15,9 @@
 @group(0) @binding(3) var<storage, read> prm: array<u32>;
 
 const TILE: u32 = 4096u;
+// Global stages of a `*_stages` pass (pipeline constant; = prm[6]): a constant trip count lets
+// the compiler unroll the passes' loops and keep their 2^k words in registers.
+override STAGES: u32 = 1u;
 var<workgroup> sh: array<u32, 4096>;
 
 fn prime_of_row(row: u32) -> u32 {
@@ -49,7 +53,7 @@ fn scale_inv(x: u32, m: u32) -> u32 {
 fn fwd_stages(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let j = linear_id(wid, nwg, lid);
     let log_n = prm[0];
-    let k = prm[6];
+    let k = STAGES;
     let log_g = log_n - k;
     if (j >= (prm[2] << log_g)) { return; }
     let row = group_base(wid, nwg, j) >> log_g;
@@ -92,7 +96,7 @@ fn fwd_stages(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 fn inv_stages(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let j = linear_id(wid, nwg, lid);
     let log_n = prm[0];
-    let k = prm[6];
+    let k = STAGES;
     let log_g = log_n - k;
     if (j >= (prm[2] << log_g)) { return; }
     let row = group_base(wid, nwg, j) >> log_g;

@@ -140,7 +140,7 @@ fn ntt_matches_cpu() {
     let g = gpu();
     let cpu = CpuBackend::new();
     // Tiles (2^12 words) alone, and with 1..5 global stages before/after them (passes of up to
-    // four: 1, 2, 3, 4, 3 + 2).
+    // two: 1, 2, 2 + 1, 2 + 2, 2 + 2 + 1).
     for (log_n, k, count) in [
         (1, 1, 1),
         (5, 2, 3),

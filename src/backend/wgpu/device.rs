@@ -101,7 +101,7 @@ pub(super) struct Gpu {
     /// Storage bindings one shader may declare (the fused key switch needs 10).
     max_storage_buffers: u32,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: Mutex<HashMap<(&'static str, bool), wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<(&'static str, bool, u32), wgpu::ComputePipeline>>,
     rings: Mutex<HashMap<RingKey, Arc<RingTables>>>,
     tables: Mutex<HashMap<Vec<u64>, Arc<wgpu::Buffer>>>,
     /// Params blocks by their words ([`Gpu::params`]).
@@ -293,8 +293,13 @@ impl Gpu {
     }
 
     /// The pipeline of `entry` with the `ALIGNED` override (see `shaders/common.wgsl`).
-    fn pipeline(&self, entry: &'static str, aligned: bool) -> Result<wgpu::ComputePipeline> {
-        if let Some(p) = lock(&self.pipelines).get(&(entry, aligned)) {
+    fn pipeline(
+        &self,
+        entry: &'static str,
+        aligned: bool,
+        stages: u32,
+    ) -> Result<wgpu::ComputePipeline> {
+        if let Some(p) = lock(&self.pipelines).get(&(entry, aligned, stages)) {
             return Ok(p.clone());
         }
         let &(name, src, _) = SHADERS
@@ -314,6 +319,10 @@ impl Gpu {
                 })
                 .clone()
         };
+        let mut constants = vec![("ALIGNED", if aligned { 1.0 } else { 0.0 })];
+        if stages > 0 {
+            constants.push(("STAGES", stages as f64));
+        }
         let p = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -322,12 +331,12 @@ impl Gpu {
                 module: &module,
                 entry_point: Some(entry),
                 compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &[("ALIGNED", if aligned { 1.0 } else { 0.0 })],
+                    constants: &constants,
                     ..Default::default()
                 },
                 cache: None,
             });
-        lock(&self.pipelines).insert((entry, aligned), p.clone());
+        lock(&self.pipelines).insert((entry, aligned, stages), p.clone());
         Ok(p)
     }
 
@@ -341,10 +350,24 @@ impl Gpu {
         binds: &[Bind],
         groups: u64,
     ) -> Result<()> {
+        self.dispatch_stages(enc, entry, (aligned, 0), binds, groups)
+    }
+
+    /// [`Gpu::dispatch`] of a pipeline specialized to `stages` (the `STAGES` override of
+    /// `shaders/ntt.wgsl`'s global passes, so that their loops unroll and their words stay in
+    /// registers; 0: none).
+    pub fn dispatch_stages(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        entry: &'static str,
+        (aligned, stages): (bool, u32),
+        binds: &[Bind],
+        groups: u64,
+    ) -> Result<()> {
         if groups == 0 {
             return Ok(());
         }
-        let pipeline = self.pipeline(entry, aligned)?;
+        let pipeline = self.pipeline(entry, aligned, stages)?;
         self.trace.launch(kernel_bytes(entry, binds));
         let entries: Vec<wgpu::BindGroupEntry> = binds
             .iter()

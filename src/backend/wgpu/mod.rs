@@ -30,8 +30,10 @@ use device::{Bind, Gpu, WgpuBuffer};
 const WG: u64 = 256;
 /// Words per workgroup-memory NTT tile (`TILE` in `shaders/ntt.wgsl`).
 const LOG_TILE: u32 = 12;
-/// Global NTT stages per dispatch (`fwd_stages`, `inv_stages`: 2^k words per invocation).
-const MAX_PASS_STAGES: u32 = 4;
+/// Global NTT stages per dispatch at most (`fwd_stages`, `inv_stages`: 2^k words per
+/// invocation). The shaders take up to 4; on lavapipe 4 measured 5-15 % slower than 2
+/// (2026-12-05, 2^16), so 2 until a GPU says otherwise.
+const MAX_PASS_STAGES: u32 = 2;
 /// First limb-map entry in every params block (`prm[8 + l]`).
 const PRM_HEAD: usize = 8;
 
@@ -205,10 +207,10 @@ impl WgpuBackend {
                         Bind::whole(3, &prm),
                     ];
                     let aligned = global && (n >> k) >= WG as usize;
-                    self.gpu.dispatch(enc, entry, aligned, &binds, groups)
+                    self.gpu
+                        .dispatch_stages(enc, entry, (aligned, k), &binds, groups)
                 };
-                // The global stages in as few passes as hold them, split evenly (5 stages: 3 + 2),
-                // then the tile's.
+                // The global stages in as few passes as hold them, split evenly, then the tile's.
                 let pass = |left: u32| left.div_ceil(left.div_ceil(MAX_PASS_STAGES));
                 if forward {
                     let mut tl = log_n;
