@@ -292,7 +292,8 @@ impl Gpu {
         self.check_fault()
     }
 
-    /// The pipeline of `entry` with the `ALIGNED` override (see `shaders/common.wgsl`).
+    /// The pipeline of `entry` with the `ALIGNED` override (see `shaders/common.wgsl`) and, when
+    /// `stages > 0`, `STAGES` (`shaders/ntt.wgsl`).
     fn pipeline(
         &self,
         entry: &'static str,
