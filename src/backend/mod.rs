@@ -670,6 +670,7 @@ pub(crate) fn check_key_inner_hoisted(
 /// The row of every limb of `qp` in the key digits, when all digits are over the same limbs
 /// and hold every limb of `qp`: what the fused hoisted inner products (CUDA, wgpu) need to
 /// index the keys in place. `None`: they compose the reference instead.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub(crate) fn hoisted_key_rows(qp: &[usize], keys: &[&PolyBatch]) -> Option<Vec<usize>> {
     let key_limbs = &keys.first()?.limbs;
     if keys.iter().any(|k| k.limbs != *key_limbs) {
