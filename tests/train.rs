@@ -284,8 +284,39 @@ fn shards_are_whole_ciphertexts() {
     assert_eq!(logistic::shards_per_step(&layout, 100, 0), 1);
 }
 
+/// A layout smaller than the ring is tiled over it; the sparse refresh's period is the
+/// smallest that holds a feature block per shard's samples, and none above `N/4`.
+#[test]
+fn sparse_refresh_layouts_tile_the_ring() {
+    use hetensor::ckks::bootstrap::BootstrapParams;
+    let layout = hetensor::train::BlockLayout::new(8, 3, 1).expect("layout");
+    assert_eq!((layout.blocks, layout.block), (4, 2));
+    let v: Vec<f64> = (0..8).map(f64::from).collect();
+    let t = layout.tile(&v, 32).expect("tile");
+    assert_eq!(t.len(), 32);
+    assert!((0..32).all(|i| t[i] == v[i % 8]));
+    assert!(layout.tile(&v, 20).is_err(), "8 does not divide 20");
+    assert!(layout.tile(&v[..7], 32).is_err(), "not one period");
+    // N = 2^12 (2048 slots): 13 features + bias in 16 blocks.
+    let bp = || BootstrapParams::insecure_test_ring(12, 6).expect("params");
+    let sparse = |batch, workers| {
+        logistic::sparse_refresh(bp(), 13, batch, workers)
+            .expect("params")
+            .slots()
+    };
+    assert_eq!(sparse(50, 1), 16 * 64);
+    assert_eq!(sparse(50, 2), 16 * 32);
+    assert_eq!(sparse(1, 1), 16);
+    // 16 · 128 = 2048 > N/4: the full-slot bootstrap.
+    assert_eq!(sparse(128, 1), 2048);
+    assert!(!logistic::sparse_refresh(bp(), 13, 128, 1)
+        .expect("params")
+        .is_sparse());
+}
+
 /// Refresh by bootstrapping: the same steps as the plaintext run with the same polynomial
-/// sigmoid, every refresh a bootstrap, and the key holder decrypts nothing during training.
+/// sigmoid, every refresh a (sparse-slot) bootstrap, and the key holder decrypts nothing
+/// during training.
 /// Insecure test ring (N = 2^12) so that it runs in seconds; `hetensor train --refresh
 /// bootstrap` uses the 128-bit N = 2^16 preset with the same pipeline.
 #[test]
@@ -300,7 +331,11 @@ fn bootstrapped_training_decrypts_nothing_and_matches_plaintext() {
     let c = cfg(1, 50, 0.5, 0.9);
     let mut plain = logistic::model(data.num_features()).expect("model");
     logistic::train_plain(&mut plain, &data, None, &c, Some(&sig)).expect("plain");
+    // Batches of 50 in blocks of 64: the 16 blocks repeat with period 1024, half the
+    // ring's 2048 slots, and refresh by a sparse bootstrap of that period.
     let bp = BootstrapParams::insecure_test_ring(12, 6).expect("params");
+    let bp = logistic::sparse_refresh(bp, data.num_features(), 50, 1).expect("sparse");
+    assert_eq!(bp.slots(), 1024);
     let ctx = CkksContext::with_seed(bp.ckks().clone(), [7; 32]).expect("ctx");
     let h = KeyHolder::new(Arc::new(ctx)).expect("keys");
     let opts = EncryptedOptions {

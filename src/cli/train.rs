@@ -10,10 +10,11 @@ use hetensor::ckks::bootstrap::BootstrapParams;
 use hetensor::ckks::CkksContext;
 use hetensor::data::{self, Dataset};
 use hetensor::nn::{PolyActivation, TrainConfig};
+use hetensor::serialize::DecodeOptions;
 use hetensor::train::federated::train_federated;
 use hetensor::train::logistic::{self, EncryptedOptions, InProcess, RefreshBy, ShardRunner};
 use hetensor::train::{training_params, KeyHolder, TrainDefaults};
-use hetensor::workers::WorkerPool;
+use hetensor::workers::{WorkerLimits, WorkerPool};
 use hetensor::{Error, Result};
 
 use super::args::{at_least, momentum, one_of, positive};
@@ -75,23 +76,25 @@ pub struct TrainArgs {
     /// holders, collective refreshes, the head re-encrypted to the data owner (N = 2^14).
     #[arg(long, value_parser = at_least(2))]
     pub parties: Option<usize>,
-    /// log2 of the ring degree, 13 to 16 (14: 13 levels, two steps per refresh)
-    /// [default: 14; not for mnist-transfer].
+    /// log2 of the ring degree, 13 to 16 [default: 16 when refreshing by bootstrapping;
+    /// 14 (13 levels, two steps per refresh) with --refresh key-holder and for
+    /// credit-federated; not for mnist-transfer].
     #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
     pub log_n: Option<u32>,
     /// Seed of the split and the batches [default: 1].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// How the weights get their levels back when a step would run out: `key-holder`
-    /// decrypts and re-encrypts them (fast; the key holder sees the model every refresh),
-    /// `bootstrap` bootstraps them on public keys (no decryption during training; 128-bit
-    /// at N = 2^16; titanic and credit: --log-n 16, which it implies, ~25 s per
-    /// ciphertext on 2 cores; mnist-transfer: the packed head, one sparse bootstrap per
-    /// refresh, features extracted by the data owner) [default: key-holder; mnist-transfer:
-    /// bootstrap].
+    /// How the weights get their levels back when a step would run out: `bootstrap`
+    /// bootstraps them on public keys (no decryption during training; 128-bit at N = 2^16,
+    /// which it implies; titanic and credit: weights and velocity in one sparse bootstrap of
+    /// the layout's period, ~6 s per refresh on 2 cores, minutes per run; mnist-transfer:
+    /// the packed head, one sparse bootstrap per refresh, features extracted by the data
+    /// owner), `key-holder` decrypts and re-encrypts them (seconds per run, at --log-n 14;
+    /// but the key holder sees the model every refresh) [default: bootstrap;
+    /// credit-federated needs no refresh].
     #[arg(long, value_enum)]
     pub refresh: Option<Refresh>,
-    /// With --refresh bootstrap and --log-n 13..15: run the same pipeline on an
+    /// With bootstrapping refreshes and --log-n 13..15: run the same pipeline on an
     /// INSECURE test ring (no 128-bit bootstrapping chain exists below 2^16). Tests only.
     #[arg(long)]
     pub insecure_test_ring: bool,
@@ -172,7 +175,7 @@ pub fn run(o: TrainArgs) -> Result<()> {
     }
     if o.insecure_test_ring && !bootstrap {
         return Err(Error::InvalidInput(
-            "--insecure-test-ring only applies to --refresh bootstrap".into(),
+            "--insecure-test-ring only applies to bootstrapping refreshes".into(),
         ));
     }
     super::transfer::run(super::transfer::TransferOptions {
@@ -191,7 +194,11 @@ pub fn run(o: TrainArgs) -> Result<()> {
 
 /// titanic, credit and credit-federated: encrypted logistic regression.
 fn run_logistic(mut o: TrainArgs) -> Result<()> {
-    let bootstrap = o.refresh == Some(Refresh::Bootstrap);
+    // titanic and credit refresh by bootstrapping unless told otherwise; credit-federated
+    // starts every round from fresh encryptions, and --parties refreshes collectively.
+    let bootstrap = o.workload != Workload::CreditFederated
+        && o.parties.is_none()
+        && o.refresh != Some(Refresh::KeyHolder);
     // `reject_unused` let --parties through for credit-federated only.
     if let Some(k) = o.parties {
         if o.workers.is_some() || o.in_process || o.rounds.is_some() {
@@ -207,7 +214,12 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
     }
     if o.insecure_test_ring && !bootstrap {
         return Err(Error::InvalidInput(
-            "--insecure-test-ring only applies to --refresh bootstrap".into(),
+            "--insecure-test-ring only applies to bootstrapping refreshes".into(),
+        ));
+    }
+    if o.insecure_test_ring && o.log_n.is_none_or(|l| l >= 16) {
+        return Err(Error::InvalidInput(
+            "--insecure-test-ring runs the bootstrapping pipeline on a ring below 2^16: add --log-n 13, 14 or 15".into(),
         ));
     }
     if bootstrap {
@@ -219,7 +231,7 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
             }
             Some(l) => {
                 return Err(Error::InvalidInput(format!(
-                    "--refresh bootstrap is 128-bit only at --log-n 16 (N = 2^{l} holds no secure bootstrapping chain); add --insecure-test-ring to run the same pipeline at 2^{l} for testing"
+                    "refreshing by bootstrapping (the default) is 128-bit only at --log-n 16 (N = 2^{l} holds no secure bootstrapping chain); add --refresh key-holder to train at 2^{l} with key-holder refreshes, or --insecure-test-ring to run the bootstrapping pipeline at 2^{l} for testing"
                 )))
             }
         }
@@ -282,11 +294,19 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
     let t = Instant::now();
     // Bootstrapping brings its own chain (computation levels under its own).
     let bootstrap_params = if bootstrap {
-        Some(if log_n == 16 {
+        let bp = if log_n == 16 {
             BootstrapParams::n16()?
         } else {
             BootstrapParams::insecure_test_ring(log_n, 8)?
-        })
+        };
+        // The weights repeat with a short period in the layout this chooses: a sparse
+        // bootstrap of that period.
+        Some(logistic::sparse_refresh(
+            bp,
+            train.num_features(),
+            batch,
+            o.workers.unwrap_or(1),
+        )?)
     } else {
         None
     };
@@ -376,18 +396,20 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
         return Ok(());
     }
 
+    let bootstrap_slots = bootstrap_params.as_ref().map(|bp| bp.slots());
+    let refresh = match bootstrap_params {
+        Some(bp) => RefreshBy::Bootstrap(bp),
+        None => RefreshBy::KeyHolder,
+    };
     // Up to --workers shards, one per ciphertext of the batch at most.
-    let layout = logistic::layout_for(&ctx, train.num_features())?;
+    let layout = logistic::layout_for_refresh(&ctx, train.num_features(), &refresh)?;
     let shards = logistic::shards_per_step(&layout, batch, o.workers.unwrap_or(1));
     let opts = EncryptedOptions {
         sigmoid: sigmoid.clone(),
         workers: shards,
         // Monitoring decrypts every batch's logits: not in a run that must decrypt nothing.
         monitor: !bootstrap,
-        refresh: match bootstrap_params {
-            Some(bp) => RefreshBy::Bootstrap(bp),
-            None => RefreshBy::KeyHolder,
-        },
+        refresh,
     };
     let processes = o.workers.is_some() && !o.in_process;
     if let Some(k) = o.workers.filter(|&k| k > shards) {
@@ -403,10 +425,21 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
     let mut runner: Box<dyn ShardRunner> = if processes {
         // The cores are shared out between the workers (the parent only aggregates).
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Box::new(WorkerPool::spawn(
+        // An insecure test ring's context reaches the workers marked insecure: they accept
+        // it only when told to.
+        let limits = WorkerLimits {
+            decode: if o.insecure_test_ring {
+                DecodeOptions::allow_insecure()
+            } else {
+                DecodeOptions::default()
+            },
+            ..WorkerLimits::default()
+        };
+        Box::new(WorkerPool::spawn_with(
             &WorkerPool::default_exe()?,
             shards,
             (cores / shards).max(1),
+            &limits,
         )?)
     } else {
         Box::new(InProcess)
@@ -435,6 +468,8 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
             "workload": workload_name, "rows_train": train.len(), "rows_test": test.len(),
             "features": train.feature_names, "log_n": log_n, "levels": ctx.max_level(),
             "insecure_test_ring": bootstrap && log_n < 16,
+            "refresh": if bootstrap { "bootstrap" } else { "key-holder" },
+            "bootstrap_slots": bootstrap_slots, "layout_slots": layout.slots(),
             "degree": degree, "interval": interval, "epochs": epochs, "batch": batch,
             "lr": lr, "momentum": momentum, "workers": shards,
             "workers_requested": o.workers,
@@ -447,10 +482,18 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
         });
         println!("{v}");
     } else {
+        let how = match bootstrap_slots {
+            Some(n) if n < ctx.slots() => format!(
+                "{}; sparse, the weights' period of {n} of {} slots",
+                rep.refreshed_by,
+                ctx.slots()
+            ),
+            _ => rep.refreshed_by.clone(),
+        };
         for s in rep.steps.iter().filter(|s| s.refreshed) {
             eprintln!(
-                "  refresh before step {} ({}: weights and velocity)",
-                s.step, rep.refreshed_by
+                "  refresh before step {} ({how}: weights and velocity)",
+                s.step
             );
         }
         println!(

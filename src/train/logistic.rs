@@ -535,6 +535,37 @@ pub fn layout_for(ctx: &CkksContext, d: usize) -> Result<BlockLayout> {
     BlockLayout::new(ctx.slots(), d + 1, 1)
 }
 
+/// The block layout of a run refreshed by `refresh`: [`layout_for`], or with a sparse-slot
+/// bootstrap a layout of the bootstrap's period, tiled over the ring
+/// ([`BlockLayout::tile`]), so that the weights repeat with that period.
+pub fn layout_for_refresh(ctx: &CkksContext, d: usize, refresh: &RefreshBy) -> Result<BlockLayout> {
+    match refresh {
+        RefreshBy::Bootstrap(bp) if bp.is_sparse() => BlockLayout::new(bp.slots(), d + 1, 1),
+        _ => layout_for(ctx, d),
+    }
+}
+
+/// `bp` made sparse for training `d` features in batches of `batch` samples over up to
+/// `workers` shards: the period holds one block per feature (and the bias), each of the
+/// smallest power of two of samples that still lets a batch split into `workers`
+/// ciphertexts. A sparse bootstrap is cheaper (transforms of `log2` period stages, one
+/// EvalMod) and more precise; with the layout of [`layout_for_refresh`] the steps rotate
+/// over shorter blocks too. `bp` unchanged where the period would exceed `N/4`.
+pub fn sparse_refresh(
+    bp: crate::ckks::bootstrap::BootstrapParams,
+    d: usize,
+    batch: usize,
+    workers: usize,
+) -> Result<crate::ckks::bootstrap::BootstrapParams> {
+    let block = batch.div_ceil(workers.max(1)).max(1).next_power_of_two();
+    let period = (d + 1).next_power_of_two().saturating_mul(block);
+    if period <= bp.ckks().n() / 4 {
+        bp.sparse(period)
+    } else {
+        Ok(bp)
+    }
+}
+
 /// Shards a step of `batch` samples is cut into with up to `workers` workers: one per
 /// ciphertext of `B` samples at most (see [`EncryptedOptions::workers`]).
 pub fn shards_per_step(layout: &BlockLayout, batch: usize, workers: usize) -> usize {
@@ -593,7 +624,7 @@ pub fn train_encrypted_with(
     }
     opts.sigmoid.validate()?;
     let ctx: &CkksContext = holder.ctx();
-    let layout = layout_for(ctx, d)?;
+    let layout = layout_for_refresh(ctx, d, &opts.refresh)?;
     let shards = shards_per_step(&layout, cfg.batch_size, opts.workers);
     let per_shard = layout.block * cfg.batch_size.div_ceil(layout.block).div_ceil(shards);
     let need = levels_per_step(opts.sigmoid.degree());
@@ -633,6 +664,7 @@ pub fn train_encrypted_with(
     // in ⌈·/B⌉ ciphertexts, features divided by the sigmoid's bound (see `BatchCt`).
     let t = Instant::now();
     let (batches, orders) = batch_plan(data.len(), cfg);
+    let slots = ctx.slots();
     let mut enc_batches: Vec<Vec<Vec<BatchCt>>> = Vec::with_capacity(batches.len());
     for idx in &batches {
         let shards = idx
@@ -650,13 +682,12 @@ pub fn train_encrypted_with(
                             })
                             .collect();
                         let ys: Vec<f64> = chunk.iter().map(|&i| data.labels[i] as f64).collect();
-                        let x = encrypt_public(&ev, &layout.pack_rows(&rows)?)?;
+                        let x =
+                            encrypt_public(&ev, &layout.tile(&layout.pack_rows(&rows)?, slots)?)?;
                         // Padding slots (no sample: z = 0) get the label p(0), so their error
                         // p(0) − y is 0 and the noise of x there adds nothing.
-                        let y = encrypt_public(
-                            &ev,
-                            &layout.replicate_samples(&ys, opts.sigmoid.coeffs[0])?,
-                        )?;
+                        let y = layout.replicate_samples(&ys, opts.sigmoid.coeffs[0])?;
+                        let y = encrypt_public(&ev, &layout.tile(&y, slots)?)?;
                         Ok(BatchCt {
                             x,
                             y,
@@ -673,7 +704,7 @@ pub fn train_encrypted_with(
 
     let mut wb = w0.clone();
     wb.push(b0);
-    let mut w = holder.encrypt(&layout.replicate_blocks(&wb)?)?;
+    let mut w = holder.encrypt(&layout.tile(&layout.replicate_blocks(&wb)?, slots)?)?;
     let mut v: Option<Ciphertext> = None;
     let coeffs = opts.sigmoid.coeffs.clone();
     let log_b = layout.block.trailing_zeros() as usize;

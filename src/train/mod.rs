@@ -292,9 +292,24 @@ impl BlockLayout {
             mask[j * self.block] = factor;
         }
         let c = ev.ctx.level_modulus(l) * target / r.scale();
-        let pt = ev.ctx.encode(&mask, c, l)?;
+        let pt = ev.ctx.encode(&self.tile(&mask, ev.ctx.slots())?, c, l)?;
         let m = ev.ctx.multiply_plain(&r, &pt)?;
         ev.ctx.rescale(&self.replicate_heads(ev, &m)?)
+    }
+
+    /// `values` (one period of this layout: [`Self::slots`] values) repeated over a ring of
+    /// `ring_slots` slots. A layout smaller than the ring is encoded this way, so that a
+    /// rotation by fewer than its slots acts on every period cyclically, as on the layout
+    /// alone, and the ciphertexts suit a sparse-slot bootstrap of that period.
+    pub fn tile(&self, values: &[f64], ring_slots: usize) -> Result<Vec<f64>> {
+        let p = self.slots();
+        if values.len() != p || !ring_slots.is_multiple_of(p) {
+            return Err(Error::Shape(format!(
+                "{} values of a {p}-slot layout cannot tile {ring_slots} slots",
+                values.len()
+            )));
+        }
+        Ok(values.repeat(ring_slots / p))
     }
 
     /// Packs rows `x[t]` (t < B, each with ≤ k features) as slot `j·B + t`.

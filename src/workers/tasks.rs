@@ -283,9 +283,9 @@ fn logistic_step(
     bound: f64,
     inputs: &[Ciphertext],
 ) -> Result<Vec<Ciphertext>> {
-    if layout.slots() != pc.context.slots() {
+    if !pc.context.slots().is_multiple_of(layout.slots()) {
         return Err(Error::Shape(format!(
-            "block layout of {} slots for a context of {}",
+            "block layout of {} slots does not tile a context of {}",
             layout.slots(),
             pc.context.slots()
         )));
