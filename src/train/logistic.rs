@@ -6,8 +6,11 @@
 //!   sigmoid or a polynomial one — the reference the encrypted run is checked against.
 //! * [`train_encrypted`]: the same steps on CKKS ciphertexts — encrypted features and
 //!   labels, encrypted weights and velocity, polynomial sigmoid, block layout (see
-//!   [`super`]), data-parallel shards, explicit key-holder refresh when the weights run out
-//!   of levels.
+//!   [`super`]), data-parallel shards, and a refresh when the weights run out of levels:
+//!   by bootstrapping ([`RefreshBy::Bootstrap`], nobody decrypts; with [`sparse_refresh`]'s
+//!   parameters the layout is one period of a feature block per batch, tiled over the ring,
+//!   and each refresh a sparse-slot bootstrap of that period) or by the key holder
+//!   ([`RefreshBy::KeyHolder`], decrypt + re-encrypt).
 //!
 //! The gradient of both is the one of encrypted logistic regression (Kim et al. 2018):
 //! `g = Xᵀ(p(Xw + b) − y)/n` with `p` the sigmoid (or its polynomial fit) — the gradient of
