@@ -87,7 +87,7 @@ pub struct TrainArgs {
     /// How the weights get their levels back when a step would run out: `bootstrap`
     /// bootstraps them on public keys (no decryption during training; 128-bit at N = 2^16,
     /// which it implies; titanic and credit: weights and velocity in one sparse bootstrap of
-    /// the layout's period, ~6 s per refresh on 2 cores, minutes per run; mnist-transfer:
+    /// the layout's period, 4-5 s per refresh on 2 cores, 4-5 min per run; mnist-transfer:
     /// the packed head, one sparse bootstrap per refresh, features extracted by the data
     /// owner), `key-holder` decrypts and re-encrypts them (seconds per run, at --log-n 14;
     /// but the key holder sees the model every refresh) [default: bootstrap;
