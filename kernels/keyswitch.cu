@@ -2,8 +2,9 @@
 // key_switch_reference and mod_down_reference define the words): the base conversions of
 // ModUp (all digits) and ModDown (conv_row_word, common.cuh) run inside the first kernel of
 // the forward NTT that follows them (ntt.cu ntt_fwd_cols_conv; conv_rows here where
-// N <= 2048), the key inner product reads the key digits' limbs in place, and ModDown ends
-// inside its forward NTT (ntt.cu ntt_fwd_rows_moddown). Tables are built on the host and cached (CudaBackend::ks_tables,
+// N <= 2048), the key inner product runs inside ModUp's last NTT kernel and reads the key
+// digits' limbs in place (ntt.cu ntt_fwd_rows_ks), and ModDown ends inside its forward NTT
+// (ntt.cu ntt_fwd_rows_moddown). Tables are built on the host and cached (CudaBackend::ks_tables,
 // CudaBackend::down_tables). Grid-stride kernels: 1-D, 256 threads per block.
 
 // The conversions of conv_row_word as a batch of their own (N <= 2048, where no columns
@@ -15,37 +16,6 @@ extern "C" __global__ void conv_rows(u32* out, const u32* in, const Mod* mods,
         const u32 row = (u32)(idx >> log_n), c = row / nl, l = row - c * nl;
         out[idx] = conv_row_word(in, desc, tab, mods[limbs[l]], c, l, src_stride, log_n,
                                  idx & ((1ull << log_n) - 1));
-    }
-}
-
-// Key inner product of nd digits: output row o is acc[p][l] = sum_j key_j[p][krow_l] * up_j[l]
-// (Modulus::mul_add_reduced, digits in order: CpuBackend::mul_acc), with
-// orow[o] = p << 16 | l and lrow[(nd + 2) l ..] = (prime, key row, src_0 .. src_{nd-1}):
-// up_j[l] is row (src_j & 0x7fffffff) of d (src_j bit 31 set: the digit's own limb, NTT form)
-// or of ext (the NTT'd ModUp rows). keys[j] = digit j's key (2 polynomials of nkey limbs),
-// read in place. The sum starts from P*lift[p][l] (lfac[l] = P mod the row's prime) for the
-// first nlift polynomials and the nq ciphertext limbs (key_switch_ext's lifted (c0, c1); lift
-// is nlift polynomials over those limbs), from 0 elsewhere: every term is reduced, so the
-// words equal key_inner_hoisted_reference's sum-then-add.
-extern "C" __global__ void ks_inner(u32* acc, const u32* d, const u32* ext,
-                                    const u32* const* keys, const u32* orow, const u32* lrow,
-                                    const Mod* mods, const u32* lift, const u32* lfac,
-                                    u32 nlift, u32 nq, u32 nd, u32 nkey, u32 log_n, u64 total) {
-    GRID_STRIDE(idx, total) {
-        const u64 coeff = idx & ((1ull << log_n) - 1);
-        const u32 o = orow[idx >> log_n];
-        const u32 p = o >> 16, l = o & 0xffff;
-        const u32* lr = lrow + l * (nd + 2);
-        const Mod& m = mods[lr[0]];
-        const u64 kw = ((u64)(p * nkey + lr[1]) << log_n) | coeff;
-        u32 a = 0;
-        if (p < nlift && l < nq) a = mul_reduced(lift[((u64)(p * nq + l) << log_n) | coeff], lfac[l], m);
-        for (u32 j = 0; j < nd; j++) {
-            const u32 s = lr[2 + j];
-            const u32 x = (s >> 31 ? d : ext)[((u64)(s & 0x7fffffffu) << log_n) | coeff];
-            a = mul_add_reduced(keys[j][kw], x, a, m);
-        }
-        acc[idx] = a;
     }
 }
 
@@ -79,9 +49,9 @@ extern "C" __global__ void ks_inner_hoisted(u32* acc, const u32* const* ups,
 }
 
 // ModUp's output for hoisting (mod_up_reference): digit j's extended polynomial over the nl
-// limbs of the key-switching basis, written to outs[j]. Row l comes from the source ks_inner
-// reads for digit j, lrow[(nd + 2) l + 2 + j]: a row of d (bit 31 set: the digit's own limb,
-// NTT form) or of ext (the NTT'd ModUp rows). total = nd * nl * N.
+// limbs of the key-switching basis, written to outs[j]. Row l comes from the source
+// ntt_fwd_rows_ks reads for digit j, lrow[(nd + 2) l + 2 + j]: a row of d (bit 31 set: the
+// digit's own limb, NTT form) or of ext (the NTT'd ModUp rows). total = nd * nl * N.
 extern "C" __global__ void mod_up_gather(u32* const* outs, const u32* d, const u32* ext,
                                          const u32* lrow, u32 nd, u32 nl, u32 log_n,
                                          u64 total) {

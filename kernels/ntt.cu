@@ -79,20 +79,12 @@ extern "C" __global__ void ntt_fwd_cols(u32* data, const Mod* mods, const u32* l
     fwd_cols(data, mods, limbs, psi, psi_s, nl, log_n, log_n1, log_c, LoadRow());
 }
 
-// Forward stages m = N1 .. N/2 (t < N2) on the block's row of N2 contiguous words, left lazy
-// in sh ([0, 4q)); returns the row's address, its NTT index (row of the batch) and prime.
-__device__ __forceinline__ u32* fwd_rows_stages(u32* data, const Mod* mods, const u32* limbs,
-                                               const u32* psi, const u32* psi_s, u32 nl,
-                                               u32 log_n, u32 log_n2, u32& ntt, u32& q) {
+// Forward stages m = N1 .. N/2 (t < N2) on chunk ch (N2 contiguous words at a) of one
+// transform with the prime's twiddles w, ws: loaded into sh and left lazy there ([0, 4q)).
+__device__ __forceinline__ void fwd_rows_chunk(const u32* a, const u32* w, const u32* ws, u32 q,
+                                               u32 log_n, u32 log_n2, u32 ch) {
     extern __shared__ u32 sh[];
-    const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
-    ntt = blockIdx.x >> log_n1;
-    const u32 ch = blockIdx.x & ((1u << log_n1) - 1);
-    const u32 prime = limbs[ntt % nl];
-    q = mods[prime].q;
-    u32* a = data + ((u64)ntt << log_n) + ((u64)ch << log_n2);
-    const u32* w = psi + ((u64)prime << log_n);
-    const u32* ws = psi_s + ((u64)prime << log_n);
+    const u32 n2 = 1u << log_n2;
     for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = a[i];
     // Stage t = 2^log_t, m = N / (2t); the block of word j is ch * N2/(2t) + local block.
     for (int log_t = (int)log_n2 - 1; log_t >= 0; log_t--) {
@@ -106,6 +98,21 @@ __device__ __forceinline__ u32* fwd_rows_stages(u32* data, const Mod* mods, cons
         }
     }
     __syncthreads();
+}
+
+// fwd_rows_chunk on the block's row of the batch; returns the row's address, its NTT index
+// (row of the batch) and prime.
+__device__ __forceinline__ u32* fwd_rows_stages(u32* data, const Mod* mods, const u32* limbs,
+                                               const u32* psi, const u32* psi_s, u32 nl,
+                                               u32 log_n, u32 log_n2, u32& ntt, u32& q) {
+    const u32 log_n1 = log_n - log_n2;
+    ntt = blockIdx.x >> log_n1;
+    const u32 ch = blockIdx.x & ((1u << log_n1) - 1);
+    const u32 prime = limbs[ntt % nl];
+    q = mods[prime].q;
+    u32* a = data + ((u64)ntt << log_n) + ((u64)ch << log_n2);
+    fwd_rows_chunk(a, psi + ((u64)prime << log_n), psi_s + ((u64)prime << log_n), q, log_n,
+                   log_n2, ch);
     return a;
 }
 
@@ -146,6 +153,73 @@ extern "C" __global__ void ntt_fwd_rows_moddown(u32* data, const Mod* mods, cons
     for (u32 i = threadIdx.x; i < (1u << log_n2); i += blockDim.x) {
         const u32 r = mul_shoup(mod_sub(xr[i], fwd_final(sh[i], q), q), f, fs, q);
         o[i] = add ? mod_add(add[off + i], r, q) : r;
+    }
+}
+
+// ModUp's last forward stages fused with the key inner product (the words of
+// key_switch_reference's inner product, digits in order): block (l, ch) computes chunk ch (N2 words) of limb l of the key-switching basis
+// (prime lrow[(nd + 2) l], key row lrow[(nd + 2) l + 1]) for both output polynomials. Per
+// digit j in order, its limb l is the row lrow[(nd + 2) l + 2 + j] of d (bit 31 set: the
+// digit's own limb, NTT form) or of ext, ModUp's rows after their first stages
+// (ntt_fwd_cols_conv, or conv_rows where N1 = 1): this block runs their stages t < N2 and
+// the final reduction (ntt_fwd_rows's words) in shared memory, so ext's transform is never
+// written back; then acc_p = mul_add_reduced(key_j[p][krow], x, acc_p), started from
+// P * lift[p][l] (lfac[l] = P mod the prime) for p < nlift and l < nq, from 0 elsewhere.
+// Output row of (p, l): p * nqp + l, or with sfirst (key switching's ModDown input) the
+// special limbs of both polynomials first: p * np + (l - nq) for l >= nq, 2 np + p * nq + l
+// below. Shared: 3 * N2 words (the digit's chunk, then both accumulators).
+extern "C" __global__ void ntt_fwd_rows_ks(u32* acc, const u32* d, const u32* ext,
+                                           const u32* const* keys, const u32* lrow,
+                                           const Mod* mods, const u32* psi, const u32* psi_s,
+                                           const u32* lift, const u32* lfac, u32 nlift, u32 nq,
+                                           u32 nqp, u32 nd, u32 nkey, u32 sfirst, u32 log_n,
+                                           u32 log_n2) {
+    extern __shared__ u32 sh[];
+    const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
+    const u32 l = blockIdx.x >> log_n1, ch = blockIdx.x & ((1u << log_n1) - 1);
+    const u32* lr = lrow + l * (nd + 2);
+    const u32 prime = lr[0];
+    const Mod& m = mods[prime];
+    const u64 off = (u64)ch << log_n2;
+    u32* a0 = sh + n2;
+    u32* a1 = sh + 2 * n2;
+    for (u32 i = threadIdx.x; i < n2; i += blockDim.x) {
+        u32 x0 = 0, x1 = 0;
+        if (l < nq && nlift > 0) x0 = mul_reduced(lift[((u64)l << log_n) + off + i], lfac[l], m);
+        if (l < nq && nlift > 1)
+            x1 = mul_reduced(lift[((u64)(nq + l) << log_n) + off + i], lfac[l], m);
+        a0[i] = x0;
+        a1[i] = x1;
+    }
+    const u32* w = psi + ((u64)prime << log_n);
+    const u32* ws = psi_s + ((u64)prime << log_n);
+    const u64 k0 = ((u64)lr[1] << log_n) + off, k1 = ((u64)(nkey + lr[1]) << log_n) + off;
+    for (u32 j = 0; j < nd; j++) {
+        const u32 s = lr[2 + j];
+        const bool own = s >> 31;
+        // Each thread loads, reads and accumulates the same words i (threadIdx.x + k·blockDim):
+        // only the butterflies of fwd_rows_chunk, between its barriers, touch other threads'.
+        if (own) {
+            const u32* a = d + ((u64)(s & 0x7fffffffu) << log_n) + off;
+            for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = a[i];
+        } else {
+            fwd_rows_chunk(ext + ((u64)s << log_n) + off, w, ws, m.q, log_n, log_n2, ch);
+        }
+        const u32* key = keys[j];
+        for (u32 i = threadIdx.x; i < n2; i += blockDim.x) {
+            const u32 x = own ? sh[i] : fwd_final(sh[i], m.q);
+            a0[i] = mul_add_reduced(key[k0 + i], x, a0[i], m);
+            a1[i] = mul_add_reduced(key[k1 + i], x, a1[i], m);
+        }
+    }
+    const u32 np = nqp - nq;
+    const u32 o0 = !sfirst ? l : l >= nq ? l - nq : 2 * np + l;
+    const u32 o1 = !sfirst ? nqp + l : l >= nq ? np + l - nq : 2 * np + nq + l;
+    u32* out0 = acc + ((u64)o0 << log_n) + off;
+    u32* out1 = acc + ((u64)o1 << log_n) + off;
+    for (u32 i = threadIdx.x; i < n2; i += blockDim.x) {
+        out0[i] = a0[i];
+        out1[i] = a1[i];
     }
 }
 

@@ -317,8 +317,7 @@ fn bench_bootstrap_row() {
 #[test]
 fn train_titanic_in_process_and_on_workers() {
     let _g = heavy();
-    // In this process, one shard; the data file is found from outside the repository.
-    let r = json(&[
+    let key_holder = [
         "train",
         "titanic",
         "--refresh",
@@ -327,8 +326,9 @@ fn train_titanic_in_process_and_on_workers() {
         "1",
         "--degree",
         "3",
-        "--json",
-    ]);
+    ];
+    // In this process, one shard; the data file is found from outside the repository.
+    let r = json(&[&key_holder[..], &["--json"]].concat());
     assert_eq!(r["refresh"], "key-holder");
     assert_eq!(u(&r, "log_n"), 14);
     assert_eq!(u(&r, "rows_train") + u(&r, "rows_test"), 891);
@@ -339,21 +339,13 @@ fn train_titanic_in_process_and_on_workers() {
     );
     assert!((enc - poly).abs() <= 0.02 && enc > 0.6, "{r}");
     // Two shards on two `hetensor worker` processes.
-    let r = json(&[
-        "train",
-        "titanic",
-        "--refresh",
-        "key-holder",
-        "--epochs",
-        "1",
-        "--degree",
-        "3",
-        "--workers",
-        "2",
-        "--batch",
-        "1024",
-        "--json",
-    ]);
+    let r = json(
+        &[
+            &key_holder[..],
+            &["--workers", "2", "--batch", "1024", "--json"],
+        ]
+        .concat(),
+    );
     assert_eq!(r["worker_processes"], true);
     assert_eq!(u(&r, "workers"), 2);
     assert!(f(&r, "max_weight_diff_vs_plaintext_poly") < 1e-2, "{r}");

@@ -112,8 +112,8 @@ fn trace_counts_launches_copies_and_allocations() {
     };
     assert_eq!(delta(&g), want, "download");
     // A key switch without its ModDown, 3 digits, (c0, c1) lifted: the fused path's inverse
-    // NTT (2), ModUp's converting forward NTT (2) and the inner product (1), where the
-    // reference composition would launch ~20 kernels.
+    // NTT (2), the first kernel of ModUp's converting forward NTT (1) and its last fused with
+    // the inner product (1), where the reference composition would launch ~20 kernels.
     let (q, sp) = ([0usize, 1, 2], [3usize]);
     let plan = ks_plan(&r, &q, &sp, 1);
     let key_limbs: Vec<usize> = q.iter().chain(&sp).copied().collect();
@@ -128,7 +128,17 @@ fn trace_counts_launches_copies_and_allocations() {
     g.key_switch_ext(&r, &d, &keys, &plan, Some(&lift)).unwrap(); // tables uploaded once
     delta(&g);
     g.key_switch_ext(&r, &d, &keys, &plan, Some(&lift)).unwrap();
-    assert_eq!(delta(&g).launches, 5, "key_switch_ext");
+    let ks = delta(&g);
+    assert_eq!(ks.launches, 4, "key_switch_ext");
+    // Modelled traffic, in words of one limb (N): the inverse NTT of d reads and writes its
+    // 3 limbs twice; the converting columns kernel writes the 3 digits' 3 new limbs (9) and
+    // reads d's 3; the fused kernel reads, per digit, one limb of each of the 4 rows and the
+    // key's 2 × 4, the lift's 2 × 3, and writes 2 × 4.
+    let limb = 4 * n as u64;
+    assert_eq!(
+        ks.kernel_bytes,
+        (2 * 2 * 3 + 9 + 3 + 4 * (3 * 3 + 2) + 6) * limb
+    );
     // Its hoisted form for one rotation of shared digits: one launch (the reference permutes,
     // multiplies and accumulates digit by digit, then lifts).
     g.mod_up(&r, &d, &plan).unwrap(); // its tables uploaded once

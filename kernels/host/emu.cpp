@@ -81,9 +81,10 @@ const Kernel KERNELS[] = {
     KERNEL(ntt_fwd_cols, true),  KERNEL(ntt_fwd_rows, true),   KERNEL(intt_rows, true),
     KERNEL(intt_cols, true),     KERNEL(base_convert, false),  KERNEL(scale_round, false),
     KERNEL(automorphism, false), KERNEL(permute_limbs, false), KERNEL(gather_limbs, false),
-    KERNEL(concat_limbs, false), KERNEL(conv_rows, false),        KERNEL(ks_inner, false),
+    KERNEL(concat_limbs, false), KERNEL(conv_rows, false),
     KERNEL(ks_inner_hoisted, false), KERNEL(mod_up_gather, false),
     KERNEL(ntt_fwd_rows_moddown, true), KERNEL(ntt_fwd_cols_conv, true),
+    KERNEL(ntt_fwd_rows_ks, true),
 };
 
 const Kernel* find(const char* name) {

@@ -44,11 +44,11 @@ pub const KERNEL_NAMES: &[&str] = &[
     "gather_limbs",
     "concat_limbs",
     "conv_rows",
-    "ks_inner",
     "ks_inner_hoisted",
     "mod_up_gather",
     "ntt_fwd_rows_moddown",
     "ntt_fwd_cols_conv",
+    "ntt_fwd_rows_ks",
 ];
 
 /// The source of one NVRTC program holding every kernel (prelude + all files).

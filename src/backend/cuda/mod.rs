@@ -127,16 +127,22 @@ struct ConvRows {
     tab: CudaSlice<u32>,
 }
 
+/// How a forward NTT launched by `CudaBackend::ntt_launch` ends.
+enum RowsPass {
+    /// The rows kernel (`ntt_fwd_rows`) writes the transform.
+    Plain,
+    /// `ntt_fwd_rows_moddown` with these extra arguments (out, x, xstride, fac, add) ends a
+    /// ModDown instead.
+    ModDown([A; 5]),
+    /// No rows kernel: a fused kernel (`ntt_fwd_rows_ks`) runs those stages on read.
+    Skip,
+}
+
 /// Device tables of one key-switching plan ([`ks_table_words`]).
 struct KsTables {
     up: ConvRows,
     /// The prime of every ModUp row (the batched NTT's limb map).
     ext_primes: Vec<usize>,
-    /// `ks_inner`'s output rows for [`Backend::key_switch`]: the special limbs of both
-    /// polynomials first (ModDown's input, contiguous), then the ciphertext limbs.
-    orow: CudaSlice<u32>,
-    /// ... and for [`Backend::key_switch_ext`]: the batch layout over `plan.qp`.
-    orow_ext: CudaSlice<u32>,
     lrow: CudaSlice<u32>,
     /// `P mod q` for every limb of `plan.qp` (0 on the special primes): the lift's factors.
     lift_factors: CudaSlice<u32>,
@@ -252,7 +258,8 @@ pub fn round_table_words(r: &ScaleRounder) -> RoundTableWords {
 }
 
 /// The host words of a key-switching plan's tables (ModUp's conversion desc and tab for
-/// `conv_row_word`, its rows' primes, `ks_inner`'s orow and lrow), for `d` over `plan.q` and keys over `key_limbs`.
+/// `conv_row_word`, its rows' primes, and `ntt_fwd_rows_ks`'s lrow), for `d` over `plan.q`
+/// and keys over `key_limbs`.
 /// `None` when a digit is not a contiguous run of `d`'s limbs or the key lacks a limb (the
 /// backend then runs the reference composition).
 #[doc(hidden)]
@@ -260,8 +267,6 @@ pub struct KsTableWords {
     pub desc: Vec<u32>,
     pub tab: Vec<u32>,
     pub ext_primes: Vec<usize>,
-    pub orow: Vec<u32>,
-    pub orow_ext: Vec<u32>,
     pub lrow: Vec<u32>,
 }
 
@@ -305,28 +310,14 @@ fn push_conv(
 #[doc(hidden)]
 pub fn ks_table_words(plan: &KeySwitchPlan, key_limbs: &[usize]) -> Option<KsTableWords> {
     let layout = fused_ks_layout(plan, key_limbs)?;
-    let (nq, np) = (plan.q.len(), plan.p.len());
     let mut w = KsTableWords {
         desc: Vec::new(),
         tab: Vec::new(),
         ext_primes: layout.ext_primes,
-        orow: Vec::new(),
-        orow_ext: Vec::new(),
         lrow: layout.lrow,
     };
     for (dg, &s0) in plan.digits.iter().zip(&layout.starts) {
         push_conv(&mut w.desc, &mut w.tab, &dg.up, s0, false);
-    }
-    // The accumulator's rows: the special limbs of both polynomials first (ModDown's input,
-    // contiguous), then the ciphertext limbs.
-    for range in [nq..nq + np, 0..nq] {
-        for p in 0..2u32 {
-            w.orow.extend(range.clone().map(|l| (p << 16) | l as u32));
-        }
-    }
-    for p in 0..2u32 {
-        w.orow_ext
-            .extend((0..nq + np).map(|l| (p << 16) | l as u32));
     }
     Some(w)
 }
@@ -1371,7 +1362,7 @@ impl Backend for CudaBackend {
             return key_switch_reference(self, ring, d, keys, plan, onto);
         };
         let (n, nq, np) = (d.n, plan.q.len(), plan.p.len());
-        let acc = self.ks_accumulate(ring, d, keys, plan, &t, &t.orow, None)?;
+        let acc = self.ks_accumulate(ring, d, keys, plan, &t, true, None)?;
         // ModDown: the special limbs of both polynomials are contiguous at the start of acc.
         let ap = self.ptr(&acc);
         let head = ap + 4 * (2 * np * n) as u64;
@@ -1401,9 +1392,10 @@ impl Backend for CudaBackend {
         let Some(t) = self.fused_ks_tables(ring, plan, keys)? else {
             return key_switch_ext_reference(self, ring, d, keys, plan, lift);
         };
-        // The accumulator in the batch layout over `plan.qp`, `P·lift` added by `ks_inner`:
-        // the caller's ModDown (e.g. relinearize-and-rescale's, over `P·q_l`) finishes it.
-        let acc = self.ks_accumulate(ring, d, keys, plan, &t, &t.orow_ext, lift)?;
+        // The accumulator in the batch layout over `plan.qp`, `P·lift` added by the inner
+        // product: the caller's ModDown (e.g. relinearize-and-rescale's, over `P·q_l`)
+        // finishes it.
+        let acc = self.ks_accumulate(ring, d, keys, plan, &t, false, lift)?;
         Ok(self.wrap(acc, plan.qp.clone(), 2, d.n, Repr::Ntt))
     }
 
@@ -1502,9 +1494,10 @@ impl Backend for CudaBackend {
         };
         check_ring(ring, d)?;
         let (n, nl, nd) = (d.n, nq + np, plan.digits.len());
-        let ext = self.mod_up_rows(ring, d, plan, &t)?;
+        let ext = self.mod_up_rows(ring, d, plan, &t, RowsPass::Plain)?;
         // Each digit's batch over `plan.qp`: its own limbs from `d`, the others from `ext`
-        // (the sources `ks_inner` reads, from the same `lrow` table), all digits in one launch.
+        // (the sources `ntt_fwd_rows_ks` reads, from the same `lrow` table), all digits in one
+        // launch.
         let outs = (0..nd)
             .map(|_| self.alloc(nl * n))
             .collect::<Result<Vec<_>>>()?;
@@ -1569,14 +1562,13 @@ impl CudaBackend {
         n: usize,
         forward: bool,
     ) -> Result<()> {
-        self.ntt_launch(ring, data, limbs, count, n, forward, None, None)
+        self.ntt_launch(ring, data, limbs, count, n, forward, None, RowsPass::Plain)
     }
 
     /// [`Self::ntt_at`]; forward only: with `conv = Some((args, source words))` the input is
     /// converted on load (`ntt_fwd_cols_conv` with those extra arguments: in, desc, tab,
-    /// src_stride; a `conv_rows` launch writing `data` first where N ≤ 2048), and with
-    /// `moddown = Some(args)` the rows kernel is `ntt_fwd_rows_moddown` (out, x, xstride, fac,
-    /// add).
+    /// src_stride; a `conv_rows` launch writing `data` first where N ≤ 2048), and `rows`
+    /// says how the transform ends ([`RowsPass`]).
     #[allow(clippy::too_many_arguments)]
     fn ntt_launch(
         &self,
@@ -1587,7 +1579,7 @@ impl CudaBackend {
         n: usize,
         forward: bool,
         conv: Option<([A; 4], u64)>,
-        moddown: Option<[A; 5]>,
+        rows: RowsPass,
     ) -> Result<()> {
         let ntts = (count * limbs.len()) as u64;
         if ntts == 0 {
@@ -1609,9 +1601,17 @@ impl CudaBackend {
             ninv: self.ptr(&t.ninv),
         };
         let mut launches = ntt_launches(n, ntts, limbs.len() as u32, forward, ptrs)?;
-        if let (Some(extra), Some(last)) = (moddown, launches.last_mut()) {
-            last.name = "ntt_fwd_rows_moddown";
-            last.args.extend(extra);
+        match rows {
+            RowsPass::Plain => {}
+            RowsPass::ModDown(extra) => {
+                if let Some(last) = launches.last_mut() {
+                    last.name = "ntt_fwd_rows_moddown";
+                    last.args.extend(extra);
+                }
+            }
+            RowsPass::Skip => {
+                launches.pop();
+            }
         }
         let mut src_words = 0;
         if let Some((extra, words)) = conv {
@@ -1785,7 +1785,7 @@ impl CudaBackend {
             n,
             true,
             Some((conv_args, src_words)),
-            Some(moddown),
+            RowsPass::ModDown(moddown),
         )?;
         Ok(out)
     }
@@ -1845,13 +1845,16 @@ impl CudaBackend {
     }
 
     /// ModUp's new rows for every digit (`t.ext_primes`, digit by digit): one inverse NTT of
-    /// `d`, then one forward NTT over all digits' new limbs that converts on load. 4 launches.
+    /// `d`, then one forward NTT over all digits' new limbs that converts on load, ended as
+    /// `rows` says (`RowsPass::Skip`: before the stages `ntt_fwd_rows_ks` runs on read). 4
+    /// launches (3 with `Skip`).
     fn mod_up_rows(
         &self,
         ring: &RingContext,
         d: &PolyBatch,
         plan: &KeySwitchPlan,
         t: &KsTables,
+        rows: RowsPass,
     ) -> Result<CudaSlice<u32>> {
         let (n, nq) = (d.n, plan.q.len());
         let dsrc = &self.buf(d)?.data;
@@ -1875,16 +1878,18 @@ impl CudaBackend {
             n,
             true,
             Some((conv_args, src_words)),
-            None,
+            rows,
         )?;
         Ok(ext)
     }
 
     /// Key switching up to its ModDown, every digit per launch: ModUp (one inverse NTT of `d`,
-    /// then one forward NTT over all digits' new limbs that converts on load) and the key inner
-    /// product (`ks_inner`, key digits read in place, `P·lift` added), into rows `orow` of a new
-    /// `2 × |plan.qp|`-limb accumulator. 5 launches.
-    #[allow(clippy::too_many_arguments)] // the key switch's operands and the row layout
+    /// then the first stages of one forward NTT over all digits' new limbs, converting on
+    /// load) and `ntt_fwd_rows_ks`, which runs that NTT's last stages on read and the key
+    /// inner product (key digits read in place, `P·lift` added) into a new `2 × |plan.qp|`-limb
+    /// accumulator: in the batch layout, or with `special_first` (key switching's ModDown input)
+    /// the special limbs of both polynomials first. 4 launches.
+    #[allow(clippy::too_many_arguments)] // the key switch's operands and the output layout
     fn ks_accumulate(
         &self,
         ring: &RingContext,
@@ -1892,50 +1897,53 @@ impl CudaBackend {
         keys: &[&PolyBatch],
         plan: &KeySwitchPlan,
         t: &KsTables,
-        orow: &CudaSlice<u32>,
+        special_first: bool,
         lift: Option<&PolyBatch>,
     ) -> Result<CudaSlice<u32>> {
         let (n, nq, np, nd) = (d.n, plan.q.len(), plan.p.len(), plan.digits.len());
         let nqp = nq + np;
         let key_limbs = keys[0].limbs.len();
-        let log_n = n.trailing_zeros();
         let rt = self.ring(ring)?;
-        let ext = self.mod_up_rows(ring, d, plan, t)?;
-        // Inner product with the key digits in place.
+        let ext = self.mod_up_rows(ring, d, plan, t, RowsPass::Skip)?;
         let kptrs = keys
             .iter()
             .map(|k| self.bptr(k))
             .collect::<Result<Vec<_>>>()?;
         let kp = self.ptr_array(&kptrs)?;
         let acc = self.alloc(2 * nqp * n)?;
-        let total = (2 * nqp * n) as u64;
         let (lp, nlift) = match lift {
             Some(x) => (self.bptr(x)?, x.count),
             None => (0, 0),
         };
+        let g = NttGeometry::new(n)?;
+        let (grid, block, smem) = g.rows_launch(nqp as u64)?;
+        let words = (nqp * n) as u64;
         self.launch_counted(
-            "ks_inner",
-            (grid_1d(total), BLOCK_1D, 0),
+            "ntt_fwd_rows_ks",
+            (grid, block, 3 * smem),
             &[
                 A::W(self.ptr(&acc)),
                 A::W(self.bptr(d)?),
                 A::W(self.ptr(&ext)),
                 A::W(self.ptr(&kp)),
-                A::W(self.ptr(orow)),
                 A::W(self.ptr(&t.lrow)),
                 A::W(self.ptr(&rt.mods)),
+                A::W(self.ptr(&rt.psi)),
+                A::W(self.ptr(&rt.psi_s)),
                 A::W(lp),
                 A::W(self.ptr(&t.lift_factors)),
                 A::U(nlift as u32),
                 A::U(nq as u32),
+                A::U(nqp as u32),
                 A::U(nd as u32),
                 A::U(key_limbs as u32),
-                A::U(log_n),
-                A::W(total),
+                A::U(special_first as u32),
+                A::U(n.trailing_zeros()),
+                A::U(g.log_n2),
             ],
-            // acc written, each key digit's limbs read, each digit's extension read once,
-            // the lifted polynomials read once.
-            total * (1 + nd as u64) + (nd * nqp * n) as u64 + (nlift * nq * n) as u64,
+            // Per digit, its limb of every row read once (from ext or d) and its key's two
+            // polynomials; the lifted polynomials once; the accumulator written.
+            words * (nd as u64 * 3 + 2) + (nlift * nq * n) as u64,
         )?;
         Ok(acc)
     }
@@ -1966,8 +1974,6 @@ impl CudaBackend {
             },
             rows: w.ext_primes.len(),
             ext_primes: w.ext_primes,
-            orow: self.htod(&w.orow)?,
-            orow_ext: self.htod(&w.orow_ext)?,
             lrow: self.htod(&w.lrow)?,
             lift_factors: self.htod(&lift_factors(ring, &plan.qp, &plan.p))?,
         });
