@@ -385,8 +385,9 @@ pub trait Backend: Send + Sync + Debug {
     /// Key switching without its ModDown, for results that meet other terms in the extended
     /// basis (relinearize-and-rescale, rotations summed by a linear transform): `(u_0, u_1)`
     /// over `plan.qp`, `P` times the switched value, with `P·lift` added to its first
-    /// `lift.count()` polynomials (1 or 2, NTT form over `d`'s limbs; e.g. a ciphertext's
-    /// `(c_0, c_1)`). [`key_switch_ext_reference`] is the definition.
+    /// polynomials: `lift`'s first one or two (NTT form over `d`'s limbs; e.g. a ciphertext's
+    /// `(c_0, c_1)`, or a whole size-3 product, whose `c_2` is not lifted, so that
+    /// relinearization need not slice it). [`key_switch_ext_reference`] is the definition.
     fn key_switch_ext(
         &self,
         ring: &RingContext,
@@ -552,12 +553,17 @@ pub(crate) fn check_key_switch_ext(
 
 /// Checks the operand that [`crate::backend::Backend::key_switch_ext`] lifts by `P`.
 pub(crate) fn check_lift(x: &PolyBatch, plan: &KeySwitchPlan) -> Result<()> {
-    if x.repr != Repr::Ntt || *x.limbs != *plan.q || !(1..=2).contains(&x.count) {
+    if x.repr != Repr::Ntt || *x.limbs != *plan.q || x.count == 0 {
         return Err(Error::InvalidInput(
-            "key switch: the lifted operand must be 1 or 2 NTT-domain polynomials over the input's limbs".into(),
+            "key switch: the lifted operand must be NTT-domain polynomials over the input's limbs (the first one or two are lifted)".into(),
         ));
     }
     Ok(())
+}
+
+/// How many of `lift`'s polynomials [`Backend::key_switch_ext`] lifts: its first one or two.
+pub(crate) fn lifted_count(lift: &PolyBatch) -> usize {
+    lift.count.min(2)
 }
 
 /// The definition of [`Backend::key_switch`], in the backend's own primitives: the key inner
@@ -625,6 +631,11 @@ pub fn key_switch_ext_reference<B: Backend + ?Sized>(
     check_key_switch_ext(d, keys, plan, lift)?;
     let ups = mod_up_reference(be, ring, d, plan)?;
     let ups: Vec<&PolyBatch> = ups.iter().collect();
+    let first_two = match lift {
+        Some(x) if x.count > 2 => Some(be.slice_polys(x, 0, 2)?),
+        _ => None,
+    };
+    let lift = first_two.as_ref().or(lift);
     key_inner_hoisted_reference(be, ring, &ups, keys, None, lift, &plan.p)
 }
 

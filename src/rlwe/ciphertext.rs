@@ -299,9 +299,9 @@ pub fn relinearize_ext(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Res
         )));
     }
     check_key_id(ct.key_id, rk.0.key_id, "relinearization key")?;
-    let be = ctx.backend();
-    let c2 = be.slice_polys(&ct.polys, 2, 1)?;
-    rk.0.switch_ext(ctx, &c2, Some(&be.slice_polys(&ct.polys, 0, 2)?))
+    let c2 = ctx.backend().slice_polys(&ct.polys, 2, 1)?;
+    // The whole product is the lift: its first two polynomials are lifted, in place.
+    rk.0.switch_ext(ctx, &c2, Some(&ct.polys))
 }
 
 /// Applies the automorphism `X → X^g` and switches back to `s` with the Galois key. Works in

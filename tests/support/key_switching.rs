@@ -120,7 +120,8 @@ pub fn same(dev: &dyn Backend, cpu: &PolyBatch, got: &PolyBatch, what: &str) {
 
 /// ModDown (several keep/drop layouts, one permuted), then for dnum 1–3 and 7 and 7, 5, 3 or 1
 /// ciphertext limbs over 2 special primes: `key_switch` (alone and onto a size-3 batch),
-/// `key_switch_ext` with 0, 1 and 2 lifted polynomials followed by a ModDown by P·q_last,
+/// `key_switch_ext` with 0, 1 and 2 lifted polynomials (and a size-3 lift, of which the first
+/// two count) followed by a ModDown by P·q_last,
 /// `mod_up`, and `key_inner_hoisted` with no automorphism and with 5 and 2N−1. `seed` fixes
 /// the inputs.
 pub fn key_switching_matches_cpu(dev: &dyn Backend, degrees: &[usize], seed: u64) {
@@ -190,6 +191,26 @@ pub fn key_switching_matches_cpu(dev: &dyn Backend, degrees: &[usize], seed: u64
                     .key_switch(&r, &d.dev, &kd, &plan, Some(&c.dev))
                     .unwrap();
                 let what = format!("key_switch onto N={n} dnum={dnum} nq={nq}");
+                same(dev, &a, &b, &what);
+                // A whole size-3 product as the lift (relinearize_ext's): its first two
+                // polynomials are lifted, as if sliced out.
+                let a = cpu
+                    .key_switch_ext(&r, &d.cpu, &kc, &plan, Some(&c.cpu))
+                    .unwrap();
+                let b = dev
+                    .key_switch_ext(&r, &d.dev, &kd, &plan, Some(&c.dev))
+                    .unwrap();
+                let two = cpu.slice_polys(&c.cpu, 0, 2).unwrap();
+                let want = cpu
+                    .key_switch_ext(&r, &d.cpu, &kc, &plan, Some(&two))
+                    .unwrap();
+                let what = format!("key_switch_ext lift 3 N={n} dnum={dnum} nq={nq}");
+                same(
+                    &cpu,
+                    &want,
+                    &a,
+                    &format!("{what}: CPU against its first two"),
+                );
                 same(dev, &a, &b, &what);
                 // Without its ModDown, with P·(c0, c1) or P·c0 lifted in (relinearize-and-
                 // rescale, rotations), then one ModDown over P·q_last as the rescale does.

@@ -19,7 +19,8 @@ use rayon::prelude::*;
 use super::scratch::Scratch;
 use super::{host, PolyBatch};
 use crate::backend::{
-    check_key_inner_hoisted, check_key_switch_ext, mod_down_factors, KeySwitchPlan, Repr,
+    check_key_inner_hoisted, check_key_switch_ext, lifted_count, mod_down_factors, KeySwitchPlan,
+    Repr,
 };
 use crate::error::{Error, Result};
 use crate::math::ntt::automorphism_ntt_map_shared;
@@ -167,7 +168,7 @@ fn digits_in_coeff_form(
 }
 
 /// Key switching up to ModDown, fused (see [`crate::backend::Backend::key_switch_ext`]):
-/// `(u_0, u_1)` over `plan.qp` with `P·lift` added to the first `lift.count` polynomials.
+/// `(u_0, u_1)` over `plan.qp` with `P·lift` added to the first [`lifted_count`] polynomials.
 /// `None` when a digit's limbs are not a contiguous run of `d`'s (the composed reference
 /// handles that shape).
 pub(super) fn key_switch_ext_words(
@@ -224,7 +225,7 @@ pub(super) fn key_switch_ext_words(
     }
     let keys = KeyLimbs::new(keys, &plan.qp)?;
     let lift = lift
-        .map(|x| host(x).map(|w| (&w[..], x.count)))
+        .map(|x| host(x).map(|w| (&w[..], lifted_count(x))))
         .transpose()?;
     let p_of = p_factors(ring, &plan.qp, &plan.p);
     let mut acc = vec![0u32; 2 * nqp * n];

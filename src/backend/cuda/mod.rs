@@ -27,7 +27,7 @@ use super::{
     check_key_inner_hoisted, check_key_switch, check_key_switch_ext, check_mul_acc, check_ntt,
     check_ring, check_scale_and_round, check_slice, check_tensor_product, fused_ks_layout,
     hoisted_key_rows, key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference,
-    lift_factors, limb_positions, limb_scalars, mod_down_factors, mod_down_reference,
+    lift_factors, lifted_count, limb_positions, limb_scalars, mod_down_factors, mod_down_reference,
     mod_up_reference, Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, Trace,
     TraceCounts,
 };
@@ -1912,7 +1912,7 @@ impl CudaBackend {
         let kp = self.ptr_array(&kptrs)?;
         let acc = self.alloc(2 * nqp * n)?;
         let (lp, nlift) = match lift {
-            Some(x) => (self.bptr(x)?, x.count),
+            Some(x) => (self.bptr(x)?, lifted_count(x)),
             None => (0, 0),
         };
         let g = NttGeometry::new(n)?;

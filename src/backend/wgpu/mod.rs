@@ -17,9 +17,9 @@ use crate::backend::{
     check_key_inner_hoisted, check_key_switch, check_key_switch_ext, check_mul_acc, check_ntt,
     check_ring, check_scale_and_round, check_slice, check_tensor_product, fused_ks_layout,
     hoisted_key_rows, key_inner_hoisted_reference, key_inner_reference, key_mod_down_reference,
-    key_switch_ext_reference, lift_factors, limb_positions, limb_scalars, mod_down_factors,
-    mod_down_reference, mod_up_reference, Backend, Buffer, FusedKsLayout, KeySwitchPlan, PolyBatch,
-    Repr, TraceCounts,
+    key_switch_ext_reference, lift_factors, lifted_count, limb_positions, limb_scalars,
+    mod_down_factors, mod_down_reference, mod_up_reference, Backend, Buffer, FusedKsLayout,
+    KeySwitchPlan, PolyBatch, Repr, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, RingContext, ScaleRounder};
@@ -507,7 +507,7 @@ impl WgpuBackend {
             .map(|k| self.buf(k))
             .collect::<Result<Vec<_>>>()?;
         let (lb, nlift) = match lift {
-            Some(x) => (self.buf(x)?, x.count()),
+            Some(x) => (self.buf(x)?, lifted_count(x)),
             None => (db, 0),
         };
         let key_words = 2 * key_limbs.len() * n;
