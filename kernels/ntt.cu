@@ -156,24 +156,80 @@ extern "C" __global__ void ntt_fwd_rows_moddown(u32* data, const Mod* mods, cons
     }
 }
 
+// Inverse stages t = 1 .. N2/2 (Gentleman-Sande) on chunk ch (N2 words) of one transform,
+// in place in the shared array s, left lazy there; w, ws: the prime's inverse twiddles.
+__device__ __forceinline__ void inv_rows_chunk(u32* s, const u32* w, const u32* ws, u32 q,
+                                               u32 log_n, u32 log_n2, u32 ch) {
+    const u32 n2 = 1u << log_n2;
+    for (u32 log_t = 0; log_t < log_n2; log_t++) {
+        const u32 h = 1u << (log_n - 1 - log_t);
+        const u32 base = h + (ch << (log_n2 - 1 - log_t));
+        __syncthreads();
+        for (u32 b = threadIdx.x; b < n2 / 2; b += blockDim.x) {
+            u32 blk = b >> log_t, within = b & ((1u << log_t) - 1);
+            u32 j1 = (blk << (log_t + 1)) + within, j2 = j1 + (1u << log_t);
+            gs_bfly(s[j1], s[j2], w[base + blk], ws[base + blk], q);
+        }
+    }
+    __syncthreads();
+}
+
+// The inverse transform's N^{-1} scaling and final reduction of one lazy word (intt_cols's,
+// and intt_rows's when N1 = 1).
+__device__ __forceinline__ u32 inv_final(u32 x, u32 ni, u32 nis, u32 q) {
+    u32 v = mul_shoup_lazy(x, ni, nis, q);
+    return min(v, v - q);
+}
+
+// Inverse stages t = 1 .. N2/2 on one row of N2 contiguous words; when scale != 0 (N1 = 1)
+// also the final N^{-1} scaling and reduction. The row is read from src (src = data: in
+// place; else the same row of another batch of the same layout, e.g. ModUp's c2 read in
+// place from a size-3 product) and written to data.
+extern "C" __global__ void intt_rows(u32* data, const Mod* mods, const u32* limbs,
+                                     const u32* ipsi, const u32* ipsi_s, const u32* ninv,
+                                     u32 nl, u32 log_n, u32 log_n2, u32 scale, const u32* src) {
+    extern __shared__ u32 sh[];
+    const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
+    const u32 ntt = blockIdx.x >> log_n1;
+    const u32 ch = blockIdx.x & ((1u << log_n1) - 1);
+    const u32 prime = limbs[ntt % nl];
+    const u32 q = mods[prime].q;
+    const u64 off = ((u64)ntt << log_n) + ((u64)ch << log_n2);
+    u32* a = data + off;
+    for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = src[off + i];
+    inv_rows_chunk(sh, ipsi + ((u64)prime << log_n), ipsi_s + ((u64)prime << log_n), q, log_n,
+                   log_n2, ch);
+    if (scale) {
+        const u32 ni = ninv[2 * prime], nis = ninv[2 * prime + 1];
+        for (u32 i = threadIdx.x; i < n2; i += blockDim.x) a[i] = inv_final(sh[i], ni, nis, q);
+    } else {
+        for (u32 i = threadIdx.x; i < n2; i += blockDim.x) a[i] = sh[i];
+    }
+}
+
 // ModUp's last forward stages fused with the key inner product (the words of
-// key_switch_reference's inner product, digits in order): block (l, ch) computes chunk ch (N2 words) of limb l of the key-switching basis
-// (prime lrow[(nd + 2) l], key row lrow[(nd + 2) l + 1]) for both output polynomials. Per
-// digit j in order, its limb l is the row lrow[(nd + 2) l + 2 + j] of d (bit 31 set: the
-// digit's own limb, NTT form) or of ext, ModUp's rows after their first stages
-// (ntt_fwd_cols_conv, or conv_rows where N1 = 1): this block runs their stages t < N2 and
-// the final reduction (ntt_fwd_rows's words) in shared memory, so ext's transform is never
-// written back; then acc_p = mul_add_reduced(key_j[p][krow], x, acc_p), started from
-// P * lift[p][l] (lfac[l] = P mod the prime) for p < nlift and l < nq, from 0 elsewhere.
-// Output row of (p, l): p * nqp + l, or with sfirst (key switching's ModDown input) the
-// special limbs of both polynomials first: p * np + (l - nq) for l >= nq, 2 np + p * nq + l
-// below. Shared: 3 * N2 words (the digit's chunk, then both accumulators).
-extern "C" __global__ void ntt_fwd_rows_ks(u32* acc, const u32* d, const u32* ext,
+// key_switch_reference's inner product, digits in order): block (l, ch) computes chunk ch (N2
+// words) of limb l of the key-switching basis (prime lrow[(nd + 2) l], key row
+// lrow[(nd + 2) l + 1]) for both output polynomials. Per digit j in order, its limb l is the
+// row lrow[(nd + 2) l + 2 + j] of d (bit 31 set: the digit's own limb, NTT form) or of ext,
+// ModUp's rows after their first stages (ntt_fwd_cols_conv, or conv_rows where N1 = 1): this
+// block runs their stages t < N2 and the final reduction (ntt_fwd_rows's words) in shared
+// memory, so ext's transform is never written back; then acc_p = mul_add_reduced(key_j[p][krow],
+// x, acc_p), started from P * lift[p][l] (lfac[l] = P mod the prime) for p < nlift and l < nq,
+// from 0 elsewhere.
+// Output row of (p, l): head row p * nkeep + l for l < nkeep, else tail row
+// p * (nqp - nkeep) + l - nkeep (the rows a ModDown drops; key switching passes head = tail +
+// 2 (nqp - nq) rows, so that the special limbs of both polynomials come first). With tail_inv,
+// the tail rows get the inverse NTT's first kernel (intt_rows's stages, and its scaling when
+// N1 = 1) before they are written: ModDown's inverse transform then starts at intt_cols.
+// Shared: 3 * N2 words (the digit's chunk, then both accumulators).
+extern "C" __global__ void ntt_fwd_rows_ks(u32* head, u32* tail, const u32* d, const u32* ext,
                                            const u32* const* keys, const u32* lrow,
                                            const Mod* mods, const u32* psi, const u32* psi_s,
+                                           const u32* ipsi, const u32* ipsi_s, const u32* ninv,
                                            const u32* lift, const u32* lfac, u32 nlift, u32 nq,
-                                           u32 nqp, u32 nd, u32 nkey, u32 sfirst, u32 log_n,
-                                           u32 log_n2) {
+                                           u32 nqp, u32 nd, u32 nkey, u32 nkeep, u32 tail_inv,
+                                           u32 log_n, u32 log_n2) {
     extern __shared__ u32 sh[];
     const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
     const u32 l = blockIdx.x >> log_n1, ch = blockIdx.x & ((1u << log_n1) - 1);
@@ -212,51 +268,27 @@ extern "C" __global__ void ntt_fwd_rows_ks(u32* acc, const u32* d, const u32* ex
             a1[i] = mul_add_reduced(key[k1 + i], x, a1[i], m);
         }
     }
-    const u32 np = nqp - nq;
-    const u32 o0 = !sfirst ? l : l >= nq ? l - nq : 2 * np + l;
-    const u32 o1 = !sfirst ? nqp + l : l >= nq ? np + l - nq : 2 * np + nq + l;
-    u32* out0 = acc + ((u64)o0 << log_n) + off;
-    u32* out1 = acc + ((u64)o1 << log_n) + off;
+    const bool kept = l < nkeep;
+    const u32 nt = nqp - nkeep;
+    u32* out0 = kept ? head + ((u64)l << log_n) : tail + ((u64)(l - nkeep) << log_n);
+    u32* out1 = kept ? head + ((u64)(nkeep + l) << log_n) : tail + ((u64)(nt + l - nkeep) << log_n);
+    if (!kept && tail_inv) {
+        // Uniform per block: every thread takes this branch or none (the stages' barriers).
+        const u32* iw = ipsi + ((u64)prime << log_n);
+        const u32* iws = ipsi_s + ((u64)prime << log_n);
+        inv_rows_chunk(a0, iw, iws, m.q, log_n, log_n2, ch);
+        inv_rows_chunk(a1, iw, iws, m.q, log_n, log_n2, ch);
+        if (log_n1 == 0) {
+            const u32 ni = ninv[2 * prime], nis = ninv[2 * prime + 1];
+            for (u32 i = threadIdx.x; i < n2; i += blockDim.x) {
+                a0[i] = inv_final(a0[i], ni, nis, m.q);
+                a1[i] = inv_final(a1[i], ni, nis, m.q);
+            }
+        }
+    }
     for (u32 i = threadIdx.x; i < n2; i += blockDim.x) {
-        out0[i] = a0[i];
-        out1[i] = a1[i];
-    }
-}
-
-// Inverse stages t = 1 .. N2/2 on one row of N2 contiguous words; when scale != 0 (N1 = 1)
-// also the final N^{-1} scaling and reduction.
-extern "C" __global__ void intt_rows(u32* data, const Mod* mods, const u32* limbs,
-                                     const u32* ipsi, const u32* ipsi_s, const u32* ninv,
-                                     u32 nl, u32 log_n, u32 log_n2, u32 scale) {
-    extern __shared__ u32 sh[];
-    const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
-    const u32 ntt = blockIdx.x >> log_n1;
-    const u32 ch = blockIdx.x & ((1u << log_n1) - 1);
-    const u32 prime = limbs[ntt % nl];
-    const u32 q = mods[prime].q;
-    u32* a = data + ((u64)ntt << log_n) + ((u64)ch << log_n2);
-    const u32* w = ipsi + ((u64)prime << log_n);
-    const u32* ws = ipsi_s + ((u64)prime << log_n);
-    for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = a[i];
-    for (u32 log_t = 0; log_t < log_n2; log_t++) {
-        const u32 h = 1u << (log_n - 1 - log_t);
-        const u32 base = h + (ch << (log_n2 - 1 - log_t));
-        __syncthreads();
-        for (u32 b = threadIdx.x; b < n2 / 2; b += blockDim.x) {
-            u32 blk = b >> log_t, within = b & ((1u << log_t) - 1);
-            u32 j1 = (blk << (log_t + 1)) + within, j2 = j1 + (1u << log_t);
-            gs_bfly(sh[j1], sh[j2], w[base + blk], ws[base + blk], q);
-        }
-    }
-    __syncthreads();
-    if (scale) {
-        const u32 ni = ninv[2 * prime], nis = ninv[2 * prime + 1];
-        for (u32 i = threadIdx.x; i < n2; i += blockDim.x) {
-            u32 v = mul_shoup_lazy(sh[i], ni, nis, q);
-            a[i] = min(v, v - q);
-        }
-    } else {
-        for (u32 i = threadIdx.x; i < n2; i += blockDim.x) a[i] = sh[i];
+        out0[off + i] = a0[i];
+        out1[off + i] = a1[i];
     }
 }
 
@@ -290,10 +322,8 @@ extern "C" __global__ void intt_cols(u32* data, const Mod* mods, const u32* limb
     }
     __syncthreads();
     const u32 ni = ninv[2 * prime], nis = ninv[2 * prime + 1];
-    for (u32 i = threadIdx.x; i < tile; i += blockDim.x) {
-        u32 v = mul_shoup_lazy(sh[i], ni, nis, q);
-        a[((i >> log_c) << log_n2) + c0 + (i & cmask)] = min(v, v - q);
-    }
+    for (u32 i = threadIdx.x; i < tile; i += blockDim.x)
+        a[((i >> log_c) << log_n2) + c0 + (i & cmask)] = inv_final(sh[i], ni, nis, q);
 }
 
 struct LoadConv {

@@ -139,6 +139,35 @@ fn trace_counts_launches_copies_and_allocations() {
         ks.kernel_bytes,
         (2 * 2 * 3 + 9 + 3 + 4 * (3 * 3 + 2) + 6) * limb
     );
+    // Relinearization finished by one ModDown of P·q_last (CKKS's relinearize-and-rescale):
+    // the key switch's 4 launches with c2 read in place from the size-3 product, which
+    // writes the dropped rows with their inverse rows stages done; then the ModDown's inverse
+    // columns kernel (1) and its converting forward NTT (2). No copies: nothing is sliced.
+    let prod = up(&q, 3);
+    let ms = |ls: &[usize]| ls.iter().map(|&l| *r.modulus(l)).collect::<Vec<Modulus>>();
+    let (keep, drop): (Arc<[usize]>, Arc<[usize]>) = ([0usize, 1].into(), [2usize, 3].into());
+    let conv = BaseConverter::new(&ms(&drop), &ms(&keep));
+    let relin = |g: &CudaBackend| {
+        g.relinearize_mod_down(&r, &prod, &keys, &plan, keep.clone(), drop.clone(), &conv)
+            .unwrap()
+    };
+    relin(&g); // tables uploaded once
+    delta(&g);
+    relin(&g);
+    let rl = delta(&g);
+    assert_eq!(
+        (rl.launches, rl.device_copies),
+        (7, 0),
+        "relinearize_mod_down"
+    );
+    // In limbs: c2's inverse NTT 2 × 2 × 3; the converting columns kernel 9 + 3; the fused
+    // kernel 4 × (3 · 3 + 2) and the lift 2 × 3; the ModDown's inverse columns kernel over
+    // the 2 × 2 dropped rows 2 × 4; its converting columns kernel writes 2 × 2 and reads the
+    // 4 dropped rows; its rows kernel reads the tile and x's and writes out, 3 × 4.
+    assert_eq!(
+        rl.kernel_bytes,
+        (12 + 12 + 4 * (3 * 3 + 2) + 6 + 8 + 8 + 12) * limb
+    );
     // Its hoisted form for one rotation of shared digits: one launch (the reference permutes,
     // multiplies and accumulates digit by digit, then lifts).
     g.mod_up(&r, &d, &plan).unwrap(); // its tables uploaded once
@@ -585,6 +614,23 @@ fn ckks_ops_match_cpu(params: CkksParams) {
         ct_words(&cc, &sq(&cc, &m_c, &kc)),
         ct_words(&cg, &sq(&cg, &m_g, &kg)),
         "multiply + relinearize + rescale below the top level"
+    );
+    // The fused form the lowering and bootstrapping run: one ModDown by P·q_l for the key
+    // switch and the rescale, c2 read in place; at the top and one level down.
+    let fused = |c: &CkksContext, x: &hetensor::rlwe::Ciphertext, y, k: &hetensor::ckks::KeySet| {
+        c.relinearize_rescale(&c.multiply(x, y).unwrap(), &k.relin)
+            .unwrap()
+    };
+    let (f_c, f_g) = (fused(&cc, &a_c, &b_c, &kc), fused(&cg, &a_g, &b_g, &kg));
+    assert_eq!(
+        ct_words(&cc, &f_c),
+        ct_words(&cg, &f_g),
+        "multiply + relinearize_rescale"
+    );
+    assert_eq!(
+        ct_words(&cc, &fused(&cc, &f_c, &m_c, &kc)),
+        ct_words(&cg, &fused(&cg, &f_g, &m_g, &kg)),
+        "multiply + relinearize_rescale below the top level"
     );
     for step in [1i64, -3, 17] {
         let r_c = cc.rotate(&m_c, step, &galc).unwrap();

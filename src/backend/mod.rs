@@ -399,6 +399,26 @@ pub trait Backend: Send + Sync + Debug {
         key_switch_ext_reference(self, ring, d, keys, plan, lift)
     }
 
+    /// Relinearization of a size-3 product `(c_0, c_1, c_2)` (NTT form over `plan.q`) finished
+    /// by one ModDown that drops `drop`: `ModDown(P·(c_0, c_1) + KS(c_2))` over `keep`, where
+    /// `keep ++ drop` is `plan.qp` (`drop`: the special primes, and for CKKS's
+    /// relinearize-and-rescale the level's last prime before them). `conv` converts `drop` to
+    /// `keep`. [`relinearize_mod_down_reference`] is the definition; a backend overrides it to
+    /// read `c_2` in place and to fuse the ModDown's first pass into the key switch.
+    #[allow(clippy::too_many_arguments)] // the trait's operands, as the reference takes them
+    fn relinearize_mod_down(
+        &self,
+        ring: &RingContext,
+        product: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        keep: Arc<[usize]>,
+        drop: Arc<[usize]>,
+        conv: &BaseConverter,
+    ) -> Result<PolyBatch> {
+        relinearize_mod_down_reference(self, ring, product, keys, plan, keep, drop, conv)
+    }
+
     /// The per-element half of a hoisted key switch: `Σ_j keys[j]·σ_g(ups[j])` over the digits'
     /// basis (`ups`: the extended digits from [`mod_up_reference`], one per key digit;
     /// `g = None`: no automorphism), plus `P·σ_g(lift)` on its first `lift.count()`
@@ -637,6 +657,58 @@ pub fn key_switch_ext_reference<B: Backend + ?Sized>(
     };
     let lift = first_two.as_ref().or(lift);
     key_inner_hoisted_reference(be, ring, &ups, keys, None, lift, &plan.p)
+}
+
+/// Checks [`Backend::relinearize_mod_down`]'s layout: a size-3 product over `plan.q`, and
+/// `keep ++ drop` = `plan.qp` with every special prime dropped.
+pub(crate) fn check_relinearize_mod_down(
+    product: &PolyBatch,
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+    keep: &[usize],
+    drop: &[usize],
+) -> Result<()> {
+    if product.count != 3 {
+        return Err(Error::CiphertextSize(format!(
+            "relinearization needs a size-3 product, got {} polynomials",
+            product.count
+        )));
+    }
+    check_lift(product, plan)?;
+    if keys.len() != plan.digits.len() {
+        return Err(Error::InvalidInput(format!(
+            "relinearization: {} key digits for a plan of {}",
+            keys.len(),
+            plan.digits.len()
+        )));
+    }
+    let (nk, qp) = (keep.len(), &plan.qp[..]);
+    if nk == 0 || nk > plan.q.len() || qp[..nk] != *keep || qp[nk..] != *drop {
+        return Err(Error::InvalidInput(
+            "relinearization's ModDown must keep the first limbs of the key-switching basis and drop the rest (the special primes last)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The definition of [`Backend::relinearize_mod_down`]: `c_2` sliced out, switched with
+/// `P·(c_0, c_1)` lifted in ([`Backend::key_switch_ext`], the product passed whole as the
+/// lift), then one ModDown.
+#[allow(clippy::too_many_arguments)]
+pub fn relinearize_mod_down_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    product: &PolyBatch,
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+    keep: Arc<[usize]>,
+    drop: Arc<[usize]>,
+    conv: &BaseConverter,
+) -> Result<PolyBatch> {
+    check_relinearize_mod_down(product, keys, plan, &keep, &drop)?;
+    let c2 = be.slice_polys(product, 2, 1)?;
+    let ext = be.key_switch_ext(ring, &c2, keys, plan, Some(product))?;
+    be.mod_down(ring, &ext, keep, drop, conv)
 }
 
 /// Checks [`Backend::key_inner_hoisted`]'s operands; returns the digits' basis.

@@ -794,8 +794,8 @@ impl CkksContext {
                 level: 0,
             });
         }
-        let ext = ct_ops::relinearize_ext(&self.rlwe, ct, rk)?;
-        let polys = self.mod_down_and_rescale(&ext, l)?;
+        let keep = self.rlwe.q_limbs(l - 1);
+        let polys = ct_ops::relinearize_mod_down(&self.rlwe, ct, rk, keep)?;
         Ok(ct.derive(polys, ct.scale / self.level_modulus(l)))
     }
 

@@ -1,6 +1,8 @@
 //! RLWE ciphertexts and the scheme-independent operations on them: encryption, decryption,
 //! addition, relinearization, Galois automorphisms.
 
+use std::sync::Arc;
+
 use crate::backend::{PolyBatch, Repr};
 use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
@@ -287,10 +289,16 @@ pub fn relinearize(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<
     Ok(ct.derive(out, ct.scale))
 }
 
-/// [`relinearize`] before its ModDown: `P·(c_0, c_1) + KS(c_2)` over `ct`'s limbs and the
-/// special primes, for a caller that divides by more than `P` in the same ModDown (CKKS's
-/// relinearize-and-rescale).
-pub fn relinearize_ext(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<PolyBatch> {
+/// [`relinearize`] whose ModDown divides by more than `P`: `ModDown(P·(c_0, c_1) + KS(c_2))`
+/// over `keep`, the first limbs of `ct`'s, dividing out `P` and `ct`'s limbs after `keep`
+/// (CKKS's relinearize-and-rescale). One ModDown for both, and on device backends `c_2` is
+/// read in place ([`crate::backend::Backend::relinearize_mod_down`]).
+pub fn relinearize_mod_down(
+    ctx: &RlweContext,
+    ct: &Ciphertext,
+    rk: &RelinKey,
+    keep: Arc<[usize]>,
+) -> Result<PolyBatch> {
     ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
     if ct.size() != 3 {
         return Err(Error::CiphertextSize(format!(
@@ -299,9 +307,7 @@ pub fn relinearize_ext(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Res
         )));
     }
     check_key_id(ct.key_id, rk.0.key_id, "relinearization key")?;
-    let c2 = ctx.backend().slice_polys(&ct.polys, 2, 1)?;
-    // The whole product is the lift: its first two polynomials are lifted, in place.
-    rk.0.switch_ext(ctx, &c2, Some(&ct.polys))
+    rk.0.switch_product_mod_down(ctx, &ct.polys, keep)
 }
 
 /// Applies the automorphism `X → X^g` and switches back to `s` with the Galois key. Works in

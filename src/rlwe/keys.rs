@@ -464,6 +464,24 @@ impl KeySwitchKey {
             .key_switch_ext(ctx.ring(), d, &keys, &plan, lift)
     }
 
+    /// Relinearization of the size-3 `product` finished by one ModDown to `keep`, the first
+    /// limbs of the product's: `P` and the product's limbs after `keep` are divided out
+    /// ([`crate::backend::Backend::relinearize_mod_down`]).
+    pub fn switch_product_mod_down(
+        &self,
+        ctx: &RlweContext,
+        product: &PolyBatch,
+        keep: Arc<[usize]>,
+    ) -> Result<PolyBatch> {
+        ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
+        let (index, plan) = plan_over(ctx, product.limbs().len())?;
+        let keys = self.digits_at(&index)?;
+        let drop: Arc<[usize]> = plan.qp.get(keep.len()..).unwrap_or(&[]).into();
+        let conv = ctx.converter(&drop, &keep);
+        ctx.backend()
+            .relinearize_mod_down(ctx.ring(), product, &keys, &plan, keep, drop, &conv)
+    }
+
     /// The key's digits at the given indices (a level's digits, from its plan).
     fn digits_at(&self, index: &[usize]) -> Result<Vec<&PolyBatch>> {
         index
@@ -535,11 +553,22 @@ pub fn decompose(ctx: &RlweContext, d: &PolyBatch) -> Result<Vec<(usize, PolyBat
 /// The digits of `d`'s level (with their indices into the key) and their bases: what
 /// [`decompose`] and [`crate::backend::Backend::key_switch`] work from.
 fn key_switch_plan(ctx: &RlweContext, d: &PolyBatch) -> Result<(Vec<usize>, KeySwitchPlan)> {
-    let nq = d.limbs().len();
-    if d.repr() != Repr::Ntt || d.count() != 1 || nq == 0 || nq > ctx.params().q_primes().len() {
+    if d.repr() != Repr::Ntt || d.count() != 1 {
         return Err(Error::InvalidInput(
             "key switch input must be one polynomial in NTT form".into(),
         ));
+    }
+    plan_over(ctx, d.limbs().len())
+}
+
+/// The key-switching plan of a polynomial over the first `nq` ciphertext primes, with the
+/// indices of the key digits it uses.
+fn plan_over(ctx: &RlweContext, nq: usize) -> Result<(Vec<usize>, KeySwitchPlan)> {
+    if nq == 0 || nq > ctx.params().q_primes().len() {
+        return Err(Error::InvalidInput(format!(
+            "key switch input over {nq} limbs; this context has {}",
+            ctx.params().q_primes().len()
+        )));
     }
     let qp = ctx.qp_first(nq);
     let q = ctx.q_first(nq);

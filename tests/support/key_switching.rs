@@ -1,7 +1,8 @@
 //! Key switching on a device backend against the CPU backend, word for word: the one sweep
 //! that `tests/cuda_parity.rs` and `tests/wgpu_parity.rs` both run, so that every GPU backend
 //! is held to the same cases (ModDown layouts, fused key switching with and without `onto`,
-//! the unfinished `key_switch_ext` with 0–2 lifted polynomials, ModUp for hoisting and the
+//! the unfinished `key_switch_ext` with 0–2 lifted polynomials, relinearization finished by
+//! one ModDown (`relinearize_mod_down`), ModUp for hoisting and the
 //! hoisted inner product with and without an automorphism).
 
 use std::sync::Arc;
@@ -121,7 +122,7 @@ pub fn same(dev: &dyn Backend, cpu: &PolyBatch, got: &PolyBatch, what: &str) {
 /// ModDown (several keep/drop layouts, one permuted), then for dnum 1–3 and 7 and 7, 5, 3 or 1
 /// ciphertext limbs over 2 special primes: `key_switch` (alone and onto a size-3 batch),
 /// `key_switch_ext` with 0, 1 and 2 lifted polynomials (and a size-3 lift, of which the first
-/// two count) followed by a ModDown by P·q_last,
+/// two count) followed by a ModDown by P·q_last, `relinearize_mod_down` dropping P and P·q_last,
 /// `mod_up`, and `key_inner_hoisted` with no automorphism and with 5 and 2N−1. `seed` fixes
 /// the inputs.
 pub fn key_switching_matches_cpu(dev: &dyn Backend, degrees: &[usize], seed: u64) {
@@ -212,6 +213,47 @@ pub fn key_switching_matches_cpu(dev: &dyn Backend, degrees: &[usize], seed: u64
                     &format!("{what}: CPU against its first two"),
                 );
                 same(dev, &a, &b, &what);
+                // Relinearization finished by one ModDown: of P alone, and of P·q_last
+                // (relinearize-and-rescale), c's c2 switched with P·(c0, c1) lifted in.
+                for nk in [nq, nq - 1].into_iter().filter(|&k| k > 0) {
+                    let keep = arc(&q[..nk]);
+                    let drop: Arc<[usize]> = q[nk..].iter().chain(&p).copied().collect();
+                    let cv = conv(&drop, &keep);
+                    let a = cpu
+                        .relinearize_mod_down(
+                            &r,
+                            &c.cpu,
+                            &kc,
+                            &plan,
+                            keep.clone(),
+                            drop.clone(),
+                            &cv,
+                        )
+                        .unwrap();
+                    let b = dev
+                        .relinearize_mod_down(
+                            &r,
+                            &c.dev,
+                            &kd,
+                            &plan,
+                            keep.clone(),
+                            drop.clone(),
+                            &cv,
+                        )
+                        .unwrap();
+                    let c2 = cpu.slice_polys(&c.cpu, 2, 1).unwrap();
+                    let two = cpu.slice_polys(&c.cpu, 0, 2).unwrap();
+                    let ext = cpu.key_switch_ext(&r, &c2, &kc, &plan, Some(&two)).unwrap();
+                    let want = cpu.mod_down(&r, &ext, keep, drop, &cv).unwrap();
+                    let what = format!("relinearize_mod_down keep {nk} N={n} dnum={dnum} nq={nq}");
+                    same(
+                        &cpu,
+                        &want,
+                        &a,
+                        &format!("{what}: CPU against its definition"),
+                    );
+                    same(dev, &a, &b, &what);
+                }
                 // Without its ModDown, with P·(c0, c1) or P·c0 lifted in (relinearize-and-
                 // rescale, rotations), then one ModDown over P·q_last as the rescale does.
                 for k in [0usize, 1, 2] {

@@ -25,11 +25,12 @@ use cudarc::nvrtc::Ptx;
 use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs,
     check_key_inner_hoisted, check_key_switch, check_key_switch_ext, check_mul_acc, check_ntt,
-    check_ring, check_scale_and_round, check_slice, check_tensor_product, fused_ks_layout,
-    hoisted_key_rows, key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference,
-    lift_factors, lifted_count, limb_positions, limb_scalars, mod_down_factors, mod_down_reference,
-    mod_up_reference, Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, Trace,
-    TraceCounts,
+    check_relinearize_mod_down, check_ring, check_scale_and_round, check_slice,
+    check_tensor_product, fused_ks_layout, hoisted_key_rows, key_inner_hoisted_reference,
+    key_switch_ext_reference, key_switch_reference, lift_factors, lifted_count, limb_positions,
+    limb_scalars, mod_down_factors, mod_down_reference, mod_up_reference,
+    relinearize_mod_down_reference, Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr,
+    Trace, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -134,8 +135,44 @@ enum RowsPass {
     /// `ntt_fwd_rows_moddown` with these extra arguments (out, x, xstride, fac, add) ends a
     /// ModDown instead.
     ModDown([A; 5]),
-    /// No rows kernel: a fused kernel (`ntt_fwd_rows_ks`) runs those stages on read.
+    /// No rows kernel: a fused kernel (`ntt_fwd_rows_ks`) runs those stages, on read
+    /// (forward) or before it writes (inverse: ModDown's tail).
     Skip,
+}
+
+/// The polynomial a fused key switch decomposes: polynomial `index` of a device batch, read
+/// in place (relinearization's `c_2` inside the size-3 product).
+#[derive(Clone, Copy)]
+struct DigitSource {
+    ptr: u64,
+    n: usize,
+}
+
+impl DigitSource {
+    fn of(be: &CudaBackend, batch: &PolyBatch, index: usize) -> Result<Self> {
+        if index >= batch.count {
+            return Err(Error::Shape(format!(
+                "key switching: polynomial {index} of a batch of {}",
+                batch.count
+            )));
+        }
+        Ok(Self {
+            ptr: be.bptr(batch)? + 4 * (index * batch.poly_words()) as u64,
+            n: batch.n,
+        })
+    }
+}
+
+/// Where `ntt_fwd_rows_ks` writes the accumulator `(u_0, u_1)` over the key-switching basis:
+/// rows `l < keep` of both polynomials to `head` (`[2][keep][N]`), the others to `tail`
+/// (`[2][|qp| − keep][N]`: the rows a ModDown drops), which gets the inverse NTT's rows
+/// stages first when `tail_inv`.
+#[derive(Clone, Copy)]
+struct KsOut {
+    head: u64,
+    tail: u64,
+    keep: usize,
+    tail_inv: bool,
 }
 
 /// Device tables of one key-switching plan ([`ks_table_words`]).
@@ -342,11 +379,13 @@ pub struct Launch {
 }
 
 /// Device addresses an NTT reads: the batch, the ring's `mods`, the limb list, the twiddles
-/// and companions of the direction (psi or ipsi), and `ninv` (inverse only).
+/// and companions of the direction (psi or ipsi), and `ninv` and `src` (inverse only: the
+/// rows kernel reads its input from `src`, the batch itself or another of the same layout).
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug)]
 pub struct NttPtrs {
     pub data: u64,
+    pub src: u64,
     pub mods: u64,
     pub limbs: u64,
     pub tw: u64,
@@ -395,7 +434,7 @@ pub fn ntt_launches(
         }
         args.extend([A::U(nl), A::U(log_n), A::U(g.log_n2)]);
         if !forward {
-            args.push(A::U(scale as u32));
+            args.extend([A::U(scale as u32), A::W(p.src)]);
         }
         let (grid, block, smem) = g.rows_launch(ntts)?;
         Ok(Launch {
@@ -1344,7 +1383,15 @@ impl Backend for CudaBackend {
             self.copy_words(&mut tail, c * nd * n, src, (c * (nk + nd) + nk) * n, nd * n)?;
         }
         let (tp, xp) = (self.ptr(&tail), self.ptr(src));
-        let out = self.mod_down_tail(ring, tp, (xp, nk + nd, 0), (&keep, &drop), conv, count, n)?;
+        let out = self.mod_down_tail(
+            ring,
+            (tp, false),
+            (xp, nk + nd, 0),
+            (&keep, &drop),
+            conv,
+            count,
+            n,
+        )?;
         Ok(self.wrap(out, keep, count, n, Repr::Ntt))
     }
 
@@ -1362,20 +1409,27 @@ impl Backend for CudaBackend {
             return key_switch_reference(self, ring, d, keys, plan, onto);
         };
         let (n, nq, np) = (d.n, plan.q.len(), plan.p.len());
-        let acc = self.ks_accumulate(ring, d, keys, plan, &t, true, None)?;
-        // ModDown: the special limbs of both polynomials are contiguous at the start of acc.
-        let ap = self.ptr(&acc);
-        let head = ap + 4 * (2 * np * n) as u64;
-        let add = onto.map(|c| self.bptr(c)).transpose()?.unwrap_or(0);
-        let out = self.mod_down_tail(
+        // The ModDown's tail (the special limbs of both polynomials) first, then the head.
+        let acc = self.alloc(2 * (nq + np) * n)?;
+        let tail = self.ptr(&acc);
+        let head = tail + 4 * (2 * np * n) as u64;
+        let out = KsOut {
+            head,
+            tail,
+            keep: nq,
+            tail_inv: true,
+        };
+        self.ks_accumulate(
             ring,
-            ap,
-            (head, nq, add),
-            (&plan.q, &plan.p),
-            &plan.down,
-            2,
-            n,
+            DigitSource::of(self, d, 0)?,
+            keys,
+            plan,
+            &t,
+            out,
+            None,
         )?;
+        let add = onto.map(|c| self.bptr(c)).transpose()?.unwrap_or(0);
+        let out = self.ks_mod_down(ring, (head, tail, add), (&plan.q, &plan.p), &plan.down, n)?;
         Ok(self.wrap(out, plan.q.clone(), 2, n, Repr::Ntt))
     }
 
@@ -1395,8 +1449,57 @@ impl Backend for CudaBackend {
         // The accumulator in the batch layout over `plan.qp`, `P·lift` added by the inner
         // product: the caller's ModDown (e.g. relinearize-and-rescale's, over `P·q_l`)
         // finishes it.
-        let acc = self.ks_accumulate(ring, d, keys, plan, &t, false, lift)?;
+        let acc = self.alloc(2 * plan.qp.len() * d.n)?;
+        let out = KsOut {
+            head: self.ptr(&acc),
+            tail: self.ptr(&acc),
+            keep: plan.qp.len(),
+            tail_inv: false,
+        };
+        self.ks_accumulate(
+            ring,
+            DigitSource::of(self, d, 0)?,
+            keys,
+            plan,
+            &t,
+            out,
+            lift,
+        )?;
         Ok(self.wrap(acc, plan.qp.clone(), 2, d.n, Repr::Ntt))
+    }
+
+    fn relinearize_mod_down(
+        &self,
+        ring: &RingContext,
+        product: &PolyBatch,
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        keep: Arc<[usize]>,
+        drop: Arc<[usize]>,
+        conv: &BaseConverter,
+    ) -> Result<PolyBatch> {
+        check_relinearize_mod_down(product, keys, plan, &keep, &drop)?;
+        check_ring(ring, product)?;
+        let Some(t) = self.fused_ks_tables(ring, plan, keys)? else {
+            return relinearize_mod_down_reference(
+                self, ring, product, keys, plan, keep, drop, conv,
+            );
+        };
+        // c2 read in place; (c0, c1) lifted from the product; the rows ModDown drops go to
+        // their own batch with the inverse NTT's first kernel done: no slice, no copies.
+        let (n, nk, nd) = (product.n, keep.len(), drop.len());
+        let (head, tail) = (self.alloc(2 * nk * n)?, self.alloc(2 * nd * n)?);
+        let (hp, tp) = (self.ptr(&head), self.ptr(&tail));
+        let out = KsOut {
+            head: hp,
+            tail: tp,
+            keep: nk,
+            tail_inv: true,
+        };
+        let c2 = DigitSource::of(self, product, 2)?;
+        self.ks_accumulate(ring, c2, keys, plan, &t, out, Some(product))?;
+        let out = self.ks_mod_down(ring, (hp, tp, 0), (&keep, &drop), conv, n)?;
+        Ok(self.wrap(out, keep, 2, n, Repr::Ntt))
     }
 
     fn key_inner_hoisted(
@@ -1494,7 +1597,13 @@ impl Backend for CudaBackend {
         };
         check_ring(ring, d)?;
         let (n, nl, nd) = (d.n, nq + np, plan.digits.len());
-        let ext = self.mod_up_rows(ring, d, plan, &t, RowsPass::Plain)?;
+        let ext = self.mod_up_rows(
+            ring,
+            DigitSource::of(self, d, 0)?,
+            plan,
+            &t,
+            RowsPass::Plain,
+        )?;
         // Each digit's batch over `plan.qp`: its own limbs from `d`, the others from `ext`
         // (the sources `ntt_fwd_rows_ks` reads, from the same `lrow` table), all digits in one
         // launch.
@@ -1565,15 +1674,54 @@ impl CudaBackend {
         self.ntt_launch(ring, data, limbs, count, n, forward, None, RowsPass::Plain)
     }
 
+    /// The inverse NTT of `count` polynomials over `limbs` from `src` into `data` (another
+    /// batch of the same layout, left unchanged), without copying it first.
+    fn intt_from(
+        &self,
+        ring: &RingContext,
+        (data, src): (u64, u64),
+        limbs: &[usize],
+        count: usize,
+        n: usize,
+    ) -> Result<()> {
+        self.ntt_launch_from(
+            ring,
+            (data, src),
+            limbs,
+            count,
+            n,
+            false,
+            None,
+            RowsPass::Plain,
+        )
+    }
+
     /// [`Self::ntt_at`]; forward only: with `conv = Some((args, source words))` the input is
     /// converted on load (`ntt_fwd_cols_conv` with those extra arguments: in, desc, tab,
     /// src_stride; a `conv_rows` launch writing `data` first where N ≤ 2048), and `rows`
-    /// says how the transform ends ([`RowsPass`]).
+    /// says how the transform ends ([`RowsPass`]; inverse: `Skip` leaves out the rows kernel,
+    /// which runs first, and with N ≤ 2048 the whole transform).
     #[allow(clippy::too_many_arguments)]
     fn ntt_launch(
         &self,
         ring: &RingContext,
         data: u64,
+        limbs: &[usize],
+        count: usize,
+        n: usize,
+        forward: bool,
+        conv: Option<([A; 4], u64)>,
+        rows: RowsPass,
+    ) -> Result<()> {
+        self.ntt_launch_from(ring, (data, data), limbs, count, n, forward, conv, rows)
+    }
+
+    /// [`Self::ntt_launch`] whose inverse rows kernel reads `src` (`data`: in place).
+    #[allow(clippy::too_many_arguments)]
+    fn ntt_launch_from(
+        &self,
+        ring: &RingContext,
+        (data, src): (u64, u64),
         limbs: &[usize],
         count: usize,
         n: usize,
@@ -1594,6 +1742,7 @@ impl CudaBackend {
         };
         let ptrs = NttPtrs {
             data,
+            src,
             mods: self.ptr(&t.mods),
             limbs: self.ptr(&l),
             tw: self.ptr(tw),
@@ -1609,8 +1758,13 @@ impl CudaBackend {
                     last.args.extend(extra);
                 }
             }
-            RowsPass::Skip => {
+            RowsPass::Skip if forward => {
                 launches.pop();
+            }
+            RowsPass::Skip => {
+                if !launches.is_empty() {
+                    launches.remove(0);
+                }
             }
         }
         let mut src_words = 0;
@@ -1735,7 +1889,8 @@ impl CudaBackend {
     }
 
     /// ModDown from its tail: the `drop` rows at `tail` (NTT form, `count` polynomials of
-    /// `drop.len()` rows; transformed back in place) are converted exactly to `keep` on load
+    /// `drop.len()` rows; transformed back in place; `tail_rows_done`: the inverse rows stages
+    /// have run already, in `ntt_fwd_rows_ks`) are converted exactly to `keep` on load
     /// by the forward NTT, whose rows kernel writes `out = (x − lifted)·[P^{-1}]`, x's row
     /// `(c, l)` at `x + (c·xstride + l)·N` words, plus the batch at `add` (0: none) of out's
     /// layout.
@@ -1743,7 +1898,7 @@ impl CudaBackend {
     fn mod_down_tail(
         &self,
         ring: &RingContext,
-        tail: u64,
+        (tail, tail_rows_done): (u64, bool),
         (x, xstride, add): (u64, usize, u64),
         (keep, drop): (&[usize], &[usize]),
         conv: &BaseConverter,
@@ -1755,7 +1910,12 @@ impl CudaBackend {
                 "mod_down: converter does not match the bases".into(),
             ));
         }
-        self.ntt_at(ring, tail, drop, count, n, false)?;
+        let inverse_rows = if tail_rows_done {
+            RowsPass::Skip
+        } else {
+            RowsPass::Plain
+        };
+        self.ntt_launch(ring, tail, drop, count, n, false, None, inverse_rows)?;
         let t = self.down_tables(conv)?;
         let f = self.factors(ring, keep, drop)?;
         // The conversion's output: written only by the columns kernel's stages (or by
@@ -1851,16 +2011,15 @@ impl CudaBackend {
     fn mod_up_rows(
         &self,
         ring: &RingContext,
-        d: &PolyBatch,
+        d: DigitSource,
         plan: &KeySwitchPlan,
         t: &KsTables,
         rows: RowsPass,
     ) -> Result<CudaSlice<u32>> {
         let (n, nq) = (d.n, plan.q.len());
-        let dsrc = &self.buf(d)?.data;
-        let mut coeff = self.alloc(nq * n)?;
-        self.copy_words(&mut coeff, 0, dsrc, 0, nq * n)?;
-        self.ntt_at(ring, self.ptr(&coeff), &plan.q, 1, n, false)?;
+        // The inverse NTT reads d where it lies (e.g. c2 inside a size-3 product), no copy.
+        let coeff = self.alloc(nq * n)?;
+        self.intt_from(ring, (self.ptr(&coeff), d.ptr), &plan.q, 1, n)?;
         let ext = self.alloc(t.rows * n)?;
         let conv_args = [
             A::W(self.ptr(&coeff)),
@@ -1886,22 +2045,27 @@ impl CudaBackend {
     /// Key switching up to its ModDown, every digit per launch: ModUp (one inverse NTT of `d`,
     /// then the first stages of one forward NTT over all digits' new limbs, converting on
     /// load) and `ntt_fwd_rows_ks`, which runs that NTT's last stages on read and the key
-    /// inner product (key digits read in place, `P·lift` added) into a new `2 × |plan.qp|`-limb
-    /// accumulator: in the batch layout, or with `special_first` (key switching's ModDown input)
-    /// the special limbs of both polynomials first. 4 launches.
+    /// inner product (key digits read in place, `P·lift` added) into `out` (see [`KsOut`]).
+    /// 4 launches.
     #[allow(clippy::too_many_arguments)] // the key switch's operands and the output layout
     fn ks_accumulate(
         &self,
         ring: &RingContext,
-        d: &PolyBatch,
+        d: DigitSource,
         keys: &[&PolyBatch],
         plan: &KeySwitchPlan,
         t: &KsTables,
-        special_first: bool,
+        out: KsOut,
         lift: Option<&PolyBatch>,
-    ) -> Result<CudaSlice<u32>> {
+    ) -> Result<()> {
         let (n, nq, np, nd) = (d.n, plan.q.len(), plan.p.len(), plan.digits.len());
         let nqp = nq + np;
+        if out.keep > nqp {
+            return Err(Error::Shape(format!(
+                "key switching: {} kept rows of {nqp}",
+                out.keep
+            )));
+        }
         let key_limbs = keys[0].limbs.len();
         let rt = self.ring(ring)?;
         let ext = self.mod_up_rows(ring, d, plan, t, RowsPass::Skip)?;
@@ -1910,7 +2074,6 @@ impl CudaBackend {
             .map(|k| self.bptr(k))
             .collect::<Result<Vec<_>>>()?;
         let kp = self.ptr_array(&kptrs)?;
-        let acc = self.alloc(2 * nqp * n)?;
         let (lp, nlift) = match lift {
             Some(x) => (self.bptr(x)?, lifted_count(x)),
             None => (0, 0),
@@ -1922,14 +2085,18 @@ impl CudaBackend {
             "ntt_fwd_rows_ks",
             (grid, block, 3 * smem),
             &[
-                A::W(self.ptr(&acc)),
-                A::W(self.bptr(d)?),
+                A::W(out.head),
+                A::W(out.tail),
+                A::W(d.ptr),
                 A::W(self.ptr(&ext)),
                 A::W(self.ptr(&kp)),
                 A::W(self.ptr(&t.lrow)),
                 A::W(self.ptr(&rt.mods)),
                 A::W(self.ptr(&rt.psi)),
                 A::W(self.ptr(&rt.psi_s)),
+                A::W(self.ptr(&rt.ipsi)),
+                A::W(self.ptr(&rt.ipsi_s)),
+                A::W(self.ptr(&rt.ninv)),
                 A::W(lp),
                 A::W(self.ptr(&t.lift_factors)),
                 A::U(nlift as u32),
@@ -1937,15 +2104,36 @@ impl CudaBackend {
                 A::U(nqp as u32),
                 A::U(nd as u32),
                 A::U(key_limbs as u32),
-                A::U(special_first as u32),
+                A::U(out.keep as u32),
+                A::U(out.tail_inv as u32),
                 A::U(n.trailing_zeros()),
                 A::U(g.log_n2),
             ],
             // Per digit, its limb of every row read once (from ext or d) and its key's two
             // polynomials; the lifted polynomials once; the accumulator written.
             words * (nd as u64 * 3 + 2) + (nlift * nq * n) as u64,
-        )?;
-        Ok(acc)
+        )
+    }
+
+    /// A fused key switch's ModDown from `ntt_fwd_rows_ks`'s output: `head` (count 2 × `keep`
+    /// rows) and `tail` (2 × `drop` rows, its inverse rows stages done), plus `add` (0: none).
+    fn ks_mod_down(
+        &self,
+        ring: &RingContext,
+        (head, tail, add): (u64, u64, u64),
+        (keep, drop): (&[usize], &[usize]),
+        conv: &BaseConverter,
+        n: usize,
+    ) -> Result<CudaSlice<u32>> {
+        self.mod_down_tail(
+            ring,
+            (tail, true),
+            (head, keep.len(), add),
+            (keep, drop),
+            conv,
+            2,
+            n,
+        )
     }
 
     fn ks_tables(
