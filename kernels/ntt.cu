@@ -184,10 +184,12 @@ __device__ __forceinline__ u32 inv_final(u32 x, u32 ni, u32 nis, u32 q) {
 // Inverse stages t = 1 .. N2/2 on one row of N2 contiguous words; when scale != 0 (N1 = 1)
 // also the final N^{-1} scaling and reduction. The row is read from src (src = data: in
 // place; else the same row of another batch of the same layout, e.g. ModUp's c2 read in
-// place from a size-3 product) and written to data.
+// place from a size-3 product), or when src2 is not null it is the product src * src2
+// (tensor_product's a1 b1: ModUp's c2 computed on load), and written to data.
 extern "C" __global__ void intt_rows(u32* data, const Mod* mods, const u32* limbs,
                                      const u32* ipsi, const u32* ipsi_s, const u32* ninv,
-                                     u32 nl, u32 log_n, u32 log_n2, u32 scale, const u32* src) {
+                                     u32 nl, u32 log_n, u32 log_n2, u32 scale, const u32* src,
+                                     const u32* src2) {
     extern __shared__ u32 sh[];
     const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
     const u32 ntt = blockIdx.x >> log_n1;
@@ -196,7 +198,13 @@ extern "C" __global__ void intt_rows(u32* data, const Mod* mods, const u32* limb
     const u32 q = mods[prime].q;
     const u64 off = ((u64)ntt << log_n) + ((u64)ch << log_n2);
     u32* a = data + off;
-    for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = src[off + i];
+    if (src2) {
+        const Mod& m = mods[prime];
+        for (u32 i = threadIdx.x; i < n2; i += blockDim.x)
+            sh[i] = mul_reduced(src[off + i], src2[off + i], m);
+    } else {
+        for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = src[off + i];
+    }
     inv_rows_chunk(sh, ipsi + ((u64)prime << log_n), ipsi_s + ((u64)prime << log_n), q, log_n,
                    log_n2, ch);
     if (scale) {
@@ -217,19 +225,24 @@ extern "C" __global__ void intt_rows(u32* data, const Mod* mods, const u32* limb
 // memory, so ext's transform is never written back; then acc_p = mul_add_reduced(key_j[p][krow],
 // x, acc_p), started from P * lift[p][l] (lfac[l] = P mod the prime) for p < nlift and l < nq,
 // from 0 elsewhere.
+// Multiply fused in (lift_b not null): the key switch of a product's c2 whose tensor product
+// is never written. d is then a1 and d2 b1 (the own limbs are a1 b1), lift is a and lift_b b
+// (2 polynomials each over the nq limbs), and the lifted (c0, c1) are tensor_product's words
+// (a0 b0, a0 b1 + a1 b0).
 // Output row of (p, l): head row p * nkeep + l for l < nkeep, else tail row
 // p * (nqp - nkeep) + l - nkeep (the rows a ModDown drops; key switching passes head = tail +
 // 2 (nqp - nq) rows, so that the special limbs of both polynomials come first). With tail_inv,
 // the tail rows get the inverse NTT's first kernel (intt_rows's stages, and its scaling when
 // N1 = 1) before they are written: ModDown's inverse transform then starts at intt_cols.
 // Shared: 3 * N2 words (the digit's chunk, then both accumulators).
-extern "C" __global__ void ntt_fwd_rows_ks(u32* head, u32* tail, const u32* d, const u32* ext,
-                                           const u32* const* keys, const u32* lrow,
-                                           const Mod* mods, const u32* psi, const u32* psi_s,
-                                           const u32* ipsi, const u32* ipsi_s, const u32* ninv,
-                                           const u32* lift, const u32* lfac, u32 nlift, u32 nq,
-                                           u32 nqp, u32 nd, u32 nkey, u32 nkeep, u32 tail_inv,
-                                           u32 log_n, u32 log_n2) {
+extern "C" __global__ void ntt_fwd_rows_ks(u32* head, u32* tail, const u32* d, const u32* d2,
+                                           const u32* ext, const u32* const* keys,
+                                           const u32* lrow, const Mod* mods, const u32* psi,
+                                           const u32* psi_s, const u32* ipsi,
+                                           const u32* ipsi_s, const u32* ninv, const u32* lift,
+                                           const u32* lift_b, const u32* lfac, u32 nlift,
+                                           u32 nq, u32 nqp, u32 nd, u32 nkey, u32 nkeep,
+                                           u32 tail_inv, u32 log_n, u32 log_n2) {
     extern __shared__ u32 sh[];
     const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
     const u32 l = blockIdx.x >> log_n1, ch = blockIdx.x & ((1u << log_n1) - 1);
@@ -239,11 +252,18 @@ extern "C" __global__ void ntt_fwd_rows_ks(u32* head, u32* tail, const u32* d, c
     const u64 off = (u64)ch << log_n2;
     u32* a0 = sh + n2;
     u32* a1 = sh + 2 * n2;
+    const u64 r0 = ((u64)l << log_n) + off, r1 = ((u64)(nq + l) << log_n) + off;
     for (u32 i = threadIdx.x; i < n2; i += blockDim.x) {
         u32 x0 = 0, x1 = 0;
-        if (l < nq && nlift > 0) x0 = mul_reduced(lift[((u64)l << log_n) + off + i], lfac[l], m);
-        if (l < nq && nlift > 1)
-            x1 = mul_reduced(lift[((u64)(nq + l) << log_n) + off + i], lfac[l], m);
+        if (l < nq && lift_b) {
+            const u32 p0 = lift[r0 + i], p1 = lift[r1 + i], q0 = lift_b[r0 + i],
+                      q1 = lift_b[r1 + i];
+            x0 = mul_reduced(mul_reduced(p0, q0, m), lfac[l], m);
+            x1 = mul_reduced(mul_add_reduced(p0, q1, mul_reduced(p1, q0, m), m), lfac[l], m);
+        } else {
+            if (l < nq && nlift > 0) x0 = mul_reduced(lift[r0 + i], lfac[l], m);
+            if (l < nq && nlift > 1) x1 = mul_reduced(lift[r1 + i], lfac[l], m);
+        }
         a0[i] = x0;
         a1[i] = x1;
     }
@@ -256,8 +276,13 @@ extern "C" __global__ void ntt_fwd_rows_ks(u32* head, u32* tail, const u32* d, c
         // Each thread loads, reads and accumulates the same words i (threadIdx.x + k·blockDim):
         // only the butterflies of fwd_rows_chunk, between its barriers, touch other threads'.
         if (own) {
-            const u32* a = d + ((u64)(s & 0x7fffffffu) << log_n) + off;
-            for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = a[i];
+            const u64 r = ((u64)(s & 0x7fffffffu) << log_n) + off;
+            if (d2) {
+                for (u32 i = threadIdx.x; i < n2; i += blockDim.x)
+                    sh[i] = mul_reduced(d[r + i], d2[r + i], m);
+            } else {
+                for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = d[r + i];
+            }
         } else {
             fwd_rows_chunk(ext + ((u64)s << log_n) + off, w, ws, m.q, log_n, log_n2, ch);
         }

@@ -91,6 +91,16 @@ proptest! {
         prop_assert_eq!((f.level(), f.size()), (top - 1, 2));
         prop_assert!((f.scale() - m.scale()).abs() / m.scale() < 1e-12);
         close(&prod, &dec(&f), MUL);
+        // In one call: the same words (the CPU computes the size-3 product; device backends
+        // never write it), the left operand one level lower (aligned first).
+        let o = ctx.multiply_relinearize_rescale(&ca, &cb, &keys.relin).unwrap();
+        let words = |c: &hetensor::rlwe::Ciphertext| ctx.rlwe().backend().download(c.polys()).unwrap();
+        prop_assert_eq!(words(&o), words(&f));
+        prop_assert!((o.scale() - f.scale()).abs() / f.scale() < 1e-12);
+        let low = ctx.mod_switch_to(&ca, top - 1).unwrap();
+        let ol = ctx.multiply_relinearize_rescale(&low, &cb, &keys.relin).unwrap();
+        let fl = ctx.relinearize_rescale(&ctx.multiply(&low, &cb).unwrap(), &keys.relin).unwrap();
+        prop_assert_eq!((ol.level(), words(&ol)), (top - 2, words(&fl)));
         // Unrelinearized (size 3) decrypts too.
         close(&prod, &dec(&ctx.rescale(&ctx.multiply(&ca, &cb).unwrap()).unwrap()), SIZE3_RESCALE);
 
@@ -221,6 +231,16 @@ fn misuse_returns_typed_errors() {
     let sq2 = ctx
         .rescale(&ctx.relinearize(&sq, &keys.relin).unwrap())
         .unwrap();
+    // the one-call product: size-2 operands only, and a level to rescale into
+    assert!(matches!(
+        ctx.multiply_relinearize_rescale(&ctx.multiply(&a, &a).unwrap(), &a, &keys.relin),
+        Err(Error::CiphertextSize(_))
+    ));
+    let a0 = ctx.mod_switch_to(&a, 0).unwrap();
+    assert!(matches!(
+        ctx.multiply_relinearize_rescale(&a0, &a0, &keys.relin),
+        Err(Error::OutOfLevels { .. }) | Err(Error::ScaleOverflow(_))
+    ));
     assert!(matches!(
         ctx.multiply(&sq2, &sq2),
         Err(Error::ScaleOverflow(_))

@@ -144,6 +144,7 @@ fn ntt_forward_and_inverse() {
         let ptrs = |data: &mut [u32], fwd: bool| NttPtrs {
             data: data.as_mut_ptr() as u64,
             src: data.as_mut_ptr() as u64,
+            src2: 0,
             mods: t.mods.as_ptr() as u64,
             limbs: dl.as_ptr() as u64,
             tw: if fwd { &t.psi } else { &t.ipsi }.as_ptr() as u64,
@@ -186,6 +187,26 @@ fn ntt_forward_and_inverse() {
             &format!("ntt_inverse out of place N=2^{log_n}"),
         );
         assert_eq!(y, before, "the out-of-place inverse wrote its source");
+        // Of a word-wise product computed on load (ModUp of the tensor product's a1·b1).
+        let z = random_words(&mut rng, &r, &limbs, count);
+        let (mut c, zc) = (
+            upload(&y, &limbs, count, n, Repr::Ntt),
+            upload(&z, &limbs, count, n, Repr::Ntt),
+        );
+        cpu.mul_assign(&r, &mut c, &zc).unwrap();
+        cpu.ntt_inverse(&r, &mut c).unwrap();
+        let mut e = vec![0xdead_beef_u32; y.len()];
+        let mut p = ptrs(&mut e, false);
+        (p.src, p.src2) = (y.as_ptr() as u64, z.as_ptr() as u64);
+        ntt_launches(n, ntts, nl, false, p)
+            .unwrap()
+            .into_iter()
+            .for_each(run);
+        same(
+            &words(&c),
+            &e,
+            &format!("ntt_inverse of a product N=2^{log_n}"),
+        );
         same(
             &x,
             &{

@@ -168,6 +168,36 @@ fn trace_counts_launches_copies_and_allocations() {
         rl.kernel_bytes,
         (12 + 12 + 4 * (3 * 3 + 2) + 6 + 8 + 8 + 12) * limb
     );
+    // The same of a product never written: the tensor product computed where ModUp's inverse
+    // NTT reads c2 (a1 and b1: one limb more per row of its first kernel), where the fused
+    // kernel reads the own limbs (3 more) and lifts (c0, c1) (a and b: 4 × 3 instead of
+    // 2 × 3). Still 7 launches, and no tensor product (7 × 3 limbs) before them.
+    let (fa, fb) = (up(&q, 2), up(&q, 2));
+    let mul_relin = |g: &CudaBackend| {
+        g.multiply_relinearize_mod_down(
+            &r,
+            (&fa, &fb),
+            &keys,
+            &plan,
+            keep.clone(),
+            drop.clone(),
+            &conv,
+        )
+        .unwrap()
+    };
+    mul_relin(&g);
+    delta(&g);
+    mul_relin(&g);
+    let ml = delta(&g);
+    assert_eq!(
+        (ml.launches, ml.device_copies),
+        (7, 0),
+        "multiply_relinearize_mod_down"
+    );
+    assert_eq!(
+        ml.kernel_bytes,
+        (12 + 3 + 12 + 4 * (3 * 3 + 2) + 12 + 3 + 8 + 8 + 12) * limb
+    );
     // Its hoisted form for one rotation of shared digits: one launch (the reference permutes,
     // multiplies and accumulates digit by digit, then lifts).
     g.mod_up(&r, &d, &plan).unwrap(); // its tables uploaded once
@@ -631,6 +661,21 @@ fn ckks_ops_match_cpu(params: CkksParams) {
         ct_words(&cc, &fused(&cc, &f_c, &m_c, &kc)),
         ct_words(&cg, &fused(&cg, &f_g, &m_g, &kg)),
         "multiply + relinearize_rescale below the top level"
+    );
+    // And with the product never written (the CPU's two calls as the reference).
+    let one = |c: &CkksContext, x: &hetensor::rlwe::Ciphertext, y, k: &hetensor::ckks::KeySet| {
+        c.multiply_relinearize_rescale(x, y, &k.relin).unwrap()
+    };
+    let o_g = one(&cg, &a_g, &b_g, &kg);
+    assert_eq!(
+        ct_words(&cc, &f_c),
+        ct_words(&cg, &o_g),
+        "multiply_relinearize_rescale"
+    );
+    assert_eq!(
+        ct_words(&cc, &fused(&cc, &f_c, &m_c, &kc)),
+        ct_words(&cg, &one(&cg, &o_g, &m_g, &kg)),
+        "multiply_relinearize_rescale below the top level"
     );
     for step in [1i64, -3, 17] {
         let r_c = cc.rotate(&m_c, step, &galc).unwrap();

@@ -196,9 +196,10 @@ impl Kernel for Ckks {
         self.ctx.negate(a)
     }
     fn mul(&self, a: &Ciphertext, b: &Ciphertext) -> Result<Ciphertext> {
-        // Relinearization and rescale in one key switch (one ModDown by P·q_l, one rounding).
-        let p = self.ctx.multiply(a, b)?;
-        self.ctx.relinearize_rescale(&p, &self.inner.keys.relin)
+        // Relinearization and rescale in one key switch (one ModDown by P·q_l, one rounding);
+        // device backends never write the size-3 product.
+        self.ctx
+            .multiply_relinearize_rescale(a, b, &self.inner.keys.relin)
     }
     fn add_const(&self, a: &Ciphertext, c: f64) -> Result<Ciphertext> {
         self.ctx.add_scalar(a, c)

@@ -419,6 +419,24 @@ pub trait Backend: Send + Sync + Debug {
         relinearize_mod_down_reference(self, ring, product, keys, plan, keep, drop, conv)
     }
 
+    /// [`Self::relinearize_mod_down`] of the tensor product of the size-2 batches `a` and `b`
+    /// (NTT form over `plan.q`): `relinearize_mod_down(tensor_product(a, b))`, the words of
+    /// [`multiply_relinearize_mod_down_reference`]. A backend overrides it to compute the
+    /// product where the key switch reads it, never writing the size-3 batch.
+    #[allow(clippy::too_many_arguments)] // the trait's operands, as the reference takes them
+    fn multiply_relinearize_mod_down(
+        &self,
+        ring: &RingContext,
+        factors: (&PolyBatch, &PolyBatch),
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        keep: Arc<[usize]>,
+        drop: Arc<[usize]>,
+        conv: &BaseConverter,
+    ) -> Result<PolyBatch> {
+        multiply_relinearize_mod_down_reference(self, ring, factors, keys, plan, keep, drop, conv)
+    }
+
     /// The per-element half of a hoisted key switch: `Σ_j keys[j]·σ_g(ups[j])` over the digits'
     /// basis (`ups`: the extended digits from [`mod_up_reference`], one per key digit;
     /// `g = None`: no automorphism), plus `P·σ_g(lift)` on its first `lift.count()`
@@ -674,6 +692,18 @@ pub(crate) fn check_relinearize_mod_down(
             product.count
         )));
     }
+    check_relinearize_layout(product, keys, plan, keep, drop)
+}
+
+/// The layout checks of [`check_relinearize_mod_down`] for a product's operand (NTT form
+/// over `plan.q`), whatever its size.
+pub(crate) fn check_relinearize_layout(
+    product: &PolyBatch,
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+    keep: &[usize],
+    drop: &[usize],
+) -> Result<()> {
     check_lift(product, plan)?;
     if keys.len() != plan.digits.len() {
         return Err(Error::InvalidInput(format!(
@@ -709,6 +739,23 @@ pub fn relinearize_mod_down_reference<B: Backend + ?Sized>(
     let c2 = be.slice_polys(product, 2, 1)?;
     let ext = be.key_switch_ext(ring, &c2, keys, plan, Some(product))?;
     be.mod_down(ring, &ext, keep, drop, conv)
+}
+
+/// The definition of [`Backend::multiply_relinearize_mod_down`]: the tensor product, then
+/// [`Backend::relinearize_mod_down`].
+#[allow(clippy::too_many_arguments)]
+pub fn multiply_relinearize_mod_down_reference<B: Backend + ?Sized>(
+    be: &B,
+    ring: &RingContext,
+    (a, b): (&PolyBatch, &PolyBatch),
+    keys: &[&PolyBatch],
+    plan: &KeySwitchPlan,
+    keep: Arc<[usize]>,
+    drop: Arc<[usize]>,
+    conv: &BaseConverter,
+) -> Result<PolyBatch> {
+    let product = be.tensor_product(ring, a, b)?;
+    be.relinearize_mod_down(ring, &product, keys, plan, keep, drop, conv)
 }
 
 /// Checks [`Backend::key_inner_hoisted`]'s operands; returns the digits' basis.

@@ -1631,7 +1631,7 @@ impl CkksContext {
     fn eval_mod(&self, u: &Ciphertext, plan: &BootstrapPlan, rk: &RelinKey) -> Result<Ciphertext> {
         let mut c = self.evaluate_chebyshev(u, &plan.cheb, plan.cheb_target, rk)?;
         for _ in 0..plan.params.double_angles {
-            let sq = self.relinearize_rescale(&self.square(&c)?, rk)?;
+            let sq = self.multiply_relinearize_rescale(&c, &c, rk)?;
             c = self.add_scalar(&self.add(&sq, &sq)?, -1.0)?;
         }
         if plan.params.arcsine {
@@ -1650,7 +1650,7 @@ impl CkksContext {
             level: top,
         })?;
         let target = self.natural_scale(out);
-        let sq = self.relinearize_rescale(&self.square(y)?, rk)?;
+        let sq = self.multiply_relinearize_rescale(y, y, rk)?;
         // y/6 at level top − 1, at the scale that makes sq · (y/6) rescale onto `target`.
         let want = target * self.level_modulus(top - 1) / sq.scale();
         let sixth = self.linear_combination(
@@ -1659,7 +1659,7 @@ impl CkksContext {
             want * self.level_modulus(top) / y.scale(),
         )?;
         let sixth = self.rescale(&sixth)?;
-        let cube = self.relinearize_rescale(&self.multiply(&sq, &sixth)?, rk)?;
+        let cube = self.multiply_relinearize_rescale(&sq, &sixth, rk)?;
         let y = self.match_scale(y, out, target)?;
         self.add(&y, &cube)
     }
@@ -1713,7 +1713,7 @@ impl CkksContext {
                     .get(&j)
                     .ok_or_else(|| Error::InvalidInput("internal: missing Chebyshev term".into()))
             };
-            let prod = self.relinearize_rescale(&self.multiply(term(a)?, term(b)?)?, rk)?;
+            let prod = self.multiply_relinearize_rescale(term(a)?, term(b)?, rk)?;
             let twice = self.add(&prod, &prod)?;
             let tk = if a == b {
                 self.add_scalar(&twice, -1.0)?
@@ -1785,7 +1785,7 @@ impl ChebyshevEval<'_> {
             ctx.rescale(&ctx.multiply_scalar(&giant, q[0], up * scale / giant.scale())?)?
         } else {
             let qc = self.eval(&q, level + 1, scale * up / giant.scale())?;
-            ctx.relinearize_rescale(&ctx.multiply(&qc, &giant)?, self.rk)?
+            ctx.multiply_relinearize_rescale(&qc, &giant, self.rk)?
         };
         if r.len() > 1 {
             ctx.add(&prod, &self.eval(&r, level, scale)?)

@@ -799,6 +799,30 @@ impl CkksContext {
         Ok(ct.derive(polys, ct.scale / self.level_modulus(l)))
     }
 
+    /// `relinearize_rescale(multiply(a, b))`, the same words, in one call: device backends
+    /// compute the tensor product where the key switch reads it and never write the size-3
+    /// product (CUDA: 8 launches at N = 2^16, no copies).
+    pub fn multiply_relinearize_rescale(
+        &self,
+        a: &Ciphertext,
+        b: &Ciphertext,
+        rk: &RelinKey,
+    ) -> Result<Ciphertext> {
+        let (a, b) = self.align(a, b)?;
+        let scale = a.scale * b.scale;
+        self.check_scale_fits(scale, a.level(), "multiply")?;
+        let l = a.level();
+        if l == 0 {
+            return Err(Error::OutOfLevels {
+                op: "multiply_relinearize_rescale",
+                level: 0,
+            });
+        }
+        let keep = self.rlwe.q_limbs(l - 1);
+        let polys = ct_ops::multiply_relinearize_mod_down(&self.rlwe, (&a, &b), rk, keep)?;
+        Ok(a.derive(polys, scale / self.level_modulus(l)))
+    }
+
     /// Pays a deferred rescale: [`Self::relinearize_rescale`] for a product still of size 3
     /// (one ModDown for both), a plain [`Self::rescale`] otherwise.
     pub fn pay_rescale(&self, ct: &Ciphertext, rk: &RelinKey) -> Result<Ciphertext> {

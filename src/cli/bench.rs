@@ -457,11 +457,11 @@ pub fn bench_ckks(
     r.run_ckks("mul_relin_rescale", expect(xy.clone()).as_ref(), || {
         ctx.rescale(&ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?)
     })?;
-    // What the lowering, bootstrapping and Python's products run: relinearization
-    // and rescale in one key switch, one ModDown by P·q_l (the row above is the peers' three
-    // calls).
+    // What bootstrapping and Python's products run: the product relinearized and rescaled in
+    // one key switch, one ModDown by P·q_l, the size-3 product never written on a device
+    // (`multiply_relinearize_rescale`; the row above is the peers' three calls).
     r.run_ckks("mul_relin_rescale_fused", expect(xy).as_ref(), || {
-        ctx.relinearize_rescale(&ctx.multiply(&a, &b)?, &keys.relin)
+        ctx.multiply_relinearize_rescale(&a, &b, &keys.relin)
     })?;
     r.run("rescale", || ctx.rescale(&prod).map(drop))?;
     let rotated: Vec<f64> = (0..slots).map(|i| x[(i + 1) % slots]).collect();

@@ -46,7 +46,7 @@ fn run_short() -> Result<()> {
     let top = ctx.max_level();
     let ca = ctx.encrypt(&ctx.encode(&a, ctx.default_scale(), top)?, &keys.public)?;
     let cb = ctx.encrypt(&ctx.encode(&b, ctx.default_scale(), top)?, &keys.public)?;
-    let prod = ctx.relinearize_rescale(&ctx.multiply(&ca, &cb)?, &keys.relin)?;
+    let prod = ctx.multiply_relinearize_rescale(&ca, &cb, &keys.relin)?;
     // a·b now has scale Δ²/q_top, not Δ. Bring `a` to the same level and scale exactly:
     // multiply by 1 encoded at scale c = prod.scale·q_top/Δ, then rescale by q_top.
     let c = prod.scale() * ctx.level_modulus(top) / ca.scale();
@@ -131,7 +131,7 @@ fn run_deep(multiplications: usize, log_n: u32) -> Result<()> {
         // float drift in y's scale cannot compound over dozens of products and bootstraps.
         let z_scale = ctx.natural_scale(l - 1) * ctx.level_modulus(l) / y.scale();
         let z = ctx.encrypt(&ctx.encode(&u, z_scale, l)?, &keys.public)?;
-        y = ctx.relinearize_rescale(&ctx.multiply(&y, &z)?, &keys.relin)?;
+        y = ctx.multiply_relinearize_rescale(&y, &z, &keys.relin)?;
         want.iter_mut().zip(&u).for_each(|(w, u)| *w *= u);
     }
     let got = ctx.decrypt_decode(&y, &keys.secret)?;

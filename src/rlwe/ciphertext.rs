@@ -310,6 +310,29 @@ pub fn relinearize_mod_down(
     rk.0.switch_product_mod_down(ctx, &ct.polys, keep)
 }
 
+/// [`relinearize_mod_down`] of the product `a·b` of two size-2 ciphertexts at the same level:
+/// the words of `relinearize_mod_down(tensor(a, b))`, without the size-3 product on device
+/// backends that fuse it ([`crate::backend::Backend::multiply_relinearize_mod_down`]).
+pub fn multiply_relinearize_mod_down(
+    ctx: &RlweContext,
+    (a, b): (&Ciphertext, &Ciphertext),
+    rk: &RelinKey,
+    keep: Arc<[usize]>,
+) -> Result<PolyBatch> {
+    ctx.check_fingerprint(a.fingerprint, "ciphertext")?;
+    ctx.check_fingerprint(b.fingerprint, "ciphertext")?;
+    if a.size() != 2 || b.size() != 2 {
+        return Err(Error::CiphertextSize(format!(
+            "multiply needs relinearized (size-2) operands, got sizes {} and {}",
+            a.size(),
+            b.size()
+        )));
+    }
+    check_key_id(a.key_id, b.key_id, "right operand")?;
+    check_key_id(a.key_id, rk.0.key_id, "relinearization key")?;
+    rk.0.switch_tensor_mod_down(ctx, (&a.polys, &b.polys), keep)
+}
+
 /// Applies the automorphism `X → X^g` and switches back to `s` with the Galois key. Works in
 /// the NTT domain: `c_0` and the decomposed digits of `c_1` are permuted, not transformed.
 pub fn apply_galois(

@@ -482,6 +482,31 @@ impl KeySwitchKey {
             .relinearize_mod_down(ctx.ring(), product, &keys, &plan, keep, drop, &conv)
     }
 
+    /// [`Self::switch_product_mod_down`] of the tensor product of the size-2 `a` and `b`,
+    /// which device backends never write
+    /// ([`crate::backend::Backend::multiply_relinearize_mod_down`]).
+    pub fn switch_tensor_mod_down(
+        &self,
+        ctx: &RlweContext,
+        (a, b): (&PolyBatch, &PolyBatch),
+        keep: Arc<[usize]>,
+    ) -> Result<PolyBatch> {
+        ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
+        let (index, plan) = plan_over(ctx, a.limbs().len())?;
+        let keys = self.digits_at(&index)?;
+        let drop: Arc<[usize]> = plan.qp.get(keep.len()..).unwrap_or(&[]).into();
+        let conv = ctx.converter(&drop, &keep);
+        ctx.backend().multiply_relinearize_mod_down(
+            ctx.ring(),
+            (a, b),
+            &keys,
+            &plan,
+            keep,
+            drop,
+            &conv,
+        )
+    }
+
     /// The key's digits at the given indices (a level's digits, from its plan).
     fn digits_at(&self, index: &[usize]) -> Result<Vec<&PolyBatch>> {
         index

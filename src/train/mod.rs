@@ -711,7 +711,7 @@ pub fn eval_poly(
             let c = target / sc;
             let mut t = ctx.rescale(&ctx.multiply_scalar(lo, coeffs[k], c)?)?;
             for &b in &bits[1..] {
-                t = ctx.relinearize_rescale(&ctx.multiply(&t, &pows[b])?, rk)?;
+                t = ctx.multiply_relinearize_rescale(&t, &pows[b], rk)?;
             }
             Ok(t)
         })

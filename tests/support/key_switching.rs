@@ -253,6 +253,50 @@ pub fn key_switching_matches_cpu(dev: &dyn Backend, degrees: &[usize], seed: u64
                         &format!("{what}: CPU against its definition"),
                     );
                     same(dev, &a, &b, &what);
+                    // The same of a product never written: the tensor product of two size-2
+                    // batches computed where the key switch reads it.
+                    let (x, y) = (
+                        pair(dev, random_words(&mut rng, &r, &q, 2), &q, 2, n, Repr::Ntt),
+                        pair(dev, random_words(&mut rng, &r, &q, 2), &q, 2, n, Repr::Ntt),
+                    );
+                    let keep = arc(&q[..nk]);
+                    let drop: Arc<[usize]> = q[nk..].iter().chain(&p).copied().collect();
+                    let a = cpu
+                        .multiply_relinearize_mod_down(
+                            &r,
+                            (&x.cpu, &y.cpu),
+                            &kc,
+                            &plan,
+                            keep.clone(),
+                            drop.clone(),
+                            &cv,
+                        )
+                        .unwrap();
+                    let b = dev
+                        .multiply_relinearize_mod_down(
+                            &r,
+                            (&x.dev, &y.dev),
+                            &kd,
+                            &plan,
+                            keep.clone(),
+                            drop.clone(),
+                            &cv,
+                        )
+                        .unwrap();
+                    let prod = cpu.tensor_product(&r, &x.cpu, &y.cpu).unwrap();
+                    let want = cpu
+                        .relinearize_mod_down(&r, &prod, &kc, &plan, keep, drop, &cv)
+                        .unwrap();
+                    let what = format!(
+                        "multiply_relinearize_mod_down keep {nk} N={n} dnum={dnum} nq={nq}"
+                    );
+                    same(
+                        &cpu,
+                        &want,
+                        &a,
+                        &format!("{what}: CPU against its definition"),
+                    );
+                    same(dev, &a, &b, &what);
                 }
                 // Without its ModDown, with P·(c0, c1) or P·c0 lifted in (relinearize-and-
                 // rescale, rotations), then one ModDown over P·q_last as the rescale does.

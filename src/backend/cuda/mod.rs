@@ -25,12 +25,12 @@ use cudarc::nvrtc::Ptx;
 use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs,
     check_key_inner_hoisted, check_key_switch, check_key_switch_ext, check_mul_acc, check_ntt,
-    check_relinearize_mod_down, check_ring, check_scale_and_round, check_slice,
-    check_tensor_product, fused_ks_layout, hoisted_key_rows, key_inner_hoisted_reference,
-    key_switch_ext_reference, key_switch_reference, lift_factors, lifted_count, limb_positions,
-    limb_scalars, mod_down_factors, mod_down_reference, mod_up_reference,
-    relinearize_mod_down_reference, Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr,
-    Trace, TraceCounts,
+    check_relinearize_layout, check_relinearize_mod_down, check_ring, check_scale_and_round,
+    check_slice, check_tensor_product, fused_ks_layout, hoisted_key_rows,
+    key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference, lift_factors,
+    lifted_count, limb_positions, limb_scalars, mod_down_factors, mod_down_reference,
+    mod_up_reference, multiply_relinearize_mod_down_reference, relinearize_mod_down_reference,
+    Backend, Buffer, DeviceBuffer, KeySwitchPlan, PolyBatch, Repr, Trace, TraceCounts,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, Modulus, RingContext, ScaleRounder};
@@ -141,10 +141,12 @@ enum RowsPass {
 }
 
 /// The polynomial a fused key switch decomposes: polynomial `index` of a device batch, read
-/// in place (relinearization's `c_2` inside the size-3 product).
+/// in place (relinearization's `c_2` inside the size-3 product), or the word-wise product of
+/// two (`ptr2` not 0: the tensor product's `a_1·b_1`, computed where it is read).
 #[derive(Clone, Copy)]
 struct DigitSource {
     ptr: u64,
+    ptr2: u64,
     n: usize,
 }
 
@@ -158,8 +160,51 @@ impl DigitSource {
         }
         Ok(Self {
             ptr: be.bptr(batch)? + 4 * (index * batch.poly_words()) as u64,
+            ptr2: 0,
             n: batch.n,
         })
+    }
+
+    /// `a_1·b_1` of two size-2 batches.
+    fn product(be: &CudaBackend, a: &PolyBatch, b: &PolyBatch) -> Result<Self> {
+        let words = 4 * a.poly_words() as u64;
+        Ok(Self {
+            ptr: be.bptr(a)? + words,
+            ptr2: be.bptr(b)? + words,
+            n: a.n,
+        })
+    }
+}
+
+/// What a fused key switch lifts by `P` into its accumulator: the first `count` (1 or 2)
+/// polynomials at `ptr`, or with `b` not 0 the tensor product's `(a_0·b_0, a_0·b_1 + a_1·b_0)`
+/// of the size-2 batches at `ptr` (a) and `b`.
+#[derive(Clone, Copy, Default)]
+struct LiftSource {
+    ptr: u64,
+    count: usize,
+    b: u64,
+}
+
+impl LiftSource {
+    fn of(be: &CudaBackend, lift: Option<&PolyBatch>) -> Result<Self> {
+        Ok(match lift {
+            Some(x) => Self {
+                ptr: be.bptr(x)?,
+                count: lifted_count(x),
+                b: 0,
+            },
+            None => Self::default(),
+        })
+    }
+
+    /// Polynomials read per lifted limb.
+    fn words(&self) -> usize {
+        if self.b != 0 {
+            4
+        } else {
+            self.count
+        }
     }
 }
 
@@ -379,13 +424,15 @@ pub struct Launch {
 }
 
 /// Device addresses an NTT reads: the batch, the ring's `mods`, the limb list, the twiddles
-/// and companions of the direction (psi or ipsi), and `ninv` and `src` (inverse only: the
-/// rows kernel reads its input from `src`, the batch itself or another of the same layout).
+/// and companions of the direction (psi or ipsi), and `ninv`, `src` and `src2` (inverse only:
+/// the rows kernel reads its input from `src`, the batch itself or another of the same layout,
+/// times `src2`'s words unless that is 0).
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug)]
 pub struct NttPtrs {
     pub data: u64,
     pub src: u64,
+    pub src2: u64,
     pub mods: u64,
     pub limbs: u64,
     pub tw: u64,
@@ -434,7 +481,7 @@ pub fn ntt_launches(
         }
         args.extend([A::U(nl), A::U(log_n), A::U(g.log_n2)]);
         if !forward {
-            args.extend([A::U(scale as u32), A::W(p.src)]);
+            args.extend([A::U(scale as u32), A::W(p.src), A::W(p.src2)]);
         }
         let (grid, block, smem) = g.rows_launch(ntts)?;
         Ok(Launch {
@@ -476,8 +523,11 @@ pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64
         _ => 0,
     };
     match name {
-        "ntt_fwd_cols" | "ntt_fwd_rows" | "intt_rows" | "intt_cols" => {
-            2 * grid as u64 * (smem as u64 / 4)
+        "ntt_fwd_cols" | "ntt_fwd_rows" | "intt_cols" => 2 * grid as u64 * (smem as u64 / 4),
+        // and a second source tile read when it multiplies two (src2, its last argument).
+        "intt_rows" => {
+            let src2 = matches!(args.last(), Some(A::W(p)) if *p != 0) as u64;
+            (2 + src2) * grid as u64 * (smem as u64 / 4)
         }
         // the tile written (its conversion's sources are counted by the caller).
         "ntt_fwd_cols_conv" => grid as u64 * (smem as u64 / 4),
@@ -1426,7 +1476,7 @@ impl Backend for CudaBackend {
             plan,
             &t,
             out,
-            None,
+            LiftSource::default(),
         )?;
         let add = onto.map(|c| self.bptr(c)).transpose()?.unwrap_or(0);
         let out = self.ks_mod_down(ring, (head, tail, add), (&plan.q, &plan.p), &plan.down, n)?;
@@ -1463,7 +1513,7 @@ impl Backend for CudaBackend {
             plan,
             &t,
             out,
-            lift,
+            LiftSource::of(self, lift)?,
         )?;
         Ok(self.wrap(acc, plan.qp.clone(), 2, d.n, Repr::Ntt))
     }
@@ -1485,21 +1535,46 @@ impl Backend for CudaBackend {
                 self, ring, product, keys, plan, keep, drop, conv,
             );
         };
-        // c2 read in place; (c0, c1) lifted from the product; the rows ModDown drops go to
-        // their own batch with the inverse NTT's first kernel done: no slice, no copies.
-        let (n, nk, nd) = (product.n, keep.len(), drop.len());
-        let (head, tail) = (self.alloc(2 * nk * n)?, self.alloc(2 * nd * n)?);
-        let (hp, tp) = (self.ptr(&head), self.ptr(&tail));
-        let out = KsOut {
-            head: hp,
-            tail: tp,
-            keep: nk,
-            tail_inv: true,
-        };
+        // c2 read in place; (c0, c1) lifted from the product.
         let c2 = DigitSource::of(self, product, 2)?;
-        self.ks_accumulate(ring, c2, keys, plan, &t, out, Some(product))?;
-        let out = self.ks_mod_down(ring, (hp, tp, 0), (&keep, &drop), conv, n)?;
-        Ok(self.wrap(out, keep, 2, n, Repr::Ntt))
+        let lift = LiftSource::of(self, Some(product))?;
+        self.relin_mod_down_fused(ring, (c2, lift), keys, plan, &t, (keep, drop), conv)
+    }
+
+    fn multiply_relinearize_mod_down(
+        &self,
+        ring: &RingContext,
+        (a, b): (&PolyBatch, &PolyBatch),
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        keep: Arc<[usize]>,
+        drop: Arc<[usize]>,
+        conv: &BaseConverter,
+    ) -> Result<PolyBatch> {
+        check_tensor_product(a, b)?;
+        check_relinearize_layout(a, keys, plan, &keep, &drop)?;
+        check_ring(ring, a)?;
+        let Some(t) = self.fused_ks_tables(ring, plan, keys)? else {
+            return multiply_relinearize_mod_down_reference(
+                self,
+                ring,
+                (a, b),
+                keys,
+                plan,
+                keep,
+                drop,
+                conv,
+            );
+        };
+        // The tensor product is never written: a1·b1 is computed where ModUp's inverse NTT
+        // and the key switch read it, (a0·b0, a0·b1 + a1·b0) where they are lifted.
+        let c2 = DigitSource::product(self, a, b)?;
+        let lift = LiftSource {
+            ptr: self.bptr(a)?,
+            count: 2,
+            b: self.bptr(b)?,
+        };
+        self.relin_mod_down_fused(ring, (c2, lift), keys, plan, &t, (keep, drop), conv)
     }
 
     fn key_inner_hoisted(
@@ -1675,18 +1750,19 @@ impl CudaBackend {
     }
 
     /// The inverse NTT of `count` polynomials over `limbs` from `src` into `data` (another
-    /// batch of the same layout, left unchanged), without copying it first.
+    /// batch of the same layout, left unchanged), without copying it first; of `src · src2`
+    /// word by word when `src2` is not 0.
     fn intt_from(
         &self,
         ring: &RingContext,
-        (data, src): (u64, u64),
+        (data, src, src2): (u64, u64, u64),
         limbs: &[usize],
         count: usize,
         n: usize,
     ) -> Result<()> {
         self.ntt_launch_from(
             ring,
-            (data, src),
+            (data, src, src2),
             limbs,
             count,
             n,
@@ -1713,15 +1789,16 @@ impl CudaBackend {
         conv: Option<([A; 4], u64)>,
         rows: RowsPass,
     ) -> Result<()> {
-        self.ntt_launch_from(ring, (data, data), limbs, count, n, forward, conv, rows)
+        self.ntt_launch_from(ring, (data, data, 0), limbs, count, n, forward, conv, rows)
     }
 
-    /// [`Self::ntt_launch`] whose inverse rows kernel reads `src` (`data`: in place).
+    /// [`Self::ntt_launch`] whose inverse rows kernel reads `src` (`data`: in place), times
+    /// `src2` unless that is 0.
     #[allow(clippy::too_many_arguments)]
     fn ntt_launch_from(
         &self,
         ring: &RingContext,
-        (data, src): (u64, u64),
+        (data, src, src2): (u64, u64, u64),
         limbs: &[usize],
         count: usize,
         n: usize,
@@ -1743,6 +1820,7 @@ impl CudaBackend {
         let ptrs = NttPtrs {
             data,
             src,
+            src2,
             mods: self.ptr(&t.mods),
             limbs: self.ptr(&l),
             tw: self.ptr(tw),
@@ -2019,7 +2097,7 @@ impl CudaBackend {
         let (n, nq) = (d.n, plan.q.len());
         // The inverse NTT reads d where it lies (e.g. c2 inside a size-3 product), no copy.
         let coeff = self.alloc(nq * n)?;
-        self.intt_from(ring, (self.ptr(&coeff), d.ptr), &plan.q, 1, n)?;
+        self.intt_from(ring, (self.ptr(&coeff), d.ptr, d.ptr2), &plan.q, 1, n)?;
         let ext = self.alloc(t.rows * n)?;
         let conv_args = [
             A::W(self.ptr(&coeff)),
@@ -2056,7 +2134,7 @@ impl CudaBackend {
         plan: &KeySwitchPlan,
         t: &KsTables,
         out: KsOut,
-        lift: Option<&PolyBatch>,
+        lift: LiftSource,
     ) -> Result<()> {
         let (n, nq, np, nd) = (d.n, plan.q.len(), plan.p.len(), plan.digits.len());
         let nqp = nq + np;
@@ -2074,10 +2152,6 @@ impl CudaBackend {
             .map(|k| self.bptr(k))
             .collect::<Result<Vec<_>>>()?;
         let kp = self.ptr_array(&kptrs)?;
-        let (lp, nlift) = match lift {
-            Some(x) => (self.bptr(x)?, lifted_count(x)),
-            None => (0, 0),
-        };
         let g = NttGeometry::new(n)?;
         let (grid, block, smem) = g.rows_launch(nqp as u64)?;
         let words = (nqp * n) as u64;
@@ -2088,6 +2162,7 @@ impl CudaBackend {
                 A::W(out.head),
                 A::W(out.tail),
                 A::W(d.ptr),
+                A::W(d.ptr2),
                 A::W(self.ptr(&ext)),
                 A::W(self.ptr(&kp)),
                 A::W(self.ptr(&t.lrow)),
@@ -2097,9 +2172,10 @@ impl CudaBackend {
                 A::W(self.ptr(&rt.ipsi)),
                 A::W(self.ptr(&rt.ipsi_s)),
                 A::W(self.ptr(&rt.ninv)),
-                A::W(lp),
+                A::W(lift.ptr),
+                A::W(lift.b),
                 A::W(self.ptr(&t.lift_factors)),
-                A::U(nlift as u32),
+                A::U(lift.count as u32),
                 A::U(nq as u32),
                 A::U(nqp as u32),
                 A::U(nd as u32),
@@ -2109,10 +2185,39 @@ impl CudaBackend {
                 A::U(n.trailing_zeros()),
                 A::U(g.log_n2),
             ],
-            // Per digit, its limb of every row read once (from ext or d) and its key's two
-            // polynomials; the lifted polynomials once; the accumulator written.
-            words * (nd as u64 * 3 + 2) + (nlift * nq * n) as u64,
+            // Per digit, its limb of every row read once (from ext or d; d's own limbs twice
+            // when they are a product) and its key's two polynomials; the lifted polynomials
+            // once (both operands' two when they are a tensor product); the accumulator written.
+            words * (nd as u64 * 3 + 2) + ((lift.words() + (d.ptr2 != 0) as usize) * nq * n) as u64,
         )
+    }
+
+    /// Relinearization finished by one ModDown, fused: `c2` and the lifted `(c0, c1)` as the
+    /// sources give them; the rows the ModDown drops go to their own batch with the inverse
+    /// NTT's first kernel done. 7 launches at N > 2048, no copies.
+    #[allow(clippy::too_many_arguments)]
+    fn relin_mod_down_fused(
+        &self,
+        ring: &RingContext,
+        (c2, lift): (DigitSource, LiftSource),
+        keys: &[&PolyBatch],
+        plan: &KeySwitchPlan,
+        t: &KsTables,
+        (keep, drop): (Arc<[usize]>, Arc<[usize]>),
+        conv: &BaseConverter,
+    ) -> Result<PolyBatch> {
+        let (n, nk, nd) = (c2.n, keep.len(), drop.len());
+        let (head, tail) = (self.alloc(2 * nk * n)?, self.alloc(2 * nd * n)?);
+        let (hp, tp) = (self.ptr(&head), self.ptr(&tail));
+        let out = KsOut {
+            head: hp,
+            tail: tp,
+            keep: nk,
+            tail_inv: true,
+        };
+        self.ks_accumulate(ring, c2, keys, plan, t, out, lift)?;
+        let out = self.ks_mod_down(ring, (hp, tp, 0), (&keep, &drop), conv, n)?;
+        Ok(self.wrap(out, keep, 2, n, Repr::Ntt))
     }
 
     /// A fused key switch's ModDown from `ntt_fwd_rows_ks`'s output: `head` (count 2 × `keep`
