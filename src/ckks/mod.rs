@@ -17,6 +17,12 @@
 //! let prod = ctx.rescale(&ctx.relinearize(&ctx.multiply(&a, &b)?, &keys.relin)?)?;
 //! let out = ctx.decrypt_decode(&prod, &keys.secret)?;
 //! assert!((out[0] - 3.0).abs() < 1e-3 && (out[1] + 1.0).abs() < 1e-3 && (out[2] + 3.25).abs() < 1e-3);
+//! // The same product in one call: one key switch and one ModDown for the relinearization and
+//! // the rescale (on a GPU backend the size-3 product is never written).
+//! let fused = ctx.multiply_relinearize_rescale(&a, &b, &keys.relin)?;
+//! assert_eq!(fused.level(), prod.level());
+//! let out = ctx.decrypt_decode(&fused, &keys.secret)?;
+//! assert!((out[0] - 3.0).abs() < 1e-3 && (out[2] + 3.25).abs() < 1e-3);
 //! # Ok(()) }
 //! ```
 
