@@ -256,6 +256,12 @@ pub fn negate(ctx: &RlweContext, a: &Ciphertext) -> Result<Ciphertext> {
 
 /// The tensor product `(a0 b0, a0 b1 + a1 b0, a1 b1)` of two size-2 ciphertexts, NTT domain.
 pub fn tensor(ctx: &RlweContext, a: &Ciphertext, b: &Ciphertext) -> Result<PolyBatch> {
+    check_factors(a, b)?;
+    tensor_polys(ctx, &a.polys, &b.polys)
+}
+
+/// The operands of a product: both of size 2, under one key.
+fn check_factors(a: &Ciphertext, b: &Ciphertext) -> Result<()> {
     if a.size() != 2 || b.size() != 2 {
         return Err(Error::CiphertextSize(format!(
             "multiply needs relinearized (size-2) operands, got sizes {} and {}",
@@ -263,8 +269,18 @@ pub fn tensor(ctx: &RlweContext, a: &Ciphertext, b: &Ciphertext) -> Result<PolyB
             b.size()
         )));
     }
-    check_key_id(a.key_id, b.key_id, "right operand")?;
-    tensor_polys(ctx, &a.polys, &b.polys)
+    check_key_id(a.key_id, b.key_id, "right operand")
+}
+
+/// A size-3 ciphertext and the key that relinearizes it.
+fn check_relinearizable(ct: &Ciphertext, rk: &RelinKey) -> Result<()> {
+    if ct.size() != 3 {
+        return Err(Error::CiphertextSize(format!(
+            "cannot relinearize a size-{} ciphertext",
+            ct.size()
+        )));
+    }
+    check_key_id(ct.key_id, rk.0.key_id, "relinearization key")
 }
 
 /// Tensor product of two batches of 2 polynomials each (same limbs, NTT domain).
@@ -277,13 +293,7 @@ pub fn relinearize(ctx: &RlweContext, ct: &Ciphertext, rk: &RelinKey) -> Result<
     if ct.size() == 2 {
         return Ok(ct.clone());
     }
-    if ct.size() != 3 {
-        return Err(Error::CiphertextSize(format!(
-            "cannot relinearize a size-{} ciphertext",
-            ct.size()
-        )));
-    }
-    check_key_id(ct.key_id, rk.0.key_id, "relinearization key")?;
+    check_relinearizable(ct, rk)?;
     let c2 = ctx.backend().slice_polys(&ct.polys, 2, 1)?;
     let out = rk.0.switch_onto(ctx, &c2, Some(&ct.polys))?;
     Ok(ct.derive(out, ct.scale))
@@ -300,13 +310,7 @@ pub fn relinearize_mod_down(
     keep: Arc<[usize]>,
 ) -> Result<PolyBatch> {
     ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
-    if ct.size() != 3 {
-        return Err(Error::CiphertextSize(format!(
-            "cannot relinearize a size-{} ciphertext",
-            ct.size()
-        )));
-    }
-    check_key_id(ct.key_id, rk.0.key_id, "relinearization key")?;
+    check_relinearizable(ct, rk)?;
     rk.0.switch_product_mod_down(ctx, &ct.polys, keep)
 }
 
@@ -321,14 +325,7 @@ pub fn multiply_relinearize_mod_down(
 ) -> Result<PolyBatch> {
     ctx.check_fingerprint(a.fingerprint, "ciphertext")?;
     ctx.check_fingerprint(b.fingerprint, "ciphertext")?;
-    if a.size() != 2 || b.size() != 2 {
-        return Err(Error::CiphertextSize(format!(
-            "multiply needs relinearized (size-2) operands, got sizes {} and {}",
-            a.size(),
-            b.size()
-        )));
-    }
-    check_key_id(a.key_id, b.key_id, "right operand")?;
+    check_factors(a, b)?;
     check_key_id(a.key_id, rk.0.key_id, "relinearization key")?;
     rk.0.switch_tensor_mod_down(ctx, (&a.polys, &b.polys), keep)
 }

@@ -119,6 +119,24 @@ pub fn same(dev: &dyn Backend, cpu: &PolyBatch, got: &PolyBatch, what: &str) {
     }
 }
 
+/// The CPU's result (`got.0`) against the operation's definition computed on the CPU
+/// (`want`), then the device's (`got.1`) against the CPU's, word for word.
+#[track_caller]
+pub fn same_as_definition(
+    dev: &dyn Backend,
+    want: &PolyBatch,
+    got: (&PolyBatch, &PolyBatch),
+    what: &str,
+) {
+    same(
+        &CpuBackend::new(),
+        want,
+        got.0,
+        &format!("{what}: CPU against its definition"),
+    );
+    same(dev, got.0, got.1, what);
+}
+
 /// ModDown (several keep/drop layouts, one permuted), then for dnum 1–3 and 7 and 7, 5, 3 or 1
 /// ciphertext limbs over 2 special primes: `key_switch` (alone and onto a size-3 batch),
 /// `key_switch_ext` with 0, 1 and 2 lifted polynomials (and a size-3 lift, of which the first
@@ -206,13 +224,7 @@ pub fn key_switching_matches_cpu(dev: &dyn Backend, degrees: &[usize], seed: u64
                     .key_switch_ext(&r, &d.cpu, &kc, &plan, Some(&two))
                     .unwrap();
                 let what = format!("key_switch_ext lift 3 N={n} dnum={dnum} nq={nq}");
-                same(
-                    &cpu,
-                    &want,
-                    &a,
-                    &format!("{what}: CPU against its first two"),
-                );
-                same(dev, &a, &b, &what);
+                same_as_definition(dev, &want, (&a, &b), &what);
                 // Relinearization finished by one ModDown: of P alone, and of P·q_last
                 // (relinearize-and-rescale), c's c2 switched with P·(c0, c1) lifted in.
                 for nk in [nq, nq - 1].into_iter().filter(|&k| k > 0) {
@@ -246,13 +258,7 @@ pub fn key_switching_matches_cpu(dev: &dyn Backend, degrees: &[usize], seed: u64
                     let ext = cpu.key_switch_ext(&r, &c2, &kc, &plan, Some(&two)).unwrap();
                     let want = cpu.mod_down(&r, &ext, keep, drop, &cv).unwrap();
                     let what = format!("relinearize_mod_down keep {nk} N={n} dnum={dnum} nq={nq}");
-                    same(
-                        &cpu,
-                        &want,
-                        &a,
-                        &format!("{what}: CPU against its definition"),
-                    );
-                    same(dev, &a, &b, &what);
+                    same_as_definition(dev, &want, (&a, &b), &what);
                     // The same of a product never written: the tensor product of two size-2
                     // batches computed where the key switch reads it.
                     let (x, y) = (
@@ -290,13 +296,7 @@ pub fn key_switching_matches_cpu(dev: &dyn Backend, degrees: &[usize], seed: u64
                     let what = format!(
                         "multiply_relinearize_mod_down keep {nk} N={n} dnum={dnum} nq={nq}"
                     );
-                    same(
-                        &cpu,
-                        &want,
-                        &a,
-                        &format!("{what}: CPU against its definition"),
-                    );
-                    same(dev, &a, &b, &what);
+                    same_as_definition(dev, &want, (&a, &b), &what);
                 }
                 // Without its ModDown, with P·(c0, c1) or P·c0 lifted in (relinearize-and-
                 // rescale, rotations), then one ModDown over P·q_last as the rescale does.
