@@ -185,11 +185,13 @@ __device__ __forceinline__ u32 inv_final(u32 x, u32 ni, u32 nis, u32 q) {
 // also the final N^{-1} scaling and reduction. The row is read from src (src = data: in
 // place; else the same row of another batch of the same layout, e.g. ModUp's c2 read in
 // place from a size-3 product), or when src2 is not null it is the product src * src2
-// (tensor_product's a1 b1: ModUp's c2 computed on load), and written to data.
+// (tensor_product's a1 b1: ModUp's c2 computed on load), and written to data. Row r = c nl + l
+// of data is read from src's row c sstride + l (src2's as data's): sstride = nl reads the
+// same layout; ModDown passes its input's dropped rows in place (sstride = its row count).
 extern "C" __global__ void intt_rows(u32* data, const Mod* mods, const u32* limbs,
                                      const u32* ipsi, const u32* ipsi_s, const u32* ninv,
                                      u32 nl, u32 log_n, u32 log_n2, u32 scale, const u32* src,
-                                     const u32* src2) {
+                                     const u32* src2, u32 sstride) {
     extern __shared__ u32 sh[];
     const u32 n2 = 1u << log_n2, log_n1 = log_n - log_n2;
     const u32 ntt = blockIdx.x >> log_n1;
@@ -197,13 +199,14 @@ extern "C" __global__ void intt_rows(u32* data, const Mod* mods, const u32* limb
     const u32 prime = limbs[ntt % nl];
     const u32 q = mods[prime].q;
     const u64 off = ((u64)ntt << log_n) + ((u64)ch << log_n2);
+    const u64 soff = ((u64)((ntt / nl) * sstride + ntt % nl) << log_n) + ((u64)ch << log_n2);
     u32* a = data + off;
     if (src2) {
         const Mod& m = mods[prime];
         for (u32 i = threadIdx.x; i < n2; i += blockDim.x)
-            sh[i] = mul_reduced(src[off + i], src2[off + i], m);
+            sh[i] = mul_reduced(src[soff + i], src2[off + i], m);
     } else {
-        for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = src[off + i];
+        for (u32 i = threadIdx.x; i < n2; i += blockDim.x) sh[i] = src[soff + i];
     }
     inv_rows_chunk(sh, ipsi + ((u64)prime << log_n), ipsi_s + ((u64)prime << log_n), q, log_n,
                    log_n2, ch);

@@ -145,6 +145,7 @@ fn ntt_forward_and_inverse() {
             data: data.as_mut_ptr() as u64,
             src: data.as_mut_ptr() as u64,
             src2: 0,
+            src_stride: nl,
             mods: t.mods.as_ptr() as u64,
             limbs: dl.as_ptr() as u64,
             tw: if fwd { &t.psi } else { &t.ipsi }.as_ptr() as u64,

@@ -220,6 +220,16 @@ struct KsOut {
     tail_inv: bool,
 }
 
+/// Where a ModDown's dropped rows come from.
+#[derive(Clone, Copy)]
+enum Tail {
+    /// Their own batch at this address, the inverse NTT's rows stages done (`ntt_fwd_rows_ks`).
+    RowsDone(u64),
+    /// Read in place from `src` (`stride` rows per polynomial) by the inverse NTT's rows
+    /// kernel, which writes them to a new batch at `dst`: no copy.
+    From { dst: u64, src: u64, stride: usize },
+}
+
 /// Device tables of one key-switching plan ([`ks_table_words`]).
 struct KsTables {
     up: ConvRows,
@@ -433,6 +443,8 @@ pub struct NttPtrs {
     pub data: u64,
     pub src: u64,
     pub src2: u64,
+    /// Rows per polynomial of `src` (its row `c·src_stride + l` is the transform's `c·nl + l`).
+    pub src_stride: u32,
     pub mods: u64,
     pub limbs: u64,
     pub tw: u64,
@@ -481,7 +493,12 @@ pub fn ntt_launches(
         }
         args.extend([A::U(nl), A::U(log_n), A::U(g.log_n2)]);
         if !forward {
-            args.extend([A::U(scale as u32), A::W(p.src), A::W(p.src2)]);
+            args.extend([
+                A::U(scale as u32),
+                A::W(p.src),
+                A::W(p.src2),
+                A::U(p.src_stride),
+            ]);
         }
         let (grid, block, smem) = g.rows_launch(ntts)?;
         Ok(Launch {
@@ -524,9 +541,10 @@ pub fn kernel_words(name: &str, grid: u32, smem: u32, args: &[KernelArg]) -> u64
     };
     match name {
         "ntt_fwd_cols" | "ntt_fwd_rows" | "intt_cols" => 2 * grid as u64 * (smem as u64 / 4),
-        // and a second source tile read when it multiplies two (src2, its last argument).
+        // and a second source tile read when it multiplies two (src2, its last pointer).
         "intt_rows" => {
-            let src2 = matches!(args.last(), Some(A::W(p)) if *p != 0) as u64;
+            let src2 =
+                matches!(args.get(args.len().wrapping_sub(2)), Some(A::W(p)) if *p != 0) as u64;
             (2 + src2) * grid as u64 * (smem as u64 / 4)
         }
         // the tile written (its conversion's sources are counted by the caller).
@@ -1427,21 +1445,16 @@ impl Backend for CudaBackend {
             return mod_down_reference(self, ring, x, keep, drop, conv);
         }
         check_ring(ring, x)?;
-        let src = &self.buf(x)?.data;
-        let mut tail = self.alloc(count * nd * n)?;
-        for c in 0..count {
-            self.copy_words(&mut tail, c * nd * n, src, (c * (nk + nd) + nk) * n, nd * n)?;
-        }
-        let (tp, xp) = (self.ptr(&tail), self.ptr(src));
-        let out = self.mod_down_tail(
-            ring,
-            (tp, false),
-            (xp, nk + nd, 0),
-            (&keep, &drop),
-            conv,
-            count,
-            n,
-        )?;
+        // The dropped rows are read where they lie by the inverse NTT's first kernel.
+        let tail = self.alloc(count * nd * n)?;
+        let xp = self.bptr(x)?;
+        let from = Tail::From {
+            dst: self.ptr(&tail),
+            src: xp + 4 * (nk * n) as u64,
+            stride: nk + nd,
+        };
+        let out =
+            self.mod_down_tail(ring, from, (xp, nk + nd, 0), (&keep, &drop), conv, count, n)?;
         Ok(self.wrap(out, keep, count, n, Repr::Ntt))
     }
 
@@ -1762,7 +1775,7 @@ impl CudaBackend {
     ) -> Result<()> {
         self.ntt_launch_from(
             ring,
-            (data, src, src2),
+            (data, src, src2, limbs.len()),
             limbs,
             count,
             n,
@@ -1789,16 +1802,18 @@ impl CudaBackend {
         conv: Option<([A; 4], u64)>,
         rows: RowsPass,
     ) -> Result<()> {
-        self.ntt_launch_from(ring, (data, data, 0), limbs, count, n, forward, conv, rows)
+        let rows_in_place = (data, data, 0, limbs.len());
+        self.ntt_launch_from(ring, rows_in_place, limbs, count, n, forward, conv, rows)
     }
 
     /// [`Self::ntt_launch`] whose inverse rows kernel reads `src` (`data`: in place), times
-    /// `src2` unless that is 0.
+    /// `src2` unless that is 0; `src` holds `src_stride` rows per polynomial, of which the
+    /// transform reads the first `limbs.len()`.
     #[allow(clippy::too_many_arguments)]
     fn ntt_launch_from(
         &self,
         ring: &RingContext,
-        (data, src, src2): (u64, u64, u64),
+        (data, src, src2, src_stride): (u64, u64, u64, usize),
         limbs: &[usize],
         count: usize,
         n: usize,
@@ -1821,6 +1836,7 @@ impl CudaBackend {
             data,
             src,
             src2,
+            src_stride: src_stride as u32,
             mods: self.ptr(&t.mods),
             limbs: self.ptr(&l),
             tw: self.ptr(tw),
@@ -1918,28 +1934,6 @@ impl CudaBackend {
         )
     }
 
-    /// Copies `len` words from `src[src_off..]` to `dst[dst_off..]` (device to device).
-    fn copy_words(
-        &self,
-        dst: &mut CudaSlice<u32>,
-        dst_off: usize,
-        src: &CudaSlice<u32>,
-        src_off: usize,
-        len: usize,
-    ) -> Result<()> {
-        if len == 0 {
-            return Ok(());
-        }
-        self.ctx.bind_to_thread().map_err(drv)?;
-        self.trace.device_copy(4 * len);
-        self.stream
-            .memcpy_dtod(
-                &src.slice(src_off..src_off + len),
-                &mut dst.slice_mut(dst_off..dst_off + len),
-            )
-            .map_err(drv)
-    }
-
     /// ModDown's scaling constants `([P^{-1}]_{q_l}, shoup)` for `keep`, cached.
     fn factors(
         &self,
@@ -1966,17 +1960,16 @@ impl CudaBackend {
         )
     }
 
-    /// ModDown from its tail: the `drop` rows at `tail` (NTT form, `count` polynomials of
-    /// `drop.len()` rows; transformed back in place; `tail_rows_done`: the inverse rows stages
-    /// have run already, in `ntt_fwd_rows_ks`) are converted exactly to `keep` on load
-    /// by the forward NTT, whose rows kernel writes `out = (x − lifted)·[P^{-1}]`, x's row
-    /// `(c, l)` at `x + (c·xstride + l)·N` words, plus the batch at `add` (0: none) of out's
-    /// layout.
+    /// ModDown from its tail: the `drop` rows (NTT form, `count` polynomials of `drop.len()`
+    /// rows, in the batch at `tail.dst`; see [`Tail`]) are transformed back, then converted
+    /// exactly to `keep` on load by the forward NTT, whose rows kernel writes
+    /// `out = (x − lifted)·[P^{-1}]`, x's row `(c, l)` at `x + (c·xstride + l)·N` words, plus the
+    /// batch at `add` (0: none) of out's layout.
     #[allow(clippy::too_many_arguments)]
     fn mod_down_tail(
         &self,
         ring: &RingContext,
-        (tail, tail_rows_done): (u64, bool),
+        tail: Tail,
         (x, xstride, add): (u64, usize, u64),
         (keep, drop): (&[usize], &[usize]),
         conv: &BaseConverter,
@@ -1988,12 +1981,23 @@ impl CudaBackend {
                 "mod_down: converter does not match the bases".into(),
             ));
         }
-        let inverse_rows = if tail_rows_done {
-            RowsPass::Skip
-        } else {
-            RowsPass::Plain
+        let (tail, from) = match tail {
+            Tail::RowsDone(t) => (t, None),
+            Tail::From { dst, src, stride } => (dst, Some((src, stride))),
         };
-        self.ntt_launch(ring, tail, drop, count, n, false, None, inverse_rows)?;
+        match from {
+            None => self.ntt_launch(ring, tail, drop, count, n, false, None, RowsPass::Skip)?,
+            Some((src, stride)) => self.ntt_launch_from(
+                ring,
+                (tail, src, 0, stride),
+                drop,
+                count,
+                n,
+                false,
+                None,
+                RowsPass::Plain,
+            )?,
+        }
         let t = self.down_tables(conv)?;
         let f = self.factors(ring, keep, drop)?;
         // The conversion's output: written only by the columns kernel's stages (or by
@@ -2232,7 +2236,7 @@ impl CudaBackend {
     ) -> Result<CudaSlice<u32>> {
         self.mod_down_tail(
             ring,
-            (tail, true),
+            Tail::RowsDone(tail),
             (head, keep.len(), add),
             (keep, drop),
             conv,
