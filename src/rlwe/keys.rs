@@ -8,6 +8,7 @@ use zeroize::{Zeroize, Zeroizing};
 use crate::backend::{KeySwitchPlan, KsDigit, PolyBatch, Repr};
 use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
+use crate::math::BaseConverter;
 use crate::rlwe::context::RlweContext;
 
 /// A backend-resident copy of the secret, of one of its powers or automorphisms, or of a value
@@ -473,13 +474,16 @@ impl KeySwitchKey {
         product: &PolyBatch,
         keep: Arc<[usize]>,
     ) -> Result<PolyBatch> {
-        ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
-        let (index, plan) = plan_over(ctx, product.limbs().len())?;
-        let keys = self.digits_at(&index)?;
-        let drop: Arc<[usize]> = plan.qp.get(keep.len()..).unwrap_or(&[]).into();
-        let conv = ctx.converter(&drop, &keep);
-        ctx.backend()
-            .relinearize_mod_down(ctx.ring(), product, &keys, &plan, keep, drop, &conv)
+        let m = self.mod_down_switch(ctx, product.limbs().len(), &keep)?;
+        ctx.backend().relinearize_mod_down(
+            ctx.ring(),
+            product,
+            &m.keys,
+            &m.plan,
+            keep,
+            m.drop,
+            &m.conv,
+        )
     }
 
     /// [`Self::switch_product_mod_down`] of the tensor product of the size-2 `a` and `b`,
@@ -491,20 +495,38 @@ impl KeySwitchKey {
         (a, b): (&PolyBatch, &PolyBatch),
         keep: Arc<[usize]>,
     ) -> Result<PolyBatch> {
-        ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
-        let (index, plan) = plan_over(ctx, a.limbs().len())?;
-        let keys = self.digits_at(&index)?;
-        let drop: Arc<[usize]> = plan.qp.get(keep.len()..).unwrap_or(&[]).into();
-        let conv = ctx.converter(&drop, &keep);
+        let m = self.mod_down_switch(ctx, a.limbs().len(), &keep)?;
         ctx.backend().multiply_relinearize_mod_down(
             ctx.ring(),
             (a, b),
-            &keys,
-            &plan,
+            &m.keys,
+            &m.plan,
             keep,
-            drop,
-            &conv,
+            m.drop,
+            &m.conv,
         )
+    }
+
+    /// The operands of a key switch over the first `nq` ciphertext primes finished by one
+    /// ModDown to `keep`: the key digits, the plan, the limbs dropped (the rest of the plan's
+    /// basis) and their converter to `keep`.
+    fn mod_down_switch(
+        &self,
+        ctx: &RlweContext,
+        nq: usize,
+        keep: &[usize],
+    ) -> Result<ModDownSwitch<'_>> {
+        ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
+        let (index, plan) = plan_over(ctx, nq)?;
+        let keys = self.digits_at(&index)?;
+        let drop: Arc<[usize]> = plan.qp.get(keep.len()..).unwrap_or(&[]).into();
+        let conv = ctx.converter(&drop, keep);
+        Ok(ModDownSwitch {
+            keys,
+            plan,
+            drop,
+            conv,
+        })
     }
 
     /// The key's digits at the given indices (a level's digits, from its plan).
@@ -584,6 +606,14 @@ fn key_switch_plan(ctx: &RlweContext, d: &PolyBatch) -> Result<(Vec<usize>, KeyS
         ));
     }
     plan_over(ctx, d.limbs().len())
+}
+
+/// What [`KeySwitchKey::mod_down_switch`] gathers for a relinearization finished by one ModDown.
+struct ModDownSwitch<'a> {
+    keys: Vec<&'a PolyBatch>,
+    plan: KeySwitchPlan,
+    drop: Arc<[usize]>,
+    conv: Arc<BaseConverter>,
 }
 
 /// The key-switching plan of a polynomial over the first `nq` ciphertext primes, with the
