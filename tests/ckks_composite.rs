@@ -504,3 +504,84 @@ fn two_segment_chain_levels_scales_digits_and_round_trip() {
     .unwrap();
     assert_ne!(uniform.fingerprint(), ctx.rlwe().fingerprint());
 }
+
+/// Scales above 2^64 (the precise chain whose outputs survive 40-bit smudging, `train::
+/// precise_training_params`): encoding reduces 128-bit coefficients, constants past 64 bits
+/// multiply and add, a product rescales by its three primes, the results are as precise as a
+/// double decodes, and the scale survives the compact format in a byte of its own (a wide
+/// byte that names a narrow scale is refused). Insecure ring so the test stays small.
+#[test]
+fn scales_above_64_bits_encode_compute_and_round_trip() {
+    let params = CkksParams::builder()
+        .log_n(12)
+        .depth(2)
+        .scale_bits(84)
+        .security(Security::InsecureForTestingOnly)
+        .build()
+        .unwrap();
+    assert_eq!(params.rlwe().level_shape().width, 3);
+    assert_eq!(params.scale_bits(), 84);
+    let ctx = CkksContext::with_seed(params, [21; 32]).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let x = vals(5, 64);
+    let top = ctx.max_level();
+    let ct = ctx
+        .encrypt(
+            &ctx.encode(&x, ctx.default_scale(), top).unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let fresh = ctx.decrypt_decode(&ct, &keys.secret).unwrap();
+    assert!(precision_bits(&x, &fresh[..64]) > 40.0);
+    // A product: scale 2^168 before the rescale by three ~28-bit primes.
+    let sq = ctx
+        .rescale(
+            &ctx.relinearize(&ctx.square(&ct).unwrap(), &keys.relin)
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(sq.level(), top - 1);
+    let want: Vec<f64> = x.iter().map(|v| v * v).collect();
+    let got = ctx.decrypt_decode(&sq, &keys.secret).unwrap();
+    assert!(precision_bits(&want, &got[..64]) > 40.0);
+    // Constants whose encodings pass 2^64: 0.3 at the level's natural scale (~2^84, times
+    // the ciphertext's 2^84 in the product), and 1.5 added at the ciphertext's scale.
+    let c = ctx
+        .rescale(
+            &ctx.multiply_scalar(&ct, 0.3, ctx.natural_scale(top))
+                .unwrap(),
+        )
+        .unwrap();
+    let c = ctx.add_scalar(&c, 1.5).unwrap();
+    let want: Vec<f64> = x.iter().map(|v| 0.3 * v + 1.5).collect();
+    let got = ctx.decrypt_decode(&c, &keys.secret).unwrap();
+    assert!(precision_bits(&want, &got[..64]) > 40.0);
+
+    let mut bytes = Vec::new();
+    PublicContext::write_parts(
+        &mut bytes,
+        &ctx,
+        &keys.public,
+        None,
+        None,
+        WriteOptions::default(),
+    )
+    .unwrap();
+    let opts = serialize::DecodeOptions::allow_insecure();
+    let back =
+        PublicContext::<CkksContext>::from_bytes_with(&bytes, default_backend(), opts).unwrap();
+    assert_eq!(back.context.params().scale_bits(), 84);
+    assert_eq!(back.context.rlwe().fingerprint(), ctx.rlwe().fingerprint());
+    // Body: scheme, log n, dnum, security, then each prime list (count, u32s), then the scale
+    // byte (0 and the composite flag: a wide scale follows), base, width, the wide scale.
+    let r = ctx.params().rlwe();
+    let scale_at = serialize::HEADER_LEN + 4 + 3 + 4 * (r.q_primes().len() + r.p_primes().len());
+    assert_eq!(bytes[scale_at], 0x80);
+    assert_eq!(bytes[scale_at + 3], 84);
+    let mut bad = bytes.clone();
+    bad[scale_at + 3] = 40;
+    assert!(matches!(
+        PublicContext::<CkksContext>::from_bytes_with(&bad, default_backend(), opts),
+        Err(hetensor::Error::Decode(m)) if m.contains("wide scale")
+    ));
+}

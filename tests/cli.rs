@@ -452,7 +452,8 @@ fn train_credit_federated_with_its_defaults() {
 
 /// No key holder: three `hetensor party` processes train with collective keys and refreshes;
 /// the same steps with one key holder give the same accuracy; the final model is the only
-/// decryption, to party 0.
+/// decryption, to party 0, under 40-bit statistical smudging (the default chain: scale 2^84
+/// at N = 2^15).
 #[test]
 fn train_credit_federated_parties() {
     let _g = heavy();
@@ -466,6 +467,9 @@ fn train_credit_federated_parties() {
         "--json",
     ]);
     assert_eq!((u(&r, "parties"), u(&r, "epochs")), (3, 1), "{r}");
+    assert_eq!(r["output_smudging"], "statistical", "{r}");
+    assert_eq!((u(&r, "log_n"), u(&r, "scale_bits")), (15, 84), "{r}");
+    assert!(f(&r, "final_smudging_lambda") >= 40.0, "{r}");
     let (acc, single) = (f(&r, "test_accuracy"), f(&r, "single_key_test_accuracy"));
     assert!((acc - single).abs() <= 0.01 && acc > 0.7, "{r}");
     assert!(f(&r, "max_weight_diff_vs_single_key") < 0.02, "{r}");
@@ -493,6 +497,34 @@ fn train_credit_federated_parties() {
     }
 }
 
+/// `--output-smudging weak`: the fast 2^26 chain at N = 2^14, whose final decryption the
+/// report says is smudged far below 40 bits.
+#[test]
+fn train_credit_federated_parties_weak_output() {
+    let _g = heavy();
+    let r = json(&[
+        "train",
+        "credit-federated",
+        "--parties",
+        "2",
+        "--epochs",
+        "1",
+        "--output-smudging",
+        "weak",
+        "--json",
+    ]);
+    assert_eq!(r["output_smudging"], "weak", "{r}");
+    assert_eq!((u(&r, "log_n"), u(&r, "scale_bits")), (14, 26), "{r}");
+    assert_eq!(u(&r, "final_smudging_bits"), 14, "{r}");
+    assert!(f(&r, "final_smudging_lambda") < 40.0, "{r}");
+    let (acc, single) = (f(&r, "test_accuracy"), f(&r, "single_key_test_accuracy"));
+    assert!((acc - single).abs() <= 0.01 && acc > 0.7, "{r}");
+    assert_eq!(
+        r["collective_decryptions_per_party"],
+        serde_json::json!([1, 0])
+    );
+}
+
 /// `hetensor party` without a coordinator, or with a bad CRS or index, fails with a message.
 #[test]
 fn party_errors() {
@@ -505,6 +537,8 @@ fn party_errors() {
         "2",
         "--log-n",
         "13",
+        "--output-smudging",
+        "weak",
     ];
     let run = |extra: &[&str], needles: &[&str]| {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
@@ -980,6 +1014,25 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
         (
             &["train", "credit-federated", "--parties", "1"],
             &["--parties", "at least 2"],
+        ),
+        (
+            &["train", "credit-federated", "--output-smudging", "weak"],
+            &["--output-smudging", "--parties"],
+        ),
+        (
+            &["train", "titanic", "--output-smudging", "weak"],
+            &["--output-smudging"],
+        ),
+        (
+            &[
+                "train",
+                "credit-federated",
+                "--parties",
+                "2",
+                "--log-n",
+                "14",
+            ],
+            &["--output-smudging statistical", "2^15"],
         ),
         (
             &["train", "mnist-transfer", "--parties", "3"],

@@ -898,3 +898,81 @@ fn refresh_on_a_composite_base() {
         .unwrap();
     assert!(sq.level() < fresh.level());
 }
+
+/// The precise chain's protocols (scale 2^84, what `train credit-federated --parties` uses for
+/// 40-bit statistical output): a refresh masks a phase of ~2^86 with masks wider than 126 bits
+/// (drawn as a high part times 2^64 plus 64 low bits) and the refreshed ciphertext decrypts to
+/// the same values under the ideal key; `ckks_smudging` finds room for λ = 40 at this scale,
+/// and the collective decryption under it carries noise far above an unsmudged one's yet
+/// within the precision it promised. Insecure ring so the test stays small.
+#[test]
+fn precise_scale_refreshes_with_wide_masks_and_decrypts_at_40_bits() {
+    let params = CkksParams::builder()
+        .log_n(12)
+        .depth(2)
+        .scale_bits(84)
+        .security(hetensor::rlwe::Security::InsecureForTestingOnly)
+        .build()
+        .unwrap();
+    let ckks = CkksContext::with_seed(params, [13; 32]).unwrap();
+    let ctx = ckks.rlwe().clone();
+    let k = 3;
+    let (crs, mut ps) = parties(&ctx, k, 57);
+    let (pk, _, _) = collective_keys(&ctx, &crs, &mut ps, &[]);
+    let sk = ideal(&ctx, &ps);
+    let x: Vec<f64> = (0..ckks.slots())
+        .map(|i| ((i * 23 % 89) as f64 / 44.0) - 1.0)
+        .collect();
+    let rp = RefreshParams::new(k, 86.0);
+    assert!(rp.mask_bits(ctx.n()).unwrap() > 126, "the wide-mask path");
+    let level = mhe::min_refresh_level(&ctx, &rp).unwrap().unwrap();
+    assert!(level < ctx.max_level());
+    let ct = ckks
+        .encrypt(&ckks.encode(&x, ckks.default_scale(), level).unwrap(), &pk)
+        .unwrap();
+    let shares = ps
+        .iter_mut()
+        .map(|p| p.refresh_share(&ct, 1, &rp).unwrap())
+        .collect();
+    let fresh = mhe::refresh_finalize(&ctx, &crs, &ct, &agg(&ctx, shares), 1).unwrap();
+    assert_eq!(fresh.level(), ctx.max_level());
+    let max_err = |got: &[f64]| {
+        got.iter()
+            .zip(&x)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max)
+    };
+    let refreshed = max_err(&ckks.decrypt_decode(&fresh, &sk).unwrap());
+    assert!(refreshed < 1e-9, "refreshed error {refreshed}");
+
+    // 40-bit statistical smudging of a noise bound 2^13: 2^65 per share, room left at 2^84.
+    let noise = 13.0;
+    let sm = mhe::ckks_smudging(&ctx, &fresh, 40, k, noise, 8.0).unwrap();
+    assert_eq!(sm.bound_bits(), 40 + 12 + 13);
+    let decrypt = |ps: &mut [Party], sm: &Smudging, run: u64| {
+        let shares = ps
+            .iter_mut()
+            .map(|p| p.cks_share(&fresh, None, sm, run).unwrap())
+            .collect();
+        let phase = mhe::decrypt_finalize(&ctx, &fresh, &agg(&ctx, shares)).unwrap();
+        let got: Vec<f64> = ckks
+            .decode_poly(&phase, fresh.scale())
+            .unwrap()
+            .iter()
+            .map(|c| c.re)
+            .collect();
+        max_err(&got)
+    };
+    let smudged = decrypt(&mut ps, &sm, 2);
+    let plain = decrypt(&mut ps, &Smudging::bits(0).unwrap(), 3);
+    eprintln!(
+        "CKKS at 2^84: error {smudged:.2e} with 2^{} smudging (λ = 40), {plain:.2e} without",
+        sm.bound_bits()
+    );
+    // Slot error ≈ √(N/2)·√K·2^65/√3 / 2^84 ≈ 2^-12.5 (std); max over 2048 slots ~4σ.
+    assert!(
+        smudged > 1e3 * plain,
+        "the smudging is missing: {smudged} vs {plain}"
+    );
+    assert!(smudged < 1e-2, "more noise than sized: {smudged}");
+}

@@ -73,6 +73,8 @@ fn party(
     cmd.args(["party", "--connect", &addr.to_string()])
         .args(["--index", &i.to_string(), "--parties", &k.to_string()])
         .args(["--crs", &hex(crs.seed()), "--log-n", &log_n.to_string()])
+        // `training_params(log_n)`, the 2^26 chain, as the coordinators below.
+        .args(["--output-smudging", "weak"])
         .env("RAYON_NUM_THREADS", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -50,7 +50,7 @@ use crate::rlwe::{
 
 pub use crate::rlwe::keys::KeySet;
 pub use encoder::CkksEncoder;
-pub use params::{CkksParams, CkksParamsBuilder, ExplicitChain, SinglePrimeChain};
+pub use params::{CkksParams, CkksParamsBuilder, ExplicitChain, SinglePrimeChain, MAX_SCALE_BITS};
 
 /// An encoded (unencrypted) CKKS message at some level and scale, NTT domain.
 #[derive(Clone, Debug)]
@@ -83,6 +83,22 @@ pub struct CkksContext {
 
 /// Relative tolerance under which two scales count as equal (float bookkeeping only).
 const SCALE_TOLERANCE: f64 = 1e-9;
+/// `round(c · scale)` as an integer (a constant's encoding), or why it has none: it must be
+/// finite and below 2^126 (scales above 2^62 give constants past 64 bits).
+fn scaled_integer(what: &str, c: f64, scale: f64) -> Result<i128> {
+    let v = (c * scale).round();
+    if !v.is_finite() || v.abs() >= 126f64.exp2() {
+        return Err(Error::ScaleOverflow(format!(
+            "{what} {c:e} at scale 2^{:.1} is 2^{:.1}, beyond 126 bits",
+            scale.log2(),
+            v.abs().log2()
+        )));
+    }
+    Ok(v as i128)
+}
+
+/// Coefficients below 2^62 in magnitude are encoded from 64-bit integers.
+const WORD_LIMIT: f64 = 4_611_686_018_427_387_904.0;
 
 impl CkksContext {
     /// Builds a context on the default (CPU) backend, with randomness from the OS.
@@ -288,7 +304,7 @@ impl CkksContext {
         }
         let coeffs = self.encoder.embed_inverse(values);
         let limit = self.coefficient_limit(level);
-        let mut ints = Vec::with_capacity(coeffs.len());
+        let mut scaled = Vec::with_capacity(coeffs.len());
         for c in coeffs {
             let v = (c * scale).round();
             if v.abs() >= limit {
@@ -299,9 +315,17 @@ impl CkksContext {
                     limit.log2()
                 )));
             }
-            ints.push(v as i64);
+            scaled.push(v);
         }
-        self.rlwe.upload_signed_ntt(&ints, limbs)
+        // Scales above 2^62 (precise outputs, `MAX_SCALE_BITS`) give coefficients past the
+        // 64-bit words: those are reduced from 128-bit integers (exact for an integral f64).
+        if scaled.iter().all(|v| v.abs() < WORD_LIMIT) {
+            let ints: Vec<i64> = scaled.iter().map(|&v| v as i64).collect();
+            self.rlwe.upload_signed_ntt(&ints, limbs)
+        } else {
+            let ints: Vec<i128> = scaled.iter().map(|&v| v as i128).collect();
+            self.rlwe.upload_wide_ntt(&ints, limbs)
+        }
     }
 
     /// log2 Q_level.
@@ -313,9 +337,10 @@ impl CkksContext {
             .sum()
     }
 
-    /// Largest coefficient magnitude an encoding may have at a level (min of Q_l/2 and 2^62).
+    /// Largest coefficient magnitude an encoding may have at a level (min of Q_l/2 and 2^126,
+    /// what a 128-bit integer holds).
     fn coefficient_limit(&self, level: usize) -> f64 {
-        (self.log_q(level) - 1.0).min(62.0).exp2()
+        (self.log_q(level) - 1.0).min(126.0).exp2()
     }
 
     /// Decodes a plaintext polynomial (coefficient form) into real slot values.
@@ -519,17 +544,10 @@ impl CkksContext {
     /// `ct.scale · const_scale`. Passing `const_scale = level_modulus(level)` makes the next
     /// rescale restore the scale exactly.
     pub fn multiply_scalar(&self, ct: &Ciphertext, c: f64, const_scale: f64) -> Result<Ciphertext> {
-        let v = (c * const_scale).round();
-        if !v.is_finite() || v.abs() >= 9.2e18 {
-            return Err(Error::ScaleOverflow(format!(
-                "constant {c:e} at scale 2^{:.1} is 2^{:.1}, beyond 63 bits",
-                const_scale.log2(),
-                v.abs().log2()
-            )));
-        }
+        let v = scaled_integer("constant", c, const_scale)?;
         let scale = ct.scale * const_scale;
         self.check_scale_fits(scale, ct.level(), "multiply_scalar")?;
-        let words = self.scalar_words(v as i64, ct.level());
+        let words = self.scalar_words(v, ct.level());
         let mut out = ct.polys.clone();
         self.rlwe
             .backend()
@@ -539,15 +557,8 @@ impl CkksContext {
 
     /// `ct + c` for a real constant (encoded at the ciphertext's scale).
     pub fn add_scalar(&self, ct: &Ciphertext, c: f64) -> Result<Ciphertext> {
-        let v = (c * ct.scale).round();
-        if !v.is_finite() || v.abs() >= 9.2e18 {
-            return Err(Error::ScaleOverflow(format!(
-                "constant {c:e} at scale 2^{:.1} is 2^{:.1}, beyond 63 bits",
-                ct.scale.log2(),
-                v.abs().log2()
-            )));
-        }
-        let words = self.scalar_words(v as i64, ct.level());
+        let v = scaled_integer("constant", c, ct.scale)?;
+        let words = self.scalar_words(v, ct.level());
         let be = self.rlwe.backend();
         let mut c0 = be.slice_polys(&ct.polys, 0, 1)?;
         be.add_scalar_assign(self.rlwe.ring(), &mut c0, &words)?;
@@ -555,11 +566,11 @@ impl CkksContext {
         Ok(ct.derive(be.concat(&[&c0, &rest])?, ct.scale))
     }
 
-    fn scalar_words(&self, v: i64, level: usize) -> Vec<u32> {
+    fn scalar_words(&self, v: i128, level: usize) -> Vec<u32> {
         self.rlwe
             .q_limbs(level)
             .iter()
-            .map(|&i| self.rlwe.ring().modulus(i).reduce_i64(v))
+            .map(|&i| v.rem_euclid(self.rlwe.ring().modulus(i).value() as i128) as u32)
             .collect()
     }
 
@@ -637,15 +648,8 @@ impl CkksContext {
         let level = first.level();
         let mut words = Vec::with_capacity(weights.len() * cts.len() * (level + 1));
         for &w in weights.iter().flatten() {
-            let v = (w * const_scale).round();
-            if !v.is_finite() || v.abs() >= 9.2e18 {
-                return Err(Error::ScaleOverflow(format!(
-                    "weight {w:e} at scale 2^{:.1} is 2^{:.1}, beyond 63 bits",
-                    const_scale.log2(),
-                    v.abs().log2()
-                )));
-            }
-            words.extend(self.scalar_words(v as i64, level));
+            let v = scaled_integer("weight", w, const_scale)?;
+            words.extend(self.scalar_words(v, level));
         }
         let refs: Vec<&PolyBatch> = cts.iter().map(|c| &c.polys).collect();
         let polys = self.rlwe.backend().linear_combinations(

@@ -25,6 +25,11 @@ const EXTRA_SPECIAL_PRIMES: usize = 1;
 /// Default precision headroom of the base modulus over the scale: level-0 values up to about
 /// 2^(headroom − 1) in magnitude decrypt without wrapping around.
 const DEFAULT_HEADROOM_BITS: u32 = 20;
+/// Largest scale Δ = 2^bits a chain may have. Above 2^62 an encoding's coefficients pass the
+/// 64-bit words and are reduced from 128-bit integers; 2^100 leaves values of up to ~2^25 under
+/// that type's 2^126. Scales that large exist for outputs that must stay precise under
+/// 40-bit statistical smudging (`crate::mhe`), which takes ~60 bits of the scale.
+pub const MAX_SCALE_BITS: u32 = 100;
 
 /// What a CKKS context is built from. Read-only once built (the primes, the chain's shape and
 /// the scales must agree): make one with [`Self::builder`], [`Self::single_prime`],
@@ -216,9 +221,9 @@ impl CkksParams {
             security,
         } = chain;
         for b in std::iter::once(scale_bits).chain(upper_scale_bits) {
-            if !(1..=62).contains(&b) {
+            if !(1..=MAX_SCALE_BITS).contains(&b) {
                 return Err(Error::InvalidParameters(format!(
-                    "scale 2^{b} outside 2^1..=2^62"
+                    "scale 2^{b} outside 2^1..=2^{MAX_SCALE_BITS}"
                 )));
             }
         }
@@ -534,9 +539,9 @@ impl CkksParamsBuilder {
                 self.depth
             )));
         }
-        if !(10..=62).contains(&self.scale_bits) {
+        if !(10..=MAX_SCALE_BITS).contains(&self.scale_bits) {
             return Err(Error::InvalidParameters(format!(
-                "scale 2^{} outside 2^10..=2^62",
+                "scale 2^{} outside 2^10..=2^{MAX_SCALE_BITS}",
                 self.scale_bits
             )));
         }
@@ -638,9 +643,9 @@ impl CkksParamsBuilder {
             .div_ceil(MAX_PRIME_BITS as usize - 1)
             .max(1);
         if upper_count > 0 {
-            if !(10..=62).contains(&upper_bits) {
+            if !(10..=MAX_SCALE_BITS).contains(&upper_bits) {
                 return Err(Error::InvalidParameters(format!(
-                    "upper scale 2^{upper_bits} outside 2^10..=2^62"
+                    "upper scale 2^{upper_bits} outside 2^10..=2^{MAX_SCALE_BITS}"
                 )));
             }
             per_prime_check(upper_bits, tu)?;

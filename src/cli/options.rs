@@ -128,6 +128,28 @@ pub enum Refresh {
     Bootstrap,
 }
 
+/// How `train credit-federated --parties K` protects the final model's collective
+/// decryption (`--output-smudging`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputSmudging {
+    /// 40-bit statistical smudging: trains on a chain precise enough to keep ~10 bits under
+    /// it (scale 2^84, N = 2^15; several times slower).
+    Statistical,
+    /// 2^14 per share on the faster 2^26 chain (N = 2^14): the weights stay within ~1e-3,
+    /// but the noise is hidden far below 40 bits.
+    Weak,
+}
+
+impl OutputSmudging {
+    /// The value as written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Statistical => "statistical",
+            Self::Weak => "weak",
+        }
+    }
+}
+
 /// Fails on the first flag that was given although none of the `selected` choices reads it
 /// (a flag that would be ignored): `flags` holds each flag's name, whether it was given, and
 /// the choices that read it. The error names the flag, the choices selected and those that

@@ -24,19 +24,57 @@ use hetensor::train::multiparty::{
     ShareHolder, ShareHolderReport,
 };
 use hetensor::train::transfer::{self as tr, transfer_parties_params};
-use hetensor::train::{training_params, BlockLayout, KeyHolder, PublicEval, Refresh};
+use hetensor::train::{
+    precise_training_params, training_params, BlockLayout, KeyHolder, PublicEval, Refresh,
+};
 use hetensor::workers::parties::{CombinerHub, NetConfig, PartyLink};
 use hetensor::workers::session::{serve_party, Coordinator};
 use hetensor::workers::WorkerPool;
 use hetensor::{serialize, Error, Result};
 
-use super::options::PartyWorkload;
+use super::options::{OutputSmudging, PartyWorkload};
 use super::transfer::{Prepared, TransferOptions};
 
-/// Bits of smudging on the final model's decryption shares. CKKS at Δ = 2^26 cannot hide the
-/// noise at 40 bits and keep any precision (see `hetensor::mhe`); 2^14 per share keeps the
-/// averaged weights within ~1e-3.
+/// Bits of smudging on the final model's decryption shares with `--output-smudging weak`.
+/// CKKS at Δ = 2^26 cannot hide the noise at 40 bits and keep any precision (see
+/// `hetensor::mhe`); 2^14 per share keeps the averaged weights within ~1e-3.
 pub const FINAL_SMUDGING_BITS: u32 = 14;
+
+/// Bound (log2) assumed for the noise of the trained weights' ciphertext when sizing
+/// 40-bit statistical smudging: a fresh encryption or one rescale leaves coefficients below
+/// ~2^8; the refreshes carry the weights' noise from step to step, so 2^16 leaves room for
+/// the growth over the ~50 steps of the default run (CKKS carries no noise bound of its own).
+pub const WEIGHTS_NOISE_LOG2: f64 = 16.0;
+
+/// The CKKS chain of credit-federated training: the precise one (scale 2^84) that leaves
+/// room for 40-bit statistical smudging of the result, or the fast 2^26 one. The coordinator
+/// passes the levels a step needs (the parties, 0: it checked them).
+pub fn credit_params(
+    log_n: u32,
+    output: OutputSmudging,
+    need_levels: usize,
+) -> Result<hetensor::ckks::CkksParams> {
+    match output {
+        OutputSmudging::Weak => training_params(log_n),
+        OutputSmudging::Statistical => {
+            let scale = hetensor::train::PRECISE_SCALE_BITS;
+            let short = |why: String| {
+                Error::InvalidParameters(format!(
+                    "--output-smudging statistical trains at scale 2^{scale} and needs N ≥ 2^15 \
+                     (--log-n 15 or 16), or --output-smudging weak: at --log-n {log_n}, {why}"
+                ))
+            };
+            let p = precise_training_params(log_n).map_err(|e| short(e.to_string()))?;
+            if p.levels() < need_levels {
+                return Err(short(format!(
+                    "the chain has {} levels and a step needs {need_levels}",
+                    p.levels()
+                )));
+            }
+            Ok(p)
+        }
+    }
+}
 
 /// Largest weight magnitude the refresh masks are sized for (`2^8`).
 const WEIGHT_LOG2: f64 = 8.0;
@@ -63,6 +101,10 @@ pub struct PartyArgs {
     /// log2 of the ring degree of the training parameters (credit-federated only).
     #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
     pub log_n: Option<u32>,
+    /// The chain of the training parameters (credit-federated only): the coordinator's
+    /// --output-smudging.
+    #[arg(long, value_enum, default_value_t = OutputSmudging::Statistical)]
+    pub output_smudging: OutputSmudging,
     /// UCI credit data file (default: the bundled copy); the party keeps its slice.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -110,7 +152,7 @@ pub fn serve(o: PartyArgs) -> Result<()> {
                     .into(),
             ))
         }
-        (false, Some(l)) => training_params(l)?,
+        (false, Some(l)) => credit_params(l, o.output_smudging, 0)?,
         (false, None) => {
             return Err(Error::InvalidInput(
                 "a credit-federated party needs --log-n".into(),
@@ -149,14 +191,14 @@ pub fn serve(o: PartyArgs) -> Result<()> {
 struct Parties(Vec<Child>);
 
 impl Parties {
-    /// `k` parties of a session: credit-federated with `Some(log_n)` (and its data file),
-    /// mnist-transfer key-share holders with `None`.
+    /// `k` parties of a session: credit-federated with `Some((log_n, chain))` (and its data
+    /// file), mnist-transfer key-share holders with `None`.
     fn spawn(
         exe: &Path,
         addr: SocketAddr,
         crs: &Crs,
         k: usize,
-        log_n: Option<u32>,
+        chain: Option<(u32, OutputSmudging)>,
         data: Option<&Path>,
     ) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -172,8 +214,13 @@ impl Parties {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit());
-            match log_n {
-                Some(l) => cmd.args(["--log-n", &l.to_string()]),
+            match chain {
+                Some((l, output)) => cmd.args([
+                    "--log-n",
+                    &l.to_string(),
+                    "--output-smudging",
+                    output.name(),
+                ]),
                 None => cmd.args(["--workload", "mnist-transfer"]),
             };
             if let Some(d) = data {
@@ -223,6 +270,8 @@ pub struct CreditRun<'a> {
     pub sigmoid: &'a PolyActivation,
     pub ctx: Arc<CkksContext>,
     pub log_n: u32,
+    /// The chain `ctx` was built on, and how the final decryption is smudged.
+    pub output: OutputSmudging,
     pub json: bool,
     /// `(true sigmoid, polynomial sigmoid)` centralized plaintext test accuracy.
     pub plain_acc: (f64, f64),
@@ -270,6 +319,8 @@ struct Multiparty {
     decryptions: Vec<usize>,
     peaks: Vec<u64>,
     keygen_seconds: f64,
+    /// log2 of the final decryption's smudging bound per share.
+    smudging_bits: u32,
 }
 
 fn multiparty(
@@ -288,7 +339,7 @@ fn multiparty(
         addr,
         &crs,
         k,
-        Some(r.log_n),
+        Some((r.log_n, r.output)),
         r.data,
     )?;
     let hub = CombinerHub::accept(&listener, ctx.rlwe().clone(), &crs, k, NetConfig::default())?;
@@ -351,7 +402,13 @@ fn multiparty(
     };
     report.keygen_seconds = keygen_seconds;
     // The one decryption: the final weights, collectively, to party 0, which publishes them.
-    let published = coord.decrypt_to(&w, 0, &Smudging::bits(FINAL_SMUDGING_BITS)?)?;
+    let smudging = match r.output {
+        OutputSmudging::Statistical => {
+            ckks_smudging(ctx.rlwe(), &w, 40, k, WEIGHTS_NOISE_LOG2, 8.0)?
+        }
+        OutputSmudging::Weak => Smudging::bits(FINAL_SMUDGING_BITS)?,
+    };
+    let published = coord.decrypt_to(&w, 0, &smudging)?;
     let (wd, bd) = logistic::block_means(
         layout,
         &published_values(&published)?,
@@ -379,6 +436,7 @@ fn multiparty(
         decryptions: coord.decryptions().to_vec(),
         peaks,
         keygen_seconds,
+        smudging_bits: smudging.bound_bits(),
     };
     coord.finish()?;
     children.wait()?;
@@ -419,6 +477,7 @@ pub fn run_credit(r: &CreditRun) -> Result<()> {
         .map(|(a, b)| (a - b).abs())
         .fold((bs - mp.b).abs(), f64::max);
     let steps = mp.report.steps.len();
+    let lambda = Smudging::bits(mp.smudging_bits)?.lambda_for(r.ctx.rlwe().n(), WEIGHTS_NOISE_LOG2);
     if r.json {
         let v = serde_json::json!({
             "workload": "credit-federated", "parties": r.parties, "shard_sizes": sizes,
@@ -437,7 +496,11 @@ pub fn run_credit(r: &CreditRun) -> Result<()> {
             "bytes_sent_per_party": mp.sent, "bytes_received_per_party": mp.received,
             "collective_decryptions_per_party": mp.decryptions,
             "single_party_decryptions": 0,
-            "final_smudging_bits": FINAL_SMUDGING_BITS,
+            "output_smudging": r.output.name(),
+            "scale_bits": r.ctx.params().scale_bits(), "levels": r.ctx.max_level(),
+            "final_smudging_bits": mp.smudging_bits,
+            "final_smudging_lambda": lambda,
+            "weights_noise_log2_assumed": WEIGHTS_NOISE_LOG2,
             "peak_memory_per_party_bytes": mp.peaks, "single_key_peak_memory_bytes": single_peak,
         });
         println!("{v}");
@@ -463,6 +526,18 @@ pub fn run_credit(r: &CreditRun) -> Result<()> {
             mp.decryptions,
             mp.peaks.iter().map(mb).collect::<Vec<_>>(),
             mb(&single_peak),
+        );
+        println!(
+            "CKKS N = 2^{}, scale 2^{}, {} levels; final decryption smudged with 2^{} per share: λ = {lambda:.0} bits of statistical security for weights' noise up to 2^{WEIGHTS_NOISE_LOG2}{}",
+            r.log_n,
+            r.ctx.params().scale_bits(),
+            r.ctx.max_level(),
+            mp.smudging_bits,
+            if r.output == OutputSmudging::Weak {
+                " (--output-smudging weak; the default, statistical, gives 40)"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

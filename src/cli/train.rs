@@ -18,7 +18,7 @@ use hetensor::workers::{WorkerLimits, WorkerPool};
 use hetensor::{Error, Result};
 
 use super::args::{at_least, momentum, one_of, positive};
-use super::options::{Refresh, Workload};
+use super::options::{OutputSmudging, Refresh, Workload};
 
 /// Options of `hetensor train`.
 #[derive(clap::Args, Debug)]
@@ -76,9 +76,16 @@ pub struct TrainArgs {
     /// holders, collective refreshes, the head re-encrypted to the data owner (N = 2^14).
     #[arg(long, value_parser = at_least(2))]
     pub parties: Option<usize>,
+    /// credit-federated --parties: how the final model's collective decryption hides the
+    /// ciphertext's noise. `statistical`: 40-bit statistical smudging, on a chain precise
+    /// enough to keep the weights within ~1e-3 under it (scale 2^84 in composite levels,
+    /// N = 2^15; ~5x slower); `weak`: 2^14 per share on the 2^26 chain at N = 2^14 (the
+    /// noise is hidden far below 40 bits) [default: statistical].
+    #[arg(long, value_enum)]
+    pub output_smudging: Option<OutputSmudging>,
     /// log2 of the ring degree, 13 to 16 [default: 16 when refreshing by bootstrapping;
     /// 14 (13 levels, two steps per refresh) with --refresh key-holder and for
-    /// credit-federated; not for mnist-transfer].
+    /// credit-federated; 15 for credit-federated --parties; not for mnist-transfer].
     #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
     pub log_n: Option<u32>,
     /// Seed of the split and the batches [default: 1].
@@ -140,6 +147,11 @@ fn reject_unused(o: &TrainArgs) -> Result<()> {
             ("--images", o.images.is_some(), &[MnistTransfer]),
             ("--rounds", o.rounds.is_some(), &[CreditFederated]),
             (
+                "--output-smudging",
+                o.output_smudging.is_some(),
+                &[CreditFederated],
+            ),
+            (
                 "--parties",
                 o.parties.is_some(),
                 &[CreditFederated, MnistTransfer],
@@ -199,6 +211,15 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
     let bootstrap = o.workload != Workload::CreditFederated
         && o.parties.is_none()
         && o.refresh != Some(Refresh::KeyHolder);
+    if o.output_smudging.is_some() && o.parties.is_none() {
+        return Err(Error::InvalidInput(
+            "--output-smudging applies to credit-federated --parties K (the final model's collective decryption)".into(),
+        ));
+    }
+    let output = o.output_smudging.unwrap_or(OutputSmudging::Statistical);
+    if o.parties.is_some() && output == OutputSmudging::Statistical && o.log_n.is_none() {
+        o.log_n = Some(15);
+    }
     // `reject_unused` let --parties through for credit-federated only.
     if let Some(k) = o.parties {
         if o.workers.is_some() || o.in_process || o.rounds.is_some() {
@@ -312,6 +333,11 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
     };
     let params = match &bootstrap_params {
         Some(bp) => bp.ckks().clone(),
+        None if o.parties.is_some() => super::parties::credit_params(
+            log_n,
+            output,
+            logistic::levels_per_step(degree) + logistic::MIN_WEIGHT_LEVEL,
+        )?,
         None => training_params(log_n)?,
     };
     let ctx = Arc::new(CkksContext::new(params)?);
@@ -351,6 +377,7 @@ fn run_logistic(mut o: TrainArgs) -> Result<()> {
             sigmoid: &sigmoid,
             ctx,
             log_n,
+            output,
             json: o.json,
             plain_acc: (plain_acc, poly_acc),
         });

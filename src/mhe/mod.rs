@@ -42,12 +42,17 @@
 //! distance `B_e / B` of `U[−B, B)`, so the whole polynomial is within `N·B_e/B ≤ 2^−λ`
 //! (union bound). The default is `λ = 40` ([`Smudging::DEFAULT_LAMBDA`]). The price is
 //! `b + log2 K` bits of noise in the result: BFV at the presets has that room (its
-//! ciphertexts carry a noise bound, [`bfv_smudging`]); CKKS at this crate's scales (≤ 2^29,
-//! ~20 bits of precision) does not, since hiding the noise costs `λ + log2 N ≈ 53` bits of
-//! precision ([`ckks_smudging`] sizes it and refuses when the scale leaves no room). For CKKS, any output to a party (CKS or PCKS: the receiver sees `m + e` plus the
-//! smudging) therefore takes an explicitly weaker bound ([`Smudging::bits`]), whose statistical
-//! guarantee [`Smudging::lambda_for`] states (even composite scaling's Δ ≈ 2^50 would leave no
-//! room for λ = 40); refresh, which outputs nothing, keeps the full `λ` (below).
+//! ciphertexts carry a noise bound, [`bfv_smudging`]); CKKS at the usual scales (≤ 2^29,
+//! ~20 bits of precision) does not, since hiding the noise costs `λ + log2 N + log2 B_e ≈ 70`
+//! bits of the scale ([`ckks_smudging`] sizes it and refuses when the scale leaves no room).
+//! A CKKS output to a party (CKS or PCKS: the receiver sees `m + e` plus the smudging) at
+//! λ = 40 is therefore computed at a scale of ~2^84 — composite levels of three ~28-bit
+//! primes, whose encodings pass 64 bits ([`crate::ckks::MAX_SCALE_BITS`];
+//! [`crate::train::precise_training_params`], what `hetensor train credit-federated
+//! --parties K` trains on). On a smaller scale it takes an explicitly weaker bound
+//! ([`Smudging::bits`]), whose statistical guarantee [`Smudging::lambda_for`] states; refresh,
+//! which outputs nothing, keeps the full `λ` (below; its masks for a 2^84 scale are ~150-bit
+//! integers).
 //!
 //! **t-out-of-N** ([`Party::shamir_shares`], [`Party::threshold_secret`],
 //! [`Party::activate_threshold`]): after the N-out-of-N key generation each party Shamir-shares

@@ -41,7 +41,7 @@ impl RefreshParams {
     /// within statistical distance `2^−λ` (smudging lemma, union bound over N coefficients).
     pub fn mask_bits(&self, n: usize) -> Result<u32> {
         let b = (self.lambda as f64 + (n as f64).log2() + self.message_log2.max(0.0)).ceil();
-        if !b.is_finite() || b > 120.0 || self.parties == 0 {
+        if !b.is_finite() || b > MAX_MASK_BITS as f64 || self.parties == 0 {
             return Err(Error::InvalidInput(format!(
                 "refresh masks of 2^{b} bits for {} parties",
                 self.parties
@@ -55,6 +55,32 @@ impl RefreshParams {
     pub fn min_log_q(&self, n: usize) -> Result<f64> {
         Ok(self.mask_bits(n)? as f64 + (self.parties as f64).log2() + 2.0)
     }
+}
+
+/// Widest mask [`sample_mask`] draws (a 128-bit high part over 64 low bits).
+const MAX_MASK_BITS: u32 = 188;
+
+/// A uniform mask in `[−2^bits, 2^bits)` on `limbs` (NTT domain). Up to 2^126 it is one
+/// 128-bit integer per coefficient; wider (the phase of a CKKS ciphertext at Δ ≥ 2^72) it is
+/// a uniform high part times 2^64 plus 64 uniform low bits, which is uniform on the same range.
+fn sample_mask(
+    ctx: &RlweContext,
+    sampler: &mut Sampler,
+    bits: u32,
+    limbs: Arc<[usize]>,
+) -> Result<crate::backend::PolyBatch> {
+    let n = ctx.n();
+    if bits <= 126 {
+        let mask = Zeroizing::new(sampler.uniform_signed_bits(n, bits));
+        return ctx.upload_wide_ntt(&mask, limbs);
+    }
+    let high = Zeroizing::new(sampler.uniform_signed_bits(n, bits - 64));
+    let low: Zeroizing<Vec<u64>> = Zeroizing::new(
+        (0..n)
+            .map(|_| rand::RngCore::next_u64(sampler.rng()))
+            .collect(),
+    );
+    ctx.upload_wider_ntt(&high, &low, limbs)
 }
 
 fn log_q(ctx: &RlweContext, level: usize) -> f64 {
@@ -109,11 +135,9 @@ impl Party {
         let ring = ctx.ring();
         let top = ctx.q_limbs(ctx.max_level());
         let limbs = ct.polys.limbs_arc();
-        let mask = Zeroizing::new(
-            self.sampler
-                .uniform_signed_bits(ctx.n(), params.mask_bits(ctx.n())?),
-        );
-        let m_top: SecretPoly = Zeroizing::new(ctx.upload_wide_ntt(&mask, top.clone())?);
+        let bits = params.mask_bits(ctx.n())?;
+        let m_top: SecretPoly =
+            Zeroizing::new(sample_mask(&ctx, &mut self.sampler, bits, top.clone())?);
         // h1 = −a·s_i + e' + M_i over Q_L (the single-key sampling path with the run's CRP).
         let s_top: SecretPoly = self.share_on(top)?;
         let h1 = rlwe_sample(
@@ -189,4 +213,67 @@ pub fn refresh_finalize(
     let mut out = ct.derive(be.concat(&[&x_top, &a])?, ct.scale);
     out.seed = Some(seed);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use num_bigint::BigInt;
+    use num_traits::{Signed, ToPrimitive};
+
+    use super::*;
+    use crate::ckks::{CkksContext, CkksParams};
+    use crate::math::RnsBasis;
+    use crate::rlwe::Security;
+
+    /// Masks wider than 126 bits are uniform on `[−2^b, 2^b)`: every coefficient is an
+    /// integer in range (the same one on every limb), the largest reach the top bits, and the
+    /// low 64 bits are random too (a mask without them would leave the phase's low bits bare).
+    #[test]
+    fn wide_masks_are_integers_in_range_with_random_low_bits() {
+        let params = CkksParams::builder()
+            .log_n(10)
+            .depth(2)
+            .scale_bits(84)
+            .security(Security::InsecureForTestingOnly)
+            .build()
+            .unwrap();
+        let ckks = CkksContext::with_seed(params, [3; 32]).unwrap();
+        let ctx = ckks.rlwe();
+        let limbs = ctx.q_limbs(ctx.max_level());
+        let bits = 150;
+        let mut sampler = Sampler::from_seed([8; 32]);
+        let mut m = sample_mask(ctx, &mut sampler, bits, limbs.clone()).unwrap();
+        ctx.backend().ntt_inverse(ctx.ring(), &mut m).unwrap();
+        let words = ctx.backend().download(&m).unwrap();
+        let moduli: Vec<_> = limbs.iter().map(|&l| *ctx.ring().modulus(l)).collect();
+        let basis = RnsBasis::new(&moduli);
+        let n = ctx.n();
+        let values: Vec<BigInt> = (0..n)
+            .map(|k| {
+                let r: Vec<u32> = (0..moduli.len()).map(|i| words[i * n + k]).collect();
+                basis.compose_centered(&r)
+            })
+            .collect();
+        let bound = BigInt::from(1) << bits;
+        assert!(
+            values.iter().all(|v| v.abs() <= bound),
+            "a mask out of range"
+        );
+        let top = values.iter().filter(|v| v.abs() >= &bound >> 2).count();
+        assert!(top > n / 2, "{top} of {n} in the top two bits' range");
+        let low = BigInt::from(1) << 16;
+        let low_zero = values
+            .iter()
+            .filter(|&v| {
+                let r: BigInt = v % &low;
+                r.to_i64() == Some(0)
+            })
+            .count();
+        assert!(low_zero < 4, "{low_zero} masks with 16 zero low bits");
+        let negative = values.iter().filter(|v| v.is_negative()).count();
+        assert!(
+            n / 3 < negative && negative < 2 * n / 3,
+            "{negative} negative"
+        );
+    }
 }

@@ -195,17 +195,46 @@ impl RlweContext {
     /// the given limbs, NTT domain. The residues are computed on the host in a wiped buffer:
     /// these values hide secrets or messages.
     pub fn upload_wide_ntt(&self, coeffs: &[i128], limbs: Arc<[usize]>) -> Result<PolyBatch> {
-        let n = self.n();
-        if coeffs.len() != n {
+        self.upload_residues_ntt(coeffs.len(), limbs, |q, k| coeffs[k].rem_euclid(q))
+    }
+
+    /// [`Self::upload_wide_ntt`] for coefficients `high·2^64 + low`, up to 2^190: refresh masks
+    /// that hide a phase above 2^80 (precise CKKS outputs).
+    pub fn upload_wider_ntt(
+        &self,
+        high: &[i128],
+        low: &[u64],
+        limbs: Arc<[usize]>,
+    ) -> Result<PolyBatch> {
+        if high.len() != low.len() {
             return Err(Error::Shape(format!(
-                "{} coefficients for N = {n}",
-                coeffs.len()
+                "{} high and {} low words",
+                high.len(),
+                low.len()
             )));
+        }
+        self.upload_residues_ntt(high.len(), limbs, |q, k| {
+            let two64 = (1i128 << 64).rem_euclid(q);
+            (high[k].rem_euclid(q) * two64 + (low[k] as i128).rem_euclid(q)).rem_euclid(q)
+        })
+    }
+
+    /// Uploads the residues `residue(q, k)` of coefficient `k` modulo each limb's prime `q`
+    /// (computed in a wiped host buffer), then NTT.
+    fn upload_residues_ntt(
+        &self,
+        len: usize,
+        limbs: Arc<[usize]>,
+        residue: impl Fn(i128, usize) -> i128,
+    ) -> Result<PolyBatch> {
+        let n = self.n();
+        if len != n {
+            return Err(Error::Shape(format!("{len} coefficients for N = {n}")));
         }
         let mut words = zeroize::Zeroizing::new(Vec::with_capacity(limbs.len() * n));
         for &l in limbs.iter() {
             let q = self.ring.modulus(l).value() as i128;
-            words.extend(coeffs.iter().map(|&c| c.rem_euclid(q) as u32));
+            words.extend((0..n).map(|k| residue(q, k) as u32));
         }
         let mut p = self
             .backend

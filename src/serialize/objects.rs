@@ -9,7 +9,7 @@ use super::wire::{Decoder, Encoder, Kind};
 use super::{DecodeOptions, WriteOptions};
 use crate::backend::{PolyBatch, Repr};
 use crate::bfv::{self, BfvParams};
-use crate::ckks::{self, CkksParams};
+use crate::ckks::{self, CkksParams, MAX_SCALE_BITS};
 use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
 use crate::rlwe::{
@@ -726,6 +726,9 @@ impl SchemeParams {
 const COMPOSITE_FLAG: u8 = 0x80;
 /// Next bit: the shape has a low segment; its level count, width and the upper scale follow.
 const SEGMENTED_FLAG: u8 = 0x40;
+/// The scale byte's other bits: log2 Δ, or 0 where a composite chain's wider scale
+/// (above 2^63) follows the level shape in a byte of its own.
+const SCALE_BITS_MASK: u8 = !(COMPOSITE_FLAG | SEGMENTED_FLAG);
 
 /// Largest prime lists a parameter object may declare (2^16 at 128 bits needs ~60 primes).
 const MAX_PRIMES: usize = 128;
@@ -755,9 +758,14 @@ pub(crate) fn write_params(e: &mut Encoder, p: &SchemeParams) -> Result<()> {
         SchemeParams::Ckks(c) => {
             let segmented = r.shape.is_segmented();
             let flags = COMPOSITE_FLAG | if segmented { SEGMENTED_FLAG } else { 0 };
-            e.u8(c.scale_bits as u8 | flags)?;
+            // Six bits hold scales up to 2^63; a wider one writes 0 there and its own byte.
+            let wide = c.scale_bits > SCALE_BITS_MASK as u32;
+            e.u8(if wide { 0 } else { c.scale_bits as u8 } | flags)?;
             e.u8(r.shape.base as u8)?;
             e.u8(r.shape.width as u8)?;
+            if wide {
+                e.u8(c.scale_bits as u8)?;
+            }
             if segmented {
                 e.u8(r.shape.low_levels as u8)?;
                 e.u8(r.shape.low_width as u8)?;
@@ -813,11 +821,19 @@ pub(crate) fn read_params(d: &mut Decoder, opts: &DecodeOptions) -> Result<Schem
     match scheme {
         1 => {
             let byte = d.u8("scale bits")?;
-            let scale_bits = (byte & !(COMPOSITE_FLAG | SEGMENTED_FLAG)) as u32;
+            let mut scale_bits = (byte & SCALE_BITS_MASK) as u32;
             let (shape, upper) = if byte & COMPOSITE_FLAG != 0 {
-                d.allow(5);
+                d.allow(6);
                 let base = d.u8("base primes")? as usize;
                 let width = d.u8("primes per level")? as usize;
+                if scale_bits == 0 {
+                    scale_bits = d.u8("wide scale bits")? as u32;
+                    if scale_bits <= SCALE_BITS_MASK as u32 {
+                        return Err(Error::Decode(format!(
+                            "a wide scale byte of {scale_bits} (it follows only scales above 2^63)"
+                        )));
+                    }
+                }
                 if byte & SEGMENTED_FLAG != 0 {
                     let low_levels = d.u8("computation levels")? as usize;
                     let low_width = d.u8("primes per computation level")? as usize;
@@ -835,7 +851,7 @@ pub(crate) fn read_params(d: &mut Decoder, opts: &DecodeOptions) -> Result<Schem
             if ![Some(scale_bits), upper]
                 .iter()
                 .flatten()
-                .all(|b| (1..=62).contains(b))
+                .all(|b| (1..=MAX_SCALE_BITS).contains(b))
             {
                 return Err(Error::Decode(format!(
                     "scale of 2^{scale_bits} or {upper:?}"

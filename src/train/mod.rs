@@ -93,6 +93,33 @@ pub fn training_params(log_n: u32) -> Result<CkksParams> {
     )))
 }
 
+/// Scale of [`precise_training_params`]: 40-bit statistical smudging of a decryption costs
+/// `40 + log2 N + log2 B_e ≈ 71` bits at N = 2^15 for a noise bound `B_e = 2^16`, which leaves
+/// ~13 bits of the scale for the result (`crate::mhe::ckks_smudging`).
+pub const PRECISE_SCALE_BITS: u32 = 84;
+
+/// CKKS parameters for training whose result is decrypted collectively under 40-bit
+/// statistical smudging: scale 2^[`PRECISE_SCALE_BITS`] in composite levels (three ~28-bit
+/// primes each), ring degree `2^log_n`, and the most levels that fit 128-bit security
+/// (N = 2^15: 7, one logistic step of degree-7 sigmoid above the refresh level).
+pub fn precise_training_params(log_n: u32) -> Result<CkksParams> {
+    let mut last = None;
+    for depth in (2..=24).rev() {
+        match CkksParams::builder()
+            .log_n(log_n)
+            .scale_bits(PRECISE_SCALE_BITS)
+            .depth(depth)
+            .build()
+        {
+            Ok(p) => return Ok(p),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Error::InvalidParameters(format!("no precise chain fits N = 2^{log_n}"))
+    }))
+}
+
 /// The settings `hetensor train <workload>` runs with when no flag overrides them, for
 /// `titanic`, `credit` and `credit-federated`; the tests train with these same values.
 ///
