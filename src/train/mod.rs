@@ -98,26 +98,23 @@ pub fn training_params(log_n: u32) -> Result<CkksParams> {
 /// ~13 bits of the scale for the result (`crate::mhe::ckks_smudging`).
 pub const PRECISE_SCALE_BITS: u32 = 84;
 
+/// Levels of [`precise_training_params`]: one logistic step with a sigmoid of degree ≤ 7
+/// (6 levels, [`logistic::levels_per_step`]) above the lowest level the weights may reach,
+/// where a collective refresh restores them. More levels would go unused (a step needs all 6)
+/// and would take the room of special primes: at N = 2^15, 8 levels leave 3 special primes and
+/// 14 key-switching digits, 7 leave 6 and 5.
+pub const PRECISE_LEVELS: usize = 7;
+
 /// CKKS parameters for training whose result is decrypted collectively under 40-bit
 /// statistical smudging: scale 2^[`PRECISE_SCALE_BITS`] in composite levels (three ~28-bit
-/// primes each), ring degree `2^log_n`, and the most levels that fit 128-bit security
-/// (N = 2^15: 7, one logistic step of degree-7 sigmoid above the refresh level).
+/// primes each), [`PRECISE_LEVELS`] levels, ring degree `2^log_n` (N = 2^15: 25 limbs, 6
+/// special primes, 5 digits; log2 QP = 872 ≤ 881).
 pub fn precise_training_params(log_n: u32) -> Result<CkksParams> {
-    let mut last = None;
-    for depth in (2..=24).rev() {
-        match CkksParams::builder()
-            .log_n(log_n)
-            .scale_bits(PRECISE_SCALE_BITS)
-            .depth(depth)
-            .build()
-        {
-            Ok(p) => return Ok(p),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        Error::InvalidParameters(format!("no precise chain fits N = 2^{log_n}"))
-    }))
+    CkksParams::builder()
+        .log_n(log_n)
+        .scale_bits(PRECISE_SCALE_BITS)
+        .depth(PRECISE_LEVELS)
+        .build()
 }
 
 /// The settings `hetensor train <workload>` runs with when no flag overrides them, for
