@@ -654,3 +654,47 @@ fn fused_decrypt_phase_matches_its_composition() {
         assert!(cpu.decrypt_phase(ring, &coeff, &key).is_err());
     }
 }
+
+/// `sum_slots` against the plaintext window sums, with the keys of every radix it takes:
+/// radix 8 and 4 rounds (hoisted rotations, one ModDown per round), the power-of-two doubling
+/// when only those keys exist, and a window that ends in a radix-2 round (2^7 = 4·4·8 would
+/// not fit 4^k; with radix-4 keys it is 4·4·4·2). The hoisted rounds give the doubling's values.
+#[test]
+fn sum_slots_in_hoisted_rounds_matches_the_plaintext_sums() {
+    let ctx = CkksContext::with_seed(small_insecure_params(), [5; 32]).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let slots = ctx.slots();
+    let a = vals(31, slots, 1.0);
+    let ca = ctx
+        .encrypt(
+            &ctx.encode(&a, ctx.default_scale(), ctx.max_level())
+                .unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    assert_eq!(CkksContext::sum_steps(16, 4), vec![1, 2, 3, 4, 8, 12]);
+    assert_eq!(
+        CkksContext::sum_steps(64, 8),
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 16, 24, 32, 40, 48, 56]
+    );
+    for (radix, width) in [(8, 512), (4, 2048), (4, 128), (2, 64)] {
+        let steps = CkksContext::sum_steps(width, radix);
+        let gk = ctx.gen_galois_keys(&keys.secret, &steps, false).unwrap();
+        let got = ctx
+            .decrypt_decode(&ctx.sum_slots(&ca, width, &gk).unwrap(), &keys.secret)
+            .unwrap();
+        let want: Vec<f64> = (0..slots)
+            .map(|i| (0..width).map(|k| a[(i + k) % slots]).sum())
+            .collect();
+        // Each round adds one key switch's noise (~fresh) to a sum of up to `width` values.
+        close(&want, &got, 8.0 * FRESH);
+        let doubling = ctx
+            .rotate_and_add(&ca, &CkksContext::power_of_two_steps(width), &gk)
+            .unwrap();
+        close(
+            &ctx.decrypt_decode(&doubling, &keys.secret).unwrap(),
+            &got,
+            8.0 * FRESH,
+        );
+    }
+}

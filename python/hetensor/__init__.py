@@ -29,6 +29,7 @@ from ._hetensor import (
     ShapeError,
     get_num_threads,
     set_num_threads,
+    sum_rotations,
 )
 
 __all__ = [
@@ -46,4 +47,5 @@ __all__ = [
     "ShapeError",
     "get_num_threads",
     "set_num_threads",
+    "sum_rotations",
 ]

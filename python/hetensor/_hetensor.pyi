@@ -1,7 +1,7 @@
 """Type stubs of the compiled module (see the docstrings for semantics)."""
 
 import os
-from typing import Optional, Sequence, Tuple, TypeVar, Union
+from typing import List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +20,7 @@ class ModelError(HetensorError): ...
 
 def set_num_threads(threads: int) -> None: ...
 def get_num_threads() -> int: ...
+def sum_rotations(width: int, radix: int = 4) -> List[int]: ...
 def _tensor_from_bytes(data: bytes) -> Union["CKKSTensor", "BFVTensor"]: ...
 
 class Context:

@@ -109,9 +109,10 @@ pub(crate) fn lookup(fingerprint: u64, key_id: u64) -> Result<Arc<Inner>> {
     })
 }
 
-/// Galois steps for rotations by any amount below `width`: the powers of two.
+/// Galois steps for rotations by any amount below `width` (the powers of two) and for
+/// radix-4 sums over all of it (`3·4^k` besides).
 fn power_steps(width: usize) -> Vec<i64> {
-    CkksContext::power_of_two_steps(width)
+    CkksContext::sum_steps(width, 4)
 }
 
 /// Galois keys for `steps`, or none for no steps.
@@ -223,7 +224,8 @@ impl Context {
     /// the smallest 128-bit-secure ring with `depth` rescalings at scale 2^`scale_bits`
     /// (precision about `scale_bits - 20` bits). `log_n` fixes N = 2^log_n; `slots` asks for at
     /// least that many samples per ciphertext. `rotations`: the slot rotations to make keys for
-    /// (default: the powers of two, enough for `sum(axis=0)` and any `rotate`); `[]` for none.
+    /// (default: `sum_rotations(slots)`, the powers of two and `3·4^k`: any `rotate`, and
+    /// `sum(axis=0)` in radix-4 rounds); `[]` for none.
     /// `preset=True` takes the fixed 128-bit chain of single primes near 2^scale_bits for
     /// N = 2^log_n instead (what `hetensor mnist` runs LeNet-1 on: log_n=13, scale_bits=25,
     /// 5 levels); `depth` and `slots` are then ignored. `extra_special_primes` (default 1):

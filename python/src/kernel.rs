@@ -222,8 +222,7 @@ impl Kernel for Ckks {
         compose_rotation(a, step, self.slots(), |c, s| self.ctx.rotate(c, s, gk))
     }
     fn sum_slots(&self, a: &Ciphertext, width: usize) -> Result<Ciphertext> {
-        let steps = CkksContext::power_of_two_steps(width.min(self.slots()));
-        self.ctx.rotate_and_add(a, &steps, self.inner.galois()?)
+        self.ctx.sum_slots(a, width, self.inner.galois()?)
     }
     fn dot(&self, cts: &[&Ciphertext], w: &[Vec<f64>]) -> Result<Vec<Ciphertext>> {
         let level = cts.first().map(|c| c.level()).unwrap_or(0);

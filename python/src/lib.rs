@@ -157,6 +157,16 @@ fn set_num_threads(threads: usize) -> PyResult<()> {
     Ok(())
 }
 
+/// The rotation steps whose keys let `sum(axis=0)` over `width` samples run in radix-`radix`
+/// rounds (`j·radix^k`, `0 < j < radix`): for radix 4 the powers of two and `3·4^k`, which
+/// halve the key switches' shared work; what `Context.ckks` makes by default for all slots.
+/// Pass it as `rotations=` to make keys for narrower sums only.
+#[pyfunction]
+#[pyo3(signature = (width, radix=4))]
+fn sum_rotations(width: usize, radix: usize) -> Vec<i64> {
+    hetensor::ckks::CkksContext::sum_steps(width, radix)
+}
+
 /// The number of threads hetensor computes with in this process.
 #[pyfunction]
 fn get_num_threads() -> PyResult<usize> {
@@ -179,6 +189,7 @@ fn _hetensor(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ModelError", py.get_type::<ModelError>())?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(sum_rotations, m)?)?;
     m.add_class::<context::Context>()?;
     m.add_class::<tensor::CKKSTensor>()?;
     m.add_class::<tensor::BFVTensor>()?;

@@ -70,6 +70,17 @@ def test_ckks_matmul_sum_rotate(ckks, data):
     close(A.rotate(3).rotate(-3), a)  # composed from power-of-two keys
 
 
+def test_sum_rotations_and_their_radix(data):
+    """The default keys (`sum_rotations(slots)`: powers of two and 3·4^k) sum in radix-4
+    rounds; keys for the powers of two only (`radix=2`) sum by doubling: both give numpy's."""
+    a, _ = data
+    assert he.sum_rotations(16) == [1, 2, 3, 4, 8, 12]
+    assert he.sum_rotations(16, 2) == [1, 2, 4, 8]
+    for steps in (None, he.sum_rotations(64, 2)):
+        ctx = he.Context.ckks(depth=2, scale_bits=40, log_n=13, rotations=steps)
+        close(ctx.encrypt(a).sum(axis=0), a.sum(axis=0, keepdims=True), tol=1e-4)
+
+
 def test_ckks_without_the_extra_special_prime(data):
     """`extra_special_primes=0` (SEAL's key-switching precision, fewer digits) still computes
     products, sums and rotations to ~1e-5; a negative count is refused by the binding."""

@@ -442,6 +442,65 @@ impl CkksContext {
         })
     }
 
+    /// Every slot `i` becomes `Σ_{k < w} slot[i + k]` (indices modulo the slot count), with
+    /// `w = width` rounded up to a power of two (at most the slot count): the sum of the first
+    /// `w` slots lands in slot 0. Where `gk` holds keys for the steps `j·stride` of a radix-`r`
+    /// round (`r` = 8 or 4: [`Self::sum_steps`]), the round's `r − 1` rotations share one
+    /// decomposition and one ModDown (hoisting, the sum taken in the key-switching basis);
+    /// otherwise it doubles with the power-of-two keys, as [`Self::rotate_and_add`] does.
+    pub fn sum_slots(&self, ct: &Ciphertext, width: usize, gk: &GaloisKeys) -> Result<Ciphertext> {
+        let n = self.rlwe.n();
+        let w = width.max(1).next_power_of_two().min(self.slots());
+        let have = |step: usize| gk.get(ckks_galois_element(n, step as i64)).is_some();
+        let mut acc = ct.clone();
+        let mut stride = 1;
+        while stride < w {
+            let radix = [8, 4]
+                .into_iter()
+                .find(|&r| stride * r <= w && (1..r).all(|j| have(j * stride)))
+                .unwrap_or(2);
+            if radix == 2 {
+                acc = self.add(&acc, &self.rotate(&acc, stride as i64, gk)?)?;
+            } else {
+                let els: Vec<(usize, Option<i64>)> = (1..radix)
+                    .map(|j| {
+                        let step = (j * stride) as i64;
+                        (ckks_galois_element(n, step), Some(step))
+                    })
+                    .collect();
+                let be = self.rlwe.backend();
+                let ring = self.rlwe.ring();
+                // P·acc and the rotations' (P·σ(c_0) + u_0, u_1), summed over QP; one ModDown.
+                let mut sum = ct_ops::lift_to_ext(&self.rlwe, &acc.polys)?;
+                for ext in ct_ops::apply_galois_many_ext(&self.rlwe, &acc, &els, gk)? {
+                    be.add_assign(ring, &mut sum, &ext)?;
+                }
+                let q = acc.polys.limbs_arc();
+                acc = acc.derive(self.rlwe.mod_down(&sum, q, self.rlwe.p_limbs())?, acc.scale);
+            }
+            stride *= radix;
+        }
+        Ok(acc)
+    }
+
+    /// The rotation steps whose keys let [`Self::sum_slots`] sum `width` slots in radix-`radix`
+    /// rounds: `j·radix^k` for `0 < j < radix` below `width` (rounded up to a power of two).
+    /// For radix 4 these are the powers of two (any rotation composes from them) and
+    /// `3·4^k`: 1.5× the keys, half the key switches' decompositions and ModDowns.
+    pub fn sum_steps(width: usize, radix: usize) -> Vec<i64> {
+        let w = width.max(1).next_power_of_two();
+        let radix = radix.max(2);
+        let mut steps = Vec::new();
+        let mut stride = 1;
+        while stride < w {
+            steps.extend((1..radix).map(|j| j * stride).filter(|&s| s < w));
+            stride *= radix;
+        }
+        steps.sort_unstable();
+        steps.dedup();
+        steps.into_iter().map(|s| s as i64).collect()
+    }
+
     /// 1, 2, 4, … below `width` rounded up to a power of two.
     pub fn power_of_two_steps(width: usize) -> Vec<i64> {
         let w = width.max(1).next_power_of_two();
