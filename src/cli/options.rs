@@ -135,7 +135,7 @@ pub enum OutputSmudging {
     /// 40-bit statistical smudging: trains on a chain precise enough to keep ~10 bits under
     /// it (scale 2^84, N = 2^15; several times slower).
     Statistical,
-    /// 2^14 per share on the faster 2^26 chain (N = 2^14): the weights stay within ~1e-3,
+    /// 2^14 per share on the faster 2^26 chain (N = 2^14): the weights stay within ~1e-2,
     /// but the noise is hidden far below 40 bits.
     Weak,
 }

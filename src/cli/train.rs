@@ -78,9 +78,9 @@ pub struct TrainArgs {
     pub parties: Option<usize>,
     /// credit-federated --parties: how the final model's collective decryption hides the
     /// ciphertext's noise. `statistical`: 40-bit statistical smudging, on a chain precise
-    /// enough to keep the weights within ~1e-3 under it (scale 2^84 in composite levels,
-    /// N = 2^15; ~5x slower); `weak`: 2^14 per share on the 2^26 chain at N = 2^14 (the
-    /// noise is hidden far below 40 bits) [default: statistical].
+    /// enough to keep the weights within ~1e-2 of the single-key run under it (scale 2^84
+    /// in composite levels, N = 2^15; ~5x slower); `weak`: 2^14 per share on the 2^26 chain
+    /// at N = 2^14 (the noise is hidden far below 40 bits) [default: statistical].
     #[arg(long, value_enum)]
     pub output_smudging: Option<OutputSmudging>,
     /// log2 of the ring degree, 13 to 16 [default: 16 when refreshing by bootstrapping;

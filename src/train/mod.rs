@@ -94,8 +94,10 @@ pub fn training_params(log_n: u32) -> Result<CkksParams> {
 }
 
 /// Scale of [`precise_training_params`]: 40-bit statistical smudging of a decryption costs
-/// `40 + log2 N + log2 B_e ≈ 71` bits at N = 2^15 for a noise bound `B_e = 2^16`, which leaves
-/// ~13 bits of the scale for the result (`crate::mhe::ckks_smudging`).
+/// `40 + log2 N + log2 B_e = 73` bits at N = 2^15 for a noise bound `B_e = 2^18` (the trained
+/// weights' noise measures ~2^14.5), which leaves ~9 bits of the scale per coefficient for the
+/// result, and weights within ~1e-2 of the single-key run once their replicas are averaged
+/// (`crate::mhe::ckks_smudging`).
 pub const PRECISE_SCALE_BITS: u32 = 84;
 
 /// Levels of [`precise_training_params`]: one logistic step with a sigmoid of degree ≤ 7
