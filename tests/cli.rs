@@ -471,7 +471,10 @@ fn train_credit_federated_parties() {
     assert_eq!((u(&r, "log_n"), u(&r, "scale_bits")), (15, 84), "{r}");
     assert!(f(&r, "final_smudging_lambda") >= 40.0, "{r}");
     let (acc, single) = (f(&r, "test_accuracy"), f(&r, "single_key_test_accuracy"));
-    assert!((acc - single).abs() <= 0.01 && acc > 0.7, "{r}");
+    // After one epoch the model sits near many test rows' boundary: the smudging (2^73 per
+    // share, weights within ~8e-3) may flip one or two of the 131 (0.76 points each). The
+    // weights' distance is the precise check.
+    assert!((acc - single).abs() <= 0.016 && acc > 0.7, "{r}");
     assert!(f(&r, "max_weight_diff_vs_single_key") < 0.02, "{r}");
     assert_eq!(u(&r, "single_party_decryptions"), 0);
     assert_eq!(
