@@ -470,13 +470,17 @@ impl CkksContext {
                     .collect();
                 let be = self.rlwe.backend();
                 let ring = self.rlwe.ring();
-                // P·acc and the rotations' (P·σ(c_0) + u_0, u_1), summed over QP; one ModDown.
-                let mut sum = ct_ops::lift_to_ext(&self.rlwe, &acc.polys)?;
-                for ext in ct_ops::apply_galois_many_ext(&self.rlwe, &acc, &els, gk)? {
-                    be.add_assign(ring, &mut sum, &ext)?;
+                // The rotations' (P·σ(c_0) + u_0, u_1) summed over QP, one ModDown, then `acc`
+                // itself added over Q (cheaper than lifting it to QP first).
+                let mut exts = ct_ops::apply_galois_many_ext(&self.rlwe, &acc, &els, gk)?;
+                let mut sum = exts.swap_remove(0);
+                for ext in &exts {
+                    be.add_assign(ring, &mut sum, ext)?;
                 }
                 let q = acc.polys.limbs_arc();
-                acc = acc.derive(self.rlwe.mod_down(&sum, q, self.rlwe.p_limbs())?, acc.scale);
+                let rotated =
+                    acc.derive(self.rlwe.mod_down(&sum, q, self.rlwe.p_limbs())?, acc.scale);
+                acc = self.add(&acc, &rotated)?;
             }
             stride *= radix;
         }
