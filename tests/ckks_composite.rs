@@ -535,10 +535,7 @@ fn scales_above_64_bits_encode_compute_and_round_trip() {
     assert!(precision_bits(&x, &fresh[..64]) > 40.0);
     // A product: scale 2^168 before the rescale by three ~28-bit primes.
     let sq = ctx
-        .rescale(
-            &ctx.relinearize(&ctx.square(&ct).unwrap(), &keys.relin)
-                .unwrap(),
-        )
+        .multiply_relinearize_rescale(&ct, &ct, &keys.relin)
         .unwrap();
     assert_eq!(sq.level(), top - 1);
     let want: Vec<f64> = x.iter().map(|v| v * v).collect();

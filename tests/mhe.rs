@@ -848,6 +848,61 @@ fn ckks_smudging_is_sized_and_refused_without_room() {
     assert!(smudged < 0.1, "more noise than sized: {smudged}");
 }
 
+/// A collective refresh among `k` parties on `params`: slot values encrypted under the
+/// collective key at the lowest level `rp` can refresh from, and the refreshed ciphertext.
+struct Refreshed {
+    ckks: CkksContext,
+    ctx: Arc<RlweContext>,
+    ps: Vec<Party>,
+    sk: SecretKey,
+    x: Vec<f64>,
+    level: usize,
+    fresh: hetensor::rlwe::Ciphertext,
+}
+
+fn refresh_from_the_lowest_level(
+    params: CkksParams,
+    seed: u8,
+    k: usize,
+    rp: &RefreshParams,
+) -> Refreshed {
+    let ckks = CkksContext::with_seed(params, [seed; 32]).unwrap();
+    let ctx = ckks.rlwe().clone();
+    let (crs, mut ps) = parties(&ctx, k, seed ^ 0x5a);
+    let (pk, _, _) = collective_keys(&ctx, &crs, &mut ps, &[]);
+    let sk = ideal(&ctx, &ps);
+    let x: Vec<f64> = (0..ckks.slots())
+        .map(|i| ((i * 17 % 61) as f64 / 30.0) - 1.0)
+        .collect();
+    let level = mhe::min_refresh_level(&ctx, rp).unwrap().unwrap();
+    let ct = ckks
+        .encrypt(&ckks.encode(&x, ckks.default_scale(), level).unwrap(), &pk)
+        .unwrap();
+    let shares = ps
+        .iter_mut()
+        .map(|p| p.refresh_share(&ct, 1, rp).unwrap())
+        .collect();
+    let fresh = mhe::refresh_finalize(&ctx, &crs, &ct, &agg(&ctx, shares), 1).unwrap();
+    assert_eq!(fresh.level(), ctx.max_level());
+    Refreshed {
+        ckks,
+        ctx,
+        ps,
+        sk,
+        x,
+        level,
+        fresh,
+    }
+}
+
+/// Largest |got − want| over the slots.
+fn max_error(got: &[f64], want: &[f64]) -> f64 {
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max)
+}
+
 /// Refresh on a chain whose levels are not one prime each (a two-prime 60-bit base, as the
 /// transfer's `--parties` chain): the masked phase is extended to the primes above its level
 /// by limb, and the refreshed ciphertext decrypts to the same values at the top.
@@ -860,43 +915,24 @@ fn refresh_on_a_composite_base() {
         .base_bits(60)
         .build()
         .unwrap();
-    let ckks = CkksContext::with_seed(params, [12; 32]).unwrap();
-    let ctx = ckks.rlwe().clone();
-    let k = 2;
-    let (crs, mut ps) = parties(&ctx, k, 44);
-    let (pk, _, _) = collective_keys(&ctx, &crs, &mut ps, &[]);
-    let sk = ideal(&ctx, &ps);
-    let x: Vec<f64> = (0..ckks.slots())
-        .map(|i| ((i * 17 % 61) as f64 / 30.0) - 1.0)
-        .collect();
-    let rp = RefreshParams::new(k, 28.0);
-    let level = mhe::min_refresh_level(&ctx, &rp).unwrap().unwrap();
+    let rp = RefreshParams::new(2, 28.0);
+    let r = refresh_from_the_lowest_level(params, 12, 2, &rp);
     assert_eq!(
-        level, 1,
+        r.level, 1,
         "the 60-bit base plus one 26-bit level holds the masks"
     );
-    assert!(ctx.q_limbs(level).len() > level + 1, "a composite base");
-    let ct = ckks
-        .encrypt(&ckks.encode(&x, ckks.default_scale(), level).unwrap(), &pk)
-        .unwrap();
-    let shares = ps
-        .iter_mut()
-        .map(|p| p.refresh_share(&ct, 1, &rp).unwrap())
-        .collect();
-    let fresh = mhe::refresh_finalize(&ctx, &crs, &ct, &agg(&ctx, shares), 1).unwrap();
-    assert_eq!(fresh.level(), ctx.max_level());
-    let got = ckks.decrypt_decode(&fresh, &sk).unwrap();
-    let err = got
-        .iter()
-        .zip(&x)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f64::max);
+    assert!(
+        r.ctx.q_limbs(r.level).len() > r.level + 1,
+        "a composite base"
+    );
+    let err = max_error(&r.ckks.decrypt_decode(&r.fresh, &r.sk).unwrap(), &r.x);
     assert!(err < 1e-3, "refreshed error {err}");
     // And it computes on: a product at the top level.
-    let sq = ckks
-        .rescale(&ckks.multiply(&fresh, &fresh).unwrap())
+    let sq = r
+        .ckks
+        .rescale(&r.ckks.multiply(&r.fresh, &r.fresh).unwrap())
         .unwrap();
-    assert!(sq.level() < fresh.level());
+    assert!(sq.level() < r.fresh.level());
 }
 
 /// The precise chain's protocols (scale 2^84, what `train credit-federated --parties` uses for
@@ -914,35 +950,20 @@ fn precise_scale_refreshes_with_wide_masks_and_decrypts_at_40_bits() {
         .security(hetensor::rlwe::Security::InsecureForTestingOnly)
         .build()
         .unwrap();
-    let ckks = CkksContext::with_seed(params, [13; 32]).unwrap();
-    let ctx = ckks.rlwe().clone();
     let k = 3;
-    let (crs, mut ps) = parties(&ctx, k, 57);
-    let (pk, _, _) = collective_keys(&ctx, &crs, &mut ps, &[]);
-    let sk = ideal(&ctx, &ps);
-    let x: Vec<f64> = (0..ckks.slots())
-        .map(|i| ((i * 23 % 89) as f64 / 44.0) - 1.0)
-        .collect();
     let rp = RefreshParams::new(k, 86.0);
-    assert!(rp.mask_bits(ctx.n()).unwrap() > 126, "the wide-mask path");
-    let level = mhe::min_refresh_level(&ctx, &rp).unwrap().unwrap();
+    assert!(rp.mask_bits(1 << 12).unwrap() > 126, "the wide-mask path");
+    let Refreshed {
+        ckks,
+        ctx,
+        mut ps,
+        sk,
+        x,
+        level,
+        fresh,
+    } = refresh_from_the_lowest_level(params, 13, k, &rp);
     assert!(level < ctx.max_level());
-    let ct = ckks
-        .encrypt(&ckks.encode(&x, ckks.default_scale(), level).unwrap(), &pk)
-        .unwrap();
-    let shares = ps
-        .iter_mut()
-        .map(|p| p.refresh_share(&ct, 1, &rp).unwrap())
-        .collect();
-    let fresh = mhe::refresh_finalize(&ctx, &crs, &ct, &agg(&ctx, shares), 1).unwrap();
-    assert_eq!(fresh.level(), ctx.max_level());
-    let max_err = |got: &[f64]| {
-        got.iter()
-            .zip(&x)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max)
-    };
-    let refreshed = max_err(&ckks.decrypt_decode(&fresh, &sk).unwrap());
+    let refreshed = max_error(&ckks.decrypt_decode(&fresh, &sk).unwrap(), &x);
     assert!(refreshed < 1e-9, "refreshed error {refreshed}");
 
     // 40-bit statistical smudging of a noise bound 2^13: 2^65 per share, room left at 2^84.
@@ -961,7 +982,7 @@ fn precise_scale_refreshes_with_wide_masks_and_decrypts_at_40_bits() {
             .iter()
             .map(|c| c.re)
             .collect();
-        max_err(&got)
+        max_error(&got, &x)
     };
     let smudged = decrypt(&mut ps, &sm, 2);
     let plain = decrypt(&mut ps, &Smudging::bits(0).unwrap(), 3);
