@@ -24,7 +24,8 @@ display_as_flag_value!(
     Precision,
     Workload,
     PartyWorkload,
-    Refresh
+    Refresh,
+    OutputSmudging
 );
 
 /// What the encrypted operations compute on (`--backend`).
@@ -138,16 +139,6 @@ pub enum OutputSmudging {
     /// 2^14 per share on the faster 2^26 chain (N = 2^14): the weights stay within ~1e-2,
     /// but the noise is hidden far below 40 bits.
     Weak,
-}
-
-impl OutputSmudging {
-    /// The value as written on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Statistical => "statistical",
-            Self::Weak => "weak",
-        }
-    }
 }
 
 /// Fails on the first flag that was given although none of the `selected` choices reads it

@@ -223,7 +223,7 @@ impl Parties {
                     "--log-n",
                     &l.to_string(),
                     "--output-smudging",
-                    output.name(),
+                    &output.to_string(),
                 ]),
                 None => cmd.args(["--workload", "mnist-transfer"]),
             };
@@ -323,8 +323,8 @@ struct Multiparty {
     decryptions: Vec<usize>,
     peaks: Vec<u64>,
     keygen_seconds: f64,
-    /// log2 of the final decryption's smudging bound per share.
-    smudging_bits: u32,
+    /// The final decryption's smudging per share.
+    smudging: Smudging,
 }
 
 fn multiparty(
@@ -440,7 +440,7 @@ fn multiparty(
         decryptions: coord.decryptions().to_vec(),
         peaks,
         keygen_seconds,
-        smudging_bits: smudging.bound_bits(),
+        smudging,
     };
     coord.finish()?;
     children.wait()?;
@@ -481,7 +481,7 @@ pub fn run_credit(r: &CreditRun) -> Result<()> {
         .map(|(a, b)| (a - b).abs())
         .fold((bs - mp.b).abs(), f64::max);
     let steps = mp.report.steps.len();
-    let lambda = Smudging::bits(mp.smudging_bits)?.lambda_for(r.ctx.rlwe().n(), WEIGHTS_NOISE_LOG2);
+    let lambda = mp.smudging.lambda_for(r.ctx.rlwe().n(), WEIGHTS_NOISE_LOG2);
     if r.json {
         let v = serde_json::json!({
             "workload": "credit-federated", "parties": r.parties, "shard_sizes": sizes,
@@ -500,9 +500,9 @@ pub fn run_credit(r: &CreditRun) -> Result<()> {
             "bytes_sent_per_party": mp.sent, "bytes_received_per_party": mp.received,
             "collective_decryptions_per_party": mp.decryptions,
             "single_party_decryptions": 0,
-            "output_smudging": r.output.name(),
+            "output_smudging": r.output.to_string(),
             "scale_bits": r.ctx.params().scale_bits(), "levels": r.ctx.max_level(),
-            "final_smudging_bits": mp.smudging_bits,
+            "final_smudging_bits": mp.smudging.bound_bits(),
             "final_smudging_lambda": lambda,
             "weights_noise_log2_assumed": WEIGHTS_NOISE_LOG2,
             "peak_memory_per_party_bytes": mp.peaks, "single_key_peak_memory_bytes": single_peak,
@@ -536,7 +536,7 @@ pub fn run_credit(r: &CreditRun) -> Result<()> {
             r.log_n,
             r.ctx.params().scale_bits(),
             r.ctx.max_level(),
-            mp.smudging_bits,
+            mp.smudging.bound_bits(),
             if r.output == OutputSmudging::Weak {
                 " (--output-smudging weak; the default, statistical, gives 40)"
             } else {

@@ -213,9 +213,9 @@ impl RlweContext {
                 low.len()
             )));
         }
+        // (high mod q)·2^64 + low < 2^95: one reduction of a 128-bit integer.
         self.upload_residues_ntt(high.len(), limbs, |q, k| {
-            let two64 = (1i128 << 64).rem_euclid(q);
-            (high[k].rem_euclid(q) * two64 + (low[k] as i128).rem_euclid(q)).rem_euclid(q)
+            ((high[k].rem_euclid(q) << 64) + low[k] as i128).rem_euclid(q)
         })
     }
 
