@@ -592,8 +592,12 @@ fn ckks_ops_match_cpu(params: CkksParams) {
     let cc = ckks_on(Arc::new(CpuBackend::new()), params.clone());
     let cg = ckks_on(g.clone(), params);
     let (kc, kg) = (cc.keygen().unwrap(), cg.keygen().unwrap());
-    let galc = cc.gen_galois_keys(&kc.secret, &[1, -3, 17], true).unwrap();
-    let galg = cg.gen_galois_keys(&kg.secret, &[1, -3, 17], true).unwrap();
+    let galc = cc
+        .gen_galois_keys(&kc.secret, &[1, 2, 3, -3, 17], true)
+        .unwrap();
+    let galg = cg
+        .gen_galois_keys(&kg.secret, &[1, 2, 3, -3, 17], true)
+        .unwrap();
     let vals: Vec<f64> = (0..cc.rlwe().n() / 2)
         .map(|i| ((i * 37 % 101) as f64) / 50.0 - 1.0)
         .collect();
@@ -687,6 +691,13 @@ fn ckks_ops_match_cpu(params: CkksParams) {
     for (x, y) in many_c.iter().zip(&many_g) {
         assert_eq!(ct_words(&cc, x), ct_words(&cg, y), "hoisted rotations");
     }
+    // A radix-4 round of slot sums: three hoisted rotations summed before one ModDown (the
+    // CPU's fused sum against the device's composition).
+    assert_eq!(
+        ct_words(&cc, &cc.sum_slots(&m_c, 4, &galc).unwrap()),
+        ct_words(&cg, &cg.sum_slots(&m_g, 4, &galg).unwrap()),
+        "sum_slots"
+    );
     let d_c = cc.decrypt_decode(&m_c, &kc.secret).unwrap();
     let d_g = cg.decrypt_decode(&m_g, &kg.secret).unwrap();
     assert_eq!(d_c, d_g);

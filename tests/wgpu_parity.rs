@@ -724,7 +724,7 @@ fn ckks_composite_operations_match_cpu() {
 }
 
 fn ckks_operations_match_cpu_on(params: CkksParams) {
-    let (c, w) = ckks_contexts(params, &[1, -3]);
+    let (c, w) = ckks_contexts(params, &[1, 2, 3, -3]);
     let (c, w) = (&c, &w);
     let vals: Vec<f64> = (0..c.ctx.slots())
         .map(|i| ((i * 37) % 101) as f64 / 50.0 - 1.0)
@@ -746,8 +746,10 @@ fn ckks_operations_match_cpu_on(params: CkksParams) {
             .unwrap();
         let r1 = ctx.rotate(&a, 1, &s.gk).unwrap();
         let r2 = ctx.rotate(&m, -3, &s.gk).unwrap();
+        // A radix-4 round of slot sums: three hoisted rotations summed before one ModDown.
+        let sum = ctx.sum_slots(&m, 4, &s.gk).unwrap();
         let dec = ctx.decrypt_decode(&r2, &s.keys.secret).unwrap();
-        (vec![a, b, m, r1, r2], dec)
+        (vec![a, b, m, r1, r2, sum], dec)
     };
     let (cc, cd) = run(c);
     let (wc, wd) = run(w);

@@ -456,6 +456,30 @@ pub trait Backend: Send + Sync + Debug {
         key_inner_hoisted_reference(self, ring, ups, keys, g, lift, p)
     }
 
+    /// `Σ_r` [`Self::key_inner_hoisted`]`(ups, keys_r, g_r, lift)` over `rotations`
+    /// (`(keys_r, g_r)`): hoisted rotations of one ciphertext summed in the extended basis, so
+    /// that one ModDown finishes all of them (the rounds of
+    /// [`crate::ckks::CkksContext::sum_slots`]). Backends that fuse it write one output instead
+    /// of one per rotation and skip the additions; this default composes the two.
+    fn key_inner_hoisted_sum(
+        &self,
+        ring: &RingContext,
+        ups: &[&PolyBatch],
+        rotations: &[HoistedRotation<'_>],
+        lift: Option<&PolyBatch>,
+        p: &Arc<[usize]>,
+    ) -> Result<PolyBatch> {
+        let mut sum: Option<PolyBatch> = None;
+        for &(keys, g) in rotations {
+            let one = self.key_inner_hoisted(ring, ups, keys, g, lift, p)?;
+            match sum.as_mut() {
+                Some(acc) => self.add_assign(ring, acc, &one)?,
+                None => sum = Some(one),
+            }
+        }
+        sum.ok_or_else(|| Error::InvalidInput("hoisted key switch sum of no rotations".into()))
+    }
+
     /// ModUp of every digit of `d` (one NTT-domain polynomial over `plan.q`) to `plan.qp`, NTT
     /// domain, one batch per digit of `plan.digits`: the first half of a hoisted key switch,
     /// which the rotations of one ciphertext by several steps share ([`Self::key_inner_hoisted`]
@@ -759,6 +783,10 @@ pub fn multiply_relinearize_mod_down_reference<B: Backend + ?Sized>(
 }
 
 /// Checks [`Backend::key_inner_hoisted`]'s operands; returns the digits' basis.
+/// One rotation of [`Backend::key_inner_hoisted_sum`]: its key digits and its Galois element
+/// (`None`: no automorphism).
+pub type HoistedRotation<'a> = (&'a [&'a PolyBatch], Option<usize>);
+
 pub(crate) fn check_key_inner_hoisted(
     ups: &[&PolyBatch],
     keys: &[&PolyBatch],

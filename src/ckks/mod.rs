@@ -468,15 +468,9 @@ impl CkksContext {
                         (ckks_galois_element(n, step), Some(step))
                     })
                     .collect();
-                let be = self.rlwe.backend();
-                let ring = self.rlwe.ring();
-                // The rotations' (P·σ(c_0) + u_0, u_1) summed over QP, one ModDown, then `acc`
-                // itself added over Q (cheaper than lifting it to QP first).
-                let mut exts = ct_ops::apply_galois_many_ext(&self.rlwe, &acc, &els, gk)?;
-                let mut sum = exts.swap_remove(0);
-                for ext in &exts {
-                    be.add_assign(ring, &mut sum, ext)?;
-                }
+                // The rotations' (P·σ(c_0) + u_0, u_1) summed over QP in one pass, one
+                // ModDown, then `acc` itself added over Q (cheaper than lifting it to QP first).
+                let sum = ct_ops::apply_galois_sum_ext(&self.rlwe, &acc, &els, gk)?;
                 let q = acc.polys.limbs_arc();
                 let rotated =
                     acc.derive(self.rlwe.mod_down(&sum, q, self.rlwe.p_limbs())?, acc.scale);

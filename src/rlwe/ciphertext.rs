@@ -7,7 +7,9 @@ use crate::backend::{PolyBatch, Repr};
 use crate::error::{Error, Result};
 use crate::math::sampler::Sampler;
 use crate::rlwe::context::RlweContext;
-use crate::rlwe::keys::{rlwe_sample, GaloisKeys, PublicKey, RelinKey, SecretKey, SecretPoly};
+use crate::rlwe::keys::{
+    rlwe_sample, GaloisKeys, KeySwitchKey, PublicKey, RelinKey, SecretKey, SecretPoly,
+};
 use crate::rlwe::params::LevelShape;
 
 /// A ciphertext `(c_0, c_1[, c_2])` in the NTT domain over the primes of its level.
@@ -372,24 +374,7 @@ pub fn apply_galois_many_ext(
     gk: &GaloisKeys,
 ) -> Result<Vec<PolyBatch>> {
     use rayon::prelude::*;
-    ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
-    if ct.size() != 2 {
-        return Err(Error::CiphertextSize(
-            "rotate a relinearized (size-2) ciphertext".into(),
-        ));
-    }
-    let keys = elements
-        .iter()
-        .map(|&(g, step)| {
-            gk.get(g).ok_or(Error::MissingGaloisKey {
-                galois_element: g,
-                step,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    for key in &keys {
-        check_key_id(ct.key_id, key.key_id, "Galois key")?;
-    }
+    let keys = galois_keys_for(ctx, ct, elements, gk)?;
     let be = ctx.backend();
     let ring = ctx.ring();
     if let ([(g, _)], [key]) = (elements, keys.as_slice()) {
@@ -408,6 +393,61 @@ pub fn apply_galois_many_ext(
         .zip(keys)
         .map(|(&(g, _), key)| key.switch_hoisted(ctx, &digits, Some(g), Some(&c0)))
         .collect()
+}
+
+/// The sum of [`apply_galois_many_ext`]'s results, computed in one pass
+/// ([`crate::backend::Backend::key_inner_hoisted_sum`]): `Σ_g (P·σ_g(c_0) + u_0^g, u_1^g)`,
+/// which one ModDown turns into `Σ_g σ_g(ct)` (the rounds of
+/// [`crate::ckks::CkksContext::sum_slots`]).
+pub fn apply_galois_sum_ext(
+    ctx: &RlweContext,
+    ct: &Ciphertext,
+    elements: &[(usize, Option<i64>)],
+    gk: &GaloisKeys,
+) -> Result<PolyBatch> {
+    let keys = galois_keys_for(ctx, ct, elements, gk)?;
+    if keys.is_empty() {
+        return Err(Error::InvalidInput("a sum of no automorphisms".into()));
+    }
+    let be = ctx.backend();
+    let c1 = be.slice_polys(&ct.polys, 1, 1)?;
+    let digits = crate::rlwe::keys::decompose(ctx, &c1)?;
+    let c0 = be.slice_polys(&ct.polys, 0, 1)?;
+    let rotations: Vec<_> = keys
+        .iter()
+        .zip(elements)
+        .map(|(&key, &(g, _))| (key, Some(g)))
+        .collect();
+    crate::rlwe::keys::switch_hoisted_sum(ctx, &digits, &rotations, Some(&c0))
+}
+
+/// The Galois key of every element of `elements` (`(element, step for errors)`), checked
+/// against `ct`'s context and key, for a relinearized `ct`.
+fn galois_keys_for<'a>(
+    ctx: &RlweContext,
+    ct: &Ciphertext,
+    elements: &[(usize, Option<i64>)],
+    gk: &'a GaloisKeys,
+) -> Result<Vec<&'a KeySwitchKey>> {
+    ctx.check_fingerprint(ct.fingerprint, "ciphertext")?;
+    if ct.size() != 2 {
+        return Err(Error::CiphertextSize(
+            "rotate a relinearized (size-2) ciphertext".into(),
+        ));
+    }
+    let keys = elements
+        .iter()
+        .map(|&(g, step)| {
+            gk.get(g).ok_or(Error::MissingGaloisKey {
+                galois_element: g,
+                step,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for key in &keys {
+        check_key_id(ct.key_id, key.key_id, "Galois key")?;
+    }
+    Ok(keys)
 }
 
 /// `P·x` over `x`'s limbs and the special primes (NTT form): `x` moved exactly into the

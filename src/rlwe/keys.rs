@@ -578,13 +578,34 @@ impl KeySwitchKey {
         galois: Option<usize>,
         lift: Option<&PolyBatch>,
     ) -> Result<PolyBatch> {
-        ctx.check_fingerprint(self.fingerprint, "key-switching key")?;
-        let index: Vec<usize> = digits.iter().map(|(j, _)| *j).collect();
-        let keys = self.digits_at(&index)?;
-        let ups: Vec<&PolyBatch> = digits.iter().map(|(_, up)| up).collect();
-        ctx.backend()
-            .key_inner_hoisted(ctx.ring(), &ups, &keys, galois, lift, &ctx.p_limbs())
+        switch_hoisted_sum(ctx, digits, &[(self, galois)], lift)
     }
+}
+
+/// `Σ_r` [`KeySwitchKey::switch_hoisted`] over `rotations` (`(key_r, g_r)`), summed in the
+/// extended basis in one pass ([`crate::backend::Backend::key_inner_hoisted_sum`]).
+pub(crate) fn switch_hoisted_sum(
+    ctx: &RlweContext,
+    digits: &[(usize, PolyBatch)],
+    rotations: &[(&KeySwitchKey, Option<usize>)],
+    lift: Option<&PolyBatch>,
+) -> Result<PolyBatch> {
+    let index: Vec<usize> = digits.iter().map(|(j, _)| *j).collect();
+    let keys = rotations
+        .iter()
+        .map(|&(key, _)| {
+            ctx.check_fingerprint(key.fingerprint, "key-switching key")?;
+            key.digits_at(&index)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let rotations: Vec<_> = keys
+        .iter()
+        .zip(rotations)
+        .map(|(keys, &(_, g))| (keys.as_slice(), g))
+        .collect();
+    let ups: Vec<&PolyBatch> = digits.iter().map(|(_, up)| up).collect();
+    ctx.backend()
+        .key_inner_hoisted_sum(ctx.ring(), &ups, &rotations, lift, &ctx.p_limbs())
 }
 
 /// The first half of hybrid key switching: splits `d` (one polynomial, NTT form) into its
@@ -888,7 +909,7 @@ mod fused_tests {
     use super::*;
     use crate::backend::{
         key_inner_hoisted_reference, key_switch_ext_reference, key_switch_reference,
-        mod_down_reference, mod_up_reference, Backend, CpuBackend,
+        mod_down_reference, mod_up_reference, Backend, CpuBackend, HoistedRotation,
     };
     use crate::rlwe::Security;
 
@@ -939,6 +960,7 @@ mod fused_tests {
         let sk = SecretKey::generate(&ctx, &mut sampler).unwrap();
         let s2 = sk.square(&ctx).unwrap();
         let key = KeySwitchKey::generate(&ctx, &sk, &s2, &mut sampler).unwrap();
+        let key2 = KeySwitchKey::generate(&ctx, &sk, &s2, &mut sampler).unwrap();
         let get = |p: PolyBatch| be.download(&p).unwrap();
         let top = ctx.params().q_primes().len();
         assert!(ctx.p_limbs().len() >= 2 && ctx.digits().len() >= 2);
@@ -1000,6 +1022,36 @@ mod fused_tests {
             assert!(be
                 .key_inner_hoisted(ring, &ups, &keys, Some(4), None, &p)
                 .is_err());
+            // Summed rotations (two keys, the identity among them) against the sum of the
+            // definitions, from one rotation up to nine (18 products a word).
+            let other: Vec<&PolyBatch> = index.iter().map(|&j| &key2.digits[j]).collect();
+            let all: Vec<HoistedRotation<'_>> = [None, Some(5), Some(2 * n - 1), Some(25)]
+                .into_iter()
+                .cycle()
+                .take(9)
+                .enumerate()
+                .map(|(i, g)| (if i % 2 == 0 { &keys[..] } else { &other[..] }, g))
+                .collect();
+            for count in [1, 3, 9] {
+                let rotations = &all[..count];
+                for lift in [None, Some(&one), Some(&two)] {
+                    let mut want =
+                        key_inner_hoisted_reference(&be, ring, &ups, &keys, None, lift, &p)
+                            .unwrap();
+                    for &(k, g) in &rotations[1..] {
+                        let r = key_inner_hoisted_reference(&be, ring, &ups, k, g, lift, &p);
+                        be.add_assign(ring, &mut want, &r.unwrap()).unwrap();
+                    }
+                    assert_eq!(
+                        get(be
+                            .key_inner_hoisted_sum(ring, &ups, rotations, lift, &p)
+                            .unwrap()),
+                        get(want),
+                        "{count} hoisted rotations summed at {nq} limbs"
+                    );
+                }
+            }
+            assert!(be.key_inner_hoisted_sum(ring, &ups, &[], None, &p).is_err());
         }
     }
 }

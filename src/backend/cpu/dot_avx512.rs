@@ -8,6 +8,7 @@
 //! `hi·[2^32]_q + lo ≡ sum`, with two conditional subtractions at the end.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use crate::math::Modulus;
 
@@ -36,24 +37,31 @@ fn reduce(sum: __m512i, c: &[__m512i; 5]) -> __m512i {
     _mm512_min_epu64(s, _mm512_sub_epi64(s, q))
 }
 
-/// `o0 = Σ_j x_j·a_j`, `o1 = Σ_j x_j·b_j` (mod m), `x_j[map[k]]` for word `k` when `map` is
-/// given. Needs [`applies`]; calling it needs `unsafe` (the CPU must have AVX-512 F).
+/// `o0 = Σ_j x_j·a_j`, `o1 = Σ_j x_j·b_j` (mod m), `x_j[maps[j][k]]` for word `k` where
+/// `maps[j]` is given; writes every word of both outputs. Needs [`applies`]; calling it needs
+/// `unsafe` (the CPU must have AVX-512 F).
 #[target_feature(enable = "avx512f")]
 pub(super) fn dot2(
     m: &Modulus,
     x: &[&[u32]],
     a: &[&[u32]],
     b: &[&[u32]],
-    map: Option<&[u32]>,
-    o0: &mut [u32],
-    o1: &mut [u32],
+    maps: &[Option<&[u32]>],
+    o0: &mut [MaybeUninit<u32>],
+    o1: &mut [MaybeUninit<u32>],
 ) {
     let n = o0.len();
-    assert!(applies(m, x.len(), n) && o1.len() == n && a.len() == x.len() && b.len() == x.len());
+    let d = x.len();
+    assert!(applies(m, d, n) && o1.len() == n && a.len() == d && b.len() == d && maps.len() == d);
     assert!(x.iter().chain(a).chain(b).all(|s| s.len() == n));
-    if let Some(map) = map {
-        let largest = map.iter().copied().max().unwrap_or(0);
-        assert!(map.len() == n && (largest as usize) < n);
+    let mut checked: Option<*const u32> = None;
+    for map in maps.iter().flatten() {
+        // Consecutive terms of one rotation share its map: check each map once.
+        if checked != Some(map.as_ptr()) {
+            let largest = map.iter().copied().max().unwrap_or(0);
+            assert!(map.len() == n && (largest as usize) < n);
+            checked = Some(map.as_ptr());
+        }
     }
     let qv = m.value();
     let r = ((1u64 << 32) % qv as u64) as u32;
@@ -67,7 +75,7 @@ pub(super) fn dot2(
     let zero = _mm512_setzero_si512();
     for k in (0..n).step_by(16) {
         let (mut e0, mut d0, mut e1, mut d1) = (zero, zero, zero, zero);
-        for ((xj, aj), bj) in x.iter().zip(a).zip(b) {
+        for (((xj, aj), bj), map) in x.iter().zip(a).zip(b).zip(maps) {
             // SAFETY: k + 16 ≤ n words of every slice (asserted above); gather indices < n.
             let (xv, av, bv) = unsafe {
                 let xv = match map {
@@ -92,7 +100,7 @@ pub(super) fn dot2(
         // Even lanes' results in the low halves, odd lanes' moved to the high halves.
         let w0 = _mm512_or_si512(reduce(e0, &c), _mm512_slli_epi64::<32>(reduce(d0, &c)));
         let w1 = _mm512_or_si512(reduce(e1, &c), _mm512_slli_epi64::<32>(reduce(d1, &c)));
-        // SAFETY: k + 16 ≤ n words of both outputs.
+        // SAFETY: k + 16 ≤ n words of both outputs (`MaybeUninit<u32>` has `u32`'s layout).
         unsafe {
             _mm512_storeu_epi32(o0.as_mut_ptr().add(k) as *mut i32, w0);
             _mm512_storeu_epi32(o1.as_mut_ptr().add(k) as *mut i32, w1);

@@ -14,13 +14,15 @@
 //! [`key_switch_reference`]: crate::backend::key_switch_reference
 //! [`mod_down_reference`]: crate::backend::mod_down_reference
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::scratch::Scratch;
 use super::{host, PolyBatch};
 use crate::backend::{
-    check_key_inner_hoisted, check_key_switch_ext, lifted_count, mod_down_factors, KeySwitchPlan,
-    Repr,
+    check_key_inner_hoisted, check_key_switch_ext, lifted_count, mod_down_factors, HoistedRotation,
+    KeySwitchPlan, Repr,
 };
 use crate::error::{Error, Result};
 use crate::math::ntt::automorphism_ntt_map_shared;
@@ -228,34 +230,49 @@ pub(super) fn key_switch_ext_words(
         .map(|x| host(x).map(|w| (&w[..], lifted_count(x))))
         .transpose()?;
     let p_of = p_factors(ring, &plan.qp, &plan.p);
-    let mut acc = vec![0u32; 2 * nqp * n];
-    let (a0, a1) = acc.split_at_mut(nqp * n);
-    a0.par_chunks_mut(n)
-        .zip(a1.par_chunks_mut(n))
-        .zip(per_limb.into_par_iter())
-        .enumerate()
-        .for_each(|(p, ((o0, o1), mut exts))| {
-            let l = plan.qp[p];
-            exts.iter_mut().for_each(|e| ring.plan(l).forward(e));
-            let mut exts = exts.iter();
-            let srcs: Vec<&[u32]> = plan
-                .digits
-                .iter()
-                .map(|dg| {
-                    if p < nq && dg.limbs.contains(&l) {
-                        &dw[p * n..(p + 1) * n]
-                    } else {
-                        // Every limb a digit lacks is in its `rest`, pushed above in this order.
-                        exts.next().map(|e| &e[..]).unwrap_or(&[])
-                    }
-                })
-                .collect();
-            let lift = lift
-                .filter(|_| p < nq)
-                .map(|(w, count)| (w, count, p_of[p]));
-            inner_limb(ring.modulus(l), &srcs, &keys, p, None, lift, nq, (o0, o1));
-        });
+    let acc = write_limb_pairs(nqp, n, per_limb, |p, mut exts, outs| {
+        let l = plan.qp[p];
+        exts.iter_mut().for_each(|e| ring.plan(l).forward(e));
+        let mut exts = exts.iter();
+        let mut terms = LimbTerms::default();
+        for (j, dg) in plan.digits.iter().enumerate() {
+            let x = if p < nq && dg.limbs.contains(&l) {
+                &dw[p * n..(p + 1) * n]
+            } else {
+                // Every limb a digit lacks is in its `rest`, pushed above in this order.
+                exts.next().map(|e| &e[..]).unwrap_or(&[])
+            };
+            terms.push(x, &keys, j, p, None);
+        }
+        let lift = lift
+            .filter(|_| p < nq)
+            .map(|(w, count)| (w, count, p_of[p]));
+        inner_limb(ring.modulus(l), &terms, lift, &[None], p, nq, outs);
+    });
     Ok(Some(acc))
+}
+
+/// `2 · limbs` limbs of `n` words, the first `limbs` one output polynomial and the rest the
+/// other, where `write(p, input_p, (limb p of each))` writes every word of limb `p` of both,
+/// in parallel over the limbs. The words are never zeroed first: they are all written.
+fn write_limb_pairs<T: Send>(
+    limbs: usize,
+    n: usize,
+    inputs: Vec<T>,
+    write: impl Fn(usize, T, (&mut [MaybeUninit<u32>], &mut [MaybeUninit<u32>])) + Sync,
+) -> Vec<u32> {
+    let len = 2 * limbs * n;
+    let mut out = Vec::with_capacity(len);
+    let (o0, o1) = out.spare_capacity_mut()[..len].split_at_mut(limbs * n);
+    o0.par_chunks_mut(n)
+        .zip(o1.par_chunks_mut(n))
+        .zip(inputs.into_par_iter())
+        .enumerate()
+        .for_each(|(p, (outs, input))| write(p, input, outs));
+    // SAFETY: `write` writes every word of the two limbs it is given, and every limb of both
+    // halves is given to it once (`inputs` has one entry per limb: checked by the callers).
+    unsafe { out.set_len(len) };
+    out
 }
 
 /// ModUp of every digit, fused (see [`crate::backend::Backend::mod_up`]): one inverse NTT of
@@ -323,49 +340,61 @@ pub(super) fn mod_up_words(
         .map(Some)
 }
 
-/// The per-element half of a hoisted key switch, fused (see
-/// [`crate::backend::Backend::key_inner_hoisted`]): the automorphism is a gather inside the
-/// products, the key's limbs are indexed in place, and `P·σ_g(lift)` is added in the same pass.
+/// The per-element half of a hoisted key switch, fused and summed over `rotations` (see
+/// [`crate::backend::Backend::key_inner_hoisted_sum`]; one rotation is
+/// [`crate::backend::Backend::key_inner_hoisted`]): each automorphism is a gather inside the
+/// products, the keys' limbs are indexed in place, `Σ_r P·σ_r(lift)` is added in the same pass,
+/// and all rotations' products of a word are summed before its one reduction.
 pub(super) fn key_inner_hoisted_words(
     ring: &RingContext,
     ups: &[&PolyBatch],
-    keys: &[&PolyBatch],
-    g: Option<usize>,
+    rotations: &[HoistedRotation<'_>],
     lift: Option<&PolyBatch>,
     p: &[usize],
 ) -> Result<Vec<u32>> {
-    let qp = check_key_inner_hoisted(ups, keys, lift, p)?;
+    let Some(&(first, _)) = rotations.first() else {
+        return Err(Error::InvalidInput(
+            "hoisted key switch sum of no rotations".into(),
+        ));
+    };
+    let qp = check_key_inner_hoisted(ups, first, lift, p)?;
+    for &(keys, _) in &rotations[1..] {
+        check_key_inner_hoisted(ups, keys, lift, p)?;
+    }
     let n = ups[0].n;
     let (nqp, nq) = (qp.len(), qp.len() - p.len());
-    let map = match g {
-        Some(g) if g % 2 == 0 => {
-            return Err(Error::InvalidInput(format!(
+    let maps = rotations
+        .iter()
+        .map(|&(_, g)| match g {
+            Some(g) if g % 2 == 0 => Err(Error::InvalidInput(format!(
                 "Galois element {g} must be odd"
-            )))
-        }
-        Some(g) => Some(automorphism_ntt_map_shared(n, g)),
-        None => None,
-    };
+            ))),
+            Some(g) => Ok(Some(automorphism_ntt_map_shared(n, g))),
+            None => Ok(None),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let maps: Vec<Option<&[u32]>> = maps.iter().map(|m| m.as_deref()).collect();
     let up_words = ups.iter().map(|u| host(u)).collect::<Result<Vec<_>>>()?;
-    let keys = KeyLimbs::new(keys, &qp)?;
+    let keys = rotations
+        .iter()
+        .map(|&(keys, _)| KeyLimbs::new(keys, &qp))
+        .collect::<Result<Vec<_>>>()?;
     let lift = lift
         .map(|x| host(x).map(|w| (&w[..], x.count)))
         .transpose()?;
     let p_of = p_factors(ring, &qp, p);
-    let mut acc = vec![0u32; 2 * nqp * n];
-    let (a0, a1) = acc.split_at_mut(nqp * n);
-    a0.par_chunks_mut(n)
-        .zip(a1.par_chunks_mut(n))
-        .enumerate()
-        .for_each(|(pos, (o0, o1))| {
-            let srcs: Vec<&[u32]> = up_words.iter().map(|w| &w[pos * n..][..n]).collect();
-            let lift = lift
-                .filter(|_| pos < nq)
-                .map(|(w, count)| (w, count, p_of[pos]));
-            let m = ring.modulus(qp[pos]);
-            inner_limb(m, &srcs, &keys, pos, map.as_deref(), lift, nq, (o0, o1));
-        });
-    Ok(acc)
+    Ok(write_limb_pairs(nqp, n, vec![(); nqp], |pos, (), outs| {
+        let mut terms = LimbTerms::default();
+        for (keys, &map) in keys.iter().zip(&maps) {
+            for (j, w) in up_words.iter().enumerate() {
+                terms.push(&w[pos * n..][..n], keys, j, pos, map);
+            }
+        }
+        let lift = lift
+            .filter(|_| pos < nq)
+            .map(|(w, count)| (w, count, p_of[pos]));
+        inner_limb(ring.modulus(qp[pos]), &terms, lift, &maps, pos, nq, outs);
+    }))
 }
 
 /// Key digits with their limbs found by position in a basis, read in place (no copies of a
@@ -403,35 +432,61 @@ impl<'a> KeyLimbs<'a> {
     }
 }
 
-/// One target limb `p` of a key inner product: `(o0, o1) = Σ_j key_j[p]·x_j` with `x_j` read
-/// through `map` when given, plus `f·lift_c[p]` (also through `map`) on the first `count`
-/// outputs for `lift = (words over nq limbs, count, (f, shoup f))`.
-#[allow(clippy::too_many_arguments)] // one limb's operands, from the two fused callers
+/// The products of one target limb of a key inner product: `x_t·a_t` into the first output
+/// and `x_t·b_t` into the second, `x_t` read through `maps[t]` when given (a hoisted
+/// rotation's automorphism as a gather).
+#[derive(Default)]
+struct LimbTerms<'a> {
+    x: Vec<&'a [u32]>,
+    a: Vec<&'a [u32]>,
+    b: Vec<&'a [u32]>,
+    maps: Vec<Option<&'a [u32]>>,
+}
+
+impl<'a> LimbTerms<'a> {
+    /// `x` times key digit `j` of `keys` at the basis' limb `p`.
+    fn push(
+        &mut self,
+        x: &'a [u32],
+        keys: &KeyLimbs<'a>,
+        j: usize,
+        p: usize,
+        map: Option<&'a [u32]>,
+    ) {
+        let (a, b) = keys.limb(j, p);
+        self.x.push(x);
+        self.a.push(a);
+        self.b.push(b);
+        self.maps.push(map);
+    }
+}
+
+/// One target limb `p` of a key inner product: `(o0, o1) = Σ_t` of `terms`, plus
+/// `f·Σ_r σ_r(lift_c[p])` (`σ_r` the gather `lift_maps[r]`, the identity for `None`) on the
+/// first `count` outputs for `lift = (words over nq limbs, count, (f, shoup f))`.
 fn inner_limb(
     m: &Modulus,
-    srcs: &[&[u32]],
-    keys: &KeyLimbs<'_>,
-    p: usize,
-    map: Option<&[u32]>,
+    terms: &LimbTerms<'_>,
     lift: Option<(&[u32], usize, (u32, u32))>,
+    lift_maps: &[Option<&[u32]>],
+    p: usize,
     nq: usize,
-    (o0, o1): (&mut [u32], &mut [u32]),
+    (o0, o1): (&mut [MaybeUninit<u32>], &mut [MaybeUninit<u32>]),
 ) {
     let n = o0.len();
-    let (k0s, k1s): (Vec<_>, Vec<_>) = (0..srcs.len()).map(|j| keys.limb(j, p)).unzip();
-    dot_into(m, srcs, &k0s, &k1s, map, o0, o1);
+    dot_into(m, terms, o0, o1);
+    // SAFETY: `dot_into` wrote every word of both outputs.
+    let (o0, o1) = unsafe { (assume_init(o0), assume_init(o1)) };
     if let Some((x, count, (f, fs))) = lift {
-        // σ_g(lift) gathered into a block first, so that the multiply-add below is one
-        // straight loop in both cases (gathering inside it kept it scalar: ~20 % of a hoisted
-        // rotation step).
-        let mut gathered = map.map(|_| Scratch::take(n));
+        // The rotated copies summed into a block first, so that the multiply-add below is
+        // one straight loop in every case (gathering inside it kept it scalar: ~20 % of a
+        // hoisted rotation step).
+        let mut summed = (lift_maps != [None]).then(|| Scratch::take(n));
         for (c, o) in [o0, o1].into_iter().enumerate().take(count) {
             let mut xs = &x[c * nq * n + p * n..][..n];
-            if let (Some(map), Some(g)) = (map, gathered.as_deref_mut()) {
-                g.iter_mut()
-                    .zip(map)
-                    .for_each(|(g, &k)| *g = xs[k as usize]);
-                xs = g;
+            if let Some(s) = summed.as_deref_mut() {
+                sum_gathered(m, xs, lift_maps, s);
+                xs = s;
             }
             simd::dispatch(
                 #[inline(always)]
@@ -445,27 +500,52 @@ fn inner_limb(
     }
 }
 
-/// `o0 = Σ_j x_j·a_j`, `o1 = Σ_j x_j·b_j` (mod m; `x_j[map[k]]` for word `k` when `map` is
-/// given), every word summed in 64 bits and reduced once per `fold` terms: plain 32×32→64
-/// multiply-adds, which vectorize (a gathered block is copied first).
+/// `out[k] = Σ_r x[map_r[k]]` (mod m; `x[k]` for a `None` map).
+fn sum_gathered(m: &Modulus, x: &[u32], maps: &[Option<&[u32]>], out: &mut [u32]) {
+    for (r, map) in maps.iter().enumerate() {
+        match (r, map) {
+            (0, Some(map)) => out
+                .iter_mut()
+                .zip(*map)
+                .for_each(|(o, &k)| *o = x[k as usize]),
+            (0, None) => out.copy_from_slice(x),
+            (_, Some(map)) => out
+                .iter_mut()
+                .zip(*map)
+                .for_each(|(o, &k)| *o = m.add(*o, x[k as usize])),
+            (_, None) => out.iter_mut().zip(x).for_each(|(o, &y)| *o = m.add(*o, y)),
+        }
+    }
+}
+
+/// `words` as the initialized words they now are.
+///
+/// # Safety
+/// Every word of `words` has been written.
+unsafe fn assume_init(words: &mut [MaybeUninit<u32>]) -> &mut [u32] {
+    // SAFETY: `MaybeUninit<u32>` has `u32`'s layout, and the caller wrote every word.
+    unsafe { &mut *(words as *mut [MaybeUninit<u32>] as *mut [u32]) }
+}
+
+/// `o0 = Σ_t x_t·a_t`, `o1 = Σ_t x_t·b_t` (mod m) over `terms`, every word summed in 64 bits
+/// and reduced once per `fold` terms: plain 32×32→64 multiply-adds, which vectorize (a
+/// gathered block is copied first). Writes every word of both outputs.
 fn dot_into(
     m: &Modulus,
-    x: &[&[u32]],
-    a: &[&[u32]],
-    b: &[&[u32]],
-    map: Option<&[u32]>,
-    o0: &mut [u32],
-    o1: &mut [u32],
+    terms: &LimbTerms<'_>,
+    o0: &mut [MaybeUninit<u32>],
+    o1: &mut [MaybeUninit<u32>],
 ) {
+    let LimbTerms { x, a, b, maps } = terms;
     #[cfg(target_arch = "x86_64")]
     if simd::wide_now() && super::dot_avx512::applies(m, x.len(), o0.len()) {
         // SAFETY: `wide_now` holds only where the CPU has AVX-512.
-        unsafe { super::dot_avx512::dot2(m, x, a, b, map, o0, o1) };
+        unsafe { super::dot_avx512::dot2(m, x, a, b, maps, o0, o1) };
         return;
     }
     simd::dispatch(
         #[inline(always)]
-        || dot_words(m, x, a, b, map, o0, o1),
+        || dot_words(m, x, a, b, maps, o0, o1),
     )
 }
 
@@ -475,38 +555,46 @@ fn dot_words(
     x: &[&[u32]],
     a: &[&[u32]],
     b: &[&[u32]],
-    map: Option<&[u32]>,
-    o0: &mut [u32],
-    o1: &mut [u32],
+    maps: &[Option<&[u32]>],
+    o0: &mut [MaybeUninit<u32>],
+    o1: &mut [MaybeUninit<u32>],
 ) {
     const BLOCK: usize = 256;
     let q = m.value() as u64;
     // The accumulator (< q after a fold) plus `fold` products (each < q²) stays below 2^64.
     let fold = ((u64::MAX - q) / ((q - 1) * (q - 1)).max(1)).max(1) as usize;
-    let reduce = |s: &[u64], o: &mut [u32]| {
-        if m.lanes_reduce_u64() {
-            o.iter_mut()
-                .zip(s)
-                .for_each(|(o, &s)| *o = m.reduce_u64_lanes(s));
+    let lanes = m.lanes_reduce_u64();
+    let fold_in_place = |s: &mut [u64]| {
+        if lanes {
+            s.iter_mut()
+                .for_each(|s| *s = u64::from(m.reduce_u64_lanes(*s)));
         } else {
-            o.iter_mut().zip(s).for_each(|(o, &s)| *o = m.reduce_u64(s));
+            s.iter_mut().for_each(|s| *s = u64::from(m.reduce_u64(*s)));
+        }
+    };
+    let reduce = |s: &[u64], o: &mut [MaybeUninit<u32>]| {
+        if lanes {
+            o.iter_mut().zip(s).for_each(|(o, &s)| {
+                o.write(m.reduce_u64_lanes(s));
+            });
+        } else {
+            o.iter_mut().zip(s).for_each(|(o, &s)| {
+                o.write(m.reduce_u64(s));
+            });
         }
     };
     let n = o0.len();
     let (mut s0, mut s1) = ([0u64; BLOCK], [0u64; BLOCK]);
-    let mut r = [0u32; BLOCK];
     let mut gathered = [0u32; BLOCK];
     for lo in (0..n).step_by(BLOCK) {
         let len = BLOCK.min(n - lo);
-        let (s0, s1, r) = (&mut s0[..len], &mut s1[..len], &mut r[..len]);
+        let (s0, s1) = (&mut s0[..len], &mut s1[..len]);
         s0.fill(0);
         s1.fill(0);
-        for (t, ((x, a), b)) in x.iter().zip(a).zip(b).enumerate() {
+        for (t, (((x, a), b), map)) in x.iter().zip(a).zip(b).zip(maps).enumerate() {
             if t > 0 && t % fold == 0 {
-                for s in [&mut *s0, &mut *s1] {
-                    reduce(s, r);
-                    s.iter_mut().zip(r.iter()).for_each(|(s, &r)| *s = r as u64);
-                }
+                fold_in_place(s0);
+                fold_in_place(s1);
             }
             let x = match map {
                 Some(map) => {

@@ -15,7 +15,8 @@ use super::{
     check_automorphism, check_base_convert, check_concat, check_concat_limbs, check_key_switch,
     check_mul_acc, check_ntt, check_phase, check_ring, check_scale_and_round, check_slice,
     check_tensor_product, key_switch_ext_reference, key_switch_reference, limb_positions,
-    limb_scalars, mod_up_reference, Backend, Buffer, KeySwitchPlan, PolyBatch, Repr,
+    limb_scalars, mod_up_reference, Backend, Buffer, HoistedRotation, KeySwitchPlan, PolyBatch,
+    Repr,
 };
 use crate::error::{Error, Result};
 use crate::math::{BaseConverter, RingContext, ScaleRounder};
@@ -701,7 +702,18 @@ impl Backend for CpuBackend {
         lift: Option<&PolyBatch>,
         p: &Arc<[usize]>,
     ) -> Result<PolyBatch> {
-        let words = fused::key_inner_hoisted_words(ring, ups, keys, g, lift, p)?;
+        self.key_inner_hoisted_sum(ring, ups, &[(keys, g)], lift, p)
+    }
+
+    fn key_inner_hoisted_sum(
+        &self,
+        ring: &RingContext,
+        ups: &[&PolyBatch],
+        rotations: &[HoistedRotation<'_>],
+        lift: Option<&PolyBatch>,
+        p: &Arc<[usize]>,
+    ) -> Result<PolyBatch> {
+        let words = fused::key_inner_hoisted_words(ring, ups, rotations, lift, p)?;
         Ok(PolyBatch::from_parts(
             Buffer::Host(words),
             ups[0].limbs.clone(),
