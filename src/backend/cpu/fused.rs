@@ -113,33 +113,41 @@ pub(super) fn mod_down_words(
         t.copy_from_slice(&x[c * xw + dpos[i] * n..][..n]);
         ring.plan(drop[i]).inverse(t);
     });
-    let mut out = vec![0u32; count * nk * n];
-    convert_polys(conv, &tail, &mut out, n, true);
+    let len = count * nk * n;
+    let mut converted = Scratch::take(len);
+    convert_polys(conv, &tail, &mut converted, n, true);
     let factors: Vec<(u32, u32)> = mod_down_factors(ring, keep, drop)
         .into_iter()
         .zip(keep)
         .map(|(f, &k)| (f, ring.modulus(k).shoup(f)))
         .collect();
-    out.par_chunks_mut(n).enumerate().for_each(|(idx, o)| {
-        let (c, i) = (idx / nk, idx % nk);
-        let m = ring.modulus(keep[i]);
-        ring.plan(keep[i]).forward(o);
-        let (f, fs) = factors[i];
-        let xs = &x[c * xw + kpos[i] * n..][..n];
-        match onto {
-            Some(on) => {
-                let on = &on[idx * n..][..n];
-                for ((o, &x), &a) in o.iter_mut().zip(xs).zip(on) {
-                    *o = m.add(m.mul_shoup(m.sub(x, *o), f, fs), a);
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(n)
+        .zip(converted.par_chunks_mut(n))
+        .enumerate()
+        .for_each(|(idx, (o, t))| {
+            let (c, i) = (idx / nk, idx % nk);
+            let m = ring.modulus(keep[i]);
+            ring.plan(keep[i]).forward(t);
+            let (f, fs) = factors[i];
+            let xs = &x[c * xw + kpos[i] * n..][..n];
+            match onto {
+                Some(on) => {
+                    let on = &on[idx * n..][..n];
+                    for (((o, &t), &x), &a) in o.iter_mut().zip(&*t).zip(xs).zip(on) {
+                        o.write(m.add(m.mul_shoup(m.sub(x, t), f, fs), a));
+                    }
+                }
+                None => {
+                    for ((o, &t), &x) in o.iter_mut().zip(&*t).zip(xs) {
+                        o.write(m.mul_shoup(m.sub(x, t), f, fs));
+                    }
                 }
             }
-            None => {
-                for (o, &x) in o.iter_mut().zip(xs) {
-                    *o = m.mul_shoup(m.sub(x, *o), f, fs);
-                }
-            }
-        }
-    });
+        });
+    // SAFETY: every limb of `out[..len]` was written word for word above.
+    unsafe { out.set_len(len) };
     Ok(out)
 }
 
@@ -322,18 +330,27 @@ pub(super) fn mod_up_words(
                     ))),
                 })
                 .collect::<Result<_>>()?;
-            let mut out = vec![0u32; nqp * n];
-            out.par_chunks_mut(n)
+            let len = nqp * n;
+            let mut out = Vec::with_capacity(len);
+            out.spare_capacity_mut()[..len]
+                .par_chunks_mut(n)
                 .zip(from.par_iter())
                 .zip(plan.qp.par_iter())
                 .for_each(|((o, &(new, i)), &l)| {
+                    let src: &[u32] = if new { &ext } else { dw };
+                    let src = &src[i * n..(i + 1) * n];
+                    // SAFETY: `src` and `o` are `n` words each and do not overlap (`o` is in a
+                    // new allocation); after the copy every word of `o` is written.
+                    let o = unsafe {
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), o.as_mut_ptr().cast(), n);
+                        assume_init(o)
+                    };
                     if new {
-                        o.copy_from_slice(&ext[i * n..(i + 1) * n]);
                         ring.plan(l).forward(o);
-                    } else {
-                        o.copy_from_slice(&dw[i * n..(i + 1) * n]);
                     }
                 });
+            // SAFETY: every limb of `out[..len]` was copied in full above.
+            unsafe { out.set_len(len) };
             Ok(out)
         })
         .collect::<Result<Vec<_>>>()
