@@ -698,3 +698,45 @@ fn sum_slots_in_hoisted_rounds_matches_the_plaintext_sums() {
         );
     }
 }
+
+/// `encrypt_many` and `encrypt_symmetric_many` (parallel, one seeded stream per ciphertext):
+/// every ciphertext decrypts to its own plaintext's values, two encryptions of one plaintext
+/// differ (fresh randomness each), and a seeded context repeats its words.
+#[test]
+fn encryptions_in_parallel_decrypt_to_their_plaintexts_with_fresh_randomness() {
+    let ctx = CkksContext::with_seed(small_insecure_params(), [6; 32]).unwrap();
+    let keys = ctx.keygen().unwrap();
+    let slots = ctx.slots();
+    let values: Vec<Vec<f64>> = (0..3).map(|k| vals(40 + k, slots, 1.0)).collect();
+    let pts: Vec<_> = values
+        .iter()
+        .map(|v| ctx.encode(v, ctx.default_scale(), ctx.max_level()).unwrap())
+        .collect();
+    let mut pts: Vec<_> = pts.iter().collect();
+    pts.push(pts[0]);
+    let words = |cts: &[hetensor::rlwe::Ciphertext]| -> Vec<Vec<u32>> {
+        cts.iter()
+            .map(|c| ctx.rlwe().backend().download(c.polys()).unwrap())
+            .collect()
+    };
+    let public = ctx.encrypt_many(&pts, &keys.public).unwrap();
+    let secret = ctx.encrypt_symmetric_many(&pts, &keys.secret).unwrap();
+    for cts in [&public, &secret] {
+        assert_eq!(cts.len(), 4);
+        for (ct, want) in cts.iter().zip(values.iter().chain([&values[0]])) {
+            close(want, &ctx.decrypt_decode(ct, &keys.secret).unwrap(), FRESH);
+        }
+        let w = words(cts);
+        assert_ne!(
+            w[0], w[3],
+            "one plaintext encrypted twice gave the same words"
+        );
+    }
+    // The same calls on a context with the same seed give the same words.
+    let again = CkksContext::with_seed(small_insecure_params(), [6; 32]).unwrap();
+    let keys2 = again.keygen().unwrap();
+    let public2 = again.encrypt_many(&pts, &keys2.public).unwrap();
+    let secret2 = again.encrypt_symmetric_many(&pts, &keys2.secret).unwrap();
+    assert_eq!(words(&public2), words(&public));
+    assert_eq!(words(&secret2), words(&secret));
+}

@@ -5,6 +5,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use hetensor::bfv::{self, BfvContext};
 use hetensor::ckks::CkksContext;
 use hetensor::rlwe::Ciphertext;
@@ -34,7 +36,8 @@ pub(crate) trait Kernel: Clone + Send + Sync + Sized + 'static {
     fn one() -> Self::Value;
     /// Samples one ciphertext holds.
     fn slots(&self) -> usize;
-    fn encrypt(&self, col: &[Self::Value]) -> Result<Self::Ct>;
+    /// One ciphertext per column (values in slots `0..len`), encrypted in parallel.
+    fn encrypt_many(&self, cols: &[Vec<Self::Value>]) -> Result<Vec<Self::Ct>>;
     fn decrypt(&self, ct: &Self::Ct) -> Result<Vec<Self::Value>>;
     fn add(&self, a: &Self::Ct, b: &Self::Ct) -> Result<Self::Ct>;
     fn sub(&self, a: &Self::Ct, b: &Self::Ct) -> Result<Self::Ct>;
@@ -51,6 +54,12 @@ pub(crate) trait Kernel: Clone + Send + Sync + Sized + 'static {
     fn rotate(&self, a: &Self::Ct, step: i64) -> Result<Self::Ct>;
     /// Slot 0 ← the sum of slots `0..width` (other slots: partial sums).
     fn sum_slots(&self, a: &Self::Ct, width: usize) -> Result<Self::Ct>;
+    /// Key switches [`Self::rotate`]`(step)` costs with this context's keys (1 with the
+    /// step's own key, one per set bit when composed from power-of-two keys), or `None` where
+    /// it cannot rotate by `step` or [`sum_slots_many`] should not pack (BFV).
+    fn rotation_cost(&self, _step: i64) -> Option<usize> {
+        None
+    }
     /// `out[k] = Σ_i w[k][i]·cts[i]` (CKKS: rescaled back to the inputs' scale).
     fn dot(&self, cts: &[&Self::Ct], w: &[Vec<Self::Value>]) -> Result<Vec<Self::Ct>>;
     fn add_all(&self, cts: &[&Self::Ct]) -> Result<Self::Ct>;
@@ -93,6 +102,67 @@ fn compose_rotation<C: Clone>(
         }
         other => other,
     }
+}
+
+/// [`Kernel::sum_slots`] of each of `cts`, whose slots from `width` on are zero (clean
+/// tensors), in shared sums where that saves key switches: the ciphertexts of a group are
+/// rotated into disjoint windows `[r, r + W)` of one ciphertext (`W`: `width` rounded up to a
+/// power of two), that one is summed once, and each window's sum is rotated back to slot 0.
+/// A window is used only where its two rotations cost fewer key switches than a sum of its
+/// own (`log2 W`), so with only a sum's keys nothing is packed. Titanic's 9 gradient sums over
+/// 891 passengers take 2 sums and ~22 rotations instead of 9 sums of 10 rotations each.
+pub(crate) fn sum_slots_many<K: Kernel>(k: &K, cts: &[K::Ct], width: usize) -> Result<Vec<K::Ct>> {
+    let slots = k.slots();
+    let w = width.max(1).next_power_of_two().min(slots);
+    let own = w.trailing_zeros() as usize;
+    // The windows other than [0, W) worth their two rotations, cheapest first.
+    let mut windows: Vec<(usize, i64)> = (1..slots / w)
+        .filter_map(|j| {
+            let r = (j * w) as i64;
+            let cost = k.rotation_cost(-r)? + k.rotation_cost(r)?;
+            (cost < own).then_some((cost, r))
+        })
+        .collect();
+    windows.sort_unstable();
+    let per_group = 1 + windows.len();
+    if cts.len() < 2 || per_group < 2 {
+        return cts.par_iter().map(|c| k.sum_slots(c, width)).collect();
+    }
+    // Balanced groups (9 → 5 + 4, not 8 + 1): the groups run in parallel.
+    let size = cts.len().div_ceil(cts.len().div_ceil(per_group));
+    let offsets: Vec<i64> = std::iter::once(0)
+        .chain(windows.iter().map(|&(_, r)| r))
+        .collect();
+    let groups = cts
+        .par_chunks(size)
+        .map(|group| -> Result<Vec<K::Ct>> {
+            let offsets = &offsets[..group.len()];
+            let moved = group
+                .par_iter()
+                .zip(offsets)
+                .map(|(c, &r)| {
+                    if r == 0 {
+                        Ok(c.clone())
+                    } else {
+                        k.rotate(c, -r)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let packed = k.add_all(&moved.iter().collect::<Vec<_>>())?;
+            let summed = k.sum_slots(&packed, width)?;
+            offsets
+                .par_iter()
+                .map(|&r| {
+                    if r == 0 {
+                        Ok(summed.clone())
+                    } else {
+                        k.rotate(&summed, r)
+                    }
+                })
+                .collect()
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(groups.into_iter().flatten().collect())
 }
 
 /// `Σ mul(a_i, b_i)` over unrelinearized products (relinearization is linear: one at the end).
@@ -172,13 +242,16 @@ impl Kernel for Ckks {
     fn slots(&self) -> usize {
         self.ctx.slots()
     }
-    fn encrypt(&self, col: &[f64]) -> Result<Ciphertext> {
-        let pt = self
-            .ctx
-            .encode(col, self.ctx.default_scale(), self.ctx.max_level())?;
+    fn encrypt_many(&self, cols: &[Vec<f64>]) -> Result<Vec<Ciphertext>> {
+        let (scale, level) = (self.ctx.default_scale(), self.ctx.max_level());
+        let pts = cols
+            .par_iter()
+            .map(|c| self.ctx.encode(c, scale, level))
+            .collect::<Result<Vec<_>>>()?;
+        let pts: Vec<_> = pts.iter().collect();
         match &self.inner.secret {
-            Some(sk) => self.ctx.encrypt_symmetric(&pt, sk),
-            None => self.ctx.encrypt(&pt, &self.inner.keys.public),
+            Some(sk) => self.ctx.encrypt_symmetric_many(&pts, sk),
+            None => self.ctx.encrypt_many(&pts, &self.inner.keys.public),
         }
     }
     fn decrypt(&self, ct: &Ciphertext) -> Result<Vec<f64>> {
@@ -223,6 +296,19 @@ impl Kernel for Ckks {
     }
     fn sum_slots(&self, a: &Ciphertext, width: usize) -> Result<Ciphertext> {
         self.ctx.sum_slots(a, width, self.inner.galois()?)
+    }
+    fn rotation_cost(&self, step: i64) -> Option<usize> {
+        let gk = self.inner.galois().ok()?;
+        let have = |s: i64| gk.get(self.ctx.galois_element(s)).is_some();
+        let s = step.rem_euclid(self.slots() as i64);
+        if s == 0 || have(s) {
+            return Some((s != 0) as usize);
+        }
+        // As `compose_rotation` does it: one key switch per set bit of `s`.
+        (0..63)
+            .filter(|b| s >> b & 1 == 1)
+            .all(|b| have(1 << b))
+            .then_some(s.count_ones() as usize)
     }
     fn dot(&self, cts: &[&Ciphertext], w: &[Vec<f64>]) -> Result<Vec<Ciphertext>> {
         let level = cts.first().map(|c| c.level()).unwrap_or(0);
@@ -290,12 +376,16 @@ impl Kernel for Bfv {
     fn slots(&self) -> usize {
         self.ctx.slots()
     }
-    fn encrypt(&self, col: &[i64]) -> Result<bfv::Ciphertext> {
-        let pt = self.ctx.encode_signed(col)?;
-        match &self.inner.secret {
-            Some(sk) => self.ctx.encrypt_symmetric(&pt, sk),
-            None => self.ctx.encrypt(&pt, &self.inner.keys.public),
-        }
+    fn encrypt_many(&self, cols: &[Vec<i64>]) -> Result<Vec<bfv::Ciphertext>> {
+        cols.par_iter()
+            .map(|col| {
+                let pt = self.ctx.encode_signed(col)?;
+                match &self.inner.secret {
+                    Some(sk) => self.ctx.encrypt_symmetric(&pt, sk),
+                    None => self.ctx.encrypt(&pt, &self.inner.keys.public),
+                }
+            })
+            .collect()
     }
     fn decrypt(&self, ct: &bfv::Ciphertext) -> Result<Vec<i64>> {
         let pt = self.ctx.decrypt(ct, self.inner.secret()?)?;

@@ -13,7 +13,7 @@ use pyo3::types::PyBytes;
 use rayon::prelude::*;
 
 use crate::context::{lookup, Context, Inner, Scheme};
-use crate::kernel::{Bfv, Ckks, Kernel};
+use crate::kernel::{sum_slots_many, Bfv, Ckks, Kernel};
 use crate::{heavy, light, to_py};
 
 /// The scheme-independent part of a tensor.
@@ -153,10 +153,7 @@ impl<K: Kernel> Core<K> {
                 None => vec![c[0]; slots],
             })
             .collect();
-        let cts = cols
-            .par_iter()
-            .map(|c| k.encrypt(c))
-            .collect::<Result<Vec<_>>>()?;
+        let cts = k.encrypt_many(&cols)?;
         Ok(Self {
             k,
             shape,
@@ -443,18 +440,15 @@ impl<K: Kernel> Core<K> {
             .collect::<Result<Vec<_>>>()?;
         let (mut batch, mut clean) = (self.batch, self.clean);
         if let (true, Some(b)) = (over_samples, self.batch) {
-            let ones = vec![K::one(); b];
-            cts = cts
-                .par_iter()
-                .map(|c| {
-                    let c = if clean {
-                        c.clone()
-                    } else {
-                        self.k.mul_col(c, &ones)?
-                    };
-                    self.k.sum_slots(&c, b)
-                })
-                .collect::<Result<Vec<_>>>()?;
+            if !clean {
+                // Slots past the batch may hold anything: zeroed before they are summed.
+                let ones = vec![K::one(); b];
+                cts = cts
+                    .par_iter()
+                    .map(|c| self.k.mul_col(c, &ones))
+                    .collect::<Result<Vec<_>>>()?;
+            }
+            cts = sum_slots_many(&self.k, &cts, b)?;
             batch = Some(1);
             clean = false;
         }

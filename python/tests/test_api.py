@@ -81,6 +81,22 @@ def test_sum_rotations_and_their_radix(data):
         close(ctx.encrypt(a).sum(axis=0), a.sum(axis=0, keepdims=True), tol=1e-4)
 
 
+def test_sums_over_samples_share_rotations_across_features():
+    """`sum(axis=0)` of many features packs them into windows of shared sums where the keys
+    allow (the default keys: 9 features of 900 samples in 2 groups at 4096 slots); with keys
+    for the sum only (powers of two below 1024) each feature is summed alone. Both give
+    numpy's sums, also for a tensor whose padding must be masked first."""
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(size=(900, 9)), rng.normal(size=(900, 1))
+    want = x.sum(axis=0, keepdims=True)
+    for steps in (None, he.sum_rotations(1024, 2)):
+        ctx = he.Context.ckks(depth=2, scale_bits=40, log_n=13, rotations=steps)
+        X = ctx.encrypt(x)
+        close(X.sum(axis=0), want, tol=1e-4)
+        close((X * ctx.encrypt(y)).sum(axis=0), (x * y).sum(axis=0, keepdims=True), tol=1e-4)
+        close((X + 1.0).sum(axis=0), want + len(x), tol=1e-4)  # padding masked
+
+
 def test_ckks_without_the_extra_special_prime(data):
     """`extra_special_primes=0` (SEAL's key-switching precision, fewer digits) still computes
     products, sums and rotations to ~1e-5; a negative count is refused by the binding."""

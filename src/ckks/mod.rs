@@ -383,6 +383,42 @@ impl CkksContext {
         self.with_sampler(|s| ct_ops::encrypt_symmetric(&self.rlwe, sk, &pt.poly, pt.scale, s))
     }
 
+    /// [`Self::encrypt`] of every plaintext, in parallel ([`Self::encrypt_symmetric_many`]).
+    pub fn encrypt_many(&self, pts: &[&Plaintext], pk: &PublicKey) -> Result<Vec<Ciphertext>> {
+        self.in_parallel(pts, |pt, s| {
+            ct_ops::encrypt_public(&self.rlwe, pk, &pt.poly, pt.scale, s)
+        })
+    }
+
+    /// [`Self::encrypt_symmetric`] of every plaintext, in parallel: each ciphertext gets its
+    /// own ChaCha20 stream, seeded with 32 bytes drawn from the context's, so that only the
+    /// seeds are drawn in turn (a 2^14 encryption spends a third of its time sampling).
+    pub fn encrypt_symmetric_many(
+        &self,
+        pts: &[&Plaintext],
+        sk: &SecretKey,
+    ) -> Result<Vec<Ciphertext>> {
+        self.in_parallel(pts, |pt, s| {
+            ct_ops::encrypt_symmetric(&self.rlwe, sk, &pt.poly, pt.scale, s)
+        })
+    }
+
+    /// `encrypt(pt, sampler)` for every plaintext in parallel, each with a sampler seeded from
+    /// the context's.
+    fn in_parallel(
+        &self,
+        pts: &[&Plaintext],
+        encrypt: impl Fn(&Plaintext, &mut Sampler) -> Result<Ciphertext> + Sync,
+    ) -> Result<Vec<Ciphertext>> {
+        use rayon::prelude::*;
+        let seeds = self.with_sampler(|s| Ok(pts.iter().map(|_| s.seed()).collect::<Vec<_>>()))?;
+        let seeds = zeroize::Zeroizing::new(seeds);
+        pts.par_iter()
+            .zip(seeds.par_iter())
+            .map(|(pt, &seed)| encrypt(pt, &mut Sampler::from_seed(seed)))
+            .collect()
+    }
+
     /// Decrypts to complex slot values.
     pub fn decrypt_complex(&self, ct: &Ciphertext, sk: &SecretKey) -> Result<Vec<Complex64>> {
         let poly = ct_ops::decrypt_to_poly(&self.rlwe, sk, ct)?;
