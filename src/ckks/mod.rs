@@ -33,14 +33,12 @@ pub mod params;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 
-use num_bigint::BigInt;
 use num_complex::Complex64;
-use num_traits::ToPrimitive;
 
 use crate::backend::{Backend, PolyBatch};
 use crate::error::{Error, Result};
+use crate::math::rns::CenteredLift;
 use crate::math::sampler::Sampler;
-use crate::math::RnsBasis;
 use crate::rlwe::ciphertext as ct_ops;
 use crate::rlwe::keys::{ckks_galois_element, galois_element_conjugate};
 use crate::rlwe::{
@@ -358,17 +356,24 @@ impl CkksContext {
                 .map(|&w| moduli[0].center(w) as f64 / scale)
                 .collect()
         } else {
-            let basis = RnsBasis::new(&moduli);
-            let mut residues = vec![0u32; moduli.len()];
-            (0..n)
-                .map(|k| {
-                    for (i, r) in residues.iter_mut().enumerate() {
-                        *r = words[i * n + k];
+            use rayon::prelude::*;
+            let lift = CenteredLift::new(&moduli);
+            let l = moduli.len();
+            let mut coeffs = vec![0f64; n];
+            coeffs
+                .par_chunks_mut(1024)
+                .enumerate()
+                .for_each(|(c, out)| {
+                    let (mut residues, mut scratch) = (vec![0u32; l], vec![0u32; l]);
+                    for (j, o) in out.iter_mut().enumerate() {
+                        let k = c * 1024 + j;
+                        for (i, r) in residues.iter_mut().enumerate() {
+                            *r = words[i * n + k];
+                        }
+                        *o = lift.to_f64(&residues, &mut scratch) / scale;
                     }
-                    let x: BigInt = basis.compose_centered(&residues);
-                    x.to_f64().unwrap_or(f64::NAN) / scale
-                })
-                .collect()
+                });
+            coeffs
         };
         Ok(self.encoder.embed(&coeffs))
     }
