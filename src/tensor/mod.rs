@@ -61,6 +61,26 @@ pub enum EncryptionKey<'a> {
     Public(&'a PublicKey),
 }
 
+/// One ciphertext per column (values in slots `0..len`) at the top level and default scale:
+/// encoded and encrypted in parallel (one seeded stream per ciphertext,
+/// [`CkksContext::encrypt_symmetric_many`]).
+fn encrypt_columns(
+    ctx: &CkksContext,
+    key: EncryptionKey<'_>,
+    columns: &[Vec<f64>],
+) -> Result<Vec<Ciphertext>> {
+    let (scale, level) = (ctx.default_scale(), ctx.max_level());
+    let pts = columns
+        .par_iter()
+        .map(|col| ctx.encode(col, scale, level))
+        .collect::<Result<Vec<_>>>()?;
+    let pts: Vec<_> = pts.iter().collect();
+    match key {
+        EncryptionKey::Secret(sk) => ctx.encrypt_symmetric_many(&pts, sk),
+        EncryptionKey::Public(pk) => ctx.encrypt_many(&pts, pk),
+    }
+}
+
 impl CipherTensor<Ciphertext> {
     /// Encrypts `x` (`[batch, ...features]`, batch ≤ slots) in the batched layout at the
     /// context's top level and default scale, in parallel over features.
@@ -89,17 +109,7 @@ impl CipherTensor<Ciphertext> {
             .to_shape((batch, features))
             .map_err(|e| Error::Shape(e.to_string()))?;
         let columns: Vec<Vec<f64>> = flat.axis_iter(Axis(1)).map(|c| c.to_vec()).collect();
-        let (scale, level) = (ctx.default_scale(), ctx.max_level());
-        let cts = columns
-            .par_iter()
-            .map(|col| {
-                let pt = ctx.encode(col, scale, level)?;
-                match key {
-                    EncryptionKey::Secret(sk) => ctx.encrypt_symmetric(&pt, sk),
-                    EncryptionKey::Public(pk) => ctx.encrypt(&pt, pk),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let cts = encrypt_columns(ctx, key, &columns)?;
         Ok(Self {
             shape,
             batch,
@@ -131,17 +141,7 @@ impl CipherTensor<Ciphertext> {
             col.resize(col.len().max(s as usize + 1), 0.0);
             col[s as usize] = v;
         }
-        let (scale, level) = (ctx.default_scale(), ctx.max_level());
-        let cts = vals
-            .par_iter()
-            .map(|v| {
-                let pt = ctx.encode(v, scale, level)?;
-                match key {
-                    EncryptionKey::Secret(sk) => ctx.encrypt_symmetric(&pt, sk),
-                    EncryptionKey::Public(pk) => ctx.encrypt(&pt, pk),
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let cts = encrypt_columns(ctx, key, &vals)?;
         Ok(Self {
             shape,
             batch: 1,
