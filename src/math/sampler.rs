@@ -91,6 +91,14 @@ impl Sampler {
     /// per word would give; only the stream position after the call differs).
     pub fn uniform(&mut self, moduli: &[Modulus], n: usize) -> Vec<u32> {
         let mut out = vec![0u32; moduli.len() * n];
+        self.uniform_into(moduli, n, &mut out);
+        out
+    }
+
+    /// [`Self::uniform`] into `out` (`moduli.len() · n` words), the same words: a decoder
+    /// expands a seed straight into the ciphertext it builds.
+    pub fn uniform_into(&mut self, moduli: &[Modulus], n: usize, out: &mut [u32]) {
+        let out = &mut out[..moduli.len() * n];
         let mut bytes = [0u8; 1024];
         let mut next = bytes.len();
         let mut k = 0;
@@ -115,7 +123,6 @@ impl Sampler {
                 }
             }
         }
-        out
     }
 
     /// A 32-byte seed derived from `seed` for one purpose: the first 32 bytes of ChaCha20 keyed

@@ -94,11 +94,13 @@ fn read_polys(
     Ok(())
 }
 
-/// The uniform polynomial a seed expands to over `limbs`, exactly as key generation and
-/// symmetric encryption drew it.
-fn expand_seed(ctx: &RlweContext, seed: [u8; 32], limbs: &[usize]) -> Vec<u32> {
+/// Appends to `words` the uniform polynomial a seed expands to over `limbs`, exactly as key
+/// generation and symmetric encryption drew it.
+fn expand_seed(ctx: &RlweContext, seed: [u8; 32], limbs: &[usize], words: &mut Vec<u32>) {
     let moduli: Vec<_> = limbs.iter().map(|&l| *ctx.ring().modulus(l)).collect();
-    Sampler::uniform_from_seed(seed, &moduli, ctx.n())
+    let start = words.len();
+    words.resize(start + limbs.len() * ctx.n(), 0);
+    Sampler::from_seed(seed).uniform_into(&moduli, ctx.n(), &mut words[start..]);
 }
 
 /// `(b, a)` pairs with an optional seed for `a`: public keys and key-switching digits.
@@ -129,12 +131,13 @@ fn read_pair(
 ) -> Result<(PolyBatch, Option<[u8; 32]>)> {
     d.allow(1);
     let seeded = d.bool("seed flag")?;
-    let mut words = Vec::new();
+    // Two polynomials over the parameters' limbs: what the pair can legitimately hold.
+    let mut words = Vec::with_capacity(2 * limbs.len() * ctx.n());
     let seed = if seeded {
         d.allow(32);
         let s: [u8; 32] = d.bytes("seed")?;
         read_polys(ctx, d, &limbs, 1, &mut words)?;
-        words.extend(expand_seed(ctx, s, &limbs));
+        expand_seed(ctx, s, &limbs, &mut words);
         Some(s)
     } else {
         read_polys(ctx, d, &limbs, 2, &mut words)?;
@@ -231,7 +234,8 @@ fn read_ciphertext(ctx: &RlweContext, d: &mut Decoder) -> Result<(Ciphertext, u6
         )));
     }
     let seeded = d.bool("seed flag")?;
-    let mut words = Vec::new();
+    // `size` (2 or 3, checked) polynomials over the level's limbs.
+    let mut words = Vec::with_capacity(size * limbs.len() * ctx.n());
     let seed = if seeded {
         if size != 2 {
             return Err(Error::Decode(
@@ -241,7 +245,7 @@ fn read_ciphertext(ctx: &RlweContext, d: &mut Decoder) -> Result<(Ciphertext, u6
         d.allow(32);
         let s: [u8; 32] = d.bytes("seed")?;
         read_polys(ctx, d, &limbs, 1, &mut words)?;
-        words.extend(expand_seed(ctx, s, &limbs));
+        expand_seed(ctx, s, &limbs, &mut words);
         Some(s)
     } else {
         read_polys(ctx, d, &limbs, size, &mut words)?;
