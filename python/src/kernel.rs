@@ -125,7 +125,11 @@ pub(crate) fn sum_slots_many<K: Kernel>(k: &K, cts: &[K::Ct], width: usize) -> R
         .collect();
     windows.sort_unstable();
     let per_group = 1 + windows.len();
-    if cts.len() < 2 || per_group < 2 {
+    // A packed ciphertext adds its group: only ciphertexts at one level and scale share one.
+    let alike = cts
+        .windows(2)
+        .all(|p| k.level(&p[0]) == k.level(&p[1]) && k.scale(&p[0]) == k.scale(&p[1]));
+    if cts.len() < 2 || per_group < 2 || !alike {
         return cts.par_iter().map(|c| k.sum_slots(c, width)).collect();
     }
     // Balanced groups (9 → 5 + 4, not 8 + 1): the groups run in parallel.
