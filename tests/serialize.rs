@@ -9,7 +9,8 @@ use hetensor::bfv::{self, BfvChain, BfvContext, BfvParams, PlainModulus};
 use hetensor::ckks::{CkksContext, CkksParams, KeySet, SinglePrimeChain};
 use hetensor::rlwe::{Ciphertext, GaloisKeys, PublicKey, RelinKey, Security};
 use hetensor::serialize::{
-    self, DecodeOptions, PublicContext, SecretContext, WriteOptions, FORMAT_VERSION, HEADER_LEN,
+    self, DecodeOptions, Encode, PublicContext, SecretContext, WriteOptions, CHECKSUM_LEN,
+    FORMAT_VERSION, HEADER_LEN,
 };
 use hetensor::Error;
 use proptest::prelude::*;
@@ -98,6 +99,14 @@ fn ciphertexts_round_trip_word_for_word() {
             },
         ] {
             let bytes = serialize::to_bytes(ctx, ct, opts).unwrap();
+            if opts.compression.is_none() {
+                // The length writers reserve is the length written.
+                assert_eq!(
+                    bytes.len(),
+                    HEADER_LEN + ct.body_len(ctx, &opts) + CHECKSUM_LEN,
+                    "{name} {opts:?}"
+                );
+            }
             let back: Ciphertext = serialize::from_bytes(ctx, &bytes).unwrap();
             assert_eq!(words(back.polys()), words(ct.polys()), "{name} {opts:?}");
             assert_eq!(back.level(), ct.level());
@@ -318,6 +327,10 @@ fn bfv_ciphertexts_round_trip_and_do_not_pass_for_ckks() {
     let v: Vec<u64> = (0..100).collect();
     let ct = ctx.encrypt(&ctx.encode(&v).unwrap(), &pk).unwrap();
     let bytes = serialize::to_bytes(ctx.rlwe(), &ct, WriteOptions::default()).unwrap();
+    assert_eq!(
+        bytes.len(),
+        HEADER_LEN + ct.body_len(ctx.rlwe(), &WriteOptions::default()) + CHECKSUM_LEN
+    );
     let back: bfv::Ciphertext = serialize::from_bytes(ctx.rlwe(), &bytes).unwrap();
     assert_eq!(
         &ctx.decode(&ctx.decrypt(&back, &sk).unwrap()).unwrap()[..100],

@@ -71,8 +71,21 @@ pub(crate) trait Kernel: Clone + Send + Sync + Sized + 'static {
     fn scale(&self, a: &Self::Ct) -> f64;
     fn key_id(a: &Self::Ct) -> u64;
 
-    fn encode_ct(&self, ct: &Self::Ct) -> Result<Vec<u8>> {
-        serialize::to_bytes(self.inner().rlwe(), ct, WriteOptions::default())
+    /// Bytes [`Self::write_ct`] writes for `ct` (the compact format, uncompressed: exact).
+    fn ct_len(&self, ct: &Self::Ct) -> usize {
+        let opts = WriteOptions::default();
+        serialize::HEADER_LEN + ct.body_len(self.inner().rlwe(), &opts) + serialize::CHECKSUM_LEN
+    }
+    /// Writes `ct` in the compact format into `out`, which must be [`Self::ct_len`] long.
+    fn write_ct(&self, ct: &Self::Ct, mut out: &mut [u8]) -> Result<()> {
+        serialize::write(self.inner().rlwe(), ct, &mut out, WriteOptions::default())?;
+        if !out.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "a ciphertext encoded {} bytes short of its announced length",
+                out.len()
+            )));
+        }
+        Ok(())
     }
     fn decode_ct(&self, bytes: &[u8]) -> Result<Self::Ct> {
         serialize::from_bytes(self.inner().rlwe(), bytes)

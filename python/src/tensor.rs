@@ -477,16 +477,11 @@ impl<K: Kernel> Core<K> {
         self.cts.first().map(|c| self.k.scale(c)).unwrap_or(1.0)
     }
 
-    /// `HETT`, version, scheme tag, flags (1: clean, 2: has batch), fingerprint, key set,
-    /// batch, shape, then each ciphertext in the compact format with its length.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+    /// The header [`Self::write_into`] writes: `HETT`, version, scheme tag, flags (1: clean,
+    /// 2: has batch), fingerprint, key set, batch, shape.
+    fn header(&self) -> Vec<u8> {
         let inner = self.k.inner();
-        let frames = self
-            .cts
-            .par_iter()
-            .map(|c| self.k.encode_ct(c))
-            .collect::<Result<Vec<_>>>()?;
-        let mut out = Vec::with_capacity(frames.iter().map(|f| f.len() + 8).sum::<usize>() + 64);
+        let mut out = Vec::with_capacity(MAGIC.len() + 3 + 8 * (4 + self.shape.len()));
         out.extend_from_slice(MAGIC);
         out.push(FORMAT);
         out.push(K::TAG);
@@ -498,11 +493,40 @@ impl<K: Kernel> Core<K> {
         for &d in &self.shape {
             out.extend_from_slice(&(d as u64).to_le_bytes());
         }
-        for f in &frames {
-            out.extend_from_slice(&(f.len() as u64).to_le_bytes());
-            out.extend_from_slice(f);
+        out
+    }
+
+    /// Bytes of the tensor in its format: the header, then each ciphertext's length and
+    /// compact encoding.
+    pub fn encoded_len(&self) -> usize {
+        self.header().len() + self.cts.iter().map(|c| 8 + self.k.ct_len(c)).sum::<usize>()
+    }
+
+    /// Writes the tensor into `out` ([`Self::encoded_len`] bytes), its ciphertexts in parallel
+    /// straight into their places: no per-ciphertext buffers to gather afterwards.
+    pub fn write_into(&self, out: &mut [u8]) -> Result<()> {
+        if out.len() != self.encoded_len() {
+            return Err(Error::InvalidInput(format!(
+                "a tensor of {} bytes written into a buffer of {}",
+                self.encoded_len(),
+                out.len()
+            )));
         }
-        Ok(out)
+        let head = self.header();
+        let (h, mut rest) = out.split_at_mut(head.len());
+        h.copy_from_slice(&head);
+        let mut places = Vec::with_capacity(self.cts.len());
+        for c in self.cts.iter() {
+            let len = self.k.ct_len(c);
+            let (frame, tail) = std::mem::take(&mut rest).split_at_mut(8 + len);
+            let (prefix, body) = frame.split_at_mut(8);
+            prefix.copy_from_slice(&(len as u64).to_le_bytes());
+            places.push((c, body));
+            rest = tail;
+        }
+        places
+            .into_par_iter()
+            .try_for_each(|(c, body)| self.k.write_ct(c, body))
     }
 
     pub fn from_bytes(k: K, h: Header, body: &[u8]) -> Result<Self> {
@@ -864,8 +888,7 @@ macro_rules! tensor_class {
             /// The tensor in the compact format (what pickling uses).
             fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
                 let c = self.core()?;
-                let b = heavy(py, || c.to_bytes())?;
-                Ok(PyBytes::new(py, &b))
+                PyBytes::new_with(py, c.encoded_len(), |out| heavy(py, || c.write_into(out)))
             }
             /// Loads a tensor written by `to_bytes` under `ctx` (or, without it, under the
             /// context of its key set already loaded in this process).

@@ -119,6 +119,16 @@ impl PolyBatch {
         }
     }
 
+    /// The words (limb-major) where they already live in host memory (the CPU backend), so
+    /// that readers such as the serializer borrow them instead of downloading a copy.
+    pub(crate) fn host_words(&self) -> Option<&[u32]> {
+        match &self.buf {
+            Buffer::Host(v) => Some(v),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// Indices (into the ring's prime table) of the limbs.
     pub fn limbs(&self) -> &[usize] {
         &self.limbs

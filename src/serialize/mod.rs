@@ -310,7 +310,11 @@ pub fn read<T: Decode>(ctx: &RlweContext, mut r: impl Read) -> Result<T> {
 
 /// `obj` as bytes.
 pub fn to_bytes<T: Encode>(ctx: &RlweContext, obj: &T, opts: WriteOptions) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
+    let body = match opts.compression {
+        None => obj.body_len(ctx, &opts),
+        Some(_) => 0,
+    };
+    let mut out = Vec::with_capacity(HEADER_LEN + body + CHECKSUM_LEN);
     write(ctx, obj, &mut out, opts)?;
     Ok(out)
 }

@@ -27,6 +27,11 @@ pub trait Encode {
     fn key_id(&self) -> u64;
     /// Writes the body.
     fn encode(&self, ctx: &RlweContext, e: &mut Encoder, opts: &WriteOptions) -> Result<()>;
+    /// The uncompressed body's length in bytes, where it is cheap to know (0 otherwise), so
+    /// that writers reserve their output once instead of growing it.
+    fn body_len(&self, _ctx: &RlweContext, _opts: &WriteOptions) -> usize {
+        0
+    }
 }
 
 /// An object that can be read back under an RLWE context (onto that context's backend).
@@ -65,7 +70,14 @@ fn write_polys(
     p: &PolyBatch,
     polys: std::ops::Range<usize>,
 ) -> Result<()> {
-    let words = ctx.backend().download(p)?;
+    let downloaded;
+    let words = match p.host_words() {
+        Some(w) => w,
+        None => {
+            downloaded = ctx.backend().download(p)?;
+            &downloaded[..]
+        }
+    };
     let n = p.n();
     let limbs = p.limbs();
     for i in polys {
@@ -177,7 +189,7 @@ fn write_ciphertext(
     e.u8(ct.level() as u8)?;
     e.u8(ct.size() as u8)?;
     e.f64(ct.scale)?;
-    match ct.seed.filter(|_| opts.seeded && ct.size() == 2) {
+    match written_seed(ct, opts) {
         Some(s) => {
             e.u8(1)?;
             e.bytes(&s)?;
@@ -188,6 +200,21 @@ fn write_ciphertext(
             write_polys(ctx, e, p, 0..ct.size())
         }
     }
+}
+
+/// The seed [`write_ciphertext`] stores instead of the second polynomial, if any.
+fn written_seed(ct: &Ciphertext, opts: &WriteOptions) -> Option<[u8; 32]> {
+    ct.seed.filter(|_| opts.seeded && ct.size() == 2)
+}
+
+/// The body [`write_ciphertext`] writes, in bytes: plain modulus, level, size, scale, seed
+/// flag, the seed if any, and the packed polynomials.
+fn ciphertext_body_len(ctx: &RlweContext, ct: &Ciphertext, opts: &WriteOptions) -> usize {
+    let (seed, polys) = match written_seed(ct, opts) {
+        Some(s) => (s.len(), 1),
+        None => (0, ct.size()),
+    };
+    8 + 1 + 1 + 8 + 1 + seed + polys * poly_bytes(ctx, ct.polys.limbs()) as usize
 }
 
 /// What scales a CKKS ciphertext at `level` can legitimately have, from how `ckks` tracks
@@ -270,6 +297,9 @@ impl Encode for Ciphertext {
     fn encode(&self, ctx: &RlweContext, e: &mut Encoder, opts: &WriteOptions) -> Result<()> {
         write_ciphertext(ctx, e, self, 0, opts)
     }
+    fn body_len(&self, ctx: &RlweContext, opts: &WriteOptions) -> usize {
+        ciphertext_body_len(ctx, self, opts)
+    }
 }
 
 impl Decode for Ciphertext {
@@ -301,6 +331,9 @@ impl Encode for bfv::Ciphertext {
         // The evaluator's noise estimate, so a loaded ciphertext is refused as soon as it would
         // be (see bfv::noise).
         e.f64(self.noise_log2)
+    }
+    fn body_len(&self, ctx: &RlweContext, opts: &WriteOptions) -> usize {
+        ciphertext_body_len(ctx, &self.inner, opts) + 8
     }
 }
 
