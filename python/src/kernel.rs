@@ -11,6 +11,7 @@ use hetensor::bfv::{self, BfvContext};
 use hetensor::ckks::CkksContext;
 use hetensor::rlwe::Ciphertext;
 use hetensor::serialize::{self, Decode, Encode, WriteOptions};
+use hetensor::tensor::{encrypt_columns, EncryptionKey};
 use hetensor::{Error, Result};
 
 use crate::context::{Inner, Scheme};
@@ -206,11 +207,10 @@ pub(crate) struct Ckks {
 }
 
 impl Ckks {
-    /// `a`, `b` brought to one level and scale: ciphertexts at the same scale meet at the
-    /// lower level (`add` does it); otherwise the higher one is lifted onto the lower one's
-    /// level and exact scale (`match_scale`, one level of the higher one).
-    /// `a` and `b` at one level and scale: borrowed as they are when they already agree (no
-    /// copies of their words), else the higher one brought down to the other.
+    /// `a` and `b` ready to meet: borrowed as they are (no copies of their words) when their
+    /// scales or levels agree (ciphertexts at one scale meet at the lower level: `add` does
+    /// it); otherwise the higher one is lifted onto the lower one's level and exact scale
+    /// (`match_scale`, one level of the higher one).
     fn align<'a>(
         &self,
         a: &'a Ciphertext,
@@ -260,16 +260,11 @@ impl Kernel for Ckks {
         self.ctx.slots()
     }
     fn encrypt_many(&self, cols: &[Vec<f64>]) -> Result<Vec<Ciphertext>> {
-        let (scale, level) = (self.ctx.default_scale(), self.ctx.max_level());
-        let pts = cols
-            .par_iter()
-            .map(|c| self.ctx.encode(c, scale, level))
-            .collect::<Result<Vec<_>>>()?;
-        let pts: Vec<_> = pts.iter().collect();
-        match &self.inner.secret {
-            Some(sk) => self.ctx.encrypt_symmetric_many(&pts, sk),
-            None => self.ctx.encrypt_many(&pts, &self.inner.keys.public),
-        }
+        let key = match &self.inner.secret {
+            Some(sk) => EncryptionKey::Secret(sk),
+            None => EncryptionKey::Public(&self.inner.keys.public),
+        };
+        encrypt_columns(&self.ctx, key, cols)
     }
     fn decrypt(&self, ct: &Ciphertext) -> Result<Vec<f64>> {
         self.ctx.decrypt_decode(ct, self.inner.secret()?)

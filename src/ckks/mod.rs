@@ -542,8 +542,7 @@ impl CkksContext {
 
     /// 1, 2, 4, … below `width` rounded up to a power of two.
     pub fn power_of_two_steps(width: usize) -> Vec<i64> {
-        let w = width.max(1).next_power_of_two();
-        (0..w.trailing_zeros()).map(|k| 1i64 << k).collect()
+        Self::sum_steps(width, 2)
     }
 
     /// `ct` brought to `level` and exactly `scale` (a plaintext multiplication by 1 encoded at

@@ -407,9 +407,14 @@ fn multiparty(
     report.keygen_seconds = keygen_seconds;
     // The one decryption: the final weights, collectively, to party 0, which publishes them.
     let smudging = match r.output {
-        OutputSmudging::Statistical => {
-            ckks_smudging(ctx.rlwe(), &w, 40, k, WEIGHTS_NOISE_LOG2, 8.0)?
-        }
+        OutputSmudging::Statistical => ckks_smudging(
+            ctx.rlwe(),
+            &w,
+            Smudging::DEFAULT_LAMBDA,
+            k,
+            WEIGHTS_NOISE_LOG2,
+            8.0,
+        )?,
         OutputSmudging::Weak => Smudging::bits(FINAL_SMUDGING_BITS)?,
     };
     let published = coord.decrypt_to(&w, 0, &smudging)?;
@@ -674,11 +679,17 @@ pub fn run_transfer(o: &TransferOptions, k: usize, p: &Prepared) -> Result<()> {
         .iter()
         .map(|c| ctx.mod_switch_to(c, 0))
         .collect::<Result<_>>()?;
-    let (smudging, smudging_note) =
-        match ckks_smudging(ctx.rlwe(), &low[0], 40, k, RESCALE_NOISE_LOG2, 8.0) {
-            Ok(s) => (s, "40-bit statistical".to_string()),
-            Err(e) => (Smudging::bits(FINAL_SMUDGING_BITS)?, e.to_string()),
-        };
+    let (smudging, smudging_note) = match ckks_smudging(
+        ctx.rlwe(),
+        &low[0],
+        Smudging::DEFAULT_LAMBDA,
+        k,
+        RESCALE_NOISE_LOG2,
+        8.0,
+    ) {
+        Ok(s) => (s, format!("{}-bit statistical", Smudging::DEFAULT_LAMBDA)),
+        Err(e) => (Smudging::bits(FINAL_SMUDGING_BITS)?, e.to_string()),
+    };
     let t_out = Instant::now();
     let moved = coord.reencrypt_to(&low, owner.public_key(), &smudging)?;
     let dec = moved

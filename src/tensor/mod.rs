@@ -63,8 +63,9 @@ pub enum EncryptionKey<'a> {
 
 /// One ciphertext per column (values in slots `0..len`) at the top level and default scale:
 /// encoded and encrypted in parallel (one seeded stream per ciphertext,
-/// [`CkksContext::encrypt_symmetric_many`]).
-fn encrypt_columns(
+/// [`CkksContext::encrypt_symmetric_many`]). The tensors here and the Python package's
+/// share it.
+pub fn encrypt_columns(
     ctx: &CkksContext,
     key: EncryptionKey<'_>,
     columns: &[Vec<f64>],
