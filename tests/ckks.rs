@@ -403,6 +403,45 @@ fn upload_signed_reduces_small_and_large_coefficients_alike() {
     }
 }
 
+#[test]
+fn a_broadcast_value_encodes_as_the_constant_polynomial() {
+    // One real value in every slot skips the embedding and the NTT. Its words must be the
+    // transform of the constant coefficient the embedding gives (checked to round to it),
+    // at every level, for both signs and for an overflowing value.
+    let (ctx, keys, _) = ctx();
+    let rlwe = ctx.rlwe();
+    let (n, slots, scale) = (rlwe.n(), ctx.slots(), ctx.default_scale());
+    for &c in &[0.1, -3.7, 0.0, 12.3456, -1e-6] {
+        let embedded = hetensor::ckks::CkksEncoder::new(n)
+            .embed_inverse(&vec![num_complex::Complex64::new(c, 0.0); slots]);
+        let coeffs: Vec<i64> = embedded
+            .iter()
+            .map(|&x| (x * scale).round() as i64)
+            .collect();
+        assert_eq!(coeffs[0], (c * scale).round() as i64, "{c}");
+        assert!(coeffs[1..].iter().all(|&x| x == 0), "{c}");
+        for level in [0, ctx.max_level()] {
+            let pt = ctx.encode(&vec![c; slots], scale, level).unwrap();
+            let want = rlwe
+                .upload_signed_ntt(&coeffs, rlwe.q_limbs(level))
+                .unwrap();
+            let be = rlwe.backend();
+            assert_eq!(
+                be.download(pt.poly()).unwrap(),
+                be.download(&want).unwrap(),
+                "{c} at {level}"
+            );
+            let ct = ctx.encrypt_symmetric(&pt, &keys.secret).unwrap();
+            let got = ctx.decrypt_decode(&ct, &keys.secret).unwrap();
+            close(&vec![c; slots], &got[..slots], FRESH);
+        }
+    }
+    assert!(matches!(
+        ctx.encode(&vec![1e30; slots], scale, 0),
+        Err(Error::ScaleOverflow(_))
+    ));
+}
+
 /// N = 2^12, 3 levels at 2^25, 2 digits: small enough for key-set tests (not secure).
 fn small_insecure_params() -> CkksParams {
     CkksParams::single_prime(SinglePrimeChain {

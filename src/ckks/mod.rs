@@ -68,6 +68,11 @@ impl Plaintext {
     pub fn scale(&self) -> f64 {
         self.scale
     }
+
+    /// The encoded polynomial (NTT form, over the level's primes).
+    pub fn poly(&self) -> &PolyBatch {
+        &self.poly
+    }
 }
 
 /// A CKKS context: parameters, ring, encoder and randomness.
@@ -97,6 +102,13 @@ fn scaled_integer(what: &str, c: f64, scale: f64) -> Result<i128> {
 
 /// Coefficients below 2^62 in magnitude are encoded from 64-bit integers.
 const WORD_LIMIT: f64 = 4_611_686_018_427_387_904.0;
+
+/// The value of `values` when they fill all `slots` with one real number (a broadcast).
+fn real_constant(values: &[Complex64], slots: usize) -> Option<f64> {
+    let first = *values.first()?;
+    (values.len() == slots && first.im == 0.0 && values.iter().all(|&v| v == first))
+        .then_some(first.re)
+}
 
 impl CkksContext {
     /// Builds a context on the default (CPU) backend, with randomness from the OS.
@@ -300,11 +312,8 @@ impl CkksContext {
                 "cannot encode at scale {scale:e}: the scale must be finite and ≥ 1"
             )));
         }
-        let coeffs = self.encoder.embed_inverse(values);
         let limit = self.coefficient_limit(level);
-        let mut scaled = Vec::with_capacity(coeffs.len());
-        for c in coeffs {
-            let v = (c * scale).round();
+        let check = |v: f64| {
             if v.abs() >= limit {
                 return Err(Error::ScaleOverflow(format!(
                     "encoding at scale 2^{:.1} gives a coefficient of 2^{:.1}, beyond the 2^{:.1} that level {level} holds; lower the scale or the values",
@@ -313,8 +322,19 @@ impl CkksContext {
                     limit.log2()
                 )));
             }
-            scaled.push(v);
+            Ok(v)
+        };
+        // One real value in every slot is the constant polynomial: no embedding, no NTT.
+        if let Some(c) = real_constant(values, self.slots()) {
+            let v = check((c * scale).round())?;
+            return self.rlwe.upload_constant_ntt(v as i128, limbs);
         }
+        let scaled = self
+            .encoder
+            .embed_inverse(values)
+            .into_iter()
+            .map(|c| check((c * scale).round()))
+            .collect::<Result<Vec<f64>>>()?;
         // Scales above 2^62 (precise outputs, `MAX_SCALE_BITS`) give coefficients past the
         // 64-bit words: those are reduced from 128-bit integers (exact for an integral f64).
         if scaled.iter().all(|v| v.abs() < WORD_LIMIT) {

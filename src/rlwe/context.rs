@@ -243,6 +243,18 @@ impl RlweContext {
         Ok(p)
     }
 
+    /// The constant polynomial `c` in NTT form: `c mod q` at every evaluation point of each
+    /// limb, without a transform (a CKKS plaintext with one real value in every slot is one).
+    pub fn upload_constant_ntt(&self, c: i128, limbs: Arc<[usize]>) -> Result<PolyBatch> {
+        let n = self.n();
+        let mut words = Vec::with_capacity(limbs.len() * n);
+        for &l in limbs.iter() {
+            let r = c.rem_euclid(self.ring.modulus(l).value() as i128) as u32;
+            words.resize(words.len() + n, r);
+        }
+        self.backend.upload(words, limbs, 1, n, Repr::Ntt)
+    }
+
     /// Same as [`Self::upload_signed`], then NTT.
     pub fn upload_signed_ntt(&self, coeffs: &[i64], limbs: Arc<[usize]>) -> Result<PolyBatch> {
         let mut p = self.upload_signed(coeffs, limbs)?;
