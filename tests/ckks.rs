@@ -778,4 +778,71 @@ fn encryptions_in_parallel_decrypt_to_their_plaintexts_with_fresh_randomness() {
     let secret2 = again.encrypt_symmetric_many(&pts, &keys2.secret).unwrap();
     assert_eq!(words(&public2), words(&public));
     assert_eq!(words(&secret2), words(&secret));
+    // Single encryptions hold the context's lock only to fork a sampler: on several threads
+    // at once they decrypt to their plaintexts, and no two share their randomness.
+    let single: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pts
+            .iter()
+            .map(|pt| {
+                let (ctx, keys) = (&ctx, &keys);
+                scope.spawn(move || {
+                    (
+                        ctx.encrypt(pt, &keys.public).unwrap(),
+                        ctx.encrypt_symmetric(pt, &keys.secret).unwrap(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let (public1, secret1): (Vec<_>, Vec<_>) = single.into_iter().unzip();
+    for cts in [&public1, &secret1] {
+        for (ct, want) in cts.iter().zip(values.iter().chain([&values[0]])) {
+            close(want, &ctx.decrypt_decode(ct, &keys.secret).unwrap(), FRESH);
+        }
+        let w = words(cts);
+        assert_ne!(
+            w[0], w[3],
+            "one plaintext encrypted twice gave the same words"
+        );
+    }
+}
+
+#[test]
+fn galois_keys_made_in_parallel_rotate_and_repeat_under_a_seed() {
+    // Each key has its own sampler forked in order from the context's, so a seeded context
+    // repeats the same keys however the threads ran; every key must rotate correctly.
+    let steps = [1, 2, 3, -1, 7];
+    let make = || {
+        let ctx = CkksContext::with_seed(small_insecure_params(), [8; 32]).unwrap();
+        let keys = ctx.keygen().unwrap();
+        let gk = ctx.gen_galois_keys(&keys.secret, &steps, false).unwrap();
+        (ctx, keys, gk)
+    };
+    let (ctx, keys, gk) = make();
+    let (ctx2, _, gk2) = make();
+    let all_words = hetensor::serialize::WriteOptions {
+        compression: None,
+        seeded: false,
+    };
+    assert_eq!(gk.elements(), gk2.elements());
+    assert_eq!(
+        hetensor::serialize::to_bytes(ctx.rlwe(), &gk, all_words).unwrap(),
+        hetensor::serialize::to_bytes(ctx2.rlwe(), &gk2, all_words).unwrap()
+    );
+    let slots = ctx.slots();
+    let v = vals(77, slots, 1.0);
+    let pt = ctx
+        .encode(&v, ctx.default_scale(), ctx.max_level())
+        .unwrap();
+    let ct = ctx.encrypt(&pt, &keys.public).unwrap();
+    for &k in &steps {
+        let got = ctx
+            .decrypt_decode(&ctx.rotate(&ct, k, &gk).unwrap(), &keys.secret)
+            .unwrap();
+        let want: Vec<f64> = (0..slots)
+            .map(|i| v[(i as i64 + k).rem_euclid(slots as i64) as usize])
+            .collect();
+        close(&want, &got, FRESH);
+    }
 }

@@ -470,7 +470,8 @@ impl BfvContext {
     pub fn encrypt(&self, pt: &Plaintext, pk: &PublicKey) -> Result<Ciphertext> {
         let level = self.max_level();
         let m = self.scaled_message(pt, level)?;
-        let inner = self.with_sampler(|s| rct::encrypt_public(&self.rlwe, pk, &m, 1.0, s))?;
+        let mut s = self.with_sampler(Sampler::fork);
+        let inner = rct::encrypt_public(&self.rlwe, pk, &m, 1.0, &mut s)?;
         self.wrap_checked(inner, self.noise.fresh_public(level), "encrypt")
     }
 
@@ -479,7 +480,8 @@ impl BfvContext {
     pub fn encrypt_symmetric(&self, pt: &Plaintext, sk: &SecretKey) -> Result<Ciphertext> {
         let level = self.max_level();
         let m = self.scaled_message(pt, level)?;
-        let inner = self.with_sampler(|s| rct::encrypt_symmetric(&self.rlwe, sk, &m, 1.0, s))?;
+        let mut s = self.with_sampler(Sampler::fork);
+        let inner = rct::encrypt_symmetric(&self.rlwe, sk, &m, 1.0, &mut s)?;
         self.wrap_checked(
             inner,
             self.noise.fresh_symmetric(level),

@@ -400,12 +400,14 @@ impl CkksContext {
 
     /// Encrypts with the public key.
     pub fn encrypt(&self, pt: &Plaintext, pk: &PublicKey) -> Result<Ciphertext> {
-        self.with_sampler(|s| ct_ops::encrypt_public(&self.rlwe, pk, &pt.poly, pt.scale, s))
+        let mut s = self.fork_sampler()?;
+        ct_ops::encrypt_public(&self.rlwe, pk, &pt.poly, pt.scale, &mut s)
     }
 
     /// Encrypts with the secret key (seeded: `c_1` is stored as 32 bytes when serialized).
     pub fn encrypt_symmetric(&self, pt: &Plaintext, sk: &SecretKey) -> Result<Ciphertext> {
-        self.with_sampler(|s| ct_ops::encrypt_symmetric(&self.rlwe, sk, &pt.poly, pt.scale, s))
+        let mut s = self.fork_sampler()?;
+        ct_ops::encrypt_symmetric(&self.rlwe, sk, &pt.poly, pt.scale, &mut s)
     }
 
     /// [`Self::encrypt`] of every plaintext, in parallel ([`Self::encrypt_symmetric_many`]).
@@ -428,20 +430,26 @@ impl CkksContext {
         })
     }
 
-    /// `encrypt(pt, sampler)` for every plaintext in parallel, each with a sampler seeded from
-    /// the context's.
+    /// `encrypt(pt, sampler)` for every plaintext in parallel, each with a sampler forked from
+    /// the context's ([`Sampler::fork`]).
     fn in_parallel(
         &self,
         pts: &[&Plaintext],
         encrypt: impl Fn(&Plaintext, &mut Sampler) -> Result<Ciphertext> + Sync,
     ) -> Result<Vec<Ciphertext>> {
         use rayon::prelude::*;
-        let seeds = self.with_sampler(|s| Ok(pts.iter().map(|_| s.seed()).collect::<Vec<_>>()))?;
-        let seeds = zeroize::Zeroizing::new(seeds);
+        let mut samplers =
+            self.with_sampler(|s| Ok(pts.iter().map(|_| s.fork()).collect::<Vec<_>>()))?;
         pts.par_iter()
-            .zip(seeds.par_iter())
-            .map(|(pt, &seed)| encrypt(pt, &mut Sampler::from_seed(seed)))
+            .zip(samplers.par_iter_mut())
+            .map(|(pt, s)| encrypt(pt, s))
             .collect()
+    }
+
+    /// A sampler of its own for one operation ([`Sampler::fork`]): the context's lock is held
+    /// for the 32 bytes of its seed only.
+    fn fork_sampler(&self) -> Result<Sampler> {
+        self.with_sampler(|s| Ok(s.fork()))
     }
 
     /// Decrypts to complex slot values.

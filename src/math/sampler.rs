@@ -37,6 +37,15 @@ impl Sampler {
         }
     }
 
+    /// A sampler of its own, seeded with 32 bytes drawn from this one (a ChaCha20 stream
+    /// keyed by CSPRNG output): work that needs randomness then runs without holding the shared
+    /// sampler, i.e. a context's lock, so encryptions and key generations on several threads
+    /// run at once. A seeded context still repeats its words.
+    pub fn fork(&mut self) -> Sampler {
+        let seed = zeroize::Zeroizing::new(self.seed());
+        Self::from_seed(*seed)
+    }
+
     /// A fresh 32-byte seed (e.g. to expand a uniform polynomial later).
     pub fn seed(&mut self) -> [u8; 32] {
         let mut s = [0u8; 32];

@@ -748,17 +748,22 @@ impl GaloisKeys {
         elements: &[(usize, usize)],
         sampler: &mut Sampler,
     ) -> Result<Self> {
-        let mut keys = HashMap::new();
-        for &(g, q_count) in elements {
-            if keys.contains_key(&g) {
-                continue;
-            }
-            let sg = sk.automorphism(ctx, g)?;
-            keys.insert(
-                g,
-                KeySwitchKey::generate_below(ctx, sk, &sg, q_count, sampler)?,
-            );
-        }
+        use rayon::prelude::*;
+        // The first request for each element, each key with its own forked sampler: the keys
+        // are generated in parallel (sampling is a third of the work).
+        let mut seen = std::collections::HashSet::new();
+        let mut todo: Vec<(usize, usize, Sampler)> = elements
+            .iter()
+            .filter(|&&(g, _)| seen.insert(g))
+            .map(|&(g, q_count)| (g, q_count, sampler.fork()))
+            .collect();
+        let keys = todo
+            .par_iter_mut()
+            .map(|(g, q_count, s)| {
+                let sg = sk.automorphism(ctx, *g)?;
+                Ok((*g, KeySwitchKey::generate_below(ctx, sk, &sg, *q_count, s)?))
+            })
+            .collect::<Result<HashMap<_, _>>>()?;
         Ok(Self { keys })
     }
 
