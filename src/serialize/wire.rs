@@ -385,3 +385,66 @@ impl<'a> Decoder<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The format's definition, one bit at a time: residue `i`'s bit `b` is bit `i·bits + b`
+    /// of the byte string, least significant bit of each byte first.
+    fn pack_bitwise(words: &[u32], bits: u32) -> Vec<u8> {
+        let mut out = vec![0u8; (words.len() * bits as usize).div_ceil(8)];
+        for (i, &w) in words.iter().enumerate() {
+            for b in 0..bits as usize {
+                if w >> b & 1 == 1 {
+                    let at = i * bits as usize + b;
+                    out[at / 8] |= 1 << (at % 8);
+                }
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn residues_pack_as_the_bitwise_definition_and_read_back(
+            bits in 2u32..=Modulus::MAX_BITS,
+            count in 0usize..80,
+            seed in any::<u64>(),
+        ) {
+            // An odd modulus of exactly `bits` bits, and residues below it (its top included).
+            let q = (1u32 << (bits - 1)) | (seed as u32 & ((1 << (bits - 1)) - 1)) | 1;
+            let m = Modulus::new(q).unwrap();
+            let words: Vec<u32> = (0..count as u64)
+                .map(|i| {
+                    let x = (seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).rotate_left(i as u32 % 64);
+                    if i == 3 { q - 1 } else { (x % q as u64) as u32 }
+                })
+                .collect();
+            let mut packed = Vec::new();
+            Encoder::new(&mut packed).residues(&words, q).unwrap();
+            prop_assert_eq!(&packed, &pack_bitwise(&words, bits));
+            let mut src = &packed[..];
+            let mut d = Decoder::new(&mut src, u64::MAX);
+            d.allow(packed.len() as u64);
+            let mut back = vec![7u32];
+            d.residues_into(&mut back, count, &m).unwrap();
+            prop_assert_eq!(&back[1..], &words[..]);
+            prop_assert_eq!(back[0], 7);
+            // A residue ≥ q anywhere is refused.
+            if count > 0 {
+                let mut bad = words.clone();
+                bad[count / 2] = q;
+                let bytes = pack_bitwise(&bad, bits);
+                let mut src = &bytes[..];
+                let mut d = Decoder::new(&mut src, u64::MAX);
+                d.allow(bytes.len() as u64);
+                prop_assert!(matches!(
+                    d.residues_into(&mut Vec::new(), count, &m),
+                    Err(Error::Decode(_))
+                ));
+            }
+        }
+    }
+}
