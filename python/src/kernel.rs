@@ -74,8 +74,7 @@ pub(crate) trait Kernel: Clone + Send + Sync + Sized + 'static {
 
     /// Bytes [`Self::write_ct`] writes for `ct` (the compact format, uncompressed: exact).
     fn ct_len(&self, ct: &Self::Ct) -> usize {
-        let opts = WriteOptions::default();
-        serialize::HEADER_LEN + ct.body_len(self.inner().rlwe(), &opts) + serialize::CHECKSUM_LEN
+        serialize::uncompressed_len(self.inner().rlwe(), ct, &WriteOptions::default())
     }
     /// Writes `ct` in the compact format into `out`, which must be [`Self::ct_len`] long.
     fn write_ct(&self, ct: &Self::Ct, mut out: &mut [u8]) -> Result<()> {

@@ -505,24 +505,32 @@ impl<K: Kernel> Core<K> {
     /// Writes the tensor into `out` ([`Self::encoded_len`] bytes), its ciphertexts in parallel
     /// straight into their places: no per-ciphertext buffers to gather afterwards.
     pub fn write_into(&self, out: &mut [u8]) -> Result<()> {
-        if out.len() != self.encoded_len() {
-            return Err(Error::InvalidInput(format!(
-                "a tensor of {} bytes written into a buffer of {}",
-                self.encoded_len(),
-                out.len()
-            )));
-        }
+        let given = out.len();
+        let short = || {
+            Error::InvalidInput(format!(
+                "a tensor of {} bytes written into a buffer of {given}",
+                self.encoded_len()
+            ))
+        };
         let head = self.header();
-        let (h, mut rest) = out.split_at_mut(head.len());
+        let Some((h, mut rest)) = out.split_at_mut_checked(head.len()) else {
+            return Err(short());
+        };
         h.copy_from_slice(&head);
         let mut places = Vec::with_capacity(self.cts.len());
         for c in self.cts.iter() {
             let len = self.k.ct_len(c);
-            let (frame, tail) = std::mem::take(&mut rest).split_at_mut(8 + len);
+            let Some((frame, tail)) = std::mem::take(&mut rest).split_at_mut_checked(8 + len)
+            else {
+                return Err(short());
+            };
             let (prefix, body) = frame.split_at_mut(8);
             prefix.copy_from_slice(&(len as u64).to_le_bytes());
             places.push((c, body));
             rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(short());
         }
         places
             .into_par_iter()

@@ -308,13 +308,19 @@ pub fn read<T: Decode>(ctx: &RlweContext, mut r: impl Read) -> Result<T> {
     })
 }
 
+/// The bytes [`write`] produces for `obj` without compression, header and checksum included:
+/// exact for the objects whose [`Encode::body_len`] is known (ciphertexts).
+pub fn uncompressed_len<T: Encode>(ctx: &RlweContext, obj: &T, opts: &WriteOptions) -> usize {
+    HEADER_LEN + obj.body_len(ctx, opts) + CHECKSUM_LEN
+}
+
 /// `obj` as bytes.
 pub fn to_bytes<T: Encode>(ctx: &RlweContext, obj: &T, opts: WriteOptions) -> Result<Vec<u8>> {
-    let body = match opts.compression {
-        None => obj.body_len(ctx, &opts),
-        Some(_) => 0,
+    let reserve = match opts.compression {
+        None => uncompressed_len(ctx, obj, &opts),
+        Some(_) => HEADER_LEN + CHECKSUM_LEN,
     };
-    let mut out = Vec::with_capacity(HEADER_LEN + body + CHECKSUM_LEN);
+    let mut out = Vec::with_capacity(reserve);
     write(ctx, obj, &mut out, opts)?;
     Ok(out)
 }
