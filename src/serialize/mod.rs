@@ -308,7 +308,7 @@ pub fn read<T: Decode>(ctx: &RlweContext, mut r: impl Read) -> Result<T> {
     })
 }
 
-/// The bytes [`write`] produces for `obj` without compression, header and checksum included:
+/// The bytes [`write()`] produces for `obj` without compression, header and checksum included:
 /// exact for the objects whose [`Encode::body_len`] is known (ciphertexts).
 pub fn uncompressed_len<T: Encode>(ctx: &RlweContext, obj: &T, opts: &WriteOptions) -> usize {
     HEADER_LEN + obj.body_len(ctx, opts) + CHECKSUM_LEN
