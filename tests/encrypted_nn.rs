@@ -247,4 +247,10 @@ fn models_that_do_not_fit_are_rejected() {
         CipherTensor::encrypt_batched(ctx, EncryptionKey::Secret(&keys.secret), &big),
         Err(Error::TooManyValues { .. })
     ));
+    // An empty batch is a shape error, not "too many values".
+    let empty = ArrayD::from_shape_vec(IxDyn(&[0, 3]), vec![]).unwrap();
+    assert!(matches!(
+        CipherTensor::encrypt_batched(ctx, EncryptionKey::Secret(&keys.secret), &empty),
+        Err(Error::InputShape { ref got, .. }) if got == &[0, 3]
+    ));
 }

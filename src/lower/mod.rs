@@ -400,7 +400,7 @@ impl Plan {
         if self.depth > ctx.max_level() {
             return Err(Error::InvalidParameters(format!(
                 "the model needs {} levels but the CKKS parameters have {}; use a longer chain \
-                 (CkksParams::builder().depth({})) or a shallower model",
+                 (depth {} or more) or a shallower model",
                 self.depth,
                 ctx.max_level(),
                 self.depth

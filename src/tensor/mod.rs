@@ -98,7 +98,14 @@ impl CipherTensor<Ciphertext> {
             });
         }
         let batch = x.shape()[0];
-        if batch == 0 || batch > ctx.slots() {
+        if batch == 0 {
+            return Err(Error::InputShape {
+                op: "batched encryption".into(),
+                expected: "at least one sample on axis 0".into(),
+                got: x.shape().to_vec(),
+            });
+        }
+        if batch > ctx.slots() {
             return Err(Error::TooManyValues {
                 got: batch,
                 slots: ctx.slots(),
