@@ -97,6 +97,10 @@ pub(crate) fn to_py(e: hetensor::Error) -> PyErr {
 /// `fork` inherits the parent's pool without its threads, so it builds its own.
 static POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
 
+/// The most threads a pool may have: far above any core count this runs on, and below the
+/// count at which starting them exhausts the process (a million took minutes and never ended).
+const MAX_THREADS: usize = 1024;
+
 fn build_pool(threads: usize) -> PyResult<Arc<rayon::ThreadPool>> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -115,10 +119,17 @@ fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
         }
     }
     // 0 = rayon's default: RAYON_NUM_THREADS, else one thread per core.
-    let threads = std::env::var("HETENSOR_NUM_THREADS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let threads = match std::env::var("HETENSOR_NUM_THREADS") {
+        Ok(v) => match v.trim().parse() {
+            Ok(t) if (1..=MAX_THREADS).contains(&t) => t,
+            _ => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "HETENSOR_NUM_THREADS={v:?} is not a thread count in 1..={MAX_THREADS}"
+                )))
+            }
+        },
+        Err(_) => 0,
+    };
     let fresh = build_pool(threads)?;
     *guard = Some((pid, fresh.clone()));
     Ok(fresh)
@@ -147,10 +158,10 @@ pub(crate) fn light<T: Send>(
 /// or `HETENSOR_NUM_THREADS`). Worker processes sharing a machine should split the cores.
 #[pyfunction]
 fn set_num_threads(threads: usize) -> PyResult<()> {
-    if threads == 0 {
-        return Err(pyo3::exceptions::PyValueError::new_err(
-            "threads must be at least 1",
-        ));
+    if !(1..=MAX_THREADS).contains(&threads) {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "threads must be in 1..={MAX_THREADS}, not {threads}"
+        )));
     }
     let fresh = build_pool(threads)?;
     *POOL.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::process::id(), fresh));

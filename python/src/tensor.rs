@@ -136,7 +136,12 @@ impl<K: Kernel> Core<K> {
                 ));
             }
             let b = x.shape()[0];
-            if b == 0 || b > slots {
+            if b == 0 {
+                return Err(shape_err(
+                    "an empty batch: axis 0 (the samples) has length 0, nothing to encrypt".into(),
+                ));
+            }
+            if b > slots {
                 return Err(Error::TooManyValues { got: b, slots });
             }
             (Some(b), x.shape()[1..].to_vec())
@@ -307,8 +312,6 @@ impl<K: Kernel> Core<K> {
         Ok(self.with(shape[..shape.len() - 1].to_vec(), batch, clean, cts))
     }
 
-    /// Checks that two tensors can meet and broadcasts them: batch, shape, operand indices.
-    #[allow(clippy::type_complexity)]
     /// Whether `self op other` is one addition or subtraction of two ciphertexts already at
     /// one level and scale: element-wise work small enough to run on the caller's thread
     /// ([`crate::light`]) instead of being handed to the pool.
@@ -672,6 +675,50 @@ fn decode<K: Kernel>(inner: Option<&Arc<Inner>>, bytes: &[u8]) -> Result<Core<K>
     Core::from_bytes(K::new(&inner)?, h, body)
 }
 
+/// A `TypeError` naming both kinds when `other` is a tensor of the other scheme (instead of
+/// numpy's complaint about an array of objects).
+fn refuse_other_scheme(name: &str, other: &Bound<'_, PyAny>) -> PyResult<()> {
+    let theirs = if other.is_instance_of::<CKKSTensor>() {
+        "CKKSTensor"
+    } else if other.is_instance_of::<BFVTensor>() {
+        "BFVTensor"
+    } else {
+        return Ok(());
+    };
+    Err(PyTypeError::new_err(format!(
+        "cannot combine a {name} with a {theirs}: they are encrypted under different schemes"
+    )))
+}
+
+/// `1 / other` for a plaintext divisor, as a numpy float array: CKKS divides by multiplying.
+/// BFV (integers mod t), an encrypted divisor and a zero are refused.
+fn plain_reciprocal<'py, K: Kernel>(
+    py: Python<'py>,
+    other: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if K::DTYPE != "float64" {
+        return Err(PyTypeError::new_err(format!(
+            "{} holds integers modulo t: `/` is not defined (multiply by an integer instead)",
+            K::NAME
+        )));
+    }
+    if other.is_instance_of::<CKKSTensor>() || other.is_instance_of::<BFVTensor>() {
+        return Err(PyTypeError::new_err(
+            "division by an encrypted tensor is not supported: approximate 1/x with `polyval` \
+             on a known interval",
+        ));
+    }
+    let x = to_array::<K>(py, other)?;
+    if x.iter().any(|&v| v == K::Value::default()) {
+        return Err(pyo3::exceptions::PyZeroDivisionError::new_err(format!(
+            "{} divided by zero",
+            K::NAME
+        )));
+    }
+    let np = py.import("numpy")?;
+    np.call_method1("reciprocal", (x.into_pyarray(py),))
+}
+
 /// Converts an array-like to the kernel's element type; BFV takes integers only.
 fn to_array<K: Kernel>(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<ArrayD<K::Value>> {
     let np = py.import("numpy")?;
@@ -683,6 +730,16 @@ fn to_array<K: Kernel>(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Array
             K::NAME,
             K::KINDS
         )));
+    }
+    // numpy casts uint64 above 2^63 - 1 to int64 by wrapping (2^64 - 1 becomes -1): refuse it.
+    if K::DTYPE == "int64" && kind == "u" && a.getattr("size")?.extract::<usize>()? > 0 {
+        let max: u64 = a.call_method0("max")?.extract()?;
+        if max > i64::MAX as u64 {
+            return Err(to_py(Error::InvalidInput(format!(
+                "value {max} is beyond the 64-bit signed integers {} takes",
+                K::NAME
+            ))));
+        }
     }
     let a = np.call_method1("ascontiguousarray", (a, K::DTYPE))?;
     let ro: PyReadonlyArrayDyn<'_, K::Value> = a.extract()?;
@@ -781,6 +838,7 @@ macro_rules! tensor_class {
                         heavy(py, || c.binary(&o, op))?
                     }
                 } else {
+                    refuse_other_scheme($pyname, other)?;
                     let x = to_array::<$kernel>(py, other)?;
                     heavy(py, || c.plain(&x, op))?
                 };
@@ -800,6 +858,14 @@ macro_rules! tensor_class {
 
         #[pymethods]
         impl $name {
+            /// `None`: numpy's operators defer to the tensor's own, so `ndarray + tensor` and
+            /// `np.float64(2) * tensor` give a tensor (not an object array of tensors, one per
+            /// element, which is what numpy builds otherwise).
+            #[classattr]
+            fn __array_ufunc__() -> Option<bool> {
+                None
+            }
+
             /// Encrypts `data` (axis 0 = samples) under `ctx`; `broadcast=True` puts one
             /// sample (no batch axis) in every slot. With a public context, public-key
             /// encryption; with the secret key, seeded symmetric encryption (half the bytes).
@@ -851,6 +917,11 @@ macro_rules! tensor_class {
             }
             fn __neg__(&self, py: Python<'_>) -> PyResult<Self> {
                 self.unary(py, |c| c.neg())
+            }
+            /// `tensor / x` for plaintext `x` (CKKS only): a product with `1 / x`.
+            fn __truediv__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
+                let inverse = plain_reciprocal::<$kernel>(py, other)?;
+                self.op(py, &inverse, Op::Mul)
             }
             /// `tensor @ matrix` with a plaintext `[d, k]` matrix (or `[d]` vector) on the
             /// last feature axis: one linear combination per output, no rotations.

@@ -210,10 +210,75 @@ def test_errors_keep_messages(ckks, bfv, data):
     assert issubclass(he.DecodeError, he.HetensorError)
 
 
+def test_numpy_operands_on_the_left_give_tensors(ckks, bfv, data):
+    a, _ = data
+    A = ckks.encrypt(a)
+    w = np.array([0.5, -2.0, 3.0])
+    # numpy defers to the tensor (`__array_ufunc__ = None`) instead of building an object array.
+    for got, want in [
+        (w + A, w + a),
+        (w * A, w * a),
+        (w - A, w - a),
+        (np.float64(1.5) * A, 1.5 * a),
+        (np.float64(1.5) - A, 1.5 - a),
+    ]:
+        assert isinstance(got, he.CKKSTensor)
+        close(got, want)
+    ints = np.arange(12).reshape(4, 3)
+    B = bfv.encrypt(ints)
+    got = np.array([1, 2, 3]) * B
+    assert isinstance(got, he.BFVTensor)
+    np.testing.assert_array_equal(got.decrypt(), ints * [1, 2, 3])
+    with pytest.raises(TypeError):
+        np.ones((3, 3)) @ A  # no plaintext @ tensor: a TypeError, not a numpy error
+
+
+def test_division_by_plaintext(ckks, bfv, data):
+    a, _ = data
+    A = ckks.encrypt(a)
+    close(A / 4, a / 4)
+    close(A / np.array([2.0, -0.5, 8.0]), a / [2.0, -0.5, 8.0])
+    with pytest.raises(ZeroDivisionError):
+        A / np.array([1.0, 0.0, 2.0])
+    with pytest.raises(TypeError, match="encrypted tensor"):
+        A / A
+    with pytest.raises(TypeError, match="integers modulo t"):
+        bfv.encrypt(np.arange(3).reshape(3, 1)) / 2
+
+
+def test_odd_inputs_are_refused_with_messages(ckks, bfv):
+    with pytest.raises(he.ShapeError, match="empty batch"):
+        ckks.encrypt(np.zeros((0, 3)))
+    # numpy would wrap 2^64 - 1 to -1 on the way to int64.
+    with pytest.raises(he.HetensorError, match="18446744073709551615"):
+        bfv.encrypt(np.array([2**64 - 1], dtype=np.uint64))
+    small = np.array([2**20 - 1], dtype=np.uint64)  # fits int64, then the range of t decides
+    with pytest.raises(he.HetensorError, match="signed range"):
+        bfv.encrypt(small)
+    np.testing.assert_array_equal(bfv.encrypt(np.array([7], dtype=np.uint64)).decrypt(), [7])
+    A = ckks.encrypt(np.ones((2, 1)))
+    with pytest.raises(TypeError, match="BFVTensor"):
+        A + bfv.encrypt(np.ones((2, 1), dtype=np.int64))
+
+
 def test_threads():
     assert he.get_num_threads() >= 1
     with pytest.raises(ValueError):
         he.set_num_threads(0)
+    with pytest.raises(ValueError, match="1..=1024"):
+        he.set_num_threads(10**6)  # refused before starting any thread
+    import os
+    import subprocess
+    import sys
+
+    probe = "import hetensor as he; he.Context.ckks(depth=1, log_n=13); print(he.get_num_threads())"
+    for value, ok in [("3", True), ("abc", False), ("0", False), ("100000", False)]:
+        env = dict(os.environ, HETENSOR_NUM_THREADS=value)
+        r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+        if ok:
+            assert r.returncode == 0 and r.stdout.strip() == value, r.stderr
+        else:
+            assert r.returncode != 0 and "is not a thread count" in r.stderr, r.stderr
 
 
 def test_stub_names_match_the_module():
