@@ -271,8 +271,10 @@ impl Context {
 
     /// A BFV key set (exact arithmetic on integers modulo a prime t of `plain_bits` bits, shown
     /// centered). `q_primes` 30-bit ciphertext primes (default: the 128-bit preset for
-    /// N = 2^log_n) over `dnum` key-switching digits. `rotations` as for `Context.ckks`
-    /// (rows of N/2 slots; the row swap key is always made with them).
+    /// N = 2^log_n) over `dnum` key-switching digits (default: the preset's, or one per prime
+    /// with `q_primes`; fewer digits make smaller keys and need a larger special modulus).
+    /// `rotations` as for `Context.ckks` (rows of N/2 slots; the row swap key is always made
+    /// with them).
     #[staticmethod]
     #[pyo3(signature = (log_n=13, plain_bits=20, q_primes=None, dnum=None, rotations=None))]
     fn bfv(
@@ -285,13 +287,21 @@ impl Context {
     ) -> PyResult<Self> {
         let inner = heavy(py, || {
             let plain = PlainModulus::Bits(plain_bits);
-            let params = match q_primes {
-                None => BfvParams::preset(log_n, plain)?,
-                Some(q) => BfvParams::from_chain(BfvChain {
+            let params = match (q_primes, dnum) {
+                (None, None) => BfvParams::preset(log_n, plain)?,
+                // `dnum` alone re-splits the preset's primes (was silently ignored).
+                (None, Some(d)) => BfvParams::from_chain(BfvChain {
+                    log_n,
+                    plain,
+                    primes: BfvParams::preset(log_n, plain)?.rlwe().q_primes().len(),
+                    dnum: d,
+                    ..Default::default()
+                })?,
+                (Some(q), d) => BfvParams::from_chain(BfvChain {
                     log_n,
                     plain,
                     primes: q,
-                    dnum: dnum.unwrap_or(q),
+                    dnum: d.unwrap_or(q),
                     ..Default::default()
                 })?,
             };

@@ -160,6 +160,18 @@ def test_bfv_context_from_the_parameter_api():
     np.testing.assert_array_equal((worker.encrypt(x) * 3).decrypt(small), 3 * x)
     with pytest.raises(he.ParameterError, match="preset"):
         he.Context.bfv(log_n=12)
+    # Fewer digits: a smaller relinearization key, the same results.
+    two = he.Context.bfv(log_n=13, plain_bits=20, q_primes=4, dnum=2, rotations=[])
+    four = he.Context.bfv(log_n=13, plain_bits=20, q_primes=4, rotations=[])
+    assert two.max_level == four.max_level == 3
+    assert len(two.public().to_bytes()) < len(four.public().to_bytes())
+    np.testing.assert_array_equal((two.encrypt(x) * two.encrypt(x)).decrypt(), x * x)
+    # `dnum` alone applies to the preset's primes (it was ignored): the 2^13 preset fills the
+    # 128-bit budget, so two digits (a larger special modulus) are refused, not dropped.
+    with pytest.raises(he.ParameterError, match="128-bit"):
+        he.Context.bfv(log_n=13, dnum=2, rotations=[])
+    with pytest.raises(he.ParameterError):
+        he.Context.bfv(log_n=13, dnum=100)
     with pytest.raises(he.ParameterError, match="60"):
         he.Context.bfv(plain_bits=70)
     with pytest.raises(he.ParameterError, match="128-bit"):
