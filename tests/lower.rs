@@ -151,6 +151,24 @@ fn too_short_chain_and_wrong_input_are_errors() {
     }
 }
 
+/// A calibration set with NaN or ±inf is refused by naming the sample: a NaN would otherwise
+/// drop out of the maxima (`f64::max` skips it) and leave parameters measured on the rest.
+#[test]
+fn non_finite_calibration_is_refused() {
+    let g = onnx::load(format!("{DIR}/cryptonets.onnx")).unwrap();
+    let plan = Plan::new(&g).unwrap();
+    let per_sample: usize = g.shape(g.inputs()[0]).iter().product();
+    for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let mut calib = inputs(&g, 4, 2);
+        calib.as_slice_mut().unwrap()[2 * per_sample + 7] = bad;
+        match choose_ckks_params(&plan, &g, &calib) {
+            Err(Error::InvalidInput(m)) => assert!(m.contains("sample 2"), "{m}"),
+            other => panic!("{bad}: {:?}", other.map(|(_, c)| c.description)),
+        }
+    }
+    assert!(choose_ckks_params(&plan, &g, &inputs(&g, 4, 2)).is_ok());
+}
+
 /// Ops the ONNX test models do not reach: a product of two different tensors with
 /// broadcasting, a sum of a product not yet rescaled with a shallower value (aligned onto the
 /// product's scale), a degree-3 polynomial on a carried fold, padding excluded from a pooling

@@ -163,6 +163,11 @@ impl Model {
         output_bound: Option<f64>,
         donate: bool,
     ) -> PyResult<CKKSTensor> {
+        if let Some(b) = output_bound.filter(|b| !(b.is_finite() && *b > 0.0)) {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "output_bound must be a positive finite number, not {b}"
+            )));
+        }
         let core = x.core()?;
         let bound = output_bound.or_else(|| self.bound());
         let inner = core.k.inner().clone();

@@ -59,6 +59,8 @@ def test_model_errors():
         he.Model.from_onnx(os.path.join(ONNX_TESTS, "no_such.onnx"))
     with pytest.raises(he.DecodeError):
         he.Model.from_onnx(os.path.join(ONNX_TESTS, "residual_bn.json"))
+    with pytest.raises(OSError, match="cannot read ONNX model .*onnx"):
+        he.Model.from_onnx(ONNX_TESTS)  # a directory
     model = he.Model.from_onnx(os.path.join(ONNX_TESTS, "residual_bn.onnx"))
     with pytest.raises(he.ShapeError, match="calibration"):
         model.context(np.zeros((4, 5)))
@@ -68,6 +70,15 @@ def test_model_errors():
     ctx = he.Context.ckks(depth=model.levels, scale_bits=25, rotations=[])
     with pytest.raises(he.ShapeError, match="shape"):
         model(ctx.encrypt(np.zeros((2, 5))))
+    x = ctx.encrypt(np.zeros((2, *model.input_shape)))
+    for bound in [-1.0, 0.0, float("nan"), float("inf")]:
+        with pytest.raises(ValueError, match="output_bound"):
+            model(x, output_bound=bound)
+    # A NaN would drop out of the calibration maxima: the sample is named instead.
+    calib = np.zeros((3, *model.input_shape))
+    calib[1].flat[5] = np.nan
+    with pytest.raises(he.HetensorError, match="calibration sample 1"):
+        model.context(calib)
 
 
 def test_donated_input_gives_the_same_words_and_is_then_refused():

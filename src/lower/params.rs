@@ -53,6 +53,16 @@ pub fn choose_ckks_params(
             "the calibration set for the parameter choice is empty".into(),
         ));
     }
+    // A NaN would vanish from the maxima below (f64::max skips it) and leave parameters
+    // measured on the other values: name the sample instead.
+    if let Some(i) = calibration.iter().position(|v| !v.is_finite()) {
+        let per_sample = calibration.len() / calibration.shape()[0];
+        return Err(Error::InvalidInput(format!(
+            "calibration sample {} holds a non-finite value ({})",
+            i / per_sample.max(1),
+            calibration.iter().nth(i).copied().unwrap_or(f64::NAN)
+        )));
+    }
     let depth = plan.depth().max(1);
     // Every value at the last level, and the output, on the calibration set.
     let mut probe = graph.clone();
@@ -61,7 +71,19 @@ pub fn choose_ckks_params(
         probe.add_output(v)?;
     }
     let outs = probe.run(std::slice::from_ref(calibration))?;
-    let max_abs = |t: &Tensor| t.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    // NaN-propagating: a non-finite value anywhere makes the maximum non-finite (refused below).
+    let max_abs = |t: &Tensor| {
+        t.iter().fold(
+            0.0f64,
+            |m, v| {
+                if v.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(v.abs())
+                }
+            },
+        )
+    };
     let output_max = max_abs(&outs[0]);
     let skip_output = plan.output_scale_adjustable();
     let bottom_max = bottom

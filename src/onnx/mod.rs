@@ -65,7 +65,14 @@ pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Graph> {
     })?;
     let mut bytes = Vec::new();
     file.take(opts.max_bytes.saturating_add(1))
-        .read_to_end(&mut bytes)?;
+        .read_to_end(&mut bytes)
+        .map_err(|e| {
+            // e.g. a directory: opening works on Linux, reading does not.
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("cannot read ONNX model {}: {e}", path.display()),
+            ))
+        })?;
     if bytes.len() as u64 > opts.max_bytes {
         return Err(Error::InputTooLarge {
             what: format!("ONNX model {}", path.display()),
