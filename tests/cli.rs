@@ -906,7 +906,12 @@ fn out_of_range_flags_are_errors_naming_the_flag() {
         (&["mnist", "--scheme", "tfhe"], &["--scheme", "ckks", "bfv"]),
         (&["bench", "--reps", "0"], &["--reps", "at least 1"]),
         (&["bench", "--batch", "0"], &["--batch", "at least 1"]),
-        (&["bench", "--threads", "0"], &["--threads", "at least 1"]),
+        (&["bench", "--threads", "0"], &["--threads", "1..=1024"]),
+        // Refused before a thread starts (a million ran until killed).
+        (
+            &["bench", "--threads", "1000000"],
+            &["--threads", "1..=1024"],
+        ),
         (&["bench", "--log-n", "12"], &["--log-n", "13..=16"]),
         (&["bench", "--scheme", "tfhe"], &["--scheme"]),
         (&["bench", "--depth", "0"], &["--depth", "at least 1"]),

@@ -558,7 +558,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10, value_parser = super::args::at_least(1))]
     pub reps: usize,
     /// Worker threads (1 = single-threaded, comparable with SEAL).
-    #[arg(long, default_value_t = 1, value_parser = super::args::at_least(1))]
+    #[arg(long, default_value_t = 1, value_parser = super::args::thread_count)]
     pub threads: usize,
     /// CKKS on the deepest 128-bit chain instead of the peers' depth.
     #[arg(long, conflicts_with = "depth")]

@@ -66,6 +66,18 @@ pub mod args {
         }
     }
 
+    /// The most threads a pool may be given: far above any core count, and below the count at
+    /// which starting them never ends (`--threads 1000000` ran until killed).
+    pub const MAX_THREADS: usize = 1024;
+
+    /// A thread count in `1..=MAX_THREADS`.
+    pub fn thread_count(s: &str) -> Result<usize, String> {
+        match s.trim().parse::<usize>() {
+            Ok(v) if (1..=MAX_THREADS).contains(&v) => Ok(v),
+            _ => Err(format!("must be a thread count in 1..={MAX_THREADS}")),
+        }
+    }
+
     /// One of `allowed`.
     pub fn one_of(
         allowed: &'static [usize],
