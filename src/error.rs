@@ -60,7 +60,7 @@ pub enum Error {
     TooManyValues { got: usize, slots: usize },
 
     /// A rotation or conjugation was asked for without the key generated.
-    #[error("missing Galois key for element {galois_element} (rotation step {step:?}); generate it with `gen_galois_keys(&[..])`")]
+    #[error("missing Galois key for {} (Galois element {galois_element}); generate it with the other keys (Rust: `gen_galois_keys`; Python: the `rotations=` of `Context.ckks` / `Context.bfv`, where `hetensor.sum_rotations(slots)` covers every rotation and sum)", rotation_name(.step))]
     MissingGaloisKey {
         galois_element: usize,
         step: Option<i64>,
@@ -258,5 +258,13 @@ impl Error {
                 | Error::FormatVersion { .. }
                 | Error::WrongObject { .. }
         )
+    }
+}
+
+/// A rotation step for [`Error::MissingGaloisKey`]'s message.
+fn rotation_name(step: &Option<i64>) -> String {
+    match step {
+        Some(s) => format!("rotation step {s}"),
+        None => "an automorphism other than a rotation (BFV's row swap, CKKS's conjugation)".into(),
     }
 }

@@ -245,11 +245,17 @@ fn misuse_returns_typed_errors() {
         ctx.multiply(&sq2, &sq2),
         Err(Error::ScaleOverflow(_))
     ));
-    // missing rotation key
+    // missing rotation key: the message names the step and how to make its key
+    let missing = ctx.rotate(&a, 3, gk);
     assert!(matches!(
-        ctx.rotate(&a, 3, gk),
+        missing,
         Err(Error::MissingGaloisKey { step: Some(3), .. })
     ));
+    let msg = missing.unwrap_err().to_string();
+    assert!(
+        msg.contains("rotation step 3") && msg.contains("rotations="),
+        "{msg}"
+    );
     // ciphertext from another parameter set
     let other = CkksContext::new(
         CkksParams::single_prime(SinglePrimeChain {

@@ -268,6 +268,9 @@ def test_odd_inputs_are_refused_with_messages(ckks, bfv):
     with pytest.raises(he.HetensorError, match="signed range"):
         bfv.encrypt(small)
     np.testing.assert_array_equal(bfv.encrypt(np.array([7], dtype=np.uint64)).decrypt(), [7])
+    few = he.Context.ckks(depth=1, scale_bits=40, log_n=13, rotations=[1])
+    with pytest.raises(he.KeyMismatchError, match="rotation step 2 .*rotations="):
+        few.encrypt(np.ones((3, 1))).rotate(2)
     A = ckks.encrypt(np.ones((2, 1)))
     with pytest.raises(TypeError, match="BFVTensor"):
         A + bfv.encrypt(np.ones((2, 1), dtype=np.int64))
