@@ -1,6 +1,7 @@
 //! Parsers of untrusted bytes (MNIST IDX, gzip, safetensors weights) never panic: arbitrary and
 //! mutated inputs give a result or a typed error.
 
+use hetensor::data::npy;
 use hetensor::nn::{mnist, weights, Sequential};
 use hetensor::Error;
 use proptest::prelude::*;
@@ -19,8 +20,62 @@ fn lenet_bytes() -> Vec<u8> {
     weights::to_bytes(&model, weights::DType::F32).expect("serialize")
 }
 
+/// A valid `.npy` file's header text with a range of characters replaced by `text`.
+fn npy_with_header_text(at: usize, text: &str) -> Vec<u8> {
+    let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&[2, 3]), vec![1.5; 6]).unwrap();
+    let bytes = npy::to_bytes(&a);
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    let at = at % header.len();
+    let end = (at + text.len()).min(header.len());
+    let mut new_header = format!("{}{}{}", &header[..at], text, &header[end..]);
+    new_header.truncate(u16::MAX as usize);
+    let mut out = bytes[..8].to_vec();
+    out.extend((new_header.len() as u16).to_le_bytes());
+    out.extend(new_header.as_bytes());
+    out.extend(&bytes[10 + header_len..]);
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any f64 array up to 3 axes reads back as itself, bit for bit.
+    #[test]
+    fn npy_round_trips(shape in proptest::collection::vec(0usize..5, 0..4), seed in any::<u64>()) {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n as u64).map(|i| f64::from_bits(seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+            .map(|x| if x.is_nan() { -0.0 } else { x })
+            .collect();
+        let a = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), v).unwrap();
+        let back = npy::parse(&npy::to_bytes(&a)).unwrap();
+        prop_assert_eq!(back.shape(), a.shape());
+        prop_assert!(back.iter().zip(a.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
+    }
+
+    /// Untrusted `.npy` bytes parse or are refused with a message, never a panic: arbitrary
+    /// bytes behind the magic, and header text with arbitrary characters spliced in (a shape
+    /// of `)` or a multi-byte character once sliced the header inside a character).
+    #[test]
+    fn npy_untrusted_bytes_never_panic(
+        tail in proptest::collection::vec(any::<u8>(), 0..256),
+        at in any::<usize>(),
+        text in "[(),:' 0-9a-zA-Zé€<>|]{0,12}",
+        cut in 0usize..200,
+    ) {
+        let mut raw = b"\x93NUMPY".to_vec();
+        raw.extend(&tail);
+        if let Err(e) = npy::parse(&raw) {
+            prop_assert!(!e.is_empty());
+        }
+        let mut spliced = npy_with_header_text(at, &text);
+        if let Ok(a) = npy::parse(&spliced) {
+            // The 48 data bytes hold at most 48 one-byte elements.
+            prop_assert!(a.len() <= 48, "{:?}", a.shape());
+        }
+        spliced.truncate(spliced.len().saturating_sub(cut));
+        let _ = npy::parse(&spliced);
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

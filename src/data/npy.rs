@@ -58,9 +58,13 @@ pub fn parse(bytes: &[u8]) -> std::result::Result<ArrayD<f64>, String> {
     if field("fortran_order")?.starts_with("True") {
         return Err("Fortran-ordered arrays are not read; save with np.ascontiguousarray".into());
     }
-    let shape_text = field("shape")?;
-    let close = shape_text.find(')').ok_or("bad shape")?;
-    let shape: Vec<usize> = shape_text[1..close]
+    // `(2, 3)`: split at ASCII characters only, so no slice falls inside a character.
+    let inner = field("shape")?
+        .strip_prefix('(')
+        .and_then(|t| t.split_once(')'))
+        .map(|(inner, _)| inner)
+        .ok_or("bad shape")?;
+    let shape: Vec<usize> = inner
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
