@@ -25,7 +25,7 @@ if [ $# -gt 0 ]; then
   esac
   shift
 fi
-if [ $# -gt 0 ]; then targets=("$@"); else targets=(decode worker idx safetensors onnx); fi
+if [ $# -gt 0 ]; then targets=("$@"); else targets=(decode worker idx safetensors onnx npy); fi
 caps=(-rss_limit_mb=2048 -malloc_limit_mb=1024)
 # shellcheck disable=SC2206
 extra=(${FUZZ_FLAGS:-})
