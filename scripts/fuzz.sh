@@ -42,6 +42,14 @@ seed() {
   case "$t" in
     safetensors) cp "$root/data/lenet1.safetensors" "corpus/$t/lenet1" ;;
     onnx) cp "$root"/tests/data/onnx/*.onnx "corpus/$t/" ;;
+    npy) command -v python3 >/dev/null && python3 - "corpus/$t/f8-2x3" <<'PY'
+import struct, sys
+header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }"
+header += " " * (63 - (10 + len(header)) % 64) + "\n"
+open(sys.argv[1], 'wb').write(b"\x93NUMPY\x01\x00" + struct.pack('<H', len(header))
+                              + header.encode() + struct.pack('<6d', *range(6)))
+PY
+    ;;
     idx) { printf '\0'; cat "$root/data/mnist/t10k-labels-idx1-ubyte.gz"; } >"corpus/$t/labels-gz"
          { printf '\1'; gzip -dc "$root/data/mnist/t10k-labels-idx1-ubyte.gz" | head -c 64; } >"corpus/$t/labels-head" ;;
     worker) command -v python3 >/dev/null && python3 - "corpus/$t/store-job-drop" <<'PY'

@@ -148,6 +148,15 @@ fn unsupported_op_names_the_node_and_the_replacement() {
 
 /// A one-node model `Conv(input, w)` around a hand-made weight tensor.
 fn conv_model(w: proto::TensorProto) -> proto::ModelProto {
+    one_node_model("Conv", vec![w], &[1, 1, 4, 4])
+}
+
+/// A one-node model `op(input, initializers...)` on an input of shape `input`.
+fn one_node_model(
+    op: &str,
+    initializers: Vec<proto::TensorProto>,
+    input: &[i64],
+) -> proto::ModelProto {
     let dim = |v: i64| proto::Dimension {
         dim_value: Some(v),
         dim_param: None,
@@ -170,15 +179,17 @@ fn conv_model(w: proto::TensorProto) -> proto::ModelProto {
         producer_name: "test".into(),
         graph: Some(proto::GraphProto {
             node: vec![proto::NodeProto {
-                input: vec!["input".into(), "w".into()],
+                input: std::iter::once("input".to_string())
+                    .chain(initializers.iter().map(|t| t.name.clone()))
+                    .collect(),
                 output: vec!["y".into()],
-                name: "conv".into(),
-                op_type: "Conv".into(),
+                name: op.to_lowercase(),
+                op_type: op.into(),
                 ..Default::default()
             }],
             name: "g".into(),
-            initializer: vec![w],
-            input: vec![info("input", vec![dim(1), dim(1), dim(4), dim(4)])],
+            initializer: initializers,
+            input: vec![info("input", input.iter().map(|&d| dim(d)).collect())],
             output: vec![info("y", vec![])],
         }),
     }
@@ -221,6 +232,44 @@ fn tensors_must_hold_the_data_their_dims_claim() {
             ..
         })
     ));
+}
+
+/// BatchNormalization's four vectors must have one length: the fuzzer found a model whose
+/// mismatched vectors panicked in the folding arithmetic (`ndarray`'s broadcast).
+#[test]
+fn batchnorm_vectors_of_different_lengths_are_refused() {
+    let v = |name: &str, data: Vec<f32>| proto::TensorProto {
+        dims: vec![data.len() as i64],
+        data_type: 1,
+        float_data: data,
+        name: name.into(),
+        ..Default::default()
+    };
+    let bn = |lens: [usize; 4]| {
+        let [g, b, m, var] = lens.map(|l| vec![1.0f32; l]);
+        one_node_model(
+            "BatchNormalization",
+            vec![v("g", g), v("b", b), v("m", m), v("v", var)],
+            &[1, 2, 3, 3],
+        )
+        .encode_to_vec()
+    };
+    let ok = onnx::from_bytes(&bn([2, 2, 2, 2])).unwrap();
+    assert_eq!(ok.shape(ok.outputs()[0]), &[2, 3, 3]);
+    for lens in [
+        [2, 3, 2, 2],
+        [2, 2, 3, 2],
+        [2, 2, 2, 3],
+        [3, 2, 2, 2],
+        [1, 2, 2, 2],
+    ] {
+        match onnx::from_bytes(&bn(lens)) {
+            Err(Error::Model(m)) => assert!(m.contains("lengths"), "{m}"),
+            other => panic!("{lens:?}: {:?}", other.map(|_| ())),
+        }
+    }
+    // One length, but not the input's channel count.
+    assert!(onnx::from_bytes(&bn([3, 3, 3, 3])).is_err());
 }
 
 proptest! {

@@ -481,6 +481,14 @@ impl Importer {
                     Ok(Array1::from_iter(c.iter().copied()))
                 };
                 let (gamma, beta, mean, var) = (vec(1)?, vec(2)?, vec(3)?, vec(4)?);
+                let lens = [gamma.len(), beta.len(), mean.len(), var.len()];
+                if lens.iter().any(|&l| l != lens[0]) {
+                    return Err(Error::Model(format!(
+                        "node {:?}: scale, bias, mean and variance have lengths {lens:?}, not one \
+                         length (one value per channel)",
+                        n.name
+                    )));
+                }
                 if var.iter().any(|&v| v + eps <= 0.0) {
                     return Err(Error::Model(format!(
                         "node {:?}: variance + epsilon must be positive",
