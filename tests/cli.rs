@@ -1447,6 +1447,23 @@ fn infer_refuses_what_it_cannot_do() {
         &["infer", "--model", "/nonexistent/m.onnx"],
         &["/nonexistent/m.onnx"],
     );
+    // A NaN in --data is named against the file and its sample.
+    let dir = scratch("infer-nan");
+    let mut x = ndarray::ArrayD::from_elem(ndarray::IxDyn(&[3, 3, 8, 8]), 0.25);
+    x[[1, 2, 3, 4]] = f64::NAN;
+    let nan = dir.join("nan.npy");
+    std::fs::write(&nan, hetensor::data::npy::to_bytes(&x)).unwrap();
+    let nan = nan.to_str().unwrap();
+    fails(
+        &[
+            "infer",
+            "--model",
+            &format!("{ONNX}/residual_bn.onnx"),
+            "--data",
+            nan,
+        ],
+        &[nan, "sample 1", "non-finite"],
+    );
 }
 
 /// `mnist --weights` takes only files whose metadata names the bundled LeNet-1 (x²): tensors

@@ -140,6 +140,15 @@ fn load_data(data: &str, graph: &Graph) -> Result<Data> {
         if x.shape()[0] == 0 {
             return Err(Error::Data(format!("{what} holds no samples")));
         }
+        // Named here, against the file: the first samples are also the calibration set,
+        // whose own refusal would speak of "calibration".
+        let per_sample = x.len() / x.shape()[0];
+        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Data(format!(
+                "{what}: sample {} holds a non-finite value (NaN or ±inf)",
+                i / per_sample.max(1)
+            )));
+        }
         Ok(())
     };
     if data == "mnist" {
