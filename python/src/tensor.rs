@@ -926,6 +926,12 @@ macro_rules! tensor_class {
             /// `tensor @ matrix` with a plaintext `[d, k]` matrix (or `[d]` vector) on the
             /// last feature axis: one linear combination per output, no rotations.
             fn __matmul__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
+                if other.is_instance_of::<CKKSTensor>() || other.is_instance_of::<BFVTensor>() {
+                    return Err(PyTypeError::new_err(
+                        "`@` takes a plaintext matrix; for Σ of products of two encrypted \
+                         tensors over the last axis use `a.dot(b)`",
+                    ));
+                }
                 let w = to_array::<$kernel>(py, other)?;
                 self.unary(py, |c| c.matmul(&w))
             }

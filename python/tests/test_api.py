@@ -254,6 +254,8 @@ def test_division_by_plaintext(ckks, bfv, data):
         A / np.array([1.0, 0.0, 2.0])
     with pytest.raises(TypeError, match="encrypted tensor"):
         A / A
+    with pytest.raises(TypeError, match="dot"):
+        A @ A
     with pytest.raises(TypeError, match="integers modulo t"):
         bfv.encrypt(np.arange(3).reshape(3, 1)) / 2
 
