@@ -26,6 +26,7 @@ pub mod progress;
 pub mod rlwe;
 pub mod serialize;
 pub mod tensor;
+pub mod threads;
 pub mod train;
 pub mod workers;
 

@@ -97,17 +97,19 @@ pub(crate) fn to_py(e: hetensor::Error) -> PyErr {
 /// `fork` inherits the parent's pool without its threads, so it builds its own.
 static POOL: Mutex<Option<(u32, Arc<rayon::ThreadPool>)>> = Mutex::new(None);
 
-/// The most threads a pool may have: far above any core count this runs on, and below the
-/// count at which starting them exhausts the process (a million took minutes and never ended).
-const MAX_THREADS: usize = 1024;
-
-fn build_pool(threads: usize) -> PyResult<Arc<rayon::ThreadPool>> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("hetensor-{i}"))
-        .build()
+/// A pool of `threads` threads (`None`: one per core); a count out of bounds is a `ValueError`.
+fn build_pool(threads: Option<usize>) -> PyResult<Arc<rayon::ThreadPool>> {
+    hetensor::threads::thread_pool(threads)
         .map(Arc::new)
-        .map_err(|e| HetensorError::new_err(format!("cannot start the thread pool: {e}")))
+        .map_err(value_error)
+}
+
+/// `InvalidInput` (a bad count) as Python's `ValueError`, anything else as usual.
+fn value_error(e: hetensor::Error) -> PyErr {
+    match e {
+        hetensor::Error::InvalidInput(why) => pyo3::exceptions::PyValueError::new_err(why),
+        other => to_py(other),
+    }
 }
 
 fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
@@ -118,17 +120,13 @@ fn pool() -> PyResult<Arc<rayon::ThreadPool>> {
             return Ok(pool.clone());
         }
     }
-    // 0 = rayon's default: RAYON_NUM_THREADS, else one thread per core.
+    // None = rayon's default: RAYON_NUM_THREADS, else one thread per core.
     let threads = match std::env::var("HETENSOR_NUM_THREADS") {
-        Ok(v) => match v.trim().parse() {
-            Ok(t) if (1..=MAX_THREADS).contains(&t) => t,
-            _ => {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                    "HETENSOR_NUM_THREADS={v:?} is not a thread count in 1..={MAX_THREADS}"
-                )))
-            }
-        },
-        Err(_) => 0,
+        Ok(v) => Some(
+            hetensor::threads::parse_thread_count("HETENSOR_NUM_THREADS", &v)
+                .map_err(value_error)?,
+        ),
+        Err(_) => None,
     };
     let fresh = build_pool(threads)?;
     *guard = Some((pid, fresh.clone()));
@@ -158,12 +156,7 @@ pub(crate) fn light<T: Send>(
 /// or `HETENSOR_NUM_THREADS`). Worker processes sharing a machine should split the cores.
 #[pyfunction]
 fn set_num_threads(threads: usize) -> PyResult<()> {
-    if !(1..=MAX_THREADS).contains(&threads) {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "threads must be in 1..={MAX_THREADS}, not {threads}"
-        )));
-    }
-    let fresh = build_pool(threads)?;
+    let fresh = build_pool(Some(threads))?;
     *POOL.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::process::id(), fresh));
     Ok(())
 }

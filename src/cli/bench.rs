@@ -651,10 +651,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // `main` already runs every command on rayon's global pool, so the global pool cannot
     // be resized here: the benchmark runs on a pool of its own with `threads` threads, and
     // every parallel loop it starts stays on that pool.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .map_err(|e| hetensor::Error::Backend(format!("thread pool of {threads} threads: {e}")))?;
+    let pool = hetensor::threads::thread_pool(Some(threads))?;
     // `threads` in the report is the pool's own count, i.e. what the timings ran on.
     let report = pool.install(|| report(log_ns, schemes, reps, chain, batch, backend, trace))?;
     let text = if json {

@@ -142,11 +142,9 @@ fn load_data(data: &str, graph: &Graph) -> Result<Data> {
         }
         // Named here, against the file: the first samples are also the calibration set,
         // whose own refusal would speak of "calibration".
-        let per_sample = x.len() / x.shape()[0];
-        if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        if let Some((i, v)) = hetensor::data::first_non_finite_sample(x) {
             return Err(Error::Data(format!(
-                "{what}: sample {} holds a non-finite value (NaN or ±inf)",
-                i / per_sample.max(1)
+                "{what}: sample {i} holds a non-finite value ({v})"
             )));
         }
         Ok(())

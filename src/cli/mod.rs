@@ -66,16 +66,12 @@ pub mod args {
         }
     }
 
-    /// The most threads a pool may be given: far above any core count, and below the count at
-    /// which starting them never ends (`--threads 1000000` ran until killed).
-    pub const MAX_THREADS: usize = 1024;
-
-    /// A thread count in `1..=MAX_THREADS`.
+    /// A thread count in `1..=MAX_THREADS` (see [`hetensor::threads`]).
     pub fn thread_count(s: &str) -> Result<usize, String> {
-        match s.trim().parse::<usize>() {
-            Ok(v) if (1..=MAX_THREADS).contains(&v) => Ok(v),
-            _ => Err(format!("must be a thread count in 1..={MAX_THREADS}")),
-        }
+        hetensor::threads::parse_thread_count("--threads", s).map_err(|e| match e {
+            hetensor::Error::InvalidInput(why) => why,
+            other => other.to_string(),
+        })
     }
 
     /// One of `allowed`.

@@ -292,10 +292,7 @@ pub fn run(opts: TitanicWorkersArgs) -> Result<()> {
     let exe = WorkerPool::default_exe()?;
     // The in-process modes also work from the serialized public context, like a worker.
     let in_process = PublicContext::<CkksContext>::from_bytes(&public_bytes, backend.clone())?;
-    let single_thread = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build()
-        .map_err(|e| Error::Backend(format!("thread pool: {e}")))?;
+    let single_thread = hetensor::threads::thread_pool(Some(1))?;
     let mut modes: Vec<Mode> = vec![
         Mode::new("1 process, 1 thread", &one, Runner::SingleThread),
         Mode::new(

@@ -352,3 +352,27 @@ pub(crate) fn parse_number(s: &str, line: usize, what: &str) -> Result<f64> {
     }
     Ok(v)
 }
+
+/// The first sample (index along axis 0) of `x` holding a NaN or an infinity, with that value.
+/// Callers name the sample in their refusal: a NaN would otherwise vanish from a maximum
+/// (`f64::max` skips it) or surface later as an unrelated error.
+///
+/// ```
+/// use hetensor::data::first_non_finite_sample;
+/// let mut x = ndarray::Array3::<f64>::zeros((4, 2, 3));
+/// assert_eq!(first_non_finite_sample(&x), None);
+/// x[[2, 1, 0]] = f64::INFINITY;
+/// x[[3, 0, 0]] = f64::NAN;
+/// assert_eq!(first_non_finite_sample(&x), Some((2, f64::INFINITY)));
+/// ```
+pub fn first_non_finite_sample<D: ndarray::Dimension>(
+    x: &ndarray::ArrayBase<impl ndarray::Data<Elem = f64>, D>,
+) -> Option<(usize, f64)> {
+    let per_sample = x.len() / x.shape().first().copied().unwrap_or(1).max(1);
+    x.iter().position(|v| !v.is_finite()).map(|i| {
+        (
+            i / per_sample.max(1),
+            x.iter().nth(i).copied().unwrap_or(f64::NAN),
+        )
+    })
+}

@@ -55,12 +55,9 @@ pub fn choose_ckks_params(
     }
     // A NaN would vanish from the maxima below (f64::max skips it) and leave parameters
     // measured on the other values: name the sample instead.
-    if let Some(i) = calibration.iter().position(|v| !v.is_finite()) {
-        let per_sample = calibration.len() / calibration.shape()[0];
+    if let Some((i, v)) = crate::data::first_non_finite_sample(calibration) {
         return Err(Error::InvalidInput(format!(
-            "calibration sample {} holds a non-finite value ({})",
-            i / per_sample.max(1),
-            calibration.iter().nth(i).copied().unwrap_or(f64::NAN)
+            "calibration sample {i} holds a non-finite value ({v})"
         )));
     }
     let depth = plan.depth().max(1);
