@@ -26,7 +26,7 @@ def _tensor_from_bytes(data: bytes) -> Union["CKKSTensor", "BFVTensor"]: ...
 class Context:
     @staticmethod
     def ckks(
-        depth: int = 3,
+        depth: Optional[int] = None,
         scale_bits: int = 40,
         log_n: Optional[int] = None,
         slots: Optional[int] = None,

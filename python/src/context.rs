@@ -147,6 +147,36 @@ pub(crate) fn ckks_key_set(ctx: CkksContext, steps: &[i64]) -> Result<Inner> {
     ))
 }
 
+/// The fixed chain `CkksParams::preset(log_n, scale_bits)`, refusing what it cannot honour
+/// (a deeper circuit, more slots, or a key-switching choice: the preset fixes all three)
+/// instead of ignoring it.
+fn preset_params(
+    log_n: u32,
+    scale_bits: u32,
+    depth: Option<usize>,
+    slots: Option<usize>,
+    extra_special_primes: Option<usize>,
+) -> Result<CkksParams> {
+    let params = CkksParams::preset(log_n, scale_bits)?;
+    let refuse = |what: String| {
+        Err(Error::InvalidParameters(format!(
+            "preset=True fixes the chain for log_n={log_n}: {what}; drop preset=True to have \
+             the builder choose parameters"
+        )))
+    };
+    let (levels, max_slots) = (params.computation_levels(), params.n() / 2);
+    if let Some(d) = depth.filter(|&d| d > levels) {
+        return refuse(format!("it has {levels} levels, not depth={d}"));
+    }
+    if let Some(s) = slots.filter(|&s| s > max_slots) {
+        return refuse(format!("it has {max_slots} slots, not slots={s}"));
+    }
+    if extra_special_primes.is_some() {
+        return refuse("its key-switching primes are fixed (extra_special_primes)".into());
+    }
+    Ok(params)
+}
+
 /// Parameters and keys of one key set. A context made by `Context.ckks` or `Context.bfv` holds
 /// the secret key; `ctx.public()` is the same key set without it, safe to send to workers.
 #[pyclass(frozen, module = "hetensor")]
@@ -228,17 +258,18 @@ impl Context {
     /// `sum(axis=0)` in radix-4 rounds); `[]` for none.
     /// `preset=True` takes the fixed 128-bit chain of single primes near 2^scale_bits for
     /// N = 2^log_n instead (what `hetensor mnist` runs LeNet-1 on: log_n=13, scale_bits=25,
-    /// 5 levels); `depth` and `slots` are then ignored. `extra_special_primes` (default 1):
+    /// 5 levels); a `depth` or `slots` that chain cannot hold, or `extra_special_primes`, is
+    /// then a `ParameterError`. `depth` defaults to 3. `extra_special_primes` (default 1):
     /// key-switching primes beyond one digit's worth; 0 makes rotations and relinearization
     /// faster where it lets the chain fit fewer digits (N = 2^13, depth 2: 3 instead of 6), at
     /// about SEAL's rotation precision (20 bits at 2^40) instead of a fresh encryption's.
     #[staticmethod]
-    #[pyo3(signature = (depth=3, scale_bits=40, log_n=None, slots=None, rotations=None, preset=false, extra_special_primes=None))]
+    #[pyo3(signature = (depth=None, scale_bits=40, log_n=None, slots=None, rotations=None, preset=false, extra_special_primes=None))]
     // Python keyword arguments, all optional: a builder would not be Pythonic here.
     #[allow(clippy::too_many_arguments)]
     fn ckks(
         py: Python<'_>,
-        depth: usize,
+        depth: Option<usize>,
         scale_bits: u32,
         log_n: Option<u32>,
         slots: Option<usize>,
@@ -248,9 +279,17 @@ impl Context {
     ) -> PyResult<Self> {
         let inner = heavy(py, || {
             let params = if preset {
-                CkksParams::preset(log_n.unwrap_or(13), scale_bits)?
+                preset_params(
+                    log_n.unwrap_or(13),
+                    scale_bits,
+                    depth,
+                    slots,
+                    extra_special_primes,
+                )?
             } else {
-                let mut b = CkksParams::builder().depth(depth).scale_bits(scale_bits);
+                let mut b = CkksParams::builder()
+                    .depth(depth.unwrap_or(3))
+                    .scale_bits(scale_bits);
                 if let Some(l) = log_n {
                     b = b.log_n(l);
                 }

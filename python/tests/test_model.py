@@ -113,3 +113,17 @@ def test_donated_input_gives_the_same_words_and_is_then_refused():
     with pytest.raises(ValueError, match="donated"):
         model(twin, donate=True)
     np.testing.assert_array_equal(y.decrypt(), want)
+
+
+def test_preset_refuses_what_its_chain_cannot_hold():
+    """preset=True fixes the chain: a depth or slot count beyond it, or a key-switching choice,
+    is refused (they were silently ignored); what it holds is accepted."""
+    ctx = he.Context.ckks(log_n=13, scale_bits=25, preset=True, depth=5, slots=4096, rotations=[])
+    assert ctx.max_level == 5 and ctx.slots == 4096
+    for kwargs, words in [
+        (dict(depth=6), "5 levels, not depth=6"),
+        (dict(slots=8192), "4096 slots, not slots=8192"),
+        (dict(extra_special_primes=0), "extra_special_primes"),
+    ]:
+        with pytest.raises(he.ParameterError, match=words):
+            he.Context.ckks(log_n=13, scale_bits=25, preset=True, rotations=[], **kwargs)
