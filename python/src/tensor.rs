@@ -21,6 +21,10 @@ use crate::{heavy, light, to_py};
 /// feature's index into `self` and into `other`.
 type Paired = (Option<usize>, Vec<usize>, Vec<usize>, Vec<usize>);
 
+/// One axis of an index: the positions kept, and whether the axis stays (a slice) or goes (an
+/// integer).
+type AxisPick = (Vec<usize>, bool);
+
 pub(crate) struct Core<K: Kernel> {
     pub k: K,
     /// Per-sample shape.
@@ -181,6 +185,28 @@ impl<K: Kernel> Core<K> {
     fn map(&self, clean: bool, f: impl Fn(&K::Ct) -> Result<K::Ct> + Sync + Send) -> Result<Self> {
         let cts = self.cts.par_iter().map(f).collect::<Result<Vec<_>>>()?;
         Ok(self.with(self.shape.clone(), self.batch, clean, cts))
+    }
+
+    /// Indexing (`x[...]`): the first `batch` samples (`None`: unchanged) and, per feature
+    /// axis, the positions kept and whether the axis stays (a slice) or goes (an integer).
+    /// The ciphertexts are copied, as numpy copies for fancy indexing; no HE operation runs.
+    pub fn select(&self, batch: Option<usize>, axes: &[AxisPick]) -> Result<Self> {
+        let shape: Vec<usize> = axes
+            .iter()
+            .filter(|(_, keep)| *keep)
+            .map(|(ix, _)| ix.len())
+            .collect();
+        let mut picks: Vec<usize> = vec![0];
+        for ((ix, _), &len) in axes.iter().zip(&self.shape) {
+            picks = picks
+                .iter()
+                .flat_map(|&base| ix.iter().map(move |&i| base * len + i))
+                .collect();
+        }
+        let cts = picks.iter().map(|&i| self.cts[i].clone()).collect();
+        // Samples past a shortened batch still hold the dropped ones' values.
+        let clean = self.clean && batch.is_none_or(|b| Some(b) == self.batch);
+        Ok(self.with(shape, batch.or(self.batch), clean, cts))
     }
 
     pub fn decrypt(&self) -> Result<ArrayD<K::Value>> {
@@ -783,6 +809,98 @@ pub(crate) fn _tensor_from_bytes(py: Python<'_>, data: &[u8]) -> PyResult<PyObje
     })
 }
 
+/// numpy's basic indexing (integers, slices, `...`) over `[batch, *shape]`, resolved to what
+/// [`Core::select`] takes. Axis 0 is the samples, one per slot: only a prefix `x[:k]` keeps
+/// them in place, so anything else there is refused rather than rotated.
+fn resolve_index(
+    key: &Bound<'_, PyAny>,
+    batch: Option<usize>,
+    shape: &[usize],
+) -> PyResult<(Option<usize>, Vec<AxisPick>)> {
+    use pyo3::exceptions::PyIndexError;
+    use pyo3::types::{PySlice, PyTuple};
+    let items: Vec<Bound<'_, PyAny>> = match key.downcast::<PyTuple>() {
+        Ok(t) => t.iter().collect(),
+        Err(_) => vec![key.clone()],
+    };
+    let lens: Vec<usize> = batch.iter().copied().chain(shape.iter().copied()).collect();
+    let ellipses = items.iter().filter(|i| i.is(key.py().Ellipsis())).count();
+    if ellipses > 1 {
+        return Err(PyIndexError::new_err(
+            "an index can only have a single ellipsis ('...')",
+        ));
+    }
+    let given = items.len() - ellipses;
+    if given > lens.len() {
+        return Err(PyIndexError::new_err(format!(
+            "too many indices: the tensor has {} axes, {given} were indexed",
+            lens.len()
+        )));
+    }
+    // Every axis's selection: (positions, axis kept); axes not named keep everything.
+    let mut sel: Vec<AxisPick> = Vec::with_capacity(lens.len());
+    for item in &items {
+        if item.is(key.py().Ellipsis()) {
+            for _ in 0..lens.len() - given {
+                let len = lens[sel.len()];
+                sel.push(((0..len).collect(), true));
+            }
+            continue;
+        }
+        let (axis, len) = (sel.len(), lens[sel.len()]);
+        if let Ok(slice) = item.downcast::<PySlice>() {
+            let r = slice.indices(len as isize)?;
+            if r.slicelength == 0 {
+                return Err(PyIndexError::new_err(format!(
+                    "the slice selects nothing on axis {axis} (size {len}): a tensor holds at \
+                     least one ciphertext"
+                )));
+            }
+            let picks = (0..r.slicelength)
+                .map(|k| (r.start + k as isize * r.step) as usize)
+                .collect();
+            sel.push((picks, true));
+        } else if item.is_none() {
+            return Err(PyIndexError::new_err(
+                "np.newaxis (None) is not supported in a tensor index",
+            ));
+        } else if let Ok(i) = item.extract::<isize>() {
+            let at = if i < 0 { i + len as isize } else { i };
+            if at < 0 || at >= len as isize {
+                return Err(PyIndexError::new_err(format!(
+                    "index {i} is out of bounds for axis {axis} with size {len}"
+                )));
+            }
+            sel.push((vec![at as usize], false));
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "a tensor is indexed with integers, slices and '...', not {}",
+                item.get_type().name()?
+            )));
+        }
+    }
+    while sel.len() < lens.len() {
+        let len = lens[sel.len()];
+        sel.push(((0..len).collect(), true));
+    }
+    let new_batch = match batch {
+        None => None,
+        Some(b) => {
+            let (picks, kept) = sel.remove(0);
+            let prefix = kept && picks.iter().enumerate().all(|(k, &i)| k == i);
+            if !prefix {
+                return Err(to_py(shape_err(format!(
+                    "axis 0 holds the {b} samples, one per slot: an index there can only keep \
+                     a prefix (x[:k]); moving samples to other slots takes rotations \
+                     (x.rotate), and one sample alone is x[:1]"
+                ))));
+            }
+            (picks.len() < b).then_some(picks.len())
+        }
+    };
+    Ok((new_batch, sel))
+}
+
 macro_rules! tensor_class {
     ($name:ident, $kernel:ty, $pyname:literal, $doc:literal) => {
         #[doc = $doc]
@@ -1036,6 +1154,14 @@ macro_rules! tensor_class {
                 Ok(Context {
                     inner: self.core()?.k.inner().clone(),
                 })
+            }
+            /// numpy's basic indexing: `x[:, 2]`, `x[..., 1:3]`, `x[:k]` (the first `k`
+            /// samples). The features picked are copied; no HE operation runs. Axis 0 (the
+            /// samples, one per slot) takes only a prefix slice.
+            fn __getitem__(&self, key: &Bound<'_, PyAny>) -> PyResult<Self> {
+                let c = self.core()?;
+                let (batch, axes) = resolve_index(key, c.batch, &c.shape)?;
+                Ok(Self::from_core(c.select(batch, &axes).map_err(to_py)?))
             }
             fn __len__(&self) -> PyResult<usize> {
                 Ok(self.core()?.batch.unwrap_or(1))

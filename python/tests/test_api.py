@@ -245,6 +245,46 @@ def test_numpy_operands_on_the_left_give_tensors(ckks, bfv, data):
         np.ones((3, 3)) @ A  # no plaintext @ tensor: a TypeError, not a numpy error
 
 
+def test_indexing_picks_features_like_numpy(ckks, bfv):
+    """x[...] against numpy's basic indexing: features picked, axes kept or dropped, a prefix
+    of the samples; what would move samples between slots is refused, not rotated."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (5, 3, 4))
+    X = ckks.encrypt(x)
+    for key in [
+        (slice(None), 1),
+        (Ellipsis, slice(1, 3)),
+        (slice(None), slice(None, None, -1), 2),
+        (slice(None), -1, slice(0, 4, 2)),
+        slice(0, 2),
+        (slice(3), 0, -1),
+        (Ellipsis,),
+        (),
+    ]:
+        got = X[key]
+        assert isinstance(got, he.CKKSTensor) and got.shape == list(x[key].shape), key
+        close(got, x[key])
+    # The samples dropped by a prefix still sit in their slots: a sum over samples masks them.
+    close(X[:2].sum(axis=0), x[:2].sum(axis=0, keepdims=True))
+    ints = np.arange(24).reshape(4, 6)
+    B = bfv.encrypt(ints)
+    np.testing.assert_array_equal(B[:, 1::2].decrypt(), ints[:, 1::2])
+    one = bfv.encrypt(ints[0], broadcast=True)
+    np.testing.assert_array_equal(one[-2:].decrypt(), ints[0][-2:])
+    for key, error, words in [
+        (0, he.ShapeError, "prefix"),
+        (slice(1, 3), he.ShapeError, "prefix"),
+        ((slice(None), 5), IndexError, "out of bounds for axis 1 with size 3"),
+        ((slice(None), 1, 2, 3), IndexError, "too many indices"),
+        ((Ellipsis, 0, Ellipsis), IndexError, "single ellipsis"),
+        ((slice(None), slice(2, 2)), IndexError, "selects nothing"),
+        ((slice(None), None), IndexError, "newaxis"),
+        ("a", TypeError, "not str"),
+    ]:
+        with pytest.raises(error, match=words):
+            X[key]
+
+
 def test_division_by_plaintext(ckks, bfv, data):
     a, _ = data
     A = ckks.encrypt(a)
