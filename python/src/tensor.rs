@@ -421,6 +421,70 @@ impl<K: Kernel> Core<K> {
         ))
     }
 
+    /// `m @ self` for a plaintext `m` (`[k, n]` or `[n]`), numpy's semantics: `m` contracts
+    /// the tensor's second-to-last axis (its only axis when it has one). That axis must be a
+    /// feature axis: the feature axes are reordered (no HE work) so that it comes last, the
+    /// product is [`Self::matmul`] with `mᵀ`, and the result's axis goes back in its place.
+    pub fn rmatmul(&self, m: &ArrayD<K::Value>) -> Result<Self> {
+        let has_batch = self.batch.is_some();
+        let nd = self.shape.len() + has_batch as usize;
+        let axis = nd.saturating_sub(2);
+        if nd == 0 || (has_batch && axis == 0) {
+            return Err(shape_err(
+                "m @ x contracts the tensor's second-to-last axis, here axis 0, the samples \
+                 (one per slot); x @ m.T contracts the features instead"
+                    .into(),
+            ));
+        }
+        if m.ndim() > 2 {
+            return Err(shape_err(format!(
+                "m @ x takes a 1-D or 2-D plaintext m, got shape {:?}",
+                m.shape()
+            )));
+        }
+        let f = axis - has_batch as usize; // the contracted feature axis
+        let n = m.shape().last().copied().unwrap_or(0);
+        if n != self.shape[f] {
+            return Err(shape_err(format!(
+                "m @ x: m has {n} columns but the tensor's axis {axis} has {} elements",
+                self.shape[f]
+            )));
+        }
+        let last = self.shape.len() - 1;
+        let mut to_end: Vec<usize> = (0..self.shape.len()).filter(|&a| a != f).collect();
+        to_end.push(f);
+        let product = self.permuted(&to_end).matmul(&m.t().to_owned())?;
+        if m.ndim() == 1 || f == last {
+            // The contracted axis is gone (1-D m), or the new one is already in its place.
+            return Ok(product);
+        }
+        // The new axis (last) goes back to position f.
+        let mut back: Vec<usize> = (0..last).collect();
+        back.insert(f, last);
+        Ok(product.permuted(&back))
+    }
+
+    /// The feature axes reordered: axis `a` of the result is axis `perm[a]` of `self`.
+    fn permuted(&self, perm: &[usize]) -> Self {
+        let shape: Vec<usize> = perm.iter().map(|&a| self.shape[a]).collect();
+        let mut strides = vec![1; self.shape.len()];
+        for a in (0..self.shape.len().saturating_sub(1)).rev() {
+            strides[a] = strides[a + 1] * self.shape[a + 1];
+        }
+        let total: usize = shape.iter().product();
+        let cts = (0..total)
+            .map(|flat| {
+                let (mut rem, mut src) = (flat, 0);
+                for a in (0..shape.len()).rev() {
+                    src += (rem % shape[a]) * strides[perm[a]];
+                    rem /= shape[a];
+                }
+                self.cts[src].clone()
+            })
+            .collect();
+        self.with(shape, self.batch, self.clean, cts)
+    }
+
     /// Sums over `axes` of the full shape (axis 0 = samples when there is a batch axis; the
     /// sum over samples lands in slot 0 and keeps a batch axis of length 1).
     pub fn sum(&self, axes: Option<Vec<isize>>) -> Result<Self> {
@@ -1052,6 +1116,13 @@ macro_rules! tensor_class {
                 }
                 let w = to_array::<$kernel>(py, other)?;
                 self.unary(py, |c| c.matmul(&w))
+            }
+            /// `matrix @ tensor` with a plaintext `[k, n]` matrix (or `[n]` vector): numpy's
+            /// contraction of the tensor's second-to-last axis, which must be a feature axis
+            /// (for a `[batch, d]` tensor it is the samples: refused, `x @ m.T` is meant).
+            fn __rmatmul__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
+                let m = to_array::<$kernel>(py, other)?;
+                self.unary(py, |c| c.rmatmul(&m))
             }
             /// `Σ self * other` over the last feature axis (numpy broadcasting before it): one
             /// relinearization and one rescale per output instead of one per product.

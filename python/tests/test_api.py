@@ -241,8 +241,25 @@ def test_numpy_operands_on_the_left_give_tensors(ckks, bfv, data):
     got = np.array([1, 2, 3]) * B
     assert isinstance(got, he.BFVTensor)
     np.testing.assert_array_equal(got.decrypt(), ints * [1, 2, 3])
-    with pytest.raises(TypeError):
-        np.ones((3, 3)) @ A  # no plaintext @ tensor: a TypeError, not a numpy error
+    with pytest.raises(he.ShapeError, match="the samples"):
+        np.ones((3, 50)) @ A  # [batch, d]: m @ x would mix samples; x @ m.T is meant
+
+
+def test_plaintext_matrix_on_the_left(ckks):
+    """m @ x contracts the tensor's second-to-last axis, as numpy does, when it is a feature
+    axis; against numpy for batched and broadcast tensors, 2-D and 1-D m."""
+    rng = np.random.default_rng(5)
+    x, m, v = rng.uniform(-1, 1, (5, 3, 4)), rng.uniform(-1, 1, (2, 3)), rng.uniform(-1, 1, 3)
+    X = ckks.encrypt(x)
+    b, c = rng.uniform(-1, 1, (3, 4)), rng.uniform(-1, 1, 4)
+    B, C = ckks.encrypt(b, broadcast=True), ckks.encrypt(c, broadcast=True)
+    w = rng.uniform(-1, 1, (2, 4))
+    for got, want in [(m @ X, m @ x), (v @ X, v @ x), (m @ B, m @ b), (v @ B, v @ b), (w @ C, w @ c), (c @ C, c @ c)]:
+        assert isinstance(got, he.CKKSTensor)
+        close(got, want)
+    for bad, words in [(np.ones((2, 2, 3)), "1-D or 2-D"), (np.ones((2, 4)), "4 columns but the tensor's axis 1 has 3")]:
+        with pytest.raises(he.ShapeError, match=words):
+            bad @ X
 
 
 def test_indexing_picks_features_like_numpy(ckks, bfv):
