@@ -205,6 +205,25 @@ fn misuse_returns_typed_errors() {
     let a = ctx
         .encrypt(&ctx.encode(&[1.0, 2.0], s, top).unwrap(), &keys.public)
         .unwrap();
+    // a non-finite constant is bad input, not a scale overflow; a huge one overflows, and the
+    // message gives its size (2^1037.6: 1e300 · 2^40), not the inf the product rounds to
+    for c in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        let e = ctx.add_scalar(&a, c).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidInput(m) if m.contains("not finite")),
+            "{e}"
+        );
+        let e = ctx.multiply_scalar(&a, c, s).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidInput(m) if m.contains("not finite")),
+            "{e}"
+        );
+    }
+    let e = ctx.multiply_scalar(&a, 1e300, s).unwrap_err();
+    assert!(
+        matches!(&e, Error::ScaleOverflow(m) if m.contains(&format!("is 2^{:.1}", 1e300f64.log2() + s.log2()))),
+        "{e}"
+    );
     // scale mismatch
     let b = ctx
         .encrypt(&ctx.encode(&[1.0], s * 2.0, top).unwrap(), &keys.public)

@@ -152,6 +152,12 @@ impl<K: Kernel> Core<K> {
         };
         let rows = batch.unwrap_or(1);
         let features: usize = shape.iter().product();
+        if features == 0 {
+            return Err(shape_err(format!(
+                "per-sample shape {shape:?} holds no values: a tensor holds at least one \
+                 ciphertext"
+            )));
+        }
         let flat = x
             .to_shape((rows, features))
             .map_err(|e| shape_err(e.to_string()))?;
@@ -370,6 +376,37 @@ impl<K: Kernel> Core<K> {
 
     pub fn square(&self) -> Result<Self> {
         self.map(self.clean, |c| self.k.mul(c, c))
+    }
+
+    /// `self ** n` (`n ≥ 1`) in ⌈log₂ n⌉ products deep: the squares `x^(2^i)` for the bits of
+    /// `n`, multiplied shallowest first (`x^7 = x^4 · (x^2 · x)`, 3 levels).
+    pub fn power(&self, n: u64) -> Result<Self> {
+        if n == 0 {
+            return Err(Error::InvalidInput(
+                "x ** 0 would be an encryption of ones: encrypt np.ones_like(...) instead".into(),
+            ));
+        }
+        self.map(self.clean, |c| {
+            let (mut terms, mut square, mut depth, mut rest) = (Vec::new(), c.clone(), 0, n);
+            loop {
+                if rest & 1 == 1 {
+                    terms.push((depth, square.clone()));
+                }
+                rest >>= 1;
+                if rest == 0 {
+                    break;
+                }
+                square = self.k.mul(&square, &square)?;
+                depth += 1;
+            }
+            while terms.len() > 1 {
+                terms.sort_by_key(|t| std::cmp::Reverse(t.0));
+                let (da, a) = terms.pop().expect("two terms");
+                let (db, b) = terms.pop().expect("two terms");
+                terms.push((da.max(db) + 1, self.k.mul(&a, &b)?));
+            }
+            Ok(terms.pop().expect("n >= 1 leaves one term").1)
+        })
     }
 
     pub fn rotate(&self, step: i64) -> Result<Self> {
@@ -1100,6 +1137,55 @@ macro_rules! tensor_class {
             fn __neg__(&self, py: Python<'_>) -> PyResult<Self> {
                 self.unary(py, |c| c.neg())
             }
+            /// `tensor ** n` for an integer `n ≥ 1`: repeated squaring, ⌈log₂ n⌉ levels.
+            fn __pow__(
+                &self,
+                py: Python<'_>,
+                exponent: &Bound<'_, PyAny>,
+                modulo: Option<&Bound<'_, PyAny>>,
+            ) -> PyResult<Self> {
+                if modulo.is_some_and(|m| !m.is_none()) {
+                    return Err(PyTypeError::new_err(
+                        "pow() with a modulus is not supported",
+                    ));
+                }
+                let n: u64 = exponent.extract().map_err(|_| {
+                    PyTypeError::new_err(
+                        "a tensor's power takes an integer exponent n >= 1 (other functions: \
+                         `polyval` on a known interval)",
+                    )
+                })?;
+                self.unary(py, |c| c.power(n))
+            }
+            /// `x / tensor`: refused, with what to do instead.
+            fn __rtruediv__(&self, _other: &Bound<'_, PyAny>) -> PyResult<Self> {
+                Err(PyTypeError::new_err(
+                    "division by an encrypted tensor is not supported: approximate 1/x with \
+                     `polyval` on a known interval",
+                ))
+            }
+            /// Iterating would take one sample out of its slot per step (rotations and masks):
+            /// refused, rather than failing at the first index.
+            fn __iter__(&self) -> PyResult<Py<PyAny>> {
+                Err(PyTypeError::new_err(format!(
+                    "a {} is not iterable: its samples share ciphertexts (one per slot); \
+                     decrypt() first, or index features with x[:, i]",
+                    $pyname
+                )))
+            }
+            /// `np.asarray(tensor)` would make an object array holding the tensor: refused.
+            #[pyo3(signature = (dtype=None, copy=None))]
+            fn __array__(
+                &self,
+                dtype: Option<&Bound<'_, PyAny>>,
+                copy: Option<&Bound<'_, PyAny>>,
+            ) -> PyResult<Py<PyAny>> {
+                let _ = (dtype, copy);
+                Err(PyTypeError::new_err(format!(
+                    "a {} is encrypted: call decrypt() for a numpy array",
+                    $pyname
+                )))
+            }
             /// `tensor / x` for plaintext `x` (CKKS only): a product with `1 / x`.
             fn __truediv__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<Self> {
                 let inverse = plain_reciprocal::<$kernel>(py, other)?;
@@ -1136,8 +1222,21 @@ macro_rules! tensor_class {
             }
             /// Sums over `axis` (int, tuple or None = all). Axis 0 is the samples: that sum
             /// uses rotations and keeps a batch axis of length 1.
-            #[pyo3(signature = (axis=None))]
-            fn sum(&self, py: Python<'_>, axis: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+            /// `dtype` and `out` exist for `numpy.sum(tensor)`, which passes them: only `None`.
+            #[pyo3(signature = (axis=None, dtype=None, out=None))]
+            fn sum(
+                &self,
+                py: Python<'_>,
+                axis: Option<&Bound<'_, PyAny>>,
+                dtype: Option<&Bound<'_, PyAny>>,
+                out: Option<&Bound<'_, PyAny>>,
+            ) -> PyResult<Self> {
+                if dtype.is_some() || out.is_some() {
+                    return Err(PyTypeError::new_err(
+                        "a tensor's sum takes no dtype or out: the result is a new tensor of the \
+                         same scheme",
+                    ));
+                }
                 let axes: Option<Vec<isize>> = match axis {
                     None => None,
                     Some(a) => Some(match a.extract::<isize>() {

@@ -302,6 +302,35 @@ def test_indexing_picks_features_like_numpy(ckks, bfv):
             X[key]
 
 
+def test_powers_and_numpy_protocols(ckks, bfv):
+    """x ** n against numpy in ceil(log2 n) levels; np.sum works; what numpy or Python would
+    otherwise turn into object arrays or failures at the first index is a clear TypeError."""
+    rng = np.random.default_rng(11)
+    x = rng.uniform(-1, 1, (6, 2))
+    X = ckks.encrypt(x)
+    for n, levels in [(1, 0), (2, 1), (3, 2), (4, 2), (5, 3), (7, 3)]:
+        got = X**n
+        assert X.level - got.level == levels, n
+        close(got, x**n)
+    ints = np.arange(-3, 3).reshape(6, 1)
+    np.testing.assert_array_equal((bfv.encrypt(ints) ** 5).decrypt(), ints**5)
+    close(np.sum(X, axis=1), x.sum(axis=1))
+    for bad, error, words in [
+        (lambda: X**0, he.HetensorError, "ones"),
+        (lambda: X**1.5, TypeError, "integer exponent"),
+        (lambda: X**-1, TypeError, "integer exponent"),
+        (lambda: pow(X, 2, 5), TypeError, "modulus"),
+        (lambda: 1 / X, TypeError, "polyval"),
+        (lambda: list(X), TypeError, "not iterable"),
+        (lambda: np.asarray(X), TypeError, "decrypt"),
+        (lambda: np.sum(X, out=np.zeros(2)), TypeError, "no dtype or out"),
+        (lambda: ckks.encrypt(np.ones((4, 0))), he.ShapeError, "holds no values"),
+        (lambda: X * np.nan, he.HetensorError, "not finite"),
+    ]:
+        with pytest.raises(error, match=words):
+            bad()
+
+
 def test_division_by_plaintext(ckks, bfv, data):
     a, _ = data
     A = ckks.encrypt(a)

@@ -89,12 +89,17 @@ const SCALE_TOLERANCE: f64 = 1e-9;
 /// `round(c · scale)` as an integer (a constant's encoding), or why it has none: it must be
 /// finite and below 2^126 (scales above 2^62 give constants past 64 bits).
 fn scaled_integer(what: &str, c: f64, scale: f64) -> Result<i128> {
+    if !c.is_finite() {
+        // Not a scale problem: NaN and ±inf have no encoding at any scale.
+        return Err(Error::InvalidInput(format!("{what} {c} is not finite")));
+    }
     let v = (c * scale).round();
     if !v.is_finite() || v.abs() >= 126f64.exp2() {
         return Err(Error::ScaleOverflow(format!(
             "{what} {c:e} at scale 2^{:.1} is 2^{:.1}, beyond 126 bits",
             scale.log2(),
-            v.abs().log2()
+            // From the logarithms: the product itself may have overflowed to inf.
+            c.abs().log2() + scale.log2()
         )));
     }
     Ok(v as i128)
