@@ -851,9 +851,30 @@ fn to_array<K: Kernel>(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Array
     let np = py.import("numpy")?;
     let a = np.call_method1("asarray", (obj,))?;
     let kind: String = a.getattr("dtype")?.getattr("kind")?.extract()?;
-    if !K::KINDS.contains(&kind.as_str()) {
+    // BFV takes floats that hold integers (`x * 2.0`, a float array of counts) and nothing else.
+    let whole_floats = K::DTYPE == "int64" && kind == "f";
+    if whole_floats {
+        let f = np.call_method1("ascontiguousarray", (&a, "float64"))?;
+        let f: PyReadonlyArrayDyn<'_, f64> = f.extract()?;
+        let limit = 2f64.powi(63);
+        if let Some(v) = f
+            .as_array()
+            .iter()
+            .find(|v| !(v.is_finite() && v.trunc() == **v && v.abs() < limit))
+        {
+            return Err(PyTypeError::new_err(format!(
+                "{} holds integers modulo t: the value {v} is not a 64-bit integer",
+                K::NAME
+            )));
+        }
+    } else if !K::KINDS.contains(&kind.as_str()) {
+        let hint = if kind == "O" {
+            " (an object array: Python integers beyond 64 bits, or values of mixed types)"
+        } else {
+            ""
+        };
         return Err(PyTypeError::new_err(format!(
-            "{} cannot take an array of dtype kind {kind:?} (accepted: {:?})",
+            "{} cannot take an array of dtype kind {kind:?}{hint} (accepted: {:?})",
             K::NAME,
             K::KINDS
         )));

@@ -362,6 +362,15 @@ def test_odd_inputs_are_refused_with_messages(ckks, bfv):
     A = ckks.encrypt(np.ones((2, 1)))
     with pytest.raises(TypeError, match="BFVTensor"):
         A + bfv.encrypt(np.ones((2, 1), dtype=np.int64))
+    # BFV takes floats holding integers (x * 2.0), and says which value is not one.
+    ints = np.arange(4).reshape(2, 2)
+    B = bfv.encrypt(ints.astype(np.float64))
+    np.testing.assert_array_equal((B * 2.0).decrypt(), ints * 2)
+    for bad, words in [(1.5, "value 1.5 is not"), (np.nan, "value NaN is not"), (2.0**63, "is not a 64-bit")]:
+        with pytest.raises(TypeError, match=words):
+            B + bad
+    with pytest.raises(TypeError, match="Python integers beyond 64 bits"):
+        B + 2**70
 
 
 def test_threads():
