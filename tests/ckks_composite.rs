@@ -231,7 +231,7 @@ fn rotations_polynomials_and_level_alignment() {
         let bits = precision_bits(&want, &r);
         assert!(bits > FRESH_BITS - 1.0, "rotate {step}: {bits:.1} bits");
     }
-    // x³ − 0.5·x + 0.25 costs polynomial_depth(3) = 3 levels.
+    // x³ − 0.5·x + 0.25 costs polynomial_depth(3) = 2 levels.
     let y = ctx
         .evaluate_polynomial(&ct, &[0.25, -0.5, 0.0, 1.0], &keys.relin)
         .unwrap();
@@ -254,6 +254,74 @@ fn rotations_polynomials_and_level_alignment() {
 /// sized to the 18 bits the bound leaves and the chain keeps 3 digits, as it does without one.
 /// A rotation keeps the fresh precision with the extra prime and loses several bits without
 /// it (SEAL's level, ~20 bits; measured 26.8 vs 19.9).
+/// Every degree up to 15, dense, sparse (the leading term alone, every other coefficient
+/// zero) and with a zero constant: `ceil(log2(d + 1))` levels, the input's scale (or the
+/// target given), and the plaintext polynomial within the precision of a product chain.
+#[test]
+fn polynomials_take_ceil_log2_of_degree_plus_one_levels() {
+    let (ctx, keys, _) = ctx();
+    let top = ctx.max_level();
+    let x = vals(9, ctx.slots());
+    let ct = ctx
+        .encrypt(
+            &ctx.encode(&x, ctx.default_scale(), top).unwrap(),
+            &keys.public,
+        )
+        .unwrap();
+    let horner = |c: &[f64], v: f64| c.iter().rev().fold(0.0, |acc, &k| acc * v + k);
+    for d in 1..=15usize {
+        let dense: Vec<f64> = vals(100 + d as u64, d + 1)
+            .iter()
+            .map(|v| v * 0.9)
+            .collect();
+        let mut lead = vec![0.0; d + 1];
+        lead[d] = -0.75;
+        let mut every_other = dense.clone();
+        every_other
+            .iter_mut()
+            .skip(1)
+            .step_by(2)
+            .for_each(|c| *c = 0.0);
+        every_other[d] = 0.5;
+        let mut no_constant = dense.clone();
+        no_constant[0] = 0.0;
+        let levels = (d as f64 + 1.0).log2().ceil() as usize;
+        assert_eq!(CkksContext::polynomial_depth(d), levels);
+        for coeffs in [&dense, &lead, &every_other, &no_constant] {
+            let y = ctx.evaluate_polynomial(&ct, coeffs, &keys.relin).unwrap();
+            assert_eq!(y.level(), top - levels, "degree {d}: {coeffs:?}");
+            assert!(
+                ((y.scale() - ct.scale()) / ct.scale()).abs() < 1e-9,
+                "degree {d}"
+            );
+            let want: Vec<f64> = x.iter().map(|&v| horner(coeffs, v)).collect();
+            let bits = precision_bits(&want, &ctx.decrypt_decode(&y, &keys.secret).unwrap());
+            assert!(
+                bits > MUL_BITS - 4.0,
+                "degree {d} {coeffs:?}: {bits:.1} bits"
+            );
+        }
+    }
+    // Aimed at another scale: the natural scale of the level it ends at.
+    let target = ctx.natural_scale(top - 2);
+    let y = ctx
+        .evaluate_polynomial_at(&ct, &[0.1, 0.2, 0.3, 0.4], &keys.relin, target)
+        .unwrap();
+    assert_eq!(y.level(), top - 2);
+    assert!(((y.scale() - target) / target).abs() < 1e-9);
+    let want: Vec<f64> = x
+        .iter()
+        .map(|&v| horner(&[0.1, 0.2, 0.3, 0.4], v))
+        .collect();
+    assert!(precision_bits(&want, &ctx.decrypt_decode(&y, &keys.secret).unwrap()) > MUL_BITS - 2.0);
+    // Deeper than the chain: refused before any work.
+    let low = ctx.mod_switch_to(&ct, 1).unwrap();
+    assert!(matches!(
+        ctx.evaluate_polynomial(&low, &[0.0, 0.0, 0.0, 1.0], &keys.relin),
+        Err(hetensor::Error::OutOfLevels { .. })
+    ));
+}
+
 #[test]
 fn extra_special_primes_trade_rotation_precision_for_digits() {
     let rotation_bits = |p: CkksParams| {

@@ -805,10 +805,13 @@ impl CkksContext {
         Ok(a.derive(polys, scale))
     }
 
-    /// Evaluates the polynomial `Σ coeffs[k]·x^k` slot-wise. Powers are built by repeated
-    /// squaring (`x^k = x^{2^j}·x^{k−2^j}`, relinearized and rescaled), so degree `d` costs
-    /// `ceil(log2 d) + 1` levels ([`Self::polynomial_depth`]); each term is scaled by its
-    /// coefficient at exactly the scale of the others, so the terms add without error.
+    /// Evaluates the polynomial `Σ coeffs[k]·x^k` slot-wise in `ceil(log2(d + 1))` levels for
+    /// degree `d` ([`Self::polynomial_depth`]: 2 for a cubic, 3 up to degree 7), the fewest a
+    /// product tree allows. `p = q·x^s + r` with `s` the largest power of two not above `d`:
+    /// `x^s` by repeated squaring, `q` and `r` recursively, and every coefficient enters as a
+    /// scalar product on the shallower side of a product (`c₃x³ = (c₃x)·x²`), so it costs no
+    /// level of its own. Each part is aimed at the scale that makes the next rescale land on
+    /// the target exactly, so the parts add without error.
     pub fn evaluate_polynomial(
         &self,
         x: &Ciphertext,
@@ -827,12 +830,12 @@ impl CkksContext {
         rk: &RelinKey,
         target: f64,
     ) -> Result<Ciphertext> {
-        let degree = coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0);
         if coeffs.iter().any(|c| !c.is_finite()) {
             return Err(Error::InvalidInput(
                 "polynomial coefficients must be finite".into(),
             ));
         }
+        let degree = coeffs.iter().rposition(|&c| c != 0.0).unwrap_or(0);
         let x = if x.size() == 3 {
             self.relinearize(x, rk)?
         } else {
@@ -850,48 +853,63 @@ impl CkksContext {
                 level: x.level(),
             });
         }
-        // powers[k] = x^k for k = 1..=degree.
-        let mut powers: Vec<Option<Ciphertext>> = vec![None; degree + 1];
-        powers[1] = Some(x.clone());
-        for k in 2..=degree {
-            let hi = 1usize << (usize::BITS - 1 - k.leading_zeros());
-            let (a, b) = if hi == k {
-                (k / 2, k / 2)
-            } else {
-                (hi, k - hi)
-            };
-            let (pa, pb) = match (&powers[a], &powers[b]) {
-                (Some(pa), Some(pb)) => (pa, pb),
-                _ => return Err(Error::InvalidInput("internal: missing power".into())),
-            };
-            let prod = self.relinearize(&self.multiply(pa, pb)?, rk)?;
-            powers[k] = Some(self.rescale(&prod)?);
+        // squares[j] = x^(2^j), at level x.level() − j.
+        let mut squares = vec![x];
+        while squares.len() < need {
+            let last = &squares[squares.len() - 1];
+            let sq = self.relinearize(&self.multiply(last, last)?, rk)?;
+            squares.push(self.rescale(&sq)?);
         }
-        let mut terms = Vec::new();
-        for (k, &c) in coeffs.iter().enumerate().skip(1) {
-            if c == 0.0 {
-                continue;
-            }
-            let p = powers[k]
-                .as_ref()
-                .ok_or_else(|| Error::InvalidInput("internal: missing power".into()))?;
-            let q = self.level_modulus(p.level());
-            terms.push(self.rescale(&self.multiply_scalar(p, c, q * target / p.scale())?)?);
-        }
-        let low = terms.iter().map(|t| t.level()).min().unwrap_or(0);
-        let mut acc = self.mod_switch_to(&terms[0], low)?;
-        for t in &terms[1..] {
-            acc = self.add(&acc, &self.mod_switch_to(t, low)?)?;
-        }
-        self.add_scalar(&acc, coeffs[0])
+        self.polynomial_part(&squares, &coeffs[..=degree], rk, target)
     }
 
-    /// Levels [`Self::evaluate_polynomial`] consumes for a polynomial of this degree.
-    pub fn polynomial_depth(degree: usize) -> usize {
-        match degree {
-            0 => 0,
-            d => (usize::BITS - (d - 1).leading_zeros()) as usize + 1,
+    /// `Σ coeffs[k]·x^k` (degree ≥ 1, the last coefficient nonzero) at scale `target`, in
+    /// `polynomial_depth(degree)` levels below `squares[0]`'s. The two parts of the split run
+    /// in parallel.
+    fn polynomial_part(
+        &self,
+        squares: &[Ciphertext],
+        coeffs: &[f64],
+        rk: &RelinKey,
+        target: f64,
+    ) -> Result<Ciphertext> {
+        let degree = coeffs.len() - 1;
+        // `c · p` rescaled to exactly `scale`: the constant's own scale absorbs the difference.
+        let scaled = |p: &Ciphertext, c: f64, scale: f64| {
+            let q = self.level_modulus(p.level());
+            self.rescale(&self.multiply_scalar(p, c, q * scale / p.scale())?)
+        };
+        // p = q·x^s + r with s = 2^j ≤ degree: deg q = degree − s < s, deg r < s (a linear
+        // polynomial is c₁·x + c₀, s = 1).
+        let j = Self::polynomial_depth(degree) - 1;
+        let (xs, s) = (&squares[j], 1usize << j);
+        let (q, r) = (&coeffs[s..], &coeffs[..s]);
+        let high = || {
+            if q.len() == 1 {
+                return scaled(xs, q[0], target);
+            }
+            // The product is taken at x^s's level and rescaled by that level's modulus: q
+            // must arrive at the scale that makes the result's `target`.
+            let q_scale = target * self.level_modulus(xs.level()) / xs.scale();
+            let qv = self.polynomial_part(squares, q, rk, q_scale)?;
+            let qv = self.mod_switch_to(&qv, xs.level())?;
+            self.rescale(&self.relinearize(&self.multiply(&qv, xs)?, rk)?)
+        };
+        match r.iter().rposition(|&c| c != 0.0) {
+            None => high(),
+            Some(0) => self.add_scalar(&high()?, r[0]),
+            Some(d) => {
+                let (h, low) =
+                    rayon::join(high, || self.polynomial_part(squares, &r[..=d], rk, target));
+                self.add(&h?, &low?)
+            }
         }
+    }
+
+    /// Levels [`Self::evaluate_polynomial`] consumes for a polynomial of this degree:
+    /// `ceil(log2(degree + 1))`.
+    pub fn polynomial_depth(degree: usize) -> usize {
+        (degree + 1).next_power_of_two().trailing_zeros() as usize
     }
 
     /// `a²` without relinearization (size 3).
