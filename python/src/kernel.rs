@@ -289,6 +289,11 @@ impl Kernel for Ckks {
         self.ctx.add_scalar(a, c)
     }
     fn mul_const(&self, a: &Ciphertext, c: f64) -> Result<Ciphertext> {
+        // An integer is exact at scale 1: no rescale, no level (`x * 2`, `-1 * x`); the
+        // noise grows by |c| either way.
+        if c.fract() == 0.0 && c.abs() < 2f64.powi(53) {
+            return self.ctx.multiply_scalar(a, c, 1.0);
+        }
         let q = self.ctx.level_modulus(a.level());
         self.rescaled(self.ctx.multiply_scalar(a, c, q)?)
     }

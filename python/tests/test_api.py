@@ -51,6 +51,14 @@ def test_ckks_levels_and_scales_align(ckks, data):
     A, B = ckks.encrypt(a), ckks.encrypt(b)
     close(A * B + A, a * b + a)  # a fresh operand meets a product one level down
     close((A * B) * (A * B) - B, (a * b) ** 2 - b)
+    # Integer constants are exact at scale 1: no level; others take one rescale.
+    for k in (2, -1, 0, 7.0):
+        assert (A * k).level == A.level and (A * k).scale == A.scale, k
+        close(A * k, a * k)
+    assert (A * np.array([3, -2, 1])).level == A.level
+    close(A * np.array([3, -2, 1]), a * [3, -2, 1])
+    assert (A * 2.5).level == A.level - 1
+    close(A * 2.5, a * 2.5)
 
 
 def test_ckks_matmul_sum_rotate(ckks, data):
