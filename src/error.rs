@@ -51,6 +51,14 @@ pub enum Error {
     #[error("out of levels: {op} needs level > 0 but the ciphertext is at level {level}; choose parameters with a longer modulus chain")]
     OutOfLevels { op: &'static str, level: usize },
 
+    /// A computation deeper than the levels a ciphertext has left (checked before any work).
+    #[error("out of levels: {op} needs {need} levels but the ciphertext is at level {level}; choose parameters with a longer modulus chain ({need} more levels from here)")]
+    TooDeep {
+        op: String,
+        need: usize,
+        level: usize,
+    },
+
     /// The encoded value would not fit under the ciphertext modulus.
     #[error("scale overflow: {0}")]
     ScaleOverflow(String),

@@ -318,7 +318,11 @@ fn polynomials_take_ceil_log2_of_degree_plus_one_levels() {
     let low = ctx.mod_switch_to(&ct, 1).unwrap();
     assert!(matches!(
         ctx.evaluate_polynomial(&low, &[0.0, 0.0, 0.0, 1.0], &keys.relin),
-        Err(hetensor::Error::OutOfLevels { .. })
+        Err(hetensor::Error::TooDeep {
+            need: 2,
+            level: 1,
+            ..
+        })
     ));
 }
 

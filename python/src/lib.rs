@@ -73,6 +73,7 @@ pub(crate) fn to_py(e: hetensor::Error) -> PyErr {
         E::LevelMismatch { .. }
         | E::ScaleMismatch { .. }
         | E::OutOfLevels { .. }
+        | E::TooDeep { .. }
         | E::ScaleOverflow(_) => LevelError::new_err(msg),
         ref d if d.is_decode_failure() => DecodeError::new_err(msg),
         E::InputTooLarge { .. } => DecodeError::new_err(msg),

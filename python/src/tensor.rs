@@ -386,6 +386,16 @@ impl<K: Kernel> Core<K> {
                 "x ** 0 would be an encryption of ones: encrypt np.ones_like(...) instead".into(),
             ));
         }
+        // CKKS spends a level per product: refuse up front what the levels cannot hold (BFV's
+        // noise budget is checked by each product).
+        let need = (u64::BITS - (n - 1).leading_zeros()) as usize;
+        if K::DTYPE == "float64" && need > self.level() {
+            return Err(Error::TooDeep {
+                op: format!("x ** {n}"),
+                need,
+                level: self.level(),
+            });
+        }
         self.map(self.clean, |c| {
             let (mut terms, mut square, mut depth, mut rest) = (Vec::new(), c.clone(), 0, n);
             loop {

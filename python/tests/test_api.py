@@ -325,6 +325,8 @@ def test_powers_and_numpy_protocols(ckks, bfv):
     close(np.sum(X, axis=1), x.sum(axis=1))
     for bad, error, words in [
         (lambda: X**0, he.HetensorError, "ones"),
+        (lambda: X**16, he.LevelError, r"x \*\* 16 needs 4 levels but the ciphertext is at level 3"),
+        (lambda: X.polyval(np.ones(9)), he.LevelError, "degree 8 needs 4 levels but the ciphertext is at level 3"),
         (lambda: X**1.5, TypeError, "integer exponent"),
         (lambda: X**-1, TypeError, "integer exponent"),
         (lambda: pow(X, 2, 5), TypeError, "modulus"),

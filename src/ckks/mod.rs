@@ -848,8 +848,9 @@ impl CkksContext {
         }
         let need = Self::polynomial_depth(degree);
         if need > x.level() {
-            return Err(Error::OutOfLevels {
-                op: "evaluate_polynomial",
+            return Err(Error::TooDeep {
+                op: format!("a polynomial of degree {degree}"),
+                need,
                 level: x.level(),
             });
         }
