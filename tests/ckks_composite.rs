@@ -231,7 +231,7 @@ fn rotations_polynomials_and_level_alignment() {
         let bits = precision_bits(&want, &r);
         assert!(bits > FRESH_BITS - 1.0, "rotate {step}: {bits:.1} bits");
     }
-    // x³ − 0.5·x + 0.25 costs polynomial_depth(3) = 2 levels.
+    // x³ − 0.5·x + 0.25 costs polynomial_depth(3) = 3 levels.
     let y = ctx
         .evaluate_polynomial(&ct, &[0.25, -0.5, 0.0, 1.0], &keys.relin)
         .unwrap();
@@ -254,11 +254,11 @@ fn rotations_polynomials_and_level_alignment() {
 /// sized to the 18 bits the bound leaves and the chain keeps 3 digits, as it does without one.
 /// A rotation keeps the fresh precision with the extra prime and loses several bits without
 /// it (SEAL's level, ~20 bits; measured 26.8 vs 19.9).
-/// Every degree up to 15, dense, sparse (the leading term alone, every other coefficient
-/// zero) and with a zero constant: `ceil(log2(d + 1))` levels, the input's scale (or the
-/// target given), and the plaintext polynomial within the precision of a product chain.
+/// The shallow evaluator on every degree up to 15, dense, sparse (the leading term alone,
+/// every other coefficient zero) and with a zero constant: `ceil(log2(d + 1))` levels, the
+/// target scale, and the plaintext polynomial within the precision of a product chain.
 #[test]
-fn polynomials_take_ceil_log2_of_degree_plus_one_levels() {
+fn shallow_polynomials_take_ceil_log2_of_degree_plus_one_levels() {
     let (ctx, keys, _) = ctx();
     let top = ctx.max_level();
     let x = vals(9, ctx.slots());
@@ -286,15 +286,24 @@ fn polynomials_take_ceil_log2_of_degree_plus_one_levels() {
         let mut no_constant = dense.clone();
         no_constant[0] = 0.0;
         let levels = (d as f64 + 1.0).log2().ceil() as usize;
-        assert_eq!(CkksContext::polynomial_depth(d), levels);
+        assert_eq!(CkksContext::polynomial_depth_shallow(d), levels);
         for coeffs in [&dense, &lead, &every_other, &no_constant] {
-            let y = ctx.evaluate_polynomial(&ct, coeffs, &keys.relin).unwrap();
+            let y = ctx
+                .evaluate_polynomial_shallow(&ct, coeffs, &keys.relin, ct.scale())
+                .unwrap();
             assert_eq!(y.level(), top - levels, "degree {d}: {coeffs:?}");
             assert!(
                 ((y.scale() - ct.scale()) / ct.scale()).abs() < 1e-9,
                 "degree {d}"
             );
             let want: Vec<f64> = x.iter().map(|&v| horner(coeffs, v)).collect();
+            // The default evaluator, where the chain holds its extra level: the same values.
+            if CkksContext::polynomial_depth(d) <= top {
+                let z = ctx.evaluate_polynomial(&ct, coeffs, &keys.relin).unwrap();
+                assert_eq!(z.level(), top - CkksContext::polynomial_depth(d));
+                let bits = precision_bits(&want, &ctx.decrypt_decode(&z, &keys.secret).unwrap());
+                assert!(bits > MUL_BITS - 4.0, "default, degree {d}: {bits:.1} bits");
+            }
             let bits = precision_bits(&want, &ctx.decrypt_decode(&y, &keys.secret).unwrap());
             assert!(
                 bits > MUL_BITS - 4.0,
@@ -305,7 +314,7 @@ fn polynomials_take_ceil_log2_of_degree_plus_one_levels() {
     // Aimed at another scale: the natural scale of the level it ends at.
     let target = ctx.natural_scale(top - 2);
     let y = ctx
-        .evaluate_polynomial_at(&ct, &[0.1, 0.2, 0.3, 0.4], &keys.relin, target)
+        .evaluate_polynomial_shallow(&ct, &[0.1, 0.2, 0.3, 0.4], &keys.relin, target)
         .unwrap();
     assert_eq!(y.level(), top - 2);
     assert!(((y.scale() - target) / target).abs() < 1e-9);
@@ -317,7 +326,7 @@ fn polynomials_take_ceil_log2_of_degree_plus_one_levels() {
     // Deeper than the chain: refused before any work.
     let low = ctx.mod_switch_to(&ct, 1).unwrap();
     assert!(matches!(
-        ctx.evaluate_polynomial(&low, &[0.0, 0.0, 0.0, 1.0], &keys.relin),
+        ctx.evaluate_polynomial_shallow(&low, &[0.0, 0.0, 0.0, 1.0], &keys.relin, low.scale()),
         Err(hetensor::Error::TooDeep {
             need: 2,
             level: 1,

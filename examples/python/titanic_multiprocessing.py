@@ -74,11 +74,11 @@ def train(workers=2, epochs=5, rows=None, lr=4.0, threads=None, log=print):
     n, d = x.shape
     stats = {"rows": n, "features": d, "workers": workers}
 
-    # Depth: x·w, σ3 (a cubic: 2 levels), x·err: N = 2^14, 8192 slots. Rotation keys: the powers of two
+    # Depth: x·w, σ3 (3 levels), x·err: N = 2^14, 8192 slots. Rotation keys: the powers of two
     # below the slots, for sums over the n samples and for the windows that let one sum serve
     # several features (`sum(axis=0)` packs them).
     steps = [1 << k for k in range(13)]
-    ctx = he.Context.ckks(depth=4, scale_bits=40, rotations=steps)
+    ctx = he.Context.ckks(depth=5, scale_bits=40, rotations=steps)
     assert ctx.slots == 2 * steps[-1]
     t = time.perf_counter()
     public_bytes = ctx.public().to_bytes()

@@ -105,6 +105,14 @@ fn scaled_integer(what: &str, c: f64, scale: f64) -> Result<i128> {
     Ok(v as i128)
 }
 
+/// What [`CkksContext::polynomial_input`] leaves the evaluators.
+enum PolynomialInput {
+    /// A constant polynomial, already evaluated.
+    Constant(Ciphertext),
+    /// The (relinearized) input and the degree, with the levels for it checked.
+    Ready { x: Ciphertext, degree: usize },
+}
+
 /// Coefficients below 2^62 in magnitude are encoded from 64-bit integers.
 const WORD_LIMIT: f64 = 4_611_686_018_427_387_904.0;
 
@@ -805,13 +813,13 @@ impl CkksContext {
         Ok(a.derive(polys, scale))
     }
 
-    /// Evaluates the polynomial `Σ coeffs[k]·x^k` slot-wise in `ceil(log2(d + 1))` levels for
-    /// degree `d` ([`Self::polynomial_depth`]: 2 for a cubic, 3 up to degree 7), the fewest a
-    /// product tree allows. `p = q·x^s + r` with `s` the largest power of two not above `d`:
-    /// `x^s` by repeated squaring, `q` and `r` recursively, and every coefficient enters as a
-    /// scalar product on the shallower side of a product (`c₃x³ = (c₃x)·x²`), so it costs no
-    /// level of its own. Each part is aimed at the scale that makes the next rescale land on
-    /// the target exactly, so the parts add without error.
+    /// Evaluates the polynomial `Σ coeffs[k]·x^k` slot-wise. Powers are built by repeated
+    /// squaring (`x^k = x^{2^j}·x^{k−2^j}`, relinearized and rescaled), so degree `d` costs
+    /// `ceil(log2 d) + 1` levels ([`Self::polynomial_depth`]); each term is scaled by its
+    /// coefficient at exactly the scale of the others, so the terms add without error. The
+    /// coefficient comes last, so it also scales down the rounding the powers carry: on
+    /// inputs of large magnitude at a small scale this is the precise evaluation
+    /// ([`Self::evaluate_polynomial_shallow`] saves a level and loses precision there).
     pub fn evaluate_polynomial(
         &self,
         x: &Ciphertext,
@@ -830,6 +838,56 @@ impl CkksContext {
         rk: &RelinKey,
         target: f64,
     ) -> Result<Ciphertext> {
+        let (x, degree) = match self.polynomial_input(x, coeffs, rk, Self::polynomial_depth)? {
+            PolynomialInput::Constant(c) => return Ok(c),
+            PolynomialInput::Ready { x, degree } => (x, degree),
+        };
+        // powers[k] = x^k for k = 1..=degree.
+        let mut powers: Vec<Option<Ciphertext>> = vec![None; degree + 1];
+        powers[1] = Some(x.clone());
+        for k in 2..=degree {
+            let hi = 1usize << (usize::BITS - 1 - k.leading_zeros());
+            let (a, b) = if hi == k {
+                (k / 2, k / 2)
+            } else {
+                (hi, k - hi)
+            };
+            let (pa, pb) = match (&powers[a], &powers[b]) {
+                (Some(pa), Some(pb)) => (pa, pb),
+                _ => return Err(Error::InvalidInput("internal: missing power".into())),
+            };
+            let prod = self.relinearize(&self.multiply(pa, pb)?, rk)?;
+            powers[k] = Some(self.rescale(&prod)?);
+        }
+        let mut terms = Vec::new();
+        for (k, &c) in coeffs.iter().enumerate().skip(1) {
+            if c == 0.0 {
+                continue;
+            }
+            let p = powers[k]
+                .as_ref()
+                .ok_or_else(|| Error::InvalidInput("internal: missing power".into()))?;
+            let q = self.level_modulus(p.level());
+            terms.push(self.rescale(&self.multiply_scalar(p, c, q * target / p.scale())?)?);
+        }
+        let low = terms.iter().map(|t| t.level()).min().unwrap_or(0);
+        let mut acc = self.mod_switch_to(&terms[0], low)?;
+        for t in &terms[1..] {
+            acc = self.add(&acc, &self.mod_switch_to(t, low)?)?;
+        }
+        self.add_scalar(&acc, coeffs[0])
+    }
+
+    /// What both evaluators check first: finite coefficients, a relinearized input, a
+    /// constant polynomial answered at once (it keeps the input's level and scale), and the
+    /// `depth(degree)` levels the evaluation will spend.
+    fn polynomial_input(
+        &self,
+        x: &Ciphertext,
+        coeffs: &[f64],
+        rk: &RelinKey,
+        depth: fn(usize) -> usize,
+    ) -> Result<PolynomialInput> {
         if coeffs.iter().any(|c| !c.is_finite()) {
             return Err(Error::InvalidInput(
                 "polynomial coefficients must be finite".into(),
@@ -842,11 +900,11 @@ impl CkksContext {
             x.clone()
         };
         if degree == 0 {
-            // A constant: 0·x + c keeps the ciphertext's level and scale.
             let zero = self.multiply_scalar(&x, 0.0, 1.0)?;
-            return self.add_scalar(&zero, coeffs.first().copied().unwrap_or(0.0));
+            let c = self.add_scalar(&zero, coeffs.first().copied().unwrap_or(0.0))?;
+            return Ok(PolynomialInput::Constant(c));
         }
-        let need = Self::polynomial_depth(degree);
+        let need = depth(degree);
         if need > x.level() {
             return Err(Error::TooDeep {
                 op: format!("a polynomial of degree {degree}"),
@@ -854,6 +912,46 @@ impl CkksContext {
                 level: x.level(),
             });
         }
+        Ok(PolynomialInput::Ready { x, degree })
+    }
+
+    /// Levels [`Self::evaluate_polynomial`] consumes for a polynomial of this degree.
+    pub fn polynomial_depth(degree: usize) -> usize {
+        match degree {
+            0 => 0,
+            d => (usize::BITS - (d - 1).leading_zeros()) as usize + 1,
+        }
+    }
+
+    /// Evaluates the polynomial `Σ coeffs[k]·x^k` slot-wise in `ceil(log2(d + 1))` levels for
+    /// degree `d` ([`Self::polynomial_depth_shallow`]: 2 for a cubic, 3 up to degree 7, one
+    /// less than [`Self::evaluate_polynomial`] for most degrees), the fewest a product tree
+    /// allows, at scale `target`. `p = q·x^s + r` with `s` the largest power of two not above `d`:
+    /// `x^s` by repeated squaring, `q` and `r` recursively, and every coefficient enters as a
+    /// scalar product on the shallower side of a product (`c₃x³ = (c₃x)·x²`), so it costs no
+    /// level of its own. Each part is aimed at the scale that makes the next rescale land on
+    /// the target exactly, so the parts add without error.
+    ///
+    /// The price: the coefficient enters first, so the rounding of its rescale (a few units of
+    /// the scale's last bit) is multiplied by the content of `x^s`. Measured at N = 2^14,
+    /// Δ = 2^25, the sigmoid `0.5 + 0.197x − 0.004x³` on `|x| ≤ 8`: max error 3.4e-2, against
+    /// 8.0e-4 for [`Self::evaluate_polynomial`]; on `x/8` with the coefficients scaled
+    /// (`|x| ≤ 1`, as [`crate::train::eval_poly`] does) 2.3e-3. Use it where the level matters
+    /// and the input is normalized or the scale is large (at Δ = 2^40 the same factor 64 on
+    /// ~2^-26 is ~1e-6).
+    pub fn evaluate_polynomial_shallow(
+        &self,
+        x: &Ciphertext,
+        coeffs: &[f64],
+        rk: &RelinKey,
+        target: f64,
+    ) -> Result<Ciphertext> {
+        let depth = Self::polynomial_depth_shallow;
+        let (x, degree) = match self.polynomial_input(x, coeffs, rk, depth)? {
+            PolynomialInput::Constant(c) => return Ok(c),
+            PolynomialInput::Ready { x, degree } => (x, degree),
+        };
+        let need = depth(degree);
         // squares[j] = x^(2^j), at level x.level() − j.
         let mut squares = vec![x];
         while squares.len() < need {
@@ -865,7 +963,7 @@ impl CkksContext {
     }
 
     /// `Σ coeffs[k]·x^k` (degree ≥ 1, the last coefficient nonzero) at scale `target`, in
-    /// `polynomial_depth(degree)` levels below `squares[0]`'s. The two parts of the split run
+    /// `polynomial_depth_shallow(degree)` levels below `squares[0]`'s. The two parts of the split run
     /// in parallel.
     fn polynomial_part(
         &self,
@@ -882,7 +980,7 @@ impl CkksContext {
         };
         // p = q·x^s + r with s = 2^j ≤ degree: deg q = degree − s < s, deg r < s (a linear
         // polynomial is c₁·x + c₀, s = 1).
-        let j = Self::polynomial_depth(degree) - 1;
+        let j = Self::polynomial_depth_shallow(degree) - 1;
         let (xs, s) = (&squares[j], 1usize << j);
         let (q, r) = (&coeffs[s..], &coeffs[..s]);
         let high = || {
@@ -907,9 +1005,9 @@ impl CkksContext {
         }
     }
 
-    /// Levels [`Self::evaluate_polynomial`] consumes for a polynomial of this degree:
+    /// Levels [`Self::evaluate_polynomial_shallow`] consumes for a polynomial of this degree:
     /// `ceil(log2(degree + 1))`.
-    pub fn polynomial_depth(degree: usize) -> usize {
+    pub fn polynomial_depth_shallow(degree: usize) -> usize {
         (degree + 1).next_power_of_two().trailing_zeros() as usize
     }
 

@@ -642,16 +642,22 @@ pub fn encrypt_public(ev: &PublicEval, values: &[f64]) -> Result<Ciphertext> {
     ev.ctx.encrypt(&pt, &ev.public)
 }
 
-/// Levels [`eval_poly`] consumes for a degree: `floor(log2 d) + 1` (0 for a constant), i.e.
-/// [`CkksContext::polynomial_depth`].
+/// Levels [`eval_poly`] consumes for a degree: `floor(log2 d) + 1` (0 for a constant).
 pub fn poly_depth(degree: usize) -> usize {
-    CkksContext::polynomial_depth(degree)
+    if degree == 0 {
+        0
+    } else {
+        (usize::BITS - degree.leading_zeros()) as usize
+    }
 }
 
 /// Evaluates `p(x) = Σ coeffs[k]·x^k` slot-wise on a ciphertext `u` that holds `x / bound`
 /// (`bound` > 0: the magnitude `x` stays under, e.g. the fit interval's half-width), with the
-/// minimal depth `floor(log2 d) + 1` ([`poly_depth`]), at the scale `target`: the polynomial
-/// `Σ (c_k·bound^k)·u^k` through [`CkksContext::evaluate_polynomial_at`]. Coefficients below
+/// minimal depth `floor(log2 d) + 1` ([`poly_depth`]): powers `u^(2^i)` by squaring, and each
+/// term `(c_k·bound^k)·u^k` as the product of the powers of `k`'s binary digits, the
+/// coefficient multiplied into the lowest one. The constant each coefficient is encoded at is
+/// solved for so that **every term lands on the scale `target`** exactly, whatever the primes
+/// it was rescaled by; the terms are then added at the lowest level. Coefficients below
 /// `1e-12` of the largest are skipped (a sigmoid fit on a symmetric interval has zero even
 /// terms up to rounding).
 ///
@@ -681,23 +687,67 @@ pub fn eval_poly(
             "eval_poly bound must be finite and > 0, got {bound}"
         )));
     }
-    let mut scaled: Vec<f64> = coeffs
+    let coeffs: Vec<f64> = coeffs
         .iter()
         .enumerate()
         .map(|(k, c)| c * bound.powi(k as i32))
         .collect();
-    let cmax = scaled.iter().skip(1).fold(0.0f64, |m, c| m.max(c.abs()));
-    for c in scaled.iter_mut().skip(1) {
-        if c.abs() <= 1e-12 * cmax {
-            *c = 0.0;
-        }
-    }
-    if cmax == 0.0 {
+    let coeffs = &coeffs[..];
+    let cmax = coeffs.iter().skip(1).fold(0.0f64, |m, c| m.max(c.abs()));
+    let used: Vec<usize> = (1..coeffs.len())
+        .filter(|&k| coeffs[k].abs() > 1e-12 * cmax && coeffs[k] != 0.0)
+        .collect();
+    let Some(&degree) = used.last() else {
         return Err(Error::InvalidInput(
             "eval_poly needs a non-constant polynomial".into(),
         ));
+    };
+    let u = if u.size() == 3 {
+        ctx.relinearize(u, rk)?
+    } else {
+        u.clone()
+    };
+    if poly_depth(degree) > u.level() {
+        return Err(Error::OutOfLevels {
+            op: "eval_poly",
+            level: u.level(),
+        });
     }
-    ctx.evaluate_polynomial_at(u, &scaled, rk, target)
+    let m = (usize::BITS - 1 - degree.leading_zeros()) as usize; // highest power 2^m
+    let mut pows = vec![u];
+    for i in 1..=m {
+        let sq = ctx.relinearize(&ctx.square(&pows[i - 1])?, rk)?;
+        pows.push(ctx.rescale(&sq)?);
+    }
+    let terms = used
+        .par_iter()
+        .map(|&k| {
+            let bits: Vec<usize> = (0..=m).filter(|b| k >> b & 1 == 1).collect();
+            // Scale bookkeeping with a unit constant, to solve for the constant's scale.
+            let lo = &pows[bits[0]];
+            let mut lvl = lo.level();
+            let mut sc = lo.scale() / ctx.level_modulus(lvl);
+            lvl -= 1;
+            for &b in &bits[1..] {
+                let p = &pows[b];
+                let l = lvl.min(p.level());
+                sc = sc * p.scale() / ctx.level_modulus(l);
+                lvl = l - 1;
+            }
+            let c = target / sc;
+            let mut t = ctx.rescale(&ctx.multiply_scalar(lo, coeffs[k], c)?)?;
+            for &b in &bits[1..] {
+                t = ctx.multiply_relinearize_rescale(&t, &pows[b], rk)?;
+            }
+            Ok(t)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let low = terms.iter().map(|t| t.level()).min().unwrap_or(0);
+    let mut acc = ctx.mod_switch_to(&terms[0], low)?;
+    for t in &terms[1..] {
+        acc = ctx.add(&acc, &ctx.mod_switch_to(t, low)?)?;
+    }
+    ctx.add_scalar(&acc, coeffs[0])
 }
 
 /// Counts of a run, for reports.
