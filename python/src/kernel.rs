@@ -66,8 +66,8 @@ pub(crate) trait Kernel: Clone + Send + Sync + Sized + 'static {
     fn add_all(&self, cts: &[&Self::Ct]) -> Result<Self::Ct>;
     /// `Σ a_i·b_i` with one relinearization (and one rescale) for the whole sum.
     fn mul_sum(&self, pairs: &[(&Self::Ct, &Self::Ct)]) -> Result<Self::Ct>;
-    /// `Σ coeffs[k]·a^k`, lowest degree first.
-    fn polyval(&self, a: &Self::Ct, coeffs: &[Self::Value]) -> Result<Self::Ct>;
+    /// `Σ coeffs[k]·a^k`, lowest degree first; `shallow`: CKKS's depth-optimal evaluation.
+    fn polyval(&self, a: &Self::Ct, coeffs: &[Self::Value], shallow: bool) -> Result<Self::Ct>;
     fn level(&self, a: &Self::Ct) -> usize;
     fn scale(&self, a: &Self::Ct) -> f64;
     fn key_id(a: &Self::Ct) -> u64;
@@ -345,9 +345,14 @@ impl Kernel for Ckks {
         )?;
         self.ctx.relinearize_rescale(&sum, &self.inner.keys.relin)
     }
-    fn polyval(&self, a: &Ciphertext, coeffs: &[f64]) -> Result<Ciphertext> {
-        self.ctx
-            .evaluate_polynomial(a, coeffs, &self.inner.keys.relin)
+    fn polyval(&self, a: &Ciphertext, coeffs: &[f64], shallow: bool) -> Result<Ciphertext> {
+        let rk = &self.inner.keys.relin;
+        if shallow {
+            self.ctx
+                .evaluate_polynomial_shallow(a, coeffs, rk, a.scale())
+        } else {
+            self.ctx.evaluate_polynomial(a, coeffs, rk)
+        }
     }
     fn level(&self, a: &Ciphertext) -> usize {
         a.level()
@@ -476,7 +481,17 @@ impl Kernel for Bfv {
         rest.iter()
             .try_fold((*first).clone(), |acc, c| self.ctx.add(&acc, c))
     }
-    fn polyval(&self, a: &bfv::Ciphertext, coeffs: &[i64]) -> Result<bfv::Ciphertext> {
+    fn polyval(
+        &self,
+        a: &bfv::Ciphertext,
+        coeffs: &[i64],
+        shallow: bool,
+    ) -> Result<bfv::Ciphertext> {
+        if shallow {
+            return Err(Error::InvalidInput(
+                "shallow=True is CKKS's depth-optimal evaluation; BFV evaluates by Horner".into(),
+            ));
+        }
         // Horner: degree − 1 sequential products.
         let degree = coeffs.iter().rposition(|&c| c != 0).unwrap_or(0);
         if degree == 0 {

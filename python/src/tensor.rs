@@ -423,9 +423,11 @@ impl<K: Kernel> Core<K> {
         self.map(false, |c| self.k.rotate(c, step))
     }
 
-    pub fn polyval(&self, coeffs: &[K::Value]) -> Result<Self> {
+    pub fn polyval(&self, coeffs: &[K::Value], shallow: bool) -> Result<Self> {
         let keeps_zero = coeffs.first().is_none_or(|c| *c == K::Value::default());
-        self.map(self.clean && keeps_zero, |c| self.k.polyval(c, coeffs))
+        self.map(self.clean && keeps_zero, |c| {
+            self.k.polyval(c, coeffs, shallow)
+        })
     }
 
     /// `self @ w` for a plaintext matrix `[d, k]` (or vector `[d]`) on the last feature axis.
@@ -1283,11 +1285,20 @@ macro_rules! tensor_class {
                 self.unary(py, |c| c.rotate(steps))
             }
             /// Evaluates `Σ coeffs[k]·x^k` element-wise, lowest degree first (like
-            /// `numpy.polynomial.polynomial.polyval` and TenSEAL).
-            fn polyval(&self, py: Python<'_>, coeffs: &Bound<'_, PyAny>) -> PyResult<Self> {
+            /// `numpy.polynomial.polynomial.polyval` and TenSEAL), in ⌈log₂ d⌉ + 1 levels.
+            /// `shallow=True` (CKKS): ⌈log₂(d + 1)⌉ levels (a cubic: 2), the rounding of a
+            /// coefficient's rescale then multiplied by up to `|x|^s` (`s` the largest power of
+            /// two ≤ d): for inputs near `|x| ≤ 1`, or scales of 2^40 and more.
+            #[pyo3(signature = (coeffs, shallow=false))]
+            fn polyval(
+                &self,
+                py: Python<'_>,
+                coeffs: &Bound<'_, PyAny>,
+                shallow: bool,
+            ) -> PyResult<Self> {
                 let c = to_array::<$kernel>(py, coeffs)?;
                 let c: Vec<_> = c.iter().copied().collect();
-                self.unary(py, |t| t.polyval(&c))
+                self.unary(py, |t| t.polyval(&c, shallow))
             }
             /// The tensor in the compact format (what pickling uses).
             fn to_bytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {

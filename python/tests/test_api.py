@@ -322,11 +322,21 @@ def test_powers_and_numpy_protocols(ckks, bfv):
         close(got, x**n)
     ints = np.arange(-3, 3).reshape(6, 1)
     np.testing.assert_array_equal((bfv.encrypt(ints) ** 5).decrypt(), ints**5)
+    # polyval: ceil(log2 d) + 1 levels, or ceil(log2(d + 1)) with shallow=True (CKKS).
+    sigma3 = [0.5, 0.197, 0.0, -0.004]
+    want = np.polynomial.polynomial.polyval(x, sigma3)
+    for shallow, levels in [(False, 3), (True, 2)]:
+        got = X.polyval(sigma3, shallow=shallow)
+        assert X.level - got.level == levels
+        close(got, want)
+    with pytest.raises(he.HetensorError, match="Horner"):
+        bfv.encrypt(ints).polyval([1, 2, 3], shallow=True)
     close(np.sum(X, axis=1), x.sum(axis=1))
     for bad, error, words in [
         (lambda: X**0, he.HetensorError, "ones"),
         (lambda: X**16, he.LevelError, r"x \*\* 16 needs 4 levels but the ciphertext is at level 3"),
         (lambda: X.polyval(np.ones(9)), he.LevelError, "degree 8 needs 4 levels but the ciphertext is at level 3"),
+        (lambda: X.polyval(np.ones(16), shallow=True), he.LevelError, "degree 15 needs 4 levels"),
         (lambda: X**1.5, TypeError, "integer exponent"),
         (lambda: X**-1, TypeError, "integer exponent"),
         (lambda: pow(X, 2, 5), TypeError, "modulus"),
