@@ -937,8 +937,8 @@ impl CkksContext {
     /// Δ = 2^25, the sigmoid `0.5 + 0.197x − 0.004x³` on `|x| ≤ 8`: max error 3.4e-2, against
     /// 8.0e-4 for [`Self::evaluate_polynomial`]; on `x/8` with the coefficients scaled
     /// (`|x| ≤ 1`, as [`crate::train::eval_poly`] does) 2.3e-3. Use it where the level matters
-    /// and the input is normalized or the scale is large (at Δ = 2^40 the same factor 64 on
-    /// ~2^-26 is ~1e-6).
+    /// and the input is normalized or the scale is large (an estimate, not a measurement: at
+    /// Δ = 2^40 the same factor 64 on a rounding of ~2^-26 is ~1e-6).
     pub fn evaluate_polynomial_shallow(
         &self,
         x: &Ciphertext,
