@@ -368,11 +368,9 @@ pub(crate) fn parse_number(s: &str, line: usize, what: &str) -> Result<f64> {
 pub fn first_non_finite_sample<D: ndarray::Dimension>(
     x: &ndarray::ArrayBase<impl ndarray::Data<Elem = f64>, D>,
 ) -> Option<(usize, f64)> {
-    let per_sample = x.len() / x.shape().first().copied().unwrap_or(1).max(1);
-    x.iter().position(|v| !v.is_finite()).map(|i| {
-        (
-            i / per_sample.max(1),
-            x.iter().nth(i).copied().unwrap_or(f64::NAN),
-        )
-    })
+    let per_sample = (x.len() / x.shape().first().copied().unwrap_or(1).max(1)).max(1);
+    x.iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite())
+        .map(|(i, &v)| (i / per_sample, v))
 }
